@@ -1,0 +1,76 @@
+//! The command line: clap definitions, validation into settings, and dispatch.
+//!
+//! This is the only module that uses `anyhow`; library errors are typed. `main` prints the
+//! error chain once with `{:#}` and picks the exit code.
+
+mod deploy;
+mod export;
+mod run;
+mod teardown;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Build with Docker, ship as a tarball, run in a chroot jail — on every host of a fleet.
+#[derive(Debug, Parser)]
+#[command(name = "droot-fleet", version, about)]
+pub struct Cli {
+    /// Log filter, e.g. `info`, `debug`, `droot_fleet=trace`. Also read from RUST_LOG.
+    #[arg(long, global = true, env = "DROOT_FLEET_LOG", default_value = "warn")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Unpack a tar, tar.gz or tar.zst (file or stdin) into a new release and switch `current`.
+    Deploy(deploy::DeployArgs),
+    /// Run a command chrooted into a root, in its own mount namespace.
+    Run(run::RunArgs),
+    /// Unmount every mount at or below a root, deepest first.
+    Umount(teardown::RootArg),
+    /// Unmount, then remove a root without following symlinks out of it.
+    Rm(teardown::RootArg),
+    /// Turn a Docker image (engine or `docker save`/OCI archive) into a rootfs tar with `/.drootenv`.
+    Export(export::ExportArgs),
+}
+
+/// Entry point used by the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("droot-fleet: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Deploy(args) => deploy::execute(args),
+        Command::Run(args) => run::execute(args),
+        Command::Umount(args) => teardown::umount(args),
+        Command::Rm(args) => teardown::rm(args),
+        Command::Export(args) => export::execute(args),
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Absolute form of a user-given path, without resolving symlinks.
+pub(crate) fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    Ok(std::path::absolute(path)?)
+}

@@ -1,0 +1,44 @@
+//! `run`: flags to a validated [`crate::jail::JailSpec`], then into the jail.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The root to chroot into (a release dir, or DIR/current).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// User to run as: a name (jail's /etc/passwd first, then the host's) or a uid.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Group to run as: a name or a gid. Defaults to the user's primary group.
+    #[arg(short = 'g', long)]
+    pub group: Option<String>,
+    /// Bind mount SRC[:DST] into the jail (DST defaults to SRC); created when missing.
+    #[arg(short = 'b', long = "bind")]
+    pub bind: Vec<String>,
+    /// Read-only bind mount SRC[:DST].
+    #[arg(long)]
+    pub robind: Vec<String>,
+    /// Copy the host's /etc/hosts, /etc/resolv.conf, /etc/passwd and /etc/group into the root.
+    #[arg(long)]
+    pub cp: bool,
+    /// Set KEY=VALUE in the jail's environment (overrides /.drootenv).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Keep all capabilities (skips bounding-set cut, NO_NEW_PRIVS).
+    #[arg(long)]
+    pub no_dropcaps: bool,
+    /// Run in a new PID namespace under a minimal init that reaps orphans.
+    #[arg(long)]
+    pub pid_ns: bool,
+    /// The command and its arguments, looked up on the jail's PATH.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+pub fn execute(_args: RunArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("run: not implemented yet")
+}

@@ -1,0 +1,29 @@
+//! `umount` and `rm`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct RootArg {
+    /// The root directory (e.g. /var/containers/app).
+    #[arg(long)]
+    pub root: PathBuf,
+}
+
+pub fn umount(args: RootArg) -> anyhow::Result<ExitCode> {
+    let root = super::absolute(&args.root)?;
+    let n = crate::teardown::umount_all(&root)
+        .with_context(|| format!("cannot unmount below {}", root.display()))?;
+    tracing::info!(root = %root.display(), unmounted = n, "umount done");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rm(args: RootArg) -> anyhow::Result<ExitCode> {
+    let root = super::absolute(&args.root)?;
+    crate::teardown::remove_root(&root)
+        .with_context(|| format!("cannot remove {}", root.display()))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,19 @@
+//! droot-fleet: build with Docker, ship as a tarball, run in a chroot jail, on every host of a fleet.
+//!
+//! Where things live:
+//! - [`artifact`]: archive formats (tar, gzip, zstd) and the hardened streaming unpacker.
+//! - [`release`]: the release directory (`releases/<v>`, `current`), atomic switch, rollback,
+//!   pruning, and the in-place rsync mode.
+//! - [`mountinfo`]: parsing `/proc/self/mountinfo`, and unmounting everything below a path.
+//! - [`teardown`]: `umount` and `rm` of a root.
+//! - [`jail`]: `run` — mount namespace, /dev, binds, chroot, user, capabilities, env, init.
+//! - [`export`]: Docker image or `docker save`/OCI archive to a flat rootfs tar with `/.drootenv`.
+//! - [`cli`]: the clap front end; the only place that uses `anyhow`.
+
+pub mod artifact;
+pub mod cli;
+pub mod export;
+pub mod jail;
+pub mod mountinfo;
+pub mod release;
+pub mod teardown;

@@ -1,0 +1,109 @@
+//! Helpers shared by the integration tests: privilege checks, a busybox rootfs, the binary.
+//!
+//! Tests that need root or busybox fail loudly with the reason; they never pass by skipping.
+#![allow(dead_code)]
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of the built `droot-fleet` binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_droot-fleet"))
+}
+
+/// A `droot-fleet` command with logging kept quiet.
+pub fn cmd() -> Command {
+    let mut c = Command::new(bin());
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// Panics with a clear reason unless the test runs as root.
+pub fn require_root(what: &str) {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("{what} needs root (mounts, chroot, mknod); run the suite as root, see README");
+    }
+}
+
+/// Locates Debian's busybox-static, or panics telling how to install it.
+pub fn busybox() -> PathBuf {
+    for p in ["/bin/busybox", "/usr/bin/busybox"] {
+        let p = PathBuf::from(p);
+        if p.exists() {
+            let out = Command::new(&p).arg("--help").output().expect("run busybox");
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !text.is_empty(),
+                "{} exists but prints nothing; install busybox-static",
+                p.display()
+            );
+            return p;
+        }
+    }
+    panic!("busybox not found: apt-get install busybox-static (the README test command does)");
+}
+
+/// Builds a tiny rootfs under `dir`: busybox (static) with its applet links in /bin,
+/// /etc/passwd and /etc/group with an `app` user (uid 1000, groups app and extra),
+/// and a `/.drootenv`.
+pub fn busybox_rootfs(dir: &Path) {
+    let bb = busybox();
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "home/app", "var"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy(&bb, dir.join("bin/busybox")).unwrap();
+    let out = Command::new(&bb).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            let _ = symlink("busybox", dir.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(".drootenv"),
+        "PATH=/bin:/usr/bin\nGREETING=hello=world\n",
+    )
+    .unwrap();
+}
+
+/// Writes a tar (uncompressed) of `dir` to `out` with the system tar.
+pub fn tar_dir(dir: &Path, out: &Path) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(out)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(st.success(), "tar failed");
+}
+
+/// Runs a command, returning its output; panics with stderr when it cannot be spawned.
+pub fn output(c: &mut Command) -> Output {
+    c.output().unwrap_or_else(|e| panic!("spawn {c:?}: {e}"))
+}
+
+/// Lines of /proc/self/mountinfo whose mount point is at or below `dir`.
+pub fn mounts_below(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = dir.to_string_lossy().to_string();
+    text.lines()
+        .filter(|l| {
+            let mp = l.split(' ').nth(4).unwrap_or("");
+            mp == d || mp.starts_with(&format!("{d}/"))
+        })
+        .map(str::to_string)
+        .collect()
+}
