@@ -8,11 +8,15 @@
 //! - [`teardown`]: `umount` and `rm` of a root.
 //! - [`jail`]: `run` — mount namespace, /dev, binds, chroot, user, capabilities, env, init.
 //! - [`export`]: Docker image or `docker save`/OCI archive to a flat rootfs tar with `/.drootenv`.
+//! - [`drootenv`]: the `/.drootenv` env file format, written by export and read by run.
+//! - [`gossip`]: the sans-io protocol core of the agent (envelope, keyring, clocks, events, queries).
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 
 pub mod artifact;
 pub mod cli;
+pub mod drootenv;
 pub mod export;
+pub mod gossip;
 pub mod jail;
 pub mod mountinfo;
 pub mod release;

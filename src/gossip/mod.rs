@@ -1,0 +1,1 @@
+//! Sans-io gossip core (in progress).
