@@ -1,1 +1,6 @@
 //! Sans-io gossip core (in progress).
+
+pub mod envelope;
+pub mod identity;
+pub mod keyring;
+pub mod lamport;
