@@ -1,0 +1,117 @@
+//! The byte budget of one UDP datagram, and the foca configuration that respects it.
+//!
+//! Why this exists: foca's `add_broadcast` accepts any item up to `max_packet_size`,
+//! but an item only goes out if it fits in the room left *after* foca's header. An item
+//! that never fits stays in foca's broadcast queue forever and silently never reaches
+//! anyone. So every custom broadcast is capped at [`MAX_BROADCAST_ITEM`], computed for
+//! the worst-case header, and user events/queries are capped from that.
+//!
+//! ```text
+//! MAX_DATAGRAM (1400)                         sealed UDP datagram
+//!  - SEAL_OVERHEAD (29)                       version + nonce + tag
+//!  = MAX_PLAINTEXT (1371)
+//!  - DATAGRAM_TAG_LEN (1)                     foca packet vs direct message
+//!  = FOCA_MAX_PACKET_SIZE (1370)              -> foca Config::max_packet_size
+//!  - FOCA_HEADER_MAX (269)                    3 NodeIds + incarnation + message
+//!  - 2 (update tally) - 2 (item length prefix)
+//!  = MAX_BROADCAST_ITEM (1097)                one encoded custom broadcast
+//! ```
+//!
+//! The worst header is `PingReq`/`IndirectPing`-style messages carrying a third
+//! identity; with smaller names or IPv4 addresses there is simply spare room. Items
+//! also wait while membership updates take the room, but never forever.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+
+use super::envelope::MAX_PLAINTEXT;
+use super::identity::MAX_NODE_ID_ENCODED_LEN;
+
+/// The leading tag byte that tells foca packets from direct messages in a datagram.
+pub const DATAGRAM_TAG_LEN: usize = 1;
+
+/// The `max_packet_size` to configure foca with.
+pub const FOCA_MAX_PACKET_SIZE: usize = MAX_PLAINTEXT - DATAGRAM_TAG_LEN;
+
+/// Largest foca header: src + dst + a third identity inside the message, the
+/// incarnation (u16 varint, 3 bytes), the message variant (1) and a probe number (1).
+pub const FOCA_HEADER_MAX: usize = 3 * MAX_NODE_ID_ENCODED_LEN + 3 + 1 + 1;
+
+/// foca's u16 count of piggybacked membership updates.
+pub const FOCA_UPDATE_TALLY_LEN: usize = 2;
+
+/// foca's u16 length prefix in front of each custom broadcast item.
+pub const FOCA_ITEM_PREFIX_LEN: usize = 2;
+
+/// Largest encoded custom broadcast item that is guaranteed to fit in a foca packet.
+pub const MAX_BROADCAST_ITEM: usize =
+    FOCA_MAX_PACKET_SIZE - FOCA_HEADER_MAX - FOCA_UPDATE_TALLY_LEN - FOCA_ITEM_PREFIX_LEN;
+
+/// foca's LAN defaults (memberlist's `DefaultLANConfig`) with our packet size.
+///
+/// `cluster_size` is the expected number of members; it tunes how many times updates are
+/// retransmitted and how long suspicion lasts. Zero is treated as one.
+pub fn recommended_foca_config(cluster_size: u32) -> foca::Config {
+    let size = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
+    let mut config = foca::Config::new_lan(size);
+    config.max_packet_size = NonZeroUsize::new(FOCA_MAX_PACKET_SIZE).unwrap_or(NonZeroUsize::MIN);
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::identity::{MAX_NODE_NAME_LEN, NodeId};
+
+    #[test]
+    fn budget_numbers() {
+        assert_eq!(FOCA_MAX_PACKET_SIZE, 1370);
+        assert_eq!(FOCA_HEADER_MAX, 269);
+        assert_eq!(MAX_BROADCAST_ITEM, 1097);
+        assert_eq!(
+            recommended_foca_config(5).max_packet_size.get(),
+            FOCA_MAX_PACKET_SIZE
+        );
+    }
+
+    /// The real worst-case foca header, as encoded by foca's postcard codec, is within
+    /// the budget.
+    #[test]
+    fn worst_header_fits_budget() {
+        let worst = NodeId::new(
+            "z".repeat(MAX_NODE_NAME_LEN),
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".parse().unwrap(),
+            u16::MAX,
+        )
+        .unwrap();
+        let messages = [
+            foca::Message::Ping(255),
+            foca::Message::PingReq {
+                target: worst.clone(),
+                probe_number: 255,
+            },
+            foca::Message::IndirectPing {
+                origin: worst.clone(),
+                probe_number: 255,
+            },
+            foca::Message::IndirectAck {
+                target: worst.clone(),
+                probe_number: 255,
+            },
+            foca::Message::ForwardedAck {
+                origin: worst.clone(),
+                probe_number: 255,
+            },
+            foca::Message::Broadcast,
+        ];
+        for message in messages {
+            let header = foca::Header {
+                src: worst.clone(),
+                src_incarnation: u16::MAX,
+                dst: worst.clone(),
+                message,
+            };
+            let len = postcard::to_stdvec(&header).unwrap().len();
+            assert!(len <= FOCA_HEADER_MAX, "{len} > {FOCA_HEADER_MAX}");
+        }
+    }
+}
