@@ -1,14 +1,24 @@
 //! `export`: image (engine or archive) to a flat rootfs tar on stdout or `-o`.
 
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, IsTerminal};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
+
+use crate::export::{self, Compression, ExportError, ExportSummary, Source};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Image name or id in the Docker engine (DOCKER_HOST honoured).
-    #[arg(required_unless_present = "from_archive", conflicts_with = "from_archive")]
+    #[arg(
+        required_unless_present = "from_archive",
+        conflicts_with = "from_archive"
+    )]
     pub image: Option<String>,
     /// Flatten a `docker save` or OCI image-layout tarball instead; no engine needed.
     #[arg(long, value_name = "FILE")]
@@ -27,6 +37,114 @@ pub struct ExportArgs {
     pub zstd: bool,
 }
 
-pub fn execute(_args: ExportArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("export: not implemented yet")
+pub fn execute(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let source = match (&args.image, &args.from_archive) {
+        (_, Some(path)) => Source::Archive {
+            path: path.clone(),
+            image_ref: args.image_ref.clone(),
+        },
+        (Some(image), None) => Source::Engine {
+            image: image.clone(),
+        },
+        (None, None) => anyhow::bail!("give an IMAGE or --from-archive FILE"),
+    };
+    let compression = match (args.gzip, args.zstd) {
+        (true, _) => Compression::Gzip,
+        (_, true) => Compression::Zstd,
+        _ => Compression::None,
+    };
+    let result = match args.output.as_deref() {
+        None => to_stdout(&source, compression),
+        Some(p) if p.as_os_str() == "-" => to_stdout(&source, compression),
+        Some(p) => to_file(&source, compression, &super::absolute(p)?),
+    };
+    match result {
+        Ok(summary) => {
+            tracing::info!(image = %summary.image, entries = summary.entries, "export done");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => match err.downcast_ref::<ExportError>() {
+            // Exit like a process killed by that signal would report in a shell.
+            Some(ExportError::Interrupted(signal)) => {
+                eprintln!("droot-fleet: error: {err:#}");
+                Ok(ExitCode::from(if *signal == "SIGINT" { 130 } else { 143 }))
+            }
+            _ => Err(err),
+        },
+    }
+}
+
+fn to_stdout(source: &Source, compression: Compression) -> anyhow::Result<ExportSummary> {
+    let stdout = std::io::stdout();
+    if stdout.is_terminal() {
+        anyhow::bail!("refusing to write a tar to a terminal: use -o FILE or redirect stdout");
+    }
+    // An owned descriptor, so a blocked writer thread never holds the stdout lock.
+    let fd = stdout
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating stdout")?;
+    let out = BufWriter::with_capacity(256 << 10, File::from(fd));
+    let (summary, _) = export::export(source, out, compression)?;
+    Ok(summary)
+}
+
+/// Writes beside `path` under a temporary name and renames on success, so `path` is
+/// either the complete new tar or untouched.
+fn to_file(
+    source: &Source,
+    compression: Compression,
+    path: &Path,
+) -> anyhow::Result<ExportSummary> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let name = path
+        .file_name()
+        .with_context(|| format!("-o {} names no file", path.display()))?;
+    let mut partial = Partial {
+        path: dir.join(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        )),
+        renamed: false,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&partial.path)
+        .with_context(|| {
+            format!(
+                "creating {} (is the directory writable?)",
+                partial.path.display()
+            )
+        })?;
+    let out = BufWriter::with_capacity(256 << 10, file);
+    let (summary, out) = export::export(source, out, compression)?;
+    let file = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context("flushing the output")?;
+    file.sync_all().context("syncing the output to disk")?;
+    std::fs::rename(&partial.path, path)
+        .with_context(|| format!("renaming {} to {}", partial.path.display(), path.display()))?;
+    partial.renamed = true;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(summary)
+}
+
+/// A temporary output file, removed unless the export succeeded and renamed it.
+struct Partial {
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }

@@ -1,0 +1,461 @@
+//! Flattening a `docker save` / OCI image-layout tarball into one rootfs tar, with no engine.
+//!
+//! The archive is a plain tar of files (manifests, configs, layer blobs). It is indexed once
+//! (name → byte range, symlinks and hardlinks between files resolved), then blobs are read in
+//! place with positioned reads, so no blob is copied out or held in memory.
+//!
+//! Flattening is two streaming passes over the layers, bottom first:
+//! 1. read every layer's entry headers into [`whiteout::Record`]s and let
+//!    [`whiteout::plan`] decide which entry wins for each path;
+//! 2. read the layers again and copy only the winners, in layer order.
+//!
+//! Layers may be plain, gzip or zstd tars; compression is detected from the magic bytes (the
+//! media type may lie or be absent in `docker save`). A hardlink whose target does not
+//! survive is written as a copy of the target, read by re-opening that layer.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use tracing::{debug, info};
+
+use super::layout::{self, Blobs, Image, Layer};
+use super::rootfs_tar::{CopyError, RootfsWriter};
+use super::whiteout::{self, Action, Kind, Record};
+use super::{Compression, ExportError, ExportSummary, normalize_path, show};
+
+/// Largest JSON file (manifest, index, config) read into memory.
+const MAX_JSON: u64 = 64 << 20;
+
+/// An opened image archive: the file and where each member's bytes are.
+pub struct ImageArchive {
+    file: File,
+    path: PathBuf,
+    members: HashMap<String, (u64, u64)>,
+}
+
+impl ImageArchive {
+    /// Opens and indexes `path`.
+    pub fn open(path: &Path) -> Result<Self, ExportError> {
+        let open_err = |source| ExportError::OpenArchive {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(open_err)?;
+        let mut head = [0u8; 512];
+        let n = read_full_at(&file, &mut head, 0).map_err(open_err)?;
+        if let Some(kind) = compression_of(&head[..n]) {
+            return Err(ExportError::CompressedArchive {
+                path: path.to_path_buf(),
+                kind,
+            });
+        }
+        let not_tar = |source| ExportError::NotATar {
+            path: path.to_path_buf(),
+            source,
+        };
+        if n < 512 || !plausible_tar_header(&head) {
+            return Err(not_tar(None));
+        }
+        let mut files: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut links: Vec<(String, String)> = Vec::new();
+        let mut archive = tar::Archive::new(&file);
+        for entry in archive.entries_with_seek().map_err(|e| not_tar(Some(e)))? {
+            let entry = entry.map_err(|e| not_tar(Some(e)))?;
+            let Ok(name) = normalize_path(&entry.path_bytes()) else {
+                continue;
+            };
+            let name = show(&name);
+            let kind = entry.header().entry_type();
+            if kind.is_file() {
+                files.insert(name, (entry.raw_file_position(), entry.size()));
+            } else if kind.is_symlink() || kind.is_hard_link() {
+                let Some(target) = entry.link_name_bytes() else {
+                    continue;
+                };
+                let target = show(&target);
+                // Symlinks are relative to their directory, hardlinks to the archive root.
+                let joined = match (kind.is_symlink(), name.rsplit_once('/')) {
+                    (true, Some((dir, _))) => format!("{dir}/{target}"),
+                    _ => target,
+                };
+                links.push((name, joined));
+            }
+        }
+        // Resolve links to files (a few rounds handle chains; cycles stay unresolved).
+        for _ in 0..8 {
+            for (name, target) in &links {
+                if let Some(resolved) = resolve_dots(target).and_then(|t| files.get(&t).copied()) {
+                    files.entry(name.clone()).or_insert(resolved);
+                }
+            }
+        }
+        debug!(archive = %path.display(), members = files.len(), "indexed image archive");
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            members: files,
+        })
+    }
+
+    /// A reader over member `name`.
+    fn member(&self, name: &str) -> Result<Section<'_>, ExportError> {
+        let (start, len) =
+            self.members
+                .get(name)
+                .copied()
+                .ok_or_else(|| ExportError::MissingBlob {
+                    path: self.path.clone(),
+                    name: name.to_string(),
+                })?;
+        Ok(Section {
+            file: &self.file,
+            pos: start,
+            end: start + len,
+        })
+    }
+
+    /// A decompressing reader over layer blob `layer`.
+    fn layer_reader(&self, index: usize, layer: &Layer) -> Result<Box<dyn Read + '_>, ExportError> {
+        if let Some(mt) = &layer.media_type
+            && !mt.contains("tar")
+        {
+            return Err(ExportError::UnsupportedMediaType {
+                path: self.path.clone(),
+                name: layer.name.clone(),
+                media_type: mt.clone(),
+            });
+        }
+        let section = self.member(&layer.name)?;
+        let mut magic = [0u8; 4];
+        let n = read_full_at(&self.file, &mut magic, section.pos)
+            .map_err(|source| self.layer_err(index, layer, source))?;
+        let n = n.min((section.end - section.pos) as usize);
+        Ok(match compression_of(&magic[..n]) {
+            Some("gzip") => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(section))),
+            Some(_) => Box::new(
+                zstd::stream::read::Decoder::new(section)
+                    .map_err(|source| self.layer_err(index, layer, source))?,
+            ),
+            None => Box::new(BufReader::with_capacity(128 << 10, section)),
+        })
+    }
+
+    fn layer_err(&self, index: usize, layer: &Layer, source: io::Error) -> ExportError {
+        ExportError::Layer {
+            path: self.path.clone(),
+            layer: index,
+            name: layer.name.clone(),
+            source,
+        }
+    }
+}
+
+impl Blobs for ImageArchive {
+    fn contains(&self, name: &str) -> bool {
+        self.members.contains_key(name)
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<u8>, ExportError> {
+        let section = self.member(name)?;
+        let mut out = Vec::new();
+        section
+            .take(MAX_JSON)
+            .read_to_end(&mut out)
+            .map_err(|source| ExportError::OpenArchive {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(out)
+    }
+
+    fn archive_path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Flattens the image of the archive at `path` into `out`.
+pub fn flatten<W: Write>(
+    path: &Path,
+    image_ref: Option<&str>,
+    out: W,
+    compression: Compression,
+) -> Result<(ExportSummary, W), ExportError> {
+    let archive = ImageArchive::open(path)?;
+    let image = layout::select(&archive, image_ref)?;
+    let env = layout::config_env(&archive, &image)?;
+    let drootenv = crate::drootenv::render(&env).map_err(|source| ExportError::BadEnv {
+        image: image.name.clone(),
+        source,
+    })?;
+    info!(image = %image.name, layers = image.layers.len(), "flattening archive image");
+
+    // Pass 1: headers only.
+    let mut records = Vec::with_capacity(image.layers.len());
+    for (index, layer) in image.layers.iter().enumerate() {
+        records.push(read_records(&archive, &image, index, layer)?);
+    }
+    let plan = whiteout::plan(&records).map_err(|d| ExportError::HardlinkTarget {
+        origin: origin(&image, d.layer),
+        entry: show(&d.path),
+        target: show(&d.target),
+    })?;
+
+    // Pass 2: the winners, in layer order.
+    let mut writer = RootfsWriter::new(out, compression).map_err(ExportError::Output)?;
+    for (index, layer) in image.layers.iter().enumerate() {
+        let actions = &plan[index];
+        if actions.iter().all(|a| *a == Action::Skip) {
+            continue;
+        }
+        let reader = archive.layer_reader(index, layer)?;
+        let mut tar = tar::Archive::new(reader);
+        let entries = tar
+            .entries()
+            .map_err(|e| archive.layer_err(index, layer, e))?;
+        for (i, entry) in entries.enumerate() {
+            let mut entry = entry.map_err(|e| archive.layer_err(index, layer, e))?;
+            let action = actions.get(i).ok_or_else(|| {
+                archive.layer_err(
+                    index,
+                    layer,
+                    io::Error::other("layer changed between the two passes"),
+                )
+            })?;
+            let path = &records[index][i].path;
+            let copied = match action {
+                Action::Skip => continue,
+                Action::Emit => writer.copy_entry(&mut entry, path, None),
+                Action::Link { target } => writer.copy_entry(&mut entry, path, Some(target)),
+                Action::CopyOf { index: source } => {
+                    debug!(entry = %show(path), "hardlink target shadowed; writing a copy");
+                    copy_from_layer(&archive, index, layer, *source, &mut writer, path)?;
+                    Ok(())
+                }
+            };
+            copied.map_err(|e| match e {
+                CopyError::Read(e) => archive.layer_err(index, layer, e),
+                CopyError::Write(e) => ExportError::Output(e),
+            })?;
+        }
+    }
+    writer
+        .append_drootenv(&drootenv)
+        .map_err(ExportError::Output)?;
+    let entries = writer.entries();
+    let out = writer.finish().map_err(ExportError::Output)?;
+    info!(image = %image.name, entries, "archive flattened");
+    Ok((
+        ExportSummary {
+            image: image.name,
+            entries,
+        },
+        out,
+    ))
+}
+
+/// Pass 1 for one layer: every entry's normalized path and kind, in tar order.
+fn read_records(
+    archive: &ImageArchive,
+    image: &Image,
+    index: usize,
+    layer: &Layer,
+) -> Result<Vec<Record>, ExportError> {
+    let reader = archive.layer_reader(index, layer)?;
+    let mut tar = tar::Archive::new(reader);
+    let mut records = Vec::new();
+    let unsafe_path = |raw: &[u8]| ExportError::UnsafePath {
+        origin: origin(image, index),
+        entry: show(raw),
+    };
+    for entry in tar
+        .entries()
+        .map_err(|e| archive.layer_err(index, layer, e))?
+    {
+        let entry = entry.map_err(|e| archive.layer_err(index, layer, e))?;
+        let raw = entry.path_bytes();
+        let path = normalize_path(&raw).map_err(|_| unsafe_path(&raw))?;
+        let entry_type = entry.header().entry_type();
+        let kind = if path.is_empty()
+            || path == crate::drootenv::FILE_NAME.as_bytes()
+            || !is_content(entry_type)
+        {
+            Kind::Ignore
+        } else if entry_type.is_dir() {
+            Kind::Dir
+        } else if entry_type.is_hard_link() {
+            let raw_target = entry.link_name_bytes().unwrap_or_default();
+            let target = normalize_path(&raw_target).map_err(|_| unsafe_path(&raw_target))?;
+            Kind::HardLink(target)
+        } else {
+            Kind::Other
+        };
+        records.push(Record { path, kind });
+    }
+    debug!(layer = index, entries = records.len(), "read layer headers");
+    Ok(records)
+}
+
+/// Writes entry `source` of `layer` at `path`, re-reading the layer up to it.
+fn copy_from_layer<W: Write>(
+    archive: &ImageArchive,
+    index: usize,
+    layer: &Layer,
+    source: usize,
+    writer: &mut RootfsWriter<W>,
+    path: &[u8],
+) -> Result<(), ExportError> {
+    let err = |e| archive.layer_err(index, layer, e);
+    let mut tar = tar::Archive::new(archive.layer_reader(index, layer)?);
+    let mut entries = tar.entries().map_err(err)?;
+    let mut entry = entries
+        .nth(source)
+        .ok_or_else(|| err(io::Error::other("hardlink source vanished on re-read")))?
+        .map_err(err)?;
+    writer
+        .copy_entry(&mut entry, path, None)
+        .map_err(|e| match e {
+            CopyError::Read(e) => err(e),
+            CopyError::Write(e) => ExportError::Output(e),
+        })
+}
+
+/// Entry types that are part of a filesystem (not archive metadata).
+pub(crate) fn is_content(t: tar::EntryType) -> bool {
+    use tar::EntryType as E;
+    matches!(
+        t,
+        E::Regular
+            | E::Link
+            | E::Symlink
+            | E::Char
+            | E::Block
+            | E::Directory
+            | E::Fifo
+            | E::Continuous
+            | E::GNUSparse
+    )
+}
+
+fn origin(image: &Image, layer: usize) -> String {
+    format!(
+        "layer {layer} ({}) of image {}",
+        image.layers.get(layer).map_or("?", |l| l.name.as_str()),
+        image.name
+    )
+}
+
+/// Resolves `.` and `..` inside the archive's own namespace (never above its root).
+fn resolve_dots(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// `gzip` / `zstd` when `head` starts with their magic bytes.
+fn compression_of(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some("gzip")
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some("zstd")
+    } else {
+        None
+    }
+}
+
+/// Whether a 512-byte block looks like a tar header: its checksum adds up.
+fn plausible_tar_header(block: &[u8; 512]) -> bool {
+    let Ok(field) = std::str::from_utf8(&block[148..156]) else {
+        return false;
+    };
+    let field = field.trim_matches(|c: char| c == '\0' || c == ' ');
+    let Ok(stored) = u32::from_str_radix(field, 8) else {
+        return false;
+    };
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    stored == sum
+}
+
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A byte range of the archive file, read with positioned reads (no shared cursor).
+struct Section<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Section<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end.saturating_sub(self.pos);
+        if left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "archive member is cut short",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dots_resolve_inside_the_archive_only() {
+        assert_eq!(resolve_dots("a/../b/./c").as_deref(), Some("b/c"));
+        assert_eq!(resolve_dots("../x"), None);
+    }
+
+    #[test]
+    fn magic_detection() {
+        assert_eq!(compression_of(&[0x1f, 0x8b, 8, 0]), Some("gzip"));
+        assert_eq!(compression_of(&[0x28, 0xb5, 0x2f, 0xfd]), Some("zstd"));
+        assert_eq!(compression_of(b"ustar"), None);
+        let mut h = tar::Header::new_gnu();
+        h.set_path("x").unwrap();
+        h.set_cksum();
+        assert!(plausible_tar_header(h.as_bytes()));
+        assert!(!plausible_tar_header(&[b'x'; 512]));
+    }
+}

@@ -1,0 +1,359 @@
+//! Writing the flat rootfs tar: entry re-writing, `/.drootenv`, compression.
+//!
+//! Every entry gets a fresh GNU header (long names via GNU extensions, big ids via base-256)
+//! built from the source header and its PAX overrides, rather than copying header bytes:
+//! sources mix ustar, GNU and PAX and we want one consistent, relative-path output. Extended
+//! attributes (e.g. `security.capability` on `ping`) are carried over as PAX records.
+//!
+//! Read errors (the source) and write errors (the output) are told apart ([`CopyError`]) so
+//! the caller can blame the right side.
+
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+
+use tar::{EntryType, Header};
+
+/// Output compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// A writer, maybe compressing.
+enum Encoder<W: Write> {
+    Raw(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(out: W, compression: Compression) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::None => Encoder::Raw(out),
+            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                out,
+                flate2::Compression::default(),
+            )),
+            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(out, 3)?),
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        let mut out = match self {
+            Encoder::Raw(w) => w,
+            Encoder::Gzip(e) => e.finish()?,
+            Encoder::Zstd(e) => e.finish()?,
+        };
+        out.flush()?;
+        Ok(out)
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Raw(w) => w.write(buf),
+            Encoder::Gzip(e) => e.write(buf),
+            Encoder::Zstd(e) => e.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Raw(w) => w.flush(),
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+        }
+    }
+}
+
+/// Which side of a copy failed.
+#[derive(Debug)]
+pub enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// The output tar being built.
+pub struct RootfsWriter<W: Write> {
+    builder: tar::Builder<Encoder<W>>,
+    max_mtime: u64,
+    entries: u64,
+}
+
+impl<W: Write> RootfsWriter<W> {
+    pub fn new(out: W, compression: Compression) -> io::Result<Self> {
+        let mut builder = tar::Builder::new(Encoder::new(out, compression)?);
+        builder.mode(tar::HeaderMode::Complete);
+        Ok(Self {
+            builder,
+            max_mtime: 0,
+            entries: 0,
+        })
+    }
+
+    /// Entries written so far.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Copies `entry` (metadata and data) to the output at `path`; a hardlink points at
+    /// `link_target` instead of its original name when given.
+    pub fn copy_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        path: &[u8],
+        link_target: Option<&[u8]>,
+    ) -> Result<(), CopyError> {
+        let (mut header, xattrs) = out_header(entry).map_err(CopyError::Read)?;
+        let entry_type = header.entry_type();
+        self.max_mtime = self.max_mtime.max(header.mtime().unwrap_or(0));
+        if !xattrs.is_empty() {
+            self.builder
+                .append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .map_err(CopyError::Write)?;
+        }
+        let path = std::ffi::OsStr::from_bytes(path);
+        if entry_type.is_symlink() || entry_type.is_hard_link() {
+            let original = entry
+                .link_name_bytes()
+                .ok_or_else(|| CopyError::Read(io::Error::other("link entry without a target")))?
+                .into_owned();
+            let target = link_target.map(<[u8]>::to_vec).unwrap_or(original);
+            return self
+                .builder
+                .append_link(&mut header, path, std::ffi::OsStr::from_bytes(&target))
+                .map_err(CopyError::Write)
+                .map(|()| self.entries += 1);
+        }
+        // Tell reading the source from writing the output apart.
+        let mut failed_read = None;
+        let mut source = ReadTap {
+            inner: entry,
+            error: &mut failed_read,
+        };
+        let result = self.builder.append_data(&mut header, path, &mut source);
+        match (result, failed_read) {
+            (Ok(()), _) => {
+                self.entries += 1;
+                Ok(())
+            }
+            (Err(_), Some(e)) => Err(CopyError::Read(e)),
+            (Err(e), None) => Err(CopyError::Write(e)),
+        }
+    }
+
+    /// Adds `/.drootenv` with `text`, root-owned, mode 0644, dated like the newest entry so
+    /// the same image always gives the same bytes.
+    pub fn append_drootenv(&mut self, text: &str) -> io::Result<()> {
+        let mut header = Header::new_gnu();
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(self.max_mtime);
+        header.set_size(text.len() as u64);
+        self.builder
+            .append_data(&mut header, crate::drootenv::FILE_NAME, text.as_bytes())?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Writes the end-of-archive blocks, finishes compression, hands back the writer.
+    pub fn finish(self) -> io::Result<W> {
+        self.builder.into_inner()?.finish()
+    }
+}
+
+/// A reader that remembers its own error, so a failed copy can be blamed correctly.
+struct ReadTap<'a, R> {
+    inner: R,
+    error: &'a mut Option<io::Error>,
+}
+
+impl<R: Read> Read for ReadTap<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            *self.error = Some(io::Error::new(e.kind(), e.to_string()));
+            e
+        })
+    }
+}
+
+/// A fresh GNU header for `entry`, plus the xattr PAX records to carry over.
+fn out_header<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+) -> io::Result<(Header, Vec<(String, Vec<u8>)>)> {
+    let src = entry.header().clone();
+    let entry_type = match src.entry_type() {
+        EntryType::GNUSparse | EntryType::Continuous => EntryType::Regular,
+        t => t,
+    };
+    let old = src.as_old();
+    let default_mode = if entry_type.is_dir() { 0o755 } else { 0o644 };
+    let mut h = Header::new_gnu();
+    h.set_entry_type(entry_type);
+    h.set_mode(numeric(&old.mode, src.mode(), default_mode)?);
+    h.set_uid(numeric(&old.uid, src.uid(), 0)?);
+    h.set_gid(numeric(&old.gid, src.gid(), 0)?);
+    h.set_mtime(numeric(&old.mtime, src.mtime(), 0)?);
+    if let Some(u) = src.username_bytes() {
+        let _ = h.set_username(&String::from_utf8_lossy(u));
+    }
+    if let Some(g) = src.groupname_bytes() {
+        let _ = h.set_groupname(&String::from_utf8_lossy(g));
+    }
+    if entry_type.is_character_special() || entry_type.is_block_special() {
+        h.set_device_major(src.device_major()?.unwrap_or(0))?;
+        h.set_device_minor(src.device_minor()?.unwrap_or(0))?;
+    }
+    h.set_size(if entry_type.is_file() {
+        entry.size()
+    } else {
+        0
+    });
+
+    let mut xattrs = Vec::new();
+    if let Some(pax) = entry.pax_extensions()? {
+        for ext in pax {
+            let ext = ext?;
+            let Ok(key) = ext.key() else { continue };
+            let value = ext.value_bytes();
+            let number = || {
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.split('.').next()?.parse::<u64>().ok())
+            };
+            match key {
+                "uid" => {
+                    if let Some(n) = number() {
+                        h.set_uid(n)
+                    }
+                }
+                "gid" => {
+                    if let Some(n) = number() {
+                        h.set_gid(n)
+                    }
+                }
+                "mtime" => {
+                    if let Some(n) = number() {
+                        h.set_mtime(n)
+                    }
+                }
+                "uname" => {
+                    let _ = h.set_username(&String::from_utf8_lossy(value));
+                }
+                "gname" => {
+                    let _ = h.set_groupname(&String::from_utf8_lossy(value));
+                }
+                k if k.starts_with("SCHILY.xattr.") || k.starts_with("LIBARCHIVE.xattr.") => {
+                    xattrs.push((k.to_string(), value.to_vec()));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((h, xattrs))
+}
+
+/// A numeric header field, or `default` when the field is blank (some writers leave
+/// unused fields empty); garbage is still an error.
+fn numeric<T>(raw: &[u8], parsed: io::Result<T>, default: T) -> io::Result<T> {
+    if raw.iter().all(|b| *b == 0 || *b == b' ') {
+        Ok(default)
+    } else {
+        parsed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o4755);
+        h.set_uid(1000);
+        h.set_gid(1000);
+        h.set_mtime(1234);
+        h.set_size(5);
+        b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\x02"[..])])
+            .unwrap();
+        let long = format!("./{}/file", "d".repeat(150));
+        b.append_data(&mut h, &long, &b"hello"[..]).unwrap();
+        let mut l = Header::new_ustar();
+        l.set_entry_type(EntryType::Symlink);
+        l.set_size(0);
+        b.append_link(&mut l, "bin/sh", "busybox").unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn rewrite(compression: Compression) -> Vec<u8> {
+        let src = sample();
+        let mut ar = tar::Archive::new(src.as_slice());
+        let mut w = RootfsWriter::new(Vec::new(), compression).unwrap();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = crate::export::normalize_path(&e.path_bytes()).unwrap();
+            w.copy_entry(&mut e, &p, None).unwrap();
+        }
+        w.append_drootenv("A=b=c\n").unwrap();
+        assert_eq!(w.entries(), 3);
+        w.finish().unwrap()
+    }
+
+    fn list(tar_bytes: &[u8]) -> Vec<(String, u32, u64, Vec<u8>)> {
+        let mut ar = tar::Archive::new(tar_bytes);
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().to_string_lossy().into_owned();
+                let mode = e.header().mode().unwrap();
+                let mtime = e.header().mtime().unwrap();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                if let Some(pax) = e.pax_extensions().unwrap() {
+                    for x in pax {
+                        let x = x.unwrap();
+                        if x.key().unwrap() == "SCHILY.xattr.security.capability" {
+                            data.extend_from_slice(b"|cap");
+                        }
+                    }
+                }
+                (path, mode, mtime, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rewrites_relative_with_metadata_xattrs_and_drootenv() {
+        let out = list(&rewrite(Compression::None));
+        let long = format!("{}/file", "d".repeat(150));
+        assert_eq!(out[0], (long, 0o4755, 1234, b"hello|cap".to_vec()));
+        assert_eq!(out[1].0, "bin/sh");
+        assert_eq!(
+            out[2],
+            (".drootenv".into(), 0o644, 1234, b"A=b=c\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn compressed_outputs_decompress_to_the_same_tar() {
+        let raw = rewrite(Compression::None);
+        let gz = rewrite(Compression::Gzip);
+        assert_eq!(&gz[..2], b"\x1f\x8b");
+        let mut plain = Vec::new();
+        flate2::read::MultiGzDecoder::new(gz.as_slice())
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, raw);
+        let zs = rewrite(Compression::Zstd);
+        assert_eq!(&zs[..4], b"\x28\xb5\x2f\xfd");
+        assert_eq!(zstd::decode_all(zs.as_slice()).unwrap(), raw);
+    }
+}
