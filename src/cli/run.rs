@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::jail::{self, JailSpec, SpecInput};
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The root to chroot into (a release dir, or DIR/current).
@@ -39,6 +41,28 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-pub fn execute(_args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("run: not implemented yet")
+/// Builds the spec, runs the jail, and exits with the command's status. Jail errors are
+/// printed here (once) because their exit code matters: 125 set-up, 126 not executable,
+/// 127 not found.
+pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let input = SpecInput {
+        root: super::absolute(&args.root)?,
+        user: args.user,
+        group: args.group,
+        bind: args.bind,
+        robind: args.robind,
+        copy_host_files: args.cp,
+        env: args.env,
+        no_dropcaps: args.no_dropcaps,
+        pid_ns: args.pid_ns,
+        command: args.command,
+    };
+    let result = JailSpec::build(input).and_then(|spec| jail::run(&spec));
+    match result {
+        Ok(exit) => Ok(ExitCode::from(exit.code())),
+        Err(err) => {
+            eprintln!("droot-fleet: error: {err}");
+            Ok(ExitCode::from(err.exit_code()))
+        }
+    }
 }

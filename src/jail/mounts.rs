@@ -1,0 +1,177 @@
+//! The jail's mounts: a private mount namespace, a fresh `/proc`, a read-only `/sys`, binds.
+//!
+//! Runs in the forked child, which was cloned with `CLONE_NEWNS`. `/` is first made
+//! recursively private, so nothing mounted here propagates to the host; the mounts disappear
+//! with the namespace. Every target is an `O_PATH` descriptor from [`super::paths`] and is
+//! mounted on through `/proc/self/fd/N`, so a symlink in the rootfs cannot redirect a mount.
+//! Read-only binds are made recursively read-only with `mount_setattr(AT_RECURSIVE)` (Linux
+//! 5.12+); on older kernels only the top mount is remounted read-only.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{MsFlags, mount};
+
+use super::JailError;
+use super::paths::{Kind, fd_path, open_beneath};
+use super::spec::BindMount;
+
+const NONE: Option<&str> = None;
+
+fn mount_err(what: &str, root: &Path, rel: &Path, e: Errno) -> JailError {
+    JailError::Mount {
+        what: what.to_string(),
+        target: root.join(rel),
+        err: e.into(),
+    }
+}
+
+/// Makes every mount of this (new) namespace private, so none of ours leaks to the host.
+pub fn make_root_private() -> Result<(), JailError> {
+    mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE).map_err(|e| {
+        JailError::Mount {
+            what: "make-rprivate".into(),
+            target: "/".into(),
+            err: e.into(),
+        }
+    })
+}
+
+/// Mounts a fresh procfs on `root/proc`. Done by the process whose PID namespace it shows.
+pub fn mount_proc(root_fd: BorrowedFd<'_>, root: &Path) -> Result<(), JailError> {
+    let rel = Path::new("proc");
+    let target = open_beneath(root_fd, root, rel, Kind::Dir, true)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("proc"),
+        &fd_path(target.as_fd()),
+        Some("proc"),
+        flags,
+        NONE,
+    )
+    .map_err(|e| mount_err("proc", root, rel, e))?;
+    tracing::debug!(target = %root.join(rel).display(), "mounted proc");
+    Ok(())
+}
+
+/// Binds the host's `/sys` (recursively) on `root/sys`, read-only.
+pub fn mount_sys(root_fd: BorrowedFd<'_>, root: &Path) -> Result<(), JailError> {
+    let rel = Path::new("sys");
+    let target = open_beneath(root_fd, root, rel, Kind::Dir, true)?;
+    mount(
+        Some("/sys"),
+        &fd_path(target.as_fd()),
+        NONE,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        NONE,
+    )
+    .map_err(|e| mount_err("sys (rbind of /sys)", root, rel, e))?;
+    let mounted = open_beneath(root_fd, root, rel, Kind::Dir, false)?;
+    make_readonly(mounted.as_fd(), true)
+        .map_err(|e| mount_err("sys (read-only remount)", root, rel, e))?;
+    tracing::debug!(target = %root.join(rel).display(), "mounted sys read-only");
+    Ok(())
+}
+
+/// Bind-mounts `b.source` (a `kind` file or directory) on its target, creating it when missing.
+pub fn bind(
+    root_fd: BorrowedFd<'_>,
+    root: &Path,
+    b: &BindMount,
+    kind: Kind,
+) -> Result<(), JailError> {
+    let what = if b.read_only {
+        "read-only bind"
+    } else {
+        "bind"
+    };
+    let target = open_beneath(root_fd, root, &b.target, kind, true)?;
+    mount(
+        Some(&b.source),
+        &fd_path(target.as_fd()),
+        NONE,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        NONE,
+    )
+    .map_err(|e| {
+        mount_err(
+            &format!("{what} of {}", b.source.display()),
+            root,
+            &b.target,
+            e,
+        )
+    })?;
+    if b.read_only {
+        let mounted = open_beneath(root_fd, root, &b.target, kind, false)?;
+        make_readonly(mounted.as_fd(), kind == Kind::Dir).map_err(|e| {
+            mount_err(
+                &format!("{what} of {} (read-only remount)", b.source.display()),
+                root,
+                &b.target,
+                e,
+            )
+        })?;
+    }
+    tracing::debug!(source = %b.source.display(), target = %root.join(&b.target).display(), read_only = b.read_only, "bind mounted");
+    Ok(())
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const AT_RECURSIVE: libc::c_int = 0x8000;
+
+/// Makes the mount whose root is `mounted` read-only (and nosuid, nodev, and for sys-like
+/// trees noexec), recursively when `mount_setattr` exists; else remounts the top only.
+fn make_readonly(mounted: BorrowedFd<'_>, noexec: bool) -> Result<(), Errno> {
+    let mut set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    if noexec {
+        set |= MOUNT_ATTR_NOEXEC;
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: plain syscall with a valid fd, a NUL-terminated empty path and a live struct of
+    // the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mounted.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = Errno::last();
+    if !matches!(e, Errno::ENOSYS | Errno::EINVAL) {
+        return Err(e);
+    }
+    tracing::debug!(errno = %e, "mount_setattr unavailable; remounting the top mount read-only only");
+    let mut flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
+    if noexec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    mount(NONE, &fd_path(mounted), NONE, flags, NONE)
+}

@@ -1,0 +1,456 @@
+//! Processes: the fork into new namespaces, the set-up sequence in the child, the optional
+//! init for `--pid-ns`, signal forwarding and the exit status.
+//!
+//! ```text
+//! droot-fleet (parent, host namespaces; signals blocked, taken with sigwait)
+//!  └─ clone(CLONE_NEWNS [| CLONE_NEWPID])
+//!      child: rprivate, proc, sys, dev, binds, chroot, user lookup, env
+//!        without --pid-ns: caps, setgroups/setgid/setuid, exec CMD
+//!        with --pid-ns:    it is PID 1 (our init): fork → caps, creds, exec CMD;
+//!                          init reaps every orphan, forwards signals, exits with CMD's status
+//! ```
+//!
+//! Errors in the child are sent to the parent over a close-on-exec pipe (postcard-encoded
+//! [`JailError`]); a successful exec closes it empty. The parent forwards HUP, INT, QUIT,
+//! USR1, USR2, ALRM, TERM, CONT and WINCH to the child and returns its status.
+//! The signal mask is per thread: [`run`] must be called from a single-threaded process.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{
+    SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, kill, sigaction,
+};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use super::paths::{self, Kind};
+use super::spec::JailSpec;
+use super::user::{self, UserDb};
+use super::{JailError, caps, devices, env, etc_copy, mounts};
+
+/// How the jailed command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JailExit {
+    /// Exited with this code. With `--pid-ns`, a command killed by signal N shows as 128+N.
+    Exited(i32),
+    /// Killed by this signal number.
+    Signaled(i32),
+}
+
+impl JailExit {
+    /// The shell convention: the exit code, or 128+N for signal N.
+    pub fn code(self) -> u8 {
+        match self {
+            JailExit::Exited(c) => (c & 0xff) as u8,
+            JailExit::Signaled(s) => (128 + s).clamp(0, 255) as u8,
+        }
+    }
+}
+
+/// Signals forwarded to the jailed process.
+pub const FORWARDED: [Signal; 9] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGTERM,
+    Signal::SIGCONT,
+    Signal::SIGWINCH,
+];
+
+const CHILD_STACK: usize = 8 << 20;
+
+/// Everything the child needs, prepared in the parent before the fork.
+struct Plan<'a> {
+    spec: &'a JailSpec,
+    root: PathBuf,
+    binds: Vec<Kind>,
+    host_db: UserDb,
+}
+
+/// Runs `spec` and returns how the command ended. Set-up failures (also those that happen
+/// in the forked child) are returned as errors. Blocks until the command exits.
+pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        return Err(JailError::NotRoot {
+            euid: euid.as_raw(),
+        });
+    }
+    let root_fd = paths::open_root(&spec.root)?;
+    let root = std::fs::canonicalize(&spec.root).map_err(|e| JailError::Root {
+        root: spec.root.clone(),
+        reason: e.to_string(),
+    })?;
+    let binds = spec
+        .binds
+        .iter()
+        .map(|b| bind_source_kind(&b.source))
+        .collect::<Result<Vec<_>, _>>()?;
+    if spec.copy_host_files {
+        etc_copy::copy_host_files(root_fd.as_fd(), &root, Path::new("/etc"))?;
+    }
+    let host_db = UserDb {
+        host_passwd: user::parse_passwd(
+            &read_optional(Path::new("/etc/passwd"))?.unwrap_or_default(),
+        ),
+        host_group: user::parse_group(&read_optional(Path::new("/etc/group"))?.unwrap_or_default()),
+        ..UserDb::default()
+    };
+    let plan = Plan {
+        spec,
+        root,
+        binds,
+        host_db,
+    };
+    let (report_rd, report_wr) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys("pipe2", e))?;
+
+    let mut wait_set = SigSet::empty();
+    for s in FORWARDED {
+        wait_set.add(s);
+    }
+    wait_set.add(Signal::SIGCHLD);
+    let mut old_mask = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&wait_set), Some(&mut old_mask))
+        .map_err(|e| JailError::sys("block signals", e))?;
+
+    let result = spawn_and_supervise(&plan, report_rd, report_wr, &wait_set);
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+    result
+}
+
+fn spawn_and_supervise(
+    plan: &Plan<'_>,
+    rd: OwnedFd,
+    wr: OwnedFd,
+    wait_set: &SigSet,
+) -> Result<JailExit, JailError> {
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    if plan.spec.pid_ns {
+        flags |= CloneFlags::CLONE_NEWPID;
+    }
+    let wr_raw = wr.as_raw_fd();
+    let mut stack = vec![0u8; CHILD_STACK];
+    // SAFETY: the caller is single-threaded (documented contract of `run`), so the child
+    // holds no lock another thread owned; the child never returns into the parent's frames:
+    // it execs or calls `_exit`. The stack is large enough for the set-up code.
+    let child = unsafe {
+        nix::sched::clone(
+            Box::new(|| child_main(plan, wr_raw, wait_set)),
+            &mut stack,
+            flags,
+            Some(Signal::SIGCHLD as i32),
+        )
+    }
+    .map_err(|e| JailError::sys("clone (new mount/PID namespace)", e))?;
+    drop(wr);
+    tracing::debug!(
+        pid = child.as_raw(),
+        pid_ns = plan.spec.pid_ns,
+        "jail process started"
+    );
+    if let Some(err) = read_report(rd) {
+        let _ = waitpid(child, None);
+        return Err(err);
+    }
+    supervise(child, wait_set)
+}
+
+/// Waits for `child`, forwarding every signal in `wait_set` except SIGCHLD to it.
+fn supervise(child: Pid, wait_set: &SigSet) -> Result<JailExit, JailError> {
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(JailExit::Exited(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(JailExit::Signaled(sig as i32)),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(JailError::sys(format!("waitpid {child}"), e)),
+        }
+        let sig = wait_set.wait().map_err(|e| JailError::sys("sigwait", e))?;
+        if sig != Signal::SIGCHLD {
+            tracing::debug!(signal = %sig, pid = child.as_raw(), "forwarding signal");
+            let _ = kill(child, sig);
+        }
+    }
+}
+
+fn read_report(rd: OwnedFd) -> Option<JailError> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match nix::unistd::read(rd.as_fd(), &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                return Some(JailError::ChildLost {
+                    reason: format!("reading its report: {e}"),
+                });
+            }
+        }
+    }
+    if buf.is_empty() {
+        return None;
+    }
+    Some(
+        postcard::from_bytes(&buf).unwrap_or_else(|e| JailError::ChildLost {
+            reason: format!("undecodable report: {e}"),
+        }),
+    )
+}
+
+/// Sends `err` to the parent and exits with its code. Never returns.
+fn report_and_exit(wr: RawFd, err: &JailError) -> ! {
+    let bytes = postcard::to_allocvec(err).unwrap_or_else(|e| {
+        postcard::to_allocvec(&JailError::ChildLost {
+            reason: format!("{err} (and it could not be encoded: {e})"),
+        })
+        .unwrap_or_default()
+    });
+    // SAFETY: the fd stays open until `_exit`; it is not owned by anything that will close it.
+    let fd = unsafe { BorrowedFd::borrow_raw(wr) };
+    let mut off = 0;
+    while off < bytes.len() {
+        match nix::unistd::write(fd, &bytes[off..]) {
+            Ok(n) => off += n,
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    // SAFETY: ends this (forked) process without unwinding into the parent's copied frames.
+    unsafe { libc::_exit(i32::from(err.exit_code())) }
+}
+
+/// The cloned child. Never returns: it execs the command, runs init, or reports and exits.
+fn child_main(plan: &Plan<'_>, wr: RawFd, wait_set: &SigSet) -> isize {
+    let launch = match prepare(plan) {
+        Ok(l) => l,
+        Err(e) => report_and_exit(wr, &e),
+    };
+    if !plan.spec.pid_ns {
+        let e = become_and_exec(&launch);
+        report_and_exit(wr, &e);
+    }
+    // SAFETY: we are PID 1 of a new namespace and single-threaded.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            let e = become_and_exec(&launch);
+            report_and_exit(wr, &e)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            // The command holds the report pipe; ours must not keep the parent waiting.
+            // SAFETY: closing our copy of the write end; nothing else uses this number here.
+            unsafe { libc::close(wr) };
+            init_loop(child, wait_set)
+        }
+        Err(e) => report_and_exit(wr, &JailError::sys("fork of the command under init", e)),
+    }
+}
+
+/// Ready-to-exec state, computed inside the jail.
+struct Launch {
+    identity: user::Identity,
+    drop_caps: bool,
+    cmd: String,
+    path: String,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+/// In the child, before any credential change: mounts, chroot, users, environment.
+fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
+    let root = plan.root.as_path();
+    if plan.spec.pid_ns {
+        // If droot-fleet dies, so does our init, and with it the whole PID namespace.
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    }
+    mounts::make_root_private()?;
+    // Reopen the root by name: a descriptor from before the clone belongs to the host's mount
+    // namespace, and mounting on it would fail (EINVAL) or, worse, act there.
+    let root_fd = paths::open_root(root)?;
+    let root_fd = root_fd.as_fd();
+    mounts::mount_proc(root_fd, root)?;
+    mounts::mount_sys(root_fd, root)?;
+    devices::mount_dev(root_fd, root)?;
+    for (b, kind) in plan.spec.binds.iter().zip(&plan.binds) {
+        mounts::bind(root_fd, root, b, *kind)?;
+    }
+    chroot_into(root_fd, root)?;
+
+    let db = UserDb {
+        jail_passwd: user::parse_passwd(
+            &read_optional(Path::new("/etc/passwd"))?.unwrap_or_default(),
+        ),
+        jail_group: read_optional(Path::new("/etc/group"))?.map(|t| user::parse_group(&t)),
+        ..plan.host_db.clone()
+    };
+    let identity = db.resolve(plan.spec.user.as_deref(), plan.spec.group.as_deref())?;
+    let drootenv = read_optional(Path::new("/").join(crate::drootenv::FILE_NAME).as_path())?
+        .unwrap_or_default();
+    let env = env::merge(&drootenv, &plan.spec.env);
+    let path = env::path_of(&env).to_string();
+    let cstr = |s: String| {
+        CString::new(s).map_err(|e| JailError::InvalidArg {
+            arg: String::from_utf8_lossy(&e.into_vec()).into_owned(),
+            reason: "contains a NUL byte".into(),
+        })
+    };
+    let argv = plan
+        .spec
+        .command
+        .iter()
+        .cloned()
+        .map(cstr)
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = env
+        .into_iter()
+        .map(|(k, v)| cstr(format!("{k}={v}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    tracing::debug!(uid = identity.uid, gid = identity.gid, groups = ?identity.groups, "jail prepared");
+    Ok(Launch {
+        identity,
+        drop_caps: plan.spec.drop_caps,
+        cmd: plan.spec.command[0].clone(),
+        path,
+        argv,
+        envp,
+    })
+}
+
+fn chroot_into(root_fd: BorrowedFd<'_>, root: &Path) -> Result<(), JailError> {
+    let err = |e: Errno| JailError::Chroot {
+        root: root.to_path_buf(),
+        err: e.into(),
+    };
+    nix::unistd::fchdir(root_fd).map_err(err)?;
+    nix::unistd::chroot(".").map_err(err)?;
+    nix::unistd::chdir("/").map_err(err)
+}
+
+/// Drops privileges and execs the command; returns only the error that stopped it.
+fn become_and_exec(l: &Launch) -> JailError {
+    if l.drop_caps
+        && let Err(e) = caps::restrict()
+    {
+        return e;
+    }
+    if let Err(e) = user::apply(&l.identity) {
+        return e;
+    }
+    if l.drop_caps
+        && let Err(e) = caps::no_new_privs()
+    {
+        return e;
+    }
+    reset_signals();
+    let mut denied = None;
+    for cand in env::candidates(&l.cmd, &l.path) {
+        let Ok(c) = CString::new(cand.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        match nix::unistd::execve(&c, &l.argv, &l.envp) {
+            Err(Errno::ENOENT | Errno::ENOTDIR) => {}
+            Err(e @ Errno::EACCES) => denied = Some(e),
+            Err(e @ Errno::ENOEXEC) => {
+                return JailError::NotExecutable {
+                    cmd: cand.display().to_string(),
+                    err: e.into(),
+                };
+            }
+            Err(e) => {
+                return JailError::Exec {
+                    cmd: cand.display().to_string(),
+                    err: e.into(),
+                };
+            }
+            Ok(never) => match never {},
+        }
+    }
+    match denied {
+        Some(e) => JailError::NotExecutable {
+            cmd: l.cmd.clone(),
+            err: e.into(),
+        },
+        None => JailError::CommandNotFound {
+            cmd: l.cmd.clone(),
+            path: l.path.clone(),
+        },
+    }
+}
+
+/// Default dispositions and an empty mask for the command (Rust ignores SIGPIPE; exec keeps
+/// ignored signals and the mask).
+fn reset_signals() {
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if !matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            // SAFETY: installing the default disposition is always sound.
+            let _ = unsafe { sigaction(sig, &dfl) };
+        }
+    }
+    let _ =
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// PID 1 of the jail: reap everything, forward signals to the command, exit with its status.
+fn init_loop(cmd: Pid, wait_set: &SigSet) -> ! {
+    loop {
+        let Ok(sig) = wait_set.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = kill(cmd, sig);
+            continue;
+        }
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                // SAFETY: ending PID 1; the kernel kills what is left in the namespace.
+                Ok(WaitStatus::Exited(pid, code)) if pid == cmd => unsafe { libc::_exit(code) },
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == cmd => unsafe {
+                    libc::_exit(128 + s as i32)
+                },
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// What a bind source is; it must exist on the host.
+fn bind_source_kind(src: &Path) -> Result<Kind, JailError> {
+    let md = std::fs::metadata(src).map_err(|e| JailError::BindSource {
+        source_path: src.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(if md.is_dir() { Kind::Dir } else { Kind::File })
+}
+
+/// Reads a text file; `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>, JailError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JailError::ReadFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(JailExit::Exited(7).code(), 7);
+        assert_eq!(JailExit::Signaled(15).code(), 143);
+        assert_eq!(JailExit::Exited(0).code(), 0);
+    }
+}
