@@ -54,7 +54,9 @@ pub const FRAME_PREFIX_LEN: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
     /// Shorter than the fixed overhead: garbage or a truncated packet.
-    #[error("sealed message is {len} bytes, shorter than the {SEAL_OVERHEAD}-byte minimum; dropped")]
+    #[error(
+        "sealed message is {len} bytes, shorter than the {SEAL_OVERHEAD}-byte minimum; dropped"
+    )]
     TooShort { len: usize },
     /// The version byte is not one this build understands (newer peer, or garbage).
     #[error(
@@ -95,7 +97,9 @@ pub enum FrameError {
     #[error("stream frame could not be opened: {0}; close the connection")]
     Open(#[from] OpenError),
     /// The stream ended in the middle of a frame.
-    #[error("stream ended with {buffered} bytes of an incomplete frame; the peer hung up mid-message")]
+    #[error(
+        "stream ended with {buffered} bytes of an incomplete frame; the peer hung up mid-message"
+    )]
     Truncated { buffered: usize },
     /// The decoder already failed earlier.
     #[error("stream decoder already failed; close the connection")]
@@ -321,7 +325,10 @@ mod tests {
         let r = ring(10);
         let sealed = seal_datagram(&r, b"payload", &mut rng).unwrap();
 
-        assert_eq!(open(&r, &sealed[..10]), Err(OpenError::TooShort { len: 10 }));
+        assert_eq!(
+            open(&r, &sealed[..10]),
+            Err(OpenError::TooShort { len: 10 })
+        );
 
         let mut v = sealed.clone();
         v[0] = 2;

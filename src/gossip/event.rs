@@ -473,7 +473,10 @@ mod tests {
         let e = ev(3, 42);
         assert_eq!(log.observe(&e, T0), Ok(true));
         assert_eq!(log.observe(&e, T0), Ok(false));
-        assert_eq!(log.observe(&e.clone(), T0 + Duration::from_secs(1)), Ok(false));
+        assert_eq!(
+            log.observe(&e.clone(), T0 + Duration::from_secs(1)),
+            Ok(false)
+        );
         assert_eq!(log.observe(&ev(3, 43), T0), Ok(true));
         assert_eq!(log.recent().count(), 2);
     }
@@ -556,7 +559,10 @@ mod tests {
         let bytes = postcard::to_stdvec(&snap).unwrap();
         let json = serde_json::to_string(&snap).unwrap();
         let back: EventLogSnapshot = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back, serde_json::from_str::<EventLogSnapshot>(&json).unwrap());
+        assert_eq!(
+            back,
+            serde_json::from_str::<EventLogSnapshot>(&json).unwrap()
+        );
 
         let mut restored = EventLog::restore(cfg, back, T0);
         assert_eq!(restored, log);

@@ -42,7 +42,9 @@ pub enum NodeNameError {
     #[error("node name is empty; pick a unique name such as the host name")]
     Empty,
     /// Longer than [`MAX_NODE_NAME_LEN`].
-    #[error("node name is {len} bytes long, the maximum is {MAX_NODE_NAME_LEN}; pick a shorter name")]
+    #[error(
+        "node name is {len} bytes long, the maximum is {MAX_NODE_NAME_LEN}; pick a shorter name"
+    )]
     TooLong { len: usize },
     /// Contains a character outside `[A-Za-z0-9._-]` or does not start alphanumeric.
     #[error(
@@ -102,7 +104,11 @@ pub struct NodeId {
 
 impl NodeId {
     /// A validated identity.
-    pub fn new(name: impl Into<String>, addr: SocketAddr, bump: u16) -> Result<Self, NodeNameError> {
+    pub fn new(
+        name: impl Into<String>,
+        addr: SocketAddr,
+        bump: u16,
+    ) -> Result<Self, NodeNameError> {
         let name = name.into();
         validate_node_name(&name)?;
         Ok(Self { name, addr, bump })
@@ -200,7 +206,9 @@ mod tests {
     fn max_encoded_len_is_an_upper_bound() {
         let worst = NodeId::new(
             "a".repeat(MAX_NODE_NAME_LEN),
-            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".parse().unwrap(),
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                .parse()
+                .unwrap(),
             u16::MAX,
         )
         .unwrap();
@@ -227,13 +235,16 @@ mod tests {
         );
         let mut rt = AccumulatingRuntime::new();
         let old = id("web1", 2, 5);
-        foca.apply_many(std::iter::once(Member::alive(old.clone())), true, &mut rt).unwrap();
+        foca.apply_many(std::iter::once(Member::alive(old.clone())), true, &mut rt)
+            .unwrap();
         let new = old.renew().unwrap();
-        foca.apply_many(std::iter::once(Member::alive(new.clone())), true, &mut rt).unwrap();
+        foca.apply_many(std::iter::once(Member::alive(new.clone())), true, &mut rt)
+            .unwrap();
         let members: Vec<_> = foca.iter_members().map(|m| m.id().clone()).collect();
         assert_eq!(members, vec![new]);
         // The stale identity cannot come back.
-        foca.apply_many(std::iter::once(Member::alive(old)), true, &mut rt).unwrap();
+        foca.apply_many(std::iter::once(Member::alive(old)), true, &mut rt)
+            .unwrap();
         assert_eq!(foca.num_members(), 1);
         assert_eq!(foca.iter_members().next().unwrap().id().bump, 6);
     }

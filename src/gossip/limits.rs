@@ -79,7 +79,9 @@ mod tests {
     fn worst_header_fits_budget() {
         let worst = NodeId::new(
             "z".repeat(MAX_NODE_NAME_LEN),
-            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".parse().unwrap(),
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                .parse()
+                .unwrap(),
             u16::MAX,
         )
         .unwrap();

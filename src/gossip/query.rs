@@ -173,7 +173,9 @@ impl Query {
             timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
         };
         // Tag byte + body, as encoded by `message::encode_broadcast`.
-        let size = 1 + postcard::to_stdvec(&q).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = 1 + postcard::to_stdvec(&q)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > MAX_BROADCAST_ITEM {
             return Err(QueryError::QueryTooLarge {
                 size,
@@ -371,7 +373,10 @@ mod tests {
         ])
         .unwrap();
         assert!(f.matches("web1", &tags(&[("role", "web")])));
-        assert!(!f.matches("web1-old", &tags(&[("role", "web")])), "anchored");
+        assert!(
+            !f.matches("web1-old", &tags(&[("role", "web")])),
+            "anchored"
+        );
         assert!(!f.matches("web1", &tags(&[("role", "db")])));
         assert!(!f.matches("web1", &Tags::new()), "missing tag fails");
         assert!(FilterSet::new(&[]).unwrap().matches("x", &Tags::new()));
@@ -416,7 +421,13 @@ mod tests {
             vec![],
             Duration::from_secs(1),
         );
-        assert!(matches!(r, Err(QueryError::QueryTooLarge { max: MAX_BROADCAST_ITEM, .. })));
+        assert!(matches!(
+            r,
+            Err(QueryError::QueryTooLarge {
+                max: MAX_BROADCAST_ITEM,
+                ..
+            })
+        ));
         let q = Query::create(
             &mut rng,
             &mut clock,
@@ -453,7 +464,10 @@ mod tests {
         };
         assert_eq!(t.record(resp(node("a", 2), b"1"), now), Recorded::Accepted);
         assert_eq!(t.record(resp(node("a", 2), b"1"), now), Recorded::Duplicate);
-        assert_eq!(t.record(resp(node("zz", 9), b"?"), now), Recorded::NotMember);
+        assert_eq!(
+            t.record(resp(node("zz", 9), b"?"), now),
+            Recorded::NotMember
+        );
         let mut other = resp(node("b", 3), b"x");
         other.id = QueryId(q.id.0 ^ 1);
         assert_eq!(t.record(other, now), Recorded::OtherQuery);

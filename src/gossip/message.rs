@@ -1,0 +1,395 @@
+//! Wire messages the agent exchanges besides foca's own packets.
+//!
+//! Every message is `[type tag u8][postcard body]`, always inside a sealed envelope
+//! (see [`super::envelope`]). Three channels:
+//!
+//! - **Broadcast items** ([`Broadcast`]): user events and queries, carried as foca
+//!   custom broadcasts (foca length-prefixes each item). Capped at
+//!   [`MAX_BROADCAST_ITEM`] so they always fit a packet.
+//! - **Datagrams** ([`Datagram`]): one UDP socket carries both foca packets (tag
+//!   [`tag::FOCA`], rest is foca's bytes) and direct messages ([`Direct`], e.g. a query
+//!   response that fits one datagram). Capped at [`MAX_PLAINTEXT`].
+//! - **Streams** ([`StreamMessage`]): TCP, one message per sealed frame: push/pull
+//!   exchange and query responses too large for UDP. Capped at [`MAX_FRAME_PLAINTEXT`].
+//!
+//! Decoding never panics: bytes come from the network (authenticated, but possibly a
+//! buggy or newer peer). Unknown tags are reported separately from malformed bodies so
+//! a mixed-version cluster can skip what it does not understand. Decoded events are
+//! re-validated, and trailing bytes are an error.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::envelope::{MAX_FRAME_PLAINTEXT, MAX_PLAINTEXT};
+use super::event::{EventError, UserEvent};
+use super::limits::MAX_BROADCAST_ITEM;
+use super::pushpull::PushPullState;
+use super::query::{Query, QueryResponse};
+
+/// Message type tags (first byte of every plaintext message).
+pub mod tag {
+    /// A foca packet (datagram channel only).
+    pub const FOCA: u8 = 0;
+    /// A [`crate::gossip::event::UserEvent`] (broadcast channel).
+    pub const USER_EVENT: u8 = 1;
+    /// A [`crate::gossip::query::Query`] (broadcast channel).
+    pub const QUERY: u8 = 2;
+    /// A [`crate::gossip::query::QueryResponse`] (datagram or stream).
+    pub const QUERY_RESPONSE: u8 = 3;
+    /// Push/pull: initiator's state (stream).
+    pub const PUSH_PULL_REQUEST: u8 = 4;
+    /// Push/pull: responder's state (stream).
+    pub const PUSH_PULL_REPLY: u8 = 5;
+}
+
+/// A custom broadcast item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broadcast {
+    /// A user event.
+    Event(UserEvent),
+    /// A query.
+    Query(Query),
+}
+
+/// A non-foca datagram message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Direct {
+    /// A query response small enough for UDP.
+    QueryResponse(QueryResponse),
+}
+
+/// A decoded incoming datagram plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Datagram<'a> {
+    /// Hand to `Foca::handle_data`.
+    Foca(&'a [u8]),
+    /// Handle in the shell.
+    Direct(Direct),
+}
+
+/// A stream (TCP) message; one per frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamMessage {
+    /// The connecting side's state; answer with [`StreamMessage::PushPullReply`].
+    PushPullRequest(PushPullState),
+    /// The accepting side's state.
+    PushPullReply(PushPullState),
+    /// A query response too large for UDP.
+    QueryResponse(QueryResponse),
+}
+
+/// Why a message could not be encoded. Nothing was sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// Too large for its channel.
+    #[error("{what} is {size} bytes encoded, over the {max}-byte limit of its channel; not sent")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        max: usize,
+    },
+    /// postcard failed (should not happen for these types).
+    #[error("could not encode {what}: {reason}; not sent")]
+    Serialize { what: &'static str, reason: String },
+}
+
+/// Why received bytes were dropped. Nothing was delivered from them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Zero-length message.
+    #[error("empty {channel} message; dropped")]
+    Empty { channel: &'static str },
+    /// A tag this build does not know on this channel (newer peer?).
+    #[error("unknown {channel} message type {tag}; dropped (is the peer running a newer version?)")]
+    UnknownType { channel: &'static str, tag: u8 },
+    /// The body does not decode.
+    #[error("malformed {what}: {reason}; dropped")]
+    Malformed { what: &'static str, reason: String },
+    /// Bytes left after the body.
+    #[error("{what} has {extra} unexpected trailing bytes; dropped")]
+    TrailingBytes { what: &'static str, extra: usize },
+    /// Decoded, but the content breaks the rules (e.g. an oversized event).
+    #[error("invalid {what}: {reason}; dropped")]
+    Invalid { what: &'static str, reason: String },
+}
+
+fn encode<T: Serialize>(
+    tag: u8,
+    body: &T,
+    what: &'static str,
+    max: usize,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut out = vec![tag];
+    out = postcard::to_extend(body, out).map_err(|e| EncodeError::Serialize {
+        what,
+        reason: e.to_string(),
+    })?;
+    if out.len() > max {
+        return Err(EncodeError::TooLarge {
+            what,
+            size: out.len(),
+            max,
+        });
+    }
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed {
+        what,
+        reason: e.to_string(),
+    })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes {
+            what,
+            extra: rest.len(),
+        });
+    }
+    Ok(value)
+}
+
+fn split<'a>(bytes: &'a [u8], channel: &'static str) -> Result<(u8, &'a [u8]), DecodeError> {
+    bytes
+        .split_first()
+        .map(|(t, b)| (*t, b))
+        .ok_or(DecodeError::Empty { channel })
+}
+
+fn checked_event(ev: UserEvent) -> Result<UserEvent, DecodeError> {
+    ev.validate()
+        .map_err(|e: EventError| DecodeError::Invalid {
+            what: "user event",
+            reason: e.to_string(),
+        })?;
+    Ok(ev)
+}
+
+/// Encodes a broadcast item for `Foca::add_broadcast`.
+pub fn encode_broadcast(item: &Broadcast) -> Result<Vec<u8>, EncodeError> {
+    match item {
+        Broadcast::Event(ev) => encode(tag::USER_EVENT, ev, "user event", MAX_BROADCAST_ITEM),
+        Broadcast::Query(q) => encode(tag::QUERY, q, "query", MAX_BROADCAST_ITEM),
+    }
+}
+
+/// Decodes a broadcast item (from `BroadcastHandler::receive_item`).
+pub fn decode_broadcast(bytes: &[u8]) -> Result<Broadcast, DecodeError> {
+    let channel = "broadcast";
+    let (t, body) = split(bytes, channel)?;
+    match t {
+        tag::USER_EVENT => Ok(Broadcast::Event(checked_event(decode(
+            body,
+            "user event",
+        )?)?)),
+        tag::QUERY => Ok(Broadcast::Query(decode(body, "query")?)),
+        tag => Err(DecodeError::UnknownType { channel, tag }),
+    }
+}
+
+/// Wraps a packet foca asked to send (`Runtime::send_to`) as a datagram plaintext.
+pub fn encode_foca_datagram(packet: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + packet.len());
+    out.push(tag::FOCA);
+    out.extend_from_slice(packet);
+    out
+}
+
+/// Encodes a direct datagram message. `TooLarge` means: use the stream channel.
+pub fn encode_direct(msg: &Direct) -> Result<Vec<u8>, EncodeError> {
+    match msg {
+        Direct::QueryResponse(r) => encode(tag::QUERY_RESPONSE, r, "query response", MAX_PLAINTEXT),
+    }
+}
+
+/// Classifies an opened datagram plaintext.
+pub fn decode_datagram(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
+    let channel = "datagram";
+    let (t, body) = split(bytes, channel)?;
+    match t {
+        tag::FOCA => Ok(Datagram::Foca(body)),
+        tag::QUERY_RESPONSE => Ok(Datagram::Direct(Direct::QueryResponse(decode(
+            body,
+            "query response",
+        )?))),
+        tag => Err(DecodeError::UnknownType { channel, tag }),
+    }
+}
+
+/// Encodes a stream message (then seal it with `envelope::encode_frame`).
+pub fn encode_stream(msg: &StreamMessage) -> Result<Vec<u8>, EncodeError> {
+    let max = MAX_FRAME_PLAINTEXT;
+    match msg {
+        StreamMessage::PushPullRequest(s) => {
+            encode(tag::PUSH_PULL_REQUEST, s, "push/pull request", max)
+        }
+        StreamMessage::PushPullReply(s) => encode(tag::PUSH_PULL_REPLY, s, "push/pull reply", max),
+        StreamMessage::QueryResponse(r) => encode(tag::QUERY_RESPONSE, r, "query response", max),
+    }
+}
+
+/// Decodes an opened stream frame.
+pub fn decode_stream(bytes: &[u8]) -> Result<StreamMessage, DecodeError> {
+    let channel = "stream";
+    let (t, body) = split(bytes, channel)?;
+    let checked = |mut s: PushPullState| -> Result<PushPullState, DecodeError> {
+        s.events = s
+            .events
+            .into_iter()
+            .map(checked_event)
+            .collect::<Result<_, _>>()?;
+        Ok(s)
+    };
+    match t {
+        tag::PUSH_PULL_REQUEST => Ok(StreamMessage::PushPullRequest(checked(decode(
+            body,
+            "push/pull request",
+        )?)?)),
+        tag::PUSH_PULL_REPLY => Ok(StreamMessage::PushPullReply(checked(decode(
+            body,
+            "push/pull reply",
+        )?)?)),
+        tag::QUERY_RESPONSE => Ok(StreamMessage::QueryResponse(decode(
+            body,
+            "query response",
+        )?)),
+        tag => Err(DecodeError::UnknownType { channel, tag }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::event::{EventId, MAX_EVENT_SIZE};
+    use crate::gossip::identity::{MAX_NODE_NAME_LEN, NodeId};
+    use crate::gossip::query::{Filter, QueryId};
+
+    fn node(name: &str) -> NodeId {
+        NodeId::new(name, "127.0.0.1:7946".parse().unwrap(), 1).unwrap()
+    }
+
+    #[test]
+    fn broadcast_roundtrip() {
+        let ev = UserEvent::new(EventId(9), "n1", 3, "deploy", b"v2".to_vec()).unwrap();
+        let bytes = encode_broadcast(&Broadcast::Event(ev.clone())).unwrap();
+        assert_eq!(bytes[0], tag::USER_EVENT);
+        assert_eq!(decode_broadcast(&bytes).unwrap(), Broadcast::Event(ev));
+
+        let q = Query {
+            id: QueryId(5),
+            ltime: 2,
+            origin: node("o"),
+            name: "q".into(),
+            payload: vec![1, 2],
+            filters: vec![Filter::NodeName("web.*".into())],
+            timeout_ms: 1000,
+        };
+        let bytes = encode_broadcast(&Broadcast::Query(q.clone())).unwrap();
+        assert_eq!(decode_broadcast(&bytes).unwrap(), Broadcast::Query(q));
+    }
+
+    /// The worst-case largest event (max id, ltime, origin, sizes) encodes within
+    /// `MAX_BROADCAST_ITEM`.
+    #[test]
+    fn largest_event_fits_item_budget() {
+        let name = "n".repeat(128);
+        let ev = UserEvent::new(
+            EventId(u128::MAX),
+            "o".repeat(MAX_NODE_NAME_LEN),
+            u64::MAX,
+            name.clone(),
+            vec![0xff; MAX_EVENT_SIZE - name.len()],
+        )
+        .unwrap();
+        let bytes = encode_broadcast(&Broadcast::Event(ev)).unwrap();
+        assert!(bytes.len() <= MAX_BROADCAST_ITEM, "{}", bytes.len());
+    }
+
+    #[test]
+    fn decode_errors_are_typed() {
+        assert!(matches!(
+            decode_broadcast(&[]),
+            Err(DecodeError::Empty { .. })
+        ));
+        assert_eq!(
+            decode_broadcast(&[99, 1, 2]),
+            Err(DecodeError::UnknownType {
+                channel: "broadcast",
+                tag: 99
+            })
+        );
+        assert!(matches!(
+            decode_broadcast(&[tag::USER_EVENT, 0xff, 0xff]),
+            Err(DecodeError::Malformed { .. })
+        ));
+        let ev = UserEvent::new(EventId(1), "n", 1, "x", vec![]).unwrap();
+        let mut bytes = encode_broadcast(&Broadcast::Event(ev.clone())).unwrap();
+        bytes.push(0);
+        assert_eq!(
+            decode_broadcast(&bytes),
+            Err(DecodeError::TrailingBytes {
+                what: "user event",
+                extra: 1
+            })
+        );
+        // An oversized event built by a peer is refused after decoding.
+        let mut big = ev;
+        big.payload = vec![0; MAX_EVENT_SIZE + 10];
+        let raw = {
+            let mut v = vec![tag::USER_EVENT];
+            v.extend(postcard::to_stdvec(&big).unwrap());
+            v
+        };
+        assert!(matches!(
+            decode_broadcast(&raw),
+            Err(DecodeError::Invalid { .. })
+        ));
+        // Fuzz-ish: every prefix of a valid message decodes or errors, never panics.
+        let good = encode_broadcast(&Broadcast::Event(
+            UserEvent::new(EventId(7), "n", 1, "x", vec![1; 40]).unwrap(),
+        ))
+        .unwrap();
+        for i in 0..good.len() {
+            let _ = decode_broadcast(&good[..i]);
+            let _ = decode_datagram(&good[..i]);
+            let _ = decode_stream(&good[..i]);
+        }
+    }
+
+    #[test]
+    fn datagram_channel() {
+        let foca = encode_foca_datagram(b"foca-bytes");
+        assert_eq!(
+            decode_datagram(&foca).unwrap(),
+            Datagram::Foca(b"foca-bytes")
+        );
+
+        let r = QueryResponse {
+            id: QueryId(1),
+            from: node("a"),
+            payload: vec![1; 100],
+        };
+        let bytes = encode_direct(&Direct::QueryResponse(r.clone())).unwrap();
+        assert_eq!(
+            decode_datagram(&bytes).unwrap(),
+            Datagram::Direct(Direct::QueryResponse(r.clone()))
+        );
+        let big = QueryResponse {
+            payload: vec![1; MAX_PLAINTEXT],
+            ..r
+        };
+        assert!(matches!(
+            encode_direct(&Direct::QueryResponse(big.clone())),
+            Err(EncodeError::TooLarge { .. })
+        ));
+        // Too big for UDP: goes over the stream.
+        let s = encode_stream(&StreamMessage::QueryResponse(big.clone())).unwrap();
+        assert_eq!(
+            decode_stream(&s).unwrap(),
+            StreamMessage::QueryResponse(big)
+        );
+        assert!(matches!(
+            decode_datagram(&[tag::USER_EVENT]),
+            Err(DecodeError::UnknownType { .. })
+        ));
+    }
+}
