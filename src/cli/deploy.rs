@@ -1,9 +1,14 @@
 //! `deploy`: flags to [`crate::release`] calls.
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
+
+use crate::artifact::UnpackOptions;
+use crate::release::{self, Layout, layout::display_time};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -44,10 +49,105 @@ pub struct DeployArgs {
     /// List releases, marking the current one.
     #[arg(long, conflicts_with = "input")]
     pub list: bool,
+    /// With --list: print JSON instead of a table.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
     /// Archive file, or `-` (default) for stdin.
     pub input: Option<PathBuf>,
 }
 
-pub fn execute(_args: DeployArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("deploy: not implemented yet")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+fn open_input(input: Option<&PathBuf>) -> anyhow::Result<Box<dyn Read + Send>> {
+    match input {
+        None => Ok(Box::new(std::io::stdin())),
+        Some(p) if p.as_os_str() == "-" => Ok(Box::new(std::io::stdin())),
+        Some(p) => {
+            let f = std::fs::File::open(p)
+                .with_context(|| format!("cannot open archive {}", p.display()))?;
+            Ok(Box::new(f))
+        }
+    }
+}
+
+pub fn execute(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let layout = Layout::new(super::absolute(&args.root)?);
+    if args.mode == Mode::Rsync && (args.rollback.is_some() || args.list) {
+        anyhow::bail!("--rollback and --list need symlink mode: rsync mode keeps no releases");
+    }
+    if args.list {
+        let rows = release::list(&layout)?;
+        if args.format == Format::Json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else if rows.is_empty() {
+            println!("no releases under {}", layout.root.display());
+        } else {
+            for r in rows {
+                let when = if r.deployed_at == 0 {
+                    "unknown".to_string()
+                } else {
+                    display_time(r.deployed_at)
+                };
+                let mark = if r.current { "*" } else { " " };
+                let tail = if r.current { "  (current)" } else { "" };
+                println!("{mark} {:<24} {when}{tail}", r.version);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(target) = &args.rollback {
+        let target = (!target.is_empty()).then_some(target.as_str());
+        let (from, to) = release::rollback(&layout, target)?;
+        eprintln!(
+            "current: {to} (was {})",
+            from.as_deref().unwrap_or("nothing")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opts = UnpackOptions {
+        same_owner: args.same_owner,
+        allow_devices: args.allow_devices,
+        max_bytes: args.max_bytes,
+        max_entries: args.max_entries,
+    };
+    let input = open_input(args.input.as_ref())?;
+    match args.mode {
+        Mode::Symlink => {
+            let d = release::deploy(&layout, input, args.version.as_deref(), args.keep, &opts)?;
+            eprintln!(
+                "deployed {} ({}, {} entries, {} bytes); current: {} (was {}){}",
+                d.version,
+                d.stats.compression,
+                d.stats.entries,
+                d.stats.bytes,
+                d.version,
+                d.previous.as_deref().unwrap_or("nothing"),
+                if d.pruned.is_empty() {
+                    String::new()
+                } else {
+                    format!("; pruned {}", d.pruned.join(", "))
+                }
+            );
+        }
+        Mode::Rsync => {
+            if args.version.is_some() {
+                anyhow::bail!("--version needs symlink mode: rsync mode keeps no releases");
+            }
+            let (u, s) = release::rsync::deploy(&layout, input, &opts)?;
+            eprintln!(
+                "synced {} ({} entries): {} updated, {} unchanged, {} deleted, {} mountpoints spared",
+                layout.root.display(),
+                u.entries,
+                s.updated,
+                s.unchanged,
+                s.deleted,
+                s.skipped_mounts
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,1 +1,61 @@
-//! TODO
+//! Releases under an application root: deploy, switch, roll back, list, prune, rsync.
+//!
+//! Symlink mode (the default) follows Capistrano: each deploy unpacks into a fresh 0700
+//! staging directory on the same filesystem, is made durable with `syncfs`, then renamed
+//! into `releases/<version>`; `current` is switched with rename(2) (see [`switch`]).
+//! Guarantees: `current` always resolves; a refused or failed deploy leaves `current`
+//! untouched and no partial release behind; pruning never removes the current release or
+//! the one before it and never follows a symlink out of the root.
+//!
+//! Rsync mode ([`rsync`]) updates the root in place instead, for roots that other tools
+//! expect to be a plain directory.
+
+pub mod history;
+pub mod layout;
+pub mod rsync;
+pub mod switch;
+mod symlink_mode;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use layout::{InvalidVersion, Layout};
+pub use symlink_mode::{Deployed, ReleaseInfo, deploy, list, prune, rollback};
+
+use crate::artifact::UnpackError;
+use crate::teardown::TeardownError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error(transparent)]
+    InvalidVersion(#[from] InvalidVersion),
+    #[error("deploy refused, current is unchanged and no release was created")]
+    Unpack(#[source] UnpackError),
+    #[error(
+        "release {0} already exists; roll back to it with --rollback {0}, or pick another --version"
+    )]
+    Exists(String),
+    #[error("no release named {0} (see --list)")]
+    NoSuchRelease(String),
+    #[error("nothing to roll back to: {0}")]
+    NoPrevious(String),
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Teardown(#[from] TeardownError),
+}
+
+impl ReleaseError {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| ReleaseError::Io { what, path, source }
+    }
+}

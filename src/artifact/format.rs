@@ -1,0 +1,191 @@
+//! Archive format detection by magic bytes, and the matching decoder.
+
+use std::io::{self, BufRead, BufReader, Read};
+
+/// The compression wrapped around a tar stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::None => "tar",
+            Compression::Gzip => "tar.gz",
+            Compression::Zstd => "tar.zst",
+        })
+    }
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("input is empty: expected a tar, tar.gz or tar.zst archive")]
+    Empty,
+    #[error("input is not a tar, tar.gz or tar.zst archive (first bytes {0})")]
+    Unknown(String),
+    #[error("cannot read archive")]
+    Io(#[from] io::Error),
+}
+
+/// Whether a 512-byte block looks like a tar header: its checksum must match.
+fn is_tar_header(block: &[u8]) -> bool {
+    if block.len() < 512 {
+        return false;
+    }
+    let field = &block[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|b| **b != 0 && **b != b' ')
+        .map(|b| *b as char)
+        .collect();
+    let Ok(stored) = u32::from_str_radix(text.trim(), 8) else {
+        return false;
+    };
+    let sum: u32 = block[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    sum == stored
+}
+
+/// Classifies the first bytes of an archive.
+pub fn classify(head: &[u8]) -> Result<Compression, FormatError> {
+    if head.is_empty() {
+        return Err(FormatError::Empty);
+    }
+    if head.starts_with(&GZIP_MAGIC) {
+        return Ok(Compression::Gzip);
+    }
+    if head.starts_with(&ZSTD_MAGIC) {
+        return Ok(Compression::Zstd);
+    }
+    if is_tar_header(head) || head.iter().take(1024).all(|b| *b == 0) && head.len() >= 1024 {
+        return Ok(Compression::None);
+    }
+    let shown: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Err(FormatError::Unknown(shown.join(" ")))
+}
+
+/// Reads up to `want` bytes into the buffer of `r` without consuming them.
+fn peek<R: Read>(r: &mut BufReader<R>, want: usize) -> io::Result<Vec<u8>> {
+    // BufReader only refills when empty, so copy what is buffered and top it up manually.
+    let mut head = r.fill_buf()?.to_vec();
+    if head.len() >= want || head.is_empty() {
+        return Ok(head);
+    }
+    let mut rest = Vec::with_capacity(want - head.len());
+    let inner_consumed = head.len();
+    r.consume(inner_consumed);
+    r.get_mut()
+        .take((want - inner_consumed) as u64)
+        .read_to_end(&mut rest)?;
+    head.extend_from_slice(&rest);
+    Ok(head)
+}
+
+/// Detects the format of `input` and returns a reader of the plain tar stream.
+pub fn detect<R: Read + Send + 'static>(
+    input: R,
+) -> Result<(Compression, Box<dyn Read + Send>), FormatError> {
+    let mut buffered = BufReader::with_capacity(1 << 20, input);
+    let head = peek(&mut buffered, 512)?;
+    let kind = classify(&head)?;
+    // Re-assemble what was peeked with the rest of the stream.
+    let buffered_len = buffered.buffer().len();
+    let raw: Box<dyn Read + Send> = if buffered_len == head.len() {
+        Box::new(buffered)
+    } else {
+        Box::new(io::Cursor::new(head).chain(buffered))
+    };
+    let reader: Box<dyn Read + Send> = match kind {
+        Compression::None => raw,
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+            1 << 18,
+            raw,
+        ))),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw)?),
+    };
+    Ok((kind, reader))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_bytes() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "a.txt", &b"abc"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn read_all(r: &mut dyn Read) -> Vec<u8> {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn detects_each_format_and_round_trips() {
+        let tar = tar_bytes();
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, &tar).unwrap();
+            e.finish().unwrap()
+        };
+        let zst = zstd::encode_all(&tar[..], 1).unwrap();
+        for (bytes, kind) in [
+            (tar.clone(), Compression::None),
+            (gz, Compression::Gzip),
+            (zst, Compression::Zstd),
+        ] {
+            let (k, mut r) = detect(io::Cursor::new(bytes)).unwrap();
+            assert_eq!(k, kind);
+            assert_eq!(read_all(&mut r), tar);
+        }
+    }
+
+    #[test]
+    fn short_reads_are_reassembled() {
+        // A reader that returns one byte at a time must still detect a tar header.
+        struct OneByte(io::Cursor<Vec<u8>>);
+        impl Read for OneByte {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(1);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        let tar = tar_bytes();
+        let (k, mut r) = detect(OneByte(io::Cursor::new(tar.clone()))).unwrap();
+        assert_eq!(k, Compression::None);
+        assert_eq!(read_all(&mut r), tar);
+    }
+
+    #[test]
+    fn rejects_garbage_and_empty() {
+        assert!(matches!(
+            detect(io::Cursor::new(b"PK\x03\x04 zip file".to_vec())),
+            Err(FormatError::Unknown(s)) if s.starts_with("50 4b 03 04")
+        ));
+        assert!(matches!(
+            detect(io::Cursor::new(Vec::new())),
+            Err(FormatError::Empty)
+        ));
+    }
+}

@@ -1,0 +1,195 @@
+//! Where things live under an application root, and the names allowed for releases.
+//!
+//! ```text
+//! DIR/current -> releases/<version>     switched only by rename(2)
+//! DIR/releases/<version>/               one unpacked release each
+//! DIR/.droot-fleet/lock                 flock(2) held by deploy, rollback and prune
+//! DIR/.droot-fleet/releases.json        deploy order (oldest first), written atomically
+//! DIR/.droot-fleet/staging/<version>/   a release being unpacked (0700)
+//! ```
+//! Everything droot-fleet owns besides `current` and `releases/` sits under `.droot-fleet`,
+//! which rsync mode treats as reserved.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// The tool's reserved directory name at the top of an application root.
+pub const TOOL_DIR: &str = ".droot-fleet";
+
+/// Paths under one application root.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Layout { root: root.into() }
+    }
+    pub fn current(&self) -> PathBuf {
+        self.root.join("current")
+    }
+    pub fn releases(&self) -> PathBuf {
+        self.root.join("releases")
+    }
+    pub fn release(&self, version: &str) -> PathBuf {
+        self.releases().join(version)
+    }
+    pub fn tool_dir(&self) -> PathBuf {
+        self.root.join(TOOL_DIR)
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.tool_dir().join("releases.json")
+    }
+    pub fn staging_dir(&self) -> PathBuf {
+        self.tool_dir().join("staging")
+    }
+    /// Creates the root, `releases/` and the tool directory when missing.
+    pub fn ensure(&self, with_releases: bool) -> io::Result<()> {
+        std::fs::create_dir_all(&self.root)?;
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        b.create(self.staging_dir())?;
+        if with_releases {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(self.releases())?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid release name {0:?}: use 1-128 characters from A-Z a-z 0-9 . _ + -, not starting with '.' or '-'"
+)]
+pub struct InvalidVersion(pub String);
+
+/// Checks a release name: it becomes a directory name and appears in `current`'s target.
+pub fn validate_version(v: &str) -> Result<(), InvalidVersion> {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && !v.starts_with('.')
+        && !v.starts_with('-')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidVersion(v.to_string()))
+    }
+}
+
+/// Formats seconds since the epoch as `YYYYMMDDHHMMSS` in UTC.
+pub fn timestamp_version(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil_from_unix(secs);
+    format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}")
+}
+
+/// Formats seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn display_time(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil_from_unix(secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Gregorian date from a Unix time (Howard Hinnant's days-from-civil, inverted).
+fn civil_from_unix(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// An exclusive flock(2) on the root's lock file, released on drop.
+pub struct RootLock {
+    _file: File,
+}
+
+impl RootLock {
+    /// Takes the lock, waiting (and saying so) while another deploy holds it.
+    pub fn acquire(layout: &Layout) -> io::Result<RootLock> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(layout.tool_dir().join("lock"))?;
+        let fd = file.as_raw_fd();
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(err);
+            }
+            tracing::warn!(root = %layout.root.display(), "another deploy holds the lock; waiting");
+            if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(RootLock { _file: file })
+    }
+}
+
+/// fsyncs a directory so renames inside it are durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        for ok in ["v42", "20261129081500", "1.2.3+build-7", "a_b"] {
+            assert_eq!(validate_version(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-rf",
+            "a/b",
+            "a b",
+            "x\n",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_version(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_utc_civil_time() {
+        assert_eq!(timestamp_version(0), "19700101000000");
+        // 2026-11-29 08:15:00 UTC
+        assert_eq!(timestamp_version(1_795_940_100), "20261129081500");
+        // Leap day.
+        assert_eq!(display_time(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+}

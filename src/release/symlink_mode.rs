@@ -1,0 +1,257 @@
+//! Symlink-mode operations: deploy, rollback, list, prune. All of them hold the root lock.
+
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+use super::ReleaseError;
+use super::history::History;
+use super::layout::{self, Layout, RootLock, fsync_dir, validate_version};
+use super::switch::{current_version, switch_current};
+use crate::artifact::{self, UnpackOptions, UnpackStats};
+use crate::teardown;
+
+/// The outcome of a deploy.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub version: String,
+    pub previous: Option<String>,
+    pub stats: UnpackStats,
+    pub pruned: Vec<String>,
+}
+
+/// One row of `--list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReleaseInfo {
+    pub version: String,
+    pub deployed_at: u64,
+    pub current: bool,
+}
+
+/// Names of the directories in `releases/` (symlinks and files there are not releases).
+fn on_disk(layout: &Layout) -> Result<Vec<String>, ReleaseError> {
+    let dir = layout.releases();
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ReleaseError::io("cannot read", dir)(e)),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(ReleaseError::io("cannot read", &dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if validate_version(&name).is_ok() {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+fn load_history(layout: &Layout) -> Result<History, ReleaseError> {
+    let h = History::load(&layout.state_file())
+        .map_err(ReleaseError::io("cannot read", layout.state_file()))?;
+    Ok(h.reconcile(&on_disk(layout)?))
+}
+
+fn save_history(layout: &Layout, h: &History) -> Result<(), ReleaseError> {
+    h.save(&layout.state_file())
+        .map_err(ReleaseError::io("cannot write", layout.state_file()))
+}
+
+fn current(layout: &Layout) -> Result<Option<String>, ReleaseError> {
+    current_version(layout).map_err(ReleaseError::io("cannot read", layout.current()))
+}
+
+/// Removes leftovers of deploys that died mid-unpack. Only called under the lock.
+fn clear_staging(layout: &Layout) -> Result<(), ReleaseError> {
+    let dir = layout.staging_dir();
+    for e in std::fs::read_dir(&dir).map_err(ReleaseError::io("cannot read", &dir))? {
+        let path = e.map_err(ReleaseError::io("cannot read", &dir))?.path();
+        tracing::info!(path = %path.display(), "removing leftover staging directory");
+        remove_entry(&path)?;
+    }
+    Ok(())
+}
+
+/// Removes a release or staging entry: a directory tree (refusing mountpoints below), or
+/// just the link itself when it is a symlink.
+fn remove_entry(path: &std::path::Path) -> Result<(), ReleaseError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(teardown::remove_tree(path)?),
+        Ok(_) => std::fs::remove_file(path).map_err(ReleaseError::io("cannot remove", path)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Unpacks `input` as a new release and switches `current` to it, then prunes to `keep`.
+pub fn deploy<R: Read + Send + 'static>(
+    layout: &Layout,
+    input: R,
+    version: Option<&str>,
+    keep: usize,
+    opts: &UnpackOptions,
+) -> Result<Deployed, ReleaseError> {
+    if let Some(v) = version {
+        validate_version(v)?;
+    }
+    layout
+        .ensure(true)
+        .map_err(ReleaseError::io("cannot create", &layout.root))?;
+    let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    clear_staging(layout)?;
+    let now = layout::now_secs();
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => {
+            // Two deploys in one second get distinct names.
+            let base = layout::timestamp_version(now);
+            (0..)
+                .map(|i| {
+                    if i == 0 {
+                        base.clone()
+                    } else {
+                        format!("{base}.{i}")
+                    }
+                })
+                .find(|v| !layout.release(v).exists())
+                .expect("unbounded")
+        }
+    };
+    if std::fs::symlink_metadata(layout.release(&version)).is_ok() {
+        return Err(ReleaseError::Exists(version));
+    }
+
+    let staging = layout.staging_dir().join(&version);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(ReleaseError::io("cannot create", &staging))?;
+    let stats = match artifact::unpack(input, &staging, opts) {
+        Ok(stats) => stats,
+        Err(e) => {
+            remove_entry(&staging)?;
+            return Err(ReleaseError::Unpack(e));
+        }
+    };
+    tracing::debug!(release = %version, entries = stats.entries, bytes = stats.bytes, "unpacked");
+    let publish = || -> Result<(), ReleaseError> {
+        // The staging dir was 0700 so nobody could see a half-written tree; the release
+        // itself is world-traversable unless the archive's root entry said otherwise.
+        let mode = std::fs::metadata(&staging)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o700);
+        let mode = if mode == 0o700 { 0o755 } else { mode };
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+            .map_err(ReleaseError::io("cannot chmod", &staging))?;
+        std::fs::rename(&staging, layout.release(&version))
+            .map_err(ReleaseError::io("cannot publish", layout.release(&version)))?;
+        fsync_dir(&layout.releases()).map_err(ReleaseError::io("cannot fsync", layout.releases()))
+    };
+    if let Err(e) = publish() {
+        remove_entry(&staging)?;
+        return Err(e);
+    }
+
+    let previous = current(layout)?;
+    let mut history = load_history(layout)?;
+    history.push(&version, now);
+    history.record_switch(previous.as_deref());
+    save_history(layout, &history)?;
+    switch_current(layout, &version)
+        .map_err(ReleaseError::io("cannot switch", layout.current()))?;
+    tracing::info!(release = %version, previous = ?previous, "current switched");
+    let pruned = prune_locked(layout, keep)?;
+    Ok(Deployed {
+        version,
+        previous,
+        stats,
+        pruned,
+    })
+}
+
+/// Switches `current` back to `target`, or to the release deployed before the current one.
+/// Returns `(from, to)`.
+pub fn rollback(
+    layout: &Layout,
+    target: Option<&str>,
+) -> Result<(Option<String>, String), ReleaseError> {
+    if let Some(t) = target {
+        validate_version(t)?;
+    }
+    layout
+        .ensure(false)
+        .map_err(ReleaseError::io("cannot create", &layout.root))?;
+    let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    let mut history = load_history(layout)?;
+    let from = current(layout)?;
+    let to = match target {
+        Some(t) if history.contains(t) => t.to_string(),
+        Some(t) => return Err(ReleaseError::NoSuchRelease(t.to_string())),
+        None => {
+            let cur = from
+                .as_deref()
+                .ok_or_else(|| ReleaseError::NoPrevious("no release is current".into()))?;
+            history
+                .previous(cur)
+                .ok_or_else(|| {
+                    ReleaseError::NoPrevious(format!("{cur} is the oldest release kept"))
+                })?
+                .to_string()
+        }
+    };
+    if target.is_some() {
+        history.record_switch(from.as_deref());
+    } else {
+        history.pop_until(&to);
+    }
+    save_history(layout, &history)?;
+    switch_current(layout, &to).map_err(ReleaseError::io("cannot switch", layout.current()))?;
+    tracing::info!(from = ?from, to = %to, "rolled back");
+    Ok((from, to))
+}
+
+/// Releases in deploy order, oldest first, marking the current one.
+pub fn list(layout: &Layout) -> Result<Vec<ReleaseInfo>, ReleaseError> {
+    let history = load_history(layout)?;
+    let cur = current(layout)?;
+    Ok(history
+        .releases
+        .into_iter()
+        .map(|r| ReleaseInfo {
+            current: cur.as_deref() == Some(r.version.as_str()),
+            version: r.version,
+            deployed_at: r.deployed_at,
+        })
+        .collect())
+}
+
+/// Prunes old releases down to `keep`; returns the versions removed.
+pub fn prune(layout: &Layout, keep: usize) -> Result<Vec<String>, ReleaseError> {
+    layout
+        .ensure(false)
+        .map_err(ReleaseError::io("cannot create", &layout.root))?;
+    let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    prune_locked(layout, keep)
+}
+
+fn prune_locked(layout: &Layout, keep: usize) -> Result<Vec<String>, ReleaseError> {
+    let mut history = load_history(layout)?;
+    let cur = current(layout)?;
+    let mut removed = Vec::new();
+    for v in history.prunable(cur.as_deref(), keep) {
+        match remove_entry(&layout.release(&v)) {
+            Ok(()) => {
+                history.remove(&v);
+                removed.push(v);
+            }
+            // A release still mounted by a running jail is kept, not an error for the deploy.
+            Err(ReleaseError::Teardown(e)) => {
+                tracing::warn!(release = %v, error = %e, "not pruned");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !removed.is_empty() {
+        save_history(layout, &history)?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,660 @@
+//! `droot-fleet deploy`: releases, atomic switch, rollback, pruning, rsync mode, and a corpus
+//! of hostile archives that must each be refused with nothing changed.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use common::{cmd, output};
+
+/// An archive under construction, with raw-header escapes for hostile entries.
+struct Archive(tar::Builder<Vec<u8>>);
+
+impl Archive {
+    fn new() -> Self {
+        Archive(tar::Builder::new(Vec::new()))
+    }
+    fn header(kind: tar::EntryType, raw_path: &str, size: u64, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        // Write the name field by hand: set_path refuses "..", and hostile archives don't.
+        let name = &mut h.as_old_mut().name;
+        name.fill(0);
+        name[..raw_path.len()].copy_from_slice(raw_path.as_bytes());
+        h
+    }
+    fn dir(mut self, path: &str) -> Self {
+        let mut h = Self::header(tar::EntryType::Directory, path, 0, 0o755);
+        h.set_cksum();
+        self.0.append(&h, std::io::empty()).unwrap();
+        self
+    }
+    fn file(self, path: &str, data: &[u8]) -> Self {
+        self.file_mode(path, data, 0o644)
+    }
+    fn file_mode(mut self, path: &str, data: &[u8], mode: u32) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, path, data.len() as u64, mode);
+        h.set_cksum();
+        self.0.append(&h, data).unwrap();
+        self
+    }
+    fn link(mut self, kind: tar::EntryType, path: &str, target: &str) -> Self {
+        let mut h = Self::header(kind, path, 0, 0o777);
+        let ln = &mut h.as_old_mut().linkname;
+        ln.fill(0);
+        ln[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        self.0.append(&h, std::io::empty()).unwrap();
+        self
+    }
+    fn special(mut self, kind: tar::EntryType, path: &str) -> Self {
+        let mut h = Self::header(kind, path, 0, 0o644);
+        h.set_device_major(1).ok();
+        h.set_device_minor(3).ok();
+        h.set_cksum();
+        self.0.append(&h, std::io::empty()).unwrap();
+        self
+    }
+    fn owned(mut self, path: &str, uid: u64, gid: u64, mode: u32) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, path, 2, mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_cksum();
+        self.0.append(&h, &b"ok"[..]).unwrap();
+        self
+    }
+    fn bytes(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+    fn write(self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.bytes()).unwrap();
+        path.to_path_buf()
+    }
+}
+
+fn simple(version_marker: &str) -> Archive {
+    Archive::new()
+        .dir("./")
+        .dir("./bin")
+        .file("./bin/app", version_marker.as_bytes())
+        .file("./.drootenv", b"PATH=/bin\nOPTS=a=b\n")
+        .link(tar::EntryType::Symlink, "./etc-link", "/etc")
+}
+
+fn deploy(root: &Path, archive: &Path, extra: &[&str]) -> std::process::Output {
+    output(
+        cmd()
+            .arg("deploy")
+            .arg("--root")
+            .arg(root)
+            .args(extra)
+            .arg(archive),
+    )
+}
+
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn current_target(root: &Path) -> String {
+    std::fs::read_link(root.join("current"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Everything under `dir`, as sorted relative paths with a type marker.
+fn snapshot(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            if m.file_type().is_symlink() {
+                out.push(format!(
+                    "{rel} -> {}",
+                    std::fs::read_link(&p).unwrap().display()
+                ));
+            } else if m.is_dir() {
+                out.push(format!("{rel}/"));
+                walk(base, &p, out);
+            } else {
+                out.push(format!("{rel} ({} bytes)", m.len()));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn deploys_every_format_from_file_and_stdin() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let tar = simple("v1").bytes();
+    let gz = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&tar).unwrap();
+        e.finish().unwrap()
+    };
+    let zst = zstd::encode_all(&tar[..], 3).unwrap();
+    for (name, bytes) in [("plain", &tar), ("gz", &gz), ("zst", &zst)] {
+        let f = t.path().join(format!("a.{name}"));
+        std::fs::write(&f, bytes).unwrap();
+        ok(&deploy(&root, &f, &["--version", &format!("file-{name}")]));
+        assert_eq!(current_target(&root), format!("releases/file-{name}"));
+        // Same bytes through stdin, as `aws s3 cp ... - | droot-fleet deploy` does.
+        let mut child = cmd()
+            .args(["deploy", "--root"])
+            .arg(&root)
+            .args(["--version", &format!("stdin-{name}"), "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        ok(&out);
+        let cur = root.join("current");
+        assert_eq!(std::fs::read_to_string(cur.join("bin/app")).unwrap(), "v1");
+        assert_eq!(
+            std::fs::read_to_string(cur.join(".drootenv")).unwrap(),
+            "PATH=/bin\nOPTS=a=b\n",
+            "/.drootenv is kept"
+        );
+        assert_eq!(
+            std::fs::read_link(cur.join("etc-link")).unwrap(),
+            Path::new("/etc")
+        );
+    }
+    // The release tree is readable by others; staging left nothing behind.
+    let m = std::fs::metadata(root.join("current/")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o755);
+    assert!(
+        std::fs::read_dir(root.join(".droot-fleet/staging"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn default_version_is_a_utc_timestamp_and_duplicates_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let a = simple("x").write(&t.path().join("a.tar"));
+    ok(&deploy(&root, &a, &[]));
+    let v = current_target(&root)
+        .trim_start_matches("releases/")
+        .to_string();
+    assert_eq!(v.len(), 14, "{v}");
+    assert!(v.starts_with("20"), "{v}");
+    ok(&deploy(&root, &a, &[])); // same second → distinct name
+    assert_ne!(current_target(&root), format!("releases/{v}"));
+    let out = deploy(&root, &a, &["--version", &v]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = deploy(&root, &a, &["--version", "../evil"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid release name"));
+}
+
+#[test]
+fn rollback_list_and_prune() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    for v in ["v8", "v9", "v10", "v11"] {
+        let a = simple(v).write(&t.path().join(format!("{v}.tar")));
+        ok(&deploy(&root, &a, &["--version", v, "--keep", "3"]));
+    }
+    // v8 pruned: keep 3.
+    assert!(!root.join("releases/v8").exists());
+    let list = output(cmd().args(["deploy", "--list", "--root"]).arg(&root));
+    ok(&list);
+    let text = String::from_utf8_lossy(&list.stdout);
+    let names: Vec<&str> = text
+        .lines()
+        .map(|l| l[2..].split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["v9", "v10", "v11"],
+        "deploy order, not name order"
+    );
+    assert!(text.lines().last().unwrap().starts_with("* v11"), "{text}");
+
+    // Rollback with no argument goes to the release deployed before the current one.
+    ok(&output(
+        cmd().args(["deploy", "--rollback", "--root"]).arg(&root),
+    ));
+    assert_eq!(current_target(&root), "releases/v10");
+    ok(&output(
+        cmd()
+            .args(["deploy", "--rollback", "v11", "--root"])
+            .arg(&root),
+    ));
+    assert_eq!(current_target(&root), "releases/v11");
+    let out = output(
+        cmd()
+            .args(["deploy", "--rollback", "nope", "--root"])
+            .arg(&root),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no release named nope"));
+
+    // Rolled back to the oldest; a deploy with --keep 1 must keep it and its predecessor.
+    ok(&output(
+        cmd()
+            .args(["deploy", "--rollback", "v9", "--root"])
+            .arg(&root),
+    ));
+    let a = simple("v12").write(&t.path().join("v12.tar"));
+    ok(&deploy(&root, &a, &["--version", "v12", "--keep", "1"]));
+    assert!(root.join("releases/v12").is_dir());
+    assert!(
+        root.join("releases/v9").is_dir(),
+        "previous (rollback target) kept"
+    );
+    assert!(!root.join("releases/v10").exists());
+    assert!(!root.join("releases/v11").exists());
+
+    let out = output(
+        cmd()
+            .args(["deploy", "--list", "--format", "json", "--root"])
+            .arg(&root),
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert_eq!(rows[1]["version"], "v12");
+    assert_eq!(rows[1]["current"], true);
+}
+
+#[test]
+fn prune_never_follows_a_symlink_out_of_the_root() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let outside = t.path().join("precious");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("data"), b"keep me").unwrap();
+    let a = simple("x").write(&t.path().join("a.tar"));
+    ok(&deploy(&root, &a, &["--version", "a"]));
+    // A release entry that is a symlink to data outside, recorded as the oldest release.
+    std::os::unix::fs::symlink(&outside, root.join("releases/0-link")).unwrap();
+    for v in ["b", "c", "d"] {
+        ok(&deploy(&root, &a, &["--version", v, "--keep", "1"]));
+    }
+    assert_eq!(std::fs::read(outside.join("data")).unwrap(), b"keep me");
+}
+
+#[test]
+fn current_always_resolves_during_100_switches() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    for v in ["a", "b"] {
+        let a = simple(v).write(&t.path().join(format!("{v}.tar")));
+        ok(&deploy(&root, &a, &["--version", v]));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (stop, reads, failures) = (stop.clone(), reads.clone(), failures.clone());
+        let app = root.join("current/bin/app");
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match std::fs::read_to_string(&app) {
+                    Ok(s) if s == "a" || s == "b" => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    for i in 0..100 {
+        let v = if i % 2 == 0 { "a" } else { "b" };
+        ok(&output(
+            cmd().args(["deploy", "--rollback", v, "--root"]).arg(&root),
+        ));
+        assert_eq!(current_target(&root), format!("releases/{v}"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    assert!(reads.load(Ordering::Relaxed) > 100, "the reader loop ran");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "current failed to resolve"
+    );
+}
+
+/// One hostile archive: its name, bytes, the text the error must contain, extra flags.
+struct Hostile {
+    name: &'static str,
+    bytes: Vec<u8>,
+    expect: &'static str,
+    flags: Vec<String>,
+}
+
+fn hostile_corpus(outside: &Path) -> Vec<Hostile> {
+    let out = outside.to_string_lossy().into_owned();
+    let h = |name, a: Archive, expect| Hostile {
+        name,
+        bytes: a.bytes(),
+        expect,
+        flags: vec![],
+    };
+    let mut corpus = vec![
+        h("dotdot", Archive::new().file("../escape", b"x"), "'..'"),
+        h(
+            "dotdot-deep",
+            Archive::new().dir("a").file("a/../../escape", b"x"),
+            "'..'",
+        ),
+        h(
+            "hardlink-outside",
+            Archive::new().link(tar::EntryType::Link, "pw", "../../../etc/passwd"),
+            "outside the root",
+        ),
+        h(
+            "hardlink-missing",
+            Archive::new().link(tar::EntryType::Link, "pw", "etc/shadow"),
+            "does not exist",
+        ),
+        h(
+            "hardlink-through-symlink",
+            Archive::new()
+                .link(tar::EntryType::Symlink, "evil", &out)
+                .link(tar::EntryType::Link, "pw", "evil/secret"),
+            "through the symlink",
+        ),
+        h(
+            "file-through-symlink",
+            Archive::new()
+                .link(tar::EntryType::Symlink, "evil", &out)
+                .file("evil/pwned", b"x"),
+            "through the symlink",
+        ),
+        h(
+            "dir-through-symlink",
+            Archive::new()
+                .link(tar::EntryType::Symlink, "evil", &out)
+                .dir("evil/sub"),
+            "through the symlink",
+        ),
+        h(
+            "symlink-replacing-dir-then-write",
+            Archive::new()
+                .dir("d")
+                .link(tar::EntryType::Symlink, "d2", &out)
+                .file("d2/x", b"x"),
+            "through the symlink",
+        ),
+        h(
+            "char-device",
+            Archive::new().special(tar::EntryType::Char, "null"),
+            "character device",
+        ),
+        h(
+            "block-device",
+            Archive::new().special(tar::EntryType::Block, "sda"),
+            "block device",
+        ),
+        h(
+            "fifo",
+            Archive::new().special(tar::EntryType::Fifo, "pipe"),
+            "FIFO",
+        ),
+        h(
+            "not-an-archive",
+            Archive(tar::Builder::new(b"hello world".to_vec())),
+            "not a tar",
+        ),
+    ];
+    // Truncated: a header promising more data than present.
+    let mut trunc = Archive::new().file("big", &[7u8; 4096]).bytes();
+    trunc.truncate(1024);
+    corpus.push(Hostile {
+        name: "truncated",
+        bytes: trunc,
+        expect: "truncated or corrupt",
+        flags: vec![],
+    });
+    // Corrupt gzip.
+    let mut gz = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&simple("x").bytes()).unwrap();
+        e.finish().unwrap()
+    };
+    let mid = gz.len() / 2;
+    gz[mid..mid + 16].fill(0xff);
+    corpus.push(Hostile {
+        name: "corrupt-gzip",
+        bytes: gz,
+        expect: "cannot read archive",
+        flags: vec![],
+    });
+    corpus.push(Hostile {
+        name: "too-large",
+        bytes: Archive::new()
+            .file("a", &[0u8; 600])
+            .file("b", &[0u8; 600])
+            .bytes(),
+        expect: "size limit of 1000 bytes",
+        flags: vec!["--max-bytes".into(), "1000".into()],
+    });
+    corpus.push(Hostile {
+        name: "too-many-entries",
+        bytes: (0..20)
+            .fold(Archive::new(), |a, i| a.file(&format!("f{i}"), b""))
+            .bytes(),
+        expect: "limit of 10 entries",
+        flags: vec!["--max-entries".into(), "10".into()],
+    });
+    corpus
+}
+
+#[test]
+fn hostile_archives_are_refused_with_nothing_changed() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"s").unwrap();
+    let good = simple("good").write(&t.path().join("good.tar"));
+    ok(&deploy(&root, &good, &["--version", "good"]));
+    let before = snapshot(&root);
+    let outside_before = snapshot(&outside);
+    for mode in ["symlink", "rsync"] {
+        let target = if mode == "symlink" {
+            root.clone()
+        } else {
+            t.path().join("rsync-root")
+        };
+        if mode == "rsync" {
+            ok(&deploy(&target, &good, &["--mode", "rsync"]));
+        }
+        let target_before = snapshot(&target);
+        for case in hostile_corpus(&outside) {
+            let f = t.path().join(format!("{}.tar", case.name));
+            std::fs::write(&f, &case.bytes).unwrap();
+            let mut args = vec!["--mode", mode];
+            args.extend(case.flags.iter().map(String::as_str));
+            let out = deploy(&target, &f, &args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{mode}/{}: accepted", case.name);
+            assert!(
+                err.contains(case.expect),
+                "{mode}/{}: unexpected error: {err}",
+                case.name
+            );
+            assert!(
+                err.contains("current is unchanged"),
+                "{mode}/{}: {err}",
+                case.name
+            );
+            assert_eq!(
+                snapshot(&target),
+                target_before,
+                "{mode}/{}: root changed",
+                case.name
+            );
+            assert_eq!(
+                snapshot(&outside),
+                outside_before,
+                "{mode}/{}: wrote outside",
+                case.name
+            );
+        }
+    }
+    assert_eq!(snapshot(&root), before);
+    assert_eq!(current_target(&root), "releases/good");
+}
+
+#[test]
+fn errors_name_the_offending_entry() {
+    let t = tempfile::tempdir().unwrap();
+    let f = Archive::new()
+        .file("ok", b"1")
+        .file("etc/../../x", b"x")
+        .write(&t.path().join("a.tar"));
+    let out = deploy(&t.path().join("app"), &f, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"etc/../../x\""), "{err}");
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn setuid_bits_and_owners_need_same_owner() {
+    common::require_root("restoring archive owners (chown)");
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let f = Archive::new()
+        .owned("suid", 1234, 5678, 0o4755)
+        .owned("sgid", 1234, 5678, 0o2755)
+        .owned("sticky", 1234, 5678, 0o1777)
+        .write(&t.path().join("a.tar"));
+    ok(&deploy(&root, &f, &["--version", "plain"]));
+    let m = std::fs::metadata(root.join("releases/plain/suid")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755, "setuid stripped by default");
+    assert_eq!((m.uid(), m.gid()), (0, 0), "owner not restored by default");
+    let m = std::fs::metadata(root.join("releases/plain/sgid")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755);
+    let m = std::fs::metadata(root.join("releases/plain/sticky")).unwrap();
+    assert_eq!(
+        m.mode() & 0o7777,
+        0o1777,
+        "sticky bit is not a privilege; kept"
+    );
+
+    ok(&deploy(&root, &f, &["--version", "owned", "--same-owner"]));
+    let m = std::fs::metadata(root.join("releases/owned/suid")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o4755);
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    let m = std::fs::metadata(root.join("releases/owned/sgid")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o2755);
+}
+
+#[test]
+fn devices_are_created_with_allow_devices() {
+    common::require_root("creating device nodes (mknod)");
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let f = Archive::new()
+        .special(tar::EntryType::Char, "null")
+        .special(tar::EntryType::Fifo, "pipe")
+        .write(&t.path().join("a.tar"));
+    ok(&deploy(&root, &f, &["--allow-devices", "--version", "d"]));
+    let m = std::fs::metadata(root.join("releases/d/null")).unwrap();
+    assert_eq!(m.mode() & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!(m.rdev(), nix::sys::stat::makedev(1, 3));
+    let m = std::fs::symlink_metadata(root.join("releases/d/pipe")).unwrap();
+    assert_eq!(m.mode() & libc::S_IFMT, libc::S_IFIFO);
+}
+
+#[test]
+fn rsync_mode_updates_in_place_and_spares_mountpoints() {
+    common::require_root("mounting a tmpfs inside the root");
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let v1 = Archive::new()
+        .dir("./")
+        .dir("proc")
+        .dir("data")
+        .file("keep", b"same")
+        .file("change", b"old")
+        .file("gone", b"x")
+        .dir("olddir")
+        .file("olddir/f", b"x")
+        .write(&t.path().join("v1.tar"));
+    ok(&deploy(&root, &v1, &["--mode", "rsync"]));
+    assert_eq!(std::fs::read(root.join("change")).unwrap(), b"old");
+    let keep_ino = std::fs::metadata(root.join("keep")).unwrap().ino();
+
+    // A running jail's mounts: /proc (in the archive) and /data (removed from v2).
+    for m in ["proc", "data"] {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(root.join(m))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::write(root.join(m).join("live"), b"live").unwrap();
+    }
+    let v2 = Archive::new()
+        .dir("./")
+        .dir("proc")
+        .file("keep", b"same")
+        .file("change", b"new!")
+        .file("added", b"a")
+        .write(&t.path().join("v2.tar"));
+    let out = deploy(&root, &v2, &["--mode", "rsync"]);
+    let after = snapshot(&root);
+    for m in ["proc", "data"] {
+        let _ = Command::new("umount").arg(root.join(m)).status();
+    }
+    ok(&out);
+    assert!(
+        after.contains(&"proc/live (4 bytes)".to_string()),
+        "{after:?}"
+    );
+    assert!(
+        after.contains(&"data/live (4 bytes)".to_string()),
+        "{after:?}"
+    );
+    assert_eq!(std::fs::read(root.join("change")).unwrap(), b"new!");
+    assert_eq!(std::fs::read(root.join("added")).unwrap(), b"a");
+    assert!(!root.join("gone").exists());
+    assert!(!root.join("olddir").exists());
+    assert_eq!(
+        std::fs::metadata(root.join("keep")).unwrap().ino(),
+        keep_ino,
+        "unchanged file kept"
+    );
+    assert!(
+        !root.join("current").exists(),
+        "rsync mode makes no current link"
+    );
+    let out = output(
+        cmd()
+            .args(["deploy", "--mode", "rsync", "--rollback", "--root"])
+            .arg(&root),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("need symlink mode"));
+}
