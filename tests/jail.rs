@@ -1,0 +1,692 @@
+//! `droot-fleet run`: the real binary, as root, on a real busybox rootfs.
+//!
+//! Every test checks, after each run, that no mount is left below the root in the host's
+//! mount table.
+
+mod common;
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A tempdir holding a busybox rootfs at `<tmp>/root`.
+struct Jail {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+fn jail(what: &str) -> Jail {
+    common::require_root(what);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    common::busybox_rootfs(&root);
+    let root = root.canonicalize().unwrap();
+    Jail { _tmp: tmp, root }
+}
+
+fn run_cmd(root: &Path, flags: &[&str], cmd: &[&str]) -> Command {
+    let mut c = common::cmd();
+    c.arg("run")
+        .arg("--root")
+        .arg(root)
+        .args(flags)
+        .arg("--")
+        .args(cmd);
+    c
+}
+
+/// Runs the jail to completion and checks that no mount is left behind.
+fn run(root: &Path, flags: &[&str], cmd: &[&str]) -> Output {
+    let out = common::output(&mut run_cmd(root, flags, cmd));
+    assert_no_mounts(root);
+    out
+}
+
+fn assert_no_mounts(root: &Path) {
+    let left = common::mounts_below(root);
+    assert!(
+        left.is_empty(),
+        "mounts left below {}: {left:#?}",
+        root.display()
+    );
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and asserts success, returning stdout.
+fn ok(root: &Path, flags: &[&str], cmd: &[&str]) -> String {
+    let o = run(root, flags, cmd);
+    assert!(
+        o.status.success(),
+        "{flags:?} {cmd:?} failed: {:?}\n{}",
+        o.status,
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// The value of `key:` in a /proc/PID/status text.
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Pids whose parent is `ppid` (host view).
+fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let parent: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        if parent == ppid {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until a descendant (child, or grandchild with `depth` 2) of `pid` runs `comm`.
+fn wait_for_comm(pid: u32, comm: &str, depth: usize) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut level = vec![pid];
+        for _ in 0..depth {
+            level = level.iter().flat_map(|p| children_of(*p)).collect();
+        }
+        for p in level {
+            let c = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            if c.trim() == comm {
+                return p;
+            }
+        }
+        assert!(Instant::now() < deadline, "no {comm} under pid {pid}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn jailed_process_is_chrooted_in_its_own_mount_namespace_and_gets_sigterm() {
+    let j = jail("chroot check");
+    let mut child = run_cmd(&j.root, &[], &["sleep", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeper = wait_for_comm(child.id(), "sleep", 1);
+    let link = std::fs::read_link(format!("/proc/{sleeper}/root")).unwrap();
+    assert_eq!(link, j.root, "the jailed process's root");
+    let ns = std::fs::read_link(format!("/proc/{sleeper}/ns/mnt")).unwrap();
+    assert_ne!(
+        ns,
+        std::fs::read_link("/proc/self/ns/mnt").unwrap(),
+        "own mount namespace"
+    );
+    // Its mounts are in its namespace, not in ours.
+    let theirs = std::fs::read_to_string(format!("/proc/{sleeper}/mountinfo")).unwrap();
+    assert!(theirs.lines().any(|l| l.split(' ').nth(4) == Some("/proc")));
+    assert_no_mounts(&j.root);
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(143),
+        "SIGTERM forwarded, 128+15 propagated: {st:?}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{sleeper}")).exists(),
+        "jailed sleep is gone"
+    );
+    assert_no_mounts(&j.root);
+}
+
+#[test]
+fn other_signals_are_forwarded_too() {
+    let j = jail("signal forwarding");
+    let script = "trap 'echo got-usr1; exit 3' USR1; echo ready; while true; do sleep 0.05; done";
+    let mut child = run_cmd(&j.root, &[], &["sh", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let shell = wait_for_comm(child.id(), "sh", 1);
+    assert!(shell > 0);
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGUSR1).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stdout(&out).contains("got-usr1"));
+    assert_no_mounts(&j.root);
+}
+
+#[test]
+fn exit_status_is_propagated() {
+    let j = jail("exit status");
+    let o = run(&j.root, &[], &["sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7));
+    let o = run(&j.root, &[], &["sh", "-c", "kill -KILL $$"]);
+    assert_eq!(o.status.code(), Some(137), "killed by signal 9 → 128+9");
+    assert_eq!(o.status.signal(), None);
+}
+
+#[test]
+fn users_and_groups_from_the_jail() {
+    let j = jail("users");
+    // A user only the jail knows.
+    let passwd = std::fs::read_to_string(j.root.join("etc/passwd")).unwrap();
+    std::fs::write(
+        j.root.join("etc/passwd"),
+        passwd + "jailonly:x:1234:2000::/:/bin/sh\n",
+    )
+    .unwrap();
+
+    let id = ok(&j.root, &["-u", "app"], &["id"]);
+    assert_eq!(
+        id.trim(),
+        "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)"
+    );
+
+    let st = ok(
+        &j.root,
+        &["-u", "1000", "-g", "2000"],
+        &["cat", "/proc/self/status"],
+    );
+    assert_eq!(status_field(&st, "Uid"), "1000 1000 1000 1000");
+    assert_eq!(status_field(&st, "Gid"), "2000 2000 2000 2000");
+    assert_eq!(status_field(&st, "Groups"), "2000");
+
+    let st = ok(&j.root, &["-u", "jailonly"], &["cat", "/proc/self/status"]);
+    assert_eq!(status_field(&st, "Uid"), "1234 1234 1234 1234");
+    assert_eq!(status_field(&st, "Gid"), "2000 2000 2000 2000");
+
+    let st = ok(&j.root, &["-g", "extra"], &["cat", "/proc/self/status"]);
+    assert_eq!(status_field(&st, "Uid"), "0 0 0 0");
+    assert_eq!(status_field(&st, "Gid"), "2000 2000 2000 2000");
+
+    // Default: root, with no host supplementary group leaking in.
+    let mut c = run_cmd(&j.root, &[], &["cat", "/proc/self/status"]);
+    // SAFETY: setgroups only, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            nix::unistd::setgroups(&[nix::unistd::Gid::from_raw(4242)])
+                .map_err(std::io::Error::from)
+        });
+    }
+    let o = common::output(&mut c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(status_field(&stdout(&o), "Groups"), "0");
+    assert_no_mounts(&j.root);
+}
+
+#[test]
+fn capabilities_are_cut_unless_no_dropcaps() {
+    let j = jail("capabilities");
+    let st = ok(&j.root, &[], &["cat", "/proc/self/status"]);
+    assert_eq!(status_field(&st, "CapBnd"), "00000000000004cf");
+    assert_eq!(
+        status_field(&st, "CapEff"),
+        "00000000000004cf",
+        "root keeps only the list"
+    );
+    assert_eq!(status_field(&st, "CapInh"), "0000000000000000");
+    assert_eq!(status_field(&st, "CapAmb"), "0000000000000000");
+    assert_eq!(status_field(&st, "NoNewPrivs"), "1");
+
+    let st = ok(&j.root, &["-u", "app"], &["cat", "/proc/self/status"]);
+    assert_eq!(status_field(&st, "CapBnd"), "00000000000004cf");
+    assert_eq!(status_field(&st, "CapEff"), "0000000000000000");
+
+    let host = std::fs::read_to_string("/proc/self/status").unwrap();
+    let st = ok(&j.root, &["--no-dropcaps"], &["cat", "/proc/self/status"]);
+    assert_eq!(status_field(&st, "CapBnd"), status_field(&host, "CapBnd"));
+    assert_ne!(status_field(&st, "CapBnd"), "00000000000004cf");
+    assert_eq!(status_field(&st, "NoNewPrivs"), "0");
+}
+
+#[test]
+fn environment_is_drootenv_plus_overrides_only() {
+    let j = jail("environment");
+    let mut c = run_cmd(
+        &j.root,
+        &["-e", "EXTRA=a=b", "-e", "GREETING=over=ride"],
+        &["env"],
+    );
+    c.env("HOST_SECRET", "leak");
+    let o = common::output(&mut c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut lines: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec!["EXTRA=a=b", "GREETING=over=ride", "PATH=/bin:/usr/bin"]
+    );
+
+    let env = ok(&j.root, &[], &["env"]);
+    let mut lines: Vec<&str> = env.lines().collect();
+    lines.sort();
+    assert_eq!(lines, vec!["GREETING=hello=world", "PATH=/bin:/usr/bin"]);
+}
+
+#[test]
+fn dev_has_working_devices() {
+    let j = jail("/dev");
+    let zeros = ok(
+        &j.root,
+        &[],
+        &["sh", "-c", "head -c 16 /dev/zero | od -An -tx1"],
+    );
+    let bytes: Vec<&str> = zeros.split_whitespace().collect();
+    assert_eq!(bytes, vec!["00"; 16], "/dev/zero must yield zeros");
+    let null = ok(
+        &j.root,
+        &[],
+        &["sh", "-c", "echo hi > /dev/null && wc -c < /dev/null"],
+    );
+    assert_eq!(null.trim(), "0");
+    let rnd = ok(
+        &j.root,
+        &[],
+        &["sh", "-c", "head -c 32 /dev/urandom | wc -c"],
+    );
+    assert_eq!(rnd.trim(), "32");
+    let o = run(&j.root, &[], &["sh", "-c", "echo x > /dev/full"]);
+    assert!(!o.status.success(), "writing /dev/full must fail");
+    let ls = ok(
+        &j.root,
+        &["-u", "app"],
+        &[
+            "sh",
+            "-c",
+            "test -d /dev/pts && test -c /dev/pts/ptmx && test -L /dev/ptmx && test -d /dev/shm && echo hi > /dev/shm/x && stat -c %a /dev/null /dev/zero /dev/tty /dev/shm && readlink /dev/fd && readlink /dev/stderr",
+        ],
+    );
+    assert_eq!(
+        ls.lines().collect::<Vec<_>>(),
+        vec![
+            "666",
+            "666",
+            "666",
+            "1777",
+            "/proc/self/fd",
+            "/proc/self/fd/2"
+        ]
+    );
+    // Nothing of the host's /dev.
+    let o = run(&j.root, &[], &["ls", "/dev/sda", "/dev/mem"]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn sys_is_read_only_and_proc_is_fresh() {
+    let j = jail("/sys");
+    let o = run(
+        &j.root,
+        &[],
+        &["sh", "-c", "touch /sys/x; echo 1 > /sys/kernel/profiling"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
+    let m = ok(&j.root, &[], &["cat", "/proc/self/mountinfo"]);
+    let sys_lines: Vec<&str> = m
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|p| p == "/sys" || p.starts_with("/sys/"))
+        })
+        .collect();
+    assert!(!sys_lines.is_empty());
+    for l in sys_lines {
+        let opts = l.split(' ').nth(5).unwrap();
+        assert!(opts.split(',').any(|o| o == "ro"), "not read-only: {l}");
+    }
+}
+
+#[test]
+fn binds_rw_ro_and_file_with_created_targets() {
+    let j = jail("binds");
+    let host = tempfile::tempdir().unwrap();
+    let rw = host.path().join("rw");
+    let ro = host.path().join("ro");
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("data"), "readme").unwrap();
+    let file = host.path().join("app.conf");
+    std::fs::write(&file, "conf=1").unwrap();
+    let b_rw = format!("{}:/srv/new/rw", rw.display());
+    let b_ro = format!("{}:/srv/ro", ro.display());
+    let b_file = format!("{}:/etc/app/app.conf", file.display());
+    let out = ok(
+        &j.root,
+        &["-b", &b_rw, "--robind", &b_ro, "-b", &b_file],
+        &[
+            "sh",
+            "-c",
+            "echo written > /srv/new/rw/out && cat /srv/ro/data /etc/app/app.conf && if echo x > /srv/ro/data; then echo RO-WRITE-OK; fi",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("out")).unwrap(),
+        "written\n"
+    );
+    assert!(out.contains("readmeconf=1"), "{out}");
+    assert!(
+        !out.contains("RO-WRITE-OK"),
+        "write to the read-only bind succeeded"
+    );
+    assert_eq!(std::fs::read_to_string(ro.join("data")).unwrap(), "readme");
+    assert!(j.root.join("srv/new/rw").is_dir(), "dir target created");
+    assert!(
+        j.root.join("etc/app/app.conf").is_file(),
+        "file target created"
+    );
+    assert_eq!(
+        std::fs::read_to_string(j.root.join("etc/app/app.conf")).unwrap(),
+        "",
+        "created empty; content was the bind"
+    );
+
+    // -b without DST uses SRC inside the jail.
+    let same = ok(
+        &j.root,
+        &["-b", rw.to_str().unwrap()],
+        &["cat", &format!("{}/out", rw.display())],
+    );
+    assert_eq!(same, "written\n");
+}
+
+#[test]
+fn bind_and_system_targets_through_symlinks_are_refused() {
+    let j = jail("symlink targets");
+    let outside = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    symlink(outside.path(), j.root.join("escape")).unwrap();
+    let b = format!("{}:/escape/x", src.path().display());
+    let o = run(&j.root, &["-b", &b], &["true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("symlink") && stderr(&o).contains("escape"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "nothing created outside the root"
+    );
+
+    // A relative link inside the root is refused as well, as is the last component.
+    symlink("tmp", j.root.join("tmplink")).unwrap();
+    let b = format!("{}:/tmplink", src.path().display());
+    let o = run(&j.root, &["-b", &b], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("symlink"), "{}", stderr(&o));
+
+    // A hostile rootfs whose /proc points at the host.
+    std::fs::remove_dir(j.root.join("proc")).unwrap();
+    symlink(outside.path(), j.root.join("proc")).unwrap();
+    let o = run(&j.root, &[], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("\"proc\" is a symlink"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host_mounts.contains(&outside.path().display().to_string()));
+}
+
+#[test]
+fn cp_copies_host_files_and_never_writes_through_jail_symlinks() {
+    let j = jail("--cp");
+    let victim = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(victim.path(), "do not touch").unwrap();
+    std::fs::remove_file(j.root.join("etc/hosts")).ok();
+    symlink(victim.path(), j.root.join("etc/hosts")).unwrap();
+    let out = ok(
+        &j.root,
+        &["--cp"],
+        &["cat", "/etc/resolv.conf", "/etc/hosts"],
+    );
+    let expected = std::fs::read_to_string("/etc/resolv.conf").unwrap()
+        + &std::fs::read_to_string("/etc/hosts").unwrap();
+    assert_eq!(out, expected);
+    assert_eq!(
+        std::fs::read_to_string(victim.path()).unwrap(),
+        "do not touch"
+    );
+    assert!(
+        !j.root.join("etc/hosts").is_symlink(),
+        "the link was replaced, not followed"
+    );
+    assert_eq!(
+        std::fs::read(j.root.join("etc/passwd")).unwrap(),
+        std::fs::read("/etc/passwd").unwrap()
+    );
+}
+
+#[test]
+fn cp_refuses_a_symlinked_etc() {
+    let j = jail("--cp etc symlink");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::rename(j.root.join("etc"), outside.path().join("etc")).unwrap();
+    symlink(outside.path().join("etc"), j.root.join("etc")).unwrap();
+    let before = std::fs::read_to_string(outside.path().join("etc/passwd")).unwrap();
+    let o = run(&j.root, &["--cp"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("\"etc\" is a symlink"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("etc/passwd")).unwrap(),
+        before
+    );
+}
+
+/// The host's resolv.conf is often a link into /run: run with a private /etc in which it is.
+#[test]
+fn cp_follows_a_symlinked_host_resolv_conf() {
+    let j = jail("--cp host symlink");
+    let fake = tempfile::tempdir().unwrap();
+    let etc = fake.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    for f in ["passwd", "group", "hosts", "ld.so.cache"] {
+        if Path::new("/etc").join(f).exists() {
+            std::fs::copy(Path::new("/etc").join(f), etc.join(f)).unwrap();
+        }
+    }
+    std::fs::write(
+        fake.path().join("stub-resolv.conf"),
+        "nameserver 192.0.2.53\n",
+    )
+    .unwrap();
+    symlink(
+        fake.path().join("stub-resolv.conf"),
+        etc.join("resolv.conf"),
+    )
+    .unwrap();
+    let script = format!(
+        "mount --bind {} /etc && exec {} run --root {} --cp -- cat /etc/resolv.conf",
+        etc.display(),
+        common::bin().display(),
+        j.root.display()
+    );
+    let o = common::output(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env_remove("RUST_LOG"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "nameserver 192.0.2.53\n");
+    let copied = j.root.join("etc/resolv.conf");
+    assert!(!copied.is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(copied).unwrap(),
+        "nameserver 192.0.2.53\n"
+    );
+    assert_no_mounts(&j.root);
+}
+
+#[test]
+fn pid_namespace_has_init_and_reaps_orphans() {
+    let j = jail("--pid-ns");
+    let pid = ok(&j.root, &["--pid-ns"], &["sh", "-c", "echo $$"]);
+    assert_eq!(pid.trim(), "2", "init is 1, the command 2");
+
+    let pids = ok(
+        &j.root,
+        &["--pid-ns"],
+        &["sh", "-c", "ls /proc | grep -E '^[0-9]+$'"],
+    );
+    let pids: Vec<u32> = pids.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        pids.contains(&1) && pids.len() <= 5 && pids.iter().all(|p| *p < 10),
+        "{pids:?}"
+    );
+
+    // The subshell exits at once, orphaning `sleep 0.3` to our init, which must reap it.
+    let script =
+        "(sleep 0.3 &); sleep 0.1; cat /proc/[0-9]*/stat; echo ---; sleep 1; cat /proc/[0-9]*/stat";
+    let out = ok(&j.root, &["--pid-ns"], &["sh", "-c", script]);
+    let (before, after) = out.split_once("---").unwrap();
+    let orphan = before
+        .lines()
+        .find(|l| l.contains("(sleep)") && !l.contains(" 2 "))
+        .map(|l| {
+            let rest = &l[l.rfind(')').unwrap() + 2..];
+            rest.split(' ').nth(1).unwrap().to_string()
+        });
+    assert_eq!(
+        orphan.as_deref(),
+        Some("1"),
+        "orphan reparented to init:\n{before}"
+    );
+    assert!(!after.contains("(sleep)"), "orphan not reaped:\n{after}");
+    for l in after.lines().filter(|l| !l.is_empty()) {
+        let state = l[l.rfind(')').unwrap() + 2..].split(' ').next().unwrap();
+        assert_ne!(state, "Z", "zombie left: {l}");
+    }
+
+    let o = run(&j.root, &["--pid-ns"], &["sh", "-c", "exit 9"]);
+    assert_eq!(o.status.code(), Some(9));
+}
+
+#[test]
+fn pid_namespace_forwards_sigterm() {
+    let j = jail("--pid-ns signals");
+    let mut child = run_cmd(&j.root, &["--pid-ns"], &["sleep", "30"])
+        .spawn()
+        .unwrap();
+    let sleeper = wait_for_comm(child.id(), "sleep", 2);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{sleeper}/root")).unwrap(),
+        j.root
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(143));
+    assert!(!Path::new(&format!("/proc/{sleeper}")).exists());
+    assert_no_mounts(&j.root);
+}
+
+#[test]
+fn errors_are_clear_with_docker_exit_codes() {
+    let j = jail("errors");
+    let o = run(&j.root, &[], &["no-such-cmd"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(
+        stderr(&o).contains("\"no-such-cmd\" not found") && stderr(&o).contains("/bin:/usr/bin"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        stderr(&o).lines().count(),
+        1,
+        "one error line: {}",
+        stderr(&o)
+    );
+
+    std::fs::write(j.root.join("bin/noexec"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        j.root.join("bin/noexec"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let o = run(&j.root, &["-u", "app"], &["noexec"]);
+    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot be executed"), "{}", stderr(&o));
+
+    let o = run(&j.root, &["-u", "nobody-such"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("unknown user \"nobody-such\""),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(&j.root, &["-g", "nogroup-such"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("unknown group \"nogroup-such\""),
+        "{}",
+        stderr(&o)
+    );
+
+    let missing = j.root.join("does-not-exist");
+    let o = run(&missing, &[], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("does not exist") && stderr(&o).contains("does-not-exist"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(&j.root.join("bin/busybox"), &[], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
+
+    let o = run(&j.root, &["-b", "/no/such/source:/x"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("/no/such/source"), "{}", stderr(&o));
+
+    let o = run(&j.root, &["-e", "NOEQUALS"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("NOEQUALS"), "{}", stderr(&o));
+}
+
+#[test]
+fn non_root_is_refused_with_the_reason() {
+    common::require_root("non-root check (needs root to drop to nobody)");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = run_cmd(tmp.path(), &[], &["true"]);
+    c.uid(65534).gid(65534);
+    let o = common::output(&mut c);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
+}
