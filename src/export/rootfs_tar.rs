@@ -129,19 +129,19 @@ impl<W: Write> RootfsWriter<W> {
                 .map(|()| self.entries += 1);
         }
         // Tell reading the source from writing the output apart.
-        let mut failed_read = None;
+        let mut failed_read = false;
         let mut source = ReadTap {
             inner: entry,
-            error: &mut failed_read,
+            failed: &mut failed_read,
         };
         let result = self.builder.append_data(&mut header, path, &mut source);
-        match (result, failed_read) {
-            (Ok(()), _) => {
+        match result {
+            Ok(()) => {
                 self.entries += 1;
                 Ok(())
             }
-            (Err(_), Some(e)) => Err(CopyError::Read(e)),
-            (Err(e), None) => Err(CopyError::Write(e)),
+            Err(e) if failed_read => Err(CopyError::Read(e)),
+            Err(e) => Err(CopyError::Write(e)),
         }
     }
 
@@ -170,22 +170,20 @@ impl<W: Write> RootfsWriter<W> {
 /// A reader that remembers its own error, so a failed copy can be blamed correctly.
 struct ReadTap<'a, R> {
     inner: R,
-    error: &'a mut Option<io::Error>,
+    failed: &'a mut bool,
 }
 
 impl<R: Read> Read for ReadTap<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).map_err(|e| {
-            *self.error = Some(io::Error::new(e.kind(), e.to_string()));
-            e
-        })
+        self.inner.read(buf).inspect_err(|_| *self.failed = true)
     }
 }
 
+/// PAX records (key, value) to write before an entry.
+type PaxRecords = Vec<(String, Vec<u8>)>;
+
 /// A fresh GNU header for `entry`, plus the xattr PAX records to carry over.
-fn out_header<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-) -> io::Result<(Header, Vec<(String, Vec<u8>)>)> {
+fn out_header<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<(Header, PaxRecords)> {
     let src = entry.header().clone();
     let entry_type = match src.entry_type() {
         EntryType::GNUSparse | EntryType::Continuous => EntryType::Regular,
