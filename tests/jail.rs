@@ -165,7 +165,7 @@ fn jailed_process_is_chrooted_in_its_own_mount_namespace_and_gets_sigterm() {
 fn other_signals_are_forwarded_too() {
     let j = jail("signal forwarding");
     let script = "trap 'echo got-usr1; exit 3' USR1; echo ready; while true; do sleep 0.05; done";
-    let mut child = run_cmd(&j.root, &[], &["sh", "-c", script])
+    let child = run_cmd(&j.root, &[], &["sh", "-c", script])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -689,4 +689,56 @@ fn non_root_is_refused_with_the_reason() {
     let o = common::output(&mut c);
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
     assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
+}
+
+#[test]
+fn bind_source_inside_the_root_is_resolved_safely() {
+    let j = jail("bind source in root");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "host secret").unwrap();
+    symlink(outside.path(), j.root.join("data")).unwrap();
+    let b = format!("{}:/mnt/data", j.root.join("data").display());
+    let o = run(&j.root, &["-b", &b], &["cat", "/mnt/data/secret"]);
+    assert_eq!(o.status.code(), Some(125), "{}", stdout(&o));
+    assert!(stderr(&o).contains("symlink"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("host secret"));
+
+    std::fs::write(j.root.join("home/app/note"), "inside").unwrap();
+    let b = format!("{}:/mnt/home", j.root.join("home/app").display());
+    assert_eq!(
+        ok(&j.root, &["--robind", &b], &["cat", "/mnt/home/note"]),
+        "inside"
+    );
+}
+
+#[test]
+fn host_descriptors_do_not_leak_into_the_jail() {
+    let j = jail("fd leak");
+    let mut c = run_cmd(
+        &j.root,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "ls /proc/self/fd/9 >/dev/null 2>&1 && echo LEAK || echo clean",
+        ],
+    );
+    // SAFETY: open + dup2 between fork and exec; fd 9 is left open without CLOEXEC on purpose.
+    unsafe {
+        c.pre_exec(|| {
+            let fd = libc::open(c"/".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            if fd < 0 || libc::dup2(fd, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = common::output(&mut c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        "clean",
+        "a host directory fd reached the jail"
+    );
+    assert_no_mounts(&j.root);
 }

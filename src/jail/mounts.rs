@@ -75,20 +75,30 @@ pub fn mount_sys(root_fd: BorrowedFd<'_>, root: &Path) -> Result<(), JailError> 
 }
 
 /// Bind-mounts `b.source` (a `kind` file or directory) on its target, creating it when missing.
+/// A source inside the root (`source_in_root`, relative to it) is opened like a target, so a
+/// rootfs symlink cannot turn `-b ROOT/data` into a bind of the host's `/etc`.
 pub fn bind(
     root_fd: BorrowedFd<'_>,
     root: &Path,
     b: &BindMount,
     kind: Kind,
+    source_in_root: Option<&Path>,
 ) -> Result<(), JailError> {
     let what = if b.read_only {
         "read-only bind"
     } else {
         "bind"
     };
+    let source_fd = match source_in_root {
+        Some(rel) => Some(open_beneath(root_fd, root, rel, kind, false)?),
+        None => None,
+    };
+    let source = source_fd
+        .as_ref()
+        .map_or_else(|| b.source.clone(), |fd| fd_path(fd.as_fd()));
     let target = open_beneath(root_fd, root, &b.target, kind, true)?;
     mount(
-        Some(&b.source),
+        Some(&source),
         &fd_path(target.as_fd()),
         NONE,
         MsFlags::MS_BIND | MsFlags::MS_REC,

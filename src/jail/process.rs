@@ -71,7 +71,9 @@ const CHILD_STACK: usize = 8 << 20;
 struct Plan<'a> {
     spec: &'a JailSpec,
     root: PathBuf,
-    binds: Vec<Kind>,
+    /// Per bind: what the source is, and its path relative to the root when it lies inside
+    /// it (then it is resolved without following the rootfs's symlinks, like a target).
+    binds: Vec<(Kind, Option<PathBuf>)>,
     host_db: UserDb,
 }
 
@@ -92,11 +94,21 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
     let binds = spec
         .binds
         .iter()
-        .map(|b| bind_source_kind(&b.source))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|b| {
+            let inside = b
+                .source
+                .strip_prefix(&spec.root)
+                .or_else(|_| b.source.strip_prefix(&root))
+                .ok()
+                .map(Path::to_path_buf);
+            Ok((bind_source_kind(&b.source)?, inside))
+        })
+        .collect::<Result<Vec<_>, JailError>>()?;
     if spec.copy_host_files {
         etc_copy::copy_host_files(root_fd.as_fd(), &root, Path::new("/etc"))?;
     }
+    // Only needed for --cp; the child reopens the root in its own mount namespace.
+    drop(root_fd);
     let host_db = UserDb {
         host_passwd: user::parse_passwd(
             &read_optional(Path::new("/etc/passwd"))?.unwrap_or_default(),
@@ -280,8 +292,8 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
     mounts::mount_proc(root_fd, root)?;
     mounts::mount_sys(root_fd, root)?;
     devices::mount_dev(root_fd, root)?;
-    for (b, kind) in plan.spec.binds.iter().zip(&plan.binds) {
-        mounts::bind(root_fd, root, b, *kind)?;
+    for (b, (kind, inside)) in plan.spec.binds.iter().zip(&plan.binds) {
+        mounts::bind(root_fd, root, b, *kind, inside.as_deref())?;
     }
     chroot_into(root_fd, root)?;
 
@@ -351,6 +363,7 @@ fn become_and_exec(l: &Launch) -> JailError {
         return e;
     }
     reset_signals();
+    close_inherited_fds();
     let mut denied = None;
     for cand in env::candidates(&l.cmd, &l.path) {
         let Ok(c) = CString::new(cand.as_os_str().as_encoded_bytes()) else {
@@ -398,6 +411,33 @@ fn reset_signals() {
     }
     let _ =
         nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Marks every descriptor above stderr close-on-exec: a directory fd of the host leaking
+/// into the jail would let its root walk out of the chroot.
+fn close_inherited_fds() {
+    // SAFETY: close_range with integer arguments; CLOSE_RANGE_CLOEXEC only sets flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        // Before Linux 5.11: walk the descriptors one by one.
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            let fds: Vec<i32> = dir
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect();
+            for fd in fds.into_iter().filter(|fd| *fd > 2) {
+                // SAFETY: setting FD_CLOEXEC on a descriptor number; harmless if it is closed.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+        }
+    }
 }
 
 /// PID 1 of the jail: reap everything, forward signals to the command, exit with its status.

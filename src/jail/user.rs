@@ -149,7 +149,7 @@ impl UserDb {
         let mut groups = vec![gid];
         if let Some(e) = &entry {
             for g in self.membership_groups() {
-                if g.members.iter().any(|m| *m == e.name) && !groups.contains(&g.gid) {
+                if g.members.contains(&e.name) && !groups.contains(&g.gid) {
                     groups.push(g.gid);
                 }
             }
