@@ -9,7 +9,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -77,55 +77,6 @@ fn ok(root: &Path, flags: &[&str], cmd: &[&str]) -> String {
     stdout(&o)
 }
 
-/// The value of `key:` in a /proc/PID/status text.
-fn status_field(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("no {key} in {status}"))
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Pids whose parent is `ppid` (host view).
-fn children_of(ppid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let parent: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
-        if parent == ppid {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Waits until a descendant (child, or grandchild with `depth` 2) of `pid` runs `comm`.
-fn wait_for_comm(pid: u32, comm: &str, depth: usize) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut level = vec![pid];
-        for _ in 0..depth {
-            level = level.iter().flat_map(|p| children_of(*p)).collect();
-        }
-        for p in level {
-            let c = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-            if c.trim() == comm {
-                return p;
-            }
-        }
-        assert!(Instant::now() < deadline, "no {comm} under pid {pid}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn jailed_process_is_chrooted_in_its_own_mount_namespace_and_gets_sigterm() {
     let j = jail("chroot check");
@@ -133,7 +84,7 @@ fn jailed_process_is_chrooted_in_its_own_mount_namespace_and_gets_sigterm() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let sleeper = wait_for_comm(child.id(), "sleep", 1);
+    let sleeper = common::wait_for_comm(child.id(), "sleep", 1);
     let link = std::fs::read_link(format!("/proc/{sleeper}/root")).unwrap();
     assert_eq!(link, j.root, "the jailed process's root");
     let ns = std::fs::read_link(format!("/proc/{sleeper}/ns/mnt")).unwrap();
@@ -169,7 +120,7 @@ fn other_signals_are_forwarded_too() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let shell = wait_for_comm(child.id(), "sh", 1);
+    let shell = common::wait_for_comm(child.id(), "sh", 1);
     assert!(shell > 0);
     std::thread::sleep(Duration::from_millis(300));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGUSR1).unwrap();
@@ -211,17 +162,17 @@ fn users_and_groups_from_the_jail() {
         &["-u", "1000", "-g", "2000"],
         &["cat", "/proc/self/status"],
     );
-    assert_eq!(status_field(&st, "Uid"), "1000 1000 1000 1000");
-    assert_eq!(status_field(&st, "Gid"), "2000 2000 2000 2000");
-    assert_eq!(status_field(&st, "Groups"), "2000");
+    assert_eq!(common::status_field(&st, "Uid"), "1000 1000 1000 1000");
+    assert_eq!(common::status_field(&st, "Gid"), "2000 2000 2000 2000");
+    assert_eq!(common::status_field(&st, "Groups"), "2000");
 
     let st = ok(&j.root, &["-u", "jailonly"], &["cat", "/proc/self/status"]);
-    assert_eq!(status_field(&st, "Uid"), "1234 1234 1234 1234");
-    assert_eq!(status_field(&st, "Gid"), "2000 2000 2000 2000");
+    assert_eq!(common::status_field(&st, "Uid"), "1234 1234 1234 1234");
+    assert_eq!(common::status_field(&st, "Gid"), "2000 2000 2000 2000");
 
     let st = ok(&j.root, &["-g", "extra"], &["cat", "/proc/self/status"]);
-    assert_eq!(status_field(&st, "Uid"), "0 0 0 0");
-    assert_eq!(status_field(&st, "Gid"), "2000 2000 2000 2000");
+    assert_eq!(common::status_field(&st, "Uid"), "0 0 0 0");
+    assert_eq!(common::status_field(&st, "Gid"), "2000 2000 2000 2000");
 
     // Default: root, with no host supplementary group leaking in.
     let mut c = run_cmd(&j.root, &[], &["cat", "/proc/self/status"]);
@@ -234,7 +185,7 @@ fn users_and_groups_from_the_jail() {
     }
     let o = common::output(&mut c);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(status_field(&stdout(&o), "Groups"), "0");
+    assert_eq!(common::status_field(&stdout(&o), "Groups"), "0");
     assert_no_mounts(&j.root);
 }
 
@@ -242,25 +193,28 @@ fn users_and_groups_from_the_jail() {
 fn capabilities_are_cut_unless_no_dropcaps() {
     let j = jail("capabilities");
     let st = ok(&j.root, &[], &["cat", "/proc/self/status"]);
-    assert_eq!(status_field(&st, "CapBnd"), "00000000000004cf");
+    assert_eq!(common::status_field(&st, "CapBnd"), "00000000000004cf");
     assert_eq!(
-        status_field(&st, "CapEff"),
+        common::status_field(&st, "CapEff"),
         "00000000000004cf",
         "root keeps only the list"
     );
-    assert_eq!(status_field(&st, "CapInh"), "0000000000000000");
-    assert_eq!(status_field(&st, "CapAmb"), "0000000000000000");
-    assert_eq!(status_field(&st, "NoNewPrivs"), "1");
+    assert_eq!(common::status_field(&st, "CapInh"), "0000000000000000");
+    assert_eq!(common::status_field(&st, "CapAmb"), "0000000000000000");
+    assert_eq!(common::status_field(&st, "NoNewPrivs"), "1");
 
     let st = ok(&j.root, &["-u", "app"], &["cat", "/proc/self/status"]);
-    assert_eq!(status_field(&st, "CapBnd"), "00000000000004cf");
-    assert_eq!(status_field(&st, "CapEff"), "0000000000000000");
+    assert_eq!(common::status_field(&st, "CapBnd"), "00000000000004cf");
+    assert_eq!(common::status_field(&st, "CapEff"), "0000000000000000");
 
     let host = std::fs::read_to_string("/proc/self/status").unwrap();
     let st = ok(&j.root, &["--no-dropcaps"], &["cat", "/proc/self/status"]);
-    assert_eq!(status_field(&st, "CapBnd"), status_field(&host, "CapBnd"));
-    assert_ne!(status_field(&st, "CapBnd"), "00000000000004cf");
-    assert_eq!(status_field(&st, "NoNewPrivs"), "0");
+    assert_eq!(
+        common::status_field(&st, "CapBnd"),
+        common::status_field(&host, "CapBnd")
+    );
+    assert_ne!(common::status_field(&st, "CapBnd"), "00000000000004cf");
+    assert_eq!(common::status_field(&st, "NoNewPrivs"), "0");
 }
 
 #[test]
@@ -603,7 +557,7 @@ fn pid_namespace_forwards_sigterm() {
     let mut child = run_cmd(&j.root, &["--pid-ns"], &["sleep", "30"])
         .spawn()
         .unwrap();
-    let sleeper = wait_for_comm(child.id(), "sleep", 2);
+    let sleeper = common::wait_for_comm(child.id(), "sleep", 2);
     assert_eq!(
         std::fs::read_link(format!("/proc/{sleeper}/root")).unwrap(),
         j.root

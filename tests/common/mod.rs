@@ -31,7 +31,10 @@ pub fn busybox() -> PathBuf {
     for p in ["/bin/busybox", "/usr/bin/busybox"] {
         let p = PathBuf::from(p);
         if p.exists() {
-            let out = Command::new(&p).arg("--help").output().expect("run busybox");
+            let out = Command::new(&p)
+                .arg("--help")
+                .output()
+                .expect("run busybox");
             let text = String::from_utf8_lossy(&out.stdout).to_string()
                 + &String::from_utf8_lossy(&out.stderr);
             assert!(
@@ -50,7 +53,9 @@ pub fn busybox() -> PathBuf {
 /// and a `/.drootenv`.
 pub fn busybox_rootfs(dir: &Path) {
     let bb = busybox();
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "home/app", "var"] {
+    for d in [
+        "bin", "etc", "tmp", "proc", "sys", "dev", "root", "home/app", "var",
+    ] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
     std::fs::copy(&bb, dir.join("bin/busybox")).unwrap();
@@ -106,4 +111,56 @@ pub fn mounts_below(dir: &Path) -> Vec<String> {
         })
         .map(str::to_string)
         .collect()
+}
+
+/// The value of `key:` in a /proc/PID/status text.
+pub fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Pids whose parent is `ppid` (host view).
+pub fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let parent: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        if parent == ppid {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until a descendant (child, or grandchild with `depth` 2) of `pid` runs `comm`.
+pub fn wait_for_comm(pid: u32, comm: &str, depth: usize) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut level = vec![pid];
+        for _ in 0..depth {
+            level = level.iter().flat_map(|p| children_of(*p)).collect();
+        }
+        for p in level {
+            let c = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            if c.trim() == comm {
+                return p;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {comm} under pid {pid}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
