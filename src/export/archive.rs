@@ -188,10 +188,7 @@ pub fn flatten<W: Write>(
     let archive = ImageArchive::open(path)?;
     let image = layout::select(&archive, image_ref)?;
     let env = layout::config_env(&archive, &image)?;
-    let drootenv = crate::drootenv::render(&env).map_err(|source| ExportError::BadEnv {
-        image: image.name.clone(),
-        source,
-    })?;
+    let drootenv = super::drootenv_text(&image.name, Some(env))?;
     info!(image = %image.name, layers = image.layers.len(), "flattening archive image");
 
     // Pass 1: headers only.

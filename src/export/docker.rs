@@ -75,25 +75,19 @@ pub(crate) async fn export_image<W: Write + Send + 'static>(
             .inspect_image(image)
             .await
             .map_err(|e| engine_error(e, image, "inspect the image"))?;
-        let env = inspect
-            .config
-            .and_then(|c| c.env)
-            .ok_or_else(|| ExportError::NoEnv {
-                image: image.to_string(),
-            })?;
-        let drootenv = crate::drootenv::render(&env).map_err(|source| ExportError::BadEnv {
-            image: image.to_string(),
-            source,
-        })?;
-        Ok::<_, ExportError>((docker, drootenv))
+        // Create from the id we inspected, so a tag moved meanwhile cannot mix two images.
+        let id = inspect.id.clone().unwrap_or_else(|| image.to_string());
+        let env = inspect.config.and_then(|c| c.env);
+        let drootenv = super::drootenv_text(image, env)?;
+        Ok::<_, ExportError>((docker, id, drootenv))
     };
-    let (docker, drootenv) = tokio::select! {
+    let (docker, id, drootenv) = tokio::select! {
         r = prepared => r?,
         name = signals.recv() => return Err(ExportError::Interrupted(name)),
     };
 
     let name = helper_name();
-    let work = create_and_export(&docker, image, &name, out, compression, drootenv);
+    let work = create_and_export(&docker, image, &id, &name, out, compression, drootenv);
     let result = tokio::select! {
         r = work => r,
         signal = signals.recv() => Err(ExportError::Interrupted(signal)),
@@ -113,13 +107,14 @@ pub(crate) async fn export_image<W: Write + Send + 'static>(
 async fn create_and_export<W: Write + Send + 'static>(
     docker: &Docker,
     image: &str,
+    id: &str,
     name: &str,
     out: W,
     compression: Compression,
     drootenv: String,
 ) -> Result<(ExportSummary, W), ExportError> {
     let body = ContainerCreateBody {
-        image: Some(image.to_string()),
+        image: Some(id.to_string()),
         cmd: Some(vec![PLACEHOLDER_CMD.to_string()]),
         network_disabled: Some(true),
         labels: Some(HashMap::from([(HELPER_LABEL.to_string(), "1".to_string())])),

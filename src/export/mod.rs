@@ -233,6 +233,28 @@ pub fn export<W: Write + Send + 'static>(
     result
 }
 
+/// The `/.drootenv` text for an image's `Env` (absent → [`ExportError::NoEnv`]).
+///
+/// Entries without `=` are dropped: in a Docker config they mean "unset this variable",
+/// and a file that only sets variables expresses that by leaving them out.
+pub(crate) fn drootenv_text(image: &str, env: Option<Vec<String>>) -> Result<String, ExportError> {
+    let env = env.ok_or_else(|| ExportError::NoEnv {
+        image: image.to_string(),
+    })?;
+    let (set, unset): (Vec<String>, Vec<String>) = env.into_iter().partition(|e| e.contains('='));
+    if !unset.is_empty() {
+        tracing::debug!(
+            image,
+            ?unset,
+            "Env entries without '=' left out of /.drootenv"
+        );
+    }
+    crate::drootenv::render(&set).map_err(|source| ExportError::BadEnv {
+        image: image.to_string(),
+        source,
+    })
+}
+
 /// SIGINT, SIGTERM and SIGHUP, caught for the duration of an export.
 pub(crate) struct Signals {
     int: tokio::signal::unix::Signal,
@@ -315,6 +337,19 @@ mod tests {
         assert_eq!(normalize_path(b"./").unwrap(), b"");
         assert_eq!(normalize_path(b".").unwrap(), b"");
         assert_eq!(normalize_path(b"a/./b").unwrap(), b"a/b");
+    }
+
+    #[test]
+    fn drootenv_text_drops_unsets_and_needs_env() {
+        let env = vec!["A=1".to_string(), "UNSET".into(), "B=x=y".into()];
+        assert_eq!(drootenv_text("i", Some(env)).unwrap(), "A=1\nB=x=y\n");
+        assert_eq!(drootenv_text("i", Some(vec![])).unwrap(), "");
+        assert!(matches!(
+            drootenv_text("i", None),
+            Err(ExportError::NoEnv { .. })
+        ));
+        let err = drootenv_text("i", Some(vec!["A=1\n2".into()])).unwrap_err();
+        assert!(matches!(err, ExportError::BadEnv { .. }), "{err}");
     }
 
     #[test]
