@@ -185,11 +185,32 @@ fn supervise(child: Pid, wait_set: &SigSet) -> Result<JailExit, JailError> {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(JailError::sys(format!("waitpid {child}"), e)),
         }
-        let sig = wait_set.wait().map_err(|e| JailError::sys("sigwait", e))?;
-        if sig != Signal::SIGCHLD {
+        let (sig, from_tty) =
+            next_signal(wait_set).map_err(|e| JailError::sys("sigwaitinfo", e))?;
+        if sig != Signal::SIGCHLD && !from_tty {
             tracing::debug!(signal = %sig, pid = child.as_raw(), "forwarding signal");
             let _ = kill(child, sig);
         }
+    }
+}
+
+/// Takes the next signal of `set` (all blocked). `true` when the kernel sent it (the
+/// terminal's ^C, ^\\ or resize): it went to the whole foreground process group, so the
+/// command got its own copy and forwarding it would deliver it twice.
+fn next_signal(set: &SigSet) -> Result<(Signal, bool), Errno> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid out-parameter.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t and `info` a live siginfo_t.
+        let n = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
+        if n < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            }
+        }
+        let sig = Signal::try_from(n)?;
+        return Ok((sig, info.si_code == libc::SI_KERNEL));
     }
 }
 
@@ -443,9 +464,13 @@ fn close_inherited_fds() {
 /// PID 1 of the jail: reap everything, forward signals to the command, exit with its status.
 fn init_loop(cmd: Pid, wait_set: &SigSet) -> ! {
     loop {
-        let Ok(sig) = wait_set.wait() else { continue };
+        let Ok((sig, from_tty)) = next_signal(wait_set) else {
+            continue;
+        };
         if sig != Signal::SIGCHLD {
-            let _ = kill(cmd, sig);
+            if !from_tty {
+                let _ = kill(cmd, sig);
+            }
             continue;
         }
         loop {
