@@ -9,7 +9,6 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -116,17 +115,21 @@ fn jailed_process_is_chrooted_in_its_own_mount_namespace_and_gets_sigterm() {
 fn other_signals_are_forwarded_too() {
     let j = jail("signal forwarding");
     let script = "trap 'echo got-usr1; exit 3' USR1; echo ready; while true; do sleep 0.05; done";
-    let child = run_cmd(&j.root, &[], &["sh", "-c", script])
+    let mut child = run_cmd(&j.root, &[], &["sh", "-c", script])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let shell = common::wait_for_comm(child.id(), "sh", 1);
-    assert!(shell > 0);
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the trap is installed (the shell printed "ready").
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
     kill(Pid::from_raw(child.id() as i32), Signal::SIGUSR1).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stdout(&out).contains("got-usr1"));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "USR1 reached the trap: {status:?}");
+    assert_eq!(rest, "got-usr1\n");
     assert_no_mounts(&j.root);
 }
 
@@ -524,28 +527,37 @@ fn pid_namespace_has_init_and_reaps_orphans() {
         "{pids:?}"
     );
 
-    // The subshell exits at once, orphaning `sleep 0.3` to our init, which must reap it.
-    let script =
-        "(sleep 0.3 &); sleep 0.1; cat /proc/[0-9]*/stat; echo ---; sleep 1; cat /proc/[0-9]*/stat";
+    // The subshell exits at once, orphaning `sleep 0.8` to our init, which must reap it.
+    let script = "(sleep 0.8 &); cat /proc/[0-9]*/stat; echo ---; sleep 2; cat /proc/[0-9]*/stat";
     let out = ok(&j.root, &["--pid-ns"], &["sh", "-c", script]);
     let (before, after) = out.split_once("---").unwrap();
-    let orphan = before
-        .lines()
-        .find(|l| l.contains("(sleep)") && !l.contains(" 2 "))
-        .map(|l| {
-            let rest = &l[l.rfind(')').unwrap() + 2..];
-            rest.split(' ').nth(1).unwrap().to_string()
-        });
-    assert_eq!(
-        orphan.as_deref(),
-        Some("1"),
-        "orphan reparented to init:\n{before}"
+    let stats = |text: &str| -> Vec<(String, String, String)> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let close = l.rfind(')').unwrap();
+                let comm = l[l.find('(').unwrap() + 1..close].to_string();
+                let mut rest = l[close + 2..].split(' ');
+                let state = rest.next().unwrap().to_string();
+                (comm, state, rest.next().unwrap().to_string())
+            })
+            .collect()
+    };
+    let sleepers: Vec<_> = stats(before)
+        .into_iter()
+        .filter(|(c, _, _)| c == "sleep")
+        .collect();
+    assert_eq!(sleepers.len(), 1, "one orphan:\n{before}");
+    assert_eq!(sleepers[0].2, "1", "orphan reparented to init:\n{before}");
+    let after = stats(after);
+    assert!(
+        !after.iter().any(|(c, _, _)| c == "sleep"),
+        "orphan not reaped: {after:?}"
     );
-    assert!(!after.contains("(sleep)"), "orphan not reaped:\n{after}");
-    for l in after.lines().filter(|l| !l.is_empty()) {
-        let state = l[l.rfind(')').unwrap() + 2..].split(' ').next().unwrap();
-        assert_ne!(state, "Z", "zombie left: {l}");
-    }
+    assert!(
+        !after.iter().any(|(_, st, _)| st == "Z"),
+        "zombie left: {after:?}"
+    );
 
     let o = run(&j.root, &["--pid-ns"], &["sh", "-c", "exit 9"]);
     assert_eq!(o.status.code(), Some(9));
