@@ -531,33 +531,38 @@ fn pid_namespace_has_init_and_reaps_orphans() {
     let script = "(sleep 0.8 &); cat /proc/[0-9]*/stat; echo ---; sleep 2; cat /proc/[0-9]*/stat";
     let out = ok(&j.root, &["--pid-ns"], &["sh", "-c", script]);
     let (before, after) = out.split_once("---").unwrap();
-    let stats = |text: &str| -> Vec<(String, String, String)> {
+    // (pid, comm, state, ppid) of each process.
+    let stats = |text: &str| -> Vec<(u32, String, String, u32)> {
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
+                let open = l.find('(').unwrap();
                 let close = l.rfind(')').unwrap();
-                let comm = l[l.find('(').unwrap() + 1..close].to_string();
                 let mut rest = l[close + 2..].split(' ');
                 let state = rest.next().unwrap().to_string();
-                (comm, state, rest.next().unwrap().to_string())
+                let ppid = rest.next().unwrap().parse().unwrap();
+                (
+                    l[..open].trim().parse().unwrap(),
+                    l[open + 1..close].to_string(),
+                    state,
+                    ppid,
+                )
             })
             .collect()
     };
-    let sleepers: Vec<_> = stats(before)
-        .into_iter()
-        .filter(|(c, _, _)| c == "sleep")
-        .collect();
-    assert_eq!(sleepers.len(), 1, "one orphan:\n{before}");
-    assert_eq!(sleepers[0].2, "1", "orphan reparented to init:\n{before}");
+    // Before: init (1), the shell (2), cat (its child), and the orphan, adopted by init
+    // (its name may still be busybox's while it execs `sleep`).
+    let before = stats(before);
+    let orphans: Vec<_> = before.iter().filter(|p| p.3 == 1 && p.0 != 2).collect();
+    assert_eq!(orphans.len(), 1, "one orphan adopted by init: {before:?}");
+    // After: the orphan is gone, not a zombie; only init and cat (exec'd by the shell) remain.
     let after = stats(after);
     assert!(
-        !after.iter().any(|(c, _, _)| c == "sleep"),
+        !after.iter().any(|p| p.0 == orphans[0].0),
         "orphan not reaped: {after:?}"
     );
-    assert!(
-        !after.iter().any(|(_, st, _)| st == "Z"),
-        "zombie left: {after:?}"
-    );
+    assert!(!after.iter().any(|p| p.2 == "Z"), "zombie left: {after:?}");
+    assert_eq!(after.len(), 2, "{after:?}");
 
     let o = run(&j.root, &["--pid-ns"], &["sh", "-c", "exit 9"]);
     assert_eq!(o.status.code(), Some(9));
