@@ -16,7 +16,9 @@
 //! - The process gets exactly the credentials asked for (`setgroups`, `setgid`, `setuid`, in
 //!   that order), the capability bounding set is cut to droot's list, inheritable and ambient
 //!   sets are cleared and `NO_NEW_PRIVS` is set ([`caps`]) unless `--no-dropcaps`.
-//! - The environment is `/.drootenv` plus `-e`; the host's environment is never inherited.
+//! - The environment is `/.drootenv` plus `-e`; the host's environment is never inherited,
+//!   and no descriptor above stderr survives into the command (a host directory fd would be
+//!   a way out of the chroot).
 //! - Signals sent to us are forwarded to the jailed process and its exit status becomes ours
 //!   (killed by signal N: 128+N); with `--pid-ns` a minimal init of ours is PID 1 and reaps
 //!   orphans ([`process`]).
