@@ -122,6 +122,7 @@ pub fn unpack<R: Read + Send + 'static>(
         real_dirs: HashSet::new(),
         dirs: Vec::new(),
         buf: vec![0; 1 << 18],
+        umask: current_umask(),
         stats: UnpackStats {
             compression,
             entries: 0,
@@ -142,7 +143,18 @@ struct Unpacker<'a> {
     real_dirs: HashSet<PathBuf>,
     dirs: Vec<DirAttrs>,
     buf: Vec<u8>,
+    umask: u32,
     stats: UnpackStats,
+}
+
+/// The process umask (read by setting it and putting it back).
+fn current_umask() -> u32 {
+    // SAFETY: umask only swaps the process's mask; it is restored at once.
+    unsafe {
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        m as u32
+    }
 }
 
 fn write_err(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
@@ -233,14 +245,23 @@ impl Unpacker<'_> {
                 });
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.clear_path(&rel, &full).map_err(&refuse)?;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&full)
-                    .map_err(write_err(&full))?;
+                let open = || {
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(mode & 0o777)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(&full)
+                };
+                // Optimistic create: only a path that already exists costs an lstat.
+                let mut file = match open() {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        self.clear_path(&rel, &full).map_err(&refuse)?;
+                        open()
+                    }
+                    other => other,
+                }
+                .map_err(write_err(&full))?;
                 copy(&mut entry, &mut file, &mut self.buf).map_err(|e| match e {
                     CopyError::Read(e) => UnpackError::Read(e),
                     CopyError::Write(e) => write_err(&full)(e),
@@ -249,8 +270,12 @@ impl Unpacker<'_> {
                     std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
                         .map_err(write_err(&full))?;
                 }
-                file.set_permissions(fs::Permissions::from_mode(mode))
-                    .map_err(write_err(&full))?;
+                // The open mode went through the umask; fix it up only when that changed it
+                // (or chown cleared set-id bits).
+                if mode & !self.umask != mode || owner.is_some() {
+                    file.set_permissions(fs::Permissions::from_mode(mode))
+                        .map_err(write_err(&full))?;
+                }
                 if let Some(t) = mtime {
                     file.set_times(FileTimes::new().set_modified(t).set_accessed(t))
                         .map_err(write_err(&full))?;
@@ -262,8 +287,13 @@ impl Unpacker<'_> {
                     .map_err(UnpackError::Read)?
                     .ok_or_else(|| UnpackError::Read(io::Error::other("symlink without target")))?
                     .into_owned();
-                self.clear_path(&rel, &full).map_err(&refuse)?;
-                symlink(&target, &full).map_err(write_err(&full))?;
+                if let Err(e) = symlink(&target, &full) {
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(write_err(&full)(e));
+                    }
+                    self.clear_path(&rel, &full).map_err(&refuse)?;
+                    symlink(&target, &full).map_err(write_err(&full))?;
+                }
                 if let Some((uid, gid)) = owner {
                     std::os::unix::fs::lchown(&full, Some(uid), Some(gid))
                         .map_err(write_err(&full))?;
