@@ -10,6 +10,17 @@ pub enum Compression {
     Zstd,
 }
 
+impl Compression {
+    /// The compressor's name: `none`, `gzip` or `zstd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
 impl std::fmt::Display for Compression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -34,7 +45,7 @@ pub enum FormatError {
 }
 
 /// Whether a 512-byte block looks like a tar header: its checksum must match.
-fn is_tar_header(block: &[u8]) -> bool {
+pub fn is_tar_header(block: &[u8]) -> bool {
     if block.len() < 512 {
         return false;
     }
@@ -61,16 +72,39 @@ fn is_tar_header(block: &[u8]) -> bool {
     sum == stored
 }
 
+/// The compression whose magic bytes `head` starts with, if any.
+pub fn compression_of(head: &[u8]) -> Option<Compression> {
+    if head.starts_with(&GZIP_MAGIC) {
+        Some(Compression::Gzip)
+    } else if head.starts_with(&ZSTD_MAGIC) {
+        Some(Compression::Zstd)
+    } else {
+        None
+    }
+}
+
+/// Wraps `raw` in the decoder for `kind`.
+pub fn decompress<'a, R: Read + Send + 'a>(
+    kind: Compression,
+    raw: R,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
+    Ok(match kind {
+        Compression::None => Box::new(raw),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+            1 << 18,
+            raw,
+        ))),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw)?),
+    })
+}
+
 /// Classifies the first bytes of an archive.
 pub fn classify(head: &[u8]) -> Result<Compression, FormatError> {
     if head.is_empty() {
         return Err(FormatError::Empty);
     }
-    if head.starts_with(&GZIP_MAGIC) {
-        return Ok(Compression::Gzip);
-    }
-    if head.starts_with(&ZSTD_MAGIC) {
-        return Ok(Compression::Zstd);
+    if let Some(kind) = compression_of(head) {
+        return Ok(kind);
     }
     if is_tar_header(head) || head.iter().take(1024).all(|b| *b == 0) && head.len() >= 1024 {
         return Ok(Compression::None);
@@ -110,15 +144,7 @@ pub fn detect<R: Read + Send + 'static>(
     } else {
         Box::new(io::Cursor::new(head).chain(buffered))
     };
-    let reader: Box<dyn Read + Send> = match kind {
-        Compression::None => raw,
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
-            1 << 18,
-            raw,
-        ))),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw)?),
-    };
-    Ok((kind, reader))
+    Ok((kind, decompress(kind, raw)?))
 }
 
 #[cfg(test)]

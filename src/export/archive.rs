@@ -23,6 +23,8 @@ use std::io::Write;
 
 use tracing::{debug, info};
 
+use crate::artifact::format;
+
 use super::layout::{self, Blobs, Image, Layer};
 use super::rootfs_tar::{CopyError, RootfsWriter};
 use super::whiteout::{self, Action, Kind, Record};
@@ -48,17 +50,17 @@ impl ImageArchive {
         let file = File::open(path).map_err(open_err)?;
         let mut head = [0u8; 512];
         let n = read_full_at(&file, &mut head, 0).map_err(open_err)?;
-        if let Some(kind) = compression_of(&head[..n]) {
+        if let Some(kind) = format::compression_of(&head[..n]) {
             return Err(ExportError::CompressedArchive {
                 path: path.to_path_buf(),
-                kind,
+                kind: kind.name(),
             });
         }
         let not_tar = |source| ExportError::NotATar {
             path: path.to_path_buf(),
             source,
         };
-        if n < 512 || !plausible_tar_header(&head) {
+        if n < 512 || !format::is_tar_header(&head) {
             return Err(not_tar(None));
         }
         let mut files: HashMap<String, (u64, u64)> = HashMap::new();
@@ -135,14 +137,13 @@ impl ImageArchive {
         let n = read_full_at(&self.file, &mut magic, section.pos)
             .map_err(|source| self.layer_err(index, layer, source))?;
         let n = n.min((section.end - section.pos) as usize);
-        Ok(match compression_of(&magic[..n]) {
-            Some("gzip") => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(section))),
-            Some(_) => Box::new(
-                zstd::stream::read::Decoder::new(section)
-                    .map_err(|source| self.layer_err(index, layer, source))?,
-            ),
-            None => Box::new(BufReader::with_capacity(128 << 10, section)),
-        })
+        match format::compression_of(&magic[..n]) {
+            Some(kind) => match format::decompress(kind, section) {
+                Ok(r) => Ok(r),
+                Err(source) => Err(self.layer_err(index, layer, source)),
+            },
+            None => Ok(Box::new(BufReader::with_capacity(128 << 10, section))),
+        }
     }
 
     fn layer_err(&self, index: usize, layer: &Layer, source: io::Error) -> ExportError {
@@ -361,40 +362,6 @@ fn resolve_dots(path: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
-/// `gzip` / `zstd` when `head` starts with their magic bytes.
-fn compression_of(head: &[u8]) -> Option<&'static str> {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Some("gzip")
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some("zstd")
-    } else {
-        None
-    }
-}
-
-/// Whether a 512-byte block looks like a tar header: its checksum adds up.
-fn plausible_tar_header(block: &[u8; 512]) -> bool {
-    let Ok(field) = std::str::from_utf8(&block[148..156]) else {
-        return false;
-    };
-    let field = field.trim_matches(|c: char| c == '\0' || c == ' ');
-    let Ok(stored) = u32::from_str_radix(field, 8) else {
-        return false;
-    };
-    let sum: u32 = block
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u32::from(*b)
-            }
-        })
-        .sum();
-    stored == sum
-}
-
 fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -442,17 +409,5 @@ mod tests {
     fn dots_resolve_inside_the_archive_only() {
         assert_eq!(resolve_dots("a/../b/./c").as_deref(), Some("b/c"));
         assert_eq!(resolve_dots("../x"), None);
-    }
-
-    #[test]
-    fn magic_detection() {
-        assert_eq!(compression_of(&[0x1f, 0x8b, 8, 0]), Some("gzip"));
-        assert_eq!(compression_of(&[0x28, 0xb5, 0x2f, 0xfd]), Some("zstd"));
-        assert_eq!(compression_of(b"ustar"), None);
-        let mut h = tar::Header::new_gnu();
-        h.set_path("x").unwrap();
-        h.set_cksum();
-        assert!(plausible_tar_header(h.as_bytes()));
-        assert!(!plausible_tar_header(&[b'x'; 512]));
     }
 }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine (as root), then runs it all.
+# This is the README's test command; .ci/run calls it unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "the test suite needs root (mounts, chroot, namespaces): run it as root" >&2
+  exit 1
+fi
+
+# Debian packages: busybox-static builds the jail rootfs; zstd, gzip and tar are the peers in
+# the unpack benchmark and build test archives; iproute2 makes network namespaces;
+# util-linux gives mount/unshare; procps gives ps for the agent tests.
+pkgs=(busybox-static zstd gzip tar iproute2 util-linux procps ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The export tests talk to the Docker engine; start it when it is installed but not running.
+if command -v docker >/dev/null && ! docker info >/dev/null 2>&1; then
+  echo "starting the Docker engine"
+  (service docker start || (nohup dockerd >/tmp/dockerd.log 2>&1 &)) >/dev/null 2>&1 || true
+  for _ in $(seq 1 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
+
+cargo build --all-targets --locked
+cargo test --all-targets --locked
