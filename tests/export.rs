@@ -213,19 +213,6 @@ fn bad_archives_fail_clearly_and_leave_no_output() {
     );
     assert_bad_archive(d, &p("nolayer.tar"), "lacks gone/layer.tar");
 
-    // A config without Env.
-    let cfg = br#"{"config":{"Cmd":["/bin/sh"]}}"#.to_vec();
-    let manifest = br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l/layer.tar"]}]"#;
-    write_archive(
-        &p("noenv.tar"),
-        &[
-            ("manifest.json".into(), manifest.to_vec()),
-            ("c.json".into(), cfg),
-            ("l/layer.tar".into(), layer(&[E::File("a", "a")])),
-        ],
-    );
-    assert_bad_archive(d, &p("noenv.tar"), "has no Env");
-
     // Path traversal and absolute paths inside a layer.
     legacy_archive(
         &p("dotdot.tar"),
@@ -261,6 +248,35 @@ fn bad_archives_fail_clearly_and_leave_no_output() {
 
     // A missing archive.
     assert_bad_archive(d, &p("does-not-exist.tar"), "cannot read");
+}
+
+#[test]
+fn config_without_env_gives_an_empty_drootenv() {
+    // `FROM scratch` images and plain `docker import`s have no Env at all.
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("noenv.tar");
+    let cfg = br#"{"config":{"Cmd":["/app"]}}"#.to_vec();
+    let manifest = br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l/layer.tar"]}]"#;
+    write_archive(
+        &archive,
+        &[
+            ("manifest.json".into(), manifest.to_vec()),
+            ("c.json".into(), cfg),
+            ("l/layer.tar".into(), layer(&[E::File("a", "a")])),
+        ],
+    );
+    let out = t.path().join("out.tar");
+    let o = run(&[
+        "export",
+        "--from-archive",
+        archive.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let got = read_entries(&out);
+    assert_eq!(got.get(".drootenv"), Some(&file("")), "{got:?}");
+    assert_eq!(got.get("a"), Some(&file("a")), "{got:?}");
 }
 
 #[test]
@@ -391,15 +407,15 @@ fn engine_errors_are_clear_and_leave_no_container() {
     assert!(files_in(t.path()).is_empty(), "no output or partial file");
     assert_eq!(helper_containers(), helpers_before);
 
-    // An image without any Env: refused with advice, nothing left behind.
+    // An image without any Env exports with an empty /.drootenv, nothing left behind.
     let rootfs = t.path().join("rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
     std::fs::write(rootfs.join("f"), "x").unwrap();
     let image = TestImage::import(&rootfs, &[]);
     let o = run(&["export", &image.0, "-o", out.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("has no Env"), "{}", stderr(&o));
-    assert!(!out.exists());
+    assert_ok(&o);
+    assert_eq!(read_entries(&out).get(".drootenv"), Some(&file("")));
+    std::fs::remove_file(&out).unwrap();
     assert!(image.containers().is_empty());
 
     // No engine at DOCKER_HOST.

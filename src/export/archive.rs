@@ -189,7 +189,7 @@ pub fn flatten<W: Write>(
     let archive = ImageArchive::open(path)?;
     let image = layout::select(&archive, image_ref)?;
     let env = layout::config_env(&archive, &image)?;
-    let drootenv = super::drootenv_text(&image.name, Some(env))?;
+    let drootenv = super::drootenv_text(&image.name, env)?;
     info!(image = %image.name, layers = image.layers.len(), "flattening archive image");
 
     // Pass 1: headers only.

@@ -115,14 +115,9 @@ pub fn select(blobs: &dyn Blobs, wanted: Option<&str>) -> Result<Image, ExportEr
 }
 
 /// The `config.Env` of an image config blob.
-pub fn config_env(blobs: &dyn Blobs, image: &Image) -> Result<Vec<String>, ExportError> {
+pub fn config_env(blobs: &dyn Blobs, image: &Image) -> Result<Option<Vec<String>>, ExportError> {
     let config: ConfigFile = parse(blobs, &image.config, "image config JSON")?;
-    config
-        .config
-        .and_then(|c| c.env)
-        .ok_or_else(|| ExportError::NoEnv {
-            image: image.name.clone(),
-        })
+    Ok(config.config.and_then(|c| c.env))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(
@@ -593,11 +588,11 @@ mod tests {
             config: c.into(),
             layers: vec![],
         };
-        assert_eq!(config_env(&b, &img("c.json")).unwrap(), vec!["A=b=c"]);
-        assert!(matches!(
-            config_env(&b, &img("d.json")),
-            Err(ExportError::NoEnv { .. })
-        ));
+        assert_eq!(
+            config_env(&b, &img("c.json")).unwrap(),
+            Some(vec!["A=b=c".to_string()])
+        );
+        assert_eq!(config_env(&b, &img("d.json")).unwrap(), None);
         assert!(matches!(
             config_env(&b, &img("gone.json")),
             Err(ExportError::MissingBlob { .. })

@@ -87,12 +87,6 @@ pub enum ExportError {
     },
     #[error("interrupted by {0}; the helper container was removed and no output was kept")]
     Interrupted(&'static str),
-    #[error(
-        "image {image} has no Env in its config: droot-fleet writes /.drootenv from it; \
-         give the image an environment (Dockerfile `ENV PATH=...`, or \
-         `docker import --change 'ENV PATH=/usr/bin:/bin'`)"
-    )]
-    NoEnv { image: String },
     #[error("image {image} has an environment that /.drootenv cannot carry")]
     BadEnv {
         image: String,
@@ -233,14 +227,19 @@ pub fn export<W: Write + Send + 'static>(
     result
 }
 
-/// The `/.drootenv` text for an image's `Env` (absent → [`ExportError::NoEnv`]).
+/// The `/.drootenv` text for an image's `Env`.
 ///
-/// Entries without `=` are dropped: in a Docker config they mean "unset this variable",
+/// An image with no `Env` at all (`FROM scratch`, a plain `docker import`) gets an empty file
+/// and a warning: `run` then falls back to a default `PATH`. Entries without `=` are dropped: in a Docker config they mean "unset this variable",
 /// and a file that only sets variables expresses that by leaving them out.
 pub(crate) fn drootenv_text(image: &str, env: Option<Vec<String>>) -> Result<String, ExportError> {
-    let env = env.ok_or_else(|| ExportError::NoEnv {
-        image: image.to_string(),
-    })?;
+    let env = env.unwrap_or_else(|| {
+        tracing::warn!(
+            image,
+            "image config has no Env; writing an empty /.drootenv"
+        );
+        Vec::new()
+    });
     let (set, unset): (Vec<String>, Vec<String>) = env.into_iter().partition(|e| e.contains('='));
     if !unset.is_empty() {
         tracing::debug!(
@@ -340,14 +339,11 @@ mod tests {
     }
 
     #[test]
-    fn drootenv_text_drops_unsets_and_needs_env() {
+    fn drootenv_text_drops_unsets_and_allows_no_env() {
         let env = vec!["A=1".to_string(), "UNSET".into(), "B=x=y".into()];
         assert_eq!(drootenv_text("i", Some(env)).unwrap(), "A=1\nB=x=y\n");
         assert_eq!(drootenv_text("i", Some(vec![])).unwrap(), "");
-        assert!(matches!(
-            drootenv_text("i", None),
-            Err(ExportError::NoEnv { .. })
-        ));
+        assert_eq!(drootenv_text("i", None).unwrap(), "");
         let err = drootenv_text("i", Some(vec!["A=1\n2".into()])).unwrap_err();
         assert!(matches!(err, ExportError::BadEnv { .. }), "{err}");
     }
