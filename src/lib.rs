@@ -10,8 +10,13 @@
 //! - [`export`]: Docker image or `docker save`/OCI archive to a flat rootfs tar with `/.drootenv`.
 //! - [`drootenv`]: the `/.drootenv` env file format, written by export and read by run.
 //! - [`gossip`]: the sans-io protocol core of the agent (envelope, keyring, clocks, events, queries).
+//! - [`agent`]: `droot-fleet agent`, the gossip daemon (sockets, the task owning foca, handlers,
+//!   snapshot, keys) around the [`gossip`] core.
+//! - [`api`]: the agent's HTTP/JSON control API (server, routes, typed client).
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 
+pub mod agent;
+pub mod api;
 pub mod artifact;
 pub mod cli;
 pub mod drootenv;

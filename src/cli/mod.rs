@@ -3,7 +3,9 @@
 //! This is the only module that uses `anyhow`; library errors are typed. `main` prints the
 //! error chain once with `{:#}` and picks the exit code.
 
+mod agent;
 mod deploy;
+mod fleet;
 mod export;
 mod run;
 mod teardown;
@@ -37,12 +39,33 @@ pub enum Command {
     Rm(teardown::RootArg),
     /// Turn a Docker image (engine or `docker save`/OCI archive) into a rootfs tar with `/.drootenv`.
     Export(export::ExportArgs),
+    /// Run the gossip agent (one per host).
+    Agent(agent::AgentArgs),
+    /// List cluster members (from the local agent).
+    Members(fleet::MembersArgs),
+    /// Send a user event to the whole cluster.
+    Event(fleet::EventArgs),
+    /// Ask (a filtered part of) the cluster and collect the answers.
+    Query(fleet::QueryArgs),
+    /// Cluster-wide key rotation: list, install, use, remove.
+    Keys(fleet::KeysArgs),
+    /// Print a new random cluster key (base64).
+    Keygen,
+    /// Make the local agent leave the cluster and exit.
+    Leave(fleet::RpcArgs),
+    /// Mark a failed member as left.
+    ForceLeave(fleet::NodeArgs),
+    /// Stream the agent's logs and events (NDJSON).
+    Monitor(fleet::RpcArgs),
 }
 
 /// Entry point used by the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    // The agent sets up its own logging (reloadable on SIGHUP, mirrored to /v1/monitor).
+    if !matches!(cli.command, Command::Agent(_)) {
+        init_tracing(&cli.log);
+    }
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -59,6 +82,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Umount(args) => teardown::umount(args),
         Command::Rm(args) => teardown::rm(args),
         Command::Export(args) => export::execute(args),
+        Command::Agent(args) => agent::execute(args),
+        Command::Members(args) => fleet::members(args),
+        Command::Event(args) => fleet::event(args),
+        Command::Query(args) => fleet::query(args),
+        Command::Keys(args) => fleet::keys(args),
+        Command::Keygen => fleet::keygen(),
+        Command::Leave(args) => fleet::leave(args),
+        Command::ForceLeave(args) => fleet::force_leave(args),
+        Command::Monitor(args) => fleet::monitor(args),
     }
 }
 

@@ -191,6 +191,16 @@ impl GossipCore {
         &self.identity
     }
 
+    /// This node's tags (advertised in push/pull, matched by query filters).
+    pub fn tags(&self) -> &Tags {
+        &self.tags
+    }
+
+    /// Replaces this node's tags (e.g. on a config reload).
+    pub fn set_tags(&mut self, tags: Tags) {
+        self.tags = tags;
+    }
+
     /// Call on foca's `Notification::Rejoin(new_id)` so snapshots carry the new bump.
     pub fn set_identity(&mut self, identity: NodeId) {
         self.identity = identity;

@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::envelope::{MAX_FRAME_PLAINTEXT, MAX_PLAINTEXT};
+use super::identity::NodeId;
 use super::event::{EventError, UserEvent};
 use super::limits::MAX_BROADCAST_ITEM;
 use super::pushpull::PushPullState;
@@ -40,6 +41,10 @@ pub mod tag {
     pub const PUSH_PULL_REQUEST: u8 = 4;
     /// Push/pull: responder's state (stream).
     pub const PUSH_PULL_REPLY: u8 = 5;
+    /// An eagerly pushed [`crate::gossip::event::UserEvent`] (datagram).
+    pub const EVENT_PUSH: u8 = 6;
+    /// A graceful-leave (or force-leave) notice naming a [`crate::gossip::NodeId`] (datagram).
+    pub const LEAVE: u8 = 7;
 }
 
 /// A custom broadcast item.
@@ -56,6 +61,11 @@ pub enum Broadcast {
 pub enum Direct {
     /// A query response small enough for UDP.
     QueryResponse(QueryResponse),
+    /// A new event pushed eagerly to a few peers (feed it to `Foca::add_broadcast`,
+    /// which dedupes it through the event log).
+    Event(UserEvent),
+    /// This member is leaving (or was force-left): record it as "left", not "failed".
+    Leave(NodeId),
 }
 
 /// A decoded incoming datagram plaintext.
@@ -198,6 +208,8 @@ pub fn encode_foca_datagram(packet: &[u8]) -> Vec<u8> {
 pub fn encode_direct(msg: &Direct) -> Result<Vec<u8>, EncodeError> {
     match msg {
         Direct::QueryResponse(r) => encode(tag::QUERY_RESPONSE, r, "query response", MAX_PLAINTEXT),
+        Direct::Event(ev) => encode(tag::EVENT_PUSH, ev, "pushed event", MAX_PLAINTEXT),
+        Direct::Leave(id) => encode(tag::LEAVE, id, "leave notice", MAX_PLAINTEXT),
     }
 }
 
@@ -210,6 +222,14 @@ pub fn decode_datagram(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
         tag::QUERY_RESPONSE => Ok(Datagram::Direct(Direct::QueryResponse(decode(
             body,
             "query response",
+        )?))),
+        tag::EVENT_PUSH => Ok(Datagram::Direct(Direct::Event(checked_event(decode(
+            body,
+            "pushed event",
+        )?)?))),
+        tag::LEAVE => Ok(Datagram::Direct(Direct::Leave(decode(
+            body,
+            "leave notice",
         )?))),
         tag => Err(DecodeError::UnknownType { channel, tag }),
     }

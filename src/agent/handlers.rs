@@ -1,0 +1,218 @@
+//! Event and query handler processes.
+//!
+//! Each matching `[[handler]]` runs as its own process (so handlers for one event run
+//! concurrently) in its own process group, with the payload on stdin and:
+//!
+//! | variable | value |
+//! |---|---|
+//! | `DROOT_FLEET_EVENT` | `user`, `query`, `member-join`, `member-leave`, `member-failed` |
+//! | `DROOT_FLEET_USER_EVENT` | the user event name (user events) |
+//! | `DROOT_FLEET_QUERY_NAME` | the query name (queries) |
+//! | `DROOT_FLEET_LTIME` | the Lamport time |
+//! | `DROOT_FLEET_NODE` | this node's name |
+//! | `DROOT_FLEET_TAG_<KEY>` | this node's tags (key upper-cased, non-alphanumerics → `_`) |
+//!
+//! At the timeout the whole process group gets SIGKILL and a warning is logged.
+//! stdout/stderr are logged; for queries stdout is the answer.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use super::config::{EventFilter, HandlerConfig};
+use crate::gossip::Tags;
+
+/// What a handler is run for.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    User { name: String, ltime: u64 },
+    Query { name: String, ltime: u64 },
+    Member { kind: String, node: String },
+}
+
+impl Trigger {
+    fn kind(&self) -> &str {
+        match self {
+            Self::User { .. } => "user",
+            Self::Query { .. } => "query",
+            Self::Member { kind, .. } => kind,
+        }
+    }
+}
+
+/// Whether `filter` selects `trigger`.
+pub fn matches(filter: &EventFilter, trigger: &Trigger) -> bool {
+    match (filter, trigger) {
+        (EventFilter::All, Trigger::Query { .. }) => false,
+        (EventFilter::All, _) => true,
+        (EventFilter::User(want), Trigger::User { name, .. })
+        | (EventFilter::Query(want), Trigger::Query { name, .. }) => {
+            want.as_ref().is_none_or(|w| w == name)
+        }
+        (EventFilter::Member(k), Trigger::Member { kind, .. }) => k == kind,
+        _ => false,
+    }
+}
+
+/// Why a handler produced no result.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("could not start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program:?} timed out after {timeout:?}; its process group was killed")]
+    Timeout { program: String, timeout: Duration },
+    #[error("{program:?}: {source}")]
+    Wait {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+/// Environment of a handler.
+pub fn env(trigger: &Trigger, node: &str, tags: &Tags) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("DROOT_FLEET_EVENT".to_owned(), trigger.kind().to_owned()),
+        ("DROOT_FLEET_NODE".to_owned(), node.to_owned()),
+    ];
+    match trigger {
+        Trigger::User { name, ltime } => {
+            env.push(("DROOT_FLEET_USER_EVENT".into(), name.clone()));
+            env.push(("DROOT_FLEET_LTIME".into(), ltime.to_string()));
+        }
+        Trigger::Query { name, ltime } => {
+            env.push(("DROOT_FLEET_QUERY_NAME".into(), name.clone()));
+            env.push(("DROOT_FLEET_LTIME".into(), ltime.to_string()));
+        }
+        Trigger::Member { node, .. } => env.push(("DROOT_FLEET_MEMBER".into(), node.clone())),
+    }
+    for (k, v) in tags {
+        let key: String = k
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect();
+        env.push((format!("DROOT_FLEET_TAG_{key}"), v.clone()));
+    }
+    env
+}
+
+/// Runs one handler to completion (or kills it at the timeout). Returns stdout.
+pub async fn run(
+    handler: &HandlerConfig,
+    env: &[(String, String)],
+    stdin: Vec<u8>,
+) -> Result<Vec<u8>, HandlerError> {
+    let program = handler.command[0].clone();
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&handler.command[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| HandlerError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let pid = child.id();
+    if let Some(mut input) = child.stdin.take() {
+        tokio::spawn(async move {
+            // A handler that does not read stdin is fine.
+            let _ = input.write_all(&stdin).await;
+        });
+    }
+    match tokio::time::timeout(handler.timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            tracing::info!(
+                handler = %program,
+                status = %out.status,
+                stdout = %stdout.trim_end(),
+                stderr = %stderr.trim_end(),
+                "handler finished"
+            );
+            Ok(out.stdout)
+        }
+        Ok(Err(source)) => Err(HandlerError::Wait { program, source }),
+        Err(_) => {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            Err(HandlerError::Timeout {
+                program,
+                timeout: handler.timeout,
+            })
+        }
+    }
+}
+
+/// Spawns every handler matching `trigger`, each in its own task; failures are logged.
+pub fn spawn_matching(
+    handlers: &[HandlerConfig],
+    trigger: &Trigger,
+    node: &str,
+    tags: &Tags,
+    payload: &[u8],
+) {
+    let env = env(trigger, node, tags);
+    for h in handlers.iter().filter(|h| matches(&h.filter, trigger)) {
+        let (h, env, payload) = (h.clone(), env.clone(), payload.to_vec());
+        let event = trigger.kind().to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = run(&h, &env, payload).await {
+                tracing::warn!(event = %event, cause = %e, "handler failed");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(filter: EventFilter, cmd: &[&str], timeout_ms: u64) -> HandlerConfig {
+        HandlerConfig {
+            filter,
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    #[test]
+    fn filters() {
+        let user = Trigger::User { name: "deploy".into(), ltime: 1 };
+        let query = Trigger::Query { name: "deploy".into(), ltime: 1 };
+        assert!(matches(&EventFilter::All, &user));
+        assert!(!matches(&EventFilter::All, &query));
+        assert!(matches(&EventFilter::User(None), &user));
+        assert!(matches(&EventFilter::User(Some("deploy".into())), &user));
+        assert!(!matches(&EventFilter::User(Some("other".into())), &user));
+        assert!(matches(&EventFilter::Query(Some("deploy".into())), &query));
+    }
+
+    #[tokio::test]
+    async fn env_stdin_and_timeout() {
+        let tags = Tags::from([("dc-1".to_owned(), "eu".to_owned())]);
+        let env = env(&Trigger::User { name: "x".into(), ltime: 4 }, "n1", &tags);
+        let cat = h(
+            EventFilter::All,
+            &["sh", "-c", "cat; echo \" $DROOT_FLEET_USER_EVENT $DROOT_FLEET_LTIME $DROOT_FLEET_TAG_DC_1\""],
+            5000,
+        );
+        let out = run(&cat, &env, b"hi".to_vec()).await.unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "hi x 4 eu\n");
+        let slow = h(EventFilter::All, &["sh", "-c", "sleep 30; echo done"], 200);
+        let start = std::time::Instant::now();
+        let err = run(&slow, &env, vec![]).await.unwrap_err();
+        assert!(matches!(err, HandlerError::Timeout { .. }));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+}

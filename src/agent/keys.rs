@@ -1,0 +1,150 @@
+//! The keyring file and cluster-wide key operations.
+//!
+//! The keyring lives in the agent (shared read-only with the I/O loops, see
+//! [`super::net::SharedKeyring`]) and in its JSON file, rewritten atomically after every
+//! change so a restart keeps rotated keys. Without a keyring file (`--dev`,
+//! `--insecure`) the agent uses the well-known all-zero key: every such agent can talk
+//! to every other, and nothing is authenticated.
+//!
+//! Like `serf keys`, `install`/`use`/`remove`/`list` run on *every* member through an
+//! internal query named [`KEYS_QUERY`] whose payload is a JSON [`KeyCommand`]; each
+//! node answers a JSON [`crate::api::NodeKeyResult`]. Rotation is: install the new key
+//! everywhere, use it everywhere, remove the old one everywhere.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::NodeKeyResult;
+use crate::gossip::keyring::{KeyringFile, KeyringError};
+use crate::gossip::{Key, Keyring};
+
+/// Name of the internal key query.
+pub const KEYS_QUERY: &str = "_droot-fleet-keys";
+
+/// Why the keyring file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("reading keyring {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("keyring {path} is not {{\"primary\": \"<base64 key>\", \"keys\": [...]}}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("writing keyring {path}: {source} (the file is unchanged)")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The key used when no keyring is configured (`--dev`, `--insecure`).
+pub fn insecure_keyring() -> Keyring {
+    Keyring::new(Key::from_bytes([0; 32]))
+}
+
+/// Loads a keyring file.
+pub fn load(path: &Path) -> Result<Keyring, KeysError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeysError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file: KeyringFile = serde_json::from_str(&text).map_err(|e| KeysError::Parse {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Keyring::try_from(file).map_err(|e| KeysError::Parse {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Saves a keyring file atomically (mode 0600).
+pub fn save(path: &Path, ring: &Keyring) -> Result<(), KeysError> {
+    let file = KeyringFile::from(ring.clone());
+    let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+    bytes.push(b'\n');
+    super::snapshot::write_atomic(path, &bytes, 0o600).map_err(|source| KeysError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Payload of the internal key query.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyCommand {
+    pub op: String,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// Applies a key command to this node's keyring. Returns the node's result and
+/// whether the keyring changed (the caller persists it).
+pub fn apply(node: &str, ring: &mut Keyring, payload: &[u8]) -> (NodeKeyResult, bool) {
+    let fail = |error: String| NodeKeyResult {
+        node: node.to_owned(),
+        ok: false,
+        error: Some(error),
+        keys: Vec::new(),
+    };
+    let cmd: KeyCommand = match serde_json::from_slice(payload) {
+        Ok(c) => c,
+        Err(e) => return (fail(format!("bad key command: {e}")), false),
+    };
+    let key = match (&cmd.op[..], cmd.key.as_deref().map(Key::from_base64)) {
+        ("list", _) => None,
+        (_, Some(Ok(k))) => Some(k),
+        (_, Some(Err(e))) => return (fail(e.to_string()), false),
+        (_, None) => return (fail("a key is required".into()), false),
+    };
+    let before = ring.clone();
+    let outcome: Result<(), KeyringError> = match (&cmd.op[..], key) {
+        ("list", _) => Ok(()),
+        ("install", Some(k)) => {
+            ring.install(k);
+            Ok(())
+        }
+        ("use", Some(k)) => ring.use_key(&k),
+        ("remove", Some(k)) => ring.remove(&k),
+        (op, _) => return (fail(format!("unknown key operation {op:?}")), false),
+    };
+    let changed = *ring != before;
+    match outcome {
+        Ok(()) => (
+            NodeKeyResult {
+                node: node.to_owned(),
+                ok: true,
+                error: None,
+                keys: ring.list(),
+            },
+            changed,
+        ),
+        Err(e) => (fail(e.to_string()), changed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_steps() {
+        let mut ring = insecure_keyring();
+        let new = Key::from_bytes([7; 32]).to_base64();
+        let cmd = |op: &str| format!(r#"{{"op":"{op}","key":"{new}"}}"#).into_bytes();
+        let (r, changed) = apply("n", &mut ring, &cmd("use"));
+        assert!(!r.ok && !changed, "use before install fails");
+        assert!(apply("n", &mut ring, &cmd("install")).0.ok);
+        assert!(apply("n", &mut ring, &cmd("use")).0.ok);
+        assert_eq!(ring.primary().to_base64(), new);
+        let (r, _) = apply("n", &mut ring, &cmd("remove"));
+        assert!(!r.ok, "cannot remove the primary");
+        let (r, _) = apply("n", &mut ring, br#"{"op":"list"}"#);
+        assert_eq!(r.keys.len(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.json");
+        save(&p, &ring).unwrap();
+        assert_eq!(load(&p).unwrap(), ring);
+    }
+}

@@ -1,0 +1,212 @@
+//! `droot-fleet agent`: the daemon that runs the gossip core on real sockets.
+//!
+//! The protocol itself is the sans-io [`crate::gossip`] core; this module is its shell.
+//!
+//! | file | concept |
+//! |---|---|
+//! | [`config`] | TOML file + flags → validated [`config::Settings`] |
+//! | [`task`] | the **one task owning foca**: biased `select!` over [`task::Input`] |
+//! | [`scheduler`] | the single ordered timer heap (foca issue #26) |
+//! | [`net`] | UDP socket (sealed datagrams, drop counters), sealed TCP streams |
+//! | [`ops`] | API commands; queries on the origin and the answering side |
+//! | [`members`] | member status (alive/suspect/left/failed) from foca's state |
+//! | [`handlers`] | event/query handler processes (timeout, env, stdin) |
+//! | [`queries`] | built-in query handlers registered in Rust |
+//! | [`keys`] | keyring file and the cluster-wide key-rotation query |
+//! | [`snapshot`] | the data-dir state file, written atomically |
+//! | [`monitor`] | NDJSON log/event stream for `GET /v1/monitor` |
+//!
+//! Guarantees: every datagram and stream frame is sealed with the keyring's primary key
+//! and opened before parsing (failures are counted, never logged per packet); an event
+//! is recorded in the snapshot *before* its handlers run, so a restarted agent never
+//! runs a handler twice for one event; on SIGTERM/SIGINT/`leave` the leave datagrams
+//! are handed to the kernel before the process exits.
+
+pub mod config;
+pub mod handlers;
+pub mod keys;
+pub mod members;
+pub mod monitor;
+pub mod net;
+pub mod ops;
+pub mod queries;
+pub mod scheduler;
+pub mod snapshot;
+pub mod task;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::api;
+use crate::gossip::Filter;
+use crate::gossip::handler::CreateError;
+
+pub use config::Settings;
+pub use queries::QueryRegistry;
+
+/// Why an agent operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The event/query could not be created (too large, bad name, bad filter).
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The agent is stopping and no longer serves requests.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    /// Startup failed.
+    #[error("{0}")]
+    Startup(String),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error(transparent)]
+    Keys(#[from] keys::KeysError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// A key operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOp {
+    List,
+    Install,
+    Use,
+    Remove,
+}
+
+impl KeyOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::List => "list",
+            Self::Install => "install",
+            Self::Use => "use",
+            Self::Remove => "remove",
+        }
+    }
+}
+
+/// A request from the API to the foca-owning task.
+#[derive(Debug)]
+pub enum Command {
+    Members(oneshot::Sender<Vec<api::Member>>),
+    Info(oneshot::Sender<api::Info>),
+    Event {
+        name: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<api::EventResponse, AgentError>>,
+    },
+    Query {
+        name: String,
+        payload: Vec<u8>,
+        filters: Vec<Filter>,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<api::QueryResponse, AgentError>>,
+    },
+    Keys {
+        op: KeyOp,
+        key: Option<String>,
+        reply: oneshot::Sender<Result<api::KeysResponse, AgentError>>,
+    },
+    Leave(oneshot::Sender<()>),
+    ForceLeave {
+        node: String,
+        reply: oneshot::Sender<Result<(), AgentError>>,
+    },
+}
+
+/// Cheap handle the API server uses to talk to the agent task.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    tx: mpsc::Sender<task::Input>,
+    monitor: broadcast::Sender<String>,
+}
+
+impl AgentHandle {
+    /// Sends a command built around a reply channel and waits for the answer.
+    pub async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(task::Input::Api(make(tx)))
+            .await
+            .map_err(|_| AgentError::ShuttingDown)?;
+        rx.await.map_err(|_| AgentError::ShuttingDown)
+    }
+
+    /// Subscribes to the monitor stream (NDJSON lines).
+    pub fn monitor(&self) -> broadcast::Receiver<String> {
+        self.monitor.subscribe()
+    }
+}
+
+/// The agent before it runs: settings plus Rust-registered query handlers.
+pub struct Agent {
+    settings: Settings,
+    registry: QueryRegistry,
+    log_reload: Option<monitor::LogReload>,
+    monitor: broadcast::Sender<String>,
+}
+
+impl Agent {
+    /// A new agent with the built-in queries (`ping`, `blob`) registered.
+    pub fn new(settings: Settings) -> Self {
+        let registry = QueryRegistry::with_builtins(&settings.node);
+        Self {
+            settings,
+            registry,
+            log_reload: None,
+            monitor: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Uses this monitor channel (shared with the log layer).
+    pub fn with_monitor(mut self, monitor: broadcast::Sender<String>) -> Self {
+        self.monitor = monitor;
+        self
+    }
+
+    /// How SIGHUP changes the log filter.
+    pub fn with_log_reload(mut self, reload: monitor::LogReload) -> Self {
+        self.log_reload = Some(reload);
+        self
+    }
+
+    /// Registers a query handler in Rust: its return value is the answer.
+    pub fn register_query(
+        &mut self,
+        name: &str,
+        handler: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static,
+    ) {
+        self.registry.register(name, Arc::new(handler));
+    }
+
+    /// Runs until `shutdown` completes (then leaves gracefully) or a `leave` request.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
+        task::run(
+            self.settings,
+            self.registry,
+            self.log_reload,
+            self.monitor,
+            shutdown,
+        )
+        .await
+    }
+}

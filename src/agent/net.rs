@@ -1,0 +1,354 @@
+//! The only code that touches the gossip sockets.
+//!
+//! - UDP: [`udp_recv_loop`] opens every datagram with the current keyring before any
+//!   parser sees it. Failures are *counted* in [`Counters`] by cause (never logged per
+//!   packet: a wrong-key node would flood the log). Oversized datagrams are dropped unread.
+//! - TCP: one sealed frame per message (see [`crate::gossip::envelope`]).
+//!   [`tcp_accept_loop`] serves push/pull requests and receives large query answers;
+//!   [`push_pull`] and [`send_stream`] are the dialing side. Every connection has a
+//!   deadline, so a stuck peer cannot pin a task.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::task::Input;
+use crate::gossip::envelope::{self, FrameError, OpenError};
+use crate::gossip::message::{self, DecodeError, EncodeError, StreamMessage};
+use crate::gossip::{FrameDecoder, Keyring, MAX_DATAGRAM, PushPullState};
+
+/// The keyring shared between the task (writer) and the I/O loops (readers).
+pub type SharedKeyring = Arc<RwLock<Keyring>>;
+
+/// How long a TCP exchange may take end to end.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Packet counters, exposed by `GET /v1/info`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub packets_received: AtomicU64,
+    pub packets_sent: AtomicU64,
+    pub packets_dropped_auth: AtomicU64,
+    pub packets_dropped_short: AtomicU64,
+    pub packets_dropped_version: AtomicU64,
+    pub packets_dropped_oversize: AtomicU64,
+    pub packets_dropped_malformed: AtomicU64,
+    pub streams_accepted: AtomicU64,
+    pub streams_dropped_auth: AtomicU64,
+    pub streams_failed: AtomicU64,
+    pub events_pushed: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_open_error(&self, err: &OpenError) {
+        Self::add(match err {
+            OpenError::TooShort { .. } => &self.packets_dropped_short,
+            OpenError::UnknownVersion { .. } => &self.packets_dropped_version,
+            OpenError::Authentication { .. } => &self.packets_dropped_auth,
+        });
+    }
+
+    /// Snapshot as a name → value map.
+    pub fn to_map(&self) -> BTreeMap<String, u64> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("packets_received", get(&self.packets_received)),
+            ("packets_sent", get(&self.packets_sent)),
+            ("packets_dropped_auth", get(&self.packets_dropped_auth)),
+            ("packets_dropped_short", get(&self.packets_dropped_short)),
+            ("packets_dropped_version", get(&self.packets_dropped_version)),
+            ("packets_dropped_oversize", get(&self.packets_dropped_oversize)),
+            ("packets_dropped_malformed", get(&self.packets_dropped_malformed)),
+            ("streams_accepted", get(&self.streams_accepted)),
+            ("streams_dropped_auth", get(&self.streams_dropped_auth)),
+            ("streams_failed", get(&self.streams_failed)),
+            ("events_pushed", get(&self.events_pushed)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+/// Why a stream exchange failed. The connection is closed; nothing was merged.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("stream I/O with {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("stream with {addr} timed out after {STREAM_TIMEOUT:?}")]
+    Timeout { addr: SocketAddr },
+    #[error("stream with {addr}: {source}")]
+    Frame { addr: SocketAddr, source: FrameError },
+    #[error("stream with {addr}: {source}")]
+    Decode {
+        addr: SocketAddr,
+        source: DecodeError,
+    },
+    #[error("stream with {addr}: {source}")]
+    Encode {
+        addr: SocketAddr,
+        source: EncodeError,
+    },
+    #[error("stream with {addr}: peer closed before answering")]
+    Closed { addr: SocketAddr },
+    #[error("stream with {addr}: unexpected message (wanted {wanted})")]
+    Unexpected {
+        addr: SocketAddr,
+        wanted: &'static str,
+    },
+}
+
+impl StreamError {
+    fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            Self::Frame {
+                source: FrameError::Open(OpenError::Authentication { .. }),
+                ..
+            }
+        )
+    }
+}
+
+/// Receives datagrams until `stop` flips, forwarding opened plaintexts to the task.
+pub async fn udp_recv_loop(
+    socket: Arc<UdpSocket>,
+    keyring: SharedKeyring,
+    counters: Arc<Counters>,
+    tx: mpsc::Sender<Input>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // One byte more than allowed, to detect oversized datagrams.
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let (len, from) = tokio::select! {
+            _ = stop.changed() => return,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(cause = %e, "udp receive failed");
+                    continue;
+                }
+            },
+        };
+        Counters::add(&counters.packets_received);
+        if len > MAX_DATAGRAM {
+            Counters::add(&counters.packets_dropped_oversize);
+            continue;
+        }
+        let opened = {
+            let ring = keyring.read().unwrap_or_else(|e| e.into_inner());
+            envelope::open(&ring, &buf[..len])
+        };
+        match opened {
+            Ok(plain) => {
+                if tx.send(Input::Datagram { plain, from }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => counters.count_open_error(&e),
+        }
+    }
+}
+
+/// Seals a stream message as one frame.
+fn frame(
+    keyring: &SharedKeyring,
+    msg: &StreamMessage,
+    addr: SocketAddr,
+) -> Result<Vec<u8>, StreamError> {
+    let plain = message::encode_stream(msg).map_err(|source| StreamError::Encode { addr, source })?;
+    let ring = keyring.read().unwrap_or_else(|e| e.into_inner()).clone();
+    envelope::encode_frame(&ring, &plain, &mut rand::rng()).map_err(|e| StreamError::Encode {
+        addr,
+        source: EncodeError::TooLarge {
+            what: "stream frame",
+            size: plain.len(),
+            max: match e {
+                envelope::SealError::TooLarge { max, .. } => max,
+            },
+        },
+    })
+}
+
+/// Reads one frame and decodes it.
+async fn read_message(
+    stream: &mut TcpStream,
+    keyring: &SharedKeyring,
+    addr: SocketAddr,
+) -> Result<StreamMessage, StreamError> {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let next = {
+            let ring = keyring.read().unwrap_or_else(|e| e.into_inner());
+            decoder.next_frame(&ring)
+        };
+        match next {
+            Ok(Some(plain)) => {
+                return message::decode_stream(&plain)
+                    .map_err(|source| StreamError::Decode { addr, source });
+            }
+            Ok(None) => {}
+            Err(source) => return Err(StreamError::Frame { addr, source }),
+        }
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|source| StreamError::Io { addr, source })?;
+        if n == 0 {
+            return Err(StreamError::Closed { addr });
+        }
+        decoder.feed(&buf[..n]);
+    }
+}
+
+async fn write_message(
+    stream: &mut TcpStream,
+    keyring: &SharedKeyring,
+    msg: &StreamMessage,
+    addr: SocketAddr,
+) -> Result<(), StreamError> {
+    let bytes = frame(keyring, msg, addr)?;
+    stream
+        .write_all(&bytes)
+        .await
+        .map_err(|source| StreamError::Io { addr, source })?;
+    stream
+        .flush()
+        .await
+        .map_err(|source| StreamError::Io { addr, source })
+}
+
+async fn with_timeout<T>(
+    addr: SocketAddr,
+    fut: impl Future<Output = Result<T, StreamError>>,
+) -> Result<T, StreamError> {
+    tokio::time::timeout(STREAM_TIMEOUT, fut)
+        .await
+        .map_err(|_| StreamError::Timeout { addr })?
+}
+
+/// Dials `addr`, sends our state, returns theirs.
+pub async fn push_pull(
+    addr: SocketAddr,
+    local: PushPullState,
+    keyring: SharedKeyring,
+) -> Result<PushPullState, StreamError> {
+    with_timeout(addr, async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| StreamError::Connect { addr, source })?;
+        write_message(&mut stream, &keyring, &StreamMessage::PushPullRequest(local), addr).await?;
+        match read_message(&mut stream, &keyring, addr).await? {
+            StreamMessage::PushPullReply(remote) => Ok(remote),
+            _ => Err(StreamError::Unexpected {
+                addr,
+                wanted: "push/pull reply",
+            }),
+        }
+    })
+    .await
+}
+
+/// Dials `addr` and sends one message (e.g. a large query answer).
+pub async fn send_stream(
+    addr: SocketAddr,
+    msg: StreamMessage,
+    keyring: SharedKeyring,
+) -> Result<(), StreamError> {
+    with_timeout(addr, async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| StreamError::Connect { addr, source })?;
+        write_message(&mut stream, &keyring, &msg, addr).await?;
+        stream
+            .shutdown()
+            .await
+            .map_err(|source| StreamError::Io { addr, source })
+    })
+    .await
+}
+
+/// Accepts gossip TCP connections until `stop` flips.
+pub async fn tcp_accept_loop(
+    listener: TcpListener,
+    keyring: SharedKeyring,
+    counters: Arc<Counters>,
+    tx: mpsc::Sender<Input>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(cause = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        Counters::add(&counters.streams_accepted);
+        let (keyring, counters, tx) = (keyring.clone(), counters.clone(), tx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_stream(stream, addr, &keyring, &tx).await {
+                if e.is_auth() {
+                    Counters::add(&counters.streams_dropped_auth);
+                } else {
+                    Counters::add(&counters.streams_failed);
+                    tracing::debug!(peer = %addr, cause = %e, "inbound stream failed");
+                }
+            }
+        });
+    }
+}
+
+async fn serve_stream(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    keyring: &SharedKeyring,
+    tx: &mpsc::Sender<Input>,
+) -> Result<(), StreamError> {
+    with_timeout(addr, async {
+        match read_message(&mut stream, keyring, addr).await? {
+            StreamMessage::PushPullRequest(state) => {
+                let (reply, rx) = oneshot::channel();
+                if tx.send(Input::PushPullRequest { state, reply }).await.is_err() {
+                    return Ok(());
+                }
+                let Ok(ours) = rx.await else { return Ok(()) };
+                write_message(&mut stream, keyring, &StreamMessage::PushPullReply(ours), addr)
+                    .await
+            }
+            StreamMessage::QueryResponse(r) => {
+                let _ = tx.send(Input::QueryResponse(r)).await;
+                Ok(())
+            }
+            StreamMessage::PushPullReply(_) => Err(StreamError::Unexpected {
+                addr,
+                wanted: "push/pull request or query response",
+            }),
+        }
+    })
+    .await
+}

@@ -1,0 +1,127 @@
+//! The data-dir state file: what a restarted agent needs to rejoin and to never
+//! deliver an event twice.
+//!
+//! `<data-dir>/state.json` holds the [`CoreSnapshot`] (identity with its bump, Lamport
+//! clocks, event log ids + recent events, query dedupe) and the members last known. It
+//! is replaced with write-to-temp + fsync + rename(2), so the file on disk is always a
+//! complete old or a complete new state, never a torn one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::gossip::{CoreSnapshot, NodeId};
+
+/// File name inside the data dir.
+pub const STATE_FILE: &str = "state.json";
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not a valid agent state file ({source}); move it away to start with a \
+         fresh state (events already handled may then be handled again)"
+    )]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("writing {path}: {source} (the previous state file is unchanged)")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Everything persisted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PersistedState {
+    pub core: CoreSnapshot,
+    /// Members (other than us) known alive when saved: rejoin targets.
+    #[serde(default)]
+    pub members: Vec<NodeId>,
+}
+
+/// Path of the state file.
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(STATE_FILE)
+}
+
+/// Loads the state, `None` if there is none yet.
+pub fn load(data_dir: &Path) -> Result<Option<PersistedState>, SnapshotError> {
+    let path = path(data_dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(SnapshotError::Read { path, source }),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| SnapshotError::Parse { path, source })
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same dir, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Saves the state atomically.
+pub fn save(data_dir: &Path, state: &PersistedState) -> Result<(), SnapshotError> {
+    let path = path(data_dir);
+    let bytes = serde_json::to_vec(state).map_err(|e| SnapshotError::Write {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomic(&path, &bytes, 0o600).map_err(|source| SnapshotError::Write { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::{CoreConfig, GossipCore, Tags};
+    use std::time::Duration;
+
+    #[test]
+    fn roundtrip_and_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).unwrap().is_none());
+        let id = NodeId::new("n1", "127.0.0.1:1".parse().unwrap(), 3).unwrap();
+        let core = GossipCore::new(id.clone(), Tags::new(), CoreConfig::default(), Duration::ZERO);
+        let state = PersistedState {
+            core: core.snapshot(),
+            members: vec![id],
+        };
+        save(dir.path(), &state).unwrap();
+        let back = load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.core, state.core);
+        assert_eq!(back.members, state.members);
+        std::fs::write(path(dir.path()), b"{").unwrap();
+        assert!(matches!(load(dir.path()), Err(SnapshotError::Parse { .. })));
+    }
+}

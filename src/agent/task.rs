@@ -1,0 +1,597 @@
+//! The one task that owns foca.
+//!
+//! Everything that touches foca or the [`SharedCore`] happens here, in a biased
+//! `select!` over: shutdown, the timer [`Scheduler`], [`Input`]s (network and API),
+//! SIGHUP, and the periodic push/pull and snapshot ticks. I/O tasks only feed inputs
+//! and carry out effects. After every foca call [`AgentTask::flush`] drains foca's
+//! runtime (send, schedule, notify) and the core's deliveries, in that order.
+//! API commands are handled in [`super::ops`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use foca::{AccumulatingRuntime, OwnedNotification};
+use rand::rngs::StdRng;
+use rand::seq::IteratorRandom;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::config::Settings;
+use super::handlers::{self, Trigger};
+use super::members::LeftBook;
+use super::monitor::{self, LogReload};
+use super::net::{self, Counters, SharedKeyring};
+use super::ops::PendingQuery;
+use super::queries::QueryRegistry;
+use super::scheduler::{Scheduled, Scheduler};
+use super::snapshot::{self, PersistedState};
+use super::{AgentError, AgentHandle, Command, keys};
+use crate::gossip::handler::GossipFoca;
+use crate::gossip::message::{self, Broadcast, Datagram, Direct};
+use crate::gossip::{
+    CoreConfig, GossipCore, Incoming, NodeId, PushPullState, QueryId, QueryResponse, SharedCore,
+    envelope, recommended_foca_config,
+};
+
+/// What the task reacts to besides timers and signals.
+#[derive(Debug)]
+pub enum Input {
+    /// An opened datagram.
+    Datagram { plain: Vec<u8>, from: SocketAddr },
+    /// A peer started a push/pull with us; answer with our state.
+    PushPullRequest {
+        state: PushPullState,
+        reply: oneshot::Sender<PushPullState>,
+    },
+    /// Our outgoing push/pull finished.
+    PushPullDone {
+        target: String,
+        join: bool,
+        result: Result<PushPullState, String>,
+    },
+    /// A query answer that came over TCP.
+    QueryResponse(QueryResponse),
+    /// A query handler process finished; send its stdout to the origin.
+    HandlerAnswer {
+        id: QueryId,
+        origin: NodeId,
+        payload: Vec<u8>,
+    },
+    /// A control API request.
+    Api(Command),
+}
+
+#[derive(Debug, Default)]
+struct JoinState {
+    attempts: u32,
+    in_flight: usize,
+    any_ok: bool,
+}
+
+/// The foca-owning task's state.
+pub struct AgentTask {
+    pub(super) settings: Settings,
+    pub(super) core: SharedCore,
+    pub(super) foca: GossipFoca<StdRng>,
+    pub(super) rt: AccumulatingRuntime<NodeId>,
+    pub(super) sched: Scheduler,
+    pub(super) rng: StdRng,
+    pub(super) socket: Arc<UdpSocket>,
+    pub(super) keyring: SharedKeyring,
+    pub(super) counters: Arc<Counters>,
+    pub(super) tx: mpsc::Sender<Input>,
+    pub(super) registry: QueryRegistry,
+    pub(super) log_reload: Option<LogReload>,
+    pub(super) monitor: broadcast::Sender<String>,
+    pub(super) left: LeftBook,
+    pub(super) queries: HashMap<QueryId, PendingQuery>,
+    join: JoinState,
+    pub(super) stop: bool,
+}
+
+fn wall_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
+    move |source| AgentError::Io { what, source }
+}
+
+/// Starts the agent: sockets, API server, I/O loops, then the task until shutdown.
+pub async fn run(
+    settings: Settings,
+    registry: QueryRegistry,
+    log_reload: Option<LogReload>,
+    monitor: broadcast::Sender<String>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = &settings.data_dir;
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating data dir {}", dir.display())))?;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if settings.dev {
+        // A dev agent always starts from a clean slate.
+        let _ = std::fs::remove_file(snapshot::path(dir));
+    }
+    let ring = match &settings.keyring {
+        Some(p) => keys::load(p)?,
+        None => keys::insecure_keyring(),
+    };
+    let persisted = snapshot::load(dir)?;
+    let mut rng: StdRng = rand::make_rng();
+    let bump = match &persisted {
+        Some(p) => p.core.identity.bump.wrapping_add(1),
+        None => rand::RngExt::random(&mut rng),
+    };
+    let identity = NodeId::new(&settings.node, settings.advertise, bump)
+        .map_err(|e| AgentError::Startup(format!("node name: {e}")))?;
+    let core_config = CoreConfig {
+        event_log: settings.event_log,
+        ..CoreConfig::default()
+    };
+    let (core, rejoin) = match persisted {
+        Some(p) => (
+            GossipCore::restore(identity.clone(), settings.tags.clone(), core_config, p.core, wall_now()),
+            p.members,
+        ),
+        None => (
+            GossipCore::new(identity.clone(), settings.tags.clone(), core_config, wall_now()),
+            Vec::new(),
+        ),
+    };
+    let core = SharedCore::new(core);
+    let mut foca_config = recommended_foca_config(settings.expected_cluster_size);
+    foca_config.remove_down_after = Some(settings.reap_after);
+    let foca = core.new_foca(foca_config, rand::make_rng::<StdRng>());
+
+    let bind = settings.bind;
+    let socket = Arc::new(
+        UdpSocket::bind(bind)
+            .await
+            .map_err(io_err(format!("binding gossip UDP {bind}")))?,
+    );
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(io_err(format!("binding gossip TCP {bind}")))?;
+    let api_listener = crate::api::server::Listener::bind(&settings.rpc)
+        .await
+        .map_err(io_err(format!("binding control API {}", settings.rpc)))?;
+
+    let keyring: SharedKeyring = Arc::new(RwLock::new(ring));
+    let counters = Arc::new(Counters::default());
+    let (tx, rx) = mpsc::channel(1024);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut io = tokio::task::JoinSet::new();
+    io.spawn(net::udp_recv_loop(socket.clone(), keyring.clone(), counters.clone(), tx.clone(), stop_rx.clone()));
+    io.spawn(net::tcp_accept_loop(listener, keyring.clone(), counters.clone(), tx.clone(), stop_rx.clone()));
+    let handle = AgentHandle {
+        tx: tx.clone(),
+        monitor: monitor.clone(),
+    };
+    io.spawn(crate::api::server::run(
+        api_listener,
+        handle,
+        settings.rpc_token.clone(),
+        stop_rx.clone(),
+    ));
+    tracing::info!(node = %identity.name, addr = %identity.addr, bump, rpc = %settings.rpc, "agent started");
+
+    let mut task = AgentTask {
+        settings,
+        core,
+        foca,
+        rt: AccumulatingRuntime::new(),
+        sched: Scheduler::new(),
+        rng,
+        socket,
+        keyring,
+        counters,
+        tx,
+        registry,
+        log_reload,
+        monitor,
+        left: LeftBook::default(),
+        queries: HashMap::new(),
+        join: JoinState::default(),
+        stop: false,
+    };
+    for member in rejoin {
+        let _ = task.foca.announce(member, &mut task.rt);
+    }
+    task.flush().await;
+    task.start_join_round();
+    let result = task.run_loop(rx, shutdown).await;
+    let _ = stop_tx.send(true);
+    // Let in-flight API answers (e.g. to `leave`) reach their clients.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while io.join_next().await.is_some() {}
+    })
+    .await;
+    if let crate::agent::config::RpcAddr::Unix(p) = &task.settings.rpc {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
+impl AgentTask {
+    async fn run_loop(
+        &mut self,
+        mut rx: mpsc::Receiver<Input>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(io_err("installing the SIGHUP handler".into()))?;
+        let mut push_pull = tokio::time::interval(self.settings.push_pull_interval);
+        push_pull.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut snap = tokio::time::interval(self.settings.snapshot_interval);
+        snap.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        while !self.stop {
+            let next = self.sched.next_deadline();
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    tracing::info!("shutdown requested; leaving the cluster");
+                    self.leave().await;
+                    break;
+                }
+                _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                    self.fire_timers().await;
+                }
+                input = rx.recv() => match input {
+                    Some(input) => self.handle_input(input).await,
+                    None => break,
+                },
+                _ = hup.recv() => self.reload(),
+                _ = push_pull.tick() => self.start_push_pull(),
+                _ = snap.tick() => {
+                    self.core.lock().tick(wall_now());
+                    self.save_snapshot();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fire_timers(&mut self) {
+        while let Some(what) = self.sched.pop_due(Instant::now()) {
+            match what {
+                Scheduled::Foca(timer) => {
+                    if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
+                        tracing::debug!(cause = %e, "foca timer");
+                    }
+                    self.flush().await;
+                }
+                Scheduled::QueryDeadline(id) => self.finish_query(id),
+                Scheduled::RetryJoin => self.start_join_round(),
+            }
+        }
+    }
+
+    async fn handle_input(&mut self, input: Input) {
+        match input {
+            Input::Datagram { plain, from } => self.handle_datagram(&plain, from).await,
+            Input::PushPullRequest { state, reply } => {
+                let _ = reply.send(self.push_pull_state());
+                self.merge_remote(state).await;
+            }
+            Input::PushPullDone {
+                target,
+                join,
+                result,
+            } => self.push_pull_done(target, join, result).await,
+            Input::QueryResponse(r) => self.record_response(r),
+            Input::HandlerAnswer {
+                id,
+                origin,
+                payload,
+            } => self.send_answer(id, origin, payload).await,
+            Input::Api(cmd) => self.handle_command(cmd).await,
+        }
+    }
+
+    async fn handle_datagram(&mut self, plain: &[u8], from: SocketAddr) {
+        match message::decode_datagram(plain) {
+            Ok(Datagram::Foca(pkt)) => {
+                if let Err(e) = self.foca.handle_data(pkt, &mut self.rt) {
+                    tracing::trace!(peer = %from, cause = %e, "foca refused a packet");
+                }
+                self.flush().await;
+            }
+            Ok(Datagram::Direct(Direct::QueryResponse(r))) => self.record_response(r),
+            Ok(Datagram::Direct(Direct::Event(ev))) => {
+                if let Ok(bytes) = message::encode_broadcast(&Broadcast::Event(ev)) {
+                    let _ = self.foca.add_broadcast(&bytes);
+                    self.flush().await;
+                }
+            }
+            Ok(Datagram::Direct(Direct::Leave(id))) => {
+                tracing::info!(node = %id.name, "member announced its leave");
+                self.left.record(&id);
+            }
+            Err(_) => Counters::add(&self.counters.packets_dropped_malformed),
+        }
+    }
+
+    /// Seals and sends one datagram plaintext.
+    pub(super) async fn send_datagram(&mut self, dst: SocketAddr, plain: &[u8]) {
+        let sealed = {
+            let ring = self.keyring.read().unwrap_or_else(|e| e.into_inner());
+            envelope::seal_datagram(&ring, plain, &mut self.rng)
+        };
+        match sealed {
+            Ok(bytes) => match self.socket.send_to(&bytes, dst).await {
+                Ok(_) => Counters::add(&self.counters.packets_sent),
+                Err(e) => tracing::debug!(peer = %dst, cause = %e, "udp send failed"),
+            },
+            Err(e) => tracing::warn!(peer = %dst, cause = %e, "datagram not sent"),
+        }
+    }
+
+    /// Drains foca's runtime and the core's deliveries. Call after every foca call.
+    pub(super) async fn flush(&mut self) {
+        while let Some((dst, data)) = self.rt.to_send() {
+            let plain = message::encode_foca_datagram(&data);
+            self.send_datagram(dst.addr, &plain).await;
+        }
+        let now = Instant::now();
+        while let Some((after, timer)) = self.rt.to_schedule() {
+            self.sched.submit(now, after, Scheduled::Foca(timer));
+        }
+        while let Some(n) = self.rt.to_notify() {
+            self.on_notification(n);
+        }
+        let incoming = self.core.drain_incoming();
+        if incoming.iter().any(|i| matches!(i, Incoming::Event(_))) {
+            // Recorded as delivered before any handler runs: never twice after a crash.
+            self.save_snapshot();
+        }
+        for item in incoming {
+            match item {
+                Incoming::Event(ev) => self.deliver_event(ev).await,
+                Incoming::Query(q) => self.answer_query(q).await,
+            }
+        }
+    }
+
+    fn on_notification(&mut self, n: OwnedNotification<NodeId>) {
+        let tags = self.core.lock().tags().clone();
+        let member = |kind: &str, id: &NodeId| {
+            monitor::publish(
+                &self.monitor,
+                serde_json::json!({"type": "member", "event": kind, "node": id.name, "addr": id.addr.to_string()}),
+            );
+            handlers::spawn_matching(
+                &self.settings.handlers,
+                &Trigger::Member { kind: kind.to_owned(), node: id.name.clone() },
+                &self.settings.node,
+                &tags,
+                id.name.as_bytes(),
+            );
+        };
+        match n {
+            OwnedNotification::MemberUp(id) => {
+                tracing::info!(node = %id.name, addr = %id.addr, "member up");
+                member("member-join", &id);
+                if self.core.lock().tag_book().tags_of(&id.name).is_none() {
+                    // Learn its tags (and anything else it knows) right away.
+                    self.spawn_push_pull(id.addr.to_string(), false);
+                }
+            }
+            OwnedNotification::MemberDown(id) => {
+                let kind = if self.left.has_left(&id) { "member-leave" } else { "member-failed" };
+                tracing::info!(node = %id.name, event = kind, "member down");
+                member(kind, &id);
+            }
+            OwnedNotification::Rename(old, new) => {
+                tracing::debug!(node = %new.name, old_bump = old.bump, new_bump = new.bump, "member restarted");
+            }
+            OwnedNotification::Active => tracing::info!("joined the cluster"),
+            OwnedNotification::Idle => {
+                if !self.stop {
+                    tracing::warn!("no live members left; re-announcing to the join addresses");
+                    self.start_join_round();
+                }
+            }
+            OwnedNotification::Rejoin(id) => {
+                tracing::warn!(bump = id.bump, "the cluster declared us down; rejoined with a new identity");
+                self.core.lock().set_identity(id);
+            }
+            OwnedNotification::Defunct => {
+                if !self.stop {
+                    tracing::warn!("this node was declared down");
+                }
+            }
+        }
+    }
+
+    async fn deliver_event(&mut self, ev: crate::gossip::UserEvent) {
+        tracing::info!(event = %ev.name, ltime = ev.ltime, origin = %ev.origin, "user event");
+        monitor::publish(
+            &self.monitor,
+            serde_json::json!({
+                "type": "event", "event": "user", "name": ev.name, "ltime": ev.ltime,
+                "origin": ev.origin, "payload": String::from_utf8_lossy(&ev.payload),
+            }),
+        );
+        let tags = self.core.lock().tags().clone();
+        handlers::spawn_matching(
+            &self.settings.handlers,
+            &Trigger::User { name: ev.name.clone(), ltime: ev.ltime },
+            &self.settings.node,
+            &tags,
+            &ev.payload,
+        );
+        if !self.settings.eager_push {
+            return;
+        }
+        let targets: Vec<SocketAddr> = self
+            .foca
+            .iter_members()
+            .filter(|m| m.id().name != ev.origin)
+            .map(|m| m.id().addr)
+            .sample(&mut self.rng, self.settings.eager_push_fanout);
+        if let Ok(plain) = message::encode_direct(&Direct::Event(ev)) {
+            for dst in targets {
+                Counters::add(&self.counters.events_pushed);
+                self.send_datagram(dst, &plain).await;
+            }
+        }
+    }
+
+    pub(super) fn push_pull_state(&self) -> PushPullState {
+        let members: Vec<_> = self.foca.iter_membership_state().cloned().collect();
+        self.core.lock().push_pull_state(members)
+    }
+
+    async fn merge_remote(&mut self, remote: PushPullState) {
+        let from = remote.from.clone();
+        let out = self.core.lock().merge_push_pull(&remote);
+        if !out.new_events.is_empty() {
+            tracing::info!(peer = %from.name, events = out.new_events.len(), "push/pull delivered missed events");
+        }
+        let members = remote
+            .members
+            .into_iter()
+            .chain(std::iter::once(foca::Member::alive(from)));
+        if let Err(e) = self.foca.apply_many(members, false, &mut self.rt) {
+            tracing::debug!(cause = %e, "applying push/pull members");
+        }
+        self.flush().await;
+    }
+
+    fn spawn_push_pull(&self, target: String, join: bool) {
+        let state = self.push_pull_state();
+        let (keyring, tx) = (self.keyring.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let result = match tokio::net::lookup_host(&target).await {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => net::push_pull(addr, state, keyring).await.map_err(|e| e.to_string()),
+                    None => Err(format!("{target} resolves to no address")),
+                },
+                Err(e) => Err(format!("resolving {target}: {e}")),
+            };
+            let _ = tx.send(Input::PushPullDone { target, join, result }).await;
+        });
+    }
+
+    fn start_push_pull(&mut self) {
+        let me = self.core.lock().identity().name.clone();
+        let target = self
+            .foca
+            .iter_members()
+            .filter(|m| m.id().name != me)
+            .map(|m| m.id().addr)
+            .choose(&mut self.rng);
+        if let Some(addr) = target {
+            self.spawn_push_pull(addr.to_string(), false);
+        }
+    }
+
+    fn start_join_round(&mut self) {
+        if self.settings.join.is_empty() || self.join.in_flight > 0 || self.stop {
+            return;
+        }
+        self.join.in_flight = self.settings.join.len();
+        self.join.any_ok = false;
+        for target in self.settings.join.clone() {
+            self.spawn_push_pull(target, true);
+        }
+    }
+
+    async fn push_pull_done(&mut self, target: String, join: bool, result: Result<PushPullState, String>) {
+        match result {
+            Ok(remote) => {
+                let from = remote.from.clone();
+                self.merge_remote(remote).await;
+                if join {
+                    self.join.any_ok = true;
+                    let _ = self.foca.announce(from, &mut self.rt);
+                    self.flush().await;
+                    tracing::info!(peer = %target, "joined via push/pull");
+                }
+            }
+            Err(e) if join => tracing::warn!(peer = %target, cause = %e, "join attempt failed"),
+            Err(e) => tracing::debug!(peer = %target, cause = %e, "push/pull failed"),
+        }
+        if !join {
+            return;
+        }
+        self.join.in_flight = self.join.in_flight.saturating_sub(1);
+        if self.join.in_flight > 0 {
+            return;
+        }
+        if self.join.any_ok {
+            self.join.attempts = 0;
+            return;
+        }
+        self.join.attempts += 1;
+        let max = self.settings.retry_max;
+        if !self.settings.retry_join || (max != 0 && self.join.attempts >= max) {
+            tracing::error!(attempts = self.join.attempts, "could not join any address; giving up (retry_join)");
+            return;
+        }
+        let base = self.settings.retry_interval;
+        let backoff = base.saturating_mul(1 << self.join.attempts.min(3).saturating_sub(1));
+        tracing::info!(retry_in = ?backoff, attempts = self.join.attempts, "will retry joining");
+        self.sched.submit(Instant::now(), backoff, Scheduled::RetryJoin);
+    }
+
+    /// Graceful leave: notices to every member, foca's leave, flushed; then snapshot.
+    pub(super) async fn leave(&mut self) {
+        let me = self.core.lock().identity().clone();
+        let peers: Vec<NodeId> = self.foca.iter_members().map(|m| m.id().clone()).collect();
+        if let Ok(plain) = message::encode_direct(&Direct::Leave(me)) {
+            for p in &peers {
+                self.send_datagram(p.addr, &plain).await;
+            }
+        }
+        self.stop = true;
+        if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
+            tracing::warn!(cause = %e, "foca leave");
+        }
+        self.flush().await;
+        self.save_snapshot_with(peers);
+        tracing::info!("left the cluster");
+    }
+
+    pub(super) fn save_snapshot(&mut self) {
+        let peers = self.foca.iter_members().map(|m| m.id().clone()).collect();
+        self.save_snapshot_with(peers);
+    }
+
+    fn save_snapshot_with(&mut self, members: Vec<NodeId>) {
+        let state = PersistedState {
+            core: self.core.lock().snapshot(),
+            members,
+        };
+        if let Err(e) = snapshot::save(&self.settings.data_dir, &state) {
+            tracing::error!(cause = %e, "saving agent state");
+        }
+    }
+
+    fn reload(&mut self) {
+        let new = match Settings::resolve(&self.settings.overrides) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(cause = %e, "SIGHUP: config not reloaded");
+                return;
+            }
+        };
+        if let Some(reload) = &self.log_reload
+            && let Err(e) = reload(&new.log_level)
+        {
+            tracing::error!(cause = %e, "SIGHUP: log level not changed");
+        }
+        self.core.lock().set_tags(new.tags.clone());
+        self.settings.tags = new.tags;
+        self.settings.handlers = new.handlers;
+        self.settings.log_level = new.log_level;
+        tracing::info!(handlers = self.settings.handlers.len(), "SIGHUP: reloaded tags, handlers and log level");
+    }
+}

@@ -1,0 +1,96 @@
+//! Serves the control API: accept loop over a unix socket (mode 0600) or loopback TCP,
+//! one hyper HTTP/1.1 connection task per client, until the stop signal.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+use crate::agent::AgentHandle;
+use crate::agent::config::RpcAddr;
+
+/// A bound control API listener.
+#[derive(Debug)]
+pub enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// Binds `addr`. A stale unix socket (nobody answering) is replaced; a live one is
+    /// an error (another agent runs there).
+    pub async fn bind(addr: &RpcAddr) -> std::io::Result<Self> {
+        match addr {
+            RpcAddr::Tcp(a) => Ok(Self::Tcp(TcpListener::bind(a).await?)),
+            RpcAddr::Unix(path) => {
+                use std::os::unix::fs::PermissionsExt;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                if path.exists() {
+                    if tokio::net::UnixStream::connect(path).await.is_ok() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AddrInUse,
+                            format!("{} is in use by a running agent", path.display()),
+                        ));
+                    }
+                    std::fs::remove_file(path)?;
+                }
+                let listener = UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                Ok(Self::Unix(listener, path.clone()))
+            }
+        }
+    }
+}
+
+fn serve<IO>(io: IO, handle: AgentHandle, token: Option<Arc<String>>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = service_fn(move |req| {
+            let (handle, token) = (handle.clone(), token.clone());
+            async move { Ok::<_, Infallible>(super::routes::handle(req, handle, token).await) }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .await
+        {
+            tracing::debug!(cause = %e, "control API connection ended with an error");
+        }
+    });
+}
+
+/// Accepts connections until `stop` flips. `token` is required on TCP.
+pub async fn run(
+    listener: Listener,
+    handle: AgentHandle,
+    token: Option<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let token = token.map(Arc::new);
+    loop {
+        match &listener {
+            Listener::Unix(l, _) => tokio::select! {
+                _ = stop.changed() => return,
+                r = l.accept() => match r {
+                    // The socket is 0600: whoever connects is root or the agent's user.
+                    Ok((s, _)) => serve(s, handle.clone(), None),
+                    Err(e) => tracing::debug!(cause = %e, "control API accept failed"),
+                },
+            },
+            Listener::Tcp(l) => tokio::select! {
+                _ = stop.changed() => return,
+                r = l.accept() => match r {
+                    Ok((s, _)) => serve(s, handle.clone(), token.clone()),
+                    Err(e) => tracing::debug!(cause = %e, "control API accept failed"),
+                },
+            },
+        }
+    }
+}

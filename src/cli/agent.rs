@@ -1,0 +1,110 @@
+//! `droot-fleet agent`: flags → validated settings → logging → the agent until a signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, reload};
+
+use crate::agent::config::{Overrides, Settings};
+use crate::agent::monitor::{LogReload, MonitorLayer};
+use crate::agent::Agent;
+
+
+/// Flags of `droot-fleet agent` (each overrides the config file).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// TOML config file (see config/agent.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Single node on 127.0.0.1, temporary data dir, no key needed.
+    #[arg(long)]
+    pub dev: bool,
+    /// Node name (unique in the cluster). Default: the hostname.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Gossip address (UDP and TCP), IP:PORT.
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Address peers use to reach this node, IP:PORT.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Member to join, HOST:PORT (repeatable; retried with backoff).
+    #[arg(long)]
+    pub join: Vec<String>,
+    /// State directory (snapshot, default control socket).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Control API: unix:PATH or tcp:127.0.0.1:PORT.
+    #[arg(long)]
+    pub rpc: Option<String>,
+    /// Node tag KEY=VALUE (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Keyring JSON file {"primary": "...", "keys": [...]}.
+    #[arg(long)]
+    pub keyring: Option<PathBuf>,
+    /// Allow a non-loopback address without a keyring (NO authentication).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Runs the agent (blocks until it left the cluster).
+pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        config: args.config,
+        dev: args.dev,
+        node: args.node,
+        bind: args.bind,
+        advertise: args.advertise,
+        join: args.join,
+        data_dir: args.data_dir,
+        rpc: args.rpc,
+        tags: args.tags,
+        keyring: args.keyring,
+        insecure: args.insecure,
+        log_level: std::env::var("RUST_LOG").ok(),
+    };
+    let settings = Settings::resolve(&overrides)?;
+
+    let monitor = tokio::sync::broadcast::channel(1024).0;
+    let filter = EnvFilter::try_new(&settings.log_level)
+        .with_context(|| format!("invalid `log_level` {:?}", settings.log_level))?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(MonitorLayer::new(monitor.clone()))
+        .try_init();
+    let reload: LogReload = Arc::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+        handle.reload(f).map_err(|e| e.to_string())
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let agent = Agent::new(settings).with_monitor(monitor).with_log_reload(reload);
+        agent.run(shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the agent can still be stopped with `leave`.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

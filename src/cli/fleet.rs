@@ -1,0 +1,273 @@
+//! The thin fleet commands: each talks to a running agent through the control API
+//! (`--rpc` / `DROOT_FLEET_RPC`), except `keygen`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::agent::config::{DEFAULT_RPC_SOCKET, DEV_DATA_DIR, RpcAddr, parse_duration, parse_tag};
+use crate::api::QueryRequest;
+use crate::api::client::Client;
+use crate::gossip::Key;
+
+/// How to reach the agent.
+#[derive(Debug, Args)]
+pub struct RpcArgs {
+    /// Agent control API: unix:PATH or tcp:127.0.0.1:PORT.
+    /// Default: unix:/run/droot-fleet/agent.sock, else a running --dev agent's socket.
+    #[arg(long, env = "DROOT_FLEET_RPC")]
+    pub rpc: Option<String>,
+    /// Bearer token for a TCP control API.
+    #[arg(long, env = "DROOT_FLEET_RPC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl RpcArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        let addr = match &self.rpc {
+            Some(r) => RpcAddr::parse(r).map_err(|e| anyhow::anyhow!("--rpc: {e}"))?,
+            None => {
+                let dev = Path::new(DEV_DATA_DIR).join("agent.sock");
+                if !Path::new(DEFAULT_RPC_SOCKET).exists() && dev.exists() {
+                    RpcAddr::Unix(dev)
+                } else {
+                    RpcAddr::Unix(DEFAULT_RPC_SOCKET.into())
+                }
+            }
+        };
+        Ok(Client::new(addr, self.token.clone()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    /// Only members with this status (alive, suspect, left, failed).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only members whose tag KEY matches REGEX (KEY=REGEX, repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EventArgs {
+    pub name: String,
+    #[arg(default_value = "")]
+    pub payload: String,
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    pub name: String,
+    #[arg(default_value = "")]
+    pub payload: String,
+    /// Only nodes whose name matches REGEX (repeatable).
+    #[arg(long = "node")]
+    pub nodes: Vec<String>,
+    /// Only nodes whose tag KEY matches REGEX (KEY=REGEX, repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// How long to wait for answers (e.g. 5s, 500ms).
+    #[arg(long, default_value = "5s")]
+    pub timeout: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Keys installed across the cluster.
+    List,
+    /// Install a key on every member (accepted, not yet used).
+    Install { key: String },
+    /// Make an installed key the primary on every member.
+    Use { key: String },
+    /// Remove a non-primary key from every member.
+    Remove { key: String },
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub format: Format,
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    pub node: String,
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+fn tag_filters(tags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    tags.iter()
+        .map(|t| parse_tag(t).map_err(|e| anyhow::anyhow!("--tag: {e}")))
+        .collect()
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn fmt_tags(tags: &BTreeMap<String, String>) -> String {
+    tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+pub fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
+    let client = args.rpc.client()?;
+    let filters: Vec<(String, regex::Regex)> = tag_filters(&args.tags)?
+        .into_iter()
+        .map(|(k, re)| {
+            regex::Regex::new(&format!("^(?:{re})$"))
+                .map(|r| (k, r))
+                .with_context(|| format!("--tag regex {re:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut list = runtime()?.block_on(client.members(args.status.as_deref()))?;
+    list.retain(|m| filters.iter().all(|(k, re)| m.tags.get(k).is_some_and(|v| re.is_match(v))));
+    match args.format {
+        Format::Json => print_json(&list)?,
+        Format::Text => {
+            let w = list.iter().map(|m| m.name.len()).max().unwrap_or(4).max(4);
+            let a = list.iter().map(|m| m.addr.len()).max().unwrap_or(7).max(7);
+            println!("{:w$}  {:a$}  {:7}  TAGS", "NAME", "ADDRESS", "STATUS");
+            for m in &list {
+                println!("{:w$}  {:a$}  {:7}  {}", m.name, m.addr, m.status, fmt_tags(&m.tags));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn event(args: EventArgs) -> anyhow::Result<ExitCode> {
+    let client = args.rpc.client()?;
+    let r = runtime()?.block_on(client.event(&args.name, &args.payload))?;
+    println!("event {} sent (id {}, ltime {})", args.name, r.id, r.ltime);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
+    let client = args.rpc.client()?;
+    let timeout = parse_duration(&args.timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let req = QueryRequest {
+        name: args.name.clone(),
+        payload: args.payload,
+        nodes: args.nodes,
+        tags: tag_filters(&args.tags)?,
+        timeout_ms: Some(timeout.as_millis().try_into().unwrap_or(u64::MAX)),
+    };
+    let r = runtime()?.block_on(client.query(&req))?;
+    match args.format {
+        Format::Json => print_json(&r)?,
+        Format::Text => {
+            for a in &r.answers {
+                let one_line = !a.payload.trim_end().contains('\n');
+                if one_line {
+                    println!("{}: {}", a.node, a.payload.trim_end());
+                } else {
+                    println!("{}:\n{}", a.node, a.payload.trim_end());
+                }
+            }
+            println!(
+                "{} answer(s), {} missing{}",
+                r.answers.len(),
+                r.missing.len(),
+                if r.missing.is_empty() { String::new() } else { format!(": {}", r.missing.join(", ")) }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
+    let client = args.rpc.client()?;
+    let (op, key) = match &args.command {
+        KeysCommand::List => ("list", None),
+        KeysCommand::Install { key } => ("install", Some(key.as_str())),
+        KeysCommand::Use { key } => ("use", Some(key.as_str())),
+        KeysCommand::Remove { key } => ("remove", Some(key.as_str())),
+    };
+    let r = runtime()?.block_on(client.keys(op, key))?;
+    match args.format {
+        Format::Json => print_json(&r)?,
+        Format::Text => {
+            if op == "list" {
+                let total = r.results.len() + r.missing.len();
+                for (k, n) in &r.keys {
+                    let primary = r.primary.get(k).copied().unwrap_or(0);
+                    println!("{k}  [{n}/{total} installed, primary on {primary}]");
+                }
+            }
+            for res in r.results.iter().filter(|r| !r.ok) {
+                println!("{}: error: {}", res.node, res.error.as_deref().unwrap_or("?"));
+            }
+            for m in &r.missing {
+                println!("{m}: no answer");
+            }
+        }
+    }
+    if r.all_ok() {
+        if op != "list" && matches!(args.format, Format::Text) {
+            println!("{op}: ok on {} node(s)", r.results.len());
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("droot-fleet: error: key {op} did not succeed on every node");
+        Ok(ExitCode::from(2))
+    }
+}
+
+pub fn keygen() -> anyhow::Result<ExitCode> {
+    println!("{}", Key::generate(&mut rand::rng()).to_base64());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn leave(args: RpcArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client()?;
+    runtime()?.block_on(client.leave())?;
+    println!("agent left the cluster");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn force_leave(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let client = args.rpc.client()?;
+    runtime()?.block_on(client.force_leave(&args.node))?;
+    println!("{} marked as left", args.node);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn monitor(args: RpcArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client()?;
+    runtime()?.block_on(client.monitor(|line| println!("{line}")))?;
+    Ok(ExitCode::SUCCESS)
+}
+
