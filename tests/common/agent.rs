@@ -1,0 +1,248 @@
+//! Real `droot-fleet agent` processes for the integration tests: each on its own
+//! 127.x.y.z address (Linux routes all of 127/8 to lo), with a temp data dir, a shared
+//! test key and short intervals. Every child is SIGKILLed when its guard drops, so a
+//! failing test never leaves agents behind.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const PORT: u16 = 17946;
+
+/// Path of the built binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_droot-fleet"))
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One cluster's shared files.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    /// Second octet group, e.g. `77.3` → agents on 127.77.3.N.
+    pub net: String,
+    pub keyring: PathBuf,
+    pub events_dir: PathBuf,
+}
+
+impl Cluster {
+    pub fn new(net: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyring = dir.path().join("keyring.json");
+        write_keyring(&keyring);
+        let events_dir = dir.path().join("events");
+        std::fs::create_dir_all(&events_dir).unwrap();
+        Self {
+            dir,
+            net: net.into(),
+            keyring,
+            events_dir,
+        }
+    }
+
+    pub fn addr(&self, n: u8) -> String {
+        format!("127.{}.{n}:{PORT}", self.net)
+    }
+
+    /// Config text shared by the cluster's agents; `extra` is appended.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            r#"
+push_pull_interval = "1s"
+snapshot_interval = "1s"
+retry_interval = "300ms"
+expected_cluster_size = 5
+log_level = "info"
+
+[[handler]]
+event = "user"
+command = ["sh", "-c", "echo \"$DROOT_FLEET_LTIME\" >> {events}/$DROOT_FLEET_NODE.$DROOT_FLEET_USER_EVENT"]
+timeout = "5s"
+{extra}
+"#,
+            events = self.events_dir.display()
+        )
+    }
+
+    /// Starts agent `n` (named `nN`) joining `join` (agent numbers).
+    pub fn start(&self, n: u8, join: &[u8], extra: &str) -> Agent {
+        self.start_with(n, join, extra, Some(&self.keyring))
+    }
+
+    pub fn start_with(&self, n: u8, join: &[u8], extra: &str, keyring: Option<&Path>) -> Agent {
+        let name = format!("n{n}");
+        let data_dir = self.dir.path().join(&name);
+        let config = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, self.config(extra)).unwrap();
+        let mut agent = Agent {
+            name,
+            addr: self.addr(n),
+            data_dir,
+            config,
+            join: join.iter().map(|j| self.addr(*j)).collect(),
+            keyring: keyring.map(Path::to_owned),
+            log: self.dir.path().join(format!("n{n}.log")),
+            child: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Lines of the file the user-event handler appends to for (node, event).
+    pub fn deliveries(&self, node: &str, event: &str) -> Vec<String> {
+        std::fs::read_to_string(self.events_dir.join(format!("{node}.{event}")))
+            .map(|s| s.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Writes a fresh random keyring file.
+pub fn write_keyring(path: &Path) {
+    let out = Command::new(bin()).arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap();
+    std::fs::write(path, format!("{{\"primary\": \"{}\", \"keys\": []}}", key.trim())).unwrap();
+}
+
+/// A running agent; SIGKILLed on drop.
+pub struct Agent {
+    pub name: String,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub join: Vec<String>,
+    pub keyring: Option<PathBuf>,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Agent {
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.env_remove("RUST_LOG")
+            .arg("agent")
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--node", &self.name, "--bind", &self.addr])
+            .arg("--data-dir")
+            .arg(&self.data_dir);
+        for j in &self.join {
+            cmd.args(["--join", j]);
+        }
+        if let Some(k) = &self.keyring {
+            cmd.arg("--keyring").arg(k);
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        self.child = Some(cmd.spawn().expect("start agent"));
+        let sock = self.sock();
+        wait_for(Duration::from_secs(10), "the agent's control socket", || {
+            std::os::unix::net::UnixStream::connect(&sock).ok()
+        });
+    }
+
+    pub fn sock(&self) -> PathBuf {
+        self.data_dir.join("agent.sock")
+    }
+
+    pub fn rpc(&self) -> String {
+        format!("unix:{}", self.sock().display())
+    }
+
+    /// Runs a CLI command against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .env_remove("RUST_LOG")
+            .env("DROOT_FLEET_RPC", self.rpc())
+            .args(args)
+            .output()
+            .expect("run cli")
+    }
+
+    /// `members --format json` as (name → status).
+    pub fn members(&self) -> Vec<(String, String)> {
+        let out = self.cli(&["members", "--format", "json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| (m["name"].as_str().unwrap_or("").to_owned(), m["status"].as_str().unwrap_or("").to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn status_of(&self, node: &str) -> Option<String> {
+        self.members().into_iter().find(|(n, _)| n == node).map(|(_, s)| s)
+    }
+
+    pub fn alive_count(&self) -> usize {
+        self.members().iter().filter(|(_, s)| s == "alive").count()
+    }
+
+    /// `GET /v1/info` counters through the CLI-less client.
+    pub fn info(&self) -> Value {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = droot_fleet::api::client::Client::new(
+            droot_fleet::agent::config::RpcAddr::Unix(self.sock()),
+            None,
+        );
+        serde_json::to_value(rt.block_on(client.info()).expect("info")).unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = wait_for(timeout, "the agent to exit", || child.try_wait().unwrap());
+        self.child = None;
+        status
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A SIGSTOPped agent must be continued to die promptly on SIGKILL — it does,
+            // but continue it anyway so `wait` never hangs.
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        }
+        self.kill9();
+    }
+}
