@@ -56,7 +56,11 @@ command = ["sh", "-c", "head -c 12000 /dev/zero | tr '\\0' y"]
 
     // Event from n2: every node's handler runs exactly once.
     let out = agents[1].cli(&["event", "deploy", "v1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for n in 1..=5 {
         let node = format!("n{n}");
         wait_for(LONG, &format!("{node} to handle deploy"), || {
@@ -65,7 +69,11 @@ command = ["sh", "-c", "head -c 12000 /dev/zero | tr '\\0' y"]
     }
     std::thread::sleep(Duration::from_millis(1500)); // a few push/pull rounds
     for n in 1..=5 {
-        assert_eq!(c.deliveries(&format!("n{n}"), "deploy").len(), 1, "n{n} exactly once");
+        assert_eq!(
+            c.deliveries(&format!("n{n}"), "deploy").len(),
+            1,
+            "n{n} exactly once"
+        );
     }
 
     // Too large: a clear error, exit code != 0.
@@ -86,12 +94,19 @@ command = ["sh", "-c", "head -c 12000 /dev/zero | tr '\\0' y"]
     assert_eq!(v["missing"], serde_json::json!(["n5"]));
     // Filters: built-in ping, only n3 by name.
     let v = json(&agents[0].cli(&["query", "ping", "--node", "n3", "--format", "json"]));
-    assert_eq!(v["answers"], serde_json::json!([{"node": "n3", "payload": "n3"}]));
+    assert_eq!(
+        v["answers"],
+        serde_json::json!([{"node": "n3", "payload": "n3"}])
+    );
     assert_eq!(v["missing"], serde_json::json!([]));
 
     // Graceful leave of n4: others see "left"; the process exits by itself.
     let out = agents[3].cli(&["leave"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status = agents[3].wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status}");
     wait_for(LONG, "n4 reported left", || {
@@ -129,7 +144,10 @@ fn stopped_node_catches_up_and_restart_does_not_redeliver() {
             (c.deliveries(&format!("n{n}"), "second").len() == 1).then_some(())
         });
     }
-    assert!(c.deliveries("n3", "second").is_empty(), "a stopped node cannot run handlers");
+    assert!(
+        c.deliveries("n3", "second").is_empty(),
+        "a stopped node cannot run handlers"
+    );
     agents[2].signal(Signal::SIGCONT);
     wait_for(LONG, "n3 to catch up on second", || {
         (c.deliveries("n3", "second").len() == 1).then_some(())
@@ -159,7 +177,9 @@ fn wrong_key_node_cannot_join() {
     let c = Cluster::new("77.3");
     let a1 = c.start(1, &[], "");
     let a2 = c.start(2, &[1], "");
-    wait_for(LONG, "two members", || (a1.alive_count() == 2).then_some(()));
+    wait_for(LONG, "two members", || {
+        (a1.alive_count() == 2).then_some(())
+    });
 
     let other_key = c.dir.path().join("other.json");
     agent_support::write_keyring(&other_key);
@@ -167,7 +187,8 @@ fn wrong_key_node_cannot_join() {
 
     // A wrong-key UDP datagram too.
     let ring = droot_fleet::gossip::Keyring::new(droot_fleet::gossip::Key::from_bytes([9; 32]));
-    let sealed = droot_fleet::gossip::envelope::seal_datagram(&ring, b"\0hello", &mut rand::rng()).unwrap();
+    let sealed =
+        droot_fleet::gossip::envelope::seal_datagram(&ring, b"\0hello", &mut rand::rng()).unwrap();
     let sock = std::net::UdpSocket::bind("127.77.3.9:0").unwrap();
     sock.send_to(&sealed, c.addr(1)).unwrap();
 
@@ -205,12 +226,16 @@ timeout = "500ms"
     wait_for(LONG, "the timeout to be logged", || {
         a.log_text().contains("timed out").then_some(())
     });
-    wait_for(Duration::from_secs(5), "the handler process to be gone", || {
-        (!std::path::Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z ")))
-        .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(5),
+        "the handler process to be gone",
+        || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")))
+            .then_some(())
+        },
+    );
     // Other handlers still ran, and the agent still serves requests.
     assert_eq!(c.deliveries("n1", "slow").len(), 1);
     assert!(a.cli(&["event", "after"]).status.success());
@@ -223,12 +248,21 @@ timeout = "500ms"
 #[test]
 fn refusals_are_clear() {
     let out = std::process::Command::new(agent_support::bin())
-        .args(["agent", "--bind", "10.1.2.3:7946", "--data-dir", "/tmp/nonexistent-droot"])
+        .args([
+            "agent",
+            "--bind",
+            "10.1.2.3:7946",
+            "--data-dir",
+            "/tmp/nonexistent-droot",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("keyring") && err.contains("--insecure"), "{err}");
+    assert!(
+        err.contains("keyring") && err.contains("--insecure"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(agent_support::bin())
         .args(["members", "--rpc", "unix:/tmp/droot-fleet-no-agent.sock"])
@@ -236,6 +270,9 @@ fn refusals_are_clear() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no agent at unix:/tmp/droot-fleet-no-agent.sock"), "{err}");
+    assert!(
+        err.contains("no agent at unix:/tmp/droot-fleet-no-agent.sock"),
+        "{err}"
+    );
     assert!(err.contains("DROOT_FLEET_RPC"), "{err}");
 }

@@ -231,12 +231,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{text:?} has unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "{text:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
     };
     Ok(d)
 }
 
-fn duration(field: &str, value: Option<&String>, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    field: &str,
+    value: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
         Some(v) => {
@@ -288,8 +296,8 @@ pub fn handlers(files: &[HandlerFile]) -> Result<Vec<HandlerConfig>, ConfigError
         .iter()
         .enumerate()
         .map(|(i, h)| {
-            let filter =
-                EventFilter::parse(&h.event).map_err(|e| invalid(format!("handler[{i}].event"), e))?;
+            let filter = EventFilter::parse(&h.event)
+                .map_err(|e| invalid(format!("handler[{i}].event"), e))?;
             if h.command.is_empty() || h.command[0].is_empty() {
                 return Err(invalid(
                     format!("handler[{i}].command"),
@@ -317,7 +325,13 @@ fn default_node_name() -> String {
         .unwrap_or_default();
     let name: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(64)
         .collect();
     if name.is_empty() { "node".into() } else { name }
@@ -366,23 +380,31 @@ impl Settings {
         if advertise.port() != bind.port() {
             return Err(invalid(
                 "advertise",
-                format!("port {} differs from the bind port {}; port mapping is not supported", advertise.port(), bind.port()),
+                format!(
+                    "port {} differs from the bind port {}; port mapping is not supported",
+                    advertise.port(),
+                    bind.port()
+                ),
             ));
         }
 
         let mut join = file.join;
         join.extend(flags.join.iter().cloned());
         for (i, j) in join.iter().enumerate() {
-            if j.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
-                return Err(invalid(format!("join[{i}]"), format!("{j:?} is not HOST:PORT")));
+            if j.rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(invalid(
+                    format!("join[{i}]"),
+                    format!("{j:?} is not HOST:PORT"),
+                ));
             }
         }
 
-        let data_dir = flags
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(if dev { DEV_DATA_DIR } else { DEFAULT_DATA_DIR }));
+        let data_dir =
+            flags.data_dir.clone().or(file.data_dir).unwrap_or_else(|| {
+                PathBuf::from(if dev { DEV_DATA_DIR } else { DEFAULT_DATA_DIR })
+            });
         let explicit_dir = flags.data_dir.is_some() || dev;
         let rpc = match flags.rpc.clone().or(file.rpc) {
             Some(r) => RpcAddr::parse(&r).map_err(|e| invalid("rpc", e))?,
@@ -392,10 +414,18 @@ impl Settings {
         let rpc_token = file.rpc_token.filter(|t| !t.is_empty());
         if let RpcAddr::Tcp(a) = &rpc {
             if !a.ip().is_loopback() {
-                return Err(invalid("rpc", format!("{a} is not a loopback address; the control API only listens on loopback TCP")));
+                return Err(invalid(
+                    "rpc",
+                    format!(
+                        "{a} is not a loopback address; the control API only listens on loopback TCP"
+                    ),
+                ));
             }
             if rpc_token.is_none() {
-                return Err(invalid("rpc_token", "required when rpc is tcp: (any local user could otherwise drive the agent)"));
+                return Err(invalid(
+                    "rpc_token",
+                    "required when rpc is tcp: (any local user could otherwise drive the agent)",
+                ));
             }
         }
 
@@ -519,7 +549,10 @@ mod tests {
         assert_eq!(s.tags.len(), 2);
         assert_eq!(s.push_pull_interval, Duration::from_secs(2));
         assert_eq!(s.rpc, RpcAddr::Unix("/tmp/x/agent.sock".into()));
-        assert_eq!(s.handlers[0].filter, EventFilter::User(Some("deploy".into())));
+        assert_eq!(
+            s.handlers[0].filter,
+            EventFilter::User(Some("deploy".into()))
+        );
 
         let bad = Overrides {
             bind: Some("10.1.2.3:7946".into()),
@@ -527,7 +560,9 @@ mod tests {
         };
         let err = Settings::merge(file.clone(), &bad).unwrap_err().to_string();
         assert!(err.contains("`keyring`"), "{err}");
-        let err = toml::from_str::<FileConfig>("bnid = 1").unwrap_err().to_string();
+        let err = toml::from_str::<FileConfig>("bnid = 1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bnid"), "{err}");
         let mut f2 = file;
         f2.push_pull_interval = Some("fast".into());

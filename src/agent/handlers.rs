@@ -92,7 +92,13 @@ pub fn env(trigger: &Trigger, node: &str, tags: &Tags) -> Vec<(String, String)> 
     for (k, v) in tags {
         let key: String = k
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         env.push((format!("DROOT_FLEET_TAG_{key}"), v.clone()));
     }
@@ -188,8 +194,14 @@ mod tests {
 
     #[test]
     fn filters() {
-        let user = Trigger::User { name: "deploy".into(), ltime: 1 };
-        let query = Trigger::Query { name: "deploy".into(), ltime: 1 };
+        let user = Trigger::User {
+            name: "deploy".into(),
+            ltime: 1,
+        };
+        let query = Trigger::Query {
+            name: "deploy".into(),
+            ltime: 1,
+        };
         assert!(matches(&EventFilter::All, &user));
         assert!(!matches(&EventFilter::All, &query));
         assert!(matches(&EventFilter::User(None), &user));
@@ -201,10 +213,21 @@ mod tests {
     #[tokio::test]
     async fn env_stdin_and_timeout() {
         let tags = Tags::from([("dc-1".to_owned(), "eu".to_owned())]);
-        let env = env(&Trigger::User { name: "x".into(), ltime: 4 }, "n1", &tags);
+        let env = env(
+            &Trigger::User {
+                name: "x".into(),
+                ltime: 4,
+            },
+            "n1",
+            &tags,
+        );
         let cat = h(
             EventFilter::All,
-            &["sh", "-c", "cat; echo \" $DROOT_FLEET_USER_EVENT $DROOT_FLEET_LTIME $DROOT_FLEET_TAG_DC_1\""],
+            &[
+                "sh",
+                "-c",
+                "cat; echo \" $DROOT_FLEET_USER_EVENT $DROOT_FLEET_LTIME $DROOT_FLEET_TAG_DC_1\"",
+            ],
             5000,
         );
         let out = run(&cat, &env, b"hi".to_vec()).await.unwrap();

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::api::NodeKeyResult;
-use crate::gossip::keyring::{KeyringFile, KeyringError};
+use crate::gossip::keyring::{KeyringError, KeyringFile};
 use crate::gossip::{Key, Keyring};
 
 /// Name of the internal key query.

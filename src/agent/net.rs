@@ -66,9 +66,18 @@ impl Counters {
             ("packets_sent", get(&self.packets_sent)),
             ("packets_dropped_auth", get(&self.packets_dropped_auth)),
             ("packets_dropped_short", get(&self.packets_dropped_short)),
-            ("packets_dropped_version", get(&self.packets_dropped_version)),
-            ("packets_dropped_oversize", get(&self.packets_dropped_oversize)),
-            ("packets_dropped_malformed", get(&self.packets_dropped_malformed)),
+            (
+                "packets_dropped_version",
+                get(&self.packets_dropped_version),
+            ),
+            (
+                "packets_dropped_oversize",
+                get(&self.packets_dropped_oversize),
+            ),
+            (
+                "packets_dropped_malformed",
+                get(&self.packets_dropped_malformed),
+            ),
             ("streams_accepted", get(&self.streams_accepted)),
             ("streams_dropped_auth", get(&self.streams_dropped_auth)),
             ("streams_failed", get(&self.streams_failed)),
@@ -96,7 +105,10 @@ pub enum StreamError {
     #[error("stream with {addr} timed out after {STREAM_TIMEOUT:?}")]
     Timeout { addr: SocketAddr },
     #[error("stream with {addr}: {source}")]
-    Frame { addr: SocketAddr, source: FrameError },
+    Frame {
+        addr: SocketAddr,
+        source: FrameError,
+    },
     #[error("stream with {addr}: {source}")]
     Decode {
         addr: SocketAddr,
@@ -175,7 +187,8 @@ fn frame(
     msg: &StreamMessage,
     addr: SocketAddr,
 ) -> Result<Vec<u8>, StreamError> {
-    let plain = message::encode_stream(msg).map_err(|source| StreamError::Encode { addr, source })?;
+    let plain =
+        message::encode_stream(msg).map_err(|source| StreamError::Encode { addr, source })?;
     let ring = keyring.read().unwrap_or_else(|e| e.into_inner()).clone();
     envelope::encode_frame(&ring, &plain, &mut rand::rng()).map_err(|e| StreamError::Encode {
         addr,
@@ -257,7 +270,13 @@ pub async fn push_pull(
         let mut stream = TcpStream::connect(addr)
             .await
             .map_err(|source| StreamError::Connect { addr, source })?;
-        write_message(&mut stream, &keyring, &StreamMessage::PushPullRequest(local), addr).await?;
+        write_message(
+            &mut stream,
+            &keyring,
+            &StreamMessage::PushPullRequest(local),
+            addr,
+        )
+        .await?;
         match read_message(&mut stream, &keyring, addr).await? {
             StreamMessage::PushPullReply(remote) => Ok(remote),
             _ => Err(StreamError::Unexpected {
@@ -333,12 +352,21 @@ async fn serve_stream(
         match read_message(&mut stream, keyring, addr).await? {
             StreamMessage::PushPullRequest(state) => {
                 let (reply, rx) = oneshot::channel();
-                if tx.send(Input::PushPullRequest { state, reply }).await.is_err() {
+                if tx
+                    .send(Input::PushPullRequest { state, reply })
+                    .await
+                    .is_err()
+                {
                     return Ok(());
                 }
                 let Ok(ours) = rx.await else { return Ok(()) };
-                write_message(&mut stream, keyring, &StreamMessage::PushPullReply(ours), addr)
-                    .await
+                write_message(
+                    &mut stream,
+                    keyring,
+                    &StreamMessage::PushPullReply(ours),
+                    addr,
+                )
+                .await
             }
             StreamMessage::QueryResponse(r) => {
                 let _ = tx.send(Input::QueryResponse(r)).await;

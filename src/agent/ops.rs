@@ -132,7 +132,8 @@ impl AgentTask {
                             return;
                         }
                         None => {
-                            let _ = reply.send(Err(AgentError::BadRequest("a key is required".into())));
+                            let _ =
+                                reply.send(Err(AgentError::BadRequest("a key is required".into())));
                             return;
                         }
                     }
@@ -142,8 +143,14 @@ impl AgentTask {
                     key,
                 };
                 let payload = serde_json::to_vec(&cmd).unwrap_or_default();
-                self.start_query(KEYS_QUERY, payload, Vec::new(), KEYS_TIMEOUT, Waiter::Keys(reply))
-                    .await;
+                self.start_query(
+                    KEYS_QUERY,
+                    payload,
+                    Vec::new(),
+                    KEYS_TIMEOUT,
+                    Waiter::Keys(reply),
+                )
+                .await;
             }
             Command::Leave(reply) => {
                 self.leave().await;
@@ -204,15 +211,20 @@ impl AgentTask {
                     let tags = book.tags_of(&m.id().name).cloned().unwrap_or_default();
                     (m.id().clone(), tags)
                 })
-                .chain(std::iter::once((core.identity().clone(), core.tags().clone())))
+                .chain(std::iter::once((
+                    core.identity().clone(),
+                    core.tags().clone(),
+                )))
                 .collect()
         };
         let tracker = match QueryTracker::new(&query, Instant::now().into_std(), alive) {
             Ok(t) => t,
             Err(e) => return fail(waiter, AgentError::BadRequest(e.to_string())),
         };
-        self.sched.submit(Instant::now(), timeout, Scheduled::QueryDeadline(query.id));
-        self.queries.insert(query.id, PendingQuery { tracker, waiter });
+        self.sched
+            .submit(Instant::now(), timeout, Scheduled::QueryDeadline(query.id));
+        self.queries
+            .insert(query.id, PendingQuery { tracker, waiter });
         if let Err(e) = self.foca.add_broadcast(&bytes) {
             tracing::warn!(cause = %e, "add_broadcast refused a local query");
         }
@@ -234,7 +246,11 @@ impl AgentTask {
     }
 
     fn check_complete(&mut self, id: QueryId) {
-        if self.queries.get(&id).is_some_and(|p| p.tracker.is_complete()) {
+        if self
+            .queries
+            .get(&id)
+            .is_some_and(|p| p.tracker.is_complete())
+        {
             self.finish_query(id);
         }
     }
@@ -263,12 +279,13 @@ impl AgentTask {
                     ..Default::default()
                 };
                 for (n, payload) in result.answers {
-                    let r = serde_json::from_slice(&payload).unwrap_or_else(|e| api::NodeKeyResult {
-                        node: n.name.clone(),
-                        ok: false,
-                        error: Some(format!("unreadable answer: {e}")),
-                        keys: Vec::new(),
-                    });
+                    let r =
+                        serde_json::from_slice(&payload).unwrap_or_else(|e| api::NodeKeyResult {
+                            node: n.name.clone(),
+                            ok: false,
+                            error: Some(format!("unreadable answer: {e}")),
+                            keys: Vec::new(),
+                        });
                     for k in &r.keys {
                         *out.keys.entry(k.clone()).or_default() += 1;
                     }
@@ -316,7 +333,9 @@ impl AgentTask {
             .settings
             .handlers
             .iter()
-            .find(|h| matches!(h.filter, EventFilter::Query(_)) && handlers::matches(&h.filter, &trigger))
+            .find(|h| {
+                matches!(h.filter, EventFilter::Query(_)) && handlers::matches(&h.filter, &trigger)
+            })
             .cloned()
         else {
             return;

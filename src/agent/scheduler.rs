@@ -100,8 +100,16 @@ mod tests {
         let mut s = Scheduler::new();
         let t0 = Instant::now();
         s.submit(t0, Duration::from_millis(20), Scheduled::RetryJoin);
-        s.submit(t0, Duration::from_millis(10), Scheduled::QueryDeadline(QueryId(1)));
-        s.submit(t0, Duration::from_millis(10), Scheduled::QueryDeadline(QueryId(2)));
+        s.submit(
+            t0,
+            Duration::from_millis(10),
+            Scheduled::QueryDeadline(QueryId(1)),
+        );
+        s.submit(
+            t0,
+            Duration::from_millis(10),
+            Scheduled::QueryDeadline(QueryId(2)),
+        );
         assert!(s.pop_due(t0).is_none());
         let later = t0 + Duration::from_millis(30);
         let order: Vec<_> = std::iter::from_fn(|| s.pop_due(later)).collect();

@@ -112,7 +112,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(load(dir.path()).unwrap().is_none());
         let id = NodeId::new("n1", "127.0.0.1:1".parse().unwrap(), 3).unwrap();
-        let core = GossipCore::new(id.clone(), Tags::new(), CoreConfig::default(), Duration::ZERO);
+        let core = GossipCore::new(
+            id.clone(),
+            Tags::new(),
+            CoreConfig::default(),
+            Duration::ZERO,
+        );
         let state = PersistedState {
             core: core.snapshot(),
             members: vec![id],

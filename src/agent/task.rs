@@ -136,11 +136,22 @@ pub async fn run(
     };
     let (core, rejoin) = match persisted {
         Some(p) => (
-            GossipCore::restore(identity.clone(), settings.tags.clone(), core_config, p.core, wall_now()),
+            GossipCore::restore(
+                identity.clone(),
+                settings.tags.clone(),
+                core_config,
+                p.core,
+                wall_now(),
+            ),
             p.members,
         ),
         None => (
-            GossipCore::new(identity.clone(), settings.tags.clone(), core_config, wall_now()),
+            GossipCore::new(
+                identity.clone(),
+                settings.tags.clone(),
+                core_config,
+                wall_now(),
+            ),
             Vec::new(),
         ),
     };
@@ -167,8 +178,20 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut io = tokio::task::JoinSet::new();
-    io.spawn(net::udp_recv_loop(socket.clone(), keyring.clone(), counters.clone(), tx.clone(), stop_rx.clone()));
-    io.spawn(net::tcp_accept_loop(listener, keyring.clone(), counters.clone(), tx.clone(), stop_rx.clone()));
+    io.spawn(net::udp_recv_loop(
+        socket.clone(),
+        keyring.clone(),
+        counters.clone(),
+        tx.clone(),
+        stop_rx.clone(),
+    ));
+    io.spawn(net::tcp_accept_loop(
+        listener,
+        keyring.clone(),
+        counters.clone(),
+        tx.clone(),
+        stop_rx.clone(),
+    ));
     let handle = AgentHandle {
         tx: tx.clone(),
         monitor: monitor.clone(),
@@ -368,7 +391,10 @@ impl AgentTask {
             );
             handlers::spawn_matching(
                 &self.settings.handlers,
-                &Trigger::Member { kind: kind.to_owned(), node: id.name.clone() },
+                &Trigger::Member {
+                    kind: kind.to_owned(),
+                    node: id.name.clone(),
+                },
                 &self.settings.node,
                 &tags,
                 id.name.as_bytes(),
@@ -384,7 +410,11 @@ impl AgentTask {
                 }
             }
             OwnedNotification::MemberDown(id) => {
-                let kind = if self.left.has_left(&id) { "member-leave" } else { "member-failed" };
+                let kind = if self.left.has_left(&id) {
+                    "member-leave"
+                } else {
+                    "member-failed"
+                };
                 tracing::info!(node = %id.name, event = kind, "member down");
                 member(kind, &id);
             }
@@ -399,7 +429,10 @@ impl AgentTask {
                 }
             }
             OwnedNotification::Rejoin(id) => {
-                tracing::warn!(bump = id.bump, "the cluster declared us down; rejoined with a new identity");
+                tracing::warn!(
+                    bump = id.bump,
+                    "the cluster declared us down; rejoined with a new identity"
+                );
                 self.core.lock().set_identity(id);
             }
             OwnedNotification::Defunct => {
@@ -422,7 +455,10 @@ impl AgentTask {
         let tags = self.core.lock().tags().clone();
         handlers::spawn_matching(
             &self.settings.handlers,
-            &Trigger::User { name: ev.name.clone(), ltime: ev.ltime },
+            &Trigger::User {
+                name: ev.name.clone(),
+                ltime: ev.ltime,
+            },
             &self.settings.node,
             &tags,
             &ev.payload,
@@ -471,12 +507,20 @@ impl AgentTask {
         tokio::spawn(async move {
             let result = match tokio::net::lookup_host(&target).await {
                 Ok(mut addrs) => match addrs.next() {
-                    Some(addr) => net::push_pull(addr, state, keyring).await.map_err(|e| e.to_string()),
+                    Some(addr) => net::push_pull(addr, state, keyring)
+                        .await
+                        .map_err(|e| e.to_string()),
                     None => Err(format!("{target} resolves to no address")),
                 },
                 Err(e) => Err(format!("resolving {target}: {e}")),
             };
-            let _ = tx.send(Input::PushPullDone { target, join, result }).await;
+            let _ = tx
+                .send(Input::PushPullDone {
+                    target,
+                    join,
+                    result,
+                })
+                .await;
         });
     }
 
@@ -504,7 +548,12 @@ impl AgentTask {
         }
     }
 
-    async fn push_pull_done(&mut self, target: String, join: bool, result: Result<PushPullState, String>) {
+    async fn push_pull_done(
+        &mut self,
+        target: String,
+        join: bool,
+        result: Result<PushPullState, String>,
+    ) {
         match result {
             Ok(remote) => {
                 let from = remote.from.clone();
@@ -533,13 +582,17 @@ impl AgentTask {
         self.join.attempts += 1;
         let max = self.settings.retry_max;
         if !self.settings.retry_join || (max != 0 && self.join.attempts >= max) {
-            tracing::error!(attempts = self.join.attempts, "could not join any address; giving up (retry_join)");
+            tracing::error!(
+                attempts = self.join.attempts,
+                "could not join any address; giving up (retry_join)"
+            );
             return;
         }
         let base = self.settings.retry_interval;
         let backoff = base.saturating_mul(1 << self.join.attempts.min(3).saturating_sub(1));
         tracing::info!(retry_in = ?backoff, attempts = self.join.attempts, "will retry joining");
-        self.sched.submit(Instant::now(), backoff, Scheduled::RetryJoin);
+        self.sched
+            .submit(Instant::now(), backoff, Scheduled::RetryJoin);
     }
 
     /// Graceful leave: notices to every member, foca's leave, flushed; then snapshot.
@@ -592,6 +645,9 @@ impl AgentTask {
         self.settings.tags = new.tags;
         self.settings.handlers = new.handlers;
         self.settings.log_level = new.log_level;
-        tracing::info!(handlers = self.settings.handlers.len(), "SIGHUP: reloaded tags, handlers and log level");
+        tracing::info!(
+            handlers = self.settings.handlers.len(),
+            "SIGHUP: reloaded tags, handlers and log level"
+        );
     }
 }

@@ -65,7 +65,10 @@ impl Client {
             addr: self.addr.clone(),
             source,
         };
-        let mut builder = Request::builder().method(method).uri(path).header("host", "droot-fleet");
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "droot-fleet");
         if let Some(t) = &self.token {
             builder = builder.header("authorization", format!("Bearer {t}"));
         }
@@ -77,9 +80,10 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         macro_rules! go {
             ($stream:expr) => {{
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($stream))
-                    .await
-                    .map_err(http)?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new($stream))
+                        .await
+                        .map_err(http)?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -152,7 +156,8 @@ impl Client {
             None => self.call(Method::GET, "/v1/keys", None::<&()>).await,
             Some(k) => {
                 let req = KeyRequest { key: k.into() };
-                self.call(Method::POST, &format!("/v1/keys/{op}"), Some(&req)).await
+                self.call(Method::POST, &format!("/v1/keys/{op}"), Some(&req))
+                    .await
             }
         }
     }

@@ -37,7 +37,12 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    json(status, &super::ErrorBody { error: message.into() })
+    json(
+        status,
+        &super::ErrorBody {
+            error: message.into(),
+        },
+    )
 }
 
 fn agent_error(e: AgentError) -> Response<Body> {
@@ -59,7 +64,12 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response
     let bytes = limited
         .collect()
         .await
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")))?
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
+            )
+        })?
         .to_bytes();
     serde_json::from_slice(&bytes)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
@@ -88,7 +98,10 @@ pub async fn handle(
     token: Option<Arc<String>>,
 ) -> Response<Body> {
     if !authorized(&req, token.as_ref()) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (rpc_token)");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (rpc_token)",
+        );
     }
     let path = req.uri().path().to_owned();
     let result = match (req.method().clone(), path.as_str()) {
@@ -101,7 +114,10 @@ pub async fn handle(
                 json(StatusCode::OK, &list)
             })
         }
-        (Method::GET, "/v1/info") => agent.call(Command::Info).await.map(|i| json(StatusCode::OK, &i)),
+        (Method::GET, "/v1/info") => agent
+            .call(Command::Info)
+            .await
+            .map(|i| json(StatusCode::OK, &i)),
         (Method::POST, "/v1/event") => {
             let r: EventRequest = match body(req).await {
                 Ok(r) => r,
@@ -109,7 +125,11 @@ pub async fn handle(
             };
             let payload = r.payload.into_bytes();
             agent
-                .call(|reply| Command::Event { name: r.name, payload, reply })
+                .call(|reply| Command::Event {
+                    name: r.name,
+                    payload,
+                    reply,
+                })
                 .await
                 .and_then(|r| r)
                 .map(|r| json(StatusCode::OK, &r))
@@ -120,11 +140,23 @@ pub async fn handle(
                 Err(resp) => return resp,
             };
             let mut filters: Vec<Filter> = r.nodes.into_iter().map(Filter::NodeName).collect();
-            filters.extend(r.tags.into_iter().map(|(key, value)| Filter::Tag { key, value }));
-            let timeout = r.timeout_ms.map_or(DEFAULT_QUERY_TIMEOUT, Duration::from_millis);
+            filters.extend(
+                r.tags
+                    .into_iter()
+                    .map(|(key, value)| Filter::Tag { key, value }),
+            );
+            let timeout = r
+                .timeout_ms
+                .map_or(DEFAULT_QUERY_TIMEOUT, Duration::from_millis);
             let payload = r.payload.into_bytes();
             agent
-                .call(|reply| Command::Query { name: r.name, payload, filters, timeout, reply })
+                .call(|reply| Command::Query {
+                    name: r.name,
+                    payload,
+                    filters,
+                    timeout,
+                    reply,
+                })
                 .await
                 .and_then(|r| r)
                 .map(|r| json(StatusCode::OK, &r))
@@ -152,23 +184,36 @@ pub async fn handle(
                 Err(resp) => return resp,
             };
             agent
-                .call(|reply| Command::ForceLeave { node: r.node, reply })
+                .call(|reply| Command::ForceLeave {
+                    node: r.node,
+                    reply,
+                })
                 .await
                 .and_then(|r| r)
                 .map(|()| json(StatusCode::OK, &serde_json::json!({})))
         }
         (Method::GET, "/v1/monitor") => Ok(monitor(&agent)),
-        (_, "/v1/members" | "/v1/info" | "/v1/event" | "/v1/query" | "/v1/keys" | "/v1/leave"
+        (
+            _,
+            "/v1/members" | "/v1/info" | "/v1/event" | "/v1/query" | "/v1/keys" | "/v1/leave"
             | "/v1/force-leave" | "/v1/monitor" | "/v1/keys/install" | "/v1/keys/use"
-            | "/v1/keys/remove") => {
-            return error(StatusCode::METHOD_NOT_ALLOWED, format!("{} not allowed on {path}", req.method()));
+            | "/v1/keys/remove",
+        ) => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} not allowed on {path}", req.method()),
+            );
         }
         _ => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     };
     result.unwrap_or_else(agent_error)
 }
 
-async fn keys(agent: &AgentHandle, op: KeyOp, key: Option<String>) -> Result<Response<Body>, AgentError> {
+async fn keys(
+    agent: &AgentHandle,
+    op: KeyOp,
+    key: Option<String>,
+) -> Result<Response<Body>, AgentError> {
     agent
         .call(|reply| Command::Keys { op, key, reply })
         .await

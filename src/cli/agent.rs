@@ -10,10 +10,9 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, reload};
 
+use crate::agent::Agent;
 use crate::agent::config::{Overrides, Settings};
 use crate::agent::monitor::{LogReload, MonitorLayer};
-use crate::agent::Agent;
-
 
 /// Flags of `droot-fleet agent` (each overrides the config file).
 #[derive(Debug, Args)]
@@ -81,7 +80,8 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .with(MonitorLayer::new(monitor.clone()))
         .try_init();
     let reload: LogReload = Arc::new(move |level: &str| {
-        let f = EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+        let f =
+            EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
         handle.reload(f).map_err(|e| e.to_string())
     });
 
@@ -91,7 +91,9 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async move {
-        let agent = Agent::new(settings).with_monitor(monitor).with_log_reload(reload);
+        let agent = Agent::new(settings)
+            .with_monitor(monitor)
+            .with_log_reload(reload);
         agent.run(shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
@@ -99,7 +101,10 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the agent can still be stopped with `leave`.
         return std::future::pending().await;
     };

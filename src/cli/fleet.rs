@@ -139,7 +139,10 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 fn fmt_tags(tags: &BTreeMap<String, String>) -> String {
-    tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    tags.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
@@ -153,7 +156,11 @@ pub fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
         })
         .collect::<anyhow::Result<_>>()?;
     let mut list = runtime()?.block_on(client.members(args.status.as_deref()))?;
-    list.retain(|m| filters.iter().all(|(k, re)| m.tags.get(k).is_some_and(|v| re.is_match(v))));
+    list.retain(|m| {
+        filters
+            .iter()
+            .all(|(k, re)| m.tags.get(k).is_some_and(|v| re.is_match(v)))
+    });
     match args.format {
         Format::Json => print_json(&list)?,
         Format::Text => {
@@ -161,7 +168,13 @@ pub fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
             let a = list.iter().map(|m| m.addr.len()).max().unwrap_or(7).max(7);
             println!("{:w$}  {:a$}  {:7}  TAGS", "NAME", "ADDRESS", "STATUS");
             for m in &list {
-                println!("{:w$}  {:a$}  {:7}  {}", m.name, m.addr, m.status, fmt_tags(&m.tags));
+                println!(
+                    "{:w$}  {:a$}  {:7}  {}",
+                    m.name,
+                    m.addr,
+                    m.status,
+                    fmt_tags(&m.tags)
+                );
             }
         }
     }
@@ -201,7 +214,11 @@ pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
                 "{} answer(s), {} missing{}",
                 r.answers.len(),
                 r.missing.len(),
-                if r.missing.is_empty() { String::new() } else { format!(": {}", r.missing.join(", ")) }
+                if r.missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.missing.join(", "))
+                }
             );
         }
     }
@@ -228,7 +245,11 @@ pub fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             for res in r.results.iter().filter(|r| !r.ok) {
-                println!("{}: error: {}", res.node, res.error.as_deref().unwrap_or("?"));
+                println!(
+                    "{}: error: {}",
+                    res.node,
+                    res.error.as_deref().unwrap_or("?")
+                );
             }
             for m in &r.missing {
                 println!("{m}: no answer");
@@ -270,4 +291,3 @@ pub fn monitor(args: RpcArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(client.monitor(|line| println!("{line}")))?;
     Ok(ExitCode::SUCCESS)
 }
-

@@ -21,8 +21,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::envelope::{MAX_FRAME_PLAINTEXT, MAX_PLAINTEXT};
-use super::identity::NodeId;
 use super::event::{EventError, UserEvent};
+use super::identity::NodeId;
 use super::limits::MAX_BROADCAST_ITEM;
 use super::pushpull::PushPullState;
 use super::query::{Query, QueryResponse};

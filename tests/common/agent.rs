@@ -24,7 +24,10 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -114,7 +117,11 @@ pub fn write_keyring(path: &Path) {
     let out = Command::new(bin()).arg("keygen").output().unwrap();
     assert!(out.status.success());
     let key = String::from_utf8(out.stdout).unwrap();
-    std::fs::write(path, format!("{{\"primary\": \"{}\", \"keys\": []}}", key.trim())).unwrap();
+    std::fs::write(
+        path,
+        format!("{{\"primary\": \"{}\", \"keys\": []}}", key.trim()),
+    )
+    .unwrap();
 }
 
 /// A running agent; SIGKILLed on drop.
@@ -150,12 +157,16 @@ impl Agent {
         if let Some(k) = &self.keyring {
             cmd.arg("--keyring").arg(k);
         }
-        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         self.child = Some(cmd.spawn().expect("start agent"));
         let sock = self.sock();
-        wait_for(Duration::from_secs(10), "the agent's control socket", || {
-            std::os::unix::net::UnixStream::connect(&sock).ok()
-        });
+        wait_for(
+            Duration::from_secs(10),
+            "the agent's control socket",
+            || std::os::unix::net::UnixStream::connect(&sock).ok(),
+        );
     }
 
     pub fn sock(&self) -> PathBuf {
@@ -186,14 +197,22 @@ impl Agent {
         v.as_array()
             .map(|a| {
                 a.iter()
-                    .map(|m| (m["name"].as_str().unwrap_or("").to_owned(), m["status"].as_str().unwrap_or("").to_owned()))
+                    .map(|m| {
+                        (
+                            m["name"].as_str().unwrap_or("").to_owned(),
+                            m["status"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default()
     }
 
     pub fn status_of(&self, node: &str) -> Option<String> {
-        self.members().into_iter().find(|(n, _)| n == node).map(|(_, s)| s)
+        self.members()
+            .into_iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, s)| s)
     }
 
     pub fn alive_count(&self) -> usize {
@@ -202,7 +221,10 @@ impl Agent {
 
     /// `GET /v1/info` counters through the CLI-less client.
     pub fn info(&self) -> Value {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let client = droot_fleet::api::client::Client::new(
             droot_fleet::agent::config::RpcAddr::Unix(self.sock()),
             None,
