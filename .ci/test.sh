@@ -31,4 +31,7 @@ if command -v docker >/dev/null && ! docker info >/dev/null 2>&1; then
 fi
 
 cargo build --all-targets --locked
+# The one static binary that ships to every host; tests/image.rs runs it in an empty image.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
+  --target x86_64-unknown-linux-gnu --target-dir target/static
 cargo test --all-targets --locked

@@ -1,0 +1,119 @@
+//! The static binary in an empty image (Dockerfile.test): proves droot-fleet needs nothing
+//! from the host — no libc, no shell — and that the fleet test image builds.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn static_binary() -> PathBuf {
+    let p = std::env::var_os("DROOT_FLEET_STATIC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/static/x86_64-unknown-linux-gnu/release/droot-fleet")
+        });
+    assert!(
+        p.exists(),
+        "static binary {} missing: build it with RUSTFLAGS=\"-C target-feature=+crt-static\" \
+         cargo build --release --target x86_64-unknown-linux-gnu --target-dir target/static \
+         (.ci/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI missing: install Docker (see README)")
+}
+
+#[test]
+fn static_binary_runs_in_an_empty_image() {
+    let bin = static_binary();
+    let ldd = Command::new("file").arg(&bin).output();
+    if let Ok(o) = ldd {
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("static"), "not statically linked: {text}");
+    }
+    if std::env::var_os("DROOT_FLEET_TEST_NO_DOCKER").is_some() {
+        eprintln!("NOT RUN: image part skipped because DROOT_FLEET_TEST_NO_DOCKER is set");
+        return;
+    }
+    let info = docker(&["info", "--format", "{{.ServerVersion}}"]);
+    assert!(
+        info.status.success(),
+        "no Docker engine answers: {} (set DROOT_FLEET_TEST_NO_DOCKER=1 to skip on purpose)",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy(&bin, ctx.path().join("droot-fleet")).unwrap();
+    std::fs::copy(common::busybox(), ctx.path().join("busybox")).unwrap();
+    let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile.test");
+    let tag = format!("droot-fleet-test-host:{}", std::process::id());
+    let build = docker(&[
+        "build",
+        "-q",
+        "-f",
+        dockerfile.to_str().unwrap(),
+        "-t",
+        &tag,
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert!(
+        build.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+
+    // Inside the empty image: the version, and a real deploy from stdin with rollback.
+    let run = |script: &str| {
+        docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/sh",
+            &tag,
+            "-c",
+            script,
+        ])
+    };
+    let out = run("droot-fleet --version");
+    let _cleanup = scopeguard(&tag);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("droot-fleet {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = run(
+        "set -e; mkdir -p /src/bin && echo v1 > /src/bin/app && tar -C /src -czf /a.tgz . && \
+         droot-fleet deploy --root /srv/app --version v1 < /a.tgz && \
+         echo v2 > /src/bin/app && tar -C /src -cf - . | droot-fleet deploy --root /srv/app --version v2 - && \
+         droot-fleet deploy --root /srv/app --rollback && cat /srv/app/current/bin/app",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1");
+}
+
+/// Removes the test image when the test ends, pass or fail.
+fn scopeguard(tag: &str) -> impl Drop + '_ {
+    struct Rmi<'a>(&'a str);
+    impl Drop for Rmi<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rmi", "-f", self.0]).output();
+        }
+    }
+    Rmi(tag)
+}
