@@ -85,7 +85,10 @@ mod tests {
     #[test]
     fn later_duplicate_wins_in_place() {
         let env = parse("A=1\nB=2\nA=3\n");
-        assert_eq!(env, vec![("A".into(), "3".into()), ("B".into(), "2".into())]);
+        assert_eq!(
+            env,
+            vec![("A".into(), "3".into()), ("B".into(), "2".into())]
+        );
     }
 
     #[test]
@@ -95,6 +98,9 @@ mod tests {
         assert_eq!(parse(&text).len(), 3);
         assert_eq!(render(&["A=1\n2"]), Err(DrootenvError::Newline("A".into())));
         assert!(matches!(render(&["=x"]), Err(DrootenvError::EmptyKey(_))));
-        assert!(matches!(render(&["x"]), Err(DrootenvError::MissingEquals(_))));
+        assert!(matches!(
+            render(&["x"]),
+            Err(DrootenvError::MissingEquals(_))
+        ));
     }
 }
