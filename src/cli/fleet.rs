@@ -27,7 +27,7 @@ pub struct RpcArgs {
 
 impl RpcArgs {
     fn client(&self) -> anyhow::Result<Client> {
-        let addr = match &self.rpc {
+        let addr = match self.rpc.as_deref().filter(|r| !r.is_empty()) {
             Some(r) => RpcAddr::parse(r).map_err(|e| anyhow::anyhow!("--rpc: {e}"))?,
             None => {
                 let dev = Path::new(DEV_DATA_DIR).join("agent.sock");
