@@ -327,12 +327,20 @@ fn current_always_resolves_during_100_switches() {
             }
         })
     };
+    // Mostly rollbacks (cheap), with a real deploy of a new release every tenth switch.
     for i in 0..100 {
         let v = if i % 2 == 0 { "a" } else { "b" };
-        ok(&output(
-            cmd().args(["deploy", "--rollback", v, "--root"]).arg(&root),
-        ));
-        assert_eq!(current_target(&root), format!("releases/{v}"));
+        if i % 10 == 9 {
+            let name = format!("{v}{i}");
+            let a = simple(v).write(&t.path().join(format!("{name}.tar")));
+            ok(&deploy(&root, &a, &["--version", &name, "--keep", "1000"]));
+            assert_eq!(current_target(&root), format!("releases/{name}"));
+        } else {
+            ok(&output(
+                cmd().args(["deploy", "--rollback", v, "--root"]).arg(&root),
+            ));
+            assert_eq!(current_target(&root), format!("releases/{v}"));
+        }
     }
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
