@@ -5,8 +5,8 @@
 
 mod agent;
 mod deploy;
-mod fleet;
 mod export;
+mod fleet;
 mod run;
 mod teardown;
 
