@@ -17,9 +17,7 @@ use crate::agent::config::RpcAddr;
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "no agent at {addr}: is `droot-fleet agent` running? set --rpc or DROOT_FLEET_RPC ({source})"
-    )]
+    #[error("no agent at {addr}: is `droot-fleet agent` running? set --rpc or DROOT_FLEET_RPC")]
     NoAgent {
         addr: RpcAddr,
         source: std::io::Error,

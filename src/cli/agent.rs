@@ -76,7 +76,11 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let (filter, handle) = reload::Layer::new(filter);
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
+        )
         .with(MonitorLayer::new(monitor.clone()))
         .try_init();
     let reload: LogReload = Arc::new(move |level: &str| {
