@@ -49,6 +49,10 @@ build() { # build VERSION OUT: export an image of the rootfs carrying APP_VERSIO
 build v1 "$work/v1.tar.gz"
 build v2 "$work/v2.tar.gz"
 
+if [ -e "$root" ]; then
+  echo "+ droot-fleet rm --root $root   (a previous demo run)"
+  "$bin" rm --root "$root"
+fi
 echo "+ droot-fleet deploy --root $root --version v1 < v1.tar.gz"
 "$bin" deploy --root "$root" --version v1 <"$work/v1.tar.gz"
 echo "+ droot-fleet run --root $root/current --cp --pid-ns -u nobody -- /app/hello"
@@ -60,5 +64,53 @@ echo "+ droot-fleet deploy --root $root --rollback"
 "$bin" deploy --root "$root" --rollback
 "$bin" deploy --root "$root" --list
 "$bin" run --root "$root/current" --pid-ns -- /app/hello
+
+# 2. The fleet half, on loopback: three agents with a shared key; a gossip event makes every
+#    "host" deploy the release, and a query asks them all what they run.
+echo; echo "== three agents on 127.0.20.1-3, encrypted gossip =="
+fleet=$work/fleet
+mkdir -p "$fleet"
+echo "{\"primary\": \"$("$bin" keygen)\"}" >"$fleet/keyring.json"
+cat >"$fleet/agent.toml" <<TOML
+keyring = "$fleet/keyring.json"
+[[handler]]
+event = "user:deploy"
+command = ["sh", "-c", "read v; $bin deploy --root /var/containers/fleet-\$DROOT_FLEET_NODE --version \$v $work/\$v.tar.gz"]
+timeout = "60s"
+[[handler]]
+event = "query:version"
+command = ["sh", "-c", "readlink /var/containers/fleet-\$DROOT_FLEET_NODE/current"]
+timeout = "5s"
+TOML
+pids=()
+for i in 1 2 3; do
+  rm -rf "/var/containers/fleet-web-$i"
+  "$bin" agent --config "$fleet/agent.toml" --node "web-$i" --bind "127.0.20.$i:7946" \
+    --join 127.0.20.1:7946 --data-dir "$fleet/d$i" --tag role=web 2>"$fleet/agent-$i.log" &
+  pids+=($!)
+done
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+export DROOT_FLEET_RPC=unix:$fleet/d1/agent.sock
+for _ in $(seq 1 50); do
+  [ "$("$bin" members --status alive --format json 2>/dev/null | grep -o '"name"' | wc -l)" = 3 ] && break
+  sleep 0.2
+done
+echo "+ droot-fleet members"
+"$bin" members
+for v in v1 v2; do
+  echo "+ droot-fleet event deploy $v"
+  "$bin" event deploy "$v"
+  for _ in $(seq 1 50); do
+    n=$(ls -l /var/containers/fleet-web-*/current 2>/dev/null | grep -c "releases/$v" || true)
+    [ "$n" = 3 ] && break
+    sleep 0.2
+  done
+  echo "+ droot-fleet query version --tag role=web"
+  "$bin" query version --tag role=web
+done
+echo "+ droot-fleet leave (each agent)"
+for i in 1 2 3; do "$bin" leave --rpc "unix:$fleet/d$i/agent.sock" >/dev/null; done
+wait "${pids[@]}" 2>/dev/null || true
+trap - EXIT
 rm -rf "$work"
-echo "done: releases live under $root; remove them with: $bin rm --root $root"
+echo "done: releases live under $root and /var/containers/fleet-web-*; remove one with: $bin rm --root $root"
