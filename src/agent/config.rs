@@ -448,6 +448,22 @@ impl Settings {
             ));
         }
 
+        // Checked here, not only when applied: a SIGHUP with a bad filter must change
+        // nothing (tags and handlers included).
+        let log_level = flags
+            .log_level
+            .clone()
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(invalid(
+                "log_level",
+                format!(
+                    "{log_level:?} is not a log filter like \"info\" or \"droot_fleet=debug\" (RUST_LOG overrides it): {e}"
+                ),
+            ));
+        }
+
         let defaults = EventLogConfig::default();
         let event_log = EventLogConfig {
             max_recent: file.event_log_max_recent.unwrap_or(defaults.max_recent),
@@ -479,11 +495,7 @@ impl Settings {
             keyring,
             insecure,
             dev,
-            log_level: flags
-                .log_level
-                .clone()
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".into()),
+            log_level,
             push_pull_interval: duration(
                 "push_pull_interval",
                 file.push_pull_interval.as_ref(),
@@ -568,5 +580,21 @@ mod tests {
         f2.push_pull_interval = Some("fast".into());
         let err = Settings::merge(f2, &flags).unwrap_err().to_string();
         assert!(err.contains("push_pull_interval"), "{err}");
+    }
+
+    /// Regression: a bad `log_level` passed validation, so SIGHUP applied the new tags
+    /// and handlers and only then failed on the log filter (a half-applied reload).
+    #[test]
+    fn bad_log_level_is_refused_by_validation() {
+        let file: FileConfig = toml::from_str("log_level = \"=[not a filter\"").unwrap();
+        let flags = Overrides {
+            data_dir: Some("/tmp/x".into()),
+            bind: Some("127.0.0.2:7000".into()),
+            ..Default::default()
+        };
+        let err = Settings::merge(file, &flags).unwrap_err().to_string();
+        assert!(err.contains("`log_level`"), "{err}");
+        let ok: FileConfig = toml::from_str("log_level = \"droot_fleet=debug,info\"").unwrap();
+        assert!(Settings::merge(ok, &flags).is_ok());
     }
 }

@@ -38,7 +38,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::api;
 use crate::gossip::Filter;
@@ -135,6 +135,8 @@ pub enum Command {
 pub struct AgentHandle {
     tx: mpsc::Sender<task::Input>,
     monitor: broadcast::Sender<String>,
+    /// Flips to `true` once the agent stopped (left): long-lived streams end then.
+    stop: watch::Receiver<bool>,
 }
 
 impl AgentHandle {
@@ -154,6 +156,11 @@ impl AgentHandle {
     /// Subscribes to the monitor stream (NDJSON lines).
     pub fn monitor(&self) -> broadcast::Receiver<String> {
         self.monitor.subscribe()
+    }
+
+    /// Watches the agent's stop flag (`true` once it left and is exiting).
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
     }
 }
 

@@ -195,6 +195,7 @@ pub async fn run(
     let handle = AgentHandle {
         tx: tx.clone(),
         monitor: monitor.clone(),
+        stop: stop_rx.clone(),
     };
     io.spawn(crate::api::server::run(
         api_listener,
@@ -230,8 +231,9 @@ pub async fn run(
     task.start_join_round();
     let result = task.run_loop(rx, shutdown).await;
     let _ = stop_tx.send(true);
-    // Let in-flight API answers (e.g. to `leave`) reach their clients.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+    // Let in-flight API answers (e.g. to `leave`) and the end of monitor streams reach
+    // their clients (the API server shuts its connections down gracefully).
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while io.join_next().await.is_some() {}
     })
     .await;

@@ -173,15 +173,32 @@ impl Client {
             .map(drop)
     }
 
-    /// Streams monitor lines to `each` until the agent closes the stream.
+    /// Streams monitor lines to `each` until the agent closes the stream (`Ok`: it is
+    /// shutting down); a connection that breaks off mid-stream is an error.
     pub async fn monitor(&self, mut each: impl FnMut(&str)) -> Result<(), ClientError> {
         let resp = self.send(Method::GET, "/v1/monitor", None).await?;
+        if resp.status() != StatusCode::OK {
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Api { status, message });
+        }
         let mut body = resp.into_body();
         let mut buf = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ClientError::Http {
                 addr: self.addr.clone(),
-                reason: e.to_string(),
+                reason: format!(
+                    "the monitor stream broke off: the agent stopped without closing it \
+                     (killed or crashed?): {e}"
+                ),
             })?;
             if let Ok(data) = frame.into_data() {
                 buf.extend_from_slice(&data);

@@ -221,17 +221,50 @@ async fn keys(
         .map(|r| json(StatusCode::OK, &r))
 }
 
+/// What the monitor stream is waiting on.
+struct MonitorState {
+    rx: tokio::sync::broadcast::Receiver<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// The agent stopped: send what is buffered, then end the stream.
+    draining: bool,
+}
+
+/// NDJSON lines until the agent stops; then the lines already published (e.g. "left
+/// the cluster") and a clean end of the chunked body, so `droot-fleet monitor` can
+/// tell a shutdown from a broken connection.
 fn monitor(agent: &AgentHandle) -> Response<Body> {
-    let rx = agent.monitor();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let state = MonitorState {
+        rx: agent.monitor(),
+        stop: agent.stopping(),
+        draining: false,
+    };
+    let frame = |mut line: String| {
+        line.push('\n');
+        Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
+    };
+    let stream = futures_util::stream::unfold(state, move |mut s| async move {
         loop {
-            match rx.recv().await {
-                Ok(mut line) => {
-                    line.push('\n');
-                    return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx));
+            if s.draining || *s.stop.borrow() {
+                s.draining = true;
+                return match s.rx.try_recv() {
+                    Ok(line) => Some((frame(line), s)),
+                    Err(TryRecvError::Lagged(_)) => continue,
+                    Err(_) => None,
+                };
+            }
+            tokio::select! {
+                biased;
+                r = s.rx.recv() => match r {
+                    Ok(line) => return Some((frame(line), s)),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                },
+                r = s.stop.changed() => {
+                    if r.is_err() {
+                        s.draining = true;
+                    }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
         }
     });

@@ -48,25 +48,52 @@ impl Listener {
     }
 }
 
-fn serve<IO>(io: IO, handle: AgentHandle, token: Option<Arc<String>>)
-where
+fn serve<IO>(
+    conns: &mut tokio::task::JoinSet<()>,
+    io: IO,
+    handle: AgentHandle,
+    token: Option<Arc<String>>,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    tokio::spawn(async move {
+    let mut stop = handle.stopping();
+    conns.spawn(async move {
         let service = service_fn(move |req| {
             let (handle, token) = (handle.clone(), token.clone());
             async move { Ok::<_, Infallible>(super::routes::handle(req, handle, token).await) }
         });
-        if let Err(e) = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(io), service)
-            .await
-        {
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = stopped(&mut stop) => {
+                // Finish the response in flight (a monitor stream ends on stop), then close.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
             tracing::debug!(cause = %e, "control API connection ended with an error");
         }
     });
 }
 
-/// Accepts connections until `stop` flips. `token` is required on TCP.
+/// Completes once the stop flag is `true` (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        let now = *stop.borrow_and_update();
+        if now || stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long open connections get to finish their answer once the agent stops.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Accepts connections until `stop` flips, then lets open connections finish their
+/// answers (bounded by [`DRAIN_TIMEOUT`]). `token` is required on TCP.
 pub async fn run(
     listener: Listener,
     handle: AgentHandle,
@@ -74,23 +101,27 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let token = token.map(Arc::new);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        match &listener {
+        // Reap finished connection tasks so the set does not grow.
+        while conns.try_join_next().is_some() {}
+        let accepted = match &listener {
             Listener::Unix(l, _) => tokio::select! {
-                _ = stop.changed() => return,
-                r = l.accept() => match r {
-                    // The socket is 0600: whoever connects is root or the agent's user.
-                    Ok((s, _)) => serve(s, handle.clone(), None),
-                    Err(e) => tracing::debug!(cause = %e, "control API accept failed"),
-                },
+                _ = stop.changed() => break,
+                // The socket is 0600: whoever connects is root or the agent's user.
+                r = l.accept() => r.map(|(s, _)| serve(&mut conns, s, handle.clone(), None)),
             },
             Listener::Tcp(l) => tokio::select! {
-                _ = stop.changed() => return,
-                r = l.accept() => match r {
-                    Ok((s, _)) => serve(s, handle.clone(), token.clone()),
-                    Err(e) => tracing::debug!(cause = %e, "control API accept failed"),
-                },
+                _ = stop.changed() => break,
+                r = l.accept() => r.map(|(s, _)| serve(&mut conns, s, handle.clone(), token.clone())),
             },
+        };
+        if let Err(e) = accepted {
+            tracing::debug!(cause = %e, "control API accept failed");
         }
     }
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
 }

@@ -289,5 +289,6 @@ pub fn force_leave(args: NodeArgs) -> anyhow::Result<ExitCode> {
 pub fn monitor(args: RpcArgs) -> anyhow::Result<ExitCode> {
     let client = args.client()?;
     runtime()?.block_on(client.monitor(|line| println!("{line}")))?;
+    eprintln!("droot-fleet: the agent closed the monitor stream (it left the cluster)");
     Ok(ExitCode::SUCCESS)
 }
