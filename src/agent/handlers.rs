@@ -11,6 +11,14 @@
 //! | `DROOT_FLEET_LTIME` | the Lamport time |
 //! | `DROOT_FLEET_NODE` | this node's name |
 //! | `DROOT_FLEET_TAG_<KEY>` | this node's tags (key upper-cased, non-alphanumerics → `_`) |
+//! | `DROOT_FLEET_MEMBER` | the member that joined/left/failed (member events) |
+//! | `DROOT_FLEET_RPC` | this agent's control API, so `droot-fleet` in a handler talks to it |
+//!
+//! Everything else is inherited from the agent's own environment (`PATH`, `HOME`,
+//! `LANG`, `DROOT_FLEET_RPC_TOKEN`, …), as is its working directory and user. Inherited
+//! event-context variables (`DROOT_FLEET_EVENT`, `_USER_EVENT`, `_QUERY_NAME`, `_LTIME`,
+//! `_NODE`, `_MEMBER`, `_TAG_*` — e.g. from an agent started by another handler) are
+//! removed first, so a handler never sees a stale name or tag.
 //!
 //! At the timeout the whole process group gets SIGKILL and a warning is logged.
 //! stdout/stderr are logged; for queries stdout is the answer.
@@ -20,7 +28,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::config::{EventFilter, HandlerConfig};
+use super::config::{EventFilter, HandlerConfig, RpcAddr};
 use crate::gossip::Tags;
 
 /// What a handler is run for.
@@ -72,11 +80,25 @@ pub enum HandlerError {
     },
 }
 
-/// Environment of a handler.
-pub fn env(trigger: &Trigger, node: &str, tags: &Tags) -> Vec<(String, String)> {
+/// Event-context variables a handler must not inherit from the agent's environment.
+fn is_event_context_var(name: &str) -> bool {
+    const EXACT: [&str; 6] = [
+        "DROOT_FLEET_EVENT",
+        "DROOT_FLEET_USER_EVENT",
+        "DROOT_FLEET_QUERY_NAME",
+        "DROOT_FLEET_LTIME",
+        "DROOT_FLEET_NODE",
+        "DROOT_FLEET_MEMBER",
+    ];
+    EXACT.contains(&name) || name.starts_with("DROOT_FLEET_TAG_")
+}
+
+/// Environment of a handler (set on top of the agent's own, see the module docs).
+pub fn env(trigger: &Trigger, node: &str, rpc: &RpcAddr, tags: &Tags) -> Vec<(String, String)> {
     let mut env = vec![
         ("DROOT_FLEET_EVENT".to_owned(), trigger.kind().to_owned()),
         ("DROOT_FLEET_NODE".to_owned(), node.to_owned()),
+        ("DROOT_FLEET_RPC".to_owned(), rpc.to_string()),
     ];
     match trigger {
         Trigger::User { name, ltime } => {
@@ -113,6 +135,11 @@ pub async fn run(
 ) -> Result<Vec<u8>, HandlerError> {
     let program = handler.command[0].clone();
     let mut cmd = tokio::process::Command::new(&program);
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(is_event_context_var) {
+            cmd.env_remove(k);
+        }
+    }
     cmd.args(&handler.command[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
@@ -165,10 +192,11 @@ pub fn spawn_matching(
     handlers: &[HandlerConfig],
     trigger: &Trigger,
     node: &str,
+    rpc: &RpcAddr,
     tags: &Tags,
     payload: &[u8],
 ) {
-    let env = env(trigger, node, tags);
+    let env = env(trigger, node, rpc, tags);
     for h in handlers.iter().filter(|h| matches(&h.filter, trigger)) {
         let (h, env, payload) = (h.clone(), env.clone(), payload.to_vec());
         let event = trigger.kind().to_owned();
@@ -219,6 +247,7 @@ mod tests {
                 ltime: 4,
             },
             "n1",
+            &RpcAddr::Unix("/tmp/x.sock".into()),
             &tags,
         );
         let cat = h(

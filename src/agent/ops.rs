@@ -340,7 +340,7 @@ impl AgentTask {
         else {
             return;
         };
-        let env = handlers::env(&trigger, &me, self.core.lock().tags());
+        let env = handlers::env(&trigger, &me, &self.settings.rpc, self.core.lock().tags());
         let tx = self.tx.clone();
         tokio::spawn(async move {
             match handlers::run(&h, &env, q.payload).await {

@@ -398,6 +398,7 @@ impl AgentTask {
                     node: id.name.clone(),
                 },
                 &self.settings.node,
+                &self.settings.rpc,
                 &tags,
                 id.name.as_bytes(),
             );
@@ -462,6 +463,7 @@ impl AgentTask {
                 ltime: ev.ltime,
             },
             &self.settings.node,
+            &self.settings.rpc,
             &tags,
             &ev.payload,
         );

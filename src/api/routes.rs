@@ -81,7 +81,13 @@ fn authorized(req: &Request<Incoming>, token: Option<&Arc<String>>) -> bool {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t.as_bytes() == token.as_bytes())
+        .is_some_and(|t| same_secret(t.as_bytes(), token.as_bytes()))
+}
+
+/// Compares in time independent of where the first difference is (the token is a
+/// secret; a plain `==` returns early).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {

@@ -151,3 +151,71 @@ pub fn keygen() -> String {
         .trim()
         .to_owned()
 }
+
+/// Starts agent `nN` of `c` by hand with a full config text and extra environment
+/// variables (the shared helper's agents inherit the test's environment only).
+/// Waits until `ready` connects: the unix socket, or a TCP control address.
+pub fn spawn_agent(
+    c: &Cluster,
+    n: u8,
+    config: &str,
+    envs: &[(&str, &str)],
+    tcp_ready: Option<&str>,
+) -> ChildGuard {
+    let name = format!("n{n}");
+    let data_dir = c.dir.path().join(&name);
+    let config_path = c.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&config_path, config).unwrap();
+    let log = c.dir.path().join(format!("{name}.log"));
+    let log = std::fs::File::create(log).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.env_remove("RUST_LOG")
+        .envs(envs.iter().copied())
+        .arg("agent")
+        .arg("--config")
+        .arg(&config_path)
+        .args(["--node", &name, "--bind", &c.addr(n)])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--keyring")
+        .arg(&c.keyring)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let mut guard = ChildGuard::spawn(&mut cmd);
+    let sock = data_dir.join("agent.sock");
+    wait_for(Duration::from_secs(10), "the agent's control API", || {
+        if let Some(status) = guard.0.as_mut().unwrap().try_wait().unwrap() {
+            panic!("agent {name} exited early: {status}");
+        }
+        match tcp_ready {
+            Some(a) => std::net::TcpStream::connect(a).ok().map(drop),
+            None => std::os::unix::net::UnixStream::connect(&sock)
+                .ok()
+                .map(drop),
+        }
+    });
+    guard
+}
+
+/// The agent log of `nN` (for agents from [`spawn_agent`]).
+pub fn log_of(c: &Cluster, n: u8) -> String {
+    std::fs::read_to_string(c.dir.path().join(format!("n{n}.log"))).unwrap_or_default()
+}
+
+/// One raw HTTP/1.1 request over TCP; returns (status, body).
+pub fn http(addr: &str, request_head: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request_head.as_bytes()).unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {buf:?}"));
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
