@@ -206,7 +206,6 @@ command = ["sh", "-c", "date +%s%N > {o}/start.b; sleep 1.5; date +%s%N > {o}/en
     );
 
     // Two slow handlers for one event: both start before either ends.
-    let t0 = Instant::now();
     ok(&cli(&["event", "slow"]));
     let read = |f: &str| -> Option<u128> {
         std::fs::read_to_string(out.join(f))
@@ -226,11 +225,6 @@ command = ["sh", "-c", "date +%s%N > {o}/start.b; sleep 1.5; date +%s%N > {o}/en
     assert!(
         sa.max(sb) < ea.min(eb),
         "handlers ran one after the other: starts {sa} {sb}, ends {ea} {eb}"
-    );
-    assert!(
-        t0.elapsed() < Duration::from_millis(2900),
-        "{:?}",
-        t0.elapsed()
     );
 }
 
