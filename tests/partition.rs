@@ -18,13 +18,17 @@ const NODES: [&str; 4] = ["a", "b", "c", "d"];
 const SHORT: Duration = Duration::from_secs(30);
 /// How long the partition is kept after the event fired during it.
 const HOLD: Duration = Duration::from_secs(11);
-/// Re-merge after the heal. After a partition longer than a few seconds, nothing
-/// crosses the healed link until foca's periodic announce to Down members, which
-/// `foca::Config::new_lan` fixes at every 65 s from when a node joined (the agent has
-/// no setting for it). The first such announce re-merges the cluster (the peers
-/// answer `TurnUndead`, the announcer rejoins under a new bump, …); allow two of
-/// its periods plus slack.
-const REMERGE: Duration = Duration::from_secs(150);
+/// foca's period of announcing to Down members (`foca::Config::new_lan`; the agent
+/// has no setting for it).
+const ANNOUNCE_DOWN_PERIOD: Duration = Duration::from_secs(65);
+/// Re-merge after the heal. After a partition longer than the stream timeout,
+/// nothing crosses the healed link until a node's periodic announce to Down members,
+/// every 65 s from when it joined. That announce usually re-merges the cluster (the
+/// peer answers `TurnUndead`, the announcer rejoins under a new bump, and so on), but
+/// the simultaneous rejoins sometimes leave former partners declaring each other
+/// failed (a new split, e.g. {a,d} | {b,c}) until the next period. Allow three
+/// periods.
+const REMERGE: Duration = Duration::from_secs(200);
 
 /// Every node in `of` sees each node in `want` with a status in `statuses`.
 fn all_see(lab: &Lab, of: &[&str], want: &[&str], statuses: &[&str]) -> Result<(), String> {
@@ -136,10 +140,17 @@ fn partition_isolates_then_heals_and_catches_up() {
         "the cluster to re-merge (all 4 alive everywhere)",
         || all_see(&lab, &NODES, &NODES, &["alive"]),
     );
+    let took = healed.elapsed();
     step(&format!(
         "re-merged {:.1}s after the heal",
-        healed.elapsed().as_secs_f64()
+        took.as_secs_f64()
     ));
+    if took > ANNOUNCE_DOWN_PERIOD {
+        eprintln!(
+            "NOTE: re-merging took more than one announce-to-Down period ({ANNOUNCE_DOWN_PERIOD:?}): \
+             the first rejoin round split the cluster again"
+        );
+    }
 
     // 5. Anti-entropy: c and d get the event they missed, exactly once; nobody runs
     // anything twice.
@@ -156,6 +167,12 @@ fn partition_isolates_then_heals_and_catches_up() {
     assert_counts(&lab, &NODES, "after", 1);
     for a in &mut lab.agents {
         assert!(a.running(), "agent {} died", a.name);
+    }
+    // Not asserted, reported: which members each node's `member-failed` handler
+    // ran for. Only the far side is expected; a same-side name means a live,
+    // reachable member was declared failed while the cluster re-merged.
+    for n in NODES {
+        eprintln!("{n}: member-failed for {:?}", lab.lines(n, "member-failed"));
     }
     step("done");
 }

@@ -404,8 +404,9 @@ impl Lab {
         }
     }
 
-    /// Config shared by all agents: short intervals and a handler that appends the
-    /// Lamport time of each user event to `events/<node>.<event>`.
+    /// Config shared by all agents: short intervals, a handler that appends the
+    /// Lamport time of each user event to `events/<node>.<event>`, and one that
+    /// appends the name of each member reported failed to `events/<node>.member-failed`.
     pub fn config(&self, cluster_size: usize) -> String {
         format!(
             r#"
@@ -418,6 +419,11 @@ log_level = "info"
 [[handler]]
 event = "user"
 command = ["sh", "-c", "echo \"$DROOT_FLEET_LTIME\" >> {events}/$DROOT_FLEET_NODE.$DROOT_FLEET_USER_EVENT"]
+timeout = "5s"
+
+[[handler]]
+event = "member-failed"
+command = ["sh", "-c", "echo \"$DROOT_FLEET_MEMBER\" >> {events}/$DROOT_FLEET_NODE.member-failed"]
 timeout = "5s"
 "#,
             events = self.events_dir.display()
@@ -486,11 +492,16 @@ timeout = "5s"
             .unwrap_or_else(|| panic!("no agent {name}"))
     }
 
-    /// Lines the user-event handler appended for (node, event).
-    pub fn deliveries(&self, node: &str, event: &str) -> usize {
+    /// Lines the handlers appended for (node, event).
+    pub fn lines(&self, node: &str, event: &str) -> Vec<String> {
         std::fs::read_to_string(self.events_dir.join(format!("{node}.{event}")))
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
+            .map(|s| s.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// How many times `node` ran the user-event handler for `event`.
+    pub fn deliveries(&self, node: &str, event: &str) -> usize {
+        self.lines(node, event).len()
     }
 
     /// Every agent's member list, for failure messages.
@@ -529,6 +540,22 @@ impl Drop for Lab {
         }
         for a in &mut self.agents {
             a.kill9();
+        }
+        // DFP_KEEP_LOGS=DIR keeps the agents' logs and handler files for a look.
+        if let Some(keep) = std::env::var_os("DFP_KEEP_LOGS") {
+            let keep = PathBuf::from(keep);
+            let _ = std::fs::create_dir_all(keep.join("events"));
+            for a in &self.agents {
+                let _ = std::fs::copy(&a.log, keep.join(format!("{}.log", a.name)));
+            }
+            for e in std::fs::read_dir(&self.events_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = std::fs::copy(e.path(), keep.join("events").join(e.file_name()));
+            }
+            eprintln!("logs kept in {}", keep.display());
         }
         // Then `net` (namespaces) and `dir` drop, in field order.
     }
