@@ -78,6 +78,19 @@ struct Opts {
     /// RNG seed for origins and jitter (default: time based).
     #[arg(long)]
     seed: Option<u64>,
+    /// The agents' `log_level` (their log lines also go through the monitor streams).
+    #[arg(long, default_value = "warn")]
+    log_level: String,
+    /// Extra line for every agent's config file (repeatable), e.g.
+    /// `--agent-config 'push_pull_interval = "5s"'`.
+    #[arg(long)]
+    agent_config: Vec<String>,
+    /// Keep the temp dirs (agent logs, snapshots) and print where they are.
+    #[arg(long)]
+    keep_logs: bool,
+    /// Print the last nodes of events slower than this (ms).
+    #[arg(long, default_value_t = 1000)]
+    slow_ms: u64,
 }
 
 /// xorshift64*: origins and jitter only, no need for a crypto RNG.
@@ -341,14 +354,16 @@ async fn start_cluster(opts: &Opts, bin: &Path, n: usize, eager: bool) -> anyhow
         dir.path().join("keyring.json"),
         format!("{{\"primary\": \"{}\", \"keys\": []}}", key.trim()),
     )?;
-    std::fs::write(
-        dir.path().join("agent.toml"),
-        format!(
-            "log_level = \"warn\"\nexpected_cluster_size = {n}\neager_push = {eager}\n\
-             eager_push_fanout = {}\nretry_interval = \"500ms\"\n",
-            opts.fanout
-        ),
-    )?;
+    let mut config = format!(
+        "log_level = \"{}\"\nexpected_cluster_size = {n}\neager_push = {eager}\n\
+         eager_push_fanout = {}\nretry_interval = \"500ms\"\n",
+        opts.log_level, opts.fanout
+    );
+    for line in &opts.agent_config {
+        config.push_str(line);
+        config.push('\n');
+    }
+    std::fs::write(dir.path().join("agent.toml"), config)?;
     let mut cluster = Cluster {
         agents: Vec::with_capacity(n),
         dir,
@@ -431,6 +446,8 @@ struct Row {
     /// Host CPU busy during the idle window (other load on the machine), % of all cores.
     host_idle_busy_pct: f64,
     udp_errors: u64,
+    /// (node, event) deliveries later than 100 ms.
+    late_nodes: usize,
     events_pushed: u64,
 }
 
@@ -541,6 +558,9 @@ async fn measure(
     };
     eprintln!("== N={n} mode={mode}: starting agents");
     let cluster = start_cluster(opts, bin, n, eager).await?;
+    if opts.keep_logs {
+        eprintln!("  keeping {}", cluster.dir.path().display());
+    }
     let result = measure_cluster(opts, &cluster, n, mode, rng).await;
     if result.is_err() {
         for a in &cluster.agents {
@@ -550,6 +570,11 @@ async fn measure(
                 break;
             }
         }
+    }
+    if opts.keep_logs {
+        let mut cluster = cluster;
+        let dir = std::mem::replace(&mut cluster.dir, tempfile::tempdir()?);
+        let _ = dir.keep();
     }
     result
 }
@@ -593,16 +618,18 @@ async fn measure_cluster(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _monitors = subscribe(cluster, &tx);
     drop(tx);
-    // Warm up until one event reaches every monitor: proves all streams are subscribed.
+    // Warm up until one event reaches every monitor: proves all streams are subscribed
+    // (the client gives no signal when the agent has accepted the subscription).
     let timeout = Duration::from_secs(opts.event_timeout_secs);
     let mut ready = false;
-    for w in 0..5 {
+    for w in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let (got, _) = fire(
             cluster,
             &mut rx,
             0,
             &format!("warmup-{n}-{mode}-{w}"),
-            timeout,
+            Duration::from_secs(3).min(timeout),
         )
         .await?;
         if got.iter().all(Option::is_some) {
@@ -649,6 +676,22 @@ async fn measure_cluster(
         );
         row.full_ms.push(full);
         row.api_ms.push(api.as_secs_f64() * 1e3);
+        row.late_nodes += arrived.iter().filter(|&&x| x > 100.0).count();
+        if full > opts.slow_ms as f64 && all {
+            let mut last: Vec<(Duration, &str)> = got
+                .iter()
+                .zip(&cluster.agents)
+                .filter_map(|(g, a)| Some(((*g)?, a.name.as_str())))
+                .collect();
+            last.sort();
+            let tail: Vec<String> = last
+                .iter()
+                .rev()
+                .take(3)
+                .map(|(d, name)| format!("{name} {:.0} ms", d.as_secs_f64() * 1e3))
+                .collect();
+            eprintln!("  event {i} (from n{}) slow: last {tail:?}", origin + 1);
+        }
         if !all {
             let missing: Vec<&str> = got
                 .iter()
@@ -705,6 +748,13 @@ fn report(opts: &Opts, rows: &[Row], bin: &Path) -> String {
             .unwrap_or_else(std::env::temp_dir)
             .display()
     );
+    if !opts.agent_config.is_empty() {
+        let _ = writeln!(
+            s,
+            "Extra agent config: `{}`.\n",
+            opts.agent_config.join("`, `")
+        );
+    }
     let _ = writeln!(
         s,
         "Latency = fire (`POST /v1/event`) → the event's line on the last node's \
@@ -740,13 +790,16 @@ fn report(opts: &Opts, rows: &[Row], bin: &Path) -> String {
          (p50 over events); per-node = every (node, event) delivery except the origin's; \
          busy CPU = all agents during the event phase (% of one core; {cores} cores); \
          host busy = whole machine, idle window / event phase (other processes included); \
-         UDP errs = host `Udp InErrors+RcvbufErrors` delta.\n",
+         UDP errs = host `Udp InErrors+RcvbufErrors` delta; \
+         nodes >100 ms = (node, event) deliveries after 100 ms, per event; events >1 s = \
+         events whose 100% delivery took over a second; \
+         eager pushes = `events_pushed` summed over agents.\n",
         opts.event_timeout_secs
     );
     let _ = writeln!(
         s,
-        "| N | mode | complete | 90% p50 ms | per-node p50 ms | per-node p99 ms | API p50 ms | busy CPU % | host busy % | UDP errs | eager pushes |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| N | mode | complete | 90% p50 ms | per-node p50 ms | per-node p99 ms | nodes >100 ms /event | events >1 s | API p50 ms | busy CPU % | host busy % | UDP errs | eager pushes |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let (p90, node, api) = (
@@ -756,7 +809,7 @@ fn report(opts: &Opts, rows: &[Row], bin: &Path) -> String {
         );
         let _ = writeln!(
             s,
-            "| {} | {} | {}/{} | {} | {} | {} | {} | {:.0} | {:.0} / {:.0} | {} | {} |",
+            "| {} | {} | {}/{} | {} | {} | {} | {:.2} | {} | {} | {:.0} | {:.0} / {:.0} | {} | {} |",
             r.n,
             r.mode,
             r.complete,
@@ -764,6 +817,8 @@ fn report(opts: &Opts, rows: &[Row], bin: &Path) -> String {
             ms(pct(&p90, 50.0)),
             ms(pct(&node, 50.0)),
             ms(pct(&node, 99.0)),
+            r.late_nodes as f64 / r.events.max(1) as f64,
+            r.full_ms.iter().filter(|&&x| x > 1000.0).count(),
             ms(pct(&api, 50.0)),
             r.busy_cpu_pct,
             r.host_idle_busy_pct,
