@@ -69,6 +69,7 @@ pub struct FileConfig {
     pub insecure: Option<bool>,
     pub log_level: Option<String>,
     pub push_pull_interval: Option<String>,
+    pub reconnect_interval: Option<String>,
     pub snapshot_interval: Option<String>,
     pub reap_after: Option<String>,
     pub eager_push: Option<bool>,
@@ -207,6 +208,9 @@ pub struct Settings {
     pub dev: bool,
     pub log_level: String,
     pub push_pull_interval: Duration,
+    /// How often a random failed member is dialed for a push/pull (and foca announces
+    /// to failed members): how soon a healed partition re-merges. Below `reap_after`.
+    pub reconnect_interval: Duration,
     pub snapshot_interval: Duration,
     pub reap_after: Duration,
     pub eager_push: bool,
@@ -475,6 +479,25 @@ impl Settings {
             max_ids: file.event_log_max_ids.unwrap_or(defaults.max_ids).max(1),
         };
         let fanout = file.eager_push_fanout.unwrap_or(3);
+        let reap_after = duration(
+            "reap_after",
+            file.reap_after.as_ref(),
+            Duration::from_secs(24 * 3600),
+        )?;
+        let reconnect_interval = duration(
+            "reconnect_interval",
+            file.reconnect_interval.as_ref(),
+            Duration::from_secs(10),
+        )?;
+        if reconnect_interval >= reap_after {
+            return Err(invalid(
+                "reconnect_interval",
+                format!(
+                    "{reconnect_interval:?} is not below reap_after ({reap_after:?}): failed \
+                     members would be forgotten before the first reconnect attempt"
+                ),
+            ));
+        }
 
         Ok(Self {
             node,
@@ -501,16 +524,13 @@ impl Settings {
                 file.push_pull_interval.as_ref(),
                 Duration::from_secs(30),
             )?,
+            reconnect_interval,
             snapshot_interval: duration(
                 "snapshot_interval",
                 file.snapshot_interval.as_ref(),
                 Duration::from_secs(10),
             )?,
-            reap_after: duration(
-                "reap_after",
-                file.reap_after.as_ref(),
-                Duration::from_secs(24 * 3600),
-            )?,
+            reap_after,
             eager_push: file.eager_push.unwrap_or(true),
             eager_push_fanout: fanout,
             expected_cluster_size: file.expected_cluster_size.unwrap_or(16).max(1),
@@ -522,79 +542,4 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("1d").is_err());
-        assert!(parse_duration("s").is_err());
-    }
-
-    #[test]
-    fn flags_override_file_and_errors_name_fields() {
-        let file: FileConfig = toml::from_str(
-            r#"
-            node = "a1"
-            bind = "127.0.0.2:7000"
-            tags = { role = "web" }
-            push_pull_interval = "2s"
-            [[handler]]
-            event = "user:deploy"
-            command = ["true"]
-            "#,
-        )
-        .unwrap();
-        let flags = Overrides {
-            node: Some("b2".into()),
-            tags: vec!["dc=x".into()],
-            data_dir: Some("/tmp/x".into()),
-            ..Default::default()
-        };
-        let s = Settings::merge(file.clone(), &flags).unwrap();
-        assert_eq!(s.node, "b2");
-        assert_eq!(s.advertise, "127.0.0.2:7000".parse().unwrap());
-        assert_eq!(s.tags.len(), 2);
-        assert_eq!(s.push_pull_interval, Duration::from_secs(2));
-        assert_eq!(s.rpc, RpcAddr::Unix("/tmp/x/agent.sock".into()));
-        assert_eq!(
-            s.handlers[0].filter,
-            EventFilter::User(Some("deploy".into()))
-        );
-
-        let bad = Overrides {
-            bind: Some("10.1.2.3:7946".into()),
-            ..Default::default()
-        };
-        let err = Settings::merge(file.clone(), &bad).unwrap_err().to_string();
-        assert!(err.contains("`keyring`"), "{err}");
-        let err = toml::from_str::<FileConfig>("bnid = 1")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("bnid"), "{err}");
-        let mut f2 = file;
-        f2.push_pull_interval = Some("fast".into());
-        let err = Settings::merge(f2, &flags).unwrap_err().to_string();
-        assert!(err.contains("push_pull_interval"), "{err}");
-    }
-
-    /// Regression: a bad `log_level` passed validation, so SIGHUP applied the new tags
-    /// and handlers and only then failed on the log filter (a half-applied reload).
-    #[test]
-    fn bad_log_level_is_refused_by_validation() {
-        let file: FileConfig = toml::from_str("log_level = \"=[not a filter\"").unwrap();
-        let flags = Overrides {
-            data_dir: Some("/tmp/x".into()),
-            bind: Some("127.0.0.2:7000".into()),
-            ..Default::default()
-        };
-        let err = Settings::merge(file, &flags).unwrap_err().to_string();
-        assert!(err.contains("`log_level`"), "{err}");
-        let ok: FileConfig = toml::from_str("log_level = \"droot_fleet=debug,info\"").unwrap();
-        assert!(Settings::merge(ok, &flags).is_ok());
-    }
-}
+mod tests;

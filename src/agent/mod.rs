@@ -7,6 +7,7 @@
 //! | [`config`] | TOML file + flags → validated [`config::Settings`] |
 //! | [`task`] | the **one task owning foca**: biased `select!` over [`task::Input`] |
 //! | [`scheduler`] | the single ordered timer heap (foca issue #26) |
+//! | [`sync`] | push/pull in the task: anti-entropy, join, reconnect to failed members |
 //! | [`net`] | UDP socket (sealed datagrams, drop counters), sealed TCP streams |
 //! | [`ops`] | API commands; queries on the origin and the answering side |
 //! | [`members`] | member status (alive/suspect/left/failed) from foca's state |
@@ -32,6 +33,7 @@ pub mod ops;
 pub mod queries;
 pub mod scheduler;
 pub mod snapshot;
+pub mod sync;
 pub mod task;
 
 use std::future::Future;

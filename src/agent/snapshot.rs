@@ -2,7 +2,8 @@
 //! deliver an event twice.
 //!
 //! `<data-dir>/state.json` holds the [`CoreSnapshot`] (identity with its bump, Lamport
-//! clocks, event log ids + recent events, query dedupe) and the members last known. It
+//! clocks, event log ids + recent events, query dedupe), the members last known and
+//! the [`LeftBook`] (so a force-left member is still `left` after a restart). It
 //! is replaced with write-to-temp + fsync + rename(2), so the file on disk is always a
 //! complete old or a complete new state, never a torn one.
 
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::members::LeftBook;
 use crate::gossip::{CoreSnapshot, NodeId};
 
 /// File name inside the data dir.
@@ -46,6 +48,9 @@ pub struct PersistedState {
     /// Members (other than us) known alive when saved: rejoin targets.
     #[serde(default)]
     pub members: Vec<NodeId>,
+    /// Who left or was force-left (absent in files from older versions).
+    #[serde(default)]
+    pub left: LeftBook,
 }
 
 /// Path of the state file.
@@ -118,14 +123,23 @@ mod tests {
             CoreConfig::default(),
             Duration::ZERO,
         );
+        let mut left = LeftBook::default();
+        left.record(&NodeId::new("gone", "127.0.0.1:2".parse().unwrap(), 1).unwrap());
         let state = PersistedState {
             core: core.snapshot(),
             members: vec![id],
+            left,
         };
         save(dir.path(), &state).unwrap();
         let back = load(dir.path()).unwrap().unwrap();
         assert_eq!(back.core, state.core);
         assert_eq!(back.members, state.members);
+        assert_eq!(back.left, state.left);
+        // Files written before the left book existed still load.
+        let mut old: serde_json::Value = serde_json::to_value(&state).unwrap();
+        old.as_object_mut().unwrap().remove("left");
+        let old: PersistedState = serde_json::from_value(old).unwrap();
+        assert_eq!(old.left, LeftBook::default());
         std::fs::write(path(dir.path()), b"{").unwrap();
         assert!(matches!(load(dir.path()), Err(SnapshotError::Parse { .. })));
     }

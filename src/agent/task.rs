@@ -2,10 +2,10 @@
 //!
 //! Everything that touches foca or the [`SharedCore`] happens here, in a biased
 //! `select!` over: shutdown, the timer [`Scheduler`], [`Input`]s (network and API),
-//! SIGHUP, and the periodic push/pull and snapshot ticks. I/O tasks only feed inputs
+//! SIGHUP, and the periodic push/pull, reconnect and snapshot ticks. I/O tasks only feed inputs
 //! and carry out effects. After every foca call [`AgentTask::flush`] drains foca's
 //! runtime (send, schedule, notify) and the core's deliveries, in that order.
-//! API commands are handled in [`super::ops`].
+//! API commands are handled in [`super::ops`], push/pull dials in [`super::sync`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +28,7 @@ use super::ops::PendingQuery;
 use super::queries::QueryRegistry;
 use super::scheduler::{Scheduled, Scheduler};
 use super::snapshot::{self, PersistedState};
+use super::sync::{Dial, DialState};
 use super::{AgentError, AgentHandle, Command, keys};
 use crate::gossip::handler::GossipFoca;
 use crate::gossip::message::{self, Broadcast, Datagram, Direct};
@@ -49,7 +50,7 @@ pub enum Input {
     /// Our outgoing push/pull finished.
     PushPullDone {
         target: String,
-        join: bool,
+        kind: Dial,
         result: Result<PushPullState, String>,
     },
     /// A query answer that came over TCP.
@@ -62,13 +63,6 @@ pub enum Input {
     },
     /// A control API request.
     Api(Command),
-}
-
-#[derive(Debug, Default)]
-struct JoinState {
-    attempts: u32,
-    in_flight: usize,
-    any_ok: bool,
 }
 
 /// The foca-owning task's state.
@@ -88,7 +82,7 @@ pub struct AgentTask {
     pub(super) monitor: broadcast::Sender<String>,
     pub(super) left: LeftBook,
     pub(super) queries: HashMap<QueryId, PendingQuery>,
-    join: JoinState,
+    pub(super) dials: DialState,
     pub(super) stop: bool,
 }
 
@@ -134,7 +128,7 @@ pub async fn run(
         event_log: settings.event_log,
         ..CoreConfig::default()
     };
-    let (core, rejoin) = match persisted {
+    let (core, rejoin, left) = match persisted {
         Some(p) => (
             GossipCore::restore(
                 identity.clone(),
@@ -144,6 +138,7 @@ pub async fn run(
                 wall_now(),
             ),
             p.members,
+            p.left,
         ),
         None => (
             GossipCore::new(
@@ -153,11 +148,16 @@ pub async fn run(
                 wall_now(),
             ),
             Vec::new(),
+            LeftBook::default(),
         ),
     };
     let core = SharedCore::new(core);
     let mut foca_config = recommended_foca_config(settings.expected_cluster_size);
     foca_config.remove_down_after = Some(settings.reap_after);
+    // foca's own (UDP) announce to down members, on the reconnect cadence too.
+    if let Some(p) = foca_config.periodic_announce_to_down_members.as_mut() {
+        p.frequency = settings.reconnect_interval;
+    }
     let foca = core.new_foca(foca_config, rand::make_rng::<StdRng>());
 
     let bind = settings.bind;
@@ -219,9 +219,9 @@ pub async fn run(
         registry,
         log_reload,
         monitor,
-        left: LeftBook::default(),
+        left,
         queries: HashMap::new(),
-        join: JoinState::default(),
+        dials: DialState::default(),
         stop: false,
     };
     for member in rejoin {
@@ -253,6 +253,8 @@ impl AgentTask {
             .map_err(io_err("installing the SIGHUP handler".into()))?;
         let mut push_pull = tokio::time::interval(self.settings.push_pull_interval);
         push_pull.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut reconnect = tokio::time::interval(self.settings.reconnect_interval);
+        reconnect.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut snap = tokio::time::interval(self.settings.snapshot_interval);
         snap.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -274,6 +276,7 @@ impl AgentTask {
                 },
                 _ = hup.recv() => self.reload(),
                 _ = push_pull.tick() => self.start_push_pull(),
+                _ = reconnect.tick() => self.start_reconnect(),
                 _ = snap.tick() => {
                     self.core.lock().tick(wall_now());
                     self.save_snapshot();
@@ -307,9 +310,9 @@ impl AgentTask {
             }
             Input::PushPullDone {
                 target,
-                join,
+                kind,
                 result,
-            } => self.push_pull_done(target, join, result).await,
+            } => self.push_pull_done(target, kind, result).await,
             Input::QueryResponse(r) => self.record_response(r),
             Input::HandlerAnswer {
                 id,
@@ -409,7 +412,7 @@ impl AgentTask {
                 member("member-join", &id);
                 if self.core.lock().tag_book().tags_of(&id.name).is_none() {
                     // Learn its tags (and anything else it knows) right away.
-                    self.spawn_push_pull(id.addr.to_string(), false);
+                    self.spawn_push_pull(id.addr.to_string(), Dial::Sync);
                 }
             }
             OwnedNotification::MemberDown(id) => {
@@ -484,121 +487,6 @@ impl AgentTask {
         }
     }
 
-    pub(super) fn push_pull_state(&self) -> PushPullState {
-        let members: Vec<_> = self.foca.iter_membership_state().cloned().collect();
-        self.core.lock().push_pull_state(members)
-    }
-
-    async fn merge_remote(&mut self, remote: PushPullState) {
-        let from = remote.from.clone();
-        let out = self.core.lock().merge_push_pull(&remote);
-        if !out.new_events.is_empty() {
-            tracing::info!(peer = %from.name, events = out.new_events.len(), "push/pull delivered missed events");
-        }
-        let members = remote
-            .members
-            .into_iter()
-            .chain(std::iter::once(foca::Member::alive(from)));
-        if let Err(e) = self.foca.apply_many(members, false, &mut self.rt) {
-            tracing::debug!(cause = %e, "applying push/pull members");
-        }
-        self.flush().await;
-    }
-
-    fn spawn_push_pull(&self, target: String, join: bool) {
-        let state = self.push_pull_state();
-        let (keyring, tx) = (self.keyring.clone(), self.tx.clone());
-        tokio::spawn(async move {
-            let result = match tokio::net::lookup_host(&target).await {
-                Ok(mut addrs) => match addrs.next() {
-                    Some(addr) => net::push_pull(addr, state, keyring)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    None => Err(format!("{target} resolves to no address")),
-                },
-                Err(e) => Err(format!("resolving {target}: {e}")),
-            };
-            let _ = tx
-                .send(Input::PushPullDone {
-                    target,
-                    join,
-                    result,
-                })
-                .await;
-        });
-    }
-
-    fn start_push_pull(&mut self) {
-        let me = self.core.lock().identity().name.clone();
-        let target = self
-            .foca
-            .iter_members()
-            .filter(|m| m.id().name != me)
-            .map(|m| m.id().addr)
-            .choose(&mut self.rng);
-        if let Some(addr) = target {
-            self.spawn_push_pull(addr.to_string(), false);
-        }
-    }
-
-    fn start_join_round(&mut self) {
-        if self.settings.join.is_empty() || self.join.in_flight > 0 || self.stop {
-            return;
-        }
-        self.join.in_flight = self.settings.join.len();
-        self.join.any_ok = false;
-        for target in self.settings.join.clone() {
-            self.spawn_push_pull(target, true);
-        }
-    }
-
-    async fn push_pull_done(
-        &mut self,
-        target: String,
-        join: bool,
-        result: Result<PushPullState, String>,
-    ) {
-        match result {
-            Ok(remote) => {
-                let from = remote.from.clone();
-                self.merge_remote(remote).await;
-                if join {
-                    self.join.any_ok = true;
-                    let _ = self.foca.announce(from, &mut self.rt);
-                    self.flush().await;
-                    tracing::info!(peer = %target, "joined via push/pull");
-                }
-            }
-            Err(e) if join => tracing::warn!(peer = %target, cause = %e, "join attempt failed"),
-            Err(e) => tracing::debug!(peer = %target, cause = %e, "push/pull failed"),
-        }
-        if !join {
-            return;
-        }
-        self.join.in_flight = self.join.in_flight.saturating_sub(1);
-        if self.join.in_flight > 0 {
-            return;
-        }
-        if self.join.any_ok {
-            self.join.attempts = 0;
-            return;
-        }
-        self.join.attempts += 1;
-        let max = self.settings.retry_max;
-        if !self.settings.retry_join || (max != 0 && self.join.attempts >= max) {
-            tracing::error!(
-                attempts = self.join.attempts,
-                "could not join any address; giving up (retry_join)"
-            );
-            return;
-        }
-        let base = self.settings.retry_interval;
-        let backoff = base.saturating_mul(1 << self.join.attempts.min(3).saturating_sub(1));
-        tracing::info!(retry_in = ?backoff, attempts = self.join.attempts, "will retry joining");
-        self.sched
-            .submit(Instant::now(), backoff, Scheduled::RetryJoin);
-    }
-
     /// Graceful leave: notices to every member, foca's leave, flushed; then snapshot.
     pub(super) async fn leave(&mut self) {
         let me = self.core.lock().identity().clone();
@@ -626,6 +514,7 @@ impl AgentTask {
         let state = PersistedState {
             core: self.core.lock().snapshot(),
             members,
+            left: self.left.clone(),
         };
         if let Err(e) = snapshot::save(&self.settings.data_dir, &state) {
             tracing::error!(cause = %e, "saving agent state");

@@ -10,17 +10,21 @@
 //!   exactly once no matter how many channels bring it, and merging the same state
 //!   twice delivers nothing;
 //! - clocks are witnessed so new local events/queries order after the remote ones;
-//! - members are returned to the shell, which feeds them to
-//!   `Foca::apply_many(state.members.into_iter(), false, runtime)` (foca resolves
-//!   conflicts and incarnations itself);
+//! - members are [`screen_members`]ed first, then the shell feeds them to foca's
+//!   `apply_many` (foca resolves conflicts and incarnations itself). The screen keeps
+//!   a remote *down* verdict from killing a member this node sees alive: such a
+//!   verdict becomes at most a suspicion that the member can refute, like
+//!   memberlist's `mergeState` (see [`screen_member`] for the full table);
 //! - tags are recorded in a [`TagBook`] so query filters on tags can be evaluated for
 //!   other members when building a [`super::query::QueryTracker`].
 //!
 //! Events delivered by push/pull are not re-gossiped: the pull side already had them
 //! and the next push/pull spreads them further.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+
+use foca::{Member, State};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +87,119 @@ pub fn merge(
             Ok(true) => out.new_events.push(ev.clone()),
             Ok(false) => out.duplicates += 1,
             Err(EventRejected::TooOld { .. }) => out.too_old += 1,
+        }
+    }
+    out
+}
+
+/// What to do with one member entry of a remote push/pull state ([`screen_member`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Screened {
+    /// Apply as received, without re-gossiping it (foca resolves conflicts).
+    Apply(Member<NodeId>),
+    /// A remote *down* verdict about a member this node sees active, downgraded to a
+    /// suspicion: apply it *and gossip it*, so the member hears it and refutes it if it
+    /// is alive (a suspicion applied this way starts no local timer; if the member is
+    /// really gone, this node's own probes declare it down).
+    Suspect(Member<NodeId>),
+    /// Not applied.
+    Ignore(IgnoreReason),
+}
+
+/// Why a remote member entry was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// A *down* entry for a member this node does not know (and has no record of
+    /// leaving): importing it would only make the member unreachable for us until it
+    /// changes identity.
+    UnknownDown,
+    /// A *down* entry for an older incarnation (bump) than the active one we know.
+    StaleDown,
+    /// An entry about a different incarnation of this node itself (an old bump):
+    /// foca would only record it as a down member with our own name.
+    OtherSelf,
+}
+
+/// Decides what one remote member entry may change locally. `me` is this node,
+/// `local` what foca knows about a member with the same name (`None`: unknown),
+/// `left` whether [`crate::agent`]'s leave records say `remote.id()` left gracefully
+/// (or was force-left).
+///
+/// | remote | local | result |
+/// |---|---|---|
+/// | alive / suspect | any | [`Screened::Apply`] (foca orders incarnations and bumps) |
+/// | anything about us, same bump | — | [`Screened::Apply`]: foca refutes a suspicion, and a down verdict makes it rejoin under bump + 1 (the only way back for a member others declared down) |
+/// | anything about us, other bump | — | [`Screened::Ignore`] ([`IgnoreReason::OtherSelf`]) |
+/// | down, left | any | [`Screened::Apply`]: a graceful leave is final |
+/// | down | unknown | [`Screened::Ignore`] ([`IgnoreReason::UnknownDown`]) |
+/// | down | down | [`Screened::Apply`]: nothing becomes inactive; a newer bump just replaces the identity we keep for reconnects |
+/// | down, older bump | alive / suspect | [`Screened::Ignore`] ([`IgnoreReason::StaleDown`]) |
+/// | down, same bump | alive / suspect | [`Screened::Suspect`] at the remote's incarnation (foca drops it if the member already refuted a higher one) |
+/// | down, **newer** bump | alive / suspect | [`Screened::Suspect`] of the newer identity: the member restarted since we last heard of it and the remote saw the new incarnation go down. Ours is stale, but one remote's verdict is still not proof: the newer identity replaces ours as *suspect* (no member-failed), and it is declared down only if it fails our own probes |
+pub fn screen_member(
+    me: &NodeId,
+    local: Option<&Member<NodeId>>,
+    remote: Member<NodeId>,
+    left: bool,
+) -> Screened {
+    let id = remote.id();
+    if id.name == me.name {
+        return if id == me {
+            Screened::Apply(remote)
+        } else {
+            Screened::Ignore(IgnoreReason::OtherSelf)
+        };
+    }
+    if remote.state() != State::Down || left {
+        return Screened::Apply(remote);
+    }
+    match local {
+        None => Screened::Ignore(IgnoreReason::UnknownDown),
+        Some(l) if l.state() == State::Down => Screened::Apply(remote),
+        Some(l) if l.id().bump_newer_than(id) => Screened::Ignore(IgnoreReason::StaleDown),
+        Some(_) => {
+            let incarnation = remote.incarnation();
+            Screened::Suspect(Member::new(
+                remote.id().clone(),
+                incarnation,
+                State::Suspect,
+            ))
+        }
+    }
+}
+
+/// A remote member list, screened ([`screen_members`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScreenedMembers {
+    /// Apply without gossiping (`apply_many(.., false, ..)`).
+    pub apply: Vec<Member<NodeId>>,
+    /// Down verdicts downgraded to suspicions: apply *with* gossip
+    /// (`apply_many(.., true, ..)`).
+    pub suspect: Vec<Member<NodeId>>,
+    /// Entries dropped.
+    pub ignored: usize,
+}
+
+/// [`screen_member`] over a whole remote list. `local` is foca's
+/// `iter_membership_state()`, `left` the leave records.
+pub fn screen_members<'a>(
+    me: &NodeId,
+    local: impl IntoIterator<Item = &'a Member<NodeId>>,
+    remote: impl IntoIterator<Item = Member<NodeId>>,
+    left: impl Fn(&NodeId) -> bool,
+) -> ScreenedMembers {
+    let by_name: HashMap<&str, &Member<NodeId>> = local
+        .into_iter()
+        .map(|m| (m.id().name.as_str(), m))
+        .collect();
+    let mut out = ScreenedMembers::default();
+    for r in remote {
+        let l = by_name.get(r.id().name.as_str()).copied();
+        let has_left = left(r.id());
+        match screen_member(me, l, r, has_left) {
+            Screened::Apply(m) => out.apply.push(m),
+            Screened::Suspect(m) => out.suspect.push(m),
+            Screened::Ignore(_) => out.ignored += 1,
         }
     }
     out
@@ -211,6 +328,194 @@ mod tests {
         assert_eq!(
             decode_stream(&bytes).unwrap(),
             StreamMessage::PushPullRequest(s)
+        );
+    }
+
+    fn down(name: &str, bump: u16, incarnation: u16) -> Member<NodeId> {
+        Member::new(node(name, bump), incarnation, State::Down)
+    }
+
+    fn screen(local: Option<Member<NodeId>>, remote: Member<NodeId>, left: bool) -> Screened {
+        screen_member(&node("me", 7), local.as_ref(), remote, left)
+    }
+
+    #[test]
+    fn remote_down_for_a_member_we_see_alive_is_only_a_suspicion() {
+        let got = screen(Some(Member::alive(node("d", 3))), down("d", 3, 2), false);
+        assert_eq!(
+            got,
+            Screened::Suspect(Member::new(node("d", 3), 2, State::Suspect))
+        );
+        let suspect = Member::new(node("d", 3), 1, State::Suspect);
+        let got = screen(Some(suspect), down("d", 3, 1), false);
+        assert_eq!(
+            got,
+            Screened::Suspect(Member::new(node("d", 3), 1, State::Suspect))
+        );
+    }
+
+    #[test]
+    fn remote_down_with_a_newer_bump_suspects_the_newer_identity() {
+        let got = screen(Some(Member::alive(node("d", 3))), down("d", 4, 0), false);
+        assert_eq!(
+            got,
+            Screened::Suspect(Member::new(node("d", 4), 0, State::Suspect))
+        );
+        // Serial arithmetic: 0 is newer than u16::MAX.
+        let got = screen(
+            Some(Member::alive(node("d", u16::MAX))),
+            down("d", 0, 0),
+            false,
+        );
+        assert!(matches!(got, Screened::Suspect(_)), "{got:?}");
+    }
+
+    #[test]
+    fn remote_down_with_an_older_bump_is_stale() {
+        let got = screen(Some(Member::alive(node("d", 3))), down("d", 2, 9), false);
+        assert_eq!(got, Screened::Ignore(IgnoreReason::StaleDown));
+    }
+
+    #[test]
+    fn remote_down_for_an_unknown_member_is_ignored_unless_it_left() {
+        assert_eq!(
+            screen(None, down("x", 1, 0), false),
+            Screened::Ignore(IgnoreReason::UnknownDown)
+        );
+        assert_eq!(
+            screen(None, down("x", 1, 0), true),
+            Screened::Apply(down("x", 1, 0))
+        );
+        // A known leave is final even for a member we see alive.
+        let got = screen(Some(Member::alive(node("x", 1))), down("x", 1, 0), true);
+        assert_eq!(got, Screened::Apply(down("x", 1, 0)));
+    }
+
+    #[test]
+    fn remote_down_for_a_member_we_see_down_is_applied() {
+        let got = screen(Some(down("d", 3, 0)), down("d", 5, 0), false);
+        assert_eq!(got, Screened::Apply(down("d", 5, 0)));
+    }
+
+    #[test]
+    fn remote_alive_is_applied_whatever_the_bump() {
+        for local in [
+            None,
+            Some(Member::alive(node("d", 3))),
+            Some(down("d", 3, 0)),
+        ] {
+            let got = screen(local, Member::alive(node("d", 4)), false);
+            assert_eq!(got, Screened::Apply(Member::alive(node("d", 4))));
+        }
+        let s = Member::new(node("d", 3), 4, State::Suspect);
+        assert_eq!(screen(None, s.clone(), false), Screened::Apply(s));
+    }
+
+    #[test]
+    fn entries_about_ourselves() {
+        // Our own identity: foca refutes or rejoins, so it must see it.
+        assert_eq!(
+            screen(None, down("me", 7, 0), false),
+            Screened::Apply(down("me", 7, 0))
+        );
+        assert_eq!(
+            screen(None, Member::alive(node("me", 6)), false),
+            Screened::Ignore(IgnoreReason::OtherSelf)
+        );
+    }
+
+    #[test]
+    fn screen_members_matches_by_name() {
+        let local = [Member::alive(node("c", 1)), down("a", 1, 0)];
+        let remote = vec![
+            Member::alive(node("b", 1)),
+            down("c", 1, 0),
+            down("a", 1, 0),
+            down("z", 1, 0),
+            down("gone", 2, 0),
+        ];
+        let out = screen_members(&node("me", 7), &local, remote, |id| id.name == "gone");
+        assert_eq!(
+            out.apply,
+            vec![
+                Member::alive(node("b", 1)),
+                down("a", 1, 0),
+                down("gone", 2, 0)
+            ]
+        );
+        assert_eq!(
+            out.suspect,
+            vec![Member::new(node("c", 1), 0, State::Suspect)]
+        );
+        assert_eq!(out.ignored, 1);
+    }
+
+    /// Regression (tests/partition.rs): after a healed partition, a push/pull from the
+    /// far side carried its "down" verdict about our reachable partner, foca applied
+    /// it, and the partner was reported failed. Screened, the partner stays active
+    /// and no member-down notification is raised; unscreened, it is.
+    #[test]
+    fn push_pull_down_verdict_does_not_fail_a_live_partner() {
+        use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec};
+        use rand::SeedableRng;
+        use rand::rngs::StdRng;
+
+        let me = node("c", 1);
+        let partner = node("d", 1);
+        let new_foca = || {
+            let mut f = Foca::new(
+                me.clone(),
+                Config::simple(),
+                StdRng::seed_from_u64(1),
+                PostcardCodec,
+            );
+            let mut rt = AccumulatingRuntime::new();
+            f.apply_many(
+                std::iter::once(Member::alive(partner.clone())),
+                false,
+                &mut rt,
+            )
+            .unwrap();
+            while rt.to_notify().is_some() {}
+            while rt.to_send().is_some() {}
+            (f, rt)
+        };
+        let remote = vec![
+            Member::alive(node("b", 1)),
+            down("d", 1, 0),
+            down("q", 1, 0),
+        ];
+        let downs = |rt: &mut AccumulatingRuntime<NodeId>| {
+            std::iter::from_fn(|| rt.to_notify())
+                .filter(|n| matches!(n, OwnedNotification::MemberDown(_)))
+                .count()
+        };
+
+        let (mut f, mut rt) = new_foca();
+        let local: Vec<_> = f.iter_membership_state().cloned().collect();
+        let screened = screen_members(&me, &local, remote.clone(), |_| false);
+        f.apply_many(screened.apply.into_iter(), false, &mut rt)
+            .unwrap();
+        f.apply_many(screened.suspect.into_iter(), true, &mut rt)
+            .unwrap();
+        assert_eq!(downs(&mut rt), 0);
+        let d = f
+            .iter_membership_state()
+            .find(|m| m.id() == &partner)
+            .unwrap();
+        assert_eq!(
+            d.state(),
+            State::Suspect,
+            "the partner can refute a suspicion"
+        );
+        assert!(f.iter_membership_state().all(|m| m.id().name != "q"));
+
+        let (mut f, mut rt) = new_foca();
+        f.apply_many(remote.into_iter(), false, &mut rt).unwrap();
+        assert_eq!(
+            downs(&mut rt),
+            1,
+            "unscreened, the live partner is declared down"
         );
     }
 

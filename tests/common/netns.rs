@@ -404,13 +404,15 @@ impl Lab {
         }
     }
 
-    /// Config shared by all agents: short intervals, a handler that appends the
+    /// Config shared by all agents: short intervals (push/pull and reconnect every
+    /// second), a handler that appends the
     /// Lamport time of each user event to `events/<node>.<event>`, and one that
     /// appends the name of each member reported failed to `events/<node>.member-failed`.
     pub fn config(&self, cluster_size: usize) -> String {
         format!(
             r#"
 push_pull_interval = "1s"
+reconnect_interval = "1s"
 snapshot_interval = "1s"
 retry_interval = "300ms"
 expected_cluster_size = {cluster_size}

@@ -1,0 +1,100 @@
+//! Unit tests of [`super`]: parsing, precedence of flags over the file, and validation.
+
+use super::*;
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+    assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+    assert!(parse_duration("1d").is_err());
+    assert!(parse_duration("s").is_err());
+}
+
+#[test]
+fn flags_override_file_and_errors_name_fields() {
+    let file: FileConfig = toml::from_str(
+        r#"
+        node = "a1"
+        bind = "127.0.0.2:7000"
+        tags = { role = "web" }
+        push_pull_interval = "2s"
+        [[handler]]
+        event = "user:deploy"
+        command = ["true"]
+        "#,
+    )
+    .unwrap();
+    let flags = Overrides {
+        node: Some("b2".into()),
+        tags: vec!["dc=x".into()],
+        data_dir: Some("/tmp/x".into()),
+        ..Default::default()
+    };
+    let s = Settings::merge(file.clone(), &flags).unwrap();
+    assert_eq!(s.node, "b2");
+    assert_eq!(s.advertise, "127.0.0.2:7000".parse().unwrap());
+    assert_eq!(s.tags.len(), 2);
+    assert_eq!(s.push_pull_interval, Duration::from_secs(2));
+    assert_eq!(s.rpc, RpcAddr::Unix("/tmp/x/agent.sock".into()));
+    assert_eq!(
+        s.handlers[0].filter,
+        EventFilter::User(Some("deploy".into()))
+    );
+
+    let bad = Overrides {
+        bind: Some("10.1.2.3:7946".into()),
+        ..Default::default()
+    };
+    let err = Settings::merge(file.clone(), &bad).unwrap_err().to_string();
+    assert!(err.contains("`keyring`"), "{err}");
+    let err = toml::from_str::<FileConfig>("bnid = 1")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bnid"), "{err}");
+    let mut f2 = file;
+    f2.push_pull_interval = Some("fast".into());
+    let err = Settings::merge(f2, &flags).unwrap_err().to_string();
+    assert!(err.contains("push_pull_interval"), "{err}");
+    assert_eq!(s.reconnect_interval, Duration::from_secs(10));
+}
+
+/// Regression: a bad `log_level` passed validation, so SIGHUP applied the new tags
+/// and handlers and only then failed on the log filter (a half-applied reload).
+#[test]
+fn bad_log_level_is_refused_by_validation() {
+    let file: FileConfig = toml::from_str("log_level = \"=[not a filter\"").unwrap();
+    let flags = Overrides {
+        data_dir: Some("/tmp/x".into()),
+        bind: Some("127.0.0.2:7000".into()),
+        ..Default::default()
+    };
+    let err = Settings::merge(file, &flags).unwrap_err().to_string();
+    assert!(err.contains("`log_level`"), "{err}");
+    let ok: FileConfig = toml::from_str("log_level = \"droot_fleet=debug,info\"").unwrap();
+    assert!(Settings::merge(ok, &flags).is_ok());
+}
+
+#[test]
+fn reconnect_interval_is_positive_and_below_reap_after() {
+    let flags = Overrides {
+        data_dir: Some("/tmp/x".into()),
+        bind: Some("127.0.0.2:7000".into()),
+        ..Default::default()
+    };
+    for (text, bad) in [
+        ("reconnect_interval = \"0s\"", true),
+        ("reconnect_interval = \"2m\"\nreap_after = \"1m\"", true),
+        ("reconnect_interval = \"2s\"", false),
+    ] {
+        let file: FileConfig = toml::from_str(text).unwrap();
+        match Settings::merge(file, &flags) {
+            Err(e) => assert!(bad && e.to_string().contains("`reconnect_interval`"), "{e}"),
+            Ok(s) => assert!(
+                !bad && s.reconnect_interval == Duration::from_secs(2),
+                "{text}"
+            ),
+        }
+    }
+}
