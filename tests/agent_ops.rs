@@ -230,8 +230,8 @@ fn sighup_reloads_tags_handlers_and_log_level_and_refuses_broken_config() {
     assert_eq!(count("old"), 0);
 }
 
-/// `force-leave` turns a failed (kill -9) member into `left` on every node; unknown
-/// and alive members are refused with a clear error.
+/// `force-leave` turns a failed (kill -9) member into `left` on every node, also after
+/// a restart; unknown and alive members are refused with a clear error.
 #[test]
 fn force_leave_marks_failed_node_left_everywhere() {
     let c = Cluster::new("77.64");
@@ -263,6 +263,22 @@ fn force_leave_marks_failed_node_left_everywhere() {
     }
     let failed = json(&a[0].cli(&["members", "--status", "failed", "--format", "json"]));
     assert_eq!(failed, serde_json::json!([]));
+
+    // The leave record is in the snapshot: a restarted node still says `left`, never
+    // `failed` (it used to forget the force-leave and report n3 failed again).
+    std::thread::sleep(Duration::from_millis(1500)); // a snapshot tick
+    a[1].kill9();
+    a[1].spawn();
+    wait_for(LONG, "restarted n2 to see n1 alive and n3 left", || {
+        let st = a[1].status_of("n3");
+        assert_ne!(
+            st.as_deref(),
+            Some("failed"),
+            "restarted n2 forgot the force-leave"
+        );
+        (a[1].status_of("n1").as_deref() == Some("alive") && st.as_deref() == Some("left"))
+            .then_some(())
+    });
 }
 
 /// A node started with `--join` to an address nobody serves yet keeps retrying with
