@@ -282,7 +282,8 @@ impl GossipCore {
     }
 
     /// Merges a peer's push/pull state: new events are queued as [`Incoming::Event`]
-    /// and also returned; the peer's tags are learned. Feed `remote.members` to foca.
+    /// and also returned; the peer's tags are learned. Feed `remote.members` to foca
+    /// through [`super::pushpull::screen_members`].
     pub fn merge_push_pull(&mut self, remote: &PushPullState) -> MergeOutcome {
         self.tag_book.learn(&remote.from, &remote.tags);
         let out = merge(

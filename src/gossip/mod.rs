@@ -38,7 +38,7 @@
 //! - **Timers through one ordered scheduler**: a single min-heap of
 //!   `(fire_at: Instant, seq, foca::Timer)` owned by the same task (tokio
 //!   `sleep_until` on the head), so foca sees timers in order; plus the shell's own
-//!   periodic jobs (push/pull every ~30 s, [`GossipCore::tick`] + snapshot every few
+//!   periodic jobs (push/pull every ~30 s, reconnect every ~10 s, [`GossipCore::tick`] + snapshot every few
 //!   seconds, query deadlines from [`QueryTracker::deadline`]).
 //! - **Seal everything, open everything, count failures**: each incoming datagram →
 //!   [`envelope::open`] (count [`envelope::OpenError`] by variant, never log each
@@ -53,8 +53,10 @@
 //!   [`message::StreamMessage::PushPullRequest`] of [`GossipCore::push_pull_state`]
 //!   (members from `foca.iter_membership_state()`), read the reply with a
 //!   [`envelope::FrameDecoder`], [`GossipCore::merge_push_pull`], then
-//!   `foca.apply_many(remote.members.into_iter(), false, runtime)`. Do one right after
-//!   joining.
+//!   [`pushpull::screen_members`] and `foca.apply_many` (never the remote list as is:
+//!   its "down" verdicts would fail members we see alive). Do one right after
+//!   joining, and periodically with a random *failed* member (reconnect) so a healed
+//!   partition re-merges.
 //! - **Restart**: persist [`GossipCore::snapshot`] (serde) atomically; on start,
 //!   [`GossipCore::restore`] with `snapshot.identity` bumped (`bump + 1`) so peers
 //!   replace the old incarnation at once and no event is delivered twice.
