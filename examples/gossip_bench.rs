@@ -48,9 +48,9 @@ struct Opts {
     /// Measured events per configuration.
     #[arg(long, default_value_t = 40)]
     events: usize,
-    /// `eager_push_fanout` given to the agents.
-    #[arg(long, default_value_t = 3)]
-    fanout: usize,
+    /// `eager_push_fanout` given to the agents (default: the agent's own, ln N + 2).
+    #[arg(long)]
+    fanout: Option<usize>,
     /// Seconds of idleness over which RSS and CPU are sampled.
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
@@ -356,9 +356,12 @@ async fn start_cluster(opts: &Opts, bin: &Path, n: usize, eager: bool) -> anyhow
     )?;
     let mut config = format!(
         "log_level = \"{}\"\nexpected_cluster_size = {n}\neager_push = {eager}\n\
-         eager_push_fanout = {}\nretry_interval = \"500ms\"\n",
-        opts.log_level, opts.fanout
+         retry_interval = \"500ms\"\n",
+        opts.log_level
     );
+    if let Some(f) = opts.fanout {
+        config.push_str(&format!("eager_push_fanout = {f}\n"));
+    }
     for line in &opts.agent_config {
         config.push_str(line);
         config.push('\n');
@@ -742,7 +745,8 @@ fn report(opts: &Opts, rows: &[Row], bin: &Path) -> String {
         args.join(" "),
         bin.display(),
         opts.events,
-        opts.fanout,
+        opts.fanout
+            .map_or_else(|| "ln N + 2 (agent default)".to_string(), |f| f.to_string()),
         opts.tmpdir
             .clone()
             .unwrap_or_else(std::env::temp_dir)

@@ -214,7 +214,8 @@ pub struct Settings {
     pub snapshot_interval: Duration,
     pub reap_after: Duration,
     pub eager_push: bool,
-    pub eager_push_fanout: usize,
+    /// Peers each new event is pushed to; `None` = ln N + 2 for the current cluster size.
+    pub eager_push_fanout: Option<usize>,
     pub expected_cluster_size: u32,
     pub event_log: EventLogConfig,
     pub handlers: Vec<HandlerConfig>,
@@ -478,7 +479,14 @@ impl Settings {
             )?,
             max_ids: file.event_log_max_ids.unwrap_or(defaults.max_ids).max(1),
         };
-        let fanout = file.eager_push_fanout.unwrap_or(3);
+        let fanout = file.eager_push_fanout;
+        if fanout == Some(0) {
+            return Err(invalid(
+                "eager_push_fanout",
+                "0 pushes to nobody: set eager_push = false instead, or leave it unset for ln N + 2"
+                    .to_string(),
+            ));
+        }
         let reap_after = duration(
             "reap_after",
             file.reap_after.as_ref(),

@@ -34,7 +34,7 @@ use crate::gossip::handler::GossipFoca;
 use crate::gossip::message::{self, Broadcast, Datagram, Direct};
 use crate::gossip::{
     CoreConfig, GossipCore, Incoming, NodeId, PushPullState, QueryId, QueryResponse, SharedCore,
-    envelope, recommended_foca_config,
+    eager_fanout, envelope, recommended_foca_config,
 };
 
 /// What the task reacts to besides timers and signals.
@@ -83,7 +83,20 @@ pub struct AgentTask {
     pub(super) left: LeftBook,
     pub(super) queries: HashMap<QueryId, PendingQuery>,
     pub(super) dials: DialState,
+    /// The cluster size foca's retransmissions and suspicion timeout are tuned for.
+    tuned_for: u32,
     pub(super) stop: bool,
+}
+
+/// foca's settings for a cluster of `size`: [`recommended_foca_config`] plus ours.
+fn foca_config(settings: &Settings, size: u32) -> foca::Config {
+    let mut config = recommended_foca_config(size);
+    config.remove_down_after = Some(settings.reap_after);
+    // foca's own (UDP) announce to down members, on the reconnect cadence too.
+    if let Some(p) = config.periodic_announce_to_down_members.as_mut() {
+        p.frequency = settings.reconnect_interval;
+    }
+    config
 }
 
 fn wall_now() -> Duration {
@@ -152,13 +165,11 @@ pub async fn run(
         ),
     };
     let core = SharedCore::new(core);
-    let mut foca_config = recommended_foca_config(settings.expected_cluster_size);
-    foca_config.remove_down_after = Some(settings.reap_after);
-    // foca's own (UDP) announce to down members, on the reconnect cadence too.
-    if let Some(p) = foca_config.periodic_announce_to_down_members.as_mut() {
-        p.frequency = settings.reconnect_interval;
-    }
-    let foca = core.new_foca(foca_config, rand::make_rng::<StdRng>());
+    let tuned_for = settings.expected_cluster_size;
+    let foca = core.new_foca(
+        foca_config(&settings, tuned_for),
+        rand::make_rng::<StdRng>(),
+    );
 
     let bind = settings.bind;
     let socket = Arc::new(
@@ -222,6 +233,7 @@ pub async fn run(
         left,
         queries: HashMap::new(),
         dials: DialState::default(),
+        tuned_for,
         stop: false,
     };
     for member in rejoin {
@@ -371,19 +383,53 @@ impl AgentTask {
         while let Some((after, timer)) = self.rt.to_schedule() {
             self.sched.submit(now, after, Scheduled::Foca(timer));
         }
+        let mut membership_changed = false;
         while let Some(n) = self.rt.to_notify() {
+            membership_changed |= matches!(
+                n,
+                OwnedNotification::MemberUp(_) | OwnedNotification::MemberDown(_)
+            );
             self.on_notification(n);
         }
+        if membership_changed {
+            self.retune();
+        }
         let incoming = self.core.drain_incoming();
+        // New events travel on first: forwarding must not wait for the disk.
+        for item in &incoming {
+            if let Incoming::Event(ev) = item {
+                self.announce_event(ev).await;
+            }
+        }
         if incoming.iter().any(|i| matches!(i, Incoming::Event(_))) {
             // Recorded as delivered before any handler runs: never twice after a crash.
             self.save_snapshot();
         }
         for item in incoming {
             match item {
-                Incoming::Event(ev) => self.deliver_event(ev).await,
+                Incoming::Event(ev) => self.run_event_handlers(&ev),
                 Incoming::Query(q) => self.answer_query(q).await,
             }
+        }
+    }
+
+    /// Re-tunes foca (retransmissions, suspicion timeout) when the cluster has grown
+    /// past what it was tuned for, or shrunk to less than half of it.
+    fn retune(&mut self) {
+        let size = (self.foca.num_members() as u32 + 1).max(self.settings.expected_cluster_size);
+        if size == self.tuned_for || (size < self.tuned_for && size * 2 > self.tuned_for) {
+            return;
+        }
+        match self.foca.set_config(foca_config(&self.settings, size)) {
+            Ok(()) => {
+                tracing::debug!(
+                    from = self.tuned_for,
+                    to = size,
+                    "foca re-tuned for cluster size"
+                );
+                self.tuned_for = size;
+            }
+            Err(e) => tracing::warn!(cause = %e, "foca refused the re-tuned config"),
         }
     }
 
@@ -449,7 +495,8 @@ impl AgentTask {
         }
     }
 
-    async fn deliver_event(&mut self, ev: crate::gossip::UserEvent) {
+    /// Logs and publishes a new event, and pushes it straight to a few random peers.
+    async fn announce_event(&mut self, ev: &crate::gossip::UserEvent) {
         tracing::info!(event = %ev.name, ltime = ev.ltime, origin = %ev.origin, "user event");
         monitor::publish(
             &self.monitor,
@@ -458,6 +505,29 @@ impl AgentTask {
                 "origin": ev.origin, "payload": String::from_utf8_lossy(&ev.payload),
             }),
         );
+        if !self.settings.eager_push {
+            return;
+        }
+        let fanout = self
+            .settings
+            .eager_push_fanout
+            .unwrap_or_else(|| eager_fanout(self.foca.num_members() + 1));
+        let targets: Vec<SocketAddr> = self
+            .foca
+            .iter_members()
+            .filter(|m| m.id().name != ev.origin)
+            .map(|m| m.id().addr)
+            .sample(&mut self.rng, fanout);
+        if let Ok(plain) = message::encode_direct(&Direct::Event(ev.clone())) {
+            for dst in targets {
+                Counters::add(&self.counters.events_pushed);
+                self.send_datagram(dst, &plain).await;
+            }
+        }
+    }
+
+    /// Starts the handlers configured for a delivered event.
+    fn run_event_handlers(&mut self, ev: &crate::gossip::UserEvent) {
         let tags = self.core.lock().tags().clone();
         handlers::spawn_matching(
             &self.settings.handlers,
@@ -470,21 +540,6 @@ impl AgentTask {
             &tags,
             &ev.payload,
         );
-        if !self.settings.eager_push {
-            return;
-        }
-        let targets: Vec<SocketAddr> = self
-            .foca
-            .iter_members()
-            .filter(|m| m.id().name != ev.origin)
-            .map(|m| m.id().addr)
-            .sample(&mut self.rng, self.settings.eager_push_fanout);
-        if let Ok(plain) = message::encode_direct(&Direct::Event(ev)) {
-            for dst in targets {
-                Counters::add(&self.counters.events_pushed);
-                self.send_datagram(dst, &plain).await;
-            }
-        }
     }
 
     /// Graceful leave: notices to every member, foca's leave, flushed; then snapshot.

@@ -48,19 +48,60 @@ pub const MAX_BROADCAST_ITEM: usize =
 
 /// foca's LAN defaults (memberlist's `DefaultLANConfig`) with our packet size.
 ///
-/// `cluster_size` is the expected number of members; it tunes how many times updates are
-/// retransmitted and how long suspicion lasts. Zero is treated as one.
+/// `cluster_size` is the number of members (the shell re-tunes as the cluster grows); it
+/// sets how many times updates are retransmitted and how long suspicion lasts. Zero is
+/// treated as one.
 pub fn recommended_foca_config(cluster_size: u32) -> foca::Config {
     let size = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
     let mut config = foca::Config::new_lan(size);
     config.max_packet_size = NonZeroUsize::new(FOCA_MAX_PACKET_SIZE).unwrap_or(NonZeroUsize::MIN);
+    config.max_transmissions = max_transmissions(size.get());
     config
+}
+
+/// How many times each update (member change, event, query) is piggy-backed.
+///
+/// memberlist's `RetransmitMult * ceil(log10(N + 1))`, at least 4. foca's own formula
+/// floors instead (4, 6, 8 at N = 10, 50, 100), which left a few percent of events
+/// unreached by gossip until the next push/pull; rounding up gives 8, 8, 12.
+pub fn max_transmissions(cluster_size: u32) -> std::num::NonZeroU8 {
+    let rounds = f64::from(cluster_size.saturating_add(1))
+        .log10()
+        .ceil()
+        .max(1.0);
+    let tx = (4.0 * rounds).min(f64::from(u8::MAX)) as u8;
+    std::num::NonZeroU8::new(tx.max(4)).unwrap_or(std::num::NonZeroU8::MIN)
+}
+
+/// How many random peers a node forwards a new event to at once ("eager push").
+///
+/// With fanout f, a node is missed by every push with probability about e^-f, and a missed
+/// node waits for the next gossip tick; ln N + 2 keeps the expected number of stragglers
+/// in an N-node cluster near e^-2 ≈ 0.14 (measured: fanout 3 left about one node per event
+/// at N = 100 waiting ~200 ms; fanout 6-7 keeps p99 under 100 ms).
+pub fn eager_fanout(cluster_size: usize) -> usize {
+    let n = cluster_size.max(1) as f64;
+    (n.ln().ceil() as usize + 2).max(3)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gossip::identity::{MAX_NODE_NAME_LEN, NodeId};
+
+    #[test]
+    fn tuning_grows_with_the_cluster() {
+        assert_eq!(max_transmissions(1).get(), 4);
+        assert_eq!(max_transmissions(10).get(), 8);
+        assert_eq!(max_transmissions(50).get(), 8);
+        assert_eq!(max_transmissions(100).get(), 12);
+        assert_eq!(max_transmissions(u32::MAX).get(), 40);
+        assert_eq!(recommended_foca_config(100).max_transmissions.get(), 12);
+        assert_eq!(eager_fanout(0), 3);
+        assert_eq!(eager_fanout(10), 5);
+        assert_eq!(eager_fanout(100), 7);
+        assert_eq!(eager_fanout(1000), 9);
+    }
 
     #[test]
     fn budget_numbers() {

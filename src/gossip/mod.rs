@@ -84,6 +84,9 @@ pub use handler::{CoreConfig, CoreSnapshot, GossipCore, GossipHandler, Incoming,
 pub use identity::{NodeId, validate_node_name};
 pub use keyring::{Key, Keyring};
 pub use lamport::LamportClock;
-pub use limits::{FOCA_MAX_PACKET_SIZE, MAX_BROADCAST_ITEM, recommended_foca_config};
+pub use limits::{
+    FOCA_MAX_PACKET_SIZE, MAX_BROADCAST_ITEM, eager_fanout, max_transmissions,
+    recommended_foca_config,
+};
 pub use pushpull::PushPullState;
 pub use query::{Filter, Query, QueryId, QueryResponse, QueryResult, QueryTracker, Tags};
