@@ -171,6 +171,35 @@ fn stopped_node_catches_up_and_restart_does_not_redeliver() {
     });
 }
 
+/// Regression: a crash after a handler started but before the next state snapshot must not
+/// run that handler again on restart (the per-event journal records it first).
+#[test]
+fn crash_before_the_snapshot_does_not_rerun_handlers() {
+    let mut c = Cluster::new("77.5");
+    c.snapshot_interval = "1h".into();
+    let a1 = c.start(1, &[], "");
+    let mut a2 = c.start(2, &[1], "");
+    wait_for(LONG, "two members", || {
+        (a1.alive_count() == 2).then_some(())
+    });
+    assert!(a1.cli(&["event", "once"]).status.success());
+    wait_for(LONG, "once on n2", || {
+        (c.deliveries("n2", "once").len() == 1).then_some(())
+    });
+    a2.kill9();
+    a2.spawn();
+    wait_for(LONG, "restarted n2 alive again", || {
+        (a1.status_of("n2").as_deref() == Some("alive") && a2.alive_count() == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3)); // push/pull rounds re-offer the event
+    assert_eq!(
+        c.deliveries("n2", "once").len(),
+        1,
+        "handler ran again after the crash"
+    );
+    assert_eq!(c.deliveries("n1", "once").len(), 1);
+}
+
 /// A node with another key never joins; its packets are counted, not delivered.
 #[test]
 fn wrong_key_node_cannot_join() {

@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::members::LeftBook;
-use crate::gossip::{CoreSnapshot, NodeId};
+use crate::gossip::{CoreSnapshot, NodeId, UserEvent};
 
 /// File name inside the data dir.
 pub const STATE_FILE: &str = "state.json";
+/// Events delivered since the state file was written.
+pub const JOURNAL_FILE: &str = "events.journal";
 
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +105,63 @@ pub fn save(data_dir: &Path, state: &PersistedState) -> Result<(), SnapshotError
         path: path.clone(),
         source: std::io::Error::other(e),
     })?;
-    write_atomic(&path, &bytes, 0o600).map_err(|source| SnapshotError::Write { path, source })
+    write_atomic(&path, &bytes, 0o600).map_err(|source| SnapshotError::Write { path, source })?;
+    // The state now covers everything journaled.
+    let journal = data_dir.join(JOURNAL_FILE);
+    match std::fs::remove_file(&journal) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SnapshotError::Write {
+            path: journal,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Appends delivered events to the journal and makes them durable.
+pub fn journal_append(data_dir: &Path, events: &[&UserEvent]) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(JOURNAL_FILE);
+    let err = |source| SnapshotError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mut buf = Vec::new();
+    for ev in events {
+        serde_json::to_writer(&mut buf, ev).map_err(|e| err(std::io::Error::other(e)))?;
+        buf.push(b'\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    f.write_all(&buf).map_err(err)?;
+    f.sync_data().map_err(err)
+}
+
+/// Events journaled since the last snapshot, oldest first.
+pub fn journal_read(data_dir: &Path) -> Result<Vec<UserEvent>, SnapshotError> {
+    let path = data_dir.join(JOURNAL_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(SnapshotError::Read { path, source }),
+    };
+    let mut out = Vec::new();
+    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(ev) => out.push(ev),
+            // Only the last line can be torn by a crash mid-append.
+            Err(_) if i + 1 == lines.len() => break,
+            Err(source) => return Err(SnapshotError::Parse { path, source }),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -111,6 +169,41 @@ mod tests {
     use super::*;
     use crate::gossip::{CoreConfig, GossipCore, Tags};
     use std::time::Duration;
+
+    #[test]
+    fn journal_appends_replays_and_is_truncated_by_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(journal_read(dir.path()).unwrap().is_empty());
+        let ev = |n: u128| UserEvent::new(crate::gossip::EventId(n), "o", 1, "e", vec![1]).unwrap();
+        let (a, b) = (ev(1), ev(2));
+        journal_append(dir.path(), &[&a]).unwrap();
+        journal_append(dir.path(), &[&b]).unwrap();
+        assert_eq!(
+            journal_read(dir.path()).unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        // A torn last line is ignored; a torn middle line is an error.
+        let j = dir.path().join(JOURNAL_FILE);
+        let mut text = std::fs::read(&j).unwrap();
+        text.extend_from_slice(b"{\"id\":");
+        std::fs::write(&j, &text).unwrap();
+        assert_eq!(journal_read(dir.path()).unwrap().len(), 2);
+        std::fs::write(&j, b"{oops\n{}\n").unwrap();
+        assert!(matches!(
+            journal_read(dir.path()),
+            Err(SnapshotError::Parse { .. })
+        ));
+        // A snapshot covers the journal and removes it.
+        let id = NodeId::new("n1", "127.0.0.1:1".parse().unwrap(), 3).unwrap();
+        let core = GossipCore::new(id, Tags::new(), CoreConfig::default(), Duration::ZERO);
+        let state = PersistedState {
+            core: core.snapshot(),
+            members: vec![],
+            left: LeftBook::default(),
+        };
+        save(dir.path(), &state).unwrap();
+        assert!(!j.exists());
+    }
 
     #[test]
     fn roundtrip_and_missing() {

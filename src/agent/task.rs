@@ -99,6 +99,13 @@ fn foca_config(settings: &Settings, size: u32) -> foca::Config {
     config
 }
 
+fn user_trigger(ev: &crate::gossip::UserEvent) -> Trigger {
+    Trigger::User {
+        name: ev.name.clone(),
+        ltime: ev.ltime,
+    }
+}
+
 fn wall_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -124,6 +131,7 @@ pub async fn run(
     if settings.dev {
         // A dev agent always starts from a clean slate.
         let _ = std::fs::remove_file(snapshot::path(dir));
+        let _ = std::fs::remove_file(dir.join(snapshot::JOURNAL_FILE));
     }
     let ring = match &settings.keyring {
         Some(p) => keys::load(p)?,
@@ -141,7 +149,7 @@ pub async fn run(
         event_log: settings.event_log,
         ..CoreConfig::default()
     };
-    let (core, rejoin, left) = match persisted {
+    let (mut core, rejoin, left) = match persisted {
         Some(p) => (
             GossipCore::restore(
                 identity.clone(),
@@ -164,6 +172,10 @@ pub async fn run(
             LeftBook::default(),
         ),
     };
+    // Events journaled after the last snapshot had their handlers started: never again.
+    for ev in snapshot::journal_read(dir)? {
+        core.record_delivered(&ev);
+    }
     let core = SharedCore::new(core);
     let tuned_for = settings.expected_cluster_size;
     let foca = core.new_foca(
@@ -401,8 +413,27 @@ impl AgentTask {
                 self.announce_event(ev).await;
             }
         }
-        if incoming.iter().any(|i| matches!(i, Incoming::Event(_))) {
-            // Recorded as delivered before any handler runs: never twice after a crash.
+        // Journaled before any handler runs: never run twice after a crash. Events no handler
+        // takes have no effect to repeat; the periodic snapshot records them.
+        let handled: Vec<&crate::gossip::UserEvent> = incoming
+            .iter()
+            .filter_map(|i| match i {
+                Incoming::Event(ev) => Some(ev),
+                Incoming::Query(_) => None,
+            })
+            .filter(|ev| {
+                let trigger = user_trigger(ev);
+                self.settings
+                    .handlers
+                    .iter()
+                    .any(|h| handlers::matches(&h.filter, &trigger))
+            })
+            .collect();
+        if !handled.is_empty()
+            && let Err(e) = snapshot::journal_append(&self.settings.data_dir, &handled)
+        {
+            // Without the record a crash could run these handlers twice: take a snapshot.
+            tracing::warn!(cause = %e, "journal append failed; writing a full snapshot");
             self.save_snapshot();
         }
         for item in incoming {
@@ -531,10 +562,7 @@ impl AgentTask {
         let tags = self.core.lock().tags().clone();
         handlers::spawn_matching(
             &self.settings.handlers,
-            &Trigger::User {
-                name: ev.name.clone(),
-                ltime: ev.ltime,
-            },
+            &user_trigger(ev),
             &self.settings.node,
             &self.settings.rpc,
             &tags,

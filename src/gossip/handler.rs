@@ -175,6 +175,14 @@ impl GossipCore {
         core
     }
 
+    /// Marks an event as already delivered, as recorded in a journal written after the
+    /// last snapshot: it will not be delivered again. Nothing is queued for the shell.
+    pub fn record_delivered(&mut self, ev: &UserEvent) {
+        self.event_clock.witness(ev.ltime);
+        // A duplicate or too-old event is already covered by the snapshot.
+        let _ = self.events.observe(ev, self.now);
+    }
+
     /// State to persist (e.g. on shutdown and periodically).
     pub fn snapshot(&self) -> CoreSnapshot {
         CoreSnapshot {

@@ -39,6 +39,8 @@ pub struct Cluster {
     pub net: String,
     pub keyring: PathBuf,
     pub events_dir: PathBuf,
+    /// `snapshot_interval` in the agents' config.
+    pub snapshot_interval: String,
 }
 
 impl Cluster {
@@ -53,6 +55,7 @@ impl Cluster {
             net: net.into(),
             keyring,
             events_dir,
+            snapshot_interval: "1s".into(),
         }
     }
 
@@ -65,7 +68,7 @@ impl Cluster {
         format!(
             r#"
 push_pull_interval = "1s"
-snapshot_interval = "1s"
+snapshot_interval = "{snapshot}"
 retry_interval = "300ms"
 expected_cluster_size = 5
 log_level = "info"
@@ -76,7 +79,8 @@ command = ["sh", "-c", "echo \"$DROOT_FLEET_LTIME\" >> {events}/$DROOT_FLEET_NOD
 timeout = "5s"
 {extra}
 "#,
-            events = self.events_dir.display()
+            events = self.events_dir.display(),
+            snapshot = self.snapshot_interval,
         )
     }
 
