@@ -11,6 +11,7 @@
 //! | [`net`] | UDP socket (sealed datagrams, drop counters), sealed TCP streams |
 //! | [`ops`] | API commands; queries on the origin and the answering side |
 //! | [`members`] | member status (alive/suspect/left/failed) from foca's state |
+//! | [`delivery`] | member notifications and user events: eager push, journal, handlers |
 //! | [`handlers`] | event/query handler processes (timeout, env, stdin) |
 //! | [`queries`] | built-in query handlers registered in Rust |
 //! | [`keys`] | keyring file and the cluster-wide key-rotation query |
@@ -24,6 +25,7 @@
 //! are handed to the kernel before the process exits.
 
 pub mod config;
+pub mod delivery;
 pub mod handlers;
 pub mod keys;
 pub mod members;
