@@ -200,6 +200,30 @@ fn crash_before_the_snapshot_does_not_rerun_handlers() {
     assert_eq!(c.deliveries("n1", "once").len(), 1);
 }
 
+/// SIGTERM (and SIGINT) leave gracefully: the leave reaches the others before the exit.
+#[test]
+fn sigterm_and_sigint_leave_gracefully() {
+    let c = Cluster::new("77.6");
+    let a1 = c.start(1, &[], "");
+    let mut a2 = c.start(2, &[1], "");
+    let mut a3 = c.start(3, &[1], "");
+    wait_for(LONG, "three members", || {
+        (a1.alive_count() == 3).then_some(())
+    });
+    a2.signal(Signal::SIGTERM);
+    let status = a2.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "SIGTERM exit: {status}");
+    a3.signal(Signal::SIGINT);
+    let status = a3.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "SIGINT exit: {status}");
+    // "left", not "failed": the leave was sent, not inferred from silence.
+    wait_for(LONG, "n2 and n3 reported left", || {
+        (a1.status_of("n2").as_deref() == Some("left")
+            && a1.status_of("n3").as_deref() == Some("left"))
+        .then_some(())
+    });
+}
+
 /// A node with another key never joins; its packets are counted, not delivered.
 #[test]
 fn wrong_key_node_cannot_join() {
