@@ -32,7 +32,7 @@ use crate::gossip::handler::GossipFoca;
 use crate::gossip::message::{self, Broadcast, Datagram, Direct};
 use crate::gossip::{
     CoreConfig, GossipCore, Incoming, NodeId, PushPullState, QueryId, QueryResponse, SharedCore,
-    envelope, recommended_foca_config,
+    envelope, recommended_foca_config, retune_size,
 };
 
 /// What the task reacts to besides timers and signals.
@@ -416,10 +416,11 @@ impl AgentTask {
     /// Re-tunes foca (retransmissions, suspicion timeout) when the cluster has grown
     /// past what it was tuned for, or shrunk to less than half of it.
     fn retune(&mut self) {
-        let size = (self.foca.num_members() as u32 + 1).max(self.settings.expected_cluster_size);
-        if size == self.tuned_for || (size < self.tuned_for && size * 2 > self.tuned_for) {
+        let members = self.foca.num_members() as u32 + 1;
+        let Some(size) = retune_size(self.tuned_for, members, self.settings.expected_cluster_size)
+        else {
             return;
-        }
+        };
         match self.foca.set_config(foca_config(&self.settings, size)) {
             Ok(()) => {
                 tracing::debug!(

@@ -73,6 +73,17 @@ pub fn max_transmissions(cluster_size: u32) -> std::num::NonZeroU8 {
     std::num::NonZeroU8::new(tx.max(4)).unwrap_or(std::num::NonZeroU8::MIN)
 }
 
+/// The cluster size to re-tune foca for, if any: whenever the cluster (us included) grows
+/// past the size it is tuned for, and when it shrinks to half of that or less (a little
+/// hysteresis, so a flapping member does not re-tune back and forth). Never below
+/// `expected`, the configured floor.
+pub fn retune_size(tuned_for: u32, members: u32, expected: u32) -> Option<u32> {
+    let size = members.max(expected).max(1);
+    let grew = size > tuned_for;
+    let halved = size.saturating_mul(2) <= tuned_for;
+    (grew || halved).then_some(size)
+}
+
 /// How many random peers a node forwards a new event to at once ("eager push").
 ///
 /// With fanout f, a node is missed by every push with probability about e^-f, and a missed
@@ -88,6 +99,20 @@ pub fn eager_fanout(cluster_size: usize) -> usize {
 mod tests {
     use super::*;
     use crate::gossip::identity::{MAX_NODE_NAME_LEN, NodeId};
+
+    #[test]
+    fn retune_on_growth_and_halving_only() {
+        assert_eq!(retune_size(16, 17, 16), Some(17));
+        assert_eq!(retune_size(16, 16, 16), None);
+        assert_eq!(
+            retune_size(16, 3, 16),
+            None,
+            "never below the configured floor"
+        );
+        assert_eq!(retune_size(100, 60, 16), None, "small shrink: keep");
+        assert_eq!(retune_size(100, 50, 16), Some(50));
+        assert_eq!(retune_size(100, 0, 0), Some(1));
+    }
 
     #[test]
     fn tuning_grows_with_the_cluster() {

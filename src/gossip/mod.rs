@@ -86,7 +86,7 @@ pub use keyring::{Key, Keyring};
 pub use lamport::LamportClock;
 pub use limits::{
     FOCA_MAX_PACKET_SIZE, MAX_BROADCAST_ITEM, eager_fanout, max_transmissions,
-    recommended_foca_config,
+    recommended_foca_config, retune_size,
 };
 pub use pushpull::PushPullState;
 pub use query::{Filter, Query, QueryId, QueryResponse, QueryResult, QueryTracker, Tags};
