@@ -30,9 +30,31 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "the", "config", "static", "void", "return", "import", "function", "class", "module",
-    "error", "value", "string", "include", "define", "license", "copyright", "software",
-    "library", "version", "install", "package", "struct", "public", "private", "const",
+    "the",
+    "config",
+    "static",
+    "void",
+    "return",
+    "import",
+    "function",
+    "class",
+    "module",
+    "error",
+    "value",
+    "string",
+    "include",
+    "define",
+    "license",
+    "copyright",
+    "software",
+    "library",
+    "version",
+    "install",
+    "package",
+    "struct",
+    "public",
+    "private",
+    "const",
 ];
 
 /// Text-like bytes (compress ~4x) or binary-like bytes (compress ~1.5x).
@@ -64,7 +86,14 @@ fn generate_tar() -> Vec<u8> {
         h.set_mtime(1_700_000_000);
         b.append_data(&mut h, path, data).unwrap();
     };
-    for top in ["usr/lib", "usr/share", "usr/bin", "etc", "var/lib", "opt/app"] {
+    for top in [
+        "usr/lib",
+        "usr/share",
+        "usr/bin",
+        "etc",
+        "var/lib",
+        "opt/app",
+    ] {
         for i in 0..40 {
             let d = format!("{top}/d{i:02}");
             append(&mut b, &d, tar::EntryType::Directory, &[], 0o755);
@@ -82,20 +111,33 @@ fn generate_tar() -> Vec<u8> {
             _ => 14_000 + rng.below(60_000) as usize,
         };
         let data = content(&mut rng, len, d.contains("lib") || d.contains("bin"));
-        append(&mut b, &format!("{d}/f{n}"), tar::EntryType::Regular, &data, 0o644);
+        append(
+            &mut b,
+            &format!("{d}/f{n}"),
+            tar::EntryType::Regular,
+            &data,
+            0o644,
+        );
         if n % 20 == 0 {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_size(0);
             h.set_mode(0o777);
-            b.append_link(&mut h, format!("{d}/l{n}"), format!("f{n}")).unwrap();
+            b.append_link(&mut h, format!("{d}/l{n}"), format!("f{n}"))
+                .unwrap();
         }
         total += len;
         n += 1;
     }
     for i in 0..8 {
         let data = content(&mut rng, 10 << 20, true);
-        append(&mut b, &format!("opt/app/big{i}.bin"), tar::EntryType::Regular, &data, 0o755);
+        append(
+            &mut b,
+            &format!("opt/app/big{i}.bin"),
+            tar::EntryType::Regular,
+            &data,
+            0o755,
+        );
     }
     b.into_inner().unwrap()
 }
@@ -140,8 +182,14 @@ fn main() {
         }
     }
     for tool in ["gzip", "zstd", "tar"] {
-        let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
-        assert!(ok, "{tool} is needed for the comparison: apt-get install {tool}");
+        let ok = Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "{tool} is needed for the comparison: apt-get install {tool}"
+        );
     }
     std::fs::create_dir_all(&dir).unwrap();
     let tar = generate_tar();
@@ -164,15 +212,33 @@ fn main() {
     let dest = dir.join("out");
     type Contender<'a> = (&'a str, Box<dyn Fn() -> Duration + 'a>);
     let contenders: Vec<Contender> = vec![
-        ("droot-fleet unpack (tar.gz)", Box::new(|| ours(&gz_path, &dest))),
+        (
+            "droot-fleet unpack (tar.gz)",
+            Box::new(|| ours(&gz_path, &dest)),
+        ),
         (
             "gzip -dc | tar -x",
-            Box::new(|| shell("gzip -dc {archive} | tar -x -C {dest} && sync -f {dest}", &gz_path, &dest)),
+            Box::new(|| {
+                shell(
+                    "gzip -dc {archive} | tar -x -C {dest} && sync -f {dest}",
+                    &gz_path,
+                    &dest,
+                )
+            }),
         ),
-        ("droot-fleet unpack (tar.zst)", Box::new(|| ours(&zst_path, &dest))),
+        (
+            "droot-fleet unpack (tar.zst)",
+            Box::new(|| ours(&zst_path, &dest)),
+        ),
         (
             "zstd -dc | tar -x",
-            Box::new(|| shell("zstd -qdc {archive} | tar -x -C {dest} && sync -f {dest}", &zst_path, &dest)),
+            Box::new(|| {
+                shell(
+                    "zstd -qdc {archive} | tar -x -C {dest} && sync -f {dest}",
+                    &zst_path,
+                    &dest,
+                )
+            }),
         ),
     ];
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); contenders.len()];

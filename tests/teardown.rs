@@ -9,13 +9,22 @@ use common::{cmd, mounts_below, output};
 
 fn mount_tmpfs(at: &Path) {
     std::fs::create_dir_all(at).unwrap();
-    let st = Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(at).status().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(at)
+        .status()
+        .unwrap();
     assert!(st.success(), "mount tmpfs at {}", at.display());
 }
 
 fn bind(src: &Path, at: &Path) {
     std::fs::create_dir_all(at).unwrap();
-    let st = Command::new("mount").arg("--bind").arg(src).arg(at).status().unwrap();
+    let st = Command::new("mount")
+        .arg("--bind")
+        .arg(src)
+        .arg(at)
+        .status()
+        .unwrap();
     assert!(st.success(), "bind {} at {}", src.display(), at.display());
 }
 
@@ -52,15 +61,27 @@ fn umount_removes_deepest_first_and_respects_path_boundaries() {
     assert_eq!(mounts_below(&app).len(), 4);
 
     let out = output(cmd().args(["umount", "--root"]).arg(&app));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(mounts_below(&app).is_empty(), "{:?}", mounts_below(&app));
     assert_eq!(mounts_below(&app2).len(), 1, "app2 is not below app");
     // Idempotent: nothing left to unmount is not an error.
-    assert!(output(cmd().args(["umount", "--root"]).arg(&app)).status.success());
+    assert!(
+        output(cmd().args(["umount", "--root"]).arg(&app))
+            .status
+            .success()
+    );
     // Through `current`-style symlinks too.
     std::os::unix::fs::symlink(&app2, t.path().join("link")).unwrap();
     let out = output(cmd().args(["umount", "--root"]).arg(t.path().join("link")));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(mounts_below(&app2).is_empty());
 }
 
@@ -85,7 +106,11 @@ fn rm_unmounts_then_removes_without_touching_bound_host_data() {
     std::os::unix::fs::symlink(&outside, root.join("escape-file")).unwrap();
 
     let out = output(cmd().args(["rm", "--root"]).arg(&root));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!root.exists());
     assert!(mounts_below(&root).is_empty());
     assert_eq!(std::fs::read(host.join("precious")).unwrap(), b"keep");
