@@ -866,20 +866,6 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let opts = Opts::parse();
     // Current-thread: agents are spawned from the main thread, which their
@@ -890,7 +876,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         tokio::select! {
             r = run(opts) => r,
-            _ = interrupted() => bail!("interrupted; agents killed, temp dirs removed"),
+            _ = droot_fleet::agent::termination_signal() => bail!("interrupted; agents killed, temp dirs removed"),
         }
     })
 }

@@ -221,3 +221,19 @@ impl Agent {
         .await
     }
 }
+
+/// Resolves on SIGTERM or SIGINT: the agent's usual shutdown trigger (it then leaves the
+/// cluster gracefully). Without signal handlers it never resolves; `leave` still works.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

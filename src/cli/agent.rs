@@ -98,22 +98,7 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let agent = Agent::new(settings)
             .with_monitor(monitor)
             .with_log_reload(reload);
-        agent.run(shutdown_signal()).await
+        agent.run(crate::agent::termination_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the agent can still be stopped with `leave`.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
