@@ -3,6 +3,8 @@
 //! Tests that need root or busybox fail loudly with the reason; they never pass by skipping.
 #![allow(dead_code)]
 
+pub mod archive;
+
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
