@@ -1,0 +1,69 @@
+//! Helpers for the jail tests: a busybox rootfs in a tempdir, and running the real binary
+//! with a check that no mount is left below the root afterwards.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A tempdir holding a busybox rootfs at `<tmp>/root`.
+pub struct Jail {
+    pub _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+pub fn jail(what: &str) -> Jail {
+    super::require_root(what);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    super::busybox_rootfs(&root);
+    let root = root.canonicalize().unwrap();
+    Jail { _tmp: tmp, root }
+}
+
+pub fn run_cmd(root: &Path, flags: &[&str], cmd: &[&str]) -> Command {
+    let mut c = super::cmd();
+    c.arg("run")
+        .arg("--root")
+        .arg(root)
+        .args(flags)
+        .arg("--")
+        .args(cmd);
+    c
+}
+
+/// Runs the jail to completion and checks that no mount is left behind.
+pub fn run(root: &Path, flags: &[&str], cmd: &[&str]) -> Output {
+    let out = super::output(&mut run_cmd(root, flags, cmd));
+    assert_no_mounts(root);
+    out
+}
+
+pub fn assert_no_mounts(root: &Path) {
+    let left = super::mounts_below(root);
+    assert!(
+        left.is_empty(),
+        "mounts left below {}: {left:#?}",
+        root.display()
+    );
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn ok(root: &Path, flags: &[&str], cmd: &[&str]) -> String {
+    let o = run(root, flags, cmd);
+    assert!(
+        o.status.success(),
+        "{flags:?} {cmd:?} failed: {:?}\n{}",
+        o.status,
+        stderr(&o)
+    );
+    stdout(&o)
+}
