@@ -339,3 +339,19 @@ fn rsync_mode_updates_in_place_and_spares_mountpoints() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("need symlink mode"));
 }
+
+#[test]
+fn a_terminal_on_stdin_is_refused_not_waited_on() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    // `script` gives the command a pseudo-terminal as stdin.
+    let line = format!(
+        "{} deploy --root {}",
+        common::bin().display(),
+        root.display()
+    );
+    let o = output(Command::new("script").args(["-qec", &line, "/dev/null"]));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("no archive given"), "{text}");
+    assert!(!root.exists(), "nothing created");
+}

@@ -62,10 +62,19 @@ pub enum Format {
     Json,
 }
 
+fn stdin() -> anyhow::Result<Box<dyn Read + Send>> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!(
+            "no archive given: pass FILE, or pipe one in (e.g. `aws s3 cp s3://b/app.tar.gz - | droot-fleet deploy ...`)"
+        );
+    }
+    Ok(Box::new(std::io::stdin()))
+}
+
 fn open_input(input: Option<&PathBuf>) -> anyhow::Result<Box<dyn Read + Send>> {
     match input {
-        None => Ok(Box::new(std::io::stdin())),
-        Some(p) if p.as_os_str() == "-" => Ok(Box::new(std::io::stdin())),
+        None => stdin(),
+        Some(p) if p.as_os_str() == "-" => stdin(),
         Some(p) => {
             let f = std::fs::File::open(p)
                 .with_context(|| format!("cannot open archive {}", p.display()))?;
