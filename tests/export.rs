@@ -303,10 +303,10 @@ fn stdout_output_but_never_to_a_terminal() {
 
 #[test]
 fn engine_export_matches_docker_save_and_leaves_no_container() {
-    let _serial = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    if !engine_available("engine_export_matches_docker_save_and_leaves_no_container") {
+    let Some(_serial) = engine_test("engine_export_matches_docker_save_and_leaves_no_container")
+    else {
         return;
-    }
+    };
     let t = tempfile::tempdir().unwrap();
     let rootfs = t.path().join("rootfs");
     busybox_rootfs(&rootfs);
@@ -362,10 +362,9 @@ fn engine_export_matches_docker_save_and_leaves_no_container() {
 
 #[test]
 fn engine_image_without_cmd_or_shell_exports() {
-    let _serial = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    if !engine_available("engine_image_without_cmd_or_shell_exports") {
+    let Some(_serial) = engine_test("engine_image_without_cmd_or_shell_exports") else {
         return;
-    }
+    };
     let t = tempfile::tempdir().unwrap();
     let rootfs = t.path().join("rootfs");
     std::fs::create_dir_all(rootfs.join("app")).unwrap();
@@ -385,10 +384,9 @@ fn engine_image_without_cmd_or_shell_exports() {
 
 #[test]
 fn engine_errors_are_clear_and_leave_no_container() {
-    let _serial = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    if !engine_available("engine_errors_are_clear_and_leave_no_container") {
+    let Some(_serial) = engine_test("engine_errors_are_clear_and_leave_no_container") else {
         return;
-    }
+    };
     let t = tempfile::tempdir().unwrap();
     let helpers_before = helper_containers();
     let out = t.path().join("out.tar");
@@ -434,10 +432,9 @@ fn engine_errors_are_clear_and_leave_no_container() {
 
 #[test]
 fn sigterm_during_engine_export_removes_the_container() {
-    let _serial = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    if !engine_available("sigterm_during_engine_export_removes_the_container") {
+    let Some(_serial) = engine_test("sigterm_during_engine_export_removes_the_container") else {
         return;
-    }
+    };
     let t = tempfile::tempdir().unwrap();
     let rootfs = t.path().join("rootfs");
     busybox_rootfs(&rootfs);

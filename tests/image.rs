@@ -38,16 +38,9 @@ fn static_binary_runs_in_an_empty_image() {
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.contains("static"), "not statically linked: {text}");
     }
-    if std::env::var_os("DROOT_FLEET_TEST_NO_DOCKER").is_some() {
-        eprintln!("NOT RUN: image part skipped because DROOT_FLEET_TEST_NO_DOCKER is set");
+    if !common::docker_engine_available("static_binary_runs_in_an_empty_image") {
         return;
     }
-    let info = docker(&["info", "--format", "{{.ServerVersion}}"]);
-    assert!(
-        info.status.success(),
-        "no Docker engine answers: {} (set DROOT_FLEET_TEST_NO_DOCKER=1 to skip on purpose)",
-        String::from_utf8_lossy(&info.stderr)
-    );
     let ctx = tempfile::tempdir().unwrap();
     std::fs::copy(&bin, ctx.path().join("droot-fleet")).unwrap();
     std::fs::copy(common::busybox(), ctx.path().join("busybox")).unwrap();

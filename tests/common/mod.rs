@@ -167,3 +167,29 @@ pub fn wait_for_comm(pid: u32, comm: &str, depth: usize) -> u32 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Whether a Docker engine answers on `DOCKER_HOST`. Without one the test fails with the
+/// reason, unless `DROOT_FLEET_TEST_NO_DOCKER=1` says the machine has none on purpose: then
+/// it prints `NOT RUN` with the reason and the caller returns.
+pub fn docker_engine_available(test: &str) -> bool {
+    let host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let why = match Command::new("docker")
+        .args(["version", "--format", "{{.Server.APIVersion}}"])
+        .output()
+    {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => format!(
+            "no Docker engine answers at {host}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => format!("the docker CLI cannot be run ({e}); it is needed to build test images"),
+    };
+    if std::env::var("DROOT_FLEET_TEST_NO_DOCKER").as_deref() == Ok("1") {
+        eprintln!("{test}: NOT RUN: {why} (DROOT_FLEET_TEST_NO_DOCKER=1)");
+        return false;
+    }
+    panic!(
+        "{test}: {why}. Start dockerd (or set DOCKER_HOST), or set DROOT_FLEET_TEST_NO_DOCKER=1 to skip engine tests"
+    );
+}

@@ -17,26 +17,11 @@ pub fn docker(args: &[&str]) -> Output {
     output(Command::new("docker").args(args))
 }
 
-/// True when an engine answers; false (after saying why) when the user opted out with
-/// DROOT_FLEET_TEST_NO_DOCKER=1; panics with the reason otherwise.
-pub fn engine_available(test: &str) -> bool {
-    let host =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-    let why = match Command::new("docker")
-        .args(["version", "--format", "{{.Server.APIVersion}}"])
-        .output()
-    {
-        Ok(o) if o.status.success() => return true,
-        Ok(o) => format!("no Docker engine answers at {host}: {}", stderr(&o).trim()),
-        Err(e) => format!("the docker CLI cannot be run ({e}); it is needed to build test images"),
-    };
-    if std::env::var("DROOT_FLEET_TEST_NO_DOCKER").as_deref() == Ok("1") {
-        eprintln!("{test}: NOT RUN: {why} (DROOT_FLEET_TEST_NO_DOCKER=1)");
-        return false;
-    }
-    panic!(
-        "{test}: {why}. Start dockerd (or set DOCKER_HOST), or set DROOT_FLEET_TEST_NO_DOCKER=1 to skip engine tests"
-    );
+/// Serialises the engine tests and checks the engine (`common::docker_engine_available`); `None`
+/// means the test was deliberately not run and returns.
+pub fn engine_test(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let serial = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    crate::common::docker_engine_available(test).then_some(serial)
 }
 
 /// A uniquely named image, removed on drop.
