@@ -33,11 +33,12 @@ fn docker(args: &[&str]) -> std::process::Output {
 #[test]
 fn static_binary_runs_in_an_empty_image() {
     let bin = static_binary();
-    let ldd = Command::new("file").arg(&bin).output();
-    if let Ok(o) = ldd {
-        let text = String::from_utf8_lossy(&o.stdout);
-        assert!(text.contains("static"), "not statically linked: {text}");
-    }
+    let file = Command::new("file")
+        .arg(&bin)
+        .output()
+        .expect("`file` is needed to check the static link: apt-get install file");
+    let text = String::from_utf8_lossy(&file.stdout);
+    assert!(text.contains("static"), "not statically linked: {text}");
     if !common::docker_engine_available("static_binary_runs_in_an_empty_image") {
         return;
     }
