@@ -269,6 +269,73 @@ fn devices_are_created_with_allow_devices() {
     assert_eq!(m.mode() & libc::S_IFMT, libc::S_IFIFO);
 }
 
+/// Issue 9: a stock Debian rootfs has nodes in /dev; `run` masks them, so deploy skips them.
+#[test]
+fn devices_under_dev_are_skipped_by_default() {
+    common::require_root("creating device nodes (mknod)");
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let f = Archive::new()
+        .dir("./")
+        .dir("./dev")
+        .special(tar::EntryType::Char, "./dev/null")
+        .special(tar::EntryType::Block, "./dev/sda")
+        .special(tar::EntryType::Fifo, "./dev/initctl")
+        .link(tar::EntryType::Symlink, "./dev/fd", "/proc/self/fd")
+        .file("./bin/app", b"v1")
+        .write(&t.path().join("a.tar"));
+    let out = deploy(&root, &f, &["--version", "d"]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("3 device nodes/FIFOs under /dev/ skipped"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(&root.join("releases/d")),
+        [
+            "bin/",
+            "bin/app (2 bytes)",
+            "dev/",
+            "dev/fd -> /proc/self/fd"
+        ]
+    );
+    // Asked for, they are created like any other device.
+    ok(&deploy(&root, &f, &["--version", "e", "--allow-devices"]));
+    let m = std::fs::metadata(root.join("releases/e/dev/null")).unwrap();
+    assert_eq!(m.mode() & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!(m.rdev(), nix::sys::stat::makedev(1, 3));
+    // rsync mode skips them the same way.
+    let sync = t.path().join("sync");
+    let out = deploy(&sync, &f, &["--mode", "rsync"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 device nodes"));
+    assert!(std::fs::symlink_metadata(sync.join("dev/null")).is_err());
+}
+
+#[test]
+fn devices_outside_dev_are_refused_naming_the_choice() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let f = Archive::new()
+        .dir("./dev")
+        .special(tar::EntryType::Char, "./devices/null")
+        .write(&t.path().join("a.tar"));
+    let out = deploy(&root, &f, &["--version", "d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        "devices/null",
+        "character device",
+        "droot-fleet export",
+        "--allow-devices",
+    ] {
+        assert!(err.contains(part), "{part:?} missing from: {err}");
+    }
+    assert!(!root.join("current").exists());
+    assert!(!root.join("releases/d").exists());
+}
+
 #[test]
 fn rsync_mode_updates_in_place_and_spares_mountpoints() {
     common::require_root("mounting a tmpfs inside the root");

@@ -87,6 +87,23 @@ fn hostile_corpus(outside: &Path) -> Vec<Hostile> {
             "FIFO",
         ),
         h(
+            "dev-itself-a-device",
+            Archive::new().special(tar::EntryType::Char, "dev"),
+            "--allow-devices",
+        ),
+        h(
+            "device-beside-dev",
+            Archive::new().special(tar::EntryType::Char, "devices/null"),
+            "droot-fleet export",
+        ),
+        h(
+            "dev-symlink-then-device",
+            Archive::new()
+                .link(tar::EntryType::Symlink, "dev", &out)
+                .special(tar::EntryType::Char, "dev/null"),
+            "through the symlink",
+        ),
+        h(
             "not-an-archive",
             Archive(tar::Builder::new(b"hello world".to_vec())),
             "not a tar",

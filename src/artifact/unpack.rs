@@ -3,7 +3,8 @@
 //! Refused (the whole unpack fails, naming the entry): `..` components; hardlinks whose
 //! target is outside the root, missing, or reached through a symlink; any entry whose parent
 //! is a symlink or a non-directory (it would be written through it); device nodes and FIFOs
-//! unless allowed; totals over the byte or entry limit. Setuid/setgid bits are stripped and
+//! outside `dev/` unless allowed (under `dev/` they are skipped and counted: `run` mounts its own
+//! `/dev` there); totals over the byte or entry limit. Setuid/setgid bits are stripped and
 //! ownership is not restored unless `same_owner`. Symlinks may point anywhere, absolute
 //! targets included: they are only ever resolved inside the jail, never followed here.
 //!
@@ -29,7 +30,8 @@ use super::pipeline::Prefetch;
 pub struct UnpackOptions {
     /// Keep uid/gid and setuid/setgid bits.
     pub same_owner: bool,
-    /// Allow character/block devices and FIFOs.
+    /// Create character/block devices and FIFOs; without it those under `dev/` are skipped
+    /// and any others refused.
     pub allow_devices: bool,
     /// Maximum total size of file contents.
     pub max_bytes: u64,
@@ -54,6 +56,8 @@ pub struct UnpackStats {
     pub compression: Compression,
     pub entries: u64,
     pub bytes: u64,
+    /// Device nodes and FIFOs under `dev/` skipped (`run` masks them), without `allow_devices`.
+    pub skipped_devices: u64,
 }
 
 /// Why a single entry was refused.
@@ -71,7 +75,10 @@ pub enum EntryProblem {
     ParentNotDirectory(String),
     #[error("would replace the non-empty directory at this path")]
     ReplacesDirectory,
-    #[error("is a {0}; device nodes and FIFOs are refused unless --allow-devices")]
+    #[error(
+        "is a {0}; device nodes and FIFOs outside /dev are refused: take it out of the image and \
+         export again with `droot-fleet export`, or pass --allow-devices to create it"
+    )]
     Device(&'static str),
     #[error("has unsupported tar entry type {0:?}")]
     Unsupported(EntryType),
@@ -127,6 +134,7 @@ pub fn unpack<R: Read + Send + 'static>(
             compression,
             entries: 0,
             bytes: 0,
+            skipped_devices: 0,
         },
     };
     for entry in archive.entries().map_err(UnpackError::Read)? {
@@ -329,6 +337,12 @@ impl Unpacker<'_> {
                     _ => "FIFO",
                 };
                 if !self.opts.allow_devices {
+                    // `run` mounts its own /dev over the release's: nodes there are never used.
+                    if rel.starts_with("dev") && rel.components().count() > 1 {
+                        tracing::debug!(entry = %name, "device node under /dev skipped");
+                        self.stats.skipped_devices += 1;
+                        return Ok(());
+                    }
                     return Err(refuse(EntryProblem::Device(what)));
                 }
                 self.clear_path(&rel, &full).map_err(&refuse)?;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::artifact::UnpackOptions;
+use crate::artifact::{UnpackOptions, UnpackStats};
 use crate::release::{self, Layout, layout::display_time};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,7 +34,8 @@ pub struct DeployArgs {
     /// Keep uid/gid and setuid/setgid bits from the archive.
     #[arg(long)]
     pub same_owner: bool,
-    /// Allow device nodes and FIFOs in the archive.
+    /// Create device nodes and FIFOs from the archive (by default those under /dev/ are
+    /// skipped, since `run` mounts its own /dev, and any others refused).
     #[arg(long)]
     pub allow_devices: bool,
     /// Refuse archives that unpack to more than this many bytes.
@@ -128,11 +129,12 @@ pub fn execute(args: DeployArgs) -> anyhow::Result<ExitCode> {
         Mode::Symlink => {
             let d = release::deploy(&layout, input, args.version.as_deref(), args.keep, &opts)?;
             eprintln!(
-                "deployed {} ({}, {} entries, {} bytes); current: {} (was {}){}",
+                "deployed {} ({}, {} entries, {} bytes{}); current: {} (was {}){}",
                 d.version,
                 d.stats.compression,
                 d.stats.entries,
                 d.stats.bytes,
+                skipped_note(&d.stats),
                 d.version,
                 d.previous.as_deref().unwrap_or("nothing"),
                 if d.pruned.is_empty() {
@@ -148,9 +150,10 @@ pub fn execute(args: DeployArgs) -> anyhow::Result<ExitCode> {
             }
             let (u, s) = release::rsync::deploy(&layout, input, &opts)?;
             eprintln!(
-                "synced {} ({} entries): {} updated, {} unchanged, {} deleted, {} mountpoints spared",
+                "synced {} ({} entries{}): {} updated, {} unchanged, {} deleted, {} mountpoints spared",
                 layout.root.display(),
                 u.entries,
+                skipped_note(&u),
                 s.updated,
                 s.unchanged,
                 s.deleted,
@@ -159,4 +162,12 @@ pub fn execute(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `", N device nodes/FIFOs under /dev/ skipped"` when there were any.
+fn skipped_note(stats: &UnpackStats) -> String {
+    match stats.skipped_devices {
+        0 => String::new(),
+        n => format!(", {n} device nodes/FIFOs under /dev/ skipped (run mounts its own /dev)"),
+    }
 }

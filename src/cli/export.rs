@@ -61,6 +61,12 @@ pub fn execute(args: ExportArgs) -> anyhow::Result<ExitCode> {
     match result {
         Ok(summary) => {
             tracing::info!(image = %summary.image, entries = summary.entries, "export done");
+            if summary.skipped_devices > 0 {
+                eprintln!(
+                    "export: left out {} device nodes/FIFOs under /dev/ (run gives the jail its own /dev)",
+                    summary.skipped_devices
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => match err.downcast_ref::<ExportError>() {

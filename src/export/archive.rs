@@ -244,13 +244,14 @@ pub fn flatten<W: Write>(
     writer
         .append_drootenv(&drootenv)
         .map_err(ExportError::Output)?;
-    let entries = writer.entries();
+    let (entries, skipped_devices) = (writer.entries(), writer.skipped_devices());
     let out = writer.finish().map_err(ExportError::Output)?;
-    info!(image = %image.name, entries, "archive flattened");
+    info!(image = %image.name, entries, skipped_devices, "archive flattened");
     Ok((
         ExportSummary {
             image: image.name,
             entries,
+            skipped_devices,
         },
         out,
     ))

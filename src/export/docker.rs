@@ -205,13 +205,14 @@ fn rewrite<R: Read, W: Write>(
     writer
         .append_drootenv(drootenv)
         .map_err(ExportError::Output)?;
-    let entries = writer.entries();
+    let (entries, skipped_devices) = (writer.entries(), writer.skipped_devices());
     let out = writer.finish().map_err(ExportError::Output)?;
-    info!(image, entries, "engine export re-written");
+    info!(image, entries, skipped_devices, "engine export re-written");
     Ok((
         ExportSummary {
             image: image.to_string(),
             entries,
+            skipped_devices,
         },
         out,
     ))

@@ -11,7 +11,9 @@
 //!
 //! Either way the image's `Config.Env` becomes `/.drootenv` (rendered by
 //! [`crate::drootenv::render`]), replacing any such file shipped in the image, and every path
-//! in the output is relative (`bin/sh`, `.drootenv`), as droot produced. Entry paths that are
+//! in the output is relative (`bin/sh`, `.drootenv`), as droot produced. Device nodes and FIFOs
+//! under `/dev/` are left out and counted ([`ExportSummary::skipped_devices`]): the jail's
+//! `/dev` is its own, and `deploy` would refuse them. Entry paths that are
 //! absolute or contain `..` are refused: a flattened rootfs is later unpacked as root, and a
 //! tar that points outside its root is an attack, not an image.
 //!
@@ -49,6 +51,8 @@ pub struct ExportSummary {
     pub image: String,
     /// Entries written to the output tar, `.drootenv` included.
     pub entries: u64,
+    /// Device nodes and FIFOs under `/dev/` left out (`run` gives the jail its own `/dev`).
+    pub skipped_devices: u64,
 }
 
 /// Everything that can go wrong in an export; each message says what to do about it.

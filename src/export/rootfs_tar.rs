@@ -5,9 +5,16 @@
 //! sources mix ustar, GNU and PAX and we want one consistent, relative-path output. Extended
 //! attributes (e.g. `security.capability` on `ping`) are carried over as PAX records.
 //!
+//! Device nodes and FIFOs under `dev/` are left out (and counted): `run` mounts a fresh `/dev`
+//! over the release's, so they could never be used, and `deploy` refuses device nodes by
+//! default. A hardlink to one left out is left out too when it is under `dev/`, and becomes a
+//! copy of the node elsewhere, so the output never holds a dangling hardlink. Everything else is
+//! written as it came, devices outside `dev/` included (deploy decides about those).
+//!
 //! Read errors (the source) and write errors (the output) are told apart ([`CopyError`]) so
 //! the caller can blame the right side.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 
@@ -81,6 +88,9 @@ pub struct RootfsWriter<W: Write> {
     builder: tar::Builder<Encoder<W>>,
     max_mtime: u64,
     entries: u64,
+    /// Device nodes and FIFOs under `dev/` left out, by path, with their headers.
+    masked: HashMap<Vec<u8>, Header>,
+    masked_count: u64,
 }
 
 impl<W: Write> RootfsWriter<W> {
@@ -91,12 +101,19 @@ impl<W: Write> RootfsWriter<W> {
             builder,
             max_mtime: 0,
             entries: 0,
+            masked: HashMap::new(),
+            masked_count: 0,
         })
     }
 
     /// Entries written so far.
     pub fn entries(&self) -> u64 {
         self.entries
+    }
+
+    /// Device nodes and FIFOs under `dev/` (and hardlinks to them there) left out so far.
+    pub fn skipped_devices(&self) -> u64 {
+        self.masked_count
     }
 
     /// Copies `entry` (metadata and data) to the output at `path`; a hardlink points at
@@ -109,6 +126,23 @@ impl<W: Write> RootfsWriter<W> {
     ) -> Result<(), CopyError> {
         let (mut header, xattrs) = out_header(entry).map_err(CopyError::Read)?;
         let entry_type = header.entry_type();
+        if is_device(entry_type) && under_dev(path) {
+            tracing::debug!(entry = %super::show(path), "device node under /dev left out");
+            self.masked.insert(path.to_vec(), header);
+            self.masked_count += 1;
+            return Ok(());
+        }
+        if entry_type.is_hard_link() {
+            let target = match link_target {
+                Some(t) => Some(t.to_vec()),
+                None => entry
+                    .link_name_bytes()
+                    .and_then(|t| super::normalize_path(&t).ok()),
+            };
+            if let Some(node) = target.and_then(|t| self.masked.get(&t)) {
+                return self.link_to_masked(node.clone(), path);
+            }
+        }
         self.max_mtime = self.max_mtime.max(header.mtime().unwrap_or(0));
         if !xattrs.is_empty() {
             self.builder
@@ -145,6 +179,20 @@ impl<W: Write> RootfsWriter<W> {
         }
     }
 
+    /// A hardlink at `path` to the left-out node `node`: left out under `dev/`, else the node
+    /// itself (the first name of a node is as good as any other).
+    fn link_to_masked(&mut self, mut node: Header, path: &[u8]) -> Result<(), CopyError> {
+        if under_dev(path) {
+            self.masked_count += 1;
+            return Ok(());
+        }
+        self.builder
+            .append_data(&mut node, std::ffi::OsStr::from_bytes(path), io::empty())
+            .map_err(CopyError::Write)?;
+        self.entries += 1;
+        Ok(())
+    }
+
     /// Adds `/.drootenv` with `text`, root-owned, mode 0644, dated like the newest entry so
     /// the same image always gives the same bytes.
     pub fn append_drootenv(&mut self, text: &str) -> io::Result<()> {
@@ -165,6 +213,17 @@ impl<W: Write> RootfsWriter<W> {
     pub fn finish(self) -> io::Result<W> {
         self.builder.into_inner()?.finish()
     }
+}
+
+/// Character and block devices and FIFOs.
+fn is_device(t: EntryType) -> bool {
+    t.is_character_special() || t.is_block_special() || t.is_fifo()
+}
+
+/// Whether a normalized path is strictly below `dev/`.
+fn under_dev(path: &[u8]) -> bool {
+    path.strip_prefix(b"dev/")
+        .is_some_and(|rest| !rest.is_empty())
 }
 
 /// A reader that remembers its own error, so a failed copy can be blamed correctly.
@@ -337,6 +396,79 @@ mod tests {
         assert_eq!(
             out[2],
             (".drootenv".into(), 0o644, 1234, b"A=b=c\n".to_vec())
+        );
+    }
+
+    /// A tar with devices and FIFOs in and out of `dev/`, and hardlinks to them.
+    fn with_devices() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |t: EntryType, path: &str, link: Option<&str>| {
+            let mut h = Header::new_gnu();
+            h.set_entry_type(t);
+            h.set_mode(0o666);
+            h.set_size(0);
+            h.set_device_major(1).unwrap();
+            h.set_device_minor(3).unwrap();
+            match link {
+                Some(target) => b.append_link(&mut h, path, target).unwrap(),
+                None => b.append_data(&mut h, path, io::empty()).unwrap(),
+            }
+        };
+        add(EntryType::Directory, "./dev/", None);
+        add(EntryType::Char, "./dev/null", None);
+        add(EntryType::Block, "./dev/sda", None);
+        add(EntryType::Fifo, "./dev/initctl", None);
+        add(EntryType::Link, "./dev/null2", Some("./dev/null"));
+        add(EntryType::Link, "./lib/null", Some("./dev/null"));
+        add(EntryType::Symlink, "./dev/fd", Some("/proc/self/fd"));
+        add(EntryType::Char, "./srv/null", None);
+        add(EntryType::Fifo, "./dev", None);
+        add(EntryType::Char, "./devices/null", None);
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn devices_under_dev_are_left_out_and_counted() {
+        let src = with_devices();
+        let mut w = RootfsWriter::new(Vec::new(), Compression::None).unwrap();
+        for e in tar::Archive::new(src.as_slice()).entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = crate::export::normalize_path(&e.path_bytes()).unwrap();
+            w.copy_entry(&mut e, &p, None).unwrap();
+        }
+        assert_eq!(
+            w.skipped_devices(),
+            4,
+            "null, sda, initctl and the link null2"
+        );
+        assert_eq!(w.entries(), 6);
+        let out = w.finish().unwrap();
+        let mut seen = Vec::new();
+        for e in tar::Archive::new(out.as_slice()).entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            let t = h.entry_type();
+            let dev = if t.is_character_special() || t.is_block_special() {
+                (h.device_major().unwrap(), h.device_minor().unwrap())
+            } else {
+                (None, None)
+            };
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            seen.push((path, t, dev));
+        }
+        let dev = (Some(1), Some(3));
+        assert_eq!(
+            seen,
+            vec![
+                ("dev".into(), EntryType::Directory, (None, None)),
+                // A hardlink elsewhere to a node left out becomes the node itself.
+                ("lib/null".into(), EntryType::Char, dev),
+                ("dev/fd".into(), EntryType::Symlink, (None, None)),
+                ("srv/null".into(), EntryType::Char, dev),
+                // `dev` itself, and a name merely starting with "dev", are not under /dev/.
+                ("dev".into(), EntryType::Fifo, (None, None)),
+                ("devices/null".into(), EntryType::Char, dev),
+            ]
         );
     }
 
