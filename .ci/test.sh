@@ -11,8 +11,9 @@ fi
 
 # Debian packages: busybox-static builds the jail rootfs; zstd, gzip and tar are the peers in
 # the unpack benchmark and build test archives; iproute2 makes network namespaces;
-# util-linux gives mount/unshare; procps gives ps for the agent tests; file checks the static link.
-pkgs=(busybox-static zstd gzip tar iproute2 util-linux procps file ca-certificates)
+# util-linux gives mount/unshare/flock; procps gives ps for the agent tests; file checks the static
+# link; debootstrap makes the Debian rootfs of tests/distro.rs and the image benchmark.
+pkgs=(busybox-static zstd gzip tar iproute2 util-linux procps file ca-certificates debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -29,6 +30,9 @@ if command -v docker >/dev/null && ! docker info >/dev/null 2>&1; then
   (service docker start || (nohup dockerd >/tmp/dockerd.log 2>&1 &)) >/dev/null 2>&1 || true
   for _ in $(seq 1 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
 fi
+
+# A minimal Debian bookworm (debootstrap), built once per machine and cached for tests/distro.rs.
+bash .ci/debian-rootfs.sh >/dev/null
 
 cargo build --all-targets --locked
 # The one static binary that ships to every host; tests/image.rs runs it in an empty image.

@@ -32,6 +32,11 @@ impl TestImage {
     pub fn import(rootfs: &Path, changes: &[&str]) -> Self {
         let tar = rootfs.with_extension("tar");
         tar_dir(rootfs, &tar);
+        Self::import_tar(&tar, changes)
+    }
+
+    /// `docker import`s the rootfs tar `tar` with the given `--change`s.
+    pub fn import_tar(tar: &Path, changes: &[&str]) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
