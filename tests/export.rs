@@ -279,6 +279,51 @@ fn config_without_env_gives_an_empty_drootenv() {
     assert_eq!(got.get("a"), Some(&file("a")), "{got:?}");
 }
 
+/// Issue 9: `run` masks /dev, and deploy refuses device nodes; export leaves those under
+/// /dev/ out, says how many, and keeps everything else as it came.
+#[test]
+fn devices_under_dev_are_left_out_and_counted() {
+    use tar::EntryType::{Block, Char, Fifo};
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("save.tar");
+    let layers = vec![
+        layer(&[
+            E::Dir("./dev/"),
+            E::Node("./dev/null", Char),
+            E::Node("./dev/sda", Block),
+            E::Sym("./dev/fd", "/proc/self/fd"),
+            E::Node("./srv/null", Char),
+        ]),
+        layer(&[
+            E::Node("./dev/initctl", Fifo),
+            E::Node("./devices/pipe", Fifo),
+        ]),
+    ];
+    legacy_archive(&archive, &[(&["dev:1"], layers, &ENV)]);
+    let out = t.path().join("out.tar");
+    let o = run(&[
+        "export",
+        "--from-archive",
+        archive.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("left out 3 device nodes/FIFOs under /dev/"),
+        "{}",
+        stderr(&o)
+    );
+    let got = read_entries(&out);
+    let names: Vec<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [".drootenv", "dev", "dev/fd", "devices/pipe", "srv/null"]
+    );
+    assert_eq!(got["srv/null"], Got::Node(Char));
+    assert_eq!(got["devices/pipe"], Got::Node(Fifo));
+}
+
 #[test]
 fn stdout_output_but_never_to_a_terminal() {
     let t = tempfile::tempdir().unwrap();

@@ -17,6 +17,8 @@ pub enum E<'a> {
     Sym(&'a str, &'a str),
     /// A raw, unchecked name (for `..` and absolute paths the tar crate refuses to write).
     Raw(&'a str),
+    /// A device node or FIFO (devices are 1:3, like /dev/null).
+    Node(&'a str, tar::EntryType),
 }
 
 pub fn layer(entries: &[E]) -> Vec<u8> {
@@ -48,6 +50,14 @@ pub fn layer(entries: &[E]) -> Vec<u8> {
                 h.set_mode(0o777);
                 h.set_size(0);
                 b.append_link(&mut h, p, t).unwrap();
+            }
+            E::Node(p, kind) => {
+                h.set_entry_type(*kind);
+                h.set_mode(0o666);
+                h.set_size(0);
+                h.set_device_major(1).unwrap();
+                h.set_device_minor(3).unwrap();
+                b.append_data(&mut h, p, std::io::empty()).unwrap();
             }
             E::Raw(p) => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -284,6 +294,8 @@ pub enum Got {
     File(Vec<u8>),
     Sym(String),
     Hard(String),
+    /// A device node or FIFO, by entry type.
+    Node(tar::EntryType),
 }
 
 pub fn file(content: &str) -> Got {
@@ -314,6 +326,8 @@ pub fn entries_of(bytes: &[u8]) -> BTreeMap<String, Got> {
             Got::Sym(link())
         } else if t.is_hard_link() {
             Got::Hard(link())
+        } else if t.is_character_special() || t.is_block_special() || t.is_fifo() {
+            Got::Node(t)
         } else {
             let mut data = Vec::new();
             e.read_to_end(&mut data).unwrap();
