@@ -132,6 +132,10 @@ impl<W: Write> RootfsWriter<W> {
             self.masked_count += 1;
             return Ok(());
         }
+        if !self.masked.is_empty() {
+            // A later entry replaces the node: hardlinks to this path now mean the new entry.
+            self.masked.remove(path);
+        }
         if entry_type.is_hard_link() {
             let target = match link_target {
                 Some(t) => Some(t.to_vec()),
@@ -470,6 +474,38 @@ mod tests {
                 ("devices/null".into(), EntryType::Char, dev),
             ]
         );
+    }
+
+    #[test]
+    fn a_hardlink_to_a_replaced_node_links_to_the_replacement() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Char);
+        h.set_size(0);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        b.append_data(&mut h, "dev/null", io::empty()).unwrap();
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(2);
+        b.append_data(&mut h, "dev/null", &b"ok"[..]).unwrap();
+        h.set_entry_type(EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, "lib/null", "dev/null").unwrap();
+        let src = b.into_inner().unwrap();
+        let mut w = RootfsWriter::new(Vec::new(), Compression::None).unwrap();
+        for e in tar::Archive::new(src.as_slice()).entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = crate::export::normalize_path(&e.path_bytes()).unwrap();
+            w.copy_entry(&mut e, &p, None).unwrap();
+        }
+        assert_eq!((w.skipped_devices(), w.entries()), (1, 2));
+        let out = w.finish().unwrap();
+        let kinds: Vec<EntryType> = tar::Archive::new(out.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().header().entry_type())
+            .collect();
+        assert_eq!(kinds, [EntryType::Regular, EntryType::Link]);
     }
 
     #[test]
