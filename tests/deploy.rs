@@ -311,14 +311,9 @@ fn rsync_mode_updates_in_place_and_spares_mountpoints() {
         let _ = Command::new("umount").arg(root.join(m)).status();
     }
     ok(&out);
-    assert!(
-        after.contains(&"proc/live (4 bytes)".to_string()),
-        "{after:?}"
-    );
-    assert!(
-        after.contains(&"data/live (4 bytes)".to_string()),
-        "{after:?}"
-    );
+    for live in ["proc/live (4 bytes)", "data/live (4 bytes)"] {
+        assert!(after.iter().any(|e| e.starts_with(live)), "{after:?}");
+    }
     assert_eq!(std::fs::read(root.join("change")).unwrap(), b"new!");
     assert_eq!(std::fs::read(root.join("added")).unwrap(), b"a");
     assert!(!root.join("gone").exists());

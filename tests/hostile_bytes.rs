@@ -130,12 +130,32 @@ fn frame_decoder_survives_garbage_and_any_chunking() {
     }
 }
 
+/// Names, modes, owners and mtimes under `dir`, and `dir`'s own: any change outside is damage.
 fn snapshot(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let line = |name: String, m: std::fs::Metadata| {
+        format!(
+            "{name} {:o} {}:{} {}.{} {}",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.len()
+        )
+    };
     let mut out: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            let e = e.unwrap();
+            line(
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::symlink_metadata(e.path()).unwrap(),
+            )
+        })
         .collect();
     out.sort();
+    out.push(line(".".into(), std::fs::symlink_metadata(dir).unwrap()));
     out
 }
 
