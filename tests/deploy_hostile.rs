@@ -80,7 +80,7 @@ fn hostile_corpus(outside: &Path) -> Vec<Hostile> {
         ),
         h(
             "path-10000-levels",
-            Archive::new().long_file(&"a/".repeat(10_000).trim_end_matches('/').to_string(), b"x"),
+            Archive::new().long_file("a/".repeat(10_000).trim_end_matches('/'), b"x"),
             "over the 4095-byte limit",
         ),
         h(
