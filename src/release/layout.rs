@@ -188,10 +188,13 @@ pub struct RootLock {
 impl RootLock {
     /// Takes the lock, waiting (and saying so) while another deploy holds it.
     pub fn acquire(layout: &Layout) -> io::Result<RootLock> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(layout.tool_dir().join("lock"))?;
         let fd = file.as_raw_fd();
         if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
