@@ -1,4 +1,4 @@
-//! The mount table, read from `/proc/self/mountinfo`.
+//! The mount table, read from `/proc/self/mountinfo` as bytes (a mount point need not be UTF-8).
 //!
 //! `umount`, `rm` and rsync-mode deploys must know which paths below a root are mountpoints
 //! (a running jail's /proc, /sys, /dev and bind mounts) so they never delete or descend into
