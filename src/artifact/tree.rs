@@ -17,6 +17,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::SystemTime;
 
 use nix::errno::Errno;
@@ -68,6 +69,10 @@ pub struct TreeWriter {
     root_path: PathBuf,
     dirs: Vec<SavedDir>,
     root_attrs: Option<Attrs>,
+    /// The last parent directory opened (archives list siblings together). Safe to reuse:
+    /// nothing here renames a directory, and removing one drops the cache.
+    last_parent: Option<(PathBuf, Rc<OwnedFd>)>,
+    umask: u32,
 }
 
 /// Shortens a path for an error message (a 10,000-level path must not make a 20 KB error).
@@ -84,6 +89,16 @@ pub fn shown(p: &Path) -> String {
     format!("{}... ({} bytes)", &s[..cut], s.len())
 }
 
+/// The process umask (read by setting it and putting it back).
+fn current_umask() -> u32 {
+    // SAFETY: umask only swaps the process's mask; it is restored at once.
+    unsafe {
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        m as u32
+    }
+}
+
 fn name_of(rel: &Path) -> &OsStr {
     rel.file_name()
         .expect("sanitised entry paths end in a name")
@@ -97,6 +112,8 @@ impl TreeWriter {
             root_path: dest.to_path_buf(),
             dirs: Vec::new(),
             root_attrs: None,
+            last_parent: None,
+            umask: current_umask(),
         })
     }
 
@@ -116,8 +133,19 @@ impl TreeWriter {
 
     /// Opens the parent directory of `rel`, creating missing ancestors (0755, like tar) when
     /// `create`; a symlink or non-directory on the way is refused, naming it.
-    fn parent(&self, rel: &Path, create: bool) -> Result<OwnedFd, TreeError> {
+    fn parent(&mut self, rel: &Path, create: bool) -> Result<Rc<OwnedFd>, TreeError> {
         let parent = rel.parent().unwrap_or(Path::new(""));
+        if let Some((p, fd)) = &self.last_parent
+            && p == parent
+        {
+            return Ok(fd.clone());
+        }
+        let fd = Rc::new(self.open_parent(parent, create)?);
+        self.last_parent = Some((parent.to_path_buf(), fd.clone()));
+        Ok(fd)
+    }
+
+    fn open_parent(&self, parent: &Path, create: bool) -> Result<OwnedFd, TreeError> {
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
         match beneath::open(self.root.as_fd(), parent, flags, Mounts::Refuse) {
             Ok(fd) => return Ok(fd),
@@ -153,12 +181,13 @@ impl TreeWriter {
 
     /// Removes whatever is at `name` so a new entry can take its place (a later entry
     /// replaces an earlier one, as with tar); a non-empty directory is refused.
-    fn clear(&self, dir: BorrowedFd<'_>, rel: &Path) -> Result<(), TreeError> {
+    fn clear(&mut self, dir: BorrowedFd<'_>, rel: &Path) -> Result<(), TreeError> {
         let name = name_of(rel);
         match beneath::lstat_at(dir, Path::new(name)) {
             Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(self.io_err(rel)(e)),
             Ok(st) if beneath::kind(&st) == SFlag::S_IFDIR => {
+                self.last_parent = None;
                 unlinkat(dir, name, UnlinkatFlags::RemoveDir)
                     .map_err(|_| EntryProblem::ReplacesDirectory.into())
             }
@@ -212,10 +241,12 @@ impl TreeWriter {
         Ok(File::from(fd))
     }
 
-    /// Sets a written file's owner, exact mode (the umask ignored) and mtime.
+    /// Sets a written file's owner, exact mode (the umask ignored) and mtime. The chmod is
+    /// skipped when the create mode already was exact (no umask bits, no set-id, no chown).
     pub fn finish_file(&self, rel: &Path, file: &File, attrs: Attrs) -> Result<(), TreeError> {
-        beneath::set_attrs(file.as_fd(), Some(attrs.mode), attrs.owner, attrs.mtime)
-            .map_err(self.io_err(rel))
+        let exact = attrs.mode & !self.umask & 0o777 == attrs.mode && attrs.owner.is_none();
+        let mode = (!exact).then_some(attrs.mode);
+        beneath::set_attrs(file.as_fd(), mode, attrs.owner, attrs.mtime).map_err(self.io_err(rel))
     }
 
     /// A symlink; its target is stored, never followed.
