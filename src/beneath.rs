@@ -194,14 +194,25 @@ pub fn list(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
 /// a directory is emptied through descriptors, never crossing into a mount (`EXDEV`) nor
 /// following a symlink, then removed. A tree swapped under it fails with an error and leaves
 /// everything outside `dir` alone.
+/// A tree deeper than this (a jail can nest directories without end) is refused with
+/// `ENAMETOOLONG` rather than risking the stack.
+pub const MAX_DEPTH: usize = 1024;
+
 pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
+    remove_below(dir, name, 0)
+}
+
+fn remove_below(dir: BorrowedFd<'_>, name: &Path, depth: usize) -> Result<(), Errno> {
     let st = lstat_at(dir, name)?;
     if kind(&st) != SFlag::S_IFDIR {
         return unlinkat(dir, name, UnlinkatFlags::NoRemoveDir);
     }
+    if depth >= MAX_DEPTH {
+        return Err(Errno::ENAMETOOLONG);
+    }
     let sub = open_dir(dir, name, Mounts::Refuse)?;
     for child in list(sub.as_fd())? {
-        match remove_tree_at(sub.as_fd(), Path::new(&child)) {
+        match remove_below(sub.as_fd(), Path::new(&child), depth + 1) {
             Ok(()) | Err(Errno::ENOENT) => {}
             Err(e) => return Err(e),
         }

@@ -377,3 +377,61 @@ impl TreeWriter {
         Ok(root_mode)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn attrs(mode: u32) -> Attrs {
+        Attrs {
+            mode,
+            owner: None,
+            mtime: Some(SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn a_replaced_directory_loses_its_attributes() {
+        let t = tempfile::tempdir().unwrap();
+        let (dest, victim) = (t.path().join("dest"), t.path().join("victim"));
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let before = std::fs::metadata(&victim).unwrap();
+        let mut w = TreeWriter::open(&dest).unwrap();
+        w.create_dir(Path::new("a"), attrs(0o777)).unwrap();
+        w.symlink(Path::new("a"), &victim, None).unwrap();
+        w.create_dir(Path::new("b"), attrs(0o750)).unwrap();
+        w.finish().unwrap();
+        let after = std::fs::metadata(&victim).unwrap();
+        assert_eq!(after.mode(), before.mode());
+        assert_eq!(after.mtime(), before.mtime());
+        let b = std::fs::metadata(dest.join("b")).unwrap();
+        assert_eq!(
+            (b.mode() & 0o7777, b.mtime()),
+            (0o750, 0),
+            "kept dirs get theirs"
+        );
+    }
+
+    #[test]
+    fn writes_through_a_symlinked_parent_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        let mut w = TreeWriter::open(&dest).unwrap();
+        w.symlink(Path::new("l"), t.path(), None).unwrap();
+        for e in [
+            w.create_file(Path::new("l/x"), 0o644).map(drop),
+            w.create_dir(Path::new("l/d"), attrs(0o755)),
+            w.hardlink(Path::new("h"), Path::new("l/dest")),
+        ] {
+            match e {
+                Err(TreeError::Refused(EntryProblem::ThroughSymlink(p))) => assert_eq!(p, "l"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(!t.path().join("x").exists() && !t.path().join("d").exists());
+    }
+}
