@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use nix::errno::Errno;
@@ -194,30 +194,46 @@ pub fn list(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
 /// a directory is emptied through descriptors, never crossing into a mount (`EXDEV`) nor
 /// following a symlink, then removed. A tree swapped under it fails with an error and leaves
 /// everything outside `dir` alone.
-/// A tree deeper than this (a jail can nest directories without end) is refused with
-/// `ENAMETOOLONG` rather than risking the stack.
-pub const MAX_DEPTH: usize = 1024;
-
+///
+/// Iterative, holding two descriptors at most: each directory is reopened from `dir` by its
+/// relative path (`openat2` checks every component again), so neither the stack nor the
+/// descriptor limit bounds the depth; a path over `PATH_MAX` fails with `ENAMETOOLONG`.
 pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
-    remove_below(dir, name, 0)
-}
-
-fn remove_below(dir: BorrowedFd<'_>, name: &Path, depth: usize) -> Result<(), Errno> {
     let st = lstat_at(dir, name)?;
     if kind(&st) != SFlag::S_IFDIR {
         return unlinkat(dir, name, UnlinkatFlags::NoRemoveDir);
     }
-    if depth >= MAX_DEPTH {
-        return Err(Errno::ENAMETOOLONG);
-    }
-    let sub = open_dir(dir, name, Mounts::Refuse)?;
-    for child in list(sub.as_fd())? {
-        match remove_below(sub.as_fd(), Path::new(&child), depth + 1) {
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(e) => return Err(e),
+    // (path relative to `dir`, times emptied): a directory is listed, its files unlinked and
+    // its subdirectories pushed; once they are gone it is removed.
+    let mut stack: Vec<(PathBuf, u32)> = vec![(name.to_path_buf(), 0)];
+    while let Some((top, emptied)) = stack.pop() {
+        if emptied > 0 {
+            let parent = top.parent().unwrap_or(Path::new(""));
+            let pfd = open_dir(dir, parent, Mounts::Refuse)?;
+            let last = top.file_name().map_or(Path::new(""), Path::new);
+            match unlinkat(pfd.as_fd(), last, UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => continue,
+                // Something was added meanwhile (a live jail): empty it again, a few times.
+                Err(Errno::ENOTEMPTY) if emptied < 3 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let fd = open_dir(dir, &top, Mounts::Refuse)?;
+        stack.push((top.clone(), emptied + 1));
+        for child in list(fd.as_fd())? {
+            let c = Path::new(&child);
+            match lstat_at(fd.as_fd(), c) {
+                Ok(st) if kind(&st) == SFlag::S_IFDIR => stack.push((top.join(c), 0)),
+                Ok(_) => match unlinkat(fd.as_fd(), c, UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(e),
+                },
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
-    unlinkat(dir, name, UnlinkatFlags::RemoveDir)
+    Ok(())
 }
 
 /// Whether two open regular files have the same bytes (both read from the start).
@@ -294,6 +310,28 @@ mod tests {
         remove_tree_at(root.as_fd(), Path::new("top")).unwrap();
         assert!(!t.path().join("d").exists() && !t.path().join("top").exists());
         assert_eq!(std::fs::read(outside.path().join("keep")).unwrap(), b"k");
+    }
+
+    #[test]
+    fn remove_tree_at_handles_trees_deeper_than_the_descriptor_limit() {
+        let t = tempfile::tempdir().unwrap();
+        let root = open_named_dir(t.path()).unwrap();
+        let mut cur = root.try_clone().unwrap();
+        for _ in 0..1100 {
+            mkdir_mode(cur.as_fd(), Path::new("d"), 0o755).unwrap();
+            let f = openat(
+                cur.as_fd(),
+                "f",
+                OFlag::O_CREAT | OFlag::O_WRONLY,
+                Mode::empty(),
+            );
+            drop(f.unwrap());
+            cur = open_dir(cur.as_fd(), Path::new("d"), Mounts::Refuse).unwrap();
+        }
+        drop(cur);
+        remove_tree_at(root.as_fd(), Path::new("d")).unwrap();
+        let left: Vec<_> = std::fs::read_dir(t.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "only the top file is left");
     }
 
     #[test]

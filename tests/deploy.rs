@@ -164,10 +164,12 @@ fn prune_never_follows_a_symlink_out_of_the_root() {
     ok(&deploy(&root, &a, &["--version", "a"]));
     // A release entry that is a symlink to data outside, recorded as the oldest release.
     std::os::unix::fs::symlink(&outside, root.join("releases/0-link")).unwrap();
+    let before = common::archive::snapshot_dir(&outside);
     for v in ["b", "c", "d"] {
         ok(&deploy(&root, &a, &["--version", v, "--keep", "1"]));
     }
     assert_eq!(std::fs::read(outside.join("data")).unwrap(), b"keep me");
+    assert_eq!(common::archive::snapshot_dir(&outside), before);
 }
 
 #[test]
