@@ -231,7 +231,10 @@ impl Unpacker<'_> {
                 let shown_target = shown(&target);
                 let target_rel = match entry_path::sanitize(&target) {
                     Ok(Some(t)) => t,
-                    _ => return Err(refuse(EntryProblem::HardlinkOutside(shown_target))),
+                    Ok(None) | Err(EntryPathError::ParentDir) => {
+                        return Err(refuse(EntryProblem::HardlinkOutside(shown_target)));
+                    }
+                    Err(e) => return Err(refuse(e.into())),
                 };
                 self.tree.hardlink(&rel, &target_rel).map_err(tree_err)?;
             }
