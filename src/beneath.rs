@@ -85,6 +85,30 @@ pub fn open_named_dir(path: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// The id of the mount a descriptor is on (`statx` `STATX_MNT_ID`): rename(2) works only
+/// within one mount, even between two bind mounts of one filesystem.
+pub fn mount_id(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx fills the buffer we own; an empty path with AT_EMPTY_PATH names `fd`.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    };
+    Errno::result(rc)?;
+    // SAFETY: statx succeeded, so the buffer is initialised.
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(Errno::ENOSYS);
+    }
+    Ok(stx.stx_mnt_id)
+}
+
 /// `lstat` of one name in `dir`.
 pub fn lstat_at(dir: BorrowedFd<'_>, name: &Path) -> Result<FileStat, Errno> {
     fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
@@ -332,6 +356,19 @@ mod tests {
         remove_tree_at(root.as_fd(), Path::new("d")).unwrap();
         let left: Vec<_> = std::fs::read_dir(t.path()).unwrap().flatten().collect();
         assert_eq!(left.len(), 1, "only the top file is left");
+    }
+
+    #[test]
+    fn mount_ids_tell_mounts_apart() {
+        let t = tempfile::tempdir().unwrap();
+        let a = open_named_dir(t.path()).unwrap();
+        let b = open_named_dir(t.path()).unwrap();
+        let proc = open_named_dir(Path::new("/proc")).unwrap();
+        assert_eq!(mount_id(a.as_fd()).unwrap(), mount_id(b.as_fd()).unwrap());
+        assert_ne!(
+            mount_id(a.as_fd()).unwrap(),
+            mount_id(proc.as_fd()).unwrap()
+        );
     }
 
     #[test]

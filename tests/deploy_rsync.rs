@@ -228,3 +228,30 @@ fn non_utf8_mount_points_break_neither_rsync_nor_umount_nor_rm() {
         "the host mount table is still not UTF-8 (the test covered that case)"
     );
 }
+
+/// The staging tree is renamed into the root, which works only within one mount: a root that
+/// is a mountpoint of its own is refused up front, naming the cause, with nothing changed.
+#[test]
+fn a_root_that_is_its_own_mount_is_refused_with_nothing_changed() {
+    common::require_root("mounting a tmpfs as the root");
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let _guard = Unmount(vec![root.clone()]);
+    mount_tmpfs(&root);
+    std::fs::write(root.join("old"), b"old").unwrap();
+    let before = snapshot_dir(&root);
+    let v1 = Archive::new()
+        .file("bin", b"v1")
+        .write(&t.path().join("v1.tar"));
+    let out = rsync(&root, &v1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("mountpoint of its own"), "{err}");
+    assert_eq!(snapshot_dir(&root), before);
+    let staging = t.path().join(".app.droot-fleet/staging");
+    assert_eq!(
+        std::fs::read_dir(staging).unwrap().count(),
+        0,
+        "staging cleaned"
+    );
+}

@@ -313,11 +313,11 @@ fn merge(
     let root_fd = beneath::open_named_dir(root).map_err(ReleaseError::io("cannot open", root))?;
     let src_fd = beneath::open_dir(state_fd.as_fd(), Path::new(STAGING), Mounts::Refuse)
         .map_err(io_err("cannot open staging for", root))?;
-    let (rd, sd) = (
-        fstat(&root_fd).map_err(io_err("cannot stat", root))?,
-        fstat(&src_fd).map_err(io_err("cannot stat staging for", root))?,
+    let (rm, sm) = (
+        beneath::mount_id(root_fd.as_fd()).map_err(io_err("cannot stat", root))?,
+        beneath::mount_id(src_fd.as_fd()).map_err(io_err("cannot stat staging for", root))?,
     );
-    if rd.st_dev != sd.st_dev {
+    if rm != sm {
         return Err(ReleaseError::Io {
             what: "rsync mode needs its staging directory on the filesystem of",
             path: root.to_path_buf(),
