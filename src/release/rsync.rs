@@ -66,9 +66,14 @@ impl Syncer<'_> {
         let path = self.root.join(rel);
         move |e| {
             let source = match e {
-                Errno::ELOOP | Errno::ENOTDIR => io::Error::other(
-                    "a symlink or a non-directory took its place during the deploy (is a jail \
-                     changing it?); nothing was written through it, run the deploy again",
+                Errno::ELOOP
+                | Errno::ENOTDIR
+                | Errno::EISDIR
+                | Errno::EEXIST
+                | Errno::ENOTEMPTY => io::Error::other(
+                    "it changed during the deploy (a symlink, file or directory took its \
+                         place: is a jail changing it?); nothing was written through a symlink, \
+                         run the deploy again",
                 ),
                 Errno::EXDEV => io::Error::other(
                     "a mountpoint took its place during the deploy; it was left alone",
