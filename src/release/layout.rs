@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -110,7 +110,8 @@ pub fn mkdir_p(path: &Path, mode: u32) -> io::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         mkdir_p(parent, 0o755)?;
     }
-    match std::fs::create_dir(path) {
+    // Created with `mode` (the umask can only take bits away), then set exactly.
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
         Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),

@@ -1,7 +1,7 @@
 //! Symlink-mode operations: deploy, rollback, list, prune. All of them hold the root lock.
 
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
 use super::ReleaseError;
 use super::history::History;
@@ -121,7 +121,9 @@ pub fn deploy<R: Read + Send + 'static>(
     }
 
     let staging = layout.staging_dir().join(&version);
-    std::fs::create_dir(&staging)
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
         .and_then(|()| std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700)))
         .map_err(ReleaseError::io("cannot create", &staging))?;
     let stats = match artifact::unpack(input, &staging, opts) {
