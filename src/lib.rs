@@ -4,6 +4,7 @@
 //! - [`artifact`]: archive formats (tar, gzip, zstd) and the hardened streaming unpacker.
 //! - [`release`]: the release directory (`releases/<v>`, `current`), atomic switch, rollback,
 //!   pruning, and the in-place rsync mode.
+//! - [`beneath`]: descriptor-relative file operations that never follow a symlink (openat2).
 //! - [`mountinfo`]: parsing `/proc/self/mountinfo`, and unmounting everything below a path.
 //! - [`teardown`]: `umount` and `rm` of a root.
 //! - [`jail`]: `run` — mount namespace, /dev, binds, chroot, user, capabilities, env, init.
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod api;
 pub mod artifact;
+pub mod beneath;
 pub mod cli;
 pub mod drootenv;
 pub mod export;

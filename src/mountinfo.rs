@@ -1,10 +1,12 @@
-//! The mount table, read from `/proc/self/mountinfo`.
+//! The mount table, read from `/proc/self/mountinfo` as bytes (a mount point need not be UTF-8).
 //!
 //! `umount`, `rm` and rsync-mode deploys must know which paths below a root are mountpoints
 //! (a running jail's /proc, /sys, /dev and bind mounts) so they never delete or descend into
 //! them. "Below" respects path boundaries: `/var/containers/app2` is not below
 //! `/var/containers/app`.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 
 /// One line of mountinfo, reduced to what droot-fleet needs.
@@ -25,8 +27,9 @@ pub enum MountInfoError {
 }
 
 /// Decodes the octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` backslash).
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
+/// The result is raw bytes: a mount point need not be UTF-8.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let b = field;
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -43,33 +46,39 @@ fn unescape(field: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
-/// Parses the text of a mountinfo file.
-pub fn parse(text: &str) -> Result<Vec<MountEntry>, MountInfoError> {
+fn number(field: &[u8]) -> Option<u64> {
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+/// Parses the bytes of a mountinfo file. Mount points are taken as bytes (the kernel writes
+/// whatever the path is, octal-escaping only space, tab, newline and backslash), so a
+/// non-UTF-8 mount point anywhere on the host never makes the table unreadable.
+pub fn parse(text: &[u8]) -> Result<Vec<MountEntry>, MountInfoError> {
     let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+    for (n, line) in text.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let malformed = || MountInfoError::Malformed {
             line: n + 1,
-            text: line.to_string(),
+            text: String::from_utf8_lossy(line).into_owned(),
         };
-        let fields: Vec<&str> = line.split(' ').collect();
+        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
         let sep = fields
             .iter()
-            .position(|f| *f == "-")
+            .position(|f| *f == b"-")
             .ok_or_else(malformed)?;
         if fields.len() < 5 || sep < 6 || fields.len() < sep + 2 {
             return Err(malformed());
         }
         out.push(MountEntry {
-            id: fields[0].parse().map_err(|_| malformed())?,
-            parent: fields[1].parse().map_err(|_| malformed())?,
-            mount_point: PathBuf::from(unescape(fields[4])),
-            fs_type: fields[sep + 1].to_string(),
+            id: number(fields[0]).ok_or_else(malformed)?,
+            parent: number(fields[1]).ok_or_else(malformed)?,
+            mount_point: PathBuf::from(OsString::from_vec(unescape(fields[4]))),
+            fs_type: String::from_utf8_lossy(fields[sep + 1]).into_owned(),
         });
     }
     Ok(out)
@@ -77,7 +86,7 @@ pub fn parse(text: &str) -> Result<Vec<MountEntry>, MountInfoError> {
 
 /// Reads this process's mount table.
 pub fn read() -> Result<Vec<MountEntry>, MountInfoError> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(MountInfoError::Read)?;
+    let text = std::fs::read("/proc/self/mountinfo").map_err(MountInfoError::Read)?;
     parse(&text)
 }
 
@@ -128,7 +137,7 @@ mod tests {
 
     #[test]
     fn parses_fields_and_escapes() {
-        let m = parse(SAMPLE).unwrap();
+        let m = parse(SAMPLE.as_bytes()).unwrap();
         assert_eq!(m.len(), 7);
         assert_eq!(m[1].mount_point, Path::new("/var/containers/app/proc"));
         assert_eq!(m[1].fs_type, "proc");
@@ -140,12 +149,21 @@ mod tests {
     }
 
     #[test]
+    fn non_utf8_mount_points_are_kept_as_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let text = b"40 22 0:9 / /srv/caf\xe9\\040x rw - tmpfs tmpfs rw\n";
+        let m = parse(text).unwrap();
+        assert_eq!(m[0].mount_point.as_os_str().as_bytes(), b"/srv/caf\xe9 x");
+        assert_eq!(m[0].fs_type, "tmpfs");
+    }
+
+    #[test]
     fn rejects_malformed_lines() {
         assert!(matches!(
-            parse("1 2 3\n"),
+            parse(b"1 2 3\n"),
             Err(MountInfoError::Malformed { line: 1, .. })
         ));
-        assert!(parse("x 1 0:1 / /a rw - tmpfs t rw\n").is_err());
+        assert!(parse(b"x 1 0:1 / /a rw - tmpfs t rw\n").is_err());
     }
 
     #[test]
@@ -160,7 +178,7 @@ mod tests {
 
     #[test]
     fn deepest_first_and_excludes_siblings() {
-        let m = parse(SAMPLE).unwrap();
+        let m = parse(SAMPLE.as_bytes()).unwrap();
         let got = mounts_at_or_below(&m, Path::new("/var/containers/app"));
         let got: Vec<_> = got.iter().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(

@@ -2,10 +2,12 @@
 //!
 //! Guarantees: nothing outside the root is unmounted (path boundaries are respected), and a
 //! tree is only removed once no mountpoint remains below it, so a bind mount of host data
-//! can never be deleted through the jail. Removal never follows symlinks (std's
-//! `remove_dir_all` works with `openat`/`unlinkat` and does not traverse links).
+//! can never be deleted through the jail. Removal works from directory descriptors
+//! ([`crate::beneath::remove_tree_at`]): it never follows a symlink and never crosses into a
+//! mount that appeared after the check.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -117,9 +119,20 @@ pub fn remove_tree(path: &Path) -> Result<(), TeardownError> {
     {
         return Err(TeardownError::StillMounted(m));
     }
-    std::fs::remove_dir_all(&canonical).map_err(|source| TeardownError::Remove {
-        path: canonical,
-        source,
+    let remove = || -> Result<(), nix::errno::Errno> {
+        let (Some(parent), Some(name)) = (canonical.parent(), canonical.file_name()) else {
+            return Err(Errno::EINVAL);
+        };
+        let parent = crate::beneath::open_named_dir(parent)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        crate::beneath::remove_tree_at(parent.as_fd(), Path::new(name))
+    };
+    remove().map_err(|e| TeardownError::Remove {
+        path: canonical.clone(),
+        source: match e {
+            Errno::EXDEV => io::Error::other("a mount appeared below it; it was left alone"),
+            e => e.into(),
+        },
     })
 }
 

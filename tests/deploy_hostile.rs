@@ -5,9 +5,14 @@
 mod common;
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::archive::{Archive, current_target, deploy, ok, simple, snapshot};
+use common::archive::{
+    Archive, current_target, deploy, ok, simple, snapshot_dir, snapshot_without,
+};
 
 /// One hostile archive: its name, bytes, the text the error must contain, extra flags.
 struct Hostile {
@@ -67,9 +72,16 @@ fn hostile_corpus(outside: &Path) -> Vec<Hostile> {
             "symlink-replacing-dir-then-write",
             Archive::new()
                 .dir("d")
-                .link(tar::EntryType::Symlink, "d2", &out)
-                .file("d2/x", b"x"),
+                .file("d/first", b"x")
+                .dir("e")
+                .link(tar::EntryType::Symlink, "e", &out)
+                .file("e/x", b"x"),
             "through the symlink",
+        ),
+        h(
+            "path-10000-levels",
+            Archive::new().long_file("a/".repeat(10_000).trim_end_matches('/'), b"x"),
+            "over the 4095-byte limit",
         ),
         h(
             "char-device",
@@ -161,8 +173,10 @@ fn hostile_archives_are_refused_with_nothing_changed() {
     std::fs::write(outside.join("secret"), b"s").unwrap();
     let good = simple("good").write(&t.path().join("good.tar"));
     ok(&deploy(&root, &good, &["--version", "good"]));
+    // The tool's own state (lock, staging) changes on every attempt; nothing else may.
+    let snapshot = |d: &Path| snapshot_without(d, &[".droot-fleet"]);
     let before = snapshot(&root);
-    let outside_before = snapshot(&outside);
+    let outside_before = snapshot_dir(&outside);
     for mode in ["symlink", "rsync"] {
         let target = if mode == "symlink" {
             root.clone()
@@ -187,6 +201,12 @@ fn hostile_archives_are_refused_with_nothing_changed() {
                 case.name
             );
             assert!(
+                err.len() < 1000,
+                "{mode}/{}: a {}-byte error",
+                case.name,
+                err.len()
+            );
+            assert!(
                 err.contains("current is unchanged"),
                 "{mode}/{}: {err}",
                 case.name
@@ -198,7 +218,7 @@ fn hostile_archives_are_refused_with_nothing_changed() {
                 case.name
             );
             assert_eq!(
-                snapshot(&outside),
+                snapshot_dir(&outside),
                 outside_before,
                 "{mode}/{}: wrote outside",
                 case.name
@@ -220,4 +240,75 @@ fn errors_name_the_offending_entry() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"etc/../../x\""), "{err}");
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// Issue 6, item 1: a directory entry, then a symlink of the same name. The directory's saved
+/// mode, owner and mtime must not be applied through the symlink to the host path: not to a
+/// directory, not to a file (with --same-owner it became setuid root), and a FIFO target must
+/// not hang the deploy.
+#[test]
+fn dir_then_symlink_of_the_same_name_changes_nothing_outside() {
+    common::require_root("restoring owners with --same-owner");
+    let t = tempfile::tempdir().unwrap();
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::create_dir(outside.join("victim-dir")).unwrap();
+    std::fs::write(outside.join("victim-file"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        outside.join("victim-file"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    nix::unistd::mkfifo(
+        &outside.join("victim-fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let before = snapshot_dir(&outside);
+    for victim in ["victim-dir", "victim-file", "victim-fifo"] {
+        let target = outside.join(victim).to_string_lossy().into_owned();
+        let f = Archive::new()
+            .dir("./")
+            .dir_owned("a/", 0o6777, 4242, 4242)
+            .link(tar::EntryType::Symlink, "a", &target)
+            .write(&t.path().join(format!("{victim}.tar")));
+        for mode in ["symlink", "rsync"] {
+            let root = t.path().join(format!("{mode}-{victim}"));
+            let mut c = common::cmd();
+            c.arg("deploy")
+                .arg("--root")
+                .arg(&root)
+                .args(["--mode", mode, "--same-owner"])
+                .arg(&f)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let out = wait_bounded(c, Duration::from_secs(30), &format!("{mode}/{victim}"));
+            ok(&out);
+            let a = if mode == "symlink" {
+                root.join("current/a")
+            } else {
+                root.join("a")
+            };
+            assert_eq!(std::fs::read_link(&a).unwrap(), Path::new(&target));
+            assert_eq!(
+                snapshot_dir(&outside),
+                before,
+                "{mode}/{victim}: host path changed"
+            );
+        }
+    }
+}
+
+/// Runs a command, failing the test if it has not exited within `limit` (it is killed).
+fn wait_bounded(mut c: Command, limit: Duration, what: &str) -> std::process::Output {
+    let mut child = c.spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{what}: deploy hung for {limit:?} (opened a FIFO?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }

@@ -130,12 +130,32 @@ fn frame_decoder_survives_garbage_and_any_chunking() {
     }
 }
 
+/// Names, modes, owners and mtimes under `dir`, and `dir`'s own: any change outside is damage.
 fn snapshot(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let line = |name: String, m: std::fs::Metadata| {
+        format!(
+            "{name} {:o} {}:{} {}.{} {}",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.len()
+        )
+    };
     let mut out: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            let e = e.unwrap();
+            line(
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::symlink_metadata(e.path()).unwrap(),
+            )
+        })
         .collect();
     out.sort();
+    out.push(line(".".into(), std::fs::symlink_metadata(dir).unwrap()));
     out
 }
 
@@ -154,8 +174,22 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Symlink);
     h.set_size(0);
+    h.set_mode(0o777);
     h.set_cksum();
     b.append_link(&mut h, "link", "../outside").unwrap();
+    // A directory, then a symlink of the same name to the outside directory: the directory's
+    // mode and mtime must never reach the outside through it.
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_mtime(0);
+    b.append_data(&mut h, "dd/", std::io::empty()).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    b.append_link(&mut h, "dd", "../outside").unwrap();
     let tar = b.into_inner().unwrap();
     let gz = {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -172,6 +206,23 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
         max_entries: 1_000,
         ..UnpackOptions::default()
     };
+    // The unmutated archives first: they are valid, so they reach the end of the unpack.
+    for (i, base) in [&tar, &gz].into_iter().enumerate() {
+        let dest = t.path().join(format!("base{i}"));
+        std::fs::create_dir(&dest).unwrap();
+        unpack(std::io::Cursor::new(base.clone()), &dest, &opts).unwrap();
+        assert!(
+            std::fs::symlink_metadata(dest.join("dd"))
+                .unwrap()
+                .is_symlink()
+        );
+        std::fs::remove_dir_all(&dest).unwrap();
+        assert_eq!(
+            snapshot(&outside),
+            before,
+            "base archive {i} changed the outside"
+        );
+    }
     let (mut ok, mut refused) = (0, 0);
     for round in 0..300 {
         let base = if round % 2 == 0 { &tar } else { &gz };

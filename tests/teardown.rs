@@ -5,6 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::archive::{attrs, snapshot_dir};
 use common::{cmd, mounts_below, output};
 
 fn mount_tmpfs(at: &Path) {
@@ -105,6 +106,8 @@ fn rm_unmounts_then_removes_without_touching_bound_host_data() {
     std::os::unix::fs::symlink(&host, root.join("escape-dir")).unwrap();
     std::os::unix::fs::symlink(&outside, root.join("escape-file")).unwrap();
 
+    let host_before = snapshot_dir(&host);
+    let outside_before = attrs(&std::fs::metadata(&outside).unwrap());
     let out = output(cmd().args(["rm", "--root"]).arg(&root));
     assert!(
         out.status.success(),
@@ -115,6 +118,12 @@ fn rm_unmounts_then_removes_without_touching_bound_host_data() {
     assert!(mounts_below(&root).is_empty());
     assert_eq!(std::fs::read(host.join("precious")).unwrap(), b"keep");
     assert_eq!(std::fs::read(&outside).unwrap(), b"keep too");
+    assert_eq!(
+        snapshot_dir(&host),
+        host_before,
+        "host data: mode, owner, mtime"
+    );
+    assert_eq!(attrs(&std::fs::metadata(&outside).unwrap()), outside_before);
 }
 
 #[test]

@@ -15,7 +15,12 @@ pub enum EntryPathError {
     Nul,
     #[error("path is empty")]
     Empty,
+    #[error("path is {0} bytes long, over the {max}-byte limit", max = MAX_PATH)]
+    TooLong(usize),
 }
+
+/// The longest entry path accepted (PATH_MAX less the terminating NUL).
+pub const MAX_PATH: usize = 4095;
 
 /// Normalises an archive path. Returns `Ok(None)` for the archive root itself (`./`, `/`).
 pub fn sanitize(path: &Path) -> Result<Option<PathBuf>, EntryPathError> {
@@ -25,6 +30,9 @@ pub fn sanitize(path: &Path) -> Result<Option<PathBuf>, EntryPathError> {
     }
     if path.as_os_str().as_bytes().contains(&0) {
         return Err(EntryPathError::Nul);
+    }
+    if path.as_os_str().len() > MAX_PATH {
+        return Err(EntryPathError::TooLong(path.as_os_str().len()));
     }
     let mut out = PathBuf::new();
     for c in path.components() {
@@ -84,6 +92,13 @@ mod tests {
         // A name merely containing dots is fine.
         assert_eq!(s("a/..b/c.."), Ok(Some(PathBuf::from("a/..b/c.."))));
         assert_eq!(s(""), Err(EntryPathError::Empty));
+    }
+
+    #[test]
+    fn refuses_paths_over_path_max() {
+        let deep = "a/".repeat(10_000);
+        assert_eq!(s(&deep), Err(EntryPathError::TooLong(20_000)));
+        assert!(s(&"a/".repeat(2000)).is_ok());
     }
 
     #[test]

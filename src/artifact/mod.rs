@@ -12,6 +12,7 @@
 pub mod entry_path;
 pub mod format;
 pub mod pipeline;
+pub mod tree;
 pub mod unpack;
 
 pub use format::{Compression, detect};

@@ -9,13 +9,11 @@
 //! targets included: they are only ever resolved inside the jail, never followed here.
 //!
 //! The destination must be a fresh directory owned by the caller; on error its contents are
-//! undefined and the caller removes it.
+//! undefined and the caller removes it. Everything is written through [`TreeWriter`], which
+//! works from descriptors beneath the destination and never follows a symlink.
 
-use std::collections::HashSet;
-use std::fs::{self, File, FileTimes, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +22,7 @@ use tar::EntryType;
 use super::entry_path::{self, EntryPathError};
 use super::format::{self, Compression, FormatError};
 use super::pipeline::Prefetch;
+use super::tree::{Attrs, Special, TreeError, TreeWriter, shown};
 
 /// Limits and policy for one unpack.
 #[derive(Debug, Clone)]
@@ -58,6 +57,8 @@ pub struct UnpackStats {
     pub bytes: u64,
     /// Device nodes and FIFOs under `dev/` skipped (`run` masks them), without `allow_devices`.
     pub skipped_devices: u64,
+    /// The mode of the archive's root entry (`./`), if it had one; applied on publish.
+    pub root_mode: Option<u32>,
 }
 
 /// Why a single entry was refused.
@@ -107,13 +108,6 @@ pub enum UnpackError {
     },
 }
 
-struct DirAttrs {
-    rel: Option<PathBuf>,
-    mode: u32,
-    mtime: Option<SystemTime>,
-    owner: Option<(u32, u32)>,
-}
-
 /// Unpacks a tar, tar.gz or tar.zst stream into `dest` (an existing, empty directory).
 pub fn unpack<R: Read + Send + 'static>(
     input: R,
@@ -124,17 +118,15 @@ pub fn unpack<R: Read + Send + 'static>(
     let reader = Prefetch::spawn(reader).map_err(UnpackError::Read)?;
     let mut archive = tar::Archive::new(reader);
     let mut unpacker = Unpacker {
-        dest,
+        tree: TreeWriter::open(dest).map_err(write_err(dest))?,
         opts,
-        real_dirs: HashSet::new(),
-        dirs: Vec::new(),
         buf: vec![0; 1 << 18],
-        umask: current_umask(),
         stats: UnpackStats {
             compression,
             entries: 0,
             bytes: 0,
             skipped_devices: 0,
+            root_mode: None,
         },
     };
     for entry in archive.entries().map_err(UnpackError::Read)? {
@@ -145,24 +137,10 @@ pub fn unpack<R: Read + Send + 'static>(
 }
 
 struct Unpacker<'a> {
-    dest: &'a Path,
+    tree: TreeWriter,
     opts: &'a UnpackOptions,
-    /// Relative paths known to be real directories created or checked by us.
-    real_dirs: HashSet<PathBuf>,
-    dirs: Vec<DirAttrs>,
     buf: Vec<u8>,
-    umask: u32,
     stats: UnpackStats,
-}
-
-/// The process umask (read by setting it and putting it back).
-fn current_umask() -> u32 {
-    // SAFETY: umask only swaps the process's mask; it is restored at once.
-    unsafe {
-        let m = libc::umask(0o022);
-        libc::umask(m);
-        m as u32
-    }
 }
 
 fn write_err(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
@@ -177,8 +155,12 @@ impl Unpacker<'_> {
         let raw_path = entry.path().map_err(UnpackError::Read)?.into_owned();
         let name = raw_path.to_string_lossy().into_owned();
         let refuse = |problem: EntryProblem| UnpackError::Entry {
-            entry: name.clone(),
+            entry: shown(Path::new(&name)),
             problem,
+        };
+        let tree_err = |e: TreeError| match e {
+            TreeError::Refused(problem) => refuse(problem),
+            TreeError::Io { path, source } => UnpackError::Write { path, source },
         };
         let header = entry.header();
         let kind = header.entry_type();
@@ -216,78 +198,29 @@ impl Unpacker<'_> {
             .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
         let rel = entry_path::sanitize(&raw_path).map_err(|e| refuse(e.into()))?;
 
+        let attrs = Attrs { mode, owner, mtime };
         let Some(rel) = rel else {
             // The archive's own root: only its attributes matter.
             if kind == EntryType::Directory {
-                self.dirs.push(DirAttrs {
-                    rel: None,
-                    mode,
-                    mtime,
-                    owner,
-                });
+                self.tree.root_attrs(attrs);
             }
             return Ok(());
         };
-        self.check_parents(&rel).map_err(&refuse)?;
-        let full = self.dest.join(&rel);
 
         match kind {
-            EntryType::Directory => {
-                match fs::symlink_metadata(&full) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(m) if m.file_type().is_symlink() => {
-                        return Err(refuse(EntryProblem::ThroughSymlink(name.clone())));
-                    }
-                    Ok(_) => {
-                        fs::remove_file(&full).map_err(write_err(&full))?;
-                        fs::create_dir(&full).map_err(write_err(&full))?;
-                    }
-                    Err(_) => fs::create_dir(&full).map_err(write_err(&full))?,
-                }
-                self.real_dirs.insert(rel.clone());
-                self.dirs.push(DirAttrs {
-                    rel: Some(rel),
-                    mode,
-                    mtime,
-                    owner,
-                });
-            }
+            EntryType::Directory => self.tree.create_dir(&rel, attrs).map_err(tree_err)?,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let open = || {
-                    OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(mode & 0o777)
-                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                        .open(&full)
-                };
-                // Optimistic create: only a path that already exists costs an lstat.
-                let mut file = match open() {
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        self.clear_path(&rel, &full).map_err(&refuse)?;
-                        open()
-                    }
-                    other => other,
-                }
-                .map_err(write_err(&full))?;
+                let mut file = self.tree.create_file(&rel, mode).map_err(tree_err)?;
                 copy(&mut entry, &mut file, &mut self.buf).map_err(|e| match e {
                     CopyError::Read(e) => UnpackError::Read(e),
-                    CopyError::Write(e) => write_err(&full)(e),
+                    CopyError::Write(source) => UnpackError::Write {
+                        path: rel.clone(),
+                        source,
+                    },
                 })?;
-                if let Some((uid, gid)) = owner {
-                    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                        .map_err(write_err(&full))?;
-                }
-                // The open mode went through the umask; fix it up only when that changed it
-                // (or chown cleared set-id bits).
-                if mode & !self.umask != mode || owner.is_some() {
-                    file.set_permissions(fs::Permissions::from_mode(mode))
-                        .map_err(write_err(&full))?;
-                }
-                if let Some(t) = mtime {
-                    file.set_times(FileTimes::new().set_modified(t).set_accessed(t))
-                        .map_err(write_err(&full))?;
-                }
+                self.tree
+                    .finish_file(&rel, &file, attrs)
+                    .map_err(tree_err)?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -295,17 +228,7 @@ impl Unpacker<'_> {
                     .map_err(UnpackError::Read)?
                     .ok_or_else(|| UnpackError::Read(io::Error::other("symlink without target")))?
                     .into_owned();
-                if let Err(e) = symlink(&target, &full) {
-                    if e.kind() != io::ErrorKind::AlreadyExists {
-                        return Err(write_err(&full)(e));
-                    }
-                    self.clear_path(&rel, &full).map_err(&refuse)?;
-                    symlink(&target, &full).map_err(write_err(&full))?;
-                }
-                if let Some((uid, gid)) = owner {
-                    std::os::unix::fs::lchown(&full, Some(uid), Some(gid))
-                        .map_err(write_err(&full))?;
-                }
+                self.tree.symlink(&rel, &target, owner).map_err(tree_err)?;
             }
             EntryType::Link => {
                 let target = entry
@@ -313,28 +236,21 @@ impl Unpacker<'_> {
                     .map_err(UnpackError::Read)?
                     .ok_or_else(|| UnpackError::Read(io::Error::other("hardlink without target")))?
                     .into_owned();
-                let shown = target.to_string_lossy().into_owned();
+                let shown_target = shown(&target);
                 let target_rel = match entry_path::sanitize(&target) {
                     Ok(Some(t)) => t,
-                    _ => return Err(refuse(EntryProblem::HardlinkOutside(shown))),
+                    Ok(None) | Err(EntryPathError::ParentDir) => {
+                        return Err(refuse(EntryProblem::HardlinkOutside(shown_target)));
+                    }
+                    Err(e) => return Err(refuse(e.into())),
                 };
-                self.check_parents(&target_rel).map_err(&refuse)?;
-                let target_full = self.dest.join(&target_rel);
-                match fs::symlink_metadata(&target_full) {
-                    Ok(m) if !m.is_dir() => {}
-                    _ => return Err(refuse(EntryProblem::HardlinkMissing(shown))),
-                }
-                if target_rel == rel {
-                    return Ok(());
-                }
-                self.clear_path(&rel, &full).map_err(&refuse)?;
-                fs::hard_link(&target_full, &full).map_err(write_err(&full))?;
+                self.tree.hardlink(&rel, &target_rel).map_err(tree_err)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let what = match kind {
-                    EntryType::Char => "character device",
-                    EntryType::Block => "block device",
-                    _ => "FIFO",
+                let (what, special) = match kind {
+                    EntryType::Char => ("character device", Special::Char),
+                    EntryType::Block => ("block device", Special::Block),
+                    _ => ("FIFO", Special::Fifo),
                 };
                 if !self.opts.allow_devices {
                     // `run` mounts its own /dev over the release's: nodes there are never used.
@@ -345,112 +261,26 @@ impl Unpacker<'_> {
                     }
                     return Err(refuse(EntryProblem::Device(what)));
                 }
-                self.clear_path(&rel, &full).map_err(&refuse)?;
-                let sflag = match kind {
-                    EntryType::Char => nix::sys::stat::SFlag::S_IFCHR,
-                    EntryType::Block => nix::sys::stat::SFlag::S_IFBLK,
-                    _ => nix::sys::stat::SFlag::S_IFIFO,
-                };
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                nix::sys::stat::mknod(
-                    &full,
-                    sflag,
-                    nix::sys::stat::Mode::from_bits_truncate(mode),
-                    nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
-                )
-                .map_err(|e| write_err(&full)(e.into()))?;
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
-                    .map_err(write_err(&full))?;
-                if let Some((uid, gid)) = owner {
-                    std::os::unix::fs::lchown(&full, Some(uid), Some(gid))
-                        .map_err(write_err(&full))?;
-                }
+                self.tree
+                    .mknod(&rel, special, (major, minor), attrs)
+                    .map_err(tree_err)?;
             }
             other => return Err(refuse(EntryProblem::Unsupported(other))),
         }
         Ok(())
     }
 
-    /// Ensures every ancestor of `rel` is a real directory, creating missing ones; refuses
-    /// symlinks and non-directories in the way.
-    fn check_parents(&mut self, rel: &Path) -> Result<(), EntryProblem> {
-        for anc in entry_path::ancestors(rel) {
-            if self.real_dirs.contains(anc) {
-                continue;
-            }
-            let full = self.dest.join(anc);
-            let shown = || anc.to_string_lossy().into_owned();
-            match fs::symlink_metadata(&full) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(EntryProblem::ThroughSymlink(shown()));
-                }
-                Ok(_) => return Err(EntryProblem::ParentNotDirectory(shown())),
-                Err(_) => {
-                    // Implicit parent: created 0755, like tar does.
-                    fs::create_dir(&full)
-                        .and_then(|()| {
-                            fs::set_permissions(&full, fs::Permissions::from_mode(0o755))
-                        })
-                        .map_err(|_| EntryProblem::ParentNotDirectory(shown()))?;
-                }
-            }
-            self.real_dirs.insert(anc.to_path_buf());
-        }
-        Ok(())
-    }
-
-    /// Removes whatever is at `full` so a new non-directory entry can take its place; a
-    /// later entry replaces an earlier one, as with tar. Never follows a symlink there.
-    fn clear_path(&mut self, rel: &Path, full: &Path) -> Result<(), EntryProblem> {
-        match fs::symlink_metadata(full) {
-            Err(_) => Ok(()),
-            Ok(m) if m.is_dir() => {
-                fs::remove_dir(full).map_err(|_| EntryProblem::ReplacesDirectory)?;
-                self.real_dirs.remove(rel);
-                Ok(())
-            }
-            Ok(_) => fs::remove_file(full).map_err(|_| EntryProblem::ReplacesDirectory),
-        }
-    }
-
     fn finish(mut self) -> Result<UnpackStats, UnpackError> {
-        // Directory attributes last (files created inside change mtimes), deepest first.
-        self.dirs.sort_by_key(|d| {
-            std::cmp::Reverse(d.rel.as_ref().map_or(0, |r| r.components().count()))
-        });
-        for d in &self.dirs {
-            let full = d
-                .rel
-                .as_ref()
-                .map_or(self.dest.to_path_buf(), |r| self.dest.join(r));
-            if d.rel.is_some() {
-                if let Some((uid, gid)) = d.owner {
-                    std::os::unix::fs::lchown(&full, Some(uid), Some(gid))
-                        .map_err(write_err(&full))?;
-                }
-                fs::set_permissions(&full, fs::Permissions::from_mode(d.mode))
-                    .map_err(write_err(&full))?;
-            }
-            if let Some(t) = d.mtime {
-                let f = File::open(&full).map_err(write_err(&full))?;
-                f.set_times(FileTimes::new().set_modified(t).set_accessed(t))
-                    .map_err(write_err(&full))?;
-            }
-        }
-        // One syncfs makes the whole tree durable before the caller publishes it.
-        let dir = File::open(self.dest).map_err(write_err(self.dest))?;
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(write_err(self.dest)(io::Error::last_os_error()));
-        }
+        self.stats.root_mode = self.tree.finish().map_err(|e| match e {
+            TreeError::Refused(problem) => UnpackError::Entry {
+                entry: ".".into(),
+                problem,
+            },
+            TreeError::Io { path, source } => UnpackError::Write { path, source },
+        })?;
         Ok(self.stats)
-    }
-
-    /// The root entry's mode, if the archive had one (applied by the caller on publish).
-    #[allow(dead_code)]
-    fn root_mode(&self) -> Option<u32> {
-        self.dirs.iter().find(|d| d.rel.is_none()).map(|d| d.mode)
     }
 }
 

@@ -11,7 +11,9 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
-use nix::sys::stat::{Mode, SFlag, fstat, fstatat, mkdirat};
+use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
+
+use crate::beneath::open_component;
 
 use super::JailError;
 
@@ -108,45 +110,6 @@ pub fn open_beneath(
         cur = Some(next);
     }
     Ok(cur.expect("at least one component"))
-}
-
-fn open_component(
-    dir: BorrowedFd<'_>,
-    name: &Path,
-    want_dir: bool,
-    create: bool,
-) -> Result<OwnedFd, Errno> {
-    let mut flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    if want_dir {
-        flags |= OFlag::O_DIRECTORY;
-    }
-    match openat(dir, name, flags, Mode::empty()) {
-        Err(Errno::ENOENT) if create => {
-            if want_dir {
-                match mkdirat(dir, name, Mode::from_bits_truncate(0o755)) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(e),
-                }
-            } else {
-                let f = openat(
-                    dir,
-                    name,
-                    OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_WRONLY
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o644),
-                );
-                match f {
-                    Ok(_) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            openat(dir, name, flags, Mode::empty())
-        }
-        other => other,
-    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -149,7 +149,16 @@ impl History {
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            // Exact, whatever the umask.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
             f.write_all(&bytes)?;
             f.sync_all()?;
         }

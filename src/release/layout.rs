@@ -7,12 +7,19 @@
 //! DIR/.droot-fleet/releases.json        deploy order (oldest first), written atomically
 //! DIR/.droot-fleet/staging/<version>/   a release being unpacked (0700)
 //! ```
-//! Everything droot-fleet owns besides `current` and `releases/` sits under `.droot-fleet`,
-//! which rsync mode treats as reserved.
+//! Everything droot-fleet owns besides `current` and `releases/` sits under `.droot-fleet`.
+//! In symlink mode a jail's root is `releases/<version>`, so `.droot-fleet` is out of its sight.
+//!
+//! In rsync mode the jail's root is `DIR` itself, so the tool's state lives beside it instead,
+//! where no jail can reach it: `PARENT/.NAME.droot-fleet/` (lock and staging) for
+//! `DIR = PARENT/NAME` ([`Layout::in_place`]).
+//!
+//! Every directory created here gets an explicit mode whatever the umask: `DIR` and
+//! `releases/` 0755, the state directory and staging 0700.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -24,11 +31,33 @@ pub const TOOL_DIR: &str = ".droot-fleet";
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub root: PathBuf,
+    state: PathBuf,
 }
 
 impl Layout {
+    /// Symlink mode: state in `DIR/.droot-fleet`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Layout { root: root.into() }
+        let root = root.into();
+        let state = root.join(TOOL_DIR);
+        Layout { root, state }
+    }
+    /// Rsync mode: `root` is live (a jail's `/`), so the state sits beside it, in
+    /// `PARENT/.NAME.droot-fleet`. Creates `root` (0755) when missing, and resolves it, so
+    /// every name for one root shares one state directory.
+    pub fn in_place(root: &Path) -> io::Result<Self> {
+        mkdir_p(root, 0o755)?;
+        let root = root.canonicalize()?;
+        let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "rsync mode cannot deploy into /",
+            ));
+        };
+        let mut state_name = std::ffi::OsString::from(".");
+        state_name.push(name);
+        state_name.push(TOOL_DIR);
+        let state = parent.join(state_name);
+        Ok(Layout { root, state })
     }
     pub fn current(&self) -> PathBuf {
         self.root.join("current")
@@ -40,7 +69,7 @@ impl Layout {
         self.releases().join(version)
     }
     pub fn tool_dir(&self) -> PathBuf {
-        self.root.join(TOOL_DIR)
+        self.state.clone()
     }
     pub fn state_file(&self) -> PathBuf {
         self.tool_dir().join("releases.json")
@@ -48,19 +77,44 @@ impl Layout {
     pub fn staging_dir(&self) -> PathBuf {
         self.tool_dir().join("staging")
     }
-    /// Creates the root, `releases/` and the tool directory when missing.
+    /// Creates the root (0755), `releases/` (0755) and the state directory when missing;
+    /// the state directory and staging are always (re)set to 0700.
     pub fn ensure(&self, with_releases: bool) -> io::Result<()> {
-        std::fs::create_dir_all(&self.root)?;
-        let mut b = std::fs::DirBuilder::new();
-        b.recursive(true).mode(0o700);
-        b.create(self.staging_dir())?;
+        mkdir_p(&self.root, 0o755)?;
+        for dir in [self.tool_dir(), self.staging_dir()] {
+            mkdir_p(&dir, 0o700)?;
+            let meta = std::fs::symlink_metadata(&dir)?;
+            if !meta.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} is not a directory; move it away", dir.display()),
+                ));
+            }
+            if meta.permissions().mode() & 0o7777 != 0o700 {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+        }
         if with_releases {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(self.releases())?;
+            mkdir_p(&self.releases(), 0o755)?;
         }
         Ok(())
+    }
+}
+
+/// Creates `path` and its missing ancestors, each with exactly `mode` (the umask ignored).
+/// Existing directories are left as they are.
+pub fn mkdir_p(path: &Path, mode: u32) -> io::Result<()> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        mkdir_p(parent, 0o755)?;
+    }
+    // Created with `mode` (the umask can only take bits away), then set exactly.
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -135,10 +189,13 @@ pub struct RootLock {
 impl RootLock {
     /// Takes the lock, waiting (and saying so) while another deploy holds it.
     pub fn acquire(layout: &Layout) -> io::Result<RootLock> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(layout.tool_dir().join("lock"))?;
         let fd = file.as_raw_fd();
         if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {

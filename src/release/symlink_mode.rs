@@ -124,6 +124,7 @@ pub fn deploy<R: Read + Send + 'static>(
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&staging)
+        .and_then(|()| std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700)))
         .map_err(ReleaseError::io("cannot create", &staging))?;
     let stats = match artifact::unpack(input, &staging, opts) {
         Ok(stats) => stats,
@@ -135,11 +136,8 @@ pub fn deploy<R: Read + Send + 'static>(
     tracing::debug!(release = %version, entries = stats.entries, bytes = stats.bytes, "unpacked");
     let publish = || -> Result<(), ReleaseError> {
         // The staging dir was 0700 so nobody could see a half-written tree; the release
-        // itself is world-traversable unless the archive's root entry said otherwise.
-        let mode = std::fs::metadata(&staging)
-            .map(|m| m.permissions().mode() & 0o7777)
-            .unwrap_or(0o700);
-        let mode = if mode == 0o700 { 0o755 } else { mode };
+        // gets the archive root entry's mode, or 0755 when it had none.
+        let mode = stats.root_mode.unwrap_or(0o755);
         std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
             .map_err(ReleaseError::io("cannot chmod", &staging))?;
         std::fs::rename(&staging, layout.release(&version))

@@ -19,16 +19,31 @@ impl Archive {
         h.set_size(size);
         h.set_mode(mode);
         h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         // Write the name field by hand: set_path refuses "..", and hostile archives don't.
         let name = &mut h.as_old_mut().name;
         name.fill(0);
         name[..raw_path.len()].copy_from_slice(raw_path.as_bytes());
         h
     }
-    pub fn dir(mut self, path: &str) -> Self {
-        let mut h = Self::header(tar::EntryType::Directory, path, 0, 0o755);
+    pub fn dir(self, path: &str) -> Self {
+        self.dir_owned(path, 0o755, 0, 0)
+    }
+    pub fn dir_owned(mut self, path: &str, mode: u32, uid: u64, gid: u64) -> Self {
+        let mut h = Self::header(tar::EntryType::Directory, path, 0, mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
         h.set_cksum();
         self.0.append(&h, std::io::empty()).unwrap();
+        self
+    }
+    /// A GNU long-name entry (the name does not fit the 100-byte header field).
+    pub fn long_file(mut self, path: &str, data: &[u8]) -> Self {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        self.0.append_data(&mut h, path, data).unwrap();
         self
     }
     pub fn file(self, path: &str, data: &[u8]) -> Self {
@@ -109,31 +124,60 @@ pub fn current_target(root: &Path) -> String {
         .into_owned()
 }
 
-/// Everything under `dir`, as sorted relative paths with a type marker.
+/// Everything under `dir`, as sorted relative paths with a type marker, and each entry's
+/// mode, owner and mtime: a chmod, chown or retime outside a root is damage too.
 pub fn snapshot(dir: &Path) -> Vec<String> {
+    snapshot_without(dir, &[])
+}
+
+/// [`snapshot`], leaving out the top-level names in `skip` (the tool's own state).
+pub fn snapshot_without(dir: &Path, skip: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    fn walk(base: &Path, dir: &Path, skip: &[&str], out: &mut Vec<String>) {
         let Ok(rd) = std::fs::read_dir(dir) else {
             return;
         };
         for e in rd.flatten() {
             let p = e.path();
+            if dir == base && skip.iter().any(|s| e.file_name() == **s) {
+                continue;
+            }
             let m = std::fs::symlink_metadata(&p).unwrap();
             let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            let attrs = attrs(&m);
             if m.file_type().is_symlink() {
                 out.push(format!(
-                    "{rel} -> {}",
+                    "{rel} -> {} [{attrs}]",
                     std::fs::read_link(&p).unwrap().display()
                 ));
             } else if m.is_dir() {
-                out.push(format!("{rel}/"));
-                walk(base, &p, out);
+                out.push(format!("{rel}/ [{attrs}]"));
+                walk(base, &p, skip, out);
             } else {
-                out.push(format!("{rel} ({} bytes)", m.len()));
+                out.push(format!("{rel} ({} bytes) [{attrs}]", m.len()));
             }
         }
     }
-    walk(dir, dir, &mut out);
+    walk(dir, dir, skip, &mut out);
     out.sort();
     out
+}
+
+/// Mode, owner and mtime of one entry, for snapshots.
+pub fn attrs(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{:o} {}:{} {}.{:09}",
+        m.mode(),
+        m.uid(),
+        m.gid(),
+        m.mtime(),
+        m.mtime_nsec()
+    )
+}
+
+/// A directory's own attributes and contents (recursively), for "nothing changed" checks.
+pub fn snapshot_dir(dir: &Path) -> (String, Vec<String>) {
+    let m = std::fs::symlink_metadata(dir).unwrap();
+    (attrs(&m), snapshot(dir))
 }
