@@ -44,32 +44,10 @@ pub enum FormatError {
     Io(#[from] io::Error),
 }
 
-/// Whether a 512-byte block looks like a tar header: its checksum must match.
+/// Whether a 512-byte block looks like a tar header: its checksum must match, summed over
+/// unsigned or signed bytes (as GNU tar accepts).
 pub fn is_tar_header(block: &[u8]) -> bool {
-    if block.len() < 512 {
-        return false;
-    }
-    let field = &block[148..156];
-    let text: String = field
-        .iter()
-        .take_while(|b| **b != 0 && **b != b' ')
-        .map(|b| *b as char)
-        .collect();
-    let Ok(stored) = u32::from_str_radix(text.trim(), 8) else {
-        return false;
-    };
-    let sum: u32 = block[..512]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u32::from(*b)
-            }
-        })
-        .sum();
-    sum == stored
+    super::tar::header::checksum_ok(block)
 }
 
 /// The compression whose magic bytes `head` starts with, if any.

@@ -11,18 +11,20 @@
 //! undefined and the caller removes it.
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tar::EntryType;
-
 use super::entry_path::{self, EntryPathError};
 use super::format::{self, Compression, FormatError};
 use super::pipeline::Prefetch;
+use super::sparse_file::write_sparse;
+use super::tar::{Archive, Entry, Kind, TarError};
 
 /// Limits and policy for one unpack.
 #[derive(Debug, Clone)]
@@ -73,14 +75,14 @@ pub enum EntryProblem {
     ReplacesDirectory,
     #[error("is a {0}; device nodes and FIFOs are refused unless --allow-devices")]
     Device(&'static str),
-    #[error("has unsupported tar entry type {0:?}")]
-    Unsupported(EntryType),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error(transparent)]
     Format(#[from] FormatError),
+    #[error(transparent)]
+    Tar(#[from] TarError),
     #[error("archive entry {entry:?} {problem}")]
     Entry {
         entry: String,
@@ -115,7 +117,7 @@ pub fn unpack<R: Read + Send + 'static>(
 ) -> Result<UnpackStats, UnpackError> {
     let (compression, reader) = format::detect(input)?;
     let reader = Prefetch::spawn(reader).map_err(UnpackError::Read)?;
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = Archive::new(reader);
     let mut unpacker = Unpacker {
         dest,
         opts,
@@ -129,9 +131,8 @@ pub fn unpack<R: Read + Send + 'static>(
             bytes: 0,
         },
     };
-    for entry in archive.entries().map_err(UnpackError::Read)? {
-        let entry = entry.map_err(UnpackError::Read)?;
-        unpacker.entry(entry)?;
+    while let Some(entry) = archive.next_entry()? {
+        unpacker.entry(&entry, &mut archive)?;
     }
     unpacker.finish()
 }
@@ -165,52 +166,51 @@ fn write_err(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
 }
 
 impl Unpacker<'_> {
-    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
-        let raw_path = entry.path().map_err(UnpackError::Read)?.into_owned();
-        let name = raw_path.to_string_lossy().into_owned();
+    fn entry<R: Read>(
+        &mut self,
+        entry: &Entry,
+        archive: &mut Archive<R>,
+    ) -> Result<(), UnpackError> {
+        let raw_path = Path::new(OsStr::from_bytes(&entry.path));
+        let name = entry.shown();
         let refuse = |problem: EntryProblem| UnpackError::Entry {
             entry: name.clone(),
             problem,
         };
-        let header = entry.header();
-        let kind = header.entry_type();
-        if kind == EntryType::XGlobalHeader {
-            return Ok(());
-        }
+        let kind = entry.kind;
         self.stats.entries += 1;
         if self.stats.entries > self.opts.max_entries {
             return Err(UnpackError::TooManyEntries {
                 limit: self.opts.max_entries,
             });
         }
-        let size = entry.size();
+        // Extension headers count too; a sparse file counts at its real size.
+        let size = entry.size.saturating_add(entry.ext_bytes);
         self.stats.bytes = self.stats.bytes.saturating_add(size);
         if self.stats.bytes > self.opts.max_bytes {
             return Err(UnpackError::TooLarge {
                 limit: self.opts.max_bytes,
             });
         }
-        let mut mode = header.mode().map_err(UnpackError::Read)? & 0o7777;
+        let mut mode = entry.mode & 0o7777;
         if !self.opts.same_owner {
             mode &= !0o6000;
         }
         let owner = if self.opts.same_owner {
-            Some((
-                header.uid().map_err(UnpackError::Read)? as u32,
-                header.gid().map_err(UnpackError::Read)? as u32,
-            ))
+            Some((entry.uid as u32, entry.gid as u32))
         } else {
             None
         };
-        let mtime = header
-            .mtime()
-            .ok()
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
-        let rel = entry_path::sanitize(&raw_path).map_err(|e| refuse(e.into()))?;
+        let mtime = if entry.mtime >= 0 {
+            SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(entry.mtime.unsigned_abs()))
+        } else {
+            SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(entry.mtime.unsigned_abs()))
+        };
+        let rel = entry_path::sanitize(raw_path).map_err(|e| refuse(e.into()))?;
 
         let Some(rel) = rel else {
             // The archive's own root: only its attributes matter.
-            if kind == EntryType::Directory {
+            if kind == Kind::Dir {
                 self.dirs.push(DirAttrs {
                     rel: None,
                     mode,
@@ -224,7 +224,7 @@ impl Unpacker<'_> {
         let full = self.dest.join(&rel);
 
         match kind {
-            EntryType::Directory => {
+            Kind::Dir => {
                 match fs::symlink_metadata(&full) {
                     Ok(m) if m.is_dir() => {}
                     Ok(m) if m.file_type().is_symlink() => {
@@ -244,7 +244,7 @@ impl Unpacker<'_> {
                     owner,
                 });
             }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            Kind::File => {
                 let open = || {
                     OpenOptions::new()
                         .write(true)
@@ -262,7 +262,13 @@ impl Unpacker<'_> {
                     other => other,
                 }
                 .map_err(write_err(&full))?;
-                copy(&mut entry, &mut file, &mut self.buf).map_err(|e| match e {
+                let written = match &entry.sparse {
+                    Some(map) => {
+                        write_sparse(&file, archive.data(), map, entry.size, &mut self.buf)
+                    }
+                    None => copy(&mut archive.data(), &mut file, &mut self.buf).map(drop),
+                };
+                written.map_err(|e| match e {
                     CopyError::Read(e) => UnpackError::Read(e),
                     CopyError::Write(e) => write_err(&full)(e),
                 })?;
@@ -281,32 +287,24 @@ impl Unpacker<'_> {
                         .map_err(write_err(&full))?;
                 }
             }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(UnpackError::Read)?
-                    .ok_or_else(|| UnpackError::Read(io::Error::other("symlink without target")))?
-                    .into_owned();
-                if let Err(e) = symlink(&target, &full) {
+            Kind::Symlink => {
+                let target = Path::new(OsStr::from_bytes(&entry.link));
+                if let Err(e) = symlink(target, &full) {
                     if e.kind() != io::ErrorKind::AlreadyExists {
                         return Err(write_err(&full)(e));
                     }
                     self.clear_path(&rel, &full).map_err(&refuse)?;
-                    symlink(&target, &full).map_err(write_err(&full))?;
+                    symlink(target, &full).map_err(write_err(&full))?;
                 }
                 if let Some((uid, gid)) = owner {
                     std::os::unix::fs::lchown(&full, Some(uid), Some(gid))
                         .map_err(write_err(&full))?;
                 }
             }
-            EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(UnpackError::Read)?
-                    .ok_or_else(|| UnpackError::Read(io::Error::other("hardlink without target")))?
-                    .into_owned();
+            Kind::HardLink => {
+                let target = Path::new(OsStr::from_bytes(&entry.link));
                 let shown = target.to_string_lossy().into_owned();
-                let target_rel = match entry_path::sanitize(&target) {
+                let target_rel = match entry_path::sanitize(target) {
                     Ok(Some(t)) => t,
                     _ => return Err(refuse(EntryProblem::HardlinkOutside(shown))),
                 };
@@ -322,10 +320,10 @@ impl Unpacker<'_> {
                 self.clear_path(&rel, &full).map_err(&refuse)?;
                 fs::hard_link(&target_full, &full).map_err(write_err(&full))?;
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+            Kind::Char | Kind::Block | Kind::Fifo => {
                 let what = match kind {
-                    EntryType::Char => "character device",
-                    EntryType::Block => "block device",
+                    Kind::Char => "character device",
+                    Kind::Block => "block device",
                     _ => "FIFO",
                 };
                 if !self.opts.allow_devices {
@@ -333,12 +331,11 @@ impl Unpacker<'_> {
                 }
                 self.clear_path(&rel, &full).map_err(&refuse)?;
                 let sflag = match kind {
-                    EntryType::Char => nix::sys::stat::SFlag::S_IFCHR,
-                    EntryType::Block => nix::sys::stat::SFlag::S_IFBLK,
+                    Kind::Char => nix::sys::stat::SFlag::S_IFCHR,
+                    Kind::Block => nix::sys::stat::SFlag::S_IFBLK,
                     _ => nix::sys::stat::SFlag::S_IFIFO,
                 };
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let (major, minor) = (entry.dev_major, entry.dev_minor);
                 nix::sys::stat::mknod(
                     &full,
                     sflag,
@@ -353,7 +350,6 @@ impl Unpacker<'_> {
                         .map_err(write_err(&full))?;
                 }
             }
-            other => return Err(refuse(EntryProblem::Unsupported(other))),
         }
         Ok(())
     }
@@ -440,7 +436,7 @@ impl Unpacker<'_> {
     }
 }
 
-enum CopyError {
+pub(crate) enum CopyError {
     Read(io::Error),
     Write(io::Error),
 }
