@@ -312,13 +312,13 @@ fn compare(work: &Path, name: &str, archive: &Path) -> Vec<String> {
     );
     let mut problems = diff(&snapshot(&ours), &theirs_view);
     let huge = ours.join("huge/9g");
-    if let Ok(m) = fs::metadata(&huge) {
-        if m.blocks() * 512 > 1 << 20 {
-            problems.push(format!(
-                "huge/9g takes {} blocks: holes were written",
-                m.blocks()
-            ));
-        }
+    if let Ok(m) = fs::metadata(&huge)
+        && m.blocks() * 512 > 1 << 20
+    {
+        problems.push(format!(
+            "huge/9g takes {} blocks: holes were written",
+            m.blocks()
+        ));
     }
     fs::remove_dir_all(&theirs).unwrap();
     fs::remove_dir_all(&root).unwrap();
