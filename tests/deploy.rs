@@ -355,3 +355,46 @@ fn a_terminal_on_stdin_is_refused_not_waited_on() {
     assert!(text.contains("no archive given"), "{text}");
     assert!(!root.exists(), "nothing created");
 }
+
+#[test]
+fn every_tar_extension_unpacks_like_gnu_tar() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let f = t.path().join("ext.tar");
+    std::fs::write(&f, common::archive::every_extension()).unwrap();
+    ok(&deploy(&root, &f, &["--version", "v", "--same-owner"]));
+    let rel = root.join("releases/v");
+    let long = format!("{}/{}", "d".repeat(120), "f".repeat(60));
+    let pax = std::fs::symlink_metadata(rel.join(&long)).unwrap();
+    assert_eq!(std::fs::read(rel.join(&long)).unwrap(), b"pax data");
+    assert_eq!((pax.uid(), pax.gid(), pax.mtime()), (3_000_000_000, 0, 1));
+    assert_eq!(
+        std::fs::read(rel.join(format!("{long}2"))).unwrap(),
+        b"long name data"
+    );
+    assert_eq!(
+        std::fs::read_link(rel.join("to-long")).unwrap(),
+        Path::new(&long)
+    );
+    assert_eq!(std::fs::read(rel.join("solaris-x")).unwrap(), b"x");
+    assert!(
+        std::fs::symlink_metadata(rel.join("v7dir"))
+            .unwrap()
+            .is_dir()
+    );
+    for name in ["old-gnu", "pax-0.0", "pax-0.1", "pax-1.0"] {
+        let data = std::fs::read(rel.join(name)).unwrap();
+        assert_eq!(data.len(), 65536, "{name}");
+        assert_eq!((&data[..4], &data[65532..]), (&b"head"[..], &b"tail"[..]));
+        assert!(data[4..65532].iter().all(|b| *b == 0), "{name}");
+        let blocks = std::fs::metadata(rel.join(name)).unwrap().blocks();
+        assert!(blocks * 512 < 65536, "{name}: the hole was written");
+    }
+    let names = snapshot(&rel);
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("GNUSparseFile") || n.contains("PaxHeaders")),
+        "{names:?}"
+    );
+}

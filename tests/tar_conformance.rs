@@ -606,3 +606,13 @@ fn docker_save_layers_and_export_read_back() {
     }
     assert!(failures.is_empty(), "differences:\n{}", failures.join("\n"));
 }
+
+#[test]
+fn hand_built_extensions_match_gnu_tar() {
+    require_root("hand_built_extensions_match_gnu_tar");
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("ext.tar");
+    fs::write(&archive, common::archive::every_extension()).unwrap();
+    let problems = compare(work.path(), "ext", &archive);
+    assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
+}

@@ -545,11 +545,20 @@ fn unsupported_type(typeflag: u8) -> String {
     }
 }
 
-/// A PAX 0.0 or 0.1 map.
+/// A PAX 0.0 or 0.1 map. Like GNU tar, `GNU.sparse.numblocks` must give its length.
 fn pax_map(pax: &Records) -> Result<Vec<Segment>, String> {
-    if let Some(list) = ext::last(pax, "GNU.sparse.map") {
-        return sparse::parse_list(list);
+    let map = match ext::last(pax, "GNU.sparse.map") {
+        Some(list) => sparse::parse_list(list)?,
+        None => offset_records(pax)?,
+    };
+    match ext::last(pax, "GNU.sparse.numblocks").and_then(ext::decimal) {
+        Some(n) if n == map.len() as u64 => Ok(map),
+        _ => Err("GNU.sparse.numblocks is missing or does not match the map".into()),
     }
+}
+
+/// The PAX 0.0 map: alternating `GNU.sparse.offset` and `GNU.sparse.numbytes` records.
+fn offset_records(pax: &Records) -> Result<Vec<Segment>, String> {
     let mut numbers = Vec::new();
     for (k, v) in pax {
         let expect: &[u8] = if numbers.len() % 2 == 0 {
@@ -566,11 +575,6 @@ fn pax_map(pax: &Records) -> Result<Vec<Segment>, String> {
     }
     if numbers.len() % 2 != 0 {
         return Err("a GNU.sparse.offset has no numbytes".into());
-    }
-    if let Some(n) = ext::last(pax, "GNU.sparse.numblocks")
-        && ext::decimal(n) != Some(numbers.len() as u64 / 2)
-    {
-        return Err("GNU.sparse.numblocks does not match the records".into());
     }
     Ok(numbers
         .chunks_exact(2)

@@ -6,7 +6,10 @@
 //! pairs), PAX 0.1 (`GNU.sparse.map`) and PAX 1.0 (decimal lines at the start of the data).
 //!
 //! Guarantee: a map handed out by [`check`] is sorted, has no overlaps, lies inside the real
-//! size, and its segment lengths add up exactly to the stored data.
+//! size, and its segment lengths add up exactly to the stored data. Every segment but the
+//! last holding data is a whole number of blocks: GNU tar starts each segment's data on a
+//! fresh block while other readers read them back to back, so only such maps (all GNU tar
+//! and bsdtar write) mean the same to both.
 
 use std::io::{self, Read};
 
@@ -21,7 +24,15 @@ pub struct Segment {
 pub fn check(segments: &[Segment], real_size: u64, stored: u64) -> Result<(), String> {
     let mut end = 0u64;
     let mut total = 0u64;
-    for s in segments {
+    let last_data = segments.iter().rposition(|s| s.len > 0).unwrap_or(0);
+    for (i, s) in segments.iter().enumerate() {
+        if i < last_data && s.len % 512 != 0 {
+            return Err(format!(
+                "sparse map segment at {} has {} bytes, not a multiple of 512 (GNU tar would \
+                 read this archive differently)",
+                s.offset, s.len
+            ));
+        }
         if s.offset < end {
             return Err(format!(
                 "sparse map segments overlap or are out of order (offset {} before {end})",
@@ -176,12 +187,14 @@ mod tests {
 
     #[test]
     fn check_accepts_gnu_maps_and_refuses_bad_ones() {
-        let good = [seg(0, 10), seg(4096, 5), seg(9000, 0)];
-        assert!(check(&good, 9000, 15).is_ok());
+        let good = [seg(0, 1024), seg(4096, 5), seg(9000, 0)];
+        assert!(check(&good, 9000, 1029).is_ok());
+        let unaligned = check(&[seg(0, 10), seg(4096, 5)], 9000, 15).unwrap_err();
+        assert!(unaligned.contains("multiple of 512"), "{unaligned}");
         assert!(check(&[], 1 << 40, 0).is_ok());
-        let overlap = check(&[seg(0, 10), seg(5, 5)], 100, 15).unwrap_err();
+        let overlap = check(&[seg(0, 512), seg(5, 5)], 1000, 517).unwrap_err();
         assert!(overlap.contains("overlap"), "{overlap}");
-        let order = check(&[seg(50, 1), seg(10, 1)], 100, 2).unwrap_err();
+        let order = check(&[seg(50, 0), seg(10, 1)], 100, 1).unwrap_err();
         assert!(order.contains("out of order"), "{order}");
         let past = check(&[seg(95, 10)], 100, 10).unwrap_err();
         assert!(past.contains("past the real size"), "{past}");
