@@ -260,13 +260,7 @@ impl<R: Read> Archive<R> {
             size: 0,
             stored: area,
             sparse: None,
-            xattrs: pax
-                .iter()
-                .filter(|(k, _)| {
-                    k.starts_with(b"SCHILY.xattr.") || k.starts_with(b"LIBARCHIVE.xattr.")
-                })
-                .cloned()
-                .collect(),
+            xattrs: xattrs(&pax),
             ext_bytes: pending.bytes,
             data_offset: 0,
             format: h.format,
@@ -333,7 +327,7 @@ impl<R: Read> Archive<R> {
             let minor = ext::last(pax, "GNU.sparse.minor");
             let map = match (major, minor) {
                 (Some(b"1"), Some(b"0")) => self.line_map(entry, e)?,
-                (None | Some(b"0"), _) => pax_map(pax).map_err(bad)?,
+                (None | Some(b"0"), _) => sparse::pax_map(pax).map_err(bad)?,
                 (major, minor) => {
                     return Err(TarError::Unsupported {
                         entry: entry.to_string(),
@@ -545,44 +539,12 @@ fn unsupported_type(typeflag: u8) -> String {
     }
 }
 
-/// A PAX 0.0 or 0.1 map. Like GNU tar, `GNU.sparse.numblocks` must give its length.
-fn pax_map(pax: &Records) -> Result<Vec<Segment>, String> {
-    let map = match ext::last(pax, "GNU.sparse.map") {
-        Some(list) => sparse::parse_list(list)?,
-        None => offset_records(pax)?,
-    };
-    match ext::last(pax, "GNU.sparse.numblocks").and_then(ext::decimal) {
-        Some(n) if n == map.len() as u64 => Ok(map),
-        _ => Err("GNU.sparse.numblocks is missing or does not match the map".into()),
-    }
-}
-
-/// The PAX 0.0 map: alternating `GNU.sparse.offset` and `GNU.sparse.numbytes` records.
-fn offset_records(pax: &Records) -> Result<Vec<Segment>, String> {
-    let mut numbers = Vec::new();
-    for (k, v) in pax {
-        let expect: &[u8] = if numbers.len() % 2 == 0 {
-            b"GNU.sparse.offset"
-        } else {
-            b"GNU.sparse.numbytes"
-        };
-        if k == b"GNU.sparse.offset" || k == b"GNU.sparse.numbytes" {
-            if k != expect {
-                return Err("GNU.sparse.offset and numbytes records do not alternate".into());
-            }
-            numbers.push(ext::decimal(v).ok_or("a GNU.sparse record holds a non-number")?);
-        }
-    }
-    if numbers.len() % 2 != 0 {
-        return Err("a GNU.sparse.offset has no numbytes".into());
-    }
-    Ok(numbers
-        .chunks_exact(2)
-        .map(|p| Segment {
-            offset: p[0],
-            len: p[1],
-        })
-        .collect())
+/// The extended-attribute records (`SCHILY.xattr.*`, `LIBARCHIVE.xattr.*`).
+fn xattrs(pax: &Records) -> Records {
+    pax.iter()
+        .filter(|(k, _)| k.starts_with(b"SCHILY.xattr.") || k.starts_with(b"LIBARCHIVE.xattr."))
+        .cloned()
+        .collect()
 }
 
 fn bad_pax(h: &Header, problem: String) -> TarError {

@@ -13,6 +13,8 @@
 
 use std::io::{self, Read};
 
+use super::ext::Records;
+
 /// One data segment: `len` bytes stored in the archive belong at `offset` in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
@@ -70,6 +72,40 @@ pub fn parse_list(value: &[u8]) -> Result<Vec<Segment>, String> {
         .collect::<Result<Vec<u64>, _>>()?;
     if numbers.len() % 2 != 0 {
         return Err("GNU.sparse.map has an odd number of values".into());
+    }
+    Ok(pairs(&numbers))
+}
+
+/// A PAX 0.0 or 0.1 map. Like GNU tar, `GNU.sparse.numblocks` must give its length.
+pub fn pax_map(pax: &Records) -> Result<Vec<Segment>, String> {
+    let map = match super::ext::last(pax, "GNU.sparse.map") {
+        Some(list) => parse_list(list)?,
+        None => offset_records(pax)?,
+    };
+    match super::ext::last(pax, "GNU.sparse.numblocks").and_then(super::ext::decimal) {
+        Some(n) if n == map.len() as u64 => Ok(map),
+        _ => Err("GNU.sparse.numblocks is missing or does not match the map".into()),
+    }
+}
+
+/// The PAX 0.0 map: alternating `GNU.sparse.offset` and `GNU.sparse.numbytes` records.
+fn offset_records(pax: &Records) -> Result<Vec<Segment>, String> {
+    let mut numbers = Vec::new();
+    for (k, v) in pax {
+        let expect: &[u8] = if numbers.len() % 2 == 0 {
+            b"GNU.sparse.offset"
+        } else {
+            b"GNU.sparse.numbytes"
+        };
+        if k == b"GNU.sparse.offset" || k == b"GNU.sparse.numbytes" {
+            if k != expect {
+                return Err("GNU.sparse.offset and numbytes records do not alternate".into());
+            }
+            numbers.push(super::ext::decimal(v).ok_or("a GNU.sparse record holds a non-number")?);
+        }
+    }
+    if numbers.len() % 2 != 0 {
+        return Err("a GNU.sparse.offset has no numbytes".into());
     }
     Ok(pairs(&numbers))
 }

@@ -219,7 +219,10 @@ fn ends_and_truncation() {
     let err = read(&one[..514]).unwrap_err();
     assert!(matches!(err, TarError::Io(_)), "short data: {err}");
     let err = read(&one[..700]).unwrap_err();
-    assert!(matches!(err, TarError::Truncated(_)), "short padding: {err}");
+    assert!(
+        matches!(err, TarError::Truncated(_)),
+        "short padding: {err}"
+    );
     let err = read(&one[..300]).unwrap_err();
     assert!(matches!(err, TarError::Truncated(_)), "{err}");
     let err = read(&ext(b"x", b'x', &rec("uid", b"1"))).unwrap_err();
