@@ -257,6 +257,15 @@ fn extension_corpus() -> Vec<Hostile> {
             &[],
         ),
         hostile(
+            "owner-beyond-32-bits",
+            Archive::new()
+                .pax(&[("uid", b"4294967301")])
+                .file("f", b"x")
+                .bytes(),
+            "beyond the 32-bit ids",
+            &["--same-owner"],
+        ),
+        hostile(
             "multi-volume-continuation",
             Archive::new().ext(b"cont", b'M', b"").bytes(),
             "multi-volume",

@@ -73,6 +73,8 @@ pub enum EntryProblem {
     ParentNotDirectory(String),
     #[error("would replace the non-empty directory at this path")]
     ReplacesDirectory,
+    #[error("has owner {0}:{1}, beyond the 32-bit ids Linux has (GNU tar refuses it too)")]
+    Owner(u64, u64),
     #[error("is a {0}; device nodes and FIFOs are refused unless --allow-devices")]
     Device(&'static str),
 }
@@ -197,7 +199,10 @@ impl Unpacker<'_> {
             mode &= !0o6000;
         }
         let owner = if self.opts.same_owner {
-            Some((entry.uid as u32, entry.gid as u32))
+            match (u32::try_from(entry.uid), u32::try_from(entry.gid)) {
+                (Ok(uid), Ok(gid)) => Some((uid, gid)),
+                _ => return Err(refuse(EntryProblem::Owner(entry.uid, entry.gid))),
+            }
         } else {
             None
         };
