@@ -182,6 +182,21 @@ mod tests {
     }
 
     #[test]
+    fn signed_checksums_are_tar_too() {
+        // A v7 header with a high-bit name whose checksum was summed over signed bytes.
+        let mut h = [0u8; 512];
+        h[..6].copy_from_slice(b"caf\xe9\xff/");
+        h[100..108].copy_from_slice(b"0000755\0");
+        h[148..156].fill(b' ');
+        let signed: i64 = h.iter().map(|b| i64::from(*b as i8)).sum();
+        h[148..156].copy_from_slice(format!("{signed:06o}\0 ").as_bytes());
+        assert!(is_tar_header(&h));
+        let mut data = h.to_vec();
+        data.resize(2048, 0);
+        assert_eq!(classify(&data).unwrap(), Compression::None);
+    }
+
+    #[test]
     fn rejects_garbage_and_empty() {
         assert!(matches!(
             detect(io::Cursor::new(b"PK\x03\x04 zip file".to_vec())),

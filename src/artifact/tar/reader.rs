@@ -96,6 +96,8 @@ struct Pending {
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
     bytes: u64,
+    /// Whether any extension header was seen (an entry must follow).
+    seen: bool,
 }
 
 impl<R: Read> Archive<R> {
@@ -153,13 +155,17 @@ impl<R: Read> Archive<R> {
         loop {
             let at = self.pos;
             let mut block = [0u8; BLOCK];
-            if !self.read_block(&mut block, pending.bytes > 0, "an extension header")? {
+            if !self.read_block(
+                &mut block,
+                pending.seen,
+                "the entry after an extension header",
+            )? {
                 self.done = true;
                 return Ok(None);
             }
             if header::is_zero(&block) {
                 self.done = true;
-                return if pending.bytes > 0 {
+                return if pending.seen {
                     Err(TarError::Truncated(
                         "the entry after an extension header".into(),
                     ))
@@ -391,6 +397,7 @@ impl<R: Read> Archive<R> {
         pending: &mut Pending,
         what: &'static str,
     ) -> Result<Vec<u8>, TarError> {
+        pending.seen = true;
         pending.bytes = pending.bytes.saturating_add(h.size);
         self.check_cap(pending.bytes, &shown(&h.name), what)?;
         let mut data = vec![0u8; h.size as usize];
