@@ -61,6 +61,30 @@ pub fn merge_globals(globals: &mut Records, new: Records) {
     }
 }
 
+/// The records in force for one entry: its own (`x`, `X`), then the global ones (`g`). An
+/// empty value of its own hides a global one.
+pub struct Pax<'a> {
+    pub local: &'a Records,
+    pub global: &'a Records,
+}
+
+impl Pax<'_> {
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        match self.local.iter().rev().find(|(k, _)| k == key.as_bytes()) {
+            Some((_, v)) => Some(v.as_slice()).filter(|v| !v.is_empty()),
+            None => last(self.global, key),
+        }
+    }
+}
+
+/// Bytes held by `records`.
+pub fn size(records: &Records) -> u64 {
+    records
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum()
+}
+
 /// The last value of `key` in `records`, if set and not empty.
 pub fn last<'a>(records: &'a [(Vec<u8>, Vec<u8>)], key: &str) -> Option<&'a [u8]> {
     records
@@ -162,6 +186,25 @@ mod tests {
         merge_globals(&mut g, vec![(b"gid".to_vec(), b"2".to_vec())]);
         merge_globals(&mut g, vec![(b"uid".to_vec(), Vec::new())]);
         assert_eq!(g, vec![(b"gid".to_vec(), b"2".to_vec())]);
+        assert_eq!(size(&g), 4);
+        let local = vec![
+            (b"gid".to_vec(), Vec::new()),
+            (b"uname".to_vec(), b"u".to_vec()),
+        ];
+        let view = Pax {
+            local: &local,
+            global: &g,
+        };
+        assert_eq!(
+            (view.get("gid"), view.get("uname")),
+            (None, Some(&b"u"[..]))
+        );
+        let none = Vec::new();
+        let globals_only = Pax {
+            local: &none,
+            global: &g,
+        };
+        assert_eq!(globals_only.get("gid"), Some(&b"2"[..]));
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! unread is skipped on the next call, by seeking when the source can.
 
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::Arc;
 
-use super::ext::{self, Records};
+use super::ext::{self, Pax, Records};
 use super::header::{self, BLOCK, BadField, Format, Header};
 use super::sparse::{self, Expand, LineMap, Segment};
 use super::{Limits, TarError, shown};
@@ -48,8 +49,8 @@ pub struct Entry {
     pub stored: u64,
     /// The checked data map of a sparse file.
     pub sparse: Option<Vec<Segment>>,
-    /// Extended attributes carried as PAX records (`SCHILY.xattr.*`, `LIBARCHIVE.xattr.*`):
-    /// the full record key and the value.
+    /// Extended attributes carried in the entry's own PAX header (`SCHILY.xattr.*`,
+    /// `LIBARCHIVE.xattr.*`): the full record key and the value.
     pub xattrs: Records,
     /// Extension data (PAX, long names, sparse maps) read for this entry.
     pub ext_bytes: u64,
@@ -85,7 +86,8 @@ pub struct Archive<R> {
     data_left: u64,
     /// Bytes of the current entry's data area (data and padding) not yet consumed.
     area_left: u64,
-    globals: Records,
+    /// Records of `g` headers, in force until replaced (shared, not copied, per entry).
+    globals: Arc<Records>,
     done: bool,
 }
 
@@ -113,7 +115,7 @@ impl<R: Read> Archive<R> {
             pos: 0,
             data_left: 0,
             area_left: 0,
-            globals: Vec::new(),
+            globals: Arc::default(),
             done: false,
         }
     }
@@ -191,7 +193,9 @@ impl<R: Read> Archive<R> {
                 b'g' => {
                     let data = self.read_extension(&h, &mut pending, "a global PAX header")?;
                     let recs = ext::parse_pax(&data).map_err(|problem| bad_pax(&h, problem))?;
-                    ext::merge_globals(&mut self.globals, recs);
+                    ext::merge_globals(Arc::make_mut(&mut self.globals), recs);
+                    let held = ext::size(&self.globals);
+                    self.check_cap(held, &shown(&h.name), "global PAX headers adding up")?;
                 }
                 b'L' => {
                     let data = self.read_extension(&h, &mut pending, "a GNU long name")?;
@@ -209,19 +213,24 @@ impl<R: Read> Archive<R> {
     }
 
     fn finish_entry(&mut self, h: Header, pending: Pending) -> Result<Entry, TarError> {
-        let mut pax = self.globals.clone();
-        pax.extend(pending.pax);
-        let mut path = ext::last(&pax, "path")
+        let globals = Arc::clone(&self.globals);
+        let pax = Pax {
+            local: &pending.pax,
+            global: &globals,
+        };
+        let mut path = pax
+            .get("path")
             .map(<[u8]>::to_vec)
             .or(pending.long_name)
             .unwrap_or_else(|| h.name.clone());
         let entry = shown(&path);
-        let link = ext::last(&pax, "linkpath")
+        let link = pax
+            .get("linkpath")
             .map(<[u8]>::to_vec)
             .or(pending.long_link)
             .unwrap_or_else(|| h.linkname.clone());
         let number = |key: &'static str| -> Result<Option<u64>, TarError> {
-            ext::last(&pax, key)
+            pax.get(key)
                 .map(|v| ext::decimal(v).ok_or_else(|| bad_record(&entry, key)))
                 .transpose()
         };
@@ -233,13 +242,13 @@ impl<R: Read> Archive<R> {
             entry: entry.clone(),
             feature: unsupported_type(h.typeflag),
         })?;
-        if ext::last(&pax, "SCHILY.filetype") == Some(b"sparse") {
+        if pax.get("SCHILY.filetype") == Some(b"sparse") {
             return Err(TarError::Unsupported {
                 entry,
                 feature: "a star sparse file".into(),
             });
         }
-        let mtime = match ext::last(&pax, "mtime") {
+        let mtime = match pax.get("mtime") {
             Some(v) => ext::seconds(v).ok_or_else(|| bad_record(&entry, "mtime"))?,
             None => h.mtime,
         };
@@ -259,14 +268,18 @@ impl<R: Read> Archive<R> {
             uid: number("uid")?.unwrap_or(h.uid),
             gid: number("gid")?.unwrap_or(h.gid),
             mtime,
-            uname: ext::last(&pax, "uname").map_or_else(|| h.uname.clone(), <[u8]>::to_vec),
-            gname: ext::last(&pax, "gname").map_or_else(|| h.gname.clone(), <[u8]>::to_vec),
+            uname: pax
+                .get("uname")
+                .map_or_else(|| h.uname.clone(), <[u8]>::to_vec),
+            gname: pax
+                .get("gname")
+                .map_or_else(|| h.gname.clone(), <[u8]>::to_vec),
             dev_major: dev("SCHILY.devmajor", h.dev_major)?,
             dev_minor: dev("SCHILY.devminor", h.dev_minor)?,
             size: 0,
             stored: area,
             sparse: None,
-            xattrs: xattrs(&pax),
+            xattrs: xattrs(&pending.pax),
             ext_bytes: pending.bytes,
             data_offset: 0,
             format: h.format,
@@ -274,7 +287,7 @@ impl<R: Read> Archive<R> {
         };
         if kind == Kind::File {
             if let Some(SparseInfo { map, real, name }) =
-                self.sparse_map(&h, &pax, &entry, &mut e)?
+                self.sparse_map(&h, &pending.pax, &entry, &mut e)?
             {
                 e.size = real;
                 e.sparse = Some(map);
@@ -291,7 +304,7 @@ impl<R: Read> Archive<R> {
         Ok(e)
     }
 
-    /// The sparse map of a file entry, if it is sparse: (map, real size, real name).
+    /// The sparse map of a file entry, if its own PAX records or header make it sparse.
     /// Reads old GNU extension blocks and the PAX 1.0 map from the data area, counting them
     /// in `e.ext_bytes` and taking them off `e.stored`.
     fn sparse_map(

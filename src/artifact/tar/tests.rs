@@ -154,6 +154,18 @@ fn extension_cap_applies_before_reading() {
     ]);
     let err = read(&three).unwrap_err();
     assert!(matches!(err, TarError::ExtensionTooLarge { .. }), "{err}");
+    // Global headers with new keys add up across entries, not only before one.
+    let globals: Vec<Vec<u8>> = (0..4)
+        .flat_map(|i| {
+            let key = format!("comment{i}");
+            [
+                ext(b"g", b'g', &rec(&key, &vec![b'a'; 400_000])),
+                file(b"f", b""),
+            ]
+        })
+        .collect();
+    let err = read(&archive(&globals)).unwrap_err();
+    assert!(err.to_string().contains("global PAX headers"), "{err}");
     let mut small = Archive::with_limits(
         Cursor::new(archive(&[
             ext(b"a", b'x', &rec("uid", b"1")),
