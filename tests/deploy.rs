@@ -398,3 +398,30 @@ fn every_tar_extension_unpacks_like_gnu_tar() {
         "{names:?}"
     );
 }
+
+/// Issue 6: a 2 KB sparse archive used to write 2 GiB of real blocks.
+#[test]
+fn issue6_a_tiny_sparse_archive_writes_holes_as_holes() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let size: u64 = 2 << 30;
+    let data = [vec![7u8; 512], vec![9u8; 512]].concat();
+    let map = format!("0,512,{},512", size - 512);
+    let bytes = Archive::new().pax_sparse("big", &map, size, &data).bytes();
+    assert!(bytes.len() < 4096, "{} bytes", bytes.len());
+    let f = t.path().join("sparse.tar");
+    std::fs::write(&f, &bytes).unwrap();
+    ok(&deploy(&root, &f, &["--version", "v"]));
+    let big = root.join("releases/v/big");
+    let meta = std::fs::metadata(&big).unwrap();
+    assert_eq!(meta.len(), size);
+    assert!(meta.blocks() * 512 <= 64 << 10, "{} blocks", meta.blocks());
+    let file = std::fs::File::open(&big).unwrap();
+    let mut tail = [0u8; 512];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut tail, size - 512).unwrap();
+    assert_eq!(tail, [9u8; 512]);
+    // The real size counts against --max-bytes.
+    let out = deploy(&root, &f, &["--version", "w", "--max-bytes", "1000000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("size limit of 1000000"));
+}
