@@ -328,6 +328,7 @@ fn compare(work: &Path, name: &str, archive: &Path) -> Vec<String> {
 /// A scratch dir with the source tree; `work/src` holds it.
 fn setup(test: &str) -> tempfile::TempDir {
     require_root(test);
+    require("tar", "tar");
     let work = tempfile::tempdir().unwrap();
     make_source(&work.path().join("src"));
     work
