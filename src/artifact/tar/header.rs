@@ -279,6 +279,28 @@ mod tests {
     }
 
     #[test]
+    fn every_format_with_either_checksum_form() {
+        let formats: [(&[u8], Format); 4] = [
+            (b"", Format::V7),
+            (b"ustar\x0000", Format::Ustar),
+            (b"ustar  \0", Format::Gnu),
+            (b"ustar\x0000", Format::Star),
+        ];
+        for (magic, format) in formats {
+            for signed in [false, true] {
+                let mut fields: Vec<(usize, &[u8])> = vec![(0, b"n\xe4me\0")];
+                if format == Format::Star {
+                    fields.push((508, b"tar\0"));
+                }
+                let b = block(magic, b'0', &fields, signed);
+                assert!(checksum_ok(&b), "{format:?} signed={signed}");
+                let h = parse(&b).unwrap();
+                assert_eq!((h.format, h.name.as_slice()), (format, &b"n\xe4me"[..]));
+            }
+        }
+    }
+
+    #[test]
     fn unsigned_checksum_and_ustar_prefix() {
         let b = block(b"ustar\x0000", b'0', &[(345, b"some/dir")], false);
         assert!(checksum_ok(&b));
