@@ -12,8 +12,10 @@ fi
 # Debian packages: busybox-static builds the jail rootfs; zstd, gzip and tar are the peers in
 # the unpack benchmark and build test archives; iproute2 makes network namespaces;
 # util-linux gives mount/unshare/flock; procps gives ps for the agent tests; file checks the static
-# link; debootstrap makes the Debian rootfs of tests/distro.rs and the image benchmark.
-pkgs=(busybox-static zstd gzip tar iproute2 util-linux procps file ca-certificates debootstrap)
+# link; debootstrap makes the Debian rootfs of tests/distro.rs and the image benchmark;
+# libarchive-tools (bsdtar) and python3 (tarfile) are tar writers in the conformance test.
+pkgs=(busybox-static zstd gzip tar iproute2 util-linux procps file ca-certificates debootstrap
+  libarchive-tools python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

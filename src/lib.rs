@@ -1,7 +1,8 @@
 //! droot-fleet: build with Docker, ship as a tarball, run in a chroot jail, on every host of a fleet.
 //!
 //! Where things live:
-//! - [`artifact`]: archive formats (tar, gzip, zstd) and the hardened streaming unpacker.
+//! - [`artifact`]: archive formats (tar, gzip, zstd), our streaming tar reader (GNU tar's
+//!   formats, PAX, sparse files) and the hardened streaming unpacker.
 //! - [`release`]: the release directory (`releases/<v>`, `current`), atomic switch, rollback,
 //!   pruning, and the in-place rsync mode.
 //! - [`beneath`]: descriptor-relative file operations that never follow a symlink (openat2).

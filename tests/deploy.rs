@@ -293,8 +293,12 @@ fn devices_under_dev_are_skipped_by_default() {
         err.contains("3 device nodes/FIFOs under /dev/ skipped"),
         "{err}"
     );
+    let names: Vec<String> = snapshot(&root.join("releases/d"))
+        .into_iter()
+        .map(|s| s.split(" [").next().unwrap().to_string())
+        .collect();
     assert_eq!(
-        snapshot(&root.join("releases/d")),
+        names,
         [
             "bin/",
             "bin/app (2 bytes)",
@@ -485,4 +489,74 @@ fn the_archive_root_entry_mode_is_honoured() {
     let live = t.path().join("live");
     ok(&deploy(&live, &f, &["--mode", "rsync"]));
     assert_eq!(mode(&live), 0o750);
+}
+
+#[test]
+fn every_tar_extension_unpacks_like_gnu_tar() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let f = t.path().join("ext.tar");
+    std::fs::write(&f, common::archive::every_extension()).unwrap();
+    ok(&deploy(&root, &f, &["--version", "v", "--same-owner"]));
+    let rel = root.join("releases/v");
+    let long = format!("{}/{}", "d".repeat(120), "f".repeat(60));
+    let pax = std::fs::symlink_metadata(rel.join(&long)).unwrap();
+    assert_eq!(std::fs::read(rel.join(&long)).unwrap(), b"pax data");
+    assert_eq!((pax.uid(), pax.gid(), pax.mtime()), (3_000_000_000, 0, 1));
+    assert_eq!(
+        std::fs::read(rel.join(format!("{long}2"))).unwrap(),
+        b"long name data"
+    );
+    assert_eq!(
+        std::fs::read_link(rel.join("to-long")).unwrap(),
+        Path::new(&long)
+    );
+    assert_eq!(std::fs::read(rel.join("solaris-x")).unwrap(), b"x");
+    assert!(
+        std::fs::symlink_metadata(rel.join("v7dir"))
+            .unwrap()
+            .is_dir()
+    );
+    for name in ["old-gnu", "pax-0.0", "pax-0.1", "pax-1.0"] {
+        let data = std::fs::read(rel.join(name)).unwrap();
+        assert_eq!(data.len(), 65536, "{name}");
+        assert_eq!((&data[..4], &data[65532..]), (&b"head"[..], &b"tail"[..]));
+        assert!(data[4..65532].iter().all(|b| *b == 0), "{name}");
+        let blocks = std::fs::metadata(rel.join(name)).unwrap().blocks();
+        assert!(blocks * 512 < 65536, "{name}: the hole was written");
+    }
+    let names = snapshot(&rel);
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("GNUSparseFile") || n.contains("PaxHeaders")),
+        "{names:?}"
+    );
+}
+
+/// Issue 6: a 2 KB sparse archive used to write 2 GiB of real blocks.
+#[test]
+fn issue6_a_tiny_sparse_archive_writes_holes_as_holes() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let size: u64 = 2 << 30;
+    let data = [vec![7u8; 512], vec![9u8; 512]].concat();
+    let map = format!("0,512,{},512", size - 512);
+    let bytes = Archive::new().pax_sparse("big", &map, size, &data).bytes();
+    assert!(bytes.len() < 4096, "{} bytes", bytes.len());
+    let f = t.path().join("sparse.tar");
+    std::fs::write(&f, &bytes).unwrap();
+    ok(&deploy(&root, &f, &["--version", "v"]));
+    let big = root.join("releases/v/big");
+    let meta = std::fs::metadata(&big).unwrap();
+    assert_eq!(meta.len(), size);
+    assert!(meta.blocks() * 512 <= 64 << 10, "{} blocks", meta.blocks());
+    let file = std::fs::File::open(&big).unwrap();
+    let mut tail = [0u8; 512];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut tail, size - 512).unwrap();
+    assert_eq!(tail, [9u8; 512]);
+    // The real size counts against --max-bytes.
+    let out = deploy(&root, &f, &["--version", "w", "--max-bytes", "1000000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("size limit of 1000000"));
 }

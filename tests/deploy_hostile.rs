@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::archive::{
-    Archive, current_target, deploy, ok, simple, snapshot_dir, snapshot_without,
+    Archive, current_target, deploy, gnu_sparse_header, ok, pax_record, raw_header, simple,
+    snapshot_dir, snapshot_without, zstd,
 };
 
 /// One hostile archive: its name, bytes, the text the error must contain, extra flags.
@@ -161,7 +162,143 @@ fn hostile_corpus(outside: &Path) -> Vec<Hostile> {
         expect: "limit of 10 entries",
         flags: vec!["--max-entries".into(), "10".into()],
     });
+    corpus.extend(extension_corpus());
     corpus
+}
+
+/// Extension headers and sparse maps that try to exhaust memory or disk, or lie.
+fn extension_corpus() -> Vec<Hostile> {
+    let hostile = |name, bytes, expect, flags: &[&str]| Hostile {
+        name,
+        bytes,
+        expect,
+        flags: flags.iter().map(|f| f.to_string()).collect(),
+    };
+    let comment = |n: usize| pax_record("comment", &vec![b'a'; n]);
+    let v1_sparse = |data: &[u8]| {
+        Archive::new()
+            .pax(&[
+                ("GNU.sparse.major", b"1"),
+                ("GNU.sparse.minor", b"0"),
+                ("GNU.sparse.name", b"s"),
+                ("GNU.sparse.realsize", b"100"),
+            ])
+            .raw(
+                raw_header(b"GNUSparseFile.0/s", b'0', data.len() as u64),
+                data,
+            )
+            .bytes()
+    };
+    let endless_old_gnu = {
+        let mut a = Archive::new().raw(gnu_sparse_header(b"s", &[(0, 0)], 100, true), b"");
+        let mut ext = [0u8; 512];
+        ext[504] = 1;
+        for _ in 0..3000 {
+            a = a.raw(ext, b"");
+        }
+        a.bytes()
+    };
+    vec![
+        hostile(
+            "pax-header-of-2mib-in-zstd",
+            zstd(
+                &Archive::new()
+                    .ext(b"PaxHeaders/big", b'x', &comment(2 << 20))
+                    .file("a", b"x")
+                    .bytes(),
+            ),
+            "for extension headers",
+            &[],
+        ),
+        hostile(
+            "pax-headers-adding-up-past-the-cap",
+            Archive::new()
+                .ext(b"PaxHeaders/1", b'x', &comment(400_000))
+                .ext(b"PaxHeaders/2", b'x', &comment(400_000))
+                .ext(b"PaxHeaders/3", b'x', &comment(400_000))
+                .file("a", b"x")
+                .bytes(),
+            "for extension headers",
+            &[],
+        ),
+        hostile(
+            "gnu-long-name-of-2mib",
+            Archive::new()
+                .ext(b"././@LongLink", b'L', &vec![b'n'; 2 << 20])
+                .file("a", b"x")
+                .bytes(),
+            "for extension headers",
+            &[],
+        ),
+        hostile(
+            "pax-header-counts-towards-max-bytes",
+            Archive::new()
+                .ext(b"PaxHeaders/a", b'x', &comment(900_000))
+                .file("a", &[0u8; 200_000])
+                .bytes(),
+            "size limit of 1000000 bytes",
+            &["--max-bytes", "1000000"],
+        ),
+        hostile(
+            "sparse-overlapping",
+            Archive::new()
+                .pax_sparse("s", "0,512,256,10", 1000, &[1u8; 522])
+                .bytes(),
+            "bad sparse map",
+            &[],
+        ),
+        hostile(
+            "sparse-past-real-size",
+            Archive::new()
+                .pax_sparse("s", "0,512,1000,10", 1005, &[1u8; 522])
+                .bytes(),
+            "bad sparse map",
+            &[],
+        ),
+        hostile(
+            "sparse-map-not-matching-data",
+            Archive::new()
+                .pax_sparse("s", "0,10", 100, &[1u8; 30])
+                .bytes(),
+            "bad sparse map",
+            &[],
+        ),
+        hostile(
+            "sparse-huge-count-in-data",
+            v1_sparse(&[b"1000000000\n".as_slice(), &b"0\n".repeat(1 << 20)].concat()),
+            "for extension headers",
+            &[],
+        ),
+        hostile(
+            "old-gnu-sparse-endless-extension-blocks",
+            endless_old_gnu,
+            "for extension headers",
+            &[],
+        ),
+        hostile(
+            "sparse-real-size-counts-towards-max-bytes",
+            Archive::new()
+                .pax_sparse("s", "0,4", 1 << 40, b"data")
+                .bytes(),
+            "size limit of",
+            &[],
+        ),
+        hostile(
+            "owner-beyond-32-bits",
+            Archive::new()
+                .pax(&[("uid", b"4294967301")])
+                .file("f", b"x")
+                .bytes(),
+            "beyond the 32-bit ids",
+            &["--same-owner"],
+        ),
+        hostile(
+            "multi-volume-continuation",
+            Archive::new().ext(b"cont", b'M', b"").bytes(),
+            "multi-volume",
+            &[],
+        ),
+    ]
 }
 
 #[test]

@@ -246,6 +246,20 @@ fn bad_archives_fail_clearly_and_leave_no_output() {
     legacy_archive(&p("cut.tar"), &[(&["x:1"], vec![cut], &ENV)]);
     assert_bad_archive(d, &p("cut.tar"), "corrupt or truncated");
 
+    // A 2 MiB PAX header in a tiny zstd layer hits the extension-header cap unread.
+    let huge_pax = common::archive::Archive::new()
+        .ext(
+            b"PaxHeaders/big",
+            b'x',
+            &common::archive::pax_record("comment", &vec![b'a'; 2 << 20]),
+        )
+        .file("a", b"x")
+        .bytes();
+    let small = zstd_bytes(&huge_pax);
+    assert!(small.len() < 10_000);
+    legacy_archive(&p("bigpax.tar"), &[(&["x:1"], vec![small], &ENV)]);
+    assert_bad_archive(d, &p("bigpax.tar"), "for extension headers");
+
     // A missing archive.
     assert_bad_archive(d, &p("does-not-exist.tar"), "cannot read");
 }

@@ -5,9 +5,12 @@
 //! A poor man's fuzzer that runs on stable Rust in every `cargo test`: the seeds are fixed, so
 //! a failure is reproducible; raise `ROUNDS` locally to search longer.
 
-use std::io::Write;
+mod common;
+
+use std::io::{Read, Write};
 use std::path::Path;
 
+use droot_fleet::artifact::tar::{Archive, Limits};
 use droot_fleet::artifact::{UnpackOptions, unpack};
 use droot_fleet::gossip::envelope::{self, FrameDecoder};
 use droot_fleet::gossip::message::{self, Broadcast};
@@ -190,7 +193,10 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
     h.set_size(0);
     h.set_mode(0o777);
     b.append_link(&mut h, "dd", "../outside").unwrap();
-    let tar = b.into_inner().unwrap();
+    let mut tar = b.into_inner().unwrap();
+    // Followed by every extension header and sparse form the reader knows.
+    tar.truncate(tar.len() - 1024);
+    tar.extend_from_slice(&common::archive::every_extension());
     let gz = {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(&tar).unwrap();
@@ -239,5 +245,68 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
     assert!(
         refused > 0,
         "mutations were noticed ({ok} accepted, {refused} refused)"
+    );
+}
+
+/// Reads every entry of `input` and up to 1 MiB of each one's contents; the number of
+/// entries, or the first error.
+fn read_all_entries(input: &[u8]) -> Result<usize, String> {
+    let limits = Limits {
+        max_extension: 64 << 10,
+    };
+    let mut archive = Archive::with_limits(input, limits);
+    let mut n = 0;
+    while let Some(entry) = archive.next_entry().map_err(|e| e.to_string())? {
+        n += 1;
+        let mut sink = Vec::new();
+        archive
+            .contents(&entry)
+            .take(1 << 20)
+            .read_to_end(&mut sink)
+            .map_err(|e| e.to_string())?;
+        if entry.sparse.is_none() && (sink.len() as u64) < entry.size.min(1 << 20) {
+            return Err(format!(
+                "{}: short contents without an error",
+                entry.shown()
+            ));
+        }
+    }
+    Ok(n)
+}
+
+#[test]
+fn tar_reader_never_panics_on_mutated_extension_headers() {
+    let mut rng = StdRng::seed_from_u64(0xd5);
+    let valid = common::archive::every_extension();
+    assert_eq!(read_all_entries(&valid), Ok(9), "the seed archive reads");
+    let mut errors = 0;
+    for _ in 0..ROUNDS {
+        let input = if rng.random_bool(0.9) {
+            // Mutate inside the headers and extension data, where the decoding happens.
+            let mut v = valid.clone();
+            for _ in 0..rng.random_range(1..=4) {
+                let i = rng.random_range(0..v.len());
+                v[i] = match rng.random_range(0..4) {
+                    0 => rng.random(),
+                    1 => b'0' + rng.random_range(0..10),
+                    2 => 0,
+                    _ => v[i] ^ (1 << rng.random_range(0..8)),
+                };
+            }
+            if rng.random_bool(0.2) {
+                v = mutate(&mut rng, &v);
+            }
+            v
+        } else {
+            random_bytes(&mut rng, 4096)
+        };
+        if let Err(e) = read_all_entries(&input) {
+            assert!(!e.contains("short contents"), "{e}");
+            errors += 1;
+        }
+    }
+    assert!(
+        errors > ROUNDS / 10,
+        "mutations were noticed ({errors} errors)"
     );
 }

@@ -44,32 +44,10 @@ pub enum FormatError {
     Io(#[from] io::Error),
 }
 
-/// Whether a 512-byte block looks like a tar header: its checksum must match.
+/// Whether a 512-byte block looks like a tar header: its checksum must match, summed over
+/// unsigned or signed bytes (as GNU tar accepts).
 pub fn is_tar_header(block: &[u8]) -> bool {
-    if block.len() < 512 {
-        return false;
-    }
-    let field = &block[148..156];
-    let text: String = field
-        .iter()
-        .take_while(|b| **b != 0 && **b != b' ')
-        .map(|b| *b as char)
-        .collect();
-    let Ok(stored) = u32::from_str_radix(text.trim(), 8) else {
-        return false;
-    };
-    let sum: u32 = block[..512]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u32::from(*b)
-            }
-        })
-        .sum();
-    sum == stored
+    super::tar::header::checksum_ok(block)
 }
 
 /// The compression whose magic bytes `head` starts with, if any.
@@ -201,6 +179,21 @@ mod tests {
         let (k, mut r) = detect(OneByte(io::Cursor::new(tar.clone()))).unwrap();
         assert_eq!(k, Compression::None);
         assert_eq!(read_all(&mut r), tar);
+    }
+
+    #[test]
+    fn signed_checksums_are_tar_too() {
+        // A v7 header with a high-bit name whose checksum was summed over signed bytes.
+        let mut h = [0u8; 512];
+        h[..6].copy_from_slice(b"caf\xe9\xff/");
+        h[100..108].copy_from_slice(b"0000755\0");
+        h[148..156].fill(b' ');
+        let signed: i64 = h.iter().map(|b| i64::from(*b as i8)).sum();
+        h[148..156].copy_from_slice(format!("{signed:06o}\0 ").as_bytes());
+        assert!(is_tar_header(&h));
+        let mut data = h.to_vec();
+        data.resize(2048, 0);
+        assert_eq!(classify(&data).unwrap(), Compression::None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Release artifacts: tar, tar.gz and tar.zst archives, and the hardened streaming unpacker.
 //!
-//! The unpacker treats every archive as hostile. The `tar` crate skips `..` entries silently
-//! and has no size limits, so each entry is checked here instead, and any violation fails
-//! the whole unpack with an error naming the entry. Callers unpack into a fresh staging
+//! Archives are read by our own streaming reader ([`tar`]), which reads what GNU tar reads
+//! (every header format, PAX, long names, sparse files) or refuses it by name, and caps
+//! extension headers. The unpacker treats every archive as hostile: each entry is checked,
+//! and any violation fails the whole unpack with an error naming the entry. Callers unpack into a fresh staging
 //! directory and only publish it on success, so a rejected archive leaves nothing behind.
 //!
 //! Speed: decompression runs on its own thread, feeding the tar reader through a bounded
@@ -12,6 +13,8 @@
 pub mod entry_path;
 pub mod format;
 pub mod pipeline;
+mod sparse_file;
+pub mod tar;
 pub mod tree;
 pub mod unpack;
 

@@ -145,6 +145,13 @@ impl TreeWriter {
         Ok(fd)
     }
 
+    /// Checks that an entry at `rel` could be written (its ancestors are real directories,
+    /// created when missing) without writing it: for entries that are skipped on purpose,
+    /// so that skipping never hides a path that would have been refused.
+    pub fn check_parent(&mut self, rel: &Path) -> Result<(), TreeError> {
+        self.parent(rel, true).map(drop)
+    }
+
     fn open_parent(&self, parent: &Path, create: bool) -> Result<OwnedFd, TreeError> {
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
         match beneath::open(self.root.as_fd(), parent, flags, Mounts::Refuse) {

@@ -12,16 +12,18 @@
 //! undefined and the caller removes it. Everything is written through [`TreeWriter`], which
 //! works from descriptors beneath the destination and never follows a symlink.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-
-use tar::EntryType;
 
 use super::entry_path::{self, EntryPathError};
 use super::format::{self, Compression, FormatError};
 use super::pipeline::Prefetch;
+use super::sparse_file::write_sparse;
+use super::tar::{Archive, Entry, Kind, TarError};
 use super::tree::{Attrs, Special, TreeError, TreeWriter, shown};
 
 /// Limits and policy for one unpack.
@@ -76,19 +78,21 @@ pub enum EntryProblem {
     ParentNotDirectory(String),
     #[error("would replace the non-empty directory at this path")]
     ReplacesDirectory,
+    #[error("has owner {0}:{1}, beyond the 32-bit ids Linux has (GNU tar refuses it too)")]
+    Owner(u64, u64),
     #[error(
         "is a {0}; device nodes and FIFOs outside /dev are refused: take it out of the image and \
          export again with `droot-fleet export`, or pass --allow-devices to create it"
     )]
     Device(&'static str),
-    #[error("has unsupported tar entry type {0:?}")]
-    Unsupported(EntryType),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error(transparent)]
     Format(#[from] FormatError),
+    #[error(transparent)]
+    Tar(#[from] TarError),
     #[error("archive entry {entry:?} {problem}")]
     Entry {
         entry: String,
@@ -116,7 +120,7 @@ pub fn unpack<R: Read + Send + 'static>(
 ) -> Result<UnpackStats, UnpackError> {
     let (compression, reader) = format::detect(input)?;
     let reader = Prefetch::spawn(reader).map_err(UnpackError::Read)?;
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = Archive::new(reader);
     let mut unpacker = Unpacker {
         tree: TreeWriter::open(dest).map_err(write_err(dest))?,
         opts,
@@ -129,9 +133,8 @@ pub fn unpack<R: Read + Send + 'static>(
             root_mode: None,
         },
     };
-    for entry in archive.entries().map_err(UnpackError::Read)? {
-        let entry = entry.map_err(UnpackError::Read)?;
-        unpacker.entry(entry)?;
+    while let Some(entry) = archive.next_entry()? {
+        unpacker.entry(&entry, &mut archive)?;
     }
     unpacker.finish()
 }
@@ -151,67 +154,75 @@ fn write_err(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
 }
 
 impl Unpacker<'_> {
-    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
-        let raw_path = entry.path().map_err(UnpackError::Read)?.into_owned();
-        let name = raw_path.to_string_lossy().into_owned();
+    fn entry<R: Read>(
+        &mut self,
+        entry: &Entry,
+        archive: &mut Archive<R>,
+    ) -> Result<(), UnpackError> {
+        let raw_path = Path::new(OsStr::from_bytes(&entry.path));
+        let name = entry.shown();
         let refuse = |problem: EntryProblem| UnpackError::Entry {
-            entry: shown(Path::new(&name)),
+            entry: shown(raw_path),
             problem,
         };
         let tree_err = |e: TreeError| match e {
             TreeError::Refused(problem) => refuse(problem),
             TreeError::Io { path, source } => UnpackError::Write { path, source },
         };
-        let header = entry.header();
-        let kind = header.entry_type();
-        if kind == EntryType::XGlobalHeader {
-            return Ok(());
-        }
+        let kind = entry.kind;
         self.stats.entries += 1;
         if self.stats.entries > self.opts.max_entries {
             return Err(UnpackError::TooManyEntries {
                 limit: self.opts.max_entries,
             });
         }
-        let size = entry.size();
+        // Extension headers count too; a sparse file counts at its real size.
+        let size = entry.size.saturating_add(entry.ext_bytes);
         self.stats.bytes = self.stats.bytes.saturating_add(size);
         if self.stats.bytes > self.opts.max_bytes {
             return Err(UnpackError::TooLarge {
                 limit: self.opts.max_bytes,
             });
         }
-        let mut mode = header.mode().map_err(UnpackError::Read)? & 0o7777;
+        let mut mode = entry.mode & 0o7777;
         if !self.opts.same_owner {
             mode &= !0o6000;
         }
         let owner = if self.opts.same_owner {
-            Some((
-                header.uid().map_err(UnpackError::Read)? as u32,
-                header.gid().map_err(UnpackError::Read)? as u32,
-            ))
+            match (u32::try_from(entry.uid), u32::try_from(entry.gid)) {
+                (Ok(uid), Ok(gid)) => Some((uid, gid)),
+                _ => return Err(refuse(EntryProblem::Owner(entry.uid, entry.gid))),
+            }
         } else {
             None
         };
-        let mtime = header
-            .mtime()
-            .ok()
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
-        let rel = entry_path::sanitize(&raw_path).map_err(|e| refuse(e.into()))?;
+        let mtime = if entry.mtime >= 0 {
+            SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(entry.mtime.unsigned_abs()))
+        } else {
+            SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(entry.mtime.unsigned_abs()))
+        };
+        let rel = entry_path::sanitize(raw_path).map_err(|e| refuse(e.into()))?;
 
         let attrs = Attrs { mode, owner, mtime };
         let Some(rel) = rel else {
             // The archive's own root: only its attributes matter.
-            if kind == EntryType::Directory {
+            if kind == Kind::Dir {
                 self.tree.root_attrs(attrs);
             }
             return Ok(());
         };
 
         match kind {
-            EntryType::Directory => self.tree.create_dir(&rel, attrs).map_err(tree_err)?,
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            Kind::Dir => self.tree.create_dir(&rel, attrs).map_err(tree_err)?,
+            Kind::File => {
                 let mut file = self.tree.create_file(&rel, mode).map_err(tree_err)?;
-                copy(&mut entry, &mut file, &mut self.buf).map_err(|e| match e {
+                let written = match &entry.sparse {
+                    Some(map) => {
+                        write_sparse(&file, archive.data(), map, entry.size, &mut self.buf)
+                    }
+                    None => copy(&mut archive.data(), &mut file, &mut self.buf).map(drop),
+                };
+                written.map_err(|e| match e {
                     CopyError::Read(e) => UnpackError::Read(e),
                     CopyError::Write(source) => UnpackError::Write {
                         path: rel.clone(),
@@ -222,22 +233,14 @@ impl Unpacker<'_> {
                     .finish_file(&rel, &file, attrs)
                     .map_err(tree_err)?;
             }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(UnpackError::Read)?
-                    .ok_or_else(|| UnpackError::Read(io::Error::other("symlink without target")))?
-                    .into_owned();
-                self.tree.symlink(&rel, &target, owner).map_err(tree_err)?;
+            Kind::Symlink => {
+                let target = Path::new(OsStr::from_bytes(&entry.link));
+                self.tree.symlink(&rel, target, owner).map_err(tree_err)?;
             }
-            EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(UnpackError::Read)?
-                    .ok_or_else(|| UnpackError::Read(io::Error::other("hardlink without target")))?
-                    .into_owned();
-                let shown_target = shown(&target);
-                let target_rel = match entry_path::sanitize(&target) {
+            Kind::HardLink => {
+                let target = Path::new(OsStr::from_bytes(&entry.link));
+                let shown_target = shown(target);
+                let target_rel = match entry_path::sanitize(target) {
                     Ok(Some(t)) => t,
                     Ok(None) | Err(EntryPathError::ParentDir) => {
                         return Err(refuse(EntryProblem::HardlinkOutside(shown_target)));
@@ -246,28 +249,26 @@ impl Unpacker<'_> {
                 };
                 self.tree.hardlink(&rel, &target_rel).map_err(tree_err)?;
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+            Kind::Char | Kind::Block | Kind::Fifo => {
                 let (what, special) = match kind {
-                    EntryType::Char => ("character device", Special::Char),
-                    EntryType::Block => ("block device", Special::Block),
+                    Kind::Char => ("character device", Special::Char),
+                    Kind::Block => ("block device", Special::Block),
                     _ => ("FIFO", Special::Fifo),
                 };
                 if !self.opts.allow_devices {
                     // `run` mounts its own /dev over the release's: nodes there are never used.
                     if rel.starts_with("dev") && rel.components().count() > 1 {
+                        self.tree.check_parent(&rel).map_err(tree_err)?;
                         tracing::debug!(entry = %name, "device node under /dev skipped");
                         self.stats.skipped_devices += 1;
                         return Ok(());
                     }
                     return Err(refuse(EntryProblem::Device(what)));
                 }
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 self.tree
-                    .mknod(&rel, special, (major, minor), attrs)
+                    .mknod(&rel, special, (entry.dev_major, entry.dev_minor), attrs)
                     .map_err(tree_err)?;
             }
-            other => return Err(refuse(EntryProblem::Unsupported(other))),
         }
         Ok(())
     }
@@ -284,7 +285,7 @@ impl Unpacker<'_> {
     }
 }
 
-enum CopyError {
+pub(crate) enum CopyError {
     Read(io::Error),
     Write(io::Error),
 }

@@ -24,6 +24,7 @@ use std::io::Write;
 use tracing::{debug, info};
 
 use crate::artifact::format;
+use crate::artifact::tar::{self, Archive, Limits};
 
 use super::layout::{self, Blobs, Image, Layer};
 use super::rootfs_tar::{CopyError, RootfsWriter};
@@ -65,23 +66,22 @@ impl ImageArchive {
         }
         let mut files: HashMap<String, (u64, u64)> = HashMap::new();
         let mut links: Vec<(String, String)> = Vec::new();
-        let mut archive = tar::Archive::new(&file);
-        for entry in archive.entries_with_seek().map_err(|e| not_tar(Some(e)))? {
-            let entry = entry.map_err(|e| not_tar(Some(e)))?;
-            let Ok(name) = normalize_path(&entry.path_bytes()) else {
+        let mut archive = Archive::seekable(&file, Limits::default());
+        while let Some(entry) = archive
+            .next_entry()
+            .map_err(|e| not_tar(Some(e.into_io())))?
+        {
+            let Ok(name) = normalize_path(&entry.path) else {
                 continue;
             };
             let name = show(&name);
-            let kind = entry.header().entry_type();
-            if kind.is_file() {
-                files.insert(name, (entry.raw_file_position(), entry.size()));
-            } else if kind.is_symlink() || kind.is_hard_link() {
-                let Some(target) = entry.link_name_bytes() else {
-                    continue;
-                };
-                let target = show(&target);
+            let kind = entry.kind;
+            if kind == tar::Kind::File && entry.sparse.is_none() {
+                files.insert(name, (entry.data_offset, entry.size));
+            } else if matches!(kind, tar::Kind::Symlink | tar::Kind::HardLink) {
+                let target = show(&entry.link);
                 // Symlinks are relative to their directory, hardlinks to the archive root.
-                let joined = match (kind.is_symlink(), name.rsplit_once('/')) {
+                let joined = match (kind == tar::Kind::Symlink, name.rsplit_once('/')) {
                     (true, Some((dir, _))) => format!("{dir}/{target}"),
                     _ => target,
                 };
@@ -211,12 +211,14 @@ pub fn flatten<W: Write>(
             continue;
         }
         let reader = archive.layer_reader(index, layer)?;
-        let mut tar = tar::Archive::new(reader);
-        let entries = tar
-            .entries()
-            .map_err(|e| archive.layer_err(index, layer, e))?;
-        for (i, entry) in entries.enumerate() {
-            let mut entry = entry.map_err(|e| archive.layer_err(index, layer, e))?;
+        let mut tar = Archive::new(reader);
+        let mut next = 0;
+        while let Some(entry) = tar
+            .next_entry()
+            .map_err(|e| archive.layer_err(index, layer, e.into_io()))?
+        {
+            let i = next;
+            next += 1;
             let action = actions.get(i).ok_or_else(|| {
                 archive.layer_err(
                     index,
@@ -227,8 +229,10 @@ pub fn flatten<W: Write>(
             let path = &records[index][i].path;
             let copied = match action {
                 Action::Skip => continue,
-                Action::Emit => writer.copy_entry(&mut entry, path, None),
-                Action::Link { target } => writer.copy_entry(&mut entry, path, Some(target)),
+                Action::Emit => writer.copy_entry(&entry, tar.contents(&entry), path, None),
+                Action::Link { target } => {
+                    writer.copy_entry(&entry, tar.contents(&entry), path, Some(target))
+                }
                 Action::CopyOf { index: source } => {
                     debug!(entry = %show(path), "hardlink target shadowed; writing a copy");
                     copy_from_layer(&archive, index, layer, *source, &mut writer, path)?;
@@ -265,30 +269,24 @@ fn read_records(
     layer: &Layer,
 ) -> Result<Vec<Record>, ExportError> {
     let reader = archive.layer_reader(index, layer)?;
-    let mut tar = tar::Archive::new(reader);
+    let mut tar = Archive::new(reader);
     let mut records = Vec::new();
     let unsafe_path = |raw: &[u8]| ExportError::UnsafePath {
         origin: origin(image, index),
         entry: show(raw),
     };
-    for entry in tar
-        .entries()
-        .map_err(|e| archive.layer_err(index, layer, e))?
+    while let Some(entry) = tar
+        .next_entry()
+        .map_err(|e| archive.layer_err(index, layer, e.into_io()))?
     {
-        let entry = entry.map_err(|e| archive.layer_err(index, layer, e))?;
-        let raw = entry.path_bytes();
-        let path = normalize_path(&raw).map_err(|_| unsafe_path(&raw))?;
-        let entry_type = entry.header().entry_type();
-        let kind = if path.is_empty()
-            || path == crate::drootenv::FILE_NAME.as_bytes()
-            || !is_content(entry_type)
-        {
+        let raw = &entry.path;
+        let path = normalize_path(raw).map_err(|_| unsafe_path(raw))?;
+        let kind = if path.is_empty() || path == crate::drootenv::FILE_NAME.as_bytes() {
             Kind::Ignore
-        } else if entry_type.is_dir() {
+        } else if entry.kind == tar::Kind::Dir {
             Kind::Dir
-        } else if entry_type.is_hard_link() {
-            let raw_target = entry.link_name_bytes().unwrap_or_default();
-            let target = normalize_path(&raw_target).map_err(|_| unsafe_path(&raw_target))?;
+        } else if entry.kind == tar::Kind::HardLink {
+            let target = normalize_path(&entry.link).map_err(|_| unsafe_path(&entry.link))?;
             Kind::HardLink(target)
         } else {
             Kind::Other
@@ -309,35 +307,19 @@ fn copy_from_layer<W: Write>(
     path: &[u8],
 ) -> Result<(), ExportError> {
     let err = |e| archive.layer_err(index, layer, e);
-    let mut tar = tar::Archive::new(archive.layer_reader(index, layer)?);
-    let mut entries = tar.entries().map_err(err)?;
-    let mut entry = entries
-        .nth(source)
-        .ok_or_else(|| err(io::Error::other("hardlink source vanished on re-read")))?
-        .map_err(err)?;
+    let mut tar = Archive::new(archive.layer_reader(index, layer)?);
+    let mut entry = None;
+    for _ in 0..=source {
+        entry = tar.next_entry().map_err(|e| err(e.into_io()))?;
+    }
+    let entry =
+        entry.ok_or_else(|| err(io::Error::other("hardlink source vanished on re-read")))?;
     writer
-        .copy_entry(&mut entry, path, None)
+        .copy_entry(&entry, tar.contents(&entry), path, None)
         .map_err(|e| match e {
             CopyError::Read(e) => err(e),
             CopyError::Write(e) => ExportError::Output(e),
         })
-}
-
-/// Entry types that are part of a filesystem (not archive metadata).
-pub(crate) fn is_content(t: tar::EntryType) -> bool {
-    use tar::EntryType as E;
-    matches!(
-        t,
-        E::Regular
-            | E::Link
-            | E::Symlink
-            | E::Char
-            | E::Block
-            | E::Directory
-            | E::Fifo
-            | E::Continuous
-            | E::GNUSparse
-    )
 }
 
 fn origin(image: &Image, layer: usize) -> String {

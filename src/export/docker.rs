@@ -25,7 +25,8 @@ use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOp
 use futures_util::{Stream, StreamExt};
 use tracing::{debug, info, warn};
 
-use super::archive::is_content;
+use crate::artifact::tar::{Archive, Kind, Limits};
+
 use super::rootfs_tar::{CopyError, RootfsWriter};
 use super::{Compression, ExportError, ExportSummary, Signals, normalize_path, show};
 
@@ -161,26 +162,24 @@ fn rewrite<R: Read, W: Write>(
     };
     let origin = || format!("the engine's export of {image}");
     let mut writer = RootfsWriter::new(out, compression).map_err(ExportError::Output)?;
-    let mut tar = tar::Archive::new(reader);
-    for entry in tar.entries().map_err(stream_err)? {
-        let mut entry = entry.map_err(stream_err)?;
-        let raw = entry.path_bytes().into_owned();
-        let path = normalize_path(&raw).map_err(|_| ExportError::UnsafePath {
+    let mut tar = Archive::with_limits(reader, Limits::default());
+    while let Some(entry) = tar.next_entry().map_err(|e| stream_err(e.into_io()))? {
+        let raw = &entry.path;
+        let path = normalize_path(raw).map_err(|_| ExportError::UnsafePath {
             origin: origin(),
-            entry: show(&raw),
+            entry: show(raw),
         })?;
         if path.is_empty()
             || path == crate::drootenv::FILE_NAME.as_bytes()
             || ENGINE_ARTIFACTS.contains(&path.as_slice())
-            || !is_content(entry.header().entry_type())
         {
             continue;
         }
-        let target = if entry.header().entry_type().is_hard_link() {
-            let raw_target = entry.link_name_bytes().unwrap_or_default().into_owned();
-            let target = normalize_path(&raw_target).map_err(|_| ExportError::UnsafePath {
+        let target = if entry.kind == Kind::HardLink {
+            let raw_target = &entry.link;
+            let target = normalize_path(raw_target).map_err(|_| ExportError::UnsafePath {
                 origin: origin(),
-                entry: show(&raw_target),
+                entry: show(raw_target),
             })?;
             if target == crate::drootenv::FILE_NAME.as_bytes()
                 || ENGINE_ARTIFACTS.contains(&target.as_slice())
@@ -195,8 +194,9 @@ fn rewrite<R: Read, W: Write>(
         } else {
             None
         };
+        let contents = tar.contents(&entry);
         writer
-            .copy_entry(&mut entry, &path, target.as_deref())
+            .copy_entry(&entry, contents, &path, target.as_deref())
             .map_err(|e| match e {
                 CopyError::Read(e) => stream_err(e),
                 CopyError::Write(e) => ExportError::Output(e),

@@ -20,6 +20,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use tar::{EntryType, Header};
 
+use crate::artifact::tar::{Entry, Kind};
+
 /// Output compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
@@ -116,17 +118,18 @@ impl<W: Write> RootfsWriter<W> {
         self.masked_count
     }
 
-    /// Copies `entry` (metadata and data) to the output at `path`; a hardlink points at
+    /// Copies `entry` to the output at `path`, its file contents read from `data` (see
+    /// [`Archive::contents`](crate::artifact::tar::Archive::contents)); a hardlink points at
     /// `link_target` instead of its original name when given.
     pub fn copy_entry<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &Entry,
+        data: R,
         path: &[u8],
         link_target: Option<&[u8]>,
     ) -> Result<(), CopyError> {
-        let (mut header, xattrs) = out_header(entry).map_err(CopyError::Read)?;
-        let entry_type = header.entry_type();
-        if is_device(entry_type) && under_dev(path) {
+        let (mut header, xattrs) = out_header(entry);
+        if matches!(entry.kind, Kind::Char | Kind::Block | Kind::Fifo) && under_dev(path) {
             tracing::debug!(entry = %super::show(path), "device node under /dev left out");
             self.masked.insert(path.to_vec(), header);
             self.masked_count += 1;
@@ -136,12 +139,10 @@ impl<W: Write> RootfsWriter<W> {
             // A later entry replaces the node: hardlinks to this path now mean the new entry.
             self.masked.remove(path);
         }
-        if entry_type.is_hard_link() {
+        if entry.kind == Kind::HardLink {
             let target = match link_target {
                 Some(t) => Some(t.to_vec()),
-                None => entry
-                    .link_name_bytes()
-                    .and_then(|t| super::normalize_path(&t).ok()),
+                None => super::normalize_path(&entry.link).ok(),
             };
             if let Some(node) = target.and_then(|t| self.masked.get(&t)) {
                 return self.link_to_masked(node.clone(), path);
@@ -154,25 +155,25 @@ impl<W: Write> RootfsWriter<W> {
                 .map_err(CopyError::Write)?;
         }
         let path = std::ffi::OsStr::from_bytes(path);
-        if entry_type.is_symlink() || entry_type.is_hard_link() {
-            let original = entry
-                .link_name_bytes()
-                .ok_or_else(|| CopyError::Read(io::Error::other("link entry without a target")))?
-                .into_owned();
-            let target = link_target.map(<[u8]>::to_vec).unwrap_or(original);
+        if matches!(entry.kind, Kind::Symlink | Kind::HardLink) {
+            let target = link_target.unwrap_or(&entry.link);
             return self
                 .builder
-                .append_link(&mut header, path, std::ffi::OsStr::from_bytes(&target))
+                .append_link(&mut header, path, std::ffi::OsStr::from_bytes(target))
                 .map_err(CopyError::Write)
                 .map(|()| self.entries += 1);
         }
         // Tell reading the source from writing the output apart.
         let mut failed_read = false;
         let mut source = ReadTap {
-            inner: entry,
+            inner: data,
             failed: &mut failed_read,
         };
-        let result = self.builder.append_data(&mut header, path, &mut source);
+        let result = if entry.kind == Kind::File {
+            self.builder.append_data(&mut header, path, &mut source)
+        } else {
+            self.builder.append_data(&mut header, path, io::empty())
+        };
         match result {
             Ok(()) => {
                 self.entries += 1;
@@ -219,11 +220,6 @@ impl<W: Write> RootfsWriter<W> {
     }
 }
 
-/// Character and block devices and FIFOs.
-fn is_device(t: EntryType) -> bool {
-    t.is_character_special() || t.is_block_special() || t.is_fifo()
-}
-
 /// Whether a normalized path is strictly below `dev/`.
 fn under_dev(path: &[u8]) -> bool {
     path.strip_prefix(b"dev/")
@@ -246,87 +242,43 @@ impl<R: Read> Read for ReadTap<'_, R> {
 type PaxRecords = Vec<(String, Vec<u8>)>;
 
 /// A fresh GNU header for `entry`, plus the xattr PAX records to carry over.
-fn out_header<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<(Header, PaxRecords)> {
-    let src = entry.header().clone();
-    let entry_type = match src.entry_type() {
-        EntryType::GNUSparse | EntryType::Continuous => EntryType::Regular,
-        t => t,
+fn out_header(entry: &Entry) -> (Header, PaxRecords) {
+    let entry_type = match entry.kind {
+        Kind::File => EntryType::Regular,
+        Kind::Dir => EntryType::Directory,
+        Kind::Symlink => EntryType::Symlink,
+        Kind::HardLink => EntryType::Link,
+        Kind::Char => EntryType::Char,
+        Kind::Block => EntryType::Block,
+        Kind::Fifo => EntryType::Fifo,
     };
-    let old = src.as_old();
-    let default_mode = if entry_type.is_dir() { 0o755 } else { 0o644 };
     let mut h = Header::new_gnu();
     h.set_entry_type(entry_type);
-    h.set_mode(numeric(&old.mode, src.mode(), default_mode)?);
-    h.set_uid(numeric(&old.uid, src.uid(), 0)?);
-    h.set_gid(numeric(&old.gid, src.gid(), 0)?);
-    h.set_mtime(numeric(&old.mtime, src.mtime(), 0)?);
-    if let Some(u) = src.username_bytes() {
-        let _ = h.set_username(&String::from_utf8_lossy(u));
+    h.set_mode(entry.mode);
+    h.set_uid(entry.uid);
+    h.set_gid(entry.gid);
+    h.set_mtime(u64::try_from(entry.mtime).unwrap_or(0));
+    if !entry.uname.is_empty() {
+        let _ = h.set_username(&String::from_utf8_lossy(&entry.uname));
     }
-    if let Some(g) = src.groupname_bytes() {
-        let _ = h.set_groupname(&String::from_utf8_lossy(g));
+    if !entry.gname.is_empty() {
+        let _ = h.set_groupname(&String::from_utf8_lossy(&entry.gname));
     }
-    if entry_type.is_character_special() || entry_type.is_block_special() {
-        h.set_device_major(src.device_major()?.unwrap_or(0))?;
-        h.set_device_minor(src.device_minor()?.unwrap_or(0))?;
+    if matches!(entry.kind, Kind::Char | Kind::Block) {
+        let _ = h.set_device_major(entry.dev_major);
+        let _ = h.set_device_minor(entry.dev_minor);
     }
-    h.set_size(if entry_type.is_file() {
-        entry.size()
+    h.set_size(if entry.kind == Kind::File {
+        entry.size
     } else {
         0
     });
-
-    let mut xattrs = Vec::new();
-    if let Some(pax) = entry.pax_extensions()? {
-        for ext in pax {
-            let ext = ext?;
-            let Ok(key) = ext.key() else { continue };
-            let value = ext.value_bytes();
-            let number = || {
-                std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.split('.').next()?.parse::<u64>().ok())
-            };
-            match key {
-                "uid" => {
-                    if let Some(n) = number() {
-                        h.set_uid(n)
-                    }
-                }
-                "gid" => {
-                    if let Some(n) = number() {
-                        h.set_gid(n)
-                    }
-                }
-                "mtime" => {
-                    if let Some(n) = number() {
-                        h.set_mtime(n)
-                    }
-                }
-                "uname" => {
-                    let _ = h.set_username(&String::from_utf8_lossy(value));
-                }
-                "gname" => {
-                    let _ = h.set_groupname(&String::from_utf8_lossy(value));
-                }
-                k if k.starts_with("SCHILY.xattr.") || k.starts_with("LIBARCHIVE.xattr.") => {
-                    xattrs.push((k.to_string(), value.to_vec()));
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok((h, xattrs))
-}
-
-/// A numeric header field, or `default` when the field is blank (some writers leave
-/// unused fields empty); garbage is still an error.
-fn numeric<T>(raw: &[u8], parsed: io::Result<T>, default: T) -> io::Result<T> {
-    if raw.iter().all(|b| *b == 0 || *b == b' ') {
-        Ok(default)
-    } else {
-        parsed
-    }
+    let xattrs = entry
+        .xattrs
+        .iter()
+        .filter_map(|(k, v)| Some((String::from_utf8(k.clone()).ok()?, v.clone())))
+        .collect();
+    (h, xattrs)
 }
 
 #[cfg(test)]
@@ -355,12 +307,11 @@ mod tests {
 
     fn rewrite(compression: Compression) -> Vec<u8> {
         let src = sample();
-        let mut ar = tar::Archive::new(src.as_slice());
+        let mut ar = crate::artifact::tar::Archive::new(src.as_slice());
         let mut w = RootfsWriter::new(Vec::new(), compression).unwrap();
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let p = crate::export::normalize_path(&e.path_bytes()).unwrap();
-            w.copy_entry(&mut e, &p, None).unwrap();
+        while let Some(e) = ar.next_entry().unwrap() {
+            let p = crate::export::normalize_path(&e.path).unwrap();
+            w.copy_entry(&e, ar.contents(&e), &p, None).ok().unwrap();
         }
         w.append_drootenv("A=b=c\n").unwrap();
         assert_eq!(w.entries(), 3);
@@ -435,10 +386,10 @@ mod tests {
     fn devices_under_dev_are_left_out_and_counted() {
         let src = with_devices();
         let mut w = RootfsWriter::new(Vec::new(), Compression::None).unwrap();
-        for e in tar::Archive::new(src.as_slice()).entries().unwrap() {
-            let mut e = e.unwrap();
-            let p = crate::export::normalize_path(&e.path_bytes()).unwrap();
-            w.copy_entry(&mut e, &p, None).unwrap();
+        let mut ar = crate::artifact::tar::Archive::new(src.as_slice());
+        while let Some(e) = ar.next_entry().unwrap() {
+            let p = crate::export::normalize_path(&e.path).unwrap();
+            w.copy_entry(&e, ar.contents(&e), &p, None).unwrap();
         }
         assert_eq!(
             w.skipped_devices(),
@@ -493,10 +444,10 @@ mod tests {
         b.append_link(&mut h, "lib/null", "dev/null").unwrap();
         let src = b.into_inner().unwrap();
         let mut w = RootfsWriter::new(Vec::new(), Compression::None).unwrap();
-        for e in tar::Archive::new(src.as_slice()).entries().unwrap() {
-            let mut e = e.unwrap();
-            let p = crate::export::normalize_path(&e.path_bytes()).unwrap();
-            w.copy_entry(&mut e, &p, None).unwrap();
+        let mut ar = crate::artifact::tar::Archive::new(src.as_slice());
+        while let Some(e) = ar.next_entry().unwrap() {
+            let p = crate::export::normalize_path(&e.path).unwrap();
+            w.copy_entry(&e, ar.contents(&e), &p, None).unwrap();
         }
         assert_eq!((w.skipped_devices(), w.entries()), (1, 2));
         let out = w.finish().unwrap();

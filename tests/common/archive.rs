@@ -80,6 +80,39 @@ impl Archive {
         self.0.append(&h, &b"ok"[..]).unwrap();
         self
     }
+    /// Appends a raw header block and its data, padded to whole blocks.
+    pub fn raw(mut self, header: [u8; 512], data: &[u8]) -> Self {
+        let out = self.0.get_mut();
+        out.extend_from_slice(&header);
+        out.extend_from_slice(data);
+        out.resize(out.len().next_multiple_of(512), 0);
+        self
+    }
+    /// An extension header (`typeflag`) carrying `data`.
+    pub fn ext(self, name: &[u8], typeflag: u8, data: &[u8]) -> Self {
+        self.raw(raw_header(name, typeflag, data.len() as u64), data)
+    }
+    /// A PAX `x` header carrying `records`, for the next entry.
+    pub fn pax(self, records: &[(&str, &[u8])]) -> Self {
+        let data: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+        self.raw(raw_header(b"PaxHeaders/x", b'x', data.len() as u64), &data)
+    }
+    /// A PAX 0.1 sparse file: `data` holds the segments of `map` ("off,len,...") back to
+    /// back; the file is `real_size` bytes.
+    pub fn pax_sparse(self, path: &str, map: &str, real_size: u64, data: &[u8]) -> Self {
+        let real = real_size.to_string();
+        let count = (map.split(',').count() / 2).to_string();
+        self.pax(&[
+            ("GNU.sparse.numblocks", count.as_bytes()),
+            ("GNU.sparse.map", map.as_bytes()),
+            ("GNU.sparse.size", real.as_bytes()),
+            ("GNU.sparse.name", path.as_bytes()),
+        ])
+        .raw(
+            raw_header(b"GNUSparseFile.0/x", b'0', data.len() as u64),
+            data,
+        )
+    }
     pub fn bytes(self) -> Vec<u8> {
         self.0.into_inner().unwrap()
     }
@@ -180,4 +213,119 @@ pub fn attrs(m: &std::fs::Metadata) -> String {
 pub fn snapshot_dir(dir: &Path) -> (String, Vec<String>) {
     let m = std::fs::symlink_metadata(dir).unwrap();
     (attrs(&m), snapshot(dir))
+}
+
+/// A ustar header block with a valid checksum, built byte by byte (hostile values welcome).
+pub fn raw_header(name: &[u8], typeflag: u8, size: u64) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"14000000000\0");
+    h[156] = typeflag;
+    h[257..265].copy_from_slice(b"ustar\x0000");
+    fix_checksum(&mut h);
+    h
+}
+
+/// Recomputes a header block's checksum after editing it.
+pub fn fix_checksum(h: &mut [u8; 512]) {
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+/// An old GNU sparse (`S`) header for `name`: `slots` (offset, len) in the header, the
+/// real size, and whether extension blocks follow.
+pub fn gnu_sparse_header(
+    name: &[u8],
+    slots: &[(u64, u64)],
+    real_size: u64,
+    extended: bool,
+) -> [u8; 512] {
+    let stored: u64 = slots.iter().map(|s| s.1).sum();
+    let mut h = raw_header(name, b'S', stored);
+    h[257..265].copy_from_slice(b"ustar  \0");
+    for (i, (offset, len)) in slots.iter().enumerate() {
+        let at = 386 + i * 24;
+        h[at..at + 12].copy_from_slice(format!("{offset:011o}\0").as_bytes());
+        h[at + 12..at + 24].copy_from_slice(format!("{len:011o}\0").as_bytes());
+    }
+    h[482] = u8::from(extended);
+    h[483..495].copy_from_slice(format!("{real_size:011o}\0").as_bytes());
+    fix_checksum(&mut h);
+    h
+}
+
+/// An archive using every extension the reader knows: PAX path/linkpath/uid/mtime, a global
+/// header, a Solaris `X` header, GNU long names, a v7-style directory, and sparse files in
+/// old GNU and PAX 0.0, 0.1 and 1.0 form (each "head" in a first block, a hole, "tail" at
+/// the end of 64 KiB).
+pub fn every_extension() -> Vec<u8> {
+    let long = format!("{}/{}", "d".repeat(120), "f".repeat(60));
+    let sparse_map = "0,512,65532,4";
+    let data = [b"head".as_slice(), &[0; 508], b"tail"].concat();
+    let mut v1_data = b"2\n0\n512\n65532\n4\n".to_vec();
+    v1_data.resize(512, 0);
+    v1_data.extend_from_slice(&data);
+    let mut dir = raw_header(b"v7dir/", b'0', 0);
+    dir[257..265].fill(0);
+    fix_checksum(&mut dir);
+    Archive::new()
+        .ext(b"pax_global_header", b'g', &pax_record("gname", b"grp"))
+        .pax(&[
+            ("path", long.as_bytes()),
+            ("uid", b"3000000000"),
+            ("mtime", b"1.5"),
+        ])
+        .file("short-name", b"pax data")
+        .ext(b"././@LongLink", b'L', format!("{long}2\0").as_bytes())
+        .file("other", b"long name data")
+        .ext(b"././@LongLink", b'K', format!("{long}\0").as_bytes())
+        .link(tar::EntryType::Symlink, "to-long", "short")
+        .ext(b"PaxHeaders/X", b'X', &pax_record("path", b"solaris-x"))
+        .file("x-named", b"x")
+        .raw(dir, b"")
+        .raw(
+            gnu_sparse_header(b"old-gnu", &[(0, 512), (65532, 4)], 65536, false),
+            &data,
+        )
+        .pax(&[
+            ("GNU.sparse.size", b"65536"),
+            ("GNU.sparse.numblocks", b"2"),
+            ("GNU.sparse.offset", b"0"),
+            ("GNU.sparse.numbytes", b"512"),
+            ("GNU.sparse.offset", b"65532"),
+            ("GNU.sparse.numbytes", b"4"),
+        ])
+        .raw(raw_header(b"pax-0.0", b'0', 516), &data)
+        .pax_sparse("pax-0.1", sparse_map, 65536, &data)
+        .pax(&[
+            ("GNU.sparse.major", b"1"),
+            ("GNU.sparse.minor", b"0"),
+            ("GNU.sparse.name", b"pax-1.0"),
+            ("GNU.sparse.realsize", b"65536"),
+        ])
+        .raw(
+            raw_header(b"GNUSparseFile.0/pax-1.0", b'0', v1_data.len() as u64),
+            &v1_data,
+        )
+        .bytes()
+}
+
+/// One PAX record: `LEN KEY=VALUE\n`.
+pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = [key.as_bytes(), b"=", value, b"\n"].concat();
+    let mut len = body.len() + 2;
+    while len != len.to_string().len() + 1 + body.len() {
+        len = len.to_string().len() + 1 + body.len();
+    }
+    [len.to_string().as_bytes(), b" ", &body].concat()
+}
+
+/// Compresses with zstd.
+pub fn zstd(bytes: &[u8]) -> Vec<u8> {
+    zstd::encode_all(bytes, 3).unwrap()
 }
