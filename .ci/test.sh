@@ -11,8 +11,9 @@ fi
 
 # Debian packages: busybox-static builds the jail rootfs; zstd, gzip and tar are the peers in
 # the unpack benchmark and build test archives; iproute2 makes network namespaces;
-# util-linux gives mount/unshare; procps gives ps for the agent tests; file checks the static link.
-pkgs=(busybox-static zstd gzip tar iproute2 util-linux procps file ca-certificates)
+# util-linux gives mount/unshare; procps gives ps for the agent tests; file checks the static link;
+# gcc and libc6-dev build the static shocker program of the jail's seccomp test.
+pkgs=(busybox-static zstd gzip tar iproute2 util-linux procps file ca-certificates gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -41,6 +41,8 @@ pub mod etc_copy;
 pub mod mounts;
 pub mod paths;
 pub mod process;
+pub mod procfs;
+pub mod seccomp;
 pub mod spec;
 pub mod user;
 
@@ -136,6 +138,11 @@ pub enum JailError {
     Credentials { op: String, err: SysErr },
     #[error("cannot restrict capabilities ({op}): {reason}")]
     Capabilities { op: String, reason: String },
+    #[error(
+        "cannot set up the seccomp filter ({op}): {reason}; \
+         `--seccomp unconfined` runs without it"
+    )]
+    Seccomp { op: String, reason: String },
     #[error("command {cmd:?} not found inside the jail (PATH={path:?})")]
     CommandNotFound { cmd: String, path: String },
     #[error("command {cmd:?} cannot be executed: {err}")]

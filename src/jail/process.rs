@@ -31,7 +31,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::paths::{self, Kind};
 use super::spec::JailSpec;
 use super::user::{self, UserDb};
-use super::{JailError, caps, devices, env, etc_copy, mounts};
+use super::{JailError, caps, devices, env, etc_copy, mounts, procfs, seccomp};
 
 /// How the jailed command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,8 @@ struct Plan<'a> {
     /// it (then it is resolved without following the rootfs's symlinks, like a target).
     binds: Vec<(Kind, Option<PathBuf>)>,
     host_db: UserDb,
+    /// The compiled seccomp filter; `None` with `--seccomp unconfined`.
+    seccomp: Option<seccomp::Filter>,
 }
 
 /// Runs `spec` and returns how the command ended. Set-up failures (also those that happen
@@ -116,11 +118,16 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         host_group: user::parse_group(&read_optional(Path::new("/etc/group"))?.unwrap_or_default()),
         ..UserDb::default()
     };
+    let seccomp = match spec.seccomp {
+        true => Some(seccomp::Filter::compile()?),
+        false => None,
+    };
     let plan = Plan {
         spec,
         root,
         binds,
         host_db,
+        seccomp,
     };
     let (report_rd, report_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys("pipe2", e))?;
@@ -268,13 +275,13 @@ fn child_main(plan: &Plan<'_>, wr: RawFd, wait_set: &SigSet) -> isize {
         Err(e) => report_and_exit(wr, &e),
     };
     if !plan.spec.pid_ns {
-        let e = become_and_exec(&launch);
+        let e = become_and_exec(&launch, plan.seccomp.as_ref());
         report_and_exit(wr, &e);
     }
     // SAFETY: we are PID 1 of a new namespace and single-threaded.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
-            let e = become_and_exec(&launch);
+            let e = become_and_exec(&launch, plan.seccomp.as_ref());
             report_and_exit(wr, &e)
         }
         Ok(ForkResult::Parent { child }) => {
@@ -313,6 +320,7 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
     mounts::mount_proc(root_fd, root)?;
     mounts::mount_sys(root_fd, root)?;
     devices::mount_dev(root_fd, root)?;
+    procfs::protect(root_fd, root)?;
     for (b, (kind, inside)) in plan.spec.binds.iter().zip(&plan.binds) {
         mounts::bind(root_fd, root, b, *kind, inside.as_deref())?;
     }
@@ -368,19 +376,11 @@ fn chroot_into(root_fd: BorrowedFd<'_>, root: &Path) -> Result<(), JailError> {
     nix::unistd::chdir("/").map_err(err)
 }
 
-/// Drops privileges and execs the command; returns only the error that stopped it.
-fn become_and_exec(l: &Launch) -> JailError {
-    if l.drop_caps
-        && let Err(e) = caps::restrict()
-    {
-        return e;
-    }
-    if let Err(e) = user::apply(&l.identity) {
-        return e;
-    }
-    if l.drop_caps
-        && let Err(e) = caps::no_new_privs()
-    {
+/// Drops privileges, installs the seccomp filter and execs the command; returns only the
+/// error that stopped it. The filter goes last, after `NO_NEW_PRIVS`; without it
+/// (`--no-dropcaps`) it must go while we are still root, before the credentials change.
+fn become_and_exec(l: &Launch, filter: Option<&seccomp::Filter>) -> JailError {
+    if let Err(e) = drop_privileges(l, filter) {
         return e;
     }
     reset_signals();
@@ -418,6 +418,22 @@ fn become_and_exec(l: &Launch) -> JailError {
             path: l.path.clone(),
         },
     }
+}
+
+fn drop_privileges(l: &Launch, filter: Option<&seccomp::Filter>) -> Result<(), JailError> {
+    if l.drop_caps {
+        caps::restrict()?;
+    } else if let Some(f) = filter {
+        f.install()?;
+    }
+    user::apply(&l.identity)?;
+    if l.drop_caps {
+        caps::no_new_privs()?;
+        if let Some(f) = filter {
+            f.install()?;
+        }
+    }
+    Ok(())
 }
 
 /// Default dispositions and an empty mask for the command (Rust ignores SIGPIPE; exec keeps
