@@ -8,6 +8,7 @@
 //! - [`teardown`]: `umount` and `rm` of a root.
 //! - [`jail`]: `run` — mount namespace, /dev, binds, chroot, user, capabilities, env, init.
 //! - [`export`]: Docker image or `docker save`/OCI archive to a flat rootfs tar with `/.drootenv`.
+//! - [`dirs`]: directories the tool creates, with an explicit mode whatever the umask.
 //! - [`drootenv`]: the `/.drootenv` env file format, written by export and read by run.
 //! - [`gossip`]: the sans-io protocol core of the agent (envelope, keyring, clocks, events, queries).
 //! - [`agent`]: `droot-fleet agent`, the gossip daemon (sockets, the task owning foca, handlers,
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod api;
 pub mod artifact;
 pub mod cli;
+pub mod dirs;
 pub mod drootenv;
 pub mod export;
 pub mod gossip;

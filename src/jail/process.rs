@@ -312,6 +312,9 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     }
+    // Every directory and file the jail creates gets its mode whatever the caller's umask,
+    // and the command starts with runc's default umask.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     mounts::make_root_private()?;
     // Reopen the root by name: a descriptor from before the clone belongs to the host's mount
     // namespace, and mounting on it would fail (EINVAL) or, worse, act there.
