@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::jail::{assert_no_mounts, jail, ok, run, run_cmd, stderr, stdout};
+use common::jail::{assert_no_mounts, build_static_c, jail, ok, run, run_cmd, stderr, stdout};
 
 /// issue 6 item 7: the jailed root changed the host name and `kernel.core_pattern`.
 #[test]
@@ -122,33 +122,13 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// Builds the shocker-style program with `gcc -static`, or fails naming the packages.
-fn build_shocker(dir: &Path) -> PathBuf {
-    let src = dir.join("shocker.c");
-    let exe = dir.join("shocker");
-    std::fs::write(&src, SHOCKER_C).unwrap();
-    let out = Command::new("gcc")
-        .arg("-static")
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap_or_else(|e| panic!("gcc not runnable ({e}): apt-get install gcc libc6-dev"));
-    assert!(
-        out.status.success(),
-        "gcc -static failed (apt-get install gcc libc6-dev): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
-}
-
 /// issue 6 item 8: with the kept CAP_DAC_READ_SEARCH a jailed program read a host file by
 /// handle. The default filter refuses `open_by_handle_at` with EPERM; unconfined lets it by.
 #[test]
 fn issue6_open_by_handle_at_is_refused_unless_seccomp_unconfined() {
     let j = jail("shocker");
     let outside = j.root.parent().unwrap();
-    let exe = build_shocker(outside);
+    let exe = build_static_c(outside, "shocker", SHOCKER_C);
     std::fs::copy(&exe, j.root.join("bin/shocker")).unwrap();
     let secret = outside.join("host-secret");
     std::fs::write(&secret, "host-only-data\n").unwrap();

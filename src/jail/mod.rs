@@ -44,6 +44,7 @@ pub mod process;
 pub mod procfs;
 pub mod seccomp;
 pub mod spec;
+pub mod tty;
 pub mod user;
 
 use std::fmt;

@@ -31,7 +31,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::paths::{self, Kind};
 use super::spec::JailSpec;
 use super::user::{self, UserDb};
-use super::{JailError, caps, devices, env, etc_copy, mounts, procfs, seccomp};
+use super::{JailError, caps, devices, env, etc_copy, mounts, procfs, seccomp, tty};
 
 /// How the jailed command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,8 @@ struct Plan<'a> {
     host_db: UserDb,
     /// The compiled seccomp filter; `None` with `--seccomp unconfined`.
     seccomp: Option<seccomp::Filter>,
+    /// The pty's (slave, master) when stdin is a terminal ([`tty`]).
+    pty: Option<(RawFd, RawFd)>,
 }
 
 /// Runs `spec` and returns how the command ended. Set-up failures (also those that happen
@@ -122,12 +124,16 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         true => Some(seccomp::Filter::compile()?),
         false => None,
     };
+    let pty = tty::open_if_terminal()?;
     let plan = Plan {
         spec,
         root,
         binds,
         host_db,
         seccomp,
+        pty: pty
+            .as_ref()
+            .map(|p| (p.slave.as_raw_fd(), p.master.as_raw_fd())),
     };
     let (report_rd, report_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys("pipe2", e))?;
@@ -141,13 +147,14 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&wait_set), Some(&mut old_mask))
         .map_err(|e| JailError::sys("block signals", e))?;
 
-    let result = spawn_and_supervise(&plan, report_rd, report_wr, &wait_set);
+    let result = spawn_and_supervise(&plan, pty, report_rd, report_wr, &wait_set);
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     result
 }
 
 fn spawn_and_supervise(
     plan: &Plan<'_>,
+    pty: Option<tty::Pty>,
     rd: OwnedFd,
     wr: OwnedFd,
     wait_set: &SigSet,
@@ -171,6 +178,8 @@ fn spawn_and_supervise(
     }
     .map_err(|e| JailError::sys("clone (new mount/PID namespace)", e))?;
     drop(wr);
+    // Only the jail holds the slave: the pty hangs up when the jail is gone.
+    let master = pty.map(|p| p.master);
     tracing::debug!(
         pid = child.as_raw(),
         pid_ns = plan.spec.pid_ns,
@@ -180,44 +189,52 @@ fn spawn_and_supervise(
         let _ = waitpid(child, None);
         return Err(err);
     }
-    supervise(child, wait_set)
+    match master {
+        Some(m) => tty::relay(m, child, wait_set),
+        None => supervise(child, wait_set),
+    }
 }
 
-/// Waits for `child`, forwarding every signal in `wait_set` except SIGCHLD to it.
+/// The exit of `child` once it has ended; `None` while it runs.
+pub(crate) fn reap(child: Pid) -> Result<Option<JailExit>, JailError> {
+    loop {
+        return match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Ok(Some(JailExit::Exited(code))),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(JailExit::Signaled(sig as i32))),
+            Err(Errno::EINTR) => continue,
+            Ok(_) => Ok(None),
+            Err(e) => Err(JailError::sys(format!("waitpid {child}"), e)),
+        };
+    }
+}
+
+/// Waits for `child`, forwarding every signal in `wait_set` except SIGCHLD to it. The jail
+/// is in its own session, so the terminal's ^C reaches only us: it is forwarded too.
 fn supervise(child: Pid, wait_set: &SigSet) -> Result<JailExit, JailError> {
     loop {
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(JailExit::Exited(code)),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(JailExit::Signaled(sig as i32)),
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(JailError::sys(format!("waitpid {child}"), e)),
+        if let Some(exit) = reap(child)? {
+            return Ok(exit);
         }
-        let (sig, from_tty) =
-            next_signal(wait_set).map_err(|e| JailError::sys("sigwaitinfo", e))?;
-        if sig != Signal::SIGCHLD && !from_tty {
+        let sig = next_signal(wait_set).map_err(|e| JailError::sys("sigwaitinfo", e))?;
+        if sig != Signal::SIGCHLD {
             tracing::debug!(signal = %sig, pid = child.as_raw(), "forwarding signal");
             let _ = kill(child, sig);
         }
     }
 }
 
-/// Takes the next signal of `set` (all blocked). `true` when the kernel sent it (the
-/// terminal's ^C, ^\\ or resize): it went to the whole foreground process group, so the
-/// command got its own copy and forwarding it would deliver it twice.
-fn next_signal(set: &SigSet) -> Result<(Signal, bool), Errno> {
+/// Takes the next signal of `set` (all blocked).
+fn next_signal(set: &SigSet) -> Result<Signal, Errno> {
     loop {
-        // SAFETY: an all-zero siginfo_t is a valid out-parameter.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset_t and `info` a live siginfo_t.
-        let n = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
+        // SAFETY: `set` is a valid sigset_t; no siginfo is asked for.
+        let n = unsafe { libc::sigwaitinfo(set.as_ref(), std::ptr::null_mut()) };
         if n < 0 {
             match Errno::last() {
                 Errno::EINTR => continue,
                 e => return Err(e),
             }
         }
-        let sig = Signal::try_from(n)?;
-        return Ok((sig, info.si_code == libc::SI_KERNEL));
+        return Signal::try_from(n);
     }
 }
 
@@ -275,19 +292,23 @@ fn child_main(plan: &Plan<'_>, wr: RawFd, wait_set: &SigSet) -> isize {
         Err(e) => report_and_exit(wr, &e),
     };
     if !plan.spec.pid_ns {
-        let e = become_and_exec(&launch, plan.seccomp.as_ref());
+        let e = become_and_exec(&launch, plan);
         report_and_exit(wr, &e);
     }
     // SAFETY: we are PID 1 of a new namespace and single-threaded.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
-            let e = become_and_exec(&launch, plan.seccomp.as_ref());
+            let e = become_and_exec(&launch, plan);
             report_and_exit(wr, &e)
         }
         Ok(ForkResult::Parent { child }) => {
-            // The command holds the report pipe; ours must not keep the parent waiting.
-            // SAFETY: closing our copy of the write end; nothing else uses this number here.
+            // The command holds the report pipe (and the pty); our copies must not keep the
+            // parent waiting.
+            // SAFETY: closing our copies; nothing else uses these numbers here.
             unsafe { libc::close(wr) };
+            if let Some((slave, _)) = plan.pty {
+                unsafe { libc::close(slave) };
+            }
             init_loop(child, wait_set)
         }
         Err(e) => report_and_exit(wr, &JailError::sys("fork of the command under init", e)),
@@ -307,6 +328,12 @@ struct Launch {
 /// In the child, before any credential change: mounts, chroot, users, environment.
 fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
     let root = plan.root.as_path();
+    // A new session: no controlling terminal shared with the caller (TIOCSTI, see [`tty`]).
+    nix::unistd::setsid().map_err(|e| JailError::sys("setsid", e))?;
+    if let Some((_, master)) = plan.pty {
+        // SAFETY: closing the child's copy of the master; the parent keeps its own.
+        unsafe { libc::close(master) };
+    }
     if plan.spec.pid_ns {
         // If droot-fleet dies, so does our init, and with it the whole PID namespace.
         // SAFETY: prctl with integer arguments only.
@@ -382,8 +409,16 @@ fn chroot_into(root_fd: BorrowedFd<'_>, root: &Path) -> Result<(), JailError> {
 /// Drops privileges, installs the seccomp filter and execs the command; returns only the
 /// error that stopped it. The filter goes last, after `NO_NEW_PRIVS`; without it
 /// (`--no-dropcaps`) it must go while we are still root, before the credentials change.
-fn become_and_exec(l: &Launch, filter: Option<&seccomp::Filter>) -> JailError {
-    if let Err(e) = drop_privileges(l, filter) {
+fn become_and_exec(l: &Launch, plan: &Plan<'_>) -> JailError {
+    // Under our init, the command gets its own session too (it is already a session leader
+    // without a PID namespace, and then this fails harmlessly).
+    let _ = nix::unistd::setsid();
+    if let Some((slave, _)) = plan.pty
+        && let Err(e) = tty::attach(slave)
+    {
+        return e;
+    }
+    if let Err(e) = drop_privileges(l, plan.seccomp.as_ref()) {
         return e;
     }
     reset_signals();
@@ -483,13 +518,11 @@ fn close_inherited_fds() {
 /// PID 1 of the jail: reap everything, forward signals to the command, exit with its status.
 fn init_loop(cmd: Pid, wait_set: &SigSet) -> ! {
     loop {
-        let Ok((sig, from_tty)) = next_signal(wait_set) else {
+        let Ok(sig) = next_signal(wait_set) else {
             continue;
         };
         if sig != Signal::SIGCHLD {
-            if !from_tty {
-                let _ = kill(cmd, sig);
-            }
+            let _ = kill(cmd, sig);
             continue;
         }
         loop {

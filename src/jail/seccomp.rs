@@ -17,7 +17,9 @@
 //!   `clock_settime`, `clock_adjtime`, `sethostname`, `setdomainname`, `syslog`, `quotactl`,
 //!   `lookup_dcookie`, `iopl`, `ioperm`, `vhangup`;
 //! - `personality` with anything but Docker's safe values (`PER_LINUX`, `UNAME26`,
-//!   `PER_LINUX32`, `PER_LINUX32|UNAME26`, query).
+//!   `PER_LINUX32`, `PER_LINUX32|UNAME26`, query);
+//! - `ioctl` `TIOCSTI` and `TIOCLINUX`, which type into a terminal (not in Docker's profile:
+//!   the jail may be handed the operator's terminal, see [`super::tty`]).
 //!
 //! `clone3` fails with `ENOSYS`, as in Docker: its flags sit in memory a filter cannot read, and
 //! `ENOSYS` makes libc fall back to `clone`, which is checked. Other architectures' system
@@ -107,6 +109,10 @@ pub const CLONE_NAMESPACE_FLAGS: [libc::c_int; 7] = [
 /// `personality` values allowed: PER_LINUX, UNAME26, PER_LINUX32, PER_LINUX32|UNAME26, query.
 pub const PERSONALITY_ALLOWED: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
+/// `ioctl` requests refused: faking terminal input.
+#[allow(clippy::unnecessary_cast)] // `libc::Ioctl` is not u64 on every libc
+pub const IOCTL_DENIED: [u64; 2] = [libc::TIOCSTI as u64, libc::TIOCLINUX as u64];
+
 /// The x32 ABI marks its system call numbers with this bit.
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
@@ -135,7 +141,8 @@ fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, JailError> {
     SeccompRule::new(conds).map_err(|e| err("build a rule", e))
 }
 
-/// The `EPERM` program: [`DENIED`], `clone` with a namespace flag, unsafe `personality`.
+/// The `EPERM` program: [`DENIED`], `clone` with a namespace flag, unsafe `personality`,
+/// [`IOCTL_DENIED`].
 fn eperm_program() -> Result<BpfProgram, JailError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
@@ -152,6 +159,11 @@ fn eperm_program() -> Result<BpfProgram, JailError> {
         .map(|v| cond(0, SeccompCmpOp::Ne, *v))
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_personality, vec![rule(not_allowed)?]);
+    let ioctl_rules = IOCTL_DENIED
+        .iter()
+        .map(|req| rule(vec![cond(1, SeccompCmpOp::Eq, *req)?]))
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_ioctl, ioctl_rules);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,

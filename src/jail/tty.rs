@@ -1,0 +1,227 @@
+//! The jail's terminal: never the caller's. A fresh pty when stdin is a terminal.
+//!
+//! A process that shares the caller's controlling terminal can push input into it with the
+//! `TIOCSTI` ioctl, and the operator's shell runs it after the jail exits. So every jailed
+//! process starts in a new session (`setsid`), which has no controlling terminal: `TIOCSTI`
+//! then fails on any descriptor (it needs the terminal to be the caller's own, or
+//! `CAP_SYS_ADMIN`), and the seccomp filter refuses it as well.
+//!
+//! When stdin is a terminal, `run` relays through a fresh pty, as `docker run -it` does:
+//! - the command gets the pty's slave as stdin, stdout, stderr and controlling terminal,
+//!   so job control, Ctrl-C (the pty's own line discipline sends SIGINT to the jail's
+//!   foreground process group) and `isatty` work;
+//! - the caller's terminal is put in raw mode and restored on every way out of `run` (a guard
+//!   dropped on return, error or panic); only SIGKILL of `droot-fleet` can skip it;
+//! - the pty starts with the caller's window size, and each SIGWINCH copies it again;
+//! - the exit status is the command's, as without a pty.
+//!
+//! The pty is allocated on the host's devpts (the jail's `/dev/pts` is a separate instance):
+//! the jail holds only the slave descriptor, so whatever it injects reaches only itself.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::pty::Winsize;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
+use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
+use nix::unistd::Pid;
+
+use super::JailError;
+use super::process::{JailExit, reap};
+
+/// A pty pair for the jail; both ends close-on-exec.
+pub struct Pty {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+}
+
+fn stdin() -> BorrowedFd<'static> {
+    // SAFETY: fd 0 stays open for the life of the process.
+    unsafe { BorrowedFd::borrow_raw(0) }
+}
+
+fn stdout() -> BorrowedFd<'static> {
+    // SAFETY: fd 1 stays open for the life of the process.
+    unsafe { BorrowedFd::borrow_raw(1) }
+}
+
+/// A fresh pty with the caller's window size when stdin is a terminal; `None` otherwise.
+pub fn open_if_terminal() -> Result<Option<Pty>, JailError> {
+    if !nix::unistd::isatty(stdin()).unwrap_or(false) {
+        return Ok(None);
+    }
+    let size = window_size(stdin());
+    let p = nix::pty::openpty(size.as_ref(), None).map_err(|e| JailError::sys("openpty", e))?;
+    for fd in [&p.master, &p.slave] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+            .map_err(|e| JailError::sys("set close-on-exec on the pty", e))?;
+    }
+    Ok(Some(Pty {
+        master: p.master,
+        slave: p.slave,
+    }))
+}
+
+fn window_size(fd: BorrowedFd<'_>) -> Option<Winsize> {
+    let mut ws = Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a `struct winsize` into a live one.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0).then_some(ws)
+}
+
+fn copy_window_size(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+    if let Some(ws) = window_size(from) {
+        // SAFETY: TIOCSWINSZ reads a live `struct winsize`; the kernel signals the pty's
+        // foreground process group with SIGWINCH.
+        unsafe { libc::ioctl(to.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+}
+
+/// In the jailed command, before exec: `slave` becomes the controlling terminal and fds 0-2.
+/// The caller is a session leader (see `process`).
+pub fn attach(slave: RawFd) -> Result<(), JailError> {
+    // SAFETY: ioctl with an integer argument on a descriptor we hold.
+    if unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(JailError::sys(
+            "TIOCSCTTY (pty as controlling terminal)",
+            Errno::last(),
+        ));
+    }
+    for target in 0..=2 {
+        // SAFETY: dup2 on descriptors we hold; replaces the caller's stdio in this process.
+        if unsafe { libc::dup2(slave, target) } < 0 {
+            return Err(JailError::sys("dup2 of the pty", Errno::last()));
+        }
+    }
+    if slave > 2 {
+        // SAFETY: closing our own extra copy.
+        unsafe { libc::close(slave) };
+    }
+    Ok(())
+}
+
+/// The caller's terminal in raw mode; the saved settings come back when this is dropped.
+struct RawMode(Termios);
+
+impl RawMode {
+    fn enter() -> Result<RawMode, JailError> {
+        let saved = tcgetattr(stdin()).map_err(|e| JailError::sys("tcgetattr (stdin)", e))?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(stdin(), SetArg::TCSANOW, &raw)
+            .map_err(|e| JailError::sys("tcsetattr (raw mode)", e))?;
+        Ok(RawMode(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = tcsetattr(stdin(), SetArg::TCSAFLUSH, &self.0);
+    }
+}
+
+/// Relays between the caller's terminal and `master` until `child` exits; forwards signals
+/// (a resize is applied to the pty instead). `signals` are blocked already.
+pub fn relay(master: OwnedFd, child: Pid, signals: &SigSet) -> Result<JailExit, JailError> {
+    let sfd = SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| JailError::sys("signalfd", e))?;
+    let _raw = RawMode::enter()?;
+    let mut stdin_open = true;
+    let mut master_open = true;
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(exit) = reap(child)? {
+            drain(master.as_fd(), &mut buf);
+            return Ok(exit);
+        }
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if master_open {
+            fds.push(PollFd::new(master.as_fd(), PollFlags::POLLIN));
+        }
+        if stdin_open {
+            fds.push(PollFd::new(stdin(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(JailError::sys("poll", e)),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        if ready[0] {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                    continue;
+                };
+                match sig {
+                    Signal::SIGCHLD => {}
+                    Signal::SIGWINCH => copy_window_size(stdin(), master.as_fd()),
+                    sig => {
+                        tracing::debug!(signal = %sig, pid = child.as_raw(), "forwarding signal");
+                        let _ = kill(child, sig);
+                    }
+                }
+            }
+        }
+        let mut i = 1;
+        if master_open {
+            if ready[i] {
+                master_open = copy(master.as_fd(), stdout(), &mut buf);
+            }
+            i += 1;
+        }
+        if stdin_open && ready[i] {
+            stdin_open = copy(stdin(), master.as_fd(), &mut buf);
+        }
+    }
+}
+
+/// Copies one read's worth from `from` to `to`; `false` at end of input (or EIO: the pty's
+/// other side is gone).
+fn copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, buf: &mut [u8]) -> bool {
+    let n = match nix::unistd::read(from, buf) {
+        Ok(0) => return false,
+        Ok(n) => n,
+        Err(Errno::EINTR | Errno::EAGAIN) => return true,
+        Err(_) => return false,
+    };
+    write_all(to, &buf[..n]);
+    true
+}
+
+fn write_all(to: BorrowedFd<'_>, mut data: &[u8]) {
+    while !data.is_empty() {
+        match nix::unistd::write(to, data) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                let mut pf = [PollFd::new(to, PollFlags::POLLOUT)];
+                let _ = poll(&mut pf, PollTimeout::NONE);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// After the command exited: what it wrote and we have not relayed yet.
+fn drain(master: BorrowedFd<'_>, buf: &mut [u8]) {
+    if fcntl(master, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).is_err() {
+        return;
+    }
+    while let Ok(n) = nix::unistd::read(master, buf) {
+        if n == 0 {
+            break;
+        }
+        write_all(stdout(), &buf[..n]);
+    }
+}
