@@ -6,7 +6,8 @@
 //!   pruning, and the in-place rsync mode.
 //! - [`mountinfo`]: parsing `/proc/self/mountinfo`, and unmounting everything below a path.
 //! - [`teardown`]: `umount` and `rm` of a root.
-//! - [`jail`]: `run` — mount namespace, /dev, binds, chroot, user, capabilities, env, init.
+//! - [`jail`]: `run` — mount and PID namespaces, /dev, binds, chroot, user, capabilities,
+//!   seccomp, env, init, the pty.
 //! - [`export`]: Docker image or `docker save`/OCI archive to a flat rootfs tar with `/.drootenv`.
 //! - [`dirs`]: directories the tool creates, with an explicit mode whatever the umask.
 //! - [`drootenv`]: the `/.drootenv` env file format, written by export and read by run.

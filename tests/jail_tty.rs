@@ -202,3 +202,25 @@ fn interactive_shell_through_a_pty_with_size_resize_ctrl_c_and_exit_status() {
     assert_eq!(after.output_flags, before.output_flags);
     common::jail::assert_no_mounts(&j.root);
 }
+
+/// With a terminal on stdin but stdout redirected, the file gets the command's bytes as they
+/// are (no pty in between, no CR added); stderr, still the terminal, goes through the pty.
+#[test]
+fn redirected_stdout_bypasses_the_pty() {
+    let j = jail("redirected stdout");
+    let file = j.root.parent().unwrap().join("copy");
+    let mut t = Term::new(24, 80);
+    let mut shell = t.spawn(Command::new("/bin/sh").arg("-i").env("PS1", "$ "));
+    t.type_in(&format!(
+        "{} run --root {} -- sh -c '[ -t 0 ] && [ -t 2 ] && echo ERR-$((2*4)) >&2; \
+         [ -t 1 ] || printf \"a\\nb\\n\"' > {}; echo DONE-$((1+1))\n",
+        common::bin().display(),
+        j.root.display(),
+        file.display()
+    ));
+    let out = t.wait_for("DONE-2");
+    assert!(out.contains("ERR-8"), "stderr through the pty: {out:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"a\nb\n");
+    t.type_in("exit\n");
+    shell.wait().unwrap();
+}

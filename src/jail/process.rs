@@ -1,13 +1,15 @@
-//! Processes: the fork into new namespaces, the set-up sequence in the child, the optional
-//! init for `--pid-ns`, signal forwarding and the exit status.
+//! Processes: the fork into new namespaces, the set-up sequence in the child, the init of
+//! the PID namespace, signal forwarding and the exit status.
 //!
 //! ```text
-//! droot-fleet (parent, host namespaces; signals blocked, taken with sigwait)
-//!  └─ clone(CLONE_NEWNS [| CLONE_NEWPID])
-//!      child: rprivate, proc, sys, dev, binds, chroot, user lookup, env
-//!        without --pid-ns: caps, setgroups/setgid/setuid, exec CMD
-//!        with --pid-ns:    it is PID 1 (our init): fork → caps, creds, exec CMD;
-//!                          init reaps every orphan, forwards signals, exits with CMD's status
+//! droot-fleet (parent, host namespaces; signals blocked; a pty relay when stdin is a tty)
+//!  └─ clone(CLONE_NEWNS | CLONE_NEWPID)             (no CLONE_NEWPID with --host-pid)
+//!      child: setsid, umask 022, rprivate, proc, sys, dev, /proc masks, binds, chroot,
+//!             user lookup, env
+//!        default:     it is PID 1 (our init): fork → setsid, pty, caps, creds, NO_NEW_PRIVS,
+//!                     seccomp, exec CMD; init reaps every orphan, forwards signals, exits
+//!                     with CMD's status
+//!        --host-pid:  pty, caps, creds, NO_NEW_PRIVS, seccomp, exec CMD
 //! ```
 //!
 //! Errors in the child are sent to the parent over a close-on-exec pipe (postcard-encoded
@@ -36,7 +38,8 @@ use super::{JailError, caps, devices, env, etc_copy, mounts, procfs, seccomp, tt
 /// How the jailed command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JailExit {
-    /// Exited with this code. With `--pid-ns`, a command killed by signal N shows as 128+N.
+    /// Exited with this code. In a PID namespace (the default), a command killed by signal N
+    /// shows as 128+N.
     Exited(i32),
     /// Killed by this signal number.
     Signaled(i32),

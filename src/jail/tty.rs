@@ -7,9 +7,10 @@
 //! `CAP_SYS_ADMIN`), and the seccomp filter refuses it as well.
 //!
 //! When stdin is a terminal, `run` relays through a fresh pty, as `docker run -it` does:
-//! - the command gets the pty's slave as stdin, stdout, stderr and controlling terminal,
-//!   so job control, Ctrl-C (the pty's own line discipline sends SIGINT to the jail's
-//!   foreground process group) and `isatty` work;
+//! - the command gets the pty's slave as controlling terminal and stdin, and as stdout and
+//!   stderr where those are the caller's terminal too (`run -- cat f > copy` still writes
+//!   plain bytes to the file), so job control, Ctrl-C (the pty's own line discipline sends
+//!   SIGINT to the jail's foreground process group) and `isatty` work;
 //! - the caller's terminal is put in raw mode and restored on every way out of `run` (a guard
 //!   dropped on return, error or panic); only SIGKILL of `droot-fleet` can skip it;
 //! - the pty starts with the caller's window size, and each SIGWINCH copies it again;
@@ -43,9 +44,16 @@ fn stdin() -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(0) }
 }
 
-fn stdout() -> BorrowedFd<'static> {
-    // SAFETY: fd 1 stays open for the life of the process.
-    unsafe { BorrowedFd::borrow_raw(1) }
+/// Where the pty's output goes: our stdout if it is a terminal, else our stderr (which then
+/// is: only terminal descriptors were given the pty).
+fn output() -> BorrowedFd<'static> {
+    // SAFETY: fds 1 and 2 stay open for the life of the process.
+    let out = unsafe { BorrowedFd::borrow_raw(1) };
+    if nix::unistd::isatty(out).unwrap_or(false) {
+        return out;
+    }
+    // SAFETY: as above.
+    unsafe { BorrowedFd::borrow_raw(2) }
 }
 
 /// A fresh pty with the caller's window size when stdin is a terminal; `None` otherwise.
@@ -85,8 +93,9 @@ fn copy_window_size(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
     }
 }
 
-/// In the jailed command, before exec: `slave` becomes the controlling terminal and fds 0-2.
-/// The caller is a session leader (see `process`).
+/// In the jailed command, before exec: `slave` becomes the controlling terminal and stdin,
+/// and replaces stdout and stderr where they are a terminal. The caller is a session leader
+/// (see `process`).
 pub fn attach(slave: RawFd) -> Result<(), JailError> {
     // SAFETY: ioctl with an integer argument on a descriptor we hold.
     if unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) } != 0 {
@@ -96,6 +105,10 @@ pub fn attach(slave: RawFd) -> Result<(), JailError> {
         ));
     }
     for target in 0..=2 {
+        // SAFETY: fds 0-2 are ours; isatty only queries.
+        if target > 0 && unsafe { libc::isatty(target) } != 1 {
+            continue;
+        }
         // SAFETY: dup2 on descriptors we hold; replaces the caller's stdio in this process.
         if unsafe { libc::dup2(slave, target) } < 0 {
             return Err(JailError::sys("dup2 of the pty", Errno::last()));
@@ -137,9 +150,10 @@ pub fn relay(master: OwnedFd, child: Pid, signals: &SigSet) -> Result<JailExit, 
     let mut stdin_open = true;
     let mut master_open = true;
     let mut buf = [0u8; 8192];
+    let out = output();
     loop {
         if let Some(exit) = reap(child)? {
-            drain(master.as_fd(), &mut buf);
+            drain(master.as_fd(), out, &mut buf);
             return Ok(exit);
         }
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
@@ -176,7 +190,7 @@ pub fn relay(master: OwnedFd, child: Pid, signals: &SigSet) -> Result<JailExit, 
         let mut i = 1;
         if master_open {
             if ready[i] {
-                master_open = copy(master.as_fd(), stdout(), &mut buf);
+                master_open = copy(master.as_fd(), out, &mut buf);
             }
             i += 1;
         }
@@ -214,7 +228,7 @@ fn write_all(to: BorrowedFd<'_>, mut data: &[u8]) {
 }
 
 /// After the command exited: what it wrote and we have not relayed yet.
-fn drain(master: BorrowedFd<'_>, buf: &mut [u8]) {
+fn drain(master: BorrowedFd<'_>, out: BorrowedFd<'_>, buf: &mut [u8]) {
     if fcntl(master, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).is_err() {
         return;
     }
@@ -222,6 +236,6 @@ fn drain(master: BorrowedFd<'_>, buf: &mut [u8]) {
         if n == 0 {
             break;
         }
-        write_all(stdout(), &buf[..n]);
+        write_all(out, &buf[..n]);
     }
 }
