@@ -80,8 +80,8 @@ struct Plan<'a> {
     host_db: UserDb,
     /// The compiled seccomp filter; `None` with `--seccomp unconfined`.
     seccomp: Option<seccomp::Filter>,
-    /// The pty's (slave, master) when stdin is a terminal ([`tty`]).
-    pty: Option<(RawFd, RawFd)>,
+    /// The child's end of the console socket when stdin is a terminal ([`tty`]).
+    console: Option<RawFd>,
 }
 
 /// Runs `spec` and returns how the command ended. Set-up failures (also those that happen
@@ -127,16 +127,14 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         true => Some(seccomp::Filter::compile()?),
         false => None,
     };
-    let pty = tty::open_if_terminal()?;
+    let console = tty::socket_if_terminal()?;
     let plan = Plan {
         spec,
         root,
         binds,
         host_db,
         seccomp,
-        pty: pty
-            .as_ref()
-            .map(|p| (p.slave.as_raw_fd(), p.master.as_raw_fd())),
+        console: console.as_ref().map(|c| c.child.as_raw_fd()),
     };
     let (report_rd, report_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys("pipe2", e))?;
@@ -150,14 +148,14 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&wait_set), Some(&mut old_mask))
         .map_err(|e| JailError::sys("block signals", e))?;
 
-    let result = spawn_and_supervise(&plan, pty, report_rd, report_wr, &wait_set);
+    let result = spawn_and_supervise(&plan, console, report_rd, report_wr, &wait_set);
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     result
 }
 
 fn spawn_and_supervise(
     plan: &Plan<'_>,
-    pty: Option<tty::Pty>,
+    console: Option<tty::ConsoleSocket>,
     rd: OwnedFd,
     wr: OwnedFd,
     wait_set: &SigSet,
@@ -181,8 +179,13 @@ fn spawn_and_supervise(
     }
     .map_err(|e| JailError::sys("clone (new mount/PID namespace)", e))?;
     drop(wr);
-    // Only the jail holds the slave: the pty hangs up when the jail is gone.
-    let master = pty.map(|p| p.master);
+    // The pty is opened in the jail; its master comes back over the console socket.
+    let master = console
+        .map(|c| {
+            drop(c.child);
+            tty::receive_master(&c.parent)
+        })
+        .transpose();
     tracing::debug!(
         pid = child.as_raw(),
         pid_ns = plan.spec.pid_ns,
@@ -192,7 +195,7 @@ fn spawn_and_supervise(
         let _ = waitpid(child, None);
         return Err(err);
     }
-    match master {
+    match master?.flatten() {
         Some(m) => tty::relay(m, child, wait_set),
         None => supervise(child, wait_set),
     }
@@ -290,7 +293,7 @@ fn report_and_exit(wr: RawFd, err: &JailError) -> ! {
 
 /// The cloned child. Never returns: it execs the command, runs init, or reports and exits.
 fn child_main(plan: &Plan<'_>, wr: RawFd, wait_set: &SigSet) -> isize {
-    let launch = match prepare(plan) {
+    let mut launch = match prepare(plan) {
         Ok(l) => l,
         Err(e) => report_and_exit(wr, &e),
     };
@@ -309,9 +312,7 @@ fn child_main(plan: &Plan<'_>, wr: RawFd, wait_set: &SigSet) -> isize {
             // parent waiting.
             // SAFETY: closing our copies; nothing else uses these numbers here.
             unsafe { libc::close(wr) };
-            if let Some((slave, _)) = plan.pty {
-                unsafe { libc::close(slave) };
-            }
+            drop(launch.pty_slave.take());
             init_loop(child, wait_set)
         }
         Err(e) => report_and_exit(wr, &JailError::sys("fork of the command under init", e)),
@@ -326,6 +327,8 @@ struct Launch {
     path: String,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    /// The slave of the jail's pty, when stdin is a terminal.
+    pty_slave: Option<OwnedFd>,
 }
 
 /// In the child, before any credential change: mounts, chroot, users, environment.
@@ -333,10 +336,6 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
     let root = plan.root.as_path();
     // A new session: no controlling terminal shared with the caller (TIOCSTI, see [`tty`]).
     nix::unistd::setsid().map_err(|e| JailError::sys("setsid", e))?;
-    if let Some((_, master)) = plan.pty {
-        // SAFETY: closing the child's copy of the master; the parent keeps its own.
-        unsafe { libc::close(master) };
-    }
     if plan.spec.pid_ns {
         // If droot-fleet dies, so does our init, and with it the whole PID namespace.
         // SAFETY: prctl with integer arguments only.
@@ -388,6 +387,15 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
         .into_iter()
         .map(|(k, v)| cstr(format!("{k}={v}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let pty_slave = match plan.console {
+        Some(sock) => {
+            let slave = tty::open_in_jail(sock, identity.uid)?;
+            // SAFETY: our copy of the console socket; the master has been sent.
+            unsafe { libc::close(sock) };
+            Some(slave)
+        }
+        None => None,
+    };
     tracing::debug!(uid = identity.uid, gid = identity.gid, groups = ?identity.groups, "jail prepared");
     Ok(Launch {
         identity,
@@ -396,6 +404,7 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
         path,
         argv,
         envp,
+        pty_slave,
     })
 }
 
@@ -416,8 +425,8 @@ fn become_and_exec(l: &Launch, plan: &Plan<'_>) -> JailError {
     // Under our init, the command gets its own session too (it is already a session leader
     // without a PID namespace, and then this fails harmlessly).
     let _ = nix::unistd::setsid();
-    if let Some((slave, _)) = plan.pty
-        && let Err(e) = tty::attach(slave)
+    if let Some(slave) = &l.pty_slave
+        && let Err(e) = tty::attach(slave.as_raw_fd())
     {
         return e;
     }

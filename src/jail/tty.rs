@@ -16,27 +16,37 @@
 //! - the pty starts with the caller's window size, and each SIGWINCH copies it again;
 //! - the exit status is the command's, as without a pty.
 //!
-//! The pty is allocated on the host's devpts (the jail's `/dev/pts` is a separate instance):
-//! the jail holds only the slave descriptor, so whatever it injects reaches only itself.
+//! The pty is allocated inside the jail, on its own devpts instance (as runc's console
+//! socket does): the child opens it after the chroot, keeps the slave (owned by the
+//! command's user, so `tty` and re-opening `/dev/pts/N` work) and passes the master to the
+//! parent over a socketpair. Whatever the jail injects into its pty reaches only itself.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::FromRawFd;
+
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::pty::Winsize;
+use nix::pty::{Winsize, grantpt, posix_openpt, ptsname_r, unlockpt};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use nix::sys::stat::Mode;
 use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, Uid, fchown};
 
 use super::JailError;
 use super::process::{JailExit, reap};
 
-/// A pty pair for the jail; both ends close-on-exec.
-pub struct Pty {
-    pub master: OwnedFd,
-    pub slave: OwnedFd,
+/// The parent's and the child's ends of the socket that carries the pty's master.
+pub struct ConsoleSocket {
+    pub parent: OwnedFd,
+    pub child: OwnedFd,
 }
 
 fn stdin() -> BorrowedFd<'static> {
@@ -56,21 +66,80 @@ fn output() -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(2) }
 }
 
-/// A fresh pty with the caller's window size when stdin is a terminal; `None` otherwise.
-pub fn open_if_terminal() -> Result<Option<Pty>, JailError> {
+/// A socket for the jail's pty when stdin is a terminal; `None` otherwise.
+pub fn socket_if_terminal() -> Result<Option<ConsoleSocket>, JailError> {
     if !nix::unistd::isatty(stdin()).unwrap_or(false) {
         return Ok(None);
     }
-    let size = window_size(stdin());
-    let p = nix::pty::openpty(size.as_ref(), None).map_err(|e| JailError::sys("openpty", e))?;
-    for fd in [&p.master, &p.slave] {
-        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-            .map_err(|e| JailError::sys("set close-on-exec on the pty", e))?;
+    let (parent, child) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| JailError::sys("socketpair (console socket)", e))?;
+    Ok(Some(ConsoleSocket { parent, child }))
+}
+
+fn pty_err(op: &str) -> impl FnOnce(Errno) -> JailError + '_ {
+    move |e| JailError::sys(format!("{op} (the jail's pty)"), e)
+}
+
+/// In the jail, after the chroot: opens a pty on the jail's devpts, hands the master to the
+/// parent over `sock` and returns the slave (close-on-exec), owned by `uid`.
+pub fn open_in_jail(sock: RawFd, uid: u32) -> Result<OwnedFd, JailError> {
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let master = posix_openpt(flags).map_err(pty_err("open /dev/ptmx"))?;
+    grantpt(&master).map_err(pty_err("grantpt"))?;
+    unlockpt(&master).map_err(pty_err("unlockpt"))?;
+    let name = ptsname_r(&master).map_err(pty_err("ptsname"))?;
+    let slave = nix::fcntl::open(name.as_str(), flags, Mode::empty())
+        .map_err(pty_err("open the pty's slave"))?;
+    fchown(&slave, Some(Uid::from_raw(uid)), None).map_err(pty_err("chown"))?;
+    let fds = [master.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(
+        sock,
+        &[IoSlice::new(b"pty")],
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(pty_err("send the master"))?;
+    Ok(slave)
+}
+
+/// In the parent: the master the jail sent, sized like the caller's terminal; `None` when
+/// the child ended before sending one (its report says why).
+pub fn receive_master(sock: &OwnedFd) -> Result<Option<OwnedFd>, JailError> {
+    let mut byte = [0u8; 8];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = loop {
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            other => break other.map_err(pty_err("receive the master"))?,
+        }
+    };
+    let mut master = None;
+    for c in msg.cmsgs().map_err(pty_err("receive the master"))? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                master.get_or_insert(owned);
+            }
+        }
     }
-    Ok(Some(Pty {
-        master: p.master,
-        slave: p.slave,
-    }))
+    if let Some(m) = &master {
+        copy_window_size(stdin(), m.as_fd());
+    }
+    Ok(master)
 }
 
 fn window_size(fd: BorrowedFd<'_>) -> Option<Winsize> {
@@ -114,10 +183,7 @@ pub fn attach(slave: RawFd) -> Result<(), JailError> {
             return Err(JailError::sys("dup2 of the pty", Errno::last()));
         }
     }
-    if slave > 2 {
-        // SAFETY: closing our own extra copy.
-        unsafe { libc::close(slave) };
-    }
+    // The slave itself is close-on-exec; its copies on 0-2 are not.
     Ok(())
 }
 
@@ -137,7 +203,7 @@ impl RawMode {
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = tcsetattr(stdin(), SetArg::TCSAFLUSH, &self.0);
+        let _ = tcsetattr(stdin(), SetArg::TCSADRAIN, &self.0);
     }
 }
 
