@@ -136,12 +136,19 @@ fn issue6_tiocsti_cannot_type_into_the_callers_shell() {
     let exe = build_static_c(&outside, "tiocsti", TIOCSTI_C);
     std::fs::copy(&exe, j.root.join("bin/tiocsti")).unwrap();
 
-    for flags in ["", "--seccomp unconfined"] {
-        let injected = outside.join(format!("injected{}", flags.len()));
+    // Through the jail's pty (stdin a terminal), and without one (stdin /dev/null: then only
+    // stdout and stderr are the caller's terminal); with and without the seccomp filter.
+    let cases = [
+        ("", ""),
+        ("--seccomp unconfined", ""),
+        ("--seccomp unconfined", "< /dev/null"),
+    ];
+    for (i, (flags, stdin)) in cases.into_iter().enumerate() {
+        let injected = outside.join(format!("injected{i}"));
         let mut t = Term::new(24, 80);
         let mut shell = t.spawn(Command::new("/bin/sh").arg("-i").env("PS1", "$ "));
         t.type_in(&format!(
-            "{} run --root {} -u 65534 {flags} -- tiocsti 'touch {}\n'; echo DONE-$((1+1))\n",
+            "{} run --root {} -u 65534 {flags} -- tiocsti 'touch {}\n' {stdin}; echo DONE-$((1+1))\n",
             common::bin().display(),
             j.root.display(),
             injected.display()
@@ -152,7 +159,7 @@ fn issue6_tiocsti_cannot_type_into_the_callers_shell() {
         let out = t.wait_for("MARK-42");
         assert!(
             !injected.exists(),
-            "{flags}: the jail typed a command into the caller's shell: {out}"
+            "{flags} {stdin}: the jail typed a command into the caller's shell: {out}"
         );
         t.type_in("exit\n");
         shell.wait().unwrap();
