@@ -21,10 +21,8 @@
 //! command's user, so `tty` and re-opening `/dev/pts/N` work) and passes the master to the
 //! parent over a socketpair. Whatever the jail injects into its pty reaches only itself.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
