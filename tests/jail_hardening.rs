@@ -173,7 +173,8 @@ fn issue6_seccomp_refuses_mounts_even_with_all_capabilities() {
                   mount -t tmpfs none /mnt && echo mounted; \
                   mount -o remount,rw /proc/sys && echo remounted; \
                   umount /proc/sys && echo unmounted; \
-                  unshare -m true && echo unshared; echo end";
+                  unshare -m true && echo unshared; \
+                  chroot / true && echo chrooted; echo end";
     for flags in [&["--no-dropcaps"][..], &["--no-dropcaps", "--host-pid"][..]] {
         let out = ok(&j.root, flags, &["sh", "-c", script]);
         assert_eq!(out, "Seccomp:\t2\nend\n", "{flags:?}");

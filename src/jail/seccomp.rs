@@ -10,6 +10,8 @@
 //!   `kexec_load`, `kexec_file_load`, `uselib`, `nfsservctl`, `_sysctl`;
 //! - `userfaultfd`, `perf_event_open`, `io_uring_*` (its operations bypass seccomp);
 //! - tracing other processes: `ptrace`, `process_vm_readv`/`writev`, `kcmp`, `pidfd_getfd`;
+//! - `chroot`: the jail is a chroot, and a second one is the classic way out of it for a
+//!   process that keeps `CAP_SYS_CHROOT` (`--no-dropcaps`);
 //! - namespaces and mounts: `unshare`, `setns`, `mount`, `umount2`, `pivot_root`,
 //!   `mount_setattr`, `open_tree`, `move_mount`, `fsopen`, `fsconfig`, `fsmount`, `fspick`, and
 //!   `clone` with any `CLONE_NEW*` flag;
@@ -45,6 +47,7 @@ pub const DENIED: &[(&str, i64)] = &[
     ("acct", libc::SYS_acct),
     ("add_key", libc::SYS_add_key),
     ("bpf", libc::SYS_bpf),
+    ("chroot", libc::SYS_chroot),
     ("clock_adjtime", libc::SYS_clock_adjtime),
     ("clock_settime", libc::SYS_clock_settime),
     ("delete_module", libc::SYS_delete_module),

@@ -105,7 +105,9 @@ pub fn output(c: &mut Command) -> Output {
 
 /// Lines of /proc/self/mountinfo whose mount point is at or below `dir`.
 pub fn mounts_below(dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    // Lossy: another test may have a non-UTF-8 mount point mounted at the same time.
+    let text =
+        String::from_utf8_lossy(&std::fs::read("/proc/self/mountinfo").unwrap()).into_owned();
     let d = dir.to_string_lossy().to_string();
     text.lines()
         .filter(|l| {
