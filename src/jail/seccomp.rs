@@ -272,6 +272,54 @@ mod tests {
         }
     }
 
+    /// Installs the filter in a forked child (filters cannot be removed) and checks what each
+    /// call returns there; the exit code says which check failed.
+    #[test]
+    fn the_installed_filter_refuses_and_allows_as_documented() {
+        let f = Filter::compile().unwrap();
+        let errno = |rc: libc::c_long| {
+            if rc == -1 {
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+            } else {
+                0
+            }
+        };
+        // SAFETY: the child makes raw syscalls only and leaves with `_exit`.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: prctl and syscall with integer arguments; null pointers where the
+                // filter answers before the kernel would read them.
+                let code = unsafe {
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    let checks = [
+                        f.install().is_ok(),
+                        errno(libc::syscall(libc::SYS_open_by_handle_at, -1, 0, 0)) == libc::EPERM,
+                        errno(libc::syscall(libc::SYS_unshare, 0)) == libc::EPERM,
+                        errno(libc::syscall(libc::SYS_clone3, 0, 0)) == libc::ENOSYS,
+                        // READ_IMPLIES_EXEC is not among the safe personalities; a query is.
+                        errno(libc::syscall(libc::SYS_personality, 0x0040_0000)) == libc::EPERM,
+                        errno(libc::syscall(libc::SYS_personality, 0xffff_ffffu32)) == 0,
+                        errno(libc::syscall(libc::SYS_ioctl, 0, libc::TIOCSTI, 0)) == libc::EPERM,
+                        // The x32 number of getpid.
+                        errno(libc::syscall(0x4000_0000 | libc::SYS_getpid)) == libc::EPERM,
+                        libc::syscall(libc::SYS_getpid) > 0,
+                    ];
+                    checks.iter().position(|ok| !ok).map_or(0, |i| i as i32 + 1)
+                };
+                // SAFETY: ends the forked child without running the parent's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(
+                    st,
+                    nix::sys::wait::WaitStatus::Exited(child, 0),
+                    "failed check"
+                );
+            }
+        }
+    }
+
     #[test]
     fn clone_mask_is_dockers() {
         let mask = CLONE_NAMESPACE_FLAGS
