@@ -13,9 +13,10 @@ fi
 # the unpack benchmark and build test archives; iproute2 makes network namespaces;
 # util-linux gives mount/unshare/flock; procps gives ps for the agent tests; file checks the static
 # link; debootstrap makes the Debian rootfs of tests/distro.rs and the image benchmark;
-# libarchive-tools (bsdtar) and python3 (tarfile) are tar writers in the conformance test.
+# libarchive-tools (bsdtar) and python3 (tarfile) are tar writers in the conformance test;
+# gcc and libc6-dev build the static programs of the jail's seccomp and TIOCSTI tests.
 pkgs=(busybox-static zstd gzip tar iproute2 util-linux procps file ca-certificates debootstrap
-  libarchive-tools python3)
+  libarchive-tools python3 gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -8,8 +8,10 @@
 //! - [`beneath`]: descriptor-relative file operations that never follow a symlink (openat2).
 //! - [`mountinfo`]: parsing `/proc/self/mountinfo`, and unmounting everything below a path.
 //! - [`teardown`]: `umount` and `rm` of a root.
-//! - [`jail`]: `run` — mount namespace, /dev, binds, chroot, user, capabilities, env, init.
+//! - [`jail`]: `run` — mount and PID namespaces, /dev, binds, chroot, user, capabilities,
+//!   seccomp, env, init, the pty.
 //! - [`export`]: Docker image or `docker save`/OCI archive to a flat rootfs tar with `/.drootenv`.
+//! - [`dirs`]: directories the tool creates, with an explicit mode whatever the umask.
 //! - [`drootenv`]: the `/.drootenv` env file format, written by export and read by run.
 //! - [`gossip`]: the sans-io protocol core of the agent (envelope, keyring, clocks, events, queries).
 //! - [`agent`]: `droot-fleet agent`, the gossip daemon (sockets, the task owning foca, handlers,
@@ -22,6 +24,7 @@ pub mod api;
 pub mod artifact;
 pub mod beneath;
 pub mod cli;
+pub mod dirs;
 pub mod drootenv;
 pub mod export;
 pub mod gossip;

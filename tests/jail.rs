@@ -23,7 +23,7 @@ fn jailed_process_is_chrooted_in_its_own_mount_namespace_and_gets_sigterm() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let sleeper = common::wait_for_comm(child.id(), "sleep", 1);
+    let sleeper = common::wait_for_comm(child.id(), "sleep", 2);
     let link = std::fs::read_link(format!("/proc/{sleeper}/root")).unwrap();
     assert_eq!(link, j.root, "the jailed process's root");
     let ns = std::fs::read_link(format!("/proc/{sleeper}/ns/mnt")).unwrap();

@@ -117,7 +117,8 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     use std::os::unix::fs::PermissionsExt;
     let dir = &settings.data_dir;
-    std::fs::create_dir_all(dir).map_err(io_err(format!("creating data dir {}", dir.display())))?;
+    crate::dirs::create_dir_all_mode(dir, 0o755, 0o700)
+        .map_err(io_err(format!("creating data dir {}", dir.display())))?;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     if settings.dev {
         // A dev agent always starts from a clean slate.

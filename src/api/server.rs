@@ -29,7 +29,8 @@ impl Listener {
             RpcAddr::Unix(path) => {
                 use std::os::unix::fs::PermissionsExt;
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
+                    // The socket's own directory 0700, whatever the umask.
+                    crate::dirs::create_dir_all_mode(dir, 0o755, 0o700)?;
                 }
                 if path.exists() {
                     if tokio::net::UnixStream::connect(path).await.is_ok() {

@@ -33,12 +33,28 @@ pub struct RunArgs {
     /// Keep all capabilities (skips bounding-set cut, NO_NEW_PRIVS).
     #[arg(long)]
     pub no_dropcaps: bool,
-    /// Run in a new PID namespace under a minimal init that reaps orphans.
-    #[arg(long)]
+    /// Accepted for compatibility: a new PID namespace is the default (see --host-pid).
+    #[arg(long, conflicts_with = "host_pid")]
     pub pid_ns: bool,
+    /// Share the host's PID namespace (droot's behaviour): the jail can then see and signal
+    /// host processes and read other jails through /proc/PID/root.
+    #[arg(long)]
+    pub host_pid: bool,
+    /// Seccomp profile: `default` (deny the dangerous syscalls) or `unconfined` (no filter).
+    #[arg(long, value_enum, default_value = "default")]
+    pub seccomp: SeccompProfile,
     /// The command and its arguments, looked up on the jail's PATH.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// `--seccomp` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeccompProfile {
+    /// The built-in filter (Docker's default deny list).
+    Default,
+    /// No seccomp filter at all.
+    Unconfined,
 }
 
 /// Builds the spec, runs the jail, and exits with the command's status. Jail errors are
@@ -54,7 +70,8 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         copy_host_files: args.cp,
         env: args.env,
         no_dropcaps: args.no_dropcaps,
-        pid_ns: args.pid_ns,
+        host_pid: args.host_pid,
+        seccomp_unconfined: args.seccomp == SeccompProfile::Unconfined,
         command: args.command,
     };
     let result = JailSpec::build(input).and_then(|spec| jail::run(&spec));

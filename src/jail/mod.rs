@@ -13,22 +13,30 @@
 //! - Every mount target inside the root is reached component by component with
 //!   `O_NOFOLLOW`; a symlink anywhere on the way is refused ([`paths`]). `--cp` never writes
 //!   through a symlink inside the root ([`etc_copy`]).
+//! - Host-wide kernel knobs under `/proc` and `/sys` are read-only or masked, as in runc and
+//!   Docker ([`procfs`]).
 //! - The process gets exactly the credentials asked for (`setgroups`, `setgid`, `setuid`, in
 //!   that order), the capability bounding set is cut to droot's list, inheritable and ambient
-//!   sets are cleared and `NO_NEW_PRIVS` is set ([`caps`]) unless `--no-dropcaps`.
+//!   sets are cleared and `NO_NEW_PRIVS` is set ([`caps`]) unless `--no-dropcaps`; then the
+//!   default seccomp filter goes on just before exec ([`seccomp`]) unless
+//!   `--seccomp unconfined`.
+//! - The jail is in its own session and never shares the caller's controlling terminal; an
+//!   interactive run gets a fresh pty ([`tty`]).
 //! - The environment is `/.drootenv` plus `-e`; the host's environment is never inherited,
 //!   and no descriptor above stderr survives into the command (a host directory fd would be
 //!   a way out of the chroot).
 //! - Signals sent to us are forwarded to the jailed process and its exit status becomes ours
-//!   (killed by signal N: 128+N); with `--pid-ns` a minimal init of ours is PID 1 and reaps
-//!   orphans ([`process`]).
+//!   (killed by signal N: 128+N). By default the jail has its own PID namespace, where a
+//!   minimal init of ours is PID 1 and reaps orphans; `--host-pid` shares the host's
+//!   ([`process`]).
 //! - A failure after the fork (mount refused, command not found, ...) travels back to the
 //!   parent over a close-on-exec pipe as a typed [`JailError`], so the caller sees one error.
 //!
 //! # Layout
 //! [`spec`] (pure flag parsing into a [`JailSpec`]), [`user`] (passwd/group), [`env`]
 //! (environment and `PATH`), [`paths`] (symlink-safe walk), [`etc_copy`] (`--cp`), [`mounts`]
-//! (namespace, proc, sys, binds), [`devices`] (`/dev`), [`caps`], [`process`] (fork, init,
+//! (namespace, proc, sys, binds), [`procfs`] (read-only and masked kernel paths), [`devices`]
+//! (`/dev`), [`caps`], [`seccomp`], [`tty`] (session, pty relay), [`process`] (fork, init,
 //! signals, exec).
 //!
 //! [`run`] forks, so it must be called from a single-threaded process (the `run` command
@@ -41,7 +49,10 @@ pub mod etc_copy;
 pub mod mounts;
 pub mod paths;
 pub mod process;
+pub mod procfs;
+pub mod seccomp;
 pub mod spec;
+pub mod tty;
 pub mod user;
 
 use std::fmt;
@@ -136,6 +147,11 @@ pub enum JailError {
     Credentials { op: String, err: SysErr },
     #[error("cannot restrict capabilities ({op}): {reason}")]
     Capabilities { op: String, reason: String },
+    #[error(
+        "cannot set up the seccomp filter ({op}): {reason}; \
+         `--seccomp unconfined` runs without it"
+    )]
+    Seccomp { op: String, reason: String },
     #[error("command {cmd:?} not found inside the jail (PATH={path:?})")]
     CommandNotFound { cmd: String, path: String },
     #[error("command {cmd:?} cannot be executed: {err}")]

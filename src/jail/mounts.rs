@@ -144,7 +144,7 @@ const AT_RECURSIVE: libc::c_int = 0x8000;
 
 /// Makes the mount whose root is `mounted` read-only (and nosuid, nodev, and for sys-like
 /// trees noexec), recursively when `mount_setattr` exists; else remounts the top only.
-fn make_readonly(mounted: BorrowedFd<'_>, noexec: bool) -> Result<(), Errno> {
+pub(crate) fn make_readonly(mounted: BorrowedFd<'_>, noexec: bool) -> Result<(), Errno> {
     let mut set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
     if noexec {
         set |= MOUNT_ATTR_NOEXEC;

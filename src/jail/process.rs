@@ -1,13 +1,15 @@
-//! Processes: the fork into new namespaces, the set-up sequence in the child, the optional
-//! init for `--pid-ns`, signal forwarding and the exit status.
+//! Processes: the fork into new namespaces, the set-up sequence in the child, the init of
+//! the PID namespace, signal forwarding and the exit status.
 //!
 //! ```text
-//! droot-fleet (parent, host namespaces; signals blocked, taken with sigwait)
-//!  └─ clone(CLONE_NEWNS [| CLONE_NEWPID])
-//!      child: rprivate, proc, sys, dev, binds, chroot, user lookup, env
-//!        without --pid-ns: caps, setgroups/setgid/setuid, exec CMD
-//!        with --pid-ns:    it is PID 1 (our init): fork → caps, creds, exec CMD;
-//!                          init reaps every orphan, forwards signals, exits with CMD's status
+//! droot-fleet (parent, host namespaces; signals blocked; a pty relay when stdin is a tty)
+//!  └─ clone(CLONE_NEWNS | CLONE_NEWPID)             (no CLONE_NEWPID with --host-pid)
+//!      child: setsid, umask 022, rprivate, proc, sys, dev, /proc masks, binds, chroot,
+//!             user lookup, env
+//!        default:     it is PID 1 (our init): fork → setsid, pty, caps, creds, NO_NEW_PRIVS,
+//!                     seccomp, exec CMD; init reaps every orphan, forwards signals, exits
+//!                     with CMD's status
+//!        --host-pid:  pty, caps, creds, NO_NEW_PRIVS, seccomp, exec CMD
 //! ```
 //!
 //! Errors in the child are sent to the parent over a close-on-exec pipe (postcard-encoded
@@ -31,12 +33,13 @@ use nix::unistd::{ForkResult, Pid};
 use super::paths::{self, Kind};
 use super::spec::JailSpec;
 use super::user::{self, UserDb};
-use super::{JailError, caps, devices, env, etc_copy, mounts};
+use super::{JailError, caps, devices, env, etc_copy, mounts, procfs, seccomp, tty};
 
 /// How the jailed command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JailExit {
-    /// Exited with this code. With `--pid-ns`, a command killed by signal N shows as 128+N.
+    /// Exited with this code. In a PID namespace (the default), a command killed by signal N
+    /// shows as 128+N.
     Exited(i32),
     /// Killed by this signal number.
     Signaled(i32),
@@ -75,6 +78,10 @@ struct Plan<'a> {
     /// it (then it is resolved without following the rootfs's symlinks, like a target).
     binds: Vec<(Kind, Option<PathBuf>)>,
     host_db: UserDb,
+    /// The compiled seccomp filter; `None` with `--seccomp unconfined`.
+    seccomp: Option<seccomp::Filter>,
+    /// The child's end of the console socket when stdin is a terminal ([`tty`]).
+    console: Option<RawFd>,
 }
 
 /// Runs `spec` and returns how the command ended. Set-up failures (also those that happen
@@ -116,11 +123,18 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         host_group: user::parse_group(&read_optional(Path::new("/etc/group"))?.unwrap_or_default()),
         ..UserDb::default()
     };
+    let seccomp = match spec.seccomp {
+        true => Some(seccomp::Filter::compile()?),
+        false => None,
+    };
+    let console = tty::socket_if_terminal()?;
     let plan = Plan {
         spec,
         root,
         binds,
         host_db,
+        seccomp,
+        console: console.as_ref().map(|c| c.child.as_raw_fd()),
     };
     let (report_rd, report_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys("pipe2", e))?;
@@ -134,13 +148,14 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&wait_set), Some(&mut old_mask))
         .map_err(|e| JailError::sys("block signals", e))?;
 
-    let result = spawn_and_supervise(&plan, report_rd, report_wr, &wait_set);
+    let result = spawn_and_supervise(&plan, console, report_rd, report_wr, &wait_set);
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     result
 }
 
 fn spawn_and_supervise(
     plan: &Plan<'_>,
+    console: Option<tty::ConsoleSocket>,
     rd: OwnedFd,
     wr: OwnedFd,
     wait_set: &SigSet,
@@ -164,6 +179,13 @@ fn spawn_and_supervise(
     }
     .map_err(|e| JailError::sys("clone (new mount/PID namespace)", e))?;
     drop(wr);
+    // The pty is opened in the jail; its master comes back over the console socket.
+    let master = console
+        .map(|c| {
+            drop(c.child);
+            tty::receive_master(&c.parent)
+        })
+        .transpose();
     tracing::debug!(
         pid = child.as_raw(),
         pid_ns = plan.spec.pid_ns,
@@ -173,44 +195,52 @@ fn spawn_and_supervise(
         let _ = waitpid(child, None);
         return Err(err);
     }
-    supervise(child, wait_set)
+    match master?.flatten() {
+        Some(m) => tty::relay(m, child, wait_set),
+        None => supervise(child, wait_set),
+    }
 }
 
-/// Waits for `child`, forwarding every signal in `wait_set` except SIGCHLD to it.
+/// The exit of `child` once it has ended; `None` while it runs.
+pub(crate) fn reap(child: Pid) -> Result<Option<JailExit>, JailError> {
+    loop {
+        return match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Ok(Some(JailExit::Exited(code))),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(JailExit::Signaled(sig as i32))),
+            Err(Errno::EINTR) => continue,
+            Ok(_) => Ok(None),
+            Err(e) => Err(JailError::sys(format!("waitpid {child}"), e)),
+        };
+    }
+}
+
+/// Waits for `child`, forwarding every signal in `wait_set` except SIGCHLD to it. The jail
+/// is in its own session, so the terminal's ^C reaches only us: it is forwarded too.
 fn supervise(child: Pid, wait_set: &SigSet) -> Result<JailExit, JailError> {
     loop {
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(JailExit::Exited(code)),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(JailExit::Signaled(sig as i32)),
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(JailError::sys(format!("waitpid {child}"), e)),
+        if let Some(exit) = reap(child)? {
+            return Ok(exit);
         }
-        let (sig, from_tty) =
-            next_signal(wait_set).map_err(|e| JailError::sys("sigwaitinfo", e))?;
-        if sig != Signal::SIGCHLD && !from_tty {
+        let sig = next_signal(wait_set).map_err(|e| JailError::sys("sigwaitinfo", e))?;
+        if sig != Signal::SIGCHLD {
             tracing::debug!(signal = %sig, pid = child.as_raw(), "forwarding signal");
             let _ = kill(child, sig);
         }
     }
 }
 
-/// Takes the next signal of `set` (all blocked). `true` when the kernel sent it (the
-/// terminal's ^C, ^\\ or resize): it went to the whole foreground process group, so the
-/// command got its own copy and forwarding it would deliver it twice.
-fn next_signal(set: &SigSet) -> Result<(Signal, bool), Errno> {
+/// Takes the next signal of `set` (all blocked).
+fn next_signal(set: &SigSet) -> Result<Signal, Errno> {
     loop {
-        // SAFETY: an all-zero siginfo_t is a valid out-parameter.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset_t and `info` a live siginfo_t.
-        let n = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
+        // SAFETY: `set` is a valid sigset_t; no siginfo is asked for.
+        let n = unsafe { libc::sigwaitinfo(set.as_ref(), std::ptr::null_mut()) };
         if n < 0 {
             match Errno::last() {
                 Errno::EINTR => continue,
                 e => return Err(e),
             }
         }
-        let sig = Signal::try_from(n)?;
-        return Ok((sig, info.si_code == libc::SI_KERNEL));
+        return Signal::try_from(n);
     }
 }
 
@@ -263,24 +293,26 @@ fn report_and_exit(wr: RawFd, err: &JailError) -> ! {
 
 /// The cloned child. Never returns: it execs the command, runs init, or reports and exits.
 fn child_main(plan: &Plan<'_>, wr: RawFd, wait_set: &SigSet) -> isize {
-    let launch = match prepare(plan) {
+    let mut launch = match prepare(plan) {
         Ok(l) => l,
         Err(e) => report_and_exit(wr, &e),
     };
     if !plan.spec.pid_ns {
-        let e = become_and_exec(&launch);
+        let e = become_and_exec(&launch, plan);
         report_and_exit(wr, &e);
     }
     // SAFETY: we are PID 1 of a new namespace and single-threaded.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
-            let e = become_and_exec(&launch);
+            let e = become_and_exec(&launch, plan);
             report_and_exit(wr, &e)
         }
         Ok(ForkResult::Parent { child }) => {
-            // The command holds the report pipe; ours must not keep the parent waiting.
-            // SAFETY: closing our copy of the write end; nothing else uses this number here.
+            // The command holds the report pipe (and the pty); our copies must not keep the
+            // parent waiting.
+            // SAFETY: closing our copies; nothing else uses these numbers here.
             unsafe { libc::close(wr) };
+            drop(launch.pty_slave.take());
             init_loop(child, wait_set)
         }
         Err(e) => report_and_exit(wr, &JailError::sys("fork of the command under init", e)),
@@ -295,16 +327,23 @@ struct Launch {
     path: String,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    /// The slave of the jail's pty, when stdin is a terminal.
+    pty_slave: Option<OwnedFd>,
 }
 
 /// In the child, before any credential change: mounts, chroot, users, environment.
 fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
     let root = plan.root.as_path();
+    // A new session: no controlling terminal shared with the caller (TIOCSTI, see [`tty`]).
+    nix::unistd::setsid().map_err(|e| JailError::sys("setsid", e))?;
     if plan.spec.pid_ns {
         // If droot-fleet dies, so does our init, and with it the whole PID namespace.
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     }
+    // Every directory and file the jail creates gets its mode whatever the caller's umask,
+    // and the command starts with runc's default umask.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     mounts::make_root_private()?;
     // Reopen the root by name: a descriptor from before the clone belongs to the host's mount
     // namespace, and mounting on it would fail (EINVAL) or, worse, act there.
@@ -313,6 +352,7 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
     mounts::mount_proc(root_fd, root)?;
     mounts::mount_sys(root_fd, root)?;
     devices::mount_dev(root_fd, root)?;
+    procfs::protect(root_fd, root)?;
     for (b, (kind, inside)) in plan.spec.binds.iter().zip(&plan.binds) {
         mounts::bind(root_fd, root, b, *kind, inside.as_deref())?;
     }
@@ -347,6 +387,15 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
         .into_iter()
         .map(|(k, v)| cstr(format!("{k}={v}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let pty_slave = match plan.console {
+        Some(sock) => {
+            let slave = tty::open_in_jail(sock, identity.uid)?;
+            // SAFETY: our copy of the console socket; the master has been sent.
+            unsafe { libc::close(sock) };
+            Some(slave)
+        }
+        None => None,
+    };
     tracing::debug!(uid = identity.uid, gid = identity.gid, groups = ?identity.groups, "jail prepared");
     Ok(Launch {
         identity,
@@ -355,6 +404,7 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
         path,
         argv,
         envp,
+        pty_slave,
     })
 }
 
@@ -368,19 +418,19 @@ fn chroot_into(root_fd: BorrowedFd<'_>, root: &Path) -> Result<(), JailError> {
     nix::unistd::chdir("/").map_err(err)
 }
 
-/// Drops privileges and execs the command; returns only the error that stopped it.
-fn become_and_exec(l: &Launch) -> JailError {
-    if l.drop_caps
-        && let Err(e) = caps::restrict()
+/// Drops privileges, installs the seccomp filter and execs the command; returns only the
+/// error that stopped it. The filter goes last, after `NO_NEW_PRIVS`; without it
+/// (`--no-dropcaps`) it must go while we are still root, before the credentials change.
+fn become_and_exec(l: &Launch, plan: &Plan<'_>) -> JailError {
+    // Under our init, the command gets its own session too (it is already a session leader
+    // without a PID namespace, and then this fails harmlessly).
+    let _ = nix::unistd::setsid();
+    if let Some(slave) = &l.pty_slave
+        && let Err(e) = tty::attach(slave.as_raw_fd())
     {
         return e;
     }
-    if let Err(e) = user::apply(&l.identity) {
-        return e;
-    }
-    if l.drop_caps
-        && let Err(e) = caps::no_new_privs()
-    {
+    if let Err(e) = drop_privileges(l, plan.seccomp.as_ref()) {
         return e;
     }
     reset_signals();
@@ -418,6 +468,22 @@ fn become_and_exec(l: &Launch) -> JailError {
             path: l.path.clone(),
         },
     }
+}
+
+fn drop_privileges(l: &Launch, filter: Option<&seccomp::Filter>) -> Result<(), JailError> {
+    if l.drop_caps {
+        caps::restrict()?;
+    } else if let Some(f) = filter {
+        f.install()?;
+    }
+    user::apply(&l.identity)?;
+    if l.drop_caps {
+        caps::no_new_privs()?;
+        if let Some(f) = filter {
+            f.install()?;
+        }
+    }
+    Ok(())
 }
 
 /// Default dispositions and an empty mask for the command (Rust ignores SIGPIPE; exec keeps
@@ -464,13 +530,11 @@ fn close_inherited_fds() {
 /// PID 1 of the jail: reap everything, forward signals to the command, exit with its status.
 fn init_loop(cmd: Pid, wait_set: &SigSet) -> ! {
     loop {
-        let Ok((sig, from_tty)) = next_signal(wait_set) else {
+        let Ok(sig) = next_signal(wait_set) else {
             continue;
         };
         if sig != Signal::SIGCHLD {
-            if !from_tty {
-                let _ = kill(cmd, sig);
-            }
+            let _ = kill(cmd, sig);
             continue;
         }
         loop {

@@ -34,8 +34,10 @@ pub struct JailSpec {
     pub env: Vec<(String, String)>,
     /// Cut the bounding set, clear inheritable/ambient, set NO_NEW_PRIVS.
     pub drop_caps: bool,
-    /// Run under our init in a new PID namespace.
+    /// Run under our init in a new PID namespace (the default); `false` with `--host-pid`.
     pub pid_ns: bool,
+    /// Install the default seccomp filter (the default); `false` with `--seccomp unconfined`.
+    pub seccomp: bool,
     /// The command and its arguments; never empty.
     pub command: Vec<String>,
 }
@@ -51,7 +53,10 @@ pub struct SpecInput {
     pub copy_host_files: bool,
     pub env: Vec<String>,
     pub no_dropcaps: bool,
-    pub pid_ns: bool,
+    /// `--host-pid`: share the host's PID namespace (droot's behaviour).
+    pub host_pid: bool,
+    /// `--seccomp unconfined`: no seccomp filter.
+    pub seccomp_unconfined: bool,
     pub command: Vec<String>,
 }
 
@@ -109,7 +114,8 @@ impl JailSpec {
             copy_host_files: input.copy_host_files,
             env,
             drop_caps: !input.no_dropcaps,
-            pid_ns: input.pid_ns,
+            pid_ns: !input.host_pid,
+            seccomp: !input.seccomp_unconfined,
             command: input.command,
         })
     }
@@ -239,6 +245,8 @@ mod tests {
             vec![("X".into(), "3".into()), ("Y".into(), "2".into())]
         );
         assert!(s.drop_caps);
+        assert!(s.pid_ns, "a PID namespace is the default");
+        assert!(s.seccomp, "the seccomp filter is the default");
         assert_eq!(s.command[0], "sh");
 
         assert!(JailSpec::build(input(&[])).is_err());
@@ -252,5 +260,10 @@ mod tests {
         let mut nodrop = input(&["true"]);
         nodrop.no_dropcaps = true;
         assert!(!JailSpec::build(nodrop).unwrap().drop_caps);
+        let mut host = input(&["true"]);
+        host.host_pid = true;
+        host.seccomp_unconfined = true;
+        let s = JailSpec::build(host).unwrap();
+        assert!(!s.pid_ns && !s.seccomp);
     }
 }

@@ -67,3 +67,24 @@ pub fn ok(root: &Path, flags: &[&str], cmd: &[&str]) -> String {
     );
     stdout(&o)
 }
+
+/// Builds a static C program from `src` in `dir` with `gcc -static`, or fails naming the
+/// packages to install.
+pub fn build_static_c(dir: &Path, name: &str, src: &str) -> PathBuf {
+    let c = dir.join(format!("{name}.c"));
+    let exe = dir.join(name);
+    std::fs::write(&c, src).unwrap();
+    let out = std::process::Command::new("gcc")
+        .arg("-static")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&c)
+        .output()
+        .unwrap_or_else(|e| panic!("gcc not runnable ({e}): apt-get install gcc libc6-dev"));
+    assert!(
+        out.status.success(),
+        "gcc -static failed (apt-get install gcc libc6-dev): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
