@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::archive::{Archive, deploy, ok, snapshot_dir};
-use common::{cmd, mounts_below, output};
+use common::{cmd, mount_tmpfs, mounts_below, output};
 
 fn rsync(root: &Path, archive: &Path) -> std::process::Output {
     deploy(root, archive, &["--mode", "rsync"])
@@ -183,16 +183,6 @@ impl Drop for Unmount {
             let _ = Command::new("umount").arg("-l").arg(p).status();
         }
     }
-}
-
-fn mount_tmpfs(at: &Path) {
-    std::fs::create_dir_all(at).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(at)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs at {}", at.display());
 }
 
 /// Issue 6, item 6: a mount point whose path is not UTF-8, anywhere on the host, must not

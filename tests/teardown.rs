@@ -6,17 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::archive::{attrs, snapshot_dir};
-use common::{cmd, mounts_below, output};
-
-fn mount_tmpfs(at: &Path) {
-    std::fs::create_dir_all(at).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(at)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs at {}", at.display());
-}
+use common::{cmd, mount_tmpfs, mounts_below, output};
 
 fn bind(src: &Path, at: &Path) {
     std::fs::create_dir_all(at).unwrap();

@@ -103,6 +103,17 @@ pub fn output(c: &mut Command) -> Output {
     c.output().unwrap_or_else(|e| panic!("spawn {c:?}: {e}"))
 }
 
+/// Mounts a fresh tmpfs at `at` (created if missing).
+pub fn mount_tmpfs(at: &Path) {
+    std::fs::create_dir_all(at).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(at)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs at {}", at.display());
+}
+
 /// Lines of /proc/self/mountinfo whose mount point is at or below `dir`.
 pub fn mounts_below(dir: &Path) -> Vec<String> {
     // Bytes: a mount point elsewhere on the host need not be UTF-8.
