@@ -5,9 +5,10 @@
 //! the file. [`Settings::resolve`] merges both and validates everything *before* the
 //! agent touches the network, and every [`ConfigError`] names the offending field.
 //!
-//! Security rule enforced here: an agent whose gossip address is not loopback refuses
-//! to start without a keyring unless `insecure` is set (then, like `--dev`, a
-//! well-known all-zero key is used, which authenticates nothing).
+//! Security rule enforced here: an agent refuses to start without a keyring, on any
+//! address (loopback too: any local user can start an agent). `--dev` generates a fresh
+//! key per run instead; `insecure` is the explicit opt-out (a well-known all-zero key,
+//! which authenticates nothing).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -442,13 +443,16 @@ impl Settings {
 
         let keyring = flags.keyring.clone().or(file.keyring);
         let insecure = flags.insecure || file.insecure.unwrap_or(false);
-        if keyring.is_none() && !dev && !insecure && !advertise.ip().is_loopback() {
+        if keyring.is_none() && !dev && !insecure {
+            // Loopback is no exception: any local user can run an agent and join.
             return Err(invalid(
                 "keyring",
                 format!(
-                    "required: gossip address {advertise} is not loopback, and without a key \
+                    "required (gossip address {advertise}): without a key any local user or \
                      anyone on the network can join and send events. Create one with \
-                     `droot-fleet keygen` (file: {{\"primary\": \"<key>\", \"keys\": []}}) or pass --insecure"
+                     `droot-fleet keygen` (file: {{\"primary\": \"<key>\", \"keys\": []}}), \
+                     try it out with --dev (a fresh key per run), or pass --insecure \
+                     (insecure = true) to run with NO authentication"
                 ),
             ));
         }

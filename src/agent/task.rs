@@ -107,16 +107,47 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io { what, source }
 }
 
+/// The keyring to start with: the configured file, a fresh `--dev` key (then
+/// `settings.keyring` names its file, so key rotations persist there), or the insecure
+/// all-zero key when `insecure` was asked for explicitly.
+fn startup_keyring(settings: &mut Settings) -> Result<crate::gossip::Keyring, AgentError> {
+    if let Some(p) = &settings.keyring {
+        return Ok(keys::load(p)?);
+    }
+    if settings.dev {
+        let (ring, path) = keys::dev_keyring(&settings.data_dir)?;
+        let bind = settings.bind;
+        let second = SocketAddr::new(bind.ip(), bind.port().wrapping_add(1));
+        tracing::warn!(
+            keyring = %path.display(),
+            "dev agent: a fresh cluster key for this run is in {}; start a second dev agent \
+             with: droot-fleet agent --dev --keyring {} --node dev-2 --bind {second} \
+             --data-dir {}-2 --join {bind}",
+            path.display(),
+            path.display(),
+            settings.data_dir.display(),
+        );
+        settings.keyring = Some(path);
+        return Ok(ring);
+    }
+    tracing::warn!(
+        "INSECURE: no keyring and insecure = true: gossip uses a well-known key, so anyone who \
+         can reach {} can join this cluster, send events and run its handlers",
+        settings.bind
+    );
+    Ok(keys::insecure_keyring())
+}
+
 /// Starts the agent: sockets, API server, I/O loops, then the task until shutdown.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     registry: QueryRegistry,
     log_reload: Option<LogReload>,
     monitor: broadcast::Sender<String>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = &settings.data_dir;
+    let dir = &settings.data_dir.clone();
     std::fs::create_dir_all(dir).map_err(io_err(format!("creating data dir {}", dir.display())))?;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     if settings.dev {
@@ -124,10 +155,7 @@ pub async fn run(
         let _ = std::fs::remove_file(snapshot::path(dir));
         let _ = std::fs::remove_file(dir.join(snapshot::JOURNAL_FILE));
     }
-    let ring = match &settings.keyring {
-        Some(p) => keys::load(p)?,
-        None => keys::insecure_keyring(),
-    };
+    let ring = startup_keyring(&mut settings)?;
     let persisted = snapshot::load(dir)?;
     let mut rng: StdRng = rand::make_rng();
     let bump = match &persisted {
