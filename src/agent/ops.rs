@@ -68,6 +68,7 @@ impl AgentTask {
                     ("events_delivered", s.events_delivered),
                     ("events_duplicate", s.events_duplicate),
                     ("events_too_old", s.events_too_old),
+                    ("ltime_too_far_ahead", s.too_far_ahead),
                     ("queries_seen", s.queries_seen),
                     ("queries_matched", s.queries_matched),
                     ("messages_malformed", s.malformed),
