@@ -170,3 +170,157 @@ fn no_keyring_refused_on_loopback_dev_makes_a_fresh_key() {
     );
     drop(a1);
 }
+
+/// Starts agent `nN` of `c` with `config`, its file-descriptor limit set to `nofile`
+/// (soft and hard), and waits for `api` (a TCP control address) to answer.
+fn agent_with_nofile(
+    c: &agent_support::Cluster,
+    n: u8,
+    config: &str,
+    nofile: u64,
+    api: &str,
+) -> ChildGuard {
+    use std::os::unix::process::CommandExt;
+    let name = format!("n{n}");
+    let config_path = c.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&config_path, config).unwrap();
+    let log = std::fs::File::create(c.dir.path().join(format!("{name}.log"))).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.env_remove("RUST_LOG")
+        .arg("agent")
+        .arg("--config")
+        .arg(&config_path)
+        .args(["--node", &name, "--bind", &c.addr(n)])
+        .arg("--data-dir")
+        .arg(c.dir.path().join(&name))
+        .arg("--keyring")
+        .arg(&c.keyring)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // SAFETY: only an async-signal-safe setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut guard = ChildGuard::spawn(&mut cmd);
+    wait_for(
+        Duration::from_secs(10),
+        "the agent's TCP control API",
+        || {
+            if let Some(status) = guard.0.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent {name} exited early: {status}");
+            }
+            std::net::TcpStream::connect(api).ok().map(drop)
+        },
+    );
+    guard
+}
+
+/// Open file descriptors and resident memory (KiB) of a process.
+fn fds_and_rss(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (fds, rss)
+}
+
+/// Raises this test process's own descriptor limit so it can hold a flood; returns it.
+fn raise_own_nofile(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = want.min(lim.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    lim.rlim_cur
+}
+
+/// Issue 10, item 2: thousands of idle connections without a token took the agent to
+/// its descriptor limit; authorised calls timed out, the journal could not be written
+/// and an event's handler never ran. Now the connections are capped, the oldest silent
+/// one makes room, and a silent connection is closed after the header timeout.
+#[test]
+fn idle_api_connection_flood_starves_nothing() {
+    let c = agent_support::Cluster::new("77.81");
+    let api = "127.77.81.1:18781";
+    let token = "flood-token";
+    let config = c.config("").replace(
+        "log_level = \"info\"",
+        &format!("log_level = \"info\"\nrpc = \"tcp:{api}\"\nrpc_token = \"{token}\""),
+    );
+    let agent = agent_with_nofile(&c, 1, &config, 1024, api);
+    let pid = agent.id();
+    let limit = raise_own_nofile(8192);
+    let flood_size = 3000.min(limit as usize - 200);
+    assert!(
+        flood_size > 1200,
+        "this test needs a descriptor limit above 1400, has {limit}"
+    );
+
+    let mut flood = Vec::new();
+    for _ in 0..flood_size {
+        match std::net::TcpStream::connect(api) {
+            Ok(s) => flood.push(s),
+            Err(e) => panic!("connect #{} failed: {e}", flood.len()),
+        }
+    }
+    let (fds, rss) = fds_and_rss(pid);
+    assert!(fds < 400, "agent holds {fds} descriptors under the flood");
+    assert!(rss < 100 * 1024, "agent RSS {rss} KiB under the flood");
+
+    let rpc = format!("tcp:{api}");
+    let call = |args: &[&str]| {
+        ops::cli_cmd(args)
+            .env("DROOT_FLEET_RPC", &rpc)
+            .env("DROOT_FLEET_RPC_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let start = std::time::Instant::now();
+    ops::ok(&call(&["members"]));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "authorised call took {:?}",
+        start.elapsed()
+    );
+    ops::ok(&call(&["event", "during-flood"]));
+    wait_for(LONG, "the event's handler to run during the flood", || {
+        (c.deliveries("n1", "during-flood").len() == 1).then_some(())
+    });
+    drop(flood);
+
+    // A connection that never sends its headers is closed by the agent.
+    use std::io::Read;
+    let mut silent = std::net::TcpStream::connect(api).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let n = silent.read(&mut [0u8; 16]).unwrap_or(0);
+    assert_eq!(n, 0, "the agent answered a request that was never sent");
+    assert!(
+        start.elapsed() < Duration::from_secs(12),
+        "silent connection held for {:?}",
+        start.elapsed()
+    );
+}

@@ -15,6 +15,7 @@
 //! | [`handlers`] | event/query handler processes (timeout, env, stdin) |
 //! | [`queries`] | built-in query handlers registered in Rust |
 //! | [`keys`] | keyring file and the cluster-wide key-rotation query |
+//! | [`slots`] | capped connection slots for the accept loops (API, gossip TCP) |
 //! | [`snapshot`] | the data-dir state file, written atomically |
 //! | [`monitor`] | NDJSON log/event stream for `GET /v1/monitor` |
 //!
@@ -34,6 +35,7 @@ pub mod net;
 pub mod ops;
 pub mod queries;
 pub mod scheduler;
+pub mod slots;
 pub mod snapshot;
 pub mod sync;
 pub mod task;

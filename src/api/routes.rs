@@ -75,7 +75,8 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
-fn authorized(req: &Request<Incoming>, token: Option<&Arc<String>>) -> bool {
+/// Whether the request carries the bearer token (always true without one: unix socket).
+pub(super) fn authorized(req: &Request<Incoming>, token: Option<&Arc<String>>) -> bool {
     let Some(token) = token else { return true };
     req.headers()
         .get("authorization")
