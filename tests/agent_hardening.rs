@@ -172,13 +172,13 @@ fn no_keyring_refused_on_loopback_dev_makes_a_fresh_key() {
 }
 
 /// Starts agent `nN` of `c` with `config`, its file-descriptor limit set to `nofile`
-/// (soft and hard), and waits for `api` (a TCP control address) to answer.
+/// (soft and hard), and waits for its control API (`api`: TCP, else the unix socket).
 fn agent_with_nofile(
     c: &agent_support::Cluster,
     n: u8,
     config: &str,
     nofile: u64,
-    api: &str,
+    api: Option<&str>,
 ) -> ChildGuard {
     use std::os::unix::process::CommandExt;
     let name = format!("n{n}");
@@ -213,16 +213,18 @@ fn agent_with_nofile(
         });
     }
     let mut guard = ChildGuard::spawn(&mut cmd);
-    wait_for(
-        Duration::from_secs(10),
-        "the agent's TCP control API",
-        || {
-            if let Some(status) = guard.0.as_mut().unwrap().try_wait().unwrap() {
-                panic!("agent {name} exited early: {status}");
-            }
-            std::net::TcpStream::connect(api).ok().map(drop)
-        },
-    );
+    let sock = c.dir.path().join(&name).join("agent.sock");
+    wait_for(Duration::from_secs(10), "the agent's control API", || {
+        if let Some(status) = guard.0.as_mut().unwrap().try_wait().unwrap() {
+            panic!("agent {name} exited early: {status}");
+        }
+        match api {
+            Some(a) => std::net::TcpStream::connect(a).ok().map(drop),
+            None => std::os::unix::net::UnixStream::connect(&sock)
+                .ok()
+                .map(drop),
+        }
+    });
     guard
 }
 
@@ -268,7 +270,7 @@ fn idle_api_connection_flood_starves_nothing() {
         "log_level = \"info\"",
         &format!("log_level = \"info\"\nrpc = \"tcp:{api}\"\nrpc_token = \"{token}\""),
     );
-    let agent = agent_with_nofile(&c, 1, &config, 1024, api);
+    let agent = agent_with_nofile(&c, 1, &config, 1024, Some(api));
     let pid = agent.id();
     let limit = raise_own_nofile(8192);
     let flood_size = 3000.min(limit as usize - 200);
@@ -323,4 +325,49 @@ fn idle_api_connection_flood_starves_nothing() {
         "silent connection held for {:?}",
         start.elapsed()
     );
+}
+
+/// Issue 10, item 2 (gossip TCP): a connection that announced an 8 MiB frame was
+/// buffered up to 8 MiB before any key was tried, and every connection got a task. Now
+/// the first frame must be a small sealed hello, and at most 64 connections are open.
+#[test]
+fn gossip_tcp_needs_a_small_hello_and_is_capped() {
+    use std::io::{Read, Write};
+    let c = agent_support::Cluster::new("77.82");
+    let n1 = agent_with_nofile(&c, 1, &c.config(""), 256, None);
+    let target = c.addr(1);
+
+    // A huge first frame: closed at once, nothing buffered.
+    let mut s = std::net::TcpStream::connect(&target).unwrap();
+    s.write_all(&(8_000_000u32).to_be_bytes()).unwrap();
+    let _ = s.write_all(&[7u8; 4096]);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let start = std::time::Instant::now();
+    match s.read(&mut [0u8; 16]) {
+        Ok(0) => {}
+        Ok(n) => panic!("the agent answered {n} bytes to garbage"),
+        Err(e) => assert!(
+            e.kind() == std::io::ErrorKind::ConnectionReset,
+            "connection still open after {:?}: {e}",
+            start.elapsed()
+        ),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // 400 silent connections: the agent holds at most 64 of them, and a new member
+    // still joins through TCP push/pull meanwhile.
+    let flood: Vec<_> = (0..400)
+        .map(|_| std::net::TcpStream::connect(&target).unwrap())
+        .collect();
+    let (fds, _) = fds_and_rss(n1.id());
+    assert!(fds < 160, "agent holds {fds} descriptors under the flood");
+    let n2 = c.start(2, &[1], "");
+    wait_for(LONG, "n2 to join n1 during the flood", || {
+        (n2.alive_count() == 2).then_some(())
+    });
+    drop(flood);
 }
