@@ -79,6 +79,7 @@ pub struct FileConfig {
     pub event_log_max_recent: Option<usize>,
     pub event_log_max_age: Option<String>,
     pub event_log_max_ids: Option<usize>,
+    pub max_concurrent_handlers: Option<usize>,
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerFile>,
 }
@@ -220,6 +221,8 @@ pub struct Settings {
     pub expected_cluster_size: u32,
     pub event_log: EventLogConfig,
     pub handlers: Vec<HandlerConfig>,
+    /// Handler processes running at once; the others wait in arrival order.
+    pub max_concurrent_handlers: usize,
     /// The flags (and config file) these settings came from, for SIGHUP reloads.
     pub overrides: Overrides,
 }
@@ -548,6 +551,7 @@ impl Settings {
             expected_cluster_size: file.expected_cluster_size.unwrap_or(16).max(1),
             event_log,
             handlers: handlers(&file.handlers)?,
+            max_concurrent_handlers: file.max_concurrent_handlers.unwrap_or(16).max(1),
             overrides: flags.clone(),
         })
     }

@@ -63,6 +63,7 @@ impl AgentTask {
                 serde_json::json!({"type": "member", "event": kind, "node": id.name, "addr": id.addr.to_string()}),
             );
             handlers::spawn_matching(
+                &self.limiter,
                 &self.settings.handlers,
                 &Trigger::Member {
                     kind: kind.to_owned(),
@@ -152,6 +153,7 @@ impl AgentTask {
     pub(super) fn run_event_handlers(&mut self, ev: &UserEvent) {
         let tags = self.core.lock().tags().clone();
         handlers::spawn_matching(
+            &self.limiter,
             &self.settings.handlers,
             &user_trigger(ev),
             &self.settings.node,

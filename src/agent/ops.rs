@@ -342,9 +342,9 @@ impl AgentTask {
             return;
         };
         let env = handlers::env(&trigger, &me, &self.settings.rpc, self.core.lock().tags());
-        let tx = self.tx.clone();
+        let (tx, limiter) = (self.tx.clone(), self.limiter.clone());
         tokio::spawn(async move {
-            match handlers::run(&h, &env, q.payload).await {
+            match handlers::run(&limiter, &h, &env, q.payload, true).await {
                 Ok(payload) => {
                     let _ = tx
                         .send(Input::HandlerAnswer {

@@ -81,6 +81,8 @@ pub struct AgentTask {
     pub(super) left: LeftBook,
     pub(super) queries: HashMap<QueryId, PendingQuery>,
     pub(super) dials: DialState,
+    /// Handler processes running at once ([`super::handlers::Limiter`]).
+    pub(super) limiter: super::handlers::Limiter,
     /// The cluster size foca's retransmissions and suspicion timeout are tuned for.
     tuned_for: u32,
     pub(super) stop: bool,
@@ -247,6 +249,7 @@ pub async fn run(
     ));
     tracing::info!(node = %identity.name, addr = %identity.addr, bump, rpc = %settings.rpc, "agent started");
 
+    let limiter = super::handlers::limiter(settings.max_concurrent_handlers);
     let mut task = AgentTask {
         settings,
         core,
@@ -264,6 +267,7 @@ pub async fn run(
         left,
         queries: HashMap::new(),
         dials: DialState::default(),
+        limiter,
         tuned_for,
         stop: false,
     };
