@@ -371,3 +371,105 @@ fn gossip_tcp_needs_a_small_hello_and_is_capped() {
     });
     drop(flood);
 }
+
+/// Issue 10, item 3: a handler that could not be spawned logged `handler failed` and
+/// never ran, even after recovery. Now it stays pending (in the journal too) and is
+/// retried with backoff until its process starts: exactly once, also across a restart.
+#[test]
+fn unspawnable_handler_runs_once_after_recovery() {
+    let c = agent_support::Cluster::new("77.83");
+    let hook = c.dir.path().join("hook.sh");
+    let ran = c.events_dir.join("hook.ran");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$DROOT_FLEET_LTIME\" >> {}\n",
+            ran.display()
+        ),
+    )
+    .unwrap();
+    let mode =
+        |m: u32| std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(m)).unwrap();
+    let runs = || {
+        std::fs::read_to_string(&ran)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let extra = format!(
+        "[[handler]]\nevent = \"user:hook\"\ncommand = [\"{}\"]\n",
+        hook.display()
+    );
+    mode(0o644);
+    let mut a1 = c.start(1, &[], &extra);
+    let a2 = c.start(2, &[1], &extra);
+    for a in [&a1, &a2] {
+        wait_for(LONG, "two alive members", || {
+            (a.alive_count() == 2).then_some(())
+        });
+    }
+    let failures = |a: &agent_support::Agent| a.log_text().matches("could not be started").count();
+
+    // 1. Unexecutable while the event arrives; fixed while the agent runs.
+    ops::ok(&a2.cli(&["event", "hook"]));
+    wait_for(LONG, "two failed attempts on each node", || {
+        (failures(&a1) >= 2 && failures(&a2) >= 2).then_some(())
+    });
+    assert_eq!(runs(), 0);
+    mode(0o755);
+    wait_for(LONG, "the hook to run on both nodes", || {
+        (runs() == 2).then_some(())
+    });
+    a1.wait_push_pulls(3);
+    assert_eq!(runs(), 2, "ran again after recovery");
+
+    // 2. Unexecutable, the agent is killed while the handler is pending, fixed, restarted.
+    mode(0o644);
+    let before = failures(&a1);
+    ops::ok(&a2.cli(&["event", "hook"]));
+    wait_for(LONG, "a failed attempt on n1", || {
+        (failures(&a1) > before).then_some(())
+    });
+    a1.kill9();
+    mode(0o755);
+    a1.spawn();
+    wait_for(LONG, "the pending hook to run after the restart", || {
+        (runs() == 4).then_some(())
+    });
+    a1.wait_push_pulls(3);
+    assert_eq!(runs(), 4, "a handler ran twice");
+}
+
+/// Issue 10 (smaller ones): startup replayed the journal but took no snapshot, so a torn
+/// last line followed by a new append made the next start fail.
+#[test]
+fn torn_journal_line_then_an_append_still_restarts() {
+    let mut c = agent_support::Cluster::new("77.84");
+    c.snapshot_interval = "1h".into();
+    let mut a = c.start(1, &[], "");
+    ops::ok(&a.cli(&["event", "first"]));
+    wait_for(LONG, "first handled", || {
+        (c.deliveries("n1", "first").len() == 1).then_some(())
+    });
+    a.kill9();
+    // A crash mid-append leaves a torn last line.
+    let journal = a.data_dir.join("events.journal");
+    let mut text = std::fs::read(&journal).expect("the journal of the first event");
+    text.extend_from_slice(b"{\"id\":12");
+    std::fs::write(&journal, &text).unwrap();
+    a.spawn();
+    ops::ok(&a.cli(&["event", "second"]));
+    wait_for(LONG, "second handled", || {
+        (c.deliveries("n1", "second").len() == 1).then_some(())
+    });
+    a.kill9();
+    a.spawn();
+    ops::ok(&a.cli(&["event", "third"]));
+    wait_for(LONG, "third handled", || {
+        (c.deliveries("n1", "third").len() == 1).then_some(())
+    });
+    a.kill9();
+    a.spawn(); // failed here: the torn line was no longer the last one
+    assert!(a.members().iter().any(|(n, _)| n == "n1"));
+    assert_eq!(c.deliveries("n1", "first").len(), 1);
+    assert_eq!(c.deliveries("n1", "second").len(), 1);
+}

@@ -4,21 +4,27 @@
 //! A new user event is first published and pushed on to a few random peers ("eager
 //! push": delivery costs hops x RTT, not hops x gossip interval), then journaled if any
 //! handler takes it, and only then are handlers started — so forwarding never waits for
-//! the disk, and a crash can never run a handler twice.
+//! the disk, and a crash can never run a handler twice. A handler that cannot be
+//! journaled or spawned stays owed and is retried ([`super::pending`]).
 
 use std::net::SocketAddr;
 
 use foca::OwnedNotification;
 use rand::seq::IteratorRandom;
 
+use tokio::time::Instant;
+
+use super::config::HandlerConfig;
 use super::handlers::{self, Trigger};
 use super::monitor;
 use super::net::Counters;
+use super::pending::{Batch, JournalLine, Mark};
+use super::scheduler::Scheduled;
 use super::snapshot;
 use super::sync::Dial;
-use super::task::AgentTask;
+use super::task::{AgentTask, Input};
 use crate::gossip::message::{self, Direct};
-use crate::gossip::{Incoming, NodeId, UserEvent, eager_fanout};
+use crate::gossip::{EventId, Incoming, NodeId, UserEvent, eager_fanout};
 
 fn user_trigger(ev: &UserEvent) -> Trigger {
     Trigger::User {
@@ -28,31 +34,100 @@ fn user_trigger(ev: &UserEvent) -> Trigger {
 }
 
 impl AgentTask {
-    /// Journals the new events some handler will take, before any handler starts.
-    pub(super) fn journal_handled(&mut self, incoming: &[Incoming]) {
-        // Journaled before any handler runs: never run twice after a crash. Events no handler
-        // takes have no effect to repeat; the periodic snapshot records them.
-        let handled: Vec<&UserEvent> = incoming
+    /// Owes the handlers of new events, then journals and starts them.
+    pub(super) fn owe_and_start(&mut self, incoming: &[Incoming]) {
+        let ids: Vec<EventId> = incoming
             .iter()
             .filter_map(|i| match i {
-                Incoming::Event(ev) => Some(ev),
-                Incoming::Query(_) => None,
-            })
-            .filter(|ev| {
-                let trigger = user_trigger(ev);
-                self.settings
-                    .handlers
-                    .iter()
-                    .any(|h| handlers::matches(&h.filter, &trigger))
+                Incoming::Event(ev) if self.pending.owe_new(ev, &self.settings.handlers) => {
+                    Some(ev.id)
+                }
+                _ => None,
             })
             .collect();
-        if !handled.is_empty()
-            && let Err(e) = snapshot::journal_append(&self.settings.data_dir, &handled)
-        {
-            // Without the record a crash could run these handlers twice: take a snapshot.
-            tracing::warn!(cause = %e, "journal append failed; writing a full snapshot");
-            self.save_snapshot();
+        self.start_owed(&ids);
+    }
+
+    /// Journals, then starts, the handlers owed for `ids`. Journaled before any handler
+    /// starts: never run twice after a crash. What cannot be journaled stays owed and
+    /// is retried with backoff.
+    pub(super) fn start_owed(&mut self, ids: &[EventId]) {
+        let batches: Vec<Batch> = ids
+            .iter()
+            .filter_map(|id| self.pending.take(*id))
+            .filter(|b| !b.handlers.is_empty())
+            .collect();
+        if batches.is_empty() {
+            return;
         }
+        let lines: Vec<JournalLine> = batches.iter().flat_map(|b| b.lines.clone()).collect();
+        if let Err(e) = snapshot::journal_append(&self.settings.data_dir, &lines) {
+            tracing::warn!(cause = %e, events = batches.len(), "journal append failed; their handlers stay pending and are retried");
+            for b in batches {
+                let delay = self.pending.failed(&b.event, b.handlers);
+                self.sched
+                    .submit(Instant::now(), delay, Scheduled::RetryHandlers(b.event.id));
+            }
+            return;
+        }
+        for b in batches {
+            self.pending.journaled(b.event.id);
+            self.spawn_event_handlers(b.event, b.handlers);
+        }
+    }
+
+    /// Starts journaled handlers, each in its own task behind the limiter; one that
+    /// cannot be spawned comes back as [`Input::HandlerFailed`].
+    fn spawn_event_handlers(&self, ev: UserEvent, owed: Vec<HandlerConfig>) {
+        let tags = self.core.lock().tags().clone();
+        let env = handlers::env(
+            &user_trigger(&ev),
+            &self.settings.node,
+            &self.settings.rpc,
+            &tags,
+        );
+        for h in owed {
+            let (limiter, tx, env, ev) = (
+                self.limiter.clone(),
+                self.tx.clone(),
+                env.clone(),
+                ev.clone(),
+            );
+            tokio::spawn(async move {
+                let _permit = limiter.acquire().await;
+                match handlers::start(&h, &env, ev.payload.clone(), false) {
+                    Ok(running) => {
+                        if let Err(e) = running.finish().await {
+                            tracing::warn!(event = %ev.name, cause = %e, "handler failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = %ev.name, cause = %e, "handler could not be started; it stays pending and is retried");
+                        let _ = tx
+                            .send(Input::HandlerFailed {
+                                event: ev,
+                                handler: h,
+                            })
+                            .await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// A handler's process could not be spawned: journal it as owed, retry later.
+    pub(super) fn handler_failed(&mut self, ev: UserEvent, h: HandlerConfig) {
+        let line = JournalLine::Failed(Mark {
+            id: ev.id,
+            command: h.command.clone(),
+        });
+        if let Err(e) = snapshot::journal_append(&self.settings.data_dir, &[line]) {
+            // Still retried while the agent runs; only a crash before then loses it.
+            tracing::debug!(cause = %e, "journaling a failed handler start");
+        }
+        let delay = self.pending.failed(&ev, vec![h]);
+        self.sched
+            .submit(Instant::now(), delay, Scheduled::RetryHandlers(ev.id));
     }
 
     pub(super) fn on_notification(&mut self, n: OwnedNotification<NodeId>) {
@@ -147,19 +222,5 @@ impl AgentTask {
                 self.send_datagram(dst, &plain).await;
             }
         }
-    }
-
-    /// Starts the handlers configured for a delivered event.
-    pub(super) fn run_event_handlers(&mut self, ev: &UserEvent) {
-        let tags = self.core.lock().tags().clone();
-        handlers::spawn_matching(
-            &self.limiter,
-            &self.settings.handlers,
-            &user_trigger(ev),
-            &self.settings.node,
-            &self.settings.rpc,
-            &tags,
-            &ev.payload,
-        );
     }
 }

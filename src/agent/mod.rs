@@ -12,6 +12,7 @@
 //! | [`ops`] | API commands; queries on the origin and the answering side |
 //! | [`members`] | member status (alive/suspect/left/failed) from foca's state |
 //! | [`delivery`] | member notifications and user events: eager push, journal, handlers |
+//! | [`pending`] | user-event handlers owed until their process started (retry, journal) |
 //! | [`handlers`] | event/query handler processes (timeout, env, stdin) |
 //! | [`queries`] | built-in query handlers registered in Rust |
 //! | [`keys`] | keyring file and the cluster-wide key-rotation query |
@@ -33,6 +34,7 @@ pub mod members;
 pub mod monitor;
 pub mod net;
 pub mod ops;
+pub mod pending;
 pub mod queries;
 pub mod scheduler;
 pub mod slots;

@@ -58,6 +58,8 @@ pub struct Counters {
     pub streams_failed: AtomicU64,
     pub streams_evicted: AtomicU64,
     pub events_pushed: AtomicU64,
+    /// Push/pull states merged (either side): tests wait on it for anti-entropy rounds.
+    pub push_pulls_merged: AtomicU64,
 }
 
 impl Counters {
@@ -98,6 +100,7 @@ impl Counters {
             ("streams_failed", get(&self.streams_failed)),
             ("streams_evicted", get(&self.streams_evicted)),
             ("events_pushed", get(&self.events_pushed)),
+            ("push_pulls_merged", get(&self.push_pulls_merged)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::gossip::{NodeId, QueryId};
+use crate::gossip::{EventId, NodeId, QueryId};
 
 /// What fires.
 #[derive(Debug)]
@@ -19,6 +19,8 @@ pub enum Scheduled {
     Foca(foca::Timer<NodeId>),
     QueryDeadline(QueryId),
     RetryJoin,
+    /// Start the handlers still owed for this event ([`super::pending`]).
+    RetryHandlers(EventId),
 }
 
 #[derive(Debug)]

@@ -23,6 +23,7 @@ use super::members::LeftBook;
 use super::monitor::LogReload;
 use super::net::{self, Counters, SharedKeyring};
 use super::ops::PendingQuery;
+use super::pending::PendingHandlers;
 use super::queries::QueryRegistry;
 use super::scheduler::{Scheduled, Scheduler};
 use super::snapshot::{self, PersistedState};
@@ -61,6 +62,11 @@ pub enum Input {
     },
     /// A control API request.
     Api(Command),
+    /// An event handler's process could not be spawned: it is owed again.
+    HandlerFailed {
+        event: crate::gossip::UserEvent,
+        handler: super::config::HandlerConfig,
+    },
 }
 
 /// The foca-owning task's state.
@@ -81,6 +87,8 @@ pub struct AgentTask {
     pub(super) left: LeftBook,
     pub(super) queries: HashMap<QueryId, PendingQuery>,
     pub(super) dials: DialState,
+    /// User-event handlers owed until their process started.
+    pub(super) pending: PendingHandlers,
     /// Handler processes running at once ([`super::handlers::Limiter`]).
     pub(super) limiter: super::handlers::Limiter,
     /// The cluster size foca's retransmissions and suspicion timeout are tuned for.
@@ -170,6 +178,10 @@ pub async fn run(
         event_log: settings.event_log,
         ..CoreConfig::default()
     };
+    let owed = persisted
+        .as_ref()
+        .map(|p| p.pending.clone())
+        .unwrap_or_default();
     let (mut core, rejoin, left) = match persisted {
         Some(p) => (
             GossipCore::restore(
@@ -193,9 +205,12 @@ pub async fn run(
             LeftBook::default(),
         ),
     };
-    // Events journaled after the last snapshot had their handlers started: never again.
-    for ev in snapshot::journal_read(dir)? {
-        core.record_delivered(&ev);
+    // Events journaled after the last snapshot had their handlers started: never again
+    // (except those journaled as owed, started once more below).
+    let (pending, delivered) =
+        PendingHandlers::restore(owed, snapshot::journal_read(dir)?, &settings.handlers);
+    for ev in &delivered {
+        core.record_delivered(ev);
     }
     let core = SharedCore::new(core);
     let tuned_for = settings.expected_cluster_size;
@@ -267,6 +282,7 @@ pub async fn run(
         left,
         queries: HashMap::new(),
         dials: DialState::default(),
+        pending,
         limiter,
         tuned_for,
         stop: false,
@@ -275,6 +291,11 @@ pub async fn run(
         let _ = task.foca.announce(member, &mut task.rt);
     }
     task.flush().await;
+    // Fold the replayed journal into the state file now: a torn last line followed by
+    // new appends would otherwise make the next start fail.
+    task.save_snapshot();
+    let owed = task.pending.ids();
+    task.start_owed(&owed);
     task.start_join_round();
     let result = task.run_loop(rx, shutdown).await;
     let _ = stop_tx.send(true);
@@ -344,6 +365,7 @@ impl AgentTask {
                 }
                 Scheduled::QueryDeadline(id) => self.finish_query(id),
                 Scheduled::RetryJoin => self.start_join_round(),
+                Scheduled::RetryHandlers(id) => self.start_owed(&[id]),
             }
         }
     }
@@ -367,6 +389,7 @@ impl AgentTask {
                 payload,
             } => self.send_answer(id, origin, payload).await,
             Input::Api(cmd) => self.handle_command(cmd).await,
+            Input::HandlerFailed { event, handler } => self.handler_failed(event, handler),
         }
     }
 
@@ -436,11 +459,10 @@ impl AgentTask {
                 self.announce_event(ev).await;
             }
         }
-        self.journal_handled(&incoming);
+        self.owe_and_start(&incoming);
         for item in incoming {
-            match item {
-                Incoming::Event(ev) => self.run_event_handlers(&ev),
-                Incoming::Query(q) => self.answer_query(q).await,
+            if let Incoming::Query(q) = item {
+                self.answer_query(q).await;
             }
         }
     }
@@ -494,6 +516,7 @@ impl AgentTask {
             core: self.core.lock().snapshot(),
             members,
             left: self.left.clone(),
+            pending: self.pending.records(),
         };
         if let Err(e) = snapshot::save(&self.settings.data_dir, &state) {
             tracing::error!(cause = %e, "saving agent state");
