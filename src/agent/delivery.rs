@@ -20,7 +20,6 @@ use super::monitor;
 use super::net::Counters;
 use super::pending::{Batch, JournalLine, Mark};
 use super::scheduler::Scheduled;
-use super::snapshot;
 use super::sync::Dial;
 use super::task::{AgentTask, Input};
 use crate::gossip::message::{self, Direct};
@@ -61,7 +60,13 @@ impl AgentTask {
             return;
         }
         let lines: Vec<JournalLine> = batches.iter().flat_map(|b| b.lines.clone()).collect();
-        if let Err(e) = snapshot::journal_append(&self.settings.data_dir, &lines) {
+        self.disk.journal(lines, batches);
+    }
+
+    /// The disk writer journaled `batches` (or could not): start their handlers, or owe
+    /// them again and retry with backoff.
+    pub(super) fn journaled(&mut self, batches: Vec<Batch>, result: Result<(), String>) {
+        if let Err(e) = result {
             tracing::warn!(cause = %e, events = batches.len(), "journal append failed; their handlers stay pending and are retried");
             for b in batches {
                 let delay = self.pending.failed(&b.event, b.handlers);
@@ -121,10 +126,7 @@ impl AgentTask {
             id: ev.id,
             command: h.command.clone(),
         });
-        if let Err(e) = snapshot::journal_append(&self.settings.data_dir, &[line]) {
-            // Still retried while the agent runs; only a crash before then loses it.
-            tracing::debug!(cause = %e, "journaling a failed handler start");
-        }
+        self.disk.journal(vec![line], Vec::new());
         let delay = self.pending.failed(&ev, vec![h]);
         self.sched
             .submit(Instant::now(), delay, Scheduled::RetryHandlers(ev.id));

@@ -17,17 +17,21 @@
 //! | [`queries`] | built-in query handlers registered in Rust |
 //! | [`keys`] | keyring file and the cluster-wide key-rotation query |
 //! | [`slots`] | capped connection slots for the accept loops (API, gossip TCP) |
+//! | [`disk`] | the writer thread: journal, state file and keyring writes off the task |
 //! | [`snapshot`] | the data-dir state file, written atomically |
 //! | [`monitor`] | NDJSON log/event stream for `GET /v1/monitor` |
 //!
 //! Guarantees: every datagram and stream frame is sealed with the keyring's primary key
 //! and opened before parsing (failures are counted, never logged per packet); an event
-//! is recorded in the snapshot *before* its handlers run, so a restarted agent never
-//! runs a handler twice for one event; on SIGTERM/SIGINT/`leave` the leave datagrams
-//! are handed to the kernel before the process exits.
+//! is journaled *before* its handlers run, so a restarted agent never runs a handler
+//! twice for one event, and a handler that could not start stays owed until it did;
+//! the foca task never waits on the disk ([`disk`]); on SIGTERM/SIGINT/`leave` the
+//! leave datagrams are handed to the kernel and the state file is written before the
+//! process exits.
 
 pub mod config;
 pub mod delivery;
+pub mod disk;
 pub mod handlers;
 pub mod keys;
 pub mod members;

@@ -305,18 +305,18 @@ impl AgentTask {
     pub(super) async fn answer_query(&mut self, q: Query) {
         let me = self.settings.node.clone();
         if q.name == KEYS_QUERY {
-            let (result, changed) = {
-                let mut ring = self.keyring.write().unwrap_or_else(|e| e.into_inner());
-                let out = keys::apply(&me, &mut ring, &q.payload);
-                if out.1
-                    && let Some(path) = &self.settings.keyring
-                    && let Err(e) = keys::save(path, &ring)
-                {
-                    tracing::error!(cause = %e, "keyring changed in memory but not saved");
-                }
-                out
-            };
+            // Only this task writes the keyring: change a copy, hold the lock to swap.
+            let mut ring = self
+                .keyring
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let (result, changed) = keys::apply(&me, &mut ring, &q.payload);
             if changed {
+                if let Some(path) = &self.settings.keyring {
+                    self.disk.keyring(path.clone(), ring.clone());
+                }
+                *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = ring;
                 tracing::info!(origin = %q.origin.name, "keyring changed by a cluster key operation");
             }
             let payload = serde_json::to_vec(&result).unwrap_or_default();

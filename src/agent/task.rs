@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::Settings;
+use super::disk::DiskWriter;
 use super::members::LeftBook;
 use super::monitor::LogReload;
 use super::net::{self, Counters, SharedKeyring};
@@ -62,6 +63,11 @@ pub enum Input {
     },
     /// A control API request.
     Api(Command),
+    /// The disk writer journaled these handler batches (or failed to).
+    Journaled {
+        batches: Vec<super::pending::Batch>,
+        result: Result<(), String>,
+    },
     /// An event handler's process could not be spawned: it is owed again.
     HandlerFailed {
         event: crate::gossip::UserEvent,
@@ -87,6 +93,8 @@ pub struct AgentTask {
     pub(super) left: LeftBook,
     pub(super) queries: HashMap<QueryId, PendingQuery>,
     pub(super) dials: DialState,
+    /// Every file write of the task goes through it ([`super::disk`]).
+    pub(super) disk: DiskWriter,
     /// User-event handlers owed until their process started.
     pub(super) pending: PendingHandlers,
     /// Handler processes running at once ([`super::handlers::Limiter`]).
@@ -265,6 +273,8 @@ pub async fn run(
     tracing::info!(node = %identity.name, addr = %identity.addr, bump, rpc = %settings.rpc, "agent started");
 
     let limiter = super::handlers::limiter(settings.max_concurrent_handlers);
+    let disk = DiskWriter::start(settings.data_dir.clone(), tx.clone())
+        .map_err(io_err("starting the disk writer thread".into()))?;
     let mut task = AgentTask {
         settings,
         core,
@@ -283,6 +293,7 @@ pub async fn run(
         queries: HashMap::new(),
         dials: DialState::default(),
         pending,
+        disk,
         limiter,
         tuned_for,
         stop: false,
@@ -298,6 +309,8 @@ pub async fn run(
     task.start_owed(&owed);
     task.start_join_round();
     let result = task.run_loop(rx, shutdown).await;
+    // Everything written (the final state file too) before the process may exit.
+    task.disk.flush().await;
     let _ = stop_tx.send(true);
     // Let in-flight API answers (e.g. to `leave`) and the end of monitor streams reach
     // their clients (the API server shuts its connections down gracefully).
@@ -390,6 +403,7 @@ impl AgentTask {
             } => self.send_answer(id, origin, payload).await,
             Input::Api(cmd) => self.handle_command(cmd).await,
             Input::HandlerFailed { event, handler } => self.handler_failed(event, handler),
+            Input::Journaled { batches, result } => self.journaled(batches, result),
         }
     }
 
@@ -518,9 +532,7 @@ impl AgentTask {
             left: self.left.clone(),
             pending: self.pending.records(),
         };
-        if let Err(e) = snapshot::save(&self.settings.data_dir, &state) {
-            tracing::error!(cause = %e, "saving agent state");
-        }
+        self.disk.snapshot(state);
     }
 
     fn reload(&mut self) {
