@@ -80,6 +80,7 @@ pub struct FileConfig {
     pub event_log_max_age: Option<String>,
     pub event_log_max_ids: Option<usize>,
     pub max_concurrent_handlers: Option<usize>,
+    pub blob_query: Option<bool>,
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerFile>,
 }
@@ -223,30 +224,22 @@ pub struct Settings {
     pub handlers: Vec<HandlerConfig>,
     /// Handler processes running at once; the others wait in arrival order.
     pub max_concurrent_handlers: usize,
+    /// Whether the built-in `blob` test query answers (off by default).
+    pub blob_query: bool,
     /// The flags (and config file) these settings came from, for SIGHUP reloads.
     pub overrides: Overrides,
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+/// Parses a duration like `500ms`, `30s`, `5m`, `1h 30m` ([`humantime`] syntax; a bare
+/// number is seconds). Overflow is an error, never a wrapped value.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => {
-            return Err(format!(
-                "{text:?} has unknown unit {unit:?} (use ms, s, m or h)"
-            ));
-        }
+    let parsed = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        humantime::parse_duration(&format!("{t}s"))
+    } else {
+        humantime::parse_duration(t)
     };
-    Ok(d)
+    parsed.map_err(|e| format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h: {e}"))
 }
 
 fn duration(
@@ -552,6 +545,7 @@ impl Settings {
             event_log,
             handlers: handlers(&file.handlers)?,
             max_concurrent_handlers: file.max_concurrent_handlers.unwrap_or(16).max(1),
+            blob_query: file.blob_query.unwrap_or(false),
             overrides: flags.clone(),
         })
     }

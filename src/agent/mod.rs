@@ -185,9 +185,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// A new agent with the built-in queries (`ping`, `blob`) registered.
+    /// A new agent with the built-in queries registered (`ping`; `blob` if configured).
     pub fn new(settings: Settings) -> Self {
-        let registry = QueryRegistry::with_builtins(&settings.node);
+        let registry = QueryRegistry::with_builtins(&settings.node, settings.blob_query);
         Self {
             settings,
             registry,

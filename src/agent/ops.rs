@@ -260,6 +260,7 @@ impl AgentTask {
         let Some(p) = self.queries.remove(&id) else {
             return;
         };
+        self.sched.cancel_query(id);
         let result = p.tracker.finish();
         let missing: Vec<String> = result.missing.into_iter().map(|n| n.name).collect();
         match p.waiter {

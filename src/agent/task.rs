@@ -359,7 +359,15 @@ impl AgentTask {
                 _ = push_pull.tick() => self.start_push_pull(),
                 _ = reconnect.tick() => self.start_reconnect(),
                 _ = snap.tick() => {
-                    self.core.lock().tick(wall_now());
+                    let known: std::collections::HashSet<String> = self
+                        .foca
+                        .iter_membership_state()
+                        .map(|m| m.id().name.clone())
+                        .collect();
+                    let mut core = self.core.lock();
+                    core.tick(wall_now());
+                    core.prune_tags(|name| known.contains(name));
+                    drop(core);
                     self.save_snapshot();
                 }
             }

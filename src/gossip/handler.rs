@@ -232,6 +232,12 @@ impl GossipCore {
         &self.tag_book
     }
 
+    /// Forgets the tags of nodes for which `known` is false (foca reaped them), so the
+    /// book does not grow with every node that ever joined.
+    pub fn prune_tags(&mut self, known: impl Fn(&str) -> bool) {
+        self.tag_book.retain(known);
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats

@@ -249,6 +249,21 @@ impl TagBook {
         self.by_name.remove(name);
     }
 
+    /// Forgets every node for which `keep` is false (members foca no longer knows).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.by_name.retain(|name, _| keep(name));
+    }
+
+    /// Number of nodes with known tags.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether no tags are known.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
     /// Pairs each member with its known tags (empty if unknown), as
     /// [`super::query::QueryTracker::new`] wants them.
     pub fn with_tags<'a>(
@@ -562,5 +577,11 @@ mod tests {
         assert!(paired[1].1.is_empty());
         book.forget("a");
         assert_eq!(book.tags_of("a"), None);
+        // Nodes foca no longer knows are pruned (issue 10: the book only grew).
+        book.learn(&node("b", 0), &web);
+        book.learn(&node("c", 0), &web);
+        book.retain(|n| n == "c");
+        assert_eq!(book.len(), 1);
+        assert!(book.tags_of("c").is_some());
     }
 }

@@ -8,8 +8,13 @@ fn durations() {
     assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
     assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
     assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-    assert!(parse_duration("1d").is_err());
+    assert!(parse_duration("1x").is_err());
     assert!(parse_duration("s").is_err());
+    assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+    // Regression (issue 10): the hand-written parser overflowed (a panic in debug
+    // builds, a wrapped value in release).
+    assert!(parse_duration("9999999999999999h").is_err());
+    assert!(parse_duration("99999999999999999999").is_err());
 }
 
 #[test]
