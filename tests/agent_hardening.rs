@@ -287,8 +287,8 @@ fn idle_api_connection_flood_starves_nothing() {
         }
     }
     let (fds, rss) = fds_and_rss(pid);
-    assert!(fds < 400, "agent holds {fds} descriptors under the flood");
-    assert!(rss < 100 * 1024, "agent RSS {rss} KiB under the flood");
+    assert!(fds < 200, "agent holds {fds} descriptors under the flood");
+    assert!(rss < 48 * 1024, "agent RSS {rss} KiB under the flood");
 
     let rpc = format!("tcp:{api}");
     let call = |args: &[&str]| {

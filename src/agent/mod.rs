@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`config`] | TOML file + flags → validated [`config::Settings`] |
 //! | [`task`] | the **one task owning foca**: biased `select!` over [`task::Input`] |
+//! | [`startup`] | keyring, state file and journal replay at start |
 //! | [`scheduler`] | the single ordered timer heap (foca issue #26) |
 //! | [`sync`] | push/pull in the task: anti-entropy, join, reconnect to failed members |
 //! | [`net`] | UDP socket (sealed datagrams, drop counters), sealed TCP streams |
@@ -43,6 +44,7 @@ pub mod queries;
 pub mod scheduler;
 pub mod slots;
 pub mod snapshot;
+pub mod startup;
 pub mod sync;
 pub mod task;
 

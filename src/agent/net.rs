@@ -123,6 +123,8 @@ pub enum StreamError {
     },
     #[error("stream with {addr} timed out after {STREAM_TIMEOUT:?}")]
     Timeout { addr: SocketAddr },
+    #[error("stream from {addr} sent no hello within {HELLO_TIMEOUT:?}; closed")]
+    HelloTimeout { addr: SocketAddr },
     #[error("stream with {addr}: {source}")]
     Frame {
         addr: SocketAddr,
@@ -449,7 +451,7 @@ async fn serve_stream(
 ) -> Result<(), StreamError> {
     tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut stream, keyring, addr))
         .await
-        .map_err(|_| StreamError::Timeout { addr })??;
+        .map_err(|_| StreamError::HelloTimeout { addr })??;
     proof.set();
     with_timeout(addr, async {
         match read_message(&mut stream, keyring, addr).await? {

@@ -27,14 +27,15 @@ use super::ops::PendingQuery;
 use super::pending::PendingHandlers;
 use super::queries::QueryRegistry;
 use super::scheduler::{Scheduled, Scheduler};
-use super::snapshot::{self, PersistedState};
+use super::snapshot::PersistedState;
+use super::startup::{Restored, restore};
 use super::sync::{Dial, DialState};
-use super::{AgentError, AgentHandle, Command, keys};
+use super::{AgentError, AgentHandle, Command};
 use crate::gossip::handler::GossipFoca;
 use crate::gossip::message::{self, Broadcast, Datagram, Direct};
 use crate::gossip::{
-    CoreConfig, GossipCore, Incoming, NodeId, PushPullState, QueryId, QueryResponse, SharedCore,
-    envelope, recommended_foca_config, retune_size,
+    Incoming, NodeId, PushPullState, QueryId, QueryResponse, SharedCore, envelope,
+    recommended_foca_config, retune_size,
 };
 
 /// What the task reacts to besides timers and signals.
@@ -115,45 +116,14 @@ fn foca_config(settings: &Settings, size: u32) -> foca::Config {
     config
 }
 
-fn wall_now() -> Duration {
+pub(super) fn wall_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
 }
 
-fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
+pub(super) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io { what, source }
-}
-
-/// The keyring to start with: the configured file, a fresh `--dev` key (then
-/// `settings.keyring` names its file, so key rotations persist there), or the insecure
-/// all-zero key when `insecure` was asked for explicitly.
-fn startup_keyring(settings: &mut Settings) -> Result<crate::gossip::Keyring, AgentError> {
-    if let Some(p) = &settings.keyring {
-        return Ok(keys::load(p)?);
-    }
-    if settings.dev {
-        let (ring, path) = keys::dev_keyring(&settings.data_dir)?;
-        let bind = settings.bind;
-        let second = SocketAddr::new(bind.ip(), bind.port().wrapping_add(1));
-        tracing::warn!(
-            keyring = %path.display(),
-            "dev agent: a fresh cluster key for this run is in {}; start a second dev agent \
-             with: droot-fleet agent --dev --keyring {} --node dev-2 --bind {second} \
-             --data-dir {}-2 --join {bind}",
-            path.display(),
-            path.display(),
-            settings.data_dir.display(),
-        );
-        settings.keyring = Some(path);
-        return Ok(ring);
-    }
-    tracing::warn!(
-        "INSECURE: no keyring and insecure = true: gossip uses a well-known key, so anyone who \
-         can reach {} can join this cluster, send events and run its handlers",
-        settings.bind
-    );
-    Ok(keys::insecure_keyring())
 }
 
 /// Starts the agent: sockets, API server, I/O loops, then the task until shutdown.
@@ -164,62 +134,16 @@ pub async fn run(
     monitor: broadcast::Sender<String>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = &settings.data_dir.clone();
-    std::fs::create_dir_all(dir).map_err(io_err(format!("creating data dir {}", dir.display())))?;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    if settings.dev {
-        // A dev agent always starts from a clean slate.
-        let _ = std::fs::remove_file(snapshot::path(dir));
-        let _ = std::fs::remove_file(dir.join(snapshot::JOURNAL_FILE));
-    }
-    let ring = startup_keyring(&mut settings)?;
-    let persisted = snapshot::load(dir)?;
-    let mut rng: StdRng = rand::make_rng();
-    let bump = match &persisted {
-        Some(p) => p.core.identity.bump.wrapping_add(1),
-        None => rand::RngExt::random(&mut rng),
-    };
-    let identity = NodeId::new(&settings.node, settings.advertise, bump)
-        .map_err(|e| AgentError::Startup(format!("node name: {e}")))?;
-    let core_config = CoreConfig {
-        event_log: settings.event_log,
-        ..CoreConfig::default()
-    };
-    let owed = persisted
-        .as_ref()
-        .map(|p| p.pending.clone())
-        .unwrap_or_default();
-    let (mut core, rejoin, left) = match persisted {
-        Some(p) => (
-            GossipCore::restore(
-                identity.clone(),
-                settings.tags.clone(),
-                core_config,
-                p.core,
-                wall_now(),
-            ),
-            p.members,
-            p.left,
-        ),
-        None => (
-            GossipCore::new(
-                identity.clone(),
-                settings.tags.clone(),
-                core_config,
-                wall_now(),
-            ),
-            Vec::new(),
-            LeftBook::default(),
-        ),
-    };
-    // Events journaled after the last snapshot had their handlers started: never again
-    // (except those journaled as owed, started once more below).
-    let (pending, delivered) =
-        PendingHandlers::restore(owed, snapshot::journal_read(dir)?, &settings.handlers);
-    for ev in &delivered {
-        core.record_delivered(ev);
-    }
+    let Restored {
+        ring,
+        core,
+        rng,
+        identity,
+        bump,
+        rejoin,
+        left,
+        pending,
+    } = restore(&mut settings)?;
     let core = SharedCore::new(core);
     let tuned_for = settings.expected_cluster_size;
     let foca = core.new_foca(
