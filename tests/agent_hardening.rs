@@ -542,3 +542,39 @@ fn a_stalled_disk_does_not_stall_gossip_or_the_api() {
     });
     assert_eq!(c.deliveries("n2", "stalled").len(), 1);
 }
+
+/// Issue 10, item 3 (a full disk): when the journal line cannot be written the handler
+/// must not start (a crash could then run it twice) and must not be lost: it stays
+/// pending and runs once the journal can be written again.
+#[test]
+fn unwritable_journal_delays_the_handler_until_it_is_written() {
+    let c = agent_support::Cluster::new("77.86");
+    let a1 = c.start(1, &[], "");
+    let a2 = c.start(2, &[1], "");
+    for a in [&a1, &a2] {
+        wait_for(LONG, "two alive members", || {
+            (a.alive_count() == 2).then_some(())
+        });
+    }
+    // A directory where the journal goes: every append fails (EISDIR).
+    let journal = a1.data_dir.join("events.journal");
+    let _ = std::fs::remove_file(&journal);
+    std::fs::create_dir(&journal).unwrap();
+    ops::ok(&a2.cli(&["event", "blocked"]));
+    wait_for(LONG, "n2 to handle the event", || {
+        (c.deliveries("n2", "blocked").len() == 1).then_some(())
+    });
+    wait_for(LONG, "two failed journal appends on n1", || {
+        (a1.log_text().matches("journal append failed").count() >= 2).then_some(())
+    });
+    assert!(
+        c.deliveries("n1", "blocked").is_empty(),
+        "ran without its journal line"
+    );
+    std::fs::remove_dir(&journal).unwrap();
+    wait_for(LONG, "the handler once the journal is writable", || {
+        (c.deliveries("n1", "blocked").len() == 1).then_some(())
+    });
+    a1.wait_push_pulls(3);
+    assert_eq!(c.deliveries("n1", "blocked").len(), 1);
+}
