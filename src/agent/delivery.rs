@@ -23,7 +23,7 @@ use super::scheduler::Scheduled;
 use super::sync::Dial;
 use super::task::{AgentTask, Input};
 use crate::gossip::message::{self, Direct};
-use crate::gossip::{EventId, Incoming, NodeId, UserEvent, eager_fanout};
+use crate::gossip::{Incoming, NodeId, UserEvent, eager_fanout};
 
 fn user_trigger(ev: &UserEvent) -> Trigger {
     Trigger::User {
@@ -33,29 +33,38 @@ fn user_trigger(ev: &UserEvent) -> Trigger {
 }
 
 impl AgentTask {
-    /// Owes the handlers of new events, then journals and starts them.
+    /// Owes the handlers of new events, then journals and starts what has a free slot.
     pub(super) fn owe_and_start(&mut self, incoming: &[Incoming]) {
-        let ids: Vec<EventId> = incoming
-            .iter()
-            .filter_map(|i| match i {
-                Incoming::Event(ev) if self.pending.owe_new(ev, &self.settings.handlers) => {
-                    Some(ev.id)
-                }
-                _ => None,
-            })
-            .collect();
-        self.start_owed(&ids);
+        let mut any = false;
+        for i in incoming {
+            if let Incoming::Event(ev) = i {
+                any |= self.pending.owe_new(ev, &self.settings.handlers);
+            }
+        }
+        if any {
+            self.start_owed();
+        }
     }
 
-    /// Journals, then starts, the handlers owed for `ids`. Journaled before any handler
-    /// starts: never run twice after a crash. What cannot be journaled stays owed and
-    /// is retried with backoff.
-    pub(super) fn start_owed(&mut self, ids: &[EventId]) {
-        let batches: Vec<Batch> = ids
-            .iter()
-            .filter_map(|id| self.pending.take(*id))
-            .filter(|b| !b.handlers.is_empty())
-            .collect();
+    /// Journals, then starts, owed handlers in arrival order, as many as there are free
+    /// slots; the rest wait for a slot ([`Input::HandlerSlotFree`]). Journaled (slot
+    /// held) before any handler starts: never run twice after a crash.
+    pub(super) fn start_owed(&mut self) {
+        let mut batches: Vec<Batch> = Vec::new();
+        'events: for id in self.pending.ready(Instant::now()) {
+            let mut permits = Vec::new();
+            while permits.len() < self.pending.owed_len(id) {
+                match self.limiter.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) if permits.is_empty() => break 'events,
+                    Err(_) => break,
+                }
+            }
+            if let Some(mut b) = self.pending.take(id, permits.len()) {
+                b.permits = permits;
+                batches.push(b);
+            }
+        }
         if batches.is_empty() {
             return;
         }
@@ -69,7 +78,7 @@ impl AgentTask {
         if let Err(e) = result {
             tracing::warn!(cause = %e, events = batches.len(), "journal append failed; their handlers stay pending and are retried");
             for b in batches {
-                let delay = self.pending.failed(&b.event, b.handlers);
+                let delay = self.pending.failed(&b.event, b.handlers, Instant::now());
                 self.sched
                     .submit(Instant::now(), delay, Scheduled::RetryHandlers(b.event.id));
             }
@@ -77,13 +86,19 @@ impl AgentTask {
         }
         for b in batches {
             self.pending.journaled(b.event.id);
-            self.spawn_event_handlers(b.event, b.handlers);
+            self.spawn_event_handlers(b);
         }
     }
 
-    /// Starts journaled handlers, each in its own task behind the limiter; one that
-    /// cannot be spawned comes back as [`Input::HandlerFailed`].
-    fn spawn_event_handlers(&self, ev: UserEvent, owed: Vec<HandlerConfig>) {
+    /// Starts journaled handlers, each in its own task holding its slot; one that cannot
+    /// be spawned comes back as [`Input::HandlerFailed`]. A freed slot is reported.
+    fn spawn_event_handlers(&self, batch: Batch) {
+        let Batch {
+            event: ev,
+            handlers: owed,
+            permits,
+            ..
+        } = batch;
         let tags = self.core.lock().tags().clone();
         let env = handlers::env(
             &user_trigger(&ev),
@@ -91,15 +106,9 @@ impl AgentTask {
             &self.settings.rpc,
             &tags,
         );
-        for h in owed {
-            let (limiter, tx, env, ev) = (
-                self.limiter.clone(),
-                self.tx.clone(),
-                env.clone(),
-                ev.clone(),
-            );
+        for (h, permit) in owed.into_iter().zip(permits) {
+            let (tx, env, ev) = (self.tx.clone(), env.clone(), ev.clone());
             tokio::spawn(async move {
-                let _permit = limiter.acquire().await;
                 match handlers::start(&h, &env, ev.payload.clone(), false) {
                     Ok(running) => {
                         if let Err(e) = running.finish().await {
@@ -116,18 +125,20 @@ impl AgentTask {
                             .await;
                     }
                 }
+                drop(permit);
+                let _ = tx.send(Input::HandlerSlotFree).await;
             });
         }
     }
 
     /// A handler's process could not be spawned: journal it as owed, retry later.
     pub(super) fn handler_failed(&mut self, ev: UserEvent, h: HandlerConfig) {
-        let line = JournalLine::Failed(Mark {
+        let line = JournalLine::Owed(Mark {
             id: ev.id,
             command: h.command.clone(),
         });
         self.disk.journal(vec![line], Vec::new());
-        let delay = self.pending.failed(&ev, vec![h]);
+        let delay = self.pending.failed(&ev, vec![h], Instant::now());
         self.sched
             .submit(Instant::now(), delay, Scheduled::RetryHandlers(ev.id));
     }

@@ -1,32 +1,37 @@
-//! User-event handlers that are owed: journaled events whose handler processes could not
-//! be started yet (out of file descriptors, EAGAIN, an unexecutable path, or a journal
-//! that could not be written).
+//! User-event handlers that are owed: delivered events whose handler processes have not
+//! started yet — waiting for one of the `max_concurrent_handlers` slots (first come,
+//! first served), or after a failure (out of file descriptors, EAGAIN, an unexecutable
+//! path, or a journal that could not be written).
 //!
-//! Guarantee: a handler owed for an event is retried with [`backoff`] until its process
-//! started, across restarts too: the snapshot lists what is owed ([`PendingRecord`]) and
-//! the journal records every change after it ([`JournalLine`]). A start is journaled
-//! *before* the process is spawned, so a crash can lose a start that was under way but
-//! never runs a handler twice; a failed start is journaled as owed again.
+//! Guarantee: a handler owed for an event is started once a slot is free, and retried
+//! with [`backoff`] after a failure, until its process started — across restarts too:
+//! the snapshot lists what is owed ([`PendingRecord`]) and the journal records every
+//! change after it ([`JournalLine`]). A start is journaled *before* the process is
+//! spawned, with its slot already held, so a crash can lose a start that was under way
+//! but never runs a handler twice; a failed start is journaled as owed again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 
 use super::config::HandlerConfig;
 use super::handlers::{self, Trigger};
 use crate::gossip::{EventId, UserEvent};
 
 /// One line of the events journal: an event as JSON (the format of older versions),
-/// or `{"retry": Mark}` / `{"failed": Mark}`.
+/// or `{"retry": Mark}` / `{"owed": Mark}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JournalLine {
     /// A new event: it is delivered, and its matching handlers are being started.
     Delivered(UserEvent),
     /// This handler of an owed event is being started again.
     Retry(Mark),
-    /// A handler's process could not be started: it is owed again.
-    Failed(Mark),
+    /// This handler is owed: not started yet (no free slot), or its process could
+    /// not be started.
+    Owed(Mark),
 }
 
 /// The marker lines (externally tagged: serde's untagged enums cannot carry `u128` ids).
@@ -34,7 +39,7 @@ pub enum JournalLine {
 #[serde(rename_all = "lowercase")]
 enum Marker {
     Retry(Mark),
-    Failed(Mark),
+    Owed(Mark),
 }
 
 impl JournalLine {
@@ -43,7 +48,7 @@ impl JournalLine {
         match self {
             Self::Delivered(ev) => serde_json::to_vec(ev),
             Self::Retry(m) => serde_json::to_vec(&Marker::Retry(m.clone())),
-            Self::Failed(m) => serde_json::to_vec(&Marker::Failed(m.clone())),
+            Self::Owed(m) => serde_json::to_vec(&Marker::Owed(m.clone())),
         }
     }
 
@@ -54,7 +59,7 @@ impl JournalLine {
         }
         Ok(match serde_json::from_slice::<Marker>(line)? {
             Marker::Retry(m) => Self::Retry(m),
-            Marker::Failed(m) => Self::Failed(m),
+            Marker::Owed(m) => Self::Owed(m),
         })
     }
 }
@@ -86,7 +91,13 @@ struct Pending {
     owed: Vec<HandlerConfig>,
     /// Whether the event's `Delivered` line is in the journal yet.
     journaled: bool,
+    /// Whether that line is on its way to the disk (nothing else is taken meanwhile).
+    journaling: bool,
     attempts: u32,
+    /// Not retried before this (after a failure).
+    retry_at: Option<Instant>,
+    /// Arrival order: owed handlers start first come, first served.
+    seq: u64,
 }
 
 /// What to start now for one event.
@@ -94,14 +105,17 @@ struct Pending {
 pub struct Batch {
     pub event: UserEvent,
     pub handlers: Vec<HandlerConfig>,
-    /// The journal line to write before spawning.
+    /// The journal lines to write before spawning.
     pub lines: Vec<JournalLine>,
+    /// One concurrency slot per handler, taken before journaling.
+    pub permits: Vec<OwnedSemaphorePermit>,
 }
 
 /// Owed handlers by event.
 #[derive(Debug, Default)]
 pub struct PendingHandlers {
     events: BTreeMap<EventId, Pending>,
+    seq: u64,
 }
 
 fn trigger(ev: &UserEvent) -> Trigger {
@@ -111,7 +125,34 @@ fn trigger(ev: &UserEvent) -> Trigger {
     }
 }
 
+fn marks(id: EventId, hs: &[HandlerConfig], line: fn(Mark) -> JournalLine) -> Vec<JournalLine> {
+    hs.iter()
+        .map(|h| {
+            line(Mark {
+                id,
+                command: h.command.clone(),
+            })
+        })
+        .collect()
+}
+
 impl PendingHandlers {
+    fn insert(&mut self, event: UserEvent, owed: Vec<HandlerConfig>, journaled: bool) {
+        self.seq += 1;
+        self.events.insert(
+            event.id,
+            Pending {
+                event,
+                owed,
+                journaled,
+                journaling: false,
+                attempts: 0,
+                retry_at: None,
+                seq: self.seq,
+            },
+        );
+    }
+
     /// Owes every handler of `configured` that takes the new event `ev`. Returns whether
     /// any does (events no handler takes are not journaled).
     pub fn owe_new(&mut self, ev: &UserEvent, configured: &[HandlerConfig]) -> bool {
@@ -124,47 +165,48 @@ impl PendingHandlers {
         if owed.is_empty() {
             return false;
         }
-        self.events.insert(
-            ev.id,
-            Pending {
-                event: ev.clone(),
-                owed,
-                journaled: false,
-                attempts: 0,
-            },
-        );
+        self.insert(ev.clone(), owed, false);
         true
     }
 
-    /// Takes everything owed for `id`, with the journal lines to write first.
-    pub fn take(&mut self, id: EventId) -> Option<Batch> {
+    /// How many handlers of `id` could be taken now.
+    pub fn owed_len(&self, id: EventId) -> usize {
+        self.events
+            .get(&id)
+            .filter(|p| p.journaled || !p.journaling)
+            .map_or(0, |p| p.owed.len())
+    }
+
+    /// Takes up to `max` handlers owed for `id`, with the journal lines to write first
+    /// (the first batch of an event also records the rest as still owed).
+    pub fn take(&mut self, id: EventId, max: usize) -> Option<Batch> {
         let p = self.events.get_mut(&id)?;
-        let handlers = std::mem::take(&mut p.owed);
+        if max == 0 || p.owed.is_empty() || (!p.journaled && p.journaling) {
+            return None;
+        }
+        let handlers: Vec<HandlerConfig> = p.owed.drain(..max.min(p.owed.len())).collect();
         let lines = if p.journaled {
-            handlers
-                .iter()
-                .map(|h| {
-                    JournalLine::Retry(Mark {
-                        id,
-                        command: h.command.clone(),
-                    })
-                })
-                .collect()
+            marks(id, &handlers, JournalLine::Retry)
         } else {
-            vec![JournalLine::Delivered(p.event.clone())]
+            p.journaling = true;
+            let mut lines = vec![JournalLine::Delivered(p.event.clone())];
+            lines.extend(marks(id, &p.owed, JournalLine::Owed));
+            lines
         };
         Some(Batch {
             event: p.event.clone(),
             handlers,
             lines,
+            permits: Vec::new(),
         })
     }
 
     /// The batch's journal lines are durable: its handlers may start. Forgets the
-    /// event unless something was owed again meanwhile.
+    /// event once nothing is owed.
     pub fn journaled(&mut self, id: EventId) {
         if let Some(p) = self.events.get_mut(&id) {
             p.journaled = true;
+            p.journaling = false;
             if p.owed.is_empty() {
                 self.events.remove(&id);
             }
@@ -172,21 +214,26 @@ impl PendingHandlers {
     }
 
     /// The batch could not be journaled, or `handlers` could not be started: they are
-    /// owed again. Returns the delay before the next attempt.
-    pub fn failed(&mut self, ev: &UserEvent, handlers: Vec<HandlerConfig>) -> Duration {
-        let p = self.events.entry(ev.id).or_insert_with(|| Pending {
-            event: ev.clone(),
-            owed: Vec::new(),
-            journaled: true,
-            attempts: 0,
-        });
-        p.owed.extend(handlers);
+    /// owed again, not before the returned delay.
+    pub fn failed(
+        &mut self,
+        ev: &UserEvent,
+        handlers: Vec<HandlerConfig>,
+        now: Instant,
+    ) -> Duration {
+        if !self.events.contains_key(&ev.id) {
+            self.insert(ev.clone(), Vec::new(), true);
+        }
+        let p = self.events.get_mut(&ev.id).expect("inserted above");
+        p.journaling = false;
+        p.owed.splice(0..0, handlers);
         let delay = backoff(p.attempts);
         p.attempts = p.attempts.saturating_add(1);
+        p.retry_at = Some(now + delay);
         delay
     }
 
-    /// What the state file must keep: everything owed, and what is being journaled.
+    /// What the state file must keep: everything owed.
     pub fn records(&self) -> Vec<PendingRecord> {
         self.events
             .values()
@@ -198,13 +245,16 @@ impl PendingHandlers {
             .collect()
     }
 
-    /// Ids of the events with handlers owed.
-    pub fn ids(&self) -> Vec<EventId> {
-        self.events
+    /// Events with handlers owed that may be tried at `now`, first come first.
+    pub fn ready(&self, now: Instant) -> Vec<EventId> {
+        let mut ready: Vec<(u64, EventId)> = self
+            .events
             .iter()
-            .filter(|(_, p)| !p.owed.is_empty())
-            .map(|(id, _)| *id)
-            .collect()
+            .filter(|(_, p)| !p.owed.is_empty() && p.retry_at.is_none_or(|t| t <= now))
+            .map(|(id, p)| (p.seq, *id))
+            .collect();
+        ready.sort_unstable();
+        ready.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Rebuilds what is owed from the state file's records and the journal written
@@ -234,7 +284,7 @@ impl PendingHandlers {
                         cmds.remove(i);
                     }
                 }
-                JournalLine::Failed(failed) => {
+                JournalLine::Owed(failed) => {
                     let ev = owed
                         .get(&failed.id)
                         .map(|(e, _)| e.clone())
@@ -249,7 +299,7 @@ impl PendingHandlers {
             }
         }
         let mut out = Self::default();
-        for (id, (event, cmds)) in owed {
+        for (event, cmds) in owed.into_values() {
             let t = trigger(&event);
             let handlers: Vec<HandlerConfig> = cmds
                 .iter()
@@ -264,15 +314,7 @@ impl PendingHandlers {
                 })
                 .collect();
             if !handlers.is_empty() {
-                out.events.insert(
-                    id,
-                    Pending {
-                        event,
-                        owed: handlers,
-                        journaled: true,
-                        attempts: 0,
-                    },
-                );
+                out.insert(event, handlers, true);
             }
         }
         (out, delivered)
@@ -299,21 +341,36 @@ mod tests {
     #[test]
     fn owed_until_started_then_forgotten() {
         let mut p = PendingHandlers::default();
+        let now = Instant::now();
         let (a, b) = (h("/a"), h("/b"));
         assert!(p.owe_new(&ev(1), &[a.clone(), b.clone()]));
-        let batch = p.take(EventId(1)).unwrap();
-        assert_eq!(batch.lines, vec![JournalLine::Delivered(ev(1))]);
-        assert_eq!(batch.handlers.len(), 2);
-        // Journaling failed: everything is owed again.
-        assert_eq!(p.failed(&ev(1), batch.handlers), backoff(0));
+        assert!(p.owe_new(&ev(9), std::slice::from_ref(&a)));
+        assert_eq!(p.ready(now), vec![EventId(1), EventId(9)], "arrival order");
+        // One free slot: /a starts, /b is journaled as owed.
+        let batch = p.take(EventId(1), 1).unwrap();
+        let owed_b = JournalLine::Owed(Mark {
+            id: EventId(1),
+            command: vec!["/b".into()],
+        });
+        assert_eq!(batch.lines, vec![JournalLine::Delivered(ev(1)), owed_b]);
+        assert_eq!(batch.handlers, vec![a.clone()]);
+        assert!(
+            p.take(EventId(1), 1).is_none(),
+            "nothing more while journaling"
+        );
+        // Journaling failed: everything is owed again, after a backoff.
+        assert_eq!(p.failed(&ev(1), batch.handlers, now), backoff(0));
         assert_eq!(p.records()[0].owed.len(), 2);
-        let batch = p.take(EventId(1)).unwrap();
-        assert!(matches!(batch.lines[0], JournalLine::Delivered(_)));
+        assert_eq!(p.ready(now), vec![EventId(9)]);
+        let later = now + backoff(0);
+        assert_eq!(p.ready(later), vec![EventId(1), EventId(9)]);
+        let batch = p.take(EventId(1), 5).unwrap();
+        assert!(matches!(batch.lines[..], [JournalLine::Delivered(_)]));
         p.journaled(EventId(1));
-        assert!(p.records().is_empty());
+        assert_eq!(p.records().len(), 1, "only event 9 is owed");
         // /b could not be spawned: owed again, retried with a Retry line.
-        assert_eq!(p.failed(&ev(1), vec![b.clone()]), backoff(0));
-        let batch = p.take(EventId(1)).unwrap();
+        assert_eq!(p.failed(&ev(1), vec![b.clone()], later), backoff(0));
+        let batch = p.take(EventId(1), 5).unwrap();
         assert_eq!(
             batch.lines,
             vec![JournalLine::Retry(Mark {
@@ -322,7 +379,7 @@ mod tests {
             })]
         );
         p.journaled(EventId(1));
-        assert!(p.ids().is_empty());
+        assert_eq!(p.ready(later + backoff(9)), vec![EventId(9)]);
         assert!(backoff(20) <= Duration::from_secs(30));
     }
 
@@ -339,7 +396,7 @@ mod tests {
         }];
         let journal = vec![
             JournalLine::Delivered(ev(2)),
-            JournalLine::Failed(mark(2, "/b")),
+            JournalLine::Owed(mark(2, "/b")),
             JournalLine::Retry(mark(1, "/a")),
         ];
         // Lines round-trip through JSON, old plain-event lines included.

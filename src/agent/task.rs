@@ -69,6 +69,8 @@ pub enum Input {
         batches: Vec<super::pending::Batch>,
         result: Result<(), String>,
     },
+    /// An event handler finished (or failed to start) and freed its slot.
+    HandlerSlotFree,
     /// An event handler's process could not be spawned: it is owed again.
     HandlerFailed {
         event: crate::gossip::UserEvent,
@@ -229,8 +231,7 @@ pub async fn run(
     // Fold the replayed journal into the state file now: a torn last line followed by
     // new appends would otherwise make the next start fail.
     task.save_snapshot();
-    let owed = task.pending.ids();
-    task.start_owed(&owed);
+    task.start_owed();
     task.start_join_round();
     let result = task.run_loop(rx, shutdown).await;
     // Everything written (the final state file too) before the process may exit.
@@ -293,6 +294,8 @@ impl AgentTask {
                     core.prune_tags(|name| known.contains(name));
                     drop(core);
                     self.save_snapshot();
+                    // Slots freed by member or query handlers are not reported.
+                    self.start_owed();
                 }
             }
         }
@@ -310,7 +313,7 @@ impl AgentTask {
                 }
                 Scheduled::QueryDeadline(id) => self.finish_query(id),
                 Scheduled::RetryJoin => self.start_join_round(),
-                Scheduled::RetryHandlers(id) => self.start_owed(&[id]),
+                Scheduled::RetryHandlers(_) => self.start_owed(),
             }
         }
     }
@@ -336,6 +339,7 @@ impl AgentTask {
             Input::Api(cmd) => self.handle_command(cmd).await,
             Input::HandlerFailed { event, handler } => self.handler_failed(event, handler),
             Input::Journaled { batches, result } => self.journaled(batches, result),
+            Input::HandlerSlotFree => self.start_owed(),
         }
     }
 
