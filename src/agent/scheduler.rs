@@ -19,7 +19,7 @@ pub enum Scheduled {
     Foca(foca::Timer<NodeId>),
     QueryDeadline(QueryId),
     RetryJoin,
-    /// Start the handlers still owed for this event ([`super::pending`]).
+    /// This event's backoff is over: start what is owed ([`super::pending`]).
     RetryHandlers(EventId),
 }
 
