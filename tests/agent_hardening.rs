@@ -169,6 +169,19 @@ fn no_keyring_refused_on_loopback_dev_makes_a_fresh_key() {
         members_at(&d1)
     );
     drop(a1);
+
+    // The explicit opt-out starts, and says loudly what it means.
+    let log = dir.path().join("i.log");
+    let _insecure = raw_agent(
+        &["--insecure", "--node", "i1", "--bind", &addr(5)],
+        &dir.path().join("i"),
+        &log,
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("INSECURE") && text.contains("anyone"),
+        "{text}"
+    );
 }
 
 /// Starts agent `nN` of `c` with `config`, its file-descriptor limit set to `nofile`
