@@ -274,6 +274,11 @@ impl PendingHandlers {
         for line in journal {
             match line {
                 JournalLine::Delivered(ev) => {
+                    // Its handlers are starting, but for the `Owed` lines that follow
+                    // (also when the state file listed them all as owed).
+                    if let Some((_, cmds)) = owed.get_mut(&ev.id) {
+                        cmds.clear();
+                    }
                     known.insert(ev.id, ev.clone());
                     delivered.push(ev);
                 }
@@ -403,11 +408,29 @@ mod tests {
         for l in &journal {
             assert_eq!(&JournalLine::from_json(&l.to_json().unwrap()).unwrap(), l);
         }
-        let (p, delivered) = PendingHandlers::restore(records, journal, &[a, b]);
+        let (p, delivered) =
+            PendingHandlers::restore(records.clone(), journal, &[a.clone(), b.clone()]);
         assert_eq!(delivered, vec![ev(2)]);
         let recs = p.records();
         assert_eq!(recs.len(), 1, "{recs:?}");
         assert_eq!(recs[0].event, ev(2));
         assert_eq!(recs[0].owed, vec![vec!["/b".to_owned()]]);
+
+        // Owed in the state file (no free slot then), journaled later with one slot:
+        // only what the journal says is still owed is owed.
+        let records = vec![PendingRecord {
+            event: ev(3),
+            owed: vec![vec!["/a".into()], vec!["/b".into()]],
+        }];
+        let journal = vec![
+            JournalLine::Delivered(ev(3)),
+            JournalLine::Owed(mark(3, "/b")),
+        ];
+        let (p, _) = PendingHandlers::restore(records, journal, &[a, b]);
+        assert_eq!(
+            p.records()[0].owed,
+            vec![vec!["/b".to_owned()]],
+            "/a would run twice"
+        );
     }
 }
