@@ -67,7 +67,9 @@ command = ["sh", "-c", "head -c 12000 /dev/zero | tr '\\0' y"]
             (!c.deliveries(&node, "deploy").is_empty()).then_some(())
         });
     }
-    std::thread::sleep(Duration::from_millis(1500)); // a few push/pull rounds
+    for a in &agents {
+        a.wait_push_pulls(2); // anti-entropy re-offered the event everywhere
+    }
     for n in 1..=5 {
         assert_eq!(
             c.deliveries(&format!("n{n}"), "deploy").len(),
@@ -160,7 +162,8 @@ fn stopped_node_catches_up_and_restart_does_not_redeliver() {
         (agents[0].status_of("n2").as_deref() == Some("alive") && agents[1].alive_count() == 5)
             .then_some(())
     });
-    std::thread::sleep(Duration::from_secs(3)); // several push/pull rounds
+    agents[1].wait_push_pulls(3);
+    agents[2].wait_push_pulls(2);
     assert_eq!(c.deliveries("n2", "first").len(), 1);
     assert_eq!(c.deliveries("n2", "second").len(), 1);
     assert_eq!(c.deliveries("n3", "second").len(), 1);
@@ -191,7 +194,7 @@ fn crash_before_the_snapshot_does_not_rerun_handlers() {
     wait_for(LONG, "restarted n2 alive again", || {
         (a1.status_of("n2").as_deref() == Some("alive") && a2.alive_count() == 2).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(3)); // push/pull rounds re-offer the event
+    a2.wait_push_pulls(3); // push/pull rounds re-offer the event
     assert_eq!(
         c.deliveries("n2", "once").len(),
         1,
@@ -251,7 +254,7 @@ fn wrong_key_node_cannot_join() {
         let tcp = counters["streams_dropped_auth"].as_u64().unwrap_or(0);
         (udp >= 1 && tcp >= 1).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(2));
+    a1.wait_push_pulls(2);
     assert!(a1.status_of("n3").is_none(), "{:?}", a1.members());
     assert!(a2.status_of("n3").is_none());
     assert_eq!(bad.alive_count(), 1, "the bad node only knows itself");

@@ -187,7 +187,7 @@ fn sighup_reloads_tags_handlers_and_log_level_and_refuses_broken_config() {
     wait_for(LONG, "debug lines after the reload", || {
         a[0].log_text().contains(" DEBUG ").then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    a[0].wait_push_pulls(2);
     assert_eq!(count("old"), 0, "the old handler must not run any more");
 
     // Broken TOML: refused, logged, nothing changes.
@@ -212,7 +212,8 @@ fn sighup_reloads_tags_handlers_and_log_level_and_refuses_broken_config() {
             == 2)
             .then_some(())
     });
-    std::thread::sleep(Duration::from_millis(1500)); // push/pull rounds
+    a[0].wait_push_pulls(2);
+    a[1].wait_push_pulls(2);
     assert_eq!(
         tags_seen(&a[0], "n1").unwrap(),
         serde_json::json!({"role": "new"})
@@ -225,7 +226,7 @@ fn sighup_reloads_tags_handlers_and_log_level_and_refuses_broken_config() {
     wait_for(LONG, "the kept handler to run again", || {
         (count("new") == 2).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    a[0].wait_push_pulls(2);
     assert_eq!(count("broken"), 0);
     assert_eq!(count("old"), 0);
 }
@@ -266,7 +267,11 @@ fn force_leave_marks_failed_node_left_everywhere() {
 
     // The leave record is in the snapshot: a restarted node still says `left`, never
     // `failed` (it used to forget the force-leave and report n3 failed again).
-    std::thread::sleep(Duration::from_millis(1500)); // a snapshot tick
+    wait_for(LONG, "n2's state file to record n3's leave", || {
+        let text = std::fs::read_to_string(a[1].data_dir.join("state.json")).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["left"].get("n3").map(drop)
+    });
     a[1].kill9();
     a[1].spawn();
     wait_for(LONG, "restarted n2 to see n1 alive and n3 left", || {
@@ -287,7 +292,9 @@ fn force_leave_marks_failed_node_left_everywhere() {
 fn retry_join_waits_for_a_late_peer() {
     let c = Cluster::new("77.65");
     let b = c.start(2, &[1], "");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for(LONG, "b to fail a join attempt", || {
+        b.log_text().contains("will retry joining").then_some(())
+    });
     assert_eq!(b.alive_count(), 1);
     let pid = b.child.as_ref().unwrap().id();
     let a = c.start(1, &[], "");

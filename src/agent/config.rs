@@ -5,9 +5,10 @@
 //! the file. [`Settings::resolve`] merges both and validates everything *before* the
 //! agent touches the network, and every [`ConfigError`] names the offending field.
 //!
-//! Security rule enforced here: an agent whose gossip address is not loopback refuses
-//! to start without a keyring unless `insecure` is set (then, like `--dev`, a
-//! well-known all-zero key is used, which authenticates nothing).
+//! Security rule enforced here: an agent refuses to start without a keyring, on any
+//! address (loopback too: any local user can start an agent). `--dev` generates a fresh
+//! key per run instead; `insecure` is the explicit opt-out (a well-known all-zero key,
+//! which authenticates nothing).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,6 +79,8 @@ pub struct FileConfig {
     pub event_log_max_recent: Option<usize>,
     pub event_log_max_age: Option<String>,
     pub event_log_max_ids: Option<usize>,
+    pub max_concurrent_handlers: Option<usize>,
+    pub blob_query: Option<bool>,
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerFile>,
 }
@@ -219,30 +222,24 @@ pub struct Settings {
     pub expected_cluster_size: u32,
     pub event_log: EventLogConfig,
     pub handlers: Vec<HandlerConfig>,
+    /// Handler processes running at once; the others wait in arrival order.
+    pub max_concurrent_handlers: usize,
+    /// Whether the built-in `blob` test query answers (off by default).
+    pub blob_query: bool,
     /// The flags (and config file) these settings came from, for SIGHUP reloads.
     pub overrides: Overrides,
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+/// Parses a duration like `500ms`, `30s`, `5m`, `1h 30m` ([`humantime`] syntax; a bare
+/// number is seconds). Overflow is an error, never a wrapped value.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => {
-            return Err(format!(
-                "{text:?} has unknown unit {unit:?} (use ms, s, m or h)"
-            ));
-        }
+    let parsed = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        humantime::parse_duration(&format!("{t}s"))
+    } else {
+        humantime::parse_duration(t)
     };
-    Ok(d)
+    parsed.map_err(|e| format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h: {e}"))
 }
 
 fn duration(
@@ -442,13 +439,16 @@ impl Settings {
 
         let keyring = flags.keyring.clone().or(file.keyring);
         let insecure = flags.insecure || file.insecure.unwrap_or(false);
-        if keyring.is_none() && !dev && !insecure && !advertise.ip().is_loopback() {
+        if keyring.is_none() && !dev && !insecure {
+            // Loopback is no exception: any local user can run an agent and join.
             return Err(invalid(
                 "keyring",
                 format!(
-                    "required: gossip address {advertise} is not loopback, and without a key \
+                    "required (gossip address {advertise}): without a key any local user or \
                      anyone on the network can join and send events. Create one with \
-                     `droot-fleet keygen` (file: {{\"primary\": \"<key>\", \"keys\": []}}) or pass --insecure"
+                     `droot-fleet keygen` (file: {{\"primary\": \"<key>\", \"keys\": []}}), \
+                     try it out with --dev (a fresh key per run), or pass --insecure \
+                     (insecure = true) to run with NO authentication"
                 ),
             ));
         }
@@ -544,6 +544,8 @@ impl Settings {
             expected_cluster_size: file.expected_cluster_size.unwrap_or(16).max(1),
             event_log,
             handlers: handlers(&file.handlers)?,
+            max_concurrent_handlers: file.max_concurrent_handlers.unwrap_or(16).max(1),
+            blob_query: file.blob_query.unwrap_or(false),
             overrides: flags.clone(),
         })
     }

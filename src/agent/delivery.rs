@@ -4,19 +4,24 @@
 //! A new user event is first published and pushed on to a few random peers ("eager
 //! push": delivery costs hops x RTT, not hops x gossip interval), then journaled if any
 //! handler takes it, and only then are handlers started — so forwarding never waits for
-//! the disk, and a crash can never run a handler twice.
+//! the disk, and a crash can never run a handler twice. A handler that cannot be
+//! journaled or spawned stays owed and is retried ([`super::pending`]).
 
 use std::net::SocketAddr;
 
 use foca::OwnedNotification;
 use rand::seq::IteratorRandom;
 
+use tokio::time::Instant;
+
+use super::config::HandlerConfig;
 use super::handlers::{self, Trigger};
 use super::monitor;
 use super::net::Counters;
-use super::snapshot;
+use super::pending::{Batch, JournalLine, Mark};
+use super::scheduler::Scheduled;
 use super::sync::Dial;
-use super::task::AgentTask;
+use super::task::{AgentTask, Input};
 use crate::gossip::message::{self, Direct};
 use crate::gossip::{Incoming, NodeId, UserEvent, eager_fanout};
 
@@ -28,31 +33,114 @@ fn user_trigger(ev: &UserEvent) -> Trigger {
 }
 
 impl AgentTask {
-    /// Journals the new events some handler will take, before any handler starts.
-    pub(super) fn journal_handled(&mut self, incoming: &[Incoming]) {
-        // Journaled before any handler runs: never run twice after a crash. Events no handler
-        // takes have no effect to repeat; the periodic snapshot records them.
-        let handled: Vec<&UserEvent> = incoming
-            .iter()
-            .filter_map(|i| match i {
-                Incoming::Event(ev) => Some(ev),
-                Incoming::Query(_) => None,
-            })
-            .filter(|ev| {
-                let trigger = user_trigger(ev);
-                self.settings
-                    .handlers
-                    .iter()
-                    .any(|h| handlers::matches(&h.filter, &trigger))
-            })
-            .collect();
-        if !handled.is_empty()
-            && let Err(e) = snapshot::journal_append(&self.settings.data_dir, &handled)
-        {
-            // Without the record a crash could run these handlers twice: take a snapshot.
-            tracing::warn!(cause = %e, "journal append failed; writing a full snapshot");
-            self.save_snapshot();
+    /// Owes the handlers of new events, then journals and starts what has a free slot.
+    pub(super) fn owe_and_start(&mut self, incoming: &[Incoming]) {
+        let mut any = false;
+        for i in incoming {
+            if let Incoming::Event(ev) = i {
+                any |= self.pending.owe_new(ev, &self.settings.handlers);
+            }
         }
+        if any {
+            self.start_owed();
+        }
+    }
+
+    /// Journals, then starts, owed handlers in arrival order, as many as there are free
+    /// slots; the rest wait for a slot ([`Input::HandlerSlotFree`]). Journaled (slot
+    /// held) before any handler starts: never run twice after a crash.
+    pub(super) fn start_owed(&mut self) {
+        let mut batches: Vec<Batch> = Vec::new();
+        'events: for id in self.pending.ready(Instant::now()) {
+            let mut permits = Vec::new();
+            while permits.len() < self.pending.owed_len(id) {
+                match self.limiter.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) if permits.is_empty() => break 'events,
+                    Err(_) => break,
+                }
+            }
+            if let Some(mut b) = self.pending.take(id, permits.len()) {
+                b.permits = permits;
+                batches.push(b);
+            }
+        }
+        if batches.is_empty() {
+            return;
+        }
+        let lines: Vec<JournalLine> = batches.iter().flat_map(|b| b.lines.clone()).collect();
+        self.disk.journal(lines, batches);
+    }
+
+    /// The disk writer journaled `batches` (or could not): start their handlers, or owe
+    /// them again and retry with backoff.
+    pub(super) fn journaled(&mut self, batches: Vec<Batch>, result: Result<(), String>) {
+        if let Err(e) = result {
+            tracing::warn!(cause = %e, events = batches.len(), "journal append failed; their handlers stay pending and are retried");
+            for b in batches {
+                let delay = self.pending.failed(&b.event, b.handlers, Instant::now());
+                self.sched
+                    .submit(Instant::now(), delay, Scheduled::RetryHandlers(b.event.id));
+            }
+            return;
+        }
+        for b in batches {
+            self.pending.journaled(b.event.id);
+            self.spawn_event_handlers(b);
+        }
+    }
+
+    /// Starts journaled handlers, each in its own task holding its slot; one that cannot
+    /// be spawned comes back as [`Input::HandlerFailed`]. A freed slot is reported.
+    fn spawn_event_handlers(&self, batch: Batch) {
+        let Batch {
+            event: ev,
+            handlers: owed,
+            permits,
+            ..
+        } = batch;
+        let tags = self.core.lock().tags().clone();
+        let env = handlers::env(
+            &user_trigger(&ev),
+            &self.settings.node,
+            &self.settings.rpc,
+            &tags,
+        );
+        for (h, permit) in owed.into_iter().zip(permits) {
+            let (tx, env, ev) = (self.tx.clone(), env.clone(), ev.clone());
+            tokio::spawn(async move {
+                match handlers::start(&h, &env, ev.payload.clone(), false) {
+                    Ok(running) => {
+                        if let Err(e) = running.finish().await {
+                            tracing::warn!(event = %ev.name, cause = %e, "handler failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = %ev.name, cause = %e, "handler could not be started; it stays pending and is retried");
+                        let _ = tx
+                            .send(Input::HandlerFailed {
+                                event: ev,
+                                handler: h,
+                            })
+                            .await;
+                    }
+                }
+                drop(permit);
+                let _ = tx.send(Input::HandlerSlotFree).await;
+            });
+        }
+    }
+
+    /// A handler's process could not be spawned: journal it as owed, retry later.
+    pub(super) fn handler_failed(&mut self, ev: UserEvent, h: HandlerConfig) {
+        let line = JournalLine::Owed(Mark {
+            id: ev.id,
+            command: h.command.clone(),
+        });
+        self.disk.journal(vec![line], Vec::new());
+        let delay = self.pending.failed(&ev, vec![h], Instant::now());
+        self.sched
+            .submit(Instant::now(), delay, Scheduled::RetryHandlers(ev.id));
     }
 
     pub(super) fn on_notification(&mut self, n: OwnedNotification<NodeId>) {
@@ -63,6 +151,7 @@ impl AgentTask {
                 serde_json::json!({"type": "member", "event": kind, "node": id.name, "addr": id.addr.to_string()}),
             );
             handlers::spawn_matching(
+                &self.limiter,
                 &self.settings.handlers,
                 &Trigger::Member {
                     kind: kind.to_owned(),
@@ -146,18 +235,5 @@ impl AgentTask {
                 self.send_datagram(dst, &plain).await;
             }
         }
-    }
-
-    /// Starts the handlers configured for a delivered event.
-    pub(super) fn run_event_handlers(&mut self, ev: &UserEvent) {
-        let tags = self.core.lock().tags().clone();
-        handlers::spawn_matching(
-            &self.settings.handlers,
-            &user_trigger(ev),
-            &self.settings.node,
-            &self.settings.rpc,
-            &tags,
-            &ev.payload,
-        );
     }
 }

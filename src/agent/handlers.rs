@@ -21,7 +21,10 @@
 //! removed first, so a handler never sees a stale name or tag.
 //!
 //! At the timeout the whole process group gets SIGKILL and a warning is logged.
-//! stdout/stderr are logged; for queries stdout is the answer.
+//! stdout/stderr are logged; for queries stdout is the answer. Memory is bounded: only
+//! the last [`LOG_TAIL`] bytes of logged output and the first [`MAX_ANSWER`] bytes of an
+//! answer are kept, and at most `max_concurrent_handlers` run at once ([`Limiter`]);
+//! the others wait their turn.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -127,12 +130,37 @@ pub fn env(trigger: &Trigger, node: &str, rpc: &RpcAddr, tags: &Tags) -> Vec<(St
     env
 }
 
-/// Runs one handler to completion (or kills it at the timeout). Returns stdout.
-pub async fn run(
+/// How much of a user or member handler's stdout and of any handler's stderr is kept
+/// (the last bytes; older output is counted and dropped) for the log.
+pub const LOG_TAIL: usize = 8 * 1024;
+/// How much of a query handler's stdout (its answer) is kept: the first bytes.
+pub const MAX_ANSWER: usize = 1024 * 1024;
+
+/// Handlers allowed to run at once, shared by every handler of the agent. A handler
+/// waits here (in arrival order) before its process starts; its timeout starts after.
+pub type Limiter = std::sync::Arc<tokio::sync::Semaphore>;
+
+/// A new [`Limiter`] for `max` concurrent handlers (at least 1).
+pub fn limiter(max: usize) -> Limiter {
+    std::sync::Arc::new(tokio::sync::Semaphore::new(max.max(1)))
+}
+
+/// A handler process that started.
+pub struct Running {
+    program: String,
+    timeout: Duration,
+    child: tokio::process::Child,
+    answer: bool,
+}
+
+/// Starts one handler process (the payload goes to its stdin). `answer`: its stdout is
+/// a query answer (keep the head), otherwise only logged (keep the tail).
+pub fn start(
     handler: &HandlerConfig,
     env: &[(String, String)],
     stdin: Vec<u8>,
-) -> Result<Vec<u8>, HandlerError> {
+    answer: bool,
+) -> Result<Running, HandlerError> {
     let program = handler.command[0].clone();
     let mut cmd = tokio::process::Command::new(&program);
     for (k, _) in std::env::vars_os() {
@@ -151,44 +179,116 @@ pub async fn run(
         program: program.clone(),
         source,
     })?;
-    let pid = child.id();
     if let Some(mut input) = child.stdin.take() {
         tokio::spawn(async move {
             // A handler that does not read stdin is fine.
             let _ = input.write_all(&stdin).await;
         });
     }
-    match tokio::time::timeout(handler.timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            tracing::info!(
-                handler = %program,
-                status = %out.status,
-                stdout = %stdout.trim_end(),
-                stderr = %stderr.trim_end(),
-                "handler finished"
-            );
-            Ok(out.stdout)
-        }
-        Ok(Err(source)) => Err(HandlerError::Wait { program, source }),
-        Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+    Ok(Running {
+        program,
+        timeout: handler.timeout,
+        child,
+        answer,
+    })
+}
+
+/// Reads `r` to its end, keeping at most `cap` bytes: the first ones (`head`) or the
+/// last ones. Returns them and how many bytes were dropped.
+async fn capture(
+    r: Option<impl tokio::io::AsyncRead + Unpin>,
+    cap: usize,
+    head: bool,
+) -> (Vec<u8>, u64) {
+    use tokio::io::AsyncReadExt;
+    let (mut kept, mut dropped) = (Vec::new(), 0u64);
+    let Some(mut r) = r else {
+        return (kept, dropped);
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > cap {
+            let extra = kept.len() - cap;
+            dropped += extra as u64;
+            if head {
+                kept.truncate(cap);
+            } else {
+                kept.drain(..extra);
             }
-            Err(HandlerError::Timeout {
-                program,
-                timeout: handler.timeout,
-            })
+        }
+    }
+    (kept, dropped)
+}
+
+impl Running {
+    /// Waits for the handler (killing its process group at the timeout), logs its
+    /// output and returns stdout (bounded, see [`LOG_TAIL`] and [`MAX_ANSWER`]).
+    pub async fn finish(mut self) -> Result<Vec<u8>, HandlerError> {
+        let pid = self.child.id();
+        let (out_cap, head) = if self.answer {
+            (MAX_ANSWER, true)
+        } else {
+            (LOG_TAIL, false)
+        };
+        let stdout = capture(self.child.stdout.take(), out_cap, head);
+        let stderr = capture(self.child.stderr.take(), LOG_TAIL, false);
+        let program = self.program;
+        let all = async {
+            let ((out, out_dropped), (err, err_dropped), status) =
+                tokio::join!(stdout, stderr, self.child.wait());
+            status.map(|s| (s, out, out_dropped, err, err_dropped))
+        };
+        match tokio::time::timeout(self.timeout, all).await {
+            Ok(Ok((status, out, out_dropped, err, err_dropped))) => {
+                tracing::info!(
+                    handler = %program,
+                    status = %status,
+                    stdout = %String::from_utf8_lossy(&out).trim_end(),
+                    stderr = %String::from_utf8_lossy(&err).trim_end(),
+                    stdout_dropped = out_dropped,
+                    stderr_dropped = err_dropped,
+                    "handler finished"
+                );
+                Ok(out)
+            }
+            Ok(Err(source)) => Err(HandlerError::Wait { program, source }),
+            Err(_) => {
+                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                Err(HandlerError::Timeout {
+                    program,
+                    timeout: self.timeout,
+                })
+            }
         }
     }
 }
 
-/// Spawns every handler matching `trigger`, each in its own task; failures are logged.
+/// Waits for a slot of `limiter`, then runs one handler to completion. Returns stdout.
+pub async fn run(
+    limiter: &Limiter,
+    handler: &HandlerConfig,
+    env: &[(String, String)],
+    stdin: Vec<u8>,
+    answer: bool,
+) -> Result<Vec<u8>, HandlerError> {
+    let _permit = limiter.acquire().await;
+    start(handler, env, stdin, answer)?.finish().await
+}
+
+/// Spawns every handler matching `trigger` (member events: not journaled, not
+/// retried), each in its own task behind `limiter`; failures are logged.
 pub fn spawn_matching(
+    limiter: &Limiter,
     handlers: &[HandlerConfig],
     trigger: &Trigger,
     node: &str,
@@ -200,8 +300,9 @@ pub fn spawn_matching(
     for h in handlers.iter().filter(|h| matches(&h.filter, trigger)) {
         let (h, env, payload) = (h.clone(), env.clone(), payload.to_vec());
         let event = trigger.kind().to_owned();
+        let limiter = limiter.clone();
         tokio::spawn(async move {
-            if let Err(e) = run(&h, &env, payload).await {
+            if let Err(e) = run(&limiter, &h, &env, payload, false).await {
                 tracing::warn!(event = %event, cause = %e, "handler failed");
             }
         });
@@ -259,12 +360,66 @@ mod tests {
             ],
             5000,
         );
-        let out = run(&cat, &env, b"hi".to_vec()).await.unwrap();
+        let lim = limiter(4);
+        let out = run(&lim, &cat, &env, b"hi".to_vec(), true).await.unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "hi x 4 eu\n");
         let slow = h(EventFilter::All, &["sh", "-c", "sleep 30; echo done"], 200);
         let start = std::time::Instant::now();
-        let err = run(&slow, &env, vec![]).await.unwrap_err();
+        let err = run(&lim, &slow, &env, vec![], false).await.unwrap_err();
         assert!(matches!(err, HandlerError::Timeout { .. }));
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Regression (issue 10, item 5): all of a handler's output was kept in memory.
+    #[tokio::test]
+    async fn output_is_bounded() {
+        let lim = limiter(2);
+        let env = Vec::new();
+        let noisy = |n: usize| {
+            h(
+                EventFilter::All,
+                &[
+                    "sh",
+                    "-c",
+                    &format!("head -c {n} /dev/zero | tr '\\0' a; echo -n END"),
+                ],
+                10_000,
+            )
+        };
+        let out = run(&lim, &noisy(3_000_000), &env, vec![], false)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), LOG_TAIL);
+        assert!(out.ends_with(b"aEND"), "the tail is kept");
+        let out = run(&lim, &noisy(3_000_000), &env, vec![], true)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), MAX_ANSWER, "an answer keeps its head");
+    }
+
+    /// Regression (issue 10, item 5): any number of handlers ran at once.
+    #[tokio::test]
+    async fn limiter_queues_handlers() {
+        let lim = limiter(1);
+        let timed = h(
+            EventFilter::All,
+            &["sh", "-c", "date +%s%N; sleep 0.3; date +%s%N"],
+            10_000,
+        );
+        let env = Vec::new();
+        let (a, b) = tokio::join!(
+            run(&lim, &timed, &env, vec![], true),
+            run(&lim, &timed, &env, vec![], true)
+        );
+        let span = |out: Vec<u8>| -> (u128, u128) {
+            let text = String::from_utf8(out).unwrap();
+            let mut it = text.lines().map(|l| l.parse::<u128>().unwrap());
+            (it.next().unwrap(), it.next().unwrap())
+        };
+        let (a, b) = (span(a.unwrap()), span(b.unwrap()));
+        assert!(
+            a.1 <= b.0 || b.1 <= a.0,
+            "ran at the same time: {a:?} {b:?}"
+        );
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! The keyring lives in the agent (shared read-only with the I/O loops, see
 //! [`super::net::SharedKeyring`]) and in its JSON file, rewritten atomically after every
-//! change so a restart keeps rotated keys. Without a keyring file (`--dev`,
-//! `--insecure`) the agent uses the well-known all-zero key: every such agent can talk
-//! to every other, and nothing is authenticated.
+//! change so a restart keeps rotated keys. A `--dev` agent without one generates a fresh
+//! key per run ([`dev_keyring`]); only `insecure = true` uses the well-known all-zero
+//! key, with which every such agent can talk to every other and nothing is authenticated.
 //!
 //! Like `serf keys`, `install`/`use`/`remove`/`list` run on *every* member through an
 //! internal query named [`KEYS_QUERY`] whose payload is a JSON [`KeyCommand`]; each
@@ -39,9 +39,39 @@ pub enum KeysError {
     },
 }
 
-/// The key used when no keyring is configured (`--dev`, `--insecure`).
+/// The well-known all-zero key of `insecure = true`: it authenticates nothing.
 pub fn insecure_keyring() -> Keyring {
     Keyring::new(Key::from_bytes([0; 32]))
+}
+
+/// File name of the key a `--dev` agent generates in its data dir.
+pub const DEV_KEYRING_FILE: &str = "dev-keyring.json";
+
+/// A fresh random keyring for a `--dev` agent, written 0600 to
+/// `<data_dir>/dev-keyring.json` (replacing the previous run's) so that a second dev
+/// agent can join with `--keyring`. Returns the keyring and the file's path.
+pub fn dev_keyring(data_dir: &Path) -> Result<(Keyring, PathBuf), KeysError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = data_dir.join(DEV_KEYRING_FILE);
+    // The default dev dir is in /tmp: a dir another user owns or can write to could
+    // hand them the key.
+    let meta = std::fs::symlink_metadata(data_dir).map_err(|source| KeysError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+        return Err(KeysError::Write {
+            path,
+            source: std::io::Error::other(format!(
+                "the data dir {} is not a directory owned by this user and writable only by \
+                 it; pick another with --data-dir",
+                data_dir.display()
+            )),
+        });
+    }
+    let ring = Keyring::new(Key::generate(&mut rand::rng()));
+    save(&path, &ring)?;
+    Ok((ring, path))
 }
 
 /// Loads a keyring file.

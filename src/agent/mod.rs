@@ -6,35 +6,45 @@
 //! |---|---|
 //! | [`config`] | TOML file + flags → validated [`config::Settings`] |
 //! | [`task`] | the **one task owning foca**: biased `select!` over [`task::Input`] |
+//! | [`startup`] | keyring, state file and journal replay at start |
 //! | [`scheduler`] | the single ordered timer heap (foca issue #26) |
 //! | [`sync`] | push/pull in the task: anti-entropy, join, reconnect to failed members |
 //! | [`net`] | UDP socket (sealed datagrams, drop counters), sealed TCP streams |
 //! | [`ops`] | API commands; queries on the origin and the answering side |
 //! | [`members`] | member status (alive/suspect/left/failed) from foca's state |
 //! | [`delivery`] | member notifications and user events: eager push, journal, handlers |
+//! | [`pending`] | user-event handlers owed until their process started (retry, journal) |
 //! | [`handlers`] | event/query handler processes (timeout, env, stdin) |
 //! | [`queries`] | built-in query handlers registered in Rust |
 //! | [`keys`] | keyring file and the cluster-wide key-rotation query |
+//! | [`slots`] | capped connection slots for the accept loops (API, gossip TCP) |
+//! | [`disk`] | the writer thread: journal, state file and keyring writes off the task |
 //! | [`snapshot`] | the data-dir state file, written atomically |
 //! | [`monitor`] | NDJSON log/event stream for `GET /v1/monitor` |
 //!
 //! Guarantees: every datagram and stream frame is sealed with the keyring's primary key
 //! and opened before parsing (failures are counted, never logged per packet); an event
-//! is recorded in the snapshot *before* its handlers run, so a restarted agent never
-//! runs a handler twice for one event; on SIGTERM/SIGINT/`leave` the leave datagrams
-//! are handed to the kernel before the process exits.
+//! is journaled *before* its handlers run, so a restarted agent never runs a handler
+//! twice for one event, and a handler that could not start stays owed until it did;
+//! the foca task never waits on the disk ([`disk`]); on SIGTERM/SIGINT/`leave` the
+//! leave datagrams are handed to the kernel and the state file is written before the
+//! process exits.
 
 pub mod config;
 pub mod delivery;
+pub mod disk;
 pub mod handlers;
 pub mod keys;
 pub mod members;
 pub mod monitor;
 pub mod net;
 pub mod ops;
+pub mod pending;
 pub mod queries;
 pub mod scheduler;
+pub mod slots;
 pub mod snapshot;
+pub mod startup;
 pub mod sync;
 pub mod task;
 
@@ -177,9 +187,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// A new agent with the built-in queries (`ping`, `blob`) registered.
+    /// A new agent with the built-in queries registered (`ping`; `blob` if configured).
     pub fn new(settings: Settings) -> Self {
-        let registry = QueryRegistry::with_builtins(&settings.node);
+        let registry = QueryRegistry::with_builtins(&settings.node, settings.blob_query);
         Self {
             settings,
             registry,

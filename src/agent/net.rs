@@ -6,7 +6,12 @@
 //! - TCP: one sealed frame per message (see [`crate::gossip::envelope`]).
 //!   [`tcp_accept_loop`] serves push/pull requests and receives large query answers;
 //!   [`push_pull`] and [`send_stream`] are the dialing side. Every connection has a
-//!   deadline, so a stuck peer cannot pin a task.
+//!   deadline, so a stuck peer cannot pin a task. A dialer first sends a small sealed
+//!   [`STREAM_HELLO`] frame: the accepting side reads it into a fixed small buffer and
+//!   opens it within [`HELLO_TIMEOUT`], and only a connection that proved the key this
+//!   way gets the large message buffer. At most [`MAX_STREAMS`] inbound connections are
+//!   open; when all are taken the oldest one that has not proved the key is closed
+//!   ([`Slots`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::slots::{Admit, Proof, Slots};
 use super::task::Input;
 use crate::gossip::envelope::{self, FrameError, OpenError};
 use crate::gossip::message::{self, DecodeError, EncodeError, StreamMessage};
@@ -28,6 +34,14 @@ pub type SharedKeyring = Arc<RwLock<Keyring>>;
 
 /// How long a TCP exchange may take end to end.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Plaintext of the first frame of every stream: proves the dialer holds a key.
+pub const STREAM_HELLO: &[u8] = b"droot-fleet stream 1";
+/// Largest sealed hello frame accepted (the hello plus the seal, with room to spare).
+const MAX_HELLO_LEN: usize = envelope::SEAL_OVERHEAD + 64;
+/// How long an inbound connection may take to send its hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most inbound gossip TCP connections open at once.
+pub const MAX_STREAMS: usize = 64;
 
 /// Packet counters, exposed by `GET /v1/info`.
 #[derive(Debug, Default)]
@@ -42,7 +56,10 @@ pub struct Counters {
     pub streams_accepted: AtomicU64,
     pub streams_dropped_auth: AtomicU64,
     pub streams_failed: AtomicU64,
+    pub streams_evicted: AtomicU64,
     pub events_pushed: AtomicU64,
+    /// Push/pull states merged (either side): tests wait on it for anti-entropy rounds.
+    pub push_pulls_merged: AtomicU64,
 }
 
 impl Counters {
@@ -81,7 +98,9 @@ impl Counters {
             ("streams_accepted", get(&self.streams_accepted)),
             ("streams_dropped_auth", get(&self.streams_dropped_auth)),
             ("streams_failed", get(&self.streams_failed)),
+            ("streams_evicted", get(&self.streams_evicted)),
             ("events_pushed", get(&self.events_pushed)),
+            ("push_pulls_merged", get(&self.push_pulls_merged)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -104,6 +123,8 @@ pub enum StreamError {
     },
     #[error("stream with {addr} timed out after {STREAM_TIMEOUT:?}")]
     Timeout { addr: SocketAddr },
+    #[error("stream from {addr} sent no hello within {HELLO_TIMEOUT:?}; closed")]
+    HelloTimeout { addr: SocketAddr },
     #[error("stream with {addr}: {source}")]
     Frame {
         addr: SocketAddr,
@@ -234,6 +255,73 @@ async fn read_message(
     }
 }
 
+/// Sends the hello frame and then `msg` (the dialing side's first write).
+async fn write_first_message(
+    stream: &mut TcpStream,
+    keyring: &SharedKeyring,
+    msg: &StreamMessage,
+    addr: SocketAddr,
+) -> Result<(), StreamError> {
+    let hello = {
+        let ring = keyring.read().unwrap_or_else(|e| e.into_inner());
+        envelope::encode_frame(&ring, STREAM_HELLO, &mut rand::rng())
+    };
+    let hello = hello.map_err(|e| StreamError::Encode {
+        addr,
+        source: EncodeError::TooLarge {
+            what: "stream hello",
+            size: STREAM_HELLO.len(),
+            max: match e {
+                envelope::SealError::TooLarge { max, .. } => max,
+            },
+        },
+    })?;
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(|source| StreamError::Io { addr, source })?;
+    write_message(stream, keyring, msg, addr).await
+}
+
+/// Reads the hello frame into a small fixed buffer and checks it opens with one of our
+/// keys: nothing larger is buffered for a peer that has not proved the key.
+async fn read_hello(
+    stream: &mut TcpStream,
+    keyring: &SharedKeyring,
+    addr: SocketAddr,
+) -> Result<(), StreamError> {
+    let io = |source| StreamError::Io { addr, source };
+    let mut prefix = [0u8; envelope::FRAME_PREFIX_LEN];
+    stream.read_exact(&mut prefix).await.map_err(io)?;
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_HELLO_LEN {
+        return Err(StreamError::Frame {
+            addr,
+            source: FrameError::TooLarge {
+                len,
+                max: MAX_HELLO_LEN,
+            },
+        });
+    }
+    let mut sealed = [0u8; MAX_HELLO_LEN];
+    stream.read_exact(&mut sealed[..len]).await.map_err(io)?;
+    let plain = {
+        let ring = keyring.read().unwrap_or_else(|e| e.into_inner());
+        envelope::open(&ring, &sealed[..len])
+    }
+    .map_err(|e| StreamError::Frame {
+        addr,
+        source: FrameError::Open(e),
+    })?;
+    if plain != STREAM_HELLO {
+        return Err(StreamError::Unexpected {
+            addr,
+            wanted: "stream hello",
+        });
+    }
+    Ok(())
+}
+
 async fn write_message(
     stream: &mut TcpStream,
     keyring: &SharedKeyring,
@@ -270,7 +358,7 @@ pub async fn push_pull(
         let mut stream = TcpStream::connect(addr)
             .await
             .map_err(|source| StreamError::Connect { addr, source })?;
-        write_message(
+        write_first_message(
             &mut stream,
             &keyring,
             &StreamMessage::PushPullRequest(local),
@@ -298,7 +386,7 @@ pub async fn send_stream(
         let mut stream = TcpStream::connect(addr)
             .await
             .map_err(|source| StreamError::Connect { addr, source })?;
-        write_message(&mut stream, &keyring, &msg, addr).await?;
+        write_first_message(&mut stream, &keyring, &msg, addr).await?;
         stream
             .shutdown()
             .await
@@ -307,7 +395,7 @@ pub async fn send_stream(
     .await
 }
 
-/// Accepts gossip TCP connections until `stop` flips.
+/// Accepts gossip TCP connections until `stop` flips (at most [`MAX_STREAMS`] open).
 pub async fn tcp_accept_loop(
     listener: TcpListener,
     keyring: SharedKeyring,
@@ -315,6 +403,7 @@ pub async fn tcp_accept_loop(
     tx: mpsc::Sender<Input>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut slots = Slots::new(MAX_STREAMS);
     loop {
         let (stream, addr) = tokio::select! {
             _ = stop.changed() => return,
@@ -328,9 +417,19 @@ pub async fn tcp_accept_loop(
             },
         };
         Counters::add(&counters.streams_accepted);
-        let (keyring, counters, tx) = (keyring.clone(), counters.clone(), tx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = serve_stream(stream, addr, &keyring, &tx).await {
+        match slots.admit() {
+            Admit::Free => {}
+            Admit::Evicted => Counters::add(&counters.streams_evicted),
+            Admit::Full => {
+                Counters::add(&counters.streams_evicted);
+                continue;
+            }
+        }
+        let proof = Proof::default();
+        let (keyring, counters, tx, proven) =
+            (keyring.clone(), counters.clone(), tx.clone(), proof.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = serve_stream(stream, addr, &keyring, &tx, &proven).await {
                 if e.is_auth() {
                     Counters::add(&counters.streams_dropped_auth);
                 } else {
@@ -339,6 +438,7 @@ pub async fn tcp_accept_loop(
                 }
             }
         });
+        slots.insert(task.abort_handle(), proof);
     }
 }
 
@@ -347,7 +447,12 @@ async fn serve_stream(
     addr: SocketAddr,
     keyring: &SharedKeyring,
     tx: &mpsc::Sender<Input>,
+    proof: &Proof,
 ) -> Result<(), StreamError> {
+    tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut stream, keyring, addr))
+        .await
+        .map_err(|_| StreamError::HelloTimeout { addr })??;
+    proof.set();
     with_timeout(addr, async {
         match read_message(&mut stream, keyring, addr).await? {
             StreamMessage::PushPullRequest(state) => {

@@ -68,6 +68,7 @@ impl AgentTask {
                     ("events_delivered", s.events_delivered),
                     ("events_duplicate", s.events_duplicate),
                     ("events_too_old", s.events_too_old),
+                    ("ltime_too_far_ahead", s.too_far_ahead),
                     ("queries_seen", s.queries_seen),
                     ("queries_matched", s.queries_matched),
                     ("messages_malformed", s.malformed),
@@ -259,6 +260,7 @@ impl AgentTask {
         let Some(p) = self.queries.remove(&id) else {
             return;
         };
+        self.sched.cancel_query(id);
         let result = p.tracker.finish();
         let missing: Vec<String> = result.missing.into_iter().map(|n| n.name).collect();
         match p.waiter {
@@ -304,18 +306,18 @@ impl AgentTask {
     pub(super) async fn answer_query(&mut self, q: Query) {
         let me = self.settings.node.clone();
         if q.name == KEYS_QUERY {
-            let (result, changed) = {
-                let mut ring = self.keyring.write().unwrap_or_else(|e| e.into_inner());
-                let out = keys::apply(&me, &mut ring, &q.payload);
-                if out.1
-                    && let Some(path) = &self.settings.keyring
-                    && let Err(e) = keys::save(path, &ring)
-                {
-                    tracing::error!(cause = %e, "keyring changed in memory but not saved");
-                }
-                out
-            };
+            // Only this task writes the keyring: change a copy, hold the lock to swap.
+            let mut ring = self
+                .keyring
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let (result, changed) = keys::apply(&me, &mut ring, &q.payload);
             if changed {
+                if let Some(path) = &self.settings.keyring {
+                    self.disk.keyring(path.clone(), ring.clone());
+                }
+                *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = ring;
                 tracing::info!(origin = %q.origin.name, "keyring changed by a cluster key operation");
             }
             let payload = serde_json::to_vec(&result).unwrap_or_default();
@@ -341,9 +343,9 @@ impl AgentTask {
             return;
         };
         let env = handlers::env(&trigger, &me, &self.settings.rpc, self.core.lock().tags());
-        let tx = self.tx.clone();
+        let (tx, limiter) = (self.tx.clone(), self.limiter.clone());
         tokio::spawn(async move {
-            match handlers::run(&h, &env, q.payload).await {
+            match handlers::run(&limiter, &h, &env, q.payload, true).await {
                 Ok(payload) => {
                     let _ = tx
                         .send(Input::HandlerAnswer {

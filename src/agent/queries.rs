@@ -5,8 +5,10 @@
 //! escape hatch for anything slow (see [`super::handlers`]). Built-ins:
 //!
 //! - `ping`: answers this node's name;
-//! - `blob`: answers N bytes (N = decimal payload, default 16384, max 1 MiB) — handy to
-//!   test answers too large for a datagram (they travel over TCP).
+//! - `blob` (only with `blob_query = true`, off by default): answers N bytes (N =
+//!   decimal payload, default 16384, max 1 MiB) — a test aid for answers too large for a
+//!   datagram (they travel over TCP); left on, any key holder could make every node
+//!   send 1 MiB.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,11 +32,14 @@ impl std::fmt::Debug for QueryRegistry {
 pub const MAX_BLOB: usize = 1024 * 1024;
 
 impl QueryRegistry {
-    /// The built-ins for node `name`.
-    pub fn with_builtins(name: &str) -> Self {
+    /// The built-ins for node `name`; `blob` only if asked for.
+    pub fn with_builtins(name: &str, blob: bool) -> Self {
         let mut r = Self::default();
         let node = name.to_owned();
         r.register("ping", Arc::new(move |_| node.clone().into_bytes()));
+        if !blob {
+            return r;
+        }
         r.register(
             "blob",
             Arc::new(|payload| {
@@ -66,7 +71,13 @@ mod tests {
 
     #[test]
     fn builtins() {
-        let r = QueryRegistry::with_builtins("n1");
+        // Regression (issue 10): `blob` answered any key holder by default.
+        assert!(
+            QueryRegistry::with_builtins("n1", false)
+                .get("blob")
+                .is_none()
+        );
+        let r = QueryRegistry::with_builtins("n1", true);
         assert_eq!(r.get("ping").unwrap()(b""), b"n1");
         assert_eq!(r.get("blob").unwrap()(b"20000").len(), 20000);
         assert_eq!(r.get("blob").unwrap()(b"").len(), 16384);

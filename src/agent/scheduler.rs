@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::gossip::{NodeId, QueryId};
+use crate::gossip::{EventId, NodeId, QueryId};
 
 /// What fires.
 #[derive(Debug)]
@@ -19,6 +19,8 @@ pub enum Scheduled {
     Foca(foca::Timer<NodeId>),
     QueryDeadline(QueryId),
     RetryJoin,
+    /// This event's backoff is over: start what is owed ([`super::pending`]).
+    RetryHandlers(EventId),
 }
 
 #[derive(Debug)]
@@ -82,6 +84,13 @@ impl Scheduler {
         }
     }
 
+    /// Drops the deadline of a query that finished early (it would otherwise stay in
+    /// the heap until its time, however far away).
+    pub fn cancel_query(&mut self, id: QueryId) {
+        self.heap
+            .retain(|e| !matches!(e.what, Scheduled::QueryDeadline(q) if q == id));
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }
@@ -117,5 +126,21 @@ mod tests {
         assert!(matches!(order[1], Scheduled::QueryDeadline(QueryId(2))));
         assert!(matches!(order[2], Scheduled::RetryJoin));
         assert!(s.is_empty());
+    }
+
+    /// Regression (issue 10): deadlines of queries that finished early leaked.
+    #[test]
+    fn cancelled_query_deadline_is_gone() {
+        let mut s = Scheduler::new();
+        let t0 = Instant::now();
+        let day = Duration::from_secs(86_400);
+        s.submit(t0, day, Scheduled::QueryDeadline(QueryId(7)));
+        s.submit(t0, day, Scheduled::QueryDeadline(QueryId(8)));
+        s.cancel_query(QueryId(7));
+        assert_eq!(s.len(), 1);
+        assert!(matches!(
+            s.pop_due(t0 + day),
+            Some(Scheduled::QueryDeadline(QueryId(8)))
+        ));
     }
 }

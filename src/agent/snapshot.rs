@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::members::LeftBook;
-use crate::gossip::{CoreSnapshot, NodeId, UserEvent};
+use super::pending::{JournalLine, PendingRecord};
+use crate::gossip::{CoreSnapshot, NodeId};
 
 /// File name inside the data dir.
 pub const STATE_FILE: &str = "state.json";
@@ -53,6 +54,9 @@ pub struct PersistedState {
     /// Who left or was force-left (absent in files from older versions).
     #[serde(default)]
     pub left: LeftBook,
+    /// Events whose handlers could not be started yet (absent in older files).
+    #[serde(default)]
+    pub pending: Vec<PendingRecord>,
 }
 
 /// Path of the state file.
@@ -117,8 +121,8 @@ pub fn save(data_dir: &Path, state: &PersistedState) -> Result<(), SnapshotError
     }
 }
 
-/// Appends delivered events to the journal and makes them durable.
-pub fn journal_append(data_dir: &Path, events: &[&UserEvent]) -> Result<(), SnapshotError> {
+/// Appends lines to the journal and makes them durable.
+pub fn journal_append(data_dir: &Path, lines: &[JournalLine]) -> Result<(), SnapshotError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(JOURNAL_FILE);
     let err = |source| SnapshotError::Write {
@@ -126,8 +130,9 @@ pub fn journal_append(data_dir: &Path, events: &[&UserEvent]) -> Result<(), Snap
         source,
     };
     let mut buf = Vec::new();
-    for ev in events {
-        serde_json::to_writer(&mut buf, ev).map_err(|e| err(std::io::Error::other(e)))?;
+    for line in lines {
+        let json = line.to_json().map_err(|e| err(std::io::Error::other(e)))?;
+        buf.extend_from_slice(&json);
         buf.push(b'\n');
     }
     let mut f = std::fs::OpenOptions::new()
@@ -140,8 +145,8 @@ pub fn journal_append(data_dir: &Path, events: &[&UserEvent]) -> Result<(), Snap
     f.sync_data().map_err(err)
 }
 
-/// Events journaled since the last snapshot, oldest first.
-pub fn journal_read(data_dir: &Path) -> Result<Vec<UserEvent>, SnapshotError> {
+/// Lines journaled since the last snapshot, oldest first.
+pub fn journal_read(data_dir: &Path) -> Result<Vec<JournalLine>, SnapshotError> {
     let path = data_dir.join(JOURNAL_FILE);
     let text = match std::fs::read(&path) {
         Ok(b) => b,
@@ -154,8 +159,8 @@ pub fn journal_read(data_dir: &Path) -> Result<Vec<UserEvent>, SnapshotError> {
         if line.is_empty() {
             continue;
         }
-        match serde_json::from_slice(line) {
-            Ok(ev) => out.push(ev),
+        match JournalLine::from_json(line) {
+            Ok(l) => out.push(l),
             // Only the last line can be torn by a crash mid-append.
             Err(_) if i + 1 == lines.len() => break,
             Err(source) => return Err(SnapshotError::Parse { path, source }),
@@ -167,7 +172,7 @@ pub fn journal_read(data_dir: &Path) -> Result<Vec<UserEvent>, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::{CoreConfig, GossipCore, Tags};
+    use crate::gossip::{CoreConfig, GossipCore, Tags, UserEvent};
     use std::time::Duration;
 
     #[test]
@@ -175,9 +180,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(journal_read(dir.path()).unwrap().is_empty());
         let ev = |n: u128| UserEvent::new(crate::gossip::EventId(n), "o", 1, "e", vec![1]).unwrap();
-        let (a, b) = (ev(1), ev(2));
-        journal_append(dir.path(), &[&a]).unwrap();
-        journal_append(dir.path(), &[&b]).unwrap();
+        let (a, b) = (JournalLine::Delivered(ev(1)), JournalLine::Delivered(ev(2)));
+        journal_append(dir.path(), std::slice::from_ref(&a)).unwrap();
+        journal_append(dir.path(), std::slice::from_ref(&b)).unwrap();
         assert_eq!(
             journal_read(dir.path()).unwrap(),
             vec![a.clone(), b.clone()]
@@ -200,6 +205,7 @@ mod tests {
             core: core.snapshot(),
             members: vec![],
             left: LeftBook::default(),
+            pending: vec![],
         };
         save(dir.path(), &state).unwrap();
         assert!(!j.exists());
@@ -222,6 +228,7 @@ mod tests {
             core: core.snapshot(),
             members: vec![id],
             left,
+            pending: vec![],
         };
         save(dir.path(), &state).unwrap();
         let back = load(dir.path()).unwrap().unwrap();

@@ -24,7 +24,7 @@ use rand::seq::IteratorRandom;
 use tokio::time::Instant;
 
 use super::members;
-use super::net;
+use super::net::{self, Counters};
 use super::scheduler::Scheduled;
 use super::task::{AgentTask, Input};
 use crate::gossip::PushPullState;
@@ -61,6 +61,7 @@ impl AgentTask {
     pub(super) async fn merge_remote(&mut self, remote: PushPullState) {
         let from = remote.from.clone();
         let out = self.core.lock().merge_push_pull(&remote);
+        Counters::add(&self.counters.push_pulls_merged);
         if !out.new_events.is_empty() {
             tracing::info!(peer = %from.name, events = out.new_events.len(), "push/pull delivered missed events");
         }

@@ -19,20 +19,23 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::Settings;
+use super::disk::DiskWriter;
 use super::members::LeftBook;
 use super::monitor::LogReload;
 use super::net::{self, Counters, SharedKeyring};
 use super::ops::PendingQuery;
+use super::pending::PendingHandlers;
 use super::queries::QueryRegistry;
 use super::scheduler::{Scheduled, Scheduler};
-use super::snapshot::{self, PersistedState};
+use super::snapshot::PersistedState;
+use super::startup::{Restored, restore};
 use super::sync::{Dial, DialState};
-use super::{AgentError, AgentHandle, Command, keys};
+use super::{AgentError, AgentHandle, Command};
 use crate::gossip::handler::GossipFoca;
 use crate::gossip::message::{self, Broadcast, Datagram, Direct};
 use crate::gossip::{
-    CoreConfig, GossipCore, Incoming, NodeId, PushPullState, QueryId, QueryResponse, SharedCore,
-    envelope, recommended_foca_config, retune_size,
+    Incoming, NodeId, PushPullState, QueryId, QueryResponse, SharedCore, envelope,
+    recommended_foca_config, retune_size,
 };
 
 /// What the task reacts to besides timers and signals.
@@ -61,6 +64,18 @@ pub enum Input {
     },
     /// A control API request.
     Api(Command),
+    /// The disk writer journaled these handler batches (or failed to).
+    Journaled {
+        batches: Vec<super::pending::Batch>,
+        result: Result<(), String>,
+    },
+    /// An event handler finished (or failed to start) and freed its slot.
+    HandlerSlotFree,
+    /// An event handler's process could not be spawned: it is owed again.
+    HandlerFailed {
+        event: crate::gossip::UserEvent,
+        handler: super::config::HandlerConfig,
+    },
 }
 
 /// The foca-owning task's state.
@@ -81,6 +96,12 @@ pub struct AgentTask {
     pub(super) left: LeftBook,
     pub(super) queries: HashMap<QueryId, PendingQuery>,
     pub(super) dials: DialState,
+    /// Every file write of the task goes through it ([`super::disk`]).
+    pub(super) disk: DiskWriter,
+    /// User-event handlers owed until their process started.
+    pub(super) pending: PendingHandlers,
+    /// Handler processes running at once ([`super::handlers::Limiter`]).
+    pub(super) limiter: super::handlers::Limiter,
     /// The cluster size foca's retransmissions and suspicion timeout are tuned for.
     tuned_for: u32,
     pub(super) stop: bool,
@@ -97,77 +118,34 @@ fn foca_config(settings: &Settings, size: u32) -> foca::Config {
     config
 }
 
-fn wall_now() -> Duration {
+pub(super) fn wall_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
 }
 
-fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
+pub(super) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io { what, source }
 }
 
 /// Starts the agent: sockets, API server, I/O loops, then the task until shutdown.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     registry: QueryRegistry,
     log_reload: Option<LogReload>,
     monitor: broadcast::Sender<String>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = &settings.data_dir;
-    crate::dirs::create_dir_all_mode(dir, 0o755, 0o700)
-        .map_err(io_err(format!("creating data dir {}", dir.display())))?;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    if settings.dev {
-        // A dev agent always starts from a clean slate.
-        let _ = std::fs::remove_file(snapshot::path(dir));
-        let _ = std::fs::remove_file(dir.join(snapshot::JOURNAL_FILE));
-    }
-    let ring = match &settings.keyring {
-        Some(p) => keys::load(p)?,
-        None => keys::insecure_keyring(),
-    };
-    let persisted = snapshot::load(dir)?;
-    let mut rng: StdRng = rand::make_rng();
-    let bump = match &persisted {
-        Some(p) => p.core.identity.bump.wrapping_add(1),
-        None => rand::RngExt::random(&mut rng),
-    };
-    let identity = NodeId::new(&settings.node, settings.advertise, bump)
-        .map_err(|e| AgentError::Startup(format!("node name: {e}")))?;
-    let core_config = CoreConfig {
-        event_log: settings.event_log,
-        ..CoreConfig::default()
-    };
-    let (mut core, rejoin, left) = match persisted {
-        Some(p) => (
-            GossipCore::restore(
-                identity.clone(),
-                settings.tags.clone(),
-                core_config,
-                p.core,
-                wall_now(),
-            ),
-            p.members,
-            p.left,
-        ),
-        None => (
-            GossipCore::new(
-                identity.clone(),
-                settings.tags.clone(),
-                core_config,
-                wall_now(),
-            ),
-            Vec::new(),
-            LeftBook::default(),
-        ),
-    };
-    // Events journaled after the last snapshot had their handlers started: never again.
-    for ev in snapshot::journal_read(dir)? {
-        core.record_delivered(&ev);
-    }
+    let Restored {
+        ring,
+        core,
+        rng,
+        identity,
+        bump,
+        rejoin,
+        left,
+        pending,
+    } = restore(&mut settings)?;
     let core = SharedCore::new(core);
     let tuned_for = settings.expected_cluster_size;
     let foca = core.new_foca(
@@ -220,6 +198,9 @@ pub async fn run(
     ));
     tracing::info!(node = %identity.name, addr = %identity.addr, bump, rpc = %settings.rpc, "agent started");
 
+    let limiter = super::handlers::limiter(settings.max_concurrent_handlers);
+    let disk = DiskWriter::start(settings.data_dir.clone(), tx.clone())
+        .map_err(io_err("starting the disk writer thread".into()))?;
     let mut task = AgentTask {
         settings,
         core,
@@ -237,6 +218,9 @@ pub async fn run(
         left,
         queries: HashMap::new(),
         dials: DialState::default(),
+        pending,
+        disk,
+        limiter,
         tuned_for,
         stop: false,
     };
@@ -244,8 +228,14 @@ pub async fn run(
         let _ = task.foca.announce(member, &mut task.rt);
     }
     task.flush().await;
+    // Fold the replayed journal into the state file now: a torn last line followed by
+    // new appends would otherwise make the next start fail.
+    task.save_snapshot();
+    task.start_owed();
     task.start_join_round();
     let result = task.run_loop(rx, shutdown).await;
+    // Everything written (the final state file too) before the process may exit.
+    task.disk.flush().await;
     let _ = stop_tx.send(true);
     // Let in-flight API answers (e.g. to `leave`) and the end of monitor streams reach
     // their clients (the API server shuts its connections down gracefully).
@@ -294,8 +284,18 @@ impl AgentTask {
                 _ = push_pull.tick() => self.start_push_pull(),
                 _ = reconnect.tick() => self.start_reconnect(),
                 _ = snap.tick() => {
-                    self.core.lock().tick(wall_now());
+                    let known: std::collections::HashSet<String> = self
+                        .foca
+                        .iter_membership_state()
+                        .map(|m| m.id().name.clone())
+                        .collect();
+                    let mut core = self.core.lock();
+                    core.tick(wall_now());
+                    core.prune_tags(|name| known.contains(name));
+                    drop(core);
                     self.save_snapshot();
+                    // Slots freed by member or query handlers are not reported.
+                    self.start_owed();
                 }
             }
         }
@@ -313,6 +313,7 @@ impl AgentTask {
                 }
                 Scheduled::QueryDeadline(id) => self.finish_query(id),
                 Scheduled::RetryJoin => self.start_join_round(),
+                Scheduled::RetryHandlers(_) => self.start_owed(),
             }
         }
     }
@@ -336,6 +337,9 @@ impl AgentTask {
                 payload,
             } => self.send_answer(id, origin, payload).await,
             Input::Api(cmd) => self.handle_command(cmd).await,
+            Input::HandlerFailed { event, handler } => self.handler_failed(event, handler),
+            Input::Journaled { batches, result } => self.journaled(batches, result),
+            Input::HandlerSlotFree => self.start_owed(),
         }
     }
 
@@ -405,11 +409,10 @@ impl AgentTask {
                 self.announce_event(ev).await;
             }
         }
-        self.journal_handled(&incoming);
+        self.owe_and_start(&incoming);
         for item in incoming {
-            match item {
-                Incoming::Event(ev) => self.run_event_handlers(&ev),
-                Incoming::Query(q) => self.answer_query(q).await,
+            if let Incoming::Query(q) = item {
+                self.answer_query(q).await;
             }
         }
     }
@@ -463,10 +466,9 @@ impl AgentTask {
             core: self.core.lock().snapshot(),
             members,
             left: self.left.clone(),
+            pending: self.pending.records(),
         };
-        if let Err(e) = snapshot::save(&self.settings.data_dir, &state) {
-            tracing::error!(cause = %e, "saving agent state");
-        }
+        self.disk.snapshot(state);
     }
 
     fn reload(&mut self) {

@@ -75,7 +75,8 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
-fn authorized(req: &Request<Incoming>, token: Option<&Arc<String>>) -> bool {
+/// Whether the request carries the bearer token (always true without one: unix socket).
+pub(super) fn authorized(req: &Request<Incoming>, token: Option<&Arc<String>>) -> bool {
     let Some(token) = token else { return true };
     req.headers()
         .get("authorization")
@@ -84,17 +85,45 @@ fn authorized(req: &Request<Incoming>, token: Option<&Arc<String>>) -> bool {
         .is_some_and(|t| same_secret(t.as_bytes(), token.as_bytes()))
 }
 
-/// Compares in time independent of where the first difference is (the token is a
-/// secret; a plain `==` returns early).
+/// Compares in constant time ([`subtle`]): the token is a secret, and a plain `==`
+/// returns at the first difference.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
-fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then_some(v)
-    })
+/// The percent-decoded value of `key` in the query string.
+fn query_param(uri: &hyper::Uri, key: &str) -> Option<String> {
+    form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Every endpoint and its method (a known path with another method is a 405).
+const ROUTES: &[(&str, Method)] = &[
+    ("/v1/members", Method::GET),
+    ("/v1/info", Method::GET),
+    ("/v1/event", Method::POST),
+    ("/v1/query", Method::POST),
+    ("/v1/keys", Method::GET),
+    ("/v1/keys/install", Method::POST),
+    ("/v1/keys/use", Method::POST),
+    ("/v1/keys/remove", Method::POST),
+    ("/v1/leave", Method::POST),
+    ("/v1/force-leave", Method::POST),
+    ("/v1/monitor", Method::GET),
+];
+
+/// 404 for an unknown path, 405 for a known one with another method.
+fn route_check(method: &Method, path: &str) -> Result<(), (StatusCode, String)> {
+    match ROUTES.iter().find(|(p, _)| *p == path) {
+        None => Err((StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))),
+        Some((_, m)) if m != method => Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} not allowed on {path} (use {m})"),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Handles one request.
@@ -110,9 +139,12 @@ pub async fn handle(
         );
     }
     let path = req.uri().path().to_owned();
+    if let Err((status, message)) = route_check(req.method(), &path) {
+        return error(status, message);
+    }
     let result = match (req.method().clone(), path.as_str()) {
         (Method::GET, "/v1/members") => {
-            let status = query_param(&req, "status").map(str::to_owned);
+            let status = query_param(req.uri(), "status");
             agent.call(Command::Members).await.map(|mut list| {
                 if let Some(s) = status {
                     list.retain(|m| m.status == s);
@@ -199,17 +231,6 @@ pub async fn handle(
                 .map(|()| json(StatusCode::OK, &serde_json::json!({})))
         }
         (Method::GET, "/v1/monitor") => Ok(monitor(&agent)),
-        (
-            _,
-            "/v1/members" | "/v1/info" | "/v1/event" | "/v1/query" | "/v1/keys" | "/v1/leave"
-            | "/v1/force-leave" | "/v1/monitor" | "/v1/keys/install" | "/v1/keys/use"
-            | "/v1/keys/remove",
-        ) => {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{} not allowed on {path}", req.method()),
-            );
-        }
         _ => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     };
     result.unwrap_or_else(agent_error)
@@ -279,4 +300,37 @@ fn monitor(agent: &AgentHandle) -> Response<Body> {
         .header("content-type", "application/x-ndjson")
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_queries_and_routes() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cret", b"s3creT"));
+        assert!(!same_secret(b"s3cret", b"s3cret!"));
+        // Regression (issue 10): query strings were not percent-decoded.
+        let uri: hyper::Uri = "/v1/members?x=1&status=f%61iled".parse().unwrap();
+        assert_eq!(query_param(&uri, "status").as_deref(), Some("failed"));
+        assert_eq!(query_param(&uri, "nope"), None);
+        assert!(route_check(&Method::GET, "/v1/members").is_ok());
+        for (p, m) in ROUTES {
+            assert!(route_check(m, p).is_ok());
+            let other = if *m == Method::GET {
+                Method::POST
+            } else {
+                Method::GET
+            };
+            assert_eq!(
+                route_check(&other, p).unwrap_err().0,
+                StatusCode::METHOD_NOT_ALLOWED
+            );
+        }
+        assert_eq!(
+            route_check(&Method::GET, "/v1/nope").unwrap_err().0,
+            StatusCode::NOT_FOUND
+        );
+    }
 }

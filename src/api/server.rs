@@ -1,9 +1,16 @@
 //! Serves the control API: accept loop over a unix socket (mode 0600) or loopback TCP,
 //! one hyper HTTP/1.1 connection task per client, until the stop signal.
+//!
+//! Bounded against idle-connection floods (any local user can reach loopback TCP): at
+//! most [`MAX_CONNECTIONS`] are open, a connection that has not shown the token is the
+//! first to go when they are all taken ([`Slots`]), request headers must arrive within
+//! [`HEADER_READ_TIMEOUT`], and each connection buffers at most [`MAX_BUF`] bytes.
+//! Accept errors (e.g. out of file descriptors) back off instead of spinning.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -12,6 +19,17 @@ use tokio::sync::watch;
 
 use crate::agent::AgentHandle;
 use crate::agent::config::RpcAddr;
+use crate::agent::slots::{Admit, Proof, Slots};
+
+/// Most control API connections open at once.
+pub const MAX_CONNECTIONS: usize = 128;
+/// How long a client may take to send a request's headers (also while idle between
+/// requests on a kept-alive connection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest read buffer of one connection (bodies stream through it).
+pub const MAX_BUF: usize = 16 * 1024;
+/// Pause after a failed accept (EMFILE and the like), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A bound control API listener.
 #[derive(Debug)]
@@ -51,20 +69,42 @@ impl Listener {
 
 fn serve<IO>(
     conns: &mut tokio::task::JoinSet<()>,
+    slots: &mut Slots,
     io: IO,
     handle: AgentHandle,
     token: Option<Arc<String>>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    match slots.admit() {
+        Admit::Free => {}
+        Admit::Evicted => {
+            tracing::debug!("control API full: closed the oldest unproven connection")
+        }
+        Admit::Full => {
+            tracing::warn!(
+                max = MAX_CONNECTIONS,
+                "control API full of authorised connections; refusing one"
+            );
+            return;
+        }
+    }
+    let proof = Proof::default();
+    let proven = proof.clone();
     let mut stop = handle.stopping();
-    conns.spawn(async move {
+    let task = conns.spawn(async move {
         let service = service_fn(move |req| {
             let (handle, token) = (handle.clone(), token.clone());
+            if super::routes::authorized(&req, token.as_ref()) {
+                proven.set();
+            }
             async move { Ok::<_, Infallible>(super::routes::handle(req, handle, token).await) }
         });
-        let conn =
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_BUF)
+            .serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,
@@ -78,6 +118,7 @@ fn serve<IO>(
             tracing::debug!(cause = %e, "control API connection ended with an error");
         }
     });
+    slots.insert(task, proof);
 }
 
 /// Completes once the stop flag is `true` (or its sender is gone).
@@ -103,6 +144,7 @@ pub async fn run(
 ) {
     let token = token.map(Arc::new);
     let mut conns = tokio::task::JoinSet::new();
+    let mut slots = Slots::new(MAX_CONNECTIONS);
     loop {
         // Reap finished connection tasks so the set does not grow.
         while conns.try_join_next().is_some() {}
@@ -110,15 +152,16 @@ pub async fn run(
             Listener::Unix(l, _) => tokio::select! {
                 _ = stop.changed() => break,
                 // The socket is 0600: whoever connects is root or the agent's user.
-                r = l.accept() => r.map(|(s, _)| serve(&mut conns, s, handle.clone(), None)),
+                r = l.accept() => r.map(|(s, _)| serve(&mut conns, &mut slots, s, handle.clone(), None)),
             },
             Listener::Tcp(l) => tokio::select! {
                 _ = stop.changed() => break,
-                r = l.accept() => r.map(|(s, _)| serve(&mut conns, s, handle.clone(), token.clone())),
+                r = l.accept() => r.map(|(s, _)| serve(&mut conns, &mut slots, s, handle.clone(), token.clone())),
             },
         };
         if let Err(e) = accepted {
-            tracing::debug!(cause = %e, "control API accept failed");
+            tracing::warn!(cause = %e, "control API accept failed; retrying shortly");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
         }
     }
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {

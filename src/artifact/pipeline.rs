@@ -146,12 +146,34 @@ mod tests {
         assert!(err.to_string().contains("corrupt deflate"));
     }
 
+    /// Regression (issue 10): this test asserted nothing. An endless source only stops
+    /// when the reader is dropped; the worker then exits and drops the source.
     #[test]
     fn dropping_early_stops_the_worker() {
-        let data = vec![1u8; CHUNK * (DEPTH + 4)];
-        let mut r = Prefetch::spawn(Box::new(io::Cursor::new(data))).unwrap();
+        struct Endless(std::sync::mpsc::Sender<()>);
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                buf.fill(1);
+                Ok(buf.len())
+            }
+        }
+        impl Drop for Endless {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let (dropped_tx, dropped) = std::sync::mpsc::channel();
+        let mut r = Prefetch::spawn(Box::new(Endless(dropped_tx))).unwrap();
         let mut b = [0u8; 10];
         r.read_exact(&mut b).unwrap();
+        assert_eq!(b, [1; 10]);
+        assert!(
+            dropped.try_recv().is_err(),
+            "the worker stopped while still read"
+        );
         drop(r); // must not hang
+        dropped
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the worker kept running after the reader was dropped");
     }
 }

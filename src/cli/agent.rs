@@ -20,7 +20,8 @@ pub struct AgentArgs {
     /// TOML config file (see config/agent.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Single node on 127.0.0.1, temporary data dir, no key needed.
+    /// Try it out: 127.0.0.1, a temporary data dir, a fresh random key per run (written
+    /// to the data dir, 0600, for a second dev agent's --keyring).
     #[arg(long)]
     pub dev: bool,
     /// Node name (unique in the cluster). Default: the hostname.
@@ -47,7 +48,8 @@ pub struct AgentArgs {
     /// Keyring JSON file {"primary": "...", "keys": [...]}.
     #[arg(long)]
     pub keyring: Option<PathBuf>,
-    /// Allow a non-loopback address without a keyring (NO authentication).
+    /// Run without a keyring: a well-known key, so NO authentication (anyone who can
+    /// reach the address joins and runs your handlers).
     #[arg(long)]
     pub insecure: bool,
 }

@@ -224,11 +224,17 @@ impl DedupeWindow {
         if !self.seen.insert((ltime, id)) {
             return Ok(false);
         }
+        // Every pass removes at least one id, so this ends even at `u64::MAX` (where
+        // the watermark cannot move past the dropped ids).
         while self.seen.len() > max_ids.max(1) {
-            let Some(&(lowest, _)) = self.seen.first() else {
+            let Some((lowest, _)) = self.seen.pop_first() else {
                 break;
             };
-            self.raise_watermark(lowest.saturating_add(1));
+            // Ids sharing the dropped time go too: the watermark must pass them all.
+            while self.seen.first().is_some_and(|&(t, _)| t == lowest) {
+                self.seen.pop_first();
+            }
+            self.watermark = self.watermark.max(lowest.saturating_add(1));
         }
         Ok(true)
     }
@@ -543,6 +549,18 @@ mod tests {
         assert_eq!(w.watermark(), 6);
         assert!(w.observe(5, 2, 2).is_err());
         assert_eq!(w.observe(6, 3, 2), Ok(false));
+    }
+
+    /// Regression (issue 10, item 4): at `u64::MAX` the watermark could not move past
+    /// the lowest id, so evicting looped forever.
+    #[test]
+    fn eviction_ends_at_u64_max() {
+        let mut w = DedupeWindow::new();
+        for id in 0..4 {
+            w.observe(u64::MAX, id, 2).unwrap();
+        }
+        assert!(w.len() <= 2, "{}", w.len());
+        assert_eq!(w.watermark(), u64::MAX);
     }
 
     #[test]

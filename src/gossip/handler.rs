@@ -71,6 +71,8 @@ pub struct Stats {
     pub events_delivered: u64,
     pub events_duplicate: u64,
     pub events_too_old: u64,
+    /// Events or queries stamped more than [`super::lamport::MAX_AHEAD`] ahead.
+    pub too_far_ahead: u64,
     pub queries_seen: u64,
     pub queries_matched: u64,
     pub queries_duplicate: u64,
@@ -230,6 +232,12 @@ impl GossipCore {
         &self.tag_book
     }
 
+    /// Forgets the tags of nodes for which `known` is false (foca reaped them), so the
+    /// book does not grow with every node that ever joined.
+    pub fn prune_tags(&mut self, known: impl Fn(&str) -> bool) {
+        self.tag_book.retain(known);
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats
@@ -304,6 +312,7 @@ impl GossipCore {
         self.stats.events_delivered += out.new_events.len() as u64;
         self.stats.events_duplicate += out.duplicates as u64;
         self.stats.events_too_old += out.too_old as u64;
+        self.stats.too_far_ahead += out.too_far_ahead as u64;
         self.outbox
             .extend(out.new_events.iter().cloned().map(Incoming::Event));
         out
@@ -323,6 +332,10 @@ impl GossipCore {
         };
         match item {
             Broadcast::Event(ev) => {
+                if !self.event_clock.accepts(ev.ltime) {
+                    self.stats.too_far_ahead += 1;
+                    return Ok(None);
+                }
                 self.event_clock.witness(ev.ltime);
                 match self.events.observe(&ev, self.now) {
                     Ok(true) => {
@@ -342,6 +355,10 @@ impl GossipCore {
                 }
             }
             Broadcast::Query(q) => {
+                if !self.query_clock.accepts(q.ltime) {
+                    self.stats.too_far_ahead += 1;
+                    return Ok(None);
+                }
                 self.query_clock.witness(q.ltime);
                 match self
                     .queries
@@ -521,6 +538,34 @@ mod tests {
         assert_eq!(stats.queries_matched, 1);
         assert_eq!(stats.queries_duplicate, 1);
         assert_eq!(stats.queries_bad_filter, 1);
+    }
+
+    /// Regression (issue 10, item 4): one authenticated event near `u64::MAX` moved
+    /// every node's clock to the limit (and it was persisted).
+    #[test]
+    fn far_future_ltimes_are_refused() {
+        let shared = core("n1", Tags::new());
+        let mut h = shared.handler();
+        let far = UserEvent::new(EventId(5), "evil", u64::MAX - 1, "deploy", vec![]).unwrap();
+        let bytes = encode_broadcast(&Broadcast::Event(far)).unwrap();
+        assert_eq!(h.receive_item(&bytes, None).unwrap(), None);
+        let origin = NodeId::new("o", "127.0.0.1:1".parse().unwrap(), 0).unwrap();
+        let q = Query {
+            id: QueryId(9),
+            ltime: u64::MAX,
+            origin,
+            name: "q".into(),
+            payload: vec![],
+            filters: vec![],
+            timeout_ms: 100,
+        };
+        let qb = encode_broadcast(&Broadcast::Query(q)).unwrap();
+        assert_eq!(h.receive_item(&qb, None).unwrap(), None);
+        assert!(shared.drain_incoming().is_empty());
+        let snap = shared.lock().snapshot();
+        assert_eq!(snap.event_clock.time(), 0);
+        assert_eq!(snap.query_clock.time(), 0);
+        assert_eq!(shared.lock().stats().too_far_ahead, 2);
     }
 
     #[test]

@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 /// A Lamport time.
 pub type LamportTime = u64;
 
+/// How far ahead of the local clock a received time may be. A key holder (or a bug)
+/// could otherwise push every clock to `u64::MAX` with one message, and the persisted
+/// clock would stay there. Times beyond are refused; a push/pull moves the clock by at
+/// most this much, so a fresh node still catches up with an old cluster.
+pub const MAX_AHEAD: LamportTime = 1 << 32;
+
 /// A Lamport clock. Starts at 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LamportClock {
@@ -39,6 +45,16 @@ impl LamportClock {
     pub fn increment(&mut self) -> LamportTime {
         self.counter = self.counter.saturating_add(1);
         self.counter
+    }
+
+    /// Whether a received `time` is within [`MAX_AHEAD`] of this clock.
+    pub const fn accepts(&self, time: LamportTime) -> bool {
+        time <= self.counter.saturating_add(MAX_AHEAD)
+    }
+
+    /// Witnesses a peer's clock from push/pull, moving at most [`MAX_AHEAD`] forward.
+    pub fn witness_bounded(&mut self, time: LamportTime) -> bool {
+        self.witness(time.min(self.counter.saturating_add(MAX_AHEAD)))
     }
 
     /// Records that a message stamped `time` was seen: afterwards
@@ -76,6 +92,18 @@ mod tests {
         assert_eq!(postcard::from_bytes::<LamportClock>(&bytes).unwrap(), c);
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(json, r#"{"counter":42}"#);
+    }
+
+    #[test]
+    fn far_ahead_is_refused_and_push_pull_steps_are_bounded() {
+        let mut c = LamportClock::at(10);
+        assert!(c.accepts(10 + MAX_AHEAD));
+        assert!(!c.accepts(11 + MAX_AHEAD));
+        assert!(!c.accepts(u64::MAX));
+        assert!(c.witness_bounded(u64::MAX));
+        assert_eq!(c.time(), 11 + MAX_AHEAD);
+        // A fresh node catches up with an old cluster in steps.
+        assert!(c.accepts(2 * MAX_AHEAD));
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! - events go through the same [`EventLog`] as gossip, so an event is delivered
 //!   exactly once no matter how many channels bring it, and merging the same state
 //!   twice delivers nothing;
-//! - clocks are witnessed so new local events/queries order after the remote ones;
+//! - clocks are witnessed so new local events/queries order after the remote ones, but
+//!   move at most [`super::lamport::MAX_AHEAD`] per merge, and events further ahead are
+//!   refused (one far-future time would otherwise pin every clock at `u64::MAX`);
 //! - members are [`screen_members`]ed first, then the shell feeds them to foca's
 //!   `apply_many` (foca resolves conflicts and incarnations itself). The screen keeps
 //!   a remote *down* verdict from killing a member this node sees alive: such a
@@ -59,6 +61,9 @@ pub struct MergeOutcome {
     pub duplicates: usize,
     /// Events below the dedupe watermark (dropped).
     pub too_old: usize,
+    /// Events more than [`super::lamport::MAX_AHEAD`] ahead of the local clock (not
+    /// delivered now; a later push/pull offers them again once the clock caught up).
+    pub too_far_ahead: usize,
     /// Whether the local event clock moved forward.
     pub event_clock_advanced: bool,
     /// Whether the local query clock moved forward.
@@ -74,14 +79,20 @@ pub fn merge(
     remote: &PushPullState,
     now: Duration,
 ) -> MergeOutcome {
+    // Bounded by the clock *before* this merge, so one state moves it by MAX_AHEAD at most.
+    let before = *event_clock;
     let mut out = MergeOutcome {
-        event_clock_advanced: event_clock.witness(remote.event_ltime),
-        query_clock_advanced: query_clock.witness(remote.query_ltime),
+        event_clock_advanced: event_clock.witness_bounded(remote.event_ltime),
+        query_clock_advanced: query_clock.witness_bounded(remote.query_ltime),
         ..MergeOutcome::default()
     };
     let mut events: Vec<&UserEvent> = remote.events.iter().collect();
     events.sort_by_key(|e| (e.ltime, e.id));
     for ev in events {
+        if !before.accepts(ev.ltime) {
+            out.too_far_ahead += 1;
+            continue;
+        }
         out.event_clock_advanced |= event_clock.witness(ev.ltime);
         match log.observe(ev, now) {
             Ok(true) => out.new_events.push(ev.clone()),
@@ -238,6 +249,21 @@ impl TagBook {
         self.by_name.remove(name);
     }
 
+    /// Forgets every node for which `keep` is false (members foca no longer knows).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.by_name.retain(|name, _| keep(name));
+    }
+
+    /// Number of nodes with known tags.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether no tags are known.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
     /// Pairs each member with its known tags (empty if unknown), as
     /// [`super::query::QueryTracker::new`] wants them.
     pub fn with_tags<'a>(
@@ -317,6 +343,23 @@ mod tests {
         assert_eq!(times, vec![6, 9]);
         assert_eq!(out.too_old, 1);
         assert_eq!(ec.time(), 10, "event times are witnessed too");
+    }
+
+    /// Regression (issue 10, item 4): one far-future time in a push/pull state pushed
+    /// the clocks to `u64::MAX` for good.
+    #[test]
+    fn far_future_times_are_refused_and_clock_steps_bounded() {
+        use crate::gossip::lamport::MAX_AHEAD;
+        let mut log = EventLog::new(EventLogConfig::default());
+        let (mut ec, mut qc) = (LamportClock::at(7), LamportClock::new());
+        let mut remote = state(vec![ev(u64::MAX, 1), ev(8, 2)], u64::MAX);
+        remote.query_ltime = u64::MAX;
+        let out = merge(&mut log, &mut ec, &mut qc, &remote, NOW);
+        assert_eq!(out.new_events, vec![ev(8, 2)]);
+        assert_eq!(out.too_far_ahead, 1);
+        assert_eq!(ec.time(), 7 + MAX_AHEAD + 1);
+        assert_eq!(qc.time(), MAX_AHEAD + 1);
+        assert!(!log.contains(&ev(u64::MAX, 1)));
     }
 
     #[test]
@@ -534,5 +577,11 @@ mod tests {
         assert!(paired[1].1.is_empty());
         book.forget("a");
         assert_eq!(book.tags_of("a"), None);
+        // Nodes foca no longer knows are pruned (issue 10: the book only grew).
+        book.learn(&node("b", 0), &web);
+        book.learn(&node("c", 0), &web);
+        book.retain(|n| n == "c");
+        assert_eq!(book.len(), 1);
+        assert!(book.tags_of("c").is_some());
     }
 }

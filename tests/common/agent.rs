@@ -236,6 +236,22 @@ impl Agent {
         serde_json::to_value(rt.block_on(client.info()).expect("info")).unwrap()
     }
 
+    /// Waits until this agent merged `rounds` more push/pull states than now: the
+    /// signal that anti-entropy ran (instead of a sleep that passes if none did).
+    pub fn wait_push_pulls(&self, rounds: u64) {
+        let count = || {
+            self.info()["counters"]["push_pulls_merged"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        let target = count() + rounds;
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{} to merge {rounds} more push/pull states", self.name),
+            || (count() >= target).then_some(()),
+        );
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -8,8 +8,13 @@ fn durations() {
     assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
     assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
     assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-    assert!(parse_duration("1d").is_err());
+    assert!(parse_duration("1x").is_err());
     assert!(parse_duration("s").is_err());
+    assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+    // Regression (issue 10): the hand-written parser overflowed (a panic in debug
+    // builds, a wrapped value in release).
+    assert!(parse_duration("9999999999999999h").is_err());
+    assert!(parse_duration("99999999999999999999").is_err());
 }
 
 #[test]
@@ -30,6 +35,7 @@ fn flags_override_file_and_errors_name_fields() {
         node: Some("b2".into()),
         tags: vec!["dc=x".into()],
         data_dir: Some("/tmp/x".into()),
+        keyring: Some("/tmp/x/k.json".into()),
         ..Default::default()
     };
     let s = Settings::merge(file.clone(), &flags).unwrap();
@@ -68,6 +74,7 @@ fn bad_log_level_is_refused_by_validation() {
     let flags = Overrides {
         data_dir: Some("/tmp/x".into()),
         bind: Some("127.0.0.2:7000".into()),
+        keyring: Some("/tmp/x/k.json".into()),
         ..Default::default()
     };
     let err = Settings::merge(file, &flags).unwrap_err().to_string();
@@ -81,6 +88,7 @@ fn reconnect_interval_is_positive_and_below_reap_after() {
     let flags = Overrides {
         data_dir: Some("/tmp/x".into()),
         bind: Some("127.0.0.2:7000".into()),
+        keyring: Some("/tmp/x/k.json".into()),
         ..Default::default()
     };
     for (text, bad) in [
@@ -97,4 +105,29 @@ fn reconnect_interval_is_positive_and_below_reap_after() {
             ),
         }
     }
+}
+
+/// Regression (issue 10, item 1): an agent on loopback with no keyring accepted any local
+/// user's agent as a member. Now only `--dev` (fresh key) or `insecure` start without one.
+#[test]
+fn no_keyring_is_refused_on_loopback_too() {
+    let flags = Overrides {
+        data_dir: Some("/tmp/x".into()),
+        bind: Some("127.0.0.1:7000".into()),
+        ..Default::default()
+    };
+    let err = Settings::merge(FileConfig::default(), &flags)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`keyring`") && err.contains("--dev") && err.contains("--insecure"),
+        "{err}"
+    );
+    let dev = Overrides {
+        dev: true,
+        ..flags.clone()
+    };
+    assert!(Settings::merge(FileConfig::default(), &dev).is_ok());
+    let file: FileConfig = toml::from_str("insecure = true").unwrap();
+    assert!(Settings::merge(file, &flags).unwrap().insecure);
 }

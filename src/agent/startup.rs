@@ -1,0 +1,132 @@
+//! Agent startup from its data dir: the keyring (a configured file, a fresh `--dev` key,
+//! or the explicit insecure one), the state file, and the journal written after it.
+//!
+//! Guarantee: events the journal recorded as delivered are never delivered again, and
+//! handlers it recorded as owed are started once more ([`PendingHandlers::restore`]).
+
+use std::net::SocketAddr;
+
+use rand::rngs::StdRng;
+
+use super::config::Settings;
+use super::members::LeftBook;
+use super::pending::PendingHandlers;
+use super::snapshot;
+use super::task::{io_err, wall_now};
+use super::{AgentError, keys};
+use crate::gossip::{CoreConfig, GossipCore, NodeId};
+
+/// The keyring to start with: the configured file, a fresh `--dev` key (then
+/// `settings.keyring` names its file, so key rotations persist there), or the insecure
+/// all-zero key when `insecure` was asked for explicitly.
+fn startup_keyring(settings: &mut Settings) -> Result<crate::gossip::Keyring, AgentError> {
+    if let Some(p) = &settings.keyring {
+        return Ok(keys::load(p)?);
+    }
+    if settings.dev {
+        let (ring, path) = keys::dev_keyring(&settings.data_dir)?;
+        let bind = settings.bind;
+        let second = SocketAddr::new(bind.ip(), bind.port().wrapping_add(1));
+        tracing::warn!(
+            keyring = %path.display(),
+            "dev agent: a fresh cluster key for this run is in {}; start a second dev agent \
+             with: droot-fleet agent --dev --keyring {} --node dev-2 --bind {second} \
+             --data-dir {}-2 --join {bind}",
+            path.display(),
+            path.display(),
+            settings.data_dir.display(),
+        );
+        settings.keyring = Some(path);
+        return Ok(ring);
+    }
+    tracing::warn!(
+        "INSECURE: no keyring and insecure = true: gossip uses a well-known key, so anyone who \
+         can reach {} can join this cluster, send events and run its handlers",
+        settings.bind
+    );
+    Ok(keys::insecure_keyring())
+}
+
+/// What a starting agent takes over from its data dir.
+pub(super) struct Restored {
+    pub(super) ring: crate::gossip::Keyring,
+    pub(super) core: GossipCore,
+    pub(super) rng: StdRng,
+    pub(super) identity: NodeId,
+    pub(super) bump: u16,
+    pub(super) rejoin: Vec<NodeId>,
+    pub(super) left: LeftBook,
+    pub(super) pending: PendingHandlers,
+}
+
+/// Prepares the data dir and the keyring, then restores the state file and replays the
+/// journal written after it.
+pub(super) fn restore(settings: &mut Settings) -> Result<Restored, AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = &settings.data_dir.clone();
+    crate::dirs::create_dir_all_mode(dir, 0o755, 0o700)
+        .map_err(io_err(format!("creating data dir {}", dir.display())))?;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if settings.dev {
+        // A dev agent always starts from a clean slate.
+        let _ = std::fs::remove_file(snapshot::path(dir));
+        let _ = std::fs::remove_file(dir.join(snapshot::JOURNAL_FILE));
+    }
+    let ring = startup_keyring(settings)?;
+    let persisted = snapshot::load(dir)?;
+    let mut rng: StdRng = rand::make_rng();
+    let bump = match &persisted {
+        Some(p) => p.core.identity.bump.wrapping_add(1),
+        None => rand::RngExt::random(&mut rng),
+    };
+    let identity = NodeId::new(&settings.node, settings.advertise, bump)
+        .map_err(|e| AgentError::Startup(format!("node name: {e}")))?;
+    let core_config = CoreConfig {
+        event_log: settings.event_log,
+        ..CoreConfig::default()
+    };
+    let owed = persisted
+        .as_ref()
+        .map(|p| p.pending.clone())
+        .unwrap_or_default();
+    let (mut core, rejoin, left) = match persisted {
+        Some(p) => (
+            GossipCore::restore(
+                identity.clone(),
+                settings.tags.clone(),
+                core_config,
+                p.core,
+                wall_now(),
+            ),
+            p.members,
+            p.left,
+        ),
+        None => (
+            GossipCore::new(
+                identity.clone(),
+                settings.tags.clone(),
+                core_config,
+                wall_now(),
+            ),
+            Vec::new(),
+            LeftBook::default(),
+        ),
+    };
+    // Events journaled after the last snapshot had their handlers started: never again
+    // (except those journaled as owed, started once more below).
+    let (pending, delivered) =
+        PendingHandlers::restore(owed, snapshot::journal_read(dir)?, &settings.handlers);
+    for ev in &delivered {
+        core.record_delivered(ev);
+    }
+    Ok(Restored {
+        ring,
+        core,
+        rng,
+        identity,
+        bump,
+        rejoin,
+        left,
+        pending,
+    })
+}
