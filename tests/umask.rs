@@ -44,8 +44,15 @@ fn issue6_agent_under_umask_000_creates_no_world_writable_dirs() {
     let t = tempfile::tempdir().unwrap();
     let data = t.path().join("state/lib/data");
     let sock = t.path().join("run/droot/agent.sock");
+    let key = common::cmd().arg("keygen").output().expect("keygen");
+    assert!(key.status.success(), "keygen failed");
+    let key = String::from_utf8(key.stdout).unwrap();
+    let keyring = t.path().join("keyring.json");
+    std::fs::write(&keyring, format!(r#"{{"primary": "{}"}}"#, key.trim())).unwrap();
     let mut cmd = common::cmd();
     cmd.args(["agent", "--node", "umask-1", "--bind", "127.0.66.1:7946"])
+        .arg("--keyring")
+        .arg(&keyring)
         .arg("--data-dir")
         .arg(&data)
         .arg("--rpc")
