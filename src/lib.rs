@@ -15,12 +15,14 @@
 //! - [`agent`]: `droot-fleet agent`, the gossip daemon (sockets, the task owning foca, handlers,
 //!   snapshot, keys) around the [`gossip`] core.
 //! - [`api`]: the agent's HTTP/JSON control API (server, routes, typed client).
+//! - [`deploy`]: fleet deploy — `[apps.NAME]` settings, the jail supervisor, health checks.
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 
 pub mod agent;
 pub mod api;
 pub mod artifact;
 pub mod cli;
+pub mod deploy;
 pub mod dirs;
 pub mod drootenv;
 pub mod export;
