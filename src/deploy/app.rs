@@ -541,4 +541,24 @@ interval = "500ms"
         let typo = parse_apps(&with("comand = [\"x\"]")).unwrap_err();
         assert!(typo.to_string().contains("comand"), "{typo}");
     }
+
+    #[test]
+    fn the_commented_example_in_config_parses() {
+        let example = include_str!("../../config/agent.toml");
+        let start = example.find("# [apps.web]").expect("example block");
+        let text: String = example[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let apps = parse_apps(&text).unwrap();
+        assert!(matches!(
+            apps["web"].health.as_ref().unwrap().probe,
+            Probe::Http(_)
+        ));
+        assert_eq!(
+            apps["web"].jail.env,
+            vec![("MODE".into(), "production".into())]
+        );
+    }
 }
