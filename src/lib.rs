@@ -15,7 +15,8 @@
 //! - [`agent`]: `droot-fleet agent`, the gossip daemon (sockets, the task owning foca, handlers,
 //!   snapshot, keys) around the [`gossip`] core.
 //! - [`api`]: the agent's HTTP/JSON control API (server, routes, typed client).
-//! - [`deploy`]: fleet deploy — `[apps.NAME]` settings, the jail supervisor, health checks.
+//! - [`deploy`]: fleet deploy — `[apps.NAME]` settings, the jail supervisor, health checks,
+//!   the per-app activation state machine (pure).
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 
 pub mod agent;

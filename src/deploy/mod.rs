@@ -1,3 +1,4 @@
+pub mod activation;
 pub mod app;
 pub mod health;
 pub mod supervisor;
