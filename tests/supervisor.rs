@@ -212,7 +212,7 @@ async fn failing_checks_end_at_the_deadline_with_the_last_error() {
 async fn a_crashing_app_is_restarted_with_growing_backoff() {
     let f = fixture("supervisor restart backoff");
     let app = f.app(
-        "[\"sh\", \"-c\", \"exit 3\"]",
+        "[\"sh\", \"-c\", \"echo boom-out; echo boom-err >&2; exit 3\"]",
         "restart = \"on-failure\"\nbackoff = { initial = \"200ms\", max = \"2s\" }\n",
     );
     let sup = f.supervisor();
@@ -241,6 +241,12 @@ async fn a_crashing_app_is_restarted_with_growing_backoff() {
     assert!(waits[2] > waits[0], "{waits:?}");
     pids.dedup();
     assert!(pids.len() >= 2, "each restart is a new process: {pids:?}");
+    let log = std::fs::read_to_string(f.state.join("web.log")).unwrap();
+    assert!(
+        log.matches("boom-out").count() >= 3,
+        "stdout not logged: {log}"
+    );
+    assert!(log.contains("boom-err"), "stderr not logged: {log}");
     sup.stop("web").await.unwrap();
     sup.shutdown(false).await;
     common::jail::assert_no_mounts(&f.root);
@@ -310,6 +316,48 @@ async fn stop_sends_the_signal_then_sigkill_after_the_timeout() {
         assert!(!alive(p), "process {p} of the jail survived the stop");
     }
     common::jail::assert_no_mounts(&f.root);
+    sup.shutdown(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_signal_kill_ends_the_whole_jail_at_once() {
+    let f = fixture("supervisor stop with KILL");
+    let app = f.app(
+        "[\"sh\", \"-c\", \"trap '' TERM; sleep 60 & wait\"]",
+        "stop_signal = \"KILL\"\nstop_timeout = \"30s\"\n",
+    );
+    let sup = f.supervisor();
+    sup.manage(app).await.unwrap();
+    let pid = sup.start("web", None).await.unwrap().pid.unwrap();
+    let init = common::wait_for_comm(pid as u32, "droot-fleet", 1);
+    let shell = common::wait_for_comm(init, "sh", 1);
+    let sleeper = common::wait_for_comm(shell, "sleep", 1);
+    let t = Instant::now();
+    let st = sup.stop("web").await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(st.state, State::Stopped);
+    for p in [pid, init as i32, shell as i32, sleeper as i32] {
+        assert!(!alive(p), "process {p} of the jail survived SIGKILL");
+    }
+    sup.shutdown(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_refuses_a_missing_current_or_release_naming_the_app() {
+    let f = fixture("supervisor start errors");
+    let sup = f.supervisor();
+    sup.manage(f.app("[\"true\"]", "")).await.unwrap();
+    let e = sup.start("web", Some("v9")).await.unwrap_err().to_string();
+    assert!(
+        e.contains("web") && e.contains("v9") && e.contains("not started"),
+        "{e}"
+    );
+    std::fs::remove_file(f.root.join("current")).unwrap();
+    let e = sup.start("web", None).await.unwrap_err().to_string();
+    assert!(e.contains("web") && e.contains("current"), "{e}");
+    assert_eq!(sup.status("web").await.unwrap().state, State::Stopped);
+    let e = sup.status("api").await.unwrap_err().to_string();
+    assert!(e.contains("api"), "{e}");
     sup.shutdown(false).await;
 }
 

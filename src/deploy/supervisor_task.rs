@@ -113,7 +113,11 @@ impl AppTask {
         if let Some(rec) =
             proc::read_pid_file(&pid_file).map_err(io_err("cannot read the pid file", &pid_file))?
         {
-            match proc::adopt(&rec, &layout.release(&rec.release)) {
+            let adopted = match crate::release::layout::validate_version(&rec.release) {
+                Ok(()) => proc::adopt(&rec, &layout.release(&rec.release)),
+                Err(_) => Err(NotAdopted::Recycled),
+            };
+            match adopted {
                 Ok(fd) => {
                     tracing::info!(app = %app.name, pid = rec.pid, release = %rec.release, "adopted a running jail");
                     running = Some(Running {
@@ -369,20 +373,18 @@ impl AppTask {
             return;
         };
         let name = self.app.name.clone();
-        let _ = proc::pidfd_signal(r.pidfd.get_ref(), self.app.stop_signal);
-        let ended = match timeout(self.app.stop_timeout, r.ended()).await {
-            Ok(e) => e,
-            Err(_) => {
-                tracing::warn!(app = %name, pid = r.pid, timeout = ?self.app.stop_timeout, "jail ignored the stop signal; killing it");
-                let inits = proc::children_pidfds(r.pid);
-                for fd in inits.iter().chain([r.pidfd.get_ref()]) {
-                    let _ = proc::pidfd_signal(fd, Signal::SIGKILL);
-                }
-                let e = r.ended().await;
-                for fd in inits {
-                    proc::wait_pidfd(fd).await;
-                }
-                e
+        let graceful = async {
+            if self.app.stop_signal == Signal::SIGKILL {
+                return None;
+            }
+            let _ = proc::pidfd_signal(r.pidfd.get_ref(), self.app.stop_signal);
+            timeout(self.app.stop_timeout, r.ended()).await.ok()
+        };
+        let ended = match graceful.await {
+            Some(e) => e,
+            None => {
+                tracing::warn!(app = %name, pid = r.pid, timeout = ?self.app.stop_timeout, "killing the jail");
+                kill_jail(&mut r).await
             }
         };
         let _ = proc::remove_pid_file(&self.pid_file);
@@ -394,6 +396,20 @@ impl AppTask {
             s.last_exit = Some(describe(ended));
         });
     }
+}
+
+/// SIGKILL to `run` and to the jail's init (PID 1 of its namespace), then waits for both:
+/// when init is gone the kernel has ended every process of the jail.
+async fn kill_jail(r: &mut Running) -> Ended {
+    let inits = proc::children_pidfds(r.pid);
+    for fd in inits.iter().chain([r.pidfd.get_ref()]) {
+        let _ = proc::pidfd_signal(fd, Signal::SIGKILL);
+    }
+    let e = r.ended().await;
+    for fd in inits {
+        proc::wait_pidfd(fd).await;
+    }
+    e
 }
 
 fn describe(e: Ended) -> String {
