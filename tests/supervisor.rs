@@ -485,3 +485,146 @@ async fn a_recycled_pid_is_not_adopted_nor_signalled() {
     other.wait().unwrap();
     common::jail::assert_no_mounts(&f.root);
 }
+
+/// Not a test on its own: the supervisor process of
+/// [`a_restarted_supervisor_process_adopts_after_kill_9`], run as a child of this test binary
+/// (`--ignored --exact supervisor_process`). It manages the app of `SUP_CONFIG` in
+/// `SUP_STATE`, starts it unless it adopted it, prints `STATUS <json>`, then obeys stdin:
+/// `stop` stops the app and prints the status again; EOF ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_restarted_supervisor_process_adopts_after_kill_9 as a child process"]
+async fn supervisor_process() {
+    let config = std::fs::read_to_string(std::env::var("SUP_CONFIG").unwrap()).unwrap();
+    let app = parse_apps(&config).unwrap().remove("web").unwrap();
+    let mut opts = SupervisorOptions::new(std::env::var("SUP_STATE").unwrap()).unwrap();
+    opts.exe = common::bin();
+    let sup = Supervisor::new(opts).unwrap();
+    let mut st = sup.manage(app).await.unwrap();
+    if st.state != State::Running {
+        st = sup.start("web", None).await.unwrap();
+    }
+    let report = |st: &AppStatus| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(std::env::var("SUP_OUT").unwrap())
+            .unwrap();
+        writeln!(f, "{}", serde_json::to_string(st).unwrap()).unwrap();
+    };
+    report(&st);
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line).unwrap() > 0 {
+        if line.trim() == "stop" {
+            report(&sup.stop("web").await.unwrap());
+        }
+        line.clear();
+    }
+}
+
+/// Starts [`supervisor_process`] and returns it with the status it reported first. Statuses
+/// come through a file (`SUP_OUT`, one JSON line each), not through libtest's stdout.
+fn supervisor_child(
+    f: &Fixture,
+    config: &Path,
+    n: usize,
+) -> (std::process::Child, serde_json::Value) {
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "supervisor_process",
+            "--test-threads=1",
+        ])
+        .env("SUP_CONFIG", config)
+        .env("SUP_STATE", &f.state)
+        .env("SUP_OUT", f._tmp.path().join("statuses"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = read_status(f, n);
+    (child, status)
+}
+
+/// Waits (20 s at most) for the `n`th status line (from 1) and returns it.
+fn read_status(f: &Fixture, n: usize) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(f._tmp.path().join("statuses")).unwrap_or_default();
+        if let Some(line) = text.lines().nth(n - 1) {
+            return serde_json::from_str(line).unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no status {n} from the supervisor process"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_supervisor_process_adopts_after_kill_9() {
+    let f = fixture("supervisor process adoption");
+    let config = f._tmp.path().join("apps.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[apps.web]\nartifact = \"file:///a/{{version}}.tar\"\nroot = \"{}\"\ncommand = {}\nleave_running = true\n",
+            f.root.display(),
+            f.httpd()
+        ),
+    )
+    .unwrap();
+    let (mut first, st) = supervisor_child(&f, &config, 1);
+    assert_eq!(st["state"], "running", "{st}");
+    assert_eq!(st["adopted"], false, "{st}");
+    let pid = st["pid"].as_i64().unwrap() as i32;
+    let t = Instant::now();
+    while !get_ok(f.port, "/health") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "httpd never answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let poller = poll_continuously(f.port);
+    // The supervisor dies without any shutdown; its jail is reparented and keeps serving.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (mut second, st) = supervisor_child(&f, &config, 2);
+    assert_eq!(
+        (st["state"].as_str(), st["adopted"].as_bool()),
+        (Some("running"), Some(true)),
+        "{st}"
+    );
+    assert_eq!(
+        st["pid"].as_i64(),
+        Some(pid as i64),
+        "a second copy was started"
+    );
+    let before = poller.ok.load(Ordering::SeqCst);
+    let t = Instant::now();
+    while poller.ok.load(Ordering::SeqCst) < before + 10 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "app stopped answering"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    poller.stop.store(true, Ordering::SeqCst);
+    poller.thread.join().unwrap();
+    assert_eq!(
+        poller.failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during the handover"
+    );
+
+    // The adopted jail (not its child) is stopped by the new supervisor.
+    second.stdin.as_mut().unwrap().write_all(b"stop\n").unwrap();
+    let st = read_status(&f, 3);
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(!alive(pid), "adopted jail {pid} survived stop");
+    drop(second.stdin.take());
+    assert!(second.wait().unwrap().success());
+    common::jail::assert_no_mounts(&f.root);
+}
