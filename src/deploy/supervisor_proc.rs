@@ -172,7 +172,8 @@ pub async fn wait_pidfd(fd: OwnedFd) {
 /// losing its output), kept under a size cap by [`AppLog::enforce_cap`]: when it grows past
 /// the cap it is copied to `NAME.log.1` (replacing the previous one) and truncated in place.
 /// The jail holds it open with O_APPEND, so its next write lands at the new end. Lines
-/// written between the copy and the truncation are lost; at most `2 * cap` is kept on disk.
+/// written between the copy and the truncation are lost; the supervisor checks every second,
+/// so the disk use is about `2 * cap` plus what the app writes in a second.
 #[derive(Debug, Clone)]
 pub struct AppLog {
     pub path: PathBuf,
