@@ -94,8 +94,7 @@ impl AppTask {
         pid_file: PathBuf,
         log: AppLog,
     ) -> Result<(AppTask, watch::Receiver<AppStatus>), SupervisorError> {
-        let layout = Layout::new(&app.root);
-        let mut status = AppStatus {
+        let status = AppStatus {
             state: State::Stopped,
             pid: None,
             since: now_secs(),
@@ -104,67 +103,67 @@ impl AppTask {
             last_exit: None,
             adopted: false,
         };
-        let io_err = |what, path: &PathBuf| {
-            let path = path.clone();
-            move |source| SupervisorError::Io { what, path, source }
-        };
-        let mut running = None;
-        let mut release = None;
-        if let Some(rec) =
-            proc::read_pid_file(&pid_file).map_err(io_err("cannot read the pid file", &pid_file))?
-        {
-            let adopted = match crate::release::layout::validate_version(&rec.release) {
-                Ok(()) => proc::adopt(&rec, &layout.release(&rec.release)),
-                Err(_) => Err(NotAdopted::Recycled),
-            };
-            match adopted {
-                Ok(fd) => {
-                    tracing::info!(app = %app.name, pid = rec.pid, release = %rec.release, "adopted a running jail");
-                    running = Some(Running {
-                        pid: rec.pid,
-                        pidfd: proc::async_pidfd(fd)
-                            .map_err(io_err("cannot watch the adopted jail", &pid_file))?,
-                        child: None,
-                        started: Instant::now(),
-                    });
-                    status = AppStatus {
-                        state: State::Running,
-                        pid: Some(rec.pid),
-                        since: rec.since,
-                        release: Some(rec.release.clone()),
-                        adopted: true,
-                        ..status
-                    };
-                    release = Some(rec.release);
-                }
-                Err(why) => {
-                    match why {
-                        NotAdopted::Gone => {
-                            tracing::info!(app = %app.name, pid = rec.pid, "jail of the pid file is gone")
-                        }
-                        NotAdopted::Recycled => {
-                            tracing::warn!(app = %app.name, pid = rec.pid, "pid file names another process now (pid recycled); not adopting it")
-                        }
-                    }
-                    proc::remove_pid_file(&pid_file)
-                        .map_err(io_err("cannot remove the pid file", &pid_file))?;
-                }
-            }
-        }
         let (tx, rx) = watch::channel(status);
-        let task = AppTask {
+        let mut task = AppTask {
+            layout: Layout::new(&app.root),
             app,
             exe,
             pid_file,
             log,
-            layout,
             status: tx,
-            running,
-            release,
+            running: None,
+            release: None,
             restart_at: None,
             failures: 0,
         };
+        task.adopt()?;
         Ok((task, rx))
+    }
+
+    /// Adopts the jail of the pid file if it is still the one recorded; removes a stale
+    /// pid file otherwise.
+    fn adopt(&mut self) -> Result<(), SupervisorError> {
+        let path = self.pid_file.clone();
+        let io_err = |what| {
+            let path = path.clone();
+            move |source| SupervisorError::Io { what, path, source }
+        };
+        let Some(rec) = proc::read_pid_file(&path).map_err(io_err("cannot read the pid file"))?
+        else {
+            return Ok(());
+        };
+        let name = &self.app.name;
+        let adopted = match crate::release::layout::validate_version(&rec.release) {
+            Ok(()) => proc::adopt(&rec, &self.layout.release(&rec.release)),
+            Err(_) => Err(NotAdopted::Recycled),
+        };
+        let fd = match adopted {
+            Ok(fd) => fd,
+            Err(why) => {
+                if why == NotAdopted::Gone {
+                    tracing::info!(app = %name, pid = rec.pid, "the jail of the pid file is gone");
+                } else {
+                    tracing::warn!(app = %name, pid = rec.pid, "the pid file names another process now (pid recycled); not adopting it");
+                }
+                return proc::remove_pid_file(&path).map_err(io_err("cannot remove the pid file"));
+            }
+        };
+        tracing::info!(app = %name, pid = rec.pid, release = %rec.release, "adopted a running jail");
+        self.running = Some(Running {
+            pid: rec.pid,
+            pidfd: proc::async_pidfd(fd).map_err(io_err("cannot watch the adopted jail"))?,
+            child: None,
+            started: Instant::now(),
+        });
+        self.status.send_modify(|s| {
+            s.state = State::Running;
+            s.pid = Some(rec.pid);
+            s.since = rec.since;
+            s.release = Some(rec.release.clone());
+            s.adopted = true;
+        });
+        self.release = Some(rec.release);
+        Ok(())
     }
 
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
