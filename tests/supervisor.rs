@@ -253,6 +253,26 @@ async fn a_crashing_app_is_restarted_with_growing_backoff() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_during_the_backoff_cancels_the_restart() {
+    let f = fixture("supervisor stop in backoff");
+    let app = f.app(
+        "[\"sh\", \"-c\", \"exit 3\"]",
+        "backoff = { initial = \"1h\", max = \"2h\" }\n",
+    );
+    let sup = f.supervisor();
+    sup.manage(app).await.unwrap();
+    let mut rx = sup.watch("web").await.unwrap();
+    sup.start("web", None).await.unwrap();
+    wait_for(&mut rx, "backoff", |s| s.state == State::Starting).await;
+    let st = sup.stop("web").await.unwrap();
+    assert_eq!((st.state, st.pid, st.restarts), (State::Stopped, None, 1));
+    // A new start is not held back by the old backoff.
+    let st = sup.start("web", None).await.unwrap();
+    assert_eq!(st.state, State::Running);
+    sup.shutdown(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_never_stays_down_and_a_clean_exit_is_stopped() {
     let f = fixture("supervisor restart never");
     let sup = f.supervisor();

@@ -210,7 +210,13 @@ impl AppTask {
             }
             Cmd::Stop { reply } => {
                 self.stop_jail().await;
-                self.restart_at = None;
+                if self.restart_at.take().is_some() {
+                    // Stopped while waiting out the backoff: no restart is due any more.
+                    self.status.send_modify(|s| {
+                        s.state = State::Stopped;
+                        s.since = now_secs();
+                    });
+                }
                 let _ = reply.send(self.status.borrow().clone());
             }
             Cmd::Restart { reply } => {
