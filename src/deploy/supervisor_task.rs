@@ -190,6 +190,8 @@ impl AppTask {
                 _ = async { match restart_at { Some(t) => sleep_until(t).await, None => std::future::pending().await } } => {
                     self.restart_at = None;
                     if let Err(e) = self.spawn() {
+                        // Nobody waits for this restart: the log and the status carry the error.
+                        tracing::error!(app = %self.app.name, error = %e, "cannot restart the jail");
                         self.set_failed(e.to_string());
                     }
                 }
@@ -361,8 +363,8 @@ impl AppTask {
         }
     }
 
+    /// Marks the app failed with `why` (the caller reports the error).
     fn set_failed(&mut self, why: String) {
-        tracing::error!(app = %self.app.name, error = %why, "cannot start the jail");
         self.status.send_modify(|s| {
             s.state = State::Failed;
             s.pid = None;
