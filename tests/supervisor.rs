@@ -514,7 +514,9 @@ async fn a_recycled_pid_is_not_adopted_nor_signalled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by a_restarted_supervisor_process_adopts_after_kill_9 as a child process"]
 async fn supervisor_process() {
-    let config = std::fs::read_to_string(std::env::var("SUP_CONFIG").unwrap()).unwrap();
+    let config = std::env::var("SUP_CONFIG")
+        .expect("SUP_CONFIG: this is a helper process of a_restarted_supervisor_process_adopts_after_kill_9, not a test to run alone");
+    let config = std::fs::read_to_string(config).unwrap();
     let app = parse_apps(&config).unwrap().remove("web").unwrap();
     let mut opts = SupervisorOptions::new(std::env::var("SUP_STATE").unwrap()).unwrap();
     opts.exe = common::bin();
