@@ -164,6 +164,16 @@ async fn httpd_jail_passes_http_tcp_and_exec_checks_then_stops_cleanly() {
     wait_healthy(&exec, &ctx)
         .await
         .expect("exec check inside a jail");
+    let mut missing = http.clone();
+    missing.deadline = Duration::from_millis(500);
+    if let droot_fleet::deploy::app::Probe::Http(t) = &mut missing.probe {
+        t.path = "/missing".into();
+    }
+    let err = wait_healthy(&missing, &ctx).await.unwrap_err().to_string();
+    assert!(
+        err.contains("404"),
+        "a non-2xx answer fails the check: {err}"
+    );
 
     let st = sup.stop("web").await.unwrap();
     assert_eq!(st.state, State::Stopped);
