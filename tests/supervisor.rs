@@ -382,6 +382,10 @@ async fn start_refuses_a_missing_current_or_release_naming_the_app() {
         e.contains("web") && e.contains("v9") && e.contains("not started"),
         "{e}"
     );
+    for bad in ["../releases/v1", "v1/../v1", ""] {
+        let e = sup.start("web", Some(bad)).await.unwrap_err().to_string();
+        assert!(e.contains("web") && e.contains("not started"), "{bad}: {e}");
+    }
     std::fs::remove_file(f.root.join("current")).unwrap();
     let e = sup.start("web", None).await.unwrap_err().to_string();
     assert!(e.contains("web") && e.contains("current"), "{e}");

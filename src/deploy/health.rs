@@ -11,8 +11,8 @@
 //!   gets right (a check that forgot one would run with more rights than the app). `--cp` is
 //!   not repeated: the host files were copied when the app started.
 //!
-//! Every attempt is bounded in time; an exec check that overruns is SIGKILLed, and its jail
-//! (init has PDEATHSIG) goes with it.
+//! Attempts start only before the deadline and each is bounded by [`attempt_timeout`]; an
+//! exec check that overruns is SIGKILLed, and its jail (init has PDEATHSIG) goes with it.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -47,16 +47,14 @@ pub struct ExecContext {
     pub jail: JailSettings,
 }
 
-/// Probes every `interval` until one attempt passes (returns how many it took) or the
-/// deadline has passed.
+/// Probes every `interval` until one attempt passes (returns how many it took) or no new
+/// attempt may start before the deadline.
 pub async fn wait_healthy(cfg: &HealthConfig, ctx: &ExecContext) -> Result<u32, HealthError> {
     let end = Instant::now() + cfg.deadline;
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let left = end.saturating_duration_since(Instant::now());
-        let budget = left.min(cfg.interval.max(Duration::from_secs(5)));
-        let last = match check_once(&cfg.probe, ctx, budget).await {
+        let last = match check_once(&cfg.probe, ctx, attempt_timeout(cfg)).await {
             Ok(()) => {
                 tracing::debug!(attempts, "health check passed");
                 return Ok(attempts);
@@ -73,6 +71,13 @@ pub async fn wait_healthy(cfg: &HealthConfig, ctx: &ExecContext) -> Result<u32, 
         }
         sleep(cfg.interval).await;
     }
+}
+
+/// How long one attempt may take: the interval, at least 5 s. An attempt is started only
+/// before the deadline, and then runs to its end, so a check that fails reports the real
+/// error rather than a cut-off; the whole check ends by `deadline` plus this.
+pub fn attempt_timeout(cfg: &HealthConfig) -> Duration {
+    cfg.interval.max(Duration::from_secs(5))
 }
 
 /// One attempt, within `budget`; the error says what failed.

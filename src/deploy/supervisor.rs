@@ -101,6 +101,8 @@ pub enum SupervisorError {
         release: String,
         root: PathBuf,
     },
+    #[error("app {app}: {reason} (app not started)")]
+    BadRelease { app: String, reason: String },
     #[error("app {app}: cannot start {exe}: {source} (app not running)")]
     Spawn {
         app: String,

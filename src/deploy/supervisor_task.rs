@@ -241,6 +241,12 @@ impl AppTask {
                     root: self.app.root.clone(),
                 })?,
         };
+        if let Err(e) = crate::release::layout::validate_version(&release) {
+            return Err(SupervisorError::BadRelease {
+                app: self.app.name.clone(),
+                reason: e.to_string(),
+            });
+        }
         if self.running.is_some() && self.release.as_deref() == Some(release.as_str()) {
             return Ok(self.status.borrow().clone());
         }
