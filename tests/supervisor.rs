@@ -246,8 +246,9 @@ async fn a_crashing_app_is_restarted_with_growing_backoff() {
         waits.push(t.elapsed());
         pids.extend(s.pid);
     }
-    assert!(waits[1] >= Duration::from_millis(350), "{waits:?}");
-    assert!(waits[2] >= Duration::from_millis(750), "{waits:?}");
+    // Delays of 200, 400 and 800 ms; seeing `starting` late can only shorten a measured wait.
+    assert!(waits[1] >= Duration::from_millis(300), "{waits:?}");
+    assert!(waits[2] >= Duration::from_millis(600), "{waits:?}");
     assert!(waits[2] > waits[0], "{waits:?}");
     pids.dedup();
     assert!(pids.len() >= 2, "each restart is a new process: {pids:?}");
