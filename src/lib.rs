@@ -17,6 +17,8 @@
 //! - [`agent`]: `droot-fleet agent`, the gossip daemon (sockets, the task owning foca, handlers,
 //!   snapshot, keys) around the [`gossip`] core.
 //! - [`api`]: the agent's HTTP/JSON control API (server, routes, typed client).
+//! - [`deploy`]: fleet deploy — `[apps.NAME]` settings, the jail supervisor, health checks,
+//!   the per-app activation state machine (pure).
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 
 pub mod agent;
@@ -24,6 +26,7 @@ pub mod api;
 pub mod artifact;
 pub mod beneath;
 pub mod cli;
+pub mod deploy;
 pub mod dirs;
 pub mod drootenv;
 pub mod export;

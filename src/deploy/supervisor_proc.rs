@@ -1,0 +1,275 @@
+//! The supervisor's process plumbing: pid files, `/proc/PID/stat` start times, pidfds and the
+//! capped log file.
+//!
+//! Guarantees:
+//! - A pid file names a process by pid **and** start time (field 22 of `/proc/PID/stat`, in
+//!   clock ticks since boot), and is replaced by rename(2) only. A pid is adopted only when
+//!   both still match and its command line is `droot-fleet run --root ROOT`, so a recycled
+//!   pid is never adopted, signalled or waited for.
+//! - Every signal goes through a pidfd (`pidfd_send_signal`), opened while the process is
+//!   known to be ours, so a signal can never reach a process that reused the pid.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// What a pid file records about one running jail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PidRecord {
+    /// Host pid of the `droot-fleet run` process.
+    pub pid: i32,
+    /// Its start time, field 22 of `/proc/PID/stat`.
+    pub start_time: u64,
+    /// The release it runs (`releases/<release>`).
+    pub release: String,
+    /// Unix seconds when it was started.
+    pub since: u64,
+}
+
+/// Field 22 (starttime) of `/proc/PID/stat`. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted after the last `)`.
+pub fn start_time(pid: i32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_start_time(&stat)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc/PID/stat"))
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    // After ")": field 3 (state) is the first; starttime is field 22.
+    after.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Reads a pid file; `None` when there is none.
+pub fn read_pid_file(path: &Path) -> io::Result<Option<PidRecord>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a pid file atomically (temp file, fsync, rename).
+pub fn write_pid_file(path: &Path, rec: &PidRecord) -> io::Result<()> {
+    let tmp = path.with_extension("pid.tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&serde_json::to_vec(rec).map_err(io::Error::other)?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// Removes a pid file; a missing one is fine.
+pub fn remove_pid_file(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Why a pid file was not adopted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotAdopted {
+    /// No process has that pid any more.
+    Gone,
+    /// The pid now belongs to another process (start time or command line differ).
+    Recycled,
+}
+
+/// Opens a pidfd on the recorded process if it is still the same `droot-fleet run --root
+/// ROOT`: same start time, same command line. The pidfd is opened first and the checks made
+/// after, so the pidfd cannot name a process that replaced the checked one.
+pub fn adopt(rec: &PidRecord, root: &Path) -> Result<OwnedFd, NotAdopted> {
+    let fd = pidfd_open(rec.pid).map_err(|_| NotAdopted::Gone)?;
+    let started = start_time(rec.pid).map_err(|_| NotAdopted::Gone)?;
+    if started != rec.start_time {
+        return Err(NotAdopted::Recycled);
+    }
+    let cmdline = fs::read(format!("/proc/{}/cmdline", rec.pid)).map_err(|_| NotAdopted::Gone)?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let want = root.as_os_str().as_encoded_bytes();
+    if args.get(1) != Some(&&b"run"[..]) || args.get(3) != Some(&want) {
+        return Err(NotAdopted::Recycled);
+    }
+    Ok(fd)
+}
+
+/// `pidfd_open(2)`.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; on success the kernel returns a new fd that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `pidfd_send_signal(2)`: ESRCH when the process is gone.
+pub fn pidfd_signal(fd: &OwnedFd, sig: Signal) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own; no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig as i32,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Pidfds of the children of `pid` (the jail's init, for `run`). Each is checked to still be
+/// a child of `pid` after its pidfd is open, so none names a process that reused a pid.
+pub fn children_pidfds(pid: i32) -> Vec<OwnedFd> {
+    let list = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .filter_map(|c| {
+            let fd = pidfd_open(c).ok()?;
+            let stat = fs::read_to_string(format!("/proc/{c}/stat")).ok()?;
+            let after = &stat[stat.rfind(')')? + 1..];
+            let ppid: i32 = after.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(fd)
+        })
+        .collect()
+}
+
+/// Registers a pidfd with tokio's reactor (readable once the process has exited).
+pub fn async_pidfd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is open and always returns the same descriptor until it is dropped,
+    // which happens only with the AsyncFd.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+}
+
+/// Waits (at most 10 s) until the process of a pidfd has exited. For a PID namespace's init,
+/// the kernel has then ended every process of the namespace.
+pub async fn wait_pidfd(fd: OwnedFd) {
+    let Ok(afd) = async_pidfd(fd) else {
+        return;
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), afd.readable()).await;
+}
+
+/// A per-app log file the jail writes to directly (so a jail outlives its supervisor without
+/// losing its output), kept under a size cap by [`AppLog::enforce_cap`]: when it grows past
+/// the cap it is copied to `NAME.log.1` (replacing the previous one) and truncated in place.
+/// The jail holds it open with O_APPEND, so its next write lands at the new end. Lines
+/// written between the copy and the truncation are lost; the supervisor checks every second,
+/// so the disk use is about `2 * cap` plus what the app writes in a second.
+#[derive(Debug, Clone)]
+pub struct AppLog {
+    pub path: PathBuf,
+    pub cap: u64,
+}
+
+impl AppLog {
+    /// Opens the log for appending, for the jail's stdout and stderr.
+    pub fn open(&self) -> io::Result<File> {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)
+    }
+
+    /// Rotates the log when it is above the cap; returns whether it did.
+    pub fn enforce_cap(&self) -> io::Result<bool> {
+        let len = match fs::metadata(&self.path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if len <= self.cap {
+            return Ok(false);
+        }
+        let old = self.path.with_extension("log.1");
+        fs::copy(&self.path, &old)?;
+        OpenOptions::new()
+            .write(true)
+            .open(&self.path)?
+            .set_len(0)?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_survives_hostile_comm() {
+        let stat = "42 (a) b) (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_start_time(stat), Some(98765));
+        assert_eq!(parse_start_time("42 (x"), None);
+        assert!(start_time(std::process::id() as i32).unwrap() > 0);
+    }
+
+    #[test]
+    fn pid_file_round_trip_and_recycled_pid_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.pid");
+        assert_eq!(read_pid_file(&p).unwrap(), None);
+        let me = std::process::id() as i32;
+        let rec = PidRecord {
+            pid: me,
+            start_time: start_time(me).unwrap() + 1,
+            release: "v1".into(),
+            since: 1,
+        };
+        write_pid_file(&p, &rec).unwrap();
+        assert_eq!(read_pid_file(&p).unwrap(), Some(rec.clone()));
+        assert_eq!(
+            adopt(&rec, Path::new("/r")).unwrap_err(),
+            NotAdopted::Recycled
+        );
+        let same_time = PidRecord {
+            start_time: start_time(me).unwrap(),
+            ..rec
+        };
+        // Right start time, but this test binary is not `droot-fleet run --root /r`.
+        assert_eq!(
+            adopt(&same_time, Path::new("/r")).unwrap_err(),
+            NotAdopted::Recycled
+        );
+        remove_pid_file(&p).unwrap();
+        remove_pid_file(&p).unwrap();
+    }
+
+    #[test]
+    fn log_is_rotated_above_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AppLog {
+            path: dir.path().join("a.log"),
+            cap: 10,
+        };
+        let mut f = log.open().unwrap();
+        f.write_all(b"0123456789").unwrap();
+        assert!(!log.enforce_cap().unwrap());
+        f.write_all(b"abc").unwrap();
+        assert!(log.enforce_cap().unwrap());
+        f.write_all(b"new").unwrap();
+        assert_eq!(fs::read(&log.path).unwrap(), b"new");
+        assert_eq!(
+            fs::read(dir.path().join("a.log.1")).unwrap(),
+            b"0123456789abc"
+        );
+    }
+}
