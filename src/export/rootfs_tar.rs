@@ -46,7 +46,14 @@ impl<W: Write> Encoder<W> {
                 out,
                 flate2::Compression::default(),
             )),
-            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(out, 3)?),
+            Compression::Zstd => {
+                // Compress on worker threads while this one parses and re-writes entries
+                // (zstd's multi-threaded output does not depend on the number of workers).
+                let mut e = zstd::stream::write::Encoder::new(out, 3)?;
+                let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+                e.multithread(workers as u32)?;
+                Encoder::Zstd(e)
+            }
         })
     }
 
@@ -457,6 +464,24 @@ mod tests {
             .map(|e| e.unwrap().header().entry_type())
             .collect();
         assert_eq!(kinds, [EntryType::Regular, EntryType::Link]);
+    }
+
+    /// Exports are reproducible across machines: zstd's multi-threaded output must not depend
+    /// on how many workers the machine has.
+    #[test]
+    fn zstd_output_does_not_depend_on_the_worker_count() {
+        let data: Vec<u8> = (0..3_000_000u32)
+            .flat_map(|i| (i.wrapping_mul(2_654_435_761) >> 20).to_le_bytes())
+            .collect();
+        let compress = |workers: u32| {
+            let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            e.multithread(workers).unwrap();
+            e.write_all(&data).unwrap();
+            e.finish().unwrap()
+        };
+        let one = compress(1);
+        assert_eq!(one, compress(3));
+        assert_eq!(zstd::decode_all(one.as_slice()).unwrap(), data);
     }
 
     #[test]
