@@ -390,3 +390,27 @@ fn http_artifact_is_streamed_into_the_unpacker() {
         SIZE as u64
     );
 }
+
+/// `keygen --signing`: a 0600 private key file, the public key on stdout, never overwritten.
+#[test]
+fn keygen_signing_writes_a_private_key_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let key = t.path().join("deploy.key");
+    let out = output(cmd().args(["keygen", "--signing", "-o"]).arg(&key));
+    ok(&out);
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let private = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let sk = droot_fleet::deploy::signed::signing_key_from_text(&private, "key").unwrap();
+    assert_eq!(
+        droot_fleet::deploy::signed::public_key_text(&sk.verifying_key()),
+        public
+    );
+    let again = output(cmd().args(["keygen", "--signing", "-o"]).arg(&key));
+    failed_with(&again, &["must not exist", "never overwritten"]);
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), private);
+}
