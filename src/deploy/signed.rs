@@ -90,6 +90,11 @@ pub struct DeployEvent {
 }
 
 impl DeployEvent {
+    /// A fresh random event id.
+    pub fn random_id() -> [u8; 16] {
+        rand::random()
+    }
+
     /// The id as 32 hex digits, for logs and status.
     pub fn id_hex(&self) -> String {
         hex::encode(self.id)

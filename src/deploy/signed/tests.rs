@@ -156,6 +156,7 @@ fn keys_round_trip_through_text() {
     assert_eq!(pubk, k.verifying_key());
     assert!(signing_key_from_text("bm9wZQ==", "key file").is_err());
     assert!(generate_signing_key().to_bytes() != k.to_bytes());
+    assert_ne!(DeployEvent::random_id(), DeployEvent::random_id());
 }
 
 #[test]
