@@ -133,13 +133,13 @@ impl Garage {
         std::fs::read_to_string(self._dir.path().join("server.log")).unwrap_or_default()
     }
 
-    /// Waits until the server answers `node id` (its RPC is up), then lays it out.
+    /// Waits until the server answers `status` (its RPC is up), then lays it out.
     fn setup(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let id = loop {
-            let out = self.cli(&["node", "id", "-q"]);
+        loop {
+            let out = self.cli(&["status"]);
             if out.status.success() {
-                break String::from_utf8_lossy(&out.stdout).trim().to_string();
+                break;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("garage server exited ({st}):\n{}", self.server_log());
@@ -151,8 +151,11 @@ impl Garage {
                 self.server_log()
             );
             std::thread::sleep(Duration::from_millis(100));
-        };
-        let id = id.split('@').next().unwrap().to_string();
+        }
+        let out = self.cli(&["node", "id", "-q"]);
+        assert!(out.status.success(), "garage node id: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let id = stdout.trim().split('@').next().unwrap().to_string();
         self.ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &id]);
         self.ok(&["layout", "apply", "--version", "1"]);
         self.ok(&["bucket", "create", &self.bucket.clone()]);
