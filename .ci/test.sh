@@ -14,9 +14,10 @@ fi
 # util-linux gives mount/unshare/flock; procps gives ps for the agent tests; file checks the static
 # link; debootstrap makes the Debian rootfs of tests/distro.rs and the image benchmark;
 # libarchive-tools (bsdtar) and python3 (tarfile) are tar writers in the conformance test;
-# gcc and libc6-dev build the static programs of the jail's seccomp and TIOCSTI tests.
+# gcc and libc6-dev build the static programs of the jail's seccomp and TIOCSTI tests;
+# python3-pip installs awscli.
 pkgs=(busybox-static zstd gzip tar iproute2 util-linux procps file ca-certificates debootstrap
-  libarchive-tools python3 gcc libc6-dev)
+  libarchive-tools python3 python3-pip gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -26,6 +27,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# Garage, the S3-compatible store tests/fetch.rs runs privately (built once per machine, ~10 min),
+# and awscli from PyPI for the S3 peer benchmark.
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v garage >/dev/null || cargo install garage --locked
+command -v aws >/dev/null || python3 -m pip install --quiet --break-system-packages awscli
 
 # The export tests talk to the Docker engine; start it when it is installed but not running.
 if command -v docker >/dev/null && ! docker info >/dev/null 2>&1; then

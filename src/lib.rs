@@ -10,6 +10,8 @@
 //! - [`teardown`]: `umount` and `rm` of a root.
 //! - [`jail`]: `run` — mount and PID namespaces, /dev, binds, chroot, user, capabilities,
 //!   seccomp, env, init, the pty.
+//! - [`deploy`]: fleet deploy — the signed deploy event, rollout waves, desired state, and
+//!   the artifact fetcher (`s3://`, `https://`, `file://`, streamed, sha256-checked).
 //! - [`export`]: Docker image or `docker save`/OCI archive to a flat rootfs tar with `/.drootenv`.
 //! - [`dirs`]: directories the tool creates, with an explicit mode whatever the umask.
 //! - [`drootenv`]: the `/.drootenv` env file format, written by export and read by run.

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::artifact::{UnpackOptions, UnpackStats};
+use crate::deploy::fetch::{self, FetchOptions};
 use crate::release::{self, Layout, layout::display_time};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,8 +54,49 @@ pub struct DeployArgs {
     /// With --list: print JSON instead of a table.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Archive file, or `-` (default) for stdin.
+    /// Check the artifact's sha256 (64 hex digits) before publishing; on a mismatch nothing
+    /// is deployed.
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+    pub sha256: Option<[u8; 32]>,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+    /// Archive: a file, `-` (default) for stdin, or a URL: s3://BUCKET/KEY, https://...,
+    /// http://..., file:///PATH.
     pub input: Option<PathBuf>,
+}
+
+/// Settings for `s3://` URLs; the rest comes from the standard AWS chain.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// S3 endpoint for an S3-compatible store (default: AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, value_name = "URL", env = "DROOT_FLEET_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: the AWS chain, e.g. AWS_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style S3 addressing (default: on when an endpoint is set, off for AWS).
+    #[arg(long, value_name = "BOOL")]
+    pub s3_path_style: Option<bool>,
+}
+
+impl FetchArgs {
+    pub fn options(&self) -> FetchOptions {
+        FetchOptions {
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_path_style: self.s3_path_style,
+        }
+    }
+}
+
+fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
+    fetch::parse_sha256(text)
+}
+
+/// The input as a URL, when it is one.
+fn input_url(input: Option<&PathBuf>) -> Option<String> {
+    let s = input?.to_str()?;
+    s.contains("://").then(|| s.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,25 +166,31 @@ pub fn execute(args: DeployArgs) -> anyhow::Result<ExitCode> {
         max_bytes: args.max_bytes,
         max_entries: args.max_entries,
     };
+    if let Some(url) = input_url(args.input.as_ref()) {
+        if args.mode == Mode::Rsync {
+            anyhow::bail!("a URL needs symlink mode: the digest is checked before publishing");
+        }
+        let f = fetch::deploy(
+            &layout,
+            &url,
+            args.sha256,
+            args.version.as_deref(),
+            args.keep,
+            &opts,
+            &args.fetch.options(),
+        )?;
+        print_deployed(&f.deployed);
+        eprintln!("sha256 {} ({} bytes)", hex::encode(f.sha256), f.bytes);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.sha256.is_some() {
+        anyhow::bail!("--sha256 needs a URL (s3://, https://, http://, file://) as the archive");
+    }
     let input = open_input(args.input.as_ref())?;
     match args.mode {
         Mode::Symlink => {
             let d = release::deploy(&layout, input, args.version.as_deref(), args.keep, &opts)?;
-            eprintln!(
-                "deployed {} ({}, {} entries, {} bytes{}); current: {} (was {}){}",
-                d.version,
-                d.stats.compression,
-                d.stats.entries,
-                d.stats.bytes,
-                skipped_note(&d.stats),
-                d.version,
-                d.previous.as_deref().unwrap_or("nothing"),
-                if d.pruned.is_empty() {
-                    String::new()
-                } else {
-                    format!("; pruned {}", d.pruned.join(", "))
-                }
-            );
+            print_deployed(&d);
         }
         Mode::Rsync => {
             if args.version.is_some() {
@@ -162,6 +210,24 @@ pub fn execute(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_deployed(d: &release::Deployed) {
+    eprintln!(
+        "deployed {} ({}, {} entries, {} bytes{}); current: {} (was {}){}",
+        d.version,
+        d.stats.compression,
+        d.stats.entries,
+        d.stats.bytes,
+        skipped_note(&d.stats),
+        d.version,
+        d.previous.as_deref().unwrap_or("nothing"),
+        if d.pruned.is_empty() {
+            String::new()
+        } else {
+            format!("; pruned {}", d.pruned.join(", "))
+        }
+    );
 }
 
 /// `", N device nodes/FIFOs under /dev/ skipped"` when there were any.

@@ -8,6 +8,7 @@ mod deploy;
 mod export;
 mod fleet;
 mod run;
+pub mod signing;
 mod teardown;
 
 use std::path::PathBuf;
@@ -49,8 +50,8 @@ pub enum Command {
     Query(fleet::QueryArgs),
     /// Cluster-wide key rotation: list, install, use, remove.
     Keys(fleet::KeysArgs),
-    /// Print a new random cluster key (base64).
-    Keygen,
+    /// Print a new random cluster key (base64), or with --signing make a deploy signing key.
+    Keygen(signing::KeygenArgs),
     /// Make the local agent leave the cluster and exit.
     Leave(fleet::RpcArgs),
     /// Mark a failed member as left.
@@ -87,7 +88,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Event(args) => fleet::event(args),
         Command::Query(args) => fleet::query(args),
         Command::Keys(args) => fleet::keys(args),
-        Command::Keygen => fleet::keygen(),
+        Command::Keygen(args) => signing::keygen(args),
         Command::Leave(args) => fleet::leave(args),
         Command::ForceLeave(args) => fleet::force_leave(args),
         Command::Monitor(args) => fleet::monitor(args),

@@ -20,10 +20,13 @@ use std::io;
 use std::path::PathBuf;
 
 pub use layout::{InvalidVersion, Layout};
-pub use symlink_mode::{Deployed, ReleaseInfo, deploy, list, prune, rollback};
+pub use symlink_mode::{Deployed, ReleaseInfo, deploy, deploy_verified, list, prune, rollback};
 
 use crate::artifact::UnpackError;
 use crate::teardown::TeardownError;
+
+/// Why a [`deploy_verified`] check refused an unpacked tree.
+pub type VerifyFailed = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
@@ -31,6 +34,8 @@ pub enum ReleaseError {
     InvalidVersion(#[from] InvalidVersion),
     #[error("deploy refused, current is unchanged and no release was created")]
     Unpack(#[source] UnpackError),
+    #[error("deploy refused before publishing, current is unchanged and no release was created")]
+    Verify(#[source] VerifyFailed),
     #[error(
         "release {0} already exists; roll back to it with --rollback {0}, or pick another --version"
     )]

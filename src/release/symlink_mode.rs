@@ -3,10 +3,10 @@
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
-use super::ReleaseError;
 use super::history::History;
 use super::layout::{self, Layout, RootLock, fsync_dir, validate_version};
 use super::switch::{current_version, switch_current};
+use super::{ReleaseError, VerifyFailed};
 use crate::artifact::{self, UnpackOptions, UnpackStats};
 use crate::teardown;
 
@@ -90,6 +90,20 @@ pub fn deploy<R: Read + Send + 'static>(
     keep: usize,
     opts: &UnpackOptions,
 ) -> Result<Deployed, ReleaseError> {
+    deploy_verified(layout, input, version, keep, opts, |_| Ok(()))
+}
+
+/// [`deploy`], calling `verify` after the unpack and before the release is published: if
+/// it refuses (e.g. a digest mismatch), the staging directory is removed and `current` is
+/// untouched.
+pub fn deploy_verified<R: Read + Send + 'static>(
+    layout: &Layout,
+    input: R,
+    version: Option<&str>,
+    keep: usize,
+    opts: &UnpackOptions,
+    verify: impl FnOnce(&UnpackStats) -> Result<(), VerifyFailed>,
+) -> Result<Deployed, ReleaseError> {
     if let Some(v) = version {
         validate_version(v)?;
     }
@@ -134,6 +148,10 @@ pub fn deploy<R: Read + Send + 'static>(
         }
     };
     tracing::debug!(release = %version, entries = stats.entries, bytes = stats.bytes, "unpacked");
+    if let Err(e) = verify(&stats) {
+        remove_entry(&staging)?;
+        return Err(ReleaseError::Verify(e));
+    }
     let publish = || -> Result<(), ReleaseError> {
         // The staging dir was 0700 so nobody could see a half-written tree; the release
         // gets the archive root entry's mode, or 0755 when it had none.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod archive;
+pub mod garage;
 pub mod jail;
 
 use std::os::unix::fs::symlink;

@@ -1,0 +1,132 @@
+//! Leaderless rollout waves: which targets go first, and whether a node may start now.
+//!
+//! Every node computes the same plan from the same inputs, with no coordinator: targets are
+//! ranked by sha256(event id, node name) (stable across hosts and Rust versions), the first
+//! `canary` of them form a wave of their own, and the rest are cut into waves of
+//! `max_parallel` (a count, or a percentage of all targets rounded up). With neither flag
+//! there is one wave. Guarantees: the waves partition the targets (each exactly once), the
+//! plan does not depend on the order the targets are given in, and [`Plan::may_start`]
+//! never lets a node start after a `failed` or `rolled_back` outside its own wave.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::signed::{MaxParallel, Rollout};
+
+/// A node's reported result for one deploy event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    Ok,
+    Failed,
+    RolledBack,
+}
+
+/// The answer to "may this node start deploying now?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Start,
+    /// Alive targets of earlier waves that have not reported `ok` yet.
+    Wait {
+        pending: Vec<String>,
+    },
+    /// A target outside this node's wave failed or rolled back.
+    Halted {
+        by: String,
+        outcome: Outcome,
+    },
+    /// The node is not among the targets.
+    NotTarget,
+}
+
+/// The waves of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub waves: Vec<Vec<String>>,
+}
+
+fn rank(event_id: &[u8; 16], node: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(event_id);
+    h.update((node.len() as u64).to_le_bytes());
+    h.update(node.as_bytes());
+    h.finalize().into()
+}
+
+fn wave_size(total: usize, max: Option<MaxParallel>) -> usize {
+    match max {
+        None => total.max(1),
+        Some(MaxParallel::Count(n)) => (n as usize).max(1),
+        Some(MaxParallel::Percent(p)) => (total * usize::from(p)).div_ceil(100).max(1),
+    }
+}
+
+impl Plan {
+    /// Splits `targets` (duplicates ignored) into waves for the event `event_id`.
+    pub fn new(event_id: &[u8; 16], targets: &[String], rollout: &Rollout) -> Plan {
+        let unique: BTreeSet<&String> = targets.iter().collect();
+        let mut ranked: Vec<([u8; 32], String)> = unique
+            .into_iter()
+            .map(|n| (rank(event_id, n), n.clone()))
+            .collect();
+        ranked.sort();
+        let mut names: Vec<String> = ranked.into_iter().map(|(_, n)| n).collect();
+        let mut waves = Vec::new();
+        let canary = (rollout.canary as usize).min(names.len());
+        if canary > 0 {
+            waves.push(names.drain(..canary).collect());
+        }
+        let size = wave_size(names.len() + canary, rollout.max_parallel);
+        while !names.is_empty() {
+            let n = size.min(names.len());
+            waves.push(names.drain(..n).collect());
+        }
+        Plan { waves }
+    }
+
+    /// The wave index of `node`.
+    pub fn wave_of(&self, node: &str) -> Option<usize> {
+        self.waves.iter().position(|w| w.iter().any(|n| n == node))
+    }
+
+    /// Whether `node` may start: every alive target of earlier waves reported `ok`, and no
+    /// target outside its wave reported `failed` or `rolled_back`.
+    pub fn may_start(
+        &self,
+        node: &str,
+        alive: &BTreeSet<String>,
+        outcomes: &BTreeMap<String, Outcome>,
+    ) -> Decision {
+        let Some(mine) = self.wave_of(node) else {
+            return Decision::NotTarget;
+        };
+        for (i, wave) in self.waves.iter().enumerate() {
+            if i == mine {
+                continue;
+            }
+            for n in wave {
+                if let Some(o @ (Outcome::Failed | Outcome::RolledBack)) = outcomes.get(n) {
+                    return Decision::Halted {
+                        by: n.clone(),
+                        outcome: *o,
+                    };
+                }
+            }
+        }
+        let pending: Vec<String> = self.waves[..mine]
+            .iter()
+            .flatten()
+            .filter(|n| alive.contains(*n) && outcomes.get(*n) != Some(&Outcome::Ok))
+            .cloned()
+            .collect();
+        if pending.is_empty() {
+            Decision::Start
+        } else {
+            Decision::Wait { pending }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,377 @@
+//! The signed deploy event: what to deploy where, authorised by an Ed25519 signature.
+//!
+//! Why: the gossip key is on every host, so it cannot authorise running code; only a holder
+//! of a signing key whose public half is in `trusted_signing_keys` can. The event is encoded
+//! compactly with postcard (digest, id and signature as raw bytes) and must fit in one gossip
+//! user event: [`SignedEvent::encode`] refuses anything larger.
+//!
+//! Guarantees of [`Verifier::accept`]: an event is returned only if its signature verifies
+//! under a trusted key, its issued-at is neither older than the configured age nor further
+//! in the future than the allowed skew, and its id was not accepted before. Each refusal is
+//! a typed [`VerifyError`] and leaves the verifier's state unchanged.
+
+use std::collections::{HashSet, VecDeque};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::gossip::event::MAX_EVENT_SIZE;
+
+/// The user-event name deploy events travel under.
+pub const EVENT_NAME: &str = "_deploy";
+
+/// Largest encoded [`SignedEvent`]: what a gossip user event leaves after the name.
+pub const MAX_SIGNED_EVENT_LEN: usize = MAX_EVENT_SIZE - EVENT_NAME.len();
+
+/// Domain separation: a signature over a deploy event is never valid for anything else.
+const SIGNING_CONTEXT: &[u8] = b"droot-fleet deploy event v1\0";
+
+/// How many nodes of a wave may deploy at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MaxParallel {
+    /// At most this many nodes per wave (at least 1).
+    Count(u32),
+    /// At most this percentage (1-100) of the targets per wave, rounded up.
+    Percent(u8),
+}
+
+impl std::str::FromStr for MaxParallel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("max-parallel {s:?}: expected a count like 5 or a percentage like 25%");
+        if let Some(p) = s.strip_suffix('%') {
+            match p.parse::<u8>() {
+                Ok(p @ 1..=100) => Ok(MaxParallel::Percent(p)),
+                _ => Err(bad()),
+            }
+        } else {
+            match s.parse::<u32>() {
+                Ok(n @ 1..) => Ok(MaxParallel::Count(n)),
+                _ => Err(bad()),
+            }
+        }
+    }
+}
+
+/// How the targets are rolled out (see [`super::rollout`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub max_parallel: Option<MaxParallel>,
+    /// Nodes in a first wave of their own (0: no canary wave).
+    pub canary: u32,
+}
+
+/// Which nodes the event is for: all when both lists are empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Targets {
+    /// Node-name regexes; a node matches if any matches (or the list is empty).
+    pub nodes: Vec<String>,
+    /// `(tag key, value regex)`; a node must match every one.
+    pub tags: Vec<(String, String)>,
+}
+
+/// A deploy event before signing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployEvent {
+    pub app: String,
+    pub version: String,
+    /// The resolved artifact URL (`s3://`, `https://`, `file://`).
+    pub url: String,
+    pub sha256: Option<[u8; 32]>,
+    pub targets: Targets,
+    pub rollout: Rollout,
+    /// Unix seconds when the operator issued it.
+    pub issued_at: u64,
+    /// Unique per event: the replay-protection key.
+    pub id: [u8; 16],
+}
+
+impl DeployEvent {
+    /// A fresh random event id.
+    pub fn random_id() -> [u8; 16] {
+        rand::random()
+    }
+
+    /// The id as 32 hex digits, for logs and status.
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.id)
+    }
+}
+
+/// A deploy event with its signature. The signed bytes are kept so that re-encoding for
+/// push/pull does not depend on postcard producing the same bytes twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedEvent {
+    pub event: DeployEvent,
+    body: Vec<u8>,
+    signature: [u8; 64],
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    body: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// Why an event could not be built or encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error(
+        "the signed deploy event is {size} bytes, more than the {max} that fit in a gossip event; \
+         use a shorter URL, fewer --node/--tag patterns, or shorter names"
+    )]
+    TooLarge { size: usize, max: usize },
+    #[error("cannot encode the deploy event: {0}")]
+    Postcard(#[from] postcard::Error),
+}
+
+/// Why a received event was refused. Nothing is fetched for a refused event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("deploy event is malformed ({0}); it was not produced by droot-fleet or is corrupt")]
+    Malformed(String),
+    #[error("deploy event is {size} bytes, more than the {max} allowed")]
+    TooLarge { size: usize, max: usize },
+    #[error(
+        "deploy event refused: no trusted signing keys are configured (add the operator's public \
+         key to trusted_signing_keys)"
+    )]
+    NoTrustedKeys,
+    #[error("deploy event {id} refused: its signature does not verify under any trusted key")]
+    BadSignature { id: String },
+    #[error("deploy event {id} refused: already seen (replayed)")]
+    Replayed { id: String },
+    #[error(
+        "deploy event {id} refused: issued {age}s ago, older than the {max_age}s allowed \
+         (re-issue it, or check this host's clock)"
+    )]
+    Stale { id: String, age: u64, max_age: u64 },
+    #[error(
+        "deploy event {id} refused: issued {ahead}s in the future, more than the {skew}s skew \
+         allowed (check the clocks of this host and of the operator)"
+    )]
+    FromFuture { id: String, ahead: u64, skew: u64 },
+}
+
+fn message(body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNING_CONTEXT.len() + body.len());
+    m.extend_from_slice(SIGNING_CONTEXT);
+    m.extend_from_slice(body);
+    m
+}
+
+impl SignedEvent {
+    /// Signs `event`; refuses one whose encoding would not fit in a gossip event.
+    pub fn sign(event: DeployEvent, key: &SigningKey) -> Result<SignedEvent, EncodeError> {
+        let body = postcard::to_allocvec(&event)?;
+        let signature = key.sign(&message(&body)).to_bytes();
+        let signed = SignedEvent {
+            event,
+            body,
+            signature,
+        };
+        signed.encode()?;
+        Ok(signed)
+    }
+
+    /// The wire form; at most [`MAX_SIGNED_EVENT_LEN`] bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let wire = Wire {
+            body: self.body.clone(),
+            signature: self.signature.to_vec(),
+        };
+        let bytes = postcard::to_allocvec(&wire)?;
+        if bytes.len() > MAX_SIGNED_EVENT_LEN {
+            return Err(EncodeError::TooLarge {
+                size: bytes.len(),
+                max: MAX_SIGNED_EVENT_LEN,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes the wire form and checks the signature against `trusted` (nothing else).
+    pub fn decode_verified(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Self, VerifyError> {
+        if bytes.len() > MAX_SIGNED_EVENT_LEN {
+            return Err(VerifyError::TooLarge {
+                size: bytes.len(),
+                max: MAX_SIGNED_EVENT_LEN,
+            });
+        }
+        let malformed = |e: postcard::Error| VerifyError::Malformed(e.to_string());
+        let (wire, rest): (Wire, _) = postcard::take_from_bytes(bytes).map_err(malformed)?;
+        if !rest.is_empty() {
+            return Err(VerifyError::Malformed("trailing bytes".into()));
+        }
+        let (event, rest): (DeployEvent, _) =
+            postcard::take_from_bytes(&wire.body).map_err(malformed)?;
+        if !rest.is_empty() {
+            return Err(VerifyError::Malformed("trailing bytes in the body".into()));
+        }
+        let signature: [u8; 64] = wire
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| VerifyError::Malformed("signature is not 64 bytes".into()))?;
+        if trusted.is_empty() {
+            return Err(VerifyError::NoTrustedKeys);
+        }
+        let sig = Signature::from_bytes(&signature);
+        let msg = message(&wire.body);
+        if !trusted.iter().any(|k| k.verify(&msg, &sig).is_ok()) {
+            return Err(VerifyError::BadSignature { id: event.id_hex() });
+        }
+        Ok(SignedEvent {
+            event,
+            body: wire.body,
+            signature,
+        })
+    }
+}
+
+/// Remembers accepted event ids, bounded. When full, the oldest id is forgotten and its
+/// issued-at becomes a floor: events issued at or before it are refused as replays, so a
+/// forgotten id can never be accepted again.
+#[derive(Debug, Clone)]
+pub struct SeenIds {
+    cap: usize,
+    order: VecDeque<([u8; 16], u64)>,
+    set: HashSet<[u8; 16]>,
+    floor: Option<u64>,
+}
+
+impl SeenIds {
+    pub fn new(cap: usize) -> Self {
+        SeenIds {
+            cap: cap.max(1),
+            order: VecDeque::new(),
+            set: HashSet::new(),
+            floor: None,
+        }
+    }
+
+    /// Whether an event with this id and issued-at would be a replay.
+    pub fn is_replay(&self, id: &[u8; 16], issued_at: u64) -> bool {
+        self.set.contains(id) || self.floor.is_some_and(|f| issued_at <= f)
+    }
+
+    /// Records an accepted event.
+    pub fn insert(&mut self, id: [u8; 16], issued_at: u64) {
+        if !self.set.insert(id) {
+            return;
+        }
+        self.order.push_back((id, issued_at));
+        while self.order.len() > self.cap {
+            if let Some((old, at)) = self.order.pop_front() {
+                self.set.remove(&old);
+                self.floor = Some(self.floor.map_or(at, |f| f.max(at)));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
+/// The receiving side's rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub trusted: Vec<VerifyingKey>,
+    /// Refuse events issued longer ago than this (seconds).
+    pub max_age: u64,
+    /// Refuse events issued further in the future than this (seconds).
+    pub max_skew: u64,
+}
+
+/// Verifies received events and refuses replays.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    pub policy: Policy,
+    seen: SeenIds,
+}
+
+impl Verifier {
+    pub fn new(policy: Policy, seen_capacity: usize) -> Self {
+        Verifier {
+            policy,
+            seen: SeenIds::new(seen_capacity),
+        }
+    }
+
+    /// Verifies `bytes` received at `now` (unix seconds) and records its id.
+    pub fn accept(&mut self, bytes: &[u8], now: u64) -> Result<SignedEvent, VerifyError> {
+        let signed = SignedEvent::decode_verified(bytes, &self.policy.trusted)?;
+        let ev = &signed.event;
+        if now > ev.issued_at && now - ev.issued_at > self.policy.max_age {
+            return Err(VerifyError::Stale {
+                id: ev.id_hex(),
+                age: now - ev.issued_at,
+                max_age: self.policy.max_age,
+            });
+        }
+        if ev.issued_at > now && ev.issued_at - now > self.policy.max_skew {
+            return Err(VerifyError::FromFuture {
+                id: ev.id_hex(),
+                ahead: ev.issued_at - now,
+                skew: self.policy.max_skew,
+            });
+        }
+        if self.seen.is_replay(&ev.id, ev.issued_at) {
+            return Err(VerifyError::Replayed { id: ev.id_hex() });
+        }
+        self.seen.insert(ev.id, ev.issued_at);
+        Ok(signed)
+    }
+}
+
+/// Why a key could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{what} is not valid base64 of a 32-byte Ed25519 key")]
+    Invalid { what: String },
+}
+
+fn key_bytes(text: &str, what: &str) -> Result<[u8; 32], KeyError> {
+    B64.decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| KeyError::Invalid { what: what.into() })
+}
+
+/// A new random signing key.
+pub fn generate_signing_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    rand::fill(&mut seed);
+    SigningKey::from_bytes(&seed)
+}
+
+/// The signing key's file form: base64 of the 32-byte seed, one line.
+pub fn signing_key_to_text(key: &SigningKey) -> String {
+    format!("{}\n", B64.encode(key.to_bytes()))
+}
+
+pub fn signing_key_from_text(text: &str, what: &str) -> Result<SigningKey, KeyError> {
+    Ok(SigningKey::from_bytes(&key_bytes(text, what)?))
+}
+
+/// The public key as base64, for `trusted_signing_keys`.
+pub fn public_key_text(key: &VerifyingKey) -> String {
+    B64.encode(key.to_bytes())
+}
+
+pub fn public_key_from_text(text: &str) -> Result<VerifyingKey, KeyError> {
+    let what = format!("trusted signing key {:?}", text.trim());
+    let bytes = key_bytes(text, &what)?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Invalid { what })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+//! A private single-node Garage (an S3-compatible store written in Rust) for the tests.
+//!
+//! [`Garage::start`] runs `garage server` on free loopback ports in a temp dir, lays out
+//! the node, and creates a bucket and a key with read/write on it. The server runs in its
+//! own process group, killed on drop, so every exit path of a test (including a panic)
+//! stops it. Fails with the reason when `garage` is not installed.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Garage {
+    child: Child,
+    config: PathBuf,
+    bin: PathBuf,
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    pub bucket: String,
+    pub key_id: String,
+    pub secret: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The `garage` binary: on PATH, or where `cargo install` puts it.
+pub fn garage_bin() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let candidates = std::env::split_paths(&path)
+        .map(|d| d.join("garage"))
+        .chain(std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/garage")));
+    for c in candidates {
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!(
+        "garage not found on PATH or in ~/.cargo/bin: install it with `cargo install garage \
+         --locked` (the README test command .ci/test.sh does)"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The value after `label` on the line that has it (`Key ID: GK...`).
+fn field(out: &str, label: &str) -> String {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {label:?} in garage output:\n{out}"))
+}
+
+impl Garage {
+    pub fn start() -> Garage {
+        let bin = garage_bin();
+        let dir = tempfile::tempdir().unwrap();
+        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let config = dir.path().join("garage.toml");
+        let secret: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\n\
+                 replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n\
+                 [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\n\
+                 [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+                meta = dir.path().join("meta").display(),
+                data = dir.path().join("data").display(),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut g = Garage {
+            child,
+            config,
+            bin,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            bucket: "artifacts".into(),
+            key_id: String::new(),
+            secret: String::new(),
+            _dir: dir,
+        };
+        g.setup();
+        g
+    }
+
+    /// Runs `garage -c CONFIG args...`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "garage {args:?} failed:\n{}",
+            text(&out)
+        );
+        text(&out)
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Waits until the server answers `status` (its RPC is up), then lays it out.
+    fn setup(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.cli(&["status"]);
+            if out.status.success() {
+                break;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("garage server exited ({st}):\n{}", self.server_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "garage did not come up in 60 s:\n{}\n{}",
+                text(&out),
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = self.cli(&["node", "id", "-q"]);
+        assert!(out.status.success(), "garage node id: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let id = stdout.trim().split('@').next().unwrap().to_string();
+        self.ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &id]);
+        self.ok(&["layout", "apply", "--version", "1"]);
+        self.ok(&["bucket", "create", &self.bucket.clone()]);
+        let key = self.ok(&["key", "create", "test-key"]);
+        self.key_id = field(&key, "Key ID:");
+        self.secret = field(&key, "Secret key:");
+        self.ok(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            &self.bucket.clone(),
+            "--key",
+            "test-key",
+        ]);
+    }
+
+    /// Environment for a client: credentials, endpoint, region.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret.clone()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "garage".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
