@@ -46,6 +46,8 @@ pub enum Input {
     /// A peer started a push/pull with us; answer with our state.
     PushPullRequest {
         state: PushPullState,
+        /// The protocol version of the peer's stream hello.
+        peer_version: u16,
         reply: oneshot::Sender<PushPullState>,
     },
     /// Our outgoing push/pull finished.
@@ -227,6 +229,13 @@ pub async fn run(
     for member in rejoin {
         let _ = task.foca.announce(member, &mut task.rt);
     }
+    let tags = task.settings.tags.clone();
+    let announced = task.core.lock().set_tags(tags, wall_millis());
+    match announced.map(|bytes| task.foca.add_broadcast(&bytes)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(cause = %e, "tags not announced"),
+        Err(e) => tracing::warn!(cause = %e, "tags not announced"),
+    }
     task.flush().await;
     // Fold the replayed journal into the state file now: a torn last line followed by
     // new appends would otherwise make the next start fail.
@@ -321,8 +330,12 @@ impl AgentTask {
     async fn handle_input(&mut self, input: Input) {
         match input {
             Input::Datagram { plain, from } => self.handle_datagram(&plain, from).await,
-            Input::PushPullRequest { state, reply } => {
-                let _ = reply.send(self.push_pull_state());
+            Input::PushPullRequest {
+                state,
+                peer_version,
+                reply,
+            } => {
+                let _ = reply.send(self.push_pull_state(peer_version));
                 self.merge_remote(state).await;
             }
             Input::PushPullDone {
@@ -484,7 +497,15 @@ impl AgentTask {
         {
             tracing::error!(cause = %e, "SIGHUP: log level not changed");
         }
-        self.core.lock().set_tags(new.tags.clone());
+        let announced = self.core.lock().set_tags(new.tags.clone(), wall_millis());
+        match announced {
+            Ok(bytes) => {
+                if let Err(e) = self.foca.add_broadcast(&bytes) {
+                    tracing::warn!(cause = %e, "SIGHUP: new tags not announced");
+                }
+            }
+            Err(e) => tracing::warn!(cause = %e, "SIGHUP: new tags not announced"),
+        }
         self.settings.tags = new.tags;
         self.settings.handlers = new.handlers;
         self.settings.log_level = new.log_level;
@@ -493,4 +514,10 @@ impl AgentTask {
             "SIGHUP: reloaded tags, handlers and log level"
         );
     }
+}
+
+/// Wall-clock milliseconds since the UNIX epoch: the version of a tag announcement
+/// (later changes, and restarts, announce higher versions).
+fn wall_millis() -> u64 {
+    u64::try_from(wall_now().as_millis()).unwrap_or(u64::MAX)
 }

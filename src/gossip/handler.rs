@@ -22,7 +22,7 @@
 //! The origin therefore delivers its own events (and answers its own matching queries)
 //! through the same path, right when it calls `add_broadcast`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,9 +33,12 @@ use super::event::{
 };
 use super::identity::NodeId;
 use super::lamport::LamportClock;
+use super::message::PROTOCOL_VERSION;
 use super::message::{Broadcast, DecodeError, EncodeError, decode_broadcast, encode_broadcast};
 use super::pushpull::{MergeOutcome, PushPullState, TagBook, merge};
 use super::query::{Filter, Query, QueryError, QueryId, Tags};
+use super::supersede::{Latest, Offer, SeenBytes, Superseding, TAGS_KIND};
+use super::versioned::{Extension, ext};
 
 /// foca instantiated with our identity, codec and handler.
 pub type GossipFoca<R> = foca::Foca<NodeId, foca::PostcardCodec, R, GossipHandler>;
@@ -47,11 +50,26 @@ pub enum BroadcastKey {
     Event(EventId),
     /// A query.
     Query(QueryId),
+    /// A [`Superseding`] item: `slot` is a keyed hash of its `(kind, key)`.
+    Superseding { slot: u64, version: u64 },
+    /// A broadcast type this build does not know, relayed as is (keyed hash of its bytes).
+    Opaque(u64),
 }
 
 impl foca::Invalidates for BroadcastKey {
+    /// Identical keys replace each other; a superseding item also replaces queued
+    /// older versions of its slot.
     fn invalidates(&self, other: &Self) -> bool {
-        self == other
+        match (self, other) {
+            (
+                Self::Superseding { slot, version },
+                Self::Superseding {
+                    slot: other_slot,
+                    version: other_version,
+                },
+            ) => slot == other_slot && version >= other_version,
+            _ => self == other,
+        }
     }
 }
 
@@ -63,6 +81,8 @@ pub enum Incoming {
     /// This node matches the query: compute an answer and send a
     /// [`super::query::QueryResponse`] to `query.origin.addr`.
     Query(Query),
+    /// A newer version of a [`Superseding`] slot (any kind, known to the shell or not).
+    Superseding(Superseding),
 }
 
 /// Counters for the shell's metrics.
@@ -79,6 +99,10 @@ pub struct Stats {
     pub queries_too_old: u64,
     pub queries_bad_filter: u64,
     pub unknown_types: u64,
+    /// Superseding items older than (or equal to) the version held.
+    pub superseded: u64,
+    /// Superseding items refused because every slot is taken.
+    pub slots_full: u64,
     pub malformed: u64,
 }
 
@@ -124,6 +148,8 @@ pub enum CreateError {
     Query(#[from] QueryError),
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Superseding(#[from] super::supersede::SupersedeError),
 }
 
 /// The node's protocol state. See the module docs.
@@ -137,6 +163,10 @@ pub struct GossipCore {
     events: EventLog,
     queries: DedupeWindow,
     tag_book: TagBook,
+    tags_version: u64,
+    latest: Latest,
+    seen: SeenBytes,
+    peer_versions: BTreeMap<String, u16>,
     now: Duration,
     outbox: VecDeque<Incoming>,
     stats: Stats,
@@ -154,6 +184,10 @@ impl GossipCore {
             events: EventLog::new(config.event_log),
             queries: DedupeWindow::new(),
             tag_book: TagBook::new(),
+            tags_version: 0,
+            latest: Latest::default(),
+            seen: SeenBytes::default(),
+            peer_versions: BTreeMap::new(),
             now,
             outbox: VecDeque::new(),
             stats: Stats::default(),
@@ -206,9 +240,59 @@ impl GossipCore {
         &self.tags
     }
 
-    /// Replaces this node's tags (e.g. on a config reload).
-    pub fn set_tags(&mut self, tags: Tags) {
+    /// Replaces this node's tags (e.g. on a config reload) and returns the bytes that
+    /// announce them (`Foca::add_broadcast`). `version` must grow with every change
+    /// (e.g. wall-clock milliseconds); it is raised above the last one if not.
+    pub fn set_tags(&mut self, tags: Tags, version: u64) -> Result<Vec<u8>, CreateError> {
         self.tags = tags;
+        self.tags_version = version.max(self.tags_version + 1);
+        self.announce_tags()
+    }
+
+    /// The bytes announcing this node's current tags (at start, or to re-announce).
+    pub fn announce_tags(&mut self) -> Result<Vec<u8>, CreateError> {
+        let body = postcard::to_stdvec(&self.tags).map_err(|e| EncodeError::Serialize {
+            what: "tags",
+            reason: e.to_string(),
+        })?;
+        let name = self.identity.name.clone();
+        let version = self.tags_version;
+        let item = self.superseding(TAGS_KIND, &name, version, body);
+        Ok(encode_broadcast(&Broadcast::Superseding(item))?)
+    }
+
+    /// Builds a [`Superseding`] item for `Foca::add_broadcast` (which delivers it here
+    /// first, so it reaches [`Incoming::Superseding`] like a remote one).
+    pub fn create_superseding(
+        &self,
+        kind: &str,
+        key: &str,
+        version: u64,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, CreateError> {
+        let item = self.superseding(kind, key, version, body);
+        item.validate()?;
+        Ok(encode_broadcast(&Broadcast::Superseding(item))?)
+    }
+
+    fn superseding(&self, kind: &str, key: &str, version: u64, body: Vec<u8>) -> Superseding {
+        Superseding {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+            version,
+            origin: self.identity.name.clone(),
+            body,
+        }
+    }
+
+    /// The newest item held for a slot.
+    pub fn superseding_item(&self, kind: &str, key: &str) -> Option<&Superseding> {
+        self.latest.get(kind, key)
+    }
+
+    /// The push/pull wire version last seen from `node` (1 if never).
+    pub fn peer_version(&self, node: &str) -> u16 {
+        self.peer_versions.get(node).copied().unwrap_or(1)
     }
 
     /// Call on foca's `Notification::Rejoin(new_id)` so snapshots carry the new bump.
@@ -235,6 +319,9 @@ impl GossipCore {
     /// Forgets the tags of nodes for which `known` is false (foca reaped them), so the
     /// book does not grow with every node that ever joined.
     pub fn prune_tags(&mut self, known: impl Fn(&str) -> bool) {
+        self.latest
+            .retain(|item| item.kind != TAGS_KIND || known(&item.key));
+        self.peer_versions.retain(|name, _| known(name));
         self.tag_book.retain(known);
     }
 
@@ -281,13 +368,28 @@ impl GossipCore {
         Ok((q, bytes))
     }
 
-    /// Our state for a push/pull exchange. `members` is foca's
+    /// Our state for a push/pull exchange, to be encoded at wire `version` (what the
+    /// peer reads; capped at ours). `members` is foca's
     /// `iter_membership_state().cloned()`.
     pub fn push_pull_state(
         &self,
         members: impl IntoIterator<Item = foca::Member<NodeId>>,
+        version: u16,
     ) -> PushPullState {
+        let version = version.clamp(1, PROTOCOL_VERSION);
+        let mut extensions = Vec::new();
+        if version >= 2 {
+            let items: Vec<&Superseding> = self.latest.items().collect();
+            if let Ok(bytes) = postcard::to_stdvec(&items) {
+                extensions.push(Extension {
+                    tag: ext::SUPERSEDING,
+                    bytes,
+                });
+            }
+        }
         PushPullState {
+            version,
+            extensions,
             from: self.identity.clone(),
             tags: self.tags.clone(),
             members: members.into_iter().collect(),
@@ -301,7 +403,24 @@ impl GossipCore {
     /// and also returned; the peer's tags are learned. Feed `remote.members` to foca
     /// through [`super::pushpull::screen_members`].
     pub fn merge_push_pull(&mut self, remote: &PushPullState) -> MergeOutcome {
-        self.tag_book.learn(&remote.from, &remote.tags);
+        self.tag_book.learn(&remote.from.name, 0, &remote.tags);
+        self.peer_versions
+            .insert(remote.from.name.clone(), remote.version);
+        for e in &remote.extensions {
+            // Unknown extension tags are skipped: they are a newer peer's.
+            if e.tag != ext::SUPERSEDING {
+                continue;
+            }
+            let Ok(items) = postcard::from_bytes::<Vec<Superseding>>(&e.bytes) else {
+                self.stats.malformed += 1;
+                continue;
+            };
+            for item in items.into_iter().filter(|i| i.validate().is_ok()) {
+                if self.accept_superseding(&item) {
+                    self.outbox.push_back(Incoming::Superseding(item));
+                }
+            }
+        }
         let out = merge(
             &mut self.events,
             &mut self.event_clock,
@@ -322,8 +441,10 @@ impl GossipCore {
         let item = match decode_broadcast(data) {
             Ok(item) => item,
             Err(DecodeError::UnknownType { .. }) => {
+                // A newer peer's broadcast type: relay it once, deliver nothing.
                 self.stats.unknown_types += 1;
-                return Ok(None);
+                let first = self.seen.first_time(data);
+                return Ok(first.then(|| BroadcastKey::Opaque(self.seen.hash(data))));
             }
             Err(e) => {
                 self.stats.malformed += 1;
@@ -331,6 +452,17 @@ impl GossipCore {
             }
         };
         match item {
+            Broadcast::Superseding(item) => {
+                if !self.accept_superseding(&item) {
+                    return Ok(None);
+                }
+                let key = BroadcastKey::Superseding {
+                    slot: self.seen.slot_hash(&item.kind, &item.key),
+                    version: item.version,
+                };
+                self.outbox.push_back(Incoming::Superseding(item));
+                Ok(Some(key))
+            }
             Broadcast::Event(ev) => {
                 if !self.event_clock.accepts(ev.ltime) {
                     self.stats.too_far_ahead += 1;
@@ -387,6 +519,29 @@ impl GossipCore {
                 Ok(Some(key))
             }
         }
+    }
+}
+
+impl GossipCore {
+    /// Offers an item to [`Latest`]; true if it is newer (then tags are learned).
+    fn accept_superseding(&mut self, item: &Superseding) -> bool {
+        match self.latest.offer(item) {
+            Offer::Newer => {}
+            Offer::Stale => {
+                self.stats.superseded += 1;
+                return false;
+            }
+            Offer::Full => {
+                self.stats.slots_full += 1;
+                return false;
+            }
+        }
+        if item.kind == TAGS_KIND
+            && let Ok(tags) = postcard::from_bytes::<Tags>(&item.body)
+        {
+            self.tag_book.learn(&item.key, item.version, &tags);
+        }
+        true
     }
 }
 
@@ -449,151 +604,5 @@ impl foca::BroadcastHandler<NodeId> for GossipHandler {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::gossip::query::QueryId;
-    use foca::BroadcastHandler as _;
-    use rand::SeedableRng;
-    use rand::rngs::StdRng;
-
-    const NOW: Duration = Duration::from_secs(1_700_000_000);
-
-    fn core(name: &str, tags: Tags) -> SharedCore {
-        let id = NodeId::new(name, "127.0.0.1:7946".parse().unwrap(), 0).unwrap();
-        SharedCore::new(GossipCore::new(id, tags, CoreConfig::default(), NOW))
-    }
-
-    #[test]
-    fn receive_item_paths() {
-        let shared = core("web1", [("role".to_owned(), "web".to_owned())].into());
-        let mut h = shared.handler();
-        let mut rng = StdRng::seed_from_u64(3);
-
-        // Garbage is a typed error, unknown types are skipped.
-        assert!(h.receive_item(&[1, 0xff], None).is_err());
-        assert_eq!(h.receive_item(&[200, 1, 2, 3], None).unwrap(), None);
-
-        // Local event: delivered once, key returned once.
-        let (ev, bytes) = shared
-            .lock()
-            .create_event(&mut rng, "deploy", b"x".to_vec())
-            .unwrap();
-        assert_eq!(
-            h.receive_item(&bytes, None).unwrap(),
-            Some(BroadcastKey::Event(ev.id))
-        );
-        assert_eq!(h.receive_item(&bytes, None).unwrap(), None);
-
-        // A remote event with a higher Lamport time moves our clock.
-        let remote = UserEvent::new(EventId(77), "db1", 50, "deploy", vec![]).unwrap();
-        let rb = encode_broadcast(&Broadcast::Event(remote.clone())).unwrap();
-        h.receive_item(&rb, None).unwrap();
-        let (next, _) = shared
-            .lock()
-            .create_event(&mut rng, "deploy", vec![])
-            .unwrap();
-        assert_eq!(next.ltime, 52);
-
-        // Queries: matching ones are queued, non-matching only relayed.
-        let origin = NodeId::new("o", "127.0.0.1:1".parse().unwrap(), 0).unwrap();
-        let mut q = Query {
-            id: QueryId(1),
-            ltime: 1,
-            origin,
-            name: "q".into(),
-            payload: vec![],
-            filters: vec![Filter::Tag {
-                key: "role".into(),
-                value: "web".into(),
-            }],
-            timeout_ms: 100,
-        };
-        let qb = encode_broadcast(&Broadcast::Query(q.clone())).unwrap();
-        assert_eq!(
-            h.receive_item(&qb, None).unwrap(),
-            Some(BroadcastKey::Query(QueryId(1)))
-        );
-        assert_eq!(h.receive_item(&qb, None).unwrap(), None);
-        q.id = QueryId(2);
-        q.filters = vec![Filter::NodeName("db.*".into())];
-        let qb2 = encode_broadcast(&Broadcast::Query(q.clone())).unwrap();
-        assert!(h.receive_item(&qb2, None).unwrap().is_some());
-        q.id = QueryId(3);
-        q.filters = vec![Filter::NodeName("(".into())];
-        let qb3 = encode_broadcast(&Broadcast::Query(q)).unwrap();
-        assert_eq!(h.receive_item(&qb3, None).unwrap(), None);
-
-        let incoming = shared.drain_incoming();
-        assert_eq!(incoming.len(), 3, "{incoming:?}");
-        assert!(matches!(&incoming[0], Incoming::Event(e) if e.id == ev.id));
-        assert!(matches!(&incoming[1], Incoming::Event(e) if e.id == EventId(77)));
-        assert!(matches!(&incoming[2], Incoming::Query(q) if q.id == QueryId(1)));
-
-        let stats = shared.lock().stats();
-        assert_eq!(stats.malformed, 1);
-        assert_eq!(stats.unknown_types, 1);
-        assert_eq!(stats.events_delivered, 2);
-        assert_eq!(stats.events_duplicate, 1);
-        assert_eq!(stats.queries_seen, 3);
-        assert_eq!(stats.queries_matched, 1);
-        assert_eq!(stats.queries_duplicate, 1);
-        assert_eq!(stats.queries_bad_filter, 1);
-    }
-
-    /// Regression (issue 10, item 4): one authenticated event near `u64::MAX` moved
-    /// every node's clock to the limit (and it was persisted).
-    #[test]
-    fn far_future_ltimes_are_refused() {
-        let shared = core("n1", Tags::new());
-        let mut h = shared.handler();
-        let far = UserEvent::new(EventId(5), "evil", u64::MAX - 1, "deploy", vec![]).unwrap();
-        let bytes = encode_broadcast(&Broadcast::Event(far)).unwrap();
-        assert_eq!(h.receive_item(&bytes, None).unwrap(), None);
-        let origin = NodeId::new("o", "127.0.0.1:1".parse().unwrap(), 0).unwrap();
-        let q = Query {
-            id: QueryId(9),
-            ltime: u64::MAX,
-            origin,
-            name: "q".into(),
-            payload: vec![],
-            filters: vec![],
-            timeout_ms: 100,
-        };
-        let qb = encode_broadcast(&Broadcast::Query(q)).unwrap();
-        assert_eq!(h.receive_item(&qb, None).unwrap(), None);
-        assert!(shared.drain_incoming().is_empty());
-        let snap = shared.lock().snapshot();
-        assert_eq!(snap.event_clock.time(), 0);
-        assert_eq!(snap.query_clock.time(), 0);
-        assert_eq!(shared.lock().stats().too_far_ahead, 2);
-    }
-
-    #[test]
-    fn snapshot_restore_keeps_clocks_and_dedupe() {
-        let shared = core("n1", Tags::new());
-        let mut rng = StdRng::seed_from_u64(4);
-        let (_, bytes) = shared
-            .lock()
-            .create_event(&mut rng, "deploy", vec![])
-            .unwrap();
-        shared.handler().receive_item(&bytes, None).unwrap();
-        let snap = shared.lock().snapshot();
-        let mut id = snap.identity.clone();
-        id.bump += 1;
-        let restored = SharedCore::new(GossipCore::restore(
-            id,
-            Tags::new(),
-            CoreConfig::default(),
-            snap,
-            NOW,
-        ));
-        assert_eq!(restored.handler().receive_item(&bytes, None).unwrap(), None);
-        let (ev, _) = restored
-            .lock()
-            .create_event(&mut rng, "deploy", vec![])
-            .unwrap();
-        // 1 = first event, witnessing it moved the clock to 2, so the next is 3.
-        assert_eq!(ev.ltime, 3, "clock survives the restart");
-        assert_eq!(restored.lock().identity().bump, 1);
-    }
-}
+#[path = "handler_tests.rs"]
+mod tests;

@@ -19,6 +19,9 @@ use super::limits::recommended_foca_config;
 use super::message::{Datagram, decode_datagram, encode_foca_datagram};
 use super::query::Tags;
 
+#[path = "tests_supersede.rs"]
+mod supersede;
+
 const EPOCH: Duration = Duration::from_secs(1_700_000_000);
 
 struct Node {
@@ -154,7 +157,7 @@ impl Sim {
             .iter()
             .filter_map(|d| match d {
                 Incoming::Event(e) => Some(e),
-                Incoming::Query(_) => None,
+                Incoming::Query(_) | Incoming::Superseding(_) => None,
             })
             .collect()
     }
@@ -411,7 +414,7 @@ fn restart_from_snapshot_does_not_redeliver() {
     let state = sim.nodes[0]
         .core
         .lock()
-        .push_pull_state(sim.nodes[0].foca.iter_membership_state().cloned());
+        .push_pull_state(sim.nodes[0].foca.iter_membership_state().cloned(), 2);
     let out = sim.nodes[2].core.lock().merge_push_pull(&state);
     assert!(out.new_events.is_empty());
     assert_eq!(out.duplicates, 1);

@@ -1,0 +1,205 @@
+//! In-memory cluster tests of superseding broadcasts, relaying unknown broadcast
+//! types, and tags travelling at gossip speed (issue 10, items 7, 8 and 9).
+
+use super::*;
+use crate::gossip::handler::BroadcastKey;
+use crate::gossip::supersede::{Superseding, TAGS_KIND};
+use foca::BroadcastHandler as _;
+
+fn cluster(n: usize) -> Sim {
+    let mut sim = Sim::new((0..n).map(node_id).collect(), vec![shared_key_ring(); n]);
+    sim.join_all();
+    sim
+}
+
+fn superseding_at(sim: &Sim, i: usize) -> Vec<&Superseding> {
+    sim.nodes[i]
+        .delivered
+        .iter()
+        .filter_map(|d| match d {
+            Incoming::Superseding(s) if s.kind == "deploy-desired" => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Item 9: a queued "web v42" is replaced by "web v43" before it was sent, so the
+/// cluster only ever hears v43; a late v42 is refused everywhere.
+#[test]
+fn newer_version_replaces_the_queued_older_one() {
+    let n = 5;
+    let mut sim = cluster(n);
+    let v42 = sim.nodes[1]
+        .core
+        .lock()
+        .create_superseding("deploy-desired", "web", 42, b"web@v42".to_vec())
+        .unwrap();
+    let v43 = sim.nodes[1]
+        .core
+        .lock()
+        .create_superseding("deploy-desired", "web", 43, b"web@v43".to_vec())
+        .unwrap();
+    let db = sim.nodes[1]
+        .core
+        .lock()
+        .create_superseding("deploy-desired", "db", 7, b"db@v7".to_vec())
+        .unwrap();
+    let backlog = sim.nodes[1].foca.custom_broadcast_backlog();
+    assert!(sim.nodes[1].foca.add_broadcast(&v42).unwrap());
+    assert!(sim.nodes[1].foca.add_broadcast(&db).unwrap());
+    assert!(sim.nodes[1].foca.add_broadcast(&v43).unwrap());
+    assert_eq!(
+        sim.nodes[1].foca.custom_broadcast_backlog(),
+        backlog + 2,
+        "v43 replaced the queued v42; db is another slot"
+    );
+    sim.flush(1);
+    sim.run_for(Duration::from_secs(10));
+    for i in (0..n).filter(|&i| i != 1) {
+        let got: Vec<(&str, u64)> = superseding_at(&sim, i)
+            .iter()
+            .map(|s| (s.key.as_str(), s.version))
+            .collect();
+        assert_eq!(got.len(), 2, "node{i}: {got:?}");
+        assert!(
+            got.contains(&("web", 43)) && got.contains(&("db", 7)),
+            "node{i}: {got:?}"
+        );
+        // A late v42 is stale: not delivered, not relayed.
+        let mut h = sim.nodes[i].core.handler();
+        assert_eq!(h.receive_item(&v42, None).unwrap(), None);
+        let core = sim.nodes[i].core.lock();
+        assert_eq!(
+            core.superseding_item("deploy-desired", "web")
+                .unwrap()
+                .version,
+            43
+        );
+    }
+    sim.run_for(Duration::from_secs(30));
+    for i in 0..n {
+        assert_eq!(sim.nodes[i].foca.custom_broadcast_backlog(), 0);
+    }
+}
+
+#[test]
+fn superseding_keys_invalidate_older_versions_of_their_slot_only() {
+    use foca::Invalidates;
+    let k = |slot, version| BroadcastKey::Superseding { slot, version };
+    assert!(k(1, 43).invalidates(&k(1, 42)));
+    assert!(k(1, 43).invalidates(&k(1, 43)));
+    assert!(!k(1, 42).invalidates(&k(1, 43)));
+    assert!(!k(2, 43).invalidates(&k(1, 42)));
+    assert!(!k(1, 43).invalidates(&BroadcastKey::Opaque(1)));
+}
+
+/// Item 8: a broadcast type this build does not know (a newer agent's) is still
+/// relayed to the whole cluster, once per node.
+#[test]
+fn unknown_broadcast_types_are_relayed() {
+    let n = 5;
+    let mut sim = cluster(n);
+    let unknown = [250u8, 1, 2, 3, 4, 5];
+    assert!(sim.nodes[3].foca.add_broadcast(&unknown).unwrap());
+    sim.flush(3);
+    sim.run_for(Duration::from_secs(10));
+    for i in 0..n {
+        let stats = sim.nodes[i].core.lock().stats();
+        assert!(stats.unknown_types >= 1, "node{i} never saw it");
+        assert!(
+            sim.nodes[i].delivered.is_empty(),
+            "nothing is delivered from an unknown type"
+        );
+    }
+    sim.run_for(Duration::from_secs(30));
+    for i in 0..n {
+        assert_eq!(
+            sim.nodes[i].foca.custom_broadcast_backlog(),
+            0,
+            "relayed once, not forever"
+        );
+    }
+}
+
+fn web() -> Tags {
+    [("role".to_owned(), "web".to_owned())].into()
+}
+
+/// Item 7: a node's tag change reaches every member by gossip, newer versions win.
+#[test]
+fn tag_changes_travel_by_gossip() {
+    let n = 6;
+    let mut sim = cluster(n);
+    let bytes = sim.nodes[4].core.lock().set_tags(web(), 1000).unwrap();
+    assert!(sim.nodes[4].foca.add_broadcast(&bytes).unwrap());
+    sim.flush(4);
+    sim.run_for(Duration::from_secs(5));
+    for i in (0..n).filter(|&i| i != 4) {
+        let core = sim.nodes[i].core.lock();
+        assert_eq!(core.tag_book().tags_of("node4"), Some(&web()), "node{i}");
+    }
+    // An older announcement arriving late changes nothing.
+    let old = Superseding {
+        kind: TAGS_KIND.into(),
+        key: "node4".into(),
+        version: 999,
+        origin: "node4".into(),
+        body: postcard::to_stdvec(&Tags::new()).unwrap(),
+    };
+    let old = crate::gossip::message::encode_broadcast(
+        &crate::gossip::message::Broadcast::Superseding(old),
+    )
+    .unwrap();
+    sim.nodes[0]
+        .core
+        .handler()
+        .receive_item(&old, None)
+        .unwrap();
+    assert_eq!(
+        sim.nodes[0].core.lock().tag_book().tags_of("node4"),
+        Some(&web())
+    );
+}
+
+/// Item 8 with 7 and 9: a node that missed the gossip learns the newest version of
+/// every slot (tags included) from one versioned push/pull; an unversioned peer's
+/// state carries none and still merges.
+#[test]
+fn push_pull_repairs_superseding_slots() {
+    let mut sim = cluster(3);
+    let bytes = sim.nodes[0].core.lock().set_tags(web(), 5).unwrap();
+    sim.nodes[0].foca.add_broadcast(&bytes).unwrap();
+    let app = sim.nodes[0]
+        .core
+        .lock()
+        .create_superseding("deploy-desired", "web", 3, vec![])
+        .unwrap();
+    sim.nodes[0].foca.add_broadcast(&app).unwrap();
+    let members: Vec<_> = sim.nodes[0].foca.iter_membership_state().cloned().collect();
+    let v1 = sim.nodes[0].core.lock().push_pull_state(members.clone(), 1);
+    assert!(v1.extensions.is_empty());
+    let v2 = sim.nodes[0].core.lock().push_pull_state(members, 7);
+    assert_eq!(
+        v2.version,
+        crate::gossip::PROTOCOL_VERSION,
+        "capped at ours"
+    );
+
+    let fresh = SharedCore::new(GossipCore::new(
+        node_id(9),
+        Tags::new(),
+        CoreConfig::default(),
+        EPOCH,
+    ));
+    fresh.lock().merge_push_pull(&v1);
+    assert!(fresh.drain_incoming().is_empty());
+    assert_eq!(fresh.lock().peer_version("node0"), 1);
+    fresh.lock().merge_push_pull(&v2);
+    let got = fresh.drain_incoming();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(fresh.lock().tag_book().tags_of("node0"), Some(&web()));
+    assert_eq!(fresh.lock().peer_version("node0"), 2);
+    // Merging the same state again delivers nothing.
+    fresh.lock().merge_push_pull(&v2);
+    assert!(fresh.drain_incoming().is_empty());
+}
