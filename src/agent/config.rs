@@ -158,6 +158,9 @@ pub enum EventFilter {
     Query(Option<String>),
     /// `member-join`, `member-leave`, `member-failed`.
     Member(String),
+    /// Every user event whose name starts with this (in-process consumers only,
+    /// see [`super::consumers`]; not written in config files).
+    UserPrefix(String),
 }
 
 impl EventFilter {
@@ -304,6 +307,12 @@ pub fn handlers(files: &[HandlerFile]) -> Result<Vec<HandlerConfig>, ConfigError
                 return Err(invalid(
                     format!("handler[{i}].command"),
                     "must be a non-empty array, e.g. [\"/usr/local/bin/deploy\", \"--now\"]",
+                ));
+            }
+            if h.command[0].starts_with('@') {
+                return Err(invalid(
+                    format!("handler[{i}].command"),
+                    "may not start with '@' (reserved for in-process consumers); name the program by its path",
                 ));
             }
             let timeout = duration(

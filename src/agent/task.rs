@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::Settings;
+use super::consumers::Consumers;
 use super::disk::DiskWriter;
 use super::members::LeftBook;
 use super::monitor::LogReload;
@@ -78,6 +79,11 @@ pub enum Input {
         event: crate::gossip::UserEvent,
         handler: super::config::HandlerConfig,
     },
+    /// An in-process consumer acknowledged an event.
+    ConsumerAcked {
+        event: crate::gossip::EventId,
+        handler: super::config::HandlerConfig,
+    },
 }
 
 /// The foca-owning task's state.
@@ -93,6 +99,8 @@ pub struct AgentTask {
     pub(super) counters: Arc<Counters>,
     pub(super) tx: mpsc::Sender<Input>,
     pub(super) registry: QueryRegistry,
+    /// In-process event consumers (also listed in `settings.handlers`).
+    pub(super) consumers: Consumers,
     pub(super) log_reload: Option<LogReload>,
     pub(super) monitor: broadcast::Sender<String>,
     pub(super) left: LeftBook,
@@ -134,6 +142,7 @@ pub(super) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError 
 pub async fn run(
     mut settings: Settings,
     registry: QueryRegistry,
+    consumers: Consumers,
     log_reload: Option<LogReload>,
     monitor: broadcast::Sender<String>,
     shutdown: impl Future<Output = ()> + Send,
@@ -147,7 +156,10 @@ pub async fn run(
         rejoin,
         left,
         pending,
-    } = restore(&mut settings)?;
+    } = {
+        settings.handlers.extend(consumers.handler_configs());
+        restore(&mut settings)?
+    };
     let core = SharedCore::new(core);
     let tuned_for = settings.expected_cluster_size;
     let foca = core.new_foca(
@@ -215,6 +227,7 @@ pub async fn run(
         counters,
         tx,
         registry,
+        consumers,
         log_reload,
         monitor,
         left,
@@ -353,6 +366,7 @@ impl AgentTask {
             Input::HandlerFailed { event, handler } => self.handler_failed(event, handler),
             Input::Journaled { batches, result } => self.journaled(batches, result),
             Input::HandlerSlotFree => self.start_owed(),
+            Input::ConsumerAcked { event, handler } => self.consumer_acked(event, handler),
         }
     }
 
@@ -508,6 +522,9 @@ impl AgentTask {
         }
         self.settings.tags = new.tags;
         self.settings.handlers = new.handlers;
+        self.settings
+            .handlers
+            .extend(self.consumers.handler_configs());
         self.settings.log_level = new.log_level;
         tracing::info!(
             handlers = self.settings.handlers.len(),

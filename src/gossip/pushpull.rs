@@ -271,14 +271,14 @@ impl TagBook {
         self.by_name.is_empty()
     }
 
-    /// Pairs each member with its known tags (empty if unknown), as
+    /// Pairs each member with its known tags (`None` if unknown), as
     /// [`super::query::QueryTracker::new`] wants them.
     pub fn with_tags<'a>(
         &'a self,
         members: impl IntoIterator<Item = NodeId> + 'a,
-    ) -> impl Iterator<Item = (NodeId, Tags)> + 'a {
+    ) -> impl Iterator<Item = (NodeId, Option<Tags>)> + 'a {
         members.into_iter().map(|id| {
-            let tags = self.tags_of(&id.name).cloned().unwrap_or_default();
+            let tags = self.tags_of(&id.name).cloned();
             (id, tags)
         })
     }
@@ -579,8 +579,8 @@ mod tests {
         book.learn("a", 3, &db);
         assert_eq!(book.tags_of("a"), Some(&db));
         let paired: Vec<_> = book.with_tags(vec![node("a", 3), node("b", 0)]).collect();
-        assert_eq!(paired[0].1, db);
-        assert!(paired[1].1.is_empty());
+        assert_eq!(paired[0].1, Some(db));
+        assert!(paired[1].1.is_none());
         book.forget("a");
         assert_eq!(book.tags_of("a"), None);
         // Nodes foca no longer knows are pruned (issue 10: the book only grew).

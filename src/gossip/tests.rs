@@ -330,7 +330,7 @@ fn query_reaches_matching_nodes_once() {
     let start = Instant::now();
     let alive: Vec<_> = std::iter::once(sim.nodes[0].id.clone())
         .chain(sim.nodes[0].foca.iter_members().map(|m| m.id().clone()))
-        .map(|id| (id, Tags::new()))
+        .map(|id| (id, Some(Tags::new())))
         .collect();
     let mut tracker = QueryTracker::new(&q, start, alive).unwrap();
     sim.nodes[0].foca.add_broadcast(&bytes).unwrap();
