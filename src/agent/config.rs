@@ -446,6 +446,17 @@ impl Settings {
             tags.insert(k, v);
         }
 
+        let size = postcard::to_stdvec(&tags).map_or(usize::MAX, |b| b.len());
+        if size > crate::gossip::supersede::MAX_TAGS_ENCODED {
+            return Err(invalid(
+                "tags",
+                format!(
+                    "take {size} bytes encoded, at most {} fit the gossip packet that announces them; use fewer or shorter tags",
+                    crate::gossip::supersede::MAX_TAGS_ENCODED
+                ),
+            ));
+        }
+
         let keyring = flags.keyring.clone().or(file.keyring);
         let insecure = flags.insecure || file.insecure.unwrap_or(false);
         if keyring.is_none() && !dev && !insecure {

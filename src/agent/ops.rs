@@ -73,6 +73,8 @@ impl AgentTask {
                     ("queries_matched", s.queries_matched),
                     ("messages_malformed", s.malformed),
                     ("messages_unknown_type", s.unknown_types),
+                    ("superseded", s.superseded),
+                    ("superseding_slots_full", s.slots_full),
                 ] {
                     counters.insert(k.to_owned(), v);
                 }

@@ -137,6 +137,10 @@ pub struct CoreSnapshot {
     pub events: EventLogSnapshot,
     /// Seen queries.
     pub queries: DedupeWindow,
+    /// Version of the last tag announcement (a restart announces a higher one even if
+    /// the wall clock went back).
+    #[serde(default)]
+    pub tags_version: u64,
 }
 
 /// Why a local event/query could not be created. Nothing was queued.
@@ -208,6 +212,7 @@ impl GossipCore {
         core.query_clock = snapshot.query_clock;
         core.events = EventLog::restore(config.event_log, snapshot.events, now);
         core.queries = snapshot.queries;
+        core.tags_version = snapshot.tags_version;
         core
     }
 
@@ -227,6 +232,7 @@ impl GossipCore {
             query_clock: self.query_clock,
             events: self.events.snapshot(),
             queries: self.queries.clone(),
+            tags_version: self.tags_version,
         }
     }
 
@@ -245,7 +251,7 @@ impl GossipCore {
     /// (e.g. wall-clock milliseconds); it is raised above the last one if not.
     pub fn set_tags(&mut self, tags: Tags, version: u64) -> Result<Vec<u8>, CreateError> {
         self.tags = tags;
-        self.tags_version = version.max(self.tags_version + 1);
+        self.tags_version = version.max(self.tags_version.saturating_add(1));
         self.announce_tags()
     }
 

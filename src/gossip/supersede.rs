@@ -44,6 +44,10 @@ pub struct Superseding {
     pub body: Vec<u8>,
 }
 
+/// Largest postcard encoding of a node's tags: the announcement (with its kind, name,
+/// version and origin) must fit one broadcast item.
+pub const MAX_TAGS_ENCODED: usize = super::limits::MAX_BROADCAST_ITEM - 256;
+
 /// The kind under which a node announces its own tags (key: its name, body: postcard
 /// of its [`super::query::Tags`]).
 pub const TAGS_KIND: &str = "droot.tags";

@@ -203,3 +203,24 @@ fn push_pull_repairs_superseding_slots() {
     fresh.lock().merge_push_pull(&v2);
     assert!(fresh.drain_incoming().is_empty());
 }
+
+/// The largest tags the config accepts, on the longest node name, still announce.
+#[test]
+fn largest_tags_fit_one_announcement() {
+    use crate::gossip::identity::MAX_NODE_NAME_LEN;
+    use crate::gossip::supersede::MAX_TAGS_ENCODED;
+    let mut tags = Tags::new();
+    tags.insert("k".into(), String::new());
+    let base = postcard::to_stdvec(&tags).unwrap().len();
+    // One long value: its length prefix grows by a byte past 127.
+    tags.insert("k".into(), "v".repeat(MAX_TAGS_ENCODED - base - 1));
+    assert_eq!(postcard::to_stdvec(&tags).unwrap().len(), MAX_TAGS_ENCODED);
+    let id = NodeId::new(
+        "n".repeat(MAX_NODE_NAME_LEN),
+        "[::1]:65535".parse().unwrap(),
+        u16::MAX,
+    )
+    .unwrap();
+    let mut core = GossipCore::new(id, Tags::new(), CoreConfig::default(), EPOCH);
+    core.set_tags(tags, u64::MAX).unwrap();
+}
