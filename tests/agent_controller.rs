@@ -1,4 +1,4 @@
-//! What the deploy controller needs from the agent (issue 10, items 7 and 10), on real
+//! What the deploy controller needs from the agent (issue 10, items 7, 8 and 10), on real
 //! agent processes on 127.77.9x.N: an in-process consumer gets each matching event
 //! once, across restarts, until it acknowledged it; and a tag changed by SIGHUP
 //! reaches every member at gossip speed. Every wait is on a state, bounded.
@@ -145,4 +145,136 @@ fn sighup_tag_change_reaches_every_member_in_seconds() {
     let took = t0.elapsed();
     eprintln!("tag change reached {n} agents in {took:?}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+mod old_peer {
+    //! A version-1 peer, spoken by hand: the first hello and the unversioned state.
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpStream;
+
+    use droot_fleet::gossip::keyring::KeyringFile;
+    use droot_fleet::gossip::message::{StreamMessage, decode_stream, tag};
+    use droot_fleet::gossip::{EventId, FrameDecoder, Keyring, NodeId, Tags, UserEvent, envelope};
+    use serde::{Deserialize, Serialize};
+
+    /// Frozen copy of the push/pull state before versioning.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct OldState {
+        pub from: NodeId,
+        pub tags: Tags,
+        pub members: Vec<foca::Member<NodeId>>,
+        pub event_ltime: u64,
+        pub query_ltime: u64,
+        pub events: Vec<UserEvent>,
+    }
+
+    pub fn keyring(path: &std::path::Path) -> Keyring {
+        let file: KeyringFile = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        file.try_into().unwrap()
+    }
+
+    pub fn state(addr: &str) -> OldState {
+        let me = NodeId::new("old1", addr.parse().unwrap(), 1).unwrap();
+        OldState {
+            from: me.clone(),
+            tags: Tags::new(),
+            members: vec![foca::Member::alive(me)],
+            event_ltime: 5,
+            query_ltime: 0,
+            events: vec![UserEvent::new(EventId(4242), "old1", 4, "from-old", vec![]).unwrap()],
+        }
+    }
+
+    /// Dials `addr` with `hello`, sends `state` as a version-1 request, returns the
+    /// reply's plaintext.
+    pub fn exchange(addr: &str, ring: &Keyring, hello: &[u8], state: &OldState) -> Vec<u8> {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut rng = rand::rng();
+        s.write_all(&envelope::encode_frame(ring, hello, &mut rng).unwrap())
+            .unwrap();
+        let mut req = vec![tag::PUSH_PULL_REQUEST];
+        req.extend(postcard::to_stdvec(state).unwrap());
+        s.write_all(&envelope::encode_frame(ring, &req, &mut rng).unwrap())
+            .unwrap();
+        let mut dec = FrameDecoder::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(frame) = dec.next_frame(ring).unwrap() {
+                return frame;
+            }
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed without a reply");
+            dec.feed(&buf[..n]);
+        }
+    }
+
+    /// The old strict reader: the reply tag, then exactly one old state.
+    pub fn old_read(reply: &[u8]) -> Result<OldState, String> {
+        assert_eq!(reply[0], tag::PUSH_PULL_REPLY);
+        let (s, rest) = postcard::take_from_bytes(&reply[1..]).map_err(|e| e.to_string())?;
+        if rest.is_empty() {
+            Ok(s)
+        } else {
+            Err(format!("{} trailing bytes", rest.len()))
+        }
+    }
+
+    pub fn new_read(reply: &[u8]) -> droot_fleet::gossip::PushPullState {
+        match decode_stream(reply).unwrap() {
+            StreamMessage::PushPullReply(s) => s,
+            other => panic!("not a reply: {other:?}"),
+        }
+    }
+}
+
+/// Item 8 end to end: a version-1 peer (first hello, unversioned state) push/pulls
+/// with a running agent: the agent merges its state (its event is handled) and
+/// answers in the format the old reader accepts; a version-2 hello gets the versioned
+/// state with the tag announcements as an extension.
+#[test]
+fn an_old_peer_exchanges_state_with_a_new_agent() {
+    let c = Cluster::new("77.92");
+    let a1 = c.start(1, &[], &tags_table("web"));
+    let ring = old_peer::keyring(&c.keyring);
+    let me = c.addr(9);
+
+    let reply = old_peer::exchange(
+        &a1.addr,
+        &ring,
+        b"droot-fleet stream 1",
+        &old_peer::state(&me),
+    );
+    let old = old_peer::old_read(&reply).expect("the old reader accepts the reply");
+    assert_eq!(old.from.name, "n1");
+    assert_eq!(old.tags.get("role").map(String::as_str), Some("web"));
+    wait_for(LONG, "the old peer's event handled on n1", || {
+        (c.deliveries("n1", "from-old").len() == 1).then_some(())
+    });
+
+    let reply = old_peer::exchange(
+        &a1.addr,
+        &ring,
+        b"droot-fleet stream 2",
+        &old_peer::state(&me),
+    );
+    assert!(
+        old_peer::old_read(&reply).is_err(),
+        "version 2 went to a version-2 dialer"
+    );
+    let new = old_peer::new_read(&reply);
+    assert_eq!(new.version, 2);
+    assert!(
+        !new.extensions.is_empty(),
+        "the tag announcements travel as an extension"
+    );
+    wait_for(LONG, "n1 to merge both states", || {
+        (a1.info()["counters"]["push_pulls_merged"].as_u64()? >= 2).then_some(())
+    });
+    assert_eq!(
+        c.deliveries("n1", "from-old").len(),
+        1,
+        "merged twice, handled once"
+    );
 }
