@@ -1,7 +1,8 @@
 //! What the deploy controller needs from the agent (issue 10, items 7, 8 and 10), on real
 //! agent processes on 127.77.9x.N: an in-process consumer gets each matching event
-//! once, across restarts, until it acknowledged it; and a tag changed by SIGHUP
-//! reaches every member at gossip speed. Every wait is on a state, bounded.
+//! once, across restarts, until it acknowledged it; a tag changed by SIGHUP reaches
+//! every member at gossip speed; a version-1 peer still push/pulls with a new agent.
+//! Every wait is on a state, bounded.
 
 #[path = "common/agent.rs"]
 mod agent_support;

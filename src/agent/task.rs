@@ -429,6 +429,12 @@ impl AgentTask {
         if membership_changed {
             self.retune();
         }
+        let reannounce = self.core.lock().take_reannounce();
+        match reannounce.map(|r| r.map(|bytes| self.foca.add_broadcast(&bytes))) {
+            None | Some(Ok(Ok(_))) => {}
+            Some(Ok(Err(e))) => tracing::warn!(cause = %e, "tags not announced again"),
+            Some(Err(e)) => tracing::warn!(cause = %e, "tags not announced again"),
+        }
         let incoming = self.core.drain_incoming();
         // New events travel on first: forwarding must not wait for the disk.
         for item in &incoming {

@@ -12,9 +12,12 @@
 //! packets and for local `add_broadcast`):
 //!
 //! 1. decode ([`super::message::decode_broadcast`]); malformed bytes are a typed error
-//!    (foca then drops the rest of that packet); unknown types are skipped and counted;
+//!    (foca then drops the rest of that packet); unknown types (a newer peer's) are
+//!    counted and relayed once each ([`super::supersede::SeenBytes`]), never delivered;
 //! 2. witness the Lamport clock, ask the [`EventLog`] / query [`DedupeWindow`] whether
-//!    it is new;
+//!    it is new — or, for a [`Superseding`] item, whether it is newer than the version
+//!    held for its `(kind, key)` ([`Latest`]; its key then also drops queued older
+//!    versions from foca's backlog);
 //! 3. if new: return its [`BroadcastKey`] so foca keeps disseminating it, and queue an
 //!    [`Incoming`] for the shell (events always; queries only if this node matches the
 //!    filters). Duplicates and too-old items return `None` (not re-gossiped).
@@ -171,6 +174,7 @@ pub struct GossipCore {
     latest: Latest,
     seen: SeenBytes,
     peer_versions: BTreeMap<String, u16>,
+    reannounce: bool,
     now: Duration,
     outbox: VecDeque<Incoming>,
     stats: Stats,
@@ -192,6 +196,7 @@ impl GossipCore {
             latest: Latest::default(),
             seen: SeenBytes::default(),
             peer_versions: BTreeMap::new(),
+            reannounce: false,
             now,
             outbox: VecDeque::new(),
             stats: Stats::default(),
@@ -253,6 +258,16 @@ impl GossipCore {
         self.tags = tags;
         self.tags_version = version.max(self.tags_version.saturating_add(1));
         self.announce_tags()
+    }
+
+    /// If the cluster holds a newer announcement of this node's tags than its own
+    /// (see `accept_superseding`), the bytes announcing them again above it (once).
+    pub fn take_reannounce(&mut self) -> Option<Result<Vec<u8>, CreateError>> {
+        if !std::mem::take(&mut self.reannounce) {
+            return None;
+        }
+        let tags = self.tags.clone();
+        Some(self.set_tags(tags, 0))
     }
 
     /// The bytes announcing this node's current tags (at start, or to re-announce).
@@ -530,7 +545,17 @@ impl GossipCore {
 
 impl GossipCore {
     /// Offers an item to [`Latest`]; true if it is newer (then tags are learned).
+    /// A tag announcement for this node newer than its own (a lost state file and a
+    /// clock that went back) is refused, and this node's tags re-announced above it.
     fn accept_superseding(&mut self, item: &Superseding) -> bool {
+        if item.kind == TAGS_KIND
+            && item.key == self.identity.name
+            && item.version > self.tags_version
+        {
+            self.tags_version = item.version;
+            self.reannounce = true;
+            return false;
+        }
         match self.latest.offer(item) {
             Offer::Newer => {}
             Offer::Stale => {

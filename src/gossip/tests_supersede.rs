@@ -224,3 +224,42 @@ fn largest_tags_fit_one_announcement() {
     let mut core = GossipCore::new(id, Tags::new(), CoreConfig::default(), EPOCH);
     core.set_tags(tags, u64::MAX).unwrap();
 }
+
+/// A node whose state file was lost and whose clock went back announces its tags at a
+/// version the cluster already holds a newer one of: it hears that one, refuses it,
+/// and announces its own tags above it, which then win everywhere.
+#[test]
+fn own_tags_announced_again_above_a_stale_newer_version() {
+    let mut sim = cluster(3);
+    let stale = Superseding {
+        kind: TAGS_KIND.into(),
+        key: "node1".into(),
+        version: 5000,
+        origin: "node1".into(),
+        body: postcard::to_stdvec(&Tags::new()).unwrap(),
+    };
+    let stale = crate::gossip::message::encode_broadcast(
+        &crate::gossip::message::Broadcast::Superseding(stale),
+    )
+    .unwrap();
+    sim.nodes[0]
+        .core
+        .handler()
+        .receive_item(&stale, None)
+        .unwrap();
+    let bytes = sim.nodes[1].core.lock().set_tags(web(), 10).unwrap();
+    sim.nodes[1].foca.add_broadcast(&bytes).unwrap();
+    assert!(sim.nodes[1].core.lock().take_reannounce().is_none());
+    // node1 hears the stale, newer announcement about itself.
+    let mut h = sim.nodes[1].core.handler();
+    assert_eq!(h.receive_item(&stale, None).unwrap(), None);
+    let again = sim.nodes[1].core.lock().take_reannounce().unwrap().unwrap();
+    assert!(sim.nodes[1].core.lock().take_reannounce().is_none(), "once");
+    sim.nodes[1].foca.add_broadcast(&again).unwrap();
+    sim.flush(1);
+    sim.run_for(Duration::from_secs(5));
+    for i in [0, 2] {
+        let core = sim.nodes[i].core.lock();
+        assert_eq!(core.tag_book().tags_of("node1"), Some(&web()), "node{i}");
+    }
+}
