@@ -251,66 +251,6 @@ impl GossipCore {
         &self.tags
     }
 
-    /// Replaces this node's tags (e.g. on a config reload) and returns the bytes that
-    /// announce them (`Foca::add_broadcast`). `version` must grow with every change
-    /// (e.g. wall-clock milliseconds); it is raised above the last one if not.
-    pub fn set_tags(&mut self, tags: Tags, version: u64) -> Result<Vec<u8>, CreateError> {
-        self.tags = tags;
-        self.tags_version = version.max(self.tags_version.saturating_add(1));
-        self.announce_tags()
-    }
-
-    /// If the cluster holds a newer announcement of this node's tags than its own
-    /// (see `accept_superseding`), the bytes announcing them again above it (once).
-    pub fn take_reannounce(&mut self) -> Option<Result<Vec<u8>, CreateError>> {
-        if !std::mem::take(&mut self.reannounce) {
-            return None;
-        }
-        let tags = self.tags.clone();
-        Some(self.set_tags(tags, 0))
-    }
-
-    /// The bytes announcing this node's current tags (at start, or to re-announce).
-    pub fn announce_tags(&mut self) -> Result<Vec<u8>, CreateError> {
-        let body = postcard::to_stdvec(&self.tags).map_err(|e| EncodeError::Serialize {
-            what: "tags",
-            reason: e.to_string(),
-        })?;
-        let name = self.identity.name.clone();
-        let version = self.tags_version;
-        let item = self.superseding(TAGS_KIND, &name, version, body);
-        Ok(encode_broadcast(&Broadcast::Superseding(item))?)
-    }
-
-    /// Builds a [`Superseding`] item for `Foca::add_broadcast` (which delivers it here
-    /// first, so it reaches [`Incoming::Superseding`] like a remote one).
-    pub fn create_superseding(
-        &self,
-        kind: &str,
-        key: &str,
-        version: u64,
-        body: Vec<u8>,
-    ) -> Result<Vec<u8>, CreateError> {
-        let item = self.superseding(kind, key, version, body);
-        item.validate()?;
-        Ok(encode_broadcast(&Broadcast::Superseding(item))?)
-    }
-
-    fn superseding(&self, kind: &str, key: &str, version: u64, body: Vec<u8>) -> Superseding {
-        Superseding {
-            kind: kind.to_owned(),
-            key: key.to_owned(),
-            version,
-            origin: self.identity.name.clone(),
-            body,
-        }
-    }
-
-    /// The newest item held for a slot.
-    pub fn superseding_item(&self, kind: &str, key: &str) -> Option<&Superseding> {
-        self.latest.get(kind, key)
-    }
-
     /// The push/pull wire version last seen from `node` (1 if never).
     pub fn peer_version(&self, node: &str) -> u16 {
         self.peer_versions.get(node).copied().unwrap_or(1)
@@ -472,107 +412,70 @@ impl GossipCore {
                 return Err(e);
             }
         };
-        match item {
-            Broadcast::Superseding(item) => {
-                if !self.accept_superseding(&item) {
-                    return Ok(None);
-                }
-                let key = BroadcastKey::Superseding {
-                    slot: self.seen.slot_hash(&item.kind, &item.key),
-                    version: item.version,
-                };
-                self.outbox.push_back(Incoming::Superseding(item));
-                Ok(Some(key))
-            }
-            Broadcast::Event(ev) => {
-                if !self.event_clock.accepts(ev.ltime) {
-                    self.stats.too_far_ahead += 1;
-                    return Ok(None);
-                }
-                self.event_clock.witness(ev.ltime);
-                match self.events.observe(&ev, self.now) {
-                    Ok(true) => {
-                        self.stats.events_delivered += 1;
-                        let key = BroadcastKey::Event(ev.id);
-                        self.outbox.push_back(Incoming::Event(ev));
-                        Ok(Some(key))
-                    }
-                    Ok(false) => {
-                        self.stats.events_duplicate += 1;
-                        Ok(None)
-                    }
-                    Err(_) => {
-                        self.stats.events_too_old += 1;
-                        Ok(None)
-                    }
-                }
-            }
-            Broadcast::Query(q) => {
-                if !self.query_clock.accepts(q.ltime) {
-                    self.stats.too_far_ahead += 1;
-                    return Ok(None);
-                }
-                self.query_clock.witness(q.ltime);
-                match self
-                    .queries
-                    .observe(q.ltime, q.id.0, self.config.max_query_ids)
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        self.stats.queries_duplicate += 1;
-                        return Ok(None);
-                    }
-                    Err(_) => {
-                        self.stats.queries_too_old += 1;
-                        return Ok(None);
-                    }
-                }
-                self.stats.queries_seen += 1;
-                let Ok(filters) = q.filter_set() else {
-                    self.stats.queries_bad_filter += 1;
-                    return Ok(None);
-                };
-                let key = BroadcastKey::Query(q.id);
-                if filters.matches(&self.identity.name, &self.tags) {
-                    self.stats.queries_matched += 1;
-                    self.outbox.push_back(Incoming::Query(q));
-                }
-                Ok(Some(key))
-            }
-        }
+        Ok(match item {
+            Broadcast::Superseding(item) => self.receive_superseding(item),
+            Broadcast::Event(ev) => self.receive_event(ev),
+            Broadcast::Query(q) => self.receive_query(q),
+        })
     }
 }
 
 impl GossipCore {
-    /// Offers an item to [`Latest`]; true if it is newer (then tags are learned).
-    /// A tag announcement for this node newer than its own (a lost state file and a
-    /// clock that went back) is refused, and this node's tags re-announced above it.
-    fn accept_superseding(&mut self, item: &Superseding) -> bool {
-        if item.kind == TAGS_KIND
-            && item.key == self.identity.name
-            && item.version > self.tags_version
-        {
-            self.tags_version = item.version;
-            self.reannounce = true;
-            return false;
+    fn receive_event(&mut self, ev: UserEvent) -> Option<BroadcastKey> {
+        if !self.event_clock.accepts(ev.ltime) {
+            self.stats.too_far_ahead += 1;
+            return None;
         }
-        match self.latest.offer(item) {
-            Offer::Newer => {}
-            Offer::Stale => {
-                self.stats.superseded += 1;
-                return false;
+        self.event_clock.witness(ev.ltime);
+        match self.events.observe(&ev, self.now) {
+            Ok(true) => {
+                self.stats.events_delivered += 1;
+                let key = BroadcastKey::Event(ev.id);
+                self.outbox.push_back(Incoming::Event(ev));
+                Some(key)
             }
-            Offer::Full => {
-                self.stats.slots_full += 1;
-                return false;
+            Ok(false) => {
+                self.stats.events_duplicate += 1;
+                None
+            }
+            Err(_) => {
+                self.stats.events_too_old += 1;
+                None
             }
         }
-        if item.kind == TAGS_KIND
-            && let Ok(tags) = postcard::from_bytes::<Tags>(&item.body)
-        {
-            self.tag_book.learn(&item.key, item.version, &tags);
+    }
+
+    fn receive_query(&mut self, q: Query) -> Option<BroadcastKey> {
+        if !self.query_clock.accepts(q.ltime) {
+            self.stats.too_far_ahead += 1;
+            return None;
         }
-        true
+        self.query_clock.witness(q.ltime);
+        match self
+            .queries
+            .observe(q.ltime, q.id.0, self.config.max_query_ids)
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.stats.queries_duplicate += 1;
+                return None;
+            }
+            Err(_) => {
+                self.stats.queries_too_old += 1;
+                return None;
+            }
+        }
+        self.stats.queries_seen += 1;
+        let Ok(filters) = q.filter_set() else {
+            self.stats.queries_bad_filter += 1;
+            return None;
+        };
+        let key = BroadcastKey::Query(q.id);
+        if filters.matches(&self.identity.name, &self.tags) {
+            self.stats.queries_matched += 1;
+            self.outbox.push_back(Incoming::Query(q));
+        }
+        Some(key)
     }
 }
 
@@ -633,6 +536,9 @@ impl foca::BroadcastHandler<NodeId> for GossipHandler {
         self.0.lock().receive(data)
     }
 }
+
+#[path = "handler_supersede.rs"]
+mod supersede;
 
 #[cfg(test)]
 #[path = "handler_tests.rs"]
