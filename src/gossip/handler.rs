@@ -280,8 +280,10 @@ impl GossipCore {
     /// Forgets the tags of nodes for which `known` is false (foca reaped them), so the
     /// book does not grow with every node that ever joined.
     pub fn prune_tags(&mut self, known: impl Fn(&str) -> bool) {
+        // foca does not list this node itself: keep its own announcement.
+        let me = &self.identity.name;
         self.latest
-            .retain(|item| item.kind != TAGS_KIND || known(&item.key));
+            .retain(|item| item.kind != TAGS_KIND || item.key == *me || known(&item.key));
         self.peer_versions.retain(|name, _| known(name));
         self.tag_book.retain(known);
     }

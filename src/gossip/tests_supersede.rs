@@ -263,3 +263,34 @@ fn own_tags_announced_again_above_a_stale_newer_version() {
         assert_eq!(core.tag_book().tags_of("node1"), Some(&web()), "node{i}");
     }
 }
+
+/// Pruning the tags of members foca forgot keeps this node's own announcement, which
+/// push/pull hands to newcomers.
+#[test]
+fn pruning_keeps_the_own_announcement() {
+    let core = SharedCore::new(GossipCore::new(
+        node_id(0),
+        Tags::new(),
+        CoreConfig::default(),
+        EPOCH,
+    ));
+    let bytes = core.lock().set_tags(web(), 3).unwrap();
+    core.handler().receive_item(&bytes, None).unwrap();
+    let gone = Superseding {
+        kind: TAGS_KIND.into(),
+        key: "gone".into(),
+        version: 1,
+        origin: "gone".into(),
+        body: postcard::to_stdvec(&web()).unwrap(),
+    };
+    let gone = crate::gossip::message::encode_broadcast(
+        &crate::gossip::message::Broadcast::Superseding(gone),
+    )
+    .unwrap();
+    core.handler().receive_item(&gone, None).unwrap();
+    core.lock().prune_tags(|_| false);
+    let c = core.lock();
+    assert!(c.superseding_item(TAGS_KIND, "node0").is_some());
+    assert!(c.superseding_item(TAGS_KIND, "gone").is_none());
+    assert!(c.tag_book().tags_of("gone").is_none());
+}
