@@ -19,6 +19,9 @@
 //! a quiet gap. Percentiles are linearly interpolated (with 40 samples, p99 sits
 //! between the two slowest events).
 //!
+//! Last, one random agent's tags change by SIGHUP, and the bench times how long until
+//! every agent's `GET /v1/members` shows them (polled; an upper bound).
+//!
 //! The markdown table goes to stdout and to `<target>/gossip-bench.md`. Every wait has
 //! a deadline; agents are SIGKILLed when their cluster guard drops (error, panic,
 //! Ctrl-C) and get `PR_SET_PDEATHSIG` so they also die if this process is killed;
@@ -27,6 +30,7 @@
 mod cluster;
 mod measure;
 mod report;
+mod tags;
 
 use std::path::PathBuf;
 
@@ -36,6 +40,7 @@ use clap::Parser;
 use cluster::*;
 use measure::*;
 use report::*;
+use tags::*;
 
 #[derive(Debug, Parser)]
 #[command(about = "User-event latency of real droot-fleet agent clusters")]

@@ -35,6 +35,8 @@ pub struct Row {
     /// (node, event) deliveries later than 100 ms.
     pub late_nodes: usize,
     pub events_pushed: u64,
+    /// ms until every agent saw one agent's SIGHUP'd tag change.
+    pub tag_ms: f64,
 }
 
 /// Linear-interpolated percentile of a sorted slice (INFINITY stays infinite).
@@ -304,6 +306,11 @@ pub async fn measure_cluster(
             row.events_pushed += info.counters.get("events_pushed").copied().unwrap_or(0);
         }
     }
+    row.tag_ms = tag_convergence(opts, cluster, n, rng).await?;
+    eprintln!(
+        "  tag change seen by all {n} agents in {:.0} ms",
+        row.tag_ms
+    );
     let full = sorted(&row.full_ms);
     eprintln!(
         "  {} events: 100% delivery p50 {} ms, p99 {} ms, max {} ms ({} complete)",

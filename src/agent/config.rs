@@ -158,6 +158,9 @@ pub enum EventFilter {
     Query(Option<String>),
     /// `member-join`, `member-leave`, `member-failed`.
     Member(String),
+    /// Every user event whose name starts with this (in-process consumers only,
+    /// see [`super::consumers`]; not written in config files).
+    UserPrefix(String),
 }
 
 impl EventFilter {
@@ -306,6 +309,12 @@ pub fn handlers(files: &[HandlerFile]) -> Result<Vec<HandlerConfig>, ConfigError
                     "must be a non-empty array, e.g. [\"/usr/local/bin/deploy\", \"--now\"]",
                 ));
             }
+            if h.command[0].starts_with('@') {
+                return Err(invalid(
+                    format!("handler[{i}].command"),
+                    "may not start with '@' (reserved for in-process consumers); name the program by its path",
+                ));
+            }
             let timeout = duration(
                 &format!("handler[{i}].timeout"),
                 h.timeout.as_ref(),
@@ -435,6 +444,17 @@ impl Settings {
         for t in &flags.tags {
             let (k, v) = parse_tag(t).map_err(|e| invalid("tag", e))?;
             tags.insert(k, v);
+        }
+
+        let size = postcard::to_stdvec(&tags).map_or(usize::MAX, |b| b.len());
+        if size > crate::gossip::supersede::MAX_TAGS_ENCODED {
+            return Err(invalid(
+                "tags",
+                format!(
+                    "take {size} bytes encoded, at most {} fit the gossip packet that announces them; use fewer or shorter tags",
+                    crate::gossip::supersede::MAX_TAGS_ENCODED
+                ),
+            ));
         }
 
         let keyring = flags.keyring.clone().or(file.keyring);

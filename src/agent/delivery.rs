@@ -15,6 +15,7 @@ use rand::seq::IteratorRandom;
 use tokio::time::Instant;
 
 use super::config::HandlerConfig;
+use super::consumers::consumer_name;
 use super::handlers::{self, Trigger};
 use super::monitor;
 use super::net::Counters;
@@ -108,6 +109,28 @@ impl AgentTask {
         );
         for (h, permit) in owed.into_iter().zip(permits) {
             let (tx, env, ev) = (self.tx.clone(), env.clone(), ev.clone());
+            if consumer_name(&h).is_some() {
+                let consumers = self.consumers.clone();
+                tokio::spawn(async move {
+                    let done = match consumers.deliver(&h, ev.clone()).await {
+                        Ok(()) => Input::ConsumerAcked {
+                            event: ev.id,
+                            handler: h,
+                        },
+                        Err(e) => {
+                            tracing::warn!(event = %ev.name, cause = %e, "consumer did not take the event");
+                            Input::HandlerFailed {
+                                event: ev,
+                                handler: h,
+                            }
+                        }
+                    };
+                    let _ = tx.send(done).await;
+                    drop(permit);
+                    let _ = tx.send(Input::HandlerSlotFree).await;
+                });
+                continue;
+            }
             tokio::spawn(async move {
                 match handlers::start(&h, &env, ev.payload.clone(), false) {
                     Ok(running) => {
@@ -131,13 +154,16 @@ impl AgentTask {
         }
     }
 
-    /// A handler's process could not be spawned: journal it as owed, retry later.
+    /// A handler's process could not be spawned, or a consumer did not acknowledge:
+    /// journal it as owed (a consumer already is), retry later.
     pub(super) fn handler_failed(&mut self, ev: UserEvent, h: HandlerConfig) {
-        let line = JournalLine::Owed(Mark {
-            id: ev.id,
-            command: h.command.clone(),
-        });
-        self.disk.journal(vec![line], Vec::new());
+        if consumer_name(&h).is_none() {
+            let line = JournalLine::Owed(Mark {
+                id: ev.id,
+                command: h.command.clone(),
+            });
+            self.disk.journal(vec![line], Vec::new());
+        }
         let delay = self.pending.failed(&ev, vec![h], Instant::now());
         self.sched
             .submit(Instant::now(), delay, Scheduled::RetryHandlers(ev.id));
@@ -234,6 +260,15 @@ impl AgentTask {
                 Counters::add(&self.counters.events_pushed);
                 self.send_datagram(dst, &plain).await;
             }
+        }
+    }
+}
+
+impl AgentTask {
+    /// A consumer acknowledged `id`: journal it (no longer owed).
+    pub(super) fn consumer_acked(&mut self, id: crate::gossip::EventId, h: HandlerConfig) {
+        if let Some(line) = self.pending.acked(id, &h) {
+            self.disk.journal(vec![line], Vec::new());
         }
     }
 }

@@ -62,6 +62,7 @@ pub fn matches(filter: &EventFilter, trigger: &Trigger) -> bool {
             want.as_ref().is_none_or(|w| w == name)
         }
         (EventFilter::Member(k), Trigger::Member { kind, .. }) => k == kind,
+        (EventFilter::UserPrefix(p), Trigger::User { name, .. }) => name.starts_with(p.as_str()),
         _ => false,
     }
 }

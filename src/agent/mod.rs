@@ -14,6 +14,7 @@
 //! | [`members`] | member status (alive/suspect/left/failed) from foca's state |
 //! | [`delivery`] | member notifications and user events: eager push, journal, handlers |
 //! | [`pending`] | user-event handlers owed until their process started (retry, journal) |
+//! | [`consumers`] | in-process event consumers, owed until they acknowledge |
 //! | [`handlers`] | event/query handler processes (timeout, env, stdin) |
 //! | [`queries`] | built-in query handlers registered in Rust |
 //! | [`keys`] | keyring file and the cluster-wide key-rotation query |
@@ -31,6 +32,7 @@
 //! process exits.
 
 pub mod config;
+pub mod consumers;
 pub mod delivery;
 pub mod disk;
 pub mod handlers;
@@ -182,6 +184,7 @@ impl AgentHandle {
 pub struct Agent {
     settings: Settings,
     registry: QueryRegistry,
+    consumers: consumers::Consumers,
     log_reload: Option<monitor::LogReload>,
     monitor: broadcast::Sender<String>,
 }
@@ -193,6 +196,7 @@ impl Agent {
         Self {
             settings,
             registry,
+            consumers: consumers::Consumers::default(),
             log_reload: None,
             monitor: broadcast::channel(1024).0,
         }
@@ -219,11 +223,24 @@ impl Agent {
         self.registry.register(name, Arc::new(handler));
     }
 
+    /// Registers an in-process consumer `name` of the user events named `prefix*`:
+    /// it reads them from the returned channel and acknowledges each once handled
+    /// (see [`consumers`] for the guarantee). Keep `name` stable across releases: the
+    /// journal owes events to it by name.
+    pub fn register_consumer(
+        &mut self,
+        name: &str,
+        prefix: &str,
+    ) -> tokio::sync::mpsc::Receiver<consumers::Delivery> {
+        self.consumers.register(name, prefix)
+    }
+
     /// Runs until `shutdown` completes (then leaves gracefully) or a `leave` request.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
         task::run(
             self.settings,
             self.registry,
+            self.consumers,
             self.log_reload,
             self.monitor,
             shutdown,

@@ -27,15 +27,17 @@ use super::slots::{Admit, Proof, Slots};
 use super::task::Input;
 use crate::gossip::envelope::{self, FrameError, OpenError};
 use crate::gossip::message::{self, DecodeError, EncodeError, StreamMessage};
-use crate::gossip::{FrameDecoder, Keyring, MAX_DATAGRAM, PushPullState};
+use crate::gossip::{FrameDecoder, Keyring, MAX_DATAGRAM, PROTOCOL_VERSION, PushPullState};
 
 /// The keyring shared between the task (writer) and the I/O loops (readers).
 pub type SharedKeyring = Arc<RwLock<Keyring>>;
 
 /// How long a TCP exchange may take end to end.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
-/// Plaintext of the first frame of every stream: proves the dialer holds a key.
-pub const STREAM_HELLO: &[u8] = b"droot-fleet stream 1";
+/// Plaintext of the first frame of every stream, followed by the dialer's protocol
+/// version in decimal ([`crate::gossip::PROTOCOL_VERSION`]; version 1 agents send
+/// `droot-fleet stream 1`): proves the dialer holds a key and says what it reads.
+pub const STREAM_HELLO: &[u8] = b"droot-fleet stream ";
 /// Largest sealed hello frame accepted (the hello plus the seal, with room to spare).
 const MAX_HELLO_LEN: usize = envelope::SEAL_OVERHEAD + 64;
 /// How long an inbound connection may take to send its hello.
@@ -262,9 +264,10 @@ async fn write_first_message(
     msg: &StreamMessage,
     addr: SocketAddr,
 ) -> Result<(), StreamError> {
+    let hello = hello_plaintext(PROTOCOL_VERSION);
     let hello = {
         let ring = keyring.read().unwrap_or_else(|e| e.into_inner());
-        envelope::encode_frame(&ring, STREAM_HELLO, &mut rand::rng())
+        envelope::encode_frame(&ring, &hello, &mut rand::rng())
     };
     let hello = hello.map_err(|e| StreamError::Encode {
         addr,
@@ -283,13 +286,31 @@ async fn write_first_message(
     write_message(stream, keyring, msg, addr).await
 }
 
+/// The hello a dialer of protocol `version` sends.
+pub fn hello_plaintext(version: u16) -> Vec<u8> {
+    let mut hello = STREAM_HELLO.to_vec();
+    hello.extend_from_slice(version.to_string().as_bytes());
+    hello
+}
+
+/// The protocol version a hello announces, if it is one (any version >= 1).
+pub fn parse_hello(plain: &[u8]) -> Option<u16> {
+    let digits = plain.strip_prefix(STREAM_HELLO)?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let version: u16 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    (version >= 1).then_some(version)
+}
+
 /// Reads the hello frame into a small fixed buffer and checks it opens with one of our
-/// keys: nothing larger is buffered for a peer that has not proved the key.
+/// keys: nothing larger is buffered for a peer that has not proved the key. Returns
+/// the dialer's protocol version.
 async fn read_hello(
     stream: &mut TcpStream,
     keyring: &SharedKeyring,
     addr: SocketAddr,
-) -> Result<(), StreamError> {
+) -> Result<u16, StreamError> {
     let io = |source| StreamError::Io { addr, source };
     let mut prefix = [0u8; envelope::FRAME_PREFIX_LEN];
     stream.read_exact(&mut prefix).await.map_err(io)?;
@@ -313,13 +334,10 @@ async fn read_hello(
         addr,
         source: FrameError::Open(e),
     })?;
-    if plain != STREAM_HELLO {
-        return Err(StreamError::Unexpected {
-            addr,
-            wanted: "stream hello",
-        });
-    }
-    Ok(())
+    parse_hello(&plain).ok_or(StreamError::Unexpected {
+        addr,
+        wanted: "stream hello",
+    })
 }
 
 async fn write_message(
@@ -449,7 +467,7 @@ async fn serve_stream(
     tx: &mpsc::Sender<Input>,
     proof: &Proof,
 ) -> Result<(), StreamError> {
-    tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut stream, keyring, addr))
+    let peer_version = tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut stream, keyring, addr))
         .await
         .map_err(|_| StreamError::HelloTimeout { addr })??;
     proof.set();
@@ -458,7 +476,11 @@ async fn serve_stream(
             StreamMessage::PushPullRequest(state) => {
                 let (reply, rx) = oneshot::channel();
                 if tx
-                    .send(Input::PushPullRequest { state, reply })
+                    .send(Input::PushPullRequest {
+                        state,
+                        peer_version,
+                        reply,
+                    })
                     .await
                     .is_err()
                 {
@@ -484,4 +506,34 @@ async fn serve_stream(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_carries_the_protocol_version() {
+        assert_eq!(
+            parse_hello(b"droot-fleet stream 1"),
+            Some(1),
+            "first agents"
+        );
+        assert_eq!(
+            parse_hello(&hello_plaintext(PROTOCOL_VERSION)),
+            Some(PROTOCOL_VERSION)
+        );
+        assert_eq!(parse_hello(&hello_plaintext(65535)), Some(65535));
+        for bad in [
+            &b"droot-fleet stream "[..],
+            b"droot-fleet stream 0",
+            b"droot-fleet stream 1x",
+            b"droot-fleet stream 99999",
+            b"droot-fleet stream -1",
+            b"hello",
+        ] {
+            assert_eq!(parse_hello(bad), None, "{bad:?}");
+        }
+        assert!(hello_plaintext(u16::MAX).len() + envelope::SEAL_OVERHEAD <= MAX_HELLO_LEN);
+    }
 }

@@ -73,6 +73,8 @@ impl AgentTask {
                     ("queries_matched", s.queries_matched),
                     ("messages_malformed", s.malformed),
                     ("messages_unknown_type", s.unknown_types),
+                    ("superseded", s.superseded),
+                    ("superseding_slots_full", s.slots_full),
                 ] {
                     counters.insert(k.to_owned(), v);
                 }
@@ -203,18 +205,16 @@ impl AgentTask {
             Ok(x) => x,
             Err(e) => return fail(waiter, AgentError::Create(e)),
         };
-        let alive: Vec<(NodeId, crate::gossip::Tags)> = {
+        // Members whose tags are not known yet are `None`: the query waits for them.
+        let alive: Vec<(NodeId, Option<crate::gossip::Tags>)> = {
             let core = self.core.lock();
             let book = core.tag_book();
             self.foca
                 .iter_members()
-                .map(|m| {
-                    let tags = book.tags_of(&m.id().name).cloned().unwrap_or_default();
-                    (m.id().clone(), tags)
-                })
+                .map(|m| (m.id().clone(), book.tags_of(&m.id().name).cloned()))
                 .chain(std::iter::once((
                     core.identity().clone(),
-                    core.tags().clone(),
+                    Some(core.tags().clone()),
                 )))
                 .collect()
         };

@@ -9,6 +9,10 @@
 //! change after it ([`JournalLine`]). A start is journaled *before* the process is
 //! spawned, with its slot already held, so a crash can lose a start that was under way
 //! but never runs a handler twice; a failed start is journaled as owed again.
+//!
+//! An in-process consumer ([`super::consumers`]) is owed the other way round: it is
+//! journaled as owed *before* delivery and stays owed (in flight, listed in the state
+//! file) until its acknowledgement is journaled, so it is never lost.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::config::HandlerConfig;
+use super::consumers::consumer_name;
 use super::handlers::{self, Trigger};
 use crate::gossip::{EventId, UserEvent};
 
@@ -89,6 +94,8 @@ pub fn backoff(attempts: u32) -> Duration {
 struct Pending {
     event: UserEvent,
     owed: Vec<HandlerConfig>,
+    /// Consumers handed the event, not acknowledged yet (still owed on disk).
+    in_flight: Vec<HandlerConfig>,
     /// Whether the event's `Delivered` line is in the journal yet.
     journaled: bool,
     /// Whether that line is on its way to the disk (nothing else is taken meanwhile).
@@ -144,6 +151,7 @@ impl PendingHandlers {
             Pending {
                 event,
                 owed,
+                in_flight: Vec::new(),
                 journaled,
                 journaling: false,
                 attempts: 0,
@@ -185,14 +193,21 @@ impl PendingHandlers {
             return None;
         }
         let handlers: Vec<HandlerConfig> = p.owed.drain(..max.min(p.owed.len())).collect();
+        let (consumers, processes): (Vec<HandlerConfig>, Vec<HandlerConfig>) = handlers
+            .iter()
+            .cloned()
+            .partition(|h| consumer_name(h).is_some());
         let lines = if p.journaled {
-            marks(id, &handlers, JournalLine::Retry)
+            // A consumer's `Owed` line is still in force until its ack.
+            marks(id, &processes, JournalLine::Retry)
         } else {
             p.journaling = true;
             let mut lines = vec![JournalLine::Delivered(p.event.clone())];
             lines.extend(marks(id, &p.owed, JournalLine::Owed));
+            lines.extend(marks(id, &consumers, JournalLine::Owed));
             lines
         };
+        p.in_flight.extend(consumers);
         Some(Batch {
             event: p.event.clone(),
             handlers,
@@ -207,10 +222,25 @@ impl PendingHandlers {
         if let Some(p) = self.events.get_mut(&id) {
             p.journaled = true;
             p.journaling = false;
-            if p.owed.is_empty() {
+            if p.owed.is_empty() && p.in_flight.is_empty() {
                 self.events.remove(&id);
             }
         }
+    }
+
+    /// Consumer `handler` acknowledged event `id`: returns the line to journal (it is
+    /// no longer owed), or `None` if it was not in flight.
+    pub fn acked(&mut self, id: EventId, handler: &HandlerConfig) -> Option<JournalLine> {
+        let p = self.events.get_mut(&id)?;
+        let i = p.in_flight.iter().position(|h| h == handler)?;
+        p.in_flight.remove(i);
+        if p.owed.is_empty() && p.in_flight.is_empty() && !p.journaling {
+            self.events.remove(&id);
+        }
+        Some(JournalLine::Retry(Mark {
+            id,
+            command: handler.command.clone(),
+        }))
     }
 
     /// The batch could not be journaled, or `handlers` could not be started: they are
@@ -226,6 +256,11 @@ impl PendingHandlers {
         }
         let p = self.events.get_mut(&ev.id).expect("inserted above");
         p.journaling = false;
+        for h in &handlers {
+            if let Some(i) = p.in_flight.iter().position(|f| f == h) {
+                p.in_flight.remove(i);
+            }
+        }
         p.owed.splice(0..0, handlers);
         let delay = backoff(p.attempts);
         p.attempts = p.attempts.saturating_add(1);
@@ -237,10 +272,12 @@ impl PendingHandlers {
     pub fn records(&self) -> Vec<PendingRecord> {
         self.events
             .values()
-            .filter(|p| !p.owed.is_empty())
+            .filter(|p| !p.owed.is_empty() || !p.in_flight.is_empty())
             .map(|p| PendingRecord {
                 event: p.event.clone(),
-                owed: p.owed.iter().map(|h| h.command.clone()).collect(),
+                owed: (p.owed.iter().chain(&p.in_flight))
+                    .map(|h| h.command.clone())
+                    .collect(),
             })
             .collect()
     }
@@ -432,5 +469,50 @@ mod tests {
             vec![vec!["/b".to_owned()]],
             "/a would run twice"
         );
+    }
+
+    /// Issue 10, item 10: a consumer is owed from before delivery until its ack, in
+    /// memory, in the state file and in the journal.
+    #[test]
+    fn consumer_owed_until_acknowledged() {
+        let mut cs = crate::agent::consumers::Consumers::default();
+        let _rx = cs.register("ctl", "deploy");
+        let c = cs.handler_configs().remove(0);
+        let a = h("/a");
+        let configured = [a.clone(), c.clone()];
+        let mut p = PendingHandlers::default();
+        assert!(p.owe_new(&ev(1), &configured));
+        let batch = p.take(EventId(1), 2).unwrap();
+        let owed_c = JournalLine::Owed(Mark {
+            id: EventId(1),
+            command: c.command.clone(),
+        });
+        assert_eq!(
+            batch.lines,
+            vec![JournalLine::Delivered(ev(1)), owed_c.clone()],
+            "journaled as owed before delivery"
+        );
+        p.journaled(EventId(1));
+        // Delivered, not acknowledged: the state file still owes it.
+        assert_eq!(p.records()[0].owed, vec![c.command.clone()]);
+        // A crash now: the restart owes it again (from the journal or the state file).
+        let (again, _) = PendingHandlers::restore(vec![], batch.lines.clone(), &configured);
+        assert_eq!(again.records()[0].owed, vec![c.command.clone()]);
+        let (again, _) = PendingHandlers::restore(p.records(), vec![], &configured);
+        assert_eq!(again.records()[0].owed, vec![c.command.clone()]);
+        // Dropped without an ack: owed again, nothing new journaled on the retry.
+        p.failed(&ev(1), vec![c.clone()], Instant::now());
+        let retry = p.take(EventId(1), 1).unwrap();
+        assert!(retry.lines.is_empty(), "{:?}", retry.lines);
+        p.journaled(EventId(1));
+        // Acknowledged: the line that ends the debt, then forgotten.
+        let ack = p.acked(EventId(1), &c).unwrap();
+        assert!(p.records().is_empty());
+        assert!(p.acked(EventId(1), &c).is_none());
+        let mut journal = batch.lines;
+        journal.push(ack);
+        let (after, delivered) = PendingHandlers::restore(vec![], journal, &configured);
+        assert!(after.records().is_empty(), "acknowledged: never again");
+        assert_eq!(delivered, vec![ev(1)]);
     }
 }

@@ -51,9 +51,10 @@ pub struct DialState {
 }
 
 impl AgentTask {
-    pub(super) fn push_pull_state(&self) -> PushPullState {
+    /// Our state, to be encoded at wire `version` (what the peer reads).
+    pub(super) fn push_pull_state(&self, version: u16) -> PushPullState {
         let members: Vec<_> = self.foca.iter_membership_state().cloned().collect();
-        self.core.lock().push_pull_state(members)
+        self.core.lock().push_pull_state(members, version)
     }
 
     /// Merges a peer's state: events and clocks into the core, screened members
@@ -97,7 +98,14 @@ impl AgentTask {
     }
 
     pub(super) fn spawn_push_pull(&self, target: String, kind: Dial) {
-        let state = self.push_pull_state();
+        // A peer we never heard a versioned state from gets the format every version
+        // reads; its reply tells us its version for the next time.
+        let version = self
+            .foca
+            .iter_membership_state()
+            .find(|m| m.id().addr.to_string() == target)
+            .map_or(1, |m| self.core.lock().peer_version(&m.id().name));
+        let state = self.push_pull_state(version);
         let (keyring, tx) = (self.keyring.clone(), self.tx.clone());
         tokio::spawn(async move {
             let result = match tokio::net::lookup_host(&target).await {

@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::Settings;
+use super::consumers::Consumers;
 use super::disk::DiskWriter;
 use super::members::LeftBook;
 use super::monitor::LogReload;
@@ -46,6 +47,8 @@ pub enum Input {
     /// A peer started a push/pull with us; answer with our state.
     PushPullRequest {
         state: PushPullState,
+        /// The protocol version of the peer's stream hello.
+        peer_version: u16,
         reply: oneshot::Sender<PushPullState>,
     },
     /// Our outgoing push/pull finished.
@@ -76,6 +79,11 @@ pub enum Input {
         event: crate::gossip::UserEvent,
         handler: super::config::HandlerConfig,
     },
+    /// An in-process consumer acknowledged an event.
+    ConsumerAcked {
+        event: crate::gossip::EventId,
+        handler: super::config::HandlerConfig,
+    },
 }
 
 /// The foca-owning task's state.
@@ -91,6 +99,8 @@ pub struct AgentTask {
     pub(super) counters: Arc<Counters>,
     pub(super) tx: mpsc::Sender<Input>,
     pub(super) registry: QueryRegistry,
+    /// In-process event consumers (also listed in `settings.handlers`).
+    pub(super) consumers: Consumers,
     pub(super) log_reload: Option<LogReload>,
     pub(super) monitor: broadcast::Sender<String>,
     pub(super) left: LeftBook,
@@ -132,6 +142,7 @@ pub(super) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError 
 pub async fn run(
     mut settings: Settings,
     registry: QueryRegistry,
+    consumers: Consumers,
     log_reload: Option<LogReload>,
     monitor: broadcast::Sender<String>,
     shutdown: impl Future<Output = ()> + Send,
@@ -145,7 +156,10 @@ pub async fn run(
         rejoin,
         left,
         pending,
-    } = restore(&mut settings)?;
+    } = {
+        settings.handlers.extend(consumers.handler_configs());
+        restore(&mut settings)?
+    };
     let core = SharedCore::new(core);
     let tuned_for = settings.expected_cluster_size;
     let foca = core.new_foca(
@@ -213,6 +227,7 @@ pub async fn run(
         counters,
         tx,
         registry,
+        consumers,
         log_reload,
         monitor,
         left,
@@ -226,6 +241,13 @@ pub async fn run(
     };
     for member in rejoin {
         let _ = task.foca.announce(member, &mut task.rt);
+    }
+    let tags = task.settings.tags.clone();
+    let announced = task.core.lock().set_tags(tags, wall_millis());
+    match announced.map(|bytes| task.foca.add_broadcast(&bytes)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(cause = %e, "tags not announced"),
+        Err(e) => tracing::warn!(cause = %e, "tags not announced"),
     }
     task.flush().await;
     // Fold the replayed journal into the state file now: a torn last line followed by
@@ -321,8 +343,12 @@ impl AgentTask {
     async fn handle_input(&mut self, input: Input) {
         match input {
             Input::Datagram { plain, from } => self.handle_datagram(&plain, from).await,
-            Input::PushPullRequest { state, reply } => {
-                let _ = reply.send(self.push_pull_state());
+            Input::PushPullRequest {
+                state,
+                peer_version,
+                reply,
+            } => {
+                let _ = reply.send(self.push_pull_state(peer_version));
                 self.merge_remote(state).await;
             }
             Input::PushPullDone {
@@ -340,6 +366,7 @@ impl AgentTask {
             Input::HandlerFailed { event, handler } => self.handler_failed(event, handler),
             Input::Journaled { batches, result } => self.journaled(batches, result),
             Input::HandlerSlotFree => self.start_owed(),
+            Input::ConsumerAcked { event, handler } => self.consumer_acked(event, handler),
         }
     }
 
@@ -401,6 +428,12 @@ impl AgentTask {
         }
         if membership_changed {
             self.retune();
+        }
+        let reannounce = self.core.lock().take_reannounce();
+        match reannounce.map(|r| r.map(|bytes| self.foca.add_broadcast(&bytes))) {
+            None | Some(Ok(Ok(_))) => {}
+            Some(Ok(Err(e))) => tracing::warn!(cause = %e, "tags not announced again"),
+            Some(Err(e)) => tracing::warn!(cause = %e, "tags not announced again"),
         }
         let incoming = self.core.drain_incoming();
         // New events travel on first: forwarding must not wait for the disk.
@@ -484,13 +517,30 @@ impl AgentTask {
         {
             tracing::error!(cause = %e, "SIGHUP: log level not changed");
         }
-        self.core.lock().set_tags(new.tags.clone());
+        let announced = self.core.lock().set_tags(new.tags.clone(), wall_millis());
+        match announced {
+            Ok(bytes) => {
+                if let Err(e) = self.foca.add_broadcast(&bytes) {
+                    tracing::warn!(cause = %e, "SIGHUP: new tags not announced");
+                }
+            }
+            Err(e) => tracing::warn!(cause = %e, "SIGHUP: new tags not announced"),
+        }
         self.settings.tags = new.tags;
         self.settings.handlers = new.handlers;
+        self.settings
+            .handlers
+            .extend(self.consumers.handler_configs());
         self.settings.log_level = new.log_level;
         tracing::info!(
             handlers = self.settings.handlers.len(),
             "SIGHUP: reloaded tags, handlers and log level"
         );
     }
+}
+
+/// Wall-clock milliseconds since the UNIX epoch: the version of a tag announcement
+/// (later changes, and restarts, announce higher versions).
+fn wall_millis() -> u64 {
+    u64::try_from(wall_now().as_millis()).unwrap_or(u64::MAX)
 }

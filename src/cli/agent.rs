@@ -52,6 +52,10 @@ pub struct AgentArgs {
     /// reach the address joins and runs your handlers).
     #[arg(long)]
     pub insecure: bool,
+    /// Debug aid: an in-process consumer of user events named PREFIX* that records
+    /// them to FILE (see `agent::consumers::record_to_file`).
+    #[arg(long, value_name = "PREFIX=FILE", hide = true)]
+    pub debug_consumer: Option<String>,
 }
 
 /// Runs the agent (blocks until it left the cluster).
@@ -71,6 +75,15 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
         log_level: std::env::var("RUST_LOG").ok(),
     };
     let settings = Settings::resolve(&overrides)?;
+    let debug_consumer = match &args.debug_consumer {
+        Some(spec) => {
+            let (prefix, file) = spec
+                .split_once('=')
+                .context("--debug-consumer wants PREFIX=FILE")?;
+            Some((prefix.to_owned(), PathBuf::from(file)))
+        }
+        None => None,
+    };
 
     let monitor = tokio::sync::broadcast::channel(1024).0;
     let filter = EnvFilter::try_new(&settings.log_level)
@@ -97,9 +110,13 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async move {
-        let agent = Agent::new(settings)
+        let mut agent = Agent::new(settings)
             .with_monitor(monitor)
             .with_log_reload(reload);
+        if let Some((prefix, file)) = debug_consumer {
+            let rx = agent.register_consumer("debug", &prefix);
+            tokio::spawn(crate::agent::consumers::record_to_file(rx, file));
+        }
         agent.run(crate::agent::termination_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)

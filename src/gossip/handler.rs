@@ -12,9 +12,12 @@
 //! packets and for local `add_broadcast`):
 //!
 //! 1. decode ([`super::message::decode_broadcast`]); malformed bytes are a typed error
-//!    (foca then drops the rest of that packet); unknown types are skipped and counted;
+//!    (foca then drops the rest of that packet); unknown types (a newer peer's) are
+//!    counted and relayed once each ([`super::supersede::SeenBytes`]), never delivered;
 //! 2. witness the Lamport clock, ask the [`EventLog`] / query [`DedupeWindow`] whether
-//!    it is new;
+//!    it is new — or, for a [`Superseding`] item, whether it is newer than the version
+//!    held for its `(kind, key)` ([`Latest`]; its key then also drops queued older
+//!    versions from foca's backlog);
 //! 3. if new: return its [`BroadcastKey`] so foca keeps disseminating it, and queue an
 //!    [`Incoming`] for the shell (events always; queries only if this node matches the
 //!    filters). Duplicates and too-old items return `None` (not re-gossiped).
@@ -22,7 +25,7 @@
 //! The origin therefore delivers its own events (and answers its own matching queries)
 //! through the same path, right when it calls `add_broadcast`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,9 +36,12 @@ use super::event::{
 };
 use super::identity::NodeId;
 use super::lamport::LamportClock;
+use super::message::PROTOCOL_VERSION;
 use super::message::{Broadcast, DecodeError, EncodeError, decode_broadcast, encode_broadcast};
 use super::pushpull::{MergeOutcome, PushPullState, TagBook, merge};
 use super::query::{Filter, Query, QueryError, QueryId, Tags};
+use super::supersede::{Latest, Offer, SeenBytes, Superseding, TAGS_KIND};
+use super::versioned::{Extension, ext};
 
 /// foca instantiated with our identity, codec and handler.
 pub type GossipFoca<R> = foca::Foca<NodeId, foca::PostcardCodec, R, GossipHandler>;
@@ -47,11 +53,26 @@ pub enum BroadcastKey {
     Event(EventId),
     /// A query.
     Query(QueryId),
+    /// A [`Superseding`] item: `slot` is a keyed hash of its `(kind, key)`.
+    Superseding { slot: u64, version: u64 },
+    /// A broadcast type this build does not know, relayed as is (keyed hash of its bytes).
+    Opaque(u64),
 }
 
 impl foca::Invalidates for BroadcastKey {
+    /// Identical keys replace each other; a superseding item also replaces queued
+    /// older versions of its slot.
     fn invalidates(&self, other: &Self) -> bool {
-        self == other
+        match (self, other) {
+            (
+                Self::Superseding { slot, version },
+                Self::Superseding {
+                    slot: other_slot,
+                    version: other_version,
+                },
+            ) => slot == other_slot && version >= other_version,
+            _ => self == other,
+        }
     }
 }
 
@@ -63,6 +84,8 @@ pub enum Incoming {
     /// This node matches the query: compute an answer and send a
     /// [`super::query::QueryResponse`] to `query.origin.addr`.
     Query(Query),
+    /// A newer version of a [`Superseding`] slot (any kind, known to the shell or not).
+    Superseding(Superseding),
 }
 
 /// Counters for the shell's metrics.
@@ -79,6 +102,10 @@ pub struct Stats {
     pub queries_too_old: u64,
     pub queries_bad_filter: u64,
     pub unknown_types: u64,
+    /// Superseding items older than (or equal to) the version held.
+    pub superseded: u64,
+    /// Superseding items refused because every slot is taken.
+    pub slots_full: u64,
     pub malformed: u64,
 }
 
@@ -113,6 +140,10 @@ pub struct CoreSnapshot {
     pub events: EventLogSnapshot,
     /// Seen queries.
     pub queries: DedupeWindow,
+    /// Version of the last tag announcement (a restart announces a higher one even if
+    /// the wall clock went back).
+    #[serde(default)]
+    pub tags_version: u64,
 }
 
 /// Why a local event/query could not be created. Nothing was queued.
@@ -124,6 +155,8 @@ pub enum CreateError {
     Query(#[from] QueryError),
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Superseding(#[from] super::supersede::SupersedeError),
 }
 
 /// The node's protocol state. See the module docs.
@@ -137,6 +170,11 @@ pub struct GossipCore {
     events: EventLog,
     queries: DedupeWindow,
     tag_book: TagBook,
+    tags_version: u64,
+    latest: Latest,
+    seen: SeenBytes,
+    peer_versions: BTreeMap<String, u16>,
+    reannounce: bool,
     now: Duration,
     outbox: VecDeque<Incoming>,
     stats: Stats,
@@ -154,6 +192,11 @@ impl GossipCore {
             events: EventLog::new(config.event_log),
             queries: DedupeWindow::new(),
             tag_book: TagBook::new(),
+            tags_version: 0,
+            latest: Latest::default(),
+            seen: SeenBytes::default(),
+            peer_versions: BTreeMap::new(),
+            reannounce: false,
             now,
             outbox: VecDeque::new(),
             stats: Stats::default(),
@@ -174,6 +217,7 @@ impl GossipCore {
         core.query_clock = snapshot.query_clock;
         core.events = EventLog::restore(config.event_log, snapshot.events, now);
         core.queries = snapshot.queries;
+        core.tags_version = snapshot.tags_version;
         core
     }
 
@@ -193,6 +237,7 @@ impl GossipCore {
             query_clock: self.query_clock,
             events: self.events.snapshot(),
             queries: self.queries.clone(),
+            tags_version: self.tags_version,
         }
     }
 
@@ -206,9 +251,9 @@ impl GossipCore {
         &self.tags
     }
 
-    /// Replaces this node's tags (e.g. on a config reload).
-    pub fn set_tags(&mut self, tags: Tags) {
-        self.tags = tags;
+    /// The push/pull wire version last seen from `node` (1 if never).
+    pub fn peer_version(&self, node: &str) -> u16 {
+        self.peer_versions.get(node).copied().unwrap_or(1)
     }
 
     /// Call on foca's `Notification::Rejoin(new_id)` so snapshots carry the new bump.
@@ -235,6 +280,11 @@ impl GossipCore {
     /// Forgets the tags of nodes for which `known` is false (foca reaped them), so the
     /// book does not grow with every node that ever joined.
     pub fn prune_tags(&mut self, known: impl Fn(&str) -> bool) {
+        // foca does not list this node itself: keep its own announcement.
+        let me = &self.identity.name;
+        self.latest
+            .retain(|item| item.kind != TAGS_KIND || item.key == *me || known(&item.key));
+        self.peer_versions.retain(|name, _| known(name));
         self.tag_book.retain(known);
     }
 
@@ -281,13 +331,28 @@ impl GossipCore {
         Ok((q, bytes))
     }
 
-    /// Our state for a push/pull exchange. `members` is foca's
+    /// Our state for a push/pull exchange, to be encoded at wire `version` (what the
+    /// peer reads; capped at ours). `members` is foca's
     /// `iter_membership_state().cloned()`.
     pub fn push_pull_state(
         &self,
         members: impl IntoIterator<Item = foca::Member<NodeId>>,
+        version: u16,
     ) -> PushPullState {
+        let version = version.clamp(1, PROTOCOL_VERSION);
+        let mut extensions = Vec::new();
+        if version >= 2 {
+            let items: Vec<&Superseding> = self.latest.items().collect();
+            if let Ok(bytes) = postcard::to_stdvec(&items) {
+                extensions.push(Extension {
+                    tag: ext::SUPERSEDING,
+                    bytes,
+                });
+            }
+        }
         PushPullState {
+            version,
+            extensions,
             from: self.identity.clone(),
             tags: self.tags.clone(),
             members: members.into_iter().collect(),
@@ -301,7 +366,24 @@ impl GossipCore {
     /// and also returned; the peer's tags are learned. Feed `remote.members` to foca
     /// through [`super::pushpull::screen_members`].
     pub fn merge_push_pull(&mut self, remote: &PushPullState) -> MergeOutcome {
-        self.tag_book.learn(&remote.from, &remote.tags);
+        self.tag_book.learn(&remote.from.name, 0, &remote.tags);
+        self.peer_versions
+            .insert(remote.from.name.clone(), remote.version);
+        for e in &remote.extensions {
+            // Unknown extension tags are skipped: they are a newer peer's.
+            if e.tag != ext::SUPERSEDING {
+                continue;
+            }
+            let Ok(items) = postcard::from_bytes::<Vec<Superseding>>(&e.bytes) else {
+                self.stats.malformed += 1;
+                continue;
+            };
+            for item in items.into_iter().filter(|i| i.validate().is_ok()) {
+                if self.accept_superseding(&item) {
+                    self.outbox.push_back(Incoming::Superseding(item));
+                }
+            }
+        }
         let out = merge(
             &mut self.events,
             &mut self.event_clock,
@@ -322,71 +404,80 @@ impl GossipCore {
         let item = match decode_broadcast(data) {
             Ok(item) => item,
             Err(DecodeError::UnknownType { .. }) => {
+                // A newer peer's broadcast type: relay it once, deliver nothing.
                 self.stats.unknown_types += 1;
-                return Ok(None);
+                let first = self.seen.first_time(data);
+                return Ok(first.then(|| BroadcastKey::Opaque(self.seen.hash(data))));
             }
             Err(e) => {
                 self.stats.malformed += 1;
                 return Err(e);
             }
         };
-        match item {
-            Broadcast::Event(ev) => {
-                if !self.event_clock.accepts(ev.ltime) {
-                    self.stats.too_far_ahead += 1;
-                    return Ok(None);
-                }
-                self.event_clock.witness(ev.ltime);
-                match self.events.observe(&ev, self.now) {
-                    Ok(true) => {
-                        self.stats.events_delivered += 1;
-                        let key = BroadcastKey::Event(ev.id);
-                        self.outbox.push_back(Incoming::Event(ev));
-                        Ok(Some(key))
-                    }
-                    Ok(false) => {
-                        self.stats.events_duplicate += 1;
-                        Ok(None)
-                    }
-                    Err(_) => {
-                        self.stats.events_too_old += 1;
-                        Ok(None)
-                    }
-                }
+        Ok(match item {
+            Broadcast::Superseding(item) => self.receive_superseding(item),
+            Broadcast::Event(ev) => self.receive_event(ev),
+            Broadcast::Query(q) => self.receive_query(q),
+        })
+    }
+}
+
+impl GossipCore {
+    fn receive_event(&mut self, ev: UserEvent) -> Option<BroadcastKey> {
+        if !self.event_clock.accepts(ev.ltime) {
+            self.stats.too_far_ahead += 1;
+            return None;
+        }
+        self.event_clock.witness(ev.ltime);
+        match self.events.observe(&ev, self.now) {
+            Ok(true) => {
+                self.stats.events_delivered += 1;
+                let key = BroadcastKey::Event(ev.id);
+                self.outbox.push_back(Incoming::Event(ev));
+                Some(key)
             }
-            Broadcast::Query(q) => {
-                if !self.query_clock.accepts(q.ltime) {
-                    self.stats.too_far_ahead += 1;
-                    return Ok(None);
-                }
-                self.query_clock.witness(q.ltime);
-                match self
-                    .queries
-                    .observe(q.ltime, q.id.0, self.config.max_query_ids)
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        self.stats.queries_duplicate += 1;
-                        return Ok(None);
-                    }
-                    Err(_) => {
-                        self.stats.queries_too_old += 1;
-                        return Ok(None);
-                    }
-                }
-                self.stats.queries_seen += 1;
-                let Ok(filters) = q.filter_set() else {
-                    self.stats.queries_bad_filter += 1;
-                    return Ok(None);
-                };
-                let key = BroadcastKey::Query(q.id);
-                if filters.matches(&self.identity.name, &self.tags) {
-                    self.stats.queries_matched += 1;
-                    self.outbox.push_back(Incoming::Query(q));
-                }
-                Ok(Some(key))
+            Ok(false) => {
+                self.stats.events_duplicate += 1;
+                None
+            }
+            Err(_) => {
+                self.stats.events_too_old += 1;
+                None
             }
         }
+    }
+
+    fn receive_query(&mut self, q: Query) -> Option<BroadcastKey> {
+        if !self.query_clock.accepts(q.ltime) {
+            self.stats.too_far_ahead += 1;
+            return None;
+        }
+        self.query_clock.witness(q.ltime);
+        match self
+            .queries
+            .observe(q.ltime, q.id.0, self.config.max_query_ids)
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.stats.queries_duplicate += 1;
+                return None;
+            }
+            Err(_) => {
+                self.stats.queries_too_old += 1;
+                return None;
+            }
+        }
+        self.stats.queries_seen += 1;
+        let Ok(filters) = q.filter_set() else {
+            self.stats.queries_bad_filter += 1;
+            return None;
+        };
+        let key = BroadcastKey::Query(q.id);
+        if filters.matches(&self.identity.name, &self.tags) {
+            self.stats.queries_matched += 1;
+            self.outbox.push_back(Incoming::Query(q));
+        }
+        Some(key)
     }
 }
 
@@ -448,152 +539,9 @@ impl foca::BroadcastHandler<NodeId> for GossipHandler {
     }
 }
 
+#[path = "handler_supersede.rs"]
+mod supersede;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::gossip::query::QueryId;
-    use foca::BroadcastHandler as _;
-    use rand::SeedableRng;
-    use rand::rngs::StdRng;
-
-    const NOW: Duration = Duration::from_secs(1_700_000_000);
-
-    fn core(name: &str, tags: Tags) -> SharedCore {
-        let id = NodeId::new(name, "127.0.0.1:7946".parse().unwrap(), 0).unwrap();
-        SharedCore::new(GossipCore::new(id, tags, CoreConfig::default(), NOW))
-    }
-
-    #[test]
-    fn receive_item_paths() {
-        let shared = core("web1", [("role".to_owned(), "web".to_owned())].into());
-        let mut h = shared.handler();
-        let mut rng = StdRng::seed_from_u64(3);
-
-        // Garbage is a typed error, unknown types are skipped.
-        assert!(h.receive_item(&[1, 0xff], None).is_err());
-        assert_eq!(h.receive_item(&[200, 1, 2, 3], None).unwrap(), None);
-
-        // Local event: delivered once, key returned once.
-        let (ev, bytes) = shared
-            .lock()
-            .create_event(&mut rng, "deploy", b"x".to_vec())
-            .unwrap();
-        assert_eq!(
-            h.receive_item(&bytes, None).unwrap(),
-            Some(BroadcastKey::Event(ev.id))
-        );
-        assert_eq!(h.receive_item(&bytes, None).unwrap(), None);
-
-        // A remote event with a higher Lamport time moves our clock.
-        let remote = UserEvent::new(EventId(77), "db1", 50, "deploy", vec![]).unwrap();
-        let rb = encode_broadcast(&Broadcast::Event(remote.clone())).unwrap();
-        h.receive_item(&rb, None).unwrap();
-        let (next, _) = shared
-            .lock()
-            .create_event(&mut rng, "deploy", vec![])
-            .unwrap();
-        assert_eq!(next.ltime, 52);
-
-        // Queries: matching ones are queued, non-matching only relayed.
-        let origin = NodeId::new("o", "127.0.0.1:1".parse().unwrap(), 0).unwrap();
-        let mut q = Query {
-            id: QueryId(1),
-            ltime: 1,
-            origin,
-            name: "q".into(),
-            payload: vec![],
-            filters: vec![Filter::Tag {
-                key: "role".into(),
-                value: "web".into(),
-            }],
-            timeout_ms: 100,
-        };
-        let qb = encode_broadcast(&Broadcast::Query(q.clone())).unwrap();
-        assert_eq!(
-            h.receive_item(&qb, None).unwrap(),
-            Some(BroadcastKey::Query(QueryId(1)))
-        );
-        assert_eq!(h.receive_item(&qb, None).unwrap(), None);
-        q.id = QueryId(2);
-        q.filters = vec![Filter::NodeName("db.*".into())];
-        let qb2 = encode_broadcast(&Broadcast::Query(q.clone())).unwrap();
-        assert!(h.receive_item(&qb2, None).unwrap().is_some());
-        q.id = QueryId(3);
-        q.filters = vec![Filter::NodeName("(".into())];
-        let qb3 = encode_broadcast(&Broadcast::Query(q)).unwrap();
-        assert_eq!(h.receive_item(&qb3, None).unwrap(), None);
-
-        let incoming = shared.drain_incoming();
-        assert_eq!(incoming.len(), 3, "{incoming:?}");
-        assert!(matches!(&incoming[0], Incoming::Event(e) if e.id == ev.id));
-        assert!(matches!(&incoming[1], Incoming::Event(e) if e.id == EventId(77)));
-        assert!(matches!(&incoming[2], Incoming::Query(q) if q.id == QueryId(1)));
-
-        let stats = shared.lock().stats();
-        assert_eq!(stats.malformed, 1);
-        assert_eq!(stats.unknown_types, 1);
-        assert_eq!(stats.events_delivered, 2);
-        assert_eq!(stats.events_duplicate, 1);
-        assert_eq!(stats.queries_seen, 3);
-        assert_eq!(stats.queries_matched, 1);
-        assert_eq!(stats.queries_duplicate, 1);
-        assert_eq!(stats.queries_bad_filter, 1);
-    }
-
-    /// Regression (issue 10, item 4): one authenticated event near `u64::MAX` moved
-    /// every node's clock to the limit (and it was persisted).
-    #[test]
-    fn far_future_ltimes_are_refused() {
-        let shared = core("n1", Tags::new());
-        let mut h = shared.handler();
-        let far = UserEvent::new(EventId(5), "evil", u64::MAX - 1, "deploy", vec![]).unwrap();
-        let bytes = encode_broadcast(&Broadcast::Event(far)).unwrap();
-        assert_eq!(h.receive_item(&bytes, None).unwrap(), None);
-        let origin = NodeId::new("o", "127.0.0.1:1".parse().unwrap(), 0).unwrap();
-        let q = Query {
-            id: QueryId(9),
-            ltime: u64::MAX,
-            origin,
-            name: "q".into(),
-            payload: vec![],
-            filters: vec![],
-            timeout_ms: 100,
-        };
-        let qb = encode_broadcast(&Broadcast::Query(q)).unwrap();
-        assert_eq!(h.receive_item(&qb, None).unwrap(), None);
-        assert!(shared.drain_incoming().is_empty());
-        let snap = shared.lock().snapshot();
-        assert_eq!(snap.event_clock.time(), 0);
-        assert_eq!(snap.query_clock.time(), 0);
-        assert_eq!(shared.lock().stats().too_far_ahead, 2);
-    }
-
-    #[test]
-    fn snapshot_restore_keeps_clocks_and_dedupe() {
-        let shared = core("n1", Tags::new());
-        let mut rng = StdRng::seed_from_u64(4);
-        let (_, bytes) = shared
-            .lock()
-            .create_event(&mut rng, "deploy", vec![])
-            .unwrap();
-        shared.handler().receive_item(&bytes, None).unwrap();
-        let snap = shared.lock().snapshot();
-        let mut id = snap.identity.clone();
-        id.bump += 1;
-        let restored = SharedCore::new(GossipCore::restore(
-            id,
-            Tags::new(),
-            CoreConfig::default(),
-            snap,
-            NOW,
-        ));
-        assert_eq!(restored.handler().receive_item(&bytes, None).unwrap(), None);
-        let (ev, _) = restored
-            .lock()
-            .create_event(&mut rng, "deploy", vec![])
-            .unwrap();
-        // 1 = first event, witnessing it moved the clock to 2, so the next is 3.
-        assert_eq!(ev.ltime, 3, "clock survives the restart");
-        assert_eq!(restored.lock().identity().bump, 1);
-    }
-}
+#[path = "handler_tests.rs"]
+mod tests;

@@ -26,6 +26,8 @@ use super::identity::NodeId;
 use super::limits::MAX_BROADCAST_ITEM;
 use super::pushpull::PushPullState;
 use super::query::{Query, QueryResponse};
+use super::supersede::Superseding;
+use super::versioned;
 
 /// Message type tags (first byte of every plaintext message).
 pub mod tag {
@@ -45,7 +47,13 @@ pub mod tag {
     pub const EVENT_PUSH: u8 = 6;
     /// A graceful-leave (or force-leave) notice naming a [`crate::gossip::NodeId`] (datagram).
     pub const LEAVE: u8 = 7;
+    /// A [`crate::gossip::supersede::Superseding`] item (broadcast channel).
+    pub const SUPERSEDING: u8 = 8;
 }
+
+/// Version of the gossip protocol this build speaks: announced in the stream hello
+/// and in push/pull states (see [`super::versioned`]). 1 is the unversioned format.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A custom broadcast item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +62,8 @@ pub enum Broadcast {
     Event(UserEvent),
     /// A query.
     Query(Query),
+    /// A broadcast that replaces older versions of its `(kind, key)`.
+    Superseding(Superseding),
 }
 
 /// A non-foca datagram message.
@@ -144,7 +154,10 @@ fn encode<T: Serialize>(
     Ok(out)
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8], what: &'static str) -> Result<T, DecodeError> {
+pub(super) fn decode<T: DeserializeOwned>(
+    body: &[u8],
+    what: &'static str,
+) -> Result<T, DecodeError> {
     let (value, rest) = postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed {
         what,
         reason: e.to_string(),
@@ -179,6 +192,9 @@ pub fn encode_broadcast(item: &Broadcast) -> Result<Vec<u8>, EncodeError> {
     match item {
         Broadcast::Event(ev) => encode(tag::USER_EVENT, ev, "user event", MAX_BROADCAST_ITEM),
         Broadcast::Query(q) => encode(tag::QUERY, q, "query", MAX_BROADCAST_ITEM),
+        Broadcast::Superseding(s) => {
+            encode(tag::SUPERSEDING, s, "superseding item", MAX_BROADCAST_ITEM)
+        }
     }
 }
 
@@ -192,6 +208,14 @@ pub fn decode_broadcast(bytes: &[u8]) -> Result<Broadcast, DecodeError> {
             "user event",
         )?)?)),
         tag::QUERY => Ok(Broadcast::Query(decode(body, "query")?)),
+        tag::SUPERSEDING => {
+            let s: Superseding = decode(body, "superseding item")?;
+            s.validate().map_err(|e| DecodeError::Invalid {
+                what: "superseding item",
+                reason: e.to_string(),
+            })?;
+            Ok(Broadcast::Superseding(s))
+        }
         tag => Err(DecodeError::UnknownType { channel, tag }),
     }
 }
@@ -235,14 +259,30 @@ pub fn decode_datagram(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     }
 }
 
+fn encode_state(tag: u8, s: &PushPullState, what: &'static str) -> Result<Vec<u8>, EncodeError> {
+    let mut out = vec![tag];
+    versioned::encode_state(s, &mut out).map_err(|e| EncodeError::Serialize {
+        what,
+        reason: e.to_string(),
+    })?;
+    if out.len() > MAX_FRAME_PLAINTEXT {
+        return Err(EncodeError::TooLarge {
+            what,
+            size: out.len(),
+            max: MAX_FRAME_PLAINTEXT,
+        });
+    }
+    Ok(out)
+}
+
 /// Encodes a stream message (then seal it with `envelope::encode_frame`).
 pub fn encode_stream(msg: &StreamMessage) -> Result<Vec<u8>, EncodeError> {
     let max = MAX_FRAME_PLAINTEXT;
     match msg {
         StreamMessage::PushPullRequest(s) => {
-            encode(tag::PUSH_PULL_REQUEST, s, "push/pull request", max)
+            encode_state(tag::PUSH_PULL_REQUEST, s, "push/pull request")
         }
-        StreamMessage::PushPullReply(s) => encode(tag::PUSH_PULL_REPLY, s, "push/pull reply", max),
+        StreamMessage::PushPullReply(s) => encode_state(tag::PUSH_PULL_REPLY, s, "push/pull reply"),
         StreamMessage::QueryResponse(r) => encode(tag::QUERY_RESPONSE, r, "query response", max),
     }
 }
@@ -260,14 +300,12 @@ pub fn decode_stream(bytes: &[u8]) -> Result<StreamMessage, DecodeError> {
         Ok(s)
     };
     match t {
-        tag::PUSH_PULL_REQUEST => Ok(StreamMessage::PushPullRequest(checked(decode(
-            body,
-            "push/pull request",
-        )?)?)),
-        tag::PUSH_PULL_REPLY => Ok(StreamMessage::PushPullReply(checked(decode(
-            body,
-            "push/pull reply",
-        )?)?)),
+        tag::PUSH_PULL_REQUEST => Ok(StreamMessage::PushPullRequest(checked(
+            versioned::decode_state(body, "push/pull request")?,
+        )?)),
+        tag::PUSH_PULL_REPLY => Ok(StreamMessage::PushPullReply(checked(
+            versioned::decode_state(body, "push/pull reply")?,
+        )?)),
         tag::QUERY_RESPONSE => Ok(StreamMessage::QueryResponse(decode(
             body,
             "query response",

@@ -18,6 +18,8 @@
 //! | [`query`] | [`Query`], filters, [`QueryTracker`] on the origin |
 //! | [`message`] | tagged postcard wire messages for the broadcast/datagram/stream channels |
 //! | [`pushpull`] | anti-entropy state exchange and its merge |
+//! | [`versioned`] | push/pull wire versions and extension records |
+//! | [`supersede`] | broadcasts a newer version replaces; relaying unknown kinds |
 //! | [`handler`] | [`GossipCore`] state, [`SharedCore`], foca's [`GossipHandler`] |
 //!
 //! # How the agent shell wires it (to be written on top of this)
@@ -74,6 +76,8 @@ pub mod limits;
 pub mod message;
 pub mod pushpull;
 pub mod query;
+pub mod supersede;
+pub mod versioned;
 
 #[cfg(test)]
 mod tests;
@@ -88,5 +92,6 @@ pub use limits::{
     FOCA_MAX_PACKET_SIZE, MAX_BROADCAST_ITEM, eager_fanout, max_transmissions,
     recommended_foca_config, retune_size,
 };
+pub use message::PROTOCOL_VERSION;
 pub use pushpull::PushPullState;
 pub use query::{Filter, Query, QueryId, QueryResponse, QueryResult, QueryTracker, Tags};

@@ -35,8 +35,9 @@ use super::identity::NodeId;
 use super::lamport::{LamportClock, LamportTime};
 use super::query::Tags;
 
-/// One side's state in a push/pull exchange.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One side's state in a push/pull exchange. Its wire format is versioned (see
+/// [`super::versioned`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushPullState {
     /// Who sends this state.
     pub from: NodeId,
@@ -50,6 +51,10 @@ pub struct PushPullState {
     pub query_ltime: LamportTime,
     /// The sender's recent events ([`EventLog::recent`]).
     pub events: Vec<UserEvent>,
+    /// Wire version this state is (to be) encoded at; 1 drops `extensions`.
+    pub version: u16,
+    /// Forward-compatible extension records (unknown tags are skipped).
+    pub extensions: Vec<super::versioned::Extension>,
 }
 
 /// What a [`merge`] changed locally.
@@ -216,10 +221,12 @@ pub fn screen_members<'a>(
     out
 }
 
-/// Tags learned from push/pull, by node name; a higher bump replaces older tags.
+/// Tags known for other nodes, by node name, with the version they were announced
+/// at: a higher version replaces lower ones. Version 0 is "from an unversioned
+/// push/pull" and only ever replaces another version 0.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagBook {
-    by_name: BTreeMap<String, (u16, Tags)>,
+    by_name: BTreeMap<String, (u64, Tags)>,
 }
 
 impl TagBook {
@@ -228,13 +235,13 @@ impl TagBook {
         Self::default()
     }
 
-    /// Records `node`'s own tags (ignored if we know a newer incarnation's tags).
-    pub fn learn(&mut self, node: &NodeId, tags: &Tags) {
-        match self.by_name.get(&node.name) {
-            Some((bump, _)) if *bump != node.bump && !node_newer(node.bump, *bump) => {}
+    /// Records `name`'s tags at `version` unless newer ones are known.
+    pub fn learn(&mut self, name: &str, version: u64, tags: &Tags) {
+        match self.by_name.get(name) {
+            Some((have, _)) if *have > version || (*have == version && version != 0) => {}
             _ => {
                 self.by_name
-                    .insert(node.name.clone(), (node.bump, tags.clone()));
+                    .insert(name.to_owned(), (version, tags.clone()));
             }
         }
     }
@@ -264,22 +271,17 @@ impl TagBook {
         self.by_name.is_empty()
     }
 
-    /// Pairs each member with its known tags (empty if unknown), as
+    /// Pairs each member with its known tags (`None` if unknown), as
     /// [`super::query::QueryTracker::new`] wants them.
     pub fn with_tags<'a>(
         &'a self,
         members: impl IntoIterator<Item = NodeId> + 'a,
-    ) -> impl Iterator<Item = (NodeId, Tags)> + 'a {
+    ) -> impl Iterator<Item = (NodeId, Option<Tags>)> + 'a {
         members.into_iter().map(|id| {
-            let tags = self.tags_of(&id.name).cloned().unwrap_or_default();
+            let tags = self.tags_of(&id.name).cloned();
             (id, tags)
         })
     }
-}
-
-fn node_newer(a: u16, b: u16) -> bool {
-    let diff = a.wrapping_sub(b);
-    diff != 0 && diff < 0x8000
 }
 
 #[cfg(test)]
@@ -305,6 +307,8 @@ mod tests {
             event_ltime,
             query_ltime: 4,
             events,
+            version: 1,
+            extensions: Vec::new(),
         }
     }
 
@@ -567,19 +571,21 @@ mod tests {
         let mut book = TagBook::new();
         let web: Tags = [("role".to_owned(), "web".to_owned())].into();
         let db: Tags = [("role".to_owned(), "db".to_owned())].into();
-        book.learn(&node("a", 2), &web);
-        book.learn(&node("a", 1), &db);
-        assert_eq!(book.tags_of("a"), Some(&web), "older bump ignored");
-        book.learn(&node("a", 3), &db);
+        book.learn("a", 2, &web);
+        book.learn("a", 1, &db);
+        assert_eq!(book.tags_of("a"), Some(&web), "older version ignored");
+        book.learn("a", 0, &db);
+        assert_eq!(book.tags_of("a"), Some(&web), "unversioned never wins");
+        book.learn("a", 3, &db);
         assert_eq!(book.tags_of("a"), Some(&db));
         let paired: Vec<_> = book.with_tags(vec![node("a", 3), node("b", 0)]).collect();
-        assert_eq!(paired[0].1, db);
-        assert!(paired[1].1.is_empty());
+        assert_eq!(paired[0].1, Some(db));
+        assert!(paired[1].1.is_none());
         book.forget("a");
         assert_eq!(book.tags_of("a"), None);
         // Nodes foca no longer knows are pruned (issue 10: the book only grew).
-        book.learn(&node("b", 0), &web);
-        book.learn(&node("c", 0), &web);
+        book.learn("b", 0, &web);
+        book.learn("c", 0, &web);
         book.retain(|n| n == "c");
         assert_eq!(book.len(), 1);
         assert!(book.tags_of("c").is_some());

@@ -120,6 +120,11 @@ impl FilterSet {
         Ok(set)
     }
 
+    /// Whether a node with this name passes the name filters, and tags decide the rest.
+    pub fn depends_on_tags(&self, name: &str) -> bool {
+        !self.tags.is_empty() && self.names.iter().all(|re| re.is_match(name))
+    }
+
     /// Whether a node with this name and tags passes every filter.
     pub fn matches(&self, name: &str, tags: &Tags) -> bool {
         self.names.iter().all(|re| re.is_match(name))
@@ -241,25 +246,39 @@ pub struct QueryTracker {
     members: BTreeSet<String>,
     /// Members expected to answer (matched the filters), by name.
     expected: BTreeMap<String, NodeId>,
+    /// Members whose tags were unknown, so may match: the query is not complete
+    /// before they answered (or the deadline).
+    uncertain: BTreeSet<String>,
     answered: BTreeSet<String>,
     answers: Vec<(NodeId, Vec<u8>)>,
 }
 
 impl QueryTracker {
     /// Starts tracking `query` at `now`. `alive` lists the alive members (include the
-    /// local node) with the tags known for them.
+    /// local node) with the tags known for them (`None`: not known yet).
     pub fn new(
         query: &Query,
         now: Instant,
-        alive: impl IntoIterator<Item = (NodeId, Tags)>,
+        alive: impl IntoIterator<Item = (NodeId, Option<Tags>)>,
     ) -> Result<Self, QueryError> {
         let filters = query.filter_set()?;
         let mut members = BTreeSet::new();
         let mut expected = BTreeMap::new();
+        let mut uncertain = BTreeSet::new();
         for (node, tags) in alive {
             members.insert(node.name.clone());
-            if filters.matches(&node.name, &tags) {
-                expected.insert(node.name.clone(), node);
+            match tags {
+                Some(tags) if filters.matches(&node.name, &tags) => {
+                    expected.insert(node.name.clone(), node);
+                }
+                Some(_) => {}
+                None if filters.depends_on_tags(&node.name) => {
+                    uncertain.insert(node.name.clone());
+                }
+                None if filters.matches(&node.name, &Tags::new()) => {
+                    expected.insert(node.name.clone(), node);
+                }
+                None => {}
             }
         }
         Ok(Self {
@@ -267,6 +286,7 @@ impl QueryTracker {
             deadline: now + query.timeout(),
             members,
             expected,
+            uncertain,
             answered: BTreeSet::new(),
             answers: Vec::new(),
         })
@@ -310,9 +330,10 @@ impl QueryTracker {
         Recorded::Accepted
     }
 
-    /// Whether every expected member answered.
+    /// Whether every expected member answered, and every member whose tags were
+    /// unknown too (it may match: never complete early while that is unknown).
     pub fn is_complete(&self) -> bool {
-        self.expected.keys().all(|n| self.answered.contains(n))
+        (self.expected.keys().chain(&self.uncertain)).all(|n| self.answered.contains(n))
     }
 
     /// Ends tracking: answers plus expected members that did not answer.
@@ -450,9 +471,9 @@ mod tests {
         let now = Instant::now();
         let web = tags(&[("role", "web")]);
         let alive = vec![
-            (node("a", 2), web.clone()),
-            (node("b", 3), web.clone()),
-            (node("c", 4), tags(&[("role", "db")])),
+            (node("a", 2), Some(web.clone())),
+            (node("b", 3), Some(web.clone())),
+            (node("c", 4), Some(tags(&[("role", "db")]))),
         ];
         let mut t = QueryTracker::new(&q, now, alive).unwrap();
         assert_eq!(t.expected().count(), 2);
@@ -485,7 +506,10 @@ mod tests {
     fn tracker_deadline_reports_missing() {
         let q = query(vec![]);
         let now = Instant::now();
-        let alive = vec![(node("a", 2), Tags::new()), (node("b", 3), Tags::new())];
+        let alive = vec![
+            (node("a", 2), Some(Tags::new())),
+            (node("b", 3), Some(Tags::new())),
+        ];
         let mut t = QueryTracker::new(&q, now, alive).unwrap();
         assert_eq!(t.deadline(), now + Duration::from_secs(5));
         let r = QueryResponse {
@@ -502,5 +526,41 @@ mod tests {
         let res = t.finish();
         assert_eq!(res.answers, vec![(node("a", 2), b"ok".to_vec())]);
         assert_eq!(res.missing, vec![node("b", 3)]);
+    }
+
+    /// Regression (issue 10, item 7): with the tags of the web node not known yet, a
+    /// `role=web` query completed at once with no answer.
+    #[test]
+    fn tracker_waits_while_matching_is_unknown() {
+        let q = query(vec![
+            Filter::Tag {
+                key: "role".into(),
+                value: "web".into(),
+            },
+            Filter::NodeName("w.*".into()),
+        ]);
+        let now = Instant::now();
+        let alive = vec![
+            (node("w1", 1), None),
+            (node("db", 2), None),
+            (node("me", 3), Some(tags(&[("role", "db")]))),
+        ];
+        let mut t = QueryTracker::new(&q, now, alive).unwrap();
+        assert_eq!(t.expected().count(), 0);
+        assert!(!t.is_complete(), "w1 may be a web node");
+        let r = QueryResponse {
+            id: q.id,
+            from: node("w1", 1),
+            payload: vec![],
+        };
+        assert_eq!(t.record(r, now), Recorded::Accepted);
+        assert!(
+            t.is_complete(),
+            "db fails the name filter whatever its tags"
+        );
+        // Without tag filters, unknown tags do not matter.
+        let q = query(vec![Filter::NodeName("w.*".into())]);
+        let t = QueryTracker::new(&q, now, vec![(node("w1", 1), None)]).unwrap();
+        assert_eq!(t.expected().count(), 1);
     }
 }

@@ -19,6 +19,9 @@ use super::limits::recommended_foca_config;
 use super::message::{Datagram, decode_datagram, encode_foca_datagram};
 use super::query::Tags;
 
+#[path = "tests_supersede.rs"]
+mod supersede;
+
 const EPOCH: Duration = Duration::from_secs(1_700_000_000);
 
 struct Node {
@@ -154,7 +157,7 @@ impl Sim {
             .iter()
             .filter_map(|d| match d {
                 Incoming::Event(e) => Some(e),
-                Incoming::Query(_) => None,
+                Incoming::Query(_) | Incoming::Superseding(_) => None,
             })
             .collect()
     }
@@ -327,7 +330,7 @@ fn query_reaches_matching_nodes_once() {
     let start = Instant::now();
     let alive: Vec<_> = std::iter::once(sim.nodes[0].id.clone())
         .chain(sim.nodes[0].foca.iter_members().map(|m| m.id().clone()))
-        .map(|id| (id, Tags::new()))
+        .map(|id| (id, Some(Tags::new())))
         .collect();
     let mut tracker = QueryTracker::new(&q, start, alive).unwrap();
     sim.nodes[0].foca.add_broadcast(&bytes).unwrap();
@@ -411,7 +414,7 @@ fn restart_from_snapshot_does_not_redeliver() {
     let state = sim.nodes[0]
         .core
         .lock()
-        .push_pull_state(sim.nodes[0].foca.iter_membership_state().cloned());
+        .push_pull_state(sim.nodes[0].foca.iter_membership_state().cloned(), 2);
     let out = sim.nodes[2].core.lock().merge_push_pull(&state);
     assert!(out.new_events.is_empty());
     assert_eq!(out.duplicates, 1);

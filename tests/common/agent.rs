@@ -41,6 +41,8 @@ pub struct Cluster {
     pub events_dir: PathBuf,
     /// `snapshot_interval` in the agents' config.
     pub snapshot_interval: String,
+    /// `push_pull_interval` in the agents' config.
+    pub push_pull_interval: String,
 }
 
 impl Cluster {
@@ -56,6 +58,7 @@ impl Cluster {
             keyring,
             events_dir,
             snapshot_interval: "1s".into(),
+            push_pull_interval: "1s".into(),
         }
     }
 
@@ -67,7 +70,7 @@ impl Cluster {
     pub fn config(&self, extra: &str) -> String {
         format!(
             r#"
-push_pull_interval = "1s"
+push_pull_interval = "{push_pull}"
 snapshot_interval = "{snapshot}"
 retry_interval = "300ms"
 expected_cluster_size = 5
@@ -81,6 +84,7 @@ timeout = "5s"
 "#,
             events = self.events_dir.display(),
             snapshot = self.snapshot_interval,
+            push_pull = self.push_pull_interval,
         )
     }
 
@@ -90,6 +94,18 @@ timeout = "5s"
     }
 
     pub fn start_with(&self, n: u8, join: &[u8], extra: &str, keyring: Option<&Path>) -> Agent {
+        self.start_args(n, join, extra, keyring, &[])
+    }
+
+    /// [`Cluster::start_with`] plus extra command-line arguments.
+    pub fn start_args(
+        &self,
+        n: u8,
+        join: &[u8],
+        extra: &str,
+        keyring: Option<&Path>,
+        args: &[&str],
+    ) -> Agent {
         let name = format!("n{n}");
         let data_dir = self.dir.path().join(&name);
         let config = self.dir.path().join(format!("{name}.toml"));
@@ -102,6 +118,7 @@ timeout = "5s"
             join: join.iter().map(|j| self.addr(*j)).collect(),
             keyring: keyring.map(Path::to_owned),
             log: self.dir.path().join(format!("n{n}.log")),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
         agent.spawn();
@@ -137,6 +154,8 @@ pub struct Agent {
     pub join: Vec<String>,
     pub keyring: Option<PathBuf>,
     pub log: PathBuf,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
     pub child: Option<Child>,
 }
 
@@ -161,6 +180,7 @@ impl Agent {
         if let Some(k) = &self.keyring {
             cmd.arg("--keyring").arg(k);
         }
+        cmd.args(&self.args);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -131,3 +131,31 @@ fn no_keyring_is_refused_on_loopback_too() {
     let file: FileConfig = toml::from_str("insecure = true").unwrap();
     assert!(Settings::merge(file, &flags).unwrap().insecure);
 }
+
+/// Tags travel in one gossip packet (issue 10, item 7): more than fits is refused at
+/// load, naming the field; a `[[handler]]` may not pose as an in-process consumer.
+#[test]
+fn oversized_tags_and_consumer_commands_are_refused() {
+    let flags = Overrides {
+        dev: true,
+        data_dir: Some("/tmp/x".into()),
+        tags: vec![format!("big={}", "x".repeat(2000))],
+        ..Default::default()
+    };
+    let err = Settings::merge(FileConfig::default(), &flags)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`tags`") && err.contains("bytes"), "{err}");
+    let file: FileConfig =
+        toml::from_str("[[handler]]\nevent = \"user\"\ncommand = [\"@consumer:debug\"]\n").unwrap();
+    let flags = Overrides {
+        dev: true,
+        data_dir: Some("/tmp/x".into()),
+        ..Default::default()
+    };
+    let err = Settings::merge(file, &flags).unwrap_err().to_string();
+    assert!(
+        err.contains("handler[0].command") && err.contains('@'),
+        "{err}"
+    );
+}

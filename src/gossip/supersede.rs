@@ -1,0 +1,214 @@
+//! Broadcasts that supersede older ones, and the relaying of kinds a node does not know.
+//!
+//! A [`Superseding`] item names a `(kind, key)` slot and a `version`: a newer version
+//! replaces an older one for the same slot, both in foca's dissemination queue (its
+//! [`super::handler::BroadcastKey`] invalidates the older key, so a queued "web v42"
+//! is dropped when "web v43" arrives) and here, in [`Latest`], which refuses
+//! anything not newer than what it holds. Every node understands the envelope, so a
+//! node relays and keeps kinds it has no use for (the deploy controller's
+//! `deploy-desired` on an old agent, say); the shell just ignores unknown kinds.
+//!
+//! [`Latest`] is also what push/pull repairs (as a [`super::pushpull`] extension):
+//! a node that missed an item gets the newest version of every slot at its next
+//! exchange. It holds at most [`MAX_SLOTS`] slots; past that, new slots are refused
+//! (counted), never older ones evicted, so a flood cannot push out a real slot.
+//!
+//! [`SeenBytes`] covers broadcast *tags* this build does not know at all (a newer
+//! peer's new message type): they are relayed once each, deduplicated by a keyed hash
+//! of their bytes over a bounded window.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+
+use serde::{Deserialize, Serialize};
+
+/// Most `(kind, key)` slots a node keeps.
+pub const MAX_SLOTS: usize = 4096;
+/// Longest `kind` or `key`, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+/// How many unknown broadcast items are remembered for dedupe.
+pub const SEEN_WINDOW: usize = 4096;
+
+/// A broadcast whose newer `version` replaces older ones of the same `(kind, key)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superseding {
+    /// What this is about, e.g. `deploy-desired` or [`TAGS_KIND`].
+    pub kind: String,
+    /// Which one, e.g. the app name or the node name.
+    pub key: String,
+    /// Higher replaces lower.
+    pub version: u64,
+    /// Node that issued it.
+    pub origin: String,
+    /// Kind-specific body.
+    pub body: Vec<u8>,
+}
+
+/// Largest postcard encoding of a node's tags: the announcement (with its kind, name,
+/// version and origin) must fit one broadcast item.
+pub const MAX_TAGS_ENCODED: usize = super::limits::MAX_BROADCAST_ITEM - 256;
+
+/// The kind under which a node announces its own tags (key: its name, body: postcard
+/// of its [`super::query::Tags`]).
+pub const TAGS_KIND: &str = "droot.tags";
+
+/// Why a [`Superseding`] item is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SupersedeError {
+    /// Empty or over-long kind/key.
+    #[error("superseding {what} is {len} bytes; it must be 1..={MAX_NAME_LEN} bytes")]
+    BadName { what: &'static str, len: usize },
+}
+
+impl Superseding {
+    /// Checks the names' lengths.
+    pub fn validate(&self) -> Result<(), SupersedeError> {
+        for (what, s) in [("kind", &self.kind), ("key", &self.key)] {
+            if s.is_empty() || s.len() > MAX_NAME_LEN {
+                return Err(SupersedeError::BadName { what, len: s.len() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`Latest::offer`] did with an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Newer than what we held: kept (deliver and relay it).
+    Newer,
+    /// Not newer than what we hold: dropped.
+    Stale,
+    /// A new slot, but [`MAX_SLOTS`] are taken: dropped.
+    Full,
+}
+
+/// The newest item of every slot seen. See the module docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Latest {
+    slots: BTreeMap<(String, String), Superseding>,
+}
+
+impl Latest {
+    /// Keeps `item` if it is newer than the slot's current one.
+    pub fn offer(&mut self, item: &Superseding) -> Offer {
+        let slot = (item.kind.clone(), item.key.clone());
+        match self.slots.get(&slot) {
+            Some(have) if have.version >= item.version => return Offer::Stale,
+            None if self.slots.len() >= MAX_SLOTS => return Offer::Full,
+            _ => {}
+        }
+        self.slots.insert(slot, item.clone());
+        Offer::Newer
+    }
+
+    /// The current item of a slot.
+    pub fn get(&self, kind: &str, key: &str) -> Option<&Superseding> {
+        self.slots.get(&(kind.to_owned(), key.to_owned()))
+    }
+
+    /// Every current item (for push/pull).
+    pub fn items(&self) -> impl Iterator<Item = &Superseding> {
+        self.slots.values()
+    }
+
+    /// Drops the slots for which `keep` is false.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Superseding) -> bool) {
+        self.slots.retain(|_, v| keep(v));
+    }
+}
+
+/// Keyed hashes of recently relayed unknown broadcast items. See the module docs.
+#[derive(Debug, Default)]
+pub struct SeenBytes {
+    hasher: RandomState,
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+}
+
+impl SeenBytes {
+    /// True the first time these bytes are seen (within the window).
+    pub fn first_time(&mut self, bytes: &[u8]) -> bool {
+        let h = self.hash(bytes);
+        if !self.set.insert(h) {
+            return false;
+        }
+        self.order.push_back(h);
+        if self.order.len() > SEEN_WINDOW
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+
+    /// The keyed hash used for these bytes (also the broadcast key).
+    pub fn hash(&self, bytes: &[u8]) -> u64 {
+        self.hasher.hash_one(bytes)
+    }
+
+    /// The keyed hash of a `(kind, key)` slot.
+    pub fn slot_hash(&self, kind: &str, key: &str) -> u64 {
+        self.hasher.hash_one((kind, key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(key: &str, version: u64) -> Superseding {
+        Superseding {
+            kind: "deploy-desired".into(),
+            key: key.into(),
+            version,
+            origin: "n1".into(),
+            body: vec![],
+        }
+    }
+
+    #[test]
+    fn newer_versions_win_per_slot() {
+        let mut l = Latest::default();
+        assert_eq!(l.offer(&item("web", 42)), Offer::Newer);
+        assert_eq!(l.offer(&item("web", 42)), Offer::Stale);
+        assert_eq!(l.offer(&item("web", 41)), Offer::Stale);
+        assert_eq!(l.offer(&item("db", 1)), Offer::Newer);
+        assert_eq!(l.offer(&item("web", 43)), Offer::Newer);
+        assert_eq!(l.get("deploy-desired", "web").unwrap().version, 43);
+        assert_eq!(l.items().count(), 2);
+    }
+
+    #[test]
+    fn slots_are_bounded_and_old_ones_kept() {
+        let mut l = Latest::default();
+        for i in 0..MAX_SLOTS {
+            assert_eq!(l.offer(&item(&format!("k{i}"), 1)), Offer::Newer);
+        }
+        assert_eq!(l.offer(&item("one-more", 1)), Offer::Full);
+        assert_eq!(
+            l.offer(&item("k0", 2)),
+            Offer::Newer,
+            "known slots still move"
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(item("web", 1).validate().is_ok());
+        assert!(item("", 1).validate().is_err());
+        assert!(item(&"k".repeat(MAX_NAME_LEN + 1), 1).validate().is_err());
+    }
+
+    #[test]
+    fn unknown_bytes_seen_once_within_the_window() {
+        let mut s = SeenBytes::default();
+        assert!(s.first_time(b"a"));
+        assert!(!s.first_time(b"a"));
+        for i in 0..SEEN_WINDOW as u32 {
+            s.first_time(&i.to_be_bytes());
+        }
+        assert!(s.first_time(b"a"), "forgotten after the window");
+        assert!(s.set.len() <= SEEN_WINDOW);
+    }
+}
