@@ -10,8 +10,9 @@
 //! - [`teardown`]: `umount` and `rm` of a root.
 //! - [`jail`]: `run` — mount and PID namespaces, /dev, binds, chroot, user, capabilities,
 //!   seccomp, env, init, the pty.
-//! - [`deploy`]: fleet deploy — the signed deploy event, rollout waves, desired state, and
-//!   the artifact fetcher (`s3://`, `https://`, `file://`, streamed, sha256-checked).
+//! - [`deploy`]: fleet deploy — the signed deploy event, rollout waves, desired state, the
+//!   artifact fetcher (`s3://`, `https://`, `file://`, streamed, sha256-checked), `[apps.NAME]`
+//!   settings, the jail supervisor, health checks, the per-app activation state machine (pure).
 //! - [`export`]: Docker image or `docker save`/OCI archive to a flat rootfs tar with `/.drootenv`.
 //! - [`dirs`]: directories the tool creates, with an explicit mode whatever the umask.
 //! - [`drootenv`]: the `/.drootenv` env file format, written by export and read by run.
@@ -19,8 +20,6 @@
 //! - [`agent`]: `droot-fleet agent`, the gossip daemon (sockets, the task owning foca, handlers,
 //!   snapshot, keys) around the [`gossip`] core.
 //! - [`api`]: the agent's HTTP/JSON control API (server, routes, typed client).
-//! - [`deploy`]: fleet deploy — `[apps.NAME]` settings, the jail supervisor, health checks,
-//!   the per-app activation state machine (pure).
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 
 pub mod agent;
