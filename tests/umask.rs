@@ -89,6 +89,12 @@ fn issue6_agent_under_umask_000_creates_no_world_writable_dirs() {
             mode(&t.path().join(p))
         );
     }
+    // The socket was bound under a temporary name and renamed into place: none is left.
+    let names: Vec<_> = std::fs::read_dir(t.path().join("run/droot"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["agent.sock"]);
 }
 
 #[test]

@@ -59,8 +59,20 @@ impl Listener {
                     }
                     std::fs::remove_file(path)?;
                 }
-                let listener = UnixListener::bind(path)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                // Bound under a temporary name, made 0600, then renamed into place: the socket
+                // is never reachable at its real path with the umask's mode.
+                let mut tmp_name = std::ffi::OsString::from(".");
+                tmp_name.push(path.file_name().unwrap_or_default());
+                tmp_name.push(format!(".{}.tmp", std::process::id()));
+                let tmp = path.with_file_name(tmp_name);
+                let _ = std::fs::remove_file(&tmp);
+                let listener = UnixListener::bind(&tmp)?;
+                let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                    .and_then(|()| std::fs::rename(&tmp, path));
+                if let Err(e) = placed {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
                 Ok(Self::Unix(listener, path.clone()))
             }
         }
