@@ -89,6 +89,24 @@ pub fn shown(p: &Path) -> String {
     format!("{}... ({} bytes)", &s[..cut], s.len())
 }
 
+/// Sets the owner of `name` in `dir` (when one is given) without following a symlink there.
+fn chown_nofollow(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    owner: Option<(u32, u32)>,
+) -> Result<(), Errno> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    fchownat(
+        dir,
+        name,
+        Some(uid.into()),
+        Some(gid.into()),
+        FchownatFlags::AT_SYMLINK_NOFOLLOW,
+    )
+}
+
 /// The process umask (read by setting it and putting it back).
 fn current_umask() -> u32 {
     // SAFETY: umask only swaps the process's mask; it is restored at once.
@@ -272,16 +290,7 @@ impl TreeWriter {
             self.clear(dir.as_fd(), rel)?;
             symlinkat(target, dir.as_fd(), name).map_err(self.io_err(rel))?;
         }
-        if let Some((uid, gid)) = owner {
-            fchownat(
-                dir.as_fd(),
-                name,
-                Some(uid.into()),
-                Some(gid.into()),
-                FchownatFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(self.io_err(rel))?;
-        }
+        chown_nofollow(dir.as_fd(), name, owner).map_err(self.io_err(rel))?;
         Ok(())
     }
 
@@ -334,16 +343,7 @@ impl TreeWriter {
         let devno = nix::sys::stat::makedev(u64::from(dev.0), u64::from(dev.1));
         let mode = Mode::from_bits_truncate(attrs.mode);
         mknodat(dir.as_fd(), name, sflag, mode, devno).map_err(self.io_err(rel))?;
-        if let Some((uid, gid)) = attrs.owner {
-            fchownat(
-                dir.as_fd(),
-                name,
-                Some(uid.into()),
-                Some(gid.into()),
-                FchownatFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(self.io_err(rel))?;
-        }
+        chown_nofollow(dir.as_fd(), name, attrs.owner).map_err(self.io_err(rel))?;
         // NoFollowSymlink: the C library goes through an O_PATH descriptor of this very node.
         fchmodat(dir.as_fd(), name, mode, FchmodatFlags::NoFollowSymlink).map_err(self.io_err(rel))
     }

@@ -42,9 +42,14 @@ pub fn start_time(pid: i32) -> io::Result<u64> {
 }
 
 fn parse_start_time(stat: &str) -> Option<u64> {
+    stat_field(stat, 22)?.parse().ok()
+}
+
+/// Field `n` (1-based, `n >= 3`) of a `/proc/PID/stat` line, counted after the last `)`
+/// (field 3, the state, is the first one after it).
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
     let after = &stat[stat.rfind(')')? + 1..];
-    // After ")": field 3 (state) is the first; starttime is field 22.
-    after.split_whitespace().nth(22 - 3)?.parse().ok()
+    after.split_whitespace().nth(n - 3)
 }
 
 /// Reads a pid file; `None` when there is none.
@@ -145,8 +150,7 @@ pub fn children_pidfds(pid: i32) -> Vec<OwnedFd> {
         .filter_map(|c| {
             let fd = pidfd_open(c).ok()?;
             let stat = fs::read_to_string(format!("/proc/{c}/stat")).ok()?;
-            let after = &stat[stat.rfind(')')? + 1..];
-            let ppid: i32 = after.split_whitespace().nth(1)?.parse().ok()?;
+            let ppid: i32 = stat_field(&stat, 4)?.parse().ok()?;
             (ppid == pid).then_some(fd)
         })
         .collect()
