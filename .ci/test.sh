@@ -55,7 +55,8 @@ export DROOT_FLEET_TEST_NOT_RUN_LOG
 DROOT_FLEET_TEST_NOT_RUN_LOG=$(mktemp)
 trap 'rm -f "$log" "$DROOT_FLEET_TEST_NOT_RUN_LOG"' EXIT
 set +e
-cargo test --lib --bins --tests --locked 2>&1 | tee "$log"
+# --no-fail-fast: a failing test binary must not hide the results of the ones after it.
+cargo test --lib --bins --tests --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 cat "$DROOT_FLEET_TEST_NOT_RUN_LOG"

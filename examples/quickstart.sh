@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # droot-fleet quickstart for a fresh Debian machine, as root: installs what it needs, builds,
-# then shows the single-host toolchain end to end:
-#   export (Docker engine, or a `docker save` archive) -> deploy (atomic releases) -> run
-#   (chroot jail) -> deploy v2 -> rollback.
+# then runs the fleet deploy pipeline on loopback:
+#   three agents (127.80.1.1-3, own data dirs, a fresh gossip keyring, a fresh trusted
+#   signing key) -> a file:// artifact store with a busybox httpd app `demo`: v1, v2 and a
+#   broken v3 -> event deploy demo v1 --wait -> v2 one node at a time -> v3 fails its health
+#   check and rolls back by itself -> query status -> rollback -> agents stop; then the same
+#   artifact on one host with no agent (deploy --root, run). Cleans up after itself.
+# It can be run again at will, also after a run that was killed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-[ "$(id -u)" = 0 ] || { echo "run as root: the jail needs mounts and chroot" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root: the jails need mounts and chroot" >&2; exit 1; }
 need=()
-for p in busybox-static build-essential pkg-config; do
+for p in busybox-static build-essential pkg-config curl; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -18,99 +22,146 @@ command -v cargo >/dev/null || { echo "install Rust first (rustup or apt-get ins
 
 cargo build --release --locked
 bin=$PWD/target/release/droot-fleet
-work=$(mktemp -d /tmp/droot-fleet-demo.XXXXXX)
-root=/var/containers/demo
+net=127.80.1                          # agents and their apps on 127.80.1.1-3
+apps=/var/containers/quickstart       # each node's release store: $apps/node-N
+work=$(mktemp -d /tmp/droot-fleet-quickstart.XXXXXX)
+pids=()
 
-# 1. A tiny "application image": busybox plus a script, with an environment.
-mkdir -p "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/app"
-cp /bin/busybox "$work/rootfs/bin/"
-for a in sh echo cat id ls sleep env hostname; do ln -sf busybox "$work/rootfs/bin/$a"; done
-printf '#!/bin/sh\necho "hello from $APP_NAME $APP_VERSION in the jail: uid=$(id -u) pid1=$(cat /proc/1/comm)"\n' >"$work/rootfs/app/hello"
-chmod +x "$work/rootfs/app/hello"
+say() { printf '\n== %s ==\n' "$*"; }
+x() { echo "+ droot-fleet $*"; "$bin" "$@"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for i in 1 2 3; do
+    [ -e "$apps/node-$i" ] && "$bin" rm --root "$apps/node-$i" >/dev/null
+  done
+  rmdir "$apps" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# A previous run that was killed: its agents and jails (named by their paths), its roots.
+pkill -KILL -f -- "/tmp/droot-fleet-quickstart\.|$apps/" 2>/dev/null || true
+for d in /tmp/droot-fleet-quickstart.*; do [ "$d" = "$work" ] || rm -rf "$d"; done
+for i in 1 2 3; do
+  [ -e "$apps/node-$i" ] && "$bin" rm --root "$apps/node-$i" >/dev/null
+done
 
-build() { # build VERSION OUT: export an image of the rootfs carrying APP_VERSION
-  local v=$1 out=$2
+# 1. The artifact store: demo/VERSION.tar.gz, a busybox rootfs whose httpd serves /www.
+#    v3 is broken: no /www/health, so its health check gets 404.
+say "artifacts: file://$work/store/demo/{v1,v2,v3}.tar.gz"
+mkdir -p "$work/store/demo"
+build() { # build VERSION HEALTHY
+  local v=$1 src=$work/rootfs-$1 out=$work/store/demo/$1.tar.gz
+  mkdir -p "$src/bin" "$src/etc" "$src/tmp" "$src/www"
+  cp /bin/busybox "$src/bin/"
+  for a in sh httpd cat ls; do ln -sf busybox "$src/bin/$a"; done
+  printf 'root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n' >"$src/etc/passwd"
+  printf 'root:x:0:\napp:x:1000:\n' >"$src/etc/group"
+  echo "demo $v" >"$src/www/index.html"
+  [ "$2" = healthy ] && echo ok >"$src/www/health"
   if docker info >/dev/null 2>&1; then
-    tar -C "$work/rootfs" -cf - . | docker import \
-      --change "ENV PATH=/bin APP_NAME=demo APP_VERSION=$v" - "droot-fleet-demo:$v" >/dev/null
-    echo "+ droot-fleet export droot-fleet-demo:$v -o $out --gzip"
-    "$bin" export "droot-fleet-demo:$v" -o "$out" --gzip
-    docker save "droot-fleet-demo:$v" -o "$work/saved-$v.tar"
-    echo "+ droot-fleet export --from-archive saved-$v.tar   (same result, no engine needed)"
-    "$bin" export --from-archive "$work/saved-$v.tar" -o "$work/from-archive-$v.tar"
-    docker rmi "droot-fleet-demo:$v" >/dev/null
+    tar -C "$src" -cf - . | docker import --change "ENV PATH=/bin APP_VERSION=$v" - \
+      "droot-fleet-quickstart:$v" >/dev/null
+    echo "+ droot-fleet export droot-fleet-quickstart:$v -o $out --gzip"
+    "$bin" export "droot-fleet-quickstart:$v" -o "$out" --gzip
+    docker rmi "droot-fleet-quickstart:$v" >/dev/null
   else
-    echo "(no Docker engine: packing the prepared rootfs directly)"
-    printf 'PATH=/bin\nAPP_NAME=demo\nAPP_VERSION=%s\n' "$v" >"$work/rootfs/.drootenv"
-    tar -C "$work/rootfs" -czf "$out" .
+    echo "($v: no Docker engine, packing the rootfs directly)"
+    printf 'PATH=/bin\nAPP_VERSION=%s\n' "$v" >"$src/.drootenv"
+    tar -C "$src" -czf "$out" .
   fi
 }
+build v1 healthy
+build v2 healthy
+build v3 broken
 
-build v1 "$work/v1.tar.gz"
-build v2 "$work/v2.tar.gz"
+# 2. Keys: one gossip keyring for the cluster, one deploy signing key for the operator.
+#    Agents act only on deploy events signed by a key in trusted_signing_keys.
+say "keys"
+echo "{\"primary\": \"$("$bin" keygen)\"}" >"$work/keyring.json"
+echo "+ droot-fleet keygen --signing -o deploy.key"
+pub=$("$bin" keygen --signing -o "$work/deploy.key" 2>/dev/null)
+echo "public key: $pub"
+export DROOT_FLEET_SIGNING_KEY=$work/deploy.key
 
-if [ -e "$root" ]; then
-  echo "+ droot-fleet rm --root $root   (a previous demo run)"
-  "$bin" rm --root "$root"
-fi
-echo "+ droot-fleet deploy --root $root --version v1 < v1.tar.gz"
-"$bin" deploy --root "$root" --version v1 <"$work/v1.tar.gz"
-echo "+ droot-fleet run --root $root/current --cp --pid-ns -u nobody -- /app/hello"
-"$bin" run --root "$root/current" --cp --pid-ns -u nobody -- /app/hello
-echo "+ droot-fleet deploy --root $root --version v2 v2.tar.gz"
-"$bin" deploy --root "$root" --version v2 "$work/v2.tar.gz"
-"$bin" run --root "$root/current" --pid-ns -- /app/hello
-echo "+ droot-fleet deploy --root $root --rollback"
-"$bin" deploy --root "$root" --rollback
-"$bin" deploy --root "$root" --list
-"$bin" run --root "$root/current" --pid-ns -- /app/hello
-
-# 2. The fleet half, on loopback: three agents with a shared key; a gossip event makes every
-#    "host" deploy the release, and a query asks them all what they run.
-echo; echo "== three agents on 127.0.20.1-3, encrypted gossip =="
-fleet=$work/fleet
-mkdir -p "$fleet"
-echo "{\"primary\": \"$("$bin" keygen)\"}" >"$fleet/keyring.json"
-cat >"$fleet/agent.toml" <<TOML
-keyring = "$fleet/keyring.json"
-[[handler]]
-event = "user:deploy"
-command = ["sh", "-c", "read v; $bin deploy --root /var/containers/fleet-\$DROOT_FLEET_NODE --version \$v $work/\$v.tar.gz"]
-timeout = "60s"
-[[handler]]
-event = "query:version"
-command = ["sh", "-c", "readlink /var/containers/fleet-\$DROOT_FLEET_NODE/current"]
-timeout = "5s"
-TOML
-pids=()
+# 3. Three agents. Each config declares the app: where artifacts come from, its release
+#    store, the jail's command and the health check that decides between ok and rollback.
+say "three agents on $net.1-3"
 for i in 1 2 3; do
-  rm -rf "/var/containers/fleet-web-$i"
-  "$bin" agent --config "$fleet/agent.toml" --node "web-$i" --bind "127.0.20.$i:7946" \
-    --join 127.0.20.1:7946 --data-dir "$fleet/d$i" --tag role=web 2>"$fleet/agent-$i.log" &
+  cat >"$work/agent-$i.toml" <<TOML
+keyring = "$work/keyring.json"
+trusted_signing_keys = ["$pub"]
+push_pull_interval = "5s"
+
+[apps.demo]
+artifact = "file://$work/store/{app}/{version}.tar.gz"
+root = "$apps/node-$i"
+keep = 3
+command = ["httpd", "-f", "-p", "$net.$i:8080", "-h", "/www"]
+user = "app"
+stop_timeout = "5s"
+[apps.demo.health]
+http = "http://$net.$i:8080/health"
+deadline = "5s"
+interval = "200ms"
+TOML
+  "$bin" agent --config "$work/agent-$i.toml" --node "node-$i" --bind "$net.$i:7946" \
+    --join "$net.1:7946" --data-dir "$work/d$i" --tag role=demo --log info \
+    2>"$work/agent-$i.log" &
   pids+=($!)
 done
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-export DROOT_FLEET_RPC=unix:$fleet/d1/agent.sock
-for _ in $(seq 1 50); do
-  [ "$("$bin" members --status alive --format json 2>/dev/null | grep -o '"name"' | wc -l)" = 3 ] && break
+export DROOT_FLEET_RPC=unix:$work/d1/agent.sock
+for _ in $(seq 1 100); do # until all three are alive and report the app (no deploy yet)
+  [ "$("$bin" query status demo --format json 2>/dev/null | grep -o '"node"' | wc -l)" = 3 ] && break
   sleep 0.2
 done
-echo "+ droot-fleet members"
-"$bin" members
-for v in v1 v2; do
-  echo "+ droot-fleet event deploy $v"
-  "$bin" event deploy "$v"
-  for _ in $(seq 1 50); do
-    n=$(ls -l /var/containers/fleet-web-*/current 2>/dev/null | grep -c "releases/$v" || true)
-    [ "$n" = 3 ] && break
-    sleep 0.2
+x members
+
+http_all() { # http_all VERSION: what each node's app answers, which must be VERSION
+  local i got
+  for i in 1 2 3; do
+    got=$(curl -sS -m 2 "http://$net.$i:8080/" 2>&1 || true)
+    printf 'node-%s  http://%s.%s:8080/  ->  %s\n' "$i" "$net" "$i" "$got"
+    [ "$got" = "demo $1" ] || { echo "node-$i should serve demo $1" >&2; exit 1; }
   done
-  echo "+ droot-fleet query version --tag role=web"
-  "$bin" query version --tag role=web
+}
+
+say "deploy v1 to every node"
+x event deploy demo v1 --wait --timeout 2m
+http_all v1
+
+say "deploy v2, one node at a time"
+x event deploy demo v2 --wait --max-parallel 1 --timeout 2m
+http_all v2
+
+say "deploy v3 (broken: its health check fails)"
+set +e
+x event deploy demo v3 --wait --timeout 2m
+rc=$?
+set -e
+echo "(exit code $rc: every node rolled back to v2 by itself)"
+[ "$rc" != 0 ] || { echo "a broken release must not exit 0" >&2; exit 1; }
+x query status demo
+http_all v2
+
+say "rollback to the previous release"
+x rollback demo --wait --timeout 2m
+x query status demo
+http_all v1
+
+say "stop the agents (each stops its jail)"
+for i in 1 2 3; do "$bin" leave --rpc "unix:$work/d$i/agent.sock" >/dev/null; done
+for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+pids=()
+for i in 1 2 3; do
+  ! curl -s -m 2 -o /dev/null "http://$net.$i:8080/" || { echo "node-$i still serves" >&2; exit 1; }
 done
-echo "+ droot-fleet leave (each agent)"
-for i in 1 2 3; do "$bin" leave --rpc "unix:$fleet/d$i/agent.sock" >/dev/null; done
-wait "${pids[@]}" 2>/dev/null || true
-trap - EXIT
-rm -rf "$work"
-echo "done: releases live under $root and /var/containers/fleet-web-*; remove one with: $bin rm --root $root"
+echo "no node serves any more"
+
+# 4. The same artifact on one host, no agent: the release store and the jail by hand.
+say "single host: deploy, run, list"
+x deploy --root "$work/single" --version v2 "file://$work/store/demo/v2.tar.gz"
+x run --root "$work/single/current" --pid-ns -u app -- cat /www/index.html
+x deploy --root "$work/single" --list
+"$bin" rm --root "$work/single"
+echo "done; removing $apps/node-1..3 and $work"

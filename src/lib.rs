@@ -17,22 +17,35 @@
 //! - [`dirs`]: directories the tool creates, with an explicit mode whatever the umask.
 //! - [`drootenv`]: the `/.drootenv` env file format, written by export and read by run.
 //! - [`gossip`]: the sans-io protocol core of the agent (envelope, keyring, clocks, events, queries).
-//! - [`agent`]: `droot-fleet agent`, the gossip daemon (sockets, the task owning foca, handlers,
-//!   snapshot, keys) around the [`gossip`] core.
+//! - [`agent`]: `droot-fleet agent`, the gossip daemon around the [`gossip`] core: a sans-io
+//!   state machine owning foca, the task executing its effects (sockets, handlers, snapshot, keys).
 //! - [`api`]: the agent's HTTP/JSON control API (server, routes, typed client).
+//! - [`wall`]: the wall clock in the crate's units.
+//! - [`wire`]: the control API's wire types and address, shared by [`agent`] and [`api`].
+//! - [`durations`], [`atomic_file`]: duration syntax and crash-safe file replacement,
+//!   shared by [`agent`] and [`deploy`].
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
+//!
+//! Layering (imports only point left): the leaves ([`wire`], [`durations`],
+//! [`atomic_file`], [`wall`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
+//! The agent carries the deploy tables of its config file untouched; the CLI parses them
+//! and wires the agent, the deploy controller and the API together.
 
 pub mod agent;
 pub mod api;
 pub mod artifact;
+pub mod atomic_file;
 pub mod beneath;
 pub mod cli;
 pub mod deploy;
 pub mod dirs;
 pub mod drootenv;
+pub mod durations;
 pub mod export;
 pub mod gossip;
 pub mod jail;
 pub mod mountinfo;
 pub mod release;
 pub mod teardown;
+pub mod wall;
+pub mod wire;

@@ -55,7 +55,7 @@ command = ["sh", "-c", "head -c 12000 /dev/zero | tr '\\0' y"]
     }
 
     // Event from n2: every node's handler runs exactly once.
-    let out = agents[1].cli(&["event", "deploy", "v1"]);
+    let out = agents[1].cli(&["event", "release", "v1"]);
     assert!(
         out.status.success(),
         "{}",
@@ -63,8 +63,8 @@ command = ["sh", "-c", "head -c 12000 /dev/zero | tr '\\0' y"]
     );
     for n in 1..=5 {
         let node = format!("n{n}");
-        wait_for(LONG, &format!("{node} to handle deploy"), || {
-            (!c.deliveries(&node, "deploy").is_empty()).then_some(())
+        wait_for(LONG, &format!("{node} to handle release"), || {
+            (!c.deliveries(&node, "release").is_empty()).then_some(())
         });
     }
     for a in &agents {
@@ -72,7 +72,7 @@ command = ["sh", "-c", "head -c 12000 /dev/zero | tr '\\0' y"]
     }
     for n in 1..=5 {
         assert_eq!(
-            c.deliveries(&format!("n{n}"), "deploy").len(),
+            c.deliveries(&format!("n{n}"), "release").len(),
             1,
             "n{n} exactly once"
         );
@@ -80,7 +80,7 @@ command = ["sh", "-c", "head -c 12000 /dev/zero | tr '\\0' y"]
 
     // Too large: a clear error, exit code != 0.
     let huge = "x".repeat(5000);
-    let out = agents[0].cli(&["event", "deploy", &huge]);
+    let out = agents[0].cli(&["event", "release", &huge]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("too large"), "{err}");

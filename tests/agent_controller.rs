@@ -279,3 +279,37 @@ fn an_old_peer_exchanges_state_with_a_new_agent() {
         "merged twice, handled once"
     );
 }
+
+/// CPU time (user + system, clock ticks) a process used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// An agent with no `[apps]` (an operator's workstation, a node of another role) runs the
+/// deploy controller too; it must idle, not spin on its executor's closed channel.
+#[test]
+fn an_agent_without_apps_idles() {
+    let c = Cluster::new("77.93");
+    let a = c.start(1, &[], "");
+    let _peer = c.start(2, &[1], "");
+    let pid = a.child.as_ref().expect("running").id();
+    // Up and serving: the controller is past its start.
+    wait_for(Duration::from_secs(20), "the agent to answer", || {
+        a.cli(&["query", "status", "--format", "json"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let (t0, w0) = (cpu_ticks(pid), Instant::now());
+    // Measured over two push/pull rounds (a counter, not a bare sleep).
+    a.wait_push_pulls(2);
+    let wall = w0.elapsed().as_secs_f64().max(1.0);
+    let used = (cpu_ticks(pid) - t0) as f64 / 100.0;
+    assert!(
+        used / wall < 0.3,
+        "an idle agent used {used:.2}s of CPU in {wall:.2}s (a busy loop?)"
+    );
+}

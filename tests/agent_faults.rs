@@ -1,7 +1,7 @@
 //! Regression tests of issue 10 (no lost events, a disk that stalls or fails, bounded
 //! handlers) on real agent processes, each on its own 127.77.8x.N addresses: a handler
-//! that cannot be spawned, an unwritable or torn journal, a state file stalled on a FIFO,
-//! and the durable handler queue. Tests that check that nothing ran twice wait for the
+//! that cannot be spawned, an agent out of file descriptors, an unwritable or torn
+//! journal, a state file stalled on a FIFO, and the durable handler queue. Tests that check that nothing ran twice wait for the
 //! push/pull counter to advance, never a bare sleep.
 
 #[path = "common/agent.rs"]
@@ -90,6 +90,136 @@ fn unspawnable_handler_runs_once_after_recovery() {
     });
     a1.wait_push_pulls(3);
     assert_eq!(runs(), 4, "a handler ran twice");
+}
+
+/// Sets `pid`'s descriptor limits to `nofile`. (Only the soft limit moves in the test:
+/// raising a hard limit needs CAP_SYS_RESOURCE.)
+fn set_nofile(pid: u32, nofile: libc::rlimit) {
+    // SAFETY: prlimit on another process with a valid pointer to a local struct.
+    let r = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &nofile,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// `pid`'s descriptor limits.
+fn current_nofile(pid: u32) -> libc::rlimit {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reading only, into a local struct.
+    let r = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut lim,
+        )
+    };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    lim
+}
+
+/// User + system CPU time of `pid`, in clock ticks (fields 14 and 15 of its stat).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Issue 10, items 2 and 3, with the real resource fault: the agent runs out of file
+/// descriptors (its limit is cut to 3 while it runs, so no descriptor can be opened).
+/// An event that arrives meanwhile cannot spawn its handler (EMFILE): it stays pending and
+/// runs exactly once when descriptors are back. A control API client that connects
+/// meanwhile is answered once they are back, and the accept loop does not spin.
+#[test]
+fn out_of_descriptors_an_event_waits_and_runs_once() {
+    let c = agent_support::Cluster::new("77.88");
+    let ran = c.events_dir.join("fd-hook.ran");
+    let extra = format!(
+        "[[handler]]\nevent = \"user:fd-hook\"\ncommand = [\"sh\", \"-c\", \"echo $DROOT_FLEET_LTIME >> {}\"]\n",
+        ran.display()
+    );
+    let runs = || {
+        std::fs::read_to_string(&ran)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let a1 = c.start(1, &[], &extra);
+    let a2 = c.start(2, &[1], "");
+    for a in [&a1, &a2] {
+        wait_for(LONG, "two alive members", || {
+            (a.alive_count() == 2).then_some(())
+        });
+    }
+    let pid = a1.child.as_ref().unwrap().id();
+    let failures = || a1.log_text().matches("Too many open files").count();
+
+    let old = current_nofile(pid);
+    let mut cut = old;
+    cut.rlim_cur = 3;
+    set_nofile(pid, cut);
+    // A client that connects while no descriptor can be accepted for it.
+    let sock = a1.data_dir.join("agent.sock");
+    let client = std::thread::spawn(move || {
+        let out = std::process::Command::new(agent_support::bin())
+            .env_remove("RUST_LOG")
+            .env("DROOT_FLEET_RPC", format!("unix:{}", sock.display()))
+            .arg("members")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    });
+    ops::ok(&a2.cli(&["event", "fd-hook"]));
+    wait_for(LONG, "n1 to fail on descriptors", || {
+        (failures() >= 2).then_some(())
+    });
+    let (t0, cpu0) = (std::time::Instant::now(), cpu_ticks(pid));
+    wait_for(LONG, "ten more failed attempts", || {
+        (failures() >= 12).then_some(())
+    });
+    let wall_ticks = t0.elapsed().as_secs_f64() * 100.0;
+    let used = (cpu_ticks(pid) - cpu0) as f64;
+    assert!(
+        used < wall_ticks * 0.5,
+        "the agent used {used} CPU ticks in {wall_ticks:.0} while out of descriptors (spinning)"
+    );
+    assert_eq!(runs(), 0, "the handler ran without descriptors?");
+    // The client's connection waits in the backlog (accepting it fails), unanswered.
+    assert!(a1.log_text().contains("control API accept failed"));
+    assert!(
+        !client.is_finished(),
+        "the client was answered without descriptors"
+    );
+    assert!(
+        a1.log_text().contains("stay pending and are retried"),
+        "{}",
+        a1.log_text()
+    );
+
+    set_nofile(pid, old);
+    wait_for(LONG, "the handler to run once descriptors are back", || {
+        (runs() == 1).then_some(())
+    });
+    let (ok, members) = client.join().unwrap();
+    assert!(
+        ok && members.contains("n2"),
+        "the waiting client: {members}"
+    );
+    a1.wait_push_pulls(3);
+    assert_eq!(runs(), 1, "the handler ran twice");
+    assert!(a1.child.as_ref().is_some(), "n1 gone");
+    assert_eq!(a1.alive_count(), 2);
 }
 
 /// Issue 10 (smaller ones): startup replayed the journal but took no snapshot, so a torn

@@ -7,8 +7,6 @@ mod agent_support;
 #[path = "common/ops.rs"]
 mod ops;
 
-use std::time::Duration;
-
 use agent_support::{Cluster, wait_for};
 use ops::{LONG, all_text, counter, file_keys, json, keygen, ok, own_keyring, primary_key};
 
@@ -84,12 +82,19 @@ fn key_rotation_reaches_every_node_and_its_keyring_file() {
     let dropped_before =
         counter(&agents[0], "packets_dropped_auth") + counter(&agents[0], "streams_dropped_auth");
     let stale = c.start_with(4, &[1], "", Some(&c.keyring));
+    let dropped = || {
+        counter(&agents[0], "packets_dropped_auth") + counter(&agents[0], "streams_dropped_auth")
+    };
     wait_for(LONG, "n1 to drop the K1 node's traffic", || {
-        let now = counter(&agents[0], "packets_dropped_auth")
-            + counter(&agents[0], "streams_dropped_auth");
-        (now > dropped_before).then_some(())
+        (dropped() > dropped_before).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Not a pause: the K1 node keeps trying (three more drops) while n1 merges two more
+    // push/pulls with its real peers, so any news of n4 would have reached every member.
+    let first = dropped();
+    wait_for(LONG, "three more dropped attempts of the K1 node", || {
+        (dropped() >= first + 3).then_some(())
+    });
+    agents[0].wait_push_pulls(2);
     for a in &agents {
         assert!(a.status_of("n4").is_none(), "{:?}", a.members());
     }

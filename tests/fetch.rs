@@ -48,47 +48,6 @@ fn failed_with(out: &Output, needles: &[&str]) {
     }
 }
 
-/// Uploads `bytes` as `key` with the SDK, retrying while the fresh layout settles.
-fn put(g: &Garage, key: &str, bytes: Vec<u8>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let creds = aws_sdk_s3::config::Credentials::new(&g.key_id, &g.secret, None, None, "test");
-        let conf = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .credentials_provider(creds)
-            .endpoint_url(&g.endpoint)
-            .region(aws_sdk_s3::config::Region::new("garage"))
-            .force_path_style(true)
-            .build();
-        let client = aws_sdk_s3::Client::from_conf(conf);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let body = aws_sdk_s3::primitives::ByteStream::from(bytes.clone());
-            match client
-                .put_object()
-                .bucket(&g.bucket)
-                .key(key)
-                .body(body)
-                .send()
-                .await
-            {
-                Ok(_) => return,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => panic!(
-                    "cannot upload {key}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                ),
-            }
-        }
-    });
-}
-
 fn read(root: &Path, rel: &str) -> String {
     std::fs::read_to_string(root.join(rel)).unwrap()
 }
@@ -106,8 +65,8 @@ fn s3_deploys_tar_gz_and_tar_zst_from_garage() {
     let tar2 = simple("v2").bytes();
     let v1 = gz(&tar1);
     let v2 = zstd::encode_all(&tar2[..], 3).unwrap();
-    put(&g, "web/v1.tar.gz", v1.clone());
-    put(&g, "web/v2.tar.zst", v2.clone());
+    g.put("web/v1.tar.gz", v1.clone());
+    g.put("web/v2.tar.zst", v2.clone());
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("app");
     let env = g.env();
@@ -135,8 +94,8 @@ fn s3_wrong_sha256_publishes_nothing() {
     let v1 = gz(&simple("v1").bytes());
     // Trailing bytes after the gzip member: the digest covers them too.
     let mut v2 = gz(&simple("v2").bytes());
-    put(&g, "web/v1.tar.gz", v1);
-    put(&g, "web/v2.tar.gz", v2.clone());
+    g.put("web/v1.tar.gz", v1);
+    g.put("web/v2.tar.gz", v2.clone());
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("app");
     let env = g.env();
@@ -150,7 +109,7 @@ fn s3_wrong_sha256_publishes_nothing() {
     let cur_before = std::fs::symlink_metadata(root.join("current")).unwrap();
     let good = sha_hex(&v2);
     v2.extend_from_slice(b"appended later");
-    put(&g, "web/v2.tar.gz", v2.clone());
+    g.put("web/v2.tar.gz", v2.clone());
     let actual = sha_hex(&v2);
     let out = deploy_url(
         &root,
@@ -185,7 +144,7 @@ fn s3_wrong_sha256_publishes_nothing() {
 #[test]
 fn s3_errors_name_the_problem() {
     let g = Garage::start();
-    put(&g, "web/v1.tar.gz", gz(&simple("v1").bytes()));
+    g.put("web/v1.tar.gz", gz(&simple("v1").bytes()));
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("app");
     let env = g.env();

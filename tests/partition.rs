@@ -71,6 +71,23 @@ fn wait_delivered(lab: &Lab, nodes: &[&str], event: &str) {
     }
 }
 
+/// Waits until every node merged `rounds` more push/pull states than now.
+fn wait_merged(lab: &Lab, rounds: u64) {
+    let targets: Vec<u64> = NODES
+        .iter()
+        .map(|n| lab.agent(n).push_pulls() + rounds)
+        .collect();
+    poll(SHORT, "every node to merge more push/pulls", || {
+        for (n, want) in NODES.iter().zip(&targets) {
+            let have = lab.agent(n).push_pulls();
+            if have < *want {
+                return Err(format!("{n} merged {have} of {want}"));
+            }
+        }
+        Ok(())
+    });
+}
+
 fn assert_counts(lab: &Lab, nodes: &[&str], event: &str, want: usize) {
     for n in nodes {
         assert_eq!(
@@ -123,7 +140,18 @@ fn partition_isolates_then_heals_and_catches_up() {
     // push/pull dialed just before the failure was detected is still retrying its
     // SYN: the re-merge below must come from the agents' own recovery, not from a
     // connection attempt that happened to outlive the partition.
+    let merged =
+        |names: &[&str]| -> Vec<u64> { names.iter().map(|n| lab.agent(n).push_pulls()).collect() };
+    let before = merged(&NODES);
     std::thread::sleep(HOLD);
+    // The hold was not idle: every node merged push/pulls with its partner meanwhile.
+    for (n, (b, a)) in NODES.iter().zip(before.iter().zip(merged(&NODES))) {
+        assert!(
+            a >= b + 3,
+            "{n} merged {} push/pulls during the partition",
+            a - b
+        );
+    }
     assert_counts(&lab, &["c", "d"], "split", 0);
     all_see(&lab, &["a", "b"], &["c", "d"], &["failed"]).unwrap();
     all_see(&lab, &["c", "d"], &["a", "b"], &["failed"]).unwrap();
@@ -148,14 +176,15 @@ fn partition_isolates_then_heals_and_catches_up() {
     // anything twice.
     wait_delivered(&lab, &["c", "d"], "split");
     step("`split` caught up on {c,d}");
-    std::thread::sleep(Duration::from_secs(3));
+    // Not a pause: every node merges two more push/pulls, each a chance to run it again.
+    wait_merged(&lab, 2);
     assert_counts(&lab, &NODES, "split", 1);
     assert_counts(&lab, &NODES, "before", 1);
 
     // 6. The merged cluster works both ways.
     fire(&lab, "d", "after", "y");
     wait_delivered(&lab, &NODES, "after");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_merged(&lab, 2);
     assert_counts(&lab, &NODES, "after", 1);
     for a in &mut lab.agents {
         assert!(a.running(), "agent {} died", a.name);

@@ -3,17 +3,17 @@
 
 mod common;
 
+use common::Poller;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use droot_fleet::deploy::app::{AppConfig, parse_apps};
 use droot_fleet::deploy::health::{ExecContext, wait_healthy};
+use droot_fleet::deploy::supervisor::proc::{PidRecord, read_pid_file, start_time, write_pid_file};
 use droot_fleet::deploy::supervisor::{AppStatus, State, Supervisor, SupervisorOptions};
-use droot_fleet::deploy::supervisor_proc::{PidRecord, read_pid_file, start_time, write_pid_file};
 use tokio::sync::watch;
 
 /// An app root with one busybox release `v1` as `current`, serving `/www` (with a `health`
@@ -396,34 +396,6 @@ async fn start_refuses_a_missing_current_or_release_naming_the_app() {
     sup.shutdown(false).await;
 }
 
-/// Polls the app every 20 ms on a thread; counts answers and failures until stopped.
-struct Poller {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU32>,
-    failed: Arc<AtomicU32>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-fn poll_continuously(port: u16) -> Poller {
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU32::new(0));
-    let failed = Arc::new(AtomicU32::new(0));
-    let (s, o, fl) = (stop.clone(), ok.clone(), failed.clone());
-    let thread = std::thread::spawn(move || {
-        while !s.load(Ordering::SeqCst) {
-            let c = if get_ok(port, "/health") { &o } else { &fl };
-            c.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
-    Poller {
-        stop,
-        ok,
-        failed,
-        thread,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_supervisor_adopts_the_running_jail_without_downtime() {
     let f = fixture("supervisor adoption");
@@ -439,10 +411,9 @@ async fn a_new_supervisor_adopts_the_running_jail_without_downtime() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let poller = poll_continuously(f.port);
+    let poller = Poller::start(&format!("127.0.0.1:{}", f.port), "/health");
     first.shutdown(false).await;
     drop(first);
-    let before = poller.ok.load(Ordering::SeqCst);
 
     let second = f.supervisor();
     let st = second.manage(app).await.unwrap();
@@ -452,21 +423,9 @@ async fn a_new_supervisor_adopts_the_running_jail_without_downtime() {
     );
     // Starting the release it already runs changes nothing: no second copy.
     assert_eq!(second.start("web", None).await.unwrap().pid, Some(pid));
-    let t = Instant::now();
-    while poller.ok.load(Ordering::SeqCst) < before + 10 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "app stopped answering"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    poller.stop.store(true, Ordering::SeqCst);
-    poller.thread.join().unwrap();
-    assert_eq!(
-        poller.failed.load(Ordering::SeqCst),
-        0,
-        "requests failed during handover"
-    );
+    tokio::task::block_in_place(|| poller.wait_more(10));
+    let (_, failed) = poller.stop();
+    assert_eq!(failed, 0, "requests failed during handover");
 
     // The adopted jail is watched: a crash is seen and restarted (status unknown = failure).
     let mut rx = second.watch("web").await.unwrap();
@@ -624,7 +583,7 @@ async fn a_restarted_supervisor_process_adopts_after_kill_9() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let poller = poll_continuously(f.port);
+    let poller = Poller::start(&format!("127.0.0.1:{}", f.port), "/health");
     // The supervisor dies without any shutdown; its jail is reparented and keeps serving.
     first.kill().unwrap();
     first.wait().unwrap();
@@ -639,22 +598,9 @@ async fn a_restarted_supervisor_process_adopts_after_kill_9() {
         Some(pid as i64),
         "a second copy was started"
     );
-    let before = poller.ok.load(Ordering::SeqCst);
-    let t = Instant::now();
-    while poller.ok.load(Ordering::SeqCst) < before + 10 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "app stopped answering"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    poller.stop.store(true, Ordering::SeqCst);
-    poller.thread.join().unwrap();
-    assert_eq!(
-        poller.failed.load(Ordering::SeqCst),
-        0,
-        "requests failed during the handover"
-    );
+    poller.wait_more(10);
+    let (_, failed) = poller.stop();
+    assert_eq!(failed, 0, "requests failed during the handover");
 
     // The adopted jail (not its child) is stopped by the new supervisor.
     second.stdin.as_mut().unwrap().write_all(b"stop\n").unwrap();

@@ -13,11 +13,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::gossip::{EventLogConfig, Tags, validate_node_name};
+use crate::durations::parse_duration;
+use crate::gossip::{EventLogConfig, Tags};
 
 /// Default gossip port (UDP and TCP).
 pub const DEFAULT_PORT: u16 = 7946;
@@ -83,7 +85,34 @@ pub struct FileConfig {
     pub blob_query: Option<bool>,
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerFile>,
+    /// `[apps.NAME]`, carried in [`DeployTables`].
+    pub apps: Option<toml::Value>,
+    #[serde(default)]
+    pub trusted_signing_keys: Vec<String>,
+    /// The operator's private deploy signing key file: read by `event deploy` and
+    /// `rollback` when given this file with `--config` (the agent never reads it).
+    pub signing_key: Option<PathBuf>,
+    /// `[deploy]`, carried in [`DeployTables`].
+    pub deploy: Option<toml::Value>,
 }
+
+/// The deploy pipeline's keys of the agent's file, carried as written: the agent neither
+/// reads nor validates them. The CLI hands them to the deploy config at start, and
+/// checks them again on SIGHUP through a [`TablesCheck`].
+#[derive(Debug, Clone, Default)]
+pub struct DeployTables {
+    /// `[apps.NAME]`.
+    pub apps: Option<toml::Value>,
+    pub trusted_signing_keys: Vec<String>,
+    /// `[deploy]`.
+    pub deploy: Option<toml::Value>,
+}
+
+/// Validates a reloaded file's [`DeployTables`] before SIGHUP applies anything: an
+/// error refuses the reload as a whole, as a bad agent setting does.
+pub type TablesCheck = Arc<
+    dyn Fn(&DeployTables) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync,
+>;
 
 /// One `[[handler]]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,41 +140,7 @@ pub struct Overrides {
     pub log_level: Option<String>,
 }
 
-/// Where the control API listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RpcAddr {
-    Unix(PathBuf),
-    Tcp(SocketAddr),
-}
-
-impl RpcAddr {
-    /// Parses `unix:PATH` or `tcp:IP:PORT`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("empty unix socket path".into());
-            }
-            Ok(Self::Unix(PathBuf::from(path)))
-        } else if let Some(addr) = text.strip_prefix("tcp:") {
-            addr.parse()
-                .map(Self::Tcp)
-                .map_err(|e| format!("{addr:?} is not IP:PORT: {e}"))
-        } else {
-            Err(format!(
-                "{text:?} must start with `unix:` or `tcp:` (e.g. unix:/run/droot-fleet/agent.sock)"
-            ))
-        }
-    }
-}
-
-impl std::fmt::Display for RpcAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Unix(p) => write!(f, "unix:{}", p.display()),
-            Self::Tcp(a) => write!(f, "tcp:{a}"),
-        }
-    }
-}
+pub use crate::wire::RpcAddr;
 
 /// Which events a handler runs for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,20 +224,10 @@ pub struct Settings {
     pub max_concurrent_handlers: usize,
     /// Whether the built-in `blob` test query answers (off by default).
     pub blob_query: bool,
+    /// Apps, trusted signing keys and deploy limits, unparsed ([`DeployTables`]).
+    pub deploy: DeployTables,
     /// The flags (and config file) these settings came from, for SIGHUP reloads.
     pub overrides: Overrides,
-}
-
-/// Parses a duration like `500ms`, `30s`, `5m`, `1h 30m` ([`humantime`] syntax; a bare
-/// number is seconds). Overflow is an error, never a wrapped value.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let parsed = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-        humantime::parse_duration(&format!("{t}s"))
-    } else {
-        humantime::parse_duration(t)
-    };
-    parsed.map_err(|e| format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h: {e}"))
 }
 
 fn duration(
@@ -357,219 +342,9 @@ impl Settings {
         };
         Self::merge(file, flags)
     }
-
-    /// Merges an already parsed file with the flags, then validates.
-    pub fn merge(file: FileConfig, flags: &Overrides) -> Result<Self, ConfigError> {
-        let dev = flags.dev;
-        let node = flags
-            .node
-            .clone()
-            .or(file.node)
-            .unwrap_or_else(default_node_name);
-        validate_node_name(&node).map_err(|e| invalid("node", e.to_string()))?;
-
-        let default_bind = if dev {
-            format!("127.0.0.1:{DEFAULT_PORT}")
-        } else {
-            format!("0.0.0.0:{DEFAULT_PORT}")
-        };
-        let bind_text = flags.bind.clone().or(file.bind).unwrap_or(default_bind);
-        let bind = socket_addr("bind", &bind_text)?;
-        let advertise = match flags.advertise.clone().or(file.advertise) {
-            Some(a) => socket_addr("advertise", &a)?,
-            None if bind.ip().is_unspecified() => {
-                return Err(invalid(
-                    "advertise",
-                    format!(
-                        "required when bind is {bind} (which address should peers use?); \
-                         set advertise = \"IP:PORT\" or bind to a specific IP"
-                    ),
-                ));
-            }
-            None => bind,
-        };
-        if advertise.port() != bind.port() {
-            return Err(invalid(
-                "advertise",
-                format!(
-                    "port {} differs from the bind port {}; port mapping is not supported",
-                    advertise.port(),
-                    bind.port()
-                ),
-            ));
-        }
-
-        let mut join = file.join;
-        join.extend(flags.join.iter().cloned());
-        for (i, j) in join.iter().enumerate() {
-            if j.rsplit_once(':')
-                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
-            {
-                return Err(invalid(
-                    format!("join[{i}]"),
-                    format!("{j:?} is not HOST:PORT"),
-                ));
-            }
-        }
-
-        let data_dir =
-            flags.data_dir.clone().or(file.data_dir).unwrap_or_else(|| {
-                PathBuf::from(if dev { DEV_DATA_DIR } else { DEFAULT_DATA_DIR })
-            });
-        let explicit_dir = flags.data_dir.is_some() || dev;
-        let rpc = match flags.rpc.clone().or(file.rpc) {
-            Some(r) => RpcAddr::parse(&r).map_err(|e| invalid("rpc", e))?,
-            None if explicit_dir => RpcAddr::Unix(data_dir.join("agent.sock")),
-            None => RpcAddr::Unix(PathBuf::from(DEFAULT_RPC_SOCKET)),
-        };
-        let rpc_token = file.rpc_token.filter(|t| !t.is_empty());
-        if let RpcAddr::Tcp(a) = &rpc {
-            if !a.ip().is_loopback() {
-                return Err(invalid(
-                    "rpc",
-                    format!(
-                        "{a} is not a loopback address; the control API only listens on loopback TCP"
-                    ),
-                ));
-            }
-            if rpc_token.is_none() {
-                return Err(invalid(
-                    "rpc_token",
-                    "required when rpc is tcp: (any local user could otherwise drive the agent)",
-                ));
-            }
-        }
-
-        let mut tags: Tags = file.tags.into_iter().collect();
-        for t in &flags.tags {
-            let (k, v) = parse_tag(t).map_err(|e| invalid("tag", e))?;
-            tags.insert(k, v);
-        }
-
-        let size = postcard::to_stdvec(&tags).map_or(usize::MAX, |b| b.len());
-        if size > crate::gossip::supersede::MAX_TAGS_ENCODED {
-            return Err(invalid(
-                "tags",
-                format!(
-                    "take {size} bytes encoded, at most {} fit the gossip packet that announces them; use fewer or shorter tags",
-                    crate::gossip::supersede::MAX_TAGS_ENCODED
-                ),
-            ));
-        }
-
-        let keyring = flags.keyring.clone().or(file.keyring);
-        let insecure = flags.insecure || file.insecure.unwrap_or(false);
-        if keyring.is_none() && !dev && !insecure {
-            // Loopback is no exception: any local user can run an agent and join.
-            return Err(invalid(
-                "keyring",
-                format!(
-                    "required (gossip address {advertise}): without a key any local user or \
-                     anyone on the network can join and send events. Create one with \
-                     `droot-fleet keygen` (file: {{\"primary\": \"<key>\", \"keys\": []}}), \
-                     try it out with --dev (a fresh key per run), or pass --insecure \
-                     (insecure = true) to run with NO authentication"
-                ),
-            ));
-        }
-
-        // Checked here, not only when applied: a SIGHUP with a bad filter must change
-        // nothing (tags and handlers included).
-        let log_level = flags
-            .log_level
-            .clone()
-            .or(file.log_level)
-            .unwrap_or_else(|| "info".into());
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
-            return Err(invalid(
-                "log_level",
-                format!(
-                    "{log_level:?} is not a log filter like \"info\" or \"droot_fleet=debug\" (RUST_LOG overrides it): {e}"
-                ),
-            ));
-        }
-
-        let defaults = EventLogConfig::default();
-        let event_log = EventLogConfig {
-            max_recent: file.event_log_max_recent.unwrap_or(defaults.max_recent),
-            max_recent_age: duration(
-                "event_log_max_age",
-                file.event_log_max_age.as_ref(),
-                defaults.max_recent_age,
-            )?,
-            max_ids: file.event_log_max_ids.unwrap_or(defaults.max_ids).max(1),
-        };
-        let fanout = file.eager_push_fanout;
-        if fanout == Some(0) {
-            return Err(invalid(
-                "eager_push_fanout",
-                "0 pushes to nobody: set eager_push = false instead, or leave it unset for ln N + 2"
-                    .to_string(),
-            ));
-        }
-        let reap_after = duration(
-            "reap_after",
-            file.reap_after.as_ref(),
-            Duration::from_secs(24 * 3600),
-        )?;
-        let reconnect_interval = duration(
-            "reconnect_interval",
-            file.reconnect_interval.as_ref(),
-            Duration::from_secs(10),
-        )?;
-        if reconnect_interval >= reap_after {
-            return Err(invalid(
-                "reconnect_interval",
-                format!(
-                    "{reconnect_interval:?} is not below reap_after ({reap_after:?}): failed \
-                     members would be forgotten before the first reconnect attempt"
-                ),
-            ));
-        }
-
-        Ok(Self {
-            node,
-            bind,
-            advertise,
-            join,
-            retry_join: file.retry_join.unwrap_or(true),
-            retry_interval: duration(
-                "retry_interval",
-                file.retry_interval.as_ref(),
-                Duration::from_secs(5),
-            )?,
-            retry_max: file.retry_max.unwrap_or(0),
-            data_dir,
-            rpc,
-            rpc_token,
-            tags,
-            keyring,
-            insecure,
-            dev,
-            log_level,
-            push_pull_interval: duration(
-                "push_pull_interval",
-                file.push_pull_interval.as_ref(),
-                Duration::from_secs(30),
-            )?,
-            reconnect_interval,
-            snapshot_interval: duration(
-                "snapshot_interval",
-                file.snapshot_interval.as_ref(),
-                Duration::from_secs(10),
-            )?,
-            reap_after,
-            eager_push: file.eager_push.unwrap_or(true),
-            eager_push_fanout: fanout,
-            expected_cluster_size: file.expected_cluster_size.unwrap_or(16).max(1),
-            event_log,
-            handlers: handlers(&file.handlers)?,
-            max_concurrent_handlers: file.max_concurrent_handlers.unwrap_or(16).max(1),
-            blob_query: file.blob_query.unwrap_or(false),
-            overrides: flags.clone(),
-        })
-    }
 }
+
+mod merge;
 
 #[cfg(test)]
 mod tests;

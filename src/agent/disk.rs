@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::pending::{Batch, JournalLine};
 use super::snapshot::{self, PersistedState};
-use super::task::Input;
+use super::task::{Input, Slot};
 use crate::gossip::Keyring;
 
 /// One write.
@@ -22,7 +22,7 @@ enum Job {
     /// Append lines; with batches, answer [`Input::Journaled`].
     Journal {
         lines: Vec<JournalLine>,
-        batches: Vec<Batch>,
+        batches: Vec<Batch<Slot>>,
     },
     Snapshot(Box<PersistedState>),
     Keyring(PathBuf, Keyring),
@@ -61,7 +61,7 @@ impl DiskWriter {
     }
 
     /// Appends `lines`; for `batches` the task gets [`Input::Journaled`] afterwards.
-    pub fn journal(&self, lines: Vec<JournalLine>, batches: Vec<Batch>) {
+    pub fn journal(&self, lines: Vec<JournalLine>, batches: Vec<Batch<Slot>>) {
         let _ = self.jobs.send(Job::Journal { lines, batches });
     }
 

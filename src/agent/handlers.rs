@@ -286,21 +286,26 @@ pub async fn run(
     start(handler, env, stdin, answer)?.finish().await
 }
 
-/// Spawns every handler matching `trigger` (member events: not journaled, not
-/// retried), each in its own task behind `limiter`; failures are logged.
-pub fn spawn_matching(
+/// The handlers of `configured` that `trigger` selects.
+pub fn matching(configured: &[HandlerConfig], trigger: &Trigger) -> Vec<HandlerConfig> {
+    configured
+        .iter()
+        .filter(|h| matches(&h.filter, trigger))
+        .cloned()
+        .collect()
+}
+
+/// Spawns each of `handlers` (member events: not journaled, not retried) in its own
+/// task behind `limiter`; failures are logged with the `event` kind.
+pub fn spawn_each(
     limiter: &Limiter,
-    handlers: &[HandlerConfig],
-    trigger: &Trigger,
-    node: &str,
-    rpc: &RpcAddr,
-    tags: &Tags,
+    handlers: Vec<HandlerConfig>,
+    env: &[(String, String)],
     payload: &[u8],
+    event: &str,
 ) {
-    let env = env(trigger, node, rpc, tags);
-    for h in handlers.iter().filter(|h| matches(&h.filter, trigger)) {
-        let (h, env, payload) = (h.clone(), env.clone(), payload.to_vec());
-        let event = trigger.kind().to_owned();
+    for h in handlers {
+        let (env, payload, event) = (env.to_vec(), payload.to_vec(), event.to_owned());
         let limiter = limiter.clone();
         tokio::spawn(async move {
             if let Err(e) = run(&limiter, &h, &env, payload, false).await {

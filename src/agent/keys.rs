@@ -8,16 +8,16 @@
 //!
 //! Like `serf keys`, `install`/`use`/`remove`/`list` run on *every* member through an
 //! internal query named [`KEYS_QUERY`] whose payload is a JSON [`KeyCommand`]; each
-//! node answers a JSON [`crate::api::NodeKeyResult`]. Rotation is: install the new key
+//! node answers a JSON [`crate::wire::NodeKeyResult`]. Rotation is: install the new key
 //! everywhere, use it everywhere, remove the old one everywhere.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::NodeKeyResult;
 use crate::gossip::keyring::{KeyringError, KeyringFile};
 use crate::gossip::{Key, Keyring};
+use crate::wire::NodeKeyResult;
 
 /// Name of the internal key query.
 pub const KEYS_QUERY: &str = "_droot-fleet-keys";
@@ -95,7 +95,7 @@ pub fn save(path: &Path, ring: &Keyring) -> Result<(), KeysError> {
     let file = KeyringFile::from(ring.clone());
     let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
     bytes.push(b'\n');
-    super::snapshot::write_atomic(path, &bytes, 0o600).map_err(|source| KeysError::Write {
+    crate::atomic_file::write_atomic(path, &bytes, 0o600).map_err(|source| KeysError::Write {
         path: path.to_owned(),
         source,
     })

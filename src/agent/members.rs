@@ -16,9 +16,9 @@ use rand::Rng;
 use rand::seq::IteratorRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::api;
 use crate::gossip::pushpull::TagBook;
 use crate::gossip::{NodeId, Tags};
+use crate::wire;
 
 /// Leave notices received (and force-leaves): name → bump that left.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,9 +68,9 @@ pub fn list<'a>(
     others: impl Iterator<Item = &'a foca::Member<NodeId>>,
     tag_book: &TagBook,
     left: &LeftBook,
-) -> Vec<api::Member> {
-    let mut rest: Vec<api::Member> = others
-        .map(|m| api::Member {
+) -> Vec<wire::Member> {
+    let mut rest: Vec<wire::Member> = others
+        .map(|m| wire::Member {
             name: m.id().name.clone(),
             addr: m.id().addr.to_string(),
             status: status(m, left).to_owned(),
@@ -78,7 +78,7 @@ pub fn list<'a>(
         })
         .collect();
     rest.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut out = vec![api::Member {
+    let mut out = vec![wire::Member {
         name: me.name.clone(),
         addr: me.addr.to_string(),
         status: "alive".into(),

@@ -5,14 +5,13 @@
 //! | file | concept |
 //! |---|---|
 //! | [`config`] | TOML file + flags → validated [`config::Settings`] |
-//! | [`task`] | the **one task owning foca**: biased `select!` over [`task::Input`] |
+//! | [`sansio`] | **all protocol state** as a state machine ([`sansio::AgentMachine`]): inputs → effects, no I/O |
+//! | [`task`] | the **one task owning the machine**: biased `select!` over [`task::Input`], carries out its effects |
+//! | `shell` | the executor's I/O half: socket sends, disk writer, spawned dials, handlers, consumers |
 //! | [`startup`] | keyring, state file and journal replay at start |
 //! | [`scheduler`] | the single ordered timer heap (foca issue #26) |
-//! | [`sync`] | push/pull in the task: anti-entropy, join, reconnect to failed members |
 //! | [`net`] | UDP socket (sealed datagrams, drop counters), sealed TCP streams |
-//! | [`ops`] | API commands; queries on the origin and the answering side |
 //! | [`members`] | member status (alive/suspect/left/failed) from foca's state |
-//! | [`delivery`] | member notifications and user events: eager push, journal, handlers |
 //! | [`pending`] | user-event handlers owed until their process started (retry, journal) |
 //! | [`consumers`] | in-process event consumers, owed until they acknowledge |
 //! | [`handlers`] | event/query handler processes (timeout, env, stdin) |
@@ -27,27 +26,26 @@
 //! and opened before parsing (failures are counted, never logged per packet); an event
 //! is journaled *before* its handlers run, so a restarted agent never runs a handler
 //! twice for one event, and a handler that could not start stays owed until it did;
-//! the foca task never waits on the disk ([`disk`]); on SIGTERM/SIGINT/`leave` the
+//! the agent task never waits on the disk ([`disk`]); on SIGTERM/SIGINT/`leave` the
 //! leave datagrams are handed to the kernel and the state file is written before the
 //! process exits.
 
 pub mod config;
 pub mod consumers;
-pub mod delivery;
 pub mod disk;
 pub mod handlers;
 pub mod keys;
 pub mod members;
 pub mod monitor;
 pub mod net;
-pub mod ops;
 pub mod pending;
 pub mod queries;
+pub mod sansio;
 pub mod scheduler;
+mod shell;
 pub mod slots;
 pub mod snapshot;
 pub mod startup;
-pub mod sync;
 pub mod task;
 
 use std::future::Future;
@@ -56,9 +54,10 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::api;
 use crate::gossip::Filter;
-use crate::gossip::handler::CreateError;
+use crate::gossip::handler::{CreateError, Validator, Validators};
+use crate::gossip::supersede::Superseding;
+use crate::wire;
 
 pub use config::Settings;
 pub use queries::QueryRegistry;
@@ -120,29 +119,40 @@ impl KeyOp {
 /// A request from the API to the foca-owning task.
 #[derive(Debug)]
 pub enum Command {
-    Members(oneshot::Sender<Vec<api::Member>>),
-    Info(oneshot::Sender<api::Info>),
+    Members(oneshot::Sender<Vec<wire::Member>>),
+    Info(oneshot::Sender<wire::Info>),
     Event {
         name: String,
         payload: Vec<u8>,
-        reply: oneshot::Sender<Result<api::EventResponse, AgentError>>,
+        reply: oneshot::Sender<Result<wire::EventResponse, AgentError>>,
     },
     Query {
         name: String,
         payload: Vec<u8>,
         filters: Vec<Filter>,
         timeout: Duration,
-        reply: oneshot::Sender<Result<api::QueryResponse, AgentError>>,
+        reply: oneshot::Sender<Result<wire::QueryResponse, AgentError>>,
     },
     Keys {
         op: KeyOp,
         key: Option<String>,
-        reply: oneshot::Sender<Result<api::KeysResponse, AgentError>>,
+        reply: oneshot::Sender<Result<wire::KeysResponse, AgentError>>,
     },
     Leave(oneshot::Sender<()>),
     ForceLeave {
         node: String,
         reply: oneshot::Sender<Result<(), AgentError>>,
+    },
+    /// Broadcasts a superseding item from this node (kind, key, version and body as
+    /// given; the origin is set to this node).
+    Publish {
+        item: Superseding,
+        reply: oneshot::Sender<Result<(), AgentError>>,
+    },
+    /// The newest superseding items held of one kind.
+    Superseding {
+        kind: String,
+        reply: oneshot::Sender<Vec<Superseding>>,
     },
 }
 
@@ -151,6 +161,7 @@ pub enum Command {
 pub struct AgentHandle {
     tx: mpsc::Sender<task::Input>,
     monitor: broadcast::Sender<String>,
+    superseding: broadcast::Sender<Superseding>,
     /// Flips to `true` once the agent stopped (left): long-lived streams end then.
     stop: watch::Receiver<bool>,
 }
@@ -178,6 +189,12 @@ impl AgentHandle {
     pub fn stopping(&self) -> watch::Receiver<bool> {
         self.stop.clone()
     }
+
+    /// Every superseding item this node accepts as newer from now on (its own too). A
+    /// receiver that lagged re-reads what it needs with [`Command::Superseding`].
+    pub fn superseding(&self) -> broadcast::Receiver<Superseding> {
+        self.superseding.subscribe()
+    }
 }
 
 /// The agent before it runs: settings plus Rust-registered query handlers.
@@ -185,32 +202,75 @@ pub struct Agent {
     settings: Settings,
     registry: QueryRegistry,
     consumers: consumers::Consumers,
+    validators: Validators,
     log_reload: Option<monitor::LogReload>,
-    monitor: broadcast::Sender<String>,
+    tables_check: Option<config::TablesCheck>,
+    handle: AgentHandle,
+    inputs: mpsc::Receiver<task::Input>,
+    stop: watch::Sender<bool>,
 }
 
 impl Agent {
     /// A new agent with the built-in queries registered (`ping`; `blob` if configured).
     pub fn new(settings: Settings) -> Self {
         let registry = QueryRegistry::with_builtins(&settings.node, settings.blob_query);
+        let (tx, inputs) = mpsc::channel(1024);
+        let (stop, stop_rx) = watch::channel(false);
         Self {
             settings,
             registry,
             consumers: consumers::Consumers::default(),
+            validators: Validators::default(),
             log_reload: None,
-            monitor: broadcast::channel(1024).0,
+            tables_check: None,
+            handle: AgentHandle {
+                tx,
+                monitor: broadcast::channel(1024).0,
+                superseding: broadcast::channel(1024).0,
+                stop: stop_rx,
+            },
+            inputs,
+            stop,
         }
     }
 
     /// Uses this monitor channel (shared with the log layer).
     pub fn with_monitor(mut self, monitor: broadcast::Sender<String>) -> Self {
-        self.monitor = monitor;
+        self.handle.monitor = monitor;
         self
+    }
+
+    /// The handle the API server and in-process services use; it works once [`Self::run`]
+    /// runs (calls made before wait for it).
+    pub fn handle(&self) -> AgentHandle {
+        self.handle.clone()
+    }
+
+    /// The settings the agent runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Superseding items of `kind` must pass `check` before this node keeps, delivers
+    /// or relays them (see [`Validators`]).
+    pub fn register_validator(&mut self, kind: &str, check: Validator) {
+        self.validators.insert(kind, check);
+    }
+
+    /// Slots of `kind` belong to their origin node and are forgotten when it is reaped.
+    pub fn register_node_owned(&mut self, kind: &str) {
+        self.validators.node_owned(kind);
     }
 
     /// How SIGHUP changes the log filter.
     pub fn with_log_reload(mut self, reload: monitor::LogReload) -> Self {
         self.log_reload = Some(reload);
+        self
+    }
+
+    /// How SIGHUP checks the reloaded file's deploy tables (see [`config::TablesCheck`]).
+    pub fn with_tables_check(mut self, check: config::TablesCheck) -> Self {
+        self.tables_check = Some(check);
         self
     }
 
@@ -238,11 +298,17 @@ impl Agent {
     /// Runs until `shutdown` completes (then leaves gracefully) or a `leave` request.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
         task::run(
-            self.settings,
-            self.registry,
-            self.consumers,
-            self.log_reload,
-            self.monitor,
+            task::Parts {
+                settings: self.settings,
+                registry: self.registry,
+                consumers: self.consumers,
+                validators: self.validators,
+                log_reload: self.log_reload,
+                tables_check: self.tables_check,
+                handle: self.handle,
+                inputs: self.inputs,
+                stop: self.stop,
+            },
             shutdown,
         )
         .await

@@ -17,9 +17,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::time::Instant;
+
 use serde::{Deserialize, Serialize};
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
 
 use super::config::HandlerConfig;
 use super::consumers::consumer_name;
@@ -107,15 +107,16 @@ struct Pending {
     seq: u64,
 }
 
-/// What to start now for one event.
+/// What to start now for one event. `S` is a handler slot (a semaphore permit in the
+/// agent, anything in tests).
 #[derive(Debug)]
-pub struct Batch {
+pub struct Batch<S> {
     pub event: UserEvent,
     pub handlers: Vec<HandlerConfig>,
     /// The journal lines to write before spawning.
     pub lines: Vec<JournalLine>,
     /// One concurrency slot per handler, taken before journaling.
-    pub permits: Vec<OwnedSemaphorePermit>,
+    pub slots: Vec<S>,
 }
 
 /// Owed handlers by event.
@@ -187,7 +188,7 @@ impl PendingHandlers {
 
     /// Takes up to `max` handlers owed for `id`, with the journal lines to write first
     /// (the first batch of an event also records the rest as still owed).
-    pub fn take(&mut self, id: EventId, max: usize) -> Option<Batch> {
+    pub fn take<S>(&mut self, id: EventId, max: usize) -> Option<Batch<S>> {
         let p = self.events.get_mut(&id)?;
         if max == 0 || p.owed.is_empty() || (!p.journaled && p.journaling) {
             return None;
@@ -212,7 +213,7 @@ impl PendingHandlers {
             event: p.event.clone(),
             handlers,
             lines,
-            permits: Vec::new(),
+            slots: Vec::new(),
         })
     }
 
@@ -389,7 +390,7 @@ mod tests {
         assert!(p.owe_new(&ev(9), std::slice::from_ref(&a)));
         assert_eq!(p.ready(now), vec![EventId(1), EventId(9)], "arrival order");
         // One free slot: /a starts, /b is journaled as owed.
-        let batch = p.take(EventId(1), 1).unwrap();
+        let batch = p.take::<()>(EventId(1), 1).unwrap();
         let owed_b = JournalLine::Owed(Mark {
             id: EventId(1),
             command: vec!["/b".into()],
@@ -397,7 +398,7 @@ mod tests {
         assert_eq!(batch.lines, vec![JournalLine::Delivered(ev(1)), owed_b]);
         assert_eq!(batch.handlers, vec![a.clone()]);
         assert!(
-            p.take(EventId(1), 1).is_none(),
+            p.take::<()>(EventId(1), 1).is_none(),
             "nothing more while journaling"
         );
         // Journaling failed: everything is owed again, after a backoff.
@@ -406,13 +407,13 @@ mod tests {
         assert_eq!(p.ready(now), vec![EventId(9)]);
         let later = now + backoff(0);
         assert_eq!(p.ready(later), vec![EventId(1), EventId(9)]);
-        let batch = p.take(EventId(1), 5).unwrap();
+        let batch = p.take::<()>(EventId(1), 5).unwrap();
         assert!(matches!(batch.lines[..], [JournalLine::Delivered(_)]));
         p.journaled(EventId(1));
         assert_eq!(p.records().len(), 1, "only event 9 is owed");
         // /b could not be spawned: owed again, retried with a Retry line.
         assert_eq!(p.failed(&ev(1), vec![b.clone()], later), backoff(0));
-        let batch = p.take(EventId(1), 5).unwrap();
+        let batch = p.take::<()>(EventId(1), 5).unwrap();
         assert_eq!(
             batch.lines,
             vec![JournalLine::Retry(Mark {
@@ -482,7 +483,7 @@ mod tests {
         let configured = [a.clone(), c.clone()];
         let mut p = PendingHandlers::default();
         assert!(p.owe_new(&ev(1), &configured));
-        let batch = p.take(EventId(1), 2).unwrap();
+        let batch = p.take::<()>(EventId(1), 2).unwrap();
         let owed_c = JournalLine::Owed(Mark {
             id: EventId(1),
             command: c.command.clone(),
@@ -502,7 +503,7 @@ mod tests {
         assert_eq!(again.records()[0].owed, vec![c.command.clone()]);
         // Dropped without an ack: owed again, nothing new journaled on the retry.
         p.failed(&ev(1), vec![c.clone()], Instant::now());
-        let retry = p.take(EventId(1), 1).unwrap();
+        let retry = p.take::<()>(EventId(1), 1).unwrap();
         assert!(retry.lines.is_empty(), "{:?}", retry.lines);
         p.journaled(EventId(1));
         // Acknowledged: the line that ends the debt, then forgotten.

@@ -2,8 +2,9 @@
 //!
 //! foca hands out timers through `AccumulatingRuntime::to_schedule`; delivering them out
 //! of order (e.g. one tokio task per timer) breaks its probe logic (foca issue #26). So
-//! every timer — foca's and the shell's own (query deadlines, join retries) — goes into
-//! one min-heap keyed by `(fire_at, seq)`. Equal deadlines fire in submission order.
+//! every [`Timer`] the state machine asks for — foca's and its own (query deadlines,
+//! join and handler retries) — goes into one min-heap keyed by `(fire_at, seq)`. Equal
+//! deadlines fire in submission order.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -11,23 +12,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::gossip::{EventId, NodeId, QueryId};
-
-/// What fires.
-#[derive(Debug)]
-pub enum Scheduled {
-    Foca(foca::Timer<NodeId>),
-    QueryDeadline(QueryId),
-    RetryJoin,
-    /// This event's backoff is over: start what is owed ([`super::pending`]).
-    RetryHandlers(EventId),
-}
+use super::sansio::Timer;
+use crate::gossip::QueryId;
 
 #[derive(Debug)]
 struct Entry {
     at: Instant,
     seq: u64,
-    what: Scheduled,
+    what: Timer,
 }
 
 impl PartialEq for Entry {
@@ -61,7 +53,7 @@ impl Scheduler {
     }
 
     /// Fires `what` after `after` from `now`.
-    pub fn submit(&mut self, now: Instant, after: Duration, what: Scheduled) {
+    pub fn submit(&mut self, now: Instant, after: Duration, what: Timer) {
         self.seq += 1;
         self.heap.push(Entry {
             at: now + after,
@@ -76,7 +68,7 @@ impl Scheduler {
     }
 
     /// Pops the earliest timer if it is due at `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<Scheduled> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
         if self.heap.peek()?.at <= now {
             self.heap.pop().map(|e| e.what)
         } else {
@@ -88,7 +80,7 @@ impl Scheduler {
     /// the heap until its time, however far away).
     pub fn cancel_query(&mut self, id: QueryId) {
         self.heap
-            .retain(|e| !matches!(e.what, Scheduled::QueryDeadline(q) if q == id));
+            .retain(|e| !matches!(e.what, Timer::QueryDeadline(q) if q == id));
     }
 
     pub fn len(&self) -> usize {
@@ -108,23 +100,23 @@ mod tests {
     fn fires_in_deadline_then_submission_order() {
         let mut s = Scheduler::new();
         let t0 = Instant::now();
-        s.submit(t0, Duration::from_millis(20), Scheduled::RetryJoin);
+        s.submit(t0, Duration::from_millis(20), Timer::RetryJoin);
         s.submit(
             t0,
             Duration::from_millis(10),
-            Scheduled::QueryDeadline(QueryId(1)),
+            Timer::QueryDeadline(QueryId(1)),
         );
         s.submit(
             t0,
             Duration::from_millis(10),
-            Scheduled::QueryDeadline(QueryId(2)),
+            Timer::QueryDeadline(QueryId(2)),
         );
         assert!(s.pop_due(t0).is_none());
         let later = t0 + Duration::from_millis(30);
         let order: Vec<_> = std::iter::from_fn(|| s.pop_due(later)).collect();
-        assert!(matches!(order[0], Scheduled::QueryDeadline(QueryId(1))));
-        assert!(matches!(order[1], Scheduled::QueryDeadline(QueryId(2))));
-        assert!(matches!(order[2], Scheduled::RetryJoin));
+        assert!(matches!(order[0], Timer::QueryDeadline(QueryId(1))));
+        assert!(matches!(order[1], Timer::QueryDeadline(QueryId(2))));
+        assert!(matches!(order[2], Timer::RetryJoin));
         assert!(s.is_empty());
     }
 
@@ -134,13 +126,13 @@ mod tests {
         let mut s = Scheduler::new();
         let t0 = Instant::now();
         let day = Duration::from_secs(86_400);
-        s.submit(t0, day, Scheduled::QueryDeadline(QueryId(7)));
-        s.submit(t0, day, Scheduled::QueryDeadline(QueryId(8)));
+        s.submit(t0, day, Timer::QueryDeadline(QueryId(7)));
+        s.submit(t0, day, Timer::QueryDeadline(QueryId(8)));
         s.cancel_query(QueryId(7));
         assert_eq!(s.len(), 1);
         assert!(matches!(
             s.pop_due(t0 + day),
-            Some(Scheduled::QueryDeadline(QueryId(8)))
+            Some(Timer::QueryDeadline(QueryId(8)))
         ));
     }
 }

@@ -77,31 +77,6 @@ pub fn load(data_dir: &Path) -> Result<Option<PersistedState>, SnapshotError> {
         .map_err(|source| SnapshotError::Parse { path, source })
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same dir, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Saves the state atomically.
 pub fn save(data_dir: &Path, state: &PersistedState) -> Result<(), SnapshotError> {
     let path = path(data_dir);
@@ -109,7 +84,8 @@ pub fn save(data_dir: &Path, state: &PersistedState) -> Result<(), SnapshotError
         path: path.clone(),
         source: std::io::Error::other(e),
     })?;
-    write_atomic(&path, &bytes, 0o600).map_err(|source| SnapshotError::Write { path, source })?;
+    crate::atomic_file::write_atomic(&path, &bytes, 0o600)
+        .map_err(|source| SnapshotError::Write { path, source })?;
     // The state now covers everything journaled.
     let journal = data_dir.join(JOURNAL_FILE);
     match std::fs::remove_file(&journal) {

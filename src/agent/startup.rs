@@ -3,16 +3,26 @@
 //!
 //! Guarantee: events the journal recorded as delivered are never delivered again, and
 //! handlers it recorded as owed are started once more ([`PendingHandlers::restore`]).
+//!
+//! The restored state becomes the state machine's [`Init`]; the I/O loops are spawned
+//! here too. The machine's `start` then announces, snapshots, starts owed handlers and
+//! joins.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
+use tokio::net::{TcpListener, UdpSocket};
 
+use super::AgentHandle;
 use super::config::Settings;
 use super::members::LeftBook;
+use super::net::{self, Counters, SharedKeyring};
 use super::pending::PendingHandlers;
+use super::queries::QueryRegistry;
+use super::sansio::Init;
 use super::snapshot;
-use super::task::{io_err, wall_now};
+use super::task::io_err;
 use super::{AgentError, keys};
 use crate::gossip::{CoreConfig, GossipCore, NodeId};
 
@@ -96,7 +106,7 @@ pub(super) fn restore(settings: &mut Settings) -> Result<Restored, AgentError> {
                 settings.tags.clone(),
                 core_config,
                 p.core,
-                wall_now(),
+                crate::wall::now(),
             ),
             p.members,
             p.left,
@@ -106,7 +116,7 @@ pub(super) fn restore(settings: &mut Settings) -> Result<Restored, AgentError> {
                 identity.clone(),
                 settings.tags.clone(),
                 core_config,
-                wall_now(),
+                crate::wall::now(),
             ),
             Vec::new(),
             LeftBook::default(),
@@ -129,4 +139,52 @@ pub(super) fn restore(settings: &mut Settings) -> Result<Restored, AgentError> {
         left,
         pending,
     })
+}
+
+/// The UDP receive and gossip TCP accept loops, feeding the task.
+pub(super) fn spawn_io(
+    socket: Arc<UdpSocket>,
+    listener: TcpListener,
+    keyring: &SharedKeyring,
+    counters: &Arc<Counters>,
+    handle: &AgentHandle,
+) -> tokio::task::JoinSet<()> {
+    let mut io = tokio::task::JoinSet::new();
+    io.spawn(net::udp_recv_loop(
+        socket,
+        keyring.clone(),
+        counters.clone(),
+        handle.tx.clone(),
+        handle.stop.clone(),
+    ));
+    io.spawn(net::tcp_accept_loop(
+        listener,
+        keyring.clone(),
+        counters.clone(),
+        handle.tx.clone(),
+        handle.stop.clone(),
+    ));
+    io
+}
+
+impl Restored {
+    /// What the state machine starts from.
+    pub(super) fn into_init(
+        self,
+        settings: Settings,
+        validators: crate::gossip::handler::Validators,
+        registry: QueryRegistry,
+    ) -> Init {
+        Init {
+            settings,
+            core: self.core,
+            validators,
+            registry,
+            keyring: self.ring,
+            left: self.left,
+            pending: self.pending,
+            rng: self.rng,
+            foca_rng: rand::make_rng(),
+        }
+    }
 }

@@ -1,43 +1,41 @@
-//! The one task that owns foca.
+//! The one task that owns the agent's state machine, and its thin executor.
 //!
-//! Everything that touches foca or the [`SharedCore`] happens here, in a biased
-//! `select!` over: shutdown, the timer [`Scheduler`], [`Input`]s (network and API),
-//! SIGHUP, and the periodic push/pull, reconnect and snapshot ticks. I/O tasks only feed inputs
-//! and carry out effects. After every foca call [`AgentTask::flush`] drains foca's
-//! runtime (send, schedule, notify) and the core's deliveries, in that order.
-//! API commands are handled in [`super::ops`], push/pull dials in [`super::sync`].
+//! All protocol state lives in the sans-io [`AgentMachine`] (foca and the core
+//! included). This task runs a biased `select!` over: shutdown, the timer
+//! [`Scheduler`], [`Input`]s (network, API, disk writer, handler tasks), SIGHUP, and the
+//! periodic push/pull, reconnect and snapshot ticks. Each is fed to the machine with
+//! the time ([`Now`]), and the [`Effect`]s it returns are carried out in order: timers
+//! go to the scheduler, everything else to the shell (`shell.rs`: sockets, disk, spawned
+//! tasks). An effect that asks the machine again (free handler slots) is answered
+//! before the next one is carried out.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use foca::{AccumulatingRuntime, OwnedNotification};
-use rand::rngs::StdRng;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::config::Settings;
+use super::config::{HandlerConfig, Settings, TablesCheck};
 use super::consumers::Consumers;
 use super::disk::DiskWriter;
-use super::members::LeftBook;
 use super::monitor::LogReload;
-use super::net::{self, Counters, SharedKeyring};
-use super::ops::PendingQuery;
-use super::pending::PendingHandlers;
+use super::net::{Counters, SharedKeyring};
+use super::pending::Batch;
 use super::queries::QueryRegistry;
-use super::scheduler::{Scheduled, Scheduler};
-use super::snapshot::PersistedState;
-use super::startup::{Restored, restore};
-use super::sync::{Dial, DialState};
+use super::sansio::keys::{keys_fan_in, query_answer};
+use super::sansio::machine::QueryRequest;
+use super::sansio::{AgentMachine, Dial, Effect, Now};
+use super::scheduler::Scheduler;
+use super::shell::{Io, Shell};
+use super::startup::{restore, spawn_io};
 use super::{AgentError, AgentHandle, Command};
-use crate::gossip::handler::GossipFoca;
-use crate::gossip::message::{self, Broadcast, Datagram, Direct};
 use crate::gossip::{
-    Incoming, NodeId, PushPullState, QueryId, QueryResponse, SharedCore, envelope,
-    recommended_foca_config, retune_size,
+    EventId, NodeId, PushPullState, QueryId, QueryResponse, QueryResult, UserEvent,
 };
+use crate::wire;
 
 /// What the task reacts to besides timers and signals.
 #[derive(Debug)]
@@ -69,104 +67,87 @@ pub enum Input {
     Api(Command),
     /// The disk writer journaled these handler batches (or failed to).
     Journaled {
-        batches: Vec<super::pending::Batch>,
+        batches: Vec<Batch<Slot>>,
         result: Result<(), String>,
     },
     /// An event handler finished (or failed to start) and freed its slot.
     HandlerSlotFree,
     /// An event handler's process could not be spawned: it is owed again.
     HandlerFailed {
-        event: crate::gossip::UserEvent,
-        handler: super::config::HandlerConfig,
+        event: UserEvent,
+        handler: HandlerConfig,
     },
     /// An in-process consumer acknowledged an event.
     ConsumerAcked {
-        event: crate::gossip::EventId,
-        handler: super::config::HandlerConfig,
+        event: EventId,
+        handler: HandlerConfig,
     },
 }
 
-/// The foca-owning task's state.
+/// Who waits for a query's result.
+#[derive(Debug)]
+pub enum Waiter {
+    User(oneshot::Sender<Result<wire::QueryResponse, AgentError>>),
+    Keys(oneshot::Sender<Result<wire::KeysResponse, AgentError>>),
+}
+
+/// A handler slot: taken before its journal line is written, held until it is done.
+pub type Slot = OwnedSemaphorePermit;
+
+/// The state machine as this task runs it.
+pub type Machine = AgentMachine<Waiter, Slot>;
+
+/// The agent task: the machine, its I/O, its timers.
 pub struct AgentTask {
-    pub(super) settings: Settings,
-    pub(super) core: SharedCore,
-    pub(super) foca: GossipFoca<StdRng>,
-    pub(super) rt: AccumulatingRuntime<NodeId>,
-    pub(super) sched: Scheduler,
-    pub(super) rng: StdRng,
-    pub(super) socket: Arc<UdpSocket>,
-    pub(super) keyring: SharedKeyring,
-    pub(super) counters: Arc<Counters>,
-    pub(super) tx: mpsc::Sender<Input>,
-    pub(super) registry: QueryRegistry,
-    /// In-process event consumers (also listed in `settings.handlers`).
-    pub(super) consumers: Consumers,
-    pub(super) log_reload: Option<LogReload>,
-    pub(super) monitor: broadcast::Sender<String>,
-    pub(super) left: LeftBook,
-    pub(super) queries: HashMap<QueryId, PendingQuery>,
-    pub(super) dials: DialState,
-    /// Every file write of the task goes through it ([`super::disk`]).
-    pub(super) disk: DiskWriter,
-    /// User-event handlers owed until their process started.
-    pub(super) pending: PendingHandlers,
-    /// Handler processes running at once ([`super::handlers::Limiter`]).
-    pub(super) limiter: super::handlers::Limiter,
-    /// The cluster size foca's retransmissions and suspicion timeout are tuned for.
-    tuned_for: u32,
-    pub(super) stop: bool,
-}
-
-/// foca's settings for a cluster of `size`: [`recommended_foca_config`] plus ours.
-fn foca_config(settings: &Settings, size: u32) -> foca::Config {
-    let mut config = recommended_foca_config(size);
-    config.remove_down_after = Some(settings.reap_after);
-    // foca's own (UDP) announce to down members, on the reconnect cadence too.
-    if let Some(p) = config.periodic_announce_to_down_members.as_mut() {
-        p.frequency = settings.reconnect_interval;
-    }
-    config
-}
-
-pub(super) fn wall_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+    machine: Machine,
+    shell: Shell,
+    sched: Scheduler,
 }
 
 pub(super) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io { what, source }
 }
 
-/// Starts the agent: sockets, API server, I/O loops, then the task until shutdown.
+/// What [`run`] is given by [`super::Agent`].
+pub struct Parts {
+    pub settings: Settings,
+    pub registry: QueryRegistry,
+    pub consumers: Consumers,
+    pub validators: crate::gossip::handler::Validators,
+    pub log_reload: Option<LogReload>,
+    pub tables_check: Option<TablesCheck>,
+    pub handle: AgentHandle,
+    pub inputs: mpsc::Receiver<Input>,
+    pub stop: watch::Sender<bool>,
+}
+
+/// The time now, as the machine takes it.
+fn now() -> Now {
+    Now {
+        at: Instant::now().into_std(),
+        wall: crate::wall::now(),
+    }
+}
+
+/// Starts the agent: sockets, I/O loops, then the task until shutdown. The control API
+/// is served by the caller (see `cli::agent`), through [`Parts::handle`].
 pub async fn run(
-    mut settings: Settings,
-    registry: QueryRegistry,
-    consumers: Consumers,
-    log_reload: Option<LogReload>,
-    monitor: broadcast::Sender<String>,
+    parts: Parts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    let Restored {
-        ring,
-        core,
-        rng,
-        identity,
-        bump,
-        rejoin,
-        left,
-        pending,
-    } = {
-        settings.handlers.extend(consumers.handler_configs());
-        restore(&mut settings)?
-    };
-    let core = SharedCore::new(core);
-    let tuned_for = settings.expected_cluster_size;
-    let foca = core.new_foca(
-        foca_config(&settings, tuned_for),
-        rand::make_rng::<StdRng>(),
-    );
-
+    let Parts {
+        mut settings,
+        registry,
+        consumers,
+        validators,
+        log_reload,
+        tables_check,
+        handle,
+        inputs: rx,
+        stop: stop_tx,
+    } = parts;
+    settings.handlers.extend(consumers.handler_configs());
+    let restored = restore(&mut settings)?;
     let bind = settings.bind;
     let socket = Arc::new(
         UdpSocket::bind(bind)
@@ -176,88 +157,33 @@ pub async fn run(
     let listener = TcpListener::bind(bind)
         .await
         .map_err(io_err(format!("binding gossip TCP {bind}")))?;
-    let api_listener = crate::api::server::Listener::bind(&settings.rpc)
-        .await
-        .map_err(io_err(format!("binding control API {}", settings.rpc)))?;
-
-    let keyring: SharedKeyring = Arc::new(RwLock::new(ring));
+    let keyring: SharedKeyring = Arc::new(RwLock::new(restored.ring.clone()));
     let counters = Arc::new(Counters::default());
-    let (tx, rx) = mpsc::channel(1024);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut io = tokio::task::JoinSet::new();
-    io.spawn(net::udp_recv_loop(
-        socket.clone(),
-        keyring.clone(),
-        counters.clone(),
-        tx.clone(),
-        stop_rx.clone(),
-    ));
-    io.spawn(net::tcp_accept_loop(
-        listener,
-        keyring.clone(),
-        counters.clone(),
-        tx.clone(),
-        stop_rx.clone(),
-    ));
-    let handle = AgentHandle {
-        tx: tx.clone(),
-        monitor: monitor.clone(),
-        stop: stop_rx.clone(),
-    };
-    io.spawn(crate::api::server::run(
-        api_listener,
-        handle,
-        settings.rpc_token.clone(),
-        stop_rx.clone(),
-    ));
-    tracing::info!(node = %identity.name, addr = %identity.addr, bump, rpc = %settings.rpc, "agent started");
-
-    let limiter = super::handlers::limiter(settings.max_concurrent_handlers);
-    let disk = DiskWriter::start(settings.data_dir.clone(), tx.clone())
+    let mut io = spawn_io(socket.clone(), listener, &keyring, &counters, &handle);
+    tracing::info!(node = %restored.identity.name, addr = %restored.identity.addr, bump = restored.bump, rpc = %settings.rpc, "agent started");
+    let disk = DiskWriter::start(settings.data_dir.clone(), handle.tx.clone())
         .map_err(io_err("starting the disk writer thread".into()))?;
-    let mut task = AgentTask {
-        settings,
-        core,
-        foca,
-        rt: AccumulatingRuntime::new(),
-        sched: Scheduler::new(),
-        rng,
+    let io_parts = Io {
         socket,
         keyring,
         counters,
-        tx,
-        registry,
+        disk,
         consumers,
         log_reload,
-        monitor,
-        left,
-        queries: HashMap::new(),
-        dials: DialState::default(),
-        pending,
-        disk,
-        limiter,
-        tuned_for,
-        stop: false,
+        tables_check,
+        max_handlers: settings.max_concurrent_handlers,
     };
-    for member in rejoin {
-        let _ = task.foca.announce(member, &mut task.rt);
-    }
-    let tags = task.settings.tags.clone();
-    let announced = task.core.lock().set_tags(tags, wall_millis());
-    match announced.map(|bytes| task.foca.add_broadcast(&bytes)) {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(cause = %e, "tags not announced"),
-        Err(e) => tracing::warn!(cause = %e, "tags not announced"),
-    }
-    task.flush().await;
-    // Fold the replayed journal into the state file now: a torn last line followed by
-    // new appends would otherwise make the next start fail.
-    task.save_snapshot();
-    task.start_owed();
-    task.start_join_round();
+    let rejoin = restored.rejoin.clone();
+    let mut task = AgentTask {
+        machine: Machine::new(restored.into_init(settings, validators, registry)),
+        shell: Shell::new(io_parts, &handle),
+        sched: Scheduler::new(),
+    };
+    let effects = task.machine.start(now(), rejoin);
+    task.execute(effects).await;
     let result = task.run_loop(rx, shutdown).await;
     // Everything written (the final state file too) before the process may exit.
-    task.disk.flush().await;
+    task.shell.flush_disk().await;
     let _ = stop_tx.send(true);
     // Let in-flight API answers (e.g. to `leave`) and the end of monitor streams reach
     // their clients (the API server shuts its connections down gracefully).
@@ -265,9 +191,6 @@ pub async fn run(
         while io.join_next().await.is_some() {}
     })
     .await;
-    if let crate::agent::config::RpcAddr::Unix(p) = &task.settings.rpc {
-        let _ = std::fs::remove_file(p);
-    }
     result
 }
 
@@ -279,16 +202,19 @@ impl AgentTask {
     ) -> Result<(), AgentError> {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(io_err("installing the SIGHUP handler".into()))?;
-        let mut push_pull = tokio::time::interval(self.settings.push_pull_interval);
-        push_pull.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut reconnect = tokio::time::interval(self.settings.reconnect_interval);
-        reconnect.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut snap = tokio::time::interval(self.settings.snapshot_interval);
-        snap.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let every = |period| {
+            let mut i = tokio::time::interval(period);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        };
+        let s = self.machine.settings();
+        let mut push_pull = every(s.push_pull_interval);
+        let mut reconnect = every(s.reconnect_interval);
+        let mut snap = every(s.snapshot_interval);
         tokio::pin!(shutdown);
-        while !self.stop {
+        while !self.machine.stopped() {
             let next = self.sched.next_deadline();
-            tokio::select! {
+            let effects = tokio::select! {
                 biased;
                 _ = &mut shutdown => {
                     tracing::info!("shutdown requested; leaving the cluster");
@@ -297,250 +223,234 @@ impl AgentTask {
                 }
                 _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                     self.fire_timers().await;
+                    continue;
                 }
                 input = rx.recv() => match input {
                     Some(input) => self.handle_input(input).await,
                     None => break,
                 },
-                _ = hup.recv() => self.reload(),
-                _ = push_pull.tick() => self.start_push_pull(),
-                _ = reconnect.tick() => self.start_reconnect(),
-                _ = snap.tick() => {
-                    let known: std::collections::HashSet<String> = self
-                        .foca
-                        .iter_membership_state()
-                        .map(|m| m.id().name.clone())
-                        .collect();
-                    let mut core = self.core.lock();
-                    core.tick(wall_now());
-                    core.prune_tags(|name| known.contains(name));
-                    drop(core);
-                    self.save_snapshot();
-                    // Slots freed by member or query handlers are not reported.
-                    self.start_owed();
+                _ = hup.recv() => {
+                    self.reload();
+                    continue;
                 }
-            }
+                _ = push_pull.tick() => self.machine.push_pull_tick(),
+                _ = reconnect.tick() => self.machine.reconnect_tick(),
+                _ = snap.tick() => self.machine.snapshot_tick(now()),
+            };
+            self.execute(effects).await;
         }
         Ok(())
     }
 
     async fn fire_timers(&mut self) {
-        while let Some(what) = self.sched.pop_due(Instant::now()) {
-            match what {
-                Scheduled::Foca(timer) => {
-                    if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
-                        tracing::debug!(cause = %e, "foca timer");
-                    }
-                    self.flush().await;
-                }
-                Scheduled::QueryDeadline(id) => self.finish_query(id),
-                Scheduled::RetryJoin => self.start_join_round(),
-                Scheduled::RetryHandlers(_) => self.start_owed(),
-            }
+        while let Some(timer) = self.sched.pop_due(Instant::now()) {
+            let effects = self.machine.timer(now(), timer);
+            self.execute(effects).await;
         }
     }
 
-    async fn handle_input(&mut self, input: Input) {
+    /// Feeds `input` to the machine; returns what is left to carry out.
+    async fn handle_input(&mut self, input: Input) -> Vec<Effect<Waiter, Slot>> {
+        let (m, now) = (&mut self.machine, now());
         match input {
-            Input::Datagram { plain, from } => self.handle_datagram(&plain, from).await,
+            Input::Datagram { plain, from } => m.datagram(now, &plain, from),
             Input::PushPullRequest {
                 state,
                 peer_version,
                 reply,
             } => {
-                let _ = reply.send(self.push_pull_state(peer_version));
-                self.merge_remote(state).await;
+                let (ours, effects) = m.push_pull_request(now, state, peer_version);
+                let _ = reply.send(ours);
+                effects
             }
             Input::PushPullDone {
                 target,
                 kind,
                 result,
-            } => self.push_pull_done(target, kind, result).await,
-            Input::QueryResponse(r) => self.record_response(r),
+            } => m.push_pull_done(now, target, kind, result),
+            Input::QueryResponse(r) => m.query_response(now, r),
             Input::HandlerAnswer {
                 id,
                 origin,
                 payload,
-            } => self.send_answer(id, origin, payload).await,
-            Input::Api(cmd) => self.handle_command(cmd).await,
-            Input::HandlerFailed { event, handler } => self.handler_failed(event, handler),
-            Input::Journaled { batches, result } => self.journaled(batches, result),
+            } => m.handler_answer(now, id, origin, payload),
+            Input::Api(cmd) => {
+                self.handle_command(cmd).await;
+                Vec::new()
+            }
+            Input::HandlerFailed { event, handler } => m.handler_failed(now, event, handler),
+            Input::Journaled { batches, result } => m.journaled(now, batches, result),
             Input::HandlerSlotFree => self.start_owed(),
-            Input::ConsumerAcked { event, handler } => self.consumer_acked(event, handler),
+            Input::ConsumerAcked { event, handler } => m.consumer_acked(event, handler),
         }
     }
 
-    async fn handle_datagram(&mut self, plain: &[u8], from: SocketAddr) {
-        match message::decode_datagram(plain) {
-            Ok(Datagram::Foca(pkt)) => {
-                if let Err(e) = self.foca.handle_data(pkt, &mut self.rt) {
-                    tracing::trace!(peer = %from, cause = %e, "foca refused a packet");
-                }
-                self.flush().await;
+    /// An API command: fed to the machine, its effects carried out, then answered.
+    async fn handle_command(&mut self, cmd: Command) {
+        let (m, now) = (&mut self.machine, now());
+        match cmd {
+            Command::Members(reply) => {
+                let _ = reply.send(m.members());
             }
-            Ok(Datagram::Direct(Direct::QueryResponse(r))) => self.record_response(r),
-            Ok(Datagram::Direct(Direct::Event(ev))) => {
-                if let Ok(bytes) = message::encode_broadcast(&Broadcast::Event(ev)) {
-                    let _ = self.foca.add_broadcast(&bytes);
-                    self.flush().await;
-                }
+            Command::Info(reply) => {
+                let _ = reply.send(m.info(self.shell.counters()));
             }
-            Ok(Datagram::Direct(Direct::Leave(id))) => {
-                tracing::info!(node = %id.name, "member announced its leave");
-                self.left.record(&id);
+            Command::Event {
+                name,
+                payload,
+                reply,
+            } => {
+                let (result, effects) = m.publish_event(now, &name, payload);
+                self.execute(effects).await;
+                let _ = reply.send(result);
             }
-            Err(_) => Counters::add(&self.counters.packets_dropped_malformed),
-        }
-    }
-
-    /// Seals and sends one datagram plaintext.
-    pub(super) async fn send_datagram(&mut self, dst: SocketAddr, plain: &[u8]) {
-        let sealed = {
-            let ring = self.keyring.read().unwrap_or_else(|e| e.into_inner());
-            envelope::seal_datagram(&ring, plain, &mut self.rng)
-        };
-        match sealed {
-            Ok(bytes) => match self.socket.send_to(&bytes, dst).await {
-                Ok(_) => Counters::add(&self.counters.packets_sent),
-                Err(e) => tracing::debug!(peer = %dst, cause = %e, "udp send failed"),
-            },
-            Err(e) => tracing::warn!(peer = %dst, cause = %e, "datagram not sent"),
-        }
-    }
-
-    /// Drains foca's runtime and the core's deliveries. Call after every foca call.
-    pub(super) async fn flush(&mut self) {
-        while let Some((dst, data)) = self.rt.to_send() {
-            let plain = message::encode_foca_datagram(&data);
-            self.send_datagram(dst.addr, &plain).await;
-        }
-        let now = Instant::now();
-        while let Some((after, timer)) = self.rt.to_schedule() {
-            self.sched.submit(now, after, Scheduled::Foca(timer));
-        }
-        let mut membership_changed = false;
-        while let Some(n) = self.rt.to_notify() {
-            membership_changed |= matches!(
-                n,
-                OwnedNotification::MemberUp(_) | OwnedNotification::MemberDown(_)
-            );
-            self.on_notification(n);
-        }
-        if membership_changed {
-            self.retune();
-        }
-        let reannounce = self.core.lock().take_reannounce();
-        match reannounce.map(|r| r.map(|bytes| self.foca.add_broadcast(&bytes))) {
-            None | Some(Ok(Ok(_))) => {}
-            Some(Ok(Err(e))) => tracing::warn!(cause = %e, "tags not announced again"),
-            Some(Err(e)) => tracing::warn!(cause = %e, "tags not announced again"),
-        }
-        let incoming = self.core.drain_incoming();
-        // New events travel on first: forwarding must not wait for the disk.
-        for item in &incoming {
-            if let Incoming::Event(ev) = item {
-                self.announce_event(ev).await;
+            Command::Query {
+                name,
+                payload,
+                filters,
+                timeout,
+                reply,
+            } => {
+                let request = QueryRequest {
+                    name,
+                    payload,
+                    filters,
+                    timeout,
+                };
+                let effects = m.user_query(now, request, Waiter::User(reply));
+                self.execute(effects).await;
             }
-        }
-        self.owe_and_start(&incoming);
-        for item in incoming {
-            if let Incoming::Query(q) = item {
-                self.answer_query(q).await;
+            Command::Keys { op, key, reply } => {
+                let effects = m.key_query(now, op, key, Waiter::Keys(reply));
+                self.execute(effects).await;
+            }
+            Command::Leave(reply) => {
+                self.leave().await;
+                let _ = reply.send(());
+            }
+            Command::ForceLeave { node, reply } => {
+                let (result, effects) = m.force_leave(&node);
+                self.execute(effects).await;
+                let _ = reply.send(result);
+            }
+            Command::Publish { item, reply } => {
+                let (result, effects) = m.publish_superseding(now, item);
+                self.execute(effects).await;
+                let _ = reply.send(result);
+            }
+            Command::Superseding { kind, reply } => {
+                let _ = reply.send(m.superseding_items(&kind));
             }
         }
     }
 
-    /// Re-tunes foca (retransmissions, suspicion timeout) when the cluster has grown
-    /// past what it was tuned for, or shrunk to less than half of it.
-    fn retune(&mut self) {
-        let members = self.foca.num_members() as u32 + 1;
-        let Some(size) = retune_size(self.tuned_for, members, self.settings.expected_cluster_size)
-        else {
-            return;
-        };
-        match self.foca.set_config(foca_config(&self.settings, size)) {
-            Ok(()) => {
-                tracing::debug!(
-                    from = self.tuned_for,
-                    to = size,
-                    "foca re-tuned for cluster size"
-                );
-                self.tuned_for = size;
-            }
-            Err(e) => tracing::warn!(cause = %e, "foca refused the re-tuned config"),
-        }
-    }
-
-    /// Graceful leave: notices to every member, foca's leave, flushed; then snapshot.
-    pub(super) async fn leave(&mut self) {
-        let me = self.core.lock().identity().clone();
-        let peers: Vec<NodeId> = self.foca.iter_members().map(|m| m.id().clone()).collect();
-        if let Ok(plain) = message::encode_direct(&Direct::Leave(me)) {
-            for p in &peers {
-                self.send_datagram(p.addr, &plain).await;
-            }
-        }
-        self.stop = true;
-        if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
-            tracing::warn!(cause = %e, "foca leave");
-        }
-        self.flush().await;
-        self.save_snapshot_with(peers);
+    /// Graceful leave: notices and foca's leave handed to the kernel, then the state
+    /// file queued (written before the process exits, see [`run`]).
+    async fn leave(&mut self) {
+        let effects = self.machine.leave(now());
+        self.execute(effects).await;
         tracing::info!("left the cluster");
     }
 
-    pub(super) fn save_snapshot(&mut self) {
-        let peers = self.foca.iter_members().map(|m| m.id().clone()).collect();
-        self.save_snapshot_with(peers);
-    }
-
-    fn save_snapshot_with(&mut self, members: Vec<NodeId>) {
-        let state = PersistedState {
-            core: self.core.lock().snapshot(),
-            members,
-            left: self.left.clone(),
-            pending: self.pending.records(),
-        };
-        self.disk.snapshot(state);
+    /// Owed handlers, with as many free slots as they can use.
+    fn start_owed(&mut self) -> Vec<Effect<Waiter, Slot>> {
+        let now = now();
+        let slots = self.shell.free_slots(self.machine.owed_now(now));
+        self.machine.start_owed(now, slots)
     }
 
     fn reload(&mut self) {
-        let new = match Settings::resolve(&self.settings.overrides) {
+        let new = match Settings::resolve(&self.machine.settings().overrides) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(cause = %e, "SIGHUP: config not reloaded");
                 return;
             }
         };
-        if let Some(reload) = &self.log_reload
-            && let Err(e) = reload(&new.log_level)
-        {
-            tracing::error!(cause = %e, "SIGHUP: log level not changed");
+        // Checked, not applied: the deploy tables only change at a restart.
+        if let Err(e) = self.shell.check_tables(&new.deploy) {
+            tracing::error!(cause = %e, "SIGHUP: config not reloaded");
+            return;
         }
-        let announced = self.core.lock().set_tags(new.tags.clone(), wall_millis());
-        match announced {
-            Ok(bytes) => {
-                if let Err(e) = self.foca.add_broadcast(&bytes) {
-                    tracing::warn!(cause = %e, "SIGHUP: new tags not announced");
-                }
+        self.shell.reload_log(&new.log_level);
+        let consumers = self.shell.consumer_handlers();
+        self.machine.reload(now(), new, consumers);
+    }
+
+    /// Carries out `effects` in order; effects an effect leads to (the machine asked
+    /// again) come before the rest.
+    async fn execute(&mut self, effects: Vec<Effect<Waiter, Slot>>) {
+        let mut queue = VecDeque::from(effects);
+        while let Some(effect) = queue.pop_front() {
+            let more = self.carry_out(effect).await;
+            for e in more.into_iter().rev() {
+                queue.push_front(e);
             }
-            Err(e) => tracing::warn!(cause = %e, "SIGHUP: new tags not announced"),
         }
-        self.settings.tags = new.tags;
-        self.settings.handlers = new.handlers;
-        self.settings
-            .handlers
-            .extend(self.consumers.handler_configs());
-        self.settings.log_level = new.log_level;
-        tracing::info!(
-            handlers = self.settings.handlers.len(),
-            "SIGHUP: reloaded tags, handlers and log level"
-        );
+    }
+
+    async fn carry_out(&mut self, effect: Effect<Waiter, Slot>) -> Vec<Effect<Waiter, Slot>> {
+        let shell = &mut self.shell;
+        match effect {
+            Effect::Send { to, plain } => shell.send_datagram(to, &plain).await,
+            Effect::Schedule { after, timer } => self.sched.submit(Instant::now(), after, timer),
+            Effect::CancelDeadline(id) => self.sched.cancel_query(id),
+            Effect::Dial {
+                target,
+                kind,
+                state,
+            } => shell.dial(target, kind, *state),
+            Effect::Journal { lines, batches } => shell.journal(lines, batches),
+            Effect::Snapshot(state) => shell.snapshot(*state),
+            Effect::StartOwed => return self.start_owed(),
+            Effect::SpawnEventHandlers {
+                event,
+                handlers,
+                env,
+                slots,
+            } => shell.spawn_event_handlers(event, handlers, env, slots),
+            Effect::RunHandlers {
+                event,
+                handlers,
+                env,
+                payload,
+            } => shell.run_handlers(&event, handlers, &env, &payload),
+            Effect::RunQueryHandler {
+                query,
+                handler,
+                env,
+            } => shell.run_query_handler(query, handler, env),
+            Effect::StreamAnswer { to, answer } => shell.stream_answer(to, answer),
+            Effect::Keyring { ring, save_to } => shell.use_keyring(ring, save_to),
+            Effect::Superseding(item) => shell.superseding(item),
+            Effect::Monitor(line) => shell.monitor(line),
+            Effect::Count(metric) => shell.count(metric),
+            Effect::QueryDone { waiter, result } => finish(waiter, result),
+            Effect::QueryFailed { waiter, error } => fail(waiter, error),
+        }
+        Vec::new()
     }
 }
 
-/// Wall-clock milliseconds since the UNIX epoch: the version of a tag announcement
-/// (later changes, and restarts, announce higher versions).
-fn wall_millis() -> u64 {
-    u64::try_from(wall_now().as_millis()).unwrap_or(u64::MAX)
+/// Hands a finished query's result to its waiter, in the shape it asked for.
+fn finish(waiter: Waiter, result: QueryResult) {
+    match waiter {
+        Waiter::User(reply) => {
+            let _ = reply.send(Ok(query_answer(result)));
+        }
+        Waiter::Keys(reply) => {
+            let _ = reply.send(Ok(keys_fan_in(result)));
+        }
+    }
+}
+
+fn fail(waiter: Waiter, err: AgentError) {
+    match waiter {
+        Waiter::User(r) => {
+            let _ = r.send(Err(err));
+        }
+        Waiter::Keys(r) => {
+            let _ = r.send(Err(err));
+        }
+    }
 }

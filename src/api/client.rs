@@ -12,7 +12,8 @@ use super::{
     ErrorBody, EventRequest, EventResponse, ForceLeaveRequest, Info, KeyRequest, KeysResponse,
     Member, QueryRequest, QueryResponse,
 };
-use crate::agent::config::RpcAddr;
+use crate::deploy::status::{DeployAccepted, Progress};
+use crate::wire::RpcAddr;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -209,5 +210,24 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// `POST /v1/deploy`: hands a signed deploy event (its wire bytes) to the agent.
+    pub async fn deploy(&self, event: &[u8]) -> Result<DeployAccepted, ClientError> {
+        use base64::Engine as _;
+        let req = super::DeployRequest {
+            event: base64::engine::general_purpose::STANDARD.encode(event),
+        };
+        self.call(Method::POST, "/v1/deploy", Some(&req)).await
+    }
+
+    /// `GET /v1/deploy/progress`: `None` while the agent has not seen the event (404).
+    pub async fn deploy_progress(&self, event_id: &str) -> Result<Option<Progress>, ClientError> {
+        let path = format!("/v1/deploy/progress?event={event_id}");
+        match self.call(Method::GET, &path, None::<&()>).await {
+            Ok(p) => Ok(Some(p)),
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

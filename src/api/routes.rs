@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::{EventRequest, ForceLeaveRequest, KeyRequest, QueryRequest};
 use crate::agent::{AgentError, AgentHandle, Command, KeyOp};
+use crate::deploy::status::DeployView;
 use crate::gossip::Filter;
 use crate::gossip::event::EventError;
 use crate::gossip::handler::CreateError;
@@ -99,37 +100,67 @@ fn query_param(uri: &hyper::Uri, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Every endpoint and its method (a known path with another method is a 405).
-const ROUTES: &[(&str, Method)] = &[
-    ("/v1/members", Method::GET),
-    ("/v1/info", Method::GET),
-    ("/v1/event", Method::POST),
-    ("/v1/query", Method::POST),
-    ("/v1/keys", Method::GET),
-    ("/v1/keys/install", Method::POST),
-    ("/v1/keys/use", Method::POST),
-    ("/v1/keys/remove", Method::POST),
-    ("/v1/leave", Method::POST),
-    ("/v1/force-leave", Method::POST),
-    ("/v1/monitor", Method::GET),
+/// What serves a request: one variant per row of [`ROUTES`], matched in [`route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Members,
+    Info,
+    Event,
+    Query,
+    Keys(KeyOp),
+    Leave,
+    ForceLeave,
+    Monitor,
+    Deploy,
+    DeployProgress,
+}
+
+/// Every endpoint: its path, its method (a known path with another method is a 405) and
+/// what serves it. The one list: the 404/405 check and the dispatch both read it.
+const ROUTES: &[(&str, Method, Endpoint)] = &[
+    ("/v1/members", Method::GET, Endpoint::Members),
+    ("/v1/info", Method::GET, Endpoint::Info),
+    ("/v1/event", Method::POST, Endpoint::Event),
+    ("/v1/query", Method::POST, Endpoint::Query),
+    ("/v1/keys", Method::GET, Endpoint::Keys(KeyOp::List)),
+    (
+        "/v1/keys/install",
+        Method::POST,
+        Endpoint::Keys(KeyOp::Install),
+    ),
+    ("/v1/keys/use", Method::POST, Endpoint::Keys(KeyOp::Use)),
+    (
+        "/v1/keys/remove",
+        Method::POST,
+        Endpoint::Keys(KeyOp::Remove),
+    ),
+    ("/v1/leave", Method::POST, Endpoint::Leave),
+    ("/v1/force-leave", Method::POST, Endpoint::ForceLeave),
+    ("/v1/monitor", Method::GET, Endpoint::Monitor),
+    ("/v1/deploy", Method::POST, Endpoint::Deploy),
+    ("/v1/deploy/progress", Method::GET, Endpoint::DeployProgress),
 ];
 
-/// 404 for an unknown path, 405 for a known one with another method.
-fn route_check(method: &Method, path: &str) -> Result<(), (StatusCode, String)> {
-    match ROUTES.iter().find(|(p, _)| *p == path) {
+/// The endpoint at `path`; 404 for an unknown path, 405 for a known one with another
+/// method.
+fn route_check(method: &Method, path: &str) -> Result<Endpoint, (StatusCode, String)> {
+    match ROUTES.iter().find(|(p, _, _)| *p == path) {
         None => Err((StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))),
-        Some((_, m)) if m != method => Err((
+        Some((_, m, _)) if m != method => Err((
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} not allowed on {path} (use {m})"),
         )),
-        Some(_) => Ok(()),
+        Some((_, _, endpoint)) => Ok(*endpoint),
     }
 }
+
+/// An answer, or the error response that replaces it (e.g. a body that is not JSON).
+type Reply = Result<Response<Body>, Response<Body>>;
 
 /// Handles one request.
 pub async fn handle(
     req: Request<Incoming>,
-    agent: AgentHandle,
+    services: super::Services,
     token: Option<Arc<String>>,
 ) -> Response<Body> {
     if !authorized(&req, token.as_ref()) {
@@ -138,114 +169,162 @@ pub async fn handle(
             "missing or wrong bearer token (rpc_token)",
         );
     }
-    let path = req.uri().path().to_owned();
-    if let Err((status, message)) = route_check(req.method(), &path) {
-        return error(status, message);
-    }
-    let result = match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/v1/members") => {
-            let status = query_param(req.uri(), "status");
-            agent.call(Command::Members).await.map(|mut list| {
-                if let Some(s) = status {
-                    list.retain(|m| m.status == s);
-                }
-                json(StatusCode::OK, &list)
-            })
+    let endpoint = match route_check(req.method(), req.uri().path()) {
+        Ok(endpoint) => endpoint,
+        Err((status, message)) => return error(status, message),
+    };
+    route(req, endpoint, &services).await.unwrap_or_else(|e| e)
+}
+
+/// Calls `endpoint` (found by [`route_check`], so its method is right).
+async fn route(req: Request<Incoming>, endpoint: Endpoint, services: &super::Services) -> Reply {
+    let agent = &services.agent;
+    Ok(match endpoint {
+        Endpoint::Members => members(agent, req.uri()).await,
+        Endpoint::Info => ok(agent.call(Command::Info).await),
+        Endpoint::Event => event(agent, body(req).await?).await,
+        Endpoint::Query => query(agent, body(req).await?).await,
+        Endpoint::Keys(KeyOp::List) => keys(agent, KeyOp::List, None).await,
+        Endpoint::Keys(op) => {
+            let r: KeyRequest = body(req).await?;
+            keys(agent, op, Some(r.key)).await
         }
-        (Method::GET, "/v1/info") => agent
-            .call(Command::Info)
-            .await
-            .map(|i| json(StatusCode::OK, &i)),
-        (Method::POST, "/v1/event") => {
-            let r: EventRequest = match body(req).await {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            let payload = r.payload.into_bytes();
-            agent
-                .call(|reply| Command::Event {
-                    name: r.name,
-                    payload,
-                    reply,
-                })
-                .await
-                .and_then(|r| r)
-                .map(|r| json(StatusCode::OK, &r))
-        }
-        (Method::POST, "/v1/query") => {
-            let r: QueryRequest = match body(req).await {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            let mut filters: Vec<Filter> = r.nodes.into_iter().map(Filter::NodeName).collect();
-            filters.extend(
-                r.tags
-                    .into_iter()
-                    .map(|(key, value)| Filter::Tag { key, value }),
-            );
-            let timeout = r
-                .timeout_ms
-                .map_or(DEFAULT_QUERY_TIMEOUT, Duration::from_millis);
-            let payload = r.payload.into_bytes();
-            agent
-                .call(|reply| Command::Query {
-                    name: r.name,
-                    payload,
-                    filters,
-                    timeout,
-                    reply,
-                })
-                .await
-                .and_then(|r| r)
-                .map(|r| json(StatusCode::OK, &r))
-        }
-        (Method::GET, "/v1/keys") => keys(&agent, KeyOp::List, None).await,
-        (Method::POST, "/v1/keys/install" | "/v1/keys/use" | "/v1/keys/remove") => {
-            let op = match path.as_str() {
-                "/v1/keys/install" => KeyOp::Install,
-                "/v1/keys/use" => KeyOp::Use,
-                _ => KeyOp::Remove,
-            };
-            let r: KeyRequest = match body(req).await {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            keys(&agent, op, Some(r.key)).await
-        }
-        (Method::POST, "/v1/leave") => agent
+        Endpoint::Leave => ok(agent
             .call(Command::Leave)
             .await
-            .map(|()| json(StatusCode::OK, &serde_json::json!({}))),
-        (Method::POST, "/v1/force-leave") => {
-            let r: ForceLeaveRequest = match body(req).await {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            agent
+            .map(|()| serde_json::json!({}))),
+        Endpoint::ForceLeave => {
+            let r: ForceLeaveRequest = body(req).await?;
+            let left = agent
                 .call(|reply| Command::ForceLeave {
                     node: r.node,
                     reply,
                 })
                 .await
-                .and_then(|r| r)
-                .map(|()| json(StatusCode::OK, &serde_json::json!({})))
+                .and_then(|r| r);
+            ok(left.map(|()| serde_json::json!({})))
         }
-        (Method::GET, "/v1/monitor") => Ok(monitor(&agent)),
-        _ => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
-    };
-    result.unwrap_or_else(agent_error)
+        Endpoint::Monitor => monitor(agent),
+        Endpoint::Deploy => {
+            let r: super::DeployRequest = body(req).await?;
+            let view = services.deploy.as_deref();
+            deploy(agent, view, &r.event)
+                .await
+                .unwrap_or_else(agent_error)
+        }
+        Endpoint::DeployProgress => deploy_progress(services, req.uri()),
+    })
 }
 
-async fn keys(
+/// 200 with `value` as JSON, or the agent's error.
+fn ok<T: Serialize>(value: Result<T, AgentError>) -> Response<Body> {
+    match value {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => agent_error(e),
+    }
+}
+
+async fn members(agent: &AgentHandle, uri: &hyper::Uri) -> Response<Body> {
+    let status = query_param(uri, "status");
+    ok(agent.call(Command::Members).await.map(|mut list| {
+        if let Some(s) = status {
+            list.retain(|m| m.status == s);
+        }
+        list
+    }))
+}
+
+async fn event(agent: &AgentHandle, r: EventRequest) -> Response<Body> {
+    let payload = r.payload.into_bytes();
+    let sent = agent
+        .call(|reply| Command::Event {
+            name: r.name,
+            payload,
+            reply,
+        })
+        .await;
+    ok(sent.and_then(|r| r))
+}
+
+async fn query(agent: &AgentHandle, r: QueryRequest) -> Response<Body> {
+    let mut filters: Vec<Filter> = r.nodes.into_iter().map(Filter::NodeName).collect();
+    filters.extend(
+        r.tags
+            .into_iter()
+            .map(|(key, value)| Filter::Tag { key, value }),
+    );
+    let timeout = r
+        .timeout_ms
+        .map_or(DEFAULT_QUERY_TIMEOUT, Duration::from_millis);
+    let payload = r.payload.into_bytes();
+    let answered = agent
+        .call(|reply| Command::Query {
+            name: r.name,
+            payload,
+            filters,
+            timeout,
+            reply,
+        })
+        .await;
+    ok(answered.and_then(|r| r))
+}
+
+fn deploy_progress(services: &super::Services, uri: &hyper::Uri) -> Response<Body> {
+    let id = query_param(uri, "event").unwrap_or_default();
+    match services.deploy.as_ref().map(|d| d.progress(&id)) {
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this agent runs no deploy controller",
+        ),
+        Some(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("deploy event {id:?} is not known to this agent (yet)"),
+        ),
+        Some(Some(p)) => json(StatusCode::OK, &p),
+    }
+}
+
+/// Gossips a signed deploy event (base64) as the `_deploy` user event, once the local
+/// controller checked it as a receiver would (a forged or stale event is a 400 here, not
+/// a silent refusal on every node). Every node checks it again before acting on it.
+async fn deploy(
     agent: &AgentHandle,
-    op: KeyOp,
-    key: Option<String>,
+    view: Option<&dyn DeployView>,
+    event_b64: &str,
 ) -> Result<Response<Body>, AgentError> {
+    use base64::Engine as _;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(event_b64.trim())
+        .map_err(|e| AgentError::BadRequest(format!("`event` is not base64: {e}")))?;
+    let event_id = match view {
+        Some(v) => v.admit(&payload).map_err(AgentError::BadRequest)?,
+        None => crate::deploy::signed::SignedEvent::decode_unverified(&payload)
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?
+            .event
+            .id_hex(),
+    };
     agent
-        .call(|reply| Command::Keys { op, key, reply })
+        .call(|reply| Command::Event {
+            name: crate::deploy::status::EVENT_NAME.to_owned(),
+            payload,
+            reply,
+        })
         .await
         .and_then(|r| r)
-        .map(|r| json(StatusCode::OK, &r))
+        .map(|r| {
+            let accepted = crate::deploy::status::DeployAccepted {
+                event_id: Some(event_id),
+                ltime: r.ltime,
+            };
+            json(StatusCode::OK, &accepted)
+        })
+}
+
+async fn keys(agent: &AgentHandle, op: KeyOp, key: Option<String>) -> Response<Body> {
+    ok(agent
+        .call(|reply| Command::Keys { op, key, reply })
+        .await
+        .and_then(|r| r))
 }
 
 /// What the monitor stream is waiting on.
@@ -315,9 +394,14 @@ mod tests {
         let uri: hyper::Uri = "/v1/members?x=1&status=f%61iled".parse().unwrap();
         assert_eq!(query_param(&uri, "status").as_deref(), Some("failed"));
         assert_eq!(query_param(&uri, "nope"), None);
-        assert!(route_check(&Method::GET, "/v1/members").is_ok());
-        for (p, m) in ROUTES {
-            assert!(route_check(m, p).is_ok());
+        assert_eq!(
+            route_check(&Method::GET, "/v1/members"),
+            Ok(Endpoint::Members)
+        );
+        for (i, (p, m, e)) in ROUTES.iter().enumerate() {
+            // A second row for a path would never be reached.
+            assert!(ROUTES[..i].iter().all(|(q, _, _)| q != p), "{p} twice");
+            assert_eq!(route_check(m, p), Ok(*e));
             let other = if *m == Method::GET {
                 Method::POST
             } else {

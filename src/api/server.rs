@@ -17,9 +17,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
-use crate::agent::AgentHandle;
-use crate::agent::config::RpcAddr;
+use super::Services;
 use crate::agent::slots::{Admit, Proof, Slots};
+use crate::wire::RpcAddr;
 
 /// Most control API connections open at once.
 pub const MAX_CONNECTIONS: usize = 128;
@@ -83,7 +83,7 @@ fn serve<IO>(
     conns: &mut tokio::task::JoinSet<()>,
     slots: &mut Slots,
     io: IO,
-    handle: AgentHandle,
+    handle: Services,
     token: Option<Arc<String>>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -103,7 +103,7 @@ fn serve<IO>(
     }
     let proof = Proof::default();
     let proven = proof.clone();
-    let mut stop = handle.stopping();
+    let mut stop = handle.agent.stopping();
     let task = conns.spawn(async move {
         let service = service_fn(move |req| {
             let (handle, token) = (handle.clone(), token.clone());
@@ -147,10 +147,10 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Accepts connections until `stop` flips, then lets open connections finish their
-/// answers (bounded by [`DRAIN_TIMEOUT`]). `token` is required on TCP.
+/// answers (bounded by `DRAIN_TIMEOUT`). `token` is required on TCP.
 pub async fn run(
     listener: Listener,
-    handle: AgentHandle,
+    handle: Services,
     token: Option<String>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -180,4 +180,7 @@ pub async fn run(
         while conns.join_next().await.is_some() {}
     })
     .await;
+    if let Listener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
 }

@@ -153,23 +153,60 @@ fn write_err(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
     }
 }
 
+/// The entry's path as the archive gives it (before any check).
+fn raw_path(entry: &Entry) -> &Path {
+    Path::new(OsStr::from_bytes(&entry.path))
+}
+
+/// The entry is refused for `problem`; the error names it.
+fn refused(entry: &Entry, problem: EntryProblem) -> UnpackError {
+    UnpackError::Entry {
+        entry: shown(raw_path(entry)),
+        problem,
+    }
+}
+
+/// A [`TreeWriter`] error for this entry: a refusal names the entry.
+fn tree_err(entry: &Entry, e: TreeError) -> UnpackError {
+    match e {
+        TreeError::Refused(problem) => refused(entry, problem),
+        TreeError::Io { path, source } => UnpackError::Write { path, source },
+    }
+}
+
 impl Unpacker<'_> {
+    /// Checks one entry (limits, owner, path) and writes it.
     fn entry<R: Read>(
         &mut self,
         entry: &Entry,
         archive: &mut Archive<R>,
     ) -> Result<(), UnpackError> {
-        let raw_path = Path::new(OsStr::from_bytes(&entry.path));
-        let name = entry.shown();
-        let refuse = |problem: EntryProblem| UnpackError::Entry {
-            entry: shown(raw_path),
-            problem,
+        self.count(entry)?;
+        let attrs = self.attrs(entry)?;
+        let rel = entry_path::sanitize(raw_path(entry)).map_err(|e| refused(entry, e.into()))?;
+        let Some(rel) = rel else {
+            // The archive's own root: only its attributes matter.
+            if entry.kind == Kind::Dir {
+                self.tree.root_attrs(attrs);
+            }
+            return Ok(());
         };
-        let tree_err = |e: TreeError| match e {
-            TreeError::Refused(problem) => refuse(problem),
-            TreeError::Io { path, source } => UnpackError::Write { path, source },
-        };
-        let kind = entry.kind;
+        let tree = |e| tree_err(entry, e);
+        match entry.kind {
+            Kind::Dir => self.tree.create_dir(&rel, attrs).map_err(tree)?,
+            Kind::File => self.file(entry, archive, &rel, attrs)?,
+            Kind::Symlink => {
+                let target = Path::new(OsStr::from_bytes(&entry.link));
+                self.tree.symlink(&rel, target, attrs.owner).map_err(tree)?;
+            }
+            Kind::HardLink => self.hardlink(entry, &rel)?,
+            Kind::Char | Kind::Block | Kind::Fifo => self.special(entry, &rel, attrs)?,
+        }
+        Ok(())
+    }
+
+    /// Counts the entry and its bytes against the limits.
+    fn count(&mut self, entry: &Entry) -> Result<(), UnpackError> {
         self.stats.entries += 1;
         if self.stats.entries > self.opts.max_entries {
             return Err(UnpackError::TooManyEntries {
@@ -184,6 +221,11 @@ impl Unpacker<'_> {
                 limit: self.opts.max_bytes,
             });
         }
+        Ok(())
+    }
+
+    /// The mode (setuid/setgid stripped unless `same_owner`), owner and mtime to apply.
+    fn attrs(&self, entry: &Entry) -> Result<Attrs, UnpackError> {
         let mut mode = entry.mode & 0o7777;
         if !self.opts.same_owner {
             mode &= !0o6000;
@@ -191,7 +233,7 @@ impl Unpacker<'_> {
         let owner = if self.opts.same_owner {
             match (u32::try_from(entry.uid), u32::try_from(entry.gid)) {
                 (Ok(uid), Ok(gid)) => Some((uid, gid)),
-                _ => return Err(refuse(EntryProblem::Owner(entry.uid, entry.gid))),
+                _ => return Err(refused(entry, EntryProblem::Owner(entry.uid, entry.gid))),
             }
         } else {
             None
@@ -201,76 +243,77 @@ impl Unpacker<'_> {
         } else {
             SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(entry.mtime.unsigned_abs()))
         };
-        let rel = entry_path::sanitize(raw_path).map_err(|e| refuse(e.into()))?;
+        Ok(Attrs { mode, owner, mtime })
+    }
 
-        let attrs = Attrs { mode, owner, mtime };
-        let Some(rel) = rel else {
-            // The archive's own root: only its attributes matter.
-            if kind == Kind::Dir {
-                self.tree.root_attrs(attrs);
-            }
-            return Ok(());
+    /// A regular file: its data (sparse or not), then its attributes.
+    fn file<R: Read>(
+        &mut self,
+        entry: &Entry,
+        archive: &mut Archive<R>,
+        rel: &Path,
+        attrs: Attrs,
+    ) -> Result<(), UnpackError> {
+        let mut file = self
+            .tree
+            .create_file(rel, attrs.mode)
+            .map_err(|e| tree_err(entry, e))?;
+        let written = match &entry.sparse {
+            Some(map) => write_sparse(&file, archive.data(), map, entry.size, &mut self.buf),
+            None => copy(&mut archive.data(), &mut file, &mut self.buf).map(drop),
         };
+        written.map_err(|e| match e {
+            CopyError::Read(e) => UnpackError::Read(e),
+            CopyError::Write(source) => UnpackError::Write {
+                path: rel.to_path_buf(),
+                source,
+            },
+        })?;
+        self.tree
+            .finish_file(rel, &file, attrs)
+            .map_err(|e| tree_err(entry, e))
+    }
 
-        match kind {
-            Kind::Dir => self.tree.create_dir(&rel, attrs).map_err(tree_err)?,
-            Kind::File => {
-                let mut file = self.tree.create_file(&rel, mode).map_err(tree_err)?;
-                let written = match &entry.sparse {
-                    Some(map) => {
-                        write_sparse(&file, archive.data(), map, entry.size, &mut self.buf)
-                    }
-                    None => copy(&mut archive.data(), &mut file, &mut self.buf).map(drop),
-                };
-                written.map_err(|e| match e {
-                    CopyError::Read(e) => UnpackError::Read(e),
-                    CopyError::Write(source) => UnpackError::Write {
-                        path: rel.clone(),
-                        source,
-                    },
-                })?;
+    /// A hardlink: its target must be inside the root (and, see [`TreeWriter::hardlink`],
+    /// exist earlier in the archive, not through a symlink).
+    fn hardlink(&mut self, entry: &Entry, rel: &Path) -> Result<(), UnpackError> {
+        let target = Path::new(OsStr::from_bytes(&entry.link));
+        let shown_target = shown(target);
+        let target_rel = match entry_path::sanitize(target) {
+            Ok(Some(t)) => t,
+            Ok(None) | Err(EntryPathError::ParentDir) => {
+                return Err(refused(entry, EntryProblem::HardlinkOutside(shown_target)));
+            }
+            Err(e) => return Err(refused(entry, e.into())),
+        };
+        self.tree
+            .hardlink(rel, &target_rel)
+            .map_err(|e| tree_err(entry, e))
+    }
+
+    /// A device node or FIFO: created with `allow_devices`; else skipped under `dev/`
+    /// and refused anywhere else.
+    fn special(&mut self, entry: &Entry, rel: &Path, attrs: Attrs) -> Result<(), UnpackError> {
+        let (what, special) = match entry.kind {
+            Kind::Char => ("character device", Special::Char),
+            Kind::Block => ("block device", Special::Block),
+            _ => ("FIFO", Special::Fifo),
+        };
+        if !self.opts.allow_devices {
+            // `run` mounts its own /dev over the release's: nodes there are never used.
+            if rel.starts_with("dev") && rel.components().count() > 1 {
                 self.tree
-                    .finish_file(&rel, &file, attrs)
-                    .map_err(tree_err)?;
+                    .check_parent(rel)
+                    .map_err(|e| tree_err(entry, e))?;
+                tracing::debug!(entry = %entry.shown(), "device node under /dev skipped");
+                self.stats.skipped_devices += 1;
+                return Ok(());
             }
-            Kind::Symlink => {
-                let target = Path::new(OsStr::from_bytes(&entry.link));
-                self.tree.symlink(&rel, target, owner).map_err(tree_err)?;
-            }
-            Kind::HardLink => {
-                let target = Path::new(OsStr::from_bytes(&entry.link));
-                let shown_target = shown(target);
-                let target_rel = match entry_path::sanitize(target) {
-                    Ok(Some(t)) => t,
-                    Ok(None) | Err(EntryPathError::ParentDir) => {
-                        return Err(refuse(EntryProblem::HardlinkOutside(shown_target)));
-                    }
-                    Err(e) => return Err(refuse(e.into())),
-                };
-                self.tree.hardlink(&rel, &target_rel).map_err(tree_err)?;
-            }
-            Kind::Char | Kind::Block | Kind::Fifo => {
-                let (what, special) = match kind {
-                    Kind::Char => ("character device", Special::Char),
-                    Kind::Block => ("block device", Special::Block),
-                    _ => ("FIFO", Special::Fifo),
-                };
-                if !self.opts.allow_devices {
-                    // `run` mounts its own /dev over the release's: nodes there are never used.
-                    if rel.starts_with("dev") && rel.components().count() > 1 {
-                        self.tree.check_parent(&rel).map_err(tree_err)?;
-                        tracing::debug!(entry = %name, "device node under /dev skipped");
-                        self.stats.skipped_devices += 1;
-                        return Ok(());
-                    }
-                    return Err(refuse(EntryProblem::Device(what)));
-                }
-                self.tree
-                    .mknod(&rel, special, (entry.dev_major, entry.dev_minor), attrs)
-                    .map_err(tree_err)?;
-            }
+            return Err(refused(entry, EntryProblem::Device(what)));
         }
-        Ok(())
+        self.tree
+            .mknod(rel, special, (entry.dev_major, entry.dev_minor), attrs)
+            .map_err(|e| tree_err(entry, e))
     }
 
     fn finish(mut self) -> Result<UnpackStats, UnpackError> {

@@ -1,4 +1,8 @@
 //! `droot-fleet agent`: flags → validated settings → logging → the agent until a signal.
+//!
+//! The one place that joins the layers: the agent carries its file's deploy tables
+//! untouched, and this module parses them ([`DeployConfig::parse`]), checks them again on
+//! SIGHUP, and wires the agent, the deploy controller and the control API together.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,8 +15,9 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, reload};
 
 use crate::agent::Agent;
-use crate::agent::config::{Overrides, Settings};
+use crate::agent::config::{Overrides, Settings, TablesCheck};
 use crate::agent::monitor::{LogReload, MonitorLayer};
+use crate::deploy::config::DeployConfig;
 
 /// Flags of `droot-fleet agent` (each overrides the config file).
 #[derive(Debug, Args)]
@@ -60,7 +65,46 @@ pub struct AgentArgs {
 
 /// Runs the agent (blocks until it left the cluster).
 pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let overrides = Overrides {
+    let debug_consumer = match &args.debug_consumer {
+        Some(spec) => {
+            let (prefix, file) = spec
+                .split_once('=')
+                .context("--debug-consumer wants PREFIX=FILE")?;
+            Some((prefix.to_owned(), PathBuf::from(file)))
+        }
+        None => None,
+    };
+    let settings = Settings::resolve(&overrides(args))?;
+    let deploy = DeployConfig::parse(&settings.deploy)?;
+    let monitor = tokio::sync::broadcast::channel(1024).0;
+    let reload = init_logging(&settings.log_level, &monitor)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let mut agent = Agent::new(settings)
+            .with_monitor(monitor)
+            .with_log_reload(reload)
+            .with_tables_check(deploy_tables_check());
+        if let Some((prefix, file)) = debug_consumer {
+            let rx = agent.register_consumer("debug", &prefix);
+            tokio::spawn(crate::agent::consumers::record_to_file(rx, file));
+        }
+        serve(agent, deploy).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP refuses a file whose deploy tables would not start the agent (nothing of it is
+/// applied then); valid ones take effect at the next restart, as before.
+fn deploy_tables_check() -> TablesCheck {
+    Arc::new(|tables| DeployConfig::parse(tables).map(drop).map_err(Into::into))
+}
+
+fn overrides(args: AgentArgs) -> Overrides {
+    Overrides {
         config: args.config,
         dev: args.dev,
         node: args.node,
@@ -73,21 +117,16 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
         keyring: args.keyring,
         insecure: args.insecure,
         log_level: std::env::var("RUST_LOG").ok(),
-    };
-    let settings = Settings::resolve(&overrides)?;
-    let debug_consumer = match &args.debug_consumer {
-        Some(spec) => {
-            let (prefix, file) = spec
-                .split_once('=')
-                .context("--debug-consumer wants PREFIX=FILE")?;
-            Some((prefix.to_owned(), PathBuf::from(file)))
-        }
-        None => None,
-    };
+    }
+}
 
-    let monitor = tokio::sync::broadcast::channel(1024).0;
-    let filter = EnvFilter::try_new(&settings.log_level)
-        .with_context(|| format!("invalid `log_level` {:?}", settings.log_level))?;
+/// Logs to stderr and to `monitor` streams; the returned hook changes the level (SIGHUP).
+fn init_logging(
+    level: &str,
+    monitor: &tokio::sync::broadcast::Sender<String>,
+) -> anyhow::Result<LogReload> {
+    let filter =
+        EnvFilter::try_new(level).with_context(|| format!("invalid `log_level` {level:?}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     let _ = tracing_subscriber::registry()
         .with(filter)
@@ -98,26 +137,77 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
         )
         .with(MonitorLayer::new(monitor.clone()))
         .try_init();
-    let reload: LogReload = Arc::new(move |level: &str| {
+    Ok(Arc::new(move |level: &str| {
         let f =
             EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
         handle.reload(f).map_err(|e| e.to_string())
-    });
+    }))
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
-        let mut agent = Agent::new(settings)
-            .with_monitor(monitor)
-            .with_log_reload(reload);
-        if let Some((prefix, file)) = debug_consumer {
-            let rx = agent.register_consumer("debug", &prefix);
-            tokio::spawn(crate::agent::consumers::record_to_file(rx, file));
+/// Wires the agent, the control API and the deploy controller together and runs them
+/// until the agent left.
+async fn serve(mut agent: Agent, deploy: DeployConfig) -> anyhow::Result<()> {
+    let rpc = agent.settings().rpc.clone();
+    let listener = crate::api::server::Listener::bind(&rpc)
+        .await
+        .with_context(|| format!("binding the control API {rpc}"))?;
+    let handle = agent.handle();
+    let controller = crate::deploy::controller::Controller::register(&mut agent, deploy);
+    let services = crate::api::Services {
+        agent: handle.clone(),
+        deploy: Some(controller.view()),
+    };
+    let server = tokio::spawn(crate::api::server::run(
+        listener,
+        services,
+        agent.settings().rpc_token.clone(),
+        handle.stopping(),
+    ));
+    // The deploy controller runs beside the agent; if it cannot start the apps, the
+    // agent leaves and exits with its error (a supervisor restarts it; nothing is hidden).
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            let r = controller.run(handle).await;
+            if r.is_err() {
+                let _ = failed_tx.send(());
+            }
+            r
         }
-        agent.run(crate::agent::termination_signal()).await
-    })?;
-    Ok(ExitCode::SUCCESS)
+    });
+    let shutdown = async {
+        tokio::select! {
+            () = crate::agent::termination_signal() => {}
+            Ok(()) = failed_rx => {}
+        }
+    };
+    let result = agent.run(shutdown).await;
+    match controller.await {
+        Ok(Err(e)) => return Err(anyhow::Error::from(e).context("deploy controller")),
+        Err(e) => return Err(anyhow::anyhow!("deploy controller panicked: {e}")),
+        Ok(Ok(())) => {}
+    }
+    // Let in-flight answers (e.g. to `leave`) reach their clients.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), server).await;
+    result.map_err(anyhow::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::agent::config::DeployTables;
+
+    /// A SIGHUP'd file with a bad `[deploy]` is refused, naming the field, as at start.
+    #[test]
+    fn sighup_check_names_the_bad_deploy_field() {
+        let check = super::deploy_tables_check();
+        let table: toml::Table = toml::from_str("max_age = \"soon\"").unwrap();
+        let bad = DeployTables {
+            deploy: Some(toml::Value::Table(table)),
+            ..Default::default()
+        };
+        let err = check(&bad).unwrap_err().to_string();
+        assert!(err.contains("deploy.max_age"), "{err}");
+        assert!(check(&DeployTables::default()).is_ok());
+    }
 }

@@ -132,71 +132,97 @@ pub fn execute(args: DeployArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--rollback and --list need symlink mode: rsync mode keeps no releases");
     }
     if args.list {
-        let rows = release::list(&layout)?;
-        if args.format == Format::Json {
-            println!("{}", serde_json::to_string_pretty(&rows)?);
-        } else if rows.is_empty() {
-            println!("no releases under {}", layout.root.display());
-        } else {
-            for r in rows {
-                let when = if r.deployed_at == 0 {
-                    "unknown".to_string()
-                } else {
-                    display_time(r.deployed_at)
-                };
-                let mark = if r.current { "*" } else { " " };
-                let tail = if r.current { "  (current)" } else { "" };
-                println!("{mark} {:<24} {when}{tail}", r.version);
-            }
+        print_list(&layout, args.format)?;
+    } else if let Some(target) = &args.rollback {
+        rollback(&layout, target)?;
+    } else {
+        let opts = UnpackOptions {
+            same_owner: args.same_owner,
+            allow_devices: args.allow_devices,
+            max_bytes: args.max_bytes,
+            max_entries: args.max_entries,
+        };
+        match input_url(args.input.as_ref()) {
+            Some(url) => deploy_url(&layout, &url, &args, &opts)?,
+            None => deploy_stream(&layout, &args, &opts)?,
         }
-        return Ok(ExitCode::SUCCESS);
     }
-    if let Some(target) = &args.rollback {
-        let target = (!target.is_empty()).then_some(target.as_str());
-        let (from, to) = release::rollback(&layout, target)?;
-        eprintln!(
-            "current: {to} (was {})",
-            from.as_deref().unwrap_or("nothing")
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let opts = UnpackOptions {
-        same_owner: args.same_owner,
-        allow_devices: args.allow_devices,
-        max_bytes: args.max_bytes,
-        max_entries: args.max_entries,
-    };
-    if let Some(url) = input_url(args.input.as_ref()) {
-        if args.mode == Mode::Rsync {
-            anyhow::bail!("a URL needs symlink mode: the digest is checked before publishing");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--list`: the releases, oldest first, as a table or JSON.
+fn print_list(layout: &Layout, format: Format) -> anyhow::Result<()> {
+    let rows = release::list(layout)?;
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!("no releases under {}", layout.root.display());
+    } else {
+        for r in rows {
+            let when = if r.deployed_at == 0 {
+                "unknown".to_string()
+            } else {
+                display_time(r.deployed_at)
+            };
+            let mark = if r.current { "*" } else { " " };
+            let tail = if r.current { "  (current)" } else { "" };
+            println!("{mark} {:<24} {when}{tail}", r.version);
         }
-        let f = fetch::deploy(
-            &layout,
-            &url,
-            args.sha256,
-            args.version.as_deref(),
-            args.keep,
-            &opts,
-            &args.fetch.options(),
-        )?;
-        print_deployed(&f.deployed);
-        eprintln!("sha256 {} ({} bytes)", hex::encode(f.sha256), f.bytes);
-        return Ok(ExitCode::SUCCESS);
     }
+    Ok(())
+}
+
+/// `--rollback [VERSION]` (empty: the release before the current one).
+fn rollback(layout: &Layout, target: &str) -> anyhow::Result<()> {
+    let target = (!target.is_empty()).then_some(target);
+    let (from, to) = release::rollback(layout, target)?;
+    eprintln!(
+        "current: {to} (was {})",
+        from.as_deref().unwrap_or("nothing")
+    );
+    Ok(())
+}
+
+/// An archive fetched from `url`, its digest checked before it is published.
+fn deploy_url(
+    layout: &Layout,
+    url: &str,
+    args: &DeployArgs,
+    opts: &UnpackOptions,
+) -> anyhow::Result<()> {
+    if args.mode == Mode::Rsync {
+        anyhow::bail!("a URL needs symlink mode: the digest is checked before publishing");
+    }
+    let f = fetch::deploy(
+        layout,
+        url,
+        args.sha256,
+        args.version.as_deref(),
+        args.keep,
+        opts,
+        &args.fetch.options(),
+    )?;
+    print_deployed(&f.deployed);
+    eprintln!("sha256 {} ({} bytes)", hex::encode(f.sha256), f.bytes);
+    Ok(())
+}
+
+/// An archive from a file or stdin, as a new release or synced in place.
+fn deploy_stream(layout: &Layout, args: &DeployArgs, opts: &UnpackOptions) -> anyhow::Result<()> {
     if args.sha256.is_some() {
         anyhow::bail!("--sha256 needs a URL (s3://, https://, http://, file://) as the archive");
     }
     let input = open_input(args.input.as_ref())?;
     match args.mode {
         Mode::Symlink => {
-            let d = release::deploy(&layout, input, args.version.as_deref(), args.keep, &opts)?;
+            let d = release::deploy(layout, input, args.version.as_deref(), args.keep, opts)?;
             print_deployed(&d);
         }
         Mode::Rsync => {
             if args.version.is_some() {
                 anyhow::bail!("--version needs symlink mode: rsync mode keeps no releases");
             }
-            let (u, s) = release::rsync::deploy(&layout, input, &opts)?;
+            let (u, s) = release::rsync::deploy(layout, input, opts)?;
             eprintln!(
                 "synced {} ({} entries{}): {} updated, {} unchanged, {} deleted, {} mountpoints spared",
                 layout.root.display(),
@@ -209,7 +235,7 @@ pub fn execute(args: DeployArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn print_deployed(d: &release::Deployed) {

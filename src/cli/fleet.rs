@@ -8,9 +8,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::agent::config::{DEFAULT_RPC_SOCKET, DEV_DATA_DIR, RpcAddr, parse_duration, parse_tag};
+use crate::agent::config::{DEFAULT_RPC_SOCKET, DEV_DATA_DIR, RpcAddr, parse_tag};
 use crate::api::QueryRequest;
 use crate::api::client::Client;
+use crate::deploy::status::STATUS_QUERY;
+use crate::durations::parse_duration;
 use crate::gossip::Key;
 
 /// How to reach the agent.
@@ -26,7 +28,7 @@ pub struct RpcArgs {
 }
 
 impl RpcArgs {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(super) fn client(&self) -> anyhow::Result<Client> {
         let addr = match self.rpc.as_deref().filter(|r| !r.is_empty()) {
             Some(r) => RpcAddr::parse(r).map_err(|e| anyhow::anyhow!("--rpc: {e}"))?,
             None => {
@@ -62,24 +64,40 @@ pub struct MembersArgs {
     pub rpc: RpcArgs,
 }
 
+/// `event NAME [PAYLOAD]` sends a user event; `event deploy APP VERSION` is the signed deploy
+/// event instead (so a plain user event cannot be named `deploy`).
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct EventArgs {
-    pub name: String,
+    #[command(subcommand)]
+    pub command: Option<EventCommand>,
+    /// User event name (handlers see it); `deploy` is the subcommand below.
+    #[arg(required = true)]
+    pub name: Option<String>,
     #[arg(default_value = "")]
     pub payload: String,
     #[command(flatten)]
     pub rpc: RpcArgs,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Deploy APP VERSION to the matching nodes: a signed event (see --signing-key) that each
+    /// target turns into fetch, activate, restart, health check, or automatic rollback.
+    Deploy(super::fleet_deploy::DeployEventArgs),
+}
+
 #[derive(Debug, Args)]
 pub struct QueryArgs {
+    /// Query name; `status` is built in (payload: an app, or empty for all) and is shown
+    /// as a table.
     pub name: String,
     #[arg(default_value = "")]
     pub payload: String,
-    /// Only nodes whose name matches REGEX (repeatable).
+    /// Only nodes whose name matches REGEX (repeatable: any may match).
     #[arg(long = "node")]
     pub nodes: Vec<String>,
-    /// Only nodes whose tag KEY matches REGEX (KEY=REGEX, repeatable).
+    /// Only nodes whose tag KEY matches REGEX (KEY=REGEX, repeatable: all must match).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
     /// How long to wait for answers (e.g. 5s, 500ms).
@@ -120,20 +138,20 @@ pub struct NodeArgs {
     pub rpc: RpcArgs,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")
 }
 
-fn tag_filters(tags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(super) fn tag_filters(tags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     tags.iter()
         .map(|t| parse_tag(t).map_err(|e| anyhow::anyhow!("--tag: {e}")))
         .collect()
 }
 
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(super) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -182,9 +200,14 @@ pub fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn event(args: EventArgs) -> anyhow::Result<ExitCode> {
+    let name = match (args.command, args.name) {
+        (Some(EventCommand::Deploy(d)), _) => return super::fleet_deploy::event_deploy(d),
+        (None, Some(name)) => name,
+        (None, None) => anyhow::bail!("event: give a NAME (or `event deploy APP VERSION`)"),
+    };
     let client = args.rpc.client()?;
-    let r = runtime()?.block_on(client.event(&args.name, &args.payload))?;
-    println!("event {} sent (id {}, ltime {})", args.name, r.id, r.ltime);
+    let r = runtime()?.block_on(client.event(&name, &args.payload))?;
+    println!("event {name} sent (id {}, ltime {})", r.id, r.ltime);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -198,6 +221,9 @@ pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         tags: tag_filters(&args.tags)?,
         timeout_ms: Some(timeout.as_millis().try_into().unwrap_or(u64::MAX)),
     };
+    if req.name == STATUS_QUERY {
+        return super::fleet_deploy::query_status(&client, &req, args.format);
+    }
     let r = runtime()?.block_on(client.query(&req))?;
     match args.format {
         Format::Json => print_json(&r)?,

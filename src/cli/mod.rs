@@ -5,10 +5,15 @@
 
 mod agent;
 mod deploy;
+mod deploy_event;
 mod export;
 mod fleet;
+mod fleet_deploy;
+mod progress;
 mod run;
 pub mod signing;
+mod status;
+mod status_json;
 mod teardown;
 
 use std::path::PathBuf;
@@ -44,8 +49,10 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// List cluster members (from the local agent).
     Members(fleet::MembersArgs),
-    /// Send a user event to the whole cluster.
+    /// Send a user event to the whole cluster, or `event deploy APP VERSION`.
     Event(fleet::EventArgs),
+    /// Deploy the previous release of an app again (or --to VERSION): a signed deploy event.
+    Rollback(fleet_deploy::RollbackArgs),
     /// Ask (a filtered part of) the cluster and collect the answers.
     Query(fleet::QueryArgs),
     /// Cluster-wide key rotation: list, install, use, remove.
@@ -87,6 +94,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Members(args) => fleet::members(args),
         Command::Event(args) => fleet::event(args),
         Command::Query(args) => fleet::query(args),
+        Command::Rollback(args) => fleet_deploy::rollback(args),
         Command::Keys(args) => fleet::keys(args),
         Command::Keygen(args) => signing::keygen(args),
         Command::Leave(args) => fleet::leave(args),

@@ -22,7 +22,8 @@ pub struct KeygenArgs {
     pub output: Option<PathBuf>,
 }
 
-/// The signing key for `event deploy`: `--signing-key FILE` or `DROOT_FLEET_SIGNING_KEY`.
+/// The signing key for `event deploy`: `--signing-key FILE`, `DROOT_FLEET_SIGNING_KEY`, or
+/// `signing_key` in the `--config` file.
 #[derive(Debug, Args)]
 pub struct SigningKeyArg {
     /// Private deploy signing key file (from `keygen --signing`).
@@ -31,12 +32,20 @@ pub struct SigningKeyArg {
 }
 
 impl SigningKeyArg {
-    pub fn load(&self) -> anyhow::Result<SigningKey> {
-        let path = self.signing_key.as_deref().context(
-            "no signing key: pass --signing-key FILE or set DROOT_FLEET_SIGNING_KEY \
-             (make one with `droot-fleet keygen --signing -o deploy.key`)",
+    pub fn load(&self, config: Option<&Path>) -> anyhow::Result<SigningKey> {
+        if let Some(path) = &self.signing_key {
+            return read_key(path);
+        }
+        let from_config = match config {
+            Some(c) => crate::agent::config::load_file(c)?.signing_key,
+            None => None,
+        };
+        let path = from_config.context(
+            "no signing key: pass --signing-key FILE, set DROOT_FLEET_SIGNING_KEY, or set \
+             signing_key in the --config file (make one with `droot-fleet keygen --signing -o \
+             deploy.key`)",
         )?;
-        read_key(path)
+        read_key(&path)
     }
 }
 

@@ -9,7 +9,9 @@
 //! - A failed fetch or switch reports `failed` and activates nothing.
 //! - A failed start, a failed health check or a crash while checking rolls back: stop, switch
 //!   `current` back, start the previous release, report `rolled_back` with the error. Without
-//!   a previous release it reports `failed`.
+//!   a previous release it stops the jail, removes `current` (so no later start runs a
+//!   release that never passed) and reports `failed`; deploying that version again is then
+//!   a full activation, not a no-op.
 //! - One activation at a time; a request arriving meanwhile waits, and a newer one replaces
 //!   it (the latest desired version wins).
 
@@ -40,11 +42,23 @@ pub enum Input {
 /// What the executor must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    Fetch { version: String },
-    SwitchCurrent { version: String },
+    Fetch {
+        version: String,
+    },
+    SwitchCurrent {
+        version: String,
+    },
     StopJail,
-    StartJail { version: String },
-    CheckHealth { version: String },
+    StartJail {
+        version: String,
+    },
+    CheckHealth {
+        version: String,
+    },
+    /// Remove `current` if it still names `version` (the only release, which failed).
+    ClearCurrent {
+        version: String,
+    },
     Report(Outcome),
 }
 
@@ -121,6 +135,11 @@ impl Activation {
     /// Whether no activation is under way.
     pub fn is_idle(&self) -> bool {
         self.phase == Phase::Idle
+    }
+
+    /// The request being activated, if any.
+    pub fn active(&self) -> Option<&Request> {
+        self.active.as_ref()
     }
 
     /// Feeds one input; returns the effects to carry out, in order. Inputs that do not fit
@@ -225,13 +244,17 @@ impl Activation {
                 },
                 vec![Effect::StopJail],
             ),
-            None => (
-                Phase::Idle,
-                vec![
-                    Effect::StopJail,
-                    self.finish_failed(format!("{error}; no previous release to roll back to")),
-                ],
-            ),
+            None => {
+                let version = self.current.take().unwrap_or_default();
+                (
+                    Phase::Idle,
+                    vec![
+                        Effect::StopJail,
+                        Effect::ClearCurrent { version },
+                        self.finish_failed(format!("{error}; no previous release to roll back to")),
+                    ],
+                )
+            }
         }
     }
 
@@ -403,9 +426,15 @@ mod tests {
         m.step(Input::Started(Ok(())));
         let out = m.step(Input::HealthFailed(v("sick")));
         assert_eq!(out[0], Effect::StopJail);
+        assert_eq!(out[1], Effect::ClearCurrent { version: v("v1") });
         assert!(
-            matches!(&out[1], Effect::Report(Outcome::Failed { error, .. }) if error.contains("no previous"))
+            matches!(&out[2], Effect::Report(Outcome::Failed { error, .. }) if error.contains("no previous"))
         );
+        // Regression: the failed release stayed `current` to the machine, so deploying it
+        // again was an `ok` no-op with no health check.
+        assert_eq!(m.current(), None);
+        let out = m.step(Input::Deploy(req("v1", true)));
+        assert_eq!(out, [Effect::SwitchCurrent { version: v("v1") }]);
     }
 
     #[test]

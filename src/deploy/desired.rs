@@ -8,9 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use ed25519_dalek::VerifyingKey;
-
-use super::signed::{SignedEvent, VerifyError};
+use super::signed::{SignedEvent, Trust, VerifyError};
 
 /// Latest signed event per app name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,7 +33,7 @@ pub enum DesiredError {
 }
 
 fn newer(a: &SignedEvent, b: &SignedEvent) -> bool {
-    (a.event.issued_at, a.event.id) > (b.event.issued_at, b.event.id)
+    (a.event.issued_at_ms, a.event.id) > (b.event.issued_at_ms, b.event.id)
 }
 
 impl DesiredState {
@@ -77,15 +75,11 @@ impl DesiredState {
     }
 
     /// Merges a peer's (or the disk's) encoded state, verifying every entry again.
-    pub fn merge(
-        &mut self,
-        bytes: &[u8],
-        trusted: &[VerifyingKey],
-    ) -> Result<MergeReport, DesiredError> {
+    pub fn merge(&mut self, bytes: &[u8], trusted: &Trust) -> Result<MergeReport, DesiredError> {
         let list: Vec<Vec<u8>> = postcard::from_bytes(bytes)?;
         let mut report = MergeReport::default();
         for entry in list {
-            match SignedEvent::decode_verified(&entry, trusted) {
+            match SignedEvent::decode_trusted(&entry, trusted) {
                 Ok(signed) => {
                     let app = signed.event.app.clone();
                     if self.offer(signed) && !report.updated.contains(&app) {
@@ -104,7 +98,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     use super::*;
-    use crate::deploy::signed::{DeployEvent, Rollout, Targets};
+    use crate::deploy::signed::{DeployEvent, Rollout, Targets, Trust};
 
     fn signed(key: &SigningKey, app: &str, version: &str, at: u64, id: u8) -> SignedEvent {
         let ev = DeployEvent {
@@ -114,7 +108,7 @@ mod tests {
             sha256: None,
             targets: Targets::default(),
             rollout: Rollout::default(),
-            issued_at: at,
+            issued_at_ms: at,
             id: [id; 16],
         };
         SignedEvent::sign(ev, key).unwrap()
@@ -163,7 +157,7 @@ mod tests {
     #[test]
     fn merge_round_trips_is_idempotent_and_reverifies() {
         let key = SigningKey::from_bytes(&[1; 32]);
-        let trusted = [key.verifying_key()];
+        let trusted = Trust::Keys(vec![key.verifying_key()]);
         let mut a = DesiredState::new();
         for e in events(&key) {
             a.offer(e);

@@ -10,12 +10,13 @@
 
 pub mod activation;
 pub mod app;
+pub mod config;
+pub mod controller;
 pub mod desired;
+pub mod executor;
 pub mod fetch;
 pub mod health;
 pub mod rollout;
 pub mod signed;
+pub mod status;
 pub mod supervisor;
-pub mod supervisor_policy;
-pub mod supervisor_proc;
-pub mod supervisor_task;

@@ -10,18 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::signed::{MaxParallel, Rollout};
 
 /// A node's reported result for one deploy event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Outcome {
-    Ok,
-    Failed,
-    RolledBack,
-}
+pub use super::status::Result as Outcome;
 
 /// The answer to "may this node start deploying now?".
 #[derive(Debug, Clone, PartialEq, Eq)]

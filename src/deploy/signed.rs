@@ -18,12 +18,27 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::gossip::event::MAX_EVENT_SIZE;
+use crate::gossip::identity::MAX_NODE_NAME_LEN;
+use crate::gossip::limits::MAX_BROADCAST_ITEM;
 
 /// The user-event name deploy events travel under.
 pub const EVENT_NAME: &str = "_deploy";
 
 /// Largest encoded [`SignedEvent`]: what a gossip user event leaves after the name.
 pub const MAX_SIGNED_EVENT_LEN: usize = MAX_EVENT_SIZE - EVENT_NAME.len();
+
+/// What a `deploy.desired` slot (the same signed event, carried for nodes that were away)
+/// adds around the event at worst: the broadcast's tag, its kind, the app name as the key
+/// (2-byte length), a 10-byte version, the longest origin node name, the body's length.
+fn desired_slot_overhead(app: &str) -> usize {
+    1 + (1 + super::status::DESIRED_KIND.len()) + (2 + app.len()) + 10 + (1 + MAX_NODE_NAME_LEN) + 2
+}
+
+/// Largest encoded [`SignedEvent`] for `app`: it must fit both a gossip user event and the
+/// app's desired-state slot, or nodes that were away would never get it.
+pub fn max_signed_len(app: &str) -> usize {
+    MAX_SIGNED_EVENT_LEN.min(MAX_BROADCAST_ITEM.saturating_sub(desired_slot_overhead(app)))
+}
 
 /// Domain separation: a signature over a deploy event is never valid for anything else.
 const SIGNING_CONTEXT: &[u8] = b"droot-fleet deploy event v1\0";
@@ -83,8 +98,8 @@ pub struct DeployEvent {
     pub sha256: Option<[u8; 32]>,
     pub targets: Targets,
     pub rollout: Rollout,
-    /// Unix seconds when the operator issued it.
-    pub issued_at: u64,
+    /// Unix milliseconds when the operator issued it (orders events issued in one second).
+    pub issued_at_ms: u64,
     /// Unique per event: the replay-protection key.
     pub id: [u8; 16],
 }
@@ -120,8 +135,9 @@ struct Wire {
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
     #[error(
-        "the signed deploy event is {size} bytes, more than the {max} that fit in a gossip event; \
-         use a shorter URL, fewer --node/--tag patterns, or shorter names"
+        "the signed deploy event is {size} bytes, more than the {max} that fit in a gossip event \
+         and the app's desired-state slot; use a shorter URL, fewer --node/--tag patterns, or \
+         shorter names"
     )]
     TooLarge { size: usize, max: usize },
     #[error("cannot encode the deploy event: {0}")]
@@ -177,17 +193,18 @@ impl SignedEvent {
         Ok(signed)
     }
 
-    /// The wire form; at most [`MAX_SIGNED_EVENT_LEN`] bytes.
+    /// The wire form; at most [`max_signed_len`] bytes for its app.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let wire = Wire {
             body: self.body.clone(),
             signature: self.signature.to_vec(),
         };
         let bytes = postcard::to_allocvec(&wire)?;
-        if bytes.len() > MAX_SIGNED_EVENT_LEN {
+        let max = max_signed_len(&self.event.app);
+        if bytes.len() > max {
             return Err(EncodeError::TooLarge {
                 size: bytes.len(),
-                max: MAX_SIGNED_EVENT_LEN,
+                max,
             });
         }
         Ok(bytes)
@@ -195,6 +212,23 @@ impl SignedEvent {
 
     /// Decodes the wire form and checks the signature against `trusted` (nothing else).
     pub fn decode_verified(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Self, VerifyError> {
+        let signed = Self::decode_unverified(bytes)?;
+        if trusted.is_empty() {
+            return Err(VerifyError::NoTrustedKeys);
+        }
+        let sig = Signature::from_bytes(&signed.signature);
+        let msg = message(&signed.body);
+        if !trusted.iter().any(|k| k.verify(&msg, &sig).is_ok()) {
+            return Err(VerifyError::BadSignature {
+                id: signed.event.id_hex(),
+            });
+        }
+        Ok(signed)
+    }
+
+    /// Decodes the wire form WITHOUT checking the signature: only for `--dev` agents that
+    /// trust no key (see [`Trust`]).
+    pub fn decode_unverified(bytes: &[u8]) -> Result<Self, VerifyError> {
         if bytes.len() > MAX_SIGNED_EVENT_LEN {
             return Err(VerifyError::TooLarge {
                 size: bytes.len(),
@@ -211,25 +245,62 @@ impl SignedEvent {
         if !rest.is_empty() {
             return Err(VerifyError::Malformed("trailing bytes in the body".into()));
         }
+        // The limit `encode` applies: an event that fits a user event but not its app's
+        // desired-state slot would reach the live nodes and never those that were away.
+        let max = max_signed_len(&event.app);
+        if bytes.len() > max {
+            return Err(VerifyError::TooLarge {
+                size: bytes.len(),
+                max,
+            });
+        }
         let signature: [u8; 64] = wire
             .signature
             .as_slice()
             .try_into()
             .map_err(|_| VerifyError::Malformed("signature is not 64 bytes".into()))?;
-        if trusted.is_empty() {
-            return Err(VerifyError::NoTrustedKeys);
-        }
-        let sig = Signature::from_bytes(&signature);
-        let msg = message(&wire.body);
-        if !trusted.iter().any(|k| k.verify(&msg, &sig).is_ok()) {
-            return Err(VerifyError::BadSignature { id: event.id_hex() });
-        }
         Ok(SignedEvent {
             event,
             body: wire.body,
             signature,
         })
     }
+
+    /// Decodes and checks the signature as `trust` says.
+    pub fn decode_trusted(bytes: &[u8], trust: &Trust) -> Result<Self, VerifyError> {
+        match trust {
+            Trust::Keys(keys) => Self::decode_verified(bytes, keys),
+            Trust::DevUnverified => Self::decode_unverified(bytes),
+        }
+    }
+}
+
+/// Which deploy events a node acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Only those signed by one of these keys (none: every event is refused).
+    Keys(Vec<VerifyingKey>),
+    /// `--dev` with no trusted keys: any well-formed event, signature unchecked.
+    DevUnverified,
+}
+
+impl Trust {
+    /// The trust of an agent: its keys; with none, `--dev` accepts unverified events.
+    pub fn new(keys: Vec<VerifyingKey>, dev: bool) -> Self {
+        if keys.is_empty() && dev {
+            Trust::DevUnverified
+        } else {
+            Trust::Keys(keys)
+        }
+    }
+}
+
+/// The accepted ids of a [`SeenIds`], persisted so that a replay stays a replay across a
+/// restart of the agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenSnapshot {
+    pub ids: Vec<([u8; 16], u64)>,
+    pub floor: Option<u64>,
 }
 
 /// Remembers accepted event ids, bounded. When full, the oldest id is forgotten and its
@@ -254,16 +325,16 @@ impl SeenIds {
     }
 
     /// Whether an event with this id and issued-at would be a replay.
-    pub fn is_replay(&self, id: &[u8; 16], issued_at: u64) -> bool {
-        self.set.contains(id) || self.floor.is_some_and(|f| issued_at <= f)
+    pub fn is_replay(&self, id: &[u8; 16], issued_at_ms: u64) -> bool {
+        self.set.contains(id) || self.floor.is_some_and(|f| issued_at_ms <= f)
     }
 
     /// Records an accepted event.
-    pub fn insert(&mut self, id: [u8; 16], issued_at: u64) {
+    pub fn insert(&mut self, id: [u8; 16], issued_at_ms: u64) {
         if !self.set.insert(id) {
             return;
         }
-        self.order.push_back((id, issued_at));
+        self.order.push_back((id, issued_at_ms));
         while self.order.len() > self.cap {
             if let Some((old, at)) = self.order.pop_front() {
                 self.set.remove(&old);
@@ -276,6 +347,25 @@ impl SeenIds {
         self.set.len()
     }
 
+    /// What survives a restart: the ids in acceptance order and the floor.
+    pub fn snapshot(&self) -> SeenSnapshot {
+        SeenSnapshot {
+            ids: self.order.iter().copied().collect(),
+            floor: self.floor,
+        }
+    }
+
+    /// Takes back a [`SeenIds::snapshot`] (ids beyond the capacity raise the floor, as
+    /// when they were forgotten live).
+    pub fn restore(&mut self, snap: &SeenSnapshot) {
+        if let Some(f) = snap.floor {
+            self.floor = Some(self.floor.map_or(f, |have| have.max(f)));
+        }
+        for (id, at) in &snap.ids {
+            self.insert(*id, *at);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
     }
@@ -284,7 +374,7 @@ impl SeenIds {
 /// The receiving side's rules.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    pub trusted: Vec<VerifyingKey>,
+    pub trusted: Trust,
     /// Refuse events issued longer ago than this (seconds).
     pub max_age: u64,
     /// Refuse events issued further in the future than this (seconds).
@@ -306,28 +396,39 @@ impl Verifier {
         }
     }
 
+    /// The accepted ids, to persist.
+    pub fn seen(&self) -> SeenSnapshot {
+        self.seen.snapshot()
+    }
+
+    /// Takes back the ids accepted before a restart.
+    pub fn restore_seen(&mut self, snap: &SeenSnapshot) {
+        self.seen.restore(snap);
+    }
+
     /// Verifies `bytes` received at `now` (unix seconds) and records its id.
     pub fn accept(&mut self, bytes: &[u8], now: u64) -> Result<SignedEvent, VerifyError> {
-        let signed = SignedEvent::decode_verified(bytes, &self.policy.trusted)?;
+        let signed = SignedEvent::decode_trusted(bytes, &self.policy.trusted)?;
         let ev = &signed.event;
-        if now > ev.issued_at && now - ev.issued_at > self.policy.max_age {
+        let at = ev.issued_at_ms / 1000;
+        if now > at && now - at > self.policy.max_age {
             return Err(VerifyError::Stale {
                 id: ev.id_hex(),
-                age: now - ev.issued_at,
+                age: now - at,
                 max_age: self.policy.max_age,
             });
         }
-        if ev.issued_at > now && ev.issued_at - now > self.policy.max_skew {
+        if at > now && at - now > self.policy.max_skew {
             return Err(VerifyError::FromFuture {
                 id: ev.id_hex(),
-                ahead: ev.issued_at - now,
+                ahead: at - now,
                 skew: self.policy.max_skew,
             });
         }
-        if self.seen.is_replay(&ev.id, ev.issued_at) {
+        if self.seen.is_replay(&ev.id, ev.issued_at_ms) {
             return Err(VerifyError::Replayed { id: ev.id_hex() });
         }
-        self.seen.insert(ev.id, ev.issued_at);
+        self.seen.insert(ev.id, ev.issued_at_ms);
         Ok(signed)
     }
 }

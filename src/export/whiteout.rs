@@ -108,74 +108,105 @@ struct Slot {
     is_dir: bool,
 }
 
+/// Which entry holds each path so far: its layer, its index, whether it is a directory.
+type State = BTreeMap<Vec<u8>, Slot>;
+
 /// Decides, for every entry of every layer (bottom layer first), what pass 2 does with it.
 pub fn plan(layers: &[Vec<Record>]) -> Result<Vec<Vec<Action>>, DanglingLink> {
-    let mut state: BTreeMap<Vec<u8>, Slot> = BTreeMap::new();
+    let mut state = State::new();
     // Per layer: for each hardlink entry, the index of the non-link entry it resolves to.
     let mut link_sources: Vec<HashMap<usize, usize>> = Vec::with_capacity(layers.len());
-
     for (layer, records) in layers.iter().enumerate() {
         // Whiteouts first: they only ever apply to lower layers.
-        for rec in records {
-            if rec.kind == Kind::Ignore {
-                continue;
-            }
-            match marker(&rec.path) {
-                Marker::Whiteout(target) => remove_tree(&mut state, &target, true),
-                Marker::Opaque(dir) => remove_tree(&mut state, &dir, false),
-                Marker::Content | Marker::AufsMeta => {}
-            }
-        }
-        let mut seen: HashMap<&[u8], usize> = HashMap::new();
-        let mut sources = HashMap::new();
-        for (index, rec) in records.iter().enumerate() {
-            if rec.kind == Kind::Ignore || marker(&rec.path) != Marker::Content {
-                continue;
-            }
-            if let Kind::HardLink(target) = &rec.kind {
-                let target_index =
-                    seen.get(target.as_slice())
-                        .copied()
-                        .ok_or_else(|| DanglingLink {
-                            layer,
-                            path: rec.path.clone(),
-                            target: target.clone(),
-                        })?;
-                // Chains (link to a link) resolve to the file at the end of the chain.
-                let source = sources.get(&target_index).copied().unwrap_or(target_index);
-                sources.insert(index, source);
-            }
-            seen.insert(rec.path.as_slice(), index);
-            // A non-directory ancestor (file or symlink in the way) gives way to this entry,
-            // so the output never places entries below a symlink.
-            for (i, b) in rec.path.iter().enumerate() {
-                if *b == b'/'
-                    && state
-                        .get(&rec.path[..i])
-                        .is_some_and(|slot: &Slot| !slot.is_dir)
-                {
-                    state.remove(&rec.path[..i]);
-                }
-            }
-            let is_dir = rec.kind == Kind::Dir;
-            if let Some(old) = state.get(&rec.path)
-                && old.is_dir
-                && !is_dir
-            {
-                remove_tree(&mut state, &rec.path, false);
-            }
-            state.insert(
-                rec.path.clone(),
-                Slot {
-                    layer,
-                    index,
-                    is_dir,
-                },
-            );
-        }
-        link_sources.push(sources);
+        apply_whiteouts(&mut state, records);
+        link_sources.push(apply_content(&mut state, layer, records)?);
     }
+    Ok(actions(layers, &state, &link_sources))
+}
 
+/// The layer's whiteouts and opaque markers remove what lower layers put in `state`.
+fn apply_whiteouts(state: &mut State, records: &[Record]) {
+    for rec in records {
+        if rec.kind == Kind::Ignore {
+            continue;
+        }
+        match marker(&rec.path) {
+            Marker::Whiteout(target) => remove_tree(state, &target, true),
+            Marker::Opaque(dir) => remove_tree(state, &dir, false),
+            Marker::Content | Marker::AufsMeta => {}
+        }
+    }
+}
+
+/// The layer's content entries take their paths in `state`, in archive order. Returns,
+/// for each hardlink entry, the index of the non-link entry it resolves to.
+fn apply_content(
+    state: &mut State,
+    layer: usize,
+    records: &[Record],
+) -> Result<HashMap<usize, usize>, DanglingLink> {
+    let mut seen: HashMap<&[u8], usize> = HashMap::new();
+    let mut sources = HashMap::new();
+    for (index, rec) in records.iter().enumerate() {
+        if rec.kind == Kind::Ignore || marker(&rec.path) != Marker::Content {
+            continue;
+        }
+        if let Kind::HardLink(target) = &rec.kind {
+            let target_index =
+                seen.get(target.as_slice())
+                    .copied()
+                    .ok_or_else(|| DanglingLink {
+                        layer,
+                        path: rec.path.clone(),
+                        target: target.clone(),
+                    })?;
+            // Chains (link to a link) resolve to the file at the end of the chain.
+            let source = sources.get(&target_index).copied().unwrap_or(target_index);
+            sources.insert(index, source);
+        }
+        seen.insert(rec.path.as_slice(), index);
+        place(state, rec, layer, index);
+    }
+    Ok(sources)
+}
+
+/// Puts one content entry at its path, displacing what is in its way.
+fn place(state: &mut State, rec: &Record, layer: usize, index: usize) {
+    // A non-directory ancestor (file or symlink in the way) gives way to this entry,
+    // so the output never places entries below a symlink.
+    for (i, b) in rec.path.iter().enumerate() {
+        if *b == b'/'
+            && state
+                .get(&rec.path[..i])
+                .is_some_and(|slot: &Slot| !slot.is_dir)
+        {
+            state.remove(&rec.path[..i]);
+        }
+    }
+    let is_dir = rec.kind == Kind::Dir;
+    if let Some(old) = state.get(&rec.path)
+        && old.is_dir
+        && !is_dir
+    {
+        remove_tree(state, &rec.path, false);
+    }
+    state.insert(
+        rec.path.clone(),
+        Slot {
+            layer,
+            index,
+            is_dir,
+        },
+    );
+}
+
+/// What pass 2 does with each entry: the ones left in `state` are written (a hardlink
+/// whose target did not survive becomes a copy of it); all others are skipped.
+fn actions(
+    layers: &[Vec<Record>],
+    state: &State,
+    link_sources: &[HashMap<usize, usize>],
+) -> Vec<Vec<Action>> {
     let mut actions: Vec<Vec<Action>> = layers
         .iter()
         .map(|records| vec![Action::Skip; records.len()])
@@ -199,12 +230,12 @@ pub fn plan(layers: &[Vec<Record>]) -> Result<Vec<Vec<Action>>, DanglingLink> {
         };
         actions[slot.layer][slot.index] = action;
     }
-    Ok(actions)
+    actions
 }
 
 /// Removes everything strictly below `path`, and `path` itself when `itself`.
 /// The empty path is the root: everything is below it.
-fn remove_tree(state: &mut BTreeMap<Vec<u8>, Slot>, path: &[u8], itself: bool) {
+fn remove_tree(state: &mut State, path: &[u8], itself: bool) {
     if itself {
         state.remove(path);
     }

@@ -106,6 +106,8 @@ pub struct Stats {
     pub superseded: u64,
     /// Superseding items refused because every slot is taken.
     pub slots_full: u64,
+    /// Superseding items their kind's validator refused (e.g. a bad signature).
+    pub refused_superseding: u64,
     pub malformed: u64,
 }
 
@@ -178,6 +180,7 @@ pub struct GossipCore {
     now: Duration,
     outbox: VecDeque<Incoming>,
     stats: Stats,
+    validators: Validators,
 }
 
 impl GossipCore {
@@ -200,6 +203,7 @@ impl GossipCore {
             now,
             outbox: VecDeque::new(),
             stats: Stats::default(),
+            validators: Validators::default(),
         }
     }
 
@@ -282,8 +286,17 @@ impl GossipCore {
     pub fn prune_tags(&mut self, known: impl Fn(&str) -> bool) {
         // foca does not list this node itself: keep its own announcement.
         let me = &self.identity.name;
-        self.latest
-            .retain(|item| item.kind != TAGS_KIND || item.key == *me || known(&item.key));
+        let owned = &self.validators;
+        self.latest.retain(|item| {
+            let node = if item.kind == TAGS_KIND {
+                &item.key
+            } else if owned.is_node_owned(&item.kind) {
+                &item.origin
+            } else {
+                return true;
+            };
+            node == me || known(node)
+        });
         self.peer_versions.retain(|name, _| known(name));
         self.tag_book.retain(known);
     }
@@ -541,6 +554,7 @@ impl foca::BroadcastHandler<NodeId> for GossipHandler {
 
 #[path = "handler_supersede.rs"]
 mod supersede;
+pub use supersede::{Validator, Validators};
 
 #[cfg(test)]
 #[path = "handler_tests.rs"]

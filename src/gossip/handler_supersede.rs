@@ -3,6 +3,45 @@
 
 use super::*;
 
+/// Checks an item of one kind before it may enter [`Latest`] (e.g. the deploy pipeline's
+/// desired state must carry a valid signature): a refused item is neither kept, nor
+/// delivered, nor relayed, so a forged high version cannot block real ones.
+pub type Validator = std::sync::Arc<dyn Fn(&Superseding) -> bool + Send + Sync>;
+
+/// Validators by kind, and the kinds whose slots belong to their origin node.
+#[derive(Clone, Default)]
+pub struct Validators {
+    checks: BTreeMap<String, Validator>,
+    node_owned: std::collections::BTreeSet<String>,
+}
+
+impl std::fmt::Debug for Validators {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.checks.keys()).finish()
+    }
+}
+
+impl Validators {
+    /// Items of `kind` must pass `check`.
+    pub fn insert(&mut self, kind: &str, check: Validator) {
+        self.checks.insert(kind.to_owned(), check);
+    }
+
+    /// Slots of `kind` describe their origin node (its outcome, its app list): they are
+    /// forgotten with the node once foca reaps it, so they do not fill [`Latest`].
+    pub fn node_owned(&mut self, kind: &str) {
+        self.node_owned.insert(kind.to_owned());
+    }
+
+    fn allows(&self, item: &Superseding) -> bool {
+        self.checks.get(&item.kind).is_none_or(|check| check(item))
+    }
+
+    pub(super) fn is_node_owned(&self, kind: &str) -> bool {
+        self.node_owned.contains(kind)
+    }
+}
+
 impl GossipCore {
     /// Replaces this node's tags (e.g. on a config reload) and returns the bytes that
     /// announce them (`Foca::add_broadcast`). `version` must grow with every change
@@ -59,6 +98,20 @@ impl GossipCore {
         }
     }
 
+    /// Items of each kind in `validators` must pass its check from now on.
+    pub fn set_validators(&mut self, validators: Validators) {
+        self.validators = validators;
+    }
+
+    /// The newest items held of one kind.
+    pub fn superseding_items(&self, kind: &str) -> Vec<Superseding> {
+        self.latest
+            .items()
+            .filter(|i| i.kind == kind)
+            .cloned()
+            .collect()
+    }
+
     /// The newest item held for a slot.
     pub fn superseding_item(&self, kind: &str, key: &str) -> Option<&Superseding> {
         self.latest.get(kind, key)
@@ -86,6 +139,10 @@ impl GossipCore {
         {
             self.tags_version = item.version;
             self.reannounce = true;
+            return false;
+        }
+        if !self.validators.allows(item) {
+            self.stats.refused_superseding += 1;
             return false;
         }
         match self.latest.offer(item) {

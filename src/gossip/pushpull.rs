@@ -251,11 +251,6 @@ impl TagBook {
         self.by_name.get(name).map(|(_, t)| t)
     }
 
-    /// Forgets a node (e.g. after foca removed it).
-    pub fn forget(&mut self, name: &str) {
-        self.by_name.remove(name);
-    }
-
     /// Forgets every node for which `keep` is false (members foca no longer knows).
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.by_name.retain(|name, _| keep(name));
@@ -581,13 +576,12 @@ mod tests {
         let paired: Vec<_> = book.with_tags(vec![node("a", 3), node("b", 0)]).collect();
         assert_eq!(paired[0].1, Some(db));
         assert!(paired[1].1.is_none());
-        book.forget("a");
-        assert_eq!(book.tags_of("a"), None);
         // Nodes foca no longer knows are pruned (issue 10: the book only grew).
         book.learn("b", 0, &web);
         book.learn("c", 0, &web);
         book.retain(|n| n == "c");
         assert_eq!(book.len(), 1);
+        assert_eq!(book.tags_of("a"), None);
         assert!(book.tags_of("c").is_some());
     }
 }

@@ -120,14 +120,21 @@ impl FilterSet {
         Ok(set)
     }
 
-    /// Whether a node with this name passes the name filters, and tags decide the rest.
-    pub fn depends_on_tags(&self, name: &str) -> bool {
-        !self.tags.is_empty() && self.names.iter().all(|re| re.is_match(name))
+    /// Whether the name matches any name filter (as Serf's repeated `-node`), or there is
+    /// none.
+    fn name_matches(&self, name: &str) -> bool {
+        self.names.is_empty() || self.names.iter().any(|re| re.is_match(name))
     }
 
-    /// Whether a node with this name and tags passes every filter.
+    /// Whether a node with this name passes the name filters, and tags decide the rest.
+    pub fn depends_on_tags(&self, name: &str) -> bool {
+        !self.tags.is_empty() && self.name_matches(name)
+    }
+
+    /// Whether a node passes: its name matches any name filter (or there is none) and its
+    /// tags match every tag filter.
     pub fn matches(&self, name: &str, tags: &Tags) -> bool {
-        self.names.iter().all(|re| re.is_match(name))
+        self.name_matches(name)
             && self
                 .tags
                 .iter()
@@ -148,7 +155,8 @@ pub struct Query {
     pub name: String,
     /// Opaque payload.
     pub payload: Vec<u8>,
-    /// Who should answer (all must match; empty = everyone).
+    /// Who should answer: any name filter and every tag filter must match (empty =
+    /// everyone).
     pub filters: Vec<Filter>,
     /// How long the origin waits, in milliseconds.
     pub timeout_ms: u32,
@@ -401,6 +409,27 @@ mod tests {
         assert!(!f.matches("web1", &tags(&[("role", "db")])));
         assert!(!f.matches("web1", &Tags::new()), "missing tag fails");
         assert!(FilterSet::new(&[]).unwrap().matches("x", &Tags::new()));
+    }
+
+    /// As Serf's repeated `-node`: `--node n1 --node n2` asks both, not neither.
+    #[test]
+    fn any_name_filter_and_every_tag_filter() {
+        let tag = |k: &str, v: &str| Filter::Tag {
+            key: k.into(),
+            value: v.into(),
+        };
+        let f = FilterSet::new(&[
+            Filter::NodeName("n1".into()),
+            Filter::NodeName("n2".into()),
+            tag("role", "web"),
+            tag("dc", "eu"),
+        ])
+        .unwrap();
+        let both = tags(&[("role", "web"), ("dc", "eu")]);
+        assert!(f.matches("n1", &both) && f.matches("n2", &both));
+        assert!(!f.matches("n3", &both));
+        assert!(!f.matches("n1", &tags(&[("role", "web")])), "every tag");
+        assert!(f.depends_on_tags("n2") && !f.depends_on_tags("n3"));
     }
 
     #[test]

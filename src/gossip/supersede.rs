@@ -22,8 +22,10 @@ use std::hash::{BuildHasher, RandomState};
 
 use serde::{Deserialize, Serialize};
 
-/// Most `(kind, key)` slots a node keeps.
-pub const MAX_SLOTS: usize = 4096;
+/// Most `(kind, key)` slots a node keeps. A node of the deploy pipeline holds three
+/// (its tags, its app list, its outcome per app) plus one desired state per app: about
+/// 5,000 nodes with one app each, at most ~18 MiB (an item is at most one broadcast).
+pub const MAX_SLOTS: usize = 16_384;
 /// Longest `kind` or `key`, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 /// How many unknown broadcast items are remembered for dedupe.

@@ -294,3 +294,56 @@ fn pruning_keeps_the_own_announcement() {
     assert!(c.superseding_item(TAGS_KIND, "gone").is_none());
     assert!(c.tag_book().tags_of("gone").is_none());
 }
+
+/// A validator refuses forged items before they are kept or relayed; node-owned slots go
+/// with their node, other kinds stay.
+#[test]
+fn validators_refuse_and_node_owned_slots_are_pruned_with_their_node() {
+    let core = SharedCore::new(GossipCore::new(
+        node_id(0),
+        Tags::new(),
+        CoreConfig::default(),
+        EPOCH,
+    ));
+    let mut v = crate::gossip::handler::Validators::default();
+    v.insert(
+        "signed",
+        std::sync::Arc::new(|i: &Superseding| i.body == b"good"),
+    );
+    v.node_owned("owned");
+    core.lock().set_validators(v);
+    let item = |kind: &str, key: &str, origin: &str, body: &[u8]| {
+        crate::gossip::message::encode_broadcast(&crate::gossip::message::Broadcast::Superseding(
+            Superseding {
+                kind: kind.into(),
+                key: key.into(),
+                version: 1,
+                origin: origin.into(),
+                body: body.to_vec(),
+            },
+        ))
+        .unwrap()
+    };
+    let mut h = core.handler();
+    // Refused: not kept, and no broadcast key (not relayed).
+    assert_eq!(
+        h.receive_item(&item("signed", "web", "x", b"evil"), None)
+            .unwrap(),
+        None
+    );
+    assert!(
+        h.receive_item(&item("signed", "web", "x", b"good"), None)
+            .unwrap()
+            .is_some()
+    );
+    h.receive_item(&item("owned", "web@gone", "gone", b""), None)
+        .unwrap();
+    h.receive_item(&item("owned", "web@alive", "alive", b""), None)
+        .unwrap();
+    assert_eq!(core.lock().stats().refused_superseding, 1);
+    core.lock().prune_tags(|n| n == "alive");
+    let c = core.lock();
+    assert_eq!(c.superseding_item("signed", "web").unwrap().body, b"good");
+    assert!(c.superseding_item("owned", "web@gone").is_none());
+    assert!(c.superseding_item("owned", "web@alive").is_some());
+}

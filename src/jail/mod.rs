@@ -33,7 +33,7 @@
 //!   parent over a close-on-exec pipe as a typed [`JailError`], so the caller sees one error.
 //!
 //! # Layout
-//! [`spec`] (pure flag parsing into a [`JailSpec`]), [`user`] (passwd/group), [`env`]
+//! [`spec`] (pure flag parsing into a [`JailSpec`]), [`user`] (passwd/group), [`env`](mod@env)
 //! (environment and `PATH`), [`paths`] (symlink-safe walk), [`etc_copy`] (`--cp`), [`mounts`]
 //! (namespace, proc, sys, binds), [`procfs`] (read-only and masked kernel paths), [`devices`]
 //! (`/dev`), [`caps`], [`seccomp`], [`tty`] (session, pty relay), [`process`] (fork, init,

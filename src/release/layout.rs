@@ -22,7 +22,6 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 /// The tool's reserved directory name at the top of an application root.
 pub const TOOL_DIR: &str = ".droot-fleet";
@@ -139,46 +138,36 @@ pub fn validate_version(v: &str) -> Result<(), InvalidVersion> {
     }
 }
 
-/// Formats seconds since the epoch as `YYYYMMDDHHMMSS` in UTC.
+/// The last second [`humantime`] formats: 9999-12-31 23:59:59 UTC.
+const LAST_FORMATTED_SECS: u64 = 253_402_300_799;
+
+/// Seconds since the epoch as RFC 3339 in UTC (`2026-12-04T21:55:32Z`); `None` after
+/// year 9999, which [`humantime`] does not format.
+fn rfc3339(secs: u64) -> Option<String> {
+    if secs > LAST_FORMATTED_SECS {
+        return None;
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    Some(humantime::format_rfc3339_seconds(t).to_string())
+}
+
+/// Formats seconds since the epoch as `YYYYMMDDHHMMSS` in UTC (after year 9999: the
+/// seconds themselves).
 pub fn timestamp_version(secs: u64) -> String {
-    let (y, mo, d, h, mi, s) = civil_from_unix(secs);
-    format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}")
+    match rfc3339(secs) {
+        Some(t) => t.chars().filter(char::is_ascii_digit).collect(),
+        None => secs.to_string(),
+    }
 }
 
-/// Formats seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+/// Formats seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC` (after year 9999:
+/// `unix time SECS`).
 pub fn display_time(secs: u64) -> String {
-    let (y, mo, d, h, mi, s) = civil_from_unix(secs);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
-}
-
-/// Seconds since the epoch, now.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Gregorian date from a Unix time (Howard Hinnant's days-from-civil, inverted).
-fn civil_from_unix(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
+    match rfc3339(secs) {
+        // `2026-12-04T21:55:32Z`: the date, then the time.
+        Some(t) => format!("{} {} UTC", &t[..10], &t[11..19]),
+        None => format!("unix time {secs}"),
+    }
 }
 
 /// An exclusive flock(2) on the root's lock file, released on drop.
@@ -243,10 +232,20 @@ mod tests {
 
     #[test]
     fn timestamps_are_utc_civil_time() {
-        assert_eq!(timestamp_version(0), "19700101000000");
-        // 2026-11-29 08:15:00 UTC
-        assert_eq!(timestamp_version(1_795_940_100), "20261129081500");
-        // Leap day.
-        assert_eq!(display_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        for (secs, version, shown) in [
+            (0, "19700101000000", "1970-01-01 00:00:00 UTC"),
+            (1_795_940_100, "20261129081500", "2026-11-29 08:15:00 UTC"),
+            // Leap days, the second before one, and 2100 (not a leap year).
+            (951_782_400, "20000229000000", "2000-02-29 00:00:00 UTC"),
+            (1_709_164_799, "20240228235959", "2024-02-28 23:59:59 UTC"),
+            (4_107_542_400, "21000301000000", "2100-03-01 00:00:00 UTC"),
+            (253_402_300_799, "99991231235959", "9999-12-31 23:59:59 UTC"),
+        ] {
+            assert_eq!(timestamp_version(secs), version, "{secs}");
+            assert_eq!(display_time(secs), shown, "{secs}");
+        }
+        // Past what humantime formats (a corrupt history file): no panic.
+        assert_eq!(display_time(u64::MAX), format!("unix time {}", u64::MAX));
+        assert_eq!(timestamp_version(253_402_300_800), "253402300800");
     }
 }

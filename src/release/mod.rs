@@ -3,7 +3,8 @@
 //! Symlink mode (the default) follows Capistrano: each deploy unpacks into a fresh 0700
 //! staging directory on the same filesystem, is made durable with `syncfs`, then renamed
 //! into `releases/<version>`; `current` is switched with rename(2) (see [`switch`]).
-//! Guarantees: `current` always resolves; a refused or failed deploy leaves `current`
+//! Guarantees: `current` always resolves (the one exception, [`clear_current`], is the fleet
+//! pipeline's after the only release failed its health check); a refused or failed deploy leaves `current`
 //! untouched and no partial release behind; pruning never removes the current release or
 //! the one before it and never follows a symlink out of the root.
 //!
@@ -20,7 +21,9 @@ use std::io;
 use std::path::PathBuf;
 
 pub use layout::{InvalidVersion, Layout};
-pub use symlink_mode::{Deployed, ReleaseInfo, deploy, deploy_verified, list, prune, rollback};
+pub use symlink_mode::{
+    Deployed, ReleaseInfo, clear_current, deploy, deploy_verified, list, prune, rollback,
+};
 
 use crate::artifact::UnpackError;
 use crate::teardown::TeardownError;

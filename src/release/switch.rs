@@ -2,7 +2,9 @@
 //!
 //! `current` always resolves: a new link is made under a temporary name and rename(2)d over
 //! the old one, which the kernel performs atomically, then the directory is fsynced so the
-//! switch survives a crash. There is never a moment with no `current`.
+//! switch survives a crash. There is never a moment with no `current`, with one deliberate
+//! exception: the deploy pipeline removes it when the only release never passed its health
+//! check ([`super::clear_current`]), so that nothing unverified is started.
 
 use std::io;
 use std::path::{Component, Path, PathBuf};

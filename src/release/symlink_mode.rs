@@ -112,7 +112,22 @@ pub fn deploy_verified<R: Read + Send + 'static>(
         .map_err(ReleaseError::io("cannot create", &layout.root))?;
     let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
     clear_staging(layout)?;
-    let now = layout::now_secs();
+    let now = crate::wall::secs();
+    let version = release_name(layout, version, now)?;
+    let stats = stage_and_publish(layout, input, &version, opts, verify)?;
+    let previous = switch_to_new(layout, &version, now)?;
+    let pruned = prune_locked(layout, keep)?;
+    Ok(Deployed {
+        version,
+        previous,
+        stats,
+        pruned,
+    })
+}
+
+/// The new release's name: `version`, or the UTC time of `now` (with a `.N` suffix when
+/// taken). Refused if a release of that name exists.
+fn release_name(layout: &Layout, version: Option<&str>, now: u64) -> Result<String, ReleaseError> {
     let version = match version {
         Some(v) => v.to_string(),
         None => {
@@ -133,8 +148,19 @@ pub fn deploy_verified<R: Read + Send + 'static>(
     if std::fs::symlink_metadata(layout.release(&version)).is_ok() {
         return Err(ReleaseError::Exists(version));
     }
+    Ok(version)
+}
 
-    let staging = layout.staging_dir().join(&version);
+/// Unpacks into a private (0700) staging dir, runs `verify`, then renames it into
+/// `releases/`. On any failure the staging dir is removed and nothing is published.
+fn stage_and_publish<R: Read + Send + 'static>(
+    layout: &Layout,
+    input: R,
+    version: &str,
+    opts: &UnpackOptions,
+    verify: impl FnOnce(&UnpackStats) -> Result<(), VerifyFailed>,
+) -> Result<UnpackStats, ReleaseError> {
+    let staging = layout.staging_dir().join(version);
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&staging)
@@ -152,36 +178,41 @@ pub fn deploy_verified<R: Read + Send + 'static>(
         remove_entry(&staging)?;
         return Err(ReleaseError::Verify(e));
     }
-    let publish = || -> Result<(), ReleaseError> {
-        // The staging dir was 0700 so nobody could see a half-written tree; the release
-        // gets the archive root entry's mode, or 0755 when it had none.
-        let mode = stats.root_mode.unwrap_or(0o755);
-        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
-            .map_err(ReleaseError::io("cannot chmod", &staging))?;
-        std::fs::rename(&staging, layout.release(&version))
-            .map_err(ReleaseError::io("cannot publish", layout.release(&version)))?;
-        fsync_dir(&layout.releases()).map_err(ReleaseError::io("cannot fsync", layout.releases()))
-    };
-    if let Err(e) = publish() {
+    if let Err(e) = publish(layout, &staging, version, stats.root_mode) {
         remove_entry(&staging)?;
         return Err(e);
     }
+    Ok(stats)
+}
 
+/// Gives the staged release its final mode and renames it into `releases/`, durably.
+fn publish(
+    layout: &Layout,
+    staging: &std::path::Path,
+    version: &str,
+    root_mode: Option<u32>,
+) -> Result<(), ReleaseError> {
+    // The staging dir was 0700 so nobody could see a half-written tree; the release
+    // gets the archive root entry's mode, or 0755 when it had none.
+    let mode = root_mode.unwrap_or(0o755);
+    std::fs::set_permissions(staging, std::fs::Permissions::from_mode(mode))
+        .map_err(ReleaseError::io("cannot chmod", staging))?;
+    std::fs::rename(staging, layout.release(version))
+        .map_err(ReleaseError::io("cannot publish", layout.release(version)))?;
+    fsync_dir(&layout.releases()).map_err(ReleaseError::io("cannot fsync", layout.releases()))
+}
+
+/// Records the published `version` in the history (deployed at `now`), then switches
+/// `current` to it. Returns the release that was current before.
+fn switch_to_new(layout: &Layout, version: &str, now: u64) -> Result<Option<String>, ReleaseError> {
     let previous = current(layout)?;
     let mut history = load_history(layout)?;
-    history.push(&version, now);
+    history.push(version, now);
     history.record_switch(previous.as_deref());
     save_history(layout, &history)?;
-    switch_current(layout, &version)
-        .map_err(ReleaseError::io("cannot switch", layout.current()))?;
+    switch_current(layout, version).map_err(ReleaseError::io("cannot switch", layout.current()))?;
     tracing::info!(release = %version, previous = ?previous, "current switched");
-    let pruned = prune_locked(layout, keep)?;
-    Ok(Deployed {
-        version,
-        previous,
-        stats,
-        pruned,
-    })
+    Ok(previous)
 }
 
 /// Switches `current` back to `target`, or to the release deployed before the current one.
@@ -223,6 +254,25 @@ pub fn rollback(
     switch_current(layout, &to).map_err(ReleaseError::io("cannot switch", layout.current()))?;
     tracing::info!(from = ?from, to = %to, "rolled back");
     Ok((from, to))
+}
+
+/// Removes `current` when it names `version`; returns whether it did. For the deploy
+/// pipeline only, when the one release there is never passed its health check: a root
+/// with no `current` starts nothing, where a `current` would be started by the next agent.
+pub fn clear_current(layout: &Layout, version: &str) -> Result<bool, ReleaseError> {
+    validate_version(version)?;
+    if !layout.root.exists() {
+        return Ok(false);
+    }
+    let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    if current(layout)?.as_deref() != Some(version) {
+        return Ok(false);
+    }
+    std::fs::remove_file(layout.current())
+        .map_err(ReleaseError::io("cannot remove", layout.current()))?;
+    fsync_dir(&layout.root).map_err(ReleaseError::io("cannot sync", &layout.root))?;
+    tracing::info!(release = %version, "current removed: no release passed its health check");
+    Ok(true)
 }
 
 /// Releases in deploy order, oldest first, marking the current one.

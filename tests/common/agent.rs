@@ -161,6 +161,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn spawn(&mut self) {
+        self.spawn_env(&[]);
+    }
+
+    /// [`Agent::spawn`] with `env` added to the agent's environment.
+    pub fn spawn_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -168,6 +173,7 @@ impl Agent {
             .unwrap();
         let mut cmd = Command::new(bin());
         cmd.env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .arg("agent")
             .arg("--config")
             .arg(&self.config)
@@ -184,10 +190,13 @@ impl Agent {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        // The agent dies with the test process even when that is SIGKILLed and no guard
+        // drops. SAFETY: die_with_parent only calls prctl.
+        unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, die_with_parent) };
         self.child = Some(cmd.spawn().expect("start agent"));
         let sock = self.sock();
         wait_for(
-            Duration::from_secs(10),
+            Duration::from_secs(20),
             "the agent's control socket",
             || std::os::unix::net::UnixStream::connect(&sock).ok(),
         );
@@ -306,5 +315,14 @@ impl Drop for Agent {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
         }
         self.kill9();
+    }
+}
+
+/// For `pre_exec`: the child gets SIGKILL when the thread that spawned it ends.
+pub fn die_with_parent() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only; async-signal-safe.
+    match unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }

@@ -3,7 +3,7 @@
 //! [`Garage::start`] runs `garage server` on free loopback ports in a temp dir, lays out
 //! the node, and creates a bucket and a key with read/write on it. The server runs in its
 //! own process group, killed on drop, so every exit path of a test (including a panic)
-//! stops it. Fails with the reason when `garage` is not installed.
+//! stops it, and it dies with the test process when that is killed (parent-death signal). Fails with the reason when `garage` is not installed.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -83,15 +83,26 @@ impl Garage {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let child = Command::new(&bin)
-            .arg("-c")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-c")
             .arg(&config)
             .arg("server")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            .process_group(0)
+            .process_group(0);
+        // Killed with the test process too, even when that is SIGKILLed and no Drop runs.
+        // SAFETY: prctl with integer arguments only; async-signal-safe.
+        unsafe {
+            cmd.pre_exec(
+                || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                },
+            )
+        };
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let mut g = Garage {
@@ -184,6 +195,94 @@ impl Garage {
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
         ]
     }
+}
+
+/// Objects in the bucket, through the SDK with the test key.
+impl Garage {
+    /// The credentials a client takes from the standard AWS chain.
+    pub fn credentials(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        env.retain(|(k, _)| {
+            k.starts_with("AWS_ACCESS") || k.starts_with("AWS_SECRET") || k.contains("METADATA")
+        });
+        env
+    }
+
+    /// Puts [`Garage::credentials`] into this process's environment, for code under test
+    /// that reads the standard AWS chain.
+    pub fn export_credentials(&self) {
+        for (k, v) in self.credentials() {
+            // SAFETY: only std (which locks the environment) reads it in the test binaries;
+            // other tests in the binary inherit credentials they do not use.
+            unsafe { std::env::set_var(k, v) };
+        }
+    }
+
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let creds =
+            aws_sdk_s3::config::Credentials::new(&self.key_id, &self.secret, None, None, "test");
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .credentials_provider(creds)
+            .endpoint_url(&self.endpoint)
+            .region(aws_sdk_s3::config::Region::new("garage"))
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// Uploads `bytes` as `key`, retrying while the fresh layout settles.
+    pub async fn put_async(&self, key: &str, bytes: Vec<u8>) {
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = aws_sdk_s3::primitives::ByteStream::from(bytes.clone());
+            let put = client.put_object().bucket(&self.bucket).key(key).body(body);
+            match put.send().await {
+                Ok(_) => return,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => panic!(
+                    "cannot upload {key}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ),
+            }
+        }
+    }
+
+    /// [`Garage::put_async`] outside a runtime.
+    pub fn put(&self, key: &str, bytes: Vec<u8>) {
+        rt().block_on(self.put_async(key, bytes))
+    }
+
+    /// Deletes `key` and checks that a GET of it now fails.
+    pub fn delete(&self, key: &str) {
+        let client = self.client();
+        rt().block_on(async {
+            client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("delete {key}: {e}"));
+            let r = client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await;
+            assert!(r.is_err(), "{key} is still in the bucket");
+        })
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 impl Drop for Garage {

@@ -86,6 +86,132 @@ pub fn busybox_rootfs(dir: &Path) {
     .unwrap();
 }
 
+/// Writes the release artifact `out` (tar.gz) and returns its bytes: a busybox rootfs built
+/// in `src` (removed after) with `/www/version` holding `version`, `/www/health` (`ok`) when
+/// `health`, and `/start.sh` = `start` (e.g. `exec httpd -f -p ADDR -h /www`).
+pub fn httpd_artifact(src: &Path, out: &Path, version: &str, health: bool, start: &str) -> Vec<u8> {
+    busybox_rootfs(src);
+    std::fs::create_dir_all(src.join("www")).unwrap();
+    std::fs::write(src.join("www/version"), version).unwrap();
+    if health {
+        std::fs::write(src.join("www/health"), "ok\n").unwrap();
+    }
+    std::fs::write(src.join("start.sh"), start).unwrap();
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(src)
+        .arg("-czf")
+        .arg(out)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(st.success(), "tar failed");
+    std::fs::remove_dir_all(src).unwrap();
+    std::fs::read(out).unwrap()
+}
+
+/// A GET of `http://ADDR/PATH` over std: the body when the answer is 200.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
+}
+
+/// GETs `path` from `addr` every 20 ms on a thread, counting answers (200) and failures,
+/// until [`Poller::stop`]: proof that an app served throughout a handover.
+pub struct Poller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Poller {
+    pub fn start(addr: &str, path: &str) -> Poller {
+        use std::sync::atomic::Ordering::SeqCst;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (s, o, fl) = (stop.clone(), ok.clone(), failed.clone());
+        let (addr, path) = (addr.to_owned(), path.to_owned());
+        let thread = std::thread::spawn(move || {
+            while !s.load(SeqCst) {
+                let c = if http_get(&addr, &path).is_some() {
+                    &o
+                } else {
+                    &fl
+                };
+                c.fetch_add(1, SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        Poller {
+            stop,
+            ok,
+            failed,
+            thread,
+        }
+    }
+
+    /// Answers so far.
+    pub fn ok(&self) -> u32 {
+        self.ok.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (up to 10 s) for `n` more answers than `ok()` gave before.
+    pub fn wait_more(&self, n: u32) {
+        let want = self.ok() + n;
+        let t = std::time::Instant::now();
+        while self.ok() < want {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "the app stopped answering ({} failed requests)",
+                self.failed.load(std::sync::atomic::Ordering::SeqCst)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stops polling: (answers, failures).
+    pub fn stop(self) -> (u32, u32) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.stop.store(true, SeqCst);
+        self.thread.join().unwrap();
+        (self.ok.load(SeqCst), self.failed.load(SeqCst))
+    }
+}
+
+/// Live processes whose command line satisfies `f`.
+pub fn pids_matching(f: impl Fn(&[String]) -> bool) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if f(&args) && alive(pid as i64) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
 /// Writes a tar (uncompressed) of `dir` to `out` with the system tar.
 pub fn tar_dir(dir: &Path, out: &Path) {
     let st = Command::new("tar")

@@ -310,6 +310,20 @@ impl NsAgent {
             .expect("run droot-fleet cli")
     }
 
+    /// How many push/pull states this agent has merged (`/v1/info` counters).
+    pub fn push_pulls(&self) -> u64 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = droot_fleet::api::client::Client::new(
+            droot_fleet::wire::RpcAddr::Unix(self.sock()),
+            None,
+        );
+        let info = rt.block_on(client.info()).expect("info");
+        info.counters.get("push_pulls_merged").copied().unwrap_or(0)
+    }
+
     /// `members --format json` as (name, status) pairs.
     pub fn members(&self) -> Result<Vec<(String, String)>, String> {
         let out = self.cli(&["members", "--format", "json"]);

@@ -3,21 +3,6 @@
 use super::*;
 
 #[test]
-fn durations() {
-    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-    assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-    assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-    assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-    assert!(parse_duration("1x").is_err());
-    assert!(parse_duration("s").is_err());
-    assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
-    // Regression (issue 10): the hand-written parser overflowed (a panic in debug
-    // builds, a wrapped value in release).
-    assert!(parse_duration("9999999999999999h").is_err());
-    assert!(parse_duration("99999999999999999999").is_err());
-}
-
-#[test]
 fn flags_override_file_and_errors_name_fields() {
     let file: FileConfig = toml::from_str(
         r#"
@@ -158,4 +143,23 @@ fn oversized_tags_and_consumer_commands_are_refused() {
         err.contains("handler[0].command") && err.contains('@'),
         "{err}"
     );
+}
+
+/// The agent carries the deploy pipeline's keys as written and never reads them (the
+/// CLI parses them): even ones the deploy config would refuse pass here unchanged.
+#[test]
+fn deploy_tables_are_carried_untouched() {
+    let text = "trusted_signing_keys = [\"k\"]\n[deploy]\nmax_age = \"soon\"\n\
+                [apps.web]\nroot = \"/x\"\n";
+    let file: FileConfig = toml::from_str(text).unwrap();
+    let flags = Overrides {
+        dev: true,
+        data_dir: Some("/tmp/x".into()),
+        ..Default::default()
+    };
+    let s = Settings::merge(file, &flags).unwrap();
+    let raw: toml::Table = toml::from_str(text).unwrap();
+    assert_eq!(s.deploy.trusted_signing_keys, ["k"]);
+    assert_eq!(s.deploy.deploy.as_ref(), raw.get("deploy"));
+    assert_eq!(s.deploy.apps.as_ref(), raw.get("apps"));
 }

@@ -212,13 +212,14 @@ impl<R: Read> Archive<R> {
         }
     }
 
+    /// The entry of header `h`, with the extension data before it applied.
     fn finish_entry(&mut self, h: Header, pending: Pending) -> Result<Entry, TarError> {
         let globals = Arc::clone(&self.globals);
         let pax = Pax {
             local: &pending.pax,
             global: &globals,
         };
-        let mut path = pax
+        let path = pax
             .get("path")
             .map(<[u8]>::to_vec)
             .or(pending.long_name)
@@ -229,12 +230,7 @@ impl<R: Read> Archive<R> {
             .map(<[u8]>::to_vec)
             .or(pending.long_link)
             .unwrap_or_else(|| h.linkname.clone());
-        let number = |key: &'static str| -> Result<Option<u64>, TarError> {
-            pax.get(key)
-                .map(|v| ext::decimal(v).ok_or_else(|| bad_record(&entry, key)))
-                .transpose()
-        };
-        let area = number("size")?.unwrap_or(h.size);
+        let area = pax_number(&pax, &entry, "size")?.unwrap_or(h.size);
         if area != h.size {
             self.start_area(area, &path)?;
         }
@@ -248,59 +244,25 @@ impl<R: Read> Archive<R> {
                 feature: "a star sparse file".into(),
             });
         }
-        let mtime = match pax.get("mtime") {
-            Some(v) => ext::seconds(v).ok_or_else(|| bad_record(&entry, "mtime"))?,
-            None => h.mtime,
-        };
-        let dev = |key, default: u32| -> Result<u32, TarError> {
-            number(key)?.map_or(Ok(default), |n| {
-                u32::try_from(n).map_err(|_| bad_record(&entry, key))
-            })
-        };
         let mut e = Entry {
-            link: if matches!(kind, Kind::Symlink | Kind::HardLink) {
-                link
-            } else {
-                Vec::new()
-            },
-            kind,
-            mode: h.mode,
-            uid: number("uid")?.unwrap_or(h.uid),
-            gid: number("gid")?.unwrap_or(h.gid),
-            mtime,
-            uname: pax
-                .get("uname")
-                .map_or_else(|| h.uname.clone(), <[u8]>::to_vec),
-            gname: pax
-                .get("gname")
-                .map_or_else(|| h.gname.clone(), <[u8]>::to_vec),
-            dev_major: dev("SCHILY.devmajor", h.dev_major)?,
-            dev_minor: dev("SCHILY.devminor", h.dev_minor)?,
-            size: 0,
+            path,
             stored: area,
-            sparse: None,
             xattrs: xattrs(&pending.pax),
             ext_bytes: pending.bytes,
-            data_offset: 0,
-            format: h.format,
-            path: Vec::new(),
+            ..metadata(&h, &pax, &entry, kind, link)?
         };
         if kind == Kind::File {
-            if let Some(SparseInfo { map, real, name }) =
-                self.sparse_map(&h, &pending.pax, &entry, &mut e)?
-            {
-                e.size = real;
-                e.sparse = Some(map);
-                if let Some(name) = name {
-                    path = name;
+            match self.sparse_map(&h, &pending.pax, &entry, &mut e)? {
+                Some(SparseInfo { map, real, name }) => {
+                    e.size = real;
+                    e.sparse = Some(map);
+                    e.path = name.unwrap_or(e.path);
                 }
-            } else {
-                e.size = e.stored;
+                None => e.size = e.stored,
             }
         }
         self.data_left = e.stored;
         e.data_offset = self.pos;
-        e.path = path;
         Ok(e)
     }
 
@@ -573,6 +535,61 @@ fn bad_pax(h: &Header, problem: String) -> TarError {
         what: "PAX header",
         problem,
     }
+}
+
+/// The header's fields, each overridden by its PAX record; the path, the data's size and
+/// the extension data are the caller's to fill in.
+fn metadata(
+    h: &Header,
+    pax: &Pax,
+    entry: &str,
+    kind: Kind,
+    link: Vec<u8>,
+) -> Result<Entry, TarError> {
+    let mtime = match pax.get("mtime") {
+        Some(v) => ext::seconds(v).ok_or_else(|| bad_record(entry, "mtime"))?,
+        None => h.mtime,
+    };
+    let dev = |key, default: u32| -> Result<u32, TarError> {
+        pax_number(pax, entry, key)?.map_or(Ok(default), |n| {
+            u32::try_from(n).map_err(|_| bad_record(entry, key))
+        })
+    };
+    Ok(Entry {
+        link: if matches!(kind, Kind::Symlink | Kind::HardLink) {
+            link
+        } else {
+            Vec::new()
+        },
+        kind,
+        mode: h.mode,
+        uid: pax_number(pax, entry, "uid")?.unwrap_or(h.uid),
+        gid: pax_number(pax, entry, "gid")?.unwrap_or(h.gid),
+        mtime,
+        uname: pax
+            .get("uname")
+            .map_or_else(|| h.uname.clone(), <[u8]>::to_vec),
+        gname: pax
+            .get("gname")
+            .map_or_else(|| h.gname.clone(), <[u8]>::to_vec),
+        dev_major: dev("SCHILY.devmajor", h.dev_major)?,
+        dev_minor: dev("SCHILY.devminor", h.dev_minor)?,
+        size: 0,
+        stored: 0,
+        sparse: None,
+        xattrs: Records::default(),
+        ext_bytes: 0,
+        data_offset: 0,
+        format: h.format,
+        path: Vec::new(),
+    })
+}
+
+/// The decimal PAX record `key`, if present.
+fn pax_number(pax: &Pax, entry: &str, key: &'static str) -> Result<Option<u64>, TarError> {
+    pax.get(key)
+        .map(|v| ext::decimal(v).ok_or_else(|| bad_record(entry, key)))
+        .transpose()
 }
 
 fn bad_record(entry: &str, key: &str) -> TarError {

@@ -1,7 +1,7 @@
 //! The artifact fetcher: `s3://bucket/key`, `https://` (and `http://`), `file://`, streamed
 //! straight into the unpacker and sha256-checked before anything is published.
 //!
-//! One file per scheme ([`s3`], [`http`], [`file`]); [`stream`] bridges the async bodies to
+//! One file per scheme ([`s3`], [`http`], [`file`](mod@file)); [`stream`] bridges the async bodies to
 //! the sync unpacker and hashes. Guarantees of [`deploy`]: no temp file of the artifact is
 //! written; the digest is computed over the whole object (read to EOF); when an expected
 //! digest is given and differs, nothing is published — `current` is unchanged and the

@@ -4,10 +4,13 @@
 //! Guarantees: at most [`DEPTH`] body chunks are buffered between the network and the
 //! unpacker (no temp file, bounded memory); [`DigestHandle::finish`] drains the source to
 //! EOF first, so the digest covers the whole object, including bytes after the tar end
-//! marker and the compression trailer.
+//! marker and the compression trailer. A server that sends nothing for [`IDLE`] (no
+//! answer, or a body that stalls) fails the fetch instead of holding it forever, and a
+//! failure mid-body stays the reader's answer on every later read.
 
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -18,11 +21,16 @@ use super::FetchError;
 /// Body chunks in flight between the runtime thread and the reader.
 pub const DEPTH: usize = 8;
 
+/// How long a server may send nothing (no answer, or no body bytes) before the fetch fails.
+pub const IDLE: Duration = Duration::from_secs(60);
+
 /// A blocking `Read` over chunks sent by an async producer. The producer sends an
 /// `Err` to report a failure mid-body; dropping the sender is EOF.
 pub struct ChannelReader {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
+    /// The failure already reported, repeated on later reads (never a silent EOF).
+    failed: Option<(io::ErrorKind, String)>,
 }
 
 impl ChannelReader {
@@ -34,6 +42,7 @@ impl ChannelReader {
             ChannelReader {
                 rx,
                 current: Bytes::new(),
+                failed: None,
             },
         )
     }
@@ -42,9 +51,15 @@ impl ChannelReader {
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
+            if let Some((kind, text)) = &self.failed {
+                return Err(io::Error::new(*kind, text.clone()));
+            }
             match self.rx.blocking_recv() {
                 Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => {
+                    self.failed = Some((e.kind(), e.to_string()));
+                    return Err(e);
+                }
                 None => return Ok(0),
             }
         }
@@ -136,8 +151,17 @@ impl Head {
 
 /// Runs `fetch` on a current-thread runtime on its own thread. `fetch` reports the response
 /// head through [`Head`], then sends body chunks until EOF (or until the reader is gone).
-/// Returns once the head is known: the typed error, or the reader of the body.
+/// Returns once the head is known: the typed error, or the reader of the body. Nothing from
+/// the server for [`IDLE`] ends the fetch with an error.
 pub fn spawn<F, Fut>(url: &str, fetch: F) -> Result<ChannelReader, FetchError>
+where
+    F: FnOnce(Head, mpsc::Sender<io::Result<Bytes>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    spawn_with_idle(url, IDLE, fetch)
+}
+
+fn spawn_with_idle<F, Fut>(url: &str, idle: Duration, fetch: F) -> Result<ChannelReader, FetchError>
 where
     F: FnOnce(Head, mpsc::Sender<io::Result<Bytes>>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
@@ -152,14 +176,58 @@ where
         .enable_all()
         .build()
         .map_err(|e| other(format!("cannot start the fetch runtime: {e}")))?;
+    let owned = url.to_string();
     std::thread::Builder::new()
         .name("fetch".into())
-        .spawn(move || rt.block_on(fetch(Head(head_tx), tx)))
+        .spawn(move || rt.block_on(watched(owned, idle, Head(head_tx), tx, fetch)))
         .map_err(|e| other(format!("cannot start the fetch thread: {e}")))?;
     match head_rx.recv() {
         Ok(Ok(())) => Ok(reader),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(other("the fetch ended without an answer".into())),
+        Err(_) => Err(other(format!(
+            "no answer from the server within {idle:?}; check that it is up and reachable"
+        ))),
+    }
+}
+
+/// Runs `fetch`, passing its chunks on to `tx`; ends it (and reports a timeout to the
+/// reader) when it produces nothing for `idle`. Time spent waiting for a slow reader does
+/// not count.
+async fn watched<F, Fut>(
+    url: String,
+    idle: Duration,
+    head: Head,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    fetch: F,
+) where
+    F: FnOnce(Head, mpsc::Sender<io::Result<Bytes>>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (inner_tx, mut inner_rx) = mpsc::channel(DEPTH);
+    let producer = fetch(head, inner_tx);
+    let forward = async {
+        loop {
+            match tokio::time::timeout(idle, inner_rx.recv()).await {
+                Ok(Some(item)) => {
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{url}: the server sent nothing for {idle:?}"),
+                    );
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = forward => {}
+        () = async { producer.await; std::future::pending::<()>().await } => {}
     }
 }
 
@@ -177,6 +245,35 @@ mod tests {
         let (digest, bytes) = h.finish().unwrap();
         assert_eq!(bytes, data.len() as u64);
         assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn a_server_that_stalls_fails_the_head_or_the_body() {
+        let idle = Duration::from_millis(200);
+        let e = spawn_with_idle("http://x/a", idle, |head, _tx| async move {
+            std::future::pending::<()>().await;
+            drop(head);
+        })
+        .err()
+        .expect("a stalled head fails");
+        assert!(e.to_string().contains("no answer"), "{e}");
+
+        let mut r = spawn_with_idle("http://x/b", idle, |head, tx| async move {
+            head.ok();
+            tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+            std::future::pending::<()>().await;
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        let err = r.read_to_end(&mut out).unwrap_err();
+        assert_eq!(out, b"abc");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("http://x/b"), "{err}");
+        // The failure stays: no read after it looks like a clean end.
+        assert_eq!(
+            r.read(&mut [0; 8]).unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
     }
 
     #[test]

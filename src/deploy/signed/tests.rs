@@ -18,7 +18,7 @@ fn event(id: u8, issued_at: u64) -> DeployEvent {
             max_parallel: Some(MaxParallel::Percent(25)),
             canary: 1,
         },
-        issued_at,
+        issued_at_ms: issued_at * 1000,
         id: [id; 16],
     }
 }
@@ -26,7 +26,7 @@ fn event(id: u8, issued_at: u64) -> DeployEvent {
 fn verifier(keys: &[&SigningKey]) -> Verifier {
     Verifier::new(
         Policy {
-            trusted: keys.iter().map(|k| k.verifying_key()).collect(),
+            trusted: Trust::Keys(keys.iter().map(|k| k.verifying_key()).collect()),
             max_age: 600,
             max_skew: 30,
         },
@@ -166,4 +166,120 @@ fn max_parallel_parses() {
     for bad in ["0", "0%", "101%", "x", "-1", ""] {
         assert!(bad.parse::<MaxParallel>().is_err(), "{bad}");
     }
+}
+
+/// An event of `app` padded (through its URL) to exactly `len` encoded bytes.
+fn event_of_len(app: &str, len: usize) -> SignedEvent {
+    let mut ev = event(9, NOW);
+    ev.app = app.into();
+    let base = SignedEvent::sign(ev.clone(), &key(1))
+        .unwrap()
+        .encode()
+        .unwrap()
+        .len();
+    let mut pad = len.saturating_sub(base);
+    loop {
+        ev.url = format!("s3://b/{}", "u".repeat(pad));
+        let body = postcard::to_allocvec(&ev).unwrap();
+        let wire = postcard::to_allocvec(&Wire {
+            body,
+            signature: vec![0; 64],
+        })
+        .unwrap();
+        match wire.len().cmp(&len) {
+            std::cmp::Ordering::Equal => break,
+            std::cmp::Ordering::Greater => pad -= 1,
+            std::cmp::Ordering::Less => pad += 1,
+        }
+    }
+    let signature = key(1).sign(&message(&postcard::to_allocvec(&ev).unwrap()));
+    SignedEvent {
+        body: postcard::to_allocvec(&ev).unwrap(),
+        event: ev,
+        signature: signature.to_bytes(),
+    }
+}
+
+/// Regression: an event that fit a user event but not the app's `deploy.desired` slot was
+/// accepted and delivered, and then nodes that were away never converged to it (the slot
+/// was refused with a warning). The limit is the smaller of the two, for any app name.
+#[test]
+fn the_largest_event_fits_both_the_user_event_and_the_desired_slot() {
+    use crate::gossip::event::{EventId, UserEvent};
+    use crate::gossip::message::{Broadcast, encode_broadcast};
+    use crate::gossip::supersede::{MAX_NAME_LEN, Superseding};
+    for app in [
+        "w".to_string(),
+        "web-frontend".into(),
+        "a".repeat(MAX_NAME_LEN),
+    ] {
+        let max = max_signed_len(&app);
+        assert!(max <= MAX_SIGNED_EVENT_LEN);
+        let bytes = event_of_len(&app, max)
+            .encode()
+            .expect("the largest event encodes");
+        assert_eq!(bytes.len(), max);
+        let user = UserEvent::new(
+            EventId(u128::MAX),
+            "n".repeat(MAX_NODE_NAME_LEN),
+            u64::MAX,
+            EVENT_NAME,
+            bytes.clone(),
+        )
+        .unwrap();
+        encode_broadcast(&Broadcast::Event(user)).expect("fits a user event");
+        let slot = Superseding {
+            kind: super::super::status::DESIRED_KIND.into(),
+            key: app.clone(),
+            version: u64::MAX,
+            origin: "n".repeat(MAX_NODE_NAME_LEN),
+            body: bytes,
+        };
+        encode_broadcast(&Broadcast::Superseding(slot)).expect("fits the desired slot");
+        // A receiver refuses the one byte more, however it was made.
+        let over = event_of_len(&app, max + 1);
+        let wire = postcard::to_allocvec(&Wire {
+            body: over.body.clone(),
+            signature: over.signature.to_vec(),
+        })
+        .unwrap();
+        if wire.len() <= MAX_SIGNED_EVENT_LEN {
+            let mut v = Verifier::new(
+                Policy {
+                    trusted: Trust::Keys(vec![key(1).verifying_key()]),
+                    max_age: 600,
+                    max_skew: 30,
+                },
+                4,
+            );
+            match v.accept(&wire, NOW) {
+                Err(VerifyError::TooLarge { size, max: m }) => {
+                    assert_eq!((size, m), (max + 1, max))
+                }
+                other => panic!("{app}: a receiver took one byte over: {other:?}"),
+            }
+        }
+        match event_of_len(&app, max + 1).encode() {
+            Err(EncodeError::TooLarge { size, max: m }) => assert_eq!((size, m), (max + 1, max)),
+            other => panic!("{app}: one byte over was not refused: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn seen_ids_survive_a_snapshot_with_their_floor() {
+    let mut seen = SeenIds::new(2);
+    for i in 1..=3u8 {
+        seen.insert([i; 16], u64::from(i) * 1000);
+    }
+    let mut back = SeenIds::new(2);
+    back.restore(&seen.snapshot());
+    assert!(back.is_replay(&[2; 16], 2000) && back.is_replay(&[3; 16], 3000));
+    // id 1 was forgotten; its issued-at is the floor, so it stays refused.
+    assert!(back.is_replay(&[1; 16], 1000));
+    assert!(!back.is_replay(&[4; 16], 4000));
+    // A smaller capacity after a restart forgets the oldest, raising the floor.
+    let mut small = SeenIds::new(1);
+    small.restore(&seen.snapshot());
+    assert!(small.is_replay(&[2; 16], 2000) && small.is_replay(&[3; 16], 3000));
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::app::{Backoff, RestartPolicy};
+use crate::deploy::app::{Backoff, RestartPolicy};
 
 /// How a supervised jail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,17 +5,17 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::app::AppConfig;
-use super::supervisor::{AppStatus, State, SupervisorError};
-use super::supervisor_policy::{Decision, Ended, decide};
-use super::supervisor_proc::{self as proc, AppLog, NotAdopted, PidRecord};
+use super::policy::{Decision, Ended, decide};
+use super::proc::{self, AppLog, NotAdopted, PidRecord};
+use super::{AppStatus, State, SupervisorError};
+use crate::deploy::app::AppConfig;
 use crate::release::Layout;
 
 /// Commands from [`super::supervisor::Supervisor`].
@@ -79,12 +79,6 @@ pub(super) struct AppTask {
     failures: u32,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl AppTask {
     /// Builds the task, adopting the jail its pid file names when that is still the same
     /// `droot-fleet run` process.
@@ -97,7 +91,7 @@ impl AppTask {
         let status = AppStatus {
             state: State::Stopped,
             pid: None,
-            since: now_secs(),
+            since: crate::wall::secs(),
             release: None,
             restarts: 0,
             last_exit: None,
@@ -216,7 +210,7 @@ impl AppTask {
                     // Stopped while waiting out the backoff: no restart is due any more.
                     self.status.send_modify(|s| {
                         s.state = State::Stopped;
-                        s.since = now_secs();
+                        s.since = crate::wall::secs();
                     });
                 }
                 let _ = reply.send(self.status.borrow().clone());
@@ -304,7 +298,7 @@ impl AppTask {
         // Not yet waited for, so the pid is still this child's, even if it already exited.
         let fd = proc::pidfd_open(pid).map_err(spawn_err)?;
         let start_time = proc::start_time(pid).map_err(spawn_err)?;
-        let since = now_secs();
+        let since = crate::wall::secs();
         let rec = PidRecord {
             pid,
             start_time,
@@ -351,7 +345,7 @@ impl AppTask {
                 self.status.send_modify(|s| {
                     s.state = State::Starting;
                     s.pid = None;
-                    s.since = now_secs();
+                    s.since = crate::wall::secs();
                     s.restarts += 1;
                     s.last_exit = Some(what);
                 });
@@ -363,7 +357,7 @@ impl AppTask {
                     State::Stopped
                 };
                 s.pid = None;
-                s.since = now_secs();
+                s.since = crate::wall::secs();
                 s.last_exit = Some(what);
             }),
         }
@@ -374,7 +368,7 @@ impl AppTask {
         self.status.send_modify(|s| {
             s.state = State::Failed;
             s.pid = None;
-            s.since = now_secs();
+            s.since = crate::wall::secs();
             s.last_exit = Some(why);
         });
     }
@@ -405,7 +399,7 @@ impl AppTask {
         self.status.send_modify(|s| {
             s.state = State::Stopped;
             s.pid = None;
-            s.since = now_secs();
+            s.since = crate::wall::secs();
             s.last_exit = Some(describe(ended));
         });
     }

@@ -14,7 +14,7 @@
 //!   refuses a pid that now names another process. An adopted jail is not our child: it is
 //!   watched through a pidfd, and its exit status is unknown.
 //! - A crash is restarted per the app's `restart` policy with exponential backoff
-//!   ([`super::supervisor_policy`]). Stop sends `stop_signal`, then SIGKILL after
+//!   ([`policy`]). Stop sends `stop_signal`, then SIGKILL after
 //!   `stop_timeout`; it returns once every process of the jail is gone.
 
 use std::collections::HashMap;
@@ -25,11 +25,15 @@ use serde::Serialize;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::app::AppConfig;
-use super::supervisor_proc::AppLog;
-use super::supervisor_task::{AppTask, Cmd};
+use crate::deploy::app::AppConfig;
+use proc::AppLog;
+use task::{AppTask, Cmd};
 
-pub use super::supervisor_policy::Ended;
+pub mod policy;
+pub mod proc;
+mod task;
+
+pub use policy::Ended;
 
 /// Where and how the supervisor keeps its files and starts jails.
 #[derive(Debug, Clone)]

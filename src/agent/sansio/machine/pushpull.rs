@@ -1,0 +1,200 @@
+//! Push/pull: anti-entropy with live members, joining, and reconnecting to failed
+//! members.
+//!
+//! Every outgoing exchange is a [`Dial`] ([`Effect::Dial`], carrying our state); the
+//! executor runs it and hands the outcome to [`AgentMachine::push_pull_done`].
+//!
+//! - [`Dial::Sync`]: every `push_pull_interval`, a random live member (and a member
+//!   that came up with tags we do not know yet).
+//! - [`Dial::Join`]: the `join` addresses at start, retried with backoff
+//!   ([`crate::agent::sansio::dials`]), and again when no live member is left.
+//! - [`Dial::Reconnect`]: every `reconnect_interval`, a random *failed* member
+//!   ([`members::reconnect_target`]), at most one in flight. Serf's reconnect: after a
+//!   partition longer than a stream timeout, nothing else crosses the healed link
+//!   (live-member push/pull and probes only go to members seen alive).
+//!
+//! A successful join or reconnect merges the peer's state and then announces to the
+//! peer: foca's `Feed` reply brings its live view. A remote state is merged with
+//! [`screen_members`], so the peer's "down" verdicts never fail a member we see alive;
+//! its verdict about *us* passes, and makes foca rejoin under a new bump (the only way
+//! back into a view that declared us down).
+
+use foca::Member;
+
+use super::{AgentMachine, Effect, Effects, Metric, Now, Timer};
+use crate::agent::members;
+use crate::agent::sansio::Dial;
+use crate::agent::sansio::dials::{DialEffect, JoinPolicy};
+use crate::agent::sansio::push::sync_target;
+use crate::gossip::PushPullState;
+use crate::gossip::pushpull::screen_members;
+
+impl<W, S> AgentMachine<W, S> {
+    /// A peer started a push/pull (its hello said wire `peer_version`): our state for
+    /// the reply, taken before theirs is merged.
+    pub fn push_pull_request(
+        &mut self,
+        now: Now,
+        remote: PushPullState,
+        peer_version: u16,
+    ) -> (PushPullState, Effects<W, S>) {
+        let ours = self.push_pull_state(peer_version);
+        let mut out = Vec::new();
+        self.merge_remote(now, remote, &mut out);
+        (ours, out)
+    }
+
+    /// Our push/pull with `target` came back.
+    pub fn push_pull_done(
+        &mut self,
+        now: Now,
+        target: String,
+        kind: Dial,
+        result: Result<PushPullState, String>,
+    ) -> Effects<W, S> {
+        let mut out = Vec::new();
+        let ok = result.is_ok();
+        match result {
+            Ok(remote) => {
+                let from = remote.from.clone();
+                self.merge_remote(now, remote, &mut out);
+                if kind != Dial::Sync {
+                    let _ = self.foca.announce(from, &mut self.rt);
+                    self.drain(now, &mut out);
+                }
+                match kind {
+                    Dial::Join => tracing::info!(peer = %target, "joined via push/pull"),
+                    Dial::Reconnect => {
+                        tracing::info!(peer = %target, "reconnected to a failed member via push/pull");
+                    }
+                    Dial::Sync => {}
+                }
+            }
+            Err(e) => match kind {
+                Dial::Join => tracing::warn!(peer = %target, cause = %e, "join attempt failed"),
+                Dial::Reconnect => tracing::debug!(peer = %target, cause = %e, "reconnect failed"),
+                Dial::Sync => tracing::debug!(peer = %target, cause = %e, "push/pull failed"),
+            },
+        }
+        let policy = JoinPolicy {
+            retry: self.settings.retry_join,
+            max: self.settings.retry_max,
+            interval: self.settings.retry_interval,
+        };
+        let effects = self.dials.done(kind, ok, &policy);
+        self.dial_effects(effects, &mut out);
+        out
+    }
+
+    /// The periodic push/pull with a random live member.
+    pub fn push_pull_tick(&mut self) -> Effects<W, S> {
+        let me = self.core.lock().identity().name.clone();
+        let peers = self.foca.iter_members().map(|m| m.id());
+        let mut out = Vec::new();
+        if let Some(addr) = sync_target(peers, &me, &mut self.rng) {
+            self.dial(addr.to_string(), Dial::Sync, &mut out);
+        }
+        out
+    }
+
+    /// The periodic reconnect to a random failed member.
+    pub fn reconnect_tick(&mut self) -> Effects<W, S> {
+        let me = self.core.lock().identity().clone();
+        let (foca, left, rng) = (&self.foca, &self.left, &mut self.rng);
+        let effects = self.dials.reconnect(self.stopped, || {
+            let id = members::reconnect_target(&me, foca.iter_membership_state(), left, rng)?;
+            tracing::debug!(node = %id.name, addr = %id.addr, "reconnecting to a failed member");
+            Some(id.addr.to_string())
+        });
+        let mut out = Vec::new();
+        self.dial_effects(effects, &mut out);
+        out
+    }
+
+    /// Dials every join address (unless a round is in flight).
+    pub(super) fn join_round(&mut self, out: &mut Effects<W, S>) {
+        let effects = self.dials.join_round(&self.settings.join, self.stopped);
+        self.dial_effects(effects, out);
+    }
+
+    /// A push/pull with `target`, sending our state in the version it reads: a peer we
+    /// never heard a versioned state from gets the format every version reads; its
+    /// reply tells us its version for the next time.
+    pub(super) fn dial(&self, target: String, kind: Dial, out: &mut Effects<W, S>) {
+        let version = self
+            .foca
+            .iter_membership_state()
+            .find(|m| m.id().addr.to_string() == target)
+            .map_or(1, |m| self.core.lock().peer_version(&m.id().name));
+        let state = Box::new(self.push_pull_state(version));
+        out.push(Effect::Dial {
+            target,
+            kind,
+            state,
+        });
+    }
+
+    /// Our state, to be encoded at wire `version` (what the peer reads).
+    fn push_pull_state(&self, version: u16) -> PushPullState {
+        let members: Vec<_> = self.foca.iter_membership_state().cloned().collect();
+        self.core.lock().push_pull_state(members, version)
+    }
+
+    /// Merges a peer's state: events and clocks into the core, screened members into
+    /// foca.
+    fn merge_remote(&mut self, now: Now, remote: PushPullState, out: &mut Effects<W, S>) {
+        let from = remote.from.clone();
+        let merged = self.core.lock().merge_push_pull(&remote);
+        out.push(Effect::Count(Metric::PushPullMerged));
+        if !merged.new_events.is_empty() {
+            tracing::info!(peer = %from.name, events = merged.new_events.len(), "push/pull delivered missed events");
+        }
+        let me = self.core.lock().identity().clone();
+        let members = remote
+            .members
+            .into_iter()
+            .chain(std::iter::once(Member::alive(from.clone())));
+        let screened = screen_members(&me, self.foca.iter_membership_state(), members, |id| {
+            self.left.has_left(id)
+        });
+        if !screened.suspect.is_empty() {
+            let names: Vec<&str> = screened
+                .suspect
+                .iter()
+                .map(|m| m.id().name.as_str())
+                .collect();
+            tracing::debug!(peer = %from.name, members = ?names, "push/pull: remote down verdicts applied as suspicions");
+        }
+        if let Err(e) = self
+            .foca
+            .apply_many(screened.apply.into_iter(), false, &mut self.rt)
+        {
+            tracing::debug!(cause = %e, "applying push/pull members");
+        }
+        if let Err(e) = self
+            .foca
+            .apply_many(screened.suspect.into_iter(), true, &mut self.rt)
+        {
+            tracing::debug!(cause = %e, "applying push/pull suspicions");
+        }
+        self.drain(now, out);
+    }
+
+    /// Carries out what [`Dials`](crate::agent::sansio::Dials) asks for.
+    fn dial_effects(&mut self, effects: Vec<DialEffect>, out: &mut Effects<W, S>) {
+        for effect in effects {
+            match effect {
+                DialEffect::Dial { target, kind } => self.dial(target, kind, out),
+                DialEffect::RetryJoin { after, attempts } => {
+                    tracing::info!(retry_in = ?after, attempts, "will retry joining");
+                    let timer = Timer::RetryJoin;
+                    out.push(Effect::Schedule { after, timer });
+                }
+                DialEffect::GaveUp { attempts } => tracing::error!(
+                    attempts,
+                    "could not join any address; giving up (retry_join)"
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Turning `event deploy` / `rollback` arguments into a [`DeployEvent`], checked before
+//! anything is signed or sent.
+//!
+//! Why here and pure: every mistake an operator can make on the command line (a regex that
+//! does not compile, a bad digest, an app the config does not know, an event too large for
+//! gossip) must be a clear error on the operator's machine, not a refusal logged on each
+//! node. Target regexes are checked with the same compiler and limits the agents use for
+//! query filters (anchored to the whole value).
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::SigningKey;
+
+use crate::deploy::app::{AppConfig, AppConfigError};
+use crate::deploy::fetch::{self, Source};
+use crate::deploy::signed::{DeployEvent, EncodeError, MaxParallel, Rollout, SignedEvent, Targets};
+use crate::gossip::query::{Filter, FilterSet, QueryError};
+use crate::release::InvalidVersion;
+
+/// A deploy request as the command line gives it (strings, unchecked).
+#[derive(Debug, Clone, Default)]
+pub struct EventSpec {
+    pub app: String,
+    pub version: String,
+    /// `--sha256` (64 hex digits).
+    pub sha256: Option<String>,
+    /// `--node REGEX` (a node matches if any matches).
+    pub nodes: Vec<String>,
+    /// `--tag KEY=REGEX` (a node must match all).
+    pub tags: Vec<String>,
+    /// `--max-parallel N|P%`.
+    pub max_parallel: Option<String>,
+    /// `--canary N`.
+    pub canary: u32,
+}
+
+/// Why no deploy event was built. Nothing was signed or sent.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("app name {0:?}: use letters, digits, '-', '_' and '.', not starting with '.'")]
+    BadApp(String),
+    #[error("version: {0}")]
+    BadVersion(#[from] InvalidVersion),
+    #[error("--url {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("--sha256: {0}")]
+    BadSha256(String),
+    #[error("--node {pattern:?} is not a valid regex: {reason}")]
+    BadNodeRegex { pattern: String, reason: String },
+    #[error("--tag {text:?}: {reason}")]
+    BadTag { text: String, reason: String },
+    #[error("--max-parallel: {0}")]
+    BadMaxParallel(String),
+    #[error("--config {path}: {source}")]
+    Config {
+        path: String,
+        source: AppConfigError,
+    },
+    #[error(
+        "--config {path} has no [apps.{app}]; pass --url, or drop --config to let each node \
+         use its own artifact template"
+    )]
+    NoSuchApp { path: String, app: String },
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+/// Checks an app name with the rules of `[apps.NAME]`.
+pub fn check_app(app: &str) -> Result<(), BuildError> {
+    let ok = !app.is_empty()
+        && app.len() <= 128
+        && !app.starts_with('.')
+        && app
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BuildError::BadApp(app.to_string()))
+    }
+}
+
+/// The artifact URL to put in the event: `--url`, else the app's template from a config
+/// file (`config` = its path for messages and its text), else empty (each node uses its
+/// own `[apps.APP].artifact`).
+pub fn resolve_url(
+    app: &str,
+    version: &str,
+    url: Option<&str>,
+    config: Option<(&str, &str)>,
+) -> Result<String, BuildError> {
+    if let Some(url) = url {
+        Source::parse(url).map_err(|e| BuildError::BadUrl {
+            url: url.to_string(),
+            reason: match e {
+                fetch::FetchError::BadUrl { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })?;
+        return Ok(url.to_string());
+    }
+    let Some((path, text)) = config else {
+        return Ok(String::new());
+    };
+    let apps: BTreeMap<String, AppConfig> =
+        crate::deploy::app::parse_apps(text).map_err(|source| BuildError::Config {
+            path: path.to_string(),
+            source,
+        })?;
+    let cfg = apps.get(app).ok_or_else(|| BuildError::NoSuchApp {
+        path: path.to_string(),
+        app: app.to_string(),
+    })?;
+    Ok(cfg.artifact_url(version))
+}
+
+fn check_regex(pattern: &str) -> Result<(), String> {
+    match FilterSet::new(&[Filter::NodeName(pattern.to_string())]) {
+        Ok(_) => Ok(()),
+        // The regex crate's message spans lines and shows the anchored form: keep its gist.
+        Err(QueryError::InvalidFilter { reason, .. }) => Err(reason
+            .lines()
+            .last()
+            .map(|l| l.trim().trim_start_matches("error: ").to_string())
+            .unwrap_or(reason)),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
+/// Parses and checks `--node` / `--tag` into event targets.
+pub fn targets(nodes: &[String], tags: &[String]) -> Result<Targets, BuildError> {
+    for p in nodes {
+        check_regex(p).map_err(|reason| BuildError::BadNodeRegex {
+            pattern: p.clone(),
+            reason,
+        })?;
+    }
+    let mut parsed = Vec::with_capacity(tags.len());
+    for t in tags {
+        let bad = |reason: String| BuildError::BadTag {
+            text: t.clone(),
+            reason,
+        };
+        let (k, v) = crate::agent::config::parse_tag(t).map_err(bad)?;
+        check_regex(&v).map_err(|r| bad(format!("{v:?} is not a valid regex: {r}")))?;
+        parsed.push((k, v));
+    }
+    Ok(Targets {
+        nodes: nodes.to_vec(),
+        tags: parsed,
+    })
+}
+
+/// Parses `--max-parallel` and `--canary`.
+pub fn rollout(max_parallel: Option<&str>, canary: u32) -> Result<Rollout, BuildError> {
+    let max_parallel = max_parallel
+        .map(str::parse::<MaxParallel>)
+        .transpose()
+        .map_err(BuildError::BadMaxParallel)?;
+    Ok(Rollout {
+        max_parallel,
+        canary,
+    })
+}
+
+/// Builds the unsigned event: `url` already resolved, `id` random, `issued_at_ms` now.
+pub fn build(
+    spec: &EventSpec,
+    url: String,
+    id: [u8; 16],
+    issued_at_ms: u64,
+) -> Result<DeployEvent, BuildError> {
+    check_app(&spec.app)?;
+    crate::release::layout::validate_version(&spec.version)?;
+    let sha256 = spec
+        .sha256
+        .as_deref()
+        .map(fetch::parse_sha256)
+        .transpose()
+        .map_err(BuildError::BadSha256)?;
+    Ok(DeployEvent {
+        app: spec.app.clone(),
+        version: spec.version.clone(),
+        url,
+        sha256,
+        targets: targets(&spec.nodes, &spec.tags)?,
+        rollout: rollout(spec.max_parallel.as_deref(), spec.canary)?,
+        issued_at_ms,
+        id,
+    })
+}
+
+/// Signs the event and returns its wire bytes (refused when too large for gossip).
+pub fn sign(event: DeployEvent, key: &SigningKey) -> Result<(SignedEvent, Vec<u8>), BuildError> {
+    let signed = SignedEvent::sign(event, key)?;
+    let bytes = signed.encode()?;
+    Ok((signed, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::signed::MAX_SIGNED_EVENT_LEN;
+
+    fn spec() -> EventSpec {
+        EventSpec {
+            app: "web".into(),
+            version: "v42".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn builds_a_full_event() {
+        let s = EventSpec {
+            sha256: Some("ab".repeat(32)),
+            nodes: vec!["web[0-9]+".into()],
+            tags: vec!["role=front|edge".into()],
+            max_parallel: Some("25%".into()),
+            canary: 1,
+            ..spec()
+        };
+        let ev = build(&s, "s3://b/web/v42.tar.gz".into(), [7; 16], 1000).unwrap();
+        assert_eq!(ev.app, "web");
+        assert_eq!(ev.version, "v42");
+        assert_eq!(ev.sha256, Some([0xab; 32]));
+        assert_eq!(ev.targets.nodes, vec!["web[0-9]+".to_string()]);
+        assert_eq!(
+            ev.targets.tags,
+            vec![("role".to_string(), "front|edge".to_string())]
+        );
+        assert_eq!(ev.rollout.max_parallel, Some(MaxParallel::Percent(25)));
+        assert_eq!(ev.rollout.canary, 1);
+        assert_eq!((ev.issued_at_ms, ev.id), (1000, [7; 16]));
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        let cases: Vec<(EventSpec, &str)> = vec![
+            (
+                EventSpec {
+                    nodes: vec!["web[".into()],
+                    ..spec()
+                },
+                "--node \"web[\" is not a valid regex",
+            ),
+            (
+                EventSpec {
+                    tags: vec!["role".into()],
+                    ..spec()
+                },
+                "--tag \"role\"",
+            ),
+            (
+                EventSpec {
+                    tags: vec!["role=(a".into()],
+                    ..spec()
+                },
+                "is not a valid regex",
+            ),
+            (
+                EventSpec {
+                    sha256: Some("xyz".into()),
+                    ..spec()
+                },
+                "--sha256",
+            ),
+            (
+                EventSpec {
+                    max_parallel: Some("0".into()),
+                    ..spec()
+                },
+                "--max-parallel",
+            ),
+            (
+                EventSpec {
+                    version: "../x".into(),
+                    ..spec()
+                },
+                "invalid release name",
+            ),
+            (
+                EventSpec {
+                    app: "../etc".into(),
+                    ..spec()
+                },
+                "app name",
+            ),
+        ];
+        for (s, want) in cases {
+            let err = build(&s, String::new(), [0; 16], 0)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn overlong_regex_is_refused() {
+        let s = EventSpec {
+            nodes: vec!["a".repeat(300)],
+            ..spec()
+        };
+        let err = build(&s, String::new(), [0; 16], 0).unwrap_err();
+        assert!(matches!(err, BuildError::BadNodeRegex { .. }), "{err}");
+    }
+
+    const CONFIG: &str = "[apps.web]\nartifact = \"s3://bkt/{app}/{version}.tar.gz\"\n\
+                          root = \"/var/containers/web\"\ncommand = [\"/bin/httpd\"]\n";
+
+    #[test]
+    fn url_resolution_order() {
+        let cfg = Some(("agent.toml", CONFIG));
+        assert_eq!(
+            resolve_url("web", "v1", Some("https://h/x.tar"), cfg).unwrap(),
+            "https://h/x.tar"
+        );
+        assert_eq!(
+            resolve_url("web", "v1", None, cfg).unwrap(),
+            "s3://bkt/web/v1.tar.gz"
+        );
+        assert_eq!(resolve_url("web", "v1", None, None).unwrap(), "");
+    }
+
+    #[test]
+    fn url_errors() {
+        let err = resolve_url("web", "v1", Some("ftp://x"), None).unwrap_err();
+        assert!(err.to_string().starts_with("--url \"ftp://x\""), "{err}");
+        let err = resolve_url("api", "v1", None, Some(("agent.toml", CONFIG))).unwrap_err();
+        assert!(
+            err.to_string().contains("agent.toml has no [apps.api]"),
+            "{err}"
+        );
+        let err = resolve_url("web", "v1", None, Some(("bad.toml", "apps = 3"))).unwrap_err();
+        assert!(err.to_string().starts_with("--config bad.toml:"), "{err}");
+    }
+
+    #[test]
+    fn signing_checks_the_size() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let ev = build(&spec(), "https://h/x.tar".into(), [1; 16], 5).unwrap();
+        let (signed, bytes) = sign(ev.clone(), &key).unwrap();
+        assert_eq!(signed.event, ev);
+        assert!(bytes.len() <= MAX_SIGNED_EVENT_LEN);
+        let huge = format!("https://h/{}", "x".repeat(MAX_SIGNED_EVENT_LEN));
+        let ev = build(&spec(), huge, [1; 16], 5).unwrap();
+        let err = sign(ev, &key).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("the {MAX_SIGNED_EVENT_LEN} that fit")),
+            "{err}"
+        );
+    }
+}

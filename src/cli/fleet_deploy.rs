@@ -1,0 +1,297 @@
+//! `event deploy`, `rollback` and `query status`: flags to a signed deploy event sent to the
+//! local agent, then (with `--wait`) its progress until every target is done.
+//!
+//! Everything that decides something lives in [`super::deploy_event`], [`super::progress`]
+//! and [`super::status`]; this file only reads flags, files and the clock, and talks to the
+//! agent. Every argument is checked, and the event signed, before the agent is contacted.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::deploy_event::{self, EventSpec};
+use super::fleet::{Format, RpcArgs, print_json, runtime, tag_filters};
+use super::progress::{self, Counts, Verdict};
+use super::signing::SigningKeyArg;
+use super::status;
+use crate::api::QueryRequest;
+use crate::api::client::{Client, ClientError};
+use crate::deploy::signed::DeployEvent;
+use crate::deploy::status::{Progress, STATUS_QUERY};
+use crate::durations::parse_duration;
+
+/// How often `--wait` asks the agent for progress.
+const POLL: Duration = Duration::from_millis(250);
+/// How long one progress request may take before it is asked again.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `rollback` waits for `status` answers.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Targeting, rollout, waiting and signing (shared by `event deploy` and `rollback`).
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// Only nodes whose whole name matches REGEX (repeatable: any may match).
+    #[arg(long = "node", value_name = "REGEX")]
+    pub nodes: Vec<String>,
+    /// Only nodes whose tag KEY matches REGEX as a whole (KEY=REGEX, repeatable: all must
+    /// match).
+    #[arg(long = "tag", value_name = "KEY=REGEX")]
+    pub tags: Vec<String>,
+    /// Waves of at most N nodes, or P% of the targets (default: all at once).
+    #[arg(long, value_name = "N|P%")]
+    pub max_parallel: Option<String>,
+    /// N nodes deploy first, in a wave of their own.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub canary: u32,
+    /// Follow the rollout until every target is done. Exit 0 only if every target is ok;
+    /// 2 if any failed, rolled back or was halted; 3 on timeout.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long (e.g. 90s, 10m).
+    #[arg(long, default_value = "10m", value_name = "DUR")]
+    pub timeout: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    #[command(flatten)]
+    pub signing: SigningKeyArg,
+    /// An agent config file: its `[apps.APP].artifact` resolves the URL of `event deploy`,
+    /// and its `signing_key` is the key when neither --signing-key nor
+    /// DROOT_FLEET_SIGNING_KEY is given.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+}
+
+/// `event deploy APP VERSION`.
+#[derive(Debug, Args)]
+pub struct DeployEventArgs {
+    /// The app, as in the agents' `[apps.APP]`.
+    pub app: String,
+    /// The release name to deploy (e.g. v42).
+    pub version: String,
+    /// Artifact URL (s3://, https://, http://, file://). Default: the app's `artifact`
+    /// template from --config, else each node's own template.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Expected sha256 of the artifact (64 hex digits); a node that gets anything else
+    /// activates nothing.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    #[command(flatten)]
+    pub opts: RolloutArgs,
+}
+
+/// `rollback APP`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The app, as in the agents' `[apps.APP]`.
+    pub app: String,
+    /// The release to go back to. Default: the previous release the targets report (they
+    /// must all agree).
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub opts: RolloutArgs,
+}
+
+fn spec(app: &str, version: &str, o: &RolloutArgs) -> EventSpec {
+    EventSpec {
+        app: app.into(),
+        version: version.into(),
+        nodes: o.nodes.clone(),
+        tags: o.tags.clone(),
+        max_parallel: o.max_parallel.clone(),
+        canary: o.canary,
+        ..Default::default()
+    }
+}
+
+pub fn event_deploy(args: DeployEventArgs) -> anyhow::Result<ExitCode> {
+    let config = match &args.opts.config {
+        Some(p) => Some((
+            p.display().to_string(),
+            std::fs::read_to_string(p).with_context(|| format!("--config {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let url = deploy_event::resolve_url(
+        &args.app,
+        &args.version,
+        args.url.as_deref(),
+        config.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
+    )?;
+    let spec = EventSpec {
+        sha256: args.sha256.clone(),
+        ..spec(&args.app, &args.version, &args.opts)
+    };
+    let what = format!("deploy {} {}", args.app, args.version);
+    send(&spec, url, &args.opts, &what)
+}
+
+pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
+    deploy_event::check_app(&args.app)?;
+    if args.to.is_none() {
+        // Every flag is checked before the fleet is asked anything.
+        let o = &args.opts;
+        deploy_event::targets(&o.nodes, &o.tags)?;
+        deploy_event::rollout(o.max_parallel.as_deref(), o.canary)?;
+        parse_duration(&o.timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+        o.signing.load(o.config.as_deref())?;
+    }
+    let version = match &args.to {
+        Some(v) => v.clone(),
+        None => previous_version(&args.app, &args.opts)?,
+    };
+    let what = format!("rollback {} to {version}", args.app);
+    send(
+        &spec(&args.app, &version, &args.opts),
+        String::new(),
+        &args.opts,
+        &what,
+    )
+}
+
+/// Asks the targets for their status and picks the release they all report as previous.
+fn previous_version(app: &str, o: &RolloutArgs) -> anyhow::Result<String> {
+    let req = QueryRequest {
+        name: STATUS_QUERY.into(),
+        payload: app.into(),
+        nodes: o.nodes.clone(),
+        tags: tag_filters(&o.tags)?,
+        timeout_ms: Some(STATUS_TIMEOUT.as_millis() as u64),
+    };
+    let r = runtime()?
+        .block_on(o.rpc.client()?.query(&req))
+        .context("asking the targets for their status (or pass --to VERSION)")?;
+    let answers = status::parse(&r, Some(app));
+    let version = status::rollback_version(&answers, app)?;
+    if !answers.missing.is_empty() {
+        eprintln!(
+            "droot-fleet: warning: {} target(s) did not answer the status query: {}",
+            answers.missing.len(),
+            answers.missing.join(", ")
+        );
+    }
+    eprintln!("rolling {app} back to {version}, the previous release the targets report");
+    Ok(version)
+}
+
+/// Builds, signs and sends the event; with `--wait` follows it.
+fn send(spec: &EventSpec, url: String, o: &RolloutArgs, what: &str) -> anyhow::Result<ExitCode> {
+    let event = deploy_event::build(spec, url, DeployEvent::random_id(), crate::wall::millis())?;
+    let timeout = parse_duration(&o.timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let key = o.signing.load(o.config.as_deref())?;
+    let (signed, bytes) = deploy_event::sign(event, &key)?;
+    let ev = &signed.event;
+    let id = ev.id_hex();
+    let client = o.rpc.client()?;
+    let rt = runtime()?;
+    let accepted = rt
+        .block_on(client.deploy(&bytes))
+        .with_context(|| format!("{what}: the agent did not take the event"))?;
+    if let Some(theirs) = accepted.event_id.as_ref().filter(|t| **t != id) {
+        tracing::warn!(ours = %id, agent = %theirs, "the agent reports another event id");
+    }
+    if !o.wait {
+        match o.format {
+            Format::Json => print_json(&serde_json::json!({
+                "event_id": id, "app": ev.app, "version": ev.version, "ltime": accepted.ltime,
+            }))?,
+            Format::Text => {
+                println!("{id}");
+                eprintln!(
+                    "{what}: sent as event {id} (ltime {}); see `droot-fleet query status {}`",
+                    accepted.ltime, ev.app
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (last, verdict) = rt.block_on(follow(&client, &id, timeout))?;
+    match o.format {
+        Format::Json => print_json(&progress::report(
+            &id,
+            &ev.app,
+            &ev.version,
+            last.as_ref(),
+            verdict,
+        ))?,
+        Format::Text => {
+            let lines = progress::summary(what, last.as_ref(), verdict, timeout);
+            for l in lines {
+                if verdict == Verdict::Success {
+                    println!("{l}");
+                } else {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::from(verdict.exit_code()))
+}
+
+/// Polls progress until the verdict; draws the bar on a terminal, else a line per change.
+async fn follow(
+    client: &Client,
+    id: &str,
+    timeout: Duration,
+) -> anyhow::Result<(Option<Progress>, Verdict)> {
+    let deadline = Instant::now() + timeout;
+    let tty = std::io::stderr().is_terminal();
+    let mut last: Option<Progress> = None;
+    let mut shown: Option<Counts> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ask = ASK_TIMEOUT.min(left.max(POLL));
+        match tokio::time::timeout(ask, client.deploy_progress(id)).await {
+            Ok(Ok(Some(p))) => last = Some(p),
+            Ok(Ok(None)) => {}
+            // The agent may be restarting (an upgrade) or stopped: ask again until the deadline.
+            Ok(Err(e @ (ClientError::NoAgent { .. } | ClientError::Http { .. }))) => {
+                tracing::warn!("asking for progress: {e}");
+            }
+            Ok(Err(e)) => return Err(e).context("asking the agent for the deploy's progress"),
+            Err(_) => tracing::warn!("the agent did not answer within {ask:?}"),
+        }
+        let counts = last.as_ref().map(Counts::of);
+        if tty {
+            let text = match &counts {
+                Some(c) => progress::bar(c, 30),
+                None => format!("waiting for the agent to report event {id}"),
+            };
+            eprint!("\r\x1b[2K{text}");
+            let _ = std::io::stderr().flush();
+        } else if let Some(c) = counts.filter(|c| shown != Some(*c)) {
+            eprintln!("{}", progress::line(&c));
+            shown = Some(c);
+        }
+        if let Some(v) = progress::verdict(last.as_ref(), Instant::now() >= deadline) {
+            if tty {
+                eprintln!();
+            }
+            return Ok((last, v));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `query status [APP]`: the answers as a table, or JSON.
+pub fn query_status(
+    client: &Client,
+    req: &QueryRequest,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let r = runtime()?.block_on(client.query(req))?;
+    let app = Some(req.payload.as_str()).filter(|a| !a.is_empty());
+    let answers = status::parse(&r, app);
+    match format {
+        Format::Json => print_json(&super::status_json::view(&answers))?,
+        Format::Text => print!("{}", status::render(&answers, crate::wall::secs())),
+    }
+    Ok(ExitCode::SUCCESS)
+}

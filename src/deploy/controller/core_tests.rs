@@ -1,0 +1,416 @@
+use ed25519_dalek::SigningKey;
+
+use super::*;
+use crate::deploy::signed::{MaxParallel, Policy, Rollout, Targets, generate_signing_key};
+
+const NOW: u64 = 1_700_000_000;
+
+fn verifier(key: &SigningKey) -> Verifier {
+    Verifier::new(
+        Policy {
+            trusted: Trust::Keys(vec![key.verifying_key()]),
+            max_age: 3600,
+            max_skew: 300,
+        },
+        1024,
+    )
+}
+
+/// A synced core (see `nothing_starts_before_the_node_is_synced` for the other kind).
+fn core(node: &str, key: &SigningKey) -> Core {
+    let mut c = Core::new(node, BTreeSet::from(["web".to_string()]), verifier(key));
+    assert!(c.on_synced().is_empty());
+    c
+}
+
+fn event(key: &SigningKey, version: &str, issued_at: u64, id: u8, rollout: Rollout) -> Vec<u8> {
+    let ev = DeployEvent {
+        app: "web".into(),
+        version: version.into(),
+        url: format!("file:///a/{version}.tar.gz"),
+        sha256: None,
+        targets: Targets::default(),
+        rollout,
+        issued_at_ms: issued_at * 1000,
+        id: [id; 16],
+    };
+    SignedEvent::sign(ev, key).unwrap().encode().unwrap()
+}
+
+fn activations(fx: &[Effect]) -> Vec<String> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Activate { event, .. } => Some(event.version.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn published<'a>(fx: &'a [Effect], kind: &str) -> Vec<(&'a str, u64, &'a [u8])> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Publish {
+                kind: k,
+                key,
+                version,
+                body,
+            } if k == kind => Some((key.as_str(), *version, body.as_slice())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn slot(fx: &[Effect], kind: &str, origin: &str) -> Superseding {
+    let (key, version, body) = published(fx, kind)[0];
+    Superseding {
+        kind: kind.into(),
+        key: key.into(),
+        version,
+        origin: origin.into(),
+        body: body.to_vec(),
+    }
+}
+
+fn member(name: &str) -> MemberView {
+    MemberView {
+        name: name.into(),
+        alive: true,
+        failed: false,
+        tags: Default::default(),
+    }
+}
+
+#[test]
+fn a_trusted_event_is_activated_once_and_published_as_desired() {
+    let key = generate_signing_key();
+    let mut c = core("a", &key);
+    let bytes = event(&key, "v1", NOW, 1, Rollout::default());
+    let fx = c.on_event(&bytes, NOW);
+    assert_eq!(activations(&fx), ["v1"]);
+    assert!(fx.contains(&Effect::Persist));
+    assert_eq!(published(&fx, DESIRED_KIND).len(), 1);
+    // The same event again (a replay, or a redelivery after the state file could not be
+    // written) starts nothing; it only writes the state file again.
+    assert_eq!(c.on_event(&bytes, NOW), [Effect::Persist]);
+    // Finished: the outcome is published, and nothing is started again.
+    let fx = c.on_finished(
+        "web",
+        &Outcome::Ok {
+            event_id: hex::encode([1; 16]),
+            version: "v1".into(),
+        },
+        NOW * 1000,
+    );
+    let o: NodeOutcome = postcard::from_bytes(published(&fx, OUTCOME_KIND)[0].2).unwrap();
+    assert_eq!((o.result, o.node.as_str()), (Res::Ok, "a"));
+    assert!(activations(&fx).is_empty());
+    assert_eq!(c.phase("web"), "idle");
+}
+
+#[test]
+fn forged_stale_future_and_untrusted_events_are_refused() {
+    let key = generate_signing_key();
+    let other = generate_signing_key();
+    let mut c = core("a", &key);
+    assert!(
+        c.on_event(&event(&other, "v1", NOW, 1, Rollout::default()), NOW)
+            .is_empty()
+    );
+    assert!(
+        c.on_event(&event(&key, "v1", NOW - 7200, 2, Rollout::default()), NOW)
+            .is_empty()
+    );
+    assert!(
+        c.on_event(&event(&key, "v1", NOW + 7200, 3, Rollout::default()), NOW)
+            .is_empty()
+    );
+    assert!(c.on_event(b"garbage", NOW).is_empty());
+    // No trusted keys at all: refused too.
+    let mut none = Core::new(
+        "a",
+        BTreeSet::from(["web".to_string()]),
+        Verifier::new(
+            Policy {
+                trusted: Trust::Keys(vec![]),
+                max_age: 3600,
+                max_skew: 300,
+            },
+            16,
+        ),
+    );
+    let _ = none.on_synced();
+    assert!(
+        none.on_event(&event(&key, "v1", NOW, 4, Rollout::default()), NOW)
+            .is_empty()
+    );
+    assert!(c.desired("web").is_none());
+}
+
+#[test]
+fn the_desired_slot_converges_a_node_that_missed_the_event_whatever_its_age() {
+    let key = generate_signing_key();
+    let mut a = core("a", &key);
+    let mut b = core("b", &key);
+    let fx = a.on_event(&event(&key, "v1", NOW, 1, Rollout::default()), NOW);
+    let item = slot(&fx, DESIRED_KIND, "a");
+    // b was away for a day: the slot still applies (it is the latest desired state).
+    let _ = b.on_members(vec![member("a"), member("b")]);
+    assert_eq!(activations(&b.on_slot(&item)), ["v1"]);
+    // A forged slot body is ignored.
+    let mut forged = item.clone();
+    forged.body = event(&generate_signing_key(), "evil", NOW, 9, Rollout::default());
+    let mut c = core("c", &key);
+    assert!(c.on_slot(&forged).is_empty());
+}
+
+#[test]
+fn waves_start_in_order_and_a_failure_halts_the_rest() {
+    let key = generate_signing_key();
+    let names = ["n0", "n1", "n2"];
+    let rollout = Rollout {
+        max_parallel: Some(MaxParallel::Count(1)),
+        canary: 0,
+    };
+    let bytes = event(&key, "v2", NOW, 5, rollout);
+    let mut cores: Vec<Core> = names.iter().map(|n| core(n, &key)).collect();
+    // Everyone knows everyone and that they all run web.
+    let announce: Vec<Superseding> = cores
+        .iter_mut()
+        .zip(names)
+        .map(|(c, n)| slot(&c.restore(Persisted::default(), 1), APPS_KIND, n))
+        .collect();
+    for c in &mut cores {
+        let _ = c.on_members(names.iter().map(|n| member(n)).collect());
+        for a in &announce {
+            let _ = c.on_slot(a);
+        }
+    }
+    let started: Vec<bool> = cores
+        .iter_mut()
+        .map(|c| !activations(&c.on_event(&bytes, NOW)).is_empty())
+        .collect();
+    assert_eq!(started.iter().filter(|s| **s).count(), 1, "{started:?}");
+    let first = started.iter().position(|s| *s).unwrap();
+    // The first wave reports ok: exactly one more node starts.
+    let fx = cores[first].on_finished(
+        "web",
+        &Outcome::Ok {
+            event_id: hex::encode([5; 16]),
+            version: "v2".into(),
+        },
+        NOW * 1000,
+    );
+    let ok = slot(&fx, OUTCOME_KIND, names[first]);
+    let mut second = None;
+    for (i, c) in cores.iter_mut().enumerate() {
+        if i != first && !activations(&c.on_slot(&ok)).is_empty() {
+            assert!(second.replace(i).is_none(), "two nodes started in wave 2");
+        }
+    }
+    let second = second.expect("wave 2 started");
+    // The second wave rolls back: the third node is halted, never started.
+    let fx = cores[second].on_finished(
+        "web",
+        &Outcome::RolledBack {
+            event_id: hex::encode([5; 16]),
+            version: "v2".into(),
+            to: "v1".into(),
+            error: "health check failed".into(),
+        },
+        NOW * 1000,
+    );
+    let bad = slot(&fx, OUTCOME_KIND, names[second]);
+    let third = (0..3).find(|i| *i != first && *i != second).unwrap();
+    let _ = cores[third].on_slot(&ok);
+    assert!(activations(&cores[third].on_slot(&bad)).is_empty());
+    assert!(
+        cores[third].phase("web").starts_with("halted"),
+        "{}",
+        cores[third].phase("web")
+    );
+    let p = cores[third].progress(&hex::encode([5; 16])).unwrap();
+    assert_eq!((p.ok.len(), p.rolled_back.len(), p.halted.len()), (1, 1, 1));
+    assert!(p.is_done() && !p.is_success());
+
+    // Regression: the halted node restarts. It knows only itself until its first
+    // push/pull, so it must not start the event it holds as desired before it is synced;
+    // once synced (the others' apps and outcomes came back) it is still halted.
+    let mut restarted = Core::new(
+        names[third],
+        BTreeSet::from(["web".to_string()]),
+        verifier(&key),
+    );
+    let fx = restarted.restore(cores[third].persisted(), NOW * 1000 + 1);
+    assert!(activations(&fx).is_empty(), "started before it was synced");
+    assert_eq!(restarted.phase("web"), SYNCING);
+    let _ = restarted.on_members(names.iter().map(|n| member(n)).collect());
+    for item in announce.iter().chain([&ok, &bad]) {
+        assert!(activations(&restarted.on_slot(item)).is_empty());
+    }
+    assert!(activations(&restarted.on_synced()).is_empty());
+    assert!(
+        restarted.phase("web").starts_with("halted"),
+        "{}",
+        restarted.phase("web")
+    );
+}
+
+#[test]
+fn nothing_starts_before_the_node_is_synced() {
+    let key = generate_signing_key();
+    let mut c = Core::new("a", BTreeSet::from(["web".to_string()]), verifier(&key));
+    let fx = c.on_event(&event(&key, "v1", NOW, 1, Rollout::default()), NOW);
+    assert!(activations(&fx).is_empty());
+    assert!(
+        fx.contains(&Effect::Persist),
+        "accepted and recorded: {fx:?}"
+    );
+    assert_eq!(c.desired("web").unwrap().version, "v1");
+    assert_eq!(c.phase("web"), SYNCING);
+    assert_eq!(activations(&c.on_synced()), ["v1"]);
+    assert!(c.on_synced().is_empty(), "once");
+}
+
+#[test]
+fn synced_after_a_push_pull_or_alone_after_the_grace() {
+    use std::time::Duration;
+    let grace = Duration::from_secs(30);
+    assert!(sync_reached(1, 4, Duration::ZERO, grace));
+    assert!(
+        !sync_reached(0, 4, Duration::from_secs(999), grace),
+        "peers to ask"
+    );
+    assert!(!sync_reached(0, 0, Duration::from_secs(29), grace));
+    assert!(sync_reached(0, 0, grace, grace));
+}
+
+#[test]
+fn a_restarted_node_does_not_redo_finished_work_but_resumes_cut_short_work() {
+    let key = generate_signing_key();
+    let mut c = core("a", &key);
+    let _ = c.on_event(&event(&key, "v1", NOW, 1, Rollout::default()), NOW);
+    // Cut short: restored before it finished -> started again.
+    let saved = c.persisted();
+    let mut again = Core::new("a", BTreeSet::from(["web".to_string()]), verifier(&key));
+    assert!(activations(&again.restore(saved, 2)).is_empty());
+    assert_eq!(activations(&again.on_synced()), ["v1"]);
+    let _ = again.on_finished(
+        "web",
+        &Outcome::Ok {
+            event_id: hex::encode([1; 16]),
+            version: "v1".into(),
+        },
+        3,
+    );
+    let mut third = core("a", &key);
+    let fx = third.restore(again.persisted(), 4);
+    assert!(activations(&fx).is_empty());
+    // It re-publishes its desired state and last outcome.
+    assert_eq!(published(&fx, DESIRED_KIND).len(), 1);
+    assert_eq!(published(&fx, OUTCOME_KIND).len(), 1);
+    assert_eq!(third.last_outcome("web").unwrap().version, "v1");
+}
+
+#[test]
+fn apps_this_node_does_not_run_and_non_targets_are_left_alone() {
+    let key = generate_signing_key();
+    let mut c = Core::new("a", BTreeSet::from(["db".to_string()]), verifier(&key));
+    assert!(
+        activations(&c.on_event(&event(&key, "v1", NOW, 1, Rollout::default()), NOW)).is_empty()
+    );
+    let mut d = core("a", &key);
+    let ev = DeployEvent {
+        app: "web".into(),
+        version: "v1".into(),
+        url: String::new(),
+        sha256: None,
+        targets: Targets {
+            nodes: vec!["b.*".into()],
+            tags: vec![],
+        },
+        rollout: Rollout::default(),
+        issued_at_ms: NOW * 1000,
+        id: [2; 16],
+    };
+    let bytes = SignedEvent::sign(ev, &key).unwrap().encode().unwrap();
+    assert!(activations(&d.on_event(&bytes, NOW)).is_empty());
+    assert_eq!(d.phase("web"), "not a target");
+}
+
+#[test]
+fn desired_versions_order_like_the_desired_state() {
+    let mk = |at, id| DeployEvent {
+        app: "web".into(),
+        version: "v".into(),
+        url: String::new(),
+        sha256: None,
+        targets: Targets::default(),
+        rollout: Rollout::default(),
+        issued_at_ms: at,
+        id,
+    };
+    assert!(desired_version(&mk(NOW + 1, [0; 16])) > desired_version(&mk(NOW, [255; 16])));
+    assert!(desired_version(&mk(NOW, [2; 16])) > desired_version(&mk(NOW, [1; 16])));
+    // Two events of one millisecond that share their first id byte still differ.
+    let ms = 1_764_612_000_123;
+    let mut second = [7; 16];
+    second[1] = 8;
+    assert!(desired_version(&mk(ms, second)) > desired_version(&mk(ms, [7; 16])));
+    // Milliseconds of the year 2100 keep their order (no bit shifted out).
+    let y2100 = 4_102_444_800_000;
+    assert!(desired_version(&mk(y2100, [0; 16])) > desired_version(&mk(y2100 - 1, [255; 16])));
+}
+
+#[test]
+fn a_superseded_event_is_done_and_a_refused_one_is_not_admitted() {
+    let key = generate_signing_key();
+    let mut c = core("a", &key);
+    let _ = c.on_event(&event(&key, "v1", NOW, 1, Rollout::default()), NOW);
+    let _ = c.on_event(&event(&key, "v2", NOW + 1, 2, Rollout::default()), NOW);
+    let p = c.progress(&hex::encode([1; 16])).unwrap();
+    assert_eq!(p.superseded_by, Some(hex::encode([2; 16])));
+    assert!(p.is_done() && !p.is_success());
+    assert!(
+        c.progress(&hex::encode([2; 16]))
+            .unwrap()
+            .superseded_by
+            .is_none()
+    );
+    // admit: the local check the API runs before gossiping an operator's event.
+    let other = generate_signing_key();
+    assert!(
+        c.admit(&event(&other, "v3", NOW, 3, Rollout::default()), NOW)
+            .is_err()
+    );
+    assert!(
+        c.admit(&event(&key, "v3", NOW - 7200, 4, Rollout::default()), NOW)
+            .is_err()
+    );
+    let ok = event(&key, "v3", NOW + 2, 5, Rollout::default());
+    assert!(c.admit(&ok, NOW).is_ok());
+    // admit records nothing: the event itself is still accepted when it arrives.
+    assert_eq!(activations(&c.on_event(&ok, NOW)), ["v3"]);
+}
+
+/// Regression: the accepted ids lived in memory only, so after a restart a replay was not
+/// refused as one (only found older than the desired state). They are persisted now.
+#[test]
+fn a_replay_after_a_restart_is_still_refused_as_one() {
+    let key = generate_signing_key();
+    let mut c = core("a", &key);
+    let v1 = event(&key, "v1", NOW, 1, Rollout::default());
+    let v2 = event(&key, "v2", NOW + 1, 2, Rollout::default());
+    c.on_event(&v1, NOW);
+    c.on_event(&v2, NOW + 1);
+    let bytes = postcard::to_allocvec(&c.persisted()).unwrap();
+    let mut back = core("a", &key);
+    back.restore(postcard::from_bytes(&bytes).unwrap(), NOW * 1000);
+    for (bytes, id) in [(&v1, [1u8; 16]), (&v2, [2; 16])] {
+        match back.verifier.accept(bytes, NOW + 2) {
+            Err(VerifyError::Replayed { id: got }) => assert_eq!(got, hex::encode(id)),
+            other => panic!("not refused as a replay after the restart: {other:?}"),
+        }
+    }
+    let v3 = event(&key, "v3", NOW + 2, 3, Rollout::default());
+    assert_eq!(activations(&back.on_event(&v3, NOW + 2)), ["v3"]);
+}

@@ -1,0 +1,7 @@
+//! The deploy controller: the pure [`core`] plus its shell (see `service`).
+
+pub mod core;
+pub mod service;
+pub mod targets;
+
+pub use service::Controller;

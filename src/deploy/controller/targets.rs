@@ -1,0 +1,295 @@
+//! Which nodes a deploy event is for, and where an event stands across them.
+//!
+//! Every node computes both from what gossip told it: the members (alive or not, and
+//! their tags), which apps each node runs (its `deploy.apps` announcement), and the
+//! outcomes nodes gossiped. No coordinator, so two nodes with the same view agree.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::deploy::rollout::{self, Decision, Plan};
+use crate::deploy::signed::{DeployEvent, Targets};
+use crate::deploy::status::{NodeOutcome, Progress, Result as Res};
+use crate::gossip::query::FilterSet;
+use crate::gossip::{Filter, Tags};
+
+/// A member as the controller sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub name: String,
+    /// Alive or suspect (it may still answer); failed and left members are not.
+    pub alive: bool,
+    /// Failed (unreachable, not left on purpose): a target it would have been is listed
+    /// as unreachable in the progress.
+    pub failed: bool,
+    pub tags: Tags,
+}
+
+impl MemberView {
+    /// A member as the agent lists it (`alive`, `suspect`, `failed`, `left`).
+    pub fn from_status(name: String, status: &str, tags: Tags) -> Self {
+        MemberView {
+            name,
+            alive: matches!(status, "alive" | "suspect"),
+            failed: status == "failed",
+            tags,
+        }
+    }
+}
+
+/// Compiled target filters of one event (the query filters' rules: any `--node`, every
+/// `--tag`). A bad regex matches nothing (the CLI checks them before signing, so only a
+/// hand-made event has one).
+pub struct Matcher(Option<FilterSet>);
+
+impl Matcher {
+    pub fn new(t: &Targets) -> Self {
+        let filters: Vec<Filter> = t
+            .nodes
+            .iter()
+            .map(|p| Filter::NodeName(p.clone()))
+            .chain(t.tags.iter().map(|(key, value)| Filter::Tag {
+                key: key.clone(),
+                value: value.clone(),
+            }))
+            .collect();
+        Matcher(FilterSet::new(&filters).ok())
+    }
+
+    pub fn matches(&self, name: &str, tags: &Tags) -> bool {
+        self.0.as_ref().is_some_and(|f| f.matches(name, tags))
+    }
+}
+
+/// The targets of `ev`: alive members that match its filters and run its app, plus any
+/// node that already reported an outcome for it.
+pub fn targets(
+    ev: &DeployEvent,
+    members: &BTreeMap<String, MemberView>,
+    node_apps: &BTreeMap<String, BTreeSet<String>>,
+    outcomes: &BTreeMap<String, NodeOutcome>,
+) -> Vec<String> {
+    let m = Matcher::new(&ev.targets);
+    let id = ev.id_hex();
+    let mut out: BTreeSet<String> = members
+        .values()
+        .filter(|v| v.alive && m.matches(&v.name, &v.tags))
+        .filter(|v| node_apps.get(&v.name).is_some_and(|a| a.contains(&ev.app)))
+        .map(|v| v.name.clone())
+        .collect();
+    out.extend(
+        outcomes
+            .values()
+            .filter(|o| o.event_id == id && o.app == ev.app)
+            .map(|o| o.node.clone()),
+    );
+    out.into_iter().collect()
+}
+
+/// The outcomes nodes reported for `ev`, by node.
+pub fn event_outcomes(
+    ev: &DeployEvent,
+    outcomes: &BTreeMap<String, NodeOutcome>,
+) -> BTreeMap<String, rollout::Outcome> {
+    let id = ev.id_hex();
+    outcomes
+        .values()
+        .filter(|o| o.event_id == id && o.app == ev.app)
+        .map(|o| (o.node.clone(), o.result))
+        .collect()
+}
+
+/// Alive member names.
+pub fn alive(members: &BTreeMap<String, MemberView>) -> BTreeSet<String> {
+    members
+        .values()
+        .filter(|m| m.alive)
+        .map(|m| m.name.clone())
+        .collect()
+}
+
+/// Where `ev` stands across its targets.
+pub fn progress(
+    ev: &DeployEvent,
+    members: &BTreeMap<String, MemberView>,
+    node_apps: &BTreeMap<String, BTreeSet<String>>,
+    outcomes: &BTreeMap<String, NodeOutcome>,
+) -> Progress {
+    let targets = targets(ev, members, node_apps, outcomes);
+    let plan = Plan::new(&ev.id, &targets, &ev.rollout);
+    let alive = alive(members);
+    let by_node = event_outcomes(ev, outcomes);
+    let id = ev.id_hex();
+    let mut p = Progress {
+        event_id: id.clone(),
+        app: ev.app.clone(),
+        version: ev.version.clone(),
+        ..Progress::default()
+    };
+    for n in &targets {
+        let reported = outcomes
+            .get(&crate::deploy::status::outcome_key(&ev.app, n))
+            .filter(|o| o.event_id == id);
+        match reported {
+            Some(o) => {
+                match o.result {
+                    Res::Ok => p.ok.push(n.clone()),
+                    Res::Failed => p.failed.push(n.clone()),
+                    Res::RolledBack => p.rolled_back.push(n.clone()),
+                }
+                if let Some(e) = &o.error {
+                    p.errors.insert(n.clone(), e.clone());
+                }
+            }
+            None => match plan.may_start(n, &alive, &by_node) {
+                Decision::Halted { .. } => p.halted.push(n.clone()),
+                _ => p.pending.push(n.clone()),
+            },
+        }
+    }
+    // Failed members that match are targets too, for the count: the deploy has not
+    // reached them. The waves leave them out (they cannot report), so they never hold
+    // up a wave, and they converge once back.
+    let m = Matcher::new(&ev.targets);
+    p.unreachable = members
+        .values()
+        .filter(|v| v.failed && m.matches(&v.name, &v.tags) && !targets.contains(&v.name))
+        .filter(|v| node_apps.get(&v.name).is_some_and(|a| a.contains(&ev.app)))
+        .map(|v| v.name.clone())
+        .collect();
+    p.targets = targets;
+    p.targets.extend(p.unreachable.iter().cloned());
+    p.targets.sort();
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::signed::{MaxParallel, Rollout};
+
+    fn ev(targets: Targets, rollout: Rollout) -> DeployEvent {
+        DeployEvent {
+            app: "web".into(),
+            version: "v2".into(),
+            url: String::new(),
+            sha256: None,
+            targets,
+            rollout,
+            issued_at_ms: 1,
+            id: [7; 16],
+        }
+    }
+
+    fn members(n: usize) -> BTreeMap<String, MemberView> {
+        (0..n)
+            .map(|i| {
+                let name = format!("n{i}");
+                let mut tags = Tags::new();
+                tags.insert("role".into(), if i % 2 == 0 { "web" } else { "db" }.into());
+                let v = MemberView {
+                    name: name.clone(),
+                    alive: true,
+                    failed: false,
+                    tags,
+                };
+                (name, v)
+            })
+            .collect()
+    }
+
+    fn all_run_web(m: &BTreeMap<String, MemberView>) -> BTreeMap<String, BTreeSet<String>> {
+        m.keys()
+            .map(|k| (k.clone(), BTreeSet::from(["web".to_string()])))
+            .collect()
+    }
+
+    fn outcome(node: &str, result: Res, e: &DeployEvent) -> (String, NodeOutcome) {
+        (
+            crate::deploy::status::outcome_key("web", node),
+            NodeOutcome {
+                node: node.into(),
+                app: "web".into(),
+                event_id: e.id_hex(),
+                version: "v2".into(),
+                result,
+                error: (result != Res::Ok).then(|| "boom".into()),
+                at: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn targets_follow_filters_apps_and_liveness() {
+        let mut m = members(6);
+        let mut apps = all_run_web(&m);
+        let t = Targets {
+            nodes: vec!["n[0-3]".into(), "n5".into()],
+            tags: vec![("role".into(), "web".into())],
+        };
+        let e = ev(t, Rollout::default());
+        assert_eq!(targets(&e, &m, &apps, &BTreeMap::new()), ["n0", "n2"]);
+        // A node that does not run the app, and a dead one, are not targets.
+        apps.get_mut("n0").unwrap().clear();
+        m.get_mut("n2").unwrap().alive = false;
+        m.get_mut("n2").unwrap().failed = true;
+        assert!(targets(&e, &m, &apps, &BTreeMap::new()).is_empty());
+        // The failed one that would have been a target is reported as unreachable.
+        apps.get_mut("n0").unwrap().insert("web".into());
+        assert_eq!(
+            progress(&e, &m, &apps, &BTreeMap::new()).unreachable,
+            ["n2"]
+        );
+        apps.get_mut("n0").unwrap().clear();
+        // ...unless it already reported for this event.
+        let o: BTreeMap<_, _> = [outcome("n2", Res::Ok, &e)].into();
+        assert_eq!(targets(&e, &m, &apps, &o), ["n2"]);
+        // No filters: every node that runs the app.
+        let all = ev(Targets::default(), Rollout::default());
+        assert_eq!(targets(&all, &m, &apps, &BTreeMap::new()).len(), 4);
+    }
+
+    #[test]
+    fn progress_counts_and_halts_later_waves() {
+        let m = members(6);
+        let apps = all_run_web(&m);
+        let e = ev(
+            Targets::default(),
+            Rollout {
+                max_parallel: Some(MaxParallel::Count(2)),
+                canary: 1,
+            },
+        );
+        let p = progress(&e, &m, &apps, &BTreeMap::new());
+        assert_eq!(p.pending.len(), 6);
+        assert!(!p.is_done());
+        let plan = Plan::new(&e.id, &p.targets, &e.rollout);
+        let canary = plan.waves[0][0].clone();
+        let o: BTreeMap<_, _> = [outcome(&canary, Res::RolledBack, &e)].into();
+        let p = progress(&e, &m, &apps, &o);
+        assert_eq!(p.rolled_back, std::slice::from_ref(&canary));
+        assert_eq!(p.halted.len(), 5);
+        assert!(p.is_done() && !p.is_success());
+        assert_eq!(p.errors[&canary], "boom");
+        // All ok: success.
+        let o: BTreeMap<_, _> = p.targets.iter().map(|n| outcome(n, Res::Ok, &e)).collect();
+        let p = progress(&e, &m, &apps, &o);
+        assert!(p.is_done() && p.is_success(), "{p:?}");
+    }
+
+    #[test]
+    fn member_status_decides_alive_and_unreachable() {
+        let v = |s| MemberView::from_status("n".into(), s, Tags::new());
+        assert!(v("alive").alive && v("suspect").alive);
+        assert!(!v("failed").alive && v("failed").failed);
+        assert!(!v("left").alive && !v("left").failed);
+    }
+
+    #[test]
+    fn bad_regex_matches_nothing() {
+        let m = Matcher::new(&Targets {
+            nodes: vec!["(".into()],
+            tags: vec![],
+        });
+        assert!(!m.matches("n1", &Tags::new()));
+    }
+}

@@ -1,0 +1,302 @@
+//! The deploy executor: the I/O shell that carries out the effects of each app's
+//! [`Activation`](super::activation::Activation) — fetch into the release store, switch
+//! `current`, stop and start the jail through the [`Supervisor`], check health, roll back —
+//! and reports each outcome on a channel. The controller (gossip, signatures, waves) decides
+//! *what* to deploy; this decides nothing, it only does it.
+//!
+//! - One task per app, so apps are independent: a slow fetch of one does not hold another.
+//!   A submit only replaces the app's latest request (a `watch` slot); the task feeds it to
+//!   the machine between effects, so a newer request replaces one still waiting.
+//! - Every blocking filesystem step (fetch and unpack, switch, reading the store) runs on
+//!   `spawn_blocking`; the async threads only wait.
+//! - Bad input (a version that is not a valid release name, an unparsable URL) becomes a
+//!   `failed` outcome naming the problem; nothing panics and nothing is activated.
+//! - An activation under way is recorded in the store (`.droot-fleet/activating.json`)
+//!   until its outcome. If the agent dies meanwhile, `current` may name a release that was
+//!   never health-checked; the next executor switches back to the release before it and
+//!   starts that (or, when there was none, removes `current`) before anything else, so
+//!   an unverified release never runs on, and the controller's retry of that deploy is a
+//!   full activation, not an `ok` no-op.
+//! - A deploy of the version already current is `ok` at once, without a restart; if its
+//!   jail is down (stopped, or failed and not restarted), it is started first.
+//! - [`Executor::status`] reads `current`, `previous` and the releases from disk each time,
+//!   so a switch made by hand shows, and the next deploy starts from it.
+
+mod store;
+mod task;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::activation;
+use super::app::AppConfig;
+use super::fetch;
+use super::supervisor::{self, Supervisor, SupervisorError};
+use crate::artifact::UnpackOptions;
+use crate::release::Layout;
+
+pub use store::MAX_ERROR;
+
+/// How long a jail must stay up after its start to count as started, for an app without a
+/// health check (one that exits at once is a failed deploy). With a health check, the check
+/// decides, and an exit while it runs is a crash.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// How long [`Executor::shutdown`] lets an activation under way finish before it is cut off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Where artifacts come from, how they are unpacked, and how jails are run.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    pub fetch: fetch::FetchOptions,
+    pub unpack: UnpackOptions,
+    pub supervisor: supervisor::SupervisorOptions,
+}
+
+/// A deploy request for one app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submit {
+    pub event_id: String,
+    pub version: String,
+    /// The artifact URL; empty means the app's `artifact` template for `version`.
+    pub url: String,
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// How one submitted deploy ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub app: String,
+    pub outcome: activation::Outcome,
+}
+
+/// One app as the executor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRuntime {
+    /// The release `current` names.
+    pub current: Option<String>,
+    /// What a rollback would go back to.
+    pub previous: Option<String>,
+    pub jail: supervisor::AppStatus,
+    /// Version being activated.
+    pub activating: Option<String>,
+    /// Releases on disk, in deploy order (oldest first).
+    pub releases: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("no app {0:?} in this agent's config; add an [apps.{0}] block or check the name")]
+    UnknownApp(String),
+    #[error(
+        "app {0}: its executor task has ended (see the log for why); restart the agent to deploy it again"
+    )]
+    TaskGone(String),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+/// What an app's task shares with [`Executor::status`].
+#[derive(Debug, Default)]
+struct Shared {
+    view: store::View,
+    activating: Option<String>,
+}
+
+struct AppHandle {
+    layout: Layout,
+    submit: watch::Sender<Option<Submit>>,
+    shared: Arc<Mutex<Shared>>,
+    task: JoinHandle<()>,
+}
+
+/// Carries out deploys for every configured app.
+pub struct Executor {
+    sup: Arc<Supervisor>,
+    apps: BTreeMap<String, AppHandle>,
+}
+
+impl Executor {
+    /// Takes every app under supervision (adopting jails still running from an earlier
+    /// agent) and starts any app that is not running from its `current` release (apps with
+    /// no release yet stay stopped). An app that cannot be started is logged and left
+    /// `failed`; a deploy can fix it. An app that cannot be managed at all is an error, and
+    /// then no app is left under supervision (adopted jails keep running).
+    pub async fn start(
+        apps: BTreeMap<String, AppConfig>,
+        opts: ExecutorOptions,
+    ) -> Result<(Executor, mpsc::Receiver<Finished>), ExecutorError> {
+        let sup = Arc::new(Supervisor::new(opts.supervisor.clone())?);
+        let (done_tx, done_rx) = mpsc::channel(64);
+        let mut handles = BTreeMap::new();
+        for (name, app) in apps {
+            if let Err(e) = sup.manage(app.clone()).await {
+                sup.shutdown(true).await;
+                return Err(e.into());
+            }
+            let view = bring_up(&sup, &app).await;
+            let shared = Arc::new(Mutex::new(Shared {
+                view: view.clone(),
+                activating: None,
+            }));
+            let (submit, rx) = watch::channel(None);
+            let layout = Layout::new(&app.root);
+            let t = task::AppTask::new(
+                app,
+                view.current,
+                sup.clone(),
+                opts.clone(),
+                shared.clone(),
+                done_tx.clone(),
+            );
+            let task = tokio::spawn(t.run(rx));
+            handles.insert(
+                name,
+                AppHandle {
+                    layout,
+                    submit,
+                    shared,
+                    task,
+                },
+            );
+        }
+        Ok((Executor { sup, apps: handles }, done_rx))
+    }
+
+    /// Queues a deploy of `req` for `app` (non-blocking). One activation per app at a time;
+    /// a newer submit replaces one still waiting. The outcome comes on the receiver.
+    pub fn submit(&self, app: &str, req: Submit) -> Result<(), ExecutorError> {
+        let h = self
+            .apps
+            .get(app)
+            .ok_or_else(|| ExecutorError::UnknownApp(app.into()))?;
+        if h.submit.is_closed() || h.task.is_finished() {
+            return Err(ExecutorError::TaskGone(app.into()));
+        }
+        tracing::info!(app, event = %req.event_id, version = %req.version, "deploy submitted");
+        h.submit.send_replace(Some(req));
+        Ok(())
+    }
+
+    /// The app's releases, jail and activation; `None` for an app not configured. The
+    /// releases are read from disk now (so a switch by hand shows), or as last seen when
+    /// the disk cannot be read.
+    pub async fn status(&self, app: &str) -> Option<AppRuntime> {
+        let h = self.apps.get(app)?;
+        let layout = h.layout.clone();
+        let fresh = tokio::task::spawn_blocking(move || store::view(&layout)).await;
+        let (view, activating) = {
+            let mut s = h.shared.lock().unwrap_or_else(|p| p.into_inner());
+            if let Ok(Ok(v)) = fresh {
+                s.view = v;
+            }
+            (s.view.clone(), s.activating.clone())
+        };
+        let jail = self.sup.status(app).await.ok()?;
+        Some(AppRuntime {
+            current: view.current,
+            previous: view.previous,
+            jail,
+            activating,
+            releases: view.releases,
+        })
+    }
+
+    /// The configured apps, sorted.
+    pub fn apps(&self) -> Vec<String> {
+        self.apps.keys().cloned().collect()
+    }
+
+    /// Stops supervising: jails stop unless the app's `leave_running` (or `leave_all`). An
+    /// activation under way gets a few seconds to finish, then is cut off (logged).
+    pub async fn shutdown(self, leave_all: bool) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let tasks: Vec<(String, JoinHandle<()>)> = self
+            .apps
+            .into_iter()
+            .map(|(name, h)| (name, h.task))
+            .collect();
+        for (name, task) in tasks {
+            let abort = task.abort_handle();
+            match tokio::time::timeout_at(deadline, task).await {
+                Ok(Err(e)) if e.is_panic() => {
+                    tracing::error!(app = %name, error = %e, "executor task panicked")
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(app = %name, "activation under way cut off by the shutdown");
+                    abort.abort();
+                }
+            }
+        }
+        self.sup.shutdown(leave_all).await;
+    }
+}
+
+/// Reads the app's store and starts its `current` release unless that already runs. An
+/// activation the previous agent left unfinished is undone first: its release was never
+/// verified, so the app comes back on the release before it (or, with none, `current` is
+/// removed and the app stays stopped), and a retry of the deploy is a full activation.
+async fn bring_up(sup: &Supervisor, app: &AppConfig) -> store::View {
+    let layout = Layout::new(&app.root);
+    let read = tokio::task::spawn_blocking(move || {
+        let undone = store::undo_interrupted(&layout);
+        (undone, store::view(&layout))
+    })
+    .await;
+    let (undone, view) = match read {
+        Ok((undone, Ok(v))) => (undone, v),
+        Ok((_, Err(e))) => {
+            tracing::error!(app = %app.name, error = %e, "cannot read the release store");
+            return store::View::default();
+        }
+        Err(e) => {
+            tracing::error!(app = %app.name, error = %e, "cannot read the release store");
+            return store::View::default();
+        }
+    };
+    match undone {
+        Ok(None) => {}
+        Ok(Some(store::Undone::RolledBack(m))) => {
+            tracing::warn!(app = %app.name, version = %m.version, back_on = ?m.from, "an activation was cut off by the agent's end before its health check passed; back on the release before it");
+        }
+        Ok(Some(store::Undone::NoPrevious(m))) => {
+            tracing::warn!(app = %app.name, version = %m.version, "an activation was cut off by the agent's end before its health check passed, and no release came before it; current removed, the app stays stopped until a release is deployed");
+            if let Err(e) = sup.stop(&app.name).await {
+                tracing::error!(app = %app.name, error = %e, "cannot stop the unverified jail");
+            }
+            return view;
+        }
+        Err(e) => {
+            tracing::error!(app = %app.name, error = %e, "cannot undo the activation an earlier agent left unfinished; starting what current names");
+        }
+    }
+    let Some(current) = view.current.as_deref() else {
+        tracing::info!(app = %app.name, "no release deployed yet; the app stays stopped");
+        return view;
+    };
+    let running = sup.status(&app.name).await.ok().is_some_and(|s| {
+        s.state == supervisor::State::Running && s.release.as_deref() == Some(current)
+    });
+    if !running && let Err(e) = sup.start(&app.name, Some(current)).await {
+        tracing::error!(app = %app.name, error = %e, "cannot start the app");
+    }
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_executor_can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<Executor>();
+        shareable::<Finished>();
+        shareable::<AppRuntime>();
+    }
+}

@@ -1,0 +1,410 @@
+//! One app's executor task: feeds submits to the [`Activation`] machine and carries out its
+//! effects one at a time, feeding each result back, until the executor closes.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+
+use super::store::{self, short};
+use super::{ExecutorOptions, Finished, SETTLE, Shared, Submit};
+use crate::deploy::activation::{Activation, Effect, Input, Outcome, Request};
+use crate::deploy::app::AppConfig;
+use crate::deploy::fetch;
+use crate::deploy::health::{ExecContext, wait_healthy};
+use crate::deploy::supervisor::{AppStatus, State, Supervisor};
+use crate::release::Layout;
+use crate::release::layout::validate_version;
+
+pub(super) struct AppTask {
+    app: AppConfig,
+    layout: Layout,
+    sup: Arc<Supervisor>,
+    opts: ExecutorOptions,
+    shared: Arc<Mutex<Shared>>,
+    done: mpsc::Sender<Finished>,
+    machine: Activation,
+    /// The active request and the newest one (the machine only knows versions and ids).
+    submits: Vec<Submit>,
+    /// The pid of the jail the last StartJail started.
+    started_pid: Option<i32>,
+    /// The version the on-disk activation record names (see [`store::mark`]).
+    marked: Option<String>,
+}
+
+/// Runs `f` on the blocking pool; a panic there becomes an error, not a panic here.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(format!("internal error: {e}")))
+}
+
+impl AppTask {
+    pub(super) fn new(
+        app: AppConfig,
+        current: Option<String>,
+        sup: Arc<Supervisor>,
+        opts: ExecutorOptions,
+        shared: Arc<Mutex<Shared>>,
+        done: mpsc::Sender<Finished>,
+    ) -> Self {
+        AppTask {
+            layout: Layout::new(&app.root),
+            app,
+            sup,
+            opts,
+            shared,
+            done,
+            machine: Activation::new(current),
+            submits: Vec::new(),
+            started_pid: None,
+            marked: None,
+        }
+    }
+
+    /// Takes submits from `rx` and carries out the machine's effects; returns once the
+    /// executor has closed `rx` and no effect is left. A submit that arrived during an
+    /// effect is fed before that effect's result, while the activation is still active: so
+    /// it waits (or is ignored, for the event being activated) rather than racing it.
+    pub(super) async fn run(mut self, mut rx: watch::Receiver<Option<Submit>>) {
+        let mut queue: VecDeque<Effect> = VecDeque::new();
+        loop {
+            let Some(effect) = queue.pop_front() else {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                self.take_submit(&mut rx, &mut queue).await;
+                continue;
+            };
+            let input = self.carry_out(effect).await;
+            if rx.has_changed().unwrap_or(false) {
+                self.take_submit(&mut rx, &mut queue).await;
+            }
+            if let Some(input) = input {
+                queue.extend(self.machine.step(input));
+            }
+            self.track().await;
+        }
+    }
+
+    async fn take_submit(
+        &mut self,
+        rx: &mut watch::Receiver<Option<Submit>>,
+        queue: &mut VecDeque<Effect>,
+    ) {
+        let req = rx.borrow_and_update().clone();
+        if let Some(req) = req {
+            queue.extend(self.deploy(req).await);
+            self.track().await;
+        }
+    }
+
+    /// Reports `req` failed with `error` before it reached the machine: nothing to do.
+    async fn fail(&mut self, req: Submit, error: String) -> Vec<Effect> {
+        self.report(Outcome::Failed {
+            event_id: req.event_id,
+            version: req.version,
+            error,
+        })
+        .await;
+        vec![]
+    }
+
+    /// Feeds a submit to the machine; a version that is no release name fails at once, and
+    /// the event being activated again is ignored (its outcome comes once).
+    async fn deploy(&mut self, req: Submit) -> Vec<Effect> {
+        if self
+            .machine
+            .active()
+            .is_some_and(|a| a.event_id == req.event_id)
+        {
+            tracing::debug!(app = %self.app.name, event = %req.event_id, "already being activated");
+            return vec![];
+        }
+        if let Err(e) = validate_version(&req.version) {
+            return self.fail(req, e.to_string()).await;
+        }
+        if self.machine.is_idle() {
+            self.resync().await;
+            if self.machine.current() == Some(req.version.as_str())
+                && let Err(error) = self.ensure_running(&req.version).await
+            {
+                return self.fail(req, error).await;
+            }
+        }
+        let (layout, version, want) = (self.layout.clone(), req.version.clone(), req.sha256);
+        let present = blocking(move || match want {
+            Some(want) if store::is_present(&layout, &version) => {
+                store::check_present_digest(&layout, &version, &want).map(|()| true)
+            }
+            _ => Ok(store::is_present(&layout, &version)),
+        })
+        .await;
+        let present = match present {
+            Ok(p) => p,
+            Err(error) => return self.fail(req, error).await,
+        };
+        let active = self.machine.active().map(|r| r.event_id.clone());
+        self.submits
+            .retain(|s| Some(s.event_id.as_str()) == active.as_deref());
+        self.submits.push(req.clone());
+        self.machine.step(Input::Deploy(Request {
+            event_id: req.event_id,
+            version: req.version,
+            present,
+        }))
+    }
+
+    /// Re-reads the store; when `current` was switched behind our back (a `deploy
+    /// --rollback` by hand), the idle machine starts again from what the disk says. After
+    /// an activation an earlier agent left unfinished, it starts from the release before
+    /// it: `current` was never verified, so deploying it again is a full activation.
+    async fn resync(&mut self) {
+        self.refresh().await;
+        let layout = self.layout.clone();
+        let left = blocking(move || Ok(store::interrupted(&layout)))
+            .await
+            .ok()
+            .flatten();
+        let current = match left {
+            Some(m) => {
+                tracing::warn!(app = %self.app.name, version = %m.version, from = ?m.from, "an earlier activation was interrupted; its release counts as unverified");
+                // Replaced by the next activation's record, or removed if none starts.
+                self.marked = Some(m.version);
+                m.from
+            }
+            None => self.shared().view.current.clone(),
+        };
+        if current.as_deref() != self.machine.current() {
+            tracing::info!(app = %self.app.name, ?current, "current changed outside the executor");
+            self.machine = Activation::new(current);
+        }
+    }
+
+    /// For a deploy of the current version: points `current` at it (it may not be, after
+    /// an interrupted activation) and starts its jail unless that runs (or waits out a
+    /// restart backoff) on that release.
+    async fn ensure_running(&mut self, version: &str) -> Result<(), String> {
+        let (layout, v) = (self.layout.clone(), version.to_string());
+        blocking(move || store::switch(&layout, &v)).await?;
+        self.refresh().await;
+        let st = self
+            .sup
+            .status(&self.app.name)
+            .await
+            .map_err(|e| short(&e))?;
+        let up = matches!(st.state, State::Running | State::Starting);
+        if up && st.release.as_deref() == Some(version) {
+            return Ok(());
+        }
+        tracing::info!(app = %self.app.name, %version, "starting the current release");
+        self.sup
+            .start(&self.app.name, Some(version))
+            .await
+            .map(drop)
+            .map_err(|e| short(&e))
+    }
+
+    /// Carries out one effect; returns what happened, for the machine.
+    async fn carry_out(&mut self, effect: Effect) -> Option<Input> {
+        let name = self.app.name.clone();
+        tracing::debug!(app = %name, ?effect, "deploy step");
+        match effect {
+            Effect::Fetch { version } => Some(Input::Fetched(self.fetch(&version).await)),
+            Effect::SwitchCurrent { version } => {
+                let layout = self.layout.clone();
+                let r = blocking(move || store::switch(&layout, &version)).await;
+                self.refresh().await;
+                Some(Input::Switched(r))
+            }
+            Effect::StopJail => {
+                if let Err(e) = self.sup.stop(&name).await {
+                    tracing::error!(app = %name, error = %e, "cannot stop the jail");
+                }
+                Some(Input::Stopped)
+            }
+            Effect::StartJail { version } => {
+                let r = self.sup.start(&name, Some(&version)).await;
+                self.started_pid = r.as_ref().ok().and_then(|s| s.pid);
+                Some(Input::Started(r.map(drop).map_err(|e| short(&e))))
+            }
+            Effect::CheckHealth { version } => Some(self.check(&version).await),
+            Effect::ClearCurrent { version } => {
+                let layout = self.layout.clone();
+                if let Err(e) = blocking(move || store::clear_current(&layout, &version)).await {
+                    tracing::error!(app = %name, error = %e, "cannot remove current after a failed first deploy");
+                }
+                None
+            }
+            Effect::Report(outcome) => {
+                // The record goes first: a crash right after the outcome must not find it.
+                self.track().await;
+                self.refresh().await;
+                self.report(outcome).await;
+                None
+            }
+        }
+    }
+
+    /// Fetches `version` into the store (nothing to do when it is already there).
+    async fn fetch(&mut self, version: &str) -> Result<(), String> {
+        let active = self.machine.active().map(|r| r.event_id.as_str());
+        let req = self.submits.iter().rev();
+        let req = req
+            .clone()
+            .find(|s| Some(s.event_id.as_str()) == active)
+            .or_else(|| req.clone().find(|s| s.version == version));
+        let Some(req) = req else {
+            return Err(format!("internal error: no request for {version}"));
+        };
+        let url = if req.url.is_empty() {
+            self.app.artifact_url(version)
+        } else {
+            req.url.clone()
+        };
+        let sha256 = req.sha256;
+        let (layout, keep) = (self.layout.clone(), self.app.keep);
+        let (unpack, fopts) = (self.opts.unpack.clone(), self.opts.fetch.clone());
+        let version = version.to_string();
+        let app = self.app.name.clone();
+        let r = blocking(move || {
+            if store::is_present(&layout, &version) {
+                return Ok(());
+            }
+            tracing::info!(%app, %url, %version, "fetching");
+            match fetch::deploy(&layout, &url, sha256, Some(&version), keep, &unpack, &fopts) {
+                Ok(f) => {
+                    if let Err(e) = store::record_digest(&layout, &version, &f.sha256) {
+                        tracing::warn!(%app, %version, error = %e, "artifact digest not recorded");
+                    }
+                    Ok(())
+                }
+                // Published and switched, then a later step (pruning) failed: it is deployed.
+                Err(e) if store::view(&layout).is_ok_and(|v| v.current.as_ref() == Some(&version)) => {
+                    tracing::warn!(%app, %version, error = %store::fetch_error(&e), "deployed, but a step after the switch failed");
+                    Ok(())
+                }
+                Err(e) => Err(store::fetch_error(&e)),
+            }
+        })
+        .await;
+        self.refresh().await;
+        r
+    }
+
+    /// Health-checks the jail just started: the app's check, or (without one) that it stays
+    /// up for [`SETTLE`]. The jail ending meanwhile is a crash.
+    async fn check(&mut self, version: &str) -> Input {
+        let Ok(mut rx) = self.sup.watch(&self.app.name).await else {
+            return Input::Crashed("the app's supervisor task has ended".into());
+        };
+        let pid = self.started_pid;
+        let gone = move |s: &AppStatus| s.state != State::Running || s.pid != pid;
+        let ctx = ExecContext {
+            exe: self.opts.supervisor.exe.clone(),
+            root: self.layout.release(version),
+            jail: self.app.jail.clone(),
+        };
+        let probe = async {
+            match &self.app.health {
+                Some(cfg) => wait_healthy(cfg, &ctx)
+                    .await
+                    .map(drop)
+                    .map_err(|e| short(&e)),
+                None => {
+                    tokio::time::sleep(SETTLE).await;
+                    Ok(())
+                }
+            }
+        };
+        let crashed = async {
+            match rx.wait_for(gone).await {
+                Ok(s) => crash_message(&s),
+                Err(_) => "the app's supervisor task has ended".to_string(),
+            }
+        };
+        let result = tokio::select! {
+            biased;
+            c = crashed => return Input::Crashed(c),
+            r = probe => r,
+        };
+        let now = rx.borrow().clone();
+        match result {
+            Ok(()) if gone(&now) => Input::Crashed(crash_message(&now)),
+            Ok(()) => Input::HealthPassed,
+            Err(e) => Input::HealthFailed(e),
+        }
+    }
+
+    async fn report(&mut self, outcome: Outcome) {
+        let app = self.app.name.clone();
+        match &outcome {
+            Outcome::Ok { event_id, version } => {
+                tracing::info!(%app, event = %event_id, %version, "deploy ok")
+            }
+            Outcome::Failed {
+                event_id,
+                version,
+                error,
+            } => tracing::warn!(%app, event = %event_id, %version, %error, "deploy failed"),
+            Outcome::RolledBack {
+                event_id,
+                version,
+                to,
+                error,
+            } => {
+                tracing::warn!(%app, event = %event_id, %version, %to, %error, "deploy rolled back")
+            }
+        }
+        if self.done.send(Finished { app, outcome }).await.is_err() {
+            tracing::debug!("nobody listens for deploy outcomes any more");
+        }
+    }
+
+    /// Re-reads `current`, `previous` and the releases for `status`.
+    async fn refresh(&self) {
+        let layout = self.layout.clone();
+        match blocking(move || store::view(&layout)).await {
+            Ok(view) => self.shared().view = view,
+            Err(e) => {
+                tracing::warn!(app = %self.app.name, error = %e, "cannot read the release store")
+            }
+        }
+    }
+
+    /// Publishes the version being activated, and records it on disk while it lasts.
+    async fn track(&mut self) {
+        let active = self.machine.active().map(|r| r.version.clone());
+        self.shared().activating = active.clone();
+        if active == self.marked {
+            return;
+        }
+        let layout = self.layout.clone();
+        let r = match &active {
+            Some(version) => {
+                let m = store::Marker {
+                    version: version.clone(),
+                    from: self.machine.current().map(str::to_string),
+                };
+                blocking(move || store::mark(&layout, &m)).await
+            }
+            None => blocking(move || store::unmark(&layout)).await,
+        };
+        if let Err(e) = r {
+            tracing::warn!(app = %self.app.name, error = %e, "cannot update the activation record");
+        }
+        self.marked = active;
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a jail being checked is no longer the one started.
+fn crash_message(s: &AppStatus) -> String {
+    let how = s.last_exit.as_deref().unwrap_or("ended");
+    format!("the jail ended while being checked ({how})")
+}
