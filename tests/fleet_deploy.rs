@@ -102,8 +102,13 @@ fn assert_matches_disk(f: &Fleet, st: &std::collections::BTreeMap<String, Value>
         }
         let pid_file = f.base.join(format!("n{n}/apps/web.pid"));
         let rec: Value = serde_json::from_slice(&std::fs::read(&pid_file).unwrap()).unwrap();
-        assert_eq!(rec["pid"], v["pid"], "n{n}: {}", pid_file.display());
-        assert_eq!(rec["release"], cur, "n{n}");
+        assert_eq!(
+            (&rec["pid"], &rec["release"]),
+            (&v["pid"], &v["version"]),
+            "n{n}: {} against the status {v}; its agent's log:\n{}",
+            pid_file.display(),
+            f.agent(n).log_text()
+        );
     }
 }
 

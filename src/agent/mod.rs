@@ -295,22 +295,26 @@ impl Agent {
         self.consumers.register(name, prefix)
     }
 
-    /// Runs until `shutdown` completes (then leaves gracefully) or a `leave` request.
+    /// Runs until `shutdown` completes (then leaves gracefully) or a `leave` request:
+    /// [`Self::start`], then [`task::Started::run`].
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
-        task::run(
-            task::Parts {
-                settings: self.settings,
-                registry: self.registry,
-                consumers: self.consumers,
-                validators: self.validators,
-                log_reload: self.log_reload,
-                tables_check: self.tables_check,
-                handle: self.handle,
-                inputs: self.inputs,
-                stop: self.stop,
-            },
-            shutdown,
-        )
+        self.start().await?.run(shutdown).await
+    }
+
+    /// Restores the data dir and binds the gossip sockets; every startup error comes from
+    /// here. Nothing is announced until the result runs.
+    pub async fn start(self) -> Result<task::Started, AgentError> {
+        task::start(task::Parts {
+            settings: self.settings,
+            registry: self.registry,
+            consumers: self.consumers,
+            validators: self.validators,
+            log_reload: self.log_reload,
+            tables_check: self.tables_check,
+            handle: self.handle,
+            inputs: self.inputs,
+            stop: self.stop,
+        })
         .await
     }
 }

@@ -129,12 +129,20 @@ fn now() -> Now {
     }
 }
 
-/// Starts the agent: sockets, I/O loops, then the task until shutdown. The control API
-/// is served by the caller (see `cli::agent`), through [`Parts::handle`].
-pub async fn run(
-    parts: Parts,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), AgentError> {
+/// An agent whose data dir is restored and whose gossip sockets are bound, not yet
+/// running: what [`start`] returns and [`Started::run`] runs.
+pub struct Started {
+    task: AgentTask,
+    io: tokio::task::JoinSet<()>,
+    rx: mpsc::Receiver<Input>,
+    stop_tx: watch::Sender<bool>,
+    rejoin: Vec<NodeId>,
+}
+
+/// Starts the agent: the data dir, the keyring, the gossip sockets and I/O loops. Every
+/// startup error (a bad keyring, a port in use) comes from here, so the caller serves the
+/// control API (see `cli::agent`, through [`Parts::handle`]) only once this succeeded.
+pub async fn start(parts: Parts) -> Result<Started, AgentError> {
     let Parts {
         mut settings,
         registry,
@@ -159,7 +167,7 @@ pub async fn run(
         .map_err(io_err(format!("binding gossip TCP {bind}")))?;
     let keyring: SharedKeyring = Arc::new(RwLock::new(restored.ring.clone()));
     let counters = Arc::new(Counters::default());
-    let mut io = spawn_io(socket.clone(), listener, &keyring, &counters, &handle);
+    let io = spawn_io(socket.clone(), listener, &keyring, &counters, &handle);
     tracing::info!(node = %restored.identity.name, addr = %restored.identity.addr, bump = restored.bump, rpc = %settings.rpc, "agent started");
     let disk = DiskWriter::start(settings.data_dir.clone(), handle.tx.clone())
         .map_err(io_err("starting the disk writer thread".into()))?;
@@ -174,24 +182,44 @@ pub async fn run(
         max_handlers: settings.max_concurrent_handlers,
     };
     let rejoin = restored.rejoin.clone();
-    let mut task = AgentTask {
+    let task = AgentTask {
         machine: Machine::new(restored.into_init(settings, validators, registry)),
         shell: Shell::new(io_parts, &handle),
         sched: Scheduler::new(),
     };
-    let effects = task.machine.start(now(), rejoin);
-    task.execute(effects).await;
-    let result = task.run_loop(rx, shutdown).await;
-    // Everything written (the final state file too) before the process may exit.
-    task.shell.flush_disk().await;
-    let _ = stop_tx.send(true);
-    // Let in-flight API answers (e.g. to `leave`) and the end of monitor streams reach
-    // their clients (the API server shuts its connections down gracefully).
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while io.join_next().await.is_some() {}
+    Ok(Started {
+        task,
+        io,
+        rx,
+        stop_tx,
+        rejoin,
     })
-    .await;
-    result
+}
+
+impl Started {
+    /// Runs the task until shutdown: announces, snapshots, starts owed handlers, joins.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
+        let Started {
+            mut task,
+            mut io,
+            rx,
+            stop_tx,
+            rejoin,
+        } = self;
+        let effects = task.machine.start(now(), rejoin);
+        task.execute(effects).await;
+        let result = task.run_loop(rx, shutdown).await;
+        // Everything written (the final state file too) before the process may exit.
+        task.shell.flush_disk().await;
+        let _ = stop_tx.send(true);
+        // Let in-flight API answers (e.g. to `leave`) and the end of monitor streams reach
+        // their clients (the API server shuts its connections down gracefully).
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while io.join_next().await.is_some() {}
+        })
+        .await;
+        result
+    }
 }
 
 impl AgentTask {

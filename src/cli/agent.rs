@@ -148,11 +148,14 @@ fn init_logging(
 /// until the agent left.
 async fn serve(mut agent: Agent, deploy: DeployConfig) -> anyhow::Result<()> {
     let rpc = agent.settings().rpc.clone();
+    let token = agent.settings().rpc_token.clone();
+    let handle = agent.handle();
+    let controller = crate::deploy::controller::Controller::register(&mut agent, deploy);
+    // The control socket answers only once the data dir is in place and gossip is bound.
+    let agent = agent.start().await?;
     let listener = crate::api::server::Listener::bind(&rpc)
         .await
         .with_context(|| format!("binding the control API {rpc}"))?;
-    let handle = agent.handle();
-    let controller = crate::deploy::controller::Controller::register(&mut agent, deploy);
     let services = crate::api::Services {
         agent: handle.clone(),
         deploy: Some(controller.view()),
@@ -160,7 +163,7 @@ async fn serve(mut agent: Agent, deploy: DeployConfig) -> anyhow::Result<()> {
     let server = tokio::spawn(crate::api::server::run(
         listener,
         services,
-        agent.settings().rpc_token.clone(),
+        token,
         handle.stopping(),
     ));
     // The deploy controller runs beside the agent; if it cannot start the apps, the
