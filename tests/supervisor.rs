@@ -611,3 +611,91 @@ async fn a_restarted_supervisor_process_adopts_after_kill_9() {
     assert!(second.wait().unwrap().success());
     common::jail::assert_no_mounts(&f.root);
 }
+
+/// A jail starts only once its pid file names it: a supervisor that died between spawning
+/// it and recording it would leave a jail nobody can adopt or stop. The jail reads its own
+/// pid file through a bind mount as its first act.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jail_starts_only_once_its_pid_file_names_it() {
+    let f = fixture("supervisor start gate");
+    let cmd = r#"["sh", "-c", "cat /state/web.pid > /state/seen.tmp && mv /state/seen.tmp /state/seen; exec sleep 60"]"#;
+    let app = f.app(cmd, &format!("bind = [\"{}:/state\"]\n", f.state.display()));
+    let sup = f.supervisor();
+    sup.manage(app).await.unwrap();
+    let mut rx = sup.watch("web").await.unwrap();
+    let st = sup.start("web", None).await.unwrap();
+    let seen = f.state.join("seen");
+    let t = Instant::now();
+    while !seen.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the jail never copied its pid file; status {:?}, log:\n{}",
+            *rx.borrow(),
+            std::fs::read_to_string(f.state.join("web.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rec: PidRecord = serde_json::from_slice(&std::fs::read(&seen).unwrap()).unwrap();
+    assert_eq!(Some(rec.pid), st.pid);
+    assert_eq!(rec.release, "v1");
+    // The ordering is the gate's (the window is too short to hit by chance): `run` got one.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", rec.pid)).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    assert_eq!(
+        args[4],
+        b"--start-gate",
+        "{:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    let st = wait_for(&mut rx, "still running", |s| s.state == State::Running).await;
+    assert_eq!(st.restarts, 0, "{st:?}");
+    sup.stop("web").await.unwrap();
+    sup.shutdown(false).await;
+    common::jail::assert_no_mounts(&f.root);
+}
+
+/// `run --start-gate FD` does nothing on EOF (the supervisor died or gave up before
+/// recording the jail): exit 125, the command never ran, nothing mounted. One byte lets it
+/// run as usual.
+#[test]
+fn run_on_a_closed_start_gate_starts_nothing() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let f = fixture("run start gate");
+    let rel = f.root.join("releases/v1");
+    for opened in [false, true] {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let raw = r.as_raw_fd();
+        let mut c = common::cmd();
+        c.args(["run", "--root"])
+            .arg(&rel)
+            .args(["--start-gate", "7", "--", "touch", "/ran"]);
+        // SAFETY: dup2 and fcntl are async-signal-safe and touch only the child.
+        unsafe {
+            c.pre_exec(move || {
+                if raw != 7 && libc::dup2(raw, 7) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::fcntl(7, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        if opened {
+            nix::unistd::write(&w, &[1]).unwrap();
+        }
+        drop(w);
+        let out = common::output(&mut c);
+        drop(r);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if opened {
+            assert!(out.status.success(), "opened gate: {err}");
+        } else {
+            assert_eq!(out.status.code(), Some(125), "{err}");
+            assert!(err.contains("not started"), "{err}");
+        }
+        assert_eq!(rel.join("ran").exists(), opened, "opened: {opened}");
+        common::jail::assert_no_mounts(&f.root);
+    }
+}

@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// Seccomp profile: `default` (deny the dangerous syscalls) or `unconfined` (no filter).
     #[arg(long, value_enum, default_value = "default")]
     pub seccomp: SeccompProfile,
+    /// Internal (the supervisor's): wait for one byte on this inherited descriptor before
+    /// doing anything; EOF ends `run` unstarted (exit 125).
+    #[arg(long, value_name = "FD", hide = true, value_parser = clap::value_parser!(i32).range(3..))]
+    pub start_gate: Option<i32>,
     /// The command and its arguments, looked up on the jail's PATH.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -61,6 +65,14 @@ pub enum SeccompProfile {
 /// printed here (once) because their exit code matters: 125 set-up, 126 not executable,
 /// 127 not found.
 pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(fd) = args.start_gate
+        && !start_gate_opened(fd)?
+    {
+        eprintln!(
+            "droot-fleet: error: not started: the supervisor that spawned this jail ended or gave up on it before recording its pid file"
+        );
+        return Ok(ExitCode::from(125));
+    }
     let input = SpecInput {
         root: super::absolute(&args.root)?,
         user: args.user,
@@ -82,4 +94,19 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(err.exit_code()))
         }
     }
+}
+
+/// Waits on the supervisor's start gate (see `deploy::supervisor::proc::StartGate`).
+fn start_gate_opened(fd: i32) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: F_GETFD only checks that the descriptor is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        anyhow::bail!("--start-gate {fd}: no such open descriptor");
+    }
+    // SAFETY: the descriptor is open and nothing else in this process uses it: it was
+    // inherited for this purpose only.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    crate::deploy::supervisor::proc::wait_start_gate(owned)
+        .with_context(|| format!("reading the start gate (descriptor {fd})"))
 }

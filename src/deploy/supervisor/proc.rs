@@ -85,6 +85,70 @@ pub fn remove_pid_file(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The pipe `run --start-gate FD` waits on: the jail starts on the byte [`Self::open`]
+/// writes, once its pid file is written, and ends unstarted on EOF, when the gate is dropped
+/// unopened or the whole supervisor died first. So no jail runs that no pid file names.
+pub struct StartGate {
+    read: Option<OwnedFd>,
+    write: OwnedFd,
+}
+
+impl StartGate {
+    /// Both ends close-on-exec; [`Self::pass_to`] lets the child keep the read end.
+    pub fn new() -> io::Result<Self> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        Ok(StartGate {
+            read: Some(read),
+            write,
+        })
+    }
+
+    /// The `run` flags that name the read end.
+    pub fn args(&self) -> [std::ffi::OsString; 2] {
+        let fd = self.read.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+        ["--start-gate".into(), fd.to_string().into()]
+    }
+
+    /// The child keeps the read end across exec (and only the child).
+    pub fn pass_to(&self, cmd: &mut tokio::process::Command) {
+        let fd = self.read.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+        // SAFETY: fcntl is async-signal-safe; it changes only the child's descriptor table.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// After spawn: the parent closes its read end, so EOF comes when `write` closes.
+    pub fn spawned(mut self) -> Self {
+        self.read = None;
+        self
+    }
+
+    /// Lets the jail start. A child that already ended makes this a no-op (EPIPE).
+    pub fn open(self) {
+        let _ = nix::unistd::write(&self.write, &[1]);
+    }
+}
+
+/// Waits on `run --start-gate FD`: true once the supervisor opened it, false on EOF (it
+/// gave up on this jail, or died, before recording it).
+pub fn wait_start_gate(fd: OwnedFd) -> io::Result<bool> {
+    let mut f = File::from(fd);
+    let mut byte = [0u8; 1];
+    loop {
+        match io::Read::read(&mut f, &mut byte) {
+            Ok(n) => return Ok(n == 1),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Why a pid file was not adopted.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NotAdopted {

@@ -268,7 +268,16 @@ impl AppTask {
     fn spawn(&mut self) -> Result<(), SupervisorError> {
         let release = self.release.clone().expect("spawn needs a release");
         let root = self.layout.release(&release);
-        let args = self.app.jail.run_args(&root, &self.app.jail.command, true);
+        let mut args = self.app.jail.run_args(&root, &self.app.jail.command, true);
+        let spawn_err = |source| SupervisorError::Spawn {
+            app: self.app.name.clone(),
+            exe: self.exe.clone(),
+            source,
+        };
+        // The jail waits until its pid file is written: if this agent dies before, nobody
+        // could find (adopt or stop) it, so it must not start at all.
+        let gate = proc::StartGate::new().map_err(spawn_err)?;
+        args.splice(3..3, gate.args());
         let io_err = |what, path: &PathBuf| {
             let path = path.clone();
             move |source| SupervisorError::Io { what, path, source }
@@ -280,20 +289,16 @@ impl AppTask {
         let err = out
             .try_clone()
             .map_err(io_err("cannot open the app log", &self.log.path))?;
-        let spawn_err = |source| SupervisorError::Spawn {
-            app: self.app.name.clone(),
-            exe: self.exe.clone(),
-            source,
-        };
-        let child = tokio::process::Command::new(&self.exe)
-            .args(&args)
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.args(&args)
             .env_clear()
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
-            .process_group(0)
-            .spawn()
-            .map_err(spawn_err)?;
+            .process_group(0);
+        gate.pass_to(&mut cmd);
+        let child = cmd.spawn().map_err(spawn_err)?;
+        let gate = gate.spawned();
         let pid = child.id().expect("a fresh child has a pid") as i32;
         // Not yet waited for, so the pid is still this child's, even if it already exited.
         let fd = proc::pidfd_open(pid).map_err(spawn_err)?;
@@ -305,8 +310,10 @@ impl AppTask {
             release: release.clone(),
             since,
         };
+        // On error the gate closes unopened, and the jail ends without starting.
         proc::write_pid_file(&self.pid_file, &rec)
             .map_err(io_err("cannot write the pid file", &self.pid_file))?;
+        gate.open();
         self.running = Some(Running {
             pid,
             pidfd: proc::async_pidfd(fd).map_err(spawn_err)?,
