@@ -109,6 +109,8 @@ fn assert_matches_disk(f: &Fleet, st: &std::collections::BTreeMap<String, Value>
             pid_file.display(),
             f.agent(n).log_text()
         );
+        let jails = fleet::run_pids(&f.root(n));
+        assert_eq!(jails, [rec["pid"].as_u64().unwrap() as u32], "n{n}: jails");
     }
 }
 

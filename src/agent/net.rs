@@ -422,13 +422,16 @@ pub async fn tcp_accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut slots = Slots::new(MAX_STREAMS);
+    let mut failures = crate::log_throttle::LogThrottle::new(crate::log_throttle::PERIOD);
     loop {
         let (stream, addr) = tokio::select! {
             _ = stop.changed() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::debug!(cause = %e, "tcp accept failed");
+                    if let Some(left_out) = failures.due(std::time::Instant::now()) {
+                        tracing::warn!(cause = %e, left_out, "gossip TCP accept failed; retrying every 50ms (left_out: failures since the last such line)");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

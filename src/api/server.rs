@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::Services;
 use crate::agent::slots::{Admit, Proof, Slots};
+use crate::log_throttle::LogThrottle;
 use crate::wire::RpcAddr;
 
 /// Most control API connections open at once.
@@ -157,6 +158,7 @@ pub async fn run(
     let token = token.map(Arc::new);
     let mut conns = tokio::task::JoinSet::new();
     let mut slots = Slots::new(MAX_CONNECTIONS);
+    let mut failures = LogThrottle::new(crate::log_throttle::PERIOD);
     loop {
         // Reap finished connection tasks so the set does not grow.
         while conns.try_join_next().is_some() {}
@@ -172,7 +174,9 @@ pub async fn run(
             },
         };
         if let Err(e) = accepted {
-            tracing::warn!(cause = %e, "control API accept failed; retrying shortly");
+            if let Some(left_out) = failures.due(std::time::Instant::now()) {
+                tracing::warn!(cause = %e, left_out, "control API accept failed; retrying every {ACCEPT_BACKOFF:?} (left_out: failures since the last such line)");
+            }
             tokio::time::sleep(ACCEPT_BACKOFF).await;
         }
     }

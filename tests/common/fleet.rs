@@ -571,6 +571,17 @@ pub fn httpd_pids(addr: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The `droot-fleet run` processes (jails) whose root is under `app_root`: supervised or
+/// not, so an orphan shows.
+pub fn run_pids(app_root: &Path) -> Vec<u32> {
+    let root = app_root.to_string_lossy().into_owned();
+    let mut pids = pids_matching(|args| {
+        args.get(1).is_some_and(|a| a == "run") && args.get(3).is_some_and(|r| r.starts_with(&root))
+    });
+    pids.sort();
+    pids
+}
+
 /// The parent pid of `pid` (field 4 of `/proc/PID/stat`), if it is still there.
 fn parent_pid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
