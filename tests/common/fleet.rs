@@ -572,12 +572,17 @@ pub fn httpd_pids(addr: &str) -> Vec<u32> {
 }
 
 /// The `droot-fleet run` processes (jails) whose root is under `app_root`: supervised or
-/// not, so an orphan shows.
+/// not, so an orphan shows. A jail's init is a fork of `run` (same command line): left out.
 pub fn run_pids(app_root: &Path) -> Vec<u32> {
     let root = app_root.to_string_lossy().into_owned();
-    let mut pids = pids_matching(|args| {
+    let all = pids_matching(|args| {
         args.get(1).is_some_and(|a| a == "run") && args.get(3).is_some_and(|r| r.starts_with(&root))
     });
+    let mut pids: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|pid| parent_pid(*pid).is_none_or(|ppid| !all.contains(&ppid)))
+        .collect();
     pids.sort();
     pids
 }
