@@ -108,7 +108,7 @@ pub(super) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError 
     move |source| AgentError::Io { what, source }
 }
 
-/// What [`run`] is given by [`super::Agent`].
+/// What [`start`] is given by [`super::Agent`].
 pub struct Parts {
     pub settings: Settings,
     pub registry: QueryRegistry,
