@@ -402,9 +402,9 @@ fn a_replay_after_a_restart_is_still_refused_as_one() {
     let v2 = event(&key, "v2", NOW + 1, 2, Rollout::default());
     c.on_event(&v1, NOW);
     c.on_event(&v2, NOW + 1);
-    let bytes = postcard::to_allocvec(&c.persisted()).unwrap();
+    let bytes = c.persisted().encode();
     let mut back = core("a", &key);
-    back.restore(postcard::from_bytes(&bytes).unwrap(), NOW * 1000);
+    back.restore(Persisted::decode(&bytes).unwrap(), NOW * 1000);
     for (bytes, id) in [(&v1, [1u8; 16]), (&v2, [2; 16])] {
         match back.verifier.accept(bytes, NOW + 2) {
             Err(VerifyError::Replayed { id: got }) => assert_eq!(got, hex::encode(id)),
@@ -413,4 +413,30 @@ fn a_replay_after_a_restart_is_still_refused_as_one() {
     }
     let v3 = event(&key, "v3", NOW + 2, 3, Rollout::default());
     assert_eq!(activations(&back.on_event(&v3, NOW + 2)), ["v3"]);
+}
+
+/// The state file names what is wrong with it: another format, another version, a cut.
+#[test]
+fn the_state_file_is_versioned_and_a_bad_one_says_why() {
+    let key = generate_signing_key();
+    let mut c = core("a", &key);
+    c.on_event(&event(&key, "v1", NOW, 1, Rollout::default()), NOW);
+    let bytes = c.persisted().encode();
+    let back = Persisted::decode(&bytes).unwrap();
+    assert_eq!(back.seen, c.persisted().seen);
+    assert_eq!(back.desired, c.persisted().desired);
+    let raw = postcard::to_allocvec(&c.persisted()).unwrap();
+    let e = Persisted::decode(&raw).unwrap_err();
+    assert!(e.contains("no DFDS header"), "{e}");
+    let mut newer = bytes.clone();
+    newer[4] = 2;
+    let e = Persisted::decode(&newer).unwrap_err();
+    assert!(e.contains("format version 2, this agent reads 1"), "{e}");
+    let e = Persisted::decode(&bytes[..5]).unwrap_err();
+    assert!(e.contains("corrupt"), "{e}");
+    assert!(
+        Persisted::decode(&bytes[..4])
+            .unwrap_err()
+            .contains("truncated")
+    );
 }

@@ -410,7 +410,7 @@ impl Shell {
     }
 
     async fn persist(&self) -> bool {
-        let bytes = postcard::to_allocvec(&self.shared.core().persisted()).unwrap_or_default();
+        let bytes = self.shared.core().persisted().encode();
         let path = self.state_path.clone();
         let r = tokio::task::spawn_blocking(move || {
             crate::atomic_file::write_atomic(&path, &bytes, 0o600)
@@ -430,7 +430,7 @@ fn log_publish_error(e: &AgentError) {
 
 fn load(path: &std::path::Path) -> Result<Persisted, ControllerError> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(postcard::from_bytes(&bytes).unwrap_or_else(|e| {
+        Ok(bytes) => Ok(Persisted::decode(&bytes).unwrap_or_else(|e| {
             tracing::warn!(path = %path.display(), cause = %e, "deploy state unreadable; starting empty (the desired state comes back through gossip)");
             Persisted::default()
         })),
