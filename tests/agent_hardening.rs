@@ -105,6 +105,8 @@ fn no_keyring_refused_on_loopback_dev_makes_a_fresh_key() {
     assert!(!out.status.success(), "started without a key on loopback");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("keyring") && err.contains("--dev"), "{err}");
+    // A failed start leaves no control socket: the API is bound only once the agent started.
+    assert!(!dir.path().join("x/agent.sock").exists());
 
     let (d1, d2, d3) = (
         dir.path().join("d1"),
@@ -117,6 +119,33 @@ fn no_keyring_refused_on_loopback_dev_makes_a_fresh_key() {
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "dev key file mode");
     let first_key = std::fs::read_to_string(&key).unwrap();
+    // A second agent on d1's gossip address fails, naming it, and binds no control socket.
+    let busy = dir.path().join("busy");
+    let out = Command::new(bin())
+        .env_remove("RUST_LOG")
+        .args([
+            "agent",
+            "--dev",
+            "--node",
+            "b",
+            "--bind",
+            &addr(1),
+            "--data-dir",
+        ])
+        .arg(&busy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second agent bound {}: {err}",
+        addr(1)
+    );
+    assert!(
+        err.contains(&format!("binding gossip UDP {}", addr(1))),
+        "{err}"
+    );
+    assert!(!busy.join("agent.sock").exists());
     let log = std::fs::read_to_string(&log1).unwrap();
     assert!(
         log.contains(&format!("--keyring {}", key.display())),
