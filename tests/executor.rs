@@ -238,6 +238,16 @@ fn assert_failed(o: Outcome, needle: &str) {
 }
 
 /// Asserts a rollback to `to` whose error names every one of `needles`.
+/// `current` names `version` and the jail runs it.
+async fn assert_current_and_running(ex: &Executor, version: &str) {
+    let st = ex.status("web").await.unwrap();
+    assert_eq!(
+        (st.current.as_deref(), st.jail.release.as_deref()),
+        (Some(version), Some(version)),
+        "{st:?}"
+    );
+}
+
 fn assert_rolled_back(o: Outcome, to: &str, needles: &[&str]) {
     match o {
         Outcome::RolledBack { to: t, error, .. } => {
@@ -430,11 +440,7 @@ async fn without_a_health_check_a_jail_that_exits_at_once_is_rolled_back() {
     deploy_ok(&ex, &mut rx, "v1").await;
     assert!(t.elapsed() >= SETTLE, "ok before the settle time");
     assert_rolled_back(deploy(&ex, &mut rx, "v2", None).await, "v1", &["status 3"]);
-    let st = ex.status("web").await.unwrap();
-    assert_eq!(
-        (st.current.as_deref(), st.jail.release.as_deref()),
-        (Some("v1"), Some("v1"))
-    );
+    assert_current_and_running(&ex, "v1").await;
     f.wait_serving("v1").await;
     f.stop(ex).await;
 }
@@ -457,11 +463,7 @@ async fn the_current_version_is_brought_up_and_hand_switches_are_seen() {
         "status reads the disk"
     );
     deploy_ok(&ex, &mut rx, "v1").await;
-    let st = ex.status("web").await.unwrap();
-    assert_eq!(
-        (st.current.as_deref(), st.jail.release.as_deref()),
-        (Some("v1"), Some("v1"))
-    );
+    assert_current_and_running(&ex, "v1").await;
     f.wait_serving("v1").await;
     // And the machine follows: v2 is a real deploy again, not a no-op.
     deploy_ok(&ex, &mut rx, "v2").await;
@@ -503,12 +505,7 @@ async fn an_activation_cut_off_by_a_restart_is_checked_again_not_taken_as_done()
     // The next agent finds v2 current but never verified: it goes back to v1 before
     // anything else (the unverified v2 does not run on), and the same deploy is done in full.
     let (ex, mut rx) = f.start_web().await;
-    let st = ex.status("web").await.unwrap();
-    assert_eq!(
-        (st.current.as_deref(), st.jail.release.as_deref()),
-        (Some("v1"), Some("v1")),
-        "{st:?}"
-    );
+    assert_current_and_running(&ex, "v1").await;
     f.wait_serving("v1").await;
     match deploy(&ex, &mut rx, "v2", None).await {
         Outcome::RolledBack { to, error, .. } => {
@@ -561,12 +558,7 @@ async fn after_an_interrupted_activation_the_release_before_it_can_be_deployed()
     let (ex, mut rx) = f.start_web().await;
     // Undone at start: v1 is current and serving, the record is gone, and deploying v1 is
     // a no-op.
-    let st = ex.status("web").await.unwrap();
-    assert_eq!(
-        (st.current.as_deref(), st.jail.release.as_deref()),
-        (Some("v1"), Some("v1")),
-        "{st:?}"
-    );
+    assert_current_and_running(&ex, "v1").await;
     assert!(!record.exists(), "the activation record outlived the undo");
     f.wait_serving("v1").await;
     deploy_ok(&ex, &mut rx, "v1").await;

@@ -13,14 +13,16 @@
 //! count them against their own limits, and hands out only checked sparse maps.
 //!
 //! Split by concept: [`header`] (one block), [`ext`] (PAX records, long names), [`sparse`]
-//! (maps), [`reader`] (the entry iterator).
+//! (maps), [`entry`] (an entry's kind and metadata), [`reader`] (the entry iterator).
 
+pub mod entry;
 pub mod ext;
 pub mod header;
 pub mod reader;
 pub mod sparse;
 
-pub use reader::{Archive, Contents, Data, Entry, Kind};
+pub use entry::{Entry, Kind};
+pub use reader::{Archive, Contents, Data};
 pub use sparse::Segment;
 
 use std::io;

@@ -85,33 +85,34 @@ pub fn remove_pid_file(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The pipe `run --start-gate FD` waits on: the jail starts on the byte [`Self::open`]
-/// writes, once its pid file is written, and ends unstarted on EOF, when the gate is dropped
-/// unopened or the whole supervisor died first. So no jail runs that no pid file names.
+/// The pipe `run --start-gate FD` waits on: the jail starts on the byte
+/// [`GateOpener::open`] writes, once its pid file is written, and ends unstarted on EOF, when
+/// the opener is dropped unused or the whole supervisor died first. So no jail runs that no
+/// pid file names.
 pub struct StartGate {
-    read: Option<OwnedFd>,
+    read: OwnedFd,
     write: OwnedFd,
 }
+
+/// The parent's end of a [`StartGate`] once the child is spawned.
+pub struct GateOpener(OwnedFd);
 
 impl StartGate {
     /// Both ends close-on-exec; [`Self::pass_to`] lets the child keep the read end.
     pub fn new() -> io::Result<Self> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        Ok(StartGate {
-            read: Some(read),
-            write,
-        })
+        Ok(StartGate { read, write })
     }
 
     /// The `run` flags that name the read end.
     pub fn args(&self) -> [std::ffi::OsString; 2] {
-        let fd = self.read.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+        let fd = self.read.as_raw_fd();
         ["--start-gate".into(), fd.to_string().into()]
     }
 
     /// The child keeps the read end across exec (and only the child).
     pub fn pass_to(&self, cmd: &mut tokio::process::Command) {
-        let fd = self.read.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+        let fd = self.read.as_raw_fd();
         // SAFETY: fcntl is async-signal-safe; it changes only the child's descriptor table.
         unsafe {
             cmd.pre_exec(move || {
@@ -123,15 +124,17 @@ impl StartGate {
         }
     }
 
-    /// After spawn: the parent closes its read end, so EOF comes when `write` closes.
-    pub fn spawned(mut self) -> Self {
-        self.read = None;
-        self
+    /// After spawn: the parent closes its read end, so EOF comes when the opener closes.
+    pub fn spawned(self) -> GateOpener {
+        drop(self.read);
+        GateOpener(self.write)
     }
+}
 
+impl GateOpener {
     /// Lets the jail start. A child that already ended makes this a no-op (EPIPE).
     pub fn open(self) {
-        let _ = nix::unistd::write(&self.write, &[1]);
+        let _ = nix::unistd::write(&self.0, &[1]);
     }
 }
 
