@@ -55,7 +55,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::gossip::Filter;
-use crate::gossip::handler::{CreateError, Validator, Validators};
+use crate::gossip::handler::CreateError;
+use crate::gossip::kinds::{KindPolicy, Kinds};
 use crate::gossip::supersede::Superseding;
 use crate::wire;
 
@@ -202,7 +203,7 @@ pub struct Agent {
     settings: Settings,
     registry: QueryRegistry,
     consumers: consumers::Consumers,
-    validators: Validators,
+    kinds: Kinds,
     log_reload: Option<monitor::LogReload>,
     tables_check: Option<config::TablesCheck>,
     handle: AgentHandle,
@@ -220,7 +221,7 @@ impl Agent {
             settings,
             registry,
             consumers: consumers::Consumers::default(),
-            validators: Validators::default(),
+            kinds: Kinds::default(),
             log_reload: None,
             tables_check: None,
             handle: AgentHandle {
@@ -251,15 +252,11 @@ impl Agent {
         &self.settings
     }
 
-    /// Superseding items of `kind` must pass `check` before this node keeps, delivers
-    /// or relays them (see [`Validators`]).
-    pub fn register_validator(&mut self, kind: &str, check: Validator) {
-        self.validators.insert(kind, check);
-    }
-
-    /// Slots of `kind` belong to their origin node and are forgotten when it is reaped.
-    pub fn register_node_owned(&mut self, kind: &str) {
-        self.validators.node_owned(kind);
+    /// What superseding items of `kind` may hold, who speaks for them and the check
+    /// they must pass before this node keeps, delivers or relays them (see
+    /// [`crate::gossip::kinds`]).
+    pub fn register_kind(&mut self, kind: &str, policy: KindPolicy) {
+        self.kinds.register(kind, policy);
     }
 
     /// How SIGHUP changes the log filter.
@@ -308,7 +305,7 @@ impl Agent {
             settings: self.settings,
             registry: self.registry,
             consumers: self.consumers,
-            validators: self.validators,
+            kinds: self.kinds,
             log_reload: self.log_reload,
             tables_check: self.tables_check,
             handle: self.handle,

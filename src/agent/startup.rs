@@ -172,13 +172,13 @@ impl Restored {
     pub(super) fn into_init(
         self,
         settings: Settings,
-        validators: crate::gossip::handler::Validators,
+        kinds: crate::gossip::kinds::Kinds,
         registry: QueryRegistry,
     ) -> Init {
         Init {
             settings,
             core: self.core,
-            validators,
+            kinds,
             registry,
             keyring: self.ring,
             left: self.left,

@@ -113,7 +113,7 @@ pub struct Parts {
     pub settings: Settings,
     pub registry: QueryRegistry,
     pub consumers: Consumers,
-    pub validators: crate::gossip::handler::Validators,
+    pub kinds: crate::gossip::kinds::Kinds,
     pub log_reload: Option<LogReload>,
     pub tables_check: Option<TablesCheck>,
     pub handle: AgentHandle,
@@ -147,7 +147,7 @@ pub async fn start(parts: Parts) -> Result<Started, AgentError> {
         mut settings,
         registry,
         consumers,
-        validators,
+        kinds,
         log_reload,
         tables_check,
         handle,
@@ -183,7 +183,7 @@ pub async fn start(parts: Parts) -> Result<Started, AgentError> {
     };
     let rejoin = restored.rejoin.clone();
     let task = AgentTask {
-        machine: Machine::new(restored.into_init(settings, validators, registry)),
+        machine: Machine::new(restored.into_init(settings, kinds, registry)),
         shell: Shell::new(io_parts, &handle),
         sched: Scheduler::new(),
     };

@@ -35,16 +35,22 @@ use super::event::{
     DedupeWindow, EventError, EventId, EventLog, EventLogConfig, EventLogSnapshot, UserEvent,
 };
 use super::identity::NodeId;
+use super::kinds::Kinds;
 use super::lamport::LamportClock;
+use super::latest::{Latest, Offer};
 use super::message::PROTOCOL_VERSION;
 use super::message::{Broadcast, DecodeError, EncodeError, decode_broadcast, encode_broadcast};
 use super::pushpull::{MergeOutcome, PushPullState, TagBook, merge};
 use super::query::{Filter, Query, QueryError, QueryId, Tags};
-use super::supersede::{Latest, Offer, SeenBytes, Superseding, TAGS_KIND};
+use super::supersede::{SeenBytes, Superseding, TAGS_KIND};
 use super::versioned::{Extension, ext};
 
 /// foca instantiated with our identity, codec and handler.
 pub type GossipFoca<R> = foca::Foca<NodeId, foca::PostcardCodec, R, GossipHandler>;
+
+/// Most bytes of slots one push/pull state carries, so that the state (with its member
+/// list and recent events) stays well within one stream frame whatever the slots hold.
+pub const PUSH_PULL_SLOT_BYTES: usize = 5 * 1024 * 1024;
 
 /// Key foca uses to replace/dedupe queued broadcasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,10 +110,14 @@ pub struct Stats {
     pub unknown_types: u64,
     /// Superseding items older than (or equal to) the version held.
     pub superseded: u64,
-    /// Superseding items refused because every slot is taken.
+    /// Superseding items refused because their pool, their origin's share or the byte
+    /// budget is full.
     pub slots_full: u64,
-    /// Superseding items their kind's validator refused (e.g. a bad signature).
+    /// Superseding items refused by their kind's check (e.g. a bad signature), for their
+    /// size, or for a version too far ahead.
     pub refused_superseding: u64,
+    /// Remote items about this node, refused (see `handler_supersede.rs`).
+    pub refused_about_self: u64,
     pub malformed: u64,
 }
 
@@ -176,11 +186,12 @@ pub struct GossipCore {
     latest: Latest,
     seen: SeenBytes,
     peer_versions: BTreeMap<String, u16>,
-    reannounce: bool,
+    /// This node's slots to publish again above the version given.
+    republish: BTreeMap<(String, String), u64>,
     now: Duration,
     outbox: VecDeque<Incoming>,
     stats: Stats,
-    validators: Validators,
+    kinds: Kinds,
 }
 
 impl GossipCore {
@@ -199,11 +210,11 @@ impl GossipCore {
             latest: Latest::default(),
             seen: SeenBytes::default(),
             peer_versions: BTreeMap::new(),
-            reannounce: false,
+            republish: BTreeMap::new(),
             now,
             outbox: VecDeque::new(),
             stats: Stats::default(),
-            validators: Validators::default(),
+            kinds: supersede::builtin_kinds(),
         }
     }
 
@@ -221,7 +232,12 @@ impl GossipCore {
         core.query_clock = snapshot.query_clock;
         core.events = EventLog::restore(config.event_log, snapshot.events, now);
         core.queries = snapshot.queries;
-        core.tags_version = snapshot.tags_version;
+        // A version past the clock bound (an older build took a forged one) would make
+        // every later announcement refused: start over from the clock instead.
+        let bound = core.kinds.limits(TAGS_KIND, now).max_version;
+        core.tags_version = Some(snapshot.tags_version)
+            .filter(|&v| v <= bound)
+            .unwrap_or(0);
         core
     }
 
@@ -265,10 +281,12 @@ impl GossipCore {
         self.identity = identity;
     }
 
-    /// Updates the wall clock used for event ages and prunes old recent events.
+    /// Updates the wall clock used for event ages, prunes old recent events and expires
+    /// slots of unknown kinds.
     pub fn tick(&mut self, now: Duration) {
         self.now = now;
         self.events.prune(now);
+        self.latest.expire(now);
     }
 
     /// The event log (read-only).
@@ -286,16 +304,9 @@ impl GossipCore {
     pub fn prune_tags(&mut self, known: impl Fn(&str) -> bool) {
         // foca does not list this node itself: keep its own announcement.
         let me = &self.identity.name;
-        let owned = &self.validators;
+        let kinds = &self.kinds;
         self.latest.retain(|item| {
-            let node = if item.kind == TAGS_KIND {
-                &item.key
-            } else if owned.is_node_owned(&item.kind) {
-                &item.origin
-            } else {
-                return true;
-            };
-            node == me || known(node)
+            !kinds.is_node_owned(&item.kind) || item.origin == *me || known(&item.origin)
         });
         self.peer_versions.retain(|name, _| known(name));
         self.tag_book.retain(known);
@@ -355,7 +366,7 @@ impl GossipCore {
         let version = version.clamp(1, PROTOCOL_VERSION);
         let mut extensions = Vec::new();
         if version >= 2 {
-            let items: Vec<&Superseding> = self.latest.items().collect();
+            let items = self.items_for_push_pull();
             if let Ok(bytes) = postcard::to_stdvec(&items) {
                 extensions.push(Extension {
                     tag: ext::SUPERSEDING,
@@ -375,6 +386,31 @@ impl GossipCore {
         }
     }
 
+    /// The slots a push/pull state carries: all of them, unless they take more than
+    /// [`PUSH_PULL_SLOT_BYTES`]; then fleet kinds first, then node kinds (this node's
+    /// own first), then unknown kinds, and the rest left to gossip and later exchanges.
+    fn items_for_push_pull(&self) -> Vec<&Superseding> {
+        if self.latest.bytes() <= PUSH_PULL_SLOT_BYTES {
+            return self.latest.items().collect();
+        }
+        let me = &self.identity.name;
+        let rank = |i: &Superseding| match self.kinds.policy(&i.kind).map(|p| p.owner) {
+            Some(super::kinds::Owner::Fleet) => 0,
+            Some(super::kinds::Owner::Node) if i.origin == *me => 1,
+            Some(super::kinds::Owner::Node) => 2,
+            None => 3,
+        };
+        let mut items: Vec<&Superseding> = self.latest.items().collect();
+        items.sort_by_key(|i| rank(i));
+        let mut budget = PUSH_PULL_SLOT_BYTES;
+        items.retain(|i| {
+            let fits = i.encoded_len() <= budget;
+            budget = budget.saturating_sub(i.encoded_len());
+            fits
+        });
+        items
+    }
+
     /// Merges a peer's push/pull state: new events are queued as [`Incoming::Event`]
     /// and also returned; the peer's tags are learned. Feed `remote.members` to foca
     /// through [`super::pushpull::screen_members`].
@@ -392,7 +428,7 @@ impl GossipCore {
                 continue;
             };
             for item in items.into_iter().filter(|i| i.validate().is_ok()) {
-                if self.accept_superseding(&item) {
+                if self.accept_superseding(&item, false) {
                     self.outbox.push_back(Incoming::Superseding(item));
                 }
             }
@@ -413,7 +449,8 @@ impl GossipCore {
         out
     }
 
-    fn receive(&mut self, data: &[u8]) -> Result<Option<BroadcastKey>, DecodeError> {
+    /// One broadcast item; `local`: this node made it (`Foca::add_broadcast`).
+    fn receive(&mut self, data: &[u8], local: bool) -> Result<Option<BroadcastKey>, DecodeError> {
         let item = match decode_broadcast(data) {
             Ok(item) => item,
             Err(DecodeError::UnknownType { .. }) => {
@@ -428,7 +465,7 @@ impl GossipCore {
             }
         };
         Ok(match item {
-            Broadcast::Superseding(item) => self.receive_superseding(item),
+            Broadcast::Superseding(item) => self.receive_superseding(item, local),
             Broadcast::Event(ev) => self.receive_event(ev),
             Broadcast::Query(q) => self.receive_query(q),
         })
@@ -546,15 +583,14 @@ impl foca::BroadcastHandler<NodeId> for GossipHandler {
     fn receive_item(
         &mut self,
         data: &[u8],
-        _sender: Option<&NodeId>,
+        sender: Option<&NodeId>,
     ) -> Result<Option<BroadcastKey>, DecodeError> {
-        self.0.lock().receive(data)
+        self.0.lock().receive(data, sender.is_none())
     }
 }
 
 #[path = "handler_supersede.rs"]
 mod supersede;
-pub use supersede::{Validator, Validators};
 
 #[cfg(test)]
 #[path = "handler_tests.rs"]

@@ -1,65 +1,54 @@
 //! [`GossipCore`]'s superseding broadcasts: this node's tag announcements and
-//! [`Superseding`] items of any kind (see [`super::super::supersede`]).
+//! [`Superseding`] items of any kind (see [`super::super::supersede`]), kept within their
+//! kind's bounds ([`super::super::kinds`]).
+//!
+//! What a node says about itself is its own: a remote item of a node-owned kind whose
+//! origin is this node is refused, and if it is newer than this node's own item, the
+//! node publishes its item again above it (a lost state file and a clock that went back,
+//! or a forger), so the cluster ends up with what the node says.
 
 use super::*;
+use crate::gossip::kinds::{KindPolicy, Kinds};
 
-/// Checks an item of one kind before it may enter [`Latest`] (e.g. the deploy pipeline's
-/// desired state must carry a valid signature): a refused item is neither kept, nor
-/// delivered, nor relayed, so a forged high version cannot block real ones.
-pub type Validator = std::sync::Arc<dyn Fn(&Superseding) -> bool + Send + Sync>;
-
-/// Validators by kind, and the kinds whose slots belong to their origin node.
-#[derive(Clone, Default)]
-pub struct Validators {
-    checks: BTreeMap<String, Validator>,
-    node_owned: std::collections::BTreeSet<String>,
-}
-
-impl std::fmt::Debug for Validators {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.checks.keys()).finish()
-    }
-}
-
-impl Validators {
-    /// Items of `kind` must pass `check`.
-    pub fn insert(&mut self, kind: &str, check: Validator) {
-        self.checks.insert(kind.to_owned(), check);
-    }
-
-    /// Slots of `kind` describe their origin node (its outcome, its app list): they are
-    /// forgotten with the node once foca reaps it, so they do not fill [`Latest`].
-    pub fn node_owned(&mut self, kind: &str) {
-        self.node_owned.insert(kind.to_owned());
-    }
-
-    fn allows(&self, item: &Superseding) -> bool {
-        self.checks.get(&item.kind).is_none_or(|check| check(item))
-    }
-
-    pub(super) fn is_node_owned(&self, kind: &str) -> bool {
-        self.node_owned.contains(kind)
-    }
+/// The kinds every core knows, whatever the shell registers.
+pub(super) fn builtin_kinds() -> Kinds {
+    let mut kinds = Kinds::default();
+    let tags = KindPolicy::node(1).checked(std::sync::Arc::new(|i: &Superseding| {
+        i.key == i.origin && postcard::from_bytes::<Tags>(&i.body).is_ok()
+    }));
+    kinds.register(TAGS_KIND, tags);
+    kinds
 }
 
 impl GossipCore {
     /// Replaces this node's tags (e.g. on a config reload) and returns the bytes that
     /// announce them (`Foca::add_broadcast`). `version` must grow with every change
-    /// (e.g. wall-clock milliseconds); it is raised above the last one if not.
+    /// (wall-clock milliseconds); it is raised above the last one if not.
     pub fn set_tags(&mut self, tags: Tags, version: u64) -> Result<Vec<u8>, CreateError> {
         self.tags = tags;
         self.tags_version = version.max(self.tags_version.saturating_add(1));
         self.announce_tags()
     }
 
-    /// If the cluster holds a newer announcement of this node's tags than its own
-    /// (see `accept_superseding`), the bytes announcing them again above it (once).
-    pub fn take_reannounce(&mut self) -> Option<Result<Vec<u8>, CreateError>> {
-        if !std::mem::take(&mut self.reannounce) {
-            return None;
+    /// The bytes publishing this node's own items again above newer remote ones about
+    /// it (see the module docs), each once.
+    pub fn take_republish(&mut self) -> Vec<Result<Vec<u8>, CreateError>> {
+        let wanted = std::mem::take(&mut self.republish);
+        let now_ms = u64::try_from(self.now.as_millis()).unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for ((kind, key), above) in wanted {
+            let Some(mine) = self.latest.get(&kind, &key).cloned() else {
+                continue;
+            };
+            let version = now_ms.max(above.saturating_add(1));
+            if kind == TAGS_KIND {
+                let tags = self.tags.clone();
+                out.push(self.set_tags(tags, version));
+                continue;
+            }
+            out.push(self.create_superseding(&kind, &key, version, mine.body));
         }
-        let tags = self.tags.clone();
-        Some(self.set_tags(tags, 0))
+        out
     }
 
     /// The bytes announcing this node's current tags (at start, or to re-announce).
@@ -98,9 +87,11 @@ impl GossipCore {
         }
     }
 
-    /// Items of each kind in `validators` must pass its check from now on.
-    pub fn set_validators(&mut self, validators: Validators) {
-        self.validators = validators;
+    /// The shell's kinds, from now on (the built-in ones stay as they are).
+    pub fn set_kinds(&mut self, kinds: Kinds) {
+        let mut all = builtin_kinds();
+        all.extend_missing(kinds);
+        self.kinds = all;
     }
 
     /// The newest items held of one kind.
@@ -117,8 +108,12 @@ impl GossipCore {
         self.latest.get(kind, key)
     }
 
-    pub(super) fn receive_superseding(&mut self, item: Superseding) -> Option<BroadcastKey> {
-        if !self.accept_superseding(&item) {
+    pub(super) fn receive_superseding(
+        &mut self,
+        item: Superseding,
+        local: bool,
+    ) -> Option<BroadcastKey> {
+        if !self.accept_superseding(&item, local) {
             return None;
         }
         let key = BroadcastKey::Superseding {
@@ -129,23 +124,19 @@ impl GossipCore {
         Some(key)
     }
 
-    /// Offers an item to [`Latest`]; true if it is newer (then tags are learned).
-    /// A tag announcement for this node newer than its own (a lost state file and a
-    /// clock that went back) is refused, and this node's tags re-announced above it.
-    pub(super) fn accept_superseding(&mut self, item: &Superseding) -> bool {
-        if item.kind == TAGS_KIND
-            && item.key == self.identity.name
-            && item.version > self.tags_version
-        {
-            self.tags_version = item.version;
-            self.reannounce = true;
+    /// Offers an item to [`Latest`]; true if it was kept (then tags are learned).
+    /// `local`: this node made it.
+    pub(super) fn accept_superseding(&mut self, item: &Superseding, local: bool) -> bool {
+        if !local && item.origin == self.identity.name && self.kinds.is_node_owned(&item.kind) {
+            self.refuse_about_self(item);
             return false;
         }
-        if !self.validators.allows(item) {
+        if !self.kinds.allows(item) {
             self.stats.refused_superseding += 1;
             return false;
         }
-        match self.latest.offer(item) {
+        let limits = self.kinds.limits(&item.kind, self.now);
+        match self.latest.offer(item, &limits, self.now) {
             Offer::Newer => {}
             Offer::Stale => {
                 self.stats.superseded += 1;
@@ -155,6 +146,10 @@ impl GossipCore {
                 self.stats.slots_full += 1;
                 return false;
             }
+            Offer::TooLarge | Offer::TooFarAhead => {
+                self.stats.refused_superseding += 1;
+                return false;
+            }
         }
         if item.kind == TAGS_KIND
             && let Ok(tags) = postcard::from_bytes::<Tags>(&item.body)
@@ -162,5 +157,23 @@ impl GossipCore {
             self.tag_book.learn(&item.key, item.version, &tags);
         }
         true
+    }
+
+    /// A remote item about this node: refused; if it is at least as new as this node's
+    /// own item of that slot, the own item is published again above it. Only slots this
+    /// node holds are remembered, so a forger cannot grow the list.
+    fn refuse_about_self(&mut self, item: &Superseding) {
+        self.stats.refused_about_self += 1;
+        let Some(mine) = self.latest.get(&item.kind, &item.key) else {
+            return;
+        };
+        if item.version > self.kinds.limits(&item.kind, self.now).max_version {
+            return; // refused everywhere anyway; nothing to outrank
+        }
+        if item.version >= mine.version {
+            let slot = (item.kind.clone(), item.key.clone());
+            let above = self.republish.entry(slot).or_default();
+            *above = (*above).max(item.version);
+        }
     }
 }

@@ -19,7 +19,9 @@
 //! | [`message`] | tagged postcard wire messages for the broadcast/datagram/stream channels |
 //! | [`pushpull`] | anti-entropy state exchange and its merge |
 //! | [`versioned`] | push/pull wire versions and extension records |
-//! | [`supersede`] | broadcasts a newer version replaces; relaying unknown kinds |
+//! | [`supersede`] | broadcasts a newer version replaces; relaying unknown broadcast types |
+//! | [`kinds`] | what each superseding kind may hold and who speaks for it; version bounds |
+//! | [`latest`] | the newest item of every slot, within its kind's bounds |
 //! | [`handler`] | [`GossipCore`] state, [`SharedCore`], foca's [`GossipHandler`] |
 //!
 //! # How the agent shell wires it (to be written on top of this)
@@ -71,7 +73,9 @@ pub mod event;
 pub mod handler;
 pub mod identity;
 pub mod keyring;
+pub mod kinds;
 pub mod lamport;
+pub mod latest;
 pub mod limits;
 pub mod message;
 pub mod pushpull;

@@ -3,29 +3,24 @@
 //! A [`Superseding`] item names a `(kind, key)` slot and a `version`: a newer version
 //! replaces an older one for the same slot, both in foca's dissemination queue (its
 //! [`super::handler::BroadcastKey`] invalidates the older key, so a queued "web v42"
-//! is dropped when "web v43" arrives) and here, in [`Latest`], which refuses
+//! is dropped when "web v43" arrives) and in [`super::latest::Latest`], which refuses
 //! anything not newer than what it holds. Every node understands the envelope, so a
 //! node relays and keeps kinds it has no use for (the deploy controller's
 //! `deploy-desired` on an old agent, say); the shell just ignores unknown kinds.
 //!
-//! [`Latest`] is also what push/pull repairs (as a [`super::pushpull`] extension):
-//! a node that missed an item gets the newest version of every slot at its next
-//! exchange. It holds at most [`MAX_SLOTS`] slots; past that, new slots are refused
-//! (counted), never older ones evicted, so a flood cannot push out a real slot.
+//! [`super::latest::Latest`] is also what push/pull repairs (as a [`super::pushpull`]
+//! extension): a node that missed an item gets the newest version of every slot at its
+//! next exchange. What each kind may hold is [`super::kinds`]'s business.
 //!
 //! [`SeenBytes`] covers broadcast *tags* this build does not know at all (a newer
 //! peer's new message type): they are relayed once each, deduplicated by a keyed hash
 //! of their bytes over a bounded window.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 
 use serde::{Deserialize, Serialize};
 
-/// Most `(kind, key)` slots a node keeps. A node of the deploy pipeline holds three
-/// (its tags, its app list, its outcome per app) plus one desired state per app: about
-/// 5,000 nodes with one app each, at most ~18 MiB (an item is at most one broadcast).
-pub const MAX_SLOTS: usize = 16_384;
 /// Longest `kind` or `key`, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 /// How many unknown broadcast items are remembered for dedupe.
@@ -63,6 +58,16 @@ pub enum SupersedeError {
 }
 
 impl Superseding {
+    /// Its length as a broadcast item (tag byte and postcard body).
+    pub fn encoded_len(&self) -> usize {
+        let field = |len: usize| varint_len(len as u64) + len;
+        1 + field(self.kind.len())
+            + field(self.key.len())
+            + varint_len(self.version)
+            + field(self.origin.len())
+            + field(self.body.len())
+    }
+
     /// Checks the names' lengths.
     pub fn validate(&self) -> Result<(), SupersedeError> {
         for (what, s) in [("kind", &self.kind), ("key", &self.key)] {
@@ -74,50 +79,9 @@ impl Superseding {
     }
 }
 
-/// What [`Latest::offer`] did with an item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offer {
-    /// Newer than what we held: kept (deliver and relay it).
-    Newer,
-    /// Not newer than what we hold: dropped.
-    Stale,
-    /// A new slot, but [`MAX_SLOTS`] are taken: dropped.
-    Full,
-}
-
-/// The newest item of every slot seen. See the module docs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Latest {
-    slots: BTreeMap<(String, String), Superseding>,
-}
-
-impl Latest {
-    /// Keeps `item` if it is newer than the slot's current one.
-    pub fn offer(&mut self, item: &Superseding) -> Offer {
-        let slot = (item.kind.clone(), item.key.clone());
-        match self.slots.get(&slot) {
-            Some(have) if have.version >= item.version => return Offer::Stale,
-            None if self.slots.len() >= MAX_SLOTS => return Offer::Full,
-            _ => {}
-        }
-        self.slots.insert(slot, item.clone());
-        Offer::Newer
-    }
-
-    /// The current item of a slot.
-    pub fn get(&self, kind: &str, key: &str) -> Option<&Superseding> {
-        self.slots.get(&(kind.to_owned(), key.to_owned()))
-    }
-
-    /// Every current item (for push/pull).
-    pub fn items(&self) -> impl Iterator<Item = &Superseding> {
-        self.slots.values()
-    }
-
-    /// Drops the slots for which `keep` is false.
-    pub fn retain(&mut self, mut keep: impl FnMut(&Superseding) -> bool) {
-        self.slots.retain(|_, v| keep(v));
-    }
+/// Bytes of postcard's varint encoding of `n`.
+fn varint_len(n: u64) -> usize {
+    (64 - n.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Keyed hashes of recently relayed unknown broadcast items. See the module docs.
@@ -170,29 +134,18 @@ mod tests {
     }
 
     #[test]
-    fn newer_versions_win_per_slot() {
-        let mut l = Latest::default();
-        assert_eq!(l.offer(&item("web", 42)), Offer::Newer);
-        assert_eq!(l.offer(&item("web", 42)), Offer::Stale);
-        assert_eq!(l.offer(&item("web", 41)), Offer::Stale);
-        assert_eq!(l.offer(&item("db", 1)), Offer::Newer);
-        assert_eq!(l.offer(&item("web", 43)), Offer::Newer);
-        assert_eq!(l.get("deploy-desired", "web").unwrap().version, 43);
-        assert_eq!(l.items().count(), 2);
-    }
-
-    #[test]
-    fn slots_are_bounded_and_old_ones_kept() {
-        let mut l = Latest::default();
-        for i in 0..MAX_SLOTS {
-            assert_eq!(l.offer(&item(&format!("k{i}"), 1)), Offer::Newer);
+    fn encoded_len_is_the_broadcast_length() {
+        use crate::gossip::message::{Broadcast, encode_broadcast};
+        for (version, body) in [(0, 0), (1, 1), (127, 127), (128, 128), (u64::MAX, 300)] {
+            let mut i = item("web", version);
+            i.body = vec![7; body];
+            let bytes = encode_broadcast(&Broadcast::Superseding(i.clone())).unwrap();
+            assert_eq!(
+                i.encoded_len(),
+                bytes.len(),
+                "version {version}, body {body}"
+            );
         }
-        assert_eq!(l.offer(&item("one-more", 1)), Offer::Full);
-        assert_eq!(
-            l.offer(&item("k0", 2)),
-            Offer::Newer,
-            "known slots still move"
-        );
     }
 
     #[test]

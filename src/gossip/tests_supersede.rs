@@ -249,12 +249,14 @@ fn own_tags_announced_again_above_a_stale_newer_version() {
         .unwrap();
     let bytes = sim.nodes[1].core.lock().set_tags(web(), 10).unwrap();
     sim.nodes[1].foca.add_broadcast(&bytes).unwrap();
-    assert!(sim.nodes[1].core.lock().take_reannounce().is_none());
-    // node1 hears the stale, newer announcement about itself.
+    assert!(sim.nodes[1].core.lock().take_republish().is_empty());
+    // node1 hears the stale, newer announcement about itself, from node2.
     let mut h = sim.nodes[1].core.handler();
-    assert_eq!(h.receive_item(&stale, None).unwrap(), None);
-    let again = sim.nodes[1].core.lock().take_reannounce().unwrap().unwrap();
-    assert!(sim.nodes[1].core.lock().take_reannounce().is_none(), "once");
+    assert_eq!(h.receive_item(&stale, Some(&node_id(2))).unwrap(), None);
+    let mut again = sim.nodes[1].core.lock().take_republish();
+    assert_eq!(again.len(), 1);
+    let again = again.pop().unwrap().unwrap();
+    assert!(sim.nodes[1].core.lock().take_republish().is_empty(), "once");
     sim.nodes[1].foca.add_broadcast(&again).unwrap();
     sim.flush(1);
     sim.run_for(Duration::from_secs(5));
@@ -305,13 +307,14 @@ fn validators_refuse_and_node_owned_slots_are_pruned_with_their_node() {
         CoreConfig::default(),
         EPOCH,
     ));
-    let mut v = crate::gossip::handler::Validators::default();
-    v.insert(
+    use crate::gossip::kinds::{KindPolicy, Kinds};
+    let mut kinds = Kinds::default();
+    kinds.register(
         "signed",
-        std::sync::Arc::new(|i: &Superseding| i.body == b"good"),
+        KindPolicy::fleet(8, std::sync::Arc::new(|i: &Superseding| i.body == b"good")),
     );
-    v.node_owned("owned");
-    core.lock().set_validators(v);
+    kinds.register("owned", KindPolicy::node(4));
+    core.lock().set_kinds(kinds);
     let item = |kind: &str, key: &str, origin: &str, body: &[u8]| {
         crate::gossip::message::encode_broadcast(&crate::gossip::message::Broadcast::Superseding(
             Superseding {
@@ -346,4 +349,128 @@ fn validators_refuse_and_node_owned_slots_are_pruned_with_their_node() {
     assert_eq!(c.superseding_item("signed", "web").unwrap().body, b"good");
     assert!(c.superseding_item("owned", "web@gone").is_none());
     assert!(c.superseding_item("owned", "web@alive").is_some());
+}
+
+fn encoded(item: Superseding) -> Vec<u8> {
+    crate::gossip::message::encode_broadcast(&crate::gossip::message::Broadcast::Superseding(item))
+        .unwrap()
+}
+
+/// Issue 15: a remote item of a node-owned kind about this node (a forged outcome, say)
+/// is never taken over the node's own, and the node publishes its own again above it.
+#[test]
+fn a_remote_item_about_this_node_is_refused_and_outranked() {
+    use crate::gossip::kinds::{KindPolicy, Kinds};
+    let core = SharedCore::new(GossipCore::new(
+        node_id(0),
+        Tags::new(),
+        CoreConfig::default(),
+        EPOCH,
+    ));
+    let mut kinds = Kinds::default();
+    kinds.register("outcome", KindPolicy::node(4));
+    core.lock().set_kinds(kinds);
+    let mine = core
+        .lock()
+        .create_superseding("outcome", "web@node0", 10, b"ok".to_vec())
+        .unwrap();
+    let mut h = core.handler();
+    assert!(h.receive_item(&mine, None).unwrap().is_some());
+    let forged = |version, key: &str| {
+        encoded(Superseding {
+            kind: "outcome".into(),
+            key: key.into(),
+            version,
+            origin: "node0".into(),
+            body: b"forged".to_vec(),
+        })
+    };
+    let peer = node_id(1);
+    assert_eq!(
+        h.receive_item(&forged(500, "web@node0"), Some(&peer))
+            .unwrap(),
+        None
+    );
+    // A slot this node never published is refused too, and not remembered.
+    assert_eq!(
+        h.receive_item(&forged(9, "db@node0"), Some(&peer)).unwrap(),
+        None
+    );
+    let mut c = core.lock();
+    assert_eq!(
+        c.superseding_item("outcome", "web@node0").unwrap().body,
+        b"ok"
+    );
+    assert!(c.superseding_item("outcome", "db@node0").is_none());
+    assert_eq!(c.stats().refused_about_self, 2);
+    let again = c.take_republish();
+    assert_eq!(again.len(), 1, "only the slot this node holds");
+    drop(c);
+    let again = again.into_iter().next().unwrap().unwrap();
+    assert!(h.receive_item(&again, None).unwrap().is_some());
+    let c = core.lock();
+    let held = c.superseding_item("outcome", "web@node0").unwrap();
+    assert_eq!(
+        (held.body.as_slice(), held.version > 500),
+        (&b"ok"[..], true)
+    );
+}
+
+/// Issue 15: slots that together outgrow a stream frame made every push/pull with the
+/// node fail. The state now carries what fits, fleet kinds first, and still encodes.
+#[test]
+fn push_pull_state_fits_a_frame_whatever_the_slots_hold() {
+    use crate::gossip::envelope::MAX_FRAME_PLAINTEXT;
+    use crate::gossip::handler::PUSH_PULL_SLOT_BYTES;
+    use crate::gossip::kinds::{KindPolicy, Kinds};
+    use crate::gossip::message::{StreamMessage, encode_stream};
+    let core = SharedCore::new(GossipCore::new(
+        node_id(0),
+        Tags::new(),
+        CoreConfig::default(),
+        EPOCH,
+    ));
+    let mut kinds = Kinds::default();
+    kinds.register("bulk", KindPolicy::node(1));
+    kinds.register(
+        "desired",
+        KindPolicy::fleet(4, std::sync::Arc::new(|_| true)),
+    );
+    core.lock().set_kinds(kinds);
+    let mut h = core.handler();
+    let peer = node_id(1);
+    let big = vec![7u8; 1000];
+    for i in 0..7000 {
+        let item = Superseding {
+            kind: "bulk".into(),
+            key: format!("n{i}"),
+            version: 1,
+            origin: format!("n{i}"),
+            body: big.clone(),
+        };
+        assert!(
+            h.receive_item(&encoded(item), Some(&peer))
+                .unwrap()
+                .is_some()
+        );
+    }
+    let desired = Superseding {
+        kind: "desired".into(),
+        key: "web".into(),
+        version: 1,
+        origin: "n1".into(),
+        body: b"v42".to_vec(),
+    };
+    h.receive_item(&encoded(desired), Some(&peer)).unwrap();
+    let c = core.lock();
+    let state = c.push_pull_state(std::iter::empty(), crate::gossip::PROTOCOL_VERSION);
+    let frame = encode_stream(&StreamMessage::PushPullRequest(state.clone())).unwrap();
+    assert!(frame.len() <= MAX_FRAME_PLAINTEXT);
+    let items: Vec<Superseding> = postcard::from_bytes(&state.extensions[0].bytes).unwrap();
+    assert!(
+        items.iter().any(|i| i.kind == "desired"),
+        "fleet kinds first"
+    );
+    let bytes: usize = items.iter().map(Superseding::encoded_len).sum();
+    assert!(bytes <= PUSH_PULL_SLOT_BYTES && items.len() < 7001);
 }

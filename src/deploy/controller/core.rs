@@ -44,7 +44,7 @@ const MAX_ERROR: usize = 300;
 /// with two id bytes to tell events of the same millisecond apart (42 bits of milliseconds
 /// last until 2109).
 pub fn desired_version(ev: &DeployEvent) -> u64 {
-    (ev.issued_at_ms << 16) | u64::from(u16::from_be_bytes([ev.id[0], ev.id[1]]))
+    crate::gossip::kinds::fleet_version(ev.issued_at_ms, u16::from_be_bytes([ev.id[0], ev.id[1]]))
 }
 
 /// Whether a node knows enough of the cluster to decide on waves: it merged a push/pull

@@ -24,7 +24,13 @@ use crate::deploy::status::{
     AppView, DESIRED_KIND, DeployView, EVENT_NAME, NodeOutcome, NodeStatus, OUTCOME_KIND, Progress,
     STATUS_QUERY, outcome_key,
 };
+use crate::gossip::kinds::{KindPolicy, Validator};
 use crate::gossip::supersede::Superseding;
+
+/// Most apps the fleet's desired states are kept for.
+const MAX_APPS: usize = 4096;
+/// Most apps one node's outcomes are kept for.
+const MAX_APPS_PER_NODE: usize = 256;
 
 /// Name of the controller's in-process consumer (the journal owes events to it by name).
 const CONSUMER: &str = "deploy";
@@ -99,7 +105,7 @@ pub struct Controller {
 
 /// The validator of `deploy.desired` slots: a signed event this node trusts, for the
 /// slot's app, at the slot's version.
-fn desired_validator(trust: Trust) -> crate::gossip::handler::Validator {
+fn desired_validator(trust: Trust) -> Validator {
     Arc::new(
         move |item: &Superseding| match SignedEvent::decode_trusted(&item.body, &trust) {
             Ok(s) => s.event.app == item.key && desired_version(&s.event) == item.version,
@@ -109,7 +115,7 @@ fn desired_validator(trust: Trust) -> crate::gossip::handler::Validator {
 }
 
 /// The validator of `deploy.outcome` slots: well formed, keyed by its app and node.
-fn outcome_validator() -> crate::gossip::handler::Validator {
+fn outcome_validator() -> Validator {
     Arc::new(|item: &Superseding| {
         postcard::from_bytes::<NodeOutcome>(&item.body)
             .is_ok_and(|o| item.key == outcome_key(&o.app, &o.node) && o.node == item.origin)
@@ -117,7 +123,7 @@ fn outcome_validator() -> crate::gossip::handler::Validator {
 }
 
 /// The validator of `deploy.apps` slots: a list of app names, keyed by its origin.
-fn apps_validator() -> crate::gossip::handler::Validator {
+fn apps_validator() -> Validator {
     Arc::new(|item: &Superseding| {
         item.key == item.origin && postcard::from_bytes::<Vec<String>>(&item.body).is_ok()
     })
@@ -150,11 +156,15 @@ impl Controller {
         });
         let data_dir = s.data_dir.clone();
         let sync_grace = s.push_pull_interval;
-        agent.register_validator(DESIRED_KIND, desired_validator(trust));
-        agent.register_validator(OUTCOME_KIND, outcome_validator());
-        agent.register_validator(APPS_KIND, apps_validator());
-        agent.register_node_owned(OUTCOME_KIND);
-        agent.register_node_owned(APPS_KIND);
+        agent.register_kind(
+            DESIRED_KIND,
+            KindPolicy::fleet(MAX_APPS, desired_validator(trust)),
+        );
+        agent.register_kind(
+            OUTCOME_KIND,
+            KindPolicy::node(MAX_APPS_PER_NODE).checked(outcome_validator()),
+        );
+        agent.register_kind(APPS_KIND, KindPolicy::node(1).checked(apps_validator()));
         let deliveries = agent.register_consumer(CONSUMER, EVENT_NAME);
         let answer = shared.clone();
         agent.register_query(STATUS_QUERY, move |payload| {

@@ -46,7 +46,8 @@ use crate::agent::members::{self, LeftBook};
 use crate::agent::pending::PendingHandlers;
 use crate::agent::queries::QueryRegistry;
 use crate::agent::snapshot::PersistedState;
-use crate::gossip::handler::{GossipFoca, Validators};
+use crate::gossip::handler::GossipFoca;
+use crate::gossip::kinds::Kinds;
 use crate::gossip::message::{self, Broadcast, Datagram, Direct};
 use crate::gossip::supersede::Superseding;
 use crate::gossip::{
@@ -73,7 +74,7 @@ impl Now {
 pub struct Init {
     pub settings: Settings,
     pub core: GossipCore,
-    pub validators: Validators,
+    pub kinds: Kinds,
     pub registry: QueryRegistry,
     /// The keyring in force; cluster key operations change it ([`Effect::Keyring`]).
     pub keyring: Keyring,
@@ -121,7 +122,7 @@ fn foca_config(settings: &Settings, size: u32) -> foca::Config {
 impl<W, S> AgentMachine<W, S> {
     pub fn new(init: Init) -> Self {
         let core = SharedCore::new(init.core);
-        core.lock().set_validators(init.validators);
+        core.lock().set_kinds(init.kinds);
         let tuned_for = init.settings.expected_cluster_size;
         let foca = core.new_foca(foca_config(&init.settings, tuned_for), init.foca_rng);
         Self {
@@ -347,6 +348,7 @@ impl<W, S> AgentMachine<W, S> {
             ("superseded", s.superseded),
             ("superseding_slots_full", s.slots_full),
             ("superseding_refused", s.refused_superseding),
+            ("superseding_refused_about_self", s.refused_about_self),
         ] {
             counters.insert(k.to_owned(), v);
         }
@@ -390,11 +392,13 @@ impl<W, S> AgentMachine<W, S> {
         if membership_changed {
             self.retune();
         }
-        let reannounce = self.core.lock().take_reannounce();
-        match reannounce.map(|r| r.map(|bytes| self.foca.add_broadcast(&bytes))) {
-            None | Some(Ok(Ok(_))) => {}
-            Some(Ok(Err(e))) => tracing::warn!(cause = %e, "tags not announced again"),
-            Some(Err(e)) => tracing::warn!(cause = %e, "tags not announced again"),
+        let republish = self.core.lock().take_republish();
+        for bytes in republish {
+            match bytes.map(|bytes| self.foca.add_broadcast(&bytes)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(cause = %e, "own slot not published again"),
+                Err(e) => tracing::warn!(cause = %e, "own slot not published again"),
+            }
         }
         let incoming = self.core.drain_incoming();
         self.deliver(now, incoming, out);

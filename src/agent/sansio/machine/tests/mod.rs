@@ -115,7 +115,7 @@ fn machine(name: &str, i: usize, setup: &Setup) -> (NodeId, Machine) {
         registry: QueryRegistry::with_builtins(name, false),
         settings,
         core,
-        validators: Default::default(),
+        kinds: Default::default(),
         keyring: insecure_keyring(),
         left: LeftBook::default(),
         pending: PendingHandlers::default(),
