@@ -24,11 +24,13 @@
 //! - [`wire`]: the control API's wire types and address, shared by [`agent`] and [`api`].
 //! - [`durations`], [`atomic_file`]: duration syntax and crash-safe file replacement,
 //!   shared by [`agent`] and [`deploy`].
+//! - [`keytext`]: Ed25519 keys as one line of base64 (deploy signing, enrollment and node
+//!   keys).
 //! - [`log_throttle`]: one log line per period for a failure that repeats on every retry.
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 //!
 //! Layering (imports only point left): the leaves ([`wire`], [`durations`],
-//! [`atomic_file`], [`wall`], [`log_throttle`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
+//! [`atomic_file`], [`wall`], [`log_throttle`], [`keytext`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
 //! The agent carries the deploy tables of its config file untouched; the CLI parses them
 //! and wires the agent, the deploy controller and the API together.
 
@@ -45,6 +47,7 @@ pub mod durations;
 pub mod export;
 pub mod gossip;
 pub mod jail;
+pub mod keytext;
 pub mod log_throttle;
 pub mod mountinfo;
 pub mod release;

@@ -12,8 +12,6 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
@@ -433,46 +431,10 @@ impl Verifier {
     }
 }
 
-/// Why a key could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("{what} is not valid base64 of a 32-byte Ed25519 key")]
-    Invalid { what: String },
-}
-
-fn key_bytes(text: &str, what: &str) -> Result<[u8; 32], KeyError> {
-    B64.decode(text.trim())
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-        .ok_or_else(|| KeyError::Invalid { what: what.into() })
-}
-
-/// A new random signing key.
-pub fn generate_signing_key() -> SigningKey {
-    let mut seed = [0u8; 32];
-    rand::fill(&mut seed);
-    SigningKey::from_bytes(&seed)
-}
-
-/// The signing key's file form: base64 of the 32-byte seed, one line.
-pub fn signing_key_to_text(key: &SigningKey) -> String {
-    format!("{}\n", B64.encode(key.to_bytes()))
-}
-
-pub fn signing_key_from_text(text: &str, what: &str) -> Result<SigningKey, KeyError> {
-    Ok(SigningKey::from_bytes(&key_bytes(text, what)?))
-}
-
-/// The public key as base64, for `trusted_signing_keys`.
-pub fn public_key_text(key: &VerifyingKey) -> String {
-    B64.encode(key.to_bytes())
-}
-
-pub fn public_key_from_text(text: &str) -> Result<VerifyingKey, KeyError> {
-    let what = format!("trusted signing key {:?}", text.trim());
-    let bytes = key_bytes(text, &what)?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Invalid { what })
-}
+pub use crate::keytext::{
+    KeyError, generate_signing_key, public_key_from_text, public_key_text, signing_key_from_text,
+    signing_key_to_text,
+};
 
 #[cfg(test)]
 mod tests;

@@ -118,6 +118,13 @@ pub struct Stats {
     pub refused_superseding: u64,
     /// Remote items about this node, refused (see `handler_supersede.rs`).
     pub refused_about_self: u64,
+    /// Items, answers and leave notices refused for what identities say: no card, no or
+    /// a bad signature, a revoked or expired certificate.
+    pub refused_identity: u64,
+    /// foca packets dropped whole: their sender (or an identity they name) has no card.
+    pub packets_refused_identity: u64,
+    /// Member updates taken out of foca packets: identities without a card.
+    pub updates_refused_identity: u64,
     pub malformed: u64,
 }
 
@@ -192,6 +199,11 @@ pub struct GossipCore {
     outbox: VecDeque<Incoming>,
     stats: Stats,
     kinds: Kinds,
+    identities: super::vouch::Identities,
+    /// This node's member card is to be announced (again).
+    card_due: bool,
+    /// Version of the last card announced.
+    card_version: u64,
 }
 
 impl GossipCore {
@@ -215,6 +227,9 @@ impl GossipCore {
             outbox: VecDeque::new(),
             stats: Stats::default(),
             kinds: supersede::builtin_kinds(),
+            identities: super::vouch::Identities::default(),
+            card_due: false,
+            card_version: 0,
         }
     }
 
@@ -276,8 +291,10 @@ impl GossipCore {
         self.peer_versions.get(node).copied().unwrap_or(1)
     }
 
-    /// Call on foca's `Notification::Rejoin(new_id)` so snapshots carry the new bump.
+    /// Call on foca's `Notification::Rejoin(new_id)` so snapshots carry the new bump
+    /// (and the member card, if any, is announced again with it).
     pub fn set_identity(&mut self, identity: NodeId) {
+        self.card_due |= identity != self.identity && self.identities.own().is_some();
         self.identity = identity;
     }
 
@@ -287,6 +304,7 @@ impl GossipCore {
         self.now = now;
         self.events.prune(now);
         self.latest.expire(now);
+        self.expire_identities();
     }
 
     /// The event log (read-only).
@@ -308,6 +326,9 @@ impl GossipCore {
         self.latest.retain(|item| {
             !kinds.is_node_owned(&item.kind) || item.origin == *me || known(&item.origin)
         });
+        let latest = &self.latest;
+        self.identities
+            .retain_cards(|name| latest.get(super::vouch::MEMBER_KIND, name).is_some());
         self.peer_versions.retain(|name, _| known(name));
         self.tag_book.retain(known);
     }
@@ -367,12 +388,15 @@ impl GossipCore {
         let mut extensions = Vec::new();
         if version >= 2 {
             let items = self.items_for_push_pull();
-            if let Ok(bytes) = postcard::to_stdvec(&items) {
-                extensions.push(Extension {
-                    tag: ext::SUPERSEDING,
-                    bytes,
-                });
-            }
+            let signed = version >= 3;
+            extensions.push(Extension {
+                tag: if signed {
+                    ext::SIGNED_SUPERSEDING
+                } else {
+                    ext::SUPERSEDING
+                },
+                bytes: super::supersede::encode_items(&items, signed),
+            });
         }
         PushPullState {
             version,
@@ -415,23 +439,35 @@ impl GossipCore {
     /// and also returned; the peer's tags are learned. Feed `remote.members` to foca
     /// through [`super::pushpull::screen_members`].
     pub fn merge_push_pull(&mut self, remote: &PushPullState) -> MergeOutcome {
-        self.tag_book.learn(&remote.from.name, 0, &remote.tags);
         self.peer_versions
             .insert(remote.from.name.clone(), remote.version);
         for e in &remote.extensions {
             // Unknown extension tags are skipped: they are a newer peer's.
-            if e.tag != ext::SUPERSEDING {
-                continue;
-            }
-            let Ok(items) = postcard::from_bytes::<Vec<Superseding>>(&e.bytes) else {
+            let signed = match e.tag {
+                ext::SUPERSEDING => false,
+                ext::SIGNED_SUPERSEDING => true,
+                _ => continue,
+            };
+            let Ok(mut items) = super::supersede::decode_items(&e.bytes, signed) else {
                 self.stats.malformed += 1;
                 continue;
             };
+            // Cards first, then revocations: the other items are checked against them.
+            items.sort_by_key(|i| match i.kind.as_str() {
+                super::vouch::MEMBER_KIND => 0,
+                super::vouch::REVOKED_KIND => 1,
+                _ => 2,
+            });
             for item in items.into_iter().filter(|i| i.validate().is_ok()) {
                 if self.accept_superseding(&item, false) {
                     self.outbox.push_back(Incoming::Superseding(item));
                 }
             }
+        }
+        // The unsigned tags field is the sender's word about itself: taken only where
+        // identities do not hold its name to signed announcements.
+        if self.admits_unsigned(&remote.from.name) {
+            self.tag_book.learn(&remote.from.name, 0, &remote.tags);
         }
         let out = merge(
             &mut self.events,
@@ -591,6 +627,9 @@ impl foca::BroadcastHandler<NodeId> for GossipHandler {
 
 #[path = "handler_supersede.rs"]
 mod supersede;
+
+#[path = "handler_identity.rs"]
+mod identity;
 
 #[cfg(test)]
 #[path = "handler_tests.rs"]

@@ -17,6 +17,9 @@ pub(super) fn builtin_kinds() -> Kinds {
         i.key == i.origin && postcard::from_bytes::<Tags>(&i.body).is_ok()
     }));
     kinds.register(TAGS_KIND, tags);
+    for (kind, policy) in super::identity::identity_kinds() {
+        kinds.register(kind, policy);
+    }
     kinds
 }
 
@@ -77,14 +80,18 @@ impl GossipCore {
         Ok(encode_broadcast(&Broadcast::Superseding(item))?)
     }
 
+    /// An item from this node, signed when it has an identity.
     fn superseding(&self, kind: &str, key: &str, version: u64, body: Vec<u8>) -> Superseding {
-        Superseding {
+        let mut item = Superseding {
             kind: kind.to_owned(),
             key: key.to_owned(),
             version,
             origin: self.identity.name.clone(),
             body,
-        }
+            sig: None,
+        };
+        self.identities.sign_item(&mut item);
+        item
     }
 
     /// The shell's kinds, from now on (the built-in ones stay as they are).
@@ -131,6 +138,14 @@ impl GossipCore {
             self.refuse_about_self(item);
             return false;
         }
+        let card = match self.check_identity(item, local) {
+            Ok(card) => card,
+            Err(why) => {
+                tracing::debug!(kind = %item.kind, key = %item.key, origin = %item.origin, cause = %why, "slot refused");
+                self.stats.refused_identity += 1;
+                return false;
+            }
+        };
         if !self.kinds.allows(item) {
             self.stats.refused_superseding += 1;
             return false;
@@ -156,6 +171,7 @@ impl GossipCore {
         {
             self.tag_book.learn(&item.key, item.version, &tags);
         }
+        self.identity_kept(item, card);
         true
     }
 

@@ -197,6 +197,7 @@ mod tests {
             version,
             origin: origin.into(),
             body: vec![],
+            sig: None,
         }
     }
 

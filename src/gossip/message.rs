@@ -49,11 +49,19 @@ pub mod tag {
     pub const LEAVE: u8 = 7;
     /// A [`crate::gossip::supersede::Superseding`] item (broadcast channel).
     pub const SUPERSEDING: u8 = 8;
+    /// A superseding item with its origin's signature (broadcast channel, version 3).
+    pub const SIGNED_SUPERSEDING: u8 = 9;
+    /// A query response with its sender's signature (datagram or stream, version 3).
+    pub const SIGNED_QUERY_RESPONSE: u8 = 10;
+    /// A leave notice signed by the node that leaves (datagram, version 3).
+    pub const SIGNED_LEAVE: u8 = 11;
 }
 
 /// Version of the gossip protocol this build speaks: announced in the stream hello
-/// and in push/pull states (see [`super::versioned`]). 1 is the unversioned format.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// and in push/pull states (see [`super::versioned`]). 1 is the unversioned format;
+/// 3 adds node signatures (signed items, answers and leave notices, and a push/pull
+/// extension carrying signed items).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// A custom broadcast item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +83,56 @@ pub enum Direct {
     /// which dedupes it through the event log).
     Event(UserEvent),
     /// This member is leaving (or was force-left): record it as "left", not "failed".
-    Leave(NodeId),
+    Leave(LeaveNotice),
+}
+
+/// A leave notice: `id` left, said by `id` itself when signed, by an operator's
+/// force-leave (relayed by any node) when not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaveNotice {
+    /// Who left.
+    pub id: NodeId,
+    /// The leaving node's signature over `id` ([`super::vouch`]).
+    pub sig: Option<[u8; 64]>,
+}
+
+/// A signed message as it travels: the unsigned body's postcard, then the signature.
+#[derive(Serialize)]
+struct SignedRef<'a, T> {
+    body: &'a T,
+    sig: &'a [u8],
+}
+
+/// [`SignedRef`], decoded.
+#[derive(serde::Deserialize)]
+struct SignedOwned<T> {
+    body: T,
+    sig: Vec<u8>,
+}
+
+fn encode_signed<T: Serialize>(
+    tags: (u8, u8),
+    body: &T,
+    sig: Option<&[u8; 64]>,
+    what: &'static str,
+    max: usize,
+) -> Result<Vec<u8>, EncodeError> {
+    match sig {
+        None => encode(tags.0, body, what, max),
+        Some(sig) => encode(tags.1, &SignedRef { body, sig }, what, max),
+    }
+}
+
+fn decode_signed<T: DeserializeOwned>(
+    body: &[u8],
+    what: &'static str,
+) -> Result<(T, [u8; 64]), DecodeError> {
+    let signed: SignedOwned<T> = decode(body, what)?;
+    let sig = <[u8; 64]>::try_from(signed.sig.as_slice()).map_err(|_| DecodeError::Invalid {
+        what,
+        reason: format!("a signature of {} bytes, not 64", signed.sig.len()),
+    })?;
+    Ok((signed.body, sig))
 }
 
 /// A decoded incoming datagram plaintext.
@@ -192,9 +249,13 @@ pub fn encode_broadcast(item: &Broadcast) -> Result<Vec<u8>, EncodeError> {
     match item {
         Broadcast::Event(ev) => encode(tag::USER_EVENT, ev, "user event", MAX_BROADCAST_ITEM),
         Broadcast::Query(q) => encode(tag::QUERY, q, "query", MAX_BROADCAST_ITEM),
-        Broadcast::Superseding(s) => {
-            encode(tag::SUPERSEDING, s, "superseding item", MAX_BROADCAST_ITEM)
-        }
+        Broadcast::Superseding(s) => encode_signed(
+            (tag::SUPERSEDING, tag::SIGNED_SUPERSEDING),
+            s,
+            s.sig.as_ref(),
+            "superseding item",
+            MAX_BROADCAST_ITEM,
+        ),
     }
 }
 
@@ -208,10 +269,17 @@ pub fn decode_broadcast(bytes: &[u8]) -> Result<Broadcast, DecodeError> {
             "user event",
         )?)?)),
         tag::QUERY => Ok(Broadcast::Query(decode(body, "query")?)),
-        tag::SUPERSEDING => {
-            let s: Superseding = decode(body, "superseding item")?;
+        tag::SUPERSEDING | tag::SIGNED_SUPERSEDING => {
+            let what = "superseding item";
+            let s = if t == tag::SIGNED_SUPERSEDING {
+                let (mut s, sig): (Superseding, _) = decode_signed(body, what)?;
+                s.sig = Some(sig);
+                s
+            } else {
+                decode(body, what)?
+            };
             s.validate().map_err(|e| DecodeError::Invalid {
-                what: "superseding item",
+                what,
                 reason: e.to_string(),
             })?;
             Ok(Broadcast::Superseding(s))
@@ -231,10 +299,30 @@ pub fn encode_foca_datagram(packet: &[u8]) -> Vec<u8> {
 /// Encodes a direct datagram message. `TooLarge` means: use the stream channel.
 pub fn encode_direct(msg: &Direct) -> Result<Vec<u8>, EncodeError> {
     match msg {
-        Direct::QueryResponse(r) => encode(tag::QUERY_RESPONSE, r, "query response", MAX_PLAINTEXT),
+        Direct::QueryResponse(r) => encode_response(r, MAX_PLAINTEXT),
         Direct::Event(ev) => encode(tag::EVENT_PUSH, ev, "pushed event", MAX_PLAINTEXT),
-        Direct::Leave(id) => encode(tag::LEAVE, id, "leave notice", MAX_PLAINTEXT),
+        Direct::Leave(l) => encode_signed(
+            (tag::LEAVE, tag::SIGNED_LEAVE),
+            &l.id,
+            l.sig.as_ref(),
+            "leave notice",
+            MAX_PLAINTEXT,
+        ),
     }
+}
+
+fn encode_response(r: &QueryResponse, max: usize) -> Result<Vec<u8>, EncodeError> {
+    let tags = (tag::QUERY_RESPONSE, tag::SIGNED_QUERY_RESPONSE);
+    encode_signed(tags, r, r.sig.as_ref(), "query response", max)
+}
+
+fn decode_response(t: u8, body: &[u8]) -> Result<QueryResponse, DecodeError> {
+    if t == tag::SIGNED_QUERY_RESPONSE {
+        let (mut r, sig): (QueryResponse, _) = decode_signed(body, "query response")?;
+        r.sig = Some(sig);
+        return Ok(r);
+    }
+    decode(body, "query response")
 }
 
 /// Classifies an opened datagram plaintext.
@@ -243,18 +331,22 @@ pub fn decode_datagram(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     let (t, body) = split(bytes, channel)?;
     match t {
         tag::FOCA => Ok(Datagram::Foca(body)),
-        tag::QUERY_RESPONSE => Ok(Datagram::Direct(Direct::QueryResponse(decode(
-            body,
-            "query response",
-        )?))),
+        tag::QUERY_RESPONSE | tag::SIGNED_QUERY_RESPONSE => Ok(Datagram::Direct(
+            Direct::QueryResponse(decode_response(t, body)?),
+        )),
         tag::EVENT_PUSH => Ok(Datagram::Direct(Direct::Event(checked_event(decode(
             body,
             "pushed event",
         )?)?))),
-        tag::LEAVE => Ok(Datagram::Direct(Direct::Leave(decode(
-            body,
-            "leave notice",
-        )?))),
+        tag::LEAVE => Ok(Datagram::Direct(Direct::Leave(LeaveNotice {
+            id: decode(body, "leave notice")?,
+            sig: None,
+        }))),
+        tag::SIGNED_LEAVE => {
+            let (id, sig) = decode_signed(body, "leave notice")?;
+            let sig = Some(sig);
+            Ok(Datagram::Direct(Direct::Leave(LeaveNotice { id, sig })))
+        }
         tag => Err(DecodeError::UnknownType { channel, tag }),
     }
 }
@@ -283,7 +375,7 @@ pub fn encode_stream(msg: &StreamMessage) -> Result<Vec<u8>, EncodeError> {
             encode_state(tag::PUSH_PULL_REQUEST, s, "push/pull request")
         }
         StreamMessage::PushPullReply(s) => encode_state(tag::PUSH_PULL_REPLY, s, "push/pull reply"),
-        StreamMessage::QueryResponse(r) => encode(tag::QUERY_RESPONSE, r, "query response", max),
+        StreamMessage::QueryResponse(r) => encode_response(r, max),
     }
 }
 
@@ -306,10 +398,9 @@ pub fn decode_stream(bytes: &[u8]) -> Result<StreamMessage, DecodeError> {
         tag::PUSH_PULL_REPLY => Ok(StreamMessage::PushPullReply(checked(
             versioned::decode_state(body, "push/pull reply")?,
         )?)),
-        tag::QUERY_RESPONSE => Ok(StreamMessage::QueryResponse(decode(
-            body,
-            "query response",
-        )?)),
+        tag::QUERY_RESPONSE | tag::SIGNED_QUERY_RESPONSE => {
+            Ok(StreamMessage::QueryResponse(decode_response(t, body)?))
+        }
         tag => Err(DecodeError::UnknownType { channel, tag }),
     }
 }
@@ -425,6 +516,7 @@ mod tests {
             id: QueryId(1),
             from: node("a"),
             payload: vec![1; 100],
+            sig: None,
         };
         let bytes = encode_direct(&Direct::QueryResponse(r.clone())).unwrap();
         assert_eq!(

@@ -13,6 +13,9 @@
 //! | [`envelope`] | ChaCha20-Poly1305 seal/open of datagrams, sealed TCP frames, [`envelope::FrameDecoder`] |
 //! | [`limits`] | the 1400-byte datagram budget and [`limits::recommended_foca_config`] |
 //! | [`identity`] | [`NodeId`] (foca `Identity`: restart bump replaces the old member) |
+//! | [`cert`] | node certificates and revocations, signed by an enrollment key |
+//! | [`vouch`] | node identities: member cards, who may speak for which name |
+//! | [`screen`] | foca packets screened against node identities before foca reads them |
 //! | [`lamport`] | Lamport clocks for events and queries |
 //! | [`event`] | [`UserEvent`], [`EventLog`] exactly-once delivery, [`MAX_EVENT_SIZE`] |
 //! | [`query`] | [`Query`], filters, [`QueryTracker`] on the origin |
@@ -68,6 +71,7 @@
 //!   JSON); hand the current one to seal/open. Cluster-wide rotation = run
 //!   `install`, `use`, `remove` on every node (e.g. via a query the shell defines).
 
+pub mod cert;
 pub mod envelope;
 pub mod event;
 pub mod handler;
@@ -80,8 +84,10 @@ pub mod limits;
 pub mod message;
 pub mod pushpull;
 pub mod query;
+pub mod screen;
 pub mod supersede;
 pub mod versioned;
+pub mod vouch;
 
 #[cfg(test)]
 mod tests;

@@ -219,6 +219,10 @@ pub struct QueryResponse {
     pub from: NodeId,
     /// Opaque answer.
     pub payload: Vec<u8>,
+    /// The answering node's signature over the fields above ([`super::vouch`]); not
+    /// part of the unsigned wire form, which older agents read.
+    #[serde(skip)]
+    pub sig: Option<[u8; 64]>,
 }
 
 /// What [`QueryTracker::record`] did with a response.
@@ -511,6 +515,7 @@ mod tests {
             id: q.id,
             from: n,
             payload: p.to_vec(),
+            sig: None,
         };
         assert_eq!(t.record(resp(node("a", 2), b"1"), now), Recorded::Accepted);
         assert_eq!(t.record(resp(node("a", 2), b"1"), now), Recorded::Duplicate);
@@ -545,6 +550,7 @@ mod tests {
             id: q.id,
             from: node("a", 2),
             payload: b"ok".to_vec(),
+            sig: None,
         };
         assert_eq!(t.record(r.clone(), now), Recorded::Accepted);
         let late = now + Duration::from_secs(5);
@@ -581,6 +587,7 @@ mod tests {
             id: q.id,
             from: node("w1", 1),
             payload: vec![],
+            sig: None,
         };
         assert_eq!(t.record(r, now), Recorded::Accepted);
         assert!(

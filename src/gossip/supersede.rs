@@ -39,6 +39,10 @@ pub struct Superseding {
     pub origin: String,
     /// Kind-specific body.
     pub body: Vec<u8>,
+    /// The origin's node-key signature over the fields above ([`super::vouch`]); not
+    /// part of the unsigned wire form, which older agents read.
+    #[serde(skip)]
+    pub sig: Option<[u8; 64]>,
 }
 
 /// Largest postcard encoding of a node's tags: the announcement (with its kind, name,
@@ -61,11 +65,13 @@ impl Superseding {
     /// Its length as a broadcast item (tag byte and postcard body).
     pub fn encoded_len(&self) -> usize {
         let field = |len: usize| varint_len(len as u64) + len;
+        let sig = self.sig.map_or(0, |s| field(s.len()));
         1 + field(self.kind.len())
             + field(self.key.len())
             + varint_len(self.version)
             + field(self.origin.len())
             + field(self.body.len())
+            + sig
     }
 
     /// Checks the names' lengths.
@@ -77,6 +83,45 @@ impl Superseding {
         }
         Ok(())
     }
+}
+
+/// An item with its signature, as a version-3 push/pull carries it.
+#[derive(Serialize, Deserialize)]
+struct ItemWire {
+    item: Superseding,
+    sig: Option<Vec<u8>>,
+}
+
+/// The slots of a push/pull state: with their signatures (`signed`, version 3), or in
+/// the unsigned form a version-2 reader takes.
+pub fn encode_items(items: &[&Superseding], signed: bool) -> Vec<u8> {
+    if !signed {
+        return postcard::to_stdvec(items).unwrap_or_default();
+    }
+    let wire: Vec<ItemWire> = items
+        .iter()
+        .map(|i| ItemWire {
+            item: (*i).clone(),
+            sig: i.sig.map(|s| s.to_vec()),
+        })
+        .collect();
+    postcard::to_stdvec(&wire).unwrap_or_default()
+}
+
+/// Reads [`encode_items`]'s form. An item with a signature of the wrong length keeps
+/// none (and will fail its identity checks).
+pub fn decode_items(bytes: &[u8], signed: bool) -> Result<Vec<Superseding>, postcard::Error> {
+    if !signed {
+        return postcard::from_bytes(bytes);
+    }
+    let wire: Vec<ItemWire> = postcard::from_bytes(bytes)?;
+    Ok(wire
+        .into_iter()
+        .map(|w| Superseding {
+            sig: w.sig.and_then(|s| <[u8; 64]>::try_from(s.as_slice()).ok()),
+            ..w.item
+        })
+        .collect())
 }
 
 /// Bytes of postcard's varint encoding of `n`.
@@ -130,6 +175,7 @@ mod tests {
             version,
             origin: "n1".into(),
             body: vec![],
+            sig: None,
         }
     }
 
@@ -139,6 +185,7 @@ mod tests {
         for (version, body) in [(0, 0), (1, 1), (127, 127), (128, 128), (u64::MAX, 300)] {
             let mut i = item("web", version);
             i.body = vec![7; body];
+            i.sig = (body % 2 == 1).then_some([3; 64]);
             let bytes = encode_broadcast(&Broadcast::Superseding(i.clone())).unwrap();
             assert_eq!(
                 i.encoded_len(),

@@ -22,6 +22,9 @@ use super::query::Tags;
 #[path = "tests_supersede.rs"]
 mod supersede;
 
+#[path = "tests_identity.rs"]
+mod identity;
+
 const EPOCH: Duration = Duration::from_secs(1_700_000_000);
 
 struct Node {
@@ -110,8 +113,12 @@ impl Sim {
             match envelope::open(&node.keyring, &sealed) {
                 Ok(plain) => match decode_datagram(&plain).unwrap() {
                     Datagram::Foca(pkt) => {
-                        // foca may refuse e.g. packets from a renamed identity; fine.
-                        let _ = node.foca.handle_data(pkt, &mut node.rt);
+                        // Screened against identities first, as the agent does.
+                        let screened = node.core.lock().screen_packet(pkt);
+                        if let Ok(super::screen::Screened::Pass { packet, .. }) = screened {
+                            // foca may refuse e.g. packets from a renamed identity; fine.
+                            let _ = node.foca.handle_data(&packet, &mut node.rt);
+                        }
                     }
                     Datagram::Direct(_) => unreachable!("no direct messages in this sim"),
                 },
@@ -349,6 +356,7 @@ fn query_reaches_matching_nodes_once() {
                 id: q.id,
                 from: sim.nodes[i].id.clone(),
                 payload: vec![i as u8],
+                sig: None,
             };
             assert_eq!(tracker.record(resp, start), Recorded::Accepted);
         }

@@ -145,6 +145,7 @@ fn tag_changes_travel_by_gossip() {
         version: 999,
         origin: "node4".into(),
         body: postcard::to_stdvec(&Tags::new()).unwrap(),
+        sig: None,
     };
     let old = crate::gossip::message::encode_broadcast(
         &crate::gossip::message::Broadcast::Superseding(old),
@@ -198,10 +199,22 @@ fn push_pull_repairs_superseding_slots() {
     let got = fresh.drain_incoming();
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(fresh.lock().tag_book().tags_of("node0"), Some(&web()));
-    assert_eq!(fresh.lock().peer_version("node0"), 2);
+    assert_eq!(
+        fresh.lock().peer_version("node0"),
+        crate::gossip::PROTOCOL_VERSION
+    );
     // Merging the same state again delivers nothing.
     fresh.lock().merge_push_pull(&v2);
     assert!(fresh.drain_incoming().is_empty());
+    // A version-2 peer gets the same slots in the unsigned form it reads.
+    let members: Vec<_> = sim.nodes[0].foca.iter_membership_state().cloned().collect();
+    let old = sim.nodes[0].core.lock().push_pull_state(members, 2);
+    assert_eq!(
+        old.extensions[0].tag,
+        crate::gossip::versioned::ext::SUPERSEDING
+    );
+    let items: Vec<Superseding> = postcard::from_bytes(&old.extensions[0].bytes).unwrap();
+    assert_eq!(items.len(), 2);
 }
 
 /// The largest tags the config accepts, on the longest node name, still announce.
@@ -237,6 +250,7 @@ fn own_tags_announced_again_above_a_stale_newer_version() {
         version: 5000,
         origin: "node1".into(),
         body: postcard::to_stdvec(&Tags::new()).unwrap(),
+        sig: None,
     };
     let stale = crate::gossip::message::encode_broadcast(
         &crate::gossip::message::Broadcast::Superseding(stale),
@@ -284,6 +298,7 @@ fn pruning_keeps_the_own_announcement() {
         version: 1,
         origin: "gone".into(),
         body: postcard::to_stdvec(&web()).unwrap(),
+        sig: None,
     };
     let gone = crate::gossip::message::encode_broadcast(
         &crate::gossip::message::Broadcast::Superseding(gone),
@@ -323,6 +338,7 @@ fn validators_refuse_and_node_owned_slots_are_pruned_with_their_node() {
                 version: 1,
                 origin: origin.into(),
                 body: body.to_vec(),
+                sig: None,
             },
         ))
         .unwrap()
@@ -383,6 +399,7 @@ fn a_remote_item_about_this_node_is_refused_and_outranked() {
             version,
             origin: "node0".into(),
             body: b"forged".to_vec(),
+            sig: None,
         })
     };
     let peer = node_id(1);
@@ -447,6 +464,7 @@ fn push_pull_state_fits_a_frame_whatever_the_slots_hold() {
             version: 1,
             origin: format!("n{i}"),
             body: big.clone(),
+            sig: None,
         };
         assert!(
             h.receive_item(&encoded(item), Some(&peer))
@@ -460,13 +478,14 @@ fn push_pull_state_fits_a_frame_whatever_the_slots_hold() {
         version: 1,
         origin: "n1".into(),
         body: b"v42".to_vec(),
+        sig: None,
     };
     h.receive_item(&encoded(desired), Some(&peer)).unwrap();
     let c = core.lock();
     let state = c.push_pull_state(std::iter::empty(), crate::gossip::PROTOCOL_VERSION);
     let frame = encode_stream(&StreamMessage::PushPullRequest(state.clone())).unwrap();
     assert!(frame.len() <= MAX_FRAME_PLAINTEXT);
-    let items: Vec<Superseding> = postcard::from_bytes(&state.extensions[0].bytes).unwrap();
+    let items = crate::gossip::supersede::decode_items(&state.extensions[0].bytes, true).unwrap();
     assert!(
         items.iter().any(|i| i.kind == "desired"),
         "fleet kinds first"

@@ -35,8 +35,12 @@ pub struct Extension {
 
 /// Extension tags.
 pub mod ext {
-    /// postcard `Vec<Superseding>`: the sender's [`crate::gossip::supersede::Latest`].
+    /// postcard `Vec<Superseding>`, unsigned forms: the sender's slots, for a version-2
+    /// reader ([`crate::gossip::latest::Latest`]).
     pub const SUPERSEDING: u16 = 1;
+    /// The sender's slots with their signatures, for a version-3 reader
+    /// ([`crate::gossip::supersede::encode_items`]).
+    pub const SIGNED_SUPERSEDING: u16 = 2;
 }
 
 /// The unversioned (version 1) body, borrowed for encoding.

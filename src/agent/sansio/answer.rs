@@ -150,6 +150,7 @@ mod tests {
             id: QueryId(5),
             from: node("me"),
             payload,
+            sig: None,
         };
         assert_eq!(
             answer_route("me", &answer(vec![1; 10])),

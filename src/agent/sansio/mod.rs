@@ -15,12 +15,15 @@
 //! | `machine/tests/` | machines passing datagrams to each other in memory |
 //! | [`queries`] | query lifecycle on the origin: pending queries, deadlines, completion |
 //! | [`dials`] | join rounds with backoff, the one reconnect in flight |
+//! | [`introduce`] | push/pulls with senders whose member card is unknown, rate-limited |
+//! | `machine/identity.rs` | packets screened against member cards, leave notices, own card |
 //! | [`push`] | eager push targets, the push/pull partner |
 //! | [`keys`] | key dispatch: the key query's payload, the answers' fan-in |
 //! | [`answer`] | answering side: who answers a query, and the answer's route back |
 
 pub mod answer;
 pub mod dials;
+pub mod introduce;
 pub mod keys;
 pub mod machine;
 pub mod push;

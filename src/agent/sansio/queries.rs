@@ -145,6 +145,7 @@ mod tests {
             id: q.id,
             from,
             payload: b"ok".to_vec(),
+            sig: None,
         }
     }
 

@@ -68,6 +68,7 @@ fn slot(fx: &[Effect], kind: &str, origin: &str) -> Superseding {
         version,
         origin: origin.into(),
         body: body.to_vec(),
+        sig: None,
     }
 }
 

@@ -392,6 +392,7 @@ impl Shell {
                         version,
                         origin: String::new(),
                         body,
+                        sig: None,
                     };
                     let r = self
                         .agent

@@ -234,6 +234,7 @@ fn the_largest_event_fits_both_the_user_event_and_the_desired_slot() {
             version: u64::MAX,
             origin: "n".repeat(MAX_NODE_NAME_LEN),
             body: bytes,
+            sig: None,
         };
         encode_broadcast(&Broadcast::Superseding(slot)).expect("fits the desired slot");
         // A receiver refuses the one byte more, however it was made.

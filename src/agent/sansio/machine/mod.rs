@@ -23,6 +23,7 @@
 
 mod effect;
 mod events;
+mod identity;
 mod pushpull;
 mod queries;
 #[cfg(test)]
@@ -99,6 +100,7 @@ pub struct AgentMachine<W, S> {
     left: LeftBook,
     queries: QueryBook<W>,
     dials: Dials,
+    introductions: crate::agent::sansio::introduce::Introductions,
     pending: PendingHandlers,
     /// The cluster size foca's retransmissions and suspicion timeout are tuned for.
     tuned_for: u32,
@@ -136,6 +138,7 @@ impl<W, S> AgentMachine<W, S> {
             left: init.left,
             queries: QueryBook::default(),
             dials: Dials::default(),
+            introductions: Default::default(),
             pending: init.pending,
             tuned_for,
             stopped: false,
@@ -156,6 +159,7 @@ impl<W, S> AgentMachine<W, S> {
     /// Announces to the members known before a restart (`rejoin`) and our tags, folds
     /// the replayed journal into the state file, owes handlers and joins.
     pub fn start(&mut self, now: Now, rejoin: Vec<NodeId>) -> Effects<W, S> {
+        self.announce_card();
         for member in rejoin {
             let _ = self.foca.announce(member, &mut self.rt);
         }
@@ -200,12 +204,7 @@ impl<W, S> AgentMachine<W, S> {
     pub fn datagram(&mut self, now: Now, plain: &[u8], from: SocketAddr) -> Effects<W, S> {
         let mut out = Vec::new();
         match message::decode_datagram(plain) {
-            Ok(Datagram::Foca(pkt)) => {
-                if let Err(e) = self.foca.handle_data(pkt, &mut self.rt) {
-                    tracing::trace!(peer = %from, cause = %e, "foca refused a packet");
-                }
-                self.drain(now, &mut out);
-            }
+            Ok(Datagram::Foca(pkt)) => self.foca_packet(now, pkt, from, &mut out),
             Ok(Datagram::Direct(Direct::QueryResponse(r))) => {
                 self.record_response(now, r, &mut out);
             }
@@ -215,10 +214,7 @@ impl<W, S> AgentMachine<W, S> {
                     self.drain(now, &mut out);
                 }
             }
-            Ok(Datagram::Direct(Direct::Leave(id))) => {
-                tracing::info!(node = %id.name, "member announced its leave");
-                self.left.record(&id);
-            }
+            Ok(Datagram::Direct(Direct::Leave(notice))) => self.leave_notice(notice),
             Err(_) => out.push(Effect::Count(Metric::Malformed)),
         }
         out
@@ -243,10 +239,10 @@ impl<W, S> AgentMachine<W, S> {
     /// Graceful leave: a notice to every member, foca's leave, then the state file.
     /// The machine is stopped afterwards.
     pub fn leave(&mut self, now: Now) -> Effects<W, S> {
-        let me = self.core.lock().identity().clone();
+        let notice = self.core.lock().leave_notice();
         let peers: Vec<NodeId> = self.foca.iter_members().map(|m| m.id().clone()).collect();
         let mut out = Vec::new();
-        if let Ok(plain) = message::encode_direct(&Direct::Leave(me)) {
+        if let Ok(plain) = message::encode_direct(&Direct::Leave(notice)) {
             for p in &peers {
                 out.push(Effect::Send {
                     to: p.addr,
@@ -284,7 +280,11 @@ impl<W, S> AgentMachine<W, S> {
         self.left.record(member.id());
         tracing::info!(node = %node, "force-leave");
         let mut out = Vec::new();
-        if let Ok(plain) = message::encode_direct(&Direct::Leave(member.id().clone())) {
+        let notice = message::LeaveNotice {
+            id: member.id().clone(),
+            sig: None,
+        };
+        if let Ok(plain) = message::encode_direct(&Direct::Leave(notice)) {
             for p in self.foca.iter_members() {
                 out.push(Effect::Send {
                     to: p.id().addr,
@@ -392,6 +392,7 @@ impl<W, S> AgentMachine<W, S> {
         if membership_changed {
             self.retune();
         }
+        self.announce_card();
         let republish = self.core.lock().take_republish();
         for bytes in republish {
             match bytes.map(|bytes| self.foca.add_broadcast(&bytes)) {

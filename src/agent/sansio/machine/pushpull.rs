@@ -119,13 +119,23 @@ impl<W, S> AgentMachine<W, S> {
 
     /// A push/pull with `target`, sending our state in the version it reads: a peer we
     /// never heard a versioned state from gets the format every version reads; its
-    /// reply tells us its version for the next time.
+    /// reply tells us its version for the next time. Where node identities are required,
+    /// every peer speaks this version (older ones cannot sign), so our signed state goes
+    /// out from the first exchange.
     pub(super) fn dial(&self, target: String, kind: Dial, out: &mut Effects<W, S>) {
-        let version = self
+        let core = self.core.lock();
+        let known = self
             .foca
             .iter_membership_state()
             .find(|m| m.id().addr.to_string() == target)
-            .map_or(1, |m| self.core.lock().peer_version(&m.id().name));
+            .map(|m| core.peer_version(&m.id().name));
+        let required = core.identities().mode() == crate::gossip::vouch::Mode::Required;
+        drop(core);
+        let version = known.unwrap_or(if required {
+            crate::gossip::PROTOCOL_VERSION
+        } else {
+            1
+        });
         let state = Box::new(self.push_pull_state(version));
         out.push(Effect::Dial {
             target,
@@ -150,10 +160,16 @@ impl<W, S> AgentMachine<W, S> {
             tracing::info!(peer = %from.name, events = merged.new_events.len(), "push/pull delivered missed events");
         }
         let me = self.core.lock().identity().clone();
-        let members = remote
+        let core = self.core.lock();
+        let (members, refused): (Vec<_>, Vec<_>) = remote
             .members
             .into_iter()
-            .chain(std::iter::once(Member::alive(from.clone())));
+            .chain(std::iter::once(Member::alive(from.clone())))
+            .partition(|m| core.admits(m.id()));
+        drop(core);
+        if !refused.is_empty() {
+            tracing::debug!(peer = %from.name, refused = refused.len(), "push/pull: members without a member card left out");
+        }
         let screened = screen_members(&me, self.foca.iter_membership_state(), members, |id| {
             self.left.has_left(id)
         });

@@ -152,6 +152,10 @@ impl<W, S> AgentMachine<W, S> {
     }
 
     pub(super) fn record_response(&mut self, now: Now, r: QueryResponse, out: &mut Effects<W, S>) {
+        if !self.core.lock().check_response(&r) {
+            tracing::debug!(node = %r.from.name, "query answer refused: not signed by the node it claims");
+            return;
+        }
         let effects = self.queries.record(r, now.at);
         self.query_effects(effects, out);
     }
@@ -219,7 +223,13 @@ impl<W, S> AgentMachine<W, S> {
         out: &mut Effects<W, S>,
     ) {
         let from = self.core.lock().identity().clone();
-        let answer = QueryResponse { id, from, payload };
+        let mut answer = QueryResponse {
+            id,
+            from,
+            payload,
+            sig: None,
+        };
+        self.core.lock().sign_response(&mut answer);
         match answer_route(&origin.name, &answer) {
             Ok(AnswerRoute::Local) => self.record_response(now, answer, out),
             Ok(AnswerRoute::Datagram(plain)) => out.push(Effect::Send {

@@ -1,0 +1,235 @@
+//! [`GossipCore`]'s side of node identities ([`super::super::vouch`]): its own member
+//! card, the checks of what others say in their names, and what a revocation or an
+//! expired certificate takes away.
+
+use super::*;
+use crate::gossip::kinds::{KindPolicy, Owner};
+use crate::gossip::screen;
+use crate::gossip::vouch::{
+    IdentityPolicy, MAX_REVOCATIONS, MEMBER_KIND, MemberCard, Mode, REVOKED_KIND, Refusal,
+};
+
+/// The identity kinds every core knows.
+pub(super) fn identity_kinds() -> [(&'static str, KindPolicy); 2] {
+    let revocations = KindPolicy {
+        owner: Owner::Fleet,
+        max_slots: MAX_REVOCATIONS,
+        per_origin: MAX_REVOCATIONS,
+        check: None,
+    };
+    [
+        (MEMBER_KIND, KindPolicy::node(1)),
+        (REVOKED_KIND, revocations),
+    ]
+}
+
+fn unix_secs(now: Duration) -> u64 {
+    now.as_secs()
+}
+
+impl GossipCore {
+    /// Who may speak for which name, from now on (set before foca starts).
+    pub fn set_identity_policy(&mut self, policy: IdentityPolicy) {
+        self.identities = crate::gossip::vouch::Identities::new(policy);
+        self.card_due = self.identities.own().is_some();
+    }
+
+    /// The identities in force.
+    pub fn identities(&self) -> &crate::gossip::vouch::Identities {
+        &self.identities
+    }
+
+    /// Whether a foca identity may be taken into the membership
+    /// ([`crate::gossip::vouch::Identities::admits`]).
+    pub fn admits(&self, id: &NodeId) -> bool {
+        self.identities.admits(id)
+    }
+
+    /// Whether an unsigned word in `name`'s name counts: identities off, or (while a
+    /// fleet is enrolled) a name without a card.
+    pub(super) fn admits_unsigned(&self, name: &str) -> bool {
+        match self.identities.mode() {
+            Mode::Off => true,
+            Mode::Transition => !self.identities.enrolled(name),
+            Mode::Required => false,
+        }
+    }
+
+    /// The bytes announcing this node's member card, when one is due (at start, and
+    /// after the identity changed); each once.
+    pub fn take_card(&mut self) -> Option<Result<Vec<u8>, CreateError>> {
+        if !std::mem::take(&mut self.card_due) {
+            return None;
+        }
+        let own = self.identities.own()?;
+        let card = MemberCard {
+            cert: own.cert().encode(),
+            addr: self.identity.addr,
+            bump: self.identity.bump,
+        };
+        let body = postcard::to_stdvec(&card).unwrap_or_default();
+        let now_ms = u64::try_from(self.now.as_millis()).unwrap_or(u64::MAX);
+        self.card_version = now_ms.max(self.card_version.saturating_add(1));
+        let name = self.identity.name.clone();
+        Some(self.create_superseding(MEMBER_KIND, &name, self.card_version, body))
+    }
+
+    /// Screens a foca packet before `Foca::handle_data` (see [`crate::gossip::screen`]);
+    /// with identities off it passes as it is.
+    pub fn screen_packet<'a>(
+        &mut self,
+        pkt: &'a [u8],
+    ) -> Result<screen::Screened<'a>, screen::Malformed> {
+        if self.identities.mode() == Mode::Off {
+            let packet = std::borrow::Cow::Borrowed(pkt);
+            return Ok(screen::Screened::Pass { packet, dropped: 0 });
+        }
+        let parsed = screen::parse(pkt)?;
+        let carried = self.cards_carried(&parsed);
+        let ids = &self.identities;
+        let screened = screen::screen(pkt, &parsed, |id| ids.admits(id) || carried.contains(id));
+        match &screened {
+            screen::Screened::Pass { dropped, .. } => {
+                self.stats.updates_refused_identity += *dropped as u64;
+            }
+            screen::Screened::Refused { .. } => self.stats.packets_refused_identity += 1,
+        }
+        Ok(screened)
+    }
+
+    /// The identities vouched for by member cards a packet carries that are newer than
+    /// the ones held (a node that just started announces its card in its first packets).
+    fn cards_carried(&self, parsed: &screen::Parsed<'_>) -> Vec<NodeId> {
+        let now = unix_secs(self.now);
+        parsed
+            .broadcasts()
+            .filter_map(
+                |bytes| match crate::gossip::message::decode_broadcast(bytes) {
+                    Ok(Broadcast::Superseding(i)) if i.kind == MEMBER_KIND => Some(i),
+                    _ => None,
+                },
+            )
+            .filter(|i| {
+                self.latest
+                    .get(MEMBER_KIND, &i.origin)
+                    .is_none_or(|held| held.version < i.version)
+            })
+            .filter_map(|i| {
+                let card = self.identities.check_card(&i, now).ok()?;
+                Some(card.vouched(&i.origin))
+            })
+            .collect()
+    }
+
+    /// The identity checks of an item before it may enter [`Latest`]; `local`: this
+    /// node made it. A card that passes is returned, to be learned once kept.
+    pub(super) fn check_identity(
+        &mut self,
+        item: &Superseding,
+        local: bool,
+    ) -> Result<Option<crate::gossip::vouch::Card>, Refusal> {
+        let mode = self.identities.mode();
+        match item.kind.as_str() {
+            MEMBER_KIND if mode != Mode::Off => self
+                .identities
+                .check_card(item, unix_secs(self.now))
+                .map(Some),
+            REVOKED_KIND if mode != Mode::Off => {
+                self.identities.check_revocation(item).map(|_| None)
+            }
+            kind if !local && self.kinds.is_node_owned(kind) => {
+                self.identities.check_node_item(item).map(|()| None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// What a kept identity item changes: a card is learned, a revocation withdraws
+    /// the cards of its key and everything said under them.
+    pub(super) fn identity_kept(
+        &mut self,
+        item: &Superseding,
+        card: Option<crate::gossip::vouch::Card>,
+    ) {
+        if let Some(card) = card {
+            self.identities.learn_card(&item.origin, card);
+        }
+        if item.kind == REVOKED_KIND
+            && let Ok(r) = self.identities.check_revocation(item)
+        {
+            let gone = self.identities.revoke(&r);
+            self.forget_nodes(&gone);
+        }
+    }
+
+    /// Drops revocations and cards past their time, and what the dropped cards vouched.
+    pub(super) fn expire_identities(&mut self) {
+        let now = unix_secs(self.now);
+        let gone = self.identities.expire(now);
+        self.forget_nodes(&gone);
+        self.latest.retain(|i| {
+            i.kind != REVOKED_KIND
+                || crate::gossip::cert::Revocation::decode(&i.body)
+                    .is_ok_and(|r| r.body().until >= now)
+        });
+    }
+
+    /// Forgets every node-owned slot of `names` (their cards are gone), this node's own
+    /// excepted.
+    fn forget_nodes(&mut self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        for name in names {
+            tracing::warn!(node = %name, "member card withdrawn (revoked or expired): the node no longer speaks in this cluster");
+        }
+        let kinds = &self.kinds;
+        let me = &self.identity.name;
+        self.latest.retain(|i| {
+            !kinds.is_node_owned(&i.kind) || i.origin == *me || !names.contains(&i.origin)
+        });
+    }
+
+    /// Signs an answer this node sends (when it has an identity).
+    pub fn sign_response(&self, r: &mut crate::gossip::query::QueryResponse) {
+        self.identities.sign_response(r);
+    }
+
+    /// Whether an answer may be counted as its sender's.
+    pub fn check_response(&mut self, r: &crate::gossip::query::QueryResponse) -> bool {
+        let ok = self.identities.check_response(r).is_ok();
+        if !ok {
+            self.stats.refused_identity += 1;
+        }
+        ok
+    }
+
+    /// This node's leave notice, signed when it has an identity.
+    pub fn leave_notice(&self) -> crate::gossip::message::LeaveNotice {
+        let id = self.identity.clone();
+        let sig = self.identities.sign_leave(&id);
+        crate::gossip::message::LeaveNotice { id, sig }
+    }
+
+    /// Whether a leave notice may be recorded. One signed by the node that left always
+    /// may; an unsigned one (an operator's force-leave, relayed) only for a member this
+    /// node already sees failed (`seen_down`), or for a name without a card.
+    pub fn check_leave(
+        &mut self,
+        notice: &crate::gossip::message::LeaveNotice,
+        seen_down: bool,
+    ) -> bool {
+        let signed = notice.sig.is_some()
+            && self
+                .identities
+                .check_leave(&notice.id, notice.sig.as_ref())
+                .is_ok();
+        let ok = signed
+            || (notice.sig.is_none()
+                && (seen_down || self.identities.check_leave(&notice.id, None).is_ok()));
+        if !ok {
+            self.stats.refused_identity += 1;
+        }
+        ok
+    }
+}

@@ -1,0 +1,277 @@
+//! Foca packets screened against node identities before foca sees them.
+//!
+//! foca takes every identity a packet names at its word: the sender becomes a live member,
+//! and the member updates it carries are applied. With node identities, only the identity
+//! a verified member card vouches for may be a member ([`super::vouch`]). So before
+//! `Foca::handle_data`, a packet is taken apart (foca's own layout: its postcard header,
+//! a `u16` count of member updates, the updates, then the custom broadcasts):
+//!
+//! - a sender, or an identity its message names (the target of a `PingReq`, the origin of
+//!   an `IndirectPing`, ...), that is not admitted: the whole packet is dropped, and the
+//!   shell may dial the sender for a push/pull to learn its card;
+//! - member updates about identities that are not admitted are taken out, the rest passes.
+//!
+//! A sender's own card may travel in the very packet (a node that just started or
+//! restarted announces it first): the caller passes the identities such cards vouch for
+//! ([`Parsed::broadcasts`] lists the items), so the first packets of a new node are not
+//! lost.
+
+use std::borrow::Cow;
+
+use foca::{Header, Member, Message};
+
+use super::identity::NodeId;
+
+/// A foca packet, taken apart.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    /// The header.
+    pub header: Header<NodeId>,
+    header_bytes: &'a [u8],
+    /// The member updates, each with its bytes.
+    updates: Vec<(Member<NodeId>, &'a [u8])>,
+    tally: bool,
+    /// The custom broadcasts, as foca lays them out.
+    rest: &'a [u8],
+}
+
+/// What [`screen`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Screened<'a> {
+    /// Hand these bytes to foca; `dropped` member updates were taken out.
+    Pass {
+        packet: Cow<'a, [u8]>,
+        dropped: usize,
+    },
+    /// `who` (the sender, or an identity its message names) is not admitted: dropped.
+    Refused { who: NodeId },
+}
+
+/// Why a packet could not be taken apart (foca would refuse it too).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed foca packet: {0}")]
+pub struct Malformed(String);
+
+/// Takes a foca packet apart (see the module docs).
+pub fn parse(pkt: &[u8]) -> Result<Parsed<'_>, Malformed> {
+    let bad = |e: postcard::Error| Malformed(e.to_string());
+    let (header, mut rest): (Header<NodeId>, &[u8]) =
+        postcard::take_from_bytes(pkt).map_err(bad)?;
+    let header_bytes = &pkt[..pkt.len() - rest.len()];
+    let mut updates = Vec::new();
+    let tally = rest.len() >= 2 && header.message != Message::Broadcast;
+    if tally {
+        let count = u16::from_be_bytes([rest[0], rest[1]]);
+        rest = &rest[2..];
+        for _ in 0..count {
+            let (member, after): (Member<NodeId>, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(bad)?;
+            updates.push((member, &rest[..rest.len() - after.len()]));
+            rest = after;
+        }
+    }
+    Ok(Parsed {
+        header,
+        header_bytes,
+        updates,
+        tally,
+        rest,
+    })
+}
+
+impl<'a> Parsed<'a> {
+    /// The custom broadcast items the packet carries (a malformed tail ends the list;
+    /// foca refuses such a packet anyway).
+    pub fn broadcasts(&self) -> impl Iterator<Item = &'a [u8]> {
+        let mut rest = self.rest;
+        std::iter::from_fn(move || {
+            if rest.len() < 3 {
+                return None;
+            }
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            let item = rest.get(2..2 + len).filter(|i| !i.is_empty())?;
+            rest = &rest[2 + len..];
+            Some(item)
+        })
+    }
+}
+
+/// The identity a message names besides sender and receiver, if any.
+fn named(message: &Message<NodeId>) -> Option<&NodeId> {
+    match message {
+        Message::PingReq { target, .. } | Message::IndirectAck { target, .. } => Some(target),
+        Message::IndirectPing { origin, .. } | Message::ForwardedAck { origin, .. } => Some(origin),
+        _ => None,
+    }
+}
+
+/// Screens a parsed packet (see the module docs); `admits` says whether an identity may be
+/// a member.
+pub fn screen<'a>(
+    pkt: &'a [u8],
+    parsed: &Parsed<'a>,
+    admits: impl Fn(&NodeId) -> bool,
+) -> Screened<'a> {
+    let src = &parsed.header.src;
+    if !admits(src) {
+        return Screened::Refused { who: src.clone() };
+    }
+    if let Some(id) = named(&parsed.header.message).filter(|id| !admits(id)) {
+        return Screened::Refused { who: id.clone() };
+    }
+    let kept: Vec<&[u8]> = parsed
+        .updates
+        .iter()
+        .filter(|(m, _)| admits(m.id()))
+        .map(|(_, bytes)| *bytes)
+        .collect();
+    let dropped = parsed.updates.len() - kept.len();
+    if dropped == 0 {
+        return Screened::Pass {
+            packet: Cow::Borrowed(pkt),
+            dropped,
+        };
+    }
+    let mut out = Vec::with_capacity(pkt.len());
+    out.extend_from_slice(parsed.header_bytes);
+    if parsed.tally {
+        // At most as many as were there, which fit a u16.
+        out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
+        kept.iter().for_each(|b| out.extend_from_slice(b));
+    }
+    out.extend_from_slice(parsed.rest);
+    Screened::Pass {
+        packet: Cow::Owned(out),
+        dropped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foca::State;
+
+    fn id(name: &str) -> NodeId {
+        NodeId::new(name, "10.0.0.1:7946".parse().unwrap(), 1).unwrap()
+    }
+
+    fn packet(
+        message: Message<NodeId>,
+        updates: &[Member<NodeId>],
+        broadcasts: &[&[u8]],
+    ) -> Vec<u8> {
+        let header = Header {
+            src: id("a"),
+            src_incarnation: 3,
+            dst: id("me"),
+            message,
+        };
+        let mut out = postcard::to_stdvec(&header).unwrap();
+        out.extend_from_slice(&(updates.len() as u16).to_be_bytes());
+        for m in updates {
+            out.extend(postcard::to_stdvec(m).unwrap());
+        }
+        for b in broadcasts {
+            out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+        out
+    }
+
+    fn not(names: &'static [&'static str]) -> impl Fn(&NodeId) -> bool {
+        move |id: &NodeId| !names.contains(&id.name.as_str())
+    }
+
+    #[test]
+    fn an_admitted_packet_passes_unchanged_and_its_broadcasts_are_listed() {
+        let pkt = packet(
+            Message::Gossip,
+            &[Member::alive(id("b"))],
+            &[b"one", b"two"],
+        );
+        let parsed = parse(&pkt).unwrap();
+        let items: Vec<&[u8]> = parsed.broadcasts().collect();
+        assert_eq!(items, vec![&b"one"[..], b"two"]);
+        let got = screen(&pkt, &parsed, |_| true);
+        assert_eq!(
+            got,
+            Screened::Pass {
+                packet: Cow::Borrowed(&pkt[..]),
+                dropped: 0
+            }
+        );
+    }
+
+    /// Issue 15 (ghost members): updates about identities without a card are taken
+    /// out, and foca reads what is left.
+    #[test]
+    fn updates_about_identities_not_admitted_are_taken_out() {
+        let keep = Member::new(id("b"), 2, State::Suspect);
+        let pkt = packet(
+            Message::Ping(7),
+            &[Member::alive(id("ghost")), keep.clone()],
+            &[b"item"],
+        );
+        let parsed = parse(&pkt).unwrap();
+        let Screened::Pass {
+            packet: out,
+            dropped,
+        } = screen(&pkt, &parsed, not(&["ghost"]))
+        else {
+            panic!("refused")
+        };
+        assert_eq!(dropped, 1);
+        assert_eq!(&*out, &packet(Message::Ping(7), &[keep], &[b"item"])[..]);
+        let again = parse(&out).unwrap();
+        assert_eq!(again.updates.len(), 1);
+        assert_eq!(again.broadcasts().count(), 1);
+    }
+
+    #[test]
+    fn a_sender_or_named_identity_not_admitted_drops_the_packet() {
+        let pkt = packet(Message::Ping(1), &[], &[]);
+        let parsed = parse(&pkt).unwrap();
+        assert_eq!(
+            screen(&pkt, &parsed, not(&["a"])),
+            Screened::Refused { who: id("a") }
+        );
+        let req = packet(
+            Message::PingReq {
+                target: id("ghost"),
+                probe_number: 1,
+            },
+            &[],
+            &[],
+        );
+        let parsed = parse(&req).unwrap();
+        assert_eq!(
+            screen(&req, &parsed, not(&["ghost"])),
+            Screened::Refused { who: id("ghost") }
+        );
+    }
+
+    #[test]
+    fn a_broadcast_only_packet_has_no_tally() {
+        let header = Header {
+            src: id("a"),
+            src_incarnation: 0,
+            dst: id("me"),
+            message: Message::<NodeId>::Broadcast,
+        };
+        let mut pkt = postcard::to_stdvec(&header).unwrap();
+        pkt.extend_from_slice(&[0, 3, b'x', b'y', b'z']);
+        let parsed = parse(&pkt).unwrap();
+        assert!(parsed.updates.is_empty());
+        assert_eq!(parsed.broadcasts().collect::<Vec<_>>(), vec![&b"xyz"[..]]);
+    }
+
+    #[test]
+    fn garbage_is_malformed_never_a_panic() {
+        for bad in [&b""[..], b"\x00", &[0xff; 40]] {
+            assert!(parse(bad).is_err());
+        }
+        let mut pkt = packet(Message::Gossip, &[Member::alive(id("b"))], &[]);
+        pkt.truncate(pkt.len() - 2);
+        assert!(parse(&pkt).is_err());
+    }
+}

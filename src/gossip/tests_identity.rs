@@ -1,0 +1,231 @@
+//! In-memory cluster tests of node identities (issue 15): real foca instances whose
+//! packets are screened against member cards, as the agent screens them.
+
+use super::*;
+use crate::gossip::cert::{NodeCert, Revocation};
+use crate::gossip::kinds::fleet_version;
+use crate::gossip::message::{Broadcast, encode_broadcast};
+use crate::gossip::supersede::{Superseding, TAGS_KIND};
+use crate::gossip::vouch::{IdentityPolicy, MEMBER_KIND, OwnIdentity, REVOKED_KIND};
+use ed25519_dalek::SigningKey;
+use foca::BroadcastHandler as _;
+
+fn ca() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+fn enrolled(name: &str, seed: u8) -> OwnIdentity {
+    let key = SigningKey::from_bytes(&[seed; 32]);
+    let now = EPOCH.as_secs();
+    let cert = NodeCert::issue(&ca(), name, &key.verifying_key(), now - 60, now + 86_400).unwrap();
+    OwnIdentity::new(key, cert).unwrap()
+}
+
+fn policy(own: Option<OwnIdentity>) -> IdentityPolicy {
+    IdentityPolicy {
+        issuers: vec![ca().verifying_key()],
+        required: true,
+        own,
+    }
+}
+
+/// `n` enrolled nodes (identity `i` for node `i`), plus the extra `outsiders` given with
+/// their own policy, all with the gossip key; node 0 is the seed.
+fn cluster(n: usize, outsiders: Vec<(NodeId, IdentityPolicy)>) -> Sim {
+    let mut ids: Vec<NodeId> = (0..n).map(node_id).collect();
+    let mut policies: Vec<IdentityPolicy> = (0..n)
+        .map(|i| policy(Some(enrolled(&format!("node{i}"), 100 + i as u8))))
+        .collect();
+    for (id, p) in outsiders {
+        ids.push(id);
+        policies.push(p);
+    }
+    let count = ids.len();
+    let mut sim = Sim::new(ids, vec![shared_key_ring(); count]);
+    for (node, p) in sim.nodes.iter_mut().zip(policies) {
+        node.core.lock().set_identity_policy(p);
+        // The guard must be gone before foca calls back into the core.
+        let card = node.core.lock().take_card();
+        if let Some(Ok(card)) = card {
+            node.foca.add_broadcast(&card).unwrap();
+        }
+    }
+    sim
+}
+
+/// The agent's join: a push/pull with the seed, then an announce to it.
+fn join(sim: &mut Sim, i: usize) {
+    let states: Vec<_> = [0, i]
+        .iter()
+        .map(|&j| {
+            let n = &sim.nodes[j];
+            let members: Vec<_> = n.foca.iter_membership_state().cloned().collect();
+            n.core
+                .lock()
+                .push_pull_state(members, crate::gossip::PROTOCOL_VERSION)
+        })
+        .collect();
+    sim.nodes[0].core.lock().merge_push_pull(&states[1]);
+    sim.nodes[i].core.lock().merge_push_pull(&states[0]);
+    let seed = sim.nodes[0].id.clone();
+    let node = &mut sim.nodes[i];
+    node.foca.announce(seed, &mut node.rt).unwrap();
+    sim.flush(i);
+}
+
+fn names(sim: &Sim, i: usize) -> Vec<String> {
+    let mut v: Vec<String> = sim.nodes[i]
+        .foca
+        .iter_members()
+        .map(|m| m.id().name.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn enrolled_nodes_form_a_cluster() {
+    let n = 5;
+    let mut sim = cluster(n, vec![]);
+    for i in 1..n {
+        join(&mut sim, i);
+    }
+    sim.run_for(Duration::from_secs(20));
+    for i in 0..n {
+        assert_eq!(
+            sim.nodes[i].foca.num_members(),
+            n - 1,
+            "node{i}: {:?}",
+            names(&sim, i)
+        );
+        let core = sim.nodes[i].core.lock();
+        for j in 0..n {
+            assert!(
+                core.identities().enrolled(&format!("node{j}")),
+                "node{i} lacks node{j}'s card"
+            );
+        }
+        assert_eq!(core.stats().packets_refused_identity, 0, "node{i}");
+    }
+}
+
+/// Issue 15 (ghost members, name takeover): a holder of the gossip key without a
+/// certificate, and one that takes an existing node's name from another address, are
+/// never members anywhere.
+#[test]
+fn a_gossip_key_alone_cannot_join_or_take_a_name() {
+    let ghost = NodeId::new("ghost", "10.0.0.66:7946".parse().unwrap(), 0).unwrap();
+    let mut impostor = node_id(1);
+    impostor.addr = "10.0.0.77:7946".parse().unwrap();
+    impostor.bump = 9;
+    let mut sim = cluster(3, vec![(ghost, policy(None)), (impostor, policy(None))]);
+    for i in 1..3 {
+        join(&mut sim, i);
+    }
+    for i in [3, 4] {
+        join(&mut sim, i);
+    }
+    sim.run_for(Duration::from_secs(30));
+    assert!(sim.nodes[0].core.lock().stats().packets_refused_identity > 0);
+    for i in 0..3 {
+        let got = names(&sim, i);
+        assert_eq!(got.len(), 2, "node{i}: {got:?}");
+        assert!(!got.contains(&"ghost".to_owned()), "node{i}: {got:?}");
+        assert!(
+            sim.nodes[i]
+                .foca
+                .iter_members()
+                .all(|m| m.id().addr != "10.0.0.77:7946".parse().unwrap()),
+            "node{i} took the impostor's address for node1"
+        );
+    }
+}
+
+fn item(origin: &str, kind: &str, key: &str, version: u64, body: Vec<u8>) -> Superseding {
+    Superseding {
+        kind: kind.into(),
+        key: key.into(),
+        version,
+        origin: origin.into(),
+        body,
+        sig: None,
+    }
+}
+
+/// Issue 15 (forged tags, forged outcomes): an enrolled node cannot sign for another
+/// name, and an unsigned item in an enrolled name is refused.
+#[test]
+fn an_enrolled_node_speaks_only_for_itself() {
+    let mut sim = cluster(3, vec![]);
+    for i in 1..3 {
+        join(&mut sim, i);
+    }
+    sim.run_for(Duration::from_secs(10));
+    let tags: Tags = [("role".to_owned(), "evil".to_owned())].into();
+    let body = postcard::to_stdvec(&tags).unwrap();
+    let far = u64::try_from((EPOCH + sim.now).as_millis()).unwrap() + 1000;
+    // node2 signs tags in node1's name.
+    let mut forged = item("node1", TAGS_KIND, "node1", far, body.clone());
+    let signer = crate::gossip::vouch::Identities::new(policy(Some(enrolled("node2", 102))));
+    signer.sign_item(&mut forged);
+    let unsigned = item("node1", TAGS_KIND, "node1", far, body);
+    for bad in [forged, unsigned] {
+        let bytes = encode_broadcast(&Broadcast::Superseding(bad)).unwrap();
+        sim.nodes[2].foca.add_broadcast(&bytes).unwrap();
+        let mut h = sim.nodes[0].core.handler();
+        assert_eq!(
+            h.receive_item(&bytes, Some(&sim.nodes[2].id.clone()))
+                .unwrap(),
+            None
+        );
+    }
+    sim.flush(2);
+    sim.run_for(Duration::from_secs(10));
+    let core = sim.nodes[0].core.lock();
+    assert_ne!(core.tag_book().tags_of("node1"), Some(&tags));
+    assert!(core.stats().refused_identity >= 2);
+}
+
+/// Issue 15: a revocation signed by the enrollment key, gossiped from any node, takes a
+/// leaked node's voice everywhere; its packets are then refused.
+#[test]
+fn a_revoked_node_is_cut_off_everywhere() {
+    let mut sim = cluster(4, vec![]);
+    for i in 1..4 {
+        join(&mut sim, i);
+    }
+    sim.run_for(Duration::from_secs(10));
+    let leaked = enrolled("node3", 103);
+    let at_ms = u64::try_from((EPOCH + sim.now).as_millis()).unwrap();
+    let r = Revocation::issue(&ca(), leaked.cert().body(), at_ms);
+    let slot = item(
+        "node0",
+        REVOKED_KIND,
+        &hex::encode(leaked.cert().body().node_key),
+        fleet_version(at_ms, 0),
+        r.encode(),
+    );
+    let bytes = encode_broadcast(&Broadcast::Superseding(slot)).unwrap();
+    sim.nodes[0].foca.add_broadcast(&bytes).unwrap();
+    sim.flush(0);
+    sim.run_for(Duration::from_secs(60));
+    for i in 0..3 {
+        let core = sim.nodes[i].core.lock();
+        assert!(!core.identities().enrolled("node3"), "node{i}");
+        assert!(
+            core.superseding_item(MEMBER_KIND, "node3").is_none(),
+            "node{i}"
+        );
+        assert!(
+            core.superseding_item(TAGS_KIND, "node3").is_none(),
+            "node{i}"
+        );
+        drop(core);
+        // It can no longer answer a probe nor refute a suspicion.
+        let alive = sim.nodes[i]
+            .foca
+            .iter_membership_state()
+            .any(|m| m.id().name == "node3" && m.state() == foca::State::Alive);
+        assert!(!alive, "node{i} still sees node3 alive");
+    }
+}
