@@ -56,6 +56,19 @@ pub struct Member {
     /// `alive`, `suspect`, `left` or `failed`.
     pub status: String,
     pub tags: BTreeMap<String, String>,
+    /// The member's verified node identity, if node identities are on and its card is
+    /// known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<MemberIdentity>,
+}
+
+/// A member's verified node identity (its member card's certificate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberIdentity {
+    /// Its node public key (base64).
+    pub node_key: String,
+    /// When its certificate expires (Unix seconds).
+    pub expires: u64,
 }
 
 /// `GET /v1/info`.
@@ -161,6 +174,13 @@ impl KeysResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForceLeaveRequest {
     pub node: String,
+}
+
+/// `POST /v1/revoke`: a revocation made by `droot-fleet enroll revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeRequest {
+    /// Standard base64 of the encoded revocation.
+    pub revocation: String,
 }
 
 /// Error body.

@@ -94,6 +94,14 @@ pub struct FileConfig {
     pub signing_key: Option<PathBuf>,
     /// `[deploy]`, carried in [`DeployTables`].
     pub deploy: Option<toml::Value>,
+    /// Enrollment public keys whose node certificates this agent trusts.
+    #[serde(default)]
+    pub enrollment_keys: Vec<String>,
+    /// This node's identity file (`droot-fleet enroll node`).
+    pub node_identity: Option<PathBuf>,
+    /// Whether a name without a verified member card has no voice (default: true when
+    /// `enrollment_keys` is set).
+    pub require_node_identity: Option<bool>,
 }
 
 /// The deploy pipeline's keys of the agent's file, carried as written: the agent neither
@@ -138,6 +146,7 @@ pub struct Overrides {
     pub keyring: Option<PathBuf>,
     pub insecure: bool,
     pub log_level: Option<String>,
+    pub node_identity: Option<PathBuf>,
 }
 
 pub use crate::wire::RpcAddr;
@@ -226,6 +235,8 @@ pub struct Settings {
     pub blob_query: bool,
     /// Apps, trusted signing keys and deploy limits, unparsed ([`DeployTables`]).
     pub deploy: DeployTables,
+    /// Enrollment keys, this node's identity, and whether identities are required.
+    pub identity: super::identity::IdentitySettings,
     /// The flags (and config file) these settings came from, for SIGHUP reloads.
     pub overrides: Overrides,
 }

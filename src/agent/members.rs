@@ -17,6 +17,7 @@ use rand::seq::IteratorRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::gossip::pushpull::TagBook;
+use crate::gossip::vouch::Identities;
 use crate::gossip::{NodeId, Tags};
 use crate::wire;
 
@@ -68,13 +69,21 @@ pub fn list<'a>(
     others: impl Iterator<Item = &'a foca::Member<NodeId>>,
     tag_book: &TagBook,
     left: &LeftBook,
+    identities: &Identities,
 ) -> Vec<wire::Member> {
+    let identity = |name: &str| {
+        identities.card(name).map(|c| wire::MemberIdentity {
+            node_key: crate::keytext::public_key_text(c.node_key()),
+            expires: c.not_after(),
+        })
+    };
     let mut rest: Vec<wire::Member> = others
         .map(|m| wire::Member {
             name: m.id().name.clone(),
             addr: m.id().addr.to_string(),
             status: status(m, left).to_owned(),
             tags: tag_book.tags_of(&m.id().name).cloned().unwrap_or_default(),
+            identity: identity(&m.id().name),
         })
         .collect();
     rest.sort_by(|a, b| a.name.cmp(&b.name));
@@ -83,6 +92,7 @@ pub fn list<'a>(
         addr: me.addr.to_string(),
         status: "alive".into(),
         tags: my_tags.clone(),
+        identity: identity(&me.name),
     }];
     out.extend(rest);
     out

@@ -17,6 +17,7 @@
 //! | [`handlers`] | event/query handler processes (timeout, env, stdin) |
 //! | [`queries`] | built-in query handlers registered in Rust |
 //! | [`keys`] | keyring file and the cluster-wide key-rotation query |
+//! | [`identity`] | the node identity file (key and certificate) and `--dev` self-enrollment |
 //! | [`slots`] | capped connection slots for the accept loops (API, gossip TCP) |
 //! | [`disk`] | the writer thread: journal, state file and keyring writes off the task |
 //! | [`snapshot`] | the data-dir state file, written atomically |
@@ -34,6 +35,7 @@ pub mod config;
 pub mod consumers;
 pub mod disk;
 pub mod handlers;
+pub mod identity;
 pub mod keys;
 pub mod members;
 pub mod monitor;
@@ -154,6 +156,12 @@ pub enum Command {
     Superseding {
         kind: String,
         reply: oneshot::Sender<Vec<Superseding>>,
+    },
+    /// Gossips a revocation ([`crate::gossip::cert::Revocation`], encoded) after checking
+    /// it here.
+    Revoke {
+        revocation: Vec<u8>,
+        reply: oneshot::Sender<Result<(), AgentError>>,
     },
 }
 

@@ -57,6 +57,31 @@ fn startup_keyring(settings: &mut Settings) -> Result<crate::gossip::Keyring, Ag
     Ok(keys::insecure_keyring())
 }
 
+/// The identities to start with: the configured ones, or (a `--dev` agent without
+/// enrollment keys) a self-issued dev identity beside the dev keyring.
+fn startup_identity(
+    settings: &mut Settings,
+) -> Result<super::identity::IdentitySettings, AgentError> {
+    let configured = !settings.identity.issuers.is_empty();
+    let Some(ring) = settings
+        .keyring
+        .clone()
+        .filter(|_| settings.dev && !configured)
+    else {
+        if !configured {
+            tracing::warn!(
+                "no enrollment_keys: node identities are off, so any holder of the gossip key                  can speak for any node (enroll the fleet: `droot-fleet enroll init`)"
+            );
+        }
+        return Ok(settings.identity.clone());
+    };
+    let now = crate::wall::now().as_secs();
+    let dev = super::identity::dev(&ring, &settings.node, now)
+        .map_err(|e| AgentError::Startup(e.to_string()))?;
+    settings.identity = dev.clone();
+    Ok(dev)
+}
+
 /// What a starting agent takes over from its data dir.
 pub(super) struct Restored {
     pub(super) ring: crate::gossip::Keyring,
@@ -122,6 +147,7 @@ pub(super) fn restore(settings: &mut Settings) -> Result<Restored, AgentError> {
             LeftBook::default(),
         ),
     };
+    core.set_identity_policy(startup_identity(settings)?.policy());
     // Events journaled after the last snapshot had their handlers started: never again
     // (except those journaled as owed, started once more below).
     let (pending, delivered) =

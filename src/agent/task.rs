@@ -369,6 +369,11 @@ impl AgentTask {
             Command::Superseding { kind, reply } => {
                 let _ = reply.send(m.superseding_items(&kind));
             }
+            Command::Revoke { revocation, reply } => {
+                let (result, effects) = m.revoke(now, &revocation);
+                self.execute(effects).await;
+                let _ = reply.send(result);
+            }
         }
     }
 

@@ -174,6 +174,17 @@ impl Client {
             .map(drop)
     }
 
+    /// Hands a revocation (encoded) to the agent, which checks and gossips it.
+    pub async fn revoke(&self, revocation: &[u8]) -> Result<(), ClientError> {
+        use base64::Engine as _;
+        let req = crate::wire::RevokeRequest {
+            revocation: base64::engine::general_purpose::STANDARD.encode(revocation),
+        };
+        self.call::<serde_json::Value>(Method::POST, "/v1/revoke", Some(&req))
+            .await
+            .map(drop)
+    }
+
     /// Streams monitor lines to `each` until the agent closes the stream (`Ok`: it is
     /// shutting down); a connection that breaks off mid-stream is an error.
     pub async fn monitor(&self, mut each: impl FnMut(&str)) -> Result<(), ClientError> {

@@ -18,6 +18,7 @@
 //! | `GET /v1/monitor` | | NDJSON stream of log lines and events |
 //! | `POST /v1/deploy` | [`DeployRequest`] (a signed deploy event) | [`DeployAccepted`](crate::deploy::status::DeployAccepted) (400 naming why this agent would refuse it) |
 //! | `GET /v1/deploy/progress?event=ID` | | [`Progress`](crate::deploy::status::Progress) of that event (404 while unknown) |
+//! | `POST /v1/revoke` | [`RevokeRequest`] (a signed revocation) | `{}` (400 naming why this agent refuses it) |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status.
 
@@ -31,7 +32,7 @@ use crate::deploy::status::DeployView;
 
 pub use crate::wire::{
     ErrorBody, EventRequest, EventResponse, ForceLeaveRequest, Info, KeyRequest, KeysResponse,
-    Member, NodeKeyResult, QueryAnswer, QueryRequest, QueryResponse,
+    Member, NodeKeyResult, QueryAnswer, QueryRequest, QueryResponse, RevokeRequest,
 };
 
 /// What the control API serves: the agent, and the deploy controller's view if it runs.

@@ -113,6 +113,7 @@ enum Endpoint {
     Monitor,
     Deploy,
     DeployProgress,
+    Revoke,
 }
 
 /// Every endpoint: its path, its method (a known path with another method is a 405) and
@@ -139,6 +140,7 @@ const ROUTES: &[(&str, Method, Endpoint)] = &[
     ("/v1/monitor", Method::GET, Endpoint::Monitor),
     ("/v1/deploy", Method::POST, Endpoint::Deploy),
     ("/v1/deploy/progress", Method::GET, Endpoint::DeployProgress),
+    ("/v1/revoke", Method::POST, Endpoint::Revoke),
 ];
 
 /// The endpoint at `path`; 404 for an unknown path, 405 for a known one with another
@@ -213,7 +215,22 @@ async fn route(req: Request<Incoming>, endpoint: Endpoint, services: &super::Ser
                 .unwrap_or_else(agent_error)
         }
         Endpoint::DeployProgress => deploy_progress(services, req.uri()),
+        Endpoint::Revoke => {
+            let r: super::RevokeRequest = body(req).await?;
+            revoke(agent, &r.revocation).await
+        }
     })
+}
+
+async fn revoke(agent: &AgentHandle, text: &str) -> Response<Body> {
+    use base64::Engine as _;
+    let Ok(revocation) = base64::engine::general_purpose::STANDARD.decode(text.trim()) else {
+        return error(StatusCode::BAD_REQUEST, "revocation is not base64");
+    };
+    let done = agent
+        .call(|reply| Command::Revoke { revocation, reply })
+        .await;
+    ok(done.and_then(|r| r).map(|()| serde_json::json!({})))
 }
 
 /// 200 with `value` as JSON, or the agent's error.

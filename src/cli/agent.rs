@@ -57,6 +57,9 @@ pub struct AgentArgs {
     /// reach the address joins and runs your handlers).
     #[arg(long)]
     pub insecure: bool,
+    /// This node's identity file: its key and certificate (`droot-fleet enroll node`).
+    #[arg(long, value_name = "FILE")]
+    pub node_identity: Option<PathBuf>,
     /// Debug aid: an in-process consumer of user events named PREFIX* that records
     /// them to FILE (see `agent::consumers::record_to_file`).
     #[arg(long, value_name = "PREFIX=FILE", hide = true)]
@@ -117,6 +120,7 @@ fn overrides(args: AgentArgs) -> Overrides {
         keyring: args.keyring,
         insecure: args.insecure,
         log_level: std::env::var("RUST_LOG").ok(),
+        node_identity: args.node_identity,
     }
 }
 

@@ -156,6 +156,20 @@ pub(super) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `until YYYY-MM-DD` for a verified identity, `-` for none.
+fn identity_text(id: Option<&crate::wire::MemberIdentity>) -> String {
+    let Some(id) = id else {
+        return "-".into();
+    };
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(id.expires);
+    let day: String = humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .chars()
+        .take(10)
+        .collect();
+    format!("until {day}")
+}
+
 fn fmt_tags(tags: &BTreeMap<String, String>) -> String {
     tags.iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -184,13 +198,17 @@ pub fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
         Format::Text => {
             let w = list.iter().map(|m| m.name.len()).max().unwrap_or(4).max(4);
             let a = list.iter().map(|m| m.addr.len()).max().unwrap_or(7).max(7);
-            println!("{:w$}  {:a$}  {:7}  TAGS", "NAME", "ADDRESS", "STATUS");
+            println!(
+                "{:w$}  {:a$}  {:7}  {:19}  TAGS",
+                "NAME", "ADDRESS", "STATUS", "IDENTITY"
+            );
             for m in &list {
                 println!(
-                    "{:w$}  {:a$}  {:7}  {}",
+                    "{:w$}  {:a$}  {:7}  {:19}  {}",
                     m.name,
                     m.addr,
                     m.status,
+                    identity_text(m.identity.as_ref()),
                     fmt_tags(&m.tags)
                 );
             }

@@ -6,6 +6,7 @@
 mod agent;
 mod deploy;
 mod deploy_event;
+mod enroll;
 mod export;
 mod fleet;
 mod fleet_deploy;
@@ -59,6 +60,8 @@ pub enum Command {
     Keys(fleet::KeysArgs),
     /// Print a new random cluster key (base64), or with --signing make a deploy signing key.
     Keygen(signing::KeygenArgs),
+    /// Node identities: the fleet's enrollment key, a host's identity, revocation.
+    Enroll(enroll::EnrollArgs),
     /// Make the local agent leave the cluster and exit.
     Leave(fleet::RpcArgs),
     /// Mark a failed member as left.
@@ -97,6 +100,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Rollback(args) => fleet_deploy::rollback(args),
         Command::Keys(args) => fleet::keys(args),
         Command::Keygen(args) => signing::keygen(args),
+        Command::Enroll(args) => enroll::execute(args),
         Command::Leave(args) => fleet::leave(args),
         Command::ForceLeave(args) => fleet::force_leave(args),
         Command::Monitor(args) => fleet::monitor(args),

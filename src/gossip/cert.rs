@@ -226,11 +226,29 @@ impl NodeCert {
 impl Revocation {
     /// Withdraws every certificate of `cert`'s node key, signed by `enrollment`.
     pub fn issue(enrollment: &SigningKey, cert: &CertBody, issued_at_ms: u64) -> Self {
+        Self::issue_for_key(
+            enrollment,
+            cert.node_key,
+            &cert.name,
+            cert.not_after,
+            issued_at_ms,
+        )
+    }
+
+    /// Withdraws every certificate of `node_key` (of the node `name`) until `until` (Unix
+    /// seconds: the end of the latest certificate of that key), signed by `enrollment`.
+    pub fn issue_for_key(
+        enrollment: &SigningKey,
+        node_key: [u8; 32],
+        name: &str,
+        until: u64,
+        issued_at_ms: u64,
+    ) -> Self {
         let body = RevocationBody {
-            node_key: cert.node_key,
-            name: cert.name.clone(),
+            node_key,
+            name: name.to_owned(),
             issuer: enrollment.verifying_key().to_bytes(),
-            until: cert.not_after,
+            until,
             issued_at_ms,
         };
         let bytes = postcard::to_stdvec(&body).unwrap_or_default();

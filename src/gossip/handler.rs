@@ -163,6 +163,10 @@ pub struct CoreSnapshot {
     /// the wall clock went back).
     #[serde(default)]
     pub tags_version: u64,
+    /// Revocations held (encoded), so a restarted node refuses revoked keys from its
+    /// first packet on.
+    #[serde(default)]
+    pub revocations: Vec<Vec<u8>>,
 }
 
 /// Why a local event/query could not be created. Nothing was queued.
@@ -204,6 +208,8 @@ pub struct GossipCore {
     card_due: bool,
     /// Version of the last card announced.
     card_version: u64,
+    /// Revocations from the snapshot, applied once the identity policy is set.
+    restored_revocations: Vec<Vec<u8>>,
 }
 
 impl GossipCore {
@@ -230,6 +236,7 @@ impl GossipCore {
             identities: super::vouch::Identities::default(),
             card_due: false,
             card_version: 0,
+            restored_revocations: Vec::new(),
         }
     }
 
@@ -253,6 +260,7 @@ impl GossipCore {
         core.tags_version = Some(snapshot.tags_version)
             .filter(|&v| v <= bound)
             .unwrap_or(0);
+        core.restored_revocations = snapshot.revocations;
         core
     }
 
@@ -273,6 +281,11 @@ impl GossipCore {
             events: self.events.snapshot(),
             queries: self.queries.clone(),
             tags_version: self.tags_version,
+            revocations: self
+                .superseding_items(super::vouch::REVOKED_KIND)
+                .into_iter()
+                .map(|i| i.body)
+                .collect(),
         }
     }
 

@@ -32,6 +32,12 @@ impl GossipCore {
     pub fn set_identity_policy(&mut self, policy: IdentityPolicy) {
         self.identities = crate::gossip::vouch::Identities::new(policy);
         self.card_due = self.identities.own().is_some();
+        for bytes in std::mem::take(&mut self.restored_revocations) {
+            let origin = self.identity.name.clone();
+            if let Ok(item) = crate::gossip::vouch::revocation_slot(bytes, &origin) {
+                self.accept_superseding(&item, true);
+            }
+        }
     }
 
     /// The identities in force.
@@ -181,7 +187,11 @@ impl GossipCore {
             return;
         }
         for name in names {
-            tracing::warn!(node = %name, "member card withdrawn (revoked or expired): the node no longer speaks in this cluster");
+            if *name == self.identity.name {
+                tracing::error!(node = %name, "this node's own certificate was revoked or expired: the others no longer hear it; enroll it again (`droot-fleet enroll node`)");
+            } else {
+                tracing::warn!(node = %name, "member card withdrawn (revoked or expired): the node no longer speaks in this cluster");
+            }
         }
         let kinds = &self.kinds;
         let me = &self.identity.name;

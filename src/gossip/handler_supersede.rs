@@ -175,12 +175,17 @@ impl GossipCore {
         true
     }
 
-    /// A remote item about this node: refused; if it is at least as new as this node's
-    /// own item of that slot, the own item is published again above it. Only slots this
-    /// node holds are remembered, so a forger cannot grow the list.
+    /// A remote item about this node: refused; if it is newer than this node's own item of
+    /// that slot (or as new but different), the own item is published again above it. Its
+    /// own item coming back is not counted. Only slots this node holds are remembered, so
+    /// a forger cannot grow the list.
     fn refuse_about_self(&mut self, item: &Superseding) {
+        let mine = self.latest.get(&item.kind, &item.key);
+        if mine == Some(item) {
+            return;
+        }
         self.stats.refused_about_self += 1;
-        let Some(mine) = self.latest.get(&item.kind, &item.key) else {
+        let Some(mine) = mine else {
             return;
         };
         if item.version > self.kinds.limits(&item.kind, self.now).max_version {

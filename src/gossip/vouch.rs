@@ -145,6 +145,16 @@ pub struct Card {
 }
 
 impl Card {
+    /// The node key it was signed with.
+    pub fn node_key(&self) -> &VerifyingKey {
+        &self.key
+    }
+
+    /// When its certificate expires (Unix seconds).
+    pub fn not_after(&self) -> u64 {
+        self.not_after
+    }
+
     /// The foca identity this card vouches for, as the card of `name`.
     pub fn vouched(&self, name: &str) -> NodeId {
         NodeId {
@@ -153,6 +163,21 @@ impl Card {
             bump: self.bump,
         }
     }
+}
+
+/// The slot that carries an encoded revocation (nothing checked yet: see
+/// [`Identities::check_revocation`]).
+pub fn revocation_slot(bytes: Vec<u8>, origin: &str) -> Result<Superseding, CertError> {
+    let r = Revocation::decode(&bytes)?;
+    let body = r.body();
+    Ok(Superseding {
+        kind: REVOKED_KIND.into(),
+        key: hex::encode(body.node_key),
+        version: super::kinds::fleet_version(body.issued_at_ms, 0),
+        origin: origin.to_owned(),
+        body: bytes,
+        sig: None,
+    })
 }
 
 /// Why something said in a node's name was refused.
@@ -216,6 +241,11 @@ impl Identities {
     /// Whether `name` has a verified card.
     pub fn enrolled(&self, name: &str) -> bool {
         self.book.contains_key(name)
+    }
+
+    /// `name`'s verified card.
+    pub fn card(&self, name: &str) -> Option<&Card> {
+        self.book.get(name)
     }
 
     /// Whether a foca identity may be taken into the membership: in [`Mode::Off`]

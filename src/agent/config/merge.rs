@@ -9,18 +9,15 @@ use super::{
     FileConfig, Overrides, RpcAddr, Settings, default_node_name, duration, handlers, invalid,
     parse_tag, socket_addr,
 };
+use crate::agent::identity::{self as identity_file, IdentitySettings};
 use crate::gossip::{EventLogConfig, Tags, validate_node_name};
 
 impl Settings {
     /// Merges an already parsed file with the flags, then validates.
     pub fn merge(mut file: FileConfig, flags: &Overrides) -> Result<Self, ConfigError> {
         let dev = flags.dev;
-        let node = flags
-            .node
-            .clone()
-            .or(file.node.take())
-            .unwrap_or_else(default_node_name);
-        validate_node_name(&node).map_err(|e| invalid("node", e.to_string()))?;
+        let identity = identity(&mut file, flags)?;
+        let node = node_name(&mut file, flags, &identity)?;
         let (bind, advertise) = addresses(&mut file, flags)?;
         let join = joins(std::mem::take(&mut file.join), flags)?;
         let data_dir = flags
@@ -78,9 +75,77 @@ impl Settings {
                 trusted_signing_keys: std::mem::take(&mut file.trusted_signing_keys),
                 deploy: file.deploy.take(),
             },
+            identity,
             overrides: flags.clone(),
         })
     }
+}
+
+/// The node name: the flag, the file, the node identity's certificate, or the host name.
+/// A name that differs from the certificate's is refused.
+fn node_name(
+    file: &mut FileConfig,
+    flags: &Overrides,
+    identity: &IdentitySettings,
+) -> Result<String, ConfigError> {
+    let certified = identity.own.as_ref().map(|o| o.name().to_owned());
+    let node = flags
+        .node
+        .clone()
+        .or(file.node.take())
+        .or(certified.clone())
+        .unwrap_or_else(default_node_name);
+    validate_node_name(&node).map_err(|e| invalid("node", e.to_string()))?;
+    if let Some(c) = certified.filter(|c| *c != node) {
+        return Err(invalid(
+            "node",
+            format!(
+                "{node:?}, but the node identity's certificate is for {c:?}: leave the node                  name unset, or enroll this node under {node:?}"
+            ),
+        ));
+    }
+    Ok(node)
+}
+
+/// Enrollment keys, this node's identity (read and checked now, so a bad one stops the
+/// start or the reload) and whether identities are required.
+fn identity(file: &mut FileConfig, flags: &Overrides) -> Result<IdentitySettings, ConfigError> {
+    let mut issuers = Vec::new();
+    for (i, text) in file.enrollment_keys.iter().enumerate() {
+        let what = format!("enrollment_keys[{i}]");
+        let key = crate::keytext::public_key_from_text_named(text, &what)
+            .map_err(|e| invalid(what.clone(), e.to_string()))?;
+        issuers.push(key);
+    }
+    let path = flags.node_identity.clone().or(file.node_identity.take());
+    let required = file.require_node_identity.unwrap_or(!issuers.is_empty());
+    if issuers.is_empty() && (path.is_some() || required) {
+        return Err(invalid(
+            "enrollment_keys",
+            "required with node_identity or require_node_identity: add the public key              `droot-fleet enroll init` printed",
+        ));
+    }
+    let own = match path {
+        Some(p) => {
+            let own =
+                identity_file::load(&p).map_err(|e| invalid("node_identity", e.to_string()))?;
+            identity_file::check(&own, &issuers, crate::wall::now().as_secs(), &p)
+                .map_err(|e| invalid("node_identity", e.to_string()))?;
+            Some(own)
+        }
+        None => None,
+    };
+    if required && own.is_none() && !flags.dev {
+        return Err(invalid(
+            "node_identity",
+            "required by require_node_identity: enroll this node (`droot-fleet enroll node              NAME --enrollment-key FILE -o FILE`) and set node_identity, or set              require_node_identity = false while the fleet is being enrolled",
+        ));
+    }
+    Ok(IdentitySettings {
+        issuers,
+        own,
+        required,
+    })
 }
 
 /// The gossip bind and advertise addresses (same port; advertise required when bound

@@ -6,9 +6,13 @@
 use std::net::SocketAddr;
 
 use super::{AgentMachine, Effect, Effects, Metric, Now};
+use crate::agent::AgentError;
 use crate::agent::sansio::Dial;
+use crate::gossip::GossipCore;
 use crate::gossip::message::LeaveNotice;
 use crate::gossip::screen::Screened;
+use crate::gossip::supersede::Superseding;
+use crate::gossip::vouch::{self, Mode, REVOKED_KIND};
 
 impl<W, S> AgentMachine<W, S> {
     /// A foca packet from `from`: screened, then handed to foca.
@@ -53,6 +57,31 @@ impl<W, S> AgentMachine<W, S> {
         self.left.record(&notice.id);
     }
 
+    /// Gossips a revocation (an operator's `enroll revoke`), once this node checked it.
+    pub fn revoke(&mut self, now: Now, bytes: &[u8]) -> (Result<(), AgentError>, Effects<W, S>) {
+        let checked = revocation_slot(&self.core.lock(), bytes);
+        let item = match checked {
+            Ok(item) => item,
+            Err(e) => return (Err(AgentError::BadRequest(e)), Vec::new()),
+        };
+        let (key, revoked) = (item.key.clone(), item.version);
+        tracing::warn!(node_key = %key, "revocation accepted; gossiping it");
+        let (result, out) = self.publish_superseding(now, item);
+        let held = self
+            .core
+            .lock()
+            .superseding_item(REVOKED_KIND, &key)
+            .map(|i| i.version);
+        match result {
+            Ok(()) if held >= Some(revoked) => (Ok(()), out),
+            Ok(()) => {
+                let e = "this node did not keep the revocation (its table of revocations is full)";
+                (Err(AgentError::Conflict(e.into())), out)
+            }
+            Err(e) => (Err(e), out),
+        }
+    }
+
     /// Broadcasts this node's member card if one is due (at start, after a rejoin).
     pub(super) fn announce_card(&mut self) {
         let card = self.core.lock().take_card();
@@ -62,4 +91,16 @@ impl<W, S> AgentMachine<W, S> {
             Some(Err(e)) => tracing::warn!(cause = %e, "member card not announced"),
         }
     }
+}
+
+/// The slot that gossips a revocation, or why this node refuses it.
+fn revocation_slot(core: &GossipCore, bytes: &[u8]) -> Result<Superseding, String> {
+    if core.identities().mode() == Mode::Off {
+        return Err("this agent has no enrollment_keys: node identities are off here".into());
+    }
+    let item = vouch::revocation_slot(bytes.to_vec(), "").map_err(|e| e.to_string())?;
+    core.identities()
+        .check_revocation(&item)
+        .map_err(|e| e.to_string())?;
+    Ok(item)
 }

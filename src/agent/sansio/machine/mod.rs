@@ -329,6 +329,7 @@ impl<W, S> AgentMachine<W, S> {
             self.foca.iter_membership_state(),
             core.tag_book(),
             &self.left,
+            core.identities(),
         )
     }
 
@@ -349,6 +350,9 @@ impl<W, S> AgentMachine<W, S> {
             ("superseding_slots_full", s.slots_full),
             ("superseding_refused", s.refused_superseding),
             ("superseding_refused_about_self", s.refused_about_self),
+            ("identity_refused", s.refused_identity),
+            ("identity_packets_refused", s.packets_refused_identity),
+            ("identity_updates_refused", s.updates_refused_identity),
         ] {
             counters.insert(k.to_owned(), v);
         }
