@@ -327,20 +327,28 @@ fn members_filters_and_json_shape() {
     let mut a = ops::start_n(&c, 3, |n| {
         ops::tags_table(&[("role", ["web", "web", "db"][n as usize - 1])])
     });
-    wait_for(LONG, "n1 to know every node's tags", || {
+    wait_for(LONG, "n1 to know every node's tags and identity", || {
         let list = json(&a[0].cli(&["members", "--format", "json"]));
         list.as_array()?
             .iter()
-            .all(|m| m["tags"]["role"].is_string())
+            .all(|m| m["tags"]["role"].is_string() && m["identity"].is_object())
             .then_some(())
     });
     let list = json(&a[0].cli(&["members", "--format", "json"]));
     for m in list.as_array().unwrap() {
         let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["addr", "name", "status", "tags"], "{m}");
+        assert_eq!(keys, ["addr", "identity", "name", "status", "tags"], "{m}");
+        let id = m["identity"].as_object().unwrap();
+        assert!(
+            id["node_key"].as_str().is_some_and(|k| k.len() == 44),
+            "{m}"
+        );
+        assert!(id["expires"].as_u64().is_some(), "{m}");
     }
+    let mut first = list[0].clone();
+    first.as_object_mut().unwrap().remove("identity");
     assert_eq!(
-        list[0],
+        first,
         json!({"name": "n1", "addr": c.addr(1), "status": "alive", "tags": {"role": "web"}})
     );
     let names = |v: &Value| -> Vec<String> {

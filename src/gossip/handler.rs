@@ -210,6 +210,8 @@ pub struct GossipCore {
     card_version: u64,
     /// Revocations from the snapshot, applied once the identity policy is set.
     restored_revocations: Vec<Vec<u8>>,
+    /// When the certificate's coming end was last warned about (Unix seconds).
+    expiry_warned: Option<u64>,
 }
 
 impl GossipCore {
@@ -237,6 +239,7 @@ impl GossipCore {
             card_due: false,
             card_version: 0,
             restored_revocations: Vec::new(),
+            expiry_warned: None,
         }
     }
 
@@ -318,6 +321,7 @@ impl GossipCore {
         self.events.prune(now);
         self.latest.expire(now);
         self.expire_identities();
+        self.warn_if_expiring();
     }
 
     /// The event log (read-only).

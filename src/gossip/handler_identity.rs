@@ -27,16 +27,71 @@ fn unix_secs(now: Duration) -> u64 {
     now.as_secs()
 }
 
+/// How long before its end a node's certificate is warned about.
+const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl GossipCore {
     /// Who may speak for which name, from now on (set before foca starts).
     pub fn set_identity_policy(&mut self, policy: IdentityPolicy) {
         self.identities = crate::gossip::vouch::Identities::new(policy);
         self.card_due = self.identities.own().is_some();
+        // Revocations held before (a restart, a reload): in force again, and kept.
         for bytes in std::mem::take(&mut self.restored_revocations) {
             let origin = self.identity.name.clone();
-            if let Ok(item) = crate::gossip::vouch::revocation_slot(bytes, &origin) {
-                self.accept_superseding(&item, true);
+            let Ok(item) = crate::gossip::vouch::revocation_slot(bytes, &origin) else {
+                continue;
+            };
+            if let Ok(body) = self.identities.check_revocation(&item) {
+                self.identities.revoke(&body);
+                let limits = self.kinds.limits(REVOKED_KIND, self.now);
+                self.latest.offer(&item, &limits, self.now);
             }
+        }
+    }
+
+    /// New identity settings (a SIGHUP: a renewed certificate, other enrollment keys).
+    /// The cards held are checked again under them; revocations stay; this node's card
+    /// is announced again.
+    pub fn reload_identity_policy(&mut self, policy: IdentityPolicy) {
+        let revocations: Vec<Vec<u8>> = self
+            .superseding_items(REVOKED_KIND)
+            .into_iter()
+            .map(|i| i.body)
+            .collect();
+        let cards = self.superseding_items(MEMBER_KIND);
+        self.restored_revocations = revocations;
+        self.set_identity_policy(policy);
+        let now = unix_secs(self.now);
+        let mut refused = Vec::new();
+        for item in cards {
+            match self.identities.check_card(&item, now) {
+                Ok(card) => self.identities.learn_card(&item.origin, card),
+                Err(_) => refused.push(item.origin),
+            }
+        }
+        self.latest
+            .retain(|i| i.kind != MEMBER_KIND || !refused.contains(&i.origin));
+        self.forget_nodes(&refused);
+    }
+
+    /// Warns, once a day, while this node's certificate ends within a week.
+    pub(super) fn warn_if_expiring(&mut self) {
+        let Some(own) = self.identities.own() else {
+            return;
+        };
+        let (now, end) = (unix_secs(self.now), own.cert().body().not_after);
+        let soon = end.saturating_sub(now) < EXPIRY_WARNING.as_secs();
+        let due = self
+            .expiry_warned
+            .is_none_or(|at| now.saturating_sub(at) >= 24 * 3600);
+        if soon && due {
+            self.expiry_warned = Some(now);
+            tracing::warn!(
+                node = %own.name(),
+                expires_in_s = end.saturating_sub(now),
+                "this node's certificate expires soon: enroll it again (`droot-fleet enroll node`), \
+                 install the new identity file and send SIGHUP"
+            );
         }
     }
 

@@ -229,3 +229,112 @@ fn a_revoked_node_is_cut_off_everywhere() {
         assert!(!alive, "node{i} still sees node3 alive");
     }
 }
+
+fn revocation_of(who: &OwnIdentity, at_ms: u64) -> Superseding {
+    let r = Revocation::issue(&ca(), who.cert().body(), at_ms);
+    item(
+        "node0",
+        REVOKED_KIND,
+        &hex::encode(who.cert().body().node_key),
+        fleet_version(at_ms, 0),
+        r.encode(),
+    )
+}
+
+fn card_of(who: &OwnIdentity, id: &NodeId) -> Superseding {
+    let body = crate::gossip::vouch::MemberCard {
+        cert: who.cert().encode(),
+        addr: id.addr,
+        bump: id.bump,
+    };
+    let mut card = item(
+        who.name(),
+        MEMBER_KIND,
+        who.name(),
+        5,
+        postcard::to_stdvec(&body).unwrap(),
+    );
+    crate::gossip::vouch::Identities::new(policy(Some(who.clone()))).sign_item(&mut card);
+    card
+}
+
+fn lone_core() -> SharedCore {
+    let core = SharedCore::new(GossipCore::new(
+        node_id(0),
+        Tags::new(),
+        CoreConfig::default(),
+        EPOCH,
+    ));
+    core.lock()
+        .set_identity_policy(policy(Some(enrolled("node0", 100))));
+    core
+}
+
+/// A revocation survives a restart (the snapshot) and a SIGHUP (a new policy): the
+/// revoked card is refused again in both.
+#[test]
+fn revocations_survive_a_restart_and_a_reload() {
+    let leaked = enrolled("node3", 103);
+    let core = lone_core();
+    let mut h = core.handler();
+    let peer = node_id(1);
+    let revoke = encode_broadcast(&Broadcast::Superseding(revocation_of(&leaked, 1000))).unwrap();
+    assert!(h.receive_item(&revoke, Some(&peer)).unwrap().is_some());
+    let card = encode_broadcast(&Broadcast::Superseding(card_of(&leaked, &node_id(3)))).unwrap();
+    assert_eq!(h.receive_item(&card, Some(&peer)).unwrap(), None);
+
+    core.lock()
+        .reload_identity_policy(policy(Some(enrolled("node0", 100))));
+    assert_eq!(
+        h.receive_item(&card, Some(&peer)).unwrap(),
+        None,
+        "after a reload"
+    );
+
+    let snap = core.lock().snapshot();
+    assert_eq!(snap.revocations.len(), 1);
+    let mut id = node_id(0);
+    id.bump += 1;
+    let restarted = SharedCore::new(GossipCore::restore(
+        id,
+        Tags::new(),
+        CoreConfig::default(),
+        snap,
+        EPOCH,
+    ));
+    restarted
+        .lock()
+        .set_identity_policy(policy(Some(enrolled("node0", 100))));
+    let mut h = restarted.handler();
+    assert_eq!(
+        h.receive_item(&card, Some(&peer)).unwrap(),
+        None,
+        "after a restart"
+    );
+    let fresh = enrolled("node4", 104);
+    let other = encode_broadcast(&Broadcast::Superseding(card_of(&fresh, &node_id(4)))).unwrap();
+    assert!(
+        h.receive_item(&other, Some(&peer)).unwrap().is_some(),
+        "others still join"
+    );
+}
+
+/// A reload under other enrollment keys drops the cards the new keys do not vouch for.
+#[test]
+fn a_reload_checks_the_cards_held_again() {
+    let core = lone_core();
+    let mut h = core.handler();
+    let n4 = enrolled("node4", 104);
+    let card = encode_broadcast(&Broadcast::Superseding(card_of(&n4, &node_id(4)))).unwrap();
+    assert!(h.receive_item(&card, Some(&node_id(1))).unwrap().is_some());
+    assert!(core.lock().identities().enrolled("node4"));
+    let other_ca = SigningKey::from_bytes(&[43; 32]);
+    core.lock().reload_identity_policy(IdentityPolicy {
+        issuers: vec![other_ca.verifying_key()],
+        required: true,
+        own: None,
+    });
+    let c = core.lock();
+    assert!(!c.identities().enrolled("node4"));
+    assert!(c.superseding_item(MEMBER_KIND, "node4").is_none());
+}

@@ -43,6 +43,11 @@ pub struct Cluster {
     pub snapshot_interval: String,
     /// `push_pull_interval` in the agents' config.
     pub push_pull_interval: String,
+    /// The cluster's enrollment key: agents started here are enrolled.
+    pub enrollment: Enrollment,
+    /// `require_node_identity`: false by default, so that agents a test spawns by hand
+    /// may join unenrolled.
+    pub require_identity: bool,
 }
 
 impl Cluster {
@@ -52,6 +57,7 @@ impl Cluster {
         write_keyring(&keyring);
         let events_dir = dir.path().join("events");
         std::fs::create_dir_all(&events_dir).unwrap();
+        let enrollment = Enrollment::new(dir.path());
         Self {
             dir,
             net: net.into(),
@@ -59,6 +65,8 @@ impl Cluster {
             events_dir,
             snapshot_interval: "1s".into(),
             push_pull_interval: "1s".into(),
+            enrollment,
+            require_identity: false,
         }
     }
 
@@ -75,6 +83,8 @@ snapshot_interval = "{snapshot}"
 retry_interval = "300ms"
 expected_cluster_size = 5
 log_level = "info"
+enrollment_keys = ["{enrollment}"]
+require_node_identity = {required}
 
 [[handler]]
 event = "user"
@@ -85,6 +95,8 @@ timeout = "5s"
             events = self.events_dir.display(),
             snapshot = self.snapshot_interval,
             push_pull = self.push_pull_interval,
+            enrollment = self.enrollment.public,
+            required = self.require_identity,
         )
     }
 
@@ -110,6 +122,7 @@ timeout = "5s"
         let data_dir = self.dir.path().join(&name);
         let config = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, self.config(extra)).unwrap();
+        let identity = Some(self.enrollment.identity(&name));
         let mut agent = Agent {
             name,
             addr: self.addr(n),
@@ -117,6 +130,7 @@ timeout = "5s"
             config,
             join: join.iter().map(|j| self.addr(*j)).collect(),
             keyring: keyring.map(Path::to_owned),
+            identity,
             log: self.dir.path().join(format!("n{n}.log")),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
@@ -130,6 +144,59 @@ timeout = "5s"
         std::fs::read_to_string(self.events_dir.join(format!("{node}.{event}")))
             .map(|s| s.lines().map(str::to_owned).collect())
             .unwrap_or_default()
+    }
+}
+
+/// A fleet's enrollment key (`enroll init`) and the node identities it issues.
+pub struct Enrollment {
+    pub key: PathBuf,
+    /// Its public half, for `enrollment_keys`.
+    pub public: String,
+    dir: PathBuf,
+}
+
+impl Enrollment {
+    /// A new enrollment key in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        let key = dir.join("enrollment.key");
+        let out = Command::new(bin())
+            .env_remove("RUST_LOG")
+            .args(["enroll", "init", "-o"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "enroll init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Self {
+            key,
+            public,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The identity file of node `name` (made by `enroll node` the first time).
+    pub fn identity(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(format!("{name}.identity"));
+        if !path.exists() {
+            let out = Command::new(bin())
+                .env_remove("RUST_LOG")
+                .args(["enroll", "node", name, "--enrollment-key"])
+                .arg(&self.key)
+                .arg("-o")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "enroll node: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        path
     }
 }
 
@@ -153,6 +220,8 @@ pub struct Agent {
     pub config: PathBuf,
     pub join: Vec<String>,
     pub keyring: Option<PathBuf>,
+    /// Its node identity file (`--node-identity`), when not in its config.
+    pub identity: Option<PathBuf>,
     pub log: PathBuf,
     /// Extra command-line arguments.
     pub args: Vec<String>,
@@ -185,6 +254,9 @@ impl Agent {
         }
         if let Some(k) = &self.keyring {
             cmd.arg("--keyring").arg(k);
+        }
+        if let Some(id) = &self.identity {
+            cmd.arg("--node-identity").arg(id);
         }
         cmd.args(&self.args);
         cmd.stdin(Stdio::null())

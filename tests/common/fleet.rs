@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::agent_support::{Agent, PORT, bin, wait_for, write_keyring};
+use crate::agent_support::{Agent, Enrollment, PORT, bin, wait_for, write_keyring};
 use crate::common::garage::Garage;
 pub use crate::common::{alive, http_get, pids_matching};
 
@@ -91,6 +91,8 @@ pub struct Fleet {
     pub public: String,
     /// `apps.web.health.deadline`.
     pub health_deadline: String,
+    /// Every node is enrolled, and node identities are required.
+    pub enrollment: Enrollment,
     pub specs: Vec<NodeSpec>,
     pub agents: Vec<Agent>,
 }
@@ -118,6 +120,7 @@ impl Fleet {
         assert!(out.status.success(), "keygen --signing: {}", text(&out));
         let public = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         assert!(!public.is_empty(), "keygen --signing printed no public key");
+        let enrollment = Enrollment::new(&base);
         Fleet {
             _serial: serial,
             dir,
@@ -129,6 +132,7 @@ impl Fleet {
             key,
             public,
             health_deadline: "4s".into(),
+            enrollment,
             specs: Vec::new(),
             agents: Vec::new(),
         }
@@ -189,6 +193,7 @@ impl Fleet {
             config,
             join: join.iter().map(|j| self.addr(*j)).collect(),
             keyring: Some(self.keyring.clone()),
+            identity: None,
             log: self.base.join(format!("{name}.log")),
             args: self.specs[usize::from(n) - 1].args.clone(),
             child: None,
@@ -238,6 +243,11 @@ impl Fleet {
             "push_pull_interval = \"1s\"\nsnapshot_interval = \"1s\"\n\
              retry_interval = \"300ms\"\nexpected_cluster_size = 5\nlog_level = \"info\"\n",
         );
+        text.push_str(&format!(
+            "enrollment_keys = [\"{}\"]\nnode_identity = \"{}\"\n",
+            self.enrollment.public,
+            self.enrollment.identity(&format!("n{n}")).display()
+        ));
         if spec.trusted {
             text.push_str(&format!("trusted_signing_keys = [\"{}\"]\n", self.public));
         }

@@ -310,13 +310,21 @@ impl<W, S> AgentMachine<W, S> {
             }
             Err(e) => tracing::warn!(cause = %e, "SIGHUP: new tags not announced"),
         }
+        // A dev agent's identity is its own, made at start; the file has none.
+        if !self.settings.dev {
+            self.core
+                .lock()
+                .reload_identity_policy(new.identity.policy());
+            self.settings.identity = new.identity;
+            self.announce_card();
+        }
         self.settings.tags = new.tags;
         self.settings.handlers = new.handlers;
         self.settings.handlers.extend(extra);
         self.settings.log_level = new.log_level;
         tracing::info!(
             handlers = self.settings.handlers.len(),
-            "SIGHUP: reloaded tags, handlers and log level"
+            "SIGHUP: reloaded tags, handlers, log level and node identity"
         );
     }
 

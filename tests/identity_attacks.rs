@@ -1,0 +1,337 @@
+//! Issue 15's attacks by a holder of the gossip key (one leaked host has it) on real
+//! agents with node identities required, each on its own 127.77.9x.N addresses. The
+//! attacker is a test client that speaks the agent's own push/pull and datagrams with
+//! the cluster's keyring, plus, where the attack needs one, a stolen node key.
+
+#[path = "common/agent.rs"]
+mod agent_support;
+#[path = "common/ops.rs"]
+mod ops;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use agent_support::{Agent, Cluster, wait_for};
+use droot_fleet::agent::net::push_pull;
+use droot_fleet::gossip::message::{Direct, LeaveNotice, encode_direct};
+use droot_fleet::gossip::supersede::{Superseding, encode_items};
+use droot_fleet::gossip::versioned::{Extension, ext};
+use droot_fleet::gossip::{Keyring, NodeId, PROTOCOL_VERSION, PushPullState, Tags};
+use ops::{LONG, ok, start_n};
+
+/// A holder of the cluster's gossip key, and nothing else.
+struct Attacker {
+    ring: Arc<RwLock<Keyring>>,
+    rt: tokio::runtime::Runtime,
+    id: NodeId,
+}
+
+impl Attacker {
+    fn new(c: &Cluster, name: &str, addr: &str) -> Self {
+        let ring = droot_fleet::agent::keys::load(&c.keyring).expect("the cluster keyring");
+        Self {
+            ring: Arc::new(RwLock::new(ring)),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            id: NodeId::new(name, addr.parse().unwrap(), 1).unwrap(),
+        }
+    }
+
+    /// A push/pull state from the attacker, carrying `items` and claiming `members`.
+    fn state(&self, items: &[Superseding], members: Vec<foca::Member<NodeId>>) -> PushPullState {
+        let refs: Vec<&Superseding> = items.iter().collect();
+        PushPullState {
+            from: self.id.clone(),
+            tags: [("role".to_owned(), "ghost".to_owned())].into(),
+            members,
+            event_ltime: 0,
+            query_ltime: 0,
+            events: Vec::new(),
+            version: PROTOCOL_VERSION,
+            extensions: vec![Extension {
+                tag: ext::SIGNED_SUPERSEDING,
+                bytes: encode_items(&refs, true),
+            }],
+        }
+    }
+
+    /// One push/pull with the agent at `to`; its reply.
+    fn push(&self, to: &str, state: PushPullState) -> Result<PushPullState, String> {
+        let addr: SocketAddr = to.parse().unwrap();
+        self.rt
+            .block_on(push_pull(addr, state, self.ring.clone()))
+            .map_err(|e| e.to_string())
+    }
+
+    /// A sealed datagram to `to`.
+    fn datagram(&self, to: &str, plain: &[u8]) {
+        let sealed = droot_fleet::gossip::envelope::seal_datagram(
+            &self.ring.read().unwrap(),
+            plain,
+            &mut rand::rng(),
+        )
+        .unwrap();
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.send_to(&sealed, to).unwrap();
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(droot_fleet::wall::now().as_millis()).unwrap()
+}
+
+fn slot(kind: &str, key: &str, origin: &str, version: u64, body: Vec<u8>) -> Superseding {
+    Superseding {
+        kind: kind.into(),
+        key: key.into(),
+        version,
+        origin: origin.into(),
+        body,
+        sig: None,
+    }
+}
+
+fn evil_tags() -> Vec<u8> {
+    let tags: Tags = [("role".to_owned(), "evil".to_owned())].into();
+    postcard::to_stdvec(&tags).unwrap()
+}
+
+fn counter(a: &Agent, name: &str) -> u64 {
+    a.info()["counters"][name].as_u64().unwrap_or(0)
+}
+
+fn member_json(a: &Agent) -> Vec<serde_json::Value> {
+    let out = a.cli(&["members", "--format", "json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn tags_of(a: &Agent, node: &str) -> Option<serde_json::Value> {
+    member_json(a)
+        .into_iter()
+        .find(|m| m["name"] == node)
+        .map(|m| m["tags"].clone())
+}
+
+fn rss_kib(a: &Agent) -> u64 {
+    let pid = a.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn required_cluster(net: &str) -> (Cluster, Vec<Agent>) {
+    let mut c = Cluster::new(net);
+    c.require_identity = true;
+    let agents = start_n(&c, 3, |n| format!("[tags]\nrole = \"web{n}\"\n"));
+    (c, agents)
+}
+
+/// Ghost members, forged tags, forged outcomes, a slot flood and oversized slots, all by
+/// push/pull with only the gossip key: nothing of it is kept, and the agents go on
+/// exchanging state with each other.
+#[test]
+fn gossip_key_alone_cannot_join_forge_flood_or_bloat() {
+    let (c, a) = required_cluster("77.91");
+    wait_for(LONG, "n2 to hold n1's signed tags", || {
+        (tags_of(&a[1], "n1")? == serde_json::json!({"role": "web1"})).then_some(())
+    });
+    let rss_before = rss_kib(&a[0]);
+    let ghost = Attacker::new(&c, "ghost", "127.77.91.66:17946");
+    let far = now_ms() + 60_000;
+    let mut forged = vec![
+        slot("droot.tags", "n1", "n1", far, evil_tags()),
+        slot(
+            "deploy.apps",
+            "n2",
+            "n2",
+            far,
+            postcard::to_stdvec(&vec!["web"]).unwrap(),
+        ),
+        slot("droot.tags", "ghost", "ghost", far, evil_tags()),
+    ];
+    // 16,400 junk slots of a kind nobody registered, under many origins.
+    for i in 0..16_400 {
+        forged.push(slot(
+            "junk",
+            &format!("k{i}"),
+            &format!("o{}", i % 600),
+            1,
+            vec![0; 8],
+        ));
+    }
+    let members = vec![foca::Member::alive(ghost.id.clone())];
+    ghost
+        .push(&c.addr(1), ghost.state(&forged, members))
+        .expect("push/pull answered");
+    // Two slots of 3.5 MiB each, in their own exchanges.
+    for key in ["big1", "big2"] {
+        let big = vec![slot("junk", key, "ghost", 2, vec![7; 3_500_000])];
+        ghost
+            .push(&c.addr(1), ghost.state(&big, vec![]))
+            .expect("push/pull answered");
+    }
+    // The agents still exchange state with n1 (its state fits a frame), and keep nothing.
+    a[1].wait_push_pulls(3);
+    a[0].wait_push_pulls(3);
+    for agent in &a {
+        let names: Vec<_> = agent.members().into_iter().map(|(n, _)| n).collect();
+        assert!(
+            !names.contains(&"ghost".to_owned()),
+            "{}: {names:?}",
+            agent.name
+        );
+        assert_eq!(
+            tags_of(agent, "n1").unwrap(),
+            serde_json::json!({"role": "web1"})
+        );
+    }
+    assert!(counter(&a[0], "identity_refused") >= 3, "{}", a[0].info());
+    let kept_junk = counter(&a[0], "superseding_slots_full");
+    assert!(
+        kept_junk >= 16_400 - 1024,
+        "the unknown pool is capped: {}",
+        a[0].info()
+    );
+    let rss_after = rss_kib(&a[0]);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "agent memory grew from {rss_before} to {rss_after} KiB"
+    );
+}
+
+/// A stock agent started under an existing node's name from another address (with the
+/// gossip key, without that node's key) is never a member, and the real node does not
+/// flap: nobody declares it down.
+#[test]
+fn an_impostor_under_an_existing_name_gets_nowhere() {
+    let (c, mut a) = required_cluster("77.92");
+    let dir = c.dir.path().join("impostor");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    // Its own config: node identities in transition mode (it has no identity to show).
+    let text = c.config("").replace(
+        "require_node_identity = true",
+        "require_node_identity = false",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut impostor = Agent {
+        name: "n2".into(),
+        addr: c.addr(9),
+        data_dir: dir.join("data"),
+        config,
+        join: vec![c.addr(1), c.addr(3)],
+        keyring: Some(c.keyring.clone()),
+        identity: None,
+        log: dir.join("agent.log"),
+        args: Vec::new(),
+        child: None,
+    };
+    impostor.spawn();
+    for _ in 0..4 {
+        a[0].wait_push_pulls(2);
+        for agent in [&a[0], &a[2]] {
+            let n2 = member_json(agent)
+                .into_iter()
+                .find(|m| m["name"] == "n2")
+                .expect("n2 listed");
+            assert_eq!(n2["addr"], c.addr(2), "{}: {n2}", agent.name);
+            assert_eq!(n2["status"], "alive", "{}: {n2}", agent.name);
+        }
+    }
+    let log = a[1].log_text();
+    assert!(
+        !log.contains("declared us down"),
+        "the real n2 flapped:\n{log}"
+    );
+    assert!(
+        counter(&a[0], "identity_packets_refused") > 0,
+        "{}",
+        a[0].info()
+    );
+    a[1].kill9();
+}
+
+/// A forged leave notice for a live node is not recorded: the node stays alive, and
+/// when it really dies it is `failed`, not `left`.
+#[test]
+fn a_forged_leave_notice_changes_nothing() {
+    let (c, mut a) = required_cluster("77.93");
+    let ghost = Attacker::new(&c, "ghost", "127.77.93.66:17946");
+    let n2 = NodeId::new("n2", c.addr(2).parse().unwrap(), 0).unwrap();
+    // Every bump the real n2 could be at is the same to a forger: try a spread.
+    for bump in 0..64u16 {
+        let id = NodeId { bump, ..n2.clone() };
+        let plain = encode_direct(&Direct::Leave(LeaveNotice { id, sig: None })).unwrap();
+        ghost.datagram(&c.addr(1), &plain);
+    }
+    a[0].wait_push_pulls(2);
+    assert_eq!(a[0].status_of("n2").as_deref(), Some("alive"));
+    a[1].kill9();
+    wait_for(LONG, "n1 to see n2 failed", || {
+        (a[0].status_of("n2").as_deref() == Some("failed")).then_some(())
+    });
+}
+
+/// A stolen node key (n3's identity file) speaks for n3 only: what it signs in n1's name
+/// is refused. Once the operator revokes n3, every node drops n3's card and n3 is cut
+/// off, and a restarted agent still knows the revocation.
+#[test]
+fn a_stolen_node_key_speaks_only_for_its_node_until_revoked() {
+    let (c, mut a) = required_cluster("77.94");
+    wait_for(LONG, "n1's identity everywhere", || {
+        a.iter()
+            .all(|x| member_json(x).iter().all(|m| m["identity"].is_object()))
+            .then_some(())
+    });
+    let stolen = droot_fleet::agent::identity::load(&c.enrollment.identity("n3")).unwrap();
+    let signer =
+        droot_fleet::gossip::vouch::Identities::new(droot_fleet::gossip::vouch::IdentityPolicy {
+            issuers: Vec::new(),
+            required: true,
+            own: Some(stolen),
+        });
+    let thief = Attacker::new(&c, "n3", "127.77.94.66:17946");
+    let mut as_n1 = slot("droot.tags", "n1", "n1", now_ms() + 1000, evil_tags());
+    signer.sign_item(&mut as_n1);
+    thief
+        .push(&c.addr(2), thief.state(&[as_n1], vec![]))
+        .unwrap();
+    a[1].wait_push_pulls(2);
+    assert_eq!(
+        tags_of(&a[1], "n1").unwrap(),
+        serde_json::json!({"role": "web1"})
+    );
+    assert!(counter(&a[1], "identity_refused") >= 1);
+
+    let out = ops::cli_cmd(&["enroll", "revoke", "--node", "n3", "--enrollment-key"])
+        .arg(&c.enrollment.key)
+        .env("DROOT_FLEET_RPC", a[0].rpc())
+        .output()
+        .unwrap();
+    ok(&out);
+    for agent in &a[..2] {
+        wait_for(LONG, &format!("{} to drop n3's card", agent.name), || {
+            let n3 = member_json(agent).into_iter().find(|m| m["name"] == "n3")?;
+            n3.get("identity").is_none().then_some(())
+        });
+    }
+    // n1 restarts: the revocation was persisted, n3 gets no voice back.
+    a[0].kill9();
+    a[0].spawn();
+    a[0].wait_push_pulls(2);
+    let n3 = member_json(&a[0]).into_iter().find(|m| m["name"] == "n3");
+    assert!(
+        n3.as_ref()
+            .is_none_or(|m| m.get("identity").is_none() && m["status"] != "alive"),
+        "{n3:?}"
+    );
+    a[2].kill9();
+}
