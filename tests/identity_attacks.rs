@@ -5,93 +5,16 @@
 
 #[path = "common/agent.rs"]
 mod agent_support;
+#[path = "common/attacker.rs"]
+mod attacker;
 #[path = "common/ops.rs"]
 mod ops;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
-
 use agent_support::{Agent, Cluster, wait_for};
-use droot_fleet::agent::net::push_pull;
+use attacker::{Attacker, now_ms, slot};
 use droot_fleet::gossip::message::{Direct, LeaveNotice, encode_direct};
-use droot_fleet::gossip::supersede::{Superseding, encode_items};
-use droot_fleet::gossip::versioned::{Extension, ext};
-use droot_fleet::gossip::{Keyring, NodeId, PROTOCOL_VERSION, PushPullState, Tags};
+use droot_fleet::gossip::{NodeId, Tags};
 use ops::{LONG, ok, start_n};
-
-/// A holder of the cluster's gossip key, and nothing else.
-struct Attacker {
-    ring: Arc<RwLock<Keyring>>,
-    rt: tokio::runtime::Runtime,
-    id: NodeId,
-}
-
-impl Attacker {
-    fn new(c: &Cluster, name: &str, addr: &str) -> Self {
-        let ring = droot_fleet::agent::keys::load(&c.keyring).expect("the cluster keyring");
-        Self {
-            ring: Arc::new(RwLock::new(ring)),
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            id: NodeId::new(name, addr.parse().unwrap(), 1).unwrap(),
-        }
-    }
-
-    /// A push/pull state from the attacker, carrying `items` and claiming `members`.
-    fn state(&self, items: &[Superseding], members: Vec<foca::Member<NodeId>>) -> PushPullState {
-        let refs: Vec<&Superseding> = items.iter().collect();
-        PushPullState {
-            from: self.id.clone(),
-            tags: [("role".to_owned(), "ghost".to_owned())].into(),
-            members,
-            event_ltime: 0,
-            query_ltime: 0,
-            events: Vec::new(),
-            version: PROTOCOL_VERSION,
-            extensions: vec![Extension {
-                tag: ext::SIGNED_SUPERSEDING,
-                bytes: encode_items(&refs, true),
-            }],
-        }
-    }
-
-    /// One push/pull with the agent at `to`; its reply.
-    fn push(&self, to: &str, state: PushPullState) -> Result<PushPullState, String> {
-        let addr: SocketAddr = to.parse().unwrap();
-        self.rt
-            .block_on(push_pull(addr, state, self.ring.clone()))
-            .map_err(|e| e.to_string())
-    }
-
-    /// A sealed datagram to `to`.
-    fn datagram(&self, to: &str, plain: &[u8]) {
-        let sealed = droot_fleet::gossip::envelope::seal_datagram(
-            &self.ring.read().unwrap(),
-            plain,
-            &mut rand::rng(),
-        )
-        .unwrap();
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.send_to(&sealed, to).unwrap();
-    }
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(droot_fleet::wall::now().as_millis()).unwrap()
-}
-
-fn slot(kind: &str, key: &str, origin: &str, version: u64, body: Vec<u8>) -> Superseding {
-    Superseding {
-        kind: kind.into(),
-        key: key.into(),
-        version,
-        origin: origin.into(),
-        body,
-        sig: None,
-    }
-}
 
 fn evil_tags() -> Vec<u8> {
     let tags: Tags = [("role".to_owned(), "evil".to_owned())].into();
@@ -144,7 +67,7 @@ fn gossip_key_alone_cannot_join_forge_flood_or_bloat() {
         (tags_of(&a[1], "n1")? == serde_json::json!({"role": "web1"})).then_some(())
     });
     let rss_before = rss_kib(&a[0]);
-    let ghost = Attacker::new(&c, "ghost", "127.77.91.66:17946");
+    let ghost = Attacker::new(&c.keyring, "ghost", "127.77.91.66:17946");
     let far = now_ms() + 60_000;
     let mut forged = vec![
         slot("droot.tags", "n1", "n1", far, evil_tags()),
@@ -230,6 +153,7 @@ fn an_impostor_under_an_existing_name_gets_nowhere() {
         join: vec![c.addr(1), c.addr(3)],
         keyring: Some(c.keyring.clone()),
         identity: None,
+        program: None,
         log: dir.join("agent.log"),
         args: Vec::new(),
         child: None,
@@ -264,7 +188,7 @@ fn an_impostor_under_an_existing_name_gets_nowhere() {
 #[test]
 fn a_forged_leave_notice_changes_nothing() {
     let (c, mut a) = required_cluster("77.93");
-    let ghost = Attacker::new(&c, "ghost", "127.77.93.66:17946");
+    let ghost = Attacker::new(&c.keyring, "ghost", "127.77.93.66:17946");
     let n2 = NodeId::new("n2", c.addr(2).parse().unwrap(), 0).unwrap();
     // Every bump the real n2 could be at is the same to a forger: try a spread.
     for bump in 0..64u16 {
@@ -298,7 +222,7 @@ fn a_stolen_node_key_speaks_only_for_its_node_until_revoked() {
             required: true,
             own: Some(stolen),
         });
-    let thief = Attacker::new(&c, "n3", "127.77.94.66:17946");
+    let thief = Attacker::new(&c.keyring, "n3", "127.77.94.66:17946");
     let mut as_n1 = slot("droot.tags", "n1", "n1", now_ms() + 1000, evil_tags());
     signer.sign_item(&mut as_n1);
     thief

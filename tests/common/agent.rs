@@ -131,6 +131,7 @@ timeout = "5s"
             join: join.iter().map(|j| self.addr(*j)).collect(),
             keyring: keyring.map(Path::to_owned),
             identity,
+            program: None,
             log: self.dir.path().join(format!("n{n}.log")),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
@@ -222,6 +223,8 @@ pub struct Agent {
     pub keyring: Option<PathBuf>,
     /// Its node identity file (`--node-identity`), when not in its config.
     pub identity: Option<PathBuf>,
+    /// The binary to run, when not this build's (an older release's).
+    pub program: Option<PathBuf>,
     pub log: PathBuf,
     /// Extra command-line arguments.
     pub args: Vec<String>,
@@ -240,7 +243,7 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = Command::new(self.program.clone().unwrap_or_else(bin));
         cmd.env_remove("RUST_LOG")
             .envs(env.iter().copied())
             .arg("agent")

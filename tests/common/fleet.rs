@@ -10,7 +10,7 @@
 //!
 //! Include with `mod common;`, `#[path = "common/agent.rs"] mod agent_support;` and
 //! `#[path = "common/fleet.rs"] mod fleet;`.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -194,6 +194,7 @@ impl Fleet {
             join: join.iter().map(|j| self.addr(*j)).collect(),
             keyring: Some(self.keyring.clone()),
             identity: None,
+            program: None,
             log: self.base.join(format!("{name}.log")),
             args: self.specs[usize::from(n) - 1].args.clone(),
             child: None,
