@@ -43,6 +43,8 @@ fi
 
 # A minimal Debian bookworm (debootstrap), built once per machine and cached for tests/distro.rs.
 bash .ci/debian-rootfs.sh >/dev/null
+# The previous release's binary (once per machine) for the mixed cluster of tests/upgrade.rs.
+bash .ci/previous-release.sh >/dev/null
 
 cargo build --all-targets --locked
 # The one static binary that ships to every host; tests/image.rs runs it in an empty image.

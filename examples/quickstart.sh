@@ -83,6 +83,15 @@ echo "+ droot-fleet keygen --signing -o deploy.key"
 pub=$("$bin" keygen --signing -o "$work/deploy.key" 2>/dev/null)
 echo "public key: $pub"
 export DROOT_FLEET_SIGNING_KEY=$work/deploy.key
+#    Node identities: an enrollment key for the fleet, one identity (node key and
+#    certificate) per host, so a host speaks only for itself.
+echo "+ droot-fleet enroll init -o enrollment.key"
+enroll_pub=$("$bin" enroll init -o "$work/enrollment.key" 2>/dev/null)
+for i in 1 2 3; do
+  echo "+ droot-fleet enroll node node-$i --enrollment-key enrollment.key -o node-$i.identity"
+  "$bin" enroll node "node-$i" --enrollment-key "$work/enrollment.key" \
+    -o "$work/node-$i.identity" >/dev/null 2>&1
+done
 
 # 3. Three agents. Each config declares the app: where artifacts come from, its release
 #    store, the jail's command and the health check that decides between ok and rollback.
@@ -91,6 +100,8 @@ for i in 1 2 3; do
   cat >"$work/agent-$i.toml" <<TOML
 keyring = "$work/keyring.json"
 trusted_signing_keys = ["$pub"]
+enrollment_keys = ["$enroll_pub"]
+node_identity = "$work/node-$i.identity"
 push_pull_interval = "5s"
 
 [apps.demo]
