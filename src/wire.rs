@@ -81,6 +81,12 @@ pub struct Info {
     pub members_alive: usize,
     /// Packet and protocol counters (`packets_dropped_auth`, `events_delivered`, …).
     pub counters: BTreeMap<String, u64>,
+    /// Node identities: `off`, `transition` or `required`.
+    #[serde(default)]
+    pub identity_mode: String,
+    /// This node's own verified identity, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<MemberIdentity>,
 }
 
 /// `POST /v1/event`.

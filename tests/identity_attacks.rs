@@ -66,6 +66,12 @@ fn gossip_key_alone_cannot_join_forge_flood_or_bloat() {
     wait_for(LONG, "n2 to hold n1's signed tags", || {
         (tags_of(&a[1], "n1")? == serde_json::json!({"role": "web1"})).then_some(())
     });
+    let info = a[0].info();
+    assert_eq!(info["identity_mode"], "required", "{info}");
+    assert!(
+        info["identity"]["expires"].as_u64().unwrap() > now_ms() / 1000,
+        "{info}"
+    );
     let rss_before = rss_kib(&a[0]);
     let ghost = Attacker::new(&c.keyring, "ghost", "127.77.91.66:17946");
     let far = now_ms() + 60_000;

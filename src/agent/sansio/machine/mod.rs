@@ -371,6 +371,16 @@ impl<W, S> AgentMachine<W, S> {
             bump: core.identity().bump,
             members_alive: self.foca.num_members() + 1,
             counters,
+            identity_mode: match core.identities().mode() {
+                crate::gossip::vouch::Mode::Off => "off",
+                crate::gossip::vouch::Mode::Transition => "transition",
+                crate::gossip::vouch::Mode::Required => "required",
+            }
+            .into(),
+            identity: core.identities().own().map(|own| wire::MemberIdentity {
+                node_key: crate::keytext::public_key_text(&own.cert().node_key()),
+                expires: own.cert().body().not_after,
+            }),
         }
     }
 
