@@ -93,6 +93,9 @@ keyring = "$work/keyring.json"
 trusted_signing_keys = ["$pub"]
 push_pull_interval = "5s"
 
+[deploy]
+file_roots = ["$work/store"]   # file:// artifacts only from here
+
 [apps.demo]
 artifact = "file://$work/store/{app}/{version}.tar.gz"
 root = "$apps/node-$i"

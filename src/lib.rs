@@ -24,11 +24,13 @@
 //! - [`wire`]: the control API's wire types and address, shared by [`agent`] and [`api`].
 //! - [`durations`], [`atomic_file`]: duration syntax and crash-safe file replacement,
 //!   shared by [`agent`] and [`deploy`].
+//! - [`cancel`]: a cancellation token that reaches blocking readers (fetch, unpack).
+//! - [`sizes`]: byte sizes as operators write them (`8GiB`).
 //! - [`log_throttle`]: one log line per period for a failure that repeats on every retry.
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 //!
-//! Layering (imports only point left): the leaves ([`wire`], [`durations`],
-//! [`atomic_file`], [`wall`], [`log_throttle`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
+//! Layering (imports only point left): the leaves ([`wire`], [`durations`], [`sizes`],
+//! [`atomic_file`], [`wall`], [`log_throttle`], [`cancel`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
 //! The agent carries the deploy tables of its config file untouched; the CLI parses them
 //! and wires the agent, the deploy controller and the API together.
 
@@ -37,6 +39,7 @@ pub mod api;
 pub mod artifact;
 pub mod atomic_file;
 pub mod beneath;
+pub mod cancel;
 pub mod cli;
 pub mod deploy;
 pub mod dirs;
@@ -48,6 +51,7 @@ pub mod jail;
 pub mod log_throttle;
 pub mod mountinfo;
 pub mod release;
+pub mod sizes;
 pub mod teardown;
 pub mod wall;
 pub mod wire;
