@@ -1,8 +1,9 @@
 //! A hostile artifact server inside the test: plain HTTP/1.1 on 127.0.0.1, written by hand
 //! so it can do what a real server would not (an endless body, a drip, a lying
-//! Content-Length). Every connection gets the same [`Reply`]; when a connection ends (the
-//! client went away, or the reply was written), the bytes it wrote arrive on
-//! [`Server::ended`], so a test can wait for the client to hang up.
+//! Content-Length). Every connection gets the same [`Reply`]; once a request was read,
+//! [`Server::requested`] says so, and when a connection ends (the client went away, or the
+//! reply was written), the bytes it wrote arrive on [`Server::ended`], so a test can wait
+//! for a fetch to be under way, and for the client to hang up.
 //!
 //! Include with `#[path = "common/hostile_http.rs"] mod hostile_http;`.
 #![allow(dead_code)]
@@ -25,10 +26,16 @@ pub enum Reply {
 
 pub struct Server {
     pub url: String,
+    requested: mpsc::Receiver<()>,
     ended: mpsc::Receiver<u64>,
 }
 
 impl Server {
+    /// Waits (at most `limit`) until a request was read.
+    pub fn requested(&self, limit: Duration) -> bool {
+        self.requested.recv_timeout(limit).is_ok()
+    }
+
     /// Waits (at most `limit`) until a connection ended; the bytes it wrote.
     pub fn ended(&self, limit: Duration) -> Option<u64> {
         self.ended.recv_timeout(limit).ok()
@@ -40,20 +47,25 @@ pub fn serve(reply: Reply) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/artifact.tar", listener.local_addr().unwrap());
     let (tx, ended) = mpsc::channel();
+    let (req_tx, requested) = mpsc::channel();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let (reply, tx) = (reply.clone(), tx.clone());
+            let (reply, tx, req_tx) = (reply.clone(), tx.clone(), req_tx.clone());
             std::thread::spawn(move || {
-                let _ = tx.send(answer(conn, &reply));
+                let _ = tx.send(answer(conn, &reply, &req_tx));
             });
         }
     });
-    Server { url, ended }
+    Server {
+        url,
+        requested,
+        ended,
+    }
 }
 
 /// Reads the request head, writes `reply`; returns the body bytes written.
-fn answer(mut conn: TcpStream, reply: &Reply) -> u64 {
+fn answer(mut conn: TcpStream, reply: &Reply, requested: &mpsc::Sender<()>) -> u64 {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && head.len() < 16 << 10 {
@@ -62,6 +74,7 @@ fn answer(mut conn: TcpStream, reply: &Reply) -> u64 {
             _ => return 0,
         }
     }
+    let _ = requested.send(());
     let (body, length) = match reply {
         Reply::Body { body, length } => (body, *length),
         Reply::Endless { body } | Reply::Drip { body, .. } => (body, None),

@@ -395,7 +395,7 @@ impl AppTask {
                     tracing::warn!(%app, %version, error = %store::fetch_error(&e), "deployed, but a step after the switch failed");
                     Ok(())
                 }
-                Err(e) => Err(store::fetch_error(&e)),
+                Err(e) => Err(with_limit_hint(store::fetch_error(&e), &e, &app)),
             }
         });
         let r = bounded(job, &cancel, deadline, self.app.deploy_timeout, rx, version).await;
@@ -510,6 +510,20 @@ impl AppTask {
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// `error`, naming the `[apps.NAME]` key that raises the limit the unpack hit, if it hit one.
+fn with_limit_hint(error: String, e: &fetch::DeployError, app: &str) -> String {
+    use crate::artifact::UnpackError;
+    let fetch::DeployError::Release(crate::release::ReleaseError::Unpack(u)) = e else {
+        return error;
+    };
+    let key = match u {
+        UnpackError::TooLarge { .. } => "max_bytes",
+        UnpackError::Expansion { .. } => "max_ratio",
+        _ => return error,
+    };
+    store::truncate(format!("{error} (apps.{app}.{key})"), store::MAX_ERROR)
 }
 
 /// Waits for a fetch `job`, cancelling it at `deadline` or when `rx` brings a deploy of a
