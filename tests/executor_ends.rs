@@ -120,7 +120,15 @@ impl Fx {
         let st = ex.status("web").await.unwrap();
         assert_eq!(st.current.as_deref(), Some(version), "{st:?}");
         assert_eq!(st.activating, None, "{st:?}");
-        assert_eq!(self.version_served().as_deref(), Some(version));
+        let t = Instant::now();
+        while self.version_served().as_deref() != Some(version) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{version} not served: {:?}",
+                self.version_served()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_eq!(self.releases_on_disk(), releases);
         assert_eq!(self.staging_left(), Vec::<String>::new());
     }

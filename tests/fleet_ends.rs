@@ -13,8 +13,19 @@ mod hostile_http;
 
 use std::time::{Duration, Instant};
 
-use fleet::{Fleet, Kind, LONG, names, releases};
+use fleet::{Fleet, Kind, LONG, NodeSpec, names, releases};
 use hostile_http::{Reply, serve};
+
+/// n1 with the app, n2 without (a lone agent has no peer to push/pull with).
+fn one_app_node() -> Vec<NodeSpec> {
+    vec![
+        NodeSpec::default(),
+        NodeSpec {
+            no_app: true,
+            ..NodeSpec::default()
+        },
+    ]
+}
 
 /// Regression (issue 15): a signed `file:///dev/zero` kept the activation running forever
 /// at one core, and a signed `file:///etc/shadow` printed its first bytes fleet-wide.
@@ -22,7 +33,7 @@ use hostile_http::{Reply, serve};
 fn a_signed_file_url_outside_file_roots_is_refused_and_quotes_nothing() {
     let mut f = Fleet::new("80.1");
     f.publish("v1", Kind::Healthy);
-    f.start_all(1);
+    f.start_nodes(one_app_node());
     f.deploy_all_ok("v1");
     let pid = f.status(1)["n1"]["pid"].as_i64().expect("v1 runs");
     let secret = f.base.join("shadow");
@@ -66,7 +77,7 @@ fn a_signed_file_url_outside_file_roots_is_refused_and_quotes_nothing() {
 fn sigterm_to_an_agent_stuck_in_a_fetch_exits_within_its_stop_timeout() {
     let mut f = Fleet::new("80.2");
     f.publish("v1", Kind::Healthy);
-    f.start_all(1);
+    f.start_nodes(one_app_node());
     f.deploy_all_ok("v1");
     let server = serve(Reply::Drip {
         body: vec![0u8; 1024],

@@ -20,7 +20,7 @@
 //! - A deploy of the version already current is `ok` at once, without a restart; if its
 //!   jail is down (stopped, or failed and not restarted), it is started first.
 //! - Every activation ends: by the app's `deploy_timeout`, when a deploy of another version
-//!   of the app arrives during its fetch, or when the executor shuts down (see [`task`]).
+//!   of the app arrives during its fetch, or when the executor shuts down (see `task.rs`).
 //!   The unpack is held to the app's `max_bytes` and `max_ratio`.
 //! - Releases are pruned once an activation has ended and the new release is judged (see
 //!   [`crate::release::history`]): failed ones first, never the rollback target.

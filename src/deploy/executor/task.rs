@@ -313,9 +313,10 @@ impl AppTask {
             Effect::Report(outcome) => {
                 // The record goes first: a crash right after the outcome must not find it.
                 self.track().await;
-                self.refresh().await;
-                self.report(outcome).await;
+                // Then the store is pruned (the new release has its verdict by now), so an
+                // outcome means the activation is over, disk included.
                 self.prune().await;
+                self.report(outcome).await;
                 None
             }
         }
