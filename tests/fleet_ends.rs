@@ -31,7 +31,7 @@ fn one_app_node() -> Vec<NodeSpec> {
 /// at one core, and a signed `file:///etc/shadow` printed its first bytes fleet-wide.
 #[test]
 fn a_signed_file_url_outside_file_roots_is_refused_and_quotes_nothing() {
-    let mut f = Fleet::new("80.1");
+    let mut f = Fleet::new("81.1");
     f.publish("v1", Kind::Healthy);
     f.start_nodes(one_app_node());
     f.deploy_all_ok("v1");
@@ -75,7 +75,7 @@ fn a_signed_file_url_outside_file_roots_is_refused_and_quotes_nothing() {
 /// until SIGKILL).
 #[test]
 fn sigterm_to_an_agent_stuck_in_a_fetch_exits_within_its_stop_timeout() {
-    let mut f = Fleet::new("80.2");
+    let mut f = Fleet::new("81.2");
     f.publish("v1", Kind::Healthy);
     f.start_nodes(one_app_node());
     f.deploy_all_ok("v1");
