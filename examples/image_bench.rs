@@ -72,7 +72,7 @@ fn ours_export(image: &str, out: &Path) {
     let source = Source::Engine {
         image: image.to_string(),
     };
-    let (summary, file) = export::export(&source, file, Compression::Zstd).unwrap();
+    let (summary, file) = export::export(&source, file, Compression::Zstd.into()).unwrap();
     file.sync_all().unwrap();
     assert!(
         summary.skipped_devices > 0,

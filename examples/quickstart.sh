@@ -104,6 +104,9 @@ enrollment_keys = ["$enroll_pub"]
 node_identity = "$work/node-$i.identity"
 push_pull_interval = "5s"
 
+[deploy]
+file_roots = ["$work/store"]   # file:// artifacts only from here
+
 [apps.demo]
 artifact = "file://$work/store/{app}/{version}.tar.gz"
 root = "$apps/node-$i"

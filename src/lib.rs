@@ -26,11 +26,14 @@
 //!   shared by [`agent`] and [`deploy`].
 //! - [`keytext`]: Ed25519 keys as one line of base64 (deploy signing, enrollment and node
 //!   keys).
+//! - [`cancel`]: a cancellation token that reaches blocking readers (fetch, unpack).
+//! - [`sizes`]: byte sizes as operators write them (`8GiB`).
 //! - [`log_throttle`]: one log line per period for a failure that repeats on every retry.
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 //!
-//! Layering (imports only point left): the leaves ([`wire`], [`durations`],
-//! [`atomic_file`], [`wall`], [`log_throttle`], [`keytext`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
+//! Layering (imports only point left): the leaves ([`wire`], [`durations`], [`sizes`],
+//! [`atomic_file`], [`wall`], [`log_throttle`], [`cancel`], [`keytext`]) ← [`gossip`] ←
+//! [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
 //! The agent carries the deploy tables of its config file untouched; the CLI parses them
 //! and wires the agent, the deploy controller and the API together.
 
@@ -39,6 +42,7 @@ pub mod api;
 pub mod artifact;
 pub mod atomic_file;
 pub mod beneath;
+pub mod cancel;
 pub mod cli;
 pub mod deploy;
 pub mod dirs;
@@ -51,6 +55,7 @@ pub mod keytext;
 pub mod log_throttle;
 pub mod mountinfo;
 pub mod release;
+pub mod sizes;
 pub mod teardown;
 pub mod wall;
 pub mod wire;

@@ -13,7 +13,7 @@ use droot_fleet::deploy::app::parse_apps;
 use droot_fleet::deploy::executor::{
     Executor, ExecutorError, ExecutorOptions, Finished, SETTLE, Submit,
 };
-use droot_fleet::deploy::fetch::FetchOptions;
+use droot_fleet::deploy::fetch::{FetchOptions, FileRoots};
 use droot_fleet::deploy::supervisor::{State, SupervisorOptions};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -108,7 +108,10 @@ impl Fx {
         let mut supervisor = SupervisorOptions::new(&self.state).unwrap();
         supervisor.exe = common::bin();
         ExecutorOptions {
-            fetch: FetchOptions::default(),
+            fetch: FetchOptions {
+                file_roots: FileRoots::Only(vec![self.arts.clone()]),
+                ..FetchOptions::default()
+            },
             unpack: Default::default(),
             supervisor,
         }
@@ -336,7 +339,8 @@ async fn first_deploy_upgrade_and_a_broken_release_rolled_back() {
     assert_eq!(common::archive::current_target(&f.root), "releases/v2");
     // The rolled-back release is started, not checked: wait for it to serve.
     f.wait_serving("v2").await;
-    assert_eq!(st.releases, ["v1", "v2", "v3"]);
+    // The failed release is pruned once the activation has ended (issue 15).
+    assert_eq!(st.releases, ["v1", "v2"]);
 
     let pid = st.jail.pid.unwrap();
     f.stop(ex).await;
@@ -572,7 +576,8 @@ async fn after_an_interrupted_activation_the_release_before_it_can_be_deployed()
 /// A first deploy cut off by the agent's end has no release to go back to: the restarted
 /// agent removes `current` (the unverified release does not run), and deploying that
 /// version again is a full activation with a health check. So is one after a first deploy
-/// that failed its check: it leaves no `current` that a restarted agent would start.
+/// that failed its check: it leaves no `current` that a restarted agent would start, and
+/// its release, judged failed, is pruned (issue 15).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_deploy_cut_off_or_failed_leaves_nothing_to_start() {
     let f = fx("executor interrupted first deploy");
@@ -588,29 +593,29 @@ async fn a_first_deploy_cut_off_or_failed_leaves_nothing_to_start() {
         record.exists(),
         "no activation record left by the cut-off deploy"
     );
-    let unverified = |ex_st: &droot_fleet::deploy::executor::AppRuntime| {
+    let unverified = |ex_st: &droot_fleet::deploy::executor::AppRuntime, on_disk: &[&str]| {
         assert_eq!(ex_st.jail.state, State::Stopped, "{ex_st:?}");
         assert_eq!(ex_st.current, None, "{ex_st:?}");
         assert!(std::fs::symlink_metadata(f.root.join("current")).is_err());
         assert!(f.get("/").is_none(), "the unverified release still serves");
         assert!(!record.exists(), "the activation record outlived the undo");
-        assert_eq!(f.releases_on_disk(), ["v1"]);
+        assert_eq!(f.releases_on_disk(), on_disk);
     };
 
     // The restart undoes it: no current, nothing running, the release kept on disk.
     let (ex, mut rx2) = f.start(f.apps_with_deadline(Duration::from_secs(3))).await;
     drop(rx);
-    unverified(&ex.status("web").await.unwrap());
-    // Deployed again: the full activation fails its check again, and leaves the same.
+    unverified(&ex.status("web").await.unwrap(), &["v1"]);
+    // Deployed again: the full activation fails its check again, and leaves nothing.
     match deploy(&ex, &mut rx2, "v1", None).await {
         Outcome::Failed { error, .. } => assert!(error.contains("404"), "{error}"),
         o => panic!("an unverified first release was taken as deployed: {o:?}"),
     }
-    unverified(&ex.status("web").await.unwrap());
+    unverified(&ex.status("web").await.unwrap(), &[]);
     f.stop(ex).await;
     // And a restart after that failure starts nothing either.
     let (ex, _rx) = f.start(f.apps_with_deadline(Duration::from_secs(3))).await;
-    unverified(&ex.status("web").await.unwrap());
+    unverified(&ex.status("web").await.unwrap(), &[]);
     f.stop(ex).await;
 }
 

@@ -545,3 +545,79 @@ fn sigterm_during_engine_export_removes_the_container() {
         "helper container left behind after SIGTERM"
     );
 }
+
+// ---------------------------------------------------------------- byte limit (issue 15)
+
+/// Runs `export ARGS`, failing the test if it has not ended within a minute.
+fn export_bounded(args: &[&str]) -> std::process::Output {
+    let mut child = cmd()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("export {args:?} still writing after a minute");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Regression (issue 15): a small hostile `docker save` layer that declares a huge sparse
+/// file made export write without end (the output holds sparse files whole).
+#[test]
+fn export_of_a_hostile_layer_with_a_huge_sparse_file_stops_at_the_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("save.tar");
+    let hostile = common::archive::Archive::new()
+        .dir("./")
+        .file("./small", b"ok")
+        .pax_sparse("./huge", "0,4", 1 << 40, b"data")
+        .bytes();
+    assert!(hostile.len() < 10_000);
+    legacy_archive(&archive, &[(&["evil:1"], vec![hostile], &ENV)]);
+    let out = t.path().join("out.tar");
+    let before = files_in(t.path());
+    for extra in [&[][..], &["--max-bytes", "1000000"][..]] {
+        let mut args = vec![
+            "export",
+            "--from-archive",
+            archive.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = export_bounded(&args);
+        assert!(!o.status.success(), "exported: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("add up to more than"), "{err}");
+        assert!(err.contains("--max-bytes"), "{err}");
+        assert_eq!(
+            files_in(t.path()),
+            before,
+            "an output or temp file was left"
+        );
+    }
+    // An ordinary image over a small limit is refused too; under it, exported.
+    let plain = t.path().join("plain.tar");
+    legacy_archive(&plain, &[(&["app:1"], test_layers(), &ENV)]);
+    let base = [
+        "export",
+        "--from-archive",
+        plain.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let o = export_bounded(&[&base[..], &["--max-bytes", "10"]].concat());
+    assert!(stderr(&o).contains("more than 10 bytes"), "{}", stderr(&o));
+    assert!(!out.exists());
+    assert_ok(&export_bounded(
+        &[&base[..], &["--max-bytes", "100000"]].concat(),
+    ));
+    check_flattened(&read_entries(&out));
+}

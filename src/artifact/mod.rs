@@ -12,6 +12,7 @@
 
 pub mod entry_path;
 pub mod format;
+pub mod guard;
 pub mod pipeline;
 mod sparse_file;
 pub mod tar;
@@ -19,4 +20,6 @@ pub mod tree;
 pub mod unpack;
 
 pub use format::{Compression, detect};
-pub use unpack::{UnpackError, UnpackOptions, UnpackStats, unpack};
+pub use unpack::{
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, UnpackError, UnpackOptions, UnpackStats, unpack,
+};

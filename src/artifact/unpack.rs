@@ -4,7 +4,8 @@
 //! target is outside the root, missing, or reached through a symlink; any entry whose parent
 //! is a symlink or a non-directory (it would be written through it); device nodes and FIFOs
 //! outside `dev/` unless allowed (under `dev/` they are skipped and counted: `run` mounts its own
-//! `/dev` there); totals over the byte or entry limit. Setuid/setgid bits are stripped and
+//! `/dev` there); totals over the byte or entry limit; a compressed stream that expands
+//! beyond the ratio limit ([`guard`](super::guard)). A cancelled unpack stops at its next read. Setuid/setgid bits are stripped and
 //! ownership is not restored unless `same_owner`. Symlinks may point anywhere, absolute
 //! targets included: they are only ever resolved inside the jail, never followed here.
 //!
@@ -19,12 +20,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
 use super::entry_path::{self, EntryPathError};
 use super::format::{self, Compression, FormatError};
+use super::guard::{Counted, DEFAULT_MAX_RATIO, Expanding, RATIO_FLOOR, Stop, Trip};
 use super::pipeline::Prefetch;
 use super::sparse_file::write_sparse;
 use super::tar::{Archive, Entry, Kind, TarError};
 use super::tree::{Attrs, Special, TreeError, TreeWriter, shown};
+use crate::cancel::{Cancel, Reason};
 
 /// Limits and policy for one unpack.
 #[derive(Debug, Clone)]
@@ -34,19 +40,32 @@ pub struct UnpackOptions {
     /// Create character/block devices and FIFOs; without it those under `dev/` are skipped
     /// and any others refused.
     pub allow_devices: bool,
-    /// Maximum total size of file contents.
+    /// Maximum total size of file contents (sparse files at their full size, extension
+    /// headers included).
     pub max_bytes: u64,
     /// Maximum number of entries.
     pub max_entries: u64,
+    /// Largest expansion ratio of a compressed archive past [`RATIO_FLOOR`]; 0: no limit.
+    pub max_ratio: u64,
+    /// Stops the unpack at its next read when tripped.
+    pub cancel: Cancel,
 }
+
+/// Default byte limit of an unpack: 8 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 8 << 30;
+
+/// Default entry limit of an unpack.
+pub const DEFAULT_MAX_ENTRIES: u64 = 10_000_000;
 
 impl Default for UnpackOptions {
     fn default() -> Self {
         UnpackOptions {
             same_owner: false,
             allow_devices: false,
-            max_bytes: 64 << 30,
-            max_entries: 10_000_000,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            max_ratio: DEFAULT_MAX_RATIO,
+            cancel: Cancel::default(),
         }
     }
 }
@@ -98,10 +117,25 @@ pub enum UnpackError {
         entry: String,
         problem: EntryProblem,
     },
-    #[error("archive exceeds the size limit of {limit} bytes (raise it with --max-bytes)")]
+    #[error(
+        "archive exceeds the size limit of {limit} bytes (file contents, sparse files at their \
+         full size); raise the byte limit of this deploy if the release really is that big"
+    )]
     TooLarge { limit: u64 },
-    #[error("archive exceeds the limit of {limit} entries (raise it with --max-entries)")]
+    #[error(
+        "archive exceeds the limit of {limit} entries; raise the entry limit of this deploy if \
+         the release really has that many"
+    )]
     TooManyEntries { limit: u64 },
+    #[error(
+        "archive expands more than {limit}:1 ({out} bytes out of {raw} compressed, past the \
+         first {floor} bytes): a decompression bomb, or a release that compresses unusually \
+         well; raise the expansion-ratio limit of this deploy if it is the latter",
+        floor = RATIO_FLOOR
+    )]
+    Expansion { out: u64, raw: u64, limit: u64 },
+    #[error("unpack stopped: {0}")]
+    Cancelled(Reason),
     #[error("cannot read archive (truncated or corrupt?)")]
     Read(#[source] io::Error),
     #[error("cannot write {path}")]
@@ -118,8 +152,33 @@ pub fn unpack<R: Read + Send + 'static>(
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, UnpackError> {
+    let trip = Trip::default();
+    unpack_guarded(input, dest, opts, &trip).map_err(|e| match trip.get() {
+        Some(Stop::Expansion { out, raw, limit }) => UnpackError::Expansion { out, raw, limit },
+        Some(Stop::Cancelled(r)) => UnpackError::Cancelled(r),
+        None => match opts.cancel.reason() {
+            Some(r) => UnpackError::Cancelled(r),
+            None => e,
+        },
+    })
+}
+
+fn unpack_guarded<R: Read + Send + 'static>(
+    input: R,
+    dest: &Path,
+    opts: &UnpackOptions,
+    trip: &Trip,
+) -> Result<UnpackStats, UnpackError> {
+    let raw = Arc::new(AtomicU64::new(0));
+    let input = Counted::new(input, raw.clone(), opts.cancel.clone(), trip.clone());
     let (compression, reader) = format::detect(input)?;
-    let reader = Prefetch::spawn(reader).map_err(UnpackError::Read)?;
+    let ratio = if compression == Compression::None {
+        0
+    } else {
+        opts.max_ratio
+    };
+    let reader = Expanding::new(reader, raw, ratio, opts.cancel.clone(), trip.clone());
+    let reader = Prefetch::spawn(Box::new(reader)).map_err(UnpackError::Read)?;
     let mut archive = Archive::new(reader);
     let mut unpacker = Unpacker {
         tree: TreeWriter::open(dest).map_err(write_err(dest))?,
@@ -134,6 +193,9 @@ pub fn unpack<R: Read + Send + 'static>(
         },
     };
     while let Some(entry) = archive.next_entry()? {
+        if let Some(r) = opts.cancel.reason() {
+            return Err(UnpackError::Cancelled(r));
+        }
         unpacker.entry(&entry, &mut archive)?;
     }
     unpacker.finish()

@@ -86,7 +86,7 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let mut agent = Agent::new(settings)
             .with_monitor(monitor)
             .with_log_reload(reload)
@@ -96,9 +96,16 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
             tokio::spawn(crate::agent::consumers::record_to_file(rx, file));
         }
         serve(agent, deploy).await
-    })?;
+    });
+    // Blocking work was cancelled on the way out; whatever still runs (a disk stuck in a
+    // write) must not keep a stopped agent alive past its supervisor's stop timeout.
+    runtime.shutdown_timeout(BLOCKING_GRACE);
+    result?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long the agent waits at exit for blocking work it could not cancel.
+const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// SIGHUP refuses a file whose deploy tables would not start the agent (nothing of it is
 /// applied then); valid ones take effect at the next restart, as before.

@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::artifact::{UnpackOptions, UnpackStats};
-use crate::deploy::fetch::{self, FetchOptions};
+use crate::artifact::guard::DEFAULT_MAX_RATIO;
+use crate::artifact::{
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, UnpackError, UnpackOptions, UnpackStats,
+};
+use crate::deploy::fetch::{self, FetchOptions, FileRoots};
 use crate::release::{self, Layout, layout::display_time};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -39,12 +42,17 @@ pub struct DeployArgs {
     /// skipped, since `run` mounts its own /dev, and any others refused).
     #[arg(long)]
     pub allow_devices: bool,
-    /// Refuse archives that unpack to more than this many bytes.
-    #[arg(long, default_value_t = 64 << 30)]
+    /// Refuse archives that unpack to more than this many bytes (sparse files at their full
+    /// size); default 8 GiB.
+    #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
     pub max_bytes: u64,
     /// Refuse archives with more than this many entries.
-    #[arg(long, default_value_t = 10_000_000)]
+    #[arg(long, default_value_t = DEFAULT_MAX_ENTRIES)]
     pub max_entries: u64,
+    /// Refuse a compressed archive that expands more than this many times its compressed
+    /// size (checked past its first 64 MiB); 0: no limit.
+    #[arg(long, default_value_t = DEFAULT_MAX_RATIO)]
+    pub max_ratio: u64,
     /// Switch `current` back to the previous release, or to VERSION.
     #[arg(long, value_name = "VERSION", num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["list", "input"])]
     pub rollback: Option<String>,
@@ -85,6 +93,8 @@ impl FetchArgs {
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),
             s3_path_style: self.s3_path_style,
+            // The operator's own deploy: any file they name (see README, "file://").
+            file_roots: FileRoots::Any,
         }
     }
 }
@@ -141,13 +151,32 @@ pub fn execute(args: DeployArgs) -> anyhow::Result<ExitCode> {
             allow_devices: args.allow_devices,
             max_bytes: args.max_bytes,
             max_entries: args.max_entries,
+            max_ratio: args.max_ratio,
+            ..Default::default()
         };
         match input_url(args.input.as_ref()) {
-            Some(url) => deploy_url(&layout, &url, &args, &opts)?,
-            None => deploy_stream(&layout, &args, &opts)?,
+            Some(url) => deploy_url(&layout, &url, &args, &opts),
+            None => deploy_stream(&layout, &args, &opts),
         }
+        .map_err(limit_hint)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Names the flag that raises the limit an archive hit (the library's errors name none).
+fn limit_hint(e: anyhow::Error) -> anyhow::Error {
+    let hit = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<UnpackError>() {
+            Some(UnpackError::TooLarge { .. }) => Some("--max-bytes"),
+            Some(UnpackError::TooManyEntries { .. }) => Some("--max-entries"),
+            Some(UnpackError::Expansion { .. }) => Some("--max-ratio"),
+            _ => None,
+        });
+    match hit {
+        Some(flag) => e.context(format!("over a limit (raise it with {flag})")),
+        None => e,
+    }
 }
 
 /// `--list`: the releases, oldest first, as a table or JSON.

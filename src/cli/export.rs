@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use crate::export::{self, Compression, ExportError, ExportSummary, Source};
+use crate::export::{
+    self, Compression, DEFAULT_MAX_BYTES, ExportError, ExportSummary, OutputOptions, Source,
+};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -35,6 +37,11 @@ pub struct ExportArgs {
     /// Compress with zstd.
     #[arg(long)]
     pub zstd: bool,
+    /// Refuse an image whose files add up to more than this many bytes (sparse files at
+    /// their full size, as the output holds them whole); default 8 GiB, what `deploy`
+    /// accepts by default.
+    #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
+    pub max_bytes: u64,
 }
 
 pub fn execute(args: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -53,10 +60,14 @@ pub fn execute(args: ExportArgs) -> anyhow::Result<ExitCode> {
         (_, true) => Compression::Zstd,
         _ => Compression::None,
     };
+    let output = OutputOptions {
+        compression,
+        max_bytes: args.max_bytes,
+    };
     let result = match args.output.as_deref() {
-        None => to_stdout(&source, compression),
-        Some(p) if p.as_os_str() == "-" => to_stdout(&source, compression),
-        Some(p) => to_file(&source, compression, &super::absolute(p)?),
+        None => to_stdout(&source, output),
+        Some(p) if p.as_os_str() == "-" => to_stdout(&source, output),
+        Some(p) => to_file(&source, output, &super::absolute(p)?),
     };
     match result {
         Ok(summary) => {
@@ -75,12 +86,15 @@ pub fn execute(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("droot-fleet: error: {err:#}");
                 Ok(ExitCode::from(if *signal == "SIGINT" { 130 } else { 143 }))
             }
+            Some(ExportError::TooLarge { .. }) => {
+                Err(err.context("over the byte limit (raise it with --max-bytes)"))
+            }
             _ => Err(err),
         },
     }
 }
 
-fn to_stdout(source: &Source, compression: Compression) -> anyhow::Result<ExportSummary> {
+fn to_stdout(source: &Source, output: OutputOptions) -> anyhow::Result<ExportSummary> {
     let stdout = std::io::stdout();
     if stdout.is_terminal() {
         anyhow::bail!("refusing to write a tar to a terminal: use -o FILE or redirect stdout");
@@ -91,17 +105,13 @@ fn to_stdout(source: &Source, compression: Compression) -> anyhow::Result<Export
         .try_clone_to_owned()
         .context("duplicating stdout")?;
     let out = BufWriter::with_capacity(256 << 10, File::from(fd));
-    let (summary, _) = export::export(source, out, compression)?;
+    let (summary, _) = export::export(source, out, output)?;
     Ok(summary)
 }
 
 /// Writes beside `path` under a temporary name and renames on success, so `path` is
 /// either the complete new tar or untouched.
-fn to_file(
-    source: &Source,
-    compression: Compression,
-    path: &Path,
-) -> anyhow::Result<ExportSummary> {
+fn to_file(source: &Source, output: OutputOptions, path: &Path) -> anyhow::Result<ExportSummary> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()
@@ -126,7 +136,7 @@ fn to_file(
             )
         })?;
     let out = BufWriter::with_capacity(256 << 10, file);
-    let (summary, out) = export::export(source, out, compression)?;
+    let (summary, out) = export::export(source, out, output)?;
     let file = out
         .into_inner()
         .map_err(|e| e.into_error())

@@ -14,6 +14,11 @@
 //!   a full activation, not a no-op.
 //! - One activation at a time; a request arriving meanwhile waits, and a newer one replaces
 //!   it (the latest desired version wins).
+//! - A release that passed its health check is judged `passed`; one that failed after the
+//!   switch (start, check, crash) is judged `failed`, before anything else is done, so the
+//!   store never keeps it as a rollback target nor counts it towards `keep`.
+
+use crate::release::history::Verdict;
 
 /// A deploy of `version`, identified by the event that asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +63,11 @@ pub enum Effect {
     /// Remove `current` if it still names `version` (the only release, which failed).
     ClearCurrent {
         version: String,
+    },
+    /// Record how the activation of `version` went, in the release store.
+    Judge {
+        version: String,
+        verdict: Verdict,
     },
     Report(Outcome),
 }
@@ -192,11 +202,15 @@ impl Activation {
             ),
             (Phase::Checking, Input::HealthPassed) => {
                 let req = self.active.take().expect("an active request");
+                let judge = Effect::Judge {
+                    version: req.version.clone(),
+                    verdict: Verdict::Passed,
+                };
                 let ok = Outcome::Ok {
                     event_id: req.event_id,
                     version: req.version,
                 };
-                (Phase::Idle, vec![Effect::Report(ok)])
+                (Phase::Idle, vec![judge, Effect::Report(ok)])
             }
             (Phase::Starting, Input::Started(Err(e)))
             | (Phase::Checking, Input::HealthFailed(e) | Input::Crashed(e)) => self.roll_back(e),
@@ -235,6 +249,14 @@ impl Activation {
     }
 
     fn roll_back(&mut self, error: String) -> (Phase, Vec<Effect>) {
+        let judge = Effect::Judge {
+            version: self
+                .active
+                .as_ref()
+                .map(|r| r.version.clone())
+                .unwrap_or_default(),
+            verdict: Verdict::Failed,
+        };
         match self.previous.clone() {
             Some(to) => (
                 Phase::RollingBack {
@@ -242,13 +264,14 @@ impl Activation {
                     error,
                     step: Back::Stopping,
                 },
-                vec![Effect::StopJail],
+                vec![judge, Effect::StopJail],
             ),
             None => {
                 let version = self.current.take().unwrap_or_default();
                 (
                     Phase::Idle,
                     vec![
+                        judge,
                         Effect::StopJail,
                         Effect::ClearCurrent { version },
                         self.finish_failed(format!("{error}; no previous release to roll back to")),
@@ -324,6 +347,20 @@ mod tests {
         s.to_string()
     }
 
+    fn passed(version: &str) -> Effect {
+        Effect::Judge {
+            version: v(version),
+            verdict: Verdict::Passed,
+        }
+    }
+
+    fn failed(version: &str) -> Effect {
+        Effect::Judge {
+            version: v(version),
+            verdict: Verdict::Failed,
+        }
+    }
+
     /// Runs the machine from v1 to v2 up to the health check.
     fn to_checking(m: &mut Activation) {
         assert_eq!(
@@ -353,7 +390,10 @@ mod tests {
             event_id: v("e-v2"),
             version: v("v2"),
         };
-        assert_eq!(m.step(Input::HealthPassed), [Effect::Report(ok)]);
+        assert_eq!(
+            m.step(Input::HealthPassed),
+            [passed("v2"), Effect::Report(ok)]
+        );
         assert_eq!((m.current(), m.is_idle()), (Some("v2"), true));
     }
 
@@ -363,7 +403,7 @@ mod tests {
         to_checking(&mut m);
         assert_eq!(
             m.step(Input::HealthFailed(v("GET: 500"))),
-            [Effect::StopJail]
+            [failed("v2"), Effect::StopJail]
         );
         assert_eq!(
             m.step(Input::Stopped),
@@ -388,12 +428,18 @@ mod tests {
     fn a_crash_while_checking_or_a_failed_start_rolls_back_too() {
         let mut m = Activation::new(Some(v("v1")));
         to_checking(&mut m);
-        assert_eq!(m.step(Input::Crashed(v("exit 1"))), [Effect::StopJail]);
+        assert_eq!(
+            m.step(Input::Crashed(v("exit 1"))),
+            [failed("v2"), Effect::StopJail]
+        );
         let mut m = Activation::new(Some(v("v1")));
         m.step(Input::Deploy(req("v2", true)));
         m.step(Input::Switched(Ok(())));
         m.step(Input::Stopped);
-        assert_eq!(m.step(Input::Started(Err(v("no exe")))), [Effect::StopJail]);
+        assert_eq!(
+            m.step(Input::Started(Err(v("no exe")))),
+            [failed("v2"), Effect::StopJail]
+        );
         assert_eq!(
             m.step(Input::Stopped),
             [Effect::SwitchCurrent { version: v("v1") }]
@@ -425,10 +471,11 @@ mod tests {
         m.step(Input::Stopped);
         m.step(Input::Started(Ok(())));
         let out = m.step(Input::HealthFailed(v("sick")));
-        assert_eq!(out[0], Effect::StopJail);
-        assert_eq!(out[1], Effect::ClearCurrent { version: v("v1") });
+        assert_eq!(out[0], failed("v1"));
+        assert_eq!(out[1], Effect::StopJail);
+        assert_eq!(out[2], Effect::ClearCurrent { version: v("v1") });
         assert!(
-            matches!(&out[2], Effect::Report(Outcome::Failed { error, .. }) if error.contains("no previous"))
+            matches!(&out[3], Effect::Report(Outcome::Failed { error, .. }) if error.contains("no previous"))
         );
         // Regression: the failed release stayed `current` to the machine, so deploying it
         // again was an `ok` no-op with no health check.

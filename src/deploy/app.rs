@@ -15,7 +15,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
+use crate::artifact::guard::DEFAULT_MAX_RATIO;
 use crate::jail::{JailSpec, SpecInput};
+use crate::sizes::parse_size;
 
 /// A bad `[apps.NAME]` block. Nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +150,17 @@ pub struct AppConfig {
     pub restart: RestartPolicy,
     pub backoff: Backoff,
     pub leave_running: bool,
+    /// The longest one activation may take, fetch to health check; then it is stopped and
+    /// ends failed (or rolled back, once `current` was switched).
+    pub deploy_timeout: Duration,
+    /// The most bytes a release may unpack to (sparse files at their full size).
+    pub max_bytes: u64,
+    /// The largest expansion ratio of a compressed artifact (0: none).
+    pub max_ratio: u64,
 }
+
+/// Default `deploy_timeout`: 15 minutes (a few GiB over a slow link, plus the health check).
+pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 impl AppConfig {
     /// The artifact URL of one version.
@@ -192,6 +204,17 @@ struct RawApp {
     backoff: Option<RawBackoff>,
     #[serde(default)]
     leave_running: bool,
+    deploy_timeout: Option<String>,
+    max_bytes: Option<RawSize>,
+    max_ratio: Option<u64>,
+}
+
+/// A size as a number of bytes or a string like `"8GiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -289,6 +312,26 @@ fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfigError> {
     if backoff.initial.is_zero() || backoff.max < backoff.initial {
         return Err(err("backoff", "needs 0 < initial <= max".into()));
     }
+    let deploy_timeout = dur_or(raw.deploy_timeout.as_deref(), DEFAULT_DEPLOY_TIMEOUT)
+        .map_err(|r| err("deploy_timeout", r))?;
+    let check = health.as_ref().map_or(SETTLE_BOUND, |h| h.deadline);
+    if deploy_timeout <= check {
+        return Err(err(
+            "deploy_timeout",
+            format!(
+                "must be longer than the health check's deadline ({})",
+                humantime::format_duration(check)
+            ),
+        ));
+    }
+    let max_bytes = match raw.max_bytes {
+        None => crate::artifact::DEFAULT_MAX_BYTES,
+        Some(RawSize::Bytes(n)) => n,
+        Some(RawSize::Text(t)) => parse_size(&t).map_err(|r| err("max_bytes", r))?,
+    };
+    if max_bytes == 0 {
+        return Err(err("max_bytes", "must be greater than zero".into()));
+    }
     Ok(AppConfig {
         name,
         artifact: raw.artifact,
@@ -301,8 +344,14 @@ fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfigError> {
         restart: raw.restart,
         backoff,
         leave_running: raw.leave_running,
+        deploy_timeout,
+        max_bytes,
+        max_ratio: raw.max_ratio.unwrap_or(DEFAULT_MAX_RATIO),
     })
 }
+
+/// A bound on the check of an app without a health check (the executor's settle time).
+const SETTLE_BOUND: Duration = Duration::from_secs(2);
 
 fn check_template(t: &str) -> Result<(), String> {
     if !["s3://", "file://", "https://", "http://"]
@@ -508,6 +557,14 @@ interval = "500ms"
                 "health",
             ),
             ("[apps.a.health]\nexec = []", "health.exec"),
+            ("deploy_timeout = \"never\"", "deploy_timeout"),
+            ("deploy_timeout = \"1s\"", "deploy_timeout"),
+            (
+                "deploy_timeout = \"20s\"\n[apps.a.health]\ntcp = \"127.0.0.1:1\"",
+                "deploy_timeout",
+            ),
+            ("max_bytes = \"8GB\"", "max_bytes"),
+            ("max_bytes = 0", "max_bytes"),
             (
                 "[apps.a.health]\ntcp = \"127.0.0.1:1\"\ninterval = \"x\"",
                 "health.interval",
@@ -518,6 +575,17 @@ interval = "500ms"
         let e = parse_apps(&with("")).unwrap();
         assert_eq!(e["a"].restart, RestartPolicy::Always);
         assert_eq!(e["a"].stop_signal, Signal::SIGTERM);
+        assert_eq!(e["a"].deploy_timeout, DEFAULT_DEPLOY_TIMEOUT);
+        assert_eq!(e["a"].max_bytes, 8 << 30);
+        assert_eq!(e["a"].max_ratio, DEFAULT_MAX_RATIO);
+        let e = parse_apps(&with(
+            "deploy_timeout = \"2m\"\nmax_bytes = \"512MiB\"\nmax_ratio = 0",
+        ))
+        .unwrap();
+        assert_eq!(e["a"].deploy_timeout, Duration::from_secs(120));
+        assert_eq!((e["a"].max_bytes, e["a"].max_ratio), (512 << 20, 0));
+        let e = parse_apps(&with("max_bytes = 1000")).unwrap();
+        assert_eq!(e["a"].max_bytes, 1000);
     }
 
     #[test]

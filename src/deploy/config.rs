@@ -1,5 +1,5 @@
 //! The deploy pipeline's part of the agent config: `[apps.NAME]`, `trusted_signing_keys`
-//! and the `[deploy]` table (event age limits, the S3 endpoint).
+//! and the `[deploy]` table (event age limits, the S3 endpoint, the `file://` roots).
 //!
 //! The agent's config file refuses unknown keys but does not read these three: it carries
 //! them as raw TOML ([`DeployTables`]), and the CLI hands them to [`DeployConfig::parse`]
@@ -7,13 +7,14 @@
 //! (`deploy.max_age: ...`) and the agent never depends on the deploy pipeline.
 
 use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 
 use super::app::{AppConfig, AppConfigError, parse_apps};
-use super::fetch::FetchOptions;
+use super::fetch::{FetchOptions, FileRoots};
 use super::signed::public_key_from_text;
 use crate::agent::config::DeployTables;
 
@@ -60,6 +61,8 @@ struct RawDeploy {
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     s3_path_style: Option<bool>,
+    #[serde(default)]
+    file_roots: Vec<String>,
 }
 
 fn duration(
@@ -75,6 +78,34 @@ fn duration(
         return Err(invalid(field, "must be greater than zero"));
     }
     Ok(d)
+}
+
+/// `[deploy] file_roots`: absolute directories, no `.` or `..`, not `/` itself.
+fn file_roots(raw: &[String]) -> Result<Vec<PathBuf>, DeployConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let field = format!("deploy.file_roots[{i}]");
+            let p = Path::new(r);
+            if !p.is_absolute() {
+                return Err(invalid(field, format!("{r:?} is not an absolute path")));
+            }
+            if p.components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+                || r.split('/').any(|c| c == "." || c == "..")
+            {
+                return Err(invalid(field, format!("{r:?} has a '.' or '..' component")));
+            }
+            if p.parent().is_none() {
+                return Err(invalid(
+                    field,
+                    "/ would let a signed URL read any host file; name the directory that holds \
+                     the artifacts",
+                ));
+            }
+            Ok(p.components().collect())
+        })
+        .collect()
 }
 
 impl DeployConfig {
@@ -117,6 +148,7 @@ impl DeployConfig {
                 s3_endpoint: raw.s3_endpoint,
                 s3_region: raw.s3_region,
                 s3_path_style: raw.s3_path_style,
+                file_roots: FileRoots::Only(file_roots(&raw.file_roots)?),
             },
         })
     }
@@ -177,5 +209,19 @@ mod tests {
         assert!(e.to_string().contains("maxage"), "{e}");
         let e = parse("[apps.web]\nroot = \"/x\"").unwrap_err();
         assert!(e.to_string().contains("web"), "{e}");
+    }
+
+    #[test]
+    fn file_roots_are_none_by_default_and_checked() {
+        assert_eq!(parse("").unwrap().fetch.file_roots, FileRoots::Only(vec![]));
+        let c = parse("[deploy]\nfile_roots = [\"/srv/artifacts/\", \"/opt/a\"]").unwrap();
+        assert_eq!(
+            c.fetch.file_roots,
+            FileRoots::Only(vec!["/srv/artifacts".into(), "/opt/a".into()])
+        );
+        for bad in ["rel/dir", "/", "/srv/../etc", "/srv/./a"] {
+            let e = parse(&format!("[deploy]\nfile_roots = [\"{bad}\"]")).unwrap_err();
+            assert!(e.to_string().contains("deploy.file_roots[0]"), "{bad}: {e}");
+        }
     }
 }

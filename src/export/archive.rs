@@ -27,9 +27,9 @@ use crate::artifact::format;
 use crate::artifact::tar::{self, Archive, Limits};
 
 use super::layout::{self, Blobs, Image, Layer};
-use super::rootfs_tar::{CopyError, RootfsWriter};
+use super::rootfs_tar::{CopyError, OutputOptions, RootfsWriter};
 use super::whiteout::{self, Action, Kind, Record};
-use super::{Compression, ExportError, ExportSummary, normalize_path, show};
+use super::{ExportError, ExportSummary, normalize_path, show};
 
 /// Largest JSON file (manifest, index, config) read into memory.
 const MAX_JSON: u64 = 64 << 20;
@@ -184,7 +184,7 @@ pub fn flatten<W: Write>(
     path: &Path,
     image_ref: Option<&str>,
     out: W,
-    compression: Compression,
+    output: OutputOptions,
 ) -> Result<(ExportSummary, W), ExportError> {
     let archive = ImageArchive::open(path)?;
     let image = layout::select(&archive, image_ref)?;
@@ -204,7 +204,7 @@ pub fn flatten<W: Write>(
     })?;
 
     // Pass 2: the winners, in layer order.
-    let mut writer = RootfsWriter::new(out, compression).map_err(ExportError::Output)?;
+    let mut writer = RootfsWriter::new(out, output).map_err(ExportError::Output)?;
     for (index, layer) in image.layers.iter().enumerate() {
         let actions = &plan[index];
         if actions.iter().all(|a| *a == Action::Skip) {
@@ -242,6 +242,7 @@ pub fn flatten<W: Write>(
             copied.map_err(|e| match e {
                 CopyError::Read(e) => archive.layer_err(index, layer, e),
                 CopyError::Write(e) => ExportError::Output(e),
+                CopyError::TooLarge { limit } => ExportError::TooLarge { limit },
             })?;
         }
     }
@@ -319,6 +320,7 @@ fn copy_from_layer<W: Write>(
         .map_err(|e| match e {
             CopyError::Read(e) => err(e),
             CopyError::Write(e) => ExportError::Output(e),
+            CopyError::TooLarge { limit } => ExportError::TooLarge { limit },
         })
 }
 

@@ -27,8 +27,8 @@ use tracing::{debug, info, warn};
 
 use crate::artifact::tar::{Archive, Kind, Limits};
 
-use super::rootfs_tar::{CopyError, RootfsWriter};
-use super::{Compression, ExportError, ExportSummary, Signals, normalize_path, show};
+use super::rootfs_tar::{CopyError, OutputOptions, RootfsWriter};
+use super::{ExportError, ExportSummary, Signals, normalize_path, show};
 
 /// Default engine address when `DOCKER_HOST` is unset.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -43,7 +43,7 @@ const ENGINE_ARTIFACTS: [&[u8]; 1] = [b".dockerenv"];
 pub(crate) async fn export_image<W: Write + Send + 'static>(
     image: &str,
     out: W,
-    compression: Compression,
+    output: OutputOptions,
     signals: &mut Signals,
 ) -> Result<(ExportSummary, W), ExportError> {
     let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_HOST.to_string());
@@ -88,7 +88,7 @@ pub(crate) async fn export_image<W: Write + Send + 'static>(
     };
 
     let name = helper_name();
-    let work = create_and_export(&docker, image, &id, &name, out, compression, drootenv);
+    let work = create_and_export(&docker, image, &id, &name, out, output, drootenv);
     let result = tokio::select! {
         r = work => r,
         signal = signals.recv() => Err(ExportError::Interrupted(signal)),
@@ -111,7 +111,7 @@ async fn create_and_export<W: Write + Send + 'static>(
     id: &str,
     name: &str,
     out: W,
-    compression: Compression,
+    output: OutputOptions,
     drootenv: String,
 ) -> Result<(ExportSummary, W), ExportError> {
     let body = ContainerCreateBody {
@@ -142,7 +142,7 @@ async fn create_and_export<W: Write + Send + 'static>(
             chunk: None,
             pos: 0,
         };
-        rewrite(reader, &image, out, compression, &drootenv)
+        rewrite(reader, &image, out, output, &drootenv)
     });
     work.await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
@@ -153,7 +153,7 @@ fn rewrite<R: Read, W: Write>(
     reader: R,
     image: &str,
     out: W,
-    compression: Compression,
+    output: OutputOptions,
     drootenv: &str,
 ) -> Result<(ExportSummary, W), ExportError> {
     let stream_err = |source| ExportError::ExportStream {
@@ -161,7 +161,7 @@ fn rewrite<R: Read, W: Write>(
         source,
     };
     let origin = || format!("the engine's export of {image}");
-    let mut writer = RootfsWriter::new(out, compression).map_err(ExportError::Output)?;
+    let mut writer = RootfsWriter::new(out, output).map_err(ExportError::Output)?;
     let mut tar = Archive::with_limits(reader, Limits::default());
     while let Some(entry) = tar.next_entry().map_err(|e| stream_err(e.into_io()))? {
         let raw = &entry.path;
@@ -200,6 +200,7 @@ fn rewrite<R: Read, W: Write>(
             .map_err(|e| match e {
                 CopyError::Read(e) => stream_err(e),
                 CopyError::Write(e) => ExportError::Output(e),
+                CopyError::TooLarge { limit } => ExportError::TooLarge { limit },
             })?;
     }
     writer
@@ -300,6 +301,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::Compression;
 
     fn export_tar() -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -324,7 +326,7 @@ mod tests {
             src.as_slice(),
             "img",
             Vec::new(),
-            Compression::None,
+            Compression::None.into(),
             "FOO=bar=baz\n",
         )
         .unwrap();
@@ -352,7 +354,7 @@ mod tests {
     fn rewrite_reports_a_cut_stream() {
         let src = export_tar();
         let cut = &src[..src.len() - 1500];
-        let err = rewrite(cut, "img", Vec::new(), Compression::None, "").unwrap_err();
+        let err = rewrite(cut, "img", Vec::new(), Compression::None.into(), "").unwrap_err();
         assert!(matches!(err, ExportError::ExportStream { .. }), "{err:?}");
     }
 

@@ -30,7 +30,7 @@ pub mod whiteout;
 use std::io::Write;
 use std::path::PathBuf;
 
-pub use rootfs_tar::Compression;
+pub use rootfs_tar::{Compression, DEFAULT_MAX_BYTES, OutputOptions};
 
 /// Where the image comes from.
 #[derive(Debug, Clone)]
@@ -192,16 +192,22 @@ pub enum ExportError {
     },
     #[error("cannot write the output tar (disk full, or the reader of stdout went away?)")]
     Output(#[source] std::io::Error),
+    #[error(
+        "the image's files add up to more than {limit} bytes (sparse files at their full \
+         size: the output holds them whole); no output was kept. Raise the export's byte \
+         limit if the image really is that big"
+    )]
+    TooLarge { limit: u64 },
     #[error("cannot start the export runtime")]
     Runtime(#[source] std::io::Error),
 }
 
-/// Exports `source` as a rootfs tar into `out`, compressed as asked, and hands `out` back
-/// (flushed, compression finished) so the caller can sync and rename it.
+/// Exports `source` as a rootfs tar into `out`, compressed and limited as asked, and hands
+/// `out` back (flushed, compression finished) so the caller can sync and rename it.
 pub fn export<W: Write + Send + 'static>(
     source: &Source,
     out: W,
-    compression: Compression,
+    output: OutputOptions,
 ) -> Result<(ExportSummary, W), ExportError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -212,12 +218,12 @@ pub fn export<W: Write + Send + 'static>(
         let mut signals = Signals::install().map_err(ExportError::Runtime)?;
         match source {
             Source::Engine { image } => {
-                docker::export_image(image, out, compression, &mut signals).await
+                docker::export_image(image, out, output, &mut signals).await
             }
             Source::Archive { path, image_ref } => {
                 let (path, image_ref) = (path.clone(), image_ref.clone());
                 let work = tokio::task::spawn_blocking(move || {
-                    archive::flatten(&path, image_ref.as_deref(), out, compression)
+                    archive::flatten(&path, image_ref.as_deref(), out, output)
                 });
                 tokio::select! {
                     joined = work => joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),

@@ -13,6 +13,11 @@
 //!
 //! Read errors (the source) and write errors (the output) are told apart ([`CopyError`]) so
 //! the caller can blame the right side.
+//!
+//! The file contents written are capped ([`OutputOptions::max_bytes`]), a sparse file counted
+//! at its full size: the output holds it whole, so a small layer declaring a 1 TiB sparse
+//! file would otherwise make the export write without end. The cap is checked from the
+//! entry's header, before any of its data is written.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -29,6 +34,35 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+}
+
+/// Default byte limit of an export: what `deploy` accepts by default.
+pub const DEFAULT_MAX_BYTES: u64 = crate::artifact::DEFAULT_MAX_BYTES;
+
+/// How the output is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputOptions {
+    pub compression: Compression,
+    /// The most bytes of file contents the output may hold (sparse files at full size).
+    pub max_bytes: u64,
+}
+
+impl Default for OutputOptions {
+    fn default() -> Self {
+        OutputOptions {
+            compression: Compression::None,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+impl From<Compression> for OutputOptions {
+    fn from(compression: Compression) -> Self {
+        OutputOptions {
+            compression,
+            ..OutputOptions::default()
+        }
+    }
 }
 
 /// A writer, maybe compressing.
@@ -85,11 +119,12 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
-/// Which side of a copy failed.
+/// Which side of a copy failed, or the byte limit it would pass.
 #[derive(Debug)]
 pub enum CopyError {
     Read(io::Error),
     Write(io::Error),
+    TooLarge { limit: u64 },
 }
 
 /// The output tar being built.
@@ -100,11 +135,14 @@ pub struct RootfsWriter<W: Write> {
     /// Device nodes and FIFOs under `dev/` left out, by path, with their headers.
     masked: HashMap<Vec<u8>, Header>,
     masked_count: u64,
+    /// File content bytes written so far, and the most allowed.
+    bytes: u64,
+    max_bytes: u64,
 }
 
 impl<W: Write> RootfsWriter<W> {
-    pub fn new(out: W, compression: Compression) -> io::Result<Self> {
-        let mut builder = tar::Builder::new(Encoder::new(out, compression)?);
+    pub fn new(out: W, opts: OutputOptions) -> io::Result<Self> {
+        let mut builder = tar::Builder::new(Encoder::new(out, opts.compression)?);
         builder.mode(tar::HeaderMode::Complete);
         Ok(Self {
             builder,
@@ -112,6 +150,8 @@ impl<W: Write> RootfsWriter<W> {
             entries: 0,
             masked: HashMap::new(),
             masked_count: 0,
+            bytes: 0,
+            max_bytes: opts.max_bytes,
         })
     }
 
@@ -153,6 +193,14 @@ impl<W: Write> RootfsWriter<W> {
             };
             if let Some(node) = target.and_then(|t| self.masked.get(&t)) {
                 return self.link_to_masked(node.clone(), path);
+            }
+        }
+        if entry.kind == Kind::File {
+            self.bytes = self.bytes.saturating_add(entry.size);
+            if self.bytes > self.max_bytes {
+                return Err(CopyError::TooLarge {
+                    limit: self.max_bytes,
+                });
             }
         }
         self.max_mtime = self.max_mtime.max(header.mtime().unwrap_or(0));
@@ -315,7 +363,7 @@ mod tests {
     fn rewrite(compression: Compression) -> Vec<u8> {
         let src = sample();
         let mut ar = crate::artifact::tar::Archive::new(src.as_slice());
-        let mut w = RootfsWriter::new(Vec::new(), compression).unwrap();
+        let mut w = RootfsWriter::new(Vec::new(), compression.into()).unwrap();
         while let Some(e) = ar.next_entry().unwrap() {
             let p = crate::export::normalize_path(&e.path).unwrap();
             w.copy_entry(&e, ar.contents(&e), &p, None).ok().unwrap();
@@ -392,7 +440,7 @@ mod tests {
     #[test]
     fn devices_under_dev_are_left_out_and_counted() {
         let src = with_devices();
-        let mut w = RootfsWriter::new(Vec::new(), Compression::None).unwrap();
+        let mut w = RootfsWriter::new(Vec::new(), Compression::None.into()).unwrap();
         let mut ar = crate::artifact::tar::Archive::new(src.as_slice());
         while let Some(e) = ar.next_entry().unwrap() {
             let p = crate::export::normalize_path(&e.path).unwrap();
@@ -450,7 +498,7 @@ mod tests {
         h.set_size(0);
         b.append_link(&mut h, "lib/null", "dev/null").unwrap();
         let src = b.into_inner().unwrap();
-        let mut w = RootfsWriter::new(Vec::new(), Compression::None).unwrap();
+        let mut w = RootfsWriter::new(Vec::new(), Compression::None.into()).unwrap();
         let mut ar = crate::artifact::tar::Archive::new(src.as_slice());
         while let Some(e) = ar.next_entry().unwrap() {
             let p = crate::export::normalize_path(&e.path).unwrap();
@@ -464,6 +512,52 @@ mod tests {
             .map(|e| e.unwrap().header().entry_type())
             .collect();
         assert_eq!(kinds, [EntryType::Regular, EntryType::Link]);
+    }
+
+    /// A small layer declaring a 1 TiB sparse file is refused from its header: the output
+    /// would hold it whole.
+    #[test]
+    fn a_huge_sparse_file_is_refused_before_any_of_it_is_written() {
+        let mut pax = Vec::new();
+        for (k, v) in [
+            ("GNU.sparse.numblocks", "1"),
+            ("GNU.sparse.map", "0,4"),
+            ("GNU.sparse.size", "1099511627776"),
+            ("GNU.sparse.name", "huge"),
+        ] {
+            let rec = format!(" {k}={v}\n");
+            let mut len = rec.len() + 1;
+            while format!("{len}{rec}").len() != len {
+                len += 1;
+            }
+            pax.extend(format!("{len}{rec}").into_bytes());
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::XHeader);
+        h.set_size(pax.len() as u64);
+        b.append_data(&mut h, "PaxHeaders/huge", pax.as_slice())
+            .unwrap();
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(4);
+        b.append_data(&mut h, "GNUSparseFile.0/huge", &b"data"[..])
+            .unwrap();
+        let src = b.into_inner().unwrap();
+        let opts = OutputOptions {
+            compression: Compression::None,
+            max_bytes: 1 << 30,
+        };
+        let mut w = RootfsWriter::new(Vec::new(), opts).unwrap();
+        let mut ar = crate::artifact::tar::Archive::new(src.as_slice());
+        let e = ar.next_entry().unwrap().unwrap();
+        assert_eq!(e.size, 1 << 40);
+        let p = crate::export::normalize_path(&e.path).unwrap();
+        match w.copy_entry(&e, ar.contents(&e), &p, None) {
+            Err(CopyError::TooLarge { limit }) => assert_eq!(limit, 1 << 30),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(w.entries(), 0);
     }
 
     /// Exports are reproducible across machines: zstd's multi-threaded output must not depend

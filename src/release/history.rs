@@ -8,11 +8,28 @@
 //! repeated rollbacks walk further back, and deploy order is the fallback. Releases found on disk but missing from the file
 //! (created by hand, or by an older tool) count as older than every recorded one, by name.
 //! The selection rules are pure functions, tested without a filesystem.
+//!
+//! A release the fleet pipeline activated carries a [`Verdict`]: `failed` once its activation
+//! failed after it was switched to (start, health check, crash, or an agent that died before
+//! the check passed), `passed` once its health check passed (and then for good). A failed
+//! release is never a rollback target, never counts towards `keep`, and is the first to be
+//! pruned; the rollback target of `current` is never pruned. Releases without a verdict
+//! (deployed by hand) count as good.
 
 use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+/// How a release's activation went, as far as the fleet pipeline knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Its health check passed once: a good release from then on.
+    Passed,
+    /// Its activation failed and it never passed.
+    Failed,
+}
 
 /// One deployed release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +37,14 @@ pub struct Record {
     pub version: String,
     /// Seconds since the epoch when it was deployed (0 when unknown).
     pub deployed_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+}
+
+impl Record {
+    fn failed(&self) -> bool {
+        self.verdict == Some(Verdict::Failed)
+    }
 }
 
 /// Releases, oldest first.
@@ -48,6 +73,7 @@ impl History {
             .map(|v| Record {
                 version: v.clone(),
                 deployed_at: 0,
+                verdict: None,
             })
             .collect();
         releases.append(&mut self.releases);
@@ -61,7 +87,27 @@ impl History {
         self.releases.push(Record {
             version: version.to_string(),
             deployed_at,
+            verdict: None,
         });
+    }
+
+    /// Records how `version`'s activation went; `Passed` is final. Returns whether the
+    /// release is recorded at all.
+    pub fn judge(&mut self, version: &str, verdict: Verdict) -> bool {
+        let Some(r) = self.releases.iter_mut().find(|r| r.version == version) else {
+            return false;
+        };
+        if r.verdict != Some(Verdict::Passed) {
+            r.verdict = Some(verdict);
+        }
+        true
+    }
+
+    /// Whether `version` is recorded as failed.
+    pub fn is_failed(&self, version: &str) -> bool {
+        self.releases
+            .iter()
+            .any(|r| r.version == version && r.failed())
     }
 
     pub fn remove(&mut self, version: &str) {
@@ -77,10 +123,14 @@ impl History {
         self.releases.iter().position(|r| r.version == version)
     }
 
-    /// The release deployed just before `current`, in deploy order.
+    /// The last release deployed before `current`, in deploy order, that did not fail.
     pub fn deployed_before(&self, current: &str) -> Option<&str> {
         let i = self.position(current)?;
-        i.checked_sub(1).map(|p| self.releases[p].version.as_str())
+        self.releases[..i]
+            .iter()
+            .rev()
+            .find(|r| !r.failed())
+            .map(|r| r.version.as_str())
     }
 
     /// Notes that `current` is being switched away from.
@@ -93,12 +143,12 @@ impl History {
     }
 
     /// The default rollback target: what was live before `current`, else the release
-    /// deployed before it.
+    /// deployed before it; never a failed release.
     pub fn previous(&self, current: &str) -> Option<&str> {
         self.undo
             .iter()
             .rev()
-            .find(|v| v.as_str() != current && self.contains(v))
+            .find(|v| v.as_str() != current && self.contains(v) && !self.is_failed(v))
             .map(String::as_str)
             .or_else(|| self.deployed_before(current))
     }
@@ -110,17 +160,20 @@ impl History {
         }
     }
 
-    /// Releases pruning removes: all but the `keep` newest, never `current` nor the one
-    /// before it (so a rollback always has somewhere to go).
+    /// Releases pruning removes: every failed release first, then all but the `keep` newest
+    /// of the others (failed ones do not count), never `current` nor its rollback target (so
+    /// a rollback always has somewhere to go).
     pub fn prunable(&self, current: Option<&str>, keep: usize) -> Vec<String> {
         let protected: Vec<&str> = current
             .into_iter()
             .chain(current.and_then(|c| self.previous(c)))
             .collect();
-        let n = self.releases.len();
-        self.releases
-            .iter()
-            .take(n.saturating_sub(keep))
+        let (failed, good): (Vec<&Record>, Vec<&Record>) =
+            self.releases.iter().partition(|r| r.failed());
+        let excess = good.len().saturating_sub(keep);
+        failed
+            .into_iter()
+            .chain(good.into_iter().take(excess))
             .filter(|r| !protected.contains(&r.version.as_str()))
             .map(|r| r.version.clone())
             .collect()
@@ -221,6 +274,53 @@ mod tests {
         assert_eq!(h.prunable(Some("g"), 0), vec!["a", "b", "c", "d", "e"]);
         assert!(h.prunable(Some("g"), 10).is_empty());
         assert_eq!(h.prunable(None, 6), vec!["a"]);
+    }
+
+    /// Regression (issue 15): after three broken deploys the good rollback targets had been
+    /// pruned, because failed releases counted towards `keep`.
+    #[test]
+    fn failed_releases_never_count_towards_keep_nor_become_rollback_targets() {
+        let mut h = hist(&["v1", "v2"]);
+        h.record_switch(Some("v1"));
+        for bad in ["v3", "v4", "v5"] {
+            h.push(bad, 9);
+            h.record_switch(Some("v2"));
+            // Rolled back to v2: the undo stack is popped down to it.
+            h.pop_until("v2");
+            assert!(h.judge(bad, Verdict::Failed));
+            assert_eq!(h.previous("v2"), Some("v1"), "after {bad}");
+            let pruned = h.prunable(Some("v2"), 2);
+            assert_eq!(pruned, vec![bad.to_string()], "after {bad}");
+            h.remove(bad);
+        }
+        // While v5 is current (being checked), v4 failed: it is no rollback target, and
+        // is pruned before any good release.
+        let mut h = hist(&["v1", "v2", "v3", "v4", "v5"]);
+        h.judge("v3", Verdict::Passed);
+        h.judge("v4", Verdict::Failed);
+        h.record_switch(Some("v4"));
+        assert_eq!(h.previous("v5"), Some("v3"));
+        assert_eq!(h.prunable(Some("v5"), 2), vec!["v4", "v1", "v2"]);
+        assert_eq!(h.prunable(Some("v5"), 5), vec!["v4"]);
+        // A failed release that is current is not pruned.
+        assert!(!h.prunable(Some("v4"), 5).contains(&"v4".to_string()));
+        // Passed is final.
+        h.judge("v3", Verdict::Failed);
+        assert!(!h.is_failed("v3"));
+        assert!(!h.judge("nope", Verdict::Failed));
+    }
+
+    #[test]
+    fn older_files_without_verdicts_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("releases.json");
+        std::fs::write(
+            &p,
+            br#"{"releases":[{"version":"a","deployed_at":1}],"undo":[]}"#,
+        )
+        .unwrap();
+        let h = History::load(&p).unwrap();
+        assert_eq!(h.releases[0].verdict, None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! Guarantees: `current` always resolves (the one exception, [`clear_current`], is the fleet
 //! pipeline's after the only release failed its health check); a refused or failed deploy leaves `current`
 //! untouched and no partial release behind; pruning never removes the current release or
-//! the one before it and never follows a symlink out of the root.
+//! its rollback target, removes releases whose activation failed first (they never count
+//! towards `keep`, see [`history`]), and never follows a symlink out of the root.
 //!
 //! Rsync mode ([`rsync`]) updates the root in place instead, for roots that other tools
 //! expect to be a plain directory.
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 
 pub use layout::{InvalidVersion, Layout};
 pub use symlink_mode::{
-    Deployed, ReleaseInfo, clear_current, deploy, deploy_verified, list, prune, rollback,
+    Deployed, ReleaseInfo, clear_current, deploy, deploy_verified, judge, list, prune, rollback,
 };
 
 use crate::artifact::UnpackError;

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
-use super::history::History;
+use super::history::{History, Verdict};
 use super::layout::{self, Layout, RootLock, fsync_dir, validate_version};
 use super::switch::{current_version, switch_current};
 use super::{ReleaseError, VerifyFailed};
@@ -288,6 +288,23 @@ pub fn list(layout: &Layout) -> Result<Vec<ReleaseInfo>, ReleaseError> {
             deployed_at: r.deployed_at,
         })
         .collect())
+}
+
+/// Records how `version`'s activation went (see [`History::judge`]); a version that is not
+/// recorded is left alone. Returns whether it was recorded.
+pub fn judge(layout: &Layout, version: &str, verdict: Verdict) -> Result<bool, ReleaseError> {
+    validate_version(version)?;
+    if !layout.tool_dir().exists() {
+        return Ok(false);
+    }
+    let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    let mut history = load_history(layout)?;
+    if !history.judge(version, verdict) {
+        return Ok(false);
+    }
+    save_history(layout, &history)?;
+    tracing::debug!(release = %version, ?verdict, "release judged");
+    Ok(true)
 }
 
 /// Prunes old releases down to `keep`; returns the versions removed.

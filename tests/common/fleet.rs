@@ -267,6 +267,8 @@ impl Fleet {
             }
             None => format!("file://{}/{{version}}.tar.gz", self.arts.display()),
         };
+        // file:// through an agent reads only beneath its file roots.
+        text.push_str(&format!("file_roots = [\"{}\"]\n", self.arts.display()));
         text.push_str(&spec.deploy);
         if !spec.no_app {
             let addr = self.http_addr(n);

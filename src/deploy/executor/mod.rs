@@ -19,6 +19,11 @@
 //!   full activation, not an `ok` no-op.
 //! - A deploy of the version already current is `ok` at once, without a restart; if its
 //!   jail is down (stopped, or failed and not restarted), it is started first.
+//! - Every activation ends: by the app's `deploy_timeout`, when a deploy of another version
+//!   of the app arrives during its fetch, or when the executor shuts down (see `task.rs`).
+//!   The unpack is held to the app's `max_bytes` and `max_ratio`.
+//! - Releases are pruned once an activation has ended and the new release is judged (see
+//!   [`crate::release::history`]): failed ones first, never the rollback target.
 //! - [`Executor::status`] reads `current`, `previous` and the releases from disk each time,
 //!   so a switch made by hand shows, and the next deploy starts from it.
 
@@ -37,6 +42,7 @@ use super::app::AppConfig;
 use super::fetch;
 use super::supervisor::{self, Supervisor, SupervisorError};
 use crate::artifact::UnpackOptions;
+use crate::cancel::{Cancel, Reason};
 use crate::release::Layout;
 
 pub use store::MAX_ERROR;
@@ -118,6 +124,8 @@ struct AppHandle {
 pub struct Executor {
     sup: Arc<Supervisor>,
     apps: BTreeMap<String, AppHandle>,
+    /// Tripped by [`Executor::shutdown`]: every fetch under way stops at its next read.
+    stopping: Cancel,
 }
 
 impl Executor {
@@ -132,6 +140,7 @@ impl Executor {
     ) -> Result<(Executor, mpsc::Receiver<Finished>), ExecutorError> {
         let sup = Arc::new(Supervisor::new(opts.supervisor.clone())?);
         let (done_tx, done_rx) = mpsc::channel(64);
+        let stopping = Cancel::default();
         let mut handles = BTreeMap::new();
         for (name, app) in apps {
             if let Err(e) = sup.manage(app.clone()).await {
@@ -152,6 +161,7 @@ impl Executor {
                 opts.clone(),
                 shared.clone(),
                 done_tx.clone(),
+                stopping.clone(),
             );
             let task = tokio::spawn(t.run(rx));
             handles.insert(
@@ -164,7 +174,14 @@ impl Executor {
                 },
             );
         }
-        Ok((Executor { sup, apps: handles }, done_rx))
+        Ok((
+            Executor {
+                sup,
+                apps: handles,
+                stopping,
+            },
+            done_rx,
+        ))
     }
 
     /// Queues a deploy of `req` for `app` (non-blocking). One activation per app at a time;
@@ -211,9 +228,11 @@ impl Executor {
         self.apps.keys().cloned().collect()
     }
 
-    /// Stops supervising: jails stop unless the app's `leave_running` (or `leave_all`). An
-    /// activation under way gets a few seconds to finish, then is cut off (logged).
+    /// Stops supervising: jails stop unless the app's `leave_running` (or `leave_all`). A
+    /// fetch under way is cancelled at once (nothing of it is published); any other step
+    /// of an activation gets a few seconds to finish, then is cut off (logged).
     pub async fn shutdown(self, leave_all: bool) {
+        self.stopping.cancel(Reason::Shutdown);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let tasks: Vec<(String, JoinHandle<()>)> = self
             .apps

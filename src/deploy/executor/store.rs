@@ -221,6 +221,8 @@ pub fn undo_interrupted(layout: &Layout) -> Result<Option<Undone>, String> {
     let Some(m) = interrupted(layout) else {
         return Ok(None);
     };
+    // It never passed: neither a rollback target nor a release that counts towards `keep`.
+    release::judge(layout, &m.version, release::history::Verdict::Failed).map_err(|e| short(&e))?;
     match m.from.as_deref() {
         Some(from) if is_present(layout, from) => {
             switch(layout, from)?;

@@ -1,13 +1,22 @@
 //! One app's executor task: feeds submits to the [`Activation`] machine and carries out its
 //! effects one at a time, feeding each result back, until the executor closes.
+//!
+//! Every activation ends by the app's `deploy_timeout`, counted from its first step: the
+//! fetch is cancelled at the deadline (its blocking thread stops at its next read, the
+//! staging directory is removed, `current` is unchanged), and a start or a health check due
+//! after it fails, which rolls back. The rollback itself is never cut short. A fetch is also
+//! cancelled when a deploy of another version of the app is submitted, so a newer version
+//! never waits behind a stuck one, and when the executor shuts down.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::store::{self, short};
 use super::{ExecutorOptions, Finished, SETTLE, Shared, Submit};
+use crate::cancel::{Cancel, Reason};
 use crate::deploy::activation::{Activation, Effect, Input, Outcome, Request};
 use crate::deploy::app::AppConfig;
 use crate::deploy::fetch;
@@ -15,6 +24,10 @@ use crate::deploy::health::{ExecContext, wait_healthy};
 use crate::deploy::supervisor::{AppStatus, State, Supervisor};
 use crate::release::Layout;
 use crate::release::layout::validate_version;
+
+/// `keep` for the fetch's own prune: none. The task prunes once an activation has ended,
+/// when the new release has a verdict (a release being checked must not push a good one out).
+const NO_PRUNE: usize = usize::MAX;
 
 pub(super) struct AppTask {
     app: AppConfig,
@@ -30,6 +43,10 @@ pub(super) struct AppTask {
     started_pid: Option<i32>,
     /// The version the on-disk activation record names (see [`store::mark`]).
     marked: Option<String>,
+    /// Tripped when the executor shuts down; each fetch gets a child of it.
+    stopping: Cancel,
+    /// The event being activated and when its `deploy_timeout` ends.
+    deadline: Option<(String, Instant)>,
 }
 
 /// Runs `f` on the blocking pool; a panic there becomes an error, not a panic here.
@@ -49,6 +66,7 @@ impl AppTask {
         opts: ExecutorOptions,
         shared: Arc<Mutex<Shared>>,
         done: mpsc::Sender<Finished>,
+        stopping: Cancel,
     ) -> Self {
         AppTask {
             layout: Layout::new(&app.root),
@@ -61,6 +79,8 @@ impl AppTask {
             submits: Vec::new(),
             started_pid: None,
             marked: None,
+            stopping,
+            deadline: None,
         }
     }
 
@@ -78,7 +98,7 @@ impl AppTask {
                 self.take_submit(&mut rx, &mut queue).await;
                 continue;
             };
-            let input = self.carry_out(effect).await;
+            let input = self.carry_out(effect, &rx).await;
             if rx.has_changed().unwrap_or(false) {
                 self.take_submit(&mut rx, &mut queue).await;
             }
@@ -207,12 +227,42 @@ impl AppTask {
             .map_err(|e| short(&e))
     }
 
-    /// Carries out one effect; returns what happened, for the machine.
-    async fn carry_out(&mut self, effect: Effect) -> Option<Input> {
+    /// When the activation under way must end (set at its first step).
+    fn deadline(&mut self) -> Instant {
+        let id = self.machine.active().map(|r| r.event_id.clone());
+        match (&self.deadline, id) {
+            (Some((event, at)), Some(id)) if *event == id => *at,
+            (_, id) => {
+                let at = Instant::now() + self.app.deploy_timeout;
+                self.deadline = id.map(|id| (id, at));
+                at
+            }
+        }
+    }
+
+    fn timed_out(&self) -> String {
+        Reason::Deadline(self.app.deploy_timeout).to_string()
+    }
+
+    /// Whether `version` is what the activation under way brings (not a rollback target).
+    fn is_forward(&self, version: &str) -> bool {
+        self.machine.active().is_some_and(|r| r.version == version)
+    }
+
+    /// Carries out one effect; returns what happened, for the machine. `rx` is watched for
+    /// a newer version while a fetch runs.
+    async fn carry_out(
+        &mut self,
+        effect: Effect,
+        rx: &watch::Receiver<Option<Submit>>,
+    ) -> Option<Input> {
         let name = self.app.name.clone();
         tracing::debug!(app = %name, ?effect, "deploy step");
+        let deadline = self.deadline();
         match effect {
-            Effect::Fetch { version } => Some(Input::Fetched(self.fetch(&version).await)),
+            Effect::Fetch { version } => {
+                Some(Input::Fetched(self.fetch(&version, deadline, rx).await))
+            }
             Effect::SwitchCurrent { version } => {
                 let layout = self.layout.clone();
                 let r = blocking(move || store::switch(&layout, &version)).await;
@@ -226,11 +276,33 @@ impl AppTask {
                 Some(Input::Stopped)
             }
             Effect::StartJail { version } => {
+                if self.is_forward(&version) && Instant::now() >= deadline {
+                    return Some(Input::Started(Err(self.timed_out())));
+                }
                 let r = self.sup.start(&name, Some(&version)).await;
                 self.started_pid = r.as_ref().ok().and_then(|s| s.pid);
                 Some(Input::Started(r.map(drop).map_err(|e| short(&e))))
             }
-            Effect::CheckHealth { version } => Some(self.check(&version).await),
+            Effect::CheckHealth { version } => {
+                match tokio::time::timeout_at(deadline, self.check(&version)).await {
+                    Ok(input) => Some(input),
+                    Err(_) => Some(Input::HealthFailed(format!(
+                        "{} (during the health check)",
+                        self.timed_out()
+                    ))),
+                }
+            }
+            Effect::Judge { version, verdict } => {
+                let layout = self.layout.clone();
+                let r = blocking(move || {
+                    crate::release::judge(&layout, &version, verdict).map_err(|e| short(&e))
+                })
+                .await;
+                if let Err(e) = r {
+                    tracing::error!(app = %name, error = %e, "cannot record how the activation went");
+                }
+                None
+            }
             Effect::ClearCurrent { version } => {
                 let layout = self.layout.clone();
                 if let Err(e) = blocking(move || store::clear_current(&layout, &version)).await {
@@ -241,15 +313,42 @@ impl AppTask {
             Effect::Report(outcome) => {
                 // The record goes first: a crash right after the outcome must not find it.
                 self.track().await;
-                self.refresh().await;
+                // Then the store is pruned (the new release has its verdict by now), so an
+                // outcome means the activation is over, disk included.
+                self.prune().await;
                 self.report(outcome).await;
                 None
             }
         }
     }
 
-    /// Fetches `version` into the store (nothing to do when it is already there).
-    async fn fetch(&mut self, version: &str) -> Result<(), String> {
+    /// Prunes the store to `keep` once an activation has ended (failed releases first).
+    async fn prune(&self) {
+        let (layout, keep) = (self.layout.clone(), self.app.keep);
+        let r = blocking(move || {
+            if !layout.tool_dir().exists() {
+                return Ok(Vec::new());
+            }
+            crate::release::prune(&layout, keep).map_err(|e| short(&e))
+        })
+        .await;
+        match r {
+            Ok(pruned) if pruned.is_empty() => {}
+            Ok(pruned) => tracing::info!(app = %self.app.name, ?pruned, "releases pruned"),
+            Err(e) => tracing::warn!(app = %self.app.name, error = %e, "cannot prune releases"),
+        }
+        self.refresh().await;
+    }
+
+    /// Fetches `version` into the store (nothing to do when it is already there). The fetch
+    /// is cancelled at `deadline`, when `rx` brings a deploy of another version, and when the
+    /// executor stops; it then ends failed with nothing published.
+    async fn fetch(
+        &mut self,
+        version: &str,
+        deadline: Instant,
+        rx: &watch::Receiver<Option<Submit>>,
+    ) -> Result<(), String> {
         let active = self.machine.active().map(|r| r.event_id.as_str());
         let req = self.submits.iter().rev();
         let req = req
@@ -265,15 +364,24 @@ impl AppTask {
             req.url.clone()
         };
         let sha256 = req.sha256;
-        let (layout, keep) = (self.layout.clone(), self.app.keep);
-        let (unpack, fopts) = (self.opts.unpack.clone(), self.opts.fetch.clone());
-        let version = version.to_string();
+        let layout = self.layout.clone();
+        let cancel = self.stopping.child();
+        let unpack = crate::artifact::UnpackOptions {
+            max_bytes: self.app.max_bytes,
+            max_ratio: self.app.max_ratio,
+            cancel: cancel.clone(),
+            ..self.opts.unpack.clone()
+        };
+        let fopts = self.opts.fetch.clone();
+        let owned = version.to_string();
         let app = self.app.name.clone();
-        let r = blocking(move || {
+        let job = tokio::task::spawn_blocking(move || {
+            let version = owned;
             if store::is_present(&layout, &version) {
                 return Ok(());
             }
             tracing::info!(%app, %url, %version, "fetching");
+            let keep = NO_PRUNE;
             match fetch::deploy(&layout, &url, sha256, Some(&version), keep, &unpack, &fopts) {
                 Ok(f) => {
                     if let Err(e) = store::record_digest(&layout, &version, &f.sha256) {
@@ -282,14 +390,16 @@ impl AppTask {
                     Ok(())
                 }
                 // Published and switched, then a later step (pruning) failed: it is deployed.
-                Err(e) if store::view(&layout).is_ok_and(|v| v.current.as_ref() == Some(&version)) => {
+                Err(e)
+                    if store::view(&layout).is_ok_and(|v| v.current.as_ref() == Some(&version)) =>
+                {
                     tracing::warn!(%app, %version, error = %store::fetch_error(&e), "deployed, but a step after the switch failed");
                     Ok(())
                 }
-                Err(e) => Err(store::fetch_error(&e)),
+                Err(e) => Err(with_limit_hint(store::fetch_error(&e), &e, &app)),
             }
-        })
-        .await;
+        });
+        let r = bounded(job, &cancel, deadline, self.app.deploy_timeout, rx, version).await;
         self.refresh().await;
         r
     }
@@ -400,6 +510,60 @@ impl AppTask {
 
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `error`, naming the `[apps.NAME]` key that raises the limit the unpack hit, if it hit one.
+fn with_limit_hint(error: String, e: &fetch::DeployError, app: &str) -> String {
+    use crate::artifact::UnpackError;
+    let fetch::DeployError::Release(crate::release::ReleaseError::Unpack(u)) = e else {
+        return error;
+    };
+    let key = match u {
+        UnpackError::TooLarge { .. } => "max_bytes",
+        UnpackError::Expansion { .. } => "max_ratio",
+        _ => return error,
+    };
+    store::truncate(format!("{error} (apps.{app}.{key})"), store::MAX_ERROR)
+}
+
+/// Waits for a fetch `job`, cancelling it at `deadline` or when `rx` brings a deploy of a
+/// version other than `version`; a cancelled job still runs to its (prompt) end, so its
+/// staging directory is gone before the next step.
+async fn bounded(
+    mut job: tokio::task::JoinHandle<Result<(), String>>,
+    cancel: &Cancel,
+    deadline: Instant,
+    timeout: std::time::Duration,
+    rx: &watch::Receiver<Option<Submit>>,
+    version: &str,
+) -> Result<(), String> {
+    tokio::select! {
+        r = &mut job => return joined(r),
+        () = tokio::time::sleep_until(deadline) => cancel.cancel(Reason::Deadline(timeout)),
+        newer = newer_version(rx.clone(), version) => cancel.cancel(Reason::Superseded(newer)),
+    }
+    joined(job.await)
+}
+
+fn joined(r: Result<Result<(), String>, tokio::task::JoinError>) -> Result<(), String> {
+    r.unwrap_or_else(|e| Err(format!("internal error: {e}")))
+}
+
+/// Waits until `rx` (a clone: the task's own receiver still sees the change) holds a deploy
+/// of a valid version other than `version`; returns that version.
+async fn newer_version(mut rx: watch::Receiver<Option<Submit>>, version: &str) -> String {
+    loop {
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let newer = rx.borrow_and_update().as_ref().and_then(|s| {
+            (s.version != version && validate_version(&s.version).is_ok())
+                .then(|| s.version.clone())
+        });
+        if let Some(v) = newer {
+            return v;
+        }
     }
 }
 

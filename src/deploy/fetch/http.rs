@@ -12,10 +12,11 @@ use tokio::sync::mpsc;
 
 use super::FetchError;
 use super::stream::{self, Head};
+use crate::cancel::Cancel;
 
-pub fn open(url: String) -> Result<Box<dyn Read + Send>, FetchError> {
+pub fn open(url: String, cancel: &Cancel) -> Result<Box<dyn Read + Send>, FetchError> {
     let owned = url.clone();
-    let reader = stream::spawn(&url, move |head, tx| async move {
+    let reader = stream::spawn(&url, cancel, move |head, tx| async move {
         let builder = Client::builder(TokioExecutor::new());
         if owned.starts_with("https://") {
             let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
@@ -65,8 +66,15 @@ async fn get<C>(
         }
     };
     let status = resp.status().as_u16();
+    // The body must be as long as the server says (hyper stops at the length; a body cut
+    // short is caught by the stream).
+    let length = resp
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     match status {
-        200 => head.ok(),
+        200 => head.ok(length),
         404 => return head.fail(FetchError::HttpNotFound { url }),
         401 | 403 => {
             return head.fail(FetchError::AccessDenied {

@@ -6,7 +6,14 @@
 //! written; the digest is computed over the whole object (read to EOF); when an expected
 //! digest is given and differs, nothing is published — `current` is unchanged and the
 //! staging directory is removed.
+//!
+//! Every fetch ends: at most [`MAX_TRAILING`] bytes may follow the end of the archive (they
+//! are read, for the digest, but no further), a length the server announced must be the
+//! length that arrives, and the unpack options' cancellation token stops the transfer and
+//! the unpack at their next read, wherever they block (a blocked network read is woken).
+//! `file://` paths are confined to [`FileRoots`] when the caller asks for it (the agent does).
 
+pub mod error;
 pub mod file;
 pub mod http;
 pub mod s3;
@@ -15,8 +22,32 @@ pub mod stream;
 use std::io::Read;
 use std::path::PathBuf;
 
+pub use error::FetchError;
+
 use crate::artifact::UnpackOptions;
+use crate::cancel::{Cancel, CancellableRead};
 use crate::release::{self, Deployed, Layout, ReleaseError};
+
+/// Most bytes read after the unpack has finished, to complete the digest: 1 MiB. (The
+/// unpacker's read-ahead, up to about 10 MiB, may already have taken some trailing bytes.)
+pub const MAX_TRAILING: u64 = 1 << 20;
+
+/// Where `file://` artifacts may be read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileRoots {
+    /// Any path (the operator's own `droot-fleet deploy file:///...`).
+    Any,
+    /// Only regular files beneath these directories, reached without a symlink, a `..` or a
+    /// mount point (the agent: a signed URL must not read host files).
+    Only(Vec<PathBuf>),
+}
+
+impl Default for FileRoots {
+    /// None at all: `file://` is refused until roots are configured.
+    fn default() -> Self {
+        FileRoots::Only(Vec::new())
+    }
+}
 
 /// Where an artifact comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,79 +104,23 @@ pub struct FetchOptions {
     pub s3_region: Option<String>,
     /// Path-style addressing; default on when an endpoint is set (S3-compatible stores).
     pub s3_path_style: Option<bool>,
+    /// Where `file://` may read; default nowhere.
+    pub file_roots: FileRoots,
 }
 
-/// Why an artifact could not be fetched. Each names the URL; nothing was deployed.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("bad artifact URL {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error(
-        "no AWS credentials to fetch {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-         or AWS_PROFILE, or run with an instance role ({detail})"
-    )]
-    NoCredentials { url: String, detail: String },
-    #[error(
-        "{url}: no such key {key:?} in bucket {bucket:?}; check the version and that the \
-         artifact was uploaded"
-    )]
-    NoSuchKey {
-        url: String,
-        bucket: String,
-        key: String,
-    },
-    #[error("{url}: no such bucket {bucket:?}; check the URL and the endpoint/region")]
-    NoSuchBucket { url: String, bucket: String },
-    #[error(
-        "{url}: access denied ({detail}); check the access key and secret, and that the key \
-         may read this bucket"
-    )]
-    AccessDenied { url: String, detail: String },
-    #[error("{url}: not found (HTTP 404)")]
-    HttpNotFound { url: String },
-    #[error("{url}: the server answered HTTP {status}; expected 200")]
-    HttpStatus { url: String, status: u16 },
-    #[error("{url}: cannot reach {endpoint} ({detail}); check the endpoint and the network")]
-    Unreachable {
-        url: String,
-        endpoint: String,
-        detail: String,
-    },
-    #[error("{url}: no such file")]
-    NoSuchFile { url: String },
-    #[error("{url}: cannot read: {source}")]
-    File {
-        url: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{url}: {detail}")]
-    Other { url: String, detail: String },
-    #[error(
-        "{url}: sha256 mismatch: expected {expected}, got {actual} ({bytes} bytes); the \
-         artifact differs from the one the digest was taken of"
-    )]
-    DigestMismatch {
-        url: String,
-        expected: String,
-        actual: String,
-        bytes: u64,
-    },
-    #[error("{url}: the transfer failed after the unpack: {source}")]
-    Drain {
-        url: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Opens `url` as a byte stream; returns once the object is known to exist.
-pub fn open(url: &str, opts: &FetchOptions) -> Result<Box<dyn Read + Send>, FetchError> {
-    match Source::parse(url)? {
-        Source::S3 { bucket, key } => s3::open(url, bucket, key, opts.clone()),
-        Source::Http(u) => http::open(u),
-        Source::File(path) => file::open(url, &path),
-    }
+/// Opens `url` as a byte stream; returns once the object is known to exist. The stream
+/// fails at its next read once `cancel` trips.
+pub fn open(
+    url: &str,
+    opts: &FetchOptions,
+    cancel: &Cancel,
+) -> Result<Box<dyn Read + Send>, FetchError> {
+    let source = match Source::parse(url)? {
+        Source::S3 { bucket, key } => s3::open(url, bucket, key, opts.clone(), cancel),
+        Source::Http(u) => http::open(u, cancel),
+        Source::File(path) => file::open(url, &path, &opts.file_roots),
+    }?;
+    Ok(Box::new(CancellableRead::new(source, cancel.clone())))
 }
 
 /// Parses a sha256 given as 64 hex digits.
@@ -182,14 +157,32 @@ pub fn deploy(
     unpack: &UnpackOptions,
     opts: &FetchOptions,
 ) -> Result<Fetched, DeployError> {
-    let source = open(url, opts)?;
+    let cancel = &unpack.cancel;
+    let fetched = fetch_and_deploy(layout, url, expected, version, keep, unpack, opts);
+    match (fetched, cancel.reason()) {
+        (Err(_), Some(reason)) => Err(FetchError::Cancelled {
+            url: url.to_string(),
+            reason,
+        }
+        .into()),
+        (r, _) => r,
+    }
+}
+
+fn fetch_and_deploy(
+    layout: &Layout,
+    url: &str,
+    expected: Option<[u8; 32]>,
+    version: Option<&str>,
+    keep: usize,
+    unpack: &UnpackOptions,
+    opts: &FetchOptions,
+) -> Result<Fetched, DeployError> {
+    let source = open(url, opts, &unpack.cancel)?;
     let (reader, digest) = stream::hashing(source);
     let mut seen = None;
     let verify = |_: &crate::artifact::UnpackStats| -> Result<(), release::VerifyFailed> {
-        let (actual, bytes) = digest.finish().map_err(|source| FetchError::Drain {
-            url: url.to_string(),
-            source,
-        })?;
+        let (actual, bytes) = finish(url, &digest)?;
         seen = Some((actual, bytes));
         match expected {
             Some(want) if want != actual => Err(FetchError::DigestMismatch {
@@ -219,6 +212,21 @@ pub fn deploy(
     })
 }
 
+/// Reads what follows the archive (at most [`MAX_TRAILING`] bytes) and returns the digest
+/// and length of the whole object.
+fn finish(url: &str, digest: &stream::DigestHandle) -> Result<([u8; 32], u64), FetchError> {
+    digest.finish(MAX_TRAILING).map_err(|e| match e {
+        stream::Finish::Trailing => FetchError::TrailingBytes {
+            url: url.to_string(),
+            limit: MAX_TRAILING,
+        },
+        stream::Finish::Read(source) => FetchError::Drain {
+            url: url.to_string(),
+            source,
+        },
+    })
+}
+
 /// The digest mismatch behind a failed unpack, if there is one; else `err`.
 fn mismatch_or(
     url: &str,
@@ -226,7 +234,7 @@ fn mismatch_or(
     digest: &stream::DigestHandle,
     err: ReleaseError,
 ) -> DeployError {
-    match (expected, digest.finish()) {
+    match (expected, digest.finish(MAX_TRAILING)) {
         (Some(want), Ok((actual, bytes))) if want != actual => FetchError::DigestMismatch {
             url: url.to_string(),
             expected: hex::encode(want),

@@ -12,20 +12,22 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 
 use super::stream;
 use super::{FetchError, FetchOptions};
+use crate::cancel::Cancel;
 
 pub fn open(
     url: &str,
     bucket: String,
     key: String,
     opts: FetchOptions,
+    cancel: &Cancel,
 ) -> Result<Box<dyn Read + Send>, FetchError> {
     let owned = url.to_string();
-    let reader = stream::spawn(url, move |head, tx| async move {
-        let mut body = match get(&owned, &bucket, &key, &opts).await {
-            Ok(body) => body,
+    let reader = stream::spawn(url, cancel, move |head, tx| async move {
+        let (mut body, length) = match get(&owned, &bucket, &key, &opts).await {
+            Ok(got) => got,
             Err(e) => return head.fail(e),
         };
-        head.ok();
+        head.ok(length);
         while let Some(chunk) = body.next().await {
             let item = chunk.map_err(|e| io::Error::other(format!("{owned}: {e}")));
             let stop = item.is_err();
@@ -42,7 +44,7 @@ async fn get(
     bucket: &str,
     key: &str,
     opts: &FetchOptions,
-) -> Result<aws_sdk_s3::primitives::ByteStream, FetchError> {
+) -> Result<(aws_sdk_s3::primitives::ByteStream, Option<u64>), FetchError> {
     let region = RegionProviderChain::first_try(opts.s3_region.clone().map(Region::new))
         .or_default_provider()
         .or_else(Region::new("us-east-1"));
@@ -70,7 +72,10 @@ async fn get(
     let client = aws_sdk_s3::Client::from_conf(conf);
     tracing::debug!(url, ?endpoint, path_style, "s3 get");
     match client.get_object().bucket(bucket).key(key).send().await {
-        Ok(out) => Ok(out.body),
+        Ok(out) => {
+            let length = out.content_length().and_then(|n| u64::try_from(n).ok());
+            Ok((out.body, length))
+        }
         Err(e) => Err(map_error(url, bucket, key, endpoint.as_deref(), e)),
     }
 }

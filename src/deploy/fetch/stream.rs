@@ -4,12 +4,14 @@
 //! Guarantees: at most [`DEPTH`] body chunks are buffered between the network and the
 //! unpacker (no temp file, bounded memory); [`DigestHandle::finish`] drains the source to
 //! EOF first, so the digest covers the whole object, including bytes after the tar end
-//! marker and the compression trailer. A server that sends nothing for [`IDLE`] (no
-//! answer, or a body that stalls) fails the fetch instead of holding it forever, and a
-//! failure mid-body stays the reader's answer on every later read.
+//! marker and the compression trailer, but only up to a limit: an endless body after the
+//! archive fails the fetch. A server that sends nothing for [`IDLE`] (no answer, or a body
+//! that stalls) fails the fetch instead of holding it forever, a body longer or shorter than
+//! the length the server announced fails it, a tripped [`Cancel`] ends the transfer (which
+//! wakes the reader), and a failure mid-body stays the reader's answer on every later read.
 
 use std::io::{self, Read};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::FetchError;
+use crate::cancel::Cancel;
 
 /// Body chunks in flight between the runtime thread and the reader.
 pub const DEPTH: usize = 8;
@@ -119,18 +122,36 @@ impl Read for HashingReader {
     }
 }
 
+/// Why [`DigestHandle::finish`] could not complete the digest.
+#[derive(Debug)]
+pub enum Finish {
+    /// More than the allowed bytes follow what the reader took.
+    Trailing,
+    Read(io::Error),
+}
+
 impl DigestHandle {
     /// Reads the rest of the source to EOF, then returns the sha256 and the byte count of
-    /// everything the source produced.
-    pub fn finish(&self) -> io::Result<([u8; 32], u64)> {
+    /// everything the source produced. Fails when more than `max_rest` bytes are left.
+    pub fn finish(&self, max_rest: u64) -> Result<([u8; 32], u64), Finish> {
         let mut state = lock(&self.state);
         let mut buf = vec![0; 64 << 10];
+        let mut rest = 0u64;
         loop {
-            match state.read(&mut buf) {
+            let want = buf.len().min(
+                usize::try_from(max_rest.saturating_sub(rest).saturating_add(1))
+                    .unwrap_or(usize::MAX),
+            );
+            match state.read(&mut buf[..want]) {
                 Ok(0) => break,
-                Ok(_) => {}
+                Ok(n) => {
+                    rest += n as u64;
+                    if rest > max_rest {
+                        return Err(Finish::Trailing);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(Finish::Read(e)),
             }
         }
         Ok((state.hasher.clone().finalize().into(), state.bytes))
@@ -138,30 +159,43 @@ impl DigestHandle {
 }
 
 /// Reports the outcome of the request head (status, object found) back to [`spawn`].
-pub struct Head(std::sync::mpsc::SyncSender<Result<(), FetchError>>);
+pub struct Head {
+    tx: std::sync::mpsc::SyncSender<Result<(), FetchError>>,
+    announced: Arc<OnceLock<u64>>,
+}
 
 impl Head {
-    pub fn ok(self) {
-        let _ = self.0.send(Ok(()));
+    /// The object is there; `length` is the size the server announced, if it did (the
+    /// body must then be exactly that long).
+    pub fn ok(self, length: Option<u64>) {
+        if let Some(n) = length {
+            let _ = self.announced.set(n);
+        }
+        let _ = self.tx.send(Ok(()));
     }
     pub fn fail(self, e: FetchError) {
-        let _ = self.0.send(Err(e));
+        let _ = self.tx.send(Err(e));
     }
 }
 
 /// Runs `fetch` on a current-thread runtime on its own thread. `fetch` reports the response
 /// head through [`Head`], then sends body chunks until EOF (or until the reader is gone).
 /// Returns once the head is known: the typed error, or the reader of the body. Nothing from
-/// the server for [`IDLE`] ends the fetch with an error.
-pub fn spawn<F, Fut>(url: &str, fetch: F) -> Result<ChannelReader, FetchError>
+/// the server for [`IDLE`] ends the fetch with an error; `cancel` ends it at once.
+pub fn spawn<F, Fut>(url: &str, cancel: &Cancel, fetch: F) -> Result<ChannelReader, FetchError>
 where
     F: FnOnce(Head, mpsc::Sender<io::Result<Bytes>>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
-    spawn_with_idle(url, IDLE, fetch)
+    spawn_with_idle(url, IDLE, cancel, fetch)
 }
 
-fn spawn_with_idle<F, Fut>(url: &str, idle: Duration, fetch: F) -> Result<ChannelReader, FetchError>
+fn spawn_with_idle<F, Fut>(
+    url: &str,
+    idle: Duration,
+    cancel: &Cancel,
+    fetch: F,
+) -> Result<ChannelReader, FetchError>
 where
     F: FnOnce(Head, mpsc::Sender<io::Result<Bytes>>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
@@ -176,58 +210,109 @@ where
         .enable_all()
         .build()
         .map_err(|e| other(format!("cannot start the fetch runtime: {e}")))?;
-    let owned = url.to_string();
+    let announced = Arc::new(OnceLock::new());
+    let head = Head {
+        tx: head_tx,
+        announced: announced.clone(),
+    };
+    let watch = Watch {
+        url: url.to_string(),
+        idle,
+        announced,
+        cancel: cancel.clone(),
+    };
     std::thread::Builder::new()
         .name("fetch".into())
-        .spawn(move || rt.block_on(watched(owned, idle, Head(head_tx), tx, fetch)))
+        .spawn(move || rt.block_on(watched(watch, head, tx, fetch)))
         .map_err(|e| other(format!("cannot start the fetch thread: {e}")))?;
-    match head_rx.recv() {
-        Ok(Ok(())) => Ok(reader),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(other(format!(
+    match (head_rx.recv(), cancel.reason()) {
+        (Ok(Ok(())), _) => Ok(reader),
+        (Ok(Err(e)), _) => Err(e),
+        (Err(_), Some(reason)) => Err(FetchError::Cancelled {
+            url: url.to_string(),
+            reason,
+        }),
+        (Err(_), None) => Err(other(format!(
             "no answer from the server within {idle:?}; check that it is up and reachable"
         ))),
     }
 }
 
-/// Runs `fetch`, passing its chunks on to `tx`; ends it (and reports a timeout to the
-/// reader) when it produces nothing for `idle`. Time spent waiting for a slow reader does
-/// not count.
-async fn watched<F, Fut>(
+/// What [`watched`] holds the transfer to.
+struct Watch {
     url: String,
     idle: Duration,
-    head: Head,
-    tx: mpsc::Sender<io::Result<Bytes>>,
-    fetch: F,
-) where
+    /// The body length the server announced, once the head said so.
+    announced: Arc<OnceLock<u64>>,
+    cancel: Cancel,
+}
+
+impl Watch {
+    /// The error for a body that ran past, or ended short of, the announced length.
+    fn length_error(&self, got: u64, done: bool) -> Option<io::Error> {
+        let &want = self.announced.get()?;
+        let text = if got > want {
+            format!(
+                "{}: the server sent more than the {want} bytes it announced",
+                self.url
+            )
+        } else if done && got < want {
+            format!(
+                "{}: the transfer ended after {got} of the {want} bytes the server announced",
+                self.url
+            )
+        } else {
+            return None;
+        };
+        Some(io::Error::new(io::ErrorKind::InvalidData, text))
+    }
+}
+
+/// Runs `fetch`, passing its chunks on to `tx`; ends it (and reports why to the reader)
+/// when it produces nothing for `idle`, or a body off the announced length. Time spent
+/// waiting for a slow reader does not count. A tripped cancel token ends it at once: `tx`
+/// is dropped, which wakes the reader (whose [`CancellableRead`](crate::cancel) reports it).
+async fn watched<F, Fut>(watch: Watch, head: Head, tx: mpsc::Sender<io::Result<Bytes>>, fetch: F)
+where
     F: FnOnce(Head, mpsc::Sender<io::Result<Bytes>>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let (inner_tx, mut inner_rx) = mpsc::channel(DEPTH);
     let producer = fetch(head, inner_tx);
     let forward = async {
+        let mut got = 0u64;
         loop {
-            match tokio::time::timeout(idle, inner_rx.recv()).await {
-                Ok(Some(item)) => {
-                    if tx.send(item).await.is_err() {
-                        return;
+            let item = match tokio::time::timeout(watch.idle, inner_rx.recv()).await {
+                Ok(Some(Ok(chunk))) => {
+                    got += chunk.len() as u64;
+                    match watch.length_error(got, false) {
+                        Some(e) => Err(e),
+                        None => Ok(chunk),
                     }
                 }
-                Ok(None) => return,
-                Err(_) => {
-                    let e = io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("{url}: the server sent nothing for {idle:?}"),
-                    );
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
+                Ok(Some(Err(e))) => Err(e),
+                Ok(None) => match watch.length_error(got, true) {
+                    Some(e) => Err(e),
+                    None => return,
+                },
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{}: the server sent nothing for {:?}",
+                        watch.url, watch.idle
+                    ),
+                )),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
             }
         }
     };
     tokio::select! {
         () = forward => {}
         () = async { producer.await; std::future::pending::<()>().await } => {}
+        _ = watch.cancel.cancelled() => {}
     }
 }
 
@@ -242,15 +327,95 @@ mod tests {
         let mut first = [0u8; 1000];
         r.read_exact(&mut first).unwrap();
         drop(r);
-        let (digest, bytes) = h.finish().unwrap();
+        let (digest, bytes) = h.finish(u64::MAX).unwrap();
         assert_eq!(bytes, data.len() as u64);
         assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
     }
 
     #[test]
+    fn an_endless_rest_is_refused_after_the_limit() {
+        let (mut r, h) = hashing(Box::new(io::repeat(7)));
+        r.read_exact(&mut [0u8; 100]).unwrap();
+        drop(r);
+        assert!(matches!(h.finish(1 << 20), Err(Finish::Trailing)));
+        // Exactly the limit is fine.
+        let (r, h) = hashing(Box::new(io::repeat(7).take(1000)));
+        drop(r);
+        assert_eq!(h.finish(1000).unwrap().1, 1000);
+        let (r, h) = hashing(Box::new(io::repeat(7).take(1001)));
+        drop(r);
+        assert!(matches!(h.finish(1000), Err(Finish::Trailing)));
+    }
+
+    fn body(chunks: &'static [&'static [u8]], announced: Option<u64>) -> io::Result<Vec<u8>> {
+        let mut r = spawn_with_idle(
+            "http://x/l",
+            IDLE,
+            &Cancel::default(),
+            move |head, tx| async move {
+                head.ok(announced);
+                for c in chunks {
+                    tx.send(Ok(Bytes::from_static(c))).await.unwrap();
+                }
+            },
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map(|_| out)
+    }
+
+    #[test]
+    fn a_body_off_its_announced_length_fails() {
+        assert_eq!(body(&[b"ab", b"cd"], Some(4)).unwrap(), b"abcd");
+        assert_eq!(body(&[b"ab", b"cd"], None).unwrap(), b"abcd");
+        let long = body(&[b"ab", b"cd"], Some(3)).unwrap_err();
+        assert!(long.to_string().contains("more than the 3 bytes"), "{long}");
+        let short = body(&[b"ab"], Some(4)).unwrap_err();
+        assert!(
+            short.to_string().contains("after 2 of the 4 bytes"),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn a_cancel_wakes_a_reader_blocked_on_a_stalled_body() {
+        let cancel = Cancel::default();
+        let r = spawn_with_idle("http://x/c", IDLE, &cancel, |head, tx| async move {
+            head.ok(None);
+            tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+            std::future::pending::<()>().await;
+        })
+        .unwrap();
+        let mut r = crate::cancel::CancellableRead::new(r, cancel.clone());
+        let (got_tx, got) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let mut out = vec![0; 3];
+            r.read_exact(&mut out).unwrap();
+            got_tx.send(()).unwrap();
+            // Blocks on the stalled body until the cancel wakes it.
+            r.read_to_end(&mut out)
+        });
+        got.recv().unwrap();
+        cancel.cancel(crate::cancel::Reason::Shutdown);
+        let res = t.join().unwrap();
+        assert!(res.unwrap_err().to_string().contains("agent is stopping"));
+        // A head never answered is cancelled too, not waited out.
+        let cancel = Cancel::default();
+        cancel.cancel(crate::cancel::Reason::Shutdown);
+        let e = spawn_with_idle("http://x/h", IDLE, &cancel, |head, _tx| async move {
+            std::future::pending::<()>().await;
+            drop(head);
+        })
+        .err()
+        .unwrap();
+        assert!(matches!(e, FetchError::Cancelled { .. }), "{e}");
+    }
+
+    #[test]
     fn a_server_that_stalls_fails_the_head_or_the_body() {
         let idle = Duration::from_millis(200);
-        let e = spawn_with_idle("http://x/a", idle, |head, _tx| async move {
+        let never = Cancel::default();
+        let e = spawn_with_idle("http://x/a", idle, &never, |head, _tx| async move {
             std::future::pending::<()>().await;
             drop(head);
         })
@@ -258,8 +423,8 @@ mod tests {
         .expect("a stalled head fails");
         assert!(e.to_string().contains("no answer"), "{e}");
 
-        let mut r = spawn_with_idle("http://x/b", idle, |head, tx| async move {
-            head.ok();
+        let mut r = spawn_with_idle("http://x/b", idle, &never, |head, tx| async move {
+            head.ok(None);
             tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
             std::future::pending::<()>().await;
         })
