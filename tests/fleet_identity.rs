@@ -94,12 +94,28 @@ fn forged_outcomes_do_not_carry_a_broken_release_past_the_canary() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let id = event.id_hex();
-    let rolled_back =
-        agent_support::wait_for(Duration::from_secs(60), "the canary to roll back", || {
-            let p = f.progress(1, &id);
-            let rb = fleet::names(&p["rolled_back"]);
-            (rb.len() == 1).then_some(rb)
-        });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rolled_back = loop {
+        let p = f.progress(1, &id);
+        let rb = fleet::names(&p["rolled_back"]);
+        if rb.len() == 1 {
+            break rb;
+        }
+        if Instant::now() > deadline {
+            for n in 1..=3 {
+                let lines: Vec<String> = f
+                    .agent(n)
+                    .log_text()
+                    .lines()
+                    .filter(|l| l.contains(&id[..8]) || l.contains("refused") || l.contains("WARN"))
+                    .map(str::to_owned)
+                    .collect();
+                eprintln!("n{n}:\n{}", lines.join("\n"));
+            }
+            panic!("the canary did not roll back: {p}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let canary = &rolled_back[0];
     for other in nodes.iter().filter(|n| *n != canary) {
         let n = num(other);
@@ -109,6 +125,11 @@ fn forged_outcomes_do_not_carry_a_broken_release_past_the_canary() {
         );
         assert_eq!(f.get(n, "/version").as_deref(), Some("v1"), "{other}");
         let halted = format!("halted by {canary} (rolled_back)");
+        eprintln!(
+            "DEBUG {other}: {}",
+            f.status(1).get(other.as_str()).cloned().unwrap_or_default()
+        );
+        eprintln!("DEBUG progress: {}", f.progress(1, &id));
         f.wait_status(1, other, &halted, |v| v["phase"] == halted.as_str());
     }
     let p = f.progress(1, &id);

@@ -125,7 +125,11 @@ fn gossip_key_alone_cannot_join_forge_flood_or_bloat() {
     // n2's app list and the ghost's tags: no card to sign them; n1's own tags: refused as a
     // remote word about itself.
     assert!(counter(&a[0], "identity_refused") >= 2, "{}", a[0].info());
-    assert!(counter(&a[0], "superseding_refused_about_self") >= 1, "{}", a[0].info());
+    assert!(
+        counter(&a[0], "superseding_refused_about_self") >= 1,
+        "{}",
+        a[0].info()
+    );
     let kept_junk = counter(&a[0], "superseding_slots_full");
     assert!(
         kept_junk >= 16_400 - 1024,

@@ -67,7 +67,10 @@ impl GossipCore {
     }
 
     /// Builds a [`Superseding`] item for `Foca::add_broadcast` (which delivers it here
-    /// first, so it reaches [`Incoming::Superseding`] like a remote one).
+    /// first, so it reaches [`Incoming::Superseding`] like a remote one). For a slot of
+    /// this node's that it holds, the version is raised above the held one if it is not
+    /// already: what the node says last always wins, even after its item was published
+    /// again above a remote one.
     pub fn create_superseding(
         &self,
         kind: &str,
@@ -75,6 +78,11 @@ impl GossipCore {
         version: u64,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, CreateError> {
+        let held = self
+            .latest
+            .get(kind, key)
+            .filter(|i| i.origin == self.identity.name && self.kinds.is_node_owned(kind));
+        let version = held.map_or(version, |h| version.max(h.version.saturating_add(1)));
         let item = self.superseding(kind, key, version, body);
         item.validate()?;
         Ok(encode_broadcast(&Broadcast::Superseding(item))?)
@@ -178,7 +186,10 @@ impl GossipCore {
     /// A remote item about this node: refused; if it is newer than this node's own item of
     /// that slot (or as new but different), the own item is published again above it. Its
     /// own item coming back is not counted. Only slots this node holds are remembered, so
-    /// a forger cannot grow the list.
+    /// a forger cannot grow the list. With node identities, only an item this node signed
+    /// (before a restart whose clock went back) is outranked: a forgery is refused
+    /// everywhere anyway, and outranking it would only let a forger push this node's
+    /// versions ahead.
     fn refuse_about_self(&mut self, item: &Superseding) {
         let mine = self.latest.get(&item.kind, &item.key);
         if mine == Some(item) {
@@ -190,6 +201,11 @@ impl GossipCore {
         };
         if item.version > self.kinds.limits(&item.kind, self.now).max_version {
             return; // refused everywhere anyway; nothing to outrank
+        }
+        if self.identities.mode() != crate::gossip::vouch::Mode::Off
+            && self.identities.check_node_item(item).is_err()
+        {
+            return;
         }
         if item.version >= mine.version {
             let slot = (item.kind.clone(), item.key.clone());

@@ -338,3 +338,31 @@ fn a_reload_checks_the_cards_held_again() {
     assert!(!c.identities().enrolled("node4"));
     assert!(c.superseding_item(MEMBER_KIND, "node4").is_none());
 }
+
+/// Issue 15: an unsigned (forged) newer item about an enrolled node is refused and is not
+/// outranked: outranking it pushed the node's versions ahead, so its next real outcome was
+/// older than its own republished one and refused everywhere.
+#[test]
+fn a_forged_item_about_an_enrolled_node_is_not_outranked() {
+    let core = lone_core();
+    let mut kinds = crate::gossip::kinds::Kinds::default();
+    kinds.register("outcome", crate::gossip::kinds::KindPolicy::node(4));
+    core.lock().set_kinds(kinds);
+    let card = core.lock().take_card().unwrap().unwrap();
+    let mut h = core.handler();
+    assert!(h.receive_item(&card, None).unwrap().is_some());
+    let mine = core
+        .lock()
+        .create_superseding("outcome", "web@node0", 10, b"ok".to_vec())
+        .unwrap();
+    assert!(h.receive_item(&mine, None).unwrap().is_some());
+    let forged = item("node0", "outcome", "web@node0", 99_999, b"forged".to_vec());
+    let forged = encode_broadcast(&Broadcast::Superseding(forged)).unwrap();
+    assert_eq!(h.receive_item(&forged, Some(&node_id(1))).unwrap(), None);
+    let mut c = core.lock();
+    assert!(c.take_republish().is_empty());
+    assert_eq!(
+        c.superseding_item("outcome", "web@node0").unwrap().version,
+        10
+    );
+}

@@ -431,6 +431,17 @@ fn a_remote_item_about_this_node_is_refused_and_outranked() {
         (held.body.as_slice(), held.version > 500),
         (&b"ok"[..], true)
     );
+    // What the node says next still wins, whatever version its caller asks for.
+    let raised = held.version;
+    let next = c
+        .create_superseding("outcome", "web@node0", 11, b"rolled_back".to_vec())
+        .unwrap();
+    drop(c);
+    assert!(h.receive_item(&next, None).unwrap().is_some());
+    let c = core.lock();
+    let held = c.superseding_item("outcome", "web@node0").unwrap();
+    assert_eq!(held.body, b"rolled_back");
+    assert!(held.version > raised);
 }
 
 /// Issue 15: slots that together outgrow a stream frame made every push/pull with the
