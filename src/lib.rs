@@ -24,11 +24,13 @@
 //! - [`wire`]: the control API's wire types and address, shared by [`agent`] and [`api`].
 //! - [`durations`], [`atomic_file`]: duration syntax and crash-safe file replacement,
 //!   shared by [`agent`] and [`deploy`].
+//! - [`secret_file`]: reading a keyring, signing key or config with a token only when no
+//!   other user can read or change it; writing one 0600.
 //! - [`log_throttle`]: one log line per period for a failure that repeats on every retry.
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 //!
 //! Layering (imports only point left): the leaves ([`wire`], [`durations`],
-//! [`atomic_file`], [`wall`], [`log_throttle`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
+//! [`atomic_file`], [`secret_file`], [`wall`], [`log_throttle`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
 //! The agent carries the deploy tables of its config file untouched; the CLI parses them
 //! and wires the agent, the deploy controller and the API together.
 
@@ -48,6 +50,7 @@ pub mod jail;
 pub mod log_throttle;
 pub mod mountinfo;
 pub mod release;
+pub mod secret_file;
 pub mod teardown;
 pub mod wall;
 pub mod wire;
