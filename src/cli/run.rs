@@ -40,7 +40,7 @@ pub struct RunArgs {
     /// host processes and read other jails through /proc/PID/root.
     #[arg(long)]
     pub host_pid: bool,
-    /// Seccomp profile: `default` (deny the dangerous syscalls) or `unconfined` (no filter).
+    /// Seccomp profile: `default` (an allow list after Docker's) or `unconfined` (no filter).
     #[arg(long, value_enum, default_value = "default")]
     pub seccomp: SeccompProfile,
     /// Internal (the supervisor's): wait for one byte on this inherited descriptor before
@@ -62,7 +62,7 @@ pub struct RunArgs {
 /// `--seccomp` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SeccompProfile {
-    /// The built-in filter (Docker's default deny list).
+    /// The built-in allow list, after Docker's default profile.
     Default,
     /// No seccomp filter at all.
     Unconfined,
