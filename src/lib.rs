@@ -9,7 +9,7 @@
 //! - [`mountinfo`]: parsing `/proc/self/mountinfo`, and unmounting everything below a path.
 //! - [`teardown`]: `umount` and `rm` of a root.
 //! - [`jail`]: `run` — mount and PID namespaces, /dev, binds, chroot, user, capabilities,
-//!   seccomp, env, init, the pty.
+//!   seccomp, env, init, the pty, the capped log pipe of a supervised jail.
 //! - [`deploy`]: fleet deploy — the signed deploy event, rollout waves, desired state, the
 //!   artifact fetcher (`s3://`, `https://`, `file://`, streamed, sha256-checked), `[apps.NAME]`
 //!   settings, the jail supervisor, health checks, the per-app activation state machine (pure).
