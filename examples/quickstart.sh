@@ -78,7 +78,8 @@ build v3 broken
 # 2. Keys: one gossip keyring for the cluster, one deploy signing key for the operator.
 #    Agents act only on deploy events signed by a key in trusted_signing_keys.
 say "keys"
-echo "{\"primary\": \"$("$bin" keygen)\"}" >"$work/keyring.json"
+echo "+ droot-fleet keygen -o keyring.json"
+"$bin" keygen -o "$work/keyring.json" 2>/dev/null
 echo "+ droot-fleet keygen --signing -o deploy.key"
 pub=$("$bin" keygen --signing -o "$work/deploy.key" 2>/dev/null)
 echo "public key: $pub"

@@ -22,6 +22,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
+        // Exactly `mode`: the umask may have taken bits away, and a stale temp file keeps
+        // its old mode.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;

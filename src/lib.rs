@@ -9,7 +9,7 @@
 //! - [`mountinfo`]: parsing `/proc/self/mountinfo`, and unmounting everything below a path.
 //! - [`teardown`]: `umount` and `rm` of a root.
 //! - [`jail`]: `run` — mount and PID namespaces, /dev, binds, chroot, user, capabilities,
-//!   seccomp, env, init, the pty.
+//!   seccomp, env, init, the pty, the capped log pipe of a supervised jail.
 //! - [`deploy`]: fleet deploy — the signed deploy event, rollout waves, desired state, the
 //!   artifact fetcher (`s3://`, `https://`, `file://`, streamed, sha256-checked), `[apps.NAME]`
 //!   settings, the jail supervisor, health checks, the per-app activation state machine (pure).
@@ -28,12 +28,14 @@
 //!   keys).
 //! - [`cancel`]: a cancellation token that reaches blocking readers (fetch, unpack).
 //! - [`sizes`]: byte sizes as operators write them (`8GiB`).
+//! - [`secret_file`]: reading a keyring, signing key or config with a token only when no
+//!   other user can read or change it; writing one 0600.
 //! - [`log_throttle`]: one log line per period for a failure that repeats on every retry.
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 //!
 //! Layering (imports only point left): the leaves ([`wire`], [`durations`], [`sizes`],
-//! [`atomic_file`], [`wall`], [`log_throttle`], [`cancel`], [`keytext`]) ← [`gossip`] ←
-//! [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
+//! [`atomic_file`], [`secret_file`], [`wall`], [`log_throttle`], [`cancel`], [`keytext`]) ←
+//! [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
 //! The agent carries the deploy tables of its config file untouched; the CLI parses them
 //! and wires the agent, the deploy controller and the API together.
 
@@ -55,6 +57,7 @@ pub mod keytext;
 pub mod log_throttle;
 pub mod mountinfo;
 pub mod release;
+pub mod secret_file;
 pub mod sizes;
 pub mod teardown;
 pub mod wall;

@@ -98,7 +98,7 @@ fn tcp_api_requires_the_bearer_token_and_loopback() {
         ("rpc = \"tcp:127.0.0.1:18767\"".to_owned(), "rpc_token"),
     ] {
         let path = c.dir.path().join("bad.toml");
-        std::fs::write(&path, format!("{rpc_line}\n")).unwrap();
+        agent_support::write_private(&path, &format!("{rpc_line}\n"));
         let out = cli_cmd(&["agent", "--node", "bad", "--bind", "127.77.66.9:17946"])
             .arg("--config")
             .arg(&path)

@@ -225,7 +225,7 @@ fn agent_with_nofile(
     use std::os::unix::process::CommandExt;
     let name = format!("n{n}");
     let config_path = c.dir.path().join(format!("{name}.toml"));
-    std::fs::write(&config_path, config).unwrap();
+    agent_support::write_private(&config_path, config);
     let log = std::fs::File::create(c.dir.path().join(format!("{name}.log"))).unwrap();
     let mut cmd = Command::new(bin());
     cmd.env_remove("RUST_LOG")

@@ -169,6 +169,9 @@ fn a_missing_or_bad_signing_key_is_a_clear_error() {
     assert_refused(&out, &["no signing key"]);
     let bad = s.dir.path().join("bad.key");
     std::fs::write(&bad, "not a key\n").unwrap();
+    // Private, as a signing key must be: what is refused is its content.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
     let bad = bad.display().to_string();
     let out = s.run(
         &["rollback", "web", "--to", "v1", "--signing-key", &bad],

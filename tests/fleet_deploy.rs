@@ -272,7 +272,7 @@ fn untrusted_forged_stale_replayed_and_garbage_events_are_refused() {
         ..NodeSpec::default()
     };
     f.add(6, &[1], no_keys);
-    f.add(7, &[1], dev);
+    f.add(7, &[1], dev.clone());
     let agents = &f.agents;
     fleet::wait_all_alive(agents, 7);
     agents[0].wait_push_pulls(2);
@@ -327,8 +327,20 @@ fn untrusted_forged_stale_replayed_and_garbage_events_are_refused() {
     f.post(7, &stale).unwrap();
     wait_refused(five, &[&stale_ev.id_hex(), "older than the 3600s allowed"]);
 
-    // The entry check keeps no memory of ids: a replay goes out, and every node refuses it.
-    f.post(5, &e1).unwrap();
+    // A replay handed to an agent that accepted the event is refused at once, not gossiped.
+    let e = f.post(5, &e1).unwrap_err();
+    assert!(e.contains("already seen (replayed)"), "{e}");
+    assert!(e.contains("was not sent"), "{e}");
+    assert_eq!(
+        fleet::agent_log_lines(&agents[4], &[REFUSED, &ev1.id_hex(), "replayed"]),
+        0,
+        "n5 gossiped the replay it refused"
+    );
+    // Gossiped anyway, by an agent that never saw it (a fresh n8, alone until n7 bridges
+    // it in), every node refuses it.
+    f.inject_through_fresh(8, dev.clone(), 7, &e1);
+    let agents = &f.agents;
+    let five = &agents[..5];
     wait_refused(five, &[&ev1.id_hex(), "already seen (replayed)"]);
 
     let out = agents[0].cli(&["event", "_deploy", "garbage, not a deploy event"]);
@@ -352,13 +364,16 @@ fn untrusted_forged_stale_replayed_and_garbage_events_are_refused() {
     assert_eq!(releases(&f.root(6)), Vec::<String>::new());
 
     // A restarted agent still knows the ids it accepted (they are in its deploy state): the
-    // replay is refused as one again, not merely found older than the desired state.
+    // replay is refused as one again, not merely found older than the desired state, both
+    // at its API and when it arrives by gossip.
     let replayed = [REFUSED, &ev1.id_hex(), "already seen (replayed)"];
     let before = fleet::agent_log_lines(&f.agents[1], &replayed);
     f.agents[1].kill9();
     f.respawn(2);
     f.agent(2).wait_push_pulls(2);
-    f.post(7, &e1).unwrap();
+    let e = f.post(2, &e1).unwrap_err();
+    assert!(e.contains("already seen (replayed)"), "{e}");
+    f.inject_through_fresh(9, dev, 7, &e1);
     wait_for(LONG, "the restarted n2 to refuse the replay", || {
         (fleet::agent_log_lines(&f.agents[1], &replayed) > before).then_some(())
     });

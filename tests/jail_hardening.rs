@@ -1,6 +1,7 @@
 //! Regression tests for the jail escapes of issue 6 (items 7, 8, 10): host-global `/proc` and
 //! `/sys` knobs, the `open_by_handle_at` ("shocker") escape and other denied system calls, and
-//! the PID namespace that is now the default. Real busybox jails, as root.
+//! the PID namespace that is now the default; and issue 15 item 7: a call not on the seccomp
+//! allow list refused. Real busybox jails, as root.
 
 mod common;
 
@@ -190,6 +191,44 @@ fn issue6_seccomp_refuses_mounts_even_with_all_capabilities() {
     );
     assert_eq!(out, "Seccomp:\t0\nmounted\n");
     assert_no_mounts(&j.root);
+}
+
+const MEMPOLICY_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+/* get_mempolicy(NULL, NULL, 0, NULL, 0): harmless, allowed to any process by the kernel. */
+int main(void) {
+    long rc = syscall(SYS_get_mempolicy, 0, 0, 0, 0, 0);
+    if (rc != 0) { printf("errno=%d\n", errno); return 3; }
+    printf("ok\n");
+    return 0;
+}
+"#;
+
+/// Issue 15 item 7: the filter was a deny list, so a system call it did not name went
+/// through, as every call a newer kernel adds would. It is an allow list now: `get_mempolicy`,
+/// which Docker's profile allows only with CAP_SYS_NICE and the old list did not name, fails
+/// with EPERM in a default jail (as root, and with every capability), and works unconfined.
+#[test]
+fn issue15_a_syscall_not_on_the_allow_list_gets_eperm() {
+    let j = jail("seccomp allow list");
+    let outside = j.root.parent().unwrap();
+    let exe = build_static_c(outside, "mempolicy", MEMPOLICY_C);
+    std::fs::copy(&exe, j.root.join("bin/mempolicy")).unwrap();
+    let host = common::output(&mut Command::new(&exe));
+    assert_eq!(
+        String::from_utf8_lossy(&host.stdout),
+        "ok\n",
+        "the call works on this host outside any filter, or the test proves nothing"
+    );
+    for flags in [&[][..], &["--no-dropcaps"][..], &["--host-pid"][..]] {
+        let o = run(&j.root, flags, &["mempolicy"]);
+        assert_eq!(stdout(&o), "errno=1\n", "{flags:?}: {}", stderr(&o));
+    }
+    let o = run(&j.root, &["--seccomp", "unconfined"], &["mempolicy"]);
+    assert_eq!(stdout(&o), "ok\n", "unconfined: {}", stderr(&o));
 }
 
 /// A host process owned by the test, stopped on drop.

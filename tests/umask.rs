@@ -44,11 +44,11 @@ fn issue6_agent_under_umask_000_creates_no_world_writable_dirs() {
     let t = tempfile::tempdir().unwrap();
     let data = t.path().join("state/lib/data");
     let sock = t.path().join("run/droot/agent.sock");
-    let key = common::cmd().arg("keygen").output().expect("keygen");
-    assert!(key.status.success(), "keygen failed");
-    let key = String::from_utf8(key.stdout).unwrap();
     let keyring = t.path().join("keyring.json");
-    std::fs::write(&keyring, format!(r#"{{"primary": "{}"}}"#, key.trim())).unwrap();
+    let mut keygen = common::cmd();
+    keygen.arg("keygen").arg("-o").arg(&keyring);
+    let out = common::output(with_umask(&mut keygen, 0));
+    assert!(out.status.success(), "keygen -o failed");
     let mut cmd = common::cmd();
     cmd.args(["agent", "--node", "umask-1", "--bind", "127.0.66.1:7946"])
         .arg("--keyring")
@@ -126,4 +126,49 @@ fn issue6_jail_dirs_and_command_umask_ignore_the_callers_umask() {
     );
     assert!(common::output(with_umask(&mut cmd, 0)).status.success());
     assert_eq!(mode(&j.root.join("opt")), 0o755);
+}
+
+/// Issue 15, item 6: `keygen -o` writes the gossip keyring and `keygen --signing -o` the
+/// private signing key 0600 whatever the umask (000 would have made them world-writable).
+#[test]
+fn issue15_keygen_under_umask_000_writes_0600() {
+    let t = tempfile::tempdir().unwrap();
+    let ring = t.path().join("keyring.json");
+    let signing = t.path().join("deploy.key");
+    for args in [vec!["keygen", "-o"], vec!["keygen", "--signing", "-o"]] {
+        let file = if args.len() == 2 { &ring } else { &signing };
+        let mut cmd = common::cmd();
+        cmd.args(&args).arg(file);
+        let out = common::output(with_umask(&mut cmd, 0));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(mode(file), 0o600, "{args:?}: {:o}", mode(file));
+        // Never overwritten.
+        let again = common::output(with_umask(&mut cmd, 0));
+        assert!(
+            !again.status.success(),
+            "{args:?} overwrote {}",
+            file.display()
+        );
+    }
+    // The keyring is one the agent loads: one fresh key, as primary.
+    let text = std::fs::read_to_string(&ring).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let primary = v["primary"].as_str().unwrap();
+    assert!(
+        droot_fleet::gossip::Key::from_base64(primary).is_ok(),
+        "{text}"
+    );
+    // No gossip key on stdout (terminal scrollback, CI logs): only the file has it.
+    let mut cmd = common::cmd();
+    cmd.arg("keygen").arg("-o").arg(t.path().join("k2.json"));
+    let out = common::output(&mut cmd);
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -40,6 +40,10 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("the config file holds rpc_token, the control API's secret, but {0}")]
+    TokenExposed(crate::secret_file::SecretFileError),
+    #[error(transparent)]
+    File(crate::secret_file::SecretFileError),
     #[error("invalid `{field}`: {reason}")]
     Invalid { field: String, reason: String },
 }
@@ -280,15 +284,23 @@ pub fn parse_tag(text: &str) -> Result<(String, String), String> {
 }
 
 /// Reads and parses a config file.
+/// One that holds `rpc_token` is refused when another user can read or change it, or when
+/// it belongs to someone other than root or us ([`crate::secret_file`]).
 pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
+    use crate::secret_file::{Owner, SecretFileError, check_private, read_with_meta};
+    let (text, meta) = read_with_meta(path, "config file").map_err(|e| match e {
+        SecretFileError::Read { path, source, .. } => ConfigError::Read { path, source },
+        e => ConfigError::File(e),
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
         message: e.to_string(),
-    })
+    })?;
+    if file.rpc_token.as_deref().is_some_and(|t| !t.is_empty()) {
+        check_private(path, &meta, "config file", Owner::RootOrMe)
+            .map_err(ConfigError::TokenExposed)?;
+    }
+    Ok(file)
 }
 
 /// Validates the `[[handler]]` tables.

@@ -68,6 +68,8 @@ pub enum IdentityFileError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Secret(#[from] crate::secret_file::SecretFileError),
     #[error(
         "node identity {path} is not a droot-fleet identity file ({reason}); make one with \
          `droot-fleet enroll node NAME`"
@@ -85,10 +87,8 @@ pub enum IdentityFileError {
 /// Reads an identity file: the key must match the certificate. Trust and time are
 /// checked by [`check`].
 pub fn load(path: &Path) -> Result<OwnIdentity, IdentityFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| IdentityFileError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    use crate::secret_file::{Owner, read_secret};
+    let text = read_secret(path, "node identity", Owner::RootOrMe)?;
     let parse = |reason: String| IdentityFileError::Parse {
         path: path.to_owned(),
         reason,
@@ -124,8 +124,6 @@ pub fn check(
 
 /// Writes an identity file (0600) for `key` and its certificate; refuses to replace one.
 pub fn save(path: &Path, key: &SigningKey, cert: &NodeCert) -> Result<(), IdentityFileError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let file = IdentityFile {
         name: cert.name().to_owned(),
         node_key: keytext::signing_key_to_text(key).trim().to_owned(),
@@ -133,19 +131,12 @@ pub fn save(path: &Path, key: &SigningKey, cert: &NodeCert) -> Result<(), Identi
     };
     let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();
     text.push('\n');
-    let write = |source| IdentityFileError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(write)?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(write)
+    crate::secret_file::create_private(path, text.as_bytes()).map_err(|source| {
+        IdentityFileError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 /// A dev agent's identity: the dev cluster's enrollment key (beside `keyring`, made if
@@ -153,14 +144,21 @@ pub fn save(path: &Path, key: &SigningKey, cert: &NodeCert) -> Result<(), Identi
 pub fn dev(keyring: &Path, node: &str, now: u64) -> Result<IdentitySettings, IdentityFileError> {
     let dir = keyring.parent().unwrap_or(Path::new("."));
     let path = dir.join(DEV_ENROLLMENT_FILE);
-    let enrollment = match std::fs::read_to_string(&path) {
+    let read = crate::secret_file::read_secret(
+        &path,
+        "dev enrollment key",
+        crate::secret_file::Owner::RootOrMe,
+    );
+    let enrollment = match read {
         Ok(text) => keytext::signing_key_from_text(&text, "dev enrollment key").map_err(|e| {
             IdentityFileError::Parse {
                 path: path.clone(),
                 reason: e.to_string(),
             }
         })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(crate::secret_file::SecretFileError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
             let key = keytext::generate_signing_key();
             let text = keytext::signing_key_to_text(&key);
             crate::atomic_file::write_atomic(&path, text.as_bytes(), 0o600).map_err(|source| {
@@ -171,7 +169,7 @@ pub fn dev(keyring: &Path, node: &str, now: u64) -> Result<IdentitySettings, Ide
             })?;
             key
         }
-        Err(source) => return Err(IdentityFileError::Read { path, source }),
+        Err(e) => return Err(e.into()),
     };
     let node_key = keytext::generate_signing_key();
     let until = now + DEV_VALIDITY_SECS;
@@ -222,9 +220,17 @@ mod tests {
 
     #[test]
     fn a_broken_identity_file_is_named() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.identity");
         std::fs::write(&path, "{}").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("chmod 600"),
+            "a readable identity file is refused: {err}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let err = load(&path).unwrap_err().to_string();
         assert!(err.contains("enroll node"), "{err}");
         assert!(load(&dir.path().join("missing")).is_err());

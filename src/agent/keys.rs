@@ -25,8 +25,10 @@ pub const KEYS_QUERY: &str = "_droot-fleet-keys";
 /// Why the keyring file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
-    #[error("reading keyring {path}: {source}")]
-    Read {
+    #[error(transparent)]
+    Read(#[from] crate::secret_file::SecretFileError),
+    #[error("cannot create keyring {path}: {source}")]
+    Create {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -74,12 +76,11 @@ pub fn dev_keyring(data_dir: &Path) -> Result<(Keyring, PathBuf), KeysError> {
     Ok((ring, path))
 }
 
-/// Loads a keyring file.
+/// Loads a keyring file; refused when another user can read or change it, or when it
+/// belongs to someone other than root or us ([`crate::secret_file`]).
 pub fn load(path: &Path) -> Result<Keyring, KeysError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeysError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    use crate::secret_file::{Owner, read_secret};
+    let text = read_secret(path, "keyring", Owner::RootOrMe)?;
     let file: KeyringFile = serde_json::from_str(&text).map_err(|e| KeysError::Parse {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -90,14 +91,30 @@ pub fn load(path: &Path) -> Result<Keyring, KeysError> {
     })
 }
 
-/// Saves a keyring file atomically (mode 0600).
-pub fn save(path: &Path, ring: &Keyring) -> Result<(), KeysError> {
+fn keyring_json(ring: &Keyring) -> Vec<u8> {
     let file = KeyringFile::from(ring.clone());
     let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
     bytes.push(b'\n');
-    crate::atomic_file::write_atomic(path, &bytes, 0o600).map_err(|source| KeysError::Write {
-        path: path.to_owned(),
-        source,
+    bytes
+}
+
+/// Saves a keyring file atomically (mode 0600).
+pub fn save(path: &Path, ring: &Keyring) -> Result<(), KeysError> {
+    crate::atomic_file::write_atomic(path, &keyring_json(ring), 0o600).map_err(|source| {
+        KeysError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Writes a new keyring file, 0600 whatever the umask; an existing file is never replaced.
+pub fn create(path: &Path, ring: &Keyring) -> Result<(), KeysError> {
+    crate::secret_file::create_private(path, &keyring_json(ring)).map_err(|source| {
+        KeysError::Create {
+            path: path.to_owned(),
+            source,
+        }
     })
 }
 

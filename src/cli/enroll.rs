@@ -11,8 +11,6 @@
 //! signing key is kept (off the hosts). An identity file holds a host's private node key;
 //! it is written 0600 and never replaced.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -197,8 +195,8 @@ fn time_text(secs: u64) -> String {
 }
 
 fn read_enrollment_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read enrollment key {}", path.display()))?;
+    use crate::secret_file::{Owner, read_secret};
+    let text = read_secret(path, "enrollment key", Owner::Any)?;
     Ok(keytext::signing_key_from_text(
         &text,
         &format!("enrollment key {}", path.display()),
@@ -206,18 +204,10 @@ fn read_enrollment_key(path: &Path) -> anyhow::Result<SigningKey> {
 }
 
 fn write_new_0600(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "cannot create {} (it must not exist yet; a key is never overwritten)",
-                path.display()
-            )
-        })?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
+    crate::secret_file::create_private(path, bytes).with_context(|| {
+        format!(
+            "cannot create {} (it must not exist yet; a key is never overwritten)",
+            path.display()
+        )
+    })
 }

@@ -40,13 +40,20 @@ pub struct RunArgs {
     /// host processes and read other jails through /proc/PID/root.
     #[arg(long)]
     pub host_pid: bool,
-    /// Seccomp profile: `default` (deny the dangerous syscalls) or `unconfined` (no filter).
+    /// Seccomp profile: `default` (an allow list after Docker's) or `unconfined` (no filter).
     #[arg(long, value_enum, default_value = "default")]
     pub seccomp: SeccompProfile,
     /// Internal (the supervisor's): wait for one byte on this inherited descriptor before
     /// doing anything; EOF ends `run` unstarted (exit 125).
     #[arg(long, value_name = "FD", hide = true, value_parser = clap::value_parser!(i32).range(3..))]
     pub start_gate: Option<i32>,
+    /// Internal (the supervisor's): the jail's stdout and stderr go through a pipe into
+    /// this file, which `run` caps and rotates to FILE.1; `run`'s own messages follow it.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub log_file: Option<PathBuf>,
+    /// Internal: the size at which --log-file is rotated.
+    #[arg(long, value_name = "BYTES", hide = true, requires = "log_file", default_value_t = 10 << 20)]
+    pub log_cap: u64,
     /// The command and its arguments, looked up on the jail's PATH.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -55,7 +62,7 @@ pub struct RunArgs {
 /// `--seccomp` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SeccompProfile {
-    /// The built-in filter (Docker's default deny list).
+    /// The built-in allow list, after Docker's default profile.
     Default,
     /// No seccomp filter at all.
     Unconfined,
@@ -85,6 +92,10 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         host_pid: args.host_pid,
         seccomp_unconfined: args.seccomp == SeccompProfile::Unconfined,
         command: args.command,
+        log: args.log_file.map(|path| jail::LogSpec {
+            path,
+            cap: args.log_cap,
+        }),
     };
     let result = JailSpec::build(input).and_then(|spec| jail::run(&spec));
     match result {

@@ -1,7 +1,6 @@
-//! `keygen`: a cluster key (default) or, with `--signing`, an Ed25519 deploy signing key.
+//! `keygen`: a cluster key (printed, or with `-o` a new 0600 keyring file) or, with `--signing`,
+//! an Ed25519 deploy signing key.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -17,8 +16,9 @@ pub struct KeygenArgs {
     /// to -o FILE (mode 0600), the public key (for trusted_signing_keys) to stdout.
     #[arg(long, requires = "output")]
     pub signing: bool,
-    /// Where to write the private signing key; refused if the file exists.
-    #[arg(short, long, value_name = "FILE", requires = "signing")]
+    /// Write to FILE (mode 0600 whatever the umask; refused if it exists) instead of
+    /// printing: a keyring with one new cluster key, or with --signing the private key.
+    #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
 
@@ -49,9 +49,11 @@ impl SigningKeyArg {
     }
 }
 
+/// The key file must be private to its owner; who owns it is not checked (the operator
+/// often runs the CLI through `sudo`, on a 0600 key of their own).
 fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read signing key {}", path.display()))?;
+    use crate::secret_file::{Owner, read_secret};
+    let text = read_secret(path, "signing key", Owner::Any)?;
     Ok(signed::signing_key_from_text(
         &text,
         &format!("signing key {}", path.display()),
@@ -59,27 +61,37 @@ fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
 }
 
 pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
-    let Some(out) = args.output.filter(|_| args.signing) else {
+    let Some(out) = args.output else {
         return super::fleet::keygen();
     };
+    if !args.signing {
+        return keygen_keyring(&out);
+    }
     let key = signed::generate_signing_key();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&out)
+    crate::secret_file::create_private(&out, signed::signing_key_to_text(&key).as_bytes())
         .with_context(|| {
             format!(
                 "cannot create {} (it must not exist yet; a key is never overwritten)",
                 out.display()
             )
         })?;
-    f.write_all(signed::signing_key_to_text(&key).as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", out.display()))?;
     println!("{}", signed::public_key_text(&key.verifying_key()));
     eprintln!(
         "wrote the private key to {} (0600); add the public key above to trusted_signing_keys",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keygen -o FILE`: a new keyring file with one fresh key (the cluster's first), 0600.
+/// The key is not printed: the file is the only copy to hand to the other hosts.
+fn keygen_keyring(out: &Path) -> anyhow::Result<ExitCode> {
+    let ring = crate::gossip::Keyring::new(crate::gossip::Key::generate(&mut rand::rng()));
+    crate::agent::keys::create(out, &ring).context(
+        "the keyring must not exist yet (a key is never overwritten; rotate keys with `keys`)",
+    )?;
+    eprintln!(
+        "wrote a new keyring to {} (0600); copy it to every host, keeping it 0600",
         out.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -406,6 +406,14 @@ impl Verifier {
 
     /// Verifies `bytes` received at `now` (unix seconds) and records its id.
     pub fn accept(&mut self, bytes: &[u8], now: u64) -> Result<SignedEvent, VerifyError> {
+        let signed = self.check(bytes, now)?;
+        self.seen.insert(signed.event.id, signed.event.issued_at_ms);
+        Ok(signed)
+    }
+
+    /// Verifies `bytes` as [`Self::accept`] would (signature, age, replay) without
+    /// recording its id.
+    pub fn check(&self, bytes: &[u8], now: u64) -> Result<SignedEvent, VerifyError> {
         let signed = SignedEvent::decode_trusted(bytes, &self.policy.trusted)?;
         let ev = &signed.event;
         let at = ev.issued_at_ms / 1000;
@@ -426,7 +434,6 @@ impl Verifier {
         if self.seen.is_replay(&ev.id, ev.issued_at_ms) {
             return Err(VerifyError::Replayed { id: ev.id_hex() });
         }
-        self.seen.insert(ev.id, ev.issued_at_ms);
         Ok(signed)
     }
 }

@@ -31,13 +31,16 @@
 //!   ([`process`]).
 //! - A failure after the fork (mount refused, command not found, ...) travels back to the
 //!   parent over a close-on-exec pipe as a typed [`JailError`], so the caller sees one error.
+//! - A supervised jail (`run --log-file`) writes its stdout and stderr into a pipe that `run`
+//!   copies into the app's log, capped and rotated by rename; the jail never holds the log
+//!   file ([`output`]).
 //!
 //! # Layout
 //! [`spec`] (pure flag parsing into a [`JailSpec`]), [`user`] (passwd/group), [`env`](mod@env)
 //! (environment and `PATH`), [`paths`] (symlink-safe walk), [`etc_copy`] (`--cp`), [`mounts`]
 //! (namespace, proc, sys, binds), [`procfs`] (read-only and masked kernel paths), [`devices`]
-//! (`/dev`), [`caps`], [`seccomp`], [`tty`] (session, pty relay), [`process`] (fork, init,
-//! signals, exec).
+//! (`/dev`), [`caps`], [`seccomp`], [`tty`] (session, pty relay), [`output`] (the log pipe),
+//! [`process`] (fork, init, signals, exec).
 //!
 //! [`run`] forks, so it must be called from a single-threaded process (the `run` command
 //! never starts a tokio runtime).
@@ -47,6 +50,7 @@ pub mod devices;
 pub mod env;
 pub mod etc_copy;
 pub mod mounts;
+pub mod output;
 pub mod paths;
 pub mod process;
 pub mod procfs;
@@ -60,6 +64,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use output::LogSpec;
 pub use process::{JailExit, run};
 pub use spec::{BindMount, JailSpec, SpecInput};
 
@@ -162,6 +167,8 @@ pub enum JailError {
     Sys { op: String, err: SysErr },
     #[error("the jail's set-up process failed without a report: {reason}")]
     ChildLost { reason: String },
+    #[error("cannot open the app log {path}: {reason} (jail not started)")]
+    Log { path: PathBuf, reason: String },
 }
 
 impl JailError {

@@ -33,7 +33,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::paths::{self, Kind};
 use super::spec::JailSpec;
 use super::user::{self, UserDb};
-use super::{JailError, caps, devices, env, etc_copy, mounts, procfs, seccomp, tty};
+use super::{JailError, caps, devices, env, etc_copy, mounts, output, procfs, seccomp, tty};
 
 /// How the jailed command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,8 @@ struct Plan<'a> {
     seccomp: Option<seccomp::Filter>,
     /// The child's end of the console socket when stdin is a terminal ([`tty`]).
     console: Option<RawFd>,
+    /// The output pipe of a supervised jail ([`output`]).
+    output: Option<output::ChildFds>,
 }
 
 /// Runs `spec` and returns how the command ended. Set-up failures (also those that happen
@@ -127,7 +129,12 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         true => Some(seccomp::Filter::compile()?),
         false => None,
     };
-    let console = tty::socket_if_terminal()?;
+    // A logged jail has no terminal: its output goes to the log.
+    let output = spec.log.as_ref().map(output::Output::open).transpose()?;
+    let console = match output {
+        Some(_) => None,
+        None => tty::socket_if_terminal()?,
+    };
     let plan = Plan {
         spec,
         root,
@@ -135,6 +142,7 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         host_db,
         seccomp,
         console: console.as_ref().map(|c| c.child.as_raw_fd()),
+        output: output.as_ref().map(output::Output::child_fds),
     };
     let (report_rd, report_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys("pipe2", e))?;
@@ -148,18 +156,34 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&wait_set), Some(&mut old_mask))
         .map_err(|e| JailError::sys("block signals", e))?;
 
-    let result = spawn_and_supervise(&plan, console, report_rd, report_wr, &wait_set);
+    let streams = Streams {
+        console,
+        output,
+        report: (report_rd, report_wr),
+    };
+    let result = spawn_and_supervise(&plan, streams, &wait_set);
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     result
 }
 
+/// The parent's ends of what connects it to the child.
+struct Streams {
+    console: Option<tty::ConsoleSocket>,
+    output: Option<output::Output>,
+    /// The child's error report: read end, write end.
+    report: (OwnedFd, OwnedFd),
+}
+
 fn spawn_and_supervise(
     plan: &Plan<'_>,
-    console: Option<tty::ConsoleSocket>,
-    rd: OwnedFd,
-    wr: OwnedFd,
+    streams: Streams,
     wait_set: &SigSet,
 ) -> Result<JailExit, JailError> {
+    let Streams {
+        console,
+        output,
+        report: (rd, wr),
+    } = streams;
     let mut flags = CloneFlags::CLONE_NEWNS;
     if plan.spec.pid_ns {
         flags |= CloneFlags::CLONE_NEWPID;
@@ -179,6 +203,28 @@ fn spawn_and_supervise(
     }
     .map_err(|e| JailError::sys("clone (new mount/PID namespace)", e))?;
     drop(wr);
+    let pump = match output.map(output::Output::start).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            return Err(e);
+        }
+    };
+    let result = wait_child(child, console, rd, wait_set);
+    if let Some(p) = pump {
+        p.finish(output::FINISH_DEADLINE);
+    }
+    result
+}
+
+/// After the clone: the child's report, then the relay or the wait until it exits.
+fn wait_child(
+    child: Pid,
+    console: Option<tty::ConsoleSocket>,
+    rd: OwnedFd,
+    wait_set: &SigSet,
+) -> Result<JailExit, JailError> {
     // The pty is opened in the jail; its master comes back over the console socket.
     let master = console
         .map(|c| {
@@ -186,11 +232,7 @@ fn spawn_and_supervise(
             tty::receive_master(&c.parent)
         })
         .transpose();
-    tracing::debug!(
-        pid = child.as_raw(),
-        pid_ns = plan.spec.pid_ns,
-        "jail process started"
-    );
+    tracing::debug!(pid = child.as_raw(), "jail process started");
     if let Some(err) = read_report(rd) {
         let _ = waitpid(child, None);
         return Err(err);
@@ -293,6 +335,11 @@ fn report_and_exit(wr: RawFd, err: &JailError) -> ! {
 
 /// The cloned child. Never returns: it execs the command, runs init, or reports and exits.
 fn child_main(plan: &Plan<'_>, wr: RawFd, wait_set: &SigSet) -> isize {
+    if let Some(fds) = plan.output
+        && let Err(e) = output::redirect_in_child(fds)
+    {
+        report_and_exit(wr, &e);
+    }
     let mut launch = match prepare(plan) {
         Ok(l) => l,
         Err(e) => report_and_exit(wr, &e),

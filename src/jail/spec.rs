@@ -40,6 +40,9 @@ pub struct JailSpec {
     pub seccomp: bool,
     /// The command and its arguments; never empty.
     pub command: Vec<String>,
+    /// Stdout and stderr through a pipe into this capped log ([`super::output`]); `None`:
+    /// the caller's own.
+    pub log: Option<super::LogSpec>,
 }
 
 /// Raw, unvalidated inputs (as strings from the command line).
@@ -58,6 +61,8 @@ pub struct SpecInput {
     /// `--seccomp unconfined`: no seccomp filter.
     pub seccomp_unconfined: bool,
     pub command: Vec<String>,
+    /// `--log-file PATH` (absolute) and `--log-cap BYTES`.
+    pub log: Option<super::LogSpec>,
 }
 
 fn invalid(arg: &str, reason: impl Into<String>) -> JailError {
@@ -106,6 +111,16 @@ impl JailSpec {
         for a in &input.command {
             no_nul(a)?;
         }
+        if let Some(log) = &input.log {
+            let p = log.path.to_string_lossy();
+            no_nul(&p)?;
+            if !log.path.is_absolute() {
+                return Err(invalid(&p, "--log-file must be an absolute path"));
+            }
+            if log.cap == 0 {
+                return Err(invalid("0", "--log-cap must be at least 1 byte"));
+            }
+        }
         Ok(JailSpec {
             root: input.root,
             user: input.user,
@@ -117,6 +132,7 @@ impl JailSpec {
             pid_ns: !input.host_pid,
             seccomp: !input.seccomp_unconfined,
             command: input.command,
+            log: input.log,
         })
     }
 }

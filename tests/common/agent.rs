@@ -121,7 +121,7 @@ timeout = "5s"
         let name = format!("n{n}");
         let data_dir = self.dir.path().join(&name);
         let config = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&config, self.config(extra)).unwrap();
+        write_private(&config, &self.config(extra));
         let identity = Some(self.enrollment.identity(&name));
         let mut agent = Agent {
             name,
@@ -201,16 +201,26 @@ impl Enrollment {
     }
 }
 
-/// Writes a fresh random keyring file.
+/// Writes a fresh random keyring file (0600, as the agent requires: `keygen -o`).
 pub fn write_keyring(path: &Path) {
-    let out = Command::new(bin()).arg("keygen").output().unwrap();
-    assert!(out.status.success());
-    let key = String::from_utf8(out.stdout).unwrap();
-    std::fs::write(
-        path,
-        format!("{{\"primary\": \"{}\", \"keys\": []}}", key.trim()),
-    )
-    .unwrap();
+    let out = Command::new(bin())
+        .arg("keygen")
+        .arg("-o")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keygen -o: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes a file only its owner can read (a config that may hold `rpc_token`).
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// A running agent; SIGKILLed on drop.

@@ -214,6 +214,21 @@ impl Fleet {
         spawn(self.garage.as_ref(), &mut self.agents[usize::from(n) - 1]);
     }
 
+    /// Hands `event` to a new agent `n` that never saw anything (started alone, with
+    /// `spec`), so its entry check passes, then bridges it into the fleet: node `bridge`
+    /// restarts joining it and node 1. Its push/pulls carry `n`'s event log to everyone,
+    /// as an attacker's gossip would.
+    pub fn inject_through_fresh(&mut self, n: u8, spec: NodeSpec, bridge: u8, event: &[u8]) {
+        self.add(n, &[], spec);
+        self.post(n, event)
+            .expect("an agent that never saw the event gossips it");
+        let (fresh, first) = (self.addr(n), self.addr(1));
+        let b = &mut self.agents[usize::from(bridge) - 1];
+        b.kill9();
+        b.join = vec![fresh, first];
+        self.respawn(bridge);
+    }
+
     pub fn agent(&self, n: u8) -> &Agent {
         &self.agents[usize::from(n) - 1]
     }

@@ -397,15 +397,11 @@ impl Lab {
         let keyring = dir.path().join("keyring.json");
         let out = Command::new(&bin)
             .arg("keygen")
+            .arg("-o")
+            .arg(&keyring)
             .output()
             .expect("run keygen");
-        assert!(out.status.success(), "droot-fleet keygen failed");
-        let key = String::from_utf8(out.stdout).unwrap();
-        std::fs::write(
-            &keyring,
-            format!("{{\"primary\": \"{}\", \"keys\": []}}", key.trim()),
-        )
-        .unwrap();
+        assert!(out.status.success(), "droot-fleet keygen -o failed");
         let events_dir = dir.path().join("events");
         std::fs::create_dir_all(&events_dir).unwrap();
         Lab {

@@ -165,7 +165,7 @@ pub fn spawn_agent(
     let name = format!("n{n}");
     let data_dir = c.dir.path().join(&name);
     let config_path = c.dir.path().join(format!("{name}.toml"));
-    std::fs::write(&config_path, config).unwrap();
+    super::agent_support::write_private(&config_path, config);
     let log = c.dir.path().join(format!("{name}.log"));
     let log = std::fs::File::create(log).unwrap();
     let mut cmd = Command::new(bin());

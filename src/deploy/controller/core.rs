@@ -473,10 +473,10 @@ impl Core {
     }
 
     /// Checks an event the local operator hands in, as a receiver would (signature,
-    /// age), without recording it: a refused one is an error for the operator at once.
+    /// age, replay), without recording it: a refused one is an error for the operator at
+    /// once, and a replay is never gossiped.
     pub fn admit(&self, bytes: &[u8], now: u64) -> Result<DeployEvent, VerifyError> {
-        let mut probe = Verifier::new(self.verifier.policy.clone(), 1);
-        probe.accept(bytes, now).map(|s| s.event)
+        self.verifier.check(bytes, now).map(|s| s.event)
     }
 
     /// The desired event of `app`.

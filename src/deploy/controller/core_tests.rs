@@ -393,6 +393,21 @@ fn a_superseded_event_is_done_and_a_refused_one_is_not_admitted() {
     assert_eq!(activations(&c.on_event(&ok, NOW)), ["v3"]);
 }
 
+/// Regression: the entry agent checked signature and age only, so a replayed event handed
+/// to `POST /v1/deploy` was gossiped for every other node to refuse. It is refused at once.
+#[test]
+fn a_replayed_event_is_not_admitted_by_the_entry_agent() {
+    let key = generate_signing_key();
+    let mut c = core("a", &key);
+    let ev = event(&key, "v1", NOW, 1, Rollout::default());
+    assert!(c.admit(&ev, NOW).is_ok());
+    assert_eq!(activations(&c.on_event(&ev, NOW)), ["v1"]);
+    match c.admit(&ev, NOW + 1) {
+        Err(VerifyError::Replayed { id }) => assert_eq!(id, hex::encode([1; 16])),
+        other => panic!("a replay was admitted: {other:?}"),
+    }
+}
+
 /// Regression: the accepted ids lived in memory only, so after a restart a replay was not
 /// refused as one (only found older than the desired state). They are persisted now.
 #[test]

@@ -86,10 +86,17 @@ impl DeployView for Shared {
     }
 
     fn admit(&self, event: &[u8]) -> Result<String, String> {
+        use crate::deploy::signed::VerifyError;
         self.core()
             .admit(event, crate::wall::secs())
             .map(|e| e.id_hex())
-            .map_err(|e| format!("{e}; this agent would not act on it, so it was not sent"))
+            .map_err(|e| match e {
+                VerifyError::Replayed { .. } => format!(
+                    "{e}: this agent has accepted it before, so it was not sent; \
+                     a deploy event is accepted once: sign a new one to deploy again"
+                ),
+                e => format!("{e}; this agent would not act on it, so it was not sent"),
+            })
     }
 }
 

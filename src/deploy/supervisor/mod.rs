@@ -6,9 +6,10 @@
 //!   that forks and blocks signals, which needs a single-threaded caller. `run` gives it its
 //!   own mount and PID namespaces, and its init dies with `run` (PDEATHSIG), so killing the
 //!   `run` process and its init ends the whole jail.
-//! - The jail runs in its own process group with stdin on /dev/null and stdout and stderr
-//!   appended to `STATE_DIR/APP.log` (capped, see [`AppLog`]), so it keeps running and
-//!   logging when the supervisor exits.
+//! - The jail runs in its own process group with stdin on /dev/null. Its stdout and stderr
+//!   go through a pipe that its `run` process copies into `STATE_DIR/APP.log`, capped and
+//!   rotated by rename to `APP.log.1` ([`crate::jail::output`]; the jail never holds the
+//!   file), so it keeps running and logging when the supervisor exits.
 //! - `STATE_DIR/APP.pid` records pid, start time and release. [`Supervisor::manage`] adopts
 //!   a jail still running from an earlier supervisor instead of starting a second copy, and
 //!   refuses a pid that now names another process. An adopted jail is not our child: it is
@@ -42,7 +43,8 @@ pub struct SupervisorOptions {
     pub exe: PathBuf,
     /// Pid files and logs, one of each per app. Created 0700.
     pub state_dir: PathBuf,
-    /// Size above which an app's log is rotated (one old copy is kept).
+    /// Size at which an app's log is rotated (one old copy is kept: at most twice this on
+    /// disk per app).
     pub log_cap: u64,
 }
 

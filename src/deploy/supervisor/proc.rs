@@ -1,5 +1,5 @@
 //! The supervisor's process plumbing: pid files, `/proc/PID/stat` start times, pidfds and the
-//! capped log file.
+//! app log's name and flags.
 //!
 //! Guarantees:
 //! - A pid file names a process by pid **and** start time (field 22 of `/proc/PID/stat`, in
@@ -239,12 +239,10 @@ pub async fn wait_pidfd(fd: OwnedFd) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), afd.readable()).await;
 }
 
-/// A per-app log file the jail writes to directly (so a jail outlives its supervisor without
-/// losing its output), kept under a size cap by [`AppLog::enforce_cap`]: when it grows past
-/// the cap it is copied to `NAME.log.1` (replacing the previous one) and truncated in place.
-/// The jail holds it open with O_APPEND, so its next write lands at the new end. Lines
-/// written between the copy and the truncation are lost; the supervisor checks every second,
-/// so the disk use is about `2 * cap` plus what the app writes in a second.
+/// A per-app log file: `NAME.log`, and `NAME.log.1` once rotated. The jail's output reaches
+/// it through a pipe that its `droot-fleet run` process reads, caps and rotates by rename
+/// ([`crate::jail::output`]); the supervisor only opens it for `run`'s own first messages
+/// and names it with `--log-file`, so a jail outlives its supervisor without losing its output.
 #[derive(Debug, Clone)]
 pub struct AppLog {
     pub path: PathBuf,
@@ -252,33 +250,59 @@ pub struct AppLog {
 }
 
 impl AppLog {
-    /// Opens the log for appending, for the jail's stdout and stderr.
+    /// Opens the log for appending, for `run`'s own stdout and stderr until it opens it
+    /// itself.
     pub fn open(&self) -> io::Result<File> {
         OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&self.path)
     }
 
-    /// Rotates the log when it is above the cap; returns whether it did.
-    pub fn enforce_cap(&self) -> io::Result<bool> {
-        let len = match fs::metadata(&self.path) {
-            Ok(m) => m.len(),
+    /// The `run` flags that hand the log to the jail's process.
+    pub fn run_args(&self) -> [std::ffi::OsString; 4] {
+        [
+            "--log-file".into(),
+            self.path.clone().into(),
+            "--log-cap".into(),
+            self.cap.to_string().into(),
+        ]
+    }
+
+    /// For a jail adopted from a release before `run --log-file`, whose output still goes to
+    /// the file itself: above the cap the file is emptied in place (never copied: the jail
+    /// may have made it a huge sparse file). Returns whether it did.
+    pub fn enforce_legacy_cap(&self) -> io::Result<bool> {
+        let len = match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
         if len <= self.cap {
             return Ok(false);
         }
-        let old = self.path.with_extension("log.1");
-        fs::copy(&self.path, &old)?;
         OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&self.path)?
             .set_len(0)?;
         Ok(true)
     }
+}
+
+/// Whether the `run` process `pid` writes its log itself (`run --log-file`), judged from its
+/// command line; `false` for a jail started by a release before that flag.
+pub fn runs_with_log(pid: i32) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    cmdline
+        .split(|b| *b == 0)
+        .take_while(|a| *a != b"--")
+        .any(|a| a == b"--log-file")
 }
 
 #[cfg(test)]
@@ -325,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn log_is_rotated_above_the_cap() {
+    fn a_legacy_log_is_emptied_in_place_never_copied() {
         let dir = tempfile::tempdir().unwrap();
         let log = AppLog {
             path: dir.path().join("a.log"),
@@ -333,14 +357,12 @@ mod tests {
         };
         let mut f = log.open().unwrap();
         f.write_all(b"0123456789").unwrap();
-        assert!(!log.enforce_cap().unwrap());
-        f.write_all(b"abc").unwrap();
-        assert!(log.enforce_cap().unwrap());
-        f.write_all(b"new").unwrap();
-        assert_eq!(fs::read(&log.path).unwrap(), b"new");
-        assert_eq!(
-            fs::read(dir.path().join("a.log.1")).unwrap(),
-            b"0123456789abc"
-        );
+        assert!(!log.enforce_legacy_cap().unwrap());
+        // What a jail holding the file could do: a 3 GB sparse file.
+        f.set_len(3_000_000_000).unwrap();
+        assert!(log.enforce_legacy_cap().unwrap());
+        assert_eq!(fs::metadata(&log.path).unwrap().len(), 0);
+        assert!(!dir.path().join("a.log.1").exists(), "copied");
+        assert!(!runs_with_log(std::process::id() as i32));
     }
 }

@@ -42,6 +42,9 @@ struct Running {
     pidfd: AsyncFd<OwnedFd>,
     child: Option<tokio::process::Child>,
     started: Instant,
+    /// Adopted from a release whose jails write the log file themselves: the supervisor
+    /// caps it ([`AppLog::enforce_legacy_cap`]) until the jail is restarted.
+    legacy_log: bool,
 }
 
 impl Running {
@@ -143,11 +146,16 @@ impl AppTask {
             }
         };
         tracing::info!(app = %name, pid = rec.pid, release = %rec.release, "adopted a running jail");
+        let legacy_log = !proc::runs_with_log(rec.pid);
+        if legacy_log {
+            tracing::warn!(app = %name, pid = rec.pid, "this jail was started by an older release and writes its log file itself: the log is emptied above the cap, not rotated, until the app restarts");
+        }
         self.running = Some(Running {
             pid: rec.pid,
             pidfd: proc::async_pidfd(fd).map_err(io_err("cannot watch the adopted jail"))?,
             child: None,
             started: Instant::now(),
+            legacy_log,
         });
         self.status.send_modify(|s| {
             s.state = State::Running;
@@ -164,6 +172,7 @@ impl AppTask {
         let mut log_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let restart_at = self.restart_at;
+            let legacy_log = self.running.as_ref().is_some_and(|r| r.legacy_log);
             let running = self.running.as_mut();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -189,9 +198,9 @@ impl AppTask {
                         self.set_failed(e.to_string());
                     }
                 }
-                _ = log_tick.tick() => {
-                    if let Err(e) = self.log.enforce_cap() {
-                        tracing::warn!(app = %self.app.name, error = %e, "cannot rotate the app log");
+                _ = log_tick.tick(), if legacy_log => {
+                    if let Err(e) = self.log.enforce_legacy_cap() {
+                        tracing::warn!(app = %self.app.name, error = %e, "cannot cap the app log");
                     }
                 }
             }
@@ -277,7 +286,7 @@ impl AppTask {
         // The jail waits until its pid file is written: if this agent dies before, nobody
         // could find (adopt or stop) it, so it must not start at all.
         let gate = proc::StartGate::new().map_err(spawn_err)?;
-        args.splice(3..3, gate.args());
+        args.splice(3..3, gate.args().into_iter().chain(self.log.run_args()));
         let io_err = |what, path: &PathBuf| {
             let path = path.clone();
             move |source| SupervisorError::Io { what, path, source }
@@ -319,6 +328,7 @@ impl AppTask {
             pidfd: proc::async_pidfd(fd).map_err(spawn_err)?,
             child: Some(child),
             started: Instant::now(),
+            legacy_log: false,
         });
         tracing::info!(app = %self.app.name, pid, release = %release, "jail started");
         self.status.send_modify(|s| {
