@@ -48,10 +48,6 @@ use super::versioned::{Extension, ext};
 /// foca instantiated with our identity, codec and handler.
 pub type GossipFoca<R> = foca::Foca<NodeId, foca::PostcardCodec, R, GossipHandler>;
 
-/// Most bytes of slots one push/pull state carries, so that the state (with its member
-/// list and recent events) stays well within one stream frame whatever the slots hold.
-pub const PUSH_PULL_SLOT_BYTES: usize = 5 * 1024 * 1024;
-
 /// Key foca uses to replace/dedupe queued broadcasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BroadcastKey {
@@ -393,115 +389,6 @@ impl GossipCore {
         Ok((q, bytes))
     }
 
-    /// Our state for a push/pull exchange, to be encoded at wire `version` (what the
-    /// peer reads; capped at ours). `members` is foca's
-    /// `iter_membership_state().cloned()`.
-    pub fn push_pull_state(
-        &self,
-        members: impl IntoIterator<Item = foca::Member<NodeId>>,
-        version: u16,
-    ) -> PushPullState {
-        let version = version.clamp(1, PROTOCOL_VERSION);
-        let mut extensions = Vec::new();
-        if version >= 2 {
-            let items = self.items_for_push_pull();
-            let signed = version >= 3;
-            extensions.push(Extension {
-                tag: if signed {
-                    ext::SIGNED_SUPERSEDING
-                } else {
-                    ext::SUPERSEDING
-                },
-                bytes: super::supersede::encode_items(&items, signed),
-            });
-        }
-        PushPullState {
-            version,
-            extensions,
-            from: self.identity.clone(),
-            tags: self.tags.clone(),
-            members: members.into_iter().collect(),
-            event_ltime: self.event_clock.time(),
-            query_ltime: self.query_clock.time(),
-            events: self.events.recent().cloned().collect(),
-        }
-    }
-
-    /// The slots a push/pull state carries: all of them, unless they take more than
-    /// [`PUSH_PULL_SLOT_BYTES`]; then fleet kinds first, then node kinds (this node's
-    /// own first), then unknown kinds, and the rest left to gossip and later exchanges.
-    fn items_for_push_pull(&self) -> Vec<&Superseding> {
-        if self.latest.bytes() <= PUSH_PULL_SLOT_BYTES {
-            return self.latest.items().collect();
-        }
-        let me = &self.identity.name;
-        let rank = |i: &Superseding| match self.kinds.policy(&i.kind).map(|p| p.owner) {
-            Some(super::kinds::Owner::Fleet) => 0,
-            Some(super::kinds::Owner::Node) if i.origin == *me => 1,
-            Some(super::kinds::Owner::Node) => 2,
-            None => 3,
-        };
-        let mut items: Vec<&Superseding> = self.latest.items().collect();
-        items.sort_by_key(|i| rank(i));
-        let mut budget = PUSH_PULL_SLOT_BYTES;
-        items.retain(|i| {
-            let fits = i.encoded_len() <= budget;
-            budget = budget.saturating_sub(i.encoded_len());
-            fits
-        });
-        items
-    }
-
-    /// Merges a peer's push/pull state: new events are queued as [`Incoming::Event`]
-    /// and also returned; the peer's tags are learned. Feed `remote.members` to foca
-    /// through [`super::pushpull::screen_members`].
-    pub fn merge_push_pull(&mut self, remote: &PushPullState) -> MergeOutcome {
-        self.peer_versions
-            .insert(remote.from.name.clone(), remote.version);
-        for e in &remote.extensions {
-            // Unknown extension tags are skipped: they are a newer peer's.
-            let signed = match e.tag {
-                ext::SUPERSEDING => false,
-                ext::SIGNED_SUPERSEDING => true,
-                _ => continue,
-            };
-            let Ok(mut items) = super::supersede::decode_items(&e.bytes, signed) else {
-                self.stats.malformed += 1;
-                continue;
-            };
-            // Cards first, then revocations: the other items are checked against them.
-            items.sort_by_key(|i| match i.kind.as_str() {
-                super::vouch::MEMBER_KIND => 0,
-                super::vouch::REVOKED_KIND => 1,
-                _ => 2,
-            });
-            for item in items.into_iter().filter(|i| i.validate().is_ok()) {
-                if self.accept_superseding(&item, false) {
-                    self.outbox.push_back(Incoming::Superseding(item));
-                }
-            }
-        }
-        // The unsigned tags field is the sender's word about itself: taken only where
-        // identities do not hold its name to signed announcements.
-        if self.admits_unsigned(&remote.from.name) {
-            self.tag_book.learn(&remote.from.name, 0, &remote.tags);
-        }
-        let out = merge(
-            &mut self.events,
-            &mut self.event_clock,
-            &mut self.query_clock,
-            remote,
-            self.now,
-        );
-        self.stats.events_delivered += out.new_events.len() as u64;
-        self.stats.events_duplicate += out.duplicates as u64;
-        self.stats.events_too_old += out.too_old as u64;
-        self.stats.too_far_ahead += out.too_far_ahead as u64;
-        self.outbox
-            .extend(out.new_events.iter().cloned().map(Incoming::Event));
-        out
-    }
-
     /// One broadcast item; `local`: this node made it (`Foca::add_broadcast`).
     fn receive(&mut self, data: &[u8], local: bool) -> Result<Option<BroadcastKey>, DecodeError> {
         let item = match decode_broadcast(data) {
@@ -647,6 +534,10 @@ mod supersede;
 
 #[path = "handler_identity.rs"]
 mod identity;
+
+#[path = "handler_pushpull.rs"]
+mod pushpull;
+pub use pushpull::PUSH_PULL_SLOT_BYTES;
 
 #[cfg(test)]
 #[path = "handler_tests.rs"]
