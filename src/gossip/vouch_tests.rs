@@ -201,3 +201,20 @@ fn answers_and_leave_notices_are_their_senders() {
     assert!(ids.check_leave(&me, None).is_err());
     assert!(ids.check_leave(&id("web-1", 5), sig.as_ref()).is_err());
 }
+
+/// While a fleet is enrolled, a signed word from a name whose card has not arrived yet
+/// counts as the gossip key's word, as an unsigned one would (a leave was lost this way).
+#[test]
+fn transition_takes_a_signed_word_from_a_name_without_a_card() {
+    let web1 = own("web-1", 2);
+    let ids = Identities::new(policy(false, None));
+    let signer = Identities::new(policy(false, Some(web1)));
+    let me = id("web-1", 4);
+    let sig = signer.sign_leave(&me);
+    ids.check_leave(&me, sig.as_ref()).unwrap();
+    let mut i = item("web-1");
+    signer.sign_item(&mut i);
+    ids.check_node_item(&i).unwrap();
+    let required = Identities::new(policy(true, None));
+    assert!(required.check_leave(&me, sig.as_ref()).is_err());
+}
