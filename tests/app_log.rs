@@ -218,7 +218,9 @@ async fn a_jail_that_writes_without_newlines_forever_stays_under_the_cap() {
             );
             if let Ok(m) = std::fs::metadata(f.rotated()) {
                 assert!(m.len() <= cap, "web.log.1 is {} bytes", m.len());
-                rotations.insert(m.ino());
+                // Inode numbers are reused as fast as rotations free them: the inode and
+                // its last write time tell rotated files apart.
+                rotations.insert((m.ino(), m.mtime(), m.mtime_nsec()));
             }
             (rotations.len() >= 5).then_some(())
         })
