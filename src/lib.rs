@@ -7,6 +7,7 @@
 //!   pruning, and the in-place rsync mode.
 //! - [`beneath`]: descriptor-relative file operations that never follow a symlink (openat2).
 //! - [`mountinfo`]: parsing `/proc/self/mountinfo`, and unmounting everything below a path.
+//! - [`newmount`]: the new mount API (`open_tree`, `mount_setattr`, `move_mount`).
 //! - [`teardown`]: `umount` and `rm` of a root.
 //! - [`jail`]: `run` — mount and PID namespaces, /dev, binds, chroot, user, capabilities,
 //!   seccomp, env, init, the pty.
@@ -47,6 +48,7 @@ pub mod gossip;
 pub mod jail;
 pub mod log_throttle;
 pub mod mountinfo;
+pub mod newmount;
 pub mod release;
 pub mod teardown;
 pub mod wall;

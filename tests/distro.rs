@@ -121,7 +121,7 @@ fn deploy_default(root: &Path, archive: &Path) -> String {
 #[test]
 fn debian_rootfs_tar_deploys_with_default_flags_and_runs() {
     let tar = debian_tar();
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let note = deploy_default(&root, &tar);
     assert!(
@@ -155,7 +155,7 @@ fn debian_image_exports_deploys_and_runs_from_engine_and_archive() {
         return;
     };
     let image = TestImage::import_tar(&tar, &[&format!("ENV PATH={PATH_ENV}"), "ENV LANG=C.UTF-8"]);
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
 
     // Uncompressed: zstd built without optimisation (the test profile) takes 10x longer.
     let from_engine = t.path().join("engine.tar");

@@ -22,7 +22,7 @@ type Apps = BTreeMap<String, droot_fleet::deploy::app::AppConfig>;
 
 /// A temp dir with the app root, the supervisor state and the artifact store.
 struct Fx {
-    tmp: tempfile::TempDir,
+    tmp: common::TempDir,
     root: PathBuf,
     state: PathBuf,
     arts: PathBuf,
@@ -31,7 +31,7 @@ struct Fx {
 
 fn fx(what: &str) -> Fx {
     common::require_root(what);
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir();
     let base = tmp.path().canonicalize().unwrap();
     let arts = base.join("arts");
     std::fs::create_dir_all(&arts).unwrap();

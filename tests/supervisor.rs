@@ -19,7 +19,7 @@ use tokio::sync::watch;
 /// An app root with one busybox release `v1` as `current`, serving `/www` (with a `health`
 /// file) when run with httpd.
 struct Fixture {
-    _tmp: tempfile::TempDir,
+    _tmp: common::TempDir,
     root: PathBuf,
     state: PathBuf,
     port: u16,
@@ -27,7 +27,7 @@ struct Fixture {
 
 fn fixture(what: &str) -> Fixture {
     common::require_root(what);
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir();
     let root = tmp.path().canonicalize().unwrap().join("app");
     let rel = root.join("releases/v1");
     std::fs::create_dir_all(&rel).unwrap();

@@ -15,7 +15,7 @@ pub struct RootArg {
 
 pub fn umount(args: RootArg) -> anyhow::Result<ExitCode> {
     let root = super::absolute(&args.root)?;
-    let n = crate::teardown::umount_all(&root)
+    let n = crate::teardown::umount_all(&root, crate::teardown::StoreMount::Keep)
         .with_context(|| format!("cannot unmount below {}", root.display()))?;
     tracing::info!(root = %root.display(), unmounted = n, "umount done");
     Ok(ExitCode::SUCCESS)

@@ -10,9 +10,13 @@
 //!
 //! Rsync mode ([`rsync`]) updates the root in place instead, for roots that other tools
 //! expect to be a plain directory.
+//!
+//! Either way the store gives other host users nothing: it is out of their reach and
+//! mounted `nosuid,nodev` ([`protect`]).
 
 pub mod history;
 pub mod layout;
+pub mod protect;
 pub mod rsync;
 pub mod switch;
 mod symlink_mode;

@@ -61,6 +61,14 @@ fn current(layout: &Layout) -> Result<Option<String>, ReleaseError> {
     current_version(layout).map_err(ReleaseError::io("cannot read", layout.current()))
 }
 
+/// Takes the root lock, then makes sure the store is out of other users' reach and mounted
+/// `nosuid,nodev` ([`super::protect`]).
+fn lock_and_protect(layout: &Layout) -> Result<RootLock, ReleaseError> {
+    let lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    super::protect::protect(layout)?;
+    Ok(lock)
+}
+
 /// Removes leftovers of deploys that died mid-unpack. Only called under the lock.
 fn clear_staging(layout: &Layout) -> Result<(), ReleaseError> {
     let dir = layout.staging_dir();
@@ -110,7 +118,7 @@ pub fn deploy_verified<R: Read + Send + 'static>(
     layout
         .ensure(true)
         .map_err(ReleaseError::io("cannot create", &layout.root))?;
-    let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    let _lock = lock_and_protect(layout)?;
     clear_staging(layout)?;
     let now = crate::wall::secs();
     let version = release_name(layout, version, now)?;
@@ -227,7 +235,7 @@ pub fn rollback(
     layout
         .ensure(false)
         .map_err(ReleaseError::io("cannot create", &layout.root))?;
-    let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    let _lock = lock_and_protect(layout)?;
     let mut history = load_history(layout)?;
     let from = current(layout)?;
     let to = match target {
@@ -295,7 +303,7 @@ pub fn prune(layout: &Layout, keep: usize) -> Result<Vec<String>, ReleaseError> 
     layout
         .ensure(false)
         .map_err(ReleaseError::io("cannot create", &layout.root))?;
-    let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    let _lock = lock_and_protect(layout)?;
     prune_locked(layout, keep)
 }
 

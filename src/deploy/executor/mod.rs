@@ -237,13 +237,18 @@ impl Executor {
     }
 }
 
-/// Reads the app's store and starts its `current` release unless that already runs. An
+/// Protects the app's store ([`crate::release::protect`]: 0700, mounted `nosuid,nodev`),
+/// reads it and starts its `current` release unless that already runs. An
 /// activation the previous agent left unfinished is undone first: its release was never
 /// verified, so the app comes back on the release before it (or, with none, `current` is
 /// removed and the app stays stopped), and a retry of the deploy is a full activation.
 async fn bring_up(sup: &Supervisor, app: &AppConfig) -> store::View {
     let layout = Layout::new(&app.root);
+    let name = app.name.clone();
     let read = tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::release::protect::protect_existing(&layout) {
+            tracing::error!(app = %name, error = %e, "cannot protect the release store (nosuid,nodev mount); starting the app anyway");
+        }
         let undone = store::undo_interrupted(&layout);
         (undone, store::view(&layout))
     })
