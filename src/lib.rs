@@ -15,6 +15,7 @@
 //!   artifact fetcher (`s3://`, `https://`, `file://`, streamed, sha256-checked), `[apps.NAME]`
 //!   settings, the jail supervisor, health checks, the per-app activation state machine (pure).
 //! - [`export`]: Docker image or `docker save`/OCI archive to a flat rootfs tar with `/.drootenv`.
+//! - [`id_range`]: the host uid/gid range a jail in a user namespace maps to.
 //! - [`dirs`]: directories the tool creates, with an explicit mode whatever the umask.
 //! - [`drootenv`]: the `/.drootenv` env file format, written by export and read by run.
 //! - [`gossip`]: the sans-io protocol core of the agent (envelope, keyring, clocks, events, queries).
@@ -45,6 +46,7 @@ pub mod drootenv;
 pub mod durations;
 pub mod export;
 pub mod gossip;
+pub mod id_range;
 pub mod jail;
 pub mod log_throttle;
 pub mod mountinfo;

@@ -144,3 +144,78 @@ fn an_open_store_from_an_older_version_is_tightened_and_mounted_on_the_next_depl
     assert!(common::mounts_below(&s.root).is_empty());
     assert!(!s.root.exists());
 }
+
+/// In a user namespace the jail's root is host `base`: the file it makes setuid is `base`'s
+/// on the host, so even with both fences down (store opened, mount gone) a host user who
+/// runs it gets euid `base`, never 0.
+#[test]
+fn a_setuid_file_made_by_a_userns_jail_gives_a_host_user_nothing() {
+    let s = store(&["--userns"]);
+    let out = jail(&s.root, &["--userns"], &["chmod", "4755", "/tool"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let planted = s.root.join("current/tool");
+    let meta = std::fs::metadata(&planted).unwrap();
+    assert_eq!(mode(&planted), 0o4755);
+    let base = meta.uid();
+    assert!(
+        base >= 65536,
+        "owned by the range's root, not host root: {base}"
+    );
+    std::fs::set_permissions(&s.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let st = Command::new("umount").arg(&s.root).status().unwrap();
+    assert!(st.success());
+    let out = as_nobody(&planted);
+    assert_eq!(stdout(&out), format!("euid={base}\n"), "{}", stderr(&out));
+    drop(s.t);
+}
+
+/// A host file owned by host root, bound into the jail (even read-write): root in a user
+/// namespace can neither write, chmod, chown nor remove it. Without the namespace the same
+/// script changes it (the test can fail).
+#[test]
+fn a_userns_jail_cannot_change_a_host_root_file_bound_into_it() {
+    let s = store(&["--userns"]);
+    let host = s.t.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let file = host.join("passwd");
+    let reset = || {
+        std::fs::write(&file, "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    reset();
+    let bind = format!("{}:/hostdir", host.display());
+    let script = "for t in 'echo evil >> /hostdir/passwd' 'chmod 4777 /hostdir/passwd' \
+                  'chown 1000:1000 /hostdir/passwd' 'touch /hostdir/new' 'rm /hostdir/passwd'; do \
+                    sh -c \"$t\" 2>/dev/null && echo \"done: $t\" || echo \"refused: $t\"; \
+                  done";
+    let out = jail(&s.root, &["--userns", "-b", &bind], &["sh", "-c", script]);
+    let refused = stdout(&out)
+        .lines()
+        .filter(|l| l.starts_with("refused"))
+        .count();
+    assert_eq!(refused, 5, "{}", stdout(&out));
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), mode(&file)), (0, 0, 0o644));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "root:x:0:0::/root:/bin/sh\n"
+    );
+    assert!(!host.join("new").exists());
+
+    // Without a user namespace, root in the jail is host root on the bound file.
+    let plain = s.t.path().join("plain-rootfs");
+    std::fs::create_dir(&plain).unwrap();
+    common::busybox_rootfs(&plain);
+    let out = common::output(
+        common::cmd()
+            .arg("run")
+            .arg("--root")
+            .arg(&plain)
+            .args(["-b", &bind, "--", "sh", "-c", script]),
+    );
+    let done = stdout(&out)
+        .lines()
+        .filter(|l| l.starts_with("done"))
+        .count();
+    assert_eq!(done, 5, "{}", stdout(&out));
+}

@@ -50,10 +50,12 @@ pub mod mounts;
 pub mod paths;
 pub mod process;
 pub mod procfs;
+mod report;
 pub mod seccomp;
 pub mod spec;
 pub mod tty;
 pub mod user;
+pub mod userns;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -158,6 +160,18 @@ pub enum JailError {
     NotExecutable { cmd: String, err: SysErr },
     #[error("exec of {cmd:?} failed: {err}")]
     Exec { cmd: String, err: SysErr },
+    #[error("user namespace set-up failed ({op}): {err}")]
+    UserNamespace { op: String, err: SysErr },
+    #[error(
+        "root {root} is owned by uid {owner}, outside the jail's id range {range}: it was not \
+         unpacked for this user namespace (deploy it with `deploy --userns`, which also shifts \
+         the store's older releases into the range)"
+    )]
+    RootOutsideRange {
+        root: PathBuf,
+        owner: u32,
+        range: String,
+    },
     #[error("{op} failed: {err}")]
     Sys { op: String, err: SysErr },
     #[error("the jail's set-up process failed without a report: {reason}")]

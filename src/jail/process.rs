@@ -31,9 +31,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 use super::paths::{self, Kind};
+use super::report::{read_report, report_and_exit};
 use super::spec::JailSpec;
 use super::user::{self, UserDb};
-use super::{JailError, caps, devices, env, etc_copy, mounts, procfs, seccomp, tty};
+use super::{JailError, caps, devices, env, etc_copy, mounts, procfs, seccomp, tty, userns};
 
 /// How the jailed command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,8 @@ struct Plan<'a> {
     seccomp: Option<seccomp::Filter>,
     /// The child's end of the console socket when stdin is a terminal ([`tty`]).
     console: Option<RawFd>,
+    /// The child's end of the user namespace sync socket, with `--userns` ([`userns`]).
+    userns_sync: Option<RawFd>,
 }
 
 /// Runs `spec` and returns how the command ended. Set-up failures (also those that happen
@@ -111,8 +114,12 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
             Ok((bind_source_kind(&b.source)?, inside))
         })
         .collect::<Result<Vec<_>, JailError>>()?;
+    if let Some(range) = spec.userns {
+        userns::check_root(root_fd.as_fd(), &root, range)?;
+    }
     if spec.copy_host_files {
-        etc_copy::copy_host_files(root_fd.as_fd(), &root, Path::new("/etc"))?;
+        let owner = spec.userns.map(|r| (r.base(), r.base()));
+        etc_copy::copy_host_files(root_fd.as_fd(), &root, Path::new("/etc"), owner)?;
     }
     // Only needed for --cp; the child reopens the root in its own mount namespace.
     drop(root_fd);
@@ -128,6 +135,7 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         false => None,
     };
     let console = tty::socket_if_terminal()?;
+    let sync = spec.userns.map(|_| userns::Sync::new()).transpose()?;
     let plan = Plan {
         spec,
         root,
@@ -135,6 +143,7 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         host_db,
         seccomp,
         console: console.as_ref().map(|c| c.child.as_raw_fd()),
+        userns_sync: sync.as_ref().map(|s| s.child.as_raw_fd()),
     };
     let (report_rd, report_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys("pipe2", e))?;
@@ -148,18 +157,34 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&wait_set), Some(&mut old_mask))
         .map_err(|e| JailError::sys("block signals", e))?;
 
-    let result = spawn_and_supervise(&plan, console, report_rd, report_wr, &wait_set);
+    let socks = Sockets {
+        console,
+        sync,
+        report: (report_rd, report_wr),
+    };
+    let result = spawn_and_supervise(&plan, socks, &wait_set);
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     result
 }
 
+/// The parent's sockets and pipes to the child.
+struct Sockets {
+    console: Option<tty::ConsoleSocket>,
+    sync: Option<userns::Sync>,
+    /// The report pipe: read end, write end.
+    report: (OwnedFd, OwnedFd),
+}
+
 fn spawn_and_supervise(
     plan: &Plan<'_>,
-    console: Option<tty::ConsoleSocket>,
-    rd: OwnedFd,
-    wr: OwnedFd,
+    socks: Sockets,
     wait_set: &SigSet,
 ) -> Result<JailExit, JailError> {
+    let Sockets {
+        console,
+        sync,
+        report: (rd, wr),
+    } = socks;
     let mut flags = CloneFlags::CLONE_NEWNS;
     if plan.spec.pid_ns {
         flags |= CloneFlags::CLONE_NEWPID;
@@ -179,6 +204,18 @@ fn spawn_and_supervise(
     }
     .map_err(|e| JailError::sys("clone (new mount/PID namespace)", e))?;
     drop(wr);
+    // Kept open until we return: the jail's init checks it to know we are alive.
+    let sync = sync.map(|s| {
+        drop(s.child);
+        s.parent
+    });
+    if let (Some(sock), Some(range)) = (&sync, plan.spec.userns)
+        && let Err(e) = userns::map_child(child, range, sock)
+    {
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        return Err(e);
+    }
     // The pty is opened in the jail; its master comes back over the console socket.
     let master = console
         .map(|c| {
@@ -244,53 +281,6 @@ fn next_signal(set: &SigSet) -> Result<Signal, Errno> {
     }
 }
 
-fn read_report(rd: OwnedFd) -> Option<JailError> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match nix::unistd::read(rd.as_fd(), &mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(Errno::EINTR) => {}
-            Err(e) => {
-                return Some(JailError::ChildLost {
-                    reason: format!("reading its report: {e}"),
-                });
-            }
-        }
-    }
-    if buf.is_empty() {
-        return None;
-    }
-    Some(
-        postcard::from_bytes(&buf).unwrap_or_else(|e| JailError::ChildLost {
-            reason: format!("undecodable report: {e}"),
-        }),
-    )
-}
-
-/// Sends `err` to the parent and exits with its code. Never returns.
-fn report_and_exit(wr: RawFd, err: &JailError) -> ! {
-    let bytes = postcard::to_allocvec(err).unwrap_or_else(|e| {
-        postcard::to_allocvec(&JailError::ChildLost {
-            reason: format!("{err} (and it could not be encoded: {e})"),
-        })
-        .unwrap_or_default()
-    });
-    // SAFETY: the fd stays open until `_exit`; it is not owned by anything that will close it.
-    let fd = unsafe { BorrowedFd::borrow_raw(wr) };
-    let mut off = 0;
-    while off < bytes.len() {
-        match nix::unistd::write(fd, &bytes[off..]) {
-            Ok(n) => off += n,
-            Err(Errno::EINTR) => {}
-            Err(_) => break,
-        }
-    }
-    // SAFETY: ends this (forked) process without unwinding into the parent's copied frames.
-    unsafe { libc::_exit(i32::from(err.exit_code())) }
-}
-
 /// The cloned child. Never returns: it execs the command, runs init, or reports and exits.
 fn child_main(plan: &Plan<'_>, wr: RawFd, wait_set: &SigSet) -> isize {
     let mut launch = match prepare(plan) {
@@ -351,10 +341,13 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
     let root_fd = root_fd.as_fd();
     mounts::mount_proc(root_fd, root)?;
     mounts::mount_sys(root_fd, root)?;
-    devices::mount_dev(root_fd, root)?;
+    devices::mount_dev(root_fd, root, plan.spec.userns)?;
     procfs::protect(root_fd, root)?;
     for (b, (kind, inside)) in plan.spec.binds.iter().zip(&plan.binds) {
         mounts::bind(root_fd, root, b, *kind, inside.as_deref())?;
+    }
+    if let Some(sock) = plan.userns_sync {
+        userns::enter(sock, plan.spec.pid_ns)?;
     }
     chroot_into(root_fd, root)?;
 

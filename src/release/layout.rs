@@ -54,16 +54,12 @@ impl Layout {
     pub fn in_place(root: &Path) -> io::Result<Self> {
         mkdir_p(root, 0o755)?;
         let root = root.canonicalize()?;
-        let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
+        let Some(state) = in_place_state_dir(&root) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "rsync mode cannot deploy into /",
             ));
         };
-        let mut state_name = std::ffi::OsString::from(".");
-        state_name.push(name);
-        state_name.push(TOOL_DIR);
-        let state = parent.join(state_name);
         Ok(Layout {
             root,
             state,
@@ -114,6 +110,16 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// Rsync mode's state directory for the (canonical) root `PARENT/NAME`:
+/// `PARENT/.NAME.droot-fleet`; `None` for `/`.
+pub fn in_place_state_dir(root: &Path) -> Option<PathBuf> {
+    let (parent, name) = (root.parent()?, root.file_name()?);
+    let mut state_name = std::ffi::OsString::from(".");
+    state_name.push(name);
+    state_name.push(TOOL_DIR);
+    Some(parent.join(state_name))
 }
 
 /// Creates `path` and its missing ancestors, each with exactly `mode` (the umask ignored).

@@ -277,6 +277,7 @@ pub fn deploy<R: Read + Send + 'static>(
         RootLock::acquire(&layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
     refuse_foreign_mount(&layout.root)?;
     super::protect::protect(&layout)?;
+    let opts = &super::store_unpack_options(&layout, opts)?;
     let root = layout.root.as_path();
     let staging_dir = layout.staging_dir();
     let staging = staging_dir.join(STAGING);
@@ -300,18 +301,21 @@ pub fn deploy<R: Read + Send + 'static>(
             return Err(ReleaseError::Unpack(e));
         }
     };
-    let result = merge(&layout, &state_fd, &unpacked);
+    let owner = opts.id_shift.map(|r| (r.base(), r.base()));
+    let result = merge(&layout, &state_fd, &unpacked, owner);
     clear()?;
     let stats = result?;
     tracing::info!(root = %root.display(), updated = stats.updated, deleted = stats.deleted, "rsync deploy done");
     Ok((unpacked, stats))
 }
 
-/// Merges the staged tree into the live root, then gives the root the archive root's mode.
+/// Merges the staged tree into the live root, then gives the root the archive root's mode
+/// (and, in a user namespace store, the jail's root as owner).
 fn merge(
     layout: &Layout,
     state_fd: &OwnedFd,
     unpacked: &UnpackStats,
+    owner: Option<(u32, u32)>,
 ) -> Result<SyncStats, ReleaseError> {
     let root = layout.root.as_path();
     let io_err = |what, p: &Path| {
@@ -327,8 +331,8 @@ fn merge(
         stats: SyncStats::default(),
     };
     syncer.sync_dir(src_fd.as_fd(), root_fd.as_fd(), Path::new(""))?;
-    if let Some(mode) = unpacked.root_mode {
-        beneath::set_attrs(root_fd.as_fd(), Some(mode), None, None)
+    if unpacked.root_mode.is_some() || owner.is_some() {
+        beneath::set_attrs(root_fd.as_fd(), unpacked.root_mode, owner, None)
             .map_err(io_err("cannot chmod", root))?;
     }
     Ok(syncer.stats)

@@ -119,6 +119,7 @@ pub fn deploy_verified<R: Read + Send + 'static>(
         .ensure(true)
         .map_err(ReleaseError::io("cannot create", &layout.root))?;
     let _lock = lock_and_protect(layout)?;
+    let opts = &super::store_unpack_options(layout, opts)?;
     clear_staging(layout)?;
     let now = crate::wall::secs();
     let version = release_name(layout, version, now)?;
@@ -186,20 +187,27 @@ fn stage_and_publish<R: Read + Send + 'static>(
         remove_entry(&staging)?;
         return Err(ReleaseError::Verify(e));
     }
-    if let Err(e) = publish(layout, &staging, version, stats.root_mode) {
+    let owner = opts.id_shift.map(|r| (r.base(), r.base()));
+    if let Err(e) = publish(layout, &staging, version, stats.root_mode, owner) {
         remove_entry(&staging)?;
         return Err(e);
     }
     Ok(stats)
 }
 
-/// Gives the staged release its final mode and renames it into `releases/`, durably.
+/// Gives the staged release its final owner (the jail's root, in a user namespace store)
+/// and mode, and renames it into `releases/`, durably.
 fn publish(
     layout: &Layout,
     staging: &std::path::Path,
     version: &str,
     root_mode: Option<u32>,
+    owner: Option<(u32, u32)>,
 ) -> Result<(), ReleaseError> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(staging, Some(uid), Some(gid))
+            .map_err(ReleaseError::io("cannot chown", staging))?;
+    }
     // The staging dir was 0700 so nobody could see a half-written tree; the release
     // gets the archive root entry's mode, or 0755 when it had none.
     let mode = root_mode.unwrap_or(0o755);
