@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::BufRead;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
@@ -323,4 +323,122 @@ fn a_root_outside_the_range_or_with_no_range_is_refused() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("multiple of 65536"), "{}", stderr(&o));
     assert_no_mounts(&s.root);
+}
+
+/// A release unpacked before the store turned user namespaces on is shifted into the range
+/// when it does (its files keep their jail owners), and runs under `--userns` after a
+/// rollback to it. Later deploys are shifted without the flag.
+#[test]
+fn older_releases_are_shifted_when_the_store_turns_user_namespaces_on() {
+    common::require_root("shifting releases");
+    let t = common::tempdir();
+    let src = t.path().join("rootfs");
+    std::fs::create_dir(&src).unwrap();
+    common::busybox_rootfs(&src);
+    std::fs::set_permissions(src.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let tar = t.path().join("rootfs.tar");
+    common::tar_dir(&src, &tar);
+    let root = t.path().join("app");
+    common::archive::ok(&common::archive::deploy(&root, &tar, &["--version", "v1"]));
+    let o = common::output(
+        common::cmd()
+            .arg("run")
+            .arg("--root")
+            .arg(root.join("current"))
+            .args(["-u", "app", "--", "touch", "/tmp/mine"]),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::metadata(root.join("releases/v1/tmp/mine"))
+            .unwrap()
+            .uid(),
+        1000
+    );
+
+    let o = common::archive::deploy(&root, &tar, &["--userns", "--version", "v2"]);
+    common::archive::ok(&o);
+    assert!(
+        stderr(&o).contains("1 older release(s) shifted into it: v1"),
+        "{}",
+        stderr(&o)
+    );
+    let base = std::fs::metadata(root.join("releases/v2")).unwrap().uid();
+    let v1 = root.join("releases/v1");
+    assert_eq!(std::fs::metadata(&v1).unwrap().uid(), base);
+    assert_eq!(
+        std::fs::metadata(v1.join("tmp/mine")).unwrap().uid(),
+        base + 1000
+    );
+    assert_eq!(
+        std::fs::metadata(v1.join("bin/busybox")).unwrap().uid(),
+        base
+    );
+    let mode = std::fs::metadata(v1.join("tmp"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o1777, "modes are kept");
+
+    common::archive::ok(&common::archive::deploy(&root, &tar, &["--version", "v3"]));
+    assert_eq!(
+        std::fs::metadata(root.join("releases/v3/bin"))
+            .unwrap()
+            .uid(),
+        base
+    );
+    common::archive::ok(&common::output(
+        common::cmd()
+            .args(["deploy", "--rollback", "v1", "--root"])
+            .arg(&root),
+    ));
+    let s = Store { t, root, base };
+    let out = ok(
+        &s,
+        &["-u", "app"],
+        &["sh", "-c", "rm /tmp/mine && echo removed"],
+    );
+    assert_eq!(out, "removed\n");
+}
+
+/// A range belongs to one store: another store asking for it is refused, naming the
+/// holder, and a store asked for another base than the one it records is refused too.
+#[test]
+fn a_range_held_by_another_store_is_refused_naming_it() {
+    let s = store("userns registry");
+    let base = s.base.to_string();
+    let other = s.t.path().join("other");
+    let tar = s.t.path().join("rootfs.tar");
+    let o = common::archive::deploy(&other, &tar, &["--userns", "--userns-base", &base]);
+    assert!(!o.status.success());
+    let held_by = s.root.join(".droot-fleet/userns.json");
+    assert!(
+        stderr(&o).contains("already held by the store recorded in"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains(&held_by.display().to_string()),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!other.join("current").exists(), "nothing deployed");
+
+    let next = (s.base + 65536).to_string();
+    let o = common::archive::deploy(&s.root, &tar, &["--userns", "--userns-base", &next]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("runs its jails in user namespace range"),
+        "{}",
+        stderr(&o)
+    );
+    // `rm` gives the range back: the other store may have it now.
+    common::archive::ok(&common::output(
+        common::cmd().args(["rm", "--root"]).arg(&s.root),
+    ));
+    let o = common::archive::deploy(&other, &tar, &["--userns", "--userns-base", &base]);
+    common::archive::ok(&o);
+    assert_eq!(
+        std::fs::metadata(other.join("current/bin")).unwrap().uid(),
+        s.base
+    );
 }
