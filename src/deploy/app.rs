@@ -15,6 +15,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
+use crate::id_range::IdRange;
 use crate::jail::{JailSpec, SpecInput};
 
 /// A bad `[apps.NAME]` block. Nothing was started.
@@ -74,6 +75,9 @@ pub struct JailSettings {
     pub copy_files: bool,
     /// `-e KEY=VALUE`, in key order.
     pub env: Vec<(String, String)>,
+    /// `--userns --userns-base BASE`: the range the store holds, once resolved (see
+    /// [`AppConfig::userns`]); `None` runs without a user namespace.
+    pub userns: Option<IdRange>,
 }
 
 impl JailSettings {
@@ -97,6 +101,13 @@ impl JailSettings {
         }
         for (k, v) in &self.env {
             a.extend(["--env".into(), format!("{k}={v}").into()]);
+        }
+        if let Some(r) = self.userns {
+            a.extend([
+                "--userns".into(),
+                "--userns-base".into(),
+                r.base().to_string().into(),
+            ]);
         }
         a.push("--".into());
         a.extend(command.iter().map(OsString::from));
@@ -133,6 +144,17 @@ pub struct HealthConfig {
     pub interval: Duration,
 }
 
+/// `userns` and `userns_base`: whether the app's jails run in a user namespace, and in
+/// which host range (see [`crate::release::userns`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Userns {
+    /// No user namespace: root in the jail is host root (the default when the key is absent).
+    #[default]
+    Off,
+    /// A user namespace, in the range given, or else the one the store records, or a free one.
+    On(Option<IdRange>),
+}
+
 /// One app, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppConfig {
@@ -148,6 +170,7 @@ pub struct AppConfig {
     pub restart: RestartPolicy,
     pub backoff: Backoff,
     pub leave_running: bool,
+    pub userns: Userns,
 }
 
 impl AppConfig {
@@ -192,6 +215,9 @@ struct RawApp {
     backoff: Option<RawBackoff>,
     #[serde(default)]
     leave_running: bool,
+    #[serde(default)]
+    userns: bool,
+    userns_base: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -263,6 +289,7 @@ fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfigError> {
         robind: raw.robind,
         copy_files: raw.copy_files,
         env,
+        userns: None,
     };
     check_jail(&raw.root, &jail, &jail.command).map_err(|r| err("command", r))?;
     let health = match raw.health {
@@ -289,6 +316,15 @@ fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfigError> {
     if backoff.initial.is_zero() || backoff.max < backoff.initial {
         return Err(err("backoff", "needs 0 < initial <= max".into()));
     }
+    let userns = match (raw.userns, raw.userns_base) {
+        (false, None) => Userns::Off,
+        (false, Some(_)) => return Err(err("userns_base", "needs userns = true".into())),
+        (true, base) => Userns::On(
+            base.map(IdRange::new)
+                .transpose()
+                .map_err(|e| err("userns_base", e.to_string()))?,
+        ),
+    };
     Ok(AppConfig {
         name,
         artifact: raw.artifact,
@@ -301,6 +337,7 @@ fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfigError> {
         restart: raw.restart,
         backoff,
         leave_running: raw.leave_running,
+        userns,
     })
 }
 
@@ -508,6 +545,8 @@ interval = "500ms"
                 "health",
             ),
             ("[apps.a.health]\nexec = []", "health.exec"),
+            ("userns_base = 131072", "userns_base"),
+            ("userns = true\nuserns_base = 1000", "userns_base"),
             (
                 "[apps.a.health]\ntcp = \"127.0.0.1:1\"\ninterval = \"x\"",
                 "health.interval",
@@ -518,6 +557,28 @@ interval = "500ms"
         let e = parse_apps(&with("")).unwrap();
         assert_eq!(e["a"].restart, RestartPolicy::Always);
         assert_eq!(e["a"].stop_signal, Signal::SIGTERM);
+        assert_eq!(
+            e["a"].userns,
+            Userns::Off,
+            "an absent key keeps today's behaviour"
+        );
+    }
+
+    #[test]
+    fn userns_passes_its_range_to_run() {
+        let apps = parse_apps(&with("userns = true\nuserns_base = 131072")).unwrap();
+        let r = IdRange::new(131072).unwrap();
+        assert_eq!(apps["a"].userns, Userns::On(Some(r)));
+        let auto = parse_apps(&with("userns = true")).unwrap();
+        assert_eq!(auto["a"].userns, Userns::On(None));
+        let mut jail = apps["a"].jail.clone();
+        jail.userns = Some(r);
+        let args = jail.run_args(Path::new("/r"), &["x".into()], false);
+        let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
+        assert_eq!(
+            args.join(" "),
+            "run --root /r --userns --userns-base 131072 -- x"
+        );
     }
 
     #[test]
