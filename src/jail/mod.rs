@@ -25,6 +25,9 @@
 //! - The environment is `/.drootenv` plus `-e`; the host's environment is never inherited,
 //!   and no descriptor above stderr survives into the command (a host directory fd would be
 //!   a way out of the chroot).
+//! - With `--userns` the jail runs in a user namespace whose root is an unprivileged host uid
+//!   ([`userns`]): its mounts are made first, as host root, then it unshares the namespace
+//!   before the chroot, and can neither change host-root files nor mount anything.
 //! - Signals sent to us are forwarded to the jailed process and its exit status becomes ours
 //!   (killed by signal N: 128+N). By default the jail has its own PID namespace, where a
 //!   minimal init of ours is PID 1 and reaps orphans; `--host-pid` shares the host's
@@ -36,8 +39,9 @@
 //! [`spec`] (pure flag parsing into a [`JailSpec`]), [`user`] (passwd/group), [`env`](mod@env)
 //! (environment and `PATH`), [`paths`] (symlink-safe walk), [`etc_copy`] (`--cp`), [`mounts`]
 //! (namespace, proc, sys, binds), [`procfs`] (read-only and masked kernel paths), [`devices`]
-//! (`/dev`), [`caps`], [`seccomp`], [`tty`] (session, pty relay), [`process`] (fork, init,
-//! signals, exec).
+//! (`/dev`), [`caps`], [`seccomp`], [`userns`] (the user namespace and its maps), [`tty`]
+//! (session, pty relay), [`process`] (fork, init, signals, exec), `report` (errors across the
+//! fork).
 //!
 //! [`run`] forks, so it must be called from a single-threaded process (the `run` command
 //! never starts a tokio runtime).
@@ -164,8 +168,8 @@ pub enum JailError {
     UserNamespace { op: String, err: SysErr },
     #[error(
         "root {root} is owned by uid {owner}, outside the jail's id range {range}: it was not \
-         unpacked for this user namespace (deploy it with `deploy --userns`, which also shifts \
-         the store's older releases into the range)"
+         unpacked for this user namespace (a store that turns user namespaces on shifts its \
+         releases into its range; a plain directory must be chowned into it)"
     )]
     RootOutsideRange {
         root: PathBuf,

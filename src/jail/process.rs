@@ -2,10 +2,12 @@
 //! the PID namespace, signal forwarding and the exit status.
 //!
 //! ```text
-//! droot-fleet (parent, host namespaces; signals blocked; a pty relay when stdin is a tty)
+//! droot-fleet (parent, host namespaces; signals blocked; a pty relay when stdin is a tty;
+//!              with --userns: writes the child's uid/gid maps when it asks)
 //!  └─ clone(CLONE_NEWNS | CLONE_NEWPID)             (no CLONE_NEWPID with --host-pid)
-//!      child: setsid, umask 022, rprivate, proc, sys, dev, /proc masks, binds, chroot,
-//!             user lookup, env
+//!      child: setsid, umask 022, rprivate, proc, sys, dev, /proc masks, binds,
+//!             [--userns: unshare(CLONE_NEWUSER), wait for the maps, become its root],
+//!             chroot, user lookup, env
 //!        default:     it is PID 1 (our init): fork → setsid, pty, caps, creds, NO_NEW_PRIVS,
 //!                     seccomp, exec CMD; init reaps every orphan, forwards signals, exits
 //!                     with CMD's status

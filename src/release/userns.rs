@@ -48,8 +48,8 @@ pub const RECORD: &str = "userns.json";
 pub enum UsernsError {
     #[error(
         "the store {root} runs its jails in user namespace range {recorded} (recorded in \
-         {record}); its files belong to it. Ask for that base, or for none, or remove the \
-         store to start over"
+         {record}); its files belong to it. Ask for that base (or give none to use it), or \
+         remove the store to start over"
     )]
     Recorded {
         root: PathBuf,
