@@ -696,8 +696,8 @@ async fn deploys_from_s3_with_the_digest_checked() {
 
 /// Issue 15, item 1: an app whose config turns `userns = true` on. At the next start its
 /// store, left open and unmounted by an older version, is tightened (0700) and mounted
-/// `nosuid,nodev`; its older release is shifted into a range and its jail runs there; the
-/// next deploy is unpacked shifted. Turning it off again is refused: the files are the
+/// `nosuid,nodev`; the jail left running from before is restarted, its older release
+/// shifted into a range, and it runs there; the next deploy is unpacked shifted. Turning it off again is refused: the files are the
 /// range's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_turned_to_userns_is_protected_shifted_and_jailed_at_the_next_start() {
@@ -706,7 +706,11 @@ async fn an_app_turned_to_userns_is_protected_shifted_and_jailed_at_the_next_sta
     f.artifacts(&[("v1", Kind::Healthy), ("v2", Kind::Healthy)]);
     let (ex, mut rx) = f.start_web().await;
     deploy_ok(&ex, &mut rx, "v1").await;
-    f.stop(ex).await;
+    let old_pid = ex.status("web").await.unwrap().jail.pid.unwrap();
+    // Left running, as for an agent upgrade: the next agent adopts it, sees it runs without
+    // the user namespace its config now asks for, and restarts it in one.
+    ex.shutdown(true).await;
+    assert!(alive(old_pid));
     assert_eq!(
         std::fs::metadata(f.root.join("releases/v1")).unwrap().uid(),
         0
@@ -738,6 +742,12 @@ async fn an_app_turned_to_userns_is_protected_shifted_and_jailed_at_the_next_sta
     };
     let st = ex.status("web").await.unwrap();
     assert_eq!(httpd_in_range(st.jail.pid.unwrap()), Some(base.to_string()));
+
+    assert!(
+        !alive(old_pid),
+        "the adopted jail without a user namespace was stopped"
+    );
+    assert!(!st.jail.adopted);
 
     deploy_ok(&ex, &mut rx, "v2").await;
     assert_eq!(f.get("/version").as_deref(), Some("v2"));

@@ -442,3 +442,42 @@ fn a_range_held_by_another_store_is_refused_naming_it() {
         s.base
     );
 }
+
+/// Rsync mode: the root itself is the jail's `/`; `--userns` records the range in the state
+/// directory beside it, the root and its tree are the range's, and `run --userns` finds it.
+#[test]
+fn an_rsync_root_runs_in_a_user_namespace() {
+    common::require_root("rsync mode with userns");
+    let t = common::tempdir();
+    let src = t.path().join("rootfs");
+    std::fs::create_dir(&src).unwrap();
+    common::busybox_rootfs(&src);
+    let tar = t.path().join("rootfs.tar");
+    common::tar_dir(&src, &tar);
+    let root = t.path().join("live");
+    let o = common::archive::deploy(&root, &tar, &["--mode", "rsync", "--userns"]);
+    common::archive::ok(&o);
+    let base = std::fs::metadata(&root).unwrap().uid();
+    assert!(base >= 65536, "{base}");
+    assert_eq!(
+        std::fs::metadata(root.join("bin/busybox")).unwrap().uid(),
+        base
+    );
+    assert!(t.path().join(".live.droot-fleet/userns.json").exists());
+    let o = common::output(
+        common::cmd()
+            .args(["run", "--userns", "--root"])
+            .arg(&root)
+            .args(["--", "sh", "-c", "touch /made && id -u"]),
+    );
+    assert_eq!(stdout(&o), "0\n", "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(root.join("made")).unwrap().uid(), base);
+    assert_no_mounts(&root);
+    // The next deploy (no flag) keeps the tree in the range; `made` is not in the archive.
+    common::archive::ok(&common::archive::deploy(&root, &tar, &["--mode", "rsync"]));
+    assert!(!root.join("made").exists());
+    assert_eq!(
+        std::fs::metadata(root.join("etc/passwd")).unwrap().uid(),
+        base
+    );
+}
