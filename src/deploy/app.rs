@@ -316,15 +316,7 @@ fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfigError> {
     if backoff.initial.is_zero() || backoff.max < backoff.initial {
         return Err(err("backoff", "needs 0 < initial <= max".into()));
     }
-    let userns = match (raw.userns, raw.userns_base) {
-        (false, None) => Userns::Off,
-        (false, Some(_)) => return Err(err("userns_base", "needs userns = true".into())),
-        (true, base) => Userns::On(
-            base.map(IdRange::new)
-                .transpose()
-                .map_err(|e| err("userns_base", e.to_string()))?,
-        ),
-    };
+    let userns = userns(raw.userns, raw.userns_base).map_err(|r| err("userns_base", r))?;
     Ok(AppConfig {
         name,
         artifact: raw.artifact,
@@ -339,6 +331,18 @@ fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfigError> {
         leave_running: raw.leave_running,
         userns,
     })
+}
+
+fn userns(on: bool, base: Option<u64>) -> Result<Userns, String> {
+    match (on, base) {
+        (false, None) => Ok(Userns::Off),
+        (false, Some(_)) => Err("needs userns = true".into()),
+        (true, base) => Ok(Userns::On(
+            base.map(IdRange::new)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+        )),
+    }
 }
 
 fn check_template(t: &str) -> Result<(), String> {
