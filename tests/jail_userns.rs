@@ -481,3 +481,26 @@ fn an_rsync_root_runs_in_a_user_namespace() {
         base
     );
 }
+
+/// The credential switch into the namespace clears the parent-death signal; the jail's init
+/// sets it again, so a `run` killed with SIGKILL still takes the whole jail with it.
+#[test]
+fn a_killed_run_takes_its_userns_jail_with_it() {
+    let s = store("userns parent death");
+    let mut child = cmd(&s.current(), &[], &["sleep", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeper = common::wait_for_comm(child.id(), "sleep", 2);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    let t = std::time::Instant::now();
+    while common::alive(sleeper.into()) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "the jail outlived its run"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_no_mounts(&s.root);
+}

@@ -85,8 +85,9 @@ struct Plan<'a> {
     seccomp: Option<seccomp::Filter>,
     /// The child's end of the console socket when stdin is a terminal ([`tty`]).
     console: Option<RawFd>,
-    /// The child's end of the user namespace sync socket, with `--userns` ([`userns`]).
-    userns_sync: Option<RawFd>,
+    /// The user namespace sync socket with `--userns` ([`userns`]): the child's end, and the
+    /// parent's, which the child closes so that the parent's death shows on its own.
+    userns_sync: Option<(RawFd, RawFd)>,
 }
 
 /// Runs `spec` and returns how the command ended. Set-up failures (also those that happen
@@ -145,7 +146,9 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         host_db,
         seccomp,
         console: console.as_ref().map(|c| c.child.as_raw_fd()),
-        userns_sync: sync.as_ref().map(|s| s.child.as_raw_fd()),
+        userns_sync: sync
+            .as_ref()
+            .map(|s| (s.child.as_raw_fd(), s.parent.as_raw_fd())),
     };
     let (report_rd, report_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys("pipe2", e))?;
@@ -348,7 +351,9 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
     for (b, (kind, inside)) in plan.spec.binds.iter().zip(&plan.binds) {
         mounts::bind(root_fd, root, b, *kind, inside.as_deref())?;
     }
-    if let Some(sock) = plan.userns_sync {
+    if let Some((sock, parents)) = plan.userns_sync {
+        // SAFETY: our copy of the parent's end; nothing else in this process uses it.
+        unsafe { libc::close(parents) };
         userns::enter(sock, plan.spec.pid_ns)?;
     }
     chroot_into(root_fd, root)?;
