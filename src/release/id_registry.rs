@@ -72,8 +72,16 @@ impl Registry {
     }
 
     /// Claims `range` for the store whose record file is `record` (already its holder: no
-    /// change). Refused when a live store holds it, or the host uses one of its ids.
+    /// change). Refused when another live store holds it, or the host uses one of its ids.
     pub fn claim(&self, range: IdRange, record: &Path, host: &HostIds) -> Result<(), UsernsError> {
+        // Checked on every claim: a host user added into a held range since would otherwise
+        // be the jail's user N.
+        if let Some(what) = host.conflict(range) {
+            return Err(UsernsError::HostIds {
+                range: range.to_string(),
+                what,
+            });
+        }
         match self.holder(range)? {
             Some(h) if h == record => return Ok(()),
             Some(h) => {
@@ -84,12 +92,6 @@ impl Registry {
                 });
             }
             None => {}
-        }
-        if let Some(what) = host.conflict(range) {
-            return Err(UsernsError::HostIds {
-                range: range.to_string(),
-                what,
-            });
         }
         let slot = self.slot(range);
         let bytes = format!("{}\n", record.display());
