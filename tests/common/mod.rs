@@ -292,17 +292,12 @@ pub fn mounts_below(dir: &Path) -> Vec<String> {
 /// [`mounts_below`], leaving out the release store's own mount at `dir` itself (a bind of
 /// `dir` onto itself, `nosuid,nodev`), which `umount` keeps.
 pub fn mounts_below_but_store(dir: &Path) -> Vec<String> {
+    let table = droot_fleet::mountinfo::read().expect("mount table");
+    let store = droot_fleet::mountinfo::is_store_mount(&table, dir);
     let d = dir.to_string_lossy().to_string();
     mounts_below(dir)
         .into_iter()
-        .filter(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let store = f.get(4) == Some(&d.as_str())
-                && f.get(3) == Some(&d.as_str())
-                && f.get(5)
-                    .is_some_and(|o| o.contains("nosuid") && o.contains("nodev"));
-            !store
-        })
+        .filter(|l| !(store && l.split(' ').nth(4) == Some(d.as_str())))
         .collect()
 }
 
