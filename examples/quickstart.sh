@@ -114,6 +114,7 @@ root = "$apps/node-$i"
 keep = 3
 command = ["httpd", "-f", "-p", "$net.$i:8080", "-h", "/www"]
 user = "app"
+userns = true
 stop_timeout = "5s"
 [apps.demo.health]
 http = "http://$net.$i:8080/health"
@@ -175,8 +176,8 @@ echo "no node serves any more"
 
 # 4. The same artifact on one host, no agent: the release store and the jail by hand.
 say "single host: deploy, run, list"
-x deploy --root "$work/single" --version v2 "file://$work/store/demo/v2.tar.gz"
-x run --root "$work/single/current" --pid-ns -u app -- cat /www/index.html
+x deploy --root "$work/single" --userns --version v2 "file://$work/store/demo/v2.tar.gz"
+x run --root "$work/single/current" --userns -u app -- cat /www/index.html
 x deploy --root "$work/single" --list
 "$bin" rm --root "$work/single"
 echo "done; removing $apps/node-1..3 and $work"

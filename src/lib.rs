@@ -4,16 +4,19 @@
 //! - [`artifact`]: archive formats (tar, gzip, zstd), our streaming tar reader (GNU tar's
 //!   formats, PAX, sparse files) and the hardened streaming unpacker.
 //! - [`release`]: the release directory (`releases/<v>`, `current`), atomic switch, rollback,
-//!   pruning, and the in-place rsync mode.
+//!   pruning, the in-place rsync mode, the store's protection (0700, `nosuid,nodev`) and its
+//!   user namespace range (record, host registry, shifted owners).
 //! - [`beneath`]: descriptor-relative file operations that never follow a symlink (openat2).
 //! - [`mountinfo`]: parsing `/proc/self/mountinfo`, and unmounting everything below a path.
+//! - [`newmount`]: the new mount API (`open_tree`, `mount_setattr`, `move_mount`).
 //! - [`teardown`]: `umount` and `rm` of a root.
-//! - [`jail`]: `run` — mount and PID namespaces, /dev, binds, chroot, user, capabilities,
-//!   seccomp, env, init, the pty, the capped log pipe of a supervised jail.
+//! - [`jail`]: `run` — mount, PID and user namespaces, /dev, binds, chroot, user,
+//!   capabilities, seccomp, env, init, the pty, the capped log pipe of a supervised jail.
 //! - [`deploy`]: fleet deploy — the signed deploy event, rollout waves, desired state, the
 //!   artifact fetcher (`s3://`, `https://`, `file://`, streamed, sha256-checked), `[apps.NAME]`
 //!   settings, the jail supervisor, health checks, the per-app activation state machine (pure).
 //! - [`export`]: Docker image or `docker save`/OCI archive to a flat rootfs tar with `/.drootenv`.
+//! - [`id_range`]: the host uid/gid range a jail in a user namespace maps to.
 //! - [`dirs`]: directories the tool creates, with an explicit mode whatever the umask.
 //! - [`drootenv`]: the `/.drootenv` env file format, written by export and read by run.
 //! - [`gossip`]: the sans-io protocol core of the agent (envelope, keyring, clocks, events, queries).
@@ -52,10 +55,12 @@ pub mod drootenv;
 pub mod durations;
 pub mod export;
 pub mod gossip;
+pub mod id_range;
 pub mod jail;
 pub mod keytext;
 pub mod log_throttle;
 pub mod mountinfo;
+pub mod newmount;
 pub mod release;
 pub mod secret_file;
 pub mod sizes;

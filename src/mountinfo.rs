@@ -14,8 +14,21 @@ use std::path::{Component, Path, PathBuf};
 pub struct MountEntry {
     pub id: u64,
     pub parent: u64,
+    /// `major:minor` of the filesystem.
+    pub device: String,
+    /// The directory of the filesystem that is the root of this mount (`/` unless a bind).
+    pub root: PathBuf,
     pub mount_point: PathBuf,
+    /// Per-mount options (`rw,nosuid,nodev,relatime`).
+    pub options: String,
     pub fs_type: String,
+}
+
+impl MountEntry {
+    /// Whether the per-mount options include `opt` (e.g. `nosuid`).
+    pub fn has_option(&self, opt: &str) -> bool {
+        self.options.split(',').any(|o| o == opt)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +90,10 @@ pub fn parse(text: &[u8]) -> Result<Vec<MountEntry>, MountInfoError> {
         out.push(MountEntry {
             id: number(fields[0]).ok_or_else(malformed)?,
             parent: number(fields[1]).ok_or_else(malformed)?,
+            device: String::from_utf8_lossy(fields[2]).into_owned(),
+            root: PathBuf::from(OsString::from_vec(unescape(fields[3]))),
             mount_point: PathBuf::from(OsString::from_vec(unescape(fields[4]))),
+            options: String::from_utf8_lossy(fields[5]).into_owned(),
             fs_type: String::from_utf8_lossy(fields[sep + 1]).into_owned(),
         });
     }
@@ -121,6 +137,31 @@ pub fn mounts_at_or_below(entries: &[MountEntry], root: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, _, p)| p.to_path_buf()).collect()
 }
 
+/// Whether `e` is a bind mount of a directory onto itself: mounted where its own directory
+/// lies in the mount below it (same filesystem, same directory), as the release store's
+/// `nosuid,nodev` mount is (see `release::protect`).
+pub fn is_self_bind(entries: &[MountEntry], e: &MountEntry) -> bool {
+    let Some(parent) = entries.iter().find(|p| p.id == e.parent && p.id != e.id) else {
+        return false;
+    };
+    let Ok(below) = e.mount_point.strip_prefix(&parent.mount_point) else {
+        return false;
+    };
+    parent.device == e.device && parent.root.join(below) == e.root
+}
+
+/// Whether the topmost mount at `path` is the release store's own mount: a bind of `path`
+/// onto itself, `nosuid` and `nodev`. `umount` leaves it; `rm` takes it away with the rest.
+pub fn is_store_mount(entries: &[MountEntry], path: &Path) -> bool {
+    entries
+        .iter()
+        .rev()
+        .find(|e| e.mount_point == path)
+        .is_some_and(|e| {
+            e.has_option("nosuid") && e.has_option("nodev") && is_self_bind(entries, e)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +187,27 @@ mod tests {
             m[5].mount_point,
             Path::new("/var/containers/app/mnt/my data")
         );
+    }
+
+    #[test]
+    fn a_bind_of_a_directory_onto_itself_is_recognised() {
+        let text = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+23 22 8:2 / /var rw,relatime - ext4 /dev/vdb rw
+40 23 8:2 /containers/app /var/containers/app rw,nosuid,nodev - ext4 /dev/vdb rw
+41 23 8:2 /elsewhere /var/containers/other rw,nosuid,nodev - ext4 /dev/vdb rw
+42 22 0:9 / /srv/app rw,nosuid,nodev - tmpfs tmpfs rw
+";
+        let m = parse(text.as_bytes()).unwrap();
+        assert!(is_self_bind(&m, &m[2]));
+        assert!(m[2].has_option("nosuid") && m[2].has_option("nodev"));
+        assert!(!m[2].has_option("nosu"));
+        assert!(!is_self_bind(&m, &m[3]), "a bind of another directory");
+        assert!(!is_self_bind(&m, &m[4]), "another filesystem");
+        assert!(!is_self_bind(&m, &m[0]), "the root has no parent here");
+        assert!(is_store_mount(&m, Path::new("/var/containers/app")));
+        assert!(!is_store_mount(&m, Path::new("/var/containers/other")));
+        assert!(!is_store_mount(&m, Path::new("/var")));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `umount` and `rm` of a root, and the one tree remover every deletion goes through.
 //!
-//! Guarantees: nothing outside the root is unmounted (path boundaries are respected), and a
-//! tree is only removed once no mountpoint remains below it, so a bind mount of host data
-//! can never be deleted through the jail. Removal works from directory descriptors
-//! ([`crate::beneath::remove_tree_at`]): it never follows a symlink and never crosses into a
-//! mount that appeared after the check.
+//! Guarantees: nothing outside the root is unmounted (path boundaries are respected).
+//! `umount` leaves the release store's own `nosuid,nodev` mount at the root (see
+//! `release::protect`): it clears what jails left, not the store's protection; `rm` takes it
+//! away with everything else. A tree is only removed once no mountpoint remains below it, so
+//! a bind mount of host data can never be deleted through the jail. Removal works from
+//! directory descriptors ([`crate::beneath::remove_tree_at`]): it never follows a symlink and
+//! never crosses into a mount that appeared after the check.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -67,9 +69,19 @@ fn canonical_dir(root: &Path) -> Result<PathBuf, TeardownError> {
         })
 }
 
-/// Unmounts every mount at or below `root`, deepest first; returns how many were removed.
-/// Busy mounts are detached (MNT_DETACH), which takes them out of the tree at once.
-pub fn umount_all(root: &Path) -> Result<usize, TeardownError> {
+/// Whether [`umount_all`] leaves the release store's own mount at the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMount {
+    /// `umount`: the store stays `nosuid,nodev` (see `release::protect`).
+    Keep,
+    /// `rm`: everything goes.
+    Unmount,
+}
+
+/// Unmounts every mount at or below `root`, deepest first, except, with [`StoreMount::Keep`],
+/// the store's own mount at `root` itself; returns how many were removed. Busy mounts are
+/// detached (MNT_DETACH), which takes them out of the tree at once.
+pub fn umount_all(root: &Path, store: StoreMount) -> Result<usize, TeardownError> {
     let root = match std::fs::symlink_metadata(root) {
         Ok(m) if m.file_type().is_symlink() => {
             root.canonicalize()
@@ -83,7 +95,11 @@ pub fn umount_all(root: &Path) -> Result<usize, TeardownError> {
     let mut count = 0;
     // Stacked mounts reveal the ones beneath; repeat until none remain (bounded).
     for _ in 0..64 {
-        let below = mountinfo::mounts_at_or_below(&mountinfo::read()?, &root);
+        let table = mountinfo::read()?;
+        let mut below = mountinfo::mounts_at_or_below(&table, &root);
+        if store == StoreMount::Keep && mountinfo::is_store_mount(&table, &root) {
+            below.retain(|p| *p != root);
+        }
         if below.is_empty() {
             return Ok(count);
         }
@@ -142,6 +158,6 @@ pub fn remove_root(root: &Path) -> Result<(), TeardownError> {
     if canonical == Path::new("/") {
         return Err(TeardownError::RefuseSlash);
     }
-    umount_all(&canonical)?;
+    umount_all(&canonical, StoreMount::Unmount)?;
     remove_tree(&canonical)
 }

@@ -303,7 +303,7 @@ fn extension_corpus() -> Vec<Hostile> {
 
 #[test]
 fn hostile_archives_are_refused_with_nothing_changed() {
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let outside = t.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
@@ -368,7 +368,7 @@ fn hostile_archives_are_refused_with_nothing_changed() {
 
 #[test]
 fn errors_name_the_offending_entry() {
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let f = Archive::new()
         .file("ok", b"1")
         .file("etc/../../x", b"x")
@@ -386,7 +386,7 @@ fn errors_name_the_offending_entry() {
 #[test]
 fn dir_then_symlink_of_the_same_name_changes_nothing_outside() {
     common::require_root("restoring owners with --same-owner");
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let outside = t.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     std::fs::create_dir(outside.join("victim-dir")).unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::archive::{Archive, deploy, ok, snapshot_dir};
-use common::{cmd, mount_tmpfs, mounts_below, output};
+use common::{cmd, mount_tmpfs, output};
 
 fn rsync(root: &Path, archive: &Path) -> std::process::Output {
     deploy(root, archive, &["--mode", "rsync"])
@@ -23,7 +23,7 @@ fn rsync(root: &Path, archive: &Path) -> std::process::Output {
 /// must be found by content, not skipped as "unchanged".
 #[test]
 fn a_change_with_the_same_size_and_mtime_is_deployed() {
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let v1 = Archive::new()
         .file("conf", b"port=80")
@@ -50,7 +50,7 @@ fn a_change_with_the_same_size_and_mtime_is_deployed() {
 /// that a jailed root planted inside it (symlinks to host paths) is never used.
 #[test]
 fn state_lives_beside_the_root_and_a_planted_tool_dir_is_never_followed() {
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let host_dir = t.path().join("host-dir");
     std::fs::create_dir_all(host_dir.join("rsync")).unwrap();
@@ -99,7 +99,7 @@ fn state_lives_beside_the_root_and_a_planted_tool_dir_is_never_followed() {
 /// mtime, owner and contents. A deploy may fail, saying the name changed during the deploy.
 #[test]
 fn a_directory_swapped_for_a_symlink_mid_deploy_never_leads_outside() {
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let host = t.path().join("host");
     std::fs::create_dir(&host).unwrap();
@@ -191,7 +191,7 @@ impl Drop for Unmount {
 #[test]
 fn non_utf8_mount_points_break_neither_rsync_nor_umount_nor_rm() {
     common::require_root("mounting tmpfs at non-UTF-8 paths");
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let elsewhere = t.path().join(OsStr::from_bytes(b"caf\xe9 host"));
     let inside = root.join(OsStr::from_bytes(b"m\xe9dia"));
@@ -212,7 +212,10 @@ fn non_utf8_mount_points_break_neither_rsync_nor_umount_nor_rm() {
         "the mountpoint inside the root was spared"
     );
     ok(&output(cmd().args(["umount", "--root"]).arg(&root)));
-    assert!(mounts_below(&root).is_empty(), "umount took the mount away");
+    assert!(
+        common::mounts_below_but_store(&root).is_empty(),
+        "umount took the mount away, and left only the store's own nosuid,nodev mount"
+    );
     ok(&output(cmd().args(["rm", "--root"]).arg(&root)));
     assert!(!root.exists());
     assert!(
@@ -226,7 +229,7 @@ fn non_utf8_mount_points_break_neither_rsync_nor_umount_nor_rm() {
 #[test]
 fn a_root_that_is_its_own_mount_is_refused_with_nothing_changed() {
     common::require_root("mounting a tmpfs as the root");
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let _guard = Unmount(vec![root.clone()]);
     mount_tmpfs(&root);

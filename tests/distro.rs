@@ -121,7 +121,7 @@ fn deploy_default(root: &Path, archive: &Path) -> String {
 #[test]
 fn debian_rootfs_tar_deploys_with_default_flags_and_runs() {
     let tar = debian_tar();
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let note = deploy_default(&root, &tar);
     assert!(
@@ -144,6 +144,45 @@ fn debian_rootfs_tar_deploys_with_default_flags_and_runs() {
     check_debian_jail(&root.join("current"), &[env[0], env[1], env[2], &path]);
 }
 
+/// Issue 15, item 1: the same rootfs in a store whose jails run in a user namespace, with
+/// owners kept as the agent deploys (`--same-owner`): everything is shifted into the range
+/// (root's files are host `base`'s, `shadow`'s group is `base + 42`), and bash, apt-get,
+/// dpkg and getent work as root and as `nobody`.
+#[test]
+fn debian_rootfs_runs_in_a_user_namespace() {
+    use std::os::unix::fs::MetadataExt;
+    let tar = debian_tar();
+    let t = common::tempdir();
+    let root = t.path().join("app");
+    let o = deploy(
+        &root,
+        &tar,
+        &["--userns", "--same-owner", "--version", "v1"],
+    );
+    ok(&o);
+    let rel = root.join("releases/v1");
+    let base = std::fs::metadata(&rel).unwrap().uid();
+    assert!(base >= 65536, "the release belongs to the range: {base}");
+    let bash = std::fs::metadata(rel.join("usr/bin/bash")).unwrap();
+    assert_eq!((bash.uid(), bash.gid()), (base, base));
+    let shadow = std::fs::metadata(rel.join("etc/shadow")).unwrap();
+    assert_eq!(shadow.gid(), base + 42, "group shadow (42) shifted");
+    let path = format!("PATH={PATH_ENV}");
+    let flags = ["--userns", "-e", "LANG=C.UTF-8", "-e", path.as_str()];
+    check_debian_jail(&root.join("current"), &flags);
+    // Root in the jail owns what it writes as host `base`.
+    let out = jail::ok(
+        &root.join("current"),
+        &flags,
+        &["bash", "-c", "touch /root/made && stat -c %u /root/made"],
+    );
+    assert_eq!(out, "0\n");
+    assert_eq!(
+        std::fs::metadata(rel.join("root/made")).unwrap().uid(),
+        base
+    );
+}
+
 /// Issue 9 as a user met it: `docker import` with ENV, export (engine, and `docker save` +
 /// `--from-archive`), deploy with default flags, run.
 #[test]
@@ -155,7 +194,7 @@ fn debian_image_exports_deploys_and_runs_from_engine_and_archive() {
         return;
     };
     let image = TestImage::import_tar(&tar, &[&format!("ENV PATH={PATH_ENV}"), "ENV LANG=C.UTF-8"]);
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
 
     // Uncompressed: zstd built without optimisation (the test profile) takes 10x longer.
     let from_engine = t.path().join("engine.tar");

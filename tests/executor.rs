@@ -22,7 +22,7 @@ type Apps = BTreeMap<String, droot_fleet::deploy::app::AppConfig>;
 
 /// A temp dir with the app root, the supervisor state and the artifact store.
 struct Fx {
-    tmp: tempfile::TempDir,
+    tmp: common::TempDir,
     root: PathBuf,
     state: PathBuf,
     arts: PathBuf,
@@ -31,7 +31,7 @@ struct Fx {
 
 fn fx(what: &str) -> Fx {
     common::require_root(what);
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir();
     let base = tmp.path().canonicalize().unwrap();
     let arts = base.join("arts");
     std::fs::create_dir_all(&arts).unwrap();
@@ -697,4 +697,75 @@ async fn deploys_from_s3_with_the_digest_checked() {
     assert_eq!(f.get("/version").as_deref(), Some("v1"));
     assert_failed(deploy(&ex, &mut rx, "v2", None).await, "no such key");
     f.stop(ex).await;
+}
+
+/// Issue 15, item 1: an app whose config turns `userns = true` on. At the next start its
+/// store, left open and unmounted by an older version, is tightened (0700) and mounted
+/// `nosuid,nodev`; the jail left running from before is restarted, its older release
+/// shifted into a range, and it runs there; the next deploy is unpacked shifted. Turning it off again is refused: the files are the
+/// range's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_turned_to_userns_is_protected_shifted_and_jailed_at_the_next_start() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let f = fx("executor with userns");
+    f.artifacts(&[("v1", Kind::Healthy), ("v2", Kind::Healthy)]);
+    let (ex, mut rx) = f.start_web().await;
+    deploy_ok(&ex, &mut rx, "v1").await;
+    let old_pid = ex.status("web").await.unwrap().jail.pid.unwrap();
+    // Left running, as for an agent upgrade: the next agent adopts it, sees it runs without
+    // the user namespace its config now asks for, and restarts it in one.
+    ex.shutdown(true).await;
+    assert!(alive(old_pid));
+    assert_eq!(
+        std::fs::metadata(f.root.join("releases/v1")).unwrap().uid(),
+        0
+    );
+    // As an older version left it: open to all, not mounted.
+    let st = std::process::Command::new("umount")
+        .arg(&f.root)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(&f.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let (ex, mut rx) = f.start(f.apps(true, "userns = true\n")).await;
+    f.wait_serving("v1").await;
+    let mode = std::fs::metadata(&f.root).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "tightened at start");
+    let mounts = common::mounts_below(&f.root);
+    assert!(
+        mounts.iter().any(|l| l.split(' ').nth(4) == f.root.to_str()
+            && l.split(' ').nth(5).unwrap().contains("nosuid,nodev")),
+        "mounted nosuid,nodev at start: {mounts:#?}"
+    );
+    let base = std::fs::metadata(f.root.join("releases/v1")).unwrap().uid();
+    assert!(base >= 65536, "v1 shifted into a range: {base}");
+    let httpd_in_range = |run_pid: i32| {
+        let httpd = common::wait_for_comm(run_pid as u32, "httpd", 2);
+        let map = std::fs::read_to_string(format!("/proc/{httpd}/uid_map")).unwrap();
+        map.split_whitespace().nth(1).map(str::to_string)
+    };
+    let st = ex.status("web").await.unwrap();
+    assert_eq!(httpd_in_range(st.jail.pid.unwrap()), Some(base.to_string()));
+
+    assert!(
+        !alive(old_pid),
+        "the adopted jail without a user namespace was stopped"
+    );
+    assert!(!st.jail.adopted);
+
+    deploy_ok(&ex, &mut rx, "v2").await;
+    assert_eq!(f.get("/version").as_deref(), Some("v2"));
+    let v2 = std::fs::metadata(f.root.join("releases/v2/www/version")).unwrap();
+    assert_eq!((v2.uid(), v2.gid()), (base, base), "unpacked shifted");
+    let st = ex.status("web").await.unwrap();
+    assert_eq!(httpd_in_range(st.jail.pid.unwrap()), Some(base.to_string()));
+    f.stop(ex).await;
+
+    let e = match Executor::start(f.apps(true, ""), f.opts()).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("userns turned off on a shifted store must be refused"),
+    };
+    assert!(e.contains("runs its jails in user namespace range"), "{e}");
+    assert!(e.contains("app web"), "{e}");
 }

@@ -67,7 +67,7 @@ fn s3_deploys_tar_gz_and_tar_zst_from_garage() {
     let v2 = zstd::encode_all(&tar2[..], 3).unwrap();
     g.put("web/v1.tar.gz", v1.clone());
     g.put("web/v2.tar.zst", v2.clone());
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let env = g.env();
     let u1 = format!("s3://{}/web/v1.tar.gz", g.bucket);
@@ -96,7 +96,7 @@ fn s3_wrong_sha256_publishes_nothing() {
     let mut v2 = gz(&simple("v2").bytes());
     g.put("web/v1.tar.gz", v1);
     g.put("web/v2.tar.gz", v2.clone());
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let env = g.env();
     ok(&deploy_url(
@@ -145,7 +145,7 @@ fn s3_wrong_sha256_publishes_nothing() {
 fn s3_errors_name_the_problem() {
     let g = Garage::start();
     g.put("web/v1.tar.gz", gz(&simple("v1").bytes()));
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let env = g.env();
     let missing = format!("s3://{}/web/v9.tar.gz", g.bucket);
@@ -207,7 +207,7 @@ fn s3_errors_name_the_problem() {
 
 #[test]
 fn file_url_with_and_without_sha256() {
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let bytes = gz(&simple("v1").bytes());
     let f = t.path().join("v1.tar.gz");
@@ -268,7 +268,7 @@ fn serve(body: Vec<u8>) -> String {
 
 #[test]
 fn http_url_from_a_local_server() {
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let bytes = zstd::encode_all(&simple("v7").bytes()[..], 3).unwrap();
     let base = serve(bytes.clone());
@@ -308,7 +308,7 @@ fn http_artifact_is_streamed_into_the_unpacker() {
     let tar = b.into_inner().unwrap();
     drop(data);
 
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let root = t.path().join("app");
     let staged = root.join(".droot-fleet/staging/v1/big.bin");
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -354,7 +354,7 @@ fn http_artifact_is_streamed_into_the_unpacker() {
 #[test]
 fn keygen_signing_writes_a_private_key_0600() {
     use std::os::unix::fs::PermissionsExt;
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let key = t.path().join("deploy.key");
     let out = output(cmd().args(["keygen", "--signing", "-o"]).arg(&key));
     ok(&out);

@@ -202,7 +202,7 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
         e.write_all(&tar).unwrap();
         e.finish().unwrap()
     };
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let outside = t.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     std::fs::write(outside.join("keep"), b"k").unwrap();

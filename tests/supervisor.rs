@@ -19,7 +19,7 @@ use tokio::sync::watch;
 /// An app root with one busybox release `v1` as `current`, serving `/www` (with a `health`
 /// file) when run with httpd.
 struct Fixture {
-    _tmp: tempfile::TempDir,
+    _tmp: common::TempDir,
     root: PathBuf,
     state: PathBuf,
     port: u16,
@@ -27,7 +27,7 @@ struct Fixture {
 
 fn fixture(what: &str) -> Fixture {
     common::require_root(what);
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir();
     let root = tmp.path().canonicalize().unwrap().join("app");
     let rel = root.join("releases/v1");
     std::fs::create_dir_all(&rel).unwrap();
@@ -698,4 +698,57 @@ fn run_on_a_closed_start_gate_starts_nothing() {
         assert_eq!(rel.join("ran").exists(), opened, "opened: {opened}");
         common::jail::assert_no_mounts(&f.root);
     }
+}
+
+/// Issue 15, item 1: a userns app under the supervisor. `run` gets `--userns` and the range
+/// (the jail's httpd is host `base`), the start gate still holds it until the pid file is
+/// written, and an `exec` health check runs in the same kind of jail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_userns_app_runs_in_its_range_and_its_exec_check_too() {
+    use droot_fleet::release::{Layout, userns};
+    let f = fixture("supervisor with userns");
+    let layout = Layout::new(&f.root);
+    let range = userns::enable(&layout, None).unwrap();
+    assert_eq!(userns::shift_releases(&layout, range).unwrap(), ["v1"]);
+    let check = format!(
+        "userns = true\n[apps.web.health]\nexec = [\"grep\", \"-q\", \" {} \", \"/proc/self/uid_map\"]\ndeadline = \"5s\"\ninterval = \"100ms\"\n",
+        range.base()
+    );
+    let mut app = f.app(&f.httpd(), &check);
+    // What the executor does at start: the store's range goes to `run`.
+    app.jail.userns = Some(range);
+    let sup = f.supervisor();
+    sup.manage(app.clone()).await.unwrap();
+    let st = sup.start("web", None).await.unwrap();
+    let pid = st.pid.unwrap();
+    let httpd = common::wait_for_comm(pid as u32, "httpd", 2);
+    let status = std::fs::read_to_string(format!("/proc/{httpd}/status")).unwrap();
+    let b = range.base().to_string();
+    assert_eq!(
+        common::status_field(&status, "Uid"),
+        format!("{b} {b} {b} {b}")
+    );
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.contains("\0--start-gate\0"), "{cmdline:?}");
+    assert!(
+        cmdline.contains(&format!("\0--userns\0--userns-base\0{b}\0")),
+        "{cmdline:?}"
+    );
+    let exec = app.health.clone().unwrap();
+    wait_healthy(&exec, &f.exec_ctx(&app))
+        .await
+        .expect("the exec check runs in the app's user namespace");
+    let mut plain = f.exec_ctx(&app);
+    plain.jail.userns = None;
+    let mut quick = exec.clone();
+    quick.deadline = Duration::from_millis(300);
+    assert!(
+        wait_healthy(&quick, &plain).await.is_err(),
+        "the same check outside the namespace fails (the check can fail)"
+    );
+    let st = sup.stop("web").await.unwrap();
+    assert_eq!(st.state, State::Stopped);
+    assert!(!alive(pid));
+    common::jail::assert_no_mounts(&f.root);
+    sup.shutdown(false).await;
 }

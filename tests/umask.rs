@@ -41,7 +41,7 @@ impl Drop for Killed {
 
 #[test]
 fn issue6_agent_under_umask_000_creates_no_world_writable_dirs() {
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir();
     let data = t.path().join("state/lib/data");
     let sock = t.path().join("run/droot/agent.sock");
     let keyring = t.path().join("keyring.json");

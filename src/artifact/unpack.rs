@@ -5,9 +5,11 @@
 //! is a symlink or a non-directory (it would be written through it); device nodes and FIFOs
 //! outside `dev/` unless allowed (under `dev/` they are skipped and counted: `run` mounts its own
 //! `/dev` there); totals over the byte or entry limit; a compressed stream that expands
-//! beyond the ratio limit ([`guard`](super::guard)). A cancelled unpack stops at its next read. Setuid/setgid bits are stripped and
-//! ownership is not restored unless `same_owner`. Symlinks may point anywhere, absolute
-//! targets included: they are only ever resolved inside the jail, never followed here.
+//! beyond the ratio limit ([`guard`](super::guard)). A cancelled unpack stops at its next
+//! read. Setuid/setgid bits are stripped and ownership is not restored unless `same_owner`;
+//! with `id_shift` (a store whose jails run in a user namespace) every owner is moved into
+//! the namespace's host range. Symlinks may point anywhere, absolute targets included: they
+//! are only ever resolved inside the jail, never followed here.
 //!
 //! The destination must be a fresh directory owned by the caller; on error its contents are
 //! undefined and the caller removes it. Everything is written through [`TreeWriter`], which
@@ -31,6 +33,7 @@ use super::sparse_file::write_sparse;
 use super::tar::{Archive, Entry, Kind, TarError};
 use super::tree::{Attrs, Special, TreeError, TreeWriter, shown};
 use crate::cancel::{Cancel, Reason};
+use crate::id_range::IdRange;
 
 /// Limits and policy for one unpack.
 #[derive(Debug, Clone)]
@@ -49,6 +52,10 @@ pub struct UnpackOptions {
     pub max_ratio: u64,
     /// Stops the unpack at its next read when tripped.
     pub cancel: Cancel,
+    /// Owners shifted into a user namespace's host range: every entry belongs to the jail's
+    /// root (host `base`), or with `same_owner` to host `base + uid` and `base + gid`
+    /// (an owner beyond the range's 65536 ids is refused).
+    pub id_shift: Option<IdRange>,
 }
 
 /// Default byte limit of an unpack: 8 GiB.
@@ -66,6 +73,7 @@ impl Default for UnpackOptions {
             max_entries: DEFAULT_MAX_ENTRIES,
             max_ratio: DEFAULT_MAX_RATIO,
             cancel: Cancel::default(),
+            id_shift: None,
         }
     }
 }
@@ -99,6 +107,11 @@ pub enum EntryProblem {
     ReplacesDirectory,
     #[error("has owner {0}:{1}, beyond the 32-bit ids Linux has (GNU tar refuses it too)")]
     Owner(u64, u64),
+    #[error(
+        "has owner {0}:{1}, beyond the 65536 ids a jail's user namespace maps (its store \
+         runs jails in one)"
+    )]
+    OwnerOutsideRange(u64, u64),
     #[error(
         "is a {0}; device nodes and FIFOs outside /dev are refused: take it out of the image and \
          export again with `droot-fleet export`, or pass --allow-devices to create it"
@@ -292,13 +305,25 @@ impl Unpacker<'_> {
         if !self.opts.same_owner {
             mode &= !0o6000;
         }
-        let owner = if self.opts.same_owner {
-            match (u32::try_from(entry.uid), u32::try_from(entry.gid)) {
-                (Ok(uid), Ok(gid)) => Some((uid, gid)),
-                _ => return Err(refused(entry, EntryProblem::Owner(entry.uid, entry.gid))),
+        let owner = match (self.opts.same_owner, self.opts.id_shift) {
+            (false, None) => None,
+            (false, Some(r)) => Some((r.base(), r.base())),
+            (true, shift) => {
+                let (Ok(uid), Ok(gid)) = (u32::try_from(entry.uid), u32::try_from(entry.gid))
+                else {
+                    return Err(refused(entry, EntryProblem::Owner(entry.uid, entry.gid)));
+                };
+                match shift {
+                    None => Some((uid, gid)),
+                    Some(r) => match (r.to_host(uid), r.to_host(gid)) {
+                        (Some(u), Some(g)) => Some((u, g)),
+                        _ => {
+                            let (u, g) = (entry.uid, entry.gid);
+                            return Err(refused(entry, EntryProblem::OwnerOutsideRange(u, g)));
+                        }
+                    },
+                }
             }
-        } else {
-            None
         };
         let mtime = if entry.mtime >= 0 {
             SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(entry.mtime.unsigned_abs()))

@@ -42,6 +42,15 @@ pub struct DeployArgs {
     /// skipped, since `run` mounts its own /dev, and any others refused).
     #[arg(long)]
     pub allow_devices: bool,
+    /// Run the store's jails in a user namespace from now on: its releases are owned by an
+    /// unprivileged host id range (older releases are shifted into it now), and later
+    /// deploys and `run --userns` use it without the flag. See README "User namespaces".
+    #[arg(long, conflicts_with = "list")]
+    pub userns: bool,
+    /// With --userns: the range's first host id (a multiple of 65536); by default the one the
+    /// store recorded, else a free one.
+    #[arg(long, value_name = "BASE", requires = "userns")]
+    pub userns_base: Option<String>,
     /// Refuse archives that unpack to more than this many bytes (sparse files at their full
     /// size); default 8 GiB.
     #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
@@ -141,6 +150,9 @@ pub fn execute(args: DeployArgs) -> anyhow::Result<ExitCode> {
     if args.mode == Mode::Rsync && (args.rollback.is_some() || args.list) {
         anyhow::bail!("--rollback and --list need symlink mode: rsync mode keeps no releases");
     }
+    if args.userns {
+        enable_userns(&layout, &args)?;
+    }
     if args.list {
         print_list(&layout, args.format)?;
     } else if let Some(target) = &args.rollback {
@@ -152,6 +164,8 @@ pub fn execute(args: DeployArgs) -> anyhow::Result<ExitCode> {
             max_bytes: args.max_bytes,
             max_entries: args.max_entries,
             max_ratio: args.max_ratio,
+            // Set by the store itself when it records a user namespace range.
+            id_shift: None,
             ..Default::default()
         };
         match input_url(args.input.as_ref()) {
@@ -177,6 +191,35 @@ fn limit_hint(e: anyhow::Error) -> anyhow::Error {
         Some(flag) => e.context(format!("over a limit (raise it with {flag})")),
         None => e,
     }
+}
+
+/// `--userns`: claims and records the store's range, then shifts its older releases into it.
+fn enable_userns(layout: &Layout, args: &DeployArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let requested = args
+        .userns_base
+        .as_deref()
+        .map(crate::id_range::IdRange::parse)
+        .transpose()?;
+    let layout = match args.mode {
+        Mode::Symlink => layout.clone(),
+        Mode::Rsync => Layout::in_place(&layout.root)
+            .with_context(|| format!("cannot create {}", layout.root.display()))?,
+    };
+    let range = release::userns::enable(&layout, requested)?;
+    let shifted = release::userns::shift_releases(&layout, range)?;
+    eprintln!(
+        "user namespace: jails of {} run as host ids {range}{}",
+        layout.root.display(),
+        match shifted.len() {
+            0 => String::new(),
+            n => format!(
+                " ({n} older release(s) shifted into it: {})",
+                shifted.join(", ")
+            ),
+        }
+    );
+    Ok(())
 }
 
 /// `--list`: the releases, oldest first, as a table or JSON.

@@ -43,6 +43,15 @@ pub struct RunArgs {
     /// Seccomp profile: `default` (an allow list after Docker's) or `unconfined` (no filter).
     #[arg(long, value_enum, default_value = "default")]
     pub seccomp: SeccompProfile,
+    /// Run in a user namespace: root in the jail is the unprivileged host uid BASE, the
+    /// jail's id N is host BASE+N (N < 65536). The root must have been deployed for it
+    /// (`deploy --userns`).
+    #[arg(long)]
+    pub userns: bool,
+    /// The host id the jail's root maps to (a multiple of 65536); by default the one the
+    /// root's release store recorded at `deploy --userns`.
+    #[arg(long, value_name = "BASE", requires = "userns")]
+    pub userns_base: Option<String>,
     /// Internal (the supervisor's): wait for one byte on this inherited descriptor before
     /// doing anything; EOF ends `run` unstarted (exit 125).
     #[arg(long, value_name = "FD", hide = true, value_parser = clap::value_parser!(i32).range(3..))]
@@ -80,8 +89,19 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(125));
     }
+    let root = super::absolute(&args.root)?;
+    let userns = match (args.userns, &args.userns_base) {
+        (false, _) => None,
+        (true, Some(base)) => Some(crate::id_range::IdRange::parse(base)?),
+        (true, None) => Some(crate::release::userns::recorded_for_root(&root)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "--userns: {} is not a release of a store deployed with `deploy --userns`; pass --userns-base BASE",
+                root.display()
+            )
+        })?),
+    };
     let input = SpecInput {
-        root: super::absolute(&args.root)?,
+        root,
         user: args.user,
         group: args.group,
         bind: args.bind,
@@ -91,6 +111,7 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         no_dropcaps: args.no_dropcaps,
         host_pid: args.host_pid,
         seccomp_unconfined: args.seccomp == SeccompProfile::Unconfined,
+        userns,
         command: args.command,
         log: args.log_file.map(|path| jail::LogSpec {
             path,

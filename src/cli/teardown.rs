@@ -15,7 +15,7 @@ pub struct RootArg {
 
 pub fn umount(args: RootArg) -> anyhow::Result<ExitCode> {
     let root = super::absolute(&args.root)?;
-    let n = crate::teardown::umount_all(&root)
+    let n = crate::teardown::umount_all(&root, crate::teardown::StoreMount::Keep)
         .with_context(|| format!("cannot unmount below {}", root.display()))?;
     tracing::info!(root = %root.display(), unmounted = n, "umount done");
     Ok(ExitCode::SUCCESS)
@@ -23,7 +23,15 @@ pub fn umount(args: RootArg) -> anyhow::Result<ExitCode> {
 
 pub fn rm(args: RootArg) -> anyhow::Result<ExitCode> {
     let root = super::absolute(&args.root)?;
+    // A store's user namespace range goes back to the host's registry with it.
+    let claim = root
+        .canonicalize()
+        .ok()
+        .and_then(|c| crate::release::userns::claim_of(&c));
     crate::teardown::remove_root(&root)
         .with_context(|| format!("cannot remove {}", root.display()))?;
+    if let Some((record, range)) = claim {
+        crate::release::userns::forget(&record, range)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

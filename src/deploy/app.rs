@@ -16,6 +16,7 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 use crate::artifact::guard::DEFAULT_MAX_RATIO;
+use crate::id_range::IdRange;
 use crate::jail::{JailSpec, SpecInput};
 use crate::sizes::parse_size;
 
@@ -76,6 +77,9 @@ pub struct JailSettings {
     pub copy_files: bool,
     /// `-e KEY=VALUE`, in key order.
     pub env: Vec<(String, String)>,
+    /// `--userns --userns-base BASE`: the range the store holds, once resolved (see
+    /// [`AppConfig::userns`]); `None` runs without a user namespace.
+    pub userns: Option<IdRange>,
 }
 
 impl JailSettings {
@@ -99,6 +103,13 @@ impl JailSettings {
         }
         for (k, v) in &self.env {
             a.extend(["--env".into(), format!("{k}={v}").into()]);
+        }
+        if let Some(r) = self.userns {
+            a.extend([
+                "--userns".into(),
+                "--userns-base".into(),
+                r.base().to_string().into(),
+            ]);
         }
         a.push("--".into());
         a.extend(command.iter().map(OsString::from));
@@ -135,6 +146,17 @@ pub struct HealthConfig {
     pub interval: Duration,
 }
 
+/// `userns` and `userns_base`: whether the app's jails run in a user namespace, and in
+/// which host range (see [`crate::release::userns`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Userns {
+    /// No user namespace: root in the jail is host root (the default when the key is absent).
+    #[default]
+    Off,
+    /// A user namespace, in the range given, or else the one the store records, or a free one.
+    On(Option<IdRange>),
+}
+
 /// One app, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppConfig {
@@ -157,6 +179,7 @@ pub struct AppConfig {
     pub max_bytes: u64,
     /// The largest expansion ratio of a compressed artifact (0: none).
     pub max_ratio: u64,
+    pub userns: Userns,
 }
 
 /// Default `deploy_timeout`: 15 minutes (a few GiB over a slow link, plus the health check).
@@ -207,6 +230,9 @@ struct RawApp {
     deploy_timeout: Option<String>,
     max_bytes: Option<RawSize>,
     max_ratio: Option<u64>,
+    #[serde(default)]
+    userns: bool,
+    userns_base: Option<u64>,
 }
 
 /// A size as a number of bytes or a string like `"8GiB"`.
@@ -286,6 +312,7 @@ fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfigError> {
         robind: raw.robind,
         copy_files: raw.copy_files,
         env,
+        userns: None,
     };
     check_jail(&raw.root, &jail, &jail.command).map_err(|r| err("command", r))?;
     let health = match raw.health {
@@ -332,6 +359,7 @@ fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfigError> {
     if max_bytes == 0 {
         return Err(err("max_bytes", "must be greater than zero".into()));
     }
+    let userns = userns(raw.userns, raw.userns_base).map_err(|r| err("userns_base", r))?;
     Ok(AppConfig {
         name,
         artifact: raw.artifact,
@@ -347,11 +375,24 @@ fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfigError> {
         deploy_timeout,
         max_bytes,
         max_ratio: raw.max_ratio.unwrap_or(DEFAULT_MAX_RATIO),
+        userns,
     })
 }
 
 /// A bound on the check of an app without a health check (the executor's settle time).
 const SETTLE_BOUND: Duration = Duration::from_secs(2);
+
+fn userns(on: bool, base: Option<u64>) -> Result<Userns, String> {
+    match (on, base) {
+        (false, None) => Ok(Userns::Off),
+        (false, Some(_)) => Err("needs userns = true".into()),
+        (true, base) => Ok(Userns::On(
+            base.map(IdRange::new)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+        )),
+    }
+}
 
 fn check_template(t: &str) -> Result<(), String> {
     if !["s3://", "file://", "https://", "http://"]
@@ -565,6 +606,8 @@ interval = "500ms"
             ),
             ("max_bytes = \"8GB\"", "max_bytes"),
             ("max_bytes = 0", "max_bytes"),
+            ("userns_base = 131072", "userns_base"),
+            ("userns = true\nuserns_base = 1000", "userns_base"),
             (
                 "[apps.a.health]\ntcp = \"127.0.0.1:1\"\ninterval = \"x\"",
                 "health.interval",
@@ -586,6 +629,28 @@ interval = "500ms"
         assert_eq!((e["a"].max_bytes, e["a"].max_ratio), (512 << 20, 0));
         let e = parse_apps(&with("max_bytes = 1000")).unwrap();
         assert_eq!(e["a"].max_bytes, 1000);
+        assert_eq!(
+            e["a"].userns,
+            Userns::Off,
+            "an absent key keeps today's behaviour"
+        );
+    }
+
+    #[test]
+    fn userns_passes_its_range_to_run() {
+        let apps = parse_apps(&with("userns = true\nuserns_base = 131072")).unwrap();
+        let r = IdRange::new(131072).unwrap();
+        assert_eq!(apps["a"].userns, Userns::On(Some(r)));
+        let auto = parse_apps(&with("userns = true")).unwrap();
+        assert_eq!(auto["a"].userns, Userns::On(None));
+        let mut jail = apps["a"].jail.clone();
+        jail.userns = Some(r);
+        let args = jail.run_args(Path::new("/r"), &["x".into()], false);
+        let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
+        assert_eq!(
+            args.join(" "),
+            "run --root /r --userns --userns-base 131072 -- x"
+        );
     }
 
     #[test]

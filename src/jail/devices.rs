@@ -5,6 +5,12 @@
 //! instance on `/dev/pts` with `/dev/ptmx -> pts/ptmx`; a 1777 tmpfs on `/dev/shm`; and the
 //! `fd`, `stdin`, `stdout`, `stderr` links into `/proc/self/fd`. No host device is reachable.
 //! (droot created `/dev/zero` as 1:3, i.e. a second `/dev/null`.)
+//!
+//! With a user namespace ([`super::userns`]) the nodes are still made with `mknod`, by host
+//! root, before the jail enters its namespace (a process in a user namespace could not, and
+//! a node on a mount made from one would not open). Everything here is then given to the
+//! jail's root (host `base`), as it is root's without a namespace, and devpts gives new ptys
+//! the jail's group 5 (`tty`) rather than the host's, which the jail could not map.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -12,10 +18,11 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
 use nix::sys::stat::{FchmodatFlags, Mode, SFlag, fchmodat, makedev, mkdirat, mknodat};
-use nix::unistd::symlinkat;
+use nix::unistd::{FchownatFlags, Gid, Uid, fchownat, symlinkat};
 
 use super::JailError;
 use super::paths::{Kind, fd_path, open_beneath};
+use crate::id_range::IdRange;
 
 /// The character devices created: name, major, minor.
 pub const DEVICES: [(&str, u64, u64); 6] = [
@@ -35,16 +42,24 @@ const LINKS: [(&str, &str); 5] = [
     ("stderr", "/proc/self/fd/2"),
 ];
 
-/// Mounts and fills `root/dev`.
-pub fn mount_dev(root_fd: BorrowedFd<'_>, root: &Path) -> Result<(), JailError> {
+/// Mounts and fills `root/dev`; with `userns`, owned by the jail's root.
+pub fn mount_dev(
+    root_fd: BorrowedFd<'_>,
+    root: &Path,
+    userns: Option<IdRange>,
+) -> Result<(), JailError> {
     let rel = Path::new("dev");
     let target = open_beneath(root_fd, root, rel, Kind::Dir, true)?;
+    let owned = |opts: &str| match userns {
+        Some(r) => format!("{opts},uid={0},gid={0}", r.base()),
+        None => opts.to_string(),
+    };
     mount(
         Some("tmpfs"),
         &fd_path(target.as_fd()),
         Some("tmpfs"),
         MsFlags::MS_NOSUID,
-        Some("mode=0755,size=65536k"),
+        Some(owned("mode=0755,size=65536k").as_str()),
     )
     .map_err(|e| mount_err("dev (tmpfs)", &root.join("dev"), e))?;
     // Our own fresh tmpfs from here on: nothing in it can be a hostile link.
@@ -66,36 +81,56 @@ pub fn mount_dev(root_fd: BorrowedFd<'_>, root: &Path) -> Result<(), JailError> 
         )
         .map_err(dev_err)?;
         fchmodat(dev.as_fd(), name, mode, FchmodatFlags::FollowSymlink).map_err(dev_err)?;
+        give(dev.as_fd(), name, userns).map_err(dev_err)?;
     }
 
-    let pts = make_dir(dev.as_fd(), &devp, "pts", 0o755)?;
+    let pts = make_dir(dev.as_fd(), &devp, "pts", 0o755, userns)?;
+    let tty_gid = userns.map_or(TTY_GID, |r| r.base() + TTY_GID);
     mount(
         Some("devpts"),
         &fd_path(pts.as_fd()),
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Some(format!("newinstance,ptmxmode=0666,mode=0620,gid={tty_gid}").as_str()),
     )
     .map_err(|e| mount_err("devpts", &devp.join("pts"), e))?;
 
-    let shm = make_dir(dev.as_fd(), &devp, "shm", 0o1777)?;
+    let shm = make_dir(dev.as_fd(), &devp, "shm", 0o1777, userns)?;
     mount(
         Some("shm"),
         &fd_path(shm.as_fd()),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(owned("mode=1777,size=65536k").as_str()),
     )
     .map_err(|e| mount_err("shm (tmpfs)", &devp.join("shm"), e))?;
 
     for (name, to) in LINKS {
-        symlinkat(to, dev.as_fd(), name).map_err(|e| JailError::Device {
+        let err = |e: Errno| JailError::Device {
             path: devp.join(name),
             err: e.into(),
-        })?;
+        };
+        symlinkat(to, dev.as_fd(), name).map_err(err)?;
+        give(dev.as_fd(), name, userns).map_err(err)?;
     }
     tracing::debug!(target = %devp.display(), "populated /dev");
     Ok(())
+}
+
+/// The group of `/dev/pts/N` (`tty`), in the jail's numbering.
+const TTY_GID: u32 = 5;
+
+/// Gives `name` (not followed) to the jail's root when there is a user namespace.
+fn give(dir: BorrowedFd<'_>, name: &str, userns: Option<IdRange>) -> Result<(), Errno> {
+    let Some(r) = userns else { return Ok(()) };
+    let id = Some(r.base());
+    fchownat(
+        dir,
+        name,
+        id.map(Uid::from_raw),
+        id.map(Gid::from_raw),
+        FchownatFlags::AT_SYMLINK_NOFOLLOW,
+    )
 }
 
 fn make_dir(
@@ -103,6 +138,7 @@ fn make_dir(
     devp: &Path,
     name: &str,
     mode: u32,
+    userns: Option<IdRange>,
 ) -> Result<std::os::fd::OwnedFd, JailError> {
     let mode = Mode::from_bits_truncate(mode);
     let err = |e: Errno| JailError::PathSetup {
@@ -112,6 +148,7 @@ fn make_dir(
     };
     mkdirat(dev, name, mode).map_err(err)?;
     fchmodat(dev, name, mode, FchmodatFlags::FollowSymlink).map_err(err)?;
+    give(dev, name, userns).map_err(err)?;
     open_beneath(dev, devp, Path::new(name), Kind::Dir, false)
 }
 

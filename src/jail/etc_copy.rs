@@ -16,7 +16,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fchmod};
-use nix::unistd::{UnlinkatFlags, unlinkat};
+use nix::unistd::{UnlinkatFlags, fchown, unlinkat};
 
 use super::JailError;
 use super::paths::{Kind, open_beneath};
@@ -24,12 +24,14 @@ use super::paths::{Kind, open_beneath};
 /// The files `--cp` copies, relative to etc.
 pub const FILES: [&str; 4] = ["hosts", "resolv.conf", "passwd", "group"];
 
-/// Copies [`FILES`] from `host_etc` (normally `/etc`) into `root/etc`. A file missing on the
+/// Copies [`FILES`] from `host_etc` (normally `/etc`) into `root/etc`, owned by `owner`
+/// (the jail's root in a user namespace; else the caller, host root). A file missing on the
 /// host is skipped with a warning.
 pub fn copy_host_files(
     root_fd: BorrowedFd<'_>,
     root: &Path,
     host_etc: &Path,
+    owner: Option<(u32, u32)>,
 ) -> Result<(), JailError> {
     let etc = open_beneath(root_fd, root, Path::new("etc"), Kind::Dir, true)?;
     for name in FILES {
@@ -49,7 +51,7 @@ pub fn copy_host_files(
         let mode = std::fs::metadata(&host)
             .map(|m| m.permissions().mode() & 0o777)
             .unwrap_or(0o644);
-        replace_file(etc.as_fd(), name, &content, mode)
+        replace_file(etc.as_fd(), name, &content, mode, owner)
             .map_err(|e| copy_err(format!("cannot write {}/etc/{name}: {e}", root.display())))?;
         tracing::debug!(
             file = name,
@@ -61,7 +63,13 @@ pub fn copy_host_files(
 }
 
 /// Writes `content` to `dir/name` by creating a temporary file and renaming it over `name`.
-fn replace_file(dir: BorrowedFd<'_>, name: &str, content: &[u8], mode: u32) -> Result<(), Errno> {
+fn replace_file(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    content: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), Errno> {
     let tmp = format!(".{name}.droot-fleet-{}", std::process::id());
     let flags =
         OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -77,6 +85,10 @@ fn replace_file(dir: BorrowedFd<'_>, name: &str, content: &[u8], mode: u32) -> R
     let written = file
         .write_all(content)
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        .and_then(|()| match owner {
+            Some((u, g)) => fchown(&file, Some(u.into()), Some(g.into())),
+            None => Ok(()),
+        })
         .and_then(|()| fchmod(&file, Mode::from_bits_truncate(mode)));
     let renamed = written.and_then(|()| renameat(dir, tmp.as_str(), dir, name));
     if renamed.is_err() {
@@ -110,7 +122,7 @@ mod tests {
         std::fs::create_dir(root.path().join("etc")).unwrap();
         symlink(victim.path(), root.path().join("etc/passwd")).unwrap();
         let fd = open_root(root.path()).unwrap();
-        copy_host_files(fd.as_fd(), root.path(), host.path()).unwrap();
+        copy_host_files(fd.as_fd(), root.path(), host.path(), None).unwrap();
         let etc = root.path().join("etc");
         assert_eq!(
             std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
@@ -139,7 +151,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         symlink(outside.path(), root.path().join("etc")).unwrap();
         let fd = open_root(root.path()).unwrap();
-        let e = copy_host_files(fd.as_fd(), root.path(), host.path()).unwrap_err();
+        let e = copy_host_files(fd.as_fd(), root.path(), host.path(), None).unwrap_err();
         assert!(matches!(e, JailError::UnsafePath { .. }), "{e}");
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
     }

@@ -25,6 +25,9 @@
 //! - The environment is `/.drootenv` plus `-e`; the host's environment is never inherited,
 //!   and no descriptor above stderr survives into the command (a host directory fd would be
 //!   a way out of the chroot).
+//! - With `--userns` the jail runs in a user namespace whose root is an unprivileged host uid
+//!   ([`userns`]): its mounts are made first, as host root, then it unshares the namespace
+//!   before the chroot, and can neither change host-root files nor mount anything.
 //! - Signals sent to us are forwarded to the jailed process and its exit status becomes ours
 //!   (killed by signal N: 128+N). By default the jail has its own PID namespace, where a
 //!   minimal init of ours is PID 1 and reaps orphans; `--host-pid` shares the host's
@@ -39,8 +42,9 @@
 //! [`spec`] (pure flag parsing into a [`JailSpec`]), [`user`] (passwd/group), [`env`](mod@env)
 //! (environment and `PATH`), [`paths`] (symlink-safe walk), [`etc_copy`] (`--cp`), [`mounts`]
 //! (namespace, proc, sys, binds), [`procfs`] (read-only and masked kernel paths), [`devices`]
-//! (`/dev`), [`caps`], [`seccomp`], [`tty`] (session, pty relay), [`output`] (the log pipe),
-//! [`process`] (fork, init, signals, exec).
+//! (`/dev`), [`caps`], [`seccomp`], [`userns`] (the user namespace and its maps), [`tty`]
+//! (session, pty relay), [`output`] (the log pipe), [`process`] (fork, init, signals, exec),
+//! `report` (errors across the fork).
 //!
 //! [`run`] forks, so it must be called from a single-threaded process (the `run` command
 //! never starts a tokio runtime).
@@ -54,10 +58,12 @@ pub mod output;
 pub mod paths;
 pub mod process;
 pub mod procfs;
+mod report;
 pub mod seccomp;
 pub mod spec;
 pub mod tty;
 pub mod user;
+pub mod userns;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -163,6 +169,18 @@ pub enum JailError {
     NotExecutable { cmd: String, err: SysErr },
     #[error("exec of {cmd:?} failed: {err}")]
     Exec { cmd: String, err: SysErr },
+    #[error("user namespace set-up failed ({op}): {err}")]
+    UserNamespace { op: String, err: SysErr },
+    #[error(
+        "root {root} is owned by uid {owner}, outside the jail's id range {range}: it was not \
+         unpacked for this user namespace (a store that turns user namespaces on shifts its \
+         releases into its range; a plain directory must be chowned into it)"
+    )]
+    RootOutsideRange {
+        root: PathBuf,
+        owner: u32,
+        range: String,
+    },
     #[error("{op} failed: {err}")]
     Sys { op: String, err: SysErr },
     #[error("the jail's set-up process failed without a report: {reason}")]

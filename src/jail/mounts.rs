@@ -7,7 +7,7 @@
 //! Read-only binds are made recursively read-only with `mount_setattr(AT_RECURSIVE)` (Linux
 //! 5.12+); on older kernels only the top mount is remounted read-only.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -127,50 +127,25 @@ pub fn bind(
     Ok(())
 }
 
-/// `struct mount_attr` of `mount_setattr(2)`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-const AT_RECURSIVE: libc::c_int = 0x8000;
-
 /// Makes the mount whose root is `mounted` read-only (and nosuid, nodev, and for sys-like
 /// trees noexec), recursively when `mount_setattr` exists; else remounts the top only.
 pub(crate) fn make_readonly(mounted: BorrowedFd<'_>, noexec: bool) -> Result<(), Errno> {
+    use crate::newmount::{
+        MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+    };
     let mut set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
     if noexec {
         set |= MOUNT_ATTR_NOEXEC;
     }
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
+    let attrs = crate::newmount::Attrs {
+        set,
+        private: false,
+        recursive: true,
     };
-    // SAFETY: plain syscall with a valid fd, a NUL-terminated empty path and a live struct of
-    // the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mounted.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
+    let e = match crate::newmount::set_attrs(mounted, attrs) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
     };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = Errno::last();
     if !matches!(e, Errno::ENOSYS | Errno::EINVAL) {
         return Err(e);
     }

@@ -2,10 +2,12 @@
 //! the PID namespace, signal forwarding and the exit status.
 //!
 //! ```text
-//! droot-fleet (parent, host namespaces; signals blocked; a pty relay when stdin is a tty)
+//! droot-fleet (parent, host namespaces; signals blocked; a pty relay when stdin is a tty;
+//!              with --userns: writes the child's uid/gid maps when it asks)
 //!  └─ clone(CLONE_NEWNS | CLONE_NEWPID)             (no CLONE_NEWPID with --host-pid)
-//!      child: setsid, umask 022, rprivate, proc, sys, dev, /proc masks, binds, chroot,
-//!             user lookup, env
+//!      child: setsid, umask 022, rprivate, proc, sys, dev, /proc masks, binds,
+//!             [--userns: unshare(CLONE_NEWUSER), wait for the maps, become its root],
+//!             chroot, user lookup, env
 //!        default:     it is PID 1 (our init): fork → setsid, pty, caps, creds, NO_NEW_PRIVS,
 //!                     seccomp, exec CMD; init reaps every orphan, forwards signals, exits
 //!                     with CMD's status
@@ -31,9 +33,12 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 use super::paths::{self, Kind};
+use super::report::{read_report, report_and_exit};
 use super::spec::JailSpec;
 use super::user::{self, UserDb};
-use super::{JailError, caps, devices, env, etc_copy, mounts, output, procfs, seccomp, tty};
+use super::{
+    JailError, caps, devices, env, etc_copy, mounts, output, procfs, seccomp, tty, userns,
+};
 
 /// How the jailed command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +89,9 @@ struct Plan<'a> {
     console: Option<RawFd>,
     /// The output pipe of a supervised jail ([`output`]).
     output: Option<output::ChildFds>,
+    /// The user namespace sync socket with `--userns` ([`userns`]): the child's end, and the
+    /// parent's, which the child closes so that the parent's death shows on its own.
+    userns_sync: Option<(RawFd, RawFd)>,
 }
 
 /// Runs `spec` and returns how the command ended. Set-up failures (also those that happen
@@ -113,8 +121,12 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
             Ok((bind_source_kind(&b.source)?, inside))
         })
         .collect::<Result<Vec<_>, JailError>>()?;
+    if let Some(range) = spec.userns {
+        userns::check_root(root_fd.as_fd(), &root, range)?;
+    }
     if spec.copy_host_files {
-        etc_copy::copy_host_files(root_fd.as_fd(), &root, Path::new("/etc"))?;
+        let owner = spec.userns.map(|r| (r.base(), r.base()));
+        etc_copy::copy_host_files(root_fd.as_fd(), &root, Path::new("/etc"), owner)?;
     }
     // Only needed for --cp; the child reopens the root in its own mount namespace.
     drop(root_fd);
@@ -135,6 +147,7 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         Some(_) => None,
         None => tty::socket_if_terminal()?,
     };
+    let sync = spec.userns.map(|_| userns::Sync::new()).transpose()?;
     let plan = Plan {
         spec,
         root,
@@ -143,6 +156,9 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         seccomp,
         console: console.as_ref().map(|c| c.child.as_raw_fd()),
         output: output.as_ref().map(output::Output::child_fds),
+        userns_sync: sync
+            .as_ref()
+            .map(|s| (s.child.as_raw_fd(), s.parent.as_raw_fd())),
     };
     let (report_rd, report_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys("pipe2", e))?;
@@ -159,6 +175,7 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
     let streams = Streams {
         console,
         output,
+        sync,
         report: (report_rd, report_wr),
     };
     let result = spawn_and_supervise(&plan, streams, &wait_set);
@@ -170,6 +187,7 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
 struct Streams {
     console: Option<tty::ConsoleSocket>,
     output: Option<output::Output>,
+    sync: Option<userns::Sync>,
     /// The child's error report: read end, write end.
     report: (OwnedFd, OwnedFd),
 }
@@ -182,6 +200,7 @@ fn spawn_and_supervise(
     let Streams {
         console,
         output,
+        sync,
         report: (rd, wr),
     } = streams;
     let mut flags = CloneFlags::CLONE_NEWNS;
@@ -203,6 +222,18 @@ fn spawn_and_supervise(
     }
     .map_err(|e| JailError::sys("clone (new mount/PID namespace)", e))?;
     drop(wr);
+    // Kept open until we return: the jail's init checks it to know we are alive.
+    let sync = sync.map(|s| {
+        drop(s.child);
+        s.parent
+    });
+    if let (Some(sock), Some(range)) = (&sync, plan.spec.userns)
+        && let Err(e) = userns::map_child(child, range, sock)
+    {
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        return Err(e);
+    }
     let pump = match output.map(output::Output::start).transpose() {
         Ok(p) => p,
         Err(e) => {
@@ -215,6 +246,7 @@ fn spawn_and_supervise(
     if let Some(p) = pump {
         p.finish(output::FINISH_DEADLINE);
     }
+    drop(sync);
     result
 }
 
@@ -286,53 +318,6 @@ fn next_signal(set: &SigSet) -> Result<Signal, Errno> {
     }
 }
 
-fn read_report(rd: OwnedFd) -> Option<JailError> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match nix::unistd::read(rd.as_fd(), &mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(Errno::EINTR) => {}
-            Err(e) => {
-                return Some(JailError::ChildLost {
-                    reason: format!("reading its report: {e}"),
-                });
-            }
-        }
-    }
-    if buf.is_empty() {
-        return None;
-    }
-    Some(
-        postcard::from_bytes(&buf).unwrap_or_else(|e| JailError::ChildLost {
-            reason: format!("undecodable report: {e}"),
-        }),
-    )
-}
-
-/// Sends `err` to the parent and exits with its code. Never returns.
-fn report_and_exit(wr: RawFd, err: &JailError) -> ! {
-    let bytes = postcard::to_allocvec(err).unwrap_or_else(|e| {
-        postcard::to_allocvec(&JailError::ChildLost {
-            reason: format!("{err} (and it could not be encoded: {e})"),
-        })
-        .unwrap_or_default()
-    });
-    // SAFETY: the fd stays open until `_exit`; it is not owned by anything that will close it.
-    let fd = unsafe { BorrowedFd::borrow_raw(wr) };
-    let mut off = 0;
-    while off < bytes.len() {
-        match nix::unistd::write(fd, &bytes[off..]) {
-            Ok(n) => off += n,
-            Err(Errno::EINTR) => {}
-            Err(_) => break,
-        }
-    }
-    // SAFETY: ends this (forked) process without unwinding into the parent's copied frames.
-    unsafe { libc::_exit(i32::from(err.exit_code())) }
-}
-
 /// The cloned child. Never returns: it execs the command, runs init, or reports and exits.
 fn child_main(plan: &Plan<'_>, wr: RawFd, wait_set: &SigSet) -> isize {
     if let Some(fds) = plan.output
@@ -398,10 +383,15 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
     let root_fd = root_fd.as_fd();
     mounts::mount_proc(root_fd, root)?;
     mounts::mount_sys(root_fd, root)?;
-    devices::mount_dev(root_fd, root)?;
+    devices::mount_dev(root_fd, root, plan.spec.userns)?;
     procfs::protect(root_fd, root)?;
     for (b, (kind, inside)) in plan.spec.binds.iter().zip(&plan.binds) {
         mounts::bind(root_fd, root, b, *kind, inside.as_deref())?;
+    }
+    if let Some((sock, parents)) = plan.userns_sync {
+        // SAFETY: our copy of the parent's end; nothing else in this process uses it.
+        unsafe { libc::close(parents) };
+        userns::enter(sock, plan.spec.pid_ns)?;
     }
     chroot_into(root_fd, root)?;
 

@@ -7,6 +7,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use super::JailError;
+use crate::id_range::IdRange;
 
 /// One `-b`/`--robind` mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub struct JailSpec {
     pub pid_ns: bool,
     /// Install the default seccomp filter (the default); `false` with `--seccomp unconfined`.
     pub seccomp: bool,
+    /// `--userns`: run in a user namespace mapping the jail's ids 0-65535 to this range.
+    pub userns: Option<IdRange>,
     /// The command and its arguments; never empty.
     pub command: Vec<String>,
     /// Stdout and stderr through a pipe into this capped log ([`super::output`]); `None`:
@@ -60,6 +63,8 @@ pub struct SpecInput {
     pub host_pid: bool,
     /// `--seccomp unconfined`: no seccomp filter.
     pub seccomp_unconfined: bool,
+    /// `--userns` with its range (already resolved).
+    pub userns: Option<IdRange>,
     pub command: Vec<String>,
     /// `--log-file PATH` (absolute) and `--log-cap BYTES`.
     pub log: Option<super::LogSpec>,
@@ -131,6 +136,7 @@ impl JailSpec {
             drop_caps: !input.no_dropcaps,
             pid_ns: !input.host_pid,
             seccomp: !input.seccomp_unconfined,
+            userns: input.userns,
             command: input.command,
             log: input.log,
         })

@@ -14,7 +14,9 @@
 //! where no jail can reach it: `PARENT/.NAME.droot-fleet/` (lock and staging) for
 //! `DIR = PARENT/NAME` ([`Layout::in_place`]).
 //!
-//! Every directory created here gets an explicit mode whatever the umask: `DIR` and
+//! Every directory created here gets an explicit mode whatever the umask: `DIR` 0700 in
+//! symlink mode (tightened when an older version made it wider, see [`super::protect`]) and
+//! 0755 in rsync mode (it is the jail's `/`; the archive's root entry sets its final mode),
 //! `releases/` 0755, the state directory and staging 0700.
 
 use std::fs::File;
@@ -31,6 +33,8 @@ pub const TOOL_DIR: &str = ".droot-fleet";
 pub struct Layout {
     pub root: PathBuf,
     state: PathBuf,
+    /// Rsync mode: `root` is itself the jail's `/`.
+    in_place: bool,
 }
 
 impl Layout {
@@ -38,7 +42,11 @@ impl Layout {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
         let state = root.join(TOOL_DIR);
-        Layout { root, state }
+        Layout {
+            root,
+            state,
+            in_place: false,
+        }
     }
     /// Rsync mode: `root` is live (a jail's `/`), so the state sits beside it, in
     /// `PARENT/.NAME.droot-fleet`. Creates `root` (0755) when missing, and resolves it, so
@@ -46,17 +54,21 @@ impl Layout {
     pub fn in_place(root: &Path) -> io::Result<Self> {
         mkdir_p(root, 0o755)?;
         let root = root.canonicalize()?;
-        let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
+        let Some(state) = in_place_state_dir(&root) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "rsync mode cannot deploy into /",
             ));
         };
-        let mut state_name = std::ffi::OsString::from(".");
-        state_name.push(name);
-        state_name.push(TOOL_DIR);
-        let state = parent.join(state_name);
-        Ok(Layout { root, state })
+        Ok(Layout {
+            root,
+            state,
+            in_place: true,
+        })
+    }
+    /// Whether this is rsync mode's layout (the root is the jail's `/`).
+    pub fn is_in_place(&self) -> bool {
+        self.in_place
     }
     pub fn current(&self) -> PathBuf {
         self.root.join("current")
@@ -76,10 +88,10 @@ impl Layout {
     pub fn staging_dir(&self) -> PathBuf {
         self.tool_dir().join("staging")
     }
-    /// Creates the root (0755), `releases/` (0755) and the state directory when missing;
-    /// the state directory and staging are always (re)set to 0700.
+    /// Creates the root (0700; 0755 in rsync mode), `releases/` (0755) and the state
+    /// directory when missing; the state directory and staging are always (re)set to 0700.
     pub fn ensure(&self, with_releases: bool) -> io::Result<()> {
-        mkdir_p(&self.root, 0o755)?;
+        mkdir_p(&self.root, if self.in_place { 0o755 } else { 0o700 })?;
         for dir in [self.tool_dir(), self.staging_dir()] {
             mkdir_p(&dir, 0o700)?;
             let meta = std::fs::symlink_metadata(&dir)?;
@@ -98,6 +110,16 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// Rsync mode's state directory for the (canonical) root `PARENT/NAME`:
+/// `PARENT/.NAME.droot-fleet`; `None` for `/`.
+pub fn in_place_state_dir(root: &Path) -> Option<PathBuf> {
+    let (parent, name) = (root.parent()?, root.file_name()?);
+    let mut state_name = std::ffi::OsString::from(".");
+    state_name.push(name);
+    state_name.push(TOOL_DIR);
+    Some(parent.join(state_name))
 }
 
 /// Creates `path` and its missing ancestors, each with exactly `mode` (the umask ignored).

@@ -11,12 +11,20 @@
 //!
 //! Rsync mode ([`rsync`]) updates the root in place instead, for roots that other tools
 //! expect to be a plain directory.
+//!
+//! Either way the store gives other host users nothing: it is out of their reach and
+//! mounted `nosuid,nodev` ([`protect`]). A store may also run its jails in a user namespace:
+//! its releases are then owned by the namespace's unprivileged host range ([`userns`]).
 
 pub mod history;
+pub mod id_registry;
 pub mod layout;
+pub mod protect;
 pub mod rsync;
+pub mod shift;
 pub mod switch;
 mod symlink_mode;
+pub mod userns;
 
 use std::io;
 use std::path::PathBuf;
@@ -26,7 +34,7 @@ pub use symlink_mode::{
     Deployed, ReleaseInfo, clear_current, deploy, deploy_verified, judge, list, prune, rollback,
 };
 
-use crate::artifact::UnpackError;
+use crate::artifact::{UnpackError, UnpackOptions};
 use crate::teardown::TeardownError;
 
 /// Why a [`deploy_verified`] check refused an unpacked tree.
@@ -57,6 +65,20 @@ pub enum ReleaseError {
     },
     #[error(transparent)]
     Teardown(#[from] TeardownError),
+    #[error(transparent)]
+    Userns(#[from] userns::UsernsError),
+}
+
+/// `opts` for a deploy into the store of `layout`: shifted into its user namespace range
+/// when it records one, whatever the caller asked.
+pub(crate) fn store_unpack_options(
+    layout: &Layout,
+    opts: &UnpackOptions,
+) -> Result<UnpackOptions, ReleaseError> {
+    Ok(UnpackOptions {
+        id_shift: userns::recorded(layout)?,
+        ..opts.clone()
+    })
 }
 
 impl ReleaseError {

@@ -275,6 +275,9 @@ pub fn deploy<R: Read + Send + 'static>(
         .map_err(ReleaseError::io("cannot create", layout.tool_dir()))?;
     let _lock =
         RootLock::acquire(&layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    refuse_foreign_mount(&layout.root)?;
+    super::protect::protect(&layout)?;
+    let opts = &super::store_unpack_options(&layout, opts)?;
     let root = layout.root.as_path();
     let staging_dir = layout.staging_dir();
     let staging = staging_dir.join(STAGING);
@@ -298,48 +301,125 @@ pub fn deploy<R: Read + Send + 'static>(
             return Err(ReleaseError::Unpack(e));
         }
     };
-    let result = merge(root, &state_fd, &unpacked);
+    let owner = opts.id_shift.map(|r| (r.base(), r.base()));
+    let result = merge(&layout, &state_fd, &unpacked, owner);
     clear()?;
     let stats = result?;
     tracing::info!(root = %root.display(), updated = stats.updated, deleted = stats.deleted, "rsync deploy done");
     Ok((unpacked, stats))
 }
 
-/// Merges the staged tree into the live root, then gives the root the archive root's mode.
+/// Merges the staged tree into the live root, then gives the root the archive root's mode
+/// (and, in a user namespace store, the jail's root as owner).
 fn merge(
-    root: &Path,
+    layout: &Layout,
     state_fd: &OwnedFd,
     unpacked: &UnpackStats,
+    owner: Option<(u32, u32)>,
 ) -> Result<SyncStats, ReleaseError> {
+    let root = layout.root.as_path();
     let io_err = |what, p: &Path| {
         let p = p.to_path_buf();
         move |e: Errno| ReleaseError::io(what, p)(e.into())
     };
-    let root_fd = beneath::open_named_dir(root).map_err(ReleaseError::io("cannot open", root))?;
-    let src_fd = beneath::open_dir(state_fd.as_fd(), Path::new(STAGING), Mounts::Refuse)
+    let staged = beneath::open_dir(state_fd.as_fd(), Path::new(STAGING), Mounts::Refuse)
         .map_err(io_err("cannot open staging for", root))?;
-    let (rm, sm) = (
-        beneath::mount_id(root_fd.as_fd()).map_err(io_err("cannot stat", root))?,
-        beneath::mount_id(src_fd.as_fd()).map_err(io_err("cannot stat staging for", root))?,
-    );
-    if rm != sm {
-        return Err(ReleaseError::Io {
-            what: "rsync mode needs its staging directory on the filesystem of",
-            path: root.to_path_buf(),
-            source: io::Error::other(
-                "the root is a mountpoint of its own; deploy into a directory below it instead (nothing was changed)",
-            ),
-        });
-    }
+    let (root_fd, src_fd) = open_for_merge(layout, &staged)?;
     let mut syncer = Syncer {
         root,
         mounts: mounts_below(root)?,
         stats: SyncStats::default(),
     };
     syncer.sync_dir(src_fd.as_fd(), root_fd.as_fd(), Path::new(""))?;
-    if let Some(mode) = unpacked.root_mode {
-        beneath::set_attrs(root_fd.as_fd(), Some(mode), None, None)
+    if unpacked.root_mode.is_some() || owner.is_some() {
+        beneath::set_attrs(root_fd.as_fd(), unpacked.root_mode, owner, None)
             .map_err(io_err("cannot chmod", root))?;
     }
     Ok(syncer.stats)
+}
+
+/// Refuses a root that is a mountpoint, unless the mount is the store's own (a bind of the
+/// root onto itself, [`super::protect`]): the staging tree is renamed into the root, which
+/// works only on one filesystem.
+fn refuse_foreign_mount(root: &Path) -> Result<(), ReleaseError> {
+    let table = mountinfo::read().map_err(|e| ReleaseError::Io {
+        what: "cannot read the mount table for",
+        path: root.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
+    let mounted = table.iter().any(|m| m.mount_point == root);
+    if mounted && !mountinfo::is_store_mount(&table, root) {
+        return Err(not_own_mount(root));
+    }
+    Ok(())
+}
+
+fn not_own_mount(root: &Path) -> ReleaseError {
+    ReleaseError::Io {
+        what: "rsync mode needs its staging directory on the filesystem of",
+        path: root.to_path_buf(),
+        source: io::Error::other(
+            "the root is a mountpoint of its own; deploy into a directory below it instead (nothing was changed)",
+        ),
+    }
+}
+
+/// The root and the staged tree as descriptors on one mount, so that rename(2) works
+/// between them. The root is normally under the store's own `nosuid,nodev` bind mount
+/// ([`super::protect`]), which rename(2) cannot cross from staging; so both are reached
+/// through a detached copy of the parent's mount, where the root's directory is uncovered.
+/// Each must be the very directory the host sees (same device and inode): a root that is
+/// another filesystem's mountpoint is refused. Without root (no copy can be made) both are
+/// used as they are, and must already share a mount.
+fn open_for_merge(layout: &Layout, staged: &OwnedFd) -> Result<(OwnedFd, OwnedFd), ReleaseError> {
+    let root = layout.root.as_path();
+    let io_err = |what, p: &Path| {
+        let p = p.to_path_buf();
+        move |e: Errno| ReleaseError::io(what, p)(e.into())
+    };
+    let visible = beneath::open_named_dir(root).map_err(ReleaseError::io("cannot open", root))?;
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    let copy = match crate::newmount::clone_tree(parent) {
+        Ok(copy) => copy,
+        Err(Errno::EPERM | Errno::ENOSYS) => {
+            let (rm, sm) = (
+                beneath::mount_id(visible.as_fd()).map_err(io_err("cannot stat", root))?,
+                beneath::mount_id(staged.as_fd())
+                    .map_err(io_err("cannot stat staging for", root))?,
+            );
+            if rm != sm {
+                return Err(not_own_mount(root));
+            }
+            let src = beneath::open_dir(staged.as_fd(), Path::new(""), Mounts::Refuse)
+                .map_err(io_err("cannot open staging for", root))?;
+            return Ok((visible, src));
+        }
+        Err(e) => {
+            return Err(io_err(
+                "cannot reach the directory under the store mount of",
+                root,
+            )(e));
+        }
+    };
+    let name = Path::new(root.file_name().unwrap_or_default());
+    let staging_rel = layout
+        .staging_dir()
+        .join(STAGING)
+        .strip_prefix(parent)
+        .map(Path::to_path_buf)
+        .map_err(|_| not_own_mount(root))?;
+    let root_fd = beneath::open_dir(copy.as_fd(), name, Mounts::Refuse)
+        .map_err(io_err("cannot open", root))?;
+    let src_fd = beneath::open_dir(copy.as_fd(), &staging_rel, Mounts::Refuse)
+        .map_err(io_err("cannot open staging for", root))?;
+    let same = |a: &OwnedFd, b: &OwnedFd| -> Result<bool, Errno> {
+        let (x, y) = (fstat(a)?, fstat(b)?);
+        Ok((x.st_dev, x.st_ino) == (y.st_dev, y.st_ino))
+    };
+    if !same(&root_fd, &visible).map_err(io_err("cannot stat", root))?
+        || !same(&src_fd, staged).map_err(io_err("cannot stat staging for", root))?
+    {
+        return Err(not_own_mount(root));
+    }
+    Ok((root_fd, src_fd))
 }

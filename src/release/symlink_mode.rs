@@ -61,6 +61,14 @@ fn current(layout: &Layout) -> Result<Option<String>, ReleaseError> {
     current_version(layout).map_err(ReleaseError::io("cannot read", layout.current()))
 }
 
+/// Takes the root lock, then makes sure the store is out of other users' reach and mounted
+/// `nosuid,nodev` ([`super::protect`]).
+fn lock_and_protect(layout: &Layout) -> Result<RootLock, ReleaseError> {
+    let lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    super::protect::protect(layout)?;
+    Ok(lock)
+}
+
 /// Removes leftovers of deploys that died mid-unpack. Only called under the lock.
 fn clear_staging(layout: &Layout) -> Result<(), ReleaseError> {
     let dir = layout.staging_dir();
@@ -110,7 +118,8 @@ pub fn deploy_verified<R: Read + Send + 'static>(
     layout
         .ensure(true)
         .map_err(ReleaseError::io("cannot create", &layout.root))?;
-    let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    let _lock = lock_and_protect(layout)?;
+    let opts = &super::store_unpack_options(layout, opts)?;
     clear_staging(layout)?;
     let now = crate::wall::secs();
     let version = release_name(layout, version, now)?;
@@ -178,20 +187,27 @@ fn stage_and_publish<R: Read + Send + 'static>(
         remove_entry(&staging)?;
         return Err(ReleaseError::Verify(e));
     }
-    if let Err(e) = publish(layout, &staging, version, stats.root_mode) {
+    let owner = opts.id_shift.map(|r| (r.base(), r.base()));
+    if let Err(e) = publish(layout, &staging, version, stats.root_mode, owner) {
         remove_entry(&staging)?;
         return Err(e);
     }
     Ok(stats)
 }
 
-/// Gives the staged release its final mode and renames it into `releases/`, durably.
+/// Gives the staged release its final owner (the jail's root, in a user namespace store)
+/// and mode, and renames it into `releases/`, durably.
 fn publish(
     layout: &Layout,
     staging: &std::path::Path,
     version: &str,
     root_mode: Option<u32>,
+    owner: Option<(u32, u32)>,
 ) -> Result<(), ReleaseError> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(staging, Some(uid), Some(gid))
+            .map_err(ReleaseError::io("cannot chown", staging))?;
+    }
     // The staging dir was 0700 so nobody could see a half-written tree; the release
     // gets the archive root entry's mode, or 0755 when it had none.
     let mode = root_mode.unwrap_or(0o755);
@@ -227,7 +243,7 @@ pub fn rollback(
     layout
         .ensure(false)
         .map_err(ReleaseError::io("cannot create", &layout.root))?;
-    let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    let _lock = lock_and_protect(layout)?;
     let mut history = load_history(layout)?;
     let from = current(layout)?;
     let to = match target {
@@ -312,7 +328,7 @@ pub fn prune(layout: &Layout, keep: usize) -> Result<Vec<String>, ReleaseError> 
     layout
         .ensure(false)
         .map_err(ReleaseError::io("cannot create", &layout.root))?;
-    let _lock = RootLock::acquire(layout).map_err(ReleaseError::io("cannot lock", &layout.root))?;
+    let _lock = lock_and_protect(layout)?;
     prune_locked(layout, keep)
 }
 

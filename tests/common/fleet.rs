@@ -76,7 +76,7 @@ pub struct Fleet {
     /// One fleet at a time per test binary: each runs 5+ agents with jails, too much to
     /// overlap on the 2-core machines the suite runs on.
     _serial: std::sync::MutexGuard<'static, ()>,
-    pub dir: tempfile::TempDir,
+    pub dir: crate::common::TempDir,
     /// Canonical path of `dir`.
     pub base: PathBuf,
     /// e.g. `78.3` → agents on 127.78.3.N.
@@ -104,7 +104,7 @@ impl Fleet {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         crate::common::require_root("the fleet deploy tests (jails)");
         crate::common::busybox();
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = crate::common::tempdir();
         let base = dir.path().canonicalize().unwrap();
         let keyring = base.join("keyring.json");
         write_keyring(&keyring);

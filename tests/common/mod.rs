@@ -241,6 +241,39 @@ pub fn mount_tmpfs(at: &Path) {
     assert!(st.success(), "mount tmpfs at {}", at.display());
 }
 
+/// A temporary directory for tests that deploy release stores into it: the product mounts
+/// each store `nosuid,nodev` onto itself, and a mountpoint cannot be removed, so the drop
+/// first unmounts everything at or below the directory (deepest first, detached), then
+/// removes it.
+pub struct TempDir(Option<tempfile::TempDir>);
+
+pub fn tempdir() -> TempDir {
+    TempDir(Some(tempfile::tempdir().expect("tempdir")))
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = tempfile::TempDir;
+    fn deref(&self) -> &tempfile::TempDir {
+        self.0.as_ref().expect("live")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let Some(t) = self.0.take() else { return };
+        let dir = t
+            .path()
+            .canonicalize()
+            .unwrap_or_else(|_| t.path().to_path_buf());
+        if let Ok(table) = droot_fleet::mountinfo::read() {
+            for mp in droot_fleet::mountinfo::mounts_at_or_below(&table, &dir) {
+                let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        drop(t);
+    }
+}
+
 /// Lines of /proc/self/mountinfo whose mount point is at or below `dir`.
 pub fn mounts_below(dir: &Path) -> Vec<String> {
     // Bytes: a mount point elsewhere on the host need not be UTF-8.
@@ -253,6 +286,18 @@ pub fn mounts_below(dir: &Path) -> Vec<String> {
             mp == d || mp.starts_with(&format!("{d}/"))
         })
         .map(str::to_string)
+        .collect()
+}
+
+/// [`mounts_below`], leaving out the release store's own mount at `dir` itself (a bind of
+/// `dir` onto itself, `nosuid,nodev`), which `umount` keeps.
+pub fn mounts_below_but_store(dir: &Path) -> Vec<String> {
+    let table = droot_fleet::mountinfo::read().expect("mount table");
+    let store = droot_fleet::mountinfo::is_store_mount(&table, dir);
+    let d = dir.to_string_lossy().to_string();
+    mounts_below(dir)
+        .into_iter()
+        .filter(|l| !(store && l.split(' ').nth(4) == Some(d.as_str())))
         .collect()
 }
 

@@ -38,11 +38,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::activation;
-use super::app::AppConfig;
+use super::app::{AppConfig, Userns};
 use super::fetch;
 use super::supervisor::{self, Supervisor, SupervisorError};
 use crate::artifact::UnpackOptions;
 use crate::cancel::{Cancel, Reason};
+use crate::id_range::IdRange;
 use crate::release::Layout;
 
 pub use store::MAX_ERROR;
@@ -104,6 +105,12 @@ pub enum ExecutorError {
     TaskGone(String),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error("app {app}: {source} (app not started)")]
+    Userns {
+        app: String,
+        #[source]
+        source: crate::release::userns::UsernsError,
+    },
 }
 
 /// What an app's task shares with [`Executor::status`].
@@ -142,11 +149,19 @@ impl Executor {
         let (done_tx, done_rx) = mpsc::channel(64);
         let stopping = Cancel::default();
         let mut handles = BTreeMap::new();
-        for (name, app) in apps {
-            if let Err(e) = sup.manage(app.clone()).await {
+        for (name, mut app) in apps {
+            let managed = match resolve_userns(&app).await {
+                Ok(range) => {
+                    app.jail.userns = range;
+                    sup.manage(app.clone()).await.map_err(ExecutorError::from)
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = managed {
                 sup.shutdown(true).await;
-                return Err(e.into());
+                return Err(e);
             }
+            restart_if_userns_changed(&sup, &app).await;
             let view = bring_up(&sup, &app).await;
             let shared = Arc::new(Mutex::new(Shared {
                 view: view.clone(),
@@ -256,13 +271,71 @@ impl Executor {
     }
 }
 
-/// Reads the app's store and starts its `current` release unless that already runs. An
+/// The user namespace range of the app's jails: the store's, claimed and recorded when the
+/// app asks for one ([`crate::release::userns::enable`]); `None` without, refused when the
+/// store records one (its files belong to it).
+async fn resolve_userns(app: &AppConfig) -> Result<Option<IdRange>, ExecutorError> {
+    use crate::release::userns;
+    let layout = Layout::new(&app.root);
+    let want = app.userns;
+    let r = tokio::task::spawn_blocking(move || match want {
+        Userns::Off => userns::refuse_if_recorded(&layout).map(|()| None),
+        Userns::On(base) => userns::enable(&layout, base).map(Some),
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(userns::UsernsError::Io {
+            what: "internal error setting up the user namespace of",
+            path: app.root.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    });
+    r.map_err(|source| ExecutorError::Userns {
+        app: app.name.clone(),
+        source,
+    })
+}
+
+/// A jail adopted from an earlier agent that runs with (or without) a user namespace when
+/// the app's config now says otherwise is stopped, so that `bring_up` shifts its release
+/// and starts it the configured way.
+async fn restart_if_userns_changed(sup: &Supervisor, app: &AppConfig) {
+    let Ok(st) = sup.status(&app.name).await else {
+        return;
+    };
+    let Some(pid) = st.pid.filter(|_| st.adopted) else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let with_userns = cmdline.split(|b| *b == 0).any(|a| a == b"--userns");
+    if with_userns == app.jail.userns.is_some() {
+        return;
+    }
+    tracing::warn!(app = %app.name, pid, userns = app.jail.userns.is_some(), "the adopted jail runs with another user namespace setting than the config; restarting it");
+    if let Err(e) = sup.stop(&app.name).await {
+        tracing::error!(app = %app.name, error = %e, "cannot stop the adopted jail");
+    }
+}
+
+/// Protects the app's store ([`crate::release::protect`]: 0700, mounted `nosuid,nodev`),
+/// shifts releases from before its user namespace into its range, reads it and starts its
+/// `current` release unless that already runs. An
 /// activation the previous agent left unfinished is undone first: its release was never
 /// verified, so the app comes back on the release before it (or, with none, `current` is
 /// removed and the app stays stopped), and a retry of the deploy is a full activation.
 async fn bring_up(sup: &Supervisor, app: &AppConfig) -> store::View {
     let layout = Layout::new(&app.root);
+    let name = app.name.clone();
+    let range = app.jail.userns;
     let read = tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::release::protect::protect_existing(&layout) {
+            tracing::error!(app = %name, error = %e, "cannot protect the release store (nosuid,nodev mount); starting the app anyway");
+        }
+        if let Some(r) = range
+            && let Err(e) = crate::release::userns::shift_releases(&layout, r)
+        {
+            tracing::error!(app = %name, error = %e, "cannot shift older releases into the user namespace range; they will not start");
+        }
         let undone = store::undo_interrupted(&layout);
         (undone, store::view(&layout))
     })

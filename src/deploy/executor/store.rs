@@ -294,10 +294,30 @@ mod tests {
         assert_eq!(truncate("abc".into(), 3), "abc");
     }
 
+    /// A temp dir for a store at `app`: as root, the deploy mounts the store `nosuid,nodev`
+    /// onto itself (`release::protect`), so it is unmounted before the dir is removed.
+    struct StoreDir(tempfile::TempDir);
+
+    impl StoreDir {
+        fn new() -> Self {
+            StoreDir(tempfile::tempdir().unwrap())
+        }
+        fn layout(&self) -> Layout {
+            Layout::new(self.0.path().join("app"))
+        }
+    }
+
+    impl Drop for StoreDir {
+        fn drop(&mut self) {
+            let app = self.0.path().join("app");
+            let _ = nix::mount::umount2(&app, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
     #[test]
     fn a_present_release_must_match_the_recorded_artifact_digest() {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(dir.path().join("app"));
+        let dir = StoreDir::new();
+        let layout = dir.layout();
         deploy_all(&layout, &["v1", "v2"]);
         record_digest(&layout, "v1", &[1; 32]).unwrap();
         assert!(check_present_digest(&layout, "v1", &[1; 32]).is_ok());
@@ -312,8 +332,8 @@ mod tests {
 
     #[test]
     fn switch_goes_forward_and_back_keeping_previous_right() {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(dir.path().join("app"));
+        let dir = StoreDir::new();
+        let layout = dir.layout();
         assert_eq!(view(&layout).unwrap(), View::default());
         deploy_all(&layout, &["v1", "v2", "v3"]);
         assert!(is_present(&layout, "v1") && !is_present(&layout, "v9"));
