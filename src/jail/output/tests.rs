@@ -64,7 +64,10 @@ fn a_stalled_writer_never_blocks_the_jail_and_the_gap_is_marked() {
     reader.join().unwrap();
     let text = String::from_utf8_lossy(&out);
     let ys = out.iter().filter(|b| **b == b'#').count();
-    assert!(ys <= (QUEUE_CHUNKS + 1) * CHUNK, "kept {ys} bytes");
+    // What the queue held, plus what was still in the pipe when the jail's last write
+    // returned (the reader may take it once the queue drains): at most the pipe's size.
+    let pipe = 64 << 10;
+    assert!(ys <= (QUEUE_CHUNKS + 1) * CHUNK + pipe, "kept {ys} bytes");
     let dropped = total - ys;
     assert!(
         text.contains(&format!(
