@@ -291,3 +291,37 @@ async fn a_leave_running_jail_keeps_logging_and_rotating_across_a_supervisor_res
     second.shutdown(false).await;
     common::jail::assert_no_mounts(&f.root);
 }
+
+/// An agent started with a descriptor left open by whatever started it (a test harness's
+/// lock, a wrapper's pipe) passes it to no jail: a jail that outlives the agent would hold
+/// it for good (a leaked test jail held the test suite's lock this way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descriptor_the_agent_inherited_never_reaches_a_jail() {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    let f = Fixture::new("inherited descriptors");
+    let marker = f.state.parent().unwrap().join("inherited-marker");
+    std::fs::write(&marker, b"x").unwrap();
+    // Not close-on-exec: inherited by every child this process spawns.
+    let fd = open(&marker, OFlag::O_RDONLY, Mode::empty()).unwrap();
+    let sup = f.supervisor(1 << 20);
+    sup.manage(f.app("exec sleep 60", "")).await.unwrap();
+    let pid = sup.start("web", None).await.unwrap().pid.unwrap();
+    let holders: Vec<i32> = std::iter::once(pid)
+        .chain(descendants(pid))
+        .filter(|p| {
+            std::fs::read_dir(format!("/proc/{p}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == marker))
+        })
+        .collect();
+    drop(fd);
+    sup.stop("web").await.unwrap();
+    sup.shutdown(false).await;
+    assert!(
+        holders.is_empty(),
+        "processes of the jail hold it: {holders:?}"
+    );
+}

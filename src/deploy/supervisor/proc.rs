@@ -110,12 +110,19 @@ impl StartGate {
         ["--start-gate".into(), fd.to_string().into()]
     }
 
-    /// The child keeps the read end across exec (and only the child).
+    /// The child keeps the read end across exec (and only the child), and no other
+    /// descriptor above stderr: one the agent inherited from whatever started it (a lock a
+    /// wrapper holds, say) must not live on in a jail that outlives the agent.
     pub fn pass_to(&self, cmd: &mut tokio::process::Command) {
         let fd = self.read.as_raw_fd();
-        // SAFETY: fcntl is async-signal-safe; it changes only the child's descriptor table.
+        // SAFETY: close_range and fcntl are async-signal-safe; they change only the child's
+        // descriptor table.
         unsafe {
             cmd.pre_exec(move || {
+                let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
+                if libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, flags) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
