@@ -62,6 +62,9 @@ pub struct Counters {
     pub events_pushed: AtomicU64,
     /// Push/pull states merged (either side): tests wait on it for anti-entropy rounds.
     pub push_pulls_merged: AtomicU64,
+    /// Packets and push/pull states from another address than their sender names, with
+    /// node identities on: their sender's word was not taken.
+    pub spoofed_senders: AtomicU64,
 }
 
 impl Counters {
@@ -103,6 +106,7 @@ impl Counters {
             ("streams_evicted", get(&self.streams_evicted)),
             ("events_pushed", get(&self.events_pushed)),
             ("push_pulls_merged", get(&self.push_pulls_merged)),
+            ("spoofed_senders", get(&self.spoofed_senders)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -482,6 +486,7 @@ async fn serve_stream(
                     .send(Input::PushPullRequest {
                         state,
                         peer_version,
+                        peer: addr,
                         reply,
                     })
                     .await

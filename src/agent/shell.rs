@@ -103,6 +103,7 @@ impl Shell {
             Metric::Malformed => &c.packets_dropped_malformed,
             Metric::EventPushed => &c.events_pushed,
             Metric::PushPullMerged => &c.push_pulls_merged,
+            Metric::SpoofedSender => &c.spoofed_senders,
         });
     }
 

@@ -47,6 +47,8 @@ pub enum Input {
         state: PushPullState,
         /// The protocol version of the peer's stream hello.
         peer_version: u16,
+        /// Where the connection came from.
+        peer: SocketAddr,
         reply: oneshot::Sender<PushPullState>,
     },
     /// Our outgoing push/pull finished.
@@ -285,9 +287,10 @@ impl AgentTask {
             Input::PushPullRequest {
                 state,
                 peer_version,
+                peer,
                 reply,
             } => {
-                let (ours, effects) = m.push_pull_request(now, state, peer_version);
+                let (ours, effects) = m.push_pull_request(now, state, peer_version, peer.ip());
                 let _ = reply.send(ours);
                 effects
             }

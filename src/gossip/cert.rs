@@ -84,7 +84,7 @@ struct Signed {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CertError {
     #[error(
-        "{what} is malformed ({reason}); it was not made by `droot-fleet enroll` or is corrupt"
+        "{what} is malformed ({reason}); it was not made by droot-fleet's enrollment or is corrupt"
     )]
     Malformed { what: &'static str, reason: String },
     #[error(
@@ -100,12 +100,10 @@ pub enum CertError {
     )]
     NotYetValid { name: String, starts_in: u64 },
     #[error(
-        "the certificate for {name:?} expired {ago}s ago; enroll the node again (`droot-fleet \
-         enroll node`)"
+        "the certificate for {name:?} expired {ago}s ago; enroll the node again and install \
+         its new identity"
     )]
     Expired { name: String, ago: u64 },
-    #[error("the certificate for {name:?} was revoked")]
-    Revoked { name: String },
 }
 
 fn sign(key: &SigningKey, context: &[u8], body: Vec<u8>) -> Signed {

@@ -121,6 +121,10 @@ pub struct Stats {
     pub packets_refused_identity: u64,
     /// Member updates taken out of foca packets: identities without a card.
     pub updates_refused_identity: u64,
+    /// Push/pull states whose slots were cut short after too many identity refusals.
+    pub exchanges_cut: u64,
+    /// foca packets from another address than their sender's (identities on).
+    pub packets_spoofed: u64,
     pub malformed: u64,
 }
 
@@ -163,6 +167,9 @@ pub struct CoreSnapshot {
     /// first packet on.
     #[serde(default)]
     pub revocations: Vec<Vec<u8>>,
+    /// Names held to member cards, and until when (see [`super::vouch::Identities`]).
+    #[serde(default)]
+    pub enrolled: Vec<(String, u64)>,
 }
 
 /// Why a local event/query could not be created. Nothing was queued.
@@ -206,6 +213,8 @@ pub struct GossipCore {
     card_version: u64,
     /// Revocations from the snapshot, applied once the identity policy is set.
     restored_revocations: Vec<Vec<u8>>,
+    /// Names held to cards, from the snapshot, likewise.
+    restored_enrolled: Vec<(String, u64)>,
     /// When the certificate's coming end was last warned about (Unix seconds).
     expiry_warned: Option<u64>,
 }
@@ -235,6 +244,7 @@ impl GossipCore {
             card_due: false,
             card_version: 0,
             restored_revocations: Vec::new(),
+            restored_enrolled: Vec::new(),
             expiry_warned: None,
         }
     }
@@ -260,6 +270,7 @@ impl GossipCore {
             .filter(|&v| v <= bound)
             .unwrap_or(0);
         core.restored_revocations = snapshot.revocations;
+        core.restored_enrolled = snapshot.enrolled;
         core
     }
 
@@ -284,6 +295,11 @@ impl GossipCore {
                 .superseding_items(super::vouch::REVOKED_KIND)
                 .into_iter()
                 .map(|i| i.body)
+                .collect(),
+            enrolled: self
+                .identities
+                .known()
+                .map(|(n, u)| (n.clone(), *u))
                 .collect(),
         }
     }

@@ -9,6 +9,13 @@ use crate::gossip::vouch::{
     IdentityPolicy, MAX_REVOCATIONS, MEMBER_KIND, MemberCard, Mode, REVOKED_KIND, Refusal,
 };
 
+/// What [`GossipCore::check_identity`] found an item to be, to apply once it is kept.
+pub(super) enum Checked {
+    Nothing,
+    Card(crate::gossip::vouch::Card),
+    Revocation(crate::gossip::cert::RevocationBody),
+}
+
 /// The identity kinds every core knows.
 pub(super) fn identity_kinds() -> [(&'static str, KindPolicy); 2] {
     let revocations = KindPolicy {
@@ -34,6 +41,8 @@ impl GossipCore {
     /// Who may speak for which name, from now on (set before foca starts).
     pub fn set_identity_policy(&mut self, policy: IdentityPolicy) {
         self.identities = crate::gossip::vouch::Identities::new(policy);
+        self.identities
+            .restore_known(std::mem::take(&mut self.restored_enrolled));
         self.card_due = self.identities.own().is_some();
         // Revocations held before (a restart, a reload): in force again, and kept.
         for bytes in std::mem::take(&mut self.restored_revocations) {
@@ -49,29 +58,53 @@ impl GossipCore {
         }
     }
 
-    /// New identity settings (a SIGHUP: a renewed certificate, other enrollment keys).
-    /// The cards held are checked again under them; revocations stay; this node's card
-    /// is announced again.
+    /// New identity settings (a SIGHUP: a renewed certificate, other enrollment keys,
+    /// identities now required). Everything held is checked again under them: cards,
+    /// revocations, and what nodes said about themselves (an unsigned word kept while
+    /// identities were not required goes); this node's card is announced again.
     pub fn reload_identity_policy(&mut self, policy: IdentityPolicy) {
-        let revocations: Vec<Vec<u8>> = self
+        let known: Vec<(String, u64)> = self
+            .identities
+            .known()
+            .map(|(n, u)| (n.clone(), *u))
+            .collect();
+        self.restored_revocations = self
             .superseding_items(REVOKED_KIND)
             .into_iter()
             .map(|i| i.body)
             .collect();
         let cards = self.superseding_items(MEMBER_KIND);
-        self.restored_revocations = revocations;
+        self.latest
+            .retain(|i| i.kind != REVOKED_KIND && i.kind != MEMBER_KIND);
+        self.restored_enrolled = known;
         self.set_identity_policy(policy);
         let now = unix_secs(self.now);
-        let mut refused = Vec::new();
+        let limits = self.kinds.limits(MEMBER_KIND, self.now);
         for item in cards {
-            match self.identities.check_card(&item, now) {
-                Ok(card) => self.identities.learn_card(&item.origin, card),
-                Err(_) => refused.push(item.origin),
+            if let Ok(card) = self.identities.check_card(&item, now) {
+                self.identities.learn_card(&item.origin, card);
+                self.latest.offer(&item, &limits, self.now);
             }
         }
-        self.latest
-            .retain(|i| i.kind != MEMBER_KIND || !refused.contains(&i.origin));
-        self.forget_nodes(&refused);
+        let (ids, kinds, me) = (&self.identities, &self.kinds, &self.identity.name);
+        self.latest.retain(|i| {
+            i.origin == *me
+                || matches!(i.kind.as_str(), MEMBER_KIND | REVOKED_KIND)
+                || !kinds.policy(&i.kind).is_none_or(|p| p.owner == Owner::Node)
+                || ids.check_node_item(i).is_ok()
+        });
+        self.rebuild_tag_book();
+    }
+
+    /// The tags learned, again from the tag slots held (after slots went).
+    fn rebuild_tag_book(&mut self) {
+        let mut book = crate::gossip::pushpull::TagBook::new();
+        for item in self.latest.items().filter(|i| i.kind == TAGS_KIND) {
+            if let Ok(tags) = postcard::from_bytes::<Tags>(&item.body) {
+                book.learn(&item.key, item.version, &tags);
+            }
+        }
+        self.tag_book = book;
     }
 
     /// Warns, once a day, while this node's certificate ends within a week.
@@ -89,8 +122,8 @@ impl GossipCore {
             tracing::warn!(
                 node = %own.name(),
                 expires_in_s = end.saturating_sub(now),
-                "this node's certificate expires soon: enroll it again (`droot-fleet enroll node`), \
-                 install the new identity file and send SIGHUP"
+                "this node's certificate expires soon: enroll it again, install the new \
+                 identity file and send SIGHUP"
             );
         }
     }
@@ -104,16 +137,6 @@ impl GossipCore {
     /// ([`crate::gossip::vouch::Identities::admits`]).
     pub fn admits(&self, id: &NodeId) -> bool {
         self.identities.admits(id)
-    }
-
-    /// Whether an unsigned word in `name`'s name counts: identities off, or (while a
-    /// fleet is enrolled) a name without a card.
-    pub(super) fn admits_unsigned(&self, name: &str) -> bool {
-        match self.identities.mode() {
-            Mode::Off => true,
-            Mode::Transition => !self.identities.enrolled(name),
-            Mode::Required => false,
-        }
     }
 
     /// The bytes announcing this node's member card, when one is due (at start, and
@@ -135,20 +158,29 @@ impl GossipCore {
         Some(self.create_superseding(MEMBER_KIND, &name, self.card_version, body))
     }
 
-    /// Screens a foca packet before `Foca::handle_data` (see [`crate::gossip::screen`]);
-    /// with identities off it passes as it is.
+    /// Screens a foca packet from UDP source `from` before `Foca::handle_data` (see
+    /// [`crate::gossip::screen`]); with identities off it passes as it is.
     pub fn screen_packet<'a>(
         &mut self,
         pkt: &'a [u8],
+        from: std::net::SocketAddr,
     ) -> Result<screen::Screened<'a>, screen::Malformed> {
         if self.identities.mode() == Mode::Off {
             let packet = std::borrow::Cow::Borrowed(pkt);
             return Ok(screen::Screened::Pass { packet, dropped: 0 });
         }
         let parsed = screen::parse(pkt)?;
-        let carried = self.cards_carried(&parsed);
+        // A card vouches for an address: a packet in its name from elsewhere is not its.
+        if parsed.header.src.addr != from {
+            self.stats.packets_spoofed += 1;
+            let who = parsed.header.src.clone();
+            return Ok(screen::Screened::Refused { who });
+        }
+        let carried = self.card_carried(&parsed);
         let ids = &self.identities;
-        let screened = screen::screen(pkt, &parsed, |id| ids.admits(id) || carried.contains(id));
+        let screened = screen::screen(pkt, &parsed, |id| {
+            ids.admits(id) || carried.as_ref() == Some(id)
+        });
         match &screened {
             screen::Screened::Pass { dropped, .. } => {
                 self.stats.updates_refused_identity += *dropped as u64;
@@ -158,68 +190,76 @@ impl GossipCore {
         Ok(screened)
     }
 
-    /// The identities vouched for by member cards a packet carries that are newer than
-    /// the ones held (a node that just started announces its card in its first packets).
-    fn cards_carried(&self, parsed: &screen::Parsed<'_>) -> Vec<NodeId> {
-        let now = unix_secs(self.now);
-        parsed
-            .broadcasts()
-            .filter_map(
-                |bytes| match crate::gossip::message::decode_broadcast(bytes) {
-                    Ok(Broadcast::Superseding(i)) if i.kind == MEMBER_KIND => Some(i),
-                    _ => None,
-                },
-            )
-            .filter(|i| {
-                self.latest
-                    .get(MEMBER_KIND, &i.origin)
-                    .is_none_or(|held| held.version < i.version)
-            })
-            .filter_map(|i| {
-                let card = self.identities.check_card(&i, now).ok()?;
-                Some(card.vouched(&i.origin))
-            })
-            .collect()
+    /// The identity vouched for by the sender's own member card in the packet, if it
+    /// carries one newer than the one held that would be kept (a node that just started or
+    /// restarted announces it first). Only the sender's card is looked at, and only after
+    /// the bounds: a packet costs at most one certificate check.
+    fn card_carried(&self, parsed: &screen::Parsed<'_>) -> Option<NodeId> {
+        let src = &parsed.header.src;
+        let item = parsed.broadcasts().find_map(|bytes| {
+            match crate::gossip::message::decode_broadcast(bytes) {
+                Ok(Broadcast::Superseding(i)) if i.kind == MEMBER_KIND && i.origin == src.name => {
+                    Some(i)
+                }
+                _ => None,
+            }
+        })?;
+        let limits = self.kinds.limits(MEMBER_KIND, self.now);
+        if self.latest.check(&item, &limits) != crate::gossip::latest::Offer::Newer {
+            return None;
+        }
+        let card = self.identities.check_card(&item, unix_secs(self.now)).ok()?;
+        Some(card.vouched(&item.origin)).filter(|id| id == src)
     }
 
     /// The identity checks of an item before it may enter [`Latest`]; `local`: this
-    /// node made it. A card that passes is returned, to be learned once kept.
+    /// node made it. What passed is returned, to be applied once kept.
     pub(super) fn check_identity(
         &mut self,
         item: &Superseding,
         local: bool,
-    ) -> Result<Option<crate::gossip::vouch::Card>, Refusal> {
-        let mode = self.identities.mode();
+    ) -> Result<Checked, Refusal> {
+        let off = self.identities.mode() == Mode::Off;
         match item.kind.as_str() {
-            MEMBER_KIND if mode != Mode::Off => self
+            MEMBER_KIND | REVOKED_KIND if off => Err(Refusal::IdentitiesOff),
+            MEMBER_KIND => self
                 .identities
                 .check_card(item, unix_secs(self.now))
-                .map(Some),
-            REVOKED_KIND if mode != Mode::Off => {
-                self.identities.check_revocation(item).map(|_| None)
-            }
-            kind if !local && self.kinds.is_node_owned(kind) => {
-                self.identities.check_node_item(item).map(|()| None)
-            }
-            _ => Ok(None),
+                .map(Checked::Card),
+            REVOKED_KIND => self
+                .identities
+                .check_revocation(item)
+                .map(Checked::Revocation),
+            _ if local || off => Ok(Checked::Nothing),
+            // Node kinds, and kinds this build does not know: only their origin may say them.
+            kind if self.kinds.policy(kind).is_none_or(|p| p.owner == Owner::Node) => self
+                .identities
+                .check_node_item(item)
+                .map(|()| Checked::Nothing),
+            _ => Ok(Checked::Nothing),
         }
     }
 
-    /// What a kept identity item changes: a card is learned, a revocation withdraws
-    /// the cards of its key and everything said under them.
-    pub(super) fn identity_kept(
-        &mut self,
-        item: &Superseding,
-        card: Option<crate::gossip::vouch::Card>,
-    ) {
-        if let Some(card) = card {
-            self.identities.learn_card(&item.origin, card);
-        }
-        if item.kind == REVOKED_KIND
-            && let Ok(r) = self.identities.check_revocation(item)
-        {
-            let gone = self.identities.revoke(&r);
-            self.forget_nodes(&gone);
+    /// What a kept identity item changes: a card is learned (and what its origin said
+    /// before it arrived is checked against it), a revocation withdraws the cards of its
+    /// key and everything said under them.
+    pub(super) fn identity_kept(&mut self, item: &Superseding, checked: Checked) {
+        match checked {
+            Checked::Nothing => {}
+            Checked::Card(card) => {
+                self.identities.learn_card(&item.origin, card);
+                let (ids, kinds, origin) = (&self.identities, &self.kinds, &item.origin);
+                self.latest.retain(|i| {
+                    i.origin != *origin
+                        || i.kind == MEMBER_KIND
+                        || !kinds.policy(&i.kind).is_none_or(|p| p.owner == Owner::Node)
+                        || ids.check_node_item(i).is_ok()
+                });
+            }
+            Checked::Revocation(r) => {
+                let gone = self.identities.revoke(&r);
+                self.forget_nodes(&gone);
+            }
         }
     }
 
@@ -243,7 +283,7 @@ impl GossipCore {
         }
         for name in names {
             if *name == self.identity.name {
-                tracing::error!(node = %name, "this node's own certificate was revoked or expired: the others no longer hear it; enroll it again (`droot-fleet enroll node`)");
+                tracing::error!(node = %name, "this node's own certificate was revoked or expired: the others no longer hear it; enroll it again and install its new identity");
             } else {
                 tracing::warn!(node = %name, "member card withdrawn (revoked or expired): the node no longer speaks in this cluster");
             }
@@ -253,6 +293,7 @@ impl GossipCore {
         self.latest.retain(|i| {
             !kinds.is_node_owned(&i.kind) || i.origin == *me || !names.contains(&i.origin)
         });
+        self.tag_book.retain(|n| n == me.as_str() || !names.iter().any(|g| g == n));
     }
 
     /// Signs an answer this node sends (when it has an identity).

@@ -7,6 +7,10 @@ use super::*;
 /// list and recent events) stays well within one stream frame whatever the slots hold.
 pub const PUSH_PULL_SLOT_BYTES: usize = 5 * 1024 * 1024;
 
+/// Most slots of one push/pull state refused by identity checks before the rest of it is
+/// dropped.
+pub const MAX_REFUSED_PER_EXCHANGE: u64 = 64;
+
 impl GossipCore {
     /// Our state for a push/pull exchange, to be encoded at wire `version` (what the
     /// peer reads; capped at ours). `members` is foca's
@@ -67,12 +71,33 @@ impl GossipCore {
         items
     }
 
+    /// The slots of one push/pull state. Past [`MAX_REFUSED_PER_EXCHANGE`] identity
+    /// refusals the rest of the state's slots are dropped: a state full of forgeries costs
+    /// a bounded number of signature checks.
+    fn merge_items(&mut self, items: Vec<Superseding>) {
+        let refused_before = self.stats.refused_identity;
+        for item in items.into_iter().filter(|i| i.validate().is_ok()) {
+            if self.stats.refused_identity - refused_before >= MAX_REFUSED_PER_EXCHANGE {
+                self.stats.exchanges_cut += 1;
+                tracing::debug!("push/pull: too many forged slots; the rest of the state dropped");
+                return;
+            }
+            if self.accept_superseding(&item, false) {
+                self.outbox.push_back(Incoming::Superseding(item));
+            }
+        }
+    }
+
     /// Merges a peer's push/pull state: new events are queued as [`Incoming::Event`]
     /// and also returned; the peer's tags are learned. Feed `remote.members` to foca
     /// through [`super::pushpull::screen_members`].
-    pub fn merge_push_pull(&mut self, remote: &PushPullState) -> MergeOutcome {
-        self.peer_versions
-            .insert(remote.from.name.clone(), remote.version);
+    /// `sender_checked`: the state came from the address its `from` names (else its
+    /// version and tags are not learned).
+    pub fn merge_push_pull(
+        &mut self,
+        remote: &PushPullState,
+        sender_checked: bool,
+    ) -> MergeOutcome {
         for e in &remote.extensions {
             // Unknown extension tags are skipped: they are a newer peer's.
             let signed = match e.tag {
@@ -84,21 +109,23 @@ impl GossipCore {
                 self.stats.malformed += 1;
                 continue;
             };
-            // Cards first, then revocations: the other items are checked against them.
+            // Revocations first, then cards: the other items are checked against them.
             items.sort_by_key(|i| match i.kind.as_str() {
-                crate::gossip::vouch::MEMBER_KIND => 0,
-                crate::gossip::vouch::REVOKED_KIND => 1,
+                crate::gossip::vouch::REVOKED_KIND => 0,
+                crate::gossip::vouch::MEMBER_KIND => 1,
                 _ => 2,
             });
-            for item in items.into_iter().filter(|i| i.validate().is_ok()) {
-                if self.accept_superseding(&item, false) {
-                    self.outbox.push_back(Incoming::Superseding(item));
-                }
-            }
+            self.merge_items(items);
+        }
+        // Which wire version the sender reads: only from a sender this node would admit
+        // (a forger could otherwise make this node talk down to a real peer).
+        if sender_checked && self.identities.admits(&remote.from) {
+            self.peer_versions
+                .insert(remote.from.name.clone(), remote.version);
         }
         // The unsigned tags field is the sender's word about itself: taken only where
         // identities do not hold its name to signed announcements.
-        if self.admits_unsigned(&remote.from.name) {
+        if sender_checked && self.identities.admits_unsigned(&remote.from.name) {
             self.tag_book.learn(&remote.from.name, 0, &remote.tags);
         }
         let out = merge(

@@ -140,14 +140,19 @@ impl GossipCore {
     }
 
     /// Offers an item to [`Latest`]; true if it was kept (then tags are learned).
-    /// `local`: this node made it.
+    /// `local`: this node made it. The bounds come first, so an item that would not be
+    /// kept costs no signature check.
     pub(super) fn accept_superseding(&mut self, item: &Superseding, local: bool) -> bool {
         if !local && item.origin == self.identity.name && self.kinds.is_node_owned(&item.kind) {
             self.refuse_about_self(item);
             return false;
         }
-        let card = match self.check_identity(item, local) {
-            Ok(card) => card,
+        let limits = self.kinds.limits(&item.kind, self.now);
+        if !self.count_offer(self.latest.check(item, &limits)) {
+            return false;
+        }
+        let checked = match self.check_identity(item, local) {
+            Ok(checked) => checked,
             Err(why) => {
                 tracing::debug!(kind = %item.kind, key = %item.key, origin = %item.origin, cause = %why, "slot refused");
                 self.stats.refused_identity += 1;
@@ -158,29 +163,25 @@ impl GossipCore {
             self.stats.refused_superseding += 1;
             return false;
         }
-        let limits = self.kinds.limits(&item.kind, self.now);
-        match self.latest.offer(item, &limits, self.now) {
-            Offer::Newer => {}
-            Offer::Stale => {
-                self.stats.superseded += 1;
-                return false;
-            }
-            Offer::Full => {
-                self.stats.slots_full += 1;
-                return false;
-            }
-            Offer::TooLarge | Offer::TooFarAhead => {
-                self.stats.refused_superseding += 1;
-                return false;
-            }
-        }
+        self.latest.offer(item, &limits, self.now);
         if item.kind == TAGS_KIND
             && let Ok(tags) = postcard::from_bytes::<Tags>(&item.body)
         {
             self.tag_book.learn(&item.key, item.version, &tags);
         }
-        self.identity_kept(item, card);
+        self.identity_kept(item, checked);
         true
+    }
+
+    /// Counts what [`Latest`] said of an item; true if it would be kept.
+    fn count_offer(&mut self, offer: Offer) -> bool {
+        match offer {
+            Offer::Newer => return true,
+            Offer::Stale => self.stats.superseded += 1,
+            Offer::Full => self.stats.slots_full += 1,
+            Offer::TooLarge | Offer::TooFarAhead => self.stats.refused_superseding += 1,
+        }
+        false
     }
 
     /// A remote item about this node: refused; if it is newer than this node's own item of
@@ -191,7 +192,11 @@ impl GossipCore {
     /// everywhere anyway, and outranking it would only let a forger push this node's
     /// versions ahead.
     fn refuse_about_self(&mut self, item: &Superseding) {
-        let mine = self.latest.get(&item.kind, &item.key);
+        let me = &self.identity.name;
+        let mine = self
+            .latest
+            .get(&item.kind, &item.key)
+            .filter(|held| held.origin == *me);
         if mine == Some(item) {
             return;
         }

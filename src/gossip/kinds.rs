@@ -129,6 +129,8 @@ pub struct Limits {
     pub max_version: u64,
     /// Forgotten this long after the last update, if set.
     pub ttl: Option<Duration>,
+    /// Counted against the fleet kinds' byte budget (see [`super::latest`]).
+    pub fleet: bool,
 }
 
 /// The registered kinds (see the module docs).
@@ -182,6 +184,7 @@ impl Kinds {
                     Owner::Fleet => shifted,
                 },
                 ttl: None,
+                fleet: p.owner == Owner::Fleet,
             },
             None => Limits {
                 pool: Pool::Unknown,
@@ -189,6 +192,7 @@ impl Kinds {
                 per_origin: UNKNOWN_PER_ORIGIN,
                 max_version: shifted,
                 ttl: Some(UNKNOWN_TTL),
+                fleet: false,
             },
         }
     }
@@ -197,7 +201,8 @@ impl Kinds {
 /// A fleet kind's version for an item issued at `at_ms`, with `tiebreak` to tell apart
 /// items of the same millisecond (see the module docs).
 pub fn fleet_version(at_ms: u64, tiebreak: u16) -> u64 {
-    (at_ms << 16) | u64::from(tiebreak)
+    // 48 bits of milliseconds last until the year 10889; saturate past them.
+    (at_ms.min((1 << 48) - 1) << 16) | u64::from(tiebreak)
 }
 
 #[cfg(test)]

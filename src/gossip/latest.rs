@@ -1,12 +1,18 @@
 //! [`Latest`]: the newest item of every superseding slot, within bounds.
 //!
 //! It is what gossip delivers and what push/pull repairs, so it must stay bounded
-//! whatever a key holder sends: every item fits one broadcast ([`MAX_ITEM_BYTES`]), all
-//! items together take at most [`MAX_BYTES`], and each pool (a registered kind, or the
-//! shared pool of unknown kinds) has its own slot count and per-origin cap from
-//! [`super::kinds::Limits`]. A full pool refuses new slots, never evicts old ones, so a
-//! flood cannot push out a real slot, and it cannot take the room of another kind either.
-//! Versions above the limit's clock bound are refused, so no slot can be pinned for good.
+//! whatever a key holder sends: every item fits one broadcast ([`MAX_ITEM_BYTES`]); fleet
+//! kinds (desired states, revocations) have [`FLEET_BYTES`] of their own and everything
+//! else shares [`SHARED_BYTES`], so node kinds cannot crowd out a rollout's desired state;
+//! and each pool (a registered kind, or the shared pool of unknown kinds) has its own slot
+//! count and per-origin cap from [`super::kinds::Limits`]. A full pool refuses new slots,
+//! never evicts old ones, so a flood cannot push out a real slot, and it cannot take the
+//! room of another kind either. Versions above the limit's clock bound are refused, so no
+//! slot can be pinned for good.
+//!
+//! [`Latest::check`] says what an offer would do without changing anything: the core asks
+//! it before any signature is verified, so a flood of stale, oversized or refused items
+//! costs no cryptography.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -17,8 +23,10 @@ use super::supersede::Superseding;
 
 /// Largest encoded item kept or relayed: one broadcast.
 pub const MAX_ITEM_BYTES: usize = MAX_BROADCAST_ITEM;
-/// Most bytes all held items may take together.
-pub const MAX_BYTES: usize = 24 * 1024 * 1024;
+/// Most bytes the fleet kinds' items may take together.
+pub const FLEET_BYTES: usize = 6 * 1024 * 1024;
+/// Most bytes all other items may take together.
+pub const SHARED_BYTES: usize = 18 * 1024 * 1024;
 
 /// What [`Latest::offer`] did with an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +47,7 @@ pub enum Offer {
 struct Held {
     item: Superseding,
     pool: Pool,
+    fleet: bool,
     size: usize,
     /// Wall-clock time of the last update, and how long it lives after it.
     updated: Duration,
@@ -51,13 +60,18 @@ pub struct Latest {
     slots: BTreeMap<(String, String), Held>,
     per_pool: HashMap<Pool, usize>,
     per_origin: HashMap<(Pool, String), usize>,
-    bytes: usize,
+    /// Bytes held: fleet kinds, the rest.
+    bytes: [usize; 2],
+}
+
+fn budget(fleet: bool) -> (usize, usize) {
+    if fleet { (0, FLEET_BYTES) } else { (1, SHARED_BYTES) }
 }
 
 impl Latest {
-    /// Keeps `item` if it is newer than its slot's current one and within `limits`;
-    /// `now` is the wall clock (for expiry).
-    pub fn offer(&mut self, item: &Superseding, limits: &Limits, now: Duration) -> Offer {
+    /// What [`Self::offer`] would do with `item`, changing nothing: [`Offer::Newer`] if it
+    /// would be kept.
+    pub fn check(&self, item: &Superseding, limits: &Limits) -> Offer {
         let size = item.encoded_len();
         if size > MAX_ITEM_BYTES {
             return Offer::TooLarge;
@@ -65,8 +79,7 @@ impl Latest {
         if item.version > limits.max_version {
             return Offer::TooFarAhead;
         }
-        let slot = (item.kind.clone(), item.key.clone());
-        let freed = match self.slots.get(&slot) {
+        let freed = match self.slots.get(&(item.kind.clone(), item.key.clone())) {
             Some(have) if have.item.version >= item.version => return Offer::Stale,
             Some(have) => have.size,
             None => {
@@ -79,12 +92,24 @@ impl Latest {
                 0
             }
         };
-        if self.bytes - freed + size > MAX_BYTES {
+        let (i, max) = budget(limits.fleet);
+        if self.bytes[i] - freed + size > max {
             return Offer::Full;
         }
-        self.remove(&slot);
-        self.insert(slot, item.clone(), limits, size, now);
         Offer::Newer
+    }
+
+    /// Keeps `item` if it is newer than its slot's current one and within `limits`;
+    /// `now` is the wall clock (for expiry).
+    pub fn offer(&mut self, item: &Superseding, limits: &Limits, now: Duration) -> Offer {
+        let offer = self.check(item, limits);
+        if offer == Offer::Newer {
+            let slot = (item.kind.clone(), item.key.clone());
+            self.remove(&slot);
+            let size = item.encoded_len();
+            self.insert(slot, item.clone(), limits, size, now);
+        }
+        offer
     }
 
     /// The current item of a slot.
@@ -111,7 +136,7 @@ impl Latest {
 
     /// Bytes held, counted as encoded.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes[0] + self.bytes[1]
     }
 
     /// Drops the slots for which `keep` is false.
@@ -153,10 +178,11 @@ impl Latest {
             .per_origin
             .entry((limits.pool.clone(), item.origin.clone()))
             .or_default() += 1;
-        self.bytes += size;
+        self.bytes[budget(limits.fleet).0] += size;
         let held = Held {
             item,
             pool: limits.pool.clone(),
+            fleet: limits.fleet,
             size,
             updated: now,
             ttl: limits.ttl,
@@ -168,7 +194,7 @@ impl Latest {
         let Some(held) = self.slots.remove(slot) else {
             return;
         };
-        self.bytes -= held.size;
+        self.bytes[budget(held.fleet).0] -= held.size;
         decrement(&mut self.per_pool, &held.pool);
         decrement(&mut self.per_origin, &(held.pool, held.item.origin));
     }

@@ -41,7 +41,7 @@ struct Sim {
     nodes: Vec<Node>,
     now: Duration,
     timers: Vec<(Duration, usize, Timer<NodeId>)>,
-    net: VecDeque<(SocketAddr, Vec<u8>)>,
+    net: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
     rng: StdRng,
     max_sealed: usize,
 }
@@ -92,7 +92,7 @@ impl Sim {
             let sealed = envelope::seal_datagram(&node.keyring, &plain, &mut self.rng)
                 .expect("foca packet fits a sealed datagram");
             self.max_sealed = self.max_sealed.max(sealed.len());
-            self.net.push_back((dst.addr, sealed));
+            self.net.push_back((node.id.addr, dst.addr, sealed));
         }
         while let Some((after, timer)) = node.rt.to_schedule() {
             self.timers.push((self.now + after, i, timer));
@@ -103,7 +103,7 @@ impl Sim {
 
     fn deliver_all(&mut self) {
         let mut budget = 100_000;
-        while let Some((dst, sealed)) = self.net.pop_front() {
+        while let Some((src, dst, sealed)) = self.net.pop_front() {
             budget -= 1;
             assert!(budget > 0, "packet storm");
             let Some(i) = self.nodes.iter().position(|n| n.id.addr == dst) else {
@@ -114,7 +114,7 @@ impl Sim {
                 Ok(plain) => match decode_datagram(&plain).unwrap() {
                     Datagram::Foca(pkt) => {
                         // Screened against identities first, as the agent does.
-                        let screened = node.core.lock().screen_packet(pkt);
+                        let screened = node.core.lock().screen_packet(pkt, src);
                         if let Ok(super::screen::Screened::Pass { packet, .. }) = screened {
                             // foca may refuse e.g. packets from a renamed identity; fine.
                             let _ = node.foca.handle_data(&packet, &mut node.rt);
@@ -423,7 +423,7 @@ fn restart_from_snapshot_does_not_redeliver() {
         .core
         .lock()
         .push_pull_state(sim.nodes[0].foca.iter_membership_state().cloned(), 2);
-    let out = sim.nodes[2].core.lock().merge_push_pull(&state);
+    let out = sim.nodes[2].core.lock().merge_push_pull(&state, true);
     assert!(out.new_events.is_empty());
     assert_eq!(out.duplicates, 1);
     assert!(sim.nodes[2].core.drain_incoming().is_empty());

@@ -65,8 +65,8 @@ fn join(sim: &mut Sim, i: usize) {
                 .push_pull_state(members, crate::gossip::PROTOCOL_VERSION)
         })
         .collect();
-    sim.nodes[0].core.lock().merge_push_pull(&states[1]);
-    sim.nodes[i].core.lock().merge_push_pull(&states[0]);
+    sim.nodes[0].core.lock().merge_push_pull(&states[1], true);
+    sim.nodes[i].core.lock().merge_push_pull(&states[0], true);
     let seed = sim.nodes[0].id.clone();
     let node = &mut sim.nodes[i];
     node.foca.announce(seed, &mut node.rt).unwrap();

@@ -192,10 +192,10 @@ fn push_pull_repairs_superseding_slots() {
         CoreConfig::default(),
         EPOCH,
     ));
-    fresh.lock().merge_push_pull(&v1);
+    fresh.lock().merge_push_pull(&v1, true);
     assert!(fresh.drain_incoming().is_empty());
     assert_eq!(fresh.lock().peer_version("node0"), 1);
-    fresh.lock().merge_push_pull(&v2);
+    fresh.lock().merge_push_pull(&v2, true);
     let got = fresh.drain_incoming();
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(fresh.lock().tag_book().tags_of("node0"), Some(&web()));
@@ -204,7 +204,7 @@ fn push_pull_repairs_superseding_slots() {
         crate::gossip::PROTOCOL_VERSION
     );
     // Merging the same state again delivers nothing.
-    fresh.lock().merge_push_pull(&v2);
+    fresh.lock().merge_push_pull(&v2, true);
     assert!(fresh.drain_incoming().is_empty());
     // A version-2 peer gets the same slots in the unsigned form it reads.
     let members: Vec<_> = sim.nodes[0].foca.iter_membership_state().cloned().collect();

@@ -141,6 +141,7 @@ pub struct Card {
     key: VerifyingKey,
     addr: SocketAddr,
     bump: u16,
+    not_before: u64,
     not_after: u64,
 }
 
@@ -195,6 +196,10 @@ pub enum Refusal {
     Malformed(String),
     #[error("the node key of {0:?} was revoked")]
     Revoked(String),
+    #[error("{0:?} already showed a newer certificate")]
+    OlderCertificate(String),
+    #[error("node identities are off here: no enrollment keys to check it against")]
+    IdentitiesOff,
 }
 
 /// Who speaks for which name (see the module docs).
@@ -204,7 +209,16 @@ pub struct Identities {
     book: HashMap<String, Card>,
     /// Revoked node keys, until when.
     revoked: HashMap<[u8; 32], u64>,
+    /// Names that have shown a valid card, until when that holds (their certificate's
+    /// end, or a revocation's): held to cards even while none is held (revoked, expired
+    /// but not yet renewed, reaped, or not yet heard since a restart), so in
+    /// [`Mode::Transition`] such a name never falls back to the gossip key's word.
+    /// Persisted with the core's snapshot; at most [`MAX_KNOWN`].
+    known: HashMap<String, u64>,
 }
+
+/// Most names remembered as enrolled.
+pub const MAX_KNOWN: usize = super::kinds::MAX_NODES;
 
 fn verify(key: &VerifyingKey, context: &[u8], body: &[u8], sig: &[u8; 64]) -> bool {
     key.verify(&[context, body].concat(), &Signature::from_bytes(sig))
@@ -243,6 +257,36 @@ impl Identities {
         self.book.contains_key(name)
     }
 
+    /// Whether a name without a card has no voice: in [`Mode::Required`] any, in
+    /// [`Mode::Transition`] one that has shown a card before.
+    fn needs_card(&self, name: &str) -> bool {
+        match self.mode() {
+            Mode::Off => false,
+            Mode::Transition => self.known.contains_key(name),
+            Mode::Required => true,
+        }
+    }
+
+    /// The names held to cards, and until when (for the snapshot).
+    pub fn known(&self) -> impl Iterator<Item = (&String, &u64)> {
+        self.known.iter()
+    }
+
+    /// Restores [`Self::known`] from a snapshot.
+    pub fn restore_known(&mut self, known: impl IntoIterator<Item = (String, u64)>) {
+        for (name, until) in known {
+            self.remember(&name, until);
+        }
+    }
+
+    fn remember(&mut self, name: &str, until: u64) {
+        if self.known.len() >= MAX_KNOWN && !self.known.contains_key(name) {
+            return;
+        }
+        let at = self.known.entry(name.to_owned()).or_default();
+        *at = (*at).max(until);
+    }
+
     /// `name`'s verified card.
     pub fn card(&self, name: &str) -> Option<&Card> {
         self.book.get(name)
@@ -257,8 +301,13 @@ impl Identities {
         }
         match self.book.get(&id.name) {
             Some(card) => card.addr == id.addr && card.bump == id.bump,
-            None => self.mode() == Mode::Transition,
+            None => !self.needs_card(&id.name),
         }
+    }
+
+    /// Whether an unsigned word in `name`'s name counts (the tags field of a push/pull).
+    pub fn admits_unsigned(&self, name: &str) -> bool {
+        self.mode() == Mode::Off || (!self.enrolled(name) && !self.needs_card(name))
     }
 
     /// Signs an item this node publishes (when it has an identity).
@@ -271,21 +320,7 @@ impl Identities {
 
     /// Checks an item of a node-owned kind (other than cards) against its origin's card.
     pub fn check_node_item(&self, item: &Superseding) -> Result<(), Refusal> {
-        if self.mode() == Mode::Off {
-            return Ok(());
-        }
-        let origin = &item.origin;
-        match (self.book.get(origin), &item.sig) {
-            (Some(card), Some(sig)) if verify(&card.key, ITEM_CONTEXT, &item_bytes(item), sig) => {
-                Ok(())
-            }
-            (Some(_), Some(_)) => Err(Refusal::BadSignature(origin.clone())),
-            (Some(_), None) => Err(Refusal::Unsigned(origin.clone())),
-            // No card to check it against: while a fleet is enrolled, the gossip key's word,
-            // signed or not (the card may simply not have arrived yet).
-            (None, _) if self.mode() == Mode::Transition => Ok(()),
-            (None, _) => Err(Refusal::NoCard(origin.clone())),
-        }
+        self.check_signed(&item.origin, ITEM_CONTEXT, &item_bytes(item), item.sig.as_ref())
     }
 
     /// Checks a member card item; `now` in Unix seconds.
@@ -311,6 +346,10 @@ impl Identities {
         if self.revoked.contains_key(&cert.body().node_key) {
             return Err(Refusal::Revoked(item.origin.clone()));
         }
+        let held = self.book.get(&item.origin);
+        if held.is_some_and(|h| h.not_before > cert.body().not_before) {
+            return Err(Refusal::OlderCertificate(item.origin.clone()));
+        }
         let key = cert.node_key();
         let signed = item
             .sig
@@ -322,17 +361,14 @@ impl Identities {
             key,
             addr: body.addr,
             bump: body.bump,
+            not_before: cert.body().not_before,
             not_after: cert.body().not_after,
         })
     }
 
-    /// Whether `card` (checked) vouches for `id`.
-    pub fn card_matches(card: &Card, id: &NodeId) -> bool {
-        card.addr == id.addr && card.bump == id.bump
-    }
-
-    /// Records a card kept as the newest of its name.
+    /// Records a card kept as the newest of its name (and the name as held to cards).
     pub fn learn_card(&mut self, name: &str, card: Card) {
+        self.remember(name, card.not_after);
         self.book.insert(name.to_owned(), card);
     }
 
@@ -359,6 +395,7 @@ impl Identities {
     /// Applies a revocation: returns the names whose cards it withdrew.
     pub fn revoke(&mut self, r: &RevocationBody) -> Vec<String> {
         self.revoked.insert(r.node_key, r.until);
+        self.remember(&r.name, r.until);
         let gone: Vec<String> = self
             .book
             .iter()
@@ -375,6 +412,7 @@ impl Identities {
     /// `now` (Unix seconds); returns the names whose cards went.
     pub fn expire(&mut self, now: u64) -> Vec<String> {
         self.revoked.retain(|_, until| *until >= now);
+        self.known.retain(|_, until| *until >= now);
         let gone: Vec<String> = self
             .book
             .iter()
@@ -427,7 +465,10 @@ impl Identities {
             (Some(card), Some(sig)) if verify(&card.key, context, body, sig) => Ok(()),
             (Some(_), Some(_)) => Err(Refusal::BadSignature(name.to_owned())),
             (Some(_), None) => Err(Refusal::Unsigned(name.to_owned())),
-            (None, _) if self.mode() == Mode::Transition => Ok(()),
+            // No card to check it against: a name that never showed one speaks on the
+            // gossip key's word while a fleet is enrolled, signed or not (its card may
+            // not have arrived yet).
+            (None, _) if !self.needs_card(name) => Ok(()),
             (None, _) => Err(Refusal::NoCard(name.to_owned())),
         }
     }

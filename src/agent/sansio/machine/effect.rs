@@ -46,6 +46,9 @@ pub enum Metric {
     EventPushed,
     /// A push/pull state merged.
     PushPullMerged,
+    /// A foca packet or push/pull state from another address than its sender names
+    /// (identities on): its sender's word was not taken.
+    SpoofedSender,
 }
 
 /// One thing for the executor to do. `W` waits for a query's result (a reply channel

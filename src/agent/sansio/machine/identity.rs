@@ -23,7 +23,7 @@ impl<W, S> AgentMachine<W, S> {
         from: SocketAddr,
         out: &mut Effects<W, S>,
     ) {
-        let screened = self.core.lock().screen_packet(pkt);
+        let screened = self.core.lock().screen_packet(pkt, from);
         match screened {
             Ok(Screened::Pass { packet, .. }) => {
                 if let Err(e) = self.foca.handle_data(&packet, &mut self.rt) {
@@ -33,7 +33,8 @@ impl<W, S> AgentMachine<W, S> {
             }
             Ok(Screened::Refused { who }) => {
                 tracing::trace!(peer = %from, node = %who.name, "packet from an identity without a member card dropped");
-                if self.introductions.due(from, now.at) {
+                // Only a sender at the address it names is asked for its card.
+                if who.addr == from && self.introductions.due(from, now.at) {
                     tracing::debug!(peer = %from, node = %who.name, "asking a sender without a known member card for a push/pull");
                     self.dial(from.to_string(), Dial::Sync, out);
                 }

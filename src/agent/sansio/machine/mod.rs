@@ -361,6 +361,8 @@ impl<W, S> AgentMachine<W, S> {
             ("identity_refused", s.refused_identity),
             ("identity_packets_refused", s.packets_refused_identity),
             ("identity_updates_refused", s.updates_refused_identity),
+            ("identity_exchanges_cut", s.exchanges_cut),
+            ("identity_packets_spoofed", s.packets_spoofed),
         ] {
             counters.insert(k.to_owned(), v);
         }

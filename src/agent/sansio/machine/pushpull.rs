@@ -19,6 +19,8 @@
 //! its verdict about *us* passes, and makes foca rejoin under a new bump (the only way
 //! back into a view that declared us down).
 
+use std::net::IpAddr;
+
 use foca::Member;
 
 use super::{AgentMachine, Effect, Effects, Metric, Now, Timer};
@@ -37,10 +39,11 @@ impl<W, S> AgentMachine<W, S> {
         now: Now,
         remote: PushPullState,
         peer_version: u16,
+        peer: IpAddr,
     ) -> (PushPullState, Effects<W, S>) {
         let ours = self.push_pull_state(peer_version);
         let mut out = Vec::new();
-        self.merge_remote(now, remote, &mut out);
+        self.merge_remote(now, remote, Some(peer), &mut out);
         (ours, out)
     }
 
@@ -57,7 +60,8 @@ impl<W, S> AgentMachine<W, S> {
         match result {
             Ok(remote) => {
                 let from = remote.from.clone();
-                self.merge_remote(now, remote, &mut out);
+                let dialled = target.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+                self.merge_remote(now, remote, dialled, &mut out);
                 if kind != Dial::Sync {
                     let _ = self.foca.announce(from, &mut self.rt);
                     self.drain(now, &mut out);
@@ -152,19 +156,38 @@ impl<W, S> AgentMachine<W, S> {
 
     /// Merges a peer's state: events and clocks into the core, screened members into
     /// foca.
-    fn merge_remote(&mut self, now: Now, remote: PushPullState, out: &mut Effects<W, S>) {
+    /// `peer`: the address the stream came from or went to. With node identities, a
+    /// state whose `from` names another address is not taken as its sender's word: its
+    /// sender is not added and its tags and version are not learned (its signed items
+    /// still count: they speak for themselves).
+    fn merge_remote(
+        &mut self,
+        now: Now,
+        mut remote: PushPullState,
+        peer: Option<IpAddr>,
+        out: &mut Effects<W, S>,
+    ) {
         let from = remote.from.clone();
-        let merged = self.core.lock().merge_push_pull(&remote);
+        let checked = self.core.lock().identities().mode() == crate::gossip::vouch::Mode::Off
+            || peer.is_none_or(|ip| ip == from.addr.ip());
+        if !checked {
+            tracing::debug!(peer = ?peer, claimed = %from.addr, node = %from.name, "push/pull from another address than its sender claims: its word about itself ignored");
+            out.push(Effect::Count(Metric::SpoofedSender));
+            remote.tags.clear();
+            remote.members.retain(|m| m.id().name != from.name);
+        }
+        let merged = self.core.lock().merge_push_pull(&remote, checked);
         out.push(Effect::Count(Metric::PushPullMerged));
         if !merged.new_events.is_empty() {
             tracing::info!(peer = %from.name, events = merged.new_events.len(), "push/pull delivered missed events");
         }
         let me = self.core.lock().identity().clone();
         let core = self.core.lock();
+        let sender = checked.then(|| Member::alive(from.clone()));
         let (members, refused): (Vec<_>, Vec<_>) = remote
             .members
             .into_iter()
-            .chain(std::iter::once(Member::alive(from.clone())))
+            .chain(sender)
             .partition(|m| core.admits(m.id()));
         drop(core);
         if !refused.is_empty() {

@@ -315,10 +315,11 @@ impl Sim {
             let result = match peer {
                 Some(j) => {
                     let now = self.now();
+                    let from = state.from.addr.ip();
                     let (reply, effects) =
                         self.nodes[j]
                             .machine
-                            .push_pull_request(now, state, PROTOCOL_VERSION);
+                            .push_pull_request(now, state, PROTOCOL_VERSION, from);
                     self.apply(j, effects);
                     Ok(reply)
                 }
