@@ -26,7 +26,8 @@
 //! above `releases/`), and rsync mode reaches the directory under it through a detached
 //! copy of the parent's mount (see [`super::rsync`]).
 //!
-//! Without root no mount can be made: the store is then only 0700, and a warning says so.
+//! Without root, or as a root that may not mount (a container without CAP_SYS_ADMIN), no
+//! mount can be made: the store is then only 0700, and a warning says so.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -88,13 +89,21 @@ fn mount_nosuid(dir: &Path) -> Result<(), ReleaseError> {
         .canonicalize()
         .map_err(ReleaseError::io("cannot resolve", dir))?;
     use crate::newmount::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, bind_onto_itself};
-    bind_onto_itself(&canonical, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV).map_err(|e| {
-        ReleaseError::Io {
-            what: "cannot mount the release store nosuid,nodev (a bind onto itself) at",
-            path: canonical.clone(),
-            source: e.into(),
+    match bind_onto_itself(&canonical, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV) {
+        Ok(()) => {}
+        // Root without CAP_SYS_ADMIN (a container, say): the 0700 store is the fence.
+        Err(nix::errno::Errno::EPERM) => {
+            tracing::warn!(root = %canonical.display(), "release store not mounted nosuid,nodev: mounting is not permitted here (no CAP_SYS_ADMIN); it is only 0700");
+            return Ok(());
         }
-    })?;
+        Err(e) => {
+            return Err(ReleaseError::Io {
+                what: "cannot mount the release store nosuid,nodev (a bind onto itself) at",
+                path: canonical.clone(),
+                source: e.into(),
+            });
+        }
+    }
     tracing::info!(root = %canonical.display(), "release store mounted nosuid,nodev");
     Ok(())
 }
