@@ -8,7 +8,7 @@
 //!
 //! A `--dev` agent enrolls itself: it keeps a development enrollment key beside its dev
 //! keyring (`dev-enrollment.key`, made by the first dev agent and read by the ones that
-//! join with its `--keyring`), and issues itself a one-day certificate at each start.
+//! join with its `--keyring`), and issues itself a certificate at each start.
 
 use std::path::{Path, PathBuf};
 
@@ -23,8 +23,8 @@ use crate::keytext;
 
 /// File name of a dev cluster's enrollment key, beside its dev keyring.
 pub const DEV_ENROLLMENT_FILE: &str = "dev-enrollment.key";
-/// How long a dev agent's certificate is valid.
-const DEV_VALIDITY_SECS: u64 = 24 * 3600;
+/// How long a dev agent's certificate is valid (a dev agent renews it at each start).
+const DEV_VALIDITY_SECS: u64 = 365 * 24 * 3600;
 
 /// The identity settings of an agent (validated; the file is read at start).
 #[derive(Debug, Clone, Default)]
@@ -140,55 +140,55 @@ pub fn save(path: &Path, key: &SigningKey, cert: &NodeCert) -> Result<(), Identi
 }
 
 /// A dev agent's identity: the dev cluster's enrollment key (beside `keyring`, made if
-/// missing) and a fresh one-day certificate for `node`.
+/// missing) and a fresh certificate for `node`.
 pub fn dev(keyring: &Path, node: &str, now: u64) -> Result<IdentitySettings, IdentityFileError> {
     let dir = keyring.parent().unwrap_or(Path::new("."));
     let path = dir.join(DEV_ENROLLMENT_FILE);
-    let read = crate::secret_file::read_secret(
-        &path,
-        "dev enrollment key",
-        crate::secret_file::Owner::RootOrMe,
-    );
-    let enrollment = match read {
-        Ok(text) => keytext::signing_key_from_text(&text, "dev enrollment key").map_err(|e| {
-            IdentityFileError::Parse {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?,
-        Err(crate::secret_file::SecretFileError::Read { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            let key = keytext::generate_signing_key();
-            let text = keytext::signing_key_to_text(&key);
-            crate::atomic_file::write_atomic(&path, text.as_bytes(), 0o600).map_err(|source| {
-                IdentityFileError::Write {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            key
-        }
-        Err(e) => return Err(e.into()),
+    let enrollment = dev_enrollment_key(&path)?;
+    let unusable = |reason: String| IdentityFileError::Unusable {
+        path: path.clone(),
+        reason,
     };
     let node_key = keytext::generate_signing_key();
     let until = now + DEV_VALIDITY_SECS;
-    let cert =
-        NodeCert::issue(&enrollment, node, &node_key.verifying_key(), now, until).map_err(|e| {
-            IdentityFileError::Unusable {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-    let own = OwnIdentity::new(node_key, cert).map_err(|e| IdentityFileError::Unusable {
-        path,
-        reason: e.to_string(),
-    })?;
+    let cert = NodeCert::issue(&enrollment, node, &node_key.verifying_key(), now, until)
+        .map_err(|e| unusable(e.to_string()))?;
+    let own = OwnIdentity::new(node_key, cert).map_err(|e| unusable(e.to_string()))?;
     Ok(IdentitySettings {
         issuers: vec![enrollment.verifying_key()],
         own: Some(own),
         required: true,
     })
+}
+
+/// The dev enrollment key at `path`, made (0600) by the first dev agent; one that lost the
+/// race to make it reads the winner's.
+fn dev_enrollment_key(path: &Path) -> Result<SigningKey, IdentityFileError> {
+    use crate::secret_file::{Owner, SecretFileError, create_private, read_secret};
+    let what = "dev enrollment key";
+    let parse = |text: &str| {
+        keytext::signing_key_from_text(text, what).map_err(|e| IdentityFileError::Parse {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    };
+    match read_secret(path, what, Owner::RootOrMe) {
+        Ok(text) => return parse(&text),
+        Err(SecretFileError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let key = keytext::generate_signing_key();
+    match create_private(path, keytext::signing_key_to_text(&key).as_bytes()) {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            parse(&read_secret(path, what, Owner::RootOrMe)?)
+        }
+        Err(source) => Err(IdentityFileError::Write {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ fn startup_identity(
     else {
         if !configured {
             tracing::warn!(
-                "no enrollment_keys: node identities are off, so any holder of the gossip key                  can speak for any node (enroll the fleet: `droot-fleet enroll init`)"
+                "no enrollment_keys: node identities are off, so any holder of the gossip key can speak for any node (enroll the fleet: `droot-fleet enroll init`)"
             );
         }
         return Ok(settings.identity.clone());

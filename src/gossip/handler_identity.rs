@@ -196,19 +196,25 @@ impl GossipCore {
     /// the bounds: a packet costs at most one certificate check.
     fn card_carried(&self, parsed: &screen::Parsed<'_>) -> Option<NodeId> {
         let src = &parsed.header.src;
-        let item = parsed.broadcasts().find_map(|bytes| {
-            match crate::gossip::message::decode_broadcast(bytes) {
-                Ok(Broadcast::Superseding(i)) if i.kind == MEMBER_KIND && i.origin == src.name => {
-                    Some(i)
-                }
-                _ => None,
-            }
-        })?;
+        let item =
+            parsed.broadcasts().find_map(
+                |bytes| match crate::gossip::message::decode_broadcast(bytes) {
+                    Ok(Broadcast::Superseding(i))
+                        if i.kind == MEMBER_KIND && i.origin == src.name =>
+                    {
+                        Some(i)
+                    }
+                    _ => None,
+                },
+            )?;
         let limits = self.kinds.limits(MEMBER_KIND, self.now);
         if self.latest.check(&item, &limits) != crate::gossip::latest::Offer::Newer {
             return None;
         }
-        let card = self.identities.check_card(&item, unix_secs(self.now)).ok()?;
+        let card = self
+            .identities
+            .check_card(&item, unix_secs(self.now))
+            .ok()?;
         Some(card.vouched(&item.origin)).filter(|id| id == src)
     }
 
@@ -232,10 +238,15 @@ impl GossipCore {
                 .map(Checked::Revocation),
             _ if local || off => Ok(Checked::Nothing),
             // Node kinds, and kinds this build does not know: only their origin may say them.
-            kind if self.kinds.policy(kind).is_none_or(|p| p.owner == Owner::Node) => self
-                .identities
-                .check_node_item(item)
-                .map(|()| Checked::Nothing),
+            kind if self
+                .kinds
+                .policy(kind)
+                .is_none_or(|p| p.owner == Owner::Node) =>
+            {
+                self.identities
+                    .check_node_item(item)
+                    .map(|()| Checked::Nothing)
+            }
             _ => Ok(Checked::Nothing),
         }
     }
@@ -293,7 +304,8 @@ impl GossipCore {
         self.latest.retain(|i| {
             !kinds.is_node_owned(&i.kind) || i.origin == *me || !names.contains(&i.origin)
         });
-        self.tag_book.retain(|n| n == me.as_str() || !names.iter().any(|g| g == n));
+        self.tag_book
+            .retain(|n| n == me.as_str() || !names.iter().any(|g| g == n));
     }
 
     /// Signs an answer this node sends (when it has an identity).

@@ -65,7 +65,11 @@ pub struct Latest {
 }
 
 fn budget(fleet: bool) -> (usize, usize) {
-    if fleet { (0, FLEET_BYTES) } else { (1, SHARED_BYTES) }
+    if fleet {
+        (0, FLEET_BYTES)
+    } else {
+        (1, SHARED_BYTES)
+    }
 }
 
 impl Latest {
@@ -314,6 +318,37 @@ mod tests {
         l.retain(|_| false);
         assert_eq!((l.bytes(), l.len()), (0, 0));
         assert!(l.per_pool.is_empty() && l.per_origin.is_empty());
+    }
+
+    /// Issue 15 (review): node kinds filling every byte refused a rollout's desired state.
+    #[test]
+    fn node_kinds_cannot_take_the_fleet_kinds_bytes() {
+        let mut kinds = kinds();
+        kinds.register("bulk", KindPolicy::node(1));
+        kinds.register(
+            "desired",
+            KindPolicy::fleet(4, std::sync::Arc::new(|_| true)),
+        );
+        let mut l = Latest::default();
+        let mut full = false;
+        for i in 0.. {
+            let mut i = item("bulk", &format!("n{i}"), &format!("n{i}"), 1);
+            i.body = vec![0; 1000];
+            if l.offer(&i, &kinds.limits("bulk", NOW), NOW) == Offer::Full {
+                full = true;
+                break;
+            }
+        }
+        assert!(full && l.bytes() <= SHARED_BYTES);
+        let desired = item("desired", "web", "n1", 1);
+        assert_eq!(
+            l.check(&desired, &kinds.limits("desired", NOW)),
+            Offer::Newer
+        );
+        assert_eq!(
+            l.offer(&desired, &kinds.limits("desired", NOW), NOW),
+            Offer::Newer
+        );
     }
 
     #[test]

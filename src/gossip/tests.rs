@@ -25,6 +25,9 @@ mod supersede;
 #[path = "tests_identity.rs"]
 mod identity;
 
+#[path = "tests_transition.rs"]
+mod transition;
+
 const EPOCH: Duration = Duration::from_secs(1_700_000_000);
 
 struct Node {

@@ -10,18 +10,18 @@ use crate::gossip::vouch::{IdentityPolicy, MEMBER_KIND, OwnIdentity, REVOKED_KIN
 use ed25519_dalek::SigningKey;
 use foca::BroadcastHandler as _;
 
-fn ca() -> SigningKey {
+pub(super) fn ca() -> SigningKey {
     SigningKey::from_bytes(&[42; 32])
 }
 
-fn enrolled(name: &str, seed: u8) -> OwnIdentity {
+pub(super) fn enrolled(name: &str, seed: u8) -> OwnIdentity {
     let key = SigningKey::from_bytes(&[seed; 32]);
     let now = EPOCH.as_secs();
     let cert = NodeCert::issue(&ca(), name, &key.verifying_key(), now - 60, now + 86_400).unwrap();
     OwnIdentity::new(key, cert).unwrap()
 }
 
-fn policy(own: Option<OwnIdentity>) -> IdentityPolicy {
+pub(super) fn policy(own: Option<OwnIdentity>) -> IdentityPolicy {
     IdentityPolicy {
         issuers: vec![ca().verifying_key()],
         required: true,
@@ -141,7 +141,13 @@ fn a_gossip_key_alone_cannot_join_or_take_a_name() {
     }
 }
 
-fn item(origin: &str, kind: &str, key: &str, version: u64, body: Vec<u8>) -> Superseding {
+pub(super) fn item(
+    origin: &str,
+    kind: &str,
+    key: &str,
+    version: u64,
+    body: Vec<u8>,
+) -> Superseding {
     Superseding {
         kind: kind.into(),
         key: key.into(),
@@ -230,7 +236,7 @@ fn a_revoked_node_is_cut_off_everywhere() {
     }
 }
 
-fn revocation_of(who: &OwnIdentity, at_ms: u64) -> Superseding {
+pub(super) fn revocation_of(who: &OwnIdentity, at_ms: u64) -> Superseding {
     let r = Revocation::issue(&ca(), who.cert().body(), at_ms);
     item(
         "node0",
@@ -241,7 +247,7 @@ fn revocation_of(who: &OwnIdentity, at_ms: u64) -> Superseding {
     )
 }
 
-fn card_of(who: &OwnIdentity, id: &NodeId) -> Superseding {
+pub(super) fn card_of(who: &OwnIdentity, id: &NodeId) -> Superseding {
     let body = crate::gossip::vouch::MemberCard {
         cert: who.cert().encode(),
         addr: id.addr,
@@ -258,7 +264,7 @@ fn card_of(who: &OwnIdentity, id: &NodeId) -> Superseding {
     card
 }
 
-fn lone_core() -> SharedCore {
+pub(super) fn lone_core() -> SharedCore {
     let core = SharedCore::new(GossipCore::new(
         node_id(0),
         Tags::new(),

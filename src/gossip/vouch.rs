@@ -320,7 +320,12 @@ impl Identities {
 
     /// Checks an item of a node-owned kind (other than cards) against its origin's card.
     pub fn check_node_item(&self, item: &Superseding) -> Result<(), Refusal> {
-        self.check_signed(&item.origin, ITEM_CONTEXT, &item_bytes(item), item.sig.as_ref())
+        self.check_signed(
+            &item.origin,
+            ITEM_CONTEXT,
+            &item_bytes(item),
+            item.sig.as_ref(),
+        )
     }
 
     /// Checks a member card item; `now` in Unix seconds.

@@ -100,7 +100,7 @@ fn node_name(
         return Err(invalid(
             "node",
             format!(
-                "{node:?}, but the node identity's certificate is for {c:?}: leave the node                  name unset, or enroll this node under {node:?}"
+                "{node:?}, but the node identity's certificate is for {c:?}: leave the node name unset, or enroll this node under {node:?}"
             ),
         ));
     }
@@ -122,7 +122,7 @@ fn identity(file: &mut FileConfig, flags: &Overrides) -> Result<IdentitySettings
     if issuers.is_empty() && (path.is_some() || required) {
         return Err(invalid(
             "enrollment_keys",
-            "required with node_identity or require_node_identity: add the public key              `droot-fleet enroll init` printed",
+            "required with node_identity or require_node_identity: add the public key `droot-fleet enroll init` printed",
         ));
     }
     let own = match path {
@@ -138,7 +138,7 @@ fn identity(file: &mut FileConfig, flags: &Overrides) -> Result<IdentitySettings
     if required && own.is_none() && !flags.dev {
         return Err(invalid(
             "node_identity",
-            "required by require_node_identity: enroll this node (`droot-fleet enroll node              NAME --enrollment-key FILE -o FILE`) and set node_identity, or set              require_node_identity = false while the fleet is being enrolled",
+            "required by require_node_identity: enroll this node (`droot-fleet enroll node NAME --enrollment-key FILE -o FILE`) and set node_identity, or set require_node_identity = false while the fleet is being enrolled",
         ));
     }
     Ok(IdentitySettings {

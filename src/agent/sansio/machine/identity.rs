@@ -66,7 +66,6 @@ impl<W, S> AgentMachine<W, S> {
             Err(e) => return (Err(AgentError::BadRequest(e)), Vec::new()),
         };
         let (key, revoked) = (item.key.clone(), item.version);
-        tracing::warn!(node_key = %key, "revocation accepted; gossiping it");
         let (result, out) = self.publish_superseding(now, item);
         let held = self
             .core
@@ -74,9 +73,14 @@ impl<W, S> AgentMachine<W, S> {
             .superseding_item(REVOKED_KIND, &key)
             .map(|i| i.version);
         match result {
-            Ok(()) if held >= Some(revoked) => (Ok(()), out),
+            Ok(()) if held >= Some(revoked) => {
+                tracing::warn!(node_key = %key, "revocation accepted; gossiping it");
+                (Ok(()), out)
+            }
             Ok(()) => {
-                let e = "this node did not keep the revocation (its table of revocations is full)";
+                let e = "this node did not keep the revocation: it holds a newer one for that \
+                         key, the revocation was issued more than 10 minutes ahead of this \
+                         node's clock, or its table of revocations is full";
                 (Err(AgentError::Conflict(e.into())), out)
             }
             Err(e) => (Err(e), out),

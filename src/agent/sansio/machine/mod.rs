@@ -310,8 +310,15 @@ impl<W, S> AgentMachine<W, S> {
             }
             Err(e) => tracing::warn!(cause = %e, "SIGHUP: new tags not announced"),
         }
-        // A dev agent's identity is its own, made at start; the file has none.
-        if !self.settings.dev {
+        // A dev agent's identity is its own, made at start; the file has none. An identity
+        // for another name would cut this node off: refused.
+        if new.node != self.settings.node {
+            tracing::error!(
+                node = %self.settings.node,
+                identity = %new.node,
+                "SIGHUP: the node identity is for another name; identity not reloaded"
+            );
+        } else if !self.settings.dev {
             self.core
                 .lock()
                 .reload_identity_policy(new.identity.policy());

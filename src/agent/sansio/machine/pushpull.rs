@@ -127,12 +127,13 @@ impl<W, S> AgentMachine<W, S> {
     /// every peer speaks this version (older ones cannot sign), so our signed state goes
     /// out from the first exchange.
     pub(super) fn dial(&self, target: String, kind: Dial, out: &mut Effects<W, S>) {
-        let core = self.core.lock();
-        let known = self
+        let name = self
             .foca
             .iter_membership_state()
             .find(|m| m.id().addr.to_string() == target)
-            .map(|m| core.peer_version(&m.id().name));
+            .map(|m| m.id().name.clone());
+        let core = self.core.lock();
+        let known = name.map(|n| core.peer_version(&n));
         let required = core.identities().mode() == crate::gossip::vouch::Mode::Required;
         drop(core);
         let version = known.unwrap_or(if required {
