@@ -74,7 +74,23 @@ fn forged_outcomes_do_not_carry_a_broken_release_past_the_canary() {
         issued_at_ms: now_ms(),
         id: DeployEvent::random_id(),
     };
-    let forged = forged_outcomes(&event, &nodes);
+    // Unsigned, and signed with n3's stolen node key (its identity file) in the others'
+    // names.
+    let mut forged = forged_outcomes(&event, &nodes);
+    let stolen = droot_fleet::agent::identity::load(&f.enrollment.identity("n3")).unwrap();
+    let thief =
+        droot_fleet::gossip::vouch::Identities::new(droot_fleet::gossip::vouch::IdentityPolicy {
+            issuers: Vec::new(),
+            required: true,
+            own: Some(stolen),
+        });
+    let mut signed = forged_outcomes(&event, &nodes);
+    signed.retain(|o| o.origin != "n3");
+    for o in &mut signed {
+        o.version += 1;
+        thief.sign_item(o);
+    }
+    forged.extend(signed);
     let ghost = Attacker::new(&f.keyring, "ghost", "127.79.9.66:17946");
     let push_everywhere = |ghost: &Attacker| {
         for n in 1..=3 {
@@ -125,11 +141,6 @@ fn forged_outcomes_do_not_carry_a_broken_release_past_the_canary() {
         );
         assert_eq!(f.get(n, "/version").as_deref(), Some("v1"), "{other}");
         let halted = format!("halted by {canary} (rolled_back)");
-        eprintln!(
-            "DEBUG {other}: {}",
-            f.status(1).get(other.as_str()).cloned().unwrap_or_default()
-        );
-        eprintln!("DEBUG progress: {}", f.progress(1, &id));
         f.wait_status(1, other, &halted, |v| v["phase"] == halted.as_str());
     }
     let p = f.progress(1, &id);

@@ -50,6 +50,17 @@ fn rss_kib(a: &Agent) -> u64 {
         .unwrap()
 }
 
+/// An agent's exact foca identity (name, address, bump), from its own `/v1/info`.
+fn node_id_of(a: &Agent) -> NodeId {
+    let info = a.info();
+    NodeId::new(
+        info["name"].as_str().unwrap(),
+        info["addr"].as_str().unwrap().parse().unwrap(),
+        info["bump"].as_u64().unwrap() as u16,
+    )
+    .unwrap()
+}
+
 fn required_cluster(net: &str) -> (Cluster, Vec<Agent>) {
     let mut c = Cluster::new(net);
     c.require_identity = true;
@@ -202,14 +213,14 @@ fn an_impostor_under_an_existing_name_gets_nowhere() {
 fn a_forged_leave_notice_changes_nothing() {
     let (c, mut a) = required_cluster("77.93");
     let ghost = Attacker::new(&c.keyring, "ghost", "127.77.93.66:17946");
-    let n2 = NodeId::new("n2", c.addr(2).parse().unwrap(), 0).unwrap();
-    // Every bump the real n2 could be at is the same to a forger: try a spread.
-    for bump in 0..64u16 {
-        let id = NodeId { bump, ..n2.clone() };
-        let plain = encode_direct(&Direct::Leave(LeaveNotice { id, sig: None })).unwrap();
-        ghost.datagram(&c.addr(1), &plain);
-    }
-    a[0].wait_push_pulls(2);
+    // n2's exact identity, as anyone in the cluster can learn it.
+    let id = node_id_of(&a[1]);
+    let refused = counter(&a[0], "identity_refused");
+    let plain = encode_direct(&Direct::Leave(LeaveNotice { id, sig: None })).unwrap();
+    ghost.datagram(&c.addr(1), &plain);
+    wait_for(LONG, "n1 to refuse the forged leave", || {
+        (counter(&a[0], "identity_refused") > refused).then_some(())
+    });
     assert_eq!(a[0].status_of("n2").as_deref(), Some("alive"));
     a[1].kill9();
     wait_for(LONG, "n1 to see n2 failed", || {
@@ -271,4 +282,37 @@ fn a_stolen_node_key_speaks_only_for_its_node_until_revoked() {
         "{n3:?}"
     );
     a[2].kill9();
+}
+
+/// A holder of the gossip key sends a foca packet in n1's exact name (from its own
+/// address) declaring n2 down: not n1's word, so it changes nothing, and n2 never has to
+/// refute it (before, one such packet a second made n2 flap).
+#[test]
+fn a_packet_in_another_nodes_name_cannot_declare_a_member_down() {
+    let (c, a) = required_cluster("77.96");
+    let ghost = Attacker::new(&c.keyring, "ghost", "127.77.96.66:17946");
+    let (n1, n2, n3) = (node_id_of(&a[0]), node_id_of(&a[1]), node_id_of(&a[2]));
+    let header = foca::Header {
+        src: n1,
+        src_incarnation: u16::MAX,
+        dst: n3,
+        message: foca::Message::<NodeId>::Ping(7),
+    };
+    let mut pkt = postcard::to_stdvec(&header).unwrap();
+    pkt.extend_from_slice(&1u16.to_be_bytes());
+    pkt.extend(postcard::to_stdvec(&foca::Member::new(n2, u16::MAX, foca::State::Down)).unwrap());
+    let plain = droot_fleet::gossip::message::encode_foca_datagram(&pkt);
+    for _ in 0..20 {
+        ghost.datagram(&c.addr(3), &plain);
+    }
+    wait_for(LONG, "n3 to refuse the packets", || {
+        (counter(&a[2], "identity_packets_spoofed") >= 20).then_some(())
+    });
+    a[2].wait_push_pulls(2);
+    assert_eq!(a[2].status_of("n2").as_deref(), Some("alive"));
+    let log = a[1].log_text();
+    assert!(
+        !log.contains("declared us down"),
+        "n2 had to rejoin:\n{log}"
+    );
 }
