@@ -27,6 +27,26 @@ fn unix_secs(now: Duration) -> u64 {
     now.as_secs()
 }
 
+/// [`GossipCore::screen_packet`]'s answers: identities its cards vouch for (or a card the
+/// packet carries) are admitted; a down verdict is taken as such only about this node
+/// (foca rejoins under a new bump) or a member whose own leave was recorded.
+struct PacketPolicy<'a, L> {
+    identities: &'a crate::gossip::vouch::Identities,
+    carried: Vec<NodeId>,
+    me: &'a str,
+    left: L,
+}
+
+impl<L: Fn(&NodeId) -> bool> screen::Screen for PacketPolicy<'_, L> {
+    fn admits(&self, id: &NodeId) -> bool {
+        self.identities.admits(id) || self.carried.contains(id)
+    }
+
+    fn takes_down(&self, id: &NodeId) -> bool {
+        id.name == self.me || (self.left)(id)
+    }
+}
+
 /// How long before its end a node's certificate is warned about.
 const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -136,19 +156,25 @@ impl GossipCore {
     }
 
     /// Screens a foca packet before `Foca::handle_data` (see [`crate::gossip::screen`]);
-    /// with identities off it passes as it is.
+    /// with identities off it passes as it is. `left`: whether a member's own leave was
+    /// recorded (a down verdict about it is then final).
     pub fn screen_packet<'a>(
         &mut self,
         pkt: &'a [u8],
+        left: impl Fn(&NodeId) -> bool,
     ) -> Result<screen::Screened<'a>, screen::Malformed> {
         if self.identities.mode() == Mode::Off {
             let packet = std::borrow::Cow::Borrowed(pkt);
             return Ok(screen::Screened::Pass { packet, dropped: 0 });
         }
         let parsed = screen::parse(pkt)?;
-        let carried = self.cards_carried(&parsed);
-        let ids = &self.identities;
-        let screened = screen::screen(pkt, &parsed, |id| ids.admits(id) || carried.contains(id));
+        let policy = PacketPolicy {
+            identities: &self.identities,
+            carried: self.cards_carried(&parsed),
+            me: &self.identity.name,
+            left,
+        };
+        let screened = screen::screen(pkt, &parsed, &policy);
         match &screened {
             screen::Screened::Pass { dropped, .. } => {
                 self.stats.updates_refused_identity += *dropped as u64;

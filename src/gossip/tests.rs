@@ -114,7 +114,7 @@ impl Sim {
                 Ok(plain) => match decode_datagram(&plain).unwrap() {
                     Datagram::Foca(pkt) => {
                         // Screened against identities first, as the agent does.
-                        let screened = node.core.lock().screen_packet(pkt);
+                        let screened = node.core.lock().screen_packet(pkt, |_| false);
                         if let Ok(super::screen::Screened::Pass { packet, .. }) = screened {
                             // foca may refuse e.g. packets from a renamed identity; fine.
                             let _ = node.foca.handle_data(&packet, &mut node.rt);

@@ -23,7 +23,8 @@ impl<W, S> AgentMachine<W, S> {
         from: SocketAddr,
         out: &mut Effects<W, S>,
     ) {
-        let screened = self.core.lock().screen_packet(pkt);
+        let left = &self.left;
+        let screened = self.core.lock().screen_packet(pkt, |id| left.has_left(id));
         match screened {
             Ok(Screened::Pass { packet, .. }) => {
                 if let Err(e) = self.foca.handle_data(&packet, &mut self.rt) {
@@ -43,18 +44,32 @@ impl<W, S> AgentMachine<W, S> {
     }
 
     /// A leave notice: recorded if the node said it itself, or (a force-leave) if this
-    /// node already sees it failed.
-    pub(super) fn leave_notice(&mut self, notice: LeaveNotice) {
-        let seen_down = self
+    /// node already sees it failed. The member is then down here at once: foca's own
+    /// down verdict from the leaving node may arrive before the notice, and passes the
+    /// screen only as a suspicion.
+    pub(super) fn leave_notice(&mut self, now: Now, notice: LeaveNotice, out: &mut Effects<W, S>) {
+        let held = self
             .foca
             .iter_membership_state()
-            .any(|m| m.id() == &notice.id && m.state() == foca::State::Down);
+            .find(|m| m.id() == &notice.id)
+            .map(|m| (m.state(), m.incarnation()));
+        let seen_down = held.is_some_and(|(state, _)| state == foca::State::Down);
         if !self.core.lock().check_leave(&notice, seen_down) {
             tracing::debug!(node = %notice.id.name, "leave notice refused: not the node's own, and the node is not failed here");
             return;
         }
         tracing::info!(node = %notice.id.name, "member announced its leave");
         self.left.record(&notice.id);
+        if let Some((foca::State::Alive | foca::State::Suspect, incarnation)) = held {
+            let down = foca::Member::new(notice.id, incarnation, foca::State::Down);
+            if let Err(e) = self
+                .foca
+                .apply_many(std::iter::once(down), true, &mut self.rt)
+            {
+                tracing::debug!(cause = %e, "applying a leave");
+            }
+            self.drain(now, out);
+        }
     }
 
     /// Gossips a revocation (an operator's `enroll revoke`), once this node checked it.

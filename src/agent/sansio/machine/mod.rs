@@ -214,7 +214,7 @@ impl<W, S> AgentMachine<W, S> {
                     self.drain(now, &mut out);
                 }
             }
-            Ok(Datagram::Direct(Direct::Leave(notice))) => self.leave_notice(notice),
+            Ok(Datagram::Direct(Direct::Leave(notice))) => self.leave_notice(now, notice, &mut out),
             Err(_) => out.push(Effect::Count(Metric::Malformed)),
         }
         out

@@ -1,0 +1,117 @@
+//! Attacks by a holder of the gossip key alone (no node key) on real agents with node
+//! identities required, beyond issue 15's list, each on its own 127.77.9x.N addresses.
+//!
+//! A sealed datagram says nothing about who sent it: the foca header's `src` is whatever
+//! the sender writes. Node identities screen the *names* a packet carries (only the
+//! identity a card vouches for passes), but an attacker may write a real member's
+//! identity as the sender, and then speak in foca's name about others.
+
+#[path = "common/agent.rs"]
+mod agent_support;
+#[path = "common/attacker.rs"]
+mod attacker;
+#[path = "common/ops.rs"]
+mod ops;
+
+use agent_support::{Agent, Cluster, wait_for};
+use attacker::{Attacker, foca_datagram, identity_in};
+use droot_fleet::gossip::NodeId;
+use foca::{Header, Member, Message, State};
+use ops::{LONG, start_n};
+
+fn member_json(a: &Agent) -> Vec<serde_json::Value> {
+    let out = a.cli(&["members", "--format", "json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Three enrolled agents, identities required, each holding every card.
+fn required_cluster(net: &str) -> (Cluster, Vec<Agent>) {
+    let mut c = Cluster::new(net);
+    c.require_identity = true;
+    let agents = start_n(&c, 3, |n| format!("[tags]\nrole = \"web{n}\"\n"));
+    wait_for(LONG, "every card everywhere", || {
+        agents
+            .iter()
+            .all(|x| {
+                let m = member_json(x);
+                m.len() == 3 && m.iter().all(|m| m["identity"].is_object())
+            })
+            .then_some(())
+    });
+    (c, agents)
+}
+
+/// Log lines of `a` that say `node` went down (failed or left).
+fn down_lines(a: &Agent, node: &str) -> Vec<String> {
+    let needle = format!("node={node} ");
+    a.log_text()
+        .lines()
+        .filter(|l| l.contains("member down") && l.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn gossip_header(src: &NodeId, dst: &NodeId) -> Header<NodeId> {
+    Header {
+        src: src.clone(),
+        src_incarnation: 0,
+        dst: dst.clone(),
+        message: Message::Gossip,
+    }
+}
+
+/// The attacker learns every member's current identity by one push/pull, then tells n1
+/// and n3, in each other's name, that n2 is down. Before the fix n1 applied it at once
+/// (foca takes Alive -> Down from anyone), gossiped it, n2 had to rejoin under a new
+/// bump, and every `member-failed` handler ran: a node made to look down at will. A
+/// remote "down" about a third member is now only a suspicion, which the live member
+/// refutes; a dead one is still found down by each node's own probes.
+#[test]
+fn a_spoofed_down_verdict_does_not_fail_an_enrolled_node() {
+    let (c, a) = required_cluster("77.96");
+    let ghost = Attacker::new(&c.keyring, "ghost", "127.77.96.66:17946");
+    let view = ghost.learn(&c.addr(1));
+    let (n1, n2, n3) = (
+        identity_in(&view, "n1"),
+        identity_in(&view, "n2"),
+        identity_in(&view, "n3"),
+    );
+    let down = Member::new(n2.clone(), 0, State::Down);
+    for _ in 0..3 {
+        let to_n1 = foca_datagram(&gossip_header(&n3, &n1), std::slice::from_ref(&down), &[]);
+        ghost.datagram(&c.addr(1), &to_n1);
+        let to_n3 = foca_datagram(&gossip_header(&n1, &n3), std::slice::from_ref(&down), &[]);
+        ghost.datagram(&c.addr(3), &to_n3);
+        a[0].wait_push_pulls(1);
+        for agent in [&a[0], &a[2]] {
+            let status = agent.status_of("n2");
+            assert!(
+                matches!(status.as_deref(), Some("alive" | "suspect")),
+                "{} sees n2 {status:?}",
+                agent.name
+            );
+        }
+    }
+    a[2].wait_push_pulls(2);
+    for agent in [&a[0], &a[2]] {
+        assert_eq!(
+            down_lines(agent, "n2"),
+            Vec::<String>::new(),
+            "{} declared n2 down",
+            agent.name
+        );
+    }
+    let log = a[1].log_text();
+    assert!(
+        !log.contains("declared us down"),
+        "n2 had to rejoin:\n{log}"
+    );
+    wait_for(LONG, "n2 alive again everywhere", || {
+        a.iter()
+            .all(|x| x.name == "n2" || x.status_of("n2").as_deref() == Some("alive"))
+            .then_some(())
+    });
+}
