@@ -115,3 +115,49 @@ fn a_spoofed_down_verdict_does_not_fail_an_enrolled_node() {
             .then_some(())
     });
 }
+
+fn counter(a: &Agent, name: &str) -> u64 {
+    a.info()["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// A query whose origin names a victim's address, slipped in under a real member's name
+/// as `src`. Answers go to `origin.addr`, which nothing checks: every member answered
+/// the victim (one small datagram in, one answer per member out, at any host and port).
+/// A member now answers only an origin that a card vouches for.
+#[test]
+fn query_answers_are_not_reflected_at_an_address_no_card_names() {
+    use droot_fleet::gossip::message::{Broadcast, encode_broadcast};
+    use droot_fleet::gossip::{Query, QueryId};
+    let (c, a) = required_cluster("77.97");
+    let victim = std::net::UdpSocket::bind("127.77.97.77:17946").unwrap();
+    victim.set_nonblocking(true).unwrap();
+    let ghost = Attacker::new(&c.keyring, "ghost", "127.77.97.66:17946");
+    let view = ghost.learn(&c.addr(1));
+    let (n1, n2) = (identity_in(&view, "n1"), identity_in(&view, "n2"));
+    let refused_before: Vec<u64> = a.iter().map(|x| counter(x, "identity_refused")).collect();
+    let query = Query {
+        id: QueryId::random(&mut rand::rng()),
+        ltime: view.query_ltime + 1,
+        origin: NodeId::new("n3", victim.local_addr().unwrap(), 1).unwrap(),
+        name: droot_fleet::agent::keys::KEYS_QUERY.into(),
+        payload: br#"{"op":"list"}"#.to_vec(),
+        filters: Vec::new(),
+        timeout_ms: 5000,
+    };
+    let item = encode_broadcast(&Broadcast::Query(query)).unwrap();
+    let pkt = foca_datagram(&gossip_header(&n2, &n1), &[], &[item]);
+    ghost.datagram(&c.addr(1), &pkt);
+    let mut reflected = 0;
+    let mut buf = [0u8; 2048];
+    wait_for(LONG, "every member to answer or refuse the query", || {
+        while victim.recv_from(&mut buf).is_ok() {
+            reflected += 1;
+        }
+        let refused = a
+            .iter()
+            .zip(&refused_before)
+            .all(|(x, before)| counter(x, "identity_refused") > *before);
+        (refused || reflected > 0).then_some(())
+    });
+    assert_eq!(reflected, 0, "members answered at the victim's address");
+}

@@ -295,6 +295,18 @@ impl GossipCore {
         ok
     }
 
+    /// Whether a query from `origin` may be answered. Its answers go to `origin.addr`,
+    /// which nobody vouches for: any gossip-key holder could have every member answer at
+    /// an address of its choosing. With identities on, only an identity this node admits
+    /// is answered (in [`Mode::Required`], the address its name's card names).
+    pub fn may_answer(&mut self, origin: &NodeId) -> bool {
+        let ok = *origin == self.identity || self.identities.admits(origin);
+        if !ok {
+            self.stats.refused_identity += 1;
+        }
+        ok
+    }
+
     /// This node's leave notice, signed when it has an identity.
     pub fn leave_notice(&self) -> crate::gossip::message::LeaveNotice {
         let id = self.identity.clone();
