@@ -161,3 +161,63 @@ fn query_answers_are_not_reflected_at_an_address_no_card_names() {
     });
     assert_eq!(reflected, 0, "members answered at the victim's address");
 }
+
+/// The shared pool of kinds this build does not know (a newer release's, crossing older
+/// agents during an upgrade) holds 1,024 slots, 32 per origin; but nothing checked the
+/// origin. 1,100 junk slots under 40 made-up names filled it for good (the attacker
+/// refreshes them within the hour they live), and a real node's item of a newer kind
+/// was then refused everywhere. Unknown kinds are now held to their origin's card too.
+#[test]
+fn the_unknown_kind_pool_is_not_filled_under_made_up_origins() {
+    use attacker::{now_ms, slot};
+    use droot_fleet::gossip::vouch::{Identities, IdentityPolicy};
+    let (c, a) = required_cluster("77.98");
+    let ghost = Attacker::new(&c.keyring, "ghost", "127.77.98.66:17946");
+    let junk: Vec<_> = (0..1100)
+        .map(|i| {
+            let origin = format!("made-up-{}", i % 40);
+            slot(
+                "future.kind",
+                &format!("junk{i}"),
+                &origin,
+                now_ms(),
+                vec![0; 16],
+            )
+        })
+        .collect();
+    ghost.push(&c.addr(1), ghost.state(&junk, vec![])).unwrap();
+    // n2, upgraded to a release with a kind n1 does not know, publishes one item of it;
+    // it reaches n1 (here carried by the attacker's next exchange, byte for byte).
+    let n2 = droot_fleet::agent::identity::load(&c.enrollment.identity("n2")).unwrap();
+    let signer = Identities::new(IdentityPolicy {
+        issuers: Vec::new(),
+        required: true,
+        own: Some(n2),
+    });
+    let mut newer = slot("future.kind", "n2-feature", "n2", now_ms(), b"on".to_vec());
+    signer.sign_item(&mut newer);
+    ghost
+        .push(&c.addr(1), ghost.state(&[newer.clone()], vec![]))
+        .unwrap();
+    let held = |reply: &droot_fleet::gossip::PushPullState| -> Vec<droot_fleet::gossip::supersede::Superseding> {
+        reply
+            .extensions
+            .iter()
+            .filter(|e| e.tag == droot_fleet::gossip::versioned::ext::SIGNED_SUPERSEDING)
+            .flat_map(|e| droot_fleet::gossip::supersede::decode_items(&e.bytes, true).unwrap_or_default())
+            .filter(|i| i.kind == "future.kind")
+            .collect()
+    };
+    let kept = held(&ghost.learn(&c.addr(1)));
+    assert!(
+        kept.iter().any(|i| i.key == "n2-feature"),
+        "n1 refused n2's item of a newer kind; it holds {} junk slots",
+        kept.len()
+    );
+    assert!(
+        kept.len() <= 1,
+        "junk kept under made-up origins: {}",
+        kept.len()
+    );
+    drop(a);
+}

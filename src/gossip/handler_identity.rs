@@ -209,7 +209,9 @@ impl GossipCore {
     }
 
     /// The identity checks of an item before it may enter [`Latest`]; `local`: this
-    /// node made it. A card that passes is returned, to be learned once kept.
+    /// node made it. A card that passes is returned, to be learned once kept. Items of
+    /// node kinds and of kinds this build does not know must carry their origin's
+    /// signature ([`crate::gossip::vouch::Identities::check_node_item`]).
     pub(super) fn check_identity(
         &mut self,
         item: &Superseding,
@@ -224,7 +226,11 @@ impl GossipCore {
             REVOKED_KIND if mode != Mode::Off => {
                 self.identities.check_revocation(item).map(|_| None)
             }
-            kind if !local && self.kinds.is_node_owned(kind) => {
+            // Unknown kinds too (a newer release's): every node signs what it publishes,
+            // so the shared pool's per-origin share is one real node's, not any name's.
+            kind if !local
+                && (self.kinds.is_node_owned(kind) || self.kinds.policy(kind).is_none()) =>
+            {
                 self.identities.check_node_item(item).map(|()| None)
             }
             _ => Ok(None),

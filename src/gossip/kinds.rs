@@ -18,7 +18,9 @@
 //!
 //! Kinds this build does not know (a newer release's) are still relayed and kept, in one
 //! small shared pool ([`UNKNOWN_SLOTS`], [`UNKNOWN_PER_ORIGIN`] per origin), and forgotten
-//! [`UNKNOWN_TTL`] after their last update.
+//! [`UNKNOWN_TTL`] after their last update. With node identities their items too must carry
+//! their origin's signature (every node signs what it publishes), so an origin's share is
+//! one enrolled node's, not any name a key holder makes up.
 //!
 //! Versions are bounded by the wall clock: a node kind's version is milliseconds since the
 //! UNIX epoch, a fleet kind's is milliseconds shifted left by 16 (two low bytes tell apart
