@@ -221,3 +221,62 @@ fn the_unknown_kind_pool_is_not_filled_under_made_up_origins() {
     );
     drop(a);
 }
+
+/// While a fleet is enrolled host by host (identities in transition) a name without a
+/// card still speaks, so a gossip-key holder could add 100 made-up members, each with 256
+/// deploy outcomes of about 1 KiB (27 MB, past the 24 MiB that all slots shared), and 20
+/// more with small ones to fill what was left. From
+/// then on every new slot was refused, of any kind: the operator's `enroll revoke` of a
+/// stolen node key ("this node did not keep the revocation") and the first deploy of an
+/// app among them. Fleet kinds now have room of their own.
+#[test]
+fn made_up_members_cannot_crowd_out_a_revocation() {
+    use attacker::{now_ms, slot};
+    use droot_fleet::deploy::status::{NodeOutcome, Result as Outcome};
+    let c = Cluster::new("77.99");
+    assert!(!c.require_identity, "identities in transition");
+    let a = start_n(&c, 2, |_| String::new());
+    let ghost = Attacker::new(&c.keyring, "ghost", "127.77.99.66:17946");
+    // Five batches of 1 KiB outcomes, then one of small ones to fill what is left.
+    for batch in 0..6u8 {
+        let mut members = Vec::new();
+        let mut items = Vec::new();
+        for g in 0..20u8 {
+            let name = format!("ghost-{batch}-{g}");
+            let addr = format!("127.77.99.{}:17946", 100 + batch * 20 + g);
+            members.push(Member::alive(
+                NodeId::new(&name, addr.parse().unwrap(), 1).unwrap(),
+            ));
+            for app in 0..256 {
+                let o = NodeOutcome {
+                    node: name.clone(),
+                    app: format!("a{app}"),
+                    event_id: "00".repeat(16),
+                    version: "v1".into(),
+                    result: Outcome::Ok,
+                    error: (batch < 5).then(|| "x".repeat(900)),
+                    at: now_ms() / 1000,
+                };
+                let key = format!("a{app}@{name}");
+                let body = postcard::to_stdvec(&o).unwrap();
+                items.push(slot("deploy.outcome", &key, &name, now_ms(), body));
+            }
+        }
+        ghost
+            .push(&c.addr(1), ghost.state(&items, members))
+            .unwrap();
+    }
+    assert!(
+        counter(&a[0], "superseding_slots_full") > 0,
+        "the flood filled n1's slots: {}",
+        a[0].info()
+    );
+    let out = ops::cli_cmd(&["enroll", "revoke", "--identity"])
+        .arg(c.enrollment.identity("n2"))
+        .arg("--enrollment-key")
+        .arg(&c.enrollment.key)
+        .env("DROOT_FLEET_RPC", a[0].rpc())
+        .output()
+        .unwrap();
+    ops::ok(&out);
+}

@@ -13,7 +13,9 @@
 //!   key's signature) is their authority;
 //! - how many slots the kind may hold in all ([`KindPolicy::max_slots`]) and per origin
 //!   ([`KindPolicy::per_origin`]), so each kind has room of its own that no other kind
-//!   can take;
+//!   can take; a fleet kind's bytes are also outside the byte budget the other kinds share
+//!   ([`Limits::reserved`]), since node kinds take as many origins as a key holder makes up
+//!   while identities are off or in transition;
 //! - the check an item must pass before it is kept, delivered or relayed.
 //!
 //! Kinds this build does not know (a newer release's) are still relayed and kept, in one
@@ -131,6 +133,10 @@ pub struct Limits {
     pub max_version: u64,
     /// Forgotten this long after the last update, if set.
     pub ttl: Option<Duration>,
+    /// Outside the byte budget all other pools share ([`super::latest::MAX_BYTES`]): a
+    /// fleet kind's slot count alone bounds it, and no flood of other kinds can take its
+    /// room.
+    pub reserved: bool,
 }
 
 /// The registered kinds (see the module docs).
@@ -184,6 +190,7 @@ impl Kinds {
                     Owner::Fleet => shifted,
                 },
                 ttl: None,
+                reserved: p.owner == Owner::Fleet,
             },
             None => Limits {
                 pool: Pool::Unknown,
@@ -191,6 +198,7 @@ impl Kinds {
                 per_origin: UNKNOWN_PER_ORIGIN,
                 max_version: shifted,
                 ttl: Some(UNKNOWN_TTL),
+                reserved: false,
             },
         }
     }

@@ -1,8 +1,9 @@
 //! [`Latest`]: the newest item of every superseding slot, within bounds.
 //!
 //! It is what gossip delivers and what push/pull repairs, so it must stay bounded
-//! whatever a key holder sends: every item fits one broadcast ([`MAX_ITEM_BYTES`]), all
-//! items together take at most [`MAX_BYTES`], and each pool (a registered kind, or the
+//! whatever a key holder sends: every item fits one broadcast ([`MAX_ITEM_BYTES`]), the
+//! items of all pools but the reserved ones (fleet kinds, bounded by their slot counts)
+//! take at most [`MAX_BYTES`] together, and each pool (a registered kind, or the
 //! shared pool of unknown kinds) has its own slot count and per-origin cap from
 //! [`super::kinds::Limits`]. A full pool refuses new slots, never evicts old ones, so a
 //! flood cannot push out a real slot, and it cannot take the room of another kind either.
@@ -17,7 +18,7 @@ use super::supersede::Superseding;
 
 /// Largest encoded item kept or relayed: one broadcast.
 pub const MAX_ITEM_BYTES: usize = MAX_BROADCAST_ITEM;
-/// Most bytes all held items may take together.
+/// Most bytes the items of pools that are not reserved may take together.
 pub const MAX_BYTES: usize = 24 * 1024 * 1024;
 
 /// What [`Latest::offer`] did with an item.
@@ -43,6 +44,8 @@ struct Held {
     /// Wall-clock time of the last update, and how long it lives after it.
     updated: Duration,
     ttl: Option<Duration>,
+    /// Outside the shared byte budget ([`Limits::reserved`]).
+    reserved: bool,
 }
 
 /// The newest item of every slot seen, within bounds. See the module docs.
@@ -52,6 +55,8 @@ pub struct Latest {
     per_pool: HashMap<Pool, usize>,
     per_origin: HashMap<(Pool, String), usize>,
     bytes: usize,
+    /// The part of `bytes` in pools that are not reserved.
+    shared: usize,
 }
 
 impl Latest {
@@ -79,7 +84,7 @@ impl Latest {
                 0
             }
         };
-        if self.bytes - freed + size > MAX_BYTES {
+        if !limits.reserved && self.shared - freed + size > MAX_BYTES {
             return Offer::Full;
         }
         self.remove(&slot);
@@ -154,12 +159,16 @@ impl Latest {
             .entry((limits.pool.clone(), item.origin.clone()))
             .or_default() += 1;
         self.bytes += size;
+        if !limits.reserved {
+            self.shared += size;
+        }
         let held = Held {
             item,
             pool: limits.pool.clone(),
             size,
             updated: now,
             ttl: limits.ttl,
+            reserved: limits.reserved,
         };
         self.slots.insert(slot, held);
     }
@@ -169,6 +178,9 @@ impl Latest {
             return;
         };
         self.bytes -= held.size;
+        if !held.reserved {
+            self.shared -= held.size;
+        }
         decrement(&mut self.per_pool, &held.pool);
         decrement(&mut self.per_origin, &(held.pool, held.item.origin));
     }
@@ -288,6 +300,41 @@ mod tests {
         l.retain(|_| false);
         assert_eq!((l.bytes(), l.len()), (0, 0));
         assert!(l.per_pool.is_empty() && l.per_origin.is_empty());
+    }
+
+    /// Beyond issue 15's list: with identities off or in transition, node kinds take as
+    /// many origins as a key holder makes up, and their bytes filled the one budget all
+    /// kinds shared: a new desired state or a revocation was then refused. Fleet kinds
+    /// are outside that budget.
+    #[test]
+    fn node_kinds_under_many_origins_leave_room_for_fleet_kinds() {
+        let mut k = kinds();
+        k.register("fleet", KindPolicy::fleet(8, std::sync::Arc::new(|_| true)));
+        let mut l = Latest::default();
+        let mut full = false;
+        for origin in 0.. {
+            for key in 0..2 {
+                let mut junk = item(
+                    "outcome",
+                    &format!("{key}@{origin}"),
+                    &format!("o{origin}"),
+                    1,
+                );
+                junk.body = vec![0; MAX_ITEM_BYTES - 100];
+                full |= l.offer(&junk, &k.limits("outcome", NOW), NOW) == Offer::Full;
+            }
+            if full {
+                break;
+            }
+        }
+        assert!(l.bytes() > MAX_BYTES - MAX_ITEM_BYTES, "{}", l.bytes());
+        let desired = item("fleet", "web", "n1", 1);
+        assert_eq!(
+            l.offer(&desired, &k.limits("fleet", NOW), NOW),
+            Offer::Newer
+        );
+        l.retain(|i| i.kind != "fleet");
+        assert_eq!(l.shared, l.bytes());
     }
 
     #[test]
