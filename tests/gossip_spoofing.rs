@@ -233,8 +233,10 @@ fn the_unknown_kind_pool_is_not_filled_under_made_up_origins() {
 fn made_up_members_cannot_crowd_out_a_revocation() {
     use attacker::{now_ms, slot};
     use droot_fleet::deploy::status::{NodeOutcome, Result as Outcome};
-    let c = Cluster::new("77.99");
+    let mut c = Cluster::new("77.99");
     assert!(!c.require_identity, "identities in transition");
+    // The agents' own exchanges of the 5 MiB state would only slow the test down.
+    c.push_pull_interval = "1h".into();
     let a = start_n(&c, 2, |_| String::new());
     let ghost = Attacker::new(&c.keyring, "ghost", "127.77.99.66:17946");
     // Five batches of 1 KiB outcomes, then one of small ones to fill what is left.
@@ -279,4 +281,48 @@ fn made_up_members_cannot_crowd_out_a_revocation() {
         .output()
         .unwrap();
     ops::ok(&out);
+}
+
+/// The same forged verdict sent to the node itself, or pushed to it over a push/pull whose
+/// `from` claims a member: foca cannot refute a *down* verdict about itself and rejoined
+/// under bump + 1 (the only way back for a node the others really declared down), so the
+/// node's identity changed at the attacker's will. Worse, each rejoin announces a new card
+/// at `max(now_ms, previous + 1)`: forced faster than one per millisecond, the card's
+/// version ran ahead of the clock, and past 10 minutes ahead every other node refused it
+/// (the node cut off until its clock caught up). Now the node asks the member named as the
+/// sender, over a push/pull of its own, and rejoins only on that member's own view.
+#[test]
+fn a_spoofed_down_verdict_sent_to_the_node_itself_does_not_make_it_rejoin() {
+    let (c, a) = required_cluster("77.70");
+    let ghost = Attacker::new(&c.keyring, "ghost", "127.77.70.66:17946");
+    let n1 = identity_in(&ghost.learn(&c.addr(1)), "n1");
+    // A down verdict, a "you are down" message, and a suspicion no incarnation refutes,
+    // each about n2 as it is then.
+    for vector in 0..3 {
+        let n2 = identity_in(&ghost.learn(&c.addr(1)), "n2");
+        let header = gossip_header(&n1, &n2);
+        let pkt = match vector {
+            0 => foca_datagram(&header, &[Member::new(n2, 0, State::Down)], &[]),
+            1 => {
+                let turn_undead = Header {
+                    message: Message::TurnUndead,
+                    ..header
+                };
+                foca_datagram(&turn_undead, &[], &[])
+            }
+            _ => foca_datagram(&header, &[Member::new(n2, u16::MAX, State::Suspect)], &[]),
+        };
+        ghost.datagram(&c.addr(2), &pkt);
+        a[1].wait_push_pulls(1);
+    }
+    // The same over a push/pull the attacker starts, claiming to be n1, about n2 as it
+    // is now.
+    let n2 = identity_in(&ghost.learn(&c.addr(1)), "n2");
+    let mut state = ghost.state(&[], vec![Member::new(n2, 0, State::Down)]);
+    state.from = n1;
+    ghost.push(&c.addr(2), state).unwrap();
+    a[1].wait_push_pulls(2);
+    let log = a[1].log_text();
+    let rejoins = log.matches("declared us down").count();
+    assert_eq!(rejoins, 0, "n2 rejoined on forged verdicts:\n{log}");
 }

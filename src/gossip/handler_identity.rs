@@ -28,12 +28,14 @@ fn unix_secs(now: Duration) -> u64 {
 }
 
 /// [`GossipCore::screen_packet`]'s answers: identities its cards vouch for (or a card the
-/// packet carries) are admitted; a down verdict is taken as such only about this node
-/// (foca rejoins under a new bump) or a member whose own leave was recorded.
+/// packet carries) are admitted; a down verdict is taken as such only about a member whose
+/// own leave was recorded, else as a suspicion; one about this node, at most at its own
+/// incarnation (a suspicion at `u16::MAX` cannot be refuted: foca would rejoin).
 struct PacketPolicy<'a, L> {
     identities: &'a crate::gossip::vouch::Identities,
     carried: Vec<NodeId>,
-    me: &'a str,
+    me: &'a NodeId,
+    incarnation: foca::Incarnation,
     left: L,
 }
 
@@ -42,8 +44,15 @@ impl<L: Fn(&NodeId) -> bool> screen::Screen for PacketPolicy<'_, L> {
         self.identities.admits(id) || self.carried.contains(id)
     }
 
-    fn takes_down(&self, id: &NodeId) -> bool {
-        id.name == self.me || (self.left)(id)
+    fn rewrite(&self, m: &foca::Member<NodeId>) -> Option<foca::Member<NodeId>> {
+        use foca::{Member, State};
+        let id = m.id().clone();
+        if id == *self.me && m.state() != State::Alive {
+            let incarnation = m.incarnation().min(self.incarnation);
+            return Some(Member::new(id, incarnation, State::Suspect));
+        }
+        (m.state() == State::Down && id.name != self.me.name && !(self.left)(&id))
+            .then(|| Member::new(id, m.incarnation(), State::Suspect))
     }
 }
 
@@ -157,31 +166,40 @@ impl GossipCore {
 
     /// Screens a foca packet before `Foca::handle_data` (see [`crate::gossip::screen`]);
     /// with identities off it passes as it is. `left`: whether a member's own leave was
-    /// recorded (a down verdict about it is then final).
+    /// recorded (a down verdict about it is then final); `incarnation`: this node's own.
+    /// Also returns the sender when the packet said this node is down: the caller asks it
+    /// over a push/pull of its own ([`screen::Screened::Doubted`] carries it too).
     pub fn screen_packet<'a>(
         &mut self,
         pkt: &'a [u8],
         left: impl Fn(&NodeId) -> bool,
-    ) -> Result<screen::Screened<'a>, screen::Malformed> {
+        incarnation: foca::Incarnation,
+    ) -> Result<(screen::Screened<'a>, Option<NodeId>), screen::Malformed> {
         if self.identities.mode() == Mode::Off {
             let packet = std::borrow::Cow::Borrowed(pkt);
-            return Ok(screen::Screened::Pass { packet, dropped: 0 });
+            return Ok((screen::Screened::Pass { packet, dropped: 0 }, None));
         }
         let parsed = screen::parse(pkt)?;
         let policy = PacketPolicy {
             identities: &self.identities,
             carried: self.cards_carried(&parsed),
-            me: &self.identity.name,
+            me: &self.identity,
+            incarnation,
             left,
         };
         let screened = screen::screen(pkt, &parsed, &policy);
+        let mut ask = None;
         match &screened {
             screen::Screened::Pass { dropped, .. } => {
                 self.stats.updates_refused_identity += *dropped as u64;
+                ask = parsed
+                    .says_down(&self.identity)
+                    .then(|| parsed.header.src.clone());
             }
             screen::Screened::Refused { .. } => self.stats.packets_refused_identity += 1,
+            screen::Screened::Doubted { .. } => {}
         }
-        Ok(screened)
+        Ok((screened, ask))
     }
 
     /// The identities vouched for by member cards a packet carries that are newer than

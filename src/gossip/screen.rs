@@ -10,13 +10,16 @@
 //!   an `IndirectPing`, ...), that is not admitted: the whole packet is dropped, and the
 //!   shell may dial the sender for a push/pull to learn its card;
 //! - member updates about identities that are not admitted are taken out, the rest passes;
-//! - a *down* verdict about an admitted member other than the receiver passes as a
-//!   *suspicion* at the same incarnation (unless the caller says the member left: its own
-//!   signed leave notice was recorded). The sender is not authenticated (any gossip-key
-//!   holder may write a real member's identity as `src`), and foca takes Alive -> Down from
-//!   anyone, for good: a forged verdict made a live node fail everywhere and rejoin under a
-//!   new bump. A suspicion is refuted by the member if it is alive, and a dead member is
-//!   still found down by this node's own probes (the rule push/pull already follows).
+//! - the caller may rewrite what an update says ([`Screen::rewrite`]): the sender is not
+//!   authenticated (any gossip-key holder may write a real member's identity as `src`),
+//!   and foca takes Alive -> Down from anyone, for good. So a *down* verdict about another
+//!   member passes as a suspicion (unless its own signed leave was recorded), and one about
+//!   the receiver too, at most at its own incarnation: a forged verdict made a live node
+//!   fail everywhere, or rejoin under a new bump at the forger's will. A suspicion is
+//!   refuted by the member if it is alive, and a dead member is still found down by each
+//!   node's own probes (the rule push/pull already follows);
+//! - a `TurnUndead` message ("you are down") is dropped ([`Screened::Doubted`]): the caller
+//!   asks its sender over a push/pull of its own, whose answer it may believe.
 //!
 //! A sender's own card may travel in the very packet (a node that just started or
 //! restarted announces it first): the caller passes the identities such cards vouch for
@@ -52,15 +55,17 @@ pub enum Screened<'a> {
     },
     /// `who` (the sender, or an identity its message names) is not admitted: dropped.
     Refused { who: NodeId },
+    /// A message that says the receiver is down (`TurnUndead`): dropped, to be confirmed
+    /// with `sender`.
+    Doubted { sender: NodeId },
 }
 
 /// What [`screen`] asks the caller about identities.
 pub trait Screen {
     /// Whether `id` may be a member at all.
     fn admits(&self, id: &NodeId) -> bool;
-    /// Whether a remote *down* verdict about `id` may pass as such (else it passes as a
-    /// suspicion).
-    fn takes_down(&self, id: &NodeId) -> bool;
+    /// What a remote update about an admitted member passes as (`None`: as it is).
+    fn rewrite(&self, update: &Member<NodeId>) -> Option<Member<NodeId>>;
 }
 
 /// Why a packet could not be taken apart (foca would refuse it too).
@@ -96,6 +101,15 @@ pub fn parse(pkt: &[u8]) -> Result<Parsed<'_>, Malformed> {
 }
 
 impl<'a> Parsed<'a> {
+    /// Whether the packet says `id` is down (an update, or a `TurnUndead` to it).
+    pub fn says_down(&self, id: &NodeId) -> bool {
+        (self.header.message == Message::TurnUndead && self.header.dst == *id)
+            || self
+                .updates
+                .iter()
+                .any(|(m, _)| m.id() == id && m.state() == State::Down)
+    }
+
     /// The custom broadcast items the packet carries (a malformed tail ends the list;
     /// foca refuses such a packet anyway).
     pub fn broadcasts(&self) -> impl Iterator<Item = &'a [u8]> {
@@ -130,6 +144,11 @@ pub fn screen<'a>(pkt: &'a [u8], parsed: &Parsed<'a>, policy: &impl Screen) -> S
     if let Some(id) = named(&parsed.header.message).filter(|id| !policy.admits(id)) {
         return Screened::Refused { who: id.clone() };
     }
+    if parsed.header.message == Message::TurnUndead {
+        return Screened::Doubted {
+            sender: src.clone(),
+        };
+    }
     let mut changed = false;
     let mut dropped = 0;
     let mut kept: Vec<Cow<'a, [u8]>> = Vec::with_capacity(parsed.updates.len());
@@ -137,11 +156,8 @@ pub fn screen<'a>(pkt: &'a [u8], parsed: &Parsed<'a>, policy: &impl Screen) -> S
         if !policy.admits(m.id()) {
             dropped += 1;
             changed = true;
-        } else if m.state() == State::Down && !policy.takes_down(m.id()) {
-            let suspect = Member::new(m.id().clone(), m.incarnation(), State::Suspect);
-            kept.push(Cow::Owned(
-                postcard::to_stdvec(&suspect).unwrap_or_default(),
-            ));
+        } else if let Some(other) = policy.rewrite(m) {
+            kept.push(Cow::Owned(postcard::to_stdvec(&other).unwrap_or_default()));
             changed = true;
         } else {
             kept.push(Cow::Borrowed(*bytes));
@@ -208,8 +224,10 @@ mod tests {
         fn admits(&self, id: &NodeId) -> bool {
             !self.not.contains(&id.name.as_str())
         }
-        fn takes_down(&self, id: &NodeId) -> bool {
-            self.left.contains(&id.name.as_str())
+        fn rewrite(&self, m: &Member<NodeId>) -> Option<Member<NodeId>> {
+            let left = self.left.contains(&m.id().name.as_str());
+            (m.state() == State::Down && !left)
+                .then(|| Member::new(m.id().clone(), m.incarnation(), State::Suspect))
         }
     }
 
@@ -330,6 +348,26 @@ mod tests {
             panic!("refused")
         };
         assert_eq!(&*out, &pkt[..], "a member that left is down for good");
+    }
+
+    /// Beyond issue 15's list: a forged "you are down" made the receiver rejoin under a new
+    /// bump at the forger's will; it is dropped, for the receiver to ask the sender.
+    #[test]
+    fn a_turn_undead_message_is_doubted() {
+        let pkt = packet(Message::TurnUndead, &[], &[]);
+        let parsed = parse(&pkt).unwrap();
+        assert!(parsed.says_down(&id("me")));
+        assert!(!parsed.says_down(&id("a")));
+        assert_eq!(
+            screen(&pkt, &parsed, &not(&[])),
+            Screened::Doubted { sender: id("a") }
+        );
+        let gossip = packet(
+            Message::Gossip,
+            &[Member::new(id("me"), 1, State::Down)],
+            &[],
+        );
+        assert!(parse(&gossip).unwrap().says_down(&id("me")));
     }
 
     #[test]

@@ -24,22 +24,47 @@ impl<W, S> AgentMachine<W, S> {
         out: &mut Effects<W, S>,
     ) {
         let left = &self.left;
-        let screened = self.core.lock().screen_packet(pkt, |id| left.has_left(id));
+        let incarnation = self.incarnation;
+        let screened = self
+            .core
+            .lock()
+            .screen_packet(pkt, |id| left.has_left(id), incarnation);
         match screened {
-            Ok(Screened::Pass { packet, .. }) => {
+            Ok((Screened::Pass { packet, .. }, ask)) => {
                 if let Err(e) = self.foca.handle_data(&packet, &mut self.rt) {
                     tracing::trace!(peer = %from, cause = %e, "foca refused a packet");
                 }
                 self.drain(now, out);
+                if let Some(sender) = ask {
+                    self.confirm_down(now, &sender, out);
+                }
             }
-            Ok(Screened::Refused { who }) => {
+            Ok((Screened::Refused { who }, _)) => {
                 tracing::trace!(peer = %from, node = %who.name, "packet from an identity without a member card dropped");
                 if self.introductions.due(from, now.at) {
                     tracing::debug!(peer = %from, node = %who.name, "asking a sender without a known member card for a push/pull");
                     self.dial(from.to_string(), Dial::Sync, out);
                 }
             }
+            Ok((Screened::Doubted { sender }, _)) => self.confirm_down(now, &sender, out),
             Err(_) => out.push(Effect::Count(Metric::Malformed)),
+        }
+    }
+
+    /// A packet said this node is down. Its sender is not authenticated, so the verdict
+    /// is not taken from it (foca would rejoin under a new bump, at a forger's will): the
+    /// node asks the member named as the sender, at the address its card names, over a
+    /// push/pull of its own, and rejoins only if that member's own view says so
+    /// ([`Self::push_pull_done`]). Bounded like introductions.
+    pub(super) fn confirm_down(
+        &mut self,
+        now: Now,
+        sender: &crate::gossip::NodeId,
+        out: &mut Effects<W, S>,
+    ) {
+        if self.confirmations.due(sender.addr, now.at) {
+            tracing::debug!(node = %sender.name, "a packet says this node is down: asking its sender");
+            self.dial(sender.addr.to_string(), Dial::Sync, out);
         }
     }
 

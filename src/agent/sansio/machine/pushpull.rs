@@ -17,7 +17,10 @@
 //! peer: foca's `Feed` reply brings its live view. A remote state is merged with
 //! [`screen_members`], so the peer's "down" verdicts never fail a member we see alive;
 //! its verdict about *us* passes, and makes foca rejoin under a new bump (the only way
-//! back into a view that declared us down).
+//! back into a view that declared us down), but with node identities only from an
+//! exchange this node started: a state pushed to it may come from anyone with the gossip
+//! key, so what it says about this node (other than alive) is left out, and a "down"
+//! there makes the node ask the peer with a push/pull of its own.
 
 use foca::Member;
 
@@ -28,6 +31,7 @@ use crate::agent::sansio::dials::{DialEffect, JoinPolicy};
 use crate::agent::sansio::push::sync_target;
 use crate::gossip::PushPullState;
 use crate::gossip::pushpull::screen_members;
+use crate::gossip::vouch::Mode;
 
 impl<W, S> AgentMachine<W, S> {
     /// A peer started a push/pull (its hello said wire `peer_version`): our state for
@@ -40,7 +44,7 @@ impl<W, S> AgentMachine<W, S> {
     ) -> (PushPullState, Effects<W, S>) {
         let ours = self.push_pull_state(peer_version);
         let mut out = Vec::new();
-        self.merge_remote(now, remote, &mut out);
+        self.merge_remote(now, remote, false, &mut out);
         (ours, out)
     }
 
@@ -57,7 +61,7 @@ impl<W, S> AgentMachine<W, S> {
         match result {
             Ok(remote) => {
                 let from = remote.from.clone();
-                self.merge_remote(now, remote, &mut out);
+                self.merge_remote(now, remote, true, &mut out);
                 if kind != Dial::Sync {
                     let _ = self.foca.announce(from, &mut self.rt);
                     self.drain(now, &mut out);
@@ -151,8 +155,15 @@ impl<W, S> AgentMachine<W, S> {
     }
 
     /// Merges a peer's state: events and clocks into the core, screened members into
-    /// foca.
-    fn merge_remote(&mut self, now: Now, remote: PushPullState, out: &mut Effects<W, S>) {
+    /// foca. `dialled`: this node started the exchange, with a member at the address its
+    /// card names (else anyone with the gossip key may have written the state).
+    fn merge_remote(
+        &mut self,
+        now: Now,
+        mut remote: PushPullState,
+        dialled: bool,
+        out: &mut Effects<W, S>,
+    ) {
         let from = remote.from.clone();
         let merged = self.core.lock().merge_push_pull(&remote);
         out.push(Effect::Count(Metric::PushPullMerged));
@@ -160,6 +171,9 @@ impl<W, S> AgentMachine<W, S> {
             tracing::info!(peer = %from.name, events = merged.new_events.len(), "push/pull delivered missed events");
         }
         let me = self.core.lock().identity().clone();
+        if !dialled && self.core.lock().identities().mode() != Mode::Off {
+            self.doubt_verdicts_about_me(now, &me, &mut remote, out);
+        }
         let core = self.core.lock();
         let (members, refused): (Vec<_>, Vec<_>) = remote
             .members
@@ -194,6 +208,30 @@ impl<W, S> AgentMachine<W, S> {
             tracing::debug!(cause = %e, "applying push/pull suspicions");
         }
         self.drain(now, out);
+    }
+
+    /// A state a peer pushed: what it says about this node, other than alive, is left
+    /// out (foca cannot refute a down verdict about itself and would rejoin under a new
+    /// bump, at a forger's will). If it says this node is down, the node asks the peer
+    /// over a push/pull of its own ([`Self::push_pull_done`] applies its answer).
+    fn doubt_verdicts_about_me(
+        &mut self,
+        now: Now,
+        me: &crate::gossip::NodeId,
+        remote: &mut PushPullState,
+        out: &mut Effects<W, S>,
+    ) {
+        let says_down = remote
+            .members
+            .iter()
+            .any(|m| m.id() == me && m.state() == foca::State::Down);
+        remote
+            .members
+            .retain(|m| m.id().name != me.name || m.state() == foca::State::Alive);
+        if says_down && self.core.lock().admits(&remote.from) {
+            let from = remote.from.clone();
+            self.confirm_down(now, &from, out);
+        }
     }
 
     /// Carries out what [`Dials`](crate::agent::sansio::Dials) asks for.
