@@ -47,9 +47,11 @@ impl<L: Fn(&NodeId) -> bool> screen::Screen for PacketPolicy<'_, L> {
     fn rewrite(&self, m: &foca::Member<NodeId>) -> Option<foca::Member<NodeId>> {
         use foca::{Member, State};
         let id = m.id().clone();
-        if id == *self.me && m.state() != State::Alive {
+        if id == *self.me {
+            let unchanged = m.state() == State::Alive
+                || (m.state() == State::Suspect && m.incarnation() <= self.incarnation);
             let incarnation = m.incarnation().min(self.incarnation);
-            return Some(Member::new(id, incarnation, State::Suspect));
+            return (!unchanged).then(|| Member::new(id, incarnation, State::Suspect));
         }
         (m.state() == State::Down && id.name != self.me.name && !(self.left)(&id))
             .then(|| Member::new(id, m.incarnation(), State::Suspect))
