@@ -449,3 +449,49 @@ fn wait_bounded(mut c: Command, limit: Duration, what: &str) -> std::process::Ou
     }
     child.wait_with_output().unwrap()
 }
+
+/// Disk used below `dir`, in bytes (`du`'s count of allocated blocks).
+fn disk_used(dir: &Path) -> u64 {
+    let out = Command::new("du")
+        .args(["-s", "--block-size=1"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+/// Beyond issue 15's list: the byte limit counted file contents only, but every entry
+/// takes disk its size does not show (a directory's block, a long link target, an inode).
+/// 20,000 empty directories with 60-byte symlinks (a 20 MB tar of nothing but headers)
+/// unpacked to 160 MB under `--max-bytes 16MiB`; at the default 8 GiB and 10 million
+/// entries, that is 40 GiB and every inode of a host's filesystem. Each entry now counts
+/// at least one 4 KiB block, and a file's contents in whole blocks.
+#[test]
+fn entries_count_the_disk_they_take_against_max_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("app");
+    let target = "t".repeat(60);
+    let archive = (0..20_000).fold(Archive::new(), |a, i| {
+        a.dir(&format!("d{i:05}/"))
+            .link(tar::EntryType::Symlink, &format!("l{i:05}"), &target)
+    });
+    let f = archive.write(&t.path().join("headers.tar"));
+    let limit = 16u64 << 20;
+    let out = deploy(
+        &root,
+        &f,
+        &["--version", "v1", "--max-bytes", &limit.to_string()],
+    );
+    let used = disk_used(&root);
+    assert!(
+        !out.status.success(),
+        "accepted: {used} bytes on disk under a limit of {limit}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("size limit of 16777216 bytes"), "{err}");
+    assert!(used < limit, "{used} bytes left on disk");
+}

@@ -280,3 +280,74 @@ fn issue6_default_pid_namespace_hides_host_and_other_jails() {
     let _ = jail_a.wait();
     assert_no_mounts(&a.root);
 }
+
+/// Beyond issue 15's list: `run` and the jail's init (forked, not exec'd) kept every
+/// descriptor whoever started `run` left open, for as long as the jail ran. An agent
+/// started under `flock(1)` left its lock locked for the life of every jail, and a
+/// `leave_running` jail beyond the agent's own (seen here: a leaked test jail held the
+/// shared test lock and blocked every other test run); a host directory held that way
+/// sat at `/proc/1/fd/N`, one capability check away from the jail's root. Here the
+/// starter leaks a locked lock file and a directory of the host as descriptors 3 and 4.
+#[test]
+fn a_jail_keeps_no_descriptor_its_starter_left_open() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let j = jail("inherited descriptors");
+    let lock_path = j._tmp.path().join("starter.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let host_dir = std::fs::File::open(j._tmp.path()).unwrap();
+    let (lock_fd, dir_fd) = (lock.as_raw_fd(), host_dir.as_raw_fd());
+    let mut cmd = run_cmd(&j.root, &[], &["sleep", "60"]);
+    cmd.stdout(Stdio::null());
+    // SAFETY: dup2 in the child only; as a shell or flock(1) passes descriptors on.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (from, to) in [(lock_fd, 3), (dir_fd, 4)] {
+                // dup2 onto itself keeps close-on-exec: clear it then.
+                let rc = if from == to {
+                    libc::fcntl(to, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(from, to)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let sleeper = common::wait_for_comm(child.id(), "sleep", 2);
+    drop((lock, host_dir));
+    let init = common::children_of(child.id());
+    let mut held = Vec::new();
+    for pid in [child.id()].into_iter().chain(init).chain([sleeper]) {
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            if target == lock_path || target == j._tmp.path() {
+                held.push(format!(
+                    "pid {pid} fd {:?} -> {}",
+                    e.file_name(),
+                    target.display()
+                ));
+            }
+        }
+    }
+    let relock = std::fs::File::open(&lock_path).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    let free = unsafe { libc::flock(relock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        held,
+        Vec::<String>::new(),
+        "descriptors of the starter held by the jail"
+    );
+    assert!(free, "the starter's lock is still held by the jail");
+    assert_no_mounts(&j.root);
+}

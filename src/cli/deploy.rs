@@ -51,8 +51,8 @@ pub struct DeployArgs {
     /// store recorded, else a free one.
     #[arg(long, value_name = "BASE", requires = "userns")]
     pub userns_base: Option<String>,
-    /// Refuse archives that unpack to more than this many bytes (sparse files at their full
-    /// size); default 8 GiB.
+    /// Refuse archives that unpack to more than this many bytes of disk (contents in whole
+    /// 4 KiB blocks, at least one per entry, sparse files at their full size); default 8 GiB.
     #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
     pub max_bytes: u64,
     /// Refuse archives with more than this many entries.

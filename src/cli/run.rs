@@ -89,6 +89,7 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(125));
     }
+    close_inherited_descriptors();
     let root = super::absolute(&args.root)?;
     let userns = match (args.userns, &args.userns_base) {
         (false, _) => None,
@@ -125,6 +126,33 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("droot-fleet: error: {err}");
             Ok(ExitCode::from(err.exit_code()))
         }
+    }
+}
+
+/// Closes every descriptor above stderr. Whatever the process that started `run` left open
+/// (an agent started under `flock(1)`, a shell's redirection) would otherwise stay open in
+/// `run` and in the jail's init, which is forked, not exec'd, for as long as the jail runs
+/// (a `leave_running` jail outlives its agent): a lock held for good, a host file or
+/// directory that only the capability check of `/proc/1/fd` keeps from the jail's root.
+/// Nothing of this process's own is open yet (the start gate was closed after its byte).
+fn close_inherited_descriptors() {
+    // SAFETY: close_range on plain integers; no descriptor above 2 belongs to this process.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc == 0 {
+        return;
+    }
+    // Before Linux 5.9: one by one (the listing's own descriptor is closed by then).
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|fd| *fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // SAFETY: closing a descriptor number nothing in this process uses.
+        unsafe { libc::close(fd) };
     }
 }
 

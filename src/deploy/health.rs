@@ -13,6 +13,9 @@
 //!
 //! Attempts start only before the deadline and each is bounded by [`attempt_timeout`]; an
 //! exec check that overruns is SIGKILLed, and its jail (init has PDEATHSIG) goes with it.
+//! What an exec check prints is the release's to decide: only its last [`OUTPUT_TAIL`]
+//! bytes of each stream are kept (for the error), the rest is read and dropped, so a check
+//! that prints without end costs the agent no more memory than that.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -21,6 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -122,24 +126,49 @@ async fn http_get(t: &HttpTarget) -> Result<(), String> {
     }
 }
 
+/// How much of each output stream of an exec check is kept: its last bytes.
+pub const OUTPUT_TAIL: usize = 4096;
+
 async fn exec(ctx: &ExecContext, cmd: &[String]) -> Result<(), String> {
     let args: Vec<OsString> = ctx.jail.run_args(&ctx.root, cmd, false);
-    let out = tokio::process::Command::new(&ctx.exe)
+    let mut child = tokio::process::Command::new(&ctx.exe)
         .args(&args)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await
+        .spawn()
         .map_err(|e| format!("cannot run {}: {e}", ctx.exe.display()))?;
-    if out.status.success() {
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (stdout, stderr, status) = tokio::join!(tail(stdout), tail(stderr), child.wait());
+    let status = status.map_err(|e| format!("waiting for {}: {e}", ctx.exe.display()))?;
+    if status.success() {
         return Ok(());
     }
-    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    let mut text = String::from_utf8_lossy(&stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&stdout));
     let rev: Vec<char> = text.trim().chars().rev().take(300).collect();
-    let tail: String = rev.into_iter().rev().collect();
-    Err(format!("{cmd:?} exited with {}: {tail}", out.status))
+    let end: String = rev.into_iter().rev().collect();
+    Err(format!("{cmd:?} exited with {status}: {end}"))
+}
+
+/// Reads `pipe` to its end, keeping only its last [`OUTPUT_TAIL`] bytes.
+async fn tail(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
+    let mut kept = Vec::with_capacity(2 * OUTPUT_TAIL);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > OUTPUT_TAIL {
+                    kept.drain(..kept.len() - OUTPUT_TAIL);
+                }
+            }
+        }
+    }
 }

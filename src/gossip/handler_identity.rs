@@ -34,6 +34,37 @@ fn unix_secs(now: Duration) -> u64 {
     now.as_secs()
 }
 
+/// [`GossipCore::screen_packet`]'s answers: identities its cards vouch for (or a card the
+/// packet carries) are admitted; a down verdict is taken as such only about a member whose
+/// own leave was recorded, else as a suspicion; one about this node, at most at its own
+/// incarnation (a suspicion at `u16::MAX` cannot be refuted: foca would rejoin).
+struct PacketPolicy<'a, L> {
+    identities: &'a crate::gossip::vouch::Identities,
+    carried: Option<NodeId>,
+    me: &'a NodeId,
+    incarnation: foca::Incarnation,
+    left: L,
+}
+
+impl<L: Fn(&NodeId) -> bool> screen::Screen for PacketPolicy<'_, L> {
+    fn admits(&self, id: &NodeId) -> bool {
+        self.identities.admits(id) || self.carried.as_ref() == Some(id)
+    }
+
+    fn rewrite(&self, m: &foca::Member<NodeId>) -> Option<foca::Member<NodeId>> {
+        use foca::{Member, State};
+        let id = m.id().clone();
+        if id == *self.me {
+            let unchanged = m.state() == State::Alive
+                || (m.state() == State::Suspect && m.incarnation() <= self.incarnation);
+            let incarnation = m.incarnation().min(self.incarnation);
+            return (!unchanged).then(|| Member::new(id, incarnation, State::Suspect));
+        }
+        (m.state() == State::Down && id.name != self.me.name && !(self.left)(&id))
+            .then(|| Member::new(id, m.incarnation(), State::Suspect))
+    }
+}
+
 /// How long before its end a node's certificate is warned about.
 const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -159,35 +190,49 @@ impl GossipCore {
     }
 
     /// Screens a foca packet from UDP source `from` before `Foca::handle_data` (see
-    /// [`crate::gossip::screen`]); with identities off it passes as it is.
+    /// [`crate::gossip::screen`]); with identities off it passes as it is. `left`: whether
+    /// a member's own leave was recorded (a down verdict about it is then final);
+    /// `incarnation`: this node's own. Also returns the sender when the packet said this
+    /// node is down: the caller asks it over a push/pull of its own
+    /// ([`screen::Screened::Doubted`] carries it too).
     pub fn screen_packet<'a>(
         &mut self,
         pkt: &'a [u8],
         from: std::net::SocketAddr,
-    ) -> Result<screen::Screened<'a>, screen::Malformed> {
+        left: impl Fn(&NodeId) -> bool,
+        incarnation: foca::Incarnation,
+    ) -> Result<(screen::Screened<'a>, Option<NodeId>), screen::Malformed> {
         if self.identities.mode() == Mode::Off {
             let packet = std::borrow::Cow::Borrowed(pkt);
-            return Ok(screen::Screened::Pass { packet, dropped: 0 });
+            return Ok((screen::Screened::Pass { packet, dropped: 0 }, None));
         }
         let parsed = screen::parse(pkt)?;
         // A card vouches for an address: a packet in its name from elsewhere is not its.
         if parsed.header.src.addr != from {
             self.stats.packets_spoofed += 1;
             let who = parsed.header.src.clone();
-            return Ok(screen::Screened::Refused { who });
+            return Ok((screen::Screened::Refused { who }, None));
         }
-        let carried = self.card_carried(&parsed);
-        let ids = &self.identities;
-        let screened = screen::screen(pkt, &parsed, |id| {
-            ids.admits(id) || carried.as_ref() == Some(id)
-        });
+        let policy = PacketPolicy {
+            identities: &self.identities,
+            carried: self.card_carried(&parsed),
+            me: &self.identity,
+            incarnation,
+            left,
+        };
+        let screened = screen::screen(pkt, &parsed, &policy);
+        let mut ask = None;
         match &screened {
             screen::Screened::Pass { dropped, .. } => {
                 self.stats.updates_refused_identity += *dropped as u64;
+                ask = parsed
+                    .says_down(&self.identity)
+                    .then(|| parsed.header.src.clone());
             }
             screen::Screened::Refused { .. } => self.stats.packets_refused_identity += 1,
+            screen::Screened::Doubted { .. } => {}
         }
-        Ok(screened)
+        Ok((screened, ask))
     }
 
     /// The identity vouched for by the sender's own member card in the packet, if it
@@ -316,6 +361,18 @@ impl GossipCore {
     /// Whether an answer may be counted as its sender's.
     pub fn check_response(&mut self, r: &crate::gossip::query::QueryResponse) -> bool {
         let ok = self.identities.check_response(r).is_ok();
+        if !ok {
+            self.stats.refused_identity += 1;
+        }
+        ok
+    }
+
+    /// Whether a query from `origin` may be answered. Its answers go to `origin.addr`,
+    /// which nobody vouches for: any gossip-key holder could have every member answer at
+    /// an address of its choosing. With identities on, only an identity this node admits
+    /// is answered (in [`Mode::Required`], the address its name's card names).
+    pub fn may_answer(&mut self, origin: &NodeId) -> bool {
+        let ok = *origin == self.identity || self.identities.admits(origin);
         if !ok {
             self.stats.refused_identity += 1;
         }

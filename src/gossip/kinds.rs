@@ -13,12 +13,16 @@
 //!   key's signature) is their authority;
 //! - how many slots the kind may hold in all ([`KindPolicy::max_slots`]) and per origin
 //!   ([`KindPolicy::per_origin`]), so each kind has room of its own that no other kind
-//!   can take;
+//!   can take; a fleet kind's bytes are also outside the byte budget the other kinds share
+//!   ([`Limits::reserved`]), since node kinds take as many origins as a key holder makes up
+//!   while identities are off or in transition;
 //! - the check an item must pass before it is kept, delivered or relayed.
 //!
 //! Kinds this build does not know (a newer release's) are still relayed and kept, in one
 //! small shared pool ([`UNKNOWN_SLOTS`], [`UNKNOWN_PER_ORIGIN`] per origin), and forgotten
-//! [`UNKNOWN_TTL`] after their last update.
+//! [`UNKNOWN_TTL`] after their last update. With node identities their items too must carry
+//! their origin's signature (every node signs what it publishes), so an origin's share is
+//! one enrolled node's, not any name a key holder makes up.
 //!
 //! Versions are bounded by the wall clock: a node kind's version is milliseconds since the
 //! UNIX epoch, a fleet kind's is milliseconds shifted left by 16 (two low bytes tell apart

@@ -9,7 +9,17 @@
 //! - a sender, or an identity its message names (the target of a `PingReq`, the origin of
 //!   an `IndirectPing`, ...), that is not admitted: the whole packet is dropped, and the
 //!   shell may dial the sender for a push/pull to learn its card;
-//! - member updates about identities that are not admitted are taken out, the rest passes.
+//! - member updates about identities that are not admitted are taken out, the rest passes;
+//! - the caller may rewrite what an update says ([`Screen::rewrite`]): the sender is not
+//!   authenticated (any gossip-key holder may write a real member's identity as `src`),
+//!   and foca takes Alive -> Down from anyone, for good. So a *down* verdict about another
+//!   member passes as a suspicion (unless its own signed leave was recorded), and one about
+//!   the receiver too, at most at its own incarnation: a forged verdict made a live node
+//!   fail everywhere, or rejoin under a new bump at the forger's will. A suspicion is
+//!   refuted by the member if it is alive, and a dead member is still found down by each
+//!   node's own probes (the rule push/pull already follows);
+//! - a `TurnUndead` message ("you are down") is dropped ([`Screened::Doubted`]): the caller
+//!   asks its sender over a push/pull of its own, whose answer it may believe.
 //!
 //! A sender's own card may travel in the very packet (a node that just started or
 //! restarted announces it first): the caller passes the identities such cards vouch for
@@ -18,7 +28,7 @@
 
 use std::borrow::Cow;
 
-use foca::{Header, Member, Message};
+use foca::{Header, Member, Message, State};
 
 use super::identity::NodeId;
 
@@ -45,6 +55,17 @@ pub enum Screened<'a> {
     },
     /// `who` (the sender, or an identity its message names) is not admitted: dropped.
     Refused { who: NodeId },
+    /// A message that says the receiver is down (`TurnUndead`): dropped, to be confirmed
+    /// with `sender`.
+    Doubted { sender: NodeId },
+}
+
+/// What [`screen`] asks the caller about identities.
+pub trait Screen {
+    /// Whether `id` may be a member at all.
+    fn admits(&self, id: &NodeId) -> bool;
+    /// What a remote update about an admitted member passes as (`None`: as it is).
+    fn rewrite(&self, update: &Member<NodeId>) -> Option<Member<NodeId>>;
 }
 
 /// Why a packet could not be taken apart (foca would refuse it too).
@@ -80,6 +101,15 @@ pub fn parse(pkt: &[u8]) -> Result<Parsed<'_>, Malformed> {
 }
 
 impl<'a> Parsed<'a> {
+    /// Whether the packet says `id` is down (an update, or a `TurnUndead` to it).
+    pub fn says_down(&self, id: &NodeId) -> bool {
+        (self.header.message == Message::TurnUndead && self.header.dst == *id)
+            || self
+                .updates
+                .iter()
+                .any(|(m, _)| m.id() == id && m.state() == State::Down)
+    }
+
     /// The custom broadcast items the packet carries (a malformed tail ends the list;
     /// foca refuses such a packet anyway).
     pub fn broadcasts(&self) -> impl Iterator<Item = &'a [u8]> {
@@ -105,28 +135,35 @@ fn named(message: &Message<NodeId>) -> Option<&NodeId> {
     }
 }
 
-/// Screens a parsed packet (see the module docs); `admits` says whether an identity may be
-/// a member.
-pub fn screen<'a>(
-    pkt: &'a [u8],
-    parsed: &Parsed<'a>,
-    admits: impl Fn(&NodeId) -> bool,
-) -> Screened<'a> {
+/// Screens a parsed packet (see the module docs).
+pub fn screen<'a>(pkt: &'a [u8], parsed: &Parsed<'a>, policy: &impl Screen) -> Screened<'a> {
     let src = &parsed.header.src;
-    if !admits(src) {
+    if !policy.admits(src) {
         return Screened::Refused { who: src.clone() };
     }
-    if let Some(id) = named(&parsed.header.message).filter(|id| !admits(id)) {
+    if let Some(id) = named(&parsed.header.message).filter(|id| !policy.admits(id)) {
         return Screened::Refused { who: id.clone() };
     }
-    let kept: Vec<&[u8]> = parsed
-        .updates
-        .iter()
-        .filter(|(m, _)| admits(m.id()))
-        .map(|(_, bytes)| *bytes)
-        .collect();
-    let dropped = parsed.updates.len() - kept.len();
-    if dropped == 0 {
+    if parsed.header.message == Message::TurnUndead {
+        return Screened::Doubted {
+            sender: src.clone(),
+        };
+    }
+    let mut changed = false;
+    let mut dropped = 0;
+    let mut kept: Vec<Cow<'a, [u8]>> = Vec::with_capacity(parsed.updates.len());
+    for (m, bytes) in &parsed.updates {
+        if !policy.admits(m.id()) {
+            dropped += 1;
+            changed = true;
+        } else if let Some(other) = policy.rewrite(m) {
+            kept.push(Cow::Owned(postcard::to_stdvec(&other).unwrap_or_default()));
+            changed = true;
+        } else {
+            kept.push(Cow::Borrowed(*bytes));
+        }
+    }
+    if !changed {
         return Screened::Pass {
             packet: Cow::Borrowed(pkt),
             dropped,
@@ -149,7 +186,6 @@ pub fn screen<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use foca::State;
 
     fn id(name: &str) -> NodeId {
         NodeId::new(name, "10.0.0.1:7946".parse().unwrap(), 1).unwrap()
@@ -178,8 +214,28 @@ mod tests {
         out
     }
 
-    fn not(names: &'static [&'static str]) -> impl Fn(&NodeId) -> bool {
-        move |id: &NodeId| !names.contains(&id.name.as_str())
+    /// Admits every name but `names`; takes down verdicts only about `left`.
+    struct Policy {
+        not: &'static [&'static str],
+        left: &'static [&'static str],
+    }
+
+    impl Screen for Policy {
+        fn admits(&self, id: &NodeId) -> bool {
+            !self.not.contains(&id.name.as_str())
+        }
+        fn rewrite(&self, m: &Member<NodeId>) -> Option<Member<NodeId>> {
+            let left = self.left.contains(&m.id().name.as_str());
+            (m.state() == State::Down && !left)
+                .then(|| Member::new(m.id().clone(), m.incarnation(), State::Suspect))
+        }
+    }
+
+    fn not(names: &'static [&'static str]) -> Policy {
+        Policy {
+            not: names,
+            left: &[],
+        }
     }
 
     #[test]
@@ -192,7 +248,7 @@ mod tests {
         let parsed = parse(&pkt).unwrap();
         let items: Vec<&[u8]> = parsed.broadcasts().collect();
         assert_eq!(items, vec![&b"one"[..], b"two"]);
-        let got = screen(&pkt, &parsed, |_| true);
+        let got = screen(&pkt, &parsed, &not(&[]));
         assert_eq!(
             got,
             Screened::Pass {
@@ -216,7 +272,7 @@ mod tests {
         let Screened::Pass {
             packet: out,
             dropped,
-        } = screen(&pkt, &parsed, not(&["ghost"]))
+        } = screen(&pkt, &parsed, &not(&["ghost"]))
         else {
             panic!("refused")
         };
@@ -232,7 +288,7 @@ mod tests {
         let pkt = packet(Message::Ping(1), &[], &[]);
         let parsed = parse(&pkt).unwrap();
         assert_eq!(
-            screen(&pkt, &parsed, not(&["a"])),
+            screen(&pkt, &parsed, &not(&["a"])),
             Screened::Refused { who: id("a") }
         );
         let req = packet(
@@ -245,7 +301,7 @@ mod tests {
         );
         let parsed = parse(&req).unwrap();
         assert_eq!(
-            screen(&req, &parsed, not(&["ghost"])),
+            screen(&req, &parsed, &not(&["ghost"])),
             Screened::Refused { who: id("ghost") }
         );
     }
@@ -263,6 +319,55 @@ mod tests {
         let parsed = parse(&pkt).unwrap();
         assert!(parsed.updates.is_empty());
         assert_eq!(parsed.broadcasts().collect::<Vec<_>>(), vec![&b"xyz"[..]]);
+    }
+
+    /// Issue 15 (beyond the list): a gossip-key holder wrote a real member as `src` and
+    /// told the others that a live member was down. Such a verdict is a suspicion now,
+    /// unless the member's own leave was recorded.
+    #[test]
+    fn a_down_verdict_about_another_member_passes_as_a_suspicion() {
+        let pkt = packet(
+            Message::Gossip,
+            &[Member::new(id("b"), 4, State::Down), Member::alive(id("c"))],
+            &[b"item"],
+        );
+        let parsed = parse(&pkt).unwrap();
+        let Screened::Pass { packet: out, .. } = screen(&pkt, &parsed, &not(&[])) else {
+            panic!("refused")
+        };
+        let want = [
+            Member::new(id("b"), 4, State::Suspect),
+            Member::alive(id("c")),
+        ];
+        assert_eq!(&*out, &packet(Message::Gossip, &want, &[b"item"])[..]);
+        let left = Policy {
+            not: &[],
+            left: &["b"],
+        };
+        let Screened::Pass { packet: out, .. } = screen(&pkt, &parsed, &left) else {
+            panic!("refused")
+        };
+        assert_eq!(&*out, &pkt[..], "a member that left is down for good");
+    }
+
+    /// Beyond issue 15's list: a forged "you are down" made the receiver rejoin under a new
+    /// bump at the forger's will; it is dropped, for the receiver to ask the sender.
+    #[test]
+    fn a_turn_undead_message_is_doubted() {
+        let pkt = packet(Message::TurnUndead, &[], &[]);
+        let parsed = parse(&pkt).unwrap();
+        assert!(parsed.says_down(&id("me")));
+        assert!(!parsed.says_down(&id("a")));
+        assert_eq!(
+            screen(&pkt, &parsed, &not(&[])),
+            Screened::Doubted { sender: id("a") }
+        );
+        let gossip = packet(
+            Message::Gossip,
+            &[Member::new(id("me"), 1, State::Down)],
+            &[],
+        );
+        assert!(parse(&gossip).unwrap().says_down(&id("me")));
     }
 
     #[test]

@@ -117,8 +117,11 @@ impl Sim {
                 Ok(plain) => match decode_datagram(&plain).unwrap() {
                     Datagram::Foca(pkt) => {
                         // Screened against identities first, as the agent does.
-                        let screened = node.core.lock().screen_packet(pkt, src);
-                        if let Ok(super::screen::Screened::Pass { packet, .. }) = screened {
+                        let screened =
+                            node.core
+                                .lock()
+                                .screen_packet(pkt, src, |_| false, u16::MAX);
+                        if let Ok((super::screen::Screened::Pass { packet, .. }, _)) = screened {
                             // foca may refuse e.g. packets from a renamed identity; fine.
                             let _ = node.foca.handle_data(&packet, &mut node.rt);
                         }

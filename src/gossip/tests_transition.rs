@@ -165,10 +165,16 @@ fn a_packet_from_another_address_is_refused() {
         .receive_item(&bytes(card_of(&n3, &node_id(3))), Some(&node_id(1)))
         .unwrap();
     let elsewhere: std::net::SocketAddr = "10.9.9.9:7946".parse().unwrap();
-    let got = core.lock().screen_packet(&pkt, elsewhere).unwrap();
+    let (got, _) = core
+        .lock()
+        .screen_packet(&pkt, elsewhere, |_| false, 0)
+        .unwrap();
     assert!(matches!(got, Screened::Refused { .. }), "{got:?}");
     assert_eq!(core.lock().stats().packets_spoofed, 1);
-    let got = core.lock().screen_packet(&pkt, node_id(3).addr).unwrap();
+    let (got, _) = core
+        .lock()
+        .screen_packet(&pkt, node_id(3).addr, |_| false, 0)
+        .unwrap();
     assert!(matches!(got, Screened::Pass { .. }), "{got:?}");
 }
 

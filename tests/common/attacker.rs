@@ -89,3 +89,46 @@ pub fn slot(kind: &str, key: &str, origin: &str, version: u64, body: Vec<u8>) ->
         sig: None,
     }
 }
+
+/// A foca packet as a datagram plaintext: `header`, then `updates` (foca's own layout:
+/// a big-endian `u16` count, then each member), then `broadcasts` (each length-prefixed).
+/// Nothing in it says who really sent it: the header's `src` is whatever the sender
+/// writes.
+pub fn foca_datagram(
+    header: &foca::Header<NodeId>,
+    updates: &[foca::Member<NodeId>],
+    broadcasts: &[Vec<u8>],
+) -> Vec<u8> {
+    let mut pkt = postcard::to_stdvec(header).unwrap();
+    pkt.extend_from_slice(&u16::try_from(updates.len()).unwrap().to_be_bytes());
+    for m in updates {
+        pkt.extend(postcard::to_stdvec(m).unwrap());
+    }
+    for b in broadcasts {
+        pkt.extend_from_slice(&u16::try_from(b.len()).unwrap().to_be_bytes());
+        pkt.extend_from_slice(b);
+    }
+    droot_fleet::gossip::message::encode_foca_datagram(&pkt)
+}
+
+impl Attacker {
+    /// What the agent at `to` tells a push/pull peer: its own identity (`from`) and the
+    /// members it knows, each with its current bump.
+    pub fn learn(&self, to: &str) -> PushPullState {
+        self.push(to, self.state(&[], Vec::new()))
+            .expect("push/pull answered")
+    }
+}
+
+/// The identity named `name` in a push/pull reply (its sender or a member it lists).
+pub fn identity_in(state: &PushPullState, name: &str) -> NodeId {
+    if state.from.name == name {
+        return state.from.clone();
+    }
+    state
+        .members
+        .iter()
+        .map(|m| m.id().clone())
+        .find(|id| id.name == name)
+        .unwrap_or_else(|| panic!("{name} not in {:?}", state.members))
+}

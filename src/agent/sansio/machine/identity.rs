@@ -23,15 +23,23 @@ impl<W, S> AgentMachine<W, S> {
         from: SocketAddr,
         out: &mut Effects<W, S>,
     ) {
-        let screened = self.core.lock().screen_packet(pkt, from);
+        let left = &self.left;
+        let incarnation = self.incarnation;
+        let screened =
+            self.core
+                .lock()
+                .screen_packet(pkt, from, |id| left.has_left(id), incarnation);
         match screened {
-            Ok(Screened::Pass { packet, .. }) => {
+            Ok((Screened::Pass { packet, .. }, ask)) => {
                 if let Err(e) = self.foca.handle_data(&packet, &mut self.rt) {
                     tracing::trace!(peer = %from, cause = %e, "foca refused a packet");
                 }
                 self.drain(now, out);
+                if let Some(sender) = ask {
+                    self.confirm_down(now, &sender, out);
+                }
             }
-            Ok(Screened::Refused { who }) => {
+            Ok((Screened::Refused { who }, _)) => {
                 tracing::trace!(peer = %from, node = %who.name, "packet from an identity without a member card dropped");
                 // Only a sender at the address it names is asked for its card.
                 if who.addr == from && self.introductions.due(from, now.at) {
@@ -39,23 +47,55 @@ impl<W, S> AgentMachine<W, S> {
                     self.dial(from.to_string(), Dial::Sync, out);
                 }
             }
+            Ok((Screened::Doubted { sender }, _)) => self.confirm_down(now, &sender, out),
             Err(_) => out.push(Effect::Count(Metric::Malformed)),
         }
     }
 
+    /// A packet said this node is down. Its sender is not authenticated, so the verdict
+    /// is not taken from it (foca would rejoin under a new bump, at a forger's will): the
+    /// node asks the member named as the sender, at the address its card names, over a
+    /// push/pull of its own, and rejoins only if that member's own view says so
+    /// ([`Self::push_pull_done`]). Bounded like introductions.
+    pub(super) fn confirm_down(
+        &mut self,
+        now: Now,
+        sender: &crate::gossip::NodeId,
+        out: &mut Effects<W, S>,
+    ) {
+        if self.confirmations.due(sender.addr, now.at) {
+            tracing::debug!(node = %sender.name, "a packet says this node is down: asking its sender");
+            self.dial(sender.addr.to_string(), Dial::Sync, out);
+        }
+    }
+
     /// A leave notice: recorded if the node said it itself, or (a force-leave) if this
-    /// node already sees it failed.
-    pub(super) fn leave_notice(&mut self, notice: LeaveNotice) {
-        let seen_down = self
+    /// node already sees it failed. The member is then down here at once: foca's own
+    /// down verdict from the leaving node may arrive before the notice, and passes the
+    /// screen only as a suspicion.
+    pub(super) fn leave_notice(&mut self, now: Now, notice: LeaveNotice, out: &mut Effects<W, S>) {
+        let held = self
             .foca
             .iter_membership_state()
-            .any(|m| m.id() == &notice.id && m.state() == foca::State::Down);
+            .find(|m| m.id() == &notice.id)
+            .map(|m| (m.state(), m.incarnation()));
+        let seen_down = held.is_some_and(|(state, _)| state == foca::State::Down);
         if !self.core.lock().check_leave(&notice, seen_down) {
             tracing::debug!(node = %notice.id.name, "leave notice refused: not the node's own, and the node is not failed here");
             return;
         }
         tracing::info!(node = %notice.id.name, "member announced its leave");
         self.left.record(&notice.id);
+        if let Some((foca::State::Alive | foca::State::Suspect, incarnation)) = held {
+            let down = foca::Member::new(notice.id, incarnation, foca::State::Down);
+            if let Err(e) = self
+                .foca
+                .apply_many(std::iter::once(down), true, &mut self.rt)
+            {
+                tracing::debug!(cause = %e, "applying a leave");
+            }
+            self.drain(now, out);
+        }
     }
 
     /// Gossips a revocation (an operator's `enroll revoke`), once this node checked it.

@@ -101,6 +101,11 @@ pub struct AgentMachine<W, S> {
     queries: QueryBook<W>,
     dials: Dials,
     introductions: crate::agent::sansio::introduce::Introductions,
+    /// Push/pulls asking a member that said this node is down (same bounds).
+    confirmations: crate::agent::sansio::introduce::Introductions,
+    /// This node's foca incarnation as its last packet carried it (foca keeps it private);
+    /// a suspicion about this node is screened down to it.
+    incarnation: foca::Incarnation,
     pending: PendingHandlers,
     /// The cluster size foca's retransmissions and suspicion timeout are tuned for.
     tuned_for: u32,
@@ -139,6 +144,8 @@ impl<W, S> AgentMachine<W, S> {
             queries: QueryBook::default(),
             dials: Dials::default(),
             introductions: Default::default(),
+            confirmations: Default::default(),
+            incarnation: 0,
             pending: init.pending,
             tuned_for,
             stopped: false,
@@ -214,7 +221,7 @@ impl<W, S> AgentMachine<W, S> {
                     self.drain(now, &mut out);
                 }
             }
-            Ok(Datagram::Direct(Direct::Leave(notice))) => self.leave_notice(notice),
+            Ok(Datagram::Direct(Direct::Leave(notice))) => self.leave_notice(now, notice, &mut out),
             Err(_) => out.push(Effect::Count(Metric::Malformed)),
         }
         out
@@ -402,6 +409,9 @@ impl<W, S> AgentMachine<W, S> {
     /// docs for the order). Call after every foca call.
     fn drain(&mut self, now: Now, out: &mut Effects<W, S>) {
         while let Some((dst, data)) = self.rt.to_send() {
+            if let Ok((header, _)) = postcard::take_from_bytes::<foca::Header<NodeId>>(&data) {
+                self.incarnation = header.src_incarnation;
+            }
             let plain = message::encode_foca_datagram(&data);
             out.push(Effect::Send {
                 to: dst.addr,

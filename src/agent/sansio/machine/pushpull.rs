@@ -17,7 +17,10 @@
 //! peer: foca's `Feed` reply brings its live view. A remote state is merged with
 //! [`screen_members`], so the peer's "down" verdicts never fail a member we see alive;
 //! its verdict about *us* passes, and makes foca rejoin under a new bump (the only way
-//! back into a view that declared us down).
+//! back into a view that declared us down), but with node identities only from an
+//! exchange this node started: a state pushed to it may come from anyone with the gossip
+//! key, so what it says about this node (other than alive) is left out, and a "down"
+//! there makes the node ask the peer with a push/pull of its own.
 
 use std::net::IpAddr;
 
@@ -30,6 +33,7 @@ use crate::agent::sansio::dials::{DialEffect, JoinPolicy};
 use crate::agent::sansio::push::sync_target;
 use crate::gossip::PushPullState;
 use crate::gossip::pushpull::screen_members;
+use crate::gossip::vouch::Mode;
 
 impl<W, S> AgentMachine<W, S> {
     /// A peer started a push/pull (its hello said wire `peer_version`): our state for
@@ -43,7 +47,7 @@ impl<W, S> AgentMachine<W, S> {
     ) -> (PushPullState, Effects<W, S>) {
         let ours = self.push_pull_state(peer_version);
         let mut out = Vec::new();
-        self.merge_remote(now, remote, Some(peer), &mut out);
+        self.merge_remote(now, remote, Some(peer), false, &mut out);
         (ours, out)
     }
 
@@ -61,7 +65,7 @@ impl<W, S> AgentMachine<W, S> {
             Ok(remote) => {
                 let from = remote.from.clone();
                 let dialled = target.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
-                self.merge_remote(now, remote, dialled, &mut out);
+                self.merge_remote(now, remote, dialled, true, &mut out);
                 if kind != Dial::Sync {
                     let _ = self.foca.announce(from, &mut self.rt);
                     self.drain(now, &mut out);
@@ -156,16 +160,18 @@ impl<W, S> AgentMachine<W, S> {
     }
 
     /// Merges a peer's state: events and clocks into the core, screened members into
-    /// foca.
-    /// `peer`: the address the stream came from or went to. With node identities, a
+    /// foca. `peer`: the address the stream came from or went to. With node identities, a
     /// state whose `from` names another address is not taken as its sender's word: its
     /// sender is not added and its tags and version are not learned (its signed items
-    /// still count: they speak for themselves).
+    /// still count: they speak for themselves). `dialled`: this node started the exchange,
+    /// with a member at the address its card names (else anyone with the gossip key may
+    /// have written the state).
     fn merge_remote(
         &mut self,
         now: Now,
         mut remote: PushPullState,
         peer: Option<IpAddr>,
+        dialled: bool,
         out: &mut Effects<W, S>,
     ) {
         let from = remote.from.clone();
@@ -183,6 +189,9 @@ impl<W, S> AgentMachine<W, S> {
             tracing::info!(peer = %from.name, events = merged.new_events.len(), "push/pull delivered missed events");
         }
         let me = self.core.lock().identity().clone();
+        if !dialled && self.core.lock().identities().mode() != Mode::Off {
+            self.doubt_verdicts_about_me(now, &me, &mut remote, out);
+        }
         let core = self.core.lock();
         let sender = checked.then(|| Member::alive(from.clone()));
         let (members, refused): (Vec<_>, Vec<_>) = remote
@@ -218,6 +227,30 @@ impl<W, S> AgentMachine<W, S> {
             tracing::debug!(cause = %e, "applying push/pull suspicions");
         }
         self.drain(now, out);
+    }
+
+    /// A state a peer pushed: what it says about this node, other than alive, is left
+    /// out (foca cannot refute a down verdict about itself and would rejoin under a new
+    /// bump, at a forger's will). If it says this node is down, the node asks the peer
+    /// over a push/pull of its own ([`Self::push_pull_done`] applies its answer).
+    fn doubt_verdicts_about_me(
+        &mut self,
+        now: Now,
+        me: &crate::gossip::NodeId,
+        remote: &mut PushPullState,
+        out: &mut Effects<W, S>,
+    ) {
+        let says_down = remote
+            .members
+            .iter()
+            .any(|m| m.id() == me && m.state() == foca::State::Down);
+        remote
+            .members
+            .retain(|m| m.id().name != me.name || m.state() == foca::State::Alive);
+        if says_down && self.core.lock().admits(&remote.from) {
+            let from = remote.from.clone();
+            self.confirm_down(now, &from, out);
+        }
     }
 
     /// Carries out what [`Dials`](crate::agent::sansio::Dials) asks for.

@@ -174,6 +174,10 @@ impl<W, S> AgentMachine<W, S> {
 
     /// Answers a query this node matches ([`responder`] says who).
     pub(super) fn answer_query(&mut self, now: Now, q: Query, out: &mut Effects<W, S>) {
+        if !self.core.lock().may_answer(&q.origin) {
+            tracing::debug!(origin = %q.origin.name, addr = %q.origin.addr, query = %q.name, "query not answered: its origin is not an identity a member card vouches for");
+            return;
+        }
         let answerer = match responder(&q, &self.registry, &self.settings.handlers) {
             Responder::Keys => Answerer::Keys,
             Responder::Registered(f) => Answerer::Now(f(&q.payload)),
