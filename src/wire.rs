@@ -141,6 +141,10 @@ pub struct QueryResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyRequest {
     pub key: String,
+    /// The operator's signature of this operation; each node refuses a change without
+    /// one unless it is a `--dev` agent that trusts no key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::agent::key_auth::KeyAuth>,
 }
 
 /// One node's result of a cluster-wide key operation.

@@ -12,7 +12,10 @@ use ops::{LONG, all_text, counter, file_keys, json, keygen, ok, own_keyring, pri
 
 #[test]
 fn key_rotation_reaches_every_node_and_its_keyring_file() {
-    let c = Cluster::new("77.60");
+    let mut c = Cluster::new("77.60");
+    let (signing_key, public) = ops::signing_key(c.dir.path());
+    c.trusted_signing_key = Some(public);
+    let signing_key = signing_key.to_str().unwrap().to_owned();
     let k1 = primary_key(&c.keyring);
     let rings: Vec<_> = (1..=3).map(|n| own_keyring(&c, n)).collect();
     let mut agents = vec![c.start_with(1, &[], "", Some(&rings[0]))];
@@ -22,8 +25,26 @@ fn key_rotation_reaches_every_node_and_its_keyring_file() {
     ops::wait_all_alive(&agents, 3);
     let k2 = keygen();
 
+    // Unsigned, a change is refused by every node (the gossip key alone authorises none),
+    // with a clear error and exit 2; nothing changed.
+    let out = agents[0].cli(&["keys", "install", &k2]);
+    assert_eq!(out.status.code(), Some(2), "{}", all_text(&out));
+    let text = all_text(&out);
+    assert_eq!(
+        text.matches("refused: it is not signed").count(),
+        3,
+        "{text}"
+    );
+    assert!(text.contains("sent unsigned: pass --signing-key"), "{text}");
+    for ring in &rings {
+        assert_eq!(file_keys(ring), vec![k1.clone()]);
+    }
+    let signed = |agent: &agent_support::Agent, op: &str, key: &str| {
+        agent.cli(&["keys", op, key, "--signing-key", &signing_key])
+    };
+
     // install K2 via n1 → installed on all 3, K1 still primary everywhere.
-    let out = ok(&agents[0].cli(&["keys", "install", &k2]));
+    let out = ok(&signed(&agents[0], "install", &k2));
     assert!(out.contains("install: ok on 3 node(s)"), "{out}");
     let list = json(&agents[1].cli(&["keys", "list", "--format", "json"]));
     assert_eq!(list["results"].as_array().unwrap().len(), 3, "{list}");
@@ -37,13 +58,13 @@ fn key_rotation_reaches_every_node_and_its_keyring_file() {
     );
 
     // use K2 via n2 → primary on all.
-    ok(&agents[1].cli(&["keys", "use", &k2]));
+    ok(&signed(&agents[1], "use", &k2));
     let list = json(&agents[0].cli(&["keys", "list", "--format", "json"]));
     assert_eq!(list["primary"][&k2], 3, "{list}");
     assert!(list["primary"].get(&k1).is_none(), "{list}");
 
     // Removing the primary is refused on every node, with a clear error and exit 2.
-    let out = agents[2].cli(&["keys", "remove", &k2]);
+    let out = signed(&agents[2], "remove", &k2);
     assert_eq!(out.status.code(), Some(2), "{}", all_text(&out));
     let text = all_text(&out);
     assert!(
@@ -56,7 +77,7 @@ fn key_rotation_reaches_every_node_and_its_keyring_file() {
     );
 
     // remove K1 via n3 → gone everywhere, in memory and in every keyring file.
-    ok(&agents[2].cli(&["keys", "remove", &k1]));
+    ok(&signed(&agents[2], "remove", &k1));
     let list = json(&agents[0].cli(&["keys", "list", "--format", "json"]));
     assert_eq!(
         list["keys"].as_object().unwrap().len(),

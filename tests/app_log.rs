@@ -169,9 +169,10 @@ async fn a_jail_that_truncates_its_stdout_to_3gb_cannot_make_the_agent_write_gig
     let sup = f.supervisor(cap);
     let script = "truncate -s 3000000000 /proc/self/fd/1; echo truncate-exit=$?; \
                   dd if=/dev/zero bs=65536 count=80 2>/dev/null | tr '\\000' x; \
-                  echo; echo done-writing; exec sleep 1000";
+                  echo; while :; do echo done-writing; sleep 0.2; done";
     sup.manage(f.app(script, "")).await.unwrap();
     let pid = sup.start("web", None).await.unwrap().pid.unwrap();
+    // The line repeats: a slow writer may drop output (and says so), but not every line.
     tokio::task::block_in_place(|| {
         wait_until("the jail to finish writing", || {
             f.log_text().contains("done-writing").then_some(())

@@ -123,7 +123,8 @@ fn counter(a: &Agent, name: &str) -> u64 {
 /// A query whose origin names a victim's address, slipped in under a real member's name
 /// as `src`. Answers go to `origin.addr`, which nothing checks: every member answered
 /// the victim (one small datagram in, one answer per member out, at any host and port).
-/// A member now answers only an origin that a card vouches for.
+/// A member now answers only an origin that a card vouches for (and drops a packet in a
+/// member's name that comes from another address, before that).
 #[test]
 fn query_answers_are_not_reflected_at_an_address_no_card_names() {
     use droot_fleet::gossip::message::{Broadcast, encode_broadcast};
@@ -146,7 +147,14 @@ fn query_answers_are_not_reflected_at_an_address_no_card_names() {
     };
     let item = encode_broadcast(&Broadcast::Query(query)).unwrap();
     let pkt = foca_datagram(&gossip_header(&n2, &n1), &[], &[item]);
+    // From the attacker's own address, n1 knows it is not n2's packet and drops it whole.
+    let spoofed_before = counter(&a[0], "identity_packets_spoofed");
     ghost.datagram(&c.addr(1), &pkt);
+    wait_for(LONG, "n1 to drop the packet sent in n2's name", || {
+        (counter(&a[0], "identity_packets_spoofed") > spoofed_before).then_some(())
+    });
+    // With n2's very address forged in the IP header, it passes; the query itself is refused.
+    ghost.datagram_from(&n2.addr.to_string(), &c.addr(1), &pkt);
     let mut reflected = 0;
     let mut buf = [0u8; 2048];
     wait_for(LONG, "every member to answer or refuse the query", || {
@@ -327,21 +335,21 @@ fn a_spoofed_down_verdict_sent_to_the_node_itself_does_not_make_it_rejoin() {
     assert_eq!(rejoins, 0, "n2 rejoined on forged verdicts:\n{log}");
 }
 
-/// OPEN. Cluster key rotation (`keys`) is a query any gossip-key holder may send, under a
+/// Cluster key rotation (`keys`) was a query any gossip-key holder could send, under a
 /// real member's identity as its origin (answers then go to that member, which drops
 /// them). Installing a key of its own on n3 and n4, making it their primary and removing
-/// the fleet's key there splits the cluster for good (each keyring file is rewritten): n1
-/// and n2 can no longer read n3 and n4, nor the reverse. A fix needs key operations
-/// authorised by more than the gossip key (e.g. signed by a key in
-/// `trusted_signing_keys`, with the deploy event's age and replay checks).
+/// the fleet's key there split the cluster for good (each keyring file is rewritten): n1
+/// and n2 could no longer read n3 and n4, nor the reverse. A key change is now signed by a
+/// key in `trusted_signing_keys`; here the packets even come from n2's own address (a raw
+/// socket), and every node refuses the unsigned changes.
 #[test]
-#[ignore = "issue 15: any gossip-key holder can split the cluster with the keys query (install and use a key only it knows on some nodes, remove the fleet's key there)"]
 fn the_keys_query_cannot_split_the_cluster() {
     use droot_fleet::gossip::message::{Broadcast, encode_broadcast};
     use droot_fleet::gossip::query::Filter;
     use droot_fleet::gossip::{Key, Query, QueryId};
     let mut c = Cluster::new("77.71");
     c.require_identity = true;
+    c.trusted_signing_key = Some(ops::signing_key(c.dir.path()).1);
     let a = start_n(&c, 4, |_| String::new());
     let fleet_key = std::fs::read_to_string(&c.keyring).unwrap();
     let ghost = Attacker::new(&c.keyring, "ghost", "127.77.71.66:17946");
@@ -365,9 +373,20 @@ fn the_keys_query_cannot_split_the_cluster() {
         };
         let item = encode_broadcast(&Broadcast::Query(query)).unwrap();
         let pkt = foca_datagram(&gossip_header(&n2, &n1), &[], &[item]);
-        ghost.datagram(&c.addr(1), &pkt);
+        ghost.datagram_from(&n2.addr.to_string(), &c.addr(1), &pkt);
         a[0].wait_push_pulls(1);
     }
+    wait_for(LONG, "n3 and n4 to refuse the three changes", || {
+        a[2..]
+            .iter()
+            .all(|x| {
+                x.log_text()
+                    .matches("cluster key operation not applied")
+                    .count()
+                    >= 3
+            })
+            .then_some(())
+    });
     a[0].wait_push_pulls(2);
     for agent in &a[2..] {
         let ring = std::fs::read_to_string(agent.data_dir.join("../keyring.json"))

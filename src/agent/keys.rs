@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::key_auth::{KeyAuth, KeyAuthority};
 use crate::gossip::keyring::{KeyringError, KeyringFile};
 use crate::gossip::{Key, Keyring};
 use crate::wire::NodeKeyResult;
@@ -124,11 +125,20 @@ pub struct KeyCommand {
     pub op: String,
     #[serde(default)]
     pub key: Option<String>,
+    /// The operator's signature of a change (`list` needs none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<KeyAuth>,
 }
 
-/// Applies a key command to this node's keyring. Returns the node's result and
-/// whether the keyring changed (the caller persists it).
-pub fn apply(node: &str, ring: &mut Keyring, payload: &[u8]) -> (NodeKeyResult, bool) {
+/// Applies a key command to this node's keyring, if `authority` admits it at `now_ms`.
+/// Returns the node's result and whether the keyring changed (the caller persists it).
+pub fn apply(
+    node: &str,
+    ring: &mut Keyring,
+    payload: &[u8],
+    authority: &mut KeyAuthority,
+    now_ms: u64,
+) -> (NodeKeyResult, bool) {
     let fail = |error: String| NodeKeyResult {
         node: node.to_owned(),
         ok: false,
@@ -139,6 +149,12 @@ pub fn apply(node: &str, ring: &mut Keyring, payload: &[u8]) -> (NodeKeyResult, 
         Ok(c) => c,
         Err(e) => return (fail(format!("bad key command: {e}")), false),
     };
+    if cmd.op != "list" {
+        let admitted = authority.admit(&cmd.op, cmd.key.as_deref(), cmd.auth.as_ref(), now_ms);
+        if let Err(e) = admitted {
+            return (fail(e.to_string()), false);
+        }
+    }
     let key = match (&cmd.op[..], cmd.key.as_deref().map(Key::from_base64)) {
         ("list", _) => None,
         (_, Some(Ok(k))) => Some(k),
@@ -175,19 +191,41 @@ pub fn apply(node: &str, ring: &mut Keyring, payload: &[u8]) -> (NodeKeyResult, 
 mod tests {
     use super::*;
 
+    const NOW: u64 = 1_800_000_000_000;
+
     #[test]
     fn rotation_steps() {
+        use crate::deploy::signed::{Policy, Trust};
+        let operator = crate::keytext::generate_signing_key();
+        let mut authority = KeyAuthority::new(Policy {
+            trusted: Trust::Keys(vec![operator.verifying_key()]),
+            max_age: 60,
+            max_skew: 60,
+        });
         let mut ring = insecure_keyring();
         let new = Key::from_bytes([7; 32]).to_base64();
-        let cmd = |op: &str| format!(r#"{{"op":"{op}","key":"{new}"}}"#).into_bytes();
-        let (r, changed) = apply("n", &mut ring, &cmd("use"));
+        let cmd = |op: &str| {
+            let auth = super::super::key_auth::sign(op, Some(&new), &operator, NOW);
+            serde_json::to_vec(&KeyCommand {
+                op: op.into(),
+                key: Some(new.clone()),
+                auth: Some(auth),
+            })
+            .unwrap()
+        };
+        let mut apply =
+            |ring: &mut Keyring, payload: &[u8]| apply("n", ring, payload, &mut authority, NOW);
+        let unsigned = format!(r#"{{"op":"install","key":"{new}"}}"#);
+        let (r, changed) = apply(&mut ring, unsigned.as_bytes());
+        assert!(!r.ok && !changed, "an unsigned install is refused: {r:?}");
+        let (r, changed) = apply(&mut ring, &cmd("use"));
         assert!(!r.ok && !changed, "use before install fails");
-        assert!(apply("n", &mut ring, &cmd("install")).0.ok);
-        assert!(apply("n", &mut ring, &cmd("use")).0.ok);
+        assert!(apply(&mut ring, &cmd("install")).0.ok);
+        assert!(apply(&mut ring, &cmd("use")).0.ok);
         assert_eq!(ring.primary().to_base64(), new);
-        let (r, _) = apply("n", &mut ring, &cmd("remove"));
+        let (r, _) = apply(&mut ring, &cmd("remove"));
         assert!(!r.ok, "cannot remove the primary");
-        let (r, _) = apply("n", &mut ring, br#"{"op":"list"}"#);
+        let (r, _) = apply(&mut ring, br#"{"op":"list"}"#);
         assert_eq!(r.keys.len(), 2);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k.json");

@@ -36,6 +36,7 @@ pub mod consumers;
 pub mod disk;
 pub mod handlers;
 pub mod identity;
+pub mod key_auth;
 pub mod keys;
 pub mod members;
 pub mod monitor;
@@ -139,6 +140,7 @@ pub enum Command {
     Keys {
         op: KeyOp,
         key: Option<String>,
+        auth: Option<key_auth::KeyAuth>,
         reply: oneshot::Sender<Result<wire::KeysResponse, AgentError>>,
     },
     Leave(oneshot::Sender<()>),
@@ -212,6 +214,7 @@ pub struct Agent {
     registry: QueryRegistry,
     consumers: consumers::Consumers,
     kinds: Kinds,
+    key_authority: key_auth::KeyAuthority,
     log_reload: Option<monitor::LogReload>,
     tables_check: Option<config::TablesCheck>,
     handle: AgentHandle,
@@ -225,11 +228,19 @@ impl Agent {
         let registry = QueryRegistry::with_builtins(&settings.node, settings.blob_query);
         let (tx, inputs) = mpsc::channel(1024);
         let (stop, stop_rx) = watch::channel(false);
+        // Until told the operator's keys: a `--dev` agent takes unsigned key changes, any
+        // other none.
+        let key_authority = key_auth::KeyAuthority::new(crate::deploy::signed::Policy {
+            trusted: crate::deploy::signed::Trust::new(Vec::new(), settings.dev),
+            max_age: 0,
+            max_skew: 0,
+        });
         Self {
             settings,
             registry,
             consumers: consumers::Consumers::default(),
             kinds: Kinds::default(),
+            key_authority,
             log_reload: None,
             tables_check: None,
             handle: AgentHandle {
@@ -265,6 +276,12 @@ impl Agent {
     /// [`crate::gossip::kinds`]).
     pub fn register_kind(&mut self, kind: &str, policy: KindPolicy) {
         self.kinds.register(kind, policy);
+    }
+
+    /// Who may change the cluster's keys: signers, ages and skew as `policy` says (the
+    /// deploy events' own rules, see [`key_auth`]).
+    pub fn authorise_key_operations(&mut self, policy: crate::deploy::signed::Policy) {
+        self.key_authority = key_auth::KeyAuthority::new(policy);
     }
 
     /// How SIGHUP changes the log filter.
@@ -314,6 +331,7 @@ impl Agent {
             registry: self.registry,
             consumers: self.consumers,
             kinds: self.kinds,
+            key_authority: self.key_authority,
             log_reload: self.log_reload,
             tables_check: self.tables_check,
             handle: self.handle,

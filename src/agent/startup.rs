@@ -200,8 +200,10 @@ impl Restored {
         settings: Settings,
         kinds: crate::gossip::kinds::Kinds,
         registry: QueryRegistry,
+        key_authority: crate::agent::key_auth::KeyAuthority,
     ) -> Init {
         Init {
+            key_authority,
             settings,
             core: self.core,
             kinds,

@@ -116,6 +116,7 @@ pub struct Parts {
     pub registry: QueryRegistry,
     pub consumers: Consumers,
     pub kinds: crate::gossip::kinds::Kinds,
+    pub key_authority: crate::agent::key_auth::KeyAuthority,
     pub log_reload: Option<LogReload>,
     pub tables_check: Option<TablesCheck>,
     pub handle: AgentHandle,
@@ -150,6 +151,7 @@ pub async fn start(parts: Parts) -> Result<Started, AgentError> {
         registry,
         consumers,
         kinds,
+        key_authority,
         log_reload,
         tables_check,
         handle,
@@ -185,7 +187,7 @@ pub async fn start(parts: Parts) -> Result<Started, AgentError> {
     };
     let rejoin = restored.rejoin.clone();
     let task = AgentTask {
-        machine: Machine::new(restored.into_init(settings, kinds, registry)),
+        machine: Machine::new(restored.into_init(settings, kinds, registry, key_authority)),
         shell: Shell::new(io_parts, &handle),
         sched: Scheduler::new(),
     };
@@ -351,8 +353,13 @@ impl AgentTask {
                 let effects = m.user_query(now, request, Waiter::User(reply));
                 self.execute(effects).await;
             }
-            Command::Keys { op, key, reply } => {
-                let effects = m.key_query(now, op, key, Waiter::Keys(reply));
+            Command::Keys {
+                op,
+                key,
+                auth,
+                reply,
+            } => {
+                let effects = m.key_query(now, op, key, auth, Waiter::Keys(reply));
                 self.execute(effects).await;
             }
             Command::Leave(reply) => {

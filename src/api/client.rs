@@ -149,12 +149,21 @@ impl Client {
         self.call(Method::POST, "/v1/query", Some(req)).await
     }
 
-    /// `op` is `list`, `install`, `use` or `remove`.
-    pub async fn keys(&self, op: &str, key: Option<&str>) -> Result<KeysResponse, ClientError> {
+    /// `op` is `list`, `install`, `use` or `remove`; a change carries the operator's
+    /// signature of it ([`crate::agent::key_auth::sign`]).
+    pub async fn keys(
+        &self,
+        op: &str,
+        key: Option<&str>,
+        auth: Option<crate::agent::key_auth::KeyAuth>,
+    ) -> Result<KeysResponse, ClientError> {
         match key {
             None => self.call(Method::GET, "/v1/keys", None::<&()>).await,
             Some(k) => {
-                let req = KeyRequest { key: k.into() };
+                let req = KeyRequest {
+                    key: k.into(),
+                    auth,
+                };
                 self.call(Method::POST, &format!("/v1/keys/{op}"), Some(&req))
                     .await
             }

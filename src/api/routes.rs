@@ -187,10 +187,7 @@ async fn route(req: Request<Incoming>, endpoint: Endpoint, services: &super::Ser
         Endpoint::Event => event(agent, body(req).await?).await,
         Endpoint::Query => query(agent, body(req).await?).await,
         Endpoint::Keys(KeyOp::List) => keys(agent, KeyOp::List, None).await,
-        Endpoint::Keys(op) => {
-            let r: KeyRequest = body(req).await?;
-            keys(agent, op, Some(r.key)).await
-        }
+        Endpoint::Keys(op) => keys(agent, op, Some(body(req).await?)).await,
         Endpoint::Leave => ok(agent
             .call(Command::Leave)
             .await
@@ -337,9 +334,15 @@ async fn deploy(
         })
 }
 
-async fn keys(agent: &AgentHandle, op: KeyOp, key: Option<String>) -> Response<Body> {
+async fn keys(agent: &AgentHandle, op: KeyOp, req: Option<KeyRequest>) -> Response<Body> {
+    let (key, auth) = req.map_or((None, None), |r| (Some(r.key), r.auth));
     ok(agent
-        .call(|reply| Command::Keys { op, key, reply })
+        .call(|reply| Command::Keys {
+            op,
+            key,
+            auth,
+            reply,
+        })
         .await
         .and_then(|r| r))
 }

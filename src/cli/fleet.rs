@@ -114,11 +114,25 @@ pub enum KeysCommand {
     /// Keys installed across the cluster.
     List,
     /// Install a key on every member (accepted, not yet used).
-    Install { key: String },
+    Install(KeyChange),
     /// Make an installed key the primary on every member.
-    Use { key: String },
+    Use(KeyChange),
     /// Remove a non-primary key from every member.
-    Remove { key: String },
+    Remove(KeyChange),
+}
+
+/// A key change, signed with the deploy signing key: every node checks it against its
+/// trusted_signing_keys (a --dev agent that trusts no key takes it unsigned).
+#[derive(Debug, Args)]
+pub struct KeyChange {
+    /// The cluster key (base64, as `droot-fleet keygen` prints it).
+    pub key: String,
+    #[command(flatten)]
+    pub signing: super::signing::SigningKeyArg,
+    /// An agent config file whose `signing_key` is the key when neither --signing-key nor
+    /// DROOT_FLEET_SIGNING_KEY names one.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +150,10 @@ pub struct NodeArgs {
     pub node: String,
     #[command(flatten)]
     pub rpc: RpcArgs,
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(crate::wall::now().as_millis()).unwrap_or(u64::MAX)
 }
 
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -271,13 +289,22 @@ pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
 
 pub fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
     let client = args.rpc.client()?;
-    let (op, key) = match &args.command {
+    let (op, change) = match &args.command {
         KeysCommand::List => ("list", None),
-        KeysCommand::Install { key } => ("install", Some(key.as_str())),
-        KeysCommand::Use { key } => ("use", Some(key.as_str())),
-        KeysCommand::Remove { key } => ("remove", Some(key.as_str())),
+        KeysCommand::Install(c) => ("install", Some(c)),
+        KeysCommand::Use(c) => ("use", Some(c)),
+        KeysCommand::Remove(c) => ("remove", Some(c)),
     };
-    let r = runtime()?.block_on(client.keys(op, key))?;
+    let key = change.map(|c| c.key.as_str());
+    let auth = match change {
+        Some(c) => c
+            .signing
+            .load_optional(c.config.as_deref())?
+            .map(|signer| crate::agent::key_auth::sign(op, key, &signer, now_ms())),
+        None => None,
+    };
+    let signed = auth.is_some();
+    let r = runtime()?.block_on(client.keys(op, key, auth))?;
     match args.format {
         Format::Json => print_json(&r)?,
         Format::Text => {
@@ -307,6 +334,12 @@ pub fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("droot-fleet: error: key {op} did not succeed on every node");
+        if change.is_some() && !signed {
+            eprintln!(
+                "droot-fleet: it was sent unsigned: pass --signing-key FILE, set \
+                 DROOT_FLEET_SIGNING_KEY, or set signing_key in the --config file"
+            );
+        }
         Ok(ExitCode::from(2))
     }
 }

@@ -33,19 +33,23 @@ pub struct SigningKeyArg {
 
 impl SigningKeyArg {
     pub fn load(&self, config: Option<&Path>) -> anyhow::Result<SigningKey> {
+        self.load_optional(config)?.context(
+            "no signing key: pass --signing-key FILE, set DROOT_FLEET_SIGNING_KEY, or set \
+             signing_key in the --config file (make one with `droot-fleet keygen --signing -o \
+             deploy.key`)",
+        )
+    }
+
+    /// The key when one is named (a named key that cannot be read is an error).
+    pub fn load_optional(&self, config: Option<&Path>) -> anyhow::Result<Option<SigningKey>> {
         if let Some(path) = &self.signing_key {
-            return read_key(path);
+            return read_key(path).map(Some);
         }
         let from_config = match config {
             Some(c) => crate::agent::config::load_file(c)?.signing_key,
             None => None,
         };
-        let path = from_config.context(
-            "no signing key: pass --signing-key FILE, set DROOT_FLEET_SIGNING_KEY, or set \
-             signing_key in the --config file (make one with `droot-fleet keygen --signing -o \
-             deploy.key`)",
-        )?;
-        read_key(&path)
+        from_config.map(|p| read_key(&p)).transpose()
     }
 }
 

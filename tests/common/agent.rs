@@ -48,6 +48,8 @@ pub struct Cluster {
     /// `require_node_identity`: false by default, so that agents a test spawns by hand
     /// may join unenrolled.
     pub require_identity: bool,
+    /// `trusted_signing_keys` (the public key), when a test deploys or changes keys.
+    pub trusted_signing_key: Option<String>,
 }
 
 impl Cluster {
@@ -67,6 +69,7 @@ impl Cluster {
             push_pull_interval: "1s".into(),
             enrollment,
             require_identity: false,
+            trusted_signing_key: None,
         }
     }
 
@@ -85,6 +88,7 @@ expected_cluster_size = 5
 log_level = "info"
 enrollment_keys = ["{enrollment}"]
 require_node_identity = {required}
+{trusted}
 
 [[handler]]
 event = "user"
@@ -97,6 +101,11 @@ timeout = "5s"
             push_pull = self.push_pull_interval,
             enrollment = self.enrollment.public,
             required = self.require_identity,
+            trusted = self
+                .trusted_signing_key
+                .as_ref()
+                .map(|k| format!("trusted_signing_keys = [\"{k}\"]"))
+                .unwrap_or_default(),
         )
     }
 

@@ -73,6 +73,55 @@ impl Attacker {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.send_to(&sealed, to).unwrap();
     }
+
+    /// A sealed datagram to `to` whose IP and UDP source say `from` (a raw socket: root on
+    /// any host of the network can write one).
+    pub fn datagram_from(&self, from: &str, to: &str, plain: &[u8]) {
+        let sealed = droot_fleet::gossip::envelope::seal_datagram(
+            &self.ring.read().unwrap(),
+            plain,
+            &mut rand::rng(),
+        )
+        .unwrap();
+        send_spoofed_udp(from.parse().unwrap(), to.parse().unwrap(), &sealed);
+    }
+}
+
+/// One IPv4 UDP datagram with a forged source, through a raw socket (`IPPROTO_RAW` implies
+/// that we write the IP header; the kernel fills in its checksum). UDP checksum 0: none.
+fn send_spoofed_udp(from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+    let (SocketAddr::V4(from), SocketAddr::V4(to)) = (from, to) else {
+        panic!("IPv4 only");
+    };
+    let udp_len = u16::try_from(8 + payload.len()).unwrap();
+    let mut pkt = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    pkt[2..4].copy_from_slice(&(udp_len + 20).to_be_bytes());
+    pkt.extend_from_slice(&from.ip().octets());
+    pkt.extend_from_slice(&to.ip().octets());
+    pkt.extend_from_slice(&from.port().to_be_bytes());
+    pkt.extend_from_slice(&to.port().to_be_bytes());
+    pkt.extend_from_slice(&udp_len.to_be_bytes());
+    pkt.extend_from_slice(&[0, 0]);
+    pkt.extend_from_slice(payload);
+    // SAFETY: plain socket calls on a descriptor we own; `dest` outlives the sendto.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let mut dest: libc::sockaddr_in = std::mem::zeroed();
+        dest.sin_family = libc::AF_INET as libc::sa_family_t;
+        dest.sin_addr.s_addr = u32::from(*to.ip()).to_be();
+        let sent = libc::sendto(
+            fd,
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&raw const dest).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(sent, pkt.len() as isize, "raw sendto: {err}");
+    }
 }
 
 pub fn now_ms() -> u64 {

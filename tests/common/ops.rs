@@ -146,6 +146,16 @@ pub fn file_keys(path: &Path) -> Vec<String> {
 }
 
 /// A new random key (base64).
+/// A new deploy signing key in `dir`: its file and its public half.
+pub fn signing_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let path = dir.join("deploy.key");
+    let out = cli_cmd(&["keygen", "--signing", "-o", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let public = ok(&out).trim().to_owned();
+    (path, public)
+}
+
 pub fn keygen() -> String {
     ok(&cli_cmd(&["keygen"]).output().unwrap())
         .trim()

@@ -2,14 +2,20 @@
 //! and the nodes' answers fan in to one [`KeysResponse`] (like `serf keys`). Also how a
 //! user query's result becomes its API answer.
 
+use crate::agent::key_auth::KeyAuth;
 use crate::agent::keys::KeyCommand;
 use crate::agent::{AgentError, KeyOp};
 use crate::gossip::{Key, QueryResult};
 use crate::wire::{KeysResponse, NodeKeyResult, QueryAnswer, QueryResponse};
 
 /// The payload of the key query for `op` (`key` is required except for `list`, and
-/// must be a valid key): refused here, before anything is sent.
-pub fn key_request(op: KeyOp, key: Option<String>) -> Result<Vec<u8>, AgentError> {
+/// must be a valid key; `auth` is the operator's signature of a change, checked by each
+/// node): refused here, before anything is sent.
+pub fn key_request(
+    op: KeyOp,
+    key: Option<String>,
+    auth: Option<KeyAuth>,
+) -> Result<Vec<u8>, AgentError> {
     if op != KeyOp::List {
         match key.as_deref().map(Key::from_base64) {
             Some(Ok(_)) => {}
@@ -20,6 +26,7 @@ pub fn key_request(op: KeyOp, key: Option<String>) -> Result<Vec<u8>, AgentError
     let cmd = KeyCommand {
         op: op.as_str().to_owned(),
         key,
+        auth,
     };
     Ok(serde_json::to_vec(&cmd).unwrap_or_default())
 }
@@ -71,6 +78,15 @@ mod tests {
     use crate::agent::keys::{self, insecure_keyring};
     use crate::gossip::NodeId;
 
+    fn dev_authority() -> crate::agent::key_auth::KeyAuthority {
+        use crate::deploy::signed::{Policy, Trust};
+        crate::agent::key_auth::KeyAuthority::new(Policy {
+            trusted: Trust::new(Vec::new(), true),
+            max_age: 60,
+            max_skew: 60,
+        })
+    }
+
     fn node(name: &str, port: u16) -> NodeId {
         NodeId::new(name, format!("127.0.0.1:{port}").parse().unwrap(), 0).unwrap()
     }
@@ -78,17 +94,17 @@ mod tests {
     #[test]
     fn requests_are_checked_before_sending() {
         let k = Key::from_bytes([3; 32]).to_base64();
-        let list = key_request(KeyOp::List, None).unwrap();
+        let list = key_request(KeyOp::List, None, None).unwrap();
         assert_eq!(
             serde_json::from_slice::<KeyCommand>(&list).unwrap().op,
             "list"
         );
-        let install = key_request(KeyOp::Install, Some(k.clone())).unwrap();
+        let install = key_request(KeyOp::Install, Some(k.clone()), None).unwrap();
         let cmd: KeyCommand = serde_json::from_slice(&install).unwrap();
         assert_eq!((cmd.op.as_str(), cmd.key), ("install", Some(k)));
-        let e = key_request(KeyOp::Use, None).unwrap_err();
+        let e = key_request(KeyOp::Use, None, None).unwrap_err();
         assert!(e.to_string().contains("a key is required"), "{e}");
-        let e = key_request(KeyOp::Remove, Some("not base64!".into())).unwrap_err();
+        let e = key_request(KeyOp::Remove, Some("not base64!".into()), None).unwrap_err();
         assert!(matches!(e, AgentError::BadRequest(_)), "{e}");
     }
 
@@ -96,11 +112,12 @@ mod tests {
     fn answers_fan_in_counted_sorted_and_unreadable_ones_fail() {
         // Two nodes answer a rotation step as they would (keys::apply), one garbles it.
         let new = Key::from_bytes([9; 32]).to_base64();
-        let install = key_request(KeyOp::Install, Some(new.clone())).unwrap();
+        let install = key_request(KeyOp::Install, Some(new.clone()), None).unwrap();
         let mut answers = Vec::new();
         for (name, port) in [("b", 2), ("a", 1)] {
             let mut ring = insecure_keyring();
-            let (r, changed) = keys::apply(name, &mut ring, &install);
+            let mut dev = dev_authority();
+            let (r, changed) = keys::apply(name, &mut ring, &install, &mut dev, 0);
             assert!(changed);
             answers.push((node(name, port), serde_json::to_vec(&r).unwrap()));
         }

@@ -144,17 +144,15 @@ impl Controller {
         let trust = Trust::new(config.trusted.clone(), s.dev);
         if matches!(trust, Trust::Keys(ref k) if k.is_empty()) {
             tracing::warn!(
-                "no trusted_signing_keys: this agent refuses every deploy event (add the operator's public key)"
+                "no trusted_signing_keys: this agent refuses every deploy event and every cluster key change (add the operator's public key)"
             );
         }
-        let verifier = Verifier::new(
-            Policy {
-                trusted: trust.clone(),
-                max_age: config.max_age.as_secs(),
-                max_skew: config.max_skew.as_secs(),
-            },
-            SEEN_IDS,
-        );
+        let policy = Policy {
+            trusted: trust.clone(),
+            max_age: config.max_age.as_secs(),
+            max_skew: config.max_skew.as_secs(),
+        };
+        let verifier = Verifier::new(policy.clone(), SEEN_IDS);
         let core = Core::new(&s.node, config.apps.keys().cloned().collect(), verifier);
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -163,6 +161,8 @@ impl Controller {
         });
         let data_dir = s.data_dir.clone();
         let sync_grace = s.push_pull_interval;
+        // The keys that may deploy code are the keys that may change the cluster's keys.
+        agent.authorise_key_operations(policy);
         agent.register_kind(
             DESIRED_KIND,
             KindPolicy::fleet(MAX_APPS, desired_validator(trust)),

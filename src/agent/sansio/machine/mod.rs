@@ -43,6 +43,7 @@ pub use queries::QueryRequest;
 use super::{Dials, QueryBook};
 use crate::agent::AgentError;
 use crate::agent::config::{HandlerConfig, Settings};
+use crate::agent::key_auth::KeyAuthority;
 use crate::agent::members::{self, LeftBook};
 use crate::agent::pending::PendingHandlers;
 use crate::agent::queries::QueryRegistry;
@@ -79,6 +80,8 @@ pub struct Init {
     pub registry: QueryRegistry,
     /// The keyring in force; cluster key operations change it ([`Effect::Keyring`]).
     pub keyring: Keyring,
+    /// Who may change it ([`crate::agent::key_auth`]).
+    pub key_authority: KeyAuthority,
     pub left: LeftBook,
     pub pending: PendingHandlers,
     /// For event and query ids, and random peers.
@@ -97,6 +100,7 @@ pub struct AgentMachine<W, S> {
     rng: StdRng,
     registry: QueryRegistry,
     keyring: Keyring,
+    key_authority: KeyAuthority,
     left: LeftBook,
     queries: QueryBook<W>,
     dials: Dials,
@@ -140,6 +144,7 @@ impl<W, S> AgentMachine<W, S> {
             rng: init.rng,
             registry: init.registry,
             keyring: init.keyring,
+            key_authority: init.key_authority,
             left: init.left,
             queries: QueryBook::default(),
             dials: Dials::default(),

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use super::{AgentMachine, Effect, Effects, Now, Timer};
 use crate::agent::handlers::{self, Trigger};
+use crate::agent::key_auth::KeyAuth;
 use crate::agent::keys::{self, KEYS_QUERY};
 use crate::agent::sansio::QueryEffect;
 use crate::agent::sansio::answer::{AnswerRoute, Responder, answer_route, responder};
@@ -62,9 +63,10 @@ impl<W, S> AgentMachine<W, S> {
         now: Now,
         op: KeyOp,
         key: Option<String>,
+        auth: Option<KeyAuth>,
         waiter: W,
     ) -> Effects<W, S> {
-        match key_request(op, key) {
+        match key_request(op, key, auth) {
             Ok(payload) => {
                 let request = QueryRequest {
                     name: KEYS_QUERY.to_owned(),
@@ -186,7 +188,7 @@ impl<W, S> AgentMachine<W, S> {
         };
         let handler = match answerer {
             Answerer::Keys => {
-                let payload = self.apply_key_command(&q, out);
+                let payload = self.apply_key_command(now, &q, out);
                 return self.send_answer(now, q.id, q.origin, payload, out);
             }
             Answerer::Now(payload) => return self.send_answer(now, q.id, q.origin, payload, out),
@@ -206,8 +208,17 @@ impl<W, S> AgentMachine<W, S> {
     }
 
     /// Applies a cluster key operation to this node's keyring; returns the answer.
-    fn apply_key_command(&mut self, q: &Query, out: &mut Effects<W, S>) -> Vec<u8> {
-        let (result, changed) = keys::apply(&self.settings.node, &mut self.keyring, &q.payload);
+    fn apply_key_command(&mut self, now: Now, q: &Query, out: &mut Effects<W, S>) -> Vec<u8> {
+        let (result, changed) = keys::apply(
+            &self.settings.node,
+            &mut self.keyring,
+            &q.payload,
+            &mut self.key_authority,
+            now.wall_millis(),
+        );
+        if let Some(error) = result.error.as_deref().filter(|_| !result.ok) {
+            tracing::warn!(origin = %q.origin.name, %error, "cluster key operation not applied");
+        }
         if changed {
             tracing::info!(origin = %q.origin.name, "keyring changed by a cluster key operation");
             out.push(Effect::Keyring {

@@ -102,6 +102,11 @@ fn settings(name: &str, i: usize, setup: &Setup) -> Settings {
     Settings::merge(file, &flags).expect("test settings are valid")
 }
 
+/// The operator's signing key, which every test machine trusts.
+fn operator() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[42; 32])
+}
+
 fn machine(name: &str, i: usize, setup: &Setup) -> (NodeId, Machine) {
     let settings = settings(name, i, setup);
     let id = NodeId::new(name, settings.advertise, 0).unwrap();
@@ -117,6 +122,11 @@ fn machine(name: &str, i: usize, setup: &Setup) -> (NodeId, Machine) {
         core,
         kinds: Default::default(),
         keyring: insecure_keyring(),
+        key_authority: crate::agent::key_auth::KeyAuthority::new(crate::deploy::signed::Policy {
+            trusted: crate::deploy::signed::Trust::Keys(vec![operator().verifying_key()]),
+            max_age: 3600,
+            max_skew: 300,
+        }),
         left: LeftBook::default(),
         pending: PendingHandlers::default(),
         rng: StdRng::seed_from_u64(i as u64),

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::agent::KeyOp;
+use crate::agent::key_auth::sign;
 use crate::agent::sansio::keys::keys_fan_in;
 use crate::agent::sansio::machine::QueryRequest;
 use crate::gossip::Key;
@@ -87,7 +88,9 @@ fn reserved_and_malformed_queries_fail_without_sending() {
     let mut reserved = ping(SEC);
     reserved.name = "_keys".into();
     sim.input(0, |m, now| m.user_query(now, reserved, "reserved"));
-    sim.input(0, |m, now| m.key_query(now, KeyOp::Install, None, "no key"));
+    sim.input(0, |m, now| {
+        m.key_query(now, KeyOp::Install, None, None, "no key")
+    });
     let failed: Vec<_> = sim.nodes[0].failed.iter().map(|(w, _)| *w).collect();
     assert_eq!(failed, ["reserved", "no key"]);
     assert_eq!(sim.nodes[0].log.len(), sent, "nothing was sent or armed");
@@ -98,7 +101,10 @@ fn a_key_operation_is_applied_on_every_node_and_fans_in() {
     let mut sim = Sim::cluster(vec![Setup::default(), Setup::default(), Setup::default()]);
     let new = Key::from_bytes([7; 32]).to_base64();
     let op = Some(new.clone());
-    sim.input(0, |m, now| m.key_query(now, KeyOp::Install, op, "install"));
+    sim.input(0, |m, now| {
+        let auth = sign("install", Some(&new), &operator(), now.wall_millis());
+        m.key_query(now, KeyOp::Install, op, Some(auth), "install")
+    });
     sim.run_for(SEC);
     for node in &sim.nodes {
         let rings: Vec<_> = (node.log.iter())
@@ -120,7 +126,9 @@ fn a_key_operation_is_applied_on_every_node_and_fans_in() {
     assert!(fanned.missing.is_empty());
 
     // Listing changes nothing.
-    sim.input(0, |m, now| m.key_query(now, KeyOp::List, None, "list"));
+    sim.input(0, |m, now| {
+        m.key_query(now, KeyOp::List, None, None, "list")
+    });
     sim.run_for(SEC);
     for node in &sim.nodes {
         let changes = node
@@ -130,4 +138,41 @@ fn a_key_operation_is_applied_on_every_node_and_fans_in() {
         assert_eq!(changes.count(), 1, "{}", node.id.name);
     }
     assert_eq!(sim.nodes[0].done[0].1.answers.len(), 3);
+}
+
+/// Any holder of the gossip key can send the keys query; only the operator's signature
+/// changes a keyring.
+#[test]
+fn an_unsigned_or_forged_key_operation_changes_no_keyring() {
+    let mut sim = Sim::cluster(vec![Setup::default(), Setup::default()]);
+    let new = Key::from_bytes([8; 32]).to_base64();
+    let op = Some(new.clone());
+    sim.input(0, |m, now| {
+        m.key_query(now, KeyOp::Install, op, None, "unsigned")
+    });
+    sim.run_for(SEC);
+    let thief = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let op = Some(new.clone());
+    sim.input(0, |m, now| {
+        let auth = sign("install", Some(&new), &thief, now.wall_millis());
+        m.key_query(now, KeyOp::Install, op, Some(auth), "forged")
+    });
+    sim.run_for(SEC);
+    for node in &sim.nodes {
+        let changed = node.log.iter().any(|e| matches!(e, Effect::Keyring { .. }));
+        assert!(!changed, "{} changed its keyring", node.id.name);
+        assert!(!node.machine.keyring.list().contains(&new));
+    }
+    for (waiter, why) in [("unsigned", "not signed"), ("forged", "does not verify")] {
+        let (_, result) = sim.nodes[0]
+            .done
+            .iter()
+            .find(|(w, _)| *w == waiter)
+            .unwrap();
+        let fanned = keys_fan_in(result.clone());
+        assert_eq!(fanned.results.len(), 2, "{fanned:?}");
+        for r in &fanned.results {
+            assert!(!r.ok && r.error.as_deref().unwrap().contains(why), "{r:?}");
+        }
+    }
 }
