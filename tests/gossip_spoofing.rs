@@ -407,24 +407,20 @@ fn cpu_ticks(a: &Agent) -> u64 {
     f[11] + f[12]
 }
 
-/// OPEN (measured, not fixed). Every member card a packet carries that is newer than the
-/// one held is checked twice (once to admit its sender, once when foca delivers it), each
-/// check two Ed25519 verifications: a node's real certificate (public, in every card) passes
-/// the first, and a garbage signature fails the second. Under a real member's name as the
-/// sender, four forged cards per packet cost the agent 16 verifications; the same packets
-/// of unsigned junk cost none. Measured on debug agents: 800 forged cards took 10.9 s of
-/// the agent's CPU, 800 junk items 0.3 s (in a release build, about 200 µs per forged
-/// card: some 1,250 packets a second, 1.7 MB/s, keep a core busy). A fix: verify a
-/// certificate once per its bytes (a cache), check in the screen only the sender's own
-/// newest card, reuse that verdict when foca delivers the item, and bound the signature
-/// checks per second that packets can cause.
+/// Every member card a packet carries that is newer than the one held costs signature
+/// checks: a node's real certificate (public, in every card) and a garbage signature made
+/// a forged card cost up to four Ed25519 verifications, where unsigned junk costs none
+/// (measured on debug agents before the fix: 800 forged cards took 10.9 s of the agent's
+/// CPU, 800 junk items 0.3 s). Now a certificate already held is not checked again, and
+/// the checks gossiped datagrams may cause are capped per second
+/// (`gossip::vouch::CHECKS_PER_SECOND`); what is over the cap is dropped and counted. Here
+/// 4,800 forged cards arrive within a second, from n3's own address (a raw socket).
 #[test]
-#[ignore = "issue 15: forged member cards (a real certificate, a garbage signature) cost an agent 4 Ed25519 verifications each, some 37x the CPU of unsigned junk"]
-fn forged_member_cards_cost_no_more_than_unsigned_junk() {
-    use attacker::{now_ms, slot};
+fn forged_member_cards_cost_a_bounded_number_of_checks() {
     use droot_fleet::gossip::message::{Broadcast, encode_broadcast};
     use droot_fleet::gossip::supersede::decode_items;
     use droot_fleet::gossip::versioned::ext;
+    use droot_fleet::gossip::vouch::CHECKS_PER_SECOND;
     let (c, a) = required_cluster("77.72");
     let ghost = Attacker::new(&c.keyring, "ghost", "127.77.72.66:17946");
     let view = ghost.learn(&c.addr(1));
@@ -436,56 +432,86 @@ fn forged_member_cards_cost_no_more_than_unsigned_junk() {
         .flat_map(|e| decode_items(&e.bytes, true).unwrap())
         .find(|i| i.kind == "droot.member" && i.key == "n2")
         .expect("n2's card");
-    let flood = |item: &dyn Fn(u64) -> Vec<u8>| -> u64 {
-        let before = cpu_ticks(&a[0]);
-        for p in 0..200u64 {
-            let items: Vec<Vec<u8>> = (0..4).map(|k| item(p * 4 + k)).collect();
-            let pkt = foca_datagram(&gossip_header(&n3, &n1), &[], &items);
-            ghost.datagram(&c.addr(1), &pkt);
-            if p % 20 == 19 {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+    let (refused, deferred) = (
+        counter(&a[0], "identity_refused"),
+        counter(&a[0], "identity_checks_deferred"),
+    );
+    let cpu = cpu_ticks(&a[0]);
+    let started = std::time::Instant::now();
+    for p in 0..1200u64 {
+        let items: Vec<Vec<u8>> = (0..4)
+            .map(|k| {
+                let mut f = card.clone();
+                f.version = card.version + 1 + p * 4 + k;
+                f.sig = Some([k as u8; 64]);
+                encode_broadcast(&Broadcast::Superseding(f)).unwrap()
+            })
+            .collect();
+        let pkt = foca_datagram(&gossip_header(&n3, &n1), &[], &items);
+        ghost.datagram_from(&n3.addr.to_string(), &c.addr(1), &pkt);
+        if p % 100 == 99 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        a[0].wait_push_pulls(2);
-        cpu_ticks(&a[0]) - before
-    };
-    let junk = flood(&|i| {
-        let mut j = slot(
-            "future.kind",
-            &format!("j{i}"),
-            "n3",
-            now_ms(),
-            vec![0; 250],
-        );
-        j.sig = None;
-        encode_broadcast(&Broadcast::Superseding(j)).unwrap()
+    }
+    wait_for(LONG, "n1 to check or drop the forged cards", || {
+        (counter(&a[0], "identity_checks_deferred") > deferred).then_some(())
     });
-    let forged = flood(&|i| {
-        let mut f = card.clone();
-        f.version = card.version + 1 + i;
-        f.sig = Some([i as u8; 64]);
-        encode_broadcast(&Broadcast::Superseding(f)).unwrap()
-    });
+    a[0].wait_push_pulls(2);
+    let seconds = started.elapsed().as_secs() + 1;
+    let checked = counter(&a[0], "identity_refused") - refused;
+    let spent = cpu_ticks(&a[0]) - cpu;
+    eprintln!("checked {checked} in {seconds}s, {spent} ticks of CPU");
     assert!(
-        forged <= 3 * junk.max(1),
-        "800 forged cards took {forged} ticks of n1's CPU, 800 junk items {junk}"
+        checked <= u64::from(CHECKS_PER_SECOND) * seconds,
+        "{checked} forged cards checked in {seconds} s"
+    );
+    assert_eq!(
+        a[0].status_of("n2").as_deref(),
+        Some("alive"),
+        "n2's card still holds"
     );
 }
 
-/// OPEN. foca takes a packet's header as the sender's word that it is alive at
+/// foca takes a packet's header as the sender's word that it is alive at
 /// `src_incarnation`, and a higher incarnation refutes any suspicion. Writing a dead
-/// member as the sender, with a growing incarnation, a gossip-key holder keeps it alive
-/// in every view for as long as it likes: its probes fail, its suspicion is refuted, it
-/// is never declared down. A rollout then waits for its outcome (a node starts once every
-/// *alive* target of the earlier waves is ok) until `--timeout`. A fix needs the sender
-/// authenticated: packets signed with the sender's node key, or at least their UDP source
-/// held to the address the sender's card names.
+/// member as the sender, with a growing incarnation, a gossip-key holder kept it alive in
+/// every view for as long as it liked: its probes failed, its suspicion was refuted, it
+/// was never declared down, and a rollout waited for its outcome (a node starts once every
+/// *alive* target of the earlier waves is ok) until `--timeout`. A packet in an enrolled
+/// member's name is now dropped unless it comes from the address its card names.
 #[test]
-#[ignore = "issue 15: a gossip-key holder keeps a dead enrolled node alive by refuting its suspicions in its name; rollouts wait for it"]
 fn a_dead_node_is_not_kept_alive_by_forged_refutations() {
+    let status = refute_for_a_dead_node(false);
+    assert_eq!(
+        status.as_deref(),
+        Some("failed"),
+        "n1 still sees the dead n3 after 30 s of forged refutations"
+    );
+}
+
+/// OPEN. The same packets with the dead member's own address forged as their IP source
+/// (root on any host of the network can write them) still keep it alive: the sender of a
+/// datagram is not authenticated. A fix needs packets authenticated by the sender's node
+/// key (e.g. a MAC under a pairwise key from the two members' node keys).
+#[test]
+#[ignore = "issue 15: a gossip-key holder who forges a dead enrolled node's IP address keeps it alive by refuting its suspicions in its name; rollouts wait for it"]
+fn a_dead_node_is_not_kept_alive_by_refutations_from_its_forged_address() {
+    let status = refute_for_a_dead_node(true);
+    assert_eq!(
+        status.as_deref(),
+        Some("failed"),
+        "n1 still sees the dead n3 after 30 s of forged refutations"
+    );
+}
+
+/// Kills n3, then sends n1 and n2 packets in its name with a growing incarnation (from
+/// n3's own address when `forge_source`) until n1 sees it failed or 30 s passed; n1's
+/// view of n3 then.
+fn refute_for_a_dead_node(forge_source: bool) -> Option<String> {
     use std::time::{Duration, Instant};
-    let (c, mut a) = required_cluster("77.73");
-    let ghost = Attacker::new(&c.keyring, "ghost", "127.77.73.66:17946");
+    let net = if forge_source { "77.74" } else { "77.73" };
+    let (c, mut a) = required_cluster(net);
+    let ghost = Attacker::new(&c.keyring, "ghost", &format!("127.{net}.66:17946"));
     let view = ghost.learn(&c.addr(1));
     let (n1, n2, n3) = (
         identity_in(&view, "n1"),
@@ -495,24 +521,24 @@ fn a_dead_node_is_not_kept_alive_by_forged_refutations() {
     a[2].kill9();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut incarnation = 1u16;
-    let status = loop {
+    loop {
         for (to, dst) in [(1, &n1), (2, &n2)] {
             let header = Header {
                 src_incarnation: incarnation,
                 ..gossip_header(&n3, dst)
             };
-            ghost.datagram(&c.addr(to), &foca_datagram(&header, &[], &[]));
+            let pkt = foca_datagram(&header, &[], &[]);
+            if forge_source {
+                ghost.datagram_from(&n3.addr.to_string(), &c.addr(to), &pkt);
+            } else {
+                ghost.datagram(&c.addr(to), &pkt);
+            }
         }
         incarnation += 1;
         let status = a[0].status_of("n3");
         if status.as_deref() == Some("failed") || Instant::now() > deadline {
-            break status;
+            return status;
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        status.as_deref(),
-        Some("failed"),
-        "n1 still sees the dead n3 after 30 s of forged refutations"
-    );
+    }
 }

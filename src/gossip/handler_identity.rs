@@ -213,9 +213,10 @@ impl GossipCore {
             let who = parsed.header.src.clone();
             return Ok((screen::Screened::Refused { who }, None));
         }
+        let carried = self.card_carried(&parsed);
         let policy = PacketPolicy {
             identities: &self.identities,
-            carried: self.card_carried(&parsed),
+            carried,
             me: &self.identity,
             incarnation,
             left,
@@ -239,7 +240,7 @@ impl GossipCore {
     /// carries one newer than the one held that would be kept (a node that just started or
     /// restarted announces it first). Only the sender's card is looked at, and only after
     /// the bounds: a packet costs at most one certificate check.
-    fn card_carried(&self, parsed: &screen::Parsed<'_>) -> Option<NodeId> {
+    fn card_carried(&mut self, parsed: &screen::Parsed<'_>) -> Option<NodeId> {
         let src = &parsed.header.src;
         let item =
             parsed.broadcasts().find_map(
@@ -256,6 +257,10 @@ impl GossipCore {
         if self.latest.check(&item, &limits) != crate::gossip::latest::Offer::Newer {
             return None;
         }
+        if !self.identities.take_check(unix_secs(self.now)) {
+            self.stats.checks_deferred += 1;
+            return None;
+        }
         let card = self
             .identities
             .check_card(&item, unix_secs(self.now))
@@ -269,8 +274,14 @@ impl GossipCore {
         &mut self,
         item: &Superseding,
         local: bool,
+        metered: bool,
     ) -> Result<Checked, Refusal> {
         let off = self.identities.mode() == Mode::Off;
+        let verifies =
+            matches!(item.kind.as_str(), MEMBER_KIND | REVOKED_KIND) || item.sig.is_some();
+        if metered && !off && verifies && !self.identities.take_check(unix_secs(self.now)) {
+            return Err(Refusal::Busy);
+        }
         match item.kind.as_str() {
             MEMBER_KIND | REVOKED_KIND if off => Err(Refusal::IdentitiesOff),
             MEMBER_KIND => self

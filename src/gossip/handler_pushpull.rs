@@ -82,7 +82,7 @@ impl GossipCore {
                 tracing::debug!("push/pull: too many forged slots; the rest of the state dropped");
                 return;
             }
-            if self.accept_superseding(&item, false) {
+            if self.accept_superseding(&item, false, false) {
                 self.outbox.push_back(Incoming::Superseding(item));
             }
         }

@@ -128,7 +128,8 @@ impl GossipCore {
         item: Superseding,
         local: bool,
     ) -> Option<BroadcastKey> {
-        if !self.accept_superseding(&item, local) {
+        // A remote item came in a datagram: its signature checks are metered.
+        if !self.accept_superseding(&item, local, !local) {
             return None;
         }
         let key = BroadcastKey::Superseding {
@@ -140,9 +141,15 @@ impl GossipCore {
     }
 
     /// Offers an item to [`Latest`]; true if it was kept (then tags are learned).
-    /// `local`: this node made it. The bounds come first, so an item that would not be
-    /// kept costs no signature check.
-    pub(super) fn accept_superseding(&mut self, item: &Superseding, local: bool) -> bool {
+    /// `local`: this node made it; `metered`: its signature checks count against
+    /// [`crate::gossip::vouch::CHECKS_PER_SECOND`]. The bounds come first, so an item that
+    /// would not be kept costs no signature check.
+    pub(super) fn accept_superseding(
+        &mut self,
+        item: &Superseding,
+        local: bool,
+        metered: bool,
+    ) -> bool {
         if !local && item.origin == self.identity.name && self.kinds.is_node_owned(&item.kind) {
             self.refuse_about_self(item);
             return false;
@@ -151,8 +158,12 @@ impl GossipCore {
         if !self.count_offer(self.latest.check(item, &limits)) {
             return false;
         }
-        let checked = match self.check_identity(item, local) {
+        let checked = match self.check_identity(item, local, metered) {
             Ok(checked) => checked,
+            Err(crate::gossip::vouch::Refusal::Busy) => {
+                self.stats.checks_deferred += 1;
+                return false;
+            }
             Err(why) => {
                 tracing::debug!(kind = %item.kind, key = %item.key, origin = %item.origin, cause = %why, "slot refused");
                 self.stats.refused_identity += 1;

@@ -139,6 +139,8 @@ pub struct MemberCard {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Card {
     key: VerifyingKey,
+    /// The certificate's bytes: the same again need no second signature check.
+    cert: Vec<u8>,
     addr: SocketAddr,
     bump: u16,
     not_before: u64,
@@ -200,6 +202,41 @@ pub enum Refusal {
     OlderCertificate(String),
     #[error("node identities are off here: no enrollment keys to check it against")]
     IdentitiesOff,
+    #[error(
+        "not checked: this second's {CHECKS_PER_SECOND} signature checks for gossiped \
+         items are spent (it comes again by push/pull)"
+    )]
+    Busy,
+}
+
+/// Signature checks per second that gossiped datagrams may cause (member cards, signed
+/// items, revocations). Their sender is not authenticated: a holder of the gossip key
+/// could otherwise send forged signatures at line rate and keep a core busy checking
+/// them. An item costs one or two Ed25519 verifications (a card whose certificate is not
+/// the one held, two): at some 50 µs each, at most a tenth of a core. What is over it is
+/// dropped and counted; push/pull (TCP, its peer's address checked) is not metered and
+/// brings it again.
+pub const CHECKS_PER_SECOND: u32 = 1000;
+
+/// The signature checks left in the current second ([`CHECKS_PER_SECOND`]).
+#[derive(Debug, Default)]
+struct CheckBudget {
+    second: u64,
+    used: u32,
+}
+
+impl CheckBudget {
+    fn take(&mut self, now_secs: u64) -> bool {
+        if now_secs != self.second {
+            self.second = now_secs;
+            self.used = 0;
+        }
+        if self.used >= CHECKS_PER_SECOND {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
 }
 
 /// Who speaks for which name (see the module docs).
@@ -207,6 +244,8 @@ pub enum Refusal {
 pub struct Identities {
     policy: IdentityPolicy,
     book: HashMap<String, Card>,
+    /// What datagrams may still cost this second.
+    budget: CheckBudget,
     /// Revoked node keys, until when.
     revoked: HashMap<[u8; 32], u64>,
     /// Names that have shown a valid card, until when that holds (their certificate's
@@ -240,6 +279,12 @@ impl Identities {
             policy,
             ..Self::default()
         }
+    }
+
+    /// One signature check caused by a datagram at `now` (Unix seconds), if this second's
+    /// [`CHECKS_PER_SECOND`] are not spent.
+    pub fn take_check(&mut self, now: u64) -> bool {
+        self.budget.take(now)
     }
 
     /// The mode in force.
@@ -347,11 +392,16 @@ impl Identities {
                 item.origin
             )));
         }
-        cert.verify(&self.policy.issuers, now)?;
+        let held = self.book.get(&item.origin);
+        // The book is emptied whenever the issuers change (a new policy, a new book).
+        if held.is_some_and(|h| h.cert == body.cert) {
+            cert.check_validity(now)?;
+        } else {
+            cert.verify(&self.policy.issuers, now)?;
+        }
         if self.revoked.contains_key(&cert.body().node_key) {
             return Err(Refusal::Revoked(item.origin.clone()));
         }
-        let held = self.book.get(&item.origin);
         if held.is_some_and(|h| h.not_before > cert.body().not_before) {
             return Err(Refusal::OlderCertificate(item.origin.clone()));
         }
@@ -364,6 +414,7 @@ impl Identities {
         }
         Ok(Card {
             key,
+            cert: body.cert,
             addr: body.addr,
             bump: body.bump,
             not_before: cert.body().not_before,

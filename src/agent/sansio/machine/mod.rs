@@ -382,6 +382,7 @@ impl<W, S> AgentMachine<W, S> {
             ("identity_updates_refused", s.updates_refused_identity),
             ("identity_exchanges_cut", s.exchanges_cut),
             ("identity_packets_spoofed", s.packets_spoofed),
+            ("identity_checks_deferred", s.checks_deferred),
         ] {
             counters.insert(k.to_owned(), v);
         }
