@@ -369,8 +369,12 @@ fn members_filters_and_json_shape() {
     assert!(all_text(&out).contains("--tag regex"), "{}", all_text(&out));
 
     a[2].kill9();
-    wait_for(LONG, "n1 to see n3 failed", || {
-        (a[0].status_of("n3").as_deref() == Some("failed")).then_some(())
+    // n2's text listing is read below: both must have seen it (each probes on its own).
+    wait_for(LONG, "n1 and n2 to see n3 failed", || {
+        a[..2]
+            .iter()
+            .all(|x| x.status_of("n3").as_deref() == Some("failed"))
+            .then_some(())
     });
     let failed = json(&a[0].cli(&["members", "--status", "failed", "--format", "json"]));
     assert_eq!(names(&failed), ["n3"]);
