@@ -6,7 +6,9 @@
 //! Guarantees, each unit-tested below:
 //! - The version already `current` is a no-op (`ok` at once); a version already in
 //!   `releases/` is switched to without a fetch.
-//! - A failed fetch or switch reports `failed` and activates nothing.
+//! - A fetch only stages the release (`current` untouched); the switch is its own step.
+//! - A failed fetch or switch reports `failed` and activates nothing (a release staged and
+//!   never switched to is judged `failed`).
 //! - A failed start, a failed health check or a crash while checking rolls back: stop, switch
 //!   `current` back, start the previous release, report `rolled_back` with the error. Without
 //!   a previous release it stops the jail, removes `current` (so no later start runs a
@@ -25,8 +27,17 @@ use crate::release::history::Verdict;
 pub struct Request {
     pub event_id: String,
     pub version: String,
+    /// Where its artifact is (resolved: never empty) and the digest it must have.
+    pub source: Source,
     /// Whether `releases/<version>` is already on disk.
     pub present: bool,
+}
+
+/// Where a release's artifact comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub url: String,
+    pub sha256: Option<[u8; 32]>,
 }
 
 /// What happened, reported by the executor.
@@ -49,6 +60,7 @@ pub enum Input {
 pub enum Effect {
     Fetch {
         version: String,
+        source: Source,
     },
     SwitchCurrent {
         version: String,
@@ -180,10 +192,17 @@ impl Activation {
                     version: version.unwrap_or_default(),
                 }],
             ),
-            (
-                Phase::Fetching | Phase::Switching,
-                Input::Fetched(Err(e)) | Input::Switched(Err(e)),
-            ) => (Phase::Idle, vec![self.finish_failed(e)]),
+            (Phase::Fetching, Input::Fetched(Err(e))) => (Phase::Idle, vec![self.finish_failed(e)]),
+            (Phase::Switching, Input::Switched(Err(e))) => {
+                // A release staged by this activation never went live: not a rollback target.
+                let staged = self.active.as_ref().filter(|r| !r.present);
+                let judge = staged.map(|r| Effect::Judge {
+                    version: r.version.clone(),
+                    verdict: Verdict::Failed,
+                });
+                let report = self.finish_failed(e);
+                (Phase::Idle, judge.into_iter().chain([report]).collect())
+            }
             (Phase::Switching, Input::Switched(Ok(()))) => {
                 self.previous = self.current.replace(version.unwrap_or_default());
                 (Phase::Stopping, vec![Effect::StopJail])
@@ -230,12 +249,12 @@ impl Activation {
             return (Phase::Idle, vec![Effect::Report(ok)]);
         }
         let version = req.version.clone();
-        let present = req.present;
+        let (present, source) = (req.present, req.source.clone());
         self.active = Some(req);
         if present {
             (Phase::Switching, vec![Effect::SwitchCurrent { version }])
         } else {
-            (Phase::Fetching, vec![Effect::Fetch { version }])
+            (Phase::Fetching, vec![Effect::Fetch { version, source }])
         }
     }
 
@@ -339,7 +358,22 @@ mod tests {
         Request {
             event_id: format!("e-{v}"),
             version: v.into(),
+            source: source(v),
             present,
+        }
+    }
+
+    fn source(v: &str) -> Source {
+        Source {
+            url: format!("s3://b/web-{v}.tar"),
+            sha256: Some([v.len() as u8; 32]),
+        }
+    }
+
+    fn fetch(version: &str) -> Effect {
+        Effect::Fetch {
+            version: v(version),
+            source: source(version),
         }
     }
 
@@ -363,10 +397,7 @@ mod tests {
 
     /// Runs the machine from v1 to v2 up to the health check.
     fn to_checking(m: &mut Activation) {
-        assert_eq!(
-            m.step(Input::Deploy(req("v2", false))),
-            [Effect::Fetch { version: v("v2") }]
-        );
+        assert_eq!(m.step(Input::Deploy(req("v2", false))), [fetch("v2")]);
         assert_eq!(
             m.step(Input::Fetched(Ok(()))),
             [Effect::SwitchCurrent { version: v("v2") }]
@@ -446,6 +477,34 @@ mod tests {
         );
     }
 
+    /// The fetch stages; a switch that then fails leaves the old release current and
+    /// running, and the staged one judged failed (never a rollback target).
+    #[test]
+    fn a_failed_switch_after_the_stage_activates_nothing() {
+        let mut m = Activation::new(Some(v("v1")));
+        assert_eq!(m.step(Input::Deploy(req("v2", false))), [fetch("v2")]);
+        assert_eq!(
+            m.step(Input::Fetched(Ok(()))),
+            [Effect::SwitchCurrent { version: v("v2") }]
+        );
+        let out = m.step(Input::Switched(Err(v("read-only file system"))));
+        assert!(
+            matches!(&out[..], [j, Effect::Report(Outcome::Failed { .. })] if *j == failed("v2")),
+            "{out:?}"
+        );
+        assert_eq!((m.current(), m.is_idle()), (Some("v1"), true));
+        // A release already on disk (an earlier one) is not judged by a failed switch.
+        assert_eq!(
+            m.step(Input::Deploy(req("v0", true))),
+            [Effect::SwitchCurrent { version: v("v0") }]
+        );
+        let out = m.step(Input::Switched(Err(v("read-only file system"))));
+        assert!(
+            matches!(&out[..], [Effect::Report(Outcome::Failed { .. })]),
+            "{out:?}"
+        );
+    }
+
     #[test]
     fn a_failed_rollback_reports_both_errors() {
         let mut m = Activation::new(Some(v("v1")));
@@ -511,6 +570,6 @@ mod tests {
         assert!(m.step(Input::HealthPassed).is_empty(), "late input ignored");
         let out = m.step(Input::Fetched(Err(v("404"))));
         assert!(matches!(&out[0], Effect::Report(Outcome::Failed { .. })));
-        assert_eq!(out[1], Effect::Fetch { version: v("v4") });
+        assert_eq!(out[1], fetch("v4"));
     }
 }

@@ -31,7 +31,8 @@ use std::path::PathBuf;
 
 pub use layout::{InvalidVersion, Layout};
 pub use symlink_mode::{
-    Deployed, ReleaseInfo, clear_current, deploy, deploy_verified, judge, list, prune, rollback,
+    Deployed, ReleaseInfo, Staged, clear_current, deploy, deploy_verified, judge, list, prune,
+    rollback, stage, switch_to,
 };
 
 use crate::artifact::{UnpackError, UnpackOptions};

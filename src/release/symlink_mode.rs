@@ -103,7 +103,7 @@ pub fn deploy<R: Read + Send + 'static>(
 
 /// [`deploy`], calling `verify` after the unpack and before the release is published: if
 /// it refuses (e.g. a digest mismatch), the staging directory is removed and `current` is
-/// untouched.
+/// untouched. [`stage`], [`switch_to`] and [`prune`] under one lock.
 pub fn deploy_verified<R: Read + Send + 'static>(
     layout: &Layout,
     input: R,
@@ -112,19 +112,9 @@ pub fn deploy_verified<R: Read + Send + 'static>(
     opts: &UnpackOptions,
     verify: impl FnOnce(&UnpackStats) -> Result<(), VerifyFailed>,
 ) -> Result<Deployed, ReleaseError> {
-    if let Some(v) = version {
-        validate_version(v)?;
-    }
-    layout
-        .ensure(true)
-        .map_err(ReleaseError::io("cannot create", &layout.root))?;
-    let _lock = lock_and_protect(layout)?;
-    let opts = &super::store_unpack_options(layout, opts)?;
-    clear_staging(layout)?;
-    let now = crate::wall::secs();
-    let version = release_name(layout, version, now)?;
-    let stats = stage_and_publish(layout, input, &version, opts, verify)?;
-    let previous = switch_to_new(layout, &version, now)?;
+    let (_lock, opts) = lock_for_staging(layout, version, opts)?;
+    let Staged { version, stats } = stage_locked(layout, input, version, &opts, verify)?;
+    let previous = switch_locked(layout, &version)?;
     let pruned = prune_locked(layout, keep)?;
     Ok(Deployed {
         version,
@@ -132,6 +122,89 @@ pub fn deploy_verified<R: Read + Send + 'static>(
         stats,
         pruned,
     })
+}
+
+/// A release unpacked and published into `releases/`, not yet current.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub version: String,
+    pub stats: UnpackStats,
+}
+
+/// Unpacks `input` as the new release `version` (or one named by the time), calling
+/// `verify` before it is published, and records it in the history; `current` is untouched.
+/// A refused `verify` or a failed unpack leaves nothing behind.
+pub fn stage<R: Read + Send + 'static>(
+    layout: &Layout,
+    input: R,
+    version: Option<&str>,
+    opts: &UnpackOptions,
+    verify: impl FnOnce(&UnpackStats) -> Result<(), VerifyFailed>,
+) -> Result<Staged, ReleaseError> {
+    let (_lock, opts) = lock_for_staging(layout, version, opts)?;
+    stage_locked(layout, input, version, &opts, verify)
+}
+
+/// Checks the name, creates the store and locks it; the unpack options the store needs.
+fn lock_for_staging(
+    layout: &Layout,
+    version: Option<&str>,
+    opts: &UnpackOptions,
+) -> Result<(RootLock, UnpackOptions), ReleaseError> {
+    if let Some(v) = version {
+        validate_version(v)?;
+    }
+    layout
+        .ensure(true)
+        .map_err(ReleaseError::io("cannot create", &layout.root))?;
+    let lock = lock_and_protect(layout)?;
+    let opts = super::store_unpack_options(layout, opts)?;
+    Ok((lock, opts))
+}
+
+fn stage_locked<R: Read + Send + 'static>(
+    layout: &Layout,
+    input: R,
+    version: Option<&str>,
+    opts: &UnpackOptions,
+    verify: impl FnOnce(&UnpackStats) -> Result<(), VerifyFailed>,
+) -> Result<Staged, ReleaseError> {
+    clear_staging(layout)?;
+    let now = crate::wall::secs();
+    let version = release_name(layout, version, now)?;
+    let stats = stage_and_publish(layout, input, &version, opts, verify)?;
+    let mut history = load_history(layout)?;
+    history.push(&version, now);
+    save_history(layout, &history)?;
+    Ok(Staged { version, stats })
+}
+
+/// Switches `current` to the release `version` (a forward switch: what was current goes
+/// on the rollback stack). Returns the release that was current before; switching to the
+/// current release changes nothing.
+pub fn switch_to(layout: &Layout, version: &str) -> Result<Option<String>, ReleaseError> {
+    validate_version(version)?;
+    layout
+        .ensure(false)
+        .map_err(ReleaseError::io("cannot create", &layout.root))?;
+    let _lock = lock_and_protect(layout)?;
+    switch_locked(layout, version)
+}
+
+fn switch_locked(layout: &Layout, version: &str) -> Result<Option<String>, ReleaseError> {
+    let previous = current(layout)?;
+    if previous.as_deref() == Some(version) {
+        return Ok(previous);
+    }
+    let mut history = load_history(layout)?;
+    if !history.contains(version) {
+        return Err(ReleaseError::NoSuchRelease(version.to_string()));
+    }
+    history.record_switch(previous.as_deref());
+    save_history(layout, &history)?;
+    switch_current(layout, version).map_err(ReleaseError::io("cannot switch", layout.current()))?;
+    tracing::info!(release = %version, previous = ?previous, "current switched");
+    Ok(previous)
 }
 
 /// The new release's name: `version`, or the UTC time of `now` (with a `.N` suffix when
@@ -216,19 +289,6 @@ fn publish(
     std::fs::rename(staging, layout.release(version))
         .map_err(ReleaseError::io("cannot publish", layout.release(version)))?;
     fsync_dir(&layout.releases()).map_err(ReleaseError::io("cannot fsync", layout.releases()))
-}
-
-/// Records the published `version` in the history (deployed at `now`), then switches
-/// `current` to it. Returns the release that was current before.
-fn switch_to_new(layout: &Layout, version: &str, now: u64) -> Result<Option<String>, ReleaseError> {
-    let previous = current(layout)?;
-    let mut history = load_history(layout)?;
-    history.push(version, now);
-    history.record_switch(previous.as_deref());
-    save_history(layout, &history)?;
-    switch_current(layout, version).map_err(ReleaseError::io("cannot switch", layout.current()))?;
-    tracing::info!(release = %version, previous = ?previous, "current switched");
-    Ok(previous)
 }
 
 /// Switches `current` back to `target`, or to the release deployed before the current one.
@@ -354,3 +414,7 @@ fn prune_locked(layout: &Layout, keep: usize) -> Result<Vec<String>, ReleaseErro
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+#[path = "symlink_mode_tests.rs"]
+mod tests;

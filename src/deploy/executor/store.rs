@@ -72,7 +72,7 @@ pub fn switch(layout: &Layout, version: &str) -> Result<(), String> {
             Err(e) => return Err(short(&e)),
         }
     }
-    release::rollback(layout, Some(version))
+    release::switch_to(layout, version)
         .map(drop)
         .map_err(|e| short(&e))
 }

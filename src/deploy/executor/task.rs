@@ -17,17 +17,13 @@ use tokio::time::Instant;
 use super::store::{self, short};
 use super::{ExecutorOptions, Finished, SETTLE, Shared, Submit};
 use crate::cancel::{Cancel, Reason};
-use crate::deploy::activation::{Activation, Effect, Input, Outcome, Request};
+use crate::deploy::activation::{Activation, Effect, Input, Outcome, Request, Source};
 use crate::deploy::app::AppConfig;
 use crate::deploy::fetch;
 use crate::deploy::health::{ExecContext, wait_healthy};
 use crate::deploy::supervisor::{AppStatus, State, Supervisor};
 use crate::release::Layout;
 use crate::release::layout::validate_version;
-
-/// `keep` for the fetch's own prune: none. The task prunes once an activation has ended,
-/// when the new release has a verdict (a release being checked must not push a good one out).
-const NO_PRUNE: usize = usize::MAX;
 
 pub(super) struct AppTask {
     app: AppConfig,
@@ -37,8 +33,6 @@ pub(super) struct AppTask {
     shared: Arc<Mutex<Shared>>,
     done: mpsc::Sender<Finished>,
     machine: Activation,
-    /// The active request and the newest one (the machine only knows versions and ids).
-    submits: Vec<Submit>,
     /// The pid of the jail the last StartJail started.
     started_pid: Option<i32>,
     /// The version the on-disk activation record names (see [`store::mark`]).
@@ -76,7 +70,6 @@ impl AppTask {
             shared,
             done,
             machine: Activation::new(current),
-            submits: Vec::new(),
             started_pid: None,
             marked: None,
             stopping,
@@ -166,13 +159,19 @@ impl AppTask {
             Ok(p) => p,
             Err(error) => return self.fail(req, error).await,
         };
-        let active = self.machine.active().map(|r| r.event_id.clone());
-        self.submits
-            .retain(|s| Some(s.event_id.as_str()) == active.as_deref());
-        self.submits.push(req.clone());
+        // An event without a URL uses this node's own template for the app.
+        let url = if req.url.is_empty() {
+            self.app.artifact_url(&req.version)
+        } else {
+            req.url
+        };
         self.machine.step(Input::Deploy(Request {
             event_id: req.event_id,
             version: req.version,
+            source: Source {
+                url,
+                sha256: req.sha256,
+            },
             present,
         }))
     }
@@ -260,9 +259,9 @@ impl AppTask {
         tracing::debug!(app = %name, ?effect, "deploy step");
         let deadline = self.deadline();
         match effect {
-            Effect::Fetch { version } => {
-                Some(Input::Fetched(self.fetch(&version, deadline, rx).await))
-            }
+            Effect::Fetch { version, source } => Some(Input::Fetched(
+                self.fetch(&version, source, deadline, rx).await,
+            )),
             Effect::SwitchCurrent { version } => {
                 let layout = self.layout.clone();
                 let r = blocking(move || store::switch(&layout, &version)).await;
@@ -346,24 +345,11 @@ impl AppTask {
     async fn fetch(
         &mut self,
         version: &str,
+        source: Source,
         deadline: Instant,
         rx: &watch::Receiver<Option<Submit>>,
     ) -> Result<(), String> {
-        let active = self.machine.active().map(|r| r.event_id.as_str());
-        let req = self.submits.iter().rev();
-        let req = req
-            .clone()
-            .find(|s| Some(s.event_id.as_str()) == active)
-            .or_else(|| req.clone().find(|s| s.version == version));
-        let Some(req) = req else {
-            return Err(format!("internal error: no request for {version}"));
-        };
-        let url = if req.url.is_empty() {
-            self.app.artifact_url(version)
-        } else {
-            req.url.clone()
-        };
-        let sha256 = req.sha256;
+        let Source { url, sha256 } = source;
         let layout = self.layout.clone();
         let cancel = self.stopping.child();
         let unpack = crate::artifact::UnpackOptions {
@@ -381,19 +367,11 @@ impl AppTask {
                 return Ok(());
             }
             tracing::info!(%app, %url, %version, "fetching");
-            let keep = NO_PRUNE;
-            match fetch::deploy(&layout, &url, sha256, Some(&version), keep, &unpack, &fopts) {
+            match fetch::stage(&layout, &url, sha256, Some(&version), &unpack, &fopts) {
                 Ok(f) => {
                     if let Err(e) = store::record_digest(&layout, &version, &f.sha256) {
                         tracing::warn!(%app, %version, error = %e, "artifact digest not recorded");
                     }
-                    Ok(())
-                }
-                // Published and switched, then a later step (pruning) failed: it is deployed.
-                Err(e)
-                    if store::view(&layout).is_ok_and(|v| v.current.as_ref() == Some(&version)) =>
-                {
-                    tracing::warn!(%app, %version, error = %store::fetch_error(&e), "deployed, but a step after the switch failed");
                     Ok(())
                 }
                 Err(e) => Err(with_limit_hint(store::fetch_error(&e), &e, &app)),

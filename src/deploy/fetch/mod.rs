@@ -26,7 +26,7 @@ pub use error::FetchError;
 
 use crate::artifact::UnpackOptions;
 use crate::cancel::{Cancel, CancellableRead};
-use crate::release::{self, Deployed, Layout, ReleaseError};
+use crate::release::{self, Deployed, Layout, ReleaseError, Staged};
 
 /// Most bytes read after the unpack has finished, to complete the digest: 1 MiB. (The
 /// unpacker's read-ahead, up to about 10 MiB, may already have taken some trailing bytes.)
@@ -139,6 +139,14 @@ pub struct Fetched {
     pub bytes: u64,
 }
 
+/// A release fetched from a URL and staged, not yet current.
+#[derive(Debug)]
+pub struct FetchedStage {
+    pub staged: Staged,
+    pub sha256: [u8; 32],
+    pub bytes: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error("deploy refused, current is unchanged and no release was created")]
@@ -147,7 +155,29 @@ pub enum DeployError {
     Release(#[from] ReleaseError),
 }
 
-/// Fetches `url` and deploys it as a new release, checking `expected` before publishing.
+/// Fetches `url` and stages it as the release `version` (`current` untouched), checking
+/// `expected` before publishing. The fleet's activation switches to it later.
+pub fn stage(
+    layout: &Layout,
+    url: &str,
+    expected: Option<[u8; 32]>,
+    version: Option<&str>,
+    unpack: &UnpackOptions,
+    opts: &FetchOptions,
+) -> Result<FetchedStage, DeployError> {
+    let (staged, sha256, bytes) = fetch_into(url, expected, unpack, opts, |reader, verify| {
+        release::stage(layout, reader, version, unpack, verify)
+    })?;
+    tracing::info!(url, sha256 = %hex::encode(sha256), bytes, release = %staged.version, "fetched and staged");
+    Ok(FetchedStage {
+        staged,
+        sha256,
+        bytes,
+    })
+}
+
+/// Fetches `url` and deploys it as a new release (staged, then `current` switched to it,
+/// then pruned to `keep`, under one lock), checking `expected` before publishing.
 pub fn deploy(
     layout: &Layout,
     url: &str,
@@ -157,9 +187,35 @@ pub fn deploy(
     unpack: &UnpackOptions,
     opts: &FetchOptions,
 ) -> Result<Fetched, DeployError> {
+    let (deployed, sha256, bytes) = fetch_into(url, expected, unpack, opts, |reader, verify| {
+        release::deploy_verified(layout, reader, version, keep, unpack, verify)
+    })?;
+    tracing::info!(url, sha256 = %hex::encode(sha256), bytes, release = %deployed.version, "fetched and deployed");
+    Ok(Fetched {
+        deployed,
+        sha256,
+        bytes,
+    })
+}
+
+/// The digest check a publisher runs after the unpack and before publishing.
+type Verify<'a> =
+    &'a mut dyn FnMut(&crate::artifact::UnpackStats) -> Result<(), release::VerifyFailed>;
+
+/// Opens `url` and hands its bytes to `publish` with the digest check; returns what it
+/// made, the object's digest and length. A cancelled fetch is reported as such.
+fn fetch_into<T>(
+    url: &str,
+    expected: Option<[u8; 32]>,
+    unpack: &UnpackOptions,
+    opts: &FetchOptions,
+    publish: impl FnOnce(Box<dyn Read + Send>, Verify<'_>) -> Result<T, ReleaseError>,
+) -> Result<(T, [u8; 32], u64), DeployError> {
     let cancel = &unpack.cancel;
-    let fetched = fetch_and_deploy(layout, url, expected, version, keep, unpack, opts);
-    match (fetched, cancel.reason()) {
+    match (
+        fetch_checked(url, expected, opts, cancel, publish),
+        cancel.reason(),
+    ) {
         (Err(_), Some(reason)) => Err(FetchError::Cancelled {
             url: url.to_string(),
             reason,
@@ -169,19 +225,17 @@ pub fn deploy(
     }
 }
 
-fn fetch_and_deploy(
-    layout: &Layout,
+fn fetch_checked<T>(
     url: &str,
     expected: Option<[u8; 32]>,
-    version: Option<&str>,
-    keep: usize,
-    unpack: &UnpackOptions,
     opts: &FetchOptions,
-) -> Result<Fetched, DeployError> {
-    let source = open(url, opts, &unpack.cancel)?;
+    cancel: &Cancel,
+    publish: impl FnOnce(Box<dyn Read + Send>, Verify<'_>) -> Result<T, ReleaseError>,
+) -> Result<(T, [u8; 32], u64), DeployError> {
+    let source = open(url, opts, cancel)?;
     let (reader, digest) = stream::hashing(source);
     let mut seen = None;
-    let verify = |_: &crate::artifact::UnpackStats| -> Result<(), release::VerifyFailed> {
+    let mut verify = |_: &crate::artifact::UnpackStats| -> Result<(), release::VerifyFailed> {
         let (actual, bytes) = finish(url, &digest)?;
         seen = Some((actual, bytes));
         match expected {
@@ -195,8 +249,8 @@ fn fetch_and_deploy(
             _ => Ok(()),
         }
     };
-    let deployed = match release::deploy_verified(layout, reader, version, keep, unpack, verify) {
-        Ok(d) => d,
+    let made = match publish(Box::new(reader), &mut verify) {
+        Ok(made) => made,
         // A corrupt archive with a digest given: the mismatch is the cause to report.
         Err(ReleaseError::Unpack(e)) if expected.is_some() => {
             return Err(mismatch_or(url, expected, &digest, ReleaseError::Unpack(e)));
@@ -204,12 +258,7 @@ fn fetch_and_deploy(
         Err(e) => return Err(e.into()),
     };
     let (sha256, bytes) = seen.unwrap_or_default();
-    tracing::info!(url, sha256 = %hex::encode(sha256), bytes, release = %deployed.version, "fetched and deployed");
-    Ok(Fetched {
-        deployed,
-        sha256,
-        bytes,
-    })
+    Ok((made, sha256, bytes))
 }
 
 /// Reads what follows the archive (at most [`MAX_TRAILING`] bytes) and returns the digest
