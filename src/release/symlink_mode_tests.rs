@@ -15,7 +15,7 @@ fn tar_with(marker: &str) -> std::io::Cursor<Vec<u8>> {
 
 fn store() -> (tempfile::TempDir, Layout) {
     let dir = tempfile::tempdir().unwrap();
-    let layout = Layout::new(&dir.path().join("app"));
+    let layout = Layout::new(dir.path().join("app"));
     (dir, layout)
 }
 
