@@ -146,15 +146,24 @@ fn query_answers_are_not_reflected_at_an_address_no_card_names() {
         timeout_ms: 5000,
     };
     let item = encode_broadcast(&Broadcast::Query(query)).unwrap();
-    let pkt = foca_datagram(&gossip_header(&n2, &n1), &[], &[item]);
+    let pkt = foca_datagram(&gossip_header(&n2, &n1), &[], std::slice::from_ref(&item));
     // From the attacker's own address, n1 knows it is not n2's packet and drops it whole.
     let spoofed_before = counter(&a[0], "identity_packets_spoofed");
     ghost.datagram(&c.addr(1), &pkt);
     wait_for(LONG, "n1 to drop the packet sent in n2's name", || {
         (counter(&a[0], "identity_packets_spoofed") > spoofed_before).then_some(())
     });
-    // With n2's very address forged in the IP header, it passes; the query itself is refused.
+    // With n2's very address forged in the IP header, n1 still drops it: no MAC.
+    let unauthenticated = counter(&a[0], "identity_packets_unauthenticated");
     ghost.datagram_from(&n2.addr.to_string(), &c.addr(1), &pkt);
+    wait_for(LONG, "n1 to drop the packet without a MAC", || {
+        (counter(&a[0], "identity_packets_unauthenticated") > unauthenticated).then_some(())
+    });
+    // n2 itself compromised (its node key stolen): the packet passes, the query is refused.
+    let stolen = attacker::node_key(&c.enrollment.identity("n2"));
+    let n1_key = attacker::node_key(&c.enrollment.identity("n1")).verifying_key();
+    let authed = attacker::authed_datagram(&stolen, &n1_key, &gossip_header(&n2, &n1), &[item]);
+    ghost.datagram_from(&n2.addr.to_string(), &c.addr(1), &authed);
     let mut reflected = 0;
     let mut buf = [0u8; 2048];
     wait_for(LONG, "every member to answer or refuse the query", || {
@@ -340,8 +349,8 @@ fn a_spoofed_down_verdict_sent_to_the_node_itself_does_not_make_it_rejoin() {
 /// them). Installing a key of its own on n3 and n4, making it their primary and removing
 /// the fleet's key there split the cluster for good (each keyring file is rewritten): n1
 /// and n2 could no longer read n3 and n4, nor the reverse. A key change is now signed by a
-/// key in `trusted_signing_keys`; here the packets even come from n2's own address (a raw
-/// socket), and every node refuses the unsigned changes.
+/// key in `trusted_signing_keys`; here they come from a compromised member, n2 (its own
+/// address, its node key), and every node refuses the unsigned changes.
 #[test]
 fn the_keys_query_cannot_split_the_cluster() {
     use droot_fleet::gossip::message::{Broadcast, encode_broadcast};
@@ -361,6 +370,9 @@ fn the_keys_query_cannot_split_the_cluster() {
         .to_base64();
     let mine = Key::generate(&mut rand::rng()).to_base64();
     let ops = [("install", &mine), ("use", &mine), ("remove", &old)];
+    // n2 is compromised: its node key speaks for its packets; not for the operator.
+    let stolen = attacker::node_key(&c.enrollment.identity("n2"));
+    let n1_key = attacker::node_key(&c.enrollment.identity("n1")).verifying_key();
     for (ltime, (op, key)) in (view.query_ltime + 1..).zip(ops) {
         let query = Query {
             id: QueryId::random(&mut rand::rng()),
@@ -372,7 +384,7 @@ fn the_keys_query_cannot_split_the_cluster() {
             timeout_ms: 5000,
         };
         let item = encode_broadcast(&Broadcast::Query(query)).unwrap();
-        let pkt = foca_datagram(&gossip_header(&n2, &n1), &[], &[item]);
+        let pkt = attacker::authed_datagram(&stolen, &n1_key, &gossip_header(&n2, &n1), &[item]);
         ghost.datagram_from(&n2.addr.to_string(), &c.addr(1), &pkt);
         a[0].wait_push_pulls(1);
     }
@@ -414,7 +426,8 @@ fn cpu_ticks(a: &Agent) -> u64 {
 /// CPU, 800 junk items 0.3 s). Now a certificate already held is not checked again, and
 /// the checks gossiped datagrams may cause are capped per second
 /// (`gossip::vouch::CHECKS_PER_SECOND`); what is over the cap is dropped and counted. Here
-/// 4,800 forged cards arrive within a second, from n3's own address (a raw socket).
+/// 4,800 forged cards arrive within a second from a compromised member, n3 (its address,
+/// its node key).
 #[test]
 fn forged_member_cards_cost_a_bounded_number_of_checks() {
     use droot_fleet::gossip::message::{Broadcast, encode_broadcast};
@@ -436,6 +449,9 @@ fn forged_member_cards_cost_a_bounded_number_of_checks() {
         counter(&a[0], "identity_refused"),
         counter(&a[0], "identity_checks_deferred"),
     );
+    // n3 is compromised (its node key stolen): its packets pass, its forgeries of n2 do not.
+    let stolen = attacker::node_key(&c.enrollment.identity("n3"));
+    let n1_key = attacker::node_key(&c.enrollment.identity("n1")).verifying_key();
     let cpu = cpu_ticks(&a[0]);
     let started = std::time::Instant::now();
     for p in 0..1200u64 {
@@ -447,7 +463,7 @@ fn forged_member_cards_cost_a_bounded_number_of_checks() {
                 encode_broadcast(&Broadcast::Superseding(f)).unwrap()
             })
             .collect();
-        let pkt = foca_datagram(&gossip_header(&n3, &n1), &[], &items);
+        let pkt = attacker::authed_datagram(&stolen, &n1_key, &gossip_header(&n3, &n1), &items);
         ghost.datagram_from(&n3.addr.to_string(), &c.addr(1), &pkt);
         if p % 100 == 99 {
             std::thread::sleep(std::time::Duration::from_millis(5));
@@ -489,12 +505,12 @@ fn a_dead_node_is_not_kept_alive_by_forged_refutations() {
     );
 }
 
-/// OPEN. The same packets with the dead member's own address forged as their IP source
-/// (root on any host of the network can write them) still keep it alive: the sender of a
-/// datagram is not authenticated. A fix needs packets authenticated by the sender's node
-/// key (e.g. a MAC under a pairwise key from the two members' node keys).
+/// The same packets with the dead member's own address forged as their IP source (root on
+/// any host of the network can write them) kept it alive too: a datagram's source proves
+/// nothing. Between enrolled members a foca packet now carries a MAC under a key only its
+/// sender and its receiver can compute from their node keys; one without it, or with a
+/// wrong one, is dropped.
 #[test]
-#[ignore = "issue 15: a gossip-key holder who forges a dead enrolled node's IP address keeps it alive by refuting its suspicions in its name; rollouts wait for it"]
 fn a_dead_node_is_not_kept_alive_by_refutations_from_its_forged_address() {
     let status = refute_for_a_dead_node(true);
     assert_eq!(

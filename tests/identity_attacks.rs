@@ -308,7 +308,7 @@ fn a_packet_in_another_nodes_name_cannot_declare_a_member_down() {
     let mut pkt = postcard::to_stdvec(&header).unwrap();
     pkt.extend_from_slice(&1u16.to_be_bytes());
     pkt.extend(postcard::to_stdvec(&foca::Member::new(n2, u16::MAX, foca::State::Down)).unwrap());
-    let plain = droot_fleet::gossip::message::encode_foca_datagram(&pkt);
+    let plain = droot_fleet::gossip::message::encode_foca_datagram(&pkt, None);
     for _ in 0..20 {
         ghost.datagram(&c.addr(3), &plain);
     }

@@ -27,7 +27,9 @@ use super::slots::{Admit, Proof, Slots};
 use super::task::Input;
 use crate::gossip::envelope::{self, FrameError, OpenError};
 use crate::gossip::message::{self, DecodeError, EncodeError, StreamMessage};
-use crate::gossip::{FrameDecoder, Keyring, MAX_DATAGRAM, PROTOCOL_VERSION, PushPullState};
+use crate::gossip::{
+    FrameDecoder, Keyring, MAX_RECEIVED_DATAGRAM, PROTOCOL_VERSION, PushPullState,
+};
 
 /// The keyring shared between the task (writer) and the I/O loops (readers).
 pub type SharedKeyring = Arc<RwLock<Keyring>>;
@@ -176,7 +178,7 @@ pub async fn udp_recv_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     // One byte more than allowed, to detect oversized datagrams.
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut buf = vec![0u8; MAX_RECEIVED_DATAGRAM + 1];
     loop {
         let (len, from) = tokio::select! {
             _ = stop.changed() => return,
@@ -189,7 +191,7 @@ pub async fn udp_recv_loop(
             },
         };
         Counters::add(&counters.packets_received);
-        if len > MAX_DATAGRAM {
+        if len > MAX_RECEIVED_DATAGRAM {
             Counters::add(&counters.packets_dropped_oversize);
             continue;
         }

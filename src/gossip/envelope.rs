@@ -43,6 +43,10 @@ pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
 pub const MAX_DATAGRAM: usize = 1400;
 /// Largest plaintext that fits in one sealed datagram.
 pub const MAX_PLAINTEXT: usize = MAX_DATAGRAM - SEAL_OVERHEAD;
+/// Largest datagram received: a full foca packet with its MAC
+/// ([`super::pairwise::TAG_LEN`]), which only enrolled members send each other (an agent
+/// of an older release never gets one). Still under a 1500-byte MTU with IPv6 headers.
+pub const MAX_RECEIVED_DATAGRAM: usize = MAX_DATAGRAM + super::pairwise::TAG_LEN;
 /// Largest sealed stream frame (length prefix excluded) accepted by [`FrameDecoder`].
 pub const MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
 /// Largest plaintext that fits in one stream frame.
@@ -134,16 +138,18 @@ pub fn seal<R: rand::CryptoRng + ?Sized>(key: &Key, plaintext: &[u8], rng: &mut 
 }
 
 /// Seals a datagram plaintext with the keyring's primary key, refusing anything that
-/// would exceed [`MAX_DATAGRAM`] once sealed.
+/// would exceed [`MAX_RECEIVED_DATAGRAM`] once sealed (every message is held to
+/// [`MAX_PLAINTEXT`] when it is made; only a foca packet's MAC goes past it).
 pub fn seal_datagram<R: rand::CryptoRng + ?Sized>(
     keyring: &Keyring,
     plaintext: &[u8],
     rng: &mut R,
 ) -> Result<Vec<u8>, SealError> {
-    if plaintext.len() > MAX_PLAINTEXT {
+    let max = MAX_RECEIVED_DATAGRAM - SEAL_OVERHEAD;
+    if plaintext.len() > max {
         return Err(SealError::TooLarge {
             size: plaintext.len(),
-            max: MAX_PLAINTEXT,
+            max,
         });
     }
     Ok(seal(keyring.primary(), plaintext, rng))
@@ -392,12 +398,17 @@ mod tests {
             seal_datagram(&r, &max, &mut rng).unwrap().len(),
             MAX_DATAGRAM
         );
-        let over = vec![0u8; MAX_PLAINTEXT + 1];
+        let authed = vec![0u8; MAX_PLAINTEXT + crate::gossip::pairwise::TAG_LEN];
+        assert_eq!(
+            seal_datagram(&r, &authed, &mut rng).unwrap().len(),
+            MAX_RECEIVED_DATAGRAM
+        );
+        let over = vec![0u8; authed.len() + 1];
         assert_eq!(
             seal_datagram(&r, &over, &mut rng),
             Err(SealError::TooLarge {
-                size: MAX_PLAINTEXT + 1,
-                max: MAX_PLAINTEXT
+                size: over.len(),
+                max: authed.len()
             })
         );
     }

@@ -125,6 +125,10 @@ pub struct Stats {
     pub exchanges_cut: u64,
     /// foca packets from another address than their sender's (identities on).
     pub packets_spoofed: u64,
+    /// foca packets whose MAC is not their sender's ([`crate::gossip::pairwise`]).
+    pub packets_forged: u64,
+    /// foca packets without a MAC from an enrolled sender, identities required.
+    pub packets_unauthenticated: u64,
     /// Gossiped items and cards left unchecked: the second's signature checks were spent
     /// ([`crate::gossip::vouch::CHECKS_PER_SECOND`]).
     pub checks_deferred: u64,

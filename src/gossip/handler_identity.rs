@@ -189,15 +189,23 @@ impl GossipCore {
         Some(self.create_superseding(MEMBER_KIND, &name, self.card_version, body))
     }
 
-    /// Screens a foca packet from UDP source `from` before `Foca::handle_data` (see
-    /// [`crate::gossip::screen`]); with identities off it passes as it is. `left`: whether
-    /// a member's own leave was recorded (a down verdict about it is then final);
-    /// `incarnation`: this node's own. Also returns the sender when the packet said this
-    /// node is down: the caller asks it over a push/pull of its own
+    /// A foca packet to `dst` as a datagram plaintext: with its MAC when both ends are
+    /// enrolled ([`crate::gossip::pairwise`]).
+    pub fn foca_datagram(&mut self, dst: &NodeId, packet: &[u8]) -> Vec<u8> {
+        let tag = self.identities.packet_tag(&dst.name, packet);
+        crate::gossip::message::encode_foca_datagram(packet, tag.as_ref())
+    }
+
+    /// Screens a foca packet from UDP source `from`, with its MAC `tag` if it has one,
+    /// before `Foca::handle_data` (see [`crate::gossip::screen`]); with identities off it
+    /// passes as it is. `left`: whether a member's own leave was recorded (a down verdict
+    /// about it is then final); `incarnation`: this node's own. Also returns the sender when
+    /// the packet said this node is down: the caller asks it over a push/pull of its own
     /// ([`screen::Screened::Doubted`] carries it too).
     pub fn screen_packet<'a>(
         &mut self,
         pkt: &'a [u8],
+        tag: Option<&[u8; crate::gossip::pairwise::TAG_LEN]>,
         from: std::net::SocketAddr,
         left: impl Fn(&NodeId) -> bool,
         incarnation: foca::Incarnation,
@@ -214,6 +222,11 @@ impl GossipCore {
             return Ok((screen::Screened::Refused { who }, None));
         }
         let carried = self.card_carried(&parsed);
+        if !self.packet_authentic(&parsed, pkt, tag, carried.as_ref()) {
+            let who = parsed.header.src.clone();
+            return Ok((screen::Screened::Refused { who }, None));
+        }
+        let carried = carried.map(|(id, _)| id);
         let policy = PacketPolicy {
             identities: &self.identities,
             carried,
@@ -240,7 +253,10 @@ impl GossipCore {
     /// carries one newer than the one held that would be kept (a node that just started or
     /// restarted announces it first). Only the sender's card is looked at, and only after
     /// the bounds: a packet costs at most one certificate check.
-    fn card_carried(&mut self, parsed: &screen::Parsed<'_>) -> Option<NodeId> {
+    fn card_carried(
+        &mut self,
+        parsed: &screen::Parsed<'_>,
+    ) -> Option<(NodeId, ed25519_dalek::VerifyingKey)> {
         let src = &parsed.header.src;
         let item =
             parsed.broadcasts().find_map(
@@ -265,7 +281,42 @@ impl GossipCore {
             .identities
             .check_card(&item, unix_secs(self.now))
             .ok()?;
-        Some(card.vouched(&item.origin)).filter(|id| id == src)
+        let id = card.vouched(&item.origin);
+        (id == *src).then(|| (id, *card.node_key()))
+    }
+
+    /// Whether a packet may speak for its sender: its MAC verifies under the sender's node
+    /// key (from its card, or the card it carries); without one, only where identities are
+    /// not required or the sender has no card. A packet with a MAC that does not verify is
+    /// a forgery (`packets_forged`); one without, from an enrolled sender while identities
+    /// are required, is dropped (`packets_unauthenticated`): the sender lacks this node's
+    /// card, and the push/pull the caller then starts gives it.
+    fn packet_authentic(
+        &mut self,
+        parsed: &screen::Parsed<'_>,
+        pkt: &[u8],
+        tag: Option<&[u8; crate::gossip::pairwise::TAG_LEN]>,
+        carried: Option<&(NodeId, ed25519_dalek::VerifyingKey)>,
+    ) -> bool {
+        let src = &parsed.header.src;
+        let key = match carried {
+            Some((_, key)) => Some(*key),
+            None => self.identities.card(&src.name).map(|c| *c.node_key()),
+        };
+        match (key, tag) {
+            (Some(key), Some(tag)) => {
+                let ok = self.identities.check_packet_tag(&key, pkt, tag);
+                if !ok {
+                    self.stats.packets_forged += 1;
+                }
+                ok
+            }
+            (Some(_), None) if self.identities.mode() == Mode::Required => {
+                self.stats.packets_unauthenticated += 1;
+                false
+            }
+            _ => true,
+        }
     }
 
     /// The identity checks of an item before it may enter [`Latest`]; `local`: this

@@ -24,6 +24,7 @@ use super::envelope::{MAX_FRAME_PLAINTEXT, MAX_PLAINTEXT};
 use super::event::{EventError, UserEvent};
 use super::identity::NodeId;
 use super::limits::MAX_BROADCAST_ITEM;
+use super::pairwise::TAG_LEN;
 use super::pushpull::PushPullState;
 use super::query::{Query, QueryResponse};
 use super::supersede::Superseding;
@@ -55,6 +56,9 @@ pub mod tag {
     pub const SIGNED_QUERY_RESPONSE: u8 = 10;
     /// A leave notice signed by the node that leaves (datagram, version 3).
     pub const SIGNED_LEAVE: u8 = 11;
+    /// A foca packet with its sender's MAC for this receiver ([`crate::gossip::pairwise`];
+    /// datagram, between enrolled members only).
+    pub const AUTH_FOCA: u8 = 12;
 }
 
 /// Version of the gossip protocol this build speaks: announced in the stream hello
@@ -138,8 +142,11 @@ fn decode_signed<T: DeserializeOwned>(
 /// A decoded incoming datagram plaintext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Datagram<'a> {
-    /// Hand to `Foca::handle_data`.
-    Foca(&'a [u8]),
+    /// Hand to `Foca::handle_data` (once screened); `tag`: its sender's MAC, if it has one.
+    Foca {
+        packet: &'a [u8],
+        tag: Option<[u8; TAG_LEN]>,
+    },
     /// Handle in the shell.
     Direct(Direct),
 }
@@ -288,10 +295,17 @@ pub fn decode_broadcast(bytes: &[u8]) -> Result<Broadcast, DecodeError> {
     }
 }
 
-/// Wraps a packet foca asked to send (`Runtime::send_to`) as a datagram plaintext.
-pub fn encode_foca_datagram(packet: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + packet.len());
-    out.push(tag::FOCA);
+/// Wraps a packet foca asked to send (`Runtime::send_to`) as a datagram plaintext, with
+/// its MAC for the receiver when there is one ([`crate::gossip::pairwise`]).
+pub fn encode_foca_datagram(packet: &[u8], mac: Option<&[u8; TAG_LEN]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + TAG_LEN + packet.len());
+    match mac {
+        Some(mac) => {
+            out.push(tag::AUTH_FOCA);
+            out.extend_from_slice(mac);
+        }
+        None => out.push(tag::FOCA),
+    }
     out.extend_from_slice(packet);
     out
 }
@@ -330,7 +344,20 @@ pub fn decode_datagram(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     let channel = "datagram";
     let (t, body) = split(bytes, channel)?;
     match t {
-        tag::FOCA => Ok(Datagram::Foca(body)),
+        tag::FOCA => Ok(Datagram::Foca {
+            packet: body,
+            tag: None,
+        }),
+        tag::AUTH_FOCA => match body.split_first_chunk::<TAG_LEN>() {
+            Some((mac, packet)) => Ok(Datagram::Foca {
+                packet,
+                tag: Some(*mac),
+            }),
+            None => Err(DecodeError::Invalid {
+                what: "foca packet",
+                reason: format!("{} bytes, shorter than its MAC", body.len()),
+            }),
+        },
         tag::QUERY_RESPONSE | tag::SIGNED_QUERY_RESPONSE => Ok(Datagram::Direct(
             Direct::QueryResponse(decode_response(t, body)?),
         )),
@@ -506,11 +533,23 @@ mod tests {
 
     #[test]
     fn datagram_channel() {
-        let foca = encode_foca_datagram(b"foca-bytes");
+        let foca = encode_foca_datagram(b"foca-bytes", None);
         assert_eq!(
             decode_datagram(&foca).unwrap(),
-            Datagram::Foca(b"foca-bytes")
+            Datagram::Foca {
+                packet: b"foca-bytes",
+                tag: None
+            }
         );
+        let authed = encode_foca_datagram(b"foca-bytes", Some(&[7; TAG_LEN]));
+        assert_eq!(
+            decode_datagram(&authed).unwrap(),
+            Datagram::Foca {
+                packet: b"foca-bytes",
+                tag: Some([7; TAG_LEN])
+            }
+        );
+        assert!(decode_datagram(&authed[..TAG_LEN]).is_err(), "cut short");
 
         let r = QueryResponse {
             id: QueryId(1),

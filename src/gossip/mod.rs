@@ -82,6 +82,7 @@ pub mod lamport;
 pub mod latest;
 pub mod limits;
 pub mod message;
+pub mod pairwise;
 pub mod pushpull;
 pub mod query;
 pub mod screen;
@@ -92,7 +93,9 @@ pub mod vouch;
 #[cfg(test)]
 mod tests;
 
-pub use envelope::{FrameDecoder, MAX_DATAGRAM, MAX_PLAINTEXT, OpenError, SEAL_OVERHEAD};
+pub use envelope::{
+    FrameDecoder, MAX_DATAGRAM, MAX_PLAINTEXT, MAX_RECEIVED_DATAGRAM, OpenError, SEAL_OVERHEAD,
+};
 pub use event::{EventId, EventLog, EventLogConfig, MAX_EVENT_SIZE, UserEvent};
 pub use handler::{CoreConfig, CoreSnapshot, GossipCore, GossipHandler, Incoming, SharedCore};
 pub use identity::{NodeId, validate_node_name};

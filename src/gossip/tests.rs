@@ -16,7 +16,7 @@ use super::handler::{CoreConfig, GossipCore, GossipFoca, Incoming, SharedCore};
 use super::identity::{MAX_NODE_NAME_LEN, NodeId};
 use super::keyring::{Key, Keyring};
 use super::limits::recommended_foca_config;
-use super::message::{Datagram, decode_datagram, encode_foca_datagram};
+use super::message::{Datagram, decode_datagram};
 use super::query::Tags;
 
 #[path = "tests_supersede.rs"]
@@ -91,7 +91,7 @@ impl Sim {
         let node = &mut self.nodes[i];
         while let Some((dst, data)) = node.rt.to_send() {
             assert!(data.len() <= super::limits::FOCA_MAX_PACKET_SIZE);
-            let plain = encode_foca_datagram(&data);
+            let plain = node.core.lock().foca_datagram(&dst, &data);
             let sealed = envelope::seal_datagram(&node.keyring, &plain, &mut self.rng)
                 .expect("foca packet fits a sealed datagram");
             self.max_sealed = self.max_sealed.max(sealed.len());
@@ -115,12 +115,15 @@ impl Sim {
             let node = &mut self.nodes[i];
             match envelope::open(&node.keyring, &sealed) {
                 Ok(plain) => match decode_datagram(&plain).unwrap() {
-                    Datagram::Foca(pkt) => {
+                    Datagram::Foca { packet: pkt, tag } => {
                         // Screened against identities first, as the agent does.
-                        let screened =
-                            node.core
-                                .lock()
-                                .screen_packet(pkt, src, |_| false, u16::MAX);
+                        let screened = node.core.lock().screen_packet(
+                            pkt,
+                            tag.as_ref(),
+                            src,
+                            |_| false,
+                            u16::MAX,
+                        );
                         if let Ok((super::screen::Screened::Pass { packet, .. }, _)) = screened {
                             // foca may refuse e.g. packets from a renamed identity; fine.
                             let _ = node.foca.handle_data(&packet, &mut node.rt);

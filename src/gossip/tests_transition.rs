@@ -147,7 +147,8 @@ fn an_older_certificate_cannot_take_a_name_back() {
     assert_eq!(h.receive_item(&bytes(back), Some(&peer)).unwrap(), None);
 }
 
-/// A packet in an admitted node's name from another address is not that node's.
+/// A packet in an admitted node's name from another address is not that node's; from its
+/// address, it is only with its MAC.
 #[test]
 fn a_packet_from_another_address_is_refused() {
     use crate::gossip::screen::Screened;
@@ -167,15 +168,32 @@ fn a_packet_from_another_address_is_refused() {
     let elsewhere: std::net::SocketAddr = "10.9.9.9:7946".parse().unwrap();
     let (got, _) = core
         .lock()
-        .screen_packet(&pkt, elsewhere, |_| false, 0)
+        .screen_packet(&pkt, None, elsewhere, |_| false, 0)
         .unwrap();
     assert!(matches!(got, Screened::Refused { .. }), "{got:?}");
     assert_eq!(core.lock().stats().packets_spoofed, 1);
-    let (got, _) = core
-        .lock()
-        .screen_packet(&pkt, node_id(3).addr, |_| false, 0)
-        .unwrap();
-    assert!(matches!(got, Screened::Pass { .. }), "{got:?}");
+    // From its address: only with node3's MAC for node0 (a root elsewhere can forge the
+    // address, not the MAC).
+    let mut at_n3 = crate::gossip::vouch::Identities::new(policy(Some(n3)));
+    let n0_card = card_of(&enrolled("node0", 100), &node_id(0));
+    let learned = at_n3.check_card(&n0_card, crate::gossip::tests::EPOCH.as_secs());
+    at_n3.learn_card("node0", learned.unwrap());
+    let tag = at_n3.packet_tag("node0", &pkt).unwrap();
+    let screen = |tag: Option<&[u8; 16]>| {
+        let (got, _) = core
+            .lock()
+            .screen_packet(&pkt, tag, node_id(3).addr, |_| false, 0)
+            .unwrap();
+        matches!(got, Screened::Pass { .. })
+    };
+    assert!(!screen(None), "no MAC");
+    assert!(!screen(Some(&[0; 16])), "a forged MAC");
+    assert!(screen(Some(&tag)), "node3's MAC");
+    let stats = core.lock().stats();
+    assert_eq!(
+        (stats.packets_unauthenticated, stats.packets_forged),
+        (1, 1)
+    );
 }
 
 /// Kinds this build does not know are said by their origin too, once identities hold.

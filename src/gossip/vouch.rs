@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cert::{CertError, NodeCert, Revocation, RevocationBody};
 use super::identity::NodeId;
+use super::pairwise::{PairKeys, TAG_LEN};
 use super::query::QueryResponse;
 use super::supersede::Superseding;
 
@@ -246,6 +247,8 @@ pub struct Identities {
     book: HashMap<String, Card>,
     /// What datagrams may still cost this second.
     budget: CheckBudget,
+    /// The keys this node shares with each enrolled peer (when it has an identity).
+    pair_keys: Option<PairKeys>,
     /// Revoked node keys, until when.
     revoked: HashMap<[u8; 32], u64>,
     /// Names that have shown a valid card, until when that holds (their certificate's
@@ -275,10 +278,29 @@ fn response_bytes(r: &QueryResponse) -> Vec<u8> {
 impl Identities {
     /// Identities under `policy`.
     pub fn new(policy: IdentityPolicy) -> Self {
+        let pair_keys = policy.own.as_ref().map(|own| PairKeys::new(&own.key));
         Self {
             policy,
+            pair_keys,
             ..Self::default()
         }
+    }
+
+    /// The MAC of a foca packet to `dst`: with an identity of this node's and a card of
+    /// `dst`'s (between enrolled members; an older release gets none).
+    pub fn packet_tag(&mut self, dst: &str, packet: &[u8]) -> Option<[u8; TAG_LEN]> {
+        let key = *self.book.get(dst)?.node_key();
+        self.pair_keys.as_mut()?.tag(&key, packet)
+    }
+
+    /// Whether `tag` proves that the holder of `sender` made `packet` for this node.
+    pub fn check_packet_tag(
+        &mut self,
+        sender: &VerifyingKey,
+        packet: &[u8],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        (self.pair_keys.as_mut()).is_some_and(|k| k.verify(sender, packet, tag))
     }
 
     /// One signature check caused by a datagram at `now` (Unix seconds), if this second's

@@ -142,8 +142,18 @@ pub fn slot(kind: &str, key: &str, origin: &str, version: u64, body: Vec<u8>) ->
 /// A foca packet as a datagram plaintext: `header`, then `updates` (foca's own layout:
 /// a big-endian `u16` count, then each member), then `broadcasts` (each length-prefixed).
 /// Nothing in it says who really sent it: the header's `src` is whatever the sender
-/// writes.
+/// writes (and without a MAC, an enrolled receiver that requires identities drops it).
 pub fn foca_datagram(
+    header: &foca::Header<NodeId>,
+    updates: &[foca::Member<NodeId>],
+    broadcasts: &[Vec<u8>],
+) -> Vec<u8> {
+    let pkt = foca_packet(header, updates, broadcasts);
+    droot_fleet::gossip::message::encode_foca_datagram(&pkt, None)
+}
+
+/// The bare foca packet of [`foca_datagram`].
+pub fn foca_packet(
     header: &foca::Header<NodeId>,
     updates: &[foca::Member<NodeId>],
     broadcasts: &[Vec<u8>],
@@ -157,7 +167,29 @@ pub fn foca_datagram(
         pkt.extend_from_slice(&u16::try_from(b.len()).unwrap().to_be_bytes());
         pkt.extend_from_slice(b);
     }
-    droot_fleet::gossip::message::encode_foca_datagram(&pkt)
+    pkt
+}
+
+/// The node key in an identity file: a member's, stolen (root on that host reads it).
+pub fn node_key(identity_file: &Path) -> ed25519_dalek::SigningKey {
+    let text = std::fs::read_to_string(identity_file).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    droot_fleet::keytext::signing_key_from_text(v["node_key"].as_str().unwrap(), "node key")
+        .unwrap()
+}
+
+/// [`foca_datagram`] with the MAC the holder of `stolen` makes for the member whose node
+/// key is `receiver` (public: every member card carries it).
+pub fn authed_datagram(
+    stolen: &ed25519_dalek::SigningKey,
+    receiver: &ed25519_dalek::VerifyingKey,
+    header: &foca::Header<NodeId>,
+    broadcasts: &[Vec<u8>],
+) -> Vec<u8> {
+    let pkt = foca_packet(header, &[], broadcasts);
+    let mut keys = droot_fleet::gossip::pairwise::PairKeys::new(stolen);
+    let tag = keys.tag(receiver, &pkt).unwrap();
+    droot_fleet::gossip::message::encode_foca_datagram(&pkt, Some(&tag))
 }
 
 impl Attacker {

@@ -216,7 +216,9 @@ impl<W, S> AgentMachine<W, S> {
     pub fn datagram(&mut self, now: Now, plain: &[u8], from: SocketAddr) -> Effects<W, S> {
         let mut out = Vec::new();
         match message::decode_datagram(plain) {
-            Ok(Datagram::Foca(pkt)) => self.foca_packet(now, pkt, from, &mut out),
+            Ok(Datagram::Foca { packet, tag }) => {
+                self.foca_packet(now, packet, tag.as_ref(), from, &mut out)
+            }
             Ok(Datagram::Direct(Direct::QueryResponse(r))) => {
                 self.record_response(now, r, &mut out);
             }
@@ -382,6 +384,11 @@ impl<W, S> AgentMachine<W, S> {
             ("identity_updates_refused", s.updates_refused_identity),
             ("identity_exchanges_cut", s.exchanges_cut),
             ("identity_packets_spoofed", s.packets_spoofed),
+            ("identity_packets_forged", s.packets_forged),
+            (
+                "identity_packets_unauthenticated",
+                s.packets_unauthenticated,
+            ),
             ("identity_checks_deferred", s.checks_deferred),
         ] {
             counters.insert(k.to_owned(), v);
@@ -418,7 +425,7 @@ impl<W, S> AgentMachine<W, S> {
             if let Ok((header, _)) = postcard::take_from_bytes::<foca::Header<NodeId>>(&data) {
                 self.incarnation = header.src_incarnation;
             }
-            let plain = message::encode_foca_datagram(&data);
+            let plain = self.core.lock().foca_datagram(&dst, &data);
             out.push(Effect::Send {
                 to: dst.addr,
                 plain,
