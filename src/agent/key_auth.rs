@@ -12,7 +12,7 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _};
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::signed::{Policy, SeenIds, Trust};
+use crate::deploy::signed::{Policy, SeenIds, Timing, Trust};
 
 /// Domain separation: a key-operation signature is valid for nothing else.
 const CONTEXT: &[u8] = b"droot-fleet key operation v1\0";
@@ -134,22 +134,20 @@ impl KeyAuthority {
     }
 
     fn check_time(&self, op: &str, issued_ms: u64, now_ms: u64) -> Result<(), KeyAuthError> {
-        let (at, now) = (issued_ms / 1000, now_ms / 1000);
-        if now > at && now - at > self.policy.max_age {
-            return Err(KeyAuthError::Stale {
-                op: op.into(),
-                age: now - at,
+        let op = op.to_owned();
+        match self.policy.timing(issued_ms, now_ms / 1000) {
+            Timing::InTime => Ok(()),
+            Timing::Stale { age } => Err(KeyAuthError::Stale {
+                op,
+                age,
                 max_age: self.policy.max_age,
-            });
-        }
-        if at > now && at - now > self.policy.max_skew {
-            return Err(KeyAuthError::FromFuture {
-                op: op.into(),
-                ahead: at - now,
+            }),
+            Timing::FromFuture { ahead } => Err(KeyAuthError::FromFuture {
+                op,
+                ahead,
                 skew: self.policy.max_skew,
-            });
+            }),
         }
-        Ok(())
     }
 }
 

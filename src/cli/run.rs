@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::jail::{self, JailSpec, SpecInput};
+use crate::jail::launch::{Launch, Userns};
+use crate::jail::{self, JailSpec};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -68,6 +69,36 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+impl RunArgs {
+    /// What these flags tell `run` (the inverse of [`Launch::to_args`]).
+    pub fn into_launch(self) -> anyhow::Result<Launch> {
+        let userns = match (self.userns, &self.userns_base) {
+            (false, _) => None,
+            (true, Some(base)) => Some(Userns::Range(crate::id_range::IdRange::parse(base)?)),
+            (true, None) => Some(Userns::Recorded),
+        };
+        Ok(Launch {
+            root: self.root,
+            user: self.user,
+            group: self.group,
+            bind: self.bind,
+            robind: self.robind,
+            copy_host_files: self.cp,
+            env: self.env,
+            no_dropcaps: self.no_dropcaps,
+            host_pid: self.host_pid,
+            seccomp_unconfined: self.seccomp == SeccompProfile::Unconfined,
+            userns,
+            start_gate: self.start_gate,
+            log: self.log_file.map(|path| jail::LogSpec {
+                path,
+                cap: self.log_cap,
+            }),
+            command: self.command,
+        })
+    }
+}
+
 /// `--seccomp` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SeccompProfile {
@@ -90,36 +121,21 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(125));
     }
     close_inherited_descriptors();
-    let root = super::absolute(&args.root)?;
-    let userns = match (args.userns, &args.userns_base) {
-        (false, _) => None,
-        (true, Some(base)) => Some(crate::id_range::IdRange::parse(base)?),
-        (true, None) => Some(crate::release::userns::recorded_for_root(&root)?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "--userns: {} is not a release of a store deployed with `deploy --userns`; pass --userns-base BASE",
-                root.display()
-            )
-        })?),
+    let mut launch = args.into_launch()?;
+    launch.root = super::absolute(&launch.root)?;
+    let userns = match launch.userns {
+        None => None,
+        Some(Userns::Range(r)) => Some(r),
+        Some(Userns::Recorded) => Some(
+            crate::release::userns::recorded_for_root(&launch.root)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--userns: {} is not a release of a store deployed with `deploy --userns`; pass --userns-base BASE",
+                    launch.root.display()
+                )
+            })?,
+        ),
     };
-    let input = SpecInput {
-        root,
-        user: args.user,
-        group: args.group,
-        bind: args.bind,
-        robind: args.robind,
-        copy_host_files: args.cp,
-        env: args.env,
-        no_dropcaps: args.no_dropcaps,
-        host_pid: args.host_pid,
-        seccomp_unconfined: args.seccomp == SeccompProfile::Unconfined,
-        userns,
-        command: args.command,
-        log: args.log_file.map(|path| jail::LogSpec {
-            path,
-            cap: args.log_cap,
-        }),
-    };
-    let result = JailSpec::build(input).and_then(|spec| jail::run(&spec));
+    let result = JailSpec::build(launch.into_spec_input(userns)).and_then(|spec| jail::run(&spec));
     match result {
         Ok(exit) => Ok(ExitCode::from(exit.code())),
         Err(err) => {
@@ -156,7 +172,7 @@ fn close_inherited_descriptors() {
     }
 }
 
-/// Waits on the supervisor's start gate (see `deploy::supervisor::proc::StartGate`).
+/// Waits on the supervisor's start gate ([`jail::launch::StartGate`]).
 fn start_gate_opened(fd: i32) -> anyhow::Result<bool> {
     use anyhow::Context;
     use std::os::fd::{FromRawFd, OwnedFd};
@@ -167,6 +183,86 @@ fn start_gate_opened(fd: i32) -> anyhow::Result<bool> {
     // SAFETY: the descriptor is open and nothing else in this process uses it: it was
     // inherited for this purpose only.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    crate::deploy::supervisor::proc::wait_start_gate(owned)
+    jail::launch::wait_start_gate(owned)
         .with_context(|| format!("reading the start gate (descriptor {fd})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    /// What `droot-fleet` makes of a launch's command line.
+    fn parsed(launch: &Launch) -> Launch {
+        let argv = std::iter::once("droot-fleet".into()).chain(launch.to_args());
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => args.into_launch().unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The launch contract holds both ways: every field survives the command line.
+    #[test]
+    fn a_launch_survives_its_command_line() {
+        let full = Launch {
+            root: "/srv/web/releases/v2".into(),
+            user: Some("app".into()),
+            group: Some("staff".into()),
+            bind: vec!["/srv/data:/data".into(), "/tmp/x".into()],
+            robind: vec!["/etc/ssl:/etc/ssl".into()],
+            copy_host_files: true,
+            env: vec!["MODE=prod".into(), "EMPTY=".into(), "A=b=c".into()],
+            no_dropcaps: true,
+            host_pid: true,
+            seccomp_unconfined: true,
+            userns: Some(Userns::Range(
+                crate::id_range::IdRange::new(131072).unwrap(),
+            )),
+            start_gate: Some(7),
+            log: Some(jail::LogSpec {
+                path: "/var/log/web.log".into(),
+                cap: 12345,
+            }),
+            command: vec!["httpd".into(), "-f".into(), "--".into(), "-p 80".into()],
+        };
+        assert_eq!(parsed(&full), full);
+        let bare = Launch {
+            root: "/r".into(),
+            userns: Some(Userns::Recorded),
+            command: vec!["true".into()],
+            ..Launch::default()
+        };
+        assert_eq!(parsed(&bare), bare);
+    }
+
+    /// From an app's settings: the supervisor's launch, through `run`'s own parser. The
+    /// gate comes right after the root (adoption reads it there, also from older agents).
+    #[test]
+    fn an_apps_settings_reach_run_unchanged() {
+        let apps = crate::deploy::app::parse_apps(
+            "[apps.web]\nartifact = \"file:///a/{version}.tar\"\nroot = \"/srv/web\"\n\
+             command = [\"httpd\", \"-f\"]\nuser = \"app\"\nbind = [\"/srv/data:/data\"]\n\
+             copy_files = true\n[apps.web.env]\nMODE = \"prod\"\n",
+        )
+        .unwrap();
+        let mut jail = apps["web"].jail.clone();
+        // The executor resolves the range the store holds (here the configured one).
+        jail.userns = Some(crate::id_range::IdRange::new(196608).unwrap());
+        let mut launch = jail.launch(
+            std::path::Path::new("/srv/web/releases/v1"),
+            &jail.command,
+            true,
+        );
+        launch.start_gate = Some(9);
+        let args = launch.to_args();
+        assert_eq!(
+            args[..5],
+            ["run", "--root", "/srv/web/releases/v1", "--start-gate", "9"]
+        );
+        let back = parsed(&launch);
+        assert_eq!(back, launch);
+        assert_eq!(back.env, ["MODE=prod"]);
+        assert!(back.copy_host_files && back.userns.is_some());
+    }
 }

@@ -7,7 +7,6 @@
 //! `run` command line would.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 use crate::id_range::IdRange;
+use crate::jail::launch::{self, Launch};
 
 /// A bad `[apps.NAME]` block. Nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -80,37 +80,21 @@ pub struct JailSettings {
 }
 
 impl JailSettings {
-    /// `run --root ROOT [flags] -- COMMAND`, as arguments to the droot-fleet binary.
-    /// `with_copy` is false for health checks: the host files are copied once, at start.
-    pub fn run_args(&self, root: &Path, command: &[String], with_copy: bool) -> Vec<OsString> {
-        let mut a: Vec<OsString> = vec!["run".into(), "--root".into(), root.into()];
-        for (flag, v) in [("--user", &self.user), ("--group", &self.group)] {
-            if let Some(v) = v {
-                a.extend([flag.into(), v.into()]);
-            }
+    /// What `run` is told to start `command` on `root` with these settings. `with_copy` is
+    /// false for health checks: the host files are copied once, at start.
+    pub fn launch(&self, root: &Path, command: &[String], with_copy: bool) -> Launch {
+        Launch {
+            root: root.to_owned(),
+            user: self.user.clone(),
+            group: self.group.clone(),
+            bind: self.bind.clone(),
+            robind: self.robind.clone(),
+            copy_host_files: self.copy_files && with_copy,
+            env: self.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            userns: self.userns.map(launch::Userns::Range),
+            command: command.to_vec(),
+            ..Launch::default()
         }
-        for b in &self.bind {
-            a.extend(["--bind".into(), b.into()]);
-        }
-        for b in &self.robind {
-            a.extend(["--robind".into(), b.into()]);
-        }
-        if self.copy_files && with_copy {
-            a.push("--cp".into());
-        }
-        for (k, v) in &self.env {
-            a.extend(["--env".into(), format!("{k}={v}").into()]);
-        }
-        if let Some(r) = self.userns {
-            a.extend([
-                "--userns".into(),
-                "--userns-base".into(),
-                r.base().to_string().into(),
-            ]);
-        }
-        a.push("--".into());
-        a.extend(command.iter().map(OsString::from));
-        a
     }
 }
 

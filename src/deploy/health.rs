@@ -130,7 +130,7 @@ async fn http_get(t: &HttpTarget) -> Result<(), String> {
 pub const OUTPUT_TAIL: usize = 4096;
 
 async fn exec(ctx: &ExecContext, cmd: &[String]) -> Result<(), String> {
-    let args: Vec<OsString> = ctx.jail.run_args(&ctx.root, cmd, false);
+    let args: Vec<OsString> = ctx.jail.launch(&ctx.root, cmd, false).to_args();
     let mut child = tokio::process::Command::new(&ctx.exe)
         .args(&args)
         .env_clear()

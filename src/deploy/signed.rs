@@ -369,6 +369,20 @@ impl SeenIds {
     }
 }
 
+/// How something issued at a time stands against a [`Policy`]'s age and skew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timing {
+    InTime,
+    /// Issued `age` seconds ago, more than `max_age`.
+    Stale {
+        age: u64,
+    },
+    /// Issued `ahead` seconds in the future, more than `max_skew`.
+    FromFuture {
+        ahead: u64,
+    },
+}
+
 /// The receiving side's rules.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -377,6 +391,20 @@ pub struct Policy {
     pub max_age: u64,
     /// Refuse events issued further in the future than this (seconds).
     pub max_skew: u64,
+}
+
+impl Policy {
+    /// Whether something issued at `issued_at_ms` is in time at `now` (Unix seconds).
+    pub fn timing(&self, issued_at_ms: u64, now: u64) -> Timing {
+        let at = issued_at_ms / 1000;
+        if now > at && now - at > self.max_age {
+            Timing::Stale { age: now - at }
+        } else if at > now && at - now > self.max_skew {
+            Timing::FromFuture { ahead: at - now }
+        } else {
+            Timing::InTime
+        }
+    }
 }
 
 /// Verifies received events and refuses replays.
@@ -416,20 +444,22 @@ impl Verifier {
     pub fn check(&self, bytes: &[u8], now: u64) -> Result<SignedEvent, VerifyError> {
         let signed = SignedEvent::decode_trusted(bytes, &self.policy.trusted)?;
         let ev = &signed.event;
-        let at = ev.issued_at_ms / 1000;
-        if now > at && now - at > self.policy.max_age {
-            return Err(VerifyError::Stale {
-                id: ev.id_hex(),
-                age: now - at,
-                max_age: self.policy.max_age,
-            });
-        }
-        if at > now && at - now > self.policy.max_skew {
-            return Err(VerifyError::FromFuture {
-                id: ev.id_hex(),
-                ahead: at - now,
-                skew: self.policy.max_skew,
-            });
+        match self.policy.timing(ev.issued_at_ms, now) {
+            Timing::InTime => {}
+            Timing::Stale { age } => {
+                return Err(VerifyError::Stale {
+                    id: ev.id_hex(),
+                    age,
+                    max_age: self.policy.max_age,
+                });
+            }
+            Timing::FromFuture { ahead } => {
+                return Err(VerifyError::FromFuture {
+                    id: ev.id_hex(),
+                    ahead,
+                    skew: self.policy.max_skew,
+                });
+            }
         }
         if self.seen.is_replay(&ev.id, ev.issued_at_ms) {
             return Err(VerifyError::Replayed { id: ev.id_hex() });

@@ -298,10 +298,13 @@ impl GossipCore {
         tag: Option<&[u8; crate::gossip::pairwise::TAG_LEN]>,
         carried: Option<&(NodeId, ed25519_dalek::VerifyingKey)>,
     ) -> bool {
+        // Only an identity a card vouches for (the screen refuses the others anyway).
         let src = &parsed.header.src;
         let key = match carried {
             Some((_, key)) => Some(*key),
-            None => self.identities.card(&src.name).map(|c| *c.node_key()),
+            None => (self.identities.card(&src.name))
+                .filter(|c| c.vouched(&src.name) == *src)
+                .map(|c| *c.node_key()),
         };
         match (key, tag) {
             (Some(key), Some(tag)) => {

@@ -53,6 +53,7 @@ pub mod caps;
 pub mod devices;
 pub mod env;
 pub mod etc_copy;
+pub mod launch;
 pub mod mounts;
 pub mod output;
 pub mod paths;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::*;
 use crate::artifact::guard::DEFAULT_MAX_RATIO;
 use crate::id_range::IdRange;
-use crate::jail::{JailSpec, SpecInput};
+use crate::jail::JailSpec;
 use crate::sizes::parse_size;
 
 #[derive(Deserialize)]
@@ -228,17 +228,11 @@ fn check_template(t: &str) -> Result<(), String> {
 
 /// Runs the jail validator of `run` on these settings.
 fn check_jail(root: &Path, j: &JailSettings, command: &[String]) -> Result<(), String> {
-    let input = SpecInput {
-        root: root.join("current"),
-        user: j.user.clone(),
-        group: j.group.clone(),
-        bind: j.bind.clone(),
-        robind: j.robind.clone(),
-        copy_host_files: j.copy_files,
-        env: j.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        command: command.to_vec(),
-        ..Default::default()
-    };
+    // As `run` would see it, on the release `current` names (its user namespace aside:
+    // the store's range is resolved at start).
+    let input = j
+        .launch(&root.join("current"), command, j.copy_files)
+        .into_spec_input(None);
     JailSpec::build(input)
         .map(|_| ())
         .map_err(|e| e.to_string())

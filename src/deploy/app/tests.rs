@@ -45,7 +45,10 @@ fn parses_a_full_app() {
         }
         p => panic!("{p:?}"),
     }
-    let args = web.jail.run_args(Path::new("/r"), &web.jail.command, true);
+    let args = web
+        .jail
+        .launch(Path::new("/r"), &web.jail.command, true)
+        .to_args();
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
     assert_eq!(
         args.join(" "),
@@ -129,7 +132,7 @@ fn userns_passes_its_range_to_run() {
     assert_eq!(auto["a"].userns, Userns::On(None));
     let mut jail = apps["a"].jail.clone();
     jail.userns = Some(r);
-    let args = jail.run_args(Path::new("/r"), &["x".into()], false);
+    let args = jail.launch(Path::new("/r"), &["x".into()], false).to_args();
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
     assert_eq!(
         args.join(" "),

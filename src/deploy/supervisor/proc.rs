@@ -85,80 +85,6 @@ pub fn remove_pid_file(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The pipe `run --start-gate FD` waits on: the jail starts on the byte
-/// [`GateOpener::open`] writes, once its pid file is written, and ends unstarted on EOF, when
-/// the opener is dropped unused or the whole supervisor died first. So no jail runs that no
-/// pid file names.
-pub struct StartGate {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-/// The parent's end of a [`StartGate`] once the child is spawned.
-pub struct GateOpener(OwnedFd);
-
-impl StartGate {
-    /// Both ends close-on-exec; [`Self::pass_to`] lets the child keep the read end.
-    pub fn new() -> io::Result<Self> {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        Ok(StartGate { read, write })
-    }
-
-    /// The `run` flags that name the read end.
-    pub fn args(&self) -> [std::ffi::OsString; 2] {
-        let fd = self.read.as_raw_fd();
-        ["--start-gate".into(), fd.to_string().into()]
-    }
-
-    /// The child keeps the read end across exec (and only the child), and no other
-    /// descriptor above stderr: one the agent inherited from whatever started it (a lock a
-    /// wrapper holds, say) must not live on in a jail that outlives the agent.
-    pub fn pass_to(&self, cmd: &mut tokio::process::Command) {
-        let fd = self.read.as_raw_fd();
-        // SAFETY: close_range and fcntl are async-signal-safe; they change only the child's
-        // descriptor table.
-        unsafe {
-            cmd.pre_exec(move || {
-                let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
-                if libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, flags) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-
-    /// After spawn: the parent closes its read end, so EOF comes when the opener closes.
-    pub fn spawned(self) -> GateOpener {
-        drop(self.read);
-        GateOpener(self.write)
-    }
-}
-
-impl GateOpener {
-    /// Lets the jail start. A child that already ended makes this a no-op (EPIPE).
-    pub fn open(self) {
-        let _ = nix::unistd::write(&self.0, &[1]);
-    }
-}
-
-/// Waits on `run --start-gate FD`: true once the supervisor opened it, false on EOF (it
-/// gave up on this jail, or died, before recording it).
-pub fn wait_start_gate(fd: OwnedFd) -> io::Result<bool> {
-    let mut f = File::from(fd);
-    let mut byte = [0u8; 1];
-    loop {
-        match io::Read::read(&mut f, &mut byte) {
-            Ok(n) => return Ok(n == 1),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Why a pid file was not adopted.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NotAdopted {
@@ -268,14 +194,12 @@ impl AppLog {
             .open(&self.path)
     }
 
-    /// The `run` flags that hand the log to the jail's process.
-    pub fn run_args(&self) -> [std::ffi::OsString; 4] {
-        [
-            "--log-file".into(),
-            self.path.clone().into(),
-            "--log-cap".into(),
-            self.cap.to_string().into(),
-        ]
+    /// What `run` is told of the log ([`crate::jail::launch::Launch::log`]).
+    pub fn spec(&self) -> crate::jail::LogSpec {
+        crate::jail::LogSpec {
+            path: self.path.clone(),
+            cap: self.cap,
+        }
     }
 
     /// For a jail adopted from a release before `run --log-file`, whose output still goes to

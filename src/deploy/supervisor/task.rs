@@ -16,6 +16,7 @@ use super::policy::{Decision, Ended, decide};
 use super::proc::{self, AppLog, NotAdopted, PidRecord};
 use super::{AppStatus, State, SupervisorError};
 use crate::deploy::app::AppConfig;
+use crate::jail::launch::StartGate;
 use crate::release::Layout;
 
 /// Commands from [`super::supervisor::Supervisor`].
@@ -277,7 +278,7 @@ impl AppTask {
     fn spawn(&mut self) -> Result<(), SupervisorError> {
         let release = self.release.clone().expect("spawn needs a release");
         let root = self.layout.release(&release);
-        let mut args = self.app.jail.run_args(&root, &self.app.jail.command, true);
+        let mut launch = self.app.jail.launch(&root, &self.app.jail.command, true);
         let spawn_err = |source| SupervisorError::Spawn {
             app: self.app.name.clone(),
             exe: self.exe.clone(),
@@ -285,8 +286,10 @@ impl AppTask {
         };
         // The jail waits until its pid file is written: if this agent dies before, nobody
         // could find (adopt or stop) it, so it must not start at all.
-        let gate = proc::StartGate::new().map_err(spawn_err)?;
-        args.splice(3..3, gate.args().into_iter().chain(self.log.run_args()));
+        let gate = StartGate::new().map_err(spawn_err)?;
+        launch.start_gate = Some(gate.fd());
+        launch.log = Some(self.log.spec());
+        let args = launch.to_args();
         let io_err = |what, path: &PathBuf| {
             let path = path.clone();
             move |source| SupervisorError::Io { what, path, source }

@@ -1,0 +1,190 @@
+//! The one contract between whatever starts a jail (the supervisor, an exec health check,
+//! an operator) and the `droot-fleet run` process that builds it: [`Launch`] is what `run`
+//! is told, [`Launch::to_args`] its command line, and `cli::run` parses that line back into
+//! the same `Launch` (a round-trip test holds the two together). The start gate that keeps
+//! a jail from starting before its pid file is written lives here too, both ends.
+//!
+//! Why: the jail's settings used to change form three times on the way (the app's
+//! settings, an argv built by hand, clap's flags, the spec's input), with flags spliced into
+//! the argv at an index, and `run` reached into the deploy pipeline for the gate.
+//!
+//! The argv keeps `run --root ROOT` first and `--start-gate FD` right after it: a running
+//! jail's command line is read back to adopt it, also for jails an older agent started.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use super::LogSpec;
+use super::spec::SpecInput;
+use crate::id_range::IdRange;
+
+/// Which user namespace a jail runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Userns {
+    /// The range its release store recorded (`run --userns`).
+    Recorded,
+    /// This range (`run --userns --userns-base BASE`).
+    Range(IdRange),
+}
+
+/// Everything `droot-fleet run` is told.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Launch {
+    pub root: PathBuf,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub bind: Vec<String>,
+    pub robind: Vec<String>,
+    pub copy_host_files: bool,
+    /// `KEY=VALUE`.
+    pub env: Vec<String>,
+    pub no_dropcaps: bool,
+    pub host_pid: bool,
+    pub seccomp_unconfined: bool,
+    pub userns: Option<Userns>,
+    /// The inherited descriptor of a [`StartGate`].
+    pub start_gate: Option<i32>,
+    /// Where the jail's output goes, capped and rotated by `run`.
+    pub log: Option<LogSpec>,
+    pub command: Vec<String>,
+}
+
+impl Launch {
+    /// `run --root ROOT [flags] -- COMMAND`, as arguments to the droot-fleet binary.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["run".into(), "--root".into(), (&self.root).into()];
+        if let Some(fd) = self.start_gate {
+            a.extend(["--start-gate".into(), fd.to_string().into()]);
+        }
+        if let Some(log) = &self.log {
+            a.extend(["--log-file".into(), (&log.path).into()]);
+            a.extend(["--log-cap".into(), log.cap.to_string().into()]);
+        }
+        for (flag, v) in [("--user", &self.user), ("--group", &self.group)] {
+            if let Some(v) = v {
+                a.extend([flag.into(), v.into()]);
+            }
+        }
+        let repeated = [("--bind", &self.bind), ("--robind", &self.robind)];
+        for (flag, values) in repeated {
+            a.extend(values.iter().flat_map(|v| [flag.into(), v.into()]));
+        }
+        let switches = [
+            ("--cp", self.copy_host_files),
+            ("--no-dropcaps", self.no_dropcaps),
+            ("--host-pid", self.host_pid),
+        ];
+        a.extend(switches.iter().filter(|(_, on)| *on).map(|(f, _)| f.into()));
+        if self.seccomp_unconfined {
+            a.extend(["--seccomp".into(), "unconfined".into()]);
+        }
+        a.extend(self.env.iter().flat_map(|e| ["--env".into(), e.into()]));
+        match self.userns {
+            None => {}
+            Some(Userns::Recorded) => a.push("--userns".into()),
+            Some(Userns::Range(r)) => a.extend([
+                "--userns".into(),
+                "--userns-base".into(),
+                r.base().to_string().into(),
+            ]),
+        }
+        a.push("--".into());
+        a.extend(self.command.iter().map(OsString::from));
+        a
+    }
+
+    /// The jail spec's input, with the user namespace `userns` resolved.
+    pub fn into_spec_input(self, userns: Option<IdRange>) -> SpecInput {
+        SpecInput {
+            root: self.root,
+            user: self.user,
+            group: self.group,
+            bind: self.bind,
+            robind: self.robind,
+            copy_host_files: self.copy_host_files,
+            env: self.env,
+            no_dropcaps: self.no_dropcaps,
+            host_pid: self.host_pid,
+            seccomp_unconfined: self.seccomp_unconfined,
+            userns,
+            command: self.command,
+            log: self.log,
+        }
+    }
+}
+
+/// The pipe `run --start-gate FD` waits on: the jail starts on the byte
+/// [`GateOpener::open`] writes, once its pid file is written, and ends unstarted on EOF, when
+/// the opener is dropped unused or the whole supervisor died first. So no jail runs that no
+/// pid file names.
+pub struct StartGate {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+/// The parent's end of a [`StartGate`] once the child is spawned.
+pub struct GateOpener(OwnedFd);
+
+impl StartGate {
+    /// Both ends close-on-exec; [`Self::pass_to`] lets the child keep the read end.
+    pub fn new() -> io::Result<Self> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        Ok(StartGate { read, write })
+    }
+
+    /// The descriptor the child reads ([`Launch::start_gate`]).
+    pub fn fd(&self) -> i32 {
+        self.read.as_raw_fd()
+    }
+
+    /// The child keeps the read end across exec (and only the child), and no other
+    /// descriptor above stderr: one the agent inherited from whatever started it (a lock a
+    /// wrapper holds, say) must not live on in a jail that outlives the agent.
+    pub fn pass_to(&self, cmd: &mut tokio::process::Command) {
+        let fd = self.read.as_raw_fd();
+        // SAFETY: close_range and fcntl are async-signal-safe; they change only the child's
+        // descriptor table.
+        unsafe {
+            cmd.pre_exec(move || {
+                let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
+                if libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, flags) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// After spawn: the parent closes its read end, so EOF comes when the opener closes.
+    pub fn spawned(self) -> GateOpener {
+        drop(self.read);
+        GateOpener(self.write)
+    }
+}
+
+impl GateOpener {
+    /// Lets the jail start. A child that already ended makes this a no-op (EPIPE).
+    pub fn open(self) {
+        let _ = nix::unistd::write(&self.0, &[1]);
+    }
+}
+
+/// Waits on `run --start-gate FD`: true once the supervisor opened it, false on EOF (it
+/// gave up on this jail, or died, before recording it).
+pub fn wait_start_gate(fd: OwnedFd) -> io::Result<bool> {
+    let mut f = File::from(fd);
+    let mut byte = [0u8; 1];
+    loop {
+        match io::Read::read(&mut f, &mut byte) {
+            Ok(n) => return Ok(n == 1),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
