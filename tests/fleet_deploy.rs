@@ -507,7 +507,7 @@ fn wait_deploying(f: &Fleet, n: u8, version: &str) {
 /// Item 5, stopped instead of killed. First a node SIGSTOPped before the event is sent:
 /// once the others see it failed it is listed unreachable (so `--wait` ends, and not with
 /// success), and after SIGCONT it converges without a new event. Then a node SIGSTOPped in
-/// the middle of its activation (`current` switched, health check running): the same, and
+/// the middle of its activation (the new jail up, its health check running): the same, and
 /// after SIGCONT it finishes that activation ok.
 #[test]
 fn a_node_stopped_during_a_deploy_converges_after_sigcont() {
@@ -531,8 +531,8 @@ fn a_node_stopped_during_a_deploy_converges_after_sigcont() {
 
     let (code, report) = std::thread::scope(|s| {
         let wait = s.spawn(|| f.deploy_via(1, "v3", &[]));
-        wait_for(LONG, "n4 to switch current to v3", || {
-            (f.current_on_disk(4).as_deref() == Some("v3")).then_some(())
+        wait_for(LONG, "n4 to run v3, under its health check", || {
+            (f.running_on_disk(4).as_deref() == Some("v3")).then_some(())
         });
         agents[3].signal(nix::sys::signal::Signal::SIGSTOP);
         wait.join().unwrap()
@@ -572,8 +572,8 @@ fn assert_all_ok_now(f: &Fleet, report: &Value, count: u8) {
     assert!(names(&p["unreachable"]).is_empty(), "{p}");
 }
 
-/// Item 5, killed -9 in the middle of a deploy: n3 once `current` points at the new release
-/// and its health check runs, n4 as soon as it starts deploying. `--wait` lists both as
+/// Item 5, killed -9 in the middle of a deploy: n3 once the new release's jail runs and its
+/// health check runs (`current` still names v1), n4 as soon as it starts deploying. `--wait` lists both as
 /// unreachable. Restarted, each is consistent (one complete release per version, nothing
 /// staged, exactly one jail, status matching the disk), does the cut-short activation again
 /// without a new event and reports ok.
@@ -588,9 +588,14 @@ fn agents_killed_mid_deploy_restart_consistent() {
         let wait = s.spawn(|| f.deploy_via(1, "v3", &[]));
         wait_deploying(&f, 4, "v3");
         f.agents[3].signal(nix::sys::signal::Signal::SIGKILL);
-        wait_for(LONG, "n3 to switch current to v3", || {
-            (f.current_on_disk(3).as_deref() == Some("v3")).then_some(())
+        wait_for(LONG, "n3 to run v3, under its health check", || {
+            (f.running_on_disk(3).as_deref() == Some("v3")).then_some(())
         });
+        assert_eq!(
+            f.current_on_disk(3).as_deref(),
+            Some("v1"),
+            "switched before the check"
+        );
         f.agents[2].signal(nix::sys::signal::Signal::SIGKILL);
         wait.join().unwrap()
     });

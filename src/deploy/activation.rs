@@ -1,23 +1,33 @@
 //! One app's activation, as a pure state machine: inputs (a deploy request, and what the
 //! fetcher, the release store, the supervisor and the health check report back) in,
-//! effects (fetch, switch `current`, stop, start, check, report) out. No I/O, no clock:
+//! effects (stage, stop, start, check, switch `current`, report) out. No I/O, no clock:
 //! the executor that owns it carries out each effect and feeds the result back.
 //!
-//! Guarantees, each unit-tested below:
-//! - The version already `current` is a no-op (`ok` at once); a version already in
-//!   `releases/` is switched to without a fetch.
-//! - A fetch only stages the release (`current` untouched); the switch is its own step.
-//! - A failed fetch or switch reports `failed` and activates nothing (a release staged and
-//!   never switched to is judged `failed`).
-//! - A failed start, a failed health check or a crash while checking rolls back: stop, switch
-//!   `current` back, start the previous release, report `rolled_back` with the error. Without
-//!   a previous release it stops the jail, removes `current` (so no later start runs a
-//!   release that never passed) and reports `failed`; deploying that version again is then
-//!   a full activation, not a no-op.
+//! The steps, in this order (decided in [`Activation::next`] alone):
+//! 1. stage: fetch, verify and unpack into `releases/<v>`, `current` untouched (skipped for
+//!    a release already on disk);
+//! 2. stop the running instance;
+//! 3. start the new release's instance;
+//! 4. wait until it is healthy;
+//! 5. judge it passed and switch `current` to it;
+//! 6. report.
+//!
+//! `current` names a release only once it passed: a restart at any step before brings back
+//! the release that was live. (Starting the new instance while the old one serves needs
+//! sockets handed over; until then the old one stops first.)
+//!
+//! Guarantees, each unit-tested:
+//! - The version already `current` is a no-op (`ok` at once).
+//! - A failed stage reports `failed` and touches nothing else.
+//! - A failed start, a failed health check or a crash while checking rolls back: the new
+//!   instance is stopped, the release still `current` is started again, and the outcome is
+//!   `rolled_back` with the error. Without a release before it, the new instance is stopped
+//!   and the outcome is `failed`; no `current` ever named it, so nothing starts it later.
+//! - A switch that fails after the check passed rolls back the same way.
 //! - One activation at a time; a request arriving meanwhile waits, and a newer one replaces
 //!   it (the latest desired version wins).
-//! - A release that passed its health check is judged `passed`; one that failed after the
-//!   switch (start, check, crash) is judged `failed`, before anything else is done, so the
+//! - A release that passed its health check is judged `passed`; one that failed (stage
+//!   aside: nothing was published) is judged `failed` before anything else is done, so the
 //!   store never keeps it as a rollback target nor counts it towards `keep`.
 
 use crate::release::history::Verdict;
@@ -72,10 +82,6 @@ pub enum Effect {
     CheckHealth {
         version: String,
     },
-    /// Remove `current` if it still names `version` (the only release, which failed).
-    ClearCurrent {
-        version: String,
-    },
     /// Record how the activation of `version` went, in the release store.
     Judge {
         version: String,
@@ -108,11 +114,12 @@ pub enum Outcome {
 enum Phase {
     Idle,
     Fetching,
-    Switching,
     Stopping,
     Starting,
     Checking,
-    /// Rolling back to `to` because of `error`; the step says which answer is awaited.
+    Switching,
+    /// Rolling back to `to` (the release still `current`) because of `error`; the step
+    /// says which answer is awaited.
     RollingBack {
         to: String,
         error: String,
@@ -123,7 +130,6 @@ enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Back {
     Stopping,
-    Switching,
     Starting,
 }
 
@@ -133,7 +139,6 @@ pub struct Activation {
     current: Option<String>,
     phase: Phase,
     active: Option<Request>,
-    previous: Option<String>,
     pending: Option<Request>,
 }
 
@@ -144,7 +149,6 @@ impl Activation {
             current,
             phase: Phase::Idle,
             active: None,
-            previous: None,
             pending: None,
         }
     }
@@ -178,61 +182,55 @@ impl Activation {
         effects
     }
 
+    /// The order of the steps: the one place it is decided.
     fn next(&mut self, phase: Phase, input: Input) -> (Phase, Vec<Effect>) {
-        let version = self.active.as_ref().map(|r| r.version.clone());
+        let version = self
+            .active
+            .as_ref()
+            .map(|r| r.version.clone())
+            .unwrap_or_default();
         match (phase, input) {
             (Phase::Idle, Input::Deploy(req)) => self.begin(req),
             (p, Input::Deploy(req)) => {
                 self.pending = Some(req);
                 (p, vec![])
             }
-            (Phase::Fetching, Input::Fetched(Ok(()))) => (
-                Phase::Switching,
-                vec![Effect::SwitchCurrent {
-                    version: version.unwrap_or_default(),
-                }],
-            ),
+            (Phase::Fetching, Input::Fetched(Ok(()))) => (Phase::Stopping, vec![Effect::StopJail]),
             (Phase::Fetching, Input::Fetched(Err(e))) => (Phase::Idle, vec![self.finish_failed(e)]),
-            (Phase::Switching, Input::Switched(Err(e))) => {
-                // A release staged by this activation never went live: not a rollback target.
-                let staged = self.active.as_ref().filter(|r| !r.present);
-                let judge = staged.map(|r| Effect::Judge {
-                    version: r.version.clone(),
-                    verdict: Verdict::Failed,
-                });
-                let report = self.finish_failed(e);
-                (Phase::Idle, judge.into_iter().chain([report]).collect())
+            (Phase::Stopping, Input::Stopped) => {
+                (Phase::Starting, vec![Effect::StartJail { version }])
             }
-            (Phase::Switching, Input::Switched(Ok(()))) => {
-                self.previous = self.current.replace(version.unwrap_or_default());
-                (Phase::Stopping, vec![Effect::StopJail])
+            (Phase::Starting, Input::Started(Ok(()))) => {
+                (Phase::Checking, vec![Effect::CheckHealth { version }])
             }
-            (Phase::Stopping, Input::Stopped) => (
-                Phase::Starting,
-                vec![Effect::StartJail {
-                    version: version.unwrap_or_default(),
-                }],
-            ),
-            (Phase::Starting, Input::Started(Ok(()))) => (
-                Phase::Checking,
-                vec![Effect::CheckHealth {
-                    version: version.unwrap_or_default(),
-                }],
-            ),
             (Phase::Checking, Input::HealthPassed) => {
-                let req = self.active.take().expect("an active request");
                 let judge = Effect::Judge {
-                    version: req.version.clone(),
+                    version: version.clone(),
                     verdict: Verdict::Passed,
                 };
+                (
+                    Phase::Switching,
+                    vec![judge, Effect::SwitchCurrent { version }],
+                )
+            }
+            (Phase::Switching, Input::Switched(Ok(()))) => {
+                let req = self.active.take().expect("an active request");
+                self.current = Some(req.version.clone());
                 let ok = Outcome::Ok {
                     event_id: req.event_id,
                     version: req.version,
                 };
-                (Phase::Idle, vec![judge, Effect::Report(ok)])
+                (Phase::Idle, vec![Effect::Report(ok)])
             }
+            (Phase::Switching, Input::Switched(Err(e))) => self.roll_back(e, None),
             (Phase::Starting, Input::Started(Err(e)))
-            | (Phase::Checking, Input::HealthFailed(e) | Input::Crashed(e)) => self.roll_back(e),
+            | (Phase::Checking, Input::HealthFailed(e) | Input::Crashed(e)) => {
+                let judge = Effect::Judge {
+                    version,
+                    verdict: Verdict::Failed,
+                };
+                self.roll_back(e, Some(judge))
+            }
             (Phase::RollingBack { to, error, step }, input) => {
                 self.rolling_back(to, error, step, input)
             }
@@ -252,7 +250,7 @@ impl Activation {
         let (present, source) = (req.present, req.source.clone());
         self.active = Some(req);
         if present {
-            (Phase::Switching, vec![Effect::SwitchCurrent { version }])
+            (Phase::Stopping, vec![Effect::StopJail])
         } else {
             (Phase::Fetching, vec![Effect::Fetch { version, source }])
         }
@@ -267,35 +265,19 @@ impl Activation {
         })
     }
 
-    fn roll_back(&mut self, error: String) -> (Phase, Vec<Effect>) {
-        let judge = Effect::Judge {
-            version: self
-                .active
-                .as_ref()
-                .map(|r| r.version.clone())
-                .unwrap_or_default(),
-            verdict: Verdict::Failed,
-        };
-        match self.previous.clone() {
-            Some(to) => (
-                Phase::RollingBack {
-                    to,
-                    error,
-                    step: Back::Stopping,
-                },
-                vec![judge, Effect::StopJail],
-            ),
+    /// Stops the new instance and brings back the release still `current`; `judge` first.
+    fn roll_back(&mut self, error: String, judge: Option<Effect>) -> (Phase, Vec<Effect>) {
+        let mut effects: Vec<Effect> = judge.into_iter().collect();
+        effects.push(Effect::StopJail);
+        match self.current.clone() {
+            Some(to) => {
+                let step = Back::Stopping;
+                (Phase::RollingBack { to, error, step }, effects)
+            }
             None => {
-                let version = self.current.take().unwrap_or_default();
-                (
-                    Phase::Idle,
-                    vec![
-                        judge,
-                        Effect::StopJail,
-                        Effect::ClearCurrent { version },
-                        self.finish_failed(format!("{error}; no previous release to roll back to")),
-                    ],
-                )
+                let why = format!("{error}; no previous release to roll back to");
+                effects.push(self.finish_failed(why));
+                (Phase::Idle, effects)
             }
         }
     }
@@ -307,26 +289,13 @@ impl Activation {
         step: Back,
         input: Input,
     ) -> (Phase, Vec<Effect>) {
-        let at = |step| Phase::RollingBack {
-            to: to.clone(),
-            error: error.clone(),
-            step,
-        };
         match (step, input) {
-            (Back::Stopping, Input::Stopped) => (
-                at(Back::Switching),
-                vec![Effect::SwitchCurrent {
+            (Back::Stopping, Input::Stopped) => {
+                let start = Effect::StartJail {
                     version: to.clone(),
-                }],
-            ),
-            (Back::Switching, Input::Switched(Ok(()))) => {
-                self.current = Some(to.clone());
-                (
-                    at(Back::Starting),
-                    vec![Effect::StartJail {
-                        version: to.clone(),
-                    }],
-                )
+                };
+                let step = Back::Starting;
+                (Phase::RollingBack { to, error, step }, vec![start])
             }
             (Back::Starting, Input::Started(Ok(()))) => {
                 let req = self.active.take().expect("an active request");
@@ -338,238 +307,15 @@ impl Activation {
                 };
                 (Phase::Idle, vec![Effect::Report(out)])
             }
-            (
-                Back::Switching | Back::Starting,
-                Input::Switched(Err(e)) | Input::Started(Err(e)),
-            ) => {
+            (Back::Starting, Input::Started(Err(e))) => {
                 let both = format!("{error}; the rollback to {to} failed too: {e}");
                 (Phase::Idle, vec![self.finish_failed(both)])
             }
-            (step, _) => (at(step), vec![]),
+            (step, _) => (Phase::RollingBack { to, error, step }, vec![]),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(v: &str, present: bool) -> Request {
-        Request {
-            event_id: format!("e-{v}"),
-            version: v.into(),
-            source: source(v),
-            present,
-        }
-    }
-
-    fn source(v: &str) -> Source {
-        Source {
-            url: format!("s3://b/web-{v}.tar"),
-            sha256: Some([v.len() as u8; 32]),
-        }
-    }
-
-    fn fetch(version: &str) -> Effect {
-        Effect::Fetch {
-            version: v(version),
-            source: source(version),
-        }
-    }
-
-    fn v(s: &str) -> String {
-        s.to_string()
-    }
-
-    fn passed(version: &str) -> Effect {
-        Effect::Judge {
-            version: v(version),
-            verdict: Verdict::Passed,
-        }
-    }
-
-    fn failed(version: &str) -> Effect {
-        Effect::Judge {
-            version: v(version),
-            verdict: Verdict::Failed,
-        }
-    }
-
-    /// Runs the machine from v1 to v2 up to the health check.
-    fn to_checking(m: &mut Activation) {
-        assert_eq!(m.step(Input::Deploy(req("v2", false))), [fetch("v2")]);
-        assert_eq!(
-            m.step(Input::Fetched(Ok(()))),
-            [Effect::SwitchCurrent { version: v("v2") }]
-        );
-        assert_eq!(m.step(Input::Switched(Ok(()))), [Effect::StopJail]);
-        assert_eq!(
-            m.step(Input::Stopped),
-            [Effect::StartJail { version: v("v2") }]
-        );
-        assert_eq!(
-            m.step(Input::Started(Ok(()))),
-            [Effect::CheckHealth { version: v("v2") }]
-        );
-    }
-
-    #[test]
-    fn a_healthy_deploy_reports_ok() {
-        let mut m = Activation::new(Some(v("v1")));
-        to_checking(&mut m);
-        let ok = Outcome::Ok {
-            event_id: v("e-v2"),
-            version: v("v2"),
-        };
-        assert_eq!(
-            m.step(Input::HealthPassed),
-            [passed("v2"), Effect::Report(ok)]
-        );
-        assert_eq!((m.current(), m.is_idle()), (Some("v2"), true));
-    }
-
-    #[test]
-    fn failed_health_switches_back_restarts_previous_and_reports_rolled_back() {
-        let mut m = Activation::new(Some(v("v1")));
-        to_checking(&mut m);
-        assert_eq!(
-            m.step(Input::HealthFailed(v("GET: 500"))),
-            [failed("v2"), Effect::StopJail]
-        );
-        assert_eq!(
-            m.step(Input::Stopped),
-            [Effect::SwitchCurrent { version: v("v1") }]
-        );
-        assert_eq!(
-            m.step(Input::Switched(Ok(()))),
-            [Effect::StartJail { version: v("v1") }]
-        );
-        assert_eq!(m.current(), Some("v1"));
-        let out = Outcome::RolledBack {
-            event_id: v("e-v2"),
-            version: v("v2"),
-            to: v("v1"),
-            error: v("GET: 500"),
-        };
-        assert_eq!(m.step(Input::Started(Ok(()))), [Effect::Report(out)]);
-        assert!(m.is_idle());
-    }
-
-    #[test]
-    fn a_crash_while_checking_or_a_failed_start_rolls_back_too() {
-        let mut m = Activation::new(Some(v("v1")));
-        to_checking(&mut m);
-        assert_eq!(
-            m.step(Input::Crashed(v("exit 1"))),
-            [failed("v2"), Effect::StopJail]
-        );
-        let mut m = Activation::new(Some(v("v1")));
-        m.step(Input::Deploy(req("v2", true)));
-        m.step(Input::Switched(Ok(())));
-        m.step(Input::Stopped);
-        assert_eq!(
-            m.step(Input::Started(Err(v("no exe")))),
-            [failed("v2"), Effect::StopJail]
-        );
-        assert_eq!(
-            m.step(Input::Stopped),
-            [Effect::SwitchCurrent { version: v("v1") }]
-        );
-    }
-
-    /// The fetch stages; a switch that then fails leaves the old release current and
-    /// running, and the staged one judged failed (never a rollback target).
-    #[test]
-    fn a_failed_switch_after_the_stage_activates_nothing() {
-        let mut m = Activation::new(Some(v("v1")));
-        assert_eq!(m.step(Input::Deploy(req("v2", false))), [fetch("v2")]);
-        assert_eq!(
-            m.step(Input::Fetched(Ok(()))),
-            [Effect::SwitchCurrent { version: v("v2") }]
-        );
-        let out = m.step(Input::Switched(Err(v("read-only file system"))));
-        assert!(
-            matches!(&out[..], [j, Effect::Report(Outcome::Failed { .. })] if *j == failed("v2")),
-            "{out:?}"
-        );
-        assert_eq!((m.current(), m.is_idle()), (Some("v1"), true));
-        // A release already on disk (an earlier one) is not judged by a failed switch.
-        assert_eq!(
-            m.step(Input::Deploy(req("v0", true))),
-            [Effect::SwitchCurrent { version: v("v0") }]
-        );
-        let out = m.step(Input::Switched(Err(v("read-only file system"))));
-        assert!(
-            matches!(&out[..], [Effect::Report(Outcome::Failed { .. })]),
-            "{out:?}"
-        );
-    }
-
-    #[test]
-    fn a_failed_rollback_reports_both_errors() {
-        let mut m = Activation::new(Some(v("v1")));
-        to_checking(&mut m);
-        m.step(Input::HealthFailed(v("sick")));
-        m.step(Input::Stopped);
-        m.step(Input::Switched(Ok(())));
-        let out = m.step(Input::Started(Err(v("gone"))));
-        match &out[..] {
-            [Effect::Report(Outcome::Failed { error, .. })] => {
-                assert!(error.contains("sick") && error.contains("gone"), "{error}")
-            }
-            o => panic!("{o:?}"),
-        }
-    }
-
-    #[test]
-    fn no_previous_release_means_failed() {
-        let mut m = Activation::new(None);
-        m.step(Input::Deploy(req("v1", false)));
-        m.step(Input::Fetched(Ok(())));
-        m.step(Input::Switched(Ok(())));
-        m.step(Input::Stopped);
-        m.step(Input::Started(Ok(())));
-        let out = m.step(Input::HealthFailed(v("sick")));
-        assert_eq!(out[0], failed("v1"));
-        assert_eq!(out[1], Effect::StopJail);
-        assert_eq!(out[2], Effect::ClearCurrent { version: v("v1") });
-        assert!(
-            matches!(&out[3], Effect::Report(Outcome::Failed { error, .. }) if error.contains("no previous"))
-        );
-        // Regression: the failed release stayed `current` to the machine, so deploying it
-        // again was an `ok` no-op with no health check.
-        assert_eq!(m.current(), None);
-        let out = m.step(Input::Deploy(req("v1", true)));
-        assert_eq!(out, [Effect::SwitchCurrent { version: v("v1") }]);
-    }
-
-    #[test]
-    fn current_is_a_no_op_present_skips_fetch_and_fetch_failure_activates_nothing() {
-        let mut m = Activation::new(Some(v("v1")));
-        let out = m.step(Input::Deploy(req("v1", true)));
-        assert!(matches!(&out[..], [Effect::Report(Outcome::Ok { .. })]));
-        assert_eq!(
-            m.step(Input::Deploy(req("v0", true))),
-            [Effect::SwitchCurrent { version: v("v0") }]
-        );
-        let mut m = Activation::new(Some(v("v1")));
-        m.step(Input::Deploy(req("v2", false)));
-        let out = m.step(Input::Fetched(Err(v("digest mismatch"))));
-        assert!(
-            matches!(&out[..], [Effect::Report(Outcome::Failed { error, .. })] if error == "digest mismatch")
-        );
-        assert_eq!((m.current(), m.is_idle()), (Some("v1"), true));
-    }
-
-    #[test]
-    fn requests_during_an_activation_wait_and_the_newest_wins() {
-        let mut m = Activation::new(Some(v("v1")));
-        m.step(Input::Deploy(req("v2", false)));
-        assert!(m.step(Input::Deploy(req("v3", false))).is_empty());
-        assert!(m.step(Input::Deploy(req("v4", false))).is_empty());
-        assert!(m.step(Input::HealthPassed).is_empty(), "late input ignored");
-        let out = m.step(Input::Fetched(Err(v("404"))));
-        assert!(matches!(&out[0], Effect::Report(Outcome::Failed { .. })));
-        assert_eq!(out[1], fetch("v4"));
-    }
-}
+#[path = "activation_tests.rs"]
+mod tests;

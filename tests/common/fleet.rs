@@ -476,6 +476,13 @@ impl Fleet {
         Some(target.file_name()?.to_string_lossy().into_owned())
     }
 
+    /// The release node `n`'s `web` jail runs, as its supervisor's pid file records it.
+    pub fn running_on_disk(&self, n: u8) -> Option<String> {
+        let pid_file = self.agent(n).data_dir.join("apps/web.pid");
+        let record: Value = serde_json::from_slice(&std::fs::read(pid_file).ok()?).ok()?;
+        Some(record["release"].as_str()?.to_owned())
+    }
+
     /// The jail output of node `n`'s `web` (for failure messages).
     pub fn app_log(&self, n: u8) -> String {
         std::fs::read_to_string(self.agent(n).data_dir.join("apps/web.log")).unwrap_or_default()

@@ -12,11 +12,12 @@
 //! - Bad input (a version that is not a valid release name, an unparsable URL) becomes a
 //!   `failed` outcome naming the problem; nothing panics and nothing is activated.
 //! - An activation under way is recorded in the store (`.droot-fleet/activating.json`)
-//!   until its outcome. If the agent dies meanwhile, `current` may name a release that was
-//!   never health-checked; the next executor switches back to the release before it and
-//!   starts that (or, when there was none, removes `current`) before anything else, so
-//!   an unverified release never runs on, and the controller's retry of that deploy is a
-//!   full activation, not an `ok` no-op.
+//!   until its outcome. If the agent dies meanwhile, the new release may be running though
+//!   it never passed (`current` names it only once it passed; a store an older agent left
+//!   may differ); the next executor judges it failed and starts what `current` names (the
+//!   release before it; with none, the app stays stopped) before anything else, so an
+//!   unverified release never runs on, and the controller's retry of that deploy is a full
+//!   activation, not an `ok` no-op.
 //! - A deploy of the version already current is `ok` at once, without a restart; if its
 //!   jail is down (stopped, or failed and not restarted), it is started first.
 //! - Every activation ends: by the app's `deploy_timeout`, when a deploy of another version
@@ -357,7 +358,7 @@ async fn bring_up(sup: &Supervisor, app: &AppConfig) -> store::View {
             tracing::warn!(app = %app.name, version = %m.version, back_on = ?m.from, "an activation was cut off by the agent's end before its health check passed; back on the release before it");
         }
         Ok(Some(store::Undone::NoPrevious(m))) => {
-            tracing::warn!(app = %app.name, version = %m.version, "an activation was cut off by the agent's end before its health check passed, and no release came before it; current removed, the app stays stopped until a release is deployed");
+            tracing::warn!(app = %app.name, version = %m.version, "an activation was cut off by the agent's end before its health check passed, and no release came before it; the app stays stopped until a release is deployed");
             if let Err(e) = sup.stop(&app.name).await {
                 tracing::error!(app = %app.name, error = %e, "cannot stop the unverified jail");
             }

@@ -302,13 +302,6 @@ impl AppTask {
                 }
                 None
             }
-            Effect::ClearCurrent { version } => {
-                let layout = self.layout.clone();
-                if let Err(e) = blocking(move || store::clear_current(&layout, &version)).await {
-                    tracing::error!(app = %name, error = %e, "cannot remove current after a failed first deploy");
-                }
-                None
-            }
             Effect::Report(outcome) => {
                 // The record goes first: a crash right after the outcome must not find it.
                 self.track().await;
