@@ -25,9 +25,16 @@ fn key_rotation_reaches_every_node_and_its_keyring_file() {
     ops::wait_all_alive(&agents, 3);
     let k2 = keygen();
 
-    // Unsigned, a change is refused by every node (the gossip key alone authorises none),
-    // with a clear error and exit 2; nothing changed.
+    // Without a signing key the CLI sends nothing; sent unsigned anyway, a change is refused
+    // by every node (the gossip key alone authorises none), with exit 2; nothing changed.
     let out = agents[0].cli(&["keys", "install", &k2]);
+    assert_eq!(out.status.code(), Some(1), "{}", all_text(&out));
+    assert!(
+        all_text(&out).contains("no signing key"),
+        "{}",
+        all_text(&out)
+    );
+    let out = agents[0].cli(&["keys", "install", &k2, "--unsigned"]);
     assert_eq!(out.status.code(), Some(2), "{}", all_text(&out));
     let text = all_text(&out);
     assert_eq!(
@@ -35,7 +42,6 @@ fn key_rotation_reaches_every_node_and_its_keyring_file() {
         3,
         "{text}"
     );
-    assert!(text.contains("sent unsigned: pass --signing-key"), "{text}");
     for ring in &rings {
         assert_eq!(file_keys(ring), vec![k1.clone()]);
     }

@@ -32,17 +32,27 @@ pub struct KeyAuth {
     pub signature: String,
 }
 
-/// What is signed: the operation, its key, when and which.
-fn message(op: &str, key: Option<&str>, issued_at_ms: u64, id: &[u8; 16]) -> Vec<u8> {
-    let body = postcard::to_allocvec(&(op, key, issued_at_ms, id)).unwrap_or_default();
-    [CONTEXT, &body].concat()
+/// The bytes signed: the context, then the operation and its key (each length-prefixed,
+/// the key after a presence byte), when, and which.
+fn signed_bytes(op: &str, key: Option<&str>, issued_at_ms: u64, id: &[u8; 16]) -> Vec<u8> {
+    let mut out = CONTEXT.to_vec();
+    let field = |out: &mut Vec<u8>, s: &str| {
+        out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    };
+    field(&mut out, op);
+    out.push(u8::from(key.is_some()));
+    field(&mut out, key.unwrap_or_default());
+    out.extend_from_slice(&issued_at_ms.to_be_bytes());
+    out.extend_from_slice(id);
+    out
 }
 
 /// Signs `op` on `key` (base64, as sent) at `now_ms`.
 pub fn sign(op: &str, key: Option<&str>, signer: &SigningKey, now_ms: u64) -> KeyAuth {
     use base64::Engine as _;
     let id: [u8; 16] = rand::random();
-    let sig = signer.sign(&message(op, key, now_ms, &id));
+    let sig = signer.sign(&signed_bytes(op, key, now_ms, &id));
     KeyAuth {
         issued_at_ms: now_ms,
         id: hex::encode(id),
@@ -60,9 +70,15 @@ pub enum KeyAuthError {
     NoTrustedKeys { op: String },
     #[error("key {op} refused: it is not signed (sign it with a key in trusted_signing_keys)")]
     Unsigned { op: String },
-    #[error("key {op} refused: its signature is malformed ({reason})")]
+    #[error(
+        "key {op} refused: its signature is malformed ({reason}); sign it again with \
+         droot-fleet of this release"
+    )]
     Malformed { op: String, reason: String },
-    #[error("key {op} refused: its signature does not verify under any trusted key")]
+    #[error(
+        "key {op} refused: its signature does not verify under any trusted key (sign with a \
+         key whose public half is in this node's trusted_signing_keys)"
+    )]
     BadSignature { op: String },
     #[error(
         "key {op} refused: issued {age}s ago, older than the {max_age}s allowed (issue it \
@@ -74,7 +90,7 @@ pub enum KeyAuthError {
          (check the clocks of this host and of the operator)"
     )]
     FromFuture { op: String, ahead: u64, skew: u64 },
-    #[error("key {op} refused: already applied once (replayed)")]
+    #[error("key {op} refused: already applied once (replayed); issue it again to repeat it")]
     Replayed { op: String },
 }
 
@@ -121,7 +137,7 @@ impl KeyAuthority {
         };
         let auth = auth.ok_or_else(|| KeyAuthError::Unsigned { op: op.into() })?;
         let (id, sig) = decode(op, auth)?;
-        let msg = message(op, key, auth.issued_at_ms, &id);
+        let msg = signed_bytes(op, key, auth.issued_at_ms, &id);
         if !keys.iter().any(|k| k.verify(&msg, &sig).is_ok()) {
             return Err(KeyAuthError::BadSignature { op: op.into() });
         }

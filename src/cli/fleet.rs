@@ -133,6 +133,10 @@ pub struct KeyChange {
     /// DROOT_FLEET_SIGNING_KEY names one.
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+    /// Send it unsigned: only --dev agents that trust no signing key apply it (agents of
+    /// an older release would too, and the cluster would split).
+    #[arg(long, conflicts_with = "signing_key")]
+    pub unsigned: bool,
 }
 
 #[derive(Debug, Args)]
@@ -297,13 +301,15 @@ pub fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
     };
     let key = change.map(|c| c.key.as_str());
     let auth = match change {
-        Some(c) => c
-            .signing
-            .load_optional(c.config.as_deref())?
-            .map(|signer| crate::agent::key_auth::sign(op, key, &signer, now_ms())),
-        None => None,
+        Some(c) if !c.unsigned => {
+            let signer = c.signing.load(c.config.as_deref()).context(
+                "cluster key changes are signed with the deploy signing key (--unsigned only \
+                 for --dev agents that trust no key)",
+            )?;
+            Some(crate::agent::key_auth::sign(op, key, &signer, now_ms()))
+        }
+        _ => None,
     };
-    let signed = auth.is_some();
     let r = runtime()?.block_on(client.keys(op, key, auth))?;
     match args.format {
         Format::Json => print_json(&r)?,
@@ -334,12 +340,6 @@ pub fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("droot-fleet: error: key {op} did not succeed on every node");
-        if change.is_some() && !signed {
-            eprintln!(
-                "droot-fleet: it was sent unsigned: pass --signing-key FILE, set \
-                 DROOT_FLEET_SIGNING_KEY, or set signing_key in the --config file"
-            );
-        }
         Ok(ExitCode::from(2))
     }
 }

@@ -4,12 +4,12 @@
 //! the executor that owns it carries out each effect and feeds the result back.
 //!
 //! The steps, in this order (decided in [`Activation::next`] alone):
-//! 1. stage: fetch, verify and unpack into `releases/<v>`, `current` untouched (skipped for
-//!    a release already on disk);
+//! 1. stage: fetch, verify and unpack into `releases/<v>`, `current` untouched (nothing to
+//!    do for a release already on disk);
 //! 2. stop the running instance;
 //! 3. start the new release's instance;
 //! 4. wait until it is healthy;
-//! 5. judge it passed and switch `current` to it;
+//! 5. switch `current` to it and judge it passed;
 //! 6. report.
 //!
 //! `current` names a release only once it passed: a restart at any step before brings back
@@ -39,8 +39,6 @@ pub struct Request {
     pub version: String,
     /// Where its artifact is (resolved: never empty) and the digest it must have.
     pub source: Source,
-    /// Whether `releases/<version>` is already on disk.
-    pub present: bool,
 }
 
 /// Where a release's artifact comes from.
@@ -118,10 +116,10 @@ enum Phase {
     Starting,
     Checking,
     Switching,
-    /// Rolling back to `to` (the release still `current`) because of `error`; the step
-    /// says which answer is awaited.
+    /// Rolling back to `to` (the release still `current`; none for a first deploy) because
+    /// of `error`; the step says which answer is awaited.
     RollingBack {
-        to: String,
+        to: Option<String>,
         error: String,
         step: Back,
     },
@@ -204,33 +202,24 @@ impl Activation {
                 (Phase::Checking, vec![Effect::CheckHealth { version }])
             }
             (Phase::Checking, Input::HealthPassed) => {
-                let judge = Effect::Judge {
-                    version: version.clone(),
-                    verdict: Verdict::Passed,
-                };
-                (
-                    Phase::Switching,
-                    vec![judge, Effect::SwitchCurrent { version }],
-                )
+                (Phase::Switching, vec![Effect::SwitchCurrent { version }])
             }
             (Phase::Switching, Input::Switched(Ok(()))) => {
                 let req = self.active.take().expect("an active request");
                 self.current = Some(req.version.clone());
+                let judge = Effect::Judge {
+                    version: req.version.clone(),
+                    verdict: Verdict::Passed,
+                };
                 let ok = Outcome::Ok {
                     event_id: req.event_id,
                     version: req.version,
                 };
-                (Phase::Idle, vec![Effect::Report(ok)])
+                (Phase::Idle, vec![judge, Effect::Report(ok)])
             }
-            (Phase::Switching, Input::Switched(Err(e))) => self.roll_back(e, None),
             (Phase::Starting, Input::Started(Err(e)))
-            | (Phase::Checking, Input::HealthFailed(e) | Input::Crashed(e)) => {
-                let judge = Effect::Judge {
-                    version,
-                    verdict: Verdict::Failed,
-                };
-                self.roll_back(e, Some(judge))
-            }
+            | (Phase::Checking, Input::HealthFailed(e) | Input::Crashed(e))
+            | (Phase::Switching, Input::Switched(Err(e))) => self.roll_back(e, version),
             (Phase::RollingBack { to, error, step }, input) => {
                 self.rolling_back(to, error, step, input)
             }
@@ -246,14 +235,11 @@ impl Activation {
             };
             return (Phase::Idle, vec![Effect::Report(ok)]);
         }
-        let version = req.version.clone();
-        let (present, source) = (req.present, req.source.clone());
+        // Always through the stage: a release on disk when the request came may have been
+        // pruned by the activation it waited for (the stage does nothing if it is there).
+        let (version, source) = (req.version.clone(), req.source.clone());
         self.active = Some(req);
-        if present {
-            (Phase::Stopping, vec![Effect::StopJail])
-        } else {
-            (Phase::Fetching, vec![Effect::Fetch { version, source }])
-        }
+        (Phase::Fetching, vec![Effect::Fetch { version, source }])
     }
 
     fn finish_failed(&mut self, error: String) -> Effect {
@@ -265,39 +251,42 @@ impl Activation {
         })
     }
 
-    /// Stops the new instance and brings back the release still `current`; `judge` first.
-    fn roll_back(&mut self, error: String, judge: Option<Effect>) -> (Phase, Vec<Effect>) {
-        let mut effects: Vec<Effect> = judge.into_iter().collect();
-        effects.push(Effect::StopJail);
-        match self.current.clone() {
-            Some(to) => {
-                let step = Back::Stopping;
-                (Phase::RollingBack { to, error, step }, effects)
-            }
-            None => {
-                let why = format!("{error}; no previous release to roll back to");
-                effects.push(self.finish_failed(why));
-                (Phase::Idle, effects)
-            }
-        }
+    /// Judges `version` failed, stops the new instance and brings back the release still
+    /// `current`; with none, reports `failed` once the new instance is stopped (the
+    /// activation stays active until then, so its record outlives the stop).
+    fn roll_back(&mut self, error: String, version: String) -> (Phase, Vec<Effect>) {
+        let judge = Effect::Judge {
+            version,
+            verdict: Verdict::Failed,
+        };
+        let to = self.current.clone();
+        let step = Back::Stopping;
+        (
+            Phase::RollingBack { to, error, step },
+            vec![judge, Effect::StopJail],
+        )
     }
 
     fn rolling_back(
         &mut self,
-        to: String,
+        to: Option<String>,
         error: String,
         step: Back,
         input: Input,
     ) -> (Phase, Vec<Effect>) {
-        match (step, input) {
-            (Back::Stopping, Input::Stopped) => {
+        match (step, input, to) {
+            (Back::Stopping, Input::Stopped, None) => {
+                let why = format!("{error}; no previous release to roll back to");
+                (Phase::Idle, vec![self.finish_failed(why)])
+            }
+            (Back::Stopping, Input::Stopped, Some(to)) => {
                 let start = Effect::StartJail {
                     version: to.clone(),
                 };
-                let step = Back::Starting;
+                let (to, step) = (Some(to), Back::Starting);
                 (Phase::RollingBack { to, error, step }, vec![start])
             }
-            (Back::Starting, Input::Started(Ok(()))) => {
+            (Back::Starting, Input::Started(Ok(())), Some(to)) => {
                 let req = self.active.take().expect("an active request");
                 let out = Outcome::RolledBack {
                     event_id: req.event_id,
@@ -307,11 +296,12 @@ impl Activation {
                 };
                 (Phase::Idle, vec![Effect::Report(out)])
             }
-            (Back::Starting, Input::Started(Err(e))) => {
+            (Back::Starting, Input::Started(Err(e)), to) => {
+                let to = to.unwrap_or_default();
                 let both = format!("{error}; the rollback to {to} failed too: {e}");
                 (Phase::Idle, vec![self.finish_failed(both)])
             }
-            (step, _) => (Phase::RollingBack { to, error, step }, vec![]),
+            (step, _, to) => (Phase::RollingBack { to, error, step }, vec![]),
         }
     }
 }

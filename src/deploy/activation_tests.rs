@@ -2,12 +2,11 @@
 
 use super::*;
 
-fn req(v: &str, present: bool) -> Request {
+fn req(v: &str) -> Request {
     Request {
         event_id: format!("e-{v}"),
         version: v.into(),
         source: source(v),
-        present,
     }
 }
 
@@ -46,7 +45,7 @@ fn failed(version: &str) -> Effect {
 /// Runs the machine from v1 to v2 up to the health check: staged, v1 stopped, v2 started;
 /// `current` still v1.
 fn to_checking(m: &mut Activation) {
-    assert_eq!(m.step(Input::Deploy(req("v2", false))), [fetch("v2")]);
+    assert_eq!(m.step(Input::Deploy(req("v2"))), [fetch("v2")]);
     assert_eq!(m.step(Input::Fetched(Ok(()))), [Effect::StopJail]);
     assert_eq!(
         m.step(Input::Stopped),
@@ -60,18 +59,21 @@ fn to_checking(m: &mut Activation) {
 }
 
 #[test]
-fn a_healthy_deploy_is_switched_to_then_reported_ok() {
+fn a_healthy_deploy_is_switched_to_judged_and_reported_ok() {
     let mut m = Activation::new(Some(v("v1")));
     to_checking(&mut m);
     assert_eq!(
         m.step(Input::HealthPassed),
-        [passed("v2"), Effect::SwitchCurrent { version: v("v2") }]
+        [Effect::SwitchCurrent { version: v("v2") }]
     );
     let ok = Outcome::Ok {
         event_id: v("e-v2"),
         version: v("v2"),
     };
-    assert_eq!(m.step(Input::Switched(Ok(()))), [Effect::Report(ok)]);
+    assert_eq!(
+        m.step(Input::Switched(Ok(()))),
+        [passed("v2"), Effect::Report(ok)]
+    );
     assert_eq!((m.current(), m.is_idle()), (Some("v2"), true));
 }
 
@@ -106,7 +108,8 @@ fn a_crash_while_checking_or_a_failed_start_rolls_back_too() {
         [failed("v2"), Effect::StopJail]
     );
     let mut m = Activation::new(Some(v("v1")));
-    assert_eq!(m.step(Input::Deploy(req("v2", true))), [Effect::StopJail]);
+    m.step(Input::Deploy(req("v2")));
+    m.step(Input::Fetched(Ok(())));
     m.step(Input::Stopped);
     assert_eq!(
         m.step(Input::Started(Err(v("no exe")))),
@@ -119,7 +122,7 @@ fn a_crash_while_checking_or_a_failed_start_rolls_back_too() {
 }
 
 /// The check passed but `current` could not be switched: a restart would bring back v1,
-/// so v1 is brought back now (v2 stays judged passed: it is a good release).
+/// so v1 is brought back now, and v2 (never live) is judged failed.
 #[test]
 fn a_failed_switch_after_the_check_rolls_back() {
     let mut m = Activation::new(Some(v("v1")));
@@ -127,7 +130,7 @@ fn a_failed_switch_after_the_check_rolls_back() {
     m.step(Input::HealthPassed);
     assert_eq!(
         m.step(Input::Switched(Err(v("read-only file system")))),
-        [Effect::StopJail]
+        [failed("v2"), Effect::StopJail]
     );
     m.step(Input::Stopped);
     let out = m.step(Input::Started(Ok(())));
@@ -153,33 +156,38 @@ fn a_failed_rollback_reports_both_errors() {
     }
 }
 
-/// A first deploy that fails its check: the new instance is stopped and nothing ever named
-/// it `current`, so nothing starts it later and deploying it again is a full activation.
+/// A first deploy that fails its check: the new instance is stopped, and only then is the
+/// outcome reported (the activation's record outlives the stop); nothing ever named it
+/// `current`, so nothing starts it later and deploying it again is a full activation.
 #[test]
-fn no_previous_release_means_failed() {
+fn no_previous_release_means_failed_once_stopped() {
     let mut m = Activation::new(None);
-    m.step(Input::Deploy(req("v1", false)));
+    m.step(Input::Deploy(req("v1")));
     m.step(Input::Fetched(Ok(())));
     m.step(Input::Stopped);
     m.step(Input::Started(Ok(())));
     let out = m.step(Input::HealthFailed(v("sick")));
-    assert_eq!(out[..2], [failed("v1"), Effect::StopJail]);
+    assert_eq!(out, [failed("v1"), Effect::StopJail]);
+    assert!(m.active().is_some(), "still active while it stops");
+    let out = m.step(Input::Stopped);
     assert!(
-        matches!(&out[2], Effect::Report(Outcome::Failed { error, .. }) if error.contains("no previous")),
+        matches!(&out[..], [Effect::Report(Outcome::Failed { error, .. })] if error.contains("no previous")),
         "{out:?}"
     );
     assert_eq!((m.current(), m.is_idle()), (None, true));
-    assert_eq!(m.step(Input::Deploy(req("v1", true))), [Effect::StopJail]);
+    assert_eq!(m.step(Input::Deploy(req("v1"))), [fetch("v1")]);
 }
 
+/// A release on disk goes through the stage too (which finds it there): the activation
+/// it waited for may have pruned it meanwhile.
 #[test]
-fn current_is_a_no_op_present_skips_the_stage_and_a_failed_stage_activates_nothing() {
+fn current_is_a_no_op_and_a_failed_stage_activates_nothing() {
     let mut m = Activation::new(Some(v("v1")));
-    let out = m.step(Input::Deploy(req("v1", true)));
+    let out = m.step(Input::Deploy(req("v1")));
     assert!(matches!(&out[..], [Effect::Report(Outcome::Ok { .. })]));
-    assert_eq!(m.step(Input::Deploy(req("v0", true))), [Effect::StopJail]);
+    assert_eq!(m.step(Input::Deploy(req("v0"))), [fetch("v0")]);
     let mut m = Activation::new(Some(v("v1")));
-    m.step(Input::Deploy(req("v2", false)));
+    m.step(Input::Deploy(req("v2")));
     let out = m.step(Input::Fetched(Err(v("digest mismatch"))));
     assert!(
         matches!(&out[..], [Effect::Report(Outcome::Failed { error, .. })] if error == "digest mismatch")
@@ -190,9 +198,9 @@ fn current_is_a_no_op_present_skips_the_stage_and_a_failed_stage_activates_nothi
 #[test]
 fn requests_during_an_activation_wait_and_the_newest_wins() {
     let mut m = Activation::new(Some(v("v1")));
-    m.step(Input::Deploy(req("v2", false)));
-    assert!(m.step(Input::Deploy(req("v3", false))).is_empty());
-    assert!(m.step(Input::Deploy(req("v4", false))).is_empty());
+    m.step(Input::Deploy(req("v2")));
+    assert!(m.step(Input::Deploy(req("v3"))).is_empty());
+    assert!(m.step(Input::Deploy(req("v4"))).is_empty());
     assert!(m.step(Input::HealthPassed).is_empty(), "late input ignored");
     let out = m.step(Input::Fetched(Err(v("404"))));
     assert!(matches!(&out[0], Effect::Report(Outcome::Failed { .. })));

@@ -20,7 +20,8 @@
 //!
 //! Size budget: a datagram is at most [`MAX_DATAGRAM`] (1400) bytes sealed, so its
 //! plaintext is at most [`MAX_PLAINTEXT`]; see [`super::limits`] for how that budget is
-//! split between the datagram tag, foca's header and custom broadcasts.
+//! split between the datagram tag, foca's header and custom broadcasts. A foca packet
+//! between enrolled members carries a MAC and a stamp on top ([`MAX_RECEIVED_DATAGRAM`]).
 //!
 //! Streams (TCP push/pull and large query responses) are a sequence of frames
 //! `[u32 big-endian sealed length][sealed message]`. [`FrameDecoder`] is a pure
@@ -44,9 +45,9 @@ pub const MAX_DATAGRAM: usize = 1400;
 /// Largest plaintext that fits in one sealed datagram.
 pub const MAX_PLAINTEXT: usize = MAX_DATAGRAM - SEAL_OVERHEAD;
 /// Largest datagram received: a full foca packet with its MAC
-/// ([`super::pairwise::TAG_LEN`]), which only enrolled members send each other (an agent
+/// and stamp ([`super::pairwise::AUTH_LEN`]), which only enrolled members send each other (an agent
 /// of an older release never gets one). Still under a 1500-byte MTU with IPv6 headers.
-pub const MAX_RECEIVED_DATAGRAM: usize = MAX_DATAGRAM + super::pairwise::TAG_LEN;
+pub const MAX_RECEIVED_DATAGRAM: usize = MAX_DATAGRAM + super::pairwise::AUTH_LEN;
 /// Largest sealed stream frame (length prefix excluded) accepted by [`FrameDecoder`].
 pub const MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
 /// Largest plaintext that fits in one stream frame.
@@ -398,7 +399,7 @@ mod tests {
             seal_datagram(&r, &max, &mut rng).unwrap().len(),
             MAX_DATAGRAM
         );
-        let authed = vec![0u8; MAX_PLAINTEXT + crate::gossip::pairwise::TAG_LEN];
+        let authed = vec![0u8; MAX_PLAINTEXT + crate::gossip::pairwise::AUTH_LEN];
         assert_eq!(
             seal_datagram(&r, &authed, &mut rng).unwrap().len(),
             MAX_RECEIVED_DATAGRAM

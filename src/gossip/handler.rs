@@ -129,6 +129,9 @@ pub struct Stats {
     pub packets_forged: u64,
     /// foca packets without a MAC from an enrolled sender, identities required.
     pub packets_unauthenticated: u64,
+    /// foca packets with their sender's MAC, but stamped before what it sent since, or far
+    /// from this node's clock.
+    pub packets_replayed: u64,
     /// Gossiped items and cards left unchecked: the second's signature checks were spent
     /// ([`crate::gossip::vouch::CHECKS_PER_SECOND`]).
     pub checks_deferred: u64,
@@ -331,6 +334,12 @@ impl GossipCore {
     pub fn set_identity(&mut self, identity: NodeId) {
         self.card_due |= identity != self.identity && self.identities.own().is_some();
         self.identity = identity;
+    }
+
+    /// Moves the wall clock on (never back) without the pruning of [`Self::tick`]: per
+    /// input, so that per-second bounds count real seconds.
+    pub fn set_clock(&mut self, now: Duration) {
+        self.now = self.now.max(now);
     }
 
     /// Updates the wall clock used for event ages, prunes old recent events and expires

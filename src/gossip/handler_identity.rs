@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::gossip::kinds::{KindPolicy, Owner};
+use crate::gossip::pairwise::Opened;
 use crate::gossip::screen;
 use crate::gossip::vouch::{
     IdentityPolicy, MAX_REVOCATIONS, MEMBER_KIND, MemberCard, Mode, REVOKED_KIND, Refusal,
@@ -192,11 +193,12 @@ impl GossipCore {
     /// A foca packet to `dst` as a datagram plaintext: with its MAC when both ends are
     /// enrolled ([`crate::gossip::pairwise`]).
     pub fn foca_datagram(&mut self, dst: &NodeId, packet: &[u8]) -> Vec<u8> {
-        let tag = self.identities.packet_tag(&dst.name, packet);
-        crate::gossip::message::encode_foca_datagram(packet, tag.as_ref())
+        let now_ms = u64::try_from(self.now.as_millis()).unwrap_or(u64::MAX);
+        let auth = self.identities.packet_auth(&dst.name, packet, now_ms);
+        crate::gossip::message::encode_foca_datagram(packet, auth.as_ref())
     }
 
-    /// Screens a foca packet from UDP source `from`, with its MAC `tag` if it has one,
+    /// Screens a foca packet from UDP source `from`, with its MAC and stamp if it has them,
     /// before `Foca::handle_data` (see [`crate::gossip::screen`]); with identities off it
     /// passes as it is. `left`: whether a member's own leave was recorded (a down verdict
     /// about it is then final); `incarnation`: this node's own. Also returns the sender when
@@ -205,7 +207,7 @@ impl GossipCore {
     pub fn screen_packet<'a>(
         &mut self,
         pkt: &'a [u8],
-        tag: Option<&[u8; crate::gossip::pairwise::TAG_LEN]>,
+        auth: Option<&crate::gossip::pairwise::Auth>,
         from: std::net::SocketAddr,
         left: impl Fn(&NodeId) -> bool,
         incarnation: foca::Incarnation,
@@ -221,12 +223,11 @@ impl GossipCore {
             let who = parsed.header.src.clone();
             return Ok((screen::Screened::Refused { who }, None));
         }
-        let carried = self.card_carried(&parsed);
-        if !self.packet_authentic(&parsed, pkt, tag, carried.as_ref()) {
+        let (authentic, carried) = self.packet_authentic(&parsed, pkt, auth);
+        if !authentic {
             let who = parsed.header.src.clone();
             return Ok((screen::Screened::Refused { who }, None));
         }
-        let carried = carried.map(|(id, _)| id);
         let policy = PacketPolicy {
             identities: &self.identities,
             carried,
@@ -285,41 +286,53 @@ impl GossipCore {
         (id == *src).then(|| (id, *card.node_key()))
     }
 
-    /// Whether a packet may speak for its sender: its MAC verifies under the sender's node
-    /// key (from its card, or the card it carries); without one, only where identities are
-    /// not required or the sender has no card. A packet with a MAC that does not verify is
-    /// a forgery (`packets_forged`); one without, from an enrolled sender while identities
-    /// are required, is dropped (`packets_unauthenticated`): the sender lacks this node's
-    /// card, and the push/pull the caller then starts gives it.
+    /// Whether a packet may speak for its sender, and the sender's identity if the packet
+    /// carried a newer card of it. The MAC is checked first under the card held (no
+    /// signature check); only a packet whose sender has no card vouching for it here has
+    /// its carried card checked ([`Self::card_carried`], metered). A MAC that does not
+    /// verify is a forgery (`packets_forged`), an old stamp a replay (`packets_replayed`);
+    /// none, from an enrolled sender while
+    /// identities are required, is dropped (`packets_unauthenticated`): the sender lacks
+    /// this node's card, and the push/pull the caller then starts gives it.
     fn packet_authentic(
         &mut self,
         parsed: &screen::Parsed<'_>,
         pkt: &[u8],
-        tag: Option<&[u8; crate::gossip::pairwise::TAG_LEN]>,
-        carried: Option<&(NodeId, ed25519_dalek::VerifyingKey)>,
-    ) -> bool {
-        // Only an identity a card vouches for (the screen refuses the others anyway).
+        auth: Option<&crate::gossip::pairwise::Auth>,
+    ) -> (bool, Option<NodeId>) {
         let src = &parsed.header.src;
-        let key = match carried {
-            Some((_, key)) => Some(*key),
-            None => (self.identities.card(&src.name))
-                .filter(|c| c.vouched(&src.name) == *src)
-                .map(|c| *c.node_key()),
+        let held = (self.identities.card(&src.name))
+            .filter(|c| c.vouched(&src.name) == *src)
+            .map(|c| *c.node_key());
+        let (key, carried) = match held {
+            Some(key) => (Some(key), None),
+            None => match self.card_carried(parsed) {
+                Some((id, key)) => (Some(key), Some(id)),
+                None => (None, None),
+            },
         };
-        match (key, tag) {
-            (Some(key), Some(tag)) => {
-                let ok = self.identities.check_packet_tag(&key, pkt, tag);
-                if !ok {
-                    self.stats.packets_forged += 1;
+        let authentic = match (key, auth) {
+            (Some(key), Some(auth)) => {
+                let now_ms = u64::try_from(self.now.as_millis()).unwrap_or(u64::MAX);
+                match self.identities.open_packet(&key, pkt, auth, now_ms) {
+                    Opened::Authentic => true,
+                    Opened::Forged => {
+                        self.stats.packets_forged += 1;
+                        false
+                    }
+                    Opened::Replayed => {
+                        self.stats.packets_replayed += 1;
+                        false
+                    }
                 }
-                ok
             }
             (Some(_), None) if self.identities.mode() == Mode::Required => {
                 self.stats.packets_unauthenticated += 1;
                 false
             }
             _ => true,
-        }
+        };
+        (authentic, carried)
     }
 
     /// The identity checks of an item before it may enter [`Latest`]; `local`: this

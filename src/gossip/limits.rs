@@ -12,6 +12,7 @@
 //!  = MAX_PLAINTEXT (1371)
 //!  - DATAGRAM_TAG_LEN (1)                     foca packet vs direct message
 //!  = FOCA_MAX_PACKET_SIZE (1370)              -> foca Config::max_packet_size
+//!    (+ 16-byte MAC between enrolled members: 1416 sealed, see pairwise.rs)
 //!  - FOCA_HEADER_MAX (269)                    3 NodeIds + incarnation + message
 //!  - 2 (update tally) - 2 (item length prefix)
 //!  = MAX_BROADCAST_ITEM (1097)                one encoded custom broadcast

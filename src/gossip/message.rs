@@ -24,7 +24,7 @@ use super::envelope::{MAX_FRAME_PLAINTEXT, MAX_PLAINTEXT};
 use super::event::{EventError, UserEvent};
 use super::identity::NodeId;
 use super::limits::MAX_BROADCAST_ITEM;
-use super::pairwise::TAG_LEN;
+use super::pairwise::{AUTH_LEN, Auth, TAG_LEN};
 use super::pushpull::PushPullState;
 use super::query::{Query, QueryResponse};
 use super::supersede::Superseding;
@@ -142,10 +142,11 @@ fn decode_signed<T: DeserializeOwned>(
 /// A decoded incoming datagram plaintext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Datagram<'a> {
-    /// Hand to `Foca::handle_data` (once screened); `tag`: its sender's MAC, if it has one.
+    /// Hand to `Foca::handle_data` (once screened); `auth`: its sender's MAC and stamp, if
+    /// it has them.
     Foca {
         packet: &'a [u8],
-        tag: Option<[u8; TAG_LEN]>,
+        auth: Option<Auth>,
     },
     /// Handle in the shell.
     Direct(Direct),
@@ -297,12 +298,13 @@ pub fn decode_broadcast(bytes: &[u8]) -> Result<Broadcast, DecodeError> {
 
 /// Wraps a packet foca asked to send (`Runtime::send_to`) as a datagram plaintext, with
 /// its MAC for the receiver when there is one ([`crate::gossip::pairwise`]).
-pub fn encode_foca_datagram(packet: &[u8], mac: Option<&[u8; TAG_LEN]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + TAG_LEN + packet.len());
-    match mac {
-        Some(mac) => {
+pub fn encode_foca_datagram(packet: &[u8], auth: Option<&Auth>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + AUTH_LEN + packet.len());
+    match auth {
+        Some(auth) => {
             out.push(tag::AUTH_FOCA);
-            out.extend_from_slice(mac);
+            out.extend_from_slice(&auth.tag);
+            out.extend_from_slice(&auth.sent_ms.to_be_bytes());
         }
         None => out.push(tag::FOCA),
     }
@@ -346,18 +348,9 @@ pub fn decode_datagram(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     match t {
         tag::FOCA => Ok(Datagram::Foca {
             packet: body,
-            tag: None,
+            auth: None,
         }),
-        tag::AUTH_FOCA => match body.split_first_chunk::<TAG_LEN>() {
-            Some((mac, packet)) => Ok(Datagram::Foca {
-                packet,
-                tag: Some(*mac),
-            }),
-            None => Err(DecodeError::Invalid {
-                what: "foca packet",
-                reason: format!("{} bytes, shorter than its MAC", body.len()),
-            }),
-        },
+        tag::AUTH_FOCA => decode_auth_foca(body),
         tag::QUERY_RESPONSE | tag::SIGNED_QUERY_RESPONSE => Ok(Datagram::Direct(
             Direct::QueryResponse(decode_response(t, body)?),
         )),
@@ -376,6 +369,23 @@ pub fn decode_datagram(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
         }
         tag => Err(DecodeError::UnknownType { channel, tag }),
     }
+}
+
+/// `[MAC][sender's clock, ms, big-endian][foca packet]`.
+fn decode_auth_foca(body: &[u8]) -> Result<Datagram<'_>, DecodeError> {
+    let short = || DecodeError::Invalid {
+        what: "foca packet",
+        reason: format!("{} bytes, shorter than its MAC and stamp", body.len()),
+    };
+    let (tag, rest) = body.split_first_chunk::<TAG_LEN>().ok_or_else(short)?;
+    let (stamp, packet) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+    Ok(Datagram::Foca {
+        packet,
+        auth: Some(Auth {
+            tag: *tag,
+            sent_ms: u64::from_be_bytes(*stamp),
+        }),
+    })
 }
 
 fn encode_state(tag: u8, s: &PushPullState, what: &'static str) -> Result<Vec<u8>, EncodeError> {
@@ -538,18 +548,22 @@ mod tests {
             decode_datagram(&foca).unwrap(),
             Datagram::Foca {
                 packet: b"foca-bytes",
-                tag: None
+                auth: None
             }
         );
-        let authed = encode_foca_datagram(b"foca-bytes", Some(&[7; TAG_LEN]));
+        let auth = Auth {
+            tag: [7; TAG_LEN],
+            sent_ms: 1_800_000_000_123,
+        };
+        let authed = encode_foca_datagram(b"foca-bytes", Some(&auth));
         assert_eq!(
             decode_datagram(&authed).unwrap(),
             Datagram::Foca {
                 packet: b"foca-bytes",
-                tag: Some([7; TAG_LEN])
+                auth: Some(auth)
             }
         );
-        assert!(decode_datagram(&authed[..TAG_LEN]).is_err(), "cut short");
+        assert!(decode_datagram(&authed[..AUTH_LEN]).is_err(), "cut short");
 
         let r = QueryResponse {
             id: QueryId(1),

@@ -50,7 +50,8 @@
 //! - **Seal everything, open everything, count failures**: each incoming datagram →
 //!   [`envelope::open`] (count [`envelope::OpenError`] by variant, never log each
 //!   packet) → [`message::decode_datagram`] → `Foca::handle_data` or the direct
-//!   handler. Datagrams larger than [`envelope::MAX_DATAGRAM`] are dropped unread.
+//!   handler. Datagrams larger than [`envelope::MAX_RECEIVED_DATAGRAM`] are dropped
+//!   unread.
 //! - **Local events/queries**: [`GossipCore::create_event`] /
 //!   [`GossipCore::create_query`] return bytes for `Foca::add_broadcast` (the origin
 //!   then delivers its own event through the handler). Lock with

@@ -115,11 +115,11 @@ impl Sim {
             let node = &mut self.nodes[i];
             match envelope::open(&node.keyring, &sealed) {
                 Ok(plain) => match decode_datagram(&plain).unwrap() {
-                    Datagram::Foca { packet: pkt, tag } => {
+                    Datagram::Foca { packet: pkt, auth } => {
                         // Screened against identities first, as the agent does.
                         let screened = node.core.lock().screen_packet(
                             pkt,
-                            tag.as_ref(),
+                            auth.as_ref(),
                             src,
                             |_| false,
                             u16::MAX,

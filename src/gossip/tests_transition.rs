@@ -178,22 +178,30 @@ fn a_packet_from_another_address_is_refused() {
     let n0_card = card_of(&enrolled("node0", 100), &node_id(0));
     let learned = at_n3.check_card(&n0_card, crate::gossip::tests::EPOCH.as_secs());
     at_n3.learn_card("node0", learned.unwrap());
-    let tag = at_n3.packet_tag("node0", &pkt).unwrap();
-    let screen = |tag: Option<&[u8; 16]>| {
+    let now_ms = u64::try_from(crate::gossip::tests::EPOCH.as_millis()).unwrap();
+    let auth = at_n3.packet_auth("node0", &pkt, now_ms).unwrap();
+    let screen = |auth: Option<&crate::gossip::pairwise::Auth>| {
         let (got, _) = core
             .lock()
-            .screen_packet(&pkt, tag, node_id(3).addr, |_| false, 0)
+            .screen_packet(&pkt, auth, node_id(3).addr, |_| false, 0)
             .unwrap();
         matches!(got, Screened::Pass { .. })
     };
+    let forged = crate::gossip::pairwise::Auth {
+        tag: [0; 16],
+        ..auth
+    };
+    let old = at_n3.packet_auth("node0", &pkt, now_ms - 10_000).unwrap();
     assert!(!screen(None), "no MAC");
-    assert!(!screen(Some(&[0; 16])), "a forged MAC");
-    assert!(screen(Some(&tag)), "node3's MAC");
-    let stats = core.lock().stats();
-    assert_eq!(
-        (stats.packets_unauthenticated, stats.packets_forged),
-        (1, 1)
+    assert!(!screen(Some(&forged)), "a forged MAC");
+    assert!(screen(Some(&auth)), "node3's MAC");
+    assert!(
+        !screen(Some(&old)),
+        "node3's, recorded earlier and played back"
     );
+    let stats = core.lock().stats();
+    let counts = (stats.packets_unauthenticated, stats.packets_forged);
+    assert_eq!((counts, stats.packets_replayed), ((1, 1), 1));
 }
 
 /// Kinds this build does not know are said by their origin too, once identities hold.

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cert::{CertError, NodeCert, Revocation, RevocationBody};
 use super::identity::NodeId;
-use super::pairwise::{PairKeys, TAG_LEN};
+use super::pairwise::{Auth, Opened, PairKeys};
 use super::query::QueryResponse;
 use super::supersede::Superseding;
 
@@ -204,14 +204,14 @@ pub enum Refusal {
     #[error("node identities are off here: no enrollment keys to check it against")]
     IdentitiesOff,
     #[error(
-        "not checked: this second's {CHECKS_PER_SECOND} signature checks for gossiped \
-         items are spent (it comes again by push/pull)"
+        "not checked: this second's {CHECKS_PER_SECOND} signature-checked gossiped items \
+         are spent (it comes again by push/pull)"
     )]
     Busy,
 }
 
-/// Signature checks per second that gossiped datagrams may cause (member cards, signed
-/// items, revocations). Their sender is not authenticated: a holder of the gossip key
+/// Items per second that gossiped datagrams may have checked by signature (member cards,
+/// signed items, revocations; one or two verifications each). Their sender is not authenticated: a holder of the gossip key
 /// could otherwise send forged signatures at line rate and keep a core busy checking
 /// them. An item costs one or two Ed25519 verifications (a card whose certificate is not
 /// the one held, two): at some 50 µs each, at most a tenth of a core. What is over it is
@@ -286,21 +286,27 @@ impl Identities {
         }
     }
 
-    /// The MAC of a foca packet to `dst`: with an identity of this node's and a card of
-    /// `dst`'s (between enrolled members; an older release gets none).
-    pub fn packet_tag(&mut self, dst: &str, packet: &[u8]) -> Option<[u8; TAG_LEN]> {
+    /// The MAC and stamp of a foca packet to `dst` sent at `now_ms`: with an identity of
+    /// this node's and a card of `dst`'s (between enrolled members; an older release gets
+    /// none).
+    pub fn packet_auth(&mut self, dst: &str, packet: &[u8], now_ms: u64) -> Option<Auth> {
         let key = *self.book.get(dst)?.node_key();
-        self.pair_keys.as_mut()?.tag(&key, packet)
+        self.pair_keys.as_mut()?.seal(&key, packet, now_ms)
     }
 
-    /// Whether `tag` proves that the holder of `sender` made `packet` for this node.
-    pub fn check_packet_tag(
+    /// Whether `auth` proves that the holder of `sender` made `packet` for this node,
+    /// lately ([`crate::gossip::pairwise`]).
+    pub fn open_packet(
         &mut self,
         sender: &VerifyingKey,
         packet: &[u8],
-        tag: &[u8; TAG_LEN],
-    ) -> bool {
-        (self.pair_keys.as_mut()).is_some_and(|k| k.verify(sender, packet, tag))
+        auth: &Auth,
+        now_ms: u64,
+    ) -> Opened {
+        match self.pair_keys.as_mut() {
+            Some(keys) => keys.open(sender, packet, auth, now_ms),
+            None => Opened::Forged,
+        }
     }
 
     /// One signature check caused by a datagram at `now` (Unix seconds), if this second's

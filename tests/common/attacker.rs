@@ -188,8 +188,8 @@ pub fn authed_datagram(
 ) -> Vec<u8> {
     let pkt = foca_packet(header, &[], broadcasts);
     let mut keys = droot_fleet::gossip::pairwise::PairKeys::new(stolen);
-    let tag = keys.tag(receiver, &pkt).unwrap();
-    droot_fleet::gossip::message::encode_foca_datagram(&pkt, Some(&tag))
+    let auth = keys.seal(receiver, &pkt, now_ms()).unwrap();
+    droot_fleet::gossip::message::encode_foca_datagram(&pkt, Some(&auth))
 }
 
 impl Attacker {

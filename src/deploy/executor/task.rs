@@ -148,17 +148,17 @@ impl AppTask {
             }
         }
         let (layout, version, want) = (self.layout.clone(), req.version.clone(), req.sha256);
-        let present = blocking(move || match want {
+        // A release already on disk is used as it is: it must be of the digest asked for.
+        let checked = blocking(move || match want {
             Some(want) if store::is_present(&layout, &version) => {
-                store::check_present_digest(&layout, &version, &want).map(|()| true)
+                store::check_present_digest(&layout, &version, &want)
             }
-            _ => Ok(store::is_present(&layout, &version)),
+            _ => Ok(()),
         })
         .await;
-        let present = match present {
-            Ok(p) => p,
-            Err(error) => return self.fail(req, error).await,
-        };
+        if let Err(error) = checked {
+            return self.fail(req, error).await;
+        }
         // An event without a URL uses this node's own template for the app.
         let url = if req.url.is_empty() {
             self.app.artifact_url(&req.version)
@@ -172,7 +172,6 @@ impl AppTask {
                 url,
                 sha256: req.sha256,
             },
-            present,
         }))
     }
 

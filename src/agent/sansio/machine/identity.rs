@@ -20,7 +20,7 @@ impl<W, S> AgentMachine<W, S> {
         &mut self,
         now: Now,
         pkt: &[u8],
-        tag: Option<&[u8; crate::gossip::pairwise::TAG_LEN]>,
+        auth: Option<&crate::gossip::pairwise::Auth>,
         from: SocketAddr,
         out: &mut Effects<W, S>,
     ) {
@@ -29,7 +29,7 @@ impl<W, S> AgentMachine<W, S> {
         let screened =
             self.core
                 .lock()
-                .screen_packet(pkt, tag, from, |id| left.has_left(id), incarnation);
+                .screen_packet(pkt, auth, from, |id| left.has_left(id), incarnation);
         match screened {
             Ok((Screened::Pass { packet, .. }, ask)) => {
                 if let Err(e) = self.foca.handle_data(&packet, &mut self.rt) {

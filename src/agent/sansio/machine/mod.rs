@@ -215,9 +215,10 @@ impl<W, S> AgentMachine<W, S> {
     /// An opened datagram from `from`.
     pub fn datagram(&mut self, now: Now, plain: &[u8], from: SocketAddr) -> Effects<W, S> {
         let mut out = Vec::new();
+        self.core.lock().set_clock(now.wall);
         match message::decode_datagram(plain) {
-            Ok(Datagram::Foca { packet, tag }) => {
-                self.foca_packet(now, packet, tag.as_ref(), from, &mut out)
+            Ok(Datagram::Foca { packet, auth }) => {
+                self.foca_packet(now, packet, auth.as_ref(), from, &mut out)
             }
             Ok(Datagram::Direct(Direct::QueryResponse(r))) => {
                 self.record_response(now, r, &mut out);
@@ -389,6 +390,7 @@ impl<W, S> AgentMachine<W, S> {
                 "identity_packets_unauthenticated",
                 s.packets_unauthenticated,
             ),
+            ("identity_packets_replayed", s.packets_replayed),
             ("identity_checks_deferred", s.checks_deferred),
         ] {
             counters.insert(k.to_owned(), v);
@@ -421,6 +423,8 @@ impl<W, S> AgentMachine<W, S> {
     /// Drains foca's runtime and the core's deliveries into `out` (see the module
     /// docs for the order). Call after every foca call.
     fn drain(&mut self, now: Now, out: &mut Effects<W, S>) {
+        // Packets are stamped with this clock (see gossip::pairwise).
+        self.core.lock().set_clock(now.wall);
         while let Some((dst, data)) = self.rt.to_send() {
             if let Ok((header, _)) = postcard::take_from_bytes::<foca::Header<NodeId>>(&data) {
                 self.incarnation = header.src_incarnation;
