@@ -12,7 +12,7 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _};
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::signed::{Policy, SeenIds, Timing, Trust};
+use crate::deploy::signed::{Policy, SeenIds, SeenSnapshot, Timing, Trust};
 
 /// Domain separation: a key-operation signature is valid for nothing else.
 const CONTEXT: &[u8] = b"droot-fleet key operation v1\0";
@@ -108,6 +108,16 @@ impl KeyAuthority {
             policy,
             seen: SeenIds::new(SEEN_OPERATIONS),
         }
+    }
+
+    /// The operations applied, to persist.
+    pub fn seen(&self) -> SeenSnapshot {
+        self.seen.snapshot()
+    }
+
+    /// Takes back the operations applied before a restart.
+    pub fn restore_seen(&mut self, snap: &SeenSnapshot) {
+        self.seen.restore(snap);
     }
 
     /// Refuses every change (an agent whose deploy rules are not known yet).
@@ -208,6 +218,22 @@ mod tests {
         assert_eq!(a.admit("install", Some("K"), Some(&auth), NOW), Ok(()));
         assert!(matches!(
             a.admit("install", Some("K"), Some(&auth), NOW),
+            Err(KeyAuthError::Replayed { .. })
+        ));
+    }
+
+    /// The ids applied survive a restart (the state file keeps [`KeyAuthority::seen`]): a
+    /// signed `use` of an old key, replayed after the node restarted, stays a replay.
+    #[test]
+    fn a_replay_stays_one_across_a_restart() {
+        let op = generate_signing_key();
+        let mut before = authority(&op);
+        let auth = sign("use", Some("K"), &op, NOW);
+        assert_eq!(before.admit("use", Some("K"), Some(&auth), NOW), Ok(()));
+        let mut after = authority(&op);
+        after.restore_seen(&before.seen());
+        assert!(matches!(
+            after.admit("use", Some("K"), Some(&auth), NOW + 1000),
             Err(KeyAuthError::Replayed { .. })
         ));
     }

@@ -57,6 +57,10 @@ pub struct PersistedState {
     /// Events whose handlers could not be started yet (absent in older files).
     #[serde(default)]
     pub pending: Vec<PendingRecord>,
+    /// Cluster key operations applied, so that a replay stays one across a restart
+    /// ([`crate::agent::key_auth`]; absent in older files).
+    #[serde(default)]
+    pub key_operations: crate::deploy::signed::SeenSnapshot,
 }
 
 /// Path of the state file.
@@ -178,6 +182,7 @@ mod tests {
         let id = NodeId::new("n1", "127.0.0.1:1".parse().unwrap(), 3).unwrap();
         let core = GossipCore::new(id, Tags::new(), CoreConfig::default(), Duration::ZERO);
         let state = PersistedState {
+            key_operations: Default::default(),
             core: core.snapshot(),
             members: vec![],
             left: LeftBook::default(),
@@ -201,6 +206,7 @@ mod tests {
         let mut left = LeftBook::default();
         left.record(&NodeId::new("gone", "127.0.0.1:2".parse().unwrap(), 1).unwrap());
         let state = PersistedState {
+            key_operations: Default::default(),
             core: core.snapshot(),
             members: vec![id],
             left,

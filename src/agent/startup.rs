@@ -92,6 +92,8 @@ pub(super) struct Restored {
     pub(super) rejoin: Vec<NodeId>,
     pub(super) left: LeftBook,
     pub(super) pending: PendingHandlers,
+    /// Cluster key operations applied before the restart.
+    pub(super) key_operations: crate::deploy::signed::SeenSnapshot,
 }
 
 /// Prepares the data dir and the keyring, then restores the state file and replays the
@@ -123,6 +125,10 @@ pub(super) fn restore(settings: &mut Settings) -> Result<Restored, AgentError> {
     let owed = persisted
         .as_ref()
         .map(|p| p.pending.clone())
+        .unwrap_or_default();
+    let key_operations = persisted
+        .as_ref()
+        .map(|p| p.key_operations.clone())
         .unwrap_or_default();
     let (mut core, rejoin, left) = match persisted {
         Some(p) => (
@@ -164,6 +170,7 @@ pub(super) fn restore(settings: &mut Settings) -> Result<Restored, AgentError> {
         rejoin,
         left,
         pending,
+        key_operations,
     })
 }
 
@@ -200,8 +207,9 @@ impl Restored {
         settings: Settings,
         kinds: crate::gossip::kinds::Kinds,
         registry: QueryRegistry,
-        key_authority: crate::agent::key_auth::KeyAuthority,
+        mut key_authority: crate::agent::key_auth::KeyAuthority,
     ) -> Init {
+        key_authority.restore_seen(&self.key_operations);
         Init {
             key_authority,
             settings,

@@ -495,6 +495,7 @@ impl<W, S> AgentMachine<W, S> {
             members,
             left: self.left.clone(),
             pending: self.pending.records(),
+            key_operations: self.key_authority.seen(),
         }))
     }
 
