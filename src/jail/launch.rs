@@ -116,6 +116,46 @@ impl Launch {
     }
 }
 
+/// A running `run` process's command line, read back (`/proc/PID/cmdline`): its root and
+/// the flags before the jail's command. Also for jails an older agent started, whose flags
+/// this release may not know; the command's own arguments are never taken for flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningLaunch {
+    root: Vec<u8>,
+    flags: Vec<Vec<u8>>,
+}
+
+impl RunningLaunch {
+    /// `cmdline` (NUL-separated, as the kernel gives it), if it is `EXE run --root ROOT ...`.
+    pub fn parse(cmdline: &[u8]) -> Option<Self> {
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.get(1) != Some(&&b"run"[..]) || args.get(2) != Some(&&b"--root"[..]) {
+            return None;
+        }
+        let root = args.get(3)?.to_vec();
+        let flags = (args.iter().skip(4))
+            .take_while(|a| **a != b"--")
+            .map(|a| a.to_vec())
+            .collect();
+        Some(RunningLaunch { root, flags })
+    }
+
+    /// That of the process `pid`, if it is a `run` process.
+    pub fn of_pid(pid: i32) -> Option<Self> {
+        Self::parse(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+    }
+
+    /// The root it runs.
+    pub fn root(&self) -> &[u8] {
+        &self.root
+    }
+
+    /// Whether `flag` (e.g. `--userns`) is among its flags.
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag.as_bytes())
+    }
+}
+
 /// The pipe `run --start-gate FD` waits on: the jail starts on the byte
 /// [`GateOpener::open`] writes, once its pid file is written, and ends unstarted on EOF, when
 /// the opener is dropped unused or the whole supervisor died first. So no jail runs that no
@@ -186,5 +226,50 @@ pub fn wait_start_gate(fd: OwnedFd) -> io::Result<bool> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmdline(args: &[OsString]) -> Vec<u8> {
+        let mut out = b"/usr/bin/droot-fleet".to_vec();
+        for a in args {
+            out.push(0);
+            out.extend_from_slice(a.as_encoded_bytes());
+        }
+        out.push(0);
+        out
+    }
+
+    /// What the supervisor starts reads back: the root, the flags, and not the command's
+    /// own arguments (an app run as `app --userns` is no user-namespace jail).
+    #[test]
+    fn a_launch_reads_back_from_its_command_line() {
+        let launch = Launch {
+            root: "/srv/web/releases/v1".into(),
+            start_gate: Some(5),
+            log: Some(LogSpec {
+                path: "/var/lib/a/web.log".into(),
+                cap: 10,
+            }),
+            command: vec!["app".into(), "--userns".into(), "--log-file".into()],
+            ..Launch::default()
+        };
+        let running = RunningLaunch::parse(&cmdline(&launch.to_args())).unwrap();
+        assert_eq!(running.root(), b"/srv/web/releases/v1");
+        assert!(running.has_flag("--log-file") && running.has_flag("--start-gate"));
+        assert!(!running.has_flag("--userns"), "the command's argument");
+        let ns = Launch {
+            userns: Some(Userns::Recorded),
+            ..launch
+        };
+        assert!(
+            RunningLaunch::parse(&cmdline(&ns.to_args()))
+                .unwrap()
+                .has_flag("--userns")
+        );
+        assert_eq!(RunningLaunch::parse(b"/bin/sh\0-c\0run\0"), None);
     }
 }

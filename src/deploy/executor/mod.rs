@@ -307,8 +307,8 @@ async fn restart_if_userns_changed(sup: &Supervisor, app: &AppConfig) {
     let Some(pid) = st.pid.filter(|_| st.adopted) else {
         return;
     };
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let with_userns = cmdline.split(|b| *b == 0).any(|a| a == b"--userns");
+    let running = crate::jail::launch::RunningLaunch::of_pid(pid);
+    let with_userns = running.is_some_and(|r| r.has_flag("--userns"));
     if with_userns == app.jail.userns.is_some() {
         return;
     }

@@ -9,6 +9,7 @@
 //! - Every signal goes through a pidfd (`pidfd_send_signal`), opened while the process is
 //!   known to be ours, so a signal can never reach a process that reused the pid.
 
+use crate::jail::launch::RunningLaunch;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -103,10 +104,8 @@ pub fn adopt(rec: &PidRecord, root: &Path) -> Result<OwnedFd, NotAdopted> {
     if started != rec.start_time {
         return Err(NotAdopted::Recycled);
     }
-    let cmdline = fs::read(format!("/proc/{}/cmdline", rec.pid)).map_err(|_| NotAdopted::Gone)?;
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let want = root.as_os_str().as_encoded_bytes();
-    if args.get(1) != Some(&&b"run"[..]) || args.get(3) != Some(&want) {
+    let running = RunningLaunch::of_pid(rec.pid).ok_or(NotAdopted::Recycled)?;
+    if running.root() != root.as_os_str().as_encoded_bytes() {
         return Err(NotAdopted::Recycled);
     }
     Ok(fd)
@@ -227,13 +226,7 @@ impl AppLog {
 /// Whether the `run` process `pid` writes its log itself (`run --log-file`), judged from its
 /// command line; `false` for a jail started by a release before that flag.
 pub fn runs_with_log(pid: i32) -> bool {
-    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    cmdline
-        .split(|b| *b == 0)
-        .take_while(|a| *a != b"--")
-        .any(|a| a == b"--log-file")
+    RunningLaunch::of_pid(pid).is_some_and(|r| r.has_flag("--log-file"))
 }
 
 #[cfg(test)]
