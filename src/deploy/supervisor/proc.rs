@@ -9,7 +9,6 @@
 //! - Every signal goes through a pidfd (`pidfd_send_signal`), opened while the process is
 //!   known to be ours, so a signal can never reach a process that reused the pid.
 
-use crate::jail::launch::RunningLaunch;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -20,6 +19,8 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+
+use crate::jail::launch::RunningLaunch;
 
 /// What a pid file records about one running jail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
