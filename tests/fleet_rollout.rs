@@ -136,11 +136,12 @@ fn wait_output_on_a_pipe_and_a_terminal_and_a_timeout(f: &Fleet) {
     f.publish("v4", Kind::Healthy);
     let (code, stdout, stderr) = deploy("v4", &[]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert_eq!(
-        stdout.trim_end(),
-        "deploy web v4: all 5 target(s) ok",
-        "{stderr}"
+    let (id, summary) = stdout.trim_end().split_once('\n').unwrap_or_default();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the event id first: {stdout}"
     );
+    assert_eq!(summary, "deploy web v4: all 5 target(s) ok", "{stderr}");
     let lines = progress_lines(&stderr);
     assert_eq!(
         lines.last().map(String::as_str),

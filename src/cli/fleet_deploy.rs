@@ -197,21 +197,25 @@ fn send(spec: &EventSpec, url: String, o: &RolloutArgs, what: &str) -> anyhow::R
     if let Some(theirs) = accepted.event_id.as_ref().filter(|t| **t != id) {
         tracing::warn!(ours = %id, agent = %theirs, "the agent reports another event id");
     }
-    if !o.wait {
-        match o.format {
-            Format::Json => print_json(&serde_json::json!({
-                "event_id": id, "app": ev.app, "version": ev.version, "ltime": accepted.ltime,
-            }))?,
-            Format::Text => {
-                println!("{id}");
-                eprintln!(
-                    "{what}: sent as event {id} (ltime {}); see `droot-fleet query status {}`",
-                    accepted.ltime, ev.app
-                );
-            }
+    // The event id comes first, with --wait too: a script can follow or stop the rollout.
+    let sent = serde_json::json!({
+        "event_id": id, "app": ev.app, "version": ev.version, "ltime": accepted.ltime,
+    });
+    match (o.format, o.wait) {
+        (Format::Json, false) => print_json(&sent)?,
+        (Format::Json, true) => println!("{sent}"),
+        (Format::Text, _) => {
+            println!("{id}");
+            eprintln!(
+                "{what}: sent as event {id} (ltime {}); see `droot-fleet query status {}`",
+                accepted.ltime, ev.app
+            );
         }
+    }
+    if !o.wait {
         return Ok(ExitCode::SUCCESS);
     }
+    std::io::Write::flush(&mut std::io::stdout())?;
     let (last, verdict) = rt.block_on(follow(&client, &id, timeout))?;
     match o.format {
         Format::Json => print_json(&progress::report(

@@ -369,9 +369,16 @@ impl Fleet {
         all.extend(["--wait", "--timeout", "120s", "--format", "json"]);
         all.extend(["--signing-key", &key]);
         let out = self.cli(via, &all);
-        let v: Value = serde_json::from_slice(&out.stdout)
+        // First a line naming the event (printed at once), then the report.
+        let docs: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+            .into_iter::<Value>()
+            .collect::<Result<_, _>>()
             .unwrap_or_else(|e| panic!("{all:?}: no JSON report ({e}):\n{}", text(&out)));
-        (out.status.code().unwrap_or(-1), v)
+        let [sent, report] = &docs[..] else {
+            panic!("{all:?}: not an event line and a report:\n{}", text(&out));
+        };
+        assert_eq!(sent["event_id"], report["event_id"], "{}", text(&out));
+        (out.status.code().unwrap_or(-1), report.clone())
     }
 
     /// `query status web --format json` through node `via`, as printed.
