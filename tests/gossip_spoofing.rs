@@ -17,15 +17,7 @@ use agent_support::{Agent, Cluster, wait_for};
 use attacker::{Attacker, foca_datagram, identity_in};
 use droot_fleet::gossip::NodeId;
 use foca::{Header, Member, Message, State};
-use ops::{LONG, start_n};
-
-fn member_json(a: &Agent) -> Vec<serde_json::Value> {
-    let out = a.cli(&["members", "--format", "json"]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
+use ops::{LONG, counter, member_json, start_n};
 
 /// Three enrolled agents, identities required, each holding every card.
 fn required_cluster(net: &str) -> (Cluster, Vec<Agent>) {
@@ -114,10 +106,6 @@ fn a_spoofed_down_verdict_does_not_fail_an_enrolled_node() {
             .all(|x| x.name == "n2" || x.status_of("n2").as_deref() == Some("alive"))
             .then_some(())
     });
-}
-
-fn counter(a: &Agent, name: &str) -> u64 {
-    a.info()["counters"][name].as_u64().unwrap_or(0)
 }
 
 /// A query whose origin names a victim's address, slipped in under a real member's name

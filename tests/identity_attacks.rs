@@ -14,23 +14,11 @@ use agent_support::{Agent, Cluster, wait_for};
 use attacker::{Attacker, now_ms, slot};
 use droot_fleet::gossip::message::{Direct, LeaveNotice, encode_direct};
 use droot_fleet::gossip::{NodeId, Tags};
-use ops::{LONG, ok, start_n};
+use ops::{LONG, counter, member_json, ok, start_n};
 
 fn evil_tags() -> Vec<u8> {
     let tags: Tags = [("role".to_owned(), "evil".to_owned())].into();
     postcard::to_stdvec(&tags).unwrap()
-}
-
-fn counter(a: &Agent, name: &str) -> u64 {
-    a.info()["counters"][name].as_u64().unwrap_or(0)
-}
-
-fn member_json(a: &Agent) -> Vec<serde_json::Value> {
-    let out = a.cli(&["members", "--format", "json"]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
 }
 
 fn tags_of(a: &Agent, node: &str) -> Option<serde_json::Value> {

@@ -27,14 +27,21 @@ impl Store {
     }
 }
 
-fn store(what: &str) -> Store {
-    common::require_root(what);
-    let t = common::tempdir();
+/// A busybox rootfs in `t`, changed by `prepare`, as a tar.
+fn busybox_tar(t: &common::TempDir, prepare: impl FnOnce(&Path)) -> PathBuf {
     let src = t.path().join("rootfs");
     std::fs::create_dir(&src).unwrap();
     common::busybox_rootfs(&src);
+    prepare(&src);
     let tar = t.path().join("rootfs.tar");
     common::tar_dir(&src, &tar);
+    tar
+}
+
+fn store(what: &str) -> Store {
+    common::require_root(what);
+    let t = common::tempdir();
+    let tar = busybox_tar(&t, |_| {});
     let root = t.path().join("app");
     let out = common::archive::deploy(&root, &tar, &["--userns", "--version", "v1"]);
     common::archive::ok(&out);
@@ -332,12 +339,9 @@ fn a_root_outside_the_range_or_with_no_range_is_refused() {
 fn older_releases_are_shifted_when_the_store_turns_user_namespaces_on() {
     common::require_root("shifting releases");
     let t = common::tempdir();
-    let src = t.path().join("rootfs");
-    std::fs::create_dir(&src).unwrap();
-    common::busybox_rootfs(&src);
-    std::fs::set_permissions(src.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let tar = t.path().join("rootfs.tar");
-    common::tar_dir(&src, &tar);
+    let tar = busybox_tar(&t, |src| {
+        std::fs::set_permissions(src.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    });
     let root = t.path().join("app");
     common::archive::ok(&common::archive::deploy(&root, &tar, &["--version", "v1"]));
     let o = common::output(
@@ -449,11 +453,7 @@ fn a_range_held_by_another_store_is_refused_naming_it() {
 fn an_rsync_root_runs_in_a_user_namespace() {
     common::require_root("rsync mode with userns");
     let t = common::tempdir();
-    let src = t.path().join("rootfs");
-    std::fs::create_dir(&src).unwrap();
-    common::busybox_rootfs(&src);
-    let tar = t.path().join("rootfs.tar");
-    common::tar_dir(&src, &tar);
+    let tar = busybox_tar(&t, |_| {});
     let root = t.path().join("live");
     let o = common::archive::deploy(&root, &tar, &["--mode", "rsync", "--userns"]);
     common::archive::ok(&o);

@@ -120,10 +120,11 @@ impl KeyAuthority {
         self.seen.restore(snap);
     }
 
-    /// Refuses every change (an agent whose deploy rules are not known yet).
-    pub fn refuse_all() -> Self {
+    /// Before the operator's keys are known: a `--dev` agent (`dev`) takes unsigned changes,
+    /// any other none.
+    pub fn without_keys(dev: bool) -> Self {
         Self::new(Policy {
-            trusted: Trust::Keys(Vec::new()),
+            trusted: Trust::new(Vec::new(), dev),
             max_age: 0,
             max_skew: 0,
         })
@@ -273,17 +274,13 @@ mod tests {
         let mut garbled = sign("use", Some("K"), &op, NOW);
         garbled.signature = "!!".into();
         assert!(err(a.admit("use", Some("K"), Some(&garbled), NOW)).contains("malformed"));
-        let none = KeyAuthority::refuse_all().admit("use", Some("K"), None, NOW);
+        let none = KeyAuthority::without_keys(false).admit("use", Some("K"), None, NOW);
         assert!(err(none).contains("trusts none"));
     }
 
     #[test]
     fn a_dev_agent_without_keys_takes_unsigned_operations() {
-        let mut a = KeyAuthority::new(Policy {
-            trusted: Trust::new(Vec::new(), true),
-            max_age: 3600,
-            max_skew: 300,
-        });
+        let mut a = KeyAuthority::without_keys(true);
         assert_eq!(a.admit("install", Some("K"), None, NOW), Ok(()));
     }
 }

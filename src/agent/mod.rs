@@ -228,13 +228,7 @@ impl Agent {
         let registry = QueryRegistry::with_builtins(&settings.node, settings.blob_query);
         let (tx, inputs) = mpsc::channel(1024);
         let (stop, stop_rx) = watch::channel(false);
-        // Until told the operator's keys: a `--dev` agent takes unsigned key changes, any
-        // other none.
-        let key_authority = key_auth::KeyAuthority::new(crate::deploy::signed::Policy {
-            trusted: crate::deploy::signed::Trust::new(Vec::new(), settings.dev),
-            max_age: 0,
-            max_skew: 0,
-        });
+        let key_authority = key_auth::KeyAuthority::without_keys(settings.dev);
         Self {
             settings,
             registry,

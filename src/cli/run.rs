@@ -135,7 +135,7 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
             })?,
         ),
     };
-    let result = JailSpec::build(launch.into_spec_input(userns)).and_then(|spec| jail::run(&spec));
+    let result = JailSpec::build(launch, userns).and_then(|spec| jail::run(&spec));
     match result {
         Ok(exit) => Ok(ExitCode::from(exit.code())),
         Err(err) => {

@@ -264,6 +264,24 @@ pub(super) fn card_of(who: &OwnIdentity, id: &NodeId) -> Superseding {
     card
 }
 
+/// node0 started again from `snap` (the next bump), under `policy`.
+pub(super) fn restarted_lone_core(
+    snap: crate::gossip::CoreSnapshot,
+    policy: IdentityPolicy,
+) -> SharedCore {
+    let mut id = node_id(0);
+    id.bump += 1;
+    let core = SharedCore::new(GossipCore::restore(
+        id,
+        Tags::new(),
+        CoreConfig::default(),
+        snap,
+        EPOCH,
+    ));
+    core.lock().set_identity_policy(policy);
+    core
+}
+
 pub(super) fn lone_core() -> SharedCore {
     let core = SharedCore::new(GossipCore::new(
         node_id(0),
@@ -299,18 +317,7 @@ fn revocations_survive_a_restart_and_a_reload() {
 
     let snap = core.lock().snapshot();
     assert_eq!(snap.revocations.len(), 1);
-    let mut id = node_id(0);
-    id.bump += 1;
-    let restarted = SharedCore::new(GossipCore::restore(
-        id,
-        Tags::new(),
-        CoreConfig::default(),
-        snap,
-        EPOCH,
-    ));
-    restarted
-        .lock()
-        .set_identity_policy(policy(Some(enrolled("node0", 100))));
+    let restarted = restarted_lone_core(snap, policy(Some(enrolled("node0", 100))));
     let mut h = restarted.handler();
     assert_eq!(
         h.receive_item(&card, Some(&peer)).unwrap(),

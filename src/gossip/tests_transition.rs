@@ -2,7 +2,9 @@
 //! showed one (revoked, restarted, in transition mode), older certificates, senders at
 //! another address, kinds this build does not know, and identities off.
 
-use super::identity::{ca, card_of, enrolled, item, lone_core, policy, revocation_of};
+use super::identity::{
+    ca, card_of, enrolled, item, lone_core, policy, restarted_lone_core, revocation_of,
+};
 use super::*;
 use crate::gossip::message::{Broadcast, encode_broadcast};
 use crate::gossip::supersede::TAGS_KIND;
@@ -79,19 +81,11 @@ fn a_name_that_showed_a_card_stays_held_to_one() {
 
     let snap = core.lock().snapshot();
     assert!(snap.enrolled.iter().any(|(n, _)| n == "node3"));
-    let mut id = node_id(0);
-    id.bump += 1;
-    let restarted = SharedCore::new(GossipCore::restore(
-        id,
-        Tags::new(),
-        CoreConfig::default(),
-        snap,
-        EPOCH,
-    ));
-    restarted.lock().set_identity_policy(IdentityPolicy {
+    let transition = IdentityPolicy {
         required: false,
         ..policy(Some(enrolled("node0", 100)))
-    });
+    };
+    let restarted = restarted_lone_core(snap, transition);
     let mut h = restarted.handler();
     assert_eq!(
         h.receive_item(&tags_from("node3", 4), Some(&peer)).unwrap(),

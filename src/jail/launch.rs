@@ -1,7 +1,8 @@
 //! The one contract between whatever starts a jail (the supervisor, an exec health check,
 //! an operator) and the `droot-fleet run` process that builds it: [`Launch`] is what `run`
 //! is told, [`Launch::to_args`] its command line, and `cli::run` parses that line back into
-//! the same `Launch` (a round-trip test holds the two together). The start gate that keeps
+//! the same `Launch` (a round-trip test holds the two together), which
+//! [`super::JailSpec::build`] validates. The start gate that keeps
 //! a jail from starting before its pid file is written lives here too, both ends.
 //!
 //! Why: the jail's settings used to change form three times on the way (the app's
@@ -18,7 +19,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use super::LogSpec;
-use super::spec::SpecInput;
 use crate::id_range::IdRange;
 
 /// Which user namespace a jail runs in.
@@ -94,25 +94,6 @@ impl Launch {
         a.push("--".into());
         a.extend(self.command.iter().map(OsString::from));
         a
-    }
-
-    /// The jail spec's input, with the user namespace `userns` resolved.
-    pub fn into_spec_input(self, userns: Option<IdRange>) -> SpecInput {
-        SpecInput {
-            root: self.root,
-            user: self.user,
-            group: self.group,
-            bind: self.bind,
-            robind: self.robind,
-            copy_host_files: self.copy_host_files,
-            env: self.env,
-            no_dropcaps: self.no_dropcaps,
-            host_pid: self.host_pid,
-            seccomp_unconfined: self.seccomp_unconfined,
-            userns,
-            command: self.command,
-            log: self.log,
-        }
     }
 }
 

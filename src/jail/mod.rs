@@ -73,7 +73,7 @@ use serde::{Deserialize, Serialize};
 
 pub use output::LogSpec;
 pub use process::{JailExit, run};
-pub use spec::{BindMount, JailSpec, SpecInput};
+pub use spec::{BindMount, JailSpec};
 
 /// Exit code for a jail set-up failure (as `docker run`).
 pub const EXIT_SETUP: u8 = 125;

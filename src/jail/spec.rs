@@ -1,5 +1,6 @@
-//! The validated description of one jail run, built from command-line strings by a pure
-//! function (no file system access): [`JailSpec::build`].
+//! The validated description of one jail run, built from what `run` was told (a
+//! [`Launch`], strings from the command line) by a pure function (no file system access):
+//! [`JailSpec::build`].
 //!
 //! Validation here is syntactic: `SRC[:DST]` split, absolute paths, no `..` in a target, no NUL
 //! bytes anywhere (they could not reach `execve`). Whether paths exist is checked by [`super::run`].
@@ -7,6 +8,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use super::JailError;
+use super::launch::Launch;
 use crate::id_range::IdRange;
 
 /// One `-b`/`--robind` mount.
@@ -48,28 +50,6 @@ pub struct JailSpec {
     pub log: Option<super::LogSpec>,
 }
 
-/// Raw, unvalidated inputs (as strings from the command line).
-#[derive(Debug, Clone, Default)]
-pub struct SpecInput {
-    pub root: PathBuf,
-    pub user: Option<String>,
-    pub group: Option<String>,
-    pub bind: Vec<String>,
-    pub robind: Vec<String>,
-    pub copy_host_files: bool,
-    pub env: Vec<String>,
-    pub no_dropcaps: bool,
-    /// `--host-pid`: share the host's PID namespace (droot's behaviour).
-    pub host_pid: bool,
-    /// `--seccomp unconfined`: no seccomp filter.
-    pub seccomp_unconfined: bool,
-    /// `--userns` with its range (already resolved).
-    pub userns: Option<IdRange>,
-    pub command: Vec<String>,
-    /// `--log-file PATH` (absolute) and `--log-cap BYTES`.
-    pub log: Option<super::LogSpec>,
-}
-
 fn invalid(arg: &str, reason: impl Into<String>) -> JailError {
     JailError::InvalidArg {
         arg: arg.to_string(),
@@ -85,8 +65,9 @@ fn no_nul(arg: &str) -> Result<(), JailError> {
 }
 
 impl JailSpec {
-    /// Validates raw inputs into a spec. Pure: touches no file.
-    pub fn build(input: SpecInput) -> Result<JailSpec, JailError> {
+    /// Validates what `run` was told into a spec, with its user namespace resolved to
+    /// `userns` (the launch's own choice says only where to find it). Pure: touches no file.
+    pub fn build(input: Launch, userns: Option<IdRange>) -> Result<JailSpec, JailError> {
         let root_s = input.root.to_string_lossy().to_string();
         if !input.root.is_absolute() {
             return Err(invalid(&root_s, "--root must be an absolute path"));
@@ -136,7 +117,7 @@ impl JailSpec {
             drop_caps: !input.no_dropcaps,
             pid_ns: !input.host_pid,
             seccomp: !input.seccomp_unconfined,
-            userns: input.userns,
+            userns,
             command: input.command,
             log: input.log,
         })
@@ -202,8 +183,8 @@ pub fn jail_relative(path: &str) -> Result<PathBuf, String> {
 mod tests {
     use super::*;
 
-    fn input(cmd: &[&str]) -> SpecInput {
-        SpecInput {
+    fn input(cmd: &[&str]) -> Launch {
+        Launch {
             root: "/srv/app".into(),
             command: cmd.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
@@ -259,7 +240,7 @@ mod tests {
         i.robind = vec!["/c".into()];
         i.env = vec!["X=1".into(), "Y=2".into(), "X=3".into()];
         i.user = Some("app".into());
-        let s = JailSpec::build(i).unwrap();
+        let s = JailSpec::build(i, None).unwrap();
         assert_eq!(s.binds.len(), 2);
         assert!(s.binds[1].read_only);
         assert_eq!(
@@ -271,21 +252,21 @@ mod tests {
         assert!(s.seccomp, "the seccomp filter is the default");
         assert_eq!(s.command[0], "sh");
 
-        assert!(JailSpec::build(input(&[])).is_err());
-        assert!(JailSpec::build(input(&[""])).is_err());
+        assert!(JailSpec::build(input(&[]), None).is_err());
+        assert!(JailSpec::build(input(&[""]), None).is_err());
         let mut rel = input(&["true"]);
         rel.root = "srv".into();
-        assert!(JailSpec::build(rel).is_err());
+        assert!(JailSpec::build(rel, None).is_err());
         let mut bad_user = input(&["true"]);
         bad_user.user = Some("".into());
-        assert!(JailSpec::build(bad_user).is_err());
+        assert!(JailSpec::build(bad_user, None).is_err());
         let mut nodrop = input(&["true"]);
         nodrop.no_dropcaps = true;
-        assert!(!JailSpec::build(nodrop).unwrap().drop_caps);
+        assert!(!JailSpec::build(nodrop, None).unwrap().drop_caps);
         let mut host = input(&["true"]);
         host.host_pid = true;
         host.seccomp_unconfined = true;
-        let s = JailSpec::build(host).unwrap();
+        let s = JailSpec::build(host, None).unwrap();
         assert!(!s.pid_ns && !s.seccomp);
     }
 }

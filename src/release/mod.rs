@@ -91,3 +91,15 @@ impl ReleaseError {
         move |source| ReleaseError::Io { what, path, source }
     }
 }
+
+/// A tar holding one file, `marker`, whose text is `marker` (for unit tests of the store).
+#[cfg(test)]
+pub(crate) fn marker_tar(marker: &str) -> std::io::Cursor<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(marker.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "marker", marker.as_bytes()).unwrap();
+    std::io::Cursor::new(b.into_inner().unwrap())
+}

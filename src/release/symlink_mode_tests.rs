@@ -2,16 +2,7 @@
 //! not current until switched to; a refused check stages nothing.
 
 use super::*;
-
-fn tar_with(marker: &str) -> std::io::Cursor<Vec<u8>> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(marker.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append_data(&mut h, "marker", marker.as_bytes()).unwrap();
-    std::io::Cursor::new(b.into_inner().unwrap())
-}
+use crate::release::marker_tar;
 
 fn store() -> (tempfile::TempDir, Layout) {
     let dir = tempfile::tempdir().unwrap();
@@ -22,10 +13,17 @@ fn store() -> (tempfile::TempDir, Layout) {
 #[test]
 fn a_staged_release_is_current_only_once_switched_to() {
     let (_dir, layout) = store();
-    deploy(&layout, tar_with("v1"), Some("v1"), 5, &Default::default()).unwrap();
+    deploy(
+        &layout,
+        marker_tar("v1"),
+        Some("v1"),
+        5,
+        &Default::default(),
+    )
+    .unwrap();
     let staged = stage(
         &layout,
-        tar_with("v2"),
+        marker_tar("v2"),
         Some("v2"),
         &Default::default(),
         |_| Ok(()),
@@ -48,10 +46,17 @@ fn a_staged_release_is_current_only_once_switched_to() {
 #[test]
 fn a_refused_check_stages_nothing_and_an_unknown_release_is_not_switched_to() {
     let (_dir, layout) = store();
-    deploy(&layout, tar_with("v1"), Some("v1"), 5, &Default::default()).unwrap();
+    deploy(
+        &layout,
+        marker_tar("v1"),
+        Some("v1"),
+        5,
+        &Default::default(),
+    )
+    .unwrap();
     let refused = stage(
         &layout,
-        tar_with("v2"),
+        marker_tar("v2"),
         Some("v2"),
         &Default::default(),
         |_| Err("digest mismatch".into()),

@@ -74,6 +74,15 @@ pub fn counter(a: &Agent, name: &str) -> u64 {
     a.info()["counters"][name].as_u64().unwrap_or(0)
 }
 
+/// `members --format json` of `a`, as printed (empty when it fails).
+pub fn member_json(a: &Agent) -> Vec<Value> {
+    let out = a.cli(&["members", "--format", "json"]);
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
 /// A child process killed (SIGKILL) when dropped: a `droot-fleet monitor`, or an agent
 /// started by hand.
 pub struct ChildGuard(pub Option<Child>);

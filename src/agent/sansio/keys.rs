@@ -78,15 +78,6 @@ mod tests {
     use crate::agent::keys::{self, insecure_keyring};
     use crate::gossip::NodeId;
 
-    fn dev_authority() -> crate::agent::key_auth::KeyAuthority {
-        use crate::deploy::signed::{Policy, Trust};
-        crate::agent::key_auth::KeyAuthority::new(Policy {
-            trusted: Trust::new(Vec::new(), true),
-            max_age: 60,
-            max_skew: 60,
-        })
-    }
-
     fn node(name: &str, port: u16) -> NodeId {
         NodeId::new(name, format!("127.0.0.1:{port}").parse().unwrap(), 0).unwrap()
     }
@@ -116,7 +107,7 @@ mod tests {
         let mut answers = Vec::new();
         for (name, port) in [("b", 2), ("a", 1)] {
             let mut ring = insecure_keyring();
-            let mut dev = dev_authority();
+            let mut dev = crate::agent::key_auth::KeyAuthority::without_keys(true);
             let (r, changed) = keys::apply(name, &mut ring, &install, &mut dev, 0);
             assert!(changed);
             answers.push((node(name, port), serde_json::to_vec(&r).unwrap()));

@@ -230,10 +230,8 @@ fn check_template(t: &str) -> Result<(), String> {
 fn check_jail(root: &Path, j: &JailSettings, command: &[String]) -> Result<(), String> {
     // As `run` would see it, on the release `current` names (its user namespace aside:
     // the store's range is resolved at start).
-    let input = j
-        .launch(&root.join("current"), command, j.copy_files)
-        .into_spec_input(None);
-    JailSpec::build(input)
+    let launch = j.launch(&root.join("current"), command, j.copy_files);
+    JailSpec::build(launch, None)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }

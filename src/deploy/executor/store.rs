@@ -378,21 +378,11 @@ mod tests {
         }
     }
 
-    /// Deploys each version (a tar from [`tar_with`]) in turn.
+    /// Deploys each version (a tar from [`release::marker_tar`]) in turn.
     fn deploy_all(layout: &Layout, versions: &[&str]) {
         for v in versions {
-            let tar = std::io::Cursor::new(tar_with(v));
+            let tar = release::marker_tar(v);
             release::deploy(layout, tar, Some(v), 5, &Default::default()).unwrap();
         }
-    }
-
-    fn tar_with(marker: &str) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(marker.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, "marker", marker.as_bytes()).unwrap();
-        b.into_inner().unwrap()
     }
 }
