@@ -39,12 +39,14 @@ pub fn keys_fan_in(result: QueryResult) -> KeysResponse {
         ..Default::default()
     };
     for (n, payload) in result.answers {
-        let r = serde_json::from_slice(&payload).unwrap_or_else(|e| NodeKeyResult {
+        let mut r = serde_json::from_slice(&payload).unwrap_or_else(|e| NodeKeyResult {
             node: n.name.clone(),
             ok: false,
             error: Some(format!("unreadable answer: {e}")),
             keys: Vec::new(),
         });
+        // Listed under the member that answered, not the name its answer claims.
+        r.node = n.name;
         for k in &r.keys {
             *out.keys.entry(k.clone()).or_default() += 1;
         }
@@ -142,5 +144,21 @@ mod tests {
         assert_eq!(out.answers[0].node, "a");
         assert_eq!(out.answers[0].payload, "hi\u{fffd}");
         assert_eq!(out.missing, ["b"]);
+    }
+
+    /// An answer is counted for the member that sent it, whatever name it claims.
+    #[test]
+    fn an_answer_is_listed_under_its_sender() {
+        let claim = NodeKeyResult {
+            node: "someone-else".into(),
+            ok: true,
+            error: None,
+            keys: vec!["k".into()],
+        };
+        let out = keys_fan_in(QueryResult {
+            answers: vec![(node("b", 2), serde_json::to_vec(&claim).unwrap())],
+            missing: Vec::new(),
+        });
+        assert_eq!(out.results[0].node, "b");
     }
 }
