@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// Internal: the size at which --log-file is rotated.
     #[arg(long, value_name = "BYTES", hide = true, requires = "log_file", default_value_t = 10 << 20)]
     pub log_cap: u64,
+    /// Internal (the supervisor's): descriptors 3.. are listening sockets, one flag each, in
+    /// order, by name; the command gets them as systemd's socket activation would.
+    #[arg(long = "listen-fd", value_name = "NAME", hide = true)]
+    pub listen_fds: Vec<String>,
     /// The command and its arguments, looked up on the jail's PATH.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -94,6 +98,7 @@ impl RunArgs {
                 path,
                 cap: self.log_cap,
             }),
+            listen_fds: self.listen_fds,
             command: self.command,
         })
     }
@@ -120,7 +125,8 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(125));
     }
-    close_inherited_descriptors();
+    close_inherited_descriptors(args.listen_fds.len());
+    check_listen_fds(args.listen_fds.len())?;
     let mut launch = args.into_launch()?;
     launch.root = super::absolute(&launch.root)?;
     let userns = match launch.userns {
@@ -151,9 +157,12 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// (a `leave_running` jail outlives its agent): a lock held for good, a host file or
 /// directory that only the capability check of `/proc/1/fd` keeps from the jail's root.
 /// Nothing of this process's own is open yet (the start gate was closed after its byte).
-fn close_inherited_descriptors() {
-    // SAFETY: close_range on plain integers; no descriptor above 2 belongs to this process.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+/// The `listen` sockets at 3.. stay.
+fn close_inherited_descriptors(listen: usize) {
+    let first = 3 + listen as u32;
+    // SAFETY: close_range on plain integers; no descriptor above the sockets belongs to
+    // this process.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
     if rc == 0 {
         return;
     }
@@ -162,7 +171,7 @@ fn close_inherited_descriptors() {
         .map(|dir| {
             dir.flatten()
                 .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .filter(|fd| *fd > 2)
+                .filter(|fd| *fd >= first as i32)
                 .collect()
         })
         .unwrap_or_default();
@@ -170,6 +179,21 @@ fn close_inherited_descriptors() {
         // SAFETY: closing a descriptor number nothing in this process uses.
         unsafe { libc::close(fd) };
     }
+}
+
+/// Each of the `n` descriptors from 3 must be an open socket: the jail's command is told so.
+fn check_listen_fds(n: usize) -> anyhow::Result<()> {
+    for fd in 3..3 + n as i32 {
+        // SAFETY: fstat into a zeroed struct; only inspects the descriptor.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+        if !ok || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            anyhow::bail!(
+                "--listen-fd: descriptor {fd} is not an open socket; the sockets go at 3.., one --listen-fd each"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Waits on the supervisor's start gate ([`jail::launch::StartGate`]).
@@ -224,6 +248,7 @@ mod tests {
                 path: "/var/log/web.log".into(),
                 cap: 12345,
             }),
+            listen_fds: vec!["web".into(), "admin".into()],
             command: vec!["httpd".into(), "-f".into(), "--".into(), "-p 80".into()],
         };
         assert_eq!(parsed(&full), full);

@@ -3,25 +3,29 @@
 //! effects (stage, stop, start, check, switch `current`, report) out. No I/O, no clock:
 //! the executor that owns it carries out each effect and feeds the result back.
 //!
-//! The steps, in this order (decided in [`Activation::next`] alone):
+//! The steps, in this order (decided in [`Activation::next`] alone), with
+//! [`Handover::Overlap`]:
 //! 1. stage: fetch, verify and unpack into `releases/<v>`, `current` untouched (nothing to
 //!    do for a release already on disk);
-//! 2. stop the running instance;
-//! 3. start the new release's instance;
-//! 4. wait until it is healthy;
-//! 5. switch `current` to it and judge it passed;
+//! 2. start the new release's instance beside the old one, which keeps serving;
+//! 3. wait until it is ready;
+//! 4. switch `current` to it;
+//! 5. stop the old one (it drains), judge the new one passed;
 //! 6. report.
 //!
+//! With [`Handover::StopFirst`] (an app that binds its own port) the old instance stops
+//! before the new one starts (step 2 becomes stop, then start; step 5 has nothing to
+//! stop): the app is down for its boot time.
+//!
 //! `current` names a release only once it passed: a restart at any step before brings back
-//! the release that was live. (Starting the new instance while the old one serves needs
-//! sockets handed over; until then the old one stops first.)
+//! the release that was live.
 //!
 //! Guarantees, each unit-tested:
 //! - The version already `current` is a no-op (`ok` at once).
 //! - A failed stage reports `failed` and touches nothing else.
 //! - A failed start, a failed health check or a crash while checking rolls back: the new
-//!   instance is stopped, the release still `current` is started again, and the outcome is
-//!   `rolled_back` with the error. Without a release before it, the new instance is stopped
+//!   instance is stopped, the release still `current` is started again (with an overlap it
+//!   never stopped: starting it is a no-op), and the outcome is `rolled_back` with the error. Without a release before it, the new instance is stopped
 //!   and the outcome is `failed`; no `current` ever named it, so nothing starts it later.
 //! - A switch that fails after the check passed rolls back the same way.
 //! - One activation at a time; a request arriving meanwhile waits, and a newer one replaces
@@ -46,6 +50,16 @@ pub struct Request {
 pub struct Source {
     pub url: String,
     pub sha256: Option<[u8; 32]>,
+}
+
+/// How a new instance takes over from the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// Stop the old instance, then start the new one.
+    StopFirst,
+    /// Start the new one beside the old one (same sockets), stop the old one once the new
+    /// one is ready and `current` names it.
+    Overlap,
 }
 
 /// What happened, reported by the executor.
@@ -74,9 +88,18 @@ pub enum Effect {
         version: String,
     },
     StopJail,
+    /// Start `version` as the instance that serves (stopping any other first).
     StartJail {
         version: String,
     },
+    /// Start `version` beside the instance that serves.
+    StartNext {
+        version: String,
+    },
+    /// The next instance serves; stop the old one.
+    Promote,
+    /// Stop the next instance; the one that serves is untouched.
+    Discard,
     CheckHealth {
         version: String,
     },
@@ -116,6 +139,8 @@ enum Phase {
     Starting,
     Checking,
     Switching,
+    /// Waiting for the old instance to stop, after the switch (overlap).
+    Promoting,
     /// Rolling back to `to` (the release still `current`; none for a first deploy) because
     /// of `error`; the step says which answer is awaited.
     RollingBack {
@@ -134,6 +159,7 @@ enum Back {
 /// The activation state of one app.
 #[derive(Debug, Clone)]
 pub struct Activation {
+    handover: Handover,
     current: Option<String>,
     phase: Phase,
     active: Option<Request>,
@@ -142,8 +168,9 @@ pub struct Activation {
 
 impl Activation {
     /// Starts idle, with the release `current` names.
-    pub fn new(current: Option<String>) -> Self {
+    pub fn new(current: Option<String>, handover: Handover) -> Self {
         Activation {
+            handover,
             current,
             phase: Phase::Idle,
             active: None,
@@ -193,7 +220,10 @@ impl Activation {
                 self.pending = Some(req);
                 (p, vec![])
             }
-            (Phase::Fetching, Input::Fetched(Ok(()))) => (Phase::Stopping, vec![Effect::StopJail]),
+            (Phase::Fetching, Input::Fetched(Ok(()))) => match self.handover {
+                Handover::StopFirst => (Phase::Stopping, vec![Effect::StopJail]),
+                Handover::Overlap => (Phase::Starting, vec![Effect::StartNext { version }]),
+            },
             (Phase::Fetching, Input::Fetched(Err(e))) => (Phase::Idle, vec![self.finish_failed(e)]),
             (Phase::Stopping, Input::Stopped) => {
                 (Phase::Starting, vec![Effect::StartJail { version }])
@@ -205,18 +235,13 @@ impl Activation {
                 (Phase::Switching, vec![Effect::SwitchCurrent { version }])
             }
             (Phase::Switching, Input::Switched(Ok(()))) => {
-                let req = self.active.take().expect("an active request");
-                self.current = Some(req.version.clone());
-                let judge = Effect::Judge {
-                    version: req.version.clone(),
-                    verdict: Verdict::Passed,
-                };
-                let ok = Outcome::Ok {
-                    event_id: req.event_id,
-                    version: req.version,
-                };
-                (Phase::Idle, vec![judge, Effect::Report(ok)])
+                self.current = Some(version);
+                match self.handover {
+                    Handover::StopFirst => (Phase::Idle, self.passed()),
+                    Handover::Overlap => (Phase::Promoting, vec![Effect::Promote]),
+                }
             }
+            (Phase::Promoting, Input::Stopped) => (Phase::Idle, self.passed()),
             (Phase::Starting, Input::Started(Err(e)))
             | (Phase::Checking, Input::HealthFailed(e) | Input::Crashed(e))
             | (Phase::Switching, Input::Switched(Err(e))) => self.roll_back(e, version),
@@ -225,6 +250,20 @@ impl Activation {
             }
             (p, _) => (p, vec![]),
         }
+    }
+
+    /// The activation passed: judge it, report it.
+    fn passed(&mut self) -> Vec<Effect> {
+        let req = self.active.take().expect("an active request");
+        let judge = Effect::Judge {
+            version: req.version.clone(),
+            verdict: Verdict::Passed,
+        };
+        let ok = Outcome::Ok {
+            event_id: req.event_id,
+            version: req.version,
+        };
+        vec![judge, Effect::Report(ok)]
     }
 
     fn begin(&mut self, req: Request) -> (Phase, Vec<Effect>) {
@@ -261,10 +300,11 @@ impl Activation {
         };
         let to = self.current.clone();
         let step = Back::Stopping;
-        (
-            Phase::RollingBack { to, error, step },
-            vec![judge, Effect::StopJail],
-        )
+        let stop = match self.handover {
+            Handover::StopFirst => Effect::StopJail,
+            Handover::Overlap => Effect::Discard,
+        };
+        (Phase::RollingBack { to, error, step }, vec![judge, stop])
     }
 
     fn rolling_back(

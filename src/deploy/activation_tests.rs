@@ -60,7 +60,7 @@ fn to_checking(m: &mut Activation) {
 
 #[test]
 fn a_healthy_deploy_is_switched_to_judged_and_reported_ok() {
-    let mut m = Activation::new(Some(v("v1")));
+    let mut m = Activation::new(Some(v("v1")), Handover::StopFirst);
     to_checking(&mut m);
     assert_eq!(
         m.step(Input::HealthPassed),
@@ -79,7 +79,7 @@ fn a_healthy_deploy_is_switched_to_judged_and_reported_ok() {
 
 #[test]
 fn failed_health_stops_the_new_restarts_current_and_reports_rolled_back() {
-    let mut m = Activation::new(Some(v("v1")));
+    let mut m = Activation::new(Some(v("v1")), Handover::StopFirst);
     to_checking(&mut m);
     assert_eq!(
         m.step(Input::HealthFailed(v("GET: 500"))),
@@ -101,13 +101,13 @@ fn failed_health_stops_the_new_restarts_current_and_reports_rolled_back() {
 
 #[test]
 fn a_crash_while_checking_or_a_failed_start_rolls_back_too() {
-    let mut m = Activation::new(Some(v("v1")));
+    let mut m = Activation::new(Some(v("v1")), Handover::StopFirst);
     to_checking(&mut m);
     assert_eq!(
         m.step(Input::Crashed(v("exit 1"))),
         [failed("v2"), Effect::StopJail]
     );
-    let mut m = Activation::new(Some(v("v1")));
+    let mut m = Activation::new(Some(v("v1")), Handover::StopFirst);
     m.step(Input::Deploy(req("v2")));
     m.step(Input::Fetched(Ok(())));
     m.step(Input::Stopped);
@@ -125,7 +125,7 @@ fn a_crash_while_checking_or_a_failed_start_rolls_back_too() {
 /// so v1 is brought back now, and v2 (never live) is judged failed.
 #[test]
 fn a_failed_switch_after_the_check_rolls_back() {
-    let mut m = Activation::new(Some(v("v1")));
+    let mut m = Activation::new(Some(v("v1")), Handover::StopFirst);
     to_checking(&mut m);
     m.step(Input::HealthPassed);
     assert_eq!(
@@ -143,7 +143,7 @@ fn a_failed_switch_after_the_check_rolls_back() {
 
 #[test]
 fn a_failed_rollback_reports_both_errors() {
-    let mut m = Activation::new(Some(v("v1")));
+    let mut m = Activation::new(Some(v("v1")), Handover::StopFirst);
     to_checking(&mut m);
     m.step(Input::HealthFailed(v("sick")));
     m.step(Input::Stopped);
@@ -161,7 +161,7 @@ fn a_failed_rollback_reports_both_errors() {
 /// `current`, so nothing starts it later and deploying it again is a full activation.
 #[test]
 fn no_previous_release_means_failed_once_stopped() {
-    let mut m = Activation::new(None);
+    let mut m = Activation::new(None, Handover::StopFirst);
     m.step(Input::Deploy(req("v1")));
     m.step(Input::Fetched(Ok(())));
     m.step(Input::Stopped);
@@ -182,11 +182,11 @@ fn no_previous_release_means_failed_once_stopped() {
 /// it waited for may have pruned it meanwhile.
 #[test]
 fn current_is_a_no_op_and_a_failed_stage_activates_nothing() {
-    let mut m = Activation::new(Some(v("v1")));
+    let mut m = Activation::new(Some(v("v1")), Handover::StopFirst);
     let out = m.step(Input::Deploy(req("v1")));
     assert!(matches!(&out[..], [Effect::Report(Outcome::Ok { .. })]));
     assert_eq!(m.step(Input::Deploy(req("v0"))), [fetch("v0")]);
-    let mut m = Activation::new(Some(v("v1")));
+    let mut m = Activation::new(Some(v("v1")), Handover::StopFirst);
     m.step(Input::Deploy(req("v2")));
     let out = m.step(Input::Fetched(Err(v("digest mismatch"))));
     assert!(
@@ -197,7 +197,7 @@ fn current_is_a_no_op_and_a_failed_stage_activates_nothing() {
 
 #[test]
 fn requests_during_an_activation_wait_and_the_newest_wins() {
-    let mut m = Activation::new(Some(v("v1")));
+    let mut m = Activation::new(Some(v("v1")), Handover::StopFirst);
     m.step(Input::Deploy(req("v2")));
     assert!(m.step(Input::Deploy(req("v3"))).is_empty());
     assert!(m.step(Input::Deploy(req("v4"))).is_empty());
@@ -205,4 +205,72 @@ fn requests_during_an_activation_wait_and_the_newest_wins() {
     let out = m.step(Input::Fetched(Err(v("404"))));
     assert!(matches!(&out[0], Effect::Report(Outcome::Failed { .. })));
     assert_eq!(out[1], fetch("v4"));
+}
+
+/// With an overlap the old instance is never stopped before the new one is ready and
+/// `current` names it; then it is, and only then is the deploy judged and reported.
+#[test]
+fn an_overlapping_deploy_stops_the_old_instance_last() {
+    let mut m = Activation::new(Some(v("v1")), Handover::Overlap);
+    assert_eq!(m.step(Input::Deploy(req("v2"))), [fetch("v2")]);
+    assert_eq!(
+        m.step(Input::Fetched(Ok(()))),
+        [Effect::StartNext { version: v("v2") }]
+    );
+    assert_eq!(
+        m.step(Input::Started(Ok(()))),
+        [Effect::CheckHealth { version: v("v2") }]
+    );
+    assert_eq!(
+        m.step(Input::HealthPassed),
+        [Effect::SwitchCurrent { version: v("v2") }]
+    );
+    assert_eq!(m.step(Input::Switched(Ok(()))), [Effect::Promote]);
+    assert_eq!((m.current(), m.is_idle()), (Some("v2"), false));
+    let ok = Outcome::Ok {
+        event_id: v("e-v2"),
+        version: v("v2"),
+    };
+    assert_eq!(m.step(Input::Stopped), [passed("v2"), Effect::Report(ok)]);
+    assert!(m.is_idle());
+}
+
+/// A failed check with an overlap stops the new instance only; the old one, never stopped,
+/// is "started" again (a no-op for the supervisor when it serves).
+#[test]
+fn an_overlapping_deploy_that_fails_discards_the_new_instance_only() {
+    for fail in [
+        Input::HealthFailed(v("unhealthy")),
+        Input::Crashed(v("unhealthy")),
+    ] {
+        let mut m = Activation::new(Some(v("v1")), Handover::Overlap);
+        m.step(Input::Deploy(req("v2")));
+        m.step(Input::Fetched(Ok(())));
+        m.step(Input::Started(Ok(())));
+        assert_eq!(m.step(fail), [failed("v2"), Effect::Discard]);
+        assert_eq!(
+            m.step(Input::Stopped),
+            [Effect::StartJail { version: v("v1") }]
+        );
+        let back = Outcome::RolledBack {
+            event_id: v("e-v2"),
+            version: v("v2"),
+            to: v("v1"),
+            error: v("unhealthy"),
+        };
+        assert_eq!(m.step(Input::Started(Ok(()))), [Effect::Report(back)]);
+        assert_eq!(m.current(), Some("v1"));
+    }
+    // A first release has nothing to go back to.
+    let mut m = Activation::new(None, Handover::Overlap);
+    m.step(Input::Deploy(req("v1")));
+    m.step(Input::Fetched(Ok(())));
+    assert_eq!(
+        m.step(Input::Started(Err(v("no such command")))),
+        [failed("v1"), Effect::Discard]
+    );
+    let [Effect::Report(Outcome::Failed { error, .. })] = &m.step(Input::Stopped)[..] else {
+        panic!("a first release that fails is reported failed");
+    };
+    assert!(error.contains("no previous release"), "{error}");
 }

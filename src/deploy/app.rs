@@ -14,6 +14,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
+use crate::deploy::listen::ListenAddr;
 use crate::id_range::IdRange;
 use crate::jail::launch::{self, Launch};
 
@@ -107,6 +108,9 @@ pub enum Probe {
     Tcp(SocketAddr),
     /// An HTTP/1.1 GET expecting 2xx.
     Http(HttpTarget),
+    /// `READY=1` by systemd's `sd_notify` protocol, from the instance itself
+    /// ([`super::supervisor::notify`]).
+    Notify,
 }
 
 /// A plain `http://` URL, split for the client.
@@ -161,12 +165,25 @@ pub struct AppConfig {
     /// The largest expansion ratio of a compressed artifact (0: none).
     pub max_ratio: u64,
     pub userns: Userns,
+    /// Sockets the supervisor binds once and hands to every instance ([`super::listen`]).
+    pub listen: Vec<ListenAddr>,
+    /// A deploy starts the new instance while the old one serves, and stops the old one
+    /// once the new one is ready (on by default with `listen`; apps that bind with
+    /// `SO_REUSEPORT` turn it on themselves). Off: the old one stops first.
+    pub overlap: bool,
 }
 
 /// Default `deploy_timeout`: 15 minutes (a few GiB over a slow link, plus the health check).
 pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 impl AppConfig {
+    /// Whether an instance is ready once it says so (`health.notify`).
+    pub fn ready_by_notify(&self) -> bool {
+        self.health
+            .as_ref()
+            .is_some_and(|h| h.probe == Probe::Notify)
+    }
+
     /// The artifact URL of one version.
     pub fn artifact_url(&self, version: &str) -> String {
         self.artifact

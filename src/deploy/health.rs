@@ -94,6 +94,8 @@ pub async fn check_once(probe: &Probe, ctx: &ExecContext, budget: Duration) -> R
                 .map_err(|e| format!("tcp connect {addr}: {e}")),
             Probe::Http(t) => http_get(t).await,
             Probe::Exec(cmd) => exec(ctx, cmd).await,
+            // The supervisor hears it from the instance; nothing to probe from outside.
+            Probe::Notify => Err("readiness by notification is not probed".into()),
         }
     };
     timeout(budget, attempt)

@@ -16,6 +16,7 @@ pub mod desired;
 pub mod executor;
 pub mod fetch;
 pub mod health;
+pub mod listen;
 pub mod rollout;
 pub mod signed;
 pub mod status;

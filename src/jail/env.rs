@@ -21,6 +21,17 @@ pub fn merge(drootenv: &str, overrides: &[(String, String)]) -> Vec<(String, Str
     env
 }
 
+/// With listening sockets, `LISTEN_FDS` and `LISTEN_FDNAMES` (`LISTEN_PID` is known only
+/// in the process that execs), over whatever the image or `-e` set.
+pub fn add_listen_fds(env: &mut Vec<(String, String)>, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    crate::drootenv::set(env, "LISTEN_FDS".into(), names.len().to_string());
+    crate::drootenv::set(env, "LISTEN_FDNAMES".into(), names.join(":"));
+    env.retain(|(k, _)| k != "LISTEN_PID");
+}
+
 /// The value of `PATH` in `env`, or [`DEFAULT_PATH`].
 pub fn path_of(env: &[(String, String)]) -> &str {
     env.iter()

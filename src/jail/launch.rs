@@ -15,11 +15,14 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use super::LogSpec;
 use crate::id_range::IdRange;
+
+/// The most listening sockets a jail inherits.
+pub const MAX_LISTEN_FDS: usize = 16;
 
 /// Which user namespace a jail runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +52,9 @@ pub struct Launch {
     pub start_gate: Option<i32>,
     /// Where the jail's output goes, capped and rotated by `run`.
     pub log: Option<LogSpec>,
+    /// Listening sockets `run` inherited as descriptors 3.., by name: the command gets them
+    /// at the same numbers, with systemd's `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID`.
+    pub listen_fds: Vec<String>,
     pub command: Vec<String>,
 }
 
@@ -63,6 +69,7 @@ impl Launch {
             a.extend(["--log-file".into(), (&log.path).into()]);
             a.extend(["--log-cap".into(), log.cap.to_string().into()]);
         }
+        a.extend((self.listen_fds.iter()).flat_map(|n| ["--listen-fd".into(), n.into()]));
         for (flag, v) in [("--user", &self.user), ("--group", &self.group)] {
             if let Some(v) = v {
                 a.extend([flag.into(), v.into()]);
@@ -156,30 +163,25 @@ impl StartGate {
         Ok(StartGate { read, write })
     }
 
-    /// The descriptor the child reads ([`Launch::start_gate`]).
-    pub fn fd(&self) -> i32 {
-        self.read.as_raw_fd()
-    }
-
-    /// The child keeps the read end across exec (and only the child), and no other
-    /// descriptor above stderr: one the agent inherited from whatever started it (a lock a
-    /// wrapper holds, say) must not live on in a jail that outlives the agent.
-    pub fn pass_to(&self, cmd: &mut tokio::process::Command) {
-        let fd = self.read.as_raw_fd();
-        // SAFETY: close_range and fcntl are async-signal-safe; they change only the child's
-        // descriptor table.
-        unsafe {
-            cmd.pre_exec(move || {
-                let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
-                if libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, flags) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    /// Sets up what the child inherits: `listen` at descriptors 3.. (in order), the gate's
+    /// read end right after them, and no other descriptor above stderr: one the agent
+    /// inherited from whatever started it (a lock a wrapper holds, say) must not live on in a
+    /// jail that outlives the agent. Returns the gate's number in the child
+    /// ([`Launch::start_gate`]).
+    pub fn pass_to(&self, cmd: &mut tokio::process::Command, listen: &[RawFd]) -> i32 {
+        assert!(
+            listen.len() <= MAX_LISTEN_FDS,
+            "at most {MAX_LISTEN_FDS} sockets"
+        );
+        // Fixed-size: nothing may allocate between fork and exec.
+        let mut from = [0 as RawFd; MAX_LISTEN_FDS + 1];
+        from[..listen.len()].copy_from_slice(listen);
+        from[listen.len()] = self.read.as_raw_fd();
+        let n = listen.len() + 1;
+        // SAFETY: place_fds makes only async-signal-safe calls (fcntl, dup2, close_range) on
+        // the child's own descriptor table, and does not allocate.
+        unsafe { cmd.pre_exec(move || place_fds(&from[..n])) };
+        3 + listen.len() as i32
     }
 
     /// After spawn: the parent closes its read end, so EOF comes when the opener closes.
@@ -194,6 +196,35 @@ impl GateOpener {
     pub fn open(self) {
         let _ = nix::unistd::write(&self.0, &[1]);
     }
+}
+
+/// Moves `from[i]` to descriptor `3 + i` and marks every other descriptor above stderr
+/// close-on-exec. Each is first copied above every source and target, so a source that sits
+/// on another's target is not overwritten before it is moved.
+fn place_fds(from: &[RawFd]) -> io::Result<()> {
+    let n = from.len() as RawFd;
+    let base = from.iter().copied().max().unwrap_or(0).max(2 + n) + 1;
+    let mut tmp = [0 as RawFd; MAX_LISTEN_FDS + 1];
+    for (i, fd) in from.iter().enumerate() {
+        // SAFETY: fcntl on a descriptor number; the copy is close-on-exec.
+        let t = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, base) };
+        if t < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        tmp[i] = t;
+    }
+    for (i, t) in tmp[..from.len()].iter().enumerate() {
+        // SAFETY: dup2 between descriptor numbers; the target loses close-on-exec.
+        if unsafe { libc::dup2(*t, 3 + i as RawFd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
+    // SAFETY: close_range with integer arguments; CLOEXEC only sets flags.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3 + n, libc::c_uint::MAX, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Waits on `run --start-gate FD`: true once the supervisor opened it, false on EOF (it

@@ -45,6 +45,9 @@ pub struct JailSpec {
     pub userns: Option<IdRange>,
     /// The command and its arguments; never empty.
     pub command: Vec<String>,
+    /// Names of the listening sockets at descriptors 3.. that the command gets, with
+    /// `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID`.
+    pub listen_fds: Vec<String>,
     /// Stdout and stderr through a pipe into this capped log ([`super::output`]); `None`:
     /// the caller's own.
     pub log: Option<super::LogSpec>,
@@ -107,6 +110,7 @@ impl JailSpec {
                 return Err(invalid("0", "--log-cap must be at least 1 byte"));
             }
         }
+        check_fd_names(&input.listen_fds)?;
         Ok(JailSpec {
             root: input.root,
             user: input.user,
@@ -120,8 +124,28 @@ impl JailSpec {
             userns,
             command: input.command,
             log: input.log,
+            listen_fds: input.listen_fds,
         })
     }
+}
+
+/// `LISTEN_FDNAMES` is colon-separated: a name is 1 to 255 printable ASCII characters
+/// other than ':' (systemd's rule).
+fn check_fd_names(names: &[String]) -> Result<(), JailError> {
+    if names.len() > super::launch::MAX_LISTEN_FDS {
+        let n = names.len().to_string();
+        return Err(invalid(&n, "too many listening sockets (at most 16)"));
+    }
+    for n in names {
+        let printable = n.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if n.is_empty() || n.len() > 255 || !printable {
+            return Err(invalid(
+                n,
+                "a socket name is 1-255 printable characters, no ':'",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses `SRC[:DST]`. SRC must be absolute; DST defaults to SRC and names a path inside the jail.

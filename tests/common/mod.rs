@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod garage;
 pub mod jail;
+pub mod sockapp;
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -124,7 +125,7 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     head.contains(" 200 ").then(|| body.to_string())
 }
 
-/// GETs `path` from `addr` every 20 ms on a thread, counting answers (200) and failures,
+/// GETs `path` from `addr` every 10 ms on a thread, counting answers (200) and failures,
 /// until [`Poller::stop`]: proof that an app served throughout a handover.
 pub struct Poller {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -149,7 +150,7 @@ impl Poller {
                     &fl
                 };
                 c.fetch_add(1, SeqCst);
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
         });
         Poller {

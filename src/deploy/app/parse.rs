@@ -10,9 +10,12 @@ use serde::Deserialize;
 
 use super::*;
 use crate::artifact::guard::DEFAULT_MAX_RATIO;
+use crate::deploy::listen::ListenAddr;
 use crate::id_range::IdRange;
 use crate::jail::JailSpec;
+use crate::jail::launch::MAX_LISTEN_FDS;
 use crate::sizes::parse_size;
+use std::net::SocketAddr;
 
 #[derive(Deserialize)]
 pub(super) struct Doc {
@@ -53,6 +56,9 @@ pub(super) struct RawApp {
     #[serde(default)]
     userns: bool,
     userns_base: Option<u64>,
+    #[serde(default)]
+    listen: Vec<String>,
+    overlap: Option<bool>,
 }
 
 /// A size as a number of bytes or a string like `"8GiB"`.
@@ -69,6 +75,8 @@ struct RawHealth {
     exec: Option<Vec<String>>,
     tcp: Option<String>,
     http: Option<String>,
+    #[serde(default)]
+    notify: bool,
     deadline: Option<String>,
     interval: Option<String>,
 }
@@ -134,6 +142,11 @@ pub(super) fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfig
         .map_err(|r| err("deploy_timeout", r))?;
     let max_bytes = max_bytes(raw.max_bytes).map_err(|r| err("max_bytes", r))?;
     let userns = userns(raw.userns, raw.userns_base).map_err(|r| err("userns_base", r))?;
+    let listen = listen(&raw.listen).map_err(|r| err("listen", r))?;
+    let overlap = raw.overlap.unwrap_or(!listen.is_empty());
+    if let Some(h) = &health {
+        overlap_check(h, &listen, overlap).map_err(|r| err("health", r))?;
+    }
     Ok(AppConfig {
         name,
         artifact: raw.artifact,
@@ -150,6 +163,8 @@ pub(super) fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfig
         max_bytes,
         max_ratio: raw.max_ratio.unwrap_or(DEFAULT_MAX_RATIO),
         userns,
+        listen,
+        overlap,
     })
 }
 
@@ -209,6 +224,52 @@ fn userns(on: bool, base: Option<u64>) -> Result<Userns, String> {
     }
 }
 
+fn listen(raw: &[String]) -> Result<Vec<ListenAddr>, String> {
+    if raw.len() > MAX_LISTEN_FDS {
+        return Err(format!("at most {MAX_LISTEN_FDS} sockets"));
+    }
+    let addrs = raw
+        .iter()
+        .map(|s| ListenAddr::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, a) in addrs.iter().enumerate() {
+        if addrs[..i].contains(a) {
+            return Err(format!("{a} is listed twice"));
+        }
+    }
+    Ok(addrs)
+}
+
+/// While two instances overlap, the old one answers on every shared address: a tcp or http
+/// check there would pass for the new one whatever state it is in. Such a check is refused.
+fn overlap_check(h: &HealthConfig, listen: &[ListenAddr], overlap: bool) -> Result<(), String> {
+    let target = match &h.probe {
+        Probe::Tcp(a) => *a,
+        Probe::Http(t) => match t.authority.parse::<SocketAddr>() {
+            Ok(a) => a,
+            // A host name: nothing to compare, the operator vouches for it.
+            Err(_) => return Ok(()),
+        },
+        Probe::Exec(_) | Probe::Notify => return Ok(()),
+    };
+    if !overlap {
+        return Ok(());
+    }
+    let shared = listen.iter().any(|l| match l {
+        ListenAddr::Tcp(a) => {
+            a.port() == target.port() && (a.ip() == target.ip() || a.ip().is_unspecified())
+        }
+        ListenAddr::Unix(_) => false,
+    });
+    if shared || listen.is_empty() {
+        return Err(format!(
+            "{target} is answered by the old instance too while a deploy overlaps them; \
+             check the new one alone: exec, or tcp/http on an address only it serves"
+        ));
+    }
+    Ok(())
+}
+
 fn check_template(t: &str) -> Result<(), String> {
     if !["s3://", "file://", "https://", "http://"]
         .iter()
@@ -242,6 +303,13 @@ fn health(
     h: RawHealth,
 ) -> Result<HealthConfig, (&'static str, String)> {
     let probe = match (h.exec, h.tcp, h.http) {
+        (None, None, None) if h.notify => Probe::Notify,
+        _ if h.notify => {
+            return Err((
+                "health",
+                "set exactly one of exec, tcp, http or notify".to_string(),
+            ));
+        }
         (Some(cmd), None, None) => {
             check_jail(root, jail, &cmd).map_err(|r| ("health.exec", r))?;
             Probe::Exec(cmd)
@@ -252,7 +320,10 @@ fn health(
         ),
         (None, None, Some(url)) => Probe::Http(http_target(&url).map_err(|r| ("health.http", r))?),
         _ => {
-            return Err(("health", "set exactly one of exec, tcp or http".to_string()));
+            return Err((
+                "health",
+                "set exactly one of exec, tcp, http or notify".to_string(),
+            ));
         }
     };
     let deadline = duration(h.deadline.as_deref(), 30).map_err(|r| ("health.deadline", r))?;

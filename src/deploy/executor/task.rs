@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use super::store::{self, short};
 use super::{ExecutorOptions, Finished, SETTLE, Shared, Submit};
 use crate::cancel::{Cancel, Reason};
-use crate::deploy::activation::{Activation, Effect, Input, Outcome, Request, Source};
-use crate::deploy::app::AppConfig;
+use crate::deploy::activation::{Activation, Effect, Handover, Input, Outcome, Request, Source};
+use crate::deploy::app::{AppConfig, Probe};
 use crate::deploy::fetch;
 use crate::deploy::health::{ExecContext, wait_healthy};
 use crate::deploy::supervisor::{AppStatus, State, Supervisor};
@@ -64,12 +64,12 @@ impl AppTask {
     ) -> Self {
         AppTask {
             layout: Layout::new(&app.root),
+            machine: Activation::new(current, handover(&app)),
             app,
             sup,
             opts,
             shared,
             done,
-            machine: Activation::new(current),
             started_pid: None,
             marked: None,
             stopping,
@@ -197,7 +197,7 @@ impl AppTask {
         };
         if current.as_deref() != self.machine.current() {
             tracing::info!(app = %self.app.name, ?current, "current changed outside the executor");
-            self.machine = Activation::new(current);
+            self.machine = Activation::new(current, handover(&self.app));
         }
     }
 
@@ -242,6 +242,10 @@ impl AppTask {
         Reason::Deadline(self.app.deploy_timeout).to_string()
     }
 
+    fn machine_overlaps(&self) -> bool {
+        handover(&self.app) == Handover::Overlap
+    }
+
     /// Whether `version` is what the activation under way brings (not a rollback target).
     fn is_forward(&self, version: &str) -> bool {
         self.machine.active().is_some_and(|r| r.version == version)
@@ -273,13 +277,19 @@ impl AppTask {
                 }
                 Some(Input::Stopped)
             }
-            Effect::StartJail { version } => {
-                if self.is_forward(&version) && Instant::now() >= deadline {
-                    return Some(Input::Started(Err(self.timed_out())));
+            Effect::StartJail { version } => Some(self.start(&version, false, deadline).await),
+            Effect::StartNext { version } => Some(self.start(&version, true, deadline).await),
+            Effect::Promote => {
+                if let Err(e) = self.sup.promote(&name).await {
+                    tracing::error!(app = %name, error = %e, "cannot promote the new jail");
                 }
-                let r = self.sup.start(&name, Some(&version)).await;
-                self.started_pid = r.as_ref().ok().and_then(|s| s.pid);
-                Some(Input::Started(r.map(drop).map_err(|e| short(&e))))
+                Some(Input::Stopped)
+            }
+            Effect::Discard => {
+                if let Err(e) = self.sup.discard(&name).await {
+                    tracing::error!(app = %name, error = %e, "cannot stop the new jail");
+                }
+                Some(Input::Stopped)
             }
             Effect::CheckHealth { version } => {
                 match tokio::time::timeout_at(deadline, self.check(&version)).await {
@@ -311,6 +321,21 @@ impl AppTask {
                 None
             }
         }
+    }
+
+    /// Starts `version` as the instance that serves, or `beside` it; a forward start due
+    /// after the deadline fails instead.
+    async fn start(&mut self, version: &str, beside: bool, deadline: Instant) -> Input {
+        if self.is_forward(version) && Instant::now() >= deadline {
+            return Input::Started(Err(self.timed_out()));
+        }
+        let name = &self.app.name;
+        let r = match beside {
+            true => self.sup.start_next(name, version).await,
+            false => self.sup.start(name, Some(version)).await,
+        };
+        self.started_pid = r.as_ref().ok().and_then(|s| started_pid(s, beside));
+        Input::Started(r.map(drop).map_err(|e| short(&e)))
     }
 
     /// Prunes the store to `keep` once an activation has ended (failed releases first).
@@ -381,14 +406,33 @@ impl AppTask {
             return Input::Crashed("the app's supervisor task has ended".into());
         };
         let pid = self.started_pid;
-        let gone = move |s: &AppStatus| s.state != State::Running || s.pid != pid;
+        let beside = self.machine_overlaps();
+        let gone = move |s: &AppStatus| match beside {
+            true => s.next.as_ref().and_then(|n| n.pid) != pid,
+            false => s.state != State::Running || s.pid != pid,
+        };
         let ctx = ExecContext {
             exe: self.opts.supervisor.exe.clone(),
             root: self.layout.release(version),
             jail: self.app.jail.clone(),
         };
+        let mut ready_rx = rx.clone();
+        let ready = move |s: &AppStatus| match beside {
+            true => s.next.as_ref().is_some_and(|n| n.ready),
+            false => s.ready,
+        };
         let probe = async {
             match &self.app.health {
+                Some(cfg) if cfg.probe == Probe::Notify => {
+                    let wait = ready_rx.wait_for(ready);
+                    match tokio::time::timeout(cfg.deadline, wait).await {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err(format!(
+                            "no READY=1 from the new instance within {} (sd_notify)",
+                            humantime::format_duration(cfg.deadline)
+                        )),
+                    }
+                }
                 Some(cfg) => wait_healthy(cfg, &ctx)
                     .await
                     .map(drop)
@@ -537,8 +581,24 @@ async fn newer_version(mut rx: watch::Receiver<Option<Submit>>, version: &str) -
     }
 }
 
+fn handover(app: &AppConfig) -> Handover {
+    match app.overlap {
+        true => Handover::Overlap,
+        false => Handover::StopFirst,
+    }
+}
+
+/// The pid of the instance a start started: the next one, or the one that serves.
+fn started_pid(s: &AppStatus, beside: bool) -> Option<i32> {
+    match beside {
+        true => s.next.as_ref().and_then(|n| n.pid),
+        false => s.pid,
+    }
+}
+
 /// Why a jail being checked is no longer the one started.
 fn crash_message(s: &AppStatus) -> String {
-    let how = s.last_exit.as_deref().unwrap_or("ended");
+    let next = s.next.as_ref().and_then(|n| n.last_exit.as_deref());
+    let how = next.or(s.last_exit.as_deref()).unwrap_or("ended");
     format!("the jail ended while being checked ({how})")
 }

@@ -30,6 +30,8 @@ use crate::deploy::app::AppConfig;
 use proc::AppLog;
 use task::{AppTask, Cmd};
 
+mod instance;
+pub mod notify;
 pub mod policy;
 pub mod proc;
 mod task;
@@ -88,6 +90,24 @@ pub struct AppStatus {
     pub last_exit: Option<String>,
     /// Whether the running jail was adopted from an earlier supervisor.
     pub adopted: bool,
+    /// With readiness by notification: whether the running jail has sent `READY=1` (an
+    /// adopted one counts as ready).
+    pub ready: bool,
+    /// The instance a deploy started beside this one, while it lasts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<NextStatus>,
+}
+
+/// The instance a deploy started beside the one that serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NextStatus {
+    pub release: String,
+    /// Host pid of its `run` process; `None` once it ended by itself.
+    pub pid: Option<i32>,
+    /// How it ended, if it did.
+    pub last_exit: Option<String>,
+    /// With readiness by notification: whether it has sent `READY=1`.
+    pub ready: bool,
 }
 
 /// A supervisor error. Each says what state the app is left in.
@@ -125,6 +145,15 @@ pub enum SupervisorError {
     },
     #[error("app {0}: its supervisor task has ended")]
     TaskGone(String),
+    #[error("app {app}: cannot listen on {addr}: {source} (app not started)")]
+    Listen {
+        app: String,
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("app {0}: no next instance runs to be promoted (the one that serves is unchanged)")]
+    NoNext(String),
 }
 
 struct Handle {
@@ -167,8 +196,7 @@ impl Supervisor {
             path: self.opts.state_dir.join(format!("{name}.log")),
             cap: self.opts.log_cap,
         };
-        let pid_file = self.opts.state_dir.join(format!("{name}.pid"));
-        let (task, status) = AppTask::new(app, self.opts.exe.clone(), pid_file, log)?;
+        let (task, status) = AppTask::new(app, self.opts.exe.clone(), &self.opts.state_dir, log)?;
         let first = status.borrow().clone();
         let (tx, rx) = mpsc::channel(8);
         let task = tokio::spawn(task.run(rx));
@@ -187,7 +215,26 @@ impl Supervisor {
         self.ask(app, |reply| Cmd::Start { release, reply }).await?
     }
 
-    /// Stops the jail (stop_signal, SIGKILL after stop_timeout) and keeps it down.
+    /// Starts `release` beside the instance that serves, on the same sockets (a deploy that
+    /// overlaps them); an earlier next instance is stopped first.
+    pub async fn start_next(&self, app: &str, release: &str) -> Result<AppStatus, SupervisorError> {
+        let release = release.to_string();
+        self.ask(app, |reply| Cmd::StartNext { release, reply })
+            .await?
+    }
+
+    /// The next instance serves from now on; the old one is stopped (stop_signal, SIGKILL
+    /// after stop_timeout).
+    pub async fn promote(&self, app: &str) -> Result<AppStatus, SupervisorError> {
+        self.ask(app, |reply| Cmd::Promote { reply }).await?
+    }
+
+    /// Stops the next instance; the one that serves is untouched.
+    pub async fn discard(&self, app: &str) -> Result<AppStatus, SupervisorError> {
+        self.ask(app, |reply| Cmd::Discard { reply }).await
+    }
+
+    /// Stops the jails (stop_signal, SIGKILL after stop_timeout) and keeps them down.
     pub async fn stop(&self, app: &str) -> Result<AppStatus, SupervisorError> {
         self.ask(app, |reply| Cmd::Stop { reply }).await
     }

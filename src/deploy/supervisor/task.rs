@@ -1,29 +1,45 @@
-//! The task that owns one app's jail: it spawns or adopts it, waits for its exit, applies
-//! the restart decision, and carries out start/stop commands, one at a time. Only this task
-//! signals the jail, and only through pidfds.
+//! The task that owns one app's jails: it spawns or adopts them, waits for their exits,
+//! applies the restart decision, and carries out commands, one at a time. Only this task
+//! signals a jail, and only through pidfds.
+//!
+//! An app has one instance that serves (`APP.pid`) and, while a deploy overlaps two
+//! releases, the next one beside it (`APP.next.pid`), both on the app's sockets. Promoting
+//! the next stops the old one and makes the next serve; discarding it stops it. A next
+//! instance that ends is not restarted: the deploy that started it rolls back. An agent
+//! that died mid-overlap finds both on start, keeps the one on the release `current` names
+//! and stops the other.
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 
+use super::instance::{Instance, Spawn, describe};
+use super::notify::NotifySocket;
 use super::policy::{Decision, Ended, decide};
-use super::proc::{self, AppLog, NotAdopted, PidRecord};
-use super::{AppStatus, State, SupervisorError};
+use super::proc::{self, AppLog, NotAdopted};
+use super::{AppStatus, NextStatus, State, SupervisorError};
 use crate::deploy::app::AppConfig;
-use crate::jail::launch::StartGate;
+use crate::deploy::listen;
 use crate::release::Layout;
 
-/// Commands from [`super::supervisor::Supervisor`].
+/// Commands from [`super::Supervisor`].
 pub(super) enum Cmd {
     Start {
         release: Option<String>,
         reply: oneshot::Sender<Result<AppStatus, SupervisorError>>,
+    },
+    StartNext {
+        release: String,
+        reply: oneshot::Sender<Result<AppStatus, SupervisorError>>,
+    },
+    Promote {
+        reply: oneshot::Sender<Result<AppStatus, SupervisorError>>,
+    },
+    Discard {
+        reply: oneshot::Sender<AppStatus>,
     },
     Stop {
         reply: oneshot::Sender<AppStatus>,
@@ -37,59 +53,34 @@ pub(super) enum Cmd {
     },
 }
 
-/// A live jail: the `run` process, by pidfd (and as our child when we started it).
-struct Running {
-    pid: i32,
-    pidfd: AsyncFd<OwnedFd>,
-    child: Option<tokio::process::Child>,
-    started: Instant,
-    /// Adopted from a release whose jails write the log file themselves: the supervisor
-    /// caps it ([`AppLog::enforce_legacy_cap`]) until the jail is restarted.
-    legacy_log: bool,
-}
-
-impl Running {
-    /// Resolves when the `run` process has ended.
-    async fn ended(&mut self) -> Ended {
-        if let Some(child) = self.child.as_mut() {
-            return match child.wait().await {
-                Ok(st) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    match (st.code(), st.signal()) {
-                        (Some(c), _) => Ended::Exited(c),
-                        (None, Some(s)) => Ended::Signaled(s),
-                        _ => Ended::Unknown,
-                    }
-                }
-                Err(_) => Ended::Unknown,
-            };
-        }
-        // An adopted process: the pidfd turns readable when it exits.
-        let _ = self.pidfd.readable().await;
-        Ended::Unknown
-    }
-}
-
 pub(super) struct AppTask {
     app: AppConfig,
     exe: PathBuf,
     pid_file: PathBuf,
+    next_pid_file: PathBuf,
     log: AppLog,
     layout: Layout,
     status: watch::Sender<AppStatus>,
-    running: Option<Running>,
+    running: Option<Instance>,
+    /// The release that runs, or last ran (what a restart starts).
     release: Option<String>,
+    next: Option<Instance>,
+    /// The notification sockets of the two instances, until each is ready.
+    notify: Option<NotifySocket>,
+    next_notify: Option<NotifySocket>,
     restart_at: Option<Instant>,
     failures: u32,
+    /// The `listen` sockets, once bound (or taken back from an adopted jail).
+    sockets: Vec<OwnedFd>,
 }
 
 impl AppTask {
-    /// Builds the task, adopting the jail its pid file names when that is still the same
-    /// `droot-fleet run` process.
+    /// Builds the task, adopting the jails its pid files name when they are still the same
+    /// `droot-fleet run` processes.
     pub(super) fn new(
         app: AppConfig,
         exe: PathBuf,
-        pid_file: PathBuf,
+        state_dir: &Path,
         log: AppLog,
     ) -> Result<(AppTask, watch::Receiver<AppStatus>), SupervisorError> {
         let status = AppStatus {
@@ -100,35 +91,46 @@ impl AppTask {
             restarts: 0,
             last_exit: None,
             adopted: false,
+            ready: false,
+            next: None,
         };
         let (tx, rx) = watch::channel(status);
+        let (pid_file, next_pid_file) = super::instance::pid_files(state_dir, &app.name);
         let mut task = AppTask {
             layout: Layout::new(&app.root),
             app,
             exe,
             pid_file,
+            next_pid_file,
             log,
             status: tx,
             running: None,
             release: None,
+            next: None,
+            notify: None,
+            next_notify: None,
             restart_at: None,
             failures: 0,
+            sockets: Vec::new(),
         };
-        task.adopt()?;
+        if let Some(i) = task.adopt(&task.pid_file.clone())? {
+            task.serve(i, true);
+        }
+        task.next = task.adopt(&task.next_pid_file.clone())?;
+        task.reclaim_sockets();
         Ok((task, rx))
     }
 
-    /// Adopts the jail of the pid file if it is still the one recorded; removes a stale
-    /// pid file otherwise.
-    fn adopt(&mut self) -> Result<(), SupervisorError> {
-        let path = self.pid_file.clone();
+    /// Adopts the jail of a pid file if it is still the one recorded; removes a stale pid
+    /// file otherwise.
+    fn adopt(&self, path: &Path) -> Result<Option<Instance>, SupervisorError> {
         let io_err = |what| {
-            let path = path.clone();
+            let path = path.to_path_buf();
             move |source| SupervisorError::Io { what, path, source }
         };
-        let Some(rec) = proc::read_pid_file(&path).map_err(io_err("cannot read the pid file"))?
+        let Some(rec) = proc::read_pid_file(path).map_err(io_err("cannot read the pid file"))?
         else {
-            return Ok(());
+            return Ok(None);
         };
         let name = &self.app.name;
         let adopted = match crate::release::layout::validate_version(&rec.release) {
@@ -143,53 +145,104 @@ impl AppTask {
                 } else {
                     tracing::warn!(app = %name, pid = rec.pid, "the pid file names another process now (pid recycled); not adopting it");
                 }
-                return proc::remove_pid_file(&path).map_err(io_err("cannot remove the pid file"));
+                proc::remove_pid_file(path).map_err(io_err("cannot remove the pid file"))?;
+                return Ok(None);
             }
         };
         tracing::info!(app = %name, pid = rec.pid, release = %rec.release, "adopted a running jail");
-        let legacy_log = !proc::runs_with_log(rec.pid);
-        if legacy_log {
-            tracing::warn!(app = %name, pid = rec.pid, "this jail was started by an older release and writes its log file itself: the log is emptied above the cap, not rotated, until the app restarts");
+        let i = Instance::adopted(rec, fd).map_err(io_err("cannot watch the adopted jail"))?;
+        if i.legacy_log {
+            tracing::warn!(app = %name, pid = i.pid, "this jail was started by an older release and writes its log file itself: the log is emptied above the cap, not rotated, until the app restarts");
         }
-        self.running = Some(Running {
-            pid: rec.pid,
-            pidfd: proc::async_pidfd(fd).map_err(io_err("cannot watch the adopted jail"))?,
-            child: None,
-            started: Instant::now(),
-            legacy_log,
-        });
-        self.status.send_modify(|s| {
-            s.state = State::Running;
-            s.pid = Some(rec.pid);
-            s.since = rec.since;
-            s.release = Some(rec.release.clone());
-            s.adopted = true;
-        });
-        self.release = Some(rec.release);
+        Ok(Some(i))
+    }
+
+    /// Takes the sockets back from an adopted jail, or binds them. A bind that fails now
+    /// is tried again at the next start, which then fails with its error.
+    fn reclaim_sockets(&mut self) {
+        if self.app.listen.is_empty() {
+            return;
+        }
+        let adopted = self.running.iter().chain(self.next.iter());
+        for i in adopted {
+            if let Some(fds) = listen::reclaim(i.pidfd.get_ref(), &self.app.listen) {
+                tracing::info!(app = %self.app.name, pid = i.pid, "took the listening sockets back from the adopted jail");
+                self.sockets = fds;
+                return;
+            }
+        }
+        if let Err(e) = self.bind_sockets() {
+            tracing::warn!(app = %self.app.name, error = %e, "cannot bind the app's sockets yet");
+        }
+    }
+
+    fn bind_sockets(&mut self) -> Result<(), SupervisorError> {
+        if self.sockets.len() == self.app.listen.len() {
+            return Ok(());
+        }
+        self.sockets = listen::bind_all(&self.app.listen).map_err(|(addr, source)| {
+            SupervisorError::Listen {
+                app: self.app.name.clone(),
+                addr,
+                source,
+            }
+        })?;
         Ok(())
     }
 
+    /// Makes `i` the instance that serves, and says so in the status. An adopted one was
+    /// serving already: it counts as ready.
+    fn serve(&mut self, i: Instance, adopted: bool) {
+        self.status.send_modify(|s| {
+            s.ready = adopted;
+            s.state = State::Running;
+            s.pid = Some(i.pid);
+            s.since = i.since;
+            s.release = Some(i.release.clone());
+            s.adopted = adopted;
+        });
+        self.release = Some(i.release.clone());
+        self.running = Some(i);
+    }
+
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        self.settle_adopted_next().await;
         let mut log_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let restart_at = self.restart_at;
             let legacy_log = self.running.as_ref().is_some_and(|r| r.legacy_log);
+            let run_pid = self.running.as_ref().map(|r| r.pid);
+            let next_pid = self.next.as_ref().map(|r| r.pid);
             let running = self.running.as_mut();
+            let next = self.next.as_mut();
+            let notify = notified(self.notify.as_ref(), run_pid);
+            let next_notify = notified(self.next_notify.as_ref(), next_pid);
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Cmd::Shutdown { leave_all, reply }) => {
                         if !(leave_all || self.app.leave_running) {
-                            self.stop_jail().await;
+                            self.stop_all().await;
                         }
                         let _ = reply.send(());
                         return;
                     }
                     Some(cmd) => self.command(cmd).await,
-                    // The supervisor was dropped without shutdown: leave the jail running.
+                    // The supervisor was dropped without shutdown: leave the jails running.
                     None => return,
                 },
-                ended = async { match running { Some(r) => r.ended().await, None => std::future::pending().await } } => {
-                    self.on_exit(ended);
+                ended = ended(running) => self.on_exit(ended),
+                ended = ended(next) => self.on_next_exit(ended),
+                () = notify => {
+                    self.notify = None;
+                    self.status.send_modify(|s| s.ready = true);
+                }
+                () = next_notify => {
+                    self.next_notify = None;
+                    self.status.send_modify(|s| {
+                        if let Some(n) = s.next.as_mut() {
+                            n.ready = true;
+                        }
+                    });
                 }
                 _ = async { match restart_at { Some(t) => sleep_until(t).await, None => std::future::pending().await } } => {
                     self.restart_at = None;
@@ -208,21 +261,41 @@ impl AppTask {
         }
     }
 
+    /// An agent that died while two instances overlapped: the one on `current` stays.
+    async fn settle_adopted_next(&mut self) {
+        let Some(next) = &self.next else { return };
+        let current = crate::release::switch::current_version(&self.layout)
+            .ok()
+            .flatten();
+        if current.as_deref() == Some(next.release.as_str()) {
+            tracing::info!(app = %self.app.name, release = %next.release, "an overlap was interrupted after the switch: the next instance serves");
+            let _ = self.promote().await;
+        } else {
+            tracing::info!(app = %self.app.name, release = %next.release, "an overlap was interrupted before the switch: the next instance is stopped");
+            self.discard().await;
+        }
+    }
+
     async fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Start { release, reply } => {
                 let r = self.start(release).await;
                 let _ = reply.send(r);
             }
+            Cmd::StartNext { release, reply } => {
+                let r = self.start_next(release).await;
+                let _ = reply.send(r);
+            }
+            Cmd::Promote { reply } => {
+                let r = self.promote().await;
+                let _ = reply.send(r);
+            }
+            Cmd::Discard { reply } => {
+                self.discard().await;
+                let _ = reply.send(self.status.borrow().clone());
+            }
             Cmd::Stop { reply } => {
-                self.stop_jail().await;
-                if self.restart_at.take().is_some() {
-                    // Stopped while waiting out the backoff: no restart is due any more.
-                    self.status.send_modify(|s| {
-                        s.state = State::Stopped;
-                        s.since = crate::wall::secs();
-                    });
-                }
+                self.stop_all().await;
                 let _ = reply.send(self.status.borrow().clone());
             }
             Cmd::Restart { reply } => {
@@ -234,7 +307,8 @@ impl AppTask {
         }
     }
 
-    async fn start(&mut self, release: Option<String>) -> Result<AppStatus, SupervisorError> {
+    /// `release`, checked: a release name that is on disk (`None`: the one `current` names).
+    fn release_to_start(&self, release: Option<String>) -> Result<String, SupervisorError> {
         let release = match release {
             Some(r) => r,
             None => crate::release::switch::current_version(&self.layout)
@@ -251,9 +325,6 @@ impl AppTask {
                 reason: e.to_string(),
             });
         }
-        if self.running.is_some() && self.release.as_deref() == Some(release.as_str()) {
-            return Ok(self.status.borrow().clone());
-        }
         if !self.layout.release(&release).is_dir() {
             return Err(SupervisorError::NoRelease {
                 app: self.app.name.clone(),
@@ -261,6 +332,15 @@ impl AppTask {
                 root: self.app.root.clone(),
             });
         }
+        Ok(release)
+    }
+
+    async fn start(&mut self, release: Option<String>) -> Result<AppStatus, SupervisorError> {
+        let release = self.release_to_start(release)?;
+        if self.running.is_some() && self.release.as_deref() == Some(release.as_str()) {
+            return Ok(self.status.borrow().clone());
+        }
+        self.discard().await;
         self.stop_jail().await;
         self.restart_at = None;
         self.failures = 0;
@@ -274,80 +354,114 @@ impl AppTask {
         }
     }
 
-    /// Starts `droot-fleet run` on `self.release` and records its pid file.
+    /// Starts `self.release` as the instance that serves.
     fn spawn(&mut self) -> Result<(), SupervisorError> {
         let release = self.release.clone().expect("spawn needs a release");
-        let root = self.layout.release(&release);
-        let mut launch = self.app.jail.launch(&root, &self.app.jail.command, true);
-        let spawn_err = |source| SupervisorError::Spawn {
-            app: self.app.name.clone(),
-            exe: self.exe.clone(),
-            source,
-        };
-        // The jail waits until its pid file is written: if this agent dies before, nobody
-        // could find (adopt or stop) it, so it must not start at all.
-        let gate = StartGate::new().map_err(spawn_err)?;
-        launch.start_gate = Some(gate.fd());
-        launch.log = Some(self.log.spec());
-        let args = launch.to_args();
-        let io_err = |what, path: &PathBuf| {
-            let path = path.clone();
-            move |source| SupervisorError::Io { what, path, source }
-        };
-        let out = self
-            .log
-            .open()
-            .map_err(io_err("cannot open the app log", &self.log.path))?;
-        let err = out
-            .try_clone()
-            .map_err(io_err("cannot open the app log", &self.log.path))?;
-        let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.args(&args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        gate.pass_to(&mut cmd);
-        let child = cmd.spawn().map_err(spawn_err)?;
-        let gate = gate.spawned();
-        let pid = child.id().expect("a fresh child has a pid") as i32;
-        // Not yet waited for, so the pid is still this child's, even if it already exited.
-        let fd = proc::pidfd_open(pid).map_err(spawn_err)?;
-        let start_time = proc::start_time(pid).map_err(spawn_err)?;
-        let since = crate::wall::secs();
-        let rec = PidRecord {
-            pid,
-            start_time,
-            release: release.clone(),
-            since,
-        };
-        // On error the gate closes unopened, and the jail ends without starting.
-        proc::write_pid_file(&self.pid_file, &rec)
-            .map_err(io_err("cannot write the pid file", &self.pid_file))?;
-        gate.open();
-        self.running = Some(Running {
-            pid,
-            pidfd: proc::async_pidfd(fd).map_err(spawn_err)?,
-            child: Some(child),
-            started: Instant::now(),
-            legacy_log: false,
-        });
-        tracing::info!(app = %self.app.name, pid, release = %release, "jail started");
-        self.status.send_modify(|s| {
-            s.state = State::Running;
-            s.pid = Some(pid);
-            s.since = since;
-            s.release = Some(release);
-            s.adopted = false;
-        });
+        let pid_file = self.pid_file.clone();
+        let (i, notify) = self.spawn_instance(&release, &pid_file)?;
+        self.serve(i, false);
+        self.notify = notify;
         Ok(())
+    }
+
+    /// Starts an instance of `release` on the app's sockets, with its own notification
+    /// socket when the app is ready by notification.
+    fn spawn_instance(
+        &mut self,
+        release: &str,
+        pid_file: &Path,
+    ) -> Result<(Instance, Option<NotifySocket>), SupervisorError> {
+        self.bind_sockets()?;
+        let notify =
+            match self.app.ready_by_notify() {
+                true => Some(NotifySocket::bind(&self.app.name).map_err(|source| {
+                    SupervisorError::Io {
+                        what: "cannot make the readiness socket",
+                        path: PathBuf::from(format!("@droot-fleet/notify/{}", self.app.name)),
+                        source,
+                    }
+                })?),
+                false => None,
+            };
+        let root = self.layout.release(release);
+        let s = Spawn {
+            exe: &self.exe,
+            log: &self.log,
+            pid_file,
+            sockets: &self.sockets,
+            notify_env: notify.as_ref().map(NotifySocket::env),
+        };
+        Ok((Instance::spawn(&self.app, release, &root, s)?, notify))
+    }
+
+    /// Starts `release` beside the instance that serves (which keeps serving).
+    async fn start_next(&mut self, release: String) -> Result<AppStatus, SupervisorError> {
+        let release = self.release_to_start(Some(release))?;
+        self.discard().await;
+        let pid_file = self.next_pid_file.clone();
+        let (i, notify) = self.spawn_instance(&release, &pid_file)?;
+        self.status.send_modify(|s| {
+            s.next = Some(NextStatus {
+                release: release.clone(),
+                pid: Some(i.pid),
+                last_exit: None,
+                ready: false,
+            });
+        });
+        self.next = Some(i);
+        self.next_notify = notify;
+        Ok(self.status.borrow().clone())
+    }
+
+    /// The next instance serves from now on; the old one is stopped (`stop_signal`, then
+    /// SIGKILL after `stop_timeout`), draining meanwhile.
+    async fn promote(&mut self) -> Result<AppStatus, SupervisorError> {
+        let Some(next) = self.next.take() else {
+            return Err(SupervisorError::NoNext(self.app.name.clone()));
+        };
+        self.stop_jail().await;
+        if let Err(source) = std::fs::rename(&self.next_pid_file, &self.pid_file) {
+            tracing::error!(app = %self.app.name, error = %source, "cannot record the promoted jail's pid file");
+        }
+        self.restart_at = None;
+        self.failures = 0;
+        let ready = self.status.borrow().next.as_ref().is_some_and(|n| n.ready);
+        self.status.send_modify(|s| s.next = None);
+        self.serve(next, false);
+        self.status.send_modify(|s| s.ready = ready);
+        self.notify = self.next_notify.take();
+        Ok(self.status.borrow().clone())
+    }
+
+    /// Stops the next instance, if any; the one that serves is untouched.
+    async fn discard(&mut self) {
+        if let Some(next) = self.next.take() {
+            let (sig, grace) = (self.app.stop_signal, self.app.stop_timeout);
+            next.stop(&self.app.name, sig, grace).await;
+        }
+        self.next_notify = None;
+        let _ = proc::remove_pid_file(&self.next_pid_file);
+        self.status.send_modify(|s| s.next = None);
+    }
+
+    async fn stop_all(&mut self) {
+        self.discard().await;
+        self.stop_jail().await;
+        if self.restart_at.take().is_some() {
+            // Stopped while waiting out the backoff: no restart is due any more.
+            self.status.send_modify(|s| {
+                s.state = State::Stopped;
+                s.since = crate::wall::secs();
+            });
+        }
     }
 
     /// An exit nobody asked for: restart per policy, or stay down.
     fn on_exit(&mut self, ended: Ended) {
         let Some(r) = self.running.take() else { return };
         let _ = proc::remove_pid_file(&self.pid_file);
+        self.notify = None;
+        self.status.send_modify(|s| s.ready = false);
         let ran_for = r.started.elapsed();
         let what = describe(ended);
         let d = decide(
@@ -383,6 +497,23 @@ impl AppTask {
         }
     }
 
+    /// The next instance ended by itself: it stays down, and the status says how it ended.
+    fn on_next_exit(&mut self, ended: Ended) {
+        let Some(n) = self.next.take() else { return };
+        let _ = proc::remove_pid_file(&self.next_pid_file);
+        let what = describe(ended);
+        tracing::warn!(app = %self.app.name, pid = n.pid, release = %n.release, ended = %what, "the next jail ended");
+        self.next_notify = None;
+        self.status.send_modify(|s| {
+            s.next = Some(NextStatus {
+                release: n.release,
+                pid: None,
+                last_exit: Some(what),
+                ready: false,
+            })
+        });
+    }
+
     /// Marks the app failed with `why` (the caller reports the error).
     fn set_failed(&mut self, why: String) {
         self.status.send_modify(|s| {
@@ -393,56 +524,37 @@ impl AppTask {
         });
     }
 
-    /// Stops the jail if one runs: stop_signal, then SIGKILL to `run` and the jail's init
-    /// after stop_timeout. Returns once they are gone; the app is then `stopped`.
+    /// Stops the instance that serves, if one runs; the app is then `stopped`.
     async fn stop_jail(&mut self) {
-        let Some(mut r) = self.running.take() else {
+        let Some(r) = self.running.take() else {
             return;
         };
-        let name = self.app.name.clone();
-        let graceful = async {
-            if self.app.stop_signal == Signal::SIGKILL {
-                return None;
-            }
-            let _ = proc::pidfd_signal(r.pidfd.get_ref(), self.app.stop_signal);
-            timeout(self.app.stop_timeout, r.ended()).await.ok()
-        };
-        let ended = match graceful.await {
-            Some(e) => e,
-            None => {
-                tracing::warn!(app = %name, pid = r.pid, timeout = ?self.app.stop_timeout, "killing the jail");
-                kill_jail(&mut r).await
-            }
-        };
+        self.notify = None;
+        let (sig, grace) = (self.app.stop_signal, self.app.stop_timeout);
+        let ended = r.stop(&self.app.name, sig, grace).await;
         let _ = proc::remove_pid_file(&self.pid_file);
-        tracing::info!(app = %name, pid = r.pid, ended = %describe(ended), "jail stopped");
         self.status.send_modify(|s| {
             s.state = State::Stopped;
             s.pid = None;
+            s.ready = false;
             s.since = crate::wall::secs();
             s.last_exit = Some(describe(ended));
         });
     }
 }
 
-/// SIGKILL to `run` and to the jail's init (PID 1 of its namespace), then waits for both:
-/// when init is gone the kernel has ended every process of the jail.
-async fn kill_jail(r: &mut Running) -> Ended {
-    let inits = proc::children_pidfds(r.pid);
-    for fd in inits.iter().chain([r.pidfd.get_ref()]) {
-        let _ = proc::pidfd_signal(fd, Signal::SIGKILL);
+/// Resolves when the instance `pid` (if any) is ready by its notification socket.
+async fn notified(socket: Option<&NotifySocket>, pid: Option<i32>) {
+    match (socket, pid) {
+        (Some(s), Some(pid)) => s.ready(pid).await,
+        _ => std::future::pending().await,
     }
-    let e = r.ended().await;
-    for fd in inits {
-        proc::wait_pidfd(fd).await;
-    }
-    e
 }
 
-fn describe(e: Ended) -> String {
-    match e {
-        Ended::Exited(c) => format!("exited with status {c}"),
-        Ended::Signaled(s) => format!("killed by signal {s}"),
-        Ended::Unknown => "ended (adopted: status unknown)".into(),
+/// Resolves when `i` (if any) has ended.
+async fn ended(i: Option<&mut Instance>) -> Ended {
+    match i {
+        Some(i) => i.ended().await,
+        None => std::future::pending().await,
     }
 }

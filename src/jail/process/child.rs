@@ -91,7 +91,8 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
     let identity = db.resolve(plan.spec.user.as_deref(), plan.spec.group.as_deref())?;
     let drootenv = read_optional(Path::new("/").join(crate::drootenv::FILE_NAME).as_path())?
         .unwrap_or_default();
-    let env = env::merge(&drootenv, &plan.spec.env);
+    let mut env = env::merge(&drootenv, &plan.spec.env);
+    env::add_listen_fds(&mut env, &plan.spec.listen_fds);
     let path = env::path_of(&env).to_string();
     let cstr = |s: String| {
         CString::new(s).map_err(|e| JailError::InvalidArg {
@@ -157,13 +158,23 @@ fn become_and_exec(l: &Launch, plan: &Plan<'_>) -> JailError {
         return e;
     }
     reset_signals();
-    close_inherited_fds();
+    let listen = plan.spec.listen_fds.len() as i32;
+    if let Err(e) = keep_listen_fds(listen) {
+        return e;
+    }
+    close_inherited_fds(3 + listen);
+    // LISTEN_PID is the pid that execs, as the command sees it (in its PID namespace).
+    let mut envp = l.envp.clone();
+    if listen > 0 {
+        let pid = nix::unistd::getpid();
+        envp.push(CString::new(format!("LISTEN_PID={pid}")).expect("no NUL in a number"));
+    }
     let mut denied = None;
     for cand in env::candidates(&l.cmd, &l.path) {
         let Ok(c) = CString::new(cand.as_os_str().as_encoded_bytes()) else {
             continue;
         };
-        match nix::unistd::execve(&c, &l.argv, &l.envp) {
+        match nix::unistd::execve(&c, &l.argv, &envp) {
             Err(Errno::ENOENT | Errno::ENOTDIR) => {}
             Err(e @ Errno::EACCES) => denied = Some(e),
             Err(e @ Errno::ENOEXEC) => {
@@ -223,14 +234,25 @@ fn reset_signals() {
         nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
-/// Marks every descriptor above stderr close-on-exec: a directory fd of the host leaking
+/// The listening sockets at 3.. survive the exec.
+fn keep_listen_fds(n: i32) -> Result<(), JailError> {
+    for fd in 3..3 + n {
+        // SAFETY: fcntl on a descriptor number; clears FD_CLOEXEC only.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            return Err(JailError::sys("keeping a listening socket", Errno::last()));
+        }
+    }
+    Ok(())
+}
+
+/// Marks every descriptor from `first` close-on-exec: a directory fd of the host leaking
 /// into the jail would let its root walk out of the chroot.
-fn close_inherited_fds() {
+fn close_inherited_fds(first: i32) {
     // SAFETY: close_range with integer arguments; CLOSE_RANGE_CLOEXEC only sets flags.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            3u32,
+            first as u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
@@ -242,7 +264,7 @@ fn close_inherited_fds() {
                 .flatten()
                 .filter_map(|e| e.file_name().to_str()?.parse().ok())
                 .collect();
-            for fd in fds.into_iter().filter(|fd| *fd > 2) {
+            for fd in fds.into_iter().filter(|fd| *fd >= first) {
                 // SAFETY: setting FD_CLOEXEC on a descriptor number; harmless if it is closed.
                 unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
             }

@@ -1,0 +1,148 @@
+//! Readiness by systemd's `sd_notify` protocol: each instance the supervisor starts gets
+//! its own datagram socket, named in its environment (`NOTIFY_SOCKET`), and is ready once
+//! it sends `READY=1` there.
+//!
+//! The socket is in the abstract namespace (the jail shares the host's network namespace,
+//! so no file has to be mounted into the jail), under a random name. Anyone on the host can
+//! find and write to such a name, so a message counts only when the kernel-checked sender
+//! credentials (`SCM_CREDENTIALS`, which only CAP_SYS_ADMIN could forge) name a process in
+//! the PID namespace of the very instance the socket was made for: not the old instance
+//! that serves beside it, not another jail, not a host user. Once ready, the socket is
+//! closed; later notifications (`STATUS=`, `WATCHDOG=1`) fail harmlessly in the app.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
+};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// The largest notification read; longer ones are cut (and then carry no `READY=1` line
+/// past the cut).
+const MAX_MESSAGE: usize = 4096;
+
+/// One instance's notification socket.
+pub(super) struct NotifySocket {
+    fd: AsyncFd<OwnedFd>,
+    name: String,
+}
+
+impl NotifySocket {
+    /// Binds a fresh abstract socket for an instance of `app`.
+    pub(super) fn bind(app: &str) -> io::Result<Self> {
+        let name = format!("droot-fleet/notify/{app}/{:032x}", rand::random::<u128>());
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let fd = socket::socket(AddressFamily::Unix, SockType::Datagram, flags, None)?;
+        socket::setsockopt(&fd, sockopt::PassCred, &true)?;
+        socket::bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes())?)?;
+        Ok(NotifySocket {
+            // SAFETY: an OwnedFd is open and returns the same descriptor until it is dropped,
+            // which happens only with the AsyncFd.
+            fd: unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?,
+            name,
+        })
+    }
+
+    /// `NOTIFY_SOCKET=@NAME`, for the instance's environment.
+    pub(super) fn env(&self) -> String {
+        format!("NOTIFY_SOCKET=@{}", self.name)
+    }
+
+    /// Resolves once a process in the PID namespace of the jail under `run_pid` (the
+    /// instance's `droot-fleet run`) sends `READY=1`. Other senders are ignored.
+    pub(super) async fn ready(&self, run_pid: i32) {
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                return std::future::pending().await;
+            };
+            while let Some((sender, ready)) = self.receive() {
+                if ready && in_jail_of(sender, run_pid) {
+                    return;
+                }
+                if ready {
+                    tracing::warn!(
+                        run_pid,
+                        sender,
+                        "READY=1 from a process outside the instance's jail ignored"
+                    );
+                }
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// One pending datagram: its sender's pid (0 without credentials) and whether it says
+    /// `READY=1`; `None` when nothing is pending.
+    fn receive(&self) -> Option<(i32, bool)> {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut cmsg = nix::cmsg_space!(libc::ucred);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let fd = self.fd.get_ref().as_raw_fd();
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+        let msg = socket::recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), flags).ok()?;
+        let pid = msg
+            .cmsgs()
+            .ok()?
+            .find_map(|c| match c {
+                ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let len = msg.bytes;
+        Some((pid, says_ready(&buf[..len])))
+    }
+}
+
+/// Whether a notification holds the line `READY=1` (newline-separated assignments).
+pub fn says_ready(msg: &[u8]) -> bool {
+    msg.split(|b| *b == b'\n').any(|line| line == b"READY=1")
+}
+
+/// Whether `pid` is in the PID namespace of the jail's init, the child of `run_pid`.
+fn in_jail_of(pid: i32, run_pid: i32) -> bool {
+    let ns = |p: i32| {
+        std::fs::metadata(format!("/proc/{p}/ns/pid"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let children = std::fs::read_to_string(format!("/proc/{run_pid}/task/{run_pid}/children"))
+        .unwrap_or_default();
+    let Some(init) = children.split_whitespace().find_map(|c| c.parse().ok()) else {
+        return false;
+    };
+    // The jail's namespace is never the host's (`run` makes a new one): a host process
+    // must not pass for the jail because both lookups failed alike.
+    pid > 0 && ns(init).is_some() && ns(init) != ns(run_pid) && ns(pid) == ns(init)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_ready_line_means_ready() {
+        assert!(says_ready(b"READY=1"));
+        assert!(says_ready(b"STATUS=up\nREADY=1\n"));
+        for not in [
+            &b"READY=0"[..],
+            b"READY=1x",
+            b"XREADY=1",
+            b"STATUS=READY=1",
+            b"",
+        ] {
+            assert!(!says_ready(not), "{:?}", String::from_utf8_lossy(not));
+        }
+    }
+
+    /// A host process (this test) is not the jail of any `run`: even with its own pid as
+    /// `run`, the namespace check fails closed.
+    #[test]
+    fn a_host_process_is_never_in_the_jail() {
+        let me = std::process::id() as i32;
+        assert!(!in_jail_of(me, me));
+        assert!(!in_jail_of(0, me));
+    }
+}
