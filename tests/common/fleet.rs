@@ -39,6 +39,17 @@ pub enum Kind {
     NoHealth,
 }
 
+/// What `[apps.web]` runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WebApp {
+    /// busybox httpd started by `/start.sh`, checked over http ([`Fleet::publish`]).
+    Httpd,
+    /// The socket-activated test app ([`Fleet::publish_sockapp`]), ready by `READY=1`: on
+    /// the agent's socket with `listen` (deploys overlap), or binding its port itself
+    /// (stop-then-start).
+    SockApp { listen: bool },
+}
+
 /// How a node's agent is set up.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
@@ -91,6 +102,7 @@ pub struct Fleet {
     pub public: String,
     /// `apps.web.health.deadline`.
     pub health_deadline: String,
+    pub web_app: WebApp,
     /// Every node is enrolled, and node identities are required.
     pub enrollment: Enrollment,
     pub specs: Vec<NodeSpec>,
@@ -132,6 +144,7 @@ impl Fleet {
             key,
             public,
             health_deadline: "4s".into(),
+            web_app: WebApp::Httpd,
             enrollment,
             specs: Vec::new(),
             agents: Vec::new(),
@@ -285,7 +298,22 @@ impl Fleet {
         // file:// through an agent reads only beneath its file roots.
         text.push_str(&format!("file_roots = [\"{}\"]\n", self.arts.display()));
         text.push_str(&spec.deploy);
-        if !spec.no_app {
+        if let (false, WebApp::SockApp { listen }) = (spec.no_app, self.web_app) {
+            let addr = self.http_addr(n);
+            let socket = match listen {
+                true => format!("listen = [\"tcp:{addr}\"]"),
+                false => format!("env = {{ BIND = \"{addr}\" }}"),
+            };
+            text.push_str(&format!(
+                "[apps.web]\nartifact = \"{artifact}\"\nroot = \"{root}\"\n\
+                 command = [\"/sockapp\"]\n{socket}\nstop_timeout = \"5s\"\n\
+                 leave_running = {leave}\nbackoff = {{ initial = \"300ms\", max = \"2s\" }}\n\
+                 [apps.web.health]\nnotify = true\ndeadline = \"{deadline}\"\n",
+                root = self.root(n).display(),
+                leave = spec.leave_running,
+                deadline = self.health_deadline,
+            ));
+        } else if !spec.no_app {
             let addr = self.http_addr(n);
             text.push_str(&format!(
                 "[apps.web]\nartifact = \"{artifact}\"\nroot = \"{root}\"\n\
@@ -321,6 +349,29 @@ impl Fleet {
             g.put(&format!("web/{version}.tar.gz"), bytes.clone());
         }
         bytes
+    }
+
+    /// Builds and uploads `VERSION.tar.gz` of the socket-activated test app.
+    pub fn publish_sockapp(&self, version: &str, behaviour: crate::common::sockapp::Behaviour) {
+        let src = self.base.join(format!("src-{version}"));
+        crate::common::sockapp::release(&src, version, behaviour);
+        let out = self.arts.join(format!("{version}.tar.gz"));
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .arg("-czf")
+            .arg(&out)
+            .arg(".")
+            .status()
+            .expect("run tar");
+        assert!(st.success(), "tar failed");
+        std::fs::remove_dir_all(&src).unwrap();
+        if let Some(g) = &self.garage {
+            g.put(
+                &format!("web/{version}.tar.gz"),
+                std::fs::read(&out).unwrap(),
+            );
+        }
     }
 
     /// Removes `VERSION.tar.gz` from the store (and checks it is gone).

@@ -113,8 +113,8 @@ int main(void) {
     fprintf(stderr, "sockapp %s: serving\n", version);
     char reply[512], req[4096];
     int n = snprintf(reply, sizeof reply,
-                     "HTTP/1.0 200 OK\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-                     strlen(version) + 1, version);
+                     "HTTP/1.0 200 OK\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     strlen(version), version);
     while (!stopping) {
         int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
         if (c < 0) continue;

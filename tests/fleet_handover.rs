@@ -1,0 +1,169 @@
+//! Rollouts that drop no request, end to end: real agents, Garage, real jails running the
+//! socket-activated test app, each node probed with a fresh connection every 10 ms
+//! throughout. With `listen` (the agent holds the socket, deploys overlap), no request
+//! fails through deploys at once and in waves, broken releases that roll back, a rollback,
+//! agent restarts with `leave_running` and an app crash. Stop-then-start, the comparison,
+//! drops requests for the app's boot time on every node.
+
+#[path = "common/agent.rs"]
+mod agent_support;
+mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
+
+use std::time::Duration;
+
+use common::Poller;
+use common::sockapp::Behaviour;
+use fleet::{Fleet, LONG, NodeSpec, WebApp, names};
+
+/// A fleet of `n` nodes running the test app, `v1` deployed everywhere.
+fn fleet(net: &str, n: usize, listen: bool) -> Fleet {
+    let mut f = Fleet::with_garage(net);
+    f.web_app = WebApp::SockApp { listen };
+    f.health_deadline = "5s".into();
+    let spec = NodeSpec {
+        leave_running: true,
+        ..NodeSpec::default()
+    };
+    f.start_nodes(vec![spec; n]);
+    f.publish_sockapp("v1", Behaviour::Boots(0));
+    f.deploy_all_ok("v1");
+    f
+}
+
+/// One poller per node, on its app's address.
+fn probe_all(f: &Fleet) -> Vec<Poller> {
+    let pollers: Vec<Poller> = (1..=f.agents.len() as u8)
+        .map(|n| Poller::start(&f.http_addr(n), "/version"))
+        .collect();
+    for p in &pollers {
+        p.wait_more(3);
+    }
+    pollers
+}
+
+/// Every node still serves `version`, and was answering just now.
+fn all_serve(f: &Fleet, pollers: &[Poller], version: &str) {
+    for n in 1..=f.agents.len() as u8 {
+        f.wait_serving(n, version);
+    }
+    for p in pollers {
+        p.wait_more(3);
+    }
+}
+
+/// Deploys `version` (extra flags) and asserts the outcome on every node.
+fn deploy_expect(f: &Fleet, version: &str, extra: &[&str], outcome: &str) {
+    let (code, report) = f.deploy(version, extra);
+    assert_eq!(
+        names(&report[outcome]),
+        f.app_nodes(),
+        "deploy {version} {extra:?} (exit {code}): want {outcome} everywhere: {report}\nn1's app log:\n{}",
+        f.app_log(1)
+    );
+}
+
+#[test]
+fn with_listen_no_request_fails_through_deploys_rollbacks_restarts_and_crashes() {
+    let f = fleet("82.1", 3, true);
+    for (v, b) in [
+        ("v2", Behaviour::Boots(700)),
+        ("v3", Behaviour::Boots(0)),
+        ("v4", Behaviour::Exits),
+        ("v5", Behaviour::NeverReady),
+    ] {
+        f.publish_sockapp(v, b);
+    }
+    let pollers = probe_all(&f);
+
+    deploy_expect(&f, "v2", &[], "ok");
+    all_serve(&f, &pollers, "v2");
+    deploy_expect(&f, "v3", &["--max-parallel", "1"], "ok");
+    all_serve(&f, &pollers, "v3");
+    deploy_expect(&f, "v4", &[], "rolled_back");
+    all_serve(&f, &pollers, "v3");
+    deploy_expect(&f, "v5", &[], "rolled_back");
+    all_serve(&f, &pollers, "v3");
+    let (code, report) = f.rollback(&[]);
+    assert_eq!(
+        names(&report["ok"]),
+        f.app_nodes(),
+        "rollback (exit {code}): {report}"
+    );
+    all_serve(&f, &pollers, "v2");
+
+    let mut f = f;
+    // Agent restarts: each jail outlives its agent, and the new agent adopts it with its
+    // socket (no second jail, the same socket).
+    for n in 1..=3u8 {
+        let node = format!("n{n}");
+        let via = if n == 1 { 2 } else { 1 };
+        let pid = f.status(via)[&node]["pid"].as_i64().expect("a pid");
+        let join = vec![f.addr(via)];
+        let a = &mut f.agents[usize::from(n) - 1];
+        a.signal(nix::sys::signal::Signal::SIGTERM);
+        a.wait_exit(LONG);
+        a.join = join;
+        f.respawn(n);
+        f.wait_status(via, &node, "the same jail adopted", |v| {
+            v["state"] == "running" && v["pid"].as_i64() == Some(pid)
+        });
+        assert!(
+            f.agent(n)
+                .log_text()
+                .contains("took the listening sockets back")
+        );
+        assert_eq!(fleet::run_pids(&f.root(n)).len(), 1, "{node}: one jail");
+    }
+    all_serve(&f, &pollers, "v2");
+
+    // A crash: the app is killed, the supervisor restarts it; the socket queues meanwhile.
+    let run = fleet::run_pids(&f.root(2))[0];
+    let app = common::wait_for_comm(run, "sockapp", 2);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(app as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    f.wait_status(1, "n2", "restarted", |v| v["restarts"].as_u64() >= Some(1));
+    all_serve(&f, &pollers, "v2");
+
+    for (n, p) in pollers.into_iter().enumerate() {
+        let (ok, failed) = p.stop();
+        assert_eq!(
+            failed,
+            0,
+            "n{}: {failed} of {} requests failed",
+            n + 1,
+            ok + failed
+        );
+    }
+}
+
+/// The comparison: an app that binds its own port is stopped before the new one starts,
+/// so each node refuses connections while the new release boots.
+#[test]
+fn stop_then_start_drops_requests_for_the_boot_time() {
+    let f = fleet("82.2", 3, false);
+    f.publish_sockapp("v2", Behaviour::Boots(700));
+    let pollers = probe_all(&f);
+    let started = std::time::Instant::now();
+    deploy_expect(&f, "v2", &[], "ok");
+    all_serve(&f, &pollers, "v2");
+    let took = started.elapsed();
+    for (n, p) in pollers.into_iter().enumerate() {
+        let (ok, failed) = p.stop();
+        eprintln!(
+            "stop-then-start n{}: {failed} of {} requests failed",
+            n + 1,
+            ok + failed
+        );
+        assert!(
+            failed > 0,
+            "n{}: a 0.7 s boot with the port closed failed nothing",
+            n + 1
+        );
+    }
+    assert!(took > Duration::from_millis(700));
+}
