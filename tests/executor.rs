@@ -108,6 +108,7 @@ impl Fx {
         let mut supervisor = SupervisorOptions::new(&self.state).unwrap();
         supervisor.exe = common::bin();
         ExecutorOptions {
+            node: "n1".into(),
             fetch: FetchOptions {
                 file_roots: FileRoots::Only(vec![self.arts.clone()]),
                 ..FetchOptions::default()
@@ -189,6 +190,7 @@ fn submit(version: &str, sha256: Option<[u8; 32]>) -> Submit {
         version: version.into(),
         url: String::new(),
         sha256,
+        ignore_stop_hook_failures: false,
     }
 }
 

@@ -83,6 +83,7 @@ impl Fx {
         let mut supervisor = SupervisorOptions::new(&self.state).unwrap();
         supervisor.exe = common::bin();
         let opts = ExecutorOptions {
+            node: "n1".into(),
             fetch: FetchOptions {
                 file_roots: FileRoots::Only(vec![self.arts.clone()]),
                 ..FetchOptions::default()
@@ -140,6 +141,7 @@ fn submit(version: &str, url: &str) -> Submit {
         version: version.into(),
         url: url.into(),
         sha256: None,
+        ignore_stop_hook_failures: false,
     }
 }
 

@@ -167,3 +167,110 @@ fn stop_then_start_drops_requests_for_the_boot_time() {
     }
     assert!(took > Duration::from_millis(700));
 }
+
+/// The hooks of a deploy: host hooks append `HOOK VERSION PREVIOUS NODE EVENT RELEASE` to
+/// this node's file; before_start runs in the new release's jail and writes the same into
+/// it. A release with `/veto` fails its before_start, one with `/slow` outlasts its
+/// timeout; an old release with `stop_breaks` fails its before_stop.
+fn hook_tables(log: &std::path::Path) -> String {
+    let line = "echo \\\"$DROOT_FLEET_HOOK $DROOT_FLEET_VERSION $DROOT_FLEET_PREVIOUS_VERSION \
+                $DROOT_FLEET_NODE $DROOT_FLEET_EVENT_ID $(basename $PWD)\\\"";
+    let host = |name: &str, test: &str| {
+        format!(
+            "[apps.web.hooks.{name}]\nwhere = \"host\"\ncommand = [\"sh\", \"-c\", \
+             \"{test}{line} >> {}.$DROOT_FLEET_NODE\"]\n",
+            log.display()
+        )
+    };
+    format!(
+        "[apps.web.hooks.before_start]\ntimeout = \"2s\"\ncommand = [\"sh\", \"-c\", \
+         \"test ! -e /veto && {{ test ! -e /slow || sleep 30; }} && {line} > /before_start\"]\n{}{}{}{}",
+        host("after_start", ""),
+        host("before_stop", "test ! -e stop_breaks && "),
+        host("after_stop", ""),
+        host("on_rollback", ""),
+    )
+}
+
+#[test]
+fn hooks_run_in_order_with_their_env_veto_time_out_and_can_be_ignored() {
+    let mut f = Fleet::with_garage("82.3");
+    f.web_app = WebApp::SockApp { listen: true };
+    f.health_deadline = "5s".into();
+    let log = f.base.join("hooks.log");
+    f.web_tables = hook_tables(&log);
+    f.start_nodes(vec![NodeSpec::default(); 2]);
+    f.publish_sockapp("v1", Behaviour::Boots(0));
+    f.deploy_all_ok("v1");
+    f.publish_sockapp("v2", Behaviour::Boots(300));
+    f.publish_sockapp_with("v3", Behaviour::Boots(0), &[("veto", "")]);
+    f.publish_sockapp_with("v4", Behaviour::Boots(0), &[("slow", "")]);
+    f.publish_sockapp("v5", Behaviour::Boots(0));
+    let pollers = probe_all(&f);
+    let read =
+        |n: u8| std::fs::read_to_string(format!("{}.n{n}", log.display())).unwrap_or_default();
+
+    let (_, report) = f.deploy("v2", &[]);
+    assert_eq!(names(&report["ok"]), f.app_nodes(), "{report}");
+    let id = report["event_id"].as_str().unwrap();
+    for n in 1..=2u8 {
+        let before = std::fs::read_to_string(f.root(n).join("releases/v2/before_start")).unwrap();
+        assert_eq!(
+            before.trim(),
+            format!("before_start v2 v1 n{n} {id} /"),
+            "in the jail"
+        );
+        let want: Vec<String> = [
+            ("after_start", "v2"),
+            ("before_stop", "v1"),
+            ("after_stop", "v1"),
+        ]
+        .iter()
+        .map(|(h, rel)| format!("{h} v2 v1 n{n} {id} {rel}"))
+        .collect();
+        let text = read(n);
+        let got: Vec<&str> = text.lines().filter(|l| l.contains(id)).collect();
+        assert_eq!(got, want, "n{n}: the hooks in order, with their env");
+    }
+
+    // A veto and a timeout: rolled back, on_rollback run, the hook named in the error.
+    for (v, why) in [
+        ("v3", "before_start hook"),
+        ("v4", "killed after its timeout of 2s"),
+    ] {
+        let (_, report) = f.deploy(v, &[]);
+        assert_eq!(names(&report["rolled_back"]), f.app_nodes(), "{report}");
+        assert!(
+            report.to_string().contains(why),
+            "{v}: {why:?} not in {report}"
+        );
+        for n in 1..=2u8 {
+            assert!(
+                read(n)
+                    .lines()
+                    .last()
+                    .unwrap()
+                    .starts_with(&format!("on_rollback {v} v2"))
+            );
+        }
+    }
+    all_serve(&f, &pollers, "v2");
+
+    // v2's own before_stop now fails: it blocks the next deploy, unless told to ignore it.
+    for n in 1..=2u8 {
+        std::fs::write(f.root(n).join("releases/v2/stop_breaks"), "").unwrap();
+    }
+    deploy_expect(&f, "v5", &[], "rolled_back");
+    deploy_expect(&f, "v5", &["--ignore-stop-hook-failures"], "ok");
+    all_serve(&f, &pollers, "v5");
+    for (n, p) in pollers.into_iter().enumerate() {
+        let (ok, failed) = p.stop();
+        assert_eq!(
+            failed,
+            0,
+            "n{}: {failed} of {} requests failed",
+            n + 1,
+            ok + failed
+        );
+    }
+}

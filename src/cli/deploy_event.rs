@@ -13,7 +13,9 @@ use ed25519_dalek::SigningKey;
 
 use crate::deploy::app::{AppConfig, AppConfigError};
 use crate::deploy::fetch::{self, Source};
-use crate::deploy::signed::{DeployEvent, EncodeError, MaxParallel, Rollout, SignedEvent, Targets};
+use crate::deploy::signed::{
+    DeployEvent, EncodeError, MaxParallel, MinHealthy, Options, Rollout, SignedEvent, Targets,
+};
 use crate::gossip::query::{Filter, FilterSet, QueryError};
 use crate::release::InvalidVersion;
 
@@ -32,6 +34,12 @@ pub struct EventSpec {
     pub max_parallel: Option<String>,
     /// `--canary N`.
     pub canary: u32,
+    /// `--min-healthy N|P%`.
+    pub min_healthy: Option<String>,
+    /// `--progress-deadline DUR`.
+    pub progress_deadline: Option<String>,
+    /// `--ignore-stop-hook-failures`.
+    pub ignore_stop_hook_failures: bool,
 }
 
 /// Why no deploy event was built. Nothing was signed or sent.
@@ -51,6 +59,10 @@ pub enum BuildError {
     BadTag { text: String, reason: String },
     #[error("--max-parallel: {0}")]
     BadMaxParallel(String),
+    #[error("--min-healthy: {0}")]
+    BadMinHealthy(String),
+    #[error("--progress-deadline: {0}")]
+    BadProgressDeadline(String),
     #[error("--config {path}: {source}")]
     Config {
         path: String,
@@ -163,6 +175,32 @@ pub fn rollout(max_parallel: Option<&str>, canary: u32) -> Result<Rollout, Build
     })
 }
 
+/// Parses `--min-healthy`, `--progress-deadline` and `--ignore-stop-hook-failures`.
+pub fn options(spec: &EventSpec) -> Result<Options, BuildError> {
+    let min_healthy = (spec.min_healthy.as_deref())
+        .map(str::parse::<MinHealthy>)
+        .transpose()
+        .map_err(BuildError::BadMinHealthy)?;
+    let progress_deadline_secs = match spec.progress_deadline.as_deref() {
+        None => None,
+        Some(d) => {
+            let d = crate::durations::parse_duration(d).map_err(BuildError::BadProgressDeadline)?;
+            let secs = u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+            if secs == 0 {
+                return Err(BuildError::BadProgressDeadline(
+                    "must be at least 1s".into(),
+                ));
+            }
+            Some(secs)
+        }
+    };
+    Ok(Options {
+        ignore_stop_hook_failures: spec.ignore_stop_hook_failures,
+        min_healthy,
+        progress_deadline_secs,
+    })
+}
+
 /// Builds the unsigned event: `url` already resolved, `id` random, `issued_at_ms` now.
 pub fn build(
     spec: &EventSpec,
@@ -187,6 +225,7 @@ pub fn build(
         rollout: rollout(spec.max_parallel.as_deref(), spec.canary)?,
         issued_at_ms,
         id,
+        options: options(spec)?,
     })
 }
 

@@ -47,6 +47,18 @@ pub struct RolloutArgs {
     /// N nodes deploy first, in a wave of their own.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub canary: u32,
+    /// Keep at least N targets (or P% of them) in service: no more nodes whose app stops
+    /// before it starts deploy at once than that leaves (overlapping nodes never count).
+    #[arg(long, value_name = "N|P%")]
+    pub min_healthy: Option<String>,
+    /// A target that has not reported this long after it could start counts as failed and
+    /// halts the waves (e.g. 10m).
+    #[arg(long, value_name = "DUR")]
+    pub progress_deadline: Option<String>,
+    /// Go on when the old release's before_stop hook fails (a broken hook must not block
+    /// every deploy).
+    #[arg(long)]
+    pub ignore_stop_hook_failures: bool,
     /// Follow the rollout until every target is done. Exit 0 only if every target is ok;
     /// 2 if any failed, rolled back or was halted; 3 on timeout.
     #[arg(long)]
@@ -107,6 +119,9 @@ fn spec(app: &str, version: &str, o: &RolloutArgs) -> EventSpec {
         tags: o.tags.clone(),
         max_parallel: o.max_parallel.clone(),
         canary: o.canary,
+        min_healthy: o.min_healthy.clone(),
+        progress_deadline: o.progress_deadline.clone(),
+        ignore_stop_hook_failures: o.ignore_stop_hook_failures,
         ..Default::default()
     }
 }
@@ -140,6 +155,7 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         let o = &args.opts;
         deploy_event::targets(&o.nodes, &o.tags)?;
         deploy_event::rollout(o.max_parallel.as_deref(), o.canary)?;
+        deploy_event::options(&spec(&args.app, "v", o))?;
         parse_duration(&o.timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
         o.signing.load(o.config.as_deref())?;
     }

@@ -43,6 +43,8 @@ pub struct Request {
     pub version: String,
     /// Where its artifact is (resolved: never empty) and the digest it must have.
     pub source: Source,
+    /// A failing `before_stop` hook of the old release does not stop the deploy.
+    pub ignore_stop_hook_failures: bool,
 }
 
 /// Where a release's artifact comes from.
@@ -62,6 +64,58 @@ pub enum Handover {
     Overlap,
 }
 
+/// A lifecycle hook of an app (`[apps.NAME.hooks]`), by when it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HookPoint {
+    /// In the new release's jail, before its instance starts; a failure rolls back.
+    BeforeStart,
+    /// Once the new instance is ready, before the old one stops; a failure rolls back.
+    AfterStart,
+    /// In the old release's jail, before its instance stops; a failure rolls back unless the
+    /// deploy says to ignore it.
+    BeforeStop,
+    /// Once the old instance stopped; a failure is logged only.
+    AfterStop,
+    /// Once a rollback brought the old release back; a failure is added to the error.
+    OnRollback,
+}
+
+impl HookPoint {
+    pub const ALL: [HookPoint; 5] = [
+        HookPoint::BeforeStart,
+        HookPoint::AfterStart,
+        HookPoint::BeforeStop,
+        HookPoint::AfterStop,
+        HookPoint::OnRollback,
+    ];
+
+    /// Its key in `[apps.NAME.hooks]`.
+    pub fn key(self) -> &'static str {
+        match self {
+            HookPoint::BeforeStart => "before_start",
+            HookPoint::AfterStart => "after_start",
+            HookPoint::BeforeStop => "before_stop",
+            HookPoint::AfterStop => "after_stop",
+            HookPoint::OnRollback => "on_rollback",
+        }
+    }
+}
+
+/// Which hooks an app has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookSet([bool; 5]);
+
+impl HookSet {
+    pub fn with(mut self, point: HookPoint) -> Self {
+        self.0[point as usize] = true;
+        self
+    }
+
+    pub fn has(self, point: HookPoint) -> bool {
+        self.0[point as usize]
+    }
+}
+
 /// What happened, reported by the executor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -75,6 +129,8 @@ pub enum Input {
     HealthFailed(String),
     /// The new jail ended while it was being checked.
     Crashed(String),
+    /// A hook ran (its error carries the tail of its output).
+    HookRan(Result<(), String>),
 }
 
 /// What the executor must do next.
@@ -102,6 +158,14 @@ pub enum Effect {
     Discard,
     CheckHealth {
         version: String,
+    },
+    /// Run the app's hook `point` in the jail of `release` (or on the host, as configured),
+    /// for the deploy of `version` from `previous`.
+    RunHook {
+        point: HookPoint,
+        release: String,
+        version: String,
+        previous: Option<String>,
     },
     /// Record how the activation of `version` went, in the release store.
     Judge {
@@ -131,36 +195,49 @@ pub enum Outcome {
     },
 }
 
+/// One step of an activation, forward or back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Fetch,
+    /// A hook, in the jail of this release.
+    Hook(HookPoint, String),
+    /// Stop the instance that serves.
+    Stop,
+    /// Start this release as the instance that serves.
+    Start(String),
+    StartNext,
+    Check,
+    Switch,
+    Promote,
+    Discard,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Idle,
-    Fetching,
-    Stopping,
-    Starting,
-    Checking,
-    Switching,
-    /// Waiting for the old instance to stop, after the switch (overlap).
-    Promoting,
+    /// Carrying out `now`, then `rest`, in order.
+    Forward {
+        now: Step,
+        rest: Vec<Step>,
+    },
     /// Rolling back to `to` (the release still `current`; none for a first deploy) because
-    /// of `error`; the step says which answer is awaited.
-    RollingBack {
+    /// of `error`.
+    Back {
         to: Option<String>,
         error: String,
-        step: Back,
+        now: Step,
+        rest: Vec<Step>,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Back {
-    Stopping,
-    Starting,
 }
 
 /// The activation state of one app.
 #[derive(Debug, Clone)]
 pub struct Activation {
     handover: Handover,
+    hooks: HookSet,
     current: Option<String>,
+    /// `current` when the activation under way began.
+    from: Option<String>,
     phase: Phase,
     active: Option<Request>,
     pending: Option<Request>,
@@ -171,11 +248,19 @@ impl Activation {
     pub fn new(current: Option<String>, handover: Handover) -> Self {
         Activation {
             handover,
+            hooks: HookSet::default(),
             current,
+            from: None,
             phase: Phase::Idle,
             active: None,
             pending: None,
         }
+    }
+
+    /// The app has these hooks.
+    pub fn with_hooks(mut self, hooks: HookSet) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     /// The release `current` names, as far as this machine knows.
@@ -194,7 +279,7 @@ impl Activation {
     }
 
     /// Feeds one input; returns the effects to carry out, in order. Inputs that do not fit
-    /// the phase (a late answer) change nothing and return no effect.
+    /// the step under way (a late answer) change nothing and return no effect.
     pub fn step(&mut self, input: Input) -> Vec<Effect> {
         let phase = std::mem::replace(&mut self.phase, Phase::Idle);
         let (phase, mut effects) = self.next(phase, input);
@@ -207,48 +292,151 @@ impl Activation {
         effects
     }
 
-    /// The order of the steps: the one place it is decided.
     fn next(&mut self, phase: Phase, input: Input) -> (Phase, Vec<Effect>) {
-        let version = self
-            .active
-            .as_ref()
-            .map(|r| r.version.clone())
-            .unwrap_or_default();
         match (phase, input) {
             (Phase::Idle, Input::Deploy(req)) => self.begin(req),
             (p, Input::Deploy(req)) => {
                 self.pending = Some(req);
                 (p, vec![])
             }
-            (Phase::Fetching, Input::Fetched(Ok(()))) => match self.handover {
-                Handover::StopFirst => (Phase::Stopping, vec![Effect::StopJail]),
-                Handover::Overlap => (Phase::Starting, vec![Effect::StartNext { version }]),
+            (Phase::Forward { now, rest }, input) => match answer(&now, input) {
+                None => (Phase::Forward { now, rest }, vec![]),
+                Some(Ok(())) => self.forward_done(now, rest),
+                Some(Err(e)) => self.forward_failed(now, rest, e),
             },
-            (Phase::Fetching, Input::Fetched(Err(e))) => (Phase::Idle, vec![self.finish_failed(e)]),
-            (Phase::Stopping, Input::Stopped) => {
-                (Phase::Starting, vec![Effect::StartJail { version }])
-            }
-            (Phase::Starting, Input::Started(Ok(()))) => {
-                (Phase::Checking, vec![Effect::CheckHealth { version }])
-            }
-            (Phase::Checking, Input::HealthPassed) => {
-                (Phase::Switching, vec![Effect::SwitchCurrent { version }])
-            }
-            (Phase::Switching, Input::Switched(Ok(()))) => {
-                self.current = Some(version);
-                match self.handover {
-                    Handover::StopFirst => (Phase::Idle, self.passed()),
-                    Handover::Overlap => (Phase::Promoting, vec![Effect::Promote]),
-                }
-            }
-            (Phase::Promoting, Input::Stopped) => (Phase::Idle, self.passed()),
-            (Phase::Starting, Input::Started(Err(e)))
-            | (Phase::Checking, Input::HealthFailed(e) | Input::Crashed(e))
-            | (Phase::Switching, Input::Switched(Err(e))) => self.roll_back(e, version),
-            (Phase::RollingBack { to, error, step }, input) => {
-                self.rolling_back(to, error, step, input)
-            }
-            (p, _) => (p, vec![]),
+            (
+                Phase::Back {
+                    to,
+                    error,
+                    now,
+                    rest,
+                },
+                input,
+            ) => match answer(&now, input) {
+                None => (
+                    Phase::Back {
+                        to,
+                        error,
+                        now,
+                        rest,
+                    },
+                    vec![],
+                ),
+                Some(r) => self.back_done(to, error, now, rest, r),
+            },
+            (Phase::Idle, _) => (Phase::Idle, vec![]),
+        }
+    }
+
+    /// The order of the steps: the one place it is decided. Hooks the app does not have
+    /// are left out, and so are the old release's when there is none.
+    fn plan(&self, version: &str) -> Vec<Step> {
+        let hook = |p: HookPoint, release: &str| {
+            self.hooks
+                .has(p)
+                .then(|| Step::Hook(p, release.to_string()))
+        };
+        let old = self.current.as_deref();
+        let stop_hook = |p| old.and_then(|o| hook(p, o));
+        let new = |p| hook(p, version);
+        let steps = match self.handover {
+            Handover::Overlap => vec![
+                Some(Step::Fetch),
+                new(HookPoint::BeforeStart),
+                Some(Step::StartNext),
+                Some(Step::Check),
+                new(HookPoint::AfterStart),
+                stop_hook(HookPoint::BeforeStop),
+                Some(Step::Switch),
+                Some(Step::Promote),
+                stop_hook(HookPoint::AfterStop),
+            ],
+            Handover::StopFirst => vec![
+                Some(Step::Fetch),
+                stop_hook(HookPoint::BeforeStop),
+                Some(Step::Stop),
+                stop_hook(HookPoint::AfterStop),
+                new(HookPoint::BeforeStart),
+                Some(Step::Start(version.to_string())),
+                Some(Step::Check),
+                new(HookPoint::AfterStart),
+                Some(Step::Switch),
+            ],
+        };
+        steps.into_iter().flatten().collect()
+    }
+
+    fn begin(&mut self, req: Request) -> (Phase, Vec<Effect>) {
+        if self.current.as_deref() == Some(req.version.as_str()) {
+            let ok = Outcome::Ok {
+                event_id: req.event_id,
+                version: req.version,
+            };
+            return (Phase::Idle, vec![Effect::Report(ok)]);
+        }
+        // Always through the stage: a release on disk when the request came may have been
+        // pruned by the activation it waited for (the stage does nothing if it is there).
+        let mut steps = self.plan(&req.version);
+        steps.reverse();
+        self.from = self.current.clone();
+        self.active = Some(req);
+        let now = steps.pop().expect("a plan starts with the stage");
+        self.run(now, steps)
+    }
+
+    /// Starts step `now` (then `rest`, kept reversed: the next is last).
+    fn run(&mut self, now: Step, rest: Vec<Step>) -> (Phase, Vec<Effect>) {
+        let effect = self.effect(&now);
+        (Phase::Forward { now, rest }, vec![effect])
+    }
+
+    fn effect(&self, step: &Step) -> Effect {
+        let req = self.active.as_ref().expect("an active request");
+        let version = req.version.clone();
+        match step {
+            Step::Fetch => Effect::Fetch {
+                version,
+                source: req.source.clone(),
+            },
+            Step::Hook(point, release) => Effect::RunHook {
+                point: *point,
+                release: release.clone(),
+                version,
+                previous: self.from.clone(),
+            },
+            Step::Stop => Effect::StopJail,
+            Step::Start(release) => Effect::StartJail {
+                version: release.clone(),
+            },
+            Step::StartNext => Effect::StartNext { version },
+            Step::Check => Effect::CheckHealth { version },
+            Step::Switch => Effect::SwitchCurrent { version },
+            Step::Promote => Effect::Promote,
+            Step::Discard => Effect::Discard,
+        }
+    }
+
+    fn forward_done(&mut self, done: Step, mut rest: Vec<Step>) -> (Phase, Vec<Effect>) {
+        if done == Step::Switch {
+            self.current = self.active.as_ref().map(|r| r.version.clone());
+        }
+        match rest.pop() {
+            Some(now) => self.run(now, rest),
+            None => (Phase::Idle, self.passed()),
+        }
+    }
+
+    fn forward_failed(&mut self, failed: Step, rest: Vec<Step>, e: String) -> (Phase, Vec<Effect>) {
+        let ignore_stop = self
+            .active
+            .as_ref()
+            .is_some_and(|r| r.ignore_stop_hook_failures);
+        match failed {
+            Step::Fetch => (Phase::Idle, vec![self.finish_failed(e)]),
+            // Nothing left to veto once the old instance stopped: logged by the executor.
+            Step::Hook(HookPoint::AfterStop, _) => self.forward_done(failed, rest),
+            Step::Hook(HookPoint::BeforeStop, _) if ignore_stop => self.forward_done(failed, rest),
+            _ => self.roll_back(e),
         }
     }
 
@@ -266,21 +454,6 @@ impl Activation {
         vec![judge, Effect::Report(ok)]
     }
 
-    fn begin(&mut self, req: Request) -> (Phase, Vec<Effect>) {
-        if self.current.as_deref() == Some(req.version.as_str()) {
-            let ok = Outcome::Ok {
-                event_id: req.event_id,
-                version: req.version,
-            };
-            return (Phase::Idle, vec![Effect::Report(ok)]);
-        }
-        // Always through the stage: a release on disk when the request came may have been
-        // pruned by the activation it waited for (the stage does nothing if it is there).
-        let (version, source) = (req.version.clone(), req.source.clone());
-        self.active = Some(req);
-        (Phase::Fetching, vec![Effect::Fetch { version, source }])
-    }
-
     fn finish_failed(&mut self, error: String) -> Effect {
         let req = self.active.take().expect("an active request");
         Effect::Report(Outcome::Failed {
@@ -290,59 +463,101 @@ impl Activation {
         })
     }
 
-    /// Judges `version` failed, stops the new instance and brings back the release still
-    /// `current`; with none, reports `failed` once the new instance is stopped (the
-    /// activation stays active until then, so its record outlives the stop).
-    fn roll_back(&mut self, error: String, version: String) -> (Phase, Vec<Effect>) {
+    /// Judges the new release failed, stops its instance and brings back the release still
+    /// `current` (then its `on_rollback` hook); with none, reports `failed` once the new
+    /// instance is stopped (the activation stays active until then, so its record outlives
+    /// the stop).
+    fn roll_back(&mut self, error: String) -> (Phase, Vec<Effect>) {
+        let version = self
+            .active
+            .as_ref()
+            .expect("an active request")
+            .version
+            .clone();
         let judge = Effect::Judge {
             version,
             verdict: Verdict::Failed,
         };
         let to = self.current.clone();
-        let step = Back::Stopping;
         let stop = match self.handover {
-            Handover::StopFirst => Effect::StopJail,
-            Handover::Overlap => Effect::Discard,
+            Handover::StopFirst => Step::Stop,
+            Handover::Overlap => Step::Discard,
         };
-        (Phase::RollingBack { to, error, step }, vec![judge, stop])
+        let mut rest = Vec::new();
+        if let Some(to) = &to {
+            if self.hooks.has(HookPoint::OnRollback) {
+                rest.push(Step::Hook(HookPoint::OnRollback, to.clone()));
+            }
+            rest.push(Step::Start(to.clone()));
+        }
+        let effect = self.effect(&stop);
+        let now = stop;
+        (
+            Phase::Back {
+                to,
+                error,
+                now,
+                rest,
+            },
+            vec![judge, effect],
+        )
     }
 
-    fn rolling_back(
+    fn back_done(
         &mut self,
         to: Option<String>,
         error: String,
-        step: Back,
-        input: Input,
+        done: Step,
+        mut rest: Vec<Step>,
+        result: Result<(), String>,
     ) -> (Phase, Vec<Effect>) {
-        match (step, input, to) {
-            (Back::Stopping, Input::Stopped, None) => {
-                let why = format!("{error}; no previous release to roll back to");
-                (Phase::Idle, vec![self.finish_failed(why)])
+        let error = match (&done, result) {
+            (_, Ok(())) => error,
+            (Step::Start(to), Err(e)) => {
+                let both = format!("{error}; the rollback to {to} failed too: {e}");
+                return (Phase::Idle, vec![self.finish_failed(both)]);
             }
-            (Back::Stopping, Input::Stopped, Some(to)) => {
-                let start = Effect::StartJail {
-                    version: to.clone(),
-                };
-                let (to, step) = (Some(to), Back::Starting);
-                (Phase::RollingBack { to, error, step }, vec![start])
-            }
-            (Back::Starting, Input::Started(Ok(())), Some(to)) => {
-                let req = self.active.take().expect("an active request");
-                let out = Outcome::RolledBack {
-                    event_id: req.event_id,
-                    version: req.version,
+            (Step::Hook(point, _), Err(e)) => format!("{error}; {} hook: {e}", point.key()),
+            (_, Err(_)) => error,
+        };
+        if let Some(now) = rest.pop() {
+            let effect = self.effect(&now);
+            return (
+                Phase::Back {
                     to,
                     error,
-                };
-                (Phase::Idle, vec![Effect::Report(out)])
-            }
-            (Back::Starting, Input::Started(Err(e)), to) => {
-                let to = to.unwrap_or_default();
-                let both = format!("{error}; the rollback to {to} failed too: {e}");
-                (Phase::Idle, vec![self.finish_failed(both)])
-            }
-            (step, _, to) => (Phase::RollingBack { to, error, step }, vec![]),
+                    now,
+                    rest,
+                },
+                vec![effect],
+            );
         }
+        let Some(to) = to else {
+            let why = format!("{error}; no previous release to roll back to");
+            return (Phase::Idle, vec![self.finish_failed(why)]);
+        };
+        let req = self.active.take().expect("an active request");
+        let out = Outcome::RolledBack {
+            event_id: req.event_id,
+            version: req.version,
+            to,
+            error,
+        };
+        (Phase::Idle, vec![Effect::Report(out)])
+    }
+}
+
+/// The result `input` gives the step `now`, or `None` if it is no answer to it.
+fn answer(now: &Step, input: Input) -> Option<Result<(), String>> {
+    match (now, input) {
+        (Step::Fetch, Input::Fetched(r)) => Some(r),
+        (Step::Hook(..), Input::HookRan(r)) => Some(r),
+        (Step::Stop | Step::Promote | Step::Discard, Input::Stopped) => Some(Ok(())),
+        (Step::Start(_) | Step::StartNext, Input::Started(r)) => Some(r),
+        (Step::Check, Input::HealthPassed) => Some(Ok(())),
+        (Step::Check, Input::HealthFailed(e) | Input::Crashed(e)) => Some(Err(e)),
+        (Step::Switch, Input::Switched(r)) => Some(r),
+        _ => None,
     }
 }
 

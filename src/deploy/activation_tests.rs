@@ -7,6 +7,7 @@ fn req(v: &str) -> Request {
         event_id: format!("e-{v}"),
         version: v.into(),
         source: source(v),
+        ignore_stop_hook_failures: false,
     }
 }
 
@@ -273,4 +274,175 @@ fn an_overlapping_deploy_that_fails_discards_the_new_instance_only() {
         panic!("a first release that fails is reported failed");
     };
     assert!(error.contains("no previous release"), "{error}");
+}
+
+fn all_hooks() -> HookSet {
+    HookPoint::ALL
+        .iter()
+        .fold(HookSet::default(), |set, p| set.with(*p))
+}
+
+fn hook(point: HookPoint, release: &str) -> Effect {
+    Effect::RunHook {
+        point,
+        release: v(release),
+        version: v("v2"),
+        previous: Some(v("v1")),
+    }
+}
+
+/// Every step of a deploy with every hook, in order, one answer at a time: the effects.
+fn walk(m: &mut Activation, answers: Vec<Input>) -> Vec<Effect> {
+    let mut seen = m.step(Input::Deploy(req("v2")));
+    for a in answers {
+        seen.extend(m.step(a));
+    }
+    seen
+}
+
+fn ran() -> Input {
+    Input::HookRan(Ok(()))
+}
+
+/// With an overlap: before_start in the new jail before it starts, after_start once it is
+/// ready, before_stop in the old jail before the switch (a veto still changes nothing),
+/// after_stop once the old one stopped.
+#[test]
+fn hooks_run_in_order_around_an_overlap() {
+    let mut m = Activation::new(Some(v("v1")), Handover::Overlap).with_hooks(all_hooks());
+    let answers = vec![
+        Input::Fetched(Ok(())),
+        ran(),
+        Input::Started(Ok(())),
+        Input::HealthPassed,
+        ran(),
+        ran(),
+        Input::Switched(Ok(())),
+        Input::Stopped,
+        ran(),
+    ];
+    let seen = walk(&mut m, answers);
+    let ok = Outcome::Ok {
+        event_id: v("e-v2"),
+        version: v("v2"),
+    };
+    assert_eq!(
+        seen,
+        [
+            fetch("v2"),
+            hook(HookPoint::BeforeStart, "v2"),
+            Effect::StartNext { version: v("v2") },
+            Effect::CheckHealth { version: v("v2") },
+            hook(HookPoint::AfterStart, "v2"),
+            hook(HookPoint::BeforeStop, "v1"),
+            Effect::SwitchCurrent { version: v("v2") },
+            Effect::Promote,
+            hook(HookPoint::AfterStop, "v1"),
+            passed("v2"),
+            Effect::Report(ok),
+        ]
+    );
+}
+
+#[test]
+fn hooks_run_in_order_around_a_stop_then_start() {
+    let mut m = Activation::new(Some(v("v1")), Handover::StopFirst).with_hooks(all_hooks());
+    let answers = vec![
+        Input::Fetched(Ok(())),
+        ran(),
+        Input::Stopped,
+        ran(),
+        ran(),
+        Input::Started(Ok(())),
+        Input::HealthPassed,
+        ran(),
+        Input::Switched(Ok(())),
+    ];
+    let seen = walk(&mut m, answers);
+    assert_eq!(
+        seen[..9],
+        [
+            fetch("v2"),
+            hook(HookPoint::BeforeStop, "v1"),
+            Effect::StopJail,
+            hook(HookPoint::AfterStop, "v1"),
+            hook(HookPoint::BeforeStart, "v2"),
+            Effect::StartJail { version: v("v2") },
+            Effect::CheckHealth { version: v("v2") },
+            hook(HookPoint::AfterStart, "v2"),
+            Effect::SwitchCurrent { version: v("v2") },
+        ]
+    );
+    assert!(matches!(seen[10], Effect::Report(Outcome::Ok { .. })));
+}
+
+/// A failing before_start vetoes the deploy like a failed check: the new instance (never
+/// started) is discarded, the old one (never stopped) stays, on_rollback runs, and the
+/// outcome carries the hook's error, and on_rollback's too when it fails.
+#[test]
+fn a_failing_before_start_rolls_back_and_runs_on_rollback() {
+    let mut m = Activation::new(Some(v("v1")), Handover::Overlap).with_hooks(all_hooks());
+    m.step(Input::Deploy(req("v2")));
+    m.step(Input::Fetched(Ok(())));
+    let veto = Input::HookRan(Err(v("migration failed")));
+    assert_eq!(m.step(veto), [failed("v2"), Effect::Discard]);
+    assert_eq!(
+        m.step(Input::Stopped),
+        [Effect::StartJail { version: v("v1") }]
+    );
+    assert_eq!(
+        m.step(Input::Started(Ok(()))),
+        [hook(HookPoint::OnRollback, "v1")]
+    );
+    let out = m.step(Input::HookRan(Err(v("pager down"))));
+    let [Effect::Report(Outcome::RolledBack { to, error, .. })] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(to, "v1");
+    assert!(
+        error.contains("migration failed") && error.contains("on_rollback hook: pager down"),
+        "{error}"
+    );
+}
+
+/// A broken before_stop in the old release vetoes the deploy, unless the deploy says to
+/// ignore it; a failing after_stop changes nothing (the old one is gone by then).
+#[test]
+fn stop_hook_failures_veto_unless_ignored_and_after_stop_never_does() {
+    let mut m = Activation::new(Some(v("v1")), Handover::Overlap).with_hooks(all_hooks());
+    walk(
+        &mut m,
+        vec![
+            Input::Fetched(Ok(())),
+            ran(),
+            Input::Started(Ok(())),
+            Input::HealthPassed,
+            ran(),
+        ],
+    );
+    let out = m.step(Input::HookRan(Err(v("lb api down"))));
+    assert_eq!(out, [failed("v2"), Effect::Discard]);
+
+    let mut m = Activation::new(Some(v("v1")), Handover::Overlap).with_hooks(all_hooks());
+    let mut r = req("v2");
+    r.ignore_stop_hook_failures = true;
+    m.step(Input::Deploy(r));
+    for a in [
+        Input::Fetched(Ok(())),
+        ran(),
+        Input::Started(Ok(())),
+        Input::HealthPassed,
+        ran(),
+    ] {
+        m.step(a);
+    }
+    let out = m.step(Input::HookRan(Err(v("lb api down"))));
+    assert_eq!(out, [Effect::SwitchCurrent { version: v("v2") }]);
+    m.step(Input::Switched(Ok(())));
+    m.step(Input::Stopped);
+    let out = m.step(Input::HookRan(Err(v("after_stop broke"))));
+    assert!(
+        matches!(&out[..], [_, Effect::Report(Outcome::Ok { .. })]),
+        "{out:?}"
+    );
 }

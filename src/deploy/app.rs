@@ -14,6 +14,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
+use crate::deploy::hooks::Hooks;
 use crate::deploy::listen::ListenAddr;
 use crate::id_range::IdRange;
 use crate::jail::launch::{self, Launch};
@@ -171,6 +172,8 @@ pub struct AppConfig {
     /// once the new one is ready (on by default with `listen`; apps that bind with
     /// `SO_REUSEPORT` turn it on themselves). Off: the old one stops first.
     pub overlap: bool,
+    /// Lifecycle hooks ([`super::hooks`]).
+    pub hooks: Hooks,
 }
 
 /// Default `deploy_timeout`: 15 minutes (a few GiB over a slow link, plus the health check).

@@ -110,6 +110,7 @@ mod tests {
             rollout: Rollout::default(),
             issued_at_ms: at,
             id: [id; 16],
+            options: Default::default(),
         };
         SignedEvent::sign(ev, key).unwrap()
     }

@@ -142,17 +142,33 @@ async fn exec(ctx: &ExecContext, cmd: &[String]) -> Result<(), String> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", ctx.exe.display()))?;
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (stdout, stderr, status) = tokio::join!(tail(stdout), tail(stderr), child.wait());
+    let (status, text) = wait_with_tail(&mut child).await;
     let status = status.map_err(|e| format!("waiting for {}: {e}", ctx.exe.display()))?;
     if status.success() {
         return Ok(());
     }
+    Err(format!(
+        "{cmd:?} exited with {status}: {}",
+        last_chars(&text, 300)
+    ))
+}
+
+/// Waits for `child`, reading its piped stdout and stderr to their end: its status and the
+/// last [`OUTPUT_TAIL`] bytes of each (stderr first), as text.
+pub(crate) async fn wait_with_tail(
+    child: &mut tokio::process::Child,
+) -> (std::io::Result<std::process::ExitStatus>, String) {
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (stdout, stderr, status) = tokio::join!(tail(stdout), tail(stderr), child.wait());
     let mut text = String::from_utf8_lossy(&stderr).into_owned();
     text.push_str(&String::from_utf8_lossy(&stdout));
-    let rev: Vec<char> = text.trim().chars().rev().take(300).collect();
-    let end: String = rev.into_iter().rev().collect();
-    Err(format!("{cmd:?} exited with {status}: {end}"))
+    (status, text)
+}
+
+/// The last `n` characters of `text`, trimmed.
+pub(crate) fn last_chars(text: &str, n: usize) -> String {
+    let rev: Vec<char> = text.trim().chars().rev().take(n).collect();
+    rev.into_iter().rev().collect()
 }
 
 /// Reads `pipe` to its end, keeping only its last [`OUTPUT_TAIL`] bytes.

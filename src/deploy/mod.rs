@@ -16,6 +16,7 @@ pub mod desired;
 pub mod executor;
 pub mod fetch;
 pub mod health;
+pub mod hooks;
 pub mod listen;
 pub mod rollout;
 pub mod signed;

@@ -77,6 +77,43 @@ pub struct Rollout {
     pub canary: u32,
 }
 
+/// How many targets must stay in service while the waves run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MinHealthy {
+    Count(u32),
+    /// A percentage (0-100) of the targets, rounded up.
+    Percent(u8),
+}
+
+impl std::str::FromStr for MinHealthy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("min-healthy {s:?}: expected a count like 3 or a percentage like 75%");
+        match s.strip_suffix('%') {
+            Some(p) => match p.parse::<u8>() {
+                Ok(p @ 0..=100) => Ok(MinHealthy::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => s.parse().map(MinHealthy::Count).map_err(|_| bad()),
+        }
+    }
+}
+
+/// Options beyond targets and waves. Encoded after the event, and only when one is set: an
+/// agent from before them refuses such an event (trailing bytes) rather than ignore what
+/// it asks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    /// A failing `before_stop` hook of the old release does not stop the deploy.
+    pub ignore_stop_hook_failures: bool,
+    /// Targets that must stay in service: a node whose app stops before it starts counts
+    /// as out of service while it deploys.
+    pub min_healthy: Option<MinHealthy>,
+    /// A target that has not reported this many seconds after it could start counts as
+    /// failed, which halts the waves.
+    pub progress_deadline_secs: Option<u32>,
+}
+
 /// Which nodes the event is for: all when both lists are empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Targets {
@@ -100,6 +137,9 @@ pub struct DeployEvent {
     pub issued_at_ms: u64,
     /// Unique per event: the replay-protection key.
     pub id: [u8; 16],
+    /// Encoded after the rest, only when set (see [`Options`]).
+    #[serde(skip)]
+    pub options: Options,
 }
 
 impl DeployEvent {
@@ -180,7 +220,10 @@ fn message(body: &[u8]) -> Vec<u8> {
 impl SignedEvent {
     /// Signs `event`; refuses one whose encoding would not fit in a gossip event.
     pub fn sign(event: DeployEvent, key: &SigningKey) -> Result<SignedEvent, EncodeError> {
-        let body = postcard::to_allocvec(&event)?;
+        let mut body = postcard::to_allocvec(&event)?;
+        if event.options != Options::default() {
+            body.extend(postcard::to_allocvec(&event.options)?);
+        }
         let signature = key.sign(&message(&body)).to_bytes();
         let signed = SignedEvent {
             event,
@@ -238,8 +281,16 @@ impl SignedEvent {
         if !rest.is_empty() {
             return Err(VerifyError::Malformed("trailing bytes".into()));
         }
-        let (event, rest): (DeployEvent, _) =
+        let (mut event, rest): (DeployEvent, _) =
             postcard::take_from_bytes(&wire.body).map_err(malformed)?;
+        let rest = match rest.is_empty() {
+            true => rest,
+            false => {
+                let (options, rest) = postcard::take_from_bytes(rest).map_err(malformed)?;
+                event.options = options;
+                rest
+            }
+        };
         if !rest.is_empty() {
             return Err(VerifyError::Malformed("trailing bytes in the body".into()));
         }

@@ -103,6 +103,8 @@ pub struct Fleet {
     /// `apps.web.health.deadline`.
     pub health_deadline: String,
     pub web_app: WebApp,
+    /// TOML appended after `[apps.web]` (e.g. its `[apps.web.hooks.*]` tables).
+    pub web_tables: String,
     /// Every node is enrolled, and node identities are required.
     pub enrollment: Enrollment,
     pub specs: Vec<NodeSpec>,
@@ -145,6 +147,7 @@ impl Fleet {
             public,
             health_deadline: "4s".into(),
             web_app: WebApp::Httpd,
+            web_tables: String::new(),
             enrollment,
             specs: Vec::new(),
             agents: Vec::new(),
@@ -313,6 +316,7 @@ impl Fleet {
                 leave = spec.leave_running,
                 deadline = self.health_deadline,
             ));
+            text.push_str(&self.web_tables);
         } else if !spec.no_app {
             let addr = self.http_addr(n);
             text.push_str(&format!(
@@ -353,8 +357,18 @@ impl Fleet {
 
     /// Builds and uploads `VERSION.tar.gz` of the socket-activated test app.
     pub fn publish_sockapp(&self, version: &str, behaviour: crate::common::sockapp::Behaviour) {
+        self.publish_sockapp_with(version, behaviour, &[]);
+    }
+
+    /// [`Fleet::publish_sockapp`] with `extra` files (name, content) in the release.
+    pub fn publish_sockapp_with(
+        &self,
+        version: &str,
+        behaviour: crate::common::sockapp::Behaviour,
+        extra: &[(&str, &str)],
+    ) {
         let src = self.base.join(format!("src-{version}"));
-        crate::common::sockapp::release(&src, version, behaviour);
+        crate::common::sockapp::release_with(&src, version, behaviour, extra);
         let out = self.arts.join(format!("{version}.tar.gz"));
         let st = Command::new("tar")
             .arg("-C")

@@ -25,6 +25,15 @@ pub fn binary() -> &'static Path {
     })
 }
 
+/// Makes `dir` a release root with `extra` files (name, content) besides
+/// [`release`]'s.
+pub fn release_with(dir: &Path, version: &str, behaviour: Behaviour, extra: &[(&str, &str)]) {
+    release(dir, version, behaviour);
+    for (name, text) in extra {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
 /// Makes `dir` a release root: a busybox rootfs with `/sockapp`, `/version` and the files
 /// that give it `behaviour`.
 pub fn release(dir: &Path, version: &str, behaviour: Behaviour) {

@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 use super::*;
 use crate::artifact::guard::DEFAULT_MAX_RATIO;
+use crate::deploy::activation::HookPoint;
+use crate::deploy::hooks::{DEFAULT_TIMEOUT as DEFAULT_HOOK_TIMEOUT, Hook, HookPlace, Hooks};
 use crate::deploy::listen::ListenAddr;
 use crate::id_range::IdRange;
 use crate::jail::JailSpec;
@@ -59,6 +61,26 @@ pub(super) struct RawApp {
     #[serde(default)]
     listen: Vec<String>,
     overlap: Option<bool>,
+    hooks: Option<RawHooks>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    before_start: Option<RawHook>,
+    after_start: Option<RawHook>,
+    before_stop: Option<RawHook>,
+    after_stop: Option<RawHook>,
+    on_rollback: Option<RawHook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    command: Vec<String>,
+    #[serde(rename = "where")]
+    place: Option<String>,
+    timeout: Option<String>,
 }
 
 /// A size as a number of bytes or a string like `"8GiB"`.
@@ -144,6 +166,10 @@ pub(super) fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfig
     let userns = userns(raw.userns, raw.userns_base).map_err(|r| err("userns_base", r))?;
     let listen = listen(&raw.listen).map_err(|r| err("listen", r))?;
     let overlap = raw.overlap.unwrap_or(!listen.is_empty());
+    let hooks = match raw.hooks {
+        Some(h) => hooks(&raw.root, &jail, h).map_err(|(f, r)| err(f, r))?,
+        None => Hooks::default(),
+    };
     if let Some(h) = &health {
         overlap_check(h, &listen, overlap).map_err(|r| err("health", r))?;
     }
@@ -165,6 +191,7 @@ pub(super) fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfig
         userns,
         listen,
         overlap,
+        hooks,
     })
 }
 
@@ -222,6 +249,51 @@ fn userns(on: bool, base: Option<u64>) -> Result<Userns, String> {
                 .map_err(|e| e.to_string())?,
         )),
     }
+}
+
+fn hooks(root: &Path, jail: &JailSettings, raw: RawHooks) -> Result<Hooks, (&'static str, String)> {
+    let all = [
+        (
+            HookPoint::BeforeStart,
+            "hooks.before_start",
+            raw.before_start,
+        ),
+        (HookPoint::AfterStart, "hooks.after_start", raw.after_start),
+        (HookPoint::BeforeStop, "hooks.before_stop", raw.before_stop),
+        (HookPoint::AfterStop, "hooks.after_stop", raw.after_stop),
+        (HookPoint::OnRollback, "hooks.on_rollback", raw.on_rollback),
+    ];
+    let mut hooks = Hooks::default();
+    for (point, field, h) in all {
+        let Some(h) = h else { continue };
+        hooks
+            .0
+            .insert(point, hook(root, jail, h).map_err(|r| (field, r))?);
+    }
+    Ok(hooks)
+}
+
+fn hook(root: &Path, jail: &JailSettings, h: RawHook) -> Result<Hook, String> {
+    if h.command.first().is_none_or(|c| c.is_empty()) {
+        return Err("command must name a program".into());
+    }
+    let place = match h.place.as_deref() {
+        None | Some("jail") => HookPlace::Jail,
+        Some("host") => HookPlace::Host,
+        Some(other) => return Err(format!("where = {other:?}: use \"jail\" or \"host\"")),
+    };
+    if place == HookPlace::Jail {
+        check_jail(root, jail, &h.command)?;
+    }
+    let timeout = dur_or(h.timeout.as_deref(), DEFAULT_HOOK_TIMEOUT)?;
+    if timeout.is_zero() {
+        return Err("timeout must be above zero".into());
+    }
+    Ok(Hook {
+        command: h.command,
+        place,
+        timeout,
+    })
 }
 
 fn listen(raw: &[String]) -> Result<Vec<ListenAddr>, String> {

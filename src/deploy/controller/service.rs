@@ -197,6 +197,7 @@ impl Controller {
         let state_path = self.data_dir.join(STATE_FILE);
         let persisted = load(&state_path)?;
         let opts = ExecutorOptions {
+            node: self.shared.node.clone(),
             fetch: self.config.fetch.clone(),
             unpack: crate::artifact::UnpackOptions {
                 same_owner: nix::unistd::geteuid().is_root(),
@@ -416,6 +417,7 @@ impl Shell {
                         version: event.version.clone(),
                         url: event.url.clone(),
                         sha256: event.sha256,
+                        ignore_stop_hook_failures: event.options.ignore_stop_hook_failures,
                     };
                     tracing::info!(%app, version = %event.version, event = %event.id_hex(), "deploying");
                     if let Err(e) = self.executor.submit(&app, req) {

@@ -177,6 +177,7 @@ mod tests {
             rollout,
             issued_at_ms: 1,
             id: [7; 16],
+            options: Default::default(),
         }
     }
 

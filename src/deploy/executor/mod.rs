@@ -60,6 +60,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Where artifacts come from, how they are unpacked, and how jails are run.
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
+    /// This node's name (`DROOT_FLEET_NODE` for hooks).
+    pub node: String,
     pub fetch: fetch::FetchOptions,
     pub unpack: UnpackOptions,
     pub supervisor: supervisor::SupervisorOptions,
@@ -73,6 +75,8 @@ pub struct Submit {
     /// The artifact URL; empty means the app's `artifact` template for `version`.
     pub url: String,
     pub sha256: Option<[u8; 32]>,
+    /// A failing `before_stop` hook of the old release does not stop the deploy.
+    pub ignore_stop_hook_failures: bool,
 }
 
 /// How one submitted deploy ended.

@@ -17,10 +17,13 @@ use tokio::time::Instant;
 use super::store::{self, short};
 use super::{ExecutorOptions, Finished, SETTLE, Shared, Submit};
 use crate::cancel::{Cancel, Reason};
-use crate::deploy::activation::{Activation, Effect, Handover, Input, Outcome, Request, Source};
+use crate::deploy::activation::{
+    Activation, Effect, Handover, HookPoint, Input, Outcome, Request, Source,
+};
 use crate::deploy::app::{AppConfig, Probe};
 use crate::deploy::fetch;
 use crate::deploy::health::{ExecContext, wait_healthy};
+use crate::deploy::hooks::HookRun;
 use crate::deploy::supervisor::{AppStatus, State, Supervisor};
 use crate::release::Layout;
 use crate::release::layout::validate_version;
@@ -64,7 +67,7 @@ impl AppTask {
     ) -> Self {
         AppTask {
             layout: Layout::new(&app.root),
-            machine: Activation::new(current, handover(&app)),
+            machine: Activation::new(current, handover(&app)).with_hooks(app.hooks.set()),
             app,
             sup,
             opts,
@@ -172,6 +175,7 @@ impl AppTask {
                 url,
                 sha256: req.sha256,
             },
+            ignore_stop_hook_failures: req.ignore_stop_hook_failures,
         }))
     }
 
@@ -197,7 +201,8 @@ impl AppTask {
         };
         if current.as_deref() != self.machine.current() {
             tracing::info!(app = %self.app.name, ?current, "current changed outside the executor");
-            self.machine = Activation::new(current, handover(&self.app));
+            self.machine =
+                Activation::new(current, handover(&self.app)).with_hooks(self.app.hooks.set());
         }
     }
 
@@ -279,6 +284,14 @@ impl AppTask {
             }
             Effect::StartJail { version } => Some(self.start(&version, false, deadline).await),
             Effect::StartNext { version } => Some(self.start(&version, true, deadline).await),
+            Effect::RunHook {
+                point,
+                release,
+                version,
+                previous,
+            } => Some(Input::HookRan(
+                self.hook(point, &release, &version, previous).await,
+            )),
             Effect::Promote => {
                 if let Err(e) = self.sup.promote(&name).await {
                     tracing::error!(app = %name, error = %e, "cannot promote the new jail");
@@ -336,6 +349,46 @@ impl AppTask {
         };
         self.started_pid = r.as_ref().ok().and_then(|s| started_pid(s, beside));
         Input::Started(r.map(drop).map_err(|e| short(&e)))
+    }
+
+    /// Runs the app's hook at `point` in the jail of `release`, for the deploy of `version`
+    /// from `previous`; its output's tail goes into the log.
+    async fn hook(
+        &self,
+        point: HookPoint,
+        release: &str,
+        version: &str,
+        previous: Option<String>,
+    ) -> Result<(), String> {
+        let Some(hook) = self.app.hooks.0.get(&point) else {
+            return Ok(());
+        };
+        let event = self.machine.active().map(|r| r.event_id.clone());
+        let env = [
+            ("DROOT_FLEET_APP", self.app.name.clone()),
+            ("DROOT_FLEET_VERSION", version.to_string()),
+            ("DROOT_FLEET_PREVIOUS_VERSION", previous.unwrap_or_default()),
+            ("DROOT_FLEET_EVENT_ID", event.unwrap_or_default()),
+            ("DROOT_FLEET_NODE", self.opts.node.clone()),
+            ("DROOT_FLEET_HOOK", point.key().to_string()),
+        ];
+        let run = HookRun {
+            exe: self.opts.supervisor.exe.clone(),
+            root: self.layout.release(release),
+            jail: self.app.jail.clone(),
+            env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        };
+        let (app, hook_name) = (&self.app.name, point.key());
+        match crate::deploy::hooks::run(point, hook, &run).await {
+            Ok(tail) => {
+                tracing::info!(%app, hook = hook_name, %release, output = %tail, "hook passed");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(%app, hook = hook_name, %release, error = %e, "hook failed");
+                Err(e)
+            }
+        }
     }
 
     /// Prunes the store to `keep` once an activation has ended (failed releases first).

@@ -20,6 +20,7 @@ fn event(id: u8, issued_at: u64) -> DeployEvent {
         },
         issued_at_ms: issued_at * 1000,
         id: [id; 16],
+        options: Default::default(),
     }
 }
 
@@ -283,4 +284,29 @@ fn seen_ids_survive_a_snapshot_with_their_floor() {
     let mut small = SeenIds::new(1);
     small.restore(&seen.snapshot());
     assert!(small.is_replay(&[2; 16], 2000) && small.is_replay(&[3; 16], 3000));
+}
+
+/// Options travel after the event, signed with it; an event without options encodes as it
+/// did before they existed (agents of the previous release still take it).
+#[test]
+fn options_round_trip_and_are_absent_when_unset() {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let plain = event(1, 1000);
+    let signed = SignedEvent::sign(plain.clone(), &key).unwrap();
+    assert_eq!(signed.body, postcard::to_allocvec(&plain).unwrap());
+    let mut ev = event(2, 1000);
+    ev.options = Options {
+        ignore_stop_hook_failures: true,
+        min_healthy: Some(MinHealthy::Percent(75)),
+        progress_deadline_secs: Some(90),
+    };
+    let bytes = SignedEvent::sign(ev.clone(), &key)
+        .unwrap()
+        .encode()
+        .unwrap();
+    let back = SignedEvent::decode_verified(&bytes, &[key.verifying_key()]).unwrap();
+    assert_eq!(back.event, ev);
+    assert_eq!("75%".parse::<MinHealthy>(), Ok(MinHealthy::Percent(75)));
+    assert_eq!("0".parse::<MinHealthy>(), Ok(MinHealthy::Count(0)));
+    assert!("101%".parse::<MinHealthy>().is_err() && "x".parse::<MinHealthy>().is_err());
 }

@@ -1,0 +1,120 @@
+//! Lifecycle hooks (`[apps.NAME.hooks]`): a command run at a point of a deploy, in the jail
+//! of a release (a fresh `droot-fleet run` on it, like an exec health check: the app's
+//! user, binds, env, capability cut and seccomp filter) or on the host.
+//!
+//! When each runs and what its failure does is the activation machine's to decide
+//! ([`super::activation::HookPoint`]); this module runs one. Every hook has a timeout, at
+//! which its process group is killed (a jail hook's `run` takes its jail with it: the
+//! jail's init dies with it). Its output is drained as it comes and only its tail is kept,
+//! for the agent's log and the deploy's error.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::activation::{HookPoint, HookSet};
+use super::app::JailSettings;
+use super::health::{last_chars, wait_with_tail};
+
+/// Where a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPlace {
+    /// In a fresh jail on the release (the default).
+    Jail,
+    /// On the host, as the agent's user, with a clean environment.
+    Host,
+}
+
+/// One hook, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub command: Vec<String>,
+    pub place: HookPlace,
+    pub timeout: Duration,
+}
+
+/// An app's hooks, by point.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks(pub BTreeMap<HookPoint, Hook>);
+
+impl Hooks {
+    /// Which points have a hook.
+    pub fn set(&self) -> HookSet {
+        self.0.keys().fold(HookSet::default(), |s, p| s.with(*p))
+    }
+}
+
+/// Default hook timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How much of a hook's output goes into the error and the log.
+const ERROR_TAIL: usize = 500;
+
+/// What a hook is run with.
+#[derive(Debug, Clone)]
+pub struct HookRun {
+    /// The droot-fleet binary (jail hooks).
+    pub exe: PathBuf,
+    /// The release directory whose jail it runs in.
+    pub root: PathBuf,
+    pub jail: JailSettings,
+    /// `DROOT_FLEET_*` variables: app, version, previous version, event id, node.
+    pub env: Vec<(String, String)>,
+}
+
+/// Runs `hook` to its end or its timeout. `Ok` carries the tail of its output; `Err` says
+/// how it failed, with that tail.
+pub async fn run(point: HookPoint, hook: &Hook, r: &HookRun) -> Result<String, String> {
+    let mut cmd = match hook.place {
+        HookPlace::Jail => {
+            let mut launch = r.jail.launch(&r.root, &hook.command, false);
+            launch
+                .env
+                .extend(r.env.iter().map(|(k, v)| format!("{k}={v}")));
+            let mut c = tokio::process::Command::new(&r.exe);
+            c.args(launch.to_args()).env_clear();
+            c
+        }
+        HookPlace::Host => {
+            let mut c = tokio::process::Command::new(&hook.command[0]);
+            c.args(&hook.command[1..])
+                .env_clear()
+                .env("PATH", crate::jail::env::DEFAULT_PATH)
+                .envs(r.env.iter().map(|(k, v)| (k, v)))
+                .current_dir(&r.root);
+            c
+        }
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let name = point.key();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("{name} hook {:?}: cannot start: {e}", hook.command))?;
+    let group = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let ran = tokio::time::timeout(hook.timeout, wait_with_tail(&mut child)).await;
+    let Ok((status, text)) = ran else {
+        if let Some(g) = group {
+            let _ = nix::sys::signal::killpg(g, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = child.wait().await;
+        let limit = humantime::format_duration(hook.timeout);
+        return Err(format!(
+            "{name} hook {:?}: killed after its timeout of {limit}",
+            hook.command
+        ));
+    };
+    let tail = last_chars(&text, ERROR_TAIL);
+    match status {
+        Ok(st) if st.success() => Ok(tail),
+        Ok(st) => Err(format!(
+            "{name} hook {:?} exited with {st}: {tail}",
+            hook.command
+        )),
+        Err(e) => Err(format!("{name} hook {:?}: {e}", hook.command)),
+    }
+}
