@@ -241,6 +241,15 @@ impl Client {
         self.call(Method::POST, "/v1/deploy", Some(&req)).await
     }
 
+    /// `POST /v1/rollout` of a signed rollout order.
+    pub async fn rollout(&self, control: &[u8]) -> Result<serde_json::Value, ClientError> {
+        use base64::Engine as _;
+        let req = super::RolloutRequest {
+            control: base64::engine::general_purpose::STANDARD.encode(control),
+        };
+        self.call(Method::POST, "/v1/rollout", Some(&req)).await
+    }
+
     /// `GET /v1/deploy/progress`: `None` while the agent has not seen the event (404).
     pub async fn deploy_progress(&self, event_id: &str) -> Result<Option<Progress>, ClientError> {
         let path = format!("/v1/deploy/progress?event={event_id}");

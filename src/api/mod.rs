@@ -42,6 +42,13 @@ pub struct Services {
     pub deploy: Option<std::sync::Arc<dyn DeployView>>,
 }
 
+/// `POST /v1/rollout`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutRequest {
+    /// Standard base64 of the encoded signed rollout order.
+    pub control: String,
+}
+
 /// `POST /v1/deploy`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployRequest {

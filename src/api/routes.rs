@@ -113,6 +113,7 @@ enum Endpoint {
     Monitor,
     Deploy,
     DeployProgress,
+    Rollout,
     Revoke,
 }
 
@@ -140,6 +141,7 @@ const ROUTES: &[(&str, Method, Endpoint)] = &[
     ("/v1/monitor", Method::GET, Endpoint::Monitor),
     ("/v1/deploy", Method::POST, Endpoint::Deploy),
     ("/v1/deploy/progress", Method::GET, Endpoint::DeployProgress),
+    ("/v1/rollout", Method::POST, Endpoint::Rollout),
     ("/v1/revoke", Method::POST, Endpoint::Revoke),
 ];
 
@@ -212,6 +214,12 @@ async fn route(req: Request<Incoming>, endpoint: Endpoint, services: &super::Ser
                 .unwrap_or_else(agent_error)
         }
         Endpoint::DeployProgress => deploy_progress(services, req.uri()),
+        Endpoint::Rollout => {
+            let r: super::RolloutRequest = body(req).await?;
+            rollout(agent, services.deploy.as_deref(), &r.control)
+                .await
+                .unwrap_or_else(agent_error)
+        }
         Endpoint::Revoke => {
             let r: super::RevokeRequest = body(req).await?;
             revoke(agent, &r.revocation).await
@@ -332,6 +340,35 @@ async fn deploy(
             };
             json(StatusCode::OK, &accepted)
         })
+}
+
+/// Gossips a signed rollout order (base64) as the `_rollout` user event, once the local
+/// controller checked it as a receiver would. Every node checks it again.
+async fn rollout(
+    agent: &AgentHandle,
+    view: Option<&dyn DeployView>,
+    control_b64: &str,
+) -> Result<Response<Body>, AgentError> {
+    use base64::Engine as _;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(control_b64.trim())
+        .map_err(|e| AgentError::BadRequest(format!("`control` is not base64: {e}")))?;
+    let Some(view) = view else {
+        return Err(AgentError::BadRequest(
+            "this agent runs no deploy controller".into(),
+        ));
+    };
+    view.admit_control(&payload)
+        .map_err(AgentError::BadRequest)?;
+    agent
+        .call(|reply| Command::Event {
+            name: crate::deploy::control::CONTROL_EVENT.to_owned(),
+            payload,
+            reply,
+        })
+        .await
+        .and_then(|r| r)
+        .map(|r| json(StatusCode::OK, &serde_json::json!({ "ltime": r.ltime })))
 }
 
 async fn keys(agent: &AgentHandle, op: KeyOp, req: Option<KeyRequest>) -> Response<Body> {

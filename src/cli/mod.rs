@@ -11,6 +11,7 @@ mod export;
 mod fleet;
 mod fleet_deploy;
 mod progress;
+mod rollout;
 mod run;
 pub mod signing;
 mod status;
@@ -54,6 +55,8 @@ pub enum Command {
     Event(fleet::EventArgs),
     /// Deploy the previous release of an app again (or --to VERSION): a signed deploy event.
     Rollback(fleet_deploy::RollbackArgs),
+    /// A deploy's waves: status, pause, resume, cancel (signed orders).
+    Rollout(rollout::RolloutArgs),
     /// Ask (a filtered part of) the cluster and collect the answers.
     Query(fleet::QueryArgs),
     /// Cluster-wide key rotation: list, install, use, remove.
@@ -98,6 +101,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Event(args) => fleet::event(args),
         Command::Query(args) => fleet::query(args),
         Command::Rollback(args) => fleet_deploy::rollback(args),
+        Command::Rollout(args) => rollout::execute(args),
         Command::Keys(args) => fleet::keys(args),
         Command::Keygen(args) => signing::keygen(args),
         Command::Enroll(args) => enroll::execute(args),

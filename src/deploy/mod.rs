@@ -11,6 +11,7 @@
 pub mod activation;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod controller;
 pub mod desired;
 pub mod executor;

@@ -32,6 +32,12 @@ pub enum Decision {
     },
     /// The node is not among the targets.
     NotTarget,
+    /// No target may start: the operator paused or cancelled the rollout, or
+    /// `--min-healthy` leaves no room. `for_good`: it never will (cancelled).
+    Held {
+        why: String,
+        for_good: bool,
+    },
 }
 
 /// The waves of one event.
@@ -120,6 +126,40 @@ impl Plan {
             Decision::Wait { pending }
         }
     }
+}
+
+/// The targets that have not reported within `deadline_s` of the time they could start:
+/// the event's issue time for the first wave, for each later one the last report of the
+/// waves before it (once every alive target there reported `ok`). They count as failed.
+pub fn late(
+    plan: &Plan,
+    alive: &BTreeSet<String>,
+    reported: &BTreeMap<String, (Outcome, u64)>,
+    issued_s: u64,
+    now_s: u64,
+    deadline_s: u64,
+) -> BTreeSet<String> {
+    let mut late = BTreeSet::new();
+    let mut open = issued_s;
+    for wave in &plan.waves {
+        for n in wave {
+            if !reported.contains_key(n) && now_s > open.saturating_add(deadline_s) {
+                late.insert(n.clone());
+            }
+        }
+        let all_ok = (wave.iter())
+            .filter(|n| alive.contains(*n))
+            .all(|n| matches!(reported.get(n), Some((Outcome::Ok, _))));
+        if !all_ok {
+            break;
+        }
+        let last = wave
+            .iter()
+            .filter_map(|n| reported.get(n))
+            .map(|(_, at)| *at);
+        open = last.fold(open, u64::max);
+    }
+    late
 }
 
 #[cfg(test)]

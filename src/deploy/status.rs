@@ -29,6 +29,8 @@ pub trait DeployView: Send + Sync + 'static {
     fn progress(&self, event_id: &str) -> Option<Progress>;
     /// Checks a signed event as this node would on receipt; its hex id, or why not.
     fn admit(&self, event: &[u8]) -> std::result::Result<String, String>;
+    /// Checks a signed rollout order as this node would on receipt.
+    fn admit_control(&self, control: &[u8]) -> std::result::Result<(), String>;
 }
 
 /// The slot key of `node`'s outcome for `app`.
@@ -148,6 +150,12 @@ pub struct Progress {
     /// targets will deploy that one instead.
     #[serde(default)]
     pub superseded_by: Option<String>,
+    /// The waves, in order.
+    #[serde(default)]
+    pub waves: Vec<Vec<String>>,
+    /// The operator's latest order about this rollout: `paused`, `resumed`, `cancelled`.
+    #[serde(default)]
+    pub control: Option<String>,
 }
 
 impl Progress {

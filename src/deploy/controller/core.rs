@@ -23,10 +23,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::targets::{self, MemberView};
+use super::targets::{self, Context, MemberView, Standing};
 use crate::deploy::activation::Outcome;
+use crate::deploy::control::{Action, CONTROL_KIND, Control, SignedControl};
 use crate::deploy::desired::DesiredState;
-use crate::deploy::rollout::{Decision, Plan};
+use crate::deploy::rollout::Decision;
 use crate::deploy::signed::{DeployEvent, SeenSnapshot, SignedEvent, Trust, Verifier, VerifyError};
 use crate::deploy::status::{
     DESIRED_KIND, NodeOutcome, OUTCOME_KIND, Progress, Result as Res, outcome_key,
@@ -140,6 +141,10 @@ pub struct Core {
     phase: BTreeMap<String, String>,
     last_version: u64,
     synced: bool,
+    /// The operator's latest rollout order per app.
+    controls: BTreeMap<String, Control>,
+    /// This node's clock, as last told (progress deadlines).
+    now_ms: u64,
 }
 
 impl Core {
@@ -162,6 +167,8 @@ impl Core {
             phase: BTreeMap::new(),
             last_version: 0,
             synced: false,
+            controls: BTreeMap::new(),
+            now_ms: 0,
         }
     }
 
@@ -238,8 +245,72 @@ impl Core {
         self.last_version
     }
 
+    /// The clock moved: a progress deadline may have passed.
+    pub fn on_tick(&mut self, now_ms: u64) -> Vec<Effect> {
+        self.now_ms = self.now_ms.max(now_ms);
+        match self.synced {
+            true => self.evaluate_all(),
+            false => Vec::new(),
+        }
+    }
+
+    /// A signed rollout order of a `_rollout` user event, received at `now` (unix seconds).
+    pub fn on_control(&mut self, bytes: &[u8], now: u64) -> Vec<Effect> {
+        let policy = &self.verifier.policy;
+        let signed = match SignedControl::decode(bytes, &policy.trusted, now, policy.max_skew) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(cause = %e, "rollout order refused");
+                return Vec::new();
+            }
+        };
+        let c = signed.control.clone();
+        if !self.offer_control(c.clone()) {
+            return Vec::new();
+        }
+        tracing::info!(app = %c.app, event = %hex::encode(c.event_id), order = c.action.as_str(), "rollout order");
+        let mut fx = vec![Effect::Publish {
+            kind: CONTROL_KIND.into(),
+            key: c.app.clone(),
+            version: c.slot_version(),
+            body: signed.bytes().to_vec(),
+        }];
+        fx.extend(self.evaluate(&c.app));
+        fx
+    }
+
+    /// Keeps `c` if it outranks the app's order held (see [`Control::supersedes`]).
+    fn offer_control(&mut self, c: Control) -> bool {
+        if self
+            .controls
+            .get(&c.app)
+            .is_some_and(|held| !c.supersedes(held))
+        {
+            return false;
+        }
+        self.controls.insert(c.app.clone(), c);
+        true
+    }
+
+    /// Checks a rollout order the local operator hands in, as a receiver would.
+    pub fn admit_control(&self, bytes: &[u8], now: u64) -> Result<Control, VerifyError> {
+        let policy = &self.verifier.policy;
+        let c = SignedControl::decode(bytes, &policy.trusted, now, policy.max_skew)?.control;
+        if let Some(held) = self.controls.get(&c.app)
+            && held.event_id == c.event_id
+            && held.action == Action::Cancel
+        {
+            return Err(VerifyError::Malformed(format!(
+                "the rollout of {} was cancelled; a cancel is final",
+                hex::encode(c.event_id)
+            )));
+        }
+        Ok(c)
+    }
+
     /// The signed event of a `_deploy` user event, received at `now` (unix seconds).
     pub fn on_event(&mut self, bytes: &[u8], now: u64) -> Vec<Effect> {
+        self.now_ms = self.now_ms.max(now * 1000);
         let signed = match self.verifier.accept(bytes, now) {
             Ok(s) => s,
             // Delivered again because the state file could not be written the first time:
@@ -291,6 +362,12 @@ impl Core {
                 }
                 _ => Vec::new(),
             },
+            CONTROL_KIND => match SignedControl::decode_signed(&item.body, self.trust()) {
+                Ok(s) if s.control.app == item.key && self.offer_control(s.control.clone()) => {
+                    self.evaluate(&item.key)
+                }
+                _ => Vec::new(),
+            },
             APPS_KIND => match postcard::from_bytes::<Vec<String>>(&item.body) {
                 Ok(list) if item.key != self.node => {
                     self.node_apps
@@ -319,6 +396,7 @@ impl Core {
 
     /// The executor finished an activation of `app`.
     pub fn on_finished(&mut self, app: &str, outcome: &Outcome, now_ms: u64) -> Vec<Effect> {
+        self.now_ms = self.now_ms.max(now_ms);
         let (event_id, version, result, error) = match outcome {
             Outcome::Ok { event_id, version } => (event_id, version, Res::Ok, None),
             Outcome::Failed {
@@ -412,11 +490,12 @@ impl Core {
             self.phase.insert(app.into(), SYNCING.into());
             return Vec::new();
         }
-        let targets = targets::targets(&ev, &self.members, &self.node_apps, &self.outcomes);
-        let plan = Plan::new(&ev.id, &targets, &ev.rollout);
-        let alive = targets::alive(&self.members);
-        let by_node = targets::event_outcomes(&ev, &self.outcomes);
-        let phase = match plan.may_start(&self.node, &alive, &by_node) {
+        let cx = Context {
+            control: self.controls.get(app),
+            now_ms: self.now_ms,
+        };
+        let standing = Standing::new(&ev, &self.members, &self.node_apps, &self.outcomes, cx);
+        let phase = match standing.decide(&self.node) {
             Decision::Start => {
                 self.started.insert(app.into(), id);
                 self.phase
@@ -427,7 +506,7 @@ impl Core {
                 }];
             }
             Decision::Wait { pending } => {
-                let wave = plan.wave_of(&self.node).unwrap_or(0) + 1;
+                let wave = standing.plan.wave_of(&self.node).unwrap_or(0) + 1;
                 format!(
                     "wave {wave} waits for {} ({})",
                     pending.len(),
@@ -441,6 +520,7 @@ impl Core {
             }
             Decision::Halted { by, outcome } => format!("halted by {by} ({})", outcome.as_str()),
             Decision::NotTarget => "not a target".into(),
+            Decision::Held { why, .. } => why,
         };
         self.phase.insert(app.into(), phase);
         Vec::new()
@@ -464,7 +544,11 @@ impl Core {
     /// Progress of a known event (hex id).
     pub fn progress(&self, id: &str) -> Option<Progress> {
         let ev = self.recent.get(id)?;
-        let mut p = targets::progress(ev, &self.members, &self.node_apps, &self.outcomes);
+        let cx = Context {
+            control: self.controls.get(&ev.app),
+            now_ms: self.now_ms,
+        };
+        let mut p = targets::progress(ev, &self.members, &self.node_apps, &self.outcomes, cx);
         p.superseded_by = self
             .desired(&ev.app)
             .filter(|d| d.id != ev.id && desired_version(d) > desired_version(ev))

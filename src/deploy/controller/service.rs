@@ -18,6 +18,7 @@ use super::targets::MemberView;
 use crate::agent::consumers::Delivery;
 use crate::agent::{Agent, AgentError, AgentHandle, Command};
 use crate::deploy::config::DeployConfig;
+use crate::deploy::control::{CONTROL_EVENT, CONTROL_KIND, SignedControl};
 use crate::deploy::executor::{Executor, ExecutorError, ExecutorOptions, Finished, Submit};
 use crate::deploy::signed::{Policy, SignedEvent, Trust, Verifier};
 use crate::deploy::status::{
@@ -34,6 +35,8 @@ const MAX_APPS_PER_NODE: usize = 256;
 
 /// Name of the controller's in-process consumer (the journal owes events to it by name).
 const CONSUMER: &str = "deploy";
+/// Name of its consumer of rollout orders.
+const ORDERS_CONSUMER: &str = "deploy-orders";
 /// State file in the data dir.
 const STATE_FILE: &str = "deploy-state";
 /// How often members and the apps' status are refreshed.
@@ -85,6 +88,12 @@ impl DeployView for Shared {
         self.core().progress(&event_id.to_ascii_lowercase())
     }
 
+    fn admit_control(&self, control: &[u8]) -> Result<(), String> {
+        (self.core().admit_control(control, crate::wall::secs()))
+            .map(drop)
+            .map_err(|e| format!("{e}; this agent would not act on it, so it was not sent"))
+    }
+
     fn admit(&self, event: &[u8]) -> Result<String, String> {
         use crate::deploy::signed::VerifyError;
         self.core()
@@ -100,10 +109,23 @@ impl DeployView for Shared {
     }
 }
 
+/// The validator of `deploy.control` slots: a trusted signature, keyed by its app, at the
+/// version its issue time gives.
+fn control_validator(trust: Trust) -> Validator {
+    Arc::new(
+        move |item: &Superseding| match SignedControl::decode_signed(&item.body, &trust) {
+            Ok(s) => s.control.app == item.key && s.control.slot_version() == item.version,
+            Err(_) => false,
+        },
+    )
+}
+
 /// The controller, registered with an agent that has not started yet.
 pub struct Controller {
     shared: Arc<Shared>,
     deliveries: mpsc::Receiver<Delivery>,
+    /// `_rollout` user events.
+    orders: mpsc::Receiver<Delivery>,
     config: DeployConfig,
     data_dir: PathBuf,
     /// How long a node with no peer alive waits before it counts as synced.
@@ -165,14 +187,19 @@ impl Controller {
         agent.authorise_key_operations(policy);
         agent.register_kind(
             DESIRED_KIND,
-            KindPolicy::fleet(MAX_APPS, desired_validator(trust)),
+            KindPolicy::fleet(MAX_APPS, desired_validator(trust.clone())),
         );
         agent.register_kind(
             OUTCOME_KIND,
             KindPolicy::node(MAX_APPS_PER_NODE).checked(outcome_validator()),
         );
         agent.register_kind(APPS_KIND, KindPolicy::node(1).checked(apps_validator()));
+        agent.register_kind(
+            CONTROL_KIND,
+            KindPolicy::fleet(MAX_APPS, control_validator(trust)),
+        );
         let deliveries = agent.register_consumer(CONSUMER, EVENT_NAME);
+        let orders = agent.register_consumer(ORDERS_CONSUMER, CONTROL_EVENT);
         let answer = shared.clone();
         agent.register_query(STATUS_QUERY, move |payload| {
             serde_json::to_vec(&answer.status(payload)).unwrap_or_default()
@@ -180,6 +207,7 @@ impl Controller {
         Controller {
             shared,
             deliveries,
+            orders,
             config,
             data_dir,
             sync_grace,
@@ -252,6 +280,10 @@ impl Controller {
                     Some(d) => shell.deliver(d).await,
                     None => break,
                 },
+                d = self.orders.recv() => match d {
+                    Some(d) => shell.order(d).await,
+                    None => break,
+                },
                 f = finished.recv(), if executor_open => match f {
                     Some(f) => shell.finished(f).await,
                     None => executor_open = false,
@@ -286,6 +318,14 @@ impl Shell {
         }
     }
 
+    /// A `_rollout` order: decided, its slot published, then acknowledged.
+    async fn order(&mut self, d: Delivery) {
+        let fx = (self.shared.core()).on_control(&d.event.payload, crate::wall::secs());
+        if self.apply(fx).await {
+            d.ack();
+        }
+    }
+
     async fn finished(&mut self, f: Finished) {
         tracing::info!(app = %f.app, outcome = ?f.outcome, "deploy finished");
         let fx = self
@@ -298,7 +338,7 @@ impl Shell {
 
     /// Re-reads every held slot (at start, and after the subscription lagged).
     async fn resync(&mut self) {
-        for kind in [APPS_KIND, OUTCOME_KIND, DESIRED_KIND] {
+        for kind in [APPS_KIND, OUTCOME_KIND, DESIRED_KIND, CONTROL_KIND] {
             let items = self
                 .agent
                 .call(|reply| Command::Superseding {
@@ -347,6 +387,8 @@ impl Shell {
             let fx = self.shared.core().on_synced();
             self.apply(fx).await;
         }
+        let fx = self.shared.core().on_tick(crate::wall::millis());
+        self.apply(fx).await;
         let mut views = BTreeMap::new();
         for app in self.executor.apps() {
             let rt = self.executor.status(&app).await;

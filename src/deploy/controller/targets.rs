@@ -6,8 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::deploy::control::{Action, Control};
 use crate::deploy::rollout::{self, Decision, Plan};
-use crate::deploy::signed::{DeployEvent, Targets};
+use crate::deploy::signed::{DeployEvent, MaxParallel, MinHealthy, Targets};
 use crate::deploy::status::{NodeOutcome, Progress, Result as Res};
 use crate::gossip::query::FilterSet;
 use crate::gossip::{Filter, Tags};
@@ -85,19 +86,6 @@ pub fn targets(
     out.into_iter().collect()
 }
 
-/// The outcomes nodes reported for `ev`, by node.
-pub fn event_outcomes(
-    ev: &DeployEvent,
-    outcomes: &BTreeMap<String, NodeOutcome>,
-) -> BTreeMap<String, rollout::Outcome> {
-    let id = ev.id_hex();
-    outcomes
-        .values()
-        .filter(|o| o.event_id == id && o.app == ev.app)
-        .map(|o| (o.node.clone(), o.result))
-        .collect()
-}
-
 /// Alive member names.
 pub fn alive(members: &BTreeMap<String, MemberView>) -> BTreeSet<String> {
     members
@@ -107,25 +95,134 @@ pub fn alive(members: &BTreeMap<String, MemberView>) -> BTreeSet<String> {
         .collect()
 }
 
+/// What the rest of the fleet knows of one event besides its outcomes: the operator's latest
+/// order about it, and this node's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context<'a> {
+    pub control: Option<&'a Control>,
+    pub now_ms: u64,
+}
+
+/// Where one event's rollout stands, as this node sees it.
+pub struct Standing {
+    pub targets: Vec<String>,
+    pub plan: Plan,
+    alive: BTreeSet<String>,
+    /// Outcomes per target; the late ones count as failed.
+    by_node: BTreeMap<String, rollout::Outcome>,
+    /// Targets past the progress deadline with no report.
+    pub late: BTreeSet<String>,
+    /// Why no target may start (see [`Decision::Held`]).
+    held: Option<(String, bool)>,
+}
+
+impl Standing {
+    pub fn new(
+        ev: &DeployEvent,
+        members: &BTreeMap<String, MemberView>,
+        node_apps: &BTreeMap<String, BTreeSet<String>>,
+        outcomes: &BTreeMap<String, NodeOutcome>,
+        cx: Context<'_>,
+    ) -> Standing {
+        let targets = targets(ev, members, node_apps, outcomes);
+        let (plan, no_room) = plan(ev, &targets);
+        let alive = alive(members);
+        let id = ev.id_hex();
+        let reported: BTreeMap<String, (rollout::Outcome, u64)> = (outcomes.values())
+            .filter(|o| o.event_id == id && o.app == ev.app)
+            .map(|o| (o.node.clone(), (o.result, o.at)))
+            .collect();
+        let late = match ev.options.progress_deadline_secs {
+            Some(d) => {
+                let (issued, now) = (ev.issued_at_ms / 1000, cx.now_ms / 1000);
+                rollout::late(&plan, &alive, &reported, issued, now, u64::from(d))
+            }
+            None => BTreeSet::new(),
+        };
+        let mut by_node: BTreeMap<String, rollout::Outcome> =
+            reported.into_iter().map(|(n, (o, _))| (n, o)).collect();
+        for n in &late {
+            by_node.insert(n.clone(), rollout::Outcome::Failed);
+        }
+        let order = cx.control.filter(|c| c.event_id == ev.id);
+        let held = match order.map(|c| c.action) {
+            Some(Action::Cancel) => Some(("cancelled by the operator".to_string(), true)),
+            Some(Action::Pause) => Some(("paused by the operator".to_string(), false)),
+            _ => no_room.map(|why| (why, false)),
+        };
+        Standing {
+            targets,
+            plan,
+            alive,
+            by_node,
+            late,
+            held,
+        }
+    }
+
+    /// Whether `node` may start now.
+    pub fn decide(&self, node: &str) -> Decision {
+        match (&self.held, self.plan.wave_of(node)) {
+            (_, None) => Decision::NotTarget,
+            (Some((why, for_good)), _) => Decision::Held {
+                why: why.clone(),
+                for_good: *for_good,
+            },
+            (None, Some(_)) => self.plan.may_start(node, &self.alive, &self.by_node),
+        }
+    }
+}
+
+/// The waves of `ev` over `targets`: `--max-parallel` and `--canary`, each wave cut to what
+/// `--min-healthy` leaves out of service (a wave's nodes are out together; the waves before
+/// it are back by then). The error says why no node may go at all.
+fn plan(ev: &DeployEvent, targets: &[String]) -> (Plan, Option<String>) {
+    let mut r = ev.rollout;
+    let Some(min) = ev.options.min_healthy else {
+        return (Plan::new(&ev.id, targets, &r), None);
+    };
+    let total = targets.len();
+    let keep = match min {
+        MinHealthy::Count(n) => n as usize,
+        MinHealthy::Percent(p) => (total * usize::from(p)).div_ceil(100),
+    };
+    let room = total.saturating_sub(keep);
+    if room == 0 {
+        let why = format!("--min-healthy keeps all {total} targets in service: none may deploy");
+        return (Plan::new(&ev.id, targets, &r), Some(why));
+    }
+    let size = match r.max_parallel {
+        None => total,
+        Some(MaxParallel::Count(n)) => n as usize,
+        Some(MaxParallel::Percent(p)) => (total * usize::from(p)).div_ceil(100),
+    };
+    r.max_parallel = Some(MaxParallel::Count(size.min(room).max(1) as u32));
+    r.canary = r.canary.min(room as u32);
+    (Plan::new(&ev.id, targets, &r), None)
+}
+
 /// Where `ev` stands across its targets.
 pub fn progress(
     ev: &DeployEvent,
     members: &BTreeMap<String, MemberView>,
     node_apps: &BTreeMap<String, BTreeSet<String>>,
     outcomes: &BTreeMap<String, NodeOutcome>,
+    cx: Context<'_>,
 ) -> Progress {
-    let targets = targets(ev, members, node_apps, outcomes);
-    let plan = Plan::new(&ev.id, &targets, &ev.rollout);
-    let alive = alive(members);
-    let by_node = event_outcomes(ev, outcomes);
+    let standing = Standing::new(ev, members, node_apps, outcomes, cx);
     let id = ev.id_hex();
     let mut p = Progress {
         event_id: id.clone(),
         app: ev.app.clone(),
         version: ev.version.clone(),
+        waves: standing.plan.waves.clone(),
+        control: cx
+            .control
+            .filter(|c| c.event_id == ev.id)
+            .map(|c| c.action.as_str().to_string()),
         ..Progress::default()
     };
-    for n in &targets {
+    for n in &standing.targets {
         let reported = outcomes
             .get(&crate::deploy::status::outcome_key(&ev.app, n))
             .filter(|o| o.event_id == id);
@@ -140,8 +237,16 @@ pub fn progress(
                     p.errors.insert(n.clone(), e.clone());
                 }
             }
-            None => match plan.may_start(n, &alive, &by_node) {
-                Decision::Halted { .. } => p.halted.push(n.clone()),
+            None if standing.late.contains(n) => {
+                p.failed.push(n.clone());
+                let d = ev.options.progress_deadline_secs.unwrap_or_default();
+                let why = format!("no report within the progress deadline ({d}s)");
+                p.errors.insert(n.clone(), why);
+            }
+            None => match standing.decide(n) {
+                Decision::Halted { .. } | Decision::Held { for_good: true, .. } => {
+                    p.halted.push(n.clone())
+                }
                 _ => p.pending.push(n.clone()),
             },
         }
@@ -152,11 +257,11 @@ pub fn progress(
     let m = Matcher::new(&ev.targets);
     p.unreachable = members
         .values()
-        .filter(|v| v.failed && m.matches(&v.name, &v.tags) && !targets.contains(&v.name))
+        .filter(|v| v.failed && m.matches(&v.name, &v.tags) && !standing.targets.contains(&v.name))
         .filter(|v| node_apps.get(&v.name).is_some_and(|a| a.contains(&ev.app)))
         .map(|v| v.name.clone())
         .collect();
-    p.targets = targets;
+    p.targets = standing.targets;
     p.targets.extend(p.unreachable.iter().cloned());
     p.targets.sort();
     p
@@ -237,7 +342,7 @@ mod tests {
         // The failed one that would have been a target is reported as unreachable.
         apps.get_mut("n0").unwrap().insert("web".into());
         assert_eq!(
-            progress(&e, &m, &apps, &BTreeMap::new()).unreachable,
+            progress(&e, &m, &apps, &BTreeMap::new(), Context::default()).unreachable,
             ["n2"]
         );
         apps.get_mut("n0").unwrap().clear();
@@ -260,20 +365,20 @@ mod tests {
                 canary: 1,
             },
         );
-        let p = progress(&e, &m, &apps, &BTreeMap::new());
+        let p = progress(&e, &m, &apps, &BTreeMap::new(), Context::default());
         assert_eq!(p.pending.len(), 6);
         assert!(!p.is_done());
         let plan = Plan::new(&e.id, &p.targets, &e.rollout);
         let canary = plan.waves[0][0].clone();
         let o: BTreeMap<_, _> = [outcome(&canary, Res::RolledBack, &e)].into();
-        let p = progress(&e, &m, &apps, &o);
+        let p = progress(&e, &m, &apps, &o, Context::default());
         assert_eq!(p.rolled_back, std::slice::from_ref(&canary));
         assert_eq!(p.halted.len(), 5);
         assert!(p.is_done() && !p.is_success());
         assert_eq!(p.errors[&canary], "boom");
         // All ok: success.
         let o: BTreeMap<_, _> = p.targets.iter().map(|n| outcome(n, Res::Ok, &e)).collect();
-        let p = progress(&e, &m, &apps, &o);
+        let p = progress(&e, &m, &apps, &o, Context::default());
         assert!(p.is_done() && p.is_success(), "{p:?}");
     }
 

@@ -159,3 +159,42 @@ fn failure_halts_waves_not_started() {
         ));
     }
 }
+
+/// A target of an open wave with no report past the deadline is late; a wave opens only
+/// once the one before it is all ok, counted from that wave's last report.
+#[test]
+fn late_targets_are_those_of_open_waves_past_the_deadline() {
+    let plan = Plan {
+        waves: vec![vec!["a".into()], vec!["b".into(), "c".into()]],
+    };
+    let alive: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let mut reported = BTreeMap::new();
+    assert!(late(&plan, &alive, &reported, 100, 130, 30).is_empty());
+    assert_eq!(
+        late(&plan, &alive, &reported, 100, 131, 30),
+        BTreeSet::from(["a".to_string()])
+    );
+    reported.insert("a".to_string(), (Outcome::Ok, 120));
+    assert!(
+        late(&plan, &alive, &reported, 100, 150, 30).is_empty(),
+        "wave 2 opened at 120"
+    );
+    reported.insert("b".to_string(), (Outcome::Ok, 140));
+    assert_eq!(
+        late(&plan, &alive, &reported, 100, 151, 30),
+        BTreeSet::from(["c".to_string()])
+    );
+    reported.insert("a".to_string(), (Outcome::Failed, 120));
+    assert!(
+        late(
+            &plan,
+            &alive,
+            &BTreeMap::from([("a".to_string(), (Outcome::Failed, 120))]),
+            100,
+            999,
+            30
+        )
+        .is_empty(),
+        "a failed first wave never opens the second"
+    );
+}
