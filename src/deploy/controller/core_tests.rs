@@ -611,7 +611,7 @@ fn a_silent_target_past_the_progress_deadline_halts_the_waves() {
         c.phase("web")
     );
     let p = c.progress(&hex::encode([9; 16])).unwrap();
-    assert_eq!(p.failed, [first.clone()]);
+    assert_eq!(p.failed, std::slice::from_ref(&first));
     assert!(p.errors[&first].contains("progress deadline"));
     assert!(p.is_done() && !p.is_success());
 }
