@@ -18,9 +18,9 @@ use common::sockapp::Behaviour;
 use fleet::{Fleet, LONG, NodeSpec, WebApp, names};
 
 /// A fleet of `n` nodes running the test app, `v1` deployed everywhere.
-fn fleet(net: &str, n: usize, listen: bool) -> Fleet {
+fn fleet(net: &str, n: usize, app: WebApp) -> Fleet {
     let mut f = Fleet::with_garage(net);
-    f.web_app = WebApp::SockApp { listen };
+    f.web_app = app;
     f.health_deadline = "5s".into();
     let spec = NodeSpec {
         leave_running: true,
@@ -31,6 +31,11 @@ fn fleet(net: &str, n: usize, listen: bool) -> Fleet {
     f.deploy_all_ok("v1");
     f
 }
+
+const LISTEN: WebApp = WebApp::SockApp {
+    listen: true,
+    reuseport: false,
+};
 
 /// One poller per node, on its app's address.
 fn probe_all(f: &Fleet) -> Vec<Poller> {
@@ -66,7 +71,7 @@ fn deploy_expect(f: &Fleet, version: &str, extra: &[&str], outcome: &str) {
 
 #[test]
 fn with_listen_no_request_fails_through_deploys_rollbacks_restarts_and_crashes() {
-    let f = fleet("82.1", 3, true);
+    let f = fleet("82.1", 3, LISTEN);
     for (v, b) in [
         ("v2", Behaviour::Boots(700)),
         ("v3", Behaviour::Boots(0)),
@@ -145,7 +150,14 @@ fn with_listen_no_request_fails_through_deploys_rollbacks_restarts_and_crashes()
 /// so each node refuses connections while the new release boots.
 #[test]
 fn stop_then_start_drops_requests_for_the_boot_time() {
-    let f = fleet("82.2", 3, false);
+    let f = fleet(
+        "82.2",
+        3,
+        WebApp::SockApp {
+            listen: false,
+            reuseport: false,
+        },
+    );
     f.publish_sockapp("v2", Behaviour::Boots(700));
     let pollers = probe_all(&f);
     let started = std::time::Instant::now();
@@ -195,7 +207,7 @@ fn hook_tables(log: &std::path::Path) -> String {
 #[test]
 fn hooks_run_in_order_with_their_env_veto_time_out_and_can_be_ignored() {
     let mut f = Fleet::with_garage("82.3");
-    f.web_app = WebApp::SockApp { listen: true };
+    f.web_app = LISTEN;
     f.health_deadline = "5s".into();
     let log = f.base.join("hooks.log");
     f.web_tables = hook_tables(&log);
@@ -272,5 +284,27 @@ fn hooks_run_in_order_with_their_env_veto_time_out_and_can_be_ignored() {
             n + 1,
             ok + failed
         );
+    }
+}
+
+/// An app that binds its own port with `SO_REUSEPORT` overlaps too (`overlap = true`): the
+/// new instance serves beside the old one before the old one stops. Connections still in
+/// the old socket's own queue when it closes are lost (the kernel keeps one queue per
+/// socket): counted, for the README's comparison.
+#[test]
+fn reuseport_apps_overlap_without_listen() {
+    let app = WebApp::SockApp {
+        listen: false,
+        reuseport: true,
+    };
+    let f = fleet("82.6", 3, app);
+    f.publish_sockapp("v2", Behaviour::Boots(700));
+    let pollers = probe_all(&f);
+    deploy_expect(&f, "v2", &[], "ok");
+    all_serve(&f, &pollers, "v2");
+    for (n, p) in pollers.into_iter().enumerate() {
+        let (ok, failed) = p.stop();
+        eprintln!("SO_REUSEPORT overlap n{}: {failed} of {} requests failed", n + 1, ok + failed);
+        assert!(ok > 0);
     }
 }

@@ -45,9 +45,9 @@ pub enum WebApp {
     /// busybox httpd started by `/start.sh`, checked over http ([`Fleet::publish`]).
     Httpd,
     /// The socket-activated test app ([`Fleet::publish_sockapp`]), ready by `READY=1`: on
-    /// the agent's socket with `listen` (deploys overlap), or binding its port itself
-    /// (stop-then-start).
-    SockApp { listen: bool },
+    /// the agent's socket with `listen` (deploys overlap), or binding its port itself:
+    /// with `SO_REUSEPORT` and `overlap = true` when `reuseport`, else stop-then-start.
+    SockApp { listen: bool, reuseport: bool },
 }
 
 /// How a node's agent is set up.
@@ -301,11 +301,14 @@ impl Fleet {
         // file:// through an agent reads only beneath its file roots.
         text.push_str(&format!("file_roots = [\"{}\"]\n", self.arts.display()));
         text.push_str(&spec.deploy);
-        if let (false, WebApp::SockApp { listen }) = (spec.no_app, self.web_app) {
+        if let (false, WebApp::SockApp { listen, reuseport }) = (spec.no_app, self.web_app) {
             let addr = self.http_addr(n);
-            let socket = match listen {
-                true => format!("listen = [\"tcp:{addr}\"]"),
-                false => format!("env = {{ BIND = \"{addr}\" }}"),
+            let socket = match (listen, reuseport) {
+                (true, _) => format!("listen = [\"tcp:{addr}\"]"),
+                (false, true) => {
+                    format!("overlap = true\nenv = {{ BIND = \"{addr}\", REUSEPORT = \"1\" }}")
+                }
+                (false, false) => format!("env = {{ BIND = \"{addr}\" }}"),
             };
             text.push_str(&format!(
                 "[apps.web]\nartifact = \"{artifact}\"\nroot = \"{root}\"\n\

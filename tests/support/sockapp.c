@@ -3,7 +3,8 @@
  * it binds itself (with REUSEPORT=1: SO_REUSEPORT). What a release does is read from
  * files in its root, so one command serves every release:
  *   /version     the body it serves;
- *   /delay_ms    how long it boots before it accepts (default 0);
+ *   /delay_ms    how long it boots before it accepts (default 0; with BIND, before it
+ *                binds);
  *   /exit_code   exit at once with this status (a broken release);
  *   /never_ready boot, but never send READY=1 (and never accept).
  * With NOTIFY_SOCKET it sends READY=1 once it accepts, after it created /notifying (a
@@ -101,10 +102,12 @@ int main(void) {
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     int s = inherited_socket();
-    if (s < 0) s = bound_socket();
+    /* It boots first; an app that binds its own port does so once booted, as real ones
+     * do (the port is closed meanwhile). */
     long delay = file_num("/delay_ms", 0);
     struct timespec ts = {delay / 1000, (delay % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) && errno == EINTR && !stopping) {}
+    if (s < 0) s = bound_socket();
     if (access("/never_ready", F_OK) == 0) {
         while (!stopping) pause();
         return 0;

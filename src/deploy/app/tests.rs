@@ -181,3 +181,80 @@ fn the_commented_example_in_config_parses() {
         vec![("MODE".into(), "production".into())]
     );
 }
+
+/// `listen` turns the overlap on; a check the old instance would answer while the two
+/// overlap is refused; notify and exec checks are not.
+#[test]
+fn listen_overlap_and_the_checks_valid_while_overlapping() {
+    let app = |extra: &str| parse_apps(&with(extra)).map(|mut a| a.remove("a").unwrap());
+    let a = app("listen = [\"tcp:127.0.0.1:8080\", \"unix:/run/a.sock\"]").unwrap();
+    assert!(a.overlap && a.listen.len() == 2);
+    assert!(!app("").unwrap().overlap);
+    let b = app("listen = [\"tcp:0.0.0.0:80\"]\noverlap = false").unwrap();
+    assert!(!b.overlap);
+    assert!(
+        app("overlap = true\n[apps.a.health]\nnotify = true")
+            .unwrap()
+            .ready_by_notify()
+    );
+    for (extra, field) in [
+        ("listen = [\"8080\"]", "listen"),
+        ("listen = [\"tcp:1.2.3.4:5\", \"tcp:1.2.3.4:5\"]", "listen"),
+        (
+            "listen = [\"tcp:0.0.0.0:8080\"]\n[apps.a.health]\ntcp = \"127.0.0.1:8080\"",
+            "health",
+        ),
+        (
+            "listen = [\"tcp:127.0.0.1:8080\"]\n[apps.a.health]\nhttp = \"http://127.0.0.1:8080/up\"",
+            "health",
+        ),
+        (
+            "overlap = true\n[apps.a.health]\ntcp = \"127.0.0.1:9000\"",
+            "health",
+        ),
+        (
+            "[apps.a.health]\nnotify = true\ntcp = \"127.0.0.1:1\"",
+            "health",
+        ),
+    ] {
+        assert_eq!(field_error(extra), ("a".into(), field.into()), "{extra}");
+    }
+    // An address only the new instance serves is fine.
+    let ok = "listen = [\"tcp:0.0.0.0:8080\"]\n[apps.a.health]\ntcp = \"127.0.0.1:9000\"";
+    assert!(app(ok).is_ok());
+}
+
+#[test]
+fn hooks_parse_with_their_defaults_and_errors_name_the_hook() {
+    let text = "[apps.a.hooks.before_start]\ncommand = [\"migrate\"]\n\
+                [apps.a.hooks.after_stop]\ncommand = [\"/bin/notify\"]\nwhere = \"host\"\ntimeout = \"3s\"\n";
+    let a = parse_apps(&with(text)).unwrap().remove("a").unwrap();
+    let before = &a.hooks.0[&crate::deploy::activation::HookPoint::BeforeStart];
+    assert_eq!(before.place, crate::deploy::hooks::HookPlace::Jail);
+    assert_eq!(before.timeout, crate::deploy::hooks::DEFAULT_TIMEOUT);
+    let after = &a.hooks.0[&crate::deploy::activation::HookPoint::AfterStop];
+    assert_eq!(
+        (after.place, after.timeout),
+        (
+            crate::deploy::hooks::HookPlace::Host,
+            Duration::from_secs(3)
+        )
+    );
+    for (extra, field) in [
+        (
+            "[apps.a.hooks.before_stop]\ncommand = []",
+            "hooks.before_stop",
+        ),
+        (
+            "[apps.a.hooks.on_rollback]\ncommand = [\"x\"]\nwhere = \"cloud\"",
+            "hooks.on_rollback",
+        ),
+        (
+            "[apps.a.hooks.after_start]\ncommand = [\"x\"]\ntimeout = \"0s\"",
+            "hooks.after_start",
+        ),
+    ] {
+        assert_eq!(field_error(extra), ("a".into(), field.into()), "{extra}");
+    }
+    assert!(parse_apps(&with("[apps.a.hooks.before_deploy]\ncommand = [\"x\"]")).is_err());
+}
