@@ -304,7 +304,11 @@ fn reuseport_apps_overlap_without_listen() {
     all_serve(&f, &pollers, "v2");
     for (n, p) in pollers.into_iter().enumerate() {
         let (ok, failed) = p.stop();
-        eprintln!("SO_REUSEPORT overlap n{}: {failed} of {} requests failed", n + 1, ok + failed);
+        eprintln!(
+            "SO_REUSEPORT overlap n{}: {failed} of {} requests failed",
+            n + 1,
+            ok + failed
+        );
         assert!(ok > 0);
     }
 }
