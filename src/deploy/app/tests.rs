@@ -172,10 +172,9 @@ fn the_commented_example_in_config_parses() {
         .collect::<Vec<_>>()
         .join("\n");
     let apps = parse_apps(&text).unwrap();
-    assert!(matches!(
-        apps["web"].health.as_ref().unwrap().probe,
-        Probe::Http(_)
-    ));
+    assert!(apps["web"].ready_by_notify() && apps["web"].overlap);
+    assert_eq!(apps["web"].listen.len(), 1);
+    assert_eq!(apps["web"].hooks.0.len(), 1);
     assert_eq!(
         apps["web"].jail.env,
         vec![("MODE".into(), "production".into())]
