@@ -186,10 +186,10 @@ fn stop_then_start_drops_requests_for_the_boot_time() {
 /// timeout; an old release with `stop_breaks` fails its before_stop.
 fn hook_tables(log: &std::path::Path) -> String {
     let line = "echo \\\"$DROOT_FLEET_HOOK $DROOT_FLEET_VERSION $DROOT_FLEET_PREVIOUS_VERSION \
-                $DROOT_FLEET_NODE $DROOT_FLEET_EVENT_ID $(basename $PWD)\\\"";
+                $DROOT_FLEET_NODE $DROOT_FLEET_EVENT_ID $DROOT_FLEET_RELEASE\\\"";
     let host = |name: &str, test: &str| {
         format!(
-            "[apps.web.hooks.{name}]\nwhere = \"host\"\ncommand = [\"sh\", \"-c\", \
+            "[apps.web.hooks.{name}]\nwhere = \"host\"\ncommand = [\"/bin/sh\", \"-c\", \
              \"{test}{line} >> {}.$DROOT_FLEET_NODE\"]\n",
             log.display()
         )
@@ -198,7 +198,10 @@ fn hook_tables(log: &std::path::Path) -> String {
         "[apps.web.hooks.before_start]\ntimeout = \"2s\"\ncommand = [\"sh\", \"-c\", \
          \"test ! -e /veto && {{ test ! -e /slow || sleep 30; }} && {line} > /before_start\"]\n{}{}{}{}",
         host("after_start", ""),
-        host("before_stop", "test ! -e stop_breaks && "),
+        host(
+            "before_stop",
+            "test ! -e $DROOT_FLEET_RELEASE_DIR/stop_breaks && "
+        ),
         host("after_stop", ""),
         host("on_rollback", ""),
     )
@@ -229,7 +232,7 @@ fn hooks_run_in_order_with_their_env_veto_time_out_and_can_be_ignored() {
         let before = std::fs::read_to_string(f.root(n).join("releases/v2/before_start")).unwrap();
         assert_eq!(
             before.trim(),
-            format!("before_start v2 v1 n{n} {id} /"),
+            format!("before_start v2 v1 n{n} {id} v2"),
             "in the jail"
         );
         let want: Vec<String> = [

@@ -131,6 +131,8 @@ pub enum Input {
     Crashed(String),
     /// A hook ran (its error carries the tail of its output).
     HookRan(Result<(), String>),
+    /// The next instance serves and the old one stopped (or the next one was gone).
+    Promoted(Result<(), String>),
 }
 
 /// What the executor must do next.
@@ -210,6 +212,8 @@ enum Step {
     Switch,
     Promote,
     Discard,
+    /// Point `current` back at this release (a rollback after the switch).
+    Restore(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +242,10 @@ pub struct Activation {
     current: Option<String>,
     /// `current` when the activation under way began.
     from: Option<String>,
+    /// Whether an instance was stopped or started yet in the activation under way.
+    touched: bool,
+    /// Whether `current` was switched in the activation under way.
+    switched: bool,
     phase: Phase,
     active: Option<Request>,
     pending: Option<Request>,
@@ -251,6 +259,8 @@ impl Activation {
             hooks: HookSet::default(),
             current,
             from: None,
+            touched: false,
+            switched: false,
             phase: Phase::Idle,
             active: None,
             pending: None,
@@ -379,6 +389,8 @@ impl Activation {
         let mut steps = self.plan(&req.version);
         steps.reverse();
         self.from = self.current.clone();
+        self.touched = false;
+        self.switched = false;
         self.active = Some(req);
         let now = steps.pop().expect("a plan starts with the stage");
         self.run(now, steps)
@@ -386,6 +398,7 @@ impl Activation {
 
     /// Starts step `now` (then `rest`, kept reversed: the next is last).
     fn run(&mut self, now: Step, rest: Vec<Step>) -> (Phase, Vec<Effect>) {
+        self.touched |= matches!(now, Step::Stop | Step::Start(_) | Step::StartNext);
         let effect = self.effect(&now);
         (Phase::Forward { now, rest }, vec![effect])
     }
@@ -412,12 +425,16 @@ impl Activation {
             Step::Check => Effect::CheckHealth { version },
             Step::Switch => Effect::SwitchCurrent { version },
             Step::Promote => Effect::Promote,
+            Step::Restore(release) => Effect::SwitchCurrent {
+                version: release.clone(),
+            },
             Step::Discard => Effect::Discard,
         }
     }
 
     fn forward_done(&mut self, done: Step, mut rest: Vec<Step>) -> (Phase, Vec<Effect>) {
         if done == Step::Switch {
+            self.switched = true;
             self.current = self.active.as_ref().map(|r| r.version.clone());
         }
         match rest.pop() {
@@ -432,11 +449,23 @@ impl Activation {
             .as_ref()
             .is_some_and(|r| r.ignore_stop_hook_failures);
         match failed {
+            // Nothing was touched: nothing to undo, and the new release is not to blame
+            // for the old one's before_stop.
             Step::Fetch => (Phase::Idle, vec![self.finish_failed(e)]),
+            Step::Hook(HookPoint::BeforeStop, _) if !self.touched && !ignore_stop => {
+                let why = format!("{e}; nothing was changed");
+                (Phase::Idle, vec![self.finish_failed(why)])
+            }
             // Nothing left to veto once the old instance stopped: logged by the executor.
             Step::Hook(HookPoint::AfterStop, _) => self.forward_done(failed, rest),
             Step::Hook(HookPoint::BeforeStop, _) if ignore_stop => self.forward_done(failed, rest),
-            _ => self.roll_back(e),
+            Step::Hook(HookPoint::BeforeStop, _) => self.roll_back(e, false),
+            // `current` names the new release already: it is pointed back first.
+            Step::Promote => {
+                self.current = self.from.clone();
+                self.roll_back(e, true)
+            }
+            _ => self.roll_back(e, true),
         }
     }
 
@@ -463,43 +492,53 @@ impl Activation {
         })
     }
 
-    /// Judges the new release failed, stops its instance and brings back the release still
-    /// `current` (then its `on_rollback` hook); with none, reports `failed` once the new
-    /// instance is stopped (the activation stays active until then, so its record outlives
-    /// the stop).
-    fn roll_back(&mut self, error: String) -> (Phase, Vec<Effect>) {
+    /// Judges the new release failed (`blame`: it is at fault), stops its instance and
+    /// brings back the release still `current` (then its `on_rollback` hook); with none,
+    /// reports `failed` once the new instance is stopped (the activation stays active until
+    /// then, so its record outlives the stop). After a switch, `current` is pointed back
+    /// first.
+    fn roll_back(&mut self, error: String, blame: bool) -> (Phase, Vec<Effect>) {
         let version = self
             .active
             .as_ref()
             .expect("an active request")
             .version
             .clone();
-        let judge = Effect::Judge {
-            version,
-            verdict: Verdict::Failed,
-        };
         let to = self.current.clone();
+        let switched_back = self.switched;
         let stop = match self.handover {
             Handover::StopFirst => Step::Stop,
             Handover::Overlap => Step::Discard,
         };
-        let mut rest = Vec::new();
-        if let Some(to) = &to {
-            if self.hooks.has(HookPoint::OnRollback) {
-                rest.push(Step::Hook(HookPoint::OnRollback, to.clone()));
-            }
-            rest.push(Step::Start(to.clone()));
+        let mut steps = Vec::new();
+        if let Some(to) = to.as_ref().filter(|_| switched_back) {
+            steps.push(Step::Restore(to.clone()));
         }
-        let effect = self.effect(&stop);
-        let now = stop;
+        steps.push(stop);
+        if let Some(to) = &to {
+            steps.push(Step::Start(to.clone()));
+            if self.hooks.has(HookPoint::OnRollback) {
+                steps.push(Step::Hook(HookPoint::OnRollback, to.clone()));
+            }
+        }
+        steps.reverse();
+        let now = steps.pop().expect("a rollback stops the new instance");
+        let mut effects = Vec::new();
+        if blame {
+            effects.push(Effect::Judge {
+                version,
+                verdict: Verdict::Failed,
+            });
+        }
+        effects.push(self.effect(&now));
         (
             Phase::Back {
                 to,
                 error,
                 now,
-                rest,
+                rest: steps,
             },
-            vec![judge, effect],
+            effects,
         )
     }
 
@@ -518,6 +557,9 @@ impl Activation {
                 return (Phase::Idle, vec![self.finish_failed(both)]);
             }
             (Step::Hook(point, _), Err(e)) => format!("{error}; {} hook: {e}", point.key()),
+            (Step::Restore(to), Err(e)) => {
+                format!("{error}; pointing current back at {to} failed: {e}")
+            }
             (_, Err(_)) => error,
         };
         if let Some(now) = rest.pop() {
@@ -552,7 +594,9 @@ fn answer(now: &Step, input: Input) -> Option<Result<(), String>> {
     match (now, input) {
         (Step::Fetch, Input::Fetched(r)) => Some(r),
         (Step::Hook(..), Input::HookRan(r)) => Some(r),
-        (Step::Stop | Step::Promote | Step::Discard, Input::Stopped) => Some(Ok(())),
+        (Step::Stop | Step::Discard, Input::Stopped) => Some(Ok(())),
+        (Step::Promote, Input::Promoted(r)) => Some(r),
+        (Step::Restore(_), Input::Switched(r)) => Some(r),
         (Step::Start(_) | Step::StartNext, Input::Started(r)) => Some(r),
         (Step::Check, Input::HealthPassed) => Some(Ok(())),
         (Step::Check, Input::HealthFailed(e) | Input::Crashed(e)) => Some(Err(e)),

@@ -232,7 +232,10 @@ fn an_overlapping_deploy_stops_the_old_instance_last() {
         event_id: v("e-v2"),
         version: v("v2"),
     };
-    assert_eq!(m.step(Input::Stopped), [passed("v2"), Effect::Report(ok)]);
+    assert_eq!(
+        m.step(Input::Promoted(Ok(()))),
+        [passed("v2"), Effect::Report(ok)]
+    );
     assert!(m.is_idle());
 }
 
@@ -318,7 +321,7 @@ fn hooks_run_in_order_around_an_overlap() {
         ran(),
         ran(),
         Input::Switched(Ok(())),
-        Input::Stopped,
+        Input::Promoted(Ok(())),
         ran(),
     ];
     let seen = walk(&mut m, answers);
@@ -421,7 +424,7 @@ fn stop_hook_failures_veto_unless_ignored_and_after_stop_never_does() {
         ],
     );
     let out = m.step(Input::HookRan(Err(v("lb api down"))));
-    assert_eq!(out, [failed("v2"), Effect::Discard]);
+    assert_eq!(out, [Effect::Discard], "the new release is not to blame");
 
     let mut m = Activation::new(Some(v("v1")), Handover::Overlap).with_hooks(all_hooks());
     let mut r = req("v2");
@@ -439,10 +442,57 @@ fn stop_hook_failures_veto_unless_ignored_and_after_stop_never_does() {
     let out = m.step(Input::HookRan(Err(v("lb api down"))));
     assert_eq!(out, [Effect::SwitchCurrent { version: v("v2") }]);
     m.step(Input::Switched(Ok(())));
-    m.step(Input::Stopped);
+    m.step(Input::Promoted(Ok(())));
     let out = m.step(Input::HookRan(Err(v("after_stop broke"))));
     assert!(
         matches!(&out[..], [_, Effect::Report(Outcome::Ok { .. })]),
         "{out:?}"
     );
+}
+
+/// The next instance was gone when it was to take over: `current` (switched already) is
+/// pointed back at the old release, which never stopped.
+#[test]
+fn a_failed_promote_points_current_back() {
+    let mut m = Activation::new(Some(v("v1")), Handover::Overlap);
+    m.step(Input::Deploy(req("v2")));
+    m.step(Input::Fetched(Ok(())));
+    m.step(Input::Started(Ok(())));
+    m.step(Input::HealthPassed);
+    assert_eq!(m.step(Input::Switched(Ok(()))), [Effect::Promote]);
+    let out = m.step(Input::Promoted(Err(v("no next instance runs"))));
+    assert_eq!(
+        out,
+        [failed("v2"), Effect::SwitchCurrent { version: v("v1") }]
+    );
+    assert_eq!(m.current(), Some("v1"));
+    assert_eq!(m.step(Input::Switched(Ok(()))), [Effect::Discard]);
+    assert_eq!(
+        m.step(Input::Stopped),
+        [Effect::StartJail { version: v("v1") }]
+    );
+    let out = m.step(Input::Started(Ok(())));
+    assert!(
+        matches!(&out[..], [Effect::Report(Outcome::RolledBack { .. })]),
+        "{out:?}"
+    );
+}
+
+/// A broken before_stop of the old release, stopping first: nothing was touched yet, so
+/// nothing is undone, and the new release is not judged (it never ran).
+#[test]
+fn a_before_stop_veto_before_anything_stopped_changes_nothing() {
+    let hooks = HookSet::default().with(HookPoint::BeforeStop);
+    let mut m = Activation::new(Some(v("v1")), Handover::StopFirst).with_hooks(hooks);
+    m.step(Input::Deploy(req("v2")));
+    assert_eq!(
+        m.step(Input::Fetched(Ok(()))),
+        [hook(HookPoint::BeforeStop, "v1")]
+    );
+    let out = m.step(Input::HookRan(Err(v("lb api down"))));
+    let [Effect::Report(Outcome::Failed { error, .. })] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert!(error.contains("lb api down") && error.contains("nothing was changed"));
+    assert_eq!((m.current(), m.is_idle()), (Some("v1"), true));
 }

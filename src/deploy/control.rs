@@ -9,6 +9,9 @@
 //! - Orders are ordered by their issue time (then id); an older one changes nothing, so a
 //!   replayed order is harmless and no replay table is needed. One from further in the
 //!   future than the allowed skew is refused (it would outrank every real one).
+//! - Cancels are kept apart from pauses and resumes ([`Orders`], and the slot keys `APP`
+//!   and `APP/cancel`), so no later pause or resume, from any node, pushes a cancel out of
+//!   the gossiped state; only a newer cancel (of a newer deploy) replaces it.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _};
 use serde::{Deserialize, Serialize};
@@ -53,12 +56,8 @@ pub struct Control {
 }
 
 impl Control {
-    /// Whether this order outranks `other`, held for the same app: an order about another
-    /// event always does if it is newer; about the same event, a cancel is final.
-    pub fn supersedes(&self, other: &Control) -> bool {
-        if other.event_id == self.event_id && other.action == Action::Cancel {
-            return false;
-        }
+    /// Whether this order was issued after `other`.
+    pub fn is_newer_than(&self, other: &Control) -> bool {
         (self.issued_at_ms, self.id) > (other.issued_at_ms, other.id)
     }
 
@@ -68,6 +67,54 @@ impl Control {
             self.issued_at_ms,
             u16::from_be_bytes([self.id[0], self.id[1]]),
         )
+    }
+
+    /// Its slot key: the app for a pause or a resume, `APP/cancel` for a cancel.
+    pub fn slot_key(&self) -> String {
+        match self.action {
+            Action::Cancel => format!("{}/cancel", self.app),
+            _ => self.app.clone(),
+        }
+    }
+}
+
+/// The orders held for one app: the newest pause or resume, and the newest cancel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Orders {
+    latest: Option<Control>,
+    cancel: Option<Control>,
+}
+
+impl Orders {
+    /// Keeps `c` if it is newer than the order of its kind held; whether it did.
+    pub fn offer(&mut self, c: Control) -> bool {
+        let slot = match c.action {
+            Action::Cancel => &mut self.cancel,
+            _ => &mut self.latest,
+        };
+        if slot.as_ref().is_some_and(|held| !c.is_newer_than(held)) {
+            return false;
+        }
+        *slot = Some(c);
+        true
+    }
+
+    /// When the rollout of `event` was last resumed (Unix milliseconds), if it was.
+    pub fn resumed_at(&self, event: &[u8; 16]) -> Option<u64> {
+        (self.latest.as_ref())
+            .filter(|c| &c.event_id == event && c.action == Action::Resume)
+            .map(|c| c.issued_at_ms)
+    }
+
+    /// The operator's word on the rollout of `event`: cancelled for good, else the newest
+    /// pause or resume about it.
+    pub fn about(&self, event: &[u8; 16]) -> Option<Action> {
+        let about = |c: &Option<Control>| {
+            c.as_ref()
+                .filter(|c| &c.event_id == event)
+                .map(|c| c.action)
+        };
+        about(&self.cancel).or_else(|| about(&self.latest))
     }
 }
 
@@ -172,16 +219,18 @@ mod tests {
 
     #[test]
     fn the_newest_order_wins_but_a_cancel_is_final() {
-        let pause = order(1, Action::Pause, 1000, 1);
-        let resume = order(1, Action::Resume, 2000, 2);
-        assert!(resume.supersedes(&pause) && !pause.supersedes(&resume));
-        let cancel = order(1, Action::Cancel, 3000, 3);
-        assert!(cancel.supersedes(&resume));
-        assert!(!order(1, Action::Resume, 9000, 4).supersedes(&cancel));
-        assert!(
-            order(2, Action::Pause, 9000, 5).supersedes(&cancel),
-            "another event"
-        );
+        let mut o = Orders::default();
+        assert!(o.offer(order(1, Action::Pause, 1000, 1)));
+        assert_eq!(o.about(&[1; 16]), Some(Action::Pause));
+        assert!(!o.offer(order(1, Action::Resume, 500, 2)), "older");
+        assert!(o.offer(order(1, Action::Resume, 2000, 2)));
+        assert_eq!(o.about(&[1; 16]), Some(Action::Resume));
+        assert!(o.offer(order(1, Action::Cancel, 3000, 3)));
+        assert!(o.offer(order(1, Action::Resume, 9000, 4)), "kept apart");
+        assert_eq!(o.about(&[1; 16]), Some(Action::Cancel), "the cancel stands");
+        assert_eq!(o.about(&[2; 16]), None);
+        assert_eq!(order(1, Action::Cancel, 1, 1).slot_key(), "web/cancel");
+        assert_eq!(order(1, Action::Pause, 1, 1).slot_key(), "web");
     }
 
     #[test]

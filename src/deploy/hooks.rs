@@ -63,9 +63,14 @@ pub struct HookRun {
     pub env: Vec<(String, String)>,
 }
 
-/// Runs `hook` to its end or its timeout. `Ok` carries the tail of its output; `Err` says
-/// how it failed, with that tail.
-pub async fn run(point: HookPoint, hook: &Hook, r: &HookRun) -> Result<String, String> {
+/// Runs `hook` to its end, its timeout or `deadline` (the deploy's), whichever comes
+/// first. `Ok` carries the tail of its output; `Err` says how it failed, with that tail.
+pub async fn run(
+    point: HookPoint,
+    hook: &Hook,
+    r: &HookRun,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<String, String> {
     let mut cmd = match hook.place {
         HookPlace::Jail => {
             let mut launch = r.jail.launch(&r.root, &hook.command, false);
@@ -82,7 +87,8 @@ pub async fn run(point: HookPoint, hook: &Hook, r: &HookRun) -> Result<String, S
                 .env_clear()
                 .env("PATH", crate::jail::env::DEFAULT_PATH)
                 .envs(r.env.iter().map(|(k, v)| (k, v)))
-                .current_dir(&r.root);
+                .env("DROOT_FLEET_RELEASE_DIR", &r.root)
+                .current_dir("/");
             c
         }
     };
@@ -96,17 +102,22 @@ pub async fn run(point: HookPoint, hook: &Hook, r: &HookRun) -> Result<String, S
         .spawn()
         .map_err(|e| format!("{name} hook {:?}: cannot start: {e}", hook.command))?;
     let group = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
-    let ran = tokio::time::timeout(hook.timeout, wait_with_tail(&mut child)).await;
+    let own = tokio::time::Instant::now() + hook.timeout;
+    let end = deadline.map_or(own, |d| d.min(own));
+    let ran = tokio::time::timeout_at(end, wait_with_tail(&mut child)).await;
     let Ok((status, text)) = ran else {
         if let Some(g) = group {
             let _ = nix::sys::signal::killpg(g, nix::sys::signal::Signal::SIGKILL);
         }
         let _ = child.wait().await;
-        let limit = humantime::format_duration(hook.timeout);
-        return Err(format!(
-            "{name} hook {:?}: killed after its timeout of {limit}",
-            hook.command
-        ));
+        let why = match end < own {
+            true => "at the deploy's deadline (deploy_timeout)".to_string(),
+            false => format!(
+                "after its timeout of {}",
+                humantime::format_duration(hook.timeout)
+            ),
+        };
+        return Err(format!("{name} hook {:?}: killed {why}", hook.command));
     };
     let tail = last_chars(&text, ERROR_TAIL);
     match status {

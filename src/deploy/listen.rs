@@ -15,7 +15,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
@@ -93,7 +93,7 @@ impl ListenAddr {
                 remove_stale_socket(path)?;
                 let fd = socket::socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
                 socket::bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+                open_to_all(path)?;
                 fd
             }
         };
@@ -127,11 +127,37 @@ impl ListenAddr {
     }
 }
 
-/// A socket file left by an earlier bind is replaced; any other file at the path is an
-/// error (a typo must not delete data).
+/// Makes the socket file at `path` 0666 without following a symlink: whoever can write its
+/// directory could have put one there since the bind, to have root chmod another file.
+fn open_to_all(path: &Path) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the socket file was replaced after the bind",
+        ));
+    }
+    let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+    std::fs::set_permissions(by_fd, std::fs::Permissions::from_mode(0o666))
+}
+
+/// A socket file left by an earlier bind is replaced; one that another process still
+/// listens on, or any other file at the path, is an error (a typo must not take another
+/// service's socket or delete data).
 fn remove_stale_socket(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process listens on this socket",
+                ));
+            }
+            std::fs::remove_file(path)
+        }
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "a file that is not a socket is in the way; remove it or choose another path",
@@ -215,9 +241,20 @@ mod tests {
         let fd = unix.bind().unwrap();
         assert!(unix.is_bound_by(&fd));
         assert!(!ListenAddr::Unix(dir.path().join("t.sock")).is_bound_by(&fd));
-        // A stale socket file is replaced; another file is never removed.
+        // A live socket is not taken; a stale one is replaced; another file is never
+        // removed.
+        assert_eq!(unix.bind().unwrap_err().kind(), io::ErrorKind::AddrInUse);
         drop(fd);
-        assert!(unix.bind().is_ok());
+        let again = unix.bind().unwrap();
+        let ListenAddr::Unix(p) = &unix else {
+            unreachable!()
+        };
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(p).unwrap().permissions().mode() & 0o777,
+            0o666
+        );
+        drop(again);
         let other = dir.path().join("data");
         std::fs::write(&other, "keep").unwrap();
         assert!(ListenAddr::Unix(other.clone()).bind().is_err());

@@ -282,8 +282,17 @@ fn hook(root: &Path, jail: &JailSettings, h: RawHook) -> Result<Hook, String> {
         Some("host") => HookPlace::Host,
         Some(other) => return Err(format!("where = {other:?}: use \"jail\" or \"host\"")),
     };
-    if place == HookPlace::Jail {
-        check_jail(root, jail, &h.command)?;
+    match place {
+        HookPlace::Jail => check_jail(root, jail, &h.command)?,
+        // Looked up relative to anything, it could be a file of the release: the artifact's
+        // author would run code as root on the host.
+        HookPlace::Host if !h.command[0].starts_with('/') => {
+            return Err(format!(
+                "where = \"host\" needs an absolute program path, not {:?}",
+                h.command[0]
+            ));
+        }
+        HookPlace::Host => {}
     }
     let timeout = dur_or(h.timeout.as_deref(), DEFAULT_HOOK_TIMEOUT)?;
     if timeout.is_zero() {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::targets::{self, Context, MemberView, Standing};
 use crate::deploy::activation::Outcome;
-use crate::deploy::control::{Action, CONTROL_KIND, Control, SignedControl};
+use crate::deploy::control::{Action, CONTROL_KIND, Control, Orders, SignedControl};
 use crate::deploy::desired::DesiredState;
 use crate::deploy::rollout::Decision;
 use crate::deploy::signed::{DeployEvent, SeenSnapshot, SignedEvent, Trust, Verifier, VerifyError};
@@ -38,6 +38,8 @@ use crate::gossip::supersede::Superseding;
 pub const APPS_KIND: &str = "deploy.apps";
 /// How many recent events are remembered for `--wait` progress.
 const RECENT: usize = 256;
+/// Most apps rollout orders are kept for.
+const MAX_ORDERS: usize = 4096;
 /// Longest error text put in an outcome slot.
 const MAX_ERROR: usize = 300;
 
@@ -141,8 +143,8 @@ pub struct Core {
     phase: BTreeMap<String, String>,
     last_version: u64,
     synced: bool,
-    /// The operator's latest rollout order per app.
-    controls: BTreeMap<String, Control>,
+    /// The operator's rollout orders per app.
+    orders: BTreeMap<String, Orders>,
     /// This node's clock, as last told (progress deadlines).
     now_ms: u64,
 }
@@ -167,7 +169,7 @@ impl Core {
             phase: BTreeMap::new(),
             last_version: 0,
             synced: false,
-            controls: BTreeMap::new(),
+            orders: BTreeMap::new(),
             now_ms: 0,
         }
     }
@@ -271,7 +273,7 @@ impl Core {
         tracing::info!(app = %c.app, event = %hex::encode(c.event_id), order = c.action.as_str(), "rollout order");
         let mut fx = vec![Effect::Publish {
             kind: CONTROL_KIND.into(),
-            key: c.app.clone(),
+            key: c.slot_key(),
             version: c.slot_version(),
             body: signed.bytes().to_vec(),
         }];
@@ -279,30 +281,30 @@ impl Core {
         fx
     }
 
-    /// Keeps `c` if it outranks the app's order held (see [`Control::supersedes`]).
+    /// Keeps `c` if it is newer than the app's order of its kind ([`Orders::offer`]).
     fn offer_control(&mut self, c: Control) -> bool {
-        if self
-            .controls
-            .get(&c.app)
-            .is_some_and(|held| !c.supersedes(held))
-        {
+        if !self.orders.contains_key(&c.app) && self.orders.len() >= MAX_ORDERS {
             return false;
         }
-        self.controls.insert(c.app.clone(), c);
-        true
+        self.orders.entry(c.app.clone()).or_default().offer(c)
     }
 
-    /// Checks a rollout order the local operator hands in, as a receiver would.
+    /// Checks a rollout order the local operator hands in, as a receiver would, and that it
+    /// is about the app's desired deploy, which is not cancelled.
     pub fn admit_control(&self, bytes: &[u8], now: u64) -> Result<Control, VerifyError> {
         let policy = &self.verifier.policy;
         let c = SignedControl::decode(bytes, &policy.trusted, now, policy.max_skew)?.control;
-        if let Some(held) = self.controls.get(&c.app)
-            && held.event_id == c.event_id
-            && held.action == Action::Cancel
-        {
+        let id = hex::encode(c.event_id);
+        if self.desired(&c.app).is_none_or(|d| d.id != c.event_id) {
             return Err(VerifyError::Malformed(format!(
-                "the rollout of {} was cancelled; a cancel is final",
-                hex::encode(c.event_id)
+                "{id} is not the desired deploy of {} on this agent: a newer one replaced it, or it is unknown here",
+                c.app
+            )));
+        }
+        let orders = self.orders.get(&c.app);
+        if orders.and_then(|o| o.about(&c.event_id)) == Some(Action::Cancel) {
+            return Err(VerifyError::Malformed(format!(
+                "the rollout of {id} was cancelled; a cancel is final: deploy again to go on"
             )));
         }
         Ok(c)
@@ -363,8 +365,11 @@ impl Core {
                 _ => Vec::new(),
             },
             CONTROL_KIND => match SignedControl::decode_signed(&item.body, self.trust()) {
-                Ok(s) if s.control.app == item.key && self.offer_control(s.control.clone()) => {
-                    self.evaluate(&item.key)
+                Ok(s)
+                    if s.control.slot_key() == item.key
+                        && self.offer_control(s.control.clone()) =>
+                {
+                    self.evaluate(&s.control.app)
                 }
                 _ => Vec::new(),
             },
@@ -491,7 +496,7 @@ impl Core {
             return Vec::new();
         }
         let cx = Context {
-            control: self.controls.get(app),
+            orders: self.orders.get(app),
             now_ms: self.now_ms,
         };
         let standing = Standing::new(&ev, &self.members, &self.node_apps, &self.outcomes, cx);
@@ -545,7 +550,7 @@ impl Core {
     pub fn progress(&self, id: &str) -> Option<Progress> {
         let ev = self.recent.get(id)?;
         let cx = Context {
-            control: self.controls.get(&ev.app),
+            orders: self.orders.get(&ev.app),
             now_ms: self.now_ms,
         };
         let mut p = targets::progress(ev, &self.members, &self.node_apps, &self.outcomes, cx);

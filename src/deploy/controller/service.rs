@@ -114,7 +114,7 @@ impl DeployView for Shared {
 fn control_validator(trust: Trust) -> Validator {
     Arc::new(
         move |item: &Superseding| match SignedControl::decode_signed(&item.body, &trust) {
-            Ok(s) => s.control.app == item.key && s.control.slot_version() == item.version,
+            Ok(s) => s.control.slot_key() == item.key && s.control.slot_version() == item.version,
             Err(_) => false,
         },
     )
@@ -196,7 +196,7 @@ impl Controller {
         agent.register_kind(APPS_KIND, KindPolicy::node(1).checked(apps_validator()));
         agent.register_kind(
             CONTROL_KIND,
-            KindPolicy::fleet(MAX_APPS, control_validator(trust)),
+            KindPolicy::fleet(2 * MAX_APPS, control_validator(trust)),
         );
         let deliveries = agent.register_consumer(CONSUMER, EVENT_NAME);
         let orders = agent.register_consumer(ORDERS_CONSUMER, CONTROL_EVENT);

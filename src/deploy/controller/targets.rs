@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::deploy::control::{Action, Control};
+use crate::deploy::control::{Action, Orders};
 use crate::deploy::rollout::{self, Decision, Plan};
 use crate::deploy::signed::{DeployEvent, MaxParallel, MinHealthy, Targets};
 use crate::deploy::status::{NodeOutcome, Progress, Result as Res};
@@ -99,7 +99,7 @@ pub fn alive(members: &BTreeMap<String, MemberView>) -> BTreeSet<String> {
 /// order about it, and this node's clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Context<'a> {
-    pub control: Option<&'a Control>,
+    pub orders: Option<&'a Orders>,
     pub now_ms: u64,
 }
 
@@ -132,24 +132,33 @@ impl Standing {
             .filter(|o| o.event_id == id && o.app == ev.app)
             .map(|o| (o.node.clone(), (o.result, o.at)))
             .collect();
-        let late = match ev.options.progress_deadline_secs {
-            Some(d) => {
-                let (issued, now) = (ev.issued_at_ms / 1000, cx.now_ms / 1000);
-                rollout::late(&plan, &alive, &reported, issued, now, u64::from(d))
+        let order = cx.orders.and_then(|o| o.about(&ev.id));
+        let held = match order {
+            Some(Action::Cancel) => Some(("cancelled by the operator".to_string(), true)),
+            Some(Action::Pause) => Some(("paused by the operator".to_string(), false)),
+            _ => no_room.map(|why| (why, false)),
+        };
+        // The deadline does not run while the rollout is held; a resume starts it again.
+        let late = match (ev.options.progress_deadline_secs, &held) {
+            (Some(d), None) => {
+                let resumed = cx.orders.and_then(|o| o.resumed_at(&ev.id)).unwrap_or(0);
+                let from = ev.issued_at_ms.max(resumed) / 1000;
+                rollout::late(
+                    &plan,
+                    &alive,
+                    &reported,
+                    from,
+                    cx.now_ms / 1000,
+                    u64::from(d),
+                )
             }
-            None => BTreeSet::new(),
+            _ => BTreeSet::new(),
         };
         let mut by_node: BTreeMap<String, rollout::Outcome> =
             reported.into_iter().map(|(n, (o, _))| (n, o)).collect();
         for n in &late {
             by_node.insert(n.clone(), rollout::Outcome::Failed);
         }
-        let order = cx.control.filter(|c| c.event_id == ev.id);
-        let held = match order.map(|c| c.action) {
-            Some(Action::Cancel) => Some(("cancelled by the operator".to_string(), true)),
-            Some(Action::Pause) => Some(("paused by the operator".to_string(), false)),
-            _ => no_room.map(|why| (why, false)),
-        };
         Standing {
             targets,
             plan,
@@ -216,10 +225,7 @@ pub fn progress(
         app: ev.app.clone(),
         version: ev.version.clone(),
         waves: standing.plan.waves.clone(),
-        control: cx
-            .control
-            .filter(|c| c.event_id == ev.id)
-            .map(|c| c.action.as_str().to_string()),
+        control: (cx.orders.and_then(|o| o.about(&ev.id))).map(|a| a.as_str().to_string()),
         ..Progress::default()
     };
     for n in &standing.targets {

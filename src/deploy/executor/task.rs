@@ -270,6 +270,17 @@ impl AppTask {
                 self.fetch(&version, source, deadline, rx).await,
             )),
             Effect::SwitchCurrent { version } => {
+                if self.machine_overlaps() && self.is_forward(&version) {
+                    // A next instance that ended after its check (during a hook) must not
+                    // become `current`.
+                    let st = self.sup.status(&name).await.ok();
+                    let next = st.as_ref().and_then(|s| s.next.as_ref());
+                    if next.and_then(|n| n.pid) != self.started_pid || self.started_pid.is_none() {
+                        let how = next.and_then(|n| n.last_exit.clone()).unwrap_or_default();
+                        let e = format!("the new instance ended before the switch ({how})");
+                        return Some(Input::Switched(Err(e)));
+                    }
+                }
                 let layout = self.layout.clone();
                 let r = blocking(move || store::switch(&layout, &version)).await;
                 self.refresh().await;
@@ -289,13 +300,12 @@ impl AppTask {
                 version,
                 previous,
             } => Some(Input::HookRan(
-                self.hook(point, &release, &version, previous).await,
+                self.hook(point, &release, &version, previous, deadline)
+                    .await,
             )),
             Effect::Promote => {
-                if let Err(e) = self.sup.promote(&name).await {
-                    tracing::error!(app = %name, error = %e, "cannot promote the new jail");
-                }
-                Some(Input::Stopped)
+                let r = self.sup.promote(&name).await;
+                Some(Input::Promoted(r.map(drop).map_err(|e| short(&e))))
             }
             Effect::Discard => {
                 if let Err(e) = self.sup.discard(&name).await {
@@ -358,6 +368,7 @@ impl AppTask {
         release: &str,
         version: &str,
         previous: Option<String>,
+        deadline: Instant,
     ) -> Result<(), String> {
         let Some(hook) = self.app.hooks.0.get(&point) else {
             return Ok(());
@@ -370,6 +381,7 @@ impl AppTask {
             ("DROOT_FLEET_EVENT_ID", event.unwrap_or_default()),
             ("DROOT_FLEET_NODE", self.opts.node.clone()),
             ("DROOT_FLEET_HOOK", point.key().to_string()),
+            ("DROOT_FLEET_RELEASE", release.to_string()),
         ];
         let run = HookRun {
             exe: self.opts.supervisor.exe.clone(),
@@ -378,7 +390,9 @@ impl AppTask {
             env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         };
         let (app, hook_name) = (&self.app.name, point.key());
-        match crate::deploy::hooks::run(point, hook, &run).await {
+        // A rollback is never cut short: on_rollback has its own timeout only.
+        let deadline = (point != HookPoint::OnRollback).then_some(deadline);
+        match crate::deploy::hooks::run(point, hook, &run, deadline).await {
             Ok(tail) => {
                 tracing::info!(%app, hook = hook_name, %release, output = %tail, "hook passed");
                 Ok(())

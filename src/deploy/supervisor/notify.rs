@@ -7,8 +7,13 @@
 //! find and write to such a name, so a message counts only when the kernel-checked sender
 //! credentials (`SCM_CREDENTIALS`, which only CAP_SYS_ADMIN could forge) name a process in
 //! the PID namespace of the very instance the socket was made for: not the old instance
-//! that serves beside it, not another jail, not a host user. Once ready, the socket is
-//! closed; later notifications (`STATUS=`, `WATCHDOG=1`) fail harmlessly in the app.
+//! that serves beside it, not another jail, not a host user.
+//!
+//! The socket stays bound for the instance's whole life and is drained (later messages,
+//! `STATUS=` or `WATCHDOG=1`, are read and dropped; descriptors sent along are closed): a
+//! freed name could be bound by anyone, who would then receive what the app sends there. A
+//! flood is read at most [`BATCH`] datagrams per wake-up, and refused senders are logged at
+//! most once per wake-up, so a sender gets no more of the agent than its share.
 
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -23,6 +28,8 @@ use tokio::io::unix::AsyncFd;
 /// The largest notification read; longer ones are cut (and then carry no `READY=1` line
 /// past the cut).
 const MAX_MESSAGE: usize = 4096;
+/// Most datagrams read per wake-up before the task yields.
+const BATCH: usize = 64;
 
 /// One instance's notification socket.
 pub(super) struct NotifySocket {
@@ -58,19 +65,45 @@ impl NotifySocket {
             let Ok(mut guard) = self.fd.readable().await else {
                 return std::future::pending().await;
             };
-            while let Some((sender, ready)) = self.receive() {
+            let mut refused = None;
+            for _ in 0..BATCH {
+                let Some((sender, ready)) = self.receive() else {
+                    guard.clear_ready();
+                    break;
+                };
                 if ready && in_jail_of(sender, run_pid) {
                     return;
                 }
                 if ready {
-                    tracing::warn!(
-                        run_pid,
-                        sender,
-                        "READY=1 from a process outside the instance's jail ignored"
-                    );
+                    refused = Some(sender);
                 }
             }
-            guard.clear_ready();
+            if let Some(sender) = refused {
+                tracing::warn!(
+                    run_pid,
+                    sender,
+                    "READY=1 from a process outside the instance's jail ignored"
+                );
+            }
+            drop(guard);
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Reads and drops what arrives, for good (once the instance is ready).
+    pub(super) async fn drain(&self) {
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                return std::future::pending().await;
+            };
+            for _ in 0..BATCH {
+                if self.receive().is_none() {
+                    guard.clear_ready();
+                    break;
+                }
+            }
+            drop(guard);
+            tokio::task::yield_now().await;
         }
     }
 
@@ -78,19 +111,25 @@ impl NotifySocket {
     /// `READY=1`; `None` when nothing is pending.
     fn receive(&self) -> Option<(i32, bool)> {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let mut cmsg = nix::cmsg_space!(libc::ucred);
+        let mut cmsg = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; 8]);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let fd = self.fd.get_ref().as_raw_fd();
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
         let msg = socket::recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), flags).ok()?;
-        let pid = msg
-            .cmsgs()
-            .ok()?
-            .find_map(|c| match c {
-                ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
-                _ => None,
-            })
-            .unwrap_or(0);
+        let mut pid = 0;
+        for c in msg.cmsgs().ok()? {
+            match c {
+                ControlMessageOwned::ScmCredentials(cred) => pid = cred.pid(),
+                // Descriptors sent along are not kept.
+                ControlMessageOwned::ScmRights(fds) => {
+                    for fd in fds {
+                        // SAFETY: a descriptor the kernel just installed for us alone.
+                        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+                    }
+                }
+                _ => {}
+            }
+        }
         let len = msg.bytes;
         Some((pid, says_ready(&buf[..len])))
     }

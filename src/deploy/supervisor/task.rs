@@ -65,9 +65,10 @@ pub(super) struct AppTask {
     /// The release that runs, or last ran (what a restart starts).
     release: Option<String>,
     next: Option<Instance>,
-    /// The notification sockets of the two instances, until each is ready.
-    notify: Option<NotifySocket>,
-    next_notify: Option<NotifySocket>,
+    /// The notification sockets of the two instances (bound while each runs), and whether
+    /// each has said it is ready.
+    notify: Option<(NotifySocket, bool)>,
+    next_notify: Option<(NotifySocket, bool)>,
     restart_at: Option<Instant>,
     failures: u32,
     /// The `listen` sockets, once bound (or taken back from an adopted jail).
@@ -163,13 +164,16 @@ impl AppTask {
         if self.app.listen.is_empty() {
             return;
         }
-        let adopted = self.running.iter().chain(self.next.iter());
-        for i in adopted {
+        let adopted: Vec<&Instance> = self.running.iter().chain(self.next.iter()).collect();
+        for i in &adopted {
             if let Some(fds) = listen::reclaim(i.pidfd.get_ref(), &self.app.listen) {
                 tracing::info!(app = %self.app.name, pid = i.pid, "took the listening sockets back from the adopted jail");
                 self.sockets = fds;
                 return;
             }
+        }
+        if let Some(i) = adopted.first() {
+            tracing::error!(app = %self.app.name, pid = i.pid, "cannot take the listening sockets back from the adopted jail (pidfd_getfd refused, or it was started without them): a new instance cannot bind them while it runs; restart the app once");
         }
         if let Err(e) = self.bind_sockets() {
             tracing::warn!(app = %self.app.name, error = %e, "cannot bind the app's sockets yet");
@@ -233,11 +237,15 @@ impl AppTask {
                 ended = ended(running) => self.on_exit(ended),
                 ended = ended(next) => self.on_next_exit(ended),
                 () = notify => {
-                    self.notify = None;
+                    if let Some(n) = self.notify.as_mut() {
+                        n.1 = true;
+                    }
                     self.status.send_modify(|s| s.ready = true);
                 }
                 () = next_notify => {
-                    self.next_notify = None;
+                    if let Some(n) = self.next_notify.as_mut() {
+                        n.1 = true;
+                    }
                     self.status.send_modify(|s| {
                         if let Some(n) = s.next.as_mut() {
                             n.ready = true;
@@ -269,7 +277,11 @@ impl AppTask {
             .flatten();
         if current.as_deref() == Some(next.release.as_str()) {
             tracing::info!(app = %self.app.name, release = %next.release, "an overlap was interrupted after the switch: the next instance serves");
-            let _ = self.promote().await;
+            if self.promote().await.is_ok() {
+                // It was serving beside the old one: adopted, and ready.
+                self.status
+                    .send_modify(|s| (s.adopted, s.ready) = (true, true));
+            }
         } else {
             tracing::info!(app = %self.app.name, release = %next.release, "an overlap was interrupted before the switch: the next instance is stopped");
             self.discard().await;
@@ -360,7 +372,7 @@ impl AppTask {
         let pid_file = self.pid_file.clone();
         let (i, notify) = self.spawn_instance(&release, &pid_file)?;
         self.serve(i, false);
-        self.notify = notify;
+        self.notify = notify.map(|n| (n, false));
         Ok(())
     }
 
@@ -409,7 +421,7 @@ impl AppTask {
             });
         });
         self.next = Some(i);
-        self.next_notify = notify;
+        self.next_notify = notify.map(|n| (n, false));
         Ok(self.status.borrow().clone())
     }
 
@@ -543,10 +555,12 @@ impl AppTask {
     }
 }
 
-/// Resolves when the instance `pid` (if any) is ready by its notification socket.
-async fn notified(socket: Option<&NotifySocket>, pid: Option<i32>) {
+/// Resolves when the instance `pid` (if any) is ready by its notification socket; once it
+/// is, drains the socket and never resolves.
+async fn notified(socket: Option<&(NotifySocket, bool)>, pid: Option<i32>) {
     match (socket, pid) {
-        (Some(s), Some(pid)) => s.ready(pid).await,
+        (Some((s, false)), Some(pid)) => s.ready(pid).await,
+        (Some((s, true)), _) => s.drain().await,
         _ => std::future::pending().await,
     }
 }
