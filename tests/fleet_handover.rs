@@ -58,6 +58,15 @@ fn all_serve(f: &Fleet, pollers: &[Poller], version: &str) {
     }
 }
 
+/// Stops the pollers: no request failed on any node.
+fn none_failed(pollers: Vec<Poller>) {
+    for (n, p) in pollers.into_iter().enumerate() {
+        let (ok, failed) = p.stop();
+        let all = ok + failed;
+        assert_eq!(failed, 0, "n{}: {failed} of {all} requests failed", n + 1);
+    }
+}
+
 /// Deploys `version` (extra flags) and asserts the outcome on every node.
 fn deploy_expect(f: &Fleet, version: &str, extra: &[&str], outcome: &str) {
     let (code, report) = f.deploy(version, extra);
@@ -134,16 +143,7 @@ fn with_listen_no_request_fails_through_deploys_rollbacks_restarts_and_crashes()
     f.wait_status(1, "n2", "restarted", |v| v["restarts"].as_u64() >= Some(1));
     all_serve(&f, &pollers, "v2");
 
-    for (n, p) in pollers.into_iter().enumerate() {
-        let (ok, failed) = p.stop();
-        assert_eq!(
-            failed,
-            0,
-            "n{}: {failed} of {} requests failed",
-            n + 1,
-            ok + failed
-        );
-    }
+    none_failed(pollers);
 }
 
 /// The comparison: an app that binds its own port is stopped before the new one starts,
@@ -278,16 +278,7 @@ fn hooks_run_in_order_with_their_env_veto_time_out_and_can_be_ignored() {
     deploy_expect(&f, "v5", &[], "rolled_back");
     deploy_expect(&f, "v5", &["--ignore-stop-hook-failures"], "ok");
     all_serve(&f, &pollers, "v5");
-    for (n, p) in pollers.into_iter().enumerate() {
-        let (ok, failed) = p.stop();
-        assert_eq!(
-            failed,
-            0,
-            "n{}: {failed} of {} requests failed",
-            n + 1,
-            ok + failed
-        );
-    }
+    none_failed(pollers);
 }
 
 /// An app that binds its own port with `SO_REUSEPORT` overlaps too (`overlap = true`): the

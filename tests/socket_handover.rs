@@ -7,13 +7,11 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use common::Poller;
 use common::sockapp::{Behaviour, release};
 use droot_fleet::deploy::app::{AppConfig, parse_apps};
-use droot_fleet::deploy::supervisor::{AppStatus, Supervisor, SupervisorOptions};
-use tokio::sync::watch;
+use droot_fleet::deploy::supervisor::{Supervisor, SupervisorOptions};
 
 struct Fixture {
     _tmp: common::TempDir,
@@ -65,17 +63,7 @@ impl Fixture {
     }
 }
 
-async fn wait_for(
-    rx: &mut watch::Receiver<AppStatus>,
-    what: &str,
-    want: impl FnMut(&AppStatus) -> bool,
-) -> AppStatus {
-    let got = match tokio::time::timeout(Duration::from_secs(30), rx.wait_for(want)).await {
-        Ok(Ok(s)) => Some(s.clone()),
-        _ => None,
-    };
-    got.unwrap_or_else(|| panic!("{what}: not reached; last status {:?}", *rx.borrow()))
-}
+use common::wait_app_status as wait_for;
 
 /// The socket inode the `run` process `pid` holds at fd 3.
 fn socket_at_fd3(pid: i32) -> u64 {

@@ -14,7 +14,6 @@ use droot_fleet::deploy::app::{AppConfig, parse_apps};
 use droot_fleet::deploy::health::{ExecContext, wait_healthy};
 use droot_fleet::deploy::supervisor::proc::{PidRecord, read_pid_file, start_time, write_pid_file};
 use droot_fleet::deploy::supervisor::{AppStatus, State, Supervisor, SupervisorOptions};
-use tokio::sync::watch;
 
 /// An app root with one busybox release `v1` as `current`, serving `/www` (with a `health`
 /// file) when run with httpd.
@@ -82,18 +81,7 @@ impl Fixture {
     }
 }
 
-/// Waits (10 s at most) for a status that satisfies `want`.
-async fn wait_for(
-    rx: &mut watch::Receiver<AppStatus>,
-    what: &str,
-    want: impl FnMut(&AppStatus) -> bool,
-) -> AppStatus {
-    let got = match tokio::time::timeout(Duration::from_secs(10), rx.wait_for(want)).await {
-        Ok(Ok(s)) => Some(s.clone()),
-        _ => None,
-    };
-    got.unwrap_or_else(|| panic!("{what}: not reached; last status {:?}", *rx.borrow()))
-}
+use common::wait_app_status as wait_for;
 
 /// A plain GET over std, for the poller thread: whether it answered 200.
 fn get_ok(port: u16, path: &str) -> bool {

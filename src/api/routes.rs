@@ -314,10 +314,7 @@ async fn deploy(
     view: Option<&dyn DeployView>,
     event_b64: &str,
 ) -> Result<Response<Body>, AgentError> {
-    use base64::Engine as _;
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(event_b64.trim())
-        .map_err(|e| AgentError::BadRequest(format!("`event` is not base64: {e}")))?;
+    let payload = from_base64("event", event_b64)?;
     let event_id = match view {
         Some(v) => v.admit(&payload).map_err(AgentError::BadRequest)?,
         None => crate::deploy::signed::SignedEvent::decode_unverified(&payload)
@@ -325,21 +322,34 @@ async fn deploy(
             .event
             .id_hex(),
     };
+    let ltime = gossip(agent, crate::deploy::status::EVENT_NAME, payload).await?;
+    let accepted = crate::deploy::status::DeployAccepted {
+        event_id: Some(event_id),
+        ltime,
+    };
+    Ok(json(StatusCode::OK, &accepted))
+}
+
+/// The bytes of a base64 field of a request.
+fn from_base64(field: &str, text: &str) -> Result<Vec<u8>, AgentError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| AgentError::BadRequest(format!("`{field}` is not base64: {e}")))
+}
+
+/// Sends `payload` as the user event `name`; its Lamport time.
+async fn gossip(agent: &AgentHandle, name: &str, payload: Vec<u8>) -> Result<u64, AgentError> {
+    let name = name.to_owned();
     agent
         .call(|reply| Command::Event {
-            name: crate::deploy::status::EVENT_NAME.to_owned(),
+            name,
             payload,
             reply,
         })
         .await
         .and_then(|r| r)
-        .map(|r| {
-            let accepted = crate::deploy::status::DeployAccepted {
-                event_id: Some(event_id),
-                ltime: r.ltime,
-            };
-            json(StatusCode::OK, &accepted)
-        })
+        .map(|r| r.ltime)
 }
 
 /// Gossips a signed rollout order (base64) as the `_rollout` user event, once the local
@@ -349,26 +359,13 @@ async fn rollout(
     view: Option<&dyn DeployView>,
     control_b64: &str,
 ) -> Result<Response<Body>, AgentError> {
-    use base64::Engine as _;
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(control_b64.trim())
-        .map_err(|e| AgentError::BadRequest(format!("`control` is not base64: {e}")))?;
-    let Some(view) = view else {
-        return Err(AgentError::BadRequest(
-            "this agent runs no deploy controller".into(),
-        ));
-    };
+    let payload = from_base64("control", control_b64)?;
+    let view =
+        view.ok_or_else(|| AgentError::BadRequest("this agent runs no deploy controller".into()))?;
     view.admit_control(&payload)
         .map_err(AgentError::BadRequest)?;
-    agent
-        .call(|reply| Command::Event {
-            name: crate::deploy::control::CONTROL_EVENT.to_owned(),
-            payload,
-            reply,
-        })
-        .await
-        .and_then(|r| r)
-        .map(|r| json(StatusCode::OK, &serde_json::json!({ "ltime": r.ltime })))
+    let ltime = gossip(agent, crate::deploy::control::CONTROL_EVENT, payload).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "ltime": ltime })))
 }
 
 async fn keys(agent: &AgentHandle, op: KeyOp, req: Option<KeyRequest>) -> Response<Body> {

@@ -54,7 +54,8 @@ fn rank(event_id: &[u8; 16], node: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn wave_size(total: usize, max: Option<MaxParallel>) -> usize {
+/// How many of `total` targets one wave holds.
+pub fn wave_size(total: usize, max: Option<MaxParallel>) -> usize {
     match max {
         None => total.max(1),
         Some(MaxParallel::Count(n)) => (n as usize).max(1),

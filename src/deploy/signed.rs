@@ -50,21 +50,27 @@ pub enum MaxParallel {
     Percent(u8),
 }
 
+/// `N` or `P%` (P at most 100): `(count, percent)`, one of them set.
+fn count_or_percent(s: &str) -> Option<(Option<u32>, Option<u8>)> {
+    match s.strip_suffix('%') {
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= 100)
+            .map(|p| (None, Some(p))),
+        None => s.parse::<u32>().ok().map(|n| (Some(n), None)),
+    }
+}
+
 impl std::str::FromStr for MaxParallel {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("max-parallel {s:?}: expected a count like 5 or a percentage like 25%");
-        if let Some(p) = s.strip_suffix('%') {
-            match p.parse::<u8>() {
-                Ok(p @ 1..=100) => Ok(MaxParallel::Percent(p)),
-                _ => Err(bad()),
-            }
-        } else {
-            match s.parse::<u32>() {
-                Ok(n @ 1..) => Ok(MaxParallel::Count(n)),
-                _ => Err(bad()),
-            }
+        match count_or_percent(s) {
+            Some((Some(n @ 1..), _)) => Ok(MaxParallel::Count(n)),
+            Some((_, Some(p @ 1..))) => Ok(MaxParallel::Percent(p)),
+            _ => Err(format!(
+                "max-parallel {s:?}: expected a count like 5 or a percentage like 25%"
+            )),
         }
     }
 }
@@ -88,13 +94,12 @@ pub enum MinHealthy {
 impl std::str::FromStr for MinHealthy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("min-healthy {s:?}: expected a count like 3 or a percentage like 75%");
-        match s.strip_suffix('%') {
-            Some(p) => match p.parse::<u8>() {
-                Ok(p @ 0..=100) => Ok(MinHealthy::Percent(p)),
-                _ => Err(bad()),
-            },
-            None => s.parse().map(MinHealthy::Count).map_err(|_| bad()),
+        match count_or_percent(s) {
+            Some((Some(n), _)) => Ok(MinHealthy::Count(n)),
+            Some((_, Some(p))) => Ok(MinHealthy::Percent(p)),
+            _ => Err(format!(
+                "min-healthy {s:?}: expected a count like 3 or a percentage like 75%"
+            )),
         }
     }
 }

@@ -392,3 +392,17 @@ pub fn docker_engine_available(test: &str) -> bool {
         "{test}: {why}. Start dockerd (or set DOCKER_HOST), or set DROOT_FLEET_TEST_NO_DOCKER=1 to skip engine tests"
     );
 }
+
+/// Waits (30 s at most) for an app status of the supervisor that satisfies `want`.
+pub async fn wait_app_status(
+    rx: &mut tokio::sync::watch::Receiver<droot_fleet::deploy::supervisor::AppStatus>,
+    what: &str,
+    want: impl FnMut(&droot_fleet::deploy::supervisor::AppStatus) -> bool,
+) -> droot_fleet::deploy::supervisor::AppStatus {
+    let limit = std::time::Duration::from_secs(30);
+    let got = match tokio::time::timeout(limit, rx.wait_for(want)).await {
+        Ok(Ok(s)) => Some(s.clone()),
+        _ => None,
+    };
+    got.unwrap_or_else(|| panic!("{what}: not reached; last status {:?}", *rx.borrow()))
+}

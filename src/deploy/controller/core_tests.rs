@@ -24,7 +24,11 @@ fn core(node: &str, key: &SigningKey) -> Core {
 }
 
 fn event(key: &SigningKey, version: &str, issued_at: u64, id: u8, rollout: Rollout) -> Vec<u8> {
-    let ev = DeployEvent {
+    signed(&deploy_event(version, issued_at, id, rollout), key)
+}
+
+fn deploy_event(version: &str, issued_at: u64, id: u8, rollout: Rollout) -> DeployEvent {
+    DeployEvent {
         app: "web".into(),
         version: version.into(),
         url: format!("file:///a/{version}.tar.gz"),
@@ -34,8 +38,14 @@ fn event(key: &SigningKey, version: &str, issued_at: u64, id: u8, rollout: Rollo
         issued_at_ms: issued_at * 1000,
         id: [id; 16],
         options: Default::default(),
-    };
-    SignedEvent::sign(ev, key).unwrap().encode().unwrap()
+    }
+}
+
+fn signed(ev: &DeployEvent, key: &SigningKey) -> Vec<u8> {
+    SignedEvent::sign(ev.clone(), key)
+        .unwrap()
+        .encode()
+        .unwrap()
 }
 
 fn activations(fx: &[Effect]) -> Vec<String> {
@@ -483,21 +493,29 @@ fn order(key: &SigningKey, event: u8, action: Action, at: u64, id: u8) -> Vec<u8
     SignedControl::sign(c, key).bytes().to_vec()
 }
 
+/// Nodes `a` and `b` in two waves of event `id` (one node each): the core of the node in
+/// the second wave, which knows both run `web`, and the two names in wave order.
+fn second_wave(key: &SigningKey, id: u8) -> (Core, String, String) {
+    let plan = crate::deploy::rollout::Plan::new(&[id; 16], &["a".into(), "b".into()], &ONE_BY_ONE);
+    let (first, second) = (plan.waves[0][0].clone(), plan.waves[1][0].clone());
+    let mut c = core(&second, key);
+    c.on_members(vec![member("a"), member("b")]);
+    runs_web(&mut c, &first);
+    (c, first, second)
+}
+
+const ONE_BY_ONE: Rollout = Rollout {
+    max_parallel: Some(MaxParallel::Count(1)),
+    canary: 0,
+};
+
 /// Two nodes in two waves; the second (`b`) waits for the first. A pause holds it after
 /// the first reported ok; a resume lets it go; the orders travel as slots too.
 #[test]
 fn pause_holds_the_waves_not_started_and_resume_releases_them() {
     let key = generate_signing_key();
-    let rollout = Rollout {
-        max_parallel: Some(MaxParallel::Count(1)),
-        canary: 0,
-    };
-    let bytes = event(&key, "v2", NOW, 7, rollout);
-    let plan = crate::deploy::rollout::Plan::new(&[7; 16], &["a".into(), "b".into()], &rollout);
-    let (first, second) = (plan.waves[0][0].clone(), plan.waves[1][0].clone());
-    let mut c = core(&second, &key);
-    c.on_members(vec![member("a"), member("b")]);
-    runs_web(&mut c, &first);
+    let bytes = event(&key, "v2", NOW, 7, ONE_BY_ONE);
+    let (mut c, first, _) = second_wave(&key, 7);
     assert!(
         activations(&c.on_event(&bytes, NOW)).is_empty(),
         "waits for wave 1"
@@ -544,16 +562,8 @@ fn pause_holds_the_waves_not_started_and_resume_releases_them() {
 #[test]
 fn cancel_is_final() {
     let key = generate_signing_key();
-    let rollout = Rollout {
-        max_parallel: Some(MaxParallel::Count(1)),
-        canary: 0,
-    };
-    let bytes = event(&key, "v2", NOW, 8, rollout);
-    let plan = crate::deploy::rollout::Plan::new(&[8; 16], &["a".into(), "b".into()], &rollout);
-    let (first, second) = (plan.waves[0][0].clone(), plan.waves[1][0].clone());
-    let mut c = core(&second, &key);
-    c.on_members(vec![member("a"), member("b")]);
-    runs_web(&mut c, &first);
+    let bytes = event(&key, "v2", NOW, 8, ONE_BY_ONE);
+    let (mut c, _, second) = second_wave(&key, 8);
     c.on_event(&bytes, NOW);
     c.on_control(&order(&key, 8, Action::Cancel, NOW + 1, 1), NOW + 1);
     let later = order(&key, 8, Action::Resume, NOW + 2, 2);
@@ -575,29 +585,10 @@ fn cancel_is_final() {
 #[test]
 fn a_silent_target_past_the_progress_deadline_halts_the_waves() {
     let key = generate_signing_key();
-    let rollout = Rollout {
-        max_parallel: Some(MaxParallel::Count(1)),
-        canary: 0,
-    };
-    let mut ev = DeployEvent {
-        app: "web".into(),
-        version: "v2".into(),
-        url: "file:///a/v2.tar.gz".into(),
-        sha256: None,
-        targets: Targets::default(),
-        rollout,
-        issued_at_ms: NOW * 1000,
-        id: [9; 16],
-        options: Default::default(),
-    };
+    let mut ev = deploy_event("v2", NOW, 9, ONE_BY_ONE);
     ev.options.progress_deadline_secs = Some(30);
-    let bytes = SignedEvent::sign(ev, &key).unwrap().encode().unwrap();
-    let plan = crate::deploy::rollout::Plan::new(&[9; 16], &["a".into(), "b".into()], &rollout);
-    let (first, second) = (plan.waves[0][0].clone(), plan.waves[1][0].clone());
-    let mut c = core(&second, &key);
-    c.on_members(vec![member("a"), member("b")]);
-    runs_web(&mut c, &first);
-    c.on_event(&bytes, NOW);
+    let (mut c, first, _) = second_wave(&key, 9);
+    c.on_event(&signed(&ev, &key), NOW);
     assert!(c.on_tick((NOW + 29) * 1000).is_empty());
     assert!(
         c.phase("web").starts_with("wave 2 waits"),
@@ -648,7 +639,7 @@ fn min_healthy_cuts_the_waves() {
     ev.options.min_healthy = Some(crate::deploy::signed::MinHealthy::Count(4));
     ev.id = [11; 16];
     ev.issued_at_ms += 1;
-    let bytes = SignedEvent::sign(ev, &key).unwrap().encode().unwrap();
+    let bytes = signed(&ev, &key);
     assert!(activations(&c.on_event(&bytes, NOW)).is_empty());
     assert!(c.phase("web").contains("min-healthy"), "{}", c.phase("web"));
 }

@@ -200,12 +200,8 @@ fn plan(ev: &DeployEvent, targets: &[String]) -> (Plan, Option<String>) {
         let why = format!("--min-healthy keeps all {total} targets in service: none may deploy");
         return (Plan::new(&ev.id, targets, &r), Some(why));
     }
-    let size = match r.max_parallel {
-        None => total,
-        Some(MaxParallel::Count(n)) => n as usize,
-        Some(MaxParallel::Percent(p)) => (total * usize::from(p)).div_ceil(100),
-    };
-    r.max_parallel = Some(MaxParallel::Count(size.min(room).max(1) as u32));
+    let size = rollout::wave_size(total, r.max_parallel);
+    r.max_parallel = Some(MaxParallel::Count(size.min(room) as u32));
     r.canary = r.canary.min(room as u32);
     (Plan::new(&ev.id, targets, &r), None)
 }
