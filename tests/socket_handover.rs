@@ -47,7 +47,7 @@ impl Fixture {
     fn app(&self) -> AppConfig {
         let text = format!(
             "[apps.web]\nartifact = \"file:///a/{{version}}.tar\"\nroot = \"{}\"\n\
-             command = [\"/sockapp\"]\nlisten = [\"tcp:{}\"]\nstop_timeout = \"5s\"\n\
+             command = [\"/sockapp\"]\nlisten = [\"http=tcp:{}\"]\nstop_timeout = \"5s\"\n\
              leave_running = true\nbackoff = {{ initial = \"200ms\" }}\n\
              [apps.web.health]\nnotify = true\ndeadline = \"20s\"\n",
             self.root.display(),
@@ -91,7 +91,7 @@ async fn one_socket_serves_through_an_overlap_a_crash_and_an_agent_restart() {
     let socket = socket_at_fd3(first.pid.unwrap());
     let environ = std::fs::read(format!("/proc/{}/environ", app_pid(first.pid.unwrap()))).unwrap();
     let environ = String::from_utf8_lossy(&environ);
-    for var in ["LISTEN_FDS=1", "LISTEN_FDNAMES=web", "LISTEN_PID=2"] {
+    for var in ["LISTEN_FDS=1", "LISTEN_FDNAMES=http", "LISTEN_PID=2"] {
         assert!(
             environ.contains(var),
             "{var} not in the app's environment: {environ:?}"

@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 use crate::deploy::hooks::Hooks;
-use crate::deploy::listen::ListenAddr;
+use crate::deploy::listen::ListenSocket;
 use crate::id_range::IdRange;
 use crate::jail::launch::{self, Launch};
 
@@ -167,7 +167,7 @@ pub struct AppConfig {
     pub max_ratio: u64,
     pub userns: Userns,
     /// Sockets the supervisor binds once and hands to every instance ([`super::listen`]).
-    pub listen: Vec<ListenAddr>,
+    pub listen: Vec<ListenSocket>,
     /// A deploy starts the new instance while the old one serves, and stops the old one
     /// once the new one is ready (on by default with `listen`; apps that bind with
     /// `SO_REUSEPORT` turn it on themselves). Off: the old one stops first.

@@ -23,7 +23,35 @@ use nix::sys::socket::{
     UnixAddr, sockopt,
 };
 
-/// One `listen` entry.
+/// One `listen` entry: `[NAME=]ADDRESS`. The name is the socket's in `LISTEN_FDNAMES`
+/// (systemd's `FileDescriptorName=`); without one, the app's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSocket {
+    pub name: String,
+    pub addr: ListenAddr,
+}
+
+impl ListenSocket {
+    /// Parses `[NAME=]tcp:IP:PORT` or `[NAME=]unix:/path`; `app` is the default name.
+    pub fn parse(s: &str, app: &str) -> Result<Self, String> {
+        let (name, addr) = match s.split_once('=') {
+            Some((name, addr)) if !name.contains(':') => (name, addr),
+            _ => (app, s),
+        };
+        let printable = name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if name.is_empty() || name.len() > 255 || !printable {
+            return Err(format!(
+                "{s:?}: a socket's name is 1-255 printable characters without ':'"
+            ));
+        }
+        Ok(ListenSocket {
+            name: name.to_string(),
+            addr: ListenAddr::parse(addr)?,
+        })
+    }
+}
+
+/// Where a `listen` socket is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
     /// `tcp:IP:PORT` (`tcp:[::]:PORT` for IPv6, which also accepts IPv4 unless the host set
@@ -181,11 +209,11 @@ pub fn take_from(pidfd: &OwnedFd, target: i32) -> io::Result<OwnedFd> {
 
 /// The sockets of an adopted jail: descriptors 3.. of its `run` process, if each is a
 /// listening socket on the address configured for it; `None` if any is not.
-pub fn reclaim(pidfd: &OwnedFd, addrs: &[ListenAddr]) -> Option<Vec<OwnedFd>> {
-    let mut fds = Vec::with_capacity(addrs.len());
-    for (i, addr) in addrs.iter().enumerate() {
+pub fn reclaim(pidfd: &OwnedFd, sockets: &[ListenSocket]) -> Option<Vec<OwnedFd>> {
+    let mut fds = Vec::with_capacity(sockets.len());
+    for (i, socket) in sockets.iter().enumerate() {
         let fd = take_from(pidfd, 3 + i as i32).ok()?;
-        if !addr.is_bound_by(&fd) {
+        if !socket.addr.is_bound_by(&fd) {
             return None;
         }
         fds.push(fd);
@@ -193,11 +221,10 @@ pub fn reclaim(pidfd: &OwnedFd, addrs: &[ListenAddr]) -> Option<Vec<OwnedFd>> {
     Some(fds)
 }
 
-/// Binds every address, in order; the first failure names its address.
-pub fn bind_all(addrs: &[ListenAddr]) -> Result<Vec<OwnedFd>, (String, io::Error)> {
-    addrs
-        .iter()
-        .map(|a| a.bind().map_err(|e| (a.to_string(), e)))
+/// Binds every socket, in order; the first failure names its address.
+pub fn bind_all(sockets: &[ListenSocket]) -> Result<Vec<OwnedFd>, (String, io::Error)> {
+    (sockets.iter())
+        .map(|s| s.addr.bind().map_err(|e| (s.addr.to_string(), e)))
         .collect()
 }
 
@@ -231,6 +258,19 @@ mod tests {
         }
         let long = format!("unix:/{}", "a".repeat(120));
         assert!(ListenAddr::parse(&long).unwrap_err().contains("107"));
+        let named = ListenSocket::parse("admin=tcp:127.0.0.1:9000", "web").unwrap();
+        assert_eq!(
+            (named.name.as_str(), named.addr.to_string().as_str()),
+            ("admin", "tcp:127.0.0.1:9000")
+        );
+        assert_eq!(
+            ListenSocket::parse("unix:/run/a=b.sock", "web")
+                .unwrap()
+                .name,
+            "web"
+        );
+        assert!(ListenSocket::parse("=tcp:1.2.3.4:5", "web").is_err());
+        assert!(ListenSocket::parse("a b=tcp:1.2.3.4:5", "web").is_err());
     }
 
     /// A bound socket is recognised by its address, and by nothing else.

@@ -12,7 +12,7 @@ use super::*;
 use crate::artifact::guard::DEFAULT_MAX_RATIO;
 use crate::deploy::activation::HookPoint;
 use crate::deploy::hooks::{DEFAULT_TIMEOUT as DEFAULT_HOOK_TIMEOUT, Hook, HookPlace, Hooks};
-use crate::deploy::listen::ListenAddr;
+use crate::deploy::listen::{ListenAddr, ListenSocket};
 use crate::id_range::IdRange;
 use crate::jail::JailSpec;
 use crate::jail::launch::MAX_LISTEN_FDS;
@@ -164,7 +164,7 @@ pub(super) fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfig
         .map_err(|r| err("deploy_timeout", r))?;
     let max_bytes = max_bytes(raw.max_bytes).map_err(|r| err("max_bytes", r))?;
     let userns = userns(raw.userns, raw.userns_base).map_err(|r| err("userns_base", r))?;
-    let listen = listen(&raw.listen).map_err(|r| err("listen", r))?;
+    let listen = listen(&raw.listen, &name).map_err(|r| err("listen", r))?;
     let overlap = raw.overlap.unwrap_or(!listen.is_empty());
     let hooks = match raw.hooks {
         Some(h) => hooks(&raw.root, &jail, h).map_err(|(f, r)| err(f, r))?,
@@ -305,25 +305,25 @@ fn hook(root: &Path, jail: &JailSettings, h: RawHook) -> Result<Hook, String> {
     })
 }
 
-fn listen(raw: &[String]) -> Result<Vec<ListenAddr>, String> {
+fn listen(raw: &[String], app: &str) -> Result<Vec<ListenSocket>, String> {
     if raw.len() > MAX_LISTEN_FDS {
         return Err(format!("at most {MAX_LISTEN_FDS} sockets"));
     }
-    let addrs = raw
+    let sockets = raw
         .iter()
-        .map(|s| ListenAddr::parse(s))
+        .map(|s| ListenSocket::parse(s, app))
         .collect::<Result<Vec<_>, _>>()?;
-    for (i, a) in addrs.iter().enumerate() {
-        if addrs[..i].contains(a) {
-            return Err(format!("{a} is listed twice"));
+    for (i, s) in sockets.iter().enumerate() {
+        if sockets[..i].iter().any(|o| o.addr == s.addr) {
+            return Err(format!("{} is listed twice", s.addr));
         }
     }
-    Ok(addrs)
+    Ok(sockets)
 }
 
 /// While two instances overlap, the old one answers on every shared address: a tcp or http
 /// check there would pass for the new one whatever state it is in. Such a check is refused.
-fn overlap_check(h: &HealthConfig, listen: &[ListenAddr], overlap: bool) -> Result<(), String> {
+fn overlap_check(h: &HealthConfig, listen: &[ListenSocket], overlap: bool) -> Result<(), String> {
     let target = match &h.probe {
         Probe::Tcp(a) => *a,
         Probe::Http(t) => match t.authority.parse::<SocketAddr>() {
@@ -336,7 +336,7 @@ fn overlap_check(h: &HealthConfig, listen: &[ListenAddr], overlap: bool) -> Resu
     if !overlap {
         return Ok(());
     }
-    let shared = listen.iter().any(|l| match l {
+    let shared = listen.iter().any(|l| match &l.addr {
         ListenAddr::Tcp(a) => {
             a.port() == target.port() && (a.ip() == target.ip() || a.ip().is_unspecified())
         }

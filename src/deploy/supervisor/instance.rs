@@ -76,7 +76,7 @@ impl Instance {
         };
         let mut launch = app.jail.launch(root, &app.jail.command, true);
         launch.log = Some(s.log.spec());
-        launch.listen_fds = vec![app.name.clone(); s.sockets.len()];
+        launch.listen_fds = app.listen.iter().map(|l| l.name.clone()).collect();
         launch.env.extend(s.notify_env);
         // The jail waits until its pid file is written: if this agent dies before, nobody
         // could find (adopt or stop) it, so it must not start at all.
