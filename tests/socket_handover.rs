@@ -111,6 +111,15 @@ async fn one_socket_serves_through_an_overlap_a_crash_and_an_agent_restart() {
     assert_eq!((st.release.as_deref(), st.ready), (Some("v2"), true));
     assert!(!common::alive(i64::from(first.pid.unwrap())), "v1 stopped");
     assert_eq!(socket_at_fd3(st.pid.unwrap()), socket, "the same socket");
+    let rec = droot_fleet::deploy::supervisor::proc::read_pid_file(&f.state.join("web.pid"));
+    assert_eq!(
+        rec.unwrap().map(|r| r.pid),
+        st.pid,
+        "web.pid names the new instance"
+    );
+    for gone in ["web.next.pid", "web.old.pid"] {
+        assert!(!f.state.join(gone).exists(), "{gone} left behind");
+    }
     poller.wait_more(5);
     assert_eq!(common::http_get(&f.addr, "/").as_deref(), Some("v2"));
 

@@ -177,12 +177,25 @@ impl Instance {
     }
 }
 
-/// `APP.pid` for the instance that serves, `APP.next.pid` for one a deploy starts beside it.
-pub(super) fn pid_files(state_dir: &Path, app: &str) -> (PathBuf, PathBuf) {
-    (
-        state_dir.join(format!("{app}.pid")),
-        state_dir.join(format!("{app}.next.pid")),
-    )
+/// Where an app's pid files are.
+pub(super) struct PidFiles {
+    /// `APP.pid`: the instance that serves.
+    pub(super) serving: PathBuf,
+    /// `APP.next.pid`: one a deploy started beside it.
+    pub(super) next: PathBuf,
+    /// `APP.old.pid`: one that drains after the next took over.
+    pub(super) old: PathBuf,
+}
+
+impl PidFiles {
+    pub(super) fn new(state_dir: &Path, app: &str) -> Self {
+        let file = |what: &str| state_dir.join(format!("{app}{what}.pid"));
+        PidFiles {
+            serving: file(""),
+            next: file(".next"),
+            old: file(".old"),
+        }
+    }
 }
 
 pub(super) fn describe(e: Ended) -> String {

@@ -10,9 +10,13 @@
 //!   go through a pipe that its `run` process copies into `STATE_DIR/APP.log`, capped and
 //!   rotated by rename to `APP.log.1` ([`crate::jail::output`]; the jail never holds the
 //!   file), so it keeps running and logging when the supervisor exits.
-//! - `STATE_DIR/APP.pid` records pid, start time and release. [`Supervisor::manage`] adopts
-//!   a jail still running from an earlier supervisor instead of starting a second copy, and
-//!   refuses a pid that now names another process. An adopted jail is not our child: it is
+//! - `STATE_DIR/APP.pid` records pid, start time and release (`APP.next.pid` the instance
+//!   a deploy starts beside it, `APP.old.pid` one draining after the next took over).
+//!   [`Supervisor::manage`] adopts a jail still running from an earlier supervisor instead
+//!   of starting a second copy, and refuses a pid that now names another process.
+//! - With `listen`, the app's sockets are bound once and handed to every instance
+//!   ([`crate::deploy::listen`]); readiness by `READY=1` is heard on a socket of each
+//!   instance's own ([`notify`]). An adopted jail is not our child: it is
 //!   watched through a pidfd, and its exit status is unknown.
 //! - A crash is restarted per the app's `restart` policy with exponential backoff
 //!   ([`policy`]). Stop sends `stop_signal`, then SIGKILL after

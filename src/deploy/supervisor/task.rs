@@ -7,7 +7,7 @@
 //! the next stops the old one and makes the next serve; discarding it stops it. A next
 //! instance that ends is not restarted: the deploy that started it rolls back. An agent
 //! that died mid-overlap finds both on start, keeps the one on the release `current` names
-//! and stops the other.
+//! and stops the other, and stops one it left draining.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
-use super::instance::{Instance, Spawn, describe};
+use super::instance::{Instance, PidFiles, Spawn, describe};
 use super::notify::NotifySocket;
 use super::policy::{Decision, Ended, decide};
 use super::proc::{self, AppLog, NotAdopted};
@@ -56,8 +56,7 @@ pub(super) enum Cmd {
 pub(super) struct AppTask {
     app: AppConfig,
     exe: PathBuf,
-    pid_file: PathBuf,
-    next_pid_file: PathBuf,
+    pid_files: PidFiles,
     log: AppLog,
     layout: Layout,
     status: watch::Sender<AppStatus>,
@@ -65,6 +64,8 @@ pub(super) struct AppTask {
     /// The release that runs, or last ran (what a restart starts).
     release: Option<String>,
     next: Option<Instance>,
+    /// An old instance an earlier agent left draining (stopped at start).
+    draining: Option<Instance>,
     /// The notification sockets of the two instances (bound while each runs), and whether
     /// each has said it is ready.
     notify: Option<(NotifySocket, bool)>,
@@ -96,28 +97,29 @@ impl AppTask {
             next: None,
         };
         let (tx, rx) = watch::channel(status);
-        let (pid_file, next_pid_file) = super::instance::pid_files(state_dir, &app.name);
+        let pid_files = PidFiles::new(state_dir, &app.name);
         let mut task = AppTask {
             layout: Layout::new(&app.root),
             app,
             exe,
-            pid_file,
-            next_pid_file,
+            pid_files,
             log,
             status: tx,
             running: None,
             release: None,
             next: None,
+            draining: None,
             notify: None,
             next_notify: None,
             restart_at: None,
             failures: 0,
             sockets: Vec::new(),
         };
-        if let Some(i) = task.adopt(&task.pid_file.clone())? {
+        if let Some(i) = task.adopt(&task.pid_files.serving.clone())? {
             task.serve(i, true);
         }
-        task.next = task.adopt(&task.next_pid_file.clone())?;
+        task.next = task.adopt(&task.pid_files.next.clone())?;
+        task.draining = task.adopt(&task.pid_files.old.clone())?;
         task.reclaim_sockets();
         Ok((task, rx))
     }
@@ -269,8 +271,14 @@ impl AppTask {
         }
     }
 
-    /// An agent that died while two instances overlapped: the one on `current` stays.
+    /// An agent that died while two instances overlapped: the one on `current` stays; one
+    /// that was draining is stopped.
     async fn settle_adopted_next(&mut self) {
+        if let Some(old) = self.draining.take() {
+            let (sig, grace) = (self.app.stop_signal, self.app.stop_timeout);
+            old.stop(&self.app.name, sig, grace).await;
+            let _ = proc::remove_pid_file(&self.pid_files.old);
+        }
         let Some(next) = &self.next else { return };
         let current = crate::release::switch::current_version(&self.layout)
             .ok()
@@ -369,7 +377,7 @@ impl AppTask {
     /// Starts `self.release` as the instance that serves.
     fn spawn(&mut self) -> Result<(), SupervisorError> {
         let release = self.release.clone().expect("spawn needs a release");
-        let pid_file = self.pid_file.clone();
+        let pid_file = self.pid_files.serving.clone();
         let (i, notify) = self.spawn_instance(&release, &pid_file)?;
         self.serve(i, false);
         self.notify = notify.map(|n| (n, false));
@@ -410,7 +418,7 @@ impl AppTask {
     async fn start_next(&mut self, release: String) -> Result<AppStatus, SupervisorError> {
         let release = self.release_to_start(Some(release))?;
         self.discard().await;
-        let pid_file = self.next_pid_file.clone();
+        let pid_file = self.pid_files.next.clone();
         let (i, notify) = self.spawn_instance(&release, &pid_file)?;
         self.status.send_modify(|s| {
             s.next = Some(NextStatus {
@@ -426,13 +434,19 @@ impl AppTask {
     }
 
     /// The next instance serves from now on; the old one is stopped (`stop_signal`, then
-    /// SIGKILL after `stop_timeout`), draining meanwhile.
+    /// SIGKILL after `stop_timeout`), draining meanwhile. Its pid file moves aside first
+    /// (`APP.old.pid`), so an agent that dies during the drain still finds and stops it.
     async fn promote(&mut self) -> Result<AppStatus, SupervisorError> {
         let Some(next) = self.next.take() else {
             return Err(SupervisorError::NoNext(self.app.name.clone()));
         };
-        self.stop_jail().await;
-        if let Err(source) = std::fs::rename(&self.next_pid_file, &self.pid_file) {
+        let old = self.running.take();
+        let files = &self.pid_files;
+        let moved = match old.is_some() {
+            true => std::fs::rename(&files.serving, &files.old),
+            false => Ok(()),
+        };
+        if let Err(source) = moved.and_then(|()| std::fs::rename(&files.next, &files.serving)) {
             tracing::error!(app = %self.app.name, error = %source, "cannot record the promoted jail's pid file");
         }
         self.restart_at = None;
@@ -441,7 +455,13 @@ impl AppTask {
         self.status.send_modify(|s| s.next = None);
         self.serve(next, false);
         self.status.send_modify(|s| s.ready = ready);
-        self.notify = self.next_notify.take();
+        let old_notify = std::mem::replace(&mut self.notify, self.next_notify.take());
+        if let Some(old) = old {
+            let (sig, grace) = (self.app.stop_signal, self.app.stop_timeout);
+            old.stop(&self.app.name, sig, grace).await;
+            let _ = proc::remove_pid_file(&self.pid_files.old);
+        }
+        drop(old_notify);
         Ok(self.status.borrow().clone())
     }
 
@@ -452,7 +472,7 @@ impl AppTask {
             next.stop(&self.app.name, sig, grace).await;
         }
         self.next_notify = None;
-        let _ = proc::remove_pid_file(&self.next_pid_file);
+        let _ = proc::remove_pid_file(&self.pid_files.next);
         self.status.send_modify(|s| s.next = None);
     }
 
@@ -471,7 +491,7 @@ impl AppTask {
     /// An exit nobody asked for: restart per policy, or stay down.
     fn on_exit(&mut self, ended: Ended) {
         let Some(r) = self.running.take() else { return };
-        let _ = proc::remove_pid_file(&self.pid_file);
+        let _ = proc::remove_pid_file(&self.pid_files.serving);
         self.notify = None;
         self.status.send_modify(|s| s.ready = false);
         let ran_for = r.started.elapsed();
@@ -512,7 +532,7 @@ impl AppTask {
     /// The next instance ended by itself: it stays down, and the status says how it ended.
     fn on_next_exit(&mut self, ended: Ended) {
         let Some(n) = self.next.take() else { return };
-        let _ = proc::remove_pid_file(&self.next_pid_file);
+        let _ = proc::remove_pid_file(&self.pid_files.next);
         let what = describe(ended);
         tracing::warn!(app = %self.app.name, pid = n.pid, release = %n.release, ended = %what, "the next jail ended");
         self.next_notify = None;
@@ -544,7 +564,7 @@ impl AppTask {
         self.notify = None;
         let (sig, grace) = (self.app.stop_signal, self.app.stop_timeout);
         let ended = r.stop(&self.app.name, sig, grace).await;
-        let _ = proc::remove_pid_file(&self.pid_file);
+        let _ = proc::remove_pid_file(&self.pid_files.serving);
         self.status.send_modify(|s| {
             s.state = State::Stopped;
             s.pid = None;
