@@ -47,8 +47,8 @@ pub struct RolloutArgs {
     /// N nodes deploy first, in a wave of their own.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub canary: u32,
-    /// Keep at least N targets (or P% of them) in service: no more nodes whose app stops
-    /// before it starts deploy at once than that leaves (overlapping nodes never count).
+    /// Keep at least N targets (or P% of them) in service: the waves hold at most what that
+    /// leaves (every target counts, also those whose deploys overlap and never stop serving).
     #[arg(long, value_name = "N|P%")]
     pub min_healthy: Option<String>,
     /// A target that has not reported this long after it could start counts as failed and
