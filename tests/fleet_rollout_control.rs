@@ -105,35 +105,62 @@ fn pause_holds_the_waves_resume_releases_them_and_cancel_is_final() {
     }
 }
 
-/// A target that does not report within `--progress-deadline` counts as failed: the waves
-/// after it never start, and `--wait` ends (exit 2) naming the deadline.
+/// A target that does not report within `--progress-deadline` counts as failed: here the
+/// first wave's node, whose agent is SIGSTOPped while it deploys a release that takes 2 s
+/// (so gossip soon declares it failed too). The waves after it never start, also once it
+/// is down, and the rollout ends, naming the deadline.
 #[test]
-fn a_target_past_the_progress_deadline_halts_the_waves() {
+fn a_sigstopped_target_past_the_progress_deadline_halts_the_waves() {
     let mut f = Fleet::with_garage("82.5");
     f.health_deadline = "10s".into();
     f.start_all(3);
     f.publish("v1", Kind::Healthy);
     f.deploy_all_ok("v1");
-    f.publish("v2", Kind::Slow(4000));
-    let (code, report) = f.deploy("v2", &["--max-parallel", "1", "--progress-deadline", "1s"]);
-    assert_eq!(code, 2, "{report}");
-    assert_eq!(count(&report, "halted"), 2, "{report}");
-    let late = report["failed"][0]
-        .as_str()
-        .expect("the late node counts as failed");
-    assert!(
-        report["errors"][late]
-            .as_str()
-            .unwrap()
-            .contains("progress deadline"),
-        "{report}"
+    f.publish("v2", Kind::Slow(2000));
+    let id = start(
+        &f,
+        "v2",
+        &["--max-parallel", "1", "--progress-deadline", "5s"],
     );
-    for node in report["halted"].as_array().unwrap() {
-        let n = fleet::num(node.as_str().unwrap());
-        assert_eq!(
-            f.current_on_disk(n).as_deref(),
-            Some("v1"),
-            "{node} started"
-        );
+    let waves = f.progress(1, &id)["waves"].clone();
+    let first = waves[0][0].as_str().unwrap().to_owned();
+    let stopped = fleet::num(&first);
+    f.agent(stopped).signal(nix::sys::signal::Signal::SIGSTOP);
+    let via = if stopped == 1 { 2 } else { 1 };
+    let p = wait_for(LONG, "the rollout ends", || {
+        Some(f.progress(via, &id)).filter(|p| count(p, "pending") == 0)
+    });
+    assert_eq!(p["failed"], serde_json::json!([first]), "{p}");
+    let why = p["errors"][&first].as_str().unwrap_or_default();
+    assert!(why.contains("progress deadline"), "{p}");
+    assert_eq!(count(&p, "halted"), 2, "{p}");
+    // Once gossip declared it failed too, at every node, the others stay on v1, halted:
+    // checked over 3 s (six controller ticks), since what must not happen is a start.
+    for n in (1..=3u8).filter(|n| *n != stopped) {
+        wait_for(LONG, "the stopped node declared failed", || {
+            (f.agent(n).status_of(&first).as_deref() == Some("failed")).then_some(())
+        });
+    }
+    let halted: Vec<String> = serde_json::from_value(p["halted"].clone()).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let phases = f.status_json(via);
+        for node in &halted {
+            let n = fleet::num(node);
+            assert_eq!(
+                f.current_on_disk(n).as_deref(),
+                Some("v1"),
+                "{node} started"
+            );
+            let answer = (phases["responses"].as_array().into_iter().flatten())
+                .find(|r| r["node"] == node.as_str())
+                .unwrap_or_else(|| panic!("no status answer from {node}: {phases}"));
+            let phase = answer["apps"]["web"]["phase"].as_str().unwrap_or_default();
+            assert!(
+                phase.starts_with(&format!("halted by {first}")),
+                "{node}: {phase}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

@@ -151,7 +151,8 @@ pub fn late(
         let all_ok = (wave.iter())
             .filter(|n| alive.contains(*n))
             .all(|n| matches!(reported.get(n), Some((Outcome::Ok, _))));
-        if !all_ok {
+        // A late target halts the waves after it: they never open.
+        if !all_ok || wave.iter().any(|n| late.contains(n)) {
             break;
         }
         let last = wave

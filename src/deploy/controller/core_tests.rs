@@ -601,9 +601,27 @@ fn a_silent_target_past_the_progress_deadline_halts_the_waves() {
         "{}",
         c.phase("web")
     );
+    // Declared failed by gossip (SIGSTOPped, say), it stays a target: the halt holds.
+    let down = MemberView {
+        alive: false,
+        failed: true,
+        ..member(&first)
+    };
+    let others: Vec<MemberView> = ["a", "b"]
+        .iter()
+        .filter(|n| **n != first)
+        .map(|n| member(n))
+        .collect();
+    c.on_members(others.into_iter().chain([down]).collect());
+    assert!(
+        c.phase("web").starts_with(&format!("halted by {first}")),
+        "{}",
+        c.phase("web")
+    );
     let p = c.progress(&hex::encode([9; 16])).unwrap();
     assert_eq!(p.failed, std::slice::from_ref(&first));
     assert!(p.errors[&first].contains("progress deadline"));
+    assert!(p.unreachable.is_empty(), "{p:?}");
     assert!(p.is_done() && !p.is_success());
 }
 

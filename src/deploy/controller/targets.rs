@@ -124,7 +124,13 @@ impl Standing {
         outcomes: &BTreeMap<String, NodeOutcome>,
         cx: Context<'_>,
     ) -> Standing {
-        let targets = targets(ev, members, node_apps, outcomes);
+        let mut targets = targets(ev, members, node_apps, outcomes);
+        if ev.options.progress_deadline_secs.is_some() {
+            // A target that goes down stays one (and keeps its wave): its silence counts
+            // against the deadline, so the waves after it halt rather than shift.
+            targets.extend(unreachable(ev, members, node_apps, &targets));
+            targets.sort();
+        }
         let (plan, no_room) = plan(ev, &targets);
         let alive = alive(members);
         let id = ev.id_hex();
@@ -206,6 +212,21 @@ fn plan(ev: &DeployEvent, targets: &[String]) -> (Plan, Option<String>) {
     (Plan::new(&ev.id, targets, &r), None)
 }
 
+/// Failed members that match `ev` and run its app, but are not among `targets`.
+fn unreachable(
+    ev: &DeployEvent,
+    members: &BTreeMap<String, MemberView>,
+    node_apps: &BTreeMap<String, BTreeSet<String>>,
+    targets: &[String],
+) -> Vec<String> {
+    let m = Matcher::new(&ev.targets);
+    (members.values())
+        .filter(|v| v.failed && m.matches(&v.name, &v.tags) && !targets.contains(&v.name))
+        .filter(|v| node_apps.get(&v.name).is_some_and(|a| a.contains(&ev.app)))
+        .map(|v| v.name.clone())
+        .collect()
+}
+
 /// Where `ev` stands across its targets.
 pub fn progress(
     ev: &DeployEvent,
@@ -256,13 +277,7 @@ pub fn progress(
     // Failed members that match are targets too, for the count: the deploy has not
     // reached them. The waves leave them out (they cannot report), so they never hold
     // up a wave, and they converge once back.
-    let m = Matcher::new(&ev.targets);
-    p.unreachable = members
-        .values()
-        .filter(|v| v.failed && m.matches(&v.name, &v.tags) && !standing.targets.contains(&v.name))
-        .filter(|v| node_apps.get(&v.name).is_some_and(|a| a.contains(&ev.app)))
-        .map(|v| v.name.clone())
-        .collect();
+    p.unreachable = unreachable(ev, members, node_apps, &standing.targets);
     p.targets = standing.targets;
     p.targets.extend(p.unreachable.iter().cloned());
     p.targets.sort();
