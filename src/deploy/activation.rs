@@ -34,6 +34,7 @@
 //!   aside: nothing was published) is judged `failed` before anything else is done, so the
 //!   store never keeps it as a rollback target nor counts it towards `keep`.
 
+pub use super::hooks::{HookPoint, HookSet};
 use crate::release::history::Verdict;
 
 /// A deploy of `version`, identified by the event that asked for it.
@@ -62,58 +63,6 @@ pub enum Handover {
     /// Start the new one beside the old one (same sockets), stop the old one once the new
     /// one is ready and `current` names it.
     Overlap,
-}
-
-/// A lifecycle hook of an app (`[apps.NAME.hooks]`), by when it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum HookPoint {
-    /// In the new release's jail, before its instance starts; a failure rolls back.
-    BeforeStart,
-    /// Once the new instance is ready, before the old one stops; a failure rolls back.
-    AfterStart,
-    /// In the old release's jail, before its instance stops; a failure rolls back unless the
-    /// deploy says to ignore it.
-    BeforeStop,
-    /// Once the old instance stopped; a failure is logged only.
-    AfterStop,
-    /// Once a rollback brought the old release back; a failure is added to the error.
-    OnRollback,
-}
-
-impl HookPoint {
-    pub const ALL: [HookPoint; 5] = [
-        HookPoint::BeforeStart,
-        HookPoint::AfterStart,
-        HookPoint::BeforeStop,
-        HookPoint::AfterStop,
-        HookPoint::OnRollback,
-    ];
-
-    /// Its key in `[apps.NAME.hooks]`.
-    pub fn key(self) -> &'static str {
-        match self {
-            HookPoint::BeforeStart => "before_start",
-            HookPoint::AfterStart => "after_start",
-            HookPoint::BeforeStop => "before_stop",
-            HookPoint::AfterStop => "after_stop",
-            HookPoint::OnRollback => "on_rollback",
-        }
-    }
-}
-
-/// Which hooks an app has.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HookSet([bool; 5]);
-
-impl HookSet {
-    pub fn with(mut self, point: HookPoint) -> Self {
-        self.0[point as usize] = true;
-        self
-    }
-
-    pub fn has(self, point: HookPoint) -> bool {
-        self.0[point as usize]
-    }
 }
 
 /// What happened, reported by the executor.

@@ -166,13 +166,11 @@ pub(super) fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfig
     let userns = userns(raw.userns, raw.userns_base).map_err(|r| err("userns_base", r))?;
     let listen = listen(&raw.listen, &name).map_err(|r| err("listen", r))?;
     let overlap = raw.overlap.unwrap_or(!listen.is_empty());
-    let hooks = match raw.hooks {
-        Some(h) => hooks(&raw.root, &jail, h).map_err(|(f, r)| err(f, r))?,
-        None => Hooks::default(),
-    };
-    if let Some(h) = &health {
-        overlap_check(h, &listen, overlap).map_err(|r| err("health", r))?;
-    }
+    overlap_check(health.as_ref(), &listen, overlap).map_err(|r| err("health", r))?;
+    let hooks = (raw.hooks.map(|h| hooks(&raw.root, &jail, h)))
+        .transpose()
+        .map_err(|(f, r)| err(f, r))?
+        .unwrap_or_default();
     Ok(AppConfig {
         name,
         artifact: raw.artifact,
@@ -323,7 +321,12 @@ fn listen(raw: &[String], app: &str) -> Result<Vec<ListenSocket>, String> {
 
 /// While two instances overlap, the old one answers on every shared address: a tcp or http
 /// check there would pass for the new one whatever state it is in. Such a check is refused.
-fn overlap_check(h: &HealthConfig, listen: &[ListenSocket], overlap: bool) -> Result<(), String> {
+fn overlap_check(
+    h: Option<&HealthConfig>,
+    listen: &[ListenSocket],
+    overlap: bool,
+) -> Result<(), String> {
+    let Some(h) = h else { return Ok(()) };
     let target = match &h.probe {
         Probe::Tcp(a) => *a,
         Probe::Http(t) => match t.authority.parse::<SocketAddr>() {

@@ -1,6 +1,7 @@
 //! The deploy controller: the pure [`core`] plus its shell (see `service`).
 
 pub mod core;
+mod persisted;
 pub mod service;
 pub mod targets;
 

@@ -269,23 +269,7 @@ impl AppTask {
             Effect::Fetch { version, source } => Some(Input::Fetched(
                 self.fetch(&version, source, deadline, rx).await,
             )),
-            Effect::SwitchCurrent { version } => {
-                if self.machine_overlaps() && self.is_forward(&version) {
-                    // A next instance that ended after its check (during a hook) must not
-                    // become `current`.
-                    let st = self.sup.status(&name).await.ok();
-                    let next = st.as_ref().and_then(|s| s.next.as_ref());
-                    if next.and_then(|n| n.pid) != self.started_pid || self.started_pid.is_none() {
-                        let how = next.and_then(|n| n.last_exit.clone()).unwrap_or_default();
-                        let e = format!("the new instance ended before the switch ({how})");
-                        return Some(Input::Switched(Err(e)));
-                    }
-                }
-                let layout = self.layout.clone();
-                let r = blocking(move || store::switch(&layout, &version)).await;
-                self.refresh().await;
-                Some(Input::Switched(r))
-            }
+            Effect::SwitchCurrent { version } => Some(self.switch(version).await),
             Effect::StopJail => {
                 if let Err(e) = self.sup.stop(&name).await {
                     tracing::error!(app = %name, error = %e, "cannot stop the jail");
@@ -343,6 +327,25 @@ impl AppTask {
                 None
             }
         }
+    }
+
+    /// Points `current` at `version`. A next instance that ended after its check (during a
+    /// hook) is not switched to.
+    async fn switch(&mut self, version: String) -> Input {
+        if self.machine_overlaps() && self.is_forward(&version) {
+            let st = self.sup.status(&self.app.name).await.ok();
+            let next = st.as_ref().and_then(|s| s.next.as_ref());
+            if self.started_pid.is_none() || next.and_then(|n| n.pid) != self.started_pid {
+                let how = next.and_then(|n| n.last_exit.clone()).unwrap_or_default();
+                return Input::Switched(Err(format!(
+                    "the new instance ended before the switch ({how})"
+                )));
+            }
+        }
+        let layout = self.layout.clone();
+        let r = blocking(move || store::switch(&layout, &version)).await;
+        self.refresh().await;
+        Input::Switched(r)
     }
 
     /// Starts `version` as the instance that serves, or `beside` it; a forward start due
