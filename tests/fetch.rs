@@ -88,6 +88,29 @@ fn s3_deploys_tar_gz_and_tar_zst_from_garage() {
     assert!(staging_is_empty(&root));
 }
 
+/// An object uploaded in parts carries a part-level checksum that the SDK cannot check
+/// against the whole body: the deploy says nothing about it (the artifact's sha256 is what
+/// vouches for it), at the default log level.
+#[test]
+fn an_object_uploaded_in_parts_deploys_without_sdk_noise() {
+    let g = Garage::start();
+    let tar = simple("v1").file("big", &vec![7u8; 12 << 20]).bytes();
+    g.put_in_parts("web/v1.tar", &tar, 5 << 20);
+    let t = common::tempdir();
+    let root = t.path().join("app");
+    let url = format!("s3://{}/web/v1.tar", g.bucket);
+    let out = deploy_url(
+        &root,
+        &url,
+        &["--version", "v1", "--sha256", &sha_hex(&tar)],
+        &g.env(),
+    );
+    ok(&out);
+    assert_eq!(read(&root, "current/bin/app"), "v1");
+    let err = stderr(&out);
+    assert!(!err.contains("WARN") && !err.contains("checksum"), "{err}");
+}
+
 #[test]
 fn s3_wrong_sha256_publishes_nothing() {
     let g = Garage::start();

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, reload};
 
 use crate::agent::Agent;
 use crate::agent::config::{Overrides, Settings, TablesCheck};
@@ -137,7 +137,7 @@ fn init_logging(
     monitor: &tokio::sync::broadcast::Sender<String>,
 ) -> anyhow::Result<LogReload> {
     let filter =
-        EnvFilter::try_new(level).with_context(|| format!("invalid `log_level` {level:?}"))?;
+        super::log_filter(level).with_context(|| format!("invalid `log_level` {level:?}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     let _ = tracing_subscriber::registry()
         .with(filter)
@@ -150,7 +150,7 @@ fn init_logging(
         .try_init();
     Ok(Arc::new(move |level: &str| {
         let f =
-            EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+            super::log_filter(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
         handle.reload(f).map_err(|e| e.to_string())
     }))
 }

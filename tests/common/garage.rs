@@ -251,6 +251,57 @@ impl Garage {
         }
     }
 
+    /// Uploads `bytes` as `key` in parts of `part` bytes (a multipart upload, with the
+    /// SDK's default checksums: each part's, so the object's is a part-level one).
+    pub fn put_in_parts(&self, key: &str, bytes: &[u8], part: usize) {
+        use aws_sdk_s3::primitives::ByteStream;
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        // A first plain upload waits out the fresh layout, as `put` does.
+        self.put(key, Vec::new());
+        let client = self.client();
+        rt().block_on(async {
+            let up = (client.create_multipart_upload())
+                .bucket(&self.bucket)
+                .key(key)
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("multipart upload of {key}: {e}"));
+            let id = up.upload_id().expect("an upload id").to_owned();
+            let mut parts = Vec::new();
+            for (i, chunk) in bytes.chunks(part).enumerate() {
+                let n = i as i32 + 1;
+                let r = (client.upload_part())
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&id)
+                    .part_number(n)
+                    .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+                    .body(ByteStream::from(chunk.to_vec()))
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("part {n} of {key}: {e}"));
+                let done = CompletedPart::builder().part_number(n);
+                let done = match r.checksum_crc32() {
+                    Some(c) => done.checksum_crc32(c),
+                    None => done,
+                };
+                parts.push(done.e_tag(r.e_tag().unwrap_or_default()).build());
+            }
+            let all = CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build();
+            (client.complete_multipart_upload())
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&id)
+                .multipart_upload(all)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("completing {key}: {e}"));
+        });
+    }
+
     /// [`Garage::put_async`] outside a runtime.
     pub fn put(&self, key: &str, bytes: Vec<u8>) {
         rt().block_on(self.put_async(key, bytes))
