@@ -125,6 +125,12 @@ fn a_sigstopped_target_past_the_progress_deadline_halts_the_waves() {
     let waves = f.progress(1, &id)["waves"].clone();
     let first = waves[0][0].as_str().unwrap().to_owned();
     let stopped = fleet::num(&first);
+    // Every other node has the event before its first wave's node stops gossiping.
+    for n in (1..=3u8).filter(|n| *n != stopped) {
+        wait_for(LONG, "the event reached every node", || {
+            f.try_progress(n, &id)
+        });
+    }
     f.agent(stopped).signal(nix::sys::signal::Signal::SIGSTOP);
     let via = if stopped == 1 { 2 } else { 1 };
     let p = wait_for(LONG, "the rollout ends", || {

@@ -510,15 +510,20 @@ impl Fleet {
 
     /// `GET /v1/deploy/progress?event=ID` at node `via`.
     pub fn progress(&self, via: u8, event_id: &str) -> Value {
+        self.try_progress(via, event_id)
+            .expect("the agent knows the event")
+    }
+
+    /// [`Fleet::progress`], `None` while node `via` has not seen the event.
+    pub fn try_progress(&self, via: u8, event_id: &str) -> Option<Value> {
         let client = droot_fleet::api::client::Client::new(
             droot_fleet::agent::config::RpcAddr::Unix(self.agent(via).sock()),
             None,
         );
         let p = rt()
             .block_on(client.deploy_progress(event_id))
-            .expect("progress")
-            .expect("the agent knows the event");
-        serde_json::to_value(p).unwrap()
+            .expect("progress")?;
+        Some(serde_json::to_value(p).unwrap())
     }
 
     /// `POST /v1/deploy` of raw bytes through node `via`'s control socket.
