@@ -10,9 +10,9 @@ fn store() -> (tempfile::TempDir, Layout) {
     (dir, layout)
 }
 
-#[test]
-fn a_staged_release_is_current_only_once_switched_to() {
-    let (_dir, layout) = store();
+/// A store whose `current` is a deployed v1.
+fn store_with_v1() -> (tempfile::TempDir, Layout) {
+    let (dir, layout) = store();
     deploy(
         &layout,
         marker_tar("v1"),
@@ -21,6 +21,12 @@ fn a_staged_release_is_current_only_once_switched_to() {
         &Default::default(),
     )
     .unwrap();
+    (dir, layout)
+}
+
+#[test]
+fn a_staged_release_is_current_only_once_switched_to() {
+    let (_dir, layout) = store_with_v1();
     let staged = stage(
         &layout,
         marker_tar("v2"),
@@ -45,15 +51,7 @@ fn a_staged_release_is_current_only_once_switched_to() {
 
 #[test]
 fn a_refused_check_stages_nothing_and_an_unknown_release_is_not_switched_to() {
-    let (_dir, layout) = store();
-    deploy(
-        &layout,
-        marker_tar("v1"),
-        Some("v1"),
-        5,
-        &Default::default(),
-    )
-    .unwrap();
+    let (_dir, layout) = store_with_v1();
     let refused = stage(
         &layout,
         marker_tar("v2"),

@@ -147,9 +147,7 @@ fn in_jail_of(pid: i32, run_pid: i32) -> bool {
             .ok()
             .map(|m| (m.dev(), m.ino()))
     };
-    let children = std::fs::read_to_string(format!("/proc/{run_pid}/task/{run_pid}/children"))
-        .unwrap_or_default();
-    let Some(init) = children.split_whitespace().find_map(|c| c.parse().ok()) else {
+    let Some(&init) = super::proc::child_pids(run_pid).first() else {
         return false;
     };
     // The jail's namespace is never the host's (`run` makes a new one): a host process

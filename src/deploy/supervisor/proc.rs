@@ -144,15 +144,23 @@ pub fn pidfd_signal(fd: &OwnedFd, sig: Signal) -> io::Result<()> {
 /// Pidfds of the children of `pid` (the jail's init, for `run`). Each is checked to still be
 /// a child of `pid` after its pidfd is open, so none names a process that reused a pid.
 pub fn children_pidfds(pid: i32) -> Vec<OwnedFd> {
-    let list = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    list.split_whitespace()
-        .filter_map(|c| c.parse::<i32>().ok())
+    child_pids(pid)
+        .into_iter()
         .filter_map(|c| {
             let fd = pidfd_open(c).ok()?;
             let stat = fs::read_to_string(format!("/proc/{c}/stat")).ok()?;
             let ppid: i32 = stat_field(&stat, 4)?.parse().ok()?;
             (ppid == pid).then_some(fd)
         })
+        .collect()
+}
+
+/// The pids `/proc/PID/task/PID/children` lists (the jail's init, for `run`); a pid read
+/// here may be reused by the time it is used.
+pub fn child_pids(pid: i32) -> Vec<i32> {
+    let list = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace()
+        .filter_map(|c| c.parse().ok())
         .collect()
 }
 
