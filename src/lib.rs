@@ -61,6 +61,7 @@ pub mod keytext;
 pub mod log_throttle;
 pub mod mountinfo;
 pub mod newmount;
+pub mod publish;
 pub mod release;
 pub mod secret_file;
 pub mod sizes;

@@ -213,7 +213,18 @@ fn the_url_comes_from_the_config_and_an_unknown_app_is_refused() {
     let out = s.run(&["event", "deploy", "api", "v2", "--config", &cfg], false);
     assert_refused(&out, &[&format!("{cfg} has no [apps.api]")]);
 
-    let (out, body) = capture(&s, &["event", "deploy", "web", "v7", "--config", &cfg]);
+    let (out, body) = capture(
+        &s,
+        &[
+            "event",
+            "deploy",
+            "web",
+            "v7",
+            "--config",
+            &cfg,
+            "--unpinned",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let ev = verify(&s, &body);
     assert_eq!(ev.url, "s3://bkt/web/v7.tar.gz");
@@ -240,6 +251,7 @@ fn the_signing_key_can_come_from_the_config() {
             "file:///a/v8.tar",
             "--config",
             &cfg,
+            "--unpinned",
         ],
         false,
     );
@@ -324,7 +336,7 @@ fn the_agent_gets_an_event_signed_by_the_operator() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), ev.id_hex());
 
     // A second event gets a new id (replay protection depends on it).
-    let (_, body2) = capture(&s, &["event", "deploy", "web", "v42"]);
+    let (_, body2) = capture(&s, &["event", "deploy", "web", "v42", "--unpinned"]);
     let ev2 = verify(&s, &body2);
     assert_ne!(ev2.id, ev.id);
     assert_eq!(

@@ -93,7 +93,7 @@ fn wait_output_on_a_pipe_and_a_terminal_and_a_timeout(f: &Fleet) {
     f.publish("v3", Kind::Slow(2000));
     let key = f.key.display().to_string();
     let deploy = |version: &str, extra: &[&str]| {
-        let mut args = vec!["event", "deploy", "web", version, "--wait"];
+        let mut args = vec!["event", "deploy", "web", version, "--wait", "--unpinned"];
         args.extend_from_slice(extra);
         args.extend(["--signing-key", key.as_str()]);
         let out = f.cli(1, &args);

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 /// `event deploy web VERSION EXTRA...` without waiting: the event id it printed first.
 fn start(f: &Fleet, version: &str, extra: &[&str]) -> String {
-    let mut args = vec!["event", "deploy", "web", version];
+    let mut args = vec!["event", "deploy", "web", version, "--unpinned"];
     args.extend_from_slice(extra);
     let out = f.cli(1, &args);
     assert!(out.status.success(), "{args:?}: {}", text(&out));

@@ -178,7 +178,15 @@ fn a_world_readable_signing_key_is_refused() {
     let sock = format!("unix:{}", dir.path().join("none.sock").display());
     let out = Command::new(bin())
         .env_remove("DROOT_FLEET_SIGNING_KEY")
-        .args(["event", "deploy", "web", "v1", "--url", "file:///a/v1.tar"])
+        .args([
+            "event",
+            "deploy",
+            "web",
+            "v1",
+            "--url",
+            "file:///a/v1.tar",
+            "--unpinned",
+        ])
         .args(["--rpc", &sock, "--signing-key", &key_s])
         .output()
         .unwrap();

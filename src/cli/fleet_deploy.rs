@@ -28,6 +28,8 @@ use crate::durations::parse_duration;
 const POLL: Duration = Duration::from_millis(250);
 /// How long one progress request may take before it is asked again.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `event deploy` waits for the artifact's published digest.
+const DIGEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `rollback` waits for `status` answers.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -91,9 +93,15 @@ pub struct DeployEventArgs {
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
     /// Expected sha256 of the artifact (64 hex digits); a node that gets anything else
-    /// activates nothing.
+    /// activates nothing. Default: the digest `publish` stored with the artifact (one HEAD
+    /// request to the URL).
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
+    /// Deploy whatever bytes the URL holds, with no digest to check them against.
+    #[arg(long, conflicts_with = "sha256")]
+    pub unpinned: bool,
+    #[command(flatten)]
+    pub fetch: super::deploy::FetchArgs,
     #[command(flatten)]
     pub opts: RolloutArgs,
 }
@@ -140,12 +148,53 @@ pub fn event_deploy(args: DeployEventArgs) -> anyhow::Result<ExitCode> {
         args.url.as_deref(),
         config.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
     )?;
-    let spec = EventSpec {
+    let mut spec = EventSpec {
         sha256: args.sha256.clone(),
         ..spec(&args.app, &args.version, &args.opts)
     };
+    if spec.sha256.is_none() && !args.unpinned {
+        // Every flag is checked, and the event signed with a stand-in digest (for its
+        // size), before the store is asked for the digest.
+        let stand_in = EventSpec {
+            sha256: Some("0".repeat(64)),
+            ..spec.clone()
+        };
+        let (event, _, key) = checked(&stand_in, url.clone(), &args.opts)?;
+        deploy_event::sign(event, &key)?;
+        spec.sha256 = Some(published_digest(&args.app, &url, &args.fetch)?);
+    }
     let what = format!("deploy {} {}", args.app, args.version);
     send(&spec, url, &args.opts, &what)
+}
+
+/// The digest `publish` stored with the artifact at `url`, which the event then pins.
+fn published_digest(
+    app: &str,
+    url: &str,
+    fetch: &super::deploy::FetchArgs,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        !url.is_empty(),
+        "no artifact URL to read the published digest from (each node would use its own \
+         [apps.{app}].artifact template): pass --url, or --config with the app's template; \
+         or --sha256 HEX; or --unpinned to deploy without a digest"
+    );
+    let opts = fetch.options();
+    let lookup = crate::deploy::fetch::digest::published(url, &opts);
+    let found = runtime()?
+        .block_on(async { tokio::time::timeout(DIGEST_TIMEOUT, lookup).await })
+        .map_err(|_| anyhow::anyhow!("{url}: no answer within {DIGEST_TIMEOUT:?}"))
+        .and_then(|r| Ok(r?))
+        .context("reading the artifact's published digest (or pass --sha256 HEX)")?;
+    let Some(sha) = found else {
+        anyhow::bail!(
+            "{url} carries no published digest (it was not uploaded with `droot-fleet \
+             publish`): pass --sha256 HEX, or --unpinned to deploy whatever it holds"
+        );
+    };
+    let hex = hex::encode(sha);
+    eprintln!("pinned to sha256 {hex}, published with {url}");
+    Ok(hex)
 }
 
 pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
@@ -197,11 +246,21 @@ fn previous_version(app: &str, o: &RolloutArgs) -> anyhow::Result<String> {
     Ok(version)
 }
 
-/// Builds, signs and sends the event; with `--wait` follows it.
-fn send(spec: &EventSpec, url: String, o: &RolloutArgs, what: &str) -> anyhow::Result<ExitCode> {
+/// The event, the `--wait` timeout and the signing key: every flag checked.
+fn checked(
+    spec: &EventSpec,
+    url: String,
+    o: &RolloutArgs,
+) -> anyhow::Result<(DeployEvent, Duration, ed25519_dalek::SigningKey)> {
     let event = deploy_event::build(spec, url, DeployEvent::random_id(), crate::wall::millis())?;
     let timeout = parse_duration(&o.timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
     let key = o.signing.load(o.config.as_deref())?;
+    Ok((event, timeout, key))
+}
+
+/// Builds, signs and sends the event; with `--wait` follows it.
+fn send(spec: &EventSpec, url: String, o: &RolloutArgs, what: &str) -> anyhow::Result<ExitCode> {
+    let (event, timeout, key) = checked(spec, url, o)?;
     let (signed, bytes) = deploy_event::sign(event, &key)?;
     let ev = &signed.event;
     let id = ev.id_hex();

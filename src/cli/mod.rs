@@ -11,6 +11,7 @@ mod export;
 mod fleet;
 mod fleet_deploy;
 mod progress;
+mod publish;
 mod rollout;
 mod run;
 pub mod signing;
@@ -47,12 +48,14 @@ pub enum Command {
     Rm(teardown::RootArg),
     /// Turn a Docker image (engine or `docker save`/OCI archive) into a rootfs tar with `/.drootenv`.
     Export(export::ExportArgs),
+    /// Export an image or rootfs directory straight to S3 or a file, with its sha256.
+    Publish(publish::PublishArgs),
     /// Run the gossip agent (one per host).
     Agent(agent::AgentArgs),
     /// List cluster members (from the local agent).
     Members(fleet::MembersArgs),
     /// Send a user event to the whole cluster, or `event deploy APP VERSION`.
-    Event(fleet::EventArgs),
+    Event(Box<fleet::EventArgs>),
     /// Deploy the previous release of an app again (or --to VERSION): a signed deploy event.
     Rollback(fleet_deploy::RollbackArgs),
     /// A deploy's waves: status, pause, resume, cancel (signed orders).
@@ -96,9 +99,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Umount(args) => teardown::umount(args),
         Command::Rm(args) => teardown::rm(args),
         Command::Export(args) => export::execute(args),
+        Command::Publish(args) => publish::execute(args),
         Command::Agent(args) => agent::execute(args),
         Command::Members(args) => fleet::members(args),
-        Command::Event(args) => fleet::event(args),
+        Command::Event(args) => fleet::event(*args),
         Command::Query(args) => fleet::query(args),
         Command::Rollback(args) => fleet_deploy::rollback(args),
         Command::Rollout(args) => rollout::execute(args),

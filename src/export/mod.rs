@@ -1,6 +1,6 @@
 //! `export`: turn a container image into one flat rootfs tar that `deploy` and `run` understand.
 //!
-//! Two sources, one output format:
+//! Three sources, one output format:
 //! - [`Source::Engine`]: ask a Docker engine (Engine API over its unix socket, `DOCKER_HOST`
 //!   honoured) to export a never-started container created from the image. The engine has
 //!   already flattened the layers, so the stream is re-written entry by entry; see [`docker`].
@@ -8,8 +8,10 @@
 //!   engine. Layers are applied in order with overlay whiteout semantics in two streaming
 //!   passes (headers first, then the winning entries), so nothing is extracted to disk and
 //!   nothing big is held in memory; see [`archive`], [`layout`] and [`whiteout`].
+//! - [`Source::Directory`]: a rootfs directory as it is on disk, read beneath its root
+//!   without following a symlink; see [`directory`].
 //!
-//! Either way the image's `Config.Env` becomes `/.drootenv` (rendered by
+//! For an image, its `Config.Env` becomes `/.drootenv` (rendered by
 //! [`crate::drootenv::render`]), replacing any such file shipped in the image, and every path
 //! in the output is relative (`bin/sh`, `.drootenv`), as droot produced. Device nodes and FIFOs
 //! under `/dev/` are left out and counted ([`ExportSummary::skipped_devices`]): the jail's
@@ -22,6 +24,7 @@
 //! instead of dying half-way (the caller then discards its partial output).
 
 pub mod archive;
+pub mod directory;
 pub mod docker;
 pub mod layout;
 pub mod rootfs_tar;
@@ -42,6 +45,8 @@ pub enum Source {
         path: PathBuf,
         image_ref: Option<String>,
     },
+    /// A rootfs directory, written as it is (see [`directory`]).
+    Directory { path: PathBuf },
 }
 
 /// What an export produced, for logs and the CLI.
@@ -96,6 +101,12 @@ pub enum ExportError {
         image: String,
         #[source]
         source: crate::drootenv::DrootenvError,
+    },
+    #[error("cannot read {path} in the rootfs directory")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot read {path}")]
     OpenArchive {
@@ -225,16 +236,30 @@ pub fn export<W: Write + Send + 'static>(
                 let work = tokio::task::spawn_blocking(move || {
                     archive::flatten(&path, image_ref.as_deref(), out, output)
                 });
-                tokio::select! {
-                    joined = work => joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
-                    name = signals.recv() => Err(ExportError::Interrupted(name)),
-                }
+                interruptible(work, &mut signals).await
+            }
+            Source::Directory { path } => {
+                let path = path.clone();
+                let work =
+                    tokio::task::spawn_blocking(move || directory::flatten_dir(&path, out, output));
+                interruptible(work, &mut signals).await
             }
         }
     });
     // A worker still blocked on a write (e.g. to a stdout nobody reads) must not keep us alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     result
+}
+
+/// The blocking flatten's result, or [`ExportError::Interrupted`] on the first signal.
+async fn interruptible<T>(
+    work: tokio::task::JoinHandle<Result<T, ExportError>>,
+    signals: &mut Signals,
+) -> Result<T, ExportError> {
+    tokio::select! {
+        joined = work => joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+        name = signals.recv() => Err(ExportError::Interrupted(name)),
+    }
 }
 
 /// The `/.drootenv` text for an image's `Env`.

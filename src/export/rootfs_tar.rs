@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_BYTES: u64 = crate::artifact::DEFAULT_MAX_BYTES;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutputOptions {
     pub compression: Compression,
+    /// The compression level (gzip 0-9, zstd 1-19); `None` for the codec's usual one.
+    pub level: Option<i32>,
     /// The most bytes of file contents the output may hold (sparse files at full size).
     pub max_bytes: u64,
 }
@@ -51,6 +53,7 @@ impl Default for OutputOptions {
     fn default() -> Self {
         OutputOptions {
             compression: Compression::None,
+            level: None,
             max_bytes: DEFAULT_MAX_BYTES,
         }
     }
@@ -73,17 +76,19 @@ enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    fn new(out: W, compression: Compression) -> io::Result<Self> {
-        Ok(match compression {
+    fn new(out: W, opts: OutputOptions) -> io::Result<Self> {
+        Ok(match opts.compression {
             Compression::None => Encoder::Raw(out),
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                out,
-                flate2::Compression::default(),
-            )),
+            Compression::Gzip => {
+                let level = opts.level.map_or(6, |l| l.clamp(0, 9) as u32);
+                let level = flate2::Compression::new(level);
+                Encoder::Gzip(flate2::write::GzEncoder::new(out, level))
+            }
             Compression::Zstd => {
                 // Compress on worker threads while this one parses and re-writes entries
                 // (zstd's multi-threaded output does not depend on the number of workers).
-                let mut e = zstd::stream::write::Encoder::new(out, 3)?;
+                let level = opts.level.unwrap_or(3).clamp(1, 19);
+                let mut e = zstd::stream::write::Encoder::new(out, level)?;
                 let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
                 e.multithread(workers as u32)?;
                 Encoder::Zstd(e)
@@ -142,7 +147,7 @@ pub struct RootfsWriter<W: Write> {
 
 impl<W: Write> RootfsWriter<W> {
     pub fn new(out: W, opts: OutputOptions) -> io::Result<Self> {
-        let mut builder = tar::Builder::new(Encoder::new(out, opts.compression)?);
+        let mut builder = tar::Builder::new(Encoder::new(out, opts)?);
         builder.mode(tar::HeaderMode::Complete);
         Ok(Self {
             builder,
@@ -545,8 +550,8 @@ mod tests {
             .unwrap();
         let src = b.into_inner().unwrap();
         let opts = OutputOptions {
-            compression: Compression::None,
             max_bytes: 1 << 30,
+            ..OutputOptions::default()
         };
         let mut w = RootfsWriter::new(Vec::new(), opts).unwrap();
         let mut ar = crate::artifact::tar::Archive::new(src.as_slice());

@@ -411,9 +411,13 @@ impl Fleet {
     }
 
     /// `event deploy web VERSION EXTRA... --wait` through node `via`: (exit code, report).
+    /// Unpinned unless EXTRA gives `--sha256`: the nodes' templates name the artifact.
     pub fn deploy_via(&self, via: u8, version: &str, extra: &[&str]) -> (i32, Value) {
         let mut args = vec!["event", "deploy", "web", version];
         args.extend_from_slice(extra);
+        if !extra.contains(&"--sha256") {
+            args.push("--unpinned");
+        }
         self.cli_wait(via, &args)
     }
 

@@ -13,6 +13,7 @@
 //! the unpack at their next read, wherever they block (a blocked network read is woken).
 //! `file://` paths are confined to [`FileRoots`] when the caller asks for it (the agent does).
 
+pub mod digest;
 pub mod error;
 pub mod file;
 pub mod http;

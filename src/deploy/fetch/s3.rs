@@ -2,13 +2,13 @@
 //! optional endpoint (or `AWS_ENDPOINT_URL`), path-style addressing for S3-compatible
 //! stores. The object body is streamed chunk by chunk to the unpacker.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 
 use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
 use aws_sdk_s3::config::{ProvideCredentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::operation::get_object::GetObjectError;
 
 use super::stream;
 use super::{FetchError, FetchOptions};
@@ -45,6 +45,27 @@ async fn get(
     key: &str,
     opts: &FetchOptions,
 ) -> Result<(aws_sdk_s3::primitives::ByteStream, Option<u64>), FetchError> {
+    let s3 = connect(url, opts).await?;
+    tracing::debug!(url, endpoint = ?s3.endpoint, "s3 get");
+    match s3.client.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => {
+            let length = out.content_length().and_then(|n| u64::try_from(n).ok());
+            Ok((out.body, length))
+        }
+        Err(e) => Err(status_error(url, bucket, key, s3.endpoint.as_deref(), e)),
+    }
+}
+
+/// An S3 client set up from the AWS chain and `opts`, with the endpoint it talks to.
+pub struct Connected {
+    pub client: aws_sdk_s3::Client,
+    /// The configured endpoint, for messages (`None`: AWS itself).
+    pub endpoint: Option<String>,
+}
+
+/// A client from the AWS chain and `opts`; fails at once when no credentials are found
+/// (`url` names the object in the error).
+pub async fn connect(url: &str, opts: &FetchOptions) -> Result<Connected, FetchError> {
     let region = RegionProviderChain::first_try(opts.s3_region.clone().map(Region::new))
         .or_default_provider()
         .or_else(Region::new("us-east-1"));
@@ -69,24 +90,38 @@ async fn get(
     let conf = aws_sdk_s3::config::Builder::from(&sdk)
         .force_path_style(path_style)
         .build();
-    let client = aws_sdk_s3::Client::from_conf(conf);
-    tracing::debug!(url, ?endpoint, path_style, "s3 get");
-    match client.get_object().bucket(bucket).key(key).send().await {
-        Ok(out) => {
-            let length = out.content_length().and_then(|n| u64::try_from(n).ok());
-            Ok((out.body, length))
-        }
-        Err(e) => Err(map_error(url, bucket, key, endpoint.as_deref(), e)),
+    Ok(Connected {
+        client: aws_sdk_s3::Client::from_conf(conf),
+        endpoint,
+    })
+}
+
+/// The object's metadata (`x-amz-meta-*`, keys lower case), or `None` when there is no
+/// such object. One HEAD request.
+pub async fn head(
+    url: &str,
+    bucket: &str,
+    key: &str,
+    s3: &Connected,
+) -> Result<Option<HashMap<String, String>>, FetchError> {
+    match s3.client.head_object().bucket(bucket).key(key).send().await {
+        Ok(out) => Ok(Some(out.metadata().cloned().unwrap_or_default())),
+        Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => Ok(None),
+        Err(e) => Err(status_error(url, bucket, key, s3.endpoint.as_deref(), e)),
     }
 }
 
-fn map_error(
+/// The error for a failed S3 request on `bucket`/`key`, by its code and HTTP status.
+pub fn status_error<E>(
     url: &str,
     bucket: &str,
     key: &str,
     endpoint: Option<&str>,
-    err: SdkError<GetObjectError, aws_sdk_s3::config::http::HttpResponse>,
-) -> FetchError {
+    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> FetchError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     let url = url.to_string();
     let detail = DisplayErrorContext(&err).to_string();
     match &err {
