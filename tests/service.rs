@@ -4,6 +4,7 @@
 
 #[path = "common/agent.rs"]
 mod agent_support;
+mod common;
 
 use std::io::IoSliceMut;
 use std::os::fd::AsRawFd;
@@ -56,11 +57,11 @@ impl Manager {
 }
 
 /// Agent `n` of `c`, not yet started, with a handler that writes its environment to
-/// `env_file` on the user event `envdump`.
-fn agent(c: &Cluster, n: u8, env_file: &Path) -> Agent {
+/// `env_file` on the user event `envdump`, and `extra` config.
+fn agent(c: &Cluster, n: u8, env_file: &Path, extra: &str) -> Agent {
     let name = format!("n{n}");
     let handler = format!(
-        "[[handler]]\nevent = \"user:envdump\"\ncommand = [\"sh\", \"-c\", \"env > {}\"]\n",
+        "[[handler]]\nevent = \"user:envdump\"\ncommand = [\"sh\", \"-c\", \"env > {}\"]\n{extra}",
         env_file.display()
     );
     let config = c.dir.path().join(format!("{name}.toml"));
@@ -95,7 +96,7 @@ fn the_agent_notifies_ready_reloading_and_stopping() {
     let socket = c.dir.path().join("notify");
     let manager = Manager::bind(&SocketAddr::from_pathname(&socket).unwrap());
     let env_file = c.dir.path().join("handler.env");
-    let mut a = agent(&c, 1, &env_file);
+    let mut a = agent(&c, 1, &env_file, "");
     let socket_env = socket.to_str().unwrap();
     a.spawn_env(&[
         ("NOTIFY_SOCKET", socket_env),
@@ -148,7 +149,7 @@ fn an_abstract_notify_socket_gets_ready() {
     let c = Cluster::new("77.140");
     let name = format!("droot-fleet-test/{}/notify", std::process::id());
     let manager = Manager::bind(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap());
-    let mut a = agent(&c, 2, &c.dir.path().join("unused.env"));
+    let mut a = agent(&c, 2, &c.dir.path().join("unused.env"), "");
     a.spawn_env(&[("NOTIFY_SOCKET", &format!("@{name}"))]);
     let pid = a.child.as_ref().unwrap().id() as i32;
     assert_eq!(manager.next("READY=1"), (pid, "READY=1".into()));
@@ -158,13 +159,74 @@ fn an_abstract_notify_socket_gets_ready() {
 #[test]
 fn a_bad_notify_socket_is_reported_and_the_agent_runs_on() {
     let c = Cluster::new("77.140");
-    let mut a = agent(&c, 3, &c.dir.path().join("unused.env"));
+    let mut a = agent(&c, 3, &c.dir.path().join("unused.env"), "");
     a.spawn_env(&[("NOTIFY_SOCKET", "run/notify")]);
     assert_eq!(a.status_of("n3").as_deref(), Some("alive"));
     let log = a.log_text();
     assert!(
         log.contains("NOTIFY_SOCKET=\"run/notify\" is neither an absolute path"),
         "{log}"
+    );
+}
+
+/// Stops the agent (and so its jails) even when the test failed.
+struct Stop<'a>(&'a mut Agent);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        if self.0.child.is_some() {
+            self.0.signal(Signal::SIGTERM);
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.0.wait_exit(DEADLINE)
+            }));
+        }
+    }
+}
+
+/// READY=1 waits for the apps: when it comes, the app's jail is already running (as
+/// `query status` says), and the jail's environment holds nothing of the agent's
+/// (NOTIFY_SOCKET included).
+#[test]
+fn ready_comes_once_the_apps_run_and_jails_get_no_notify_socket() {
+    common::require_root("an agent running an app's jail");
+    let c = Cluster::new("77.140");
+    let store = common::tempdir();
+    let root = store.path().canonicalize().unwrap().join("web");
+    let release = root.join("releases/v1");
+    std::fs::create_dir_all(&release).unwrap();
+    common::busybox_rootfs(&release);
+    std::os::unix::fs::symlink("releases/v1", root.join("current")).unwrap();
+    let app = format!(
+        "[apps.web]\nartifact = \"file:///nonexistent/{{version}}.tar\"\nroot = \"{}\"\n\
+         command = [\"sh\", \"-c\", \"env > /jail.env; exec sleep 600\"]\n",
+        root.display()
+    );
+    let socket = c.dir.path().join("notify");
+    let manager = Manager::bind(&SocketAddr::from_pathname(&socket).unwrap());
+    let mut a = agent(&c, 4, &c.dir.path().join("unused.env"), &app);
+    a.spawn_env(&[("NOTIFY_SOCKET", socket.to_str().unwrap())]);
+    let a = Stop(&mut a);
+    let pid = a.0.child.as_ref().unwrap().id() as i32;
+
+    assert_eq!(manager.next("READY=1"), (pid, "READY=1".into()));
+    let out = a.0.cli(&["query", "status", "web", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let web = &status["responses"][0]["apps"]["web"];
+    assert_eq!(web["state"], "running", "at READY=1: {status}");
+    assert!(web["pid"].as_i64().is_some_and(|p| p > 0), "{status}");
+
+    let env = wait_for(DEADLINE, "the jail's environment", || {
+        let text = std::fs::read_to_string(release.join("jail.env")).ok()?;
+        text.contains("PATH=").then_some(text)
+    });
+    assert!(
+        !env.contains("NOTIFY_SOCKET"),
+        "the jail got a notify socket:\n{env}"
     );
 }
 
