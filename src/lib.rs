@@ -34,11 +34,13 @@
 //! - [`secret_file`]: reading a keyring, signing key or config with a token only when no
 //!   other user can read or change it; writing one 0600.
 //! - [`log_throttle`]: one log line per period for a failure that repeats on every retry.
+//! - [`sd_notify`]: telling the service manager (systemd, `Type=notify`) that the agent is
+//!   ready, reloading or stopping.
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 //!
 //! Layering (imports only point left): the leaves ([`wire`], [`durations`], [`sizes`],
-//! [`atomic_file`], [`secret_file`], [`wall`], [`log_throttle`], [`cancel`], [`keytext`]) ←
-//! [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
+//! [`atomic_file`], [`secret_file`], [`wall`], [`log_throttle`], [`cancel`], [`keytext`],
+//! [`sd_notify`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
 //! The agent carries the deploy tables of its config file untouched; the CLI parses them
 //! and wires the agent, the deploy controller and the API together.
 
@@ -63,6 +65,7 @@ pub mod mountinfo;
 pub mod newmount;
 pub mod publish;
 pub mod release;
+pub mod sd_notify;
 pub mod secret_file;
 pub mod sizes;
 pub mod teardown;

@@ -18,7 +18,8 @@
 //! `LANG`, `DROOT_FLEET_RPC_TOKEN`, …), as is its working directory and user. Inherited
 //! event-context variables (`DROOT_FLEET_EVENT`, `_USER_EVENT`, `_QUERY_NAME`, `_LTIME`,
 //! `_NODE`, `_MEMBER`, `_TAG_*` — e.g. from an agent started by another handler) are
-//! removed first, so a handler never sees a stale name or tag.
+//! removed first, so a handler never sees a stale name or tag. So is `NOTIFY_SOCKET`
+//! (see [`crate::sd_notify`]): only the agent speaks to its service manager.
 //!
 //! At the timeout the whole process group gets SIGKILL and a warning is logged.
 //! stdout/stderr are logged; for queries stdout is the answer. Memory is bounded: only
@@ -169,6 +170,8 @@ pub fn start(
             cmd.env_remove(k);
         }
     }
+    // The service manager's socket is the agent's: a handler must not speak as it.
+    cmd.env_remove(crate::sd_notify::ENV);
     cmd.args(&handler.command[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())

@@ -217,6 +217,7 @@ pub struct Agent {
     key_authority: key_auth::KeyAuthority,
     log_reload: Option<monitor::LogReload>,
     tables_check: Option<config::TablesCheck>,
+    notifier: crate::sd_notify::Notifier,
     handle: AgentHandle,
     inputs: mpsc::Receiver<task::Input>,
     stop: watch::Sender<bool>,
@@ -237,6 +238,7 @@ impl Agent {
             key_authority,
             log_reload: None,
             tables_check: None,
+            notifier: Default::default(),
             handle: AgentHandle {
                 tx,
                 monitor: broadcast::channel(1024).0,
@@ -284,6 +286,13 @@ impl Agent {
         self
     }
 
+    /// Whom to tell about a SIGHUP reload (`RELOADING=1`, then `READY=1`) and the leave
+    /// (`STOPPING=1`). `READY=1` at start is the caller's: only it knows when all is up.
+    pub fn with_notifier(mut self, notifier: crate::sd_notify::Notifier) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
     /// How SIGHUP checks the reloaded file's deploy tables (see [`config::TablesCheck`]).
     pub fn with_tables_check(mut self, check: config::TablesCheck) -> Self {
         self.tables_check = Some(check);
@@ -328,6 +337,7 @@ impl Agent {
             key_authority: self.key_authority,
             log_reload: self.log_reload,
             tables_check: self.tables_check,
+            notifier: self.notifier,
             handle: self.handle,
             inputs: self.inputs,
             stop: self.stop,

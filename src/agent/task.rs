@@ -35,6 +35,7 @@ use super::{AgentError, AgentHandle, Command};
 use crate::gossip::{
     EventId, NodeId, PushPullState, QueryId, QueryResponse, QueryResult, UserEvent,
 };
+use crate::sd_notify::Notifier;
 use crate::wire;
 
 /// What the task reacts to besides timers and signals.
@@ -104,6 +105,7 @@ pub struct AgentTask {
     machine: Machine,
     shell: Shell,
     sched: Scheduler,
+    notifier: Notifier,
 }
 
 pub(super) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -119,6 +121,7 @@ pub struct Parts {
     pub key_authority: crate::agent::key_auth::KeyAuthority,
     pub log_reload: Option<LogReload>,
     pub tables_check: Option<TablesCheck>,
+    pub notifier: Notifier,
     pub handle: AgentHandle,
     pub inputs: mpsc::Receiver<Input>,
     pub stop: watch::Sender<bool>,
@@ -154,6 +157,7 @@ pub async fn start(parts: Parts) -> Result<Started, AgentError> {
         key_authority,
         log_reload,
         tables_check,
+        notifier,
         handle,
         inputs: rx,
         stop: stop_tx,
@@ -190,6 +194,7 @@ pub async fn start(parts: Parts) -> Result<Started, AgentError> {
         machine: Machine::new(restored.into_init(settings, kinds, registry, key_authority)),
         shell: Shell::new(io_parts, &handle),
         sched: Scheduler::new(),
+        notifier,
     };
     Ok(Started {
         task,
@@ -262,7 +267,9 @@ impl AgentTask {
                     None => break,
                 },
                 _ = hup.recv() => {
+                    self.notifier.reloading();
                     self.reload();
+                    self.notifier.reloaded();
                     continue;
                 }
                 _ = push_pull.tick() => self.machine.push_pull_tick(),
@@ -390,6 +397,7 @@ impl AgentTask {
     /// Graceful leave: notices and foca's leave handed to the kernel, then the state
     /// file queued (written before the process exits, see [`run`]).
     async fn leave(&mut self) {
+        self.notifier.stopping();
         let effects = self.machine.leave(now());
         self.execute(effects).await;
         tracing::info!("left the cluster");

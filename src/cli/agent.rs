@@ -18,6 +18,7 @@ use crate::agent::Agent;
 use crate::agent::config::{Overrides, Settings, TablesCheck};
 use crate::agent::monitor::{LogReload, MonitorLayer};
 use crate::deploy::config::DeployConfig;
+use crate::sd_notify::Notifier;
 
 /// Flags of `droot-fleet agent` (each overrides the config file).
 #[derive(Debug, Args)]
@@ -81,6 +82,7 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let deploy = DeployConfig::parse(&settings.deploy)?;
     let monitor = tokio::sync::broadcast::channel(1024).0;
     let reload = init_logging(&settings.log_level, &monitor)?;
+    let notifier = service_manager();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -90,12 +92,13 @@ pub fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let mut agent = Agent::new(settings)
             .with_monitor(monitor)
             .with_log_reload(reload)
-            .with_tables_check(deploy_tables_check());
+            .with_tables_check(deploy_tables_check())
+            .with_notifier(notifier.clone());
         if let Some((prefix, file)) = debug_consumer {
             let rx = agent.register_consumer("debug", &prefix);
             tokio::spawn(crate::agent::consumers::record_to_file(rx, file));
         }
-        serve(agent, deploy).await
+        serve(agent, deploy, notifier).await
     });
     // Blocking work was cancelled on the way out; whatever still runs (a disk stuck in a
     // write) must not keep a stopped agent alive past its supervisor's stop timeout.
@@ -111,6 +114,15 @@ const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// applied then); valid ones take effect at the next restart, as before.
 fn deploy_tables_check() -> TablesCheck {
     Arc::new(|tables| DeployConfig::parse(tables).map(drop).map_err(Into::into))
+}
+
+/// The service manager to notify (`NOTIFY_SOCKET`), if any. A bad address is reported and
+/// the agent runs on: a manager that waits for `READY=1` times out by itself.
+fn service_manager() -> Notifier {
+    Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!("{e}");
+        Notifier::default()
+    })
 }
 
 fn overrides(args: AgentArgs) -> Overrides {
@@ -156,8 +168,9 @@ fn init_logging(
 }
 
 /// Wires the agent, the control API and the deploy controller together and runs them
-/// until the agent left.
-async fn serve(mut agent: Agent, deploy: DeployConfig) -> anyhow::Result<()> {
+/// until the agent left. The service manager hears `READY=1` once gossip is bound, the
+/// control API listens and the apps are up.
+async fn serve(mut agent: Agent, deploy: DeployConfig, notifier: Notifier) -> anyhow::Result<()> {
     let rpc = agent.settings().rpc.clone();
     let token = agent.settings().rpc_token.clone();
     let handle = agent.handle();
@@ -180,10 +193,16 @@ async fn serve(mut agent: Agent, deploy: DeployConfig) -> anyhow::Result<()> {
     // The deploy controller runs beside the agent; if it cannot start the apps, the
     // agent leaves and exits with its error (a supervisor restarts it; nothing is hidden).
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let (up_tx, up_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        if up_rx.await.is_ok() {
+            notifier.ready();
+        }
+    });
     let controller = tokio::spawn({
         let handle = handle.clone();
         async move {
-            let r = controller.run(handle).await;
+            let r = controller.run(handle, up_tx).await;
             if r.is_err() {
                 let _ = failed_tx.send(());
             }

@@ -6,6 +6,7 @@
 mod agent;
 mod deploy;
 mod deploy_event;
+mod docs;
 mod enroll;
 mod export;
 mod fleet;
@@ -74,6 +75,10 @@ pub enum Command {
     ForceLeave(fleet::NodeArgs),
     /// Stream the agent's logs and events (NDJSON).
     Monitor(fleet::RpcArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page of the whole CLI (roff), or with --dir write one page per command.
+    Man(docs::ManArgs),
 }
 
 /// Entry point used by the binary.
@@ -112,6 +117,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Leave(args) => fleet::leave(args),
         Command::ForceLeave(args) => fleet::force_leave(args),
         Command::Monitor(args) => fleet::monitor(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     }
 }
 

@@ -220,8 +220,13 @@ impl Controller {
     }
 
     /// Starts the apps and runs until the agent stops; then stops the apps (except those
-    /// with `leave_running`).
-    pub async fn run(mut self, agent: AgentHandle) -> Result<(), ControllerError> {
+    /// with `leave_running`). `up` is told once every app is up (adopted, or started from
+    /// `current`) and the saved state is restored: the service is ready.
+    pub async fn run(
+        mut self,
+        agent: AgentHandle,
+        up: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(), ControllerError> {
         let state_path = self.data_dir.join(STATE_FILE);
         let persisted = load(&state_path)?;
         let opts = ExecutorOptions {
@@ -256,6 +261,7 @@ impl Controller {
         shell.apply(fx).await;
         shell.resync().await;
         shell.refresh().await;
+        let _ = up.send(());
         let mut stop = agent.stopping();
         let mut tick = tokio::time::interval(TICK);
         // With no apps the executor has no task to report: its channel is closed at once.

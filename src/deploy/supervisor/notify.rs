@@ -55,7 +55,7 @@ impl NotifySocket {
 
     /// `NOTIFY_SOCKET=@NAME`, for the instance's environment.
     pub(super) fn env(&self) -> String {
-        format!("NOTIFY_SOCKET=@{}", self.name)
+        format!("{}=@{}", crate::sd_notify::ENV, self.name)
     }
 
     /// Resolves once a process in the PID namespace of the jail under `run_pid` (the
