@@ -34,10 +34,13 @@
 //! - [`secret_file`]: reading a keyring, signing key or config with a token only when no
 //!   other user can read or change it; writing one 0600.
 //! - [`log_throttle`]: one log line per period for a failure that repeats on every retry.
+//! - [`metrics`]: the Prometheus text format and a histogram (pure; the agent, the deploy
+//!   controller and the API build their metric families on it).
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 //!
 //! Layering (imports only point left): the leaves ([`wire`], [`durations`], [`sizes`],
-//! [`atomic_file`], [`secret_file`], [`wall`], [`log_throttle`], [`cancel`], [`keytext`]) ←
+//! [`atomic_file`], [`secret_file`], [`wall`], [`log_throttle`], [`cancel`], [`keytext`],
+//! [`metrics`]) ←
 //! [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
 //! The agent carries the deploy tables of its config file untouched; the CLI parses them
 //! and wires the agent, the deploy controller and the API together.
@@ -59,6 +62,7 @@ pub mod id_range;
 pub mod jail;
 pub mod keytext;
 pub mod log_throttle;
+pub mod metrics;
 pub mod mountinfo;
 pub mod newmount;
 pub mod release;
