@@ -36,11 +36,14 @@
 //! - [`log_throttle`]: one log line per period for a failure that repeats on every retry.
 //! - [`sd_notify`]: telling the service manager (systemd, `Type=notify`) that the agent is
 //!   ready, reloading or stopping.
+//! - [`metrics`]: the Prometheus text format and a histogram (pure; the agent, the deploy
+//!   controller and the API build their metric families on it).
+//! - [`publish`]: an export streamed into the artifact store with its digest.
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 //!
 //! Layering (imports only point left): the leaves ([`wire`], [`durations`], [`sizes`],
 //! [`atomic_file`], [`secret_file`], [`wall`], [`log_throttle`], [`cancel`], [`keytext`],
-//! [`sd_notify`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
+//! [`sd_notify`], [`metrics`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
 //! The agent carries the deploy tables of its config file untouched; the CLI parses them
 //! and wires the agent, the deploy controller and the API together.
 
@@ -61,6 +64,7 @@ pub mod id_range;
 pub mod jail;
 pub mod keytext;
 pub mod log_throttle;
+pub mod metrics;
 pub mod mountinfo;
 pub mod newmount;
 pub mod publish;

@@ -70,6 +70,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub rpc: Option<String>,
     pub rpc_token: Option<String>,
+    pub metrics_addr: Option<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     pub keyring: Option<PathBuf>,
@@ -216,6 +217,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub rpc: RpcAddr,
     pub rpc_token: Option<String>,
+    /// The scrape-only Prometheus listener ([`crate::api::metrics_listener`]), if any.
+    pub metrics_addr: Option<SocketAddr>,
     pub tags: Tags,
     pub keyring: Option<PathBuf>,
     pub insecure: bool,

@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use super::config::{EventFilter, HandlerConfig, RpcAddr};
+use super::net::Counters;
 use crate::gossip::Tags;
 
 /// What a handler is run for.
@@ -232,7 +233,12 @@ async fn capture(
 impl Running {
     /// Waits for the handler (killing its process group at the timeout), logs its
     /// output and returns stdout (bounded, see [`LOG_TAIL`] and [`MAX_ANSWER`]).
-    pub async fn finish(mut self) -> Result<Vec<u8>, HandlerError> {
+    pub async fn finish(self) -> Result<Vec<u8>, HandlerError> {
+        self.finish_status().await.map(|(out, _)| out)
+    }
+
+    /// [`Self::finish`], and whether the handler exited 0.
+    pub async fn finish_status(mut self) -> Result<(Vec<u8>, bool), HandlerError> {
         let pid = self.child.id();
         let (out_cap, head) = if self.answer {
             (MAX_ANSWER, true)
@@ -258,7 +264,7 @@ impl Running {
                     stderr_dropped = err_dropped,
                     "handler finished"
                 );
-                Ok(out)
+                Ok((out, status.success()))
             }
             Ok(Err(source)) => Err(HandlerError::Wait { program, source }),
             Err(_) => {
@@ -277,16 +283,23 @@ impl Running {
     }
 }
 
-/// Waits for a slot of `limiter`, then runs one handler to completion. Returns stdout.
+/// Waits for a slot of `limiter`, then runs one handler to completion, counted in
+/// `counters` ([`Counters::handler_ran`]). Returns stdout.
 pub async fn run(
     limiter: &Limiter,
+    counters: &Counters,
     handler: &HandlerConfig,
     env: &[(String, String)],
     stdin: Vec<u8>,
     answer: bool,
 ) -> Result<Vec<u8>, HandlerError> {
     let _permit = limiter.acquire().await;
-    start(handler, env, stdin, answer)?.finish().await
+    let ran = match start(handler, env, stdin, answer) {
+        Ok(running) => running.finish_status().await,
+        Err(e) => Err(e),
+    };
+    counters.handler_ran(matches!(ran, Ok((_, true))));
+    ran.map(|(out, _)| out)
 }
 
 /// The handlers of `configured` that `trigger` selects.
@@ -302,6 +315,7 @@ pub fn matching(configured: &[HandlerConfig], trigger: &Trigger) -> Vec<HandlerC
 /// task behind `limiter`; failures are logged with the `event` kind.
 pub fn spawn_each(
     limiter: &Limiter,
+    counters: &std::sync::Arc<Counters>,
     handlers: Vec<HandlerConfig>,
     env: &[(String, String)],
     payload: &[u8],
@@ -309,9 +323,9 @@ pub fn spawn_each(
 ) {
     for h in handlers {
         let (env, payload, event) = (env.to_vec(), payload.to_vec(), event.to_owned());
-        let limiter = limiter.clone();
+        let (limiter, counters) = (limiter.clone(), counters.clone());
         tokio::spawn(async move {
-            if let Err(e) = run(&limiter, &h, &env, payload, false).await {
+            if let Err(e) = run(&limiter, &counters, &h, &env, payload, false).await {
                 tracing::warn!(event = %event, cause = %e, "handler failed");
             }
         });
@@ -370,19 +384,34 @@ mod tests {
             5000,
         );
         let lim = limiter(4);
-        let out = run(&lim, &cat, &env, b"hi".to_vec(), true).await.unwrap();
+        let c = Counters::default();
+        let out = run(&lim, &c, &cat, &env, b"hi".to_vec(), true)
+            .await
+            .unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "hi x 4 eu\n");
         let slow = h(EventFilter::All, &["sh", "-c", "sleep 30; echo done"], 200);
         let start = std::time::Instant::now();
-        let err = run(&lim, &slow, &env, vec![], false).await.unwrap_err();
+        let err = run(&lim, &c, &slow, &env, vec![], false).await.unwrap_err();
         assert!(matches!(err, HandlerError::Timeout { .. }));
         assert!(start.elapsed() < Duration::from_secs(5));
+        // A non-zero exit still answers, and counts as a failure.
+        let exit3 = h(EventFilter::All, &["sh", "-c", "echo no; exit 3"], 5000);
+        let out = run(&lim, &c, &exit3, &env, vec![], true).await.unwrap();
+        assert_eq!(out, b"no\n");
+        let missing = h(EventFilter::All, &["/nonexistent/handler"], 5000);
+        let err = run(&lim, &c, &missing, &env, vec![], true)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HandlerError::Spawn { .. }));
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!((get(&c.handler_runs), get(&c.handler_failures)), (4, 3));
     }
 
     /// Regression (issue 10, item 5): all of a handler's output was kept in memory.
     #[tokio::test]
     async fn output_is_bounded() {
         let lim = limiter(2);
+        let c = Counters::default();
         let env = Vec::new();
         let noisy = |n: usize| {
             h(
@@ -395,12 +424,12 @@ mod tests {
                 10_000,
             )
         };
-        let out = run(&lim, &noisy(3_000_000), &env, vec![], false)
+        let out = run(&lim, &c, &noisy(3_000_000), &env, vec![], false)
             .await
             .unwrap();
         assert_eq!(out.len(), LOG_TAIL);
         assert!(out.ends_with(b"aEND"), "the tail is kept");
-        let out = run(&lim, &noisy(3_000_000), &env, vec![], true)
+        let out = run(&lim, &c, &noisy(3_000_000), &env, vec![], true)
             .await
             .unwrap();
         assert_eq!(out.len(), MAX_ANSWER, "an answer keeps its head");
@@ -410,6 +439,7 @@ mod tests {
     #[tokio::test]
     async fn limiter_queues_handlers() {
         let lim = limiter(1);
+        let c = Counters::default();
         let timed = h(
             EventFilter::All,
             &["sh", "-c", "date +%s%N; sleep 0.3; date +%s%N"],
@@ -417,8 +447,8 @@ mod tests {
         );
         let env = Vec::new();
         let (a, b) = tokio::join!(
-            run(&lim, &timed, &env, vec![], true),
-            run(&lim, &timed, &env, vec![], true)
+            run(&lim, &c, &timed, &env, vec![], true),
+            run(&lim, &c, &timed, &env, vec![], true)
         );
         let span = |out: Vec<u8>| -> (u128, u128) {
             let text = String::from_utf8(out).unwrap();

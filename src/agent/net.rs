@@ -47,11 +47,15 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most inbound gossip TCP connections open at once.
 pub const MAX_STREAMS: usize = 64;
 
-/// Packet counters, exposed by `GET /v1/info`.
+/// Packet counters, exposed by `GET /v1/info` and `GET /v1/metrics`. They only grow, for
+/// the agent's life.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub packets_received: AtomicU64,
     pub packets_sent: AtomicU64,
+    /// Bytes of the datagrams received (sealed, as they arrived) and sent.
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
     pub packets_dropped_auth: AtomicU64,
     pub packets_dropped_short: AtomicU64,
     pub packets_dropped_version: AtomicU64,
@@ -67,11 +71,27 @@ pub struct Counters {
     /// Packets and push/pull states from another address than their sender names, with
     /// node identities on: their sender's word was not taken.
     pub spoofed_senders: AtomicU64,
+    /// Handler processes run (every attempt), and those that could not start, timed out
+    /// or exited non-zero.
+    pub handler_runs: AtomicU64,
+    pub handler_failures: AtomicU64,
 }
 
 impl Counters {
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_n(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one handler run; `ok`: it started and exited 0.
+    pub fn handler_ran(&self, ok: bool) {
+        Self::add(&self.handler_runs);
+        if !ok {
+            Self::add(&self.handler_failures);
+        }
     }
 
     fn count_open_error(&self, err: &OpenError) {
@@ -88,6 +108,8 @@ impl Counters {
         [
             ("packets_received", get(&self.packets_received)),
             ("packets_sent", get(&self.packets_sent)),
+            ("bytes_received", get(&self.bytes_received)),
+            ("bytes_sent", get(&self.bytes_sent)),
             ("packets_dropped_auth", get(&self.packets_dropped_auth)),
             ("packets_dropped_short", get(&self.packets_dropped_short)),
             (
@@ -109,6 +131,8 @@ impl Counters {
             ("events_pushed", get(&self.events_pushed)),
             ("push_pulls_merged", get(&self.push_pulls_merged)),
             ("spoofed_senders", get(&self.spoofed_senders)),
+            ("handler_runs", get(&self.handler_runs)),
+            ("handler_failures", get(&self.handler_failures)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -191,6 +215,7 @@ pub async fn udp_recv_loop(
             },
         };
         Counters::add(&counters.packets_received);
+        Counters::add_n(&counters.bytes_received, len);
         if len > MAX_RECEIVED_DATAGRAM {
             Counters::add(&counters.packets_dropped_oversize);
             continue;

@@ -83,7 +83,10 @@ impl Shell {
         };
         match sealed {
             Ok(bytes) => match self.socket.send_to(&bytes, dst).await {
-                Ok(_) => Counters::add(&self.counters.packets_sent),
+                Ok(n) => {
+                    Counters::add(&self.counters.packets_sent);
+                    Counters::add_n(&self.counters.bytes_sent, n);
+                }
                 Err(e) => tracing::debug!(peer = %dst, cause = %e, "udp send failed"),
             },
             Err(e) => tracing::warn!(peer = %dst, cause = %e, "datagram not sent"),
@@ -209,15 +212,16 @@ impl Shell {
         env: &Env,
         payload: &[u8],
     ) {
-        handlers::spawn_each(&self.limiter, handlers, env, payload, event);
+        handlers::spawn_each(&self.limiter, &self.counters, handlers, env, payload, event);
     }
 
     /// Runs `query`'s command handler (waiting for a slot); its stdout comes back as
     /// [`Input::HandlerAnswer`].
     pub(super) fn run_query_handler(&self, q: Query, h: HandlerConfig, env: Env) {
-        let (tx, limiter) = (self.tx.clone(), self.limiter.clone());
+        let (tx, limiter, counters) =
+            (self.tx.clone(), self.limiter.clone(), self.counters.clone());
         tokio::spawn(async move {
-            match handlers::run(&limiter, &h, &env, q.payload, true).await {
+            match handlers::run(&limiter, &counters, &h, &env, q.payload, true).await {
                 Ok(payload) => {
                     let answer = Input::HandlerAnswer {
                         id: q.id,
@@ -246,15 +250,18 @@ impl Shell {
                 tokio::spawn(deliver_to_consumer(self.consumers.clone(), h, ev, slot, tx));
                 continue;
             }
-            let env = env.clone();
+            let (env, counters) = (env.clone(), self.counters.clone());
             tokio::spawn(async move {
                 match handlers::start(&h, &env, ev.payload.clone(), false) {
                     Ok(running) => {
-                        if let Err(e) = running.finish().await {
+                        let ran = running.finish_status().await;
+                        counters.handler_ran(matches!(ran, Ok((_, true))));
+                        if let Err(e) = ran {
                             tracing::warn!(event = %ev.name, cause = %e, "handler failed");
                         }
                     }
                     Err(e) => {
+                        counters.handler_ran(false);
                         tracing::warn!(event = %ev.name, cause = %e, "handler could not be started; it stays pending and is retried");
                         let failed = Input::HandlerFailed {
                             event: ev,

@@ -19,10 +19,13 @@
 //! | `POST /v1/deploy` | [`DeployRequest`] (a signed deploy event) | [`DeployAccepted`](crate::deploy::status::DeployAccepted) (400 naming why this agent would refuse it) |
 //! | `GET /v1/deploy/progress?event=ID` | | [`Progress`](crate::deploy::status::Progress) of that event (404 while unknown) |
 //! | `POST /v1/revoke` | [`RevokeRequest`] (a signed revocation) | `{}` (400 naming why this agent refuses it) |
+//! | `GET /v1/metrics` | | Prometheus text format 0.0.4 ([`metrics`]); also on `metrics_addr` ([`metrics_listener`]) |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status.
 
 pub mod client;
+pub mod metrics;
+pub mod metrics_listener;
 pub mod routes;
 pub mod server;
 

@@ -115,6 +115,7 @@ enum Endpoint {
     DeployProgress,
     Rollout,
     Revoke,
+    Metrics,
 }
 
 /// Every endpoint: its path, its method (a known path with another method is a 405) and
@@ -143,6 +144,7 @@ const ROUTES: &[(&str, Method, Endpoint)] = &[
     ("/v1/deploy/progress", Method::GET, Endpoint::DeployProgress),
     ("/v1/rollout", Method::POST, Endpoint::Rollout),
     ("/v1/revoke", Method::POST, Endpoint::Revoke),
+    ("/v1/metrics", Method::GET, Endpoint::Metrics),
 ];
 
 /// The endpoint at `path`; 404 for an unknown path, 405 for a known one with another
@@ -224,7 +226,20 @@ async fn route(req: Request<Incoming>, endpoint: Endpoint, services: &super::Ser
             let r: super::RevokeRequest = body(req).await?;
             revoke(agent, &r.revocation).await
         }
+        Endpoint::Metrics => metrics(services).await,
     })
+}
+
+/// The Prometheus text of the agent and its deploy controller.
+pub(super) async fn metrics(services: &super::Services) -> Response<Body> {
+    match super::metrics::gather(services).await {
+        Ok(text) => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", crate::metrics::CONTENT_TYPE)
+            .body(Full::new(Bytes::from(text)).boxed())
+            .unwrap_or_default(),
+        Err(e) => agent_error(e),
+    }
 }
 
 async fn revoke(agent: &AgentHandle, text: &str) -> Response<Body> {

@@ -173,6 +173,7 @@ fn init_logging(
 async fn serve(mut agent: Agent, deploy: DeployConfig, notifier: Notifier) -> anyhow::Result<()> {
     let rpc = agent.settings().rpc.clone();
     let token = agent.settings().rpc_token.clone();
+    let metrics_addr = agent.settings().metrics_addr;
     let handle = agent.handle();
     let controller = crate::deploy::controller::Controller::register(&mut agent, deploy);
     // The control socket answers only once the data dir is in place and gossip is bound.
@@ -184,6 +185,18 @@ async fn serve(mut agent: Agent, deploy: DeployConfig, notifier: Notifier) -> an
         agent: handle.clone(),
         deploy: Some(controller.view()),
     };
+    if let Some(addr) = metrics_addr {
+        use crate::api::metrics_listener;
+        let listener = metrics_listener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics_addr {addr}"))?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+        tokio::spawn(metrics_listener::run(
+            listener,
+            services.clone(),
+            handle.stopping(),
+        ));
+    }
     let server = tokio::spawn(crate::api::server::run(
         listener,
         services,

@@ -19,6 +19,7 @@ pub mod fetch;
 pub mod health;
 pub mod hooks;
 pub mod listen;
+pub mod metrics;
 pub mod rollout;
 pub mod signed;
 pub mod status;

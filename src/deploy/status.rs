@@ -31,6 +31,10 @@ pub trait DeployView: Send + Sync + 'static {
     fn admit(&self, event: &[u8]) -> std::result::Result<String, String>;
     /// Checks a signed rollout order as this node would on receipt.
     fn admit_control(&self, control: &[u8]) -> std::result::Result<(), String>;
+    /// The deploy side's metric families (`GET /v1/metrics`).
+    fn metrics(&self) -> Vec<crate::metrics::Family> {
+        Vec::new()
+    }
 }
 
 /// The slot key of `node`'s outcome for `app`.
@@ -39,7 +43,7 @@ pub fn outcome_key(app: &str, node: &str) -> String {
 }
 
 /// How a node's deploy of one event ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Result {
     Ok,
@@ -53,6 +57,16 @@ impl Result {
             Result::Ok => "ok",
             Result::Failed => "failed",
             Result::RolledBack => "rolled_back",
+        }
+    }
+
+    /// How an executor's outcome counts.
+    pub fn of(outcome: &crate::deploy::activation::Outcome) -> Self {
+        use crate::deploy::activation::Outcome;
+        match outcome {
+            Outcome::Ok { .. } => Result::Ok,
+            Outcome::Failed { .. } => Result::Failed,
+            Outcome::RolledBack { .. } => Result::RolledBack,
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct NodeSpec {
     pub no_app: bool,
     /// `apps.web.leave_running`.
     pub leave_running: bool,
+    /// Top-level agent settings (before any table), e.g. `metrics_addr = "IP:PORT"\n`.
+    pub top: String,
 }
 
 impl Default for NodeSpec {
@@ -76,6 +78,7 @@ impl Default for NodeSpec {
             tags: Vec::new(),
             no_app: false,
             leave_running: false,
+            top: String::new(),
         }
     }
 }
@@ -283,6 +286,7 @@ impl Fleet {
         if spec.trusted {
             text.push_str(&format!("trusted_signing_keys = [\"{}\"]\n", self.public));
         }
+        text.push_str(&spec.top);
         text.push_str("[tags]\n");
         for (k, v) in &spec.tags {
             text.push_str(&format!("{k} = \"{v}\"\n"));

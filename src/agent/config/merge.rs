@@ -26,6 +26,7 @@ impl Settings {
             .or(file.data_dir.take())
             .unwrap_or_else(|| PathBuf::from(if dev { DEV_DATA_DIR } else { DEFAULT_DATA_DIR }));
         let (rpc, rpc_token) = control_api(&mut file, flags, &data_dir)?;
+        let metrics_addr = metrics_addr(file.metrics_addr.take())?;
         let tags = tags(std::mem::take(&mut file.tags), flags)?;
         let keyring = flags.keyring.clone().or(file.keyring.take());
         let insecure = flags.insecure || file.insecure.unwrap_or(false);
@@ -54,6 +55,7 @@ impl Settings {
             data_dir,
             rpc,
             rpc_token,
+            metrics_addr,
             tags,
             keyring,
             insecure,
@@ -238,6 +240,17 @@ fn control_api(
         }
     }
     Ok((rpc, rpc_token))
+}
+
+/// `metrics_addr`: IP:PORT (no default port: it is not the gossip port).
+fn metrics_addr(text: Option<String>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let Some(text) = text else { return Ok(None) };
+    text.parse().map(Some).map_err(|_| {
+        invalid(
+            "metrics_addr",
+            format!("{text:?} is not IP:PORT (e.g. \"10.0.0.5:9946\")"),
+        )
+    })
 }
 
 /// The file's tags, then the flags' `KEY=VALUE`; they must fit the announcement.

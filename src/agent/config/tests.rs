@@ -163,3 +163,23 @@ fn deploy_tables_are_carried_untouched() {
     assert_eq!(s.deploy.deploy.as_ref(), raw.get("deploy"));
     assert_eq!(s.deploy.apps.as_ref(), raw.get("apps"));
 }
+
+#[test]
+fn metrics_addr_is_off_by_default_and_wants_ip_and_port() {
+    let flags = Overrides {
+        bind: Some("127.0.0.2:7000".into()),
+        data_dir: Some("/tmp/x".into()),
+        keyring: Some("/tmp/x/k.json".into()),
+        ..Default::default()
+    };
+    let s = Settings::merge(FileConfig::default(), &flags).unwrap();
+    assert_eq!(s.metrics_addr, None);
+    let file: FileConfig = toml::from_str("metrics_addr = \"127.0.0.1:9946\"").unwrap();
+    let s = Settings::merge(file, &flags).unwrap();
+    assert_eq!(s.metrics_addr, Some("127.0.0.1:9946".parse().unwrap()));
+    for bad in ["127.0.0.1", "localhost:9946", "tcp:127.0.0.1:9946"] {
+        let file: FileConfig = toml::from_str(&format!("metrics_addr = \"{bad}\"")).unwrap();
+        let err = Settings::merge(file, &flags).unwrap_err().to_string();
+        assert!(err.contains("metrics_addr"), "{bad}: {err}");
+    }
+}

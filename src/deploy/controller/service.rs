@@ -20,6 +20,7 @@ use crate::agent::{Agent, AgentError, AgentHandle, Command};
 use crate::deploy::config::DeployConfig;
 use crate::deploy::control::{CONTROL_EVENT, CONTROL_KIND, SignedControl};
 use crate::deploy::executor::{Executor, ExecutorError, ExecutorOptions, Finished, Submit};
+use crate::deploy::metrics::DeployMetrics;
 use crate::deploy::signed::{Policy, SignedEvent, Trust, Verifier};
 use crate::deploy::status::{
     AppView, DESIRED_KIND, DeployView, EVENT_NAME, NodeOutcome, NodeStatus, OUTCOME_KIND, Progress,
@@ -61,6 +62,8 @@ pub struct Shared {
     core: Mutex<Core>,
     node: String,
     views: Mutex<BTreeMap<String, AppView>>,
+    /// Deploys by outcome and phase durations ([`DeployMetrics::observe_phase`]).
+    pub metrics: DeployMetrics,
 }
 
 impl Shared {
@@ -106,6 +109,14 @@ impl DeployView for Shared {
                 ),
                 e => format!("{e}; this agent would not act on it, so it was not sent"),
             })
+    }
+
+    fn metrics(&self) -> Vec<crate::metrics::Family> {
+        let views: Vec<AppView> = (self.views.lock().unwrap_or_else(|e| e.into_inner()))
+            .values()
+            .cloned()
+            .collect();
+        self.metrics.families(&views)
     }
 }
 
@@ -180,6 +191,7 @@ impl Controller {
             core: Mutex::new(core),
             node: s.node.clone(),
             views: Mutex::new(BTreeMap::new()),
+            metrics: DeployMetrics::new(config.apps.keys().cloned()),
         });
         let data_dir = s.data_dir.clone();
         let sync_grace = s.push_pull_interval;
@@ -334,6 +346,7 @@ impl Shell {
 
     async fn finished(&mut self, f: Finished) {
         tracing::info!(app = %f.app, outcome = ?f.outcome, "deploy finished");
+        self.shared.metrics.deploy_finished(&f.app, &f.outcome);
         let fx = self
             .shared
             .core()

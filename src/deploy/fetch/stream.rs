@@ -11,6 +11,7 @@
 //! wakes the reader), and a failure mid-body stays the reader's answer on every later read.
 
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -72,6 +73,15 @@ impl Read for ChannelReader {
     }
 }
 
+/// Artifact bytes read by this process, over its life (a Prometheus counter).
+static FETCHED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Every byte a [`HashingReader`] (every artifact fetch goes through one) read from its
+/// source since the process started, failed fetches included.
+pub fn fetched_bytes() -> u64 {
+    FETCHED_BYTES.load(Ordering::Relaxed)
+}
+
 struct HashState {
     source: Box<dyn Read + Send>,
     hasher: Sha256,
@@ -87,6 +97,7 @@ impl HashState {
         let n = self.source.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
+        FETCHED_BYTES.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -323,12 +334,15 @@ mod tests {
     #[test]
     fn digest_covers_bytes_the_reader_never_asked_for() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let before = fetched_bytes();
         let (mut r, h) = hashing(Box::new(io::Cursor::new(data.clone())));
         let mut first = [0u8; 1000];
         r.read_exact(&mut first).unwrap();
         drop(r);
         let (digest, bytes) = h.finish(u64::MAX).unwrap();
         assert_eq!(bytes, data.len() as u64);
+        // The process-wide counter took every byte too (other tests may add theirs).
+        assert!(fetched_bytes() - before >= bytes);
         assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
     }
 
