@@ -191,6 +191,7 @@ fn submit(version: &str, sha256: Option<[u8; 32]>) -> Submit {
         url: String::new(),
         sha256,
         ignore_stop_hook_failures: false,
+        signer: None,
     }
 }
 
