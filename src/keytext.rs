@@ -41,6 +41,15 @@ pub fn public_key_text(key: &VerifyingKey) -> String {
     B64.encode(key.to_bytes())
 }
 
+/// Length of a [`key_id`].
+pub const KEY_ID_LEN: usize = 10;
+
+/// A short, stable id of a public key: the first [`KEY_ID_LEN`] characters of its
+/// [`public_key_text`], so it can be found in `trusted_signing_keys` as it is.
+pub fn key_id(key: &VerifyingKey) -> String {
+    public_key_text(key)[..KEY_ID_LEN].to_owned()
+}
+
 /// Reads [`public_key_text`]'s form; `what` names the key in the error.
 pub fn public_key_from_text_named(text: &str, what: &str) -> Result<VerifyingKey, KeyError> {
     let bytes = key_bytes(text, what)?;
@@ -66,6 +75,8 @@ mod tests {
         );
         let public = public_key_text(&key.verifying_key());
         assert_eq!(public_key_from_text(&public).unwrap(), key.verifying_key());
+        assert!(public.starts_with(&key_id(&key.verifying_key())));
+        assert_eq!(key_id(&key.verifying_key()).len(), KEY_ID_LEN);
         let err = public_key_from_text_named("nope", "enrollment key 1").unwrap_err();
         assert!(err.to_string().contains("enrollment key 1"), "{err}");
     }

@@ -191,6 +191,7 @@ fn submit(version: &str, sha256: Option<[u8; 32]>) -> Submit {
         url: String::new(),
         sha256,
         ignore_stop_hook_failures: false,
+        signer: None,
     }
 }
 
@@ -770,4 +771,62 @@ async fn an_app_turned_to_userns_is_protected_shifted_and_jailed_at_the_next_sta
     };
     assert!(e.contains("runs its jails in user namespace range"), "{e}");
     assert!(e.contains("app web"), "{e}");
+}
+
+/// Each outcome carries the durations of the phases that ran, and is in the app's journal
+/// (kind, signer, from/to, outcome) before it is reported; a new executor reads it back
+/// (issue 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_carry_their_phase_times_and_are_journalled() {
+    use droot_fleet::deploy::executor::Phase;
+    use droot_fleet::deploy::status::Result as Res;
+    let f = fx("executor phases and journal");
+    f.artifacts(&[("v1", Kind::Healthy), ("v2", Kind::NoHealth)]);
+    let (ex, mut rx) = f.start_web().await;
+    ex.submit("web", submit("v1", None)).unwrap();
+    let done = next(&mut rx).await;
+    assert_ok(&done.outcome, "v1");
+    let ran: Vec<&str> = done.phases.iter().map(|(p, _)| p).collect();
+    assert_eq!(ran, ["fetch", "unpack", "start", "health"], "{done:?}");
+    assert!(done.phases.get(Phase::Health) > Some(Duration::ZERO));
+
+    let mut req = submit("v2", None);
+    req.signer = Some("KeyId00001".into());
+    ex.submit("web", req.clone()).unwrap();
+    let done = next(&mut rx).await;
+    assert_rolled_back(done.outcome.clone(), "v1", &["404"]);
+    // The new release's steps are timed; the rollback's are not added to them.
+    let ran: Vec<&str> = done.phases.iter().map(|(p, _)| p).collect();
+    assert_eq!(ran, ["fetch", "unpack", "start", "health"], "{done:?}");
+
+    let h = ex.history("web").unwrap();
+    let rows: Vec<_> = h
+        .iter()
+        .map(|e| {
+            (
+                e.from.as_deref(),
+                e.to.as_str(),
+                e.outcome,
+                e.signer.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (None, "v1", Res::Ok, None),
+            (Some("v1"), "v2", Res::RolledBack, Some("KeyId00001")),
+        ]
+    );
+    assert_eq!(h[1].event_id, req.event_id);
+    assert!(h[1].error.as_deref().is_some_and(|e| e.contains("404")));
+    assert_eq!(h[1].phases_ms, done.phases);
+    f.stop(ex).await;
+
+    let (ex, _rx) = f.start_web().await;
+    let again = ex.history("web").unwrap();
+    assert_eq!(again.len(), 2);
+    assert_eq!(again[1].event_id, req.event_id);
+    assert_eq!(again[1].phases_ms.iter().count(), 4);
+    f.stop(ex).await;
 }

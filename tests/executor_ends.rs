@@ -142,6 +142,7 @@ fn submit(version: &str, url: &str) -> Submit {
         url: url.into(),
         sha256: None,
         ignore_stop_hook_failures: false,
+        signer: None,
     }
 }
 

@@ -11,6 +11,7 @@ mod enroll;
 mod export;
 mod fleet;
 mod fleet_deploy;
+mod history;
 mod progress;
 mod publish;
 mod rollout;
@@ -59,6 +60,8 @@ pub enum Command {
     Event(Box<fleet::EventArgs>),
     /// Deploy the previous release of an app again (or --to VERSION): a signed deploy event.
     Rollback(fleet_deploy::RollbackArgs),
+    /// An app's deploys across the fleet, newest first, and the releases each node holds.
+    History(history::HistoryArgs),
     /// A deploy's waves: status, pause, resume, cancel (signed orders).
     Rollout(rollout::RolloutArgs),
     /// Ask (a filtered part of) the cluster and collect the answers.
@@ -110,6 +113,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Event(args) => fleet::event(*args),
         Command::Query(args) => fleet::query(args),
         Command::Rollback(args) => fleet_deploy::rollback(args),
+        Command::History(args) => history::execute(args),
         Command::Rollout(args) => rollout::execute(args),
         Command::Keys(args) => fleet::keys(args),
         Command::Keygen(args) => signing::keygen(args),

@@ -72,7 +72,7 @@ pub(super) fn one_line(s: &str) -> String {
         .collect()
 }
 
-fn or_dash(v: &Option<String>) -> String {
+pub(super) fn or_dash(v: &Option<String>) -> String {
     v.as_deref().map_or_else(|| "-".to_string(), one_line)
 }
 
@@ -144,14 +144,25 @@ pub fn render(s: &StatusAnswers, now: u64) -> String {
             rows.push(row(&n.node, v, now));
         }
     }
-    let mut widths = [0usize; 8];
-    for r in &rows {
+    let mut out = table(&rows);
+    for l in summary(s) {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
+/// `rows` (the first is the header) as left-aligned columns two spaces apart; the last
+/// column is not padded.
+pub(super) fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
         let mut line = String::new();
         for (i, cell) in r.iter().enumerate() {
             if i + 1 == r.len() {
@@ -161,10 +172,6 @@ pub fn render(s: &StatusAnswers, now: u64) -> String {
             }
         }
         out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    for l in summary(s) {
-        out.push_str(&l);
         out.push('\n');
     }
     out

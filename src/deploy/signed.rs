@@ -166,6 +166,8 @@ pub struct SignedEvent {
     pub event: DeployEvent,
     body: Vec<u8>,
     signature: [u8; 64],
+    /// The key its signature verified under (`None`: not checked, `--dev`).
+    signer: Option<VerifyingKey>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -234,6 +236,7 @@ impl SignedEvent {
             event,
             body,
             signature,
+            signer: Some(key.verifying_key()),
         };
         signed.encode()?;
         Ok(signed)
@@ -258,13 +261,17 @@ impl SignedEvent {
 
     /// Decodes the wire form and checks the signature against `trusted` (nothing else).
     pub fn decode_verified(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Self, VerifyError> {
-        let signed = Self::decode_unverified(bytes)?;
+        let mut signed = Self::decode_unverified(bytes)?;
         if trusted.is_empty() {
             return Err(VerifyError::NoTrustedKeys);
         }
         let sig = Signature::from_bytes(&signed.signature);
         let msg = message(&signed.body);
-        if !trusted.iter().any(|k| k.verify(&msg, &sig).is_ok()) {
+        signed.signer = trusted
+            .iter()
+            .find(|k| k.verify(&msg, &sig).is_ok())
+            .copied();
+        if signed.signer.is_none() {
             return Err(VerifyError::BadSignature {
                 id: signed.event.id_hex(),
             });
@@ -317,7 +324,14 @@ impl SignedEvent {
             event,
             body: wire.body,
             signature,
+            signer: None,
         })
+    }
+
+    /// The [`crate::keytext::key_id`] of the key its signature verified under; `None` when
+    /// it was not checked (`--dev`).
+    pub fn signer_id(&self) -> Option<String> {
+        self.signer.as_ref().map(crate::keytext::key_id)
     }
 
     /// Decodes and checks the signature as `trust` says.

@@ -68,7 +68,12 @@ pub const SYNCING: &str = "waiting for the cluster's state (first push/pull)";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Deploy `event` for its app on this node (the executor queues per app).
-    Activate { app: String, event: DeployEvent },
+    /// `signer`: the id of the key that signed it ([`SignedEvent::signer_id`]).
+    Activate {
+        app: String,
+        event: DeployEvent,
+        signer: Option<String>,
+    },
     /// Broadcast a superseding item from this node.
     Publish {
         kind: String,
@@ -432,7 +437,11 @@ impl Core {
         if !self.apps.contains(app) {
             return Vec::new();
         }
-        let Some(ev) = self.desired.get(app).map(|s| s.event.clone()) else {
+        let Some((ev, signer)) = self
+            .desired
+            .get(app)
+            .map(|s| (s.event.clone(), s.signer_id()))
+        else {
             self.phase.insert(app.into(), "idle".into());
             return Vec::new();
         };
@@ -461,6 +470,7 @@ impl Core {
                 return vec![Effect::Activate {
                     app: app.into(),
                     event: ev,
+                    signer,
                 }];
             }
             Decision::Wait { pending } => {

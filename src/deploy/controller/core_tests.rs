@@ -99,6 +99,13 @@ fn a_trusted_event_is_activated_once_and_published_as_desired() {
     let bytes = event(&key, "v1", NOW, 1, Rollout::default());
     let fx = c.on_event(&bytes, NOW);
     assert_eq!(activations(&fx), ["v1"]);
+    // The activation names the key that signed it, as its id.
+    let signer = fx.iter().find_map(|e| match e {
+        Effect::Activate { signer, .. } => Some(signer.clone()),
+        _ => None,
+    });
+    let id = crate::keytext::key_id(&key.verifying_key());
+    assert_eq!(signer, Some(Some(id)));
     assert!(fx.contains(&Effect::Persist));
     assert_eq!(published(&fx, DESIRED_KIND).len(), 1);
     // The same event again (a replay, or a redelivery after the state file could not be

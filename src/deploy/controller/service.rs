@@ -20,6 +20,8 @@ use crate::agent::{Agent, AgentError, AgentHandle, Command};
 use crate::deploy::config::DeployConfig;
 use crate::deploy::control::{CONTROL_EVENT, CONTROL_KIND, SignedControl};
 use crate::deploy::executor::{Executor, ExecutorError, ExecutorOptions, Finished, Submit};
+use crate::deploy::history::{self, HISTORY_QUERY};
+use crate::deploy::journal::Entry;
 use crate::deploy::metrics::DeployMetrics;
 use crate::deploy::signed::{Policy, SignedEvent, Trust, Verifier};
 use crate::deploy::status::{
@@ -64,6 +66,8 @@ pub struct Shared {
     views: Mutex<BTreeMap<String, AppView>>,
     /// Deploys by outcome and phase durations ([`DeployMetrics::observe_phase`]).
     pub metrics: DeployMetrics,
+    /// Each app's deploy journal, oldest first (copied from the executor's).
+    journals: Mutex<BTreeMap<String, Vec<Entry>>>,
 }
 
 impl Shared {
@@ -83,6 +87,27 @@ impl Shared {
                 .cloned()
                 .collect(),
         }
+    }
+
+    /// This node's answer to the `history` query (see [`crate::deploy::history`]).
+    pub fn history(&self, payload: &[u8]) -> Vec<u8> {
+        let req = history::Request::parse(payload);
+        let views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        let journals = self.journals.lock().unwrap_or_else(|e| e.into_inner());
+        let held: Vec<history::Held<'_>> = journals
+            .iter()
+            .map(|(app, journal)| {
+                let v = views.get(app);
+                history::Held {
+                    app,
+                    journal,
+                    current: v.and_then(|v| v.current.as_deref()),
+                    previous: v.and_then(|v| v.previous.as_deref()),
+                    releases: v.map_or(&[], |v| &v.releases),
+                }
+            })
+            .collect();
+        history::answer(&self.node, &held, &req)
     }
 }
 
@@ -192,6 +217,7 @@ impl Controller {
             node: s.node.clone(),
             views: Mutex::new(BTreeMap::new()),
             metrics: DeployMetrics::new(config.apps.keys().cloned()),
+            journals: Mutex::new(BTreeMap::new()),
         });
         let data_dir = s.data_dir.clone();
         let sync_grace = s.push_pull_interval;
@@ -216,6 +242,8 @@ impl Controller {
         agent.register_query(STATUS_QUERY, move |payload| {
             serde_json::to_vec(&answer.status(payload)).unwrap_or_default()
         });
+        let answer = shared.clone();
+        agent.register_query(HISTORY_QUERY, move |payload| answer.history(payload));
         Controller {
             shared,
             deliveries,
@@ -265,6 +293,9 @@ impl Controller {
             started: std::time::Instant::now(),
             sync_grace: self.sync_grace,
         };
+        for app in shell.executor.apps() {
+            shell.journal(&app);
+        }
         let mut slots = agent.superseding();
         let fx = shell
             .shared
@@ -345,14 +376,29 @@ impl Shell {
     }
 
     async fn finished(&mut self, f: Finished) {
-        tracing::info!(app = %f.app, outcome = ?f.outcome, "deploy finished");
+        tracing::info!(app = %f.app, outcome = ?f.outcome, phases = ?f.phases, "deploy finished");
         self.shared.metrics.deploy_finished(&f.app, &f.outcome);
+        for (phase, took) in f.phases.iter() {
+            self.shared.metrics.observe_phase(&f.app, phase, took);
+        }
+        self.journal(&f.app);
         let fx = self
             .shared
             .core()
             .on_finished(&f.app, &f.outcome, crate::wall::millis());
         self.apply(fx).await;
         self.refresh().await;
+    }
+
+    /// Copies the app's journal from the executor for the `history` query.
+    fn journal(&self, app: &str) {
+        let entries = self.executor.history(app).unwrap_or_default();
+        let mut journals = self
+            .shared
+            .journals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        journals.insert(app.to_owned(), entries);
     }
 
     /// Re-reads every held slot (at start, and after the subscription lagged).
@@ -471,7 +517,7 @@ impl Shell {
                         log_publish_error(&e);
                     }
                 }
-                Effect::Activate { app, event } => {
+                Effect::Activate { app, event, signer } => {
                     // An empty URL is the app's own artifact template (the executor's rule).
                     let req = Submit {
                         event_id: event.id_hex(),
@@ -479,6 +525,7 @@ impl Shell {
                         url: event.url.clone(),
                         sha256: event.sha256,
                         ignore_stop_hook_failures: event.options.ignore_stop_hook_failures,
+                        signer,
                     };
                     tracing::info!(%app, version = %event.version, event = %event.id_hex(), "deploying");
                     if let Err(e) = self.executor.submit(&app, req) {

@@ -1,14 +1,17 @@
 //! The executor task's stage step: the fetch into the release store, bounded by the
 //! activation's deadline, a newer version and the executor's shutdown.
 
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::store;
 use super::{AppTask, Submit};
 use crate::cancel::{Cancel, Reason};
 use crate::deploy::activation::Source;
 use crate::deploy::fetch;
+use crate::deploy::phases::Phase;
 use crate::release::layout::validate_version;
 
 impl AppTask {
@@ -19,7 +22,7 @@ impl AppTask {
         &mut self,
         version: &str,
         source: Source,
-        deadline: Instant,
+        deadline: tokio::time::Instant,
         rx: &watch::Receiver<Option<Submit>>,
     ) -> Result<(), String> {
         let Source { url, sha256 } = source;
@@ -34,13 +37,30 @@ impl AppTask {
         let fopts = self.opts.fetch.clone();
         let owned = version.to_string();
         let app = self.app.name.clone();
+        // When the object was open: unset if it never was; `None` when nothing was fetched.
+        let opened: Arc<OnceLock<Option<Instant>>> = Arc::default();
+        let (at, t0) = (opened.clone(), Instant::now());
         let job = tokio::task::spawn_blocking(move || {
             let version = owned;
             if store::is_present(&layout, &version) {
+                let _ = at.set(None);
                 return Ok(());
             }
             tracing::info!(%app, %url, %version, "fetching");
-            match fetch::stage(&layout, &url, sha256, Some(&version), &unpack, &fopts) {
+            let mut open_at = None;
+            let r = fetch::stage(
+                &layout,
+                &url,
+                sha256,
+                Some(&version),
+                &unpack,
+                &fopts,
+                &mut open_at,
+            );
+            if open_at.is_some() {
+                let _ = at.set(open_at);
+            }
+            match r {
                 Ok(f) => {
                     if let Err(e) = store::record_digest(&layout, &version, &f.sha256) {
                         tracing::warn!(%app, %version, error = %e, "artifact digest not recorded");
@@ -51,6 +71,15 @@ impl AppTask {
             }
         });
         let r = bounded(job, &cancel, deadline, self.app.deploy_timeout, rx, version).await;
+        // The job has ended (a cancelled one too): `opened` is final.
+        match opened.get() {
+            Some(None) => {}
+            Some(Some(at)) => {
+                self.timed(Phase::Fetch, at.saturating_duration_since(t0));
+                self.timed(Phase::Unpack, at.elapsed());
+            }
+            None => self.timed(Phase::Fetch, t0.elapsed()),
+        }
         self.refresh().await;
         r
     }
@@ -76,7 +105,7 @@ fn with_limit_hint(error: String, e: &fetch::DeployError, app: &str) -> String {
 async fn bounded(
     mut job: tokio::task::JoinHandle<Result<(), String>>,
     cancel: &Cancel,
-    deadline: Instant,
+    deadline: tokio::time::Instant,
     timeout: std::time::Duration,
     rx: &watch::Receiver<Option<Submit>>,
     version: &str,

@@ -27,6 +27,20 @@
 //!   [`crate::release::history`]): failed ones first, never the rollback target.
 //! - [`Executor::status`] reads `current`, `previous` and the releases from disk each time,
 //!   so a switch made by hand shows, and the next deploy starts from it.
+//! - Every outcome is appended to the app's deploy journal ([`crate::deploy::journal`],
+//!   loaded at start, read back with [`Executor::history`]) before it is reported.
+//!
+//! Phase durations ([`PhaseTimes`], on each [`Finished`]) are measured here, around the
+//! effects of the forward steps (a rollback's steps are not timed). The artifact streams
+//! into the unpacker, so there is no moment when it is "downloaded": `fetch` ends when the
+//! object is open (connection, request, the response's head: S3's `GetObject` answered,
+//! the HTTP status read, the file opened), and `unpack` is the rest of the stage step —
+//! reading the body through the digest into the unpacker, the digest check and publishing
+//! the release. A failed open counts wholly as `fetch`; a release already on disk has
+//! neither. `start` is the supervisor's start of the new jail (beside the old one, with an
+//! overlap), until it runs; `ready` is the wait for its `READY=1` (apps whose health probe
+//! is `notify`), `health` the health check of any other app (without one: the settle time
+//! it must stay up).
 
 mod store;
 mod task;
@@ -44,10 +58,12 @@ use super::fetch;
 use super::supervisor::{self, Supervisor, SupervisorError};
 use crate::artifact::UnpackOptions;
 use crate::cancel::{Cancel, Reason};
+use crate::deploy::journal::Entry;
+pub use crate::deploy::phases::{Phase, PhaseTimes};
 use crate::id_range::IdRange;
 use crate::release::Layout;
 
-pub use store::MAX_ERROR;
+pub use store::{MAX_ERROR, truncate};
 
 /// How long a jail must stay up after its start to count as started, for an app without a
 /// health check (one that exits at once is a failed deploy). With a health check, the check
@@ -77,6 +93,8 @@ pub struct Submit {
     pub sha256: Option<[u8; 32]>,
     /// A failing `before_stop` hook of the old release does not stop the deploy.
     pub ignore_stop_hook_failures: bool,
+    /// Id of the key that signed the event, for the journal (`None`: unsigned or unknown).
+    pub signer: Option<String>,
 }
 
 /// How one submitted deploy ended.
@@ -84,6 +102,8 @@ pub struct Submit {
 pub struct Finished {
     pub app: String,
     pub outcome: activation::Outcome,
+    /// How long each phase of its activation took (see the module doc).
+    pub phases: PhaseTimes,
 }
 
 /// One app as the executor sees it.
@@ -123,6 +143,8 @@ pub enum ExecutorError {
 struct Shared {
     view: store::View,
     activating: Option<String>,
+    /// The journal's entries, oldest first.
+    journal: Vec<Entry>,
 }
 
 struct AppHandle {
@@ -168,9 +190,14 @@ impl Executor {
             }
             restart_if_userns_changed(&sup, &app).await;
             let view = bring_up(&sup, &app).await;
+            let journal = task::record::load(&app).await;
             let shared = Arc::new(Mutex::new(Shared {
                 view: view.clone(),
                 activating: None,
+                journal: journal
+                    .as_ref()
+                    .map(|j| j.entries().cloned().collect())
+                    .unwrap_or_default(),
             }));
             let (submit, rx) = watch::channel(None);
             let layout = Layout::new(&app.root);
@@ -182,7 +209,8 @@ impl Executor {
                 shared.clone(),
                 done_tx.clone(),
                 stopping.clone(),
-            );
+            )
+            .with_journal(journal);
             let task = tokio::spawn(t.run(rx));
             handles.insert(
                 name,
@@ -241,6 +269,13 @@ impl Executor {
             activating,
             releases: view.releases,
         })
+    }
+
+    /// The app's deploy journal, oldest first; `None` for an app not configured.
+    pub fn history(&self, app: &str) -> Option<Vec<Entry>> {
+        let h = self.apps.get(app)?;
+        let s = h.shared.lock().unwrap_or_else(|p| p.into_inner());
+        Some(s.journal.clone())
     }
 
     /// The configured apps, sorted.

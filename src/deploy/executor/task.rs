@@ -23,6 +23,7 @@ use crate::deploy::activation::{
 use crate::deploy::app::{AppConfig, Probe};
 use crate::deploy::health::{ExecContext, wait_healthy};
 use crate::deploy::hooks::HookRun;
+use crate::deploy::phases::Phase;
 use crate::deploy::supervisor::{AppStatus, State, Supervisor};
 use crate::release::Layout;
 use crate::release::layout::validate_version;
@@ -43,6 +44,8 @@ pub(super) struct AppTask {
     stopping: Cancel,
     /// The event being activated and when its `deploy_timeout` ends.
     deadline: Option<(String, Instant)>,
+    /// What the journal will record of it.
+    record: record::Recorder,
 }
 
 /// Runs `f` on the blocking pool; a panic there becomes an error, not a panic here.
@@ -76,6 +79,7 @@ impl AppTask {
             marked: None,
             stopping,
             deadline: None,
+            record: Default::default(),
         }
     }
 
@@ -130,6 +134,7 @@ impl AppTask {
     /// Feeds a submit to the machine; a version that is no release name fails at once, and
     /// the event being activated again is ignored (its outcome comes once).
     async fn deploy(&mut self, req: Submit) -> Vec<Effect> {
+        self.note_signer(&req);
         if self
             .machine
             .active()
@@ -265,6 +270,7 @@ impl AppTask {
         let name = self.app.name.clone();
         tracing::debug!(app = %name, ?effect, "deploy step");
         let deadline = self.deadline();
+        self.begin();
         match effect {
             Effect::Fetch { version, source } => Some(Input::Fetched(
                 self.fetch(&version, source, deadline, rx).await,
@@ -298,13 +304,16 @@ impl AppTask {
                 Some(Input::Stopped)
             }
             Effect::CheckHealth { version } => {
-                match tokio::time::timeout_at(deadline, self.check(&version)).await {
-                    Ok(input) => Some(input),
-                    Err(_) => Some(Input::HealthFailed(format!(
+                let t0 = std::time::Instant::now();
+                let input = match tokio::time::timeout_at(deadline, self.check(&version)).await {
+                    Ok(input) => input,
+                    Err(_) => Input::HealthFailed(format!(
                         "{} (during the health check)",
                         self.timed_out()
-                    ))),
-                }
+                    )),
+                };
+                self.timed(self.check_phase(), t0.elapsed());
+                Some(input)
             }
             Effect::Judge { version, verdict } => {
                 let layout = self.layout.clone();
@@ -355,10 +364,14 @@ impl AppTask {
             return Input::Started(Err(self.timed_out()));
         }
         let name = &self.app.name;
+        let t0 = std::time::Instant::now();
         let r = match beside {
             true => self.sup.start_next(name, version).await,
             false => self.sup.start(name, Some(version)).await,
         };
+        if self.is_forward(version) {
+            self.timed(Phase::Start, t0.elapsed());
+        }
         self.started_pid = r.as_ref().ok().and_then(|s| started_pid(s, beside));
         Input::Started(r.map(drop).map_err(|e| short(&e)))
     }
@@ -508,7 +521,13 @@ impl AppTask {
                 tracing::warn!(%app, event = %event_id, %version, %to, %error, "deploy rolled back")
             }
         }
-        if self.done.send(Finished { app, outcome }).await.is_err() {
+        let phases = self.record(&outcome).await;
+        let finished = Finished {
+            app,
+            outcome,
+            phases,
+        };
+        if self.done.send(finished).await.is_err() {
             tracing::debug!("nobody listens for deploy outcomes any more");
         }
     }
@@ -577,3 +596,5 @@ fn crash_message(s: &AppStatus) -> String {
 
 #[path = "fetch_step.rs"]
 mod fetch_step;
+#[path = "record.rs"]
+pub(super) mod record;

@@ -157,7 +157,9 @@ pub enum DeployError {
 }
 
 /// Fetches `url` and stages it as the release `version` (`current` untouched), checking
-/// `expected` before publishing. The fleet's activation switches to it later.
+/// `expected` before publishing. The fleet's activation switches to it later. `opened` is
+/// set to when the object was open and its bytes began to stream into the unpacker (also
+/// when the rest then fails), for the executor's phase durations.
 pub fn stage(
     layout: &Layout,
     url: &str,
@@ -165,10 +167,11 @@ pub fn stage(
     version: Option<&str>,
     unpack: &UnpackOptions,
     opts: &FetchOptions,
+    opened: &mut Option<std::time::Instant>,
 ) -> Result<FetchedStage, DeployError> {
-    let (staged, sha256, bytes) = fetch_into(url, expected, unpack, opts, |reader, verify| {
-        release::stage(layout, reader, version, unpack, verify)
-    })?;
+    let publish =
+        |reader, verify: Verify<'_>| release::stage(layout, reader, version, unpack, verify);
+    let (staged, sha256, bytes) = fetch_into(url, expected, unpack, opts, opened, publish)?;
     tracing::info!(url, sha256 = %hex::encode(sha256), bytes, release = %staged.version, "fetched and staged");
     Ok(FetchedStage {
         staged,
@@ -188,9 +191,10 @@ pub fn deploy(
     unpack: &UnpackOptions,
     opts: &FetchOptions,
 ) -> Result<Fetched, DeployError> {
-    let (deployed, sha256, bytes) = fetch_into(url, expected, unpack, opts, |reader, verify| {
-        release::deploy_verified(layout, reader, version, keep, unpack, verify)
-    })?;
+    let (deployed, sha256, bytes) =
+        fetch_into(url, expected, unpack, opts, &mut None, |reader, verify| {
+            release::deploy_verified(layout, reader, version, keep, unpack, verify)
+        })?;
     tracing::info!(url, sha256 = %hex::encode(sha256), bytes, release = %deployed.version, "fetched and deployed");
     Ok(Fetched {
         deployed,
@@ -210,13 +214,17 @@ fn fetch_into<T>(
     expected: Option<[u8; 32]>,
     unpack: &UnpackOptions,
     opts: &FetchOptions,
+    opened: &mut Option<std::time::Instant>,
     publish: impl FnOnce(Box<dyn Read + Send>, Verify<'_>) -> Result<T, ReleaseError>,
 ) -> Result<(T, [u8; 32], u64), DeployError> {
     let cancel = &unpack.cancel;
-    match (
-        fetch_checked(url, expected, opts, cancel, publish),
-        cancel.reason(),
-    ) {
+    let r = open(url, opts, cancel)
+        .map_err(DeployError::from)
+        .and_then(|source| {
+            *opened = Some(std::time::Instant::now());
+            fetch_checked(url, expected, source, publish)
+        });
+    match (r, cancel.reason()) {
         (Err(_), Some(reason)) => Err(FetchError::Cancelled {
             url: url.to_string(),
             reason,
@@ -229,11 +237,9 @@ fn fetch_into<T>(
 fn fetch_checked<T>(
     url: &str,
     expected: Option<[u8; 32]>,
-    opts: &FetchOptions,
-    cancel: &Cancel,
+    source: Box<dyn Read + Send>,
     publish: impl FnOnce(Box<dyn Read + Send>, Verify<'_>) -> Result<T, ReleaseError>,
 ) -> Result<(T, [u8; 32], u64), DeployError> {
-    let source = open(url, opts, cancel)?;
     let (reader, digest) = stream::hashing(source);
     let mut seen = None;
     let mut verify = |_: &crate::artifact::UnpackStats| -> Result<(), release::VerifyFailed> {

@@ -198,6 +198,7 @@ fn event_of_len(app: &str, len: usize) -> SignedEvent {
         body: postcard::to_allocvec(&ev).unwrap(),
         event: ev,
         signature: signature.to_bytes(),
+        signer: Some(key(1).verifying_key()),
     }
 }
 
@@ -309,4 +310,23 @@ fn options_round_trip_and_are_absent_when_unset() {
     assert_eq!("75%".parse::<MinHealthy>(), Ok(MinHealthy::Percent(75)));
     assert_eq!("0".parse::<MinHealthy>(), Ok(MinHealthy::Count(0)));
     assert!("101%".parse::<MinHealthy>().is_err() && "x".parse::<MinHealthy>().is_err());
+}
+
+/// The journal records who signed a deploy: the id of the trusted key its signature
+/// verified under, among several; none for an event taken unchecked (`--dev`).
+#[test]
+fn a_verified_event_names_the_key_that_signed_it() {
+    let bytes = SignedEvent::sign(event(1, NOW), &key(2))
+        .unwrap()
+        .encode()
+        .unwrap();
+    let trusted = [key(1).verifying_key(), key(2).verifying_key()];
+    let back = SignedEvent::decode_verified(&bytes, &trusted).unwrap();
+    let id = crate::keytext::key_id(&key(2).verifying_key());
+    assert_eq!(back.signer_id(), Some(id));
+    assert_ne!(back.signer_id(), Some(crate::keytext::key_id(&trusted[0])));
+    assert_eq!(
+        SignedEvent::decode_unverified(&bytes).unwrap().signer_id(),
+        None
+    );
 }
