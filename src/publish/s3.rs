@@ -23,7 +23,7 @@ use std::time::Duration;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{PublishError, PublishOptions, Sink};
 use crate::deploy::fetch::digest::METADATA_KEY;
@@ -46,23 +46,21 @@ const ABORT_DEADLINE: Duration = Duration::from_secs(30);
 /// The sink: the writer (taken by the export) and the line to the uploader.
 pub struct S3Sink {
     writer: Option<PartWriter>,
-    control: mpsc::UnboundedSender<Command>,
-    uploader: Option<std::thread::JoinHandle<()>>,
+    commit: Option<oneshot::Sender<Commit>>,
+    abort: watch::Sender<bool>,
+    /// Closed when the uploader has finished (its cleanup included).
+    finished: std_mpsc::Receiver<()>,
     failure: Failure,
 }
 
 /// The first failure of the writer or the uploader, the cause to report.
 type Failure = Arc<Mutex<Option<PublishError>>>;
 
-enum Command {
-    Commit {
-        sha256: [u8; 32],
-        bytes: u64,
-        reply: std_mpsc::Sender<Result<(), PublishError>>,
-    },
-    Abort {
-        reply: std_mpsc::Sender<()>,
-    },
+/// The order to make the uploaded artifact visible, sent once every part is queued.
+struct Commit {
+    sha256: [u8; 32],
+    bytes: u64,
+    reply: std_mpsc::Sender<Result<(), PublishError>>,
 }
 
 /// What the uploader needs to know about its object.
@@ -94,7 +92,9 @@ impl S3Sink {
             },
         };
         let (parts_tx, parts_rx) = mpsc::channel::<Vec<u8>>(1);
-        let (control, control_rx) = mpsc::unbounded_channel();
+        let (commit, commit_rx) = oneshot::channel();
+        let (abort, abort_rx) = watch::channel(false);
+        let (finished_tx, finished) = std_mpsc::channel::<()>();
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let failure: Failure = Arc::default();
         let s3_opts = opts.s3.clone();
@@ -102,6 +102,7 @@ impl S3Sink {
         let uploader = std::thread::Builder::new()
             .name("s3-upload".into())
             .spawn(move || {
+                let _finished = finished_tx;
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -122,7 +123,9 @@ impl S3Sink {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    upload.run(parts_rx, control_rx, uploader_failure).await;
+                    upload
+                        .run(parts_rx, commit_rx, abort_rx, uploader_failure)
+                        .await;
                 });
             })
             .map_err(|e| upload_error(url, e.to_string()))?;
@@ -133,6 +136,7 @@ impl S3Sink {
             let _ = uploader.join();
             return Err(e);
         }
+        drop(uploader); // detached: `finished` tells when it is done
         Ok(Box::new(S3Sink {
             writer: Some(PartWriter {
                 buf: Vec::with_capacity(PART_SIZE),
@@ -141,8 +145,9 @@ impl S3Sink {
                 failure: failure.clone(),
                 url: url.to_string(),
             }),
-            control,
-            uploader: Some(uploader),
+            commit: Some(commit),
+            abort,
+            finished,
             failure,
         }))
     }
@@ -162,25 +167,23 @@ impl Sink for S3Sink {
             return Err(e);
         }
         let (reply, answer) = std_mpsc::channel();
-        let sent = self.control.send(Command::Commit {
+        let order = Commit {
             sha256: *sha256,
             bytes,
             reply,
-        });
-        let result = match sent {
-            Ok(()) => answer.recv().unwrap_or_else(|_| {
-                Err(self
-                    .take_failure()
-                    .unwrap_or_else(|| upload_error("s3", "the uploader stopped".into())))
-            }),
-            Err(_) => Err(self
-                .take_failure()
-                .unwrap_or_else(|| upload_error("s3", "the uploader stopped".into()))),
         };
-        if let Some(t) = self.uploader.take() {
-            let _ = t.join();
-        }
-        result
+        let sent = self.commit.take().map(|c| c.send(order).is_ok());
+        let answered = match sent {
+            Some(true) => answer.recv().ok(),
+            _ => None,
+        };
+        // The uploader is done either way: wait for it, so nothing of it outlives the sink.
+        let _ = self.finished.recv();
+        answered.unwrap_or_else(|| {
+            Err(self
+                .take_failure()
+                .unwrap_or_else(|| upload_error("s3", "the uploader stopped".into())))
+        })
     }
 
     fn abort(mut self: Box<Self>) -> Option<PublishError> {
@@ -192,17 +195,11 @@ impl Sink for S3Sink {
 impl S3Sink {
     /// Tells the uploader to abort and waits for it, up to [`ABORT_DEADLINE`].
     fn stop(&mut self) {
-        let Some(uploader) = self.uploader.take() else {
-            return;
-        };
-        let (reply, done) = std_mpsc::channel();
-        if self.control.send(Command::Abort { reply }).is_ok()
-            && done.recv_timeout(ABORT_DEADLINE).is_err()
+        let _ = self.abort.send(true);
+        if let Err(std_mpsc::RecvTimeoutError::Timeout) = self.finished.recv_timeout(ABORT_DEADLINE)
         {
             tracing::warn!("the S3 upload did not confirm its abort in time");
-            return;
         }
-        let _ = uploader.join();
     }
 }
 
@@ -350,65 +347,53 @@ struct Upload<'a> {
 }
 
 impl Upload<'_> {
-    /// Uploads parts as they come until told to commit or abort; any failure aborts the
-    /// upload and is recorded for the sink to report.
+    /// Uploads parts as they come, then completes on the commit; an abort (at any point)
+    /// or a failure aborts the upload. A failure is recorded for the sink to report.
     async fn run(
         mut self,
         mut parts: mpsc::Receiver<Vec<u8>>,
-        mut control: mpsc::UnboundedReceiver<Command>,
+        commit: oneshot::Receiver<Commit>,
+        mut abort: watch::Receiver<bool>,
         failure: Failure,
     ) {
-        let mut parts_open = true;
-        let command = loop {
-            tokio::select! {
-                biased;
-                command = control.recv() => break command,
-                part = parts.recv(), if parts_open => match part {
-                    Some(part) => {
-                        let uploaded = tokio::select! {
-                            biased;
-                            command = control.recv() => Err(command),
-                            r = self.upload_part(part) => Ok(r),
-                        };
-                        match uploaded {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => {
-                                record(&failure, e);
-                                drop(parts);
-                                self.abort().await;
-                                return answer_failed(control.recv().await, &failure);
-                            }
-                            Err(command) => break command,
-                        }
-                    }
-                    None => parts_open = false,
-                },
-            }
+        let uploaded = tokio::select! {
+            biased;
+            _ = abort.wait_for(|a| *a) => return self.abort().await,
+            r = self.upload_all(&mut parts) => r,
         };
-        match command {
-            Some(Command::Commit {
+        if let Err(e) = uploaded {
+            record(&failure, e);
+            drop(parts);
+            return self.abort().await;
+        }
+        // Every part was queued before the commit, so no part can come after it.
+        let order = tokio::select! {
+            biased;
+            _ = abort.wait_for(|a| *a) => return self.abort().await,
+            order = commit => order,
+        };
+        match order {
+            Ok(Commit {
                 sha256,
                 bytes,
                 reply,
             }) => {
-                // Every part was queued before the commit: take the rest.
-                while let Some(part) = parts.recv().await {
-                    if let Err(e) = self.upload_part(part).await {
-                        self.abort().await;
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                }
                 let result = self.commit(&sha256, bytes).await;
                 let _ = reply.send(result);
             }
-            Some(Command::Abort { reply }) => {
-                drop(parts);
-                self.abort().await;
-                let _ = reply.send(());
-            }
-            None => self.abort().await,
+            Err(_) => self.abort().await,
         }
+    }
+
+    /// Uploads every part until the writer is done.
+    async fn upload_all(
+        &mut self,
+        parts: &mut mpsc::Receiver<Vec<u8>>,
+    ) -> Result<(), PublishError> {
+        while let Some(part) = parts.recv().await {
+            self.upload_part(part).await?;
+        }
+        Ok(())
     }
 
     async fn upload_part(&mut self, part: Vec<u8>) -> Result<(), PublishError> {
@@ -638,22 +623,6 @@ impl Upload<'_> {
         if !matches!(deleted, Ok(Ok(_))) {
             tracing::warn!(url = %o.url, "could not delete the object that got no digest; delete it by hand");
         }
-    }
-}
-
-/// Answers the sink's command after a failure: a commit gets the failure, an abort its ack.
-fn answer_failed(command: Option<Command>, failure: &Failure) {
-    match command {
-        Some(Command::Commit { reply, .. }) => {
-            let e = failure.lock().ok().and_then(|mut f| f.take());
-            let _ = reply.send(Err(
-                e.unwrap_or_else(|| upload_error("s3", "the upload failed".into()))
-            ));
-        }
-        Some(Command::Abort { reply }) => {
-            let _ = reply.send(());
-        }
-        None => {}
     }
 }
 

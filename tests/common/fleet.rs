@@ -404,9 +404,14 @@ impl Fleet {
     }
 
     /// Runs the CLI against node `via` with the signing key in the environment.
+    /// With a Garage, the CLI gets its credentials and endpoint (for `publish` and the
+    /// digest `event deploy` reads).
     pub fn cli(&self, via: u8, args: &[&str]) -> Output {
-        Command::new(bin())
-            .env_remove("RUST_LOG")
+        let mut cmd = Command::new(bin());
+        if let Some(g) = &self.garage {
+            cmd.envs(g.env());
+        }
+        cmd.env_remove("RUST_LOG")
             .env("DROOT_FLEET_RPC", self.agent(via).rpc())
             .env("DROOT_FLEET_SIGNING_KEY", &self.key)
             .args(args)

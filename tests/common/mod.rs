@@ -91,13 +91,7 @@ pub fn busybox_rootfs(dir: &Path) {
 /// in `src` (removed after) with `/www/version` holding `version`, `/www/health` (`ok`) when
 /// `health`, and `/start.sh` = `start` (e.g. `exec httpd -f -p ADDR -h /www`).
 pub fn httpd_artifact(src: &Path, out: &Path, version: &str, health: bool, start: &str) -> Vec<u8> {
-    busybox_rootfs(src);
-    std::fs::create_dir_all(src.join("www")).unwrap();
-    std::fs::write(src.join("www/version"), version).unwrap();
-    if health {
-        std::fs::write(src.join("www/health"), "ok\n").unwrap();
-    }
-    std::fs::write(src.join("start.sh"), start).unwrap();
+    httpd_rootfs(src, version, health, start);
     let st = Command::new("tar")
         .arg("-C")
         .arg(src)
@@ -109,6 +103,17 @@ pub fn httpd_artifact(src: &Path, out: &Path, version: &str, health: bool, start
     assert!(st.success(), "tar failed");
     std::fs::remove_dir_all(src).unwrap();
     std::fs::read(out).unwrap()
+}
+
+/// The rootfs of [`httpd_artifact`] at `src`, not packed.
+pub fn httpd_rootfs(src: &Path, version: &str, health: bool, start: &str) {
+    busybox_rootfs(src);
+    std::fs::create_dir_all(src.join("www")).unwrap();
+    std::fs::write(src.join("www/version"), version).unwrap();
+    if health {
+        std::fs::write(src.join("www/health"), "ok\n").unwrap();
+    }
+    std::fs::write(src.join("start.sh"), start).unwrap();
 }
 
 /// A GET of `http://ADDR/PATH` over std: the body when the answer is 200.

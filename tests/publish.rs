@@ -1,0 +1,382 @@
+//! `droot-fleet publish` end to end (issue 17), on real parts: Garage as S3, a file://
+//! store, the Docker engine, and (as root) `droot-fleet agent` processes on 127.87.1.N with
+//! busybox `httpd` jails.
+//!
+//! - A directory, an engine image and a `docker save` archive are published; the stored
+//!   digest is the sha256 of the stored bytes, and the printed deploy line names it.
+//! - `event deploy` without `--sha256` reads that digest and pins the event; the fleet
+//!   deploys it. An object whose metadata lies about its bytes is refused by every node,
+//!   and one with no digest is refused by the CLI before anything is sent.
+//! - A published name is immutable unless `--force`; an interrupted upload leaves neither
+//!   an object nor a multipart upload behind.
+//!
+//! Every wait is on a signal (an exit, a listed upload, a `--wait` verdict), bounded.
+
+#[path = "common/agent.rs"]
+mod agent_support;
+mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use agent_support::wait_for;
+use common::garage::Garage;
+use fleet::{Fleet, NodeSpec, text};
+use serde_json::Value;
+use sha2::Digest as _;
+
+const HTTPD: &str = "exec httpd -f -p \"$ADDR\" -h /www\n";
+
+fn publish(env: &[(&'static str, String)], args: &[&str]) -> Output {
+    Command::new(common::bin())
+        .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .arg("publish")
+        .args(args)
+        .output()
+        .expect("run publish")
+}
+
+fn json(out: &Output) -> Value {
+    assert!(out.status.success(), "{}", text(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("JSON ({e}): {}", text(out)))
+}
+
+fn sha_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The object's bytes and its `sha256` metadata.
+fn object(g: &Garage, key: &str) -> (Vec<u8>, Option<String>) {
+    let client = g.client();
+    common::garage::rt().block_on(async {
+        let got = (client.get_object().bucket(&g.bucket).key(key).send().await)
+            .unwrap_or_else(|e| panic!("get {key}: {e}"));
+        let meta = got.metadata().and_then(|m| m.get("sha256").cloned());
+        let bytes = got.body.collect().await.unwrap().into_bytes().to_vec();
+        (bytes, meta)
+    })
+}
+
+/// Whether `key` exists, and how many multipart uploads are open in the bucket.
+fn leftovers(g: &Garage, key: &str) -> (bool, usize) {
+    let client = g.client();
+    common::garage::rt().block_on(async {
+        let head = client.head_object().bucket(&g.bucket).key(key).send().await;
+        let uploads = (client
+            .list_multipart_uploads()
+            .bucket(&g.bucket)
+            .send()
+            .await)
+            .unwrap_or_else(|e| panic!("list uploads: {e}"));
+        (head.is_ok(), uploads.uploads().len())
+    })
+}
+
+/// A directory, published twice to one S3 key and to file://: the stored digest matches
+/// the bytes, the second publish is refused and changes nothing, `--force` replaces, and
+/// the file:// sidecar passes `sha256sum -c`.
+#[test]
+fn a_published_name_is_immutable_and_carries_its_digest() {
+    let g = Garage::start();
+    g.put("warm-up", Vec::new());
+    let t = common::tempdir();
+    let src = t.path().join("rootfs");
+    common::httpd_rootfs(&src, "v1", true, HTTPD);
+    let s = src.to_str().unwrap();
+    let url = format!("s3://{}/{{app}}/{{version}}.tar.zst", g.bucket);
+    let first = json(&publish(
+        &g.env(),
+        &[
+            s,
+            &url,
+            "--zstd",
+            "--app",
+            "web",
+            "--version",
+            "v1",
+            "--format",
+            "json",
+        ],
+    ));
+    let key = "web/v1.tar.zst";
+    let (bytes, meta) = object(&g, key);
+    assert_eq!(first["url"], format!("s3://{}/{key}", g.bucket));
+    assert_eq!(first["sha256"], sha_hex(&bytes), "{first}");
+    assert_eq!(
+        meta.as_deref(),
+        first["sha256"].as_str(),
+        "the metadata names it"
+    );
+    assert_eq!(first["bytes"], bytes.len());
+    let line = first["deploy"].as_str().unwrap();
+    assert!(
+        line.starts_with("droot-fleet event deploy web v1 --url s3://")
+            && line.ends_with(&format!("--sha256 {}", first["sha256"].as_str().unwrap())),
+        "{line}"
+    );
+
+    std::fs::write(src.join("www/version"), "v1-changed").unwrap();
+    let again = publish(
+        &g.env(),
+        &[s, &url, "--zstd", "--app", "web", "--version", "v1"],
+    );
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    assert!(text(&again).contains("--force"), "{}", text(&again));
+    assert_eq!(
+        object(&g, key).0,
+        bytes,
+        "the refused publish changed nothing"
+    );
+    let forced = json(&publish(
+        &g.env(),
+        &[
+            s,
+            &url,
+            "--zstd",
+            "--app",
+            "web",
+            "--version",
+            "v1",
+            "--force",
+            "--format",
+            "json",
+        ],
+    ));
+    let (replaced, meta) = object(&g, key);
+    assert_ne!(replaced, bytes);
+    assert_eq!(meta.as_deref(), forced["sha256"].as_str());
+    assert_eq!(leftovers(&g, key), (true, 0), "no upload left open");
+
+    let store = t.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let file_url = format!("file://{}/web-v1.tar.gz", store.display());
+    let local = json(&publish(&[], &[s, &file_url, "--gzip", "--format", "json"]));
+    let art = std::fs::read(store.join("web-v1.tar.gz")).unwrap();
+    assert_eq!(local["sha256"], sha_hex(&art));
+    let check = common::output(
+        Command::new("sha256sum")
+            .arg("-c")
+            .arg("web-v1.tar.gz.sha256")
+            .current_dir(&store),
+    );
+    assert!(check.status.success(), "sha256sum -c: {}", text(&check));
+    let refused = publish(&[], &[s, &file_url, "--gzip"]);
+    assert!(
+        text(&refused).contains("already exists"),
+        "{}",
+        text(&refused)
+    );
+    let names: Vec<_> = std::fs::read_dir(&store).unwrap().collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "the artifact and its sidecar, no partial file"
+    );
+}
+
+/// SIGINT in the middle of an upload: exit 130, no object, no open multipart upload.
+#[test]
+fn an_interrupted_upload_leaves_nothing() {
+    let g = Garage::start();
+    g.put("warm-up", Vec::new());
+    let t = common::tempdir();
+    let src = t.path().join("big");
+    std::fs::create_dir(&src).unwrap();
+    // 2 GiB of zeros (sparse on disk): over a hundred parts, plain tar.
+    let f = std::fs::File::create(src.join("zeros")).unwrap();
+    f.set_len(2 << 30).unwrap();
+    let key = "big/v1.tar";
+    let url = format!("s3://{}/{key}", g.bucket);
+    let child = Command::new(common::bin())
+        .envs(g.env())
+        .args(["publish", src.to_str().unwrap(), &url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(60),
+        "the multipart upload to start",
+        || (leftovers(&g, key).1 == 1).then_some(()),
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(text(&out).contains("SIGINT"), "{}", text(&out));
+    assert_eq!(
+        leftovers(&g, key),
+        (false, 0),
+        "no object and no open upload"
+    );
+}
+
+/// The fleet deploys what `publish` stored, pinned by the digest `event deploy` reads; a
+/// lying digest fails on every node and activates nothing; no digest is refused up front.
+#[test]
+fn event_deploy_pins_the_published_digest() {
+    let f = Fleet::start("87.1", vec![NodeSpec::default(); 2]);
+    let g = f.garage.as_ref().unwrap();
+    let src = f.base.join("src-v1");
+    common::httpd_rootfs(&src, "v1", true, HTTPD);
+    let url = |v: &str| format!("s3://{}/web/{v}.tar.gz", g.bucket);
+    let out = f.cli(
+        1,
+        &[
+            "publish",
+            src.to_str().unwrap(),
+            &url("v1"),
+            "--gzip",
+            "--format",
+            "json",
+        ],
+    );
+    let sha1 = json(&out)["sha256"].as_str().unwrap().to_string();
+    let key = f.key.display().to_string();
+    let deploy = |version: &str| {
+        let u = url(version);
+        let args = [
+            "event", "deploy", "web", version, "--url", &u, "--wait", "--format", "json",
+        ];
+        f.cli(
+            1,
+            &[&args[..], &["--timeout", "120s", "--signing-key", &key]].concat(),
+        )
+    };
+    let out = deploy("v1");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("pinned to sha256 {sha1}")),
+        "{}",
+        text(&out)
+    );
+    f.wait_serving(1, "v1");
+    f.wait_serving(2, "v1");
+
+    // Someone with write access to the store swaps the bytes and keeps the digest.
+    let src = f.base.join("src-v2");
+    common::httpd_rootfs(&src, "v2", true, HTTPD);
+    let out = f.cli(
+        1,
+        &[
+            "publish",
+            src.to_str().unwrap(),
+            &url("v2"),
+            "--gzip",
+            "--format",
+            "json",
+        ],
+    );
+    let sha2 = json(&out)["sha256"].as_str().unwrap().to_string();
+    let evil = f.base.join("evil");
+    common::httpd_rootfs(&evil, "evil", true, HTTPD);
+    let evil_tar = f.base.join("evil.tar.gz");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&evil)
+        .args(["-czf"])
+        .arg(&evil_tar)
+        .arg(".")
+        .status();
+    assert!(st.unwrap().success());
+    common::garage::rt().block_on(async {
+        let body = aws_sdk_s3::primitives::ByteStream::from(std::fs::read(&evil_tar).unwrap());
+        (g.client()
+            .put_object()
+            .bucket(&g.bucket)
+            .key("web/v2.tar.gz"))
+        .metadata("sha256", &sha2)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    });
+    let out = deploy("v2");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("sha256 mismatch"), "{}", text(&out));
+    f.wait_serving(1, "v1");
+    f.wait_serving(2, "v1");
+
+    // A plain upload carries no digest: refused before anything is signed or sent.
+    g.put("web/v3.tar.gz", std::fs::read(&evil_tar).unwrap());
+    let out = deploy("v3");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("carries no published digest"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("--unpinned"), "{}", text(&out));
+    assert!(!text(&out).contains("sent as event"), "{}", text(&out));
+}
+
+/// An engine image and its `docker save` publish the same files; each digest is its
+/// artifact's.
+#[test]
+fn engine_images_and_saved_archives_publish() {
+    if !common::docker_engine_available("engine_images_and_saved_archives_publish") {
+        return;
+    }
+    let t = common::tempdir();
+    let src = t.path().join("rootfs");
+    common::httpd_rootfs(&src, "v1", true, HTTPD);
+    let tar = t.path().join("rootfs.tar");
+    common::tar_dir(&src, &tar);
+    let name = format!("droot-fleet-publish-test-{}:v1", std::process::id());
+    let docker = |args: &[&str]| common::output(Command::new("docker").args(args));
+    let o = docker(&[
+        "import",
+        "--change",
+        "ENV PATH=/bin",
+        tar.to_str().unwrap(),
+        &name,
+    ]);
+    assert!(o.status.success(), "docker import: {}", text(&o));
+    let saved = t.path().join("saved.tar");
+    let store = t.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let engine_url = format!("file://{}/engine.tar", store.display());
+    let from_engine = publish(&[], &[&name, &engine_url, "--format", "json"]);
+    let o = docker(&["save", &name, "-o", saved.to_str().unwrap()]);
+    let _ = docker(&["rmi", "-f", &name]);
+    assert!(o.status.success(), "docker save: {}", text(&o));
+    let archive_url = format!("file://{}/saved.tar", store.display());
+    let from_archive = publish(
+        &[],
+        &[saved.to_str().unwrap(), &archive_url, "--format", "json"],
+    );
+    let mut listed = Vec::new();
+    for (out, file) in [(from_engine, "engine.tar"), (from_archive, "saved.tar")] {
+        let got = json(&out);
+        assert_eq!(
+            got["sha256"],
+            sha_hex(&std::fs::read(store.join(file)).unwrap())
+        );
+        listed.push(entries(&store.join(file)));
+    }
+    assert!(
+        listed[0].contains(&"www/version".to_string()),
+        "{:?}",
+        listed[0]
+    );
+    for path in &listed[1] {
+        assert!(
+            listed[0].contains(path),
+            "{path} only in the archive's artifact"
+        );
+    }
+}
+
+/// The paths in a tar.
+fn entries(tar: &Path) -> Vec<String> {
+    let mut a = tar::Archive::new(std::fs::File::open(tar).unwrap());
+    a.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
