@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # droot-fleet quickstart for a fresh Debian machine, as root: installs what it needs, builds,
 # then runs the fleet deploy pipeline on loopback:
-#   three agents (127.80.1.1-3, own data dirs, a fresh gossip keyring, a fresh trusted
-#   signing key) -> a file:// artifact store with a busybox httpd app `demo`: v1, v2 and a
-#   broken v3 -> event deploy demo v1 --wait -> v2 one node at a time -> v3 fails its health
-#   check and rolls back by itself -> query status -> rollback -> agents stop; then the same
-#   artifact on one host with no agent (deploy --root, run). Cleans up after itself.
+#   a file:// artifact store with a busybox httpd app `demo`: v1, v2 and a broken v3, each
+#   published with its sha256 (publish) -> three agents (127.80.1.1-3, own data dirs, a fresh
+#   gossip keyring, a fresh trusted signing key) -> event deploy demo v1 --wait, pinned to the
+#   published digest -> v2 one node at a time -> v3 fails its health check and rolls back by
+#   itself -> query status -> rollback -> agents stop; then the same artifact on one host with
+#   no agent (deploy --root --sha256, run). Cleans up after itself.
 # It can be run again at will, also after a run that was killed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,11 +48,13 @@ for i in 1 2 3; do
 done
 
 # 1. The artifact store: demo/VERSION.tar.gz, a busybox rootfs whose httpd serves /www.
-#    v3 is broken: no /www/health, so its health check gets 404.
+#    v3 is broken: no /www/health, so its health check gets 404. `publish` writes each
+#    artifact with its sha256 beside it (VERSION.tar.gz.sha256), which `event deploy` pins.
 say "artifacts: file://$work/store/demo/{v1,v2,v3}.tar.gz"
 mkdir -p "$work/store/demo"
+store="file://$work/store/{app}/{version}.tar.gz"   # the agents' artifact template too
 build() { # build VERSION HEALTHY
-  local v=$1 src=$work/rootfs-$1 out=$work/store/demo/$1.tar.gz
+  local v=$1 src=$work/rootfs-$1
   mkdir -p "$src/bin" "$src/etc" "$src/tmp" "$src/www"
   cp /bin/busybox "$src/bin/"
   for a in sh httpd cat ls; do ln -sf busybox "$src/bin/$a"; done
@@ -59,16 +62,14 @@ build() { # build VERSION HEALTHY
   printf 'root:x:0:\napp:x:1000:\n' >"$src/etc/group"
   echo "demo $v" >"$src/www/index.html"
   [ "$2" = healthy ] && echo ok >"$src/www/health"
-  if docker info >/dev/null 2>&1; then
+  if docker info >/dev/null 2>&1; then # an image in the engine
     tar -C "$src" -cf - . | docker import --change "ENV PATH=/bin APP_VERSION=$v" - \
       "droot-fleet-quickstart:$v" >/dev/null
-    echo "+ droot-fleet export droot-fleet-quickstart:$v -o $out --gzip"
-    "$bin" export "droot-fleet-quickstart:$v" -o "$out" --gzip
+    x publish "droot-fleet-quickstart:$v" "$store" --app demo --version "$v" --gzip
     docker rmi "droot-fleet-quickstart:$v" >/dev/null
-  else
-    echo "($v: no Docker engine, packing the rootfs directly)"
+  else # no Docker engine: the rootfs directory itself, its environment in /.drootenv
     printf 'PATH=/bin\nAPP_VERSION=%s\n' "$v" >"$src/.drootenv"
-    tar -C "$src" -czf "$out" .
+    x publish "$src" "$store" --app demo --version "$v" --gzip
   fi
 }
 build v1 healthy
@@ -109,7 +110,7 @@ push_pull_interval = "5s"
 file_roots = ["$work/store"]   # file:// artifacts only from here
 
 [apps.demo]
-artifact = "file://$work/store/{app}/{version}.tar.gz"
+artifact = "$store"
 root = "$apps/node-$i"
 keep = 3
 command = ["httpd", "-f", "-p", "$net.$i:8080", "-h", "/www"]
@@ -127,6 +128,9 @@ TOML
   pids+=($!)
 done
 export DROOT_FLEET_RPC=unix:$work/d1/agent.sock
+# `event deploy --config`: the app's artifact template gives the URL, and the CLI pins the
+# event to the digest `publish` stored beside it (no digest copied by hand).
+cfg=$work/agent-1.toml
 for _ in $(seq 1 100); do # until all three are alive and report the app (no deploy yet)
   [ "$("$bin" query status demo --format json 2>/dev/null | grep -o '"node"' | wc -l)" = 3 ] && break
   sleep 0.2
@@ -143,16 +147,16 @@ http_all() { # http_all VERSION: what each node's app answers, which must be VER
 }
 
 say "deploy v1 to every node"
-x event deploy demo v1 --wait --timeout 2m
+x event deploy demo v1 --config "$cfg" --wait --timeout 2m
 http_all v1
 
 say "deploy v2, one node at a time"
-x event deploy demo v2 --wait --max-parallel 1 --timeout 2m
+x event deploy demo v2 --config "$cfg" --wait --max-parallel 1 --timeout 2m
 http_all v2
 
 say "deploy v3 (broken: its health check fails)"
 set +e
-x event deploy demo v3 --wait --timeout 2m
+x event deploy demo v3 --config "$cfg" --wait --timeout 2m
 rc=$?
 set -e
 echo "(exit code $rc: every node rolled back to v2 by itself)"
@@ -176,7 +180,8 @@ echo "no node serves any more"
 
 # 4. The same artifact on one host, no agent: the release store and the jail by hand.
 say "single host: deploy, run, list"
-x deploy --root "$work/single" --userns --version v2 "file://$work/store/demo/v2.tar.gz"
+sha=$(cut -d' ' -f1 "$work/store/demo/v2.tar.gz.sha256")   # sha256sum format
+x deploy --root "$work/single" --userns --version v2 --sha256 "$sha" "file://$work/store/demo/v2.tar.gz"
 x run --root "$work/single/current" --userns -u app -- cat /www/index.html
 x deploy --root "$work/single" --list
 "$bin" rm --root "$work/single"

@@ -141,7 +141,7 @@ where
                 },
                 (_, 401 | 403) => FetchError::AccessDenied {
                     url,
-                    detail: format!("{code} {message}").trim().to_string(),
+                    detail: format!("HTTP {status} {code} {message}").trim().to_string(),
                 },
                 _ => FetchError::Other { url, detail },
             }
