@@ -222,21 +222,16 @@ fn an_interrupted_upload_leaves_nothing() {
 fn event_deploy_pins_the_published_digest() {
     let f = Fleet::start("87.1", vec![NodeSpec::default(); 2]);
     let g = f.garage.as_ref().unwrap();
-    let src = f.base.join("src-v1");
-    common::httpd_rootfs(&src, "v1", true, HTTPD);
     let url = |v: &str| format!("s3://{}/web/{v}.tar.gz", g.bucket);
-    let out = f.cli(
-        1,
-        &[
-            "publish",
-            src.to_str().unwrap(),
-            &url("v1"),
-            "--gzip",
-            "--format",
-            "json",
-        ],
-    );
-    let sha1 = json(&out)["sha256"].as_str().unwrap().to_string();
+    // Publishes a release serving `v` as web/v.tar.gz: its digest.
+    let publish_release = |v: &str| {
+        let src = f.base.join(format!("src-{v}"));
+        common::httpd_rootfs(&src, v, true, HTTPD);
+        let args = ["publish", src.to_str().unwrap(), &url(v), "--gzip"];
+        let out = f.cli(1, &[&args[..], &["--format", "json"]].concat());
+        json(&out)["sha256"].as_str().unwrap().to_string()
+    };
+    let sha1 = publish_release("v1");
     let key = f.key.display().to_string();
     let deploy = |version: &str| {
         let u = url(version);
@@ -259,20 +254,7 @@ fn event_deploy_pins_the_published_digest() {
     f.wait_serving(2, "v1");
 
     // Someone with write access to the store swaps the bytes and keeps the digest.
-    let src = f.base.join("src-v2");
-    common::httpd_rootfs(&src, "v2", true, HTTPD);
-    let out = f.cli(
-        1,
-        &[
-            "publish",
-            src.to_str().unwrap(),
-            &url("v2"),
-            "--gzip",
-            "--format",
-            "json",
-        ],
-    );
-    let sha2 = json(&out)["sha256"].as_str().unwrap().to_string();
+    let sha2 = publish_release("v2");
     let evil = f.base.join("evil");
     common::httpd_rootfs(&evil, "evil", true, HTTPD);
     let evil_tar = f.base.join("evil.tar.gz");

@@ -51,6 +51,7 @@ pub struct S3Sink {
     /// Closed when the uploader has finished (its cleanup included).
     finished: std_mpsc::Receiver<()>,
     failure: Failure,
+    url: String,
 }
 
 /// The first failure of the writer or the uploader, the cause to report.
@@ -149,6 +150,7 @@ impl S3Sink {
             abort,
             finished,
             failure,
+            url: url.to_string(),
         }))
     }
 
@@ -182,7 +184,7 @@ impl Sink for S3Sink {
         answered.unwrap_or_else(|| {
             Err(self
                 .take_failure()
-                .unwrap_or_else(|| upload_error("s3", "the uploader stopped".into())))
+                .unwrap_or_else(|| upload_error(&self.url, "the uploader stopped".into())))
         })
     }
 

@@ -11,7 +11,7 @@ pub enum FetchError {
     #[error("bad artifact URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
     #[error(
-        "no AWS credentials to fetch {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+        "no AWS credentials to reach {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
          or AWS_PROFILE, or run with an instance role ({detail})"
     )]
     NoCredentials { url: String, detail: String },
