@@ -93,6 +93,7 @@ fn sigterm_to_an_agent_stuck_in_a_fetch_exits_within_its_stop_timeout() {
             "v2",
             "--url",
             &server.url,
+            "--unpinned",
             "--signing-key",
             &key,
         ],
