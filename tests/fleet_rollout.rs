@@ -152,7 +152,7 @@ fn wait_output_on_a_pipe_and_a_terminal_and_a_timeout(f: &Fleet) {
     // On a terminal (script(1) gives the CLI a pty): one live bar, redrawn in place.
     f.publish("v5", Kind::Healthy);
     let cmd = format!(
-        "{} event deploy web v5 --wait --signing-key {key}",
+        "{} event deploy web v5 --wait --unpinned --signing-key {key}",
         agent_support::bin().display()
     );
     let out = std::process::Command::new("script")
