@@ -88,20 +88,12 @@ fn a_published_name_is_immutable_and_carries_its_digest() {
     common::httpd_rootfs(&src, "v1", true, HTTPD);
     let s = src.to_str().unwrap();
     let url = format!("s3://{}/{{app}}/{{version}}.tar.zst", g.bucket);
-    let first = json(&publish(
-        &g.env(),
-        &[
-            s,
-            &url,
-            "--zstd",
-            "--app",
-            "web",
-            "--version",
-            "v1",
-            "--format",
-            "json",
-        ],
-    ));
+    // `publish SRC URL --zstd --app web --version v1 EXTRA...` to Garage.
+    let publish_v1 = |extra: &[&str]| {
+        let args = [s, &url, "--zstd", "--app", "web", "--version", "v1"];
+        publish(&g.env(), &[&args[..], extra].concat())
+    };
+    let first = json(&publish_v1(&["--format", "json"]));
     let key = "web/v1.tar.zst";
     let (bytes, meta) = object(&g, key);
     assert_eq!(first["url"], format!("s3://{}/{key}", g.bucket));
@@ -120,10 +112,7 @@ fn a_published_name_is_immutable_and_carries_its_digest() {
     );
 
     std::fs::write(src.join("www/version"), "v1-changed").unwrap();
-    let again = publish(
-        &g.env(),
-        &[s, &url, "--zstd", "--app", "web", "--version", "v1"],
-    );
+    let again = publish_v1(&[]);
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     assert!(text(&again).contains("already exists"), "{}", text(&again));
     assert!(text(&again).contains("--force"), "{}", text(&again));
@@ -132,21 +121,7 @@ fn a_published_name_is_immutable_and_carries_its_digest() {
         bytes,
         "the refused publish changed nothing"
     );
-    let forced = json(&publish(
-        &g.env(),
-        &[
-            s,
-            &url,
-            "--zstd",
-            "--app",
-            "web",
-            "--version",
-            "v1",
-            "--force",
-            "--format",
-            "json",
-        ],
-    ));
+    let forced = json(&publish_v1(&["--force", "--format", "json"]));
     let (replaced, meta) = object(&g, key);
     assert_ne!(replaced, bytes);
     assert_eq!(meta.as_deref(), forced["sha256"].as_str());
@@ -177,6 +152,43 @@ fn a_published_name_is_immutable_and_carries_its_digest() {
         2,
         "the artifact and its sidecar, no partial file"
     );
+}
+
+/// An object over the copy limit gets its digest by a copy in parts (S3 copies at most
+/// 5 GiB at once; the limit is lowered here so a small object takes that path).
+#[test]
+fn a_large_object_gets_its_digest_by_a_copy_in_parts() {
+    use droot_fleet::publish::{PublishOptions, publish as publish_lib};
+    let g = Garage::start();
+    g.put("warm-up", Vec::new());
+    g.export_credentials();
+    let t = common::tempdir();
+    let src = t.path().join("rootfs");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::File::create(src.join("zeros"))
+        .unwrap()
+        .set_len(3 << 20)
+        .unwrap();
+    let opts = PublishOptions {
+        s3: droot_fleet::deploy::fetch::FetchOptions {
+            s3_endpoint: Some(g.endpoint.clone()),
+            s3_region: Some("garage".into()),
+            ..Default::default()
+        },
+        copy_limit: Some(1 << 20),
+        ..Default::default()
+    };
+    let key = "large/v1.tar";
+    let url = format!("s3://{}/{key}", g.bucket);
+    let source = droot_fleet::export::Source::Directory { path: src };
+    let progress = std::sync::Arc::default();
+    let done = publish_lib(&source, &url, &opts, &progress).unwrap();
+    assert!(done.bytes > 3 << 20, "{}", done.bytes);
+    let (bytes, meta) = object(&g, key);
+    assert_eq!(bytes.len() as u64, done.bytes);
+    assert_eq!(meta, Some(sha_hex(&bytes)));
+    assert_eq!(hex::encode(done.sha256), sha_hex(&bytes));
+    assert_eq!(leftovers(&g, key), (true, 0), "no upload left open");
 }
 
 /// SIGINT in the middle of an upload: exit 130, no object, no open multipart upload.

@@ -73,6 +73,7 @@ pub fn execute(args: PublishArgs) -> anyhow::Result<ExitCode> {
         output: super::export::output_options(args.gzip, args.zstd, args.level, args.max_bytes)?,
         replace: args.force,
         s3: args.fetch.options(),
+        copy_limit: None,
     };
     let source = source_of(&args.source, args.image_ref.clone())?;
     let progress = Arc::new(AtomicU64::new(0));

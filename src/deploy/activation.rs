@@ -146,6 +146,33 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    pub fn event_id(&self) -> &str {
+        match self {
+            Outcome::Ok { event_id, .. }
+            | Outcome::Failed { event_id, .. }
+            | Outcome::RolledBack { event_id, .. } => event_id,
+        }
+    }
+
+    /// The version the deploy was for (not the one rolled back to).
+    pub fn version(&self) -> &str {
+        match self {
+            Outcome::Ok { version, .. }
+            | Outcome::Failed { version, .. }
+            | Outcome::RolledBack { version, .. } => version,
+        }
+    }
+
+    /// Why it did not go through; `None` when it did.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Ok { .. } => None,
+            Outcome::Failed { error, .. } | Outcome::RolledBack { error, .. } => Some(error),
+        }
+    }
+}
+
 /// One step of an activation, forward or back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {

@@ -256,6 +256,18 @@ mod tests {
         assert_eq!(all.apps.len(), 2);
     }
 
+    /// Every app in `names` holding `journal`.
+    fn each_holding<'a>(names: &'a [String], journal: &'a [Entry]) -> Vec<Held<'a>> {
+        names
+            .iter()
+            .map(|n| Held {
+                app: n,
+                journal,
+                ..Default::default()
+            })
+            .collect()
+    }
+
     #[test]
     fn an_answer_stays_within_its_bound_dropping_the_oldest_first() {
         let long = "e".repeat(crate::deploy::journal::MAX_ERROR);
@@ -263,14 +275,7 @@ mod tests {
             .map(|n| entry(n, Some(long.clone())))
             .collect();
         let names: Vec<String> = (0..40).map(|i| format!("app{i}")).collect();
-        let held: Vec<Held<'_>> = names
-            .iter()
-            .map(|n| Held {
-                app: n,
-                journal: &journal,
-                ..Default::default()
-            })
-            .collect();
+        let held = each_holding(&names, &journal);
         let all = Request {
             app: None,
             limit: MAX_LIMIT,
@@ -290,14 +295,7 @@ mod tests {
         let many: Vec<String> = (0..3000)
             .map(|i| format!("a-rather-long-app-name-{i}"))
             .collect();
-        let held: Vec<Held<'_>> = many
-            .iter()
-            .map(|n| Held {
-                app: n,
-                journal: &journal,
-                ..Default::default()
-            })
-            .collect();
+        let held = each_holding(&many, &journal);
         let bytes = answer("n1", &held, &Request::parse(b""));
         assert!(bytes.len() <= MAX_ANSWER, "{}", bytes.len());
         let a = parse(&bytes);

@@ -37,6 +37,9 @@ pub struct PublishOptions {
     pub replace: bool,
     /// S3 endpoint, region and addressing (the fetcher's settings).
     pub s3: FetchOptions,
+    /// Above this size the digest's metadata copy goes in parts; `None`: S3's own limit of
+    /// one CopyObject (5 GiB). Smaller only to exercise the path.
+    pub copy_limit: Option<u64>,
 }
 
 /// What was published.

@@ -74,6 +74,8 @@ struct Object {
     key: String,
     replace: bool,
     content_type: &'static str,
+    /// Above this size the metadata copy goes in parts.
+    copy_limit: u64,
 }
 
 impl S3Sink {
@@ -89,6 +91,7 @@ impl S3Sink {
             bucket: bucket.to_string(),
             key: key.to_string(),
             replace: opts.replace,
+            copy_limit: opts.copy_limit.unwrap_or(COPY_LIMIT),
             content_type: match opts.output.compression {
                 Compression::None => "application/x-tar",
                 Compression::Gzip => "application/gzip",
@@ -430,27 +433,7 @@ impl Upload<'_> {
     /// Completes the upload, then stores the digest; an object that got no digest is
     /// deleted again.
     async fn commit(self, sha256: &[u8; 32], bytes: u64) -> Result<(), PublishError> {
-        let o = self.object;
-        let mut complete = self
-            .s3
-            .client
-            .complete_multipart_upload()
-            .bucket(&o.bucket)
-            .key(&o.key)
-            .upload_id(&self.upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(self.done.clone()))
-                    .build(),
-            );
-        if !o.replace {
-            complete = complete.if_none_match("*");
-        }
-        let completed = deadline(complete.send())
-            .await
-            .map_err(|e| request_error(o, "completing the upload", e))
-            .and_then(|r| r.map_err(|e| completion_error(o, e)));
-        if let Err(e) = completed {
+        if let Err(e) = self.complete(!self.object.replace).await {
             self.abort().await;
             return Err(e);
         }
@@ -459,6 +442,28 @@ impl Upload<'_> {
             self.delete().await;
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Completes the upload from the parts uploaded; `only_if_absent` makes it fail (as
+    /// [`PublishError::Exists`]) when the key was created meanwhile.
+    async fn complete(&self, only_if_absent: bool) -> Result<(), PublishError> {
+        let o = self.object;
+        let parts = CompletedMultipartUpload::builder()
+            .set_parts(Some(self.done.clone()))
+            .build();
+        let mut complete = (self.s3.client.complete_multipart_upload())
+            .bucket(&o.bucket)
+            .key(&o.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(parts);
+        if only_if_absent {
+            complete = complete.if_none_match("*");
+        }
+        deadline(complete.send())
+            .await
+            .map_err(|e| request_error(o, "completing the upload", e))?
+            .map_err(|e| completion_error(o, e))?;
         Ok(())
     }
 

@@ -360,36 +360,22 @@ impl Core {
     /// The executor finished an activation of `app`.
     pub fn on_finished(&mut self, app: &str, outcome: &Outcome, now_ms: u64) -> Vec<Effect> {
         self.now_ms = self.now_ms.max(now_ms);
-        let (event_id, version, result, error) = match outcome {
-            Outcome::Ok { event_id, version } => (event_id, version, Res::Ok, None),
-            Outcome::Failed {
-                event_id,
-                version,
-                error,
-            } => (event_id, version, Res::Failed, Some(error.clone())),
-            Outcome::RolledBack {
-                event_id,
-                version,
-                to,
-                error,
-            } => (
-                event_id,
-                version,
-                Res::RolledBack,
-                Some(format!("{error} (back on {to})")),
-            ),
+        let (event_id, version, result) = (outcome.event_id(), outcome.version(), Res::of(outcome));
+        let error = match outcome {
+            Outcome::RolledBack { error, to, .. } => Some(format!("{error} (back on {to})")),
+            other => other.error().map(str::to_owned),
         };
         let o = NodeOutcome {
             node: self.node.clone(),
             app: app.to_owned(),
-            event_id: event_id.clone(),
-            version: version.clone(),
+            event_id: event_id.to_owned(),
+            version: version.to_owned(),
             result,
             error: error.map(|e| truncate(&e, MAX_ERROR)),
             at: now_ms / 1000,
         };
-        self.done.insert(app.to_owned(), event_id.clone());
-        if self.started.get(app) == Some(event_id) {
+        self.done.insert(app.to_owned(), event_id.to_owned());
+        if self.started.get(app).is_some_and(|s| s == event_id) {
             self.started.remove(app);
         }
         self.outcomes

@@ -120,25 +120,12 @@ impl AppTask {
 
     /// Appends `outcome` to the journal; returns its phase durations.
     pub(super) async fn record(&mut self, outcome: &Outcome) -> PhaseTimes {
-        let (event_id, version, result, error) = match outcome {
-            Outcome::Ok { event_id, version } => (event_id, version, Res::Ok, None),
-            Outcome::Failed {
-                event_id,
-                version,
-                error,
-            } => (event_id, version, Res::Failed, Some(error)),
-            Outcome::RolledBack {
-                event_id,
-                version,
-                error,
-                ..
-            } => (event_id, version, Res::RolledBack, Some(error)),
-        };
+        let (event_id, version) = (outcome.event_id(), outcome.version());
         let attempt = match self.record.attempt.take() {
-            Some(a) if a.event_id == *event_id => a,
+            Some(a) if a.event_id == event_id => a,
             // Ended before the machine began it (refused, or already current).
             _ => Attempt {
-                event_id: event_id.clone(),
+                event_id: event_id.to_owned(),
                 from: self.machine.current().map(str::to_owned),
                 kind: Kind::Deploy,
                 phases: PhaseTimes::default(),
@@ -152,12 +139,12 @@ impl AppTask {
             .and_then(|(_, s)| s.clone());
         let entry = Entry {
             kind: attempt.kind,
-            event_id: event_id.clone(),
+            event_id: event_id.to_owned(),
             signer,
             from: attempt.from,
-            to: version.clone(),
-            outcome: result,
-            error: error.cloned(),
+            to: version.to_owned(),
+            outcome: Res::of(outcome),
+            error: outcome.error().map(str::to_owned),
             phases_ms: attempt.phases,
             at: crate::wall::secs(),
         };
