@@ -158,6 +158,41 @@ fn a_silent_target_past_the_progress_deadline_halts_the_waves() {
     assert!(p.is_done() && !p.is_success());
 }
 
+/// With a progress deadline, a first-wave target that gossip declares failed before the
+/// deadline passes holds the later waves until it does (then halts them): its silence is
+/// what the deadline judges, so going down is no way past it.
+#[test]
+fn a_target_down_before_the_progress_deadline_holds_the_waves() {
+    let key = generate_signing_key();
+    let mut ev = deploy_event("v2", NOW, 12, ONE_BY_ONE);
+    ev.options.progress_deadline_secs = Some(30);
+    let (mut c, first, _) = second_wave(&key, 12);
+    let down = MemberView {
+        alive: false,
+        failed: true,
+        ..member(&first)
+    };
+    let others: Vec<MemberView> = ["a", "b"]
+        .iter()
+        .filter(|n| **n != first)
+        .map(|n| member(n))
+        .collect();
+    c.on_event(&signed(&ev, &key), NOW);
+    assert!(activations(&c.on_members(others.into_iter().chain([down]).collect())).is_empty());
+    assert!(activations(&c.on_tick((NOW + 29) * 1000)).is_empty());
+    assert!(
+        c.phase("web").starts_with("wave 2 waits"),
+        "{}",
+        c.phase("web")
+    );
+    assert!(activations(&c.on_tick((NOW + 31) * 1000)).is_empty());
+    assert!(
+        c.phase("web").starts_with(&format!("halted by {first}")),
+        "{}",
+        c.phase("web")
+    );
+}
+
 /// `--min-healthy` cuts the waves: of 4 targets with 3 to keep, one deploys at a time.
 #[test]
 fn min_healthy_cuts_the_waves() {

@@ -107,6 +107,8 @@ pub struct Context<'a> {
 pub struct Standing {
     pub targets: Vec<String>,
     pub plan: Plan,
+    /// The targets the later waves wait for: the alive ones, and under a progress
+    /// deadline the down ones too.
     alive: BTreeSet<String>,
     /// Outcomes per target; the late ones count as failed.
     by_node: BTreeMap<String, rollout::Outcome>,
@@ -125,14 +127,17 @@ impl Standing {
         cx: Context<'_>,
     ) -> Standing {
         let mut targets = targets(ev, members, node_apps, outcomes);
+        let mut alive = alive(members);
         if ev.options.progress_deadline_secs.is_some() {
-            // A target that goes down stays one (and keeps its wave): its silence counts
-            // against the deadline, so the waves after it halt rather than shift.
-            targets.extend(unreachable(ev, members, node_apps, &targets));
+            // A target that goes down stays one (and keeps its wave), and the waves after
+            // it wait for it as for a live one: its silence counts against the deadline,
+            // so they halt once that passes rather than shift or go on without it.
+            let down = unreachable(ev, members, node_apps, &targets);
+            alive.extend(down.iter().cloned());
+            targets.extend(down);
             targets.sort();
         }
         let (plan, no_room) = plan(ev, &targets);
-        let alive = alive(members);
         let id = ev.id_hex();
         let reported: BTreeMap<String, (rollout::Outcome, u64)> = (outcomes.values())
             .filter(|o| o.event_id == id && o.app == ev.app)
