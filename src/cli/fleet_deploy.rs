@@ -365,9 +365,12 @@ pub fn query_status(
     req: &QueryRequest,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let r = runtime()?.block_on(client.query(req))?;
+    let rt = runtime()?;
+    let r = rt.block_on(client.query(req))?;
+    let down = rt.block_on(client.members(Some("failed")))?;
     let app = Some(req.payload.as_str()).filter(|a| !a.is_empty());
-    let answers = status::parse(&r, app);
+    let mut answers = status::parse(&r, app);
+    status::add_down(&mut answers, &down, req);
     match format {
         Format::Json => print_json(&super::status_json::view(&answers))?,
         Format::Text => print!("{}", status::render(&answers, crate::wall::secs())),

@@ -10,7 +10,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::api::QueryResponse;
+use crate::deploy::controller::targets::Matcher;
+use crate::deploy::signed::Targets;
 use crate::deploy::status::{AppView, NodeStatus};
+use crate::api::QueryRequest;
+use crate::wire::Member;
 
 /// The parsed answers of one `status` query (JSON: [`super::status_json`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,6 +63,21 @@ pub fn parse(r: &QueryResponse, app: Option<&str>) -> StatusAnswers {
     out.responses.sort_by(|a, b| a.node.cmp(&b.node));
     out.invalid.sort_by(|a, b| a.node.cmp(&b.node));
     out
+}
+
+/// Adds the members gossip declared failed that `req`'s filters match to `missing`: a query
+/// reaches alive members only, and a node that went down is the one the operator must see.
+pub fn add_down(s: &mut StatusAnswers, members: &[Member], req: &QueryRequest) {
+    let filters = Matcher::new(&Targets {
+        nodes: req.nodes.clone(),
+        tags: req.tags.clone().into_iter().collect(),
+    });
+    let down = (members.iter())
+        .filter(|m| m.status == "failed" && filters.matches(&m.name, &m.tags))
+        .map(|m| m.name.clone());
+    s.missing.extend(down);
+    s.missing.sort();
+    s.missing.dedup();
 }
 
 /// `s` on one line with control characters shown as `?`: the text comes from other nodes
@@ -392,6 +411,32 @@ mod tests {
         assert_eq!(s.missing, ["n3"]);
         assert_eq!(s.invalid.len(), 1);
         assert_eq!(s.invalid[0].node, "n0");
+    }
+
+    #[test]
+    fn down_members_the_filters_match_are_missing() {
+        let member = |name: &str, status: &str, role: &str| Member {
+            name: name.into(),
+            addr: "10.0.0.1:7946".into(),
+            status: status.into(),
+            tags: [("role".to_string(), role.to_string())].into(),
+            identity: None,
+        };
+        let mut s = parse(&answers(&[], &["n3"]), Some("web"));
+        let members = [
+            member("n1", "failed", "web"),
+            member("n2", "left", "web"),
+            member("n3", "failed", "web"),
+            member("n4", "failed", "db"),
+            member("x5", "failed", "web"),
+        ];
+        let req = QueryRequest {
+            nodes: vec!["n.*".into()],
+            tags: [("role".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        };
+        add_down(&mut s, &members, &req);
+        assert_eq!(s.missing, ["n1", "n3"]);
     }
 
     #[test]
