@@ -57,6 +57,17 @@ pub fn agent_families(info: &Info, members: &[Member]) -> Vec<Family> {
     ] {
         dropped.push(&[("reason", reason)], c(key));
     }
+    let mut streams = Family::counter(
+        "droot_fleet_gossip_streams_dropped_total",
+        "Gossip TCP streams (joins, push/pulls) dropped, by reason: a wrong key, or evicted \
+         to keep the stream bound.",
+    );
+    for (reason, key) in [
+        ("auth", "streams_dropped_auth"),
+        ("evicted", "streams_evicted"),
+    ] {
+        streams.push(&[("reason", reason)], c(key));
+    }
     let counter = |name, help, key| Family::counter(name, help).with(&[], c(key));
     vec![
         Family::gauge("droot_fleet_build_info", "The agent's version (always 1).")
@@ -83,6 +94,7 @@ pub fn agent_families(info: &Info, members: &[Member]) -> Vec<Family> {
             "bytes_sent",
         ),
         dropped,
+        streams,
         counter(
             "droot_fleet_events_handled_total",
             "User events delivered to this node's handlers and consumers (each once).",

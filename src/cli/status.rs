@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::api::QueryRequest;
 use crate::api::QueryResponse;
 use crate::deploy::controller::targets::Matcher;
 use crate::deploy::signed::Targets;
 use crate::deploy::status::{AppView, NodeStatus};
-use crate::api::QueryRequest;
 use crate::wire::Member;
 
 /// The parsed answers of one `status` query (JSON: [`super::status_json`]).

@@ -2,7 +2,7 @@
 //! activation's deadline, a newer version and the executor's shutdown.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -48,15 +48,17 @@ impl AppTask {
             }
             tracing::info!(%app, %url, %version, "fetching");
             let mut open_at = None;
-            let r = fetch::stage(
-                &layout,
-                &url,
-                sha256,
-                Some(&version),
-                &unpack,
-                &fopts,
-                &mut open_at,
-            );
+            let r = retry_transient(&unpack.cancel, &app, &url, || {
+                fetch::stage(
+                    &layout,
+                    &url,
+                    sha256,
+                    Some(&version),
+                    &unpack,
+                    &fopts,
+                    &mut open_at,
+                )
+            });
             if open_at.is_some() {
                 let _ = at.set(open_at);
             }
@@ -82,6 +84,42 @@ impl AppTask {
         }
         self.refresh().await;
         r
+    }
+}
+
+/// First wait between two tries of a fetch that failed for a reason that may pass.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two tries.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Runs `attempt` again while it fails for a reason that may pass (the store unreachable
+/// or busy: a host cut off from it, a store restarting), waiting 1 s, 2 s, ... 30 s between
+/// tries, until it succeeds, fails for good, or `cancel` fires (the deploy's timeout, a
+/// newer version, shutdown). A failed try leaves nothing staged, so a retry starts clean.
+fn retry_transient<T>(
+    cancel: &Cancel,
+    app: &str,
+    url: &str,
+    mut attempt: impl FnMut() -> Result<T, fetch::DeployError>,
+) -> Result<T, fetch::DeployError> {
+    let mut wait = RETRY_FIRST;
+    loop {
+        let r = attempt();
+        match &r {
+            Err(e) if e.is_transient() && !cancel.is_cancelled() => {
+                let error = store::fetch_error(e);
+                tracing::warn!(%app, %url, %error, retry_in = ?wait, "fetch failed; trying again until the deploy timeout");
+            }
+            _ => return r,
+        }
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if cancel.is_cancelled() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100).min(wait));
+        }
+        wait = (wait * 2).min(RETRY_MAX);
     }
 }
 
@@ -136,5 +174,69 @@ async fn newer_version(mut rx: watch::Receiver<Option<Submit>>, version: &str) -
         if let Some(v) = newer {
             return v;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::fetch::{DeployError, FetchError};
+
+    fn unreachable() -> DeployError {
+        DeployError::Fetch(FetchError::Unreachable {
+            url: "s3://b/k".into(),
+            endpoint: "http://10.0.0.1:3900".into(),
+            detail: "connection refused".into(),
+        })
+    }
+
+    #[test]
+    fn an_unreachable_store_is_tried_again_a_missing_object_is_not() {
+        let cancel = Cancel::default();
+        let mut tries = 0;
+        let r = retry_transient(&cancel, "web", "s3://b/k", || {
+            tries += 1;
+            if tries == 1 {
+                Err(unreachable())
+            } else {
+                Ok(tries)
+            }
+        });
+        assert_eq!(r.unwrap(), 2);
+        let mut tries = 0;
+        let r: Result<(), _> = retry_transient(&cancel, "web", "s3://b/k", || {
+            tries += 1;
+            Err(DeployError::Fetch(FetchError::HttpNotFound {
+                url: "http://x/a".into(),
+            }))
+        });
+        assert!(r.is_err());
+        assert_eq!(tries, 1, "a 404 is final");
+        let busy = FetchError::HttpStatus {
+            url: "http://x/a".into(),
+            status: 503,
+        };
+        assert!(busy.is_transient());
+        let refused = FetchError::HttpStatus {
+            url: "http://x/a".into(),
+            status: 403,
+        };
+        assert!(!refused.is_transient());
+    }
+
+    #[test]
+    fn a_cancel_ends_the_retries_with_the_last_error() {
+        let cancel = Cancel::default();
+        let mut tries = 0;
+        let r: Result<(), _> = retry_transient(&cancel, "web", "s3://b/k", || {
+            tries += 1;
+            cancel.cancel(Reason::Shutdown);
+            Err(unreachable())
+        });
+        assert!(matches!(
+            r,
+            Err(DeployError::Fetch(FetchError::Unreachable { .. }))
+        ));
+        assert_eq!(tries, 1);
     }
 }

@@ -92,3 +92,15 @@ pub enum FetchError {
     #[error("{url}: not a regular file (a device, FIFO or socket may never end or never answer)")]
     NotRegularFile { url: String },
 }
+
+impl FetchError {
+    /// Whether trying again later may succeed: the store could not be reached, or answered
+    /// that it cannot serve now (5xx, 429). Refusals, missing objects and bad bytes are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Unreachable { .. } => true,
+            FetchError::HttpStatus { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}

@@ -156,6 +156,13 @@ pub enum DeployError {
     Release(#[from] ReleaseError),
 }
 
+impl DeployError {
+    /// Whether the fetch may succeed if tried again later ([`FetchError::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DeployError::Fetch(f) if f.is_transient())
+    }
+}
+
 /// Fetches `url` and stages it as the release `version` (`current` untouched), checking
 /// `expected` before publishing. The fleet's activation switches to it later. `opened` is
 /// set to when the object was open and its bytes began to stream into the unpacker (also
