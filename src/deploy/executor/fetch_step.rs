@@ -222,6 +222,16 @@ mod tests {
             status: 403,
         };
         assert!(!refused.is_transient());
+        // A body cut off mid-transfer, as the unpacker reports it, is worth another try; a
+        // corrupt one is not.
+        let unpack = |e| {
+            let r = crate::release::ReleaseError::Unpack(crate::artifact::UnpackError::Read(e));
+            DeployError::Release(r)
+        };
+        let cut = crate::deploy::fetch::stream::cut_off("s3://b/k: connection lost".into());
+        assert!(unpack(cut).is_transient());
+        let corrupt = std::io::Error::new(std::io::ErrorKind::InvalidData, "bad gzip header");
+        assert!(!unpack(corrupt).is_transient());
     }
 
     #[test]

@@ -91,7 +91,7 @@ async fn get<C>(
                 Ok(data) => Ok(data),
                 Err(_) => continue,
             },
-            Err(e) => Err(io::Error::other(format!("{url}: {e}"))),
+            Err(e) => Err(super::stream::cut_off(format!("{url}: {e}"))),
         };
         let stop = item.is_err();
         if tx.send(item).await.is_err() || stop {

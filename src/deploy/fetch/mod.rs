@@ -157,9 +157,22 @@ pub enum DeployError {
 }
 
 impl DeployError {
-    /// Whether the fetch may succeed if tried again later ([`FetchError::is_transient`]).
+    /// Whether the fetch may succeed if tried again later: the store unreachable or busy
+    /// ([`FetchError::is_transient`]), or the body cut off mid-transfer ([`stream::cut_off`]),
+    /// wherever in the readers the cut surfaced.
     pub fn is_transient(&self) -> bool {
-        matches!(self, DeployError::Fetch(f) if f.is_transient())
+        if matches!(self, DeployError::Fetch(f) if f.is_transient()) {
+            return true;
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            let io = e.downcast_ref::<std::io::Error>();
+            if io.is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionAborted) {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
     }
 }
 

@@ -29,7 +29,7 @@ pub fn open(
         };
         head.ok(length);
         while let Some(chunk) = body.next().await {
-            let item = chunk.map_err(|e| io::Error::other(format!("{owned}: {e}")));
+            let item = chunk.map_err(|e| stream::cut_off(format!("{owned}: {e}")));
             let stop = item.is_err();
             if tx.send(item).await.is_err() || stop {
                 return;

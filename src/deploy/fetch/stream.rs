@@ -28,6 +28,13 @@ pub const DEPTH: usize = 8;
 /// How long a server may send nothing (no answer, or no body bytes) before the fetch fails.
 pub const IDLE: Duration = Duration::from_secs(60);
 
+/// A body cut off mid-transfer (the connection lost, not the bytes bad): its kind,
+/// `ConnectionAborted`, survives the readers stacked on it, so the deploy can tell it from
+/// a corrupt archive and try again ([`super::DeployError::is_transient`]).
+pub fn cut_off(text: String) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, text)
+}
+
 /// A blocking `Read` over chunks sent by an async producer. The producer sends an
 /// `Err` to report a failure mid-body; dropping the sender is EOF.
 pub struct ChannelReader {
