@@ -3,32 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn static_binary() -> PathBuf {
-    let p = std::env::var_os("DROOT_FLEET_STATIC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target/static/x86_64-unknown-linux-gnu/release/droot-fleet")
-        });
-    assert!(
-        p.exists(),
-        "static binary {} missing: build it with RUSTFLAGS=\"-C target-feature=+crt-static\" \
-         cargo build --release --target x86_64-unknown-linux-gnu --target-dir target/static \
-         (.ci/test.sh does)",
-        p.display()
-    );
-    p
-}
-
-fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI missing: install Docker (see README)")
-}
+use common::docker::{docker, static_binary};
 
 #[test]
 fn static_binary_runs_in_an_empty_image() {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod archive;
+pub mod docker;
 pub mod garage;
 pub mod jail;
 pub mod sockapp;

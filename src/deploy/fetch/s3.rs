@@ -3,7 +3,7 @@
 //! stores. The object body is streamed chunk by chunk to the unpacker.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::Read;
 
 use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
