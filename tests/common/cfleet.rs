@@ -143,25 +143,20 @@ impl Cfleet {
         .unwrap();
         docker::volume("droot-fleet-test-garage");
         let ip = self.garage_ip();
-        ok(&[
-            "create",
-            "--name",
+        create(
             "dft-garage",
-            "--label",
-            LABEL,
-            "--network",
-            NETWORK,
-            "--ip",
             &ip,
-            "-e",
-            "RUST_LOG=warn",
-            "-v",
-            "droot-fleet-test-garage:/var/lib/garage",
-            GARAGE_IMAGE,
-            "-c",
-            "/etc/garage.toml",
-            "server",
-        ]);
+            &[
+                "-e",
+                "RUST_LOG=warn",
+                "-v",
+                "droot-fleet-test-garage:/var/lib/garage",
+                GARAGE_IMAGE,
+                "-c",
+                "/etc/garage.toml",
+                "server",
+            ],
+        );
         ok(&[
             "cp",
             config.to_str().unwrap(),
@@ -204,23 +199,18 @@ impl Cfleet {
             include_str!("../support/probe.c"),
         );
         let ip = format!("{}.3", self.subnet);
-        ok(&[
-            "create",
-            "--name",
+        create(
             "dft-probe",
-            "--label",
-            LABEL,
-            "--network",
-            NETWORK,
-            "--ip",
             &ip,
-            "--init",
-            "--entrypoint",
-            "/bin/sh",
-            HOST_IMAGE,
-            "-c",
-            "mkdir -p /probe && exec /usr/bin/probe loop /probe",
-        ]);
+            &[
+                "--init",
+                "--entrypoint",
+                "/bin/sh",
+                HOST_IMAGE,
+                "-c",
+                "mkdir -p /probe && exec /usr/bin/probe loop /probe",
+            ],
+        );
         ok(&["cp", probe.to_str().unwrap(), "dft-probe:/usr/bin/probe"]);
         ok(&["start", "dft-probe"]);
     }
@@ -281,17 +271,8 @@ impl Cfleet {
             format!("{srv}:/srv"),
         );
         let mut args = vec![
-            "create",
-            "--name",
-            &c,
             "--hostname",
             &c,
-            "--label",
-            LABEL,
-            "--network",
-            NETWORK,
-            "--ip",
-            &ip,
             "--init",
             "--tmpfs",
             "/run",
@@ -302,7 +283,7 @@ impl Cfleet {
         ];
         args.extend_from_slice(PRIVILEGES);
         args.extend(["--entrypoint", "/bin/sleep", HOST_IMAGE, "2147483647"]);
-        ok(&args);
+        create(&c, &ip, &args);
         let from = format!("{}/.", etc.display());
         ok(&["cp", &from, &format!("{c}:/etc/droot-fleet")]);
         ok(&["start", &c]);
@@ -518,6 +499,24 @@ impl Cfleet {
 
 pub fn name(n: u8) -> String {
     format!("n{n}")
+}
+
+/// `docker create` of container `name`, labelled, on the test network at `ip`, with `rest`
+/// (options, then the image and its arguments).
+fn create(name: &str, ip: &str, rest: &[&str]) {
+    let mut args = vec![
+        "create",
+        "--name",
+        name,
+        "--label",
+        LABEL,
+        "--network",
+        NETWORK,
+        "--ip",
+        ip,
+    ];
+    args.extend_from_slice(rest);
+    ok(&args);
 }
 
 /// The number of node `nN`.

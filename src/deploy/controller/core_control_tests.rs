@@ -37,6 +37,19 @@ fn second_wave(key: &SigningKey, id: u8) -> (Core, String, String) {
     (c, first, second)
 }
 
+/// Members `a` and `b`, with `down` declared failed by gossip.
+fn with_down(down: &str) -> Vec<MemberView> {
+    let failed = MemberView {
+        alive: false,
+        failed: true,
+        ..member(down)
+    };
+    (["a", "b"].iter().filter(|n| **n != down))
+        .map(|n| member(n))
+        .chain([failed])
+        .collect()
+}
+
 const ONE_BY_ONE: Rollout = Rollout {
     max_parallel: Some(MaxParallel::Count(1)),
     canary: 0,
@@ -135,17 +148,7 @@ fn a_silent_target_past_the_progress_deadline_halts_the_waves() {
         c.phase("web")
     );
     // Declared failed by gossip (SIGSTOPped, say), it stays a target: the halt holds.
-    let down = MemberView {
-        alive: false,
-        failed: true,
-        ..member(&first)
-    };
-    let others: Vec<MemberView> = ["a", "b"]
-        .iter()
-        .filter(|n| **n != first)
-        .map(|n| member(n))
-        .collect();
-    c.on_members(others.into_iter().chain([down]).collect());
+    c.on_members(with_down(&first));
     assert!(
         c.phase("web").starts_with(&format!("halted by {first}")),
         "{}",
@@ -167,18 +170,8 @@ fn a_target_down_before_the_progress_deadline_holds_the_waves() {
     let mut ev = deploy_event("v2", NOW, 12, ONE_BY_ONE);
     ev.options.progress_deadline_secs = Some(30);
     let (mut c, first, _) = second_wave(&key, 12);
-    let down = MemberView {
-        alive: false,
-        failed: true,
-        ..member(&first)
-    };
-    let others: Vec<MemberView> = ["a", "b"]
-        .iter()
-        .filter(|n| **n != first)
-        .map(|n| member(n))
-        .collect();
     c.on_event(&signed(&ev, &key), NOW);
-    assert!(activations(&c.on_members(others.into_iter().chain([down]).collect())).is_empty());
+    assert!(activations(&c.on_members(with_down(&first))).is_empty());
     assert!(activations(&c.on_tick((NOW + 29) * 1000)).is_empty());
     assert!(
         c.phase("web").starts_with("wave 2 waits"),
