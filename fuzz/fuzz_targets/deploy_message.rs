@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
 
     let now = droot_fleet_fuzz::WALL.as_secs();
     let mut core = droot_fleet_fuzz::controller(Trust::DevUnverified);
-    let tags = [("role".to_owned(), "web".to_owned())].into();
+    let tags: droot_fleet::gossip::Tags = [("role".to_owned(), "web".to_owned())].into();
     let members = ["fuzz-node", "a", "b", "c"]
         .iter()
         .enumerate()

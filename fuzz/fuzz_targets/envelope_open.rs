@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         dec.feed(piece);
         loop {
             match dec.next_frame(&keyring) {
-                Ok(Some(frame)) => assert!(!failed, "a frame after an error"),
+                Ok(Some(_)) => assert!(!failed, "a frame after an error"),
                 Ok(None) => break,
                 Err(_) => {
                     failed = true;

@@ -23,11 +23,17 @@ static BASE: LazyLock<(PathBuf, Vec<String>)> = LazyLock::new(|| {
     (base, before)
 });
 
-/// Every name under `dir` (recursively, not following links) with its mode, owner, times,
-/// size and (files) contents or (links) target; destinations of this run left out.
-fn snapshot(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
+/// The names in `base` but the destinations (whose coming and going changes its mtime),
+/// then everything under `base/outside` (recursively, not following links) with its mode,
+/// owner, times, size and (files) contents or (links) target.
+fn snapshot(base: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(base)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("dest-"))
+        .collect();
+    out.sort();
+    let mut stack = vec![base.join("outside")];
     while let Some(d) = stack.pop() {
         let m = std::fs::symlink_metadata(&d).unwrap();
         let what = if m.is_symlink() {
@@ -49,19 +55,10 @@ fn snapshot(dir: &Path) -> Vec<String> {
         ));
         if m.is_dir() {
             for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                let own = p
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("dest-");
-                if !(d == dir && own) {
-                    stack.push(p);
-                }
+                stack.push(e.unwrap().path());
             }
         }
     }
-    out.sort();
     out
 }
 
