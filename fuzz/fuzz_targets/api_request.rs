@@ -24,6 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Harness {
     rt: tokio::runtime::Runtime,
     services: Services,
+    /// Kept (its view serves the API); the agent is dropped, so its commands fail.
+    _controller: Controller,
 }
 
 thread_local! {
@@ -41,14 +43,16 @@ thread_local! {
             agent: agent.handle(),
             deploy: Some(controller.view()),
         };
-        // The controller's view lives on; the agent stops (its command channel closes).
-        std::mem::forget(controller);
         drop(agent);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        Harness { rt, services }
+        Harness {
+            rt,
+            services,
+            _controller: controller,
+        }
     };
 }
 

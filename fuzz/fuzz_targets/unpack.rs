@@ -3,6 +3,10 @@
 //! symlinks or hard links to the outside, by relative or absolute target), the outside keeps
 //! its names, modes, times and contents. Seeds point at the outside by its fixed path,
 //! `$TMPDIR/droot-fleet-fuzz-unpack/outside`.
+//!
+//! Run it with `-detect_leaks=0`: the unpacker's decompression thread is detached on purpose
+//! (a stalled source must not hang the caller), and LeakSanitizer reports that thread's
+//! exit bookkeeping when a run ends while it is finishing its last read.
 #![no_main]
 
 use std::os::unix::fs::MetadataExt;
