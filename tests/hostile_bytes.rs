@@ -310,3 +310,6 @@ fn tar_reader_never_panics_on_mutated_extension_headers() {
         "mutations were noticed ({errors} errors)"
     );
 }
+
+#[path = "hostile_bytes/seeds.rs"]
+mod seeds;
