@@ -637,7 +637,7 @@ async fn a_stalled_fetch_of_one_app_does_not_hold_another() {
     let mut apps = f.apps(true, "");
     let slow_root = f.tmp.path().join("slow");
     let slow = format!(
-        "[apps.slow]\nartifact = \"http://127.0.0.1:{stalled}/{{version}}.tar.gz\"\nroot = \"{}\"\ncommand = [\"true\"]\n",
+        "[apps.slow]\nartifact = \"http://127.0.0.1:{stalled}/{{version}}.tar.gz\"\nroot = \"{}\"\ncommand = [\"true\"]\ndeploy_timeout = \"10s\"\n",
         slow_root.display()
     );
     apps.extend(parse_apps(&slow).unwrap());
@@ -657,7 +657,8 @@ async fn a_stalled_fetch_of_one_app_does_not_hold_another() {
     assert_eq!(f.get("/version").as_deref(), Some("v1"));
     // The same event again while it is being activated: it is not done twice.
     ex.submit("slow", first.clone()).unwrap();
-    // Ending the stalled transfer fails that deploy, naming the URL.
+    // Ending the stalled transfer leaves a store that refuses connections: tried again
+    // until the app's deploy_timeout, then the deploy fails naming the URL.
     drop(conn);
     let done = next(&mut rx).await;
     assert_eq!(done.app, "slow");
