@@ -28,6 +28,8 @@ fn static_binary_runs_in_an_empty_image() {
     let build = docker(&[
         "build",
         "-q",
+        "--label",
+        common::docker::LABEL,
         "-f",
         dockerfile.to_str().unwrap(),
         "-t",

@@ -59,8 +59,8 @@ pub fn agent_families(info: &Info, members: &[Member]) -> Vec<Family> {
     }
     let mut streams = Family::counter(
         "droot_fleet_gossip_streams_dropped_total",
-        "Gossip TCP streams (joins, push/pulls) dropped, by reason: a wrong key, or evicted \
-         to keep the stream bound.",
+        "Inbound gossip TCP streams (joins, push/pulls) dropped, by reason: auth (a key this \
+         node does not hold), evicted (closed or refused at the open-stream limit).",
     );
     for (reason, key) in [
         ("auth", "streams_dropped_auth"),

@@ -72,8 +72,10 @@ pub fn add_down(s: &mut StatusAnswers, members: &[Member], req: &QueryRequest) {
         nodes: req.nodes.clone(),
         tags: req.tags.clone().into_iter().collect(),
     });
+    let answered: Vec<&str> = s.responses.iter().map(|r| r.node.as_str()).collect();
     let down = (members.iter())
         .filter(|m| m.status == "failed" && filters.matches(&m.name, &m.tags))
+        .filter(|m| !answered.contains(&m.name.as_str()))
         .map(|m| m.name.clone());
     s.missing.extend(down);
     s.missing.sort();
@@ -437,6 +439,10 @@ mod tests {
         };
         add_down(&mut s, &members, &req);
         assert_eq!(s.missing, ["n1", "n3"]);
+        // One that answered before gossip declared it failed is not also missing.
+        let mut s = parse(&answers(&[("n1", vec![])], &[]), Some("web"));
+        add_down(&mut s, &members, &req);
+        assert_eq!(s.missing, ["n3"]);
     }
 
     #[test]

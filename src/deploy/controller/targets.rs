@@ -20,7 +20,8 @@ pub struct MemberView {
     /// Alive or suspect (it may still answer); failed and left members are not.
     pub alive: bool,
     /// Failed (unreachable, not left on purpose): a target it would have been is listed
-    /// as unreachable in the progress.
+    /// as unreachable in the progress (without a progress deadline; with one it stays a
+    /// target, pending until the deadline).
     pub failed: bool,
     pub tags: Tags,
 }
@@ -280,8 +281,9 @@ pub fn progress(
         }
     }
     // Failed members that match are targets too, for the count: the deploy has not
-    // reached them. The waves leave them out (they cannot report), so they never hold
-    // up a wave, and they converge once back.
+    // reached them. Without a progress deadline the waves leave them out (they cannot
+    // report), so they never hold up a wave, and they converge once back; with one they
+    // are targets already (none is left here).
     p.unreachable = unreachable(ev, members, node_apps, &standing.targets);
     p.targets = standing.targets;
     p.targets.extend(p.unreachable.iter().cloned());

@@ -37,6 +37,7 @@ impl AppTask {
         let fopts = self.opts.fetch.clone();
         let owned = version.to_string();
         let app = self.app.name.clone();
+        let budget = self.app.deploy_timeout / 2;
         // When the object was open: unset if it never was; `None` when nothing was fetched.
         let opened: Arc<OnceLock<Option<Instant>>> = Arc::default();
         let (at, t0) = (opened.clone(), Instant::now());
@@ -48,7 +49,7 @@ impl AppTask {
             }
             tracing::info!(%app, %url, %version, "fetching");
             let mut open_at = None;
-            let r = retry_transient(&unpack.cancel, &app, &url, || {
+            let r = retry_transient(&unpack.cancel, (&app, &url), budget, || {
                 fetch::stage(
                     &layout,
                     &url,
@@ -91,33 +92,46 @@ impl AppTask {
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between two tries.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Tries that ended with the body cut off: each may have fetched and unpacked most of the
+/// artifact, so a server that cuts off every time gets no more than these.
+const MAX_CUT_OFFS: u32 = 3;
 
 /// Runs `attempt` again while it fails for a reason that may pass (the store unreachable
-/// or busy: a host cut off from it, a store restarting), waiting 1 s, 2 s, ... 30 s between
-/// tries, until it succeeds, fails for good, or `cancel` fires (the deploy's timeout, a
-/// newer version, shutdown). A failed try leaves nothing staged, so a retry starts clean.
+/// or busy, the body cut off: a host cut off from it, a store restarting), waiting about
+/// 1 s, 2 s, ... 30 s between tries (with jitter, so a fleet does not retry in step), for
+/// at most `budget` (half the deploy timeout: the rest is for the start and the health
+/// check) and [`MAX_CUT_OFFS`] cut-offs. A cancel (the deploy's timeout, a newer version,
+/// shutdown) during a wait ends it as cancelled. A failed try leaves nothing staged, so a
+/// retry starts clean.
 fn retry_transient<T>(
     cancel: &Cancel,
-    app: &str,
-    url: &str,
+    (app, url): (&str, &str),
+    budget: Duration,
     mut attempt: impl FnMut() -> Result<T, fetch::DeployError>,
 ) -> Result<T, fetch::DeployError> {
-    let mut wait = RETRY_FIRST;
+    let started = Instant::now();
+    let (mut wait, mut cut_offs) = (RETRY_FIRST, 0);
     loop {
         let r = attempt();
-        match &r {
-            Err(e) if e.is_transient() && !cancel.is_cancelled() => {
-                let error = store::fetch_error(e);
-                tracing::warn!(%app, %url, %error, retry_in = ?wait, "fetch failed; trying again until the deploy timeout");
-            }
+        let e = match &r {
+            Err(e) if e.is_transient() => e,
             _ => return r,
+        };
+        cut_offs += u32::from(e.is_cut_off());
+        let pause = wait.mul_f64(0.5 + rand::random::<f64>());
+        let over = started.elapsed() + pause > budget;
+        if cancel.is_cancelled() || cut_offs >= MAX_CUT_OFFS || over {
+            return r;
         }
-        let until = Instant::now() + wait;
+        let error = store::fetch_error(e);
+        tracing::warn!(%app, %url, %error, retry_in = ?pause, "fetch failed; trying again");
+        let until = Instant::now() + pause;
         while Instant::now() < until {
-            if cancel.is_cancelled() {
-                return r;
+            if let Some(reason) = cancel.reason() {
+                let url = url.to_string();
+                return Err(fetch::FetchError::Cancelled { url, reason }.into());
             }
-            std::thread::sleep(Duration::from_millis(100).min(wait));
+            std::thread::sleep(Duration::from_millis(100).min(pause));
         }
         wait = (wait * 2).min(RETRY_MAX);
     }
@@ -194,7 +208,7 @@ mod tests {
     fn an_unreachable_store_is_tried_again_a_missing_object_is_not() {
         let cancel = Cancel::default();
         let mut tries = 0;
-        let r = retry_transient(&cancel, "web", "s3://b/k", || {
+        let r = retry_transient(&cancel, ("web", "s3://b/k"), Duration::from_secs(60), || {
             tries += 1;
             if tries == 1 {
                 Err(unreachable())
@@ -204,7 +218,7 @@ mod tests {
         });
         assert_eq!(r.unwrap(), 2);
         let mut tries = 0;
-        let r: Result<(), _> = retry_transient(&cancel, "web", "s3://b/k", || {
+        let r: Result<(), _> = retry_transient(&cancel, ("web", "s3://b/k"), Duration::from_secs(60), || {
             tries += 1;
             Err(DeployError::Fetch(FetchError::HttpNotFound {
                 url: "http://x/a".into(),
@@ -238,7 +252,7 @@ mod tests {
     fn a_cancel_ends_the_retries_with_the_last_error() {
         let cancel = Cancel::default();
         let mut tries = 0;
-        let r: Result<(), _> = retry_transient(&cancel, "web", "s3://b/k", || {
+        let r: Result<(), _> = retry_transient(&cancel, ("web", "s3://b/k"), Duration::from_secs(60), || {
             tries += 1;
             cancel.cancel(Reason::Shutdown);
             Err(unreachable())
@@ -247,6 +261,42 @@ mod tests {
             r,
             Err(DeployError::Fetch(FetchError::Unreachable { .. }))
         ));
+        assert_eq!(tries, 1);
+    }
+
+    #[test]
+    fn a_cancel_during_the_wait_says_why_and_cut_offs_are_bounded() {
+        let minute = Duration::from_secs(60);
+        let cancel = Cancel::default();
+        let canceller = cancel.clone();
+        let r: Result<(), _> = retry_transient(&cancel, ("web", "s3://b/k"), minute, || {
+            let c = canceller.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                c.cancel(Reason::Superseded("v9".into()));
+            });
+            Err(unreachable())
+        });
+        let e = store::fetch_error(&r.unwrap_err());
+        assert!(e.contains("v9"), "{e}");
+        // A store that cuts every body off is tried MAX_CUT_OFFS times, not until the budget.
+        let mut tries = 0;
+        let r: Result<(), _> = retry_transient(&Cancel::default(), ("web", "s3://b/k"), minute, || {
+            tries += 1;
+            let cut = crate::deploy::fetch::stream::cut_off("s3://b/k: connection lost".into());
+            let e = crate::artifact::UnpackError::Read(cut);
+            Err(DeployError::Release(crate::release::ReleaseError::Unpack(e)))
+        });
+        assert!(r.is_err());
+        assert_eq!(tries, MAX_CUT_OFFS);
+        // Retries stop once the next wait would pass the budget: the last error is returned.
+        let mut tries = 0;
+        let short = Duration::from_millis(100);
+        let r: Result<(), _> = retry_transient(&Cancel::default(), ("web", "s3://b/k"), short, || {
+            tries += 1;
+            Err(unreachable())
+        });
+        assert!(matches!(r, Err(DeployError::Fetch(FetchError::Unreachable { .. }))));
         assert_eq!(tries, 1);
     }
 }

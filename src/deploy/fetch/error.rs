@@ -95,11 +95,12 @@ pub enum FetchError {
 
 impl FetchError {
     /// Whether trying again later may succeed: the store could not be reached, or answered
-    /// that it cannot serve now (5xx, 429). Refusals, missing objects and bad bytes are final.
+    /// that it cannot serve now (500, 502-504, 429). Refusals, missing objects and bad bytes
+    /// are final.
     pub fn is_transient(&self) -> bool {
         match self {
             FetchError::Unreachable { .. } => true,
-            FetchError::HttpStatus { status, .. } => *status >= 500 || *status == 429,
+            FetchError::HttpStatus { status, .. } => matches!(status, 429 | 500 | 502..=504),
             _ => false,
         }
     }

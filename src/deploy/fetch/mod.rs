@@ -161,9 +161,12 @@ impl DeployError {
     /// ([`FetchError::is_transient`]), or the body cut off mid-transfer ([`stream::cut_off`]),
     /// wherever in the readers the cut surfaced.
     pub fn is_transient(&self) -> bool {
-        if matches!(self, DeployError::Fetch(f) if f.is_transient()) {
-            return true;
-        }
+        matches!(self, DeployError::Fetch(f) if f.is_transient()) || self.is_cut_off()
+    }
+
+    /// Whether the body was cut off mid-transfer ([`stream::cut_off`]), wherever in the
+    /// readers the cut surfaced.
+    pub fn is_cut_off(&self) -> bool {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(e) = cause {
             let io = e.downcast_ref::<std::io::Error>();

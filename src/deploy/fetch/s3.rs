@@ -143,7 +143,7 @@ where
                     url,
                     detail: format!("HTTP {status} {code} {message}").trim().to_string(),
                 },
-                (_, 429 | 500..) => FetchError::HttpStatus { url, status },
+                (_, 429 | 500 | 502..=504) => FetchError::HttpStatus { url, status },
                 _ => FetchError::Other { url, detail },
             }
         }
