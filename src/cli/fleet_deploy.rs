@@ -368,10 +368,12 @@ pub fn query_status(
     let rt = runtime()?;
     let r = rt.block_on(client.query(req))?;
     // The answers stand without the member list; only the down nodes would be missed.
-    let down = rt.block_on(client.members(Some("failed"))).unwrap_or_else(|e| {
-        eprintln!("droot-fleet: warning: nodes that are down are not listed: {e}");
-        Vec::new()
-    });
+    let down = rt
+        .block_on(client.members(Some("failed")))
+        .unwrap_or_else(|e| {
+            eprintln!("droot-fleet: warning: nodes that are down are not listed: {e}");
+            Vec::new()
+        });
     let app = Some(req.payload.as_str()).filter(|a| !a.is_empty());
     let mut answers = status::parse(&r, app);
     status::add_down(&mut answers, &down, req);
