@@ -196,6 +196,16 @@ mod tests {
     use super::*;
     use crate::deploy::fetch::{DeployError, FetchError};
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn retry<T>(
+        cancel: &Cancel,
+        budget: Duration,
+        attempt: impl FnMut() -> Result<T, DeployError>,
+    ) -> Result<T, DeployError> {
+        retry_transient(cancel, ("web", "s3://b/k"), budget, attempt)
+    }
+
     fn unreachable() -> DeployError {
         DeployError::Fetch(FetchError::Unreachable {
             url: "s3://b/k".into(),
@@ -208,32 +218,22 @@ mod tests {
     fn an_unreachable_store_is_tried_again_a_missing_object_is_not() {
         let cancel = Cancel::default();
         let mut tries = 0;
-        let r = retry_transient(
-            &cancel,
-            ("web", "s3://b/k"),
-            Duration::from_secs(60),
-            || {
-                tries += 1;
-                if tries == 1 {
-                    Err(unreachable())
-                } else {
-                    Ok(tries)
-                }
-            },
-        );
+        let r = retry(&cancel, MINUTE, || {
+            tries += 1;
+            if tries == 1 {
+                Err(unreachable())
+            } else {
+                Ok(tries)
+            }
+        });
         assert_eq!(r.unwrap(), 2);
         let mut tries = 0;
-        let r: Result<(), _> = retry_transient(
-            &cancel,
-            ("web", "s3://b/k"),
-            Duration::from_secs(60),
-            || {
-                tries += 1;
-                Err(DeployError::Fetch(FetchError::HttpNotFound {
-                    url: "http://x/a".into(),
-                }))
-            },
-        );
+        let r: Result<(), _> = retry(&cancel, MINUTE, || {
+            tries += 1;
+            Err(DeployError::Fetch(FetchError::HttpNotFound {
+                url: "http://x/a".into(),
+            }))
+        });
         assert!(r.is_err());
         assert_eq!(tries, 1, "a 404 is final");
         let busy = FetchError::HttpStatus {
@@ -262,16 +262,11 @@ mod tests {
     fn a_cancel_ends_the_retries_with_the_last_error() {
         let cancel = Cancel::default();
         let mut tries = 0;
-        let r: Result<(), _> = retry_transient(
-            &cancel,
-            ("web", "s3://b/k"),
-            Duration::from_secs(60),
-            || {
-                tries += 1;
-                cancel.cancel(Reason::Shutdown);
-                Err(unreachable())
-            },
-        );
+        let r: Result<(), _> = retry(&cancel, MINUTE, || {
+            tries += 1;
+            cancel.cancel(Reason::Shutdown);
+            Err(unreachable())
+        });
         assert!(matches!(
             r,
             Err(DeployError::Fetch(FetchError::Unreachable { .. }))
@@ -281,10 +276,9 @@ mod tests {
 
     #[test]
     fn a_cancel_during_the_wait_says_why_and_cut_offs_are_bounded() {
-        let minute = Duration::from_secs(60);
         let cancel = Cancel::default();
         let canceller = cancel.clone();
-        let r: Result<(), _> = retry_transient(&cancel, ("web", "s3://b/k"), minute, || {
+        let r: Result<(), _> = retry(&cancel, MINUTE, || {
             let c = canceller.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(200));
@@ -296,25 +290,23 @@ mod tests {
         assert!(e.contains("v9"), "{e}");
         // A store that cuts every body off is tried MAX_CUT_OFFS times, not until the budget.
         let mut tries = 0;
-        let r: Result<(), _> =
-            retry_transient(&Cancel::default(), ("web", "s3://b/k"), minute, || {
-                tries += 1;
-                let cut = crate::deploy::fetch::stream::cut_off("s3://b/k: connection lost".into());
-                let e = crate::artifact::UnpackError::Read(cut);
-                Err(DeployError::Release(crate::release::ReleaseError::Unpack(
-                    e,
-                )))
-            });
+        let r: Result<(), _> = retry(&Cancel::default(), MINUTE, || {
+            tries += 1;
+            let cut = crate::deploy::fetch::stream::cut_off("s3://b/k: connection lost".into());
+            let e = crate::artifact::UnpackError::Read(cut);
+            Err(DeployError::Release(crate::release::ReleaseError::Unpack(
+                e,
+            )))
+        });
         assert!(r.is_err());
         assert_eq!(tries, MAX_CUT_OFFS);
         // Retries stop once the next wait would pass the budget: the last error is returned.
         let mut tries = 0;
         let short = Duration::from_millis(100);
-        let r: Result<(), _> =
-            retry_transient(&Cancel::default(), ("web", "s3://b/k"), short, || {
-                tries += 1;
-                Err(unreachable())
-            });
+        let r: Result<(), _> = retry(&Cancel::default(), short, || {
+            tries += 1;
+            Err(unreachable())
+        });
         assert!(matches!(
             r,
             Err(DeployError::Fetch(FetchError::Unreachable { .. }))
