@@ -20,21 +20,9 @@ fn stdout(args: &[&str]) -> String {
     String::from_utf8(run(args).stdout).expect("UTF-8 output")
 }
 
-/// A tool a test needs, or a failure naming the Debian package that brings it.
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{tool} is missing: install the Debian package {package} (bash .ci/test.sh does)"
-    );
-}
-
 /// Renders a page to plain text with groff, failing on any roff warning.
 fn render(page: &Path) -> String {
-    require("groff", "groff-base");
+    common::require_tool("groff", "groff-base");
     let out = Command::new("groff")
         .args(["-man", "-Tutf8", "-ww", "-P", "-cbou"])
         .arg(page)
@@ -153,7 +141,7 @@ fn man_page_renders_and_names_every_command() {
     assert_eq!(text.matches("--log <LOG>").count(), 1, "--log is global");
     assert!(!text.contains("debug-consumer"), "a hidden flag is shown");
 
-    require("man", "man-db");
+    common::require_tool("man", "man-db");
     let man = Command::new("man")
         .env("MANWIDTH", "100")
         .arg("-l")

@@ -264,18 +264,6 @@ fn run(c: &mut Command) {
     );
 }
 
-/// Checks that a tool is installed, or fails saying which package to install.
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{tool} is not installed: apt-get install {package} (.ci/test.sh does)"
-    );
-}
-
 /// Unpacks `archive` with GNU tar and with `deploy`, and returns the differences.
 fn compare(work: &Path, name: &str, archive: &Path) -> Vec<String> {
     let theirs = work.join(format!("{name}.tar-x"));
@@ -332,7 +320,7 @@ fn compare(work: &Path, name: &str, archive: &Path) -> Vec<String> {
 /// A scratch dir with the source tree; `work/src` holds it.
 fn setup(test: &str) -> common::TempDir {
     require_root(test);
-    require("tar", "tar");
+    common::require_tool("tar", "tar");
     let work = common::tempdir();
     make_source(&work.path().join("src"));
     work
@@ -445,7 +433,7 @@ fn v7_with_signed_checksums_extracts_like_gnu_tar() {
 
 #[test]
 fn bsdtar_formats() {
-    require("bsdtar", "libarchive-tools");
+    common::require_tool("bsdtar", "libarchive-tools");
     let work = setup("bsdtar_formats");
     let mut with_huge = ALL.to_vec();
     with_huge.push("huge");
@@ -489,7 +477,7 @@ fn busybox_tar() {
 
 #[test]
 fn python_tarfile_formats() {
-    require("python3", "python3");
+    common::require_tool("python3", "python3");
     let work = setup("python_tarfile_formats");
     let mut cases = Vec::new();
     for (format, groups) in [("USTAR", BASE), ("GNU", ALL), ("PAX", ALL)] {
@@ -521,7 +509,7 @@ fn saved_layers(save: &Path, dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn docker_save_layers_and_export_read_back() {
-    require("bsdtar", "libarchive-tools");
+    common::require_tool("bsdtar", "libarchive-tools");
     if !common::docker_engine_available("docker_save_layers_and_export_read_back") {
         return;
     }

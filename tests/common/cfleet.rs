@@ -491,10 +491,6 @@ impl Cfleet {
     pub fn agent_log(&self, n: u8) -> String {
         stdout(&self.sh(n, "cat /var/lib/droot-fleet/agent.log"))
     }
-
-    pub fn signing_public(&self) -> &str {
-        &self.signing_public
-    }
 }
 
 pub fn name(n: u8) -> String {

@@ -25,6 +25,18 @@ pub fn cmd() -> Command {
     c
 }
 
+/// A tool a test needs, or a failure naming the Debian package that brings it.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is missing: install the Debian package {package} (bash .ci/test.sh does)"
+    );
+}
+
 /// Panics with a clear reason unless the test runs as root.
 pub fn require_root(what: &str) {
     if !nix::unistd::geteuid().is_root() {
