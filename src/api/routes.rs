@@ -338,11 +338,35 @@ async fn deploy(
             .id_hex(),
     };
     let ltime = gossip(agent, crate::deploy::status::EVENT_NAME, payload).await?;
+    if let Some(v) = view {
+        until_known(v, &event_id).await;
+    }
     let accepted = crate::deploy::status::DeployAccepted {
         event_id: Some(event_id),
         ltime,
     };
     Ok(json(StatusCode::OK, &accepted))
+}
+
+/// How long a sent deploy event may take to reach this agent's own controller.
+const KNOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits (bounded) until the local controller has taken in the event it was just handed,
+/// so that its progress can be asked for as soon as the sender has the id. Past the
+/// deadline the answer goes out anyway: the event is gossiped, and a later ask finds it.
+async fn until_known(view: &dyn DeployView, event_id: &str) {
+    let deadline = tokio::time::Instant::now() + KNOWN_DEADLINE;
+    while view.progress(event_id).is_none() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                event = event_id,
+                "the controller has not taken in the event after {KNOWN_DEADLINE:?}; \
+                 it is gossiped, and its progress will show once it has"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// The bytes of a base64 field of a request.
