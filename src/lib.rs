@@ -71,6 +71,7 @@ pub mod publish;
 pub mod release;
 pub mod sd_notify;
 pub mod secret_file;
+pub mod sim;
 pub mod sizes;
 pub mod teardown;
 pub mod wall;

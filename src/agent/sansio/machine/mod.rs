@@ -349,6 +349,16 @@ impl<W, S> AgentMachine<W, S> {
             "SIGHUP: reloaded tags, handlers, log level and node identity"
         );
     }
+    /// How many members foca counts as active (alive or suspect), this node not included:
+    /// what the simulator watches instead of building [`Self::members`] for every node.
+    pub fn active_members(&self) -> usize {
+        self.foca.num_members()
+    }
+
+    /// The tags this node holds for `node` (its own included).
+    pub fn tags_of(&self, node: &str) -> Option<Tags> {
+        self.core.lock().tag_book().tags_of(node).cloned()
+    }
 
     /// All members, this node first.
     pub fn members(&self) -> Vec<wire::Member> {

@@ -1,0 +1,149 @@
+//! The fleet simulator: N real agent machines (foca, the gossip core, the agent's
+//! rules) over a simulated network on a virtual clock, beside a model of Serf's
+//! broadcasts on the same network. Deterministic: one seed, one run.
+//!
+//! ```text
+//! cargo run --release --example sim -- --sizes 100,1000 --loss 0,0.01,0.05
+//! ```
+//!
+//! For every size and loss rate it converges a cluster (every node joins the first and
+//! two random earlier ones, 2 ms apart), then measures in turn: idle bytes per node per
+//! second (30 s); `--events` user events from random origins (time until every node
+//! delivered, and each arrival); an event storm (10 events/s for 10 s); a tag change
+//! reaching every node; a crash (until every other node dropped it) and its restart
+//! (until everyone lists it again); a partition into halves and its heal; false
+//! failures while 1% of nodes are paused for 2 s, six times a minute. Then the Serf
+//! model fires the same number of events on a fresh cluster of the same size and loss.
+//!
+//! The markdown table goes to stdout; the reach plot to `--svg` (default
+//! `target/sim-reach.svg`).
+
+mod plot;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use scenarios::{Plan, Row};
+
+#[derive(Debug, Parser)]
+#[command(about = "A deterministic simulation of droot-fleet's gossip at scale")]
+struct Opts {
+    /// Cluster sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    sizes: Vec<usize>,
+    /// Datagram loss rates, comma-separated (0.01 is 1%).
+    #[arg(long, value_delimiter = ',', default_value = "0,0.01,0.05")]
+    loss: Vec<f64>,
+    /// The run's seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Measured events per configuration.
+    #[arg(long, default_value_t = 5)]
+    events: usize,
+    /// Where the reach plot goes.
+    #[arg(long, default_value = "target/sim-reach.svg")]
+    svg: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let opts = Opts::parse();
+    let mut rows = Vec::new();
+    for &nodes in &opts.sizes {
+        anyhow::ensure!(nodes >= 4, "--sizes: at least 4 nodes per cluster");
+        for &loss in &opts.loss {
+            anyhow::ensure!((0.0..1.0).contains(&loss), "--loss: a rate in 0..1");
+            let plan = Plan {
+                nodes,
+                loss,
+                seed: opts.seed,
+                events: opts.events,
+            };
+            rows.push(scenarios::run(&plan));
+        }
+    }
+    println!("{}", table(&rows));
+    let curves = rows.iter().flat_map(|r| {
+        let ours = plot::Curve {
+            nodes: r.nodes,
+            loss: r.loss,
+            serf: false,
+            arrivals: r.arrivals.clone(),
+        };
+        let serf = plot::Curve {
+            nodes: r.nodes,
+            loss: r.loss,
+            serf: true,
+            arrivals: r.serf_arrivals.clone(),
+        };
+        [ours, serf]
+    });
+    let curves: Vec<_> = curves.collect();
+    std::fs::write(&opts.svg, plot::svg(&curves))?;
+    eprintln!("plot: {}", opts.svg.display());
+    Ok(())
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("not reached".into(), |d| {
+        format!("{:.0}", d.as_secs_f64() * 1000.0)
+    })
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("not reached".into(), |d| format!("{:.1}", d.as_secs_f64()))
+}
+
+/// The median and the slowest of `v` (any `None` makes the slowest "not reached").
+fn median_max(v: &[Option<Duration>]) -> String {
+    let mut got: Vec<Duration> = v.iter().flatten().copied().collect();
+    got.sort();
+    let med = got.get(got.len() / 2).copied();
+    let max = if got.len() == v.len() {
+        got.last().copied()
+    } else {
+        None
+    };
+    format!("{} / {}", ms(med), ms(max))
+}
+
+/// The p50 and p99 of every single arrival.
+fn arrival_percentiles(v: &[Option<Duration>]) -> String {
+    let mut got: Vec<Duration> = v.iter().flatten().copied().collect();
+    got.sort();
+    let at = |q: f64| {
+        got.get(((got.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
+    format!("{} / {}", ms(at(0.5)), ms(at(0.99)))
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| N | loss | converge s | event to 100%: median / max ms | arrivals p50 / p99 ms | Serf model to 100%: median / max ms | tags to 100% ms | crash noticed s | restart rejoined s | partition healed s | idle B/s/node | storm B/s/node (Serf model) | false failures, 1% paused 2 s | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} ({:.0}) | {} ({} slow) | {:.0} |\n",
+            r.nodes,
+            r.loss * 100.0,
+            secs(r.converge),
+            median_max(&r.event_full),
+            arrival_percentiles(&r.arrivals),
+            median_max(&r.serf_full),
+            ms(r.tags),
+            secs(r.crash_noticed),
+            secs(r.rejoined),
+            secs(r.healed),
+            r.idle_bytes,
+            r.storm_bytes,
+            r.serf_storm_bytes,
+            r.false_failures,
+            r.slow_nodes,
+            r.wall.as_secs_f64(),
+        ));
+    }
+    out
+}

@@ -1,0 +1,157 @@
+//! What a simulated run records: bytes per node, packets lost, when each tracked event
+//! reached each node, failures declared about healthy nodes, and a hash of every step
+//! so that two runs of one seed can be compared.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// FNV-1a over every step of a run: the same seed must give the same hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trace(u64);
+
+impl Default for Trace {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Trace {
+    fn fold(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// An item handled at `at` by node `node`.
+    pub fn step(&mut self, at: Duration, node: usize, tag: &[u8]) {
+        self.fold(&at.as_nanos().to_le_bytes());
+        self.fold(&node.to_le_bytes());
+        self.fold(tag);
+    }
+
+    /// A datagram of `len` bytes sent.
+    pub fn send(&mut self, len: usize) {
+        self.fold(&len.to_le_bytes());
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The counters of a run.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Bytes each node put on the wire (datagrams and stream frames, sealed).
+    pub sent_bytes: Vec<u64>,
+    /// Datagram bytes each node received.
+    pub received_bytes: Vec<u64>,
+    /// Datagrams the network dropped.
+    pub lost: u64,
+    /// User events delivered, over all nodes.
+    pub deliveries: u64,
+    /// Superseding items accepted, over all nodes.
+    pub superseding: u64,
+    /// `member-failed` verdicts about nodes never paused or crashed.
+    pub false_failures: u64,
+    /// `member-failed` verdicts about nodes that were paused or crashed.
+    pub true_failures: u64,
+    /// Nodes that were ever paused or crashed.
+    pub disturbed: Vec<bool>,
+    tracked: BTreeMap<String, Vec<Option<Duration>>>,
+}
+
+impl Stats {
+    pub fn new(nodes: usize) -> Self {
+        Self {
+            sent_bytes: vec![0; nodes],
+            received_bytes: vec![0; nodes],
+            lost: 0,
+            deliveries: 0,
+            superseding: 0,
+            false_failures: 0,
+            true_failures: 0,
+            disturbed: vec![false; nodes],
+            tracked: BTreeMap::new(),
+        }
+    }
+
+    pub fn sent(&mut self, node: usize, bytes: usize) {
+        self.sent_bytes[node] += bytes as u64;
+    }
+
+    pub fn received(&mut self, node: usize, bytes: usize) {
+        self.received_bytes[node] += bytes as u64;
+    }
+
+    /// Records when the user event `name` reaches each node.
+    pub fn track(&mut self, name: &str) {
+        let nodes = self.sent_bytes.len();
+        self.tracked.insert(name.to_owned(), vec![None; nodes]);
+    }
+
+    /// When each node first delivered the tracked event `name`.
+    pub fn arrivals(&self, name: &str) -> Option<&[Option<Duration>]> {
+        self.tracked.get(name).map(Vec::as_slice)
+    }
+
+    /// A machine's monitor line at node `node`.
+    pub fn monitor(&mut self, node: usize, at: Duration, line: &serde_json::Value) {
+        match (line["type"].as_str(), line["event"].as_str()) {
+            (Some("event"), Some("user")) => {
+                self.deliveries += 1;
+                let name = line["name"].as_str().unwrap_or_default();
+                if let Some(slot) = self.tracked.get_mut(name).and_then(|v| v.get_mut(node)) {
+                    slot.get_or_insert(at);
+                }
+            }
+            (Some("member"), Some("member-failed")) => {
+                let about = line["node"].as_str().and_then(super::node::index_of_name);
+                match about.and_then(|j| self.disturbed.get(j)) {
+                    Some(false) => self.false_failures += 1,
+                    _ => self.true_failures += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tracked_event_records_its_first_arrival_per_node() {
+        let mut s = Stats::new(2);
+        s.track("e");
+        let line = serde_json::json!({"type": "event", "event": "user", "name": "e"});
+        s.monitor(1, Duration::from_millis(5), &line);
+        s.monitor(1, Duration::from_millis(9), &line);
+        assert_eq!(
+            s.arrivals("e").unwrap(),
+            &[None, Some(Duration::from_millis(5))]
+        );
+        assert_eq!(s.deliveries, 2);
+    }
+
+    #[test]
+    fn failures_of_undisturbed_nodes_count_as_false() {
+        let mut s = Stats::new(2);
+        s.disturbed[1] = true;
+        let failed =
+            |n: &str| serde_json::json!({"type": "member", "event": "member-failed", "node": n});
+        s.monitor(0, Duration::ZERO, &failed("n1"));
+        s.monitor(0, Duration::ZERO, &failed("n0"));
+        assert_eq!((s.false_failures, s.true_failures), (1, 1));
+    }
+
+    #[test]
+    fn the_trace_hash_depends_on_every_step() {
+        let (mut a, mut b) = (Trace::default(), Trace::default());
+        a.step(Duration::from_millis(1), 0, &[1]);
+        b.step(Duration::from_millis(1), 0, &[2]);
+        assert_ne!(a, b);
+    }
+}
