@@ -28,6 +28,9 @@ use clap::Parser;
 
 use scenarios::{Plan, Row};
 
+#[global_allocator]
+static HEAP: droot_fleet::sim::heap::Counting = droot_fleet::sim::heap::Counting::new();
+
 #[derive(Debug, Parser)]
 #[command(about = "A deterministic simulation of droot-fleet's gossip at scale")]
 struct Opts {
@@ -122,11 +125,11 @@ fn arrival_percentiles(v: &[Option<Duration>]) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| N | loss | converge s | event to 100%: median / max ms | arrivals p50 / p99 ms | Serf model to 100%: median / max ms | tags to 100% ms | crash noticed s | restart rejoined s | partition healed s | idle B/s/node | storm B/s/node (Serf model) | false failures, 1% paused 2 s | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| N | loss | converge s | event to 100%: median / max ms | arrivals p50 / p99 ms | Serf model to 100%: median / max ms | tags to 100% ms | crash noticed s | restart rejoined s | partition healed s | idle B/s/node | storm B/s/node (Serf model) | false failures, 1% paused 2 s | heap KiB/node | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} ({:.0}) | {} ({} slow) | {:.0} |\n",
+            "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} ({:.0}) | {} ({} slow) | {:.0} | {:.0} |\n",
             r.nodes,
             r.loss * 100.0,
             secs(r.converge),
@@ -142,6 +145,7 @@ fn table(rows: &[Row]) -> String {
             r.serf_storm_bytes,
             r.false_failures,
             r.slow_nodes,
+            r.heap_per_node / 1024.0,
             r.wall.as_secs_f64(),
         ));
     }

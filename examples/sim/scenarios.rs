@@ -33,6 +33,8 @@ pub struct Row {
     pub serf_storm_bytes: f64,
     pub false_failures: u64,
     pub slow_nodes: usize,
+    /// Live heap per node of the converged, idle cluster.
+    pub heap_per_node: f64,
     pub wall: Duration,
 }
 
@@ -58,6 +60,7 @@ pub fn run(plan: &Plan) -> Row {
         loss: plan.loss,
         ..Row::default()
     };
+    let heap_before = crate::HEAP.live();
     let mut c = Cluster::new(ClusterConfig {
         net: net(plan.loss),
         ..ClusterConfig::new(plan.nodes, plan.seed)
@@ -72,6 +75,7 @@ pub fn run(plan: &Plan) -> Row {
         started.elapsed()
     );
     row.idle_bytes = bytes_per_node_second(&mut c, 30 * SEC, |_, _| {});
+    row.heap_per_node = crate::HEAP.live().saturating_sub(heap_before) as f64 / plan.nodes as f64;
     events(&mut c, plan, &mut rng, &mut row);
     row.storm_bytes = bytes_per_node_second(&mut c, 10 * SEC, |c, k| {
         c.fire(k % c.len(), &format!("storm-{k}"), vec![0; 64]);

@@ -14,11 +14,13 @@
 //! | [`net`] | latency, jitter, loss, partitions |
 //! | [`node`] | one node's machine, built from an agent's settings |
 //! | [`cluster`] | the executor: routes sends, dials and timers between the machines |
+//! | [`heap`] | a counting allocator: what each node's state costs |
 //! | `ops.rs` | what a scenario does: events, crashes, restarts, pauses, tag changes |
 //! | [`trace`] | what a run records: bytes, losses, arrivals, false failures, the hash |
 //! | [`serf`] | the baseline: Serf/memberlist's broadcast model on the same network |
 
 pub mod cluster;
+pub mod heap;
 pub mod net;
 pub mod node;
 mod ops;
