@@ -21,7 +21,10 @@ fn per_node(n: usize) -> f64 {
     let mut c = Cluster::new(ClusterConfig::new(n, 5));
     let sec = Duration::from_secs(1);
     let at = c.run_until_true(sec / 10, 120 * sec, Cluster::converged);
-    assert!(at.is_some(), "{n} nodes did not converge in 120 s of virtual time");
+    assert!(
+        at.is_some(),
+        "{n} nodes did not converge in 120 s of virtual time"
+    );
     // A push/pull interval of idleness: what an idle agent settles at.
     c.run_for(35 * sec);
     assert!(c.converged(), "{n} nodes fell apart while idle");
@@ -36,8 +39,13 @@ fn a_nodes_state_grows_by_a_bounded_amount_per_member() {
     let a = per_node(small);
     let b = per_node(large);
     let slope = (b - a) / (large - small) as f64;
-    println!("live heap per node: {a:.0} B at N={small}, {b:.0} B at N={large}; {slope:.0} B per member");
-    assert!(slope > 0.0, "no growth with N measured: the accounting is broken");
+    println!(
+        "live heap per node: {a:.0} B at N={small}, {b:.0} B at N={large}; {slope:.0} B per member"
+    );
+    assert!(
+        slope > 0.0,
+        "no growth with N measured: the accounting is broken"
+    );
     assert!(
         slope < MAX_BYTES_PER_MEMBER,
         "each member costs every node {slope:.0} B of heap (bound {MAX_BYTES_PER_MEMBER} B)"

@@ -68,11 +68,13 @@ pub fn run(plan: &Plan) -> Row {
     let mut rng = StdRng::seed_from_u64(plan.seed ^ 0xe7e7);
     row.converge = c.run_until_true(SEC / 10, LIMIT * 5, Cluster::converged);
     eprintln!(
-        "  N={} loss={}: converged at {:?} ({:?} wall)",
+        "  N={} loss={}: converged at {:?} ({:?} wall); push/pulls sync/join/reconnect {:?}, {} MB of state",
         plan.nodes,
         plan.loss,
         row.converge,
-        started.elapsed()
+        started.elapsed(),
+        c.stats.dials,
+        c.stats.push_pull_bytes / 1_000_000
     );
     row.idle_bytes = bytes_per_node_second(&mut c, 30 * SEC, |_, _| {});
     row.heap_per_node = crate::HEAP.live().saturating_sub(heap_before) as f64 / plan.nodes as f64;

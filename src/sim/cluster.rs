@@ -391,6 +391,7 @@ impl Cluster {
         self.apply(to, effects);
         let size = stream_size(&StreamMessage::PushPullReply(reply.clone()));
         self.stats.sent(to, size);
+        self.stats.push_pull_bytes += size as u64;
         let at = match self.net.stream(to, from, &mut self.rng) {
             Some(d) => self.clock + d,
             None => self.clock + DIAL_TIMEOUT,
@@ -488,6 +489,12 @@ impl Cluster {
         let life = self.nodes[i].life;
         let size = stream_size(&StreamMessage::PushPullRequest((*state).clone()));
         self.stats.sent(i, size);
+        self.stats.push_pull_bytes += size as u64;
+        self.stats.dials[match kind {
+            Dial::Sync => 0,
+            Dial::Join => 1,
+            Dial::Reconnect => 2,
+        }] += 1;
         let j = target
             .parse()
             .ok()

@@ -57,6 +57,10 @@ pub struct Stats {
     pub false_failures: u64,
     /// `member-failed` verdicts about nodes that were paused or crashed.
     pub true_failures: u64,
+    /// Push/pulls started: sync, join, reconnect.
+    pub dials: [u64; 3],
+    /// Bytes of push/pull states sent (both directions).
+    pub push_pull_bytes: u64,
     /// Nodes that were ever paused or crashed.
     pub disturbed: Vec<bool>,
     tracked: BTreeMap<String, Vec<Option<Duration>>>,
@@ -72,6 +76,8 @@ impl Stats {
             superseding: 0,
             false_failures: 0,
             true_failures: 0,
+            dials: [0; 3],
+            push_pull_bytes: 0,
             disturbed: vec![false; nodes],
             tracked: BTreeMap::new(),
         }
