@@ -14,7 +14,7 @@
 //! | [`members`] | member status (alive/suspect/left/failed) from foca's state |
 //! | [`pending`] | user-event handlers owed until their process started (retry, journal) |
 //! | [`consumers`] | in-process event consumers, owed until they acknowledge |
-//! | [`handlers`] | event/query handler processes (timeout, env, stdin) |
+//! | [`handlers`] | event/query handler processes (spawn, timeout, stdin); which ones and their env: [`sansio::trigger`] |
 //! | [`queries`] | built-in query handlers registered in Rust |
 //! | [`keys`] | keyring file and the cluster-wide key-rotation query |
 //! | [`identity`] | the node identity file (key and certificate) and `--dev` self-enrollment |

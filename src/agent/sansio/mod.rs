@@ -20,6 +20,7 @@
 //! | [`push`] | eager push targets, the push/pull partner |
 //! | [`keys`] | key dispatch: the key query's payload, the answers' fan-in |
 //! | [`answer`] | answering side: who answers a query, and the answer's route back |
+//! | [`trigger`] | what a handler is run for: which `[[handler]]`s it selects, their environment |
 
 pub mod answer;
 pub mod dials;
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod machine;
 pub mod push;
 pub mod queries;
+pub mod trigger;
 
 pub use dials::{Dial, DialEffect, Dials, JoinPolicy};
 pub use machine::{AgentMachine, Effect, Init, Now, Timer};
