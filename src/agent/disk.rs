@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use tokio::sync::{mpsc, oneshot};
 
 use super::pending::{Batch, JournalLine};
-use super::snapshot::{self, PersistedState};
+use super::sansio::persisted::PersistedState;
+use super::snapshot;
 use super::task::{Input, Slot};
 use crate::gossip::Keyring;
 

@@ -20,7 +20,7 @@
 //! | [`identity`] | the node identity file (key and certificate) and `--dev` self-enrollment |
 //! | [`slots`] | capped connection slots for the accept loops (API, gossip TCP) |
 //! | [`disk`] | the writer thread: journal, state file and keyring writes off the task |
-//! | [`snapshot`] | the data-dir state file, written atomically |
+//! | [`snapshot`] | the data-dir state file (written atomically) and events journal; what it holds: [`sansio::persisted`] |
 //! | [`monitor`] | NDJSON log/event stream for `GET /v1/monitor` |
 //!
 //! Guarantees: every datagram and stream frame is sealed with the keyring's primary key

@@ -24,7 +24,7 @@ use super::net::{self, Counters, SharedKeyring};
 use super::pending::{Batch, JournalLine};
 use super::sansio::Dial;
 use super::sansio::machine::{Env, Metric};
-use super::snapshot::PersistedState;
+use super::sansio::persisted::PersistedState;
 use super::task::{Input, Slot};
 use crate::gossip::message::StreamMessage;
 use crate::gossip::supersede::Superseding;

@@ -20,6 +20,7 @@
 //! | [`push`] | eager push targets, the push/pull partner |
 //! | [`keys`] | key dispatch: the key query's payload, the answers' fan-in |
 //! | [`answer`] | answering side: who answers a query, and the answer's route back |
+//! | [`persisted`] | what the state file holds ([`persisted::PersistedState`]), built by the machine |
 //! | [`trigger`] | what a handler is run for: which `[[handler]]`s it selects, their environment |
 
 pub mod answer;
@@ -27,6 +28,7 @@ pub mod dials;
 pub mod introduce;
 pub mod keys;
 pub mod machine;
+pub mod persisted;
 pub mod push;
 pub mod queries;
 pub mod trigger;
