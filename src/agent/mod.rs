@@ -16,7 +16,7 @@
 //! | [`consumers`] | in-process event consumers, owed until they acknowledge |
 //! | [`handlers`] | event/query handler processes (spawn, timeout, stdin); which ones and their env: [`sansio::trigger`] |
 //! | [`queries`] | built-in query handlers registered in Rust |
-//! | [`keys`] | keyring file and the cluster-wide key-rotation query |
+//! | [`keys`] | keyring file (load, save, `--dev` key); the key-rotation query itself: [`sansio::key_command`] |
 //! | [`identity`] | the node identity file (key and certificate) and `--dev` self-enrollment |
 //! | [`slots`] | capped connection slots for the accept loops (API, gossip TCP) |
 //! | [`disk`] | the writer thread: journal, state file and keyring writes off the task |

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use super::{AgentMachine, Effect, Effects, Now, Timer};
 use crate::agent::key_auth::KeyAuth;
-use crate::agent::keys::{self, KEYS_QUERY};
 use crate::agent::sansio::QueryEffect;
 use crate::agent::sansio::answer::{AnswerRoute, Responder, answer_route, responder};
+use crate::agent::sansio::key_command::{self, KEYS_QUERY};
 use crate::agent::sansio::keys::key_request;
 use crate::agent::sansio::trigger::{self, Trigger};
 use crate::agent::{AgentError, KeyOp};
@@ -209,7 +209,7 @@ impl<W, S> AgentMachine<W, S> {
 
     /// Applies a cluster key operation to this node's keyring; returns the answer.
     fn apply_key_command(&mut self, now: Now, q: &Query, out: &mut Effects<W, S>) -> Vec<u8> {
-        let (result, changed) = keys::apply(
+        let (result, changed) = key_command::apply(
             &self.settings.node,
             &mut self.keyring,
             &q.payload,
