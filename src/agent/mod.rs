@@ -13,7 +13,7 @@
 //! | [`net`] | UDP socket (sealed datagrams, drop counters), sealed TCP streams |
 //! | [`members`] | member status (alive/suspect/left/failed) from foca's state |
 //! | [`pending`] | user-event handlers owed until their process started (retry, journal) |
-//! | [`consumers`] | in-process event consumers, owed until they acknowledge |
+//! | [`consumers`] | in-process event consumers, owed until they acknowledge (their channels; names: [`sansio::consumer_name`]) |
 //! | [`handlers`] | event/query handler processes (spawn, timeout, stdin); which ones and their env: [`sansio::trigger`] |
 //! | [`queries`] | built-in query handlers registered in Rust |
 //! | [`keys`] | keyring file (load, save, `--dev` key); the key-rotation query itself: [`sansio::key_command`] |

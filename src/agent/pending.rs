@@ -22,7 +22,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::config::HandlerConfig;
-use super::consumers::consumer_name;
+use super::sansio::consumer_name::consumer_name;
 use super::sansio::trigger::{Trigger, matches};
 use crate::gossip::{EventId, UserEvent};
 

@@ -16,13 +16,14 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::AgentHandle;
 use super::config::{DeployTables, HandlerConfig, TablesCheck};
-use super::consumers::{Consumers, consumer_name};
+use super::consumers::Consumers;
 use super::disk::DiskWriter;
 use super::handlers::{self, Limiter};
 use super::monitor::{self, LogReload};
 use super::net::{self, Counters, SharedKeyring};
 use super::pending::{Batch, JournalLine};
 use super::sansio::Dial;
+use super::sansio::consumer_name::consumer_name;
 use super::sansio::machine::{Env, Metric};
 use super::sansio::persisted::PersistedState;
 use super::task::{Input, Slot};

@@ -22,9 +22,11 @@
 //! | [`key_command`] | the key query's name and payload, and how each node applies it |
 //! | [`answer`] | answering side: who answers a query, and the answer's route back |
 //! | [`persisted`] | what the state file holds ([`persisted::PersistedState`]), built by the machine |
+//! | [`consumer_name`] | how an in-process consumer stands among the owed handlers (its name rules) |
 //! | [`trigger`] | what a handler is run for: which `[[handler]]`s it selects, their environment |
 
 pub mod answer;
+pub mod consumer_name;
 pub mod dials;
 pub mod introduce;
 pub mod key_command;
