@@ -12,10 +12,10 @@ use std::path::PathBuf;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::input::{Input, Slot};
 use super::pending::{Batch, JournalLine};
 use super::sansio::persisted::PersistedState;
 use super::snapshot;
-use super::task::{Input, Slot};
 use crate::gossip::Keyring;
 
 /// One write.
