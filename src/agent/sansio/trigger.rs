@@ -3,7 +3,7 @@
 //! node's tags. They live here so the machine decides which handlers an event owes and
 //! with what environment without the process-spawning half ([`crate::agent::handlers`]).
 //!
-//! A handler's environment, set on top of the agent's own ([`env`]):
+//! A handler's environment, set on top of the agent's own ([`env()`]):
 //!
 //! | variable | value |
 //! |---|---|
