@@ -4,8 +4,8 @@
 //! A consumer is registered before the agent starts ([`super::Agent::register_consumer`])
 //! for the user events whose name starts with a prefix, and reads [`Delivery`]s from a
 //! channel. Inside the agent it is one more owed handler ([`super::pending`]) whose
-//! "command" is [`CONSUMER_MARK`]` + name` (a configured `[[handler]]` may not start
-//! with `@`), so it shares the journal, the state file, the retries and the slots.
+//! "command" names it ([`crate::agent::sansio::consumer_name`]), so it shares the
+//! journal, the state file, the retries and the slots.
 //!
 //! Guarantee: a consumer gets every matching event, in arrival order of the owed
 //! handlers, until it [`Delivery::ack`]s it. The event is journaled as owed to the
@@ -16,15 +16,12 @@
 //! can recognise it (acknowledge once its effect is durable). A [`Delivery`] dropped
 //! without an ack counts as a failure and is retried with backoff.
 
-use std::time::Duration;
-
 use tokio::sync::{mpsc, oneshot};
 
-use super::config::{EventFilter, HandlerConfig};
+use super::config::HandlerConfig;
+use super::sansio::consumer_name::{consumer_handler, consumer_name};
 use crate::gossip::UserEvent;
 
-/// First word of the command of a handler that stands for a consumer.
-pub const CONSUMER_MARK: &str = "@consumer:";
 /// How many deliveries may wait in a consumer's channel.
 const CHANNEL: usize = 64;
 
@@ -87,11 +84,7 @@ impl Consumers {
     pub fn handler_configs(&self) -> Vec<HandlerConfig> {
         self.list
             .iter()
-            .map(|c| HandlerConfig {
-                filter: EventFilter::UserPrefix(c.prefix.clone()),
-                command: vec![format!("{CONSUMER_MARK}{}", c.name)],
-                timeout: Duration::MAX,
-            })
+            .map(|c| consumer_handler(&c.name, &c.prefix))
             .collect()
     }
 
@@ -149,14 +142,10 @@ pub async fn record_to_file(mut rx: mpsc::Receiver<Delivery>, file: std::path::P
     }
 }
 
-/// The consumer a handler entry stands for, if it is one.
-pub fn consumer_name(handler: &HandlerConfig) -> Option<&str> {
-    handler.command.first()?.strip_prefix(CONSUMER_MARK)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::sansio::consumer_name::CONSUMER_MARK;
     use crate::gossip::EventId;
 
     #[tokio::test]

@@ -12,9 +12,10 @@ use std::path::PathBuf;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::input::{Input, Slot};
 use super::pending::{Batch, JournalLine};
-use super::snapshot::{self, PersistedState};
-use super::task::{Input, Slot};
+use super::sansio::persisted::PersistedState;
+use super::snapshot;
 use crate::gossip::Keyring;
 
 /// One write.

@@ -1,18 +1,11 @@
-//! Event and query handler processes.
+//! Event and query handler processes: the I/O half of handlers. Which handlers an
+//! event selects and the environment they get are decided without I/O, in
+//! [`crate::agent::sansio::trigger`].
 //!
 //! Each matching `[[handler]]` runs as its own process (so handlers for one event run
-//! concurrently) in its own process group, with the payload on stdin and:
-//!
-//! | variable | value |
-//! |---|---|
-//! | `DROOT_FLEET_EVENT` | `user`, `query`, `member-join`, `member-leave`, `member-failed` |
-//! | `DROOT_FLEET_USER_EVENT` | the user event name (user events) |
-//! | `DROOT_FLEET_QUERY_NAME` | the query name (queries) |
-//! | `DROOT_FLEET_LTIME` | the Lamport time |
-//! | `DROOT_FLEET_NODE` | this node's name |
-//! | `DROOT_FLEET_TAG_<KEY>` | this node's tags (key upper-cased, non-alphanumerics → `_`) |
-//! | `DROOT_FLEET_MEMBER` | the member that joined/left/failed (member events) |
-//! | `DROOT_FLEET_RPC` | this agent's control API, so `droot-fleet` in a handler talks to it |
+//! concurrently) in its own process group, with the payload on stdin and the
+//! environment of [`trigger::env`](crate::agent::sansio::trigger::env) (the
+//! `DROOT_FLEET_*` variables are listed there).
 //!
 //! Everything else is inherited from the agent's own environment (`PATH`, `HOME`,
 //! `LANG`, `DROOT_FLEET_RPC_TOKEN`, …), as is its working directory and user. Inherited
@@ -32,42 +25,9 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::config::{EventFilter, HandlerConfig, RpcAddr};
+use super::config::HandlerConfig;
 use super::net::Counters;
-use crate::gossip::Tags;
-
-/// What a handler is run for.
-#[derive(Debug, Clone)]
-pub enum Trigger {
-    User { name: String, ltime: u64 },
-    Query { name: String, ltime: u64 },
-    Member { kind: String, node: String },
-}
-
-impl Trigger {
-    fn kind(&self) -> &str {
-        match self {
-            Self::User { .. } => "user",
-            Self::Query { .. } => "query",
-            Self::Member { kind, .. } => kind,
-        }
-    }
-}
-
-/// Whether `filter` selects `trigger`.
-pub fn matches(filter: &EventFilter, trigger: &Trigger) -> bool {
-    match (filter, trigger) {
-        (EventFilter::All, Trigger::Query { .. }) => false,
-        (EventFilter::All, _) => true,
-        (EventFilter::User(want), Trigger::User { name, .. })
-        | (EventFilter::Query(want), Trigger::Query { name, .. }) => {
-            want.as_ref().is_none_or(|w| w == name)
-        }
-        (EventFilter::Member(k), Trigger::Member { kind, .. }) => k == kind,
-        (EventFilter::UserPrefix(p), Trigger::User { name, .. }) => name.starts_with(p.as_str()),
-        _ => false,
-    }
-}
+use super::sansio::trigger::is_event_context_var;
 
 /// Why a handler produced no result.
 #[derive(Debug, thiserror::Error)]
@@ -84,53 +44,6 @@ pub enum HandlerError {
         program: String,
         source: std::io::Error,
     },
-}
-
-/// Event-context variables a handler must not inherit from the agent's environment.
-fn is_event_context_var(name: &str) -> bool {
-    const EXACT: [&str; 6] = [
-        "DROOT_FLEET_EVENT",
-        "DROOT_FLEET_USER_EVENT",
-        "DROOT_FLEET_QUERY_NAME",
-        "DROOT_FLEET_LTIME",
-        "DROOT_FLEET_NODE",
-        "DROOT_FLEET_MEMBER",
-    ];
-    EXACT.contains(&name) || name.starts_with("DROOT_FLEET_TAG_")
-}
-
-/// Environment of a handler (set on top of the agent's own, see the module docs).
-pub fn env(trigger: &Trigger, node: &str, rpc: &RpcAddr, tags: &Tags) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("DROOT_FLEET_EVENT".to_owned(), trigger.kind().to_owned()),
-        ("DROOT_FLEET_NODE".to_owned(), node.to_owned()),
-        ("DROOT_FLEET_RPC".to_owned(), rpc.to_string()),
-    ];
-    match trigger {
-        Trigger::User { name, ltime } => {
-            env.push(("DROOT_FLEET_USER_EVENT".into(), name.clone()));
-            env.push(("DROOT_FLEET_LTIME".into(), ltime.to_string()));
-        }
-        Trigger::Query { name, ltime } => {
-            env.push(("DROOT_FLEET_QUERY_NAME".into(), name.clone()));
-            env.push(("DROOT_FLEET_LTIME".into(), ltime.to_string()));
-        }
-        Trigger::Member { node, .. } => env.push(("DROOT_FLEET_MEMBER".into(), node.clone())),
-    }
-    for (k, v) in tags {
-        let key: String = k
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        env.push((format!("DROOT_FLEET_TAG_{key}"), v.clone()));
-    }
-    env
 }
 
 /// How much of a user or member handler's stdout and of any handler's stderr is kept
@@ -302,15 +215,6 @@ pub async fn run(
     ran.map(|(out, _)| out)
 }
 
-/// The handlers of `configured` that `trigger` selects.
-pub fn matching(configured: &[HandlerConfig], trigger: &Trigger) -> Vec<HandlerConfig> {
-    configured
-        .iter()
-        .filter(|h| matches(&h.filter, trigger))
-        .cloned()
-        .collect()
-}
-
 /// Spawns each of `handlers` (member events: not journaled, not retried) in its own
 /// task behind `limiter`; failures are logged with the `event` kind.
 pub fn spawn_each(
@@ -335,6 +239,9 @@ pub fn spawn_each(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::config::{EventFilter, RpcAddr};
+    use crate::agent::sansio::trigger::{Trigger, env};
+    use crate::gossip::Tags;
 
     fn h(filter: EventFilter, cmd: &[&str], timeout_ms: u64) -> HandlerConfig {
         HandlerConfig {
@@ -342,24 +249,6 @@ mod tests {
             command: cmd.iter().map(|s| s.to_string()).collect(),
             timeout: Duration::from_millis(timeout_ms),
         }
-    }
-
-    #[test]
-    fn filters() {
-        let user = Trigger::User {
-            name: "deploy".into(),
-            ltime: 1,
-        };
-        let query = Trigger::Query {
-            name: "deploy".into(),
-            ltime: 1,
-        };
-        assert!(matches(&EventFilter::All, &user));
-        assert!(!matches(&EventFilter::All, &query));
-        assert!(matches(&EventFilter::User(None), &user));
-        assert!(matches(&EventFilter::User(Some("deploy".into())), &user));
-        assert!(!matches(&EventFilter::User(Some("other".into())), &user));
-        assert!(matches(&EventFilter::Query(Some("deploy".into())), &query));
     }
 
     #[tokio::test]

@@ -6,21 +6,22 @@
 //! |---|---|
 //! | [`config`] | TOML file + flags → validated [`config::Settings`] |
 //! | [`sansio`] | **all protocol state** as a state machine ([`sansio::AgentMachine`]): inputs → effects, no I/O |
-//! | [`task`] | the **one task owning the machine**: biased `select!` over [`task::Input`], carries out its effects |
+//! | [`task`] | the **one task owning the machine**: biased `select!` over [`input::Input`], carries out its effects |
+//! | [`input`] | what the task reacts to ([`input::Input`]) and the handler [`input::Slot`]: named by every I/O part, so none of them depends on the task |
 //! | `shell` | the executor's I/O half: socket sends, disk writer, spawned dials, handlers, consumers |
 //! | [`startup`] | keyring, state file and journal replay at start |
 //! | [`scheduler`] | the single ordered timer heap (foca issue #26) |
 //! | [`net`] | UDP socket (sealed datagrams, drop counters), sealed TCP streams |
 //! | [`members`] | member status (alive/suspect/left/failed) from foca's state |
 //! | [`pending`] | user-event handlers owed until their process started (retry, journal) |
-//! | [`consumers`] | in-process event consumers, owed until they acknowledge |
-//! | [`handlers`] | event/query handler processes (timeout, env, stdin) |
+//! | [`consumers`] | in-process event consumers, owed until they acknowledge (their channels; names: [`sansio::consumer_name`]) |
+//! | [`handlers`] | event/query handler processes (spawn, timeout, stdin); which ones and their env: [`sansio::trigger`] |
 //! | [`queries`] | built-in query handlers registered in Rust |
-//! | [`keys`] | keyring file and the cluster-wide key-rotation query |
+//! | [`keys`] | keyring file (load, save, `--dev` key); the key-rotation query itself: [`sansio::key_command`] |
 //! | [`identity`] | the node identity file (key and certificate) and `--dev` self-enrollment |
 //! | [`slots`] | capped connection slots for the accept loops (API, gossip TCP) |
 //! | [`disk`] | the writer thread: journal, state file and keyring writes off the task |
-//! | [`snapshot`] | the data-dir state file, written atomically |
+//! | [`snapshot`] | the data-dir state file (written atomically) and events journal; what it holds: [`sansio::persisted`] |
 //! | [`monitor`] | NDJSON log/event stream for `GET /v1/monitor` |
 //!
 //! Guarantees: every datagram and stream frame is sealed with the keyring's primary key
@@ -36,6 +37,7 @@ pub mod consumers;
 pub mod disk;
 pub mod handlers;
 pub mod identity;
+pub mod input;
 pub mod key_auth;
 pub mod keys;
 pub mod members;
@@ -98,6 +100,11 @@ pub enum AgentError {
         what: String,
         source: std::io::Error,
     },
+}
+
+/// An [`AgentError::Io`] saying `what` failed, for `map_err`.
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
+    move |source| AgentError::Io { what, source }
 }
 
 /// A key operation.
@@ -170,7 +177,7 @@ pub enum Command {
 /// Cheap handle the API server uses to talk to the agent task.
 #[derive(Debug, Clone)]
 pub struct AgentHandle {
-    tx: mpsc::Sender<task::Input>,
+    tx: mpsc::Sender<input::Input>,
     monitor: broadcast::Sender<String>,
     superseding: broadcast::Sender<Superseding>,
     /// Flips to `true` once the agent stopped (left): long-lived streams end then.
@@ -185,7 +192,7 @@ impl AgentHandle {
     ) -> Result<T, AgentError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(task::Input::Api(make(tx)))
+            .send(input::Input::Api(make(tx)))
             .await
             .map_err(|_| AgentError::ShuttingDown)?;
         rx.await.map_err(|_| AgentError::ShuttingDown)
@@ -219,7 +226,7 @@ pub struct Agent {
     tables_check: Option<config::TablesCheck>,
     notifier: crate::sd_notify::Notifier,
     handle: AgentHandle,
-    inputs: mpsc::Receiver<task::Input>,
+    inputs: mpsc::Receiver<input::Input>,
     stop: watch::Sender<bool>,
 }
 

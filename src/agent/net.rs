@@ -23,8 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::input::Input;
 use super::slots::{Admit, Proof, Slots};
-use super::task::Input;
 use crate::gossip::envelope::{self, FrameError, OpenError};
 use crate::gossip::message::{self, DecodeError, EncodeError, StreamMessage};
 use crate::gossip::{

@@ -22,8 +22,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::config::HandlerConfig;
-use super::consumers::consumer_name;
-use super::handlers::{self, Trigger};
+use super::sansio::consumer_name::consumer_name;
+use super::sansio::trigger::{Trigger, matches};
 use crate::gossip::{EventId, UserEvent};
 
 /// One line of the events journal: an event as JSON (the format of older versions),
@@ -168,7 +168,7 @@ impl PendingHandlers {
         let t = trigger(ev);
         let owed: Vec<HandlerConfig> = configured
             .iter()
-            .filter(|h| handlers::matches(&h.filter, &t))
+            .filter(|h| matches(&h.filter, &t))
             .cloned()
             .collect();
         if owed.is_empty() {
@@ -349,7 +349,7 @@ impl PendingHandlers {
                 .filter_map(|c| {
                     let h = configured
                         .iter()
-                        .find(|h| h.command == *c && handlers::matches(&h.filter, &t));
+                        .find(|h| h.command == *c && matches(&h.filter, &t));
                     if h.is_none() {
                         tracing::warn!(event = %event.name, command = ?c, "an owed handler is no longer configured; dropped");
                     }

@@ -1,20 +1,16 @@
-//! The data-dir state file: what a restarted agent needs to rejoin and to never
-//! deliver an event twice.
+//! The data-dir state file and the events journal on disk: what a restarted agent
+//! needs to rejoin and to never deliver an event twice.
 //!
-//! `<data-dir>/state.json` holds the [`CoreSnapshot`] (identity with its bump, Lamport
-//! clocks, event log ids + recent events, query dedupe), the members last known and
-//! the [`LeftBook`] (so a force-left member is still `left` after a restart). It
-//! is replaced with write-to-temp + fsync + rename(2), so the file on disk is always a
-//! complete old or a complete new state, never a torn one.
+//! `<data-dir>/state.json` holds a [`PersistedState`] (what is in it:
+//! [`crate::agent::sansio::persisted`]). It is replaced with write-to-temp + fsync +
+//! rename(2), so the file on disk is always a complete old or a complete new state,
+//! never a torn one.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use super::members::LeftBook;
-use super::pending::{JournalLine, PendingRecord};
-use crate::gossip::{CoreSnapshot, NodeId};
+use super::pending::JournalLine;
+use super::sansio::persisted::PersistedState;
 
 /// File name inside the data dir.
 pub const STATE_FILE: &str = "state.json";
@@ -42,25 +38,6 @@ pub enum SnapshotError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// Everything persisted.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PersistedState {
-    pub core: CoreSnapshot,
-    /// Members (other than us) known alive when saved: rejoin targets.
-    #[serde(default)]
-    pub members: Vec<NodeId>,
-    /// Who left or was force-left (absent in files from older versions).
-    #[serde(default)]
-    pub left: LeftBook,
-    /// Events whose handlers could not be started yet (absent in older files).
-    #[serde(default)]
-    pub pending: Vec<PendingRecord>,
-    /// Cluster key operations applied, so that a replay stays one across a restart
-    /// ([`crate::agent::key_auth`]; absent in older files).
-    #[serde(default)]
-    pub key_operations: crate::deploy::signed::SeenSnapshot,
 }
 
 /// Path of the state file.
@@ -152,7 +129,8 @@ pub fn journal_read(data_dir: &Path) -> Result<Vec<JournalLine>, SnapshotError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::{CoreConfig, GossipCore, Tags, UserEvent};
+    use crate::agent::members::LeftBook;
+    use crate::gossip::{CoreConfig, GossipCore, NodeId, Tags, UserEvent};
     use std::time::Duration;
 
     #[test]
@@ -217,11 +195,6 @@ mod tests {
         assert_eq!(back.core, state.core);
         assert_eq!(back.members, state.members);
         assert_eq!(back.left, state.left);
-        // Files written before the left book existed still load.
-        let mut old: serde_json::Value = serde_json::to_value(&state).unwrap();
-        old.as_object_mut().unwrap().remove("left");
-        let old: PersistedState = serde_json::from_value(old).unwrap();
-        assert_eq!(old.left, LeftBook::default());
         std::fs::write(path(dir.path()), b"{").unwrap();
         assert!(matches!(load(dir.path()), Err(SnapshotError::Parse { .. })));
     }

@@ -16,13 +16,13 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use super::AgentHandle;
 use super::config::Settings;
+use super::io_err;
 use super::members::LeftBook;
 use super::net::{self, Counters, SharedKeyring};
 use super::pending::PendingHandlers;
 use super::queries::QueryRegistry;
 use super::sansio::Init;
 use super::snapshot;
-use super::task::io_err;
 use super::{AgentError, keys};
 use crate::gossip::{CoreConfig, GossipCore, NodeId};
 

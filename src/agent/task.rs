@@ -10,82 +10,30 @@
 //! before the next one is carried out.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::config::{HandlerConfig, Settings, TablesCheck};
+use super::config::{Settings, TablesCheck};
 use super::consumers::Consumers;
 use super::disk::DiskWriter;
+use super::input::{Input, Slot};
 use super::monitor::LogReload;
 use super::net::{Counters, SharedKeyring};
-use super::pending::Batch;
 use super::queries::QueryRegistry;
 use super::sansio::keys::{keys_fan_in, query_answer};
 use super::sansio::machine::QueryRequest;
-use super::sansio::{AgentMachine, Dial, Effect, Now};
+use super::sansio::{AgentMachine, Effect, Now};
 use super::scheduler::Scheduler;
 use super::shell::{Io, Shell};
 use super::startup::{restore, spawn_io};
-use super::{AgentError, AgentHandle, Command};
-use crate::gossip::{
-    EventId, NodeId, PushPullState, QueryId, QueryResponse, QueryResult, UserEvent,
-};
+use super::{AgentError, AgentHandle, Command, io_err};
+use crate::gossip::{NodeId, QueryResult};
 use crate::sd_notify::Notifier;
 use crate::wire;
-
-/// What the task reacts to besides timers and signals.
-#[derive(Debug)]
-pub enum Input {
-    /// An opened datagram.
-    Datagram { plain: Vec<u8>, from: SocketAddr },
-    /// A peer started a push/pull with us; answer with our state.
-    PushPullRequest {
-        state: PushPullState,
-        /// The protocol version of the peer's stream hello.
-        peer_version: u16,
-        /// Where the connection came from.
-        peer: SocketAddr,
-        reply: oneshot::Sender<PushPullState>,
-    },
-    /// Our outgoing push/pull finished.
-    PushPullDone {
-        target: String,
-        kind: Dial,
-        result: Result<PushPullState, String>,
-    },
-    /// A query answer that came over TCP.
-    QueryResponse(QueryResponse),
-    /// A query handler process finished; send its stdout to the origin.
-    HandlerAnswer {
-        id: QueryId,
-        origin: NodeId,
-        payload: Vec<u8>,
-    },
-    /// A control API request.
-    Api(Command),
-    /// The disk writer journaled these handler batches (or failed to).
-    Journaled {
-        batches: Vec<Batch<Slot>>,
-        result: Result<(), String>,
-    },
-    /// An event handler finished (or failed to start) and freed its slot.
-    HandlerSlotFree,
-    /// An event handler's process could not be spawned: it is owed again.
-    HandlerFailed {
-        event: UserEvent,
-        handler: HandlerConfig,
-    },
-    /// An in-process consumer acknowledged an event.
-    ConsumerAcked {
-        event: EventId,
-        handler: HandlerConfig,
-    },
-}
 
 /// Who waits for a query's result.
 #[derive(Debug)]
@@ -93,9 +41,6 @@ pub enum Waiter {
     User(oneshot::Sender<Result<wire::QueryResponse, AgentError>>),
     Keys(oneshot::Sender<Result<wire::KeysResponse, AgentError>>),
 }
-
-/// A handler slot: taken before its journal line is written, held until it is done.
-pub type Slot = OwnedSemaphorePermit;
 
 /// The state machine as this task runs it.
 pub type Machine = AgentMachine<Waiter, Slot>;
@@ -106,10 +51,6 @@ pub struct AgentTask {
     shell: Shell,
     sched: Scheduler,
     notifier: Notifier,
-}
-
-pub(super) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
-    move |source| AgentError::Io { what, source }
 }
 
 /// What [`start`] is given by [`super::Agent`].

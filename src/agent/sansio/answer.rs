@@ -6,16 +6,16 @@
 //! recorded locally; others go in one sealed datagram when they fit, otherwise over a
 //! sealed TCP stream.
 
+use super::key_command::KEYS_QUERY;
+use super::trigger::{self, Trigger};
 use crate::agent::config::{EventFilter, HandlerConfig};
-use crate::agent::handlers::{self, Trigger};
-use crate::agent::keys::KEYS_QUERY;
 use crate::agent::queries::{QueryFn, QueryRegistry};
 use crate::gossip::message::{self, Direct, EncodeError};
 use crate::gossip::{Query, QueryResponse};
 
 /// Who answers a query.
 pub enum Responder<'a> {
-    /// The cluster-wide key operation ([`crate::agent::keys::apply`]).
+    /// The cluster-wide key operation ([`super::key_command::apply`]).
     Keys,
     /// A handler registered in Rust, answering at once.
     Registered(&'a QueryFn),
@@ -44,7 +44,7 @@ pub fn responder<'a>(
     configured
         .iter()
         .find(|h| {
-            matches!(h.filter, EventFilter::Query(_)) && handlers::matches(&h.filter, &trigger)
+            matches!(h.filter, EventFilter::Query(_)) && trigger::matches(&h.filter, &trigger)
         })
         .map_or(Responder::Nobody, Responder::Command)
 }

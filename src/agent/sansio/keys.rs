@@ -2,8 +2,8 @@
 //! and the nodes' answers fan in to one [`KeysResponse`] (like `serf keys`). Also how a
 //! user query's result becomes its API answer.
 
+use super::key_command::KeyCommand;
 use crate::agent::key_auth::KeyAuth;
-use crate::agent::keys::KeyCommand;
 use crate::agent::{AgentError, KeyOp};
 use crate::gossip::{Key, QueryResult};
 use crate::wire::{KeysResponse, NodeKeyResult, QueryAnswer, QueryResponse};
@@ -77,7 +77,8 @@ pub fn query_answer(result: QueryResult) -> QueryResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::keys::{self, insecure_keyring};
+    use crate::agent::keys::insecure_keyring;
+    use crate::agent::sansio::key_command;
     use crate::gossip::NodeId;
 
     fn node(name: &str, port: u16) -> NodeId {
@@ -103,14 +104,14 @@ mod tests {
 
     #[test]
     fn answers_fan_in_counted_sorted_and_unreadable_ones_fail() {
-        // Two nodes answer a rotation step as they would (keys::apply), one garbles it.
+        // Two nodes answer a rotation step as they would (key_command::apply), one garbles it.
         let new = Key::from_bytes([9; 32]).to_base64();
         let install = key_request(KeyOp::Install, Some(new.clone()), None).unwrap();
         let mut answers = Vec::new();
         for (name, port) in [("b", 2), ("a", 1)] {
             let mut ring = insecure_keyring();
             let mut dev = crate::agent::key_auth::KeyAuthority::without_keys(true);
-            let (r, changed) = keys::apply(name, &mut ring, &install, &mut dev, 0);
+            let (r, changed) = key_command::apply(name, &mut ring, &install, &mut dev, 0);
             assert!(changed);
             answers.push((node(name, port), serde_json::to_vec(&r).unwrap()));
         }

@@ -19,15 +19,23 @@
 //! | `machine/identity.rs` | packets screened against member cards, leave notices, own card |
 //! | [`push`] | eager push targets, the push/pull partner |
 //! | [`keys`] | key dispatch: the key query's payload, the answers' fan-in |
+//! | [`key_command`] | the key query's name and payload, and how each node applies it |
 //! | [`answer`] | answering side: who answers a query, and the answer's route back |
+//! | [`persisted`] | what the state file holds ([`persisted::PersistedState`]), built by the machine |
+//! | [`consumer_name`] | how an in-process consumer stands among the owed handlers (its name rules) |
+//! | [`trigger`] | what a handler is run for: which `[[handler]]`s it selects, their environment |
 
 pub mod answer;
+pub mod consumer_name;
 pub mod dials;
 pub mod introduce;
+pub mod key_command;
 pub mod keys;
 pub mod machine;
+pub mod persisted;
 pub mod push;
 pub mod queries;
+pub mod trigger;
 
 pub use dials::{Dial, DialEffect, Dials, JoinPolicy};
 pub use machine::{AgentMachine, Effect, Init, Now, Timer};

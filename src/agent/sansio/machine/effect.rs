@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::agent::AgentError;
 use crate::agent::config::HandlerConfig;
 use crate::agent::pending::{Batch, JournalLine};
-use crate::agent::snapshot::PersistedState;
+use crate::agent::sansio::persisted::PersistedState;
 use crate::gossip::supersede::Superseding;
 use crate::gossip::{
     EventId, Keyring, NodeId, PushPullState, Query, QueryId, QueryResponse, QueryResult, UserEvent,

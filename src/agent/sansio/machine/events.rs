@@ -12,9 +12,9 @@ use foca::OwnedNotification;
 use super::{AgentMachine, Effect, Effects, Metric, Now, Timer};
 use crate::agent::AgentError;
 use crate::agent::config::HandlerConfig;
-use crate::agent::consumers::consumer_name;
-use crate::agent::handlers::{self, Trigger};
 use crate::agent::pending::{Batch, JournalLine, Mark};
+use crate::agent::sansio::consumer_name::consumer_name;
+use crate::agent::sansio::trigger::{self, Trigger};
 use crate::agent::sansio::{Dial, EagerPush};
 use crate::gossip::message::{self, Direct};
 use crate::gossip::supersede::Superseding;
@@ -130,7 +130,7 @@ impl<W, S> AgentMachine<W, S> {
             .into_iter()
             .map(|b| {
                 self.pending.journaled(b.event.id);
-                let env = handlers::env(&user_trigger(&b.event), node, rpc, &tags);
+                let env = trigger::env(&user_trigger(&b.event), node, rpc, &tags);
                 Effect::SpawnEventHandlers {
                     event: b.event,
                     handlers: b.handlers,
@@ -284,7 +284,7 @@ impl<W, S> AgentMachine<W, S> {
             kind: kind.to_owned(),
             node: id.name.clone(),
         };
-        let matching = handlers::matching(&self.settings.handlers, &trigger);
+        let matching = trigger::matching(&self.settings.handlers, &trigger);
         if matching.is_empty() {
             return;
         }
@@ -292,7 +292,7 @@ impl<W, S> AgentMachine<W, S> {
         out.push(Effect::RunHandlers {
             event: kind.to_owned(),
             handlers: matching,
-            env: handlers::env(&trigger, node, rpc, &self.tags()),
+            env: trigger::env(&trigger, node, rpc, &self.tags()),
             payload: id.name.as_bytes().to_vec(),
         });
     }

@@ -47,7 +47,7 @@ use crate::agent::key_auth::KeyAuthority;
 use crate::agent::members::{self, LeftBook};
 use crate::agent::pending::PendingHandlers;
 use crate::agent::queries::QueryRegistry;
-use crate::agent::snapshot::PersistedState;
+use crate::agent::sansio::persisted::PersistedState;
 use crate::gossip::handler::GossipFoca;
 use crate::gossip::kinds::Kinds;
 use crate::gossip::message::{self, Broadcast, Datagram, Direct};

@@ -16,12 +16,12 @@
 use std::time::Duration;
 
 use super::{AgentMachine, Effect, Effects, Now, Timer};
-use crate::agent::handlers::{self, Trigger};
 use crate::agent::key_auth::KeyAuth;
-use crate::agent::keys::{self, KEYS_QUERY};
 use crate::agent::sansio::QueryEffect;
 use crate::agent::sansio::answer::{AnswerRoute, Responder, answer_route, responder};
+use crate::agent::sansio::key_command::{self, KEYS_QUERY};
 use crate::agent::sansio::keys::key_request;
+use crate::agent::sansio::trigger::{self, Trigger};
 use crate::agent::{AgentError, KeyOp};
 use crate::gossip::{Filter, NodeId, Query, QueryId, QueryResponse, Tags};
 
@@ -199,7 +199,7 @@ impl<W, S> AgentMachine<W, S> {
             ltime: q.ltime,
         };
         let (node, rpc) = (&self.settings.node, &self.settings.rpc);
-        let env = handlers::env(&trigger, node, rpc, &self.tags());
+        let env = trigger::env(&trigger, node, rpc, &self.tags());
         out.push(Effect::RunQueryHandler {
             query: q,
             handler,
@@ -209,7 +209,7 @@ impl<W, S> AgentMachine<W, S> {
 
     /// Applies a cluster key operation to this node's keyring; returns the answer.
     fn apply_key_command(&mut self, now: Now, q: &Query, out: &mut Effects<W, S>) -> Vec<u8> {
-        let (result, changed) = keys::apply(
+        let (result, changed) = key_command::apply(
             &self.settings.node,
             &mut self.keyring,
             &q.payload,
