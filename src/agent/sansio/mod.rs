@@ -20,6 +20,7 @@
 //! | [`push`] | eager push targets, the push/pull partner |
 //! | [`keys`] | key dispatch: the key query's payload, the answers' fan-in |
 //! | [`key_command`] | the key query's name and payload, and how each node applies it |
+//! | [`untagged`] | members up without tags, asked one per sweep |
 //! | [`answer`] | answering side: who answers a query, and the answer's route back |
 //! | [`persisted`] | what the state file holds ([`persisted::PersistedState`]), built by the machine |
 //! | [`consumer_name`] | how an in-process consumer stands among the owed handlers (its name rules) |
@@ -36,6 +37,7 @@ pub mod persisted;
 pub mod push;
 pub mod queries;
 pub mod trigger;
+pub mod untagged;
 
 pub use dials::{Dial, DialEffect, Dials, JoinPolicy};
 pub use machine::{AgentMachine, Effect, Init, Now, Timer};

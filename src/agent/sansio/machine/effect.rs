@@ -35,6 +35,8 @@ pub enum Timer {
     RetryJoin,
     /// This event's backoff is over: start what is owed ([`crate::agent::pending`]).
     RetryHandlers(EventId),
+    /// Ask one member still without tags ([`crate::agent::sansio::untagged`]).
+    TagSweep,
 }
 
 /// A counter the executor keeps.

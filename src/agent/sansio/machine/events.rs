@@ -15,7 +15,7 @@ use crate::agent::config::HandlerConfig;
 use crate::agent::pending::{Batch, JournalLine, Mark};
 use crate::agent::sansio::consumer_name::consumer_name;
 use crate::agent::sansio::trigger::{self, Trigger};
-use crate::agent::sansio::{Dial, EagerPush};
+use crate::agent::sansio::{Dial, EagerPush, untagged};
 use crate::gossip::message::{self, Direct};
 use crate::gossip::supersede::Superseding;
 use crate::gossip::{EventId, Incoming, NodeId, UserEvent};
@@ -236,9 +236,10 @@ impl<W, S> AgentMachine<W, S> {
             OwnedNotification::MemberUp(id) => {
                 tracing::info!(node = %id.name, addr = %id.addr, "member up");
                 self.member_event("member-join", &id, out);
-                if self.core.lock().tag_book().tags_of(&id.name).is_none() {
-                    // Learn its tags (and anything else it knows) right away.
-                    self.dial(id.addr.to_string(), Dial::Sync, out);
+                let untagged = self.core.lock().tag_book().tags_of(&id.name).is_none();
+                if untagged && self.untagged.add(&id.name) {
+                    let (after, timer) = (untagged::SWEEP_EVERY, Timer::TagSweep);
+                    out.push(Effect::Schedule { after, timer });
                 }
             }
             OwnedNotification::MemberDown(id) => {
@@ -272,6 +273,27 @@ impl<W, S> AgentMachine<W, S> {
                     tracing::warn!("this node was declared down");
                 }
             }
+        }
+    }
+
+    /// Forgets the members whose tags arrived (or that are gone) and asks one of the
+    /// rest by push/pull; again after a while if any are left.
+    pub(super) fn tag_sweep(&mut self, out: &mut Effects<W, S>) {
+        let core = self.core.lock();
+        let active: std::collections::HashMap<&str, std::net::SocketAddr> =
+            (self.foca.iter_members())
+                .map(|m| (m.id().name.as_str(), m.id().addr))
+                .collect();
+        let settled = |n: &str| !active.contains_key(n) || core.tag_book().tags_of(n).is_some();
+        let (ask, again) = self.untagged.sweep(settled, &mut self.rng);
+        let ask = ask.and_then(|n| active.get(n.as_str()).copied());
+        drop(core);
+        if let Some(addr) = ask {
+            self.dial(addr.to_string(), Dial::Sync, out);
+        }
+        if again {
+            let (after, timer) = (untagged::SWEEP_EVERY, Timer::TagSweep);
+            out.push(Effect::Schedule { after, timer });
         }
     }
 

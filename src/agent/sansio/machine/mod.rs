@@ -113,6 +113,8 @@ pub struct AgentMachine<W, S> {
     pending: PendingHandlers,
     /// The cluster size foca's retransmissions and suspicion timeout are tuned for.
     tuned_for: u32,
+    /// Members up without tags, waiting for them ([`crate::agent::sansio::untagged`]).
+    untagged: crate::agent::sansio::untagged::Untagged,
     stopped: bool,
     slot: PhantomData<fn() -> S>,
 }
@@ -153,6 +155,7 @@ impl<W, S> AgentMachine<W, S> {
             incarnation: 0,
             pending: init.pending,
             tuned_for,
+            untagged: Default::default(),
             stopped: false,
             slot: PhantomData,
         }
@@ -208,6 +211,7 @@ impl<W, S> AgentMachine<W, S> {
             }
             Timer::RetryJoin => self.join_round(&mut out),
             Timer::RetryHandlers(_) => out.push(Effect::StartOwed),
+            Timer::TagSweep => self.tag_sweep(&mut out),
         }
         out
     }

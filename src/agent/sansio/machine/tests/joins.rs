@@ -70,7 +70,7 @@ fn a_late_peer_is_joined_on_the_next_round() {
 }
 
 #[test]
-fn a_member_up_with_unknown_tags_dials_a_push_pull() {
+fn a_member_up_with_unknown_tags_is_asked_by_the_next_tag_sweep() {
     let db = || Setup {
         tags: vec!["role=db".into()],
         ..Setup::default()
@@ -81,13 +81,21 @@ fn a_member_up_with_unknown_tags_dials_a_push_pull() {
     sim.start(0, vec![b.clone()]);
     sim.settle();
     assert_eq!(sim.member(0, "b").status, "alive");
+    assert!(
+        dials(&sim.nodes[0], Dial::Sync).is_empty(),
+        "no push/pull at once: the tags may be on their way by gossip"
+    );
+    sim.run_for(crate::agent::sansio::untagged::SWEEP_EVERY + SEC / 2);
     assert_eq!(dials(&sim.nodes[0], Dial::Sync), [b.addr.to_string()]);
     let tags = sim.member(0, "b").tags;
     assert_eq!(
         tags.get("role").map(String::as_str),
         Some("db"),
-        "learned by the dial"
+        "learned by the sweep's dial"
     );
+    // Nothing is left to ask: the sweep does not come back.
+    sim.run_for(3 * crate::agent::sansio::untagged::SWEEP_EVERY);
+    assert_eq!(dials(&sim.nodes[0], Dial::Sync).len(), 1);
 }
 
 #[test]

@@ -141,6 +141,7 @@ fn twin(t: &Timer) -> Option<Timer> {
         Timer::Foca(_) => None,
         Timer::QueryDeadline(id) => Some(Timer::QueryDeadline(*id)),
         Timer::RetryJoin => Some(Timer::RetryJoin),
+        Timer::TagSweep => Some(Timer::TagSweep),
         Timer::RetryHandlers(id) => Some(Timer::RetryHandlers(*id)),
     }
 }
