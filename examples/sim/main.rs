@@ -54,6 +54,8 @@ struct Opts {
 fn main() -> anyhow::Result<()> {
     let opts = Opts::parse();
     let mut rows = Vec::new();
+    // Each row as soon as it is measured: a large run can be stopped and keep what it has.
+    print!("{}", HEADER);
     for &nodes in &opts.sizes {
         anyhow::ensure!(nodes >= 4, "--sizes: at least 4 nodes per cluster");
         for &loss in &opts.loss {
@@ -64,29 +66,34 @@ fn main() -> anyhow::Result<()> {
                 seed: opts.seed,
                 events: opts.events,
             };
-            rows.push(scenarios::run(&plan));
+            let row = scenarios::run(&plan);
+            print!("{}", line(&row));
+            rows.push(row);
+            std::fs::write(&opts.svg, plot::svg(&curves(&rows)))?;
         }
     }
-    println!("{}", table(&rows));
-    let curves = rows.iter().flat_map(|r| {
-        let ours = plot::Curve {
-            nodes: r.nodes,
-            loss: r.loss,
-            serf: false,
-            arrivals: r.arrivals.clone(),
-        };
-        let serf = plot::Curve {
-            nodes: r.nodes,
-            loss: r.loss,
-            serf: true,
-            arrivals: r.serf_arrivals.clone(),
-        };
-        [ours, serf]
-    });
-    let curves: Vec<_> = curves.collect();
-    std::fs::write(&opts.svg, plot::svg(&curves))?;
     eprintln!("plot: {}", opts.svg.display());
     Ok(())
+}
+
+fn curves(rows: &[Row]) -> Vec<plot::Curve> {
+    rows.iter()
+        .flat_map(|r| {
+            let ours = plot::Curve {
+                nodes: r.nodes,
+                loss: r.loss,
+                serf: false,
+                arrivals: r.arrivals.clone(),
+            };
+            let serf = plot::Curve {
+                nodes: r.nodes,
+                loss: r.loss,
+                serf: true,
+                arrivals: r.serf_arrivals.clone(),
+            };
+            [ours, serf]
+        })
+        .collect()
 }
 
 fn ms(d: Option<Duration>) -> String {
@@ -123,31 +130,27 @@ fn arrival_percentiles(v: &[Option<Duration>]) -> String {
     format!("{} / {}", ms(at(0.5)), ms(at(0.99)))
 }
 
-fn table(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| N | loss | converge s | event to 100%: median / max ms | arrivals p50 / p99 ms | Serf model to 100%: median / max ms | tags to 100% ms | crash noticed s | restart rejoined s | partition healed s | idle B/s/node | storm B/s/node (Serf model) | false failures, 1% paused 2 s | heap KiB/node | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} ({:.0}) | {} ({} slow) | {:.0} | {:.0} |\n",
-            r.nodes,
-            r.loss * 100.0,
-            secs(r.converge),
-            median_max(&r.event_full),
-            arrival_percentiles(&r.arrivals),
-            median_max(&r.serf_full),
-            ms(r.tags),
-            secs(r.crash_noticed),
-            secs(r.rejoined),
-            secs(r.healed),
-            r.idle_bytes,
-            r.storm_bytes,
-            r.serf_storm_bytes,
-            r.false_failures,
-            r.slow_nodes,
-            r.heap_per_node / 1024.0,
-            r.wall.as_secs_f64(),
-        ));
-    }
-    out
+const HEADER: &str = "| N | loss | converge s | event to 100%: median / max ms | arrivals p50 / p99 ms | Serf model to 100%: median / max ms | tags to 100% ms | crash noticed s | restart rejoined s | partition healed s | idle B/s/node | storm B/s/node (Serf model) | false failures, 1% paused 2 s | heap KiB/node | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+
+fn line(r: &Row) -> String {
+    format!(
+        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} ({:.0}) | {} ({} slow) | {:.0} | {:.0} |\n",
+        r.nodes,
+        r.loss * 100.0,
+        secs(r.converge),
+        median_max(&r.event_full),
+        arrival_percentiles(&r.arrivals),
+        median_max(&r.serf_full),
+        ms(r.tags),
+        secs(r.crash_noticed),
+        secs(r.rejoined),
+        secs(r.healed),
+        r.idle_bytes,
+        r.storm_bytes,
+        r.serf_storm_bytes,
+        r.false_failures,
+        r.slow_nodes,
+        r.heap_per_node / 1024.0,
+        r.wall.as_secs_f64(),
+    )
 }

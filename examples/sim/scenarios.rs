@@ -78,14 +78,26 @@ pub fn run(plan: &Plan) -> Row {
     );
     row.idle_bytes = bytes_per_node_second(&mut c, 30 * SEC, |_, _| {});
     row.heap_per_node = crate::HEAP.live().saturating_sub(heap_before) as f64 / plan.nodes as f64;
+    let mark = |c: &Cluster, what: &str| {
+        eprintln!(
+            "    {what} done: {:?} virtual, {:?} wall",
+            c.clock(),
+            started.elapsed()
+        );
+    };
     events(&mut c, plan, &mut rng, &mut row);
+    mark(&c, "events");
     row.storm_bytes = bytes_per_node_second(&mut c, 10 * SEC, |c, k| {
         c.fire(k % c.len(), &format!("storm-{k}"), vec![0; 64]);
     });
     tags(&mut c, &mut rng, &mut row);
+    mark(&c, "storm and tags");
     crash(&mut c, &mut rng, &mut row);
+    mark(&c, "crash and restart");
     partition(&mut c, &mut row);
+    mark(&c, "partition");
     slow(&mut c, &mut rng, &mut row);
+    mark(&c, "slow nodes");
     serf(plan, &mut rng, &mut row);
     row.wall = started.elapsed();
     eprintln!(

@@ -134,6 +134,10 @@ pub enum IgnoreReason {
     /// An entry about a different incarnation of this node itself (an old bump):
     /// foca would only record it as a down member with our own name.
     OtherSelf,
+    /// Exactly what this node holds (identity, incarnation, state): applying it changes
+    /// nothing, and foca finds each member it applies by a scan of its list, so handing
+    /// it every unchanged entry made each push/pull quadratic in the cluster size.
+    Unchanged,
 }
 
 /// Decides what one remote member entry may change locally. `me` is this node,
@@ -146,6 +150,7 @@ pub enum IgnoreReason {
 /// | alive / suspect | any | [`Screened::Apply`] (foca orders incarnations and bumps) |
 /// | anything about us, same bump | — | [`Screened::Apply`]: foca refutes a suspicion, and a down verdict makes it rejoin under bump + 1 (the only way back for a member others declared down) |
 /// | anything about us, other bump | — | [`Screened::Ignore`] ([`IgnoreReason::OtherSelf`]) |
+/// | exactly what we hold | same | [`Screened::Ignore`] ([`IgnoreReason::Unchanged`]) |
 /// | down, left | any | [`Screened::Apply`]: a graceful leave is final |
 /// | down | unknown | [`Screened::Ignore`] ([`IgnoreReason::UnknownDown`]) |
 /// | down | down | [`Screened::Apply`]: nothing becomes inactive; a newer bump just replaces the identity we keep for reconnects |
@@ -165,6 +170,9 @@ pub fn screen_member(
         } else {
             Screened::Ignore(IgnoreReason::OtherSelf)
         };
+    }
+    if local == Some(&remote) {
+        return Screened::Ignore(IgnoreReason::Unchanged);
     }
     if remote.state() != State::Down || left {
         return Screened::Apply(remote);
@@ -467,21 +475,38 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_exactly_as_held_is_not_applied_again() {
+        let alive = Member::alive(node("b", 2));
+        let got = screen(Some(alive.clone()), alive.clone(), false);
+        assert_eq!(got, Screened::Ignore(IgnoreReason::Unchanged));
+        let newer = Member::new(node("b", 2), 1, State::Alive);
+        assert_eq!(
+            screen(Some(alive), newer.clone(), false),
+            Screened::Apply(newer)
+        );
+    }
+
+    #[test]
     fn screen_members_matches_by_name() {
-        let local = [Member::alive(node("c", 1)), down("a", 1, 0)];
+        let local = [
+            Member::alive(node("c", 1)),
+            down("a", 1, 0),
+            Member::alive(node("same", 1)),
+        ];
         let remote = vec![
             Member::alive(node("b", 1)),
             down("c", 1, 0),
-            down("a", 1, 0),
+            down("a", 1, 1),
             down("z", 1, 0),
             down("gone", 2, 0),
+            Member::alive(node("same", 1)),
         ];
         let out = screen_members(&node("me", 7), &local, remote, |id| id.name == "gone");
         assert_eq!(
             out.apply,
             vec![
                 Member::alive(node("b", 1)),
-                down("a", 1, 0),
+                down("a", 1, 1),
                 down("gone", 2, 0)
             ]
         );
@@ -489,7 +514,7 @@ mod tests {
             out.suspect,
             vec![Member::new(node("c", 1), 0, State::Suspect)]
         );
-        assert_eq!(out.ignored, 1);
+        assert_eq!(out.ignored, 2, "z (unknown, down) and same (unchanged)");
     }
 
     /// Regression (tests/partition.rs): after a healed partition, a push/pull from the

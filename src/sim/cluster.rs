@@ -389,7 +389,7 @@ impl Cluster {
             .machine
             .push_pull_request(now, state, version, peer);
         self.apply(to, effects);
-        let size = stream_size(&StreamMessage::PushPullReply(reply.clone()));
+        let size = state_size(&reply);
         self.stats.sent(to, size);
         self.stats.push_pull_bytes += size as u64;
         let at = match self.net.stream(to, from, &mut self.rng) {
@@ -487,7 +487,7 @@ impl Cluster {
 
     fn dial(&mut self, i: usize, target: &str, kind: Dial, state: Box<PushPullState>) {
         let life = self.nodes[i].life;
-        let size = stream_size(&StreamMessage::PushPullRequest((*state).clone()));
+        let size = state_size(&state);
         self.stats.sent(i, size);
         self.stats.push_pull_bytes += size as u64;
         self.stats.dials[match kind {
@@ -556,6 +556,14 @@ fn join_list(i: usize, seeds: usize, rng: &mut StdRng) -> Vec<usize> {
         }
     }
     join
+}
+
+/// What a push/pull state costs on the wire: the frame prefix, the seal, a tag byte, the
+/// state (encoded without a copy of it).
+fn state_size(state: &PushPullState) -> usize {
+    let mut body = Vec::new();
+    let _ = crate::gossip::versioned::encode_state(state, &mut body);
+    FRAME_PREFIX_LEN + SEAL_OVERHEAD + 1 + body.len()
 }
 
 /// What a stream message costs on the wire: the frame prefix, the seal, the message.
