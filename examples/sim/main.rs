@@ -49,10 +49,19 @@ struct Opts {
     /// Where the reach plot goes.
     #[arg(long, default_value = "target/sim-reach.svg")]
     svg: PathBuf,
+    /// Also append each measured row to this file (JSON lines).
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Measure nothing: print the table and draw the plot of rows saved by earlier runs.
+    #[arg(long, num_args = 1..)]
+    from: Vec<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let opts = Opts::parse();
+    if !opts.from.is_empty() {
+        return replot(&opts);
+    }
     let mut rows = Vec::new();
     // Each row as soon as it is measured: a large run can be stopped and keep what it has.
     print!("{}", HEADER);
@@ -68,10 +77,34 @@ fn main() -> anyhow::Result<()> {
             };
             let row = scenarios::run(&plan);
             print!("{}", line(&row));
+            if let Some(path) = &opts.save {
+                use std::io::Write as _;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                writeln!(f, "{}", serde_json::to_string(&row)?)?;
+            }
             rows.push(row);
             std::fs::write(&opts.svg, plot::svg(&curves(&rows)))?;
         }
     }
+    eprintln!("plot: {}", opts.svg.display());
+    Ok(())
+}
+
+/// The table and plot of rows saved by earlier runs (`--save`), in the order given.
+fn replot(opts: &Opts) -> anyhow::Result<()> {
+    let mut rows: Vec<Row> = Vec::new();
+    for path in &opts.from {
+        let text = std::fs::read_to_string(path)?;
+        for l in text.lines().filter(|l| !l.trim().is_empty()) {
+            rows.push(serde_json::from_str(l)?);
+        }
+    }
+    print!("{HEADER}");
+    rows.iter().for_each(|r| print!("{}", line(r)));
+    std::fs::write(&opts.svg, plot::svg(&curves(&rows)))?;
     eprintln!("plot: {}", opts.svg.display());
     Ok(())
 }

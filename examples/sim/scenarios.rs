@@ -13,7 +13,7 @@ const SEC: Duration = Duration::from_secs(1);
 const LIMIT: Duration = Duration::from_secs(120);
 
 /// What one configuration measured; `None`: not reached within [`LIMIT`].
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     pub nodes: usize,
     pub loss: f64,

@@ -282,8 +282,9 @@ impl AgentTask {
                 reply,
             } => {
                 let (result, effects) = m.publish_event(now, &name, payload);
-                self.execute(effects).await;
+                // The caller has its answer before the eager fan-out goes out.
                 let _ = reply.send(result);
+                self.execute(effects).await;
             }
             Command::Query {
                 name,
