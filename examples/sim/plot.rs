@@ -18,8 +18,8 @@ const W: f64 = 360.0;
 const H: f64 = 240.0;
 const PAD: f64 = 48.0;
 const COLORS: [&str; 4] = ["#1f77b4", "#ff7f0e", "#d62728", "#2ca02c"];
-/// The time axis: 1 ms to 30 s.
-const T_MIN: f64 = 1e-3;
+/// The time axis: 0.1 ms to 30 s.
+const T_MIN: f64 = 1e-4;
 const T_MAX: f64 = 30.0;
 
 fn x_of(secs: f64) -> f64 {
@@ -84,15 +84,19 @@ fn axes(out: &mut String, nodes: usize) {
 }
 
 fn legend(out: &mut String, losses: &[f64], top: f64) {
+    let _ = write!(
+        out,
+        r#"<text x="{PAD:.0}" y="{top:.0}" font-size="11">fraction of nodes reached, against the time since the event was fired; solid: droot-fleet, dashed: the Serf model</text>"#
+    );
     for (k, loss) in losses.iter().enumerate() {
         let color = COLORS[k % COLORS.len()];
-        let x = PAD + 150.0 * k as f64;
+        let y = top + 16.0 * (k + 1) as f64;
         let _ = write!(
             out,
-            r#"<path d="M{x:.0},{top:.0} h20" stroke="{color}" stroke-width="2"/><path d="M{x:.0},{:.0} h20" stroke="{color}" stroke-width="2" stroke-dasharray="4 3"/><text x="{:.0}" y="{:.0}" font-size="11">loss {:.0}%: droot-fleet / Serf model</text>"#,
-            top + 10.0,
-            x + 24.0,
-            top + 8.0,
+            r#"<path d="M{PAD:.0},{y:.0} h20" stroke="{color}" stroke-width="2"/><path d="M{:.0},{y:.0} h20" stroke="{color}" stroke-width="2" stroke-dasharray="4 3"/><text x="{:.0}" y="{:.0}" font-size="11">loss {:.0}%</text>"#,
+            PAD + 24.0,
+            PAD + 50.0,
+            y + 4.0,
             loss * 100.0
         );
     }
@@ -105,7 +109,8 @@ pub fn svg(curves: &[Curve]) -> String {
     let mut losses: Vec<f64> = curves.iter().map(|c| c.loss).collect();
     losses.sort_by(f64::total_cmp);
     losses.dedup();
-    let (width, height) = (W * sizes.len() as f64, H + 40.0);
+    let width = (W * sizes.len() as f64).max(2.0 * W);
+    let height = H + 30.0 + 16.0 * losses.len() as f64;
     let mut out = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>"#
     );
@@ -128,7 +133,7 @@ pub fn svg(curves: &[Curve]) -> String {
         }
         out.push_str("</g>");
     }
-    legend(&mut out, &losses, H + 8.0);
+    legend(&mut out, &losses, H + 4.0);
     out.push_str("</svg>\n");
     out
 }
