@@ -39,11 +39,16 @@
 //! - [`metrics`]: the Prometheus text format and a histogram (pure; the agent, the deploy
 //!   controller and the API build their metric families on it).
 //! - [`publish`]: an export streamed into the artifact store with its digest.
+//! - [`timeline`]: items in time order, ties in queued order (the agent's timers, the
+//!   simulator's virtual time).
+//! - [`sim`]: the deterministic fleet simulator: the agent's own state machines over a
+//!   simulated network on a virtual clock, a Serf/memberlist model beside them.
 //! - [`cli`]: the clap front end; the only place that uses `anyhow`.
 //!
 //! Layering (imports only point left): the leaves ([`wire`], [`durations`], [`sizes`],
 //! [`atomic_file`], [`secret_file`], [`wall`], [`log_throttle`], [`cancel`], [`keytext`],
-//! [`sd_notify`], [`metrics`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`] ← [`cli`].
+//! [`sd_notify`], [`metrics`], [`timeline`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`]
+//! ← [`cli`]; [`sim`] sits beside [`api`].
 //! The agent carries the deploy tables of its config file untouched; the CLI parses them
 //! and wires the agent, the deploy controller and the API together.
 
@@ -74,5 +79,6 @@ pub mod secret_file;
 pub mod sim;
 pub mod sizes;
 pub mod teardown;
+pub mod timeline;
 pub mod wall;
 pub mod wire;

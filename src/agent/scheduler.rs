@@ -6,45 +6,18 @@
 //! join and handler retries) — goes into one min-heap keyed by `(fire_at, seq)`. Equal
 //! deadlines fire in submission order.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::sansio::Timer;
 use crate::gossip::QueryId;
-
-#[derive(Debug)]
-struct Entry {
-    at: Instant,
-    seq: u64,
-    what: Timer,
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // Reversed: BinaryHeap is a max-heap, we want the earliest first.
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
+use crate::timeline::Timeline;
 
 /// Min-heap of timers.
 #[derive(Debug, Default)]
 pub struct Scheduler {
-    heap: BinaryHeap<Entry>,
-    seq: u64,
+    timeline: Timeline<Instant, Timer>,
 }
 
 impl Scheduler {
@@ -54,41 +27,31 @@ impl Scheduler {
 
     /// Fires `what` after `after` from `now`.
     pub fn submit(&mut self, now: Instant, after: Duration, what: Timer) {
-        self.seq += 1;
-        self.heap.push(Entry {
-            at: now + after,
-            seq: self.seq,
-            what,
-        });
+        self.timeline.push(now + after, what);
     }
 
     /// When the next timer is due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.heap.peek().map(|e| e.at)
+        self.timeline.next_at()
     }
 
     /// Pops the earliest timer if it is due at `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
-        if self.heap.peek()?.at <= now {
-            self.heap.pop().map(|e| e.what)
-        } else {
-            None
-        }
+        self.timeline.pop_until(now).map(|(_, t)| t)
     }
 
     /// Drops the deadline of a query that finished early (it would otherwise stay in
     /// the heap until its time, however far away).
     pub fn cancel_query(&mut self, id: QueryId) {
-        self.heap
-            .retain(|e| !matches!(e.what, Timer::QueryDeadline(q) if q == id));
+        (self.timeline).retain(|t| !matches!(t, Timer::QueryDeadline(q) if *q == id));
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.timeline.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.timeline.is_empty()
     }
 }
 

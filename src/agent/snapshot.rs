@@ -174,22 +174,7 @@ mod tests {
     fn roundtrip_and_missing() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load(dir.path()).unwrap().is_none());
-        let id = NodeId::new("n1", "127.0.0.1:1".parse().unwrap(), 3).unwrap();
-        let core = GossipCore::new(
-            id.clone(),
-            Tags::new(),
-            CoreConfig::default(),
-            Duration::ZERO,
-        );
-        let mut left = LeftBook::default();
-        left.record(&NodeId::new("gone", "127.0.0.1:2".parse().unwrap(), 1).unwrap());
-        let state = PersistedState {
-            key_operations: Default::default(),
-            core: core.snapshot(),
-            members: vec![id],
-            left,
-            pending: vec![],
-        };
+        let state = crate::agent::sansio::persisted::sample();
         save(dir.path(), &state).unwrap();
         let back = load(dir.path()).unwrap().unwrap();
         assert_eq!(back.core, state.core);

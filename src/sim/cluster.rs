@@ -11,12 +11,12 @@ use rand::{RngExt, SeedableRng};
 
 use super::net::{NetConfig, Network};
 use super::node::{self, EPOCH, Machine, NodeSetup};
-use super::queue::Timeline;
 use super::trace::{Stats, Trace};
 use crate::agent::sansio::{Dial, Effect, Now, Timer};
 use crate::gossip::envelope::{FRAME_PREFIX_LEN, SEAL_OVERHEAD};
 use crate::gossip::message::{StreamMessage, encode_stream};
 use crate::gossip::{PushPullState, QueryResponse};
+use crate::timeline::Timeline;
 
 /// How long a dial to an unreachable peer takes to fail (the agent's stream timeout).
 const DIAL_TIMEOUT: Duration = crate::agent::net::STREAM_TIMEOUT;
@@ -92,6 +92,10 @@ enum Item {
 }
 
 impl Item {
+    fn tick(node: usize, life: u32, tick: Tick) -> Self {
+        Item::Tick { node, life, tick }
+    }
+
     /// The node this item happens at.
     fn node(&self) -> usize {
         match self {
@@ -119,7 +123,7 @@ pub(super) struct SimNode {
 pub struct Cluster {
     config: ClusterConfig,
     nodes: Vec<SimNode>,
-    timeline: Timeline<Item>,
+    timeline: Timeline<Duration, Item>,
     clock: Duration,
     base: Instant,
     net: Network,
@@ -312,14 +316,7 @@ impl Cluster {
             let every = self.tick_interval(i, tick);
             let phase = self.rng.random_range(0..every.as_millis().max(1) as u64);
             let at = self.clock + Duration::from_millis(phase);
-            self.timeline.push(
-                at,
-                Item::Tick {
-                    node: i,
-                    life,
-                    tick,
-                },
-            );
+            self.timeline.push(at, Item::tick(i, life, tick));
         }
     }
 
@@ -342,14 +339,7 @@ impl Cluster {
             Tick::Snapshot => self.input(i, |m, now| m.snapshot_tick(now)),
         }
         let at = self.clock + self.tick_interval(i, tick);
-        self.timeline.push(
-            at,
-            Item::Tick {
-                node: i,
-                life,
-                tick,
-            },
-        );
+        self.timeline.push(at, Item::tick(i, life, tick));
     }
 
     fn datagram(&mut self, from: usize, to: usize, plain: &[u8]) {

@@ -10,10 +10,9 @@
 //!
 //! | file | concept |
 //! |---|---|
-//! | [`queue`] | the virtual timeline: items in time order, ties in queued order |
 //! | [`net`] | latency, jitter, loss, partitions |
 //! | [`node`] | one node's machine, built from an agent's settings |
-//! | [`cluster`] | the executor: routes sends, dials and timers between the machines |
+//! | [`cluster`] | the executor: routes sends, dials and timers between the machines, on one [`crate::timeline::Timeline`] |
 //! | [`heap`] | a counting allocator: what each node's state costs |
 //! | `ops.rs` | what a scenario does: events, crashes, restarts, pauses, tag changes |
 //! | [`trace`] | what a run records: bytes, losses, arrivals, false failures, the hash |
@@ -24,7 +23,6 @@ pub mod heap;
 pub mod net;
 pub mod node;
 mod ops;
-pub mod queue;
 pub mod serf;
 #[cfg(test)]
 mod tests;

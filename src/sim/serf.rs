@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::net::{NetConfig, Network};
-use super::queue::Timeline;
+use crate::timeline::Timeline;
 
 /// memberlist's knobs (`DefaultLANConfig`).
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +59,7 @@ pub struct SerfModel {
     nodes: usize,
     net: Network,
     rng: StdRng,
-    timeline: Timeline<Item>,
+    timeline: Timeline<Duration, Item>,
     clock: Duration,
     /// Per node: `(event, transmits left)`.
     queues: Vec<Vec<(u32, u32)>>,

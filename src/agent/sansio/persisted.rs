@@ -33,31 +33,36 @@ pub struct PersistedState {
     pub key_operations: crate::deploy::signed::SeenSnapshot,
 }
 
+/// A state with a member and a left record, for tests of this type and of its file.
+#[cfg(test)]
+pub(crate) fn sample() -> PersistedState {
+    use crate::gossip::{CoreConfig, GossipCore, Tags};
+    let id = NodeId::new("n1", "127.0.0.1:1".parse().unwrap(), 3).unwrap();
+    let core = GossipCore::new(
+        id.clone(),
+        Tags::new(),
+        CoreConfig::default(),
+        std::time::Duration::ZERO,
+    );
+    let mut left = LeftBook::default();
+    left.record(&NodeId::new("gone", "127.0.0.1:2".parse().unwrap(), 1).unwrap());
+    PersistedState {
+        key_operations: Default::default(),
+        core: core.snapshot(),
+        members: vec![id],
+        left,
+        pending: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::{CoreConfig, GossipCore, Tags};
-    use std::time::Duration;
 
     /// Files written before the left book existed still load.
     #[test]
     fn older_files_still_load() {
-        let id = NodeId::new("n1", "127.0.0.1:1".parse().unwrap(), 3).unwrap();
-        let core = GossipCore::new(
-            id.clone(),
-            Tags::new(),
-            CoreConfig::default(),
-            Duration::ZERO,
-        );
-        let mut left = LeftBook::default();
-        left.record(&NodeId::new("gone", "127.0.0.1:2".parse().unwrap(), 1).unwrap());
-        let state = PersistedState {
-            key_operations: Default::default(),
-            core: core.snapshot(),
-            members: vec![id],
-            left,
-            pending: vec![],
-        };
+        let state = sample();
         let mut old: serde_json::Value = serde_json::to_value(&state).unwrap();
         old.as_object_mut().unwrap().remove("left");
         let old: PersistedState = serde_json::from_value(old).unwrap();
