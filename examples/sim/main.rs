@@ -8,7 +8,7 @@
 //!
 //! For every size and loss rate it converges a cluster (every node joins the first and
 //! two random earlier ones, 2 ms apart), then measures in turn: idle bytes per node per
-//! second (30 s, from a minute after convergence); `--events` user events from random
+//! second (over one push/pull period, from a minute after convergence); `--events` user events from random
 //! origins (time until every node delivered, and each arrival); an event storm (10
 //! events/s for 10 s); a tag change
 //! reaching every node; a crash (until every other node dropped it) and its restart

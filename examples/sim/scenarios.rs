@@ -76,9 +76,11 @@ pub fn run(plan: &Plan) -> Row {
         c.stats.dials,
         c.stats.push_pull_bytes / 1_000_000
     );
-    // Idle means after formation's broadcasts are spent: a minute later.
+    // Idle means after formation's broadcasts are spent (a minute later), over a whole
+    // push/pull period (longer past 32 nodes).
     c.run_for(60 * SEC);
-    row.idle_bytes = bytes_per_node_second(&mut c, 30 * SEC, |_, _| {});
+    let period = 30 * SEC * droot_fleet::gossip::limits::push_pull_every(plan.nodes);
+    row.idle_bytes = bytes_per_node_second(&mut c, period, |_, _| {});
     row.heap_per_node = crate::HEAP.live().saturating_sub(heap_before) as f64 / plan.nodes as f64;
     let mark = |c: &Cluster, what: &str| {
         eprintln!(

@@ -115,6 +115,8 @@ pub struct AgentMachine<W, S> {
     tuned_for: u32,
     /// Members up without tags, waiting for them ([`crate::agent::sansio::untagged`]).
     untagged: crate::agent::sansio::untagged::Untagged,
+    /// Push/pull ticks so far: past 32 nodes only every few dial.
+    push_pull_ticks: u32,
     stopped: bool,
     slot: PhantomData<fn() -> S>,
 }
@@ -156,6 +158,7 @@ impl<W, S> AgentMachine<W, S> {
             pending: init.pending,
             tuned_for,
             untagged: Default::default(),
+            push_pull_ticks: 0,
             stopped: false,
             slot: PhantomData,
         }

@@ -32,6 +32,7 @@ use crate::agent::sansio::Dial;
 use crate::agent::sansio::dials::{DialEffect, JoinPolicy};
 use crate::agent::sansio::push::sync_target;
 use crate::gossip::PushPullState;
+use crate::gossip::limits::push_pull_every;
 use crate::gossip::pushpull::screen_members;
 use crate::gossip::vouch::Mode;
 
@@ -94,8 +95,15 @@ impl<W, S> AgentMachine<W, S> {
         out
     }
 
-    /// The periodic push/pull with a random live member.
+    /// The periodic push/pull with a random live member, on every tick up to 32 nodes and
+    /// on every [`push_pull_every`]-th beyond (the first tick always).
     pub fn push_pull_tick(&mut self) -> Effects<W, S> {
+        let every = push_pull_every(self.foca.num_members() + 1);
+        let due = self.push_pull_ticks.is_multiple_of(every);
+        self.push_pull_ticks = self.push_pull_ticks.wrapping_add(1);
+        if !due {
+            return Vec::new();
+        }
         let me = self.core.lock().identity().name.clone();
         let peers = self.foca.iter_members().map(|m| m.id());
         let mut out = Vec::new();
