@@ -253,7 +253,9 @@ impl<W, S> AgentMachine<W, S> {
             .collect();
         let mut core = self.core.lock();
         core.tick(now.wall);
-        core.prune_tags(|name| known.contains(name));
+        // foca does not list this node itself: its own tags stay.
+        let me = core.identity().name.clone();
+        core.prune_tags(|name| name == me || known.contains(name));
         drop(core);
         vec![self.snapshot(), Effect::StartOwed]
     }

@@ -136,3 +136,20 @@ fn leave_sends_notices_then_saves_the_state() {
     assert_eq!(dials(&sim.nodes[1], Dial::Join).len(), rounds);
     assert!(dials(&sim.nodes[1], Dial::Reconnect).is_empty());
 }
+
+/// Regression (found by the simulator): the snapshot tick pruned a node's own tags from
+/// its tag book, since foca does not list the node itself.
+#[test]
+fn the_snapshot_tick_keeps_the_nodes_own_tags() {
+    let web = Setup {
+        tags: vec!["role=web".into()],
+        ..Setup::default()
+    };
+    let mut sim = Sim::cluster(vec![web, Setup::default()]);
+    sim.input(0, |m, now| m.snapshot_tick(now));
+    let own = sim.nodes[0].machine.tags_of("a");
+    assert_eq!(
+        own.and_then(|t| t.get("role").cloned()).as_deref(),
+        Some("web")
+    );
+}
