@@ -346,7 +346,6 @@ impl Cluster {
         if !self.nodes[to].up {
             return;
         }
-        self.stats.received(to, plain.len() + SEAL_OVERHEAD);
         let addr = node::address(from);
         self.input(to, |m, now| m.datagram(now, plain, addr));
     }
@@ -450,7 +449,6 @@ impl Cluster {
                 }
             }
             Effect::Monitor(line) => self.stats.monitor(i, self.clock, &line),
-            Effect::Superseding(_) => self.stats.superseding += 1,
             _ => {}
         }
         Vec::new()

@@ -62,7 +62,7 @@ impl Cluster {
 
     /// Whether every node that is up counts exactly the other up nodes as active.
     pub fn converged(&self) -> bool {
-        let up = (0..self.len()).filter(|&i| self.is_up(i)).count();
+        let up = self.up_count();
         (0..self.len())
             .filter(|&i| self.is_up(i))
             .all(|i| self.node(i).active_members() + 1 == up)

@@ -45,14 +45,10 @@ impl Trace {
 pub struct Stats {
     /// Bytes each node put on the wire (datagrams and stream frames, sealed).
     pub sent_bytes: Vec<u64>,
-    /// Datagram bytes each node received.
-    pub received_bytes: Vec<u64>,
     /// Datagrams the network dropped.
     pub lost: u64,
     /// User events delivered, over all nodes.
     pub deliveries: u64,
-    /// Superseding items accepted, over all nodes.
-    pub superseding: u64,
     /// `member-failed` verdicts about nodes never paused or crashed.
     pub false_failures: u64,
     /// `member-failed` verdicts about nodes that were paused or crashed.
@@ -70,10 +66,8 @@ impl Stats {
     pub fn new(nodes: usize) -> Self {
         Self {
             sent_bytes: vec![0; nodes],
-            received_bytes: vec![0; nodes],
             lost: 0,
             deliveries: 0,
-            superseding: 0,
             false_failures: 0,
             true_failures: 0,
             dials: [0; 3],
@@ -85,10 +79,6 @@ impl Stats {
 
     pub fn sent(&mut self, node: usize, bytes: usize) {
         self.sent_bytes[node] += bytes as u64;
-    }
-
-    pub fn received(&mut self, node: usize, bytes: usize) {
-        self.received_bytes[node] += bytes as u64;
     }
 
     /// Records when the user event `name` reaches each node.
