@@ -9,7 +9,10 @@
 //! For every size and loss rate it converges a cluster (every node joins the first and
 //! two random earlier ones, 2 ms apart), then measures in turn: idle bytes per node per
 //! second (over one push/pull period, from a minute after convergence); `--events` user events from random
-//! origins (time until every node delivered, and each arrival); an event storm (10
+//! origins (time until every node delivered, and each arrival); a signed deploy with
+//! `--max-parallel 10%` from a random node, through every node's deploy controller (until
+//! every node holds it as desired, and until its origin sees every target ok; each
+//! activation takes 2-3 s); an event storm (10
 //! events/s for 10 s); a tag change
 //! reaching every node; a crash (until every other node dropped it) and its restart
 //! (until everyone lists it again); a partition into halves and its heal; false
@@ -164,11 +167,11 @@ fn arrival_percentiles(v: &[Option<Duration>]) -> String {
     format!("{} / {}", ms(at(0.5)), ms(at(0.99)))
 }
 
-const HEADER: &str = "| N | loss | converge s | event to 100%: median / max ms | arrivals p50 / p99 ms | Serf model to 100%: median / max ms | tags to 100% ms | crash noticed s | restart rejoined s | partition healed s | idle B/s/node | storm B/s/node (Serf model) | false failures, 1% paused 2 s | heap KiB/node | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+const HEADER: &str = "| N | loss | converge s | event to 100%: median / max ms | arrivals p50 / p99 ms | Serf model to 100%: median / max ms | tags to 100% ms | deploy desired to 100% ms | 10% waves done s (waves) | crash noticed s | restart rejoined s | partition healed s | idle B/s/node | storm B/s/node (Serf model) | false failures, 1% paused 2 s | heap KiB/node | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 fn line(r: &Row) -> String {
     format!(
-        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} ({:.0}) | {} ({} slow) | {:.0} | {:.0} |\n",
+        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {:.0} | {:.0} ({:.0}) | {} ({} slow) | {:.0} | {:.0} |\n",
         r.nodes,
         r.loss * 100.0,
         secs(r.converge),
@@ -176,6 +179,9 @@ fn line(r: &Row) -> String {
         arrival_percentiles(&r.arrivals),
         median_max(&r.serf_full),
         ms(r.tags),
+        ms(r.deploy_desired),
+        secs(r.deploy_done),
+        r.deploy_waves,
         secs(r.crash_noticed),
         secs(r.rejoined),
         secs(r.healed),

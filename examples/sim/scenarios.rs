@@ -3,8 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use droot_fleet::deploy::rollout::wave_size;
+use droot_fleet::deploy::signed::{MaxParallel, Rollout};
 use droot_fleet::sim::serf::{SerfConfig, SerfModel};
-use droot_fleet::sim::{Cluster, ClusterConfig, NetConfig};
+use droot_fleet::sim::{Cluster, ClusterConfig, DeploySetup, NetConfig};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -25,6 +27,14 @@ pub struct Row {
     pub serf_full: Vec<Option<Duration>>,
     pub serf_arrivals: Vec<Option<Duration>>,
     pub tags: Option<Duration>,
+    /// A `--max-parallel 10%` deploy: until every node holds it as desired, until every
+    /// target reported ok (as its origin sees it), and in how many waves.
+    #[serde(default)]
+    pub deploy_desired: Option<Duration>,
+    #[serde(default)]
+    pub deploy_done: Option<Duration>,
+    #[serde(default)]
+    pub deploy_waves: usize,
     pub crash_noticed: Option<Duration>,
     pub rejoined: Option<Duration>,
     pub healed: Option<Duration>,
@@ -63,6 +73,7 @@ pub fn run(plan: &Plan) -> Row {
     let heap_before = crate::HEAP.live();
     let mut c = Cluster::new(ClusterConfig {
         net: net(plan.loss),
+        deploy: Some(DeploySetup::default()),
         ..ClusterConfig::new(plan.nodes, plan.seed)
     });
     let mut rng = StdRng::seed_from_u64(plan.seed ^ 0xe7e7);
@@ -91,6 +102,8 @@ pub fn run(plan: &Plan) -> Row {
     };
     events(&mut c, plan, &mut rng, &mut row);
     mark(&c, "events");
+    deploy(&mut c, &mut rng, &mut row);
+    mark(&c, "deploy");
     row.storm_bytes = bytes_per_node_second(&mut c, 10 * SEC, |c, k| {
         c.fire(k % c.len(), &format!("storm-{k}"), vec![0; 64]);
     });
@@ -140,6 +153,29 @@ fn events(c: &mut Cluster, plan: &Plan, rng: &mut StdRng, row: &mut Row) {
             .extend(arrivals.iter().map(|a| a.map(|t| t - fired)));
         c.run_for(2 * SEC);
     }
+}
+
+/// A deploy in waves of 10% from a random node; every activation takes 2-3 s.
+fn deploy(c: &mut Cluster, rng: &mut StdRng, row: &mut Row) {
+    let origin = rng.random_range(0..c.len());
+    let rollout = Rollout {
+        max_parallel: Some(MaxParallel::Percent(10)),
+        canary: 0,
+    };
+    let start = c.clock();
+    let id = c.deploy(origin, "v2", rollout);
+    let n = c.up_count();
+    row.deploy_waves = n.div_ceil(wave_size(n, rollout.max_parallel));
+    row.deploy_desired = c
+        .run_until_true(SEC / 100, LIMIT, |c| c.desired_reached(&id) >= n)
+        .map(|t| t - start);
+    let done = |c: &Cluster| {
+        c.progress(origin, &id)
+            .is_some_and(|p| p.targets.len() == n && p.ok.len() == n)
+    };
+    row.deploy_done = c
+        .run_until_true(SEC / 10, LIMIT * 3, done)
+        .map(|t| t - start);
 }
 
 fn tags(c: &mut Cluster, rng: &mut StdRng, row: &mut Row) {

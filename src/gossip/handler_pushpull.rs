@@ -2,6 +2,7 @@
 //! sends, within a frame whatever it holds, and the merge of a peer's state.
 
 use super::*;
+use crate::gossip::digest::{Differing, Digest};
 
 /// Most bytes of slots one push/pull state carries, so that the state (with its member
 /// list and recent events) stays well within one stream frame whatever the slots hold.
@@ -20,10 +21,64 @@ impl GossipCore {
         members: impl IntoIterator<Item = foca::Member<NodeId>>,
         version: u16,
     ) -> PushPullState {
+        let items = self.items_for_push_pull();
+        let events = self.events.recent().cloned().collect();
+        self.state_of(members.into_iter().collect(), &items, events, version)
+    }
+
+    /// The request of a digest-first exchange ([`crate::gossip::digest`]): our digest and no
+    /// entries, at our wire version (a peer that reads no digest skips it and answers
+    /// with its full state).
+    pub fn push_pull_digest(
+        &self,
+        members: &[foca::Member<NodeId>],
+        answer_back: bool,
+    ) -> PushPullState {
+        let buckets = crate::gossip::digest::buckets_for(members.len());
+        let mut digest = Digest::of(members, self.latest.items(), self.events.recent(), buckets);
+        digest.answer_back = answer_back;
+        let mut state = self.state_of(Vec::new(), &[], Vec::new(), PROTOCOL_VERSION);
+        state.extensions = vec![Extension {
+            tag: ext::DIGEST,
+            bytes: digest.encode(),
+        }];
+        state
+    }
+
+    /// Our answer to a peer's digest: only the members, slots and events where our
+    /// digest differs from `theirs`, at wire `version`; and what differed.
+    pub fn push_pull_answer(
+        &self,
+        members: Vec<foca::Member<NodeId>>,
+        theirs: &Digest,
+        version: u16,
+    ) -> (PushPullState, Differing) {
+        let buckets = theirs.buckets.len();
+        let ours = Digest::of(&members, self.latest.items(), self.events.recent(), buckets);
+        let diff = ours.differing(theirs);
+        let members = members
+            .into_iter()
+            .filter(|m| diff.holds_member(m))
+            .collect();
+        let mut items = self.items_for_push_pull();
+        items.retain(|i| diff.holds_item(i));
+        let events = match diff.events {
+            true => self.events.recent().cloned().collect(),
+            false => Vec::new(),
+        };
+        (self.state_of(members, &items, events, version), diff)
+    }
+
+    fn state_of(
+        &self,
+        members: Vec<foca::Member<NodeId>>,
+        items: &[&Superseding],
+        events: Vec<UserEvent>,
+        version: u16,
+    ) -> PushPullState {
         let version = version.clamp(1, PROTOCOL_VERSION);
         let mut extensions = Vec::new();
         if version >= 2 {
-            let items = self.items_for_push_pull();
             let signed = version >= 3;
             extensions.push(Extension {
                 tag: if signed {
@@ -31,7 +86,7 @@ impl GossipCore {
                 } else {
                     ext::SUPERSEDING
                 },
-                bytes: crate::gossip::supersede::encode_items(&items, signed),
+                bytes: crate::gossip::supersede::encode_items(items, signed),
             });
         }
         PushPullState {
@@ -39,10 +94,10 @@ impl GossipCore {
             extensions,
             from: self.identity.clone(),
             tags: self.tags.clone(),
-            members: members.into_iter().collect(),
+            members,
             event_ltime: self.event_clock.time(),
             query_ltime: self.query_clock.time(),
-            events: self.events.recent().cloned().collect(),
+            events,
         }
     }
 

@@ -151,3 +151,70 @@ fn snapshot_restore_keeps_clocks_and_dedupe() {
     assert_eq!(ev.ltime, 3, "clock survives the restart");
     assert_eq!(restored.lock().identity().bump, 1);
 }
+
+#[test]
+fn a_digest_answer_carries_only_what_differs() {
+    use crate::gossip::digest;
+    let (a, b) = (core("web1", Tags::new()), core("web2", Tags::new()));
+    let members: Vec<foca::Member<NodeId>> = (0..60)
+        .map(|i| {
+            let addr = format!("10.0.0.{}:7946", i + 1).parse().unwrap();
+            let id = NodeId::new(format!("n{i}"), addr, 0).unwrap();
+            foca::Member::new(id, 1, foca::State::Alive)
+        })
+        .collect();
+    let give_both = |bytes: &[u8]| {
+        a.handler().receive_item(bytes, None).unwrap();
+        b.handler().receive_item(bytes, None).unwrap();
+    };
+    for k in 0..40 {
+        let bytes = (a.lock()).create_superseding("app", &format!("k{k}"), 1, vec![1]);
+        give_both(&bytes.unwrap());
+    }
+    let items_of = |s: &PushPullState| {
+        let e = s
+            .extensions
+            .iter()
+            .find(|e| e.tag == ext::SIGNED_SUPERSEDING);
+        crate::gossip::supersede::decode_items(&e.unwrap().bytes, true).unwrap()
+    };
+    let request = a.lock().push_pull_digest(&members, true);
+    assert!(request.members.is_empty() && request.events.is_empty());
+    assert_eq!(request.version, PROTOCOL_VERSION);
+    let theirs = digest::requested(&request).unwrap().unwrap();
+    assert!(theirs.answer_back);
+
+    // The same view: an answer with no members, slots or events.
+    let (answer, diff) = b.lock().push_pull_answer(members.clone(), &theirs, 4);
+    assert!(!diff.any());
+    assert!(answer.members.is_empty() && answer.events.is_empty());
+    assert!(items_of(&answer).is_empty());
+
+    // One slot and one member newer on the answering side: about what differs only.
+    let newer = b.lock().create_superseding("app", "k7", 2, vec![2]);
+    let newer = newer.unwrap();
+    b.handler().receive_item(&newer, None).unwrap();
+    let mut theirs_members = members.clone();
+    theirs_members[5] = foca::Member::new(members[5].id().clone(), 2, foca::State::Alive);
+    let (answer, diff) = b.lock().push_pull_answer(theirs_members, &theirs, 4);
+    assert!(diff.any() && !diff.events && diff.buckets() <= 2);
+    let items = items_of(&answer);
+    assert!(items.iter().any(|i| i.key == "k7" && i.version == 2));
+    assert!(items.len() < 10, "{} slots sent", items.len());
+    assert!(answer.members.iter().any(|m| m.incarnation() == 2));
+    assert!(
+        answer.members.len() < 15,
+        "{} members sent",
+        answer.members.len()
+    );
+
+    // An event only the asking side holds: the events differ.
+    let mut rng = StdRng::seed_from_u64(5);
+    let created = a.lock().create_event(&mut rng, "deploy", vec![]);
+    let (ev, bytes) = created.unwrap();
+    a.handler().receive_item(&bytes, None).unwrap();
+    let request = a.lock().push_pull_digest(&members, true);
+    let theirs = digest::requested(&request).unwrap().unwrap();
+    let (_, diff) = b.lock().push_pull_answer(members.clone(), &theirs, 4);
+    assert!(diff.events, "event {:?} not in the digest", ev.id);
+}

@@ -64,8 +64,9 @@ pub mod tag {
 /// Version of the gossip protocol this build speaks: announced in the stream hello
 /// and in push/pull states (see [`super::versioned`]). 1 is the unversioned format;
 /// 3 adds node signatures (signed items, answers and leave notices, and a push/pull
-/// extension carrying signed items).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// extension carrying signed items); 4 answers a digest-first push/pull
+/// ([`super::digest`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// A custom broadcast item.
 #[derive(Debug, Clone, PartialEq, Eq)]

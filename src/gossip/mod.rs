@@ -73,6 +73,7 @@
 //!   `install`, `use`, `remove` on every node (e.g. via a query the shell defines).
 
 pub mod cert;
+pub mod digest;
 pub mod envelope;
 pub mod event;
 pub mod handler;

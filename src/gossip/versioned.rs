@@ -41,6 +41,9 @@ pub mod ext {
     /// The sender's slots with their signatures, for a version-3 reader
     /// ([`crate::gossip::supersede::encode_items`]).
     pub const SIGNED_SUPERSEDING: u16 = 2;
+    /// A [`crate::gossip::digest::Digest`] asking for what differs (version 4): the
+    /// state carrying it holds no entries.
+    pub const DIGEST: u16 = 3;
 }
 
 /// The unversioned (version 1) body, borrowed for encoding.

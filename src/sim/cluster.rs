@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use super::deploy::{self, Activation, DeploySetup, NodeController};
 use super::net::{NetConfig, Network};
 use super::node::{self, EPOCH, Machine, NodeSetup};
 use super::trace::{Stats, Trace};
+use crate::agent::sansio::machine::Metric;
 use crate::agent::sansio::{Dial, Effect, Now, Timer};
 use crate::gossip::envelope::{FRAME_PREFIX_LEN, SEAL_OVERHEAD};
 use crate::gossip::message::{StreamMessage, encode_stream};
@@ -32,6 +34,8 @@ pub struct ClusterConfig {
     pub seeds: usize,
     /// Node `i` starts at `i * start_spacing`.
     pub start_spacing: Duration,
+    /// Run the deploy controller on every node.
+    pub deploy: Option<DeploySetup>,
 }
 
 impl ClusterConfig {
@@ -43,6 +47,7 @@ impl ClusterConfig {
             setup: NodeSetup::for_cluster(nodes),
             seeds: 3,
             start_spacing: Duration::from_millis(2),
+            deploy: None,
         }
     }
 }
@@ -52,6 +57,8 @@ enum Tick {
     PushPull,
     Reconnect,
     Snapshot,
+    /// The deploy controller's refresh.
+    Deploy,
 }
 
 enum Item {
@@ -89,6 +96,11 @@ enum Item {
         to: usize,
         answer: Box<QueryResponse>,
     },
+    Activated {
+        node: usize,
+        life: u32,
+        activation: Box<Activation>,
+    },
 }
 
 impl Item {
@@ -101,9 +113,10 @@ impl Item {
         match self {
             Item::Start(n) | Item::Answer { to: n, .. } => *n,
             Item::Datagram { to, .. } | Item::DialArrive { to, .. } => *to,
-            Item::Timer { node, .. } | Item::Tick { node, .. } | Item::DialBack { node, .. } => {
-                *node
-            }
+            Item::Timer { node, .. }
+            | Item::Tick { node, .. }
+            | Item::DialBack { node, .. }
+            | Item::Activated { node, .. } => *node,
         }
     }
 }
@@ -117,6 +130,7 @@ pub(super) struct SimNode {
     /// A paused node (SIGSTOP) handles nothing before this.
     pub(super) paused_until: Duration,
     pub(super) join: Vec<usize>,
+    pub(super) deploy: Option<NodeController>,
 }
 
 /// The simulated cluster; see the module docs.
@@ -150,8 +164,17 @@ impl Cluster {
         let nodes = (0..config.nodes)
             .map(|i| {
                 let join = join_list(i, config.seeds, &mut rng);
-                let machine = node::machine(i, 0, &join, &config.setup, config.seed);
+                let machine = node::machine(
+                    i,
+                    0,
+                    &join,
+                    &config.setup,
+                    config.deploy.as_ref(),
+                    config.seed,
+                );
                 timeline.push(config.start_spacing * i as u32, Item::Start(i));
+                let deploy =
+                    (config.deploy.as_ref()).map(|d| NodeController::new(&node::name(i), d));
                 SimNode {
                     machine,
                     up: true,
@@ -159,6 +182,7 @@ impl Cluster {
                     bump: 0,
                     paused_until: Duration::ZERO,
                     join,
+                    deploy,
                 }
             })
             .collect();
@@ -206,6 +230,29 @@ impl Cluster {
 
     pub(super) fn node_mut(&mut self, i: usize) -> &mut SimNode {
         &mut self.nodes[i]
+    }
+
+    pub(super) fn controller(&self, i: usize) -> Option<&NodeController> {
+        self.nodes[i].deploy.as_ref()
+    }
+
+    pub(super) fn controller_mut(&mut self, i: usize) -> Option<&mut NodeController> {
+        self.nodes[i].deploy.as_mut()
+    }
+
+    pub(super) fn rng_mut(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+
+    /// Node `i`'s `activation` ends `after` from now (unless it crashes first).
+    pub(super) fn schedule_activation(&mut self, i: usize, after: Duration, a: Activation) {
+        let life = self.nodes[i].life;
+        let item = Item::Activated {
+            node: i,
+            life,
+            activation: Box::new(a),
+        };
+        self.timeline.push(self.clock + after, item);
     }
 
     /// Whether node `i` runs (it may be paused).
@@ -299,6 +346,15 @@ impl Cluster {
                     self.input(to, |m, now| m.query_response(now, *answer));
                 }
             }
+            Item::Activated {
+                node,
+                life,
+                activation,
+            } => {
+                if self.alive(node, life) {
+                    self.activated(node, *activation);
+                }
+            }
         }
     }
 
@@ -311,8 +367,13 @@ impl Cluster {
             return;
         }
         self.input(i, |m, now| m.start(now, Vec::new()));
+        self.deploy_start(i);
         let life = self.nodes[i].life;
-        for tick in [Tick::PushPull, Tick::Reconnect, Tick::Snapshot] {
+        let deploy = self.nodes[i].deploy.is_some().then_some(Tick::Deploy);
+        for tick in [Tick::PushPull, Tick::Reconnect, Tick::Snapshot]
+            .into_iter()
+            .chain(deploy)
+        {
             let every = self.tick_interval(i, tick);
             let phase = self.rng.random_range(0..every.as_millis().max(1) as u64);
             let at = self.clock + Duration::from_millis(phase);
@@ -326,6 +387,7 @@ impl Cluster {
             Tick::PushPull => s.push_pull_interval,
             Tick::Reconnect => s.reconnect_interval,
             Tick::Snapshot => s.snapshot_interval,
+            Tick::Deploy => deploy::TICK,
         }
     }
 
@@ -337,6 +399,7 @@ impl Cluster {
             Tick::PushPull => self.input(i, |m, _| m.push_pull_tick()),
             Tick::Reconnect => self.input(i, |m, _| m.reconnect_tick()),
             Tick::Snapshot => self.input(i, |m, now| m.snapshot_tick(now)),
+            Tick::Deploy => self.deploy_tick(i),
         }
         let at = self.clock + self.tick_interval(i, tick);
         self.timeline.push(at, Item::tick(i, life, tick));
@@ -449,6 +512,19 @@ impl Cluster {
                 }
             }
             Effect::Monitor(line) => self.stats.monitor(i, self.clock, &line),
+            Effect::Superseding(item) => self.deploy_slot(i, &item),
+            Effect::SpawnEventHandlers {
+                event, handlers, ..
+            } => {
+                for h in handlers {
+                    self.deploy_delivery(i, &event, h);
+                }
+            }
+            Effect::Count(Metric::PushPullMerged) => {
+                if let Some(c) = self.nodes[i].deploy.as_mut() {
+                    c.merged += 1;
+                }
+            }
             _ => {}
         }
         Vec::new()
@@ -568,5 +644,6 @@ fn item_tag(item: &Item) -> [u8; 1] {
         Item::DialArrive { .. } => 4,
         Item::DialBack { .. } => 5,
         Item::Answer { .. } => 6,
+        Item::Activated { .. } => 7,
     }]
 }

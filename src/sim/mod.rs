@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`net`] | latency, jitter, loss, partitions |
 //! | [`node`] | one node's machine, built from an agent's settings |
+//! | `deploy.rs` | the deploy controller's core on every node; deploys and their waves |
 //! | [`cluster`] | the executor: routes sends, dials and timers between the machines, on one [`crate::timeline::Timeline`] |
 //! | [`heap`] | a counting allocator: what each node's state costs |
 //! | `ops.rs` | what a scenario does: events, crashes, restarts, pauses, tag changes |
@@ -19,6 +20,7 @@
 //! | [`serf`] | the baseline: Serf/memberlist's broadcast model on the same network |
 
 pub mod cluster;
+mod deploy;
 pub mod heap;
 pub mod net;
 pub mod node;
@@ -29,4 +31,5 @@ mod tests;
 pub mod trace;
 
 pub use cluster::{Cluster, ClusterConfig};
+pub use deploy::{APP, DeploySetup};
 pub use net::{NetConfig, Network};

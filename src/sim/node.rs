@@ -7,6 +7,7 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use super::deploy::DeploySetup;
 use crate::agent::config::{FileConfig, Overrides, Settings};
 use crate::agent::key_auth::KeyAuthority;
 use crate::agent::keys::insecure_keyring;
@@ -60,7 +61,7 @@ pub fn index_of_name(name: &str) -> Option<usize> {
     name.strip_prefix('n')?.parse().ok()
 }
 
-fn settings(i: usize, join: &[usize], setup: &NodeSetup) -> Settings {
+fn settings(i: usize, join: &[usize], setup: &NodeSetup, deploy: Option<&DeploySetup>) -> Settings {
     let file = FileConfig {
         eager_push: Some(setup.eager_push),
         expected_cluster_size: Some(setup.expected),
@@ -75,12 +76,22 @@ fn settings(i: usize, join: &[usize], setup: &NodeSetup) -> Settings {
         insecure: true,
         ..Overrides::default()
     };
-    Settings::merge(file, &flags).expect("the simulator's settings are valid")
+    let mut settings = Settings::merge(file, &flags).expect("the simulator's settings are valid");
+    settings.handlers.extend(deploy.map(DeploySetup::handler));
+    settings
 }
 
-/// A fresh machine for node `i` (restart `bump`), joining `join`, seeded from `seed`.
-pub fn machine(i: usize, bump: u16, join: &[usize], setup: &NodeSetup, seed: u64) -> Machine {
-    let settings = settings(i, join, setup);
+/// A fresh machine for node `i` (restart `bump`), joining `join`, seeded from `seed`;
+/// with `deploy`, it carries the deploy controller's consumer and slot kinds.
+pub fn machine(
+    i: usize,
+    bump: u16,
+    join: &[usize],
+    setup: &NodeSetup,
+    deploy: Option<&DeploySetup>,
+    seed: u64,
+) -> Machine {
+    let settings = settings(i, join, setup, deploy);
     let id = NodeId::new(name(i), settings.advertise, bump).expect("a valid node name");
     let core = GossipCore::new(id, settings.tags.clone(), CoreConfig::default(), EPOCH);
     let mix = seed ^ ((i as u64) << 20) ^ u64::from(bump);
@@ -88,7 +99,7 @@ pub fn machine(i: usize, bump: u16, join: &[usize], setup: &NodeSetup, seed: u64
         registry: QueryRegistry::with_builtins(&name(i), false),
         settings,
         core,
-        kinds: Default::default(),
+        kinds: deploy.map(DeploySetup::kinds).unwrap_or_default(),
         keyring: insecure_keyring(),
         key_authority: KeyAuthority::new(Policy {
             trusted: Trust::Keys(Vec::new()),

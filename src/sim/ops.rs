@@ -28,14 +28,20 @@ impl Cluster {
         self.stats.disturbed[i] = true;
     }
 
-    /// Node `i` comes back with a fresh state (its restart counter bumped) and joins.
+    /// Node `i` comes back with a fresh state (its restart counter bumped) and joins; its
+    /// deploy controller restores what it had persisted.
     pub fn restart(&mut self, i: usize) {
         let (setup, seed) = (self.config().setup.clone(), self.config().seed);
+        let deploy = self.config().deploy.clone();
         let node = self.node_mut(i);
         node.bump = node.bump.wrapping_add(1);
         node.life += 1;
         node.up = true;
-        node.machine = super::node::machine(i, node.bump, &node.join, &setup, seed);
+        node.machine =
+            super::node::machine(i, node.bump, &node.join, &setup, deploy.as_ref(), seed);
+        if let (Some(old), Some(d)) = (node.deploy.as_mut(), deploy.as_ref()) {
+            *old = old.restarted(&super::node::name(i), d);
+        }
         self.start_now(i);
     }
 

@@ -88,3 +88,92 @@ fn one_seed_gives_one_trace_and_another_seed_another() {
     assert_eq!(run(9), (a, bytes), "the same seed gave another run");
     assert_ne!(run(10).0, a, "another seed gave the same trace");
 }
+
+#[test]
+fn a_deploy_in_waves_of_ten_percent_reaches_every_node_wave_after_wave() {
+    use crate::deploy::rollout::Plan;
+    use crate::deploy::signed::{MaxParallel, Rollout};
+    let mut config = ClusterConfig::new(30, 6);
+    config.deploy = Some(super::DeploySetup::default());
+    let mut c = Cluster::new(config);
+    assert!(
+        c.run_until_true(SEC / 10, 60 * SEC, Cluster::converged)
+            .is_some()
+    );
+    // Every node merged a push/pull (synced) and announced its app.
+    c.run_for(5 * SEC);
+    let rollout = Rollout {
+        max_parallel: Some(MaxParallel::Percent(10)),
+        canary: 0,
+    };
+    let id = c.deploy(4, "v2", rollout);
+    let desired = c.run_until_true(SEC / 100, 10 * SEC, |c| c.desired_reached(&id) == 30);
+    assert!(
+        desired.is_some(),
+        "desired on {} of 30",
+        c.desired_reached(&id)
+    );
+    let done = c.run_until_true(SEC / 10, 120 * SEC, |c| {
+        c.progress(4, &id).is_some_and(|p| p.ok.len() == 30)
+    });
+    let p = c.progress(4, &id).expect("the origin knows its deploy");
+    assert!(done.is_some(), "not every target ok: {p:?}");
+    assert_eq!(p.targets.len(), 30);
+    // Each node activated once, and no wave started before the one before it finished.
+    assert_eq!(c.stats.activations.len(), 30);
+    let mut event_id = [0u8; 16];
+    hex::decode_to_slice(&id, &mut event_id).expect("a hex event id");
+    let plan = Plan::new(&event_id, &p.targets, &rollout);
+    let wave = |i: usize| plan.wave_of(&super::node::name(i)).expect("a target");
+    let waves: std::collections::BTreeSet<usize> = (0..30).map(wave).collect();
+    assert_eq!(waves.len(), 10, "3 nodes per wave");
+    for &(a, _, finished) in &c.stats.activations {
+        for &(b, started, _) in &c.stats.activations {
+            if wave(b) == wave(a) + 1 {
+                assert!(
+                    started >= finished,
+                    "n{b} (wave {}) started before n{a} finished",
+                    wave(b)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn idle_anti_entropy_sends_digests_not_states() {
+    let mut c = converged(40, 7, 0.0);
+    c.run_for(60 * SEC);
+    let (bytes, dials) = (c.stats.push_pull_bytes, c.stats.dials[0]);
+    c.run_for(180 * SEC);
+    let (bytes, dials) = (c.stats.push_pull_bytes - bytes, c.stats.dials[0] - dials);
+    assert!(dials >= 40, "{dials} periodic push/pulls in 3 minutes");
+    // A full state of 40 members is over 2 KB; a digest and an empty answer about 500 B.
+    let per_exchange = bytes / dials;
+    assert!(
+        per_exchange < 1000,
+        "{per_exchange} B per periodic exchange"
+    );
+}
+
+#[test]
+fn an_event_fired_during_a_partition_reaches_the_other_side_after_the_heal() {
+    let mut c = converged(16, 8, 0.0);
+    let side: Vec<u8> = (0..16).map(|i| u8::from(i >= 8)).collect();
+    c.network().partition(side);
+    c.fire(2, "during", b"x".to_vec());
+    assert!(
+        c.run_until_true(SEC / 20, 10 * SEC, |c| c.reached("during") == 8)
+            .is_some()
+    );
+    // Long enough for its gossip to be spent and the views to split.
+    c.run_for(60 * SEC);
+    assert_eq!(c.reached("during"), 8, "the event crossed the partition");
+    c.network().heal();
+    let reached = c.run_until_true(SEC, 300 * SEC, |c| c.reached("during") == 16);
+    assert!(
+        reached.is_some(),
+        "reached {} of 16 after the heal",
+        c.reached("during")
+    );
+}

@@ -59,6 +59,8 @@ pub struct Stats {
     pub push_pull_bytes: u64,
     /// Nodes that were ever paused or crashed.
     pub disturbed: Vec<bool>,
+    /// Finished deploy activations: node, started, finished.
+    pub activations: Vec<(usize, Duration, Duration)>,
     tracked: BTreeMap<String, Vec<Option<Duration>>>,
 }
 
@@ -73,6 +75,7 @@ impl Stats {
             dials: [0; 3],
             push_pull_bytes: 0,
             disturbed: vec![false; nodes],
+            activations: Vec::new(),
             tracked: BTreeMap::new(),
         }
     }

@@ -3,6 +3,7 @@
 pub mod core;
 mod persisted;
 pub mod service;
+pub mod slot_kinds;
 pub mod targets;
 
 pub use service::Controller;

@@ -13,28 +13,20 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 
-use super::core::{APPS_KIND, Core, Effect, Persisted, desired_version, sync_reached};
+use super::core::{Core, Effect, Persisted, sync_reached};
+use super::slot_kinds::{RESYNC_ORDER, slot_kinds};
 use super::targets::MemberView;
 use crate::agent::consumers::Delivery;
 use crate::agent::{Agent, AgentError, AgentHandle, Command};
 use crate::deploy::config::DeployConfig;
-use crate::deploy::control::{CONTROL_EVENT, CONTROL_KIND, SignedControl};
+use crate::deploy::control::CONTROL_EVENT;
 use crate::deploy::executor::{Executor, ExecutorError, ExecutorOptions, Finished, Submit};
 use crate::deploy::history::{self, HISTORY_QUERY};
 use crate::deploy::journal::Entry;
 use crate::deploy::metrics::DeployMetrics;
-use crate::deploy::signed::{Policy, SignedEvent, Trust, Verifier};
-use crate::deploy::status::{
-    AppView, DESIRED_KIND, DeployView, EVENT_NAME, NodeOutcome, NodeStatus, OUTCOME_KIND, Progress,
-    STATUS_QUERY, outcome_key,
-};
-use crate::gossip::kinds::{KindPolicy, Validator};
+use crate::deploy::signed::{Policy, Trust, Verifier};
+use crate::deploy::status::{AppView, DeployView, EVENT_NAME, NodeStatus, Progress, STATUS_QUERY};
 use crate::gossip::supersede::Superseding;
-
-/// Most apps the fleet's desired states are kept for.
-const MAX_APPS: usize = 4096;
-/// Most apps one node's outcomes are kept for.
-const MAX_APPS_PER_NODE: usize = 256;
 
 /// Name of the controller's in-process consumer (the journal owes events to it by name).
 const CONSUMER: &str = "deploy";
@@ -145,17 +137,6 @@ impl DeployView for Shared {
     }
 }
 
-/// The validator of `deploy.control` slots: a trusted signature, keyed by its app, at the
-/// version its issue time gives.
-fn control_validator(trust: Trust) -> Validator {
-    Arc::new(
-        move |item: &Superseding| match SignedControl::decode_signed(&item.body, &trust) {
-            Ok(s) => s.control.slot_key() == item.key && s.control.slot_version() == item.version,
-            Err(_) => false,
-        },
-    )
-}
-
 /// The controller, registered with an agent that has not started yet.
 pub struct Controller {
     shared: Arc<Shared>,
@@ -166,32 +147,6 @@ pub struct Controller {
     data_dir: PathBuf,
     /// How long a node with no peer alive waits before it counts as synced.
     sync_grace: Duration,
-}
-
-/// The validator of `deploy.desired` slots: a signed event this node trusts, for the
-/// slot's app, at the slot's version.
-fn desired_validator(trust: Trust) -> Validator {
-    Arc::new(
-        move |item: &Superseding| match SignedEvent::decode_trusted(&item.body, &trust) {
-            Ok(s) => s.event.app == item.key && desired_version(&s.event) == item.version,
-            Err(_) => false,
-        },
-    )
-}
-
-/// The validator of `deploy.outcome` slots: well formed, keyed by its app and node.
-fn outcome_validator() -> Validator {
-    Arc::new(|item: &Superseding| {
-        postcard::from_bytes::<NodeOutcome>(&item.body)
-            .is_ok_and(|o| item.key == outcome_key(&o.app, &o.node) && o.node == item.origin)
-    })
-}
-
-/// The validator of `deploy.apps` slots: a list of app names, keyed by its origin.
-fn apps_validator() -> Validator {
-    Arc::new(|item: &Superseding| {
-        item.key == item.origin && postcard::from_bytes::<Vec<String>>(&item.body).is_ok()
-    })
 }
 
 impl Controller {
@@ -223,19 +178,9 @@ impl Controller {
         let sync_grace = s.push_pull_interval;
         // The keys that may deploy code are the keys that may change the cluster's keys.
         agent.authorise_key_operations(policy);
-        agent.register_kind(
-            DESIRED_KIND,
-            KindPolicy::fleet(MAX_APPS, desired_validator(trust.clone())),
-        );
-        agent.register_kind(
-            OUTCOME_KIND,
-            KindPolicy::node(MAX_APPS_PER_NODE).checked(outcome_validator()),
-        );
-        agent.register_kind(APPS_KIND, KindPolicy::node(1).checked(apps_validator()));
-        agent.register_kind(
-            CONTROL_KIND,
-            KindPolicy::fleet(2 * MAX_APPS, control_validator(trust)),
-        );
+        for (kind, policy) in slot_kinds(&trust) {
+            agent.register_kind(kind, policy);
+        }
         let deliveries = agent.register_consumer(CONSUMER, EVENT_NAME);
         let orders = agent.register_consumer(ORDERS_CONSUMER, CONTROL_EVENT);
         let answer = shared.clone();
@@ -403,7 +348,7 @@ impl Shell {
 
     /// Re-reads every held slot (at start, and after the subscription lagged).
     async fn resync(&mut self) {
-        for kind in [APPS_KIND, OUTCOME_KIND, DESIRED_KIND, CONTROL_KIND] {
+        for kind in RESYNC_ORDER {
             let items = self
                 .agent
                 .call(|reply| Command::Superseding {

@@ -32,6 +32,7 @@ use crate::agent::sansio::Dial;
 use crate::agent::sansio::dials::{DialEffect, JoinPolicy};
 use crate::agent::sansio::push::sync_target;
 use crate::gossip::PushPullState;
+use crate::gossip::digest::{self, Digest};
 use crate::gossip::limits::push_pull_every;
 use crate::gossip::pushpull::screen_members;
 use crate::gossip::vouch::Mode;
@@ -46,10 +47,52 @@ impl<W, S> AgentMachine<W, S> {
         peer_version: u16,
         peer: IpAddr,
     ) -> (PushPullState, Effects<W, S>) {
-        let ours = self.push_pull_state(peer_version);
         let mut out = Vec::new();
+        let ours = match digest::requested(&remote) {
+            Some(Ok(theirs)) => self.answer_digest(&remote, &theirs, peer_version, peer, &mut out),
+            Some(Err(e)) => {
+                tracing::debug!(peer = %remote.from.name, cause = %e, "answering with the full state");
+                self.push_pull_state(peer_version)
+            }
+            None => self.push_pull_state(peer_version),
+        };
         self.merge_remote(now, remote, Some(peer), false, &mut out);
         (ours, out)
+    }
+
+    /// Our answer to a digest request: what differs. Where something does and the
+    /// dialer asked for it, the same exchange the other way, to the member the request
+    /// came from (only a member this node knows at that address, and the stream's).
+    fn answer_digest(
+        &self,
+        remote: &PushPullState,
+        theirs: &Digest,
+        peer_version: u16,
+        peer: IpAddr,
+        out: &mut Effects<W, S>,
+    ) -> PushPullState {
+        let members: Vec<_> = self.foca.iter_membership_state().cloned().collect();
+        let (ours, diff) = self
+            .core
+            .lock()
+            .push_pull_answer(members, theirs, peer_version);
+        let from = &remote.from;
+        let known = self.foca.iter_members().any(|m| m.id() == from);
+        if diff.any() && theirs.answer_back && known && peer == from.addr.ip() {
+            tracing::debug!(peer = %from.name, buckets = diff.buckets(), events = diff.events, "views differ: asking back");
+            out.push(Effect::Dial {
+                target: from.addr.to_string(),
+                kind: Dial::Sync,
+                state: Box::new(self.digest_request(false)),
+            });
+        }
+        ours
+    }
+
+    /// A digest request ([`digest`]) of our view.
+    fn digest_request(&self, answer_back: bool) -> PushPullState {
+        let members: Vec<_> = self.foca.iter_membership_state().cloned().collect();
+        self.core.lock().push_pull_digest(&members, answer_back)
     }
 
     /// Our push/pull with `target` came back.
@@ -138,7 +181,20 @@ impl<W, S> AgentMachine<W, S> {
     /// reply tells us its version for the next time. Where node identities are required,
     /// every peer speaks this version (older ones cannot sign), so our signed state goes
     /// out from the first exchange.
+    ///
+    /// The periodic exchange ([`Dial::Sync`]) sends a digest instead ([`digest`]): every
+    /// peer that can be dialed reads it (version 1 agents refuse a newer hello anyway);
+    /// one from before digests skips it and answers with its full state.
     pub(super) fn dial(&self, target: String, kind: Dial, out: &mut Effects<W, S>) {
+        if kind == Dial::Sync {
+            let state = Box::new(self.digest_request(true));
+            out.push(Effect::Dial {
+                target,
+                kind,
+                state,
+            });
+            return;
+        }
         let name = self
             .foca
             .iter_membership_state()
@@ -192,7 +248,10 @@ impl<W, S> AgentMachine<W, S> {
             remote.members.retain(|m| m.id().name != from.name);
         }
         let merged = self.core.lock().merge_push_pull(&remote, checked);
-        out.push(Effect::Count(Metric::PushPullMerged));
+        // A digest request brings no state: only what did counts as merged.
+        if digest::requested(&remote).is_none() {
+            out.push(Effect::Count(Metric::PushPullMerged));
+        }
         if !merged.new_events.is_empty() {
             tracing::info!(peer = %from.name, events = merged.new_events.len(), "push/pull delivered missed events");
         }
