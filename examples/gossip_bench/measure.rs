@@ -24,6 +24,9 @@ pub struct Row {
     pub api_ms: Vec<f64>,
     pub idle_rss_mib: f64,
     pub idle_rss_max_mib: f64,
+    /// The anonymous part of the RSS (heap, stacks): what the agent's state costs, without
+    /// the binary's code pages (shared, clean page cache, flat in N).
+    pub idle_anon_mib: f64,
     pub idle_cpu_pct: f64,
     /// Sum over agents during the event phase, % of one core.
     pub busy_cpu_pct: f64,
@@ -194,16 +197,23 @@ pub async fn measure_cluster(
     let (h1, c1, secs) = (host_cpu(), cpu_sum(&pids), t0.elapsed().as_secs_f64());
     row.host_idle_busy_pct = (h1.0 - h0.0) as f64 / (h1.1 - h0.1).max(1) as f64 * 100.0;
     row.idle_cpu_pct = (c1 - c0) as f64 / hz / secs / n as f64 * 100.0;
-    let rss: Vec<f64> = pids
-        .iter()
-        .filter_map(|&p| rss_kib(p))
-        .map(|k| k as f64 / 1024.0)
-        .collect();
+    let mib = |field: &str| -> Vec<f64> {
+        (pids.iter())
+            .filter_map(|&p| status_kib(p, field))
+            .map(|k| k as f64 / 1024.0)
+            .collect()
+    };
+    let (rss, anon) = (mib("VmRSS"), mib("RssAnon"));
     row.idle_rss_mib = rss.iter().sum::<f64>() / rss.len().max(1) as f64;
     row.idle_rss_max_mib = rss.iter().copied().fold(0.0, f64::max);
+    row.idle_anon_mib = anon.iter().sum::<f64>() / anon.len().max(1) as f64;
     eprintln!(
-        "  idle: RSS {:.1} MiB/agent (max {:.1}), CPU {:.2}% of a core/agent, host {:.0}% busy",
-        row.idle_rss_mib, row.idle_rss_max_mib, row.idle_cpu_pct, row.host_idle_busy_pct
+        "  idle: RSS {:.1} MiB/agent (max {:.1}; anonymous {:.1}), CPU {:.2}% of a core/agent, host {:.0}% busy",
+        row.idle_rss_mib,
+        row.idle_rss_max_mib,
+        row.idle_anon_mib,
+        row.idle_cpu_pct,
+        row.host_idle_busy_pct
     );
 
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -41,13 +41,13 @@ pub fn report(opts: &Opts, rows: &[Row], bin: &Path) -> String {
     );
     let _ = writeln!(
         s,
-        "| N | mode | p50 ms | p99 ms | max ms | tag change ms | idle RSS MiB | idle CPU % |\n|---:|---|---:|---:|---:|---:|---:|---:|"
+        "| N | mode | p50 ms | p99 ms | max ms | tag change ms | idle RSS MiB (anonymous) | idle CPU % |\n|---:|---|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let f = sorted(&r.full_ms);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} ({:.1}) | {:.2} |",
             r.n,
             if r.mode == "eager" {
                 "eager push"
@@ -59,6 +59,7 @@ pub fn report(opts: &Opts, rows: &[Row], bin: &Path) -> String {
             ms(pct(&f, 100.0)),
             ms(r.tag_ms),
             r.idle_rss_mib,
+            r.idle_anon_mib,
             r.idle_cpu_pct
         );
     }

@@ -15,13 +15,15 @@ use super::node::{self, EPOCH, Machine, NodeSetup};
 use super::trace::{Stats, Trace};
 use crate::agent::sansio::machine::Metric;
 use crate::agent::sansio::{Dial, Effect, Now, Timer};
-use crate::gossip::envelope::{FRAME_PREFIX_LEN, SEAL_OVERHEAD};
-use crate::gossip::message::{StreamMessage, encode_stream};
+use crate::gossip::envelope::SEAL_OVERHEAD;
+use crate::gossip::message::StreamMessage;
 use crate::gossip::{PushPullState, QueryResponse};
 use crate::timeline::Timeline;
 
-/// How long a dial to an unreachable peer takes to fail (the agent's stream timeout).
-const DIAL_TIMEOUT: Duration = crate::agent::net::STREAM_TIMEOUT;
+#[path = "streams.rs"]
+mod streams;
+pub use streams::agreeing_exchange_bytes;
+use streams::stream_size;
 
 /// A run's shape.
 #[derive(Debug, Clone)]
@@ -413,44 +415,6 @@ impl Cluster {
         self.input(to, |m, now| m.datagram(now, plain, addr));
     }
 
-    fn dial_arrives(
-        &mut self,
-        from: usize,
-        life: u32,
-        to: usize,
-        kind: Dial,
-        state: PushPullState,
-    ) {
-        let back = |result| Item::DialBack {
-            node: from,
-            life,
-            target: to,
-            kind,
-            result,
-        };
-        if !self.nodes[to].up {
-            let at = self.clock + self.config.net.latency;
-            let refused = format!("connecting to {}: connection refused", node::address(to));
-            self.timeline.push(at, back(Err(refused)));
-            return;
-        }
-        let peer = node::address(from).ip();
-        let version = crate::gossip::PROTOCOL_VERSION;
-        let now = self.now();
-        let (reply, effects) = self.nodes[to]
-            .machine
-            .push_pull_request(now, state, version, peer);
-        self.apply(to, effects);
-        let size = state_size(&reply);
-        self.stats.sent(to, size);
-        self.stats.push_pull_bytes += size as u64;
-        let at = match self.net.stream(to, from, &mut self.rng) {
-            Some(d) => self.clock + d,
-            None => self.clock + DIAL_TIMEOUT,
-        };
-        self.timeline.push(at, back(Ok(Box::new(reply))));
-    }
-
     /// Runs `input` on node `i` and carries out what it returns.
     pub(super) fn input(
         &mut self,
@@ -548,63 +512,6 @@ impl Cluster {
             None => self.stats.lost += 1,
         }
     }
-
-    fn dial(&mut self, i: usize, target: &str, kind: Dial, state: Box<PushPullState>) {
-        let life = self.nodes[i].life;
-        let size = state_size(&state);
-        self.stats.sent(i, size);
-        self.stats.push_pull_bytes += size as u64;
-        self.stats.dials[match kind {
-            Dial::Sync => 0,
-            Dial::Join => 1,
-            Dial::Reconnect => 2,
-        }] += 1;
-        let j = target
-            .parse()
-            .ok()
-            .and_then(|a| index_of(a, self.nodes.len()));
-        let Some(j) = j else {
-            let result = Err(format!("no such peer {target}"));
-            self.timeline.push(
-                self.clock,
-                Item::DialBack {
-                    node: i,
-                    life,
-                    target: i,
-                    kind,
-                    result,
-                },
-            );
-            return;
-        };
-        // A TCP handshake, then the request.
-        let legs = [
-            self.net.stream(i, j, &mut self.rng),
-            self.net.stream(j, i, &mut self.rng),
-            self.net.stream(i, j, &mut self.rng),
-        ];
-        if legs.iter().any(Option::is_none) {
-            let result = Err(format!("stream with {target} timed out"));
-            let item = Item::DialBack {
-                node: i,
-                life,
-                target: j,
-                kind,
-                result,
-            };
-            self.timeline.push(self.clock + DIAL_TIMEOUT, item);
-            return;
-        }
-        let took: Duration = legs.iter().flatten().sum();
-        let item = Item::DialArrive {
-            from: i,
-            life,
-            to: j,
-            kind,
-            state,
-        };
-        self.timeline.push(self.clock + took, item);
-    }
 }
 
 /// Node `i`'s join addresses: the first node and up to `seeds - 1` other earlier ones.
@@ -620,19 +527,6 @@ fn join_list(i: usize, seeds: usize, rng: &mut StdRng) -> Vec<usize> {
         }
     }
     join
-}
-
-/// What a push/pull state costs on the wire: the frame prefix, the seal, a tag byte, the
-/// state (encoded without a copy of it).
-fn state_size(state: &PushPullState) -> usize {
-    let mut body = Vec::new();
-    let _ = crate::gossip::versioned::encode_state(state, &mut body);
-    FRAME_PREFIX_LEN + SEAL_OVERHEAD + 1 + body.len()
-}
-
-/// What a stream message costs on the wire: the frame prefix, the seal, the message.
-fn stream_size(msg: &StreamMessage) -> usize {
-    FRAME_PREFIX_LEN + SEAL_OVERHEAD + encode_stream(msg).map_or(0, |b| b.len())
 }
 
 fn item_tag(item: &Item) -> [u8; 1] {

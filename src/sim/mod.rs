@@ -30,6 +30,6 @@ pub mod serf;
 mod tests;
 pub mod trace;
 
-pub use cluster::{Cluster, ClusterConfig};
+pub use cluster::{Cluster, ClusterConfig, agreeing_exchange_bytes};
 pub use deploy::{APP, DeploySetup};
 pub use net::{NetConfig, Network};

@@ -177,3 +177,13 @@ fn an_event_fired_during_a_partition_reaches_the_other_side_after_the_heal() {
         c.reached("during")
     );
 }
+
+#[test]
+fn agreeing_views_of_ten_thousand_members_exchange_a_few_kilobytes() {
+    let (request, answer) = super::cluster::agreeing_exchange_bytes(10_000);
+    // 1,024 bucket sums (up to 10 bytes each as varints) and an answer with no entries.
+    assert!(request < 11_000, "request {request} B");
+    assert!(answer < 300, "answer {answer} B");
+    let (small, _) = super::cluster::agreeing_exchange_bytes(100);
+    assert!(small < 300, "request at 100 members {small} B");
+}
