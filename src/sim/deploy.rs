@@ -255,20 +255,7 @@ impl Cluster {
         for e in fx {
             match e {
                 Effect::Persist => {}
-                Effect::Publish {
-                    kind,
-                    key,
-                    version,
-                    body,
-                } => {
-                    let item = Superseding {
-                        kind,
-                        key,
-                        version,
-                        origin: String::new(),
-                        body,
-                        sig: None,
-                    };
+                Effect::Publish(item) => {
                     self.input(i, |m, now| {
                         let (result, effects) = m.publish_superseding(now, item);
                         if let Err(e) = result {

@@ -74,13 +74,9 @@ pub enum Effect {
         event: DeployEvent,
         signer: Option<String>,
     },
-    /// Broadcast a superseding item from this node.
-    Publish {
-        kind: String,
-        key: String,
-        version: u64,
-        body: Vec<u8>,
-    },
+    /// Broadcast a superseding item from this node (the agent sets its origin and
+    /// signature).
+    Publish(Superseding),
     /// Write [`Persisted`] before acknowledging what caused it.
     Persist,
 }
@@ -188,12 +184,9 @@ impl Core {
     /// This node's app list, as a slot.
     fn announce_apps(&mut self, now_ms: u64) -> Effect {
         let list: Vec<String> = self.apps.iter().cloned().collect();
-        Effect::Publish {
-            kind: APPS_KIND.into(),
-            key: self.node.clone(),
-            version: self.next_version(now_ms),
-            body: postcard::to_allocvec(&list).unwrap_or_default(),
-        }
+        let version = self.next_version(now_ms);
+        let body = postcard::to_allocvec(&list).unwrap_or_default();
+        publish(APPS_KIND, self.node.clone(), version, body)
     }
 
     fn trust(&self) -> &Trust {
@@ -229,12 +222,8 @@ impl Core {
             return Vec::new();
         }
         tracing::info!(app = %c.app, event = %hex::encode(c.event_id), order = c.action.as_str(), "rollout order");
-        let mut fx = vec![Effect::Publish {
-            kind: CONTROL_KIND.into(),
-            key: c.slot_key(),
-            version: c.slot_version(),
-            body: signed.bytes().to_vec(),
-        }];
+        let body = signed.bytes().to_vec();
+        let mut fx = vec![publish(CONTROL_KIND, c.slot_key(), c.slot_version(), body)];
         fx.extend(self.evaluate(&c.app));
         fx
     }
@@ -386,12 +375,9 @@ impl Core {
     }
 
     fn publish_outcome(&mut self, o: &NodeOutcome, now_ms: u64) -> Effect {
-        Effect::Publish {
-            kind: OUTCOME_KIND.into(),
-            key: outcome_key(&o.app, &o.node),
-            version: self.next_version(now_ms),
-            body: postcard::to_allocvec(o).unwrap_or_default(),
-        }
+        let version = self.next_version(now_ms);
+        let body = postcard::to_allocvec(o).unwrap_or_default();
+        publish(OUTCOME_KIND, outcome_key(&o.app, &o.node), version, body)
     }
 
     fn is_desired(&self, bytes: &[u8]) -> bool {
@@ -551,14 +537,25 @@ fn me(node: &str, tags: crate::gossip::Tags) -> MemberView {
     }
 }
 
+fn publish(kind: &str, key: String, version: u64, body: Vec<u8>) -> Effect {
+    Effect::Publish(Superseding {
+        kind: kind.to_owned(),
+        key,
+        version,
+        origin: String::new(),
+        body,
+        sig: None,
+    })
+}
+
 fn publish_desired(s: &SignedEvent) -> Vec<Effect> {
     match s.encode() {
-        Ok(body) => vec![Effect::Publish {
-            kind: DESIRED_KIND.into(),
-            key: s.event.app.clone(),
-            version: desired_version(&s.event),
+        Ok(body) => vec![publish(
+            DESIRED_KIND,
+            s.event.app.clone(),
+            desired_version(&s.event),
             body,
-        }],
+        )],
         Err(_) => Vec::new(),
     }
 }

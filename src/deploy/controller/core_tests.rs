@@ -60,12 +60,9 @@ fn activations(fx: &[Effect]) -> Vec<String> {
 fn published<'a>(fx: &'a [Effect], kind: &str) -> Vec<(&'a str, u64, &'a [u8])> {
     fx.iter()
         .filter_map(|e| match e {
-            Effect::Publish {
-                kind: k,
-                key,
-                version,
-                body,
-            } if k == kind => Some((key.as_str(), *version, body.as_slice())),
+            Effect::Publish(item) if item.kind == kind => {
+                Some((item.key.as_str(), item.version, item.body.as_slice()))
+            }
             _ => None,
         })
         .collect()

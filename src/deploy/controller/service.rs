@@ -26,7 +26,6 @@ use crate::deploy::journal::Entry;
 use crate::deploy::metrics::DeployMetrics;
 use crate::deploy::signed::{Policy, Trust, Verifier};
 use crate::deploy::status::{AppView, DeployView, EVENT_NAME, NodeStatus, Progress, STATUS_QUERY};
-use crate::gossip::supersede::Superseding;
 
 /// Name of the controller's in-process consumer (the journal owes events to it by name).
 const CONSUMER: &str = "deploy";
@@ -440,20 +439,7 @@ impl Shell {
         for e in fx {
             match e {
                 Effect::Persist => ok &= self.persist().await,
-                Effect::Publish {
-                    kind,
-                    key,
-                    version,
-                    body,
-                } => {
-                    let item = Superseding {
-                        kind,
-                        key,
-                        version,
-                        origin: String::new(),
-                        body,
-                        sig: None,
-                    };
+                Effect::Publish(item) => {
                     let r = self
                         .agent
                         .call(|reply| Command::Publish { item, reply })
