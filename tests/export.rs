@@ -45,6 +45,39 @@ fn legacy_docker_save_is_flattened_with_whiteouts() {
 }
 
 #[test]
+fn an_archive_ending_with_a_global_pax_header_is_flattened() {
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("save.tar");
+    legacy_archive(&archive, &[(&["app:1"], test_layers(), &ENV)]);
+    // What GNU tar and bsdtar accept: a global header, then the end of the archive.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    while bytes.len() >= 512 && bytes[bytes.len() - 512..].iter().all(|&b| b == 0) {
+        bytes.truncate(bytes.len() - 512);
+    }
+    let record = b"23 comment=built by ci\n";
+    let mut h = tar::Header::new_ustar();
+    h.set_path("pax_global_header").unwrap();
+    h.set_entry_type(tar::EntryType::XGlobalHeader);
+    h.set_size(record.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend_from_slice(record);
+    bytes.resize(bytes.len().next_multiple_of(512) + 1024, 0);
+    std::fs::write(&archive, &bytes).unwrap();
+    let out = t.path().join("out.tar");
+    let o = run(&[
+        "export",
+        "--from-archive",
+        archive.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    check_flattened(&read_entries(&out));
+}
+
+#[test]
 fn oci_layout_with_nested_index_and_compressed_layers() {
     let t = tempfile::tempdir().unwrap();
     let archive = t.path().join("oci.tar");

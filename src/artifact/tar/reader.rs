@@ -139,7 +139,11 @@ impl<R: Read> Archive<R> {
                     pending.pax.extend(recs);
                 }
                 b'g' => {
+                    // A global header needs no entry after it (GNU tar and bsdtar end
+                    // archives with one).
+                    let entry_due = pending.seen;
                     let data = self.read_extension(&h, &mut pending, "a global PAX header")?;
+                    pending.seen = entry_due;
                     let recs = ext::parse_pax(&data).map_err(|problem| bad_pax(&h, problem))?;
                     ext::merge_globals(Arc::make_mut(&mut self.globals), recs);
                     let held = ext::size(&self.globals);

@@ -327,3 +327,20 @@ fn skipping_by_seek_and_data_offsets() {
     assert_eq!(data, "second");
     assert!(a.next_entry().unwrap().is_none());
 }
+
+#[test]
+fn a_global_header_may_end_the_archive() {
+    let global = ext(b"g", b'g', &rec("comment", b"built by ci"));
+    for bytes in [
+        archive(&[file(b"a", b"x"), global.clone()]),
+        [file(b"a", b"x"), global.clone()].concat(),
+        archive(std::slice::from_ref(&global)),
+    ] {
+        let entries = read(&bytes).unwrap();
+        assert!(entries.len() <= 1);
+        assert!(entries.iter().all(|(e, d)| e.path == b"a" && d == b"x"));
+    }
+    // A local header still needs its entry, global header or not.
+    let err = read(&archive(&[ext(b"x", b'x', &rec("uid", b"1")), global])).unwrap_err();
+    assert!(matches!(err, TarError::Truncated(_)), "{err}");
+}
