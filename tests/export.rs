@@ -217,6 +217,46 @@ fn assert_bad_archive(dir: &Path, archive: &Path, needle: &str) {
     assert_eq!(files_in(dir), before, "no partial file may be left");
 }
 
+/// Changes the first `from` in the file at `path` to `to` (same length).
+fn alter(path: &Path, from: &[u8], to: &[u8]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = (bytes.windows(from.len()))
+        .position(|w| w == from)
+        .expect("the bytes to alter");
+    bytes[at..at + to.len()].copy_from_slice(to);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn layers_altered_after_the_build_are_refused_by_their_digest() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // An OCI layout: the stored blob no longer has the digest its descriptor names.
+    let oci = d.join("oci.tar");
+    oci_archive(&oci);
+    alter(&oci, b"tool v1", b"tool v9");
+    assert_bad_archive(d, &oci, "layer 0 (blobs/sha256/");
+    assert_bad_archive(d, &oci, "corrupt or was altered");
+    // A docker save: the layer tar no longer has the digest its config lists.
+    let saved = d.join("save.tar");
+    legacy_archive(&saved, &[(&["app:1"], test_layers(), &ENV)]);
+    alter(&saved, b"tool v1", b"tool v9");
+    assert_bad_archive(d, &saved, "layer 0 (");
+    // A config that lists no layer digests: nothing to verify the layers by.
+    let l = layer(&[E::File("a", "a")]);
+    let manifest = br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l/layer.tar"]}]"#;
+    let unlisted = d.join("unlisted.tar");
+    write_archive(
+        &unlisted,
+        &[
+            ("manifest.json".into(), manifest.to_vec()),
+            ("c.json".into(), br#"{"config":{}}"#.to_vec()),
+            ("l/layer.tar".into(), l),
+        ],
+    );
+    assert_bad_archive(d, &unlisted, "lists 0 layer digests");
+}
+
 #[test]
 fn bad_archives_fail_clearly_and_leave_no_output() {
     let t = tempfile::tempdir().unwrap();
@@ -241,7 +281,7 @@ fn bad_archives_fail_clearly_and_leave_no_output() {
         &p("nolayer.tar"),
         &[
             ("manifest.json".into(), manifest.to_vec()),
-            ("c.json".into(), config_json(&ENV)),
+            ("c.json".into(), config_json(&ENV, &[layer(&[])])),
         ],
     );
     assert_bad_archive(d, &p("nolayer.tar"), "lacks gone/layer.tar");
@@ -302,14 +342,18 @@ fn config_without_env_gives_an_empty_drootenv() {
     // `FROM scratch` images and plain `docker import`s have no Env at all.
     let t = tempfile::tempdir().unwrap();
     let archive = t.path().join("noenv.tar");
-    let cfg = br#"{"config":{"Cmd":["/app"]}}"#.to_vec();
+    let l = layer(&[E::File("a", "a")]);
+    let cfg = format!(
+        r#"{{"config":{{"Cmd":["/app"]}},"rootfs":{{"diff_ids":["{}"]}}}}"#,
+        digest(&l)
+    );
     let manifest = br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l/layer.tar"]}]"#;
     write_archive(
         &archive,
         &[
             ("manifest.json".into(), manifest.to_vec()),
-            ("c.json".into(), cfg),
-            ("l/layer.tar".into(), layer(&[E::File("a", "a")])),
+            ("c.json".into(), cfg.into_bytes()),
+            ("l/layer.tar".into(), l),
         ],
     );
     let out = t.path().join("out.tar");

@@ -26,6 +26,7 @@ use tracing::{debug, info};
 use crate::artifact::format;
 use crate::artifact::tar::{self, Archive, Limits};
 
+use super::digests::{self, Of};
 use super::layout::{self, Blobs, Image, Layer};
 use super::rootfs_tar::{CopyError, OutputOptions, RootfsWriter};
 use super::whiteout::{self, Action, Kind, Record};
@@ -179,6 +180,32 @@ impl Blobs for ImageArchive {
     }
 }
 
+/// Checks every layer against the digest its manifest declares, before anything is read
+/// for flattening: the stored blob for an OCI layout, the uncompressed tar for `docker
+/// save` ([`super::digests`]).
+fn verify_layers(archive: &ImageArchive, image: &Image) -> Result<(), ExportError> {
+    for (index, layer) in image.layers.iter().enumerate() {
+        let checked = match layer.digest.of {
+            Of::Stored => digests::mismatch_of_stream(&layer.digest, archive.member(&layer.name)?),
+            Of::Uncompressed => {
+                let stream = archive.layer_reader(index, layer)?;
+                digests::mismatch_of_stream(&layer.digest, stream)
+            }
+        };
+        let actual = checked.map_err(|source| archive.layer_err(index, layer, source))?;
+        if let Some(actual) = actual {
+            return Err(ExportError::Digest {
+                path: archive.path.clone(),
+                name: format!("layer {index} ({})", layer.name),
+                expected: layer.digest.to_string(),
+                actual,
+            });
+        }
+        debug!(layer = index, digest = %layer.digest, "layer verified");
+    }
+    Ok(())
+}
+
 /// Flattens the image of the archive at `path` into `out`.
 pub fn flatten<W: Write>(
     path: &Path,
@@ -192,6 +219,7 @@ pub fn flatten<W: Write>(
     let drootenv = super::drootenv_text(&image.name, env)?;
     info!(image = %image.name, layers = image.layers.len(), "flattening archive image");
 
+    verify_layers(&archive, &image)?;
     // Pass 1: headers only.
     let mut records = Vec::with_capacity(image.layers.len());
     for (index, layer) in image.layers.iter().enumerate() {

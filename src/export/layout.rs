@@ -16,6 +16,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::ExportError;
+use super::digests::{self, Expected, Of};
 
 /// Read access to the files of an image archive, by normalized path.
 pub trait Blobs {
@@ -30,14 +31,17 @@ pub struct Image {
     /// A human name: the first repo tag / ref, or the manifest digest.
     pub name: String,
     pub config: String,
+    /// The config's declared digest (a `docker save` config named otherwise has none).
+    pub config_digest: Option<Expected>,
     pub layers: Vec<Layer>,
 }
 
-/// One layer blob and, for OCI, its declared media type.
+/// One layer blob, its declared digest and, for OCI, its declared media type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
     pub name: String,
     pub media_type: Option<String>,
+    pub digest: Expected,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +93,14 @@ struct IndexOrManifest {
 struct ConfigFile {
     #[serde(default)]
     config: Option<RuntimeConfig>,
+    #[serde(default)]
+    rootfs: Option<RootFs>,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -116,16 +128,29 @@ pub fn select(blobs: &dyn Blobs, wanted: Option<&str>) -> Result<Image, ExportEr
 
 /// The `config.Env` of an image config blob.
 pub fn config_env(blobs: &dyn Blobs, image: &Image) -> Result<Option<Vec<String>>, ExportError> {
-    let config: ConfigFile = parse(blobs, &image.config, "image config JSON")?;
+    let digest = image.config_digest.as_ref();
+    let config: ConfigFile = parse(blobs, &image.config, "image config JSON", digest)?;
     Ok(config.config.and_then(|c| c.env))
 }
 
+/// Reads and parses `name`, checked against `digest` when one is declared.
 fn parse<T: serde::de::DeserializeOwned>(
     blobs: &dyn Blobs,
     name: &str,
     what: &'static str,
+    digest: Option<&Expected>,
 ) -> Result<T, ExportError> {
     let bytes = blobs.read(name)?;
+    if let Some(expected) = digest
+        && let Some(actual) = digests::mismatch_of_bytes(expected, &bytes)
+    {
+        return Err(ExportError::Digest {
+            path: blobs.archive_path().to_path_buf(),
+            name: name.to_string(),
+            expected: expected.to_string(),
+            actual,
+        });
+    }
     serde_json::from_slice(&bytes).map_err(|source| ExportError::BadJson {
         path: blobs.archive_path().to_path_buf(),
         name: name.to_string(),
@@ -135,7 +160,7 @@ fn parse<T: serde::de::DeserializeOwned>(
 }
 
 fn select_legacy(blobs: &dyn Blobs, wanted: Option<&str>) -> Result<Image, ExportError> {
-    let entries: Vec<LegacyEntry> = parse(blobs, "manifest.json", "docker save manifest")?;
+    let entries: Vec<LegacyEntry> = parse(blobs, "manifest.json", "docker save manifest", None)?;
     let names: Vec<Vec<String>> = entries
         .iter()
         .map(|e| e.repo_tags.clone().unwrap_or_default())
@@ -149,18 +174,45 @@ fn select_legacy(blobs: &dyn Blobs, wanted: Option<&str>) -> Result<Image, Expor
         .first()
         .cloned()
         .unwrap_or_else(|| entry.config.clone());
+    let config = clean(&entry.config);
+    let config_digest = digests::from_config_name(&config);
+    let diff_ids = legacy_diff_ids(blobs, &config, config_digest.as_ref(), entry.layers.len())?;
     Ok(Image {
         name,
-        config: clean(&entry.config),
-        layers: entry
-            .layers
-            .iter()
-            .map(|l| Layer {
+        config,
+        config_digest,
+        layers: (entry.layers.iter().zip(diff_ids))
+            .map(|(l, digest)| Layer {
                 name: clean(l),
                 media_type: None,
+                digest,
             })
             .collect(),
     })
+}
+
+/// The uncompressed digests a `docker save` config lists for its `layers` layers.
+fn legacy_diff_ids(
+    blobs: &dyn Blobs,
+    config: &str,
+    digest: Option<&Expected>,
+    layers: usize,
+) -> Result<Vec<Expected>, ExportError> {
+    let parsed: ConfigFile = parse(blobs, config, "image config JSON", digest)?;
+    let ids = parsed.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+    let bad = |problem: String| ExportError::BadLayout {
+        path: blobs.archive_path().to_path_buf(),
+        problem: format!("{config}: {problem}; the layers cannot be verified"),
+    };
+    if ids.len() != layers {
+        let n = ids.len();
+        return Err(bad(format!(
+            "lists {n} layer digests (rootfs.diff_ids) for {layers} layers"
+        )));
+    }
+    (ids.iter())
+        .map(|d| digests::parse(d, Of::Uncompressed).map_err(&bad))
+        .collect()
 }
 
 fn select_oci(blobs: &dyn Blobs, wanted: Option<&str>) -> Result<Image, ExportError> {
@@ -170,7 +222,7 @@ fn select_oci(blobs: &dyn Blobs, wanted: Option<&str>) -> Result<Image, ExportEr
             problem: "index.json without oci-layout: not an OCI image layout".into(),
         });
     }
-    let index: IndexOrManifest = parse(blobs, "index.json", "OCI index")?;
+    let index: IndexOrManifest = parse(blobs, "index.json", "OCI index", None)?;
     let top = index.manifests.unwrap_or_default();
     let names: Vec<Vec<String>> = top.iter().map(descriptor_refs).collect();
     // Several unnamed (or identically named) descriptors are one image's platforms.
@@ -203,7 +255,8 @@ fn resolve(
     depth: usize,
 ) -> Result<Image, ExportError> {
     let path = blob_path(blobs, &descriptor.digest)?;
-    let doc: IndexOrManifest = parse(blobs, &path, "OCI index or manifest")?;
+    let digest = stored_digest(blobs, &descriptor.digest)?;
+    let doc: IndexOrManifest = parse(blobs, &path, "OCI index or manifest", Some(&digest))?;
     let is_index = doc.manifests.is_some()
         || doc
             .media_type
@@ -231,15 +284,25 @@ fn resolve(
     Ok(Image {
         name,
         config: blob_path(blobs, &config.digest)?,
+        config_digest: Some(stored_digest(blobs, &config.digest)?),
         layers: layers
             .iter()
             .map(|l| {
                 Ok(Layer {
                     name: blob_path(blobs, &l.digest)?,
                     media_type: l.media_type.clone(),
+                    digest: stored_digest(blobs, &l.digest)?,
                 })
             })
             .collect::<Result<_, ExportError>>()?,
+    })
+}
+
+/// An OCI descriptor's digest, of the blob as stored.
+fn stored_digest(blobs: &dyn Blobs, digest: &str) -> Result<Expected, ExportError> {
+    digests::parse(digest, Of::Stored).map_err(|problem| ExportError::BadLayout {
+        path: blobs.archive_path().to_path_buf(),
+        problem,
     })
 }
 
@@ -398,213 +461,5 @@ fn clean(name: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::PathBuf;
-
-    struct Mem(HashMap<String, Vec<u8>>, PathBuf);
-
-    impl Blobs for Mem {
-        fn contains(&self, name: &str) -> bool {
-            self.0.contains_key(name)
-        }
-        fn read(&self, name: &str) -> Result<Vec<u8>, ExportError> {
-            self.0
-                .get(name)
-                .cloned()
-                .ok_or_else(|| ExportError::MissingBlob {
-                    path: self.1.clone(),
-                    name: name.into(),
-                })
-        }
-        fn archive_path(&self) -> &Path {
-            &self.1
-        }
-    }
-
-    fn mem(files: &[(&str, &str)]) -> Mem {
-        Mem(
-            files
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            PathBuf::from("test.tar"),
-        )
-    }
-
-    const LEGACY_TWO: &str = r#"[
-        {"Config":"c1.json","RepoTags":["app:1"],"Layers":["l1/layer.tar","l2/layer.tar"]},
-        {"Config":"c2.json","RepoTags":["other:latest"],"Layers":["l3/layer.tar"]}
-    ]"#;
-
-    #[test]
-    fn legacy_single_and_by_ref() {
-        let b = mem(&[("manifest.json", LEGACY_TWO)]);
-        let err = select(&b, None).unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.contains("app:1") && msg.contains("other:latest") && msg.contains("--image-ref"),
-            "{msg}"
-        );
-        let img = select(&b, Some("other")).unwrap();
-        assert_eq!(img.config, "c2.json");
-        assert_eq!(img.layers.len(), 1);
-        let img = select(&b, Some("app:1")).unwrap();
-        assert_eq!(img.name, "app:1");
-        assert_eq!(img.layers[1].name, "l2/layer.tar");
-        assert!(matches!(
-            select(&b, Some("nope:2")),
-            Err(ExportError::ImageRefNotFound { .. })
-        ));
-    }
-
-    #[test]
-    fn missing_manifest_and_bad_json() {
-        let b = mem(&[("foo", "bar")]);
-        assert!(matches!(
-            select(&b, None),
-            Err(ExportError::MissingManifest { .. })
-        ));
-        let b = mem(&[("manifest.json", "{not json")]);
-        let err = select(&b, None).unwrap_err();
-        assert!(err.to_string().contains("manifest.json"), "{err}");
-    }
-
-    fn oci(index: &str, extra: &[(&str, &str)]) -> Mem {
-        let mut files = vec![
-            ("oci-layout", r#"{"imageLayoutVersion":"1.0.0"}"#),
-            ("index.json", index),
-        ];
-        files.extend_from_slice(extra);
-        mem(&files)
-    }
-
-    const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
-        "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:cfg","size":1},
-        "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:l1","size":1},
-                  {"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","digest":"sha256:l2","size":1}]}"#;
-
-    #[test]
-    fn oci_single_manifest() {
-        let b = oci(
-            r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:m1","size":1,
-                "annotations":{"org.opencontainers.image.ref.name":"v1"}}]}"#,
-            &[("blobs/sha256/m1", MANIFEST)],
-        );
-        let img = select(&b, None).unwrap();
-        assert_eq!(img.config, "blobs/sha256/cfg");
-        assert_eq!(img.layers[0].name, "blobs/sha256/l1");
-        assert_eq!(
-            img.layers[1].media_type.as_deref(),
-            Some("application/vnd.oci.image.layer.v1.tar+zstd")
-        );
-        assert_eq!(img.name, "v1");
-        assert!(
-            select(&b, Some("app:v1")).is_ok(),
-            "a bare tag ref matches by tag"
-        );
-    }
-
-    #[test]
-    fn oci_nested_index_picks_host_platform_skipping_attestations() {
-        let arch = crate::export::host_arch();
-        let other = if arch == "amd64" { "arm64" } else { "amd64" };
-        let nested = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
-              {{"digest":"sha256:mo","platform":{{"os":"linux","architecture":"{other}"}}}},
-              {{"digest":"sha256:mh","platform":{{"os":"linux","architecture":"{arch}"}}}},
-              {{"digest":"sha256:att","platform":{{"os":"unknown","architecture":"unknown"}}}}]}}"#
-        );
-        let b = oci(
-            r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:idx",
-                "annotations":{"io.containerd.image.name":"docker.io/library/app:2"}}]}"#,
-            &[
-                ("blobs/sha256/idx", &nested),
-                ("blobs/sha256/mh", MANIFEST),
-                ("blobs/sha256/mo", "{}"),
-            ],
-        );
-        let img = select(&b, Some("app:2")).unwrap();
-        assert_eq!(img.name, "docker.io/library/app:2");
-        assert_eq!(img.config, "blobs/sha256/cfg");
-    }
-
-    #[test]
-    fn oci_no_matching_platform_lists_available() {
-        let b = oci(
-            r#"{"schemaVersion":2,"manifests":[
-              {"digest":"sha256:a","platform":{"os":"linux","architecture":"s390x"}},
-              {"digest":"sha256:b","platform":{"os":"linux","architecture":"riscv64"}}]}"#,
-            &[],
-        );
-        let err = select(&b, None).unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.contains("linux/s390x") && msg.contains("linux/riscv64"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn oci_several_named_images_need_a_ref() {
-        let b = oci(
-            r#"{"schemaVersion":2,"manifests":[
-              {"digest":"sha256:m1","annotations":{"org.opencontainers.image.ref.name":"a:1"}},
-              {"digest":"sha256:m2","annotations":{"org.opencontainers.image.ref.name":"b:1"}}]}"#,
-            &[("blobs/sha256/m1", "{}"), ("blobs/sha256/m2", MANIFEST)],
-        );
-        assert!(matches!(
-            select(&b, None),
-            Err(ExportError::SeveralImages { .. })
-        ));
-        assert_eq!(select(&b, Some("b:1")).unwrap().config, "blobs/sha256/cfg");
-        // "{}" is neither index nor manifest.
-        assert!(matches!(
-            select(&b, Some("a:1")),
-            Err(ExportError::BadLayout { .. })
-        ));
-    }
-
-    #[test]
-    fn digests_cannot_escape_blobs() {
-        let b = oci(r#"{"manifests":[{"digest":"sha256:../../etc"}]}"#, &[]);
-        assert!(matches!(
-            select(&b, None),
-            Err(ExportError::BadLayout { .. })
-        ));
-    }
-
-    #[test]
-    fn config_env_present_missing() {
-        let b = mem(&[
-            (
-                "c.json",
-                r#"{"config":{"Env":["A=b=c"]},"container_config":{"Env":["X=1"]}}"#,
-            ),
-            ("d.json", r#"{"config":{}}"#),
-        ]);
-        let img = |c: &str| Image {
-            name: "i".into(),
-            config: c.into(),
-            layers: vec![],
-        };
-        assert_eq!(
-            config_env(&b, &img("c.json")).unwrap(),
-            Some(vec!["A=b=c".to_string()])
-        );
-        assert_eq!(config_env(&b, &img("d.json")).unwrap(), None);
-        assert!(matches!(
-            config_env(&b, &img("gone.json")),
-            Err(ExportError::MissingBlob { .. })
-        ));
-    }
-
-    #[test]
-    fn ref_matching() {
-        assert!(ref_matches("busybox:latest", "busybox"));
-        assert!(ref_matches("docker.io/library/busybox:latest", "busybox"));
-        assert!(ref_matches("localhost:5000/x", "localhost:5000/x:latest"));
-        assert!(!ref_matches("busybox:1", "busybox"));
-        assert!(!ref_matches("a/b:1", "b:1"));
-    }
-}
+#[path = "layout_tests.rs"]
+mod tests;

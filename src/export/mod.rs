@@ -24,6 +24,7 @@
 //! instead of dying half-way (the caller then discards its partial output).
 
 pub mod archive;
+pub mod digests;
 pub mod directory;
 pub mod docker;
 pub mod layout;
@@ -147,6 +148,15 @@ pub enum ExportError {
     },
     #[error("{path}: {problem}")]
     BadLayout { path: PathBuf, problem: String },
+    #[error(
+        "{name} in {path} has digest {actual}, but the image's manifest says {expected}: the archive is corrupt or was altered after the image was built; nothing was written"
+    )]
+    Digest {
+        path: PathBuf,
+        name: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{path} holds several images ({}): pick one with --image-ref", .refs.join(", "))]
     SeveralImages { path: PathBuf, refs: Vec<String> },
     #[error("{path} has no image {wanted}; it holds: {}", .refs.join(", "))]

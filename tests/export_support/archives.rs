@@ -97,15 +97,38 @@ pub fn write_archive(path: &Path, files: &[(String, Vec<u8>)]) {
     b.finish().unwrap();
 }
 
-pub fn config_json(env: &[&str]) -> Vec<u8> {
+/// An image config with `env`, listing the digests (`sha256:…`) of `layers` uncompressed.
+pub fn config_json(env: &[&str], layers: &[Vec<u8>]) -> Vec<u8> {
+    let diff_ids: Vec<String> = layers.iter().map(|l| digest(&uncompressed(l))).collect();
     serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Env": env, "Cmd": ["/bin/sh"]},
         "container_config": {"Env": ["WRONG=container_config"]},
-        "rootfs": {"type": "layers", "diff_ids": []}
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
     })
     .to_string()
     .into_bytes()
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// A layer as its tar: gzip and zstd layers decompressed.
+pub fn uncompressed(layer: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if layer.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(layer)
+            .read_to_end(&mut out)
+            .unwrap();
+    } else if layer.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        out = zstd::decode_all(layer).unwrap();
+    } else {
+        out = layer.to_vec();
+    }
+    out
 }
 
 /// The three layers both generated archives use, and what flattening them must give.
@@ -191,8 +214,9 @@ pub fn legacy_archive(path: &Path, images: &[SavedImage]) {
     let mut files = Vec::new();
     let mut manifest = Vec::new();
     for (n, (tags, layers, env)) in images.iter().enumerate() {
-        let config = format!("{:064x}.json", 0xc0 + n);
-        files.push((config.clone(), config_json(env)));
+        let config_bytes = config_json(env, layers);
+        let config = format!("{}.json", &digest(&config_bytes)["sha256:".len()..]);
+        files.push((config.clone(), config_bytes));
         let mut names = Vec::new();
         for (i, l) in layers.iter().enumerate() {
             let name = format!("{:064x}/layer.tar", (n + 1) * 100 + i);
@@ -237,52 +261,59 @@ pub fn oci_archive(path: &Path) {
             "application/vnd.oci.image.layer.v1.tar+zstd",
         ),
     ];
-    let digest = |s: &str| format!("sha256:{:0>64}", s);
+    // Bottom up, each blob named by its digest.
+    let mut files = vec![(
+        "oci-layout".to_string(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    )];
+    let mut put = |bytes: Vec<u8>| {
+        let d = digest(&bytes);
+        files.push((format!("blobs/sha256/{}", &d["sha256:".len()..]), bytes));
+        d
+    };
+    let config = put(config_json(&ENV, &layers));
+    let layer_descriptors: Vec<_> = blobs
+        .into_iter()
+        .map(|(_, d, mt)| {
+            let size = d.len();
+            serde_json::json!({"mediaType": mt, "digest": put(d), "size": size})
+        })
+        .collect();
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest("cf"), "size": 1},
-        "layers": blobs.iter().map(|(n, d, mt)| serde_json::json!({"mediaType": mt, "digest": digest(n), "size": d.len()})).collect::<Vec<_>>(),
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
+        "layers": layer_descriptors,
     });
+    let manifest = put(manifest.to_string().into_bytes());
+    let bad = put(b"this manifest must never be read".to_vec());
     let other_arch = if host_arch() == "amd64" {
         "arm64"
     } else {
         "amd64"
     };
+    let attestation = format!("sha256:{:0>64}", "a7");
     let nested = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest("bad"), "size": 1,
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": bad, "size": 1,
              "platform": {"os": "linux", "architecture": other_arch}},
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest("ma"), "size": 1,
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest, "size": 1,
              "platform": {"os": "linux", "architecture": host_arch()}},
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest("at"), "size": 1,
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": attestation, "size": 1,
              "platform": {"os": "unknown", "architecture": "unknown"},
              "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
         ]
     });
+    let nested = put(nested.to_string().into_bytes());
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest("ix"), "size": 1,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": nested, "size": 1,
             "annotations": {"io.containerd.image.name": "example.com/app:1.0", "org.opencontainers.image.ref.name": "1.0"}}]
     });
-    let blob = |n: &str| format!("blobs/sha256/{:0>64}", n);
-    let mut files = vec![
-        (
-            "oci-layout".to_string(),
-            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
-        ),
-        ("index.json".to_string(), index.to_string().into_bytes()),
-        (blob("ix"), nested.to_string().into_bytes()),
-        (blob("ma"), manifest.to_string().into_bytes()),
-        (blob("bad"), b"this manifest must never be read".to_vec()),
-        (blob("cf"), config_json(&ENV)),
-    ];
-    for (n, d, _) in blobs {
-        files.push((blob(n), d));
-    }
+    files.push(("index.json".to_string(), index.to_string().into_bytes()));
     write_archive(path, &files);
 }
 
