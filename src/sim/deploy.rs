@@ -21,7 +21,7 @@ use crate::deploy::controller::targets::MemberView;
 use crate::deploy::signed::{
     DeployEvent, Options, Policy, Rollout, SignedEvent, Targets, Trust, Verifier,
 };
-use crate::deploy::status::{EVENT_NAME, Progress};
+use crate::deploy::status::{DESIRED_KIND, EVENT_NAME, Progress};
 use crate::gossip::kinds::Kinds;
 use crate::gossip::supersede::Superseding;
 
@@ -103,6 +103,12 @@ impl NodeController {
             started: Duration::ZERO,
             saved: Persisted::default(),
         }
+    }
+
+    /// Whether members could change what the core does: it is not synced yet, or its app
+    /// has a desired state it has not finished.
+    fn busy(&self) -> bool {
+        !self.core.is_synced() || self.core.phase(APP) != "idle"
     }
 
     /// The controller after a crash: a fresh core over what was persisted.
@@ -188,6 +194,9 @@ impl Cluster {
             return;
         }
         let now_secs = self.now().wall.as_secs();
+        if self.controller(i).is_some_and(|c| !c.busy()) {
+            self.refresh_members(i);
+        }
         if let Some(c) = self.controller_mut(i) {
             let fx = c.core.on_event(&event.payload, now_secs);
             self.deploy_effects(i, fx);
@@ -195,45 +204,72 @@ impl Cluster {
         self.input(i, |m, _| m.consumer_acked(event.id, h));
     }
 
-    /// A slot the node accepted as newer.
+    /// A slot the node accepted as newer. A desired state may give an idle core work, so
+    /// its members are brought up to date first ([`NodeController::busy`]).
     pub(super) fn deploy_slot(&mut self, i: usize, item: &Superseding) {
+        let Some(c) = self.controller(i) else {
+            return;
+        };
+        if item.kind == DESIRED_KIND && !c.busy() {
+            self.refresh_members(i);
+        }
         if let Some(c) = self.controller_mut(i) {
             let fx = c.core.on_slot(item);
             self.deploy_effects(i, fx);
         }
     }
 
-    /// The shell's refresh: the sync rule, the member list, the core's tick.
+    /// The shell's refresh: the sync rule, the member list, the core's tick. The
+    /// simulator's one shortcut: a synced core with nothing to do skips it (its decisions
+    /// do not depend on members then), so a thousand idle controllers cost nothing.
     pub(super) fn deploy_tick(&mut self, i: usize) {
+        let Some(c) = self.controller(i) else {
+            return;
+        };
+        if !c.busy() {
+            return;
+        }
         let clock = self.clock();
         let now_ms = u64::try_from(self.now().wall.as_millis()).unwrap_or(u64::MAX);
         let machine = self.node(i);
         let peers = machine.active_members();
         let grace = machine.settings().push_pull_interval;
-        let members: Vec<MemberView> = (machine.members().into_iter())
-            .map(|m| MemberView::from_status(m.name, &m.status, m.tags))
-            .collect();
-        let held: Vec<Superseding> = RESYNC_ORDER
-            .iter()
-            .flat_map(|kind| machine.superseding_items(kind))
-            .collect();
-        let Some(c) = self.controller_mut(i) else {
-            return;
-        };
         let sync = !c.core.is_synced()
             && sync_reached(c.merged, peers, clock.saturating_sub(c.started), grace);
+        let held: Vec<Superseding> = match sync {
+            true => (RESYNC_ORDER.iter())
+                .flat_map(|kind| machine.superseding_items(kind))
+                .collect(),
+            false => Vec::new(),
+        };
         let mut fx = Vec::new();
-        if sync {
+        if let Some(c) = self.controller_mut(i) {
             for item in &held {
                 fx.extend(c.core.on_slot(item));
             }
         }
-        fx.extend(c.core.on_members(members));
+        self.deploy_effects(i, fx);
+        self.refresh_members(i);
+        let Some(c) = self.controller_mut(i) else {
+            return;
+        };
+        let mut fx = Vec::new();
         if sync {
             fx.extend(c.core.on_synced());
         }
         fx.extend(c.core.on_tick(now_ms));
         self.deploy_effects(i, fx);
+    }
+
+    /// The member list into node `i`'s core.
+    fn refresh_members(&mut self, i: usize) {
+        let members: Vec<MemberView> = (self.node(i).members().into_iter())
+            .map(|m| MemberView::from_status(m.name, &m.status, m.tags))
+            .collect();
+        if let Some(c) = self.controller_mut(i) {
+            let fx = c.core.on_members(members);
+            self.deploy_effects(i, fx);
+        }
     }
 
     /// An activation ends (it always succeeds here).
