@@ -47,6 +47,9 @@ struct Opts {
     /// The run's seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Enroll every node (node identities required): what signatures and MACs cost.
+    #[arg(long)]
+    identities: bool,
     /// Measured events per configuration.
     #[arg(long, default_value_t = 5)]
     events: usize,
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             let plan = Plan {
                 nodes,
                 loss,
+                identities: opts.identities,
                 seed: opts.seed,
                 events: opts.events,
             };
@@ -125,8 +129,11 @@ fn replot(opts: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The reach curves of the rows without identities (those with them are a cost
+/// comparison, in the table).
 fn curves(rows: &[Row]) -> Vec<plot::Curve> {
     rows.iter()
+        .filter(|r| !r.identities)
         .flat_map(|r| {
             let ours = plot::Curve {
                 nodes: r.nodes,
@@ -179,13 +186,14 @@ fn arrival_percentiles(v: &[Option<Duration>]) -> String {
     format!("{} / {}", ms(at(0.5)), ms(at(0.99)))
 }
 
-const HEADER: &str = "| N | loss | converge s | event to 100%: median / max ms | arrivals p50 / p99 ms | Serf model to 100%: median / max ms | tags to 100% ms | deploy desired to 100% ms | 10% waves done s (waves) | crash noticed s | restart rejoined s | partition healed s | idle B/s/node | storm B/s/node (Serf model) | false failures, 1% paused 2 s | heap KiB/node | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+const HEADER: &str = "| N | loss | identities | converge s | event to 100%: median / max ms | arrivals p50 / p99 ms | Serf model to 100%: median / max ms | tags to 100% ms | deploy desired to 100% ms | 10% waves done s (waves) | crash noticed s | restart rejoined s | partition healed s | idle B/s/node | storm B/s/node (Serf model) | false failures, 1% paused 2 s | heap KiB/node | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 fn line(r: &Row) -> String {
     format!(
-        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {:.0} | {:.0} ({:.0}) | {} ({} slow) | {:.0} | {:.0} |\n",
+        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {:.0} | {:.0} ({:.0}) | {} ({} slow) | {:.0} | {:.0} |\n",
         r.nodes,
         r.loss * 100.0,
+        if r.identities { "on" } else { "off" },
         secs(r.converge),
         median_max(&r.event_full),
         arrival_percentiles(&r.arrivals),

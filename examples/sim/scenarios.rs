@@ -19,6 +19,9 @@ const LIMIT: Duration = Duration::from_secs(120);
 pub struct Row {
     pub nodes: usize,
     pub loss: f64,
+    /// Every node enrolled (node identities required).
+    #[serde(default)]
+    pub identities: bool,
     pub converge: Option<Duration>,
     /// Time until every node delivered, per event.
     pub event_full: Vec<Option<Duration>>,
@@ -51,6 +54,7 @@ pub struct Row {
 pub struct Plan {
     pub nodes: usize,
     pub loss: f64,
+    pub identities: bool,
     pub seed: u64,
     pub events: usize,
 }
@@ -68,14 +72,17 @@ pub fn run(plan: &Plan) -> Row {
     let mut row = Row {
         nodes: plan.nodes,
         loss: plan.loss,
+        identities: plan.identities,
         ..Row::default()
     };
     let heap_before = crate::HEAP.live();
-    let mut c = Cluster::new(ClusterConfig {
+    let mut config = ClusterConfig {
         net: net(plan.loss),
         deploy: Some(DeploySetup::default()),
         ..ClusterConfig::new(plan.nodes, plan.seed)
-    });
+    };
+    config.setup.identities = plan.identities;
+    let mut c = Cluster::new(config);
     let mut rng = StdRng::seed_from_u64(plan.seed ^ 0xe7e7);
     row.converge = c.run_until_true(SEC / 10, LIMIT * 5, Cluster::converged);
     eprintln!(

@@ -129,6 +129,11 @@ pub(super) struct Activation {
 }
 
 impl Cluster {
+    /// The simulated wall clock in Unix milliseconds (what a node stamps events with).
+    fn wall_ms(&self) -> u64 {
+        u64::try_from(self.now().wall.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Signs a deploy of `version` to every node in waves of `rollout` and has node
     /// `origin` send it as `event deploy` does; returns the event id.
     pub fn deploy(&mut self, origin: usize, version: &str, rollout: Rollout) -> String {
@@ -137,7 +142,7 @@ impl Cluster {
             .deploy
             .clone()
             .expect("a run with deploy set up");
-        let issued_at_ms = u64::try_from(self.now().wall.as_millis()).unwrap_or(u64::MAX);
+        let issued_at_ms = self.wall_ms();
         let id: [u8; 16] = self.rng_mut().random();
         let event = DeployEvent {
             app: APP.into(),
@@ -174,7 +179,7 @@ impl Cluster {
     /// The node starts: its controller restores its state file and announces its apps.
     pub(super) fn deploy_start(&mut self, i: usize) {
         let clock = self.clock();
-        let now_ms = u64::try_from(self.now().wall.as_millis()).unwrap_or(u64::MAX);
+        let now_ms = self.wall_ms();
         let Some(c) = self.controller_mut(i) else {
             return;
         };
@@ -230,7 +235,7 @@ impl Cluster {
             return;
         }
         let clock = self.clock();
-        let now_ms = u64::try_from(self.now().wall.as_millis()).unwrap_or(u64::MAX);
+        let now_ms = self.wall_ms();
         let machine = self.node(i);
         let peers = machine.active_members();
         let grace = machine.settings().push_pull_interval;
@@ -274,7 +279,7 @@ impl Cluster {
 
     /// An activation ends (it always succeeds here).
     pub(super) fn activated(&mut self, i: usize, a: Activation) {
-        let now_ms = u64::try_from(self.now().wall.as_millis()).unwrap_or(u64::MAX);
+        let now_ms = self.wall_ms();
         let finished = (i, a.started, self.clock());
         self.stats.activations.push(finished);
         let outcome = Outcome::Ok {

@@ -8,7 +8,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::deploy::DeploySetup;
+use ed25519_dalek::SigningKey;
+
 use crate::agent::config::{FileConfig, Overrides, Settings};
+use crate::agent::identity::IdentitySettings;
 use crate::agent::key_auth::KeyAuthority;
 use crate::agent::keys::insecure_keyring;
 use crate::agent::members::LeftBook;
@@ -16,6 +19,8 @@ use crate::agent::pending::PendingHandlers;
 use crate::agent::queries::QueryRegistry;
 use crate::agent::sansio::{AgentMachine, Init};
 use crate::deploy::signed::{Policy, Trust};
+use crate::gossip::cert::NodeCert;
+use crate::gossip::vouch::OwnIdentity;
 use crate::gossip::{CoreConfig, GossipCore, NodeId};
 
 /// The machine as the simulator drives it: no query waiters, no handler slots.
@@ -32,6 +37,8 @@ pub struct NodeSetup {
     pub eager_push: bool,
     /// `push_pull_interval`, in the config file's syntax.
     pub push_pull_interval: String,
+    /// Every node enrolled (`require_node_identity`): signed slots, cards, MACed packets.
+    pub identities: bool,
 }
 
 impl NodeSetup {
@@ -40,6 +47,7 @@ impl NodeSetup {
             expected: u32::try_from(n).unwrap_or(u32::MAX),
             eager_push: true,
             push_pull_interval: "30s".into(),
+            identities: false,
         }
     }
 }
@@ -91,9 +99,15 @@ pub fn machine(
     deploy: Option<&DeploySetup>,
     seed: u64,
 ) -> Machine {
-    let settings = settings(i, join, setup, deploy);
+    let mut settings = settings(i, join, setup, deploy);
+    if setup.identities {
+        settings.identity = enrolled(i, seed);
+    }
     let id = NodeId::new(name(i), settings.advertise, bump).expect("a valid node name");
-    let core = GossipCore::new(id, settings.tags.clone(), CoreConfig::default(), EPOCH);
+    let mut core = GossipCore::new(id, settings.tags.clone(), CoreConfig::default(), EPOCH);
+    if setup.identities {
+        core.set_identity_policy(settings.identity.policy());
+    }
     let mix = seed ^ ((i as u64) << 20) ^ u64::from(bump);
     let init = Init {
         registry: QueryRegistry::with_builtins(&name(i), false),
@@ -112,6 +126,32 @@ pub fn machine(
         foca_rng: StdRng::seed_from_u64(!mix),
     };
     AgentMachine::new(init)
+}
+
+/// The fleet's enrollment key (one per run, from its seed).
+fn enrollment(seed: u64) -> SigningKey {
+    let mut bytes = [0x5e; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    SigningKey::from_bytes(&bytes)
+}
+
+/// Node `i`'s identity, as `droot-fleet enroll node` makes it: its own key and a
+/// certificate from the run's enrollment key, valid for a year from the run's start.
+fn enrolled(i: usize, seed: u64) -> IdentitySettings {
+    let authority = enrollment(seed);
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    key[8..16].copy_from_slice(&seed.to_le_bytes());
+    let node_key = SigningKey::from_bytes(&key);
+    let from = EPOCH.as_secs();
+    let until = from + 365 * 86_400;
+    let cert = NodeCert::issue(&authority, &name(i), &node_key.verifying_key(), from, until)
+        .expect("a valid certificate");
+    IdentitySettings {
+        issuers: vec![authority.verifying_key()],
+        own: Some(OwnIdentity::new(node_key, cert).expect("the key matches its certificate")),
+        required: true,
+    }
 }
 
 #[cfg(test)]

@@ -187,3 +187,47 @@ fn agreeing_views_of_ten_thousand_members_exchange_a_few_kilobytes() {
     let (small, _) = super::cluster::agreeing_exchange_bytes(100);
     assert!(small < 300, "request at 100 members {small} B");
 }
+
+#[test]
+fn a_fleet_with_node_identities_converges_delivers_and_deploys() {
+    use crate::deploy::signed::{MaxParallel, Rollout};
+    let mut config = ClusterConfig::new(24, 9);
+    config.setup.identities = true;
+    config.deploy = Some(super::DeploySetup::default());
+    let mut c = Cluster::new(config);
+    assert!(
+        c.run_until_true(SEC / 10, 60 * SEC, Cluster::converged)
+            .is_some()
+    );
+    let carded =
+        |c: &Cluster| (0..24).all(|i| c.node(i).members().iter().all(|m| m.identity.is_some()));
+    assert!(
+        c.run_until_true(SEC / 10, 30 * SEC, carded).is_some(),
+        "a member without a card"
+    );
+    c.fire(5, "signed", b"x".to_vec());
+    assert!(
+        c.run_until_true(SEC / 20, 10 * SEC, |c| c.reached("signed") == 24)
+            .is_some()
+    );
+    let tags: crate::gossip::Tags = [("role".to_owned(), "db".to_owned())].into();
+    c.set_tags(3, tags.clone());
+    let seen = c.run_until_true(SEC / 10, 30 * SEC, |c| {
+        (0..24).all(|i| c.tags_seen(i, 3).as_ref() == Some(&tags))
+    });
+    assert!(
+        seen.is_some(),
+        "a signed tag change did not reach every node"
+    );
+    c.run_for(5 * SEC);
+    let rollout = Rollout {
+        max_parallel: Some(MaxParallel::Percent(25)),
+        canary: 0,
+    };
+    let id = c.deploy(0, "v2", rollout);
+    let done = c.run_until_true(SEC / 10, 120 * SEC, |c| {
+        c.progress(0, &id).is_some_and(|p| p.ok.len() == 24)
+    });
+    assert!(done.is_some(), "{:?}", c.progress(0, &id));
+    assert_eq!(c.stats.false_failures, 0);
+}
