@@ -214,7 +214,13 @@ impl GossipCore {
     ) -> Result<(screen::Screened<'a>, Option<NodeId>), screen::Malformed> {
         if self.identities.mode() == Mode::Off {
             let packet = std::borrow::Cow::Borrowed(pkt);
-            return Ok((screen::Screened::Pass { packet, dropped: 0 }, None));
+            let suspected = Vec::new();
+            let pass = screen::Screened::Pass {
+                packet,
+                dropped: 0,
+                suspected,
+            };
+            return Ok((pass, None));
         }
         let parsed = screen::parse(pkt)?;
         // A card vouches for an address: a packet in its name from elsewhere is not its.

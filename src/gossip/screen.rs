@@ -48,10 +48,13 @@ pub struct Parsed<'a> {
 /// What [`screen`] decided.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Screened<'a> {
-    /// Hand these bytes to foca; `dropped` member updates were taken out.
+    /// Hand these bytes to foca; `dropped` member updates were taken out, and
+    /// `suspected` are down verdicts about other members that pass as suspicions (the
+    /// caller times them out itself: see [`crate::agent::sansio`]'s suspicions).
     Pass {
         packet: Cow<'a, [u8]>,
         dropped: usize,
+        suspected: Vec<Member<NodeId>>,
     },
     /// `who` (the sender, or an identity its message names) is not admitted: dropped.
     Refused { who: NodeId },
@@ -151,6 +154,7 @@ pub fn screen<'a>(pkt: &'a [u8], parsed: &Parsed<'a>, policy: &impl Screen) -> S
     }
     let mut changed = false;
     let mut dropped = 0;
+    let mut suspected = Vec::new();
     let mut kept: Vec<Cow<'a, [u8]>> = Vec::with_capacity(parsed.updates.len());
     for (m, bytes) in &parsed.updates {
         if !policy.admits(m.id()) {
@@ -159,6 +163,9 @@ pub fn screen<'a>(pkt: &'a [u8], parsed: &Parsed<'a>, policy: &impl Screen) -> S
         } else if let Some(other) = policy.rewrite(m) {
             kept.push(Cow::Owned(postcard::to_stdvec(&other).unwrap_or_default()));
             changed = true;
+            if m.state() == State::Down && other.state() == State::Suspect {
+                suspected.push(other);
+            }
         } else {
             kept.push(Cow::Borrowed(*bytes));
         }
@@ -167,6 +174,7 @@ pub fn screen<'a>(pkt: &'a [u8], parsed: &Parsed<'a>, policy: &impl Screen) -> S
         return Screened::Pass {
             packet: Cow::Borrowed(pkt),
             dropped,
+            suspected,
         };
     }
     let mut out = Vec::with_capacity(pkt.len());
@@ -180,6 +188,7 @@ pub fn screen<'a>(pkt: &'a [u8], parsed: &Parsed<'a>, policy: &impl Screen) -> S
     Screened::Pass {
         packet: Cow::Owned(out),
         dropped,
+        suspected,
     }
 }
 
@@ -253,7 +262,8 @@ mod tests {
             got,
             Screened::Pass {
                 packet: Cow::Borrowed(&pkt[..]),
-                dropped: 0
+                dropped: 0,
+                suspected: Vec::new(),
             }
         );
     }
@@ -272,6 +282,7 @@ mod tests {
         let Screened::Pass {
             packet: out,
             dropped,
+            ..
         } = screen(&pkt, &parsed, &not(&["ghost"]))
         else {
             panic!("refused")
@@ -332,7 +343,12 @@ mod tests {
             &[b"item"],
         );
         let parsed = parse(&pkt).unwrap();
-        let Screened::Pass { packet: out, .. } = screen(&pkt, &parsed, &not(&[])) else {
+        let Screened::Pass {
+            packet: out,
+            suspected,
+            ..
+        } = screen(&pkt, &parsed, &not(&[]))
+        else {
             panic!("refused")
         };
         let want = [
@@ -340,6 +356,8 @@ mod tests {
             Member::alive(id("c")),
         ];
         assert_eq!(&*out, &packet(Message::Gossip, &want, &[b"item"])[..]);
+        // The receiver times the suspicion out itself.
+        assert_eq!(suspected, vec![Member::new(id("b"), 4, State::Suspect)]);
         let left = Policy {
             not: &[],
             left: &["b"],

@@ -231,3 +231,28 @@ fn a_fleet_with_node_identities_converges_delivers_and_deploys() {
     assert!(done.is_some(), "{:?}", c.progress(0, &id));
     assert_eq!(c.stats.false_failures, 0);
 }
+
+/// With node identities, other nodes' down verdicts arrive as suspicions: each must run
+/// out here too, or a crashed node stays suspect until every node's own probe round
+/// reaches it (about N probe periods).
+#[test]
+fn with_node_identities_a_crash_is_noticed_within_a_suspicion_timeout() {
+    let mut config = ClusterConfig::new(60, 1);
+    config.setup.identities = true;
+    let mut c = Cluster::new(config);
+    assert!(
+        c.run_until_true(SEC / 10, 60 * SEC, Cluster::converged)
+            .is_some()
+    );
+    c.run_for(30 * SEC);
+    c.crash(37);
+    let noticed = c.run_until_true(SEC / 10, 30 * SEC, Cluster::converged);
+    let still: Vec<usize> = (0..60)
+        .filter(|&i| i != 37 && c.node(i).active_members() != 58)
+        .collect();
+    assert!(
+        noticed.is_some(),
+        "n37 still active on {still:?} after 30 s"
+    );
+    assert_eq!(c.stats.false_failures, 0);
+}

@@ -37,6 +37,11 @@ pub enum Timer {
     RetryHandlers(EventId),
     /// Ask one member still without tags ([`crate::agent::sansio::untagged`]).
     TagSweep,
+    /// A down verdict heard as a suspicion ran out: down unless refuted.
+    SuspicionExpired {
+        member: NodeId,
+        incarnation: foca::Incarnation,
+    },
 }
 
 /// A counter the executor keeps.

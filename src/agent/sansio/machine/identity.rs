@@ -31,11 +31,17 @@ impl<W, S> AgentMachine<W, S> {
                 .lock()
                 .screen_packet(pkt, auth, from, |id| left.has_left(id), incarnation);
         match screened {
-            Ok((Screened::Pass { packet, .. }, ask)) => {
+            Ok((
+                Screened::Pass {
+                    packet, suspected, ..
+                },
+                ask,
+            )) => {
                 if let Err(e) = self.foca.handle_data(&packet, &mut self.rt) {
                     tracing::trace!(peer = %from, cause = %e, "foca refused a packet");
                 }
                 self.drain(now, out);
+                self.time_suspicions(suspected, out);
                 if let Some(sender) = ask {
                     self.confirm_down(now, &sender, out);
                 }

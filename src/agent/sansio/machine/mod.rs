@@ -26,6 +26,7 @@ mod events;
 mod identity;
 mod pushpull;
 mod queries;
+mod suspicion;
 #[cfg(test)]
 mod tests;
 
@@ -115,6 +116,8 @@ pub struct AgentMachine<W, S> {
     tuned_for: u32,
     /// Members up without tags, waiting for them ([`crate::agent::sansio::untagged`]).
     untagged: crate::agent::sansio::untagged::Untagged,
+    /// Suspicion timers pending: (name, bump, incarnation) ([`suspicion`]).
+    suspicions: std::collections::BTreeSet<(String, u16, foca::Incarnation)>,
     /// Push/pull ticks so far: past 32 nodes only every few dial.
     push_pull_ticks: u32,
     stopped: bool,
@@ -158,6 +161,7 @@ impl<W, S> AgentMachine<W, S> {
             pending: init.pending,
             tuned_for,
             untagged: Default::default(),
+            suspicions: Default::default(),
             push_pull_ticks: 0,
             stopped: false,
             slot: PhantomData,
@@ -215,6 +219,10 @@ impl<W, S> AgentMachine<W, S> {
             Timer::RetryJoin => self.join_round(&mut out),
             Timer::RetryHandlers(_) => out.push(Effect::StartOwed),
             Timer::TagSweep => self.tag_sweep(&mut out),
+            Timer::SuspicionExpired {
+                member,
+                incarnation,
+            } => self.suspicion_expired(now, member, incarnation, &mut out),
         }
         out
     }

@@ -287,6 +287,7 @@ impl<W, S> AgentMachine<W, S> {
         {
             tracing::debug!(cause = %e, "applying push/pull members");
         }
+        let suspected = screened.suspect.clone();
         if let Err(e) = self
             .foca
             .apply_many(screened.suspect.into_iter(), true, &mut self.rt)
@@ -294,6 +295,7 @@ impl<W, S> AgentMachine<W, S> {
             tracing::debug!(cause = %e, "applying push/pull suspicions");
         }
         self.drain(now, out);
+        self.time_suspicions(suspected, out);
     }
 
     /// A state a peer pushed: what it says about this node, other than alive, is left

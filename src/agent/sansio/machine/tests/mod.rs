@@ -143,6 +143,13 @@ fn twin(t: &Timer) -> Option<Timer> {
         Timer::RetryJoin => Some(Timer::RetryJoin),
         Timer::TagSweep => Some(Timer::TagSweep),
         Timer::RetryHandlers(id) => Some(Timer::RetryHandlers(*id)),
+        Timer::SuspicionExpired {
+            member,
+            incarnation,
+        } => Some(Timer::SuspicionExpired {
+            member: member.clone(),
+            incarnation: *incarnation,
+        }),
     }
 }
 
