@@ -222,6 +222,15 @@ fn partition(c: &mut Cluster, row: &mut Row) {
     c.network().heal();
     if split.is_none() {
         eprintln!("    the partition never split the views within {LIMIT:?}");
+        for i in 0..c.len() {
+            let want = if i >= half { c.len() - half } else { half };
+            if c.active_members(i) + 1 != want {
+                eprintln!(
+                    "      n{i} lists {} active, its side has {want}",
+                    c.active_members(i) + 1
+                );
+            }
+        }
     }
     let start = c.clock();
     row.healed = c
