@@ -21,7 +21,7 @@ impl GossipCore {
         members: impl IntoIterator<Item = foca::Member<NodeId>>,
         version: u16,
     ) -> PushPullState {
-        let items = self.items_for_push_pull();
+        let items = self.items_for_push_pull(|_| true);
         let events = self.events.recent().cloned().collect();
         self.state_of(members.into_iter().collect(), &items, events, version)
     }
@@ -60,8 +60,9 @@ impl GossipCore {
             .into_iter()
             .filter(|m| diff.holds_member(m))
             .collect();
-        let mut items = self.items_for_push_pull();
-        items.retain(|i| diff.holds_item(i));
+        // The buckets first, then the byte budget: slots cut from a full state still go
+        // when theirs is a bucket that differs.
+        let items = self.items_for_push_pull(|i| diff.holds_item(i));
         let events = match diff.events {
             true => self.events.recent().cloned().collect(),
             false => Vec::new(),
@@ -101,12 +102,12 @@ impl GossipCore {
         }
     }
 
-    /// The slots a push/pull state carries: all of them, unless they take more than
+    /// The slots a push/pull state carries, of those `wanted`: all of them, unless they take more than
     /// [`PUSH_PULL_SLOT_BYTES`]; then fleet kinds first, then node kinds (this node's
     /// own first), then unknown kinds, and the rest left to gossip and later exchanges.
-    fn items_for_push_pull(&self) -> Vec<&Superseding> {
+    fn items_for_push_pull(&self, wanted: impl Fn(&Superseding) -> bool) -> Vec<&Superseding> {
         if self.latest.bytes() <= PUSH_PULL_SLOT_BYTES {
-            return self.latest.items().collect();
+            return self.latest.items().filter(|i| wanted(i)).collect();
         }
         let me = &self.identity.name;
         let rank = |i: &Superseding| match self.kinds.policy(&i.kind).map(|p| p.owner) {
@@ -115,7 +116,7 @@ impl GossipCore {
             Some(crate::gossip::kinds::Owner::Node) => 2,
             None => 3,
         };
-        let mut items: Vec<&Superseding> = self.latest.items().collect();
+        let mut items: Vec<&Superseding> = self.latest.items().filter(|i| wanted(i)).collect();
         items.sort_by_key(|i| rank(i));
         let mut budget = PUSH_PULL_SLOT_BYTES;
         items.retain(|i| {

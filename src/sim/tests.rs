@@ -147,13 +147,14 @@ fn idle_anti_entropy_sends_digests_not_states() {
     let (bytes, dials) = (c.stats.push_pull_bytes, c.stats.dials[0]);
     c.run_for(180 * SEC);
     let (bytes, dials) = (c.stats.push_pull_bytes - bytes, c.stats.dials[0] - dials);
-    assert!(dials >= 40, "{dials} periodic push/pulls in 3 minutes");
-    // A full state of 40 members is over 2 KB; a digest and an empty answer about 500 B.
-    let per_exchange = bytes / dials;
+    // Every 60 s at 40 nodes: 120 in 3 minutes, and views that agree are not asked back.
     assert!(
-        per_exchange < 1000,
-        "{per_exchange} B per periodic exchange"
+        (100..=150).contains(&dials),
+        "{dials} periodic push/pulls in 3 minutes"
     );
+    // A full state of 40 members is over 2 KB; a digest and an empty answer about 300 B.
+    let per_exchange = bytes / dials;
+    assert!(per_exchange < 500, "{per_exchange} B per periodic exchange");
 }
 
 #[test]

@@ -37,6 +37,7 @@ impl<W, S> AgentMachine<W, S> {
                 },
                 ask,
             )) => {
+                let suspected = self.unraised(&suspected);
                 if let Err(e) = self.foca.handle_data(&packet, &mut self.rt) {
                     tracing::trace!(peer = %from, cause = %e, "foca refused a packet");
                 }

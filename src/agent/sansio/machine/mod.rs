@@ -108,6 +108,8 @@ pub struct AgentMachine<W, S> {
     introductions: crate::agent::sansio::introduce::Introductions,
     /// Push/pulls asking a member that said this node is down (same bounds).
     confirmations: crate::agent::sansio::introduce::Introductions,
+    /// Digest exchanges run back to their dialers, rate-limited the same way.
+    answers_back: crate::agent::sansio::introduce::Introductions,
     /// This node's foca incarnation as its last packet carried it (foca keeps it private);
     /// a suspicion about this node is screened down to it.
     incarnation: foca::Incarnation,
@@ -157,6 +159,7 @@ impl<W, S> AgentMachine<W, S> {
             dials: Dials::default(),
             introductions: Default::default(),
             confirmations: Default::default(),
+            answers_back: Default::default(),
             incarnation: 0,
             pending: init.pending,
             tuned_for,

@@ -49,7 +49,9 @@ impl<W, S> AgentMachine<W, S> {
     ) -> (PushPullState, Effects<W, S>) {
         let mut out = Vec::new();
         let ours = match digest::requested(&remote) {
-            Some(Ok(theirs)) => self.answer_digest(&remote, &theirs, peer_version, peer, &mut out),
+            Some(Ok(theirs)) => {
+                self.answer_digest(now, &remote, &theirs, peer_version, peer, &mut out)
+            }
             Some(Err(e)) => {
                 tracing::debug!(peer = %remote.from.name, cause = %e, "answering with the full state");
                 self.push_pull_state(peer_version)
@@ -62,23 +64,31 @@ impl<W, S> AgentMachine<W, S> {
 
     /// Our answer to a digest request: what differs. Where something does and the
     /// dialer asked for it, the same exchange the other way, to the member the request
-    /// came from (only a member this node knows at that address, and the stream's).
+    /// came from (only a member this node knows at that address, and the stream's, and
+    /// at most once per peer per [`crate::agent::sansio::introduce::INTERVAL`]: the
+    /// dialer does not set our dialing rate).
     fn answer_digest(
-        &self,
+        &mut self,
+        now: Now,
         remote: &PushPullState,
         theirs: &Digest,
         peer_version: u16,
         peer: IpAddr,
         out: &mut Effects<W, S>,
     ) -> PushPullState {
-        let members: Vec<_> = self.foca.iter_membership_state().cloned().collect();
+        let members = self.digest_members();
         let (ours, diff) = self
             .core
             .lock()
             .push_pull_answer(members, theirs, peer_version);
         let from = &remote.from;
         let known = self.foca.iter_members().any(|m| m.id() == from);
-        if diff.any() && theirs.answer_back && known && peer == from.addr.ip() {
+        if diff.any()
+            && theirs.answer_back
+            && known
+            && peer == from.addr.ip()
+            && self.answers_back.due(from.addr, now.at)
+        {
             tracing::debug!(peer = %from.name, buckets = diff.buckets(), events = diff.events, "views differ: asking back");
             out.push(Effect::Dial {
                 target: from.addr.to_string(),
@@ -91,8 +101,17 @@ impl<W, S> AgentMachine<W, S> {
 
     /// A digest request ([`digest`]) of our view.
     fn digest_request(&self, answer_back: bool) -> PushPullState {
-        let members: Vec<_> = self.foca.iter_membership_state().cloned().collect();
+        let members = self.digest_members();
         self.core.lock().push_pull_digest(&members, answer_back)
+    }
+
+    /// The members a digest covers: foca's view and this node itself (foca does not list
+    /// it), so that two nodes that agree have the same digest.
+    fn digest_members(&self) -> Vec<Member<crate::gossip::NodeId>> {
+        let me = self.core.lock().identity().clone();
+        let mut members: Vec<_> = self.foca.iter_membership_state().cloned().collect();
+        members.push(Member::new(me, self.incarnation, foca::State::Alive));
+        members
     }
 
     /// Our push/pull with `target` came back.
@@ -287,7 +306,7 @@ impl<W, S> AgentMachine<W, S> {
         {
             tracing::debug!(cause = %e, "applying push/pull members");
         }
-        let suspected = screened.suspect.clone();
+        let suspected = self.unraised(&screened.suspect);
         if let Err(e) = self
             .foca
             .apply_many(screened.suspect.into_iter(), true, &mut self.rt)

@@ -21,6 +21,20 @@ use crate::gossip::NodeId;
 const SLACK: usize = 64;
 
 impl<W, S> AgentMachine<W, S> {
+    /// The verdicts worth a timer, taken before they are applied: those at most at the
+    /// incarnation this node holds for the member. A verdict at a higher one (a forger's
+    /// `u16::MAX`) is left a suspicion without a timer: the member could not refute it
+    /// (its own screen keeps suspicions about it at its own incarnation).
+    pub(super) fn unraised(&self, verdicts: &[Member<NodeId>]) -> Vec<Member<NodeId>> {
+        (verdicts.iter())
+            .filter(|v| {
+                (self.foca.iter_membership_state())
+                    .any(|m| m.id() == v.id() && m.incarnation() >= v.incarnation())
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Starts a timer for each suspicion that came as someone else's down verdict.
     pub(super) fn time_suspicions(
         &mut self,
