@@ -1,5 +1,6 @@
 //! Starting and stopping clusters of real agents, and reading their /proc statistics.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -260,10 +261,13 @@ pub async fn start_cluster(
         );
     }
     let key = String::from_utf8(out.stdout)?;
+    // The agent refuses a keyring other users can read.
+    let keyring = dir.path().join("keyring.json");
     std::fs::write(
-        dir.path().join("keyring.json"),
+        &keyring,
         format!("{{\"primary\": \"{}\", \"keys\": []}}", key.trim()),
     )?;
+    std::fs::set_permissions(&keyring, std::fs::Permissions::from_mode(0o600))?;
     let mut config = format!(
         "log_level = \"{}\"\nexpected_cluster_size = {n}\neager_push = {eager}\n\
          retry_interval = \"500ms\"\n",
