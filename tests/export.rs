@@ -28,13 +28,7 @@ fn legacy_docker_save_is_flattened_with_whiteouts() {
     let archive = t.path().join("save.tar");
     legacy_archive(&archive, &[(&["app:1"], test_layers(), &ENV)]);
     let out = t.path().join("out.tar");
-    let o = run(&[
-        "export",
-        "--from-archive",
-        archive.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = export_to(&archive, &out);
     assert_ok(&o);
     check_flattened(&read_entries(&out));
     assert_eq!(
@@ -66,13 +60,7 @@ fn an_archive_ending_with_a_global_pax_header_is_flattened() {
     bytes.resize(bytes.len().next_multiple_of(512) + 1024, 0);
     std::fs::write(&archive, &bytes).unwrap();
     let out = t.path().join("out.tar");
-    let o = run(&[
-        "export",
-        "--from-archive",
-        archive.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = export_to(&archive, &out);
     assert_ok(&o);
     check_flattened(&read_entries(&out));
 }
@@ -83,13 +71,7 @@ fn oci_layout_with_nested_index_and_compressed_layers() {
     let archive = t.path().join("oci.tar");
     oci_archive(&archive);
     let out = t.path().join("out.tar");
-    let o = run(&[
-        "export",
-        "--from-archive",
-        archive.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = export_to(&archive, &out);
     assert_ok(&o);
     check_flattened(&read_entries(&out));
     // --image-ref by the containerd name works; a wrong one names what is there.
@@ -199,13 +181,7 @@ fn assert_bad_archive(dir: &Path, archive: &Path, needle: &str) {
     let out = dir.join("out.tar");
     std::fs::write(&out, "previous").unwrap();
     let before = files_in(dir);
-    let o = run(&[
-        "export",
-        "--from-archive",
-        archive.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = export_to(archive, &out);
     assert!(
         !o.status.success(),
         "export of {} should fail",
@@ -357,13 +333,7 @@ fn config_without_env_gives_an_empty_drootenv() {
         ],
     );
     let out = t.path().join("out.tar");
-    let o = run(&[
-        "export",
-        "--from-archive",
-        archive.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = export_to(&archive, &out);
     assert_ok(&o);
     let got = read_entries(&out);
     assert_eq!(got.get(".drootenv"), Some(&file("")), "{got:?}");
@@ -392,13 +362,7 @@ fn devices_under_dev_are_left_out_and_counted() {
     ];
     legacy_archive(&archive, &[(&["dev:1"], layers, &ENV)]);
     let out = t.path().join("out.tar");
-    let o = run(&[
-        "export",
-        "--from-archive",
-        archive.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = export_to(&archive, &out);
     assert_ok(&o);
     assert!(
         stderr(&o).contains("left out 3 device nodes/FIFOs under /dev/"),

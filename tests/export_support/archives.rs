@@ -378,6 +378,17 @@ pub fn run(args: &[&str]) -> Output {
     output(cmd().args(args))
 }
 
+/// `droot-fleet export --from-archive ARCHIVE -o OUT`.
+pub fn export_to(archive: &Path, out: &Path) -> Output {
+    run(&[
+        "export",
+        "--from-archive",
+        archive.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ])
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
