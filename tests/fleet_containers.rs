@@ -254,7 +254,11 @@ fn agents_upgrade_in_place(f: &Cfleet) {
     for n in ALL {
         let before = f.app_pids(n);
         assert_eq!(before.len(), 1, "n{n}: one app instance before: {before:?}");
-        let pid = f.status(1)[&cfleet::name(n)]["pid"].clone();
+        let pid = wait_for(LONG, &format!("n{n}'s status answer"), || {
+            f.status(1)
+                .remove(&cfleet::name(n))
+                .map(|s| s["pid"].clone())
+        });
         f.stop_agent(n);
         assert_eq!(f.app_pids(n), before, "n{n}: the jail outlives its agent");
         let next = common::docker::static_binary();
@@ -349,7 +353,9 @@ fn rollout_pause_resume_and_cancel(f: &Cfleet) {
     // Held over several controller ticks: what must not happen is a start.
     f.probe_rounds(10);
     for node in &held {
-        let s = &f.status(1)[node];
+        let s = wait_for(LONG, &format!("{node}'s status answer"), || {
+            f.status(1).remove(node)
+        });
         assert_eq!(s["version"], "v3", "{node} started while paused: {s}");
         assert!(s["phase"].as_str().unwrap_or("").contains("paused"), "{s}");
     }
