@@ -148,6 +148,20 @@ impl NodeCert {
         not_before: u64,
         not_after: u64,
     ) -> Result<Self, CertError> {
+        let serial = rand::random();
+        Self::issue_with_serial(enrollment, name, node_key, not_before, not_after, serial)
+    }
+
+    /// [`Self::issue`] with a chosen serial (the simulator's certificates, reproducible
+    /// from its seed; a serial's length changes the packets that carry a card).
+    pub fn issue_with_serial(
+        enrollment: &SigningKey,
+        name: &str,
+        node_key: &VerifyingKey,
+        not_before: u64,
+        not_after: u64,
+        serial: u64,
+    ) -> Result<Self, CertError> {
         validate_node_name(name).map_err(|e| CertError::Malformed {
             what: "node certificate",
             reason: e.to_string(),
@@ -158,7 +172,7 @@ impl NodeCert {
             issuer: enrollment.verifying_key().to_bytes(),
             not_before,
             not_after,
-            serial: rand::random(),
+            serial,
         };
         let bytes = postcard::to_stdvec(&body).unwrap_or_default();
         let signed = sign(enrollment, CERT_CONTEXT, bytes);

@@ -145,8 +145,16 @@ fn enrolled(i: usize, seed: u64) -> IdentitySettings {
     let node_key = SigningKey::from_bytes(&key);
     let from = EPOCH.as_secs();
     let until = from + 365 * 86_400;
-    let cert = NodeCert::issue(&authority, &name(i), &node_key.verifying_key(), from, until)
-        .expect("a valid certificate");
+    let serial = seed.rotate_left(32) ^ i as u64;
+    let cert = NodeCert::issue_with_serial(
+        &authority,
+        &name(i),
+        &node_key.verifying_key(),
+        from,
+        until,
+        serial,
+    )
+    .expect("a valid certificate");
     IdentitySettings {
         issuers: vec![authority.verifying_key()],
         own: Some(OwnIdentity::new(node_key, cert).expect("the key matches its certificate")),

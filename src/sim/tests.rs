@@ -247,13 +247,42 @@ fn with_node_identities_a_crash_is_noticed_within_a_suspicion_timeout() {
     );
     c.run_for(30 * SEC);
     c.crash(37);
-    let noticed = c.run_until_true(SEC / 10, 30 * SEC, Cluster::converged);
+    // Two suspicion timeouts (the first prober's, then each node's for the down verdict
+    // it hears) and the detection took 23 to 31 s over seeds 1 to 20; without the timers
+    // it was a probe round, 68 to 119 s.
+    let noticed = c.run_until_true(SEC / 10, 45 * SEC, Cluster::converged);
     let still: Vec<usize> = (0..60)
         .filter(|&i| i != 37 && c.node(i).active_members() != 58)
         .collect();
     assert!(
         noticed.is_some(),
-        "n37 still active on {still:?} after 30 s"
+        "n37 still active on {still:?} after 45 s"
     );
     assert_eq!(c.stats.false_failures, 0);
+}
+
+/// Node identities and deploys too: nothing random outside the seed (a certificate's
+/// random serial once changed card sizes, so packets, so a run's course).
+#[test]
+fn with_identities_and_a_deploy_one_seed_gives_one_trace() {
+    let run = || {
+        let mut config = ClusterConfig::new(20, 3);
+        config.setup.identities = true;
+        config.deploy = Some(super::DeploySetup::default());
+        let mut c = Cluster::new(config);
+        c.run_for(20 * SEC);
+        let rollout = crate::deploy::signed::Rollout {
+            max_parallel: Some(crate::deploy::signed::MaxParallel::Percent(25)),
+            canary: 0,
+        };
+        c.deploy(0, "v2", rollout);
+        let h1 = c.trace.hash();
+        c.crash(7);
+        c.run_for(20 * SEC);
+        (h1, c.trace.hash(), c.stats.sent_bytes.clone())
+    };
+    let a = run();
+    let b = run();
+    assert_eq!(a.0, b.0, "the same seed gave another run before the crash");
+    assert_eq!(a, b, "the same seed gave another run after the crash");
 }
