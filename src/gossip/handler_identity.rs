@@ -43,11 +43,10 @@ struct PacketPolicy<'a, L> {
     identities: &'a crate::gossip::vouch::Identities,
     carried: Option<NodeId>,
     me: &'a NodeId,
-    incarnation: foca::Incarnation,
-    left: L,
+    receiver: L,
 }
 
-impl<L: Fn(&NodeId) -> bool> screen::Screen for PacketPolicy<'_, L> {
+impl<L: screen::Receiver> screen::Screen for PacketPolicy<'_, L> {
     fn admits(&self, id: &NodeId) -> bool {
         self.identities.admits(id) || self.carried.as_ref() == Some(id)
     }
@@ -56,13 +55,22 @@ impl<L: Fn(&NodeId) -> bool> screen::Screen for PacketPolicy<'_, L> {
         use foca::{Member, State};
         let id = m.id().clone();
         if id == *self.me {
+            let own = self.receiver.incarnation();
             let unchanged = m.state() == State::Alive
-                || (m.state() == State::Suspect && m.incarnation() <= self.incarnation);
-            let incarnation = m.incarnation().min(self.incarnation);
+                || (m.state() == State::Suspect && m.incarnation() <= own);
+            let incarnation = m.incarnation().min(own);
             return (!unchanged).then(|| Member::new(id, incarnation, State::Suspect));
         }
-        (m.state() == State::Down && id.name != self.me.name && !(self.left)(&id))
-            .then(|| Member::new(id, m.incarnation(), State::Suspect))
+        if id.name == self.me.name || m.state() == State::Alive {
+            return None;
+        }
+        if m.state() == State::Down && self.receiver.has_left(&id) {
+            return None;
+        }
+        let held = self.receiver.held(&id);
+        let suspicion = screen::suspicion_at_most_held(&id, m.incarnation(), held);
+        (m.state() == State::Down || suspicion.incarnation() != m.incarnation())
+            .then_some(suspicion)
     }
 }
 
@@ -200,8 +208,8 @@ impl GossipCore {
 
     /// Screens a foca packet from UDP source `from`, with its MAC and stamp if it has them,
     /// before `Foca::handle_data` (see [`crate::gossip::screen`]); with identities off it
-    /// passes as it is. `left`: whether a member's own leave was recorded (a down verdict
-    /// about it is then final); `incarnation`: this node's own. Also returns the sender when
+    /// passes as it is. `receiver` says what this node holds (its own incarnation, the
+    /// leaves recorded, the incarnation held for each member). Also returns the sender when
     /// the packet said this node is down: the caller asks it over a push/pull of its own
     /// ([`screen::Screened::Doubted`] carries it too).
     pub fn screen_packet<'a>(
@@ -209,8 +217,7 @@ impl GossipCore {
         pkt: &'a [u8],
         auth: Option<&crate::gossip::pairwise::Auth>,
         from: std::net::SocketAddr,
-        left: impl Fn(&NodeId) -> bool,
-        incarnation: foca::Incarnation,
+        receiver: impl screen::Receiver,
     ) -> Result<(screen::Screened<'a>, Option<NodeId>), screen::Malformed> {
         if self.identities.mode() == Mode::Off {
             let packet = std::borrow::Cow::Borrowed(pkt);
@@ -238,8 +245,7 @@ impl GossipCore {
             identities: &self.identities,
             carried,
             me: &self.identity,
-            incarnation,
-            left,
+            receiver,
         };
         let screened = screen::screen(pkt, &parsed, &policy);
         let mut ask = None;
@@ -490,5 +496,51 @@ impl GossipCore {
             self.stats.refused_identity += 1;
         }
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foca::{Member, State};
+    use screen::Screen;
+
+    struct Holds(foca::Incarnation);
+
+    impl screen::Receiver for Holds {
+        fn incarnation(&self) -> foca::Incarnation {
+            0
+        }
+        fn has_left(&self, _: &NodeId) -> bool {
+            false
+        }
+        fn held(&self, _: &NodeId) -> Option<foca::Incarnation> {
+            Some(self.0)
+        }
+    }
+
+    /// Verdicts about another member from a packet: a down one is a suspicion, and none
+    /// passes above the incarnation held (its member could not refute it).
+    #[test]
+    fn packet_verdicts_about_others_are_suspicions_at_most_at_the_held_incarnation() {
+        let identities = crate::gossip::vouch::Identities::new(Default::default());
+        let me = NodeId::new("me", "10.0.0.1:7946".parse().unwrap(), 0).unwrap();
+        let policy = PacketPolicy {
+            identities: &identities,
+            carried: None,
+            me: &me,
+            receiver: Holds(4),
+        };
+        let m = NodeId::new("m", "10.0.0.2:7946".parse().unwrap(), 0).unwrap();
+        let at = |inc, state| Member::new(m.clone(), inc, state);
+        let suspect_at_4 = Some(at(4, State::Suspect));
+        assert_eq!(policy.rewrite(&at(u16::MAX, State::Down)), suspect_at_4);
+        assert_eq!(policy.rewrite(&at(u16::MAX, State::Suspect)), suspect_at_4);
+        assert_eq!(
+            policy.rewrite(&at(2, State::Down)),
+            Some(at(2, State::Suspect))
+        );
+        assert_eq!(policy.rewrite(&at(3, State::Suspect)), None, "as it came");
+        assert_eq!(policy.rewrite(&at(9, State::Alive)), None, "a refutation");
     }
 }

@@ -138,6 +138,48 @@ fn named(message: &Message<NodeId>) -> Option<&NodeId> {
     }
 }
 
+/// What the receiving node knows of others, for [`super::GossipCore::screen_packet`] to weigh
+/// verdicts about them against.
+pub trait Receiver {
+    /// This node's own incarnation.
+    fn incarnation(&self) -> foca::Incarnation;
+    /// Whether a member's own leave was recorded (a down verdict about it is then final).
+    fn has_left(&self, id: &NodeId) -> bool;
+    /// The incarnation held for exactly this identity, if it is held.
+    fn held(&self, id: &NodeId) -> Option<foca::Incarnation>;
+}
+
+/// A receiver at incarnation `.0` that holds no one and recorded no leave (tests).
+#[cfg(test)]
+pub struct Stranger(pub foca::Incarnation);
+
+#[cfg(test)]
+impl Receiver for Stranger {
+    fn incarnation(&self) -> foca::Incarnation {
+        self.0
+    }
+    fn has_left(&self, _: &NodeId) -> bool {
+        false
+    }
+    fn held(&self, _: &NodeId) -> Option<foca::Incarnation> {
+        None
+    }
+}
+
+/// A suspicion about `id` from someone else's verdict at `incarnation`, at most at the
+/// incarnation this node holds for that very identity (`held`): one raised above it (a
+/// forger's `u16::MAX`) could never be refuted, since the member is at its own, lower one.
+/// A member that really moved on and then died is still found: its suspicion at the held
+/// incarnation times out.
+pub fn suspicion_at_most_held(
+    id: &NodeId,
+    incarnation: foca::Incarnation,
+    held: Option<foca::Incarnation>,
+) -> Member<NodeId> {
+    let incarnation = held.map_or(incarnation, |h| incarnation.min(h));
+    Member::new(id.clone(), incarnation, State::Suspect)
+}
+
 /// Screens a parsed packet (see the module docs).
 pub fn screen<'a>(pkt: &'a [u8], parsed: &Parsed<'a>, policy: &impl Screen) -> Screened<'a> {
     let src = &parsed.header.src;

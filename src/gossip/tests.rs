@@ -121,8 +121,7 @@ impl Sim {
                             pkt,
                             auth.as_ref(),
                             src,
-                            |_| false,
-                            u16::MAX,
+                            super::screen::Stranger(u16::MAX),
                         );
                         if let Ok((super::screen::Screened::Pass { packet, .. }, _)) = screened {
                             // foca may refuse e.g. packets from a renamed identity; fine.

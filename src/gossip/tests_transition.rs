@@ -162,7 +162,7 @@ fn a_packet_from_another_address_is_refused() {
     let elsewhere: std::net::SocketAddr = "10.9.9.9:7946".parse().unwrap();
     let (got, _) = core
         .lock()
-        .screen_packet(&pkt, None, elsewhere, |_| false, 0)
+        .screen_packet(&pkt, None, elsewhere, crate::gossip::screen::Stranger(0))
         .unwrap();
     assert!(matches!(got, Screened::Refused { .. }), "{got:?}");
     assert_eq!(core.lock().stats().packets_spoofed, 1);
@@ -177,7 +177,12 @@ fn a_packet_from_another_address_is_refused() {
     let screen = |auth: Option<&crate::gossip::pairwise::Auth>| {
         let (got, _) = core
             .lock()
-            .screen_packet(&pkt, auth, node_id(3).addr, |_| false, 0)
+            .screen_packet(
+                &pkt,
+                auth,
+                node_id(3).addr,
+                crate::gossip::screen::Stranger(0),
+            )
             .unwrap();
         matches!(got, Screened::Pass { .. })
     };

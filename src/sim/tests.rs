@@ -286,3 +286,35 @@ fn with_identities_and_a_deploy_one_seed_gives_one_trace() {
     assert_eq!(a.0, b.0, "the same seed gave another run before the crash");
     assert_eq!(a, b, "the same seed gave another run after the crash");
 }
+
+/// A gossip-key holder's push/pull says a live member is down at the highest
+/// incarnation, which the member could not refute: each node takes it as a suspicion at
+/// the incarnation it holds, the member refutes it, and no one fails it.
+#[test]
+fn a_forged_down_verdict_at_a_raised_incarnation_fails_no_one() {
+    use crate::gossip::{NodeId, PushPullState};
+    let mut config = ClusterConfig::new(16, 10);
+    config.setup.identities = true;
+    let mut c = Cluster::new(config);
+    assert!(
+        c.run_until_true(SEC / 10, 60 * SEC, Cluster::converged)
+            .is_some()
+    );
+    c.run_for(10 * SEC);
+    let id = |i: usize| NodeId::new(super::node::name(i), super::node::address(i), 0).unwrap();
+    let forged = PushPullState {
+        from: id(3),
+        tags: Default::default(),
+        members: vec![foca::Member::new(id(5), u16::MAX, foca::State::Down)],
+        event_ltime: 0,
+        query_ltime: 0,
+        events: Vec::new(),
+        version: crate::gossip::PROTOCOL_VERSION,
+        extensions: Vec::new(),
+    };
+    let peer = super::node::address(3).ip();
+    c.input(0, |m, now| m.push_pull_request(now, forged, 4, peer).1);
+    c.run_for(60 * SEC);
+    assert_eq!(c.stats.false_failures, 0);
+    assert!(c.converged(), "n5 was failed by a forged verdict");
+}

@@ -24,12 +24,12 @@ impl<W, S> AgentMachine<W, S> {
         from: SocketAddr,
         out: &mut Effects<W, S>,
     ) {
-        let left = &self.left;
-        let incarnation = self.incarnation;
-        let screened =
-            self.core
-                .lock()
-                .screen_packet(pkt, auth, from, |id| left.has_left(id), incarnation);
+        let held = super::suspicion::Held {
+            foca: &self.foca,
+            left: &self.left,
+            incarnation: self.incarnation,
+        };
+        let screened = self.core.lock().screen_packet(pkt, auth, from, held);
         match screened {
             Ok((
                 Screened::Pass {
@@ -37,7 +37,6 @@ impl<W, S> AgentMachine<W, S> {
                 },
                 ask,
             )) => {
-                let suspected = self.unraised(&suspected);
                 if let Err(e) = self.foca.handle_data(&packet, &mut self.rt) {
                     tracing::trace!(peer = %from, cause = %e, "foca refused a packet");
                 }

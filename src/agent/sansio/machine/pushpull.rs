@@ -306,7 +306,7 @@ impl<W, S> AgentMachine<W, S> {
         {
             tracing::debug!(cause = %e, "applying push/pull members");
         }
-        let suspected = self.unraised(&screened.suspect);
+        let suspected = screened.suspect.clone();
         if let Err(e) = self
             .foca
             .apply_many(screened.suspect.into_iter(), true, &mut self.rt)

@@ -11,30 +11,44 @@
 //! member has not refuted it (a higher incarnation) when it runs out, it is down here
 //! too, as SWIM's suspicion mechanism has it. A live member hears the suspicion (it is
 //! gossiped) and refutes it in time; a forged verdict costs a refutation, not a member.
+//! The screens keep each such suspicion at most at the incarnation held for the member
+//! ([`crate::gossip::screen::suspicion_at_most_held`]): one raised above it (a forger's
+//! `u16::MAX`) the member could never refute, and it would end in a failure.
 
 use foca::{Member, State};
+use rand::rngs::StdRng;
 
 use super::{AgentMachine, Effects, Now, Timer};
 use crate::gossip::NodeId;
+use crate::gossip::handler::GossipFoca;
 
 /// Most suspicion timers pending beyond one per member.
 const SLACK: usize = 64;
 
-impl<W, S> AgentMachine<W, S> {
-    /// The verdicts worth a timer, taken before they are applied: those at most at the
-    /// incarnation this node holds for the member. A verdict at a higher one (a forger's
-    /// `u16::MAX`) is left a suspicion without a timer: the member could not refute it
-    /// (its own screen keeps suspicions about it at its own incarnation).
-    pub(super) fn unraised(&self, verdicts: &[Member<NodeId>]) -> Vec<Member<NodeId>> {
-        (verdicts.iter())
-            .filter(|v| {
-                (self.foca.iter_membership_state())
-                    .any(|m| m.id() == v.id() && m.incarnation() >= v.incarnation())
-            })
-            .cloned()
-            .collect()
+/// What this node holds, for the packet screen to weigh verdicts against.
+pub(super) struct Held<'a> {
+    pub foca: &'a GossipFoca<StdRng>,
+    pub left: &'a crate::agent::members::LeftBook,
+    pub incarnation: foca::Incarnation,
+}
+
+impl crate::gossip::screen::Receiver for Held<'_> {
+    fn incarnation(&self) -> foca::Incarnation {
+        self.incarnation
     }
 
+    fn has_left(&self, id: &NodeId) -> bool {
+        self.left.has_left(id)
+    }
+
+    fn held(&self, id: &NodeId) -> Option<foca::Incarnation> {
+        (self.foca.iter_membership_state())
+            .find(|m| m.id() == id)
+            .map(Member::incarnation)
+    }
+}
+
+impl<W, S> AgentMachine<W, S> {
     /// Starts a timer for each suspicion that came as someone else's down verdict.
     pub(super) fn time_suspicions(
         &mut self,
