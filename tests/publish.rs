@@ -228,8 +228,9 @@ fn an_interrupted_upload_leaves_nothing() {
     );
 }
 
-/// The fleet deploys what `publish` stored, pinned by the digest `event deploy` reads; a
-/// lying digest fails on every node and activates nothing; no digest is refused up front.
+/// The fleet deploys what `publish` stored, pinned by the digest `event deploy` reads (S3
+/// metadata, a file:// sidecar); a lying digest fails on every node and activates
+/// nothing; no digest is refused up front.
 #[test]
 fn event_deploy_pins_the_published_digest() {
     let f = Fleet::start("87.1", vec![NodeSpec::default(); 2]);
@@ -307,10 +308,52 @@ fn event_deploy_pins_the_published_digest() {
     );
     assert!(text(&out).contains("--unpinned"), "{}", text(&out));
     assert!(!text(&out).contains("sent as event"), "{}", text(&out));
+
+    // file:// too: the digest comes from the sidecar; a swapped file fails on every node.
+    let store = f.base.join("arts"); // the agents' [deploy] file_roots
+    std::fs::create_dir_all(&store).unwrap();
+    let publish_file = |version: &str| {
+        let src = f.base.join(format!("src-{version}"));
+        common::httpd_rootfs(&src, version, true, HTTPD);
+        let u = format!("file://{}/web-{version}.tar.gz", store.display());
+        let published = json(&f.cli(
+            1,
+            &[
+                "publish",
+                src.to_str().unwrap(),
+                &u,
+                "--gzip",
+                "--format",
+                "json",
+            ],
+        ));
+        (published["sha256"].as_str().unwrap().to_string(), u)
+    };
+    let deploy_from = |version: &str, u: &str| {
+        let args = [
+            "event", "deploy", "web", version, "--url", u, "--wait", "--format", "json",
+        ];
+        let rest = ["--timeout", "120s", "--signing-key", &key];
+        f.cli(1, &[&args[..], &rest].concat())
+    };
+    let (sha4, url4) = publish_file("v4");
+    std::fs::copy(&evil_tar, store.join("web-v4.tar.gz")).unwrap();
+    let out = deploy_from("v4", &url4);
+    let pinned = |sha: &str, out: &Output| text(out).contains(&format!("pinned to sha256 {sha}"));
+    assert!(pinned(&sha4, &out), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("sha256 mismatch"), "{}", text(&out));
+    f.wait_serving(1, "v1");
+    let (sha5, url5) = publish_file("v5");
+    let out = deploy_from("v5", &url5);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(pinned(&sha5, &out), "{}", text(&out));
+    f.wait_serving(1, "v5");
+    f.wait_serving(2, "v5");
 }
 
-/// An engine image and its `docker save` publish the same files; each digest is its
-/// artifact's.
+/// An engine image and its `docker save` publish the same files, to file:// and to S3;
+/// each digest is its artifact's.
 #[test]
 fn engine_images_and_saved_archives_publish() {
     if !common::docker_engine_available("engine_images_and_saved_archives_publish") {
@@ -334,24 +377,33 @@ fn engine_images_and_saved_archives_publish() {
     let saved = t.path().join("saved.tar");
     let store = t.path().join("store");
     std::fs::create_dir(&store).unwrap();
-    let engine_url = format!("file://{}/engine.tar", store.display());
-    let from_engine = publish(&[], &[&name, &engine_url, "--format", "json"]);
+    let g = Garage::start();
+    g.put("warm-up", Vec::new());
+    // SOURCE to file://STORE/FILE and to s3://BUCKET/FILE: the stored bytes of both, each
+    // with the digest publish printed and (S3) stored beside it.
+    let publish_both = |source: &str, file: &str| {
+        let local = format!("file://{}/{file}", store.display());
+        let got = json(&publish(&[], &[source, &local, "--format", "json"]));
+        let bytes = std::fs::read(store.join(file)).unwrap();
+        assert_eq!(got["sha256"], sha_hex(&bytes), "{file}");
+        let remote = format!("s3://{}/{file}", g.bucket);
+        let got = json(&publish(&g.env(), &[source, &remote, "--format", "json"]));
+        let (stored, meta) = object(&g, file);
+        assert_eq!(got["sha256"], sha_hex(&stored), "{file} in S3");
+        assert_eq!(meta.as_deref(), got["sha256"].as_str(), "{file} metadata");
+        let s3_copy = t.path().join(format!("s3-{file}"));
+        std::fs::write(&s3_copy, stored).unwrap();
+        (entries(&store.join(file)), entries(&s3_copy))
+    };
+    let from_engine = publish_both(&name, "engine.tar");
     let o = docker(&["save", &name, "-o", saved.to_str().unwrap()]);
     let _ = docker(&["rmi", "-f", &name]);
     assert!(o.status.success(), "docker save: {}", text(&o));
-    let archive_url = format!("file://{}/saved.tar", store.display());
-    let from_archive = publish(
-        &[],
-        &[saved.to_str().unwrap(), &archive_url, "--format", "json"],
-    );
+    let from_archive = publish_both(saved.to_str().unwrap(), "saved.tar");
     let mut listed = Vec::new();
-    for (out, file) in [(from_engine, "engine.tar"), (from_archive, "saved.tar")] {
-        let got = json(&out);
-        assert_eq!(
-            got["sha256"],
-            sha_hex(&std::fs::read(store.join(file)).unwrap())
-        );
-        listed.push(entries(&store.join(file)));
+    for (local, remote) in [from_engine, from_archive] {
+        assert_eq!(local, remote, "S3 and file:// got other files");
+        listed.push(local);
     }
     assert!(
         listed[0].contains(&"www/version".to_string()),
@@ -373,4 +425,69 @@ fn entries(tar: &Path) -> Vec<String> {
         .unwrap()
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect()
+}
+
+/// A gigabyte published to S3 from a terminal: the progress line is drawn, and the
+/// process never holds more than a bounded slice of the artifact (the upload streams
+/// parts; no temp file, no whole object in memory).
+#[test]
+fn a_gigabyte_publishes_in_bounded_memory_with_progress_on_a_terminal() {
+    let g = Garage::start();
+    g.put("warm-up", Vec::new());
+    let t = common::tempdir();
+    let src = t.path().join("big");
+    std::fs::create_dir(&src).unwrap();
+    // 1 GiB of zeros (sparse on disk), plain tar: the object is over 1 GiB.
+    let f = std::fs::File::create(src.join("zeros")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    let url = format!("s3://{}/big/v1.tar", g.bucket);
+    let typescript = t.path().join("terminal");
+    let command = format!(
+        "{} publish {} {url}",
+        common::bin().display(),
+        src.display()
+    );
+    // `script` gives the publish a terminal and records what it drew.
+    let child = Command::new("script")
+        .envs(g.env())
+        .env_remove("RUST_LOG")
+        .args(["-q", "-f", "-e", "-c", &command])
+        .arg(&typescript)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run script (util-linux)");
+    let (status, max_rss_kib) = wait_with_max_rss(child);
+    let drawn = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    assert_eq!(status, 0, "{drawn}");
+    assert!(
+        drawn.contains(&format!("\r\x1b[2Kpublishing {url}: ")) && drawn.contains("MiB/s"),
+        "no progress line on the terminal: {drawn:?}"
+    );
+    assert!(drawn.contains("droot-fleet event deploy"), "{drawn}");
+    let size = common::garage::rt().block_on(async {
+        let head = g.client().head_object().bucket(&g.bucket).key("big/v1.tar");
+        head.send().await.unwrap().content_length().unwrap()
+    });
+    assert!(size > 1 << 30, "{size}");
+    // Measured 99 MiB here, the same for artifacts of 256 MiB and 3 GiB.
+    assert!(
+        max_rss_kib < 160 * 1024,
+        "publish peaked at {max_rss_kib} KiB for a 1 GiB artifact"
+    );
+}
+
+/// Waits for `child` (and what it ran): its exit code and the peak resident memory of
+/// it and its descendants, in KiB (`wait4`'s rusage).
+fn wait_with_max_rss(child: std::process::Child) -> (i32, i64) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value to be overwritten by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet waited for; both pointers are valid.
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
+    std::mem::forget(child);
+    assert!(libc::WIFEXITED(status), "killed: {status}");
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
 }
