@@ -34,19 +34,25 @@ if $s3; then # Garage, an S3-compatible store: on PATH, or where `cargo install`
 fi
 
 [ "$(id -u)" = 0 ] || { echo "run as root: the jails need mounts and chroot" >&2; exit 1; }
+# DROOT_FLEET_BIN: a droot-fleet binary built already (the test suite runs this with its own).
+bin=${DROOT_FLEET_BIN:-}
+pkgs=(busybox-static curl)
+[ -n "$bin" ] || pkgs+=(build-essential pkg-config)
 need=()
-for p in busybox-static build-essential pkg-config curl; do
+for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-command -v cargo >/dev/null || { echo "install Rust first (rustup or apt-get install cargo)" >&2; exit 1; }
-
-cargo build --release --locked
-target=${CARGO_TARGET_DIR:-target}
-[ "${target#/}" != "$target" ] || target=$PWD/$target
-bin=$target/release/droot-fleet
+if [ -z "$bin" ]; then
+  command -v cargo >/dev/null || { echo "install Rust first (rustup or apt-get install cargo)" >&2; exit 1; }
+  cargo build --release --locked
+  target=${CARGO_TARGET_DIR:-target}
+  [ "${target#/}" != "$target" ] || target=$PWD/$target
+  bin=$target/release/droot-fleet
+fi
+[ -x "$bin" ] || { echo "no droot-fleet binary at $bin" >&2; exit 1; }
 net=127.80.1                          # agents and their apps on 127.80.1.1-3
 gnet=127.80.2.1                       # --s3: Garage's S3 API :3900, RPC :3901, admin :3903
 apps=/var/containers/quickstart       # each node's release store: $apps/node-N
