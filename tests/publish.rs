@@ -191,17 +191,24 @@ fn a_large_object_gets_its_digest_by_a_copy_in_parts() {
     assert_eq!(leftovers(&g, key), (true, 0), "no upload left open");
 }
 
-/// SIGINT in the middle of an upload: exit 130, no object, no open multipart upload.
-#[test]
-fn an_interrupted_upload_leaves_nothing() {
+/// A Garage, and a directory holding one file of `len` zeros (sparse on disk; published as
+/// a plain tar, an object a little over `len`).
+fn garage_and_zeros(len: u64) -> (Garage, common::TempDir, std::path::PathBuf) {
     let g = Garage::start();
     g.put("warm-up", Vec::new());
     let t = common::tempdir();
     let src = t.path().join("big");
     std::fs::create_dir(&src).unwrap();
-    // 2 GiB of zeros (sparse on disk): over a hundred parts, plain tar.
     let f = std::fs::File::create(src.join("zeros")).unwrap();
-    f.set_len(2 << 30).unwrap();
+    f.set_len(len).unwrap();
+    (g, t, src)
+}
+
+/// SIGINT in the middle of an upload: exit 130, no object, no open multipart upload.
+#[test]
+fn an_interrupted_upload_leaves_nothing() {
+    // Over a hundred parts.
+    let (g, _t, src) = garage_and_zeros(2 << 30);
     let key = "big/v1.tar";
     let url = format!("s3://{}/{key}", g.bucket);
     let child = Command::new(common::bin())
@@ -432,14 +439,7 @@ fn entries(tar: &Path) -> Vec<String> {
 /// parts; no temp file, no whole object in memory).
 #[test]
 fn a_gigabyte_publishes_in_bounded_memory_with_progress_on_a_terminal() {
-    let g = Garage::start();
-    g.put("warm-up", Vec::new());
-    let t = common::tempdir();
-    let src = t.path().join("big");
-    std::fs::create_dir(&src).unwrap();
-    // 1 GiB of zeros (sparse on disk), plain tar: the object is over 1 GiB.
-    let f = std::fs::File::create(src.join("zeros")).unwrap();
-    f.set_len(1 << 30).unwrap();
+    let (g, t, src) = garage_and_zeros(1 << 30);
     let url = format!("s3://{}/big/v1.tar", g.bucket);
     let typescript = t.path().join("terminal");
     let command = format!(
