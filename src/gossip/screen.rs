@@ -13,7 +13,8 @@
 //! - the caller may rewrite what an update says ([`Screen::rewrite`]): the sender is not
 //!   authenticated (any gossip-key holder may write a real member's identity as `src`),
 //!   and foca takes Alive -> Down from anyone, for good. So a *down* verdict about another
-//!   member passes as a suspicion (unless its own signed leave was recorded), and one about
+//!   member passes as a suspicion (unless its own signed leave was recorded), no suspicion
+//!   above the incarnation held for the member ([`suspicion_at_most_held`]), and one about
 //!   the receiver too, at most at its own incarnation: a forged verdict made a live node
 //!   fail everywhere, or rejoin under a new bump at the forger's will. A suspicion is
 //!   refuted by the member if it is alive, and a dead member is still found down by each

@@ -236,15 +236,19 @@ fn a_fleet_with_node_identities_converges_delivers_and_deploys() {
 /// With node identities, other nodes' down verdicts arrive as suspicions: each must run
 /// out here too, or a crashed node stays suspect until every node's own probe round
 /// reaches it (about N probe periods).
-#[test]
-fn with_node_identities_a_crash_is_noticed_within_a_suspicion_timeout() {
-    let mut config = ClusterConfig::new(60, 1);
+/// `n` nodes, each enrolled with a node identity, converged (within 60 s).
+fn enrolled_and_converged(n: usize, seed: u64) -> Cluster {
+    let mut config = ClusterConfig::new(n, seed);
     config.setup.identities = true;
     let mut c = Cluster::new(config);
-    assert!(
-        c.run_until_true(SEC / 10, 60 * SEC, Cluster::converged)
-            .is_some()
-    );
+    let at = c.run_until_true(SEC / 10, 60 * SEC, Cluster::converged);
+    assert!(at.is_some(), "{n} enrolled nodes did not converge in 60 s");
+    c
+}
+
+#[test]
+fn with_node_identities_a_crash_is_noticed_within_a_suspicion_timeout() {
+    let mut c = enrolled_and_converged(60, 1);
     c.run_for(30 * SEC);
     c.crash(37);
     // Two suspicion timeouts (the first prober's, then each node's for the down verdict
@@ -293,13 +297,7 @@ fn with_identities_and_a_deploy_one_seed_gives_one_trace() {
 #[test]
 fn a_forged_down_verdict_at_a_raised_incarnation_fails_no_one() {
     use crate::gossip::{NodeId, PushPullState};
-    let mut config = ClusterConfig::new(16, 10);
-    config.setup.identities = true;
-    let mut c = Cluster::new(config);
-    assert!(
-        c.run_until_true(SEC / 10, 60 * SEC, Cluster::converged)
-            .is_some()
-    );
+    let mut c = enrolled_and_converged(16, 10);
     c.run_for(10 * SEC);
     let id = |i: usize| NodeId::new(super::node::name(i), super::node::address(i), 0).unwrap();
     let forged = PushPullState {

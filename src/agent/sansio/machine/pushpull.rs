@@ -306,10 +306,10 @@ impl<W, S> AgentMachine<W, S> {
         {
             tracing::debug!(cause = %e, "applying push/pull members");
         }
-        let suspected = screened.suspect.clone();
+        let suspected = screened.suspect;
         if let Err(e) = self
             .foca
-            .apply_many(screened.suspect.into_iter(), true, &mut self.rt)
+            .apply_many(suspected.iter().cloned(), true, &mut self.rt)
         {
             tracing::debug!(cause = %e, "applying push/pull suspicions");
         }
