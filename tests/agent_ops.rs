@@ -1,5 +1,5 @@
 //! Operator features of `droot-fleet agent` on real processes (127.77.61-64.N):
-//! `monitor`, SIGHUP reload, `force-leave`, and `retry_join`.
+//! `monitor`, `info`, SIGHUP reload, `force-leave`, and `retry_join`.
 
 #[path = "common/agent.rs"]
 mod agent_support;
@@ -77,6 +77,18 @@ fn monitor_streams_events_and_logs_and_ends_cleanly_on_leave() {
             .any(|v| v["type"] == "log" && v["message"] == "handler finished");
         (user && handler).then_some(())
     });
+
+    // `info` shows the node and counts what it delivered, in JSON and as text.
+    let info = json(&a.cli(&["info", "--format", "json"]));
+    assert_eq!(info["name"], "n1", "{info}");
+    assert_eq!(info["members_alive"], 1, "{info}");
+    assert!(
+        info["counters"]["events_delivered"].as_u64() >= Some(1),
+        "{info}"
+    );
+    let text = ok(&a.cli(&["info"]));
+    assert!(text.lines().any(|l| l == "name = n1"), "{text}");
+    assert!(text.contains("\nevents_delivered = "), "{text}");
 
     // The agent leaves: the stream ends, the CLI exits 0 and says why.
     ok(&a.cli(&["leave"]));

@@ -1,9 +1,12 @@
 //! Every gossip wire decoder: broadcast items (events, queries, superseding slots),
 //! datagrams (foca, query answers, pushed events, leave notices), stream messages
-//! (push/pull states, large answers) and the slot lists push/pull extensions carry.
+//! (push/pull states, large answers), the slot lists push/pull extensions carry, the
+//! anti-entropy digest, and node certificates and revocations.
 //! What decodes must encode back to bytes that decode to the same value.
 #![no_main]
 
+use droot_fleet::gossip::cert::{NodeCert, Revocation};
+use droot_fleet::gossip::digest::Digest;
 use droot_fleet::gossip::message::{self, Datagram};
 use droot_fleet::gossip::supersede;
 use libfuzzer_sys::fuzz_target;
@@ -34,5 +37,14 @@ fuzz_target!(|data: &[u8]| {
             let bytes = supersede::encode_items(&refs, signed);
             assert_eq!(supersede::decode_items(&bytes, signed).ok(), Some(items));
         }
+    }
+    if let Ok(d) = Digest::decode(data) {
+        assert_eq!(Digest::decode(&d.encode()).as_ref(), Ok(&d));
+    }
+    if let Ok(c) = NodeCert::decode(data) {
+        assert_eq!(NodeCert::decode(&c.encode()).ok().as_ref(), Some(&c));
+    }
+    if let Ok(r) = Revocation::decode(data) {
+        assert_eq!(Revocation::decode(&r.encode()).ok().as_ref(), Some(&r));
     }
 });

@@ -64,6 +64,14 @@ pub struct MembersArgs {
     pub rpc: RpcArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+}
+
 /// `event NAME [PAYLOAD]` sends a user event; `event deploy APP VERSION` is the signed deploy
 /// event instead (so a plain user event cannot be named `deploy`).
 #[derive(Debug, Args)]
@@ -233,6 +241,28 @@ pub fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
                     identity_text(m.identity.as_ref()),
                     fmt_tags(&m.tags)
                 );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `info`: the local agent's name, address, identity and counters, as `serf info` shows.
+pub fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
+    let client = args.rpc.client()?;
+    let info = runtime()?.block_on(client.info())?;
+    match args.format {
+        Format::Json => print_json(&info)?,
+        Format::Text => {
+            println!("name = {}", info.name);
+            println!("addr = {}", info.addr);
+            println!("bump = {}", info.bump);
+            println!("tags = {}", fmt_tags(&info.tags));
+            println!("members_alive = {}", info.members_alive);
+            println!("identity_mode = {}", info.identity_mode);
+            println!("identity = {}", identity_text(info.identity.as_ref()));
+            for (k, v) in &info.counters {
+                println!("{k} = {v}");
             }
         }
     }

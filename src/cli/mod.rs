@@ -72,6 +72,8 @@ pub enum Command {
     Keygen(signing::KeygenArgs),
     /// Node identities: the fleet's enrollment key, a host's identity, revocation.
     Enroll(enroll::EnrollArgs),
+    /// The local agent: name, address, identity and its packet and protocol counters.
+    Info(fleet::InfoArgs),
     /// Make the local agent leave the cluster and exit.
     Leave(fleet::RpcArgs),
     /// Mark a failed member as left.
@@ -118,6 +120,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Keys(args) => fleet::keys(args),
         Command::Keygen(args) => signing::keygen(args),
         Command::Enroll(args) => enroll::execute(args),
+        Command::Info(args) => fleet::info(args),
         Command::Leave(args) => fleet::leave(args),
         Command::ForceLeave(args) => fleet::force_leave(args),
         Command::Monitor(args) => fleet::monitor(args),

@@ -13,6 +13,7 @@ use droot_fleet::deploy::signed::{
     DeployEvent, MaxParallel, MinHealthy, Options, Rollout, SignedEvent, Targets,
 };
 use droot_fleet::deploy::status::{NodeOutcome, Result as Res};
+use droot_fleet::gossip::cert::{NodeCert, Revocation};
 use droot_fleet::gossip::envelope;
 use droot_fleet::gossip::message::{
     self, Broadcast, Direct, LeaveNotice, StreamMessage, encode_broadcast, encode_direct,
@@ -233,7 +234,33 @@ fn streams() -> Vec<Vec<u8>> {
         encode_stream(&StreamMessage::PushPullRequest(push_pull(2))).unwrap(),
         encode_stream(&StreamMessage::PushPullReply(push_pull(3))).unwrap(),
         encode_stream(&StreamMessage::QueryResponse(response(Some([4; 64])))).unwrap(),
+        encode_stream(&StreamMessage::PushPullRequest(push_pull_digest())).unwrap(),
     ]
+}
+
+/// A digest-first push/pull request (wire version 4) asking the answer back.
+fn push_pull_digest() -> droot_fleet::gossip::PushPullState {
+    let core = GossipCore::new(
+        node("a", 2),
+        Default::default(),
+        CoreConfig::default(),
+        std::time::Duration::from_secs(1_700_000_000),
+    );
+    let members = [
+        foca::Member::alive(node("a", 2)),
+        foca::Member::down(node("c", 4)),
+    ];
+    core.push_pull_digest(&members, true)
+}
+
+/// A node certificate and its revocation, issued by the operator's key.
+fn identity_records() -> Vec<Vec<u8>> {
+    let node_key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]).verifying_key();
+    let cert =
+        NodeCert::issue_with_serial(&operator(), "fuzz-node", &node_key, 1, 2_000_000_000, 3)
+            .unwrap();
+    let revoked = Revocation::issue(&operator(), cert.body(), ISSUED_MS);
+    vec![cert.encode(), revoked.encode()]
 }
 
 fn signed_events() -> Vec<Vec<u8>> {
@@ -364,6 +391,7 @@ fn write_fuzz_seeds() {
     gossip.extend(streams());
     gossip.push(items(&deploy_slots(), false));
     gossip.push(items(&deploy_slots(), true));
+    gossip.extend(identity_records());
     write("gossip_message", &gossip);
     let mut deploy = signed_events();
     deploy.push(postcard::to_allocvec(&outcome("a")).unwrap());
@@ -377,7 +405,9 @@ fn write_fuzz_seeds() {
     );
     write("deploy_message", &deploy);
     write("signed_verify", &signed_events());
-    write("pushpull_merge", &streams()[..3]);
+    let mut pushpull = streams();
+    pushpull.remove(3); // the query response: not a push/pull state
+    write("pushpull_merge", &pushpull);
     let (tar, every) = tars();
     write("tar_reader", &[tar.clone(), every]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use super::persisted::Persisted;
 use super::targets::{self, Context, MemberView, Standing};
+use super::waiting::Waiting;
 use crate::deploy::activation::Outcome;
 use crate::deploy::control::{Action, CONTROL_KIND, Control, Orders, SignedControl};
 use crate::deploy::desired::DesiredState;
@@ -101,6 +102,8 @@ pub struct Core {
     orders: BTreeMap<String, Orders>,
     /// This node's clock, as last told (progress deadlines).
     now_ms: u64,
+    /// Apps whose desired event waits for earlier waves here ([`Waiting`]).
+    waits: BTreeMap<String, Waiting>,
 }
 
 impl Core {
@@ -125,6 +128,7 @@ impl Core {
             synced: false,
             orders: BTreeMap::new(),
             now_ms: 0,
+            waits: BTreeMap::new(),
         }
     }
 
@@ -201,10 +205,16 @@ impl Core {
     /// The clock moved: a progress deadline may have passed.
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Effect> {
         self.now_ms = self.now_ms.max(now_ms);
-        match self.synced {
-            true => self.evaluate_all(),
-            false => Vec::new(),
+        if !self.synced {
+            return Vec::new();
         }
+        // A wait with no progress deadline changes with outcomes, members and orders, not
+        // with time.
+        let apps: Vec<String> = (self.apps.iter())
+            .filter(|a| self.waits.get(*a).is_none_or(|w| w.timed))
+            .cloned()
+            .collect();
+        apps.iter().flat_map(|a| self.evaluate(a)).collect()
     }
 
     /// A signed rollout order of a `_rollout` user event, received at `now` (unix seconds).
@@ -306,8 +316,17 @@ impl Core {
             }
             OUTCOME_KIND => match postcard::from_bytes::<NodeOutcome>(&item.body) {
                 Ok(o) if item.key == outcome_key(&o.app, &o.node) => {
+                    let app = o.app.clone();
+                    let wait = self.waits.get_mut(&app);
+                    let phase = wait.and_then(|w| w.absorb(&o).then(|| w.phase()));
                     self.outcomes.insert(item.key.clone(), o);
-                    self.evaluate_all()
+                    match phase {
+                        Some(phase) => {
+                            self.phase.insert(app, phase);
+                            Vec::new()
+                        }
+                        None => self.evaluate(&app),
+                    }
                 }
                 _ => Vec::new(),
             },
@@ -406,6 +425,7 @@ impl Core {
 
     /// Starts the app's desired event here if it is due.
     fn evaluate(&mut self, app: &str) -> Vec<Effect> {
+        self.waits.remove(app);
         if !self.apps.contains(app) {
             return Vec::new();
         }
@@ -447,16 +467,11 @@ impl Core {
             }
             Decision::Wait { pending } => {
                 let wave = standing.plan.wave_of(&self.node).unwrap_or(0) + 1;
-                format!(
-                    "wave {wave} waits for {} ({})",
-                    pending.len(),
-                    pending
-                        .iter()
-                        .take(3)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                let timed = ev.options.progress_deadline_secs.is_some();
+                let wait = Waiting::new(id, standing.targets, pending, wave, timed);
+                let phase = wait.phase();
+                self.waits.insert(app.into(), wait);
+                phase
             }
             Decision::Halted { by, outcome } => format!("halted by {by} ({})", outcome.as_str()),
             Decision::NotTarget => "not a target".into(),

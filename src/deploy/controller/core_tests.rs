@@ -271,6 +271,88 @@ fn waves_start_in_order_and_a_failure_halts_the_rest() {
     );
 }
 
+fn outcome_slot(node: &str, id: u8, result: Res) -> Superseding {
+    let o = NodeOutcome {
+        node: node.into(),
+        app: "web".into(),
+        event_id: hex::encode([id; 16]),
+        version: "v2".into(),
+        result,
+        error: None,
+        at: NOW,
+    };
+    Superseding {
+        kind: OUTCOME_KIND.into(),
+        key: outcome_key("web", node),
+        version: 1,
+        origin: node.into(),
+        body: postcard::to_allocvec(&o).unwrap(),
+        sig: None,
+    }
+}
+
+/// A core of wave 2 of 10 targets in waves of 5, which knows them all and holds the event.
+fn waiting_core(key: &SigningKey, id: u8, nth: usize) -> (Core, Vec<String>) {
+    let names: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+    let rollout = Rollout {
+        max_parallel: Some(MaxParallel::Count(5)),
+        canary: 0,
+    };
+    let ev = deploy_event("v2", NOW, id, rollout);
+    let plan = crate::deploy::rollout::Plan::new(&ev.id, &names, &rollout);
+    let mut c = core(&plan.waves[1][nth], key);
+    let _ = c.on_members(names.iter().map(|n| member(n)).collect());
+    for n in &names {
+        let _ = c.on_slot(&Superseding {
+            kind: APPS_KIND.into(),
+            key: n.clone(),
+            version: 1,
+            origin: n.clone(),
+            body: postcard::to_allocvec(&vec!["web".to_string()]).unwrap(),
+            sig: None,
+        });
+    }
+    assert!(activations(&c.on_event(&signed(&ev, key), NOW)).is_empty());
+    (c, plan.waves[0].clone())
+}
+
+/// Outcomes a waiting node counted already only shorten its wait (no fresh plan each):
+/// it starts on the last ok of the wave before it, and a failure there halts it.
+#[test]
+fn a_waiting_node_counts_outcomes_down_and_starts_after_the_last() {
+    let key = generate_signing_key();
+    let (mut c, first) = waiting_core(&key, 6, 0);
+    assert!(
+        c.phase("web").starts_with("wave 2 waits for 5 ("),
+        "{}",
+        c.phase("web")
+    );
+    for (i, n) in first[..4].iter().enumerate() {
+        assert!(c.on_slot(&outcome_slot(n, 6, Res::Ok)).is_empty());
+        assert!(c.on_tick(NOW * 1000 + 60_000).is_empty());
+        let want = format!("wave 2 waits for {} (", 4 - i);
+        assert!(c.phase("web").starts_with(&want), "{}", c.phase("web"));
+    }
+    // An ok of another event decides afresh: still waits.
+    assert!(activations(&c.on_slot(&outcome_slot(&first[4], 7, Res::Ok))).is_empty());
+    assert!(
+        c.phase("web").starts_with("wave 2 waits for 1 ("),
+        "{}",
+        c.phase("web")
+    );
+    assert_eq!(
+        activations(&c.on_slot(&outcome_slot(&first[4], 6, Res::Ok))),
+        ["v2"]
+    );
+
+    let (mut c, first) = waiting_core(&key, 8, 1);
+    assert!(c.on_slot(&outcome_slot(&first[0], 8, Res::Ok)).is_empty());
+    let fx = c.on_slot(&outcome_slot(&first[1], 8, Res::RolledBack));
+    assert!(activations(&fx).is_empty());
+    let want = format!("halted by {} (rolled_back)", first[1]);
+    assert_eq!(c.phase("web"), want);
+}
+
 #[test]
 fn nothing_starts_before_the_node_is_synced() {
     let key = generate_signing_key();

@@ -5,5 +5,6 @@ mod persisted;
 pub mod service;
 pub mod slot_kinds;
 pub mod targets;
+mod waiting;
 
 pub use service::Controller;
