@@ -7,8 +7,11 @@
 //! files on disk and metrics: publish and deploy; a node killed mid-deploy that converges
 //! once back; two nodes cut off mid-deploy that converge once reconnected; a broken release
 //! stopped at its canary; every agent upgraded in place with no failed request and every
-//! jail adopted; a node with the wrong gossip key and an event signed by an untrusted key
-//! that change nothing; a rollout paused, resumed, and one cancelled.
+//! jail adopted; a node with the wrong gossip key, a leaked host (right gossip key and
+//! identity) gossiping an event signed by an untrusted key, and that key at a fleet node's
+//! API, which change nothing; a rollout paused, resumed, and one cancelled. Every node
+//! advertises its own container address; each deploy passes readiness (`READY=1`) and a
+//! smoke test over the network before the old instance stops.
 //!
 //! Needs root and a Docker engine: without one it fails naming the reason, unless
 //! `DROOT_FLEET_TEST_NO_DOCKER=1` (then it prints NOT RUN). Everything it makes in Docker
@@ -128,9 +131,26 @@ fn deploys_ok(f: &Cfleet, n: u8) -> u64 {
         .unwrap_or(0)
 }
 
+/// Every node lists every member at its own container address (none at loopback, none
+/// at another's), so gossip, queries and answers cross the network.
+fn members_advertise_their_own_addresses(f: &Cfleet) {
+    for n in ALL {
+        let addrs = f.member_addrs(n);
+        for i in ALL {
+            let want = format!("{}:{}", f.ip(i), cfleet::GOSSIP_PORT);
+            assert_eq!(
+                addrs.get(&cfleet::name(i)),
+                Some(&want),
+                "as n{n} lists n{i}"
+            );
+        }
+    }
+}
+
 /// Step 1: v1..v6 published into Garage from n1 (inside the network); v1 deployed, pinned,
-/// to every node; then every node's app is probed.
+/// to every node (ready by `READY=1`, then its smoke test); then every node's app is probed.
 fn first_deploy(f: &Cfleet) {
+    members_advertise_their_own_addresses(f);
     for (v, b) in [
         ("v1", Behaviour::Boots(0)),
         ("v2", Behaviour::Boots(2000)),
@@ -154,6 +174,14 @@ fn first_deploy(f: &Cfleet) {
     for n in ALL {
         wait_converged(f, n, "v1");
         assert_eq!(deploys_ok(f, n), 1, "n{n}'s metrics count one ok deploy");
+        let log = f.agent_log(n);
+        let smoke = log
+            .lines()
+            .any(|l| l.contains("hook passed") && l.contains("after_start"));
+        assert!(
+            smoke,
+            "n{n}: no passed after_start smoke test in its log:\n{log}"
+        );
     }
     f.probe(&ALL);
     f.assert_no_failed_request(f.probe_counts(), "the first rounds");
@@ -186,24 +214,30 @@ fn killed_node_converges_once_back(f: &Cfleet) {
     f.probe(&ALL);
 }
 
-/// Step 3: n3 and n4 lose the network while v3 deploys; the rest converge; reconnected
-/// (same addresses), the two converge to v3.
+/// Step 3: n3 and n4 lose the network (the store's too) as v3's deploy starts; the rest
+/// converge while the two still run v2 with no v3 on disk; reconnected (same addresses),
+/// the two converge to v3.
 fn cut_off_nodes_converge_once_reconnected(f: &Cfleet) {
     f.probe(&[1, 2, 5]);
-    let id = deploy_start(f, "v3", &[]);
     for n in [3, 4] {
-        cfleet::docker_ok(&[
-            "network",
-            "disconnect",
-            cfleet::NETWORK,
-            &cfleet::container(n),
-        ]);
+        let c = cfleet::container(n);
+        cfleet::docker_ok(&["network", "disconnect", cfleet::NETWORK, &c]);
     }
-    wait_progress(f, &id, "n1, n2, n5 ok", |p| {
+    let id = deploy_start(f, "v3", &[]);
+    let p = wait_progress(f, &id, "n1, n2, n5 ok", |p| {
         names(&[1, 2, 5]).iter().all(|n| list(&p["ok"]).contains(n))
     });
     for n in [1, 2, 5] {
         wait_converged(f, n, "v3");
+    }
+    for n in [3, 4] {
+        assert!(!list(&p["ok"]).contains(&cfleet::name(n)), "{p}");
+        assert_eq!(f.current_on_disk(n).as_deref(), Some("v2"), "n{n} cut off");
+        let releases = f.releases_on_disk(n);
+        assert!(
+            !releases.contains(&"v3".to_owned()),
+            "n{n} cut off: {releases:?}"
+        );
     }
     for n in [3, 4] {
         let ip = f.ip(n);
@@ -277,8 +311,11 @@ fn agents_upgrade_in_place(f: &Cfleet) {
     f.assert_no_failed_request(mark, "the agent upgrades");
 }
 
-/// Step 6: a node whose gossip key is wrong (and which trusts a rogue signing key) accepts a
-/// rogue event but cannot pass it on; the rogue key through a fleet node is refused.
+/// Step 6: outsiders change nothing. A node whose gossip key is wrong (trusting a rogue
+/// signing key) accepts its own rogue event but cannot pass it on; a node with the right
+/// gossip key and identity but trusting the rogue key (a leaked host) gossips its rogue
+/// event, and every fleet node refuses it; the rogue key through a fleet node's API is
+/// refused.
 fn outsiders_change_nothing(f: &Cfleet) {
     let dropped = |n| auth_drops(f, n);
     let before = dropped(1);
@@ -291,7 +328,8 @@ fn outsiders_change_nothing(f: &Cfleet) {
     wait_for(LONG, "n1 to drop n6's packets", || {
         (dropped(1) > before).then_some(())
     });
-    let out = f.cli(6, &["event", "deploy", APP, "v9", "--unpinned"]);
+    let rogue_event = ["event", "deploy", APP, "v9", "--unpinned"];
+    let out = f.cli(6, &rogue_event);
     assert!(
         out.status.success(),
         "n6 takes its own key's event: {}",
@@ -301,13 +339,37 @@ fn outsiders_change_nothing(f: &Cfleet) {
     wait_for(LONG, "n6 to keep knocking", || {
         (dropped(1) > seen).then_some(())
     });
+    assert!(!f.members(1).contains_key("n6"), "{:?}", f.members(1));
+
+    let refused = |n| f.counter(n, "superseding_refused");
+    let before: Vec<u64> = ALL.iter().map(|n| refused(*n)).collect();
+    let keyring = cfleet::path_in(f, "keyring.json");
+    f.create_node_with(7, &keyring, &rogue_key, &rogue);
+    f.start_agent(7, "/usr/bin/droot-fleet");
+    f.wait_members(1, "n7 alive", |m| {
+        m.get("n7").map(String::as_str) == Some("alive")
+    });
+    let out = f.cli(7, &rogue_event);
+    assert!(
+        out.status.success(),
+        "n7 takes its own key's event: {}",
+        text(&out)
+    );
+    for (n, before) in ALL.into_iter().zip(before) {
+        wait_for(LONG, &format!("n{n} to refuse n7's rogue slot"), || {
+            (refused(n) > before).then_some(())
+        });
+    }
 
     let to = format!("{}:/etc/droot-fleet/rogue.key", cfleet::container(1));
     cfleet::docker_ok(&["cp", rogue_key.to_str().unwrap(), &to]);
-    let args = ["event", "deploy", APP, "v9", "--unpinned"];
     let out = f.cli(
         1,
-        &[&args[..], &["--signing-key", "/etc/droot-fleet/rogue.key"]].concat(),
+        &[
+            &rogue_event[..],
+            &["--signing-key", "/etc/droot-fleet/rogue.key"],
+        ]
+        .concat(),
     );
     assert!(
         !out.status.success(),
@@ -316,12 +378,26 @@ fn outsiders_change_nothing(f: &Cfleet) {
     );
     assert!(text(&out).contains("trusted"), "{}", text(&out));
 
-    assert!(!f.members(1).contains_key("n6"), "{:?}", f.members(1));
-    for (node, s) in f.status(1) {
-        assert_ne!(s["desired_version"], "v9", "{node}: {s}");
-        assert_eq!(s["version"], "v3", "{node}: {s}");
+    let status = wait_for(LONG, "every fleet node's status answer", || {
+        let s = f.status(1);
+        ALL.iter()
+            .all(|n| s.contains_key(&cfleet::name(*n)))
+            .then_some(s)
+    });
+    for n in ALL {
+        let s = &status[&cfleet::name(n)];
+        assert_ne!(s["desired_version"], "v9", "n{n}: {s}");
+        assert_eq!(s["version"], "v3", "n{n}: {s}");
+        assert_eq!(f.current_on_disk(n).as_deref(), Some("v3"), "n{n}");
     }
-    cfleet::docker_ok(&["rm", "-f", &cfleet::container(6)]);
+    // n7 leaves (no target of later rollouts); n6 never joined.
+    f.cli_ok(7, &["leave"]);
+    f.wait_members(1, "n7 left", |m| {
+        m.get("n7").map(String::as_str) == Some("left")
+    });
+    for n in [6, 7] {
+        cfleet::docker_ok(&["rm", "-f", &cfleet::container(n)]);
+    }
 }
 
 /// Gossip datagrams and streams node `n` dropped for a wrong key (its metrics).

@@ -216,7 +216,9 @@ impl Cfleet {
     }
 
     /// Node `n`'s agent config: gossip, identity, the trusted key, metrics, the store and
-    /// `demo` on its own address.
+    /// `demo` on its own address: ready by `READY=1`, then a smoke test (an `after_start`
+    /// hook in the new release's jail) GETs the app through the node's address before the
+    /// old instance stops.
     pub fn config(&self, n: u8, trusted: &str) -> String {
         let ip = self.ip(n);
         format!(
@@ -230,7 +232,9 @@ impl Cfleet {
              root = \"/srv/{APP}\"\ncommand = [\"/sockapp\"]\nlisten = [\"tcp:{ip}:{APP_PORT}\"]\n\
              stop_timeout = \"5s\"\nleave_running = true\n\
              backoff = {{ initial = \"300ms\", max = \"2s\" }}\n\
-             [apps.{APP}.health]\nnotify = true\ndeadline = \"20s\"\n",
+             [apps.{APP}.health]\nnotify = true\ndeadline = \"20s\"\n\
+             [apps.{APP}.hooks.after_start]\ntimeout = \"10s\"\n\
+             command = [\"/bin/wget\", \"-q\", \"-O\", \"/dev/null\", \"http://{ip}:{APP_PORT}/\"]\n",
             enroll = self.enrollment.public,
             endpoint = self.endpoint(),
         )
@@ -353,11 +357,28 @@ impl Cfleet {
 
     /// Members as node `n` lists them: name → status.
     pub fn members(&self, n: u8) -> BTreeMap<String, String> {
+        self.member_field(n, "status")
+    }
+
+    /// Members as node `n` lists them: name → the address each advertises.
+    pub fn member_addrs(&self, n: u8) -> BTreeMap<String, String> {
+        self.member_field(n, "addr")
+    }
+
+    /// Name → `field` of each member in node `n`'s `members --format json`.
+    fn member_field(&self, n: u8, field: &str) -> BTreeMap<String, String> {
         let out = self.cli(n, &["members", "--format", "json"]);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         (v.as_array().into_iter().flatten())
-            .filter_map(|m| Some((m["name"].as_str()?.into(), m["status"].as_str()?.into())))
+            .filter_map(|m| Some((m["name"].as_str()?.into(), m[field].as_str()?.into())))
             .collect()
+    }
+
+    /// Counter `name` of node `n`'s agent (`info --format json`).
+    pub fn counter(&self, n: u8, name: &str) -> u64 {
+        let out = self.cli_ok(n, &["info", "--format", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("info ({e}): {out}"));
+        v["counters"][name].as_u64().unwrap_or(0)
     }
 
     /// Waits until node `n`'s member list satisfies `want`.
