@@ -245,6 +245,14 @@ fn zeros_tar(size: u64) -> Vec<u8> {
 
 use std::io::Read as _;
 
+/// `bytes` in the parallel gzip layout `publish` writes (inflated on every core).
+fn gz_members(bytes: &[u8]) -> Vec<u8> {
+    use droot_fleet::artifact::gzip_members::MemberWriter;
+    let mut w = MemberWriter::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut w, bytes).unwrap();
+    w.finish().unwrap()
+}
+
 #[test]
 fn gzip_and_zstd_bombs_are_refused_by_the_ratio_cap_with_nothing_left() {
     let r = Root::new();
@@ -252,6 +260,7 @@ fn gzip_and_zstd_bombs_are_refused_by_the_ratio_cap_with_nothing_left() {
     let bomb = zeros_tar(160 << 20);
     for (name, bytes) in [
         ("bomb.tar.gz", gz(&bomb)),
+        ("bomb-members.tar.gz", gz_members(&bomb)),
         ("bomb.tar.zst", zstd::encode_all(&bomb[..], 3).unwrap()),
     ] {
         assert!(bytes.len() < 1 << 20, "{name}: {} bytes", bytes.len());

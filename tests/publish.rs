@@ -425,6 +425,65 @@ fn engine_images_and_saved_archives_publish() {
     }
 }
 
+/// `publish --gzip` writes independent gzip members that say their length (the parallel
+/// layout): GNU tar (through gzip) reads the artifact whole, and `droot-fleet deploy`
+/// (inflating members on every core) unpacks the same tree.
+#[test]
+fn gzip_artifacts_are_members_that_any_gunzip_reads() {
+    let t = common::tempdir();
+    let src = t.path().join("rootfs");
+    common::httpd_rootfs(&src, "v1", true, HTTPD);
+    let mut x = 0x9e37_79b9_u32;
+    let big: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(src.join("www/big"), &big).unwrap();
+    let artifact = t.path().join("a.tar.gz");
+    let url = format!("file://{}", artifact.display());
+    json(&publish(
+        &[],
+        &[src.to_str().unwrap(), &url, "--gzip", "--format", "json"],
+    ));
+    let gz = std::fs::read(&artifact).unwrap();
+    let (mut at, mut members) = (0, 0);
+    while at < gz.len() {
+        at += droot_fleet::artifact::gzip_members::member_len(&gz[at..])
+            .unwrap_or_else(|| panic!("no member header at byte {at}"));
+        members += 1;
+    }
+    assert!(members >= 3, "{members} member(s) for over 3 MiB");
+
+    let by_tar = t.path().join("by-tar");
+    std::fs::create_dir(&by_tar).unwrap();
+    let o = common::output(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&artifact)
+            .arg("-C")
+            .arg(&by_tar),
+    );
+    assert!(o.status.success(), "tar -xzf: {}", text(&o));
+    assert!(std::fs::read(by_tar.join("www/big")).unwrap() == big);
+
+    let root = t.path().join("app");
+    let o = common::output(
+        Command::new(common::bin())
+            .args(["deploy", "--root"])
+            .arg(&root)
+            .args(["--version", "v1"])
+            .arg(&artifact),
+    );
+    assert!(o.status.success(), "deploy: {}", text(&o));
+    assert!(std::fs::read(root.join("current/www/big")).unwrap() == big);
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/www/version")).unwrap(),
+        std::fs::read_to_string(by_tar.join("www/version")).unwrap()
+    );
+}
+
 /// The paths in a tar.
 fn entries(tar: &Path) -> Vec<String> {
     let mut a = tar::Archive::new(std::fs::File::open(tar).unwrap());

@@ -120,6 +120,7 @@ pub fn detect<R: Read + Send + 'static>(
     let mut buffered = BufReader::with_capacity(1 << 20, input);
     let head = peek(&mut buffered, 512)?;
     let kind = classify(&head)?;
+    let parallel = kind == Compression::Gzip && super::gzip_members::member_len(&head).is_some();
     // Re-assemble what was peeked with the rest of the stream.
     let buffered_len = buffered.buffer().len();
     let raw: Box<dyn Read + Send> = if buffered_len == head.len() {
@@ -127,6 +128,12 @@ pub fn detect<R: Read + Send + 'static>(
     } else {
         Box::new(io::Cursor::new(head).chain(buffered))
     };
+    // gzip in the parallel layout (what `publish` writes) is inflated on every core.
+    if parallel {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let reader = super::parallel_gunzip::ParallelGunzip::spawn(raw, workers)?;
+        return Ok((kind, Box::new(reader)));
+    }
     Ok((kind, decompress(kind, raw)?))
 }
 

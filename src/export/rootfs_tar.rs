@@ -71,7 +71,7 @@ impl From<Compression> for OutputOptions {
 /// A writer, maybe compressing.
 enum Encoder<W: Write> {
     Raw(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(crate::artifact::gzip_members::MemberWriter<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -82,7 +82,9 @@ impl<W: Write> Encoder<W> {
             Compression::Gzip => {
                 let level = opts.level.map_or(6, |l| l.clamp(0, 9) as u32);
                 let level = flate2::Compression::new(level);
-                Encoder::Gzip(flate2::write::GzEncoder::new(out, level))
+                // Independent members: any gunzip reads them, and the fetcher inflates
+                // them on every core.
+                Encoder::Gzip(crate::artifact::gzip_members::MemberWriter::new(out, level))
             }
             Compression::Zstd => {
                 // Compress on worker threads while this one parses and re-writes entries

@@ -1,0 +1,170 @@
+//! gzip laid out for parallel decoding: independent members that say their own length.
+//!
+//! A plain gzip stream is one deflate stream: decoding it is one core's work, and on a
+//! 2-core host that core is the bottleneck of an unpack. Here the tar stream is cut into
+//! blocks of [`BLOCK`] bytes, each compressed as a gzip member of its own (RFC 1952 allows
+//! any number, and `gunzip`, `zcat` and every gzip library read them as one stream). Each
+//! member's header carries an extra subfield `DF` with the member's total length, as BGZF's
+//! `BC` does, so a reader finds every member without inflating the one before it, and
+//! members can be inflated on every core ([`super::parallel_gunzip`]).
+//!
+//! Member header (20 bytes): `1f 8b 08 04`, MTIME 0, XFL 0, OS 255, XLEN 8, then the
+//! subfield `D F`, length 4, and the member's total length (header, deflate data and the
+//! 8-byte trailer) as a little-endian u32. A member holds at most [`MAX_MEMBER`] bytes
+//! in and out: a reader refuses a longer one before buffering it.
+
+use std::io::{self, Write};
+
+/// Bytes of tar per member.
+pub const BLOCK: usize = 1 << 20;
+/// The most a member may take, compressed or not (a reader's bound per member).
+pub const MAX_MEMBER: usize = 4 << 20;
+/// Length of the header [`member_header`] writes.
+pub const HEADER_LEN: usize = 20;
+/// CRC32 and ISIZE.
+pub const TRAILER_LEN: usize = 8;
+
+const FEXTRA: u8 = 0x04;
+const SUBFIELD: [u8; 2] = *b"DF";
+
+/// The header of a member whose total length is `member_len`.
+pub fn member_header(member_len: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(&[0x1f, 0x8b, 0x08, FEXTRA]);
+    // MTIME (4 bytes) and XFL stay 0.
+    h[9] = 255; // OS: unknown
+    h[10..12].copy_from_slice(&8u16.to_le_bytes());
+    h[12..14].copy_from_slice(&SUBFIELD);
+    h[14..16].copy_from_slice(&4u16.to_le_bytes());
+    h[16..20].copy_from_slice(&member_len.to_le_bytes());
+    h
+}
+
+/// The total length of the member `head` starts, if it is a member of this layout
+/// (`None` for any other gzip header).
+pub fn member_len(head: &[u8]) -> Option<usize> {
+    let h = head.get(..HEADER_LEN)?;
+    let ours = h[..4] == [0x1f, 0x8b, 0x08, FEXTRA]
+        && h[10..12] == 8u16.to_le_bytes()
+        && h[12..14] == SUBFIELD
+        && h[14..16] == 4u16.to_le_bytes();
+    ours.then(|| u32::from_le_bytes([h[16], h[17], h[18], h[19]]) as usize)
+}
+
+/// A writer of [`BLOCK`]-sized gzip members.
+pub struct MemberWriter<W: Write> {
+    out: W,
+    level: flate2::Compression,
+    block: Vec<u8>,
+    /// A member was written (an empty stream still gets one, so it is valid gzip).
+    wrote: bool,
+}
+
+impl<W: Write> MemberWriter<W> {
+    pub fn new(out: W, level: flate2::Compression) -> Self {
+        MemberWriter {
+            out,
+            level,
+            block: Vec::with_capacity(BLOCK),
+            wrote: false,
+        }
+    }
+
+    /// Writes the last member and returns the sink.
+    pub fn finish(mut self) -> io::Result<W> {
+        if !self.block.is_empty() || !self.wrote {
+            self.write_member()?;
+        }
+        Ok(self.out)
+    }
+
+    fn write_member(&mut self) -> io::Result<()> {
+        let mut crc = flate2::Crc::new();
+        crc.update(&self.block);
+        let cap = self.block.len() / 2 + 64;
+        let mut deflate = flate2::write::DeflateEncoder::new(Vec::with_capacity(cap), self.level);
+        deflate.write_all(&self.block)?;
+        let data = deflate.finish()?;
+        let total = HEADER_LEN + data.len() + TRAILER_LEN;
+        // Deflate grows incompressible input by a few bytes per 64 KiB: far under the bound.
+        debug_assert!(total <= MAX_MEMBER);
+        self.out.write_all(&member_header(total as u32))?;
+        self.out.write_all(&data)?;
+        self.out.write_all(&crc.sum().to_le_bytes())?;
+        self.out
+            .write_all(&(self.block.len() as u32).to_le_bytes())?;
+        self.block.clear();
+        self.wrote = true;
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for MemberWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(BLOCK - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == BLOCK {
+            self.write_member()?;
+        }
+        Ok(n)
+    }
+
+    /// Flushes the sink; a partial block stays until it fills or [`Self::finish`].
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    fn members(data: &[u8]) -> Vec<u8> {
+        let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast());
+        w.write_all(data).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn gunzip(gz: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(gz)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn any_gzip_reader_reads_the_members_as_one_stream() {
+        let data: Vec<u8> = (0..(2 * BLOCK + 12345)).map(|i| (i % 251) as u8).collect();
+        let gz = members(&data);
+        assert_eq!(gunzip(&gz), data);
+        // Three members, each found from its header alone.
+        let mut at = 0;
+        let mut count = 0;
+        while at < gz.len() {
+            at += member_len(&gz[at..]).expect("a member header");
+            count += 1;
+        }
+        assert_eq!((at, count), (gz.len(), 3));
+    }
+
+    #[test]
+    fn an_empty_stream_is_one_empty_member() {
+        let gz = members(b"");
+        assert_eq!(member_len(&gz), Some(gz.len()));
+        assert!(gunzip(&gz).is_empty());
+    }
+
+    #[test]
+    fn other_gzip_headers_are_not_members_of_this_layout() {
+        let mut plain = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        plain.write_all(b"abc").unwrap();
+        assert_eq!(member_len(&plain.finish().unwrap()), None);
+        let mut h = member_header(100);
+        h[13] = b'X';
+        assert_eq!(member_len(&h), None);
+        assert_eq!(member_len(&member_header(100)[..19]), None);
+    }
+}
