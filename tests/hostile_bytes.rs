@@ -244,6 +244,13 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
         e.write_all(&tar).unwrap();
         e.finish().unwrap()
     };
+    // The parallel layout publish writes (a different decoder).
+    let members = {
+        use droot_fleet::artifact::gzip_members::MemberWriter;
+        let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast());
+        w.write_all(&tar).unwrap();
+        w.finish().unwrap()
+    };
     let t = common::tempdir();
     let outside = t.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
@@ -255,7 +262,7 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
         ..UnpackOptions::default()
     };
     // The unmutated archives first: they are valid, so they reach the end of the unpack.
-    for (i, base) in [&tar, &gz].into_iter().enumerate() {
+    for (i, base) in [&tar, &gz, &members].into_iter().enumerate() {
         let dest = t.path().join(format!("base{i}"));
         std::fs::create_dir(&dest).unwrap();
         unpack(std::io::Cursor::new(base.clone()), &dest, &opts).unwrap();
@@ -273,7 +280,7 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
     }
     let (mut ok, mut refused) = (0, 0);
     for round in 0..300 {
-        let base = if round % 2 == 0 { &tar } else { &gz };
+        let base = [&tar, &gz, &members][round % 3];
         let input = mutate(&mut rng, base);
         let dest = t.path().join(format!("r{round}"));
         std::fs::create_dir(&dest).unwrap();

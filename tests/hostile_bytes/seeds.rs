@@ -414,6 +414,12 @@ fn write_fuzz_seeds() {
     gz.write_all(&tar).unwrap();
     let gz = gz.finish().unwrap();
     let zst = crate::common::archive::zstd(&tar);
-    write("unpack", &[tar, gz, zst]);
+    let mut members = droot_fleet::artifact::gzip_members::MemberWriter::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    );
+    members.write_all(&tar).unwrap();
+    let members = members.finish().unwrap();
+    write("unpack", &[tar, gz, zst, members]);
     write("api_request", &requests());
 }
