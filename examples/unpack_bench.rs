@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use droot_fleet::artifact::gzip_members::MemberWriter;
+use droot_fleet::artifact::zstd_frames::FrameWriter;
 use droot_fleet::artifact::{UnpackOptions, unpack};
 
 /// Deterministic xorshift generator: the archive is identical on every machine.
@@ -200,6 +201,7 @@ fn main() {
     let gz_path = dir.join("rootfs.tar.gz");
     let members_path = dir.join("rootfs.members.tar.gz");
     let zst_path = dir.join("rootfs.tar.zst");
+    let frames_path = dir.join("rootfs.frames.tar.zst");
     let tar_path = dir.join("rootfs.tar");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
     gz.write_all(&tar).unwrap();
@@ -209,15 +211,19 @@ fn main() {
     members.write_all(&tar).unwrap();
     std::fs::write(&members_path, members.finish().unwrap()).unwrap();
     std::fs::write(&zst_path, zstd::encode_all(&tar[..], 3).unwrap()).unwrap();
+    let mut frames = FrameWriter::new(Vec::new(), 3).unwrap();
+    frames.write_all(&tar).unwrap();
+    std::fs::write(&frames_path, frames.finish().unwrap()).unwrap();
     std::fs::write(&tar_path, &tar).unwrap();
     let entries = tar::Archive::new(&tar[..]).entries().unwrap().count();
     let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64 / 1e6;
     println!(
         "archive: {raw_mb:.0} MB unpacked, {entries} entries; gzip {:.0} MB (in members {:.0} MB), \
-         zstd {:.0} MB; {runs} runs each, interleaved",
+         zstd {:.0} MB (in frames {:.0} MB); {runs} runs each, interleaved",
         gz.len() as f64 / 1e6,
         size(&members_path),
-        size(&zst_path)
+        size(&zst_path),
+        size(&frames_path)
     );
     drop(tar);
 
@@ -259,10 +265,19 @@ fn main() {
                 zst_path.clone(),
             ),
         ),
-        ("droot-fleet unpack (tar.zst)", 3, ours_on(zst_path.clone())),
+        (
+            "droot-fleet unpack (tar.zst, one frame)",
+            3,
+            ours_on(zst_path.clone()),
+        ),
+        (
+            "droot-fleet unpack (tar.zst, frames: publish's layout)",
+            3,
+            ours_on(frames_path.clone()),
+        ),
         (
             "tar -x of the raw tar (the floor)",
-            5,
+            6,
             pipe(
                 "tar -x -f {archive} -C {dest} && sync -f {dest}",
                 tar_path.clone(),
@@ -290,7 +305,7 @@ fn main() {
             secs[i],
             raw_mb / secs[i],
             secs[*base] / secs[i],
-            secs[i] / secs[5]
+            secs[i] / secs[6]
         );
     }
 }

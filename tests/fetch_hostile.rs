@@ -253,6 +253,14 @@ fn gz_members(bytes: &[u8]) -> Vec<u8> {
     w.finish().unwrap()
 }
 
+/// `bytes` in the parallel zstd layout `publish` writes.
+fn zst_frames(bytes: &[u8]) -> Vec<u8> {
+    use droot_fleet::artifact::zstd_frames::FrameWriter;
+    let mut w = FrameWriter::new(Vec::new(), 3).unwrap();
+    std::io::Write::write_all(&mut w, bytes).unwrap();
+    w.finish().unwrap()
+}
+
 #[test]
 fn gzip_and_zstd_bombs_are_refused_by_the_ratio_cap_with_nothing_left() {
     let r = Root::new();
@@ -262,6 +270,7 @@ fn gzip_and_zstd_bombs_are_refused_by_the_ratio_cap_with_nothing_left() {
         ("bomb.tar.gz", gz(&bomb)),
         ("bomb-members.tar.gz", gz_members(&bomb)),
         ("bomb.tar.zst", zstd::encode_all(&bomb[..], 3).unwrap()),
+        ("bomb-frames.tar.zst", zst_frames(&bomb)),
     ] {
         assert!(bytes.len() < 1 << 20, "{name}: {} bytes", bytes.len());
         let f = t.path().join(name);

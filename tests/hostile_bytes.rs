@@ -244,10 +244,16 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
         e.write_all(&tar).unwrap();
         e.finish().unwrap()
     };
-    // The parallel layout publish writes (a different decoder).
+    // The parallel layouts publish writes (other decoders).
     let members = {
         use droot_fleet::artifact::gzip_members::MemberWriter;
         let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast());
+        w.write_all(&tar).unwrap();
+        w.finish().unwrap()
+    };
+    let frames = {
+        use droot_fleet::artifact::zstd_frames::FrameWriter;
+        let mut w = FrameWriter::new(Vec::new(), 3).unwrap();
         w.write_all(&tar).unwrap();
         w.finish().unwrap()
     };
@@ -262,7 +268,7 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
         ..UnpackOptions::default()
     };
     // The unmutated archives first: they are valid, so they reach the end of the unpack.
-    for (i, base) in [&tar, &gz, &members].into_iter().enumerate() {
+    for (i, base) in [&tar, &gz, &members, &frames].into_iter().enumerate() {
         let dest = t.path().join(format!("base{i}"));
         std::fs::create_dir(&dest).unwrap();
         unpack(std::io::Cursor::new(base.clone()), &dest, &opts).unwrap();
@@ -280,7 +286,7 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
     }
     let (mut ok, mut refused) = (0, 0);
     for round in 0..300 {
-        let base = [&tar, &gz, &members][round % 3];
+        let base = [&tar, &gz, &members, &frames][round % 4];
         let input = mutate(&mut rng, base);
         let dest = t.path().join(format!("r{round}"));
         std::fs::create_dir(&dest).unwrap();

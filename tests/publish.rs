@@ -425,11 +425,12 @@ fn engine_images_and_saved_archives_publish() {
     }
 }
 
-/// `publish --gzip` writes independent gzip members that say their length (the parallel
-/// layout): GNU tar (through gzip) reads the artifact whole, and `droot-fleet deploy`
-/// (inflating members on every core) unpacks the same tree.
+/// `publish` writes gzip as independent members that say their length and zstd as
+/// independent frames after a marker (the parallel layouts): GNU tar (through gzip and
+/// zstd) reads each artifact whole, and `droot-fleet deploy` (decoding on every core)
+/// unpacks the same tree.
 #[test]
-fn gzip_artifacts_are_members_that_any_gunzip_reads() {
+fn compressed_artifacts_are_in_parallel_layouts_that_any_decoder_reads() {
     let t = common::tempdir();
     let src = t.path().join("rootfs");
     common::httpd_rootfs(&src, "v1", true, HTTPD);
@@ -441,43 +442,62 @@ fn gzip_artifacts_are_members_that_any_gunzip_reads() {
         })
         .collect();
     std::fs::write(src.join("www/big"), &big).unwrap();
-    let artifact = t.path().join("a.tar.gz");
-    let url = format!("file://{}", artifact.display());
-    json(&publish(
-        &[],
-        &[src.to_str().unwrap(), &url, "--gzip", "--format", "json"],
-    ));
-    let gz = std::fs::read(&artifact).unwrap();
-    let (mut at, mut members) = (0, 0);
-    while at < gz.len() {
-        at += droot_fleet::artifact::gzip_members::member_len(&gz[at..])
-            .unwrap_or_else(|| panic!("no member header at byte {at}"));
-        members += 1;
-    }
-    assert!(members >= 3, "{members} member(s) for over 3 MiB");
+    for (flag, file, tar_flag) in [
+        ("--gzip", "a.tar.gz", "-z"),
+        ("--zstd", "a.tar.zst", "--zstd"),
+    ] {
+        let artifact = t.path().join(file);
+        let url = format!("file://{}", artifact.display());
+        json(&publish(
+            &[],
+            &[src.to_str().unwrap(), &url, flag, "--format", "json"],
+        ));
+        let bytes = std::fs::read(&artifact).unwrap();
+        if flag == "--gzip" {
+            let (mut at, mut members) = (0, 0);
+            while at < bytes.len() {
+                at += droot_fleet::artifact::gzip_members::member_len(&bytes[at..])
+                    .unwrap_or_else(|| panic!("no member header at byte {at}"));
+                members += 1;
+            }
+            assert!(members >= 3, "{members} member(s) for over 3 MiB");
+        } else {
+            assert!(droot_fleet::artifact::zstd_frames::is_marked(&bytes));
+        }
 
-    let by_tar = t.path().join("by-tar");
-    std::fs::create_dir(&by_tar).unwrap();
-    let o = common::output(
-        Command::new("tar")
-            .arg("-xzf")
+        let by_tar = t.path().join(format!("by-tar-{file}"));
+        std::fs::create_dir(&by_tar).unwrap();
+        let mut tar = Command::new("tar");
+        tar.arg(tar_flag)
+            .arg("-xf")
             .arg(&artifact)
             .arg("-C")
-            .arg(&by_tar),
-    );
-    assert!(o.status.success(), "tar -xzf: {}", text(&o));
-    assert!(std::fs::read(by_tar.join("www/big")).unwrap() == big);
+            .arg(&by_tar);
+        let o = common::output(&mut tar);
+        assert!(o.status.success(), "tar {tar_flag} -xf: {}", text(&o));
+        assert!(
+            std::fs::read(by_tar.join("www/big")).unwrap() == big,
+            "{file}"
+        );
 
-    let root = t.path().join("app");
-    let o = common::output(
-        Command::new(common::bin())
-            .args(["deploy", "--root"])
-            .arg(&root)
-            .args(["--version", "v1"])
-            .arg(&artifact),
+        let root = t.path().join(format!("app-{file}"));
+        let o = common::output(
+            Command::new(common::bin())
+                .args(["deploy", "--root"])
+                .arg(&root)
+                .args(["--version", "v1"])
+                .arg(&artifact),
+        );
+        assert!(o.status.success(), "deploy: {}", text(&o));
+        assert!(
+            std::fs::read(root.join("current/www/big")).unwrap() == big,
+            "{file}"
+        );
+    }
+    let (root, by_tar) = (
+        t.path().join("app-a.tar.zst"),
+        t.path().join("by-tar-a.tar.gz"),
     );
-    assert!(o.status.success(), "deploy: {}", text(&o));
-    assert!(std::fs::read(root.join("current/www/big")).unwrap() == big);
     assert_eq!(
         std::fs::read_to_string(root.join("current/www/version")).unwrap(),
         std::fs::read_to_string(by_tar.join("www/version")).unwrap()

@@ -5,6 +5,10 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 
+use super::gzip_members::GzipMembers;
+use super::parallel_decode::ParallelDecode;
+use super::zstd_frames::ZstdFrames;
+
 /// The compression wrapped around a tar stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -60,7 +64,7 @@ pub fn is_tar_header(block: &[u8]) -> bool {
 pub fn compression_of(head: &[u8]) -> Option<Compression> {
     if head.starts_with(&GZIP_MAGIC) {
         Some(Compression::Gzip)
-    } else if head.starts_with(&ZSTD_MAGIC) {
+    } else if head.starts_with(&ZSTD_MAGIC) || super::zstd_frames::starts_skippable(head) {
         Some(Compression::Zstd)
     } else {
         None
@@ -120,7 +124,9 @@ pub fn detect<R: Read + Send + 'static>(
     let mut buffered = BufReader::with_capacity(1 << 20, input);
     let head = peek(&mut buffered, 512)?;
     let kind = classify(&head)?;
-    let parallel = kind == Compression::Gzip && super::gzip_members::member_len(&head).is_some();
+    let gzip_members =
+        kind == Compression::Gzip && super::gzip_members::member_len(&head).is_some();
+    let zstd_frames = kind == Compression::Zstd && super::zstd_frames::is_marked(&head);
     // Re-assemble what was peeked with the rest of the stream.
     let buffered_len = buffered.buffer().len();
     let raw: Box<dyn Read + Send> = if buffered_len == head.len() {
@@ -128,13 +134,16 @@ pub fn detect<R: Read + Send + 'static>(
     } else {
         Box::new(io::Cursor::new(head).chain(buffered))
     };
-    // gzip in the parallel layout (what `publish` writes) is inflated on every core.
-    if parallel {
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-        let reader = super::parallel_gunzip::ParallelGunzip::spawn(raw, workers)?;
-        return Ok((kind, Box::new(reader)));
-    }
-    Ok((kind, decompress(kind, raw)?))
+    // The parallel layouts (what `publish` writes) are decoded on every core.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let reader: Box<dyn Read + Send> = if gzip_members {
+        Box::new(ParallelDecode::spawn(raw, GzipMembers, workers)?)
+    } else if zstd_frames {
+        Box::new(ParallelDecode::spawn(raw, ZstdFrames, workers)?)
+    } else {
+        decompress(kind, raw)?
+    };
+    Ok((kind, reader))
 }
 
 #[cfg(test)]

@@ -6,14 +6,16 @@
 //! any number, and `gunzip`, `zcat` and every gzip library read them as one stream). Each
 //! member's header carries an extra subfield `DF` with the member's total length, as BGZF's
 //! `BC` does, so a reader finds every member without inflating the one before it, and
-//! members can be inflated on every core ([`super::parallel_gunzip`]).
+//! members can be inflated on every core ([`super::parallel_decode`]).
 //!
 //! Member header (20 bytes): `1f 8b 08 04`, MTIME 0, XFL 0, OS 255, XLEN 8, then the
 //! subfield `D F`, length 4, and the member's total length (header, deflate data and the
 //! 8-byte trailer) as a little-endian u32. A member holds at most [`MAX_MEMBER`] bytes
 //! in and out: a reader refuses a longer one before buffering it.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+
+use super::parallel_decode::read_full;
 
 /// Bytes of tar per member.
 pub const BLOCK: usize = 1 << 20;
@@ -115,10 +117,89 @@ impl<W: Write> Write for MemberWriter<W> {
     }
 }
 
+/// The reader's side: members found by their `DF` length, inflated and checked.
+pub struct GzipMembers;
+
+impl super::parallel_decode::Layout for GzipMembers {
+    fn read_member(&self, raw: &mut dyn Read, n: u64, offset: u64) -> io::Result<Option<Vec<u8>>> {
+        read_member(raw, n, offset)
+    }
+
+    fn decode(&self, n: u64, member: &[u8]) -> io::Result<Vec<u8>> {
+        inflate(n, member)
+    }
+}
+
+/// Member `n` at byte `offset` of `raw`, whole: `None` at a clean end of the stream.
+fn read_member(raw: &mut dyn Read, n: u64, offset: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut head = [0u8; HEADER_LEN];
+    let got = read_full(raw, &mut head)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    let at = format!("gzip member {n} at byte {offset}");
+    if got < HEADER_LEN {
+        return Err(bad(format!("{at}: the stream ends inside its header")));
+    }
+    let len = member_len(&head).ok_or_else(|| {
+        bad(format!(
+            "{at}: not a member of the parallel layout (the stream mixes layouts, or trailing data)"
+        ))
+    })?;
+    if !(HEADER_LEN + TRAILER_LEN..=MAX_MEMBER).contains(&len) {
+        return Err(bad(format!(
+            "{at}: its header claims {len} bytes, outside {}..={MAX_MEMBER}",
+            HEADER_LEN + TRAILER_LEN
+        )));
+    }
+    let mut member = vec![0u8; len];
+    member[..HEADER_LEN].copy_from_slice(&head);
+    if read_full(raw, &mut member[HEADER_LEN..])? < len - HEADER_LEN {
+        return Err(bad(format!(
+            "{at}: the stream ends inside it ({len} bytes)"
+        )));
+    }
+    Ok(Some(member))
+}
+
+/// The output of member `n`, checked against its trailer.
+pub fn inflate(n: u64, member: &[u8]) -> io::Result<Vec<u8>> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    let (body, trailer) = member.split_at(member.len() - TRAILER_LEN);
+    let data = &body[HEADER_LEN..];
+    let crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    let size = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]) as usize;
+    if size > MAX_MEMBER {
+        return Err(bad(format!(
+            "gzip member {n}: its trailer claims {size} bytes, over {MAX_MEMBER}"
+        )));
+    }
+    let mut out = Vec::with_capacity(size);
+    let mut d = flate2::read::DeflateDecoder::new(data);
+    (&mut d)
+        .take(size as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(format!("gzip member {n}: {e}")))?;
+    if out.len() != size || d.total_in() != data.len() as u64 {
+        return Err(bad(format!(
+            "gzip member {n}: inflates to {}{} bytes from {} of its {}, its trailer says {size}",
+            out.len(),
+            if out.len() > size { "+" } else { "" },
+            d.total_in(),
+            data.len()
+        )));
+    }
+    let mut sum = flate2::Crc::new();
+    sum.update(&out);
+    if sum.sum() != crc {
+        return Err(bad(format!("gzip member {n}: CRC32 mismatch")));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
-
     use super::*;
 
     fn members(data: &[u8]) -> Vec<u8> {

@@ -8,19 +8,20 @@
 //!
 //! Speed: decompression runs on its own thread, feeding the tar reader through a bounded
 //! queue of large buffers ([`pipeline`]), so inflating never waits for file writes and vice
-//! versa; gzip in the parallel layout `publish` writes ([`gzip_members`]) is inflated on
-//! every core ([`parallel_gunzip`]). Durability is one `syncfs(2)` at the end instead of an fsync per file.
+//! versa; gzip members and zstd frames in the parallel layouts `publish` writes
+//! ([`gzip_members`], [`zstd_frames`]) are decoded on every core ([`parallel_decode`]). Durability is one `syncfs(2)` at the end instead of an fsync per file.
 
 pub mod entry_path;
 pub mod format;
 pub mod guard;
 pub mod gzip_members;
-pub mod parallel_gunzip;
+pub mod parallel_decode;
 pub mod pipeline;
 mod sparse_file;
 pub mod tar;
 pub mod tree;
 pub mod unpack;
+pub mod zstd_frames;
 
 pub use format::{Compression, detect};
 pub use unpack::{

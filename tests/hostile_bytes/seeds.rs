@@ -420,6 +420,9 @@ fn write_fuzz_seeds() {
     );
     members.write_all(&tar).unwrap();
     let members = members.finish().unwrap();
-    write("unpack", &[tar, gz, zst, members]);
+    let mut frames = droot_fleet::artifact::zstd_frames::FrameWriter::new(Vec::new(), 3).unwrap();
+    frames.write_all(&tar).unwrap();
+    let frames = frames.finish().unwrap();
+    write("unpack", &[tar, gz, zst, members, frames]);
     write("api_request", &requests());
 }

@@ -1,12 +1,12 @@
-//! Inflating the members of a [`super::gzip_members`] stream on every core, in order.
+//! Decoding a stream of independent members on every core, in order.
 //!
-//! One thread reads the raw stream member by member (each header says how long its member
-//! is, so nothing is inflated to find the next), workers inflate members as they come, and
-//! the reader hands their output back in stream order. At most [`in_flight`] members are
-//! read ahead, each at most [`MAX_MEMBER`] bytes in and out, so memory is bounded whatever
-//! the input says. Each member's CRC32 and length are checked against its trailer; an error
-//! (a bad member, a header of another layout, a truncated stream, the source's own error)
-//! reaches the reader in order, after the output of every member before it.
+//! One thread reads the raw stream member by member (a [`Layout`] finds each member's end
+//! without decoding it), workers decode members as they come, and the reader hands their
+//! output back in stream order. At most [`in_flight`] members are read ahead, and a layout
+//! bounds each member in and out, so memory is bounded whatever the input says. An error
+//! (a bad member, a member of another layout, a truncated stream, the source's own error)
+//! reaches the reader in order, after the output of every member before it. Layouts: gzip
+//! members ([`super::gzip_members`]) and zstd frames ([`super::zstd_frames`]).
 //!
 //! Dropping the reader stops the threads: the reading thread after its current read (it is
 //! not joined, so a stalled source cannot hang the caller), the workers once their queue
@@ -17,7 +17,13 @@ use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use super::gzip_members::{HEADER_LEN, MAX_MEMBER, TRAILER_LEN, member_len};
+/// How members are found and decoded.
+pub trait Layout: Send + Sync + 'static {
+    /// Reads member `n` (at byte `offset`) whole: `None` at a clean end of the stream.
+    fn read_member(&self, raw: &mut dyn Read, n: u64, offset: u64) -> io::Result<Option<Vec<u8>>>;
+    /// The output of member `n`, checked.
+    fn decode(&self, n: u64, member: &[u8]) -> io::Result<Vec<u8>>;
+}
 
 /// What the threads send the reader.
 enum Msg {
@@ -27,8 +33,8 @@ enum Msg {
     End(u64),
 }
 
-/// A `Read` of the tar stream inside a parallel-layout gzip stream.
-pub struct ParallelGunzip {
+/// A `Read` of what a stream of members decodes to.
+pub struct ParallelDecode {
     results: Receiver<Msg>,
     /// One token back per member consumed lets the reading thread read one more.
     tokens: SyncSender<()>,
@@ -45,10 +51,15 @@ pub fn in_flight(workers: usize) -> usize {
     2 * workers + 2
 }
 
-impl ParallelGunzip {
-    /// Starts reading `raw` (which must start with a member of the layout) on a thread of
-    /// its own and inflating on `workers` threads.
-    pub fn spawn(raw: Box<dyn Read + Send>, workers: usize) -> io::Result<Self> {
+impl ParallelDecode {
+    /// Starts reading `raw` (which must start with a member of `layout`) on a thread of
+    /// its own and decoding on `workers` threads.
+    pub fn spawn(
+        raw: Box<dyn Read + Send>,
+        layout: impl Layout,
+        workers: usize,
+    ) -> io::Result<Self> {
+        let layout = Arc::new(layout);
         let workers = workers.max(1);
         let ahead = in_flight(workers);
         let (tokens, token_rx) = sync_channel::<()>(ahead);
@@ -59,15 +70,15 @@ impl ParallelGunzip {
         let (work_tx, work_rx) = sync_channel::<(u64, Vec<u8>)>(ahead);
         let work_rx = Arc::new(Mutex::new(work_rx));
         for i in 0..workers {
-            let (work, out) = (work_rx.clone(), results_tx.clone());
+            let (work, out, layout) = (work_rx.clone(), results_tx.clone(), layout.clone());
             std::thread::Builder::new()
-                .name(format!("unpack-inflate-{i}"))
-                .spawn(move || inflate_members(&work, &out))?;
+                .name(format!("unpack-decode-{i}"))
+                .spawn(move || decode_members(&*layout, &work, &out))?;
         }
         std::thread::Builder::new()
             .name("unpack-members".into())
-            .spawn(move || read_members(raw, &token_rx, &work_tx, &results_tx))?;
-        Ok(ParallelGunzip {
+            .spawn(move || read_members(&*layout, raw, &token_rx, &work_tx, &results_tx))?;
+        Ok(ParallelDecode {
             results,
             tokens,
             ready: BTreeMap::new(),
@@ -99,7 +110,7 @@ impl ParallelGunzip {
                 }
                 Ok(Msg::End(n)) => self.end = Some(n),
                 Err(_) => {
-                    let why = "the gzip member threads stopped before the end of the stream";
+                    let why = "the decoding threads stopped before the end of the stream";
                     return Err(io::Error::other(why));
                 }
             }
@@ -107,7 +118,7 @@ impl ParallelGunzip {
     }
 }
 
-impl Read for ParallelGunzip {
+impl Read for ParallelDecode {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if let Some((kind, why)) = &self.failed {
             return Err(io::Error::new(*kind, why.clone()));
@@ -131,6 +142,7 @@ impl Read for ParallelGunzip {
 
 /// The reading thread: one member per token, until the end, an error, or the reader left.
 fn read_members(
+    layout: &dyn Layout,
     mut raw: Box<dyn Read + Send>,
     tokens: &Receiver<()>,
     work: &SyncSender<(u64, Vec<u8>)>,
@@ -138,7 +150,7 @@ fn read_members(
 ) {
     let (mut n, mut offset) = (0u64, 0u64);
     while tokens.recv().is_ok() {
-        let msg = match read_member(&mut raw, n, offset) {
+        let msg = match layout.read_member(&mut raw, n, offset) {
             Ok(Some(member)) => {
                 offset += member.len() as u64;
                 if work.send((n, member)).is_err() {
@@ -155,41 +167,8 @@ fn read_members(
     }
 }
 
-/// Member `n` at byte `offset` of `raw`, whole: `None` at a clean end of the stream.
-fn read_member(raw: &mut dyn Read, n: u64, offset: u64) -> io::Result<Option<Vec<u8>>> {
-    let mut head = [0u8; HEADER_LEN];
-    let got = read_full(raw, &mut head)?;
-    if got == 0 {
-        return Ok(None);
-    }
-    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
-    let at = format!("gzip member {n} at byte {offset}");
-    if got < HEADER_LEN {
-        return Err(bad(format!("{at}: the stream ends inside its header")));
-    }
-    let len = member_len(&head).ok_or_else(|| {
-        bad(format!(
-            "{at}: not a member of the parallel layout (the stream mixes layouts, or trailing data)"
-        ))
-    })?;
-    if !(HEADER_LEN + TRAILER_LEN..=MAX_MEMBER).contains(&len) {
-        return Err(bad(format!(
-            "{at}: its header claims {len} bytes, outside {}..={MAX_MEMBER}",
-            HEADER_LEN + TRAILER_LEN
-        )));
-    }
-    let mut member = vec![0u8; len];
-    member[..HEADER_LEN].copy_from_slice(&head);
-    if read_full(raw, &mut member[HEADER_LEN..])? < len - HEADER_LEN {
-        return Err(bad(format!(
-            "{at}: the stream ends inside it ({len} bytes)"
-        )));
-    }
-    Ok(Some(member))
-}
-
 /// Reads until `buf` is full or the end: how much was read.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match r.read(&mut buf[filled..]) {
@@ -202,55 +181,27 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// A worker: inflates members until the queue closes or the reader left.
-fn inflate_members(work: &Mutex<Receiver<(u64, Vec<u8>)>>, results: &Sender<Msg>) {
+/// A worker: decodes members until the queue closes or the reader left.
+fn decode_members(
+    layout: &dyn Layout,
+    work: &Mutex<Receiver<(u64, Vec<u8>)>>,
+    results: &Sender<Msg>,
+) {
     loop {
         let next = work
             .lock()
             .map_err(|_| ())
             .and_then(|w| w.recv().map_err(|_| ()));
         let Ok((n, member)) = next else { return };
-        if results.send(Msg::Member(n, inflate(n, &member))).is_err() {
+        if results
+            .send(Msg::Member(n, layout.decode(n, &member)))
+            .is_err()
+        {
             return;
         }
     }
 }
 
-/// The output of member `n`, checked against its trailer.
-pub fn inflate(n: u64, member: &[u8]) -> io::Result<Vec<u8>> {
-    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
-    let (body, trailer) = member.split_at(member.len() - TRAILER_LEN);
-    let data = &body[HEADER_LEN..];
-    let crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-    let size = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]) as usize;
-    if size > MAX_MEMBER {
-        return Err(bad(format!(
-            "gzip member {n}: its trailer claims {size} bytes, over {MAX_MEMBER}"
-        )));
-    }
-    let mut out = Vec::with_capacity(size);
-    let mut d = flate2::read::DeflateDecoder::new(data);
-    (&mut d)
-        .take(size as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| bad(format!("gzip member {n}: {e}")))?;
-    if out.len() != size || d.total_in() != data.len() as u64 {
-        return Err(bad(format!(
-            "gzip member {n}: inflates to {}{} bytes from {} of its {}, its trailer says {size}",
-            out.len(),
-            if out.len() > size { "+" } else { "" },
-            d.total_in(),
-            data.len()
-        )));
-    }
-    let mut sum = flate2::Crc::new();
-    sum.update(&out);
-    if sum.sum() != crc {
-        return Err(bad(format!("gzip member {n}: CRC32 mismatch")));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
-#[path = "parallel_gunzip_tests.rs"]
+#[path = "parallel_decode_tests.rs"]
 mod tests;

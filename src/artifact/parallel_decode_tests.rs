@@ -1,7 +1,9 @@
 use std::io::Write;
 
 use super::*;
-use crate::artifact::gzip_members::{BLOCK, MemberWriter};
+use crate::artifact::gzip_members::{
+    BLOCK, GzipMembers, HEADER_LEN, MemberWriter, TRAILER_LEN, inflate, member_len,
+};
 
 /// Compressible but not trivial bytes.
 fn data(len: usize) -> Vec<u8> {
@@ -27,7 +29,7 @@ fn members(data: &[u8]) -> Vec<u8> {
 }
 
 fn gunzip(gz: Vec<u8>, workers: usize) -> (Vec<u8>, io::Result<usize>) {
-    let mut r = ParallelGunzip::spawn(Box::new(io::Cursor::new(gz)), workers).unwrap();
+    let mut r = ParallelDecode::spawn(Box::new(io::Cursor::new(gz)), GzipMembers, workers).unwrap();
     let mut out = Vec::new();
     let res = r.read_to_end(&mut out);
     (out, res)
@@ -143,7 +145,7 @@ fn dropping_the_reader_stops_the_threads() {
     let (dropped_tx, dropped) = std::sync::mpsc::channel();
     let one = members(&data(BLOCK));
     let source = Endless(one, 0, dropped_tx);
-    let mut r = ParallelGunzip::spawn(Box::new(source), 2).unwrap();
+    let mut r = ParallelDecode::spawn(Box::new(source), GzipMembers, 2).unwrap();
     let mut first = vec![0u8; 3 * BLOCK];
     r.read_exact(&mut first).unwrap();
     assert!(
