@@ -17,6 +17,7 @@ pub mod digest;
 pub mod error;
 pub mod file;
 pub mod http;
+mod ranges;
 pub mod s3;
 pub mod stream;
 

@@ -1,6 +1,8 @@
 //! `s3://bucket/key` with aws-sdk-s3: the standard credential and region chain, an
 //! optional endpoint (or `AWS_ENDPOINT_URL`), path-style addressing for S3-compatible
-//! stores. The object body is streamed chunk by chunk to the unpacker.
+//! stores. One HEAD gives the object's size and version; a small object is streamed
+//! chunk by chunk to the unpacker, a larger one fetched as concurrent ranged GETs, each
+//! retried on its own ([`super::ranges`]).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -10,8 +12,8 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_sdk_s3::config::{ProvideCredentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use super::stream;
 use super::{FetchError, FetchOptions};
+use super::{ranges, stream};
 use crate::cancel::Cancel;
 
 pub fn open(
@@ -23,36 +25,91 @@ pub fn open(
 ) -> Result<Box<dyn Read + Send>, FetchError> {
     let owned = url.to_string();
     let reader = stream::spawn(url, cancel, move |head, tx| async move {
-        let (mut body, length) = match get(&owned, &bucket, &key, &opts).await {
-            Ok(got) => got,
+        let s3 = match connect(&owned, &opts).await {
+            Ok(s3) => s3,
             Err(e) => return head.fail(e),
         };
-        head.ok(length);
-        while let Some(chunk) = body.next().await {
-            let item = chunk.map_err(|e| stream::cut_off(format!("{owned}: {e}")));
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
-                return;
+        let object = Object {
+            s3: &s3,
+            url: &owned,
+            bucket: &bucket,
+            key: &key,
+        };
+        // A failed HEAD has no body to name the problem: the GET below names it.
+        let (size, etag) = object.size_and_version().await.unwrap_or_default();
+        match size {
+            Some(size) if size > ranges::RANGE => {
+                head.ok(Some(size));
+                ranges::send_in_order(&object, size, etag, &tx).await;
+            }
+            _ => {
+                let (mut body, length) = match object.get().await {
+                    Ok(got) => got,
+                    Err(e) => return head.fail(e),
+                };
+                head.ok(length);
+                while let Some(chunk) = body.next().await {
+                    let item = chunk.map_err(|e| stream::cut_off(format!("{owned}: {e}")));
+                    let stop = item.is_err();
+                    if tx.send(item).await.is_err() || stop {
+                        return;
+                    }
+                }
             }
         }
     })?;
     Ok(Box::new(reader))
 }
 
-async fn get(
-    url: &str,
-    bucket: &str,
-    key: &str,
-    opts: &FetchOptions,
-) -> Result<(aws_sdk_s3::primitives::ByteStream, Option<u64>), FetchError> {
-    let s3 = connect(url, opts).await?;
-    tracing::debug!(url, endpoint = ?s3.endpoint, "s3 get");
-    match s3.client.get_object().bucket(bucket).key(key).send().await {
-        Ok(out) => {
-            let length = out.content_length().and_then(|n| u64::try_from(n).ok());
-            Ok((out.body, length))
+/// One object of one store.
+pub(super) struct Object<'a> {
+    pub s3: &'a Connected,
+    pub url: &'a str,
+    pub bucket: &'a str,
+    pub key: &'a str,
+}
+
+impl Object<'_> {
+    /// Its size and version (ETag), by one HEAD request (`None` when the store says none).
+    async fn size_and_version(&self) -> Result<(Option<u64>, Option<String>), FetchError> {
+        tracing::debug!(url = self.url, endpoint = ?self.s3.endpoint, "s3 head");
+        let (b, k) = (self.bucket, self.key);
+        match self.s3.client.head_object().bucket(b).key(k).send().await {
+            Ok(out) => {
+                let size = out.content_length().and_then(|n| u64::try_from(n).ok());
+                Ok((size, out.e_tag().map(str::to_owned)))
+            }
+            Err(e) => Err(self.error(e)),
         }
-        Err(e) => Err(status_error(url, bucket, key, s3.endpoint.as_deref(), e)),
+    }
+
+    /// The whole object as one stream.
+    async fn get(&self) -> Result<(aws_sdk_s3::primitives::ByteStream, Option<u64>), FetchError> {
+        tracing::debug!(url = self.url, endpoint = ?self.s3.endpoint, "s3 get");
+        let (b, k) = (self.bucket, self.key);
+        match self.s3.client.get_object().bucket(b).key(k).send().await {
+            Ok(out) => {
+                let length = out.content_length().and_then(|n| u64::try_from(n).ok());
+                Ok((out.body, length))
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    pub(super) fn error<E>(
+        &self,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> FetchError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        status_error(
+            self.url,
+            self.bucket,
+            self.key,
+            self.s3.endpoint.as_deref(),
+            e,
+        )
     }
 }
 
