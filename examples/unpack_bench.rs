@@ -207,7 +207,7 @@ fn main() {
     gz.write_all(&tar).unwrap();
     let gz = gz.finish().unwrap();
     std::fs::write(&gz_path, &gz).unwrap();
-    let mut members = MemberWriter::new(Vec::new(), flate2::Compression::new(6));
+    let mut members = MemberWriter::new(Vec::new(), flate2::Compression::new(6)).unwrap();
     members.write_all(&tar).unwrap();
     std::fs::write(&members_path, members.finish().unwrap()).unwrap();
     std::fs::write(&zst_path, zstd::encode_all(&tar[..], 3).unwrap()).unwrap();

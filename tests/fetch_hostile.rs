@@ -248,7 +248,7 @@ use std::io::Read as _;
 /// `bytes` in the parallel gzip layout `publish` writes (inflated on every core).
 fn gz_members(bytes: &[u8]) -> Vec<u8> {
     use droot_fleet::artifact::gzip_members::MemberWriter;
-    let mut w = MemberWriter::new(Vec::new(), flate2::Compression::best());
+    let mut w = MemberWriter::new(Vec::new(), flate2::Compression::best()).unwrap();
     std::io::Write::write_all(&mut w, bytes).unwrap();
     w.finish().unwrap()
 }

@@ -247,7 +247,7 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
     // The parallel layouts publish writes (other decoders).
     let members = {
         use droot_fleet::artifact::gzip_members::MemberWriter;
-        let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast());
+        let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast()).unwrap();
         w.write_all(&tar).unwrap();
         w.finish().unwrap()
     };

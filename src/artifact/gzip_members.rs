@@ -15,6 +15,9 @@
 
 use std::io::{self, Read, Write};
 
+use std::sync::Arc;
+
+use super::block_writer::{Compress, OrderedBlocks, default_workers};
 use super::parallel_decode::read_full;
 
 /// Bytes of tar per member.
@@ -53,52 +56,47 @@ pub fn member_len(head: &[u8]) -> Option<usize> {
     ours.then(|| u32::from_le_bytes([h[16], h[17], h[18], h[19]]) as usize)
 }
 
-/// A writer of [`BLOCK`]-sized gzip members.
+/// A writer of [`BLOCK`]-sized gzip members, compressed on worker threads.
 pub struct MemberWriter<W: Write> {
-    out: W,
-    level: flate2::Compression,
+    blocks: OrderedBlocks<W>,
     block: Vec<u8>,
-    /// A member was written (an empty stream still gets one, so it is valid gzip).
-    wrote: bool,
 }
 
 impl<W: Write> MemberWriter<W> {
-    pub fn new(out: W, level: flate2::Compression) -> Self {
-        MemberWriter {
-            out,
-            level,
+    pub fn new(out: W, level: flate2::Compression) -> io::Result<Self> {
+        let compress: Compress = Arc::new(move |block: &[u8]| member(block, level));
+        Ok(MemberWriter {
+            blocks: OrderedBlocks::new(out, default_workers(), compress)?,
             block: Vec::with_capacity(BLOCK),
-            wrote: false,
-        }
+        })
     }
 
     /// Writes the last member and returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
-        if !self.block.is_empty() || !self.wrote {
-            self.write_member()?;
+        // An empty stream still gets one (empty) member, so it is valid gzip.
+        if !self.block.is_empty() || self.blocks.blocks() == 0 {
+            self.blocks.push(std::mem::take(&mut self.block))?;
         }
-        Ok(self.out)
+        self.blocks.finish()
     }
+}
 
-    fn write_member(&mut self) -> io::Result<()> {
-        let mut crc = flate2::Crc::new();
-        crc.update(&self.block);
-        let cap = self.block.len() / 2 + 64;
-        let mut deflate = flate2::write::DeflateEncoder::new(Vec::with_capacity(cap), self.level);
-        deflate.write_all(&self.block)?;
-        let data = deflate.finish()?;
-        let total = HEADER_LEN + data.len() + TRAILER_LEN;
-        // Deflate grows incompressible input by a few bytes per 64 KiB: far under the bound.
-        debug_assert!(total <= MAX_MEMBER);
-        self.out.write_all(&member_header(total as u32))?;
-        self.out.write_all(&data)?;
-        self.out.write_all(&crc.sum().to_le_bytes())?;
-        self.out
-            .write_all(&(self.block.len() as u32).to_le_bytes())?;
-        self.block.clear();
-        self.wrote = true;
-        Ok(())
-    }
+/// One block as a whole member: header, deflate data, CRC32 and size.
+fn member(block: &[u8], level: flate2::Compression) -> io::Result<Vec<u8>> {
+    let mut crc = flate2::Crc::new();
+    crc.update(block);
+    let mut out = Vec::with_capacity(block.len() / 2 + 64);
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let mut deflate = flate2::write::DeflateEncoder::new(out, level);
+    deflate.write_all(block)?;
+    let mut out = deflate.finish()?;
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+    // Deflate grows incompressible input by a few bytes per 64 KiB: far under the bound.
+    debug_assert!(out.len() <= MAX_MEMBER);
+    let header = member_header(out.len() as u32);
+    out[..HEADER_LEN].copy_from_slice(&header);
+    Ok(out)
 }
 
 impl<W: Write> Write for MemberWriter<W> {
@@ -106,14 +104,15 @@ impl<W: Write> Write for MemberWriter<W> {
         let n = buf.len().min(BLOCK - self.block.len());
         self.block.extend_from_slice(&buf[..n]);
         if self.block.len() == BLOCK {
-            self.write_member()?;
+            let full = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+            self.blocks.push(full)?;
         }
         Ok(n)
     }
 
     /// Flushes the sink; a partial block stays until it fills or [`Self::finish`].
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.blocks.flush()
     }
 }
 
@@ -203,7 +202,7 @@ mod tests {
     use super::*;
 
     fn members(data: &[u8]) -> Vec<u8> {
-        let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast());
+        let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast()).unwrap();
         w.write_all(data).unwrap();
         w.finish().unwrap()
     }

@@ -11,6 +11,7 @@
 //! versa; gzip members and zstd frames in the parallel layouts `publish` writes
 //! ([`gzip_members`], [`zstd_frames`]) are decoded on every core ([`parallel_decode`]). Durability is one `syncfs(2)` at the end instead of an fsync per file.
 
+pub mod block_writer;
 pub mod entry_path;
 pub mod format;
 pub mod guard;

@@ -23,7 +23,7 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 fn members(data: &[u8]) -> Vec<u8> {
-    let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast());
+    let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast()).unwrap();
     w.write_all(data).unwrap();
     w.finish().unwrap()
 }

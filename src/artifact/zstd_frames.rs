@@ -13,6 +13,9 @@
 
 use std::io::{self, Read, Write};
 
+use std::sync::Arc;
+
+use super::block_writer::{Compress, OrderedBlocks, default_workers};
 use super::parallel_decode::read_full;
 
 /// Bytes of tar per frame.
@@ -49,49 +52,41 @@ pub fn starts_skippable(head: &[u8]) -> bool {
         .is_some_and(|m| SKIPPABLE.contains(&u32::from_le_bytes([m[0], m[1], m[2], m[3]])))
 }
 
-/// A writer of [`BLOCK`]-sized zstd frames after the layout's marker.
+/// A writer of [`BLOCK`]-sized zstd frames after the layout's marker, compressed on
+/// worker threads.
 pub struct FrameWriter<W: Write> {
-    out: W,
-    compressor: zstd::bulk::Compressor<'static>,
+    blocks: OrderedBlocks<W>,
     block: Vec<u8>,
-    started: bool,
-    frames: usize,
 }
 
 impl<W: Write> FrameWriter<W> {
-    pub fn new(out: W, level: i32) -> io::Result<Self> {
-        let mut compressor = zstd::bulk::Compressor::new(level)?;
-        compressor.include_contentsize(true)?;
-        compressor.include_checksum(true)?;
+    /// Writes the marker to `out` at once.
+    pub fn new(mut out: W, level: i32) -> io::Result<Self> {
+        out.write_all(&marker())?;
+        let compress: Compress = Arc::new(move |block: &[u8]| frame(block, level));
         Ok(FrameWriter {
-            out,
-            compressor,
+            blocks: OrderedBlocks::new(out, default_workers(), compress)?,
             block: Vec::with_capacity(BLOCK),
-            started: false,
-            frames: 0,
         })
     }
 
     /// Writes the last frame and returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
-        if !self.block.is_empty() || self.frames == 0 {
-            self.write_frame()?;
+        if !self.block.is_empty() || self.blocks.blocks() == 0 {
+            self.blocks.push(std::mem::take(&mut self.block))?;
         }
-        Ok(self.out)
+        self.blocks.finish()
     }
+}
 
-    fn write_frame(&mut self) -> io::Result<()> {
-        if !self.started {
-            self.out.write_all(&marker())?;
-            self.started = true;
-        }
-        let frame = self.compressor.compress(&self.block)?;
-        debug_assert!(frame.len() <= MAX_FRAME);
-        self.out.write_all(&frame)?;
-        self.block.clear();
-        self.frames += 1;
-        Ok(())
-    }
+/// One block as a frame that declares its size and carries a checksum.
+fn frame(block: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    let mut compressor = zstd::bulk::Compressor::new(level)?;
+    compressor.include_contentsize(true)?;
+    compressor.include_checksum(true)?;
+    let frame = compressor.compress(block)?;
+    debug_assert!(frame.len() <= MAX_FRAME);
+    Ok(frame)
 }
 
 impl<W: Write> Write for FrameWriter<W> {
@@ -99,14 +94,15 @@ impl<W: Write> Write for FrameWriter<W> {
         let n = buf.len().min(BLOCK - self.block.len());
         self.block.extend_from_slice(&buf[..n]);
         if self.block.len() == BLOCK {
-            self.write_frame()?;
+            let full = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+            self.blocks.push(full)?;
         }
         Ok(n)
     }
 
     /// Flushes the sink; a partial block stays until it fills or [`Self::finish`].
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.blocks.flush()
     }
 }
 

@@ -84,7 +84,9 @@ impl<W: Write> Encoder<W> {
                 let level = flate2::Compression::new(level);
                 // Independent members: any gunzip reads them, and the fetcher inflates
                 // them on every core.
-                Encoder::Gzip(crate::artifact::gzip_members::MemberWriter::new(out, level))
+                Encoder::Gzip(crate::artifact::gzip_members::MemberWriter::new(
+                    out, level,
+                )?)
             }
             Compression::Zstd => {
                 // Independent frames after a marker: any zstd reads them, and the fetcher

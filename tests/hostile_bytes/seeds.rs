@@ -417,7 +417,8 @@ fn write_fuzz_seeds() {
     let mut members = droot_fleet::artifact::gzip_members::MemberWriter::new(
         Vec::new(),
         flate2::Compression::fast(),
-    );
+    )
+    .unwrap();
     members.write_all(&tar).unwrap();
     let members = members.finish().unwrap();
     let mut frames = droot_fleet::artifact::zstd_frames::FrameWriter::new(Vec::new(), 3).unwrap();
