@@ -14,9 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use droot_fleet::artifact::gzip_members::MemberWriter;
-use droot_fleet::artifact::zstd_frames::FrameWriter;
 use droot_fleet::artifact::{UnpackOptions, unpack};
+use droot_fleet::artifact::{gzip_members, zstd_frames};
 
 /// Deterministic xorshift generator: the archive is identical on every machine.
 struct Rng(u64);
@@ -207,11 +206,11 @@ fn main() {
     gz.write_all(&tar).unwrap();
     let gz = gz.finish().unwrap();
     std::fs::write(&gz_path, &gz).unwrap();
-    let mut members = MemberWriter::new(Vec::new(), flate2::Compression::new(6)).unwrap();
+    let mut members = gzip_members::writer(Vec::new(), flate2::Compression::new(6)).unwrap();
     members.write_all(&tar).unwrap();
     std::fs::write(&members_path, members.finish().unwrap()).unwrap();
     std::fs::write(&zst_path, zstd::encode_all(&tar[..], 3).unwrap()).unwrap();
-    let mut frames = FrameWriter::new(Vec::new(), 3).unwrap();
+    let mut frames = zstd_frames::writer(Vec::new(), 3).unwrap();
     frames.write_all(&tar).unwrap();
     std::fs::write(&frames_path, frames.finish().unwrap()).unwrap();
     std::fs::write(&tar_path, &tar).unwrap();

@@ -247,16 +247,16 @@ use std::io::Read as _;
 
 /// `bytes` in the parallel gzip layout `publish` writes (inflated on every core).
 fn gz_members(bytes: &[u8]) -> Vec<u8> {
-    use droot_fleet::artifact::gzip_members::MemberWriter;
-    let mut w = MemberWriter::new(Vec::new(), flate2::Compression::best()).unwrap();
+    let mut w =
+        droot_fleet::artifact::gzip_members::writer(Vec::new(), flate2::Compression::best())
+            .unwrap();
     std::io::Write::write_all(&mut w, bytes).unwrap();
     w.finish().unwrap()
 }
 
 /// `bytes` in the parallel zstd layout `publish` writes.
 fn zst_frames(bytes: &[u8]) -> Vec<u8> {
-    use droot_fleet::artifact::zstd_frames::FrameWriter;
-    let mut w = FrameWriter::new(Vec::new(), 3).unwrap();
+    let mut w = droot_fleet::artifact::zstd_frames::writer(Vec::new(), 3).unwrap();
     std::io::Write::write_all(&mut w, bytes).unwrap();
     w.finish().unwrap()
 }

@@ -246,14 +246,14 @@ fn unpacker_never_panics_or_escapes_on_mutated_archives() {
     };
     // The parallel layouts publish writes (other decoders).
     let members = {
-        use droot_fleet::artifact::gzip_members::MemberWriter;
-        let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast()).unwrap();
+        let mut w =
+            droot_fleet::artifact::gzip_members::writer(Vec::new(), flate2::Compression::fast())
+                .unwrap();
         w.write_all(&tar).unwrap();
         w.finish().unwrap()
     };
     let frames = {
-        use droot_fleet::artifact::zstd_frames::FrameWriter;
-        let mut w = FrameWriter::new(Vec::new(), 3).unwrap();
+        let mut w = droot_fleet::artifact::zstd_frames::writer(Vec::new(), 3).unwrap();
         w.write_all(&tar).unwrap();
         w.finish().unwrap()
     };

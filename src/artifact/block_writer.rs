@@ -135,6 +135,50 @@ impl<W: Write> OrderedBlocks<W> {
     }
 }
 
+/// A writer that cuts its input into blocks of `size` bytes and compresses each on its own,
+/// on worker threads ([`OrderedBlocks`]).
+pub struct BlockWriter<W: Write> {
+    blocks: OrderedBlocks<W>,
+    block: Vec<u8>,
+    size: usize,
+}
+
+impl<W: Write> BlockWriter<W> {
+    pub fn new(out: W, size: usize, compress: Compress) -> io::Result<Self> {
+        Ok(BlockWriter {
+            blocks: OrderedBlocks::new(out, default_workers(), compress)?,
+            block: Vec::with_capacity(size),
+            size,
+        })
+    }
+
+    /// Writes the last block and returns the sink. An empty stream still gets one (empty)
+    /// block, so the output is a valid stream of its format.
+    pub fn finish(mut self) -> io::Result<W> {
+        if !self.block.is_empty() || self.blocks.blocks() == 0 {
+            self.blocks.push(std::mem::take(&mut self.block))?;
+        }
+        self.blocks.finish()
+    }
+}
+
+impl<W: Write> Write for BlockWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.size - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == self.size {
+            let full = std::mem::replace(&mut self.block, Vec::with_capacity(self.size));
+            self.blocks.push(full)?;
+        }
+        Ok(n)
+    }
+
+    /// Flushes the sink; a partial block stays until it fills or [`Self::finish`].
+    fn flush(&mut self) -> io::Result<()> {
+        self.blocks.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

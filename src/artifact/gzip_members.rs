@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 
 use std::sync::Arc;
 
-use super::block_writer::{Compress, OrderedBlocks, default_workers};
+use super::block_writer::{BlockWriter, Compress};
 use super::parallel_decode::read_full;
 
 /// Bytes of tar per member.
@@ -57,28 +57,9 @@ pub fn member_len(head: &[u8]) -> Option<usize> {
 }
 
 /// A writer of [`BLOCK`]-sized gzip members, compressed on worker threads.
-pub struct MemberWriter<W: Write> {
-    blocks: OrderedBlocks<W>,
-    block: Vec<u8>,
-}
-
-impl<W: Write> MemberWriter<W> {
-    pub fn new(out: W, level: flate2::Compression) -> io::Result<Self> {
-        let compress: Compress = Arc::new(move |block: &[u8]| member(block, level));
-        Ok(MemberWriter {
-            blocks: OrderedBlocks::new(out, default_workers(), compress)?,
-            block: Vec::with_capacity(BLOCK),
-        })
-    }
-
-    /// Writes the last member and returns the sink.
-    pub fn finish(mut self) -> io::Result<W> {
-        // An empty stream still gets one (empty) member, so it is valid gzip.
-        if !self.block.is_empty() || self.blocks.blocks() == 0 {
-            self.blocks.push(std::mem::take(&mut self.block))?;
-        }
-        self.blocks.finish()
-    }
+pub fn writer<W: Write>(out: W, level: flate2::Compression) -> io::Result<BlockWriter<W>> {
+    let compress: Compress = Arc::new(move |block: &[u8]| member(block, level));
+    BlockWriter::new(out, BLOCK, compress)
 }
 
 /// One block as a whole member: header, deflate data, CRC32 and size.
@@ -97,23 +78,6 @@ fn member(block: &[u8], level: flate2::Compression) -> io::Result<Vec<u8>> {
     let header = member_header(out.len() as u32);
     out[..HEADER_LEN].copy_from_slice(&header);
     Ok(out)
-}
-
-impl<W: Write> Write for MemberWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(BLOCK - self.block.len());
-        self.block.extend_from_slice(&buf[..n]);
-        if self.block.len() == BLOCK {
-            let full = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
-            self.blocks.push(full)?;
-        }
-        Ok(n)
-    }
-
-    /// Flushes the sink; a partial block stays until it fills or [`Self::finish`].
-    fn flush(&mut self) -> io::Result<()> {
-        self.blocks.flush()
-    }
 }
 
 /// The reader's side: members found by their `DF` length, inflated and checked.
@@ -202,7 +166,7 @@ mod tests {
     use super::*;
 
     fn members(data: &[u8]) -> Vec<u8> {
-        let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast()).unwrap();
+        let mut w = writer(Vec::new(), flate2::Compression::fast()).unwrap();
         w.write_all(data).unwrap();
         w.finish().unwrap()
     }

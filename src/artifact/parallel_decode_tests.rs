@@ -2,7 +2,7 @@ use std::io::Write;
 
 use super::*;
 use crate::artifact::gzip_members::{
-    BLOCK, GzipMembers, HEADER_LEN, MemberWriter, TRAILER_LEN, inflate, member_len,
+    BLOCK, GzipMembers, HEADER_LEN, TRAILER_LEN, inflate, member_len, writer,
 };
 
 /// Compressible but not trivial bytes.
@@ -23,7 +23,7 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 fn members(data: &[u8]) -> Vec<u8> {
-    let mut w = MemberWriter::new(Vec::new(), flate2::Compression::fast()).unwrap();
+    let mut w = writer(Vec::new(), flate2::Compression::fast()).unwrap();
     w.write_all(data).unwrap();
     w.finish().unwrap()
 }

@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 
 use std::sync::Arc;
 
-use super::block_writer::{Compress, OrderedBlocks, default_workers};
+use super::block_writer::{BlockWriter, Compress};
 use super::parallel_decode::read_full;
 
 /// Bytes of tar per frame.
@@ -52,31 +52,12 @@ pub fn starts_skippable(head: &[u8]) -> bool {
         .is_some_and(|m| SKIPPABLE.contains(&u32::from_le_bytes([m[0], m[1], m[2], m[3]])))
 }
 
-/// A writer of [`BLOCK`]-sized zstd frames after the layout's marker, compressed on
-/// worker threads.
-pub struct FrameWriter<W: Write> {
-    blocks: OrderedBlocks<W>,
-    block: Vec<u8>,
-}
-
-impl<W: Write> FrameWriter<W> {
-    /// Writes the marker to `out` at once.
-    pub fn new(mut out: W, level: i32) -> io::Result<Self> {
-        out.write_all(&marker())?;
-        let compress: Compress = Arc::new(move |block: &[u8]| frame(block, level));
-        Ok(FrameWriter {
-            blocks: OrderedBlocks::new(out, default_workers(), compress)?,
-            block: Vec::with_capacity(BLOCK),
-        })
-    }
-
-    /// Writes the last frame and returns the sink.
-    pub fn finish(mut self) -> io::Result<W> {
-        if !self.block.is_empty() || self.blocks.blocks() == 0 {
-            self.blocks.push(std::mem::take(&mut self.block))?;
-        }
-        self.blocks.finish()
-    }
+/// A writer of [`BLOCK`]-sized zstd frames after the layout's marker (written to `out` at
+/// once), compressed on worker threads.
+pub fn writer<W: Write>(mut out: W, level: i32) -> io::Result<BlockWriter<W>> {
+    out.write_all(&marker())?;
+    let compress: Compress = Arc::new(move |block: &[u8]| frame(block, level));
+    BlockWriter::new(out, BLOCK, compress)
 }
 
 /// One block as a frame that declares its size and carries a checksum.
@@ -87,23 +68,6 @@ fn frame(block: &[u8], level: i32) -> io::Result<Vec<u8>> {
     let frame = compressor.compress(block)?;
     debug_assert!(frame.len() <= MAX_FRAME);
     Ok(frame)
-}
-
-impl<W: Write> Write for FrameWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(BLOCK - self.block.len());
-        self.block.extend_from_slice(&buf[..n]);
-        if self.block.len() == BLOCK {
-            let full = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
-            self.blocks.push(full)?;
-        }
-        Ok(n)
-    }
-
-    /// Flushes the sink; a partial block stays until it fills or [`Self::finish`].
-    fn flush(&mut self) -> io::Result<()> {
-        self.blocks.flush()
-    }
 }
 
 /// The reader's side: frames found by their block headers, decoded and checked.

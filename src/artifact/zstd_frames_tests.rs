@@ -16,7 +16,7 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 fn frames(data: &[u8]) -> Vec<u8> {
-    let mut w = FrameWriter::new(Vec::new(), 3).unwrap();
+    let mut w = writer(Vec::new(), 3).unwrap();
     w.write_all(data).unwrap();
     w.finish().unwrap()
 }

@@ -25,6 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use tar::{EntryType, Header};
 
+use crate::artifact::block_writer::BlockWriter;
 use crate::artifact::tar::{Entry, Kind};
 
 /// Output compression.
@@ -68,11 +69,12 @@ impl From<Compression> for OutputOptions {
     }
 }
 
-/// A writer, maybe compressing.
+/// A writer, maybe compressing (in a parallel layout: [`crate::artifact::gzip_members`],
+/// [`crate::artifact::zstd_frames`]; any gunzip or zstd reads them, and the fetcher decodes
+/// them on every core).
 enum Encoder<W: Write> {
     Raw(W),
-    Gzip(crate::artifact::gzip_members::MemberWriter<W>),
-    Zstd(crate::artifact::zstd_frames::FrameWriter<W>),
+    Blocks(BlockWriter<W>),
 }
 
 impl<W: Write> Encoder<W> {
@@ -82,17 +84,11 @@ impl<W: Write> Encoder<W> {
             Compression::Gzip => {
                 let level = opts.level.map_or(6, |l| l.clamp(0, 9) as u32);
                 let level = flate2::Compression::new(level);
-                // Independent members: any gunzip reads them, and the fetcher inflates
-                // them on every core.
-                Encoder::Gzip(crate::artifact::gzip_members::MemberWriter::new(
-                    out, level,
-                )?)
+                Encoder::Blocks(crate::artifact::gzip_members::writer(out, level)?)
             }
             Compression::Zstd => {
-                // Independent frames after a marker: any zstd reads them, and the fetcher
-                // decodes them on every core.
                 let level = opts.level.unwrap_or(3).clamp(1, 19);
-                Encoder::Zstd(crate::artifact::zstd_frames::FrameWriter::new(out, level)?)
+                Encoder::Blocks(crate::artifact::zstd_frames::writer(out, level)?)
             }
         })
     }
@@ -100,8 +96,7 @@ impl<W: Write> Encoder<W> {
     fn finish(self) -> io::Result<W> {
         let mut out = match self {
             Encoder::Raw(w) => w,
-            Encoder::Gzip(e) => e.finish()?,
-            Encoder::Zstd(e) => e.finish()?,
+            Encoder::Blocks(e) => e.finish()?,
         };
         out.flush()?;
         Ok(out)
@@ -112,15 +107,13 @@ impl<W: Write> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Encoder::Raw(w) => w.write(buf),
-            Encoder::Gzip(e) => e.write(buf),
-            Encoder::Zstd(e) => e.write(buf),
+            Encoder::Blocks(e) => e.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Encoder::Raw(w) => w.flush(),
-            Encoder::Gzip(e) => e.flush(),
-            Encoder::Zstd(e) => e.flush(),
+            Encoder::Blocks(e) => e.flush(),
         }
     }
 }

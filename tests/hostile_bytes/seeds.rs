@@ -414,14 +414,12 @@ fn write_fuzz_seeds() {
     gz.write_all(&tar).unwrap();
     let gz = gz.finish().unwrap();
     let zst = crate::common::archive::zstd(&tar);
-    let mut members = droot_fleet::artifact::gzip_members::MemberWriter::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    )
-    .unwrap();
+    let mut members =
+        droot_fleet::artifact::gzip_members::writer(Vec::new(), flate2::Compression::fast())
+            .unwrap();
     members.write_all(&tar).unwrap();
     let members = members.finish().unwrap();
-    let mut frames = droot_fleet::artifact::zstd_frames::FrameWriter::new(Vec::new(), 3).unwrap();
+    let mut frames = droot_fleet::artifact::zstd_frames::writer(Vec::new(), 3).unwrap();
     frames.write_all(&tar).unwrap();
     let frames = frames.finish().unwrap();
     write("unpack", &[tar, gz, zst, members, frames]);
