@@ -135,7 +135,8 @@ pub fn detect<R: Read + Send + 'static>(
         Box::new(io::Cursor::new(head).chain(buffered))
     };
     // The parallel layouts (what `publish` writes) are decoded on every core.
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    // At most 4: each member in flight may take 8 MiB (in and out) of a hostile stream.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let reader: Box<dyn Read + Send> = if gzip_members {
         Box::new(ParallelDecode::spawn(raw, GzipMembers, workers)?)
     } else if zstd_frames {

@@ -46,9 +46,9 @@ pub struct ParallelDecode {
     failed: Option<(io::ErrorKind, String)>,
 }
 
-/// How many members may be read ahead of the reader with `workers` inflating.
+/// How many members may be read ahead of the reader with `workers` decoding.
 pub fn in_flight(workers: usize) -> usize {
-    2 * workers + 2
+    workers + 2
 }
 
 impl ParallelDecode {
