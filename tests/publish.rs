@@ -513,9 +513,9 @@ fn entries(tar: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A gigabyte published to S3 from a terminal: the progress line is drawn, and the
-/// process never holds more than a bounded slice of the artifact (the upload streams
-/// parts; no temp file, no whole object in memory).
+/// A gigabyte published to S3 from a terminal and deployed back from it: each progress
+/// line is drawn, and neither process holds more than a bounded slice of the artifact (the
+/// upload streams parts, the fetch ranges; no temp file, no whole object in memory).
 #[test]
 fn a_gigabyte_publishes_in_bounded_memory_with_progress_on_a_terminal() {
     let (g, t, src) = garage_and_zeros(1 << 30);
@@ -553,6 +553,38 @@ fn a_gigabyte_publishes_in_bounded_memory_with_progress_on_a_terminal() {
     assert!(
         max_rss_kib < 160 * 1024,
         "publish peaked at {max_rss_kib} KiB for a 1 GiB artifact"
+    );
+
+    // Back from the store on a terminal: ranged GETs in order, the fetch drawn, memory
+    // bounded by the ranges in flight, not by the artifact.
+    let root = t.path().join("app");
+    let typescript = t.path().join("terminal-deploy");
+    let command = format!(
+        "{} deploy --root {} --version v1 {url}",
+        common::bin().display(),
+        root.display()
+    );
+    let child = Command::new("script")
+        .envs(g.env())
+        .env_remove("RUST_LOG")
+        .args(["-q", "-f", "-e", "-c", &command])
+        .arg(&typescript)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run script (util-linux)");
+    let (status, max_rss_kib) = wait_with_max_rss(child);
+    let drawn = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    assert_eq!(status, 0, "{drawn}");
+    assert!(
+        drawn.contains(&format!("\r\x1b[2Kfetching {url}: ")) && drawn.contains("MiB/s"),
+        "no progress line on the terminal: {drawn:?}"
+    );
+    let len = std::fs::metadata(root.join("current/zeros")).map(|m| m.len());
+    assert_eq!(len.ok(), Some(1 << 30), "{drawn}");
+    assert!(
+        max_rss_kib < 160 * 1024,
+        "deploy peaked at {max_rss_kib} KiB for a 1 GiB artifact"
     );
 }
 

@@ -265,6 +265,9 @@ fn deploy_url(
     if args.mode == Mode::Rsync {
         anyhow::bail!("a URL needs symlink mode: the digest is checked before publishing");
     }
+    let before = fetch::stream::fetched_bytes();
+    let fetched = move || fetch::stream::fetched_bytes() - before;
+    let bar = super::bar::Bar::on_terminal(format!("fetching {url}"), fetched);
     let f = fetch::deploy(
         layout,
         url,
@@ -273,7 +276,11 @@ fn deploy_url(
         args.keep,
         opts,
         &args.fetch.options(),
-    )?;
+    );
+    if let Some(bar) = bar {
+        bar.stop();
+    }
+    let f = f?;
     print_deployed(&f.deployed);
     eprintln!("sha256 {} ({} bytes)", hex::encode(f.sha256), f.bytes);
     Ok(())

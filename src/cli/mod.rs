@@ -4,6 +4,7 @@
 //! error chain once with `{:#}` and picks the exit code.
 
 mod agent;
+mod bar;
 mod deploy;
 mod deploy_event;
 mod docs;

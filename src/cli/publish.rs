@@ -1,14 +1,13 @@
 //! `publish SOURCE URL`: export and upload in one pass, then print the pinned deploy line.
 
-use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Args;
 
+use super::bar::Bar;
 use super::deploy::FetchArgs;
 use super::fleet::{Format, print_json};
 use crate::export::{DEFAULT_MAX_BYTES, Source};
@@ -77,9 +76,10 @@ pub fn execute(args: PublishArgs) -> anyhow::Result<ExitCode> {
     };
     let source = source_of(&args.source, args.image_ref.clone())?;
     let progress = Arc::new(AtomicU64::new(0));
-    let bar = std::io::stderr()
-        .is_terminal()
-        .then(|| Bar::start(&url, progress.clone()));
+    let stored = progress.clone();
+    let bar = Bar::on_terminal(format!("publishing {url}"), move || {
+        stored.load(Ordering::Relaxed)
+    });
     let result = publish::publish(&source, &url, &opts, &progress);
     if let Some(bar) = bar {
         bar.stop();
@@ -148,39 +148,5 @@ fn print_result(done: &Published, args: &PublishArgs) -> anyhow::Result<()> {
             println!("deploy it with:\n  {deploy}");
             Ok(())
         }
-    }
-}
-
-/// A one-line progress display on stderr (a terminal): bytes stored and the rate.
-struct Bar {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Bar {
-    fn start(url: &str, bytes: Arc<AtomicU64>) -> Bar {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (url, flag) = (url.to_string(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            while !flag.load(Ordering::Relaxed) {
-                let n = bytes.load(Ordering::Relaxed);
-                let secs = started.elapsed().as_secs_f64().max(0.001);
-                eprint!(
-                    "\r\x1b[2Kpublishing {url}: {:.1} MiB ({:.1} MiB/s)",
-                    n as f64 / 1048576.0,
-                    n as f64 / 1048576.0 / secs
-                );
-                let _ = std::io::stderr().flush();
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            eprint!("\r\x1b[2K");
-        });
-        Bar { stop, thread }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
     }
 }
