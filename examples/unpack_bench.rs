@@ -3,7 +3,8 @@
 //! gzip as one stream and in the parallel layout `publish` writes, zstd, and `tar -x` of
 //! the raw tar (the floor).
 //!
-//! Run: `cargo run --release --example unpack_bench -- [--runs N] [--dir DIR]`
+//! Run: `cargo run --release --example unpack_bench -- [--runs N] [--dir DIR] [--tar FILE]`
+//! (`--tar`: a real tree's tar instead of the generated one).
 //!
 //! Every contender ends with a `syncfs` of the target (droot-fleet does one before it
 //! publishes a release; the tar pipelines get `sync -f`), so all pay for durability.
@@ -176,12 +177,14 @@ fn ours(archive: &Path, dest: &Path) -> Duration {
 fn main() {
     let mut runs = 5;
     let mut dir = PathBuf::from("target/unpack-bench");
+    let mut from = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--dir" => dir = PathBuf::from(args.next().expect("--dir DIR")),
-            other => panic!("unknown argument {other}; use --runs N --dir DIR"),
+            "--tar" => from = Some(PathBuf::from(args.next().expect("--tar FILE"))),
+            other => panic!("unknown argument {other}; use --runs N --dir DIR [--tar FILE]"),
         }
     }
     for tool in ["gzip", "zstd", "tar"] {
@@ -195,7 +198,10 @@ fn main() {
         );
     }
     std::fs::create_dir_all(&dir).unwrap();
-    let tar = generate_tar();
+    let tar = match &from {
+        Some(path) => std::fs::read(path).expect("read --tar FILE"),
+        None => generate_tar(),
+    };
     let raw_mb = tar.len() as f64 / 1e6;
     let gz_path = dir.join("rootfs.tar.gz");
     let members_path = dir.join("rootfs.members.tar.gz");

@@ -121,12 +121,27 @@ fn peek<R: Read>(r: &mut BufReader<R>, want: usize) -> io::Result<Vec<u8>> {
 pub fn detect<R: Read + Send + 'static>(
     input: R,
 ) -> Result<(Compression, Box<dyn Read + Send>), FormatError> {
+    detect_layout(input).map(|d| (d.compression, d.reader))
+}
+
+/// What [`detect_layout`] found.
+pub struct Detected {
+    pub compression: Compression,
+    /// The plain tar stream.
+    pub reader: Box<dyn Read + Send>,
+    /// A parallel layout: it is read and decoded on threads of its own already (a
+    /// prefetching thread on top would only add a copy).
+    pub parallel: bool,
+}
+
+/// [`detect`], saying whether the input is in a parallel layout.
+pub fn detect_layout<R: Read + Send + 'static>(input: R) -> Result<Detected, FormatError> {
     let mut buffered = BufReader::with_capacity(1 << 20, input);
     let head = peek(&mut buffered, 512)?;
-    let kind = classify(&head)?;
+    let compression = classify(&head)?;
     let gzip_members =
-        kind == Compression::Gzip && super::gzip_members::member_len(&head).is_some();
-    let zstd_frames = kind == Compression::Zstd && super::zstd_frames::is_marked(&head);
+        compression == Compression::Gzip && super::gzip_members::member_len(&head).is_some();
+    let zstd_frames = compression == Compression::Zstd && super::zstd_frames::is_marked(&head);
     // Re-assemble what was peeked with the rest of the stream.
     let buffered_len = buffered.buffer().len();
     let raw: Box<dyn Read + Send> = if buffered_len == head.len() {
@@ -142,9 +157,13 @@ pub fn detect<R: Read + Send + 'static>(
     } else if zstd_frames {
         Box::new(ParallelDecode::spawn(raw, ZstdFrames, workers)?)
     } else {
-        decompress(kind, raw)?
+        decompress(compression, raw)?
     };
-    Ok((kind, reader))
+    Ok(Detected {
+        compression,
+        reader,
+        parallel: gzip_members || zstd_frames,
+    })
 }
 
 #[cfg(test)]

@@ -198,14 +198,23 @@ fn unpack_guarded<R: Read + Send + 'static>(
 ) -> Result<UnpackStats, UnpackError> {
     let raw = Arc::new(AtomicU64::new(0));
     let input = Counted::new(input, raw.clone(), opts.cancel.clone(), trip.clone());
-    let (compression, reader) = format::detect(input)?;
+    let format::Detected {
+        compression,
+        reader,
+        parallel,
+    } = format::detect_layout(input)?;
     let ratio = if compression == Compression::None {
         0
     } else {
         opts.max_ratio
     };
     let reader = Expanding::new(reader, raw, ratio, opts.cancel.clone(), trip.clone());
-    let reader = Prefetch::spawn(Box::new(reader)).map_err(UnpackError::Read)?;
+    // One decoder runs on a thread of its own, so inflating never waits for file writes;
+    // the parallel layouts are decoded on threads of their own already.
+    let reader: Box<dyn Read + Send> = match parallel {
+        true => Box::new(reader),
+        false => Box::new(Prefetch::spawn(Box::new(reader)).map_err(UnpackError::Read)?),
+    };
     let mut archive = Archive::new(reader);
     let mut unpacker = Unpacker {
         tree: TreeWriter::open(dest).map_err(write_err(dest))?,
