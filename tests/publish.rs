@@ -520,25 +520,11 @@ fn entries(tar: &Path) -> Vec<String> {
 fn a_gigabyte_publishes_in_bounded_memory_with_progress_on_a_terminal() {
     let (g, t, src) = garage_and_zeros(1 << 30);
     let url = format!("s3://{}/big/v1.tar", g.bucket);
-    let typescript = t.path().join("terminal");
-    let command = format!(
-        "{} publish {} {url}",
-        common::bin().display(),
-        src.display()
+    let (drawn, max_rss_kib) = on_a_terminal(
+        &g,
+        &t.path().join("t1"),
+        &format!("publish {} {url}", src.display()),
     );
-    // `script` gives the publish a terminal and records what it drew.
-    let child = Command::new("script")
-        .envs(g.env())
-        .env_remove("RUST_LOG")
-        .args(["-q", "-f", "-e", "-c", &command])
-        .arg(&typescript)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("run script (util-linux)");
-    let (status, max_rss_kib) = wait_with_max_rss(child);
-    let drawn = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
-    assert_eq!(status, 0, "{drawn}");
     assert!(
         drawn.contains(&format!("\r\x1b[2Kpublishing {url}: ")) && drawn.contains("MiB/s"),
         "no progress line on the terminal: {drawn:?}"
@@ -555,27 +541,11 @@ fn a_gigabyte_publishes_in_bounded_memory_with_progress_on_a_terminal() {
         "publish peaked at {max_rss_kib} KiB for a 1 GiB artifact"
     );
 
-    // Back from the store on a terminal: ranged GETs in order, the fetch drawn, memory
-    // bounded by the ranges in flight, not by the artifact.
+    // Back from the store: ranged GETs in order, the fetch drawn, memory bounded by the
+    // ranges in flight, not by the artifact.
     let root = t.path().join("app");
-    let typescript = t.path().join("terminal-deploy");
-    let command = format!(
-        "{} deploy --root {} --version v1 {url}",
-        common::bin().display(),
-        root.display()
-    );
-    let child = Command::new("script")
-        .envs(g.env())
-        .env_remove("RUST_LOG")
-        .args(["-q", "-f", "-e", "-c", &command])
-        .arg(&typescript)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("run script (util-linux)");
-    let (status, max_rss_kib) = wait_with_max_rss(child);
-    let drawn = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
-    assert_eq!(status, 0, "{drawn}");
+    let deploy = format!("deploy --root {} --version v1 {url}", root.display());
+    let (drawn, max_rss_kib) = on_a_terminal(&g, &t.path().join("t2"), &deploy);
     assert!(
         drawn.contains(&format!("\r\x1b[2Kfetching {url}: ")) && drawn.contains("MiB/s"),
         "no progress line on the terminal: {drawn:?}"
@@ -586,6 +556,26 @@ fn a_gigabyte_publishes_in_bounded_memory_with_progress_on_a_terminal() {
         max_rss_kib < 160 * 1024,
         "deploy peaked at {max_rss_kib} KiB for a 1 GiB artifact"
     );
+}
+
+/// `droot-fleet ARGS` with a terminal (`script`, which records what it drew in
+/// `typescript`) and `g`'s credentials; it must succeed: what it drew, and the peak memory
+/// of it and what it ran, in KiB.
+fn on_a_terminal(g: &Garage, typescript: &Path, args: &str) -> (String, i64) {
+    let command = format!("{} {args}", common::bin().display());
+    let child = Command::new("script")
+        .envs(g.env())
+        .env_remove("RUST_LOG")
+        .args(["-q", "-f", "-e", "-c", &command])
+        .arg(typescript)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run script (util-linux)");
+    let (status, max_rss_kib) = wait_with_max_rss(child);
+    let drawn = String::from_utf8_lossy(&std::fs::read(typescript).unwrap()).into_owned();
+    assert_eq!(status, 0, "{args}: {drawn}");
+    (drawn, max_rss_kib)
 }
 
 /// Waits for `child` (and what it ran): its exit code and the peak resident memory of
