@@ -1,6 +1,6 @@
 //! A large S3 object is fetched as concurrent ranged GETs, each retried on its own: a range
-//! cut off midway is fetched again (the ranges already fetched are kept, nothing starts
-//! again from byte 0), a range that keeps failing fails the deploy after five attempts, and
+//! cut off midway, or stalled with its connection open, is fetched again (the ranges already
+//! fetched are kept, nothing starts again from byte 0), a range that keeps failing fails the deploy after five attempts, and
 //! an object replaced midway (its ETag no longer matches) fails it with nothing deployed.
 //!
 //! The store is a fake S3 written here (plain HTTP on 127.0.0.1, path-style): it answers
@@ -23,6 +23,8 @@ enum Fault {
     CutOff(usize),
     /// Every GET of it (and of any range after it) answers 412: the object was replaced.
     Replaced,
+    /// The first GET of it sends half the body, then nothing (the connection stays open).
+    Stall,
 }
 
 struct FakeS3 {
@@ -113,6 +115,10 @@ fn answer(
                 *k -= 1;
                 Some(Fault::CutOff(0))
             }
+            Some(f @ Fault::Stall) => {
+                *f = Fault::CutOff(0);
+                Some(Fault::Stall)
+            }
             _ => None,
         }
     };
@@ -134,9 +140,14 @@ fn answer(
         body.len()
     );
     let _ = conn.write_all(head.as_bytes());
-    let cut = matches!(fault, Some(Fault::CutOff(_)));
+    let cut = matches!(fault, Some(Fault::CutOff(_) | Fault::Stall));
     let send = if cut { &body[..body.len() / 2] } else { body };
     let _ = conn.write_all(send);
+    if let Some(Fault::Stall) = fault {
+        // Held open, silent, until the client gives up on it.
+        let mut sink = [0u8; 1];
+        let _ = conn.read(&mut sink);
+    }
     if cut {
         let _ = conn.shutdown(std::net::Shutdown::Both);
     }
@@ -214,6 +225,23 @@ fn a_range_cut_off_is_fetched_again_and_the_others_are_kept() {
     for start in [0, 2 * MIB4, 3 * MIB4, 4 * MIB4] {
         assert_eq!(s3.gets_of(start), 1, "range at {start}: {log:?}");
     }
+}
+
+/// A range that stops midway with its connection open (a dead peer) is given up (the SDK's
+/// stalled-stream protection after about 5 s, else 15 s without a byte) and fetched again,
+/// well before the fetch's own 60 s idle limit.
+#[test]
+fn a_stalled_range_is_fetched_again() {
+    let (tar, noise) = object();
+    let s3 = FakeS3::serve(tar, BTreeMap::from([(3 * MIB4, Fault::Stall)]));
+    let t = common::tempdir();
+    let started = std::time::Instant::now();
+    let out = deploy(&s3, &t.path().join("app"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(std::fs::read(t.path().join("app/current/noise")).unwrap() == noise);
+    assert_eq!(s3.gets_of(3 * MIB4), 2, "{:?}", s3.requests());
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(50), "{took:?}");
 }
 
 #[test]

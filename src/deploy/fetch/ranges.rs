@@ -5,8 +5,8 @@
 //! connection lost at 90% means starting again from byte 0 (the SDK retries a request
 //! that failed to start, never a body cut off midway). Here the object is cut into
 //! [`RANGE`]-byte ranges fetched [`PARALLEL`] at a time; a range that fails with a reset,
-//! a timeout, throttling or a 5xx is fetched again after a backoff, up to [`ATTEMPTS`]
-//! times, and the ranges already fetched are kept. Every range asks for the version (ETag)
+//! a timeout, throttling, a 5xx or a stall ([`STALL`] without a byte) is fetched again after
+//! a backoff, up to [`ATTEMPTS`] times, and the ranges already fetched are kept. Every range asks for the version (ETag)
 //! the first HEAD saw, so an object replaced midway fails the fetch rather than splicing
 //! two versions (the sha256 over the whole stream would catch that too, later).
 //!
@@ -33,6 +33,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Chunks handed to the reader (slices of a range, no copy).
 const CHUNK: usize = 1 << 20;
+/// A range attempt that gets no byte for this long is given up and tried again (a dead
+/// connection), well before the fetch's own idle limit ([`stream::IDLE`]) ends it all. The
+/// SDK's stalled-stream protection usually gives up on a stalled body sooner (about 5 s);
+/// this also covers a response that never starts.
+const STALL: Duration = Duration::from_secs(15);
 
 /// Why a range failed.
 enum Failure {
@@ -105,20 +110,31 @@ async fn get_range(
     etag: Option<&str>,
 ) -> Result<Bytes, Failure> {
     let what = format!("{}: bytes {start}-{}", o.url, end - 1);
+    let stalled = || Failure::Transient(format!("{what}: nothing for {STALL:?}"));
     let req = (o.s3.client.get_object().bucket(o.bucket).key(o.key))
         .range(format!("bytes={start}-{}", end - 1))
         .set_if_match(etag.map(str::to_owned));
-    let out = req.send().await.map_err(|e| classify(o, &what, e))?;
-    let body = (out.body.collect().await)
-        .map_err(|e| Failure::Transient(format!("{what}: cut off: {e}")))?
-        .into_bytes();
-    if body.len() as u64 != end - start {
-        let got = body.len();
+    let out = (tokio::time::timeout(STALL, req.send()).await)
+        .map_err(|_| stalled())?
+        .map_err(|e| classify(o, &what, e))?;
+    let (want, mut body) = ((end - start) as usize, out.body);
+    let mut got = bytes::BytesMut::with_capacity(want);
+    while let Some(chunk) =
+        (tokio::time::timeout(STALL, body.next()).await).map_err(|_| stalled())?
+    {
+        let chunk = chunk.map_err(|e| Failure::Transient(format!("{what}: cut off: {e}")))?;
+        if got.len() + chunk.len() > want {
+            return Err(Failure::Transient(format!("{what}: the store sent more")));
+        }
+        got.extend_from_slice(&chunk);
+    }
+    if got.len() != want {
+        let n = got.len();
         return Err(Failure::Transient(format!(
-            "{what}: the store sent {got} bytes"
+            "{what}: the store sent {n} bytes"
         )));
     }
-    Ok(body)
+    Ok(got.freeze())
 }
 
 fn classify<E>(
