@@ -276,7 +276,8 @@ pub fn same_content(a: &mut File, b: &mut File) -> io::Result<bool> {
     }
 }
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads until `buf` is full or the end: how much was read.
+pub(crate) fn read_full<R: Read + ?Sized>(f: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match f.read(&mut buf[filled..]) {

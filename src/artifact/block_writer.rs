@@ -25,6 +25,11 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
+/// The next job of a queue that workers share: `None` once it is closed (or poisoned).
+pub(super) fn next_job<J>(jobs: &Mutex<Receiver<J>>) -> Option<J> {
+    jobs.lock().ok()?.recv().ok()
+}
+
 /// Blocks in, compressed blocks out to `out`, in order.
 pub struct OrderedBlocks<W: Write> {
     out: W,
@@ -51,11 +56,9 @@ impl<W: Write> OrderedBlocks<W> {
                 .name(format!("compress-{i}"))
                 .spawn(move || {
                     loop {
-                        let job = jobs
-                            .lock()
-                            .map_err(|_| ())
-                            .and_then(|j| j.recv().map_err(|_| ()));
-                        let Ok((n, block)) = job else { return };
+                        let Some((n, block)) = next_job(&jobs) else {
+                            return;
+                        };
                         if done.send((n, compress(&block))).is_err() {
                             return;
                         }

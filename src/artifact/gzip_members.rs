@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use super::block_writer::{BlockWriter, Compress};
-use super::parallel_decode::read_full;
+use crate::beneath::read_full;
 
 /// Bytes of tar per member.
 pub const BLOCK: usize = 1 << 20;

@@ -17,6 +17,8 @@ use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 
+use super::block_writer::next_job;
+
 /// How members are found and decoded.
 pub trait Layout: Send + Sync + 'static {
     /// Reads member `n` (at byte `offset`) whole: `None` at a clean end of the stream.
@@ -167,20 +169,6 @@ fn read_members(
     }
 }
 
-/// Reads until `buf` is full or the end: how much was read.
-pub(super) fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(k) => filled += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 /// A worker: decodes members until the queue closes or the reader left.
 fn decode_members(
     layout: &dyn Layout,
@@ -188,11 +176,9 @@ fn decode_members(
     results: &Sender<Msg>,
 ) {
     loop {
-        let next = work
-            .lock()
-            .map_err(|_| ())
-            .and_then(|w| w.recv().map_err(|_| ()));
-        let Ok((n, member)) = next else { return };
+        let Some((n, member)) = next_job(work) else {
+            return;
+        };
         if results
             .send(Msg::Member(n, layout.decode(n, &member)))
             .is_err()

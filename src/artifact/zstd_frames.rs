@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use super::block_writer::{BlockWriter, Compress};
-use super::parallel_decode::read_full;
+use crate::beneath::read_full;
 
 /// Bytes of tar per frame: 4 MiB keeps the output within about 2% of one frame's size
 /// (1 MiB frames cost 10% on a tree of `/usr` files; zstd's window spans megabytes).

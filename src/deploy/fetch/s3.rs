@@ -36,7 +36,7 @@ pub fn open(
             key: &key,
         };
         // A failed HEAD has no body to name the problem: the GET below names it.
-        let (size, etag) = object.size_and_version().await.unwrap_or_default();
+        let (size, etag) = object.size_and_version().await;
         match size {
             Some(size) if size > ranges::RANGE => {
                 head.ok(Some(size));
@@ -70,16 +70,16 @@ pub(super) struct Object<'a> {
 }
 
 impl Object<'_> {
-    /// Its size and version (ETag), by one HEAD request (`None` when the store says none).
-    async fn size_and_version(&self) -> Result<(Option<u64>, Option<String>), FetchError> {
+    /// Its size and version (ETag), by one HEAD request; nothing known when it fails.
+    async fn size_and_version(&self) -> (Option<u64>, Option<String>) {
         tracing::debug!(url = self.url, endpoint = ?self.s3.endpoint, "s3 head");
         let (b, k) = (self.bucket, self.key);
         match self.s3.client.head_object().bucket(b).key(k).send().await {
             Ok(out) => {
                 let size = out.content_length().and_then(|n| u64::try_from(n).ok());
-                Ok((size, out.e_tag().map(str::to_owned)))
+                (size, out.e_tag().map(str::to_owned))
             }
-            Err(e) => Err(self.error(e)),
+            Err(_) => (None, None),
         }
     }
 
