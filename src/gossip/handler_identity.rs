@@ -68,9 +68,38 @@ impl<L: screen::Receiver> screen::Screen for PacketPolicy<'_, L> {
             return None;
         }
         let held = self.receiver.held(&id);
-        let suspicion = screen::suspicion_at_most_held(&id, m.incarnation(), held);
+        let suspicion = screen::suspicion_from_verdict(&id, m.state(), m.incarnation(), held);
         (m.state() == State::Down || suspicion.incarnation() != m.incarnation())
             .then_some(suspicion)
+    }
+}
+
+/// [`GossipCore::screen_packet`]'s answers with identities off: every identity is
+/// admitted and every verdict taken as it is (the gossip key is the trust), except a down
+/// verdict about another member *below* the incarnation held for it, which foca would
+/// drop: it passes as a suspicion at the held one ([`screen::suspicion_from_verdict`]).
+struct StaleDownPolicy<'a, L> {
+    me: &'a NodeId,
+    receiver: L,
+}
+
+impl<L: screen::Receiver> screen::Screen for StaleDownPolicy<'_, L> {
+    fn admits(&self, _: &NodeId) -> bool {
+        true
+    }
+
+    fn rewrite(&self, m: &foca::Member<NodeId>) -> Option<foca::Member<NodeId>> {
+        let id = m.id();
+        if m.state() != foca::State::Down || id.name == self.me.name {
+            return None;
+        }
+        let held = self.receiver.held(id).filter(|h| *h > m.incarnation())?;
+        Some(screen::suspicion_from_verdict(
+            id,
+            m.state(),
+            m.incarnation(),
+            Some(held),
+        ))
     }
 }
 
@@ -207,8 +236,8 @@ impl GossipCore {
     }
 
     /// Screens a foca packet from UDP source `from`, with its MAC and stamp if it has them,
-    /// before `Foca::handle_data` (see [`crate::gossip::screen`]); with identities off it
-    /// passes as it is. `receiver` says what this node holds (its own incarnation, the
+    /// before `Foca::handle_data` (see [`crate::gossip::screen`]); with identities off only
+    /// stale down verdicts are rewritten (`StaleDownPolicy`). `receiver` says what this node holds (its own incarnation, the
     /// leaves recorded, the incarnation held for each member). Also returns the sender when
     /// the packet said this node is down: the caller asks it over a push/pull of its own
     /// ([`screen::Screened::Doubted`] carries it too).
@@ -219,17 +248,17 @@ impl GossipCore {
         from: std::net::SocketAddr,
         receiver: impl screen::Receiver,
     ) -> Result<(screen::Screened<'a>, Option<NodeId>), screen::Malformed> {
-        if self.identities.mode() == Mode::Off {
-            let packet = std::borrow::Cow::Borrowed(pkt);
-            let suspected = Vec::new();
-            let pass = screen::Screened::Pass {
-                packet,
-                dropped: 0,
-                suspected,
-            };
-            return Ok((pass, None));
-        }
         let parsed = screen::parse(pkt)?;
+        if self.identities.mode() == Mode::Off {
+            if parsed.header.message == foca::Message::TurnUndead {
+                return Ok((screen::Screened::pass(pkt), None));
+            }
+            let policy = StaleDownPolicy {
+                me: &self.identity,
+                receiver,
+            };
+            return Ok((screen::screen(pkt, &parsed, &policy), None));
+        }
         // A card vouches for an address: a packet in its name from elsewhere is not its.
         if parsed.header.src.addr != from {
             self.stats.packets_spoofed += 1;
@@ -536,11 +565,79 @@ mod tests {
         let suspect_at_4 = Some(at(4, State::Suspect));
         assert_eq!(policy.rewrite(&at(u16::MAX, State::Down)), suspect_at_4);
         assert_eq!(policy.rewrite(&at(u16::MAX, State::Suspect)), suspect_at_4);
-        assert_eq!(
-            policy.rewrite(&at(2, State::Down)),
-            Some(at(2, State::Suspect))
-        );
+        // A node that missed the member's refutation: its verdict would be dropped.
+        assert_eq!(policy.rewrite(&at(2, State::Down)), suspect_at_4);
         assert_eq!(policy.rewrite(&at(3, State::Suspect)), None, "as it came");
         assert_eq!(policy.rewrite(&at(9, State::Alive)), None, "a refutation");
+    }
+
+    /// With identities off, verdicts pass as foca would take them, but for a down verdict
+    /// below the incarnation held: a suspicion at the held one, timed out by the caller
+    /// (at 1,000 nodes a partition never split: one node held a newer incarnation).
+    #[test]
+    fn without_identities_only_a_stale_down_verdict_is_rewritten() {
+        let mut core = crate::gossip::GossipCore::new(
+            core_id(),
+            Default::default(),
+            Default::default(),
+            Duration::ZERO,
+        );
+        let m = NodeId::new("m", "10.0.0.2:7946".parse().unwrap(), 0).unwrap();
+        let packet = |message, update: Member<NodeId>| {
+            let header = foca::Header {
+                src: m.clone(),
+                src_incarnation: 0,
+                dst: core_id(),
+                message,
+            };
+            let mut pkt = postcard::to_stdvec(&header).unwrap();
+            pkt.extend_from_slice(&1u16.to_be_bytes());
+            pkt.extend(postcard::to_stdvec(&update).unwrap());
+            pkt
+        };
+        let from = m.addr;
+        let other = NodeId::new("o", "10.0.0.3:7946".parse().unwrap(), 0).unwrap();
+        let at = |inc, state| Member::new(other.clone(), inc, state);
+        let stale = packet(foca::Message::Gossip, at(2, State::Down));
+        let (screened, ask) = core.screen_packet(&stale, None, from, Holds(4)).unwrap();
+        let screen::Screened::Pass {
+            packet: out,
+            suspected,
+            dropped: 0,
+        } = screened
+        else {
+            panic!("not passed: {screened:?}")
+        };
+        assert_eq!(suspected, vec![at(4, State::Suspect)]);
+        assert_eq!(
+            &*out,
+            &packet(foca::Message::Gossip, at(4, State::Suspect))[..]
+        );
+        assert_eq!(ask, None);
+        for same in [
+            packet(foca::Message::Gossip, at(4, State::Down)),
+            packet(foca::Message::Gossip, at(7, State::Down)),
+            packet(foca::Message::TurnUndead, at(2, State::Down)),
+        ] {
+            let (screened, _) = core.screen_packet(&same, None, from, Holds(4)).unwrap();
+            assert_eq!(screened, screen::Screened::pass(&same));
+        }
+        // A suspicion passes as it is, for the caller to time out.
+        let heard = packet(foca::Message::Gossip, at(5, State::Suspect));
+        let (screened, _) = core.screen_packet(&heard, None, from, Holds(4)).unwrap();
+        let want = screen::Screened::Pass {
+            packet: std::borrow::Cow::Borrowed(&heard[..]),
+            dropped: 0,
+            suspected: vec![at(5, State::Suspect)],
+        };
+        assert_eq!(screened, want);
+        assert!(
+            core.screen_packet(b"\xff\xff", None, from, Holds(4))
+                .is_err()
+        );
+    }
+
+    fn core_id() -> NodeId {
+        NodeId::new("me", "10.0.0.1:7946".parse().unwrap(), 0).unwrap()
     }
 }

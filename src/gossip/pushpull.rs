@@ -34,7 +34,7 @@ use super::event::{EventLog, EventRejected, UserEvent};
 use super::identity::NodeId;
 use super::lamport::{LamportClock, LamportTime};
 use super::query::Tags;
-use super::screen::suspicion_at_most_held;
+use super::screen::suspicion_from_verdict;
 
 /// One side's state in a push/pull exchange. Its wire format is versioned (see
 /// [`super::versioned`]).
@@ -149,7 +149,7 @@ pub enum IgnoreReason {
 /// | remote | local | result |
 /// |---|---|---|
 /// | alive | any | [`Screened::Apply`] (foca orders incarnations and bumps) |
-/// | suspect | any | [`Screened::Apply`], at most at the incarnation held for that identity (see [`suspicion_at_most_held`]) |
+/// | suspect | any | [`Screened::Apply`], at most at the incarnation held for that identity (see [`suspicion_from_verdict`]) |
 /// | anything about us, same bump | — | [`Screened::Apply`]: foca refutes a suspicion, and a down verdict makes it rejoin under bump + 1 (the only way back for a member others declared down) |
 /// | anything about us, other bump | — | [`Screened::Ignore`] ([`IgnoreReason::OtherSelf`]) |
 /// | exactly what we hold | same | [`Screened::Ignore`] ([`IgnoreReason::Unchanged`]) |
@@ -157,7 +157,7 @@ pub enum IgnoreReason {
 /// | down | unknown | [`Screened::Ignore`] ([`IgnoreReason::UnknownDown`]) |
 /// | down | down | [`Screened::Apply`]: nothing becomes inactive; a newer bump just replaces the identity we keep for reconnects |
 /// | down, older bump | alive / suspect | [`Screened::Ignore`] ([`IgnoreReason::StaleDown`]) |
-/// | down, same bump | alive / suspect | [`Screened::Suspect`] at the remote's incarnation, at most the held one (foca drops it if the member already refuted a higher one) |
+/// | down, same bump | alive / suspect | [`Screened::Suspect`] at the incarnation held (a verdict below it is from a node that missed a refutation; the member refutes it again if it is alive) |
 /// | down, **newer** bump | alive / suspect | [`Screened::Suspect`] of the newer identity: the member restarted since we last heard of it and the remote saw the new incarnation go down. Ours is stale, but one remote's verdict is still not proof: the newer identity replaces ours as *suspect* (no member-failed), and it is declared down only if it fails our own probes |
 pub fn screen_member(
     me: &NodeId,
@@ -178,7 +178,12 @@ pub fn screen_member(
     }
     let held = local.filter(|l| l.id() == id).map(Member::incarnation);
     if remote.state() == State::Suspect && !left {
-        return Screened::Apply(suspicion_at_most_held(id, remote.incarnation(), held));
+        return Screened::Apply(suspicion_from_verdict(
+            id,
+            State::Suspect,
+            remote.incarnation(),
+            held,
+        ));
     }
     if remote.state() != State::Down || left {
         return Screened::Apply(remote);
@@ -187,7 +192,12 @@ pub fn screen_member(
         None => Screened::Ignore(IgnoreReason::UnknownDown),
         Some(l) if l.state() == State::Down => Screened::Apply(remote),
         Some(l) if l.id().bump_newer_than(id) => Screened::Ignore(IgnoreReason::StaleDown),
-        Some(_) => Screened::Suspect(suspicion_at_most_held(id, remote.incarnation(), held)),
+        Some(_) => Screened::Suspect(suspicion_from_verdict(
+            id,
+            State::Down,
+            remote.incarnation(),
+            held,
+        )),
     }
 }
 

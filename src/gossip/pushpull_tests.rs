@@ -128,6 +128,17 @@ fn a_raised_down_or_suspicion_is_a_suspicion_at_the_held_incarnation() {
     assert_eq!(screen(held(), lower.clone(), false), Screened::Apply(lower));
 }
 
+/// A down verdict below the incarnation held comes from a node that missed the member's
+/// last refutation: foca would drop it, and a dead member stayed active here until this
+/// node's own probe found it. It is a suspicion at the held incarnation.
+#[test]
+fn a_stale_down_is_a_suspicion_at_the_held_incarnation() {
+    let held = Some(Member::new(node("d", 3), 4, State::Alive));
+    let got = screen(held, down("d", 3, 1), false);
+    let at_held = Member::new(node("d", 3), 4, State::Suspect);
+    assert_eq!(got, Screened::Suspect(at_held));
+}
+
 #[test]
 fn remote_down_with_a_newer_bump_suspects_the_newer_identity() {
     let got = screen(Some(Member::alive(node("d", 3))), down("d", 4, 0), false);

@@ -13,12 +13,12 @@
 //! - the caller may rewrite what an update says ([`Screen::rewrite`]): the sender is not
 //!   authenticated (any gossip-key holder may write a real member's identity as `src`),
 //!   and foca takes Alive -> Down from anyone, for good. So a *down* verdict about another
-//!   member passes as a suspicion (unless its own signed leave was recorded), no suspicion
-//!   above the incarnation held for the member ([`suspicion_at_most_held`]), and one about
-//!   the receiver too, at most at its own incarnation: a forged verdict made a live node
-//!   fail everywhere, or rejoin under a new bump at the forger's will. A suspicion is
-//!   refuted by the member if it is alive, and a dead member is still found down by each
-//!   node's own probes (the rule push/pull already follows);
+//!   member passes as a suspicion (unless its own signed leave was recorded), at the
+//!   incarnation held for the member, and a suspicion at most at it
+//!   ([`suspicion_from_verdict`]); one about the receiver, at most at its own incarnation:
+//!   a forged verdict made a live node fail everywhere, or rejoin under a new bump at the
+//!   forger's will. A suspicion is refuted by the member if it is alive, and times out for a
+//!   dead one (the rule push/pull already follows);
 //! - a `TurnUndead` message ("you are down") is dropped ([`Screened::Doubted`]): the caller
 //!   asks its sender over a push/pull of its own, whose answer it may believe.
 //!
@@ -50,8 +50,9 @@ pub struct Parsed<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Screened<'a> {
     /// Hand these bytes to foca; `dropped` member updates were taken out, and
-    /// `suspected` are down verdicts about other members that pass as suspicions (the
-    /// caller times them out itself: see [`crate::agent::sansio`]'s suspicions).
+    /// `suspected` are the suspicions that pass, down verdicts rewritten as such included
+    /// (foca times out only those its own probes raised: the caller times these out
+    /// itself, see [`crate::agent::sansio`]'s suspicions).
     Pass {
         packet: Cow<'a, [u8]>,
         dropped: usize,
@@ -62,6 +63,17 @@ pub enum Screened<'a> {
     /// A message that says the receiver is down (`TurnUndead`): dropped, to be confirmed
     /// with `sender`.
     Doubted { sender: NodeId },
+}
+
+impl<'a> Screened<'a> {
+    /// The packet, to pass as it is.
+    pub fn pass(packet: &'a [u8]) -> Self {
+        Screened::Pass {
+            packet: Cow::Borrowed(packet),
+            dropped: 0,
+            suspected: Vec::new(),
+        }
+    }
 }
 
 /// What [`screen`] asks the caller about identities.
@@ -167,17 +179,27 @@ impl Receiver for Stranger {
     }
 }
 
-/// A suspicion about `id` from someone else's verdict at `incarnation`, at most at the
-/// incarnation this node holds for that very identity (`held`): one raised above it (a
-/// forger's `u16::MAX`) could never be refuted, since the member is at its own, lower one.
-/// A member that really moved on and then died is still found: its suspicion at the held
-/// incarnation times out.
-pub fn suspicion_at_most_held(
+/// The suspicion someone else's verdict about `id` at `incarnation` passes as, given the
+/// incarnation this node holds for that very identity (`held`):
+/// - a suspicion, at most at the held incarnation: one raised above it (a forger's
+///   `u16::MAX`) could never be refuted, since the member is at its own, lower one; one
+///   below it is stale and foca drops it;
+/// - a down verdict, at the held incarnation. One raised above it, as for a suspicion. One
+///   *below* it comes from a node that had not heard the member's latest refutation: foca
+///   would drop it, and a dead member stayed active here until this node's own probe
+///   round reached it (about N probe periods; a partition of 1,000 never split). As a
+///   suspicion at the held incarnation it times out unless the member, alive, refutes it.
+pub fn suspicion_from_verdict(
     id: &NodeId,
+    state: State,
     incarnation: foca::Incarnation,
     held: Option<foca::Incarnation>,
 ) -> Member<NodeId> {
-    let incarnation = held.map_or(incarnation, |h| incarnation.min(h));
+    let incarnation = match (state, held) {
+        (State::Down, Some(h)) => h,
+        (_, Some(h)) => incarnation.min(h),
+        (_, None) => incarnation,
+    };
     Member::new(id.clone(), incarnation, State::Suspect)
 }
 
@@ -206,11 +228,14 @@ pub fn screen<'a>(pkt: &'a [u8], parsed: &Parsed<'a>, policy: &impl Screen) -> S
         } else if let Some(other) = policy.rewrite(m) {
             kept.push(Cow::Owned(postcard::to_stdvec(&other).unwrap_or_default()));
             changed = true;
-            if m.state() == State::Down && other.state() == State::Suspect {
+            if other.state() == State::Suspect {
                 suspected.push(other);
             }
         } else {
             kept.push(Cow::Borrowed(*bytes));
+            if m.state() == State::Suspect {
+                suspected.push(m.clone());
+            }
         }
     }
     if !changed {

@@ -300,6 +300,10 @@ impl<W, S> AgentMachine<W, S> {
                 .collect();
             tracing::debug!(peer = %from.name, members = ?names, "push/pull: remote down verdicts applied as suspicions");
         }
+        let heard: Vec<_> = (screened.apply.iter())
+            .filter(|m| m.state() == foca::State::Suspect)
+            .cloned()
+            .collect();
         if let Err(e) = self
             .foca
             .apply_many(screened.apply.into_iter(), false, &mut self.rt)
@@ -314,7 +318,7 @@ impl<W, S> AgentMachine<W, S> {
             tracing::debug!(cause = %e, "applying push/pull suspicions");
         }
         self.drain(now, out);
-        self.time_suspicions(suspected, out);
+        self.time_suspicions(suspected.into_iter().chain(heard), out);
     }
 
     /// A state a peer pushed: what it says about this node, other than alive, is left

@@ -1,19 +1,23 @@
-//! Down verdicts that arrive as suspicions, timed out here.
+//! Suspicions heard from other nodes, timed out here.
 //!
-//! With node identities, a "down" verdict about another member is not taken from the
-//! packet or push/pull state that carries it (its sender is not authenticated: one
-//! forged packet would fail a live member everywhere), only as a suspicion
-//! ([`crate::gossip::screen`], [`crate::gossip::pushpull::screen_member`]). foca starts
-//! no timer for a suspicion it hears of, so a member that really died stayed suspect
-//! here until this node's own probe of it failed: up to a whole probe round, about N
-//! probe periods (the simulator found a crashed node still suspect on a fifth of 100
-//! nodes after 120 s). So each such suspicion gets the timer foca gives its own: if the
-//! member has not refuted it (a higher incarnation) when it runs out, it is down here
-//! too, as SWIM's suspicion mechanism has it. A live member hears the suspicion (it is
-//! gossiped) and refutes it in time; a forged verdict costs a refutation, not a member.
-//! The screens keep each such suspicion at most at the incarnation held for the member
-//! ([`crate::gossip::screen::suspicion_at_most_held`]): one raised above it (a forger's
-//! `u16::MAX`) the member could never refute, and it would end in a failure.
+//! foca starts a suspicion timer only when its own probe of a member fails; a suspicion
+//! it hears of stays until another node's down verdict arrives or this node's own probe
+//! round reaches the member, about N probe periods. Piggy-backed verdicts are sent a
+//! bounded number of times, so some node may miss them all: at 100 nodes one node still
+//! listed a crashed member 63 s later (the simulator). So each heard suspicion gets the
+//! timer foca gives its own: if the member has not refuted it (a higher incarnation) when
+//! it runs out, it is down here too, as SWIM's suspicion mechanism has it. A live member
+//! hears the suspicion (it is gossiped) and refutes it in time.
+//!
+//! A down verdict about another member from a packet or push/pull state is itself taken
+//! only as a suspicion where its sender is not to be believed outright (node identities:
+//! one forged packet would fail a live member everywhere, [`crate::gossip::screen`],
+//! [`crate::gossip::pushpull::screen_member`]), and always when it is below the
+//! incarnation held (foca would drop it: it comes from a node that missed a refutation).
+//! Such a suspicion sits at the incarnation held for the member
+//! ([`crate::gossip::screen::suspicion_from_verdict`]): one raised above it (a forger's
+//! `u16::MAX`) the member could never refute, and one below it foca would drop. A forged
+//! verdict costs a refutation, not a member.
 
 use foca::{Member, State};
 use rand::rngs::StdRng;
@@ -49,17 +53,23 @@ impl crate::gossip::screen::Receiver for Held<'_> {
 }
 
 impl<W, S> AgentMachine<W, S> {
-    /// Starts a timer for each suspicion that came as someone else's down verdict.
+    /// Starts a timer for each suspicion about another member heard from someone else
+    /// (its own verdict, or a down verdict taken as one) that foca now holds: foca times
+    /// out only the suspicions its own probes raise.
     pub(super) fn time_suspicions(
         &mut self,
-        verdicts: Vec<Member<NodeId>>,
+        heard: impl IntoIterator<Item = Member<NodeId>>,
         out: &mut Effects<W, S>,
     ) {
         let after = super::foca_config(&self.settings, self.tuned_for).suspect_to_down_after;
         let cap = self.foca.num_members() + SLACK;
-        for v in verdicts {
+        for v in heard {
             let key = (v.id().name.clone(), v.id().bump, v.incarnation());
-            let held = self.foca.iter_membership_state().any(|m| m.id() == v.id());
+            let held = self.foca.iter_membership_state().any(|m| {
+                m.id() == v.id()
+                    && m.state() == State::Suspect
+                    && m.incarnation() == v.incarnation()
+            });
             if !held || self.suspicions.len() >= cap || !self.suspicions.insert(key) {
                 continue;
             }

@@ -11,6 +11,7 @@
 mod events;
 mod joins;
 mod queries;
+mod suspicions;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
