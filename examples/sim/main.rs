@@ -175,6 +175,34 @@ fn median_max(v: &[Option<Duration>]) -> String {
     format!("{} / {}", ms(med), ms(max))
 }
 
+/// The median and the most of the per-event hop counts ("–": not recorded).
+fn hops(v: &[Option<u32>]) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    let mut got: Vec<u32> = v.iter().flatten().copied().collect();
+    got.sort();
+    let med = got
+        .get(got.len() / 2)
+        .map_or("not reached".into(), u32::to_string);
+    let max = (got.len() == v.len())
+        .then(|| got.last().map(u32::to_string))
+        .flatten()
+        .unwrap_or("not reached".into());
+    format!("{med} / {max}")
+}
+
+/// [`median_max`], and the share of (node, event) arrivals made when not all were.
+fn median_max_delivered(full: &[Option<Duration>], arrivals: &[Option<Duration>]) -> String {
+    let made = arrivals.iter().flatten().count();
+    let cell = median_max(full);
+    if made == arrivals.len() {
+        return cell;
+    }
+    let share = made as f64 / arrivals.len() as f64 * 100.0;
+    format!("{cell} ({share:.2}% delivered)")
+}
+
 /// The p50 and p99 of every single arrival.
 fn arrival_percentiles(v: &[Option<Duration>]) -> String {
     let mut got: Vec<Duration> = v.iter().flatten().copied().collect();
@@ -186,18 +214,20 @@ fn arrival_percentiles(v: &[Option<Duration>]) -> String {
     format!("{} / {}", ms(at(0.5)), ms(at(0.99)))
 }
 
-const HEADER: &str = "| N | loss | identities | converge s | event to 100%: median / max ms | arrivals p50 / p99 ms | Serf model to 100%: median / max ms | tags to 100% ms | deploy desired to 100% ms | 10% waves done s (waves) | crash noticed s | restart rejoined s | partition healed s | idle B/s/node | storm B/s/node (Serf model) | false failures, 1% paused 2 s | heap KiB/node | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+const HEADER: &str = "| N | loss | identities | converge s | event to 100%: median / max ms | hops to 100%: median / max | arrivals p50 / p99 ms | Serf model to 100%: median / max ms | Serf model hops: median / max | tags to 100% ms | deploy desired to 100% ms | 10% waves done s (waves) | crash noticed s | restart rejoined s | partition healed s | idle B/s/node | storm B/s/node (Serf model) | false failures, 1% paused 2 s | heap KiB/node | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 fn line(r: &Row) -> String {
     format!(
-        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {:.0} | {:.0} ({:.0}) | {} ({} slow) | {:.0} | {:.0} |\n",
+        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {:.0} | {:.0} ({:.0}) | {} ({} slow) | {:.0} | {:.0} |\n",
         r.nodes,
         r.loss * 100.0,
         if r.identities { "on" } else { "off" },
         secs(r.converge),
         median_max(&r.event_full),
+        hops(&r.event_hops),
         arrival_percentiles(&r.arrivals),
-        median_max(&r.serf_full),
+        median_max_delivered(&r.serf_full, &r.serf_arrivals),
+        hops(&r.serf_hops),
         ms(r.tags),
         ms(r.deploy_desired),
         secs(r.deploy_done),

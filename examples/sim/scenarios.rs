@@ -29,6 +29,12 @@ pub struct Row {
     pub arrivals: Vec<Option<Duration>>,
     pub serf_full: Vec<Option<Duration>>,
     pub serf_arrivals: Vec<Option<Duration>>,
+    /// Per event, the most hops from its origin to a node (each hop one forward), if it
+    /// reached every node: ours, and the Serf model's.
+    #[serde(default)]
+    pub event_hops: Vec<Option<u32>>,
+    #[serde(default)]
+    pub serf_hops: Vec<Option<u32>>,
     pub tags: Option<Duration>,
     /// A `--max-parallel 10%` deploy: until every node holds it as desired, until every
     /// target reported ok (as its origin sees it), and in how many waves.
@@ -155,11 +161,18 @@ fn events(c: &mut Cluster, plan: &Plan, rng: &mut StdRng, row: &mut Row) {
         let n = c.up_count();
         let full = c.run_until_true(SEC / 1000, 30 * SEC, |c| c.reached(&name) >= n);
         row.event_full.push(full.map(|t| t - fired));
+        let hops = c.stats.hops(&name).unwrap_or_default();
+        row.event_hops.push(most_hops(hops, full.is_some()));
         let arrivals = c.stats.arrivals(&name).unwrap_or_default();
         row.arrivals
             .extend(arrivals.iter().map(|a| a.map(|t| t - fired)));
         c.run_for(2 * SEC);
     }
+}
+
+/// The most hops an event took to a node, if it reached every node (`all`).
+fn most_hops(hops: &[Option<u32>], all: bool) -> Option<u32> {
+    hops.iter().flatten().max().copied().filter(|_| all)
 }
 
 /// A deploy in waves of 10% from a random node; every activation takes 2-3 s.
@@ -265,6 +278,7 @@ fn serf(plan: &Plan, rng: &mut StdRng, row: &mut Row) {
         let full = arrivals.iter().all(Option::is_some);
         let last = arrivals.iter().flatten().max().copied();
         row.serf_full.push(last.filter(|_| full).map(|t| t - fired));
+        row.serf_hops.push(most_hops(m.hops(id), full));
         row.serf_arrivals
             .extend(arrivals.iter().map(|a| a.map(|t| t - fired)));
     }

@@ -144,6 +144,8 @@ pub struct Cluster {
     base: Instant,
     net: Network,
     rng: StdRng,
+    /// The peer whose datagram or stream a node handles now (for [`Stats::hops`]).
+    pub(super) from: Option<usize>,
     /// What a run measures.
     pub stats: Stats,
     pub trace: Trace,
@@ -198,6 +200,7 @@ impl Cluster {
             clock: Duration::ZERO,
             base: Instant::now(),
             rng,
+            from: None,
         }
     }
 
@@ -338,9 +341,11 @@ impl Cluster {
                 result,
             } => {
                 if self.alive(node, life) {
-                    let target = node::address(target).to_string();
+                    let addr = node::address(target).to_string();
                     let result = result.map(|s| *s);
-                    self.input(node, |m, now| m.push_pull_done(now, target, kind, result));
+                    self.input_from(node, target, |m, now| {
+                        m.push_pull_done(now, addr, kind, result)
+                    });
                 }
             }
             Item::Answer { to, answer } => {
@@ -412,7 +417,19 @@ impl Cluster {
             return;
         }
         let addr = node::address(from);
-        self.input(to, |m, now| m.datagram(now, plain, addr));
+        self.input_from(to, from, |m, now| m.datagram(now, plain, addr));
+    }
+
+    /// [`Self::input`] for what peer `from` sent.
+    pub(super) fn input_from(
+        &mut self,
+        i: usize,
+        from: usize,
+        input: impl FnOnce(&mut Machine, Now) -> Vec<Effect<(), ()>>,
+    ) {
+        self.from = Some(from);
+        self.input(i, input);
+        self.from = None;
     }
 
     /// Runs `input` on node `i` and carries out what it returns.
@@ -475,7 +492,7 @@ impl Cluster {
                         .push(self.clock + d, Item::Answer { to: j, answer });
                 }
             }
-            Effect::Monitor(line) => self.stats.monitor(i, self.clock, &line),
+            Effect::Monitor(line) => self.stats.monitor(i, self.clock, self.from, &line),
             Effect::Superseding(item) => self.deploy_slot(i, &item),
             Effect::SpawnEventHandlers {
                 event, handlers, ..

@@ -9,7 +9,7 @@ use crate::gossip::Tags;
 impl Cluster {
     /// Node `origin` fires the user event `name`; its arrivals are tracked.
     pub fn fire(&mut self, origin: usize, name: &str, payload: Vec<u8>) {
-        self.stats.track(name);
+        self.stats.track(name, origin);
         let name = name.to_owned();
         self.input(origin, |m, now| {
             let (result, effects) = m.publish_event(now, &name, payload);

@@ -65,6 +65,8 @@ pub struct SerfModel {
     queues: Vec<Vec<(u32, u32)>>,
     /// Per event: when each node learned it.
     arrivals: Vec<Vec<Option<Duration>>>,
+    /// Per event: each node's hop from its origin (0).
+    hops: Vec<Vec<Option<u32>>>,
     /// Bytes each node sent (a 40-byte header and 64 bytes per event carried).
     pub sent_bytes: Vec<u64>,
 }
@@ -92,6 +94,7 @@ impl SerfModel {
             clock: Duration::ZERO,
             queues: vec![Vec::new(); nodes],
             arrivals: Vec::new(),
+            hops: Vec::new(),
             sent_bytes: vec![0; nodes],
         }
     }
@@ -108,7 +111,8 @@ impl SerfModel {
     pub fn fire(&mut self, origin: usize) -> u32 {
         let id = u32::try_from(self.arrivals.len()).expect("fewer than 2^32 events");
         self.arrivals.push(vec![None; self.nodes]);
-        self.learn(origin, id);
+        self.hops.push(vec![None; self.nodes]);
+        self.learn(origin, id, 0);
         id
     }
 
@@ -117,10 +121,16 @@ impl SerfModel {
         &self.arrivals[id as usize]
     }
 
-    fn learn(&mut self, node: usize, id: u32) {
+    /// Each node's hop count for event `id`.
+    pub fn hops(&self, id: u32) -> &[Option<u32>] {
+        &self.hops[id as usize]
+    }
+
+    fn learn(&mut self, node: usize, id: u32, hop: u32) {
         let slot = &mut self.arrivals[id as usize][node];
         if slot.is_none() {
             *slot = Some(self.clock);
+            self.hops[id as usize][node] = Some(hop);
             let limit = self.config.transmit_limit(self.nodes);
             self.queues[node].push((id, limit));
         }
@@ -157,7 +167,8 @@ impl SerfModel {
                     events,
                 } => {
                     for id in events {
-                        self.learn(to, id);
+                        let via = self.hops[id as usize][from].unwrap_or_default();
+                        self.learn(to, id, via + 1);
                     }
                     if !ack {
                         self.send(to, from, true);
@@ -210,5 +221,10 @@ mod tests {
         let id = m.fire(0);
         m.run_until(Duration::from_secs(5));
         assert!(m.arrivals(id).iter().all(Option::is_some));
+        let hops: Vec<u32> = m.hops(id).iter().map(|h| h.unwrap()).collect();
+        assert_eq!(hops[0], 0);
+        let most = *hops.iter().max().unwrap();
+        // log3(200) is about 5: a few more for random peers that already knew it.
+        assert!((4..=12).contains(&most), "{most} hops");
     }
 }

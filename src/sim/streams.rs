@@ -41,7 +41,9 @@ impl Cluster {
         let (reply, effects) = self.nodes[to]
             .machine
             .push_pull_request(now, state, version, peer);
+        self.from = Some(from);
         self.apply(to, effects);
+        self.from = None;
         let size = state_size(&reply);
         self.stats.sent(to, size);
         self.stats.push_pull_bytes += size as u64;

@@ -26,6 +26,14 @@ fn an_event_reaches_every_node_under_five_percent_loss() {
     let reached = c.run_until_true(SEC / 20, 20 * SEC, |c| c.reached("hello") == 24);
     assert!(reached.is_some(), "reached {} of 24", c.reached("hello"));
     assert!(c.stats.lost > 0, "5% loss dropped nothing");
+    // Every arrival has its hop from the origin: eager push reaches 24 in a few.
+    let hops: Vec<u32> = (c.stats.hops("hello").unwrap().iter())
+        .map(|h| h.expect("a hop for every node reached"))
+        .collect();
+    assert_eq!(hops[3], 0, "the origin");
+    assert_eq!(hops.iter().filter(|&&h| h == 0).count(), 1);
+    let most = *hops.iter().max().unwrap();
+    assert!((1..=6).contains(&most), "{most} hops to reach 24 nodes");
 }
 
 #[test]

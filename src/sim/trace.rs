@@ -62,6 +62,9 @@ pub struct Stats {
     /// Finished deploy activations: node, started, finished.
     pub activations: Vec<(usize, Duration, Duration)>,
     tracked: BTreeMap<String, Vec<Option<Duration>>>,
+    /// Per tracked event, each node's hop from its origin (0): one more than the hop of
+    /// the peer whose datagram or stream brought it.
+    hops: BTreeMap<String, Vec<Option<u32>>>,
 }
 
 impl Stats {
@@ -77,6 +80,7 @@ impl Stats {
             disturbed: vec![false; nodes],
             activations: Vec::new(),
             tracked: BTreeMap::new(),
+            hops: BTreeMap::new(),
         }
     }
 
@@ -84,10 +88,20 @@ impl Stats {
         self.sent_bytes[node] += bytes as u64;
     }
 
-    /// Records when the user event `name` reaches each node.
-    pub fn track(&mut self, name: &str) {
+    /// Records when the user event `name`, fired at `origin`, reaches each node, and
+    /// over how many hops.
+    pub fn track(&mut self, name: &str, origin: usize) {
         let nodes = self.sent_bytes.len();
         self.tracked.insert(name.to_owned(), vec![None; nodes]);
+        let mut hops = vec![None; nodes];
+        hops[origin] = Some(0);
+        self.hops.insert(name.to_owned(), hops);
+    }
+
+    /// Each node's hop count for the tracked event `name` (`None`: not reached, or
+    /// brought by a peer whose own hop is unknown).
+    pub fn hops(&self, name: &str) -> Option<&[Option<u32>]> {
+        self.hops.get(name).map(Vec::as_slice)
     }
 
     /// When each node first delivered the tracked event `name`.
@@ -95,14 +109,30 @@ impl Stats {
         self.tracked.get(name).map(Vec::as_slice)
     }
 
-    /// A machine's monitor line at node `node`.
-    pub fn monitor(&mut self, node: usize, at: Duration, line: &serde_json::Value) {
+    /// A machine's monitor line at node `node`, while it handled what peer `from` sent
+    /// (`None`: a timer or a tick).
+    pub fn monitor(
+        &mut self,
+        node: usize,
+        at: Duration,
+        from: Option<usize>,
+        line: &serde_json::Value,
+    ) {
         match (line["type"].as_str(), line["event"].as_str()) {
             (Some("event"), Some("user")) => {
                 self.deliveries += 1;
                 let name = line["name"].as_str().unwrap_or_default();
-                if let Some(slot) = self.tracked.get_mut(name).and_then(|v| v.get_mut(node)) {
-                    slot.get_or_insert(at);
+                let Some(slot) = self.tracked.get_mut(name).and_then(|v| v.get_mut(node)) else {
+                    return;
+                };
+                if slot.is_some() {
+                    return;
+                }
+                *slot = Some(at);
+                let hops = self.hops.get_mut(name).expect("tracked with its hops");
+                let via = from.and_then(|f| hops.get(f).copied().flatten());
+                if let Some(h) = via {
+                    hops[node].get_or_insert(h + 1);
                 }
             }
             (Some("member"), Some("member-failed")) => {
@@ -123,16 +153,17 @@ mod tests {
 
     #[test]
     fn a_tracked_event_records_its_first_arrival_per_node() {
-        let mut s = Stats::new(2);
-        s.track("e");
+        let mut s = Stats::new(4);
+        s.track("e", 0);
         let line = serde_json::json!({"type": "event", "event": "user", "name": "e"});
-        s.monitor(1, Duration::from_millis(5), &line);
-        s.monitor(1, Duration::from_millis(9), &line);
-        assert_eq!(
-            s.arrivals("e").unwrap(),
-            &[None, Some(Duration::from_millis(5))]
-        );
-        assert_eq!(s.deliveries, 2);
+        s.monitor(1, Duration::from_millis(5), Some(0), &line);
+        s.monitor(1, Duration::from_millis(9), Some(3), &line);
+        s.monitor(2, Duration::from_millis(7), Some(1), &line);
+        s.monitor(3, Duration::from_millis(8), None, &line);
+        let ms = |m| Some(Duration::from_millis(m));
+        assert_eq!(s.arrivals("e").unwrap(), &[None, ms(5), ms(7), ms(8)]);
+        assert_eq!(s.hops("e").unwrap(), &[Some(0), Some(1), Some(2), None]);
+        assert_eq!(s.deliveries, 4);
     }
 
     #[test]
@@ -141,8 +172,8 @@ mod tests {
         s.disturbed[1] = true;
         let failed =
             |n: &str| serde_json::json!({"type": "member", "event": "member-failed", "node": n});
-        s.monitor(0, Duration::ZERO, &failed("n1"));
-        s.monitor(0, Duration::ZERO, &failed("n0"));
+        s.monitor(0, Duration::ZERO, None, &failed("n1"));
+        s.monitor(0, Duration::ZERO, None, &failed("n0"));
         assert_eq!((s.false_failures, s.true_failures), (1, 1));
     }
 
