@@ -1,0 +1,169 @@
+//! The fleet fan-out benchmark (issue: artifacts at the floor, item 5): one `event deploy`
+//! of a published 100 MB artifact from one Garage, to 1 agent and then to 20 agents on
+//! this machine, side by side in one run. It reports, per fleet size, the time from the
+//! event until every node reported `ok` (fetched, unpacked, switched, jail started and
+//! healthy) and the bytes Garage's S3 port sent meanwhile (an iptables counter on its
+//! source port: every byte the store served, whoever asked).
+//!
+//! Not a test: a benchmark, run by hand (root, Garage, iptables):
+//!
+//! ```sh
+//! cargo test --release --test fleet_fanout -- --ignored --nocapture
+//! ```
+//!
+//! `FANOUT_MB` and `FANOUT_NODES` change the artifact size and the large fleet.
+
+#[path = "common/agent.rs"]
+mod agent_support;
+mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
+
+use std::process::Command;
+use std::time::Instant;
+
+use fleet::{Fleet, names, text};
+
+/// What one fleet size measured.
+struct Run {
+    nodes: u8,
+    seconds: f64,
+    served: u64,
+    artifact: u64,
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A busybox httpd release with `mb` MB of incompressible data in `/payload`.
+fn release_tree(f: &Fleet, mb: u64) -> std::path::PathBuf {
+    let src = f.base.join("src-v1");
+    common::httpd_rootfs(&src, "v1", true, "exec httpd -f -p \"$ADDR\" -h /www\n");
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut file = std::fs::File::create(src.join("payload")).unwrap();
+    for _ in 0..mb {
+        for b in chunk.chunks_mut(8) {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            b.copy_from_slice(&rng.to_le_bytes()[..b.len()]);
+        }
+        std::io::Write::write_all(&mut file, &chunk).unwrap();
+    }
+    src
+}
+
+/// Bytes sent from TCP source port `port` on loopback since the rule was added.
+struct PortCounter {
+    rule: Vec<String>,
+}
+
+impl PortCounter {
+    fn add(port: u16) -> PortCounter {
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-o",
+            "lo",
+            "-p",
+            "tcp",
+            "--sport",
+            &port.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = Command::new("iptables")
+            .arg("-I")
+            .args(&rule)
+            .output()
+            .expect("run iptables (Debian's iptables package)");
+        assert!(out.status.success(), "iptables -I: {}", text(&out));
+        PortCounter { rule }
+    }
+
+    fn bytes(&self) -> u64 {
+        let out = Command::new("iptables")
+            .args(["-L", "OUTPUT", "-v", "-x", "-n"])
+            .output()
+            .unwrap();
+        let sport = format!("spt:{}", self.rule[6]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains(&sport))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .expect("the counter rule is listed")
+    }
+}
+
+impl Drop for PortCounter {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables").arg("-D").args(&self.rule).status();
+    }
+}
+
+fn measure(nodes: u8, mb: u64) -> Run {
+    let net = format!("91.{nodes}");
+    let mut f = Fleet::with_garage(&net);
+    f.health_deadline = "60s".into();
+    if nodes == 1 {
+        // Alone: no push/pull to wait for.
+        f.add(1, &[], fleet::NodeSpec::default());
+        fleet::wait_all_alive(&f.agents, 1);
+    } else {
+        f.start_all(nodes);
+    }
+    let src = release_tree(&f, mb);
+    let garage = f.garage.as_ref().expect("a store");
+    let url = format!("s3://{}/web/v1.tar.gz", garage.bucket);
+    let out = f.cli(
+        1,
+        &["publish", src.to_str().unwrap(), &url, "--format", "json"],
+    );
+    assert!(out.status.success(), "publish: {}", text(&out));
+    let published: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let artifact = published["bytes"].as_u64().expect("the artifact's size");
+    let port: u16 = (garage.endpoint.rsplit(':').next())
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("the endpoint's port");
+    let counter = PortCounter::add(port);
+    let started = Instant::now();
+    let (code, report) = f.deploy("v1", &[]);
+    let seconds = started.elapsed().as_secs_f64();
+    let served = counter.bytes();
+    assert_eq!(code, 0, "deploy v1: {report}");
+    assert_eq!(names(&report["ok"]).len(), usize::from(nodes), "{report}");
+    Run {
+        nodes,
+        seconds,
+        served,
+        artifact,
+    }
+}
+
+#[test]
+#[ignore = "a benchmark: cargo test --release --test fleet_fanout -- --ignored --nocapture"]
+fn one_artifact_to_one_node_and_to_the_fleet() {
+    let mb = env_or("FANOUT_MB", 100);
+    let large = u8::try_from(env_or("FANOUT_NODES", 20)).expect("at most 255 nodes");
+    let runs: Vec<Run> = [1, large].into_iter().map(|n| measure(n, mb)).collect();
+    let one = runs[0].seconds;
+    let size = runs[0].artifact as f64 / 1e6;
+    println!("\nOne artifact of {size:.0} MB (gzip, published), from one Garage:\n");
+    println!("| nodes | all ok s | vs one node | store served MB | vs the artifact |");
+    println!("|---:|---:|---:|---:|---:|");
+    for r in &runs {
+        println!(
+            "| {} | {:.1} | {:.2}x | {:.0} | {:.2}x |",
+            r.nodes,
+            r.seconds,
+            r.seconds / one,
+            r.served as f64 / 1e6,
+            r.served as f64 / r.artifact as f64
+        );
+    }
+}
