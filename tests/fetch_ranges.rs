@@ -1,11 +1,13 @@
-//! A large S3 object is fetched as concurrent ranged GETs, each retried on its own: a range
+//! A large S3 object (or HTTP one, from a server that takes ranges) is fetched as
+//! concurrent ranged GETs, each retried on its own: a range
 //! cut off midway, or stalled with its connection open, is fetched again (the ranges already
 //! fetched are kept, nothing starts again from byte 0), a range that keeps failing fails the deploy after five attempts, and
 //! an object replaced midway (its ETag no longer matches) fails it with nothing deployed.
 //!
-//! The store is a fake S3 written here (plain HTTP on 127.0.0.1, path-style): it answers
-//! HEAD and ranged GETs of one object, cuts off or refuses the ranges a test names, and
-//! logs every request. Garage cannot be told to drop a connection midway.
+//! The store is a fake S3 written here (plain HTTP on 127.0.0.1, path-style, any path): it
+//! answers HEAD and ranged GETs of one object, cuts off or refuses the ranges a test names,
+//! and logs every request; it serves `http://` URLs as they are. Garage cannot be told to
+//! drop a connection midway.
 
 mod common;
 
@@ -101,7 +103,9 @@ fn answer(
     let common = "ETag: \"v1\"\r\nConnection: close\r\n\
                   Last-Modified: Mon, 07 Dec 2026 10:00:00 GMT\r\n";
     if method == "HEAD" {
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n{common}\r\n");
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nAccept-Ranges: bytes\r\n{common}\r\n"
+        );
         let _ = conn.write_all(head.as_bytes());
         return;
     }
@@ -171,6 +175,17 @@ fn object() -> (Vec<u8>, Vec<u8>) {
     h.set_cksum();
     b.append_data(&mut h, "noise", &noise[..]).unwrap();
     (b.into_inner().unwrap(), noise)
+}
+
+/// `deploy http://.../app.tar` from the fake store.
+fn deploy_http(s3: &FakeS3, root: &Path) -> Output {
+    common::output(
+        Command::new(common::bin())
+            .env_remove("RUST_LOG")
+            .args(["deploy", "--version", "v1", "--root"])
+            .arg(root)
+            .arg(format!("{}/app.tar", s3.endpoint)),
+    )
 }
 
 fn deploy(s3: &FakeS3, root: &Path) -> Output {
@@ -270,4 +285,29 @@ fn an_object_replaced_midway_fails_the_fetch_with_nothing_deployed() {
     );
     assert_eq!(s3.gets_of(2 * MIB4), 1, "not retried: {:?}", s3.requests());
     assert!(!t.path().join("app/current").exists(), "nothing deployed");
+}
+
+/// `http://` from a server that takes ranges: the same ranges, pinned to its ETag, a
+/// cut-off one fetched again; and an object replaced midway refused.
+#[test]
+fn over_http_a_large_object_comes_in_ranges_and_a_cut_off_one_again() {
+    let (tar, noise) = object();
+    let s3 = FakeS3::serve(tar.clone(), BTreeMap::from([(MIB4, Fault::CutOff(1))]));
+    let t = common::tempdir();
+    let out = deploy_http(&s3, &t.path().join("app"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(std::fs::read(t.path().join("app/current/noise")).unwrap() == noise);
+    let log = s3.requests();
+    assert!(!log.contains(&"GET -".to_string()), "a whole GET: {log:?}");
+    assert_eq!(s3.gets_of(MIB4), 2, "{log:?}");
+    assert_eq!(s3.gets_of(4 * MIB4), 1, "{log:?}");
+    let replaced = FakeS3::serve(tar, BTreeMap::from([(3 * MIB4, Fault::Replaced)]));
+    let out = deploy_http(&replaced, &t.path().join("other"));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("changed during the fetch"),
+        "{}",
+        text(&out)
+    );
+    assert!(!t.path().join("other/current").exists(), "nothing deployed");
 }

@@ -1,5 +1,8 @@
-//! `https://` and `http://`: a plain GET (no redirects), rustls with the system's roots for
-//! TLS (the same rustls the S3 client uses). The body is streamed chunk by chunk.
+//! `https://` and `http://`: rustls with the system's roots for TLS (the same rustls the
+//! S3 client uses), no redirects. One HEAD first: an object over [`ranges::RANGE`] from a
+//! server that takes byte ranges and names a strong ETag is fetched as concurrent ranged
+//! GETs pinned to that ETag ([`ranges`]); anything else (no ranges, a weak or no ETag, a
+//! failed HEAD) is one GET, its body streamed chunk by chunk.
 
 use std::io::{self, Read};
 
@@ -11,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use super::FetchError;
+use super::ranges::{self, Failure, STALL};
 use super::stream::{self, Head};
 use crate::cancel::Cancel;
 
@@ -53,6 +57,16 @@ async fn get<C>(
             });
         }
     };
+    let object = HttpObject {
+        client,
+        uri: uri.clone(),
+        url,
+    };
+    if let Some((size, etag)) = object.ranged().await {
+        head.ok(Some(size));
+        return ranges::send_in_order(&object, size, Some(etag), &tx).await;
+    }
+    let HttpObject { client, url, .. } = object;
     let resp = match client.get(uri.clone()).await {
         Ok(r) => r,
         Err(e) => {
@@ -97,5 +111,71 @@ async fn get<C>(
         if tx.send(item).await.is_err() || stop {
             return;
         }
+    }
+}
+
+/// One object on one HTTP server.
+struct HttpObject<C> {
+    client: Client<C, Empty<Bytes>>,
+    uri: hyper::Uri,
+    url: String,
+}
+
+impl<C: Connect + Clone + Send + Sync + 'static> HttpObject<C> {
+    /// Its size and strong ETag, by one HEAD, if it is worth fetching in ranges: larger
+    /// than one range, from a server that says it takes byte ranges.
+    async fn ranged(&self) -> Option<(u64, String)> {
+        let req = hyper::Request::head(self.uri.clone())
+            .body(Empty::new())
+            .ok()?;
+        let resp = tokio::time::timeout(STALL, self.client.request(req))
+            .await
+            .ok()?
+            .ok()?;
+        let headers = resp.headers();
+        let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        let size: u64 = text(hyper::header::CONTENT_LENGTH)?.parse().ok()?;
+        let ranges = text(hyper::header::ACCEPT_RANGES)? == "bytes";
+        // A weak ETag (W/"...") cannot pin a range: If-Match compares strongly.
+        let etag = text(hyper::header::ETAG).filter(|e| e.starts_with('"'))?;
+        (resp.status() == 200 && ranges && size > ranges::RANGE).then(|| (size, etag.to_owned()))
+    }
+}
+
+impl<C: Connect + Clone + Send + Sync + 'static> ranges::RangeSource for HttpObject<C> {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn get_range(&self, start: u64, end: u64, etag: Option<&str>) -> Result<Bytes, Failure> {
+        let what = format!("{}: bytes {start}-{}", self.url, end - 1);
+        let mut req = hyper::Request::get(self.uri.clone())
+            .header(hyper::header::RANGE, format!("bytes={start}-{}", end - 1));
+        if let Some(etag) = etag {
+            req = req.header(hyper::header::IF_MATCH, etag);
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| Failure::Final(format!("{what}: {e}")))?;
+        let resp = (tokio::time::timeout(STALL, self.client.request(req)).await)
+            .map_err(|_| Failure::Transient(format!("{what}: nothing for {STALL:?}")))?
+            .map_err(|e| Failure::Transient(format!("{what}: {e}")))?;
+        let want_range = format!("bytes {start}-{}/", end - 1);
+        match resp.status().as_u16() {
+            206 => {}
+            412 => return Err(Failure::Final(ranges::changed(&what))),
+            status @ (429 | 500 | 502..=504) => {
+                return Err(Failure::Transient(format!("{what}: HTTP {status}")));
+            }
+            status => return Err(Failure::Final(format!("{what}: HTTP {status}"))),
+        }
+        let got_range = resp.headers().get(hyper::header::CONTENT_RANGE);
+        if !got_range.is_some_and(|r| r.as_bytes().starts_with(want_range.as_bytes())) {
+            return Err(Failure::Final(format!(
+                "{what}: the server answered another range ({got_range:?})"
+            )));
+        }
+        let body = http_body_util::BodyDataStream::new(resp.into_body());
+        ranges::gather(&what, (end - start) as usize, body).await
     }
 }

@@ -11,9 +11,11 @@ use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
 use aws_sdk_s3::config::{ProvideCredentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use bytes::Bytes;
 
+use super::ranges::{self, Failure, STALL};
+use super::stream;
 use super::{FetchError, FetchOptions};
-use super::{ranges, stream};
 use crate::cancel::Cancel;
 
 pub fn open(
@@ -110,6 +112,59 @@ impl Object<'_> {
             self.s3.endpoint.as_deref(),
             e,
         )
+    }
+}
+
+impl ranges::RangeSource for Object<'_> {
+    fn url(&self) -> &str {
+        self.url
+    }
+
+    async fn get_range(&self, start: u64, end: u64, etag: Option<&str>) -> Result<Bytes, Failure> {
+        let what = format!("{}: bytes {start}-{}", self.url, end - 1);
+        let req = (self
+            .s3
+            .client
+            .get_object()
+            .bucket(self.bucket)
+            .key(self.key))
+        .range(format!("bytes={start}-{}", end - 1))
+        .set_if_match(etag.map(str::to_owned));
+        let out = (tokio::time::timeout(STALL, req.send()).await)
+            .map_err(|_| Failure::Transient(format!("{what}: nothing for {STALL:?}")))?
+            .map_err(|e| self.classify(&what, e))?;
+        let body = futures_util::stream::unfold(out.body, |mut b| async move {
+            b.next().await.map(|chunk| (chunk, b))
+        });
+        ranges::gather(&what, (end - start) as usize, body).await
+    }
+}
+
+impl Object<'_> {
+    /// Whether a failed range is worth another attempt.
+    fn classify<E>(
+        &self,
+        what: &str,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Failure
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match &e {
+            SdkError::ServiceError(se) => match se.raw().status().as_u16() {
+                412 => Failure::Final(ranges::changed(what)),
+                status @ (429 | 500 | 502..=504) => {
+                    Failure::Transient(format!("{what}: HTTP {status}"))
+                }
+                _ => Failure::Final(self.error(e).to_string()),
+            },
+            SdkError::DispatchFailure(_)
+            | SdkError::TimeoutError(_)
+            | SdkError::ResponseError(_) => {
+                Failure::Transient(format!("{what}: {}", self.error(e)))
+            }
+            _ => Failure::Final(self.error(e).to_string()),
+        }
     }
 }
 
