@@ -212,9 +212,10 @@ impl<W, S> AgentMachine<W, S> {
             enabled: self.settings.eager_push,
             fanout: self.settings.eager_push_fanout,
         };
-        let peers = self.foca.iter_members().map(|m| m.id());
+        let peers: Vec<&NodeId> = self.foca.iter_members().map(|m| m.id()).collect();
         let size = self.foca.num_members() + 1;
-        let targets = push.targets(peers, size, &ev.origin, &mut self.rng);
+        let me = self.core.lock().identity().name.clone();
+        let targets = push.targets(peers.into_iter(), size, &ev.origin, &me, &mut self.rng);
         if targets.is_empty() {
             return;
         }
