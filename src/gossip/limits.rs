@@ -98,12 +98,13 @@ pub fn retune_size(tuned_for: u32, members: u32, expected: u32) -> Option<u32> {
     (grew || halved).then_some(size)
 }
 
-/// How many random peers a node forwards a new event to at once ("eager push").
+/// How many peers a node forwards a new event to at once ("eager push"): its successor in
+/// name order and random others ([`crate::agent::sansio::EagerPush`]).
 ///
-/// With fanout f, a node is missed by every push with probability about e^-f, and a missed
-/// node waits for the next gossip tick; ln N + 2 keeps the expected number of stragglers
-/// in an N-node cluster near e^-2 ≈ 0.14 (measured: fanout 3 left about one node per event
-/// at N = 100 waiting ~200 ms; fanout 6-7 keeps p99 under 100 ms).
+/// With random targets alone, a node is missed by every push with probability about
+/// e^-f, and ln N + 2 left about e^-2 ≈ 0.14 stragglers per event waiting for gossip (the
+/// N = 100 latency tail); the successor closes that gap, and the random targets keep the
+/// hop count near log N.
 pub fn eager_fanout(cluster_size: usize) -> usize {
     let n = cluster_size.max(1) as f64;
     (n.ln().ceil() as usize + 2).max(3)
