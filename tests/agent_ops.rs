@@ -49,25 +49,9 @@ fn monitor_streams_events_and_logs_and_ends_cleanly_on_leave() {
     let mut a = c.start(1, &[], "");
     let (mut mon, lines) = monitor(&a);
 
-    // The subscription starts when the request arrives: fire until the event is seen.
-    let mut event_line = None;
-    let deadline = Instant::now() + LONG;
-    while event_line.is_none() && Instant::now() < deadline {
-        ok(&a.cli(&["event", "mon", "hello-monitor"]));
-        let until = Instant::now() + Duration::from_secs(2);
-        while event_line.is_none() && Instant::now() < until {
-            event_line = parsed(&lines)
-                .into_iter()
-                .find(|v| v["type"] == "event" && v["name"] == "mon");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    let ev = event_line.expect("an event line on the monitor stream");
-    assert_eq!(ev["event"], "user", "{ev}");
-    assert_eq!(ev["payload"], "hello-monitor", "{ev}");
-    assert_eq!(ev["origin"], "n1", "{ev}");
-    assert!(ev["ltime"].is_u64(), "{ev}");
-    wait_for(LONG, "log lines for the event", || {
+    // The subscription starts when the request arrives, possibly between an event's log
+    // line and its event line: fire until an event line and both log lines are seen.
+    let seen = || {
         let all = parsed(&lines);
         let user = all
             .iter()
@@ -75,8 +59,24 @@ fn monitor_streams_events_and_logs_and_ends_cleanly_on_leave() {
         let handler = all
             .iter()
             .any(|v| v["type"] == "log" && v["message"] == "handler finished");
-        (user && handler).then_some(())
-    });
+        let event = (all.into_iter()).find(|v| v["type"] == "event" && v["name"] == "mon");
+        event.filter(|_| user && handler)
+    };
+    let mut event_line = None;
+    let deadline = Instant::now() + LONG;
+    while event_line.is_none() && Instant::now() < deadline {
+        ok(&a.cli(&["event", "mon", "hello-monitor"]));
+        let until = Instant::now() + Duration::from_secs(2);
+        while event_line.is_none() && Instant::now() < until {
+            event_line = seen();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let ev = event_line.expect("an event line and its log lines on the monitor stream");
+    assert_eq!(ev["event"], "user", "{ev}");
+    assert_eq!(ev["payload"], "hello-monitor", "{ev}");
+    assert_eq!(ev["origin"], "n1", "{ev}");
+    assert!(ev["ltime"].is_u64(), "{ev}");
 
     // `info` shows the node and counts what it delivered, in JSON and as text.
     let info = json(&a.cli(&["info", "--format", "json"]));
