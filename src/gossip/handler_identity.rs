@@ -74,35 +74,6 @@ impl<L: screen::Receiver> screen::Screen for PacketPolicy<'_, L> {
     }
 }
 
-/// [`GossipCore::screen_packet`]'s answers with identities off: every identity is
-/// admitted and every verdict taken as it is (the gossip key is the trust), except a down
-/// verdict about another member *below* the incarnation held for it, which foca would
-/// drop: it passes as a suspicion at the held one ([`screen::suspicion_from_verdict`]).
-struct StaleDownPolicy<'a, L> {
-    me: &'a NodeId,
-    receiver: L,
-}
-
-impl<L: screen::Receiver> screen::Screen for StaleDownPolicy<'_, L> {
-    fn admits(&self, _: &NodeId) -> bool {
-        true
-    }
-
-    fn rewrite(&self, m: &foca::Member<NodeId>) -> Option<foca::Member<NodeId>> {
-        let id = m.id();
-        if m.state() != foca::State::Down || id.name == self.me.name {
-            return None;
-        }
-        let held = self.receiver.held(id).filter(|h| *h > m.incarnation())?;
-        Some(screen::suspicion_from_verdict(
-            id,
-            m.state(),
-            m.incarnation(),
-            Some(held),
-        ))
-    }
-}
-
 /// How long before its end a node's certificate is warned about.
 const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -237,7 +208,7 @@ impl GossipCore {
 
     /// Screens a foca packet from UDP source `from`, with its MAC and stamp if it has them,
     /// before `Foca::handle_data` (see [`crate::gossip::screen`]); with identities off only
-    /// stale down verdicts are rewritten (`StaleDownPolicy`). `receiver` says what this node holds (its own incarnation, the
+    /// stale down verdicts are rewritten ([`screen::StaleDownPolicy`]). `receiver` says what this node holds (its own incarnation, the
     /// leaves recorded, the incarnation held for each member). Also returns the sender when
     /// the packet said this node is down: the caller asks it over a push/pull of its own
     /// ([`screen::Screened::Doubted`] carries it too).
@@ -253,7 +224,7 @@ impl GossipCore {
             if parsed.header.message == foca::Message::TurnUndead {
                 return Ok((screen::Screened::pass(pkt), None));
             }
-            let policy = StaleDownPolicy {
+            let policy = screen::StaleDownPolicy {
                 me: &self.identity,
                 receiver,
             };

@@ -203,6 +203,35 @@ pub fn suspicion_from_verdict(
     Member::new(id.clone(), incarnation, State::Suspect)
 }
 
+/// [`super::GossipCore::screen_packet`]'s answers with identities off: every identity is
+/// admitted and every verdict taken as it is (the gossip key is the trust), except a down
+/// verdict about another member *below* the incarnation held for it, which foca would
+/// drop: it passes as a suspicion at the held one ([`suspicion_from_verdict`]).
+pub struct StaleDownPolicy<'a, L> {
+    pub me: &'a NodeId,
+    pub receiver: L,
+}
+
+impl<L: Receiver> Screen for StaleDownPolicy<'_, L> {
+    fn admits(&self, _: &NodeId) -> bool {
+        true
+    }
+
+    fn rewrite(&self, m: &foca::Member<NodeId>) -> Option<foca::Member<NodeId>> {
+        let id = m.id();
+        if m.state() != State::Down || id.name == self.me.name {
+            return None;
+        }
+        let held = self.receiver.held(id).filter(|h| *h > m.incarnation())?;
+        Some(suspicion_from_verdict(
+            id,
+            m.state(),
+            m.incarnation(),
+            Some(held),
+        ))
+    }
+}
+
 /// Screens a parsed packet (see the module docs).
 pub fn screen<'a>(pkt: &'a [u8], parsed: &Parsed<'a>, policy: &impl Screen) -> Screened<'a> {
     let src = &parsed.header.src;
