@@ -158,7 +158,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> ranges::RangeSource for HttpObj
             .body(Empty::new())
             .map_err(|e| Failure::Final(format!("{what}: {e}")))?;
         let resp = (tokio::time::timeout(STALL, self.client.request(req)).await)
-            .map_err(|_| Failure::Transient(format!("{what}: nothing for {STALL:?}")))?
+            .map_err(|_| ranges::stalled(&what))?
             .map_err(|e| Failure::Transient(format!("{what}: {e}")))?;
         let want_range = format!("bytes {start}-{}/", end - 1);
         match resp.status().as_u16() {

@@ -125,8 +125,8 @@ pub(super) async fn gather<E: std::fmt::Display>(
 ) -> Result<Bytes, Failure> {
     let mut body = std::pin::pin!(body);
     let mut got = bytes::BytesMut::with_capacity(want);
-    while let Some(chunk) = (tokio::time::timeout(STALL, body.next()).await)
-        .map_err(|_| Failure::Transient(format!("{what}: nothing for {STALL:?}")))?
+    while let Some(chunk) =
+        (tokio::time::timeout(STALL, body.next()).await).map_err(|_| stalled(what))?
     {
         let chunk = chunk.map_err(|e| Failure::Transient(format!("{what}: cut off: {e}")))?;
         if got.len() + chunk.len() > want {
@@ -141,6 +141,11 @@ pub(super) async fn gather<E: std::fmt::Display>(
         )));
     }
     Ok(got.freeze())
+}
+
+/// A range attempt that got no byte for [`STALL`].
+pub(super) fn stalled(what: &str) -> Failure {
+    Failure::Transient(format!("{what}: nothing for {STALL:?}"))
 }
 
 /// The message of a range refused because the object is no longer the version the HEAD saw.

@@ -131,7 +131,7 @@ impl ranges::RangeSource for Object<'_> {
         .range(format!("bytes={start}-{}", end - 1))
         .set_if_match(etag.map(str::to_owned));
         let out = (tokio::time::timeout(STALL, req.send()).await)
-            .map_err(|_| Failure::Transient(format!("{what}: nothing for {STALL:?}")))?
+            .map_err(|_| ranges::stalled(&what))?
             .map_err(|e| self.classify(&what, e))?;
         let body = futures_util::stream::unfold(out.body, |mut b| async move {
             b.next().await.map(|chunk| (chunk, b))
