@@ -64,6 +64,7 @@ pub mod dirs;
 pub mod drootenv;
 pub mod durations;
 pub mod export;
+pub mod fanout;
 pub mod gossip;
 pub mod id_range;
 pub mod jail;

@@ -1,0 +1,263 @@
+//! The artifacts this node holds for its peers: each one being fetched (or fetched last)
+//! is kept in a file beside the agent's state, piece by piece as the pieces arrive and
+//! check against the artifact's chunk index, so that peers can take them from here instead
+//! of from the store.
+//!
+//! Bounds: at most [`MAX_HELD`] artifacts (the oldest is let go when another begins), one
+//! file each, as large as the artifact. A piece is served only once it is whole and checked;
+//! a request for one still on its way waits for it at most as long as the caller allows.
+//! The directory is emptied when the agent starts: what a previous run held is not known to
+//! be whole.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::index::ChunkIndex;
+
+/// Artifacts held at once: the one being fetched and the one before it.
+pub const MAX_HELD: usize = 2;
+
+/// The artifacts held, newest last.
+#[derive(Debug)]
+pub struct Held {
+    dir: PathBuf,
+    held: Mutex<VecDeque<Arc<Holding>>>,
+}
+
+/// One artifact held: its index, its file and which pieces it has.
+#[derive(Debug)]
+pub struct Holding {
+    artifact: [u8; 32],
+    index: ChunkIndex,
+    file: File,
+    path: PathBuf,
+    have: Mutex<Vec<bool>>,
+    /// Bumped on every piece put and when the holding is let go.
+    changed: watch::Sender<u64>,
+    gone: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Held {
+    /// The registry over `dir`, created 0700 if missing and emptied of what a previous run
+    /// left there.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        crate::dirs::create_dir_all_mode(dir, 0o700, 0o700)?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            held: Mutex::default(),
+        })
+    }
+
+    /// Starts holding `artifact` (or goes on with it, when a fetch of it is tried again), and
+    /// lets the oldest go beyond [`MAX_HELD`].
+    pub fn begin(&self, artifact: [u8; 32], index: ChunkIndex) -> io::Result<Arc<Holding>> {
+        let mut held = lock(&self.held);
+        if let Some(h) = held.iter().find(|h| h.artifact == artifact) {
+            return Ok(h.clone());
+        }
+        let path = self.dir.join(hex::encode(artifact));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.set_len(index.size)?;
+        let pieces = index.digests.len();
+        let holding = Arc::new(Holding {
+            artifact,
+            index,
+            file,
+            path,
+            have: Mutex::new(vec![false; pieces]),
+            changed: watch::channel(0).0,
+            gone: AtomicBool::new(false),
+        });
+        held.push_back(holding.clone());
+        while held.len() > MAX_HELD {
+            if let Some(old) = held.pop_front() {
+                old.let_go();
+            }
+        }
+        Ok(holding)
+    }
+
+    /// Stops holding `artifact` (its fetch failed): peers waiting for a piece are told no.
+    pub fn forget(&self, artifact: &[u8; 32]) {
+        let mut held = lock(&self.held);
+        if let Some(at) = held.iter().position(|h| &h.artifact == artifact) {
+            if let Some(h) = held.remove(at) {
+                h.let_go();
+            }
+        }
+    }
+
+    /// Piece `i` of `artifact`, waiting up to `wait` for one on its way; `None` when it is
+    /// not held, or did not arrive in time.
+    pub async fn piece(&self, artifact: &[u8; 32], i: usize, wait: Duration) -> Option<Vec<u8>> {
+        let holding = lock(&self.held)
+            .iter()
+            .find(|h| &h.artifact == artifact)?
+            .clone();
+        if !holding.wait_for(i, wait).await {
+            return None;
+        }
+        let (start, end) = holding.index.range(i)?;
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; (end - start) as usize];
+            holding.file.read_exact_at(&mut buf, start).ok()?;
+            Some(buf)
+        })
+        .await
+        .ok()?
+    }
+
+    /// How many artifacts are held.
+    pub fn len(&self) -> usize {
+        lock(&self.held).len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Holding {
+    /// The artifact's index.
+    pub fn index(&self) -> &ChunkIndex {
+        &self.index
+    }
+
+    /// Stores piece `i`, which the caller checked against the index.
+    pub fn put(&self, i: usize, bytes: &[u8]) -> io::Result<()> {
+        let Some((start, _)) = self.index.range(i) else {
+            return Ok(());
+        };
+        if !self.gone.load(Ordering::Acquire) {
+            self.file.write_all_at(bytes, start)?;
+            lock(&self.have)[i] = true;
+        }
+        self.changed.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    fn has(&self, i: usize) -> bool {
+        lock(&self.have).get(i).copied().unwrap_or(false)
+    }
+
+    /// Waits until piece `i` is here (true) or `wait` passes or the holding is let go.
+    async fn wait_for(&self, i: usize, wait: Duration) -> bool {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.gone.load(Ordering::Acquire) {
+                return false;
+            }
+            if self.has(i) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+    }
+
+    fn let_go(&self) {
+        self.gone.store(true, Ordering::Release);
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::debug!(path = %self.path.display(), error = %e, "held artifact not removed");
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for h in lock(&self.held).drain(..) {
+            h.let_go();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::index::{CHUNK, IndexBuilder};
+
+    fn index(data: &[u8]) -> ChunkIndex {
+        let mut b = IndexBuilder::default();
+        b.update(data);
+        b.finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_piece_is_served_once_put_and_waited_for_until_then() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("left-over"), b"x").unwrap();
+        let held = Arc::new(Held::open(dir.path()).unwrap());
+        assert!(
+            !dir.path().join("left-over").exists(),
+            "a previous run's file is gone"
+        );
+        let data: Vec<u8> = (0..CHUNK + 10).map(|i| (i % 13) as u8).collect();
+        let art = [1u8; 32];
+        let h = held.begin(art, index(&data)).unwrap();
+        let quick = Duration::from_millis(20);
+        assert_eq!(held.piece(&art, 0, quick).await, None, "not here yet");
+        assert_eq!(held.piece(&[9; 32], 0, quick).await, None, "not held");
+        let waiter = tokio::spawn({
+            let held = held.clone();
+            async move { held.piece(&art, 1, Duration::from_secs(30)).await }
+        });
+        h.put(1, &data[CHUNK as usize..]).unwrap();
+        assert_eq!(waiter.await.unwrap().unwrap(), &data[CHUNK as usize..]);
+        h.put(0, &data[..CHUNK as usize]).unwrap();
+        assert_eq!(
+            held.piece(&art, 0, quick).await.unwrap(),
+            &data[..CHUNK as usize]
+        );
+        assert_eq!(held.piece(&art, 2, quick).await, None, "past the end");
+    }
+
+    #[tokio::test]
+    async fn at_most_max_held_and_a_forgotten_one_answers_no_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Arc::new(Held::open(dir.path()).unwrap());
+        let idx = index(b"abc");
+        for n in 0..4u8 {
+            held.begin([n; 32], idx.clone()).unwrap();
+        }
+        assert_eq!(held.len(), MAX_HELD);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), MAX_HELD);
+        let waiter = tokio::spawn({
+            let held = held.clone();
+            async move { held.piece(&[3; 32], 0, Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        held.forget(&[3; 32]);
+        let answer = tokio::time::timeout(Duration::from_secs(10), waiter).await;
+        assert_eq!(answer.unwrap().unwrap(), None);
+        assert_eq!(held.len(), 1);
+    }
+}
