@@ -223,6 +223,7 @@ fn event(version: &str, age_s: u64) -> droot_fleet::deploy::signed::DeployEvent 
         issued_at_ms: now_ms - age_s * 1000,
         id: droot_fleet::deploy::signed::DeployEvent::random_id(),
         options: Default::default(),
+        chunks: None,
     }
 }
 

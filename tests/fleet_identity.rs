@@ -74,6 +74,7 @@ fn forged_outcomes_do_not_carry_a_broken_release_past_the_canary() {
         issued_at_ms: now_ms(),
         id: DeployEvent::random_id(),
         options: Default::default(),
+        chunks: None,
     };
     // Unsigned, and signed with n3's stolen node key (its identity file) in the others'
     // names.

@@ -35,6 +35,7 @@
 pub mod config;
 pub mod consumers;
 pub mod disk;
+pub mod fanout;
 pub mod handlers;
 pub mod identity;
 pub mod input;
@@ -182,6 +183,8 @@ pub struct AgentHandle {
     superseding: broadcast::Sender<Superseding>,
     /// Flips to `true` once the agent stopped (left): long-lived streams end then.
     stop: watch::Receiver<bool>,
+    /// Set when the agent starts, unless its fan-out directory could not be used.
+    pieces: Arc<std::sync::OnceLock<Arc<fanout::PeerPieces>>>,
 }
 
 impl AgentHandle {
@@ -201,6 +204,12 @@ impl AgentHandle {
     /// Subscribes to the monitor stream (NDJSON lines).
     pub fn monitor(&self) -> broadcast::Receiver<String> {
         self.monitor.subscribe()
+    }
+
+    /// The fan-out's held artifacts and peers' pieces, once the agent has started (and
+    /// when its fan-out directory could be used).
+    pub fn peer_pieces(&self) -> Option<Arc<fanout::PeerPieces>> {
+        self.pieces.get().cloned()
     }
 
     /// Watches the agent's stop flag (`true` once it left and is exiting).
@@ -251,6 +260,7 @@ impl Agent {
                 monitor: broadcast::channel(1024).0,
                 superseding: broadcast::channel(1024).0,
                 stop: stop_rx,
+                pieces: Arc::default(),
             },
             inputs,
             stop,

@@ -12,6 +12,9 @@
 //!   way gets the large message buffer. At most [`MAX_STREAMS`] inbound connections are
 //!   open; when all are taken the oldest one that has not proved the key is closed
 //!   ([`Slots`]).
+//! - Pieces of artifacts (the fan-out): a peer's [`StreamMessage::PieceRequest`] is
+//!   answered from the artifacts this node holds ([`Held`]), waiting at most
+//!   [`PIECE_WAIT`] for a piece on its way; [`fetch_piece`] asks a peer for one.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::input::Input;
 use super::slots::{Admit, Proof, Slots};
+use crate::fanout::held::Held;
 use crate::gossip::envelope::{self, FrameError, OpenError};
 use crate::gossip::message::{self, DecodeError, EncodeError, StreamMessage};
 use crate::gossip::{
@@ -46,6 +50,9 @@ const MAX_HELLO_LEN: usize = envelope::SEAL_OVERHEAD + 64;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most inbound gossip TCP connections open at once.
 pub const MAX_STREAMS: usize = 64;
+/// How long a piece request waits for a piece still on its way here, within the stream's
+/// [`STREAM_TIMEOUT`] (the piece must still cross the link).
+pub const PIECE_WAIT: Duration = Duration::from_secs(6);
 
 /// Packet counters, exposed by `GET /v1/info` and `GET /v1/metrics`. They only grow, for
 /// the agent's life.
@@ -397,32 +404,58 @@ async fn with_timeout<T>(
         .map_err(|_| StreamError::Timeout { addr })?
 }
 
+/// Dials `addr`, sends `msg`, returns the one message answered.
+async fn exchange(
+    addr: SocketAddr,
+    msg: &StreamMessage,
+    keyring: &SharedKeyring,
+) -> Result<StreamMessage, StreamError> {
+    with_timeout(addr, async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| StreamError::Connect { addr, source })?;
+        write_first_message(&mut stream, keyring, msg, addr).await?;
+        read_message(&mut stream, keyring, addr).await
+    })
+    .await
+}
+
 /// Dials `addr`, sends our state, returns theirs.
 pub async fn push_pull(
     addr: SocketAddr,
     local: PushPullState,
     keyring: SharedKeyring,
 ) -> Result<PushPullState, StreamError> {
-    with_timeout(addr, async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| StreamError::Connect { addr, source })?;
-        write_first_message(
-            &mut stream,
-            &keyring,
-            &StreamMessage::PushPullRequest(local),
+    match exchange(addr, &StreamMessage::PushPullRequest(local), &keyring).await? {
+        StreamMessage::PushPullReply(remote) => Ok(remote),
+        _ => Err(StreamError::Unexpected {
             addr,
-        )
-        .await?;
-        match read_message(&mut stream, &keyring, addr).await? {
-            StreamMessage::PushPullReply(remote) => Ok(remote),
-            _ => Err(StreamError::Unexpected {
-                addr,
-                wanted: "push/pull reply",
-            }),
-        }
-    })
-    .await
+            wanted: "push/pull reply",
+        }),
+    }
+}
+
+/// Asks `addr` for piece `piece` of `artifact`: its bytes (unchecked), or `None` when
+/// the peer does not hold it.
+pub async fn fetch_piece(
+    addr: SocketAddr,
+    artifact: [u8; 32],
+    piece: u32,
+    keyring: &SharedKeyring,
+) -> Result<Option<Vec<u8>>, StreamError> {
+    match exchange(
+        addr,
+        &StreamMessage::PieceRequest { artifact, piece },
+        keyring,
+    )
+    .await?
+    {
+        StreamMessage::PieceReply(bytes) => Ok(bytes),
+        _ => Err(StreamError::Unexpected {
+            addr,
+            wanted: "piece reply",
+        }),
+    }
 }
 
 /// Dials `addr` and sends one message (e.g. a large query answer).
@@ -450,6 +483,7 @@ pub async fn tcp_accept_loop(
     keyring: SharedKeyring,
     counters: Arc<Counters>,
     tx: mpsc::Sender<Input>,
+    held: Option<Arc<Held>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut slots = Slots::new(MAX_STREAMS);
@@ -480,8 +514,13 @@ pub async fn tcp_accept_loop(
         let proof = Proof::default();
         let (keyring, counters, tx, proven) =
             (keyring.clone(), counters.clone(), tx.clone(), proof.clone());
+        let held = held.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = serve_stream(stream, addr, &keyring, &tx, &proven).await {
+            let to = Serving {
+                tx: &tx,
+                held: held.as_deref(),
+            };
+            if let Err(e) = serve_stream(stream, addr, &keyring, to, &proven).await {
                 if e.is_auth() {
                     Counters::add(&counters.streams_dropped_auth);
                 } else {
@@ -494,11 +533,18 @@ pub async fn tcp_accept_loop(
     }
 }
 
+/// Where an inbound stream's message goes: the agent task, or the artifacts held.
+#[derive(Clone, Copy)]
+struct Serving<'a> {
+    tx: &'a mpsc::Sender<Input>,
+    held: Option<&'a Held>,
+}
+
 async fn serve_stream(
     mut stream: TcpStream,
     addr: SocketAddr,
     keyring: &SharedKeyring,
-    tx: &mpsc::Sender<Input>,
+    Serving { tx, held }: Serving<'_>,
     proof: &Proof,
 ) -> Result<(), StreamError> {
     let peer_version = tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut stream, keyring, addr))
@@ -534,10 +580,20 @@ async fn serve_stream(
                 let _ = tx.send(Input::QueryResponse(r)).await;
                 Ok(())
             }
-            StreamMessage::PushPullReply(_) => Err(StreamError::Unexpected {
-                addr,
-                wanted: "push/pull request or query response",
-            }),
+            StreamMessage::PieceRequest { artifact, piece } => {
+                let bytes = match held {
+                    Some(held) => held.piece(&artifact, piece as usize, PIECE_WAIT).await,
+                    None => None,
+                };
+                let reply = StreamMessage::PieceReply(bytes);
+                write_message(&mut stream, keyring, &reply, addr).await
+            }
+            StreamMessage::PushPullReply(_) | StreamMessage::PieceReply(_) => {
+                Err(StreamError::Unexpected {
+                    addr,
+                    wanted: "push/pull request, query response or piece request",
+                })
+            }
         }
     })
     .await

@@ -178,7 +178,7 @@ pub(super) fn restore(settings: &mut Settings) -> Result<Restored, AgentError> {
 pub(super) fn spawn_io(
     socket: Arc<UdpSocket>,
     listener: TcpListener,
-    keyring: &SharedKeyring,
+    (keyring, held): (&SharedKeyring, Option<Arc<crate::fanout::held::Held>>),
     counters: &Arc<Counters>,
     handle: &AgentHandle,
 ) -> tokio::task::JoinSet<()> {
@@ -195,6 +195,7 @@ pub(super) fn spawn_io(
         keyring.clone(),
         counters.clone(),
         handle.tx.clone(),
+        held,
         handle.stop.clone(),
     ));
     io

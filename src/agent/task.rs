@@ -116,7 +116,18 @@ pub async fn start(parts: Parts) -> Result<Started, AgentError> {
         .map_err(io_err(format!("binding gossip TCP {bind}")))?;
     let keyring: SharedKeyring = Arc::new(RwLock::new(restored.ring.clone()));
     let counters = Arc::new(Counters::default());
-    let io = spawn_io(socket.clone(), listener, &keyring, &counters, &handle);
+    let held = open_held(&settings.data_dir);
+    if let Some(held) = &held {
+        let pieces = super::fanout::PeerPieces::new(held.clone(), keyring.clone());
+        let _ = handle.pieces.set(Arc::new(pieces));
+    }
+    let io = spawn_io(
+        socket.clone(),
+        listener,
+        (&keyring, held),
+        &counters,
+        &handle,
+    );
     tracing::info!(node = %restored.identity.name, addr = %restored.identity.addr, bump = restored.bump, rpc = %settings.rpc, "agent started");
     let disk = DiskWriter::start(settings.data_dir.clone(), handle.tx.clone())
         .map_err(io_err("starting the disk writer thread".into()))?;
@@ -144,6 +155,19 @@ pub async fn start(parts: Parts) -> Result<Started, AgentError> {
         stop_tx,
         rejoin,
     })
+}
+
+/// The artifacts held for peers, in `DATA_DIR/fanout`; without it the agent runs on and
+/// its deploys take every piece from the store.
+fn open_held(data_dir: &std::path::Path) -> Option<Arc<crate::fanout::held::Held>> {
+    let dir = data_dir.join("fanout");
+    match crate::fanout::held::Held::open(&dir) {
+        Ok(held) => Some(Arc::new(held)),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "fan-out directory unusable; deploys fetch only from the store");
+            None
+        }
+    }
 }
 
 impl Started {

@@ -40,6 +40,8 @@ pub struct EventSpec {
     pub progress_deadline: Option<String>,
     /// `--ignore-stop-hook-failures`.
     pub ignore_stop_hook_failures: bool,
+    /// The sha256 of the artifact's chunk index, when `publish` wrote one beside it.
+    pub chunks: Option<[u8; 32]>,
 }
 
 /// Why no deploy event was built. Nothing was signed or sent.
@@ -226,6 +228,7 @@ pub fn build(
         issued_at_ms,
         id,
         options: options(spec)?,
+        chunks: spec.chunks,
     })
 }
 

@@ -111,6 +111,7 @@ mod tests {
             issued_at_ms: at,
             id: [id; 16],
             options: Default::default(),
+            chunks: None,
         };
         SignedEvent::sign(ev, key).unwrap()
     }

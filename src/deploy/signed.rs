@@ -145,6 +145,17 @@ pub struct DeployEvent {
     /// Encoded after the rest, only when set (see [`Options`]).
     #[serde(skip)]
     pub options: Options,
+    /// The sha256 of the artifact's chunk index ([`crate::fanout::index`]), which lets
+    /// nodes take its pieces from each other. Encoded after the options, only when set:
+    /// an agent from before it refuses such an event.
+    #[serde(skip)]
+    pub chunks: Option<[u8; 32]>,
+}
+
+/// What follows [`Options`] in the signed body, when set.
+#[derive(Serialize, Deserialize)]
+struct Extension {
+    chunks: Option<[u8; 32]>,
 }
 
 impl DeployEvent {
@@ -228,8 +239,14 @@ impl SignedEvent {
     /// Signs `event`; refuses one whose encoding would not fit in a gossip event.
     pub fn sign(event: DeployEvent, key: &SigningKey) -> Result<SignedEvent, EncodeError> {
         let mut body = postcard::to_allocvec(&event)?;
-        if event.options != Options::default() {
+        if event.options != Options::default() || event.chunks.is_some() {
             body.extend(postcard::to_allocvec(&event.options)?);
+        }
+        if event.chunks.is_some() {
+            let ext = Extension {
+                chunks: event.chunks,
+            };
+            body.extend(postcard::to_allocvec(&ext)?);
         }
         let signature = key.sign(&message(&body)).to_bytes();
         let signed = SignedEvent {
@@ -300,6 +317,15 @@ impl SignedEvent {
             false => {
                 let (options, rest) = postcard::take_from_bytes(rest).map_err(malformed)?;
                 event.options = options;
+                rest
+            }
+        };
+        let rest = match rest.is_empty() {
+            true => rest,
+            false => {
+                let (ext, rest): (Extension, _) =
+                    postcard::take_from_bytes(rest).map_err(malformed)?;
+                event.chunks = ext.chunks;
                 rest
             }
         };

@@ -59,6 +59,10 @@ pub mod tag {
     /// A foca packet with its sender's MAC for this receiver ([`crate::gossip::pairwise`];
     /// datagram, between enrolled members only).
     pub const AUTH_FOCA: u8 = 12;
+    /// A request for one piece of an artifact ([`super::super::piece`]; stream).
+    pub const PIECE_REQUEST: u8 = 13;
+    /// A piece, or "not held" (stream).
+    pub const PIECE_REPLY: u8 = 14;
 }
 
 /// Version of the gossip protocol this build speaks: announced in the stream hello
@@ -162,6 +166,10 @@ pub enum StreamMessage {
     PushPullReply(PushPullState),
     /// A query response too large for UDP.
     QueryResponse(QueryResponse),
+    /// Piece `piece` of the artifact whose sha256 is `artifact` (the fan-out).
+    PieceRequest { artifact: [u8; 32], piece: u32 },
+    /// The piece asked for, or `None` when it is not held.
+    PieceReply(Option<Vec<u8>>),
 }
 
 /// Why a message could not be encoded. Nothing was sent.
@@ -414,6 +422,15 @@ pub fn encode_stream(msg: &StreamMessage) -> Result<Vec<u8>, EncodeError> {
         }
         StreamMessage::PushPullReply(s) => encode_state(tag::PUSH_PULL_REPLY, s, "push/pull reply"),
         StreamMessage::QueryResponse(r) => encode_response(r, max),
+        StreamMessage::PieceRequest { artifact, piece } => Ok(super::piece::encode_request(
+            tag::PIECE_REQUEST,
+            artifact,
+            *piece,
+        )),
+        StreamMessage::PieceReply(bytes) => Ok(super::piece::encode_reply(
+            tag::PIECE_REPLY,
+            bytes.as_deref(),
+        )),
     }
 }
 
@@ -439,6 +456,11 @@ pub fn decode_stream(bytes: &[u8]) -> Result<StreamMessage, DecodeError> {
         tag::QUERY_RESPONSE | tag::SIGNED_QUERY_RESPONSE => {
             Ok(StreamMessage::QueryResponse(decode_response(t, body)?))
         }
+        tag::PIECE_REQUEST => {
+            let (artifact, piece) = super::piece::decode_request(body)?;
+            Ok(StreamMessage::PieceRequest { artifact, piece })
+        }
+        tag::PIECE_REPLY => Ok(StreamMessage::PieceReply(super::piece::decode_reply(body)?)),
         tag => Err(DecodeError::UnknownType { channel, tag }),
     }
 }

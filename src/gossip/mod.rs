@@ -85,6 +85,7 @@ pub mod latest;
 pub mod limits;
 pub mod message;
 pub mod pairwise;
+pub mod piece;
 pub mod pushpull;
 pub mod query;
 pub mod screen;

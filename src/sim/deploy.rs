@@ -154,6 +154,7 @@ impl Cluster {
             issued_at_ms,
             id,
             options: Options::default(),
+            chunks: None,
         };
         let key = SigningKey::from_bytes(&setup.operator);
         let signed = SignedEvent::sign(event, &key).expect("a deploy event encodes");

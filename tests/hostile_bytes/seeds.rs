@@ -61,6 +61,7 @@ fn event(app: &str, id: u8, options: Options) -> SignedEvent {
         issued_at_ms: ISSUED_MS + u64::from(id),
         id: [id; 16],
         options,
+        chunks: (id == 2).then_some([id; 32]),
     };
     SignedEvent::sign(ev, &operator()).unwrap()
 }

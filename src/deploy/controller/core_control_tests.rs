@@ -200,6 +200,7 @@ fn min_healthy_cuts_the_waves() {
         issued_at_ms: NOW * 1000,
         id: [10; 16],
         options: Default::default(),
+        chunks: None,
     };
     ev.options.min_healthy = Some(crate::deploy::signed::MinHealthy::Percent(75));
     let bytes = SignedEvent::sign(ev.clone(), &key)

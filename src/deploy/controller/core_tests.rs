@@ -38,6 +38,7 @@ fn deploy_event(version: &str, issued_at: u64, id: u8, rollout: Rollout) -> Depl
         issued_at_ms: issued_at * 1000,
         id: [id; 16],
         options: Default::default(),
+        chunks: None,
     }
 }
 
@@ -430,6 +431,7 @@ fn apps_this_node_does_not_run_and_non_targets_are_left_alone() {
         issued_at_ms: NOW * 1000,
         id: [2; 16],
         options: Default::default(),
+        chunks: None,
     };
     let bytes = SignedEvent::sign(ev, &key).unwrap().encode().unwrap();
     assert!(activations(&d.on_event(&bytes, NOW)).is_empty());
@@ -448,6 +450,7 @@ fn desired_versions_order_like_the_desired_state() {
         issued_at_ms: at,
         id,
         options: Default::default(),
+        chunks: None,
     };
     assert!(desired_version(&mk(NOW + 1, [0; 16])) > desired_version(&mk(NOW, [255; 16])));
     assert!(desired_version(&mk(NOW, [2; 16])) > desired_version(&mk(NOW, [1; 16])));

@@ -307,6 +307,7 @@ mod tests {
             issued_at_ms: 1,
             id: [7; 16],
             options: Default::default(),
+            chunks: None,
         }
     }
 

@@ -21,6 +21,7 @@ fn event(id: u8, issued_at: u64) -> DeployEvent {
         issued_at_ms: issued_at * 1000,
         id: [id; 16],
         options: Default::default(),
+        chunks: None,
     }
 }
 
@@ -310,6 +311,33 @@ fn options_round_trip_and_are_absent_when_unset() {
     assert_eq!("75%".parse::<MinHealthy>(), Ok(MinHealthy::Percent(75)));
     assert_eq!("0".parse::<MinHealthy>(), Ok(MinHealthy::Count(0)));
     assert!("101%".parse::<MinHealthy>().is_err() && "x".parse::<MinHealthy>().is_err());
+}
+
+/// A chunk index digest rides after the options (default ones too) and comes back; an
+/// event without one encodes as before it existed, and bytes after it are refused.
+#[test]
+fn a_chunk_index_digest_round_trips_with_or_without_options() {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let trusted = [key.verifying_key()];
+    for min_healthy in [None, Some(MinHealthy::Count(2))] {
+        let mut ev = event(3, 1000);
+        ev.options.min_healthy = min_healthy;
+        ev.chunks = Some([9; 32]);
+        let signed = SignedEvent::sign(ev.clone(), &key).unwrap();
+        let back = SignedEvent::decode_verified(&signed.encode().unwrap(), &trusted).unwrap();
+        assert_eq!(back.event, ev);
+        let mut longer = signed.clone();
+        longer.body.push(0);
+        let sig = key.sign(&message(&longer.body)).to_bytes();
+        longer.signature = sig;
+        let refused = SignedEvent::decode_verified(&longer.encode().unwrap(), &trusted);
+        assert!(
+            matches!(refused, Err(VerifyError::Malformed(_))),
+            "{refused:?}"
+        );
+    }
+    let plain = SignedEvent::sign(event(4, 1000), &key).unwrap();
+    assert_eq!(plain.body, postcard::to_allocvec(&event(4, 1000)).unwrap());
 }
 
 /// The journal records who signed a deploy: the id of the trusted key its signature
