@@ -115,6 +115,7 @@ impl Fx {
             },
             unpack: Default::default(),
             supervisor,
+            agent: None,
         }
     }
 
@@ -190,6 +191,7 @@ fn submit(version: &str, sha256: Option<[u8; 32]>) -> Submit {
         version: version.into(),
         url: String::new(),
         sha256,
+        chunks: None,
         ignore_stop_hook_failures: false,
         signer: None,
     }

@@ -90,6 +90,7 @@ impl Fx {
             },
             unpack: Default::default(),
             supervisor,
+            agent: None,
         };
         Executor::start(self.apps(extra), opts).await.unwrap()
     }
@@ -141,6 +142,7 @@ fn submit(version: &str, url: &str) -> Submit {
         version: version.into(),
         url: url.into(),
         sha256: None,
+        chunks: None,
         ignore_stop_hook_failures: false,
         signer: None,
     }

@@ -104,6 +104,7 @@ impl FetchArgs {
             s3_path_style: self.s3_path_style,
             // The operator's own deploy: any file they name (see README, "file://").
             file_roots: FileRoots::Any,
+            peers: None,
         }
     }
 }

@@ -161,7 +161,9 @@ pub fn event_deploy(args: DeployEventArgs) -> anyhow::Result<ExitCode> {
         };
         let (event, _, key) = checked(&stand_in, url.clone(), &args.opts)?;
         deploy_event::sign(event, &key)?;
-        spec.sha256 = Some(published_digest(&args.app, &url, &args.fetch)?);
+        let sha256 = published_digest(&args.app, &url, &args.fetch)?;
+        spec.chunks = published_index(&url, &sha256, &args.fetch)?;
+        spec.sha256 = Some(hex::encode(sha256));
     }
     let what = format!("deploy {} {}", args.app, args.version);
     send(&spec, url, &args.opts, &what)
@@ -172,7 +174,7 @@ fn published_digest(
     app: &str,
     url: &str,
     fetch: &super::deploy::FetchArgs,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<[u8; 32]> {
     anyhow::ensure!(
         !url.is_empty(),
         "no artifact URL to read the published digest from (each node would use its own \
@@ -192,9 +194,29 @@ fn published_digest(
              publish`): pass --sha256 HEX, or --unpinned to deploy whatever it holds"
         );
     };
-    let hex = hex::encode(sha);
-    eprintln!("pinned to sha256 {hex}, published with {url}");
-    Ok(hex)
+    eprintln!("pinned to sha256 {}, published with {url}", hex::encode(sha));
+    Ok(sha)
+}
+
+/// The digest of the chunk index published beside the artifact, which lets nodes take its
+/// pieces from each other; `None` (each node fetches it all from the store) when there is
+/// none for this artifact.
+fn published_index(
+    url: &str,
+    sha256: &[u8; 32],
+    fetch: &super::deploy::FetchArgs,
+) -> anyhow::Result<Option<[u8; 32]>> {
+    let opts = fetch.options();
+    let lookup = crate::deploy::fetch::digest::published_index(url, sha256, &opts);
+    let found = runtime()?
+        .block_on(async { tokio::time::timeout(DIGEST_TIMEOUT, lookup).await })
+        .map_err(|_| anyhow::anyhow!("{url}: no answer within {DIGEST_TIMEOUT:?}"))
+        .and_then(|r| Ok(r?))
+        .context("reading the artifact's chunk index")?;
+    if found.is_some() {
+        eprintln!("pinned its chunk index: nodes take its pieces from each other");
+    }
+    Ok(found)
 }
 
 pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {

@@ -53,6 +53,8 @@ pub struct Request {
 pub struct Source {
     pub url: String,
     pub sha256: Option<[u8; 32]>,
+    /// The sha256 of its chunk index, when pinned: its pieces may come from peers.
+    pub chunks: Option<[u8; 32]>,
 }
 
 /// How a new instance takes over from the old one.

@@ -149,6 +149,7 @@ impl DeployConfig {
                 s3_region: raw.s3_region,
                 s3_path_style: raw.s3_path_style,
                 file_roots: FileRoots::Only(file_roots(&raw.file_roots)?),
+                peers: None,
             },
         })
     }

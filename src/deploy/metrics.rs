@@ -110,10 +110,17 @@ impl DeployMetrics {
         }
         let fetched = Family::counter(
             "droot_fleet_artifact_fetched_bytes_total",
-            "Artifact bytes read from their store (s3, https, file), failed fetches included.",
+            "Artifact bytes fetched (from their store, s3, https or file, or from peers), \
+             failed fetches included.",
         )
         .with(&[], super::fetch::stream::fetched_bytes());
-        let mut families = vec![deploys, phases, fetched];
+        let from_peers = Family::counter(
+            "droot_fleet_artifact_peer_bytes_total",
+            "Artifact bytes taken from peers and checked against the chunk index (a part of \
+             droot_fleet_artifact_fetched_bytes_total).",
+        )
+        .with(&[], super::fetch::peers::peer_bytes());
+        let mut families = vec![deploys, phases, fetched, from_peers];
         families.extend(self.app_families(views));
         families
     }
@@ -250,6 +257,7 @@ mod tests {
             "droot_fleet_app_restarts_total{app=\"web\"} 3\n",
             "droot_fleet_app_info{app=\"web\",version=\"v7\"} 1\n",
             "# TYPE droot_fleet_artifact_fetched_bytes_total counter\n",
+            "# TYPE droot_fleet_artifact_peer_bytes_total counter\n",
         ] {
             assert!(text.contains(line), "{line} not in:\n{text}");
         }

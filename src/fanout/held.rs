@@ -208,7 +208,7 @@ mod tests {
     fn index(data: &[u8]) -> ChunkIndex {
         let mut b = IndexBuilder::default();
         b.update(data);
-        b.finish().unwrap()
+        b.finish([0; 32]).unwrap()
     }
 
     #[tokio::test]

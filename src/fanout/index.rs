@@ -3,8 +3,10 @@
 //! event. With it a node can take a piece from any peer and check it on arrival, so a peer
 //! that serves a bad piece is caught at that piece, not after the whole object.
 //!
-//! Encoding: the magic line [`MAGIC`], then the piece size and the object size as
-//! big-endian u64, then one 32-byte digest per piece. A decoder refuses anything else: a
+//! Encoding: the magic line [`MAGIC`], the sha256 of the whole object, the piece size and
+//! the object size as big-endian u64, then one 32-byte digest per piece. The object's own
+//! digest ties an index to one artifact: an index left beside a replaced artifact is not
+//! taken for the new one. A decoder refuses anything else: a
 //! wrong count, a piece size other than [`CHUNK`], more than [`MAX_CHUNKS`] pieces.
 
 use sha2::{Digest, Sha256};
@@ -18,11 +20,15 @@ pub const MAGIC: &[u8] = b"droot-fleet chunks 1\n";
 /// What the index's name adds to the artifact's (`s3://b/web/v1.tar.gz.chunks`).
 pub const SUFFIX: &str = ".chunks";
 /// Largest encoded index.
-pub const MAX_ENCODED: usize = MAGIC.len() + 16 + 32 * MAX_CHUNKS;
+pub const MAX_ENCODED: usize = HEADER + 32 * MAX_CHUNKS;
+/// Bytes before the first piece digest.
+const HEADER: usize = MAGIC.len() + 32 + 16;
 
 /// The digest of every piece of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkIndex {
+    /// The sha256 of the whole object.
+    pub artifact: [u8; 32],
     /// The object's length in bytes.
     pub size: u64,
     /// sha256 of bytes `i * CHUNK .. min((i + 1) * CHUNK, size)`, for every `i`.
@@ -70,8 +76,9 @@ impl ChunkIndex {
 
     /// The encoded form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(MAGIC.len() + 16 + 32 * self.digests.len());
+        let mut out = Vec::with_capacity(HEADER + 32 * self.digests.len());
         out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.artifact);
         out.extend_from_slice(&CHUNK.to_be_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
         for d in &self.digests {
@@ -83,9 +90,11 @@ impl ChunkIndex {
     /// Reads an encoded index, refusing anything malformed.
     pub fn decode(bytes: &[u8]) -> Result<Self, IndexError> {
         let rest = bytes.strip_prefix(MAGIC).ok_or(IndexError::Magic)?;
-        if rest.len() < 16 || (rest.len() - 16) % 32 != 0 {
+        if rest.len() < 48 || (rest.len() - 48) % 32 != 0 {
             return Err(IndexError::Length);
         }
+        let artifact: [u8; 32] = rest[..32].try_into().unwrap_or([0; 32]);
+        let rest = &rest[32..];
         let word = |at: usize| u64::from_be_bytes(rest[at..at + 8].try_into().unwrap_or([0; 8]));
         let (piece, size) = (word(0), word(8));
         if piece != CHUNK {
@@ -106,7 +115,11 @@ impl ChunkIndex {
                 want,
             });
         }
-        Ok(Self { size, digests })
+        Ok(Self {
+            artifact,
+            size,
+            digests,
+        })
     }
 
     /// The sha256 of the encoded index: what a deploy event pins.
@@ -140,12 +153,14 @@ impl IndexBuilder {
         }
     }
 
-    /// The index of everything passed; `None` for an object over [`MAX_CHUNKS`] pieces.
-    pub fn finish(mut self) -> Option<ChunkIndex> {
+    /// The index of everything passed, whose sha256 is `artifact`; `None` for an object
+    /// over [`MAX_CHUNKS`] pieces.
+    pub fn finish(mut self, artifact: [u8; 32]) -> Option<ChunkIndex> {
         if self.in_piece > 0 {
             self.digests.push(self.piece.finalize().into());
         }
         (self.digests.len() <= MAX_CHUNKS).then_some(ChunkIndex {
+            artifact,
             size: self.size,
             digests: self.digests,
         })
@@ -163,7 +178,7 @@ mod tests {
             b.update(&bytes[at..c]);
             at = c;
         }
-        b.finish().unwrap()
+        b.finish(Sha256::digest(bytes).into()).unwrap()
     }
 
     #[test]
@@ -184,7 +199,9 @@ mod tests {
         assert!(!one.checks(0, &bad), "a flipped byte");
         assert!(!one.checks(0, &data[..CHUNK as usize - 1]), "a short piece");
         assert!(!one.checks(9, &data[..1]), "no such piece");
-        assert_eq!(IndexBuilder::default().finish().unwrap().digests.len(), 0);
+        assert_eq!(one.artifact, <[u8; 32]>::from(Sha256::digest(&data)));
+        let empty = IndexBuilder::default().finish([0; 32]).unwrap();
+        assert_eq!(empty.digests.len(), 0);
     }
 
     #[test]
@@ -210,13 +227,13 @@ mod tests {
             })
         ));
         let mut piece = bytes.clone();
-        piece[MAGIC.len() + 7] = 1;
+        piece[MAGIC.len() + 32 + 7] = 1;
         assert!(matches!(
             ChunkIndex::decode(&piece),
             Err(IndexError::PieceSize(_))
         ));
         let mut huge = bytes.clone();
-        huge[MAGIC.len() + 8..MAGIC.len() + 16].copy_from_slice(&u64::MAX.to_be_bytes());
+        huge[HEADER - 8..HEADER].copy_from_slice(&u64::MAX.to_be_bytes());
         assert!(matches!(
             ChunkIndex::decode(&huge),
             Err(IndexError::TooLarge { .. })

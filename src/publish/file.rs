@@ -134,7 +134,14 @@ impl Sink for FileSink {
         }
     }
 
-    fn commit(self: Box<Self>, sha256: &[u8; 32], _bytes: u64) -> Result<(), PublishError> {
+    /// No chunk index is written: a `file://` artifact is read where it is, never taken
+    /// from peers.
+    fn commit(
+        self: Box<Self>,
+        sha256: &[u8; 32],
+        _bytes: u64,
+        _index: Option<&[u8]>,
+    ) -> Result<(), PublishError> {
         let with_digest = self.with_digest;
         self.finish(with_digest.then_some(sha256))
     }

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::deploy::fetch::{FetchError, FetchOptions};
 use crate::export::{self, ExportError, ExportSummary, OutputOptions, Source};
+use crate::fanout::index::{CHUNK, IndexBuilder};
 pub use target::{Target, expand_template};
 
 /// How to publish.
@@ -86,8 +87,14 @@ pub enum PublishError {
 pub trait Sink: Send {
     /// The writer the export writes the artifact into. Taken once.
     fn writer(&mut self) -> Box<dyn Write + Send>;
-    /// Makes the whole artifact visible under its name, with `sha256` stored beside it.
-    fn commit(self: Box<Self>, sha256: &[u8; 32], bytes: u64) -> Result<(), PublishError>;
+    /// Makes the whole artifact visible under its name, with `sha256` stored beside it,
+    /// and its chunk index ([`crate::fanout::index`], encoded) beside it too when given.
+    fn commit(
+        self: Box<Self>,
+        sha256: &[u8; 32],
+        bytes: u64,
+        index: Option<&[u8]>,
+    ) -> Result<(), PublishError>;
     /// Removes everything written. Safe while the writer is still in use elsewhere (it
     /// then fails at its next write). Returns the sink's own failure, when it had one:
     /// that, not the writer's error, is the cause to report.
@@ -106,16 +113,17 @@ pub fn publish(
     let tap = Tap {
         inner: sink.writer(),
         hasher: Sha256::new(),
+        index: IndexBuilder::default(),
         bytes: progress.clone(),
     };
     progress.store(0, Ordering::Relaxed);
     match export::export(source, tap, opts.output) {
         Ok((summary, tap)) => {
-            let (sha256, bytes) = match tap.finish() {
+            let (sha256, bytes, index) = match tap.finish() {
                 Ok(done) => done,
                 Err(e) => return Err(sink.abort().unwrap_or_else(|| write_failed(url, e))),
             };
-            sink.commit(&sha256, bytes)?;
+            sink.commit(&sha256, bytes, index.as_deref())?;
             Ok(Published {
                 url: url.to_string(),
                 sha256,
@@ -140,22 +148,28 @@ fn write_failed(url: &str, e: io::Error) -> PublishError {
     }
 }
 
-/// The export's output on its way to the sink: hashed and counted.
+/// The export's output on its way to the sink: hashed, indexed and counted.
 struct Tap {
     inner: Box<dyn Write + Send>,
     hasher: Sha256,
+    index: IndexBuilder,
     bytes: Arc<AtomicU64>,
 }
 
 impl Tap {
-    /// Flushes the sink's writer and hands back the digest and the byte count.
-    fn finish(mut self) -> io::Result<([u8; 32], u64)> {
+    /// Flushes the sink's writer and hands back the digest, the byte count and the
+    /// encoded chunk index (only for an artifact of more than one piece: a smaller one is
+    /// fetched with one GET).
+    fn finish(mut self) -> io::Result<([u8; 32], u64, Option<Vec<u8>>)> {
         self.inner.flush()?;
         drop(self.inner);
-        Ok((
-            self.hasher.finalize().into(),
-            self.bytes.load(Ordering::Relaxed),
-        ))
+        let sha256: [u8; 32] = self.hasher.finalize().into();
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let index = (bytes > CHUNK)
+            .then(|| self.index.finish(sha256))
+            .flatten()
+            .map(|i| i.encode());
+        Ok((sha256, bytes, index))
     }
 }
 
@@ -163,6 +177,7 @@ impl Write for Tap {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.index.update(&buf[..n]);
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }

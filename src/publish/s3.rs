@@ -64,6 +64,7 @@ type Failure = Arc<Mutex<Option<PublishError>>>;
 struct Commit {
     sha256: [u8; 32],
     bytes: u64,
+    index: Option<Vec<u8>>,
     reply: std_mpsc::Sender<Result<(), PublishError>>,
 }
 
@@ -170,7 +171,12 @@ impl Sink for S3Sink {
         Box::new(self.writer.take().expect("the writer is taken once"))
     }
 
-    fn commit(mut self: Box<Self>, sha256: &[u8; 32], bytes: u64) -> Result<(), PublishError> {
+    fn commit(
+        mut self: Box<Self>,
+        sha256: &[u8; 32],
+        bytes: u64,
+        index: Option<&[u8]>,
+    ) -> Result<(), PublishError> {
         if let Some(e) = self.take_failure() {
             return Err(e);
         }
@@ -178,6 +184,7 @@ impl Sink for S3Sink {
         let order = Commit {
             sha256: *sha256,
             bytes,
+            index: index.map(<[u8]>::to_vec),
             reply,
         };
         let sent = self.commit.take().map(|c| c.send(order).is_ok());
@@ -384,9 +391,10 @@ impl Upload<'_> {
             Ok(Commit {
                 sha256,
                 bytes,
+                index,
                 reply,
             }) => {
-                let result = self.commit(&sha256, bytes).await;
+                let result = self.commit(&sha256, bytes, index).await;
                 let _ = reply.send(result);
             }
             Err(_) => self.abort().await,
@@ -430,9 +438,21 @@ impl Upload<'_> {
         Ok(())
     }
 
-    /// Completes the upload, then stores the digest; an object that got no digest is
-    /// deleted again.
-    async fn commit(self, sha256: &[u8; 32], bytes: u64) -> Result<(), PublishError> {
+    /// Stores the chunk index (it names the artifact's digest, so one left behind by a
+    /// failure is never taken for another artifact), completes the upload, then stores
+    /// the digest; an object that got no digest is deleted again.
+    async fn commit(
+        self,
+        sha256: &[u8; 32],
+        bytes: u64,
+        index: Option<Vec<u8>>,
+    ) -> Result<(), PublishError> {
+        if let Some(index) = index
+            && let Err(e) = self.put_index(index).await
+        {
+            self.abort().await;
+            return Err(e);
+        }
         if let Err(e) = self.complete(!self.object.replace).await {
             self.abort().await;
             return Err(e);
@@ -442,6 +462,21 @@ impl Upload<'_> {
             self.delete().await;
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Stores `index` as `KEY.chunks`.
+    async fn put_index(&self, index: Vec<u8>) -> Result<(), PublishError> {
+        let o = self.object;
+        let key = format!("{}{}", o.key, crate::fanout::index::SUFFIX);
+        let put = (self.s3.client.put_object())
+            .bucket(&o.bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(index));
+        deadline(put.send())
+            .await
+            .map_err(|e| request_error(o, "storing the chunk index", e))?
+            .map_err(|e| sdk_error(o, "storing the chunk index", e))?;
         Ok(())
     }
 

@@ -227,6 +227,7 @@ impl Controller {
                 path: self.data_dir.join("apps"),
                 source,
             })?,
+            agent: Some(agent.clone()),
         };
         let (executor, mut finished) = Executor::start(self.config.apps.clone(), opts).await?;
         let mut shell = Shell {
@@ -455,6 +456,7 @@ impl Shell {
                         version: event.version.clone(),
                         url: event.url.clone(),
                         sha256: event.sha256,
+                        chunks: event.chunks,
                         ignore_stop_hook_failures: event.options.ignore_stop_hook_failures,
                         signer,
                     };

@@ -25,7 +25,11 @@ impl AppTask {
         deadline: tokio::time::Instant,
         rx: &watch::Receiver<Option<Submit>>,
     ) -> Result<(), String> {
-        let Source { url, sha256 } = source;
+        let Source {
+            url,
+            sha256,
+            chunks,
+        } = source;
         let layout = self.layout.clone();
         let cancel = self.stopping.child();
         let unpack = crate::artifact::UnpackOptions {
@@ -34,7 +38,9 @@ impl AppTask {
             cancel: cancel.clone(),
             ..self.opts.unpack.clone()
         };
-        let fopts = self.opts.fetch.clone();
+        let mut fopts = self.opts.fetch.clone();
+        fopts.peers = self.peers(sha256, chunks).await;
+        let held = fopts.peers.as_ref().map(|p| (p.pieces.clone(), p.artifact));
         let owned = version.to_string();
         let app = self.app.name.clone();
         let budget = self.app.deploy_timeout / 2;
@@ -70,7 +76,12 @@ impl AppTask {
                     }
                     Ok(())
                 }
-                Err(e) => Err(with_limit_hint(store::fetch_error(&e), &e, &app)),
+                Err(e) => {
+                    if let Some((pieces, artifact)) = held {
+                        pieces.held().forget(&artifact);
+                    }
+                    Err(with_limit_hint(store::fetch_error(&e), &e, &app))
+                }
             }
         });
         let r = bounded(job, &cancel, deadline, self.app.deploy_timeout, rx, version).await;
@@ -85,6 +96,33 @@ impl AppTask {
         }
         self.refresh().await;
         r
+    }
+}
+
+impl AppTask {
+    /// Who may hold the pieces of an artifact whose event pins it and its chunk index: the
+    /// other live members; `None` without both pins or without the agent.
+    async fn peers(
+        &self,
+        artifact: Option<[u8; 32]>,
+        index: Option<[u8; 32]>,
+    ) -> Option<fetch::peers::Peers> {
+        let (artifact, index, agent) = (artifact?, index?, self.opts.agent.as_ref()?);
+        let pieces = agent.peer_pieces()?;
+        let list = agent.call(crate::agent::Command::Members).await.ok()?;
+        let me = self.opts.node.clone();
+        let members = list
+            .into_iter()
+            .filter(|m| m.status == "alive" && m.name != me)
+            .filter_map(|m| Some((m.name, m.addr.parse().ok()?)))
+            .collect();
+        Some(fetch::peers::Peers {
+            me,
+            members,
+            pieces,
+            artifact,
+            index,
+        })
     }
 }
 

@@ -81,6 +81,8 @@ pub struct ExecutorOptions {
     pub fetch: fetch::FetchOptions,
     pub unpack: UnpackOptions,
     pub supervisor: supervisor::SupervisorOptions,
+    /// The agent, whose peers may hold an artifact's pieces (`None`: the store alone).
+    pub agent: Option<crate::agent::AgentHandle>,
 }
 
 /// A deploy request for one app.
@@ -91,6 +93,8 @@ pub struct Submit {
     /// The artifact URL; empty means the app's `artifact` template for `version`.
     pub url: String,
     pub sha256: Option<[u8; 32]>,
+    /// The sha256 of the artifact's chunk index, when the event pins one.
+    pub chunks: Option<[u8; 32]>,
     /// A failing `before_stop` hook of the old release does not stop the deploy.
     pub ignore_stop_hook_failures: bool,
     /// Id of the key that signed the event, for the journal (`None`: unsigned or unknown).

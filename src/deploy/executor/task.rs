@@ -178,6 +178,7 @@ impl AppTask {
             source: Source {
                 url,
                 sha256: req.sha256,
+                chunks: req.chunks,
             },
             ignore_stop_hook_failures: req.ignore_stop_hook_failures,
         }))

@@ -48,6 +48,41 @@ pub async fn published(url: &str, opts: &FetchOptions) -> Result<Option<[u8; 32]
     }
 }
 
+/// The sha256 of the chunk index `publish` stored beside the S3 artifact at `url` whose
+/// digest is `sha256` ([`crate::fanout::index`]), for the event to pin: `Ok(None)` when
+/// there is none (a small artifact, another scheme, an older publish) or the one there
+/// belongs to another artifact.
+pub async fn published_index(
+    url: &str,
+    sha256: &[u8; 32],
+    opts: &FetchOptions,
+) -> Result<Option<[u8; 32]>, FetchError> {
+    use crate::fanout::index::{ChunkIndex, SUFFIX};
+    let Source::S3 { bucket, key } = Source::parse(url)? else {
+        return Ok(None);
+    };
+    let s3 = s3::connect(url, opts).await?;
+    let index_key = format!("{key}{SUFFIX}");
+    if s3::head(url, &bucket, &index_key, &s3).await?.is_none() {
+        return Ok(None);
+    }
+    let object = s3::Object {
+        s3: &s3,
+        url,
+        bucket: &bucket,
+        key: &key,
+    };
+    let bytes = object.index_bytes().await.map_err(|detail| FetchError::Other {
+        url: format!("{url}{SUFFIX}"),
+        detail,
+    })?;
+    let index = ChunkIndex::decode(&bytes).map_err(|e| FetchError::Other {
+        url: format!("{url}{SUFFIX}"),
+        detail: e.to_string(),
+    })?;
+    Ok((&index.artifact == sha256).then(|| index.digest()))
+}
+
 /// The sidecar path of a `file://` artifact.
 pub fn sidecar_path(artifact: &Path) -> std::path::PathBuf {
     let mut name = artifact.as_os_str().to_owned();

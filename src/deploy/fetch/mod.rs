@@ -17,6 +17,7 @@ pub mod digest;
 pub mod error;
 pub mod file;
 pub mod http;
+pub mod peers;
 mod ranges;
 pub mod s3;
 pub mod stream;
@@ -108,6 +109,9 @@ pub struct FetchOptions {
     pub s3_path_style: Option<bool>,
     /// Where `file://` may read; default nowhere.
     pub file_roots: FileRoots,
+    /// Peers that may hold the artifact's pieces (the agent, for a deploy event that pins a
+    /// chunk index); `None`: the store alone.
+    pub peers: Option<peers::Peers>,
 }
 
 /// Opens `url` as a byte stream; returns once the object is known to exist. The stream

@@ -14,7 +14,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 
 use super::ranges::{self, Failure, STALL};
-use super::stream;
+use super::{peers, stream};
 use super::{FetchError, FetchOptions};
 use crate::cancel::Cancel;
 
@@ -42,7 +42,11 @@ pub fn open(
         match size {
             Some(size) if size > ranges::RANGE => {
                 head.ok(Some(size));
-                ranges::send_in_order(&object, size, etag, &tx).await;
+                let index = object.index_bytes();
+                match peers::in_front(opts.peers.as_ref(), &object, size, index).await {
+                    Some(from) => ranges::send_in_order(&from, size, etag, &tx).await,
+                    None => ranges::send_in_order(&object, size, etag, &tx).await,
+                }
             }
             _ => {
                 let (mut body, length) = match object.get().await {
@@ -95,6 +99,31 @@ impl Object<'_> {
                 Ok((out.body, length))
             }
             Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// The chunk index beside the object (`KEY.chunks`), at most
+    /// [`crate::fanout::index::MAX_ENCODED`] bytes.
+    pub(super) async fn index_bytes(&self) -> Result<Vec<u8>, String> {
+        use crate::fanout::index::{MAX_ENCODED, SUFFIX};
+        let key = format!("{}{SUFFIX}", self.key);
+        let url = format!("{}{SUFFIX}", self.url);
+        let index = Object {
+            s3: self.s3,
+            url: &url,
+            bucket: self.bucket,
+            key: &key,
+        };
+        let (body, length) = index.get().await.map_err(|e| e.to_string())?;
+        let length = length
+            .filter(|&n| n <= MAX_ENCODED as u64)
+            .ok_or_else(|| format!("{url}: no length, or over {MAX_ENCODED} bytes"))?;
+        let body = futures_util::stream::unfold(body, |mut b| async move {
+            b.next().await.map(|chunk| (chunk, b))
+        });
+        match ranges::gather(&url, length as usize, body).await {
+            Ok(bytes) => Ok(bytes.to_vec()),
+            Err(Failure::Transient(why) | Failure::Final(why)) => Err(why),
         }
     }
 
