@@ -16,7 +16,7 @@ pub struct PeerPieces {
 }
 
 impl PeerPieces {
-    pub(super) fn new(held: Arc<Held>, keyring: SharedKeyring) -> Self {
+    pub fn new(held: Arc<Held>, keyring: SharedKeyring) -> Self {
         Self { held, keyring }
     }
 

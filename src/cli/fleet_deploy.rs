@@ -194,7 +194,10 @@ fn published_digest(
              publish`): pass --sha256 HEX, or --unpinned to deploy whatever it holds"
         );
     };
-    eprintln!("pinned to sha256 {}, published with {url}", hex::encode(sha));
+    eprintln!(
+        "pinned to sha256 {}, published with {url}",
+        hex::encode(sha)
+    );
     Ok(sha)
 }
 

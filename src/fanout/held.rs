@@ -104,10 +104,10 @@ impl Held {
     /// Stops holding `artifact` (its fetch failed): peers waiting for a piece are told no.
     pub fn forget(&self, artifact: &[u8; 32]) {
         let mut held = lock(&self.held);
-        if let Some(at) = held.iter().position(|h| &h.artifact == artifact) {
-            if let Some(h) = held.remove(at) {
-                h.let_go();
-            }
+        if let Some(at) = held.iter().position(|h| &h.artifact == artifact)
+            && let Some(h) = held.remove(at)
+        {
+            h.let_go();
         }
     }
 

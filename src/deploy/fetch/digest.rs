@@ -72,10 +72,13 @@ pub async fn published_index(
         bucket: &bucket,
         key: &key,
     };
-    let bytes = object.index_bytes().await.map_err(|detail| FetchError::Other {
-        url: format!("{url}{SUFFIX}"),
-        detail,
-    })?;
+    let bytes = object
+        .index_bytes()
+        .await
+        .map_err(|detail| FetchError::Other {
+            url: format!("{url}{SUFFIX}"),
+            detail,
+        })?;
     let index = ChunkIndex::decode(&bytes).map_err(|e| FetchError::Other {
         url: format!("{url}{SUFFIX}"),
         detail: e.to_string(),

@@ -18,6 +18,8 @@ pub mod error;
 pub mod file;
 pub mod http;
 pub mod peers;
+#[cfg(test)]
+mod peers_tests;
 mod ranges;
 pub mod s3;
 pub mod stream;

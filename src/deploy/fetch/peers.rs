@@ -130,13 +130,15 @@ impl<S: RangeSource> FromPeers<'_, S> {
         let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         let names = self.peers.members.iter().map(|(n, _)| n.as_str());
         let me = &self.peers.me;
-        owners::sources(&self.peers.artifact, piece, me, names, |n| refused.contains(n))
-            .into_iter()
-            .map_while(|from| match from {
-                From::Peer(name) => Some(name.to_string()),
-                From::Store => None,
-            })
-            .collect()
+        owners::sources(&self.peers.artifact, piece, me, names, |n| {
+            refused.contains(n)
+        })
+        .into_iter()
+        .map_while(|from| match from {
+            From::Peer(name) => Some(name.to_string()),
+            From::Store => None,
+        })
+        .collect()
     }
 
     /// Piece `piece` from peer `name`, checked; `None` when it has none, fails, or sends
@@ -144,7 +146,12 @@ impl<S: RangeSource> FromPeers<'_, S> {
     async fn ask(&self, name: &str, piece: usize) -> Option<Bytes> {
         let addr = self.peers.members.iter().find(|(n, _)| n == name)?.1;
         let index = self.holding.index();
-        match self.peers.pieces.ask(addr, self.peers.artifact, piece as u32).await {
+        match self
+            .peers
+            .pieces
+            .ask(addr, self.peers.artifact, piece as u32)
+            .await
+        {
             Ok(Some(bytes)) if index.checks(piece, &bytes) => Some(Bytes::from(bytes)),
             Ok(Some(_)) => {
                 tracing::warn!(peer = %name, piece, "a peer served a piece that does not match the chunk index; it is not asked again for this artifact");

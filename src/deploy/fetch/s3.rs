@@ -14,8 +14,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 
 use super::ranges::{self, Failure, STALL};
-use super::{peers, stream};
 use super::{FetchError, FetchOptions};
+use super::{peers, stream};
 use crate::cancel::Cancel;
 
 pub fn open(
