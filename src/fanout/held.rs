@@ -3,8 +3,12 @@
 //! check against the artifact's chunk index, so that peers can take them from here instead
 //! of from the store.
 //!
-//! Bounds: at most [`MAX_HELD`] artifacts (the oldest is let go when another begins), one
-//! file each, as large as the artifact. A piece is served only once it is whole and checked;
+//! A fetch announces its artifact as expected before it knows the index (the HEAD and the
+//! index's GET take a moment, and peers that started a moment sooner already ask): a
+//! request for an expected artifact waits for it to begin as for a piece on its way.
+//!
+//! Bounds: at most [`MAX_HELD`] artifacts held and as many expected (the oldest is let go
+//! when another begins), one file each, as large as the artifact. A piece is served only once it is whole and checked;
 //! a request for one still on its way waits for it at most as long as the caller allows.
 //! The directory is emptied when the agent starts: what a previous run held is not known to
 //! be whole.
@@ -30,6 +34,10 @@ pub const MAX_HELD: usize = 2;
 pub struct Held {
     dir: PathBuf,
     held: Mutex<VecDeque<Arc<Holding>>>,
+    /// Artifacts whose fetch is about to begin, oldest first.
+    expected: Mutex<VecDeque<[u8; 32]>>,
+    /// Bumped whenever an artifact begins or is forgotten.
+    changed: watch::Sender<u64>,
 }
 
 /// One artifact held: its index, its file and which pieces it has.
@@ -63,7 +71,53 @@ impl Held {
         Ok(Self {
             dir: dir.to_path_buf(),
             held: Mutex::default(),
+            expected: Mutex::default(),
+            changed: watch::channel(0).0,
         })
+    }
+
+    /// Announces that a fetch of `artifact` is about to begin: peers asking for its pieces
+    /// wait for it instead of being told no.
+    pub fn expect(&self, artifact: [u8; 32]) {
+        let mut expected = lock(&self.expected);
+        if !expected.contains(&artifact) {
+            expected.push_back(artifact);
+        }
+        while expected.len() > MAX_HELD {
+            expected.pop_front();
+        }
+    }
+
+    /// The artifact held, waiting until `deadline` for an expected one to begin.
+    async fn holding(
+        &self,
+        artifact: &[u8; 32],
+        deadline: tokio::time::Instant,
+    ) -> Option<Arc<Holding>> {
+        let mut rx = self.changed.subscribe();
+        loop {
+            if let Some(h) = lock(&self.held).iter().find(|h| &h.artifact == artifact) {
+                return Some(h.clone());
+            }
+            if !lock(&self.expected).contains(artifact) {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// The fetch of `artifact` ended: it is no longer expected (what it began to hold is
+    /// kept).
+    pub fn settle(&self, artifact: &[u8; 32]) {
+        self.unexpect(artifact);
+    }
+
+    fn unexpect(&self, artifact: &[u8; 32]) {
+        lock(&self.expected).retain(|a| a != artifact);
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// Starts holding `artifact` (or goes on with it, when a fetch of it is tried again), and
@@ -98,6 +152,8 @@ impl Held {
                 old.let_go();
             }
         }
+        drop(held);
+        self.unexpect(&artifact);
         Ok(holding)
     }
 
@@ -109,16 +165,17 @@ impl Held {
         {
             h.let_go();
         }
+        drop(held);
+        self.unexpect(artifact);
     }
 
-    /// Piece `i` of `artifact`, waiting up to `wait` for one on its way; `None` when it is
-    /// not held, or did not arrive in time.
+    /// Piece `i` of `artifact`, waiting up to `wait` for one on its way (or for an
+    /// expected artifact to begin); `None` when it is neither held nor expected, or did
+    /// not arrive in time.
     pub async fn piece(&self, artifact: &[u8; 32], i: usize, wait: Duration) -> Option<Vec<u8>> {
-        let holding = lock(&self.held)
-            .iter()
-            .find(|h| &h.artifact == artifact)?
-            .clone();
-        if !holding.wait_for(i, wait).await {
+        let deadline = tokio::time::Instant::now() + wait;
+        let holding = self.holding(artifact, deadline).await?;
+        if !holding.wait_for(i, deadline).await {
             return None;
         }
         let (start, end) = holding.index.range(i)?;
@@ -165,10 +222,9 @@ impl Holding {
         lock(&self.have).get(i).copied().unwrap_or(false)
     }
 
-    /// Waits until piece `i` is here (true) or `wait` passes or the holding is let go.
-    async fn wait_for(&self, i: usize, wait: Duration) -> bool {
+    /// Waits until piece `i` is here (true) or `deadline` passes or the holding is let go.
+    async fn wait_for(&self, i: usize, deadline: tokio::time::Instant) -> bool {
         let mut rx = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
         loop {
             if self.gone.load(Ordering::Acquire) {
                 return false;
@@ -238,6 +294,39 @@ mod tests {
             &data[..CHUNK as usize]
         );
         assert_eq!(held.piece(&art, 2, quick).await, None, "past the end");
+    }
+
+    #[tokio::test]
+    async fn an_expected_artifact_is_waited_for_until_it_begins_or_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Arc::new(Held::open(dir.path()).unwrap());
+        let data = b"piece".to_vec();
+        let art = [2u8; 32];
+        held.expect(art);
+        let waiter = tokio::spawn({
+            let held = held.clone();
+            async move { held.piece(&art, 0, Duration::from_secs(60)).await }
+        });
+        while held.changed.receiver_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        held.begin(art, index(&data))
+            .unwrap()
+            .put(0, &data)
+            .unwrap();
+        assert_eq!(waiter.await.unwrap().unwrap(), data);
+        let other = [3u8; 32];
+        held.expect(other);
+        let waiter = tokio::spawn({
+            let held = held.clone();
+            async move { held.piece(&other, 0, Duration::from_secs(60)).await }
+        });
+        while held.changed.receiver_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        held.forget(&other);
+        let answer = tokio::time::timeout(Duration::from_secs(10), waiter).await;
+        assert_eq!(answer.unwrap().unwrap(), None);
     }
 
     #[tokio::test]

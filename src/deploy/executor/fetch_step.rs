@@ -40,7 +40,7 @@ impl AppTask {
         };
         let mut fopts = self.opts.fetch.clone();
         fopts.peers = self.peers(sha256, chunks).await;
-        let held = fopts.peers.as_ref().map(|p| (p.pieces.clone(), p.artifact));
+        let hold = PeerHold(fopts.peers.as_ref().map(|p| (p.pieces.clone(), p.artifact)));
         let owned = version.to_string();
         let app = self.app.name.clone();
         let budget = self.app.deploy_timeout / 2;
@@ -53,6 +53,7 @@ impl AppTask {
                 let _ = at.set(None);
                 return Ok(());
             }
+            hold.begin();
             tracing::info!(%app, %url, %version, "fetching");
             let mut open_at = None;
             let r = retry_transient(&unpack.cancel, (&app, &url), budget, || {
@@ -69,6 +70,7 @@ impl AppTask {
             if open_at.is_some() {
                 let _ = at.set(open_at);
             }
+            hold.end(r.is_ok());
             match r {
                 Ok(f) => {
                     if let Err(e) = store::record_digest(&layout, &version, &f.sha256) {
@@ -76,12 +78,7 @@ impl AppTask {
                     }
                     Ok(())
                 }
-                Err(e) => {
-                    if let Some((pieces, artifact)) = held {
-                        pieces.held().forget(&artifact);
-                    }
-                    Err(with_limit_hint(store::fetch_error(&e), &e, &app))
-                }
+                Err(e) => Err(with_limit_hint(store::fetch_error(&e), &e, &app)),
             }
         });
         let r = bounded(job, &cancel, deadline, self.app.deploy_timeout, rx, version).await;
@@ -96,6 +93,27 @@ impl AppTask {
         }
         self.refresh().await;
         r
+    }
+}
+
+/// The fan-out's side of one fetch: the artifact is expected by peers while the fetch
+/// starts, held for them after it succeeded, and forgotten after it failed.
+struct PeerHold(Option<(Arc<crate::agent::fanout::PeerPieces>, [u8; 32])>);
+
+impl PeerHold {
+    fn begin(&self) {
+        if let Some((pieces, artifact)) = &self.0 {
+            pieces.held().expect(*artifact);
+        }
+    }
+
+    fn end(&self, ok: bool) {
+        if let Some((pieces, artifact)) = &self.0 {
+            pieces.held().settle(artifact);
+            if !ok {
+                pieces.held().forget(artifact);
+            }
+        }
     }
 }
 
