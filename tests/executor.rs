@@ -192,6 +192,7 @@ fn submit(version: &str, sha256: Option<[u8; 32]>) -> Submit {
         url: String::new(),
         sha256,
         chunks: None,
+        swarm: Default::default(),
         ignore_stop_hook_failures: false,
         signer: None,
     }

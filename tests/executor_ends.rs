@@ -143,6 +143,7 @@ fn submit(version: &str, url: &str) -> Submit {
         url: url.into(),
         sha256: None,
         chunks: None,
+        swarm: Default::default(),
         ignore_stop_hook_failures: false,
         signer: None,
     }

@@ -31,6 +31,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use fleet::{Fleet, names, text};
+use serde_json::Value;
 
 /// What one fleet size measured.
 struct Run {
@@ -49,10 +50,11 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 /// A busybox httpd release with `mb` MB of incompressible data in `/payload`.
-fn release_tree(f: &Fleet, mb: u64) -> std::path::PathBuf {
-    let src = f.base.join("src-v1");
-    common::httpd_rootfs(&src, "v1", true, "exec httpd -f -p \"$ADDR\" -h /www\n");
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+fn release_tree(f: &Fleet, version: &str, mb: u64) -> std::path::PathBuf {
+    let src = f.base.join(format!("src-{version}"));
+    common::httpd_rootfs(&src, version, true, "exec httpd -f -p \"$ADDR\" -h /www\n");
+    let mut rng =
+        0x9e37_79b9_7f4a_7c15u64 ^ version.len() as u64 ^ u64::from(version.as_bytes()[1]);
     let mut chunk = vec![0u8; 1 << 20];
     let mut file = std::fs::File::create(src.join("payload")).unwrap();
     for _ in 0..mb {
@@ -126,23 +128,32 @@ fn published_fleet(net: &str, nodes: u8, mb: u64) -> (Fleet, String, u64) {
     } else {
         f.start_all(nodes);
     }
-    let src = release_tree(&f, mb);
+    let (url, artifact) = publish(&f, "v1", mb);
+    (f, url, artifact)
+}
+
+/// Publishes release `version` with `mb` MB of payload: its URL and size.
+fn publish(f: &Fleet, version: &str, mb: u64) -> (String, u64) {
+    let src = release_tree(f, version, mb);
     let garage = f.garage.as_ref().expect("a store");
-    let url = format!("s3://{}/web/v1.tar.gz", garage.bucket);
+    let url = format!("s3://{}/web/{version}.tar.gz", garage.bucket);
     let out = f.cli(
         1,
         &["publish", src.to_str().unwrap(), &url, "--format", "json"],
     );
     assert!(out.status.success(), "publish: {}", text(&out));
     let published: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let artifact = published["bytes"].as_u64().expect("the artifact's size");
-    (f, url, artifact)
+    (
+        url,
+        published["bytes"].as_u64().expect("the artifact's size"),
+    )
 }
 
-/// `event deploy web v1 --wait` of the artifact at `url`: pinned to its published digest
+/// `event deploy web VERSION --wait` of the artifact at `url`: pinned to its published digest
 /// and chunk index with `fanout`, else unpinned (each node fetches it all from the store).
-fn deploy(f: &Fleet, url: &str, fanout: bool) -> (i32, serde_json::Value) {
-    let mut args = vec!["event", "deploy", "web", "v1", "--url", url];
+fn deploy(f: &Fleet, version: &str, url: &str, fanout: bool, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["event", "deploy", "web", version, "--url", url];
+    args.extend_from_slice(extra);
     if !fanout {
         args.push("--unpinned");
     }
@@ -158,7 +169,7 @@ fn measure(nodes: u8, mb: u64, fanout: bool) -> Run {
         .expect("the endpoint's port");
     let counter = PortCounter::add(port);
     let started = Instant::now();
-    let (code, report) = deploy(&f, &url, fanout);
+    let (code, report) = deploy(&f, "v1", &url, fanout, &[]);
     let seconds = started.elapsed().as_secs_f64();
     let served = counter.bytes();
     assert_eq!(code, 0, "deploy v1: {report}");
@@ -214,29 +225,49 @@ fn metric(f: &Fleet, n: u8, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
+/// The bytes all `nodes` fetched, and those of them taken from peers, so far.
+fn fetched(f: &Fleet, nodes: u8) -> (u64, u64) {
+    (1..=nodes)
+        .map(|n| {
+            let all = metric(f, n, "droot_fleet_artifact_fetched_bytes_total");
+            (all, metric(f, n, "droot_fleet_artifact_peer_bytes_total"))
+        })
+        .fold((0, 0), |(a, p), (all, peer)| (a + all, p + peer))
+}
+
 #[test]
-fn a_pinned_artifact_spreads_from_peer_to_peer() {
+fn a_pinned_artifact_spreads_from_peer_to_peer_at_once_and_in_waves() {
     let nodes = 3;
     let (f, url, artifact) = published_fleet("92.3", nodes, 14);
-    let (code, report) = deploy(&f, &url, true);
+    let (code, report) = deploy(&f, "v1", &url, true, &[]);
     assert_eq!(code, 0, "deploy v1: {report}");
     assert_eq!(names(&report["ok"]).len(), usize::from(nodes), "{report}");
-    let (mut fetched, mut from_peers) = (0, 0);
-    for n in 1..=nodes {
-        fetched += metric(&f, n, "droot_fleet_artifact_fetched_bytes_total");
-        from_peers += metric(&f, n, "droot_fleet_artifact_peer_bytes_total");
-    }
+    let (all, from_peers) = fetched(&f, nodes);
     assert_eq!(
-        fetched,
+        all,
         u64::from(nodes) * artifact,
         "every node read the artifact once"
     );
     // Each node owns about a third of the pieces and takes the rest from their owners: the
     // store serves each piece about once (without the fan-out, three times).
-    let from_store = fetched - from_peers;
-    println!("artifact {artifact} B: {from_peers} B from peers, {from_store} B from the store");
+    let from_store = all - from_peers;
+    println!("v1, {artifact} B at once: {from_peers} B from peers, {from_store} B from the store");
     assert!(
         from_store <= artifact + artifact / 2,
-        "the store served {from_store} B of {fetched} B for a {artifact} B artifact"
+        "the store served {from_store} B of {all} B for a {artifact} B artifact"
+    );
+    // In waves of one: the first node fetches it all from the store, the next ones from
+    // the nodes of the waves before.
+    let (url, artifact) = publish(&f, "v2", 10);
+    let (code, report) = deploy(&f, "v2", &url, true, &["--max-parallel", "1"]);
+    assert_eq!(code, 0, "deploy v2: {report}");
+    let (all2, from_peers2) = fetched(&f, nodes);
+    let (all, from_peers) = (all2 - all, from_peers2 - from_peers);
+    assert_eq!(all, u64::from(nodes) * artifact);
+    let from_store = all - from_peers;
+    println!("v2, {artifact} B in waves: {from_peers} B from peers, {from_store} B from the store");
+    assert!(
+        from_store <= artifact + artifact / 2,
+        "in waves the store served {from_store} B of {all} B for a {artifact} B artifact"
     );
 }

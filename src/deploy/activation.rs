@@ -55,6 +55,8 @@ pub struct Source {
     pub sha256: Option<[u8; 32]>,
     /// The sha256 of its chunk index, when pinned: its pieces may come from peers.
     pub chunks: Option<[u8; 32]>,
+    /// The peers that hold it or fetch it now.
+    pub swarm: crate::fanout::owners::Swarm,
 }
 
 /// How a new instance takes over from the old one.

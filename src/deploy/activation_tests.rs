@@ -16,6 +16,7 @@ fn source(v: &str) -> Source {
         url: format!("s3://b/web-{v}.tar"),
         sha256: Some([v.len() as u8; 32]),
         chunks: None,
+        swarm: Default::default(),
     }
 }
 

@@ -86,6 +86,18 @@ impl Plan {
         Plan { waves }
     }
 
+    /// The targets of the waves before `node`'s (they hold the artifact) and of its own
+    /// (they fetch it with `node`), without `node`.
+    pub fn swarm_of(&self, node: &str) -> crate::fanout::owners::Swarm {
+        let wave = self.wave_of(node).unwrap_or(0);
+        let others = |w: &Vec<String>| w.iter().filter(|n| *n != node).cloned().collect();
+        let holders: Vec<Vec<String>> = self.waves[..wave].iter().map(others).collect();
+        crate::fanout::owners::Swarm {
+            holders: holders.concat(),
+            fetching: self.waves.get(wave).map_or_else(Vec::new, others),
+        }
+    }
+
     /// The wave index of `node`.
     pub fn wave_of(&self, node: &str) -> Option<usize> {
         self.waves.iter().position(|w| w.iter().any(|n| n == node))

@@ -74,6 +74,8 @@ pub enum Effect {
         app: String,
         event: DeployEvent,
         signer: Option<String>,
+        /// Who else has the artifact: the earlier waves' targets and this node's wave.
+        swarm: crate::fanout::owners::Swarm,
     },
     /// Broadcast a superseding item from this node (the agent sets its origin and
     /// signature).
@@ -459,10 +461,12 @@ impl Core {
                 self.started.insert(app.into(), id);
                 self.phase
                     .insert(app.into(), format!("activating {}", ev.version));
+                let swarm = standing.plan.swarm_of(&self.node);
                 return vec![Effect::Activate {
                     app: app.into(),
                     event: ev,
                     signer,
+                    swarm,
                 }];
             }
             Decision::Wait { pending } => {

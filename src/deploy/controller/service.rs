@@ -449,7 +449,12 @@ impl Shell {
                         log_publish_error(&e);
                     }
                 }
-                Effect::Activate { app, event, signer } => {
+                Effect::Activate {
+                    app,
+                    event,
+                    signer,
+                    swarm,
+                } => {
                     // An empty URL is the app's own artifact template (the executor's rule).
                     let req = Submit {
                         event_id: event.id_hex(),
@@ -457,6 +462,7 @@ impl Shell {
                         url: event.url.clone(),
                         sha256: event.sha256,
                         chunks: event.chunks,
+                        swarm,
                         ignore_stop_hook_failures: event.options.ignore_stop_hook_failures,
                         signer,
                     };

@@ -29,6 +29,7 @@ impl AppTask {
             url,
             sha256,
             chunks,
+            swarm,
         } = source;
         let layout = self.layout.clone();
         let cancel = self.stopping.child();
@@ -39,7 +40,7 @@ impl AppTask {
             ..self.opts.unpack.clone()
         };
         let mut fopts = self.opts.fetch.clone();
-        fopts.peers = self.peers(sha256, chunks).await;
+        fopts.peers = self.peers(sha256, chunks, &swarm).await;
         let hold = PeerHold(fopts.peers.as_ref().map(|p| (p.pieces.clone(), p.artifact)));
         let owned = version.to_string();
         let app = self.app.name.clone();
@@ -119,24 +120,33 @@ impl PeerHold {
 
 impl AppTask {
     /// Who may hold the pieces of an artifact whose event pins it and its chunk index: the
-    /// other live members; `None` without both pins or without the agent.
+    /// live members of `swarm`; `None` without both pins or without the agent.
     async fn peers(
         &self,
         artifact: Option<[u8; 32]>,
         index: Option<[u8; 32]>,
+        swarm: &crate::fanout::owners::Swarm,
     ) -> Option<fetch::peers::Peers> {
         let (artifact, index, agent) = (artifact?, index?, self.opts.agent.as_ref()?);
         let pieces = agent.peer_pieces()?;
         let list = agent.call(crate::agent::Command::Members).await.ok()?;
         let me = self.opts.node.clone();
-        let members = list
+        let alive: Vec<(String, std::net::SocketAddr)> = list
             .into_iter()
             .filter(|m| m.status == "alive" && m.name != me)
             .filter_map(|m| Some((m.name, m.addr.parse().ok()?)))
             .collect();
+        let among = |names: &[String]| {
+            alive
+                .iter()
+                .filter(|(n, _)| names.contains(n))
+                .cloned()
+                .collect()
+        };
         Some(fetch::peers::Peers {
             me,
-            members,
+            holders: among(&swarm.holders),
+            fetching: among(&swarm.fetching),
             pieces,
             artifact,
             index,

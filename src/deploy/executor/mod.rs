@@ -95,6 +95,8 @@ pub struct Submit {
     pub sha256: Option<[u8; 32]>,
     /// The sha256 of the artifact's chunk index, when the event pins one.
     pub chunks: Option<[u8; 32]>,
+    /// Who else has the artifact (earlier waves) or fetches it now (this wave).
+    pub swarm: crate::fanout::owners::Swarm,
     /// A failing `before_stop` hook of the old release does not stop the deploy.
     pub ignore_stop_hook_failures: bool,
     /// Id of the key that signed the event, for the journal (`None`: unsigned or unknown).

@@ -179,6 +179,7 @@ impl AppTask {
                 url,
                 sha256: req.sha256,
                 chunks: req.chunks,
+                swarm: req.swarm,
             },
             ignore_stop_hook_failures: req.ignore_stop_hook_failures,
         }))

@@ -28,8 +28,11 @@ use crate::fanout::owners::{self, From};
 pub struct Peers {
     /// This node's name (its rank for each piece decides whom it asks).
     pub me: String,
-    /// The other live members and their gossip addresses.
-    pub members: Vec<(String, SocketAddr)>,
+    /// Live peers that finished with the artifact (earlier waves), and their gossip
+    /// addresses.
+    pub holders: Vec<(String, SocketAddr)>,
+    /// Live peers fetching it now (this node's wave).
+    pub fetching: Vec<(String, SocketAddr)>,
     /// The agent's held artifacts and its way to peers.
     pub pieces: Arc<PeerPieces>,
     /// The pinned sha256 of the artifact.
@@ -42,7 +45,8 @@ impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peers")
             .field("me", &self.me)
-            .field("members", &self.members.len())
+            .field("holders", &self.holders.len())
+            .field("fetching", &self.fetching.len())
             .field("artifact", &hex::encode(self.artifact))
             .finish()
     }
@@ -128,23 +132,29 @@ pub(super) struct FromPeers<'a, S> {
 impl<S: RangeSource> FromPeers<'_, S> {
     fn sources(&self, piece: usize) -> Vec<String> {
         let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        let names = self.peers.members.iter().map(|(n, _)| n.as_str());
-        let me = &self.peers.me;
-        owners::sources(&self.peers.artifact, piece, me, names, |n| {
-            refused.contains(n)
-        })
-        .into_iter()
-        .map_while(|from| match from {
-            From::Peer(name) => Some(name.to_string()),
-            From::Store => None,
-        })
-        .collect()
+        let (p, me) = (self.peers, &self.peers.me);
+        let holders = p.holders.iter().map(|(n, _)| n.as_str());
+        let fetching = p.fetching.iter().map(|(n, _)| n.as_str());
+        let skip = |n: &str| refused.contains(n);
+        owners::sources_with_holders(&p.artifact, piece, me, holders, fetching, skip)
+            .into_iter()
+            .map_while(|from| match from {
+                From::Peer(name) => Some(name.to_string()),
+                From::Store => None,
+            })
+            .collect()
     }
 
     /// Piece `piece` from peer `name`, checked; `None` when it has none, fails, or sends
     /// a bad one (then it is not asked again).
     async fn ask(&self, name: &str, piece: usize) -> Option<Bytes> {
-        let addr = self.peers.members.iter().find(|(n, _)| n == name)?.1;
+        let p = self.peers;
+        let addr = p
+            .holders
+            .iter()
+            .chain(&p.fetching)
+            .find(|(n, _)| n == name)?
+            .1;
         let index = self.holding.index();
         match self
             .peers

@@ -118,7 +118,8 @@ async fn pieces_come_from_the_peer_ranked_first_and_a_bad_peer_is_dropped() {
         .expect("some name ranks so");
     let peers = Peers {
         me,
-        members: vec![("good".into(), good.addr), ("bad".into(), bad.addr)],
+        holders: Vec::new(),
+        fetching: vec![("good".into(), good.addr), ("bad".into(), bad.addr)],
         pieces: Arc::new(PeerPieces::new(mine.clone(), ring.clone())),
         artifact: index.artifact,
         index: index.digest(),
@@ -164,7 +165,8 @@ async fn without_a_peer_that_holds_it_the_store_serves_and_a_lying_store_fails_t
     let mine = Arc::new(Held::open(me_dir.path()).unwrap());
     let peers = Peers {
         me: "me".into(),
-        members: vec![("other".into(), empty.addr)],
+        holders: vec![("other".into(), empty.addr)],
+        fetching: Vec::new(),
         pieces: Arc::new(PeerPieces::new(mine, ring.clone())),
         artifact: index.artifact,
         index: index.digest(),

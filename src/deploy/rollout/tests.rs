@@ -198,3 +198,19 @@ fn late_targets_are_those_of_open_waves_past_the_deadline() {
         "a failed first wave never opens the second"
     );
 }
+
+#[test]
+fn a_nodes_swarm_is_the_earlier_waves_and_its_own_wave_without_it() {
+    let plan = Plan {
+        waves: vec![
+            vec!["a".into()],
+            vec!["b".into(), "c".into()],
+            vec!["d".into(), "e".into()],
+        ],
+    };
+    let swarm = plan.swarm_of("d");
+    assert_eq!(swarm.holders, ["a", "b", "c"]);
+    assert_eq!(swarm.fetching, ["e"]);
+    let first = plan.swarm_of("a");
+    assert!(first.holders.is_empty() && first.fetching.is_empty());
+}
