@@ -581,12 +581,18 @@ async fn serve_stream(
                 Ok(())
             }
             StreamMessage::PieceRequest { artifact, piece } => {
-                let bytes = match held {
+                let served = match held {
                     Some(held) => held.piece(&artifact, piece as usize, PIECE_WAIT).await,
                     None => None,
                 };
+                let (bytes, permit) = match served {
+                    Some(s) => (Some(s.bytes), Some(s.permit)),
+                    None => (None, None),
+                };
                 let reply = StreamMessage::PieceReply(bytes);
-                write_message(&mut stream, keyring, &reply, addr).await
+                let sent = write_message(&mut stream, keyring, &reply, addr).await;
+                drop(permit);
+                sent
             }
             StreamMessage::PushPullReply(_) | StreamMessage::PieceReply(_) => {
                 Err(StreamError::Unexpected {

@@ -22,12 +22,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::index::ChunkIndex;
 
 /// Artifacts held at once: the one being fetched and the one before it.
 pub const MAX_HELD: usize = 2;
+/// Pieces read for peers at once: each is a 4 MiB buffer until it is sent (with its
+/// sealed copy, about 12 MiB), so serving stays under 50 MiB whoever asks.
+pub const MAX_SERVING: usize = 4;
 
 /// The artifacts held, newest last.
 #[derive(Debug)]
@@ -38,6 +41,16 @@ pub struct Held {
     expected: Mutex<VecDeque<[u8; 32]>>,
     /// Bumped whenever an artifact begins or is forgotten.
     changed: watch::Sender<u64>,
+    /// Permits for pieces read for peers and not yet sent ([`MAX_SERVING`]).
+    serving: Arc<Semaphore>,
+}
+
+/// A piece read for a peer; its permit returns when it is dropped (once sent).
+#[derive(Debug)]
+pub struct Served {
+    pub bytes: Vec<u8>,
+    /// Keep it until the bytes are sent.
+    pub permit: OwnedSemaphorePermit,
 }
 
 /// One artifact held: its index, its file and which pieces it has.
@@ -73,6 +86,7 @@ impl Held {
             held: Mutex::default(),
             expected: Mutex::default(),
             changed: watch::channel(0).0,
+            serving: Arc::new(Semaphore::new(MAX_SERVING)),
         })
     }
 
@@ -172,20 +186,23 @@ impl Held {
     /// Piece `i` of `artifact`, waiting up to `wait` for one on its way (or for an
     /// expected artifact to begin); `None` when it is neither held nor expected, or did
     /// not arrive in time.
-    pub async fn piece(&self, artifact: &[u8; 32], i: usize, wait: Duration) -> Option<Vec<u8>> {
+    pub async fn piece(&self, artifact: &[u8; 32], i: usize, wait: Duration) -> Option<Served> {
         let deadline = tokio::time::Instant::now() + wait;
         let holding = self.holding(artifact, deadline).await?;
+        let (start, end) = holding.index.range(i)?;
         if !holding.wait_for(i, deadline).await {
             return None;
         }
-        let (start, end) = holding.index.range(i)?;
-        tokio::task::spawn_blocking(move || {
+        let permit = self.serving.clone().acquire_owned();
+        let permit = tokio::time::timeout_at(deadline, permit).await.ok()?.ok()?;
+        let bytes = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; (end - start) as usize];
             holding.file.read_exact_at(&mut buf, start).ok()?;
             Some(buf)
         })
         .await
-        .ok()?
+        .ok()??;
+        Some(Served { bytes, permit })
     }
 
     /// How many artifacts are held.
@@ -280,20 +297,34 @@ mod tests {
         let art = [1u8; 32];
         let h = held.begin(art, index(&data)).unwrap();
         let quick = Duration::from_millis(20);
-        assert_eq!(held.piece(&art, 0, quick).await, None, "not here yet");
-        assert_eq!(held.piece(&[9; 32], 0, quick).await, None, "not held");
+        assert!(held.piece(&art, 0, quick).await.is_none(), "not here yet");
+        assert!(held.piece(&[9; 32], 0, quick).await.is_none(), "not held");
         let waiter = tokio::spawn({
             let held = held.clone();
             async move { held.piece(&art, 1, Duration::from_secs(30)).await }
         });
         h.put(1, &data[CHUNK as usize..]).unwrap();
-        assert_eq!(waiter.await.unwrap().unwrap(), &data[CHUNK as usize..]);
-        h.put(0, &data[..CHUNK as usize]).unwrap();
         assert_eq!(
-            held.piece(&art, 0, quick).await.unwrap(),
-            &data[..CHUNK as usize]
+            waiter.await.unwrap().unwrap().bytes,
+            &data[CHUNK as usize..]
         );
-        assert_eq!(held.piece(&art, 2, quick).await, None, "past the end");
+        h.put(0, &data[..CHUNK as usize]).unwrap();
+        let first = held.piece(&art, 0, quick).await.unwrap();
+        assert_eq!(first.bytes, &data[..CHUNK as usize]);
+        let at_once = Duration::from_secs(3600);
+        let past = tokio::time::timeout(Duration::from_secs(10), held.piece(&art, 2, at_once));
+        assert!(past.await.unwrap().is_none(), "past the end: no at once");
+        // At most MAX_SERVING pieces are out at once; the next waits for one to be sent.
+        let mut out = vec![first];
+        for _ in 1..MAX_SERVING {
+            out.push(held.piece(&art, 0, quick).await.unwrap());
+        }
+        assert!(
+            held.piece(&art, 0, quick).await.is_none(),
+            "all permits out"
+        );
+        out.pop();
+        assert!(held.piece(&art, 0, quick).await.is_some(), "one came back");
     }
 
     #[tokio::test]
@@ -314,7 +345,7 @@ mod tests {
             .unwrap()
             .put(0, &data)
             .unwrap();
-        assert_eq!(waiter.await.unwrap().unwrap(), data);
+        assert_eq!(waiter.await.unwrap().unwrap().bytes, data);
         let other = [3u8; 32];
         held.expect(other);
         let waiter = tokio::spawn({
@@ -326,7 +357,7 @@ mod tests {
         }
         held.forget(&other);
         let answer = tokio::time::timeout(Duration::from_secs(10), waiter).await;
-        assert_eq!(answer.unwrap().unwrap(), None);
+        assert!(answer.unwrap().unwrap().is_none());
     }
 
     #[tokio::test]
@@ -346,7 +377,7 @@ mod tests {
         tokio::task::yield_now().await;
         held.forget(&[3; 32]);
         let answer = tokio::time::timeout(Duration::from_secs(10), waiter).await;
-        assert_eq!(answer.unwrap().unwrap(), None);
+        assert!(answer.unwrap().unwrap().is_none());
         assert_eq!(held.len(), 1);
     }
 }
