@@ -38,7 +38,9 @@
 //!   ready, reloading or stopping.
 //! - [`metrics`]: the Prometheus text format and a histogram (pure; the agent, the deploy
 //!   controller and the API build their metric families on it).
-//! - [`publish`]: an export streamed into the artifact store with its digest.
+//! - [`publish`]: an export streamed into the artifact store with its digest and chunk index.
+//! - [`fanout`]: the fleet fan-out: the chunk index, which peer to ask for each piece, and
+//!   the artifacts a node holds for its peers.
 //! - [`timeline`]: items in time order, ties in queued order (the agent's timers, the
 //!   simulator's virtual time).
 //! - [`sim`]: the deterministic fleet simulator: the agent's own state machines over a
@@ -47,8 +49,8 @@
 //!
 //! Layering (imports only point left): the leaves ([`wire`], [`durations`], [`sizes`],
 //! [`atomic_file`], [`secret_file`], [`wall`], [`log_throttle`], [`cancel`], [`keytext`],
-//! [`sd_notify`], [`metrics`], [`timeline`]) ← [`gossip`] ← [`agent`] ← [`deploy`] ← [`api`]
-//! ← [`cli`]; [`sim`] sits beside [`api`].
+//! [`sd_notify`], [`metrics`], [`timeline`], [`fanout`]) ← [`gossip`] ← [`agent`] ←
+//! [`deploy`] ← [`api`] ← [`cli`]; [`sim`] sits beside [`api`].
 //! The agent carries the deploy tables of its config file untouched; the CLI parses them
 //! and wires the agent, the deploy controller and the API together.
 

@@ -1,7 +1,8 @@
 //! The deploy messages gossip carries, decoded and acted on by a deploy controller that
 //! checks no signature (`--dev`, so mutated bodies reach the logic behind the check): the
 //! input as a `_deploy` event, as a `_rollout` order, and as a list of superseding slots
-//! (desired states, outcomes, orders, app lists); plus the outcome and state-file decoders.
+//! (desired states, outcomes, orders, app lists); plus the outcome, state-file and chunk
+//! index decoders.
 #![no_main]
 
 use droot_fleet::deploy::control::SignedControl;
@@ -9,6 +10,7 @@ use droot_fleet::deploy::controller::core::Persisted;
 use droot_fleet::deploy::controller::targets::MemberView;
 use droot_fleet::deploy::signed::{SignedEvent, Trust};
 use droot_fleet::deploy::status::NodeOutcome;
+use droot_fleet::fanout::index::ChunkIndex;
 use droot_fleet::gossip::supersede;
 use libfuzzer_sys::fuzz_target;
 
@@ -24,6 +26,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = SignedControl::decode_signed(data, &Trust::DevUnverified);
     let _ = postcard::from_bytes::<NodeOutcome>(data);
     let _ = Persisted::decode(data);
+    // The chunk index an artifact store serves beside the artifact.
+    if let Ok(index) = ChunkIndex::decode(data) {
+        assert_eq!(ChunkIndex::decode(&index.encode()), Ok(index));
+    }
 
     let now = droot_fleet_fuzz::WALL.as_secs();
     let mut core = droot_fleet_fuzz::controller(Trust::DevUnverified);
