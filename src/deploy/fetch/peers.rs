@@ -92,7 +92,7 @@ impl Peers {
             store,
             peers: self,
             holding,
-            refused: Mutex::default(),
+            skipped: Mutex::default(),
         })
     }
 }
@@ -125,17 +125,19 @@ pub(super) struct FromPeers<'a, S> {
     store: &'a S,
     peers: &'a Peers,
     holding: Arc<Holding>,
-    /// Peers that served a piece that did not match the index.
-    refused: Mutex<HashSet<String>>,
+    /// Peers not asked again during this fetch: one served a piece that did not match the
+    /// index, or could not be reached or timed out (each would cost every later piece the
+    /// same wait).
+    skipped: Mutex<HashSet<String>>,
 }
 
 impl<S: RangeSource> FromPeers<'_, S> {
     fn sources(&self, piece: usize) -> Vec<String> {
-        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
         let (p, me) = (self.peers, &self.peers.me);
         let holders = p.holders.iter().map(|(n, _)| n.as_str());
         let fetching = p.fetching.iter().map(|(n, _)| n.as_str());
-        let skip = |n: &str| refused.contains(n);
+        let skip = |n: &str| skipped.contains(n);
         owners::sources_with_holders(&p.artifact, piece, me, holders, fetching, skip)
             .into_iter()
             .map_while(|from| match from {
@@ -146,7 +148,7 @@ impl<S: RangeSource> FromPeers<'_, S> {
     }
 
     /// Piece `piece` from peer `name`, checked; `None` when it has none, fails, or sends
-    /// a bad one (then it is not asked again).
+    /// a bad one (in those two cases it is not asked again).
     async fn ask(&self, name: &str, piece: usize) -> Option<Bytes> {
         let p = self.peers;
         let addr = p
@@ -165,16 +167,28 @@ impl<S: RangeSource> FromPeers<'_, S> {
             Ok(Some(bytes)) if index.checks(piece, &bytes) => Some(Bytes::from(bytes)),
             Ok(Some(_)) => {
                 tracing::warn!(peer = %name, piece, "a peer served a piece that does not match the chunk index; it is not asked again for this artifact");
-                let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-                refused.insert(name.to_string());
+                self.skip(name);
                 None
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::debug!(peer = %name, piece, error = %e, "piece not had from a peer");
+                tracing::info!(peer = %name, piece, error = %e, "a peer did not answer for a piece; it is not asked again for this artifact");
+                self.skip(name);
                 None
             }
         }
+    }
+
+    fn skip(&self, name: &str) {
+        let mut skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        skipped.insert(name.to_string());
+    }
+
+    /// Whether peer `name` is no longer asked during this fetch.
+    #[cfg(test)]
+    pub(super) fn skips(&self, name: &str) -> bool {
+        let skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        skipped.contains(name)
     }
 
     fn keep(&self, piece: usize, bytes: &[u8]) {

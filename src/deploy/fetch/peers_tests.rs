@@ -143,6 +143,7 @@ async fn pieces_come_from_the_peer_ranked_first_and_a_bad_peer_is_dropped() {
     let asked_bad = bad.counters.streams_accepted.load(Ordering::SeqCst);
     assert_eq!(asked_bad, 1);
     // Asked again, the bad peer is not.
+    assert!(from.skips("bad") && !from.skips("good"));
     let _ = from.get_range(s, e, None).await.ok().unwrap();
     assert_eq!(
         bad.counters.streams_accepted.load(Ordering::SeqCst),
@@ -197,6 +198,23 @@ async fn without_a_peer_that_holds_it_the_store_serves_and_a_lying_store_fails_t
         Err(Failure::Final(why)) => assert!(why.contains("chunk index"), "{why}"),
         _ => panic!("a store piece off the index must fail for good"),
     }
+    // A peer that cannot be reached is skipped after its first failure.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let peers = Peers {
+        holders: vec![("gone".into(), gone)],
+        ..peers.clone()
+    };
+    let from = peers.in_front_of(&store, index.clone()).unwrap();
+    let (s, e) = index.range(1).unwrap();
+    assert!(!from.skips("gone"));
+    assert_eq!(
+        &from.get_range(s, e, None).await.ok().unwrap()[..],
+        &data[s as usize..e as usize]
+    );
+    assert!(from.skips("gone"), "a refused connection skips the peer");
     // The index check itself: another artifact's index, or another size, is refused.
     assert!(peers.check_index(&index.encode(), index.size + 1).is_err());
     let mut other = index.clone();
