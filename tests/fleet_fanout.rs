@@ -20,6 +20,9 @@
 //! ```
 //!
 //! `FANOUT_MB` and `FANOUT_NODES` change the artifact size and the large fleet.
+//! `FANOUT_LINK_MB_S` puts the store behind a link of that many MB/s, shared by every
+//! connection (as a self-hosted store's network port is), so that the store, not this
+//! machine's two cores, is what the fleet waits for.
 
 #[path = "common/agent.rs"]
 mod agent_support;
@@ -119,7 +122,27 @@ impl Drop for PortCounter {
 
 /// The fleet, the artifact published, and its size.
 fn published_fleet(net: &str, nodes: u8, mb: u64) -> (Fleet, String, u64) {
+    published_fleet_behind(net, nodes, mb, None)
+}
+
+/// [`published_fleet`] with the store behind a link of `mb_per_s` MB/s, when given.
+fn published_fleet_behind(
+    net: &str,
+    nodes: u8,
+    mb: u64,
+    mb_per_s: Option<u64>,
+) -> (Fleet, String, u64) {
     let mut f = Fleet::with_garage(net);
+    if let (Some(rate), Some(g)) = (mb_per_s, f.garage.as_mut()) {
+        let store = g
+            .endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        g.endpoint = format!(
+            "http://{}",
+            link::start(store.parse().unwrap(), rate * 1_000_000)
+        );
+    }
     f.health_deadline = "60s".into();
     if nodes == 1 {
         // Alone: no push/pull to wait for.
@@ -128,12 +151,12 @@ fn published_fleet(net: &str, nodes: u8, mb: u64) -> (Fleet, String, u64) {
     } else {
         f.start_all(nodes);
     }
-    let (url, artifact) = publish(&f, "v1", mb);
+    let (url, artifact, _) = publish(&f, "v1", mb);
     (f, url, artifact)
 }
 
-/// Publishes release `version` with `mb` MB of payload: its URL and size.
-fn publish(f: &Fleet, version: &str, mb: u64) -> (String, u64) {
+/// Publishes release `version` with `mb` MB of payload: its URL, size and sha256.
+fn publish(f: &Fleet, version: &str, mb: u64) -> (String, u64, String) {
     let src = release_tree(f, version, mb);
     let garage = f.garage.as_ref().expect("a store");
     let url = format!("s3://{}/web/{version}.tar.gz", garage.bucket);
@@ -143,10 +166,9 @@ fn publish(f: &Fleet, version: &str, mb: u64) -> (String, u64) {
     );
     assert!(out.status.success(), "publish: {}", text(&out));
     let published: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    (
-        url,
-        published["bytes"].as_u64().expect("the artifact's size"),
-    )
+    let bytes = published["bytes"].as_u64().expect("the artifact's size");
+    let sha256 = published["sha256"].as_str().expect("the artifact's digest");
+    (url, bytes, sha256.to_owned())
 }
 
 /// `event deploy web VERSION --wait` of the artifact at `url`: pinned to its published digest
@@ -160,9 +182,9 @@ fn deploy(f: &Fleet, version: &str, url: &str, fanout: bool, extra: &[&str]) -> 
     f.cli_wait(1, &args)
 }
 
-fn measure(nodes: u8, mb: u64, fanout: bool) -> Run {
+fn measure(nodes: u8, mb: u64, fanout: bool, link: Option<u64>) -> Run {
     let net = format!("91.{nodes}{}", u8::from(fanout));
-    let (f, url, artifact) = published_fleet(&net, nodes, mb);
+    let (f, url, artifact) = published_fleet_behind(&net, nodes, mb, link);
     let garage = f.garage.as_ref().expect("a store");
     let port: u16 = (garage.endpoint.rsplit(':').next())
         .and_then(|p| p.trim_end_matches('/').parse().ok())
@@ -188,11 +210,15 @@ fn measure(nodes: u8, mb: u64, fanout: bool) -> Run {
 fn one_artifact_to_one_node_and_to_the_fleet() {
     let mb = env_or("FANOUT_MB", 100);
     let large = u8::try_from(env_or("FANOUT_NODES", 20)).expect("at most 255 nodes");
+    let link = Some(env_or("FANOUT_LINK_MB_S", 0)).filter(|&r| r > 0);
     let plan = [(1, false), (large, false), (large, true)];
-    let runs: Vec<Run> = plan.into_iter().map(|(n, f)| measure(n, mb, f)).collect();
+    let runs: Vec<Run> = (plan.into_iter())
+        .map(|(n, f)| measure(n, mb, f, link))
+        .collect();
     let one = runs[0].seconds;
     let size = runs[0].artifact as f64 / 1e6;
-    println!("\nOne artifact of {size:.0} MB (gzip, published), from one Garage:\n");
+    let behind = link.map_or(String::new(), |r| format!(" behind a {r} MB/s link"));
+    println!("\nOne artifact of {size:.0} MB (gzip, published), from one Garage{behind}:\n");
     println!("| nodes | from | all ok s | vs one node | store served MB | vs the artifact |");
     println!("|---:|---|---:|---:|---:|---:|");
     for r in &runs {
@@ -257,9 +283,11 @@ fn a_pinned_artifact_spreads_from_peer_to_peer_at_once_and_in_waves() {
         "the store served {from_store} B of {all} B for a {artifact} B artifact"
     );
     // In waves of one: the first node fetches it all from the store, the next ones from
-    // the nodes of the waves before.
-    let (url, artifact) = publish(&f, "v2", 10);
-    let (code, report) = deploy(&f, "v2", &url, true, &["--max-parallel", "1"]);
+    // the nodes of the waves before. The digest given by hand, as `publish` prints it: the
+    // chunk index is pinned all the same.
+    let (url, artifact, sha256) = publish(&f, "v2", 10);
+    let extra = ["--max-parallel", "1", "--sha256", &sha256];
+    let (code, report) = deploy(&f, "v2", &url, true, &extra);
     assert_eq!(code, 0, "deploy v2: {report}");
     let (all2, from_peers2) = fetched(&f, nodes);
     let (all, from_peers) = (all2 - all, from_peers2 - from_peers);
@@ -270,4 +298,85 @@ fn a_pinned_artifact_spreads_from_peer_to_peer_at_once_and_in_waves() {
         from_store <= artifact + artifact / 2,
         "in waves the store served {from_store} B of {all} B for a {artifact} B artifact"
     );
+}
+
+/// A peer that stops answering (SIGSTOP: the kernel still accepts its connections) costs
+/// the others one stream timeout, after which they skip it and take its pieces from the
+/// store: the store stays the fallback, and the deploy ends `ok` on every live node.
+#[test]
+fn a_stopped_peer_costs_one_timeout_and_the_store_serves_its_pieces() {
+    let nodes = 3;
+    let (f, url, artifact) = published_fleet("92.4", nodes, 30);
+    f.agents[2].signal(nix::sys::signal::Signal::SIGSTOP);
+    let (code, report) = deploy(&f, "v1", &url, true, &[]);
+    f.agents[2].signal(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(names(&report["ok"]), ["n1", "n2"], "{report}");
+    assert_eq!(code, 2, "n3 never reported: {report}");
+    let fetched: u64 = (1..=2)
+        .map(|n| metric(&f, n, "droot_fleet_artifact_fetched_bytes_total"))
+        .sum();
+    assert_eq!(
+        fetched,
+        2 * artifact,
+        "n1 and n2 read the artifact once each"
+    );
+    let skipped = (0..2)
+        .map(|i| fleet::agent_log_lines(&f.agents[i], &["a peer did not answer", "peer=n3"]))
+        .sum::<usize>();
+    println!("{skipped} skips of n3 logged");
+}
+
+/// A link in front of the store for the benchmark: a TCP relay whose bytes towards the
+/// clients, on every connection together, are paced to one rate.
+mod link {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// When the link is next free.
+    type Pace = Arc<Mutex<Instant>>;
+
+    /// Starts relaying to `store` at `bytes_per_s`; returns the relay's address. It runs
+    /// until the process ends.
+    pub fn start(store: SocketAddr, bytes_per_s: u64) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pace: Pace = Arc::new(Mutex::new(Instant::now()));
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(upstream) = TcpStream::connect(store) else {
+                    continue;
+                };
+                let (c2, u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                std::thread::spawn(move || relay(c2, u2, None));
+                let pace = (pace.clone(), bytes_per_s);
+                std::thread::spawn(move || relay(upstream, client, Some(pace)));
+            }
+        });
+        addr
+    }
+
+    fn relay(mut from: TcpStream, mut to: TcpStream, pace: Option<(Pace, u64)>) {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if let Some((pace, rate)) = &pace {
+                let until = {
+                    let mut free = pace.lock().unwrap();
+                    let start = (*free).max(Instant::now());
+                    *free = start + Duration::from_secs_f64(n as f64 / *rate as f64);
+                    *free
+                };
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    }
 }

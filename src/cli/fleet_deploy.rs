@@ -164,6 +164,16 @@ pub fn event_deploy(args: DeployEventArgs) -> anyhow::Result<ExitCode> {
         let sha256 = published_digest(&args.app, &url, &args.fetch)?;
         spec.chunks = published_index(&url, &sha256, &args.fetch)?;
         spec.sha256 = Some(hex::encode(sha256));
+    } else if let Some(Ok(sha256)) = (spec.sha256.as_deref())
+        .filter(|_| !url.is_empty())
+        .map(crate::deploy::fetch::parse_sha256)
+    {
+        // The line `publish` prints pins the digest by hand: the index is still worth having,
+        // but a deploy the operator pinned must not fail for want of it.
+        spec.chunks = published_index(&url, &sha256, &args.fetch).unwrap_or_else(|e| {
+            eprintln!("no chunk index pinned ({e:#}): each node fetches the whole artifact");
+            None
+        });
     }
     let what = format!("deploy {} {}", args.app, args.version);
     send(&spec, url, &args.opts, &what)

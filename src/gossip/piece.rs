@@ -5,8 +5,8 @@
 //!
 //! Request body: the 32-byte artifact digest, then the piece number as a big-endian u32.
 //! Reply body: `0` (not held) or `1` followed by the bytes.
-
-use super::message::DecodeError;
+//!
+//! The decoders say why a body is malformed; [`super::message`] names the message.
 
 /// A piece's largest size on the wire: the fan-out's piece size.
 pub const MAX_PIECE: usize = 4 << 20;
@@ -34,19 +34,9 @@ pub fn encode_reply(tag: u8, bytes: Option<&[u8]>) -> Vec<u8> {
     out
 }
 
-fn invalid(what: &'static str, reason: &str) -> DecodeError {
-    DecodeError::Invalid {
-        what,
-        reason: reason.to_string(),
-    }
-}
-
 /// A request body's artifact and piece.
-pub fn decode_request(body: &[u8]) -> Result<([u8; 32], u32), DecodeError> {
-    let what = "piece request";
-    let fixed: &[u8; 36] = body
-        .try_into()
-        .map_err(|_| invalid(what, "it must be 36 bytes"))?;
+pub fn decode_request(body: &[u8]) -> Result<([u8; 32], u32), &'static str> {
+    let fixed: &[u8; 36] = body.try_into().map_err(|_| "it must be 36 bytes")?;
     let (artifact, piece) = fixed.split_at(32);
     let artifact = artifact.try_into().unwrap_or([0; 32]);
     let piece = u32::from_be_bytes(piece.try_into().unwrap_or([0; 4]));
@@ -54,13 +44,12 @@ pub fn decode_request(body: &[u8]) -> Result<([u8; 32], u32), DecodeError> {
 }
 
 /// A reply body's piece, if the peer held it.
-pub fn decode_reply(body: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
-    let what = "piece reply";
+pub fn decode_reply(body: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
     match body.split_first() {
         Some((0, [])) => Ok(None),
         Some((1, bytes)) if bytes.len() <= MAX_PIECE => Ok(Some(bytes.to_vec())),
-        Some((1, _)) => Err(invalid(what, "the piece is over 4 MiB")),
-        _ => Err(invalid(what, "it must be 0, or 1 and the piece")),
+        Some((1, _)) => Err("the piece is over 4 MiB"),
+        _ => Err("it must be 0, or 1 and the piece"),
     }
 }
 
