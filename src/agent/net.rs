@@ -53,6 +53,10 @@ pub const MAX_STREAMS: usize = 64;
 /// How long a piece request waits for a piece still on its way here, within the stream's
 /// [`STREAM_TIMEOUT`] (the piece must still cross the link).
 pub const PIECE_WAIT: Duration = Duration::from_secs(6);
+/// How long sending one piece may take (4 MiB: at least about 7 Mbit/s). A reader that
+/// takes longer loses its piece and frees its serving permit, so peers that never read
+/// cannot hold every permit for long.
+pub const PIECE_SEND: Duration = Duration::from_secs(5);
 
 /// Packet counters, exposed by `GET /v1/info` and `GET /v1/metrics`. They only grow, for
 /// the agent's life.
@@ -590,9 +594,10 @@ async fn serve_stream(
                     None => (None, None),
                 };
                 let reply = StreamMessage::PieceReply(bytes);
-                let sent = write_message(&mut stream, keyring, &reply, addr).await;
+                let send = write_message(&mut stream, keyring, &reply, addr);
+                let sent = tokio::time::timeout(PIECE_SEND, send).await;
                 drop(permit);
-                sent
+                sent.map_err(|_| StreamError::Timeout { addr })?
             }
             StreamMessage::PushPullReply(_) | StreamMessage::PieceReply(_) => {
                 Err(StreamError::Unexpected {

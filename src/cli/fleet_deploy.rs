@@ -100,6 +100,11 @@ pub struct DeployEventArgs {
     /// Deploy whatever bytes the URL holds, with no digest to check them against.
     #[arg(long, conflicts_with = "sha256")]
     pub unpinned: bool,
+    /// Do not pin the artifact's chunk index: every node fetches it all from the store
+    /// (for a fleet that still runs agents from before the fan-out, which refuse an event
+    /// that pins one).
+    #[arg(long)]
+    pub no_fanout: bool,
     #[command(flatten)]
     pub fetch: super::deploy::FetchArgs,
     #[command(flatten)]
@@ -161,15 +166,13 @@ pub fn event_deploy(args: DeployEventArgs) -> anyhow::Result<ExitCode> {
         };
         let (event, _, key) = checked(&stand_in, url.clone(), &args.opts)?;
         deploy_event::sign(event, &key)?;
-        let sha256 = published_digest(&args.app, &url, &args.fetch)?;
-        spec.chunks = published_index(&url, &sha256, &args.fetch)?;
-        spec.sha256 = Some(hex::encode(sha256));
-    } else if let Some(Ok(sha256)) = (spec.sha256.as_deref())
-        .filter(|_| !url.is_empty())
-        .map(crate::deploy::fetch::parse_sha256)
-    {
-        // The line `publish` prints pins the digest by hand: the index is still worth having,
-        // but a deploy the operator pinned must not fail for want of it.
+        spec.sha256 = Some(hex::encode(published_digest(&args.app, &url, &args.fetch)?));
+    }
+    let pinned = (spec.sha256.as_deref())
+        .filter(|_| !url.is_empty() && !args.no_fanout)
+        .map(crate::deploy::fetch::parse_sha256);
+    if let Some(Ok(sha256)) = pinned {
+        // The index is worth having, but a deploy must not fail for want of it.
         spec.chunks = published_index(&url, &sha256, &args.fetch).unwrap_or_else(|e| {
             eprintln!("no chunk index pinned ({e:#}): each node fetches the whole artifact");
             None

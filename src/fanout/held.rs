@@ -148,8 +148,12 @@ impl Held {
             .create(true)
             .truncate(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)?;
-        file.set_len(index.size)?;
+        if let Err(e) = file.set_len(index.size) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         let pieces = index.digests.len();
         let holding = Arc::new(Holding {
             artifact,

@@ -65,7 +65,8 @@ impl ChunkIndex {
     /// Bytes `start..end` of piece `i` (`None` past the end).
     pub fn range(&self, i: usize) -> Option<(u64, u64)> {
         let start = (i as u64).checked_mul(CHUNK)?;
-        (i < self.digests.len()).then(|| (start, (start + CHUNK).min(self.size)))
+        let end = start.checked_add(CHUNK)?.min(self.size);
+        (i < self.digests.len() && start < end).then_some((start, end))
     }
 
     /// Whether `bytes` is exactly piece `i`.

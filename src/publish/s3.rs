@@ -438,23 +438,23 @@ impl Upload<'_> {
         Ok(())
     }
 
-    /// Stores the chunk index (it names the artifact's digest, so one left behind by a
-    /// failure is never taken for another artifact), completes the upload, then stores
-    /// the digest; an object that got no digest is deleted again.
+    /// Completes the upload, stores the chunk index (it names the artifact's digest, so one
+    /// left behind by a failure is never taken for another artifact), then the digest; an
+    /// object that got no index or no digest is deleted again.
     async fn commit(
         self,
         sha256: &[u8; 32],
         bytes: u64,
         index: Option<Vec<u8>>,
     ) -> Result<(), PublishError> {
-        if let Some(index) = index
-            && let Err(e) = self.put_index(index).await
-        {
+        if let Err(e) = self.complete(!self.object.replace).await {
             self.abort().await;
             return Err(e);
         }
-        if let Err(e) = self.complete(!self.object.replace).await {
-            self.abort().await;
+        if let Some(index) = index
+            && let Err(e) = self.put_index(index).await
+        {
+            self.delete().await;
             return Err(e);
         }
         let metadata = HashMap::from([(METADATA_KEY.to_string(), hex::encode(sha256))]);

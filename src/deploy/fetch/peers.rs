@@ -93,6 +93,7 @@ impl Peers {
             peers: self,
             holding,
             skipped: Mutex::default(),
+            index_wrong: Default::default(),
         })
     }
 }
@@ -115,10 +116,16 @@ pub(super) async fn in_front<'a, S: RangeSource>(
         Ok(from) => Some(from),
         Err(why) => {
             tracing::warn!(url = store.url(), %why, "taking every piece from the store");
+            // Peers asking for it are told no at once, not after a wait.
+            peers.pieces.held().settle(&peers.artifact);
             None
         }
     }
 }
+
+/// A "not held" that took longer than this came from a peer that waited for the piece in
+/// vain (or stalls on purpose): it is not asked again during this fetch.
+pub const SLOW_NO: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A [`RangeSource`] that asks peers for each piece before its store.
 pub(super) struct FromPeers<'a, S> {
@@ -126,9 +133,12 @@ pub(super) struct FromPeers<'a, S> {
     peers: &'a Peers,
     holding: Arc<Holding>,
     /// Peers not asked again during this fetch: one served a piece that did not match the
-    /// index, or could not be reached or timed out (each would cost every later piece the
-    /// same wait).
+    /// index, could not be reached, timed out, or said "not held" only after [`SLOW_NO`]
+    /// (each would cost every later piece the same wait).
     skipped: Mutex<HashSet<String>>,
+    /// Set once the store contradicted the index: the rest comes from the store unchecked
+    /// by piece (the sha256 over the whole object still decides).
+    index_wrong: std::sync::atomic::AtomicBool,
 }
 
 impl<S: RangeSource> FromPeers<'_, S> {
@@ -158,6 +168,7 @@ impl<S: RangeSource> FromPeers<'_, S> {
             .find(|(n, _)| n == name)?
             .1;
         let index = self.holding.index();
+        let asked = std::time::Instant::now();
         match self
             .peers
             .pieces
@@ -167,6 +178,11 @@ impl<S: RangeSource> FromPeers<'_, S> {
             Ok(Some(bytes)) if index.checks(piece, &bytes) => Some(Bytes::from(bytes)),
             Ok(Some(_)) => {
                 tracing::warn!(peer = %name, piece, "a peer served a piece that does not match the chunk index; it is not asked again for this artifact");
+                self.skip(name);
+                None
+            }
+            Ok(None) if asked.elapsed() > SLOW_NO => {
+                tracing::info!(peer = %name, piece, "a peer said it does not hold a piece only after a wait; it is not asked again for this artifact");
                 self.skip(name);
                 None
             }
@@ -206,7 +222,8 @@ impl<S: RangeSource> RangeSource for FromPeers<'_, S> {
     async fn get_range(&self, start: u64, end: u64, etag: Option<&str>) -> Result<Bytes, Failure> {
         let piece = (start / CHUNK) as usize;
         let index = self.holding.index();
-        if index.range(piece) != Some((start, end)) {
+        let wrong = || self.index_wrong.load(Ordering::Acquire);
+        if wrong() || index.range(piece) != Some((start, end)) {
             return self.store.get_range(start, end, etag).await;
         }
         for name in self.sources(piece) {
@@ -217,13 +234,21 @@ impl<S: RangeSource> RangeSource for FromPeers<'_, S> {
             }
         }
         let bytes = self.store.get_range(start, end, etag).await?;
+        if wrong() {
+            return Ok(bytes);
+        }
         if !index.checks(piece, &bytes) {
-            return Err(Failure::Final(format!(
-                "{}: bytes {start}-{} from the store do not match the artifact's chunk index; \
-                 nothing was deployed from it",
-                self.url(),
-                end - 1
-            )));
+            // The index is what the event pins, read from the same store: one of the two
+            // is wrong. Peers are no longer asked and nothing more is served from here;
+            // the digest over the whole object decides.
+            tracing::warn!(
+                url = self.url(),
+                piece,
+                "the store's bytes do not match the artifact's chunk index; taking the rest from the store alone"
+            );
+            self.index_wrong.store(true, Ordering::Release);
+            self.peers.pieces.held().forget(&self.peers.artifact);
+            return Ok(bytes);
         }
         self.keep(piece, &bytes);
         Ok(bytes)
