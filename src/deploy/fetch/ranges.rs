@@ -13,8 +13,15 @@
 //! [`super::s3`], HTTP in [`super::http`].
 //!
 //! Memory: at most [`PARALLEL`] ranges in flight plus what the reader's channel holds.
+//!
+//! A range is handed on only once whole, so on a slow link the reader may see nothing for
+//! longer than the fetch's idle limit ([`stream::IDLE`]) while bytes keep arriving. Every
+//! [`BEAT`] that bytes arrived for any range, an empty chunk goes out instead: the idle
+//! watch takes it as progress and never passes it to the reader.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +32,14 @@ use super::stream;
 
 /// Bytes per ranged GET; objects up to this size are fetched with one GET.
 pub const RANGE: u64 = 4 << 20;
+/// How often a fetch says that bytes are arriving while its next range is incomplete.
+pub(super) const BEAT: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// Bytes that arrived for any range of the fetch it is set for ([`send_in_order`]).
+    static ARRIVED: Arc<AtomicU64>;
+}
+
 /// Ranged GETs in flight at once.
 const PARALLEL: usize = 4;
 /// Attempts per range, the first included.
@@ -69,10 +84,29 @@ pub(super) async fn send_in_order(
     tx: &mpsc::Sender<io::Result<Bytes>>,
 ) {
     let starts = (0..size).step_by(RANGE as usize);
+    let arrived = Arc::new(AtomicU64::new(0));
     let mut parts = futures_util::stream::iter(starts)
-        .map(|start| fetch_range(object, start, (start + RANGE).min(size), etag.as_deref()))
+        .map(|start| {
+            let range = fetch_range(object, start, (start + RANGE).min(size), etag.as_deref());
+            ARRIVED.scope(arrived.clone(), range)
+        })
         .buffered(PARALLEL);
-    while let Some(part) = parts.next().await {
+    let mut beat = tokio::time::interval(BEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut told = 0;
+    loop {
+        let part = tokio::select! {
+            part = parts.next() => part,
+            _ = beat.tick() => {
+                let now = arrived.load(Ordering::Relaxed);
+                if now != told && tx.send(Ok(Bytes::new())).await.is_err() {
+                    return;
+                }
+                told = now;
+                continue;
+            }
+        };
+        let Some(part) = part else { return };
         let range = match part {
             Ok(range) => range,
             Err(e) => {
@@ -129,6 +163,7 @@ pub(super) async fn gather<E: std::fmt::Display>(
         (tokio::time::timeout(STALL, body.next()).await).map_err(|_| stalled(what))?
     {
         let chunk = chunk.map_err(|e| Failure::Transient(format!("{what}: cut off: {e}")))?;
+        let _ = ARRIVED.try_with(|a| a.fetch_add(chunk.len() as u64, Ordering::Relaxed));
         if got.len() + chunk.len() > want {
             return Err(Failure::Transient(format!("{what}: the store sent more")));
         }

@@ -301,6 +301,8 @@ where
         let mut got = 0u64;
         loop {
             let item = match tokio::time::timeout(watch.idle, inner_rx.recv()).await {
+                // Bytes are arriving for a range not yet whole ([`super::ranges::BEAT`]).
+                Ok(Some(Ok(chunk))) if chunk.is_empty() => continue,
                 Ok(Some(Ok(chunk))) => {
                     got += chunk.len() as u64;
                     match watch.length_error(got, false) {
@@ -337,6 +339,47 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link slow enough that one range takes longer than the idle limit: the beats of
+    /// bytes arriving keep the fetch alive, and the reader gets every byte, no empty read.
+    #[test]
+    fn a_range_slower_than_the_idle_limit_is_kept_alive_by_arriving_bytes() {
+        use super::super::ranges::{self, BEAT, Failure, RangeSource};
+        struct Trickle(Vec<u8>);
+        impl RangeSource for Trickle {
+            fn url(&self) -> &str {
+                "http://slow/a"
+            }
+            async fn get_range(&self, s: u64, e: u64, _: Option<&str>) -> Result<Bytes, Failure> {
+                let piece = Bytes::copy_from_slice(&self.0[s as usize..e as usize]);
+                let chunks: Vec<io::Result<Bytes>> = (0..piece.len())
+                    .step_by(1024)
+                    .map(|at| Ok(piece.slice(at..(at + 1024).min(piece.len()))))
+                    .collect();
+                let step = BEAT.mul_f64(0.1);
+                let body = futures_util::stream::iter(chunks).then(move |c| async move {
+                    tokio::time::sleep(step).await;
+                    c
+                });
+                ranges::gather("slow", piece.len(), body).await
+            }
+        }
+        use futures_util::StreamExt;
+        // 40 chunks 0.1 BEAT apart: 4 BEATs for the one range, against 2.5 BEATs of idle.
+        let data: Vec<u8> = (0..40 * 1024u32).map(|i| (i % 253) as u8).collect();
+        let object = Trickle(data.clone());
+        let size = data.len() as u64;
+        let mut r = spawn_with_idle("http://slow/a", BEAT.mul_f64(2.5), &Cancel::default(), {
+            move |head, tx| async move {
+                head.ok(Some(size));
+                ranges::send_in_order(&object, size, None, &tx).await;
+            }
+        })
+        .unwrap();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, data);
+    }
 
     #[test]
     fn digest_covers_bytes_the_reader_never_asked_for() {
