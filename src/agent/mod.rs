@@ -34,6 +34,7 @@
 
 pub mod config;
 pub mod consumers;
+pub mod counters;
 pub mod disk;
 pub mod fanout;
 pub mod handlers;

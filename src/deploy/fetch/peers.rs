@@ -6,9 +6,10 @@
 //! Each range (one piece) is then asked of the peers ranked above this node for it
 //! ([`crate::fanout::owners`]), and only then of the store. Every piece, from a peer or from
 //! the store, must match the index before it is used or served on: a peer whose piece does
-//! not match is not asked again during this fetch, and a store whose piece does not match
-//! fails the fetch. Nothing here weakens the sha256 over the whole object, which is still
-//! checked before anything is published.
+//! not match (or that fails, times out, or says "not held" only after [`SLOW_NO`]) is not
+//! asked again during this fetch, and once the store contradicts the index the rest comes
+//! from the store alone. Nothing here weakens the sha256 over the whole object, which is
+//! still checked before anything is published.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
