@@ -195,11 +195,7 @@ fn published_digest(
          or --sha256 HEX; or --unpinned to deploy without a digest"
     );
     let opts = fetch.options();
-    let lookup = crate::deploy::fetch::digest::published(url, &opts);
-    let found = runtime()?
-        .block_on(async { tokio::time::timeout(DIGEST_TIMEOUT, lookup).await })
-        .map_err(|_| anyhow::anyhow!("{url}: no answer within {DIGEST_TIMEOUT:?}"))
-        .and_then(|r| Ok(r?))
+    let found = ask_store(url, crate::deploy::fetch::digest::published(url, &opts))
         .context("reading the artifact's published digest (or pass --sha256 HEX)")?;
     let Some(sha) = found else {
         anyhow::bail!(
@@ -224,15 +220,22 @@ fn published_index(
 ) -> anyhow::Result<Option<[u8; 32]>> {
     let opts = fetch.options();
     let lookup = crate::deploy::fetch::digest::published_index(url, sha256, &opts);
-    let found = runtime()?
-        .block_on(async { tokio::time::timeout(DIGEST_TIMEOUT, lookup).await })
-        .map_err(|_| anyhow::anyhow!("{url}: no answer within {DIGEST_TIMEOUT:?}"))
-        .and_then(|r| Ok(r?))
-        .context("reading the artifact's chunk index")?;
+    let found = ask_store(url, lookup).context("reading the artifact's chunk index")?;
     if found.is_some() {
         eprintln!("pinned its chunk index: nodes take its pieces from each other");
     }
     Ok(found)
+}
+
+/// Runs one lookup in the artifact store, within [`DIGEST_TIMEOUT`].
+fn ask_store<T>(
+    url: &str,
+    lookup: impl Future<Output = Result<T, crate::deploy::fetch::FetchError>>,
+) -> anyhow::Result<T> {
+    runtime()?
+        .block_on(async { tokio::time::timeout(DIGEST_TIMEOUT, lookup).await })
+        .map_err(|_| anyhow::anyhow!("{url}: no answer within {DIGEST_TIMEOUT:?}"))
+        .and_then(|r| Ok(r?))
 }
 
 pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {

@@ -97,6 +97,9 @@ impl AppTask {
     }
 }
 
+/// How long a fetch waits for the agent's member list before it goes to the store alone.
+const MEMBERS_WAIT: Duration = Duration::from_secs(5);
+
 /// The fan-out's side of one fetch: the artifact is expected by peers while the fetch
 /// starts, held for them after it succeeded, and forgotten after it failed.
 struct PeerHold(Option<(Arc<crate::agent::fanout::PeerPieces>, [u8; 32])>);
@@ -129,18 +132,20 @@ impl AppTask {
     ) -> Option<fetch::peers::Peers> {
         let (artifact, index, agent) = (artifact?, index?, self.opts.agent.as_ref()?);
         let pieces = agent.peer_pieces()?;
-        let list = agent.call(crate::agent::Command::Members).await.ok()?;
+        let members = agent.call(crate::agent::Command::Members);
+        let list = tokio::time::timeout(MEMBERS_WAIT, members)
+            .await
+            .ok()?
+            .ok()?;
         let me = self.opts.node.clone();
-        let alive: Vec<(String, std::net::SocketAddr)> = list
+        let alive: std::collections::HashMap<String, std::net::SocketAddr> = list
             .into_iter()
             .filter(|m| m.status == "alive" && m.name != me)
             .filter_map(|m| Some((m.name, m.addr.parse().ok()?)))
             .collect();
         let among = |names: &[String]| {
-            alive
-                .iter()
-                .filter(|(n, _)| names.contains(n))
-                .cloned()
+            (names.iter())
+                .filter_map(|n| Some((n.clone(), *alive.get(n)?)))
                 .collect()
         };
         Some(fetch::peers::Peers {
