@@ -126,10 +126,6 @@ impl Held {
     /// The fetch of `artifact` ended: it is no longer expected (what it began to hold is
     /// kept).
     pub fn settle(&self, artifact: &[u8; 32]) {
-        self.unexpect(artifact);
-    }
-
-    fn unexpect(&self, artifact: &[u8; 32]) {
         lock(&self.expected).retain(|a| a != artifact);
         self.changed.send_modify(|n| *n += 1);
     }
@@ -171,7 +167,7 @@ impl Held {
             }
         }
         drop(held);
-        self.unexpect(&artifact);
+        self.settle(&artifact);
         Ok(holding)
     }
 
@@ -184,7 +180,7 @@ impl Held {
             h.let_go();
         }
         drop(held);
-        self.unexpect(artifact);
+        self.settle(artifact);
     }
 
     /// Piece `i` of `artifact`, waiting up to `wait` for one on its way (or for an
