@@ -56,10 +56,18 @@ pub struct Member {
     /// `alive`, `suspect`, `left` or `failed`.
     pub status: String,
     pub tags: BTreeMap<String, String>,
+    /// The deploy event format its agent reads ([`crate::deploy::signed::DEPLOY_FORMAT`];
+    /// 1 for an agent that announces none).
+    #[serde(default = "base_format")]
+    pub deploy_format: u16,
     /// The member's verified node identity, if node identities are on and its card is
     /// known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<MemberIdentity>,
+}
+
+fn base_format() -> u16 {
+    1
 }
 
 /// A member's verified node identity (its member card's certificate).

@@ -337,7 +337,18 @@ fn members_filters_and_json_shape() {
     let list = json(&a[0].cli(&["members", "--format", "json"]));
     for m in list.as_array().unwrap() {
         let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["addr", "identity", "name", "status", "tags"], "{m}");
+        assert_eq!(
+            keys,
+            [
+                "addr",
+                "deploy_format",
+                "identity",
+                "name",
+                "status",
+                "tags"
+            ],
+            "{m}"
+        );
         let id = m["identity"].as_object().unwrap();
         assert!(
             id["node_key"].as_str().is_some_and(|k| k.len() == 44),
@@ -349,7 +360,8 @@ fn members_filters_and_json_shape() {
     first.as_object_mut().unwrap().remove("identity");
     assert_eq!(
         first,
-        json!({"name": "n1", "addr": c.addr(1), "status": "alive", "tags": {"role": "web"}})
+        json!({"name": "n1", "addr": c.addr(1), "status": "alive", "tags": {"role": "web"},
+            "deploy_format": 2})
     );
     let names = |v: &Value| -> Vec<String> {
         v.as_array()

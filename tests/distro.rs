@@ -16,7 +16,7 @@ mod export_support;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::archive::{deploy, ok};
 use common::jail;
@@ -34,15 +34,7 @@ const DEBIAN_DEV_NODES: usize = 8;
 /// The cached Debian rootfs tar, built on first use (under a lock) by `.ci/debian-rootfs.sh`.
 fn debian_tar() -> PathBuf {
     common::require_root("the Debian rootfs (debootstrap) and the jail");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/debian-rootfs.sh");
-    let o = output(Command::new("bash").arg(&script));
-    assert!(
-        o.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    PathBuf::from(String::from_utf8(o.stdout).unwrap().trim())
+    common::ci_built("debian-rootfs.sh")
 }
 
 fn stderr(o: &Output) -> String {

@@ -326,6 +326,145 @@ fn a_stopped_peer_costs_one_timeout_and_the_store_serves_its_pieces() {
     println!("{skipped} skips of n3 logged");
 }
 
+/// An agent from before the fan-out (the previous release) among the targets would refuse
+/// an event that pins a chunk index. It announces no deploy format, so `event deploy`
+/// leaves the index out and names it, and every node deploys the artifact from the store.
+/// Once it is upgraded, the next deploy pins the index again.
+#[test]
+fn an_agent_from_before_the_fanout_gets_an_event_it_reads() {
+    let mut f = Fleet::with_garage("92.5");
+    let mixed = || fleet::NodeSpec {
+        top: "require_node_identity = false\n".into(),
+        ..Default::default()
+    };
+    let old = fleet::NodeSpec {
+        program: Some(common::previous_release()),
+        ..Default::default()
+    };
+    f.start_nodes(vec![mixed(), mixed(), old]);
+    let (url, artifact, _) = publish(&f, "v1", 9);
+    let (code, report, said) =
+        f.cli_wait_stderr(1, &["event", "deploy", "web", "v1", "--url", &url]);
+    assert_eq!(code, 0, "deploy v1: {report}\n{said}");
+    assert_eq!(names(&report["ok"]), ["n1", "n2", "n3"], "{report}");
+    assert!(
+        said.contains("no chunk index pinned: 1 target(s) run an agent that would refuse it (n3)"),
+        "{said}"
+    );
+    let (all, from_peers) = fetched(&f, 2);
+    assert_eq!(
+        (all, from_peers),
+        (2 * artifact, 0),
+        "n1 and n2 read it all from the store"
+    );
+
+    // n3 upgraded: the index is pinned again and the pieces spread.
+    f.agents[2].kill9();
+    f.specs[2].program = None;
+    f.specs[2].top = "require_node_identity = false\n".into();
+    std::fs::write(&f.agents[2].config, f.config(3)).unwrap();
+    f.agents[2].program = None;
+    f.respawn(3);
+    agent_support::wait_for(
+        fleet::LONG,
+        "n1 to see n3 alive, at deploy format 2",
+        || {
+            let out = f.agent(1).cli(&["members", "--format", "json"]);
+            let members: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let all = members.as_array()?;
+            (all.len() == 3
+                && all
+                    .iter()
+                    .all(|m| m["deploy_format"] == 2 && m["status"] == "alive"))
+            .then_some(())
+        },
+    );
+    let (url, artifact, _) = publish(&f, "v2", 9);
+    let (code, report, said) =
+        f.cli_wait_stderr(1, &["event", "deploy", "web", "v2", "--url", &url]);
+    assert_eq!(code, 0, "deploy v2: {report}\n{said}");
+    assert!(said.contains("pinned its chunk index"), "{said}");
+    let (all2, from_peers2) = fetched(&f, 3);
+    assert!(
+        from_peers2 - from_peers > 0 && all2 - all >= 3 * artifact,
+        "v2 ({artifact} B): {} B fetched, {} B from peers",
+        all2 - all,
+        from_peers2 - from_peers
+    );
+}
+
+/// A directory that `publish` wrote, served as it is by a plain web server (busybox
+/// `httpd`: byte ranges and a strong ETag): `event deploy` reads the digest and the chunk
+/// index beside the artifact, and the nodes take its pieces from each other as from S3.
+#[test]
+fn a_published_directory_served_over_http_spreads_from_peer_to_peer() {
+    let nodes = 3;
+    let mut f = Fleet::new("92.6");
+    f.health_deadline = "60s".into();
+    f.start_all(nodes);
+    let www = f.base.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let src = release_tree(&f, "v1", 14);
+    let dest = format!("file://{}/v1.tar.gz", www.display());
+    let out = f.cli(
+        1,
+        &["publish", src.to_str().unwrap(), &dest, "--format", "json"],
+    );
+    assert!(out.status.success(), "publish: {}", text(&out));
+    let published: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let artifact = published["bytes"].as_u64().expect("the artifact's size");
+    assert!(
+        www.join("v1.tar.gz.chunks").is_file(),
+        "the index beside it"
+    );
+    let server = WebServer::start(&www, &format!("{}:18099", f.ip(1)));
+    let url = format!("http://{}/v1.tar.gz", server.addr);
+    let (code, report, said) =
+        f.cli_wait_stderr(1, &["event", "deploy", "web", "v1", "--url", &url]);
+    assert_eq!(code, 0, "deploy v1: {report}\n{said}");
+    assert_eq!(names(&report["ok"]).len(), usize::from(nodes), "{report}");
+    assert!(said.contains("pinned to sha256"), "{said}");
+    assert!(said.contains("pinned its chunk index"), "{said}");
+    let (all, from_peers) = fetched(&f, nodes);
+    assert_eq!(all, u64::from(nodes) * artifact, "every node read it once");
+    let from_store = all - from_peers;
+    println!("over http, {artifact} B: {from_peers} B from peers, {from_store} B from the store");
+    assert!(
+        from_store <= artifact + artifact / 2,
+        "the server sent {from_store} B of {all} B for a {artifact} B artifact"
+    );
+}
+
+/// busybox `httpd` serving a directory, stopped on drop.
+struct WebServer {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl WebServer {
+    fn start(dir: &std::path::Path, addr: &str) -> WebServer {
+        let child = Command::new("busybox")
+            .args(["httpd", "-f", "-p", addr, "-h"])
+            .arg(dir)
+            .spawn()
+            .expect("busybox httpd (Debian's busybox-static)");
+        agent_support::wait_for(fleet::LONG, "httpd to listen", || {
+            std::net::TcpStream::connect(addr).ok()
+        });
+        WebServer {
+            child,
+            addr: addr.to_owned(),
+        }
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A link in front of the store for the benchmark: a TCP relay whose bytes towards the
 /// clients, on every connection together, are paced to one rate.
 mod link {

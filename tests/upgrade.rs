@@ -12,27 +12,15 @@
 mod agent_support;
 #[path = "common/attacker.rs"]
 mod attacker;
+mod common;
 #[path = "common/ops.rs"]
 mod ops;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use agent_support::{Agent, Cluster, wait_for};
+use common::previous_release;
 use ops::{LONG, ok, wait_all_alive};
-
-/// The previous release's binary (built on first use).
-fn previous_release() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/previous-release.sh");
-    let o = Command::new("bash").arg(&script).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    PathBuf::from(String::from_utf8(o.stdout).unwrap().trim())
-}
 
 /// The cluster's config without the identity keys (the previous release refuses keys it
 /// does not know).

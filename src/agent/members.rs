@@ -16,6 +16,7 @@ use rand::Rng;
 use rand::seq::IteratorRandom;
 use serde::{Deserialize, Serialize};
 
+use super::sansio::deploy_format;
 use crate::gossip::pushpull::TagBook;
 use crate::gossip::vouch::Identities;
 use crate::gossip::{NodeId, Tags};
@@ -77,23 +78,22 @@ pub fn list<'a>(
             expires: c.not_after(),
         })
     };
+    let member = |id: &NodeId, status: &str, tags: Option<&Tags>| {
+        let (tags, deploy_format) = deploy_format::split(tags.cloned().unwrap_or_default());
+        wire::Member {
+            name: id.name.clone(),
+            addr: id.addr.to_string(),
+            status: status.to_owned(),
+            tags,
+            deploy_format,
+            identity: identity(&id.name),
+        }
+    };
     let mut rest: Vec<wire::Member> = others
-        .map(|m| wire::Member {
-            name: m.id().name.clone(),
-            addr: m.id().addr.to_string(),
-            status: status(m, left).to_owned(),
-            tags: tag_book.tags_of(&m.id().name).cloned().unwrap_or_default(),
-            identity: identity(&m.id().name),
-        })
+        .map(|m| member(m.id(), status(m, left), tag_book.tags_of(&m.id().name)))
         .collect();
     rest.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut out = vec![wire::Member {
-        name: me.name.clone(),
-        addr: me.addr.to_string(),
-        status: "alive".into(),
-        tags: my_tags.clone(),
-        identity: identity(&me.name),
-    }];
+    let mut out = vec![member(me, "alive", Some(my_tags))];
     out.extend(rest);
     out
 }

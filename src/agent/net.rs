@@ -74,6 +74,8 @@ pub enum StreamError {
     Timeout { addr: SocketAddr },
     #[error("stream from {addr} sent no hello within {HELLO_TIMEOUT:?}; closed")]
     HelloTimeout { addr: SocketAddr },
+    #[error("{addr} did not read a piece within {PIECE_SEND:?}; closed, its permit freed")]
+    PieceUnread { addr: SocketAddr },
     #[error("stream with {addr}: {source}")]
     Frame {
         addr: SocketAddr,
@@ -503,7 +505,7 @@ async fn serve_stream(
                 let send = write_message(&mut stream, keyring, &reply, addr);
                 let sent = tokio::time::timeout(PIECE_SEND, send).await;
                 drop(permit);
-                sent.map_err(|_| StreamError::Timeout { addr })?
+                sent.map_err(|_| StreamError::PieceUnread { addr })?
             }
             StreamMessage::PushPullReply(_) | StreamMessage::PieceReply(_) => {
                 Err(StreamError::Unexpected {

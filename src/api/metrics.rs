@@ -128,6 +128,7 @@ mod tests {
             addr: "127.0.0.1:7946".into(),
             status: status.into(),
             tags: BTreeMap::new(),
+            deploy_format: 2,
             identity: None,
         }
     }

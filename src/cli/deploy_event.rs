@@ -239,6 +239,22 @@ pub fn sign(event: DeployEvent, key: &SigningKey) -> Result<(SignedEvent, Vec<u8
     Ok((signed, bytes))
 }
 
+/// The members an event for `targets` may reach whose agents would refuse an event of
+/// `format` (they announce an older one; members that left aside), by name.
+pub fn below_format(
+    targets: &Targets,
+    members: &[crate::wire::Member],
+    format: u16,
+) -> Vec<String> {
+    let matcher = crate::deploy::controller::targets::Matcher::new(targets);
+    members
+        .iter()
+        .filter(|m| m.status != "left" && m.deploy_format < format)
+        .filter(|m| matcher.matches(&m.name, &m.tags))
+        .map(|m| m.name.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +266,32 @@ mod tests {
             version: "v42".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn targets_below_a_format_are_named() {
+        let member = |name: &str, status: &str, role: &str, deploy_format| crate::wire::Member {
+            name: name.into(),
+            addr: "127.0.0.1:7946".into(),
+            status: status.into(),
+            tags: [("role".to_owned(), role.to_owned())].into(),
+            deploy_format,
+            identity: None,
+        };
+        let members = [
+            member("new1", "alive", "web", 2),
+            member("old1", "alive", "web", 1),
+            member("old2", "failed", "web", 1),
+            member("gone", "left", "web", 1),
+            member("olddb", "suspect", "db", 1),
+        ];
+        let all = targets(&[], &[]).unwrap();
+        assert_eq!(below_format(&all, &members, 2), ["old1", "old2", "olddb"]);
+        assert!(below_format(&all, &members, 1).is_empty());
+        let web = targets(&[], &["role=web".into()]).unwrap();
+        assert_eq!(below_format(&web, &members, 2), ["old1", "old2"]);
+        let named = targets(&["new.*".into()], &[]).unwrap();
+        assert!(below_format(&named, &members, 2).is_empty());
     }
 
     #[test]

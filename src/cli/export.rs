@@ -162,6 +162,6 @@ fn to_file(source: &Source, output: OutputOptions, path: &Path) -> anyhow::Resul
     out.into_inner()
         .map_err(|e| e.into_error())
         .context("flushing the output")?;
-    sink.finish(None)?;
+    sink.finish(None, None)?;
     Ok(summary)
 }

@@ -93,16 +93,17 @@ pub struct DeployEventArgs {
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
     /// Expected sha256 of the artifact (64 hex digits); a node that gets anything else
-    /// activates nothing. Default: the digest `publish` stored with the artifact (one HEAD
-    /// request to the URL).
+    /// activates nothing. Default: the digest `publish` stored with the artifact (one
+    /// request: the S3 object's metadata, or the sidecar URL.sha256 beside a file or an
+    /// https:// artifact).
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
     /// Deploy whatever bytes the URL holds, with no digest to check them against.
     #[arg(long, conflicts_with = "sha256")]
     pub unpinned: bool,
-    /// Do not pin the artifact's chunk index: every node fetches it all from the store
-    /// (for a fleet that still runs agents from before the fan-out, which refuse an event
-    /// that pins one).
+    /// Do not pin the artifact's chunk index: every node fetches it all from the store.
+    /// (Without it the index is left out anyway when a target runs an agent from before
+    /// the fan-out, which would refuse it.)
     #[arg(long)]
     pub no_fanout: bool,
     #[command(flatten)]
@@ -178,8 +179,41 @@ pub fn event_deploy(args: DeployEventArgs) -> anyhow::Result<ExitCode> {
             None
         });
     }
+    if spec.chunks.is_some() && !all_read_chunks(&args.opts)? {
+        spec.chunks = None;
+    }
     let what = format!("deploy {} {}", args.app, args.version);
     send(&spec, url, &args.opts, &what)
+}
+
+/// Whether every node the event may reach runs an agent that reads a pinned chunk index;
+/// if not, says which do not (they would refuse the event).
+fn all_read_chunks(o: &RolloutArgs) -> anyhow::Result<bool> {
+    use crate::deploy::signed::FORMAT_CHUNKS;
+    let targets = deploy_event::targets(&o.nodes, &o.tags)?;
+    let client = o.rpc.client()?;
+    let members = runtime()?
+        .block_on(async { tokio::time::timeout(ASK_TIMEOUT, client.members(None)).await })
+        .map_err(|_| anyhow::anyhow!("the agent listed no members within {ASK_TIMEOUT:?}"))?
+        .context("asking the agent which agents the fleet runs")?;
+    let older = deploy_event::below_format(&targets, &members, FORMAT_CHUNKS);
+    if older.is_empty() {
+        return Ok(true);
+    }
+    let shown: Vec<&str> = older.iter().take(5).map(String::as_str).collect();
+    let more = older.len() - shown.len();
+    eprintln!(
+        "no chunk index pinned: {} target(s) run an agent that would refuse it ({}{}): \
+         each node fetches the whole artifact; upgrade them to take pieces from each other",
+        older.len(),
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        },
+    );
+    Ok(false)
 }
 
 /// The digest `publish` stored with the artifact at `url`, which the event then pins.

@@ -422,6 +422,7 @@ mod tests {
             addr: "10.0.0.1:7946".into(),
             status: status.into(),
             tags: [("role".to_string(), role.to_string())].into(),
+            deploy_format: 2,
             identity: None,
         };
         let mut s = parse(&answers(&[], &["n3"]), Some("web"));

@@ -152,6 +152,15 @@ pub struct DeployEvent {
     pub chunks: Option<[u8; 32]>,
 }
 
+/// The deploy event format this release reads, which agents announce
+/// ([`crate::agent::sansio::deploy_format`]): 2 reads a pinned chunk index
+/// ([`DeployEvent::chunks`]). An agent that announces none is taken to read format 1:
+/// the event without it.
+pub const DEPLOY_FORMAT: u16 = 2;
+
+/// The format an event with a pinned chunk index needs its targets to read.
+pub const FORMAT_CHUNKS: u16 = 2;
+
 /// What follows [`Options`] in the signed body, when set.
 #[derive(Serialize, Deserialize)]
 struct Extension {

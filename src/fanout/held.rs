@@ -134,8 +134,15 @@ impl Held {
     /// lets the oldest go beyond [`MAX_HELD`].
     pub fn begin(&self, artifact: [u8; 32], index: ChunkIndex) -> io::Result<Arc<Holding>> {
         let mut held = lock(&self.held);
-        if let Some(h) = held.iter().find(|h| h.artifact == artifact) {
-            return Ok(h.clone());
+        if let Some(at) = held.iter().position(|h| h.artifact == artifact) {
+            if held[at].index == index {
+                return Ok(held[at].clone());
+            }
+            // Another index for the same artifact (only a crafted one differs): what was
+            // held under the first is not served under the second.
+            if let Some(old) = held.remove(at) {
+                old.let_go();
+            }
         }
         let path = self.dir.join(hex::encode(artifact));
         let file = std::fs::OpenOptions::new()
@@ -379,5 +386,27 @@ mod tests {
         let answer = tokio::time::timeout(Duration::from_secs(10), waiter).await;
         assert!(answer.unwrap().unwrap().is_none());
         assert_eq!(held.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn another_index_for_a_held_artifact_starts_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Held::open(dir.path()).unwrap();
+        let first = held.begin([7; 32], index(b"abc")).unwrap();
+        first.put(0, b"abc").unwrap();
+        let again = held.begin([7; 32], index(b"abc")).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the same index goes on with it"
+        );
+        let other = held.begin([7; 32], index(b"xyz")).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(other.index(), &index(b"xyz"));
+        assert_eq!(held.len(), 1);
+        let wait = Duration::from_millis(1);
+        assert!(
+            held.piece(&[7; 32], 0, wait).await.is_none(),
+            "nothing put under it yet"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! With a digest, the sidecar `NAME.sha256` is renamed into place after the artifact: a
 //! reader between the two renames sees the new artifact with the old digest and refuses
-//! it, never the other way round.
+//! it, never the other way round. The chunk index `NAME.chunks` goes in between; it names
+//! the artifact it indexes, so a reader never takes one for another.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -18,6 +19,7 @@ use nix::errno::Errno;
 
 use super::{PublishError, Sink};
 use crate::deploy::fetch::digest;
+use crate::fanout::index::SUFFIX;
 
 /// The output file being written.
 pub struct FileSink {
@@ -73,20 +75,32 @@ impl FileSink {
         Ok(BufWriter::with_capacity(256 << 10, file))
     }
 
-    /// Syncs the file and renames it (then the sidecar for `sha256`) into place.
-    pub fn finish(mut self, sha256: Option<&[u8; 32]>) -> Result<(), PublishError> {
+    /// Syncs the file and renames it into place, then (for `sha256`) its chunk index, when
+    /// given, and its digest sidecar.
+    pub fn finish(
+        mut self,
+        sha256: Option<&[u8; 32]>,
+        index: Option<&[u8]>,
+    ) -> Result<(), PublishError> {
         self.file
             .sync_all()
             .map_err(|source| file_error(&self.partial, "syncing to disk", source))?;
-        let sidecar = match sha256 {
-            Some(sha) => Some(self.write_sidecar(sha)?),
-            None => None,
-        };
-        let result = rename(&self.partial, &self.path, self.replace);
-        if let Err(e) = result {
-            if let Some(s) = &sidecar {
-                let _ = std::fs::remove_file(s);
+        let mut beside = Vec::new();
+        if let Some(sha) = sha256 {
+            if let Some(index) = index {
+                beside.push(self.write_beside(SUFFIX, index, "writing the chunk index")?);
             }
+            let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+            let text = digest::sidecar_text(sha, &name);
+            let sidecar = self.write_beside(
+                digest::SIDECAR_SUFFIX,
+                text.as_bytes(),
+                "writing the digest",
+            );
+            beside.push(sidecar.inspect_err(|_| remove_all(&beside))?);
+        }
+        if let Err(e) = rename(&self.partial, &self.path, self.replace) {
+            remove_all(&beside);
             return Err(if e == Errno::EEXIST {
                 exists(&self.path)
             } else {
@@ -94,9 +108,14 @@ impl FileSink {
             });
         }
         self.done = true;
-        if let Some(s) = sidecar {
-            let final_name = digest::sidecar_path(&self.path);
-            std::fs::rename(&s, &final_name)
+        if sha256.is_some() && index.is_none() {
+            // An index left by an earlier artifact of this name names that artifact, so no
+            // reader would take it; it goes all the same.
+            let _ = std::fs::remove_file(digest::beside(&self.path, SUFFIX));
+        }
+        for (partial, suffix) in beside {
+            let final_name = digest::beside(&self.path, suffix);
+            std::fs::rename(&partial, &final_name)
                 .map_err(|source| file_error(&final_name, "renaming into place", source))?;
         }
         if let Some(dir) = self.path.parent().and_then(|d| File::open(d).ok()) {
@@ -105,23 +124,34 @@ impl FileSink {
         Ok(())
     }
 
-    fn write_sidecar(&self, sha256: &[u8; 32]) -> Result<PathBuf, PublishError> {
-        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        let partial = partial_name(&self.path, digest::SIDECAR_SUFFIX);
+    /// `bytes` synced under a temporary name beside the artifact, for `NAME{suffix}`.
+    fn write_beside(
+        &self,
+        suffix: &'static str,
+        bytes: &[u8],
+        action: &'static str,
+    ) -> Result<(PathBuf, &'static str), PublishError> {
+        let partial = partial_name(&self.path, suffix);
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o644)
                 .open(&partial)?;
-            f.write_all(digest::sidecar_text(sha256, &name).as_bytes())?;
+            f.write_all(bytes)?;
             f.sync_all()
         };
         write().map_err(|source| {
             let _ = std::fs::remove_file(&partial);
-            file_error(&partial, "writing the digest", source)
+            file_error(&partial, action, source)
         })?;
-        Ok(partial)
+        Ok((partial, suffix))
+    }
+}
+
+fn remove_all(partials: &[(PathBuf, &str)]) {
+    for (p, _) in partials {
+        let _ = std::fs::remove_file(p);
     }
 }
 
@@ -134,16 +164,16 @@ impl Sink for FileSink {
         }
     }
 
-    /// No chunk index is written: a `file://` artifact is read where it is, never taken
-    /// from peers.
+    /// With the digest comes the chunk index: a directory of artifacts served over
+    /// `https://` lets the fleet take them from each other.
     fn commit(
         self: Box<Self>,
         sha256: &[u8; 32],
         _bytes: u64,
-        _index: Option<&[u8]>,
+        index: Option<&[u8]>,
     ) -> Result<(), PublishError> {
         let with_digest = self.with_digest;
-        self.finish(with_digest.then_some(sha256))
+        self.finish(with_digest.then_some(sha256), index)
     }
 
     fn abort(self: Box<Self>) -> Option<PublishError> {
@@ -229,12 +259,12 @@ mod tests {
         sink.file_writer().unwrap().write_all(b"bytes").unwrap();
         assert!(!path.exists());
         let racer = FileSink::create(&path, false, true).unwrap();
-        sink.finish(Some(&[1; 32])).unwrap();
+        sink.finish(Some(&[1; 32]), None).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"bytes");
         let side = std::fs::read_to_string(digest::sidecar_path(&path)).unwrap();
         assert_eq!(side, digest::sidecar_text(&[1; 32], "v1.tar"));
         assert!(matches!(
-            racer.finish(Some(&[2; 32])),
+            racer.finish(Some(&[2; 32]), None),
             Err(PublishError::Exists { .. })
         ));
         assert!(matches!(
@@ -245,5 +275,30 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 2, "only the artifact and its sidecar remain");
         assert_eq!(std::fs::read(&path).unwrap(), b"bytes");
+    }
+
+    /// A chunk index goes beside the artifact with its digest; a later artifact of the
+    /// name without one takes the old index away.
+    #[test]
+    fn the_chunk_index_goes_beside_with_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.tar");
+        let chunks = digest::beside(&path, SUFFIX);
+        let sink = FileSink::create(&path, false, true).unwrap();
+        sink.finish(Some(&[1; 32]), Some(b"index")).unwrap();
+        assert_eq!(std::fs::read(&chunks).unwrap(), b"index");
+        assert!(digest::sidecar_path(&path).exists());
+        let sink = FileSink::create(&path, true, true).unwrap();
+        sink.finish(Some(&[2; 32]), None).unwrap();
+        assert!(!chunks.exists(), "the old index is gone");
+        // Without a digest, nothing beside it.
+        let bare = dir.path().join("v2.tar");
+        FileSink::create(&bare, false, false)
+            .unwrap()
+            .finish(None, Some(b"index"))
+            .unwrap();
+        assert!(!digest::beside(&bare, SUFFIX).exists());
+        let names = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(names, 3, "v1.tar, its sidecar, v2.tar: no partial left");
     }
 }

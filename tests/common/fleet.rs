@@ -67,6 +67,9 @@ pub struct NodeSpec {
     pub leave_running: bool,
     /// Top-level agent settings (before any table), e.g. `metrics_addr = "IP:PORT"\n`.
     pub top: String,
+    /// Another agent binary (an older release), whose config then leaves out node
+    /// identities and file roots.
+    pub program: Option<PathBuf>,
 }
 
 impl Default for NodeSpec {
@@ -78,6 +81,7 @@ impl Default for NodeSpec {
             tags: Vec::new(),
             no_app: false,
             leave_running: false,
+            program: None,
             top: String::new(),
         }
     }
@@ -213,7 +217,7 @@ impl Fleet {
             join: join.iter().map(|j| self.addr(*j)).collect(),
             keyring: Some(self.keyring.clone()),
             identity: None,
-            program: None,
+            program: self.specs[usize::from(n) - 1].program.clone(),
             log: self.base.join(format!("{name}.log")),
             args: self.specs[usize::from(n) - 1].args.clone(),
             child: None,
@@ -278,11 +282,13 @@ impl Fleet {
             "push_pull_interval = \"1s\"\nsnapshot_interval = \"1s\"\n\
              retry_interval = \"300ms\"\nexpected_cluster_size = 5\nlog_level = \"info\"\n",
         );
-        text.push_str(&format!(
-            "enrollment_keys = [\"{}\"]\nnode_identity = \"{}\"\n",
-            self.enrollment.public,
-            self.enrollment.identity(&format!("n{n}")).display()
-        ));
+        if spec.program.is_none() {
+            text.push_str(&format!(
+                "enrollment_keys = [\"{}\"]\nnode_identity = \"{}\"\n",
+                self.enrollment.public,
+                self.enrollment.identity(&format!("n{n}")).display()
+            ));
+        }
         if spec.trusted {
             text.push_str(&format!("trusted_signing_keys = [\"{}\"]\n", self.public));
         }
@@ -302,8 +308,11 @@ impl Fleet {
             }
             None => format!("file://{}/{{version}}.tar.gz", self.arts.display()),
         };
-        // file:// through an agent reads only beneath its file roots.
-        text.push_str(&format!("file_roots = [\"{}\"]\n", self.arts.display()));
+        // file:// through an agent reads only beneath its file roots (which the previous
+        // release does not know).
+        if spec.program.is_none() {
+            text.push_str(&format!("file_roots = [\"{}\"]\n", self.arts.display()));
+        }
         text.push_str(&spec.deploy);
         if let (false, WebApp::SockApp { listen, reuseport }) = (spec.no_app, self.web_app) {
             let addr = self.http_addr(n);
@@ -445,6 +454,12 @@ impl Fleet {
     /// Runs a signed CLI command (`event deploy` / `rollback`) through node `via` with
     /// `--wait --format json --signing-key KEY`: (exit code, the JSON report).
     pub fn cli_wait(&self, via: u8, args: &[&str]) -> (i32, Value) {
+        let (code, report, _) = self.cli_wait_stderr(via, args);
+        (code, report)
+    }
+
+    /// [`Fleet::cli_wait`], with what the command printed on stderr.
+    pub fn cli_wait_stderr(&self, via: u8, args: &[&str]) -> (i32, Value, String) {
         let key = self.key.display().to_string();
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--wait", "--timeout", "120s", "--format", "json"]);
@@ -459,7 +474,8 @@ impl Fleet {
             panic!("{all:?}: not an event line and a report:\n{}", text(&out));
         };
         assert_eq!(sent["event_id"], report["event_id"], "{}", text(&out));
-        (out.status.code().unwrap_or(-1), report.clone())
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code().unwrap_or(-1), report.clone(), stderr)
     }
 
     /// `query status web --format json` through node `via`, as printed.

@@ -20,7 +20,7 @@ pub struct Garage {
     pub bucket: String,
     pub key_id: String,
     pub secret: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// The `garage` binary: on PATH, or where `cargo install` puts it.
@@ -113,7 +113,7 @@ impl Garage {
             bucket: "artifacts".into(),
             key_id: String::new(),
             secret: String::new(),
-            _dir: dir,
+            dir,
         };
         g.setup();
         g
@@ -141,7 +141,7 @@ impl Garage {
     }
 
     fn server_log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("server.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir().join("server.log")).unwrap_or_default()
     }
 
     /// Waits until the server answers `status` (its RPC is up), then lays it out.
@@ -334,6 +334,13 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+impl Garage {
+    /// The directory that holds the server's config, data and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 impl Drop for Garage {

@@ -13,6 +13,27 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// What one of the `.ci/` scripts that build a test input once per machine printed: the
+/// path of what it built.
+pub fn ci_built(script: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".ci")
+        .join(script);
+    let o = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    PathBuf::from(String::from_utf8(o.stdout).unwrap().trim())
+}
+
+/// The previous release's agent binary, built once per machine.
+pub fn previous_release() -> PathBuf {
+    ci_built("previous-release.sh")
+}
+
 /// Path of the built `droot-fleet` binary.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_droot-fleet"))

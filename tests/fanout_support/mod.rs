@@ -32,8 +32,20 @@ pub fn setup() -> &'static Garage {
         });
         let g = rx.recv().expect("garage did not start");
         g.export_credentials();
+        // A static is never dropped: its directory goes when the process exits.
+        let _ = GARAGE_DIR.set(g.dir().to_owned());
+        // SAFETY: registers a plain function with no captured state.
+        unsafe { libc::atexit(remove_garage_dir) };
         g
     })
+}
+
+static GARAGE_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+extern "C" fn remove_garage_dir() {
+    if let Some(dir) = GARAGE_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// An artifact in the shared Garage, and a relay in front of it.

@@ -263,6 +263,21 @@ fn tags(
         let (k, v) = parse_tag(t).map_err(|e| invalid("tag", e))?;
         tags.insert(k, v);
     }
+    use crate::agent::sansio::deploy_format;
+    if let Some(k) = tags
+        .keys()
+        .find(|k| k.starts_with(deploy_format::RESERVED_PREFIX))
+    {
+        return Err(invalid(
+            "tags",
+            format!(
+                "{k:?}: keys starting with '{}' are the agent's own (it announces {:?} there); rename the tag",
+                deploy_format::RESERVED_PREFIX,
+                deploy_format::TAG
+            ),
+        ));
+    }
+    deploy_format::announce(&mut tags);
     let size = postcard::to_stdvec(&tags).map_or(usize::MAX, |b| b.len());
     if size > crate::gossip::supersede::MAX_TAGS_ENCODED {
         return Err(invalid(

@@ -26,7 +26,13 @@ fn flags_override_file_and_errors_name_fields() {
     let s = Settings::merge(file.clone(), &flags).unwrap();
     assert_eq!(s.node, "b2");
     assert_eq!(s.advertise, "127.0.0.2:7000".parse().unwrap());
-    assert_eq!(s.tags.len(), 2);
+    // The two configured, and the deploy format the agent announces.
+    assert_eq!(s.tags.len(), 3);
+    assert_eq!(s.tags["dc"], "x");
+    assert_eq!(
+        s.tags[crate::agent::sansio::deploy_format::TAG],
+        crate::deploy::signed::DEPLOY_FORMAT.to_string()
+    );
     assert_eq!(s.push_pull_interval, Duration::from_secs(2));
     assert_eq!(s.rpc, RpcAddr::Unix("/tmp/x/agent.sock".into()));
     assert_eq!(
@@ -131,6 +137,18 @@ fn oversized_tags_and_consumer_commands_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("`tags`") && err.contains("bytes"), "{err}");
+    // The agent's own tag keys are not the operator's.
+    let reserved = Overrides {
+        tags: vec!["@deploy-format=9".into()],
+        ..flags
+    };
+    let err = Settings::merge(FileConfig::default(), &reserved)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"@deploy-format\"") && err.contains("rename"),
+        "{err}"
+    );
     let file: FileConfig =
         toml::from_str("[[handler]]\nevent = \"user\"\ncommand = [\"@consumer:debug\"]\n").unwrap();
     let flags = Overrides {

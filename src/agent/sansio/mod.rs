@@ -23,11 +23,13 @@
 //! | [`untagged`] | members up without tags, asked one per sweep |
 //! | [`answer`] | answering side: who answers a query, and the answer's route back |
 //! | [`persisted`] | what the state file holds ([`persisted::PersistedState`]), built by the machine |
+//! | [`deploy_format`] | which deploy events this agent reads, announced in a reserved tag |
 //! | [`consumer_name`] | how an in-process consumer stands among the owed handlers (its name rules) |
 //! | [`trigger`] | what a handler is run for: which `[[handler]]`s it selects, their environment |
 
 pub mod answer;
 pub mod consumer_name;
+pub mod deploy_format;
 pub mod dials;
 pub mod introduce;
 pub mod key_command;

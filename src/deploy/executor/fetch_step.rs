@@ -40,7 +40,10 @@ impl AppTask {
             ..self.opts.unpack.clone()
         };
         let mut fopts = self.opts.fetch.clone();
-        fopts.peers = self.peers(sha256, chunks, &swarm).await;
+        if !store::is_present(&layout, version) {
+            // A release already on disk is not fetched: no peers to ask.
+            fopts.peers = self.peers(sha256, chunks, &swarm).await;
+        }
         let hold = PeerHold(fopts.peers.as_ref().map(|p| (p.pieces.clone(), p.artifact)));
         let owned = version.to_string();
         let app = self.app.name.clone();

@@ -4,7 +4,8 @@
 //! `publish` computes the digest while it streams and stores it where a reader finds it
 //! with one request: on S3 as object metadata (`x-amz-meta-sha256`), for `file://` in a
 //! sidecar `NAME.sha256` beside the artifact, in `sha256sum` format (so `sha256sum -c`
-//! checks it by hand). The digest only pins the event: every node still hashes the whole
+//! checks it by hand). A directory `publish` wrote, served over `https://` as it is, has
+//! the same sidecar at `URL.sha256`. The digest only pins the event: every node still hashes the whole
 //! artifact as it unpacks and activates nothing that differs, so a store that lies about
 //! the digest can make a deploy fail, never make a node run other bytes.
 
@@ -44,7 +45,14 @@ pub async fn published(url: &str, opts: &FetchOptions) -> Result<Option<[u8; 32]
             }
         }
         Source::File(path) => sidecar(url, &path),
-        Source::Http(_) => Err(FetchError::NoPublishedDigest { url: url.into() }),
+        Source::Http(_) => {
+            let sidecar = format!("{url}{SIDECAR_SUFFIX}");
+            let Some(bytes) = super::http::small_object(&sidecar, MAX_SIDECAR as usize).await?
+            else {
+                return Ok(None);
+            };
+            sidecar_digest(url, &String::from_utf8_lossy(&bytes), &sidecar).map(Some)
+        }
     }
 }
 
@@ -57,28 +65,36 @@ pub async fn published_index(
     sha256: &[u8; 32],
     opts: &FetchOptions,
 ) -> Result<Option<[u8; 32]>, FetchError> {
-    use crate::fanout::index::{ChunkIndex, SUFFIX};
-    let Source::S3 { bucket, key } = Source::parse(url)? else {
-        return Ok(None);
+    use crate::fanout::index::{ChunkIndex, MAX_ENCODED, SUFFIX};
+    let bytes = match Source::parse(url)? {
+        Source::S3 { bucket, key } => {
+            let s3 = s3::connect(url, opts).await?;
+            let index_key = format!("{key}{SUFFIX}");
+            if s3::head(url, &bucket, &index_key, &s3).await?.is_none() {
+                return Ok(None);
+            }
+            let object = s3::Object {
+                s3: &s3,
+                url,
+                bucket: &bucket,
+                key: &key,
+            };
+            let bytes = object.index_bytes().await;
+            bytes.map_err(|detail| FetchError::Other {
+                url: format!("{url}{SUFFIX}"),
+                detail,
+            })?
+        }
+        Source::Http(_) => {
+            let index_url = format!("{url}{SUFFIX}");
+            match super::http::small_object(&index_url, MAX_ENCODED).await? {
+                Some(bytes) => bytes.to_vec(),
+                None => return Ok(None),
+            }
+        }
+        // Read where it is, never taken from peers.
+        Source::File(_) => return Ok(None),
     };
-    let s3 = s3::connect(url, opts).await?;
-    let index_key = format!("{key}{SUFFIX}");
-    if s3::head(url, &bucket, &index_key, &s3).await?.is_none() {
-        return Ok(None);
-    }
-    let object = s3::Object {
-        s3: &s3,
-        url,
-        bucket: &bucket,
-        key: &key,
-    };
-    let bytes = object
-        .index_bytes()
-        .await
-        .map_err(|detail| FetchError::Other {
-            url: format!("{url}{SUFFIX}"),
-            detail,
-        })?;
     let index = ChunkIndex::decode(&bytes).map_err(|e| FetchError::Other {
         url: format!("{url}{SUFFIX}"),
         detail: e.to_string(),
@@ -88,8 +104,13 @@ pub async fn published_index(
 
 /// The sidecar path of a `file://` artifact.
 pub fn sidecar_path(artifact: &Path) -> std::path::PathBuf {
-    let mut name = artifact.as_os_str().to_owned();
-    name.push(SIDECAR_SUFFIX);
+    beside(artifact, SIDECAR_SUFFIX)
+}
+
+/// `NAME{suffix}` beside the artifact at `path`.
+pub fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
     name.into()
 }
 
@@ -113,10 +134,15 @@ fn sidecar(url: &str, artifact: &Path) -> Result<Option<[u8; 32]>, FetchError> {
             url: format!("file://{}", path.display()),
             source,
         })?;
+    sidecar_digest(url, &text, &path.display().to_string()).map(Some)
+}
+
+/// The digest a sidecar's text (`HEX  NAME`) names.
+fn sidecar_digest(url: &str, text: &str, sidecar: &str) -> Result<[u8; 32], FetchError> {
     let first = text.split_whitespace().next().unwrap_or("");
-    parse(first).map(Some).map_err(|reason| FetchError::Other {
+    parse(first).map_err(|reason| FetchError::Other {
         url: url.into(),
-        detail: format!("its sidecar {} holds no digest: {reason}", path.display()),
+        detail: format!("its sidecar {sidecar} holds no digest: {reason}"),
     })
 }
 
@@ -130,6 +156,7 @@ mod tests {
 
     fn published_blocking(url: &str) -> Result<Option<[u8; 32]>, FetchError> {
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
         rt.block_on(published(url, &FetchOptions::default()))
@@ -155,9 +182,12 @@ mod tests {
         assert!(err.contains("holds no digest"), "{err}");
     }
 
+    /// Over http(s) the digest is read from the sidecar `URL.sha256`; a server that
+    /// cannot be reached is an error naming the URL, not "no digest".
     #[test]
-    fn https_urls_carry_no_published_digest() {
-        let err = published_blocking("https://example.invalid/a.tar").unwrap_err();
-        assert!(matches!(err, FetchError::NoPublishedDigest { .. }), "{err}");
+    fn an_unreachable_http_sidecar_is_an_error() {
+        let url = "http://127.0.0.1:1/a.tar";
+        let err = published_blocking(url).unwrap_err().to_string();
+        assert!(err.contains("a.tar.sha256"), "{err}");
     }
 }

@@ -43,11 +43,6 @@ pub enum FetchError {
     },
     #[error("{url}: no such file")]
     NoSuchFile { url: String },
-    #[error(
-        "{url}: an https:// or http:// artifact carries no published digest (only s3:// \
-         metadata and file:// sidecars do); give the digest with the deploy"
-    )]
-    NoPublishedDigest { url: String },
     #[error("{url}: cannot read: {source}")]
     File {
         url: String,

@@ -2,7 +2,9 @@
 //! S3 client uses), no redirects. One HEAD first: an object over [`ranges::RANGE`] from a
 //! server that takes byte ranges and names a strong ETag is fetched as concurrent ranged
 //! GETs pinned to that ETag ([`ranges`]); anything else (no ranges, a weak or no ETag, a
-//! failed HEAD) is one GET, its body streamed chunk by chunk.
+//! failed HEAD) is one GET, its body streamed chunk by chunk. A ranged fetch whose event
+//! pins a chunk index asks peers first, as from S3 ([`super::peers`]): the index is
+//! `URL.chunks`, as `publish` writes it beside a file.
 
 use std::io::{self, Read};
 
@@ -13,36 +15,100 @@ use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
-use super::FetchError;
+use hyper_rustls::HttpsConnector;
+
+use super::peers::{self, Peers};
 use super::ranges::{self, Failure, STALL};
 use super::stream::{self, Head};
+use super::{FetchError, FetchOptions};
 use crate::cancel::Cancel;
 
-pub fn open(url: String, cancel: &Cancel) -> Result<Box<dyn Read + Send>, FetchError> {
+pub fn open(
+    url: String,
+    opts: &FetchOptions,
+    cancel: &Cancel,
+) -> Result<Box<dyn Read + Send>, FetchError> {
     let owned = url.clone();
+    let peers = opts.peers.clone();
     let reader = stream::spawn(&url, cancel, move |head, tx| async move {
-        let builder = Client::builder(TokioExecutor::new());
-        if owned.starts_with("https://") {
-            let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-                Ok(b) => b.https_only().enable_http1().build(),
-                Err(e) => {
-                    return head.fail(FetchError::Other {
-                        url: owned,
-                        detail: format!("no TLS root certificates on this host: {e}"),
-                    });
-                }
-            };
-            get(builder.build(https), owned, head, tx).await
-        } else {
-            get(builder.build(HttpConnector::new()), owned, head, tx).await
+        let peers = peers.as_ref();
+        match client(&owned) {
+            Ok(Http::Tls(c)) => get(c, owned, peers, head, tx).await,
+            Ok(Http::Plain(c)) => get(c, owned, peers, head, tx).await,
+            Err(e) => head.fail(e),
         }
     })?;
     Ok(Box::new(reader))
 }
 
+/// A small object beside an artifact (its digest sidecar or chunk index), at most `max`
+/// bytes: `None` when the server has none (HTTP 404).
+pub async fn small_object(url: &str, max: usize) -> Result<Option<Bytes>, FetchError> {
+    let got = match client(url)? {
+        Http::Tls(c) => small(&c, url, max).await,
+        Http::Plain(c) => small(&c, url, max).await,
+    };
+    got.map_err(|detail| FetchError::Other {
+        url: url.into(),
+        detail,
+    })
+}
+
+/// A client for one URL: TLS with the system's roots for `https://`, none for `http://`.
+enum Http {
+    Tls(Client<HttpsConnector<HttpConnector>, Empty<Bytes>>),
+    Plain(Client<HttpConnector, Empty<Bytes>>),
+}
+
+fn client(url: &str) -> Result<Http, FetchError> {
+    let builder = Client::builder(TokioExecutor::new());
+    if !url.starts_with("https://") {
+        return Ok(Http::Plain(builder.build(HttpConnector::new())));
+    }
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| FetchError::Other {
+            url: url.into(),
+            detail: format!("no TLS root certificates on this host: {e}"),
+        })?;
+    Ok(Http::Tls(
+        builder.build(https.https_only().enable_http1().build()),
+    ))
+}
+
+/// GET of a small object: exactly its Content-Length, at most `max`; `None` on 404.
+async fn small<C>(
+    client: &Client<C, Empty<Bytes>>,
+    url: &str,
+    max: usize,
+) -> Result<Option<Bytes>, String>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let resp = (tokio::time::timeout(STALL, client.get(uri)).await)
+        .map_err(|_| format!("no answer within {STALL:?}"))?
+        .map_err(|e| e.to_string())?;
+    match resp.status().as_u16() {
+        200 => {}
+        404 => return Ok(None),
+        status => return Err(format!("HTTP {status}; expected 200")),
+    }
+    let length = (resp.headers().get(hyper::header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .filter(|&n| n <= max)
+        .ok_or_else(|| format!("no Content-Length, or over {max} bytes"))?;
+    let body = http_body_util::BodyDataStream::new(resp.into_body());
+    match ranges::gather("the body", length, body).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(Failure::Transient(why) | Failure::Final(why)) => Err(why),
+    }
+}
+
 async fn get<C>(
     client: Client<C, Empty<Bytes>>,
     url: String,
+    peers: Option<&Peers>,
     head: Head,
     tx: mpsc::Sender<io::Result<Bytes>>,
 ) where
@@ -64,7 +130,11 @@ async fn get<C>(
     };
     if let Some((size, etag)) = object.ranged().await {
         head.ok(Some(size));
-        return ranges::send_in_order(&object, size, Some(etag), &tx).await;
+        let etag = Some(etag);
+        return match peers::in_front(peers, &object, size, object.index_bytes()).await {
+            Some(from) => ranges::send_in_order(&from, size, etag, &tx).await,
+            None => ranges::send_in_order(&object, size, etag, &tx).await,
+        };
     }
     let HttpObject { client, url, .. } = object;
     let resp = match client.get(uri.clone()).await {
@@ -139,6 +209,18 @@ impl<C: Connect + Clone + Send + Sync + 'static> HttpObject<C> {
         // A weak ETag (W/"...") cannot pin a range: If-Match compares strongly.
         let etag = text(hyper::header::ETAG).filter(|e| e.starts_with('"'))?;
         (resp.status() == 200 && ranges && size > ranges::RANGE).then(|| (size, etag.to_owned()))
+    }
+
+    /// The chunk index beside it (`URL.chunks`), at most
+    /// [`crate::fanout::index::MAX_ENCODED`] bytes.
+    async fn index_bytes(&self) -> Result<Vec<u8>, String> {
+        use crate::fanout::index::{MAX_ENCODED, SUFFIX};
+        let url = format!("{}{SUFFIX}", self.url);
+        match small(&self.client, &url, MAX_ENCODED).await {
+            Ok(Some(bytes)) => Ok(bytes.to_vec()),
+            Ok(None) => Err(format!("{url}: not found (HTTP 404)")),
+            Err(why) => Err(format!("{url}: {why}")),
+        }
     }
 }
 

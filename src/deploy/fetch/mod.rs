@@ -125,7 +125,7 @@ pub fn open(
 ) -> Result<Box<dyn Read + Send>, FetchError> {
     let source = match Source::parse(url)? {
         Source::S3 { bucket, key } => s3::open(url, bucket, key, opts.clone(), cancel),
-        Source::Http(u) => http::open(u, cancel),
+        Source::Http(u) => http::open(u, opts, cancel),
         Source::File(path) => file::open(url, &path, &opts.file_roots),
     }?;
     Ok(Box::new(CancellableRead::new(source, cancel.clone())))

@@ -428,7 +428,7 @@ impl<W, S> AgentMachine<W, S> {
         wire::Info {
             name: core.identity().name.clone(),
             addr: core.identity().addr.to_string(),
-            tags: core.tags().clone(),
+            tags: super::deploy_format::split(core.tags().clone()).0,
             bump: core.identity().bump,
             members_alive: self.foca.num_members() + 1,
             counters,
