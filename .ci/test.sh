@@ -56,8 +56,7 @@ bash .ci/previous-release.sh >/dev/null
 
 cargo build --all-targets --locked
 # The one static binary that ships to every host; tests/image.rs runs it in an empty image.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
-  --target x86_64-unknown-linux-gnu --target-dir target/static
+bash .ci/static-build.sh >/dev/null
 # The fuzz targets (a workspace of their own, run by hand with cargo-fuzz on nightly) must
 # still compile against the library: a plain check needs neither nightly nor a sanitizer.
 cargo check --manifest-path fuzz/Cargo.toml --bins --locked

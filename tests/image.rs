@@ -17,6 +17,29 @@ fn static_binary_runs_in_an_empty_image() {
         .expect("`file` is needed to check the static link: apt-get install file");
     let text = String::from_utf8_lossy(&file.stdout);
     assert!(text.contains("static"), "not statically linked: {text}");
+    // Its relative relocations are packed (RELR): without, the table is over a megabyte,
+    // read at every start and kept resident.
+    let sections = Command::new("readelf")
+        .args(["-SW"])
+        .arg(&bin)
+        .output()
+        .expect("`readelf` (binutils) is needed to read the sections");
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    assert!(
+        sections.contains(".relr.dyn"),
+        "relative relocations not packed (build with .ci/static-build.sh):\n{sections}"
+    );
+    // `[Nr] Name Type Address Off Size ...`: the size is the fourth field after the name.
+    let rela = (sections.lines())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find_map(|f| {
+            let at = f.iter().position(|w| *w == ".rela.dyn")?;
+            u64::from_str_radix(f.get(at + 4)?, 16).ok()
+        });
+    assert!(
+        rela.is_some_and(|n| n < 64 << 10),
+        "a .rela.dyn of {rela:?} bytes:\n{sections}"
+    );
     if !common::docker_engine_available("static_binary_runs_in_an_empty_image") {
         return;
     }

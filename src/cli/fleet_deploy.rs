@@ -204,7 +204,8 @@ fn all_read_chunks(o: &RolloutArgs) -> anyhow::Result<bool> {
     let more = older.len() - shown.len();
     eprintln!(
         "no chunk index pinned: {} target(s) run an agent that would refuse it ({}{}): \
-         each node fetches the whole artifact; upgrade them to take pieces from each other",
+         each node fetches the whole artifact; upgrade them (or force-leave those gone for \
+         good) to take pieces from each other",
         older.len(),
         shown.join(", "),
         if more > 0 {

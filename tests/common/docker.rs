@@ -94,9 +94,7 @@ pub fn static_binary() -> PathBuf {
         });
     assert!(
         p.exists(),
-        "static binary {} missing: build it with RUSTFLAGS=\"-C target-feature=+crt-static\" \
-         cargo build --release --target x86_64-unknown-linux-gnu --target-dir target/static \
-         (.ci/test.sh does)",
+        "static binary {} missing: build it with `bash .ci/static-build.sh` (.ci/test.sh does)",
         p.display()
     );
     p
