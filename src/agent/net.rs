@@ -74,7 +74,7 @@ pub enum StreamError {
     Timeout { addr: SocketAddr },
     #[error("stream from {addr} sent no hello within {HELLO_TIMEOUT:?}; closed")]
     HelloTimeout { addr: SocketAddr },
-    #[error("{addr} did not read a piece within {PIECE_SEND:?}; closed, its permit freed")]
+    #[error("{addr} did not read a piece reply within {PIECE_SEND:?}; closed")]
     PieceUnread { addr: SocketAddr },
     #[error("stream with {addr}: {source}")]
     Frame {

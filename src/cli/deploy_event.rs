@@ -240,17 +240,26 @@ pub fn sign(event: DeployEvent, key: &SigningKey) -> Result<(SignedEvent, Vec<u8
 }
 
 /// The members an event for `targets` may reach whose agents would refuse an event of
-/// `format` (they announce an older one; members that left aside), by name.
+/// `format` (they announce an older one; members that left aside), by name. A member
+/// listed with no tags may be one whose tags have not arrived yet: only its name is matched.
 pub fn below_format(
     targets: &Targets,
     members: &[crate::wire::Member],
     format: u16,
 ) -> Vec<String> {
-    let matcher = crate::deploy::controller::targets::Matcher::new(targets);
+    use crate::deploy::controller::targets::Matcher;
+    let matcher = Matcher::new(targets);
+    let by_name = Matcher::new(&Targets {
+        nodes: targets.nodes.clone(),
+        tags: Vec::new(),
+    });
+    let may_reach = |m: &crate::wire::Member| {
+        matcher.matches(&m.name, &m.tags)
+            || (m.tags.is_empty() && by_name.matches(&m.name, &m.tags))
+    };
     members
         .iter()
-        .filter(|m| m.status != "left" && m.deploy_format < format)
-        .filter(|m| matcher.matches(&m.name, &m.tags))
+        .filter(|m| m.status != "left" && m.deploy_format < format && may_reach(m))
         .map(|m| m.name.clone())
         .collect()
 }
@@ -278,7 +287,10 @@ mod tests {
             deploy_format,
             identity: None,
         };
+        let mut untagged = member("oldfresh", "alive", "", 1);
+        untagged.tags.clear();
         let members = [
+            untagged,
             member("new1", "alive", "web", 2),
             member("old1", "alive", "web", 1),
             member("old2", "failed", "web", 1),
@@ -286,10 +298,15 @@ mod tests {
             member("olddb", "suspect", "db", 1),
         ];
         let all = targets(&[], &[]).unwrap();
-        assert_eq!(below_format(&all, &members, 2), ["old1", "old2", "olddb"]);
+        let everyone_old = ["oldfresh", "old1", "old2", "olddb"];
+        assert_eq!(below_format(&all, &members, 2), everyone_old);
         assert!(below_format(&all, &members, 1).is_empty());
+        // Tags not known yet: it may match `--tag` once they arrive.
         let web = targets(&[], &["role=web".into()]).unwrap();
-        assert_eq!(below_format(&web, &members, 2), ["old1", "old2"]);
+        assert_eq!(
+            below_format(&web, &members, 2),
+            ["oldfresh", "old1", "old2"]
+        );
         let named = targets(&["new.*".into()], &[]).unwrap();
         assert!(below_format(&named, &members, 2).is_empty());
     }

@@ -182,6 +182,9 @@ pub fn event_deploy(args: DeployEventArgs) -> anyhow::Result<ExitCode> {
     if spec.chunks.is_some() && !all_read_chunks(&args.opts)? {
         spec.chunks = None;
     }
+    if spec.chunks.is_some() {
+        eprintln!("pinned its chunk index: nodes take its pieces from each other");
+    }
     let what = format!("deploy {} {}", args.app, args.version);
     send(&spec, url, &args.opts, &what)
 }
@@ -203,7 +206,8 @@ fn all_read_chunks(o: &RolloutArgs) -> anyhow::Result<bool> {
     let shown: Vec<&str> = older.iter().take(5).map(String::as_str).collect();
     let more = older.len() - shown.len();
     eprintln!(
-        "no chunk index pinned: {} target(s) run an agent that would refuse it ({}{}): \
+        "no chunk index pinned: {} member(s) the event may reach run an agent that would \
+         refuse it ({}{}): \
          each node fetches the whole artifact; upgrade them (or force-leave those gone for \
          good) to take pieces from each other",
         older.len(),
@@ -255,11 +259,7 @@ fn published_index(
 ) -> anyhow::Result<Option<[u8; 32]>> {
     let opts = fetch.options();
     let lookup = crate::deploy::fetch::digest::published_index(url, sha256, &opts);
-    let found = ask_store(url, lookup).context("reading the artifact's chunk index")?;
-    if found.is_some() {
-        eprintln!("pinned its chunk index: nodes take its pieces from each other");
-    }
-    Ok(found)
+    ask_store(url, lookup).context("reading the artifact's chunk index")
 }
 
 /// Runs one lookup in the artifact store, within [`DIGEST_TIMEOUT`].

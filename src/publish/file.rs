@@ -113,10 +113,12 @@ impl FileSink {
             // reader would take it; it goes all the same.
             let _ = std::fs::remove_file(digest::beside(&self.path, SUFFIX));
         }
-        for (partial, suffix) in beside {
+        for (i, (partial, suffix)) in beside.iter().enumerate() {
             let final_name = digest::beside(&self.path, suffix);
-            std::fs::rename(&partial, &final_name)
-                .map_err(|source| file_error(&final_name, "renaming into place", source))?;
+            if let Err(source) = std::fs::rename(partial, &final_name) {
+                remove_all(&beside[i..]);
+                return Err(file_error(&final_name, "renaming into place", source));
+            }
         }
         if let Some(dir) = self.path.parent().and_then(|d| File::open(d).ok()) {
             let _ = dir.sync_all();

@@ -95,7 +95,9 @@ pub fn env(trigger: &Trigger, node: &str, rpc: &RpcAddr, tags: &Tags) -> Vec<(St
         }
         Trigger::Member { node, .. } => env.push(("DROOT_FLEET_MEMBER".into(), node.clone())),
     }
-    for (k, v) in tags {
+    // The agent's own tags (`@deploy-format`) are not the operator's.
+    let own = |k: &str| k.starts_with(super::deploy_format::RESERVED_PREFIX);
+    for (k, v) in tags.iter().filter(|(k, _)| !own(k)) {
         let key: String = k
             .chars()
             .map(|c| {
@@ -131,5 +133,24 @@ mod tests {
         assert!(matches(&EventFilter::User(Some("deploy".into())), &user));
         assert!(!matches(&EventFilter::User(Some("other".into())), &user));
         assert!(matches(&EventFilter::Query(Some("deploy".into())), &query));
+    }
+
+    #[test]
+    fn handlers_see_the_operators_tags_not_the_agents_own() {
+        let user = Trigger::User {
+            name: "deploy".into(),
+            ltime: 1,
+        };
+        let mut tags: Tags = [("dc-1".to_owned(), "eu".to_owned())].into();
+        super::super::deploy_format::announce(&mut tags);
+        let rpc = RpcAddr::Unix("/run/a.sock".into());
+        let env = env(&user, "n1", &rpc, &tags);
+        let tag_vars: Vec<_> = (env.iter())
+            .filter(|(k, _)| k.starts_with("DROOT_FLEET_TAG_"))
+            .collect();
+        assert_eq!(
+            tag_vars,
+            [&("DROOT_FLEET_TAG_DC_1".to_owned(), "eu".to_owned())]
+        );
     }
 }

@@ -5,14 +5,16 @@
 //! with one request: on S3 as object metadata (`x-amz-meta-sha256`), for `file://` in a
 //! sidecar `NAME.sha256` beside the artifact, in `sha256sum` format (so `sha256sum -c`
 //! checks it by hand). A directory `publish` wrote, served over `https://` as it is, has
-//! the same sidecar at `URL.sha256`. The digest only pins the event: every node still hashes the whole
-//! artifact as it unpacks and activates nothing that differs, so a store that lies about
-//! the digest can make a deploy fail, never make a node run other bytes.
+//! the same sidecar at `URL.sha256`; over plain `http://` none is read (anyone on the path
+//! could change it). The digest pins the event: every node hashes the whole artifact as it
+//! unpacks and activates nothing that differs, so all nodes run the bytes pinned. The
+//! store's word is taken once, when the CLI reads it: a store not trusted then can pin its
+//! own bytes, and the operator gives the digest `publish` printed instead.
 
 use std::io::Read;
 use std::path::Path;
 
-use super::{FetchError, FetchOptions, Source, s3};
+use super::{FetchError, FetchOptions, Source, http, s3};
 
 /// The S3 user-metadata key of the digest (sent as `x-amz-meta-sha256`).
 pub const METADATA_KEY: &str = "sha256";
@@ -45,13 +47,21 @@ pub async fn published(url: &str, opts: &FetchOptions) -> Result<Option<[u8; 32]
             }
         }
         Source::File(path) => sidecar(url, &path),
+        Source::Http(_) if !url.starts_with("https://") => Err(FetchError::Other {
+            url: url.into(),
+            detail: "a digest read over plain http:// is whatever anyone on the path says; \
+                     give the digest with the deploy, or serve the artifact over https://"
+                .into(),
+        }),
         Source::Http(_) => {
-            let sidecar = format!("{url}{SIDECAR_SUFFIX}");
-            let Some(bytes) = super::http::small_object(&sidecar, MAX_SIDECAR as usize).await?
-            else {
-                return Ok(None);
-            };
-            sidecar_digest(url, &String::from_utf8_lossy(&bytes), &sidecar).map(Some)
+            let sidecar = http::beside_url(url, SIDECAR_SUFFIX);
+            match http::small_object(&sidecar, MAX_SIDECAR as usize).await? {
+                Some(bytes) => {
+                    sidecar_digest(url, &String::from_utf8_lossy(&bytes), &sidecar).map(Some)
+                }
+                None if http::exists(url).await? => Ok(None),
+                None => Err(FetchError::HttpNotFound { url: url.into() }),
+            }
         }
     }
 }
@@ -85,9 +95,11 @@ pub async fn published_index(
                 detail,
             })?
         }
+        // Over plain http:// too: the index must name the digest the event pins, and every
+        // piece must match it.
         Source::Http(_) => {
-            let index_url = format!("{url}{SUFFIX}");
-            match super::http::small_object(&index_url, MAX_ENCODED).await? {
+            let index_url = http::beside_url(url, SUFFIX);
+            match http::small_object(&index_url, MAX_ENCODED).await? {
                 Some(bytes) => bytes.to_vec(),
                 None => return Ok(None),
             }
@@ -182,12 +194,14 @@ mod tests {
         assert!(err.contains("holds no digest"), "{err}");
     }
 
-    /// Over http(s) the digest is read from the sidecar `URL.sha256`; a server that
-    /// cannot be reached is an error naming the URL, not "no digest".
+    /// Over https the digest is read from the sidecar `URL.sha256`; a server that cannot
+    /// be reached is an error naming the sidecar, not "no digest". Over plain http none is
+    /// read at all.
     #[test]
-    fn an_unreachable_http_sidecar_is_an_error() {
-        let url = "http://127.0.0.1:1/a.tar";
-        let err = published_blocking(url).unwrap_err().to_string();
-        assert!(err.contains("a.tar.sha256"), "{err}");
+    fn http_sidecars_only_over_tls() {
+        let err = published_blocking("https://127.0.0.1:1/a.tar?v=2").unwrap_err();
+        assert!(err.to_string().contains("a.tar.sha256?v=2"), "{err}");
+        let err = published_blocking("http://127.0.0.1:1/a.tar").unwrap_err();
+        assert!(err.to_string().contains("plain http://"), "{err}");
     }
 }

@@ -54,6 +54,43 @@ pub async fn small_object(url: &str, max: usize) -> Result<Option<Bytes>, FetchE
     })
 }
 
+/// Whether the server has the object at `url` (a HEAD that is not answered 404).
+pub async fn exists(url: &str) -> Result<bool, FetchError> {
+    let got = match client(url)? {
+        Http::Tls(c) => head_status(&c, url).await,
+        Http::Plain(c) => head_status(&c, url).await,
+    };
+    got.map(|status| status != 404)
+        .map_err(|detail| FetchError::Other {
+            url: url.into(),
+            detail,
+        })
+}
+
+/// `url` with `suffix` on its path (before any query or fragment): where `publish` puts
+/// the sidecars of a file served as it is.
+pub fn beside_url(url: &str, suffix: &str) -> String {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    format!("{}{suffix}{}", &url[..end], &url[end..])
+}
+
+/// How long reading a small object may take in all.
+const SMALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn head_status<C>(client: &Client<C, Empty<Bytes>>, url: &str) -> Result<u16, String>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let req = hyper::Request::head(uri)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = (tokio::time::timeout(STALL, client.request(req)).await)
+        .map_err(|_| format!("no answer within {STALL:?}"))?
+        .map_err(|e| e.to_string())?;
+    Ok(resp.status().as_u16())
+}
+
 /// A client for one URL: TLS with the system's roots for `https://`, none for `http://`.
 enum Http {
     Tls(Client<HttpsConnector<HttpConnector>, Empty<Bytes>>),
@@ -76,8 +113,21 @@ fn client(url: &str) -> Result<Http, FetchError> {
     ))
 }
 
-/// GET of a small object: exactly its Content-Length, at most `max`; `None` on 404.
+/// GET of a small object: exactly its Content-Length, at most `max`, within
+/// [`SMALL_DEADLINE`]; `None` on 404.
 async fn small<C>(
+    client: &Client<C, Empty<Bytes>>,
+    url: &str,
+    max: usize,
+) -> Result<Option<Bytes>, String>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    (tokio::time::timeout(SMALL_DEADLINE, small_within(client, url, max)).await)
+        .map_err(|_| format!("not read within {SMALL_DEADLINE:?}"))?
+}
+
+async fn small_within<C>(
     client: &Client<C, Empty<Bytes>>,
     url: &str,
     max: usize,
@@ -96,8 +146,12 @@ where
     }
     let length = (resp.headers().get(hyper::header::CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .filter(|&n| n <= max)
-        .ok_or_else(|| format!("no Content-Length, or over {max} bytes"))?;
+        .ok_or("the server sent no Content-Length (one is needed for a small object)")?;
+    if length > max {
+        return Err(format!(
+            "{length} bytes, over the {max} such a file may hold"
+        ));
+    }
     let body = http_body_util::BodyDataStream::new(resp.into_body());
     match ranges::gather("the body", length, body).await {
         Ok(bytes) => Ok(Some(bytes)),
@@ -136,6 +190,9 @@ async fn get<C>(
             None => ranges::send_in_order(&object, size, etag, &tx).await,
         };
     }
+    // Taken whole: no pieces for peers, who are told so at once.
+    let why = "the server takes no byte ranges or names no strong ETag";
+    peers::store_alone(peers, &object.url, why);
     let HttpObject { client, url, .. } = object;
     let resp = match client.get(uri.clone()).await {
         Ok(r) => r,
@@ -215,7 +272,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> HttpObject<C> {
     /// [`crate::fanout::index::MAX_ENCODED`] bytes.
     async fn index_bytes(&self) -> Result<Vec<u8>, String> {
         use crate::fanout::index::{MAX_ENCODED, SUFFIX};
-        let url = format!("{}{SUFFIX}", self.url);
+        let url = beside_url(&self.url, SUFFIX);
         match small(&self.client, &url, MAX_ENCODED).await {
             Ok(Some(bytes)) => Ok(bytes.to_vec()),
             Ok(None) => Err(format!("{url}: not found (HTTP 404)")),

@@ -116,11 +116,18 @@ pub(super) async fn in_front<'a, S: RangeSource>(
     match ready.await {
         Ok(from) => Some(from),
         Err(why) => {
-            tracing::warn!(url = store.url(), %why, "taking every piece from the store");
-            // Peers asking for it are told no at once, not after a wait.
-            peers.pieces.held().settle(&peers.artifact);
+            store_alone(Some(peers), store.url(), &why);
             None
         }
+    }
+}
+
+/// The fetch of `url` takes every piece from the store (`why`): with peers, they are told
+/// no at once, not after a wait.
+pub(super) fn store_alone(peers: Option<&Peers>, url: &str, why: &str) {
+    if let Some(peers) = peers {
+        tracing::warn!(%url, %why, "taking every piece from the store");
+        peers.pieces.held().settle(&peers.artifact);
     }
 }
 
