@@ -9,4 +9,7 @@ cd "$(dirname "$0")/.."
 RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
   cargo build --release --locked --target x86_64-unknown-linux-gnu --target-dir target/static \
   "$@" >&2
-echo target/static/x86_64-unknown-linux-gnu/release/droot-fleet
+bin=target/static/x86_64-unknown-linux-gnu/release/droot-fleet
+# It must start: a C library too old to apply packed relocations would crash it here.
+"$bin" --version >/dev/null || { echo "$bin does not start (glibc 2.36 or newer builds it)" >&2; exit 1; }
+echo "$bin"

@@ -109,7 +109,8 @@ pub(super) async fn in_front<'a, S: RangeSource>(
 ) -> Option<FromPeers<'a, S>> {
     let peers = peers?;
     let ready = async {
-        let bytes = index.await?;
+        let bytes = (tokio::time::timeout(INDEX_WAIT, index).await)
+            .map_err(|_| format!("the chunk index was not read within {INDEX_WAIT:?}"))??;
         let index = peers.check_index(&bytes, size)?;
         peers.in_front_of(store, index)
     };
@@ -130,6 +131,9 @@ pub(super) fn store_alone(peers: Option<&Peers>, url: &str, why: &str) {
         peers.pieces.held().settle(&peers.artifact);
     }
 }
+
+/// How long reading the chunk index may take before the fetch goes on from the store alone.
+const INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A "not held" that took longer than this came from a peer that waited for the piece in
 /// vain (or stalls on purpose): it is not asked again during this fetch.
