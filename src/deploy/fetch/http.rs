@@ -123,40 +123,32 @@ async fn small<C>(
 where
     C: Connect + Clone + Send + Sync + 'static,
 {
-    (tokio::time::timeout(SMALL_DEADLINE, small_within(client, url, max)).await)
+    let read = async {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+        let resp = (tokio::time::timeout(STALL, client.get(uri)).await)
+            .map_err(|_| format!("no answer within {STALL:?}"))?
+            .map_err(|e| e.to_string())?;
+        match resp.status().as_u16() {
+            200 => {}
+            404 => return Ok(None),
+            status => return Err(format!("HTTP {status}; expected 200")),
+        }
+        let length = (resp.headers().get(hyper::header::CONTENT_LENGTH))
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .ok_or("the server sent no Content-Length (one is needed for a small object)")?;
+        if length > max {
+            return Err(format!(
+                "{length} bytes, over the {max} such a file may hold"
+            ));
+        }
+        let body = http_body_util::BodyDataStream::new(resp.into_body());
+        match ranges::gather("the body", length, body).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(Failure::Transient(why) | Failure::Final(why)) => Err(why),
+        }
+    };
+    (tokio::time::timeout(SMALL_DEADLINE, read).await)
         .map_err(|_| format!("not read within {SMALL_DEADLINE:?}"))?
-}
-
-async fn small_within<C>(
-    client: &Client<C, Empty<Bytes>>,
-    url: &str,
-    max: usize,
-) -> Result<Option<Bytes>, String>
-where
-    C: Connect + Clone + Send + Sync + 'static,
-{
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
-    let resp = (tokio::time::timeout(STALL, client.get(uri)).await)
-        .map_err(|_| format!("no answer within {STALL:?}"))?
-        .map_err(|e| e.to_string())?;
-    match resp.status().as_u16() {
-        200 => {}
-        404 => return Ok(None),
-        status => return Err(format!("HTTP {status}; expected 200")),
-    }
-    let length = (resp.headers().get(hyper::header::CONTENT_LENGTH))
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .ok_or("the server sent no Content-Length (one is needed for a small object)")?;
-    if length > max {
-        return Err(format!(
-            "{length} bytes, over the {max} such a file may hold"
-        ));
-    }
-    let body = http_body_util::BodyDataStream::new(resp.into_body());
-    match ranges::gather("the body", length, body).await {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(Failure::Transient(why) | Failure::Final(why)) => Err(why),
-    }
 }
 
 async fn get<C>(
