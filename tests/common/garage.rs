@@ -15,6 +15,8 @@ pub struct Garage {
     child: Child,
     config: PathBuf,
     bin: PathBuf,
+    /// RPC, S3 and admin ports on 127.0.0.1.
+    ports: [u16; 3],
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
     pub bucket: String,
@@ -48,6 +50,35 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The local ports of the TCP sockets that process `pid` holds in the listening state.
+fn listening_sockets(pid: u32) -> Vec<u16> {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            let link = std::fs::read_link(fd.path()).unwrap_or_default();
+            let link = link.to_string_lossy();
+            if let Some(inode) = link
+                .strip_prefix("socket:[")
+                .and_then(|l| l.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT, state 0A is LISTEN, inode is the tenth field.
+            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            (*state == "0A" && inodes.contains(*inode)).then_some(port)
+        })
+        .collect()
+}
+
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
@@ -61,10 +92,27 @@ fn field(out: &str, label: &str) -> String {
 }
 
 impl Garage {
+    /// Starts a server on free ports and lays it out. A port picked free can be taken by
+    /// another process before the server binds it (tests start many servers at once), so
+    /// a server that does not come to hold all its ports is stopped and started again on
+    /// fresh ones.
     pub fn start() -> Garage {
+        for _ in 0..3 {
+            let mut g = Garage::spawn();
+            if g.holds_its_ports() {
+                g.setup();
+                return g;
+            }
+        }
+        panic!("garage did not get its ports in 3 tries; is something taking loopback ports?")
+    }
+
+    /// Runs `garage server` with a fresh config on ports free a moment ago.
+    fn spawn() -> Garage {
         let bin = garage_bin();
         let dir = tempfile::tempdir().unwrap();
-        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let ports = [free_port(), free_port(), free_port()];
+        let [rpc, s3, admin] = ports;
         let config = dir.path().join("garage.toml");
         let secret: String = (0..32)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
@@ -105,18 +153,34 @@ impl Garage {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut g = Garage {
+        Garage {
             child,
             config,
             bin,
+            ports,
             endpoint: format!("http://127.0.0.1:{s3}"),
             bucket: "artifacts".into(),
             key_id: String::new(),
             secret: String::new(),
             dir,
-        };
-        g.setup();
-        g
+        }
+    }
+
+    /// Waits (up to 20 s) until the server process listens on all three of its ports;
+    /// false when it exits or another process holds one of them.
+    fn holds_its_ports(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let held = listening_sockets(self.child.id());
+            if self.ports.iter().all(|p| held.contains(p)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Runs `garage -c CONFIG args...`.
