@@ -60,6 +60,10 @@ pub struct Member {
     /// 1 for an agent that announces none).
     #[serde(default = "base_format")]
     pub deploy_format: u16,
+    /// The apps its agent announced it runs (its `deploy.apps` announcement); absent
+    /// until that announcement reached this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps: Option<Vec<String>>,
     /// The member's verified node identity, if node identities are on and its card is
     /// known.
     #[serde(default, skip_serializing_if = "Option::is_none")]

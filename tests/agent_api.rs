@@ -327,13 +327,21 @@ fn members_filters_and_json_shape() {
     let mut a = ops::start_n(&c, 3, |n| {
         ops::tags_table(&[("role", ["web", "web", "db"][n as usize - 1])])
     });
-    wait_for(LONG, "n1 to know every node's tags and identity", || {
-        let list = json(&a[0].cli(&["members", "--format", "json"]));
-        list.as_array()?
-            .iter()
-            .all(|m| m["tags"]["role"].is_string() && m["identity"].is_object())
-            .then_some(())
-    });
+    wait_for(
+        LONG,
+        "n1 to know every node's tags, apps and identity",
+        || {
+            let list = json(&a[0].cli(&["members", "--format", "json"]));
+            list.as_array()?
+                .iter()
+                .all(|m| {
+                    m["tags"]["role"].is_string()
+                        && m["apps"].is_array()
+                        && m["identity"].is_object()
+                })
+                .then_some(())
+        },
+    );
     let list = json(&a[0].cli(&["members", "--format", "json"]));
     for m in list.as_array().unwrap() {
         let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
@@ -341,6 +349,7 @@ fn members_filters_and_json_shape() {
             keys,
             [
                 "addr",
+                "apps",
                 "deploy_format",
                 "identity",
                 "name",
@@ -361,7 +370,7 @@ fn members_filters_and_json_shape() {
     assert_eq!(
         first,
         json!({"name": "n1", "addr": c.addr(1), "status": "alive", "tags": {"role": "web"},
-            "deploy_format": 2})
+            "deploy_format": 2, "apps": []})
     );
     let names = |v: &Value| -> Vec<String> {
         v.as_array()

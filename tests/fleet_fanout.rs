@@ -34,7 +34,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use fleet::{Fleet, names, text};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// What one fleet size measured.
 struct Run {
@@ -329,7 +329,8 @@ fn a_stopped_peer_costs_one_timeout_and_the_store_serves_its_pieces() {
 /// An agent from before the fan-out (the previous release) among the targets would refuse
 /// an event that pins a chunk index. It announces no deploy format, so `event deploy`
 /// leaves the index out and names it, and every node deploys the artifact from the store.
-/// Once it is upgraded, the next deploy pins the index again.
+/// Once it is upgraded, the next deploy pins the index again. An old agent that does not
+/// run the app (n4) is in the way of neither deploy.
 #[test]
 fn an_agent_from_before_the_fanout_gets_an_event_it_reads() {
     let mut f = Fleet::with_garage("92.5");
@@ -337,11 +338,23 @@ fn an_agent_from_before_the_fanout_gets_an_event_it_reads() {
         top: "require_node_identity = false\n".into(),
         ..Default::default()
     };
-    let old = fleet::NodeSpec {
+    let old = || fleet::NodeSpec {
         program: Some(common::previous_release()),
         ..Default::default()
     };
-    f.start_nodes(vec![mixed(), mixed(), old]);
+    let old_without_the_app = fleet::NodeSpec {
+        no_app: true,
+        ..old()
+    };
+    f.start_nodes(vec![mixed(), mixed(), old(), old_without_the_app]);
+    wait_for_members(&f, "n4's empty app list and every other's", |m| {
+        let apps = if m["name"] == "n4" {
+            json!([])
+        } else {
+            json!(["web"])
+        };
+        m["apps"] == apps
+    });
     let (url, artifact, _) = publish(&f, "v1", 9);
     let (code, report, said) =
         f.cli_wait_stderr(1, &["event", "deploy", "web", "v1", "--url", &url]);
@@ -364,20 +377,9 @@ fn an_agent_from_before_the_fanout_gets_an_event_it_reads() {
     std::fs::write(&f.agents[2].config, f.config(3)).unwrap();
     f.agents[2].program = None;
     f.respawn(3);
-    agent_support::wait_for(
-        fleet::LONG,
-        "n1 to see n3 alive, at deploy format 2",
-        || {
-            let out = f.agent(1).cli(&["members", "--format", "json"]);
-            let members: Value = serde_json::from_slice(&out.stdout).ok()?;
-            let all = members.as_array()?;
-            (all.len() == 3
-                && all
-                    .iter()
-                    .all(|m| m["deploy_format"] == 2 && m["status"] == "alive"))
-            .then_some(())
-        },
-    );
+    wait_for_members(&f, "n3 alive, at deploy format 2", |m| {
+        m["status"] == "alive" && (m["deploy_format"] == 2 || m["name"] == "n4")
+    });
     let (url, artifact, _) = publish(&f, "v2", 9);
     let (code, report, said) =
         f.cli_wait_stderr(1, &["event", "deploy", "web", "v2", "--url", &url]);
@@ -390,6 +392,16 @@ fn an_agent_from_before_the_fanout_gets_an_event_it_reads() {
         all2 - all,
         from_peers2 - from_peers
     );
+}
+
+/// Waits until n1 lists every member of the fleet and each one passes `ok`.
+fn wait_for_members(f: &Fleet, what: &str, ok: impl Fn(&Value) -> bool) {
+    agent_support::wait_for(fleet::LONG, &format!("n1 to see {what}"), || {
+        let out = f.agent(1).cli(&["members", "--format", "json"]);
+        let members: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let all = members.as_array()?;
+        (all.len() == f.agents.len() && all.iter().all(&ok)).then_some(())
+    });
 }
 
 /// A directory that `publish` wrote, served as it is by a plain web server (busybox

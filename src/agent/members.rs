@@ -63,7 +63,7 @@ pub fn status(member: &foca::Member<NodeId>, left: &LeftBook) -> &'static str {
     }
 }
 
-/// All members, this node first, then by name.
+/// All members, this node first, then by name; `apps` gives the apps a member announced.
 pub fn list<'a>(
     me: &NodeId,
     my_tags: &Tags,
@@ -71,6 +71,7 @@ pub fn list<'a>(
     tag_book: &TagBook,
     left: &LeftBook,
     identities: &Identities,
+    apps: impl Fn(&str) -> Option<Vec<String>>,
 ) -> Vec<wire::Member> {
     let identity = |name: &str| {
         identities.card(name).map(|c| wire::MemberIdentity {
@@ -86,6 +87,7 @@ pub fn list<'a>(
             status: status.to_owned(),
             tags,
             deploy_format,
+            apps: apps(&id.name),
             identity: identity(&id.name),
         }
     };

@@ -129,6 +129,7 @@ mod tests {
             status: status.into(),
             tags: BTreeMap::new(),
             deploy_format: 2,
+            apps: None,
             identity: None,
         }
     }

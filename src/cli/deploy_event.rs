@@ -239,10 +239,12 @@ pub fn sign(event: DeployEvent, key: &SigningKey) -> Result<(SignedEvent, Vec<u8
     Ok((signed, bytes))
 }
 
-/// The members an event for `targets` may reach whose agents would refuse an event of
-/// `format` (they announce an older one; members that left aside), by name. A member
-/// listed with no tags may be one whose tags have not arrived yet: only its name is matched.
+/// The members an event of `app` for `targets` may reach whose agents would refuse an
+/// event of `format` (they announce an older one; members that left aside), by name. A
+/// member listed with no tags may be one whose tags have not arrived yet: only its name is
+/// matched. A member whose app list has not arrived may run `app`.
 pub fn below_format(
+    app: &str,
     targets: &Targets,
     members: &[crate::wire::Member],
     format: u16,
@@ -254,8 +256,10 @@ pub fn below_format(
         tags: Vec::new(),
     });
     let may_reach = |m: &crate::wire::Member| {
-        matcher.matches(&m.name, &m.tags)
-            || (m.tags.is_empty() && by_name.matches(&m.name, &m.tags))
+        let runs_app = (m.apps.as_ref()).is_none_or(|apps| apps.iter().any(|a| a == app));
+        runs_app
+            && (matcher.matches(&m.name, &m.tags)
+                || (m.tags.is_empty() && by_name.matches(&m.name, &m.tags)))
     };
     members
         .iter()
@@ -285,6 +289,7 @@ mod tests {
             status: status.into(),
             tags: [("role".to_owned(), role.to_owned())].into(),
             deploy_format,
+            apps: None,
             identity: None,
         };
         let mut untagged = member("oldfresh", "alive", "", 1);
@@ -299,16 +304,28 @@ mod tests {
         ];
         let all = targets(&[], &[]).unwrap();
         let everyone_old = ["oldfresh", "old1", "old2", "olddb"];
-        assert_eq!(below_format(&all, &members, 2), everyone_old);
-        assert!(below_format(&all, &members, 1).is_empty());
+        assert_eq!(below_format("web", &all, &members, 2), everyone_old);
+        assert!(below_format("web", &all, &members, 1).is_empty());
         // Tags not known yet: it may match `--tag` once they arrive.
         let web = targets(&[], &["role=web".into()]).unwrap();
         assert_eq!(
-            below_format(&web, &members, 2),
+            below_format("web", &web, &members, 2),
             ["oldfresh", "old1", "old2"]
         );
         let named = targets(&["new.*".into()], &[]).unwrap();
-        assert!(below_format(&named, &members, 2).is_empty());
+        assert!(below_format("web", &named, &members, 2).is_empty());
+        // A member that announced its apps is in the way only of an event for one of them.
+        let mut members = members;
+        members[2].apps = Some(vec!["api".into()]);
+        members[3].apps = Some(vec!["api".into(), "web".into()]);
+        assert_eq!(
+            below_format("web", &all, &members, 2),
+            ["oldfresh", "old2", "olddb"]
+        );
+        assert_eq!(
+            below_format("api", &all, &members, 2),
+            ["oldfresh", "old1", "old2", "olddb"]
+        );
     }
 
     #[test]

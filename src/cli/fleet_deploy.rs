@@ -179,7 +179,7 @@ pub fn event_deploy(args: DeployEventArgs) -> anyhow::Result<ExitCode> {
             None
         });
     }
-    if spec.chunks.is_some() && !all_read_chunks(&args.opts)? {
+    if spec.chunks.is_some() && !all_read_chunks(&args.app, &args.opts)? {
         spec.chunks = None;
     }
     if spec.chunks.is_some() {
@@ -189,9 +189,9 @@ pub fn event_deploy(args: DeployEventArgs) -> anyhow::Result<ExitCode> {
     send(&spec, url, &args.opts, &what)
 }
 
-/// Whether every node the event may reach runs an agent that reads a pinned chunk index;
-/// if not, says which do not (they would refuse the event).
-fn all_read_chunks(o: &RolloutArgs) -> anyhow::Result<bool> {
+/// Whether every node running `app` that the event may reach runs an agent that reads a
+/// pinned chunk index; if not, says which do not (they would refuse the event).
+fn all_read_chunks(app: &str, o: &RolloutArgs) -> anyhow::Result<bool> {
     use crate::deploy::signed::FORMAT_CHUNKS;
     let targets = deploy_event::targets(&o.nodes, &o.tags)?;
     let client = o.rpc.client()?;
@@ -199,7 +199,7 @@ fn all_read_chunks(o: &RolloutArgs) -> anyhow::Result<bool> {
         .block_on(async { tokio::time::timeout(ASK_TIMEOUT, client.members(None)).await })
         .map_err(|_| anyhow::anyhow!("the agent listed no members within {ASK_TIMEOUT:?}"))?
         .context("asking the agent which agents the fleet runs")?;
-    let older = deploy_event::below_format(&targets, &members, FORMAT_CHUNKS);
+    let older = deploy_event::below_format(app, &targets, &members, FORMAT_CHUNKS);
     if older.is_empty() {
         return Ok(true);
     }

@@ -423,6 +423,7 @@ mod tests {
             status: status.into(),
             tags: [("role".to_string(), role.to_string())].into(),
             deploy_format: 2,
+            apps: None,
             identity: None,
         };
         let mut s = parse(&answers(&[], &["n3"]), Some("web"));

@@ -49,6 +49,7 @@ use crate::agent::members::{self, LeftBook};
 use crate::agent::pending::PendingHandlers;
 use crate::agent::queries::QueryRegistry;
 use crate::agent::sansio::persisted::PersistedState;
+use crate::deploy::controller::core::APPS_KIND;
 use crate::gossip::handler::GossipFoca;
 use crate::gossip::kinds::Kinds;
 use crate::gossip::message::{self, Broadcast, Datagram, Direct};
@@ -390,6 +391,10 @@ impl<W, S> AgentMachine<W, S> {
             core.tag_book(),
             &self.left,
             core.identities(),
+            |name| {
+                let item = core.superseding_item(APPS_KIND, name)?;
+                postcard::from_bytes::<Vec<String>>(&item.body).ok()
+            },
         )
     }
 
