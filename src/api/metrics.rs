@@ -31,43 +31,29 @@ pub async fn gather(services: &super::Services) -> Result<String, AgentError> {
 /// The agent's families from its info counters and member list.
 pub fn agent_families(info: &Info, members: &[Member]) -> Vec<Family> {
     let c = |key: &str| info.counters.get(key).copied().unwrap_or(0);
-    let mut by_state: BTreeMap<&str, u64> = STATES.iter().map(|s| (*s, 0)).collect();
-    for m in members {
-        if let Some(n) = by_state.get_mut(m.status.as_str()) {
-            *n += 1;
-        }
-    }
-    let mut states = Family::gauge(
-        "droot_fleet_members",
-        "Members this node knows (itself included), by state.",
-    );
-    for s in STATES {
-        states.push(&[("state", s)], by_state[s]);
-    }
-    let mut dropped = Family::counter(
+    let states = members_by_state(members);
+    let dropped = by_reason(
         "droot_fleet_gossip_packets_dropped_total",
         "Gossip datagrams dropped before any parser used them, by reason.",
+        &[
+            ("auth", "packets_dropped_auth"),
+            ("short", "packets_dropped_short"),
+            ("version", "packets_dropped_version"),
+            ("oversize", "packets_dropped_oversize"),
+            ("malformed", "packets_dropped_malformed"),
+        ],
+        c,
     );
-    for (reason, key) in [
-        ("auth", "packets_dropped_auth"),
-        ("short", "packets_dropped_short"),
-        ("version", "packets_dropped_version"),
-        ("oversize", "packets_dropped_oversize"),
-        ("malformed", "packets_dropped_malformed"),
-    ] {
-        dropped.push(&[("reason", reason)], c(key));
-    }
-    let mut streams = Family::counter(
+    let streams = by_reason(
         "droot_fleet_gossip_streams_dropped_total",
         "Inbound gossip TCP streams (joins, push/pulls) dropped, by reason: auth (a key this \
          node does not hold), evicted (closed or refused at the open-stream limit).",
+        &[
+            ("auth", "streams_dropped_auth"),
+            ("evicted", "streams_evicted"),
+        ],
+        c,
     );
-    for (reason, key) in [
-        ("auth", "streams_dropped_auth"),
-        ("evicted", "streams_evicted"),
-    ] {
-        streams.push(&[("reason", reason)], c(key));
-    }
     let counter = |name, help, key| Family::counter(name, help).with(&[], c(key));
     vec![
         Family::gauge("droot_fleet_build_info", "The agent's version (always 1).")
@@ -116,6 +102,38 @@ pub fn agent_families(info: &Info, members: &[Member]) -> Vec<Family> {
             "handler_failures",
         ),
     ]
+}
+
+/// The members this node knows, by state.
+fn members_by_state(members: &[Member]) -> Family {
+    let mut by_state: BTreeMap<&str, u64> = STATES.iter().map(|s| (*s, 0)).collect();
+    for m in members {
+        if let Some(n) = by_state.get_mut(m.status.as_str()) {
+            *n += 1;
+        }
+    }
+    let mut states = Family::gauge(
+        "droot_fleet_members",
+        "Members this node knows (itself included), by state.",
+    );
+    for s in STATES {
+        states.push(&[("state", s)], by_state[s]);
+    }
+    states
+}
+
+/// A counter family with a `reason` label, one series per `(reason, counter key)`.
+fn by_reason(
+    name: &'static str,
+    help: &'static str,
+    reasons: &[(&str, &str)],
+    count: impl Fn(&str) -> u64,
+) -> Family {
+    let mut family = Family::counter(name, help);
+    for (reason, key) in reasons {
+        family.push(&[("reason", reason)], count(key));
+    }
+    family
 }
 
 #[cfg(test)]

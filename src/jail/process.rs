@@ -108,19 +108,7 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
         root: spec.root.clone(),
         reason: e.to_string(),
     })?;
-    let binds = spec
-        .binds
-        .iter()
-        .map(|b| {
-            let inside = b
-                .source
-                .strip_prefix(&spec.root)
-                .or_else(|_| b.source.strip_prefix(&root))
-                .ok()
-                .map(Path::to_path_buf);
-            Ok((bind_source_kind(&b.source)?, inside))
-        })
-        .collect::<Result<Vec<_>, JailError>>()?;
+    let binds = bind_sources(spec, &root)?;
     if let Some(range) = spec.userns {
         userns::check_root(root_fd.as_fd(), &root, range)?;
     }
@@ -130,13 +118,7 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
     }
     // Only needed for --cp; the child reopens the root in its own mount namespace.
     drop(root_fd);
-    let host_db = UserDb {
-        host_passwd: user::parse_passwd(
-            &read_optional(Path::new("/etc/passwd"))?.unwrap_or_default(),
-        ),
-        host_group: user::parse_group(&read_optional(Path::new("/etc/group"))?.unwrap_or_default()),
-        ..UserDb::default()
-    };
+    let host_db = host_user_db()?;
     let seccomp = match spec.seccomp {
         true => Some(seccomp::Filter::compile()?),
         false => None,
@@ -181,6 +163,30 @@ pub fn run(spec: &JailSpec) -> Result<JailExit, JailError> {
     let result = spawn_and_supervise(&plan, streams, &wait_set);
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     result
+}
+
+/// Each bind's source kind, and its path inside the jail's root when it lies there.
+fn bind_sources(spec: &JailSpec, root: &Path) -> Result<Vec<(Kind, Option<PathBuf>)>, JailError> {
+    (spec.binds.iter())
+        .map(|b| {
+            let inside = (b.source.strip_prefix(&spec.root))
+                .or_else(|_| b.source.strip_prefix(root))
+                .ok()
+                .map(Path::to_path_buf);
+            Ok((bind_source_kind(&b.source)?, inside))
+        })
+        .collect()
+}
+
+/// The host's users and groups, for names given to the jail.
+fn host_user_db() -> Result<UserDb, JailError> {
+    let passwd = read_optional(Path::new("/etc/passwd"))?.unwrap_or_default();
+    let group = read_optional(Path::new("/etc/group"))?.unwrap_or_default();
+    Ok(UserDb {
+        host_passwd: user::parse_passwd(&passwd),
+        host_group: user::parse_group(&group),
+        ..UserDb::default()
+    })
 }
 
 /// The parent's ends of what connects it to the child.

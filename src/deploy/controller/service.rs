@@ -213,22 +213,7 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         let state_path = self.data_dir.join(STATE_FILE);
         let persisted = load(&state_path)?;
-        let opts = ExecutorOptions {
-            node: self.shared.node.clone(),
-            fetch: self.config.fetch.clone(),
-            unpack: crate::artifact::UnpackOptions {
-                same_owner: nix::unistd::geteuid().is_root(),
-                ..Default::default()
-            },
-            supervisor: crate::deploy::supervisor::SupervisorOptions::new(
-                self.data_dir.join("apps"),
-            )
-            .map_err(|source| ControllerError::State {
-                path: self.data_dir.join("apps"),
-                source,
-            })?,
-            agent: Some(agent.clone()),
-        };
+        let opts = self.executor_options(&agent)?;
         let (executor, mut finished) = Executor::start(self.config.apps.clone(), opts).await?;
         let mut shell = Shell {
             shared: self.shared.clone(),
@@ -287,6 +272,23 @@ impl Controller {
         }
         shell.executor.shutdown(false).await;
         Ok(())
+    }
+
+    /// How the executor fetches, unpacks and supervises this node's apps.
+    fn executor_options(&self, agent: &AgentHandle) -> Result<ExecutorOptions, ControllerError> {
+        let apps = self.data_dir.join("apps");
+        let supervisor = crate::deploy::supervisor::SupervisorOptions::new(apps.clone())
+            .map_err(|source| ControllerError::State { path: apps, source })?;
+        Ok(ExecutorOptions {
+            node: self.shared.node.clone(),
+            fetch: self.config.fetch.clone(),
+            unpack: crate::artifact::UnpackOptions {
+                same_owner: nix::unistd::geteuid().is_root(),
+                ..Default::default()
+            },
+            supervisor,
+            agent: Some(agent.clone()),
+        })
     }
 }
 

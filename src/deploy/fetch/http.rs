@@ -169,11 +169,7 @@ async fn get<C>(
             });
         }
     };
-    let object = HttpObject {
-        client,
-        uri: uri.clone(),
-        url,
-    };
+    let object = HttpObject { client, uri, url };
     if let Some((size, etag)) = object.ranged().await {
         head.ok(Some(size));
         let etag = Some(etag);
@@ -185,7 +181,15 @@ async fn get<C>(
     // Taken whole: no pieces for peers, who are told so at once.
     let why = "the server takes no byte ranges or names no strong ETag";
     peers::store_alone(peers, &object.url, why);
-    let HttpObject { client, url, .. } = object;
+    get_whole(object, head, tx).await
+}
+
+/// The object by one plain GET, its body streamed to `tx` as it arrives.
+async fn get_whole<C>(object: HttpObject<C>, head: Head, tx: mpsc::Sender<io::Result<Bytes>>)
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    let HttpObject { client, uri, url } = object;
     let resp = match client.get(uri.clone()).await {
         Ok(r) => r,
         Err(e) => {
