@@ -39,14 +39,9 @@ fn fx(what: &str) -> Fx {
         root: base.join("app"),
         state: base.join("state"),
         arts,
-        port: free_port(),
+        port: common::unused_port(),
         tmp,
     }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// How a release built by [`Fx::artifact`] behaves.

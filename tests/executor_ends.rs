@@ -38,11 +38,7 @@ fn fx(what: &str) -> Fx {
     let base = tmp.path().canonicalize().unwrap();
     let arts = base.join("arts");
     std::fs::create_dir_all(&arts).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::unused_port();
     Fx {
         root: base.join("app"),
         state: base.join("state"),

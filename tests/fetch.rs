@@ -210,11 +210,7 @@ fn s3_errors_name_the_problem() {
         &["no AWS credentials", "AWS_ACCESS_KEY_ID"],
     );
     let mut closed = env.clone();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::unused_port();
     closed[2].1 = format!("http://127.0.0.1:{port}");
     failed_with(
         &deploy_url(

@@ -30,11 +30,7 @@ fn fixture(what: &str, releases: &[(&str, Behaviour)]) -> Fixture {
         release(&dir, v, *b);
     }
     std::os::unix::fs::symlink("releases/v1", root.join("current")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::unused_port();
     Fixture {
         state: tmp.path().join("state"),
         _tmp: tmp,

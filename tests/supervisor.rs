@@ -35,18 +35,13 @@ fn fixture(what: &str) -> Fixture {
     std::fs::write(rel.join("www/health"), "ok\n").unwrap();
     std::os::unix::fs::symlink("releases/v1", root.join("current")).unwrap();
     let state = tmp.path().join("state");
-    let port = free_port();
+    let port = common::unused_port();
     Fixture {
         _tmp: tmp,
         root,
         state,
         port,
     }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 impl Fixture {

@@ -5,7 +5,6 @@
 //! own process group, killed on drop, so every exit path of a test (including a panic)
 //! stops it, and it dies with the test process when that is killed (parent-death signal). Fails with the reason when `garage` is not installed.
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -40,14 +39,6 @@ pub fn garage_bin() -> PathBuf {
         "garage not found on PATH or in ~/.cargo/bin: install it with `cargo install garage \
          --locked` (the README test command .ci/test.sh does)"
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The local ports of the TCP sockets that process `pid` holds in the listening state.
@@ -111,7 +102,11 @@ impl Garage {
     fn spawn() -> Garage {
         let bin = garage_bin();
         let dir = tempfile::tempdir().unwrap();
-        let ports = [free_port(), free_port(), free_port()];
+        let ports = [
+            super::unused_port(),
+            super::unused_port(),
+            super::unused_port(),
+        ];
         let [rpc, s3, admin] = ports;
         let config = dir.path().join("garage.toml");
         let secret: String = (0..32)

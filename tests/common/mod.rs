@@ -34,6 +34,29 @@ pub fn previous_release() -> PathBuf {
     ci_built("previous-release.sh")
 }
 
+/// A loopback TCP port that no socket holds now, for a program under test to bind. It lies
+/// below the kernel's ephemeral range, from which `bind` to port 0 and outgoing connections
+/// take theirs: a port taken that way could be in use again before the program binds it
+/// (only another test picking the same port at random can take this one).
+pub fn unused_port() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range");
+    let ephemeral_low = (range.ok())
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000;
+    assert!(
+        ephemeral_low > low + 1_000,
+        "the ephemeral port range starts at {ephemeral_low}: the tests need ports {low}.. \
+         below it (net.ipv4.ip_local_port_range)"
+    );
+    loop {
+        let port = rand::random_range(low..ephemeral_low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Path of the built `droot-fleet` binary.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_droot-fleet"))
