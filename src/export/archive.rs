@@ -238,41 +238,14 @@ pub fn flatten<W: Write>(
         if actions.iter().all(|a| *a == Action::Skip) {
             continue;
         }
-        let reader = archive.layer_reader(index, layer)?;
-        let mut tar = Archive::new(reader);
-        let mut next = 0;
-        while let Some(entry) = tar
-            .next_entry()
-            .map_err(|e| archive.layer_err(index, layer, e.into_io()))?
-        {
-            let i = next;
-            next += 1;
-            let action = actions.get(i).ok_or_else(|| {
-                archive.layer_err(
-                    index,
-                    layer,
-                    io::Error::other("layer changed between the two passes"),
-                )
-            })?;
-            let path = &records[index][i].path;
-            let copied = match action {
-                Action::Skip => continue,
-                Action::Emit => writer.copy_entry(&entry, tar.contents(&entry), path, None),
-                Action::Link { target } => {
-                    writer.copy_entry(&entry, tar.contents(&entry), path, Some(target))
-                }
-                Action::CopyOf { index: source } => {
-                    debug!(entry = %show(path), "hardlink target shadowed; writing a copy");
-                    copy_from_layer(&archive, index, layer, *source, &mut writer, path)?;
-                    Ok(())
-                }
-            };
-            copied.map_err(|e| match e {
-                CopyError::Read(e) => archive.layer_err(index, layer, e),
-                CopyError::Write(e) => ExportError::Output(e),
-                CopyError::TooLarge { limit } => ExportError::TooLarge { limit },
-            })?;
-        }
+        write_layer(
+            &archive,
+            index,
+            layer,
+            actions,
+            &records[index],
+            &mut writer,
+        )?;
     }
     writer
         .append_drootenv(&drootenv)
@@ -288,6 +261,53 @@ pub fn flatten<W: Write>(
         },
         out,
     ))
+}
+
+/// Pass 2 for one layer: each entry as its `actions` say, into `writer`.
+fn write_layer<W: Write>(
+    archive: &ImageArchive,
+    index: usize,
+    layer: &Layer,
+    actions: &[Action],
+    records: &[Record],
+    writer: &mut RootfsWriter<W>,
+) -> Result<(), ExportError> {
+    let reader = archive.layer_reader(index, layer)?;
+    let mut tar = Archive::new(reader);
+    let mut next = 0;
+    while let Some(entry) = tar
+        .next_entry()
+        .map_err(|e| archive.layer_err(index, layer, e.into_io()))?
+    {
+        let i = next;
+        next += 1;
+        let action = actions.get(i).ok_or_else(|| {
+            archive.layer_err(
+                index,
+                layer,
+                io::Error::other("layer changed between the two passes"),
+            )
+        })?;
+        let path = &records[i].path;
+        let copied = match action {
+            Action::Skip => continue,
+            Action::Emit => writer.copy_entry(&entry, tar.contents(&entry), path, None),
+            Action::Link { target } => {
+                writer.copy_entry(&entry, tar.contents(&entry), path, Some(target))
+            }
+            Action::CopyOf { index: source } => {
+                debug!(entry = %show(path), "hardlink target shadowed; writing a copy");
+                copy_from_layer(archive, index, layer, *source, writer, path)?;
+                Ok(())
+            }
+        };
+        copied.map_err(|e| match e {
+            CopyError::Read(e) => archive.layer_err(index, layer, e),
+            CopyError::Write(e) => ExportError::Output(e),
+            CopyError::TooLarge { limit } => ExportError::TooLarge { limit },
+        })?;
+    }
+    Ok(())
 }
 
 /// Pass 1 for one layer: every entry's normalized path and kind, in tar order.

@@ -117,12 +117,7 @@ pub(super) fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfig
         field,
         reason,
     };
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        || name.starts_with('.')
-    {
+    if !is_app_name(&name) {
         return Err(err("name", "use letters, digits, '-', '_' and '.'".into()));
     }
     check_template(&raw.artifact).map_err(|r| err("artifact", r))?;
@@ -191,6 +186,12 @@ pub(super) fn validate(name: String, raw: RawApp) -> Result<AppConfig, AppConfig
         overlap,
         hooks,
     })
+}
+
+/// Letters, digits, '-', '_' and '.', not empty and not starting with '.'.
+fn is_app_name(name: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !name.is_empty() && !name.starts_with('.') && name.chars().all(allowed)
 }
 
 fn backoff(raw: Option<RawBackoff>) -> Result<Backoff, (&'static str, String)> {

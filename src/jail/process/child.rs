@@ -94,23 +94,8 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
     let mut env = env::merge(&drootenv, &plan.spec.env);
     env::add_listen_fds(&mut env, &plan.spec.listen_fds);
     let path = env::path_of(&env).to_string();
-    let cstr = |s: String| {
-        CString::new(s).map_err(|e| JailError::InvalidArg {
-            arg: String::from_utf8_lossy(&e.into_vec()).into_owned(),
-            reason: "contains a NUL byte".into(),
-        })
-    };
-    let argv = plan
-        .spec
-        .command
-        .iter()
-        .cloned()
-        .map(cstr)
-        .collect::<Result<Vec<_>, _>>()?;
-    let envp = env
-        .into_iter()
-        .map(|(k, v)| cstr(format!("{k}={v}")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let argv = c_strings(plan.spec.command.iter().cloned())?;
+    let envp = c_strings(env.into_iter().map(|(k, v)| format!("{k}={v}")))?;
     let pty_slave = match plan.console {
         Some(sock) => {
             let slave = tty::open_in_jail(sock, identity.uid)?;
@@ -130,6 +115,18 @@ fn prepare(plan: &Plan<'_>) -> Result<Launch, JailError> {
         envp,
         pty_slave,
     })
+}
+
+/// The strings as C strings for `execve`; one with a NUL byte is refused.
+fn c_strings(strings: impl Iterator<Item = String>) -> Result<Vec<CString>, JailError> {
+    strings
+        .map(|s| {
+            CString::new(s).map_err(|e| JailError::InvalidArg {
+                arg: String::from_utf8_lossy(&e.into_vec()).into_owned(),
+                reason: "contains a NUL byte".into(),
+            })
+        })
+        .collect()
 }
 
 fn chroot_into(root_fd: BorrowedFd<'_>, root: &Path) -> Result<(), JailError> {
