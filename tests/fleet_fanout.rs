@@ -329,8 +329,9 @@ fn a_stopped_peer_costs_one_timeout_and_the_store_serves_its_pieces() {
 /// An agent from before the fan-out (the previous release) among the targets would refuse
 /// an event that pins a chunk index. It announces no deploy format, so `event deploy`
 /// leaves the index out and names it, and every node deploys the artifact from the store.
-/// Once it is upgraded, the next deploy pins the index again. An old agent that does not
-/// run the app (n4) is in the way of neither deploy.
+/// An old agent that does not run the app (n4) is in the way of no deploy. One that comes
+/// back after a deploy pinned the index is listed as too old for it, not waited for. Once it
+/// is upgraded, the next deploy pins the index again.
 #[test]
 fn an_agent_from_before_the_fanout_gets_an_event_it_reads() {
     let mut f = Fleet::with_garage("92.5");
@@ -340,6 +341,7 @@ fn an_agent_from_before_the_fanout_gets_an_event_it_reads() {
     };
     let old = || fleet::NodeSpec {
         program: Some(common::previous_release()),
+        tags: vec![("role".into(), "web".into())],
         ..Default::default()
     };
     let old_without_the_app = fleet::NodeSpec {
@@ -370,6 +372,27 @@ fn an_agent_from_before_the_fanout_gets_an_event_it_reads() {
         "n1 and n2 read it all from the store"
     );
 
+    // n3 leaves; the next deploy pins the index. Back on its old agent, n3 is listed as too
+    // old for that event instead of holding it pending for a report it cannot send.
+    f.agents[2].signal(nix::sys::signal::Signal::SIGTERM);
+    f.agents[2].wait_exit(fleet::LONG);
+    wait_for_members(&f, "n3 left", |m| {
+        m["name"] != "n3" || m["status"] == "left"
+    });
+    let (url, _, _) = publish(&f, "v2", 9);
+    let (code, report, said) =
+        f.cli_wait_stderr(1, &["event", "deploy", "web", "v2", "--url", &url]);
+    assert_eq!(code, 0, "deploy v2: {report}\n{said}");
+    assert_eq!(names(&report["ok"]), ["n1", "n2"], "{report}");
+    assert!(said.contains("pinned its chunk index"), "{said}");
+    let event = report["event_id"].as_str().expect("an event id").to_owned();
+    f.respawn(3);
+    agent_support::wait_for(fleet::LONG, "n1 to list n3 as too old for v2", || {
+        let p = f.try_progress(1, &event)?;
+        (p["too_old"] == json!(["n3"]) && p["pending"] == json!([])).then_some(())
+    });
+    let (all, from_peers) = fetched(&f, 2);
+
     // n3 upgraded: the index is pinned again and the pieces spread.
     f.agents[2].kill9();
     f.specs[2].program = None;
@@ -380,15 +403,15 @@ fn an_agent_from_before_the_fanout_gets_an_event_it_reads() {
     wait_for_members(&f, "n3 alive, at deploy format 2", |m| {
         m["status"] == "alive" && (m["deploy_format"] == 2 || m["name"] == "n4")
     });
-    let (url, artifact, _) = publish(&f, "v2", 9);
+    let (url, artifact, _) = publish(&f, "v3", 9);
     let (code, report, said) =
-        f.cli_wait_stderr(1, &["event", "deploy", "web", "v2", "--url", &url]);
-    assert_eq!(code, 0, "deploy v2: {report}\n{said}");
+        f.cli_wait_stderr(1, &["event", "deploy", "web", "v3", "--url", &url]);
+    assert_eq!(code, 0, "deploy v3: {report}\n{said}");
     assert!(said.contains("pinned its chunk index"), "{said}");
     let (all2, from_peers2) = fetched(&f, 3);
     assert!(
         from_peers2 - from_peers > 0 && all2 - all >= 3 * artifact,
-        "v2 ({artifact} B): {} B fetched, {} B from peers",
+        "v3 ({artifact} B): {} B fetched, {} B from peers",
         all2 - all,
         from_peers2 - from_peers
     );

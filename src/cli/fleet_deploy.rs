@@ -179,8 +179,15 @@ pub fn event_deploy(args: DeployEventArgs) -> anyhow::Result<ExitCode> {
             None
         });
     }
-    if spec.chunks.is_some() && !all_read_chunks(&args.app, &args.opts)? {
-        spec.chunks = None;
+    if spec.chunks.is_some() {
+        // As with the index itself, a deploy must not fail for want of the member list.
+        let all_read = all_read_chunks(&args.app, &args.opts).unwrap_or_else(|e| {
+            eprintln!("no chunk index pinned ({e:#}): each node fetches the whole artifact");
+            false
+        });
+        if !all_read {
+            spec.chunks = None;
+        }
     }
     if spec.chunks.is_some() {
         eprintln!("pinned its chunk index: nodes take its pieces from each other");

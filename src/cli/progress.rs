@@ -2,7 +2,7 @@
 //! waiting, the exit code, and the final report (text or JSON).
 //!
 //! Pure, so the decision "did this deploy succeed" is unit tested: success means every
-//! target is `ok`; any `failed`, `rolled_back`, `halted` or unreachable target is a failure
+//! target is `ok`; any `failed`, `rolled_back`, `halted`, unreachable or too-old target is a failure
 //! once nothing reachable is pending any more; the deadline passing first is a timeout
 //! naming the pending nodes.
 
@@ -27,6 +27,7 @@ pub struct Counts {
     pub rolled_back: usize,
     pub halted: usize,
     pub unreachable: usize,
+    pub too_old: usize,
     pub pending: usize,
 }
 
@@ -39,6 +40,7 @@ impl Counts {
             rolled_back: p.rolled_back.len(),
             halted: p.halted.len(),
             unreachable: p.unreachable.len(),
+            too_old: p.too_old.len(),
             pending: p.pending.len(),
         }
     }
@@ -52,6 +54,7 @@ pub fn line(c: &Counts) -> String {
         (c.rolled_back, "rolled back"),
         (c.halted, "halted"),
         (c.unreachable, "unreachable"),
+        (c.too_old, "too old"),
     ] {
         if n > 0 {
             s.push_str(&format!(", {n} {what}"));
@@ -62,11 +65,12 @@ pub fn line(c: &Counts) -> String {
 }
 
 /// The line with a bar in front, for a terminal: `[#######.....] 17/20 ok, ...`.
-/// Failed, rolled-back, halted and unreachable targets are drawn as `x`.
+/// Failed, rolled-back, halted, unreachable and too-old targets are drawn as `x`.
 pub fn bar(c: &Counts, width: usize) -> String {
     let cells = |n: usize| n.saturating_mul(width).checked_div(c.total).unwrap_or(0);
     let ok = cells(c.ok).min(width);
-    let bad = cells(c.failed + c.rolled_back + c.halted + c.unreachable).min(width - ok);
+    let bad = cells(c.failed + c.rolled_back + c.halted + c.unreachable + c.too_old);
+    let bad = bad.min(width - ok);
     format!(
         "[{}{}{}] {}",
         "#".repeat(ok),
@@ -126,13 +130,15 @@ pub struct Report {
     pub ok: Vec<String>,
     pub failed: Vec<String>,
     pub rolled_back: Vec<String>,
-    /// Every target without an outcome: still to start or deploying, halted, or
-    /// unreachable (so the four lists above cover every target).
+    /// Every target without an outcome: still to start or deploying, halted, unreachable
+    /// or too old (so the four lists above cover every target).
     pub pending: Vec<String>,
     /// Of `pending`: will not start, a failure halted the rollout before their wave.
     pub halted: Vec<String>,
     /// Of `pending`: failed members, not waited for; they converge once back.
     pub unreachable: Vec<String>,
+    /// Of `pending`: members whose agents cannot read the event, not reached.
+    pub too_old: Vec<String>,
     /// A newer deploy event of the app replaced this one.
     pub superseded_by: Option<String>,
     pub errors: BTreeMap<String, String>,
@@ -152,6 +158,7 @@ pub fn report(
         .iter()
         .chain(&p.halted)
         .chain(&p.unreachable)
+        .chain(&p.too_old)
         .cloned()
         .collect();
     pending.sort();
@@ -166,6 +173,7 @@ pub fn report(
         pending,
         halted: p.halted,
         unreachable: p.unreachable,
+        too_old: p.too_old,
         superseded_by: p.superseded_by,
         errors: p.errors,
     }
@@ -217,6 +225,10 @@ pub fn summary(
         (
             &p.unreachable,
             "unreachable (not waited for; converges once back, or `droot-fleet force-leave NODE` if it is gone)",
+        ),
+        (
+            &p.too_old,
+            "agent too old for this event (not reached; upgrade it and deploy again, or deploy with --no-fanout)",
         ),
     ] {
         if !list.is_empty() {
@@ -350,6 +362,25 @@ mod tests {
         assert_eq!(
             (r.halted.as_slice(), r.unreachable.as_slice()),
             (&s(&["d"])[..], &s(&["e"])[..])
+        );
+    }
+
+    #[test]
+    fn a_target_too_old_for_the_event_is_not_a_success() {
+        let mut p = progress(&["a"], &[], &[]);
+        p.targets.push("b".into());
+        p.too_old.push("b".into());
+        assert_eq!(verdict(Some(&p), false), Some(Verdict::Failed));
+        let r = report("ab", "web", "v2", Some(&p), Verdict::Failed);
+        assert_eq!((r.pending, r.too_old), (s(&["b"]), s(&["b"])));
+        let lines = summary("deploy web v2", Some(&p), Verdict::Failed, Duration::ZERO);
+        assert_eq!(
+            lines,
+            [
+                "deploy web v2 did not succeed: 1/2 ok, 1 too old, 0 pending",
+                "  agent too old for this event (not reached; upgrade it and deploy again, or \
+                 deploy with --no-fanout): b"
+            ]
         );
     }
 

@@ -102,6 +102,9 @@ pub fn render(p: &Progress) -> String {
     for n in &p.unreachable {
         out.push_str(&format!("unreachable: {n}\n"));
     }
+    for n in &p.too_old {
+        out.push_str(&format!("agent too old for this event: {n}\n"));
+    }
     for (n, e) in &p.errors {
         out.push_str(&format!("{n}: {e}\n"));
     }

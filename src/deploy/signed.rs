@@ -177,6 +177,14 @@ impl DeployEvent {
     pub fn id_hex(&self) -> String {
         hex::encode(self.id)
     }
+
+    /// The oldest deploy event format that reads this event.
+    pub fn format_needed(&self) -> u16 {
+        match self.chunks {
+            Some(_) => FORMAT_CHUNKS,
+            None => 1,
+        }
+    }
 }
 
 /// A deploy event with its signature. The signed bytes are kept so that re-encoding for

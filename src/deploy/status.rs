@@ -160,6 +160,11 @@ pub struct Progress {
     /// without them and is not a success; they converge to the desired state once back.
     #[serde(default)]
     pub unreachable: Vec<String>,
+    /// Targets whose agents cannot read this event (they announce an older deploy event
+    /// format): not reached and not waited for, so the deploy ends without them and is not
+    /// a success; an upgrade of their agent and another deploy bring them along.
+    #[serde(default)]
+    pub too_old: Vec<String>,
     /// A newer deploy event of the same app replaced this one (hex id): the pending
     /// targets will deploy that one instead.
     #[serde(default)]

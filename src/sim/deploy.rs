@@ -270,7 +270,7 @@ impl Cluster {
     /// The member list into node `i`'s core.
     fn refresh_members(&mut self, i: usize) {
         let members: Vec<MemberView> = (self.node(i).members().into_iter())
-            .map(|m| MemberView::from_status(m.name, &m.status, m.tags))
+            .map(MemberView::from_member)
             .collect();
         if let Some(c) = self.controller_mut(i) {
             let fx = c.core.on_members(members);

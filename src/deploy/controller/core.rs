@@ -553,6 +553,7 @@ fn me(node: &str, tags: crate::gossip::Tags) -> MemberView {
         alive: true,
         failed: false,
         tags,
+        deploy_format: Some(crate::deploy::signed::DEPLOY_FORMAT),
     }
 }
 

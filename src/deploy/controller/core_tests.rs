@@ -87,6 +87,7 @@ fn member(name: &str) -> MemberView {
         alive: true,
         failed: false,
         tags: Default::default(),
+        deploy_format: Some(crate::deploy::signed::DEPLOY_FORMAT),
     }
 }
 

@@ -387,10 +387,7 @@ impl Shell {
             self.resync().await;
         }
         if let Ok(list) = self.agent.call(Command::Members).await {
-            let members = list
-                .into_iter()
-                .map(|m| MemberView::from_status(m.name, &m.status, m.tags))
-                .collect();
+            let members = list.into_iter().map(MemberView::from_member).collect();
             let fx = self.shared.core().on_members(members);
             self.apply(fx).await;
         }

@@ -24,17 +24,27 @@ pub struct MemberView {
     /// target, pending until the deadline).
     pub failed: bool,
     pub tags: Tags,
+    /// The deploy event format its agent reads, `None` while its tags are not known (an
+    /// old agent with no tags reads the same).
+    pub deploy_format: Option<u16>,
 }
 
 impl MemberView {
     /// A member as the agent lists it (`alive`, `suspect`, `failed`, `left`).
-    pub fn from_status(name: String, status: &str, tags: Tags) -> Self {
+    pub fn from_member(m: crate::wire::Member) -> Self {
+        let announced = m.deploy_format > 1 || !m.tags.is_empty();
         MemberView {
-            name,
-            alive: matches!(status, "alive" | "suspect"),
-            failed: status == "failed",
-            tags,
+            alive: matches!(m.status.as_str(), "alive" | "suspect"),
+            failed: m.status == "failed",
+            name: m.name,
+            tags: m.tags,
+            deploy_format: announced.then_some(m.deploy_format),
         }
+    }
+
+    /// Whether its agent is known to read only formats older than `ev` needs.
+    fn too_old_for(&self, ev: &DeployEvent) -> bool {
+        self.deploy_format.is_some_and(|f| f < ev.format_needed())
     }
 }
 
@@ -62,8 +72,8 @@ impl Matcher {
     }
 }
 
-/// The targets of `ev`: alive members that match its filters and run its app, plus any
-/// node that already reported an outcome for it.
+/// The targets of `ev`: alive members that match its filters, run its app and read its
+/// format, plus any node that already reported an outcome for it.
 pub fn targets(
     ev: &DeployEvent,
     members: &BTreeMap<String, MemberView>,
@@ -74,7 +84,7 @@ pub fn targets(
     let id = ev.id_hex();
     let mut out: BTreeSet<String> = members
         .values()
-        .filter(|v| v.alive && m.matches(&v.name, &v.tags))
+        .filter(|v| v.alive && m.matches(&v.name, &v.tags) && !v.too_old_for(ev))
         .filter(|v| node_apps.get(&v.name).is_some_and(|a| a.contains(&ev.app)))
         .map(|v| v.name.clone())
         .collect();
@@ -218,19 +228,43 @@ fn plan(ev: &DeployEvent, targets: &[String]) -> (Plan, Option<String>) {
     (Plan::new(&ev.id, targets, &r), None)
 }
 
-/// Failed members that match `ev` and run its app, but are not among `targets`.
+/// Failed members that match `ev`, run its app and read its format, but are not among
+/// `targets`.
 fn unreachable(
     ev: &DeployEvent,
     members: &BTreeMap<String, MemberView>,
     node_apps: &BTreeMap<String, BTreeSet<String>>,
     targets: &[String],
 ) -> Vec<String> {
-    let m = Matcher::new(&ev.targets);
-    (members.values())
-        .filter(|v| v.failed && m.matches(&v.name, &v.tags) && !targets.contains(&v.name))
-        .filter(|v| node_apps.get(&v.name).is_some_and(|a| a.contains(&ev.app)))
+    matching(ev, members, node_apps)
+        .filter(|v| v.failed && !v.too_old_for(ev) && !targets.contains(&v.name))
         .map(|v| v.name.clone())
         .collect()
+}
+
+/// Alive or failed members that match `ev` and run its app, but whose agents cannot read it
+/// (they announce an older deploy event format): they would refuse it and never report.
+fn too_old(
+    ev: &DeployEvent,
+    members: &BTreeMap<String, MemberView>,
+    node_apps: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    matching(ev, members, node_apps)
+        .filter(|v| (v.alive || v.failed) && v.too_old_for(ev))
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+/// Members that match `ev`'s filters and run its app.
+fn matching<'a>(
+    ev: &'a DeployEvent,
+    members: &'a BTreeMap<String, MemberView>,
+    node_apps: &'a BTreeMap<String, BTreeSet<String>>,
+) -> impl Iterator<Item = &'a MemberView> {
+    let m = Matcher::new(&ev.targets);
+    (members.values())
+        .filter(move |v| m.matches(&v.name, &v.tags))
+        .filter(|v| node_apps.get(&v.name).is_some_and(|a| a.contains(&ev.app)))
 }
 
 /// Where `ev` stands across its targets.
@@ -285,8 +319,11 @@ pub fn progress(
     // report), so they never hold up a wave, and they converge once back; with one they
     // are targets already (none is left here).
     p.unreachable = unreachable(ev, members, node_apps, &standing.targets);
+    // So are members whose agents cannot read the event: it does not reach them.
+    p.too_old = too_old(ev, members, node_apps);
     p.targets = standing.targets;
     p.targets.extend(p.unreachable.iter().cloned());
+    p.targets.extend(p.too_old.iter().cloned());
     p.targets.sort();
     p
 }
@@ -322,6 +359,7 @@ mod tests {
                     alive: true,
                     failed: false,
                     tags,
+                    deploy_format: Some(crate::deploy::signed::DEPLOY_FORMAT),
                 };
                 (name, v)
             })
@@ -407,12 +445,65 @@ mod tests {
         assert!(p.is_done() && p.is_success(), "{p:?}");
     }
 
+    fn listed(status: &str, tags: &[(&str, &str)], deploy_format: u16) -> MemberView {
+        MemberView::from_member(crate::wire::Member {
+            name: "n".into(),
+            addr: "127.0.0.1:7946".into(),
+            status: status.into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            deploy_format,
+            apps: None,
+            identity: None,
+        })
+    }
+
     #[test]
     fn member_status_decides_alive_and_unreachable() {
-        let v = |s| MemberView::from_status("n".into(), s, Tags::new());
+        let v = |s| listed(s, &[], 2);
         assert!(v("alive").alive && v("suspect").alive);
         assert!(!v("failed").alive && v("failed").failed);
         assert!(!v("left").alive && !v("left").failed);
+        // A format is known once tags are: no tags at all may be tags not arrived yet.
+        assert_eq!(listed("alive", &[], 2).deploy_format, Some(2));
+        assert_eq!(
+            listed("alive", &[("role", "web")], 1).deploy_format,
+            Some(1)
+        );
+        assert_eq!(listed("alive", &[], 1).deploy_format, None);
+    }
+
+    #[test]
+    fn agents_too_old_for_the_event_are_not_targets_and_not_a_success() {
+        let mut m = members(4);
+        m.get_mut("n1").unwrap().deploy_format = Some(1);
+        m.get_mut("n2").unwrap().deploy_format = None;
+        let mut down = m["n3"].clone();
+        (down.alive, down.failed, down.deploy_format) = (false, true, Some(1));
+        m.insert("n3".into(), down);
+        let apps = all_run_web(&m);
+        let mut e = ev(Targets::default(), Rollout::default());
+        // An event every agent reads: n1 is a target, failed n3 unreachable.
+        let p = progress(&e, &m, &apps, &BTreeMap::new(), Context::default());
+        assert_eq!(p.pending, ["n0", "n1", "n2"]);
+        assert_eq!(p.unreachable, ["n3"]);
+        assert!(p.too_old.is_empty());
+        // One that pins a chunk index: n1 and n3 would refuse it; n2's format is not
+        // known yet, so it stays a target.
+        e.chunks = Some([1; 32]);
+        assert_eq!(targets(&e, &m, &apps, &BTreeMap::new()), ["n0", "n2"]);
+        let p = progress(&e, &m, &apps, &BTreeMap::new(), Context::default());
+        assert_eq!(p.too_old, ["n1", "n3"]);
+        assert!(p.unreachable.is_empty());
+        assert_eq!(p.targets, ["n0", "n1", "n2", "n3"]);
+        let o: BTreeMap<_, _> = ["n0", "n2"]
+            .iter()
+            .map(|n| outcome(n, Res::Ok, &e))
+            .collect();
+        let p = progress(&e, &m, &apps, &o, Context::default());
+        assert!(p.is_done() && !p.is_success(), "{p:?}");
     }
 
     #[test]
