@@ -17,9 +17,11 @@ fi
 # gcc and libc6-dev build the static programs of the jail's seccomp and TIOCSTI tests;
 # python3-pip installs awscli; systemd (systemd-analyze), groff-base and man-db check the
 # service unit and the man page; prometheus (with promtool) scrapes the agents in tests/metrics.rs;
-# curl is the quickstart's client (tests/quickstart.rs).
+# curl is the quickstart's client (tests/quickstart.rs); openssl makes a private CA and python3
+# serves https with it (tests/https_digest.rs).
 pkgs=(busybox-static zstd gzip tar iproute2 util-linux procps file ca-certificates debootstrap
-  libarchive-tools python3 python3-pip gcc libc6-dev systemd groff-base man-db prometheus curl)
+  libarchive-tools python3 python3-pip gcc libc6-dev systemd groff-base man-db prometheus curl
+  openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

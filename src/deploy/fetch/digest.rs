@@ -54,14 +54,14 @@ pub async fn published(url: &str, opts: &FetchOptions) -> Result<Option<[u8; 32]
                 .into(),
         }),
         Source::Http(_) => {
-            let sidecar = http::beside_url(url, SIDECAR_SUFFIX);
-            match http::small_object(&sidecar, MAX_SIDECAR as usize).await? {
-                Some(bytes) => {
-                    sidecar_digest(url, &String::from_utf8_lossy(&bytes), &sidecar).map(Some)
-                }
-                None if http::exists(url).await? => Ok(None),
-                None => Err(FetchError::HttpNotFound { url: url.into() }),
+            // The artifact first: a digest left beside an artifact that is gone pins
+            // nothing any node can fetch.
+            if !http::exists(url).await? {
+                return Err(FetchError::HttpNotFound { url: url.into() });
             }
+            let sidecar = http::beside_url(url, SIDECAR_SUFFIX);
+            let bytes = http::small_object(&sidecar, MAX_SIDECAR as usize).await?;
+            (bytes.map(|b| sidecar_digest(url, &String::from_utf8_lossy(&b), &sidecar))).transpose()
         }
     }
 }

@@ -54,17 +54,29 @@ pub async fn small_object(url: &str, max: usize) -> Result<Option<Bytes>, FetchE
     })
 }
 
-/// Whether the server has the object at `url` (a HEAD that is not answered 404).
+/// Whether the server has the object at `url`: a HEAD answered 2xx (true) or 404 (false);
+/// any other answer is an error that names it.
 pub async fn exists(url: &str) -> Result<bool, FetchError> {
     let got = match client(url)? {
         Http::Tls(c) => head_status(&c, url).await,
         Http::Plain(c) => head_status(&c, url).await,
     };
-    got.map(|status| status != 404)
-        .map_err(|detail| FetchError::Other {
+    let status = got.map_err(|detail| FetchError::Other {
+        url: url.into(),
+        detail,
+    })?;
+    match status {
+        200..=299 => Ok(true),
+        404 => Ok(false),
+        401 | 403 => Err(FetchError::AccessDenied {
             url: url.into(),
-            detail,
-        })
+            detail: format!("HTTP {status}"),
+        }),
+        _ => Err(FetchError::HttpStatus {
+            url: url.into(),
+            status,
+        }),
+    }
 }
 
 /// `url` with `suffix` on its path (before any query or fragment): where `publish` puts
