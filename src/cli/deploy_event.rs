@@ -239,16 +239,30 @@ pub fn sign(event: DeployEvent, key: &SigningKey) -> Result<(SignedEvent, Vec<u8
     Ok((signed, bytes))
 }
 
-/// The members an event of `app` for `targets` may reach whose agents would refuse an
-/// event of `format` (they announce an older one; members that left aside), by name. A
-/// member listed with no tags may be one whose tags have not arrived yet: only its name is
-/// matched. A member whose app list has not arrived may run `app`.
+/// The members an event of `app` for `targets` may reach that may refuse an event of
+/// `format` (members that left aside), by name: those that announce an older format, and
+/// those listed with no tags at all (their tags, the format among them, may not have
+/// arrived yet; only their name is matched). A member whose app list has not arrived may
+/// run `app`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BelowFormat {
+    pub older: Vec<String>,
+    pub not_known: Vec<String>,
+}
+
+impl BelowFormat {
+    pub fn is_empty(&self) -> bool {
+        self.older.is_empty() && self.not_known.is_empty()
+    }
+}
+
+/// See [`BelowFormat`].
 pub fn below_format(
     app: &str,
     targets: &Targets,
     members: &[crate::wire::Member],
     format: u16,
-) -> Vec<String> {
+) -> BelowFormat {
     use crate::deploy::controller::targets::Matcher;
     let matcher = Matcher::new(targets);
     let by_name = Matcher::new(&Targets {
@@ -261,11 +275,15 @@ pub fn below_format(
             && (matcher.matches(&m.name, &m.tags)
                 || (m.tags.is_empty() && by_name.matches(&m.name, &m.tags)))
     };
-    members
-        .iter()
-        .filter(|m| m.status != "left" && m.deploy_format < format && may_reach(m))
-        .map(|m| m.name.clone())
-        .collect()
+    let mut below = BelowFormat::default();
+    let listed = members.iter();
+    for m in listed.filter(|m| m.status != "left" && m.deploy_format < format && may_reach(m)) {
+        match m.tags.is_empty() {
+            true => below.not_known.push(m.name.clone()),
+            false => below.older.push(m.name.clone()),
+        }
+    }
+    below
 }
 
 #[cfg(test)]
@@ -279,6 +297,10 @@ mod tests {
             version: "v42".into(),
             ..Default::default()
         }
+    }
+
+    fn s(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
     }
 
     #[test]
@@ -303,14 +325,20 @@ mod tests {
             member("olddb", "suspect", "db", 1),
         ];
         let all = targets(&[], &[]).unwrap();
-        let everyone_old = ["oldfresh", "old1", "old2", "olddb"];
-        assert_eq!(below_format("web", &all, &members, 2), everyone_old);
+        let below = |app, targets: &Targets, members: &[crate::wire::Member]| {
+            let b = below_format(app, targets, members, 2);
+            (b.older, b.not_known)
+        };
+        assert_eq!(
+            below("web", &all, &members),
+            (s(&["old1", "old2", "olddb"]), s(&["oldfresh"]))
+        );
         assert!(below_format("web", &all, &members, 1).is_empty());
         // Tags not known yet: it may match `--tag` once they arrive.
         let web = targets(&[], &["role=web".into()]).unwrap();
         assert_eq!(
-            below_format("web", &web, &members, 2),
-            ["oldfresh", "old1", "old2"]
+            below("web", &web, &members),
+            (s(&["old1", "old2"]), s(&["oldfresh"]))
         );
         let named = targets(&["new.*".into()], &[]).unwrap();
         assert!(below_format("web", &named, &members, 2).is_empty());
@@ -318,14 +346,8 @@ mod tests {
         let mut members = members;
         members[2].apps = Some(vec!["api".into()]);
         members[3].apps = Some(vec!["api".into(), "web".into()]);
-        assert_eq!(
-            below_format("web", &all, &members, 2),
-            ["oldfresh", "old2", "olddb"]
-        );
-        assert_eq!(
-            below_format("api", &all, &members, 2),
-            ["oldfresh", "old1", "old2", "olddb"]
-        );
+        assert_eq!(below("web", &all, &members).0, ["old2", "olddb"]);
+        assert_eq!(below("api", &all, &members).0, ["old1", "old2", "olddb"]);
     }
 
     #[test]

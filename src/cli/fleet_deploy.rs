@@ -206,26 +206,40 @@ fn all_read_chunks(app: &str, o: &RolloutArgs) -> anyhow::Result<bool> {
         .block_on(async { tokio::time::timeout(ASK_TIMEOUT, client.members(None)).await })
         .map_err(|_| anyhow::anyhow!("the agent listed no members within {ASK_TIMEOUT:?}"))?
         .context("asking the agent which agents the fleet runs")?;
-    let older = deploy_event::below_format(app, &targets, &members, FORMAT_CHUNKS);
-    if older.is_empty() {
+    let below = deploy_event::below_format(app, &targets, &members, FORMAT_CHUNKS);
+    if below.is_empty() {
         return Ok(true);
     }
-    let shown: Vec<&str> = older.iter().take(5).map(String::as_str).collect();
-    let more = older.len() - shown.len();
+    let mut why = Vec::new();
+    if !below.older.is_empty() {
+        why.push(format!(
+            "{} member(s) the event may reach run an agent that would refuse it ({})",
+            below.older.len(),
+            some_names(&below.older)
+        ));
+    }
+    if !below.not_known.is_empty() {
+        why.push(format!(
+            "{} member(s) it may reach have not announced yet which events they read ({})",
+            below.not_known.len(),
+            some_names(&below.not_known)
+        ));
+    }
     eprintln!(
-        "no chunk index pinned: {} member(s) the event may reach run an agent that would \
-         refuse it ({}{}): \
-         each node fetches the whole artifact; upgrade them (or force-leave those gone for \
-         good) to take pieces from each other",
-        older.len(),
-        shown.join(", "),
-        if more > 0 {
-            format!(" and {more} more")
-        } else {
-            String::new()
-        },
+        "no chunk index pinned: {}: each node fetches the whole artifact; upgrade older \
+         agents (or force-leave those gone for good) to take pieces from each other",
+        why.join("; ")
     );
     Ok(false)
+}
+
+/// The first five names, and how many more.
+fn some_names(names: &[String]) -> String {
+    let shown = names.iter().take(5).map(String::as_str).collect::<Vec<_>>();
+    match names.len() - shown.len() {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
 }
 
 /// The digest `publish` stored with the artifact at `url`, which the event then pins.
