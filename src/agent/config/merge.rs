@@ -277,13 +277,18 @@ fn tags(
             ),
         ));
     }
+    let encoded = |tags: &Tags| postcard::to_stdvec(tags).map_or(usize::MAX, |b| b.len());
+    let theirs = encoded(&tags);
     deploy_format::announce(&mut tags);
-    let size = postcard::to_stdvec(&tags).map_or(usize::MAX, |b| b.len());
+    let size = encoded(&tags);
     if size > crate::gossip::supersede::MAX_TAGS_ENCODED {
         return Err(invalid(
             "tags",
             format!(
-                "take {size} bytes encoded, at most {} fit the gossip packet that announces them; use fewer or shorter tags",
+                "take {size} bytes encoded ({} of them the agent's own {:?} tag), at most {} \
+                 fit the gossip packet that announces them; use fewer or shorter tags",
+                size.saturating_sub(theirs),
+                deploy_format::TAG,
                 crate::gossip::supersede::MAX_TAGS_ENCODED
             ),
         ));

@@ -137,6 +137,23 @@ fn oversized_tags_and_consumer_commands_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("`tags`") && err.contains("bytes"), "{err}");
+    // Tags that fit alone but not with the agent's own: the message says what it takes.
+    let limit = crate::gossip::supersede::MAX_TAGS_ENCODED;
+    let edge = |len: usize| Overrides {
+        tags: vec![format!("big={}", "x".repeat(len))],
+        ..flags.clone()
+    };
+    let fits = (1..limit)
+        .rev()
+        .find(|len| Settings::merge(FileConfig::default(), &edge(*len)).is_ok())
+        .expect("some size fits");
+    let err = Settings::merge(FileConfig::default(), &edge(fits + 1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("of them the agent's own \"@deploy-format\" tag"),
+        "{err}"
+    );
     // The agent's own tag keys are not the operator's.
     let reserved = Overrides {
         tags: vec!["@deploy-format=9".into()],
