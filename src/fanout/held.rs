@@ -190,6 +190,19 @@ impl Held {
         self.settle(artifact);
     }
 
+    /// Stops holding `holding` if it is still held (its pieces turned out wrong): unlike
+    /// [`Held::forget`], a holding that replaced it is kept.
+    pub fn let_go(&self, holding: &Arc<Holding>) {
+        let mut held = lock(&self.held);
+        if let Some(at) = held.iter().position(|h| Arc::ptr_eq(h, holding))
+            && let Some(h) = held.remove(at)
+        {
+            h.let_go();
+        }
+        drop(held);
+        self.settle(&holding.artifact);
+    }
+
     /// Piece `i` of `artifact`, waiting up to `wait` for one on its way (or for an
     /// expected artifact to begin); `None` when it is neither held nor expected, or did
     /// not arrive in time.
@@ -408,5 +421,16 @@ mod tests {
             held.piece(&[7; 32], 0, wait).await.is_none(),
             "nothing put under it yet"
         );
+        // The first one's fetch lets go of what it held: the one that replaced it stays.
+        held.let_go(&first);
+        assert_eq!(held.len(), 1);
+        other.put(0, b"xyz").unwrap();
+        let served = held
+            .piece(&[7; 32], 0, wait)
+            .await
+            .expect("the new one serves");
+        assert_eq!(served.bytes, b"xyz");
+        held.let_go(&other);
+        assert!(held.is_empty());
     }
 }

@@ -259,7 +259,7 @@ impl<S: RangeSource> RangeSource for FromPeers<'_, S> {
                 "the store's bytes do not match the artifact's chunk index; taking the rest from the store alone"
             );
             self.index_wrong.store(true, Ordering::Release);
-            self.peers.pieces.held().forget(&self.peers.artifact);
+            self.peers.pieces.held().let_go(&self.holding);
             return Ok(bytes);
         }
         self.keep(piece, &bytes);
