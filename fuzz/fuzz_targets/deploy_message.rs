@@ -38,8 +38,16 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let status = ["alive", "suspect", "failed", "alive"][i];
-            MemberView::from_status((*n).to_owned(), status, tags.clone())
+            MemberView::from_member(droot_fleet::wire::Member {
+                name: (*n).to_owned(),
+                addr: "127.0.0.1:7946".into(),
+                status: ["alive", "suspect", "failed", "alive"][i].into(),
+                tags: tags.clone(),
+                // One agent too old for an event that pins a chunk index.
+                deploy_format: [2, 2, 2, 1][i],
+                apps: None,
+                identity: None,
+            })
         })
         .collect();
     core.on_members(members);
