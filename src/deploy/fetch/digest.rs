@@ -199,8 +199,13 @@ mod tests {
     /// read at all.
     #[test]
     fn http_sidecars_only_over_tls() {
+        // The artifact is asked for first; its sidecar sits beside it, query kept.
         let err = published_blocking("https://127.0.0.1:1/a.tar?v=2").unwrap_err();
-        assert!(err.to_string().contains("a.tar.sha256?v=2"), "{err}");
+        assert!(err.to_string().contains("a.tar?v=2"), "{err}");
+        assert_eq!(
+            http::beside_url("https://h/a.tar?v=2#f", SIDECAR_SUFFIX),
+            "https://h/a.tar.sha256?v=2#f"
+        );
         let err = published_blocking("http://127.0.0.1:1/a.tar").unwrap_err();
         assert!(err.to_string().contains("plain http://"), "{err}");
     }
