@@ -319,8 +319,10 @@ pub fn progress(
     // report), so they never hold up a wave, and they converge once back; with one they
     // are targets already (none is left here).
     p.unreachable = unreachable(ev, members, node_apps, &standing.targets);
-    // So are members whose agents cannot read the event: it does not reach them.
+    // So are members whose agents cannot read the event: it does not reach them (one that
+    // reported on it before a downgrade is a target already).
     p.too_old = too_old(ev, members, node_apps);
+    p.too_old.retain(|n| !standing.targets.contains(n));
     p.targets = standing.targets;
     p.targets.extend(p.unreachable.iter().cloned());
     p.targets.extend(p.too_old.iter().cloned());
@@ -504,6 +506,12 @@ mod tests {
             .collect();
         let p = progress(&e, &m, &apps, &o, Context::default());
         assert!(p.is_done() && !p.is_success(), "{p:?}");
+        // One that reported on the event before its agent went back is a target, once.
+        let mut o = o;
+        o.extend([outcome("n1", Res::Ok, &e)]);
+        let p = progress(&e, &m, &apps, &o, Context::default());
+        assert_eq!(p.too_old, ["n3"]);
+        assert_eq!(p.targets, ["n0", "n1", "n2", "n3"]);
     }
 
     #[test]
