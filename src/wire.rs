@@ -74,6 +74,15 @@ fn base_format() -> u16 {
     1
 }
 
+impl Member {
+    /// Its deploy format, `None` while its tags are not known: a member listed with no tags
+    /// at all may be one whose tags (the format among them) have not arrived yet, or an old
+    /// agent with none.
+    pub fn known_format(&self) -> Option<u16> {
+        (self.deploy_format > 1 || !self.tags.is_empty()).then_some(self.deploy_format)
+    }
+}
+
 /// A member's verified node identity (its member card's certificate).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberIdentity {

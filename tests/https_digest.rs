@@ -163,23 +163,19 @@ fn event_deploy_reads_the_digest_beside_an_https_artifact() {
     assert!(text(&out).contains(&pinned), "{}", text(&out));
     assert!(!out.status.success(), "no agent to send to: {}", text(&out));
 
+    // A refused deploy says why, and pins nothing.
+    let refused = |name: &str, why: &str| {
+        let out = deploy(name);
+        let said = text(&out);
+        assert!(!out.status.success(), "{said}");
+        assert!(
+            said.contains(why) && !said.contains("pinned to sha256"),
+            "{said}"
+        );
+    };
     // A digest left beside an artifact that is gone pins nothing a node could fetch.
     std::fs::rename(www.join("v1.tar.gz"), www.join("v1-moved.tar.gz")).unwrap();
-    let out = deploy("v1.tar.gz");
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("v1.tar.gz: not found (HTTP 404)"),
-        "{}",
-        text(&out)
-    );
-    assert!(!text(&out).contains("pinned to sha256"), "{}", text(&out));
-
+    refused("v1.tar.gz", "v1.tar.gz: not found (HTTP 404)");
     // An artifact with no digest beside it: the CLI says how to go on.
-    let out = deploy("v1-moved.tar.gz");
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("carries no published digest"),
-        "{}",
-        text(&out)
-    );
+    refused("v1-moved.tar.gz", "carries no published digest");
 }

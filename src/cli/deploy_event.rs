@@ -273,14 +273,14 @@ pub fn below_format(
         let runs_app = (m.apps.as_ref()).is_none_or(|apps| apps.iter().any(|a| a == app));
         runs_app
             && (matcher.matches(&m.name, &m.tags)
-                || (m.tags.is_empty() && by_name.matches(&m.name, &m.tags)))
+                || (m.known_format().is_none() && by_name.matches(&m.name, &m.tags)))
     };
     let mut below = BelowFormat::default();
     let listed = members.iter();
     for m in listed.filter(|m| m.status != "left" && m.deploy_format < format && may_reach(m)) {
-        match m.tags.is_empty() {
-            true => below.not_known.push(m.name.clone()),
-            false => below.older.push(m.name.clone()),
+        match m.known_format() {
+            None => below.not_known.push(m.name.clone()),
+            Some(_) => below.older.push(m.name.clone()),
         }
     }
     below

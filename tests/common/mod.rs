@@ -49,12 +49,10 @@ pub fn unused_port() -> u16 {
         "the ephemeral port range starts at {ephemeral_low}: the tests need ports {low}.. \
          below it (net.ipv4.ip_local_port_range)"
     );
-    loop {
-        let port = rand::random_range(low..ephemeral_low);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    (0..1_000)
+        .map(|_| rand::random_range(low..ephemeral_low))
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .unwrap_or_else(|| panic!("no free loopback port in {low}..{ephemeral_low} in 1000 tries"))
 }
 
 /// Path of the built `droot-fleet` binary.

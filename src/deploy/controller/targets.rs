@@ -32,13 +32,12 @@ pub struct MemberView {
 impl MemberView {
     /// A member as the agent lists it (`alive`, `suspect`, `failed`, `left`).
     pub fn from_member(m: crate::wire::Member) -> Self {
-        let announced = m.deploy_format > 1 || !m.tags.is_empty();
         MemberView {
+            deploy_format: m.known_format(),
             alive: matches!(m.status.as_str(), "alive" | "suspect"),
             failed: m.status == "failed",
             name: m.name,
             tags: m.tags,
-            deploy_format: announced.then_some(m.deploy_format),
         }
     }
 
@@ -80,12 +79,9 @@ pub fn targets(
     node_apps: &BTreeMap<String, BTreeSet<String>>,
     outcomes: &BTreeMap<String, NodeOutcome>,
 ) -> Vec<String> {
-    let m = Matcher::new(&ev.targets);
     let id = ev.id_hex();
-    let mut out: BTreeSet<String> = members
-        .values()
-        .filter(|v| v.alive && m.matches(&v.name, &v.tags) && !v.too_old_for(ev))
-        .filter(|v| node_apps.get(&v.name).is_some_and(|a| a.contains(&ev.app)))
+    let mut out: BTreeSet<String> = matching(ev, members, node_apps)
+        .filter(|v| v.alive && !v.too_old_for(ev))
         .map(|v| v.name.clone())
         .collect();
     out.extend(
@@ -244,13 +240,15 @@ fn unreachable(
 
 /// Alive or failed members that match `ev` and run its app, but whose agents cannot read it
 /// (they announce an older deploy event format): they would refuse it and never report.
+/// One among `targets` (it reported on the event before a downgrade) is a target already.
 fn too_old(
     ev: &DeployEvent,
     members: &BTreeMap<String, MemberView>,
     node_apps: &BTreeMap<String, BTreeSet<String>>,
+    targets: &[String],
 ) -> Vec<String> {
     matching(ev, members, node_apps)
-        .filter(|v| (v.alive || v.failed) && v.too_old_for(ev))
+        .filter(|v| (v.alive || v.failed) && v.too_old_for(ev) && !targets.contains(&v.name))
         .map(|v| v.name.clone())
         .collect()
 }
@@ -319,10 +317,8 @@ pub fn progress(
     // report), so they never hold up a wave, and they converge once back; with one they
     // are targets already (none is left here).
     p.unreachable = unreachable(ev, members, node_apps, &standing.targets);
-    // So are members whose agents cannot read the event: it does not reach them (one that
-    // reported on it before a downgrade is a target already).
-    p.too_old = too_old(ev, members, node_apps);
-    p.too_old.retain(|n| !standing.targets.contains(n));
+    // So are members whose agents cannot read the event: it does not reach them.
+    p.too_old = too_old(ev, members, node_apps, &standing.targets);
     p.targets = standing.targets;
     p.targets.extend(p.unreachable.iter().cloned());
     p.targets.extend(p.too_old.iter().cloned());

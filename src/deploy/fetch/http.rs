@@ -57,25 +57,31 @@ pub async fn small_object(url: &str, max: usize) -> Result<Option<Bytes>, FetchE
 /// Whether the server has the object at `url`: a HEAD answered 2xx (true) or 404 (false);
 /// any other answer is an error that names it.
 pub async fn exists(url: &str) -> Result<bool, FetchError> {
-    let got = match client(url)? {
-        Http::Tls(c) => head_status(&c, url).await,
-        Http::Plain(c) => head_status(&c, url).await,
-    };
-    let status = got.map_err(|detail| FetchError::Other {
+    let other = |detail| FetchError::Other {
         url: url.into(),
         detail,
-    })?;
-    match status {
+    };
+    let uri: hyper::Uri = url.parse().map_err(|e| other(format!("not a URL: {e}")))?;
+    let got = match client(url)? {
+        Http::Tls(c) => head_request(&c, uri).await,
+        Http::Plain(c) => head_request(&c, uri).await,
+    };
+    match got.map_err(other)?.status().as_u16() {
         200..=299 => Ok(true),
         404 => Ok(false),
-        401 | 403 => Err(FetchError::AccessDenied {
-            url: url.into(),
+        status => Err(status_error(url.into(), status)),
+    }
+}
+
+/// What a server's answer `status` (not a success) says of the object at `url`.
+fn status_error(url: String, status: u16) -> FetchError {
+    match status {
+        404 => FetchError::HttpNotFound { url },
+        401 | 403 => FetchError::AccessDenied {
+            url,
             detail: format!("HTTP {status}"),
-        }),
-        _ => Err(FetchError::HttpStatus {
-            url: url.into(),
-            status,
-        }),
+        },
+        _ => FetchError::HttpStatus { url, status },
     }
 }
 
@@ -89,18 +95,20 @@ pub fn beside_url(url: &str, suffix: &str) -> String {
 /// How long reading a small object may take in all.
 const SMALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
-async fn head_status<C>(client: &Client<C, Empty<Bytes>>, url: &str) -> Result<u16, String>
+/// A HEAD of `uri`, answered within [`STALL`].
+async fn head_request<C>(
+    client: &Client<C, Empty<Bytes>>,
+    uri: hyper::Uri,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
 where
     C: Connect + Clone + Send + Sync + 'static,
 {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
     let req = hyper::Request::head(uri)
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
-    let resp = (tokio::time::timeout(STALL, client.request(req)).await)
+    (tokio::time::timeout(STALL, client.request(req)).await)
         .map_err(|_| format!("no answer within {STALL:?}"))?
-        .map_err(|e| e.to_string())?;
-    Ok(resp.status().as_u16())
+        .map_err(|e| e.to_string())
 }
 
 /// A client for one URL: TLS with the system's roots for `https://`, none for `http://`.
@@ -224,14 +232,7 @@ where
         .and_then(|v| v.parse::<u64>().ok());
     match status {
         200 => head.ok(length),
-        404 => return head.fail(FetchError::HttpNotFound { url }),
-        401 | 403 => {
-            return head.fail(FetchError::AccessDenied {
-                url,
-                detail: format!("HTTP {status}"),
-            });
-        }
-        _ => return head.fail(FetchError::HttpStatus { url, status }),
+        _ => return head.fail(status_error(url, status)),
     }
     let mut body = resp.into_body();
     while let Some(frame) = body.frame().await {
@@ -260,13 +261,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> HttpObject<C> {
     /// Its size and strong ETag, by one HEAD, if it is worth fetching in ranges: larger
     /// than one range, from a server that says it takes byte ranges.
     async fn ranged(&self) -> Option<(u64, String)> {
-        let req = hyper::Request::head(self.uri.clone())
-            .body(Empty::new())
-            .ok()?;
-        let resp = tokio::time::timeout(STALL, self.client.request(req))
-            .await
-            .ok()?
-            .ok()?;
+        let resp = head_request(&self.client, self.uri.clone()).await.ok()?;
         let headers = resp.headers();
         let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
         let size: u64 = text(hyper::header::CONTENT_LENGTH)?.parse().ok()?;
